@@ -1,0 +1,154 @@
+//! `agentctl audit` and `agentctl status`: reading the control tables, never changing them.
+
+use runtime::audit::{verify_chain, AuditEvent, Verification};
+use runtime::config::Config;
+use serde_json::{json, Value};
+use tools::control::{ControlStore, EventFilter, RunRow};
+
+use crate::cli::{AuditCmd, ExportFormat, Format, StatusOpts};
+use crate::exit::Exit;
+use crate::print_json;
+use crate::session::Connections;
+
+async fn store(config: &Config) -> Result<ControlStore, Exit> {
+    let conns = Connections::open(config, false).await?;
+    ControlStore::open(conns.target).await.map_err(Exit::failed)
+}
+
+pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
+    let store = store(config).await?;
+    match cmd {
+        AuditCmd::List { limit, format } => {
+            let runs = store.runs(limit).await.map_err(Exit::failed)?;
+            match format {
+                Format::Json => print_json(&runs),
+                Format::Text => {
+                    println!("{:<36}  {:<19}  {:<19}  {:<10}  {:>6}  command", "run", "started", "ended", "outcome", "events");
+                    for r in &runs {
+                        println!(
+                            "{:<36}  {:<19}  {:<19}  {:<10}  {:>6}  {}{}",
+                            r.run_id,
+                            r.started_at.format("%Y-%m-%d %H:%M:%S"),
+                            r.finished_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into()),
+                            r.outcome,
+                            r.event_count,
+                            r.command,
+                            r.goal.as_ref().map(|g| format!(" \"{g}\"")).unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        }
+        AuditCmd::Show { run, agent, kind, format } => {
+            let run = store.find_run(run.as_deref()).await.map_err(Exit::failed)?;
+            let filter = EventFilter { agent: agent.map(|a| a.as_str().to_owned()), kind: kind.map(|k| k.as_str().to_owned()) };
+            let events = store.events(run.run_id, &filter).await.map_err(Exit::failed)?;
+            match format {
+                Format::Json => print_json(&json!({"run": run, "events": events.iter().map(event_json).collect::<Vec<_>>()})),
+                Format::Text => {
+                    print_run_header(&run);
+                    for e in &events {
+                        print!("{}", timeline_line(e));
+                    }
+                }
+            }
+        }
+        AuditCmd::Export { run, format } => {
+            let run = store.find_run(Some(&run)).await.map_err(Exit::failed)?;
+            let events = store.events(run.run_id, &EventFilter::default()).await.map_err(Exit::failed)?;
+            match format {
+                ExportFormat::Jsonl => {
+                    for e in &events {
+                        println!("{}", event_json(e));
+                    }
+                }
+                ExportFormat::Html => {
+                    let head = store.chain_head(run.run_id).await.map_err(Exit::failed)?;
+                    print!("{}", crate::html::page(&run, &events, &verify_chain(run.run_id, &events, &head)));
+                }
+            }
+        }
+        AuditCmd::Verify { run, format } => {
+            let runs = match run {
+                Some(id) => vec![store.find_run(Some(&id)).await.map_err(Exit::failed)?],
+                None => store.runs(i64::MAX).await.map_err(Exit::failed)?,
+            };
+            let mut results: Vec<Verification> = Vec::with_capacity(runs.len());
+            for r in &runs {
+                let events = store.events(r.run_id, &EventFilter::default()).await.map_err(Exit::failed)?;
+                let head = store.chain_head(r.run_id).await.map_err(Exit::failed)?;
+                results.push(verify_chain(r.run_id, &events, &head));
+            }
+            let bad = results.iter().filter(|v| v.first_bad.is_some()).count();
+            match format {
+                Format::Json => print_json(&json!({"runs": results, "tampered": bad})),
+                Format::Text => {
+                    for v in &results {
+                        match &v.first_bad {
+                            None => println!("run {}: intact, {} events, head {}", v.run_id, v.events, v.head_hash),
+                            Some(b) => println!("run {}: TAMPERED at {b}", v.run_id),
+                        }
+                    }
+                }
+            }
+            if bad > 0 {
+                let first = results.iter().find_map(|v| v.first_bad.as_ref().map(|b| (v.run_id, b))).expect("bad > 0");
+                return Err(Exit::failed(format!("the audit trail of {bad} run(s) does not verify; first: run {}, {}", first.0, first.1)));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn status(config: &Config, opts: StatusOpts) -> Result<(), Exit> {
+    let store = store(config).await?;
+    let run = store.find_run(opts.run.as_deref()).await.map_err(Exit::failed)?;
+    let events = store.events(run.run_id, &EventFilter::default()).await.map_err(Exit::failed)?;
+    let recent: Vec<&AuditEvent> = events.iter().rev().take(10).rev().collect();
+    match opts.format {
+        Format::Json => print_json(&json!({"run": run, "recent_events": recent.iter().map(|e| event_json(e)).collect::<Vec<_>>()})),
+        Format::Text => {
+            print_run_header(&run);
+            for e in recent {
+                print!("{}", timeline_line(e));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_run_header(run: &RunRow) {
+    println!(
+        "run {} — agentctl {}{} — {} — started {}{}",
+        run.run_id,
+        run.command,
+        run.goal.as_ref().map(|g| format!(" \"{g}\"")).unwrap_or_default(),
+        run.outcome,
+        run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        run.finished_at.map(|t| format!(", ended {}", t.format("%H:%M:%S"))).unwrap_or_default()
+    );
+    if let Some(d) = &run.outcome_detail {
+        println!("  {d}");
+    }
+}
+
+/// `#12 14:02:03.123 planning decision planned ...`, then the rationale of a decision.
+fn timeline_line(e: &AuditEvent) -> String {
+    let mut line = format!("#{:<4} {} {:<15} {:<8} {}\n", e.seq, e.at.format("%H:%M:%S%.3f"), e.agent, e.kind, e.summary);
+    if e.kind == "decision" {
+        if let Some(r) = serde_json::from_str::<Value>(&e.detail).ok().and_then(|d| d["rationale"].as_str().map(str::to_owned)) {
+            line.push_str(&format!("{:>35}why: {r}\n", ""));
+        }
+    }
+    line
+}
+
+/// An event with its detail as JSON rather than as the text that was hashed.
+pub fn event_json(e: &AuditEvent) -> Value {
+    json!({
+        "run_id": e.run_id, "seq": e.seq, "at": e.at, "agent": e.agent, "kind": e.kind,
+        "correlation_id": e.correlation_id, "summary": e.summary,
+        "detail": serde_json::from_str::<Value>(&e.detail).unwrap_or(Value::String(e.detail.clone())),
+        "prev_hash": e.prev_hash, "hash": e.hash,
+    })
+}

@@ -1,0 +1,52 @@
+//! The `agentctl` command: parses nothing itself (that is [`cli::Opt`]), resolves the
+//! configuration, and runs one command. The library part exists so the integration tests can
+//! drive a session in-process; `main.rs` only maps the result to an exit code.
+
+pub mod audit;
+pub mod cli;
+pub mod exit;
+mod html;
+pub mod plan_run;
+pub mod session;
+
+use std::future::Future;
+
+use runtime::config::{Config, DbFlags, Vars};
+use runtime::RunId;
+use serde::Serialize;
+
+use crate::cli::{Command, Opt};
+use crate::exit::Exit;
+
+pub async fn run(opt: Opt) -> Result<(), Exit> {
+    let vars = Vars::load(&opt.db.env_file).map_err(Exit::config)?;
+    let flags = DbFlags { source: opt.db.source.clone(), target: opt.db.target.clone() };
+    let config = Config::resolve(&flags, &vars).map_err(Exit::config)?;
+    match opt.command {
+        Command::Run(o) => plan_run::run(&config, o).await,
+        Command::Plan(o) => plan_run::plan(&config, o).await,
+        Command::Analyze(o) => plan_run::analyze(&config, o).await,
+        Command::Status(o) => audit::status(&config, o).await,
+        Command::Audit(cmd) => audit::audit(&config, cmd).await,
+    }
+}
+
+/// Races a run's work against Ctrl-C. On Ctrl-C the work is dropped (an agent's request in
+/// flight is abandoned, never half-applied) and the caller still ends the session, so the trail
+/// records the cancellation and every event is written.
+pub async fn interruptible<T>(work: impl Future<Output = Result<T, Exit>>, run_id: RunId) -> Result<T, Exit> {
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(Exit::interrupted(format!(
+            "interrupted; run {run_id} was recorded as cancelled (see `agentctl audit show {run_id}`)"
+        ))),
+    }
+}
+
+/// Prints one JSON document on stdout (the `--format json` contract).
+pub fn print_json(value: &impl Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("agentctl: could not render JSON: {e}"),
+    }
+}

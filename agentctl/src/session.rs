@@ -1,0 +1,174 @@
+//! One run's lifecycle: connect, open the control schema, record the run, start the audit
+//! writer and the orchestrator (which starts its team), and at the end record the outcome and
+//! write out every audit event before returning.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agents::orchestrator::{Orchestrator, OrchestratorArgs, OrchestratorMsg, PlanGoal, PlanOutcome, Tools, PHASE_STEPS};
+use ractor::{Actor, ActorRef};
+use runtime::audit::{AuditRecord, EventKind};
+use runtime::audit_writer::{Audit, AuditWriter, AuditWriterArgs};
+use runtime::config::Config;
+use runtime::context::RunContext;
+use runtime::domain::SchemaReport;
+use runtime::envelope::{AgentError, Courier};
+use runtime::events::{EventBus, RunEvent};
+use runtime::redact::Redactor;
+use runtime::supervise::{RestartPolicy, Slot};
+use runtime::{AgentName, RunId};
+use serde_json::json;
+use tools::catalog::PgCatalog;
+use tools::control::ControlStore;
+use tools::pg::Pool as PgPool;
+
+use crate::exit::Exit;
+
+/// Open connections to the configured databases.
+pub struct Connections {
+    pub source: Option<PgPool>,
+    pub target: PgPool,
+    pub config: Config,
+}
+
+impl Connections {
+    /// Connects to the target (always needed: it holds the control schema) and, when
+    /// `need_source`, to the source. A missing or unreachable database is a configuration error.
+    pub async fn open(config: &Config, need_source: bool) -> Result<Connections, Exit> {
+        let target_url = config.target().map_err(Exit::config)?;
+        let source = if need_source {
+            let url = config.source().map_err(Exit::config)?;
+            Some(tools::pg::connect(url, 8).await.map_err(Exit::config)?)
+        } else {
+            None
+        };
+        let target = tools::pg::connect(target_url, 8).await.map_err(Exit::config)?;
+        Ok(Connections { source, target, config: config.clone() })
+    }
+
+    /// The real tools over these connections.
+    pub fn tools(&self) -> Result<Tools, Exit> {
+        let source = self.source.clone().ok_or_else(|| Exit::config("this command needs the source database"))?;
+        let source_label = self.config.source().map_err(Exit::config)?.location();
+        let target_label = self.config.target().map_err(Exit::config)?.location();
+        Ok(Tools {
+            source: Arc::new(PgCatalog::new(source, source_label)),
+            target: Some(Arc::new(PgCatalog::new(self.target.clone(), target_label))),
+        })
+    }
+}
+
+pub struct SessionOptions {
+    pub policy: RestartPolicy,
+    pub request_timeout: Duration,
+}
+
+impl SessionOptions {
+    pub fn from_config(config: &Config) -> SessionOptions {
+        SessionOptions { policy: RestartPolicy::default(), request_timeout: config.request_timeout }
+    }
+}
+
+/// A run in progress.
+pub struct Session {
+    pub run_id: RunId,
+    pub store: ControlStore,
+    pub ctx: Arc<RunContext>,
+    audit: Audit,
+    orchestrator: ActorRef<OrchestratorMsg>,
+    operator: Courier,
+    to_orchestrator: Slot<OrchestratorMsg>,
+}
+
+impl Session {
+    pub async fn start(
+        conns: &Connections,
+        command: &str,
+        goal: Option<&str>,
+        tools: Tools,
+        options: SessionOptions,
+    ) -> Result<Session, Exit> {
+        let store = ControlStore::open(conns.target.clone()).await.map_err(Exit::failed)?;
+        let run_id = RunId::new();
+        store.begin_run(run_id, command, goal).await.map_err(Exit::failed)?;
+        let (writer, _) = Actor::spawn(
+            Some(format!("audit-{run_id}")),
+            AuditWriter,
+            AuditWriterArgs {
+                run_id,
+                sink: Arc::new(store.clone()),
+                redactor: Redactor::new(conns.config.secrets()),
+                flush_every: Duration::from_millis(200),
+                batch: 512,
+            },
+        )
+        .await
+        .map_err(|e| Exit::failed(format!("could not start the audit writer: {e}")))?;
+        let audit = Audit::new(writer);
+        let ctx = Arc::new(RunContext::new(run_id, audit.clone(), EventBus::default(), options.request_timeout));
+        audit.record(AuditRecord::new(
+            AgentName::Operator,
+            EventKind::Run,
+            format!("run started: agentctl {command}{}", goal.map(|g| format!(" \"{g}\"")).unwrap_or_default()),
+            json!({"command": command, "goal": goal, "source": conns.config.source.as_ref().map(ToString::to_string),
+                   "target": conns.config.target.as_ref().map(ToString::to_string), "agentctl": env!("CARGO_PKG_VERSION")}),
+        ));
+        ctx.events.publish(RunEvent::Started { run_id, goal: goal.unwrap_or_default().to_owned() });
+        let (orchestrator, _) = Actor::spawn(
+            Some(format!("orchestrator-{run_id}")),
+            Orchestrator,
+            OrchestratorArgs { ctx: ctx.clone(), tools, policy: options.policy },
+        )
+        .await
+        .map_err(|e| Exit::failed(format!("could not start the orchestrator: {e}")))?;
+        Ok(Session {
+            run_id,
+            store,
+            operator: Courier::new(ctx.clone(), AgentName::Operator),
+            to_orchestrator: Slot::fixed(AgentName::Orchestrator, orchestrator.clone()),
+            ctx,
+            audit,
+            orchestrator,
+        })
+    }
+
+    fn phase_timeout(&self) -> Duration {
+        self.ctx.request_timeout * PHASE_STEPS
+    }
+
+    pub async fn plan(&self, goal: PlanGoal) -> Result<PlanOutcome, AgentError> {
+        self.operator
+            .ask_within(&self.to_orchestrator, "plan", goal, OrchestratorMsg::Plan, self.phase_timeout())
+            .await
+            .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
+    }
+
+    pub async fn analyze(&self, side: runtime::config::DbRole) -> Result<SchemaReport, AgentError> {
+        let request = agents::schema_analysis::AnalyzeRequest { side };
+        self.operator
+            .ask_within(&self.to_orchestrator, "analyze", request, OrchestratorMsg::Analyze, self.phase_timeout())
+            .await
+            .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
+    }
+
+    /// Records a decision the operator made (an approval, a refusal).
+    pub fn operator_decision(&self, summary: impl Into<String>, rationale: impl Into<String>, detail: serde_json::Value) {
+        self.ctx.decision(AgentName::Operator, summary, rationale, detail);
+    }
+
+    /// Stops the agents, records the outcome and writes out the whole trail.
+    pub async fn finish(self, outcome: &str, detail: Option<&str>) -> Result<(), Exit> {
+        let _ = self.orchestrator.stop_and_wait(None, Some(Duration::from_secs(15))).await;
+        self.audit.record(AuditRecord::new(
+            AgentName::Operator,
+            EventKind::Run,
+            format!("run ended: {outcome}{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
+            json!({"outcome": outcome, "detail": detail}),
+        ));
+        self.ctx.events.publish(RunEvent::Finished { run_id: self.run_id, outcome: outcome.to_owned() });
+        let flushed = self.audit.flush().await;
+        self.audit.close().await;
+        self.store.finish_run(self.run_id, outcome, detail).await.map_err(Exit::failed)?;
+        flushed.map_err(|e| Exit::failed(format!("run {}: {e}", self.run_id)))
+    }
+}

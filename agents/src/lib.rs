@@ -1,0 +1,12 @@
+//! The seven agents. Each is a ractor actor with its own message enum; requests carry an
+//! [`runtime::envelope::Envelope`] and answer through an `RpcReplyPort`. Agent logic is plain
+//! functions over the typed payloads of `runtime::domain`; the world is reached only through the
+//! traits of `runtime::ports`, so nothing here imports a database or network client.
+
+pub mod data_mapping;
+pub mod execution;
+pub mod guidance;
+pub mod orchestrator;
+pub mod planning;
+pub mod schema_analysis;
+pub mod validation;

@@ -1,0 +1,187 @@
+//! The orchestrator: spawns the other six agents linked to itself, restarts the ones that fail
+//! (per the [`RestartPolicy`]), and drives a run's phases by asking the agents in turn.
+//!
+//! A phase runs in its own task, not in the orchestrator's message handler, so the orchestrator
+//! keeps handling supervision events while the phase waits on an agent: that is what lets it
+//! restart a crashed agent under a request that is still waiting for it.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use runtime::config::DbRole;
+use runtime::context::RunContext;
+use runtime::domain::{MigrationPlan, SchemaReport};
+use runtime::envelope::{AgentError, CallError, Courier, Envelope};
+use runtime::events::RunEvent;
+use runtime::ports::Catalog;
+use runtime::supervise::{RestartPolicy, Slot, Team};
+use runtime::AgentName;
+use serde::{Deserialize, Serialize};
+
+use crate::data_mapping::{DataMappingAgent, DataMappingArgs};
+use crate::execution::{ExecutionAgent, ExecutionArgs};
+use crate::guidance::{GuidanceAgent, GuidanceArgs, GuidanceMsg};
+use crate::planning::{PlanRequest, PlanningAgent, PlanningArgs, PlanningMsg};
+use crate::schema_analysis::{AnalyzeRequest, SchemaAnalysisAgent, SchemaAnalysisArgs, SchemaMsg};
+use crate::validation::{ValidationAgent, ValidationArgs};
+
+const ME: AgentName = AgentName::Orchestrator;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanGoal {
+    pub goal: String,
+    pub only: bool,
+}
+
+/// A plan ready for the operator's approval.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanOutcome {
+    pub plan: MigrationPlan,
+    /// What an approval is tied to.
+    pub hash: String,
+    /// The plan in plain words, from the guidance agent.
+    pub explanation: String,
+}
+
+/// How many agent requests a phase makes at most, one after another: the bound on a phase is
+/// this many request timeouts, so the operator's wait always outlasts the agents' own.
+pub const PHASE_STEPS: u32 = 4;
+
+pub enum OrchestratorMsg {
+    Plan(Envelope<PlanGoal>, RpcReplyPort<Result<PlanOutcome, AgentError>>),
+    Analyze(Envelope<AnalyzeRequest>, RpcReplyPort<Result<SchemaReport, AgentError>>),
+}
+
+/// What the team needs from the world.
+#[derive(Clone)]
+pub struct Tools {
+    pub source: Arc<dyn Catalog>,
+    pub target: Option<Arc<dyn Catalog>>,
+}
+
+#[derive(Clone)]
+pub struct Orchestrator;
+
+pub struct OrchestratorArgs {
+    pub ctx: Arc<RunContext>,
+    pub tools: Tools,
+    pub policy: RestartPolicy,
+}
+
+/// The slots through which the orchestrator's phases reach the agents they use.
+#[derive(Clone)]
+struct Agents {
+    schema: Slot<SchemaMsg>,
+    planning: Slot<PlanningMsg>,
+    guidance: Slot<GuidanceMsg>,
+}
+
+pub struct OrchestratorState {
+    team: Team,
+    agents: Agents,
+    courier: Courier,
+}
+
+impl Actor for Orchestrator {
+    type Msg = OrchestratorMsg;
+    type State = OrchestratorState;
+    type Arguments = OrchestratorArgs;
+
+    async fn pre_start(&self, myself: ActorRef<OrchestratorMsg>, args: OrchestratorArgs) -> Result<OrchestratorState, ActorProcessingErr> {
+        let ctx = args.ctx;
+        let mut team = Team::new(ctx.clone(), args.policy);
+        let agents = Agents {
+            schema: team.add(
+                AgentName::SchemaAnalysis,
+                SchemaAnalysisAgent,
+                SchemaAnalysisArgs { ctx: ctx.clone(), source: args.tools.source, target: args.tools.target },
+            ),
+            planning: team.add(AgentName::Planning, PlanningAgent, PlanningArgs { ctx: ctx.clone() }),
+            guidance: team.add(AgentName::Guidance, GuidanceAgent, GuidanceArgs { ctx: ctx.clone() }),
+        };
+        // These three are supervised members already; the orchestrator asks them for work once
+        // their requests exist (issues 4 and 5).
+        team.add(AgentName::DataMapping, DataMappingAgent, DataMappingArgs { ctx: ctx.clone() });
+        team.add(AgentName::Execution, ExecutionAgent, ExecutionArgs { ctx: ctx.clone() });
+        team.add(AgentName::Validation, ValidationAgent, ValidationArgs { ctx: ctx.clone() });
+        team.start(&myself.get_cell()).await?;
+        ctx.decision(
+            ME,
+            "started the team of six agents",
+            format!(
+                "each agent is linked to the orchestrator, which restarts one that fails up to {} times within {}s before the run gives up on it",
+                args.policy.max_restarts,
+                args.policy.window.as_secs()
+            ),
+            AgentName::TEAM,
+        );
+        Ok(OrchestratorState { team, agents, courier: Courier::new(ctx, ME) })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<OrchestratorMsg>,
+        msg: OrchestratorMsg,
+        state: &mut OrchestratorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (agents, courier) = (state.agents.clone(), state.courier.clone());
+        match msg {
+            OrchestratorMsg::Plan(env, reply) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(plan_phase(&courier, &agents, env.body).await);
+                });
+            }
+            OrchestratorMsg::Analyze(env, reply) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(analyze(&courier, &agents, env.body.side).await);
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<OrchestratorMsg>,
+        event: SupervisionEvent,
+        state: &mut OrchestratorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.team.on_event(event, &myself.get_cell()).await;
+        Ok(())
+    }
+
+    async fn post_stop(&self, myself: ActorRef<OrchestratorMsg>, _: &mut OrchestratorState) -> Result<(), ActorProcessingErr> {
+        myself.stop_children_and_wait(None, Some(std::time::Duration::from_secs(10))).await;
+        Ok(())
+    }
+}
+
+/// Flattens "the request failed" and "the agent said no" into the one error a phase reports.
+fn answer<T>(r: Result<Result<T, AgentError>, CallError>) -> Result<T, AgentError> {
+    r.map_err(|e| AgentError::new(ME, e.to_string()))?
+}
+
+async fn analyze(courier: &Courier, agents: &Agents, side: DbRole) -> Result<SchemaReport, AgentError> {
+    answer(courier.ask(&agents.schema, "analyze", AnalyzeRequest { side }, SchemaMsg::Analyze).await)
+}
+
+async fn plan_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Result<PlanOutcome, AgentError> {
+    let ctx = courier.ctx();
+    ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "analyze".into() });
+    let source = analyze(courier, agents, DbRole::Source).await?;
+    ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "plan".into() });
+    let request = PlanRequest { goal: goal.goal, only: goal.only, source };
+    let plan = answer(courier.ask(&agents.planning, "plan", request, PlanningMsg::Plan).await)?;
+    let explanation = answer(courier.ask(&agents.guidance, "explain the plan", plan.clone(), GuidanceMsg::ExplainPlan).await)?;
+    let hash = plan.hash();
+    ctx.decision(
+        ME,
+        format!("plan {} is ready for approval", &hash[..12]),
+        "an approval is tied to this hash: if the plan changes before it runs, the approval no longer applies",
+        serde_json::json!({"hash": hash}),
+    );
+    Ok(PlanOutcome { plan, hash, explanation })
+}
+
+#[cfg(test)]
+mod tests;

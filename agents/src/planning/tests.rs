@@ -1,0 +1,217 @@
+use expect_test::{expect, Expect};
+use runtime::domain::{Column, ForeignKey, SchemaReport, Table, TableName};
+
+use super::{plan, render, resolve_goal};
+
+/// `(fk column, parent table, nullable)`.
+type Fk<'a> = (&'a str, &'a str, bool);
+
+/// A small dispatch-like schema: `(table, rows, foreign keys)`.
+fn schema(spec: &[(&str, i64, &[Fk<'_>])]) -> SchemaReport {
+    SchemaReport {
+        database: "localhost:5432/legacy".into(),
+        tables: spec
+            .iter()
+            .map(|(name, rows, fks)| Table {
+                name: TableName::new("public", *name),
+                columns: std::iter::once(Column { name: "id".into(), data_type: "integer".into(), nullable: false, default: None })
+                    .chain(fks.iter().map(|(col, _, nullable)| Column {
+                        name: (*col).into(),
+                        data_type: "integer".into(),
+                        nullable: *nullable,
+                        default: None,
+                    }))
+                    .collect(),
+                primary_key: vec!["id".into()],
+                foreign_keys: fks
+                    .iter()
+                    .map(|(col, parent, _)| ForeignKey {
+                        name: format!("{name}_{col}_fkey"),
+                        columns: vec![(*col).into()],
+                        references: TableName::new("public", *parent),
+                        referenced_columns: vec!["id".into()],
+                    })
+                    .collect(),
+                estimated_rows: *rows,
+            })
+            .collect(),
+    }
+}
+
+fn dispatch() -> SchemaReport {
+    schema(&[
+        ("dispatch_office", 120, &[]),
+        ("auth_user", 900, &[]),
+        ("dispatch_profile", 900, &[("user_id", "auth_user", false), ("office_id", "dispatch_office", true)]),
+        ("dispatch_doctor", 400, &[("office_id", "dispatch_office", false), ("profile_id", "dispatch_profile", false)]),
+        ("dispatch_patient", 5000, &[("doctor_id", "dispatch_doctor", false), ("office_id", "dispatch_office", false)]),
+        ("dispatch_task", 7000, &[("parent_task_id", "dispatch_task", true), ("assignee_id", "dispatch_profile", true)]),
+        ("technician_roles", 31, &[]),
+    ])
+}
+
+fn check(goal: &str, only: bool, report: &SchemaReport, expect: Expect) {
+    let actual = match plan(goal, only, report) {
+        Ok(p) => {
+            let mut s = render(&p);
+            for r in &p.rationale {
+                s.push_str(&format!("  - {r}\n"));
+            }
+            s
+        }
+        Err(e) => format!("error: {e}\n"),
+    };
+    expect.assert_eq(&actual);
+}
+
+#[test]
+fn a_single_table_without_parents() {
+    check(
+        "migrate technician_roles",
+        false,
+        &dispatch(),
+        expect![[r#"
+            Plan for "migrate technician_roles" (1 entities, about 31 rows)
+              wave 1:
+                technician_roles                 ~       31 rows
+              plan hash: b012045521316e06b09c8c9f83a2798196d8302dbd923bc6869e3097d6832d99
+        "#]],
+    );
+}
+
+#[test]
+fn parents_are_added_and_ordered_in_waves() {
+    check(
+        "migrate the doctors",
+        false,
+        &dispatch(),
+        expect![[r#"
+            Plan for "migrate the doctors" (4 entities, about 2320 rows)
+              wave 1:
+                auth_user                        ~      900 rows  (needed by dispatch_profile)
+                dispatch_office                  ~      120 rows  (needed by dispatch_doctor, dispatch_profile)
+              wave 2:
+                dispatch_profile                 ~      900 rows  (needed by dispatch_doctor)
+              wave 3:
+                dispatch_doctor                  ~      400 rows
+              plan hash: 13dc6d4698f0e946830e8fea958f89efb1ed667c819f4ba3e1a44b5ca229cbf7
+              - auth_user is included because dispatch_profile references it (plan with --only to leave it out).
+              - dispatch_office is included because dispatch_doctor, dispatch_profile reference it (plan with --only to leave it out).
+              - dispatch_profile is included because dispatch_doctor references it (plan with --only to leave it out).
+              - dispatch_profile is in wave 2 because it references auth_user, dispatch_office.
+              - dispatch_doctor is in wave 3 because it references dispatch_office, dispatch_profile.
+        "#]],
+    );
+}
+
+#[test]
+fn only_leaves_parents_out() {
+    check(
+        "migrate doctors",
+        true,
+        &dispatch(),
+        expect![[r#"
+            Plan for "migrate doctors" (1 entities, about 400 rows)
+              wave 1:
+                dispatch_doctor                  ~      400 rows
+              plan hash: ad5e5125242d2c02b87d8ad74238e4d89d0931921e9ec2ef29c4c7187eb19db8
+        "#]],
+    );
+}
+
+#[test]
+fn self_references_are_deferred() {
+    check(
+        "Migrate TASKS",
+        false,
+        &dispatch(),
+        expect![[r#"
+            Plan for "Migrate TASKS" (4 entities, about 8920 rows)
+              wave 1:
+                auth_user                        ~      900 rows  (needed by dispatch_profile)
+                dispatch_office                  ~      120 rows  (needed by dispatch_profile)
+              wave 2:
+                dispatch_profile                 ~      900 rows  (needed by dispatch_task)
+              wave 3:
+                dispatch_task                    ~     7000 rows  [second pass: dispatch_task_parent_task_id_fkey]
+              plan hash: c0bf89a92af284e5686bda5abb9b5fc8c29af036d02b0c176163afefb19ea208
+              - auth_user is included because dispatch_profile references it (plan with --only to leave it out).
+              - dispatch_office is included because dispatch_profile references it (plan with --only to leave it out).
+              - dispatch_profile is included because dispatch_task references it (plan with --only to leave it out).
+              - dispatch_task.parent_task_id references dispatch_task itself: its rows go in with that reference empty, then a second pass fills it.
+              - dispatch_profile is in wave 2 because it references auth_user, dispatch_office.
+              - dispatch_task is in wave 3 because it references dispatch_profile.
+        "#]],
+    );
+}
+
+#[test]
+fn a_cycle_is_broken_at_a_nullable_reference() {
+    let report = schema(&[("a", 1, &[("b_id", "b", false)]), ("b", 1, &[("a_id", "a", true)])]);
+    check(
+        "migrate a",
+        false,
+        &report,
+        expect![[r#"
+            Plan for "migrate a" (2 entities, about 2 rows)
+              wave 1:
+                b                                ~        1 rows  (needed by a)  [second pass: b_a_id_fkey]
+              wave 2:
+                a                                ~        1 rows
+              plan hash: 5e75b287ca1206295b1bd42e2279fe75af471769eb59970e1e0d9a47f28aa3ae
+              - b is included because a references it (plan with --only to leave it out).
+              - b and a reference each other: b goes first with b_a_id_fkey left empty, filled in a second pass once a is in.
+              - a is in wave 2 because it references b.
+        "#]],
+    );
+    let report = schema(&[("a", 1, &[("b_id", "b", false)]), ("b", 1, &[("a_id", "a", false)])]);
+    check(
+        "migrate a",
+        false,
+        &report,
+        expect![[r#"
+        error: a, b reference each other in a cycle, and none of those references can be left empty for a second pass
+    "#]],
+    );
+}
+
+#[test]
+fn unknown_entities_get_suggestions() {
+    check(
+        "migrate doctorz",
+        false,
+        &dispatch(),
+        expect![[r#"
+        error: no table matches `doctorz` in localhost:5432/legacy; did you mean dispatch_doctor?
+    "#]],
+    );
+    check(
+        "migrate",
+        false,
+        &dispatch(),
+        expect![[r#"
+        error: the goal names no entity; say which tables to migrate, or "everything"
+    "#]],
+    );
+}
+
+#[test]
+fn goal_spellings_resolve_to_the_same_tables() {
+    let report = dispatch();
+    let names = |goal: &str| resolve_goal(goal, &report).unwrap().iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    assert_eq!(names("migrate dispatch_office"), "dispatch_office");
+    assert_eq!(names("offices"), "dispatch_office");
+    assert_eq!(names("Office, patients and technician-roles"), "dispatch_office,dispatch_patient,technician_roles");
+    assert_eq!(names("public.auth_user"), "auth_user");
+    assert_eq!(names("migrate technician roles and auth users"), "technician_roles,auth_user");
+    assert_eq!(names("migrate everything").split(',').count(), 7);
+}
+
+#[test]
+fn the_hash_changes_when_the_plan_does() {
+    let report = dispatch();
+    let a = plan("migrate doctors", false, &report).unwrap();
+    let b = plan("migrate doctors", true, &report).unwrap();
+    assert_eq!(a.hash(), plan("migrate doctors", false, &report).unwrap().hash());
+    assert_ne!(a.hash(), b.hash());
+}

@@ -1,0 +1,24 @@
+//! agentctl's runtime: the plumbing every agent stands on.
+//!
+//! Spawning and supervising actors ([`supervise`]), the envelope every message travels in and
+//! the courier that delivers it ([`envelope`]), the typed payloads agents exchange ([`domain`]),
+//! the audit trail ([`audit`], [`audit_writer`]), the event stream the CLI shows ([`events`]),
+//! secret redaction ([`redact`]), configuration ([`config`]) and the traits agents reach the world
+//! through ([`ports`]).
+//!
+//! This crate does no I/O of its own beyond reading configuration: databases, LLMs and
+//! containers are reached through traits that `tools` implements.
+
+pub mod audit;
+pub mod audit_writer;
+pub mod config;
+pub mod context;
+pub mod domain;
+pub mod envelope;
+pub mod events;
+pub mod ids;
+pub mod ports;
+pub mod redact;
+pub mod supervise;
+
+pub use ids::{AgentName, RunId};

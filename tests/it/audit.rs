@@ -1,0 +1,170 @@
+//! The audit trail: complete, verifiable, tamper-evident, and free of secrets.
+
+use agentctl::session::{Connections, Session, SessionOptions};
+use serde_json::{json, Value};
+use tests::{agentctl, shared, PgCluster};
+
+/// A target database holding the trail of one `plan` run over Chinook; returns its URL, its
+/// name and the run id.
+fn planned_run(pg: &PgCluster) -> (String, String, String) {
+    let (source, target) = (pg.chinook(), pg.create_db("target"));
+    let out = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate tracks", "--format", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc: Value = serde_json::from_str(&out.stdout).expect("plan --format json prints one JSON document");
+    let db = target.rsplit('/').next().unwrap().to_owned();
+    (target, db, doc["run_id"].as_str().unwrap().to_owned())
+}
+
+fn verify(target: &str, run: &str) -> tests::Output {
+    agentctl(&["--target", target, "audit", "verify", run])
+}
+
+/// Edits the trail as someone with superuser rights would: around the append-only trigger.
+fn tamper(pg: &PgCluster, db: &str, sql: &str) {
+    pg.psql(
+        db,
+        &format!("BEGIN; ALTER TABLE agentctl.audit_events DISABLE TRIGGER USER; {sql}; ALTER TABLE agentctl.audit_events ENABLE TRIGGER USER; COMMIT;"),
+    );
+}
+
+#[test]
+fn a_plan_leaves_a_complete_trail_that_verifies() {
+    let pg = shared();
+    let (target, db, run) = planned_run(pg);
+    let out = verify(&target, &run);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(&format!("run {run}: intact")), "{}", out.stdout);
+
+    // Messages both ways, the planner's decision with its rationale, and the catalog tool call.
+    let kinds = pg.psql(&db, &format!("SELECT string_agg(DISTINCT agent || ':' || kind, ' ' ORDER BY agent || ':' || kind) FROM agentctl.audit_events WHERE run_id = '{run}'"));
+    for expected in [
+        "operator:message",
+        "orchestrator:message",
+        "planning:decision",
+        "schema_analysis:tool",
+        "schema_analysis:message",
+        "operator:run",
+        "guidance:decision",
+    ] {
+        assert!(kinds.contains(expected), "missing {expected} in {kinds}");
+    }
+    let out = agentctl(&["--target", &target, "audit", "show", &run[..8], "--agent", "planning", "--kind", "decision"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("planned 5 entities in 3 waves"), "{}", out.stdout);
+    assert!(out.stdout.contains("why: album is included because track references it"), "{}", out.stdout);
+
+    // Every message carries run id, sequence number, sender, receiver and correlation id.
+    let meta =
+        pg.psql(&db, &format!("SELECT detail FROM agentctl.audit_events WHERE run_id = '{run}' AND kind = 'message' ORDER BY seq LIMIT 1"));
+    let meta: Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["meta"]["run_id"], json!(run));
+    for key in ["seq", "sender", "receiver", "correlation_id"] {
+        assert!(!meta["meta"][key].is_null(), "message meta lacks {key}: {meta}");
+    }
+
+    let out = agentctl(&["--target", &target, "audit", "list", "--format", "json"]);
+    let runs: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(runs[0]["run_id"], json!(run));
+    assert_eq!(runs[0]["outcome"], json!("planned"));
+
+    let out = agentctl(&["--target", &target, "audit", "export", &run]);
+    let lines: Vec<Value> = out.stdout.lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect();
+    assert_eq!(lines.len().to_string(), pg.psql(&db, &format!("SELECT count(*) FROM agentctl.audit_events WHERE run_id = '{run}'")));
+    let out = agentctl(&["--target", &target, "audit", "export", &run, "--format", "html"]);
+    assert!(
+        out.stdout.starts_with("<!doctype html>") && out.stdout.contains("chain intact"),
+        "{}",
+        &out.stdout[..200.min(out.stdout.len())]
+    );
+}
+
+#[test]
+fn the_trail_is_append_only_for_ordinary_statements() {
+    let pg = shared();
+    let (_, db, run) = planned_run(pg);
+    let out = std::process::Command::new(tests::pg_bin().join("psql"))
+        .args(["-X", "-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-d", &db, "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!("UPDATE agentctl.audit_events SET summary = 'x' WHERE run_id = '{run}'"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("append-only"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn an_edited_event_is_named() {
+    let pg = shared();
+    let (target, db, run) = planned_run(pg);
+    tamper(pg, &db, &format!("UPDATE agentctl.audit_events SET summary = summary || ' (edited)' WHERE run_id = '{run}' AND seq = 5"));
+    let out = verify(&target, &run);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("TAMPERED at event #5: its contents do not match its hash"), "{}", out.stdout);
+    assert!(out.stderr.contains("does not verify"), "{}", out.stderr);
+}
+
+#[test]
+fn a_deleted_event_is_named() {
+    let pg = shared();
+    let (target, db, run) = planned_run(pg);
+    tamper(pg, &db, &format!("DELETE FROM agentctl.audit_events WHERE run_id = '{run}' AND seq = 4"));
+    let out = verify(&target, &run);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("TAMPERED at event #4: expected event #4 here"), "{}", out.stdout);
+}
+
+#[test]
+fn reordered_events_are_named() {
+    let pg = shared();
+    let (target, db, run) = planned_run(pg);
+    // Swap #2 and #3 through a free sequence number.
+    tamper(
+        pg,
+        &db,
+        &format!(
+            "UPDATE agentctl.audit_events SET seq = 1000000 WHERE run_id = '{run}' AND seq = 2; \
+             UPDATE agentctl.audit_events SET seq = 2 WHERE run_id = '{run}' AND seq = 3; \
+             UPDATE agentctl.audit_events SET seq = 3 WHERE run_id = '{run}' AND seq = 1000000"
+        ),
+    );
+    let out = verify(&target, &run);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("TAMPERED at event #2"), "{}", out.stdout);
+}
+
+#[test]
+fn a_removed_tail_is_named() {
+    let pg = shared();
+    let (target, db, run) = planned_run(pg);
+    let count: i64 = pg.psql(&db, &format!("SELECT count(*) FROM agentctl.audit_events WHERE run_id = '{run}'")).parse().unwrap();
+    tamper(pg, &db, &format!("DELETE FROM agentctl.audit_events WHERE run_id = '{run}' AND seq > {}", count - 2));
+    let out = verify(&target, &run);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains(&format!("TAMPERED at event #{}: the run recorded {count} events", count - 1)), "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_reach_the_trail() {
+    let pg = shared();
+    let secret = "Sup3r-Secret-Pw";
+    // Trust authentication ignores the password, so the URL connects and still carries it.
+    let source = pg.chinook().replace("postgres@", &format!("postgres:{secret}@"));
+    let target = pg.create_db("target").replace("postgres@", &format!("postgres:{secret}@"));
+    let config = tests::config(&source, &target);
+    let conns = Connections::open(&config, true).await.unwrap();
+    let session =
+        Session::start(&conns, "plan", Some("migrate tracks"), conns.tools().unwrap(), SessionOptions::from_config(&config)).await.unwrap();
+    session.operator_decision(
+        format!("connected with {secret}"),
+        format!("retrying with PGPASSWORD={secret} after postgres://app:other-pw@db/x failed"),
+        json!({"password": "plain", "api_key": "sk-abcdefghijklmnopqrstuv", "url": target}),
+    );
+    let (store, run_id) = (session.store.clone(), session.run_id);
+    session.finish("succeeded", None).await.unwrap();
+
+    let events = store.events(run_id, &Default::default()).await.unwrap();
+    let all: String = events.iter().map(|e| format!("{} {}\n", e.summary, e.detail)).collect();
+    for leak in [secret, "other-pw", "plain", "sk-abcdefghijklmnopqrstuv"] {
+        assert!(!all.contains(leak), "`{leak}` reached the trail:\n{all}");
+    }
+    assert!(all.contains("connected with ***"), "{all}");
+}

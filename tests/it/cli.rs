@@ -1,0 +1,85 @@
+//! The command-line contract: one clear line and the documented exit code for bad input, and
+//! one JSON document for `--format json`.
+
+use serde_json::Value;
+use tests::{agentctl, shared};
+
+#[test]
+fn a_missing_database_is_a_configuration_error() {
+    let out = agentctl(&["plan", "--goal", "migrate everything"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(
+        out.stderr.trim(),
+        "agentctl: no target database configured: pass --target, or set TARGET_DATABASE_URL (or TARGET_DB_HOST, TARGET_DB_NAME, ...) in the environment or .env"
+    );
+}
+
+#[test]
+fn an_unreachable_database_names_which_one_and_why() {
+    let pg = shared();
+    let target = pg.create_db("target");
+    let out = agentctl(&["--source", "postgres://postgres:pw@127.0.0.1:1/legacy", "--target", &target, "plan", "--goal", "x"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("agentctl: connecting to the source database at 127.0.0.1:1/legacy: connection refused"),
+        "{}",
+        out.stderr
+    );
+    let out = agentctl(&["--target", &pg.url("no_such_db"), "audit", "list"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("target database") && out.stderr.contains("\"no_such_db\" does not exist"), "{}", out.stderr);
+}
+
+#[test]
+fn bad_settings_in_the_env_file_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("agentctl.env");
+    std::fs::write(&env, "TARGET_DATABASE_URL=postgres://u@h/db\nBATCH_SIZE=many\n").unwrap();
+    let out = agentctl(&["--env-file", env.to_str().unwrap(), "audit", "list"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains(r#"BATCH_SIZE="many" from "#) && out.stderr.contains("expected a whole number"), "{}", out.stderr);
+}
+
+#[test]
+fn plan_orders_chinook_parents_first_and_prints_json() {
+    let pg = shared();
+    let (source, target) = (pg.chinook(), pg.create_db("target"));
+    let out = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate invoice lines", "--format", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    let waves: Vec<Vec<&str>> = doc["plan"]["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_array().unwrap().iter().map(|e| e["table"]["name"].as_str().unwrap()).collect())
+        .collect();
+    // invoice_line needs invoice and track; invoice needs customer, which needs employee (whose
+    // reports_to self-reference is deferred); track needs album, genre, media_type; album needs artist.
+    assert_eq!(
+        waves,
+        vec![vec!["artist", "employee", "genre", "media_type"], vec!["album", "customer"], vec!["invoice", "track"], vec!["invoice_line"]]
+    );
+    assert_eq!(doc["hash"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn an_unknown_entity_suggests_the_closest_names() {
+    let pg = shared();
+    let (source, target) = (pg.chinook(), pg.create_db("target"));
+    let out = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate trakcs"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("no table matches `trakcs`") && out.stderr.contains("did you mean track"), "{}", out.stderr);
+}
+
+#[test]
+fn run_refuses_without_approval_when_nobody_can_be_asked() {
+    let pg = shared();
+    let (source, target) = (pg.chinook(), pg.create_db("target"));
+    let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate genres"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("refusing to run plan") && out.stderr.contains("--yes"), "{}", out.stderr);
+    let db = target.rsplit('/').next().unwrap();
+    assert_eq!(pg.psql(db, "SELECT outcome FROM agentctl.runs"), "failed");
+    assert!(pg.psql(db, "SELECT count(*) FROM agentctl.audit_events WHERE summary LIKE '%was not approved%'") == "1");
+}

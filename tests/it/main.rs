@@ -1,0 +1,6 @@
+//! agentctl's integration tests, one binary: every module runs against real PostgreSQL
+//! clusters started by `tests::PgCluster` (see `tests/lib.rs`).
+
+mod audit;
+mod cli;
+mod supervision;

@@ -1,0 +1,316 @@
+//! Fixtures for agentctl's integration tests: real PostgreSQL 15 clusters started from the
+//! machine's own binaries, the shared public datasets, and the `agentctl` binary.
+//!
+//! A cluster lives in a temporary directory on a free port. It is started as a child of a
+//! dedicated thread with a parent-death signal, so it dies with the test process however that
+//! process ends; directories left by a killed run are removed by the next one. As root (CI),
+//! initdb refuses to run, so the cluster runs as the `postgres` user.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Where PostgreSQL's binaries are: `PG_BIN`, else Debian's location for version 15.
+pub fn pg_bin() -> PathBuf {
+    let dir = std::env::var_os("PG_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
+    assert!(
+        dir.join("initdb").exists(),
+        "PostgreSQL 15 binaries not found in {}: install postgresql-15 (Debian) or set PG_BIN",
+        dir.display()
+    );
+    dir
+}
+
+const ROOT: &str = "/tmp/agentctl-test-pg";
+
+pub struct PgCluster {
+    pub port: u16,
+    dir: PathBuf,
+    child: Mutex<Option<u32>>,
+    /// Databases created so far, to name the next one.
+    dbs: AtomicU32,
+}
+
+/// The cluster that tests share: one per test binary, a fresh database per test.
+pub fn shared() -> &'static PgCluster {
+    static SHARED: OnceLock<PgCluster> = OnceLock::new();
+    SHARED.get_or_init(|| PgCluster::start().unwrap_or_else(|e| panic!("could not start the test cluster: {e}")))
+}
+
+fn run_as() -> Option<(u32, u32)> {
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return None;
+    }
+    let out = Command::new("id").args(["-u", "postgres"]).output().ok()?;
+    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    let out = Command::new("id").args(["-g", "postgres"]).output().ok()?;
+    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    Some((uid, gid))
+}
+
+fn command(program: &Path, user: Option<(u32, u32)>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+/// Removes cluster directories whose test process is gone.
+fn reap_stale() {
+    let Ok(entries) = std::fs::read_dir(ROOT) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        #[allow(unsafe_code)]
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+impl PgCluster {
+    /// Initialises and starts a new cluster.
+    pub fn start() -> Result<PgCluster, String> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        reap_stale();
+        let bin = pg_bin();
+        let user = run_as();
+        let dir = PathBuf::from(ROOT).join(format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::set_permissions(ROOT, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).ok();
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", dir.display()))?;
+        }
+        let out = command(&bin.join("initdb"), user)
+            .args(["-D", "data", "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .current_dir(&dir)
+            .output()
+            .map_err(|e| format!("running initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let cluster = PgCluster { port: 0, dir, child: Mutex::new(None), dbs: AtomicU32::new(0) };
+        cluster.launch(free_port())
+    }
+
+    fn launch(mut self, port: u16) -> Result<PgCluster, String> {
+        self.port = port;
+        let (tx, rx) = mpsc::channel();
+        let (bin, dir, user) = (pg_bin(), self.dir.clone(), run_as());
+        // The postmaster is a child of this thread, which lives as long as the postmaster: the
+        // parent-death signal is tied to the spawning thread, not to the process.
+        std::thread::spawn(move || {
+            let mut cmd = command(&bin.join("postgres"), user);
+            cmd.args(["-D", "data", "-p", &port.to_string(), "-k", ".", "-c", "listen_addresses=127.0.0.1"])
+                .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+                .args(["-c", "max_connections=300", "-c", "shared_buffers=128MB", "-c", "max_wal_size=4GB"])
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("postgres.log")).map(Stdio::from).unwrap_or_else(|_| Stdio::null()));
+            {
+                use std::os::unix::process::CommandExt;
+                #[allow(unsafe_code)]
+                // SAFETY: prctl is async-signal-safe; it runs after the uid switch, which would
+                // otherwise clear the parent-death signal.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);
+                        Ok(())
+                    });
+                }
+            }
+            let child: Result<Child, _> = cmd.spawn();
+            match child {
+                Ok(mut c) => {
+                    let _ = tx.send(Ok(c.id()));
+                    let _ = c.wait();
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(format!("starting postgres: {e}")));
+                }
+            }
+        });
+        let pid = rx.recv().map_err(|e| e.to_string())??;
+        *self.child.lock().unwrap() = Some(pid);
+        self.wait_ready()?;
+        Ok(self)
+    }
+
+    fn wait_ready(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = Command::new(pg_bin().join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+                return Err(format!("postgres on port {} did not become ready: {log}", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Creates an empty database with a fresh name and returns its URL.
+    pub fn create_db(&self, prefix: &str) -> String {
+        let name = format!("{prefix}_{}", self.dbs.fetch_add(1, Ordering::Relaxed));
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        self.url(&name)
+    }
+
+    /// Runs SQL with psql and returns its unaligned output; panics with psql's message on error.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(pg_bin().join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("psql runs");
+        assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Runs a SQL file with psql from `cwd` (for scripts that `\i` their siblings).
+    pub fn psql_file(&self, db: &str, file: &Path, cwd: &Path) {
+        let out = Command::new(pg_bin().join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-f"])
+            .arg(file)
+            .current_dir(cwd)
+            .output()
+            .expect("psql runs");
+        assert!(out.status.success(), "psql -f {} failed: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Loads the shared Chinook dataset into a database of its own; returns its URL.
+    pub fn chinook(&self) -> String {
+        let url = self.create_db("chinook");
+        let db = url.rsplit('/').next().unwrap().to_owned();
+        // The script drops and recreates a database named chinook and connects to it; load it
+        // into ours instead, skipping those lines.
+        let script = std::fs::read_to_string(datasets().join("chinook/Chinook_PostgreSql.sql")).expect("the Chinook script is readable");
+        let body: String = script
+            .lines()
+            .filter(|l| {
+                let t = l.trim_start().to_ascii_uppercase();
+                !(t.starts_with("DROP DATABASE") || t.starts_with("CREATE DATABASE") || t.starts_with("\\C"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let tmp = tempfile::NamedTempFile::new().expect("a temp file");
+        std::fs::write(tmp.path(), body).expect("write the script");
+        self.psql_file(&db, tmp.path(), &datasets());
+        url
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.lock().unwrap().take() {
+            #[allow(unsafe_code)]
+            // SAFETY: signalling our own child process.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGQUIT);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A configuration naming these databases, as `--source` and `--target` would.
+pub fn config(source: &str, target: &str) -> runtime::config::Config {
+    let flags = runtime::config::DbFlags { source: Some(source.to_owned()), target: Some(target.to_owned()) };
+    runtime::config::Config::resolve(&flags, &runtime::config::Vars::default()).expect("test URLs are valid")
+}
+
+/// `shared/datasets` beside the checkout.
+pub fn datasets() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = here.join("../../shared/datasets");
+    assert!(dir.exists(), "the shared datasets are expected at {}", dir.display());
+    dir
+}
+
+/// The `agentctl` binary of this build, built on first use.
+pub fn agentctl_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        // target/<profile>/deps/it-<hash> -> target/<profile>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("the test binary lives in target/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "agentctl", "--bin", "agentctl"]).env("CARGO_TARGET_DIR", target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "building agentctl failed");
+        profile_dir.join("agentctl")
+    })
+    .clone()
+}
+
+/// What a finished `agentctl` process said.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `agentctl` with `args` in an empty directory (so no stray `.env` is read) and no
+/// database variables from the environment.
+pub fn agentctl(args: &[&str]) -> Output {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let out = Command::new(agentctl_bin())
+        .args(args)
+        .current_dir(dir.path())
+        .env_remove("SOURCE_DATABASE_URL")
+        .env_remove("TARGET_DATABASE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("agentctl runs");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

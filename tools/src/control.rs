@@ -1,0 +1,263 @@
+//! The `agentctl` control schema in the target database: its migrations, the runs, and the
+//! audit trail's storage. Implements [`AuditSink`] for the audit writer and the read side that
+//! `agentctl audit` uses.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use runtime::audit::{AuditError, AuditEvent, AuditSink, ChainHead};
+use runtime::RunId;
+use serde::Serialize;
+use sqlx::migrate::Migrator;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::pg::{while_doing, DbError};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The control schema over a target database pool.
+#[derive(Clone)]
+pub struct ControlStore {
+    pool: PgPool,
+}
+
+/// One row of `agentctl audit list`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRow {
+    pub run_id: RunId,
+    pub command: String,
+    pub goal: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: String,
+    pub outcome_detail: Option<String>,
+    pub event_count: i64,
+}
+
+/// Which events `audit show` wants.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub agent: Option<String>,
+    pub kind: Option<String>,
+}
+
+impl ControlStore {
+    /// Creates or upgrades the control schema, then returns the store.
+    pub async fn open(pool: PgPool) -> Result<ControlStore, DbError> {
+        let mut conn = pool.acquire().await.map_err(while_doing("preparing the agentctl control schema"))?;
+        sqlx::query("CREATE SCHEMA IF NOT EXISTS agentctl")
+            .execute(&mut *conn)
+            .await
+            .map_err(while_doing("creating the agentctl control schema"))?;
+        // The migrations' own bookkeeping table belongs in the control schema, not in the
+        // operator's `public`.
+        sqlx::query("SET search_path TO agentctl").execute(&mut *conn).await.map_err(while_doing("selecting the agentctl schema"))?;
+        MIGRATOR.run(&mut *conn).await.map_err(|e| DbError(format!("while migrating the agentctl control schema: {e}")))?;
+        sqlx::query("RESET search_path").execute(&mut *conn).await.map_err(while_doing("resetting the search path"))?;
+        Ok(ControlStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn begin_run(&self, run_id: RunId, command: &str, goal: Option<&str>) -> Result<(), DbError> {
+        sqlx::query("INSERT INTO agentctl.runs (run_id, command, goal) VALUES ($1, $2, $3)")
+            .bind(run_id.0)
+            .bind(command)
+            .bind(goal)
+            .execute(&self.pool)
+            .await
+            .map_err(while_doing(format!("recording the start of run {run_id}")))?;
+        Ok(())
+    }
+
+    pub async fn finish_run(&self, run_id: RunId, outcome: &str, detail: Option<&str>) -> Result<(), DbError> {
+        sqlx::query("UPDATE agentctl.runs SET finished_at = now(), outcome = $2, outcome_detail = $3 WHERE run_id = $1")
+            .bind(run_id.0)
+            .bind(outcome)
+            .bind(detail)
+            .execute(&self.pool)
+            .await
+            .map_err(while_doing(format!("recording the end of run {run_id}")))?;
+        Ok(())
+    }
+
+    pub async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT run_id, command, goal, started_at, finished_at, outcome, outcome_detail, event_count
+             FROM agentctl.runs ORDER BY started_at DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing("listing runs"))?;
+        rows.iter().map(run_row).collect()
+    }
+
+    /// Finds a run by its id or a unique prefix of it; `None` means the latest run.
+    pub async fn find_run(&self, id: Option<&str>) -> Result<RunRow, DbError> {
+        let rows = match id {
+            None => {
+                sqlx::query(
+                    "SELECT run_id, command, goal, started_at, finished_at, outcome, outcome_detail, event_count
+                 FROM agentctl.runs ORDER BY started_at DESC LIMIT 1",
+                )
+                .fetch_all(&self.pool)
+                .await
+            }
+            Some(prefix) => {
+                let prefix = prefix.trim().to_ascii_lowercase();
+                if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                    return Err(DbError(format!("`{prefix}` is not a run id (expected the hex digits of a run's UUID)")));
+                }
+                sqlx::query(
+                    "SELECT run_id, command, goal, started_at, finished_at, outcome, outcome_detail, event_count
+                     FROM agentctl.runs WHERE run_id::text LIKE $1 || '%' ORDER BY started_at DESC LIMIT 2",
+                )
+                .bind(&prefix)
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(while_doing("looking up the run"))?;
+        match (rows.len(), id) {
+            (0, None) => Err(DbError("no run has been recorded in this target database yet".into())),
+            (0, Some(p)) => Err(DbError(format!("no run with id {p}"))),
+            (2, Some(p)) => Err(DbError(format!("run id prefix {p} matches more than one run; give more of it"))),
+            _ => run_row(&rows[0]),
+        }
+    }
+
+    /// A run's events in sequence order, optionally filtered.
+    pub async fn events(&self, run_id: RunId, filter: &EventFilter) -> Result<Vec<AuditEvent>, DbError> {
+        let rows = sqlx::query(
+            "SELECT run_id, seq, at, agent, kind, correlation_id, summary, detail, prev_hash, hash
+             FROM agentctl.audit_events
+             WHERE run_id = $1 AND ($2::text IS NULL OR agent = $2) AND ($3::text IS NULL OR kind = $3)
+             ORDER BY seq",
+        )
+        .bind(run_id.0)
+        .bind(filter.agent.as_deref())
+        .bind(filter.kind.as_deref())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing(format!("reading the audit trail of run {run_id}")))?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEvent {
+                    run_id: RunId(r.try_get("run_id").map_err(while_doing("reading run_id"))?),
+                    seq: r.try_get("seq").map_err(while_doing("reading seq"))?,
+                    at: r.try_get("at").map_err(while_doing("reading at"))?,
+                    agent: r.try_get("agent").map_err(while_doing("reading agent"))?,
+                    kind: r.try_get("kind").map_err(while_doing("reading kind"))?,
+                    correlation_id: r.try_get("correlation_id").map_err(while_doing("reading correlation_id"))?,
+                    summary: r.try_get("summary").map_err(while_doing("reading summary"))?,
+                    detail: r.try_get("detail").map_err(while_doing("reading detail"))?,
+                    prev_hash: r.try_get("prev_hash").map_err(while_doing("reading prev_hash"))?,
+                    hash: r.try_get("hash").map_err(while_doing("reading hash"))?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn chain_head(&self, run_id: RunId) -> Result<ChainHead, DbError> {
+        let row = sqlx::query("SELECT event_count, head_hash FROM agentctl.runs WHERE run_id = $1")
+            .bind(run_id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(while_doing(format!("reading the head of run {run_id}")))?;
+        match row {
+            None => Ok(ChainHead::empty()),
+            Some(r) => Ok(ChainHead {
+                event_count: r.try_get("event_count").map_err(while_doing("reading event_count"))?,
+                head_hash: r.try_get("head_hash").map_err(while_doing("reading head_hash"))?,
+            }),
+        }
+    }
+}
+
+fn run_row(r: &sqlx::postgres::PgRow) -> Result<RunRow, DbError> {
+    let get = |e| while_doing("reading a run")(e);
+    Ok(RunRow {
+        run_id: RunId(r.try_get::<Uuid, _>("run_id").map_err(get)?),
+        command: r.try_get("command").map_err(get)?,
+        goal: r.try_get("goal").map_err(get)?,
+        started_at: r.try_get("started_at").map_err(get)?,
+        finished_at: r.try_get("finished_at").map_err(get)?,
+        outcome: r.try_get("outcome").map_err(get)?,
+        outcome_detail: r.try_get("outcome_detail").map_err(get)?,
+        event_count: r.try_get("event_count").map_err(get)?,
+    })
+}
+
+#[async_trait]
+impl AuditSink for ControlStore {
+    async fn append(&self, run_id: RunId, events: &[AuditEvent]) -> Result<(), AuditError> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(()) };
+        let store = |e: sqlx::Error| AuditError::Store(crate::pg::describe(&e));
+        let mut tx = self.pool.begin().await.map_err(store)?;
+        // Move the head only from where this batch starts: a second writer on the same run, or
+        // a lost earlier batch, fails loudly instead of forking the chain.
+        let moved = sqlx::query(
+            "UPDATE agentctl.runs SET event_count = $2, head_hash = $3
+             WHERE run_id = $1 AND event_count = $4 AND head_hash = $5",
+        )
+        .bind(run_id.0)
+        .bind(last.seq)
+        .bind(&last.hash)
+        .bind(first.seq - 1)
+        .bind(&first.prev_hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(store)?;
+        if moved.rows_affected() != 1 {
+            return Err(AuditError::Store(format!(
+                "run {run_id}'s stored chain does not end at event #{} (another writer, or a lost batch)",
+                first.seq - 1
+            )));
+        }
+        let mut seq = Vec::with_capacity(events.len());
+        let mut at = Vec::with_capacity(events.len());
+        let mut agent = Vec::with_capacity(events.len());
+        let mut kind = Vec::with_capacity(events.len());
+        let mut corr = Vec::with_capacity(events.len());
+        let mut summary = Vec::with_capacity(events.len());
+        let mut detail = Vec::with_capacity(events.len());
+        let mut prev = Vec::with_capacity(events.len());
+        let mut hash = Vec::with_capacity(events.len());
+        for e in events {
+            seq.push(e.seq);
+            at.push(e.at);
+            agent.push(e.agent.as_str());
+            kind.push(e.kind.as_str());
+            corr.push(e.correlation_id);
+            summary.push(e.summary.as_str());
+            detail.push(e.detail.as_str());
+            prev.push(e.prev_hash.as_str());
+            hash.push(e.hash.as_str());
+        }
+        sqlx::query(
+            "INSERT INTO agentctl.audit_events (run_id, seq, at, agent, kind, correlation_id, summary, detail, prev_hash, hash)
+             SELECT $1, * FROM UNNEST($2::int8[], $3::timestamptz[], $4::text[], $5::text[], $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[])",
+        )
+        .bind(run_id.0)
+        .bind(&seq)
+        .bind(&at)
+        .bind(&agent)
+        .bind(&kind)
+        .bind(&corr)
+        .bind(&summary)
+        .bind(&detail)
+        .bind(&prev)
+        .bind(&hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(store)?;
+        tx.commit().await.map_err(store)
+    }
+
+    async fn head(&self, run_id: RunId) -> Result<ChainHead, AuditError> {
+        self.chain_head(run_id).await.map_err(|e| AuditError::Store(e.0))
+    }
+}

@@ -1,0 +1,11 @@
+//! What agentctl's agents use to touch the world. This crate and `sandbox` are the only ones
+//! that speak to PostgreSQL (sqlx), Docker (bollard) or an LLM (async-openai); agents see the
+//! traits of `runtime::ports`, which the types here implement.
+//!
+//! - [`pg`]: connecting, and one-line errors that say which database and why.
+//! - [`control`]: the `agentctl` control schema (migrations, runs, the audit trail's storage).
+//! - [`catalog`]: reading a database's structure from `pg_catalog`.
+
+pub mod catalog;
+pub mod control;
+pub mod pg;

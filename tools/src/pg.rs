@@ -1,0 +1,75 @@
+//! Connecting to PostgreSQL, and turning the driver's errors into one line an operator can act
+//! on: which database, what was being done, and why it failed.
+
+use std::time::Duration;
+
+use runtime::config::DbUrl;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DbError(pub String);
+
+impl From<DbError> for runtime::ports::ToolError {
+    fn from(e: DbError) -> Self {
+        runtime::ports::ToolError(e.0)
+    }
+}
+
+/// How long connecting may take before it is reported as a failure.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to `db` once to check that it is reachable (failing at once, with a clear reason,
+/// when it is not), then returns a pool of up to `max_connections`.
+pub async fn connect(db: &DbUrl, max_connections: u32) -> Result<PgPool, DbError> {
+    let what = format!("connecting to the {} database at {}", db.role, db.location());
+    let options: PgConnectOptions = db
+        .expose()
+        .parse::<PgConnectOptions>()
+        .map_err(|e| DbError(format!("{what}: {}", describe(&e))))?
+        .application_name("agentctl")
+        .log_statements(tracing::log::LevelFilter::Debug)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(30));
+    let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+        .await
+        .map_err(|_| DbError(format!("{what}: no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
+        .map_err(|e| DbError(format!("{what}: {}", describe(&e))))?;
+    let _ = probe.close().await;
+    Ok(PgPoolOptions::new().max_connections(max_connections.max(1)).acquire_timeout(Duration::from_secs(60)).connect_lazy_with(options))
+}
+
+/// One line for a driver error, without the driver's internals.
+pub fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default();
+            format!("{}{code}", db.message())
+        }
+        sqlx::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused (is the server running and is the port right?)".into(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::UnexpectedEof => {
+                "the connection was closed by the server".into()
+            }
+            _ => io.to_string(),
+        },
+        sqlx::Error::Tls(t) => format!("TLS: {t}"),
+        sqlx::Error::PoolTimedOut => "no connection became free in time".into(),
+        sqlx::Error::PoolClosed => "the connection pool is closed".into(),
+        sqlx::Error::Configuration(c) => format!("bad connection settings: {c}"),
+        sqlx::Error::Protocol(p) => format!("protocol error: {p}"),
+        sqlx::Error::ColumnDecode { index, source } => format!("could not read column {index}: {source}"),
+        sqlx::Error::Decode(d) => format!("could not decode a value: {d}"),
+        sqlx::Error::RowNotFound => "no row found".into(),
+        other => other.to_string(),
+    }
+    .replace('\n', " ")
+}
+
+/// Context for a failed statement: `while {what}: {reason}`.
+pub fn while_doing(what: impl std::fmt::Display) -> impl FnOnce(sqlx::Error) -> DbError {
+    move |e| DbError(format!("while {what}: {}", describe(&e)))
+}
+
+/// The connection pool type, so that crates above `tools` need not import the driver.
+pub type Pool = PgPool;
