@@ -6,22 +6,17 @@
 //! process ends; directories left by a killed run are removed by the next one. As root (CI),
 //! initdb refuses to run, so the cluster runs as the `postgres` user.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Where PostgreSQL's binaries are: `PG_BIN`, else Debian's location for version 15.
+use tools::cluster;
+
+/// Where PostgreSQL's binaries are (see `tools::cluster::bin_dir`).
 pub fn pg_bin() -> PathBuf {
-    let dir = std::env::var_os("PG_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
-    assert!(
-        dir.join("initdb").exists(),
-        "PostgreSQL 15 binaries not found in {}: install postgresql-15 (Debian) or set PG_BIN",
-        dir.display()
-    );
-    dir
+    cluster::bin_dir().unwrap_or_else(|e| panic!("{e}"))
 }
 
 const ROOT: &str = "/tmp/agentctl-test-pg";
@@ -41,30 +36,7 @@ pub fn shared() -> &'static PgCluster {
 }
 
 fn run_as() -> Option<(u32, u32)> {
-    #[allow(unsafe_code)]
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        return None;
-    }
-    let out = Command::new("id").args(["-u", "postgres"]).output().ok()?;
-    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-    let out = Command::new("id").args(["-g", "postgres"]).output().ok()?;
-    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-    Some((uid, gid))
-}
-
-fn command(program: &Path, user: Option<(u32, u32)>) -> Command {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(program);
-    if let Some((uid, gid)) = user {
-        cmd.uid(uid).gid(gid);
-    }
-    cmd
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    cluster::server_user().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Removes cluster directories whose test process is gone.
@@ -87,24 +59,11 @@ impl PgCluster {
     pub fn start() -> Result<PgCluster, String> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         reap_stale();
-        let bin = pg_bin();
-        let user = run_as();
         let dir = PathBuf::from(ROOT).join(format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        std::fs::set_permissions(ROOT, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).ok();
-        if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", dir.display()))?;
-        }
-        let out = command(&bin.join("initdb"), user)
-            .args(["-D", "data", "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
-            .current_dir(&dir)
-            .output()
-            .map_err(|e| format!("running initdb: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
-        }
-        let cluster = PgCluster { port: 0, dir, child: Mutex::new(None), dbs: AtomicU32::new(0) };
-        cluster.launch(free_port())
+        std::fs::create_dir_all(ROOT).map_err(|e| format!("creating {ROOT}: {e}"))?;
+        cluster::initdb(&pg_bin(), &dir, run_as()).map_err(|e| e.to_string())?;
+        let pg = PgCluster { port: 0, dir, child: Mutex::new(None), dbs: AtomicU32::new(0) };
+        pg.launch(cluster::free_port().map_err(|e| e.to_string())?)
     }
 
     fn launch(mut self, port: u16) -> Result<PgCluster, String> {
@@ -114,7 +73,7 @@ impl PgCluster {
         // The postmaster is a child of this thread, which lives as long as the postmaster: the
         // parent-death signal is tied to the spawning thread, not to the process.
         std::thread::spawn(move || {
-            let mut cmd = command(&bin.join("postgres"), user);
+            let mut cmd = cluster::command(&bin.join("postgres"), user);
             cmd.args(["-D", "data", "-p", &port.to_string(), "-k", ".", "-c", "listen_addresses=127.0.0.1"])
                 .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
                 .args(["-c", "max_connections=300", "-c", "shared_buffers=128MB", "-c", "max_wal_size=4GB"])
@@ -299,9 +258,15 @@ pub struct Output {
 /// Runs `agentctl` with `args` in an empty directory (so no stray `.env` is read) and no
 /// database variables from the environment.
 pub fn agentctl(args: &[&str]) -> Output {
+    agentctl_with(args, &[])
+}
+
+/// [`agentctl`] with extra environment variables.
+pub fn agentctl_with(args: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().expect("a temp dir");
     let out = Command::new(agentctl_bin())
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir.path())
         .env_remove("SOURCE_DATABASE_URL")
         .env_remove("TARGET_DATABASE_URL")

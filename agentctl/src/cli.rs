@@ -57,6 +57,72 @@ pub enum Command {
     /// Review the audit trail: every message, decision, tool call and batch of every run.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// The reference legacy database: generate it, or show its expected fault report.
+    #[command(subcommand)]
+    Dataset(DatasetCmd),
+    /// The whole job on a private PostgreSQL: reference data, target schema, migration, report.
+    Demo(DemoOpts),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DatasetShape {
+    /// Size relative to production (1.0 = 3.47M rows); small tables keep a handful of rows.
+    #[arg(long, default_value_t = 0.01)]
+    pub scale: f64,
+
+    /// The random seed: the same seed, scale and faults give the same data.
+    #[arg(long, default_value_t = 20_240_601)]
+    pub seed: u64,
+
+    /// A TOML file of fault rates that override production's
+    /// (`[dispatch_offer]` then `duplicate_unique = 0.5`).
+    #[arg(long, value_name = "FILE")]
+    pub faults: Option<PathBuf>,
+
+    /// Generate clean data, with no injected faults.
+    #[arg(long, conflicts_with = "faults")]
+    pub no_faults: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetCmd {
+    /// Load the legacy schema into the source database and fill it through COPY; with a target
+    /// configured, also create the empty modern schema there.
+    Generate {
+        #[command(flatten)]
+        shape: DatasetShape,
+        /// Drop and recreate legacy (and target) tables that already exist.
+        #[arg(long)]
+        replace: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Print, without touching a database, how many rows each table would have, how many are
+    /// clean, how many carry each fault, and the expected migrated and rejected counts.
+    Faults {
+        #[command(flatten)]
+        shape: DatasetShape,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoOpts {
+    #[arg(long, default_value_t = 0.01)]
+    pub scale: f64,
+
+    #[arg(long, default_value_t = 20_240_601)]
+    pub seed: u64,
+
+    /// Delete the demo's PostgreSQL cluster and start from nothing.
+    #[arg(long)]
+    pub fresh: bool,
+
+    /// Where the demo keeps its cluster (default: $AGENTCTL_DEMO_DIR, else
+    /// ~/.local/share/agentctl/demo, or /var/lib/agentctl/demo as root).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod dataset;
 pub mod exit;
 mod html;
 pub mod plan_run;
@@ -28,6 +29,8 @@ pub async fn run(opt: Opt) -> Result<(), Exit> {
         Command::Analyze(o) => plan_run::analyze(&config, o).await,
         Command::Status(o) => audit::status(&config, o).await,
         Command::Audit(cmd) => audit::audit(&config, cmd).await,
+        Command::Dataset(cmd) => dataset::dataset(&config, cmd).await,
+        Command::Demo(o) => dataset::demo(o).await,
     }
 }
 

@@ -3,4 +3,5 @@
 
 mod audit;
 mod cli;
+mod dataset;
 mod supervision;

@@ -5,7 +5,12 @@
 //! - [`pg`]: connecting, and one-line errors that say which database and why.
 //! - [`control`]: the `agentctl` control schema (migrations, runs, the audit trail's storage).
 //! - [`catalog`]: reading a database's structure from `pg_catalog`.
+//! - [`cluster`]: a private PostgreSQL cluster from the machine's binaries (`demo`, tests).
+//! - [`dataset`]: the reference legacy database (generated, with documented dirt) and the
+//!   modern target schema.
 
 pub mod catalog;
+pub mod cluster;
 pub mod control;
+pub mod dataset;
 pub mod pg;
