@@ -177,6 +177,37 @@ impl PgCluster {
         assert!(out.status.success(), "psql -f {} failed: {}", file.display(), String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Chinook as the source and an empty database with the target schema agentctl generates
+    /// from it; returns both URLs.
+    pub fn chinook_pair(&self) -> (String, String) {
+        let source = self.chinook();
+        let target = self.create_db("chinook_target");
+        let out = agentctl(&["--source", &source, "--target", &target, "schema", "generate", "--from-source", "--apply"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        (source, target)
+    }
+
+    /// Employee as the source, with a generated target; returns both URLs.
+    pub fn employee_pair(&self) -> (String, String) {
+        let source = self.create_db("employee");
+        let db = source.rsplit('/').next().unwrap().to_owned();
+        let dir = datasets().join("employee");
+        self.psql_file(&db, &dir.join("employee.sql"), &dir);
+        let target = self.create_db("employee_target");
+        let out = agentctl(&["--source", &source, "--target", &target, "schema", "generate", "--from-source", "--apply"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        (source, target)
+    }
+
+    /// The reference dispatch database at `scale` with its modern target schema; returns both
+    /// URLs and the generator's report.
+    pub fn reference_pair(&self, scale: &str) -> (String, String, serde_json::Value) {
+        let (source, target) = (self.create_db("legacy"), self.create_db("modern"));
+        let out = agentctl(&["--source", &source, "--target", &target, "dataset", "generate", "--scale", scale, "--format", "json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        (source, target, serde_json::from_str(&out.stdout).expect("the report is JSON"))
+    }
+
     /// Loads the shared Chinook dataset into a database of its own; returns its URL.
     pub fn chinook(&self) -> String {
         let url = self.create_db("chinook");

@@ -57,11 +57,74 @@ pub enum Command {
     /// Review the audit trail: every message, decision, tool call and batch of every run.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// How each legacy table maps onto its modern table.
+    #[command(subcommand)]
+    Mapping(MappingCmd),
     /// The reference legacy database: generate it, or show its expected fault report.
     #[command(subcommand)]
     Dataset(DatasetCmd),
+    /// Write a UUID-keyed target schema for a source that has none.
+    #[command(subcommand)]
+    Schema(SchemaCmd),
+    /// Measurements (figures for bench/RESULTS.md).
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// The whole job on a private PostgreSQL: reference data, target schema, migration, report.
     Demo(DemoOpts),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCmd {
+    /// From the source's structure: every key becomes `id uuid` plus `legacy_id`, foreign keys
+    /// point at the new ids, other constraints are kept. Prints the DDL unless --apply.
+    Generate {
+        /// Required: the schema is generated from the source database.
+        #[arg(long, required = true)]
+        from_source: bool,
+        /// Write the DDL to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Create the schema in the target database (in one transaction).
+        #[arg(long)]
+        apply: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Time COPY into a uuid primary key with each UUID layout (v5 and time-ordered v8), in
+    /// legacy key order, in the target database.
+    Uuid {
+        #[arg(long, default_value_t = 2_000_000)]
+        rows: i64,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingCmd {
+    /// Print an entity's mapping: each target column, where it comes from, the transforms, why.
+    Show {
+        /// The entity: a source or target table name ("doctors", "dispatch_doctor"); all if
+        /// omitted.
+        entity: Option<String>,
+        #[command(flatten)]
+        mapping: MappingOpt,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Write the inferred mapping (with the current file's rules) as a TOML file to edit.
+    Init {
+        /// Where to write it.
+        #[arg(long, short, default_value = "mapping.toml")]
+        output: PathBuf,
+        /// Overwrite the file if it exists.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        mapping: MappingOpt,
+    },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -135,6 +198,17 @@ pub struct GoalOpts {
     /// Plan only the named entities, not the parents they reference.
     #[arg(long)]
     pub only: bool,
+
+    #[command(flatten)]
+    pub mapping: MappingOpt,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct MappingOpt {
+    /// A mapping file (TOML) with the rules inference cannot guess (default: AGENTCTL_MAPPING;
+    /// for the reference dispatch database, the built-in mappings/dispatch.toml).
+    #[arg(long, value_name = "FILE", env = "AGENTCTL_MAPPING")]
+    pub mapping: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -144,8 +218,13 @@ pub struct RunOpts {
 
     /// Approve the plan without asking. Without it, agentctl asks on the terminal, and refuses
     /// when there is no terminal to ask on.
-    #[arg(long, short)]
+    #[arg(long, short, conflicts_with = "approve")]
     pub yes: bool,
+
+    /// Approve exactly the plan with this hash (at least its first 12 characters, as `plan`
+    /// prints it); if the plan has changed since, nothing runs.
+    #[arg(long, value_name = "HASH")]
+    pub approve: Option<String>,
 
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
@@ -165,6 +244,10 @@ pub struct AnalyzeOpts {
     /// Read the target database instead of the source.
     #[arg(long)]
     pub of_target: bool,
+
+    /// Count every table's rows (one `count(*)` each) instead of using the planner's estimates.
+    #[arg(long)]
+    pub exact_counts: bool,
 
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,

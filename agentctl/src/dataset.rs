@@ -9,7 +9,7 @@ use tools::cluster::{ensure_database, DaemonCluster};
 use tools::dataset::faults::FaultProfile;
 use tools::dataset::{self, DatasetReport, GenerateOptions, World};
 
-use crate::cli::{DatasetCmd, DatasetShape, DemoOpts, Format};
+use crate::cli::{BenchCmd, DatasetCmd, DatasetShape, DemoOpts, Format};
 use crate::exit::Exit;
 use crate::print_json;
 use crate::session::{Connections, Session, SessionOptions};
@@ -120,8 +120,10 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
     dataset::apply_target_schema(&conns.target, true).await.map_err(Exit::failed)?;
     println!("\nWhat the legacy data holds, and what a migration must do with it:\n{}", report.render());
 
+    let (mapping, mapping_origin) = crate::plan_run::mapping_file(&Default::default(), &conns).await?;
     let session = Session::start(&conns, "demo", Some("migrate everything"), conns.tools()?, SessionOptions::from_config(&config)).await?;
-    let planned = session.plan(PlanGoal { goal: "migrate everything".into(), only: false }).await.map_err(Exit::failed);
+    let goal = PlanGoal { goal: "migrate everything".into(), only: false, mapping, mapping_origin, batch_size: None };
+    let planned = session.plan(goal).await.map_err(Exit::failed);
     let run_id = session.run_id;
     session.finish(if planned.is_ok() { "planned" } else { "failed" }, planned.as_ref().err().map(|e| e.message.as_str())).await?;
     let planned = planned?;
@@ -134,4 +136,29 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
     );
     println!("Look around:\n  psql -h 127.0.0.1 -p {} -U postgres -d legacy   # the legacy data\n  psql -h 127.0.0.1 -p {} -U postgres -d modern   # the target schema and agentctl's control tables\nStop the server:\n  {}", cluster.port, cluster.port, cluster.stop_command());
     Ok(())
+}
+
+pub async fn bench(config: &Config, cmd: BenchCmd) -> Result<(), Exit> {
+    match cmd {
+        BenchCmd::Uuid { rows, format } => {
+            let target = tools::pg::connect(config.target().map_err(Exit::config)?, 1).await.map_err(Exit::config)?;
+            let figures = tools::bench::uuid_layouts(&target, rows).await.map_err(Exit::failed)?;
+            match format {
+                Format::Json => print_json(&figures),
+                Format::Text => {
+                    for f in &figures {
+                        println!(
+                            "{:<8} {:>9} rows in {:>6.2}s  {:>9.0} rows/s  primary key index {:>5} MiB",
+                            format!("{:?}", f.layout).to_lowercase(),
+                            f.rows,
+                            f.seconds,
+                            f.rows_per_second,
+                            f.index_bytes >> 20
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
 }

@@ -30,6 +30,9 @@ pub async fn run(opt: Opt) -> Result<(), Exit> {
         Command::Status(o) => audit::status(&config, o).await,
         Command::Audit(cmd) => audit::audit(&config, cmd).await,
         Command::Dataset(cmd) => dataset::dataset(&config, cmd).await,
+        Command::Mapping(cmd) => plan_run::mapping(&config, cmd).await,
+        Command::Bench(cmd) => dataset::bench(&config, cmd).await,
+        Command::Schema(cmd) => plan_run::schema(&config, cmd).await,
         Command::Demo(o) => dataset::demo(o).await,
     }
 }

@@ -3,20 +3,46 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
+use agents::data_mapping::{self, MappingFile};
 use agents::orchestrator::{PlanGoal, PlanOutcome};
 use agents::planning::render;
 use runtime::config::{Config, DbRole};
 use serde_json::json;
 
-use crate::cli::{AnalyzeOpts, Format, PlanOpts, RunOpts};
+use crate::cli::{AnalyzeOpts, Format, GoalOpts, MappingCmd, MappingOpt, PlanOpts, RunOpts, SchemaCmd};
 use crate::exit::Exit;
 use crate::session::{Connections, Session, SessionOptions};
 use crate::{interruptible, print_json};
 
-async fn start(config: &Config, command: &str, goal: Option<&str>) -> Result<Session, Exit> {
+/// The reference database's own mapping, built in so the demo and the tests need no file.
+pub const DISPATCH_MAPPING: &str = include_str!("../../mappings/dispatch.toml");
+
+/// The mapping rules for this source: the file named, else the built-in one when the source is
+/// the reference dataset, else none (everything inferred).
+pub async fn mapping_file(opt: &MappingOpt, conns: &Connections) -> Result<(MappingFile, String), Exit> {
+    if let Some(path) = &opt.mapping {
+        let text = std::fs::read_to_string(path).map_err(|e| Exit::config(format!("reading the mapping file {}: {e}", path.display())))?;
+        let origin = path.display().to_string();
+        return Ok((MappingFile::parse(&text, &origin).map_err(Exit::config)?, origin));
+    }
+    let source = conns.source.as_ref().ok_or_else(|| Exit::config("this command needs the source database"))?;
+    if tools::dataset::stamp(source).await.map_err(Exit::failed)?.is_some() {
+        let origin = "the built-in mappings/dispatch.toml".to_owned();
+        return Ok((MappingFile::parse(DISPATCH_MAPPING, &origin).map_err(Exit::failed)?, origin));
+    }
+    Ok((MappingFile::default(), "inferred (no mapping file)".into()))
+}
+
+async fn start(config: &Config, command: &str, goal: Option<&str>, mapping: &MappingOpt) -> Result<(Session, MappingFile, String), Exit> {
     let conns = Connections::open(config, true).await?;
+    let (file, origin) = mapping_file(mapping, &conns).await?;
     let tools = conns.tools()?;
-    Session::start(&conns, command, goal, tools, SessionOptions::from_config(config)).await
+    let session = Session::start(&conns, command, goal, tools, SessionOptions::from_config(config)).await?;
+    Ok((session, file, origin))
+}
+
+fn plan_goal(goal: &GoalOpts, config: &Config, mapping: MappingFile, mapping_origin: String) -> PlanGoal {
+    PlanGoal { goal: goal.goal.clone(), only: goal.only, mapping, mapping_origin, batch_size: config.batch_size }
 }
 
 /// Ends the session with the work's outcome; the work's error, if any, is what the caller sees.
@@ -33,15 +59,20 @@ async fn end<T>(session: Session, result: Result<T, Exit>, success: &str) -> Res
 }
 
 pub async fn plan(config: &Config, opts: PlanOpts) -> Result<(), Exit> {
-    let session = start(config, "plan", Some(&opts.goal.goal)).await?;
+    let (session, file, origin) = start(config, "plan", Some(&opts.goal.goal), &opts.goal.mapping).await?;
     let run_id = session.run_id;
-    let goal = PlanGoal { goal: opts.goal.goal.clone(), only: opts.goal.only };
+    let goal = plan_goal(&opts.goal, config, file, origin);
     let result = interruptible(async { session.plan(goal).await.map_err(Exit::failed) }, run_id).await;
     let outcome = end(session, result, "planned").await?;
     match opts.format {
-        Format::Json => {
-            print_json(&json!({"run_id": run_id, "hash": outcome.hash, "plan": outcome.plan, "explanation": outcome.explanation}))
-        }
+        Format::Json => print_json(&json!({
+            "run_id": run_id,
+            "hash": outcome.hash,
+            "plan": outcome.plan,
+            "rollback_order": outcome.plan.rollback_order(),
+            "expected": {"migrated": outcome.plan.expected_migrated(), "rejected": outcome.plan.expected_rejected()},
+            "explanation": outcome.explanation,
+        })),
         Format::Text => print_plan(&outcome),
     }
     Ok(())
@@ -57,16 +88,16 @@ fn print_plan(outcome: &PlanOutcome) {
 }
 
 pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
-    let session = start(config, "run", Some(&opts.goal.goal)).await?;
+    let (session, file, origin) = start(config, "run", Some(&opts.goal.goal), &opts.goal.mapping).await?;
     let run_id = session.run_id;
-    let goal = PlanGoal { goal: opts.goal.goal.clone(), only: opts.goal.only };
+    let goal = plan_goal(&opts.goal, config, file, origin);
     let result = interruptible(
         async {
             let outcome = session.plan(goal).await.map_err(Exit::failed)?;
             if opts.format == Format::Text {
                 print_plan(&outcome);
             }
-            approve(&session, &outcome, opts.yes).await?;
+            approve(&session, &outcome, opts.yes, opts.approve.as_deref()).await?;
             // The approved plan is recorded; carrying it out is the execution agent's work,
             // which this version does not have yet.
             Err::<PlanOutcome, Exit>(Exit::failed(format!(
@@ -80,9 +111,29 @@ pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
     end(session, result, "succeeded").await.map(|_| ())
 }
 
-/// Asks the operator to approve the plan, unless `--yes`; refuses without a terminal.
-async fn approve(session: &Session, outcome: &PlanOutcome, yes: bool) -> Result<(), Exit> {
+/// Asks the operator to approve the plan, unless `--yes` or `--approve HASH`; refuses without a
+/// terminal. An approval given by hash holds only for that exact plan.
+async fn approve(session: &Session, outcome: &PlanOutcome, yes: bool, approved: Option<&str>) -> Result<(), Exit> {
     let short = &outcome.hash[..12];
+    if let Some(h) = approved {
+        let h = h.trim().to_lowercase();
+        if h.len() >= 12 && outcome.hash.starts_with(&h) {
+            session.operator_decision(
+                format!("approved plan {short} by its hash"),
+                "the hash given with --approve is this plan's",
+                json!({"hash": outcome.hash}),
+            );
+            return Ok(());
+        }
+        session.operator_decision(
+            format!("the approval of plan {h} does not hold"),
+            format!("the plan is now {short}: the data, the schemas or the mapping changed since it was approved"),
+            json!({"approved": h, "hash": outcome.hash}),
+        );
+        return Err(Exit::failed(format!(
+            "the plan changed since it was approved (approved {h}, now {short}): review it again with `agentctl plan` and approve the new hash"
+        )));
+    }
     if yes {
         session.operator_decision(
             format!("approved plan {short} with --yes"),
@@ -128,10 +179,10 @@ async fn approve(session: &Session, outcome: &PlanOutcome, yes: bool) -> Result<
 }
 
 pub async fn analyze(config: &Config, opts: AnalyzeOpts) -> Result<(), Exit> {
-    let session = start(config, "analyze", None).await?;
+    let (session, _, _) = start(config, "analyze", None, &MappingOpt::default()).await?;
     let run_id = session.run_id;
     let side = if opts.of_target { DbRole::Target } else { DbRole::Source };
-    let result = interruptible(async { session.analyze(side).await.map_err(Exit::failed) }, run_id).await;
+    let result = interruptible(async { session.analyze(side, opts.exact_counts).await.map_err(Exit::failed) }, run_id).await;
     let report = end(session, result, "succeeded").await?;
     match opts.format {
         Format::Json => print_json(&report),
@@ -149,6 +200,99 @@ pub async fn analyze(config: &Config, opts: AnalyzeOpts) -> Result<(), Exit> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+pub async fn mapping(config: &Config, cmd: MappingCmd) -> Result<(), Exit> {
+    let (opt, command) = match &cmd {
+        MappingCmd::Show { mapping, .. } => (mapping, "mapping show"),
+        MappingCmd::Init { mapping, .. } => (mapping, "mapping init"),
+    };
+    let (session, file, origin) = start(config, command, None, opt).await?;
+    let run_id = session.run_id;
+    let goal = PlanGoal { goal: String::new(), only: false, mapping: file, mapping_origin: origin, batch_size: None };
+    let result = interruptible(async { session.map(goal).await.map_err(Exit::failed) }, run_id).await;
+    let set = end(session, result, "succeeded").await?;
+    match cmd {
+        MappingCmd::Show { entity, format, .. } => {
+            let specs: Vec<_> = match &entity {
+                None => set.specs.iter().collect(),
+                Some(name) => {
+                    let key = agents::planning::entity_key(name);
+                    let found: Vec<_> = set
+                        .specs
+                        .iter()
+                        .filter(|s| [&s.source.name, &s.target.name].iter().any(|n| *n == name || agents::planning::entity_key(n) == key))
+                        .collect();
+                    if found.is_empty() {
+                        let names: Vec<String> = set.specs.iter().map(|s| s.target.name.clone()).collect();
+                        return Err(Exit::config(format!("no mapped entity is called `{name}`; mapped: {}", names.join(", "))));
+                    }
+                    found
+                }
+            };
+            match format {
+                Format::Json => print_json(&specs),
+                Format::Text => {
+                    for s in specs {
+                        println!("{}", data_mapping::render(s));
+                    }
+                    if entity.is_none() {
+                        for (t, why) in &set.unmapped {
+                            println!("{t}: not migrated on its own ({why})");
+                        }
+                    }
+                }
+            }
+        }
+        MappingCmd::Init { output, force, .. } => {
+            if output.exists() && !force {
+                return Err(Exit::config(format!("{} exists; pass --force to overwrite it", output.display())));
+            }
+            let text =
+                toml::to_string_pretty(&data_mapping::to_file(&set)).map_err(|e| Exit::failed(format!("rendering the mapping: {e}")))?;
+            let header = "# agentctl mapping file: every rule below was inferred or taken from the previous file.\n\
+                          # Edit what is wrong, delete what is right (it will be inferred again), then use it with --mapping.\n\n";
+            std::fs::write(&output, format!("{header}{text}")).map_err(|e| Exit::failed(format!("writing {}: {e}", output.display())))?;
+            println!("wrote the mapping of {} entities to {}", set.specs.len(), output.display());
+        }
+    }
+    Ok(())
+}
+
+pub async fn schema(config: &Config, cmd: SchemaCmd) -> Result<(), Exit> {
+    let SchemaCmd::Generate { output, apply, .. } = cmd;
+    let conns = Connections::open(config, true).await?;
+    let session = Session::start(&conns, "schema generate", None, conns.tools()?, SessionOptions::from_config(config)).await?;
+    let run_id = session.run_id;
+    let result = interruptible(async { session.analyze(DbRole::Source, false).await.map_err(Exit::failed) }, run_id).await;
+    let generated = result.map(|report| agents::schema_gen::generate(&report));
+    if let Ok((ddl, notes)) = &generated {
+        session.operator_decision(
+            format!("generated a UUID-keyed target schema ({} statements)", ddl.matches(';').count()),
+            if notes.is_empty() { "every table, key and constraint carried over".to_owned() } else { notes.join("; ") },
+            serde_json::json!({"ddl": ddl, "apply": apply}),
+        );
+    }
+    let applied = match &generated {
+        Ok((ddl, _)) if apply => {
+            tools::pg::run_script(&conns.target, ddl, "creating the generated target schema").await.map_err(Exit::failed)
+        }
+        _ => Ok(()),
+    };
+    let result = generated.and_then(|g| applied.map(|_| g));
+    let (ddl, notes) = end(session, result, "succeeded").await?;
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
+    match (output, apply) {
+        (Some(path), _) => {
+            std::fs::write(&path, &ddl).map_err(|e| Exit::failed(format!("writing {}: {e}", path.display())))?;
+            println!("wrote the target schema to {}", path.display());
+        }
+        (None, true) => println!("created the target schema in {}", config.target().map_err(Exit::config)?.location()),
+        (None, false) => print!("{ddl}"),
     }
     Ok(())
 }

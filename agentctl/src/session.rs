@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agents::data_mapping::MappingSet;
 use agents::orchestrator::{Orchestrator, OrchestratorArgs, OrchestratorMsg, PlanGoal, PlanOutcome, Tools, PHASE_STEPS};
 use ractor::{Actor, ActorRef};
 use runtime::audit::{AuditRecord, EventKind};
@@ -21,6 +22,7 @@ use serde_json::json;
 use tools::catalog::PgCatalog;
 use tools::control::ControlStore;
 use tools::pg::Pool as PgPool;
+use tools::rows::PgRows;
 
 use crate::exit::Exit;
 
@@ -52,8 +54,9 @@ impl Connections {
         let source_label = self.config.source().map_err(Exit::config)?.location();
         let target_label = self.config.target().map_err(Exit::config)?.location();
         Ok(Tools {
-            source: Arc::new(PgCatalog::new(source, source_label)),
+            source: Arc::new(PgCatalog::new(source.clone(), source_label)),
             target: Some(Arc::new(PgCatalog::new(self.target.clone(), target_label))),
+            source_rows: Arc::new(PgRows::new(source)),
         })
     }
 }
@@ -143,8 +146,15 @@ impl Session {
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
     }
 
-    pub async fn analyze(&self, side: runtime::config::DbRole) -> Result<SchemaReport, AgentError> {
-        let request = agents::schema_analysis::AnalyzeRequest { side };
+    pub async fn map(&self, goal: PlanGoal) -> Result<MappingSet, AgentError> {
+        self.operator
+            .ask_within(&self.to_orchestrator, "map", goal, OrchestratorMsg::Map, self.phase_timeout())
+            .await
+            .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
+    }
+
+    pub async fn analyze(&self, side: runtime::config::DbRole, exact_counts: bool) -> Result<SchemaReport, AgentError> {
+        let request = agents::schema_analysis::AnalyzeRequest { side, exact_counts };
         self.operator
             .ask_within(&self.to_orchestrator, "analyze", request, OrchestratorMsg::Analyze, self.phase_timeout())
             .await

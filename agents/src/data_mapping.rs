@@ -1,12 +1,645 @@
-//! The data mapping agent: turns each planned entity into a column-by-column mapping with its transforms. Its requests arrive with issue 4; today it is started and supervised with the team but is asked for nothing.
+//! The data mapping agent: for each legacy table, the [`MappingSpec`] onto its modern table.
+//!
+//! Inferred where it can be (the `dispatch_` prefix, plural and singular, identical names,
+//! `_cents` amounts, foreign keys, types), then overridden by a mapping file (TOML, see
+//! `mappings/dispatch.toml`), then checked against the target schema: every required target
+//! column is fed, types fit, every mapped enum value exists. Each problem names the table and
+//! column. Every mapping decision goes into the audit trail with its reason.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
+use runtime::domain::{Column, SchemaReport, Table, TableName, TypeKind};
+use runtime::envelope::{AgentError, Envelope};
+use runtime::mapping::{ColumnMapping, Feed, Join, MappingSpec, Transform, UuidLayout};
+use runtime::AgentName;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-/// No requests yet: the enum has no variants, so nothing can be sent that is not handled.
-pub enum DataMappingMsg {}
+use crate::planning::entity_key;
+use crate::transform::Keys;
+
+const ME: AgentName = AgentName::DataMapping;
+
+/// The default namespace for derived UUIDs when a mapping file names none.
+pub const DEFAULT_NAMESPACE: Uuid = Uuid::from_u128(0x6167_656e_7463_746c_0000_0000_0000_0001);
+
+/// A mapping file, as written by hand or by `agentctl mapping init`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingFile {
+    #[serde(default)]
+    pub settings: Settings,
+    /// Names for sets of tables, usable in goals: `core = ["dispatch_office", ...]`.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub entities: BTreeMap<String, EntityRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The namespace every derived UUID hangs from: one per project.
+    #[serde(default = "default_namespace")]
+    pub namespace: Uuid,
+    #[serde(default = "default_layout")]
+    pub uuid_layout: UuidLayout,
+    /// The zone legacy `timestamp without time zone` values were written in.
+    #[serde(default = "default_zone")]
+    pub timezone: String,
+}
+
+fn default_namespace() -> Uuid {
+    DEFAULT_NAMESPACE
+}
+fn default_layout() -> UuidLayout {
+    UuidLayout::Ordered
+}
+fn default_zone() -> String {
+    "UTC".into()
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { namespace: DEFAULT_NAMESPACE, uuid_layout: default_layout(), timezone: default_zone() }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityRule {
+    /// The target table (default: inferred from the name).
+    pub target: Option<String>,
+    /// Leave this table out, for this reason.
+    pub skip: Option<String>,
+    #[serde(default)]
+    pub join: Vec<JoinRule>,
+    #[serde(default)]
+    pub columns: BTreeMap<String, ColumnRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRule {
+    pub table: String,
+    pub on: String,
+    #[serde(default = "default_key")]
+    pub key: String,
+}
+
+fn default_key() -> String {
+    "id".into()
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnRule {
+    pub from: Option<String>,
+    pub concat: Option<Vec<String>>,
+    pub separator: Option<String>,
+    pub constant: Option<String>,
+    /// `trim`, `lower`, `upper`, `null_if_empty`, `cents`, `bool`, `json`, `timestamptz`.
+    #[serde(default)]
+    pub transforms: Vec<String>,
+    pub values: Option<BTreeMap<String, String>>,
+    pub default: Option<String>,
+}
+
+impl MappingFile {
+    pub fn parse(text: &str, origin: &str) -> Result<MappingFile, String> {
+        toml::from_str(text)
+            .map_err(|e| format!("{origin}: {}", e.to_string().replace('\n', " ").split_whitespace().collect::<Vec<_>>().join(" ")))
+    }
+}
+
+/// Every entity's mapping, plus what the key derivation needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MappingSet {
+    pub keys: Keys,
+    pub specs: Vec<MappingSpec>,
+    /// Source tables that map to nothing, with the reason.
+    pub unmapped: Vec<(TableName, String)>,
+    /// Named sets of source tables, from the mapping file.
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+impl MappingSet {
+    pub fn spec(&self, source: &TableName) -> Option<&MappingSpec> {
+        self.specs.iter().find(|s| &s.source == source)
+    }
+}
+
+/// One problem with a mapping, naming where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    pub table: String,
+    pub column: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.column {
+            Some(c) => write!(f, "{}.{c}: {}", self.table, self.message),
+            None => write!(f, "{}: {}", self.table, self.message),
+        }
+    }
+}
+
+fn category(c: &Column) -> &'static str {
+    let name = match &c.type_kind {
+        TypeKind::Domain { base } => base.split('(').next().unwrap_or("").trim().to_owned(),
+        TypeKind::Enum => return "enum",
+        TypeKind::Array { .. } => return "array",
+        _ => c.type_name.clone(),
+    };
+    match name.as_str() {
+        "int2" | "int4" | "int8" | "smallint" | "integer" | "bigint" => "int",
+        "numeric" | "float4" | "float8" | "real" | "double precision" => "number",
+        "bool" | "boolean" => "bool",
+        "timestamp" | "timestamp without time zone" => "timestamp",
+        "timestamptz" | "timestamp with time zone" => "timestamptz",
+        "date" => "date",
+        "json" | "jsonb" => "json",
+        "uuid" => "uuid",
+        "varchar" | "text" | "bpchar" | "character varying" | "character" | "citext" | "name" => "text",
+        _ => "other",
+    }
+}
+
+fn parse_transform(t: &str, zone: &str) -> Result<Transform, String> {
+    Ok(match t {
+        "trim" => Transform::Trim,
+        "lower" => Transform::Lower,
+        "upper" => Transform::Upper,
+        "null_if_empty" => Transform::NullIfEmpty,
+        "cents" => Transform::Cents,
+        "bool" => Transform::Bool,
+        "json" => Transform::Json,
+        "timestamptz" => Transform::Timestamptz { zone: zone.to_owned() },
+        other => {
+            return Err(format!("unknown transform `{other}` (known: trim, lower, upper, null_if_empty, cents, bool, json, timestamptz)"))
+        }
+    })
+}
+
+/// The transforms a source column of this type needs to fit a target column of that type.
+fn inferred_transforms(src: &Column, dst: &Column, target: &SchemaReport, zone: &str) -> (Vec<Transform>, String) {
+    let (s, d) = (category(src), category(dst));
+    let mut why = Vec::new();
+    let mut out = Vec::new();
+    if s == "text" && src.type_name != "text" {
+        out.push(Transform::Trim);
+        why.push("legacy padding trimmed");
+    }
+    if s == "text" && dst.name.contains("email") {
+        out.push(Transform::Lower);
+        why.push("email lower-cased");
+    }
+    match (s, d) {
+        ("int", "number") if src.name.ends_with("_cents") => {
+            out.push(Transform::Cents);
+            why.push("whole cents to a decimal amount");
+        }
+        ("int", "bool") => {
+            out.push(Transform::Bool);
+            why.push("0/1 to a boolean");
+        }
+        ("timestamp", "timestamptz") => {
+            out.push(Transform::Timestamptz { zone: zone.to_owned() });
+            why.push("local time read in the configured zone");
+        }
+        ("text", "json") => {
+            out.push(Transform::Json);
+            why.push("JSON text checked to parse");
+        }
+        ("text", "enum") => {
+            if !out.contains(&Transform::Trim) {
+                out.push(Transform::Trim);
+            }
+            out.push(Transform::Lower);
+            why.push("free text matched to the enum's labels, ignoring case and spaces");
+        }
+        ("int", "enum") => {
+            if let Some(labels) = target.enums.get(&dst.type_name) {
+                let map = labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect();
+                out.push(Transform::Values { map });
+                why.push("codes 0, 1, 2, ... taken as the enum's labels in order (confirm in the mapping file)");
+            }
+        }
+        _ => {}
+    }
+    (out, if why.is_empty() { "same name".into() } else { format!("same name; {}", why.join("; ")) })
+}
+
+/// Target tables by the key of their name.
+fn target_for<'a>(source: &TableName, rule: Option<&EntityRule>, target: &'a SchemaReport) -> Option<&'a Table> {
+    if let Some(name) = rule.and_then(|r| r.target.as_deref()) {
+        return target.find(name);
+    }
+    target
+        .tables
+        .iter()
+        .find(|t| t.name.name == source.name)
+        .or_else(|| target.tables.iter().find(|t| entity_key(&t.name.name) == entity_key(&source.name)))
+}
+
+/// Builds every entity's mapping; returns the problems instead if there are any.
+pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -> Result<MappingSet, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let zone = file.settings.timezone.as_str();
+    for (group, members) in &file.groups {
+        for m in members.iter().filter(|m| source.find(m).is_none()) {
+            problems.push(Problem {
+                table: m.clone(),
+                column: None,
+                message: format!("group `{group}` names a table the source does not have"),
+            });
+        }
+    }
+    for name in file.entities.keys() {
+        if source.find(name).is_none() {
+            problems.push(Problem {
+                table: name.clone(),
+                column: None,
+                message: "the mapping file names a table the source does not have".into(),
+            });
+        }
+    }
+    let joined: BTreeSet<String> = file.entities.values().flat_map(|r| r.join.iter().map(|j| j.table.clone())).collect();
+    let mut specs = Vec::new();
+    let mut unmapped = Vec::new();
+    for table in &source.tables {
+        let rule = file.entities.get(&table.name.name).or_else(|| file.entities.get(&table.name.to_string()));
+        if let Some(reason) = rule.and_then(|r| r.skip.clone()) {
+            unmapped.push((table.name.clone(), format!("skipped: {reason}")));
+            continue;
+        }
+        if joined.contains(&table.name.name) {
+            unmapped.push((table.name.clone(), "merged into the rows of the table that joins it".into()));
+            continue;
+        }
+        let Some(dst) = target_for(&table.name, rule, target) else {
+            let why = match rule.and_then(|r| r.target.as_deref()) {
+                Some(t) => {
+                    problems.push(Problem {
+                        table: table.name.to_string(),
+                        column: None,
+                        message: format!("the mapping file's target `{t}` does not exist"),
+                    });
+                    continue;
+                }
+                None => "no target table has a matching name".to_owned(),
+            };
+            unmapped.push((table.name.clone(), why));
+            continue;
+        };
+        match map_table(table, dst, rule, source, target, zone) {
+            Ok(spec) => specs.push(spec),
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(MappingSet {
+            keys: Keys { namespace: file.settings.namespace, layout: file.settings.uuid_layout },
+            specs,
+            unmapped,
+            groups: file.groups.clone(),
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+fn map_table(
+    src: &Table,
+    dst: &Table,
+    rule: Option<&EntityRule>,
+    source: &SchemaReport,
+    target: &SchemaReport,
+    zone: &str,
+) -> Result<MappingSpec, Vec<Problem>> {
+    let at = |column: Option<&str>, message: String| Problem { table: dst.name.to_string(), column: column.map(str::to_owned), message };
+    let mut problems = Vec::new();
+    if src.primary_key.is_empty() {
+        return Err(vec![at(None, format!("source table {} has no primary key to derive UUIDs from", src.name))]);
+    }
+    let mut used: BTreeSet<String> = src.primary_key.iter().cloned().collect();
+    let mut joins = Vec::new();
+    let mut joined_tables: Vec<&Table> = Vec::new();
+    for j in rule.map(|r| r.join.as_slice()).unwrap_or_default() {
+        match source.find(&j.table) {
+            Some(t) => {
+                // The join column is carried by the joined table's own columns.
+                used.insert(j.on.clone());
+                joins.push(Join { table: t.name.clone(), on: j.on.clone(), key: j.key.clone() });
+                joined_tables.push(t);
+            }
+            None => problems.push(at(None, format!("joins `{}`, which the source does not have", j.table))),
+        }
+    }
+    // A source column by name: `col` of the mapped table or `table.col` of a joined one.
+    let source_column = |name: &str| -> Option<&Column> {
+        match name.split_once('.') {
+            Some((t, c)) => joined_tables.iter().find(|jt| jt.name.name == t).and_then(|jt| jt.column(c)),
+            None => src.column(name),
+        }
+    };
+    let fk_of = |col: &str| src.foreign_keys.iter().find(|f| f.columns.len() == 1 && f.columns[0] == col);
+    let mut columns = Vec::new();
+    let mut metadata_at = None;
+    let pk_is_uuid = |c: &Column| dst.primary_key.len() == 1 && dst.primary_key[0] == c.name && c.type_name == "uuid";
+    for c in &dst.columns {
+        let file_rule = rule.and_then(|r| r.columns.get(&c.name));
+        let mapping = if let Some(r) = file_rule {
+            match from_rule(r, c, zone, &source_column, &fk_of) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    problems.push(at(Some(&c.name), e));
+                    continue;
+                }
+            }
+        } else if pk_is_uuid(c) {
+            Some(ColumnMapping {
+                target: c.name.clone(),
+                feed: Feed::Key,
+                transforms: vec![],
+                rationale: "derived from the legacy key".into(),
+            })
+        } else if c.name == "legacy_id" {
+            Some(ColumnMapping {
+                target: c.name.clone(),
+                feed: Feed::LegacyKey,
+                transforms: vec![],
+                rationale: "the legacy key, kept".into(),
+            })
+        } else if c.name == "metadata" && category(c) == "json" {
+            metadata_at = Some(columns.len());
+            Some(ColumnMapping {
+                target: c.name.clone(),
+                feed: Feed::Metadata { columns: vec![] },
+                transforms: vec![],
+                rationale: String::new(),
+            })
+        } else {
+            let candidates = [c.name.clone(), format!("{}_cents", c.name)];
+            match candidates.iter().find_map(|n| src.column(n)) {
+                Some(sc) => match fk_of(&sc.name) {
+                    Some(fk) if category(c) == "uuid" => Some(ColumnMapping {
+                        target: c.name.clone(),
+                        feed: Feed::Reference { columns: vec![sc.name.clone()], parent: fk.references.clone() },
+                        transforms: vec![],
+                        rationale: format!("same name; the UUID of the {} row it points at", fk.references),
+                    }),
+                    _ => {
+                        let (transforms, rationale) = inferred_transforms(sc, c, target, zone);
+                        Some(ColumnMapping {
+                            target: c.name.clone(),
+                            feed: Feed::Column { column: sc.name.clone() },
+                            transforms,
+                            rationale,
+                        })
+                    }
+                },
+                None => None,
+            }
+        };
+        match mapping {
+            Some(m) => {
+                for used_col in feed_columns(&m.feed) {
+                    used.insert(used_col);
+                }
+                if let Err(e) = check_fit(&m, c, target, &source_column) {
+                    problems.push(at(Some(&c.name), e));
+                }
+                columns.push(m);
+            }
+            None if !c.nullable && c.default.is_none() && c.identity.is_none() => {
+                problems.push(at(
+                    Some(&c.name),
+                    "is NOT NULL without a default, and nothing in the source feeds it (name a `from` in the mapping file)".into(),
+                ));
+            }
+            None => {}
+        }
+    }
+    // Whatever the mapping does not use goes into metadata, or is dropped (and said so).
+    let rest: Vec<String> = src.columns.iter().map(|c| c.name.clone()).filter(|n| !used.contains(n)).collect();
+    let mut dropped = Vec::new();
+    match metadata_at {
+        Some(i) => {
+            columns[i].rationale = if rest.is_empty() {
+                "no legacy column is left over".into()
+            } else {
+                format!("legacy columns with no target column: {}", rest.join(", "))
+            };
+            columns[i].feed = Feed::Metadata { columns: rest };
+        }
+        None => dropped = rest,
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(MappingSpec { source: src.name.clone(), target: dst.name.clone(), key: src.primary_key.clone(), joins, columns, dropped })
+}
+
+fn feed_columns(feed: &Feed) -> Vec<String> {
+    match feed {
+        Feed::Column { column } => vec![column.clone()],
+        Feed::Concat { columns, .. } | Feed::Reference { columns, .. } | Feed::Metadata { columns } => columns.clone(),
+        _ => vec![],
+    }
+}
+
+fn from_rule<'a>(
+    r: &ColumnRule,
+    dst: &Column,
+    zone: &str,
+    source_column: &dyn Fn(&str) -> Option<&'a Column>,
+    fk_of: &dyn Fn(&str) -> Option<&'a runtime::domain::ForeignKey>,
+) -> Result<ColumnMapping, String> {
+    let mut transforms = r.transforms.iter().map(|t| parse_transform(t, zone)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(values) = &r.values {
+        transforms.push(Transform::Values { map: values.clone() });
+    }
+    if let Some(d) = &r.default {
+        transforms.push(Transform::Default { value: d.clone() });
+    }
+    let feed = match (&r.from, &r.concat, &r.constant) {
+        (Some(col), None, None) => {
+            source_column(col).ok_or_else(|| format!("the mapping file reads `{col}`, which the source does not have"))?;
+            match fk_of(col) {
+                Some(fk) if category(dst) == "uuid" => Feed::Reference { columns: vec![col.clone()], parent: fk.references.clone() },
+                _ => Feed::Column { column: col.clone() },
+            }
+        }
+        (None, Some(cols), None) => {
+            if let Some(missing) = cols.iter().find(|c| source_column(c).is_none()) {
+                return Err(format!("the mapping file concatenates `{missing}`, which the source does not have"));
+            }
+            Feed::Concat { columns: cols.clone(), separator: r.separator.clone().unwrap_or_else(|| " ".into()) }
+        }
+        (None, None, Some(v)) => Feed::Constant { value: v.clone() },
+        _ => return Err("the mapping file must give exactly one of `from`, `concat` or `constant`".into()),
+    };
+    Ok(ColumnMapping { target: dst.name.clone(), feed, transforms, rationale: "set in the mapping file".into() })
+}
+
+/// Whether the mapped value can be of the target column's type at all.
+fn check_fit<'a>(
+    m: &ColumnMapping,
+    dst: &Column,
+    target: &SchemaReport,
+    source_column: &dyn Fn(&str) -> Option<&'a Column>,
+) -> Result<(), String> {
+    let d = category(dst);
+    for t in &m.transforms {
+        if let Transform::Values { map } = t {
+            if let (TypeKind::Enum, Some(labels)) = (&dst.type_kind, target.enums.get(&dst.type_name)) {
+                if let Some((from, to)) = map.iter().find(|(_, v)| !labels.contains(v)) {
+                    return Err(format!("maps `{from}` to `{to}`, which is not a value of {} ({})", dst.type_name, labels.join(", ")));
+                }
+            }
+            return Ok(());
+        }
+    }
+    let produced = match (&m.feed, m.transforms.last()) {
+        (Feed::Key | Feed::Reference { .. }, _) => "uuid",
+        (Feed::Metadata { .. }, _) => "json",
+        (Feed::Constant { .. } | Feed::Concat { .. } | Feed::LegacyKey, _) => return Ok(()),
+        (_, Some(Transform::Cents)) => "number",
+        (_, Some(Transform::Bool)) => "bool",
+        (_, Some(Transform::Json)) => "json",
+        (_, Some(Transform::Timestamptz { .. })) => "timestamptz",
+        (Feed::Column { column }, _) => source_column(column).map(category).unwrap_or("other"),
+    };
+    let fits = produced == d
+        || matches!(
+            (produced, d),
+            ("int", "number")
+                | ("text", "enum")
+                | ("text", "json")
+                | ("timestamp", "timestamptz")
+                | ("date", "timestamp")
+                | ("date", "timestamptz")
+                | ("timestamptz", "timestamp")
+                | ("int", "text")
+                | ("number", "text")
+                | ("uuid", "text")
+                | (_, "text")
+                | ("other", _)
+        );
+    if fits {
+        Ok(())
+    } else {
+        Err(format!("a {produced} value cannot go into {} without a transform", dst.data_type))
+    }
+}
+
+/// A mapping as an operator reads it.
+pub fn render(spec: &MappingSpec) -> String {
+    let mut out = format!("{} -> {} (legacy key: {})\n", spec.source, spec.target, spec.key.join(", "));
+    for j in &spec.joins {
+        out.push_str(&format!("  joins {} on {}.{} = {}.{}\n", j.table, spec.source.name, j.on, j.table.name, j.key));
+    }
+    for c in &spec.columns {
+        let from = match &c.feed {
+            Feed::Key => "uuid(legacy key)".to_owned(),
+            Feed::LegacyKey => "legacy key".to_owned(),
+            Feed::Column { column } => column.clone(),
+            Feed::Concat { columns, separator } => format!("{} joined by {separator:?}", columns.join(" + ")),
+            Feed::Reference { columns, parent } => format!("uuid({parent}: {})", columns.join(", ")),
+            Feed::Constant { value } => format!("{value:?}"),
+            Feed::Metadata { columns } => format!("{{{}}}", columns.join(", ")),
+        };
+        let steps: Vec<String> = c
+            .transforms
+            .iter()
+            .map(|t| match t {
+                Transform::Values { map } => {
+                    format!("values({})", map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
+                }
+                Transform::Timestamptz { zone } => format!("timestamptz({zone})"),
+                Transform::Default { value } => format!("default({value})"),
+                other => serde_json::to_value(other).ok().and_then(|v| v["kind"].as_str().map(str::to_owned)).unwrap_or_default(),
+            })
+            .collect();
+        let steps = if steps.is_empty() { String::new() } else { format!(" | {}", steps.join(" | ")) };
+        out.push_str(&format!("  {:<18} <- {from}{steps}\n", c.target));
+        if !c.rationale.is_empty() {
+            out.push_str(&format!("  {:<18}    ({})\n", "", c.rationale));
+        }
+    }
+    if !spec.dropped.is_empty() {
+        out.push_str(&format!("  not migrated (no target column, no metadata): {}\n", spec.dropped.join(", ")));
+    }
+    out
+}
+
+/// The inferred mapping as a file to edit (`agentctl mapping init`).
+pub fn to_file(set: &MappingSet) -> MappingFile {
+    let mut file = MappingFile {
+        settings: Settings { namespace: set.keys.namespace, uuid_layout: set.keys.layout, timezone: "UTC".into() },
+        groups: set.groups.clone(),
+        entities: BTreeMap::new(),
+    };
+    for spec in &set.specs {
+        let mut columns = BTreeMap::new();
+        for c in &spec.columns {
+            let mut rule = ColumnRule::default();
+            match &c.feed {
+                Feed::Column { column } => rule.from = Some(column.clone()),
+                Feed::Reference { columns, .. } => rule.from = columns.first().cloned(),
+                Feed::Concat { columns, separator } => {
+                    rule.concat = Some(columns.clone());
+                    rule.separator = Some(separator.clone());
+                }
+                Feed::Constant { value } => rule.constant = Some(value.clone()),
+                // Keys, legacy keys and metadata are always derived.
+                _ => continue,
+            }
+            for t in &c.transforms {
+                match t {
+                    Transform::Values { map } => rule.values = Some(map.clone()),
+                    Transform::Default { value } => rule.default = Some(value.clone()),
+                    Transform::Timestamptz { zone } => {
+                        file.settings.timezone = zone.clone();
+                        rule.transforms.push("timestamptz".into());
+                    }
+                    other => rule
+                        .transforms
+                        .push(serde_json::to_value(other).ok().and_then(|v| v["kind"].as_str().map(str::to_owned)).unwrap_or_default()),
+                }
+            }
+            columns.insert(c.target.clone(), rule);
+        }
+        let join = spec.joins.iter().map(|j| JoinRule { table: j.table.name.clone(), on: j.on.clone(), key: j.key.clone() }).collect();
+        file.entities.insert(spec.source.name.clone(), EntityRule { target: Some(spec.target.name.clone()), skip: None, join, columns });
+    }
+    for (t, why) in &set.unmapped {
+        if why.starts_with("skipped: ") {
+            file.entities
+                .insert(t.name.clone(), EntityRule { skip: Some(why.trim_start_matches("skipped: ").to_owned()), ..EntityRule::default() });
+        }
+    }
+    file
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MapRequest {
+    pub source: SchemaReport,
+    pub target: SchemaReport,
+    pub file: MappingFile,
+    /// Where the file came from, for the trail: a path, or "inferred".
+    pub file_origin: String,
+}
+
+pub enum DataMappingMsg {
+    Map(Envelope<MapRequest>, RpcReplyPort<Result<MappingSet, AgentError>>),
+}
 
 #[derive(Clone)]
 pub struct DataMappingAgent;
@@ -25,7 +658,37 @@ impl Actor for DataMappingAgent {
         Ok(args)
     }
 
-    async fn handle(&self, _: ActorRef<DataMappingMsg>, msg: DataMappingMsg, _: &mut DataMappingArgs) -> Result<(), ActorProcessingErr> {
-        match msg {}
+    async fn handle(
+        &self,
+        _: ActorRef<DataMappingMsg>,
+        msg: DataMappingMsg,
+        state: &mut DataMappingArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DataMappingMsg::Map(env, reply) => {
+                let req = env.body;
+                let result = build(&req.source, &req.target, &req.file);
+                match &result {
+                    Ok(set) => {
+                        for spec in &set.specs {
+                            let how: Vec<String> = spec.columns.iter().map(|c| format!("{}: {}", c.target, c.rationale)).collect();
+                            state.ctx.decision(ME, format!("mapped {} to {}", spec.source, spec.target), how.join("; "), spec);
+                        }
+                        for (t, why) in &set.unmapped {
+                            state.ctx.decision(ME, format!("{t} is not migrated on its own"), why.clone(), t);
+                        }
+                    }
+                    Err(problems) => {
+                        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                        state.ctx.decision(ME, format!("the mapping has {} problems", problems.len()), lines.join("; "), problems);
+                    }
+                }
+                let _ = reply.send(result.map_err(|p| {
+                    let lines: Vec<String> = p.iter().map(ToString::to_string).collect();
+                    AgentError::new(ME, format!("the mapping ({}) has {} problem(s): {}", req.file_origin, p.len(), lines.join("; ")))
+                }));
+            }
+        }
+        Ok(())
     }
 }

@@ -81,6 +81,23 @@ pub fn explain_plan(plan: &MigrationPlan) -> String {
             added.join("; ")
         ));
     }
+    let rejected: Vec<String> = entities
+        .iter()
+        .filter_map(|e| e.forecast.as_ref().filter(|f| f.reject > 0).map(|f| (e, f)))
+        .map(|(e, f)| {
+            let first = f.reasons.first().map(|r| r.reason.as_str()).unwrap_or("");
+            format!("{} of {} {} (mostly: {first})", f.reject, f.rows, e.target.as_ref().unwrap_or(&e.table))
+        })
+        .collect();
+    if rejected.is_empty() && entities.iter().any(|e| e.forecast.is_some()) {
+        out.push_str("\nI read every row ahead: all of them fit the new database.");
+    } else if !rejected.is_empty() {
+        out.push_str(&format!(
+            "\nI read every row ahead. {} rows will not fit the new database and will be set aside with the reason, not lost: {}.",
+            plan.expected_rejected(),
+            rejected.join("; ")
+        ));
+    }
     if entities.iter().any(|e| !e.deferred_foreign_keys.is_empty()) {
         out.push_str("\nSome rows point to other rows of the same kind; I copy them first and connect them in a second pass.");
     }

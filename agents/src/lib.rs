@@ -3,10 +3,14 @@
 //! functions over the typed payloads of `runtime::domain`; the world is reached only through the
 //! traits of `runtime::ports`, so nothing here imports a database or network client.
 
+pub mod checks;
 pub mod data_mapping;
 pub mod execution;
+pub mod forecast;
 pub mod guidance;
 pub mod orchestrator;
 pub mod planning;
 pub mod schema_analysis;
+pub mod schema_gen;
+pub mod transform;
 pub mod validation;

@@ -10,33 +10,40 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use runtime::config::DbRole;
 use runtime::context::RunContext;
-use runtime::domain::{MigrationPlan, SchemaReport};
+use runtime::domain::{MigrationPlan, SchemaReport, TableName};
 use runtime::envelope::{AgentError, CallError, Courier, Envelope};
 use runtime::events::RunEvent;
-use runtime::ports::Catalog;
+use runtime::ports::{Catalog, Rows};
 use runtime::supervise::{RestartPolicy, Slot, Team};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
-use crate::data_mapping::{DataMappingAgent, DataMappingArgs};
+use crate::data_mapping::{DataMappingAgent, DataMappingArgs, DataMappingMsg, MapRequest, MappingFile, MappingSet};
 use crate::execution::{ExecutionAgent, ExecutionArgs};
 use crate::guidance::{GuidanceAgent, GuidanceArgs, GuidanceMsg};
-use crate::planning::{PlanRequest, PlanningAgent, PlanningArgs, PlanningMsg};
-use crate::schema_analysis::{AnalyzeRequest, SchemaAnalysisAgent, SchemaAnalysisArgs, SchemaMsg};
+use crate::planning::{AssessRequest, PlanRequest, PlanningAgent, PlanningArgs, PlanningMsg};
+use crate::schema_analysis::{AnalyzeRequest, ForecastRequest, SchemaAnalysisAgent, SchemaAnalysisArgs, SchemaMsg};
 use crate::validation::{ValidationAgent, ValidationArgs};
 
 const ME: AgentName = AgentName::Orchestrator;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlanGoal {
     pub goal: String,
     pub only: bool,
+    /// The mapping file's rules (empty: infer everything).
+    pub mapping: MappingFile,
+    /// Where the mapping came from, for messages: a path, or "inferred".
+    pub mapping_origin: String,
+    /// `BATCH_SIZE` when the operator set it.
+    pub batch_size: Option<usize>,
 }
 
 /// A plan ready for the operator's approval.
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanOutcome {
     pub plan: MigrationPlan,
+    pub mappings: MappingSet,
     /// What an approval is tied to.
     pub hash: String,
     /// The plan in plain words, from the guidance agent.
@@ -45,11 +52,13 @@ pub struct PlanOutcome {
 
 /// How many agent requests a phase makes at most, one after another: the bound on a phase is
 /// this many request timeouts, so the operator's wait always outlasts the agents' own.
-pub const PHASE_STEPS: u32 = 4;
+pub const PHASE_STEPS: u32 = 8;
 
 pub enum OrchestratorMsg {
     Plan(Envelope<PlanGoal>, RpcReplyPort<Result<PlanOutcome, AgentError>>),
     Analyze(Envelope<AnalyzeRequest>, RpcReplyPort<Result<SchemaReport, AgentError>>),
+    /// The mappings alone (for `agentctl mapping`).
+    Map(Envelope<PlanGoal>, RpcReplyPort<Result<MappingSet, AgentError>>),
 }
 
 /// What the team needs from the world.
@@ -57,6 +66,8 @@ pub enum OrchestratorMsg {
 pub struct Tools {
     pub source: Arc<dyn Catalog>,
     pub target: Option<Arc<dyn Catalog>>,
+    /// The source's rows, for forecasts.
+    pub source_rows: Arc<dyn Rows>,
 }
 
 #[derive(Clone)]
@@ -73,6 +84,7 @@ pub struct OrchestratorArgs {
 struct Agents {
     schema: Slot<SchemaMsg>,
     planning: Slot<PlanningMsg>,
+    mapping: Slot<DataMappingMsg>,
     guidance: Slot<GuidanceMsg>,
 }
 
@@ -94,14 +106,19 @@ impl Actor for Orchestrator {
             schema: team.add(
                 AgentName::SchemaAnalysis,
                 SchemaAnalysisAgent,
-                SchemaAnalysisArgs { ctx: ctx.clone(), source: args.tools.source, target: args.tools.target },
+                SchemaAnalysisArgs {
+                    ctx: ctx.clone(),
+                    source: args.tools.source,
+                    target: args.tools.target,
+                    source_rows: args.tools.source_rows,
+                },
             ),
             planning: team.add(AgentName::Planning, PlanningAgent, PlanningArgs { ctx: ctx.clone() }),
+            mapping: team.add(AgentName::DataMapping, DataMappingAgent, DataMappingArgs { ctx: ctx.clone() }),
             guidance: team.add(AgentName::Guidance, GuidanceAgent, GuidanceArgs { ctx: ctx.clone() }),
         };
-        // These three are supervised members already; the orchestrator asks them for work once
-        // their requests exist (issues 4 and 5).
-        team.add(AgentName::DataMapping, DataMappingAgent, DataMappingArgs { ctx: ctx.clone() });
+        // These two are supervised members already; the orchestrator asks them for work once
+        // their requests exist (issue 5).
         team.add(AgentName::Execution, ExecutionAgent, ExecutionArgs { ctx: ctx.clone() });
         team.add(AgentName::Validation, ValidationAgent, ValidationArgs { ctx: ctx.clone() });
         team.start(&myself.get_cell()).await?;
@@ -133,7 +150,12 @@ impl Actor for Orchestrator {
             }
             OrchestratorMsg::Analyze(env, reply) => {
                 tokio::spawn(async move {
-                    let _ = reply.send(analyze(&courier, &agents, env.body.side).await);
+                    let _ = reply.send(analyze(&courier, &agents, env.body).await);
+                });
+            }
+            OrchestratorMsg::Map(env, reply) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(map_phase(&courier, &agents, &env.body).await.map(|(_, _, m)| m));
                 });
             }
         }
@@ -161,17 +183,34 @@ fn answer<T>(r: Result<Result<T, AgentError>, CallError>) -> Result<T, AgentErro
     r.map_err(|e| AgentError::new(ME, e.to_string()))?
 }
 
-async fn analyze(courier: &Courier, agents: &Agents, side: DbRole) -> Result<SchemaReport, AgentError> {
-    answer(courier.ask(&agents.schema, "analyze", AnalyzeRequest { side }, SchemaMsg::Analyze).await)
+async fn analyze(courier: &Courier, agents: &Agents, request: AnalyzeRequest) -> Result<SchemaReport, AgentError> {
+    answer(courier.ask(&agents.schema, "analyze", request, SchemaMsg::Analyze).await)
+}
+
+/// Both schemas and the mappings between them.
+async fn map_phase(courier: &Courier, agents: &Agents, goal: &PlanGoal) -> Result<(SchemaReport, SchemaReport, MappingSet), AgentError> {
+    let ctx = courier.ctx();
+    ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "analyze".into() });
+    let source = analyze(courier, agents, AnalyzeRequest { side: DbRole::Source, exact_counts: false }).await?;
+    let target = analyze(courier, agents, AnalyzeRequest { side: DbRole::Target, exact_counts: false }).await?;
+    ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "map".into() });
+    let request =
+        MapRequest { source: source.clone(), target: target.clone(), file: goal.mapping.clone(), file_origin: goal.mapping_origin.clone() };
+    let mappings = answer(courier.ask(&agents.mapping, "map", request, DataMappingMsg::Map).await)?;
+    Ok((source, target, mappings))
 }
 
 async fn plan_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Result<PlanOutcome, AgentError> {
     let ctx = courier.ctx();
-    ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "analyze".into() });
-    let source = analyze(courier, agents, DbRole::Source).await?;
+    let (source, target, mappings) = map_phase(courier, agents, &goal).await?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "plan".into() });
-    let request = PlanRequest { goal: goal.goal, only: goal.only, source };
+    let request = PlanRequest { goal: goal.goal, only: goal.only, source, mappings: mappings.clone(), batch_size: goal.batch_size };
     let plan = answer(courier.ask(&agents.planning, "plan", request, PlanningMsg::Plan).await)?;
+    ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "forecast".into() });
+    let order: Vec<TableName> = plan.entities().map(|e| e.table.clone()).collect();
+    let request = ForecastRequest { order, mappings: mappings.clone(), target };
+    let forecasts = answer(courier.ask(&agents.schema, "forecast", request, |e, p| SchemaMsg::Forecast(Box::new(e), p)).await)?;
+    let plan = answer(courier.ask(&agents.planning, "assess", AssessRequest { plan, forecasts }, PlanningMsg::Assess).await)?;
     let explanation = answer(courier.ask(&agents.guidance, "explain the plan", plan.clone(), GuidanceMsg::ExplainPlan).await)?;
     let hash = plan.hash();
     ctx.decision(
@@ -180,7 +219,7 @@ async fn plan_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Resul
         "an approval is tied to this hash: if the plan changes before it runs, the approval no longer applies",
         serde_json::json!({"hash": hash}),
     );
-    Ok(PlanOutcome { plan, hash, explanation })
+    Ok(PlanOutcome { plan, mappings, hash, explanation })
 }
 
 #[cfg(test)]

@@ -10,23 +10,36 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
-use runtime::domain::{Inclusion, MigrationPlan, PlannedEntity, SchemaReport, Table, TableName};
+use runtime::domain::{Forecast, Inclusion, MigrationPlan, PlannedEntity, SchemaReport, Table, TableName};
 use runtime::envelope::{AgentError, Envelope};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
+use crate::data_mapping::MappingSet;
+
 const ME: AgentName = AgentName::Planning;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlanRequest {
     pub goal: String,
     /// Plan exactly the named entities, without the parents they reference.
     pub only: bool,
     pub source: SchemaReport,
+    pub mappings: MappingSet,
+    /// Rows per batch when the operator fixed it (`BATCH_SIZE`); chosen by row width otherwise.
+    pub batch_size: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssessRequest {
+    pub plan: MigrationPlan,
+    pub forecasts: Vec<(TableName, Forecast)>,
 }
 
 pub enum PlanningMsg {
     Plan(Envelope<PlanRequest>, RpcReplyPort<Result<MigrationPlan, AgentError>>),
+    /// Adds the forecast of every entity and the risks it shows.
+    Assess(Envelope<AssessRequest>, RpcReplyPort<Result<MigrationPlan, AgentError>>),
 }
 
 #[derive(Clone)]
@@ -48,9 +61,29 @@ impl Actor for PlanningAgent {
 
     async fn handle(&self, _: ActorRef<PlanningMsg>, msg: PlanningMsg, state: &mut PlanningArgs) -> Result<(), ActorProcessingErr> {
         match msg {
+            PlanningMsg::Assess(env, reply) => {
+                let plan = assess(env.body.plan, &env.body.forecasts);
+                let risky: Vec<String> = plan
+                    .entities()
+                    .filter_map(|e| {
+                        e.forecast.as_ref().filter(|f| f.reject > 0).map(|f| format!("{}: {} of {}", e.table, f.reject, f.rows))
+                    })
+                    .collect();
+                state.ctx.decision(
+                    ME,
+                    format!("assessed the plan: {} rows to migrate, {} to be rejected", plan.expected_migrated(), plan.expected_rejected()),
+                    if risky.is_empty() {
+                        "every source row fits the target".to_owned()
+                    } else {
+                        format!("rows the target will refuse, by entity: {}", risky.join("; "))
+                    },
+                    &plan,
+                );
+                let _ = reply.send(Ok(plan));
+            }
             PlanningMsg::Plan(env, reply) => {
                 let req = env.body;
-                let result = plan(&req.goal, req.only, &req.source);
+                let result = plan(&req.goal, req.only, &req.source, Some(&req.mappings), req.batch_size);
                 match &result {
                     Ok(p) => state.ctx.decision(
                         ME,
@@ -81,6 +114,8 @@ pub enum PlanError {
     Unknown { word: String, database: String, suggestions: Vec<String> },
     #[error("{tables} reference each other in a cycle, and none of those references can be left empty for a second pass")]
     Cycle { tables: String },
+    #[error("\"{goal}\" names nothing that maps to a target table")]
+    NothingToMigrate { goal: String },
 }
 
 fn suggest(names: &[String]) -> String {
@@ -92,46 +127,96 @@ fn suggest(names: &[String]) -> String {
 }
 
 const VERBS: [&str; 6] = ["migrate", "move", "copy", "transfer", "plan", "bring"];
-const FILLER: [&str; 6] = ["the", "table", "tables", "entity", "entities", "over"];
+const FILLER: [&str; 8] = ["the", "table", "tables", "entity", "entities", "over", "please", "first"];
 const EVERYTHING: [&str; 4] = ["everything", "all", "*", "whole"];
+/// Phrases that ask for the parents too, which is what a plan does unless told `--only`.
+const WITH_DEPS: [&str; 7] = [
+    "and everything they need",
+    "and everything it needs",
+    "and what they need",
+    "and their dependencies",
+    "with dependencies",
+    "with deps",
+    "with parents",
+];
 
-/// The tables a goal names, in the order named.
-pub fn resolve_goal(goal: &str, report: &SchemaReport) -> Result<Vec<TableName>, PlanError> {
-    let text = goal.trim().to_lowercase();
-    let words: Vec<&str> = text
-        .split(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == '&' || c == '+')
-        .filter(|w| !w.is_empty() && *w != "and" && !FILLER.contains(w))
-        .collect();
-    let words: Vec<&str> = match words.split_first() {
-        Some((first, rest)) if VERBS.contains(first) => rest.to_vec(),
-        _ => words,
+/// What a goal asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Goal {
+    pub tables: Vec<TableName>,
+    pub excluded: Vec<TableName>,
+    /// The goal itself said "only".
+    pub only: bool,
+}
+
+/// The tables a goal names, in the order named: source names, target names (through the
+/// mappings), group names from the mapping file, `everything`, `... except ...`.
+pub fn resolve_goal(goal: &str, report: &SchemaReport, mappings: Option<&MappingSet>) -> Result<Goal, PlanError> {
+    let mut text = goal.trim().to_lowercase();
+    for phrase in WITH_DEPS {
+        text = text.replace(phrase, " ");
+    }
+    let (include, exclude) = match [" except ", " but not ", " without "].iter().find_map(|sep| text.split_once(sep)) {
+        Some((a, b)) => (a.to_owned(), Some(b.to_owned())),
+        None => (text.clone(), None),
     };
-    if words.is_empty() {
+    let words = |part: &str| -> Vec<String> {
+        let w: Vec<String> = part
+            .split(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == '&' || c == '+')
+            .filter(|w| !w.is_empty() && *w != "and" && !FILLER.contains(w))
+            .map(str::to_owned)
+            .collect();
+        match w.split_first() {
+            Some((first, rest)) if VERBS.contains(&first.as_str()) => rest.to_vec(),
+            _ => w,
+        }
+    };
+    let mut inc = words(&include);
+    let only = inc.iter().any(|w| w == "only");
+    inc.retain(|w| w != "only");
+    if inc.is_empty() {
         return Err(PlanError::Empty);
     }
-    if words.iter().any(|w| EVERYTHING.contains(w)) {
-        return Ok(report.tables.iter().map(|t| t.name.clone()).collect());
-    }
+    let migratable = |t: &Table| mappings.is_none_or(|m| m.spec(&t.name).is_some());
+    let tables = if inc.iter().any(|w| EVERYTHING.contains(&w.as_str())) {
+        report.tables.iter().filter(|t| migratable(t)).map(|t| t.name.clone()).collect()
+    } else {
+        names(&inc, report, mappings)?
+    };
+    let excluded = match exclude {
+        Some(e) => names(&words(&e), report, mappings)?,
+        None => vec![],
+    };
+    Ok(Goal { tables: tables.into_iter().filter(|t| !excluded.contains(t)).collect(), excluded, only })
+}
+
+fn names(words: &[String], report: &SchemaReport, mappings: Option<&MappingSet>) -> Result<Vec<TableName>, PlanError> {
     // Entity names may be written as several words ("invoice lines"): try the longest run of
     // words first, joined with underscores, then shorter ones.
-    let lookup = |word: &str| {
-        report
-            .tables
-            .iter()
-            .find(|t| word == t.name.name || word == format!("{}.{}", t.name.schema, t.name.name))
-            .or_else(|| report.tables.iter().find(|t| entity_key(&t.name.name) == entity_key(word)))
+    let target_of = |t: &TableName| mappings.and_then(|m| m.spec(t)).map(|s| s.target.name.clone());
+    let lookup = |word: &str| -> Option<Vec<TableName>> {
+        if let Some(group) = mappings.and_then(|m| m.groups.get(word)) {
+            return Some(group.iter().filter_map(|n| report.find(n)).map(|t| t.name.clone()).collect());
+        }
+        let by = |f: &dyn Fn(&Table) -> bool| report.tables.iter().find(|t| f(t)).map(|t| vec![t.name.clone()]);
+        by(&|t| word == t.name.name || word == format!("{}.{}", t.name.schema, t.name.name))
+            .or_else(|| by(&|t| target_of(&t.name).is_some_and(|n| n == word)))
+            .or_else(|| by(&|t| entity_key(&t.name.name) == entity_key(word)))
+            .or_else(|| by(&|t| target_of(&t.name).is_some_and(|n| entity_key(&n) == entity_key(word))))
     };
     let mut found = Vec::new();
     let mut i = 0;
     while i < words.len() {
         let longest = (1..=(words.len() - i).min(4)).rev().find_map(|n| lookup(&words[i..i + n].join("_")).map(|t| (t, n)));
-        let (table, n) = longest.ok_or_else(|| PlanError::Unknown {
-            word: words[i].to_owned(),
+        let (tables, n) = longest.ok_or_else(|| PlanError::Unknown {
+            word: words[i].clone(),
             database: report.database.clone(),
-            suggestions: closest(words[i], report),
+            suggestions: closest(&words[i], report, mappings),
         })?;
-        if !found.contains(&table.name) {
-            found.push(table.name.clone());
+        for t in tables {
+            if !found.contains(&t) {
+                found.push(t);
+            }
         }
         i += n;
     }
@@ -160,15 +245,17 @@ fn singular(word: &str) -> String {
     }
 }
 
-fn closest(word: &str, report: &SchemaReport) -> Vec<String> {
+fn closest(word: &str, report: &SchemaReport, mappings: Option<&MappingSet>) -> Vec<String> {
     let key = entity_key(word);
-    let mut scored: Vec<(usize, String)> = report
-        .tables
-        .iter()
-        .map(|t| (edit_distance(&key, &entity_key(&t.name.name)), t.name.to_string()))
-        .filter(|(d, _)| *d <= key.len().max(3) / 2 + 1)
-        .collect();
+    let mut names: Vec<String> = report.tables.iter().map(|t| t.name.to_string()).collect();
+    if let Some(m) = mappings {
+        names.extend(m.specs.iter().map(|s| s.target.name.clone()));
+        names.extend(m.groups.keys().cloned());
+    }
+    let mut scored: Vec<(usize, String)> =
+        names.into_iter().map(|n| (edit_distance(&key, &entity_key(&n)), n)).filter(|(d, _)| *d <= key.len().max(3) / 2 + 1).collect();
     scored.sort();
+    scored.dedup_by(|a, b| a.1 == b.1);
     scored.into_iter().take(3).map(|(_, n)| n).collect()
 }
 
@@ -187,11 +274,66 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// Rows per batch for a row of this width: about 4 MiB a batch, between 1,000 and 50,000 rows.
+pub fn batch_size(avg_row_bytes: i64) -> usize {
+    let rows = (4 << 20) / avg_row_bytes.max(32) as usize;
+    (rows.clamp(1_000, 50_000) / 500) * 500
+}
+
 /// Resolves the goal, adds required parents (unless `only`), and orders the result in waves.
-pub fn plan(goal: &str, only: bool, report: &SchemaReport) -> Result<MigrationPlan, PlanError> {
-    let requested = resolve_goal(goal, report)?;
+/// With mappings, only mapped tables are entities and each gets its target.
+pub fn plan(
+    goal: &str,
+    only: bool,
+    report: &SchemaReport,
+    mappings: Option<&MappingSet>,
+    fixed_batch: Option<usize>,
+) -> Result<MigrationPlan, PlanError> {
+    let resolved = resolve_goal(goal, report, mappings)?;
+    let only = only || resolved.only;
     let tables: BTreeMap<&TableName, &Table> = report.tables.iter().map(|t| (&t.name, t)).collect();
     let mut rationale = Vec::new();
+    let mut requested = resolved.tables;
+    if let Some(m) = mappings {
+        let (kept, unmapped): (Vec<TableName>, Vec<TableName>) = requested.into_iter().partition(|t| m.spec(t).is_some());
+        requested = kept;
+        for t in unmapped {
+            let why = m.unmapped.iter().find(|(u, _)| u == &t).map(|(_, w)| w.as_str()).unwrap_or("it has no mapping");
+            rationale.push(format!("{t} is not an entity of its own: {why}."));
+        }
+        for (t, why) in &m.unmapped {
+            if why.starts_with("merged") && !rationale.iter().any(|r| r.starts_with(&format!("{t} "))) {
+                rationale.push(format!("{t} is not an entity of its own: {why}."));
+            }
+        }
+    }
+    if requested.is_empty() {
+        return Err(PlanError::NothingToMigrate { goal: goal.trim().to_owned() });
+    }
+    // Excluding a table excludes what cannot exist without it.
+    let mut excluded = resolved.excluded.clone();
+    loop {
+        let more: Vec<TableName> = requested
+            .iter()
+            .filter(|t| !excluded.contains(t))
+            .filter(|t| {
+                tables.get(t).is_some_and(|tab| tab.foreign_keys.iter().any(|fk| &fk.references != *t && excluded.contains(&fk.references)))
+            })
+            .cloned()
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        for t in &more {
+            rationale.push(format!("{t} is left out because it references a table you excluded."));
+        }
+        excluded.extend(more);
+    }
+    requested.retain(|t| !excluded.contains(t));
+    if !resolved.excluded.is_empty() {
+        let names: Vec<String> = resolved.excluded.iter().map(ToString::to_string).collect();
+        rationale.push(format!("Excluded as asked: {}.", names.join(", ")));
+    }
 
     // The closure of parents, remembering who needed each one.
     let mut inclusion: BTreeMap<TableName, Inclusion> = requested.iter().map(|t| (t.clone(), Inclusion::Requested)).collect();
@@ -203,7 +345,8 @@ pub fn plan(goal: &str, only: bool, report: &SchemaReport) -> Result<MigrationPl
         let Some(table) = tables.get(&name) else { continue };
         for fk in &table.foreign_keys {
             let parent = &fk.references;
-            if parent == &name || !tables.contains_key(parent) {
+            // A merged or unmapped parent is no entity; the mapping says what becomes of it.
+            if parent == &name || !tables.contains_key(parent) || mappings.is_some_and(|m| m.spec(parent).is_none()) {
                 continue;
             }
             match inclusion.get_mut(parent) {
@@ -281,15 +424,39 @@ pub fn plan(goal: &str, only: bool, report: &SchemaReport) -> Result<MigrationPl
                 .iter()
                 .map(|name| PlannedEntity {
                     table: name.clone(),
+                    target: mappings.and_then(|m| m.spec(name)).map(|s| s.target.clone()),
                     inclusion: inclusion[name].clone(),
-                    estimated_rows: tables[name].estimated_rows,
+                    estimated_rows: tables[name].rows(),
+                    batch_size: fixed_batch.unwrap_or_else(|| batch_size(tables[name].avg_row_bytes)),
+                    forecast: None,
                     deferred_foreign_keys: deferred.get(name).cloned().unwrap_or_default(),
                 })
                 .collect(),
         );
         placed.extend(ready);
     }
+    let batches: Vec<String> = waves.iter().flatten().map(|e| format!("{} {}", e.table, e.batch_size)).collect();
+    rationale.push(match fixed_batch {
+        Some(n) => format!("Every batch holds {n} rows, as BATCH_SIZE says."),
+        None => format!("Batch sizes aim at about 4 MiB per batch from each table's average row width: {}.", batches.join(", ")),
+    });
     Ok(MigrationPlan { goal: goal.trim().to_owned(), waves, rationale })
+}
+
+/// Attaches each entity's forecast and writes down the risks it shows.
+pub fn assess(mut plan: MigrationPlan, forecasts: &[(TableName, Forecast)]) -> MigrationPlan {
+    for e in plan.waves.iter_mut().flatten() {
+        let Some((_, f)) = forecasts.iter().find(|(t, _)| t == &e.table) else { continue };
+        if f.reject > 0 {
+            let top: Vec<String> = f.reasons.iter().take(3).map(|r| format!("{} {}", r.count, r.reason)).collect();
+            plan.rationale.push(format!("{}: {} of {} rows will be rejected ({}).", e.table, f.reject, f.rows, top.join("; ")));
+        }
+        if !f.unchecked.is_empty() {
+            plan.rationale.push(format!("{}: not checked ahead, the database will judge: {}.", e.table, f.unchecked.join(", ")));
+        }
+        e.forecast = Some(f.clone());
+    }
+    plan
 }
 
 /// Picks the foreign key to defer among the tables left unplaced: the first, by child and
@@ -320,10 +487,17 @@ fn break_cycle(
 
 /// The plan as an operator reads it.
 pub fn render(plan: &MigrationPlan) -> String {
+    let forecast = plan.entities().any(|e| e.forecast.is_some());
     let mut out = format!("Plan for \"{}\" ({} entities, about {} rows)\n", plan.goal, plan.entities().count(), plan.estimated_rows());
     for (i, wave) in plan.waves.iter().enumerate() {
         out.push_str(&format!("  wave {}:\n", i + 1));
         for e in wave {
+            let target = e.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();
+            let name = format!("{}{target}", e.table);
+            let counts = match &e.forecast {
+                Some(f) => format!("{:>9} rows {:>9} migrate {:>7} reject", f.rows, f.migrate, f.reject),
+                None => format!("~{:>9} rows", e.estimated_rows),
+            };
             let why = match &e.inclusion {
                 Inclusion::Requested => String::new(),
                 Inclusion::RequiredBy { entities } => {
@@ -335,9 +509,17 @@ pub fn render(plan: &MigrationPlan) -> String {
             } else {
                 format!("  [second pass: {}]", e.deferred_foreign_keys.join(", "))
             };
-            out.push_str(&format!("    {:<32} ~{:>9} rows{why}{deferred}\n", e.table.to_string(), e.estimated_rows));
+            out.push_str(&format!("    {name:<52} {counts}  batch {}{why}{deferred}\n", e.batch_size));
+            for r in e.forecast.iter().flat_map(|f| &f.reasons) {
+                out.push_str(&format!("        {:>7} x {} (e.g. {})\n", r.count, r.reason, r.examples.join(", ")));
+            }
         }
     }
+    if forecast {
+        out.push_str(&format!("  expected: {} rows migrated, {} rejected\n", plan.expected_migrated(), plan.expected_rejected()));
+    }
+    let rollback: Vec<String> = plan.rollback_order().iter().map(ToString::to_string).collect();
+    out.push_str(&format!("  rollback order: {}\n", rollback.join(", ")));
     out.push_str(&format!("  plan hash: {}\n", plan.hash()));
     out
 }

@@ -8,21 +8,37 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::config::DbRole;
 use runtime::context::RunContext;
-use runtime::domain::SchemaReport;
+use runtime::domain::{Forecast, SchemaReport, TableName};
 use runtime::envelope::{AgentError, Envelope};
-use runtime::ports::Catalog;
+use runtime::ports::{Catalog, Rows};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
+use crate::data_mapping::MappingSet;
+use crate::forecast::forecast;
+
 const ME: AgentName = AgentName::SchemaAnalysis;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AnalyzeRequest {
     pub side: DbRole,
+    /// Count every table's rows instead of relying on the planner's estimates.
+    pub exact_counts: bool,
+}
+
+/// Read every planned entity's rows through its mapping: how many will migrate, and why the
+/// others will not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForecastRequest {
+    pub order: Vec<TableName>,
+    pub mappings: MappingSet,
+    pub target: SchemaReport,
 }
 
 pub enum SchemaMsg {
     Analyze(Envelope<AnalyzeRequest>, RpcReplyPort<Result<SchemaReport, AgentError>>),
+    /// Boxed: the request (two reports and the mappings) is far larger than the other variant.
+    Forecast(Box<Envelope<ForecastRequest>>, RpcReplyPort<Result<Vec<(TableName, Forecast)>, AgentError>>),
 }
 
 #[derive(Clone)]
@@ -33,12 +49,13 @@ pub struct SchemaAnalysisArgs {
     pub ctx: Arc<RunContext>,
     pub source: Arc<dyn Catalog>,
     pub target: Option<Arc<dyn Catalog>>,
+    pub source_rows: Arc<dyn Rows>,
 }
 
 pub struct SchemaAnalysisState {
     args: SchemaAnalysisArgs,
     /// Reports already read in this run, by side: the schema does not change under a run.
-    cache: HashMap<DbRole, SchemaReport>,
+    cache: HashMap<AnalyzeRequest, SchemaReport>,
 }
 
 impl Actor for SchemaAnalysisAgent {
@@ -52,14 +69,43 @@ impl Actor for SchemaAnalysisAgent {
 
     async fn handle(&self, _: ActorRef<SchemaMsg>, msg: SchemaMsg, state: &mut SchemaAnalysisState) -> Result<(), ActorProcessingErr> {
         match msg {
+            SchemaMsg::Forecast(env, reply) => {
+                let req = env.body;
+                let started = Instant::now();
+                let result = forecast(&req.order, &req.mappings, &req.target, state.args.source_rows.as_ref()).await;
+                let rows: i64 = result.as_ref().map(|f| f.iter().map(|(_, f)| f.rows).sum()).unwrap_or(0);
+                state.args.ctx.tool_call(
+                    ME,
+                    "rows.scan",
+                    serde_json::json!({"entities": req.order.len()}),
+                    result.as_ref().map(|_| format!("read {rows} source rows through their mappings")).map_err(Clone::clone),
+                    started,
+                );
+                if let Ok(forecasts) = &result {
+                    for (t, f) in forecasts {
+                        let reasons: Vec<String> = f.reasons.iter().map(|r| format!("{} rows: {}", r.count, r.reason)).collect();
+                        state.args.ctx.decision(
+                            ME,
+                            format!("{t}: {} of {} rows fit the target, {} will be rejected", f.migrate, f.rows, f.reject),
+                            if reasons.is_empty() {
+                                "every row passed the mapping and the target's rules".to_owned()
+                            } else {
+                                reasons.join("; ")
+                            },
+                            f,
+                        );
+                    }
+                }
+                let _ = reply.send(result.map_err(|e| AgentError::new(ME, format!("could not forecast the migration: {e}"))));
+            }
             SchemaMsg::Analyze(env, reply) => {
-                let side = env.body.side;
-                let result = match state.cache.get(&side) {
+                let request = env.body;
+                let result = match state.cache.get(&request) {
                     Some(report) => Ok(report.clone()),
-                    None => analyze(&state.args, side).await,
+                    None => analyze(&state.args, request).await,
                 };
                 if let Ok(report) = &result {
-                    state.cache.insert(side, report.clone());
+                    state.cache.insert(request, report.clone());
                 }
                 let _ = reply.send(result);
             }
@@ -68,7 +114,8 @@ impl Actor for SchemaAnalysisAgent {
     }
 }
 
-async fn analyze(args: &SchemaAnalysisArgs, side: DbRole) -> Result<SchemaReport, AgentError> {
+async fn analyze(args: &SchemaAnalysisArgs, request: AnalyzeRequest) -> Result<SchemaReport, AgentError> {
+    let side = request.side;
     let catalog = match side {
         DbRole::Source => &args.source,
         DbRole::Target => {
@@ -76,11 +123,11 @@ async fn analyze(args: &SchemaAnalysisArgs, side: DbRole) -> Result<SchemaReport
         }
     };
     let started = Instant::now();
-    let result = catalog.introspect().await;
+    let result = catalog.introspect(request.exact_counts).await;
     args.ctx.tool_call(
         ME,
         "catalog.introspect",
-        serde_json::json!({"side": side}),
+        serde_json::json!({"side": side, "exact_counts": request.exact_counts}),
         result.as_ref().map(|r| format!("{} tables in {}", r.tables.len(), r.database)).map_err(|e| e.to_string()),
         started,
     );

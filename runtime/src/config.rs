@@ -175,8 +175,8 @@ pub struct DbFlags {
 pub struct Config {
     pub source: Option<DbUrl>,
     pub target: Option<DbUrl>,
-    /// Rows per batch (`BATCH_SIZE`).
-    pub batch_size: usize,
+    /// Rows per batch (`BATCH_SIZE`); chosen from each table's row width when unset.
+    pub batch_size: Option<usize>,
     /// How many times a transient failure is retried (`MAX_RETRY_ATTEMPTS`).
     pub max_retry_attempts: u32,
     /// The most a whole run may take (`MIGRATION_TIMEOUT`, seconds); none by default.
@@ -185,19 +185,20 @@ pub struct Config {
     pub request_timeout: Duration,
 }
 
-pub const DEFAULT_BATCH_SIZE: usize = 5_000;
-
 impl Config {
     pub fn resolve(flags: &DbFlags, vars: &Vars) -> Result<Config, ConfigError> {
         Ok(Config {
             source: db_url(DbRole::Source, flags.source.as_deref(), vars)?,
             target: db_url(DbRole::Target, flags.target.as_deref(), vars)?,
-            batch_size: vars.number(
+            batch_size: match vars.number(
                 "BATCH_SIZE",
-                DEFAULT_BATCH_SIZE,
+                0usize,
                 |n| (1..=1_000_000).contains(n),
                 "expected a whole number from 1 to 1000000",
-            )?,
+            )? {
+                0 => None,
+                n => Some(n),
+            },
             max_retry_attempts: vars.number("MAX_RETRY_ATTEMPTS", 3, |n| *n <= 100, "expected a whole number from 0 to 100")?,
             migration_timeout: match vars.number("MIGRATION_TIMEOUT", 0u64, |_| true, "expected a number of seconds")? {
                 0 => None,
@@ -349,7 +350,7 @@ mod tests {
             &vars(&[("BATCH_SIZE", "2500"), ("MAX_RETRY_ATTEMPTS", "5"), ("MIGRATION_TIMEOUT", "3600")]),
         )
         .unwrap();
-        assert_eq!((c.batch_size, c.max_retry_attempts, c.migration_timeout), (2500, 5, Some(Duration::from_secs(3600))));
+        assert_eq!((c.batch_size, c.max_retry_attempts, c.migration_timeout), (Some(2500), 5, Some(Duration::from_secs(3600))));
         let e = Config::resolve(&DbFlags::default(), &vars(&[("BATCH_SIZE", "lots")])).unwrap_err();
         assert_eq!(e.to_string(), r#"BATCH_SIZE="lots" from .env is not valid: expected a whole number from 1 to 1000000"#);
     }

@@ -17,6 +17,7 @@ pub mod domain;
 pub mod envelope;
 pub mod events;
 pub mod ids;
+pub mod mapping;
 pub mod ports;
 pub mod redact;
 pub mod supervise;

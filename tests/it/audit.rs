@@ -7,7 +7,7 @@ use tests::{agentctl, shared, PgCluster};
 /// A target database holding the trail of one `plan` run over Chinook; returns its URL, its
 /// name and the run id.
 fn planned_run(pg: &PgCluster) -> (String, String, String) {
-    let (source, target) = (pg.chinook(), pg.create_db("target"));
+    let (source, target) = pg.chinook_pair();
     let out = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate tracks", "--format", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let doc: Value = serde_json::from_str(&out.stdout).expect("plan --format json prints one JSON document");
@@ -43,6 +43,8 @@ fn a_plan_leaves_a_complete_trail_that_verifies() {
         "planning:decision",
         "schema_analysis:tool",
         "schema_analysis:message",
+        "schema_analysis:decision",
+        "data_mapping:decision",
         "operator:run",
         "guidance:decision",
     ] {

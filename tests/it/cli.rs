@@ -44,7 +44,7 @@ fn bad_settings_in_the_env_file_are_named() {
 #[test]
 fn plan_orders_chinook_parents_first_and_prints_json() {
     let pg = shared();
-    let (source, target) = (pg.chinook(), pg.create_db("target"));
+    let (source, target) = pg.chinook_pair();
     let out = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate invoice lines", "--format", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
@@ -66,7 +66,7 @@ fn plan_orders_chinook_parents_first_and_prints_json() {
 #[test]
 fn an_unknown_entity_suggests_the_closest_names() {
     let pg = shared();
-    let (source, target) = (pg.chinook(), pg.create_db("target"));
+    let (source, target) = pg.chinook_pair();
     let out = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate trakcs"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("no table matches `trakcs`") && out.stderr.contains("did you mean track"), "{}", out.stderr);
@@ -75,11 +75,26 @@ fn an_unknown_entity_suggests_the_closest_names() {
 #[test]
 fn run_refuses_without_approval_when_nobody_can_be_asked() {
     let pg = shared();
-    let (source, target) = (pg.chinook(), pg.create_db("target"));
+    let (source, target) = pg.chinook_pair();
     let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate genres"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("refusing to run plan") && out.stderr.contains("--yes"), "{}", out.stderr);
     let db = target.rsplit('/').next().unwrap();
-    assert_eq!(pg.psql(db, "SELECT outcome FROM agentctl.runs"), "failed");
+    assert_eq!(pg.psql(db, "SELECT outcome FROM agentctl.runs WHERE command = 'run'"), "failed");
     assert!(pg.psql(db, "SELECT count(*) FROM agentctl.audit_events WHERE summary LIKE '%was not approved%'") == "1");
+}
+
+#[test]
+fn an_approval_holds_only_for_the_plan_it_was_given_for() {
+    let pg = shared();
+    let (source, target) = pg.chinook_pair();
+    let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate genres", "--approve", "0123456789abcdef"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("the plan changed since it was approved (approved 0123456789abcdef, now "), "{}", out.stderr);
+    let plan = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate genres", "--format", "json"]);
+    let hash = serde_json::from_str::<Value>(&plan.stdout).unwrap()["hash"].as_str().unwrap().to_owned();
+    let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate genres", "--approve", &hash[..12]]);
+    assert!(!out.stderr.contains("changed since"), "{}", out.stderr);
+    let db = target.rsplit('/').next().unwrap();
+    assert_eq!(pg.psql(db, "SELECT count(*) FROM agentctl.audit_events WHERE summary LIKE 'approved plan % by its hash'"), "1");
 }

@@ -4,4 +4,5 @@
 mod audit;
 mod cli;
 mod dataset;
+mod planning;
 mod supervision;

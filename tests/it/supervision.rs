@@ -19,17 +19,28 @@ struct Crashing {
 
 #[async_trait]
 impl Catalog for Crashing {
-    async fn introspect(&self) -> Result<SchemaReport, ToolError> {
+    async fn introspect(&self, exact_counts: bool) -> Result<SchemaReport, ToolError> {
         if self.panics.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             panic!("injected fault: the catalog read crashed");
         }
-        self.inner.introspect().await
+        self.inner.introspect(exact_counts).await
+    }
+}
+
+fn goal() -> PlanGoal {
+    PlanGoal {
+        goal: "migrate tracks".into(),
+        only: false,
+        mapping: Default::default(),
+        mapping_origin: "inferred".into(),
+        batch_size: None,
     }
 }
 
 async fn session_with_crashes(panics: u32) -> Session {
     let pg = tests::shared();
-    let config = tests::config(&pg.chinook(), &pg.create_db("target"));
+    let (source, target) = pg.chinook_pair();
+    let config = tests::config(&source, &target);
     let conns = Connections::open(&config, true).await.expect("the test databases are reachable");
     let mut tools = conns.tools().unwrap();
     tools.source = Arc::new(Crashing { inner: tools.source, panics: AtomicU32::new(panics) });
@@ -39,7 +50,7 @@ async fn session_with_crashes(panics: u32) -> Session {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crashed_agent_is_restarted_and_the_run_continues() {
     let session = session_with_crashes(2).await;
-    let outcome = session.plan(PlanGoal { goal: "migrate tracks".into(), only: false }).await.expect("the plan survives two crashes");
+    let outcome = session.plan(goal()).await.expect("the plan survives two crashes");
     let order: Vec<String> = outcome.plan.entities().map(|e| e.table.to_string()).collect();
     assert_eq!(order.last().map(String::as_str), Some("track"), "{order:?}");
     let (store, run_id) = (session.store.clone(), session.run_id);
@@ -61,7 +72,7 @@ async fn a_crashed_agent_is_restarted_and_the_run_continues() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_that_keeps_crashing_fails_the_run_with_the_reason() {
     let session = session_with_crashes(u32::MAX).await;
-    let err = session.plan(PlanGoal { goal: "migrate tracks".into(), only: false }).await.expect_err("no plan without an analysis");
+    let err = session.plan(goal()).await.expect_err("no plan without an analysis");
     assert!(err.message.contains("schema analysis agent is down"), "{err}");
     assert!(err.message.contains("more than 3 restarts"), "{err}");
     let (store, run_id) = (session.store.clone(), session.run_id);

@@ -73,3 +73,10 @@ pub fn while_doing(what: impl std::fmt::Display) -> impl FnOnce(sqlx::Error) -> 
 
 /// The connection pool type, so that crates above `tools` need not import the driver.
 pub type Pool = PgPool;
+
+/// Runs a script of several statements in one transaction.
+pub async fn run_script(pool: &PgPool, sql: &str, what: &str) -> Result<(), DbError> {
+    let mut tx = pool.begin().await.map_err(while_doing(what))?;
+    sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(while_doing(what))?;
+    tx.commit().await.map_err(while_doing(what))
+}

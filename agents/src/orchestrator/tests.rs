@@ -12,7 +12,7 @@ use runtime::context::RunContext;
 use runtime::domain::SchemaReport;
 use runtime::envelope::Courier;
 use runtime::events::EventBus;
-use runtime::ports::{Catalog, ToolError};
+use runtime::ports::{Catalog, Rows, Scan, ToolError};
 use runtime::redact::Redactor;
 use runtime::supervise::{RestartPolicy, Slot};
 use runtime::{AgentName, RunId};
@@ -39,7 +39,14 @@ struct Silent;
 
 #[async_trait]
 impl Catalog for Silent {
-    async fn introspect(&self) -> Result<SchemaReport, ToolError> {
+    async fn introspect(&self, _: bool) -> Result<SchemaReport, ToolError> {
+        std::future::pending().await
+    }
+}
+
+#[async_trait]
+impl Rows for Silent {
+    async fn scan(&self, _: &Scan, _: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send)) -> Result<u64, ToolError> {
         std::future::pending().await
     }
 }
@@ -53,13 +60,19 @@ async fn a_request_that_is_never_answered_fails_with_a_clear_error() {
     let (writer, _) = Actor::spawn(None, AuditWriter, args).await.unwrap();
     let audit = Audit::new(writer);
     let ctx = Arc::new(RunContext::new(run_id, audit.clone(), EventBus::default(), Duration::from_secs(30)));
-    let tools = Tools { source: Arc::new(Silent), target: None };
+    let tools = Tools { source: Arc::new(Silent), target: Some(Arc::new(Silent)), source_rows: Arc::new(Silent) };
     let (orchestrator, _) =
         Actor::spawn(None, Orchestrator, OrchestratorArgs { ctx: ctx.clone(), tools, policy: RestartPolicy::default() }).await.unwrap();
 
     let operator = Courier::new(ctx.clone(), AgentName::Operator);
     let slot = Slot::fixed(AgentName::Orchestrator, orchestrator.clone());
-    let goal = PlanGoal { goal: "migrate everything".into(), only: false };
+    let goal = PlanGoal {
+        goal: "migrate everything".into(),
+        only: false,
+        mapping: Default::default(),
+        mapping_origin: "inferred".into(),
+        batch_size: None,
+    };
     let started = tokio::time::Instant::now();
     let answer = operator.ask_within(&slot, "plan", goal, OrchestratorMsg::Plan, ctx.request_timeout * PHASE_STEPS).await;
     let err = answer.expect("the orchestrator answers").expect_err("no plan without a schema");

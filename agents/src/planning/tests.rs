@@ -1,5 +1,5 @@
 use expect_test::{expect, Expect};
-use runtime::domain::{Column, ForeignKey, SchemaReport, Table, TableName};
+use runtime::domain::{Column, ForeignKey, SchemaReport, Table, TableName, TypeKind};
 
 use super::{plan, render, resolve_goal};
 
@@ -14,13 +14,8 @@ fn schema(spec: &[(&str, i64, &[Fk<'_>])]) -> SchemaReport {
             .iter()
             .map(|(name, rows, fks)| Table {
                 name: TableName::new("public", *name),
-                columns: std::iter::once(Column { name: "id".into(), data_type: "integer".into(), nullable: false, default: None })
-                    .chain(fks.iter().map(|(col, _, nullable)| Column {
-                        name: (*col).into(),
-                        data_type: "integer".into(),
-                        nullable: *nullable,
-                        default: None,
-                    }))
+                columns: std::iter::once(int_column("id", false))
+                    .chain(fks.iter().map(|(col, _, nullable)| int_column(col, *nullable)))
                     .collect(),
                 primary_key: vec!["id".into()],
                 foreign_keys: fks
@@ -30,11 +25,37 @@ fn schema(spec: &[(&str, i64, &[Fk<'_>])]) -> SchemaReport {
                         columns: vec![(*col).into()],
                         references: TableName::new("public", *parent),
                         referenced_columns: vec!["id".into()],
+                        on_delete: "no action".into(),
+                        deferrable: false,
+                        validated: true,
                     })
                     .collect(),
                 estimated_rows: *rows,
+                kind: "table".into(),
+                partitions: vec![],
+                unique: vec![],
+                checks: vec![],
+                indexes: vec![],
+                triggers: vec![],
+                exact_rows: None,
+                avg_row_bytes: 40,
             })
             .collect(),
+        ..SchemaReport::default()
+    }
+}
+
+fn int_column(name: &str, nullable: bool) -> Column {
+    Column {
+        name: name.into(),
+        data_type: "integer".into(),
+        type_name: "int4".into(),
+        type_kind: TypeKind::Base,
+        max_length: None,
+        nullable,
+        default: None,
+        identity: None,
+        stats: None,
     }
 }
 
@@ -51,7 +72,7 @@ fn dispatch() -> SchemaReport {
 }
 
 fn check(goal: &str, only: bool, report: &SchemaReport, expect: Expect) {
-    let actual = match plan(goal, only, report) {
+    let actual = match plan(goal, only, report, None, None) {
         Ok(p) => {
             let mut s = render(&p);
             for r in &p.rationale {
@@ -73,8 +94,10 @@ fn a_single_table_without_parents() {
         expect![[r#"
             Plan for "migrate technician_roles" (1 entities, about 31 rows)
               wave 1:
-                technician_roles                 ~       31 rows
-              plan hash: b012045521316e06b09c8c9f83a2798196d8302dbd923bc6869e3097d6832d99
+                technician_roles                                     ~       31 rows  batch 50000
+              rollback order: technician_roles
+              plan hash: 2a3269093552f9bed2599ab8c3713495dca06bb2b53f42b9411e66a8d23a20f2
+              - Batch sizes aim at about 4 MiB per batch from each table's average row width: technician_roles 50000.
         "#]],
     );
 }
@@ -88,18 +111,20 @@ fn parents_are_added_and_ordered_in_waves() {
         expect![[r#"
             Plan for "migrate the doctors" (4 entities, about 2320 rows)
               wave 1:
-                auth_user                        ~      900 rows  (needed by dispatch_profile)
-                dispatch_office                  ~      120 rows  (needed by dispatch_doctor, dispatch_profile)
+                auth_user                                            ~      900 rows  batch 50000  (needed by dispatch_profile)
+                dispatch_office                                      ~      120 rows  batch 50000  (needed by dispatch_doctor, dispatch_profile)
               wave 2:
-                dispatch_profile                 ~      900 rows  (needed by dispatch_doctor)
+                dispatch_profile                                     ~      900 rows  batch 50000  (needed by dispatch_doctor)
               wave 3:
-                dispatch_doctor                  ~      400 rows
-              plan hash: 13dc6d4698f0e946830e8fea958f89efb1ed667c819f4ba3e1a44b5ca229cbf7
+                dispatch_doctor                                      ~      400 rows  batch 50000
+              rollback order: dispatch_doctor, dispatch_profile, dispatch_office, auth_user
+              plan hash: 7a74675e7a709dd9c28d12b110b59f5edf611ca347bc17ae63c056cc9b788cc8
               - auth_user is included because dispatch_profile references it (plan with --only to leave it out).
               - dispatch_office is included because dispatch_doctor, dispatch_profile reference it (plan with --only to leave it out).
               - dispatch_profile is included because dispatch_doctor references it (plan with --only to leave it out).
               - dispatch_profile is in wave 2 because it references auth_user, dispatch_office.
               - dispatch_doctor is in wave 3 because it references dispatch_office, dispatch_profile.
+              - Batch sizes aim at about 4 MiB per batch from each table's average row width: auth_user 50000, dispatch_office 50000, dispatch_profile 50000, dispatch_doctor 50000.
         "#]],
     );
 }
@@ -113,8 +138,10 @@ fn only_leaves_parents_out() {
         expect![[r#"
             Plan for "migrate doctors" (1 entities, about 400 rows)
               wave 1:
-                dispatch_doctor                  ~      400 rows
-              plan hash: ad5e5125242d2c02b87d8ad74238e4d89d0931921e9ec2ef29c4c7187eb19db8
+                dispatch_doctor                                      ~      400 rows  batch 50000
+              rollback order: dispatch_doctor
+              plan hash: 01f872f2bd135ac4749f3978067fe73731f6fff33c5e27e4eaaba5bc0eec471b
+              - Batch sizes aim at about 4 MiB per batch from each table's average row width: dispatch_doctor 50000.
         "#]],
     );
 }
@@ -128,19 +155,21 @@ fn self_references_are_deferred() {
         expect![[r#"
             Plan for "Migrate TASKS" (4 entities, about 8920 rows)
               wave 1:
-                auth_user                        ~      900 rows  (needed by dispatch_profile)
-                dispatch_office                  ~      120 rows  (needed by dispatch_profile)
+                auth_user                                            ~      900 rows  batch 50000  (needed by dispatch_profile)
+                dispatch_office                                      ~      120 rows  batch 50000  (needed by dispatch_profile)
               wave 2:
-                dispatch_profile                 ~      900 rows  (needed by dispatch_task)
+                dispatch_profile                                     ~      900 rows  batch 50000  (needed by dispatch_task)
               wave 3:
-                dispatch_task                    ~     7000 rows  [second pass: dispatch_task_parent_task_id_fkey]
-              plan hash: c0bf89a92af284e5686bda5abb9b5fc8c29af036d02b0c176163afefb19ea208
+                dispatch_task                                        ~     7000 rows  batch 50000  [second pass: dispatch_task_parent_task_id_fkey]
+              rollback order: dispatch_task, dispatch_profile, dispatch_office, auth_user
+              plan hash: 2eeed2404f25c97d46a45b3e6f9190827e3c69acd86fca2e9744996973a08465
               - auth_user is included because dispatch_profile references it (plan with --only to leave it out).
               - dispatch_office is included because dispatch_profile references it (plan with --only to leave it out).
               - dispatch_profile is included because dispatch_task references it (plan with --only to leave it out).
               - dispatch_task.parent_task_id references dispatch_task itself: its rows go in with that reference empty, then a second pass fills it.
               - dispatch_profile is in wave 2 because it references auth_user, dispatch_office.
               - dispatch_task is in wave 3 because it references dispatch_profile.
+              - Batch sizes aim at about 4 MiB per batch from each table's average row width: auth_user 50000, dispatch_office 50000, dispatch_profile 50000, dispatch_task 50000.
         "#]],
     );
 }
@@ -155,13 +184,15 @@ fn a_cycle_is_broken_at_a_nullable_reference() {
         expect![[r#"
             Plan for "migrate a" (2 entities, about 2 rows)
               wave 1:
-                b                                ~        1 rows  (needed by a)  [second pass: b_a_id_fkey]
+                b                                                    ~        1 rows  batch 50000  (needed by a)  [second pass: b_a_id_fkey]
               wave 2:
-                a                                ~        1 rows
-              plan hash: 5e75b287ca1206295b1bd42e2279fe75af471769eb59970e1e0d9a47f28aa3ae
+                a                                                    ~        1 rows  batch 50000
+              rollback order: a, b
+              plan hash: 971ebff490afb300e2e452a4ee72a8106e2e116e3fb2b8ed0ef76f06984f11a9
               - b is included because a references it (plan with --only to leave it out).
               - b and a reference each other: b goes first with b_a_id_fkey left empty, filled in a second pass once a is in.
               - a is in wave 2 because it references b.
+              - Batch sizes aim at about 4 MiB per batch from each table's average row width: b 50000, a 50000.
         "#]],
     );
     let report = schema(&[("a", 1, &[("b_id", "b", false)]), ("b", 1, &[("a_id", "a", false)])]);
@@ -198,7 +229,8 @@ fn unknown_entities_get_suggestions() {
 #[test]
 fn goal_spellings_resolve_to_the_same_tables() {
     let report = dispatch();
-    let names = |goal: &str| resolve_goal(goal, &report).unwrap().iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let names =
+        |goal: &str| resolve_goal(goal, &report, None).unwrap().tables.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     assert_eq!(names("migrate dispatch_office"), "dispatch_office");
     assert_eq!(names("offices"), "dispatch_office");
     assert_eq!(names("Office, patients and technician-roles"), "dispatch_office,dispatch_patient,technician_roles");
@@ -210,8 +242,8 @@ fn goal_spellings_resolve_to_the_same_tables() {
 #[test]
 fn the_hash_changes_when_the_plan_does() {
     let report = dispatch();
-    let a = plan("migrate doctors", false, &report).unwrap();
-    let b = plan("migrate doctors", true, &report).unwrap();
-    assert_eq!(a.hash(), plan("migrate doctors", false, &report).unwrap().hash());
+    let a = plan("migrate doctors", false, &report, None, None).unwrap();
+    let b = plan("migrate doctors", true, &report, None, None).unwrap();
+    assert_eq!(a.hash(), plan("migrate doctors", false, &report, None, None).unwrap().hash());
     assert_ne!(a.hash(), b.hash());
 }

@@ -1,0 +1,557 @@
+//! Evaluating the target's CHECK constraints (of tables and of domains) on a mapped row, in
+//! Rust, so a plan can say which rows the target will refuse before a single one is written.
+//!
+//! The parser reads what `pg_get_constraintdef` prints: comparisons, `AND`/`OR`/`NOT`,
+//! `IS [NOT] NULL`, `~` regular expressions, `= ANY (ARRAY[...])`, casts (`::numeric`),
+//! `lower`/`upper`/`length`/`btrim`, and arithmetic `+ -`. Logic is SQL's three-valued one: a
+//! CHECK fails only when it is false, never when it is NULL. An expression it cannot read is
+//! reported as such (the row's fate is then left to the database) rather than guessed at.
+
+use std::collections::HashMap;
+
+use regex::Regex;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Val {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Text(String),
+    /// Microseconds since 1970-01-01, read as a local timestamp (zones are ignored: the bounds
+    /// CHECKs use are days or years away from any value a zone could move across them).
+    Time(i64),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Expr {
+    Lit(Val),
+    Col(String),
+    Cast(Box<Expr>, String),
+    Not(Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    IsNull(Box<Expr>, bool),
+    Cmp(Box<Expr>, String, Box<Expr>),
+    Any(Box<Expr>, String, Vec<Expr>),
+    Arith(Box<Expr>, char, Box<Expr>),
+    Call(String, Vec<Expr>),
+}
+
+/// A parsed CHECK, ready to evaluate on rows.
+#[derive(Debug)]
+pub struct CheckExpr {
+    expr: Expr,
+    regexes: HashMap<String, Regex>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Num(String),
+    Op(String),
+    LParen,
+    RParen,
+    LBracket,
+    RBracket,
+    Comma,
+    Cast,
+}
+
+fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
+    let b: Vec<char> = s.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            ' ' | '\t' | '\n' => i += 1,
+            '(' => (out.push(Tok::LParen), i += 1).1,
+            ')' => (out.push(Tok::RParen), i += 1).1,
+            '[' => (out.push(Tok::LBracket), i += 1).1,
+            ']' => (out.push(Tok::RBracket), i += 1).1,
+            ',' => (out.push(Tok::Comma), i += 1).1,
+            ':' if b.get(i + 1) == Some(&':') => (out.push(Tok::Cast), i += 2).1,
+            '\'' => {
+                let mut text = String::new();
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return Err("unterminated string".into()),
+                        Some('\'') if b.get(i + 1) == Some(&'\'') => (text.push('\''), i += 2).1,
+                        Some('\'') => break i += 1,
+                        Some(ch) => (text.push(*ch), i += 1).1,
+                    }
+                }
+                out.push(Tok::Str(text));
+            }
+            '"' => {
+                let end = b[i + 1..].iter().position(|&ch| ch == '"').ok_or("unterminated identifier")? + i + 1;
+                out.push(Tok::Ident(b[i + 1..end].iter().collect()));
+                i = end + 1;
+            }
+            c if c.is_ascii_digit() => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_digit() || b[i] == '.') {
+                    i += 1;
+                }
+                out.push(Tok::Num(b[start..i].iter().collect()));
+            }
+            c if c.is_alphabetic() || c == '_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_alphanumeric() || b[i] == '_') {
+                    i += 1;
+                }
+                out.push(Tok::Ident(b[start..i].iter().collect()));
+            }
+            _ => {
+                let two: String = b[i..(i + 2).min(b.len())].iter().collect();
+                let three: String = b[i..(i + 3).min(b.len())].iter().collect();
+                let op = if three == "!~*" {
+                    three
+                } else if ["<=", ">=", "<>", "!=", "~*", "!~"].contains(&two.as_str()) {
+                    two
+                } else if "=<>~+-*/".contains(c) {
+                    c.to_string()
+                } else {
+                    return Err(format!("unexpected `{c}`"));
+                };
+                i += op.len();
+                out.push(Tok::Op(op));
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    pos: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+
+    fn kw(&self, word: &str) -> bool {
+        matches!(self.peek(), Some(Tok::Ident(w)) if w.eq_ignore_ascii_case(word))
+    }
+
+    fn eat_kw(&mut self, word: &str) -> bool {
+        let yes = self.kw(word);
+        if yes {
+            self.pos += 1;
+        }
+        yes
+    }
+
+    fn expect(&mut self, t: Tok) -> Result<(), String> {
+        if self.peek() == Some(&t) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(format!("expected {t:?}, found {:?}", self.peek()))
+        }
+    }
+
+    fn or(&mut self) -> Result<Expr, String> {
+        let mut e = self.and()?;
+        while self.eat_kw("OR") {
+            e = Expr::Or(Box::new(e), Box::new(self.and()?));
+        }
+        Ok(e)
+    }
+
+    fn and(&mut self) -> Result<Expr, String> {
+        let mut e = self.not()?;
+        while self.eat_kw("AND") {
+            e = Expr::And(Box::new(e), Box::new(self.not()?));
+        }
+        Ok(e)
+    }
+
+    fn not(&mut self) -> Result<Expr, String> {
+        if self.eat_kw("NOT") {
+            return Ok(Expr::Not(Box::new(self.not()?)));
+        }
+        self.cmp()
+    }
+
+    fn cmp(&mut self) -> Result<Expr, String> {
+        let left = self.add()?;
+        if self.eat_kw("IS") {
+            let negated = self.eat_kw("NOT");
+            if !self.eat_kw("NULL") {
+                return Err("only IS [NOT] NULL is understood".into());
+            }
+            return Ok(Expr::IsNull(Box::new(left), negated));
+        }
+        if self.eat_kw("BETWEEN") {
+            let lo = self.add()?;
+            if !self.eat_kw("AND") {
+                return Err("BETWEEN without AND".into());
+            }
+            let hi = self.add()?;
+            return Ok(Expr::And(
+                Box::new(Expr::Cmp(Box::new(left.clone()), ">=".into(), Box::new(lo))),
+                Box::new(Expr::Cmp(Box::new(left), "<=".into(), Box::new(hi))),
+            ));
+        }
+        if let Some(Tok::Op(op)) = self.peek().cloned() {
+            if ["=", "<>", "!=", "<", ">", "<=", ">=", "~", "~*", "!~", "!~*"].contains(&op.as_str()) {
+                self.pos += 1;
+                if self.eat_kw("ANY") {
+                    self.expect(Tok::LParen)?;
+                    let list = self.array()?;
+                    self.expect(Tok::RParen)?;
+                    return Ok(Expr::Any(Box::new(left), op, list));
+                }
+                let right = self.add()?;
+                return Ok(Expr::Cmp(Box::new(left), op, Box::new(right)));
+            }
+        }
+        Ok(left)
+    }
+
+    fn array(&mut self) -> Result<Vec<Expr>, String> {
+        if !self.eat_kw("ARRAY") {
+            return Err("only ANY (ARRAY[...]) is understood".into());
+        }
+        self.expect(Tok::LBracket)?;
+        let mut items = vec![self.add()?];
+        while self.peek() == Some(&Tok::Comma) {
+            self.pos += 1;
+            items.push(self.add()?);
+        }
+        self.expect(Tok::RBracket)?;
+        // `ARRAY[...]::text[]`
+        self.casts(Expr::Lit(Val::Null))?;
+        Ok(items)
+    }
+
+    fn add(&mut self) -> Result<Expr, String> {
+        let mut e = self.unary()?;
+        while let Some(Tok::Op(op)) = self.peek().cloned() {
+            if op != "+" && op != "-" {
+                break;
+            }
+            self.pos += 1;
+            e = Expr::Arith(Box::new(e), op.chars().next().expect("one char"), Box::new(self.unary()?));
+        }
+        Ok(e)
+    }
+
+    fn unary(&mut self) -> Result<Expr, String> {
+        if self.peek() == Some(&Tok::Op("-".into())) {
+            self.pos += 1;
+            return Ok(Expr::Arith(Box::new(Expr::Lit(Val::Num(0.0))), '-', Box::new(self.unary()?)));
+        }
+        let p = self.primary()?;
+        self.casts(p)
+    }
+
+    fn casts(&mut self, mut e: Expr) -> Result<Expr, String> {
+        while self.peek() == Some(&Tok::Cast) {
+            self.pos += 1;
+            let mut name = String::new();
+            while let Some(Tok::Ident(w)) = self.peek().cloned() {
+                let continues =
+                    name.is_empty() || ["with", "without", "time", "zone", "varying", "precision"].contains(&w.to_lowercase().as_str());
+                if !continues {
+                    break;
+                }
+                if !name.is_empty() {
+                    name.push(' ');
+                }
+                name.push_str(&w.to_lowercase());
+                self.pos += 1;
+            }
+            if self.peek() == Some(&Tok::LParen) {
+                while self.peek() != Some(&Tok::RParen) {
+                    self.pos += 1;
+                }
+                self.pos += 1;
+            }
+            if self.peek() == Some(&Tok::LBracket) {
+                self.pos += 2;
+                name.push_str("[]");
+            }
+            e = Expr::Cast(Box::new(e), name);
+        }
+        Ok(e)
+    }
+
+    fn primary(&mut self) -> Result<Expr, String> {
+        match self.peek().cloned() {
+            Some(Tok::LParen) => {
+                self.pos += 1;
+                let e = self.or()?;
+                self.expect(Tok::RParen)?;
+                Ok(e)
+            }
+            Some(Tok::Str(s)) => (self.pos += 1, Ok(Expr::Lit(Val::Text(s)))).1,
+            Some(Tok::Num(n)) => (self.pos += 1, Ok(Expr::Lit(Val::Num(n.parse().map_err(|_| format!("bad number {n}"))?)))).1,
+            Some(Tok::Ident(w)) => {
+                self.pos += 1;
+                let lw = w.to_lowercase();
+                match lw.as_str() {
+                    "null" => return Ok(Expr::Lit(Val::Null)),
+                    "true" => return Ok(Expr::Lit(Val::Bool(true))),
+                    "false" => return Ok(Expr::Lit(Val::Bool(false))),
+                    _ => {}
+                }
+                if self.peek() == Some(&Tok::LParen) {
+                    self.pos += 1;
+                    let mut args = Vec::new();
+                    if self.peek() != Some(&Tok::RParen) {
+                        args.push(self.or()?);
+                        while self.peek() == Some(&Tok::Comma) {
+                            self.pos += 1;
+                            args.push(self.or()?);
+                        }
+                    }
+                    self.expect(Tok::RParen)?;
+                    if !["lower", "upper", "length", "char_length", "btrim", "abs", "coalesce"].contains(&lw.as_str()) {
+                        return Err(format!("function {w}() is not understood"));
+                    }
+                    return Ok(Expr::Call(lw, args));
+                }
+                Ok(Expr::Col(w))
+            }
+            other => Err(format!("unexpected {other:?}")),
+        }
+    }
+}
+
+impl CheckExpr {
+    pub fn parse(text: &str) -> Result<CheckExpr, String> {
+        let mut p = Parser { toks: tokenize(text)?, pos: 0 };
+        let expr = p.or()?;
+        if p.pos != p.toks.len() {
+            return Err(format!("unexpected {:?} after the expression", p.toks[p.pos]));
+        }
+        let mut regexes = HashMap::new();
+        collect_regexes(&expr, &mut regexes)?;
+        Ok(CheckExpr { expr, regexes })
+    }
+
+    /// `Some(false)` when the row violates the CHECK; `col` gives a column's (or, in a domain
+    /// constraint, `VALUE`'s) typed value.
+    pub fn holds(&self, col: &dyn Fn(&str) -> Val) -> Option<bool> {
+        match self.eval(&self.expr, col) {
+            Val::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn eval(&self, e: &Expr, col: &dyn Fn(&str) -> Val) -> Val {
+        match e {
+            Expr::Lit(v) => v.clone(),
+            Expr::Col(c) => col(c),
+            Expr::Cast(inner, ty) => cast(self.eval(inner, col), ty),
+            Expr::Not(inner) => match self.eval(inner, col) {
+                Val::Bool(b) => Val::Bool(!b),
+                _ => Val::Null,
+            },
+            Expr::And(a, b) => match (self.eval(a, col), self.eval(b, col)) {
+                (Val::Bool(false), _) | (_, Val::Bool(false)) => Val::Bool(false),
+                (Val::Bool(true), Val::Bool(true)) => Val::Bool(true),
+                _ => Val::Null,
+            },
+            Expr::Or(a, b) => match (self.eval(a, col), self.eval(b, col)) {
+                (Val::Bool(true), _) | (_, Val::Bool(true)) => Val::Bool(true),
+                (Val::Bool(false), Val::Bool(false)) => Val::Bool(false),
+                _ => Val::Null,
+            },
+            Expr::IsNull(inner, negated) => Val::Bool((self.eval(inner, col) == Val::Null) != *negated),
+            Expr::Cmp(a, op, b) => self.compare(self.eval(a, col), op, self.eval(b, col)),
+            Expr::Any(a, op, list) => {
+                let left = self.eval(a, col);
+                let mut result = Val::Bool(false);
+                for item in list {
+                    match self.compare(left.clone(), op, self.eval(item, col)) {
+                        Val::Bool(true) => return Val::Bool(true),
+                        Val::Null => result = Val::Null,
+                        _ => {}
+                    }
+                }
+                result
+            }
+            Expr::Arith(a, op, b) => match (num(self.eval(a, col)), num(self.eval(b, col))) {
+                (Some(x), Some(y)) => Val::Num(if *op == '+' { x + y } else { x - y }),
+                _ => Val::Null,
+            },
+            Expr::Call(f, args) => {
+                let vals: Vec<Val> = args.iter().map(|a| self.eval(a, col)).collect();
+                match (f.as_str(), vals.first()) {
+                    ("coalesce", _) => vals.into_iter().find(|v| *v != Val::Null).unwrap_or(Val::Null),
+                    (_, None | Some(Val::Null)) => Val::Null,
+                    ("lower", Some(v)) => Val::Text(text(v).to_lowercase()),
+                    ("upper", Some(v)) => Val::Text(text(v).to_uppercase()),
+                    ("length" | "char_length", Some(v)) => Val::Num(text(v).chars().count() as f64),
+                    ("btrim", Some(v)) => Val::Text(text(v).trim().to_owned()),
+                    ("abs", Some(v)) => num(v.clone()).map(|n| Val::Num(n.abs())).unwrap_or(Val::Null),
+                    _ => Val::Null,
+                }
+            }
+        }
+    }
+
+    fn compare(&self, a: Val, op: &str, b: Val) -> Val {
+        if a == Val::Null || b == Val::Null {
+            return Val::Null;
+        }
+        if op.contains('~') {
+            let (t, pattern) = (text(&a), text(&b));
+            let key = if op.contains('*') { format!("(?i){pattern}") } else { pattern };
+            let matched = self.regexes.get(&key).is_some_and(|r| r.is_match(&t));
+            return Val::Bool(matched != op.starts_with('!'));
+        }
+        let ord = match (&a, &b) {
+            (Val::Num(x), Val::Num(y)) => x.partial_cmp(y),
+            (Val::Time(x), Val::Time(y)) => Some(x.cmp(y)),
+            (Val::Bool(x), Val::Bool(y)) => Some(x.cmp(y)),
+            (Val::Time(x), Val::Text(s)) => parse_time(s).map(|y| x.cmp(&y)),
+            (Val::Text(s), Val::Time(y)) => parse_time(s).map(|x| x.cmp(y)),
+            (Val::Num(x), other) | (other, Val::Num(x)) if num(other.clone()).is_some() => {
+                let y = num(other.clone()).expect("checked");
+                if matches!(a, Val::Num(_)) {
+                    x.partial_cmp(&y)
+                } else {
+                    y.partial_cmp(x)
+                }
+            }
+            _ => Some(text(&a).cmp(&text(&b))),
+        };
+        let Some(ord) = ord else { return Val::Null };
+        use std::cmp::Ordering::*;
+        Val::Bool(match op {
+            "=" => ord == Equal,
+            "<>" | "!=" => ord != Equal,
+            "<" => ord == Less,
+            ">" => ord == Greater,
+            "<=" => ord != Greater,
+            ">=" => ord != Less,
+            _ => return Val::Null,
+        })
+    }
+}
+
+fn collect_regexes(e: &Expr, out: &mut HashMap<String, Regex>) -> Result<(), String> {
+    match e {
+        Expr::Cmp(a, op, b) => {
+            if op.contains('~') {
+                let Expr::Lit(Val::Text(p)) = strip_cast(b) else {
+                    return Err("a regular expression that is not a literal".into());
+                };
+                let key = if op.contains('*') { format!("(?i){p}") } else { p.clone() };
+                let re = Regex::new(&key).map_err(|e| format!("regular expression {p:?}: {e}"))?;
+                out.insert(key, re);
+            }
+            collect_regexes(a, out)?;
+            collect_regexes(b, out)
+        }
+        Expr::Cast(a, _) | Expr::Not(a) | Expr::IsNull(a, _) => collect_regexes(a, out),
+        Expr::And(a, b) | Expr::Or(a, b) | Expr::Arith(a, _, b) => {
+            collect_regexes(a, out)?;
+            collect_regexes(b, out)
+        }
+        Expr::Any(a, _, list) => {
+            collect_regexes(a, out)?;
+            list.iter().try_for_each(|x| collect_regexes(x, out))
+        }
+        Expr::Call(_, args) => args.iter().try_for_each(|x| collect_regexes(x, out)),
+        Expr::Lit(_) | Expr::Col(_) => Ok(()),
+    }
+}
+
+fn strip_cast(e: &Expr) -> &Expr {
+    match e {
+        Expr::Cast(inner, _) => strip_cast(inner),
+        other => other,
+    }
+}
+
+fn text(v: &Val) -> String {
+    match v {
+        Val::Null => String::new(),
+        Val::Bool(b) => if *b { "true" } else { "false" }.into(),
+        Val::Num(n) => n.to_string(),
+        Val::Text(s) => s.clone(),
+        Val::Time(t) => t.to_string(),
+    }
+}
+
+fn num(v: Val) -> Option<f64> {
+    match v {
+        Val::Num(n) => Some(n),
+        Val::Text(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Converts a value as a cast to `ty` would (for the types CHECKs use).
+pub fn cast(v: Val, ty: &str) -> Val {
+    if v == Val::Null {
+        return v;
+    }
+    let ty = ty.trim_end_matches("[]");
+    match ty {
+        "numeric" | "integer" | "smallint" | "bigint" | "real" | "double precision" | "int" | "int4" | "int2" | "int8" | "decimal" => {
+            num(v).map(Val::Num).unwrap_or(Val::Null)
+        }
+        "date" | "timestamp" | "timestamp with time zone" | "timestamp without time zone" | "timestamptz" => match v {
+            Val::Time(_) => v,
+            other => parse_time(&text(&other)).map(Val::Time).unwrap_or(Val::Null),
+        },
+        "boolean" | "bool" => match v {
+            Val::Bool(_) => v,
+            other => match text(&other).as_str() {
+                "t" | "true" | "1" | "yes" | "y" => Val::Bool(true),
+                "f" | "false" | "0" | "no" | "n" => Val::Bool(false),
+                _ => Val::Null,
+            },
+        },
+        _ => match v {
+            Val::Text(_) => v,
+            other => Val::Text(text(&other)),
+        },
+    }
+}
+
+/// `YYYY-MM-DD[ HH:MM:SS[.ffffff]][+zz|zone]` to microseconds since the epoch (the zone is
+/// ignored, see [`Val::Time`]).
+pub fn parse_time(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (date, rest) = s.split_at(s.find([' ', 'T']).unwrap_or(s.len()));
+    let mut parts = date.splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let d: i64 = parts.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant).
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let mut micros = days * 86_400_000_000;
+    let time = rest.trim_start_matches([' ', 'T']);
+    if !time.is_empty() {
+        let clock = time.split(['+', '-', ' ', 'Z']).next().unwrap_or("");
+        let mut hms = clock.split(':');
+        let h: i64 = hms.next().unwrap_or("0").parse().ok()?;
+        let mi: i64 = hms.next().unwrap_or("0").parse().ok()?;
+        let sec: f64 = hms.next().unwrap_or("0").parse().ok()?;
+        micros += (h * 3600 + mi * 60) * 1_000_000 + (sec * 1_000_000.0).round() as i64;
+    }
+    Some(micros)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+//! The forecast: every source row of every planned entity, through its mapping and the target's
+//! rules, in plan order, without writing anything. Rules on one row come from
+//! [`RowMapper`]; this module adds the rules that need other rows: unique keys (the first row
+//! in key order wins, as it will when migrating) and references (a row whose parent does not
+//! exist, or will itself be rejected, is rejected too; self-references are settled to a fixed
+//! point). The result is the number of rows each entity will migrate and reject, by reason.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use runtime::domain::{Forecast, RejectReason, SchemaReport, TableName};
+use runtime::ports::{Rows, Scan};
+
+use crate::data_mapping::MappingSet;
+use crate::transform::{Rejection, RowMapper};
+
+/// Legacy keys, compactly: integers as integers.
+#[derive(Default)]
+struct KeySet {
+    ints: HashSet<i64>,
+    texts: HashSet<String>,
+}
+
+impl KeySet {
+    fn insert(&mut self, key: &[&str]) {
+        match key {
+            [one] if one.parse::<i64>().is_ok() => {
+                self.ints.insert(one.parse().expect("checked"));
+            }
+            _ => {
+                self.texts.insert(key.join("|"));
+            }
+        }
+    }
+
+    fn contains(&self, key: &[&str]) -> bool {
+        match key {
+            [one] => one.parse::<i64>().map(|n| self.ints.contains(&n)).unwrap_or_else(|_| self.texts.contains(*one)),
+            _ => self.texts.contains(&key.join("|")),
+        }
+    }
+}
+
+const EXAMPLES: usize = 5;
+
+#[derive(Default)]
+struct Tally {
+    reasons: BTreeMap<String, RejectReason>,
+}
+
+impl Tally {
+    fn add(&mut self, r: &Rejection, key: &str) {
+        let e = self.reasons.entry(r.rule.clone()).or_insert_with(|| RejectReason {
+            rule: r.rule.clone(),
+            reason: r.reason.clone(),
+            count: 0,
+            examples: vec![],
+        });
+        e.count += 1;
+        if e.examples.len() < EXAMPLES {
+            e.examples.push(key.to_owned());
+        }
+    }
+}
+
+/// A unique rule of the target, as output column indexes (with `lower`/`upper` applied).
+struct UniqueRule {
+    name: String,
+    parts: Vec<(usize, Option<&'static str>)>,
+    seen: HashMap<Vec<String>, String>,
+}
+
+impl UniqueRule {
+    /// The row's key under this rule; `None` when a part is NULL (NULLs never collide).
+    fn key(&self, values: &[Option<String>]) -> Option<Vec<String>> {
+        self.parts
+            .iter()
+            .map(|(i, f)| {
+                values[*i].as_ref().map(|v| match f {
+                    Some("lower") => v.to_lowercase(),
+                    Some("upper") => v.to_uppercase(),
+                    _ => v.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn unique_rules(mapper: &RowMapper, target: &runtime::domain::Table) -> (Vec<UniqueRule>, Vec<String>) {
+    let cols = mapper.target_columns();
+    let mut rules = Vec::new();
+    let mut unchecked = Vec::new();
+    for u in &target.unique {
+        if u.predicate.is_some() {
+            unchecked.push(format!("{} (a partial unique index)", u.name));
+            continue;
+        }
+        let mut parts = Vec::new();
+        for p in &u.parts {
+            let p = p.replace("::text", "").replace(['(', ')'], " ");
+            let words: Vec<&str> = p.split_whitespace().collect();
+            let (func, col) = match words.as_slice() {
+                [c] => (None, *c),
+                ["lower", c] => (Some("lower"), *c),
+                ["upper", c] => (Some("upper"), *c),
+                _ => {
+                    parts.clear();
+                    break;
+                }
+            };
+            match cols.iter().position(|c| *c == col) {
+                Some(i) => parts.push((i, func)),
+                None => {
+                    parts.clear();
+                    break;
+                }
+            }
+        }
+        // A key on legacy_id alone cannot repeat: it is the source's own key.
+        if parts.len() == u.parts.len() && !(u.parts.len() == 1 && u.parts[0] == "legacy_id") {
+            rules.push(UniqueRule { name: u.name.clone(), parts, seen: HashMap::new() });
+        } else if parts.len() != u.parts.len() {
+            unchecked.push(format!("{} (key parts not read: {})", u.name, u.parts.join(", ")));
+        }
+    }
+    (rules, unchecked)
+}
+
+/// Forecasts the entities in `order` (sources, in plan order).
+pub async fn forecast(
+    order: &[TableName],
+    mappings: &MappingSet,
+    target: &SchemaReport,
+    rows: &dyn Rows,
+) -> Result<Vec<(TableName, Forecast)>, String> {
+    // Keys are remembered only for tables some planned entity references.
+    let referenced: HashSet<TableName> = order
+        .iter()
+        .filter_map(|t| mappings.spec(t))
+        .flat_map(|s| s.columns.iter())
+        .filter_map(|c| match &c.feed {
+            runtime::mapping::Feed::Reference { parent, .. } => Some(parent.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut migrated: HashMap<TableName, KeySet> = HashMap::new();
+    let mut rejected: HashMap<TableName, KeySet> = HashMap::new();
+    let mut out = Vec::new();
+    for source in order {
+        let spec = mappings.spec(source).ok_or_else(|| format!("{source} has no mapping"))?;
+        let target_table = target.table(&spec.target).ok_or_else(|| format!("the target has no table {}", spec.target))?;
+        let mapper = RowMapper::new(spec, target_table, target, mappings.keys)?;
+        let (mut uniques, mut unchecked) = unique_rules(&mapper, target_table);
+        unchecked.extend(mapper.unchecked.iter().cloned());
+        // References the target enforces with a foreign key.
+        let refs: Vec<_> = mapper
+            .references()
+            .into_iter()
+            .filter(|r| target_table.foreign_keys.iter().any(|fk| fk.columns == [r.target_column.clone()]))
+            .collect();
+        let mut tally = Tally::default();
+        let mut ok_keys = KeySet::default();
+        let mut bad_keys = KeySet::default();
+        // Rows that passed everything but a reference to a row of this same table.
+        let mut self_refs: Vec<(String, Vec<(String, String)>)> = Vec::new();
+        let mut count = 0i64;
+        let scan = Scan { table: spec.source.clone(), columns: spec.source_columns(), joins: spec.joins.clone(), key: spec.key.clone() };
+        let mut each = |row: &[Option<&str>]| {
+            count += 1;
+            let key = mapper.key(row);
+            let key_text = key.join("|");
+            let verdict = mapper.map(row).and_then(|values| {
+                let mut pending = Vec::new();
+                for r in &refs {
+                    let parent_key: Option<Vec<&str>> = r.inputs.iter().map(|&i| row[i]).collect();
+                    let Some(parent_key) = parent_key else { continue };
+                    if &r.parent == source {
+                        pending.push((r.target_column.clone(), parent_key.join("|")));
+                        continue;
+                    }
+                    if !order.contains(&r.parent) {
+                        continue;
+                    }
+                    if !migrated.get(&r.parent).is_some_and(|k| k.contains(&parent_key)) {
+                        let why = if rejected.get(&r.parent).is_some_and(|k| k.contains(&parent_key)) {
+                            "is itself rejected"
+                        } else {
+                            "does not exist in the source (an orphan)"
+                        };
+                        return Err(Rejection {
+                            column: Some(r.target_column.clone()),
+                            rule: format!("reference:{}", r.target_column),
+                            reason: format!(
+                                "{}.{}: the {} row it points at ({}) {why}",
+                                spec.target.name,
+                                r.target_column,
+                                r.parent,
+                                parent_key.join("|")
+                            ),
+                        });
+                    }
+                }
+                // Check every unique rule before remembering any key: a rejected row claims none.
+                let keys: Vec<Option<Vec<String>>> = uniques.iter().map(|u| u.key(&values)).collect();
+                for (u, key) in uniques.iter().zip(&keys) {
+                    if let Some(first) = key.as_ref().and_then(|k| u.seen.get(k)) {
+                        return Err(Rejection {
+                            column: None,
+                            rule: format!("unique:{}", u.name),
+                            reason: format!("{}: repeats the key of legacy row {first} ({})", spec.target.name, u.name),
+                        });
+                    }
+                }
+                for (u, key) in uniques.iter_mut().zip(keys) {
+                    if let Some(key) = key {
+                        u.seen.insert(key, key_text.clone());
+                    }
+                }
+                Ok(pending)
+            });
+            match verdict {
+                Ok(pending) if pending.is_empty() => ok_keys.insert(&key),
+                Ok(pending) => self_refs.push((key_text, pending)),
+                Err(r) => {
+                    tally.add(&r, &key_text);
+                    bad_keys.insert(&key);
+                }
+            }
+        };
+        rows.scan(&scan, &mut each).await.map_err(|e| e.to_string())?;
+        // Self-references: a row stands once its parent stands; repeat until nothing changes.
+        loop {
+            let before = self_refs.len();
+            self_refs.retain(|(key, pending)| {
+                if pending.iter().all(|(_, p)| ok_keys.contains(&[p.as_str()]) || (p == key)) {
+                    ok_keys.insert(&[key.as_str()]);
+                    false
+                } else {
+                    true
+                }
+            });
+            if self_refs.len() == before {
+                break;
+            }
+        }
+        for (key, pending) in self_refs {
+            let (col, parent) = pending.iter().find(|(_, p)| !ok_keys.contains(&[p.as_str()])).expect("an unsettled reference");
+            let r = Rejection {
+                column: Some(col.clone()),
+                rule: format!("reference:{col}"),
+                reason: format!("{}.{col}: the {source} row it points at ({parent}) is not migrated", spec.target.name),
+            };
+            tally.add(&r, &key);
+            bad_keys.insert(&[key.as_str()]);
+        }
+        let reject: i64 = tally.reasons.values().map(|r| r.count).sum();
+        let mut reasons: Vec<RejectReason> = tally.reasons.into_values().collect();
+        reasons.sort_by(|a, b| b.count.cmp(&a.count).then(a.rule.cmp(&b.rule)));
+        out.push((source.clone(), Forecast { rows: count, migrate: count - reject, reject, reasons, unchecked }));
+        if referenced.contains(source) {
+            migrated.insert(source.clone(), ok_keys);
+            rejected.insert(source.clone(), bad_keys);
+        }
+    }
+    Ok(out)
+}

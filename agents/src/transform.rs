@@ -1,0 +1,358 @@
+//! Applying a [`MappingSpec`] to one source row: the transforms, then every rule of the target
+//! that can be checked on the row alone (NOT NULL, enum labels, types and lengths, domain and
+//! table CHECKs). Values are PostgreSQL's text forms in and out, so the same mapped row feeds a
+//! prediction now and a COPY into the target later.
+//!
+//! A row that fails becomes a [`Rejection`] naming the column, the rule and the reason in plain
+//! words. Rules that need other rows (unique keys, references) are the predictor's job.
+
+use std::collections::{BTreeMap, HashMap};
+
+use runtime::domain::{SchemaReport, Table, TableName, TypeKind};
+use runtime::mapping::{derive_uuid, Feed, KeyDeriver, MappingSpec, Transform, UuidLayout};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::checks::{parse_time, CheckExpr, Val};
+
+/// Why a row cannot go into the target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// The target column at fault, when one is.
+    pub column: Option<String>,
+    /// A stable name for the rule, to group rejections: `not_null:last_name`, `check:orders_total_check`.
+    pub rule: String,
+    /// The reason in plain words.
+    pub reason: String,
+}
+
+/// What the key derivation needs: the project's namespace and the layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keys {
+    pub namespace: Uuid,
+    pub layout: UuidLayout,
+}
+
+impl Keys {
+    pub fn derive(&self, table: &TableName, key: &[&str]) -> Uuid {
+        derive_uuid(self.layout, &self.namespace, table, key)
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Ty {
+    Enum(String, Vec<String>),
+    Int(f64, f64),
+    Numeric { max_abs: Option<f64> },
+    Bool,
+    Time,
+    Json,
+    Uuid,
+    Text { max_len: Option<i32> },
+}
+
+struct Compiled {
+    target: String,
+    feed: Feed,
+    /// For a key or a reference: the derivation of that table's UUIDs.
+    deriver: Option<KeyDeriver>,
+    /// Indexes into the scanned row of the columns the feed reads.
+    inputs: Vec<usize>,
+    transforms: Vec<Transform>,
+    ty: Ty,
+    type_label: String,
+    nullable: bool,
+    domain: Option<(String, Vec<(String, CheckExpr)>)>,
+}
+
+/// A mapping ready to apply to rows scanned in the order of [`MappingSpec::source_columns`].
+pub struct RowMapper {
+    pub spec: MappingSpec,
+    key_inputs: Vec<usize>,
+    columns: Vec<Compiled>,
+    checks: Vec<(String, String, CheckExpr)>,
+    /// CHECKs that could not be read; the database alone decides those.
+    pub unchecked: Vec<String>,
+}
+
+/// The output column index and parent of every reference the mapping makes.
+pub struct Reference {
+    pub column: usize,
+    pub target_column: String,
+    pub parent: TableName,
+    /// Indexes into the scanned row of the parent's key parts.
+    pub inputs: Vec<usize>,
+}
+
+fn ty_of(data_type: &str, type_name: &str, kind: &TypeKind, max_length: Option<i32>, target: &SchemaReport) -> Ty {
+    if let (TypeKind::Enum, Some(labels)) = (kind, target.enums.get(type_name)) {
+        return Ty::Enum(type_name.to_owned(), labels.clone());
+    }
+    match type_name {
+        "int2" => Ty::Int(-32_768.0, 32_767.0),
+        "int4" => Ty::Int(-2_147_483_648.0, 2_147_483_647.0),
+        "int8" => Ty::Int(-9.2e18, 9.2e18),
+        "numeric" => {
+            // numeric(p,s): at most p-s digits before the point.
+            let max_abs = data_type
+                .split_once('(')
+                .and_then(|(_, m)| m.trim_end_matches(')').split_once(','))
+                .and_then(|(p, s)| Some(10f64.powi(p.trim().parse::<i32>().ok()? - s.trim().parse::<i32>().ok()?)));
+            Ty::Numeric { max_abs }
+        }
+        "float4" | "float8" => Ty::Numeric { max_abs: None },
+        "bool" => Ty::Bool,
+        "date" | "timestamp" | "timestamptz" => Ty::Time,
+        "json" | "jsonb" => Ty::Json,
+        "uuid" => Ty::Uuid,
+        _ => Ty::Text { max_len: max_length },
+    }
+}
+
+impl RowMapper {
+    /// Compiles `spec` against the target table (and the target's enums and domains).
+    pub fn new(spec: &MappingSpec, target_table: &Table, target: &SchemaReport, keys: Keys) -> Result<RowMapper, String> {
+        let scan = spec.source_columns();
+        let index = |c: &str| scan.iter().position(|s| s == c).ok_or_else(|| format!("{}: source column {c} is not scanned", spec.source));
+        let mut columns = Vec::new();
+        for m in &spec.columns {
+            let col = target_table.column(&m.target).ok_or_else(|| format!("{} has no column {}", target_table.name, m.target))?;
+            let (ty, domain) = match &col.type_kind {
+                TypeKind::Domain { base } => {
+                    let d = target.domain(&col.type_name).ok_or_else(|| format!("domain {} is not in the target report", col.type_name))?;
+                    let base_name = base.split('(').next().unwrap_or(base).trim();
+                    let base_name = match base_name {
+                        "timestamp with time zone" => "timestamptz",
+                        "timestamp without time zone" => "timestamp",
+                        "character varying" => "varchar",
+                        "integer" => "int4",
+                        "smallint" => "int2",
+                        "bigint" => "int8",
+                        "boolean" => "bool",
+                        other => other,
+                    };
+                    let checks =
+                        d.checks.iter().filter_map(|c| CheckExpr::parse(&c.expression).ok().map(|e| (c.expression.clone(), e))).collect();
+                    (ty_of(base, base_name, &TypeKind::Base, None, target), Some((d.name.clone(), checks)))
+                }
+                kind => (ty_of(&col.data_type, &col.type_name, kind, col.max_length, target), None),
+            };
+            let inputs = match &m.feed {
+                Feed::Column { column } => vec![index(column)?],
+                Feed::Concat { columns, .. } | Feed::Reference { columns, .. } | Feed::Metadata { columns } => {
+                    columns.iter().map(|c| index(c)).collect::<Result<_, _>>()?
+                }
+                Feed::Key | Feed::LegacyKey | Feed::Constant { .. } => vec![],
+            };
+            let deriver = match &m.feed {
+                Feed::Key => Some(KeyDeriver::new(keys.layout, keys.namespace, &spec.source)),
+                Feed::Reference { parent, .. } => Some(KeyDeriver::new(keys.layout, keys.namespace, parent)),
+                _ => None,
+            };
+            columns.push(Compiled {
+                target: m.target.clone(),
+                feed: m.feed.clone(),
+                deriver,
+                inputs,
+                transforms: m.transforms.clone(),
+                ty,
+                type_label: col.data_type.clone(),
+                nullable: col.nullable && domain.as_ref().is_none_or(|_| !target.domain(&col.type_name).is_some_and(|d| d.not_null)),
+                domain,
+            });
+        }
+        let mut checks = Vec::new();
+        let mut unchecked = Vec::new();
+        for c in &target_table.checks {
+            match CheckExpr::parse(&c.expression) {
+                Ok(e) => checks.push((c.name.clone(), c.expression.clone(), e)),
+                Err(why) => unchecked.push(format!("{} ({why})", c.name)),
+            }
+        }
+        let key_inputs = spec.key.iter().map(|k| index(k)).collect::<Result<_, _>>()?;
+        Ok(RowMapper { spec: spec.clone(), key_inputs, columns, checks, unchecked })
+    }
+
+    /// The legacy key of a scanned row.
+    pub fn key<'a>(&self, row: &[Option<&'a str>]) -> Vec<&'a str> {
+        self.key_inputs.iter().map(|&i| row[i].unwrap_or("")).collect()
+    }
+
+    pub fn references(&self) -> Vec<Reference> {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match &c.feed {
+                Feed::Reference { parent, .. } => {
+                    Some(Reference { column: i, target_column: c.target.clone(), parent: parent.clone(), inputs: c.inputs.clone() })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn target_columns(&self) -> Vec<&str> {
+        self.columns.iter().map(|c| c.target.as_str()).collect()
+    }
+
+    /// Maps one scanned row to the target's values (in `target_columns` order).
+    pub fn map(&self, row: &[Option<&str>]) -> Result<Vec<Option<String>>, Rejection> {
+        let mut out: Vec<Option<String>> = Vec::with_capacity(self.columns.len());
+        for c in &self.columns {
+            let raw: Option<String> = match &c.feed {
+                Feed::Key => c.deriver.as_ref().map(|d| d.derive(&self.key(row)).to_string()),
+                Feed::LegacyKey => Some(self.key(row).join("|")),
+                Feed::Column { .. } => row[c.inputs[0]].map(str::to_owned),
+                Feed::Constant { value } => Some(value.clone()),
+                Feed::Concat { separator, .. } => {
+                    let parts: Vec<&str> = c.inputs.iter().filter_map(|&i| row[i]).collect();
+                    (!parts.is_empty()).then(|| parts.join(separator))
+                }
+                Feed::Reference { .. } => {
+                    let parts: Option<Vec<&str>> = c.inputs.iter().map(|&i| row[i]).collect();
+                    parts.and_then(|p| c.deriver.as_ref().map(|d| d.derive(&p).to_string()))
+                }
+                Feed::Metadata { columns } => {
+                    let obj: BTreeMap<&str, Option<&str>> =
+                        columns.iter().zip(&c.inputs).map(|(name, &i)| (name.as_str(), row[i])).collect();
+                    Some(serde_json::to_string(&obj).expect("strings serialize"))
+                }
+            };
+            let value = self.transform(c, raw)?;
+            out.push(self.validate(c, value)?);
+        }
+        self.table_checks(&out)?;
+        Ok(out)
+    }
+
+    fn reject(&self, c: &Compiled, rule: &str, reason: String) -> Rejection {
+        Rejection {
+            column: Some(c.target.clone()),
+            rule: format!("{rule}:{}", c.target),
+            reason: format!("{}.{}: {reason}", self.spec.target.name, c.target),
+        }
+    }
+
+    fn transform(&self, c: &Compiled, mut v: Option<String>) -> Result<Option<String>, Rejection> {
+        for t in &c.transforms {
+            v = match (t, v) {
+                (Transform::Default { value }, None) => Some(value.clone()),
+                (_, None) => None,
+                (Transform::Trim, Some(s)) => Some(s.trim().to_owned()),
+                (Transform::Lower, Some(s)) => Some(s.to_lowercase()),
+                (Transform::Upper, Some(s)) => Some(s.to_uppercase()),
+                (Transform::NullIfEmpty, Some(s)) => (!s.is_empty()).then_some(s),
+                (Transform::Default { .. }, some) => some,
+                (Transform::Cents, Some(s)) => {
+                    let cents: i64 =
+                        s.trim().parse().map_err(|_| self.reject(c, "cents", format!("`{s}` is not a whole number of cents")))?;
+                    let sign = if cents < 0 { "-" } else { "" };
+                    Some(format!("{sign}{}.{:02}", cents.unsigned_abs() / 100, cents.unsigned_abs() % 100))
+                }
+                (Transform::Bool, Some(s)) => Some(
+                    match s.trim().to_lowercase().as_str() {
+                        "1" | "t" | "true" | "y" | "yes" => "t",
+                        "0" | "f" | "false" | "n" | "no" => "f",
+                        _ => return Err(self.reject(c, "bool", format!("`{s}` is not a yes/no value"))),
+                    }
+                    .to_owned(),
+                ),
+                (Transform::Json, Some(s)) => {
+                    serde_json::from_str::<serde::de::IgnoredAny>(&s)
+                        .map_err(|e| self.reject(c, "json", format!("not valid JSON ({e})")))?;
+                    Some(s)
+                }
+                (Transform::Timestamptz { zone }, Some(s)) => Some(format!("{s} {zone}")),
+                (Transform::Values { map }, Some(s)) => Some(map.get(&s).cloned().ok_or_else(|| {
+                    let known: Vec<&str> = map.keys().map(String::as_str).collect();
+                    self.reject(c, "values", format!("`{s}` is not one of the values the mapping knows ({})", known.join(", ")))
+                })?),
+            };
+        }
+        Ok(v)
+    }
+
+    fn validate(&self, c: &Compiled, v: Option<String>) -> Result<Option<String>, Rejection> {
+        let Some(s) = v else {
+            return if c.nullable { Ok(None) } else { Err(self.reject(c, "not_null", "is required but the value is NULL".into())) };
+        };
+        let bad_type = || self.reject(c, "type", format!("`{s}` is not a valid {}", c.type_label));
+        match &c.ty {
+            Ty::Enum(name, labels) => {
+                if !labels.contains(&s) {
+                    return Err(self.reject(c, "enum", format!("`{s}` is not a value of {name} ({})", labels.join(", "))));
+                }
+            }
+            Ty::Int(lo, hi) => {
+                let n: f64 = s.trim().parse::<i64>().map_err(|_| bad_type())? as f64;
+                if n < *lo || n > *hi {
+                    return Err(bad_type());
+                }
+            }
+            Ty::Numeric { max_abs } => {
+                let n: f64 = s.trim().parse().map_err(|_| bad_type())?;
+                if max_abs.is_some_and(|m| n.abs() >= m) {
+                    return Err(self.reject(c, "overflow", format!("{s} does not fit {}", c.type_label)));
+                }
+            }
+            Ty::Bool => {
+                if !matches!(
+                    s.trim().to_lowercase().as_str(),
+                    "1" | "0" | "t" | "f" | "true" | "false" | "y" | "n" | "yes" | "no" | "on" | "off"
+                ) {
+                    return Err(bad_type());
+                }
+            }
+            Ty::Time => {
+                parse_time(&s).ok_or_else(bad_type)?;
+            }
+            Ty::Json => {
+                serde_json::from_str::<serde::de::IgnoredAny>(&s).map_err(|e| self.reject(c, "json", format!("not valid JSON ({e})")))?;
+            }
+            Ty::Uuid => {
+                Uuid::parse_str(&s).map_err(|_| bad_type())?;
+            }
+            Ty::Text { max_len } => {
+                if max_len.is_some_and(|n| s.chars().count() > n as usize) {
+                    return Err(self.reject(c, "length", format!("{} characters do not fit {}", s.chars().count(), c.type_label)));
+                }
+            }
+        }
+        if let Some((domain, checks)) = &c.domain {
+            let value = typed(&c.ty, &s);
+            for (text, check) in checks {
+                if check.holds(&|name: &str| if name.eq_ignore_ascii_case("VALUE") { value.clone() } else { Val::Null }) == Some(false) {
+                    return Err(self.reject(c, &format!("domain:{domain}"), format!("`{s}` is not a valid {domain} ({text})")));
+                }
+            }
+        }
+        Ok(Some(s))
+    }
+
+    fn table_checks(&self, out: &[Option<String>]) -> Result<(), Rejection> {
+        let by_name: HashMap<&str, usize> = self.columns.iter().enumerate().map(|(i, c)| (c.target.as_str(), i)).collect();
+        for (name, text, check) in &self.checks {
+            let col = |n: &str| match by_name.get(n) {
+                Some(&i) => out[i].as_deref().map(|s| typed(&self.columns[i].ty, s)).unwrap_or(Val::Null),
+                None => Val::Null,
+            };
+            if check.holds(&col) == Some(false) {
+                return Err(Rejection {
+                    column: None,
+                    rule: format!("check:{name}"),
+                    reason: format!("{}: violates CHECK {name} {text}", self.spec.target.name),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn typed(ty: &Ty, s: &str) -> Val {
+    match ty {
+        Ty::Int(..) | Ty::Numeric { .. } => s.trim().parse().map(Val::Num).unwrap_or(Val::Null),
+        Ty::Bool => crate::checks::cast(Val::Text(s.to_owned()), "boolean"),
+        Ty::Time => parse_time(s).map(Val::Time).unwrap_or(Val::Null),
+        _ => Val::Text(s.to_owned()),
+    }
+}

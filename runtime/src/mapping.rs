@@ -1,0 +1,213 @@
+//! The mapping of one legacy table onto one modern table: which target column is fed from
+//! what, through which transforms. Made by the data mapping agent (inferred, then overridden by
+//! a mapping file), checked against the target schema before anything runs, and applied row by
+//! row by the same code when predicting outcomes and when migrating.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::TableName;
+
+/// How a target column gets its value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Feed {
+    /// The row's own UUID, derived from its legacy key.
+    Key,
+    /// The legacy key itself (one column), or its parts joined with `|` (a composite key).
+    LegacyKey,
+    /// A source column, `column` or `joined_table.column`.
+    Column { column: String },
+    /// Source columns joined with a separator, NULLs skipped.
+    Concat { columns: Vec<String>, separator: String },
+    /// The UUID of the parent row the source columns point at, derived like the parent's key.
+    Reference { columns: Vec<String>, parent: TableName },
+    /// A fixed value.
+    Constant { value: String },
+    /// The source columns no other target column takes, as a JSON object.
+    Metadata { columns: Vec<String> },
+}
+
+/// A step applied to a value; NULL passes through every step but `default`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Transform {
+    Trim,
+    Lower,
+    Upper,
+    /// An empty string becomes NULL.
+    NullIfEmpty,
+    /// Whole cents to a decimal amount: `12345` → `123.45`.
+    Cents,
+    /// `0`/`1` (or `f`/`t`, `false`/`true`) to a boolean.
+    Bool,
+    /// JSON text, checked to parse.
+    Json,
+    /// A timestamp without time zone, read as local time in `zone`.
+    Timestamptz {
+        zone: String,
+    },
+    /// A value looked up in a table (after the steps before it); a value not in it is rejected.
+    Values {
+        map: BTreeMap<String, String>,
+    },
+    /// NULL becomes this value.
+    Default {
+        value: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnMapping {
+    pub target: String,
+    pub feed: Feed,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transforms: Vec<Transform>,
+    /// Why, in plain words: "same name", "renamed in mappings/dispatch.toml", ...
+    pub rationale: String,
+}
+
+/// Another source table joined one-to-one by key (auth_user into dispatch_profile's rows).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Join {
+    pub table: TableName,
+    /// The column of the mapped table that holds the joined table's key.
+    pub on: String,
+    /// The joined table's key column.
+    pub key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingSpec {
+    pub source: TableName,
+    pub target: TableName,
+    /// The legacy key columns, in order.
+    pub key: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joins: Vec<Join>,
+    /// Target columns in the target table's order (columns fed by their default are absent).
+    pub columns: Vec<ColumnMapping>,
+    /// Source columns that go nowhere (no target column, no metadata column to hold them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<String>,
+}
+
+impl MappingSpec {
+    /// Every source column the mapping reads, qualified (`table.column`) when joined.
+    pub fn source_columns(&self) -> Vec<String> {
+        let mut cols: Vec<String> = self.key.clone();
+        for c in &self.columns {
+            let used: Vec<&String> = match &c.feed {
+                Feed::Column { column } => vec![column],
+                Feed::Concat { columns, .. } | Feed::Reference { columns, .. } | Feed::Metadata { columns } => columns.iter().collect(),
+                Feed::Key | Feed::LegacyKey | Feed::Constant { .. } => vec![],
+            };
+            for u in used {
+                if !cols.contains(u) {
+                    cols.push(u.clone());
+                }
+            }
+        }
+        cols
+    }
+}
+
+/// How row UUIDs are derived from legacy keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UuidLayout {
+    /// RFC 9562 version 5: SHA-1 of namespace and name; random-looking order.
+    V5,
+    /// Version 8, time-ordered by legacy key: a table tag, then the key, then a hash; rows of
+    /// one table sort in legacy key order, so a btree grows at its right edge.
+    Ordered,
+}
+
+/// The UUID of a legacy row: a pure function of the project's namespace, the source table and
+/// the legacy key, so a child's reference is computed rather than looked up, and every run,
+/// resume and re-run gives the same UUIDs.
+pub fn derive_uuid(layout: UuidLayout, namespace: &uuid::Uuid, table: &TableName, key: &[&str]) -> uuid::Uuid {
+    KeyDeriver::new(layout, *namespace, table).derive(key)
+}
+
+/// [`derive_uuid`] for one table, with what does not depend on the key computed once.
+#[derive(Clone, Debug)]
+pub struct KeyDeriver {
+    layout: UuidLayout,
+    namespace: uuid::Uuid,
+    prefix: String,
+    tag: u32,
+}
+
+impl KeyDeriver {
+    pub fn new(layout: UuidLayout, namespace: uuid::Uuid, table: &TableName) -> KeyDeriver {
+        let table_name = format!("{}.{}", table.schema, table.name);
+        let tag = u32::from_be_bytes(digest(&namespace, table_name.as_bytes())[..4].try_into().expect("4 bytes"));
+        KeyDeriver { layout, namespace, prefix: format!("{table_name}:"), tag }
+    }
+
+    pub fn derive(&self, key: &[&str]) -> uuid::Uuid {
+        let mut name = String::with_capacity(self.prefix.len() + 24);
+        name.push_str(&self.prefix);
+        for (i, k) in key.iter().enumerate() {
+            if i > 0 {
+                name.push('|');
+            }
+            name.push_str(k);
+        }
+        match self.layout {
+            UuidLayout::V5 => uuid::Uuid::new_v5(&self.namespace, name.as_bytes()),
+            UuidLayout::Ordered => ordered(&self.namespace, self.tag, key, &name),
+        }
+    }
+}
+
+fn digest(namespace: &uuid::Uuid, text: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(namespace.as_bytes());
+    h.update(text);
+    h.finalize().into()
+}
+
+/// 122 free bits: a 32-bit table tag, a 64-bit order key, 26 bits of hash; laid into a
+/// version 8 UUID around its version and variant bits, so byte order follows the free bits.
+fn ordered(namespace: &uuid::Uuid, tag: u32, key: &[&str], name: &str) -> uuid::Uuid {
+    let full = digest(namespace, name.as_bytes());
+    // Integer keys (one, or two that fit 32 bits each) sort in key order; others by hash.
+    let ints: Option<Vec<i64>> = key.iter().map(|k| k.trim().parse::<i64>().ok()).collect();
+    let order: u64 = match ints.as_deref() {
+        Some([k]) => (*k as u64) ^ (1 << 63),
+        Some([a, b]) if (0..=u32::MAX as i64).contains(a) && (0..=u32::MAX as i64).contains(b) => ((*a as u64) << 32) | *b as u64,
+        _ => u64::from_be_bytes(full[..8].try_into().expect("8 bytes")),
+    };
+    let hash26 = u128::from(u32::from_be_bytes(full[8..12].try_into().expect("4 bytes")) >> 6);
+    let v: u128 = (u128::from(tag) << 90) | (u128::from(order) << 26) | hash26;
+    let hi48 = v >> 74;
+    let mid12 = (v >> 62) & 0xFFF;
+    let lo62 = v & ((1u128 << 62) - 1);
+    let bits = (hi48 << 80) | (0x8u128 << 76) | (mid12 << 64) | (0b10u128 << 62) | lo62;
+    uuid::Uuid::from_u128(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_uuids_are_stable_and_ordered_keys_sort_by_key() {
+        let ns = uuid::Uuid::from_u128(0x1234);
+        let t = TableName::new("public", "dispatch_task");
+        let a = derive_uuid(UuidLayout::Ordered, &ns, &t, &["9"]);
+        let b = derive_uuid(UuidLayout::Ordered, &ns, &t, &["10"]);
+        let c = derive_uuid(UuidLayout::Ordered, &ns, &t, &["100000"]);
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert_eq!(a.get_version_num(), 8);
+        assert_eq!(a, derive_uuid(UuidLayout::Ordered, &ns, &t, &["9"]));
+        assert_ne!(a, derive_uuid(UuidLayout::Ordered, &ns, &TableName::new("public", "dispatch_case"), &["9"]));
+        let v5 = derive_uuid(UuidLayout::V5, &ns, &t, &["9"]);
+        assert_eq!(v5.get_version_num(), 5);
+        assert_eq!(v5, derive_uuid(UuidLayout::V5, &ns, &t, &["9"]));
+    }
+}
