@@ -123,17 +123,23 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
     let (mapping, mapping_origin) = crate::plan_run::mapping_file(&Default::default(), &conns).await?;
     let session = Session::start(&conns, "demo", Some("migrate everything"), conns.tools()?, SessionOptions::from_config(&config)).await?;
     let goal = PlanGoal { goal: "migrate everything".into(), only: false, mapping, mapping_origin, batch_size: None };
-    let planned = session.plan(goal).await.map_err(Exit::failed);
+    let work = async {
+        let planned = session.plan(goal).await.map_err(Exit::failed)?;
+        println!("{}\n", planned.explanation);
+        print!("{}", agents::planning::render(&planned.plan));
+        session.operator_decision(
+            format!("approved plan {} for the demo", &planned.hash[..12]),
+            "the demo migrates its own private databases",
+            serde_json::json!({"hash": planned.hash}),
+        );
+        let results = session.execute(&planned).await.map_err(Exit::failed)?;
+        Ok::<_, Exit>(results)
+    };
+    let result = crate::interruptible(work, session.run_id).await;
     let run_id = session.run_id;
-    session.finish(if planned.is_ok() { "planned" } else { "failed" }, planned.as_ref().err().map(|e| e.message.as_str())).await?;
-    let planned = planned?;
-    println!("{}\n", planned.explanation);
-    print!("{}", agents::planning::render(&planned.plan));
-    println!(
-        "\nThe plan is recorded in run {run_id} (agentctl --target {} audit show {run_id}).\n\
-         Executing it arrives with the execution and validation agents; this demo stops at the plan.\n",
-        cluster.url("modern")
-    );
+    let results = crate::plan_run::end(session, result, "succeeded").await?;
+    crate::plan_run::print_results(&results, run_id);
+    println!("\nThe whole run is in the audit trail: agentctl --target {} audit show {run_id}\n", cluster.url("modern"));
     println!("Look around:\n  psql -h 127.0.0.1 -p {} -U postgres -d legacy   # the legacy data\n  psql -h 127.0.0.1 -p {} -U postgres -d modern   # the target schema and agentctl's control tables\nStop the server:\n  {}", cluster.port, cluster.port, cluster.stop_command());
     Ok(())
 }

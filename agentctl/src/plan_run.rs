@@ -46,7 +46,7 @@ fn plan_goal(goal: &GoalOpts, config: &Config, mapping: MappingFile, mapping_ori
 }
 
 /// Ends the session with the work's outcome; the work's error, if any, is what the caller sees.
-async fn end<T>(session: Session, result: Result<T, Exit>, success: &str) -> Result<T, Exit> {
+pub async fn end<T>(session: Session, result: Result<T, Exit>, success: &str) -> Result<T, Exit> {
     let (outcome, detail) = match &result {
         Ok(_) => (success, None),
         Err(e) if e.code == Exit::INTERRUPTED => ("cancelled", Some(e.message.as_str())),
@@ -98,17 +98,56 @@ pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
                 print_plan(&outcome);
             }
             approve(&session, &outcome, opts.yes, opts.approve.as_deref()).await?;
-            // The approved plan is recorded; carrying it out is the execution agent's work,
-            // which this version does not have yet.
-            Err::<PlanOutcome, Exit>(Exit::failed(format!(
-                "plan {} is approved and recorded in run {run_id}, but this version of agentctl cannot execute plans yet",
-                &outcome.hash[..12]
-            )))
+            let progress = print_progress(&session, opts.format);
+            let results = session.execute(&outcome).await.map_err(Exit::failed);
+            progress.abort();
+            Ok::<_, Exit>((outcome, results?))
         },
         run_id,
     )
     .await;
-    end(session, result, "succeeded").await.map(|_| ())
+    let (outcome, results) = end(session, result, "succeeded").await?;
+    match opts.format {
+        Format::Json => print_json(&json!({"run_id": run_id, "hash": outcome.hash, "entities": results})),
+        Format::Text => print_results(&results, run_id),
+    }
+    Ok(())
+}
+
+/// Plain progress lines on stderr while entities migrate.
+fn print_progress(session: &Session, format: Format) -> tokio::task::JoinHandle<()> {
+    let mut events = session.ctx.events.subscribe();
+    tokio::spawn(async move {
+        while let Ok(e) = events.recv().await {
+            if let (Format::Text, runtime::events::RunEvent::Progress { entity, rows_done, rows_total, .. }) = (format, &e) {
+                eprintln!("  {entity}: {rows_done}{} rows read", rows_total.map(|t| format!(" of {t}")).unwrap_or_default());
+            }
+        }
+    })
+}
+
+pub fn print_results(results: &[agents::execution::EntityResult], run_id: runtime::RunId) {
+    println!("\n{:<24} {:>10} {:>10} {:>9} {:>8} {:>10}", "entity", "source", "migrated", "rejected", "seconds", "rows/s");
+    let (mut read, mut migrated, mut rejected, mut seconds) = (0, 0, 0, 0.0);
+    for r in results {
+        let name = r.target.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+        println!(
+            "{name:<24} {:>10} {:>10} {:>9} {:>8.2} {:>10.0}",
+            r.rows_read,
+            r.migrated,
+            r.rejected,
+            r.seconds,
+            r.rows_read as f64 / r.seconds.max(1e-6)
+        );
+        read += r.rows_read;
+        migrated += r.migrated;
+        rejected += r.rejected;
+        seconds += r.seconds;
+    }
+    println!("{:<24} {read:>10} {migrated:>10} {rejected:>9} {seconds:>8.2} {:>10.0}", "total", read as f64 / f64::max(seconds, 1e-6));
+    println!(
+        "every source row is accounted for: {read} = {migrated} migrated + {rejected} rejected (agentctl.rejected_rows, run {run_id})"
+    );
 }
 
 /// Asks the operator to approve the plan, unless `--yes` or `--approve HASH`; refuses without a

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agents::data_mapping::MappingSet;
-use agents::orchestrator::{Orchestrator, OrchestratorArgs, OrchestratorMsg, PlanGoal, PlanOutcome, Tools, PHASE_STEPS};
+use agents::execution::EntityResult;
+use agents::orchestrator::{
+    ExecuteRequest, Orchestrator, OrchestratorArgs, OrchestratorMsg, PlanGoal, PlanOutcome, Tools, ENTITY_TIMEOUT, PHASE_STEPS,
+};
 use ractor::{Actor, ActorRef};
 use runtime::audit::{AuditRecord, EventKind};
 use runtime::audit_writer::{Audit, AuditWriter, AuditWriterArgs};
@@ -23,6 +26,7 @@ use tools::catalog::PgCatalog;
 use tools::control::ControlStore;
 use tools::pg::Pool as PgPool;
 use tools::rows::PgRows;
+use tools::target::PgTarget;
 
 use crate::exit::Exit;
 
@@ -57,6 +61,7 @@ impl Connections {
             source: Arc::new(PgCatalog::new(source.clone(), source_label)),
             target: Some(Arc::new(PgCatalog::new(self.target.clone(), target_label))),
             source_rows: Arc::new(PgRows::new(source)),
+            target_writer: Some(Arc::new(PgTarget::new(self.target.clone(), self.config.max_retry_attempts))),
         })
     }
 }
@@ -142,6 +147,16 @@ impl Session {
     pub async fn plan(&self, goal: PlanGoal) -> Result<PlanOutcome, AgentError> {
         self.operator
             .ask_within(&self.to_orchestrator, "plan", goal, OrchestratorMsg::Plan, self.phase_timeout())
+            .await
+            .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
+    }
+
+    /// Carries out an approved plan.
+    pub async fn execute(&self, outcome: &PlanOutcome) -> Result<Vec<EntityResult>, AgentError> {
+        let request = ExecuteRequest { plan: outcome.plan.clone(), mappings: outcome.mappings.clone(), target: outcome.target.clone() };
+        let bound = ENTITY_TIMEOUT * (outcome.plan.entities().count() as u32).max(1);
+        self.operator
+            .ask_within(&self.to_orchestrator, "execute", request, |e, p| OrchestratorMsg::Execute(Box::new(e), p), bound)
             .await
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
     }

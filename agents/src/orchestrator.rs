@@ -13,13 +13,13 @@ use runtime::context::RunContext;
 use runtime::domain::{MigrationPlan, SchemaReport, TableName};
 use runtime::envelope::{AgentError, CallError, Courier, Envelope};
 use runtime::events::RunEvent;
-use runtime::ports::{Catalog, Rows};
+use runtime::ports::{Catalog, Rows, Target};
 use runtime::supervise::{RestartPolicy, Slot, Team};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
 use crate::data_mapping::{DataMappingAgent, DataMappingArgs, DataMappingMsg, MapRequest, MappingFile, MappingSet};
-use crate::execution::{ExecutionAgent, ExecutionArgs};
+use crate::execution::{EntityResult, ExecutionAgent, ExecutionArgs, ExecutionMsg, MigrateEntity};
 use crate::guidance::{GuidanceAgent, GuidanceArgs, GuidanceMsg};
 use crate::planning::{AssessRequest, PlanRequest, PlanningAgent, PlanningArgs, PlanningMsg};
 use crate::schema_analysis::{AnalyzeRequest, ForecastRequest, SchemaAnalysisAgent, SchemaAnalysisArgs, SchemaMsg};
@@ -44,6 +44,9 @@ pub struct PlanGoal {
 pub struct PlanOutcome {
     pub plan: MigrationPlan,
     pub mappings: MappingSet,
+    /// The target as analyzed, for the execution.
+    #[serde(skip)]
+    pub target: SchemaReport,
     /// What an approval is tied to.
     pub hash: String,
     /// The plan in plain words, from the guidance agent.
@@ -54,7 +57,19 @@ pub struct PlanOutcome {
 /// this many request timeouts, so the operator's wait always outlasts the agents' own.
 pub const PHASE_STEPS: u32 = 8;
 
+/// How long one entity's migration may take before the run reports it as stuck.
+pub const ENTITY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Carry out an approved plan.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExecuteRequest {
+    pub plan: MigrationPlan,
+    pub mappings: MappingSet,
+    pub target: SchemaReport,
+}
+
 pub enum OrchestratorMsg {
+    Execute(Box<Envelope<ExecuteRequest>>, RpcReplyPort<Result<Vec<EntityResult>, AgentError>>),
     Plan(Envelope<PlanGoal>, RpcReplyPort<Result<PlanOutcome, AgentError>>),
     Analyze(Envelope<AnalyzeRequest>, RpcReplyPort<Result<SchemaReport, AgentError>>),
     /// The mappings alone (for `agentctl mapping`).
@@ -66,8 +81,10 @@ pub enum OrchestratorMsg {
 pub struct Tools {
     pub source: Arc<dyn Catalog>,
     pub target: Option<Arc<dyn Catalog>>,
-    /// The source's rows, for forecasts.
+    /// The source's rows, for forecasts and the migration.
     pub source_rows: Arc<dyn Rows>,
+    /// Where migrated rows are written.
+    pub target_writer: Option<Arc<dyn Target>>,
 }
 
 #[derive(Clone)]
@@ -85,6 +102,7 @@ struct Agents {
     schema: Slot<SchemaMsg>,
     planning: Slot<PlanningMsg>,
     mapping: Slot<DataMappingMsg>,
+    execution: Slot<ExecutionMsg>,
     guidance: Slot<GuidanceMsg>,
 }
 
@@ -110,16 +128,20 @@ impl Actor for Orchestrator {
                     ctx: ctx.clone(),
                     source: args.tools.source,
                     target: args.tools.target,
-                    source_rows: args.tools.source_rows,
+                    source_rows: args.tools.source_rows.clone(),
                 },
             ),
             planning: team.add(AgentName::Planning, PlanningAgent, PlanningArgs { ctx: ctx.clone() }),
             mapping: team.add(AgentName::DataMapping, DataMappingAgent, DataMappingArgs { ctx: ctx.clone() }),
+            execution: team.add(
+                AgentName::Execution,
+                ExecutionAgent,
+                ExecutionArgs { ctx: ctx.clone(), source_rows: args.tools.source_rows, target: args.tools.target_writer },
+            ),
             guidance: team.add(AgentName::Guidance, GuidanceAgent, GuidanceArgs { ctx: ctx.clone() }),
         };
-        // These two are supervised members already; the orchestrator asks them for work once
-        // their requests exist (issue 5).
-        team.add(AgentName::Execution, ExecutionAgent, ExecutionArgs { ctx: ctx.clone() });
+        // A supervised member already; the orchestrator asks it for work once its requests
+        // exist (issue 5).
         team.add(AgentName::Validation, ValidationAgent, ValidationArgs { ctx: ctx.clone() });
         team.start(&myself.get_cell()).await?;
         ctx.decision(
@@ -151,6 +173,11 @@ impl Actor for Orchestrator {
             OrchestratorMsg::Analyze(env, reply) => {
                 tokio::spawn(async move {
                     let _ = reply.send(analyze(&courier, &agents, env.body).await);
+                });
+            }
+            OrchestratorMsg::Execute(env, reply) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(execute_phase(&courier, &agents, env.body).await);
                 });
             }
             OrchestratorMsg::Map(env, reply) => {
@@ -208,6 +235,7 @@ async fn plan_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Resul
     let plan = answer(courier.ask(&agents.planning, "plan", request, PlanningMsg::Plan).await)?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "forecast".into() });
     let order: Vec<TableName> = plan.entities().map(|e| e.table.clone()).collect();
+    let target_report = target.clone();
     let request = ForecastRequest { order, mappings: mappings.clone(), target };
     let forecasts = answer(courier.ask(&agents.schema, "forecast", request, |e, p| SchemaMsg::Forecast(Box::new(e), p)).await)?;
     let plan = answer(courier.ask(&agents.planning, "assess", AssessRequest { plan, forecasts }, PlanningMsg::Assess).await)?;
@@ -219,7 +247,29 @@ async fn plan_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Resul
         "an approval is tied to this hash: if the plan changes before it runs, the approval no longer applies",
         serde_json::json!({"hash": hash}),
     );
-    Ok(PlanOutcome { plan, mappings, hash, explanation })
+    Ok(PlanOutcome { plan, mappings, target: target_report, hash, explanation })
+}
+
+/// Migrates the plan's entities in order, wave by wave.
+async fn execute_phase(courier: &Courier, agents: &Agents, req: ExecuteRequest) -> Result<Vec<EntityResult>, AgentError> {
+    let ctx = courier.ctx();
+    ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "execute".into() });
+    let mut results = Vec::new();
+    for entity in req.plan.entities() {
+        let spec = req.mappings.spec(&entity.table).ok_or_else(|| AgentError::new(ME, format!("{} has no mapping", entity.table)))?;
+        let body = MigrateEntity { entity: entity.clone(), spec: spec.clone(), keys: req.mappings.keys, target: req.target.clone() };
+        let result =
+            courier.ask_within(&agents.execution, "migrate", body, |e, p| ExecutionMsg::Migrate(Box::new(e), p), ENTITY_TIMEOUT).await;
+        results.push(answer(result)?);
+    }
+    let (migrated, rejected): (i64, i64) = results.iter().fold((0, 0), |(m, r), e| (m + e.migrated, r + e.rejected));
+    ctx.decision(
+        ME,
+        format!("migrated {} entities: {migrated} rows in, {rejected} rejected", results.len()),
+        "each entity balanced: every source row migrated or rejected with its reason",
+        &results,
+    );
+    Ok(results)
 }
 
 #[cfg(test)]

@@ -200,6 +200,7 @@ fn the_demo_runs_on_its_own_cluster_and_reuses_it() {
     assert!(out.stdout.contains("generating the reference dataset"), "{}", out.stdout);
     assert!(out.stdout.contains("Plan for \"migrate everything\""), "{}", out.stdout);
     assert!(out.stdout.contains("psql -h 127.0.0.1 -p"), "{}", out.stdout);
+    assert!(out.stdout.contains("every source row is accounted for"), "{}", out.stdout);
 
     let out = agentctl(&["demo", "--scale", "0.001", "--data-dir", dir_arg]);
     assert_eq!(out.code, 0, "{out:?}");

@@ -4,5 +4,6 @@
 mod audit;
 mod cli;
 mod dataset;
+mod execution;
 mod planning;
 mod supervision;

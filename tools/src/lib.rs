@@ -8,6 +8,7 @@
 //! - [`catalog`]: reading a database's structure from `pg_catalog`.
 //! - [`cluster`]: a private PostgreSQL cluster from the machine's binaries (`demo`, tests).
 //! - [`rows`]: streaming a source table's rows in key order (`COPY ... TO STDOUT`).
+//! - [`target`]: writing batches of migrated rows with their control records, atomically.
 //! - [`dataset`]: the reference legacy database (generated, with documented dirt) and the
 //!   modern target schema.
 
@@ -18,3 +19,4 @@ pub mod control;
 pub mod dataset;
 pub mod pg;
 pub mod rows;
+pub mod target;

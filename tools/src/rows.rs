@@ -36,7 +36,15 @@ pub fn select(scan: &Scan) -> String {
         sql.push_str(&format!(" LEFT JOIN {} j{i} ON j{i}.{} = s.{}", quoted(&j.table), ident(&j.key), ident(&j.on)));
     }
     let order: Vec<String> = scan.key.iter().map(|k| format!("s.{}", ident(k))).collect();
+    if let Some(after) = &scan.after {
+        // Keyset resume: the key's values as literals, which the server types from the columns.
+        let values: Vec<String> = after.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect();
+        sql.push_str(&format!(" WHERE ({}) > ({})", order.join(", "), values.join(", ")));
+    }
     sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
+    if let Some(n) = scan.limit {
+        sql.push_str(&format!(" LIMIT {n}"));
+    }
     sql
 }
 
