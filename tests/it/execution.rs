@@ -29,14 +29,11 @@ fn a_run_migrates_what_the_forecast_said_and_records_every_rejection() {
     assert_eq!(count("SELECT count(*) FROM agentctl.rejected_rows"), rejected);
     assert_eq!(count("SELECT count(*) FROM agentctl.rejected_rows WHERE reason = '' OR source_row = '{}'::jsonb"), 0);
     assert_eq!(count("SELECT count(*) FROM agentctl.migration_mappings"), migrated);
-    let in_target: i64 = report["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["expected_migrated"].is_i64())
-        .map(|t| count(&format!("SELECT count(*) FROM {}", t["target"].as_str().unwrap())))
-        .sum();
-    assert_eq!(in_target, migrated);
+    let in_target = || -> i64 {
+        let tables = report["tables"].as_array().unwrap().iter().filter(|t| t["expected_migrated"].is_i64());
+        tables.map(|t| count(&format!("SELECT count(*) FROM {}", t["target"].as_str().unwrap()))).sum()
+    };
+    assert_eq!(in_target(), migrated);
     // Subtasks point at their parents once the second pass is done.
     assert!(count("SELECT count(*) FROM tasks WHERE parent_task_id IS NOT NULL") > 0);
     // Every migrated row's UUID is the one the mapping derives: the record and the rows agree.
@@ -48,12 +45,5 @@ fn a_run_migrates_what_the_forecast_said_and_records_every_rejection() {
     // A second run of the same goal writes no row twice.
     let again = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes", "--format", "json"]);
     assert_eq!(again.code, 0, "{again:?}");
-    let in_target_after: i64 = report["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["expected_migrated"].is_i64())
-        .map(|t| count(&format!("SELECT count(*) FROM {}", t["target"].as_str().unwrap())))
-        .sum();
-    assert_eq!(in_target_after, migrated);
+    assert_eq!(in_target(), migrated);
 }
