@@ -221,6 +221,10 @@ pub struct RunOpts {
     #[arg(long, short, conflicts_with = "approve")]
     pub yes: bool,
 
+    /// How many entities of one wave migrate at once (1 to 8).
+    #[arg(long, short, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub jobs: u8,
+
     /// Approve exactly the plan with this hash (at least its first 12 characters, as `plan`
     /// prints it); if the plan has changed since, nothing runs.
     #[arg(long, value_name = "HASH")]

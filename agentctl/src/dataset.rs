@@ -132,7 +132,7 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
             "the demo migrates its own private databases",
             serde_json::json!({"hash": planned.hash}),
         );
-        let results = session.execute(&planned).await.map_err(Exit::failed)?;
+        let results = session.execute(&planned, 4).await.map_err(Exit::failed)?;
         Ok::<_, Exit>(results)
     };
     let result = crate::interruptible(work, session.run_id).await;

@@ -99,7 +99,7 @@ pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
             }
             approve(&session, &outcome, opts.yes, opts.approve.as_deref()).await?;
             let progress = print_progress(&session, opts.format);
-            let results = session.execute(&outcome).await.map_err(Exit::failed);
+            let results = session.execute(&outcome, usize::from(opts.jobs)).await.map_err(Exit::failed);
             progress.abort();
             Ok::<_, Exit>((outcome, results?))
         },

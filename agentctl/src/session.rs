@@ -152,8 +152,9 @@ impl Session {
     }
 
     /// Carries out an approved plan.
-    pub async fn execute(&self, outcome: &PlanOutcome) -> Result<Vec<EntityResult>, AgentError> {
-        let request = ExecuteRequest { plan: outcome.plan.clone(), mappings: outcome.mappings.clone(), target: outcome.target.clone() };
+    pub async fn execute(&self, outcome: &PlanOutcome, jobs: usize) -> Result<Vec<EntityResult>, AgentError> {
+        let request =
+            ExecuteRequest { plan: outcome.plan.clone(), mappings: outcome.mappings.clone(), target: outcome.target.clone(), jobs };
         let bound = ENTITY_TIMEOUT * (outcome.plan.entities().count() as u32).max(1);
         self.operator
             .ask_within(&self.to_orchestrator, "execute", request, |e, p| OrchestratorMsg::Execute(Box::new(e), p), bound)

@@ -18,7 +18,7 @@ use runtime::domain::{PlannedEntity, SchemaReport, TableName};
 use runtime::envelope::{AgentError, Envelope};
 use runtime::events::RunEvent;
 use runtime::mapping::MappingSpec;
-use runtime::ports::{Batch, RejectedRow, Rows, Scan, Target};
+use runtime::ports::{row_json, Batch, RejectedRow, Rows, Scan, Target};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
@@ -79,25 +79,20 @@ impl Actor for ExecutionAgent {
     async fn handle(&self, _: ActorRef<ExecutionMsg>, msg: ExecutionMsg, state: &mut ExecutionArgs) -> Result<(), ActorProcessingErr> {
         match msg {
             ExecutionMsg::Migrate(env, reply) => {
-                let result = match &state.target {
-                    Some(target) => migrate(&state.ctx, state.source_rows.as_ref(), target.as_ref(), &env.body).await,
-                    None => Err("no target database to write to".to_owned()),
-                };
-                let _ = reply.send(result.map_err(|e| AgentError::new(ME, format!("migrating {}: {e}", env.body.entity.table))));
+                // Each entity migrates in a task of its own, so the entities of a wave run side
+                // by side; the reply goes out from the task.
+                let (ctx, rows, target) = (state.ctx.clone(), state.source_rows.clone(), state.target.clone());
+                tokio::spawn(async move {
+                    let result = match &target {
+                        Some(target) => migrate(&ctx, rows.as_ref(), target.as_ref(), &env.body).await,
+                        None => Err("no target database to write to".to_owned()),
+                    };
+                    let _ = reply.send(result.map_err(|e| AgentError::new(ME, format!("migrating {}: {e}", env.body.entity.table))));
+                });
             }
         }
         Ok(())
     }
-}
-
-fn row_json(columns: &[String], row: &[Option<String>]) -> serde_json::Value {
-    serde_json::Value::Object(
-        columns
-            .iter()
-            .zip(row)
-            .map(|(c, v)| (c.clone(), v.as_ref().map_or(serde_json::Value::Null, |s| serde_json::Value::String(s.clone()))))
-            .collect(),
-    )
 }
 
 async fn migrate(ctx: &RunContext, rows: &dyn Rows, target: &dyn Target, req: &MigrateEntity) -> Result<EntityResult, String> {
@@ -151,6 +146,7 @@ async fn migrate(ctx: &RunContext, rows: &dyn Rows, target: &dyn Target, req: &M
         };
         let page = rows.page(&scan, batch_size).await.map_err(|e| e.0)?;
         let Some(last) = page.last() else { break };
+        let page_len = page.len();
         let last_key: Vec<String> =
             mapper.key(&last.iter().map(|v| v.as_deref()).collect::<Vec<_>>()).iter().map(|s| s.to_string()).collect();
         let mut batch = Batch {
@@ -158,21 +154,24 @@ async fn migrate(ctx: &RunContext, rows: &dyn Rows, target: &dyn Target, req: &M
             source: spec.source.clone(),
             target: spec.target.clone(),
             columns: out_cols.clone(),
-            rows: Vec::with_capacity(page.len()),
-            keys: Vec::with_capacity(page.len()),
-            ids: Vec::with_capacity(page.len()),
-            source_rows: Vec::with_capacity(page.len()),
+            rows: Vec::with_capacity(page_len),
+            keys: Vec::with_capacity(page_len),
+            ids: Vec::with_capacity(page_len),
+            source_rows: Vec::with_capacity(page_len),
+            source_columns: scan_cols.clone(),
             rejected: Vec::new(),
             deferred: Vec::new(),
             references: references.clone(),
             before: checkpoint.clone(),
             last_key,
-            rows_read: page.len() as i64,
+            rows_read: page_len as i64,
         };
-        for row in &page {
+        for row in page {
             let refs: Vec<Option<&str>> = row.iter().map(|v| v.as_deref()).collect();
             let key = mapper.key(&refs).join("|");
-            match mapper.map(&refs) {
+            let mapped = mapper.map(&refs);
+            drop(refs);
+            match mapped {
                 Ok(mut values) => {
                     let id = values[id_col].clone().unwrap_or_default();
                     for &c in &deferred_cols {
@@ -183,7 +182,7 @@ async fn migrate(ctx: &RunContext, rows: &dyn Rows, target: &dyn Target, req: &M
                     batch.rows.push(values);
                     batch.keys.push(key);
                     batch.ids.push(id);
-                    batch.source_rows.push(row_json(&scan_cols, row));
+                    batch.source_rows.push(row);
                 }
                 Err(r) => {
                     *result.rejected_by_rule.entry(r.rule.split(':').next().unwrap_or("").to_owned()).or_default() += 1;
@@ -192,7 +191,7 @@ async fn migrate(ctx: &RunContext, rows: &dyn Rows, target: &dyn Target, req: &M
                         column: r.column,
                         rule: r.rule,
                         reason: r.reason,
-                        row: row_json(&scan_cols, row),
+                        row: row_json(&scan_cols, &row),
                     });
                 }
             }
@@ -223,7 +222,7 @@ async fn migrate(ctx: &RunContext, rows: &dyn Rows, target: &dyn Target, req: &M
             rows_done: checkpoint.rows_read as u64,
             rows_total: req.entity.forecast.as_ref().map(|f| f.rows as u64),
         });
-        if page.len() < batch_size {
+        if page_len < batch_size {
             break;
         }
     }

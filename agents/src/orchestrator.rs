@@ -66,6 +66,8 @@ pub struct ExecuteRequest {
     pub plan: MigrationPlan,
     pub mappings: MappingSet,
     pub target: SchemaReport,
+    /// How many entities of a wave migrate at once.
+    pub jobs: usize,
 }
 
 pub enum OrchestratorMsg {
@@ -255,12 +257,41 @@ async fn execute_phase(courier: &Courier, agents: &Agents, req: ExecuteRequest) 
     let ctx = courier.ctx();
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "execute".into() });
     let mut results = Vec::new();
-    for entity in req.plan.entities() {
-        let spec = req.mappings.spec(&entity.table).ok_or_else(|| AgentError::new(ME, format!("{} has no mapping", entity.table)))?;
-        let body = MigrateEntity { entity: entity.clone(), spec: spec.clone(), keys: req.mappings.keys, target: req.target.clone() };
-        let result =
-            courier.ask_within(&agents.execution, "migrate", body, |e, p| ExecutionMsg::Migrate(Box::new(e), p), ENTITY_TIMEOUT).await;
-        results.push(answer(result)?);
+    let jobs = req.jobs.clamp(1, 8);
+    for (w, wave) in req.plan.waves.iter().enumerate() {
+        // The entities of a wave do not depend on each other: up to `jobs` of them at once.
+        let mut running = tokio::task::JoinSet::new();
+        let mut queue = wave.iter();
+        let mut wave_results = Vec::new();
+        loop {
+            while running.len() < jobs {
+                let Some(entity) = queue.next() else { break };
+                let spec =
+                    req.mappings.spec(&entity.table).ok_or_else(|| AgentError::new(ME, format!("{} has no mapping", entity.table)))?;
+                let body =
+                    MigrateEntity { entity: entity.clone(), spec: spec.clone(), keys: req.mappings.keys, target: req.target.clone() };
+                let (courier, agents) = (courier.clone(), agents.clone());
+                running.spawn(async move {
+                    let asked = courier.ask_within(
+                        &agents.execution,
+                        "migrate",
+                        body,
+                        |e, p| ExecutionMsg::Migrate(Box::new(e), p),
+                        ENTITY_TIMEOUT,
+                    );
+                    answer(asked.await)
+                });
+            }
+            let Some(done) = running.join_next().await else { break };
+            match done {
+                Ok(Ok(r)) => wave_results.push(r),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(AgentError::new(ME, format!("wave {} stopped: {e}", w + 1))),
+            }
+        }
+        // Report in plan order, whatever order they finished in.
+        wave_results.sort_by_key(|r| wave.iter().position(|e| Some(&e.table) == r.source.as_ref()));
+        results.extend(wave_results);
     }
     let (migrated, rejected): (i64, i64) = results.iter().fold((0, 0), |(m, r), e| (m + e.migrated, r + e.rejected));
     ctx.decision(

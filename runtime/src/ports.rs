@@ -68,8 +68,10 @@ pub struct Batch {
     /// Per row: the legacy key and the UUID.
     pub keys: Vec<String>,
     pub ids: Vec<String>,
-    /// Per row: the source row, for the record if the target refuses it.
-    pub source_rows: Vec<serde_json::Value>,
+    /// Per row: the source row as read (columns named by `source_columns`), kept to record it
+    /// if the target refuses the row; turned into JSON only then.
+    pub source_rows: Vec<Vec<Option<String>>>,
+    pub source_columns: Vec<String>,
     /// Rows judged unfit before writing.
     pub rejected: Vec<RejectedRow>,
     /// Second-pass references: (child id, column, parent id).
@@ -80,6 +82,24 @@ pub struct Batch {
     pub before: Checkpoint,
     pub last_key: Vec<String>,
     pub rows_read: i64,
+}
+
+impl Batch {
+    /// A source row as the JSON object `rejected_rows` keeps.
+    pub fn source_json(&self, seq: usize) -> serde_json::Value {
+        row_json(&self.source_columns, &self.source_rows[seq])
+    }
+}
+
+/// Column names and values as a JSON object (NULL as null).
+pub fn row_json(columns: &[String], row: &[Option<String>]) -> serde_json::Value {
+    serde_json::Value::Object(
+        columns
+            .iter()
+            .zip(row)
+            .map(|(c, v)| (c.clone(), v.as_ref().map_or(serde_json::Value::Null, |s| serde_json::Value::String(s.clone()))))
+            .collect(),
+    )
 }
 
 /// What a batch write did.

@@ -77,91 +77,60 @@ impl PgTarget {
         let mut c = self.pool.acquire().await?;
         sqlx::query("BEGIN").execute(&mut *c).await?;
         let n = b.columns.len();
-        let stage_cols: Vec<String> = (0..n).map(|i| format!("c{i} text")).collect();
-        let create = format!("CREATE TEMP TABLE agentctl_stage (seq int4 NOT NULL, {}) ON COMMIT DROP", stage_cols.join(", "));
-        sqlx::query(&create).execute(&mut *c).await?;
-        let mut buf = Vec::with_capacity(b.rows.len() * 64 * n.max(1));
-        for (seq, row) in b.rows.iter().enumerate() {
-            buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-            for v in row {
-                buf.push(b'\t');
+        // Rows whose parent is not in the target are set aside first, with the reason: one
+        // indexed lookup a reference column, not a failed insert a row.
+        let mut orphans: Vec<(usize, String)> = Vec::new();
+        for (col, parent) in &b.references {
+            let wanted: Vec<String> = {
+                let mut v: Vec<String> = b.rows.iter().filter_map(|r| r[*col].clone()).collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            };
+            let sql = format!("SELECT id::text FROM {} WHERE id = ANY($1::uuid[])", quoted(parent));
+            let found: Vec<String> = sqlx::query_scalar(&sql).bind(&wanted).fetch_all(&mut *c).await?;
+            let found: std::collections::HashSet<String> = found.into_iter().collect();
+            let name = &b.columns[*col].0;
+            for (seq, row) in b.rows.iter().enumerate() {
+                if row[*col].as_ref().is_some_and(|v| !found.contains(v)) && !orphans.iter().any(|(s, _)| *s == seq) {
+                    orphans.push((seq, format!("{}.{name}: the {} row it points at is not in the target", b.target.name, parent.name)));
+                }
+            }
+        }
+        let keep: Vec<usize> = (0..b.rows.len()).filter(|seq| !orphans.iter().any(|(s, _)| s == seq)).collect();
+        let cols: Vec<String> = b.columns.iter().map(|(name, _)| ident(name)).collect();
+        let cols = cols.join(", ");
+
+        // Fast path: COPY straight into the target. Anything it refuses (a duplicate, a row
+        // already there) undoes just this attempt, and the staged path below sorts it out.
+        sqlx::query("SAVEPOINT agentctl_direct").execute(&mut *c).await?;
+        let mut buf = Vec::with_capacity(keep.len() * 64 * n.max(1));
+        for &seq in &keep {
+            for (i, v) in b.rows[seq].iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'\t');
+                }
                 copy_field(&mut buf, v.as_deref());
             }
             buf.push(b'\n');
         }
-        let mut copy = c.copy_in_raw("COPY agentctl_stage FROM STDIN").await?;
-        copy.send(buf).await?;
-        copy.finish().await?;
-
-        let legacy = b.columns.iter().position(|(name, _)| name == "legacy_id");
-        let present_filter = match legacy {
-            Some(i) => format!(" AND NOT EXISTS (SELECT 1 FROM {} t WHERE t.legacy_id = s.c{i}::{})", quoted(&b.target), b.columns[i].1),
-            None => String::new(),
-        };
-        let present_sql = legacy.map(|i| {
-            format!(
-                "SELECT count(*) FROM agentctl_stage s WHERE EXISTS (SELECT 1 FROM {} t WHERE t.legacy_id = s.c{i}::{})",
-                quoted(&b.target),
-                b.columns[i].1
-            )
-        });
-        let present: i64 = match &present_sql {
-            Some(sql) => sqlx::query_scalar(sql).fetch_one(&mut *c).await?,
-            None => 0,
-        };
-        // Rows whose parent is not in the target are set aside in one statement, with the reason,
-        // rather than found one by one.
-        let mut orphans: Vec<(usize, String)> = Vec::new();
-        for (col, parent) in &b.references {
-            let sql = format!(
-                "DELETE FROM agentctl_stage s WHERE s.c{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = s.c{col}::uuid) RETURNING s.seq",
-                quoted(parent)
-            );
-            let seqs: Vec<i32> = sqlx::query_scalar(&sql).fetch_all(&mut *c).await?;
-            let name = &b.columns[*col].0;
-            orphans.extend(
-                seqs.into_iter()
-                    .map(|s| (s as usize, format!("{}.{name}: the {} row it points at is not in the target", b.target.name, parent.name))),
-            );
+        let direct = async {
+            let mut copy = c.copy_in_raw(&format!("COPY {} ({cols}) FROM STDIN", quoted(&b.target))).await?;
+            copy.send(buf).await?;
+            copy.finish().await
         }
-        let cols: Vec<String> = b.columns.iter().map(|(name, _)| ident(name)).collect();
-        let casts: Vec<String> = b.columns.iter().enumerate().map(|(i, (_, ty))| format!("s.c{i}::{ty}")).collect();
-        let (cols, casts) = (cols.join(", "), casts.join(", "));
-        let insert = format!(
-            "INSERT INTO {} ({}) SELECT {} FROM agentctl_stage s WHERE s.seq BETWEEN $1 AND $2{present_filter}",
-            quoted(&b.target),
-            cols,
-            casts
-        );
-        // Split refused ranges until the refusing rows stand alone.
-        let mut refused: Vec<(usize, String)> = Vec::new();
-        let mut inserted = 0i64;
-        let mut ranges = vec![(0usize, b.rows.len().saturating_sub(1))];
-        while let Some((lo, hi)) = ranges.pop() {
-            if b.rows.is_empty() {
-                break;
+        .await;
+        let (inserted, present, refused) = match direct {
+            Ok(rows) => {
+                sqlx::query("RELEASE SAVEPOINT agentctl_direct").execute(&mut *c).await?;
+                (rows as i64, 0, Vec::new())
             }
-            sqlx::query("SAVEPOINT agentctl_range").execute(&mut *c).await?;
-            // Bound first: a temporary in the match would hold the connection across the arms' awaits.
-            let result = sqlx::query(&insert).bind(lo as i32).bind(hi as i32).execute(&mut *c).await;
-            match result {
-                Ok(done) => {
-                    inserted += done.rows_affected() as i64;
-                    sqlx::query("RELEASE SAVEPOINT agentctl_range").execute(&mut *c).await?;
-                }
-                Err(e) if is_transient(&e) => return Err(Failure::Transient(e)),
-                Err(e) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT agentctl_range").execute(&mut *c).await?;
-                    if lo == hi {
-                        refused.push((lo, describe(&e)));
-                    } else {
-                        let mid = lo + (hi - lo) / 2;
-                        ranges.push((mid + 1, hi));
-                        ranges.push((lo, mid));
-                    }
-                }
+            Err(e) if is_transient(&e) => return Err(Failure::Transient(e)),
+            Err(_) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT agentctl_direct").execute(&mut *c).await?;
+                self.staged(&mut c, b, &keep, &cols).await?
             }
-        }
+        };
         let mut refused_rows: Vec<RejectedRow> = Vec::with_capacity(refused.len() + orphans.len());
         let mut refused_seqs: Vec<i32> = Vec::with_capacity(refused.len() + orphans.len());
         for (seq, why) in &orphans {
@@ -171,7 +140,7 @@ impl PgTarget {
                 column: None,
                 rule: "reference".into(),
                 reason: why.clone(),
-                row: b.source_rows[*seq].clone(),
+                row: b.source_json(*seq),
             });
         }
         for (seq, why) in &refused {
@@ -181,7 +150,7 @@ impl PgTarget {
                 column: None,
                 rule: "refused_by_target".into(),
                 reason: format!("{}: the target refused the row: {why}", b.target.name),
-                row: b.source_rows[*seq].clone(),
+                row: b.source_json(*seq),
             });
         }
 
@@ -269,6 +238,88 @@ impl PgTarget {
         .await?;
         sqlx::query("COMMIT").execute(&mut *c).await?;
         Ok(Written { inserted, present, refused: refused_rows, checkpoint, retries: 0 })
+    }
+}
+
+impl PgTarget {
+    /// The careful path: stage the rows as text, skip the ones already present, insert the rest
+    /// set-based with casts, and split refused ranges until the refusing rows stand alone.
+    async fn staged(
+        &self,
+        c: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
+        b: &Batch,
+        keep: &[usize],
+        cols: &str,
+    ) -> Result<(i64, i64, Vec<(usize, String)>), Failure> {
+        let n = b.columns.len();
+        let stage_cols: Vec<String> = (0..n).map(|i| format!("c{i} text")).collect();
+        let create =
+            format!("CREATE TEMP TABLE IF NOT EXISTS agentctl_stage (seq int4 NOT NULL, {}) ON COMMIT DROP", stage_cols.join(", "));
+        sqlx::query(&create).execute(&mut **c).await?;
+        let mut buf = Vec::with_capacity(keep.len() * 64 * n.max(1));
+        for &seq in keep {
+            buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+            for v in &b.rows[seq] {
+                buf.push(b'\t');
+                copy_field(&mut buf, v.as_deref());
+            }
+            buf.push(b'\n');
+        }
+        let mut copy = c.copy_in_raw("COPY agentctl_stage FROM STDIN").await?;
+        copy.send(buf).await?;
+        copy.finish().await?;
+        let legacy = b.columns.iter().position(|(name, _)| name == "legacy_id");
+        let present_filter = match legacy {
+            Some(i) => format!(" AND NOT EXISTS (SELECT 1 FROM {} t WHERE t.legacy_id = s.c{i}::{})", quoted(&b.target), b.columns[i].1),
+            None => String::new(),
+        };
+        let present_sql = legacy.map(|i| {
+            format!(
+                "SELECT count(*) FROM agentctl_stage s WHERE EXISTS (SELECT 1 FROM {} t WHERE t.legacy_id = s.c{i}::{})",
+                quoted(&b.target),
+                b.columns[i].1
+            )
+        });
+        let present: i64 = match &present_sql {
+            Some(sql) => sqlx::query_scalar(sql).fetch_one(&mut **c).await?,
+            None => 0,
+        };
+        let casts: Vec<String> = b.columns.iter().enumerate().map(|(i, (_, ty))| format!("s.c{i}::{ty}")).collect();
+        let insert = format!(
+            "INSERT INTO {} ({cols}) SELECT {} FROM agentctl_stage s WHERE s.seq BETWEEN $1 AND $2{present_filter}",
+            quoted(&b.target),
+            casts.join(", ")
+        );
+        let mut refused: Vec<(usize, String)> = Vec::new();
+        let mut inserted = 0i64;
+        let mut ranges = match (keep.first(), keep.last()) {
+            (Some(lo), Some(hi)) => vec![(*lo, *hi)],
+            _ => vec![],
+        };
+        while let Some((lo, hi)) = ranges.pop() {
+            sqlx::query("SAVEPOINT agentctl_range").execute(&mut **c).await?;
+            // Bound first: a temporary in the match would hold the connection across the arms.
+            let result = sqlx::query(&insert).bind(lo as i32).bind(hi as i32).execute(&mut **c).await;
+            match result {
+                Ok(done) => {
+                    inserted += done.rows_affected() as i64;
+                    sqlx::query("RELEASE SAVEPOINT agentctl_range").execute(&mut **c).await?;
+                }
+                Err(e) if is_transient(&e) => return Err(Failure::Transient(e)),
+                Err(e) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT agentctl_range").execute(&mut **c).await?;
+                    if lo == hi {
+                        refused.push((lo, describe(&e)));
+                    } else {
+                        let mid = lo + (hi - lo) / 2;
+                        ranges.push((mid + 1, hi));
+                        ranges.push((lo, mid));
+                    }
+                }
+            }
+        }
+        sqlx::query("DROP TABLE agentctl_stage").execute(&mut **c).await?;
+        Ok((inserted, present, refused))
     }
 }
 
