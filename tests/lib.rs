@@ -139,9 +139,8 @@ impl PgCluster {
         self.url(&name)
     }
 
-    /// Runs SQL with psql and returns its unaligned output; panics with psql's message on error.
-    pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(pg_bin().join("psql"))
+    fn run_psql(&self, db: &str, sql: &str) -> std::process::Output {
+        Command::new(pg_bin().join("psql"))
             .args([
                 "-X",
                 "-q",
@@ -161,7 +160,18 @@ impl PgCluster {
                 sql,
             ])
             .output()
-            .expect("psql runs");
+            .expect("psql runs")
+    }
+
+    /// Runs SQL with psql; `None` when it fails (a table that does not exist yet).
+    pub fn try_psql(&self, db: &str, sql: &str) -> Option<String> {
+        let out = self.run_psql(db, sql);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Runs SQL with psql and returns its unaligned output; panics with psql's message on error.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = self.run_psql(db, sql);
         assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
@@ -309,4 +319,16 @@ pub fn agentctl_with(args: &[&str], env: &[(&str, &str)]) -> Output {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    condition()
 }

@@ -221,6 +221,11 @@ pub struct RunOpts {
     #[arg(long, short, conflicts_with = "approve")]
     pub yes: bool,
 
+    /// Carry on a run that was interrupted or killed (its id, or a unique prefix): every entity
+    /// continues after its last committed batch.
+    #[arg(long, value_name = "RUN")]
+    pub resume: Option<String>,
+
     /// How many entities of one wave migrate at once (1 to 8).
     #[arg(long, short, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=8))]
     pub jobs: u8,

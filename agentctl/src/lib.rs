@@ -44,7 +44,7 @@ pub async fn interruptible<T>(work: impl Future<Output = Result<T, Exit>>, run_i
     tokio::select! {
         r = work => r,
         _ = tokio::signal::ctrl_c() => Err(Exit::interrupted(format!(
-            "interrupted; run {run_id} was recorded as cancelled (see `agentctl audit show {run_id}`)"
+            "interrupted; run {run_id} was recorded as cancelled, every committed batch kept: carry it on with `agentctl run --goal ... --resume {run_id}`"
         ))),
     }
 }

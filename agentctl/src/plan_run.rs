@@ -34,10 +34,21 @@ pub async fn mapping_file(opt: &MappingOpt, conns: &Connections) -> Result<(Mapp
 }
 
 async fn start(config: &Config, command: &str, goal: Option<&str>, mapping: &MappingOpt) -> Result<(Session, MappingFile, String), Exit> {
+    start_or_resume(config, command, goal, mapping, None).await
+}
+
+async fn start_or_resume(
+    config: &Config,
+    command: &str,
+    goal: Option<&str>,
+    mapping: &MappingOpt,
+    resume: Option<String>,
+) -> Result<(Session, MappingFile, String), Exit> {
     let conns = Connections::open(config, true).await?;
     let (file, origin) = mapping_file(mapping, &conns).await?;
     let tools = conns.tools()?;
-    let session = Session::start(&conns, command, goal, tools, SessionOptions::from_config(config)).await?;
+    let options = SessionOptions { resume, ..SessionOptions::from_config(config) };
+    let session = Session::start(&conns, command, goal, tools, options).await?;
     Ok((session, file, origin))
 }
 
@@ -88,7 +99,7 @@ fn print_plan(outcome: &PlanOutcome) {
 }
 
 pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
-    let (session, file, origin) = start(config, "run", Some(&opts.goal.goal), &opts.goal.mapping).await?;
+    let (session, file, origin) = start_or_resume(config, "run", Some(&opts.goal.goal), &opts.goal.mapping, opts.resume.clone()).await?;
     let run_id = session.run_id;
     let goal = plan_goal(&opts.goal, config, file, origin);
     let result = interruptible(

@@ -69,11 +69,13 @@ impl Connections {
 pub struct SessionOptions {
     pub policy: RestartPolicy,
     pub request_timeout: Duration,
+    /// Carry on this run (an id or a unique prefix) instead of starting a new one.
+    pub resume: Option<String>,
 }
 
 impl SessionOptions {
     pub fn from_config(config: &Config) -> SessionOptions {
-        SessionOptions { policy: RestartPolicy::default(), request_timeout: config.request_timeout }
+        SessionOptions { policy: RestartPolicy::default(), request_timeout: config.request_timeout, resume: None }
     }
 }
 
@@ -97,8 +99,20 @@ impl Session {
         options: SessionOptions,
     ) -> Result<Session, Exit> {
         let store = ControlStore::open(conns.target.clone()).await.map_err(Exit::failed)?;
-        let run_id = RunId::new();
-        store.begin_run(run_id, command, goal).await.map_err(Exit::failed)?;
+        let run_id = match &options.resume {
+            // The same run id: its checkpoints say where each entity stands, and its audit
+            // chain goes on from its last event.
+            Some(prefix) => {
+                let run = store.find_run(Some(prefix)).await.map_err(Exit::config)?;
+                store.resume_run(run.run_id).await.map_err(Exit::config)?;
+                run.run_id
+            }
+            None => {
+                let id = RunId::new();
+                store.begin_run(id, command, goal).await.map_err(Exit::failed)?;
+                id
+            }
+        };
         let (writer, _) = Actor::spawn(
             Some(format!("audit-{run_id}")),
             AuditWriter,
@@ -117,7 +131,11 @@ impl Session {
         audit.record(AuditRecord::new(
             AgentName::Operator,
             EventKind::Run,
-            format!("run started: agentctl {command}{}", goal.map(|g| format!(" \"{g}\"")).unwrap_or_default()),
+            format!(
+                "run {}: agentctl {command}{}",
+                if options.resume.is_some() { "resumed" } else { "started" },
+                goal.map(|g| format!(" \"{g}\"")).unwrap_or_default()
+            ),
             json!({"command": command, "goal": goal, "source": conns.config.source.as_ref().map(ToString::to_string),
                    "target": conns.config.target.as_ref().map(ToString::to_string), "agentctl": env!("CARGO_PKG_VERSION")}),
         ));

@@ -72,6 +72,22 @@ impl ControlStore {
         Ok(())
     }
 
+    /// Reopens a run that did not finish (killed, interrupted) to carry it on under its own id.
+    pub async fn resume_run(&self, run_id: RunId) -> Result<(), DbError> {
+        let reopened = sqlx::query(
+            "UPDATE agentctl.runs SET outcome = 'running', finished_at = NULL, outcome_detail = NULL
+             WHERE run_id = $1 AND outcome <> 'succeeded'",
+        )
+        .bind(run_id.0)
+        .execute(&self.pool)
+        .await
+        .map_err(while_doing(format!("reopening run {run_id}")))?;
+        if reopened.rows_affected() == 0 {
+            return Err(DbError(format!("run {run_id} has already succeeded; there is nothing to resume")));
+        }
+        Ok(())
+    }
+
     pub async fn finish_run(&self, run_id: RunId, outcome: &str, detail: Option<&str>) -> Result<(), DbError> {
         sqlx::query("UPDATE agentctl.runs SET finished_at = now(), outcome = $2, outcome_detail = $3 WHERE run_id = $1")
             .bind(run_id.0)
