@@ -105,10 +105,34 @@ pub async fn status(config: &Config, opts: StatusOpts) -> Result<(), Exit> {
     let run = store.find_run(opts.run.as_deref()).await.map_err(Exit::failed)?;
     let events = store.events(run.run_id, &EventFilter::default()).await.map_err(Exit::failed)?;
     let recent: Vec<&AuditEvent> = events.iter().rev().take(10).rev().collect();
+    let progress = store.progress(run.run_id).await.map_err(Exit::failed)?;
     match opts.format {
-        Format::Json => print_json(&json!({"run": run, "recent_events": recent.iter().map(|e| event_json(e)).collect::<Vec<_>>()})),
+        Format::Json => print_json(&json!({
+            "run": run,
+            "entities": progress,
+            "recent_events": recent.iter().map(|e| event_json(e)).collect::<Vec<_>>(),
+        })),
         Format::Text => {
             print_run_header(&run);
+            if !progress.is_empty() {
+                println!(
+                    "\n  {:<24} {:<8} {:>10} {:>10} {:>9} {:>8}  last batch",
+                    "entity", "state", "read", "migrated", "rejected", "batches"
+                );
+                for p in &progress {
+                    println!(
+                        "  {:<24} {:<8} {:>10} {:>10} {:>9} {:>8}  {}",
+                        p.target_table.trim_start_matches("public."),
+                        p.state,
+                        p.rows_read,
+                        p.migrated,
+                        p.rejected,
+                        p.batches,
+                        p.updated_at.map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
+                    );
+                }
+                println!();
+            }
             for e in recent {
                 print!("{}", timeline_line(e));
             }

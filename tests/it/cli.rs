@@ -98,3 +98,18 @@ fn an_approval_holds_only_for_the_plan_it_was_given_for() {
     let db = target.rsplit('/').next().unwrap();
     assert_eq!(pg.psql(db, "SELECT count(*) FROM agentctl.audit_events WHERE summary LIKE 'approved plan % by its hash'"), "1");
 }
+
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    // `agentctl dataset faults | head -1`: the reader goes away after one line.
+    let mut child = std::process::Command::new(tests::agentctl_bin())
+        .args(["dataset", "faults", "--scale", "1.0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -42,6 +42,14 @@ fn a_run_migrates_what_the_forecast_said_and_records_every_rejection() {
         count("SELECT count(*) FROM offers")
     );
 
+    // Another shell sees the same from the control tables.
+    let status = agentctl(&["--target", &target, "status", "--format", "json"]);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    let entities = status["entities"].as_array().unwrap();
+    assert_eq!(entities.len(), 25);
+    assert!(entities.iter().all(|e| e["state"] == "done"), "{entities:?}");
+    assert_eq!(entities.iter().map(|e| e["migrated"].as_i64().unwrap()).sum::<i64>(), migrated);
+
     // A second run of the same goal writes no row twice.
     let again = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes", "--format", "json"]);
     assert_eq!(again.code, 0, "{again:?}");

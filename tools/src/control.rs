@@ -34,6 +34,20 @@ pub struct RunRow {
     pub event_count: i64,
 }
 
+/// Where one entity of a run stands, from the control tables.
+#[derive(Clone, Debug, Serialize)]
+pub struct EntityProgress {
+    pub source_table: String,
+    pub target_table: String,
+    pub state: String,
+    pub rows_read: i64,
+    pub migrated: i64,
+    pub rejected: i64,
+    pub batches: i64,
+    pub detail: Option<String>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
 /// Which events `audit show` wants.
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
@@ -143,6 +157,38 @@ impl ControlStore {
             (2, Some(p)) => Err(DbError(format!("run id prefix {p} matches more than one run; give more of it"))),
             _ => run_row(&rows[0]),
         }
+    }
+
+    /// Every entity a run has started, with its checkpoint's counters.
+    pub async fn progress(&self, run_id: RunId) -> Result<Vec<EntityProgress>, DbError> {
+        let rows = sqlx::query(
+            "SELECT c.source_table, c.target_table, c.state, c.detail,
+                    coalesce(k.rows_read, 0) AS rows_read, coalesce(k.migrated, 0) AS migrated,
+                    coalesce(k.rejected, 0) AS rejected, coalesce(k.batches, 0) AS batches, k.updated_at
+             FROM agentctl.migration_control c
+             LEFT JOIN agentctl.migration_checkpoints k ON k.run_id = c.run_id AND k.source_table = c.source_table
+             WHERE c.run_id = $1 ORDER BY c.started_at, c.source_table",
+        )
+        .bind(run_id.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing(format!("reading the progress of run {run_id}")))?;
+        rows.iter()
+            .map(|r| {
+                let get = |e| while_doing("reading the progress")(e);
+                Ok(EntityProgress {
+                    source_table: r.try_get("source_table").map_err(get)?,
+                    target_table: r.try_get("target_table").map_err(get)?,
+                    state: r.try_get("state").map_err(get)?,
+                    rows_read: r.try_get("rows_read").map_err(get)?,
+                    migrated: r.try_get("migrated").map_err(get)?,
+                    rejected: r.try_get("rejected").map_err(get)?,
+                    batches: r.try_get("batches").map_err(get)?,
+                    detail: r.try_get("detail").map_err(get)?,
+                    updated_at: r.try_get("updated_at").map_err(get)?,
+                })
+            })
+            .collect()
     }
 
     /// A run's events in sequence order, optionally filtered.
