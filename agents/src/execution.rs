@@ -30,6 +30,8 @@ const ME: AgentName = AgentName::Execution;
 pub struct MigrateEntity {
     pub entity: PlannedEntity,
     pub spec: MappingSpec,
+    /// The target table of every source table this entity references.
+    pub parents: Vec<(TableName, TableName)>,
     pub keys: Keys,
     /// The target's report (the table, its enums and domains).
     pub target: SchemaReport,
@@ -99,7 +101,27 @@ async fn migrate(ctx: &RunContext, rows: &dyn Rows, target: &dyn Target, req: &M
     let started = Instant::now();
     let spec = &req.spec;
     let table = req.target.table(&spec.target).ok_or_else(|| format!("the target has no table {}", spec.target))?;
-    let mapper = RowMapper::new(spec, table, &req.target, req.keys)?;
+    let mut mapper = RowMapper::new(spec, table, &req.target, req.keys)?;
+    // Parents that were in the target before agentctl keep their UUIDs; children point at them.
+    for (parent_source, parent_target) in &req.parents {
+        let deriver = runtime::mapping::KeyDeriver::new(req.keys.layout, req.keys.namespace, parent_source);
+        let kept: std::collections::HashMap<String, String> = target
+            .kept_rows(parent_target)
+            .await
+            .map_err(|e| e.0)?
+            .into_iter()
+            .filter(|(legacy, id)| deriver.derive(&legacy.split('|').collect::<Vec<_>>()).to_string() != *id)
+            .collect();
+        if !kept.is_empty() {
+            ctx.decision(
+                ME,
+                format!("{}: {} rows of {parent_target} keep the UUIDs they had", spec.target.name, kept.len()),
+                "they were in the target before agentctl, matched by legacy_id; references to them use their UUIDs",
+                serde_json::json!({"parent": parent_target, "rows": kept.len()}),
+            );
+        }
+        mapper.keep_parent_ids(parent_source.clone(), kept);
+    }
     let out_cols: Vec<(String, String)> = mapper
         .target_columns()
         .iter()

@@ -268,8 +268,23 @@ async fn execute_phase(courier: &Courier, agents: &Agents, req: ExecuteRequest) 
                 let Some(entity) = queue.next() else { break };
                 let spec =
                     req.mappings.spec(&entity.table).ok_or_else(|| AgentError::new(ME, format!("{} has no mapping", entity.table)))?;
-                let body =
-                    MigrateEntity { entity: entity.clone(), spec: spec.clone(), keys: req.mappings.keys, target: req.target.clone() };
+                let parents: Vec<(TableName, TableName)> = spec
+                    .columns
+                    .iter()
+                    .filter_map(|c| match &c.feed {
+                        runtime::mapping::Feed::Reference { parent, .. } => {
+                            req.mappings.spec(parent).map(|p| (parent.clone(), p.target.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let body = MigrateEntity {
+                    entity: entity.clone(),
+                    spec: spec.clone(),
+                    parents,
+                    keys: req.mappings.keys,
+                    target: req.target.clone(),
+                };
                 let (courier, agents) = (courier.clone(), agents.clone());
                 running.spawn(async move {
                     let asked = courier.ask_within(

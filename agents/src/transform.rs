@@ -73,6 +73,8 @@ pub struct RowMapper {
     checks: Vec<(String, String, CheckExpr)>,
     /// CHECKs that could not be read; the database alone decides those.
     pub unchecked: Vec<String>,
+    /// Parent rows that kept a UUID of their own: parent table -> legacy key -> UUID.
+    kept: HashMap<TableName, HashMap<String, String>>,
 }
 
 /// The output column index and parent of every reference the mapping makes.
@@ -170,7 +172,15 @@ impl RowMapper {
             }
         }
         let key_inputs = spec.key.iter().map(|k| index(k)).collect::<Result<_, _>>()?;
-        Ok(RowMapper { spec: spec.clone(), key_inputs, columns, checks, unchecked })
+        Ok(RowMapper { spec: spec.clone(), key_inputs, columns, checks, unchecked, kept: HashMap::new() })
+    }
+
+    /// Parent rows that exist in the target under a UUID of their own: references to them use
+    /// that UUID instead of the derived one.
+    pub fn keep_parent_ids(&mut self, parent: TableName, ids: HashMap<String, String>) {
+        if !ids.is_empty() {
+            self.kept.insert(parent, ids);
+        }
     }
 
     /// The legacy key of a scanned row.
@@ -208,9 +218,12 @@ impl RowMapper {
                     let parts: Vec<&str> = c.inputs.iter().filter_map(|&i| row[i]).collect();
                     (!parts.is_empty()).then(|| parts.join(separator))
                 }
-                Feed::Reference { .. } => {
+                Feed::Reference { parent, .. } => {
                     let parts: Option<Vec<&str>> = c.inputs.iter().map(|&i| row[i]).collect();
-                    parts.and_then(|p| c.deriver.as_ref().map(|d| d.derive(&p).to_string()))
+                    parts.and_then(|p| match self.kept.get(parent).and_then(|k| k.get(&p.join("|"))) {
+                        Some(kept) => Some(kept.clone()),
+                        None => c.deriver.as_ref().map(|d| d.derive(&p).to_string()),
+                    })
                 }
                 Feed::Metadata { columns } => {
                     let obj: BTreeMap<&str, Option<&str>> =

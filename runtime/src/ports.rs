@@ -130,6 +130,10 @@ pub trait Target: Send + Sync + 'static {
         target: &TableName,
         column: &str,
     ) -> Result<(i64, Vec<RejectedRow>), ToolError>;
+    /// Rows of a target table that agentctl did not create: (legacy key, UUID). Children of
+    /// these rows must point at the UUID they already have.
+    async fn kept_rows(&self, target: &TableName) -> Result<Vec<(String, String)>, ToolError>;
+
     /// Rows of the target table created from this source table (all runs).
     async fn mapped_rows(&self, source: &TableName) -> Result<i64, ToolError>;
     async fn set_state(

@@ -119,3 +119,41 @@ fn a_run_killed_mid_migration_resumes_without_duplicates_or_loss() {
     let verify = agentctl(&["--target", &target, "audit", "verify", &run]);
     assert_eq!(verify.code, 0, "{verify:?}");
 }
+
+#[test]
+fn rows_already_in_the_target_keep_their_uuid_and_children_point_at_it() {
+    let pg = shared();
+    let (source, target, report) = pg.reference_pair("0.005");
+    let (src_db, db) = (source.rsplit('/').next().unwrap().to_owned(), target.rsplit('/').next().unwrap().to_owned());
+    let kept = "11111111-2222-4333-8444-555555555555";
+    pg.psql(
+        &db,
+        &format!(
+            "INSERT INTO offices (id, legacy_id, name, is_active, created_at) VALUES ('{kept}', 1, 'Kept office', true, '2020-01-01')"
+        ),
+    );
+
+    let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes", "--format", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    let expected_rejects: i64 = report["tables"].as_array().unwrap().iter().filter_map(|t| t["expected_rejected"].as_i64()).sum();
+    assert_eq!(sum(&doc, "rejected"), expected_rejects, "no child of the kept office was set aside");
+
+    // The kept row is untouched and keeps its UUID.
+    assert_eq!(pg.psql(&db, "SELECT id::text || ' ' || name FROM offices WHERE legacy_id = 1"), format!("{kept} Kept office"));
+    // Every migrated patient of legacy office 1 points at the kept UUID.
+    let of_office_1 = pg.psql(&src_db, "SELECT string_agg(id::text, ',') FROM dispatch_patient WHERE office_id = 1");
+    assert!(!of_office_1.is_empty(), "the dataset gives office 1 patients");
+    let migrated_of_1 = pg.psql(&db, &format!("SELECT count(*) FROM patients WHERE legacy_id IN ({of_office_1})"));
+    let pointing_at_kept = pg.psql(&db, &format!("SELECT count(*) FROM patients WHERE office_id = '{kept}'"));
+    assert_eq!(pointing_at_kept, migrated_of_1);
+    assert_ne!(migrated_of_1, "0");
+    // The record says which UUID, and that agentctl did not create the row.
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT id::text || ' ' || created FROM agentctl.migration_mappings WHERE source_table = 'dispatch_office' AND legacy_id = '1'"
+        ),
+        format!("{kept} false")
+    );
+}

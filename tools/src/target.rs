@@ -163,11 +163,16 @@ impl PgTarget {
                 ids.push(id.clone());
             }
         }
-        sqlx::query(
-            "INSERT INTO agentctl.migration_mappings (source_table, legacy_id, target_table, id, run_id)
-             SELECT $1, k, $2, i::uuid, $3 FROM UNNEST($4::text[], $5::text[]) AS u(k, i)
+        // A row already in the target under its own UUID is recorded with that UUID, as not
+        // created; the rows this batch wrote are recorded as created.
+        sqlx::query(&format!(
+            "INSERT INTO agentctl.migration_mappings (source_table, legacy_id, target_table, id, run_id, created)
+             SELECT $1, u.k, $2, coalesce(t.id, u.i::uuid), $3, t.id IS NULL OR t.id = u.i::uuid
+             FROM UNNEST($4::text[], $5::text[]) AS u(k, i)
+             LEFT JOIN {} t ON t.legacy_id::text = u.k
              ON CONFLICT (source_table, legacy_id) DO NOTHING",
-        )
+            quoted(&b.target)
+        ))
         .bind(b.source.to_string())
         .bind(b.target.to_string())
         .bind(b.run_id.0)
@@ -454,6 +459,31 @@ impl Target for PgTarget {
         }
         tx.commit().await.map_err(while_doing(&what))?;
         Ok((filled, rejected))
+    }
+
+    async fn kept_rows(&self, target: &TableName) -> Result<Vec<(String, String)>, ToolError> {
+        let has_legacy: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 AND column_name = 'legacy_id')",
+        )
+        .bind(&target.schema)
+        .bind(&target.name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(while_doing(format!("looking for legacy_id in {target}")))?;
+        if !has_legacy {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT t.legacy_id::text, t.id::text FROM {} t
+             WHERE NOT EXISTS (SELECT 1 FROM agentctl.migration_mappings m WHERE m.target_table = $1 AND m.id = t.id AND m.created)",
+            quoted(target)
+        );
+        let rows: Vec<(String, String)> = sqlx::query_as(&sql)
+            .bind(target.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(while_doing(format!("reading the rows of {target} agentctl did not create")))?;
+        Ok(rows)
     }
 
     async fn mapped_rows(&self, source: &TableName) -> Result<i64, ToolError> {
