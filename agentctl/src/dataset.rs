@@ -118,6 +118,8 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
         r
     };
     dataset::apply_target_schema(&conns.target, true).await.map_err(Exit::failed)?;
+    let control = tools::control::ControlStore::open(conns.target.clone()).await.map_err(Exit::failed)?;
+    control.forget_migrated_rows().await.map_err(Exit::failed)?;
     println!("\nWhat the legacy data holds, and what a migration must do with it:\n{}", report.render());
 
     let (mapping, mapping_origin) = crate::plan_run::mapping_file(&Default::default(), &conns).await?;

@@ -102,6 +102,16 @@ impl ControlStore {
         Ok(())
     }
 
+    /// Forgets the records of rows that no longer exist because the target schema was recreated
+    /// (the demo does this); the runs and their audit trails stay.
+    pub async fn forget_migrated_rows(&self) -> Result<(), DbError> {
+        sqlx::raw_sql("DELETE FROM agentctl.migration_mappings; DELETE FROM agentctl.deferred_references;")
+            .execute(&self.pool)
+            .await
+            .map_err(while_doing("forgetting the records of the recreated target's rows"))?;
+        Ok(())
+    }
+
     pub async fn finish_run(&self, run_id: RunId, outcome: &str, detail: Option<&str>) -> Result<(), DbError> {
         sqlx::query("UPDATE agentctl.runs SET finished_at = now(), outcome = $2, outcome_detail = $3 WHERE run_id = $1")
             .bind(run_id.0)
