@@ -157,3 +157,23 @@ fn rows_already_in_the_target_keep_their_uuid_and_children_point_at_it() {
         format!("{kept} false")
     );
 }
+
+#[test]
+fn chinook_and_employee_migrate_completely_into_generated_targets() {
+    let pg = shared();
+    for ((source, target), rows, self_ref) in [
+        (pg.chinook_pair(), 15_607, Some("SELECT count(*) FROM employee WHERE reports_to IS NOT NULL")),
+        (pg.employee_pair(), 130_783, None),
+    ] {
+        let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes", "--format", "json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!((sum(&doc, "rows_read"), sum(&doc, "migrated"), sum(&doc, "rejected")), (rows, rows, 0), "{source}");
+        let db = target.rsplit('/').next().unwrap();
+        assert_eq!(pg.psql(db, "SELECT count(*) FROM agentctl.migration_mappings"), rows.to_string());
+        if let Some(sql) = self_ref {
+            let src_db = source.rsplit('/').next().unwrap();
+            assert_eq!(pg.psql(db, sql), pg.psql(src_db, sql), "self-references filled in the second pass");
+        }
+    }
+}
