@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use runtime::domain::{SchemaReport, Table, TableName, TypeKind};
-use runtime::mapping::{derive_uuid, Feed, KeyDeriver, MappingSpec, Transform, UuidLayout};
+use runtime::mapping::{Feed, KeyDeriver, MappingSpec, Transform, UuidLayout};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -31,12 +31,6 @@ pub struct Rejection {
 pub struct Keys {
     pub namespace: Uuid,
     pub layout: UuidLayout,
-}
-
-impl Keys {
-    pub fn derive(&self, table: &TableName, key: &[&str]) -> Uuid {
-        derive_uuid(self.layout, &self.namespace, table, key)
-    }
 }
 
 #[derive(Clone, Debug)]

@@ -282,9 +282,4 @@ impl MigrationPlan {
     pub fn rollback_order(&self) -> Vec<&TableName> {
         self.waves.iter().rev().flat_map(|w| w.iter().rev().map(|e| &e.table)).collect()
     }
-
-    /// How many entities each wave holds, keyed by wave number (1-based).
-    pub fn wave_sizes(&self) -> BTreeMap<usize, usize> {
-        self.waves.iter().enumerate().map(|(i, w)| (i + 1, w.len())).collect()
-    }
 }

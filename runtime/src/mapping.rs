@@ -124,14 +124,10 @@ pub enum UuidLayout {
     Ordered,
 }
 
-/// The UUID of a legacy row: a pure function of the project's namespace, the source table and
-/// the legacy key, so a child's reference is computed rather than looked up, and every run,
-/// resume and re-run gives the same UUIDs.
-pub fn derive_uuid(layout: UuidLayout, namespace: &uuid::Uuid, table: &TableName, key: &[&str]) -> uuid::Uuid {
-    KeyDeriver::new(layout, *namespace, table).derive(key)
-}
-
-/// [`derive_uuid`] for one table, with what does not depend on the key computed once.
+/// The UUIDs of one table's legacy rows: each a pure function of the project's namespace, the
+/// source table and the legacy key, so a child's reference is computed rather than looked up,
+/// and every run, resume and re-run gives the same UUIDs. What does not depend on the key is
+/// computed once.
 #[derive(Clone, Debug)]
 pub struct KeyDeriver {
     layout: UuidLayout,
@@ -199,15 +195,16 @@ mod tests {
     fn derived_uuids_are_stable_and_ordered_keys_sort_by_key() {
         let ns = uuid::Uuid::from_u128(0x1234);
         let t = TableName::new("public", "dispatch_task");
-        let a = derive_uuid(UuidLayout::Ordered, &ns, &t, &["9"]);
-        let b = derive_uuid(UuidLayout::Ordered, &ns, &t, &["10"]);
-        let c = derive_uuid(UuidLayout::Ordered, &ns, &t, &["100000"]);
+        let derive = |layout, table: &TableName, key: &str| KeyDeriver::new(layout, ns, table).derive(&[key]);
+        let a = derive(UuidLayout::Ordered, &t, "9");
+        let b = derive(UuidLayout::Ordered, &t, "10");
+        let c = derive(UuidLayout::Ordered, &t, "100000");
         assert!(a < b && b < c, "{a} {b} {c}");
         assert_eq!(a.get_version_num(), 8);
-        assert_eq!(a, derive_uuid(UuidLayout::Ordered, &ns, &t, &["9"]));
-        assert_ne!(a, derive_uuid(UuidLayout::Ordered, &ns, &TableName::new("public", "dispatch_case"), &["9"]));
-        let v5 = derive_uuid(UuidLayout::V5, &ns, &t, &["9"]);
+        assert_eq!(a, derive(UuidLayout::Ordered, &t, "9"));
+        assert_ne!(a, derive(UuidLayout::Ordered, &TableName::new("public", "dispatch_case"), "9"));
+        let v5 = derive(UuidLayout::V5, &t, "9");
         assert_eq!(v5.get_version_num(), 5);
-        assert_eq!(v5, derive_uuid(UuidLayout::V5, &ns, &t, &["9"]));
+        assert_eq!(v5, derive(UuidLayout::V5, &t, "9"));
     }
 }

@@ -71,10 +71,6 @@ impl ControlStore {
         Ok(ControlStore { pool })
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     pub async fn begin_run(&self, run_id: RunId, command: &str, goal: Option<&str>) -> Result<(), DbError> {
         sqlx::query("INSERT INTO agentctl.runs (run_id, command, goal) VALUES ($1, $2, $3)")
             .bind(run_id.0)
