@@ -7,6 +7,7 @@
 //! Rows whose legacy key is already in the target (a resumed or repeated run) are counted as
 //! present and keep their UUID.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +17,7 @@ use runtime::RunId;
 use sqlx::{PgPool, Row};
 
 use crate::catalog::{ident, quoted};
+use crate::dataset::copy::push_field;
 use crate::pg::{describe, while_doing, DbError};
 
 pub struct PgTarget {
@@ -37,23 +39,6 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
             matches!(db.code().as_deref(), Some("40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006"))
         }
         _ => false,
-    }
-}
-
-fn copy_field(out: &mut Vec<u8>, v: Option<&str>) {
-    match v {
-        None => out.extend_from_slice(b"\\N"),
-        Some(s) => {
-            for &b in s.as_bytes() {
-                match b {
-                    b'\\' => out.extend_from_slice(b"\\\\"),
-                    b'\t' => out.extend_from_slice(b"\\t"),
-                    b'\n' => out.extend_from_slice(b"\\n"),
-                    b'\r' => out.extend_from_slice(b"\\r"),
-                    _ => out.push(b),
-                }
-            }
-        }
     }
 }
 
@@ -79,7 +64,7 @@ impl PgTarget {
         let n = b.columns.len();
         // Rows whose parent is not in the target are set aside first, with the reason: one
         // indexed lookup a reference column, not a failed insert a row.
-        let mut orphans: Vec<(usize, String)> = Vec::new();
+        let mut orphans: BTreeMap<usize, String> = BTreeMap::new();
         for (col, parent) in &b.references {
             let wanted: Vec<String> = {
                 let mut v: Vec<String> = b.rows.iter().filter_map(|r| r[*col].clone()).collect();
@@ -89,15 +74,18 @@ impl PgTarget {
             };
             let sql = format!("SELECT id::text FROM {} WHERE id = ANY($1::uuid[])", quoted(parent));
             let found: Vec<String> = sqlx::query_scalar(&sql).bind(&wanted).fetch_all(&mut *c).await?;
-            let found: std::collections::HashSet<String> = found.into_iter().collect();
+            let found: HashSet<String> = found.into_iter().collect();
             let name = &b.columns[*col].0;
             for (seq, row) in b.rows.iter().enumerate() {
-                if row[*col].as_ref().is_some_and(|v| !found.contains(v)) && !orphans.iter().any(|(s, _)| *s == seq) {
-                    orphans.push((seq, format!("{}.{name}: the {} row it points at is not in the target", b.target.name, parent.name)));
+                if row[*col].as_ref().is_some_and(|v| !found.contains(v)) {
+                    // The first missing parent a row has is the reason given for it.
+                    orphans
+                        .entry(seq)
+                        .or_insert_with(|| format!("{}.{name}: the {} row it points at is not in the target", b.target.name, parent.name));
                 }
             }
         }
-        let keep: Vec<usize> = (0..b.rows.len()).filter(|seq| !orphans.iter().any(|(s, _)| s == seq)).collect();
+        let keep: Vec<usize> = (0..b.rows.len()).filter(|seq| !orphans.contains_key(seq)).collect();
         let cols: Vec<String> = b.columns.iter().map(|(name, _)| ident(name)).collect();
         let cols = cols.join(", ");
 
@@ -110,7 +98,7 @@ impl PgTarget {
                 if i > 0 {
                     buf.push(b'\t');
                 }
-                copy_field(&mut buf, v.as_deref());
+                push_field(&mut buf, v.as_deref());
             }
             buf.push(b'\n');
         }
@@ -132,9 +120,9 @@ impl PgTarget {
             }
         };
         let mut refused_rows: Vec<RejectedRow> = Vec::with_capacity(refused.len() + orphans.len());
-        let mut refused_seqs: Vec<i32> = Vec::with_capacity(refused.len() + orphans.len());
+        let mut refused_seqs: HashSet<usize> = HashSet::with_capacity(refused.len() + orphans.len());
         for (seq, why) in &orphans {
-            refused_seqs.push(*seq as i32);
+            refused_seqs.insert(*seq);
             refused_rows.push(RejectedRow {
                 legacy_key: b.keys[*seq].clone(),
                 column: None,
@@ -144,7 +132,7 @@ impl PgTarget {
             });
         }
         for (seq, why) in &refused {
-            refused_seqs.push(*seq as i32);
+            refused_seqs.insert(*seq);
             refused_rows.push(RejectedRow {
                 legacy_key: b.keys[*seq].clone(),
                 column: None,
@@ -158,7 +146,7 @@ impl PgTarget {
         let mut keys: Vec<String> = Vec::with_capacity(b.keys.len());
         let mut ids: Vec<String> = Vec::with_capacity(b.keys.len());
         for (i, (k, id)) in b.keys.iter().zip(&b.ids).enumerate() {
-            if !refused_seqs.contains(&(i as i32)) {
+            if !refused_seqs.contains(&i) {
                 keys.push(k.clone());
                 ids.push(id.clone());
             }
@@ -266,7 +254,7 @@ impl PgTarget {
             buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
             for v in &b.rows[seq] {
                 buf.push(b'\t');
-                copy_field(&mut buf, v.as_deref());
+                push_field(&mut buf, v.as_deref());
             }
             buf.push(b'\n');
         }

@@ -47,15 +47,7 @@ impl<'a> Line<'a> {
     /// Text, escaped for COPY (backslash, tab, newline, carriage return).
     pub fn text(&mut self, v: impl AsRef<str>) -> &mut Self {
         self.sep();
-        for &b in v.as_ref().as_bytes() {
-            match b {
-                b'\\' => self.buf.extend_from_slice(b"\\\\"),
-                b'\t' => self.buf.extend_from_slice(b"\\t"),
-                b'\n' => self.buf.extend_from_slice(b"\\n"),
-                b'\r' => self.buf.extend_from_slice(b"\\r"),
-                _ => self.buf.push(b),
-            }
-        }
+        push_text(self.buf, v.as_ref());
         self
     }
 
@@ -117,6 +109,27 @@ impl<'a> Line<'a> {
 
     pub fn end(&mut self) {
         self.buf.push(b'\n');
+    }
+}
+
+/// Text escaped for COPY: backslash, tab, newline and carriage return.
+pub(crate) fn push_text(buf: &mut Vec<u8>, v: &str) {
+    for &b in v.as_bytes() {
+        match b {
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            _ => buf.push(b),
+        }
+    }
+}
+
+/// A COPY field: escaped text, or `\N` for NULL.
+pub(crate) fn push_field(buf: &mut Vec<u8>, v: Option<&str>) {
+    match v {
+        None => buf.extend_from_slice(b"\\N"),
+        Some(s) => push_text(buf, s),
     }
 }
 

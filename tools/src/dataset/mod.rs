@@ -7,7 +7,7 @@
 //! rows are clean, how many carry each fault, and so how many the reference mapping is
 //! expected to migrate and to reject.
 
-mod copy;
+pub(crate) mod copy;
 pub mod faults;
 mod rng;
 pub mod spec;
