@@ -110,6 +110,25 @@ impl PgCluster {
         Ok(self)
     }
 
+    /// Stops the server (fast shutdown: every connection is cut) and starts it again on the
+    /// same port, as an operator's restart or a crash-and-recover would.
+    pub fn restart(self) -> Result<PgCluster, String> {
+        let pid = self.child.lock().unwrap().take().ok_or("the cluster is not running")?;
+        #[allow(unsafe_code)]
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGINT);
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: signal 0 only checks whether the process still exists.
+        let gone = wait_until(Duration::from_secs(60), || unsafe { libc::kill(pid as i32, 0) } != 0);
+        if !gone {
+            return Err(format!("postgres (pid {pid}) did not stop"));
+        }
+        let port = self.port;
+        self.launch(port)
+    }
+
     fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

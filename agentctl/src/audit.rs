@@ -10,7 +10,7 @@ use crate::exit::Exit;
 use crate::print_json;
 use crate::session::Connections;
 
-async fn store(config: &Config) -> Result<ControlStore, Exit> {
+pub async fn store(config: &Config) -> Result<ControlStore, Exit> {
     let conns = Connections::open(config, false).await?;
     ControlStore::open(conns.target).await.map_err(Exit::failed)
 }
@@ -106,10 +106,14 @@ pub async fn status(config: &Config, opts: StatusOpts) -> Result<(), Exit> {
     let events = store.events(run.run_id, &EventFilter::default()).await.map_err(Exit::failed)?;
     let recent: Vec<&AuditEvent> = events.iter().rev().take(10).rev().collect();
     let progress = store.progress(run.run_id).await.map_err(Exit::failed)?;
+    let suspended = store.suspended().await.map_err(Exit::failed)?;
+    let suspended_json: Vec<Value> =
+        suspended.iter().map(|(table, name, kind, run)| json!({"table": table, "name": name, "kind": kind, "run_id": run})).collect();
     match opts.format {
         Format::Json => print_json(&json!({
             "run": run,
             "entities": progress,
+            "suspended_constraints": suspended_json,
             "recent_events": recent.iter().map(|e| event_json(e)).collect::<Vec<_>>(),
         })),
         Format::Text => {
@@ -132,6 +136,13 @@ pub async fn status(config: &Config, opts: StatusOpts) -> Result<(), Exit> {
                     );
                 }
                 println!();
+            }
+            if !suspended.is_empty() {
+                let names: Vec<String> = suspended.iter().map(|(table, name, _, _)| format!("{name} ({table})")).collect();
+                println!(
+                    "  set aside for a load and not yet put back (resuming the run or `agentctl rollback` restores them): {}\n",
+                    names.join(", ")
+                );
             }
             for e in recent {
                 print!("{}", timeline_line(e));

@@ -54,6 +54,12 @@ pub enum Command {
     Analyze(AnalyzeOpts),
     /// Show the state of a run (the latest by default), from the control tables.
     Status(StatusOpts),
+    /// Prove what the target holds: accounting, every row's values, money totals, references.
+    Validate(ValidateOpts),
+    /// The migration report of a run: per entity and overall, rejections grouped by reason.
+    Report(ReportOpts),
+    /// Delete what agentctl migrated (never rows it did not create), children before parents.
+    Rollback(RollbackOpts),
     /// Review the audit trail: every message, decision, tool call and batch of every run.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -92,6 +98,25 @@ pub enum SchemaCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
+    /// Generate the reference dataset in the source, then measure in one go: (a) a raw COPY pipe
+    /// of its tables into the target (UUIDs computed in SQL; the ceiling), (b) agentctl's whole
+    /// migration of the same data into a fresh target schema, (c) validating all of it. Prints
+    /// rows/s of both, the ratio b/a, agentctl's peak RSS and the validation time. REPLACES the
+    /// source's reference tables and the target's schema.
+    Migrate {
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long, default_value_t = 20240601)]
+        seed: u64,
+        /// Tables (raw pipe) and entities (agentctl) at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// Append the figures, as a Markdown section, to this file (bench/RESULTS.md).
+        #[arg(long, value_name = "FILE")]
+        results: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Time COPY into a uuid primary key with each UUID layout (v5 and time-ordered v8), in
     /// legacy key order, in the target database.
     Uuid {
@@ -230,10 +255,69 @@ pub struct RunOpts {
     #[arg(long, short, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=8))]
     pub jobs: u8,
 
+    /// Keep each table's foreign keys and plain indexes in place while it loads (slower). By
+    /// default they are set aside and put back, validated, when the table is loaded: right for a
+    /// target nothing else writes to during the migration.
+    #[arg(long)]
+    pub keep_constraints: bool,
+
+    /// Do not validate each entity once it is loaded (validate later with `agentctl validate`).
+    #[arg(long)]
+    pub skip_validation: bool,
+
     /// Approve exactly the plan with this hash (at least its first 12 characters, as `plan`
     /// prints it); if the plan has changed since, nothing runs.
     #[arg(long, value_name = "HASH")]
     pub approve: Option<String>,
+
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateOpts {
+    /// The entities, in the words `run --goal` takes (default: everything mapped).
+    #[arg(default_value = "everything")]
+    pub entities: Vec<String>,
+
+    #[command(flatten)]
+    pub mapping: MappingOpt,
+
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportOpts {
+    /// The run's id or a unique prefix of it (default: the latest `run`).
+    pub run: Option<String>,
+
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    pub format: ReportFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Md,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackOpts {
+    /// The entities to delete, comma-separated (legacy or modern table names).
+    #[arg(long, value_delimiter = ',', required_unless_present = "all", conflicts_with = "all")]
+    pub entities: Vec<String>,
+
+    /// Every entity agentctl migrated.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Do it without asking.
+    #[arg(long, short)]
+    pub yes: bool,
+
+    #[command(flatten)]
+    pub mapping: MappingOpt,
 
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,

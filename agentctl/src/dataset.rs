@@ -134,20 +134,165 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
             "the demo migrates its own private databases",
             serde_json::json!({"hash": planned.hash}),
         );
-        let results = session.execute(&planned, 4).await.map_err(Exit::failed)?;
+        let results = session.execute(&planned, Default::default()).await.map_err(Exit::failed)?;
         Ok::<_, Exit>(results)
     };
     let result = crate::interruptible(work, session.run_id).await;
     let run_id = session.run_id;
     let results = crate::plan_run::end(session, result, "succeeded").await?;
     crate::plan_run::print_results(&results, run_id);
+    let validations: Vec<&runtime::ports::EntityValidation> = results.iter().filter_map(|r| r.validation.as_ref()).collect();
+    crate::proof::print_validations(&validations);
     println!("\nThe whole run is in the audit trail: agentctl --target {} audit show {run_id}\n", cluster.url("modern"));
+    println!("The report: agentctl --target {} report {run_id}\n", cluster.url("modern"));
+    if let Some(failed) = crate::proof::validation_failure(&validations) {
+        return Err(failed);
+    }
     println!("Look around:\n  psql -h 127.0.0.1 -p {} -U postgres -d legacy   # the legacy data\n  psql -h 127.0.0.1 -p {} -U postgres -d modern   # the target schema and agentctl's control tables\nStop the server:\n  {}", cluster.port, cluster.port, cluster.stop_command());
+    Ok(())
+}
+
+/// A child agentctl's exit, stdout, wall time and peak RSS.
+struct Measured {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    seconds: f64,
+    peak_rss_kb: i64,
+}
+
+/// Runs this same binary with `args` as a child and measures it (its own peak RSS, from wait4).
+fn measure(config: &Config, args: &[&str]) -> Result<Measured, Exit> {
+    let source = config.source().map_err(Exit::config)?.expose().to_owned();
+    let target = config.target().map_err(Exit::config)?.expose().to_owned();
+    let exe = std::env::current_exe().map_err(|e| Exit::failed(format!("finding agentctl's own binary: {e}")))?;
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(exe)
+        .args(["--source", &source, "--target", &target])
+        .args(args)
+        .env_remove("BATCH_SIZE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Exit::failed(format!("starting agentctl {}: {e}", args.join(" "))))?;
+    let (mut out, mut err) = (String::new(), String::new());
+    use std::io::Read;
+    let stdout = child.stdout.take().map(|mut s| std::thread::spawn(move || s.read_to_string(&mut out).map(|_| out)));
+    let stderr = child.stderr.take().map(|mut s| std::thread::spawn(move || s.read_to_string(&mut err).map(|_| err)));
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    #[allow(unsafe_code)]
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child, with pointers to live locals.
+    #[allow(unsafe_code)]
+    let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    if waited < 0 {
+        return Err(Exit::failed(format!("waiting for agentctl {}: {}", args.join(" "), std::io::Error::last_os_error())));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let text = |h: Option<std::thread::JoinHandle<std::io::Result<String>>>| {
+        h.and_then(|h| h.join().ok()).and_then(Result::ok).unwrap_or_default()
+    };
+    Ok(Measured {
+        code: if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 },
+        stdout: text(stdout),
+        stderr: text(stderr),
+        seconds,
+        peak_rss_kb: usage.ru_maxrss,
+    })
+}
+
+async fn bench_migrate(config: &Config, scale: f64, seed: u64, jobs: usize, results: Option<PathBuf>, format: Format) -> Result<(), Exit> {
+    let conns = Connections::open(config, true).await?;
+    let source = conns.source.clone().expect("opened with the source");
+    eprintln!("generating the reference dataset at scale {scale} ...");
+    let gen = GenerateOptions { scale, seed, faults: FaultProfile::production(), replace: true };
+    let report = dataset::generate(&source, &gen, |_| ()).await.map_err(Exit::failed)?;
+    eprintln!("  {} rows in {:.1}s", report.rows, report.seconds);
+    // The source's own statistics decide the raw pipe's order (largest first).
+    tools::pg::run_script(&source, "ANALYZE", "analyzing the source").await.map_err(Exit::failed)?;
+    eprintln!("raw pipe: COPY out of the source, COPY into the target, {jobs} tables at a time ...");
+    let pipe = tools::bench::raw_pipe(&source, &conns.target, jobs).await.map_err(Exit::failed)?;
+    eprintln!("  {} rows in {:.1}s", pipe.rows, pipe.seconds);
+    dataset::apply_target_schema(&conns.target, true).await.map_err(Exit::failed)?;
+    tools::control::ControlStore::open(conns.target.clone())
+        .await
+        .map_err(Exit::failed)?
+        .forget_migrated_rows()
+        .await
+        .map_err(Exit::failed)?;
+    eprintln!("agentctl run --goal \"migrate everything\" --skip-validation ...");
+    let jobs_arg = jobs.clamp(1, 8).to_string();
+    let run =
+        measure(config, &["run", "--goal", "migrate everything", "--yes", "--skip-validation", "--jobs", &jobs_arg, "--format", "json"])?;
+    if run.code != 0 {
+        return Err(Exit::failed(format!("the benchmarked run failed (exit {}): {}", run.code, run.stderr.trim())));
+    }
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).map_err(|e| Exit::failed(format!("reading the run's JSON: {e}")))?;
+    let entities = doc["entities"].as_array().cloned().unwrap_or_default();
+    let total = |f: &str| entities.iter().filter_map(|e| e[f].as_i64()).sum::<i64>();
+    let expected = |f: fn(&dataset::TableReport) -> Option<i64>| report.tables.iter().filter_map(f).sum::<i64>();
+    let (expected_migrated, expected_rejected) = (expected(|t| t.expected_migrated), expected(|t| t.expected_rejected));
+    let (read, migrated, rejected) = (total("rows_read"), total("migrated"), total("rejected"));
+    let execute = doc["execute_seconds"].as_f64().unwrap_or(run.seconds);
+    eprintln!("agentctl validate ...");
+    let validate = measure(config, &["validate", "--format", "json"])?;
+    let passed = validate.code == 0;
+    let agentctl_rate = read as f64 / execute.max(1e-9);
+    let figures = serde_json::json!({
+        "scale": scale, "rows_generated": report.rows,
+        "raw_pipe": pipe,
+        "agentctl": {"rows_read": read, "migrated": migrated, "rejected": rejected,
+            "expected_migrated": expected_migrated, "expected_rejected": expected_rejected,
+            "execute_seconds": execute, "rows_per_second": agentctl_rate,
+            "whole_command_seconds": run.seconds, "peak_rss_mb": run.peak_rss_kb / 1024},
+        "ratio": agentctl_rate / pipe.rows_per_second,
+        "validation": {"passed": passed, "seconds": validate.seconds, "peak_rss_mb": validate.peak_rss_kb / 1024},
+    });
+    let md = format!(
+        "| what | figure |\n| --- | --- |\n\
+         | (a) raw pipe, {} tables, {jobs} at a time | {} rows in {:.1} s, {:.0} rows/s |\n\
+         | (b) agentctl migration (execution phase) | {read} rows in {execute:.1} s, {agentctl_rate:.0} rows/s |\n\
+         | ratio b/a | {:.2} |\n\
+         | agentctl whole command (plan with forecast, migration) | {:.1} s, peak RSS {} MB |\n\
+         | accounting | {migrated} migrated + {rejected} rejected (generator: {} + {}) |\n\
+         | validation of every row (`agentctl validate`) | {}, {:.1} s, peak RSS {} MB |\n",
+        pipe.tables,
+        pipe.rows,
+        pipe.seconds,
+        pipe.rows_per_second,
+        agentctl_rate / pipe.rows_per_second,
+        run.seconds,
+        run.peak_rss_kb / 1024,
+        expected_migrated,
+        expected_rejected,
+        if passed { "passed" } else { "FAILED" },
+        validate.seconds,
+        validate.peak_rss_kb / 1024
+    );
+    match format {
+        Format::Json => print_json(&figures),
+        Format::Text => print!("{md}"),
+    }
+    if let Some(path) = results {
+        let section = format!("\n## `agentctl bench migrate --scale {scale}`, {}\n\n{md}", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"));
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| Exit::failed(format!("opening {}: {e}", path.display())))?;
+        std::io::Write::write_all(&mut file, section.as_bytes()).map_err(|e| Exit::failed(format!("writing {}: {e}", path.display())))?;
+    }
+    if !passed {
+        return Err(Exit { code: Exit::VALIDATION, message: format!("validation failed: {}", validate.stderr.trim()) });
+    }
     Ok(())
 }
 
 pub async fn bench(config: &Config, cmd: BenchCmd) -> Result<(), Exit> {
     match cmd {
+        BenchCmd::Migrate { scale, seed, jobs, results, format } => bench_migrate(config, scale, seed, jobs, results, format).await,
         BenchCmd::Uuid { rows, format } => {
             let target = tools::pg::connect(config.target().map_err(Exit::config)?, 1).await.map_err(Exit::config)?;
             let figures = tools::bench::uuid_layouts(&target, rows).await.map_err(Exit::failed)?;

@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod exit;
 mod html;
 pub mod plan_run;
+pub mod proof;
 pub mod session;
 
 use std::future::Future;
@@ -28,6 +29,9 @@ pub async fn run(opt: Opt) -> Result<(), Exit> {
         Command::Plan(o) => plan_run::plan(&config, o).await,
         Command::Analyze(o) => plan_run::analyze(&config, o).await,
         Command::Status(o) => audit::status(&config, o).await,
+        Command::Validate(o) => proof::validate(&config, o).await,
+        Command::Report(o) => proof::report(&config, o).await,
+        Command::Rollback(o) => proof::rollback(&config, o).await,
         Command::Audit(cmd) => audit::audit(&config, cmd).await,
         Command::Dataset(cmd) => dataset::dataset(&config, cmd).await,
         Command::Mapping(cmd) => plan_run::mapping(&config, cmd).await,
@@ -44,7 +48,7 @@ pub async fn interruptible<T>(work: impl Future<Output = Result<T, Exit>>, run_i
     tokio::select! {
         r = work => r,
         _ = tokio::signal::ctrl_c() => Err(Exit::interrupted(format!(
-            "interrupted; run {run_id} was recorded as cancelled, every committed batch kept: carry it on with `agentctl run --goal ... --resume {run_id}`"
+            "interrupted; run {run_id} was recorded as cancelled, every committed batch kept (a batch in flight commits whole or not at all), foreign keys set aside for the load stay aside until it is carried on (`agentctl status` lists them): carry it on with `agentctl run --goal ... --resume {run_id}`"
         ))),
     }
 }

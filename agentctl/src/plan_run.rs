@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::cli::{AnalyzeOpts, Format, GoalOpts, MappingCmd, MappingOpt, PlanOpts, RunOpts, SchemaCmd};
 use crate::exit::Exit;
-use crate::session::{Connections, Session, SessionOptions};
+use crate::session::{Connections, Execution, Session, SessionOptions};
 use crate::{interruptible, print_json};
 
 /// The reference database's own mapping, built in so the demo and the tests need no file.
@@ -110,28 +110,85 @@ pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
             }
             approve(&session, &outcome, opts.yes, opts.approve.as_deref()).await?;
             let progress = print_progress(&session, opts.format);
-            let results = session.execute(&outcome, usize::from(opts.jobs)).await.map_err(Exit::failed);
+            let how =
+                Execution { jobs: usize::from(opts.jobs), suspend_constraints: !opts.keep_constraints, validate: !opts.skip_validation };
+            let started = std::time::Instant::now();
+            let results = session.execute(&outcome, how).await.map_err(Exit::failed);
+            let execute_seconds = started.elapsed().as_secs_f64();
             progress.abort();
-            Ok::<_, Exit>((outcome, results?))
+            let results = results?;
+            let validations: Vec<&runtime::ports::EntityValidation> = results.iter().filter_map(|r| r.validation.as_ref()).collect();
+            if let Some(failed) = crate::proof::validation_failure(&validations) {
+                show_results(&outcome, &results, run_id, opts.format, execute_seconds);
+                return Err(failed);
+            }
+            Ok::<_, Exit>((outcome, results, execute_seconds))
         },
         run_id,
     )
     .await;
-    let (outcome, results) = end(session, result, "succeeded").await?;
-    match opts.format {
-        Format::Json => print_json(&json!({"run_id": run_id, "hash": outcome.hash, "entities": results})),
-        Format::Text => print_results(&results, run_id),
-    }
+    let (outcome, results, execute_seconds) = end(session, result, "succeeded").await?;
+    show_results(&outcome, &results, run_id, opts.format, execute_seconds);
     Ok(())
 }
 
-/// Plain progress lines on stderr while entities migrate.
+fn show_results(
+    outcome: &PlanOutcome,
+    results: &[agents::execution::EntityResult],
+    run_id: runtime::RunId,
+    format: Format,
+    execute_seconds: f64,
+) {
+    match format {
+        Format::Json => {
+            print_json(&json!({"run_id": run_id, "hash": outcome.hash, "entities": results, "execute_seconds": execute_seconds}))
+        }
+        Format::Text => {
+            print_results(results, run_id);
+            let validations: Vec<&runtime::ports::EntityValidation> = results.iter().filter_map(|r| r.validation.as_ref()).collect();
+            if !validations.is_empty() {
+                crate::proof::print_validations(&validations);
+            }
+            println!("The report: agentctl report {run_id}");
+        }
+    }
+}
+
+/// Progress while entities migrate: on a terminal, one bar per running entity (rows, rows/s,
+/// ETA); otherwise a plain line per entity at most every five seconds, and when it is done.
 fn print_progress(session: &Session, format: Format) -> tokio::task::JoinHandle<()> {
     let mut events = session.ctx.events.subscribe();
+    let terminal = std::io::stderr().is_terminal();
     tokio::spawn(async move {
+        if format != Format::Text {
+            return;
+        }
+        let bars = indicatif::MultiProgress::new();
+        let style =
+            indicatif::ProgressStyle::with_template("  {prefix:<22} [{bar:30}] {human_pos:>10}/{human_len:<10} {per_sec:>12} ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> ");
+        let mut shown: std::collections::HashMap<String, (indicatif::ProgressBar, std::time::Instant)> = Default::default();
         while let Ok(e) = events.recv().await {
-            if let (Format::Text, runtime::events::RunEvent::Progress { entity, rows_done, rows_total, .. }) = (format, &e) {
-                eprintln!("  {entity}: {rows_done}{} rows read", rows_total.map(|t| format!(" of {t}")).unwrap_or_default());
+            let runtime::events::RunEvent::Progress { entity, rows_done, rows_total, .. } = e else { continue };
+            let done = rows_total.is_some_and(|t| rows_done >= t);
+            if terminal {
+                let (bar, _) = shown.entry(entity.clone()).or_insert_with(|| {
+                    let bar = bars
+                        .add(indicatif::ProgressBar::new(rows_total.unwrap_or(0)).with_style(style.clone()).with_prefix(entity.clone()));
+                    (bar, std::time::Instant::now())
+                });
+                bar.set_position(rows_done);
+                if done {
+                    bar.finish();
+                }
+            } else {
+                let now = std::time::Instant::now();
+                let last = shown.get(&entity).map(|(_, at)| *at);
+                if done || last.is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(5)) {
+                    eprintln!("  {entity}: {rows_done}{} rows read", rows_total.map(|t| format!(" of {t}")).unwrap_or_default());
+                    shown.insert(entity, (indicatif::ProgressBar::hidden(), now));
+                }
             }
         }
     })

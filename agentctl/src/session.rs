@@ -80,6 +80,22 @@ impl SessionOptions {
 }
 
 /// A run in progress.
+/// How to carry out a plan.
+#[derive(Clone, Copy, Debug)]
+pub struct Execution {
+    /// Entities of a wave at once.
+    pub jobs: usize,
+    pub suspend_constraints: bool,
+    /// Validate each entity once loaded.
+    pub validate: bool,
+}
+
+impl Default for Execution {
+    fn default() -> Self {
+        Execution { jobs: 4, suspend_constraints: true, validate: true }
+    }
+}
+
 pub struct Session {
     pub run_id: RunId,
     pub store: ControlStore,
@@ -170,12 +186,33 @@ impl Session {
     }
 
     /// Carries out an approved plan.
-    pub async fn execute(&self, outcome: &PlanOutcome, jobs: usize) -> Result<Vec<EntityResult>, AgentError> {
-        let request =
-            ExecuteRequest { plan: outcome.plan.clone(), mappings: outcome.mappings.clone(), target: outcome.target.clone(), jobs };
+    pub async fn execute(&self, outcome: &PlanOutcome, how: Execution) -> Result<Vec<EntityResult>, AgentError> {
+        let request = ExecuteRequest {
+            plan: outcome.plan.clone(),
+            mappings: outcome.mappings.clone(),
+            target: outcome.target.clone(),
+            jobs: how.jobs,
+            suspend_constraints: how.suspend_constraints,
+            validate: how.validate,
+        };
         let bound = ENTITY_TIMEOUT * (outcome.plan.entities().count() as u32).max(1);
         self.operator
             .ask_within(&self.to_orchestrator, "execute", request, |e, p| OrchestratorMsg::Execute(Box::new(e), p), bound)
+            .await
+            .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
+    }
+
+    pub async fn validate(&self, goal: PlanGoal) -> Result<Vec<runtime::ports::EntityValidation>, AgentError> {
+        let bound = ENTITY_TIMEOUT;
+        self.operator
+            .ask_within(&self.to_orchestrator, "validate", goal, OrchestratorMsg::Validate, bound)
+            .await
+            .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
+    }
+
+    pub async fn rollback(&self, goal: PlanGoal) -> Result<Vec<runtime::ports::RolledBack>, AgentError> {
+        self.operator
+            .ask_within(&self.to_orchestrator, "roll back", goal, OrchestratorMsg::Rollback, ENTITY_TIMEOUT)
             .await
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
     }

@@ -17,8 +17,9 @@ use runtime::context::RunContext;
 use runtime::domain::{PlannedEntity, SchemaReport, TableName};
 use runtime::envelope::{AgentError, Envelope};
 use runtime::events::RunEvent;
+use runtime::mapping::KeyDeriver;
 use runtime::mapping::MappingSpec;
-use runtime::ports::{row_json, Batch, RejectedRow, Rows, Scan, Target};
+use runtime::ports::{row_json, Batch, Checkpoint, RejectedRow, RollbackEntity, RolledBack, Rows, Scan, Target};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,10 @@ pub struct MigrateEntity {
     pub keys: Keys,
     /// The target's report (the table, its enums and domains).
     pub target: SchemaReport,
+    /// The table's foreign keys are set aside for the load: self-references are written as
+    /// they are, and the rows left pointing at nothing are removed afterwards, instead of
+    /// deferring every self-reference to a second pass of updates.
+    pub constraints_suspended: bool,
 }
 
 /// What migrating one entity did.
@@ -49,14 +54,41 @@ pub struct EntityResult {
     pub rejected_by_rule: BTreeMap<String, i64>,
     pub batches: i64,
     pub retries: u32,
+    /// Times the entity started again from its checkpoint after a failure.
+    pub restarts: u32,
     pub second_pass_filled: i64,
     pub seconds: f64,
-    /// Rows of the target made from this source, all runs (the accounting's other side).
+    /// Rows in the target table after the entity (the accounting's other side).
     pub target_rows: i64,
+    /// What the validation agent found afterwards.
+    pub validation: Option<runtime::ports::EntityValidation>,
 }
 
+/// Set aside (or put back) the foreign keys and plain indexes of these target tables. Done
+/// for a whole wave between its loads, never while a batch of it is being written, so the DDL
+/// waits for no one's locks and no one waits for it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Constraints {
+    pub tables: Vec<TableName>,
+    pub suspend: bool,
+}
+
+/// Delete what agentctl created of these entities, in this order (children first).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollback {
+    /// (source table, target table), children first.
+    pub entities: Vec<(TableName, TableName)>,
+    pub keys: Keys,
+}
+
+/// Per table, the constraints and indexes set aside or put back.
+pub type SetAside = Vec<(TableName, Vec<String>)>;
+
 pub enum ExecutionMsg {
+    Rollback(Envelope<Rollback>, RpcReplyPort<Result<Vec<RolledBack>, AgentError>>),
     Migrate(Box<Envelope<MigrateEntity>>, RpcReplyPort<Result<EntityResult, AgentError>>),
+    /// Replies with what was set aside or put back, per table.
+    Constraints(Envelope<Constraints>, RpcReplyPort<Result<SetAside, AgentError>>),
 }
 
 #[derive(Clone)]
@@ -85,28 +117,99 @@ impl Actor for ExecutionAgent {
                 // by side; the reply goes out from the task.
                 let (ctx, rows, target) = (state.ctx.clone(), state.source_rows.clone(), state.target.clone());
                 tokio::spawn(async move {
-                    let result = match &target {
-                        Some(target) => migrate(&ctx, rows.as_ref(), target.as_ref(), &env.body).await,
+                    let result = match target {
+                        Some(target) => migrate_restarting(&ctx, rows, target, &env.body).await,
                         None => Err("no target database to write to".to_owned()),
                     };
                     let _ = reply.send(result.map_err(|e| AgentError::new(ME, format!("migrating {}: {e}", env.body.entity.table))));
                 });
+            }
+            ExecutionMsg::Rollback(env, reply) => {
+                let req = &env.body;
+                let entities: Vec<RollbackEntity> = req
+                    .entities
+                    .iter()
+                    .map(|(source, target)| RollbackEntity {
+                        source: source.clone(),
+                        target: target.clone(),
+                        deriver: KeyDeriver::new(req.keys.layout, req.keys.namespace, source),
+                    })
+                    .collect();
+                let done = match state.target.as_deref() {
+                    Some(target) => target.rollback(state.ctx.run_id, &entities).await.map_err(|e| AgentError::new(ME, e.0)),
+                    None => Err(AgentError::new(ME, "no target database")),
+                };
+                if let Ok(done) = &done {
+                    let deleted: i64 = done.iter().map(|d| d.deleted).sum();
+                    state.ctx.decision(
+                        ME,
+                        format!("rolled back {} entities: {deleted} rows deleted", done.len()),
+                        "only rows agentctl created (their UUID is the one derived from their legacy key), children before parents, in one transaction",
+                        done,
+                    );
+                }
+                let _ = reply.send(done);
+            }
+            ExecutionMsg::Constraints(env, reply) => {
+                let _ = reply.send(constraints(&state.ctx, state.target.as_deref(), &env.body).await.map_err(|e| AgentError::new(ME, e)));
             }
         }
         Ok(())
     }
 }
 
-async fn migrate(ctx: &RunContext, rows: &dyn Rows, target: &dyn Target, req: &MigrateEntity) -> Result<EntityResult, String> {
-    let started = Instant::now();
+async fn constraints(ctx: &RunContext, target: Option<&dyn Target>, req: &Constraints) -> Result<SetAside, String> {
+    let target = target.ok_or("no target database")?;
+    let mut done = Vec::new();
+    for table in &req.tables {
+        let names = if req.suspend { target.suspend_constraints(ctx.run_id, table).await } else { target.restore_constraints(table).await }
+            .map_err(|e| e.0)?;
+        if names.is_empty() {
+            continue;
+        }
+        if req.suspend {
+            ctx.decision(
+                ME,
+                format!("{}: {} set aside for the load: {}", table.name, names.len(), names.join(", ")),
+                "each batch's references are checked before it is written, so a trigger a row would check them twice; \
+                 they are put back and validated set-based when the wave is loaded (recorded in agentctl.suspended_constraints)",
+                serde_json::json!({"table": table, "suspended": names}),
+            );
+        } else {
+            ctx.decision(
+                ME,
+                format!("{}: put back {}", table.name, names.join(", ")),
+                "the load is complete; the database validated every row against them",
+                serde_json::json!({"table": table, "restored": names}),
+            );
+        }
+        done.push((table.clone(), names));
+    }
+    Ok(done)
+}
+
+/// A mapper set up for one entity, with what the writer needs to know of its columns.
+pub struct Prepared {
+    pub mapper: RowMapper,
+    /// Target columns with their `format_type` text.
+    pub out_cols: Vec<(String, String)>,
+    pub id_col: usize,
+    /// Columns referencing the entity's own table, filled in a second pass.
+    pub deferred_cols: Vec<usize>,
+    /// Columns referencing another target table, checked before each insert.
+    pub references: Vec<(usize, TableName)>,
+}
+
+/// Sets up the mapper of an entity the way its migration uses it: references to parent rows
+/// that were in the target before agentctl use the UUIDs those rows have.
+pub async fn prepare(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity) -> Result<Prepared, String> {
     let spec = &req.spec;
     let table = req.target.table(&spec.target).ok_or_else(|| format!("the target has no table {}", spec.target))?;
     let mut mapper = RowMapper::new(spec, table, &req.target, req.keys)?;
-    // Parents that were in the target before agentctl keep their UUIDs; children point at them.
     for (parent_source, parent_target) in &req.parents {
-        let deriver = runtime::mapping::KeyDeriver::new(req.keys.layout, req.keys.namespace, parent_source);
+        let deriver = KeyDeriver::new(req.keys.layout, req.keys.namespace, parent_source);
         let kept: std::collections::HashMap<String, String> = target
-            .kept_rows(parent_target)
+            .kept_rows(parent_target, deriver.prefix().as_deref())
             .await
             .map_err(|e| e.0)?
             .into_iter()
@@ -131,22 +234,109 @@ async fn migrate(ctx: &RunContext, rows: &dyn Rows, target: &dyn Target, req: &M
         .iter()
         .position(|(c, _)| table.primary_key.len() == 1 && *c == table.primary_key[0])
         .ok_or("the target table has no single-column key")?;
-    // References to this same table go in empty and are filled in a second pass; references
-    // to other tables are checked against the target before each insert.
     let mut deferred_cols = Vec::new();
     let mut references = Vec::new();
     for r in mapper.references() {
-        let parent_target = if r.parent == spec.source {
+        if r.parent == spec.source {
             deferred_cols.push(r.column);
             continue;
-        } else {
-            req.target.tables.iter().find(|t| t.name == r.parent).map(|t| t.name.clone())
-        };
+        }
+        // The parent's target by the mappings, which stay true while the target's foreign keys
+        // are set aside (a resumed run analyzes the target without them); else by the catalog.
+        let mapped = req.parents.iter().find(|(source, _)| *source == r.parent).map(|(_, target)| target.clone());
         let fk_target = table.foreign_keys.iter().find(|fk| fk.columns == [r.target_column.clone()]).map(|fk| fk.references.clone());
-        if let Some(p) = fk_target.or(parent_target) {
+        if let Some(p) = mapped.or(fk_target) {
             references.push((r.column, p));
         }
     }
+    Ok(Prepared { mapper, out_cols, id_col, deferred_cols, references })
+}
+
+/// How often an entity that failed (a lost connection, the target restarting: anything its
+/// batch retries did not outlast) starts again from its last checkpoint before the run gives up.
+const ENTITY_RESTARTS: u32 = 3;
+
+async fn migrate_restarting(
+    ctx: &Arc<RunContext>,
+    rows: Arc<dyn Rows>,
+    target: Arc<dyn Target>,
+    req: &MigrateEntity,
+) -> Result<EntityResult, String> {
+    let mut delay = std::time::Duration::from_secs(2);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        // Each attempt is a worker task of its own: one that panics is restarted like one
+        // that failed.
+        let (c, r, t, body) = (ctx.clone(), rows.clone(), target.clone(), req.clone());
+        let worker = tokio::spawn(async move { migrate(&c, r, t, &body).await });
+        let outcome = worker.await.unwrap_or_else(|e| Err(format!("its worker crashed: {e}")));
+        match outcome {
+            Ok(mut result) => {
+                result.restarts = attempt - 1;
+                return Ok(result);
+            }
+            // Restarting cannot mend an accounting that does not balance.
+            Err(e) if attempt > ENTITY_RESTARTS || e.starts_with(UNBALANCED) => return Err(e),
+            Err(e) => {
+                ctx.decision(
+                    ME,
+                    format!(
+                        "{}: starting again from its last checkpoint in {}s (restart {attempt} of {ENTITY_RESTARTS})",
+                        req.spec.target.name,
+                        delay.as_secs()
+                    ),
+                    format!("it stopped: {e}"),
+                    serde_json::json!({"entity": req.spec.source, "attempt": attempt, "error": e}),
+                );
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+}
+
+const UNBALANCED: &str = "the accounting does not balance";
+
+/// Source pages read ahead of the mapping and writing: one in the channel, one being read.
+const READ_AHEAD: usize = 1;
+
+/// Rows of a source table as read, each value in PostgreSQL's text form (`None` for NULL).
+pub type Page = Vec<Vec<Option<String>>>;
+
+/// Pages of a source table in key order after `scan.after`, read by a task of its own a page
+/// ahead of the consumer; the channel ends after the last page (or the first error).
+pub fn read_ahead(
+    rows: Arc<dyn Rows>,
+    mut scan: Scan,
+    page_size: usize,
+) -> (tokio::sync::mpsc::Receiver<Result<Page, String>>, tokio::task::JoinHandle<()>) {
+    let key_idx: Vec<usize> = scan.key.iter().filter_map(|k| scan.columns.iter().position(|c| c == k)).collect();
+    let (pages_tx, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let reader = tokio::spawn(async move {
+        loop {
+            let page = rows.page(&scan, page_size).await.map_err(|e| e.0);
+            let next: Option<Vec<String>> = match &page {
+                Ok(p) if p.len() == page_size => {
+                    p.last().map(|last| key_idx.iter().map(|&i| last[i].clone().unwrap_or_default()).collect())
+                }
+                _ => None,
+            };
+            let last = next.is_none();
+            if pages_tx.send(page).await.is_err() || last {
+                return;
+            }
+            scan.after = next;
+        }
+    });
+    (pages, reader)
+}
+
+async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>, req: &MigrateEntity) -> Result<EntityResult, String> {
+    let started = Instant::now();
+    let spec = &req.spec;
+    let Prepared { mapper, out_cols, id_col, deferred_cols: self_refs, references } = prepare(ctx, target.as_ref(), req).await?;
+    let deferred_cols: Vec<usize> = if req.constraints_suspended { Vec::new() } else { self_refs.clone() };
     let scan_cols = spec.source_columns();
     let before = target.checkpoint(ctx.run_id, &spec.source).await.map_err(|e| e.0)?;
     let resumed = before.is_some();
@@ -157,113 +347,66 @@ async fn migrate(ctx: &RunContext, rows: &dyn Rows, target: &dyn Target, req: &M
         .map_err(|e| e.0)?;
     let mut result = EntityResult { source: Some(spec.source.clone()), target: Some(spec.target.clone()), ..EntityResult::default() };
     let batch_size = req.entity.batch_size.max(1);
+
+    // Reading runs ahead in a task of its own: the source server produces the next page while
+    // this task maps and the target server writes.
+    let scan = Scan {
+        table: spec.source.clone(),
+        columns: scan_cols.clone(),
+        joins: spec.joins.clone(),
+        key: spec.key.clone(),
+        after: (!checkpoint.last_key.is_empty()).then(|| checkpoint.last_key.clone()),
+        limit: Some(batch_size),
+    };
+    let (mut pages, reader) = read_ahead(rows, scan, batch_size);
+
+    // At most one batch is being written while the next one is mapped.
+    let mut in_flight: Option<tokio::task::JoinHandle<Result<(Batch, runtime::ports::Written), String>>> = None;
     loop {
-        let scan = Scan {
-            table: spec.source.clone(),
-            columns: scan_cols.clone(),
-            joins: spec.joins.clone(),
-            key: spec.key.clone(),
-            after: (!checkpoint.last_key.is_empty()).then(|| checkpoint.last_key.clone()),
-            limit: Some(batch_size),
+        let page = match pages.recv().await {
+            Some(page) => page?,
+            None => Vec::new(),
         };
-        let page = rows.page(&scan, batch_size).await.map_err(|e| e.0)?;
-        let Some(last) = page.last() else { break };
-        let page_len = page.len();
-        let last_key: Vec<String> =
-            mapper.key(&last.iter().map(|v| v.as_deref()).collect::<Vec<_>>()).iter().map(|s| s.to_string()).collect();
-        let mut batch = Batch {
-            run_id: ctx.run_id,
-            source: spec.source.clone(),
-            target: spec.target.clone(),
-            columns: out_cols.clone(),
-            rows: Vec::with_capacity(page_len),
-            keys: Vec::with_capacity(page_len),
-            ids: Vec::with_capacity(page_len),
-            source_rows: Vec::with_capacity(page_len),
-            source_columns: scan_cols.clone(),
-            rejected: Vec::new(),
-            deferred: Vec::new(),
-            references: references.clone(),
-            before: checkpoint.clone(),
-            last_key,
-            rows_read: page_len as i64,
-        };
-        for row in page {
-            let refs: Vec<Option<&str>> = row.iter().map(|v| v.as_deref()).collect();
-            let key = mapper.key(&refs).join("|");
-            let mapped = mapper.map(&refs);
-            drop(refs);
-            match mapped {
-                Ok(mut values) => {
-                    let id = values[id_col].clone().unwrap_or_default();
-                    for &c in &deferred_cols {
-                        if let Some(parent) = values[c].take() {
-                            batch.deferred.push((id.clone(), out_cols[c].0.clone(), parent));
-                        }
-                    }
-                    batch.rows.push(values);
-                    batch.keys.push(key);
-                    batch.ids.push(id);
-                    batch.source_rows.push(row);
-                }
-                Err(r) => {
-                    *result.rejected_by_rule.entry(r.rule.split(':').next().unwrap_or("").to_owned()).or_default() += 1;
-                    batch.rejected.push(RejectedRow {
-                        legacy_key: key,
-                        column: r.column,
-                        rule: r.rule,
-                        reason: r.reason,
-                        row: row_json(&scan_cols, &row),
-                    });
-                }
-            }
+        let mut batch = (!page.is_empty())
+            .then(|| map_page(ctx, &mapper, &scan_cols, &out_cols, id_col, &deferred_cols, &references, page, &mut result));
+        if let Some(write) = in_flight.take() {
+            let (written_batch, written) = write.await.map_err(|e| format!("a batch writer stopped: {e}"))??;
+            checkpoint = written.checkpoint.clone();
+            report_batch(ctx, req, &written_batch, &written, &mut result);
         }
-        let written = target.write(&batch).await.map_err(|e| e.0)?;
-        for r in &written.refused {
-            *result.rejected_by_rule.entry(r.rule.clone()).or_default() += 1;
-        }
-        result.retries += written.retries;
-        checkpoint = written.checkpoint;
-        ctx.audit.record(runtime::audit::AuditRecord::new(
-            ME,
-            runtime::audit::EventKind::Batch,
-            format!(
-                "{}: batch {} wrote {} rows, {} already present, {} rejected",
-                spec.target.name,
-                checkpoint.batches,
-                written.inserted,
-                written.present,
-                batch.rejected.len() + written.refused.len()
-            ),
-            serde_json::json!({"entity": spec.source, "batch": checkpoint.batches, "last_key": checkpoint.last_key,
-                "inserted": written.inserted, "present": written.present, "rejected": batch.rejected.len() + written.refused.len(), "retries": written.retries}),
-        ));
-        ctx.events.publish(RunEvent::Progress {
-            run_id: ctx.run_id,
-            entity: spec.target.name.clone(),
-            rows_done: checkpoint.rows_read as u64,
-            rows_total: req.entity.forecast.as_ref().map(|f| f.rows as u64),
-        });
-        if page_len < batch_size {
-            break;
-        }
+        let Some(mut b) = batch.take() else { break };
+        b.before = checkpoint.clone();
+        let target = target.clone();
+        in_flight = Some(tokio::spawn(async move {
+            let written = target.write(&b).await.map_err(|e| e.0)?;
+            Ok((b, written))
+        }));
     }
-    for &c in &deferred_cols {
-        let (filled, orphaned) = target.fill_deferred(ctx.run_id, &spec.source, &spec.target, &out_cols[c].0).await.map_err(|e| e.0)?;
+    reader.await.map_err(|e| format!("the reader stopped: {e}"))?;
+    for &c in &self_refs {
+        let column = &out_cols[c].0;
+        let (filled, orphaned) = if req.constraints_suspended {
+            (0, target.drop_dangling(ctx.run_id, &spec.source, &spec.target, column).await.map_err(|e| e.0)?)
+        } else {
+            target.fill_deferred(ctx.run_id, &spec.source, &spec.target, column).await.map_err(|e| e.0)?
+        };
         result.second_pass_filled += filled;
         checkpoint.migrated -= orphaned.len() as i64;
         checkpoint.rejected += orphaned.len() as i64;
+        for r in &orphaned {
+            *result.rejected_by_rule.entry(r.rule.split(':').next().unwrap_or("").to_owned()).or_default() += 1;
+        }
     }
     result.rows_read = checkpoint.rows_read;
     result.migrated = checkpoint.migrated;
     result.rejected = checkpoint.rejected;
     result.batches = checkpoint.batches;
     result.seconds = started.elapsed().as_secs_f64();
-    result.target_rows = target.mapped_rows(&spec.source).await.map_err(|e| e.0)?;
+    result.target_rows = target.table_rows(&spec.target).await.map_err(|e| e.0)?;
     let balanced = result.rows_read == result.migrated + result.rejected && result.target_rows >= result.migrated;
     let detail = format!(
-        "{} read = {} migrated + {} rejected; {} rows of {} made from {} in the target",
-        result.rows_read, result.migrated, result.rejected, result.target_rows, spec.target, spec.source
+        "{} read = {} migrated + {} rejected; {} rows in {}",
+        result.rows_read, result.migrated, result.rejected, result.target_rows, spec.target
     );
     target
         .set_state(ctx.run_id, &spec.source, &spec.target, if balanced { "done" } else { "failed" }, Some(result.rows_read), Some(&detail))
@@ -276,7 +419,100 @@ async fn migrate(ctx: &RunContext, rows: &dyn Rows, target: &dyn Target, req: &M
         &result,
     );
     if !balanced {
-        return Err(format!("the accounting does not balance: {detail}"));
+        return Err(format!("{UNBALANCED}: {detail}"));
     }
     Ok(result)
+}
+
+/// Maps one page of source rows into a batch; rows the mapping refuses go with it as rejects.
+#[allow(clippy::too_many_arguments)]
+fn map_page(
+    ctx: &RunContext,
+    mapper: &RowMapper,
+    scan_cols: &[String],
+    out_cols: &[(String, String)],
+    id_col: usize,
+    deferred_cols: &[usize],
+    references: &[(usize, TableName)],
+    page: Vec<Vec<Option<String>>>,
+    result: &mut EntityResult,
+) -> Batch {
+    let spec = mapper.spec();
+    let page_len = page.len();
+    let last = page.last().expect("a page has rows");
+    let last_key: Vec<String> = mapper.key(&last.iter().map(|v| v.as_deref()).collect::<Vec<_>>()).iter().map(|s| s.to_string()).collect();
+    let mut batch = Batch {
+        run_id: ctx.run_id,
+        source: spec.source.clone(),
+        target: spec.target.clone(),
+        columns: out_cols.to_vec(),
+        rows: Vec::with_capacity(page_len),
+        keys: Vec::with_capacity(page_len),
+        id_column: id_col,
+        source_rows: Vec::with_capacity(page_len),
+        source_columns: scan_cols.to_vec(),
+        rejected: Vec::new(),
+        deferred: Vec::new(),
+        references: references.to_vec(),
+        before: Checkpoint::default(),
+        last_key,
+        rows_read: page_len as i64,
+    };
+    for row in page {
+        let refs: Vec<Option<&str>> = row.iter().map(|v| v.as_deref()).collect();
+        let key = mapper.key(&refs).join("|");
+        let mapped = mapper.map(&refs);
+        drop(refs);
+        match mapped {
+            Ok(mut values) => {
+                for &c in deferred_cols {
+                    if let Some(parent) = values[c].take() {
+                        let id = values[id_col].clone().unwrap_or_default();
+                        batch.deferred.push((id, out_cols[c].0.clone(), parent));
+                    }
+                }
+                batch.rows.push(values);
+                batch.keys.push(key);
+                batch.source_rows.push(row);
+            }
+            Err(r) => {
+                *result.rejected_by_rule.entry(r.rule.split(':').next().unwrap_or("").to_owned()).or_default() += 1;
+                batch.rejected.push(RejectedRow {
+                    legacy_key: key,
+                    column: r.column,
+                    rule: r.rule,
+                    reason: r.reason,
+                    row: row_json(scan_cols, &row),
+                });
+            }
+        }
+    }
+    batch
+}
+
+/// Books a committed batch: the result's counts, the audit trail, the progress event.
+fn report_batch(ctx: &RunContext, req: &MigrateEntity, batch: &Batch, written: &runtime::ports::Written, result: &mut EntityResult) {
+    let spec = &req.spec;
+    for r in &written.refused {
+        *result.rejected_by_rule.entry(r.rule.clone()).or_default() += 1;
+    }
+    result.retries += written.retries;
+    let checkpoint = &written.checkpoint;
+    let rejected = batch.rejected.len() + written.refused.len();
+    ctx.audit.record(runtime::audit::AuditRecord::new(
+        ME,
+        runtime::audit::EventKind::Batch,
+        format!(
+            "{}: batch {} wrote {} rows, {} already present, {rejected} rejected",
+            spec.target.name, checkpoint.batches, written.inserted, written.present
+        ),
+        serde_json::json!({"entity": spec.source, "batch": checkpoint.batches, "last_key": checkpoint.last_key,
+            "inserted": written.inserted, "present": written.present, "rejected": rejected, "retries": written.retries}),
+    ));
+    ctx.events.publish(RunEvent::Progress {
+        run_id: ctx.run_id,
+        entity: spec.target.name.clone(),
+        rows_done: checkpoint.rows_read as u64,
+        rows_total: req.entity.forecast.as_ref().map(|f| f.rows as u64),
+    });
 }

@@ -10,20 +10,20 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use runtime::config::DbRole;
 use runtime::context::RunContext;
-use runtime::domain::{MigrationPlan, SchemaReport, TableName};
+use runtime::domain::{MigrationPlan, PlannedEntity, SchemaReport, TableName};
 use runtime::envelope::{AgentError, CallError, Courier, Envelope};
 use runtime::events::RunEvent;
-use runtime::ports::{Catalog, Rows, Target};
+use runtime::ports::{Catalog, EntityValidation, RolledBack, Rows, Target};
 use runtime::supervise::{RestartPolicy, Slot, Team};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
 use crate::data_mapping::{DataMappingAgent, DataMappingArgs, DataMappingMsg, MapRequest, MappingFile, MappingSet};
-use crate::execution::{EntityResult, ExecutionAgent, ExecutionArgs, ExecutionMsg, MigrateEntity};
+use crate::execution::{Constraints, EntityResult, ExecutionAgent, ExecutionArgs, ExecutionMsg, MigrateEntity, Rollback};
 use crate::guidance::{GuidanceAgent, GuidanceArgs, GuidanceMsg};
 use crate::planning::{AssessRequest, PlanRequest, PlanningAgent, PlanningArgs, PlanningMsg};
 use crate::schema_analysis::{AnalyzeRequest, ForecastRequest, SchemaAnalysisAgent, SchemaAnalysisArgs, SchemaMsg};
-use crate::validation::{ValidationAgent, ValidationArgs};
+use crate::validation::{ValidationAgent, ValidationArgs, ValidationMsg};
 
 const ME: AgentName = AgentName::Orchestrator;
 
@@ -68,12 +68,20 @@ pub struct ExecuteRequest {
     pub target: SchemaReport,
     /// How many entities of a wave migrate at once.
     pub jobs: usize,
+    /// Set each table's foreign keys and plain indexes aside while it loads.
+    pub suspend_constraints: bool,
+    /// Validate each entity once it is loaded.
+    pub validate: bool,
 }
 
 pub enum OrchestratorMsg {
     Execute(Box<Envelope<ExecuteRequest>>, RpcReplyPort<Result<Vec<EntityResult>, AgentError>>),
     Plan(Envelope<PlanGoal>, RpcReplyPort<Result<PlanOutcome, AgentError>>),
     Analyze(Envelope<AnalyzeRequest>, RpcReplyPort<Result<SchemaReport, AgentError>>),
+    /// Delete what agentctl migrated of the goal's entities (for `agentctl rollback`).
+    Rollback(Envelope<PlanGoal>, RpcReplyPort<Result<Vec<RolledBack>, AgentError>>),
+    /// Validate what the target holds for the goal's entities (for `agentctl validate`).
+    Validate(Envelope<PlanGoal>, RpcReplyPort<Result<Vec<EntityValidation>, AgentError>>),
     /// The mappings alone (for `agentctl mapping`).
     Map(Envelope<PlanGoal>, RpcReplyPort<Result<MappingSet, AgentError>>),
 }
@@ -105,6 +113,7 @@ struct Agents {
     planning: Slot<PlanningMsg>,
     mapping: Slot<DataMappingMsg>,
     execution: Slot<ExecutionMsg>,
+    validation: Slot<ValidationMsg>,
     guidance: Slot<GuidanceMsg>,
 }
 
@@ -138,13 +147,15 @@ impl Actor for Orchestrator {
             execution: team.add(
                 AgentName::Execution,
                 ExecutionAgent,
-                ExecutionArgs { ctx: ctx.clone(), source_rows: args.tools.source_rows, target: args.tools.target_writer },
+                ExecutionArgs { ctx: ctx.clone(), source_rows: args.tools.source_rows.clone(), target: args.tools.target_writer.clone() },
+            ),
+            validation: team.add(
+                AgentName::Validation,
+                ValidationAgent,
+                ValidationArgs { ctx: ctx.clone(), source_rows: args.tools.source_rows, target: args.tools.target_writer },
             ),
             guidance: team.add(AgentName::Guidance, GuidanceAgent, GuidanceArgs { ctx: ctx.clone() }),
         };
-        // A supervised member already; the orchestrator asks it for work once its requests
-        // exist (issue 5).
-        team.add(AgentName::Validation, ValidationAgent, ValidationArgs { ctx: ctx.clone() });
         team.start(&myself.get_cell()).await?;
         ctx.decision(
             ME,
@@ -180,6 +191,16 @@ impl Actor for Orchestrator {
             OrchestratorMsg::Execute(env, reply) => {
                 tokio::spawn(async move {
                     let _ = reply.send(execute_phase(&courier, &agents, env.body).await);
+                });
+            }
+            OrchestratorMsg::Rollback(env, reply) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(rollback_phase(&courier, &agents, env.body).await);
+                });
+            }
+            OrchestratorMsg::Validate(env, reply) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(validate_phase(&courier, &agents, env.body).await);
                 });
             }
             OrchestratorMsg::Map(env, reply) => {
@@ -259,51 +280,18 @@ async fn execute_phase(courier: &Courier, agents: &Agents, req: ExecuteRequest) 
     let mut results = Vec::new();
     let jobs = req.jobs.clamp(1, 8);
     for (w, wave) in req.plan.waves.iter().enumerate() {
-        // The entities of a wave do not depend on each other: up to `jobs` of them at once.
-        let mut running = tokio::task::JoinSet::new();
-        let mut queue = wave.iter();
-        let mut wave_results = Vec::new();
-        loop {
-            while running.len() < jobs {
-                let Some(entity) = queue.next() else { break };
-                let spec =
-                    req.mappings.spec(&entity.table).ok_or_else(|| AgentError::new(ME, format!("{} has no mapping", entity.table)))?;
-                let parents: Vec<(TableName, TableName)> = spec
-                    .columns
-                    .iter()
-                    .filter_map(|c| match &c.feed {
-                        runtime::mapping::Feed::Reference { parent, .. } => {
-                            req.mappings.spec(parent).map(|p| (parent.clone(), p.target.clone()))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                let body = MigrateEntity {
-                    entity: entity.clone(),
-                    spec: spec.clone(),
-                    parents,
-                    keys: req.mappings.keys,
-                    target: req.target.clone(),
-                };
-                let (courier, agents) = (courier.clone(), agents.clone());
-                running.spawn(async move {
-                    let asked = courier.ask_within(
-                        &agents.execution,
-                        "migrate",
-                        body,
-                        |e, p| ExecutionMsg::Migrate(Box::new(e), p),
-                        ENTITY_TIMEOUT,
-                    );
-                    answer(asked.await)
-                });
-            }
-            let Some(done) = running.join_next().await else { break };
-            match done {
-                Ok(Ok(r)) => wave_results.push(r),
-                Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(AgentError::new(ME, format!("wave {} stopped: {e}", w + 1))),
-            }
+        let tables: Vec<TableName> = wave.iter().filter_map(|e| req.mappings.spec(&e.table).map(|s| s.target.clone())).collect();
+        if req.suspend_constraints {
+            let body = Constraints { tables: tables.clone(), suspend: true };
+            answer(courier.ask(&agents.execution, "set aside constraints", body, ExecutionMsg::Constraints).await)?;
         }
+        let loaded = migrate_wave(courier, agents, &req, wave, jobs).await;
+        // Put back what is set aside also when the wave failed: the rows in are valid. (If the
+        // target is gone, the record stays for the resumed run or a rollback.)
+        let body = Constraints { tables, suspend: false };
+        let restored = answer(courier.ask(&agents.execution, "put back constraints", body, ExecutionMsg::Constraints).await);
+        let mut wave_results = loaded.map_err(|e| AgentError::new(ME, format!("wave {}: {}", w + 1, e.message)))?;
+        restored?;
         // Report in plan order, whatever order they finished in.
         wave_results.sort_by_key(|r| wave.iter().position(|e| Some(&e.table) == r.source.as_ref()));
         results.extend(wave_results);
@@ -316,6 +304,119 @@ async fn execute_phase(courier: &Courier, agents: &Agents, req: ExecuteRequest) 
         &results,
     );
     Ok(results)
+}
+
+/// What the execution and validation agents need to know of one planned entity.
+fn entity_request(mappings: &MappingSet, target: &SchemaReport, entity: &PlannedEntity) -> Result<MigrateEntity, AgentError> {
+    let spec = mappings.spec(&entity.table).ok_or_else(|| AgentError::new(ME, format!("{} has no mapping", entity.table)))?;
+    let parents: Vec<(TableName, TableName)> = spec
+        .columns
+        .iter()
+        .filter_map(|c| match &c.feed {
+            runtime::mapping::Feed::Reference { parent, .. } => mappings.spec(parent).map(|p| (parent.clone(), p.target.clone())),
+            _ => None,
+        })
+        .collect();
+    Ok(MigrateEntity {
+        entity: entity.clone(),
+        spec: spec.clone(),
+        parents,
+        keys: mappings.keys,
+        target: target.clone(),
+        constraints_suspended: false,
+    })
+}
+
+/// The goal's entities in dependency order, without a forecast.
+async fn scope(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Result<(MigrationPlan, MappingSet, SchemaReport), AgentError> {
+    let (source, target, mappings) = map_phase(courier, agents, &goal).await?;
+    let request = PlanRequest { goal: goal.goal, only: goal.only, source, mappings: mappings.clone(), batch_size: goal.batch_size };
+    let plan = answer(courier.ask(&agents.planning, "plan", request, PlanningMsg::Plan).await)?;
+    Ok((plan, mappings, target))
+}
+
+/// Rolls the goal's entities back, children first.
+async fn rollback_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Result<Vec<RolledBack>, AgentError> {
+    let ctx = courier.ctx();
+    let (plan, mappings, _) = scope(courier, agents, goal).await?;
+    ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "rollback".into() });
+    let entities: Vec<(TableName, TableName)> =
+        plan.rollback_order().into_iter().filter_map(|t| mappings.spec(t).map(|s| (t.clone(), s.target.clone()))).collect();
+    let body = Rollback { entities, keys: mappings.keys };
+    answer(courier.ask_within(&agents.execution, "roll back", body, ExecutionMsg::Rollback, ENTITY_TIMEOUT).await)
+}
+
+/// Validates what is in the target for the goal's entities, up to four at once.
+async fn validate_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Result<Vec<EntityValidation>, AgentError> {
+    let ctx = courier.ctx();
+    let (plan, mappings, target) = scope(courier, agents, goal).await?;
+    ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "validate".into() });
+    let order: Vec<&PlannedEntity> = plan.entities().collect();
+    let mut running = tokio::task::JoinSet::new();
+    let mut queue = order.iter();
+    let mut results = Vec::new();
+    loop {
+        while running.len() < 4 {
+            let Some(entity) = queue.next() else { break };
+            let body = entity_request(&mappings, &target, entity)?;
+            let (courier, agents) = (courier.clone(), agents.clone());
+            running.spawn(async move { validate_entity(&courier, &agents, body).await });
+        }
+        let Some(done) = running.join_next().await else { break };
+        results.push(done.map_err(|e| AgentError::new(ME, format!("validation stopped: {e}")))??);
+    }
+    results.sort_by_key(|r| order.iter().position(|e| e.table == r.source));
+    Ok(results)
+}
+
+async fn validate_entity(courier: &Courier, agents: &Agents, body: MigrateEntity) -> Result<EntityValidation, AgentError> {
+    let asked = courier.ask_within(&agents.validation, "validate", body, |e, p| ValidationMsg::Validate(Box::new(e), p), ENTITY_TIMEOUT);
+    answer(asked.await)
+}
+
+/// The entities of a wave do not depend on each other: up to `jobs` of them at once.
+async fn migrate_wave(
+    courier: &Courier,
+    agents: &Agents,
+    req: &ExecuteRequest,
+    wave: &[PlannedEntity],
+    jobs: usize,
+) -> Result<Vec<EntityResult>, AgentError> {
+    {
+        let mut running = tokio::task::JoinSet::new();
+        let mut queue = wave.iter();
+        let mut wave_results = Vec::new();
+        loop {
+            while running.len() < jobs {
+                let Some(entity) = queue.next() else { break };
+                let body =
+                    MigrateEntity { constraints_suspended: req.suspend_constraints, ..entity_request(&req.mappings, &req.target, entity)? };
+                let (courier, agents, validate) = (courier.clone(), agents.clone(), req.validate);
+                running.spawn(async move {
+                    let asked = courier.ask_within(
+                        &agents.execution,
+                        "migrate",
+                        body.clone(),
+                        |e, p| ExecutionMsg::Migrate(Box::new(e), p),
+                        ENTITY_TIMEOUT,
+                    );
+                    let mut result = answer(asked.await)?;
+                    // Proven right after it is loaded, while the next entities load.
+                    if validate {
+                        result.validation = Some(validate_entity(&courier, &agents, body).await?);
+                    }
+                    Ok(result)
+                });
+            }
+            let Some(done) = running.join_next().await else { break };
+            match done {
+                Ok(Ok(r)) => wave_results.push(r),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(AgentError::new(ME, format!("stopped: {e}"))),
+            }
+        }
+        Ok(wave_results)
+    }
 }
 
 #[cfg(test)]

@@ -274,10 +274,13 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// Rows per batch for a row of this width: about 4 MiB a batch, between 1,000 and 50,000 rows.
+/// Rows per batch for a row of this width: about 1 MiB a batch, between 500 and 10,000 rows.
+/// Small enough that the batches in flight (read ahead, being mapped, being written, for four
+/// entities at once) stay within agentctl's memory budget; large enough that a batch's fixed
+/// cost (a transaction, the reference lookups, the checkpoint) is a few percent of its work.
 pub fn batch_size(avg_row_bytes: i64) -> usize {
-    let rows = (4 << 20) / avg_row_bytes.max(32) as usize;
-    (rows.clamp(1_000, 50_000) / 500) * 500
+    let rows = (1 << 20) / avg_row_bytes.max(32) as usize;
+    (rows.clamp(500, 10_000) / 500) * 500
 }
 
 /// Resolves the goal, adds required parents (unless `only`), and orders the result in waves.
@@ -438,7 +441,7 @@ pub fn plan(
     let batches: Vec<String> = waves.iter().flatten().map(|e| format!("{} {}", e.table, e.batch_size)).collect();
     rationale.push(match fixed_batch {
         Some(n) => format!("Every batch holds {n} rows, as BATCH_SIZE says."),
-        None => format!("Batch sizes aim at about 4 MiB per batch from each table's average row width: {}.", batches.join(", ")),
+        None => format!("Batch sizes aim at about 1 MiB per batch from each table's average row width: {}.", batches.join(", ")),
     });
     Ok(MigrationPlan { goal: goal.trim().to_owned(), waves, rationale })
 }

@@ -177,6 +177,16 @@ impl RowMapper {
         }
     }
 
+    pub fn spec(&self) -> &MappingSpec {
+        &self.spec
+    }
+
+    /// The UUID agentctl derives for a scanned row.
+    pub fn id(&self, row: &[Option<&str>]) -> String {
+        let deriver = self.columns.iter().find(|c| matches!(c.feed, Feed::Key)).and_then(|c| c.deriver.as_ref());
+        deriver.map(|d| d.derive(&self.key(row)).to_string()).unwrap_or_default()
+    }
+
     /// The legacy key of a scanned row.
     pub fn key<'a>(&self, row: &[Option<&'a str>]) -> Vec<&'a str> {
         self.key_inputs.iter().map(|&i| row[i].unwrap_or("")).collect()

@@ -143,6 +143,15 @@ impl KeyDeriver {
         KeyDeriver { layout, namespace, prefix: format!("{table_name}:"), tag }
     }
 
+    /// How every UUID this deriver makes begins (its first 8 hex digits), in the ordered
+    /// layout; v5 UUIDs share no prefix.
+    pub fn prefix(&self) -> Option<String> {
+        match self.layout {
+            UuidLayout::Ordered => Some(format!("{:08x}", self.tag)),
+            UuidLayout::V5 => None,
+        }
+    }
+
     pub fn derive(&self, key: &[&str]) -> uuid::Uuid {
         let mut name = String::with_capacity(self.prefix.len() + 24);
         name.push_str(&self.prefix);
@@ -206,5 +215,8 @@ mod tests {
         let v5 = derive(UuidLayout::V5, &t, "9");
         assert_eq!(v5.get_version_num(), 5);
         assert_eq!(v5, derive(UuidLayout::V5, &t, "9"));
+        let prefix = KeyDeriver::new(UuidLayout::Ordered, ns, &t).prefix().expect("ordered UUIDs share a prefix");
+        assert!([a, b, c].iter().all(|u| u.to_string().starts_with(&prefix)), "{prefix} {a}");
+        assert_eq!(KeyDeriver::new(UuidLayout::V5, ns, &t).prefix(), None);
     }
 }

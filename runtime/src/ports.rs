@@ -65,9 +65,10 @@ pub struct Batch {
     /// Target columns, with the type each value is cast to (`format_type` text).
     pub columns: Vec<(String, String)>,
     pub rows: Vec<Vec<Option<String>>>,
-    /// Per row: the legacy key and the UUID.
+    /// Per row: the legacy key.
     pub keys: Vec<String>,
-    pub ids: Vec<String>,
+    /// The column that holds the row's UUID.
+    pub id_column: usize,
     /// Per row: the source row as read (columns named by `source_columns`), kept to record it
     /// if the target refuses the row; turned into JSON only then.
     pub source_rows: Vec<Vec<Option<String>>>,
@@ -130,12 +131,43 @@ pub trait Target: Send + Sync + 'static {
         target: &TableName,
         column: &str,
     ) -> Result<(i64, Vec<RejectedRow>), ToolError>;
-    /// Rows of a target table that agentctl did not create: (legacy key, UUID). Children of
-    /// these rows must point at the UUID they already have.
-    async fn kept_rows(&self, target: &TableName) -> Result<Vec<(String, String)>, ToolError>;
+    /// Removes (and records as rejected) the rows whose self-reference `column` points at no
+    /// row, again until none is left: the second pass of a load that wrote self-references
+    /// directly, its foreign keys being set aside.
+    async fn drop_dangling(&self, run: RunId, source: &TableName, target: &TableName, column: &str) -> Result<Vec<RejectedRow>, ToolError>;
+    /// Rows of a target table that may predate agentctl: (legacy key, UUID), leaving out the
+    /// rows whose UUID starts with `ours` (the table tag of agentctl's ordered UUIDs). The
+    /// caller keeps those whose UUID is not the derived one; children must point at them.
+    async fn kept_rows(&self, target: &TableName, ours: Option<&str>) -> Result<Vec<(String, String)>, ToolError>;
 
-    /// Rows of the target table created from this source table (all runs).
-    async fn mapped_rows(&self, source: &TableName) -> Result<i64, ToolError>;
+    /// Rows in a target table.
+    async fn table_rows(&self, target: &TableName) -> Result<i64, ToolError>;
+    /// Sets aside the table's foreign keys and plain (non-unique) indexes for the load,
+    /// recording each with its definition; returns every one recorded for the table, including
+    /// those an interrupted run set aside earlier.
+    async fn suspend_constraints(&self, run: RunId, target: &TableName) -> Result<Vec<String>, ToolError>;
+    /// Puts back what is recorded as set aside for the table: indexes rebuilt, foreign keys
+    /// added and validated set-based. Returns what was restored.
+    async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError>;
+    /// Deletes, in one transaction and in the order given (children first), the rows of each
+    /// table that agentctl created: those whose UUID is the one `deriver` derives from their
+    /// legacy key. Rows that were there before agentctl are never touched. Puts back any
+    /// constraint still set aside first, so the database itself refuses to orphan a child that
+    /// is not rolled back; that refusal undoes the whole rollback and is returned as the error.
+    async fn rollback(&self, run: RunId, entities: &[RollbackEntity]) -> Result<Vec<RolledBack>, ToolError>;
+    /// Compares a page of expected rows with the target's, in the target: each expected value
+    /// is cast to its column's type and compared typed (numbers by value, JSON by content,
+    /// times as instants), one statement a page. One answer per expected row, in order.
+    async fn compare(&self, target: &TableName, page: &Expected) -> Result<Vec<Compared>, ToolError>;
+    /// A column of the target row with this legacy key, as text (to show a difference).
+    async fn value_of(&self, target: &TableName, column: &str, key_type: &str, key: &str) -> Result<Option<String>, ToolError>;
+    /// Legacy keys of a source table's rows recorded as rejected, by any run.
+    async fn rejected_keys(&self, source: &TableName) -> Result<Vec<String>, ToolError>;
+    /// Rows of `child` whose `column` points at no row of `parent`: how many, and a few keys;
+    /// `None` when a validated foreign key on that column makes the database guarantee none.
+    async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError>;
+    /// Stores a validation in `migration_validation_reports`.
+    async fn save_validation(&self, run: RunId, report: &EntityValidation) -> Result<(), ToolError>;
     async fn set_state(
         &self,
         run: RunId,
@@ -145,6 +177,115 @@ pub trait Target: Send + Sync + 'static {
         source_rows: Option<i64>,
         detail: Option<&str>,
     ) -> Result<(), ToolError>;
+}
+
+/// One entity to roll back.
+#[derive(Clone, Debug)]
+pub struct RollbackEntity {
+    pub source: TableName,
+    pub target: TableName,
+    pub deriver: crate::mapping::KeyDeriver,
+}
+
+/// What rolling back one entity did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolledBack {
+    pub source: TableName,
+    pub target: TableName,
+    pub deleted: i64,
+    /// Rows left because agentctl did not create them.
+    pub kept: i64,
+}
+
+/// What the target should hold for a page of source rows, column by column.
+#[derive(Clone, Debug, Default)]
+pub struct Expected {
+    /// Target columns with their `format_type` text; `legacy_id` and the key among them.
+    pub columns: Vec<(String, String)>,
+    pub id_column: usize,
+    pub legacy_column: usize,
+    /// Per row: the legacy key, and whether the row should be in the target at all (false:
+    /// the mapping rejects it).
+    pub keys: Vec<String>,
+    pub wanted: Vec<bool>,
+    /// Column-major: `values[column][row]`.
+    pub values: Vec<Vec<Option<String>>>,
+    /// Columns whose target values come back with the answer (money, to total).
+    pub returned: Vec<usize>,
+}
+
+/// How the target's row compares with one expected row.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Compared {
+    /// A row with this legacy key is in the target.
+    pub present: bool,
+    /// Its UUID is the one agentctl derives (false: a row kept from before agentctl).
+    pub ours: bool,
+    /// The first column whose value differs, by index.
+    pub differs: Option<usize>,
+    /// The `returned` columns' target values.
+    pub returned: Vec<Option<String>>,
+}
+
+/// One target row that is not what the mapping of its source row says it should be.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Difference {
+    pub legacy_key: String,
+    /// The first differing column, or what is wrong with the row as a whole.
+    pub column: String,
+    pub expected: Option<String>,
+    pub found: Option<String>,
+}
+
+/// References in the target that point at no row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Orphans {
+    pub column: String,
+    pub parent: TableName,
+    pub count: i64,
+    /// Legacy keys of the first few.
+    pub examples: Vec<String>,
+    /// A validated foreign key guarantees the column (nothing needed counting).
+    pub enforced: bool,
+}
+
+/// A money column's total over the migrated rows, both sides, in cents.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MoneyTotal {
+    pub column: String,
+    pub source_cents: i64,
+    pub target_cents: i64,
+}
+
+/// What validating one entity found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntityValidation {
+    pub source: TableName,
+    pub target: TableName,
+    pub passed: bool,
+    /// Source rows in scope.
+    pub source_rows: i64,
+    /// Source rows whose target row holds the mapped values.
+    pub migrated: i64,
+    /// Source rows not in the target, each with its recorded reason.
+    pub rejected: i64,
+    /// Source rows whose target row was there before agentctl and kept (not compared).
+    pub kept: i64,
+    /// Source rows neither in the target nor rejected: lost.
+    pub missing: i64,
+    /// Rows of the target table with a legacy key (all made from this source, or kept).
+    pub target_rows: i64,
+    /// Target rows with a legacy key no source row has.
+    pub extra: i64,
+    pub rows_compared: i64,
+    pub rows_differing: i64,
+    /// The first differences (at most 20).
+    pub differences: Vec<Difference>,
+    pub orphans: Vec<Orphans>,
+    pub money: Vec<MoneyTotal>,
+    /// One line: what passed or what did not.
+    pub detail: String,
+    pub seconds: f64,
 }
 
 /// Reads rows, as PostgreSQL's text forms (`None` for NULL).

@@ -6,4 +6,5 @@ mod cli;
 mod dataset;
 mod execution;
 mod planning;
+mod proof;
 mod supervision;

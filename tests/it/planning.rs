@@ -197,18 +197,18 @@ fn mappings_render_as_reviewed() {
 
         Plan for "migrate core" (3 entities, about 15 rows)
           wave 1:
-            dispatch_office -> offices                                   5 rows         5 migrate       0 reject  batch 41000
+            dispatch_office -> offices                                   5 rows         5 migrate       0 reject  batch 10000
           wave 2:
-            dispatch_profile -> profiles                                 5 rows         5 migrate       0 reject  batch 50000
+            dispatch_profile -> profiles                                 5 rows         5 migrate       0 reject  batch 10000
           wave 3:
-            dispatch_doctor -> doctors                                   5 rows         5 migrate       0 reject  batch 50000
+            dispatch_doctor -> doctors                                   5 rows         5 migrate       0 reject  batch 10000
           expected: 15 rows migrated, 0 rejected
           rollback order: dispatch_doctor, dispatch_profile, dispatch_office
-          plan hash: 1df97c11ca90beeca4ad5eeccc3a0d0068c01fd6919852a3b2f3e48a04b0bc7a
+          plan hash: b192be807e95b0219f3075645667daf27c411bece8f3b67152fd534c10b888b7
           - auth_user is not an entity of its own: merged into the rows of the table that joins it.
           - dispatch_profile is in wave 2 because it references dispatch_office.
           - dispatch_doctor is in wave 3 because it references dispatch_office, dispatch_profile.
-          - Batch sizes aim at about 4 MiB per batch from each table's average row width: dispatch_office 41000, dispatch_profile 50000, dispatch_doctor 50000.
+          - Batch sizes aim at about 1 MiB per batch from each table's average row width: dispatch_office 10000, dispatch_profile 10000, dispatch_doctor 10000.
     "#]]
     .assert_eq(&plan.stdout);
 }

@@ -1,14 +1,18 @@
 //! An agent that panics is restarted and the run goes on; one that keeps panicking is given up
-//! on and the run fails with the reason recorded.
+//! on and the run fails with the reason recorded; a migration worker that panics starts again
+//! from its checkpoint.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use agentctl::session::{Connections, Session, SessionOptions};
+use agentctl::session::{Connections, Execution, Session, SessionOptions};
 use agents::orchestrator::PlanGoal;
 use async_trait::async_trait;
-use runtime::domain::SchemaReport;
-use runtime::ports::{Catalog, ToolError};
+use runtime::domain::{SchemaReport, TableName};
+use runtime::ports::{
+    Batch, Catalog, Checkpoint, Compared, EntityValidation, Expected, RejectedRow, RollbackEntity, RolledBack, Target, ToolError, Written,
+};
+use runtime::RunId;
 use tools::control::EventFilter;
 
 /// The real catalog, behind a fault injector that panics the first `panics` times it is read.
@@ -84,4 +88,102 @@ async fn an_agent_that_keeps_crashing_fails_the_run_with_the_reason() {
     let errors = store.events(run_id, &EventFilter { agent: Some("orchestrator".into()), kind: Some("error".into()) }).await.unwrap();
     assert_eq!(errors.iter().filter(|e| e.summary.contains("restarting it")).count(), 3, "{errors:#?}");
     assert_eq!(errors.iter().filter(|e| e.summary.contains("is down")).count(), 1, "{errors:#?}");
+}
+
+/// The real target writer, behind a fault injector whose `write` panics once, mid-entity.
+struct CrashingWriter {
+    inner: Arc<dyn Target>,
+    /// Writes to let through before the one that panics.
+    until_panic: AtomicU32,
+}
+
+#[async_trait]
+impl Target for CrashingWriter {
+    async fn checkpoint(&self, run: RunId, source: &TableName) -> Result<Option<Checkpoint>, ToolError> {
+        self.inner.checkpoint(run, source).await
+    }
+    async fn write(&self, batch: &Batch) -> Result<Written, ToolError> {
+        if self.until_panic.fetch_sub(1, Ordering::SeqCst) == 0 {
+            panic!("injected fault: the batch writer crashed");
+        }
+        self.inner.write(batch).await
+    }
+    async fn fill_deferred(
+        &self,
+        run: RunId,
+        source: &TableName,
+        target: &TableName,
+        column: &str,
+    ) -> Result<(i64, Vec<RejectedRow>), ToolError> {
+        self.inner.fill_deferred(run, source, target, column).await
+    }
+    async fn drop_dangling(&self, run: RunId, source: &TableName, target: &TableName, column: &str) -> Result<Vec<RejectedRow>, ToolError> {
+        self.inner.drop_dangling(run, source, target, column).await
+    }
+    async fn kept_rows(&self, target: &TableName, ours: Option<&str>) -> Result<Vec<(String, String)>, ToolError> {
+        self.inner.kept_rows(target, ours).await
+    }
+    async fn table_rows(&self, target: &TableName) -> Result<i64, ToolError> {
+        self.inner.table_rows(target).await
+    }
+    async fn suspend_constraints(&self, run: RunId, target: &TableName) -> Result<Vec<String>, ToolError> {
+        self.inner.suspend_constraints(run, target).await
+    }
+    async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
+        self.inner.restore_constraints(target).await
+    }
+    async fn rollback(&self, run: RunId, entities: &[RollbackEntity]) -> Result<Vec<RolledBack>, ToolError> {
+        self.inner.rollback(run, entities).await
+    }
+    async fn compare(&self, target: &TableName, page: &Expected) -> Result<Vec<Compared>, ToolError> {
+        self.inner.compare(target, page).await
+    }
+    async fn value_of(&self, target: &TableName, column: &str, key_type: &str, key: &str) -> Result<Option<String>, ToolError> {
+        self.inner.value_of(target, column, key_type, key).await
+    }
+    async fn rejected_keys(&self, source: &TableName) -> Result<Vec<String>, ToolError> {
+        self.inner.rejected_keys(source).await
+    }
+    async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError> {
+        self.inner.orphans(child, column, parent).await
+    }
+    async fn save_validation(&self, run: RunId, report: &EntityValidation) -> Result<(), ToolError> {
+        self.inner.save_validation(run, report).await
+    }
+    async fn set_state(
+        &self,
+        run: RunId,
+        source: &TableName,
+        target: &TableName,
+        state: &str,
+        source_rows: Option<i64>,
+        detail: Option<&str>,
+    ) -> Result<(), ToolError> {
+        self.inner.set_state(run, source, target, state, source_rows, detail).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_migration_worker_starts_again_from_its_checkpoint() {
+    let pg = tests::shared();
+    let (source, target) = pg.chinook_pair();
+    let config = tests::config(&source, &target);
+    let conns = Connections::open(&config, true).await.expect("the test databases are reachable");
+    let mut tools = conns.tools().unwrap();
+    let writer = tools.target_writer.take().expect("a target");
+    tools.target_writer = Some(Arc::new(CrashingWriter { inner: writer, until_panic: AtomicU32::new(3) }));
+    let session = Session::start(&conns, "run", Some("migrate everything"), tools, SessionOptions::from_config(&config)).await.unwrap();
+    let planned = session.plan(PlanGoal { goal: "migrate everything".into(), ..goal() }).await.unwrap();
+    let results = session.execute(&planned, Execution { jobs: 1, ..Default::default() }).await.expect("the run survives the crash");
+    let (store, run_id) = (session.store.clone(), session.run_id);
+    session.finish("succeeded", None).await.unwrap();
+
+    let (read, migrated): (i64, i64) = results.iter().fold((0, 0), |(r, m), e| (r + e.rows_read, m + e.migrated));
+    assert_eq!((read, migrated), (15_607, 15_607), "every row once: none lost, none twice");
+    assert!(results.iter().all(|r| r.validation.as_ref().is_some_and(|v| v.passed)));
+    assert_eq!(results.iter().map(|r| r.restarts).sum::<u32>(), 1);
+    let decisions = store.events(run_id, &EventFilter { agent: Some("execution".into()), kind: Some("decision".into()) }).await.unwrap();
+    let restart: Vec<_> = decisions.iter().filter(|e| e.summary.contains("starting again from its last checkpoint")).collect();
+    assert_eq!(restart.len(), 1, "{decisions:#?}");
+    assert!(restart[0].detail.contains("panicked") && restart[0].detail.contains("injected fault"), "{}", restart[0].detail);
 }

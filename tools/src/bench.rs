@@ -2,11 +2,14 @@
 
 use std::time::Instant;
 
+use futures::StreamExt;
+
 use runtime::domain::TableName;
 use runtime::mapping::{KeyDeriver, UuidLayout};
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::catalog::ident;
 use crate::pg::{while_doing, DbError};
 
 #[derive(Clone, Debug, Serialize)]
@@ -57,4 +60,83 @@ pub async fn uuid_layouts(pool: &PgPool, rows: i64) -> Result<Vec<LayoutFigure>,
         out.push(LayoutFigure { layout, rows, seconds, rows_per_second: rows as f64 / seconds, index_bytes });
     }
     Ok(out)
+}
+
+/// What the raw pipe moved.
+#[derive(Clone, Debug, Serialize)]
+pub struct PipeFigure {
+    pub tables: usize,
+    pub rows: u64,
+    pub seconds: f64,
+    pub rows_per_second: f64,
+}
+
+/// The practical ceiling of moving the source's tables on this machine: every table of the
+/// source's `public` schema piped `COPY (SELECT <uuid>, * ... ORDER BY key) TO STDOUT` into
+/// `COPY ... FROM STDIN` of a table of the same columns plus a uuid primary key, in the target
+/// database (schema `agentctl_bench`, dropped afterwards). The UUID is computed in SQL, time
+/// ordered like agentctl's (a table tag, then the key, then hash bits). No transform, no
+/// reference, no bookkeeping: only the bytes through both servers. `jobs` tables at a time,
+/// the largest first, as agentctl's waves run.
+pub async fn raw_pipe(source: &PgPool, target: &PgPool, jobs: usize) -> Result<PipeFigure, DbError> {
+    let tables: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT c.relname::text,
+                string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum),
+                (SELECT string_agg(format('%I', k.attname), ', ' ORDER BY array_position(i.indkey::int2[], k.attnum))
+                 FROM pg_index i JOIN pg_attribute k ON k.attrelid = i.indrelid AND k.attnum = ANY (i.indkey)
+                 WHERE i.indrelid = c.oid AND i.indisprimary),
+                c.reltuples::int8
+         FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND c.relname NOT LIKE 'agentctl%'
+         GROUP BY c.oid, c.relname, c.reltuples ORDER BY c.reltuples DESC",
+    )
+    .fetch_all(source)
+    .await
+    .map_err(while_doing("listing the source tables for the raw pipe"))?;
+    sqlx::raw_sql("DROP SCHEMA IF EXISTS agentctl_bench CASCADE; CREATE SCHEMA agentctl_bench")
+        .execute(target)
+        .await
+        .map_err(while_doing("creating the agentctl_bench schema"))?;
+    for (name, columns, _, _) in &tables {
+        sqlx::query(&format!("CREATE TABLE agentctl_bench.{} (agentctl_uuid uuid PRIMARY KEY, {columns})", ident(name)))
+            .execute(target)
+            .await
+            .map_err(while_doing(format!("creating agentctl_bench.{name}")))?;
+    }
+    let started = Instant::now();
+    let mut running = tokio::task::JoinSet::new();
+    let mut queue = tables.iter().enumerate();
+    let mut rows = 0u64;
+    loop {
+        while running.len() < jobs.max(1) {
+            let Some((n, (name, _, key, _))) = queue.next() else { break };
+            let (source, target) = (source.clone(), target.clone());
+            let (name, key) = (name.clone(), key.clone());
+            running.spawn(async move { pipe_table(&source, &target, &name, &key, n as u32).await });
+        }
+        let Some(done) = running.join_next().await else { break };
+        rows += done.map_err(|e| DbError(format!("a raw pipe stopped: {e}")))??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    sqlx::query("DROP SCHEMA agentctl_bench CASCADE").execute(target).await.map_err(while_doing("dropping the agentctl_bench schema"))?;
+    Ok(PipeFigure { tables: tables.len(), rows, seconds, rows_per_second: rows as f64 / seconds.max(1e-9) })
+}
+
+async fn pipe_table(source: &PgPool, target: &PgPool, name: &str, key: &str, tag: u32) -> Result<u64, DbError> {
+    let what = format!("piping {name}");
+    // One integer key orders the UUIDs by key; any other key, by its hash.
+    let single_int = !key.contains(',');
+    let order = if single_int { format!("lpad(to_hex(({key})::int8), 16, '0')") } else { format!("left(md5(row({key})::text), 16)") };
+    let select = format!(
+        "SELECT (lpad(to_hex({tag}), 8, '0') || {order} || left(md5(row({key})::text), 8))::uuid, * FROM public.{} ORDER BY {key}",
+        ident(name)
+    );
+    let mut out = source.acquire().await.map_err(while_doing(&what))?;
+    let mut inn = target.acquire().await.map_err(while_doing(&what))?;
+    let mut stream = out.copy_out_raw(&format!("COPY ({select}) TO STDOUT")).await.map_err(while_doing(&what))?;
+    let mut copy = inn.copy_in_raw(&format!("COPY agentctl_bench.{} FROM STDIN", ident(name))).await.map_err(while_doing(&what))?;
+    while let Some(chunk) = stream.next().await {
+        copy.send(chunk.map_err(while_doing(&what))?).await.map_err(while_doing(&what))?;
+    }
+    copy.finish().await.map_err(while_doing(&what))
 }

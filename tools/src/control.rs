@@ -48,6 +48,32 @@ pub struct EntityProgress {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+/// One entity of a run's report: its accounting, timing and validation.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct ReportEntity {
+    pub source_table: String,
+    pub target_table: String,
+    pub state: String,
+    pub source_rows: i64,
+    pub migrated: i64,
+    pub rejected: i64,
+    pub seconds: f64,
+    pub validated: Option<bool>,
+    pub validation_detail: Option<String>,
+    /// `[{column, source_cents, target_cents}]` from the validation.
+    pub money: Option<serde_json::Value>,
+}
+
+/// Rejections of one source table for one rule: how many, an example reason, example keys.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct RejectionGroup {
+    pub source_table: String,
+    pub rule: String,
+    pub count: i64,
+    pub example_reason: String,
+    pub example_keys: Vec<String>,
+}
+
 /// Which events `audit show` wants.
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
@@ -195,6 +221,59 @@ impl ControlStore {
                 })
             })
             .collect()
+    }
+
+    /// Foreign keys and indexes set aside for a load that have not been put back yet:
+    /// (target table, name, kind, run).
+    pub async fn suspended(&self) -> Result<Vec<(String, String, String, Uuid)>, DbError> {
+        sqlx::query_as("SELECT target_table, name, kind, run_id FROM agentctl.suspended_constraints ORDER BY target_table, name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(while_doing("reading the constraints set aside for a load"))
+    }
+
+    /// The latest run of a command (`run`, `validate`, ...).
+    pub async fn latest_run(&self, command: &str) -> Result<RunRow, DbError> {
+        let id: Option<Uuid> = sqlx::query_scalar("SELECT run_id FROM agentctl.runs WHERE command = $1 ORDER BY started_at DESC LIMIT 1")
+            .bind(command)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(while_doing(format!("looking for the latest `{command}`")))?;
+        let id = id.ok_or_else(|| DbError(format!("there is no `agentctl {command}` in this database yet")))?;
+        self.find_run(Some(&id.to_string())).await
+    }
+
+    /// Per entity of a run: accounting from the checkpoints, timing, and the validation.
+    pub async fn report(&self, run_id: RunId) -> Result<Vec<ReportEntity>, DbError> {
+        sqlx::query_as(
+            "SELECT c.source_table, c.target_table, c.state, coalesce(c.source_rows, k.rows_read, 0) AS source_rows,
+                    coalesce(k.migrated, 0) AS migrated, coalesce(k.rejected, 0) AS rejected,
+                    coalesce(extract(epoch FROM coalesce(c.finished_at, k.updated_at) - c.started_at), 0)::float8 AS seconds,
+                    v.passed AS validated, v.detail AS validation_detail, v.money
+             FROM agentctl.migration_control c
+             LEFT JOIN agentctl.migration_checkpoints k ON k.run_id = c.run_id AND k.source_table = c.source_table
+             LEFT JOIN agentctl.migration_validation_reports v ON v.run_id = c.run_id AND v.source_table = c.source_table
+             WHERE c.run_id = $1 ORDER BY c.started_at, c.source_table",
+        )
+        .bind(run_id.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing(format!("reading the report of run {run_id}")))
+    }
+
+    /// A run's rejections grouped by table and rule, largest groups first.
+    pub async fn rejection_groups(&self, run_id: RunId) -> Result<Vec<RejectionGroup>, DbError> {
+        sqlx::query_as(
+            "SELECT source_table, split_part(rule, ':', 1) || CASE WHEN column_name IS NULL THEN '' ELSE ':' || column_name END AS rule,
+                    count(*) AS count, min(reason) AS example_reason,
+                    (array_agg(legacy_key ORDER BY length(legacy_key), legacy_key))[1:5] AS example_keys
+             FROM agentctl.rejected_rows WHERE run_id = $1
+             GROUP BY 1, 2 ORDER BY count(*) DESC, 1, 2",
+        )
+        .bind(run_id.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing(format!("reading the rejections of run {run_id}")))
     }
 
     /// A run's events in sequence order, optionally filtered.

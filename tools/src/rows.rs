@@ -48,9 +48,9 @@ pub fn select(scan: &Scan) -> String {
     sql
 }
 
-#[async_trait]
-impl Rows for PgRows {
-    async fn scan(&self, scan: &Scan, each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send)) -> Result<u64, ToolError> {
+impl PgRows {
+    /// Streams the scan's rows through `each`, which may take the fields it is given.
+    async fn stream(&self, scan: &Scan, mut each: impl FnMut(&mut Vec<Option<String>>) + Send) -> Result<u64, ToolError> {
         let what = |e: String| DbError(format!("while reading {}: {e}", scan.table));
         let sql = format!("COPY ({}) TO STDOUT", select(scan));
         let mut conn = self.pool.acquire().await.map_err(|e| what(describe(&e)))?;
@@ -64,10 +64,8 @@ impl Rows for PgRows {
             pending.extend_from_slice(&chunk);
             let mut start = 0;
             while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
-                let line = &pending[start..start + end];
-                parse_line(line, &mut fields).map_err(&what)?;
-                let refs: Vec<Option<&str>> = fields.iter().map(|f| f.as_deref()).collect();
-                each(&refs);
+                parse_line(&pending[start..start + end], &mut fields).map_err(&what)?;
+                each(&mut fields);
                 rows += 1;
                 start += end + 1;
             }
@@ -81,6 +79,26 @@ impl Rows for PgRows {
                 tokio::task::yield_now().await;
             }
         }
+        Ok(rows)
+    }
+}
+
+#[async_trait]
+impl Rows for PgRows {
+    async fn scan(&self, scan: &Scan, each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send)) -> Result<u64, ToolError> {
+        self.stream(scan, |fields| {
+            let refs: Vec<Option<&str>> = fields.iter().map(|f| f.as_deref()).collect();
+            each(&refs);
+        })
+        .await
+    }
+
+    async fn page(&self, scan: &Scan, limit: usize) -> Result<Vec<Vec<Option<String>>>, ToolError> {
+        // The parsed fields are the page's own: no second copy of every value.
+        let mut rows = Vec::with_capacity(limit.min(65_536));
+        let width = scan.columns.len();
+        let limited = Scan { limit: Some(limit), ..scan.clone() };
+        self.stream(&limited, |fields| rows.push(std::mem::replace(fields, Vec::with_capacity(width)))).await?;
         Ok(rows)
     }
 }

@@ -1,18 +1,25 @@
-//! Writing migrated rows: one transaction a batch. The mapped values are COPYed as text into a
-//! temporary stage, then inserted set-based with the casts the target columns need. A range
-//! the target refuses is split under savepoints until the refusing rows stand alone; each is
-//! recorded in `agentctl.rejected_rows` with the database's own words, never dropped. The
-//! batch's rows, its rejects, its `migration_mappings` records, its second-pass references and
-//! its checkpoint commit together, so a crash leaves either all of a batch or none of it.
+//! Writing migrated rows: one transaction a batch. References to other tables are checked
+//! first, one indexed `= ANY` lookup a column, and the rows whose parent is missing are set
+//! aside with the reason. The rest are COPYed straight into the target; only when the target
+//! refuses something does the batch take the careful path: staged as text, the rows already
+//! present skipped, the rest inserted set-based with casts, and a refused range split under
+//! savepoints until the refusing rows stand alone. Each is recorded in `agentctl.rejected_rows`
+//! with the database's own words, never dropped. The batch's rows, its rejects, its second-pass
+//! references and its checkpoint commit together, so a crash leaves all of a batch or none.
 //! Rows whose legacy key is already in the target (a resumed or repeated run) are counted as
 //! present and keep their UUID.
+//!
+//! While an entity loads, its foreign keys and plain indexes can be set aside
+//! ([`Target::suspend_constraints`]) and put back set-based at the end, which is several times
+//! cheaper than a trigger a row; the records in `agentctl.suspended_constraints` make that
+//! crash-safe.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use runtime::domain::TableName;
-use runtime::ports::{Batch, Checkpoint, RejectedRow, Target, ToolError, Written};
+use runtime::ports::{Batch, Checkpoint, Compared, Expected, RejectedRow, RollbackEntity, RolledBack, Target, ToolError, Written};
 use runtime::RunId;
 use sqlx::{PgPool, Row};
 
@@ -60,7 +67,19 @@ impl From<sqlx::Error> for Failure {
 impl PgTarget {
     async fn try_write(&self, b: &Batch) -> Result<Written, Failure> {
         let mut c = self.pool.acquire().await?;
-        sqlx::query("BEGIN").execute(&mut *c).await?;
+        let written = self.write_on(&mut c, b).await;
+        if written.is_err() {
+            // Never hand the pool a connection inside a failed transaction; if even the
+            // rollback fails, the connection is closed instead of returned.
+            if sqlx::query("ROLLBACK").execute(&mut *c).await.is_err() {
+                c.detach();
+            }
+        }
+        written
+    }
+
+    async fn write_on(&self, c: &mut sqlx::pool::PoolConnection<sqlx::Postgres>, b: &Batch) -> Result<Written, Failure> {
+        sqlx::query("BEGIN").execute(&mut **c).await?;
         let n = b.columns.len();
         // Rows whose parent is not in the target are set aside first, with the reason: one
         // indexed lookup a reference column, not a failed insert a row.
@@ -73,7 +92,7 @@ impl PgTarget {
                 v
             };
             let sql = format!("SELECT id::text FROM {} WHERE id = ANY($1::uuid[])", quoted(parent));
-            let found: Vec<String> = sqlx::query_scalar(&sql).bind(&wanted).fetch_all(&mut *c).await?;
+            let found: Vec<String> = sqlx::query_scalar(&sql).bind(&wanted).fetch_all(&mut **c).await?;
             let found: HashSet<String> = found.into_iter().collect();
             let name = &b.columns[*col].0;
             for (seq, row) in b.rows.iter().enumerate() {
@@ -91,7 +110,7 @@ impl PgTarget {
 
         // Fast path: COPY straight into the target. Anything it refuses (a duplicate, a row
         // already there) undoes just this attempt, and the staged path below sorts it out.
-        sqlx::query("SAVEPOINT agentctl_direct").execute(&mut *c).await?;
+        sqlx::query("SAVEPOINT agentctl_direct").execute(&mut **c).await?;
         let mut buf = Vec::with_capacity(keep.len() * 64 * n.max(1));
         for &seq in &keep {
             for (i, v) in b.rows[seq].iter().enumerate() {
@@ -110,19 +129,17 @@ impl PgTarget {
         .await;
         let (inserted, present, refused) = match direct {
             Ok(rows) => {
-                sqlx::query("RELEASE SAVEPOINT agentctl_direct").execute(&mut *c).await?;
+                sqlx::query("RELEASE SAVEPOINT agentctl_direct").execute(&mut **c).await?;
                 (rows as i64, 0, Vec::new())
             }
             Err(e) if is_transient(&e) => return Err(Failure::Transient(e)),
             Err(_) => {
-                sqlx::query("ROLLBACK TO SAVEPOINT agentctl_direct").execute(&mut *c).await?;
-                self.staged(&mut c, b, &keep, &cols).await?
+                sqlx::query("ROLLBACK TO SAVEPOINT agentctl_direct").execute(&mut **c).await?;
+                self.staged(c, b, &keep, &cols).await?
             }
         };
         let mut refused_rows: Vec<RejectedRow> = Vec::with_capacity(refused.len() + orphans.len());
-        let mut refused_seqs: HashSet<usize> = HashSet::with_capacity(refused.len() + orphans.len());
         for (seq, why) in &orphans {
-            refused_seqs.insert(*seq);
             refused_rows.push(RejectedRow {
                 legacy_key: b.keys[*seq].clone(),
                 column: None,
@@ -132,7 +149,6 @@ impl PgTarget {
             });
         }
         for (seq, why) in &refused {
-            refused_seqs.insert(*seq);
             refused_rows.push(RejectedRow {
                 legacy_key: b.keys[*seq].clone(),
                 column: None,
@@ -142,32 +158,6 @@ impl PgTarget {
             });
         }
 
-        // The record of every row created, and of every row left out.
-        let mut keys: Vec<String> = Vec::with_capacity(b.keys.len());
-        let mut ids: Vec<String> = Vec::with_capacity(b.keys.len());
-        for (i, (k, id)) in b.keys.iter().zip(&b.ids).enumerate() {
-            if !refused_seqs.contains(&i) {
-                keys.push(k.clone());
-                ids.push(id.clone());
-            }
-        }
-        // A row already in the target under its own UUID is recorded with that UUID, as not
-        // created; the rows this batch wrote are recorded as created.
-        sqlx::query(&format!(
-            "INSERT INTO agentctl.migration_mappings (source_table, legacy_id, target_table, id, run_id, created)
-             SELECT $1, u.k, $2, coalesce(t.id, u.i::uuid), $3, t.id IS NULL OR t.id = u.i::uuid
-             FROM UNNEST($4::text[], $5::text[]) AS u(k, i)
-             LEFT JOIN {} t ON t.legacy_id::text = u.k
-             ON CONFLICT (source_table, legacy_id) DO NOTHING",
-            quoted(&b.target)
-        ))
-        .bind(b.source.to_string())
-        .bind(b.target.to_string())
-        .bind(b.run_id.0)
-        .bind(&keys)
-        .bind(&ids)
-        .execute(&mut *c)
-        .await?;
         let all_rejects: Vec<&RejectedRow> = b.rejected.iter().chain(&refused_rows).collect();
         // Columns built before the await: a closure kept alive across it defeats `Send`.
         let r_keys: Vec<String> = all_rejects.iter().map(|r| r.legacy_key.clone()).collect();
@@ -191,7 +181,7 @@ impl PgTarget {
             .bind(&r_rules)
             .bind(&r_reasons)
             .bind(&r_rows)
-            .execute(&mut *c)
+            .execute(&mut **c)
             .await?;
         }
         if !b.deferred.is_empty() {
@@ -205,7 +195,7 @@ impl PgTarget {
             .bind(&d_child)
             .bind(&d_col)
             .bind(&d_parent)
-            .execute(&mut *c)
+            .execute(&mut **c)
             .await?;
         }
         let checkpoint = Checkpoint {
@@ -227,11 +217,57 @@ impl PgTarget {
         .bind(checkpoint.migrated)
         .bind(checkpoint.rejected)
         .bind(checkpoint.batches)
-        .execute(&mut *c)
+        .execute(&mut **c)
         .await?;
-        sqlx::query("COMMIT").execute(&mut *c).await?;
+        sqlx::query("COMMIT").execute(&mut **c).await?;
         Ok(Written { inserted, present, refused: refused_rows, checkpoint, retries: 0 })
     }
+}
+
+/// Records rows removed from the target after the load (their parent never arrived) as
+/// rejected, and takes them off the entity's checkpoint, in the caller's transaction.
+async fn record_removed(
+    tx: &mut sqlx::PgConnection,
+    run: RunId,
+    source: &TableName,
+    target: &TableName,
+    column: &str,
+    removed: &[sqlx::postgres::PgRow],
+) -> Result<Vec<RejectedRow>, sqlx::Error> {
+    let mut rejected = Vec::with_capacity(removed.len());
+    for r in removed {
+        rejected.push(RejectedRow {
+            legacy_key: r.try_get("k")?,
+            column: Some(column.to_owned()),
+            rule: format!("reference:{column}"),
+            reason: format!("{}.{column}: the row it points at was not migrated", target.name),
+            row: r.try_get("j")?,
+        });
+    }
+    for r in &rejected {
+        sqlx::query(
+            "INSERT INTO agentctl.rejected_rows (run_id, source_table, legacy_key, column_name, rule, reason, source_row)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(run.0)
+        .bind(source.to_string())
+        .bind(&r.legacy_key)
+        .bind(&r.column)
+        .bind(&r.rule)
+        .bind(&r.reason)
+        .bind(&r.row)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !rejected.is_empty() {
+        sqlx::query("UPDATE agentctl.migration_checkpoints SET migrated = migrated - $3, rejected = rejected + $3 WHERE run_id = $1 AND source_table = $2")
+            .bind(run.0)
+            .bind(source.to_string())
+            .bind(rejected.len() as i64)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(rejected)
 }
 
 impl PgTarget {
@@ -277,6 +313,25 @@ impl PgTarget {
             Some(sql) => sqlx::query_scalar(sql).fetch_one(&mut **c).await?,
             None => 0,
         };
+        // A row already in the target under a UUID of its own was there before agentctl: it
+        // keeps its UUID, and the record says so, so that a rollback never deletes it.
+        if let (Some(i), true) = (legacy, present > 0) {
+            sqlx::query(&format!(
+                "INSERT INTO agentctl.migration_mappings (source_table, legacy_id, target_table, id, run_id, created)
+                 SELECT $1, t.legacy_id::text, $2, t.id, $3, false
+                 FROM agentctl_stage s JOIN {} t ON t.legacy_id = s.c{i}::{}
+                 WHERE t.id <> s.c{}::uuid
+                 ON CONFLICT (source_table, legacy_id) DO NOTHING",
+                quoted(&b.target),
+                b.columns[i].1,
+                b.id_column
+            ))
+            .bind(b.source.to_string())
+            .bind(b.target.to_string())
+            .bind(b.run_id.0)
+            .execute(&mut **c)
+            .await?;
+        }
         let casts: Vec<String> = b.columns.iter().enumerate().map(|(i, (_, ty))| format!("s.c{i}::{ty}")).collect();
         let insert = format!(
             "INSERT INTO {} ({cols}) SELECT {} FROM agentctl_stage s WHERE s.seq BETWEEN $1 AND $2{present_filter}",
@@ -403,53 +458,36 @@ impl Target for PgTarget {
         .fetch_all(&mut *tx)
         .await
         .map_err(while_doing(&what))?;
-        let mut rejected = Vec::new();
-        for r in &orphans {
-            let key: String = r.try_get("k").map_err(while_doing(&what))?;
-            rejected.push(RejectedRow {
-                legacy_key: key,
-                column: Some(column.to_owned()),
-                rule: format!("reference:{column}"),
-                reason: format!("{}.{column}: the row it points at was not migrated", target.name),
-                row: r.try_get("j").map_err(while_doing(&what))?,
-            });
-        }
-        for r in &rejected {
-            sqlx::query("DELETE FROM agentctl.migration_mappings WHERE source_table = $1 AND legacy_id = $2")
-                .bind(source.to_string())
-                .bind(&r.legacy_key)
-                .execute(&mut *tx)
-                .await
-                .map_err(while_doing(&what))?;
-            sqlx::query(
-                "INSERT INTO agentctl.rejected_rows (run_id, source_table, legacy_key, column_name, rule, reason, source_row)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            )
-            .bind(run.0)
-            .bind(source.to_string())
-            .bind(&r.legacy_key)
-            .bind(&r.column)
-            .bind(&r.rule)
-            .bind(&r.reason)
-            .bind(&r.row)
-            .execute(&mut *tx)
-            .await
-            .map_err(while_doing(&what))?;
-        }
-        if !rejected.is_empty() {
-            sqlx::query("UPDATE agentctl.migration_checkpoints SET migrated = migrated - $3, rejected = rejected + $3 WHERE run_id = $1 AND source_table = $2")
-                .bind(run.0)
-                .bind(source.to_string())
-                .bind(rejected.len() as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(while_doing(&what))?;
-        }
+        let rejected = record_removed(&mut tx, run, source, target, column, &orphans).await.map_err(while_doing(&what))?;
         tx.commit().await.map_err(while_doing(&what))?;
         Ok((filled, rejected))
     }
 
-    async fn kept_rows(&self, target: &TableName) -> Result<Vec<(String, String)>, ToolError> {
+    async fn drop_dangling(&self, run: RunId, source: &TableName, target: &TableName, column: &str) -> Result<Vec<RejectedRow>, ToolError> {
+        let what = format!("removing the rows of {target} whose {column} points at no row");
+        let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
+        let mut rejected = Vec::new();
+        // A row removed can be the parent of another: again until none is left dangling.
+        loop {
+            let dangling = sqlx::query(&format!(
+                "DELETE FROM {t} c WHERE c.{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.id = c.{col})
+                 RETURNING c.legacy_id::text AS k, row_to_json(c)::jsonb AS j",
+                t = quoted(target),
+                col = ident(column)
+            ))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(while_doing(&what))?;
+            if dangling.is_empty() {
+                break;
+            }
+            rejected.extend(record_removed(&mut tx, run, source, target, column, &dangling).await.map_err(while_doing(&what))?);
+        }
+        tx.commit().await.map_err(while_doing(&what))?;
+        Ok(rejected)
+    }
+
+    async fn kept_rows(&self, target: &TableName, ours: Option<&str>) -> Result<Vec<(String, String)>, ToolError> {
         let has_legacy: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 AND column_name = 'legacy_id')",
         )
@@ -462,24 +500,296 @@ impl Target for PgTarget {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT t.legacy_id::text, t.id::text FROM {} t
-             WHERE NOT EXISTS (SELECT 1 FROM agentctl.migration_mappings m WHERE m.target_table = $1 AND m.id = t.id AND m.created)",
+            "SELECT t.legacy_id::text, t.id::text FROM {} t WHERE t.legacy_id IS NOT NULL AND ($1::text IS NULL OR left(t.id::text, 8) <> $1)",
             quoted(target)
         );
         let rows: Vec<(String, String)> = sqlx::query_as(&sql)
-            .bind(target.to_string())
+            .bind(ours)
             .fetch_all(&self.pool)
             .await
             .map_err(while_doing(format!("reading the rows of {target} agentctl did not create")))?;
         Ok(rows)
     }
 
-    async fn mapped_rows(&self, source: &TableName) -> Result<i64, ToolError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM agentctl.migration_mappings WHERE source_table = $1")
-            .bind(source.to_string())
+    async fn table_rows(&self, target: &TableName) -> Result<i64, ToolError> {
+        Ok(sqlx::query_scalar(&format!("SELECT count(*) FROM {}", quoted(target)))
             .fetch_one(&self.pool)
             .await
-            .map_err(while_doing(format!("counting the rows made from {source}")))?)
+            .map_err(while_doing(format!("counting the rows of {target}")))?)
+    }
+
+    async fn suspend_constraints(&self, run: RunId, target: &TableName) -> Result<Vec<String>, ToolError> {
+        let what = format!("setting aside the foreign keys and indexes of {target} for the load");
+        let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
+        let table = quoted(target);
+        let found: Vec<(String, String, String, bool)> = sqlx::query_as(
+            "SELECT conname::text, 'constraint', pg_get_constraintdef(oid), convalidated FROM pg_constraint
+             WHERE conrelid = $1::regclass AND contype = 'f'
+             UNION ALL
+             SELECT i.relname::text, 'index', pg_get_indexdef(i.oid), true FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+             WHERE x.indrelid = $1::regclass AND NOT x.indisunique AND NOT x.indisprimary
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)",
+        )
+        .bind(&table)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(while_doing(&what))?;
+        for (name, kind, definition, validated) in &found {
+            sqlx::query(
+                "INSERT INTO agentctl.suspended_constraints (target_table, name, kind, definition, validated, run_id) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(target.to_string())
+            .bind(name)
+            .bind(kind)
+            .bind(definition)
+            .bind(validated)
+            .bind(run.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(while_doing(&what))?;
+            let drop = match kind.as_str() {
+                "index" => format!("DROP INDEX {}.{}", ident(&target.schema), ident(name)),
+                _ => format!("ALTER TABLE {table} DROP CONSTRAINT {}", ident(name)),
+            };
+            sqlx::query(&drop).execute(&mut *tx).await.map_err(while_doing(&what))?;
+        }
+        let all: Vec<String> = sqlx::query_scalar("SELECT name FROM agentctl.suspended_constraints WHERE target_table = $1 ORDER BY name")
+            .bind(target.to_string())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(while_doing(&what))?;
+        tx.commit().await.map_err(while_doing(&what))?;
+        Ok(all)
+    }
+
+    async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
+        let what = format!("putting back the foreign keys and indexes of {target}");
+        let records: Vec<(String, String, String, bool)> = sqlx::query_as(
+            "SELECT name, kind, definition, validated FROM agentctl.suspended_constraints WHERE target_table = $1 ORDER BY kind DESC, name",
+        )
+        .bind(target.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing(&what))?;
+        let table = quoted(target);
+        let mut restored = Vec::with_capacity(records.len());
+        for (name, kind, definition, validated) in records {
+            // Back in place and off the record in one transaction; a foreign key comes back NOT
+            // VALID (instant) and is then validated in one set-based pass, which needs no lock
+            // that stops readers.
+            let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
+            let create = match kind.as_str() {
+                "index" => definition.clone(),
+                _ if definition.ends_with("NOT VALID") => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name)),
+                _ => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition} NOT VALID", ident(&name)),
+            };
+            sqlx::query(&create).execute(&mut *tx).await.map_err(while_doing(format!("putting back {name} on {target}")))?;
+            sqlx::query("DELETE FROM agentctl.suspended_constraints WHERE target_table = $1 AND name = $2")
+                .bind(target.to_string())
+                .bind(&name)
+                .execute(&mut *tx)
+                .await
+                .map_err(while_doing(&what))?;
+            tx.commit().await.map_err(while_doing(&what))?;
+            if kind == "constraint" && validated {
+                sqlx::query(&format!("ALTER TABLE {table} VALIDATE CONSTRAINT {}", ident(&name)))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| ToolError(format!("validating {name} on {target}: {} (it stays in place as NOT VALID)", describe(&e))))?;
+            }
+            restored.push(name);
+        }
+        Ok(restored)
+    }
+
+    async fn rollback(&self, run: RunId, entities: &[RollbackEntity]) -> Result<Vec<RolledBack>, ToolError> {
+        for e in entities {
+            self.restore_constraints(&e.target).await?;
+        }
+        let what = "rolling back";
+        let mut tx = self.pool.begin().await.map_err(while_doing(what))?;
+        let mut done = Vec::with_capacity(entities.len());
+        for e in entities {
+            let table = quoted(&e.target);
+            // Only rows carrying agentctl's prefix can be its own (all of them, in the ordered
+            // layout); each is checked against the derivation before it is deleted.
+            let sql = format!(
+                "SELECT legacy_id::text, id FROM {table} WHERE legacy_id IS NOT NULL AND ($1::text IS NULL OR left(id::text, 8) = $1)"
+            );
+            let prefix = e.deriver.prefix();
+            let rows: Vec<(String, uuid::Uuid)> = sqlx::query_as(&sql)
+                .bind(prefix.as_deref())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(while_doing(format!("reading the rows of {}", e.target)))?;
+            let ours: Vec<uuid::Uuid> = rows
+                .into_iter()
+                .filter(|(legacy, id)| e.deriver.derive(&legacy.split('|').collect::<Vec<_>>()) == *id)
+                .map(|(_, id)| id)
+                .collect();
+            let mut deleted = 0i64;
+            for chunk in ours.chunks(50_000) {
+                let result = sqlx::query(&format!("DELETE FROM {table} WHERE id = ANY($1)")).bind(chunk).execute(&mut *tx).await;
+                deleted += match result {
+                    Ok(r) => r.rows_affected() as i64,
+                    Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23503") => {
+                        let child = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().and_then(|p| p.table().map(str::to_owned));
+                        return Err(ToolError(format!(
+                            "cannot roll back {}: rows of {} still reference them and are not part of this rollback; \
+                             include that table too, or use --all (nothing was deleted)",
+                            e.target.name,
+                            child.unwrap_or_else(|| "another table".into())
+                        )));
+                    }
+                    Err(err) => return Err(while_doing(format!("deleting the rows agentctl created in {}", e.target))(err).into()),
+                };
+            }
+            let kept: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE legacy_id IS NOT NULL"))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(while_doing(format!("counting the rows left in {}", e.target)))?;
+            // The entity starts over the next time it is migrated.
+            for sql in [
+                "DELETE FROM agentctl.migration_checkpoints WHERE source_table = $1",
+                "UPDATE agentctl.migration_control SET state = 'rolled back', finished_at = now(), detail = 'rolled back by run ' || $2 WHERE source_table = $1",
+            ] {
+                sqlx::query(sql).bind(e.source.to_string()).bind(run.to_string()).execute(&mut *tx).await.map_err(while_doing(what))?;
+            }
+            sqlx::query("DELETE FROM agentctl.deferred_references WHERE target_table = $1")
+                .bind(e.target.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(while_doing(what))?;
+            done.push(RolledBack { source: e.source.clone(), target: e.target.clone(), deleted, kept });
+        }
+        tx.commit().await.map_err(while_doing(what))?;
+        Ok(done)
+    }
+
+    async fn compare(&self, target: &TableName, page: &Expected) -> Result<Vec<Compared>, ToolError> {
+        let n = page.columns.len();
+        let (id, legacy) = (page.id_column, page.legacy_column);
+        let cast = |i: usize| format!("u.c{i}::{}", page.columns[i].1);
+        let diffs: Vec<String> = (0..n)
+            .filter(|&i| i != id && i != legacy)
+            .map(|i| format!("WHEN t.{} IS DISTINCT FROM {} THEN {i}", ident(&page.columns[i].0), cast(i)))
+            .collect();
+        let returned: Vec<String> = page.returned.iter().map(|&i| format!(", t.{}::text", ident(&page.columns[i].0))).collect();
+        let arrays: Vec<String> = (0..n).map(|i| format!("${}::text[]", i + 3)).collect();
+        let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+        let sql = format!(
+            "SELECT t.id IS NOT NULL, coalesce(t.id = {idcast}, false),
+                 CASE WHEN t.id IS NULL OR t.id <> {idcast} OR NOT u.wanted THEN NULL {diffs} END{returned}
+             FROM unnest($1::text[], $2::bool[], {arrays}) WITH ORDINALITY AS u(k, wanted, {names}, n)
+             LEFT JOIN {table} t ON t.legacy_id = u.k::{legacy_type}
+             ORDER BY u.n",
+            idcast = cast(id),
+            diffs = diffs.join(" "),
+            returned = returned.concat(),
+            arrays = arrays.join(", "),
+            names = names.join(", "),
+            table = quoted(target),
+            legacy_type = page.columns[legacy].1,
+        );
+        let mut q = sqlx::query(&sql).bind(&page.keys).bind(&page.wanted);
+        for column in &page.values {
+            q = q.bind(column);
+        }
+        let what = || format!("comparing rows of {target} with their source rows");
+        let rows = q.fetch_all(&self.pool).await.map_err(while_doing(what()))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Compared {
+                    present: r.try_get(0)?,
+                    ours: r.try_get(1)?,
+                    differs: r.try_get::<Option<i32>, _>(2)?.map(|i| i as usize),
+                    returned: (0..page.returned.len()).map(|i| r.try_get(3 + i)).collect::<Result<_, sqlx::Error>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(|e| ToolError(format!("while {}: {}", what(), describe(&e))))
+    }
+
+    async fn value_of(&self, target: &TableName, column: &str, key_type: &str, key: &str) -> Result<Option<String>, ToolError> {
+        let sql = format!("SELECT {}::text FROM {} WHERE legacy_id = $1::{key_type}", ident(column), quoted(target));
+        let v: Option<Option<String>> = sqlx::query_scalar(&sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(while_doing(format!("reading {target}.{column} of legacy key {key}")))?;
+        Ok(v.flatten())
+    }
+
+    async fn rejected_keys(&self, source: &TableName) -> Result<Vec<String>, ToolError> {
+        Ok(sqlx::query_scalar("SELECT DISTINCT legacy_key FROM agentctl.rejected_rows WHERE source_table = $1")
+            .bind(source.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(while_doing(format!("reading the rejected rows of {source}")))?)
+    }
+
+    async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError> {
+        // A validated foreign key on exactly this column and parent: the database guarantees it.
+        let enforced: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attname = $3
+             WHERE c.conrelid = $1::regclass AND c.confrelid = $2::regclass AND c.contype = 'f' AND c.convalidated AND c.conkey = ARRAY[a.attnum])",
+        )
+        .bind(quoted(child))
+        .bind(quoted(parent))
+        .bind(column)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(while_doing(format!("looking for the foreign key of {child}.{column}")))?;
+        if enforced {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT count(*), coalesce((array_agg(c.legacy_id::text ORDER BY c.legacy_id))[1:5], '{{}}')
+             FROM {} c WHERE c.{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = c.{col})",
+            quoted(child),
+            quoted(parent),
+            col = ident(column)
+        );
+        Ok(Some(
+            sqlx::query_as(&sql)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(while_doing(format!("looking for references of {child}.{column} that point at no row of {parent}")))?,
+        ))
+    }
+
+    async fn save_validation(&self, run: RunId, r: &runtime::ports::EntityValidation) -> Result<(), ToolError> {
+        let what = || format!("storing the validation of {}", r.source);
+        let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| ToolError(format!("{}: {e}", what())));
+        let (differences, orphans, money) =
+            (json(serde_json::to_value(&r.differences))?, json(serde_json::to_value(&r.orphans))?, json(serde_json::to_value(&r.money))?);
+        sqlx::query(
+            "INSERT INTO agentctl.migration_validation_reports (run_id, source_table, target_table, passed, source_rows, migrated, rejected,
+                 target_rows, rows_compared, rows_differing, differences, orphans, money, detail, seconds)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             ON CONFLICT (run_id, source_table) DO UPDATE SET passed = $4, source_rows = $5, migrated = $6, rejected = $7,
+                 target_rows = $8, rows_compared = $9, rows_differing = $10, differences = $11, orphans = $12, money = $13,
+                 detail = $14, seconds = $15, validated_at = now()",
+        )
+        .bind(run.0)
+        .bind(r.source.to_string())
+        .bind(r.target.to_string())
+        .bind(r.passed)
+        .bind(r.source_rows)
+        .bind(r.migrated)
+        .bind(r.rejected)
+        .bind(r.target_rows)
+        .bind(r.rows_compared)
+        .bind(r.rows_differing)
+        .bind(differences)
+        .bind(orphans)
+        .bind(money)
+        .bind(&r.detail)
+        .bind(r.seconds)
+        .execute(&self.pool)
+        .await
+        .map_err(while_doing(format!("storing the validation of {}", r.source)))?;
+        Ok(())
     }
 
     async fn set_state(

@@ -94,10 +94,10 @@ fn a_single_table_without_parents() {
         expect![[r#"
             Plan for "migrate technician_roles" (1 entities, about 31 rows)
               wave 1:
-                technician_roles                                     ~       31 rows  batch 50000
+                technician_roles                                     ~       31 rows  batch 10000
               rollback order: technician_roles
-              plan hash: 2a3269093552f9bed2599ab8c3713495dca06bb2b53f42b9411e66a8d23a20f2
-              - Batch sizes aim at about 4 MiB per batch from each table's average row width: technician_roles 50000.
+              plan hash: b24bdfeb5fe08ab5e89642a06f9cd3e17d39ed51b3c788eba5fb81a6c0602520
+              - Batch sizes aim at about 1 MiB per batch from each table's average row width: technician_roles 10000.
         "#]],
     );
 }
@@ -111,20 +111,20 @@ fn parents_are_added_and_ordered_in_waves() {
         expect![[r#"
             Plan for "migrate the doctors" (4 entities, about 2320 rows)
               wave 1:
-                auth_user                                            ~      900 rows  batch 50000  (needed by dispatch_profile)
-                dispatch_office                                      ~      120 rows  batch 50000  (needed by dispatch_doctor, dispatch_profile)
+                auth_user                                            ~      900 rows  batch 10000  (needed by dispatch_profile)
+                dispatch_office                                      ~      120 rows  batch 10000  (needed by dispatch_doctor, dispatch_profile)
               wave 2:
-                dispatch_profile                                     ~      900 rows  batch 50000  (needed by dispatch_doctor)
+                dispatch_profile                                     ~      900 rows  batch 10000  (needed by dispatch_doctor)
               wave 3:
-                dispatch_doctor                                      ~      400 rows  batch 50000
+                dispatch_doctor                                      ~      400 rows  batch 10000
               rollback order: dispatch_doctor, dispatch_profile, dispatch_office, auth_user
-              plan hash: 7a74675e7a709dd9c28d12b110b59f5edf611ca347bc17ae63c056cc9b788cc8
+              plan hash: 7ca732cb8897390917ca527391927c3a0a1dfaeda1ffe59d8233610f105d1251
               - auth_user is included because dispatch_profile references it (plan with --only to leave it out).
               - dispatch_office is included because dispatch_doctor, dispatch_profile reference it (plan with --only to leave it out).
               - dispatch_profile is included because dispatch_doctor references it (plan with --only to leave it out).
               - dispatch_profile is in wave 2 because it references auth_user, dispatch_office.
               - dispatch_doctor is in wave 3 because it references dispatch_office, dispatch_profile.
-              - Batch sizes aim at about 4 MiB per batch from each table's average row width: auth_user 50000, dispatch_office 50000, dispatch_profile 50000, dispatch_doctor 50000.
+              - Batch sizes aim at about 1 MiB per batch from each table's average row width: auth_user 10000, dispatch_office 10000, dispatch_profile 10000, dispatch_doctor 10000.
         "#]],
     );
 }
@@ -138,10 +138,10 @@ fn only_leaves_parents_out() {
         expect![[r#"
             Plan for "migrate doctors" (1 entities, about 400 rows)
               wave 1:
-                dispatch_doctor                                      ~      400 rows  batch 50000
+                dispatch_doctor                                      ~      400 rows  batch 10000
               rollback order: dispatch_doctor
-              plan hash: 01f872f2bd135ac4749f3978067fe73731f6fff33c5e27e4eaaba5bc0eec471b
-              - Batch sizes aim at about 4 MiB per batch from each table's average row width: dispatch_doctor 50000.
+              plan hash: 8c0ec435e7b4a1afad1e93428badc97d09276e785f4f474231da10ee482a41bb
+              - Batch sizes aim at about 1 MiB per batch from each table's average row width: dispatch_doctor 10000.
         "#]],
     );
 }
@@ -155,21 +155,21 @@ fn self_references_are_deferred() {
         expect![[r#"
             Plan for "Migrate TASKS" (4 entities, about 8920 rows)
               wave 1:
-                auth_user                                            ~      900 rows  batch 50000  (needed by dispatch_profile)
-                dispatch_office                                      ~      120 rows  batch 50000  (needed by dispatch_profile)
+                auth_user                                            ~      900 rows  batch 10000  (needed by dispatch_profile)
+                dispatch_office                                      ~      120 rows  batch 10000  (needed by dispatch_profile)
               wave 2:
-                dispatch_profile                                     ~      900 rows  batch 50000  (needed by dispatch_task)
+                dispatch_profile                                     ~      900 rows  batch 10000  (needed by dispatch_task)
               wave 3:
-                dispatch_task                                        ~     7000 rows  batch 50000  [second pass: dispatch_task_parent_task_id_fkey]
+                dispatch_task                                        ~     7000 rows  batch 10000  [second pass: dispatch_task_parent_task_id_fkey]
               rollback order: dispatch_task, dispatch_profile, dispatch_office, auth_user
-              plan hash: 2eeed2404f25c97d46a45b3e6f9190827e3c69acd86fca2e9744996973a08465
+              plan hash: d468f31b9bd6a64aa6f3e9e9b68ca06fad95e9b5178dbdf1b90d73fba64916c3
               - auth_user is included because dispatch_profile references it (plan with --only to leave it out).
               - dispatch_office is included because dispatch_profile references it (plan with --only to leave it out).
               - dispatch_profile is included because dispatch_task references it (plan with --only to leave it out).
               - dispatch_task.parent_task_id references dispatch_task itself: its rows go in with that reference empty, then a second pass fills it.
               - dispatch_profile is in wave 2 because it references auth_user, dispatch_office.
               - dispatch_task is in wave 3 because it references dispatch_profile.
-              - Batch sizes aim at about 4 MiB per batch from each table's average row width: auth_user 50000, dispatch_office 50000, dispatch_profile 50000, dispatch_task 50000.
+              - Batch sizes aim at about 1 MiB per batch from each table's average row width: auth_user 10000, dispatch_office 10000, dispatch_profile 10000, dispatch_task 10000.
         "#]],
     );
 }
@@ -184,15 +184,15 @@ fn a_cycle_is_broken_at_a_nullable_reference() {
         expect![[r#"
             Plan for "migrate a" (2 entities, about 2 rows)
               wave 1:
-                b                                                    ~        1 rows  batch 50000  (needed by a)  [second pass: b_a_id_fkey]
+                b                                                    ~        1 rows  batch 10000  (needed by a)  [second pass: b_a_id_fkey]
               wave 2:
-                a                                                    ~        1 rows  batch 50000
+                a                                                    ~        1 rows  batch 10000
               rollback order: a, b
-              plan hash: 971ebff490afb300e2e452a4ee72a8106e2e116e3fb2b8ed0ef76f06984f11a9
+              plan hash: f3f04e16dc47cd3b0fbe77f5a31d0b5e4ff083d305a76a8f62bf0598195892c6
               - b is included because a references it (plan with --only to leave it out).
               - b and a reference each other: b goes first with b_a_id_fkey left empty, filled in a second pass once a is in.
               - a is in wave 2 because it references b.
-              - Batch sizes aim at about 4 MiB per batch from each table's average row width: b 50000, a 50000.
+              - Batch sizes aim at about 1 MiB per batch from each table's average row width: b 10000, a 10000.
         "#]],
     );
     let report = schema(&[("a", 1, &[("b_id", "b", false)]), ("b", 1, &[("a_id", "a", false)])]);

@@ -1,0 +1,263 @@
+//! `agentctl validate`, `agentctl report` and `agentctl rollback`: proving what a migration did,
+//! telling it, and undoing it.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use agents::orchestrator::PlanGoal;
+use agents::validation::amount;
+use runtime::config::Config;
+use runtime::ports::EntityValidation;
+use serde_json::json;
+
+use crate::audit::store;
+use crate::cli::{Format, ReportFormat, ReportOpts, RollbackOpts, ValidateOpts};
+use crate::exit::Exit;
+use crate::plan_run::{end, mapping_file};
+use crate::session::{Connections, Session, SessionOptions};
+use crate::{interruptible, print_json};
+
+async fn start(config: &Config, command: &str, goal: &str, mapping: &crate::cli::MappingOpt) -> Result<(Session, PlanGoal), Exit> {
+    let conns = Connections::open(config, true).await?;
+    let (file, origin) = mapping_file(mapping, &conns).await?;
+    let session = Session::start(&conns, command, Some(goal), conns.tools()?, SessionOptions::from_config(config)).await?;
+    let only = goal != "everything";
+    Ok((session, PlanGoal { goal: goal.to_owned(), only, mapping: file, mapping_origin: origin, batch_size: None }))
+}
+
+/// The exit for failed validations: the entities, then the first differing keys and the count.
+pub fn validation_failure(results: &[&EntityValidation]) -> Option<Exit> {
+    let failed: Vec<&&EntityValidation> = results.iter().filter(|v| !v.passed).collect();
+    if failed.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = failed
+        .iter()
+        .map(|v| {
+            let keys: Vec<&str> = v.differences.iter().map(|d| d.legacy_key.as_str()).collect();
+            let listed = if keys.is_empty() {
+                String::new()
+            } else {
+                format!(" (keys {}{})", keys.join(", "), if v.rows_differing + v.missing > keys.len() as i64 { ", ..." } else { "" })
+            };
+            format!("{}: {}{listed}", v.target.name, v.detail)
+        })
+        .collect();
+    Some(Exit { code: Exit::VALIDATION, message: format!("validation failed for {} entities: {}", failed.len(), parts.join("; ")) })
+}
+
+pub fn print_validations(results: &[&EntityValidation]) {
+    println!(
+        "\n{:<24} {:>10} {:>10} {:>9} {:>6} {:>8} {:>7}  result",
+        "entity", "source", "migrated", "rejected", "kept", "differ", "orphans"
+    );
+    for v in results {
+        let orphans: i64 = v.orphans.iter().map(|o| o.count).sum();
+        println!(
+            "{:<24} {:>10} {:>10} {:>9} {:>6} {:>8} {:>7}  {}",
+            v.target.name,
+            v.source_rows,
+            v.migrated,
+            v.rejected,
+            v.kept,
+            v.rows_differing + v.missing,
+            orphans,
+            if v.passed { "passed" } else { "FAILED" }
+        );
+        for m in &v.money {
+            println!(
+                "  {:<22} money {}: source {} target {}{}",
+                "",
+                m.column,
+                amount(m.source_cents),
+                amount(m.target_cents),
+                if m.source_cents == m.target_cents { " (equal)" } else { " (DIFFERENT)" }
+            );
+        }
+        for d in &v.differences {
+            println!(
+                "  {:<22} key {}: {} expected {} found {}",
+                "",
+                d.legacy_key,
+                d.column,
+                d.expected.as_deref().unwrap_or("NULL"),
+                d.found.as_deref().unwrap_or("NULL")
+            );
+        }
+    }
+}
+
+pub async fn validate(config: &Config, opts: ValidateOpts) -> Result<(), Exit> {
+    let goal = opts.entities.join(", ");
+    let (session, goal) = start(config, "validate", &goal, &opts.mapping).await?;
+    let run_id = session.run_id;
+    let started = std::time::Instant::now();
+    let result = interruptible(
+        async {
+            let results = session.validate(goal).await.map_err(Exit::failed)?;
+            let refs: Vec<&EntityValidation> = results.iter().collect();
+            match validation_failure(&refs) {
+                Some(e) => {
+                    show_validations(&results, opts.format, run_id, started);
+                    Err(e)
+                }
+                None => Ok(results),
+            }
+        },
+        run_id,
+    )
+    .await;
+    let results = end(session, result, "validated").await?;
+    show_validations(&results, opts.format, run_id, started);
+    Ok(())
+}
+
+fn show_validations(results: &[EntityValidation], format: Format, run_id: runtime::RunId, started: std::time::Instant) {
+    match format {
+        Format::Json => print_json(&json!({"run_id": run_id, "passed": results.iter().all(|v| v.passed), "entities": results,
+            "seconds": started.elapsed().as_secs_f64()})),
+        Format::Text => {
+            print_validations(&results.iter().collect::<Vec<_>>());
+            let rows: i64 = results.iter().map(|v| v.source_rows).sum();
+            println!("{rows} source rows validated in {:.1} s (run {run_id})", started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+pub async fn rollback(config: &Config, opts: RollbackOpts) -> Result<(), Exit> {
+    let goal = if opts.all { "everything".to_owned() } else { opts.entities.join(", ") };
+    let target_location = config.target().map_err(Exit::config)?.location();
+    if !opts.yes {
+        confirm(&format!("Delete every row agentctl migrated of {goal} from {target_location}? Rows it did not create stay. [y/N] "))?;
+    }
+    let (session, goal) = start(config, "rollback", &goal, &opts.mapping).await?;
+    let run_id = session.run_id;
+    session.operator_decision(
+        format!("roll back {}", goal.goal),
+        if opts.yes { "approved with --yes" } else { "the operator answered yes at the prompt" },
+        json!({"goal": goal.goal, "target": target_location}),
+    );
+    let result = interruptible(async { session.rollback(goal).await.map_err(Exit::failed) }, run_id).await;
+    let done = end(session, result, "rolled back").await?;
+    match opts.format {
+        Format::Json => print_json(&json!({"run_id": run_id, "entities": done})),
+        Format::Text => {
+            println!("{:<24} {:>10} {:>10}", "entity", "deleted", "kept");
+            for d in &done {
+                println!("{:<24} {:>10} {:>10}", d.target.name, d.deleted, d.kept);
+            }
+            let deleted: i64 = done.iter().map(|d| d.deleted).sum();
+            println!("deleted {deleted} rows agentctl had created, children first, in one transaction (run {run_id})");
+        }
+    }
+    Ok(())
+}
+
+/// Asks on the terminal; no terminal, no yes.
+fn confirm(question: &str) -> Result<(), Exit> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Exit::config("refusing to delete without confirmation: there is no terminal to ask on; pass --yes"));
+    }
+    eprint!("{question}");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| Exit::failed(format!("while reading the answer: {e}")))?;
+    if matches!(line.trim().to_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        Err(Exit::failed("not confirmed; nothing was deleted"))
+    }
+}
+
+pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
+    let store = store(config).await?;
+    let run = match &opts.run {
+        Some(id) => store.find_run(Some(id)).await,
+        None => store.latest_run("run").await,
+    }
+    .map_err(Exit::failed)?;
+    let entities = store.report(run.run_id).await.map_err(Exit::failed)?;
+    let rejections = store.rejection_groups(run.run_id).await.map_err(Exit::failed)?;
+    let total = |f: fn(&tools::control::ReportEntity) -> i64| entities.iter().map(f).sum::<i64>();
+    let (source, migrated, rejected) = (total(|e| e.source_rows), total(|e| e.migrated), total(|e| e.rejected));
+    let wall = run.finished_at.unwrap_or_else(chrono::Utc::now) - run.started_at;
+    let wall = wall.num_milliseconds() as f64 / 1000.0;
+    let rate = |n: i64, d: i64| if d == 0 { 100.0 } else { n as f64 * 100.0 / d as f64 };
+    match opts.format {
+        ReportFormat::Json => print_json(&json!({
+            "run": run, "entities": entities, "rejections": rejections,
+            "totals": {"source_rows": source, "migrated": migrated, "rejected": rejected,
+                "success_rate": rate(migrated, source), "accounted": source == migrated + rejected, "wall_seconds": wall},
+        })),
+        ReportFormat::Md => {
+            println!("# Migration report, run {}\n", run.run_id);
+            println!(
+                "`agentctl {}{}`, {} to {}, outcome **{}**.\n",
+                run.command,
+                run.goal.as_ref().map(|g| format!(" --goal \"{g}\"")).unwrap_or_default(),
+                run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                run.finished_at.map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_else(|| "(still running)".into()),
+                run.outcome
+            );
+            println!("| entity | migrated / source | success | rejected | money preserved | validation | seconds | rows/s |");
+            println!("| --- | ---: | ---: | ---: | --- | --- | ---: | ---: |");
+            for e in &entities {
+                println!(
+                    "| {} | {} / {} | {:.3}% | {} | {} | {} | {:.1} | {:.0} |",
+                    e.target_table.trim_start_matches("public."),
+                    e.migrated,
+                    e.source_rows,
+                    rate(e.migrated, e.source_rows),
+                    e.rejected,
+                    money_cell(e.money.as_ref()),
+                    match e.validated {
+                        Some(true) => "passed",
+                        Some(false) => "FAILED",
+                        None => "not validated",
+                    },
+                    e.seconds,
+                    e.source_rows as f64 / e.seconds.max(1e-3)
+                );
+            }
+            println!(
+                "| **total** | **{migrated} / {source}** | **{:.3}%** | **{rejected}** | | | {wall:.1} (wall) | {:.0} |",
+                rate(migrated, source),
+                source as f64 / wall.max(1e-3)
+            );
+            println!(
+                "\nEvery source row is {}: {source} = {migrated} migrated + {rejected} rejected.",
+                if source == migrated + rejected { "accounted for" } else { "NOT accounted for" }
+            );
+            if !rejections.is_empty() {
+                println!("\n## Rejections by reason\n");
+                println!("| table | rule | rows | example reason | example keys |");
+                println!("| --- | --- | ---: | --- | --- |");
+                for g in &rejections {
+                    println!(
+                        "| {} | {} | {} | {} | {} |",
+                        g.source_table.trim_start_matches("public."),
+                        g.rule,
+                        g.count,
+                        g.example_reason.replace('|', "\\|"),
+                        g.example_keys.join(", ")
+                    );
+                }
+                println!("\nEach rejected row, with its source row, is in `agentctl.rejected_rows` (run {}).", run.run_id);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn money_cell(money: Option<&serde_json::Value>) -> String {
+    let Some(cols) = money.and_then(|m| m.as_array()) else { return "-".into() };
+    if cols.is_empty() {
+        return "-".into();
+    }
+    cols.iter()
+        .map(|m| {
+            let (s, t) = (m["source_cents"].as_i64().unwrap_or(0), m["target_cents"].as_i64().unwrap_or(-1));
+            format!("{} {}{}", m["column"].as_str().unwrap_or(""), amount(t), if s == t { " ✓" } else { " ✗ (source differs)" })
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
