@@ -351,3 +351,121 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
     condition()
 }
+
+/// One scripted answer of [`FakeOpenAi`].
+#[derive(Clone, Debug)]
+pub struct Scripted {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+    /// Wait this long before answering (to test timeouts).
+    pub delay: Duration,
+}
+
+impl Scripted {
+    /// A 200 chat completion whose message calls `tool` with `arguments` (JSON text, valid or not).
+    pub fn tool_call(tool: &str, arguments: &str) -> Scripted {
+        Scripted::ok(serde_json::json!({
+            "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "test-model",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": tool, "arguments": arguments}}]}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+        }))
+    }
+
+    /// A 200 chat completion answering in text.
+    pub fn text(content: &str) -> Scripted {
+        Scripted::ok(serde_json::json!({
+            "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "test-model",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
+        }))
+    }
+
+    pub fn ok(body: serde_json::Value) -> Scripted {
+        Scripted { status: 200, headers: Vec::new(), body, delay: Duration::ZERO }
+    }
+
+    /// 429 Too Many Requests, asking to come back after `seconds`.
+    pub fn rate_limited(seconds: u64) -> Scripted {
+        Scripted {
+            status: 429,
+            headers: vec![("Retry-After".into(), seconds.to_string())],
+            body: serde_json::json!({"error": {"message": "Rate limit reached", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A real HTTP server speaking the OpenAI chat completions API on loopback: it answers from a
+/// script, in order (the last answer repeats), and keeps every request it received, with when.
+pub struct FakeOpenAi {
+    pub url: String,
+    received: std::sync::Arc<Mutex<Vec<(Instant, serde_json::Value)>>>,
+}
+
+impl FakeOpenAi {
+    pub fn start(script: Vec<Scripted>) -> FakeOpenAi {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let received: std::sync::Arc<Mutex<Vec<(Instant, serde_json::Value)>>> = Default::default();
+        let (log, script) = (received.clone(), std::sync::Arc::new(script));
+        let next = std::sync::Arc::new(AtomicU32::new(0));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (log, script, next) = (log.clone(), script.clone(), next.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().expect("a socket"));
+                    let mut stream = stream;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut length = 0usize;
+                        loop {
+                            let mut header = String::new();
+                            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let header = header.trim_end();
+                            if header.is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = header.split_once(':') {
+                                if k.eq_ignore_ascii_case("content-length") {
+                                    length = v.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        log.lock().unwrap().push((Instant::now(), serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)));
+                        let n = next.fetch_add(1, Ordering::SeqCst) as usize;
+                        let answer = script[n.min(script.len() - 1)].clone();
+                        std::thread::sleep(answer.delay);
+                        let text = answer.body.to_string();
+                        let mut head =
+                            format!("HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", answer.status, text.len());
+                        for (k, v) in &answer.headers {
+                            head.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                        head.push_str("\r\n");
+                        if stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(text.as_bytes())).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakeOpenAi { url, received }
+    }
+
+    /// The requests received so far, with when each arrived.
+    pub fn requests(&self) -> Vec<(Instant, serde_json::Value)> {
+        self.received.lock().unwrap().clone()
+    }
+}

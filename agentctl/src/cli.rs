@@ -14,6 +14,9 @@ pub struct Opt {
     #[command(flatten)]
     pub db: DbOpts,
 
+    #[command(flatten)]
+    pub llm: LlmOpts,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -33,6 +36,24 @@ pub struct DbOpts {
     /// The .env file to read.
     #[arg(long, global = true, value_name = "FILE", default_value = ".env")]
     pub env_file: PathBuf,
+}
+
+/// The language model the planning and guidance agents may use (configured by
+/// OPENAI_API_KEY, OPENAI_BASE_URL and AGENTCTL_MODEL; without them they work offline).
+#[derive(Debug, Args, Clone, Default)]
+pub struct LlmOpts {
+    /// Store every exchange with the model in DIR, keyed by a hash of the request.
+    #[arg(long, global = true, value_name = "DIR", conflicts_with = "llm_replay")]
+    pub llm_record: Option<PathBuf>,
+
+    /// Answer from the exchanges stored in DIR instead of asking the model (offline,
+    /// deterministic).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub llm_replay: Option<PathBuf>,
+
+    /// Tokens the run may spend; once spent, the agents carry on offline and say so.
+    #[arg(long, global = true, value_name = "N")]
+    pub max_tokens_total: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -77,6 +98,11 @@ pub enum Command {
     Bench(BenchCmd),
     /// The whole job on a private PostgreSQL: reference data, target schema, migration, report.
     Demo(DemoOpts),
+    /// Talk to agentctl in plain words: migrate, ask how it goes, why rows failed, undo.
+    Chat(ChatOpts),
+    /// Which language model is configured, and whether it answers.
+    #[command(subcommand)]
+    Llm(LlmCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,6 +298,21 @@ pub struct RunOpts {
 
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatOpts {
+    #[command(flatten)]
+    pub mapping: MappingOpt,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LlmCmd {
+    /// Say which provider and model are active and ask it one small question.
+    Check {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 //! drive a session in-process; `main.rs` only maps the result to an exit code.
 
 pub mod audit;
+pub mod chat;
 pub mod cli;
 pub mod dataset;
 pub mod exit;
@@ -23,7 +24,10 @@ use crate::exit::Exit;
 pub async fn run(opt: Opt) -> Result<(), Exit> {
     let vars = Vars::load(&opt.db.env_file).map_err(Exit::config)?;
     let flags = DbFlags { source: opt.db.source.clone(), target: opt.db.target.clone() };
-    let config = Config::resolve(&flags, &vars).map_err(Exit::config)?;
+    let mut config = Config::resolve(&flags, &vars).map_err(Exit::config)?;
+    config.llm.record = opt.llm.llm_record.clone();
+    config.llm.replay = opt.llm.llm_replay.clone();
+    config.llm.max_tokens_total = opt.llm.max_tokens_total;
     match opt.command {
         Command::Run(o) => plan_run::run(&config, o).await,
         Command::Plan(o) => plan_run::plan(&config, o).await,
@@ -38,6 +42,8 @@ pub async fn run(opt: Opt) -> Result<(), Exit> {
         Command::Bench(cmd) => dataset::bench(&config, cmd).await,
         Command::Schema(cmd) => plan_run::schema(&config, cmd).await,
         Command::Demo(o) => dataset::demo(o).await,
+        Command::Chat(o) => chat::chat(&config, o).await,
+        Command::Llm(cmd) => chat::llm(&config, cmd).await,
     }
 }
 

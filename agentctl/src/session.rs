@@ -62,8 +62,23 @@ impl Connections {
             target: Some(Arc::new(PgCatalog::new(self.target.clone(), target_label))),
             source_rows: Arc::new(PgRows::new(source)),
             target_writer: Some(Arc::new(PgTarget::new(self.target.clone(), self.config.max_retry_attempts))),
+            llm: llm(&self.config)?,
         })
     }
+}
+
+/// The configured language model, if any.
+pub fn llm(config: &Config) -> Result<Option<Arc<dyn runtime::ports::Llm>>, Exit> {
+    let c = &config.llm;
+    let Some(mut settings) =
+        tools::llm::LlmSettings::resolve(c.api_key.clone(), c.base_url.clone(), c.model.clone(), c.record.clone(), c.replay.clone())
+    else {
+        return Ok(None);
+    };
+    settings.timeout = c.timeout;
+    settings.max_tokens_total = c.max_tokens_total;
+    let client = tools::llm::OpenAiLlm::new(settings).map_err(Exit::config)?;
+    Ok(Some(Arc::new(client)))
 }
 
 pub struct SessionOptions {
@@ -230,6 +245,11 @@ impl Session {
             .ask_within(&self.to_orchestrator, "analyze", request, OrchestratorMsg::Analyze, self.phase_timeout())
             .await
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
+    }
+
+    /// Writes out every audit event recorded so far (before reading the trail back).
+    pub async fn flush_audit(&self) -> Result<(), Exit> {
+        self.audit.flush().await.map_err(|e| Exit::failed(format!("writing the audit trail: {e}")))
     }
 
     /// Records a decision the operator made (an approval, a refusal).

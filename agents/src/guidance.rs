@@ -1,6 +1,7 @@
 //! The user guidance agent: explains, in words an office manager understands, what is about to
-//! happen and what happened. This is its offline voice (templates over the typed plan); an LLM
-//! may make it more fluent later, never more or less accurate.
+//! happen and what happened (templates over the typed plan), and understands what the operator
+//! asks in the chat: the common phrasings by an offline parser, the rest, when a model is
+//! configured, by the model's typed reading.
 
 use std::sync::Arc;
 
@@ -9,6 +10,8 @@ use runtime::context::RunContext;
 use runtime::domain::{Inclusion, MigrationPlan};
 use runtime::envelope::{AgentError, Envelope};
 use runtime::AgentName;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 pub enum GuidanceMsg {
     ExplainPlan(Envelope<MigrationPlan>, RpcReplyPort<Result<String, AgentError>>),
@@ -102,4 +105,174 @@ pub fn explain_plan(plan: &MigrationPlan) -> String {
         out.push_str("\nSome rows point to other rows of the same kind; I copy them first and connect them in a second pass.");
     }
     out
+}
+
+/// What an operator asks or commands, in plain words, understood.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "intent", rename_all = "snake_case")]
+pub enum Intent {
+    /// Move these tables (in the words `run --goal` takes), with what they need.
+    Migrate {
+        goal: String,
+    },
+    /// How the current or latest migration is going.
+    Status,
+    /// Why rows were not moved, for one table or all.
+    WhyFailed {
+        entity: Option<String>,
+    },
+    /// One row that was not moved, with its reason.
+    ShowFailed {
+        entity: Option<String>,
+    },
+    /// Take back what was moved of these tables.
+    Undo {
+        goal: String,
+    },
+    /// What an agent decided, and why.
+    Decisions {
+        agent: Option<String>,
+    },
+    Help,
+    Exit,
+    /// Not understood.
+    Unknown,
+}
+
+/// The offline intent parser: the common phrasings, by their words.
+pub fn parse_intent(text: &str) -> Intent {
+    let t = text.trim().to_lowercase();
+    let t = t.trim_end_matches(['?', '!', '.']).trim();
+    let words: Vec<&str> = t.split(|c: char| !c.is_alphanumeric() && c != '_').filter(|w| !w.is_empty()).collect();
+    let has = |w: &str| words.contains(&w);
+    let after = |keys: &[&str]| -> Option<String> {
+        let i = words.iter().position(|w| keys.contains(w))?;
+        let rest: Vec<&str> =
+            words[i + 1..].iter().copied().filter(|w| !matches!(*w, "the" | "a" | "an" | "some" | "of" | "please")).collect();
+        (!rest.is_empty()).then(|| rest.join(" "))
+    };
+    let entity_after = |keys: &[&str]| -> Option<String> {
+        after(keys)
+            .map(|s| {
+                s.split(' ')
+                    .filter(|w| {
+                        !matches!(
+                            *w,
+                            "fail"
+                                | "failed"
+                                | "rows"
+                                | "row"
+                                | "rejected"
+                                | "not"
+                                | "move"
+                                | "moved"
+                                | "migrate"
+                                | "migrated"
+                                | "did"
+                                | "were"
+                                | "was"
+                                | "me"
+                                | "one"
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .filter(|s| !s.is_empty())
+    };
+    match () {
+        _ if t.is_empty() => Intent::Unknown,
+        _ if matches!(t, "exit" | "quit" | "bye" | "q") => Intent::Exit,
+        _ if matches!(t, "help" | "?" | "what can you do" | "what can i ask") => Intent::Help,
+        _ if has("why") && (has("decide") || has("decided") || has("before") || has("first") || has("order")) => Intent::Decisions {
+            agent: words.iter().find(|w| ["planning", "execution", "validation", "mapping"].contains(w)).map(|w| w.to_string()),
+        },
+        _ if (has("what") || has("show")) && (has("decide") || has("decided") || has("decision") || has("decisions")) => {
+            Intent::Decisions {
+                agent: words.iter().find(|w| ["planning", "execution", "validation", "mapping"].contains(w)).map(|w| w.to_string()),
+            }
+        }
+        _ if has("why") => Intent::WhyFailed { entity: entity_after(&["some", "why", "did", "were", "the"]).map(|e| strip_leading(&e)) },
+        _ if (has("show") || has("see") || has("example")) && (has("failed") || has("rejected") || has("bad")) => {
+            Intent::ShowFailed { entity: entity_after(&["failed", "rejected", "bad"]) }
+        }
+        _ if has("undo") || has("rollback") || (has("roll") && has("back")) || has("remove") => {
+            Intent::Undo { goal: after(&["undo", "rollback", "back", "remove"]).unwrap_or_default() }
+        }
+        _ if has("status") || has("progress") || (has("how") && (has("going") || has("far"))) || has("done") => Intent::Status,
+        _ if has("migrate") || has("move") || has("copy") || has("transfer") => {
+            let goal = after(&["migrate", "move", "copy", "transfer"]).unwrap_or_default();
+            let goal = goal.trim_end_matches(" over").trim_end_matches(" first").to_owned();
+            if goal.is_empty() {
+                Intent::Unknown
+            } else {
+                Intent::Migrate { goal }
+            }
+        }
+        _ => Intent::Unknown,
+    }
+}
+
+/// "some orders fail" → "orders".
+fn strip_leading(s: &str) -> String {
+    s.split(' ').filter(|w| !matches!(*w, "some" | "did" | "the")).collect::<Vec<_>>().join(" ")
+}
+
+/// What the operator said, understood: by the model when one is configured (its answer is an
+/// [`Intent`] through a typed tool call), else, or when the model fails, by the offline parser.
+pub async fn understand(ctx: &RunContext, llm: Option<&dyn runtime::ports::Llm>, text: &str, entities: &[String]) -> Intent {
+    let offline = parse_intent(text);
+    let Some(llm) = llm else { return offline };
+    if offline != Intent::Unknown {
+        return offline;
+    }
+    let system = match prompts::fill(prompts::INTENT, &[("entities", &entities.join(", "))]) {
+        Ok(s) => s,
+        Err(e) => return fail_offline(ctx, text, &e.to_string(), offline),
+    };
+    match crate::llm::ask_typed::<Intent>(ctx, llm, AgentName::Guidance, "operator_intent", "What the operator wants", &system, text).await
+    {
+        Ok(intent) => intent,
+        Err(why) => fail_offline(ctx, text, &why, offline),
+    }
+}
+
+fn fail_offline(ctx: &RunContext, text: &str, why: &str, offline: Intent) -> Intent {
+    ctx.decision(AgentName::Guidance, "understood the operator without the model", format!("the model failed: {why}"), text);
+    offline
+}
+
+#[cfg(test)]
+mod intent_tests {
+    use super::*;
+
+    #[test]
+    fn common_phrasings_map_to_their_intents() {
+        let migrate = |g: &str| Intent::Migrate { goal: g.into() };
+        let cases: Vec<(&str, Intent)> = vec![
+            ("migrate the doctors and everything they need", migrate("doctors and everything they need")),
+            ("please move the patients over", migrate("patients")),
+            ("copy technician_roles", migrate("technician_roles")),
+            ("Migrate everything except messages", migrate("everything except messages")),
+            ("how is it going?", Intent::Status),
+            ("status", Intent::Status),
+            ("how far along are we", Intent::Status),
+            ("why did some orders fail?", Intent::WhyFailed { entity: Some("orders".into()) }),
+            ("why did rows fail", Intent::WhyFailed { entity: None }),
+            ("show me a failed payment", Intent::ShowFailed { entity: Some("payment".into()) }),
+            ("show me a rejected row", Intent::ShowFailed { entity: None }),
+            ("undo the doctors", Intent::Undo { goal: "doctors".into() }),
+            ("roll back offices", Intent::Undo { goal: "offices".into() }),
+            ("what did the planning agent decide and why?", Intent::Decisions { agent: Some("planning".into()) }),
+            ("why were offices migrated before doctors?", Intent::Decisions { agent: None }),
+            ("help", Intent::Help),
+            ("exit", Intent::Exit),
+            ("quit", Intent::Exit),
+            ("the weather is nice", Intent::Unknown),
+            ("migrate", Intent::Unknown),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_intent(text), want, "{text:?}");
+        }
+    }
 }

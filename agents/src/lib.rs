@@ -8,6 +8,7 @@ pub mod data_mapping;
 pub mod execution;
 pub mod forecast;
 pub mod guidance;
+pub mod llm;
 pub mod orchestrator;
 pub mod planning;
 pub mod schema_analysis;

@@ -13,7 +13,7 @@ use runtime::context::RunContext;
 use runtime::domain::{MigrationPlan, PlannedEntity, SchemaReport, TableName};
 use runtime::envelope::{AgentError, CallError, Courier, Envelope};
 use runtime::events::RunEvent;
-use runtime::ports::{Catalog, EntityValidation, RolledBack, Rows, Target};
+use runtime::ports::{Catalog, EntityValidation, Llm, RolledBack, Rows, Target};
 use runtime::supervise::{RestartPolicy, Slot, Team};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,8 @@ pub struct Tools {
     pub source_rows: Arc<dyn Rows>,
     /// Where migrated rows are written.
     pub target_writer: Option<Arc<dyn Target>>,
+    /// The language model, when one is configured.
+    pub llm: Option<Arc<dyn Llm>>,
 }
 
 #[derive(Clone)]
@@ -142,7 +144,7 @@ impl Actor for Orchestrator {
                     source_rows: args.tools.source_rows.clone(),
                 },
             ),
-            planning: team.add(AgentName::Planning, PlanningAgent, PlanningArgs { ctx: ctx.clone() }),
+            planning: team.add(AgentName::Planning, PlanningAgent, PlanningArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() }),
             mapping: team.add(AgentName::DataMapping, DataMappingAgent, DataMappingArgs { ctx: ctx.clone() }),
             execution: team.add(
                 AgentName::Execution,

@@ -48,6 +48,71 @@ pub struct PlanningAgent;
 #[derive(Clone)]
 pub struct PlanningArgs {
     pub ctx: Arc<RunContext>,
+    /// Reads free-text goals the deterministic resolver cannot, when configured.
+    pub llm: Option<Arc<dyn runtime::ports::Llm>>,
+}
+
+/// A goal as the model reads it: the tables in the words the resolver takes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct GoalReading {
+    /// Tables to migrate (entity names).
+    pub tables: Vec<String>,
+    /// All of them.
+    pub everything: bool,
+    /// Tables to leave out.
+    pub except: Vec<String>,
+    /// Without the tables these depend on.
+    pub only: bool,
+}
+
+impl GoalReading {
+    /// The goal in the resolver's words.
+    pub fn goal(&self) -> String {
+        let base = if self.everything || self.tables.is_empty() { "everything".to_owned() } else { self.tables.join(", ") };
+        if self.except.is_empty() {
+            base
+        } else {
+            format!("{base} except {}", self.except.join(", "))
+        }
+    }
+}
+
+/// Plans a goal the resolver could not read by asking the model what it means; the model's
+/// reading is only a goal in the resolver's words, planned and checked by the same code, so a
+/// wrong reading fails as a wrong goal would (and is recorded as rejected), never runs.
+async fn plan_with_llm(
+    ctx: &RunContext,
+    llm: &dyn runtime::ports::Llm,
+    req: &PlanRequest,
+    first: PlanError,
+) -> Result<MigrationPlan, PlanError> {
+    let entities: Vec<String> = req.mappings.specs.iter().map(|s| s.source.name.clone()).collect();
+    let Ok(system) = prompts::fill(prompts::GOAL, &[("entities", &entities.join(", "))]) else { return Err(first) };
+    let reading =
+        match crate::llm::ask_typed::<GoalReading>(ctx, llm, ME, "plan_request", "The tables the goal names", &system, &req.goal).await {
+            Ok(r) => r,
+            Err(why) => {
+                ctx.decision(ME, format!("read \"{}\" without the model", req.goal), format!("the model failed: {why}"), &req.goal);
+                return Err(first);
+            }
+        };
+    let goal = reading.goal();
+    match plan(&goal, req.only || reading.only, &req.source, Some(&req.mappings), req.batch_size) {
+        Ok(mut p) => {
+            ctx.decision(
+                ME,
+                format!("read \"{}\" as \"{goal}\"", req.goal),
+                "the model's reading of the free-text goal, checked by the planner: every table exists and the order respects the references",
+                &reading,
+            );
+            p.rationale.insert(0, format!("The goal \"{}\" was read as \"{goal}\".", req.goal));
+            Ok(p)
+        }
+        Err(e) => {
+            ctx.decision(ME, format!("rejected the model's reading \"{goal}\" of \"{}\"", req.goal), e.to_string(), &reading);
+            Err(first)
+        }
+    }
 }
 
 impl Actor for PlanningAgent {
@@ -83,7 +148,12 @@ impl Actor for PlanningAgent {
             }
             PlanningMsg::Plan(env, reply) => {
                 let req = env.body;
-                let result = plan(&req.goal, req.only, &req.source, Some(&req.mappings), req.batch_size);
+                let result = match (plan(&req.goal, req.only, &req.source, Some(&req.mappings), req.batch_size), &state.llm) {
+                    (Err(e @ (PlanError::Unknown { .. } | PlanError::Empty | PlanError::NothingToMigrate { .. })), Some(llm)) => {
+                        plan_with_llm(&state.ctx, llm.as_ref(), &req, e).await
+                    }
+                    (result, _) => result,
+                };
                 match &result {
                     Ok(p) => state.ctx.decision(
                         ME,

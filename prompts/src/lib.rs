@@ -16,6 +16,19 @@ pub enum PromptError {
     Unclosed { template: String, at: usize },
 }
 
+/// A template: its name and its text.
+pub type Template = (&'static str, &'static str);
+
+/// The guidance agent's instructions for understanding an operator's request.
+pub const INTENT: Template = ("intent", include_str!("../templates/intent.md"));
+/// The planning agent's instructions for turning a free-text goal into tables.
+pub const GOAL: Template = ("goal", include_str!("../templates/goal.md"));
+
+/// Fills a template with `values`, as [`render`] does.
+pub fn fill(template: Template, values: &[(&str, &str)]) -> Result<String, PromptError> {
+    render(template.0, template.1, &values.iter().map(|(k, v)| (*k, (*v).to_owned())).collect())
+}
+
 /// Fills `text` (the template called `name`, for errors) with `values`.
 pub fn render(name: &str, text: &str, values: &BTreeMap<&str, String>) -> Result<String, PromptError> {
     let mut out = String::with_capacity(text.len());

@@ -183,6 +183,21 @@ pub struct Config {
     pub migration_timeout: Option<Duration>,
     /// The most one request between agents may take (`AGENTCTL_REQUEST_TIMEOUT`, seconds).
     pub request_timeout: Duration,
+    /// The language model, when one is configured.
+    pub llm: LlmConfig,
+}
+
+/// Where the planning and guidance agents' language model is (`OPENAI_API_KEY`,
+/// `OPENAI_BASE_URL`, `AGENTCTL_MODEL`, `AGENTCTL_LLM_TIMEOUT`; the rest from flags).
+#[derive(Clone, Debug, Default)]
+pub struct LlmConfig {
+    pub api_key: Option<String>,
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    pub timeout: Duration,
+    pub max_tokens_total: Option<u64>,
+    pub record: Option<std::path::PathBuf>,
+    pub replay: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -210,6 +225,18 @@ impl Config {
                 |n| *n > 0,
                 "expected a positive number of seconds",
             )?),
+            llm: LlmConfig {
+                api_key: vars.get("OPENAI_API_KEY").map(|(v, _)| v.to_owned()).filter(|v| !v.is_empty()),
+                base_url: vars.get("OPENAI_BASE_URL").map(|(v, _)| v.to_owned()).filter(|v| !v.is_empty()),
+                model: vars.get("AGENTCTL_MODEL").map(|(v, _)| v.to_owned()).filter(|v| !v.is_empty()),
+                timeout: Duration::from_secs(vars.number(
+                    "AGENTCTL_LLM_TIMEOUT",
+                    60u64,
+                    |n| *n > 0,
+                    "expected a positive number of seconds",
+                )?),
+                ..LlmConfig::default()
+            },
         })
     }
 
@@ -223,7 +250,9 @@ impl Config {
 
     /// The secret values this configuration holds, for the audit trail's redactor.
     pub fn secrets(&self) -> Vec<String> {
-        [&self.source, &self.target].into_iter().flatten().filter_map(DbUrl::password).collect()
+        let mut secrets: Vec<String> = [&self.source, &self.target].into_iter().flatten().filter_map(DbUrl::password).collect();
+        secrets.extend(self.llm.api_key.clone());
+        secrets
     }
 }
 

@@ -2,9 +2,11 @@
 //! clusters started by `tests::PgCluster` (see `tests/lib.rs`).
 
 mod audit;
+mod chat;
 mod cli;
 mod dataset;
 mod execution;
+mod llm;
 mod planning;
 mod proof;
 mod supervision;

@@ -232,6 +232,33 @@ impl ControlStore {
             .map_err(while_doing("reading the constraints set aside for a load"))
     }
 
+    /// The run that migrated most recently (any command: run, demo, chat).
+    pub async fn latest_migration_run(&self) -> Result<Option<RunId>, DbError> {
+        let id: Option<Uuid> =
+            sqlx::query_scalar("SELECT run_id FROM agentctl.migration_control GROUP BY run_id ORDER BY max(started_at) DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(while_doing("looking for the latest migration"))?;
+        Ok(id.map(RunId))
+    }
+
+    /// One rejected row of a source table in a run: (legacy key, reason, source row as JSON).
+    pub async fn rejected_example(
+        &self,
+        run_id: RunId,
+        source_table: &str,
+    ) -> Result<Option<(String, String, serde_json::Value)>, DbError> {
+        sqlx::query_as(
+            "SELECT legacy_key, reason, source_row FROM agentctl.rejected_rows WHERE run_id = $1 AND source_table = $2
+             ORDER BY length(legacy_key), legacy_key LIMIT 1",
+        )
+        .bind(run_id.0)
+        .bind(source_table)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(while_doing(format!("reading a rejected row of {source_table}")))
+    }
+
     /// The latest run of a command (`run`, `validate`, ...).
     pub async fn latest_run(&self, command: &str) -> Result<RunRow, DbError> {
         let id: Option<Uuid> = sqlx::query_scalar("SELECT run_id FROM agentctl.runs WHERE command = $1 ORDER BY started_at DESC LIMIT 1")

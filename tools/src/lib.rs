@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod control;
 pub mod dataset;
+pub mod llm;
 pub mod pg;
 pub mod rows;
 pub mod target;

@@ -1,0 +1,68 @@
+//! Asking the language model for a typed answer: the answer's JSON schema (generated from the
+//! Rust type) is the one tool the model must call; a reply that is not valid JSON or does not
+//! fit the type is asked again with the error, at most twice; every call is in the audit trail
+//! (model, the rendered prompt, the reply, tokens, latency). The caller falls back to its
+//! offline path when this returns an error, and says why.
+
+use runtime::audit::{AuditRecord, EventKind};
+use runtime::context::RunContext;
+use runtime::ports::{Llm, LlmRequest, LlmTool};
+use runtime::AgentName;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+/// How many times a reply that does not parse is asked again.
+pub const REASKS: usize = 2;
+
+pub async fn ask_typed<T: DeserializeOwned + JsonSchema>(
+    ctx: &RunContext,
+    llm: &dyn Llm,
+    agent: AgentName,
+    tool: &str,
+    description: &str,
+    system: &str,
+    user: &str,
+) -> Result<T, String> {
+    let parameters = serde_json::to_value(schemars::schema_for!(T)).map_err(|e| format!("the schema of {tool}: {e}"))?;
+    let mut request = LlmRequest {
+        system: system.to_owned(),
+        turns: vec![("user".into(), user.to_owned())],
+        tool: Some(LlmTool { name: tool.to_owned(), description: description.to_owned(), parameters }),
+    };
+    let mut last_error = String::new();
+    for attempt in 0..=REASKS {
+        let reply = llm.ask(&request).await;
+        let (tokens, budget) = llm.tokens();
+        let summary = match &reply {
+            Ok(r) => format!("{tool}: {} answered in {} ms ({} + {} tokens)", r.model, r.millis, r.prompt_tokens, r.completion_tokens),
+            Err(e) => format!("{tool}: no answer: {e}"),
+        };
+        ctx.audit.record(AuditRecord::new(
+            agent,
+            EventKind::Llm,
+            summary,
+            json!({"llm": llm.describe(), "attempt": attempt + 1, "request": request, "reply": reply.as_ref().ok(),
+                "error": reply.as_ref().err().map(|e| e.0.clone()), "run_tokens": tokens, "token_budget": budget}),
+        ));
+        let reply = reply.map_err(|e| e.0)?;
+        let Some(arguments) = reply.arguments.clone() else {
+            last_error = format!("it answered in text instead of calling {tool}");
+            request.turns.push(("assistant".into(), reply.text.unwrap_or_default()));
+            request.turns.push(("user".into(), format!("Answer by calling the function {tool}.")));
+            continue;
+        };
+        match serde_json::from_str::<T>(&arguments) {
+            Ok(value) => return Ok(value),
+            Err(e) => {
+                last_error = format!("its arguments do not fit {tool}: {e}");
+                request.turns.push(("assistant".into(), arguments));
+                request.turns.push((
+                    "user".into(),
+                    format!("Those arguments are not valid: {e}. Call {tool} again with arguments that match its schema."),
+                ));
+            }
+        }
+    }
+    Err(format!("after {} attempts {last_error}", REASKS + 1))
+}

@@ -1,0 +1,163 @@
+//! The language model client: any OpenAI-compatible endpoint (OpenAI, Azure OpenAI, Ollama,
+//! vLLM, llama.cpp's server) through async-openai's chat API, which retries 429 and 5xx answers
+//! with backoff, honouring `Retry-After`. On top of it: a timeout a request, a token budget for
+//! the run, and recording or replaying exchanges keyed by a hash of the request, so a run can be
+//! replayed offline and deterministically.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_openai::config::OpenAIConfig;
+use async_openai::Client;
+use async_trait::async_trait;
+use runtime::ports::{Llm, LlmReply, LlmRequest, ToolError};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// Where and how to reach the model.
+#[derive(Clone, Debug)]
+pub struct LlmSettings {
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub model: String,
+    pub timeout: Duration,
+    /// Stop asking once this many tokens were used in the run.
+    pub max_tokens_total: Option<u64>,
+    pub record: Option<PathBuf>,
+    pub replay: Option<PathBuf>,
+}
+
+impl LlmSettings {
+    pub const DEFAULT_BASE: &str = "https://api.openai.com/v1";
+    pub const DEFAULT_MODEL: &str = "gpt-4o-mini";
+
+    /// From `OPENAI_API_KEY`, `OPENAI_BASE_URL` and `AGENTCTL_MODEL` (any source the caller
+    /// looked up); `None` when neither a key, a base URL nor a replay directory is given: the
+    /// agents then work offline.
+    pub fn resolve(
+        api_key: Option<String>,
+        base_url: Option<String>,
+        model: Option<String>,
+        record: Option<PathBuf>,
+        replay: Option<PathBuf>,
+    ) -> Option<LlmSettings> {
+        if api_key.is_none() && base_url.is_none() && replay.is_none() {
+            return None;
+        }
+        Some(LlmSettings {
+            base_url: base_url.unwrap_or_else(|| Self::DEFAULT_BASE.into()).trim_end_matches('/').to_owned(),
+            api_key,
+            model: model.unwrap_or_else(|| Self::DEFAULT_MODEL.into()),
+            timeout: Duration::from_secs(60),
+            max_tokens_total: None,
+            record,
+            replay,
+        })
+    }
+}
+
+pub struct OpenAiLlm {
+    client: Client<OpenAIConfig>,
+    settings: LlmSettings,
+    used: AtomicU64,
+}
+
+impl OpenAiLlm {
+    pub fn new(settings: LlmSettings) -> Result<OpenAiLlm, ToolError> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .build()
+            .map_err(|e| ToolError(format!("setting up the HTTP client for {}: {e}", settings.base_url)))?;
+        let config = OpenAIConfig::new().with_api_base(&settings.base_url).with_api_key(settings.api_key.clone().unwrap_or_default());
+        Ok(OpenAiLlm { client: Client::build(http, config), settings, used: AtomicU64::new(0) })
+    }
+
+    /// The chat completion request, as the API takes it.
+    fn body(&self, request: &LlmRequest) -> Value {
+        let mut messages = vec![json!({"role": "system", "content": request.system})];
+        messages.extend(request.turns.iter().map(|(role, text)| json!({"role": role, "content": text})));
+        let mut body = json!({"model": self.settings.model, "messages": messages, "temperature": 0, "stream": false});
+        if let Some(tool) = &request.tool {
+            body["tools"] = json!([{"type": "function", "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters}}]);
+            body["tool_choice"] = json!({"type": "function", "function": {"name": tool.name}});
+        }
+        body
+    }
+
+    fn recording(dir: &std::path::Path, body: &Value) -> PathBuf {
+        let hash = hex::encode(Sha256::digest(body.to_string().as_bytes()));
+        dir.join(format!("{}.json", &hash[..32]))
+    }
+}
+
+/// The reply's parts out of a chat completion response.
+fn reply(model: &str, response: &Value, millis: u64, replayed: bool) -> LlmReply {
+    let message = &response["choices"][0]["message"];
+    let usage = &response["usage"];
+    LlmReply {
+        model: response["model"].as_str().unwrap_or(model).to_owned(),
+        text: message["content"].as_str().map(str::to_owned),
+        arguments: message["tool_calls"][0]["function"]["arguments"].as_str().map(str::to_owned),
+        prompt_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0),
+        completion_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
+        millis,
+        replayed,
+    }
+}
+
+#[async_trait]
+impl Llm for OpenAiLlm {
+    fn describe(&self) -> String {
+        match &self.settings.replay {
+            Some(dir) => format!("{} replayed from {}", self.settings.model, dir.display()),
+            None => format!("{} at {}", self.settings.model, self.settings.base_url),
+        }
+    }
+
+    fn tokens(&self) -> (u64, Option<u64>) {
+        (self.used.load(Ordering::Relaxed), self.settings.max_tokens_total)
+    }
+
+    async fn ask(&self, request: &LlmRequest) -> Result<LlmReply, ToolError> {
+        if let Some(budget) = self.settings.max_tokens_total {
+            let used = self.used.load(Ordering::Relaxed);
+            if used >= budget {
+                return Err(ToolError(format!("the run's token budget is spent ({used} of {budget} tokens)")));
+            }
+        }
+        let body = self.body(request);
+        let started = Instant::now();
+        let (response, replayed) = match &self.settings.replay {
+            Some(dir) => {
+                let path = Self::recording(dir, &body);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ToolError(format!("no recorded answer for this request in {} ({e})", path.display())))?;
+                let recorded: Value =
+                    serde_json::from_str(&text).map_err(|e| ToolError(format!("the recording {} is not JSON: {e}", path.display())))?;
+                (recorded["response"].clone(), true)
+            }
+            None => {
+                let response: Value = self
+                    .client
+                    .chat()
+                    .create_byot(body.clone())
+                    .await
+                    .map_err(|e| ToolError(format!("asking {}: {e}", self.describe())))?;
+                if let Some(dir) = &self.settings.record {
+                    std::fs::create_dir_all(dir).map_err(|e| ToolError(format!("creating {}: {e}", dir.display())))?;
+                    let path = Self::recording(dir, &body);
+                    let text = serde_json::to_string_pretty(&json!({"request": body, "response": response})).unwrap_or_default();
+                    std::fs::write(&path, text).map_err(|e| ToolError(format!("writing {}: {e}", path.display())))?;
+                }
+                (response, false)
+            }
+        };
+        let reply = reply(&self.settings.model, &response, started.elapsed().as_millis() as u64, replayed);
+        self.used.fetch_add(reply.prompt_tokens + reply.completion_tokens, Ordering::Relaxed);
+        if reply.text.is_none() && reply.arguments.is_none() {
+            return Err(ToolError(format!("{} answered with neither text nor a tool call", self.describe())));
+        }
+        Ok(reply)
+    }
+}
