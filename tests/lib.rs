@@ -360,6 +360,8 @@ pub struct Scripted {
     pub body: serde_json::Value,
     /// Wait this long before answering (to test timeouts).
     pub delay: Duration,
+    /// Server-sent events to send instead of `body` (a streamed answer).
+    pub events: Option<String>,
 }
 
 impl Scripted {
@@ -383,7 +385,23 @@ impl Scripted {
     }
 
     pub fn ok(body: serde_json::Value) -> Scripted {
-        Scripted { status: 200, headers: Vec::new(), body, delay: Duration::ZERO }
+        Scripted { status: 200, headers: Vec::new(), body, delay: Duration::ZERO, events: None }
+    }
+
+    /// A streamed chat completion: one chunk a piece, then the usage, then `[DONE]`.
+    pub fn stream(pieces: &[&str]) -> Scripted {
+        let chunk = |delta: serde_json::Value, usage: serde_json::Value| {
+            serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": "test-model",
+                "choices": if delta.is_null() { serde_json::json!([]) } else { serde_json::json!([{"index": 0, "delta": delta, "finish_reason": null}]) },
+                "usage": usage})
+        };
+        let mut events = String::new();
+        for p in pieces {
+            events.push_str(&format!("data: {}\n\n", chunk(serde_json::json!({"content": p}), serde_json::Value::Null)));
+        }
+        let usage = serde_json::json!({"prompt_tokens": 50, "completion_tokens": pieces.len(), "total_tokens": 50 + pieces.len()});
+        events.push_str(&format!("data: {}\n\ndata: [DONE]\n\n", chunk(serde_json::Value::Null, usage)));
+        Scripted { events: Some(events), ..Scripted::ok(serde_json::Value::Null) }
     }
 
     /// 429 Too Many Requests, asking to come back after `seconds`.
@@ -393,6 +411,7 @@ impl Scripted {
             headers: vec![("Retry-After".into(), seconds.to_string())],
             body: serde_json::json!({"error": {"message": "Rate limit reached", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
             delay: Duration::ZERO,
+            events: None,
         }
     }
 }
@@ -447,9 +466,12 @@ impl FakeOpenAi {
                         let n = next.fetch_add(1, Ordering::SeqCst) as usize;
                         let answer = script[n.min(script.len() - 1)].clone();
                         std::thread::sleep(answer.delay);
-                        let text = answer.body.to_string();
+                        let (kind, text) = match &answer.events {
+                            Some(events) => ("text/event-stream", events.clone()),
+                            None => ("application/json", answer.body.to_string()),
+                        };
                         let mut head =
-                            format!("HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", answer.status, text.len());
+                            format!("HTTP/1.1 {} X\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n", answer.status, text.len());
                         for (k, v) in &answer.headers {
                             head.push_str(&format!("{k}: {v}\r\n"));
                         }

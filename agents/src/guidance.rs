@@ -23,6 +23,8 @@ pub struct GuidanceAgent;
 #[derive(Clone)]
 pub struct GuidanceArgs {
     pub ctx: Arc<RunContext>,
+    /// Writes the plan's risk narrative, when configured.
+    pub llm: Option<Arc<dyn runtime::ports::Llm>>,
 }
 
 impl Actor for GuidanceAgent {
@@ -37,7 +39,22 @@ impl Actor for GuidanceAgent {
     async fn handle(&self, _: ActorRef<GuidanceMsg>, msg: GuidanceMsg, state: &mut GuidanceArgs) -> Result<(), ActorProcessingErr> {
         match msg {
             GuidanceMsg::ExplainPlan(env, reply) => {
-                let text = explain_plan(&env.body);
+                let mut text = explain_plan(&env.body);
+                if let Some(llm) = &state.llm {
+                    // The model adds its narrative of the risks; the facts above stay the template's.
+                    let facts = serde_json::json!({"plan": render_facts(&env.body)}).to_string();
+                    let system = prompts::fill(prompts::RISKS, &[]).unwrap_or_default();
+                    match crate::llm::ask_text(&state.ctx, llm.as_ref(), AgentName::Guidance, "risk narrative", &system, &facts, None).await
+                    {
+                        Ok(narrative) => text.push_str(&format!("\nWhat to watch, in the model's words: {}", narrative.trim())),
+                        Err(why) => state.ctx.decision(
+                            AgentName::Guidance,
+                            "explained the plan without the model",
+                            format!("the model failed: {why}"),
+                            (),
+                        ),
+                    }
+                }
                 state.ctx.decision(
                     AgentName::Guidance,
                     "explained the plan to the operator",
@@ -49,6 +66,20 @@ impl Actor for GuidanceAgent {
         }
         Ok(())
     }
+}
+
+/// The facts of a plan a narrative may use: entities, rows, what will be refused and why.
+fn render_facts(plan: &MigrationPlan) -> serde_json::Value {
+    let entities: Vec<serde_json::Value> = plan
+        .entities()
+        .map(|e| {
+            let f = e.forecast.as_ref();
+            serde_json::json!({"table": e.table.to_string(), "rows": e.estimated_rows,
+                "will_move": f.map(|f| f.migrate), "will_be_refused": f.map(|f| f.reject),
+                "reasons": f.map(|f| f.reasons.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())})
+        })
+        .collect();
+    serde_json::json!({"goal": plan.goal, "steps": plan.waves.len(), "entities": entities})
 }
 
 /// The plan in plain words.

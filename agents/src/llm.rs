@@ -66,3 +66,35 @@ pub async fn ask_typed<T: DeserializeOwned + JsonSchema>(
     }
     Err(format!("after {} attempts {last_error}", REASKS + 1))
 }
+
+/// Asks for words (a narrative, an answer), streamed piece by piece to `on_text` when given;
+/// recorded in the audit trail like every call.
+pub async fn ask_text(
+    ctx: &RunContext,
+    llm: &dyn Llm,
+    agent: AgentName,
+    purpose: &str,
+    system: &str,
+    user: &str,
+    on_text: Option<&mut (dyn for<'t> FnMut(&'t str) + Send)>,
+) -> Result<String, String> {
+    let request = LlmRequest { system: system.to_owned(), turns: vec![("user".into(), user.to_owned())], tool: None };
+    let reply = match on_text {
+        Some(on_text) => llm.ask_streaming(&request, on_text).await,
+        None => llm.ask(&request).await,
+    };
+    let (tokens, budget) = llm.tokens();
+    let summary = match &reply {
+        Ok(r) => format!("{purpose}: {} answered in {} ms ({} + {} tokens)", r.model, r.millis, r.prompt_tokens, r.completion_tokens),
+        Err(e) => format!("{purpose}: no answer: {e}"),
+    };
+    ctx.audit.record(AuditRecord::new(
+        agent,
+        EventKind::Llm,
+        summary,
+        json!({"llm": llm.describe(), "request": request, "reply": reply.as_ref().ok(),
+            "error": reply.as_ref().err().map(|e| e.0.clone()), "run_tokens": tokens, "token_budget": budget}),
+    ));
+    let reply = reply.map_err(|e| e.0)?;
+    reply.text.filter(|t| !t.trim().is_empty()).ok_or_else(|| "the model answered without words".to_owned())
+}

@@ -156,7 +156,7 @@ impl Actor for Orchestrator {
                 ValidationAgent,
                 ValidationArgs { ctx: ctx.clone(), source_rows: args.tools.source_rows, target: args.tools.target_writer },
             ),
-            guidance: team.add(AgentName::Guidance, GuidanceAgent, GuidanceArgs { ctx: ctx.clone() }),
+            guidance: team.add(AgentName::Guidance, GuidanceAgent, GuidanceArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() }),
         };
         team.start(&myself.get_cell()).await?;
         ctx.decision(

@@ -24,6 +24,11 @@ pub const INTENT: Template = ("intent", include_str!("../templates/intent.md"));
 /// The planning agent's instructions for turning a free-text goal into tables.
 pub const GOAL: Template = ("goal", include_str!("../templates/goal.md"));
 
+/// The guidance agent's instructions for answering a question in words.
+pub const ANSWER: Template = ("answer", include_str!("../templates/answer.md"));
+/// The guidance agent's instructions for the plan's risk narrative.
+pub const RISKS: Template = ("risks", include_str!("../templates/risks.md"));
+
 /// Fills a template with `values`, as [`render`] does.
 pub fn fill(template: Template, values: &[(&str, &str)]) -> Result<String, PromptError> {
     render(template.0, template.1, &values.iter().map(|(k, v)| (*k, (*v).to_owned())).collect())

@@ -343,4 +343,11 @@ pub trait Llm: Send + Sync + 'static {
     /// Tokens used so far by this client, and the budget, if any.
     fn tokens(&self) -> (u64, Option<u64>);
     async fn ask(&self, request: &LlmRequest) -> Result<LlmReply, ToolError>;
+    /// Asks for a text answer and hands each piece to `on_text` as it arrives; returns the
+    /// whole reply. (Without streaming, the answer arrives as one piece.)
+    async fn ask_streaming(&self, request: &LlmRequest, on_text: &mut (dyn for<'t> FnMut(&'t str) + Send)) -> Result<LlmReply, ToolError> {
+        let reply = self.ask(request).await?;
+        on_text(reply.text.as_deref().unwrap_or(""));
+        Ok(reply)
+    }
 }

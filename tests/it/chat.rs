@@ -82,8 +82,12 @@ fn an_operator_migrates_asks_why_rows_failed_and_undoes_it_in_plain_words() {
 fn with_a_model_the_guidance_agent_understands_what_the_parser_does_not() {
     let pg = shared();
     let (source, target, _) = pg.reference_pair("0.005");
-    let server =
-        tests::FakeOpenAi::start(vec![tests::Scripted::tool_call("operator_intent", r#"{"intent": "migrate", "goal": "doctors"}"#)]);
+    let server = tests::FakeOpenAi::start(vec![
+        tests::Scripted::tool_call("operator_intent", r#"{"intent": "migrate", "goal": "doctors"}"#),
+        tests::Scripted::text("Offices come first."),
+        tests::Scripted::tool_call("operator_intent", r#"{"intent": "unknown"}"#),
+        tests::Scripted::stream(&["Nothing ", "has moved ", "yet."]),
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(tests::agentctl_bin())
         .args(["--source", &source, "--target", &target, "chat"])
@@ -95,13 +99,19 @@ fn with_a_model_the_guidance_agent_understands_what_the_parser_does_not() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    writeln!(child.stdin.as_mut().unwrap(), "could you bring across the physicians\nno\nexit").unwrap();
+    writeln!(child.stdin.as_mut().unwrap(), "could you bring across the physicians\nno\nwill my data be safe over the weekend\nexit")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{said}");
     assert!(said.contains("Step 3: dispatch_doctor") && said.contains("Type yes to go ahead"), "{said}");
+    assert!(said.contains("What to watch, in the model's words: Offices come first."), "{said}");
+    // A question no intent covers is answered in words, streamed.
+    assert!(said.contains("Nothing has moved yet."), "{said}");
     let requests = server.requests();
-    assert_eq!(requests.len(), 1, "only the line the parser did not understand went to the model");
+    assert_eq!(requests.len(), 4, "the two lines the parser did not understand, the narrative, the answer");
+    assert_eq!(requests[3].1["stream"], true);
+    assert!(requests[3].1["messages"][0]["content"].as_str().unwrap().contains("nothing has been migrated yet"), "the facts go with it");
     let req = &requests[0].1;
     assert_eq!(req["tools"][0]["function"]["name"], "operator_intent");
     assert!(req["messages"][0]["content"].as_str().unwrap().contains("doctors"), "the system prompt lists the tables");

@@ -47,14 +47,18 @@ fn the_planning_agent_reads_a_free_text_goal_through_a_typed_tool_call() {
     assert_eq!(offline.code, 1, "{offline:?}");
     assert!(offline.stderr.contains("no table matches"), "{}", offline.stderr);
 
-    let server = FakeOpenAi::start(vec![Scripted::tool_call("plan_request", READING)]);
+    let server =
+        FakeOpenAi::start(vec![Scripted::tool_call("plan_request", READING), Scripted::text("Check the doctors' offices afterwards.")]);
     let out = plan(&source, &target, Some(&server), &[], &[]);
     assert_eq!(out.code, 0, "{out:?}");
+    let explanation = serde_json::from_str::<Value>(&out.stdout).unwrap()["explanation"].as_str().unwrap().to_owned();
+    assert!(explanation.contains("What to watch, in the model's words: Check the doctors' offices afterwards."), "{explanation}");
     let planned = entities(&out);
     assert!(planned.contains(&"dispatch_doctor".to_owned()) && planned.contains(&"dispatch_office".to_owned()), "{planned:?}");
     // What the server received: our model, the one tool with the schema of our type, the goal.
     let requests = server.requests();
-    assert_eq!(requests.len(), 1);
+    assert_eq!(requests.len(), 2, "the reading, then the risk narrative");
+    assert!(requests[1].1["tools"].is_null() && requests[1].1["messages"][1]["content"].as_str().unwrap().contains("will_be_refused"));
     let req = &requests[0].1;
     assert_eq!(req["model"], "test-model-x");
     assert_eq!(req["tools"][0]["function"]["name"], "plan_request");
@@ -68,6 +72,11 @@ fn the_planning_agent_reads_a_free_text_goal_through_a_typed_tool_call() {
     let llm = trail(&db, "kind = 'llm'");
     assert!(llm.contains("plan_request: test-model answered") && llm.contains("\"prompt_tokens\":100"), "{llm}");
     assert!(!trail(&db, "true").contains("sk-test-secret-key"), "the API key never reaches the trail");
+    // Tokens per run, in the report.
+    let run_id = serde_json::from_str::<Value>(&out.stdout).unwrap()["run_id"].as_str().unwrap().to_owned();
+    let report = agentctl_with(&["--target", &target, "report", &run_id, "--format", "json"], &[]);
+    let usage = serde_json::from_str::<Value>(&report.stdout).unwrap_or_else(|e| panic!("{e}: {report:?}"))["llm"].clone();
+    assert_eq!(usage, serde_json::json!({"calls": 2, "prompt_tokens": 110, "completion_tokens": 22}));
     assert!(
         trail(&db, "kind = 'decision' AND agent = 'planning'")
             .contains("read \"we need the dentists moved over first\" as \"dispatch_doctor\""),
@@ -84,11 +93,12 @@ fn a_malformed_reply_is_asked_again_and_a_wrong_one_falls_back_offline() {
     let server = FakeOpenAi::start(vec![
         Scripted::tool_call("plan_request", "{\"tables\": [\"dispatch_doc"),
         Scripted::tool_call("plan_request", READING),
+        Scripted::text("Fine."),
     ]);
     let out = plan(&source, &target, Some(&server), &[], &[]);
     assert_eq!(out.code, 0, "{out:?}");
     let requests = server.requests();
-    assert_eq!(requests.len(), 2, "asked once more");
+    assert_eq!(requests.len(), 3, "asked once more, then the narrative");
     let second = requests[1].1["messages"].to_string();
     assert!(second.contains("not valid") && second.contains("Call plan_request again"), "{second}");
 
@@ -116,11 +126,11 @@ fn rate_limits_wait_for_retry_after_and_timeouts_and_budgets_fall_back() {
     let (source, target, _) = pg.reference_pair("0.005");
     let db = target.rsplit('/').next().unwrap().to_owned();
 
-    let server = FakeOpenAi::start(vec![Scripted::rate_limited(2), Scripted::tool_call("plan_request", READING)]);
+    let server = FakeOpenAi::start(vec![Scripted::rate_limited(2), Scripted::tool_call("plan_request", READING), Scripted::text("Fine.")]);
     let out = plan(&source, &target, Some(&server), &[], &[]);
     assert_eq!(out.code, 0, "{out:?}");
     let requests = server.requests();
-    assert_eq!(requests.len(), 2);
+    assert_eq!(requests.len(), 3);
     let waited = requests[1].0.duration_since(requests[0].0);
     assert!(waited >= std::time::Duration::from_millis(1900), "waited {waited:?} after Retry-After: 2");
 
@@ -147,15 +157,16 @@ fn exchanges_recorded_once_replay_offline_to_the_same_plan_and_llm_check_says_wh
     let dir = tempfile::tempdir().unwrap();
     let dir_arg = dir.path().to_str().unwrap().to_owned();
 
-    let server = FakeOpenAi::start(vec![Scripted::tool_call("plan_request", READING)]);
+    let server = FakeOpenAi::start(vec![Scripted::tool_call("plan_request", READING), Scripted::text("Watch the offices.")]);
     let recorded = plan(&source, &target, Some(&server), &["--llm-record", &dir_arg], &[]);
     assert_eq!(recorded.code, 0, "{recorded:?}");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "the reading and the narrative");
     // No server at all now: the answer comes from the recording.
     let replayed = plan(&source, &target, None, &["--llm-replay", &dir_arg], &[]);
     assert_eq!(replayed.code, 0, "{replayed:?}");
-    let hash = |o: &tests::Output| serde_json::from_str::<Value>(&o.stdout).unwrap()["hash"].clone();
-    assert_eq!(hash(&recorded), hash(&replayed));
+    let field = |o: &tests::Output, f: &str| serde_json::from_str::<Value>(&o.stdout).unwrap()[f].clone();
+    assert_eq!(field(&recorded, "hash"), field(&replayed, "hash"));
+    assert_eq!(field(&recorded, "explanation"), field(&replayed, "explanation"));
 
     let server = FakeOpenAi::start(vec![Scripted::text("OK")]);
     let check =

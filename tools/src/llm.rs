@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use async_openai::config::OpenAIConfig;
 use async_openai::Client;
 use async_trait::async_trait;
+use futures::StreamExt;
 use runtime::ports::{Llm, LlmReply, LlmRequest, ToolError};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -85,6 +86,24 @@ impl OpenAiLlm {
         body
     }
 
+    fn check_budget(&self) -> Result<(), ToolError> {
+        match self.settings.max_tokens_total {
+            Some(budget) if self.used.load(Ordering::Relaxed) >= budget => {
+                Err(ToolError(format!("the run's token budget is spent ({} of {budget} tokens)", self.used.load(Ordering::Relaxed))))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Stores an exchange under the request's hash, when recording.
+    fn record(&self, body: &Value, response: &Value) -> Result<(), ToolError> {
+        let Some(dir) = &self.settings.record else { return Ok(()) };
+        std::fs::create_dir_all(dir).map_err(|e| ToolError(format!("creating {}: {e}", dir.display())))?;
+        let path = Self::recording(dir, body);
+        let text = serde_json::to_string_pretty(&json!({"request": body, "response": response})).unwrap_or_default();
+        std::fs::write(&path, text).map_err(|e| ToolError(format!("writing {}: {e}", path.display())))
+    }
+
     fn recording(dir: &std::path::Path, body: &Value) -> PathBuf {
         let hash = hex::encode(Sha256::digest(body.to_string().as_bytes()));
         dir.join(format!("{}.json", &hash[..32]))
@@ -119,13 +138,50 @@ impl Llm for OpenAiLlm {
         (self.used.load(Ordering::Relaxed), self.settings.max_tokens_total)
     }
 
-    async fn ask(&self, request: &LlmRequest) -> Result<LlmReply, ToolError> {
-        if let Some(budget) = self.settings.max_tokens_total {
-            let used = self.used.load(Ordering::Relaxed);
-            if used >= budget {
-                return Err(ToolError(format!("the run's token budget is spent ({used} of {budget} tokens)")));
+    async fn ask_streaming(&self, request: &LlmRequest, on_text: &mut (dyn for<'t> FnMut(&'t str) + Send)) -> Result<LlmReply, ToolError> {
+        if request.tool.is_some() || self.settings.replay.is_some() {
+            // A tool call is only useful whole; a replay has it whole already.
+            let reply = self.ask(request).await?;
+            on_text(reply.text.as_deref().unwrap_or(""));
+            return Ok(reply);
+        }
+        self.check_budget()?;
+        let mut body = self.body(request);
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let started = Instant::now();
+        let mut stream = self
+            .client
+            .chat()
+            .create_stream_byot::<Value, Value>(body.clone())
+            .await
+            .map_err(|e| ToolError(format!("asking {}: {e}", self.describe())))?;
+        let (mut text, mut model, mut usage) = (String::new(), self.settings.model.clone(), Value::Null);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ToolError(format!("while {} answered: {e}", self.describe())))?;
+            if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
+                on_text(piece);
+                text.push_str(piece);
+            }
+            if let Some(m) = chunk["model"].as_str() {
+                model = m.to_owned();
+            }
+            if chunk["usage"].is_object() {
+                usage = chunk["usage"].clone();
             }
         }
+        // Kept as the whole answer it amounts to, so a replay serves it like any other.
+        let whole = json!({"model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}], "usage": usage});
+        body["stream"] = json!(false);
+        body.as_object_mut().map(|b| b.remove("stream_options"));
+        self.record(&body, &whole)?;
+        let reply = reply(&self.settings.model, &whole, started.elapsed().as_millis() as u64, false);
+        self.used.fetch_add(reply.prompt_tokens + reply.completion_tokens, Ordering::Relaxed);
+        Ok(reply)
+    }
+
+    async fn ask(&self, request: &LlmRequest) -> Result<LlmReply, ToolError> {
+        self.check_budget()?;
         let body = self.body(request);
         let started = Instant::now();
         let (response, replayed) = match &self.settings.replay {
@@ -144,12 +200,7 @@ impl Llm for OpenAiLlm {
                     .create_byot(body.clone())
                     .await
                     .map_err(|e| ToolError(format!("asking {}: {e}", self.describe())))?;
-                if let Some(dir) = &self.settings.record {
-                    std::fs::create_dir_all(dir).map_err(|e| ToolError(format!("creating {}: {e}", dir.display())))?;
-                    let path = Self::recording(dir, &body);
-                    let text = serde_json::to_string_pretty(&json!({"request": body, "response": response})).unwrap_or_default();
-                    std::fs::write(&path, text).map_err(|e| ToolError(format!("writing {}: {e}", path.display())))?;
-                }
+                self.record(&body, &response)?;
                 (response, false)
             }
         };
