@@ -32,6 +32,12 @@ const HELP: &str = "You can say, for example:
   what did the planning agent decide and why?
   exit";
 
+/// Whether the conversation goes on after an action.
+enum Continue {
+    Yes,
+    No,
+}
+
 /// Where the operator's lines come from.
 enum Lines {
     Editor(Box<rustyline::DefaultEditor>),
@@ -43,6 +49,23 @@ enum Line {
     /// Ctrl-C at the prompt: nothing to cancel, ask again.
     Interrupted,
     End,
+}
+
+/// Reads the operator's lines on a thread of its own, so the conversation can go on while a
+/// migration runs.
+fn spawn_reader(prompt: String) -> tokio::sync::mpsc::Receiver<Line> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    std::thread::spawn(move || {
+        let mut lines = Lines::open();
+        loop {
+            let line = lines.read(&prompt);
+            let end = matches!(line, Line::End);
+            if tx.blocking_send(line).is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 impl Lines {
@@ -74,6 +97,8 @@ impl Lines {
 }
 
 struct Chat<'a> {
+    /// Whether lines come from a terminal (they are not echoed then).
+    interactive: bool,
     config: &'a Config,
     session: &'a Session,
     store: ControlStore,
@@ -99,7 +124,8 @@ pub async fn chat(config: &Config, opts: ChatOpts) -> Result<(), Exit> {
             Vec::new()
         }
     };
-    let chat = Chat { config, session: &session, store, mapping, mapping_origin, llm, entities };
+    let interactive = std::io::stdin().is_terminal();
+    let chat = Chat { interactive, config, session: &session, store, mapping, mapping_origin, llm, entities };
     let result = chat.repl().await;
     end(session, result, "ended").await
 }
@@ -111,13 +137,12 @@ impl Chat<'_> {
     }
 
     async fn repl(&self) -> Result<(), Exit> {
-        let mut lines = Lines::open();
-        let interactive = matches!(lines, Lines::Editor(_));
         let model = self.llm.as_ref().map(|l| l.describe()).unwrap_or_else(|| "no language model, offline".into());
         println!("agentctl chat: {} ({model}). Type `help` for what you can say.", self.databases());
-        let prompt = if interactive { format!("[{}] > ", self.databases()) } else { String::new() };
-        loop {
-            let text = match tokio::task::block_in_place(|| lines.read(&prompt)) {
+        let prompt = if self.interactive { format!("[{}] > ", self.databases()) } else { String::new() };
+        let mut lines = spawn_reader(prompt);
+        while let Some(line) = lines.recv().await {
+            let text = match line {
                 Line::Text(t) => t,
                 Line::Interrupted => continue,
                 Line::End => break,
@@ -125,22 +150,21 @@ impl Chat<'_> {
             if text.trim().is_empty() {
                 continue;
             }
-            if !interactive {
-                println!("> {}", text.trim());
-            }
-            let llm = self.llm.as_deref();
-            let intent = understand(&self.session.ctx, llm, &text, &self.entities).await;
+            self.echo(&text);
+            let intent = understand(&self.session.ctx, self.llm.as_deref(), &text, &self.entities).await;
             if intent == Intent::Exit {
                 break;
             }
             // Ctrl-C cancels the action, not the conversation.
             let answer = tokio::select! {
-                r = self.act(&intent, &mut lines) => r,
+                r = self.act(&intent, &text, &mut lines) => r,
                 _ = tokio::signal::ctrl_c() => Err(Exit::interrupted("cancelled; what was committed stays, and you can ask how it stands")),
             };
-            if let Err(e) = answer {
+            match answer {
+                Ok(Continue::Yes) => {}
+                Ok(Continue::No) => break,
                 // A lost database or a refused action is reported; the conversation goes on.
-                println!("Sorry, that did not work: {}", e.message);
+                Err(e) => println!("Sorry, that did not work: {}", e.message),
             }
             let _ = std::io::stdout().flush();
         }
@@ -148,16 +172,18 @@ impl Chat<'_> {
         Ok(())
     }
 
-    /// Asks a yes/no question; only `yes` (or `y`) is yes.
-    fn confirm(&self, lines: &mut Lines, question: &str) -> bool {
-        println!("{question}");
-        let answer = match tokio::task::block_in_place(|| lines.read("yes/no > ")) {
-            Line::Text(t) => t,
-            _ => return false,
-        };
-        if !matches!(lines, Lines::Editor(_)) {
-            println!("> {}", answer.trim());
+    /// Shows a scripted line, so a transcript reads as a conversation.
+    fn echo(&self, text: &str) {
+        if !self.interactive {
+            println!("> {}", text.trim());
         }
+    }
+
+    /// Asks a yes/no question; only `yes` (or `y`) is yes.
+    async fn confirm(&self, lines: &mut tokio::sync::mpsc::Receiver<Line>, question: &str) -> bool {
+        println!("{question}");
+        let Some(Line::Text(answer)) = lines.recv().await else { return false };
+        self.echo(&answer);
         matches!(answer.trim().to_lowercase().as_str(), "yes" | "y")
     }
 
@@ -180,44 +206,151 @@ impl Chat<'_> {
         self.store.latest_migration_run().await.map_err(Exit::failed)
     }
 
-    async fn act(&self, intent: &Intent, lines: &mut Lines) -> Result<(), Exit> {
+    /// A question no intent covers, answered by the model in words, streamed as it comes, from
+    /// the facts given to it (the tables, the latest migration's state).
+    async fn answer_in_words(&self, llm: &dyn runtime::ports::Llm, question: &str) -> Result<(), Exit> {
+        let status = match self.run_in_question().await? {
+            None => "nothing has been migrated yet".to_owned(),
+            Some(run) => {
+                let rows = self.store.progress(run).await.map_err(Exit::failed)?;
+                let parts: Vec<String> =
+                    rows.iter().map(|p| format!("{} {} ({} moved, {} refused)", p.target_table, p.state, p.migrated, p.rejected)).collect();
+                parts.join("; ")
+            }
+        };
+        let system =
+            prompts::fill(prompts::ANSWER, &[("entities", &self.entities.join(", ")), ("status", &status)]).map_err(Exit::failed)?;
+        let mut out = std::io::stdout();
+        let mut show = |piece: &str| {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        };
+        let answered =
+            agents::llm::ask_text(&self.session.ctx, llm, runtime::AgentName::Guidance, "answer", &system, question, Some(&mut show)).await;
+        println!();
+        answered.map(|_| ()).map_err(|why| Exit::failed(format!("the model did not answer ({why}). {HELP}")))
+    }
+
+    /// Carries out what changes data (after a yes); everything else is [`Chat::answer`].
+    async fn act(&self, intent: &Intent, question: &str, lines: &mut tokio::sync::mpsc::Receiver<Line>) -> Result<Continue, Exit> {
         match intent {
-            Intent::Help | Intent::Exit => println!("{HELP}"),
-            Intent::Unknown => println!("I did not understand that. {HELP}"),
-            Intent::Migrate { goal } => {
-                let outcome = self.session.plan(self.goal(goal, false)).await.map_err(Exit::failed)?;
-                println!("{}", outcome.explanation);
-                let question = format!(
-                    "This will copy {} tables (about {} rows: {} expected to move, {} that the new system will refuse) into {}. Type yes to go ahead.",
-                    outcome.plan.entities().count(),
-                    outcome.plan.estimated_rows(),
-                    outcome.plan.expected_migrated(),
-                    outcome.plan.expected_rejected(),
-                    self.config.target().map(|t| t.location()).unwrap_or_default()
-                );
-                if !self.confirm(lines, &question) {
-                    println!("All right, nothing was changed.");
-                    return Ok(());
-                }
-                self.session.operator_decision(
-                    format!("approved plan {} in the chat", &outcome.hash[..12]),
-                    "the operator answered yes to the restated plan",
-                    json!({"hash": outcome.hash, "goal": goal}),
-                );
-                let results = self.session.execute(&outcome, Default::default()).await.map_err(Exit::failed)?;
-                print_results(&results, self.session.run_id);
-                let failed: Vec<String> = results
-                    .iter()
-                    .filter_map(|r| r.validation.as_ref())
-                    .filter(|v| !v.passed)
-                    .map(|v| format!("{}: {}", v.target.name, v.detail))
-                    .collect();
-                if failed.is_empty() {
-                    println!("Done, and checked: every row that moved holds the same values as in the old system.");
-                } else {
-                    println!("Done, but the check found problems: {}", failed.join("; "));
+            Intent::Migrate { goal } => self.migrate(goal, lines).await,
+            Intent::Undo { goal } => self.undo(goal, lines).await.map(|_| Continue::Yes),
+            _ => self.answer(intent, question).await.map(|_| Continue::Yes),
+        }
+    }
+
+    async fn migrate(&self, goal: &str, lines: &mut tokio::sync::mpsc::Receiver<Line>) -> Result<Continue, Exit> {
+        let outcome = self.session.plan(self.goal(goal, false)).await.map_err(Exit::failed)?;
+        println!("{}", outcome.explanation);
+        let question = format!(
+            "This will copy {} tables (about {} rows: {} expected to move, {} that the new system will refuse) into {}. Type yes to go ahead.",
+            outcome.plan.entities().count(),
+            outcome.plan.estimated_rows(),
+            outcome.plan.expected_migrated(),
+            outcome.plan.expected_rejected(),
+            self.config.target().map(|t| t.location()).unwrap_or_default()
+        );
+        if !self.confirm(lines, &question).await {
+            println!("All right, nothing was changed.");
+            return Ok(Continue::Yes);
+        }
+        self.session.operator_decision(
+            format!("approved plan {} in the chat", &outcome.hash[..12]),
+            "the operator answered yes to the restated plan",
+            json!({"hash": outcome.hash, "goal": goal}),
+        );
+        // Progress shows inline, and the operator can ask about the run while it goes.
+        let progress = self.inline_progress();
+        let execution = self.session.execute(&outcome, Default::default());
+        tokio::pin!(execution);
+        let mut then = Continue::Yes;
+        let results = loop {
+            tokio::select! {
+                results = &mut execution => break results,
+                line = lines.recv() => match line {
+                    Some(Line::Text(text)) if !text.trim().is_empty() => {
+                        self.echo(&text);
+                        match understand(&self.session.ctx, self.llm.as_deref(), &text, &self.entities).await {
+                            Intent::Exit => {
+                                println!("I will stop talking once the migration is done.");
+                                then = Continue::No;
+                            }
+                            Intent::Migrate { .. } | Intent::Undo { .. } => println!("A migration is running; that can wait until it is done."),
+                            intent => {
+                                if let Err(e) = self.answer(&intent, &text).await {
+                                    println!("Sorry, that did not work: {}", e.message);
+                                }
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                    None => then = Continue::No,
+                },
+            }
+        };
+        progress.abort();
+        let results = results.map_err(Exit::failed)?;
+        print_results(&results, self.session.run_id);
+        let failed: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.validation.as_ref())
+            .filter(|v| !v.passed)
+            .map(|v| format!("{}: {}", v.target.name, v.detail))
+            .collect();
+        if failed.is_empty() {
+            println!("Done, and checked: every row that moved holds the same values as in the old system.");
+        } else {
+            println!("Done, but the check found problems: {}", failed.join("; "));
+        }
+        Ok(then)
+    }
+
+    /// A line per entity at most every two seconds while it migrates, and when it is done.
+    fn inline_progress(&self) -> tokio::task::JoinHandle<()> {
+        let mut events = self.session.ctx.events.subscribe();
+        tokio::spawn(async move {
+            let mut last: std::collections::HashMap<String, std::time::Instant> = Default::default();
+            while let Ok(e) = events.recv().await {
+                let runtime::events::RunEvent::Progress { entity, rows_done, rows_total, .. } = e else { continue };
+                let done = rows_total.is_some_and(|t| rows_done >= t);
+                let now = std::time::Instant::now();
+                if done || last.get(&entity).is_none_or(|at| now.duration_since(*at) >= std::time::Duration::from_secs(2)) {
+                    println!("  ... {entity}: {rows_done}{} rows read", rows_total.map(|t| format!(" of {t}")).unwrap_or_default());
+                    last.insert(entity, now);
                 }
             }
+        })
+    }
+
+    async fn undo(&self, goal: &str, lines: &mut tokio::sync::mpsc::Receiver<Line>) -> Result<(), Exit> {
+        if goal.trim().is_empty() {
+            println!("Which tables should I take back? For example: undo the doctors.");
+            return Ok(());
+        }
+        let question = format!(
+            "This deletes from {} every row agentctl created of {goal} (rows it did not create stay). Type yes to go ahead.",
+            self.config.target().map(|t| t.location()).unwrap_or_default()
+        );
+        if !self.confirm(lines, &question).await {
+            println!("All right, nothing was deleted.");
+            return Ok(());
+        }
+        let done = self.session.rollback(self.goal(goal, true)).await.map_err(Exit::failed)?;
+        for d in &done {
+            println!("  {}: {} rows deleted, {} kept", d.target.name, d.deleted, d.kept);
+        }
+        Ok(())
+    }
+
+    /// Answers what only reads: status, reasons, a refused row, decisions, help.
+    async fn answer(&self, intent: &Intent, question: &str) -> Result<(), Exit> {
+        match intent {
+            Intent::Help | Intent::Exit | Intent::Migrate { .. } | Intent::Undo { .. } => println!("{HELP}"),
+            Intent::Unknown => match &self.llm {
+                None => println!("I did not understand that. {HELP}"),
+                Some(llm) => self.answer_in_words(llm.as_ref(), question).await?,
+            },
             Intent::Status => {
                 let Some(run) = self.run_in_question().await? else {
                     println!("Nothing has been migrated yet.");
@@ -272,24 +405,6 @@ impl Chat<'_> {
                 if let Some((key, reason, row)) = self.store.rejected_example(run, &table).await.map_err(Exit::failed)? {
                     println!("Row {key} of {table} was not moved: {reason}\nWhat the old system holds:");
                     print_json(&row);
-                }
-            }
-            Intent::Undo { goal } => {
-                if goal.trim().is_empty() {
-                    println!("Which tables should I take back? For example: undo the doctors.");
-                    return Ok(());
-                }
-                let question = format!(
-                    "This deletes from {} every row agentctl created of {goal} (rows it did not create stay). Type yes to go ahead.",
-                    self.config.target().map(|t| t.location()).unwrap_or_default()
-                );
-                if !self.confirm(lines, &question) {
-                    println!("All right, nothing was deleted.");
-                    return Ok(());
-                }
-                let done = self.session.rollback(self.goal(goal, true)).await.map_err(Exit::failed)?;
-                for d in &done {
-                    println!("  {}: {} rows deleted, {} kept", d.target.name, d.deleted, d.kept);
                 }
             }
             Intent::Decisions { agent } => {

@@ -177,7 +177,7 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
     .map_err(Exit::failed)?;
     let entities = store.report(run.run_id).await.map_err(Exit::failed)?;
     let rejections = store.rejection_groups(run.run_id).await.map_err(Exit::failed)?;
-    let (llm_calls, prompt_tokens, completion_tokens) = store.llm_usage(run.run_id).await.map_err(Exit::failed)?;
+    let (llm_calls, prompt_tokens, completion_tokens, cost) = store.llm_usage(run.run_id).await.map_err(Exit::failed)?;
     let total = |f: fn(&tools::control::ReportEntity) -> i64| entities.iter().map(f).sum::<i64>();
     let (source, migrated, rejected) = (total(|e| e.source_rows), total(|e| e.migrated), total(|e| e.rejected));
     let wall = run.finished_at.unwrap_or_else(chrono::Utc::now) - run.started_at;
@@ -188,7 +188,7 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
             "run": run, "entities": entities, "rejections": rejections,
             "totals": {"source_rows": source, "migrated": migrated, "rejected": rejected,
                 "success_rate": rate(migrated, source), "accounted": source == migrated + rejected, "wall_seconds": wall},
-            "llm": {"calls": llm_calls, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+            "llm": {"calls": llm_calls, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": cost},
         })),
         ReportFormat::Md => {
             println!("# Migration report, run {}\n", run.run_id);
@@ -231,7 +231,8 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
             );
             if llm_calls > 0 {
                 println!(
-                    "\nThe language model was asked {llm_calls} times: {prompt_tokens} prompt and {completion_tokens} completion tokens (each call is in the audit trail)."
+                    "\nThe language model was asked {llm_calls} times: {prompt_tokens} prompt and {completion_tokens} completion tokens{} (each call is in the audit trail).",
+                    cost.map(|c| format!(", about ${c:.4}")).unwrap_or_default()
                 );
             }
             if !rejections.is_empty() {

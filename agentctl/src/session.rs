@@ -77,6 +77,7 @@ pub fn llm(config: &Config) -> Result<Option<Arc<dyn runtime::ports::Llm>>, Exit
     };
     settings.timeout = c.timeout;
     settings.max_tokens_total = c.max_tokens_total;
+    settings.price = c.price;
     let client = tools::llm::OpenAiLlm::new(settings).map_err(Exit::config)?;
     Ok(Some(Arc::new(client)))
 }

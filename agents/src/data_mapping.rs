@@ -136,6 +136,9 @@ impl MappingSet {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     pub table: String,
+    /// The source table being mapped, when the problem is in one entity's mapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     pub column: Option<String>,
     pub message: String,
 }
@@ -255,6 +258,7 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
         for m in members.iter().filter(|m| source.find(m).is_none()) {
             problems.push(Problem {
                 table: m.clone(),
+                source: None,
                 column: None,
                 message: format!("group `{group}` names a table the source does not have"),
             });
@@ -264,6 +268,7 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
         if source.find(name).is_none() {
             problems.push(Problem {
                 table: name.clone(),
+                source: None,
                 column: None,
                 message: "the mapping file names a table the source does not have".into(),
             });
@@ -287,6 +292,7 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
                 Some(t) => {
                     problems.push(Problem {
                         table: table.name.to_string(),
+                        source: None,
                         column: None,
                         message: format!("the mapping file's target `{t}` does not exist"),
                     });
@@ -322,7 +328,12 @@ fn map_table(
     target: &SchemaReport,
     zone: &str,
 ) -> Result<MappingSpec, Vec<Problem>> {
-    let at = |column: Option<&str>, message: String| Problem { table: dst.name.to_string(), column: column.map(str::to_owned), message };
+    let at = |column: Option<&str>, message: String| Problem {
+        table: dst.name.to_string(),
+        source: Some(src.name.name.clone()),
+        column: column.map(str::to_owned),
+        message,
+    };
     let mut problems = Vec::new();
     if src.primary_key.is_empty() {
         return Err(vec![at(None, format!("source table {} has no primary key to derive UUIDs from", src.name))]);
@@ -418,10 +429,7 @@ fn map_table(
                 columns.push(m);
             }
             None if !c.nullable && c.default.is_none() && c.identity.is_none() => {
-                problems.push(at(
-                    Some(&c.name),
-                    "is NOT NULL without a default, and nothing in the source feeds it (name a `from` in the mapping file)".into(),
-                ));
+                problems.push(at(Some(&c.name), format!("{UNFED} (name a `from` in the mapping file)")));
             }
             None => {}
         }
@@ -647,6 +655,83 @@ pub struct DataMappingAgent;
 #[derive(Clone)]
 pub struct DataMappingArgs {
     pub ctx: Arc<RunContext>,
+    /// Proposes a source for target columns nothing feeds, when configured.
+    pub llm: Option<Arc<dyn runtime::ports::Llm>>,
+}
+
+/// What the model proposes for a target column the mapper could not feed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ColumnProposal {
+    /// The source column that feeds it, if any does.
+    pub from: Option<String>,
+    /// Steps applied to the value: trim, lower, upper, null_if_empty, cents, bool, json, timestamptz.
+    pub transforms: Vec<String>,
+    /// Why, in a sentence.
+    pub why: String,
+}
+
+/// The problem a column nothing feeds has, which a proposal may answer.
+const UNFED: &str = "is NOT NULL without a default, and nothing in the source feeds it";
+
+/// Asks the model for a source for each target column nothing feeds; the proposals go into a
+/// copy of the mapping file and the whole mapping is built again by the same code, which checks
+/// that the columns exist and the types fit. Accepted only if that build has no problem left;
+/// every proposal is recorded with the verdict.
+async fn propose_with_llm(ctx: &RunContext, llm: &dyn runtime::ports::Llm, req: &MapRequest, problems: &[Problem]) -> Option<MappingSet> {
+    let unfed: Vec<&Problem> =
+        problems.iter().filter(|p| p.message.starts_with(UNFED) && p.source.is_some() && p.column.is_some()).collect();
+    if unfed.is_empty() || unfed.len() < problems.len() {
+        return None;
+    }
+    let mut file = req.file.clone();
+    let mut proposals = Vec::new();
+    for p in unfed {
+        let (source, column) = (p.source.as_deref()?, p.column.as_deref()?);
+        let src = req.source.find(source)?;
+        let dst = req.target.find(&p.table)?;
+        let col = dst.column(column)?;
+        let columns: Vec<String> = src.columns.iter().map(|c| format!("{} {}", c.name, c.data_type)).collect();
+        let system = prompts::fill(
+            prompts::COLUMN,
+            &[("source", source), ("columns", &columns.join(", ")), ("target", &format!("{}.{} {}", p.table, column, col.data_type))],
+        )
+        .ok()?;
+        let question = format!("Which column of {source} feeds {}.{column}?", p.table);
+        match crate::llm::ask_typed::<ColumnProposal>(ctx, llm, ME, "column_mapping", "The source of a target column", &system, &question)
+            .await
+        {
+            Ok(proposal) => {
+                let rule = file.entities.entry(source.to_owned()).or_default();
+                rule.columns.insert(
+                    column.to_owned(),
+                    ColumnRule { from: proposal.from.clone(), transforms: proposal.transforms.clone(), ..ColumnRule::default() },
+                );
+                proposals.push((format!("{}.{column}", p.table), proposal));
+            }
+            Err(why) => {
+                ctx.decision(ME, format!("no proposal for {}.{column}", p.table), format!("the model failed: {why}"), p);
+                return None;
+            }
+        }
+    }
+    match build(&req.source, &req.target, &file) {
+        Ok(set) => {
+            for (at, proposal) in &proposals {
+                ctx.decision(
+                    ME,
+                    format!("took the model's proposal for {at}: {}", proposal.from.as_deref().unwrap_or("(no source)")),
+                    format!("{} (checked by the mapper: the column exists and its type fits)", proposal.why),
+                    proposal,
+                );
+            }
+            Some(set)
+        }
+        Err(left) => {
+            let lines: Vec<String> = left.iter().map(ToString::to_string).collect();
+            ctx.decision(ME, format!("rejected the model's proposals for {} columns", proposals.len()), lines.join("; "), &proposals);
+            None
+        }
+    }
 }
 
 impl Actor for DataMappingAgent {
@@ -667,7 +752,13 @@ impl Actor for DataMappingAgent {
         match msg {
             DataMappingMsg::Map(env, reply) => {
                 let req = env.body;
-                let result = build(&req.source, &req.target, &req.file);
+                let result = match (build(&req.source, &req.target, &req.file), &state.llm) {
+                    (Err(problems), Some(llm)) => match propose_with_llm(&state.ctx, llm.as_ref(), &req, &problems).await {
+                        Some(set) => Ok(set),
+                        None => Err(problems),
+                    },
+                    (result, _) => result,
+                };
                 match &result {
                     Ok(set) => {
                         for spec in &set.specs {

@@ -43,6 +43,7 @@ pub async fn ask_typed<T: DeserializeOwned + JsonSchema>(
             EventKind::Llm,
             summary,
             json!({"llm": llm.describe(), "attempt": attempt + 1, "request": request, "reply": reply.as_ref().ok(),
+                "cost_usd": reply.as_ref().ok().and_then(|r| llm.cost(r.prompt_tokens, r.completion_tokens)),
                 "error": reply.as_ref().err().map(|e| e.0.clone()), "run_tokens": tokens, "token_budget": budget}),
         ));
         let reply = reply.map_err(|e| e.0)?;
@@ -93,6 +94,7 @@ pub async fn ask_text(
         EventKind::Llm,
         summary,
         json!({"llm": llm.describe(), "request": request, "reply": reply.as_ref().ok(),
+            "cost_usd": reply.as_ref().ok().and_then(|r| llm.cost(r.prompt_tokens, r.completion_tokens)),
             "error": reply.as_ref().err().map(|e| e.0.clone()), "run_tokens": tokens, "token_budget": budget}),
     ));
     let reply = reply.map_err(|e| e.0)?;

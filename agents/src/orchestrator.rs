@@ -145,7 +145,7 @@ impl Actor for Orchestrator {
                 },
             ),
             planning: team.add(AgentName::Planning, PlanningAgent, PlanningArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() }),
-            mapping: team.add(AgentName::DataMapping, DataMappingAgent, DataMappingArgs { ctx: ctx.clone() }),
+            mapping: team.add(AgentName::DataMapping, DataMappingAgent, DataMappingArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() }),
             execution: team.add(
                 AgentName::Execution,
                 ExecutionAgent,

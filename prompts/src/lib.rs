@@ -29,6 +29,9 @@ pub const ANSWER: Template = ("answer", include_str!("../templates/answer.md"));
 /// The guidance agent's instructions for the plan's risk narrative.
 pub const RISKS: Template = ("risks", include_str!("../templates/risks.md"));
 
+/// The data mapping agent's instructions for proposing a column's source.
+pub const COLUMN: Template = ("column", include_str!("../templates/column.md"));
+
 /// Fills a template with `values`, as [`render`] does.
 pub fn fill(template: Template, values: &[(&str, &str)]) -> Result<String, PromptError> {
     render(template.0, template.1, &values.iter().map(|(k, v)| (*k, (*v).to_owned())).collect())

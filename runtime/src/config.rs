@@ -198,6 +198,8 @@ pub struct LlmConfig {
     pub max_tokens_total: Option<u64>,
     pub record: Option<std::path::PathBuf>,
     pub replay: Option<std::path::PathBuf>,
+    /// `AGENTCTL_LLM_PRICE`: US dollars per million prompt and completion tokens, `0.15,0.60`.
+    pub price: Option<(f64, f64)>,
 }
 
 impl Config {
@@ -235,6 +237,15 @@ impl Config {
                     |n| *n > 0,
                     "expected a positive number of seconds",
                 )?),
+                price: match vars.get("AGENTCTL_LLM_PRICE") {
+                    None => None,
+                    Some((v, origin)) => Some(parse_price(v).ok_or_else(|| ConfigError::BadValue {
+                        var: "AGENTCTL_LLM_PRICE".into(),
+                        value: v.into(),
+                        origin: origin.into(),
+                        why: "expected two numbers, dollars per million prompt and completion tokens: 0.15,0.60".into(),
+                    })?),
+                },
                 ..LlmConfig::default()
             },
         })
@@ -254,6 +265,12 @@ impl Config {
         secrets.extend(self.llm.api_key.clone());
         secrets
     }
+}
+
+fn parse_price(v: &str) -> Option<(f64, f64)> {
+    let (p, c) = v.split_once(',')?;
+    let (p, c) = (p.trim().parse::<f64>().ok()?, c.trim().parse::<f64>().ok()?);
+    (p >= 0.0 && c >= 0.0).then_some((p, c))
 }
 
 fn db_url(role: DbRole, flag: Option<&str>, vars: &Vars) -> Result<Option<DbUrl>, ConfigError> {

@@ -342,6 +342,8 @@ pub trait Llm: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// Tokens used so far by this client, and the budget, if any.
     fn tokens(&self) -> (u64, Option<u64>);
+    /// What these tokens cost in US dollars, when a price is configured.
+    fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Option<f64>;
     async fn ask(&self, request: &LlmRequest) -> Result<LlmReply, ToolError>;
     /// Asks for a text answer and hands each piece to `on_text` as it arrives; returns the
     /// whole reply. (Without streaming, the answer arrives as one piece.)

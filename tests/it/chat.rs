@@ -28,6 +28,75 @@ fn converse(source: &str, target: &str, lines: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
+/// A conversation held line by line: what agentctl says is read as it comes, so the next line
+/// can wait for an answer.
+struct Conversation {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    said: std::sync::mpsc::Receiver<String>,
+    transcript: String,
+}
+
+impl Conversation {
+    fn start(source: &str, target: &str, env: &[(&str, &str)]) -> Conversation {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(tests::agentctl_bin())
+            .args(["--source", source, "--target", target, "chat"])
+            .current_dir(dir.path())
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, said) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Conversation { child, stdin, said, transcript: String::new() }
+    }
+
+    fn say(&mut self, line: &str) {
+        writeln!(self.stdin.as_mut().unwrap(), "{line}").unwrap();
+    }
+
+    /// Reads what agentctl says until a line contains `text`; returns what was said meanwhile.
+    fn until(&mut self, text: &str) -> String {
+        let mut part = String::new();
+        loop {
+            match self.said.recv_timeout(std::time::Duration::from_secs(120)) {
+                Ok(line) => {
+                    part.push_str(&line);
+                    part.push('\n');
+                    self.transcript.push_str(&line);
+                    self.transcript.push('\n');
+                    if line.contains(text) {
+                        return part;
+                    }
+                }
+                Err(_) => panic!("agentctl never said {text:?}; it said:\n{}", self.transcript),
+            }
+        }
+    }
+
+    /// Closes stdin (Ctrl-D) and waits for the goodbye.
+    fn end(mut self) -> (i32, String) {
+        drop(self.stdin.take());
+        let rest = self.until("Goodbye.");
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        (code, self.transcript + &rest)
+    }
+}
+
 #[test]
 fn an_operator_migrates_asks_why_rows_failed_and_undoes_it_in_plain_words() {
     let pg = shared();
@@ -40,34 +109,33 @@ fn an_operator_migrates_asks_why_rows_failed_and_undoes_it_in_plain_words() {
     assert!(said.contains("Type yes to go ahead") && said.contains("nothing was changed"), "{said}");
     assert_eq!(pg.psql(&db, "SELECT count(*) FROM orders"), "0");
 
-    let (code, said) = converse(
-        &source,
-        &target,
-        &[
-            "migrate the orders and everything they need",
-            "yes",
-            "how is it going?",
-            "why did some orders fail?",
-            "show me a failed order",
-            "what did the planning agent decide and why?",
-        ],
-    );
-    assert_eq!(code, 0, "{said}");
+    let mut talk = Conversation::start(&source, &target, &[]);
+    talk.say("migrate the orders and everything they need");
+    talk.until("Type yes to go ahead");
+    talk.say("yes");
+    let run = talk.until("Done, and checked");
+    assert!(run.contains("... orders:"), "progress shows inline: {run}");
+    talk.say("how is it going?");
     let migrated = pg.psql(&db, "SELECT count(*) FROM orders");
     assert_ne!(migrated, "0");
-    assert!(said.contains("Done, and checked"), "{said}");
-    assert!(said.contains(&format!("orders: done — {migrated} of")), "{said}");
+    talk.until(&format!("orders: done — {migrated} of"));
+    talk.say("why did some orders fail?");
     // The real reasons, from the rejected rows.
     let reasons =
         pg.psql(&db, "SELECT string_agg(DISTINCT reason, E'\\n') FROM agentctl.rejected_rows WHERE source_table = 'dispatch_order'");
     assert!(!reasons.is_empty());
+    // One line a reason.
+    let told: String = reasons.lines().map(|_| talk.until("were not moved")).collect();
     for reason in reasons.lines() {
-        assert!(said.contains(reason), "the reason {reason:?} is told: {said}");
+        assert!(told.contains(reason), "the reason {reason:?} is told: {told}");
     }
+    talk.say("show me a failed order");
     let shown = pg.psql(&db, "SELECT legacy_key FROM agentctl.rejected_rows WHERE source_table = 'dispatch_order' ORDER BY length(legacy_key), legacy_key LIMIT 1");
-    assert!(said.contains(&format!("Row {shown} of dispatch_order was not moved")), "{said}");
-    assert!(said.contains("dispatch_order is in wave"), "the planning agent's reasons: {said}");
-    assert!(said.contains("Goodbye."), "stdin's end ends the conversation");
+    talk.until(&format!("Row {shown} of dispatch_order was not moved"));
+    talk.say("what did the planning agent decide and why?");
+    talk.until("dispatch_order is in wave");
+    let (code, said) = talk.end();
+    assert_eq!(code, 0, "{said}");
 
     let (code, said) = converse(&source, &target, &["undo the orders", "yes", "bye"]);
     assert_eq!(code, 0, "{said}");
@@ -76,6 +144,24 @@ fn an_operator_migrates_asks_why_rows_failed_and_undoes_it_in_plain_words() {
     let approvals =
         pg.psql(&db, "SELECT count(*) FROM agentctl.audit_events WHERE kind = 'decision' AND summary LIKE 'approved plan % in the chat'");
     assert_eq!(approvals, "1", "the yes is in the audit trail");
+}
+
+#[test]
+fn the_operator_can_ask_how_it_goes_while_a_migration_runs() {
+    let pg = shared();
+    let (source, target, _) = pg.reference_pair("0.02");
+    let mut talk = Conversation::start(&source, &target, &[("BATCH_SIZE", "100")]);
+    talk.say("migrate everything");
+    talk.until("Type yes to go ahead");
+    talk.say("yes");
+    talk.until("... ");
+    talk.say("how is it going?");
+    talk.say("undo the offices");
+    let meanwhile = talk.until("Done, and checked");
+    assert!(meanwhile.contains(": running — "), "a status while it runs: {meanwhile}");
+    assert!(meanwhile.contains("A migration is running; that can wait"), "nothing else changes data meanwhile: {meanwhile}");
+    let (code, said) = talk.end();
+    assert_eq!(code, 0, "{said}");
 }
 
 #[test]

@@ -76,7 +76,14 @@ fn the_planning_agent_reads_a_free_text_goal_through_a_typed_tool_call() {
     let run_id = serde_json::from_str::<Value>(&out.stdout).unwrap()["run_id"].as_str().unwrap().to_owned();
     let report = agentctl_with(&["--target", &target, "report", &run_id, "--format", "json"], &[]);
     let usage = serde_json::from_str::<Value>(&report.stdout).unwrap_or_else(|e| panic!("{e}: {report:?}"))["llm"].clone();
-    assert_eq!(usage, serde_json::json!({"calls": 2, "prompt_tokens": 110, "completion_tokens": 22}));
+    assert_eq!(usage, serde_json::json!({"calls": 2, "prompt_tokens": 110, "completion_tokens": 22, "cost_usd": null}));
+    // With a price, each call's cost is in the trail and the run's in the report.
+    let server = FakeOpenAi::start(vec![Scripted::tool_call("plan_request", READING), Scripted::text("Fine.")]);
+    let priced = plan(&source, &target, Some(&server), &[], &[("AGENTCTL_LLM_PRICE", "1.0,10.0")]);
+    let run_id = serde_json::from_str::<Value>(&priced.stdout).unwrap()["run_id"].as_str().unwrap().to_owned();
+    let report = agentctl_with(&["--target", &target, "report", &run_id, "--format", "json"], &[]);
+    let cost = serde_json::from_str::<Value>(&report.stdout).unwrap()["llm"]["cost_usd"].as_f64().unwrap();
+    assert!((cost - (110.0 * 1.0 + 22.0 * 10.0) / 1e6).abs() < 1e-12, "{cost}");
     assert!(
         trail(&db, "kind = 'decision' AND agent = 'planning'")
             .contains("read \"we need the dentists moved over first\" as \"dispatch_doctor\""),
@@ -176,4 +183,41 @@ fn exchanges_recorded_once_replay_offline_to_the_same_plan_and_llm_check_says_wh
     let none = agentctl_with(&["llm", "check"], &[("OPENAI_API_KEY", ""), ("OPENAI_BASE_URL", "")]);
     assert_eq!(none.code, 0, "{none:?}");
     assert!(none.stdout.contains("no language model is configured"), "{}", none.stdout);
+}
+
+#[test]
+fn the_model_proposes_a_source_for_a_column_nothing_feeds_and_the_mapper_checks_it() {
+    let pg = shared();
+    let (source, target, _) = pg.reference_pair("0.005");
+    let db = target.rsplit('/').next().unwrap().to_owned();
+    pg.psql(&db, "ALTER TABLE offices ADD COLUMN display_name text NOT NULL");
+    let run = |server: &FakeOpenAi| {
+        agentctl_with(
+            &["--source", &source, "--target", &target, "run", "--goal", "offices", "--yes", "--format", "json"],
+            &[("OPENAI_BASE_URL", &server.url), ("OPENAI_API_KEY", "k")],
+        )
+    };
+    let offline = agentctl_with(&["--source", &source, "--target", &target, "plan", "--goal", "offices"], &[]);
+    assert_eq!(offline.code, 1, "{offline:?}");
+    assert!(offline.stderr.contains("offices.display_name: is NOT NULL without a default"), "{}", offline.stderr);
+
+    // A proposal naming a column the legacy table does not have is refused by the mapper.
+    let server =
+        FakeOpenAi::start(vec![Scripted::tool_call("column_mapping", r#"{"from": "nickname", "transforms": [], "why": "a guess"}"#)]);
+    let refused = run(&server);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(trail(&db, "kind = 'decision' AND agent = 'data_mapping'").contains("rejected the model's proposals"));
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM offices"), "0");
+
+    let server = FakeOpenAi::start(vec![
+        Scripted::tool_call("column_mapping", r#"{"from": "name", "transforms": ["trim"], "why": "an office is shown by its name"}"#),
+        Scripted::text("Nothing to watch."),
+    ]);
+    let out = run(&server);
+    assert_eq!(out.code, 0, "{out:?}");
+    let prompt = server.requests()[0].1["messages"][0]["content"].as_str().unwrap().to_owned();
+    assert!(prompt.contains("Legacy table dispatch_office: id integer, name") && prompt.contains("offices.display_name text"), "{prompt}");
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM offices WHERE display_name = name"), pg.psql(&db, "SELECT count(*) FROM offices"));
+    assert_ne!(pg.psql(&db, "SELECT count(*) FROM offices"), "0");
+    assert!(trail(&db, "kind = 'decision' AND agent = 'data_mapping'").contains("took the model's proposal for offices.display_name: name"));
 }

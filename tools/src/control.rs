@@ -288,11 +288,13 @@ impl ControlStore {
         .map_err(while_doing(format!("reading the report of run {run_id}")))
     }
 
-    /// A run's language model use from its trail: (calls, prompt tokens, completion tokens).
-    pub async fn llm_usage(&self, run_id: RunId) -> Result<(i64, i64, i64), DbError> {
+    /// A run's language model use from its trail: calls, prompt tokens, completion tokens, and
+    /// the cost in US dollars when a price was configured.
+    pub async fn llm_usage(&self, run_id: RunId) -> Result<(i64, i64, i64, Option<f64>), DbError> {
         sqlx::query_as(
             "SELECT count(*), coalesce(sum((detail::jsonb->'reply'->>'prompt_tokens')::int8), 0)::int8,
-                    coalesce(sum((detail::jsonb->'reply'->>'completion_tokens')::int8), 0)::int8
+                    coalesce(sum((detail::jsonb->'reply'->>'completion_tokens')::int8), 0)::int8,
+                    sum((detail::jsonb->>'cost_usd')::float8)
              FROM agentctl.audit_events WHERE run_id = $1 AND kind = 'llm'",
         )
         .bind(run_id.0)

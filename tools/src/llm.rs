@@ -27,6 +27,8 @@ pub struct LlmSettings {
     pub max_tokens_total: Option<u64>,
     pub record: Option<PathBuf>,
     pub replay: Option<PathBuf>,
+    /// US dollars per million prompt and completion tokens, when known.
+    pub price: Option<(f64, f64)>,
 }
 
 impl LlmSettings {
@@ -54,6 +56,7 @@ impl LlmSettings {
             max_tokens_total: None,
             record,
             replay,
+            price: None,
         })
     }
 }
@@ -136,6 +139,10 @@ impl Llm for OpenAiLlm {
 
     fn tokens(&self) -> (u64, Option<u64>) {
         (self.used.load(Ordering::Relaxed), self.settings.max_tokens_total)
+    }
+
+    fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Option<f64> {
+        self.settings.price.map(|(p, c)| (prompt_tokens as f64 * p + completion_tokens as f64 * c) / 1e6)
     }
 
     async fn ask_streaming(&self, request: &LlmRequest, on_text: &mut (dyn for<'t> FnMut(&'t str) + Send)) -> Result<LlmReply, ToolError> {
