@@ -7,25 +7,13 @@ use std::process::{Command, Stdio};
 
 use tests::shared;
 
+/// A whole scripted conversation: every line, then the end of stdin.
 fn converse(source: &str, target: &str, lines: &[&str]) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(tests::agentctl_bin())
-        .args(["--source", source, "--target", target, "chat"])
-        .current_dir(dir.path())
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let mut talk = Conversation::start(source, target, &[]);
     for line in lines {
-        writeln!(stdin, "{line}").unwrap();
+        talk.say(line);
     }
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    talk.end()
 }
 
 /// A conversation held line by line: what agentctl says is read as it comes, so the next line
