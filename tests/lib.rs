@@ -421,7 +421,11 @@ impl Scripted {
 pub struct FakeOpenAi {
     pub url: String,
     received: std::sync::Arc<Mutex<Vec<(Instant, serde_json::Value)>>>,
+    headers: std::sync::Arc<Mutex<Vec<Headers>>>,
 }
+
+/// One request's headers: (lower-case name, value).
+pub type Headers = Vec<(String, String)>;
 
 impl FakeOpenAi {
     pub fn start(script: Vec<Scripted>) -> FakeOpenAi {
@@ -429,11 +433,12 @@ impl FakeOpenAi {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         let received: std::sync::Arc<Mutex<Vec<(Instant, serde_json::Value)>>> = Default::default();
-        let (log, script) = (received.clone(), std::sync::Arc::new(script));
+        let headers: std::sync::Arc<Mutex<Vec<Headers>>> = Default::default();
+        let (log, script, header_log) = (received.clone(), std::sync::Arc::new(script), headers.clone());
         let next = std::sync::Arc::new(AtomicU32::new(0));
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (log, script, next) = (log.clone(), script.clone(), next.clone());
+                let (log, script, next, header_log) = (log.clone(), script.clone(), next.clone(), header_log.clone());
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().expect("a socket"));
                     let mut stream = stream;
@@ -443,6 +448,7 @@ impl FakeOpenAi {
                             return;
                         }
                         let mut length = 0usize;
+                        let mut seen = Vec::new();
                         loop {
                             let mut header = String::new();
                             if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -456,6 +462,7 @@ impl FakeOpenAi {
                                 if k.eq_ignore_ascii_case("content-length") {
                                     length = v.trim().parse().unwrap_or(0);
                                 }
+                                seen.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
                             }
                         }
                         let mut body = vec![0; length];
@@ -463,6 +470,7 @@ impl FakeOpenAi {
                             return;
                         }
                         log.lock().unwrap().push((Instant::now(), serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)));
+                        header_log.lock().unwrap().push(seen);
                         let n = next.fetch_add(1, Ordering::SeqCst) as usize;
                         let answer = script[n.min(script.len() - 1)].clone();
                         std::thread::sleep(answer.delay);
@@ -483,7 +491,12 @@ impl FakeOpenAi {
                 });
             }
         });
-        FakeOpenAi { url, received }
+        FakeOpenAi { url, received, headers }
+    }
+
+    /// The headers of each request received so far (names in lower case).
+    pub fn headers(&self) -> Vec<Headers> {
+        self.headers.lock().unwrap().clone()
     }
 
     /// The requests received so far, with when each arrived.

@@ -32,6 +32,9 @@ const HELP: &str = "You can say, for example:
   what did the planning agent decide and why?
   exit";
 
+/// How long a question may take before the operator is told it did not work.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Whether the conversation goes on after an action.
 enum Continue {
     Yes,
@@ -236,7 +239,10 @@ impl Chat<'_> {
         match intent {
             Intent::Migrate { goal } => self.migrate(goal, lines).await,
             Intent::Undo { goal } => self.undo(goal, lines).await.map(|_| Continue::Yes),
-            _ => self.answer(intent, question).await.map(|_| Continue::Yes),
+            _ => match tokio::time::timeout(ANSWER_TIMEOUT, self.answer(intent, question)).await {
+                Ok(answered) => answered.map(|_| Continue::Yes),
+                Err(_) => Err(Exit::failed(format!("no answer within {}s; is the database reachable?", ANSWER_TIMEOUT.as_secs()))),
+            },
         }
     }
 

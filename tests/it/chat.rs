@@ -190,3 +190,28 @@ fn with_a_model_the_guidance_agent_understands_what_the_parser_does_not() {
     assert_eq!(req["tools"][0]["function"]["name"], "operator_intent");
     assert!(req["messages"][0]["content"].as_str().unwrap().contains("doctors"), "the system prompt lists the tables");
 }
+
+#[test]
+fn a_lost_database_is_reported_and_the_conversation_stays_usable() {
+    // The target on a cluster of its own, to take away mid-conversation.
+    let target_pg = tests::PgCluster::start().unwrap();
+    let source = shared().create_db("legacy");
+    let target = target_pg.create_db("modern");
+    let generated = tests::agentctl(&["--source", &source, "--target", &target, "dataset", "generate", "--scale", "0.005"]);
+    assert_eq!(generated.code, 0, "{generated:?}");
+    let mut talk = Conversation::start(&source, &target, &[]);
+    talk.say("how is it going?");
+    talk.until("Nothing has been migrated yet.");
+    drop(target_pg);
+    talk.say("how is it going?");
+    let lost = talk.until("Sorry, that did not work");
+    let line = lost.lines().last().unwrap();
+    assert!(line.contains("reading the progress") || line.contains("is the database reachable"), "says what failed: {lost}");
+    talk.say("help");
+    talk.until("You can say, for example:");
+    // Without the database the run cannot be recorded as ended; the conversation still says
+    // goodbye, and the process is not waited for.
+    drop(talk.stdin.take());
+    talk.until("Goodbye.");
+    let _ = talk.child.kill();
+}

@@ -180,6 +180,14 @@ fn exchanges_recorded_once_replay_offline_to_the_same_plan_and_llm_check_says_wh
         agentctl_with(&["llm", "check"], &[("OPENAI_BASE_URL", &server.url), ("AGENTCTL_MODEL", "test-model-x"), ("OPENAI_API_KEY", "k")]);
     assert_eq!(check.code, 0, "{check:?}");
     assert!(check.stdout.contains(&format!("test-model-x at {} answers", server.url)) && check.stdout.contains("OK"), "{}", check.stdout);
+    let sent = &server.headers()[0];
+    assert!(sent.contains(&("authorization".into(), "Bearer k".into())), "{sent:?}");
+    // Azure OpenAI's endpoint layout: the key goes in `api-key` too.
+    let azure = FakeOpenAi::start(vec![Scripted::text("OK")]);
+    let base = format!("{}/openai/v1", azure.url.trim_end_matches("/v1"));
+    let check = agentctl_with(&["llm", "check"], &[("OPENAI_BASE_URL", &base), ("OPENAI_API_KEY", "azure-key")]);
+    assert_eq!(check.code, 0, "{check:?}");
+    assert!(azure.headers()[0].contains(&("api-key".into(), "azure-key".into())), "{:?}", azure.headers());
     let none = agentctl_with(&["llm", "check"], &[("OPENAI_API_KEY", ""), ("OPENAI_BASE_URL", "")]);
     assert_eq!(none.code, 0, "{none:?}");
     assert!(none.stdout.contains("no language model is configured"), "{}", none.stdout);

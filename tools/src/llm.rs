@@ -1,5 +1,5 @@
-//! The language model client: any OpenAI-compatible endpoint (OpenAI, Azure OpenAI, Ollama,
-//! vLLM, llama.cpp's server) through async-openai's chat API, which retries 429 and 5xx answers
+//! The language model client: any OpenAI-compatible endpoint (OpenAI, Azure OpenAI's `/openai/v1`
+//! endpoint, Ollama, vLLM, llama.cpp's server) through async-openai's chat API, which retries 429 and 5xx answers
 //! with backoff, honouring `Retry-After`. On top of it: a timeout a request, a token budget for
 //! the run, and recording or replaying exchanges keyed by a hash of the request, so a run can be
 //! replayed offline and deterministically.
@@ -73,7 +73,13 @@ impl OpenAiLlm {
             .timeout(settings.timeout)
             .build()
             .map_err(|e| ToolError(format!("setting up the HTTP client for {}: {e}", settings.base_url)))?;
-        let config = OpenAIConfig::new().with_api_base(&settings.base_url).with_api_key(settings.api_key.clone().unwrap_or_default());
+        let key = settings.api_key.clone().unwrap_or_default();
+        let mut config = OpenAIConfig::new().with_api_base(&settings.base_url).with_api_key(key.clone());
+        // Azure OpenAI's OpenAI-compatible endpoint (`https://NAME.openai.azure.com/openai/v1`)
+        // takes its key in an `api-key` header.
+        if settings.base_url.contains("/openai/") && !key.is_empty() {
+            config = config.with_header("api-key", key).map_err(|e| ToolError(format!("the API key cannot be sent as a header: {e}")))?;
+        }
         Ok(OpenAiLlm { client: Client::build(http, config), settings, used: AtomicU64::new(0) })
     }
 

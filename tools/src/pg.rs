@@ -20,6 +20,9 @@ impl From<DbError> for runtime::ports::ToolError {
 /// How long connecting may take before it is reported as a failure.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a query waits for a connection from the pool (or for a new one to open).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Connects to `db` once to check that it is reachable (failing at once, with a clear reason,
 /// when it is not), then returns a pool of up to `max_connections`.
 pub async fn connect(db: &DbUrl, max_connections: u32) -> Result<PgPool, DbError> {
@@ -36,7 +39,9 @@ pub async fn connect(db: &DbUrl, max_connections: u32) -> Result<PgPool, DbError
         .map_err(|_| DbError(format!("{what}: no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
         .map_err(|e| DbError(format!("{what}: {}", describe(&e))))?;
     let _ = probe.close().await;
-    Ok(PgPoolOptions::new().max_connections(max_connections.max(1)).acquire_timeout(Duration::from_secs(60)).connect_lazy_with(options))
+    // A connection that cannot be had within ACQUIRE_TIMEOUT is a transient failure the caller
+    // retries or reports: a database that went away is said within seconds, not minutes.
+    Ok(PgPoolOptions::new().max_connections(max_connections.max(1)).acquire_timeout(ACQUIRE_TIMEOUT).connect_lazy_with(options))
 }
 
 /// One line for a driver error, without the driver's internals.
