@@ -277,7 +277,7 @@ pub struct RunOpts {
     #[arg(long, value_name = "RUN")]
     pub resume: Option<String>,
 
-    /// How many entities of one wave migrate at once (1 to 8).
+    /// How many entities migrate at once (1 to 8); each starts once its parents are loaded.
     #[arg(long, short, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=8))]
     pub jobs: u8,
 

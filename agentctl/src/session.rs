@@ -99,7 +99,7 @@ impl SessionOptions {
 /// How to carry out a plan.
 #[derive(Clone, Copy, Debug)]
 pub struct Execution {
-    /// Entities of a wave at once.
+    /// Entities migrating at once.
     pub jobs: usize,
     pub suspend_constraints: bool,
     /// Validate each entity once loaded.

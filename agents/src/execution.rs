@@ -172,7 +172,7 @@ async fn constraints(ctx: &RunContext, target: Option<&dyn Target>, req: &Constr
                 ME,
                 format!("{}: {} set aside for the load: {}", table.name, names.len(), names.join(", ")),
                 "each batch's references are checked before it is written, so a trigger a row would check them twice; \
-                 they are put back and validated set-based when the wave is loaded (recorded in agentctl.suspended_constraints)",
+                 they are put back and validated set-based once the migration has loaded (recorded in agentctl.suspended_constraints)",
                 serde_json::json!({"table": table, "suspended": names}),
             );
         } else {

@@ -275,29 +275,28 @@ async fn plan_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Resul
     Ok(PlanOutcome { plan, mappings, target: target_report, hash, explanation })
 }
 
-/// Migrates the plan's entities in order, wave by wave.
+/// Migrates the plan's entities, each once its parents are loaded, then validates each.
 async fn execute_phase(courier: &Courier, agents: &Agents, req: ExecuteRequest) -> Result<Vec<EntityResult>, AgentError> {
     let ctx = courier.ctx();
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "execute".into() });
-    let mut results = Vec::new();
     let jobs = req.jobs.clamp(1, 8);
-    for (w, wave) in req.plan.waves.iter().enumerate() {
-        let tables: Vec<TableName> = wave.iter().filter_map(|e| req.mappings.spec(&e.table).map(|s| s.target.clone())).collect();
-        if req.suspend_constraints {
-            let body = Constraints { tables: tables.clone(), suspend: true };
-            answer(courier.ask(&agents.execution, "set aside constraints", body, ExecutionMsg::Constraints).await)?;
-        }
-        let loaded = migrate_wave(courier, agents, &req, wave, jobs).await;
-        // Put back what is set aside also when the wave failed: the rows in are valid. (If the
-        // target is gone, the record stays for the resumed run or a rollback.)
-        let body = Constraints { tables, suspend: false };
-        let restored = answer(courier.ask(&agents.execution, "put back constraints", body, ExecutionMsg::Constraints).await);
-        let mut wave_results = loaded.map_err(|e| AgentError::new(ME, format!("wave {}: {}", w + 1, e.message)))?;
-        restored?;
-        // Report in plan order, whatever order they finished in.
-        wave_results.sort_by_key(|r| wave.iter().position(|e| Some(&e.table) == r.source.as_ref()));
-        results.extend(wave_results);
+    let order: Vec<&PlannedEntity> = req.plan.entities().collect();
+    let tables: Vec<TableName> = order.iter().filter_map(|e| req.mappings.spec(&e.table).map(|s| s.target.clone())).collect();
+    // Set aside before any load and put back after the last, so no constraint DDL ever waits
+    // for a batch or makes one wait.
+    if req.suspend_constraints {
+        let body = Constraints { tables: tables.clone(), suspend: true };
+        answer(courier.ask(&agents.execution, "set aside constraints", body, ExecutionMsg::Constraints).await)?;
     }
+    let loaded = migrate_all(courier, agents, &req, &order, jobs).await;
+    // Put back what is set aside also when the migration failed: the rows in are valid. (If
+    // the target is gone, the record stays for the resumed run or a rollback.)
+    let body = Constraints { tables, suspend: false };
+    let restored = answer(courier.ask(&agents.execution, "put back constraints", body, ExecutionMsg::Constraints).await);
+    let mut results = loaded?;
+    restored?;
+    // Report in plan order, whatever order they finished in.
+    results.sort_by_key(|r| order.iter().position(|e| Some(&e.table) == r.source.as_ref()));
     let (migrated, rejected): (i64, i64) = results.iter().fold((0, 0), |(m, r), e| (m + e.migrated, r + e.rejected));
     ctx.decision(
         ME,
@@ -305,6 +304,72 @@ async fn execute_phase(courier: &Courier, agents: &Agents, req: ExecuteRequest) 
         "each entity balanced: every source row migrated or rejected with its reason",
         &results,
     );
+    Ok(results)
+}
+
+/// Migrates every entity as soon as the parents it references (in earlier waves) are loaded,
+/// up to `jobs` at once: a large table does not hold back the tables that do not need it.
+async fn migrate_all(
+    courier: &Courier,
+    agents: &Agents,
+    req: &ExecuteRequest,
+    order: &[&PlannedEntity],
+    jobs: usize,
+) -> Result<Vec<EntityResult>, AgentError> {
+    let wave_of = |t: &TableName| req.plan.waves.iter().position(|w| w.iter().any(|e| &e.table == t));
+    let deps: Vec<Vec<usize>> = order
+        .iter()
+        .map(|e| {
+            let own = wave_of(&e.table);
+            let parents: Vec<TableName> = req
+                .mappings
+                .spec(&e.table)
+                .map(|s| {
+                    s.columns
+                        .iter()
+                        .filter_map(|c| match &c.feed {
+                            runtime::mapping::Feed::Reference { parent, .. } => Some(parent.clone()),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            // A reference to a later wave is one the planner broke a cycle at (filled later).
+            order.iter().enumerate().filter(|(_, p)| parents.contains(&p.table) && wave_of(&p.table) < own).map(|(i, _)| i).collect()
+        })
+        .collect();
+    let mut started = vec![false; order.len()];
+    let mut done = vec![false; order.len()];
+    let mut running = tokio::task::JoinSet::new();
+    let mut results = Vec::with_capacity(order.len());
+    loop {
+        while running.len() < jobs {
+            let Some(i) = (0..order.len()).find(|&i| !started[i] && deps[i].iter().all(|&d| done[d])) else { break };
+            started[i] = true;
+            let body =
+                MigrateEntity { constraints_suspended: req.suspend_constraints, ..entity_request(&req.mappings, &req.target, order[i])? };
+            let (courier, agents, validate) = (courier.clone(), agents.clone(), req.validate);
+            running.spawn(async move {
+                let asked = courier.ask_within(
+                    &agents.execution,
+                    "migrate",
+                    body.clone(),
+                    |e, p| ExecutionMsg::Migrate(Box::new(e), p),
+                    ENTITY_TIMEOUT,
+                );
+                let mut result = answer(asked.await)?;
+                // Proven right after it is loaded, while the next entities load.
+                if validate {
+                    result.validation = Some(validate_entity(&courier, &agents, body).await?);
+                }
+                Ok::<_, AgentError>((i, result))
+            });
+        }
+        let Some(finished) = running.join_next().await else { break };
+        let (i, result) = finished.map_err(|e| AgentError::new(ME, format!("an entity's migration stopped: {e}")))??;
+        done[i] = true;
+        results.push(result);
+    }
     Ok(results)
 }
 
@@ -374,51 +439,6 @@ async fn validate_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> R
 async fn validate_entity(courier: &Courier, agents: &Agents, body: MigrateEntity) -> Result<EntityValidation, AgentError> {
     let asked = courier.ask_within(&agents.validation, "validate", body, |e, p| ValidationMsg::Validate(Box::new(e), p), ENTITY_TIMEOUT);
     answer(asked.await)
-}
-
-/// The entities of a wave do not depend on each other: up to `jobs` of them at once.
-async fn migrate_wave(
-    courier: &Courier,
-    agents: &Agents,
-    req: &ExecuteRequest,
-    wave: &[PlannedEntity],
-    jobs: usize,
-) -> Result<Vec<EntityResult>, AgentError> {
-    {
-        let mut running = tokio::task::JoinSet::new();
-        let mut queue = wave.iter();
-        let mut wave_results = Vec::new();
-        loop {
-            while running.len() < jobs {
-                let Some(entity) = queue.next() else { break };
-                let body =
-                    MigrateEntity { constraints_suspended: req.suspend_constraints, ..entity_request(&req.mappings, &req.target, entity)? };
-                let (courier, agents, validate) = (courier.clone(), agents.clone(), req.validate);
-                running.spawn(async move {
-                    let asked = courier.ask_within(
-                        &agents.execution,
-                        "migrate",
-                        body.clone(),
-                        |e, p| ExecutionMsg::Migrate(Box::new(e), p),
-                        ENTITY_TIMEOUT,
-                    );
-                    let mut result = answer(asked.await)?;
-                    // Proven right after it is loaded, while the next entities load.
-                    if validate {
-                        result.validation = Some(validate_entity(&courier, &agents, body).await?);
-                    }
-                    Ok(result)
-                });
-            }
-            let Some(done) = running.join_next().await else { break };
-            match done {
-                Ok(Ok(r)) => wave_results.push(r),
-                Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(AgentError::new(ME, format!("stopped: {e}"))),
-            }
-        }
-        Ok(wave_results)
-    }
 }
 
 #[cfg(test)]
