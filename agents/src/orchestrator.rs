@@ -66,7 +66,7 @@ pub struct ExecuteRequest {
     pub plan: MigrationPlan,
     pub mappings: MappingSet,
     pub target: SchemaReport,
-    /// How many entities of a wave migrate at once.
+    /// How many entities migrate at once.
     pub jobs: usize,
     /// Set each table's foreign keys and plain indexes aside while it loads.
     pub suspend_constraints: bool,
