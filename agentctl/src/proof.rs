@@ -4,7 +4,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use agents::orchestrator::PlanGoal;
-use agents::validation::amount;
+use agents::transform::amount;
 use runtime::config::Config;
 use runtime::ports::EntityValidation;
 use serde_json::json;

@@ -84,6 +84,13 @@ pub struct Rollback {
 /// Per table, the constraints and indexes set aside or put back.
 pub type SetAside = Vec<(TableName, Vec<String>)>;
 
+impl EntityResult {
+    /// Counts a rejection under its rule's kind (`not_null`, `reference`, ...).
+    fn count_rejection(&mut self, rule: &str) {
+        *self.rejected_by_rule.entry(rule.split(':').next().unwrap_or("").to_owned()).or_default() += 1;
+    }
+}
+
 pub enum ExecutionMsg {
     Rollback(Envelope<Rollback>, RpcReplyPort<Result<Vec<RolledBack>, AgentError>>),
     Migrate(Box<Envelope<MigrateEntity>>, RpcReplyPort<Result<EntityResult, AgentError>>),
@@ -213,7 +220,7 @@ pub async fn prepare(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity)
             .await
             .map_err(|e| e.0)?
             .into_iter()
-            .filter(|(legacy, id)| deriver.derive(&legacy.split('|').collect::<Vec<_>>()).to_string() != *id)
+            .filter(|(legacy, id)| deriver.derive_stored(legacy).to_string() != *id)
             .collect();
         if !kept.is_empty() {
             ctx.decision(
@@ -304,13 +311,22 @@ const READ_AHEAD: usize = 1;
 /// Rows of a source table as read, each value in PostgreSQL's text form (`None` for NULL).
 pub type Page = Vec<Vec<Option<String>>>;
 
-/// Pages of a source table in key order after `scan.after`, read by a task of its own a page
-/// ahead of the consumer; the channel ends after the last page (or the first error).
+/// Pages of an entity's source rows in key order after `after`, read by a task of its own a
+/// page ahead of the consumer; the channel ends after the last page (or the first error).
 pub fn read_ahead(
     rows: Arc<dyn Rows>,
-    mut scan: Scan,
+    spec: &MappingSpec,
+    after: Option<Vec<String>>,
     page_size: usize,
 ) -> (tokio::sync::mpsc::Receiver<Result<Page, String>>, tokio::task::JoinHandle<()>) {
+    let mut scan = Scan {
+        table: spec.source.clone(),
+        columns: spec.source_columns(),
+        joins: spec.joins.clone(),
+        key: spec.key.clone(),
+        after,
+        limit: Some(page_size),
+    };
     let key_idx: Vec<usize> = scan.key.iter().filter_map(|k| scan.columns.iter().position(|c| c == k)).collect();
     let (pages_tx, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
     let reader = tokio::spawn(async move {
@@ -350,15 +366,8 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
 
     // Reading runs ahead in a task of its own: the source server produces the next page while
     // this task maps and the target server writes.
-    let scan = Scan {
-        table: spec.source.clone(),
-        columns: scan_cols.clone(),
-        joins: spec.joins.clone(),
-        key: spec.key.clone(),
-        after: (!checkpoint.last_key.is_empty()).then(|| checkpoint.last_key.clone()),
-        limit: Some(batch_size),
-    };
-    let (mut pages, reader) = read_ahead(rows, scan, batch_size);
+    let after = (!checkpoint.last_key.is_empty()).then(|| checkpoint.last_key.clone());
+    let (mut pages, reader) = read_ahead(rows, spec, after, batch_size);
 
     // At most one batch is being written while the next one is mapped.
     let mut in_flight: Option<tokio::task::JoinHandle<Result<(Batch, runtime::ports::Written), String>>> = None;
@@ -394,7 +403,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
         checkpoint.migrated -= orphaned.len() as i64;
         checkpoint.rejected += orphaned.len() as i64;
         for r in &orphaned {
-            *result.rejected_by_rule.entry(r.rule.split(':').next().unwrap_or("").to_owned()).or_default() += 1;
+            result.count_rejection(&r.rule);
         }
     }
     result.rows_read = checkpoint.rows_read;
@@ -476,7 +485,7 @@ fn map_page(
                 batch.source_rows.push(row);
             }
             Err(r) => {
-                *result.rejected_by_rule.entry(r.rule.split(':').next().unwrap_or("").to_owned()).or_default() += 1;
+                result.count_rejection(&r.rule);
                 batch.rejected.push(RejectedRow {
                     legacy_key: key,
                     column: r.column,
@@ -494,7 +503,7 @@ fn map_page(
 fn report_batch(ctx: &RunContext, req: &MigrateEntity, batch: &Batch, written: &runtime::ports::Written, result: &mut EntityResult) {
     let spec = &req.spec;
     for r in &written.refused {
-        *result.rejected_by_rule.entry(r.rule.clone()).or_default() += 1;
+        result.count_rejection(&r.rule);
     }
     result.retries += written.retries;
     let checkpoint = &written.checkpoint;

@@ -6,7 +6,7 @@
 
 use runtime::audit::{AuditRecord, EventKind};
 use runtime::context::RunContext;
-use runtime::ports::{Llm, LlmRequest, LlmTool};
+use runtime::ports::{Llm, LlmReply, LlmRequest, LlmTool, ToolError};
 use runtime::AgentName;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -33,19 +33,7 @@ pub async fn ask_typed<T: DeserializeOwned + JsonSchema>(
     let mut last_error = String::new();
     for attempt in 0..=REASKS {
         let reply = llm.ask(&request).await;
-        let (tokens, budget) = llm.tokens();
-        let summary = match &reply {
-            Ok(r) => format!("{tool}: {} answered in {} ms ({} + {} tokens)", r.model, r.millis, r.prompt_tokens, r.completion_tokens),
-            Err(e) => format!("{tool}: no answer: {e}"),
-        };
-        ctx.audit.record(AuditRecord::new(
-            agent,
-            EventKind::Llm,
-            summary,
-            json!({"llm": llm.describe(), "attempt": attempt + 1, "request": request, "reply": reply.as_ref().ok(),
-                "cost_usd": reply.as_ref().ok().and_then(|r| llm.cost(r.prompt_tokens, r.completion_tokens)),
-                "error": reply.as_ref().err().map(|e| e.0.clone()), "run_tokens": tokens, "token_budget": budget}),
-        ));
+        record_call(ctx, llm, agent, tool, Some(attempt + 1), &request, &reply);
         let reply = reply.map_err(|e| e.0)?;
         let Some(arguments) = reply.arguments.clone() else {
             last_error = format!("it answered in text instead of calling {tool}");
@@ -84,8 +72,24 @@ pub async fn ask_text(
         Some(on_text) => llm.ask_streaming(&request, on_text).await,
         None => llm.ask(&request).await,
     };
+    record_call(ctx, llm, agent, purpose, None, &request, &reply);
+    let reply = reply.map_err(|e| e.0)?;
+    reply.text.filter(|t| !t.trim().is_empty()).ok_or_else(|| "the model answered without words".to_owned())
+}
+
+/// One call in the audit trail: the model, the rendered prompt, the reply or why there was
+/// none, tokens, latency, cost, and the run's tokens against its budget.
+fn record_call(
+    ctx: &RunContext,
+    llm: &dyn Llm,
+    agent: AgentName,
+    purpose: &str,
+    attempt: Option<usize>,
+    request: &LlmRequest,
+    reply: &Result<LlmReply, ToolError>,
+) {
     let (tokens, budget) = llm.tokens();
-    let summary = match &reply {
+    let summary = match reply {
         Ok(r) => format!("{purpose}: {} answered in {} ms ({} + {} tokens)", r.model, r.millis, r.prompt_tokens, r.completion_tokens),
         Err(e) => format!("{purpose}: no answer: {e}"),
     };
@@ -93,10 +97,8 @@ pub async fn ask_text(
         agent,
         EventKind::Llm,
         summary,
-        json!({"llm": llm.describe(), "request": request, "reply": reply.as_ref().ok(),
+        json!({"llm": llm.describe(), "attempt": attempt, "request": request, "reply": reply.as_ref().ok(),
             "cost_usd": reply.as_ref().ok().and_then(|r| llm.cost(r.prompt_tokens, r.completion_tokens)),
             "error": reply.as_ref().err().map(|e| e.0.clone()), "run_tokens": tokens, "token_budget": budget}),
     ));
-    let reply = reply.map_err(|e| e.0)?;
-    reply.text.filter(|t| !t.trim().is_empty()).ok_or_else(|| "the model answered without words".to_owned())
 }

@@ -26,6 +26,11 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// Whole cents as a decimal amount: `-1250` is `-12.50`.
+pub fn amount(cents: i64) -> String {
+    format!("{}{}.{:02}", if cents < 0 { "-" } else { "" }, cents.unsigned_abs() / 100, cents.unsigned_abs() % 100)
+}
+
 /// What the key derivation needs: the project's namespace and the layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Keys {
@@ -263,8 +268,7 @@ impl RowMapper {
                 (Transform::Cents, Some(s)) => {
                     let cents: i64 =
                         s.trim().parse().map_err(|_| self.reject(c, "cents", format!("`{s}` is not a whole number of cents")))?;
-                    let sign = if cents < 0 { "-" } else { "" };
-                    Some(format!("{sign}{}.{:02}", cents.unsigned_abs() / 100, cents.unsigned_abs() % 100))
+                    Some(amount(cents))
                 }
                 (Transform::Bool, Some(s)) => Some(
                     match s.trim().to_lowercase().as_str() {

@@ -23,11 +23,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
 use runtime::envelope::{AgentError, Envelope};
 use runtime::mapping::Transform;
-use runtime::ports::{Compared, Difference, EntityValidation, Expected, MoneyTotal, Orphans, Rows, Scan, Target};
+use runtime::ports::{Compared, Difference, EntityValidation, Expected, MoneyTotal, Orphans, Rows, Target};
 use runtime::AgentName;
 
 use crate::execution::{prepare, read_ahead, MigrateEntity, Prepared};
-use crate::transform::RowMapper;
+use crate::transform::{amount, RowMapper};
 
 const ME: AgentName = AgentName::Validation;
 
@@ -116,18 +116,9 @@ pub async fn validate(
         detail: String::new(),
         seconds: 0.0,
     };
-    let scan_cols = spec.source_columns();
-    let scan = Scan {
-        table: spec.source.clone(),
-        columns: scan_cols.clone(),
-        joins: spec.joins.clone(),
-        key: spec.key.clone(),
-        after: None,
-        limit: Some(PAGE),
-    };
     // Three stages overlap: the source server reads the next page while this task maps one and
     // the target compares the one before.
-    let (mut pages, reader) = read_ahead(rows, scan, PAGE);
+    let (mut pages, reader) = read_ahead(rows, spec, None, PAGE);
     let mut found_in_target = 0i64;
     let mut in_flight: Option<tokio::task::JoinHandle<Result<ComparedPage, String>>> = None;
     loop {
@@ -342,11 +333,6 @@ fn cents(v: Option<&str>) -> i64 {
     } else {
         c
     }
-}
-
-/// Cents as an amount: `-1250` is `-12.50`.
-pub fn amount(cents: i64) -> String {
-    format!("{}{}.{:02}", if cents < 0 { "-" } else { "" }, cents.unsigned_abs() / 100, cents.unsigned_abs() % 100)
 }
 
 #[cfg(test)]

@@ -17,6 +17,12 @@ impl RunId {
     }
 }
 
+impl From<Uuid> for RunId {
+    fn from(id: Uuid) -> RunId {
+        RunId(id)
+    }
+}
+
 impl Default for RunId {
     fn default() -> Self {
         RunId::new()

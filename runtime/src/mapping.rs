@@ -152,6 +152,12 @@ impl KeyDeriver {
         }
     }
 
+    /// The UUID of a row whose legacy key is stored as text (composite parts joined by `|`,
+    /// as `legacy_id` holds it): a row is agentctl's exactly when its UUID is this one.
+    pub fn derive_stored(&self, legacy_key: &str) -> uuid::Uuid {
+        self.derive(&legacy_key.split('|').collect::<Vec<_>>())
+    }
+
     pub fn derive(&self, key: &[&str]) -> uuid::Uuid {
         let mut name = String::with_capacity(self.prefix.len() + 24);
         name.push_str(&self.prefix);
@@ -218,5 +224,8 @@ mod tests {
         let prefix = KeyDeriver::new(UuidLayout::Ordered, ns, &t).prefix().expect("ordered UUIDs share a prefix");
         assert!([a, b, c].iter().all(|u| u.to_string().starts_with(&prefix)), "{prefix} {a}");
         assert_eq!(KeyDeriver::new(UuidLayout::V5, ns, &t).prefix(), None);
+        let pair = TableName::new("public", "dispatch_role_permission");
+        let d = KeyDeriver::new(UuidLayout::Ordered, ns, &pair);
+        assert_eq!(d.derive_stored("3|7"), d.derive(&["3", "7"]));
     }
 }

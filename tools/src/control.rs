@@ -22,8 +22,9 @@ pub struct ControlStore {
 }
 
 /// One row of `agentctl audit list`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct RunRow {
+    #[sqlx(try_from = "Uuid")]
     pub run_id: RunId,
     pub command: String,
     pub goal: Option<String>,
@@ -35,7 +36,7 @@ pub struct RunRow {
 }
 
 /// Where one entity of a run stands, from the control tables.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct EntityProgress {
     pub source_table: String,
     pub target_table: String,
@@ -146,22 +147,21 @@ impl ControlStore {
     }
 
     pub async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, DbError> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT run_id, command, goal, started_at, finished_at, outcome, outcome_detail, event_count
              FROM agentctl.runs ORDER BY started_at DESC LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(while_doing("listing runs"))?;
-        rows.iter().map(run_row).collect()
+        .map_err(while_doing("listing runs"))
     }
 
     /// Finds a run by its id or a unique prefix of it; `None` means the latest run.
     pub async fn find_run(&self, id: Option<&str>) -> Result<RunRow, DbError> {
-        let rows = match id {
+        let mut rows: Vec<RunRow> = match id {
             None => {
-                sqlx::query(
+                sqlx::query_as(
                     "SELECT run_id, command, goal, started_at, finished_at, outcome, outcome_detail, event_count
                  FROM agentctl.runs ORDER BY started_at DESC LIMIT 1",
                 )
@@ -173,7 +173,7 @@ impl ControlStore {
                 if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
                     return Err(DbError(format!("`{prefix}` is not a run id (expected the hex digits of a run's UUID)")));
                 }
-                sqlx::query(
+                sqlx::query_as(
                     "SELECT run_id, command, goal, started_at, finished_at, outcome, outcome_detail, event_count
                      FROM agentctl.runs WHERE run_id::text LIKE $1 || '%' ORDER BY started_at DESC LIMIT 2",
                 )
@@ -187,13 +187,13 @@ impl ControlStore {
             (0, None) => Err(DbError("no run has been recorded in this target database yet".into())),
             (0, Some(p)) => Err(DbError(format!("no run with id {p}"))),
             (2, Some(p)) => Err(DbError(format!("run id prefix {p} matches more than one run; give more of it"))),
-            _ => run_row(&rows[0]),
+            _ => Ok(rows.swap_remove(0)),
         }
     }
 
     /// Every entity a run has started, with its checkpoint's counters.
     pub async fn progress(&self, run_id: RunId) -> Result<Vec<EntityProgress>, DbError> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT c.source_table, c.target_table, c.state, c.detail,
                     coalesce(k.rows_read, 0) AS rows_read, coalesce(k.migrated, 0) AS migrated,
                     coalesce(k.rejected, 0) AS rejected, coalesce(k.batches, 0) AS batches, k.updated_at
@@ -204,23 +204,7 @@ impl ControlStore {
         .bind(run_id.0)
         .fetch_all(&self.pool)
         .await
-        .map_err(while_doing(format!("reading the progress of run {run_id}")))?;
-        rows.iter()
-            .map(|r| {
-                let get = |e| while_doing("reading the progress")(e);
-                Ok(EntityProgress {
-                    source_table: r.try_get("source_table").map_err(get)?,
-                    target_table: r.try_get("target_table").map_err(get)?,
-                    state: r.try_get("state").map_err(get)?,
-                    rows_read: r.try_get("rows_read").map_err(get)?,
-                    migrated: r.try_get("migrated").map_err(get)?,
-                    rejected: r.try_get("rejected").map_err(get)?,
-                    batches: r.try_get("batches").map_err(get)?,
-                    detail: r.try_get("detail").map_err(get)?,
-                    updated_at: r.try_get("updated_at").map_err(get)?,
-                })
-            })
-            .collect()
+        .map_err(while_doing(format!("reading the progress of run {run_id}")))
     }
 
     /// Foreign keys and indexes set aside for a load that have not been put back yet:
@@ -364,20 +348,6 @@ impl ControlStore {
             }),
         }
     }
-}
-
-fn run_row(r: &sqlx::postgres::PgRow) -> Result<RunRow, DbError> {
-    let get = |e| while_doing("reading a run")(e);
-    Ok(RunRow {
-        run_id: RunId(r.try_get::<Uuid, _>("run_id").map_err(get)?),
-        command: r.try_get("command").map_err(get)?,
-        goal: r.try_get("goal").map_err(get)?,
-        started_at: r.try_get("started_at").map_err(get)?,
-        finished_at: r.try_get("finished_at").map_err(get)?,
-        outcome: r.try_get("outcome").map_err(get)?,
-        outcome_detail: r.try_get("outcome_detail").map_err(get)?,
-        event_count: r.try_get("event_count").map_err(get)?,
-    })
 }
 
 #[async_trait]

@@ -622,11 +622,8 @@ impl Target for PgTarget {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(while_doing(format!("reading the rows of {}", e.target)))?;
-            let ours: Vec<uuid::Uuid> = rows
-                .into_iter()
-                .filter(|(legacy, id)| e.deriver.derive(&legacy.split('|').collect::<Vec<_>>()) == *id)
-                .map(|(_, id)| id)
-                .collect();
+            let ours: Vec<uuid::Uuid> =
+                rows.into_iter().filter(|(legacy, id)| e.deriver.derive_stored(legacy) == *id).map(|(_, id)| id).collect();
             let mut deleted = 0i64;
             for chunk in ours.chunks(50_000) {
                 let result = sqlx::query(&format!("DELETE FROM {table} WHERE id = ANY($1)")).bind(chunk).execute(&mut *tx).await;
