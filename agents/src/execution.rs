@@ -269,37 +269,51 @@ async fn migrate_restarting(
     target: Arc<dyn Target>,
     req: &MigrateEntity,
 ) -> Result<EntityResult, String> {
+    let work = |c: Arc<RunContext>, body: MigrateEntity| {
+        let (r, t) = (rows.clone(), target.clone());
+        async move { migrate(&c, r, t, &body).await }
+    };
+    let (mut result, restarts) =
+        restarting(ctx, ME, req, "starting again from its last checkpoint", |e| e.starts_with(UNBALANCED), work).await?;
+    result.restarts = restarts;
+    Ok(result)
+}
+
+/// Runs `work` on an entity in a worker task of its own, again (after 2, 4, 8 s) when it
+/// failed or panicked, up to [`ENTITY_RESTARTS`] times, unless `fatal` says restarting cannot
+/// mend the error. Returns the result and how many restarts it took; each restart is a decision
+/// in the trail. The work must be safe to repeat (it resumes from what is committed).
+pub async fn restarting<T, F, Fut>(
+    ctx: &Arc<RunContext>,
+    agent: AgentName,
+    req: &MigrateEntity,
+    again: &str,
+    fatal: impl Fn(&str) -> bool,
+    work: F,
+) -> Result<(T, u32), String>
+where
+    T: Send + 'static,
+    F: Fn(Arc<RunContext>, MigrateEntity) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+{
     let mut delay = std::time::Duration::from_secs(2);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        // Each attempt is a worker task of its own: one that panics is restarted like one
-        // that failed.
-        let (c, r, t, body) = (ctx.clone(), rows.clone(), target.clone(), req.clone());
-        let worker = tokio::spawn(async move { migrate(&c, r, t, &body).await });
-        let outcome = worker.await.unwrap_or_else(|e| Err(format!("its worker crashed: {e}")));
-        match outcome {
-            Ok(mut result) => {
-                result.restarts = attempt - 1;
-                return Ok(result);
-            }
-            // Restarting cannot mend an accounting that does not balance.
-            Err(e) if attempt > ENTITY_RESTARTS || e.starts_with(UNBALANCED) => return Err(e),
-            Err(e) => {
-                ctx.decision(
-                    ME,
-                    format!(
-                        "{}: starting again from its last checkpoint in {}s (restart {attempt} of {ENTITY_RESTARTS})",
-                        req.spec.target.name,
-                        delay.as_secs()
-                    ),
-                    format!("it stopped: {e}"),
-                    serde_json::json!({"entity": req.spec.source, "attempt": attempt, "error": e}),
-                );
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
+        let worker = tokio::spawn(work(ctx.clone(), req.clone()));
+        let error = match worker.await.unwrap_or_else(|e| Err(format!("its worker crashed: {e}"))) {
+            Ok(value) => return Ok((value, attempt - 1)),
+            Err(e) if attempt > ENTITY_RESTARTS || fatal(&e) => return Err(e),
+            Err(e) => e,
+        };
+        ctx.decision(
+            agent,
+            format!("{}: {again} in {}s (restart {attempt} of {ENTITY_RESTARTS})", req.spec.target.name, delay.as_secs()),
+            format!("it stopped: {error}"),
+            serde_json::json!({"entity": req.spec.source, "attempt": attempt, "error": error}),
+        );
+        tokio::time::sleep(delay).await;
+        delay *= 2;
     }
 }
 

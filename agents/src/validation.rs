@@ -26,7 +26,7 @@ use runtime::mapping::Transform;
 use runtime::ports::{Compared, Difference, EntityValidation, Expected, MoneyTotal, Orphans, Rows, Target};
 use runtime::AgentName;
 
-use crate::execution::{prepare, read_ahead, MigrateEntity, Prepared};
+use crate::execution::{prepare, read_ahead, restarting, MigrateEntity, Prepared};
 use crate::transform::{amount, RowMapper};
 
 const ME: AgentName = AgentName::Validation;
@@ -65,8 +65,16 @@ impl Actor for ValidationAgent {
                 // Entities are validated side by side, each in a task of its own.
                 let (ctx, rows, target) = (state.ctx.clone(), state.source_rows.clone(), state.target.clone());
                 tokio::spawn(async move {
+                    // A lost connection or a restarting target is outlived like in the migration:
+                    // validating again reads nothing it has not read before.
                     let result = match target {
-                        Some(target) => validate(&ctx, rows, target, &env.body).await,
+                        Some(target) => {
+                            let work = |c: Arc<RunContext>, body: MigrateEntity| {
+                                let (r, t) = (rows.clone(), target.clone());
+                                async move { validate(&c, r, t, &body).await }
+                            };
+                            restarting(&ctx, ME, &env.body, "validating again", |_| false, work).await.map(|(v, _)| v)
+                        }
                         None => Err("no target database to validate".to_owned()),
                     };
                     let _ = reply.send(result.map_err(|e| AgentError::new(ME, format!("validating {}: {e}", env.body.entity.table))));
