@@ -504,3 +504,32 @@ impl FakeOpenAi {
         self.received.lock().unwrap().clone()
     }
 }
+
+/// The sandbox image's name once it is built (by `sandbox::image::build`, offline here), or
+/// `None` with a visible message when no Docker engine answers. Under CI (`CI=true`) a missing
+/// engine fails the test instead: CI machines run one.
+pub fn sandbox_image() -> Option<String> {
+    static IMAGE: OnceLock<Result<String, String>> = OnceLock::new();
+    // Built on a thread of its own: callers are often inside a runtime already.
+    let built = IMAGE.get_or_init(|| std::thread::spawn(build_sandbox_image).join().expect("the image build does not panic"));
+    match built {
+        Ok(image) => Some(image.clone()),
+        Err(error) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("CI needs a Docker engine for the sandbox tests: {error}"),
+        Err(error) => {
+            eprintln!("SKIPPED: no Docker engine for the sandbox tests ({error})");
+            None
+        }
+    }
+}
+
+fn build_sandbox_image() -> Result<String, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        if let Some(error) = sandbox::Sandbox::status(&sandbox::image::tag()).await.error {
+            return Err(error);
+        }
+        let say = |line: &str| eprintln!("sandbox image: {line}");
+        let built = sandbox::image::build(&say).await.unwrap_or_else(|e| panic!("building the sandbox image: {e}"));
+        Ok(built.image)
+    })
+}

@@ -103,6 +103,52 @@ pub enum Command {
     /// Which language model is configured, and whether it answers.
     #[command(subcommand)]
     Llm(LlmCmd),
+    /// Run untrusted code (custom transforms, ad-hoc scripts) in the hardened Docker sandbox.
+    #[command(subcommand)]
+    Sandbox(SandboxCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCmd {
+    /// Build the sandbox image unless it is there (offline through debootstrap when no
+    /// registry answers).
+    Build {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Whether the engine answers, the image is built, and which sandbox containers exist.
+    Status {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Run code in the sandbox and print what it did: stdout, stderr, exit, duration, limits hit.
+    Run(SandboxRunOpts),
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxRunOpts {
+    /// The code's language.
+    #[arg(long, default_value = "python")]
+    pub lang: sandbox::Lang,
+    /// The code, or - for stdin.
+    pub file: PathBuf,
+    /// A file to feed the code on its stdin.
+    #[arg(long, value_name = "FILE")]
+    pub stdin: Option<PathBuf>,
+    /// A file to place in the work dir beside the code, as NAME=PATH (repeatable).
+    #[arg(long = "input", value_name = "NAME=PATH")]
+    pub inputs: Vec<String>,
+    /// Where to write the files the code leaves in /work/out.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Seconds before the code is killed.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    /// Memory in MiB (no swap).
+    #[arg(long, default_value_t = 256)]
+    pub memory: u64,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }
 
 #[derive(Debug, Subcommand)]

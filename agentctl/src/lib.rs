@@ -10,6 +10,7 @@ pub mod exit;
 mod html;
 pub mod plan_run;
 pub mod proof;
+pub mod sandbox_cmd;
 pub mod session;
 
 use std::future::Future;
@@ -44,6 +45,7 @@ pub async fn run(opt: Opt) -> Result<(), Exit> {
         Command::Demo(o) => dataset::demo(o).await,
         Command::Chat(o) => chat::chat(&config, o).await,
         Command::Llm(cmd) => chat::llm(&config, cmd).await,
+        Command::Sandbox(cmd) => sandbox_cmd::sandbox(cmd).await,
     }
 }
 

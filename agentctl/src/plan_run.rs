@@ -23,7 +23,9 @@ pub async fn mapping_file(opt: &MappingOpt, conns: &Connections) -> Result<(Mapp
     if let Some(path) = &opt.mapping {
         let text = std::fs::read_to_string(path).map_err(|e| Exit::config(format!("reading the mapping file {}: {e}", path.display())))?;
         let origin = path.display().to_string();
-        return Ok((MappingFile::parse(&text, &origin).map_err(Exit::config)?, origin));
+        let mut file = MappingFile::parse(&text, &origin).map_err(Exit::config)?;
+        file.load_scripts(path.parent().unwrap_or(std::path::Path::new(".")), &origin).map_err(Exit::config)?;
+        return Ok((file, origin));
     }
     let source = conns.source.as_ref().ok_or_else(|| Exit::config("this command needs the source database"))?;
     if tools::dataset::stamp(source).await.map_err(Exit::failed)?.is_some() {
@@ -89,9 +91,23 @@ pub async fn plan(config: &Config, opts: PlanOpts) -> Result<(), Exit> {
     Ok(())
 }
 
+/// The custom transforms of these tables (all when `None`), as tried on sample rows.
+fn print_previews(set: &data_mapping::MappingSet, tables: Option<&[&runtime::domain::TableName]>) {
+    for (table, preview) in &set.previews {
+        if tables.is_some_and(|t| !t.contains(&table)) {
+            continue;
+        }
+        if let Some(spec) = set.spec(table) {
+            println!("{}", agents::code::render_preview(spec, preview));
+        }
+    }
+}
+
 fn print_plan(outcome: &PlanOutcome) {
     println!("{}", outcome.explanation);
     println!();
+    let planned: Vec<&runtime::domain::TableName> = outcome.plan.entities().map(|e| &e.table).collect();
+    print_previews(&outcome.mappings, Some(&planned));
     print!("{}", render(&outcome.plan));
     for line in &outcome.plan.rationale {
         println!("  - {line}");
@@ -342,9 +358,11 @@ pub async fn mapping(config: &Config, cmd: MappingCmd) -> Result<(), Exit> {
             match format {
                 Format::Json => print_json(&specs),
                 Format::Text => {
-                    for s in specs {
+                    for s in &specs {
                         println!("{}", data_mapping::render(s));
                     }
+                    let shown: Vec<&runtime::domain::TableName> = specs.iter().map(|s| &s.source).collect();
+                    print_previews(&set, Some(&shown));
                     if entity.is_none() {
                         for (t, why) in &set.unmapped {
                             println!("{t}: not migrated on its own ({why})");

@@ -23,6 +23,7 @@ use runtime::supervise::{RestartPolicy, Slot};
 use runtime::{AgentName, RunId};
 use serde_json::json;
 use tools::catalog::PgCatalog;
+use tools::code::SandboxRunner;
 use tools::control::ControlStore;
 use tools::pg::Pool as PgPool;
 use tools::rows::PgRows;
@@ -35,6 +36,8 @@ pub struct Connections {
     pub source: Option<PgPool>,
     pub target: PgPool,
     pub config: Config,
+    /// The Docker sandbox, connected on first use.
+    pub sandbox: Arc<SandboxRunner>,
 }
 
 impl Connections {
@@ -49,7 +52,8 @@ impl Connections {
             None
         };
         let target = tools::pg::connect(target_url, 8).await.map_err(Exit::config)?;
-        Ok(Connections { source, target, config: config.clone() })
+        let sandbox = Arc::new(SandboxRunner::from_env().map_err(Exit::config)?);
+        Ok(Connections { source, target, config: config.clone(), sandbox })
     }
 
     /// The real tools over these connections.
@@ -63,6 +67,7 @@ impl Connections {
             source_rows: Arc::new(PgRows::new(source)),
             target_writer: Some(Arc::new(PgTarget::new(self.target.clone(), self.config.max_retry_attempts))),
             llm: llm(&self.config)?,
+            code: Some(self.sandbox.clone()),
         })
     }
 }
@@ -120,6 +125,7 @@ pub struct Session {
     orchestrator: ActorRef<OrchestratorMsg>,
     operator: Courier,
     to_orchestrator: Slot<OrchestratorMsg>,
+    sandbox: Arc<SandboxRunner>,
 }
 
 impl Session {
@@ -187,6 +193,7 @@ impl Session {
             ctx,
             audit,
             orchestrator,
+            sandbox: conns.sandbox.clone(),
         })
     }
 
@@ -261,6 +268,7 @@ impl Session {
     /// Stops the agents, records the outcome and writes out the whole trail.
     pub async fn finish(self, outcome: &str, detail: Option<&str>) -> Result<(), Exit> {
         let _ = self.orchestrator.stop_and_wait(None, Some(Duration::from_secs(15))).await;
+        self.sandbox.shutdown().await;
         self.audit.record(AuditRecord::new(
             AgentName::Operator,
             EventKind::Run,

@@ -106,12 +106,41 @@ pub struct ColumnRule {
     pub transforms: Vec<String>,
     pub values: Option<BTreeMap<String, String>>,
     pub default: Option<String>,
+    /// A custom transform run in the sandbox before the named ones:
+    /// `transform = { python = "transforms/normalize_phone.py" }`.
+    pub transform: Option<ScriptRule>,
+}
+
+/// A Python script defining `transform(value)`; its path is relative to the mapping file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptRule {
+    pub python: String,
+    /// The script's text, read by [`MappingFile::load_scripts`].
+    #[serde(skip)]
+    pub code: Option<String>,
 }
 
 impl MappingFile {
     pub fn parse(text: &str, origin: &str) -> Result<MappingFile, String> {
         toml::from_str(text)
             .map_err(|e| format!("{origin}: {}", e.to_string().replace('\n', " ").split_whitespace().collect::<Vec<_>>().join(" ")))
+    }
+
+    /// Reads the scripts the file's custom transforms name, relative to `base` (the mapping
+    /// file's directory).
+    pub fn load_scripts(&mut self, base: &std::path::Path, origin: &str) -> Result<(), String> {
+        for (entity, rule) in &mut self.entities {
+            for (column, c) in &mut rule.columns {
+                if let Some(script) = &mut c.transform {
+                    let path = base.join(&script.python);
+                    let code = std::fs::read_to_string(&path)
+                        .map_err(|e| format!("{origin}: {entity}.{column}: transform script {}: {e}", path.display()))?;
+                    script.code = Some(code);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -124,6 +153,9 @@ pub struct MappingSet {
     pub unmapped: Vec<(TableName, String)>,
     /// Named sets of source tables, from the mapping file.
     pub groups: BTreeMap<String, Vec<String>>,
+    /// Each custom transform tried on sample rows in the sandbox, by source table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previews: Vec<(TableName, crate::code::Preview)>,
 }
 
 impl MappingSet {
@@ -314,6 +346,7 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
             specs,
             unmapped,
             groups: file.groups.clone(),
+            previews: Vec::new(),
         })
     } else {
         Err(problems)
@@ -476,13 +509,21 @@ fn from_rule<'a>(
     if let Some(d) = &r.default {
         transforms.push(Transform::Default { value: d.clone() });
     }
+    if let Some(script) = &r.transform {
+        let code = script.code.clone().ok_or_else(|| format!("the transform script {} was not read", script.python))?;
+        transforms.insert(0, Transform::Script { path: script.python.clone(), code });
+    }
     let feed = match (&r.from, &r.concat, &r.constant) {
         (Some(col), None, None) => {
             source_column(col).ok_or_else(|| format!("the mapping file reads `{col}`, which the source does not have"))?;
             match fk_of(col) {
+                Some(_) if r.transform.is_some() => return Err(format!("`{col}` is a reference; a transform script cannot feed it")),
                 Some(fk) if category(dst) == "uuid" => Feed::Reference { columns: vec![col.clone()], parent: fk.references.clone() },
                 _ => Feed::Column { column: col.clone() },
             }
+        }
+        (None, Some(_), None) | (None, None, Some(_)) if r.transform.is_some() => {
+            return Err("a transform script takes one column: give it with `from`".into())
         }
         (None, Some(cols), None) => {
             if let Some(missing) = cols.iter().find(|c| source_column(c).is_none()) {
@@ -522,6 +563,8 @@ fn check_fit<'a>(
         (_, Some(Transform::Bool)) => "bool",
         (_, Some(Transform::Json)) => "json",
         (_, Some(Transform::Timestamptz { .. })) => "timestamptz",
+        // Whatever the script returns: each value is checked against the column's type.
+        (_, Some(Transform::Script { .. })) => "other",
         (Feed::Column { column }, _) => source_column(column).map(category).unwrap_or("other"),
     };
     let fits = produced == d
@@ -572,6 +615,7 @@ pub fn render(spec: &MappingSpec) -> String {
                 }
                 Transform::Timestamptz { zone } => format!("timestamptz({zone})"),
                 Transform::Default { value } => format!("default({value})"),
+                Transform::Script { path, .. } => format!("python({path})"),
                 other => serde_json::to_value(other).ok().and_then(|v| v["kind"].as_str().map(str::to_owned)).unwrap_or_default(),
             })
             .collect();
@@ -613,6 +657,9 @@ pub fn to_file(set: &MappingSet) -> MappingFile {
                 match t {
                     Transform::Values { map } => rule.values = Some(map.clone()),
                     Transform::Default { value } => rule.default = Some(value.clone()),
+                    Transform::Script { path, code } => {
+                        rule.transform = Some(ScriptRule { python: path.clone(), code: Some(code.clone()) })
+                    }
                     Transform::Timestamptz { zone } => {
                         file.settings.timezone = zone.clone();
                         rule.transforms.push("timestamptz".into());
@@ -657,6 +704,35 @@ pub struct DataMappingArgs {
     pub ctx: Arc<RunContext>,
     /// Proposes a source for target columns nothing feeds, when configured.
     pub llm: Option<Arc<dyn runtime::ports::Llm>>,
+    /// The source's rows with custom transforms applied, to try them on samples.
+    pub rows: Arc<crate::code::ScriptedRows>,
+}
+
+/// Sample rows each custom transform is tried on before the run.
+pub const PREVIEW_ROWS: usize = 5;
+
+/// Tries every custom transform on sample rows in the sandbox; a script that cannot run fails
+/// the mapping, before anything is planned on it.
+async fn preview_scripts(ctx: &RunContext, rows: &crate::code::ScriptedRows, set: &mut MappingSet) -> Result<(), String> {
+    for spec in &set.specs {
+        for preview in crate::code::preview(rows, spec, PREVIEW_ROWS).await.map_err(|e| format!("{}: {e}", spec.source))? {
+            let failed = preview.samples.iter().filter(|s| s.after.is_err()).count();
+            ctx.decision(
+                ME,
+                format!(
+                    "{}.{}: tried {} on {} sample rows ({failed} raised)",
+                    spec.source.name,
+                    preview.column,
+                    preview.path,
+                    preview.samples.len()
+                ),
+                "a custom transform runs in the sandbox; it is tried before the run so the operator sees what it does",
+                &preview,
+            );
+            set.previews.push((spec.source.clone(), preview));
+        }
+    }
+    Ok(())
 }
 
 /// What the model proposes for a target column the mapper could not feed.
@@ -758,6 +834,16 @@ impl Actor for DataMappingAgent {
                         None => Err(problems),
                     },
                     (result, _) => result,
+                };
+                let result = match result {
+                    Ok(mut set) => match preview_scripts(&state.ctx, &state.rows, &mut set).await {
+                        Ok(()) => Ok(set),
+                        Err(e) => {
+                            let _ = reply.send(Err(AgentError::new(ME, format!("a custom transform cannot run: {e}"))));
+                            return Ok(());
+                        }
+                    },
+                    Err(problems) => Err(problems),
                 };
                 match &result {
                     Ok(set) => {

@@ -333,14 +333,7 @@ pub fn read_ahead(
     after: Option<Vec<String>>,
     page_size: usize,
 ) -> (tokio::sync::mpsc::Receiver<Result<Page, String>>, tokio::task::JoinHandle<()>) {
-    let mut scan = Scan {
-        table: spec.source.clone(),
-        columns: spec.source_columns(),
-        joins: spec.joins.clone(),
-        key: spec.key.clone(),
-        after,
-        limit: Some(page_size),
-    };
+    let mut scan = Scan { after, limit: Some(page_size), ..Scan::entity(spec) };
     let key_idx: Vec<usize> = scan.key.iter().filter_map(|k| scan.columns.iter().position(|c| c == k)).collect();
     let (pages_tx, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
     let reader = tokio::spawn(async move {

@@ -163,14 +163,7 @@ pub async fn forecast(
         // Rows that passed everything but a reference to a row of this same table.
         let mut self_refs: Vec<(String, Vec<(String, String)>)> = Vec::new();
         let mut count = 0i64;
-        let scan = Scan {
-            table: spec.source.clone(),
-            columns: spec.source_columns(),
-            joins: spec.joins.clone(),
-            key: spec.key.clone(),
-            after: None,
-            limit: None,
-        };
+        let scan = Scan::entity(spec);
         let mut each = |row: &[Option<&str>]| {
             count += 1;
             let key = mapper.key(row);

@@ -4,6 +4,7 @@
 //! traits of `runtime::ports`, so nothing here imports a database or network client.
 
 pub mod checks;
+pub mod code;
 pub mod data_mapping;
 pub mod execution;
 pub mod forecast;

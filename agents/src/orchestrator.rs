@@ -13,11 +13,12 @@ use runtime::context::RunContext;
 use runtime::domain::{MigrationPlan, PlannedEntity, SchemaReport, TableName};
 use runtime::envelope::{AgentError, CallError, Courier, Envelope};
 use runtime::events::RunEvent;
-use runtime::ports::{Catalog, EntityValidation, Llm, RolledBack, Rows, Target};
+use runtime::ports::{Catalog, CodeRunner, EntityValidation, Llm, RolledBack, Rows, Target};
 use runtime::supervise::{RestartPolicy, Slot, Team};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
+use crate::code::ScriptedRows;
 use crate::data_mapping::{DataMappingAgent, DataMappingArgs, DataMappingMsg, MapRequest, MappingFile, MappingSet};
 use crate::execution::{Constraints, EntityResult, ExecutionAgent, ExecutionArgs, ExecutionMsg, MigrateEntity, Rollback};
 use crate::guidance::{GuidanceAgent, GuidanceArgs, GuidanceMsg};
@@ -97,6 +98,8 @@ pub struct Tools {
     pub target_writer: Option<Arc<dyn Target>>,
     /// The language model, when one is configured.
     pub llm: Option<Arc<dyn Llm>>,
+    /// The sandbox for code the agents did not ship with (custom transforms, scripts).
+    pub code: Option<Arc<dyn CodeRunner>>,
 }
 
 #[derive(Clone)]
@@ -123,6 +126,8 @@ pub struct OrchestratorState {
     team: Team,
     agents: Agents,
     courier: Courier,
+    /// Each reader of source rows that runs custom transforms, to stop their scripts.
+    scripted: Vec<Arc<ScriptedRows>>,
 }
 
 impl Actor for Orchestrator {
@@ -133,28 +138,37 @@ impl Actor for Orchestrator {
     async fn pre_start(&self, myself: ActorRef<OrchestratorMsg>, args: OrchestratorArgs) -> Result<OrchestratorState, ActorProcessingErr> {
         let ctx = args.ctx;
         let mut team = Team::new(ctx.clone(), args.policy);
+        // Each agent that reads source rows reads them with the mapping's custom transforms
+        // applied, through scripts of its own in the sandbox.
+        let scripted = |agent| Arc::new(ScriptedRows::new(args.tools.source_rows.clone(), args.tools.code.clone(), ctx.clone(), agent));
+        let (for_schema, for_mapping, for_execution, for_validation) = (
+            scripted(AgentName::SchemaAnalysis),
+            scripted(AgentName::DataMapping),
+            scripted(AgentName::Execution),
+            scripted(AgentName::Validation),
+        );
+        let all_scripted = vec![for_schema.clone(), for_mapping.clone(), for_execution.clone(), for_validation.clone()];
         let agents = Agents {
             schema: team.add(
                 AgentName::SchemaAnalysis,
                 SchemaAnalysisAgent,
-                SchemaAnalysisArgs {
-                    ctx: ctx.clone(),
-                    source: args.tools.source,
-                    target: args.tools.target,
-                    source_rows: args.tools.source_rows.clone(),
-                },
+                SchemaAnalysisArgs { ctx: ctx.clone(), source: args.tools.source, target: args.tools.target, source_rows: for_schema },
             ),
             planning: team.add(AgentName::Planning, PlanningAgent, PlanningArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() }),
-            mapping: team.add(AgentName::DataMapping, DataMappingAgent, DataMappingArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() }),
+            mapping: team.add(
+                AgentName::DataMapping,
+                DataMappingAgent,
+                DataMappingArgs { ctx: ctx.clone(), llm: args.tools.llm.clone(), rows: for_mapping },
+            ),
             execution: team.add(
                 AgentName::Execution,
                 ExecutionAgent,
-                ExecutionArgs { ctx: ctx.clone(), source_rows: args.tools.source_rows.clone(), target: args.tools.target_writer.clone() },
+                ExecutionArgs { ctx: ctx.clone(), source_rows: for_execution, target: args.tools.target_writer.clone() },
             ),
             validation: team.add(
                 AgentName::Validation,
                 ValidationAgent,
-                ValidationArgs { ctx: ctx.clone(), source_rows: args.tools.source_rows, target: args.tools.target_writer },
+                ValidationArgs { ctx: ctx.clone(), source_rows: for_validation, target: args.tools.target_writer },
             ),
             guidance: team.add(AgentName::Guidance, GuidanceAgent, GuidanceArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() }),
         };
@@ -169,7 +183,7 @@ impl Actor for Orchestrator {
             ),
             AgentName::TEAM,
         );
-        Ok(OrchestratorState { team, agents, courier: Courier::new(ctx, ME) })
+        Ok(OrchestratorState { team, agents, courier: Courier::new(ctx, ME), scripted: all_scripted })
     }
 
     async fn handle(
@@ -224,8 +238,9 @@ impl Actor for Orchestrator {
         Ok(())
     }
 
-    async fn post_stop(&self, myself: ActorRef<OrchestratorMsg>, _: &mut OrchestratorState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, myself: ActorRef<OrchestratorMsg>, state: &mut OrchestratorState) -> Result<(), ActorProcessingErr> {
         myself.stop_children_and_wait(None, Some(std::time::Duration::from_secs(10))).await;
+        futures::future::join_all(state.scripted.iter().map(|s| s.close())).await;
         Ok(())
     }
 }

@@ -138,12 +138,17 @@ impl RowMapper {
                 }
                 kind => (ty_of(&col.data_type, &col.type_name, kind, col.max_length, target), None),
             };
-            let inputs = match &m.feed {
-                Feed::Column { column } => vec![index(column)?],
-                Feed::Concat { columns, .. } | Feed::Reference { columns, .. } | Feed::Metadata { columns } => {
+            let inputs = match (&m.feed, m.transforms.first()) {
+                (Feed::Column { column }, Some(Transform::Script { path, code })) => {
+                    vec![index(
+                        &runtime::mapping::ScriptColumn { column: column.clone(), path: path.clone(), code: code.clone() }.output(),
+                    )?]
+                }
+                (Feed::Column { column }, _) => vec![index(column)?],
+                (Feed::Concat { columns, .. } | Feed::Reference { columns, .. } | Feed::Metadata { columns }, _) => {
                     columns.iter().map(|c| index(c)).collect::<Result<_, _>>()?
                 }
-                Feed::Key | Feed::LegacyKey | Feed::Constant { .. } => vec![],
+                (Feed::Key | Feed::LegacyKey | Feed::Constant { .. }, _) => vec![],
             };
             let deriver = match &m.feed {
                 Feed::Key => Some(KeyDeriver::new(keys.layout, keys.namespace, &spec.source)),
@@ -284,6 +289,12 @@ impl RowMapper {
                     Some(s)
                 }
                 (Transform::Timestamptz { zone }, Some(s)) => Some(format!("{s} {zone}")),
+                // The sandbox answered as the row was read: `=value` or `!error`.
+                (Transform::Script { path, .. }, Some(s)) => match (s.strip_prefix('='), s.strip_prefix('!')) {
+                    (Some(value), _) => Some(value.to_owned()),
+                    (_, Some(error)) => return Err(self.reject(c, "script", format!("{path} raised {error}"))),
+                    _ => return Err(self.reject(c, "script", format!("{path}: the sandbox's answer `{s}` is not tagged"))),
+                },
                 (Transform::Values { map }, Some(s)) => Some(map.get(&s).cloned().ok_or_else(|| {
                     let known: Vec<&str> = map.keys().map(String::as_str).collect();
                     self.reject(c, "values", format!("`{s}` is not one of the values the mapping knows ({})", known.join(", ")))

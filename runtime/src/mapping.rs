@@ -56,6 +56,15 @@ pub enum Transform {
     Default {
         value: String,
     },
+    /// A Python script's `transform(value)`, run in the sandbox on the column's values as they
+    /// are read (a batch of values per call), before every other step. The scan carries its
+    /// answer in a column of its own ([`ScriptColumn::output`]): `=` and the value, or `!` and
+    /// the error it raised. The code is part of the mapping, so the plan's hash changes with it.
+    Script {
+        /// Where the mapping file names it: `transforms/normalize_phone.py`.
+        path: String,
+        code: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +103,19 @@ pub struct MappingSpec {
 }
 
 impl MappingSpec {
+    /// The script transforms: the source column each reads, and the script.
+    pub fn scripts(&self) -> Vec<ScriptColumn> {
+        let mut scripts = Vec::new();
+        for c in &self.columns {
+            for t in &c.transforms {
+                if let (Transform::Script { path, code }, Feed::Column { column }) = (t, &c.feed) {
+                    scripts.push(ScriptColumn { column: column.clone(), path: path.clone(), code: code.clone() });
+                }
+            }
+        }
+        scripts
+    }
+
     /// Every source column the mapping reads, qualified (`table.column`) when joined.
     pub fn source_columns(&self) -> Vec<String> {
         let mut cols: Vec<String> = self.key.clone();
@@ -109,7 +131,23 @@ impl MappingSpec {
                 }
             }
         }
+        cols.extend(self.scripts().iter().map(ScriptColumn::output));
         cols
+    }
+}
+
+/// A source column whose values a script transforms as they are read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptColumn {
+    pub column: String,
+    pub path: String,
+    pub code: String,
+}
+
+impl ScriptColumn {
+    /// The scanned column that holds the script's answer for `column`.
+    pub fn output(&self) -> String {
+        format!("{} -> {}", self.column, self.path)
     }
 }
 

@@ -1,5 +1,5 @@
-//! The traits through which agents reach the world. `tools` implements them over PostgreSQL
-//! (and later the LLM and the code interpreter); agents only ever see these, so their logic runs
+//! The traits through which agents reach the world. `tools` implements them over PostgreSQL,
+//! the LLM endpoint and the Docker sandbox; agents only ever see these, so their logic runs
 //! in tests without I/O, and the tests that do need I/O use the real implementations.
 
 use async_trait::async_trait;
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{SchemaReport, TableName};
 use crate::ids::RunId;
-use crate::mapping::Join;
+use crate::mapping::{Join, MappingSpec, ScriptColumn};
 
 /// A tool's failure, already phrased for an operator: what was being done, where, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +33,23 @@ pub struct Scan {
     pub after: Option<Vec<String>>,
     /// At most this many rows.
     pub limit: Option<usize>,
+    /// Columns whose values a script transforms as they are read (see [`ScriptColumn`]).
+    pub scripts: Vec<ScriptColumn>,
+}
+
+impl Scan {
+    /// Every row an entity's mapping reads, in key order, scripts applied.
+    pub fn entity(spec: &MappingSpec) -> Scan {
+        Scan {
+            table: spec.source.clone(),
+            columns: spec.source_columns(),
+            joins: spec.joins.clone(),
+            key: spec.key.clone(),
+            after: None,
+            limit: None,
+            scripts: spec.scripts(),
+        }
+    }
 }
 
 /// A row that will not be written, and why.
@@ -352,4 +369,60 @@ pub trait Llm: Send + Sync + 'static {
         on_text(reply.text.as_deref().unwrap_or(""));
         Ok(reply)
     }
+}
+
+/// A request to run code in the sandbox; also the `run_code` tool's arguments, which a model
+/// may write.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CodeRequest {
+    /// `python` or `sh`.
+    pub lang: String,
+    /// The program. Files it writes to `out/` are returned.
+    pub code: String,
+    /// Text for its stdin (sample rows as JSON or CSV, say).
+    #[serde(default)]
+    pub stdin: String,
+    /// Files placed in its work dir beside it.
+    #[serde(default)]
+    pub files: Vec<CodeFile>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CodeFile {
+    /// A relative name: `rows.csv`.
+    pub name: String,
+    pub content: String,
+}
+
+/// What code did in the sandbox.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CodeResult {
+    /// `None` when it was killed at the timeout.
+    pub exit_code: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// Files it wrote to `out/`, as text (lossy).
+    pub files: Vec<CodeFile>,
+    pub duration_ms: u64,
+    /// `timeout`, `memory`, `output`, `files`.
+    pub limits_hit: Vec<String>,
+}
+
+/// Runs untrusted code in isolation (the Docker sandbox).
+#[async_trait]
+pub trait CodeRunner: Send + Sync + 'static {
+    /// The limits code runs under, for the audit trail.
+    fn limits(&self) -> serde_json::Value;
+    async fn run(&self, request: &CodeRequest) -> Result<CodeResult, ToolError>;
+    /// Starts code that answers each line on its stdin with one line on its stdout.
+    async fn open(&self, request: &CodeRequest) -> Result<Box<dyn CodeStream>, ToolError>;
+}
+
+/// A running program exchanging lines; see [`CodeRunner::open`].
+#[async_trait]
+pub trait CodeStream: Send {
+    async fn exchange(&mut self, line: &str) -> Result<String, ToolError>;
+    async fn close(self: Box<Self>);
 }

@@ -9,4 +9,5 @@ mod execution;
 mod llm;
 mod planning;
 mod proof;
+mod sandboxing;
 mod supervision;

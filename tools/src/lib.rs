@@ -15,6 +15,7 @@
 pub mod bench;
 pub mod catalog;
 pub mod cluster;
+pub mod code;
 pub mod control;
 pub mod dataset;
 pub mod llm;

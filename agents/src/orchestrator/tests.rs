@@ -60,8 +60,14 @@ async fn a_request_that_is_never_answered_fails_with_a_clear_error() {
     let (writer, _) = Actor::spawn(None, AuditWriter, args).await.unwrap();
     let audit = Audit::new(writer);
     let ctx = Arc::new(RunContext::new(run_id, audit.clone(), EventBus::default(), Duration::from_secs(30)));
-    let tools =
-        Tools { source: Arc::new(Silent), target: Some(Arc::new(Silent)), source_rows: Arc::new(Silent), target_writer: None, llm: None };
+    let tools = Tools {
+        source: Arc::new(Silent),
+        target: Some(Arc::new(Silent)),
+        source_rows: Arc::new(Silent),
+        target_writer: None,
+        llm: None,
+        code: None,
+    };
     let (orchestrator, _) =
         Actor::spawn(None, Orchestrator, OrchestratorArgs { ctx: ctx.clone(), tools, policy: RestartPolicy::default() }).await.unwrap();
 
