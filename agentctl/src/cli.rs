@@ -73,6 +73,10 @@ pub enum Command {
     Plan(PlanOpts),
     /// Show what the schema analysis agent finds in the source (or target) database.
     Analyze(AnalyzeOpts),
+    /// Profile a source table: a script run on sample rows in the sandbox (--script), or code the
+    /// model writes to answer a question (--ask); without either, or without the sandbox, the
+    /// database's own column statistics.
+    Profile(ProfileOpts),
     /// Show the state of a run (the latest by default), from the control tables.
     Status(StatusOpts),
     /// Prove what the target holds: accounting, every row's values, money totals, references.
@@ -196,6 +200,16 @@ pub enum BenchCmd {
         rows: i64,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+    },
+    /// Sandbox latency (p50/p95 of a trivial Python run from a cold container and from the
+    /// warm pool), 8 runs at once, and a transform script's throughput in values per second.
+    Sandbox {
+        /// Runs measured for each of cold and warm.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Values sent through the transform script.
+        #[arg(long, default_value_t = 500_000)]
+        values: usize,
     },
 }
 
@@ -429,6 +443,23 @@ pub struct AnalyzeOpts {
     #[arg(long)]
     pub exact_counts: bool,
 
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileOpts {
+    /// The source table.
+    pub table: String,
+    /// A Python (.py) or shell (.sh) script; the sample arrives on its stdin as JSON lines.
+    #[arg(long, value_name = "FILE", conflicts_with = "ask")]
+    pub script: Option<PathBuf>,
+    /// A question the model answers by writing code (needs a configured model).
+    #[arg(long, value_name = "QUESTION")]
+    pub ask: Option<String>,
+    /// Rows in the sample (the first ones by key).
+    #[arg(long, default_value_t = 1000)]
+    pub sample: usize,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }

@@ -293,6 +293,7 @@ async fn bench_migrate(config: &Config, scale: f64, seed: u64, jobs: usize, resu
 pub async fn bench(config: &Config, cmd: BenchCmd) -> Result<(), Exit> {
     match cmd {
         BenchCmd::Migrate { scale, seed, jobs, results, format } => bench_migrate(config, scale, seed, jobs, results, format).await,
+        BenchCmd::Sandbox { runs, values } => crate::sandbox_cmd::bench(runs, values).await,
         BenchCmd::Uuid { rows, format } => {
             let target = tools::pg::connect(config.target().map_err(Exit::config)?, 1).await.map_err(Exit::config)?;
             let figures = tools::bench::uuid_layouts(&target, rows).await.map_err(Exit::failed)?;

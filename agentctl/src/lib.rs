@@ -33,6 +33,7 @@ pub async fn run(opt: Opt) -> Result<(), Exit> {
         Command::Run(o) => plan_run::run(&config, o).await,
         Command::Plan(o) => plan_run::plan(&config, o).await,
         Command::Analyze(o) => plan_run::analyze(&config, o).await,
+        Command::Profile(o) => plan_run::profile(&config, o).await,
         Command::Status(o) => audit::status(&config, o).await,
         Command::Validate(o) => proof::validate(&config, o).await,
         Command::Report(o) => proof::report(&config, o).await,

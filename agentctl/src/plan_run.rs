@@ -9,7 +9,7 @@ use agents::planning::render;
 use runtime::config::{Config, DbRole};
 use serde_json::json;
 
-use crate::cli::{AnalyzeOpts, Format, GoalOpts, MappingCmd, MappingOpt, PlanOpts, RunOpts, SchemaCmd};
+use crate::cli::{AnalyzeOpts, Format, GoalOpts, MappingCmd, MappingOpt, PlanOpts, ProfileOpts, RunOpts, SchemaCmd};
 use crate::exit::Exit;
 use crate::session::{Connections, Execution, Session, SessionOptions};
 use crate::{interruptible, print_json};
@@ -321,6 +321,70 @@ pub async fn analyze(config: &Config, opts: AnalyzeOpts) -> Result<(), Exit> {
                     t.primary_key.join(","),
                     if fks.is_empty() { String::new() } else { format!("  refs: {}", fks.join("; ")) }
                 );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn profile(config: &Config, opts: ProfileOpts) -> Result<(), Exit> {
+    let code = match &opts.script {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Exit::config(format!("{}: {e}", path.display())))?;
+            let lang = if path.extension().is_some_and(|e| e == "sh") { "sh" } else { "python" };
+            Some(runtime::ports::CodeRequest { lang: lang.into(), code: text, stdin: String::new(), files: Vec::new() })
+        }
+        None => None,
+    };
+    if opts.ask.is_some() && crate::session::llm(config)?.is_none() {
+        return Err(Exit::config("--ask needs a language model (OPENAI_API_KEY or OPENAI_BASE_URL); --script runs your own code"));
+    }
+    let (session, _, _) = start(config, "profile", None, &MappingOpt::default()).await?;
+    let run_id = session.run_id;
+    let goal = agents::orchestrator::ProfileGoal { table: opts.table.clone(), sample: opts.sample, code, question: opts.ask.clone() };
+    let result = interruptible(async { session.profile(goal).await.map_err(Exit::failed) }, run_id).await;
+    let (profile, report) = end(session, result, "succeeded").await?;
+    let table = report.tables.iter().find(|t| t.name == profile.table);
+    if let Format::Json = opts.format {
+        print_json(&json!({"profile": profile, "statistics": table.map(|t| &t.columns)}));
+        return Ok(());
+    }
+    if let Some(code) = profile.code.as_ref().filter(|_| opts.ask.is_some()) {
+        println!("The model wrote this {} code:\n{}\n", code.lang, code.code.trim_end());
+    }
+    match (&profile.result, &profile.fallback) {
+        (Some(result), _) => {
+            println!("Ran on {} sample rows of {} in the sandbox:", profile.rows_sampled, profile.table);
+            print!("{}", result.stdout);
+            if !result.stderr.trim().is_empty() {
+                eprint!("{}", result.stderr);
+            }
+            let ended = match result.exit_code {
+                Some(0) => None,
+                Some(code) => Some(format!("the code exited {code}")),
+                None => Some("the code was killed at the timeout".to_owned()),
+            };
+            if let Some(ended) = ended {
+                return Err(Exit::failed(format!("{ended} (limits hit: {})", result.limits_hit.join(", "))));
+            }
+        }
+        (None, fallback) => {
+            if let Some(why) = fallback {
+                println!("The sandbox could not run the code ({why}); the database's own statistics instead:");
+            }
+            println!("{} ({} rows sampled; statistics from ANALYZE):", profile.table, profile.rows_sampled);
+            for c in table.map(|t| t.columns.as_slice()).unwrap_or_default() {
+                match &c.stats {
+                    Some(s) => println!(
+                        "  {:<24} {:>5.1}% null  {:>10} distinct  min {}  max {}",
+                        c.name,
+                        s.null_fraction * 100.0,
+                        if s.distinct < 0.0 { format!("{:.0}% rows", -s.distinct * 100.0) } else { format!("{:.0}", s.distinct) },
+                        s.min.as_deref().unwrap_or("-"),
+                        s.max.as_deref().unwrap_or("-")
+                    ),
+                    None => println!("  {:<24} no statistics (run ANALYZE on the source)", c.name),
+                }
             }
         }
     }

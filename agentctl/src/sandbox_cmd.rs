@@ -130,3 +130,74 @@ pub fn summary(outcome: &Outcome) -> String {
     }
     line
 }
+
+/// `agentctl bench sandbox`: what a run costs from a cold container and from the pool, what 8
+/// runs at once cost, and how fast a transform script takes values.
+pub async fn bench(runs: usize, values: usize) -> Result<(), Exit> {
+    use std::time::{Duration, Instant};
+    let job = Job::new(sandbox::Lang::Python, "print(sum(range(1000)))");
+    let percentiles = |mut ms: Vec<f64>| {
+        ms.sort_by(f64::total_cmp);
+        let at = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+        (at(0.5), at(0.95))
+    };
+    let connect = |pool_size| Sandbox::connect(sandbox::Config { pool_size, ..sandbox::Config::default() });
+
+    let cold = connect(0).await.map_err(Exit::failed)?;
+    let mut cold_ms = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        let outcome = cold.run(&job).await.map_err(Exit::failed)?;
+        cold_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_ran(&outcome)?;
+    }
+    cold.shutdown().await;
+    let (cold_p50, cold_p95) = percentiles(cold_ms);
+    println!("cold (create + start + run + collect): p50 {cold_p50:.0} ms, p95 {cold_p95:.0} ms over {runs} runs");
+
+    let warm = connect(2).await.map_err(Exit::failed)?;
+    let mut warm_ms = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        // Measure a run that finds the pool full, as an agent between batches does.
+        warm.warm(Duration::from_secs(60)).await;
+        let started = Instant::now();
+        let outcome = warm.run(&job).await.map_err(Exit::failed)?;
+        warm_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_ran(&outcome)?;
+    }
+    let (warm_p50, warm_p95) = percentiles(warm_ms);
+    println!("warm (from the pool of 2): p50 {warm_p50:.0} ms, p95 {warm_p95:.0} ms over {runs} runs");
+
+    let started = Instant::now();
+    let outcomes = futures::future::join_all((0..8).map(|_| warm.run(&job))).await;
+    let parallel = started.elapsed().as_secs_f64();
+    for outcome in outcomes {
+        assert_ran(&outcome.map_err(Exit::failed)?)?;
+    }
+    println!("8 runs at once: {:.2} s wall", parallel);
+
+    let mut script = Job::new(sandbox::Lang::Python, include_str!("../../agents/src/code/transform_driver.py"));
+    script.files.push(("transform.py".into(), b"def transform(value):\n    return value.strip().upper()\n".to_vec()));
+    let mut stream = warm.open_stream(&script).await.map_err(Exit::failed)?;
+    let batch: Vec<String> = (0..5_000).map(|i| format!("  value {i} ")).collect();
+    let line = serde_json::to_vec(&batch).map_err(Exit::failed)?;
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < values {
+        stream.exchange(&line).await.map_err(Exit::failed)?;
+        sent += batch.len();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!("transform script: {sent} values in {seconds:.2} s, {:.0} values/s (batches of 5,000)", sent as f64 / seconds);
+    stream.close().await;
+    warm.shutdown().await;
+    Ok(())
+}
+
+fn assert_ran(outcome: &Outcome) -> Result<(), Exit> {
+    if outcome.success() && outcome.stdout.trim() == "499500" {
+        Ok(())
+    } else {
+        Err(Exit::failed(format!("the benchmark's job did not run as expected: {}", summary(outcome))))
+    }
+}

@@ -10,6 +10,7 @@ use agents::execution::EntityResult;
 use agents::orchestrator::{
     ExecuteRequest, Orchestrator, OrchestratorArgs, OrchestratorMsg, PlanGoal, PlanOutcome, Tools, ENTITY_TIMEOUT, PHASE_STEPS,
 };
+use agents::schema_analysis::Profile;
 use ractor::{Actor, ActorRef};
 use runtime::audit::{AuditRecord, EventKind};
 use runtime::audit_writer::{Audit, AuditWriter, AuditWriterArgs};
@@ -251,6 +252,13 @@ impl Session {
         let request = agents::schema_analysis::AnalyzeRequest { side, exact_counts };
         self.operator
             .ask_within(&self.to_orchestrator, "analyze", request, OrchestratorMsg::Analyze, self.phase_timeout())
+            .await
+            .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
+    }
+
+    pub async fn profile(&self, goal: agents::orchestrator::ProfileGoal) -> Result<(Profile, SchemaReport), AgentError> {
+        self.operator
+            .ask_within(&self.to_orchestrator, "profile", goal, OrchestratorMsg::Profile, self.phase_timeout())
             .await
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
     }

@@ -26,7 +26,7 @@ const SCRIPT_BATCH: usize = 5_000;
 /// Output kept in the audit trail, per stream.
 const AUDIT_OUTPUT: usize = 2_048;
 
-fn sha256(text: &str) -> String {
+pub fn sha256(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 

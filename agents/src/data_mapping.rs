@@ -727,7 +727,8 @@ async fn preview_scripts(ctx: &RunContext, rows: &crate::code::ScriptedRows, set
                     preview.samples.len()
                 ),
                 "a custom transform runs in the sandbox; it is tried before the run so the operator sees what it does",
-                &preview,
+                // Counts only: the audit trail keeps no row contents.
+                serde_json::json!({"column": preview.column, "path": preview.path, "samples": preview.samples.len(), "raised": failed}),
             );
             set.previews.push((spec.source.clone(), preview));
         }

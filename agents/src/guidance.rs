@@ -7,14 +7,27 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
-use runtime::domain::{Inclusion, MigrationPlan};
+use runtime::domain::{Inclusion, MigrationPlan, TableName};
 use runtime::envelope::{AgentError, Envelope};
+use runtime::ports::CodeRequest;
 use runtime::AgentName;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub enum GuidanceMsg {
     ExplainPlan(Envelope<MigrationPlan>, RpcReplyPort<Result<String, AgentError>>),
+    /// Code that answers a question about a table, written by the model through the `run_code`
+    /// tool; `None` without a model (the caller falls back to built-in statistics).
+    WriteCode(Envelope<CodeQuestion>, RpcReplyPort<Result<Option<CodeRequest>, AgentError>>),
+}
+
+/// A question about a legacy table, to be answered by code run on sample rows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CodeQuestion {
+    pub question: String,
+    pub table: TableName,
+    pub columns: Vec<String>,
+    pub sample: usize,
 }
 
 #[derive(Clone)]
@@ -62,6 +75,40 @@ impl Actor for GuidanceAgent {
                     &text,
                 );
                 let _ = reply.send(Ok(text));
+            }
+            GuidanceMsg::WriteCode(env, reply) => {
+                let q = env.body;
+                let Some(llm) = &state.llm else {
+                    let _ = reply.send(Ok(None));
+                    return Ok(());
+                };
+                let system = prompts::fill(
+                    prompts::CODE,
+                    &[("table", &q.table.to_string()), ("columns", &q.columns.join(", ")), ("sample", &q.sample.to_string())],
+                )
+                .unwrap_or_default();
+                let written = crate::llm::ask_typed::<CodeRequest>(
+                    &state.ctx,
+                    llm.as_ref(),
+                    AgentName::Guidance,
+                    crate::code::RUN_CODE,
+                    crate::code::RUN_CODE_DESCRIPTION,
+                    &system,
+                    &q.question,
+                )
+                .await;
+                let _ = reply.send(match written {
+                    Ok(code) => {
+                        state.ctx.decision(
+                            AgentName::Guidance,
+                            format!("the model wrote {} code to answer: {}", code.lang, q.question),
+                            "a question about the data is answered by code run on sample rows in the sandbox",
+                            &code,
+                        );
+                        Ok(Some(code))
+                    }
+                    Err(why) => Err(AgentError::new(AgentName::Guidance, format!("the model wrote no code: {why}"))),
+                });
             }
         }
         Ok(())

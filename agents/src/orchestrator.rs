@@ -13,7 +13,7 @@ use runtime::context::RunContext;
 use runtime::domain::{MigrationPlan, PlannedEntity, SchemaReport, TableName};
 use runtime::envelope::{AgentError, CallError, Courier, Envelope};
 use runtime::events::RunEvent;
-use runtime::ports::{Catalog, CodeRunner, EntityValidation, Llm, RolledBack, Rows, Target};
+use runtime::ports::{Catalog, CodeRequest, CodeRunner, EntityValidation, Llm, RolledBack, Rows, Target};
 use runtime::supervise::{RestartPolicy, Slot, Team};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
@@ -21,9 +21,11 @@ use serde::{Deserialize, Serialize};
 use crate::code::ScriptedRows;
 use crate::data_mapping::{DataMappingAgent, DataMappingArgs, DataMappingMsg, MapRequest, MappingFile, MappingSet};
 use crate::execution::{Constraints, EntityResult, ExecutionAgent, ExecutionArgs, ExecutionMsg, MigrateEntity, Rollback};
-use crate::guidance::{GuidanceAgent, GuidanceArgs, GuidanceMsg};
+use crate::guidance::{CodeQuestion, GuidanceAgent, GuidanceArgs, GuidanceMsg};
 use crate::planning::{AssessRequest, PlanRequest, PlanningAgent, PlanningArgs, PlanningMsg};
-use crate::schema_analysis::{AnalyzeRequest, ForecastRequest, SchemaAnalysisAgent, SchemaAnalysisArgs, SchemaMsg};
+use crate::schema_analysis::{
+    AnalyzeRequest, ForecastRequest, Profile, ProfileRequest, SchemaAnalysisAgent, SchemaAnalysisArgs, SchemaMsg,
+};
 use crate::validation::{ValidationAgent, ValidationArgs, ValidationMsg};
 
 const ME: AgentName = AgentName::Orchestrator;
@@ -79,6 +81,9 @@ pub enum OrchestratorMsg {
     Execute(Box<Envelope<ExecuteRequest>>, RpcReplyPort<Result<Vec<EntityResult>, AgentError>>),
     Plan(Envelope<PlanGoal>, RpcReplyPort<Result<PlanOutcome, AgentError>>),
     Analyze(Envelope<AnalyzeRequest>, RpcReplyPort<Result<SchemaReport, AgentError>>),
+    /// Profile a source table by code in the sandbox (given, or written by the model from a
+    /// question), or by the built-in statistics.
+    Profile(Envelope<ProfileGoal>, RpcReplyPort<Result<(Profile, SchemaReport), AgentError>>),
     /// Delete what agentctl migrated of the goal's entities (for `agentctl rollback`).
     Rollback(Envelope<PlanGoal>, RpcReplyPort<Result<Vec<RolledBack>, AgentError>>),
     /// Validate what the target holds for the goal's entities (for `agentctl validate`).
@@ -152,7 +157,13 @@ impl Actor for Orchestrator {
             schema: team.add(
                 AgentName::SchemaAnalysis,
                 SchemaAnalysisAgent,
-                SchemaAnalysisArgs { ctx: ctx.clone(), source: args.tools.source, target: args.tools.target, source_rows: for_schema },
+                SchemaAnalysisArgs {
+                    ctx: ctx.clone(),
+                    source: args.tools.source,
+                    target: args.tools.target,
+                    source_rows: for_schema,
+                    code: args.tools.code.clone(),
+                },
             ),
             planning: team.add(AgentName::Planning, PlanningAgent, PlanningArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() }),
             mapping: team.add(
@@ -204,6 +215,11 @@ impl Actor for Orchestrator {
                     let _ = reply.send(analyze(&courier, &agents, env.body).await);
                 });
             }
+            OrchestratorMsg::Profile(env, reply) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(profile_phase(&courier, &agents, env.body).await);
+                });
+            }
             OrchestratorMsg::Execute(env, reply) => {
                 tokio::spawn(async move {
                     let _ = reply.send(execute_phase(&courier, &agents, env.body).await);
@@ -252,6 +268,40 @@ fn answer<T>(r: Result<Result<T, AgentError>, CallError>) -> Result<T, AgentErro
 
 async fn analyze(courier: &Courier, agents: &Agents, request: AnalyzeRequest) -> Result<SchemaReport, AgentError> {
     answer(courier.ask(&agents.schema, "analyze", request, SchemaMsg::Analyze).await)
+}
+
+/// What `agentctl profile` asks: a table, and code to run on its sample or a question for the
+/// model to write code for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProfileGoal {
+    pub table: String,
+    pub sample: usize,
+    pub code: Option<CodeRequest>,
+    pub question: Option<String>,
+}
+
+/// Finds the table, gets the code (given, or the guidance agent's model writes it), and has the
+/// schema analysis agent run it on sample rows. Returns the source report too, whose column
+/// statistics are the built-in profile.
+async fn profile_phase(courier: &Courier, agents: &Agents, goal: ProfileGoal) -> Result<(Profile, SchemaReport), AgentError> {
+    let source = analyze(courier, agents, AnalyzeRequest { side: DbRole::Source, exact_counts: false }).await?;
+    let wanted = goal.table.trim();
+    let table = source.tables.iter().find(|t| t.name.name == wanted || t.name.to_string() == wanted).ok_or_else(|| {
+        let names: Vec<&str> = source.tables.iter().map(|t| t.name.name.as_str()).collect();
+        AgentError::new(ME, format!("the source has no table `{wanted}`; it has: {}", names.join(", ")))
+    })?;
+    let columns: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+    let code = match (goal.code, goal.question) {
+        (Some(code), _) => Some(code),
+        (None, Some(question)) => {
+            let body = CodeQuestion { question, table: table.name.clone(), columns: columns.clone(), sample: goal.sample };
+            answer(courier.ask(&agents.guidance, "write code", body, GuidanceMsg::WriteCode).await)?
+        }
+        (None, None) => None,
+    };
+    let request = ProfileRequest { table: table.name.clone(), columns, key: table.primary_key.clone(), sample: goal.sample, code };
+    let profile = answer(courier.ask(&agents.schema, "profile", request, SchemaMsg::Profile).await)?;
+    Ok((profile, source))
 }
 
 /// Both schemas and the mappings between them.

@@ -503,6 +503,10 @@ pub fn plan(
                     batch_size: fixed_batch.unwrap_or_else(|| batch_size(tables[name].avg_row_bytes)),
                     forecast: None,
                     deferred_foreign_keys: deferred.get(name).cloned().unwrap_or_default(),
+                    scripts: mappings
+                        .and_then(|m| m.spec(name))
+                        .map(|s| s.scripts().iter().map(|c| format!("{} {}", c.path, crate::code::sha256(&c.code))).collect())
+                        .unwrap_or_default(),
                 })
                 .collect(),
         );

@@ -10,7 +10,7 @@ use runtime::config::DbRole;
 use runtime::context::RunContext;
 use runtime::domain::{Forecast, SchemaReport, TableName};
 use runtime::envelope::{AgentError, Envelope};
-use runtime::ports::{Catalog, Rows};
+use runtime::ports::{Catalog, CodeRequest, CodeResult, CodeRunner, Rows, Scan};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
@@ -35,8 +35,31 @@ pub struct ForecastRequest {
     pub target: SchemaReport,
 }
 
+/// Profile a source table: run code on sample rows in the sandbox, or, without code or without
+/// the sandbox, give the built-in statistics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProfileRequest {
+    pub table: TableName,
+    pub columns: Vec<String>,
+    pub key: Vec<String>,
+    pub sample: usize,
+    pub code: Option<CodeRequest>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub table: TableName,
+    pub rows_sampled: usize,
+    pub code: Option<CodeRequest>,
+    /// What the code did in the sandbox.
+    pub result: Option<CodeResult>,
+    /// Why there is no result, when code was given: the sandbox's error.
+    pub fallback: Option<String>,
+}
+
 pub enum SchemaMsg {
     Analyze(Envelope<AnalyzeRequest>, RpcReplyPort<Result<SchemaReport, AgentError>>),
+    Profile(Envelope<ProfileRequest>, RpcReplyPort<Result<Profile, AgentError>>),
     /// Boxed: the request (two reports and the mappings) is far larger than the other variant.
     Forecast(Box<Envelope<ForecastRequest>>, RpcReplyPort<Result<Vec<(TableName, Forecast)>, AgentError>>),
 }
@@ -50,6 +73,8 @@ pub struct SchemaAnalysisArgs {
     pub source: Arc<dyn Catalog>,
     pub target: Option<Arc<dyn Catalog>>,
     pub source_rows: Arc<dyn Rows>,
+    /// The sandbox, for profiling scripts.
+    pub code: Option<Arc<dyn CodeRunner>>,
 }
 
 pub struct SchemaAnalysisState {
@@ -98,6 +123,9 @@ impl Actor for SchemaAnalysisAgent {
                 }
                 let _ = reply.send(result.map_err(|e| AgentError::new(ME, format!("could not forecast the migration: {e}"))));
             }
+            SchemaMsg::Profile(env, reply) => {
+                let _ = reply.send(profile(&state.args, env.body).await);
+            }
             SchemaMsg::Analyze(env, reply) => {
                 let request = env.body;
                 let result = match state.cache.get(&request) {
@@ -112,6 +140,62 @@ impl Actor for SchemaAnalysisAgent {
         }
         Ok(())
     }
+}
+
+/// Runs the profiling code on the table's first `sample` rows, given to it on stdin as JSON
+/// lines; without code, or when the sandbox cannot run it, only the rows are counted and the
+/// caller shows the built-in statistics (saying why).
+async fn profile(args: &SchemaAnalysisArgs, req: ProfileRequest) -> Result<Profile, AgentError> {
+    let scan = Scan {
+        table: req.table.clone(),
+        columns: req.columns.clone(),
+        joins: Vec::new(),
+        key: req.key.clone(),
+        after: None,
+        limit: Some(req.sample),
+        scripts: Vec::new(),
+    };
+    let mut lines = String::new();
+    let mut rows_sampled = 0;
+    let started = Instant::now();
+    let read = args
+        .source_rows
+        .scan(&scan, &mut |row: &[Option<&str>]| {
+            let object: serde_json::Map<String, serde_json::Value> =
+                req.columns.iter().zip(row).map(|(c, v)| (c.clone(), v.map_or(serde_json::Value::Null, |v| v.into()))).collect();
+            lines.push_str(&serde_json::Value::Object(object).to_string());
+            lines.push('\n');
+            rows_sampled += 1;
+        })
+        .await;
+    args.ctx.tool_call(
+        ME,
+        "rows.scan",
+        serde_json::json!({"table": req.table, "limit": req.sample}),
+        read.as_ref().map(|n| format!("sampled {n} rows")).map_err(|e| e.0.clone()),
+        started,
+    );
+    read.map_err(|e| AgentError::new(ME, format!("could not sample {}: {}", req.table, e.0)))?;
+    let mut profile = Profile { table: req.table.clone(), rows_sampled, code: req.code.clone(), result: None, fallback: None };
+    let Some(mut code) = req.code else { return Ok(profile) };
+    let Some(runner) = &args.code else {
+        profile.fallback = Some("no sandbox is configured".into());
+        return Ok(profile);
+    };
+    code.stdin = lines;
+    match crate::code::run_code(&args.ctx, runner.as_ref(), ME, &format!("profile {}", req.table), &code).await {
+        Ok(result) => profile.result = Some(result),
+        Err(why) => {
+            args.ctx.decision(
+                ME,
+                format!("profiled {} without the sandbox", req.table),
+                format!("the sandbox could not run the code: {why}"),
+                (),
+            );
+            profile.fallback = Some(why);
+        }
+    }
+    Ok(profile)
 }
 
 async fn analyze(args: &SchemaAnalysisArgs, request: AnalyzeRequest) -> Result<SchemaReport, AgentError> {

@@ -29,6 +29,9 @@ pub const ANSWER: Template = ("answer", include_str!("../templates/answer.md"));
 /// The guidance agent's instructions for the plan's risk narrative.
 pub const RISKS: Template = ("risks", include_str!("../templates/risks.md"));
 
+/// The guidance agent's instructions for writing code that answers a question about a table.
+pub const CODE: Template = ("code", include_str!("../templates/code.md"));
+
 /// The data mapping agent's instructions for proposing a column's source.
 pub const COLUMN: Template = ("column", include_str!("../templates/column.md"));
 

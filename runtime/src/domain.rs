@@ -237,6 +237,10 @@ pub struct PlannedEntity {
     /// Foreign keys filled in a second pass because they close a cycle or point at the table
     /// itself: the rows go in with these columns empty, then the references are set.
     pub deferred_foreign_keys: Vec<String>,
+    /// The custom transform scripts the entity runs, as `path sha256`: part of the plan (and
+    /// its hash), so an approval does not carry over to an edited script.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scripts: Vec<String>,
 }
 
 /// An ordered plan. Entities of one wave do not depend on each other; every wave depends only

@@ -125,6 +125,53 @@ for path in ["/etc/agentctl", "/tmp/agentctl", "/agentctl", "/usr/bin/agentctl",
 }
 
 #[tokio::test]
+async fn the_cpu_quota_holds_two_busy_processes_to_half_a_core() {
+    let Some(sandbox) = sandbox_with(Limits { cpus: 0.5, ..Limits::default() }).await else { return };
+    // Two processes spin for 2 s of wall clock; unthrottled on this 2-core machine they would
+    // use about 4 s of CPU between them.
+    let outcome = run(
+        &sandbox,
+        Lang::Python,
+        r#"
+import os, time, resource
+def spin():
+    end = time.monotonic() + 2
+    while time.monotonic() < end:
+        pass
+children = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        spin()
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(round(usage.ru_utime + usage.ru_stime, 2))
+"#,
+    )
+    .await;
+    assert!(outcome.success(), "{outcome:?}");
+    let cpu: f64 = outcome.stdout.trim().parse().unwrap();
+    assert!(cpu < 1.5, "half a core for 2 s is about 1 s of CPU, got {cpu} s");
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_work_dir_is_size_limited() {
+    let Some(sandbox) = sandbox_with(Limits { work_dir: 16 << 20, ..Limits::default() }).await else { return };
+    let outcome = run(
+        &sandbox,
+        Lang::Python,
+        "try:\n    open('big', 'wb').write(b'x' * (64 << 20))\n    print('WROTE')\nexcept OSError as e:\n    print('refused', e.strerror)",
+    )
+    .await;
+    assert_eq!(outcome.stdout.trim(), "refused No space left on device");
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_infinite_loop_is_killed_at_the_timeout() {
     let Some(sandbox) = sandbox_with(Limits { timeout: Duration::from_secs(2), ..Limits::default() }).await else { return };
     let outcome = run(&sandbox, Lang::Python, "print('started', flush=True)\nwhile True:\n    pass").await;
@@ -343,6 +390,16 @@ fn a_python_transform_is_tried_on_samples_then_applied_to_every_row_and_validate
     let first_digits: String = first_phone.chars().filter(char::is_ascii_digit).collect();
     assert!(plan.stdout.contains(&format!("{first_phone:?} -> \"+{first_digits}\"")), "{}", plan.stdout);
 
+    // The scripts are part of the plan: an edited script is another plan.
+    let hash = |text: &str| text.lines().find_map(|l| l.trim().strip_prefix("plan hash: ")).map(str::to_owned).unwrap();
+    let before = hash(&plan.stdout);
+    let no_videos = dir.path().join("transforms/no_videos.py");
+    let original = std::fs::read_to_string(&no_videos).unwrap();
+    std::fs::write(&no_videos, format!("{original}# edited\n")).unwrap();
+    assert_ne!(hash(&run(&["plan", "--goal", "migrate everything"]).stdout), before);
+    std::fs::write(&no_videos, original).unwrap();
+    assert_eq!(hash(&run(&["plan", "--goal", "migrate everything"]).stdout), before);
+
     let out = run(&["run", "--goal", "migrate everything", "--yes", "--format", "json"]);
     assert_eq!(out.code, 0, "validation passed with the scripts applied again: {out:?}");
     let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
@@ -375,4 +432,99 @@ fn a_python_transform_is_tried_on_samples_then_applied_to_every_row_and_validate
         .parse()
         .unwrap();
     assert!(started >= 2, "{started}");
+}
+
+#[test]
+fn profiling_runs_a_script_or_the_models_code_on_sample_rows_and_falls_back_without_docker() {
+    if tests::sandbox_image().is_none() {
+        return;
+    }
+    let pg = tests::shared();
+    let source = pg.chinook();
+    let target = pg.create_db("profile_control");
+    let db = target.rsplit('/').next().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("countries.py");
+    std::fs::write(
+        &script,
+        "import sys, json, collections\nc = collections.Counter(json.loads(l)['country'] for l in sys.stdin)\nfor k, n in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:2]:\n    print(k, n)\n",
+    )
+    .unwrap();
+    let script = script.to_str().unwrap();
+    let top_two = pg.psql(
+        source.rsplit('/').next().unwrap(),
+        "SELECT string_agg(country || ' ' || n, E'\\n') FROM (SELECT country, count(*) n FROM customer GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 2) t",
+    );
+
+    // The operator's own script, on every customer.
+    let out = tests::agentctl(&["--source", &source, "--target", &target, "profile", "customer", "--script", script]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("Ran on 59 sample rows of customer in the sandbox:"), "{}", out.stdout);
+    assert!(out.stdout.trim_end().ends_with(&top_two), "{}\nexpected {top_two}", out.stdout);
+    let audited = pg.psql(db, "SELECT count(*) FROM agentctl.audit_events WHERE kind = 'tool' AND summary LIKE 'run_code (profile customer): exited 0%' AND detail LIKE '%\"code_sha256\"%' AND detail LIKE '%\"stdin_bytes\"%'");
+    assert_eq!(audited, "1");
+
+    // A question: the model writes the code through the run_code tool, the sandbox runs it.
+    let code = serde_json::json!({"lang": "python", "code": "import sys\nprint('customers:', sum(1 for _ in sys.stdin))"}).to_string();
+    let server = tests::FakeOpenAi::start(vec![tests::Scripted::tool_call("run_code", &code)]);
+    let asked = tests::agentctl_with(
+        &["--source", &source, "--target", &target, "profile", "customer", "--ask", "how many customers are there?", "--sample", "10"],
+        &[("OPENAI_BASE_URL", &server.url), ("OPENAI_API_KEY", "k"), ("AGENTCTL_MODEL", "test-model")],
+    );
+    assert_eq!(asked.code, 0, "{asked:?}");
+    assert!(asked.stdout.contains("The model wrote this python code:") && asked.stdout.contains("customers: 10"), "{}", asked.stdout);
+    let request = &server.requests()[0].1;
+    assert_eq!(request["tools"][0]["function"]["name"], "run_code");
+    assert!(request["tools"][0]["function"]["parameters"]["properties"]["code"].is_object(), "the tool's JSON schema");
+
+    // Without a Docker engine: the database's statistics, and why.
+    let away = tests::agentctl_with(
+        &["--source", &source, "--target", &target, "profile", "customer", "--script", script],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    assert_eq!(away.code, 0, "{away:?}");
+    assert!(
+        away.stdout.contains("The sandbox could not run the code (Docker engine not reachable at unix:///nonexistent/docker.sock"),
+        "{}",
+        away.stdout
+    );
+    assert!(away.stdout.contains("country"), "the built-in statistics list the columns: {}", away.stdout);
+}
+
+#[test]
+fn a_transform_that_cannot_run_stops_the_plan_with_one_line() {
+    let pg = tests::shared();
+    let (source, target) = pg.chinook_pair();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.py"), "def transform(value)\n    return value\n").unwrap();
+    let mapping = dir.path().join("mapping.toml");
+    std::fs::write(&mapping, "[entities.customer.columns]\nphone = { from = \"phone\", transform = { python = \"broken.py\" } }\n")
+        .unwrap();
+    let plan = |env: &[(&str, &str)]| {
+        tests::agentctl_with(
+            &["--source", &source, "--target", &target, "plan", "--goal", "customer", "--mapping", mapping.to_str().unwrap()],
+            env,
+        )
+    };
+    // No Docker engine: the script cannot be tried, so nothing is planned on it.
+    let away = plan(&[("DOCKER_HOST", "unix:///nonexistent/docker.sock")]);
+    assert_eq!(away.code, 1, "{away:?}");
+    assert_eq!(away.stderr.trim().lines().count(), 1, "{}", away.stderr);
+    assert!(
+        away.stderr.contains("a custom transform cannot run") && away.stderr.contains("Docker engine not reachable"),
+        "{}",
+        away.stderr
+    );
+    if tests::sandbox_image().is_none() {
+        return;
+    }
+    // A script that does not load: its own error, in one line.
+    let broken = plan(&[]);
+    assert_eq!(broken.code, 1, "{broken:?}");
+    assert!(broken.stderr.contains("broken.py") && broken.stderr.contains("SyntaxError"), "{}", broken.stderr);
+    // A missing script is named with the mapping file.
+    std::fs::remove_file(dir.path().join("broken.py")).unwrap();
+    let missing = plan(&[]);
+    assert_eq!(missing.code, 2, "{missing:?}");
+    assert!(missing.stderr.contains("customer.phone: transform script") && missing.stderr.contains("broken.py"), "{}", missing.stderr);
 }
