@@ -30,6 +30,7 @@ const HELP: &str = "You can say, for example:
   show me a failed payment
   undo the doctors                                   (asks before it deletes anything)
   what did the planning agent decide and why?
+  profile the customers                              (what the data looks like)
   exit";
 
 /// How long a question may take before the operator is told it did not work.
@@ -121,6 +122,7 @@ pub async fn chat(config: &Config, opts: ChatOpts) -> Result<(), Exit> {
     let goal =
         PlanGoal { goal: String::new(), only: false, mapping: mapping.clone(), mapping_origin: mapping_origin.clone(), batch_size: None };
     let entities = match session.map(goal).await {
+        // Pairs: each legacy table, then the modern one it becomes.
         Ok(set) => set.specs.iter().flat_map(|s| [s.source.name.clone(), s.target.name.clone()]).collect(),
         Err(e) => {
             eprintln!("note: could not read the mappings ({e}); table names will not be suggested");
@@ -357,6 +359,26 @@ impl Chat<'_> {
                 None => println!("I did not understand that. {HELP}"),
                 Some(llm) => self.answer_in_words(llm.as_ref(), question).await?,
             },
+            Intent::Profile { table, question } => {
+                let Some(table) = table.clone() else {
+                    println!("Which table? For example: profile the customers.");
+                    return Ok(());
+                };
+                // The operator may name the legacy table or the modern one; profiles read the source.
+                let table = self
+                    .entities
+                    .chunks(2)
+                    .find(|pair| pair.iter().any(|name| names_match(&table, name)))
+                    .map(|pair| pair[0].clone())
+                    .unwrap_or(table);
+                let question = question.clone().filter(|_| self.llm.is_some());
+                let asked = question.is_some();
+                let goal = agents::orchestrator::ProfileGoal { table, sample: 1000, code: None, question };
+                let (profile, report) = self.session.profile(goal).await.map_err(Exit::failed)?;
+                if let Err(e) = crate::plan_run::print_profile(&profile, &report, asked) {
+                    println!("{e}");
+                }
+            }
             Intent::Status => {
                 let Some(run) = self.run_in_question().await? else {
                     println!("Nothing has been migrated yet.");

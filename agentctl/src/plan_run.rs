@@ -344,12 +344,20 @@ pub async fn profile(config: &Config, opts: ProfileOpts) -> Result<(), Exit> {
     let goal = agents::orchestrator::ProfileGoal { table: opts.table.clone(), sample: opts.sample, code, question: opts.ask.clone() };
     let result = interruptible(async { session.profile(goal).await.map_err(Exit::failed) }, run_id).await;
     let (profile, report) = end(session, result, "succeeded").await?;
-    let table = report.tables.iter().find(|t| t.name == profile.table);
     if let Format::Json = opts.format {
+        let table = report.tables.iter().find(|t| t.name == profile.table);
         print_json(&json!({"profile": profile, "statistics": table.map(|t| &t.columns)}));
         return Ok(());
     }
-    if let Some(code) = profile.code.as_ref().filter(|_| opts.ask.is_some()) {
+    print_profile(&profile, &report, opts.ask.is_some())
+}
+
+/// A profile as the operator reads it: the model's code when it wrote it, what the code printed,
+/// or the database's column statistics (and why, when code could not run). An error when the
+/// code failed.
+pub fn print_profile(profile: &agents::schema_analysis::Profile, report: &runtime::domain::SchemaReport, asked: bool) -> Result<(), Exit> {
+    let table = report.tables.iter().find(|t| t.name == profile.table);
+    if let Some(code) = profile.code.as_ref().filter(|_| asked) {
         println!("The model wrote this {} code:\n{}\n", code.lang, code.code.trim_end());
     }
     match (&profile.result, &profile.fallback) {

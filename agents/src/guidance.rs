@@ -207,6 +207,13 @@ pub enum Intent {
     Undo {
         goal: String,
     },
+    /// What the data of one legacy table looks like; with a question about it (how many phone
+    /// numbers look invalid, which countries are most common), answered by code run on sample
+    /// rows.
+    Profile {
+        table: Option<String>,
+        question: Option<String>,
+    },
     /// What an agent decided, and why.
     Decisions {
         agent: Option<String>,
@@ -274,6 +281,12 @@ pub fn parse_intent(text: &str) -> Intent {
         _ if (has("show") || has("see") || has("example")) && (has("failed") || has("rejected") || has("bad")) => {
             Intent::ShowFailed { entity: entity_after(&["failed", "rejected", "bad"]) }
         }
+        _ if has("profile") || has("statistics") || has("stats") => Intent::Profile {
+            table: after(&["profile", "statistics", "stats", "of", "for", "on"])
+                .map(|s| s.split(' ').filter(|w| !matches!(*w, "of" | "for" | "on" | "table")).collect::<Vec<_>>().join(" "))
+                .filter(|s| !s.is_empty()),
+            question: None,
+        },
         _ if has("undo") || has("rollback") || (has("roll") && has("back")) || has("remove") => {
             Intent::Undo { goal: after(&["undo", "rollback", "back", "remove"]).unwrap_or_default() }
         }
@@ -343,6 +356,8 @@ mod intent_tests {
             ("roll back offices", Intent::Undo { goal: "offices".into() }),
             ("what did the planning agent decide and why?", Intent::Decisions { agent: Some("planning".into()) }),
             ("why were offices migrated before doctors?", Intent::Decisions { agent: None }),
+            ("profile the customers", Intent::Profile { table: Some("customers".into()), question: None }),
+            ("show statistics for technician_roles", Intent::Profile { table: Some("technician_roles".into()), question: None }),
             ("help", Intent::Help),
             ("exit", Intent::Exit),
             ("quit", Intent::Exit),

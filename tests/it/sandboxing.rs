@@ -528,3 +528,47 @@ fn a_transform_that_cannot_run_stops_the_plan_with_one_line() {
     assert_eq!(missing.code, 2, "{missing:?}");
     assert!(missing.stderr.contains("customer.phone: transform script") && missing.stderr.contains("broken.py"), "{}", missing.stderr);
 }
+
+#[test]
+fn in_the_chat_an_operator_profiles_a_table_and_a_model_answers_by_code() {
+    use std::io::Write;
+    if tests::sandbox_image().is_none() {
+        return;
+    }
+    let pg = tests::shared();
+    let source = pg.chinook();
+    let target = pg.create_db("chat_profile");
+    let chat = |lines: &str, env: &[(&str, &str)]| {
+        let mut child = std::process::Command::new(tests::agentctl_bin())
+            .args(["--source", &source, "--target", &target, "chat"])
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.as_mut().unwrap(), "{lines}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    // Offline: the database's statistics for the table.
+    let said = chat("profile customer\nexit", &[]);
+    assert!(said.contains("customer (59 rows sampled; statistics from ANALYZE):") && said.contains("support_rep_id"), "{said}");
+
+    // With a model: it reads the question, writes code through run_code, the sandbox runs it.
+    let code = serde_json::json!({"lang": "python", "code": "import sys, json\nprint(len({json.loads(l)['country'] for l in sys.stdin}), 'countries')"});
+    let server = tests::FakeOpenAi::start(vec![
+        tests::Scripted::tool_call(
+            "operator_intent",
+            r#"{"intent": "profile", "table": "customer", "question": "how many countries are our customers in?"}"#,
+        ),
+        tests::Scripted::tool_call("run_code", &code.to_string()),
+    ]);
+    let said = chat("in how many countries are our customers?\nexit", &[("OPENAI_BASE_URL", &server.url), ("OPENAI_API_KEY", "k")]);
+    let countries = pg.psql(source.rsplit('/').next().unwrap(), "SELECT count(DISTINCT country) FROM customer");
+    assert!(said.contains("The model wrote this python code:"), "{said}");
+    assert!(said.contains(&format!("{countries} countries")), "{said}");
+}
