@@ -145,10 +145,6 @@ impl Sandbox {
         status
     }
 
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
     /// Containers ready now.
     pub fn ready(&self) -> usize {
         self.inner.pool.lock().expect("pool lock").len()
@@ -578,11 +574,6 @@ impl StreamSession {
             _ if last.is_empty() => Error::Other("the script exited without answering".into()),
             _ => Error::Other(format!("the script exited: {last}")),
         }
-    }
-
-    /// What the script wrote to stderr so far (the last 64 KiB).
-    pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).into_owned()
     }
 
     pub async fn close(mut self) {
