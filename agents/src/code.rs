@@ -87,23 +87,32 @@ pub struct ScriptedRows {
     runner: Option<Arc<dyn CodeRunner>>,
     ctx: Arc<RunContext>,
     agent: AgentName,
-    /// Running scripts not in use, by the hash of their code.
-    idle: Mutex<HashMap<String, Vec<Box<dyn CodeStream>>>>,
+    /// Running scripts not in use, by the hash of their code, with when each was started.
+    idle: Mutex<HashMap<String, Vec<Running>>>,
 }
+
+/// A checked-out running script and when it was started.
+type Running = (Instant, Box<dyn CodeStream>);
 
 impl ScriptedRows {
     pub fn new(inner: Arc<dyn Rows>, runner: Option<Arc<dyn CodeRunner>>, ctx: Arc<RunContext>, agent: AgentName) -> ScriptedRows {
         ScriptedRows { inner, runner, ctx, agent, idle: Mutex::new(HashMap::new()) }
     }
 
-    async fn checkout(&self, script: &ScriptColumn) -> Result<Box<dyn CodeStream>, ToolError> {
+    async fn checkout(&self, script: &ScriptColumn) -> Result<Running, ToolError> {
         let hash = sha256(&script.code);
-        if let Some(stream) = self.idle.lock().expect("idle lock").get_mut(&hash).and_then(Vec::pop) {
-            return Ok(stream);
-        }
         let Some(runner) = &self.runner else {
             return Err(ToolError(format!("{}: the transform {} needs the sandbox, which is not configured", script.column, script.path)));
         };
+        loop {
+            let idle = self.idle.lock().expect("idle lock").get_mut(&hash).and_then(Vec::pop);
+            match idle {
+                // Retired before its container reaches the end of its lifetime mid-batch.
+                Some((started, stream)) if started.elapsed() >= runner.stream_lifetime() => stream.close().await,
+                Some(running) => return Ok(running),
+                None => break,
+            }
+        }
         let request = CodeRequest {
             lang: "python".into(),
             code: include_str!("code/transform_driver.py").into(),
@@ -121,11 +130,12 @@ impl ScriptedRows {
             json!({"tool": RUN_CODE, "purpose": "transform", "path": script.path, "column": script.column,
                 "code": script.code, "code_sha256": hash, "limits": runner.limits(), "error": opened.as_ref().err().map(|e| &e.0)}),
         ));
-        opened.map_err(|e| ToolError(format!("{}: the transform {}: {}", script.column, script.path, e.0)))
+        let stream = opened.map_err(|e| ToolError(format!("{}: the transform {}: {}", script.column, script.path, e.0)))?;
+        Ok((Instant::now(), stream))
     }
 
-    fn checkin(&self, script: &ScriptColumn, stream: Box<dyn CodeStream>) {
-        self.idle.lock().expect("idle lock").entry(sha256(&script.code)).or_default().push(stream);
+    fn checkin(&self, script: &ScriptColumn, running: Running) {
+        self.idle.lock().expect("idle lock").entry(sha256(&script.code)).or_default().push(running);
     }
 
     /// Sends one column of a batch through its script; the answers, tagged (`=`/`!`).
@@ -149,8 +159,8 @@ impl ScriptedRows {
 /// Releases the running scripts when the run is over.
 impl ScriptedRows {
     pub async fn close(&self) {
-        let idle: Vec<Box<dyn CodeStream>> = self.idle.lock().expect("idle lock").drain().flat_map(|(_, v)| v).collect();
-        for stream in idle {
+        let idle: Vec<Running> = self.idle.lock().expect("idle lock").drain().flat_map(|(_, v)| v).collect();
+        for (_, stream) in idle {
             stream.close().await;
         }
     }
@@ -195,8 +205,21 @@ impl Rows for ScriptedRows {
                     break;
                 }
             };
+            // A long scan changes scripts before their containers reach the end of their lifetime.
+            let lifetime = self.runner.as_ref().map_or(std::time::Duration::MAX, |r| r.stream_lifetime());
+            for (running, script) in streams.iter_mut().zip(&scan.scripts) {
+                if running.0.elapsed() >= lifetime {
+                    match self.checkout(script).await {
+                        Ok(fresh) => std::mem::replace(running, fresh).1.close().await,
+                        Err(e) => failed = Some(e),
+                    }
+                }
+            }
+            if failed.is_some() {
+                break;
+            }
             let mut answers = Vec::with_capacity(streams.len());
-            for ((stream, script), &input) in streams.iter_mut().zip(&scan.scripts).zip(&inputs) {
+            for (((_, stream), script), &input) in streams.iter_mut().zip(&scan.scripts).zip(&inputs) {
                 match Self::apply(stream.as_mut(), script, page.iter().map(|r| r[input].as_deref()).collect()).await {
                     Ok(a) => answers.push(a),
                     Err(e) => {

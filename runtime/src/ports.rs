@@ -418,6 +418,8 @@ pub trait CodeRunner: Send + Sync + 'static {
     async fn run(&self, request: &CodeRequest) -> Result<CodeResult, ToolError>;
     /// Starts code that answers each line on its stdin with one line on its stdout.
     async fn open(&self, request: &CodeRequest) -> Result<Box<dyn CodeStream>, ToolError>;
+    /// How long an opened stream may be kept; open a new one after that.
+    fn stream_lifetime(&self) -> std::time::Duration;
 }
 
 /// A running program exchanging lines; see [`CodeRunner::open`].

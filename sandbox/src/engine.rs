@@ -145,6 +145,12 @@ impl Sandbox {
         status
     }
 
+    /// How long a stream may be used before its container nears the end of its lifetime: the
+    /// caller opens a new one after that.
+    pub fn stream_lifetime(&self) -> Duration {
+        self.inner.config.max_lifetime / 2
+    }
+
     /// Containers ready now.
     pub fn ready(&self) -> usize {
         self.inner.pool.lock().expect("pool lock").len()
@@ -208,9 +214,10 @@ impl Sandbox {
 
     /// Starts the job and keeps it running to exchange lines with: the code reads a line on
     /// stdin and answers with a line on stdout, for as long as the caller has lines.
+    /// A stream gets a new container, not a pooled one: it may be used for up to half the
+    /// container's lifetime (see [`Sandbox::stream_lifetime`]).
     pub async fn open_stream(&self, job: &Job) -> Result<StreamSession> {
-        let id = self.take().await?;
-        self.fill();
+        let id = self.create().await?;
         let session = async {
             self.place(&id, job).await?;
             let exec = self.create_exec(&id, vec![job.lang.interpreter().to_owned(), format!("{WORK}/{}", job.lang.file())], true).await?;

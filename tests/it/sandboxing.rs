@@ -572,3 +572,30 @@ fn in_the_chat_an_operator_profiles_a_table_and_a_model_answers_by_code() {
     assert!(said.contains("The model wrote this python code:"), "{said}");
     assert!(said.contains(&format!("{countries} countries")), "{said}");
 }
+
+#[test]
+fn a_transform_script_is_moved_to_a_new_container_before_its_container_expires() {
+    if tests::sandbox_image().is_none() {
+        return;
+    }
+    let pg = tests::shared();
+    let (source, target) = pg.chinook_pair();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("slow.py"), "import time\n\ndef transform(value):\n    time.sleep(0.05)\n    return value\n").unwrap();
+    let mapping = dir.path().join("mapping.toml");
+    std::fs::write(&mapping, "[entities.customer.columns]\nphone = { from = \"phone\", transform = { python = \"slow.py\" } }\n").unwrap();
+    // Containers live 6 s, so a script is replaced after 3 s; the execution agent's 30 batches
+    // of 2 customers take longer than that.
+    let out = tests::agentctl_with(
+        &["--source", &source, "--target", &target, "run", "--goal", "customer", "--yes", "--mapping", mapping.to_str().unwrap()],
+        &[("AGENTCTL_SANDBOX_LIFETIME", "6"), ("BATCH_SIZE", "2")],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let db = target.rsplit('/').next().unwrap();
+    let started: i64 = pg
+        .psql(db, "SELECT count(*) FROM agentctl.audit_events WHERE agent = 'execution' AND summary LIKE 'run_code: started slow.py%'")
+        .parse()
+        .unwrap();
+    assert!(started >= 2, "the execution agent's script was replaced between batches ({started} started)");
+    assert_eq!(pg.psql(db, "SELECT count(*) FROM customer"), "59");
+}

@@ -18,7 +18,8 @@ impl SandboxRunner {
     }
 
     /// The default configuration with AGENTCTL_SANDBOX_IMAGE, AGENTCTL_SANDBOX_POOL (ready
-    /// containers), AGENTCTL_SANDBOX_TIMEOUT (seconds) and AGENTCTL_SANDBOX_MEMORY (MiB) applied.
+    /// containers), AGENTCTL_SANDBOX_TIMEOUT (seconds), AGENTCTL_SANDBOX_MEMORY (MiB) and
+    /// AGENTCTL_SANDBOX_LIFETIME (seconds a container lives at most) applied.
     pub fn from_env() -> Result<SandboxRunner, String> {
         let number = |name: &str| -> Result<Option<u64>, String> {
             match std::env::var(name) {
@@ -38,6 +39,9 @@ impl SandboxRunner {
         }
         if let Some(mib) = number("AGENTCTL_SANDBOX_MEMORY")? {
             config.limits.memory = mib << 20;
+        }
+        if let Some(secs) = number("AGENTCTL_SANDBOX_LIFETIME")? {
+            config.max_lifetime = Duration::from_secs(secs);
         }
         Ok(SandboxRunner::new(config))
     }
@@ -98,6 +102,10 @@ impl CodeRunner for SandboxRunner {
                 .map(|l| serde_json::to_value(l).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
                 .collect(),
         })
+    }
+
+    fn stream_lifetime(&self) -> Duration {
+        self.config.max_lifetime / 2
     }
 
     async fn open(&self, request: &CodeRequest) -> Result<Box<dyn CodeStream>, ToolError> {
