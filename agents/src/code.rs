@@ -172,6 +172,10 @@ impl Rows for ScriptedRows {
         if scan.scripts.is_empty() {
             return self.inner.scan(scan, each).await;
         }
+        if scan.key.is_empty() {
+            // Read a batch at a time after the last key: without a key there is no "after".
+            return Err(ToolError(format!("{}: a transform script needs the table to have a key", scan.table)));
+        }
         let outputs: Vec<String> = scan.scripts.iter().map(ScriptColumn::output).collect();
         let columns: Vec<String> = scan.columns.iter().filter(|c| !outputs.contains(c)).cloned().collect();
         let position = |name: &str| {
