@@ -690,6 +690,9 @@ pub struct MapRequest {
     pub file: MappingFile,
     /// Where the file came from, for the trail: a path, or "inferred".
     pub file_origin: String,
+    /// Try the custom transforms on sample rows (for a plan or `mapping show`; a rollback or
+    /// a validation has no use for it, and must not need the sandbox for it).
+    pub preview: bool,
 }
 
 pub enum DataMappingMsg {
@@ -837,6 +840,7 @@ impl Actor for DataMappingAgent {
                     (result, _) => result,
                 };
                 let result = match result {
+                    Ok(set) if !req.preview => Ok(set),
                     Ok(mut set) => match preview_scripts(&state.ctx, &state.rows, &mut set).await {
                         Ok(()) => Ok(set),
                         Err(e) => {

@@ -237,7 +237,7 @@ impl Actor for Orchestrator {
             }
             OrchestratorMsg::Map(env, reply) => {
                 tokio::spawn(async move {
-                    let _ = reply.send(map_phase(&courier, &agents, &env.body).await.map(|(_, _, m)| m));
+                    let _ = reply.send(map_phase(&courier, &agents, &env.body, true).await.map(|(_, _, m)| m));
                 });
             }
         }
@@ -304,22 +304,33 @@ async fn profile_phase(courier: &Courier, agents: &Agents, goal: ProfileGoal) ->
     Ok((profile, source))
 }
 
-/// Both schemas and the mappings between them.
-async fn map_phase(courier: &Courier, agents: &Agents, goal: &PlanGoal) -> Result<(SchemaReport, SchemaReport, MappingSet), AgentError> {
+/// Both schemas and the mappings between them; `preview` tries the custom transforms on
+/// sample rows.
+async fn map_phase(
+    courier: &Courier,
+    agents: &Agents,
+    goal: &PlanGoal,
+    preview: bool,
+) -> Result<(SchemaReport, SchemaReport, MappingSet), AgentError> {
     let ctx = courier.ctx();
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "analyze".into() });
     let source = analyze(courier, agents, AnalyzeRequest { side: DbRole::Source, exact_counts: false }).await?;
     let target = analyze(courier, agents, AnalyzeRequest { side: DbRole::Target, exact_counts: false }).await?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "map".into() });
-    let request =
-        MapRequest { source: source.clone(), target: target.clone(), file: goal.mapping.clone(), file_origin: goal.mapping_origin.clone() };
+    let request = MapRequest {
+        source: source.clone(),
+        target: target.clone(),
+        file: goal.mapping.clone(),
+        file_origin: goal.mapping_origin.clone(),
+        preview,
+    };
     let mappings = answer(courier.ask(&agents.mapping, "map", request, DataMappingMsg::Map).await)?;
     Ok((source, target, mappings))
 }
 
 async fn plan_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Result<PlanOutcome, AgentError> {
     let ctx = courier.ctx();
-    let (source, target, mappings) = map_phase(courier, agents, &goal).await?;
+    let (source, target, mappings) = map_phase(courier, agents, &goal, true).await?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "plan".into() });
     let request = PlanRequest { goal: goal.goal, only: goal.only, source, mappings: mappings.clone(), batch_size: goal.batch_size };
     let plan = answer(courier.ask(&agents.planning, "plan", request, PlanningMsg::Plan).await)?;
@@ -461,7 +472,7 @@ fn entity_request(mappings: &MappingSet, target: &SchemaReport, entity: &Planned
 
 /// The goal's entities in dependency order, without a forecast.
 async fn scope(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Result<(MigrationPlan, MappingSet, SchemaReport), AgentError> {
-    let (source, target, mappings) = map_phase(courier, agents, &goal).await?;
+    let (source, target, mappings) = map_phase(courier, agents, &goal, false).await?;
     let request = PlanRequest { goal: goal.goal, only: goal.only, source, mappings: mappings.clone(), batch_size: goal.batch_size };
     let plan = answer(courier.ask(&agents.planning, "plan", request, PlanningMsg::Plan).await)?;
     Ok((plan, mappings, target))

@@ -432,6 +432,14 @@ fn a_python_transform_is_tried_on_samples_then_applied_to_every_row_and_validate
         .parse()
         .unwrap();
     assert!(started >= 2, "{started}");
+
+    // Undoing it needs no sandbox: the scripts are not run to delete what was written.
+    let undo = tests::agentctl_with(
+        &["--source", &source, "--target", &target, "rollback", "--all", "--yes", "--mapping", mapping],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    assert_eq!(undo.code, 0, "{undo:?}");
+    assert_eq!(pg.psql(dst_db, "SELECT count(*) FROM customer"), "0");
 }
 
 #[test]
