@@ -373,7 +373,8 @@ impl Chat<'_> {
                     .unwrap_or(table);
                 let question = question.clone().filter(|_| self.llm.is_some());
                 let asked = question.is_some();
-                let goal = agents::orchestrator::ProfileGoal { table, sample: 1000, code: None, question };
+                let goal =
+                    agents::orchestrator::ProfileGoal { table, sample: agents::schema_analysis::PROFILE_SAMPLE, code: None, question };
                 let (profile, report) = self.session.profile(goal).await.map_err(Exit::failed)?;
                 if let Err(e) = crate::plan_run::print_profile(&profile, &report, asked) {
                     println!("{e}");

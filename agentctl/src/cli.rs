@@ -458,7 +458,7 @@ pub struct ProfileOpts {
     #[arg(long, value_name = "QUESTION")]
     pub ask: Option<String>,
     /// Rows in the sample (the first ones by key).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = agents::schema_analysis::PROFILE_SAMPLE)]
     pub sample: usize,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,

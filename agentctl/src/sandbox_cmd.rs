@@ -176,7 +176,7 @@ pub async fn bench(runs: usize, values: usize) -> Result<(), Exit> {
     }
     println!("8 runs at once: {:.2} s wall", parallel);
 
-    let mut script = Job::new(sandbox::Lang::Python, include_str!("../../agents/src/code/transform_driver.py"));
+    let mut script = Job::new(sandbox::Lang::Python, agents::code::TRANSFORM_DRIVER);
     script.files.push(("transform.py".into(), b"def transform(value):\n    return value.strip().upper()\n".to_vec()));
     let mut stream = warm.open_stream(&script).await.map_err(Exit::failed)?;
     let batch: Vec<String> = (0..5_000).map(|i| format!("  value {i} ")).collect();

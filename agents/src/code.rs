@@ -10,7 +10,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use runtime::audit::{AuditRecord, EventKind};
 use runtime::context::RunContext;
-use runtime::mapping::{MappingSpec, ScriptColumn};
+use runtime::mapping::{MappingSpec, ScriptAnswer, ScriptColumn};
 use runtime::ports::{CodeFile, CodeRequest, CodeResult, CodeRunner, CodeStream, Rows, Scan, ToolError};
 use runtime::AgentName;
 use serde_json::json;
@@ -20,6 +20,9 @@ use sha2::{Digest, Sha256};
 pub const RUN_CODE: &str = "run_code";
 pub const RUN_CODE_DESCRIPTION: &str = "Run a short Python 3 (or POSIX sh) program in an isolated sandbox: no network, \
      limited memory and time. Sample rows arrive on stdin when given; print the answer to stdout.";
+
+/// The program that runs a mapping's transform script in the sandbox, a batch of values a line.
+pub const TRANSFORM_DRIVER: &str = include_str!("code/transform_driver.py");
 
 /// Values sent to a transform script per call.
 const SCRIPT_BATCH: usize = 5_000;
@@ -115,7 +118,7 @@ impl ScriptedRows {
         }
         let request = CodeRequest {
             lang: "python".into(),
-            code: include_str!("code/transform_driver.py").into(),
+            code: TRANSFORM_DRIVER.into(),
             stdin: String::new(),
             files: vec![CodeFile { name: "transform.py".into(), content: script.code.clone() }],
         };
@@ -154,28 +157,23 @@ impl ScriptedRows {
         }
         Ok(answers)
     }
-}
 
-/// Releases the running scripts when the run is over.
-impl ScriptedRows {
+    /// Stops the running scripts not in use; the orchestrator calls it when the run is over.
     pub async fn close(&self) {
         let idle: Vec<Running> = self.idle.lock().expect("idle lock").drain().flat_map(|(_, v)| v).collect();
         for (_, stream) in idle {
             stream.close().await;
         }
     }
-}
 
-#[async_trait]
-impl Rows for ScriptedRows {
-    async fn scan(&self, scan: &Scan, each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send)) -> Result<u64, ToolError> {
-        if scan.scripts.is_empty() {
-            return self.inner.scan(scan, each).await;
-        }
-        if scan.key.is_empty() {
-            // Read a batch at a time after the last key: without a key there is no "after".
-            return Err(ToolError(format!("{}: a transform script needs the table to have a key", scan.table)));
-        }
+    /// Reads a scan that names scripts a batch at a time, each script's column through its
+    /// running script, and hands on each row with the answers in the output columns.
+    async fn read_scripted(
+        &self,
+        scan: &Scan,
+        streams: &mut [Running],
+        each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send),
+    ) -> Result<u64, ToolError> {
         let outputs: Vec<String> = scan.scripts.iter().map(ScriptColumn::output).collect();
         let columns: Vec<String> = scan.columns.iter().filter(|c| !outputs.contains(c)).cloned().collect();
         let position = |name: &str| {
@@ -192,48 +190,23 @@ impl Rows for ScriptedRows {
                 None => columns.iter().position(|p| p == c).expect("a plain column"),
             })
             .collect();
-        let mut streams = Vec::with_capacity(scan.scripts.len());
-        for script in &scan.scripts {
-            streams.push(self.checkout(script).await?);
-        }
+        let lifetime = self.runner.as_ref().map_or(std::time::Duration::MAX, |r| r.stream_lifetime());
         let mut plain = Scan { columns, scripts: Vec::new(), ..scan.clone() };
         let mut left = scan.limit.unwrap_or(usize::MAX);
         let mut count = 0u64;
-        let mut failed = None;
-        while left > 0 && failed.is_none() {
+        while left > 0 {
             let want = left.min(SCRIPT_BATCH);
-            let page = match self.inner.page(&plain, want).await {
-                Ok(page) => page,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            };
+            let page = self.inner.page(&plain, want).await?;
             // A long scan changes scripts before their containers reach the end of their lifetime.
-            let lifetime = self.runner.as_ref().map_or(std::time::Duration::MAX, |r| r.stream_lifetime());
             for (running, script) in streams.iter_mut().zip(&scan.scripts) {
                 if running.0.elapsed() >= lifetime {
-                    match self.checkout(script).await {
-                        Ok(fresh) => std::mem::replace(running, fresh).1.close().await,
-                        Err(e) => failed = Some(e),
-                    }
+                    let fresh = self.checkout(script).await?;
+                    std::mem::replace(running, fresh).1.close().await;
                 }
-            }
-            if failed.is_some() {
-                break;
             }
             let mut answers = Vec::with_capacity(streams.len());
             for (((_, stream), script), &input) in streams.iter_mut().zip(&scan.scripts).zip(&inputs) {
-                match Self::apply(stream.as_mut(), script, page.iter().map(|r| r[input].as_deref()).collect()).await {
-                    Ok(a) => answers.push(a),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            if failed.is_some() {
-                break;
+                answers.push(Self::apply(stream.as_mut(), script, page.iter().map(|r| r[input].as_deref()).collect()).await?);
             }
             for (i, row) in page.iter().enumerate() {
                 let refs: Vec<Option<&str>> =
@@ -247,16 +220,33 @@ impl Rows for ScriptedRows {
                 _ => break,
             }
         }
-        match failed {
-            // A failed script is not reused: its state is unknown.
-            Some(e) => Err(e),
-            None => {
-                for (script, stream) in scan.scripts.iter().zip(streams) {
-                    self.checkin(script, stream);
-                }
-                Ok(count)
+        Ok(count)
+    }
+}
+
+#[async_trait]
+impl Rows for ScriptedRows {
+    async fn scan(&self, scan: &Scan, each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send)) -> Result<u64, ToolError> {
+        if scan.scripts.is_empty() {
+            return self.inner.scan(scan, each).await;
+        }
+        if scan.key.is_empty() {
+            // Read a batch at a time after the last key: without a key there is no "after".
+            return Err(ToolError(format!("{}: a transform script needs the table to have a key", scan.table)));
+        }
+        let mut streams = Vec::with_capacity(scan.scripts.len());
+        for script in &scan.scripts {
+            streams.push(self.checkout(script).await?);
+        }
+        let read = self.read_scripted(scan, &mut streams, each).await;
+        // A script whose scan failed is not reused (its state is unknown): dropped, its
+        // container is removed.
+        if read.is_ok() {
+            for (script, stream) in scan.scripts.iter().zip(streams) {
+                self.checkin(script, stream);
             }
         }
+        read
     }
 }
 
@@ -297,10 +287,10 @@ pub async fn preview(rows: &ScriptedRows, spec: &MappingSpec, n: usize) -> Resul
                 .map(|r| {
                     let answer = match r[after].as_deref() {
                         None => Ok(None),
-                        Some(a) => match (a.strip_prefix('='), a.strip_prefix('!')) {
-                            (Some(v), _) => Ok(Some(v.to_owned())),
-                            (_, Some(e)) => Err(e.to_owned()),
-                            _ => Err(format!("untagged answer `{a}`")),
+                        Some(a) => match ScriptAnswer::read(a) {
+                            ScriptAnswer::Value(v) => Ok(Some(v.to_owned())),
+                            ScriptAnswer::Raised(e) => Err(e.to_owned()),
+                            ScriptAnswer::Untagged => Err(format!("untagged answer `{a}`")),
                         },
                     };
                     Sample { before: r[before].clone(), after: answer }

@@ -35,6 +35,9 @@ pub struct ForecastRequest {
     pub target: SchemaReport,
 }
 
+/// Rows a profile samples unless told otherwise.
+pub const PROFILE_SAMPLE: usize = 1000;
+
 /// Profile a source table: run code on sample rows in the sandbox, or, without code or without
 /// the sandbox, give the built-in statistics.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use runtime::domain::{SchemaReport, Table, TableName, TypeKind};
-use runtime::mapping::{Feed, KeyDeriver, MappingSpec, Transform, UuidLayout};
+use runtime::mapping::{Feed, KeyDeriver, MappingSpec, ScriptAnswer, Transform, UuidLayout};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -290,10 +290,12 @@ impl RowMapper {
                 }
                 (Transform::Timestamptz { zone }, Some(s)) => Some(format!("{s} {zone}")),
                 // The sandbox answered as the row was read: `=value` or `!error`.
-                (Transform::Script { path, .. }, Some(s)) => match (s.strip_prefix('='), s.strip_prefix('!')) {
-                    (Some(value), _) => Some(value.to_owned()),
-                    (_, Some(error)) => return Err(self.reject(c, "script", format!("{path} raised {error}"))),
-                    _ => return Err(self.reject(c, "script", format!("{path}: the sandbox's answer `{s}` is not tagged"))),
+                (Transform::Script { path, .. }, Some(s)) => match ScriptAnswer::read(&s) {
+                    ScriptAnswer::Value(value) => Some(value.to_owned()),
+                    ScriptAnswer::Raised(error) => return Err(self.reject(c, "script", format!("{path} raised {error}"))),
+                    ScriptAnswer::Untagged => {
+                        return Err(self.reject(c, "script", format!("{path}: the sandbox's answer `{s}` is not tagged")))
+                    }
                 },
                 (Transform::Values { map }, Some(s)) => Some(map.get(&s).cloned().ok_or_else(|| {
                     let known: Vec<&str> = map.keys().map(String::as_str).collect();

@@ -151,6 +151,27 @@ impl ScriptColumn {
     }
 }
 
+/// A script's answer for one value, read from its tagged text in the output column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScriptAnswer<'a> {
+    /// `=value`
+    Value(&'a str),
+    /// `!error`: what the script raised.
+    Raised(&'a str),
+    /// Neither tag: not the driver's answer.
+    Untagged,
+}
+
+impl ScriptAnswer<'_> {
+    pub fn read(tagged: &str) -> ScriptAnswer<'_> {
+        match (tagged.strip_prefix('='), tagged.strip_prefix('!')) {
+            (Some(value), _) => ScriptAnswer::Value(value),
+            (_, Some(error)) => ScriptAnswer::Raised(error),
+            _ => ScriptAnswer::Untagged,
+        }
+    }
+}
+
 /// How row UUIDs are derived from legacy keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

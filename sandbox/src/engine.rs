@@ -69,16 +69,21 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
-/// The engine named by `DOCKER_HOST`, or the local socket, with the API version both speak.
-pub(crate) async fn engine() -> Result<(Docker, String)> {
-    let endpoint = std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_SOCKET.to_owned());
+/// Where the engine is: `DOCKER_HOST`, or the local socket.
+fn endpoint() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_SOCKET.to_owned())
+}
+
+/// The engine at [`endpoint`], with the API version both speak.
+pub(crate) async fn engine() -> Result<Docker> {
+    let endpoint = endpoint();
     let unreachable = |reason: String| Error::Unreachable { endpoint: endpoint.clone(), reason };
     let docker = Docker::connect_with_local_defaults().map_err(|e| unreachable(e.to_string()))?;
     let docker = tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version())
         .await
         .map_err(|_| unreachable("no answer in 5 s".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
-    Ok((docker, endpoint))
+    Ok(docker)
 }
 
 pub(crate) async fn image_present(docker: &Docker, image: &str) -> Result<bool> {
@@ -93,7 +98,7 @@ impl Sandbox {
     /// Connects to the engine, checks the image is there, removes containers left by processes
     /// that are gone, and starts filling the pool.
     pub async fn connect(config: Config) -> Result<Sandbox> {
-        let (docker, _) = engine().await?;
+        let docker = engine().await?;
         if !image_present(&docker, &config.image).await? {
             return Err(Error::ImageMissing { image: config.image });
         }
@@ -115,7 +120,7 @@ impl Sandbox {
     /// The engine, the image and the containers, without failing when the engine is away.
     pub async fn status(image: &str) -> Status {
         let mut status = Status {
-            endpoint: std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_SOCKET.to_owned()),
+            endpoint: endpoint(),
             engine: None,
             error: None,
             image: image.to_owned(),
@@ -124,7 +129,7 @@ impl Sandbox {
             containers_live: 0,
         };
         let docker = match engine().await {
-            Ok((docker, _)) => docker,
+            Ok(docker) => docker,
             Err(e) => {
                 status.error = Some(e.to_string());
                 return status;
@@ -143,12 +148,6 @@ impl Sandbox {
             status.error = Some(e.to_string());
         }
         status
-    }
-
-    /// How long a stream may be used before its container nears the end of its lifetime: the
-    /// caller opens a new one after that.
-    pub fn stream_lifetime(&self) -> Duration {
-        self.inner.config.max_lifetime / 2
     }
 
     /// Containers ready now.
@@ -215,12 +214,12 @@ impl Sandbox {
     /// Starts the job and keeps it running to exchange lines with: the code reads a line on
     /// stdin and answers with a line on stdout, for as long as the caller has lines.
     /// A stream gets a new container, not a pooled one: it may be used for up to half the
-    /// container's lifetime (see [`Sandbox::stream_lifetime`]).
+    /// container's lifetime (see [`Config::stream_lifetime`]).
     pub async fn open_stream(&self, job: &Job) -> Result<StreamSession> {
         let id = self.create().await?;
         let session = async {
             self.place(&id, job).await?;
-            let exec = self.create_exec(&id, vec![job.lang.interpreter().to_owned(), format!("{WORK}/{}", job.lang.file())], true).await?;
+            let exec = self.create_exec(&id, job.lang.command(WORK), true).await?;
             match self.inner.docker.start_exec(&exec, None).await.map_err(docker_err("starting the script"))? {
                 StartExecResults::Attached { output, input } => Ok((output, input)),
                 StartExecResults::Detached => Err(Error::Other("the engine started the script detached".into())),
@@ -385,7 +384,7 @@ impl Sandbox {
     async fn execute(&self, id: &str, job: &Job) -> Result<Outcome> {
         let limits = &self.inner.config.limits;
         self.place(id, job).await?;
-        let cmd = vec![job.lang.interpreter().to_owned(), format!("{WORK}/{}", job.lang.file())];
+        let cmd = job.lang.command(WORK);
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let captured = self.exec_until(id, cmd, &job.stdin, limits.output, Some(deadline)).await?;

@@ -45,7 +45,7 @@ fn mirror() -> String {
 /// Builds the image unless it is there; says what it does through `say`.
 pub async fn build(say: &(dyn Fn(&str) + Sync)) -> Result<Built> {
     let started = Instant::now();
-    let (docker, _) = engine().await?;
+    let docker = engine().await?;
     let image = tag();
     if image_present(&docker, &image).await? {
         return Ok(Built { image, reused: true, base: None, seconds: started.elapsed().as_secs_f64() });
@@ -70,15 +70,18 @@ async fn pull(docker: &Docker, image: &str) -> std::result::Result<(), String> {
     }
     let (name, tag) = image.split_once(':').unwrap_or((image, "latest"));
     let options = CreateImageOptionsBuilder::new().from_image(name).tag(tag).build();
-    let mut progress = docker.create_image(Some(options), None, None);
+    created(docker.create_image(Some(options), None, None)).await
+}
+
+/// Follows an image's creation (a pull or an import) to its end; the first error as one line.
+async fn created(
+    progress: impl futures::Stream<Item = std::result::Result<bollard::models::CreateImageInfo, bollard::errors::Error>>,
+) -> std::result::Result<(), String> {
+    futures::pin_mut!(progress);
     while let Some(step) = progress.next().await {
-        match step {
-            Ok(info) => {
-                if let Some(detail) = info.error_detail {
-                    return Err(detail.message.unwrap_or_default());
-                }
-            }
-            Err(e) => return Err(e.to_string()),
+        let info = step.map_err(|e| e.to_string())?;
+        if let Some(detail) = info.error_detail {
+            return Err(detail.message.unwrap_or_default());
         }
     }
     Ok(())
@@ -126,13 +129,9 @@ async fn offline_base(docker: &Docker, say: &(dyn Fn(&str) + Sync)) -> Result<()
     let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(stdout));
     let (repo, tag) = OFFLINE_BASE.split_once(':').expect("name:tag");
     let options = CreateImageOptionsBuilder::new().from_src("-").repo(repo).tag(tag).build();
-    let mut progress = docker.create_image(Some(options), Some(body), None);
-    while let Some(step) = progress.next().await {
-        let info = step.map_err(docker_err("importing the root filesystem"))?;
-        if let Some(detail) = info.error_detail {
-            return Err(Error::Other(format!("importing the root filesystem: {}", detail.message.unwrap_or_default())));
-        }
-    }
+    created(docker.create_image(Some(options), Some(body), None))
+        .await
+        .map_err(|e| Error::Other(format!("importing the root filesystem: {e}")))?;
     let status = tar.wait().await.map_err(|e| Error::Other(format!("tar: {e}")))?;
     if !status.success() {
         return Err(Error::Other(format!("tar of the root filesystem failed: {status}")));

@@ -63,6 +63,14 @@ pub struct Config {
     pub max_lifetime: Duration,
 }
 
+impl Config {
+    /// How long a stream may be used before its container nears the end of its lifetime: the
+    /// caller opens a new one after that.
+    pub fn stream_lifetime(&self) -> Duration {
+        self.max_lifetime / 2
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config { image: image::tag(), limits: Limits::default(), pool_size: 2, max_lifetime: Duration::from_secs(3600) }
@@ -77,6 +85,7 @@ pub enum Lang {
 }
 
 impl Lang {
+    /// The code's file name in the work dir.
     fn file(self) -> &'static str {
         match self {
             Lang::Python => "main.py",
@@ -84,11 +93,13 @@ impl Lang {
         }
     }
 
-    fn interpreter(self) -> &'static str {
-        match self {
+    /// The command that runs the code once it is in `work`.
+    fn command(self, work: &str) -> Vec<String> {
+        let interpreter = match self {
             Lang::Python => "python3",
             Lang::Sh => "sh",
-        }
+        };
+        vec![interpreter.to_owned(), format!("{work}/{}", self.file())]
     }
 }
 

@@ -105,7 +105,7 @@ impl CodeRunner for SandboxRunner {
     }
 
     fn stream_lifetime(&self) -> Duration {
-        self.config.max_lifetime / 2
+        self.config.stream_lifetime()
     }
 
     async fn open(&self, request: &CodeRequest) -> Result<Box<dyn CodeStream>, ToolError> {
