@@ -80,7 +80,7 @@ pub enum Command {
     /// Show the state of a run (the latest by default), from the control tables.
     Status(StatusOpts),
     /// Prove what the target holds: accounting, every row's values, money totals, references.
-    Validate(ValidateOpts),
+    Validate(EntitiesOpts),
     /// The migration report of a run: per entity and overall, rejections grouped by reason.
     Report(ReportOpts),
     /// Delete what agentctl migrated (never rows it did not create), children before parents.
@@ -110,6 +110,127 @@ pub enum Command {
     /// Run untrusted code (custom transforms, ad-hoc scripts) in the hardened Docker sandbox.
     #[command(subcommand)]
     Sandbox(SandboxCmd),
+    /// Keep the target in step after the migration: what changed in the source, and applying it.
+    #[command(subcommand)]
+    Diff(DiffCmd),
+    /// Rows changed on both sides since the last sync: list them, settle the held ones.
+    #[command(subcommand)]
+    Conflict(ConflictCmd),
+    /// Scheduled synchronization jobs, and the daemon that runs them.
+    #[command(subcommand)]
+    Sync(SyncCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DiffCmd {
+    /// List, per entity, the rows new, changed and deleted in the source and the conflicts,
+    /// without changing anything (stored in agentctl.data_differentials for `diff migrate`).
+    Analyze(DiffAnalyzeOpts),
+    /// Apply what the last analysis found (analysing first the entities it did not cover):
+    /// inserts, updates, deletes (soft or hard, per entity), conflicts by each entity's policy.
+    Migrate(DiffMigrateOpts),
+    /// After applying: source and target agree for every entity (the validation agent's checks).
+    Validate(EntitiesOpts),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffAnalyzeOpts {
+    #[command(flatten)]
+    pub diff: EntitiesOpts,
+
+    /// Read every source row, also of tables whose trusted `updated_at` allows reading only
+    /// the rows stamped since the last analysis.
+    #[arg(long)]
+    pub full: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffMigrateOpts {
+    #[command(flatten)]
+    pub diff: EntitiesOpts,
+
+    /// With --analyze: read every source row (see `diff analyze --full`).
+    #[arg(long, requires = "analyze")]
+    pub full: bool,
+
+    /// Analyse every entity again first, instead of applying the pending analysis.
+    #[arg(long)]
+    pub analyze: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConflictCmd {
+    /// The conflicts: open (held) ones first, each with the values of both sides.
+    Report {
+        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+        format: ReportFormat,
+        /// Resolved ones too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Settle a held conflict: write the source's values, or keep the target's.
+    Resolve {
+        /// The conflict's number, as `conflict report` shows it.
+        id: i64,
+        #[arg(long, value_enum)]
+        take: Side,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Side {
+    Source,
+    Target,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncCmd {
+    /// A job that keeps entities in step on a schedule.
+    CreateJob {
+        #[arg(long)]
+        name: String,
+        /// The entities, comma-separated, in the words `run --goal` takes.
+        #[arg(long, value_delimiter = ',', required = true)]
+        entities: Vec<String>,
+        /// An interval: 30s, 15m, 2h, 1d.
+        #[arg(long, conflicts_with = "cron", required_unless_present = "cron")]
+        every: Option<String>,
+        /// A five-field cron expression, in UTC: "0 2 * * *".
+        #[arg(long)]
+        cron: Option<String>,
+    },
+    /// Every job: schedule, next run, who holds it, the last outcome.
+    ListJobs {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Run a job now (refused while a daemon runs it).
+    RunJob {
+        name: String,
+        #[command(flatten)]
+        mapping: MappingOpt,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// A job and its latest runs.
+    JobStatus {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Run due jobs until stopped (Ctrl-C or SIGTERM), one at a time; any number of daemons
+    /// may run: a job is run by one of them at a time.
+    Daemon {
+        /// How often to look for due jobs, in seconds.
+        #[arg(long, default_value_t = 5.0)]
+        poll: f64,
+        /// How long a job's lease lasts without renewal, in seconds: a daemon that dies is
+        /// replaced on its jobs after this.
+        #[arg(long, default_value_t = 60.0)]
+        lease: f64,
+        #[command(flatten)]
+        mapping: MappingOpt,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +314,20 @@ pub enum BenchCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Differential migration: generate the reference dataset, migrate it all, change CHANGES
+    /// source rows (edits, inserts, deletes), then time `diff analyze`, `diff migrate` and
+    /// `diff validate` as child processes. REPLACES the source's reference tables and the
+    /// target's schema.
+    Diff {
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long, default_value_t = 20240601)]
+        seed: u64,
+        #[arg(long, default_value_t = 50_000)]
+        changes: u64,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Time COPY into a uuid primary key with each UUID layout (v5 and time-ordered v8), in
     /// legacy key order, in the target database.
     Uuid {
@@ -268,6 +403,14 @@ pub enum DatasetCmd {
         /// Drop and recreate legacy (and target) tables that already exist.
         #[arg(long)]
         replace: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Change about ROWS rows of a generated source the way its application would: edits,
+    /// new patients with new orders, deleted leaf rows (for trying `agentctl diff`).
+    Change {
+        #[arg(long, default_value_t = 1000)]
+        rows: u64,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -376,7 +519,8 @@ pub enum LlmCmd {
 }
 
 #[derive(Debug, Args)]
-pub struct ValidateOpts {
+/// Which entities, the mapping, and the output format (`validate`, `diff`).
+pub struct EntitiesOpts {
     /// The entities, in the words `run --goal` takes (default: everything mapped).
     #[arg(default_value = "everything")]
     pub entities: Vec<String>,

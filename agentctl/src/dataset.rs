@@ -39,6 +39,23 @@ pub async fn dataset(config: &Config, cmd: DatasetCmd) -> Result<(), Exit> {
             }
             Ok(())
         }
+        DatasetCmd::Change { rows, format } => {
+            let source = tools::pg::connect(config.source().map_err(Exit::config)?, 1).await.map_err(Exit::config)?;
+            if dataset::stamp(&source).await.map_err(Exit::failed)?.is_none() {
+                return Err(Exit::config("the source does not hold the reference dataset (agentctl dataset generate)"));
+            }
+            let report = dataset::changes::apply(&source, rows).await.map_err(Exit::failed)?;
+            match format {
+                Format::Json => print_json(&report),
+                Format::Text => {
+                    for t in &report.tables {
+                        println!("{:<28} {:>7} inserted {:>7} updated {:>7} deleted", t.table, t.inserted, t.updated, t.deleted);
+                    }
+                    println!("{} rows changed in {:.1}s", report.total(), report.seconds);
+                }
+            }
+            Ok(())
+        }
         DatasetCmd::Generate { shape, replace, format } => {
             let opts = GenerateOptions { scale: shape.scale, seed: shape.seed, faults: profile(&shape)?, replace };
             let source = tools::pg::connect(config.source().map_err(Exit::config)?, 4).await.map_err(Exit::config)?;
@@ -290,9 +307,69 @@ async fn bench_migrate(config: &Config, scale: f64, seed: u64, jobs: usize, resu
     Ok(())
 }
 
+async fn bench_diff(config: &Config, scale: f64, seed: u64, changes: u64, format: Format) -> Result<(), Exit> {
+    let conns = Connections::open(config, true).await?;
+    let source = conns.source.clone().expect("opened with the source");
+    eprintln!("generating the reference dataset at scale {scale} ...");
+    let gen = GenerateOptions { scale, seed, faults: FaultProfile::production(), replace: true };
+    let report = dataset::generate(&source, &gen, |_| ()).await.map_err(Exit::failed)?;
+    dataset::apply_target_schema(&conns.target, true).await.map_err(Exit::failed)?;
+    tools::control::ControlStore::open(conns.target.clone())
+        .await
+        .map_err(Exit::failed)?
+        .forget_migrated_rows()
+        .await
+        .map_err(Exit::failed)?;
+    eprintln!("  {} rows; migrating them all ...", report.rows);
+    let run = measure(config, &["run", "--goal", "migrate everything", "--yes", "--format", "json"])?;
+    if run.code != 0 {
+        return Err(Exit::failed(format!("the full migration failed: {}", run.stderr.trim())));
+    }
+    eprintln!("  {:.1}s; changing {changes} source rows ...", run.seconds);
+    let changed = dataset::changes::apply(&source, changes).await.map_err(Exit::failed)?;
+    tools::pg::run_script(&source, "ANALYZE", "analyzing the source").await.map_err(Exit::failed)?;
+    let mut figures = Vec::new();
+    for (name, args) in [
+        ("diff analyze", &["diff", "analyze", "--format", "json"][..]),
+        ("diff migrate", &["diff", "migrate", "--format", "json"][..]),
+        ("diff validate", &["diff", "validate", "--format", "json"][..]),
+    ] {
+        eprintln!("{name} ...");
+        let m = measure(config, args)?;
+        if m.code != 0 {
+            return Err(Exit::failed(format!("{name} failed: {}", m.stderr.trim())));
+        }
+        eprintln!("  {:.1}s, peak RSS {} MB", m.seconds, m.peak_rss_kb / 1024);
+        let doc: serde_json::Value = serde_json::from_str(&m.stdout).unwrap_or_default();
+        figures.push(serde_json::json!({"step": name, "seconds": m.seconds, "max_rss_mb": m.peak_rss_kb / 1024, "total": doc["total"],
+            "out_of_step": doc["analyses"].as_array().map(|a| a.iter().map(|e|
+                e["inserts"].as_i64().unwrap_or(0) + e["updates"].as_i64().unwrap_or(0) + e["deletes"].as_i64().unwrap_or(0)
+                + e["conflicts"].as_i64().unwrap_or(0) + e["rejected"].as_i64().unwrap_or(0)).sum::<i64>())}));
+    }
+    let doc = serde_json::json!({"scale": scale, "source_rows": report.rows, "full_migration_seconds": run.seconds, "changed": changed.total(),
+        "changes": changed.tables, "steps": figures});
+    match format {
+        Format::Json => print_json(&doc),
+        Format::Text => {
+            println!("reference dataset at scale {scale}: {} rows, migrated in {:.1}s", report.rows, run.seconds);
+            println!("{} source rows changed", changed.total());
+            for f in &figures {
+                println!(
+                    "{:<14} {:>7.1} s  peak RSS {:>5} MB",
+                    f["step"].as_str().unwrap_or(""),
+                    f["seconds"].as_f64().unwrap_or(0.0),
+                    f["max_rss_mb"]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn bench(config: &Config, cmd: BenchCmd) -> Result<(), Exit> {
     match cmd {
         BenchCmd::Migrate { scale, seed, jobs, results, format } => bench_migrate(config, scale, seed, jobs, results, format).await,
+        BenchCmd::Diff { scale, seed, changes, format } => bench_diff(config, scale, seed, changes, format).await,
         BenchCmd::Sandbox { runs, values } => crate::sandbox_cmd::bench(runs, values).await,
         BenchCmd::Uuid { rows, format } => {
             let target = tools::pg::connect(config.target().map_err(Exit::config)?, 1).await.map_err(Exit::config)?;

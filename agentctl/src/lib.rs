@@ -12,6 +12,7 @@ pub mod plan_run;
 pub mod proof;
 pub mod sandbox_cmd;
 pub mod session;
+pub mod sync;
 
 use std::future::Future;
 
@@ -47,6 +48,9 @@ pub async fn run(opt: Opt) -> Result<(), Exit> {
         Command::Chat(o) => chat::chat(&config, o).await,
         Command::Llm(cmd) => chat::llm(&config, cmd).await,
         Command::Sandbox(cmd) => sandbox_cmd::sandbox(cmd).await,
+        Command::Diff(cmd) => sync::diff(&config, cmd).await,
+        Command::Conflict(cmd) => sync::conflict(&config, cmd).await,
+        Command::Sync(cmd) => sync::sync(&config, cmd).await,
     }
 }
 

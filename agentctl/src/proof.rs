@@ -10,13 +10,18 @@ use runtime::ports::EntityValidation;
 use serde_json::json;
 
 use crate::audit::store;
-use crate::cli::{Format, ReportFormat, ReportOpts, RollbackOpts, ValidateOpts};
+use crate::cli::{EntitiesOpts, Format, ReportFormat, ReportOpts, RollbackOpts};
 use crate::exit::Exit;
 use crate::plan_run::{end, mapping_file};
 use crate::session::{Connections, Session, SessionOptions};
 use crate::{interruptible, print_json};
 
-async fn start(config: &Config, command: &str, goal: &str, mapping: &crate::cli::MappingOpt) -> Result<(Session, PlanGoal), Exit> {
+pub(crate) async fn start(
+    config: &Config,
+    command: &str,
+    goal: &str,
+    mapping: &crate::cli::MappingOpt,
+) -> Result<(Session, PlanGoal), Exit> {
     let conns = Connections::open(config, true).await?;
     let (file, origin) = mapping_file(mapping, &conns).await?;
     let session = Session::start(&conns, command, Some(goal), conns.tools()?, SessionOptions::from_config(config)).await?;
@@ -86,9 +91,14 @@ pub fn print_validations(results: &[&EntityValidation]) {
     }
 }
 
-pub async fn validate(config: &Config, opts: ValidateOpts) -> Result<(), Exit> {
+pub async fn validate(config: &Config, opts: EntitiesOpts) -> Result<(), Exit> {
+    validate_as(config, opts, "validate").await
+}
+
+/// `validate`, recorded as `command` (`diff validate` checks the same after applying changes).
+pub async fn validate_as(config: &Config, opts: EntitiesOpts, command: &str) -> Result<(), Exit> {
     let goal = opts.entities.join(", ");
-    let (session, goal) = start(config, "validate", &goal, &opts.mapping).await?;
+    let (session, goal) = start(config, command, &goal, &opts.mapping).await?;
     let run_id = session.run_id;
     let started = std::time::Instant::now();
     let result = interruptible(

@@ -8,7 +8,8 @@ use std::time::Duration;
 use agents::data_mapping::MappingSet;
 use agents::execution::EntityResult;
 use agents::orchestrator::{
-    ExecuteRequest, Orchestrator, OrchestratorArgs, OrchestratorMsg, PlanGoal, PlanOutcome, Tools, ENTITY_TIMEOUT, PHASE_STEPS,
+    DiffGoal, DiffReport, ExecuteRequest, Orchestrator, OrchestratorArgs, OrchestratorMsg, PlanGoal, PlanOutcome, Tools, ENTITY_TIMEOUT,
+    PHASE_STEPS,
 };
 use agents::schema_analysis::Profile;
 use ractor::{Actor, ActorRef};
@@ -237,6 +238,14 @@ impl Session {
     pub async fn rollback(&self, goal: PlanGoal) -> Result<Vec<runtime::ports::RolledBack>, AgentError> {
         self.operator
             .ask_within(&self.to_orchestrator, "roll back", goal, OrchestratorMsg::Rollback, ENTITY_TIMEOUT)
+            .await
+            .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
+    }
+
+    /// Analyses (and applies) what changed in the source since the last sync.
+    pub async fn diff(&self, goal: DiffGoal) -> Result<DiffReport, AgentError> {
+        self.operator
+            .ask_within(&self.to_orchestrator, "diff", goal, OrchestratorMsg::Diff, ENTITY_TIMEOUT)
             .await
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
     }

@@ -13,7 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
 use runtime::domain::{Column, SchemaReport, Table, TableName, TypeKind};
 use runtime::envelope::{AgentError, Envelope};
-use runtime::mapping::{ColumnMapping, Feed, Join, MappingSpec, Transform, UuidLayout};
+use runtime::mapping::{ColumnMapping, Feed, Join, MappingSpec, SyncPolicy, Transform, UuidLayout};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -79,6 +79,13 @@ pub struct EntityRule {
     pub join: Vec<JoinRule>,
     #[serde(default)]
     pub columns: BTreeMap<String, ColumnRule>,
+    /// How `diff migrate` keeps the entity in step: `sync = { delete = "hard", conflicts = "manual" }`.
+    #[serde(default, skip_serializing_if = "is_default_sync")]
+    pub sync: SyncPolicy,
+}
+
+fn is_default_sync(rule: &SyncPolicy) -> bool {
+    *rule == SyncPolicy::default()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -484,7 +491,8 @@ fn map_table(
     if !problems.is_empty() {
         return Err(problems);
     }
-    Ok(MappingSpec { source: src.name.clone(), target: dst.name.clone(), key: src.primary_key.clone(), joins, columns, dropped })
+    let sync = rule.map(|r| r.sync).unwrap_or_default();
+    Ok(MappingSpec { source: src.name.clone(), target: dst.name.clone(), key: src.primary_key.clone(), joins, columns, dropped, sync })
 }
 
 fn feed_columns(feed: &Feed) -> Vec<String> {
@@ -672,7 +680,10 @@ pub fn to_file(set: &MappingSet) -> MappingFile {
             columns.insert(c.target.clone(), rule);
         }
         let join = spec.joins.iter().map(|j| JoinRule { table: j.table.name.clone(), on: j.on.clone(), key: j.key.clone() }).collect();
-        file.entities.insert(spec.source.name.clone(), EntityRule { target: Some(spec.target.name.clone()), skip: None, join, columns });
+        file.entities.insert(
+            spec.source.name.clone(),
+            EntityRule { target: Some(spec.target.name.clone()), skip: None, join, columns, sync: spec.sync },
+        );
     }
     for (t, why) in &set.unmapped {
         if why.starts_with("skipped: ") {

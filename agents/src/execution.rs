@@ -19,7 +19,9 @@ use runtime::envelope::{AgentError, Envelope};
 use runtime::events::RunEvent;
 use runtime::mapping::KeyDeriver;
 use runtime::mapping::MappingSpec;
-use runtime::ports::{row_json, Batch, Checkpoint, RejectedRow, RollbackEntity, RolledBack, Rows, Scan, Target};
+use runtime::ports::{row_json, Batch, Checkpoint, DiffApplied, RejectedRow, RollbackEntity, RolledBack, Rows, Scan, Target};
+
+use crate::differential::synced_columns;
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +98,15 @@ pub enum ExecutionMsg {
     Migrate(Box<Envelope<MigrateEntity>>, RpcReplyPort<Result<EntityResult, AgentError>>),
     /// Replies with what was set aside or put back, per table.
     Constraints(Envelope<Constraints>, RpcReplyPort<Result<SetAside, AgentError>>),
+    /// Applies one pass of an entity's pending analysis (`None`: it has none).
+    ApplyDiff(Box<Envelope<ApplyDiff>>, RpcReplyPort<Result<Option<DiffApplied>, AgentError>>),
+}
+
+/// One entity's pending analysis to apply, writes or deletes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApplyDiff {
+    pub entity: MigrateEntity,
+    pub pass: crate::differential::Pass,
 }
 
 #[derive(Clone)]
@@ -156,6 +167,18 @@ impl Actor for ExecutionAgent {
                     );
                 }
                 let _ = reply.send(done);
+            }
+            ExecutionMsg::ApplyDiff(env, reply) => {
+                let (ctx, target) = (state.ctx.clone(), state.target.clone());
+                tokio::spawn(async move {
+                    let req = &env.body;
+                    let result = match target {
+                        Some(target) => crate::differential::apply(&ctx, target.as_ref(), &req.entity, req.pass).await,
+                        None => Err("no target database to write to".to_owned()),
+                    };
+                    let _ = reply
+                        .send(result.map_err(|e| AgentError::new(ME, format!("applying changes to {}: {e}", req.entity.entity.table))));
+                });
             }
             ExecutionMsg::Constraints(env, reply) => {
                 let _ = reply.send(constraints(&state.ctx, state.target.as_deref(), &env.body).await.map_err(|e| AgentError::new(ME, e)));
@@ -325,15 +348,14 @@ const READ_AHEAD: usize = 1;
 /// Rows of a source table as read, each value in PostgreSQL's text form (`None` for NULL).
 pub type Page = Vec<Vec<Option<String>>>;
 
-/// Pages of an entity's source rows in key order after `after`, read by a task of its own a
-/// page ahead of the consumer; the channel ends after the last page (or the first error).
+/// Pages of a scan's rows in key order after `scan.after`, read by a task of its own a page
+/// ahead of the consumer; the channel ends after the last page (or the first error).
 pub fn read_ahead(
     rows: Arc<dyn Rows>,
-    spec: &MappingSpec,
-    after: Option<Vec<String>>,
+    scan: Scan,
     page_size: usize,
 ) -> (tokio::sync::mpsc::Receiver<Result<Page, String>>, tokio::task::JoinHandle<()>) {
-    let mut scan = Scan { after, limit: Some(page_size), ..Scan::entity(spec) };
+    let mut scan = Scan { limit: Some(page_size), ..scan };
     let key_idx: Vec<usize> = scan.key.iter().filter_map(|k| scan.columns.iter().position(|c| c == k)).collect();
     let (pages_tx, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
     let reader = tokio::spawn(async move {
@@ -374,7 +396,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     // Reading runs ahead in a task of its own: the source server produces the next page while
     // this task maps and the target server writes.
     let after = (!checkpoint.last_key.is_empty()).then(|| checkpoint.last_key.clone());
-    let (mut pages, reader) = read_ahead(rows, spec, after, batch_size);
+    let (mut pages, reader) = read_ahead(rows, Scan { after, ..Scan::entity(spec) }, batch_size);
 
     // At most one batch is being written while the next one is mapped.
     let mut in_flight: Option<tokio::task::JoinHandle<Result<(Batch, runtime::ports::Written), String>>> = None;
@@ -418,7 +440,10 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     result.rejected = checkpoint.rejected;
     result.batches = checkpoint.batches;
     result.seconds = started.elapsed().as_secs_f64();
-    result.target_rows = target.table_rows(&spec.target).await.map_err(|e| e.0)?;
+    result.target_rows = target.table_rows(&spec.target, false).await.map_err(|e| e.0)?;
+    // What agentctl wrote is what `diff analyze` later tells target edits from source changes by.
+    let hashed: Vec<(String, String)> = synced_columns(&out_cols, id_col).into_iter().map(|i| out_cols[i].clone()).collect();
+    target.record_baseline(&spec.target, &hashed).await.map_err(|e| e.0)?;
     let balanced = result.rows_read == result.migrated + result.rejected && result.target_rows >= result.migrated;
     let detail = format!(
         "{} read = {} migrated + {} rejected; {} rows in {}",

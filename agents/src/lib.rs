@@ -6,6 +6,7 @@
 pub mod checks;
 pub mod code;
 pub mod data_mapping;
+pub mod differential;
 pub mod execution;
 pub mod forecast;
 pub mod guidance;

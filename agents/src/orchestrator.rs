@@ -13,14 +13,15 @@ use runtime::context::RunContext;
 use runtime::domain::{MigrationPlan, PlannedEntity, SchemaReport, TableName};
 use runtime::envelope::{AgentError, CallError, Courier, Envelope};
 use runtime::events::RunEvent;
-use runtime::ports::{Catalog, CodeRequest, CodeRunner, EntityValidation, Llm, RolledBack, Rows, Target};
+use runtime::ports::{Catalog, CodeRequest, CodeRunner, DiffApplied, EntityDiff, EntityValidation, Llm, RolledBack, Rows, Target};
 use runtime::supervise::{RestartPolicy, Slot, Team};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
 use crate::code::ScriptedRows;
 use crate::data_mapping::{DataMappingAgent, DataMappingArgs, DataMappingMsg, MapRequest, MappingFile, MappingSet};
-use crate::execution::{Constraints, EntityResult, ExecutionAgent, ExecutionArgs, ExecutionMsg, MigrateEntity, Rollback};
+use crate::differential::{DiffEntity, Pass};
+use crate::execution::{ApplyDiff, Constraints, EntityResult, ExecutionAgent, ExecutionArgs, ExecutionMsg, MigrateEntity, Rollback};
 use crate::guidance::{CodeQuestion, GuidanceAgent, GuidanceArgs, GuidanceMsg};
 use crate::planning::{AssessRequest, PlanRequest, PlanningAgent, PlanningArgs, PlanningMsg};
 use crate::schema_analysis::{
@@ -90,6 +91,37 @@ pub enum OrchestratorMsg {
     Validate(Envelope<PlanGoal>, RpcReplyPort<Result<Vec<EntityValidation>, AgentError>>),
     /// The mappings alone (for `agentctl mapping`).
     Map(Envelope<PlanGoal>, RpcReplyPort<Result<MappingSet, AgentError>>),
+    /// Differential migration: analyse, and apply (for `agentctl diff` and sync jobs).
+    Diff(Envelope<DiffGoal>, RpcReplyPort<Result<DiffReport, AgentError>>),
+}
+
+/// What `agentctl diff analyze|migrate` and a sync job ask.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiffGoal {
+    pub goal: PlanGoal,
+    /// Analyse every entity first, even one whose last analysis is not applied yet.
+    pub analyze: bool,
+    /// Apply the pending analyses (analysing first the entities that have none).
+    pub apply: bool,
+    /// Read every source row, even of a table whose `updated_at` is trusted.
+    pub full: bool,
+}
+
+/// What a differential run found and did, per entity in plan order.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DiffReport {
+    pub analyses: Vec<EntityDiff>,
+    pub applied: Vec<(TableName, DiffApplied)>,
+}
+
+impl DiffReport {
+    pub fn total(&self) -> DiffApplied {
+        let mut all = DiffApplied::default();
+        for (_, a) in &self.applied {
+            all.add(a);
+        }
+        all
+    }
 }
 
 /// What the team needs from the world.
@@ -233,6 +265,11 @@ impl Actor for Orchestrator {
             OrchestratorMsg::Validate(env, reply) => {
                 tokio::spawn(async move {
                     let _ = reply.send(validate_phase(&courier, &agents, env.body).await);
+                });
+            }
+            OrchestratorMsg::Diff(env, reply) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(diff_phase(&courier, &agents, env.body).await);
                 });
             }
             OrchestratorMsg::Map(env, reply) => {
@@ -510,6 +547,89 @@ async fn validate_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> R
     }
     results.sort_by_key(|r| order.iter().position(|e| e.table == r.source));
     Ok(results)
+}
+
+/// Analyses the goal's entities (two at once) or, to apply, each right before its writes:
+/// inserts and updates parents first, then deletes children first.
+async fn diff_phase(courier: &Courier, agents: &Agents, goal: DiffGoal) -> Result<DiffReport, AgentError> {
+    let ctx = courier.ctx();
+    let (plan, mappings, target) = scope(courier, agents, goal.goal).await?;
+    let order: Vec<&PlannedEntity> = plan.entities().collect();
+    let requests: Vec<MigrateEntity> = order.iter().map(|e| entity_request(&mappings, &target, e)).collect::<Result<_, _>>()?;
+    let mut report = DiffReport::default();
+    let full = goal.full;
+    let analyze_one = |entity: MigrateEntity| {
+        let (courier, agents) = (courier.clone(), agents.clone());
+        async move {
+            let body = DiffEntity { entity, full };
+            let asked =
+                courier.ask_within(&agents.validation, "analyse changes", body, |e, p| ValidationMsg::Diff(Box::new(e), p), ENTITY_TIMEOUT);
+            answer(asked.await)
+        }
+    };
+    if !goal.apply {
+        ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "analyze changes".into() });
+        let mut running = tokio::task::JoinSet::new();
+        let mut queue = requests.iter();
+        loop {
+            while running.len() < 2 {
+                let Some(body) = queue.next() else { break };
+                running.spawn(analyze_one(body.clone()));
+            }
+            let Some(done) = running.join_next().await else { break };
+            report.analyses.push(done.map_err(|e| AgentError::new(ME, format!("an analysis stopped: {e}")))??);
+        }
+        report.analyses.sort_by_key(|a| order.iter().position(|e| e.table == a.source));
+        return Ok(report);
+    }
+    ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "apply changes".into() });
+    let apply = |body: MigrateEntity, pass: Pass| {
+        let (courier, agents) = (courier.clone(), agents.clone());
+        async move {
+            let asked = courier.ask_within(
+                &agents.execution,
+                "apply changes",
+                ApplyDiff { entity: body, pass },
+                |e, p| ExecutionMsg::ApplyDiff(Box::new(e), p),
+                ENTITY_TIMEOUT,
+            );
+            answer(asked.await)
+        }
+    };
+    // Each entity is analysed (when asked, or when nothing is pending) right before its writes,
+    // after its parents': a child rejected earlier for a missing parent sees the parent arrive.
+    for body in &requests {
+        let mut applied = if goal.analyze { None } else { apply(body.clone(), Pass::Writes).await? };
+        if applied.is_none() {
+            report.analyses.push(analyze_one(body.clone()).await?);
+            applied = apply(body.clone(), Pass::Writes).await?;
+        }
+        report.applied.push((body.spec.target.clone(), applied.unwrap_or_default()));
+    }
+    for body in requests.iter().rev() {
+        if let Some(deleted) = apply(body.clone(), Pass::Deletes).await? {
+            if let Some((_, a)) = report.applied.iter_mut().find(|(t, _)| *t == body.spec.target) {
+                a.add(&deleted);
+            }
+        }
+    }
+    let total = report.total();
+    ctx.decision(
+        ME,
+        format!(
+            "applied the changes of {} entities: {} inserted, {} updated, {} deleted, {} conflicts, {} held, {} rejected",
+            report.applied.len(),
+            total.inserted,
+            total.updated,
+            total.deleted,
+            total.conflicted,
+            total.held,
+            total.rejected
+        ),
+        "inserts and updates parents first, deletes children first; each batch in one transaction with its outcomes",
+        &report,
+    );
+    Ok(report)
 }
 
 async fn validate_entity(courier: &Courier, agents: &Agents, body: MigrateEntity) -> Result<EntityValidation, AgentError> {

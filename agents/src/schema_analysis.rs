@@ -157,6 +157,7 @@ async fn profile(args: &SchemaAnalysisArgs, req: ProfileRequest) -> Result<Profi
         after: None,
         limit: Some(req.sample),
         scripts: Vec::new(),
+        changed_since: None,
     };
     let mut lines = String::new();
     let mut rows_sampled = 0;

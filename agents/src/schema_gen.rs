@@ -97,6 +97,10 @@ pub fn generate(report: &SchemaReport) -> (String, Vec<String>) {
                 .unwrap_or_default();
             lines.push(format!("    {} {ty}{}{default}", ident(&c.name), if c.nullable { "" } else { " NOT NULL" }));
         }
+        // Where `diff migrate` marks a row deleted from the source (the default soft delete).
+        if !t.columns.iter().any(|c| c.name == "deleted_at") {
+            lines.push("    deleted_at timestamptz".into());
+        }
         let key_cols: BTreeSet<&String> =
             t.primary_key.iter().filter(|k| t.primary_key.len() == 1 && !is_key_reference(report, t, k)).collect();
         for u in &t.unique {

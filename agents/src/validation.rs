@@ -23,9 +23,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
 use runtime::envelope::{AgentError, Envelope};
 use runtime::mapping::Transform;
-use runtime::ports::{Compared, Difference, EntityValidation, Expected, MoneyTotal, Orphans, Rows, Target};
+use runtime::ports::{Compared, Difference, EntityDiff, EntityValidation, Expected, MoneyTotal, Orphans, Rows, Scan, Target};
 use runtime::AgentName;
 
+use crate::differential::DiffEntity;
 use crate::execution::{prepare, read_ahead, restarting, MigrateEntity, Prepared};
 use crate::transform::{amount, RowMapper};
 
@@ -38,6 +39,8 @@ const LISTED: usize = 20;
 
 pub enum ValidationMsg {
     Validate(Box<Envelope<MigrateEntity>>, RpcReplyPort<Result<EntityValidation, AgentError>>),
+    /// What changed in the source since the last sync (`agentctl diff analyze`).
+    Diff(Box<Envelope<DiffEntity>>, RpcReplyPort<Result<EntityDiff, AgentError>>),
 }
 
 #[derive(Clone)]
@@ -60,29 +63,52 @@ impl Actor for ValidationAgent {
     }
 
     async fn handle(&self, _: ActorRef<ValidationMsg>, msg: ValidationMsg, state: &mut ValidationArgs) -> Result<(), ActorProcessingErr> {
+        let (ctx, rows, target) = (state.ctx.clone(), state.source_rows.clone(), state.target.clone());
+        // Entities are validated (and analysed) side by side, each in a task of its own. A lost
+        // connection or a restarting target is outlived like in the migration: doing it again
+        // reads nothing it has not read before.
         match msg {
             ValidationMsg::Validate(env, reply) => {
-                // Entities are validated side by side, each in a task of its own.
-                let (ctx, rows, target) = (state.ctx.clone(), state.source_rows.clone(), state.target.clone());
                 tokio::spawn(async move {
-                    // A lost connection or a restarting target is outlived like in the migration:
-                    // validating again reads nothing it has not read before.
-                    let result = match target {
-                        Some(target) => {
-                            let work = |c: Arc<RunContext>, body: MigrateEntity| {
-                                let (r, t) = (rows.clone(), target.clone());
-                                async move { validate(&c, r, t, &body).await }
-                            };
-                            restarting(&ctx, ME, &env.body, "validating again", |_| false, work).await.map(|(v, _)| v)
-                        }
-                        None => Err("no target database to validate".to_owned()),
+                    let work = |c: Arc<RunContext>, r: Arc<dyn Rows>, t: Arc<dyn Target>, body: MigrateEntity| async move {
+                        validate(&c, r, t, &body).await
                     };
+                    let result = again(&ctx, rows, target, &env.body, "validating again", work).await;
                     let _ = reply.send(result.map_err(|e| AgentError::new(ME, format!("validating {}: {e}", env.body.entity.table))));
+                });
+            }
+            ValidationMsg::Diff(env, reply) => {
+                tokio::spawn(async move {
+                    let full = env.body.full;
+                    let work = move |c: Arc<RunContext>, r: Arc<dyn Rows>, t: Arc<dyn Target>, entity: MigrateEntity| async move {
+                        crate::differential::analyze(&c, r, t, &DiffEntity { entity, full }).await
+                    };
+                    let result = again(&ctx, rows, target, &env.body.entity, "analysing again", work).await;
+                    let _ = reply.send(result.map_err(|e| AgentError::new(ME, format!("analysing {}: {e}", env.body.entity.entity.table))));
                 });
             }
         }
         Ok(())
     }
+}
+
+/// Runs `work` on an entity through [`restarting`], with the agent's rows and target.
+async fn again<T, F, Fut>(
+    ctx: &Arc<RunContext>,
+    rows: Arc<dyn Rows>,
+    target: Option<Arc<dyn Target>>,
+    req: &MigrateEntity,
+    what: &str,
+    work: F,
+) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: Fn(Arc<RunContext>, Arc<dyn Rows>, Arc<dyn Target>, MigrateEntity) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+{
+    let target = target.ok_or("no target database to compare with")?;
+    let each = |c: Arc<RunContext>, body: MigrateEntity| work(c, rows.clone(), target.clone(), body);
+    restarting(ctx, ME, req, what, |_| false, each).await.map(|(v, _)| v)
 }
 
 pub async fn validate(
@@ -104,7 +130,7 @@ pub async fn validate(
             cents || ty == "money" || (ty.starts_with("numeric(") && ty.ends_with(",2)"))
         })
         .collect();
-    let rejected_keys: HashSet<String> = target.rejected_keys(&spec.source).await.map_err(|e| e.0)?.into_iter().collect();
+    let rejected_keys: HashSet<String> = target.rejected_keys(&spec.source, false).await.map_err(|e| e.0)?.into_iter().collect();
     let mut v = EntityValidation {
         source: spec.source.clone(),
         target: spec.target.clone(),
@@ -126,7 +152,7 @@ pub async fn validate(
     };
     // Three stages overlap: the source server reads the next page while this task maps one and
     // the target compares the one before.
-    let (mut pages, reader) = read_ahead(rows, spec, None, PAGE);
+    let (mut pages, reader) = read_ahead(rows, Scan::entity(spec), PAGE);
     let mut found_in_target = 0i64;
     let mut in_flight: Option<tokio::task::JoinHandle<Result<ComparedPage, String>>> = None;
     loop {
@@ -134,7 +160,7 @@ pub async fn validate(
             Some(page) => page?,
             None => Vec::new(),
         };
-        let next = (!page.is_empty()).then(|| expect(&mapper, &out_cols, id_col, legacy_col, &money, page));
+        let next = (!page.is_empty()).then(|| expect(&mapper, &out_cols, id_col, legacy_col, &money, page, None));
         if let Some(compare) = in_flight.take() {
             let (expected, answers) = compare.await.map_err(|e| format!("a comparison stopped: {e}"))??;
             found_in_target += answers.iter().filter(|a| a.present).count() as i64;
@@ -148,7 +174,7 @@ pub async fn validate(
         }));
     }
     reader.await.map_err(|e| format!("the reader stopped: {e}"))?;
-    v.target_rows = target.table_rows(&spec.target).await.map_err(|e| e.0)?;
+    v.target_rows = target.table_rows(&spec.target, crate::differential::soft_delete(req)).await.map_err(|e| e.0)?;
     v.extra = (v.target_rows - found_in_target).max(0);
     // Every reference the mapping makes, and every foreign key the target declares.
     let table = req.target.table(&spec.target).ok_or_else(|| format!("the target has no table {}", spec.target))?;
@@ -219,14 +245,16 @@ pub async fn validate(
 /// A page of expected rows with the target's answers.
 type ComparedPage = (Expected, Vec<Compared>);
 
-/// The expected target rows of a page of source rows.
-fn expect(
+/// The expected target rows of a page of source rows; with `reasons`, why each row the
+/// mapping rejects is rejected (by row).
+pub(crate) fn expect(
     mapper: &RowMapper,
     out_cols: &[(String, String)],
     id_col: usize,
     legacy_col: usize,
     money: &[usize],
     page: Vec<Vec<Option<String>>>,
+    mut reasons: Option<&mut Vec<(usize, String)>>,
 ) -> Expected {
     let mut expected = Expected {
         columns: out_cols.to_vec(),
@@ -247,7 +275,10 @@ fn expect(
                     column.push(value);
                 }
             }
-            Err(_) => {
+            Err(rejection) => {
+                if let Some(reasons) = reasons.as_deref_mut() {
+                    reasons.push((expected.keys.len(), rejection.reason));
+                }
                 // A rejected row is still looked for (it must be absent), by key and UUID.
                 expected.wanted.push(false);
                 let id = mapper.id(&refs);

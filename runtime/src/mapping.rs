@@ -100,6 +100,61 @@ pub struct MappingSpec {
     /// Source columns that go nowhere (no target column, no metadata column to hold them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dropped: Vec<String>,
+    /// How differential migration keeps this entity in step.
+    #[serde(default)]
+    pub sync: SyncPolicy,
+}
+
+/// How `agentctl diff migrate` treats an entity: what a row deleted from the source does to
+/// its target row, and who wins when a row changed on both sides since the last sync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncPolicy {
+    #[serde(default)]
+    pub delete: DeleteMode,
+    #[serde(default)]
+    pub conflicts: ConflictPolicy,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeleteMode {
+    /// Sets the target row's `deleted_at`.
+    #[default]
+    Soft,
+    /// Deletes the target row (refused while live rows still reference it).
+    Hard,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConflictPolicy {
+    /// The source's values are written; the target's are kept in the conflict record.
+    #[default]
+    SourceWins,
+    /// The target row stays as it is; the source's values are kept in the conflict record.
+    TargetWins,
+    /// Nothing is written; the conflict waits for `agentctl conflict resolve`.
+    Manual,
+}
+
+impl ConflictPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::SourceWins => "source-wins",
+            ConflictPolicy::TargetWins => "target-wins",
+            ConflictPolicy::Manual => "manual",
+        }
+    }
+}
+
+impl DeleteMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeleteMode::Soft => "soft",
+            DeleteMode::Hard => "hard",
+        }
+    }
 }
 
 impl MappingSpec {

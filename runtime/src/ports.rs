@@ -35,7 +35,14 @@ pub struct Scan {
     pub limit: Option<usize>,
     /// Columns whose values a script transforms as they are read (see [`ScriptColumn`]).
     pub scripts: Vec<ScriptColumn>,
+    /// Only rows whose timestamp column (of the mapped table) is at or after this value, less
+    /// [`CHANGED_SINCE_MARGIN`]: the rows changed since a watermark.
+    pub changed_since: Option<(String, String)>,
 }
+
+/// How far before a watermark `Scan::changed_since` reads: a write whose transaction committed
+/// after a later one stamped its row is still seen.
+pub const CHANGED_SINCE_MARGIN: &str = "5 minutes";
 
 impl Scan {
     /// Every row an entity's mapping reads, in key order, scripts applied.
@@ -48,6 +55,7 @@ impl Scan {
             after: None,
             limit: None,
             scripts: spec.scripts(),
+            changed_since: None,
         }
     }
 }
@@ -157,8 +165,8 @@ pub trait Target: Send + Sync + 'static {
     /// caller keeps those whose UUID is not the derived one; children must point at them.
     async fn kept_rows(&self, target: &TableName, ours: Option<&str>) -> Result<Vec<(String, String)>, ToolError>;
 
-    /// Rows in a target table.
-    async fn table_rows(&self, target: &TableName) -> Result<i64, ToolError>;
+    /// Rows in a target table; with `live`, those not soft-deleted (`deleted_at` not set).
+    async fn table_rows(&self, target: &TableName, live: bool) -> Result<i64, ToolError>;
     /// Sets aside the table's foreign keys and plain (non-unique) indexes for the load,
     /// recording each with its definition; returns every one recorded for the table, including
     /// those an interrupted run set aside earlier.
@@ -178,8 +186,11 @@ pub trait Target: Send + Sync + 'static {
     async fn compare(&self, target: &TableName, page: &Expected) -> Result<Vec<Compared>, ToolError>;
     /// A column of the target row with this legacy key, as text (to show a difference).
     async fn value_of(&self, target: &TableName, column: &str, key_type: &str, key: &str) -> Result<Option<String>, ToolError>;
-    /// Legacy keys of a source table's rows recorded as rejected, by any run.
-    async fn rejected_keys(&self, source: &TableName) -> Result<Vec<String>, ToolError>;
+    /// Legacy keys of a source table's rows recorded as rejected, by any run; with
+    /// `for_references`, only those rejected for nothing but a missing parent.
+    async fn rejected_keys(&self, source: &TableName, for_references: bool) -> Result<Vec<String>, ToolError>;
+    /// Which of these UUIDs are rows of the table.
+    async fn existing_ids(&self, table: &TableName, ids: &[String]) -> Result<Vec<String>, ToolError>;
     /// Rows of `child` whose `column` points at no row of `parent`: how many, and a few keys;
     /// `None` when a validated foreign key on that column makes the database guarantee none.
     async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError>;
@@ -194,6 +205,214 @@ pub trait Target: Send + Sync + 'static {
         source_rows: Option<i64>,
         detail: Option<&str>,
     ) -> Result<(), ToolError>;
+
+    /// Records, set-based, what agentctl wrote to every row of the table that has a legacy key:
+    /// the hash of `columns` (name, type) as the target holds them (the sync baseline),
+    /// replacing what was recorded for the table. Returns how many.
+    async fn record_baseline(&self, target: &TableName, columns: &[(String, String)]) -> Result<i64, ToolError>;
+    /// Compares a page of expected rows with the target's and with the baseline, one
+    /// statement a page: one answer per expected row, in order. `hashed` are the columns the
+    /// baseline covers (by index into the page's columns).
+    async fn differ(&self, target: &TableName, page: &Expected, hashed: &[usize], soft_delete: bool) -> Result<Vec<Diffed>, ToolError>;
+    /// Target rows with a legacy key that are not soft-deleted: (legacy key, UUID), only those
+    /// whose UUID starts with `prefix` when one is given.
+    async fn live_keys(&self, target: &TableName, prefix: Option<&str>, soft_delete: bool) -> Result<Vec<(String, uuid::Uuid)>, ToolError>;
+    /// Like [`Target::live_keys`], for an integer legacy key: the rows with `after < legacy_id
+    /// <= upto` (unbounded where `None`) whose key is not among `present`.
+    async fn live_keys_between(
+        &self,
+        target: &TableName,
+        after: Option<&str>,
+        upto: Option<&str>,
+        present: &[String],
+        soft_delete: bool,
+    ) -> Result<Vec<(String, uuid::Uuid)>, ToolError>;
+    /// Stores an entity's analysis and the rows it found out of step.
+    async fn save_analysis(&self, analysis: &EntityDiff, rows: &[Differential]) -> Result<(), ToolError>;
+    /// The newest analysis of a source table not yet applied, with its rows still pending.
+    async fn pending_analysis(&self, source: &TableName, target: &TableName) -> Result<Option<(EntityDiff, Vec<Differential>)>, ToolError>;
+    /// Applies one batch of an analysis in one transaction: writes, conflict records,
+    /// rejects, the baseline and each row's outcome.
+    async fn apply_diff(&self, batch: &DiffBatch) -> Result<DiffApplied, ToolError>;
+    /// What the entity's analyses learnt of its `updated_at`.
+    async fn sync_mark(&self, source: &TableName) -> Result<SyncMark, ToolError>;
+    /// Marks an entity's analysis applied by `run`.
+    async fn close_analysis(&self, analysis: RunId, source: &TableName, run: RunId) -> Result<(), ToolError>;
+}
+
+/// How a target row stands against its source row and what agentctl last wrote there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diffed {
+    /// A row with this legacy key is in the target.
+    pub present: bool,
+    /// Its UUID is the one agentctl derives.
+    pub ours: bool,
+    /// Its `deleted_at` is set.
+    pub deleted: bool,
+    /// Some mapped column differs from the expected value (typed comparison).
+    pub differs: bool,
+    /// When it differs: the hash of the target's values and of the expected ones.
+    pub target_hash: Option<i64>,
+    pub expected_hash: Option<i64>,
+    /// What agentctl last wrote (asked when the row differs, is absent or is soft-deleted).
+    pub baseline: Option<i64>,
+}
+
+/// What the analyses of an entity learnt of its `updated_at`: the latest analysis' watermark
+/// and trust, and how long ago the latest full analysis ran.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncMark {
+    pub watermark: Option<String>,
+    pub trusted: Option<bool>,
+    pub full_age_seconds: Option<f64>,
+}
+
+/// What a source row's change asks of its target row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// New in the source.
+    Insert,
+    /// Changed in the source; the target row is as agentctl last wrote it.
+    Update,
+    /// Gone from the source.
+    Delete,
+    /// Changed on both sides since the last sync.
+    Conflict,
+    /// Changed in the target only: left as it is, reported.
+    TargetChanged,
+    /// The mapping rejects the source row as it is now.
+    Rejected,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Insert => "insert",
+            Change::Update => "update",
+            Change::Delete => "delete",
+            Change::Conflict => "conflict",
+            Change::TargetChanged => "target_changed",
+            Change::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Change> {
+        [Change::Insert, Change::Update, Change::Delete, Change::Conflict, Change::TargetChanged, Change::Rejected]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
+/// One source row out of step with its target row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Differential {
+    pub legacy_key: String,
+    pub change: Change,
+    pub target_id: Option<String>,
+    /// The mapped row (insert, update, conflict), in the analysis' column order.
+    pub values: Option<Vec<Option<String>>>,
+    pub target_hash: Option<i64>,
+    pub expected_hash: Option<i64>,
+    /// Why the mapping rejects it (rejected).
+    pub reason: Option<String>,
+}
+
+/// What analysing one entity found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntityDiff {
+    pub analysis_id: RunId,
+    /// `full` (every source row) or `fast` (the rows whose `updated_at` is at or after the
+    /// watermark, and every key for the deletes).
+    pub mode: String,
+    /// The latest `updated_at` read, where the table has a trusted one.
+    pub watermark: Option<String>,
+    /// Whether `updated_at` moved with every change this analysis found (`None`: no such
+    /// column, or nothing to check it against yet).
+    pub trusted: Option<bool>,
+    pub source: TableName,
+    pub target: TableName,
+    /// Target columns with their types, in the order of each differential's values.
+    pub columns: Vec<(String, String)>,
+    pub source_rows: i64,
+    pub in_step: i64,
+    pub inserts: i64,
+    pub updates: i64,
+    pub deletes: i64,
+    pub conflicts: i64,
+    pub target_changed: i64,
+    pub rejected: i64,
+    pub seconds: f64,
+}
+
+impl EntityDiff {
+    /// Rows an apply would touch or record.
+    pub fn out_of_step(&self) -> i64 {
+        self.inserts + self.updates + self.deletes + self.conflicts + self.rejected
+    }
+
+    pub fn count(&mut self, change: Change) {
+        match change {
+            Change::Insert => self.inserts += 1,
+            Change::Update => self.updates += 1,
+            Change::Delete => self.deletes += 1,
+            Change::Conflict => self.conflicts += 1,
+            Change::TargetChanged => self.target_changed += 1,
+            Change::Rejected => self.rejected += 1,
+        }
+    }
+}
+
+/// A batch of an analysis to apply (rows of one entity; deletes come in batches of their own).
+#[derive(Clone, Debug)]
+pub struct DiffBatch {
+    pub run_id: RunId,
+    pub analysis: EntityDiff,
+    pub id_column: usize,
+    pub legacy_column: usize,
+    /// Columns (by index) that reference another target table's `id`, checked first.
+    pub references: Vec<(usize, TableName)>,
+    /// The columns the baseline covers (by index).
+    pub hashed: Vec<usize>,
+    pub policy: crate::mapping::SyncPolicy,
+    /// The target table has `deleted_at`.
+    pub soft_delete: bool,
+    pub rows: Vec<Differential>,
+}
+
+/// What applying one batch did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiffApplied {
+    pub inserted: i64,
+    pub updated: i64,
+    pub deleted: i64,
+    /// Conflicts met: resolved by policy or held.
+    pub conflicted: i64,
+    /// Conflicts held for an operator (`manual`), and deletes refused (live children, no
+    /// `deleted_at`).
+    pub held: i64,
+    pub rejected: i64,
+    /// Rows whose target changed after the analysis: left for the next one.
+    pub stale: i64,
+    /// One line per row held or rejected, the first few.
+    pub notes: Vec<String>,
+}
+
+impl DiffApplied {
+    pub fn add(&mut self, o: &DiffApplied) {
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.deleted += o.deleted;
+        self.conflicted += o.conflicted;
+        self.held += o.held;
+        self.rejected += o.rejected;
+        self.stale += o.stale;
+        for n in &o.notes {
+            if self.notes.len() < 20 {
+                self.notes.push(n.clone());
+            }
+        }
+    }
 }
 
 /// One entity to roll back.

@@ -31,7 +31,8 @@ CREATE TABLE offices (
     timezone    text NOT NULL DEFAULT 'UTC',
     is_active   boolean NOT NULL,
     created_at  plausible_ts NOT NULL,
-    metadata    jsonb NOT NULL DEFAULT '{}'
+    metadata    jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE profiles (
@@ -49,7 +50,8 @@ CREATE TABLE profiles (
     settings       jsonb NOT NULL DEFAULT '{}',
     joined_at      plausible_ts NOT NULL,
     last_login_at  plausible_ts,
-    metadata       jsonb NOT NULL DEFAULT '{}'
+    metadata       jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 CREATE UNIQUE INDEX profiles_email_ci ON profiles (lower(email));
 
@@ -62,7 +64,8 @@ CREATE TABLE doctors (
     specialty       text,
     status          doctor_status NOT NULL,
     created_at      plausible_ts NOT NULL,
-    metadata        jsonb NOT NULL DEFAULT '{}'
+    metadata        jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE patients (
@@ -77,7 +80,8 @@ CREATE TABLE patients (
     phone          text,
     sex            sex NOT NULL DEFAULT 'unknown',
     created_at     plausible_ts NOT NULL,
-    metadata       jsonb NOT NULL DEFAULT '{}'
+    metadata       jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE orders (
@@ -92,7 +96,8 @@ CREATE TABLE orders (
     notes       text,
     created_at  plausible_ts NOT NULL,
     updated_at  plausible_ts,
-    metadata    jsonb NOT NULL DEFAULT '{}'
+    metadata    jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE products (
@@ -102,7 +107,8 @@ CREATE TABLE products (
     name       text NOT NULL,
     price      numeric(12,2) NOT NULL CHECK (price >= 0),
     is_active  boolean NOT NULL,
-    metadata   jsonb NOT NULL DEFAULT '{}'
+    metadata   jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE jaws (
@@ -113,7 +119,8 @@ CREATE TABLE jaws (
     kind        jaw_kind NOT NULL,
     scan_url    text,
     created_at  plausible_ts NOT NULL,
-    metadata    jsonb NOT NULL DEFAULT '{}'
+    metadata    jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE projects (
@@ -123,7 +130,8 @@ CREATE TABLE projects (
     description  text,
     status       project_status NOT NULL,
     created_at   plausible_ts NOT NULL,
-    metadata     jsonb NOT NULL DEFAULT '{}'
+    metadata     jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE treatment_plans (
@@ -136,7 +144,8 @@ CREATE TABLE treatment_plans (
     is_approved  boolean NOT NULL,
     data         jsonb NOT NULL,
     created_at   plausible_ts NOT NULL,
-    metadata     jsonb NOT NULL DEFAULT '{}'
+    metadata     jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE patient_events (
@@ -146,7 +155,8 @@ CREATE TABLE patient_events (
     event_type   text NOT NULL,
     payload      jsonb NOT NULL,
     occurred_at  plausible_ts NOT NULL,
-    metadata     jsonb NOT NULL DEFAULT '{}'
+    metadata     jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE cases (
@@ -160,7 +170,8 @@ CREATE TABLE cases (
     opened_at   plausible_ts NOT NULL,
     closed_at   plausible_ts,
     metadata    jsonb NOT NULL DEFAULT '{}',
-    CHECK (closed_at IS NULL OR closed_at >= opened_at)
+    CHECK (closed_at IS NULL OR closed_at >= opened_at),
+    deleted_at  timestamptz
 );
 
 CREATE TABLE case_states (
@@ -170,7 +181,8 @@ CREATE TABLE case_states (
     state       case_state NOT NULL,
     changed_at  plausible_ts NOT NULL,
     note        text,
-    metadata    jsonb NOT NULL DEFAULT '{}'
+    metadata    jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE tasks (
@@ -184,7 +196,8 @@ CREATE TABLE tasks (
     due_date        date,
     created_at      plausible_ts NOT NULL,
     completed_at    plausible_ts,
-    metadata        jsonb NOT NULL DEFAULT '{}'
+    metadata        jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE case_messages (
@@ -195,7 +208,8 @@ CREATE TABLE case_messages (
     body       text NOT NULL,
     sent_at    plausible_ts NOT NULL,
     is_read    boolean NOT NULL,
-    metadata   jsonb NOT NULL DEFAULT '{}'
+    metadata   jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE message_attachments (
@@ -206,7 +220,8 @@ CREATE TABLE message_attachments (
     content_type  text,
     size_bytes    bigint NOT NULL CHECK (size_bytes >= 0),
     url           text,
-    metadata      jsonb NOT NULL DEFAULT '{}'
+    metadata      jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE case_files (
@@ -217,7 +232,8 @@ CREATE TABLE case_files (
     kind         text NOT NULL,
     size_bytes   bigint NOT NULL CHECK (size_bytes >= 0),
     uploaded_at  plausible_ts NOT NULL,
-    metadata     jsonb NOT NULL DEFAULT '{}'
+    metadata     jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE system_messages (
@@ -230,7 +246,8 @@ CREATE TABLE system_messages (
     level         message_level NOT NULL,
     is_read       boolean NOT NULL,
     created_at    plausible_ts NOT NULL,
-    metadata      jsonb NOT NULL DEFAULT '{}'
+    metadata      jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE operations (
@@ -241,7 +258,8 @@ CREATE TABLE operations (
     kind          text NOT NULL,
     amount        numeric(12,2) NOT NULL CHECK (amount >= 0),
     performed_at  plausible_ts NOT NULL,
-    metadata      jsonb NOT NULL DEFAULT '{}'
+    metadata      jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE purchases (
@@ -251,7 +269,8 @@ CREATE TABLE purchases (
     order_id      uuid NOT NULL REFERENCES orders (id),
     amount        numeric(12,2) NOT NULL CHECK (amount >= 0),
     purchased_at  plausible_ts NOT NULL,
-    metadata      jsonb NOT NULL DEFAULT '{}'
+    metadata      jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE payments (
@@ -263,7 +282,8 @@ CREATE TABLE payments (
     method     payment_method NOT NULL,
     status     payment_status NOT NULL,
     paid_at    plausible_ts NOT NULL,
-    metadata   jsonb NOT NULL DEFAULT '{}'
+    metadata   jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE offers (
@@ -276,7 +296,8 @@ CREATE TABLE offers (
     valid_to    date,
     created_at  plausible_ts NOT NULL,
     metadata    jsonb NOT NULL DEFAULT '{}',
-    UNIQUE (doctor_id, product_id)
+    UNIQUE (doctor_id, product_id),
+    deleted_at  timestamptz
 );
 
 CREATE TABLE discounts (
@@ -291,7 +312,8 @@ CREATE TABLE discounts (
     metadata    jsonb NOT NULL DEFAULT '{}',
     CHECK (offer_id IS NOT NULL OR doctor_id IS NOT NULL),
     CHECK ((percent IS NULL) <> (amount IS NULL)),
-    CHECK (valid_to > valid_from)
+    CHECK (valid_to > valid_from),
+    deleted_at  timestamptz
 );
 
 CREATE TABLE roles (
@@ -299,7 +321,8 @@ CREATE TABLE roles (
     legacy_id    integer NOT NULL UNIQUE,
     name         text NOT NULL UNIQUE,
     description  text,
-    metadata     jsonb NOT NULL DEFAULT '{}'
+    metadata     jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );
 
 CREATE TABLE role_permissions (
@@ -308,7 +331,8 @@ CREATE TABLE role_permissions (
     role_id     uuid NOT NULL REFERENCES roles (id),
     permission  text NOT NULL,
     metadata    jsonb NOT NULL DEFAULT '{}',
-    UNIQUE (role_id, permission)
+    UNIQUE (role_id, permission),
+    deleted_at  timestamptz
 );
 
 CREATE TABLE technician_roles (
@@ -318,5 +342,6 @@ CREATE TABLE technician_roles (
     description  text,
     level        smallint NOT NULL CHECK (level BETWEEN 1 AND 10),
     is_active    boolean NOT NULL,
-    metadata     jsonb NOT NULL DEFAULT '{}'
+    metadata     jsonb NOT NULL DEFAULT '{}',
+    deleted_at  timestamptz
 );

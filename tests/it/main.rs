@@ -11,3 +11,4 @@ mod planning;
 mod proof;
 mod sandboxing;
 mod supervision;
+mod sync;

@@ -10,7 +10,8 @@ use agents::orchestrator::PlanGoal;
 use async_trait::async_trait;
 use runtime::domain::{SchemaReport, TableName};
 use runtime::ports::{
-    Batch, Catalog, Checkpoint, Compared, EntityValidation, Expected, RejectedRow, RollbackEntity, RolledBack, Target, ToolError, Written,
+    Batch, Catalog, Checkpoint, Compared, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, EntityValidation, Expected,
+    RejectedRow, RollbackEntity, RolledBack, Target, ToolError, Written,
 };
 use runtime::RunId;
 use tools::control::EventFilter;
@@ -123,8 +124,8 @@ impl Target for CrashingWriter {
     async fn kept_rows(&self, target: &TableName, ours: Option<&str>) -> Result<Vec<(String, String)>, ToolError> {
         self.inner.kept_rows(target, ours).await
     }
-    async fn table_rows(&self, target: &TableName) -> Result<i64, ToolError> {
-        self.inner.table_rows(target).await
+    async fn table_rows(&self, target: &TableName, live: bool) -> Result<i64, ToolError> {
+        self.inner.table_rows(target, live).await
     }
     async fn suspend_constraints(&self, run: RunId, target: &TableName) -> Result<Vec<String>, ToolError> {
         self.inner.suspend_constraints(run, target).await
@@ -141,8 +142,11 @@ impl Target for CrashingWriter {
     async fn value_of(&self, target: &TableName, column: &str, key_type: &str, key: &str) -> Result<Option<String>, ToolError> {
         self.inner.value_of(target, column, key_type, key).await
     }
-    async fn rejected_keys(&self, source: &TableName) -> Result<Vec<String>, ToolError> {
-        self.inner.rejected_keys(source).await
+    async fn rejected_keys(&self, source: &TableName, for_references: bool) -> Result<Vec<String>, ToolError> {
+        self.inner.rejected_keys(source, for_references).await
+    }
+    async fn existing_ids(&self, table: &TableName, ids: &[String]) -> Result<Vec<String>, ToolError> {
+        self.inner.existing_ids(table, ids).await
     }
     async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError> {
         self.inner.orphans(child, column, parent).await
@@ -160,6 +164,40 @@ impl Target for CrashingWriter {
         detail: Option<&str>,
     ) -> Result<(), ToolError> {
         self.inner.set_state(run, source, target, state, source_rows, detail).await
+    }
+    async fn record_baseline(&self, target: &TableName, columns: &[(String, String)]) -> Result<i64, ToolError> {
+        self.inner.record_baseline(target, columns).await
+    }
+    async fn differ(&self, target: &TableName, page: &Expected, hashed: &[usize], soft: bool) -> Result<Vec<Diffed>, ToolError> {
+        self.inner.differ(target, page, hashed, soft).await
+    }
+    async fn live_keys(&self, target: &TableName, prefix: Option<&str>, soft: bool) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
+        self.inner.live_keys(target, prefix, soft).await
+    }
+    async fn live_keys_between(
+        &self,
+        target: &TableName,
+        after: Option<&str>,
+        upto: Option<&str>,
+        present: &[String],
+        soft: bool,
+    ) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
+        self.inner.live_keys_between(target, after, upto, present, soft).await
+    }
+    async fn save_analysis(&self, analysis: &EntityDiff, rows: &[Differential]) -> Result<(), ToolError> {
+        self.inner.save_analysis(analysis, rows).await
+    }
+    async fn pending_analysis(&self, source: &TableName, target: &TableName) -> Result<Option<(EntityDiff, Vec<Differential>)>, ToolError> {
+        self.inner.pending_analysis(source, target).await
+    }
+    async fn apply_diff(&self, batch: &DiffBatch) -> Result<DiffApplied, ToolError> {
+        self.inner.apply_diff(batch).await
+    }
+    async fn sync_mark(&self, source: &TableName) -> Result<runtime::ports::SyncMark, ToolError> {
+        self.inner.sync_mark(source).await
+    }
+    async fn close_analysis(&self, analysis: RunId, source: &TableName, run: RunId) -> Result<(), ToolError> {
+        self.inner.close_analysis(analysis, source, run).await
     }
 }
 

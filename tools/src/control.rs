@@ -128,10 +128,18 @@ impl ControlStore {
     /// Forgets the records of rows that no longer exist because the target schema was recreated
     /// (the demo does this); the runs and their audit trails stay.
     pub async fn forget_migrated_rows(&self) -> Result<(), DbError> {
-        sqlx::raw_sql("DELETE FROM agentctl.migration_mappings; DELETE FROM agentctl.deferred_references;")
-            .execute(&self.pool)
-            .await
-            .map_err(while_doing("forgetting the records of the recreated target's rows"))?;
+        // Also what differential migration knew of them: the baseline, and the analyses not
+        // applied (of rows that are gone).
+        sqlx::raw_sql(
+            "DELETE FROM agentctl.migration_mappings; DELETE FROM agentctl.deferred_references; DELETE FROM agentctl.sync_baseline;
+             DELETE FROM agentctl.load_baseline;
+             DELETE FROM agentctl.data_differentials d USING agentctl.diff_analyses a
+                 WHERE a.analysis_id = d.analysis_id AND a.source_table = d.source_table AND a.applied_run IS NULL;
+             DELETE FROM agentctl.diff_analyses WHERE applied_run IS NULL;",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(while_doing("forgetting the records of the recreated target's rows"))?;
         Ok(())
     }
 

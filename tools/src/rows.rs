@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use runtime::ports::{Rows, Scan, ToolError};
+use runtime::ports::{Rows, Scan, ToolError, CHANGED_SINCE_MARGIN};
 use sqlx::PgPool;
 
 use crate::catalog::{ident, quoted};
@@ -36,10 +36,18 @@ pub fn select(scan: &Scan) -> String {
         sql.push_str(&format!(" LEFT JOIN {} j{i} ON j{i}.{} = s.{}", quoted(&j.table), ident(&j.key), ident(&j.on)));
     }
     let order: Vec<String> = scan.key.iter().map(|k| format!("s.{}", ident(k))).collect();
+    let mut filters = Vec::new();
     if let Some(after) = &scan.after {
         // Keyset resume: the key's values as literals, which the server types from the columns.
         let values: Vec<String> = after.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect();
-        sql.push_str(&format!(" WHERE ({}) > ({})", order.join(", "), values.join(", ")));
+        filters.push(format!("({}) > ({})", order.join(", "), values.join(", ")));
+    }
+    if let Some((column, since)) = &scan.changed_since {
+        // The literal is typed from the column, whose own text it is.
+        filters.push(format!("s.{} + interval '{CHANGED_SINCE_MARGIN}' >= '{}'", ident(column), since.replace('\'', "''")));
+    }
+    if !filters.is_empty() {
+        sql.push_str(&format!(" WHERE {}", filters.join(" AND ")));
     }
     sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
     if let Some(n) = scan.limit {

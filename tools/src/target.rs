@@ -19,7 +19,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use runtime::domain::TableName;
-use runtime::ports::{Batch, Checkpoint, Compared, Expected, RejectedRow, RollbackEntity, RolledBack, Target, ToolError, Written};
+use runtime::ports::{
+    Batch, Checkpoint, Compared, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Expected, RejectedRow, RollbackEntity,
+    RolledBack, SyncMark, Target, ToolError, Written,
+};
 use runtime::RunId;
 use sqlx::{PgPool, Row};
 
@@ -334,38 +337,13 @@ impl PgTarget {
         }
         let casts: Vec<String> = b.columns.iter().enumerate().map(|(i, (_, ty))| format!("s.c{i}::{ty}")).collect();
         let insert = format!(
-            "INSERT INTO {} ({cols}) SELECT {} FROM agentctl_stage s WHERE s.seq BETWEEN $1 AND $2{present_filter}",
+            "INSERT INTO {} ({cols}) SELECT {} FROM agentctl_stage s WHERE s.seq BETWEEN $1 AND $2{present_filter} RETURNING ''",
             quoted(&b.target),
             casts.join(", ")
         );
-        let mut refused: Vec<(usize, String)> = Vec::new();
-        let mut inserted = 0i64;
-        let mut ranges = match (keep.first(), keep.last()) {
-            (Some(lo), Some(hi)) => vec![(*lo, *hi)],
-            _ => vec![],
-        };
-        while let Some((lo, hi)) = ranges.pop() {
-            sqlx::query("SAVEPOINT agentctl_range").execute(&mut **c).await?;
-            // Bound first: a temporary in the match would hold the connection across the arms.
-            let result = sqlx::query(&insert).bind(lo as i32).bind(hi as i32).execute(&mut **c).await;
-            match result {
-                Ok(done) => {
-                    inserted += done.rows_affected() as i64;
-                    sqlx::query("RELEASE SAVEPOINT agentctl_range").execute(&mut **c).await?;
-                }
-                Err(e) if is_transient(&e) => return Err(Failure::Transient(e)),
-                Err(e) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT agentctl_range").execute(&mut **c).await?;
-                    if lo == hi {
-                        refused.push((lo, describe(&e)));
-                    } else {
-                        let mid = lo + (hi - lo) / 2;
-                        ranges.push((mid + 1, hi));
-                        ranges.push((lo, mid));
-                    }
-                }
-            }
-        }
+        let range = keep.first().zip(keep.last()).map(|(lo, hi)| (*lo, *hi));
+        let (rows, refused) = crate::diff::split_run(c, &insert, range).await?;
+        let inserted = rows.len() as i64;
         sqlx::query("DROP TABLE agentctl_stage").execute(&mut **c).await?;
         Ok((inserted, present, refused))
     }
@@ -511,8 +489,9 @@ impl Target for PgTarget {
         Ok(rows)
     }
 
-    async fn table_rows(&self, target: &TableName) -> Result<i64, ToolError> {
-        Ok(sqlx::query_scalar(&format!("SELECT count(*) FROM {}", quoted(target)))
+    async fn table_rows(&self, target: &TableName, live: bool) -> Result<i64, ToolError> {
+        let filter = if live { " WHERE deleted_at IS NULL" } else { "" };
+        Ok(sqlx::query_scalar(&format!("SELECT count(*) FROM {}{filter}", quoted(target)))
             .fetch_one(&self.pool)
             .await
             .map_err(while_doing(format!("counting the rows of {target}")))?)
@@ -652,6 +631,11 @@ impl Target for PgTarget {
             ] {
                 sqlx::query(sql).bind(e.source.to_string()).bind(run.to_string()).execute(&mut *tx).await.map_err(while_doing(what))?;
             }
+            for sql in
+                ["DELETE FROM agentctl.sync_baseline WHERE target_table = $1", "DELETE FROM agentctl.load_baseline WHERE target_table = $1"]
+            {
+                sqlx::query(sql).bind(e.target.to_string()).execute(&mut *tx).await.map_err(while_doing(what))?;
+            }
             sqlx::query("DELETE FROM agentctl.deferred_references WHERE target_table = $1")
                 .bind(e.target.to_string())
                 .execute(&mut *tx)
@@ -717,12 +701,21 @@ impl Target for PgTarget {
         Ok(v.flatten())
     }
 
-    async fn rejected_keys(&self, source: &TableName) -> Result<Vec<String>, ToolError> {
-        Ok(sqlx::query_scalar("SELECT DISTINCT legacy_key FROM agentctl.rejected_rows WHERE source_table = $1")
-            .bind(source.to_string())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(while_doing(format!("reading the rejected rows of {source}")))?)
+    async fn rejected_keys(&self, source: &TableName, for_references: bool) -> Result<Vec<String>, ToolError> {
+        Ok(sqlx::query_scalar(
+            "SELECT legacy_key FROM agentctl.rejected_rows WHERE source_table = $1 GROUP BY 1
+             HAVING NOT $2 OR bool_and(rule LIKE 'reference%')",
+        )
+        .bind(source.to_string())
+        .bind(for_references)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing(format!("reading the rejected rows of {source}")))?)
+    }
+
+    async fn existing_ids(&self, table: &TableName, ids: &[String]) -> Result<Vec<String>, ToolError> {
+        let sql = format!("SELECT id::text FROM {} WHERE id = ANY($1::uuid[])", quoted(table));
+        Ok(sqlx::query_scalar(&sql).bind(ids).fetch_all(&self.pool).await.map_err(while_doing(format!("looking up rows of {table}")))?)
     }
 
     async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError> {
@@ -787,6 +780,49 @@ impl Target for PgTarget {
         .await
         .map_err(while_doing(format!("storing the validation of {}", r.source)))?;
         Ok(())
+    }
+
+    async fn record_baseline(&self, target: &TableName, columns: &[(String, String)]) -> Result<i64, ToolError> {
+        crate::diff::record_baseline(&self.pool, target, columns).await
+    }
+
+    async fn differ(&self, target: &TableName, page: &Expected, hashed: &[usize], soft_delete: bool) -> Result<Vec<Diffed>, ToolError> {
+        crate::diff::differ(&self.pool, target, page, hashed, soft_delete).await
+    }
+
+    async fn live_keys(&self, target: &TableName, prefix: Option<&str>, soft_delete: bool) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
+        crate::diff::live_keys(&self.pool, target, prefix, soft_delete).await
+    }
+
+    async fn live_keys_between(
+        &self,
+        target: &TableName,
+        after: Option<&str>,
+        upto: Option<&str>,
+        present: &[String],
+        soft_delete: bool,
+    ) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
+        crate::diff::live_keys_between(&self.pool, target, after, upto, present, soft_delete).await
+    }
+
+    async fn save_analysis(&self, analysis: &EntityDiff, rows: &[Differential]) -> Result<(), ToolError> {
+        crate::diff::save_analysis(&self.pool, analysis, rows).await
+    }
+
+    async fn pending_analysis(&self, source: &TableName, target: &TableName) -> Result<Option<(EntityDiff, Vec<Differential>)>, ToolError> {
+        crate::diff::pending_analysis(&self.pool, source, target).await
+    }
+
+    async fn apply_diff(&self, batch: &DiffBatch) -> Result<DiffApplied, ToolError> {
+        crate::diff::apply_diff(&self.pool, batch, self.max_retries).await
+    }
+
+    async fn sync_mark(&self, source: &TableName) -> Result<SyncMark, ToolError> {
+        crate::diff::sync_mark(&self.pool, source).await
+    }
+
+    async fn close_analysis(&self, analysis: RunId, source: &TableName, run: RunId) -> Result<(), ToolError> {
+        crate::diff::close_analysis(&self.pool, analysis, source, run).await
     }
 
     async fn set_state(

@@ -7,6 +7,7 @@
 //! rows are clean, how many carry each fault, and so how many the reference mapping is
 //! expected to migrate and to reject.
 
+pub mod changes;
 pub(crate) mod copy;
 pub mod faults;
 mod rng;

@@ -1,0 +1,485 @@
+//! Differential migration: what changed in the source since the last sync, and applying it.
+//!
+//! The validation agent analyses ([`analyze`]): every source row is mapped with the same
+//! [`RowMapper`] the migration uses, and the target compares each page of expected rows with
+//! its rows and with the sync baseline (a hash of what agentctl last wrote to each row,
+//! recorded at the end of the full load and with every differential write), one statement a
+//! page ([`Target::differ`]). [`classify`] turns each answer into a [`Change`]; rows agentctl
+//! created that no source row has any more are deletes. The analysis and every row out of step
+//! go to `data_differentials`.
+//!
+//! The execution agent applies ([`apply`]) an entity's pending analysis in batches, one
+//! transaction each with its conflict records, rejects, baseline and each row's outcome, so a
+//! crash leaves a batch applied whole or not at all and a repeated apply skips what is done.
+//! The orchestrator applies inserts and updates parents first and deletes children first.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use runtime::context::RunContext;
+use runtime::events::RunEvent;
+use runtime::mapping::KeyDeriver;
+use runtime::ports::{Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Rows, Scan, SyncMark, Target};
+use runtime::AgentName;
+
+use crate::execution::{prepare, read_ahead, MigrateEntity, Prepared};
+use crate::validation::expect;
+
+/// Source rows compared a page.
+const PAGE: usize = 10_000;
+/// Differential rows applied a transaction.
+const APPLY_BATCH: usize = 5_000;
+
+/// The mapped columns the baseline covers: all but the key and the legacy key.
+pub fn synced_columns(out_cols: &[(String, String)], id_col: usize) -> Vec<usize> {
+    (0..out_cols.len()).filter(|&i| i != id_col && out_cols[i].0 != "legacy_id").collect()
+}
+
+/// Whether the entity's target table has a `deleted_at` column for soft deletes.
+pub fn soft_delete(req: &MigrateEntity) -> bool {
+    req.target.table(&req.spec.target).is_some_and(|t| t.columns.iter().any(|c| c.name == "deleted_at"))
+}
+
+/// What a source row asks of its target row, given how the target compares with it and with
+/// what agentctl last wrote; `None` when they are in step (or the row is not agentctl's).
+pub fn classify(wanted: bool, d: &Diffed, already_rejected: bool) -> Option<Change> {
+    if !wanted {
+        // The mapping rejects the row as it is now: news only if not recorded before, or if
+        // the target still holds an earlier version of it.
+        return match (d.present, d.ours) {
+            (true, true) => Some(Change::Rejected),
+            (false, _) if !already_rejected => Some(Change::Rejected),
+            _ => None,
+        };
+    }
+    match (d.present, d.ours, d.deleted) {
+        // Absent: rejected before with its reason (it stays so), or written once and deleted
+        // in the target since, or new in the source.
+        (false, _, _) if already_rejected => None,
+        (false, _, _) => Some(if d.baseline.is_some() { Change::TargetChanged } else { Change::Insert }),
+        // A row that was in the target before agentctl is never touched.
+        (true, false, _) => None,
+        // Marked deleted: by agentctl (which drops the row's baseline) when its source row
+        // went, and the row is back; else by the target's own users.
+        (true, true, true) => Some(if d.baseline.is_none() { Change::Update } else { Change::TargetChanged }),
+        (true, true, false) if !d.differs => None,
+        (true, true, false) => match d.baseline {
+            // Never synced since a migration that kept no baseline: the source is the truth.
+            None => Some(Change::Update),
+            Some(b) if Some(b) == d.target_hash => Some(Change::Update),
+            Some(b) if Some(b) == d.expected_hash => Some(Change::TargetChanged),
+            Some(_) => Some(Change::Conflict),
+        },
+    }
+}
+
+/// How long a full analysis' trust in `updated_at` lasts: after that the next is full again.
+const FULL_EVERY: f64 = 24.0 * 3600.0;
+
+/// An entity to analyse; `full` reads every source row even where `updated_at` is trusted.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DiffEntity {
+    pub entity: MigrateEntity,
+    pub full: bool,
+}
+
+/// The position of the mapped table's own `updated_at` among the scanned columns, where it can
+/// tell changed rows: not for a table read with joins (a joined row's change does not move it).
+fn updated_at(spec: &runtime::mapping::MappingSpec) -> Option<usize> {
+    if !spec.joins.is_empty() {
+        return None;
+    }
+    spec.source_columns().iter().position(|c| c == "updated_at")
+}
+
+/// `stamp` is before `watermark` less [`CHANGED_SINCE_MARGIN`] (both as the source prints a
+/// `timestamp`; a stamp that does not parse counts as before).
+fn before_watermark(stamp: Option<&str>, watermark: &str) -> bool {
+    let parse = |s: &str| {
+        chrono::NaiveDateTime::parse_from_str(s.get(..19).unwrap_or(s), "%Y-%m-%d %H:%M:%S")
+            .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z").map(|d| d.naive_utc()))
+    };
+    let margin = chrono::Duration::minutes(5);
+    match (stamp.map(parse), parse(watermark)) {
+        (Some(Ok(s)), Ok(w)) => s < w - margin,
+        (_, Ok(_)) => true,
+        (_, Err(_)) => false,
+    }
+}
+
+/// Analyses one entity: stores and returns what is out of step. Where the table has an
+/// `updated_at` that earlier full analyses found moving with every change, and the last full
+/// analysis is less than a day old, only the rows stamped since the watermark are compared
+/// (the deletes are still found from every key).
+pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>, req: &DiffEntity) -> Result<EntityDiff, String> {
+    let started = Instant::now();
+    let DiffEntity { entity: req, full } = req;
+    let spec = &req.spec;
+    let stamp_col = updated_at(spec);
+    let mark = match stamp_col {
+        Some(_) => target.sync_mark(&spec.source).await.map_err(|e| e.0)?,
+        None => SyncMark::default(),
+    };
+    let fast = !full && mark.trusted == Some(true) && mark.watermark.is_some() && mark.full_age_seconds.is_some_and(|age| age < FULL_EVERY);
+    let Prepared { mapper, out_cols, id_col, references, .. } = prepare(ctx, target.as_ref(), req).await?;
+    let legacy_col =
+        out_cols.iter().position(|(c, _)| c == "legacy_id").ok_or_else(|| format!("{} has no legacy_id column", spec.target))?;
+    let hashed = synced_columns(&out_cols, id_col);
+    let soft = soft_delete(req);
+    let rejected_keys: HashSet<String> = target.rejected_keys(&spec.source, false).await.map_err(|e| e.0)?.into_iter().collect();
+    // Rows rejected for nothing but a missing parent are tried again once their parents are in.
+    let for_parents: HashSet<String> = target.rejected_keys(&spec.source, true).await.map_err(|e| e.0)?.into_iter().collect();
+    let mut diff = EntityDiff {
+        analysis_id: ctx.run_id,
+        mode: if fast { "fast" } else { "full" }.to_owned(),
+        watermark: None,
+        trusted: None,
+        source: spec.source.clone(),
+        target: spec.target.clone(),
+        columns: out_cols.clone(),
+        source_rows: 0,
+        in_step: 0,
+        inserts: 0,
+        updates: 0,
+        deletes: 0,
+        conflicts: 0,
+        target_changed: 0,
+        rejected: 0,
+        seconds: 0.0,
+    };
+    let mut found: Vec<Differential> = Vec::new();
+    let deriver = KeyDeriver::new(req.keys.layout, req.keys.namespace, &spec.source);
+    // Rows gone from the source: with an integer key, each page asks the target for its live
+    // rows in the page's key range that the page does not have (both sides in key order);
+    // otherwise every live key of the target is checked against the source's keys at the end.
+    let mut ranged = !fast && spec.key.len() == 1 && matches!(out_cols[legacy_col].1.as_str(), "smallint" | "integer" | "bigint");
+    // The latest stamp read, and the changes whose stamp did not move (a full analysis checks
+    // `updated_at` against the previous watermark).
+    let mut latest: Option<String> = if fast { mark.watermark.clone() } else { None };
+    let mut unmoved: Vec<String> = Vec::new();
+    let mut last_key: Option<i64> = None;
+    let mut gone: Vec<(String, uuid::Uuid)> = Vec::new();
+    // As in validation: the source reads the next page while this task maps one and the
+    // target compares the one before.
+    let scan = Scan {
+        changed_since: if fast { mark.watermark.clone().map(|w| ("updated_at".to_owned(), w)) } else { None },
+        ..Scan::entity(spec)
+    };
+    let (mut pages, reader) = read_ahead(rows.clone(), scan, PAGE);
+    type Answered = (runtime::ports::Expected, Vec<(usize, String)>, Vec<Diffed>, Vec<(String, uuid::Uuid)>, Vec<Option<String>>);
+    let mut in_flight: Option<tokio::task::JoinHandle<Result<Answered, String>>> = None;
+    loop {
+        let page = match pages.recv().await {
+            Some(page) => page?,
+            None => Vec::new(),
+        };
+        let next = (!page.is_empty()).then(|| {
+            let stamps: Vec<Option<String>> = stamp_col.map(|i| page.iter().map(|r| r[i].clone()).collect()).unwrap_or_default();
+            let mut reasons = Vec::new();
+            let expected = expect(&mapper, &out_cols, id_col, legacy_col, &[], page, Some(&mut reasons));
+            (expected, reasons, stamps)
+        });
+        if let Some(compare) = in_flight.take() {
+            let (expected, reasons, answers, missing, stamps) = compare.await.map_err(|e| format!("a comparison stopped: {e}"))??;
+            if let Some(max) = stamps.iter().flatten().max() {
+                if latest.as_ref().is_none_or(|l| max > l) {
+                    latest = Some(max.clone());
+                }
+            }
+            gone.extend(missing);
+            let retry = parents_arrived(target.as_ref(), &expected, &answers, &for_parents, &references).await?;
+            let mut reasons = reasons.into_iter().peekable();
+            for (r, d) in answers.iter().enumerate() {
+                let key = &expected.keys[r];
+                let reason = match reasons.peek() {
+                    Some((at, _)) if *at == r => reasons.next().map(|(_, why)| why),
+                    _ => None,
+                };
+                diff.source_rows += 1;
+                let Some(change) = classify(expected.wanted[r], d, rejected_keys.contains(key) && !retry.contains(&r)) else {
+                    diff.in_step += 1;
+                    continue;
+                };
+                diff.count(change);
+                let source_change = matches!(change, Change::Insert | Change::Update | Change::Conflict | Change::Rejected);
+                if let (false, true, Some(w)) = (fast, source_change && stamp_col.is_some(), &mark.watermark) {
+                    if before_watermark(stamps[r].as_deref(), w) {
+                        unmoved.push(key.clone());
+                    }
+                }
+                let carries_values = matches!(change, Change::Insert | Change::Update | Change::Conflict);
+                found.push(Differential {
+                    legacy_key: key.clone(),
+                    change,
+                    target_id: expected.values[id_col][r].clone(),
+                    values: carries_values.then(|| expected.values.iter().map(|column| column[r].clone()).collect()),
+                    target_hash: d.target_hash,
+                    expected_hash: d.expected_hash,
+                    reason,
+                });
+            }
+        }
+        // The page's key range, if its keys are integers in ascending order after the last.
+        let range = match (&next, ranged) {
+            (Some((expected, _, _)), true) => {
+                let ints: Option<Vec<i64>> = expected.keys.iter().map(|k| k.parse::<i64>().ok()).collect();
+                let ascending = ints
+                    .as_ref()
+                    .is_some_and(|v| v.windows(2).all(|w| w[0] < w[1]) && last_key.is_none_or(|l| v.first().is_some_and(|f| *f > l)));
+                if ascending {
+                    let after = last_key.map(|k| k.to_string());
+                    last_key = ints.and_then(|v| v.last().copied());
+                    Some((after, last_key.map(|k| k.to_string())))
+                } else {
+                    ranged = false;
+                    None
+                }
+            }
+            _ => None,
+        };
+        let Some((expected, reasons, stamps)) = next else { break };
+        let (target, table, hashed) = (target.clone(), spec.target.clone(), hashed.clone());
+        in_flight = Some(tokio::spawn(async move {
+            let answers = target.differ(&table, &expected, &hashed, soft).await.map_err(|e| e.0)?;
+            let missing = match range {
+                Some((after, upto)) => {
+                    target.live_keys_between(&table, after.as_deref(), upto.as_deref(), &expected.keys, soft).await.map_err(|e| e.0)?
+                }
+                None => Vec::new(),
+            };
+            Ok((expected, reasons, answers, missing, stamps))
+        }));
+    }
+    reader.await.map_err(|e| format!("the reader stopped: {e}"))?;
+    let gone: Vec<String> = if ranged {
+        // Past the last source key.
+        let after = last_key.map(|k| k.to_string());
+        gone.extend(target.live_keys_between(&spec.target, after.as_deref(), None, &[], soft).await.map_err(|e| e.0)?);
+        gone.into_iter().filter(|(k, id)| deriver.derive_stored(k) == *id).map(|(k, _)| k).collect()
+    } else {
+        gone_by_keys(rows, spec, target.as_ref(), &deriver, soft).await?
+    };
+    let mut gone = gone;
+    gone.sort();
+    for key in gone {
+        diff.count(Change::Delete);
+        found.push(Differential {
+            target_id: Some(deriver.derive_stored(&key).to_string()),
+            legacy_key: key,
+            change: Change::Delete,
+            values: None,
+            target_hash: None,
+            expected_hash: None,
+            reason: None,
+        });
+    }
+    if stamp_col.is_some() {
+        diff.watermark = latest;
+        // Trust is earned: a full analysis after an earlier one checks that every change it
+        // found was stamped after that one's watermark.
+        diff.trusted = match (fast, &mark.watermark) {
+            (true, _) => mark.trusted,
+            (false, Some(_)) => Some(unmoved.is_empty()),
+            (false, None) => None,
+        };
+    }
+    diff.seconds = started.elapsed().as_secs_f64();
+    target.save_analysis(&diff, &found).await.map_err(|e| e.0)?;
+    if !unmoved.is_empty() {
+        ctx.decision(
+            AgentName::Validation,
+            format!("{}: updated_at is not trusted: {} changes kept an older stamp (key {})", spec.target.name, unmoved.len(), unmoved[0]),
+            "a fast analysis would have missed them, so the entity's analyses read every row until it is trusted again",
+            serde_json::json!({"entity": spec.source, "unmoved": unmoved.iter().take(20).collect::<Vec<_>>()}),
+        );
+    }
+    ctx.decision(
+        AgentName::Validation,
+        format!(
+            "{} ({}): {} new, {} changed, {} deleted, {} conflicts, {} changed in the target only, {} rejected; {} in step",
+            spec.target.name,
+            diff.mode,
+            diff.inserts,
+            diff.updates,
+            diff.deletes,
+            diff.conflicts,
+            diff.target_changed,
+            diff.rejected,
+            diff.in_step
+        ),
+        if fast {
+            "the source rows stamped since the watermark (updated_at, trusted by the full analyses) mapped and compared with their target rows (typed) and with the hash of what agentctl last wrote there; every key read for the deletes"
+        } else {
+            "every source row mapped and compared with its target row (typed) and with the hash of what agentctl last wrote there"
+        },
+        &diff,
+    );
+    Ok(diff)
+}
+
+/// The rows of a page (by index) that are absent from the target, were rejected for nothing
+/// but a missing parent, and whose parents are all in the target now.
+async fn parents_arrived(
+    target: &dyn Target,
+    expected: &runtime::ports::Expected,
+    answers: &[Diffed],
+    for_parents: &HashSet<String>,
+    references: &[(usize, runtime::domain::TableName)],
+) -> Result<HashSet<usize>, String> {
+    let mut waiting: HashSet<usize> =
+        (0..answers.len()).filter(|&r| expected.wanted[r] && !answers[r].present && for_parents.contains(&expected.keys[r])).collect();
+    for (col, parent) in references {
+        if waiting.is_empty() {
+            break;
+        }
+        let ids: Vec<String> = waiting.iter().filter_map(|&r| expected.values[*col][r].clone()).collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let found: HashSet<String> = target.existing_ids(parent, &ids).await.map_err(|e| e.0)?.into_iter().collect();
+        waiting.retain(|&r| expected.values[*col][r].as_ref().is_none_or(|id| found.contains(id)));
+    }
+    Ok(waiting)
+}
+
+/// The legacy keys of the rows agentctl created that no source row has: every source key read
+/// (a narrow scan of the key columns), every live target key checked against them.
+async fn gone_by_keys(
+    rows: Arc<dyn Rows>,
+    spec: &runtime::mapping::MappingSpec,
+    target: &dyn Target,
+    deriver: &KeyDeriver,
+    soft: bool,
+) -> Result<Vec<String>, String> {
+    let scan = Scan { columns: spec.key.clone(), joins: Vec::new(), scripts: Vec::new(), ..Scan::entity(spec) };
+    let mut keys: HashSet<String> = HashSet::new();
+    rows.scan(&scan, &mut |r: &[Option<&str>]| {
+        keys.insert(r.iter().map(|v| v.unwrap_or("")).collect::<Vec<_>>().join("|"));
+    })
+    .await
+    .map_err(|e| e.0)?;
+    let live = target.live_keys(&spec.target, deriver.prefix().as_deref(), soft).await.map_err(|e| e.0)?;
+    Ok(live.into_iter().filter(|(k, id)| !keys.contains(k) && deriver.derive_stored(k) == *id).map(|(k, _)| k).collect())
+}
+
+/// Which rows of a pending analysis an apply pass takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Pass {
+    /// Inserts, updates, conflicts and rejects (parents first).
+    Writes,
+    /// Deletes (children first); closes the analysis.
+    Deletes,
+}
+
+/// Applies one pass of an entity's pending analysis. `None` when it has none.
+pub async fn apply(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity, pass: Pass) -> Result<Option<DiffApplied>, String> {
+    let spec = &req.spec;
+    let Some((analysis, pending)) = target.pending_analysis(&spec.source, &spec.target).await.map_err(|e| e.0)? else {
+        return Ok(None);
+    };
+    let Prepared { out_cols, id_col, references, .. } = prepare(ctx, target, req).await?;
+    if out_cols != analysis.columns {
+        return Err(format!(
+            "the mapping of {} changed since analysis {}: analyse again (agentctl diff analyze)",
+            spec.source, analysis.analysis_id
+        ));
+    }
+    let legacy_col = out_cols.iter().position(|(c, _)| c == "legacy_id").ok_or_else(|| format!("{} has no legacy_id", spec.target))?;
+    let rows: Vec<Differential> = pending.into_iter().filter(|r| (r.change == Change::Delete) == (pass == Pass::Deletes)).collect();
+    let mut done = DiffApplied::default();
+    let total = rows.len();
+    for (i, chunk) in rows.chunks(APPLY_BATCH).enumerate() {
+        let batch = DiffBatch {
+            run_id: ctx.run_id,
+            analysis: analysis.clone(),
+            id_column: id_col,
+            legacy_column: legacy_col,
+            references: references.clone(),
+            hashed: synced_columns(&out_cols, id_col),
+            policy: spec.sync,
+            soft_delete: soft_delete(req),
+            rows: chunk.to_vec(),
+        };
+        let applied = target.apply_diff(&batch).await.map_err(|e| e.0)?;
+        done.add(&applied);
+        ctx.events.publish(RunEvent::Progress {
+            run_id: ctx.run_id,
+            entity: spec.target.name.clone(),
+            rows_done: ((i + 1) * APPLY_BATCH).min(total) as u64,
+            rows_total: Some(total as u64),
+        });
+    }
+    if pass == Pass::Deletes {
+        target.close_analysis(analysis.analysis_id, &spec.source, ctx.run_id).await.map_err(|e| e.0)?;
+    }
+    ctx.decision(
+        AgentName::Execution,
+        format!(
+            "{} ({}): {} inserted, {} updated, {} deleted, {} conflicts ({} by {}), {} held, {} rejected, {} stale",
+            spec.target.name,
+            match pass {
+                Pass::Writes => "writes",
+                Pass::Deletes => "deletes",
+            },
+            done.inserted,
+            done.updated,
+            done.deleted,
+            done.conflicted,
+            done.conflicted - done.held.min(done.conflicted),
+            spec.sync.conflicts.as_str(),
+            done.held,
+            done.rejected,
+            done.stale
+        ),
+        format!(
+            "analysis {}: each batch applied in one transaction with its conflict records, rejects, baseline and outcomes; deletes are {}",
+            analysis.analysis_id,
+            spec.sync.delete.as_str()
+        ),
+        serde_json::json!({"entity": spec.source, "analysis": analysis.analysis_id, "applied": done}),
+    );
+    Ok(Some(done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(present: bool, ours: bool, deleted: bool, differs: bool, t: Option<i64>, e: Option<i64>, b: Option<i64>) -> Diffed {
+        Diffed { present, ours, deleted, differs, target_hash: t, expected_hash: e, baseline: b }
+    }
+
+    #[test]
+    fn a_row_is_classified_by_what_changed_since_the_last_sync() {
+        // In step.
+        assert_eq!(classify(true, &row(true, true, false, false, None, None, None), false), None);
+        // New in the source; absent after agentctl wrote it: the target deleted it.
+        assert_eq!(classify(true, &row(false, false, false, false, None, None, None), false), Some(Change::Insert));
+        assert_eq!(classify(true, &row(false, false, false, false, None, None, Some(7)), false), Some(Change::TargetChanged));
+        // Rejected by the target before (a missing parent, say): recorded, not retried each sync.
+        assert_eq!(classify(true, &row(false, false, false, false, None, None, None), true), None);
+        // The target still holds what agentctl wrote: the source changed.
+        assert_eq!(classify(true, &row(true, true, false, true, Some(1), Some(2), Some(1)), false), Some(Change::Update));
+        // The source still maps to what agentctl wrote: the target changed.
+        assert_eq!(classify(true, &row(true, true, false, true, Some(3), Some(1), Some(1)), false), Some(Change::TargetChanged));
+        // Both moved.
+        assert_eq!(classify(true, &row(true, true, false, true, Some(3), Some(2), Some(1)), false), Some(Change::Conflict));
+        // No baseline: the source is the truth.
+        assert_eq!(classify(true, &row(true, true, false, true, Some(3), Some(2), None), false), Some(Change::Update));
+        // Kept rows are never touched.
+        assert_eq!(classify(true, &row(true, false, false, true, Some(3), Some(2), Some(1)), false), None);
+        // Soft-deleted by agentctl (no baseline left) and back in the source; by the target's users.
+        assert_eq!(classify(true, &row(true, true, true, false, None, None, None), false), Some(Change::Update));
+        assert_eq!(classify(true, &row(true, true, true, false, None, None, Some(1)), false), Some(Change::TargetChanged));
+    }
+
+    #[test]
+    fn a_rejected_row_is_news_once() {
+        let absent = row(false, false, false, false, None, None, None);
+        assert_eq!(classify(false, &absent, false), Some(Change::Rejected));
+        assert_eq!(classify(false, &absent, true), None);
+        // The target holds an earlier version the mapping now rejects.
+        assert_eq!(classify(false, &row(true, true, false, false, None, None, Some(1)), true), Some(Change::Rejected));
+    }
+}

@@ -1,0 +1,863 @@
+//! Differential migration in the target: the sync baseline (a hash of what agentctl last
+//! wrote to each row), the comparison of a page of expected rows with the target's rows and
+//! the baseline, the analyses and their rows, and applying them, one transaction a batch.
+//!
+//! A row's hash is `hash_record_extended(ROW(columns), 0)` over the mapped columns as the
+//! target holds them, each hashed by its type's own hash function (so values equal as typed
+//! values hash equal: `1.5` and `1.50`, two spellings of one JSON document); a column of a type
+//! without one (an enum, a domain, json) is hashed as its text. The expected side casts each
+//! value to its column's type first, so both sides hash the same way.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use runtime::domain::TableName;
+use runtime::mapping::{ConflictPolicy, DeleteMode};
+use runtime::ports::{Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Expected, SyncMark, ToolError};
+use runtime::RunId;
+use sqlx::postgres::PgConnection;
+use sqlx::{PgPool, Row};
+
+use crate::catalog::{ident, quoted};
+use crate::dataset::copy::push_field;
+use crate::pg::{describe, while_doing};
+use crate::target::is_transient;
+
+/// Types hashed by their own hash function; any other is hashed as its text.
+const TYPED_HASH: &[&str] = &[
+    "smallint",
+    "integer",
+    "bigint",
+    "text",
+    "boolean",
+    "uuid",
+    "numeric",
+    "date",
+    "timestamp with time zone",
+    "timestamp without time zone",
+    "jsonb",
+    "bytea",
+    "double precision",
+    "real",
+];
+
+/// One column's part of a row hash: `expr` of type `ty`.
+pub fn hash_part(expr: String, ty: &str) -> String {
+    let base = ty.split('(').next().unwrap_or(ty).trim();
+    if TYPED_HASH.contains(&base) || base.starts_with("character") {
+        expr
+    } else {
+        format!("({expr})::text")
+    }
+}
+
+/// The hash of a row made of these (expression, type) parts.
+pub fn row_hash_of(parts: impl IntoIterator<Item = (String, String)>) -> String {
+    let parts: Vec<String> = parts.into_iter().map(|(e, t)| hash_part(e, &t)).collect();
+    format!("hash_record_extended(ROW({}), 0)", parts.join(", "))
+}
+
+/// The hash of a target row's columns (name, type), `alias` the table's alias.
+fn row_hash(alias: &str, columns: &[(String, String)]) -> String {
+    row_hash_of(columns.iter().map(|(c, t)| (format!("{alias}.{}", ident(c)), t.clone())))
+}
+
+pub async fn record_baseline(pool: &PgPool, target: &TableName, columns: &[(String, String)]) -> Result<i64, ToolError> {
+    let what = format!("recording what agentctl wrote to {target}");
+    let mut tx = pool.begin().await.map_err(while_doing(&what))?;
+    // The whole table is recorded again, grouped into buckets of keys (no index entry a row).
+    for sql in ["DELETE FROM agentctl.load_baseline WHERE target_table = $1", "DELETE FROM agentctl.sync_baseline WHERE target_table = $1"]
+    {
+        sqlx::query(sql).bind(target.to_string()).execute(&mut *tx).await.map_err(while_doing(&what))?;
+    }
+    let sql = format!(
+        "INSERT INTO agentctl.load_baseline (target_table, bucket, keys, hashes)
+         SELECT $1, agentctl.baseline_bucket(t.legacy_id::text), array_agg(t.legacy_id::text), array_agg({})
+         FROM {} t WHERE t.legacy_id IS NOT NULL GROUP BY 2",
+        row_hash("t", columns),
+        quoted(target)
+    );
+    sqlx::query(&sql).bind(target.to_string()).execute(&mut *tx).await.map_err(while_doing(&what))?;
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(cardinality(keys)), 0)::int8 FROM agentctl.load_baseline WHERE target_table = $1")
+            .bind(target.to_string())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(while_doing(&what))?;
+    tx.commit().await.map_err(while_doing(&what))?;
+    Ok(recorded)
+}
+
+pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: &[usize], soft: bool) -> Result<Vec<Diffed>, ToolError> {
+    let n = page.columns.len();
+    let (id, legacy) = (page.id_column, page.legacy_column);
+    let cast = |i: usize| format!("u.c{i}::{}", page.columns[i].1);
+    let distinct: Vec<String> = hashed.iter().map(|&i| format!("t.{} IS DISTINCT FROM {}", ident(&page.columns[i].0), cast(i))).collect();
+    let arrays: Vec<String> = (0..n).map(|i| format!("${}::text[]", i + 3)).collect();
+    let cols: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let from = format!(
+        "unnest($1::text[], $2::bool[], {arrays}) WITH ORDINALITY AS u(k, wanted, {cols}, n)
+         LEFT JOIN {table} t ON t.legacy_id = u.k::{legacy_type}",
+        arrays = arrays.join(", "),
+        cols = cols.join(", "),
+        table = quoted(target),
+        legacy_type = page.columns[legacy].1,
+    );
+    let what = || format!("comparing rows of {target} with their source rows and the last sync");
+    let run = |sql: String, keys: Vec<String>, wanted: Vec<bool>, values: Vec<Vec<Option<String>>>| {
+        let what = what();
+        async move {
+            let mut q = sqlx::query(&sql).bind(keys).bind(wanted);
+            for column in values {
+                q = q.bind(column);
+            }
+            q.fetch_all(pool).await.map_err(|e| ToolError(format!("while {what}: {}", describe(&e))))
+        }
+    };
+    let decode = |e: sqlx::Error| ToolError(format!("while {}: {}", what(), describe(&e)));
+    // Every row: where it stands, each expression once.
+    let sql = format!(
+        "SELECT t.id IS NOT NULL, coalesce(t.id = {idcast}, false), {deleted},
+             coalesce(t.id IS NOT NULL AND u.wanted AND ({distinct}), false)
+         FROM {from} ORDER BY u.n",
+        idcast = cast(id),
+        deleted = if soft { "coalesce(t.deleted_at IS NOT NULL, false)" } else { "false" },
+        distinct = if distinct.is_empty() { "false".to_owned() } else { distinct.join(" OR ") },
+    );
+    let rows = run(sql, page.keys.clone(), page.wanted.clone(), page.values.clone()).await?;
+    let mut answers = rows
+        .iter()
+        .map(|r| {
+            Ok(Diffed { present: r.try_get(0)?, ours: r.try_get(1)?, deleted: r.try_get(2)?, differs: r.try_get(3)?, ..Diffed::default() })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(decode)?;
+    // The few that differ, are absent or are marked deleted: their hashes and baseline.
+    let asked: Vec<usize> = (0..answers.len()).filter(|&i| answers[i].differs || !answers[i].present || answers[i].deleted).collect();
+    if asked.is_empty() {
+        return Ok(answers);
+    }
+    let names: Vec<(String, String)> = hashed.iter().map(|&i| page.columns[i].clone()).collect();
+    let expected_hash = row_hash_of(hashed.iter().map(|&i| (cast(i), page.columns[i].1.clone())));
+    let sql = format!(
+        "SELECT CASE WHEN t.id IS NOT NULL THEN {th} END, {expected_hash},
+             agentctl.baseline_of((${table_param}::text[])[1], u.k)
+         FROM {from} ORDER BY u.n",
+        th = row_hash("t", &names),
+        table_param = n + 3,
+    );
+    let pick = |v: &Vec<Option<String>>| asked.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
+    let keys: Vec<String> = asked.iter().map(|&i| page.keys[i].clone()).collect();
+    let wanted: Vec<bool> = asked.iter().map(|&i| page.wanted[i]).collect();
+    let mut values: Vec<Vec<Option<String>>> = page.values.iter().map(pick).collect();
+    // The table's name rides as one more text array (the runner binds text arrays).
+    values.push(vec![Some(target.to_string())]);
+    let rows = run(sql, keys, wanted, values).await?;
+    for (&i, r) in asked.iter().zip(&rows) {
+        let a = &mut answers[i];
+        a.target_hash = r.try_get(0).map_err(decode)?;
+        a.expected_hash = if a.differs { r.try_get(1).map_err(decode)? } else { None };
+        a.baseline = r.try_get(2).map_err(decode)?;
+        if !a.differs {
+            a.target_hash = None;
+        }
+    }
+    Ok(answers)
+}
+
+pub async fn live_keys(
+    pool: &PgPool,
+    target: &TableName,
+    prefix: Option<&str>,
+    soft: bool,
+) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
+    let sql = format!(
+        "SELECT legacy_id::text, id FROM {} WHERE legacy_id IS NOT NULL AND ($1::text IS NULL OR left(id::text, 8) = $1){}",
+        quoted(target),
+        if soft { " AND deleted_at IS NULL" } else { "" }
+    );
+    sqlx::query_as(&sql)
+        .bind(prefix)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| while_doing(format!("reading the legacy keys of {target}"))(e).into())
+}
+
+pub async fn live_keys_between(
+    pool: &PgPool,
+    target: &TableName,
+    after: Option<&str>,
+    upto: Option<&str>,
+    present: &[String],
+    soft: bool,
+) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
+    let sql = format!(
+        "SELECT legacy_id::text, id FROM {} WHERE ($1::int8 IS NULL OR legacy_id > $1::int8) AND ($2::int8 IS NULL OR legacy_id <= $2::int8)
+             AND NOT EXISTS (SELECT 1 FROM unnest($3::int8[]) AS p(k) WHERE p.k = legacy_id){}",
+        quoted(target),
+        if soft { " AND deleted_at IS NULL" } else { "" }
+    );
+    let parse = |v: Option<&str>| v.map(|k| k.parse::<i64>()).transpose();
+    let keys: Result<Vec<i64>, _> = present.iter().map(|k| k.parse::<i64>()).collect();
+    let (after, upto, keys) = match (parse(after), parse(upto), keys) {
+        (Ok(a), Ok(u), Ok(k)) => (a, u, k),
+        _ => return Err(ToolError(format!("{target}: a legacy key that is not an integer where one was expected"))),
+    };
+    sqlx::query_as(&sql)
+        .bind(after)
+        .bind(upto)
+        .bind(keys)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| while_doing(format!("looking for rows of {target} gone from the source"))(e).into())
+}
+
+pub async fn save_analysis(pool: &PgPool, a: &EntityDiff, rows: &[Differential]) -> Result<(), ToolError> {
+    let what = || format!("storing the analysis of {}", a.source);
+    let mut tx = pool.begin().await.map_err(while_doing(what()))?;
+    let columns = serde_json::to_value(&a.columns).map_err(|e| ToolError(format!("{}: {e}", what())))?;
+    sqlx::query(
+        "INSERT INTO agentctl.diff_analyses (analysis_id, source_table, target_table, columns, source_rows, in_step, inserts, updates,
+             deletes, conflicts, target_changed, rejected, seconds, mode, watermark, trusted)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(a.analysis_id.0)
+    .bind(a.source.to_string())
+    .bind(a.target.to_string())
+    .bind(columns)
+    .bind(a.source_rows)
+    .bind(a.in_step)
+    .bind(a.inserts)
+    .bind(a.updates)
+    .bind(a.deletes)
+    .bind(a.conflicts)
+    .bind(a.target_changed)
+    .bind(a.rejected)
+    .bind(a.seconds)
+    .bind(&a.mode)
+    .bind(&a.watermark)
+    .bind(a.trusted)
+    .execute(&mut *tx)
+    .await
+    .map_err(while_doing(what()))?;
+    // COPY: an analysis can hold hundreds of thousands of rows.
+    let mut buf = Vec::with_capacity(rows.len() * 128);
+    for r in rows {
+        for (i, field) in [
+            Some(a.analysis_id.to_string()),
+            Some(a.source.to_string()),
+            Some(r.legacy_key.clone()),
+            Some(r.change.as_str().to_owned()),
+            r.target_id.clone(),
+            r.values.as_ref().map(|v| text_array(v)),
+            r.target_hash.map(|h| h.to_string()),
+            r.expected_hash.map(|h| h.to_string()),
+            r.reason.clone(),
+        ]
+        .iter()
+        .enumerate()
+        {
+            if i > 0 {
+                buf.push(b'\t');
+            }
+            push_field(&mut buf, field.as_deref());
+        }
+        buf.push(b'\n');
+    }
+    if !rows.is_empty() {
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY agentctl.data_differentials (analysis_id, source_table, legacy_key, kind, target_id, values, target_hash,
+                     expected_hash, reason) FROM STDIN",
+            )
+            .await
+            .map_err(while_doing(what()))?;
+        copy.send(buf).await.map_err(while_doing(what()))?;
+        copy.finish().await.map_err(while_doing(what()))?;
+    }
+    tx.commit().await.map_err(while_doing(what()))?;
+    Ok(())
+}
+
+/// A PostgreSQL array literal of texts (NULL elements as NULL).
+fn text_array(values: &[Option<String>]) -> String {
+    let mut out = String::from("{");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match v {
+            None => out.push_str("NULL"),
+            Some(s) => {
+                out.push('"');
+                for ch in s.chars() {
+                    if ch == '"' || ch == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(ch);
+                }
+                out.push('"');
+            }
+        }
+    }
+    out.push('}');
+    out
+}
+
+pub async fn pending_analysis(
+    pool: &PgPool,
+    source: &TableName,
+    target: &TableName,
+) -> Result<Option<(EntityDiff, Vec<Differential>)>, ToolError> {
+    let what = || format!("reading the pending analysis of {source}");
+    let row = sqlx::query(
+        "SELECT analysis_id, mode, watermark, trusted, columns, source_rows, in_step, inserts, updates, deletes, conflicts, target_changed, rejected,
+             seconds, applied_run IS NULL AS pending
+         FROM agentctl.diff_analyses WHERE source_table = $1 ORDER BY analyzed_at DESC LIMIT 1",
+    )
+    .bind(source.to_string())
+    .fetch_optional(pool)
+    .await
+    .map_err(while_doing(what()))?;
+    let Some(row) = row else { return Ok(None) };
+    let decode = |e: sqlx::Error| ToolError(format!("while {}: {}", what(), describe(&e)));
+    if !row.try_get::<bool, _>("pending").map_err(decode)? {
+        return Ok(None);
+    }
+    let columns: serde_json::Value = row.try_get("columns").map_err(decode)?;
+    let analysis = EntityDiff {
+        analysis_id: RunId(row.try_get("analysis_id").map_err(decode)?),
+        mode: row.try_get("mode").map_err(decode)?,
+        watermark: row.try_get("watermark").map_err(decode)?,
+        trusted: row.try_get("trusted").map_err(decode)?,
+        source: source.clone(),
+        target: target.clone(),
+        columns: serde_json::from_value(columns).map_err(|e| ToolError(format!("{}: {e}", what())))?,
+        source_rows: row.try_get("source_rows").map_err(decode)?,
+        in_step: row.try_get("in_step").map_err(decode)?,
+        inserts: row.try_get("inserts").map_err(decode)?,
+        updates: row.try_get("updates").map_err(decode)?,
+        deletes: row.try_get("deletes").map_err(decode)?,
+        conflicts: row.try_get("conflicts").map_err(decode)?,
+        target_changed: row.try_get("target_changed").map_err(decode)?,
+        rejected: row.try_get("rejected").map_err(decode)?,
+        seconds: row.try_get("seconds").map_err(decode)?,
+    };
+    let rows = sqlx::query(
+        "SELECT legacy_key, kind, target_id::text, values, target_hash, expected_hash, reason FROM agentctl.data_differentials
+         WHERE analysis_id = $1 AND source_table = $2 AND applied_at IS NULL AND kind <> 'target_changed' ORDER BY legacy_key",
+    )
+    .bind(analysis.analysis_id.0)
+    .bind(source.to_string())
+    .fetch_all(pool)
+    .await
+    .map_err(while_doing(what()))?;
+    let rows = rows
+        .iter()
+        .map(|r| {
+            let kind: String = r.try_get(1)?;
+            Ok(Differential {
+                legacy_key: r.try_get(0)?,
+                change: Change::parse(&kind).unwrap_or(Change::TargetChanged),
+                target_id: r.try_get(2)?,
+                values: r.try_get(3)?,
+                target_hash: r.try_get(4)?,
+                expected_hash: r.try_get(5)?,
+                reason: r.try_get(6)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(decode)?;
+    Ok(Some((analysis, rows)))
+}
+
+pub async fn sync_mark(pool: &PgPool, source: &TableName) -> Result<SyncMark, ToolError> {
+    let row: Option<(Option<String>, Option<bool>, Option<f64>)> = sqlx::query_as(
+        "SELECT a.watermark, a.trusted,
+             (SELECT extract(epoch FROM now() - max(f.analyzed_at))::float8 FROM agentctl.diff_analyses f
+              WHERE f.source_table = $1 AND f.mode = 'full')
+         FROM agentctl.diff_analyses a WHERE a.source_table = $1 ORDER BY a.analyzed_at DESC LIMIT 1",
+    )
+    .bind(source.to_string())
+    .fetch_optional(pool)
+    .await
+    .map_err(while_doing(format!("reading what the analyses of {source} learnt")))?;
+    Ok(row.map(|(watermark, trusted, full_age_seconds)| SyncMark { watermark, trusted, full_age_seconds }).unwrap_or_default())
+}
+
+pub async fn close_analysis(pool: &PgPool, analysis: RunId, source: &TableName, run: RunId) -> Result<(), ToolError> {
+    sqlx::query("UPDATE agentctl.diff_analyses SET applied_run = $3 WHERE analysis_id = $1 AND source_table = $2")
+        .bind(analysis.0)
+        .bind(source.to_string())
+        .bind(run.0)
+        .execute(pool)
+        .await
+        .map_err(while_doing(format!("closing the analysis of {source}")))?;
+    Ok(())
+}
+
+/// Applies a batch, retrying transient failures with backoff like a migration batch.
+pub async fn apply_diff(pool: &PgPool, b: &DiffBatch, max_retries: u32) -> Result<DiffApplied, ToolError> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        let mut c = pool.acquire().await.map_err(while_doing(format!("applying changes to {}", b.analysis.target)))?;
+        sqlx::query("BEGIN").execute(&mut *c).await.map_err(while_doing("starting a transaction"))?;
+        let result = apply_on(&mut c, b).await;
+        let result = match result {
+            Ok(done) => sqlx::query("COMMIT").execute(&mut *c).await.map(|_| done),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(done) => return Ok(done),
+            Err(e) => {
+                if sqlx::query("ROLLBACK").execute(&mut *c).await.is_err() {
+                    c.detach();
+                }
+                if is_transient(&e) && attempt < max_retries {
+                    tracing::warn!("changes to {} failed ({}); retrying in {delay:?}", b.analysis.target, describe(&e));
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+                return Err(ToolError(format!("applying changes to {}: {}", b.analysis.target, describe(&e))));
+            }
+        }
+    }
+}
+
+/// A row's fate within the batch.
+struct Fate {
+    outcome: &'static str,
+    reason: Option<String>,
+}
+
+async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sqlx::Error> {
+    let a = &b.analysis;
+    let table = quoted(&a.target);
+    let cols = &a.columns;
+    let legacy_type = cols[b.legacy_column].1.clone();
+    let hashed: Vec<(String, String)> = b.hashed.iter().map(|&i| cols[i].clone()).collect();
+    let mut done = DiffApplied::default();
+    let mut fates: BTreeMap<String, Fate> = BTreeMap::new();
+    let note = |done: &mut DiffApplied, line: String| {
+        if done.notes.len() < 20 {
+            done.notes.push(line);
+        }
+    };
+
+    // Stage the batch as text: key, change, hashes, then the mapped columns.
+    let stage_cols: Vec<String> = (0..cols.len()).map(|i| format!("c{i} text")).collect();
+    sqlx::query(&format!(
+        "CREATE TEMP TABLE agentctl_diff (seq int4 NOT NULL, k text NOT NULL, kind text NOT NULL, th int8, eh int8, {}) ON COMMIT DROP",
+        stage_cols.join(", ")
+    ))
+    .execute(&mut *c)
+    .await?;
+    let mut buf = Vec::with_capacity(b.rows.len() * 128);
+    for (seq, r) in b.rows.iter().enumerate() {
+        buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        for v in [Some(r.legacy_key.as_str()), Some(r.change.as_str())] {
+            buf.push(b'\t');
+            push_field(&mut buf, v);
+        }
+        for h in [r.target_hash, r.expected_hash] {
+            buf.push(b'\t');
+            push_field(&mut buf, h.map(|h| h.to_string()).as_deref());
+        }
+        for i in 0..cols.len() {
+            buf.push(b'\t');
+            push_field(&mut buf, r.values.as_ref().and_then(|v| v.get(i).cloned().flatten()).as_deref());
+        }
+        buf.push(b'\n');
+    }
+    let mut copy = c.copy_in_raw("COPY agentctl_diff FROM STDIN").await?;
+    copy.send(buf).await?;
+    copy.finish().await?;
+
+    // Rows the mapping rejects: recorded with the reason.
+    for r in b.rows.iter().filter(|r| r.change == Change::Rejected) {
+        let reason = r.reason.clone().unwrap_or_else(|| "the mapping rejects the row".into());
+        note(&mut done, format!("{} {}: rejected: {reason}", a.source.name, r.legacy_key));
+        fates.insert(r.legacy_key.clone(), Fate { outcome: "rejected", reason: Some(reason) });
+    }
+
+    // References to rows that are not in the target: rejected, not written (rule `reference`,
+    // as in the full migration: tried again once the parent is there).
+    let mut parent_missing: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for (col, parent) in &b.references {
+        let sql = format!(
+            "DELETE FROM agentctl_diff s WHERE s.kind IN ('insert', 'update', 'conflict') AND s.c{col} IS NOT NULL
+                 AND NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = s.c{col}::uuid)
+             RETURNING s.k",
+            quoted(parent)
+        );
+        let keys: Vec<String> = sqlx::query_scalar(&sql).fetch_all(&mut *c).await?;
+        for k in keys {
+            let reason = format!("{}.{}: the {} row it points at is not in the target", a.target.name, cols[*col].0, parent.name);
+            note(&mut done, format!("{} {k}: rejected: {reason}", a.source.name));
+            parent_missing.insert(k.clone());
+            fates.insert(k, Fate { outcome: "rejected", reason: Some(reason) });
+        }
+    }
+
+    // Conflicts: recorded with the target's values, then settled by the entity's policy.
+    let conflicts = b.rows.iter().filter(|r| r.change == Change::Conflict && !fates.contains_key(&r.legacy_key)).count();
+    if conflicts > 0 {
+        let status = match b.policy.conflicts {
+            ConflictPolicy::SourceWins => "overwritten",
+            ConflictPolicy::TargetWins => "kept_target",
+            ConflictPolicy::Manual => "open",
+        };
+        let values: Vec<String> = (0..cols.len()).map(|i| format!("s.c{i}")).collect();
+        let names: Vec<String> = cols.iter().map(|(n, _)| format!("'{}'", n.replace('\'', "''"))).collect();
+        let found: Vec<String> = cols.iter().map(|(n, _)| format!("t.{}::text", ident(n))).collect();
+        // Which synced columns differ, compared typed (as the analysis did).
+        let differing: Vec<String> = b
+            .hashed
+            .iter()
+            .map(|&i| format!("CASE WHEN t.{} IS DISTINCT FROM s.c{i}::{} THEN {} END", ident(&cols[i].0), cols[i].1, names[i]))
+            .collect();
+        let sql = format!(
+            "INSERT INTO agentctl.sync_conflicts (source_table, target_table, legacy_key, target_id, policy, status, columns, source_values,
+                 target_values, differing, analysis_id, applied_run)
+             SELECT $1, $2, s.k, t.id, $3, $4, $5, ARRAY[{values}], jsonb_object(ARRAY[{names}], ARRAY[{found}]),
+                 array_remove(ARRAY[{differing}]::text[], NULL), $6, $7
+             FROM agentctl_diff s JOIN {table} t ON t.legacy_id = s.k::{legacy_type}
+             WHERE s.kind = 'conflict'
+             ON CONFLICT (target_table, legacy_key) WHERE status = 'open'
+             DO UPDATE SET source_values = EXCLUDED.source_values, target_values = EXCLUDED.target_values,
+                 differing = EXCLUDED.differing, analysis_id = EXCLUDED.analysis_id, detected_at = now()",
+            values = values.join(", "),
+            names = names.join(", "),
+            found = found.join(", "),
+            differing = if differing.is_empty() { "NULL".to_owned() } else { differing.join(", ") },
+        );
+        let columns: Vec<(String, String, bool)> =
+            cols.iter().enumerate().map(|(i, (n, t))| (n.clone(), t.clone(), b.hashed.contains(&i))).collect();
+        let columns = serde_json::to_value(columns).unwrap_or_default();
+        let recorded = sqlx::query(&sql)
+            .bind(a.source.to_string())
+            .bind(a.target.to_string())
+            .bind(b.policy.conflicts.as_str())
+            .bind(status)
+            .bind(columns)
+            .bind(a.analysis_id.0)
+            .bind(b.run_id.0)
+            .execute(&mut *c)
+            .await?;
+        done.conflicted += recorded.rows_affected() as i64;
+        match b.policy.conflicts {
+            ConflictPolicy::SourceWins => {
+                sqlx::query("UPDATE agentctl_diff SET kind = 'update' WHERE kind = 'conflict'").execute(&mut *c).await?;
+            }
+            ConflictPolicy::TargetWins | ConflictPolicy::Manual => {
+                let kept: Vec<(String, Option<i64>)> =
+                    sqlx::query_as("DELETE FROM agentctl_diff WHERE kind = 'conflict' RETURNING k, eh").fetch_all(&mut *c).await?;
+                let target_wins = b.policy.conflicts == ConflictPolicy::TargetWins;
+                if target_wins {
+                    // The source's version is the one agentctl "last wrote": until the source
+                    // changes again, the target's row is its own change, not a conflict.
+                    let (keys, hashes): (Vec<String>, Vec<Option<i64>>) = kept.iter().cloned().unzip();
+                    set_baseline(c, &a.target, &keys, &hashes).await?;
+                }
+                for (k, _) in kept {
+                    let (outcome, reason) = if target_wins {
+                        ("kept_target", "changed on both sides: the target's values kept (target-wins)".to_owned())
+                    } else {
+                        done.held += 1;
+                        note(&mut done, format!("{} {k}: conflict held for an operator (agentctl conflict report)", a.source.name));
+                        ("held", "changed on both sides: held for an operator (manual)".to_owned())
+                    };
+                    fates.insert(k, Fate { outcome, reason: Some(reason) });
+                }
+            }
+        }
+    }
+
+    // Updates: only where the target row is still as the analysis saw it.
+    let sets: Vec<String> = b
+        .hashed
+        .iter()
+        .map(|&i| format!("{} = s.c{i}::{}", ident(&cols[i].0), cols[i].1))
+        .chain(b.soft_delete.then(|| "deleted_at = NULL".to_owned()))
+        .collect();
+    if !sets.is_empty() {
+        let sql = format!(
+            "UPDATE {table} t SET {} FROM agentctl_diff s
+             WHERE s.kind = 'update' AND s.seq BETWEEN $1 AND $2 AND t.legacy_id = s.k::{legacy_type}
+                 AND (s.th IS NULL OR {} = s.th)
+             RETURNING s.k",
+            sets.join(", "),
+            row_hash("t", &hashed)
+        );
+        let (keys, refused) = split_run(c, &sql, b.rows.len().checked_sub(1).map(|hi| (0, hi))).await?;
+        done.updated += keys.len() as i64;
+        for k in keys {
+            fates.insert(k, Fate { outcome: "applied", reason: None });
+        }
+        refuse(&mut done, &mut fates, refused, b, "update");
+    }
+
+    // Inserts: a row that appeared under the key since the analysis is left (stale).
+    let names: Vec<String> = cols.iter().map(|(n, _)| ident(n)).collect();
+    let casts: Vec<String> = cols.iter().enumerate().map(|(i, (_, ty))| format!("s.c{i}::{ty}")).collect();
+    let sql = format!(
+        "INSERT INTO {table} ({}) SELECT {} FROM agentctl_diff s WHERE s.kind = 'insert' AND s.seq BETWEEN $1 AND $2
+         ON CONFLICT DO NOTHING RETURNING legacy_id::text",
+        names.join(", "),
+        casts.join(", ")
+    );
+    let (keys, refused) = split_run(c, &sql, b.rows.len().checked_sub(1).map(|hi| (0, hi))).await?;
+    done.inserted += keys.len() as i64;
+    for k in keys {
+        fates.insert(k, Fate { outcome: "applied", reason: None });
+    }
+    refuse(&mut done, &mut fates, refused, b, "insert");
+
+    // Deletes.
+    let deletes: Vec<String> = b.rows.iter().filter(|r| r.change == Change::Delete).map(|r| r.legacy_key.clone()).collect();
+    if !deletes.is_empty() {
+        delete_rows(c, b, &deletes, &mut done, &mut fates).await?;
+    }
+
+    // What agentctl wrote is the new baseline.
+    let written: Vec<String> = fates.iter().filter(|(_, f)| f.outcome == "applied").map(|(k, _)| k.clone()).collect();
+    if !written.is_empty() {
+        sqlx::query(&format!(
+            "INSERT INTO agentctl.sync_baseline (target_table, legacy_key, hash)
+             SELECT $1, t.legacy_id::text, {} FROM {table} t WHERE t.legacy_id = ANY($2::text[]::{legacy_type}[])
+             ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = EXCLUDED.hash",
+            row_hash("t", &hashed)
+        ))
+        .bind(a.target.to_string())
+        .bind(&written)
+        .execute(&mut *c)
+        .await?;
+    }
+
+    // Rejects, as the full migration records them.
+    let rejects: Vec<(&Differential, &Fate)> =
+        b.rows.iter().filter_map(|r| fates.get(&r.legacy_key).filter(|f| f.outcome == "rejected").map(|f| (r, f))).collect();
+    done.rejected += rejects.len() as i64;
+    if !rejects.is_empty() {
+        let keys: Vec<String> = rejects.iter().map(|(r, _)| r.legacy_key.clone()).collect();
+        let reasons: Vec<String> = rejects.iter().map(|(_, f)| f.reason.clone().unwrap_or_default()).collect();
+        let rules: Vec<&str> =
+            rejects.iter().map(|(r, _)| if parent_missing.contains(&r.legacy_key) { "reference" } else { "sync" }).collect();
+        let rows: Vec<serde_json::Value> = rejects
+            .iter()
+            .map(|(r, _)| match &r.values {
+                Some(v) => runtime::ports::row_json(&cols.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), v),
+                None => serde_json::Value::Null,
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO agentctl.rejected_rows (run_id, source_table, legacy_key, column_name, rule, reason, source_row)
+             SELECT $1, $2, k, NULL, r, w, j FROM UNNEST($3::text[], $4::text[], $5::jsonb[], $6::text[]) AS u(k, w, j, r)
+             ON CONFLICT (run_id, source_table, legacy_key) DO UPDATE SET reason = EXCLUDED.reason, rule = EXCLUDED.rule",
+        )
+        .bind(b.run_id.0)
+        .bind(a.source.to_string())
+        .bind(&keys)
+        .bind(&reasons)
+        .bind(&rows)
+        .bind(&rules)
+        .execute(&mut *c)
+        .await?;
+    }
+
+    // Every row of the batch gets its outcome, in the same transaction as what it did.
+    for r in &b.rows {
+        fates.entry(r.legacy_key.clone()).or_insert_with(|| {
+            done.stale += 1;
+            Fate { outcome: "stale", reason: Some("the target row changed after the analysis; the next analysis sees it".into()) }
+        });
+    }
+    let keys: Vec<&String> = fates.keys().collect();
+    let outcomes: Vec<&str> = fates.values().map(|f| f.outcome).collect();
+    let reasons: Vec<Option<&str>> = fates.values().map(|f| f.reason.as_deref()).collect();
+    sqlx::query(
+        "UPDATE agentctl.data_differentials d SET applied_run = $3, applied_at = now(), outcome = u.o, reason = coalesce(u.w, d.reason)
+         FROM UNNEST($4::text[], $5::text[], $6::text[]) AS u(k, o, w)
+         WHERE d.analysis_id = $1 AND d.source_table = $2 AND d.legacy_key = u.k",
+    )
+    .bind(a.analysis_id.0)
+    .bind(a.source.to_string())
+    .bind(b.run_id.0)
+    .bind(&keys)
+    .bind(&outcomes)
+    .bind(&reasons)
+    .execute(&mut *c)
+    .await?;
+    sqlx::query("DROP TABLE agentctl_diff").execute(&mut *c).await?;
+    Ok(done)
+}
+
+/// Records rows the target refused (a check, a unique rule) as rejected, with its words.
+fn refuse(done: &mut DiffApplied, fates: &mut BTreeMap<String, Fate>, refused: Vec<(usize, String)>, b: &DiffBatch, what: &str) {
+    for (seq, why) in refused {
+        let key = b.rows[seq].legacy_key.clone();
+        let reason = format!("{}: the target refused the {what}: {why}", b.analysis.target.name);
+        if done.notes.len() < 20 {
+            done.notes.push(format!("{} {key}: rejected: {reason}", b.analysis.source.name));
+        }
+        fates.insert(key, Fate { outcome: "rejected", reason: Some(reason) });
+    }
+}
+
+/// Runs a statement over staged rows `$1..=$2` of `range`, splitting a range the target refuses under
+/// savepoints until the refusing rows stand alone. Returns the keys it returned and the
+/// refused rows with the database's words.
+pub(crate) async fn split_run(
+    c: &mut PgConnection,
+    sql: &str,
+    range: Option<(usize, usize)>,
+) -> Result<(Vec<String>, Vec<(usize, String)>), sqlx::Error> {
+    let mut keys = Vec::new();
+    let mut refused = Vec::new();
+    let mut ranges: Vec<(usize, usize)> = range.into_iter().collect();
+    while let Some((lo, hi)) = ranges.pop() {
+        sqlx::query("SAVEPOINT agentctl_range").execute(&mut *c).await?;
+        let result: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(sql).bind(lo as i32).bind(hi as i32).fetch_all(&mut *c).await;
+        match result {
+            Ok(k) => {
+                keys.extend(k);
+                sqlx::query("RELEASE SAVEPOINT agentctl_range").execute(&mut *c).await?;
+            }
+            Err(e) if is_transient(&e) => return Err(e),
+            Err(e) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT agentctl_range").execute(&mut *c).await?;
+                if lo == hi {
+                    refused.push((lo, describe(&e)));
+                } else {
+                    let mid = lo + (hi - lo) / 2;
+                    ranges.push((mid + 1, hi));
+                    ranges.push((lo, mid));
+                }
+            }
+        }
+    }
+    Ok((keys, refused))
+}
+
+async fn set_baseline(c: &mut PgConnection, target: &TableName, keys: &[String], hashes: &[Option<i64>]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO agentctl.sync_baseline (target_table, legacy_key, hash)
+         SELECT $1, k, h FROM UNNEST($2::text[], $3::int8[]) AS u(k, h) WHERE h IS NOT NULL
+         ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = EXCLUDED.hash",
+    )
+    .bind(target.to_string())
+    .bind(keys)
+    .bind(hashes)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+/// Deletes (or marks deleted) rows gone from the source. A hard delete is refused for a row
+/// that rows of another table still reference, so nothing is orphaned; a soft delete leaves
+/// the row for its children and says how many point at it.
+async fn delete_rows(
+    c: &mut PgConnection,
+    b: &DiffBatch,
+    keys: &[String],
+    done: &mut DiffApplied,
+    fates: &mut BTreeMap<String, Fate>,
+) -> Result<(), sqlx::Error> {
+    let a = &b.analysis;
+    let table = quoted(&a.target);
+    let legacy_type = &a.columns[b.legacy_column].1;
+    // Every single-column foreign key that points at this table.
+    let children: Vec<(String, String, String, bool)> = sqlx::query_as(
+        "SELECT n.nspname, c.relname, a.attname,
+             EXISTS (SELECT 1 FROM pg_attribute d WHERE d.attrelid = c.oid AND d.attname = 'deleted_at' AND NOT d.attisdropped)
+         FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+         WHERE k.contype = 'f' AND k.confrelid = $1::regclass AND cardinality(k.conkey) = 1",
+    )
+    .bind(&table)
+    .fetch_all(&mut *c)
+    .await?;
+    let mut referenced: HashMap<String, Vec<String>> = HashMap::new();
+    for (schema, child, column, soft_child) in &children {
+        let live = if *soft_child && b.policy.delete == DeleteMode::Soft { " AND ch.deleted_at IS NULL" } else { "" };
+        let sql = format!(
+            "SELECT p.legacy_id::text, count(*) FROM {table} p JOIN {}.{} ch ON ch.{} = p.id
+             WHERE p.legacy_id = ANY($1::text[]::{legacy_type}[]){live} GROUP BY 1",
+            ident(schema),
+            ident(child),
+            ident(column)
+        );
+        let rows: Vec<(String, i64)> = sqlx::query_as(&sql).bind(keys).fetch_all(&mut *c).await?;
+        for (k, n) in rows {
+            referenced.entry(k).or_default().push(format!("{n} rows of {child}"));
+        }
+    }
+    let mut gone = Vec::with_capacity(keys.len());
+    for k in keys {
+        let why = referenced.get(k).map(|v| v.join(", "));
+        match (b.policy.delete, b.soft_delete, why) {
+            (DeleteMode::Hard, _, Some(why)) => {
+                let reason = format!("deleted from the source, but {why} still point at it: not deleted, so nothing is orphaned");
+                done.held += 1;
+                if done.notes.len() < 20 {
+                    done.notes.push(format!("{} {k}: {reason}", a.source.name));
+                }
+                fates.insert(k.clone(), Fate { outcome: "held", reason: Some(reason) });
+            }
+            (DeleteMode::Soft, false, _) => {
+                let reason = format!(
+                    "{} has no deleted_at column for a soft delete: add one, or set sync = {{ delete = \"hard\" }} for {} in the mapping file",
+                    a.target.name, a.source.name
+                );
+                done.held += 1;
+                if done.notes.len() < 20 {
+                    done.notes.push(format!("{} {k}: {reason}", a.source.name));
+                }
+                fates.insert(k.clone(), Fate { outcome: "held", reason: Some(reason) });
+            }
+            (DeleteMode::Soft, true, Some(why)) => {
+                let reason = format!("marked deleted; {why} still point at it (kept, not orphaned)");
+                if done.notes.len() < 20 {
+                    done.notes.push(format!("{} {k}: {reason}", a.source.name));
+                }
+                fates.insert(k.clone(), Fate { outcome: "applied", reason: Some(reason) });
+                gone.push(k.clone());
+            }
+            _ => {
+                fates.insert(k.clone(), Fate { outcome: "applied", reason: None });
+                gone.push(k.clone());
+            }
+        }
+    }
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let sql = match b.policy.delete {
+        DeleteMode::Soft => format!(
+            "UPDATE {table} SET deleted_at = now() WHERE legacy_id = ANY($1::text[]::{legacy_type}[]) AND deleted_at IS NULL RETURNING legacy_id::text"
+        ),
+        DeleteMode::Hard => format!("DELETE FROM {table} WHERE legacy_id = ANY($1::text[]::{legacy_type}[]) RETURNING legacy_id::text"),
+    };
+    let deleted: Vec<String> = sqlx::query_scalar(&sql).bind(&gone).fetch_all(&mut *c).await?;
+    done.deleted += deleted.len() as i64;
+    let deleted: std::collections::HashSet<String> = deleted.into_iter().collect();
+    for k in &gone {
+        if !deleted.contains(k) {
+            done.stale += 1;
+            fates.insert(k.clone(), Fate { outcome: "stale", reason: Some("the target row was already gone".into()) });
+        }
+    }
+    // No baseline any more: a row that comes back is agentctl's to write again.
+    sqlx::query(
+        "INSERT INTO agentctl.sync_baseline (target_table, legacy_key, hash) SELECT $1, k, NULL FROM unnest($2::text[]) AS u(k)
+         ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = NULL",
+    )
+    .bind(a.target.to_string())
+    .bind(&gone)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
