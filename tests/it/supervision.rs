@@ -1,12 +1,12 @@
 //! An agent that panics is restarted and the run goes on; one that keeps panicking is given up
 //! on and the run fails with the reason recorded; a migration worker that panics starts again
-//! from its checkpoint.
+//! from its checkpoint; a differential apply cut off mid-way is carried on without a row twice.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use agentctl::session::{Connections, Execution, Session, SessionOptions};
-use agents::orchestrator::PlanGoal;
+use agents::orchestrator::{DiffGoal, PlanGoal};
 use async_trait::async_trait;
 use runtime::domain::{SchemaReport, TableName};
 use runtime::ports::{
@@ -96,6 +96,8 @@ struct CrashingWriter {
     inner: Arc<dyn Target>,
     /// Writes to let through before the one that panics.
     until_panic: AtomicU32,
+    /// Differential batches to let through before the one that fails as a lost connection would.
+    until_apply_fails: AtomicU32,
 }
 
 #[async_trait]
@@ -191,6 +193,9 @@ impl Target for CrashingWriter {
         self.inner.pending_analysis(source, target).await
     }
     async fn apply_diff(&self, batch: &DiffBatch) -> Result<DiffApplied, ToolError> {
+        if self.until_apply_fails.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            return Err(ToolError("injected fault: the target went away while applying a batch".into()));
+        }
         self.inner.apply_diff(batch).await
     }
     async fn sync_mark(&self, source: &TableName) -> Result<runtime::ports::SyncMark, ToolError> {
@@ -209,7 +214,8 @@ async fn a_crashed_migration_worker_starts_again_from_its_checkpoint() {
     let conns = Connections::open(&config, true).await.expect("the test databases are reachable");
     let mut tools = conns.tools().unwrap();
     let writer = tools.target_writer.take().expect("a target");
-    tools.target_writer = Some(Arc::new(CrashingWriter { inner: writer, until_panic: AtomicU32::new(3) }));
+    tools.target_writer =
+        Some(Arc::new(CrashingWriter { inner: writer, until_panic: AtomicU32::new(3), until_apply_fails: AtomicU32::new(u32::MAX) }));
     let session = Session::start(&conns, "run", Some("migrate everything"), tools, SessionOptions::from_config(&config)).await.unwrap();
     let planned = session.plan(PlanGoal { goal: "migrate everything".into(), ..goal() }).await.unwrap();
     let results = session.execute(&planned, Execution { jobs: 1, ..Default::default() }).await.expect("the run survives the crash");
@@ -224,4 +230,51 @@ async fn a_crashed_migration_worker_starts_again_from_its_checkpoint() {
     let restart: Vec<_> = decisions.iter().filter(|e| e.summary.contains("starting again from its last checkpoint")).collect();
     assert_eq!(restart.len(), 1, "{decisions:#?}");
     assert!(restart[0].detail.contains("panicked") && restart[0].detail.contains("injected fault"), "{}", restart[0].detail);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_differential_apply_cut_off_mid_way_is_carried_on_without_a_row_twice() {
+    let pg = tests::shared();
+    let (source, target, _) = pg.reference_pair("0.005");
+    let run = tests::agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let db = |url: &str| url.rsplit('/').next().unwrap().to_owned();
+    let (s, t) = (db(&source), db(&target));
+    // More deletes than one batch applies (5,000).
+    pg.psql(&s, "CREATE TABLE gone AS SELECT id FROM dispatch_system_message ORDER BY id LIMIT 6000");
+    pg.psql(&s, "DELETE FROM dispatch_system_message WHERE id IN (SELECT id FROM gone)");
+    let ids = pg.psql(&s, "SELECT string_agg(id::text, ',') FROM gone");
+    let present: i64 = pg.psql(&t, &format!("SELECT count(*) FROM system_messages WHERE legacy_id IN ({ids})")).parse().unwrap();
+    assert!(present > 5_000, "{present}");
+
+    let config = tests::config(&source, &target);
+    let conns = Connections::open(&config, true).await.expect("the test databases are reachable");
+    let (mapping, origin) = agentctl::plan_run::mapping_file(&agentctl::cli::MappingOpt { mapping: None }, &conns).await.unwrap();
+    let mut tools = conns.tools().unwrap();
+    let writer = tools.target_writer.take().expect("a target");
+    tools.target_writer =
+        Some(Arc::new(CrashingWriter { inner: writer, until_panic: AtomicU32::new(u32::MAX), until_apply_fails: AtomicU32::new(1) }));
+    let session =
+        Session::start(&conns, "diff migrate", Some("system messages"), tools, SessionOptions::from_config(&config)).await.unwrap();
+    let goal = PlanGoal { goal: "system messages".into(), only: true, mapping, mapping_origin: origin, batch_size: None };
+    let failed = session.diff(DiffGoal { goal, analyze: true, apply: true, full: false }).await;
+    assert!(failed.as_ref().is_err_and(|e| e.to_string().contains("injected fault")), "{failed:?}");
+    session.finish("failed", None).await.unwrap();
+    // The first batch is in, whole, with its outcomes; the second is not.
+    assert_eq!(pg.psql(&t, "SELECT count(*) FROM system_messages WHERE deleted_at IS NOT NULL"), "5000");
+    assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.data_differentials WHERE applied_at IS NOT NULL"), "5000");
+
+    // The next `diff migrate` applies the rest of the same analysis, and nothing twice.
+    let rest = tests::agentctl(&["--source", &source, "--target", &target, "diff", "migrate", "system messages", "--format", "json"]);
+    assert_eq!(rest.code, 0, "{rest:?}");
+    let doc: serde_json::Value = serde_json::from_str(&rest.stdout).unwrap();
+    assert_eq!(doc["total"]["deleted"].as_i64(), Some(present - 5_000), "{doc}");
+    assert_eq!(doc["analyses"].as_array().map(Vec::len), Some(0), "the pending analysis is carried on, not a new one");
+    assert_eq!(pg.psql(&t, "SELECT count(*) FROM system_messages WHERE deleted_at IS NOT NULL"), present.to_string());
+    assert_eq!(
+        pg.psql(&t, "SELECT count(*) || ' ' || count(DISTINCT applied_run) FROM agentctl.data_differentials WHERE outcome = 'applied'"),
+        format!("{present} 2")
+    );
+    let proof = tests::agentctl(&["--source", &source, "--target", &target, "diff", "validate", "system messages"]);
+    assert_eq!(proof.code, 0, "{proof:?}");
 }
