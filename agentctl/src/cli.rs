@@ -212,6 +212,12 @@ pub enum SyncCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Stop a job's scheduled runs (`run-job` still runs it) until `resume-job`.
+    PauseJob { name: String },
+    /// Schedule a paused job again, from now.
+    ResumeJob { name: String },
+    /// Delete a job and its history (the runs stay in the audit trail).
+    DeleteJob { name: String },
     /// A job and its latest runs.
     JobStatus {
         name: String,

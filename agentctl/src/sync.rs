@@ -240,7 +240,7 @@ pub async fn sync(config: &Config, cmd: SyncCmd) -> Result<(), Exit> {
                             "{:<20} {:<28} {:<20} {:<26} {:<12} {}",
                             j.name,
                             j.goal,
-                            j.schedule.describe(),
+                            j.schedule.describe_as(j.enabled),
                             j.next_run_at.format("%Y-%m-%d %H:%M:%S UTC"),
                             running,
                             l.as_ref().map(|r| r.outcome.as_str()).unwrap_or("never")
@@ -248,6 +248,14 @@ pub async fn sync(config: &Config, cmd: SyncCmd) -> Result<(), Exit> {
                     }
                 }
             }
+            Ok(())
+        }
+        SyncCmd::PauseJob { name } => pause(config, &name, false).await,
+        SyncCmd::ResumeJob { name } => pause(config, &name, true).await,
+        SyncCmd::DeleteJob { name } => {
+            let store = sync_store(config).await?;
+            store.delete_job(&name).await.map_err(Exit::failed)?;
+            println!("sync job {name} deleted with its history (its runs stay in the audit trail)");
             Ok(())
         }
         SyncCmd::JobStatus { name, format } => {
@@ -261,7 +269,7 @@ pub async fn sync(config: &Config, cmd: SyncCmd) -> Result<(), Exit> {
                         "sync job {}: {} {}, next run {}{}",
                         job.name,
                         job.goal,
-                        job.schedule.describe(),
+                        job.schedule.describe_as(job.enabled),
                         job.next_run_at.format("%Y-%m-%d %H:%M:%S UTC"),
                         match (&job.lease_owner, job.lease_expires_at) {
                             (Some(o), Some(t)) => format!("; held by {o} until {}", t.format("%H:%M:%S")),
@@ -292,6 +300,17 @@ pub async fn sync(config: &Config, cmd: SyncCmd) -> Result<(), Exit> {
         }
         SyncCmd::Daemon { poll, lease, mapping } => daemon(config, poll, lease, &mapping).await,
     }
+}
+
+async fn pause(config: &Config, name: &str, resume: bool) -> Result<(), Exit> {
+    let store = sync_store(config).await?;
+    let job = store.set_enabled(name, resume).await.map_err(Exit::failed)?;
+    if resume {
+        println!("sync job {} resumed: next run {}", job.name, job.next_run_at.to_rfc3339());
+    } else {
+        println!("sync job {} paused: no scheduled run until `agentctl sync resume-job {}`", job.name, job.name);
+    }
+    Ok(())
 }
 
 fn print_run(r: &JobRun) {

@@ -363,6 +363,22 @@ fn a_killed_daemon_leaves_no_job_running_and_two_daemons_run_a_job_once() {
     let now = agentctl(&["--source", &source, "--target", &target, "sync", "run-job", "patients"]);
     assert_eq!(now.code, 0, "{now:?}");
     assert_eq!(history("count(*)"), "4");
+
+    // Paused: due, but no daemon runs it; `run-job` still does; resumed, it is scheduled again.
+    assert_eq!(agentctl(&["--target", &target, "sync", "pause-job", "patients"]).code, 0);
+    pg.psql(&t, "UPDATE agentctl.synchronization_jobs SET next_run_at = now() - interval '1 minute'");
+    let idle = daemon(&source, &target, "30");
+    std::thread::sleep(Duration::from_secs(3));
+    stop(idle);
+    assert_eq!(history("count(*)"), "4", "a paused job is not run");
+    assert!(agentctl(&["--target", &target, "sync", "list-jobs"]).stdout.contains("every 1h (paused)"));
+    assert_eq!(agentctl(&["--target", &target, "sync", "resume-job", "patients"]).code, 0);
+    assert_eq!(pg.psql(&t, "SELECT enabled AND next_run_at > now() + interval '50 minutes' FROM agentctl.synchronization_jobs"), "t");
+    let deleted = agentctl(&["--target", &target, "sync", "delete-job", "patients"]);
+    assert_eq!(deleted.code, 0, "{deleted:?}");
+    assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.sync_run_history"), "0");
+    let gone = agentctl(&["--target", &target, "sync", "job-status", "patients"]);
+    assert!(gone.stderr.contains("there is no sync job named patients"), "{gone:?}");
 }
 
 #[test]

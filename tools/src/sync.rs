@@ -76,6 +76,15 @@ impl Schedule {
         }
     }
 
+    /// The schedule in words, `(paused)` after it when `enabled` is false.
+    pub fn describe_as(&self, enabled: bool) -> String {
+        if enabled {
+            self.describe()
+        } else {
+            format!("{} (paused)", self.describe())
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Schedule::Every(s) if s % 86_400 == 0 => format!("every {}d", s / 86_400),
@@ -215,6 +224,36 @@ impl SyncStore {
         }
     }
 
+    /// Pauses or resumes a job's scheduled runs; a resumed job is due at its next time from now.
+    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<Job, DbError> {
+        let job = self.job(name).await?;
+        let next = job.schedule.next_after(Utc::now()).map_err(DbError)?;
+        sqlx::query("UPDATE agentctl.synchronization_jobs SET enabled = $2, next_run_at = CASE WHEN $2 THEN $3 ELSE next_run_at END WHERE name = $1")
+            .bind(name)
+            .bind(enabled)
+            .bind(next)
+            .execute(&self.pool)
+            .await
+            .map_err(while_doing(format!("{} sync job {name}", if enabled { "resuming" } else { "pausing" })))?;
+        self.job(name).await
+    }
+
+    /// Deletes a job and its history; refused while a daemon holds it.
+    pub async fn delete_job(&self, name: &str) -> Result<(), DbError> {
+        let done = sqlx::query(
+            "DELETE FROM agentctl.synchronization_jobs WHERE name = $1 AND (lease_expires_at IS NULL OR lease_expires_at < now())",
+        )
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(while_doing(format!("deleting sync job {name}")))?;
+        if done.rows_affected() == 0 {
+            self.job(name).await?;
+            return Err(DbError(format!("sync job {name} is running; delete it once it ends")));
+        }
+        Ok(())
+    }
+
     /// The job's latest runs, newest first.
     pub async fn history(&self, name: &str, limit: i64) -> Result<Vec<JobRun>, DbError> {
         let rows = sqlx::query(
@@ -274,8 +313,8 @@ impl SyncStore {
         let sql = format!(
             "WITH pick AS (
                  SELECT name FROM agentctl.synchronization_jobs
-                 WHERE enabled AND (lease_expires_at IS NULL OR lease_expires_at < now())
-                     AND (CASE WHEN $3::text IS NULL THEN next_run_at <= now() ELSE name = $3 END)
+                 WHERE (lease_expires_at IS NULL OR lease_expires_at < now())
+                     AND (CASE WHEN $3::text IS NULL THEN enabled AND next_run_at <= now() ELSE name = $3 END)
                  ORDER BY next_run_at LIMIT 1 FOR UPDATE SKIP LOCKED)
              UPDATE agentctl.synchronization_jobs j SET lease_owner = $1, lease_expires_at = now() + $2 * interval '1 millisecond'
              FROM pick WHERE j.name = pick.name
