@@ -11,7 +11,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use agents::guidance::{understand, Intent};
-use agents::orchestrator::PlanGoal;
+use agents::orchestrator::{DiffGoal, PlanGoal};
 use runtime::config::Config;
 use runtime::RunId;
 use serde_json::json;
@@ -31,6 +31,8 @@ const HELP: &str = "You can say, for example:
   undo the doctors                                   (asks before it deletes anything)
   what did the planning agent decide and why?
   profile the customers                              (what the data looks like)
+  what changed since the last sync?                  (in the old system; changes nothing)
+  sync the orders                                    (asks before it changes anything)
   exit";
 
 /// How long a question may take before the operator is told it did not work.
@@ -241,6 +243,8 @@ impl Chat<'_> {
         match intent {
             Intent::Migrate { goal } => self.migrate(goal, lines).await,
             Intent::Undo { goal } => self.undo(goal, lines).await.map(|_| Continue::Yes),
+            Intent::Sync { goal } => self.sync(goal, lines).await.map(|_| Continue::Yes),
+            Intent::Changes { goal } => self.changes(goal).await.map(|_| ()).map(|_| Continue::Yes),
             _ => match tokio::time::timeout(ANSWER_TIMEOUT, self.answer(intent, question)).await {
                 Ok(answered) => answered.map(|_| Continue::Yes),
                 Err(_) => Err(Exit::failed(format!("no answer within {}s; is the database reachable?", ANSWER_TIMEOUT.as_secs()))),
@@ -284,7 +288,7 @@ impl Chat<'_> {
                                 println!("I will stop talking once the migration is done.");
                                 then = Continue::No;
                             }
-                            Intent::Migrate { .. } | Intent::Undo { .. } => println!("A migration is running; that can wait until it is done."),
+                            Intent::Migrate { .. } | Intent::Undo { .. } | Intent::Sync { .. } | Intent::Changes { .. } => println!("A migration is running; that can wait until it is done."),
                             intent => {
                                 if let Err(e) = self.answer(&intent, &text).await {
                                     println!("Sorry, that did not work: {}", e.message);
@@ -331,6 +335,63 @@ impl Chat<'_> {
         })
     }
 
+    /// What changed in the old system since the last sync, said in words; nothing is changed.
+    async fn changes(&self, goal: &str) -> Result<i64, Exit> {
+        let goal = if goal.trim().is_empty() { "everything" } else { goal };
+        let how = DiffGoal { goal: self.goal(goal, goal != "everything"), analyze: true, apply: false, full: false };
+        let report = self.session.diff(how).await.map_err(Exit::failed)?;
+        let mut out_of_step = 0;
+        for a in report.analyses.iter().filter(|a| a.out_of_step() + a.target_changed > 0) {
+            out_of_step += a.out_of_step();
+            println!(
+                "  {}: {} new, {} changed, {} deleted, {} changed on both sides, {} refused{}",
+                a.target.name,
+                a.inserts,
+                a.updates,
+                a.deletes,
+                a.conflicts,
+                a.rejected,
+                if a.target_changed > 0 {
+                    format!(" ({} changed only in the new system, left as they are)", a.target_changed)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if out_of_step == 0 {
+            println!("Nothing changed in the old system that the new one does not have.");
+        }
+        Ok(out_of_step)
+    }
+
+    /// Brings the new system up to date with the old one's changes, after a yes.
+    async fn sync(&self, goal: &str, lines: &mut tokio::sync::mpsc::Receiver<Line>) -> Result<(), Exit> {
+        let waiting = self.changes(goal).await?;
+        if waiting == 0 {
+            return Ok(());
+        }
+        let question = format!(
+            "This applies these {waiting} changes to {} (deleted rows are marked deleted or removed, as the mapping says). Type yes to go ahead.",
+            self.config.target().map(|t| t.location()).unwrap_or_default()
+        );
+        if !self.confirm(lines, &question).await {
+            println!("All right, nothing was changed.");
+            return Ok(());
+        }
+        let goal = if goal.trim().is_empty() { "everything" } else { goal };
+        let how = DiffGoal { goal: self.goal(goal, goal != "everything"), analyze: false, apply: true, full: false };
+        let report = self.session.diff(how).await.map_err(Exit::failed)?;
+        let t = report.total();
+        println!(
+            "Done: {} added, {} updated, {} deleted, {} changed on both sides, {} held for you, {} refused with a reason.",
+            t.inserted, t.updated, t.deleted, t.conflicted, t.held, t.rejected
+        );
+        if t.held > 0 {
+            println!("`agentctl conflict report` lists what is held.");
+        }
+        Ok(())
+    }
+
     async fn undo(&self, goal: &str, lines: &mut tokio::sync::mpsc::Receiver<Line>) -> Result<(), Exit> {
         if goal.trim().is_empty() {
             println!("Which tables should I take back? For example: undo the doctors.");
@@ -354,7 +415,9 @@ impl Chat<'_> {
     /// Answers what only reads: status, reasons, a refused row, decisions, help.
     async fn answer(&self, intent: &Intent, question: &str) -> Result<(), Exit> {
         match intent {
-            Intent::Help | Intent::Exit | Intent::Migrate { .. } | Intent::Undo { .. } => println!("{HELP}"),
+            Intent::Help | Intent::Exit | Intent::Migrate { .. } | Intent::Undo { .. } | Intent::Sync { .. } | Intent::Changes { .. } => {
+                println!("{HELP}")
+            }
             Intent::Unknown => match &self.llm {
                 None => println!("I did not understand that. {HELP}"),
                 Some(llm) => self.answer_in_words(llm.as_ref(), question).await?,

@@ -21,7 +21,7 @@ use runtime::context::RunContext;
 use runtime::events::RunEvent;
 use runtime::mapping::KeyDeriver;
 use runtime::ports::{Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Rows, Scan, SyncMark, Target};
-use runtime::AgentName;
+use runtime::{AgentName, RunId};
 
 use crate::execution::{prepare, read_ahead, MigrateEntity, Prepared};
 use crate::validation::expect;
@@ -131,7 +131,8 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
     // Rows rejected for nothing but a missing parent are tried again once their parents are in.
     let for_parents: HashSet<String> = target.rejected_keys(&spec.source, true).await.map_err(|e| e.0)?.into_iter().collect();
     let mut diff = EntityDiff {
-        analysis_id: ctx.run_id,
+        analysis_id: RunId::new(),
+        run_id: ctx.run_id,
         mode: if fast { "fast" } else { "full" }.to_owned(),
         watermark: None,
         trusted: None,

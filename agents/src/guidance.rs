@@ -214,6 +214,16 @@ pub enum Intent {
         table: Option<String>,
         question: Option<String>,
     },
+    /// What changed in the old system since the last sync, for these tables (empty: all);
+    /// nothing is changed.
+    Changes {
+        goal: String,
+    },
+    /// Bring the new system up to date with the old one's changes, for these tables (empty:
+    /// all).
+    Sync {
+        goal: String,
+    },
     /// What an agent decided, and why.
     Decisions {
         agent: Option<String>,
@@ -290,6 +300,22 @@ pub fn parse_intent(text: &str) -> Intent {
         _ if has("undo") || has("rollback") || (has("roll") && has("back")) || has("remove") => {
             Intent::Undo { goal: after(&["undo", "rollback", "back", "remove"]).unwrap_or_default() }
         }
+        // "What changed since the last sync?" asks; "sync the orders", "apply the changes" act.
+        _ if (has("changed") || has("changes") || has("new")) && (has("what") || has("anything") || has("which") || has("show")) => {
+            changes(entity_after(&["in", "to", "for"]).unwrap_or_default())
+        }
+        _ if has("sync")
+            || has("synchronize")
+            || has("resync")
+            || (has("catch") && has("up"))
+            || (has("up") && has("date"))
+            || (has("apply") && has("changes")) =>
+        {
+            let goal = after(&["sync", "synchronize", "resync", "up", "date"]).unwrap_or_default();
+            let goal = goal.trim_start_matches("to date").trim().to_owned();
+            Intent::Sync { goal: if goal == "everything" { String::new() } else { goal } }
+        }
+        _ if has("changed") || has("changes") => changes(entity_after(&["in", "to", "for"]).unwrap_or_default()),
         _ if has("status") || has("progress") || (has("how") && (has("going") || has("far"))) || has("done") => Intent::Status,
         _ if has("migrate") || has("move") || has("copy") || has("transfer") => {
             let goal = after(&["migrate", "move", "copy", "transfer"]).unwrap_or_default();
@@ -302,6 +328,13 @@ pub fn parse_intent(text: &str) -> Intent {
         }
         _ => Intent::Unknown,
     }
+}
+
+/// `Intent::Changes` of the tables named, without the words around them.
+fn changes(named: String) -> Intent {
+    let goal: Vec<&str> =
+        named.split(' ').filter(|w| !matches!(*w, "since" | "last" | "the" | "sync" | "old" | "system" | "legacy" | "")).collect();
+    Intent::Changes { goal: goal.join(" ") }
 }
 
 /// "some orders fail" → "orders".
@@ -358,6 +391,13 @@ mod intent_tests {
             ("why were offices migrated before doctors?", Intent::Decisions { agent: None }),
             ("profile the customers", Intent::Profile { table: Some("customers".into()), question: None }),
             ("show statistics for technician_roles", Intent::Profile { table: Some("technician_roles".into()), question: None }),
+            ("what changed since the last sync?", Intent::Changes { goal: String::new() }),
+            ("what changed in the patients", Intent::Changes { goal: "patients".into() }),
+            ("sync the orders", Intent::Sync { goal: "orders".into() }),
+            ("catch up", Intent::Sync { goal: String::new() }),
+            ("bring everything up to date", Intent::Sync { goal: String::new() }),
+            ("apply the changes", Intent::Sync { goal: String::new() }),
+            ("anything new in the old system?", Intent::Changes { goal: String::new() }),
             ("help", Intent::Help),
             ("exit", Intent::Exit),
             ("quit", Intent::Exit),

@@ -321,7 +321,10 @@ pub struct Differential {
 /// What analysing one entity found.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EntityDiff {
+    /// This analysis of this entity (a run may analyse more than once).
     pub analysis_id: RunId,
+    /// The run that analysed.
+    pub run_id: RunId,
     /// `full` (every source row) or `fast` (the rows whose `updated_at` is at or after the
     /// watermark, and every key for the deletes).
     pub mode: String,

@@ -219,3 +219,33 @@ fn a_lost_database_is_reported_and_the_conversation_stays_usable() {
     talk.until("Goodbye.");
     let _ = talk.child.kill();
 }
+
+#[test]
+fn an_operator_asks_what_changed_in_the_old_system_and_syncs_it_in_plain_words() {
+    let pg = shared();
+    let (source, target, _) = pg.reference_pair("0.002");
+    let run = tests::agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let (s, t) = (source.rsplit('/').next().unwrap().to_owned(), target.rsplit('/').next().unwrap().to_owned());
+    let key = pg.psql(&t, "SELECT min(legacy_id) FROM patients");
+    pg.psql(&s, &format!("UPDATE dispatch_patient SET first_name = 'Renamed' WHERE id = {key}"));
+
+    let mut talk = Conversation::start(&source, &target, &[]);
+    talk.say("what changed since the last sync?");
+    let changes = talk.until("patients: 0 new, 1 changed");
+    assert!(!changes.contains("Type yes"), "asking changes nothing: {changes}");
+    talk.say("sync the patients");
+    talk.until("Type yes to go ahead");
+    talk.say("no");
+    talk.until("nothing was changed");
+    assert_ne!(pg.psql(&t, &format!("SELECT first_name FROM patients WHERE legacy_id = {key}")), "Renamed");
+    talk.say("sync the patients");
+    talk.until("Type yes to go ahead");
+    talk.say("yes");
+    talk.until("Done: 0 added, 1 updated");
+    talk.say("anything new in the old system?");
+    talk.until("Nothing changed in the old system");
+    let (code, said) = talk.end();
+    assert_eq!(code, 0, "{said}");
+    assert_eq!(pg.psql(&t, &format!("SELECT first_name FROM patients WHERE legacy_id = {key}")), "Renamed");
+}

@@ -76,8 +76,13 @@ fn changes_of_every_kind_reach_the_reference_target_once_and_prove_out() {
         assert!(total(&doc, kind) > 0, "{kind}: {doc}");
     }
     assert_eq!(total(&doc, "conflicts"), 0);
-    let stored =
-        pg.psql(&t, &format!("SELECT count(*) FROM agentctl.data_differentials WHERE analysis_id = '{}'", doc["run_id"].as_str().unwrap()));
+    let stored = pg.psql(
+        &t,
+        &format!(
+            "SELECT count(*) FROM agentctl.data_differentials JOIN agentctl.diff_analyses USING (analysis_id, source_table) WHERE run_id = '{}'",
+            doc["run_id"].as_str().unwrap()
+        ),
+    );
     let out_of_step: i64 = ["inserts", "updates", "deletes", "conflicts", "rejected"].iter().map(|k| total(&doc, k)).sum();
     assert_eq!(stored.parse::<i64>().unwrap(), out_of_step, "every row out of step is in data_differentials");
 

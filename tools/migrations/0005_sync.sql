@@ -37,7 +37,9 @@ $$;
 
 -- One row per entity and analysis (`agentctl diff analyze`, or the analysis a sync makes).
 CREATE TABLE agentctl.diff_analyses (
-    analysis_id     uuid NOT NULL REFERENCES agentctl.runs (run_id),
+    analysis_id     uuid NOT NULL,
+    -- The run that analysed (a chat or a sync job may analyse several times in one run).
+    run_id          uuid NOT NULL REFERENCES agentctl.runs (run_id),
     source_table    text NOT NULL,
     target_table    text NOT NULL,
     -- The mapped target columns, with their types, in the order `data_differentials.values` has.

@@ -218,8 +218,8 @@ pub async fn save_analysis(pool: &PgPool, a: &EntityDiff, rows: &[Differential])
     let columns = serde_json::to_value(&a.columns).map_err(|e| ToolError(format!("{}: {e}", what())))?;
     sqlx::query(
         "INSERT INTO agentctl.diff_analyses (analysis_id, source_table, target_table, columns, source_rows, in_step, inserts, updates,
-             deletes, conflicts, target_changed, rejected, seconds, mode, watermark, trusted)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             deletes, conflicts, target_changed, rejected, seconds, mode, watermark, trusted, run_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(a.analysis_id.0)
     .bind(a.source.to_string())
@@ -237,6 +237,7 @@ pub async fn save_analysis(pool: &PgPool, a: &EntityDiff, rows: &[Differential])
     .bind(&a.mode)
     .bind(&a.watermark)
     .bind(a.trusted)
+    .bind(a.run_id.0)
     .execute(&mut *tx)
     .await
     .map_err(while_doing(what()))?;
@@ -311,7 +312,7 @@ pub async fn pending_analysis(
 ) -> Result<Option<(EntityDiff, Vec<Differential>)>, ToolError> {
     let what = || format!("reading the pending analysis of {source}");
     let row = sqlx::query(
-        "SELECT analysis_id, mode, watermark, trusted, columns, source_rows, in_step, inserts, updates, deletes, conflicts, target_changed, rejected,
+        "SELECT analysis_id, run_id, mode, watermark, trusted, columns, source_rows, in_step, inserts, updates, deletes, conflicts, target_changed, rejected,
              seconds, applied_run IS NULL AS pending
          FROM agentctl.diff_analyses WHERE source_table = $1 ORDER BY analyzed_at DESC LIMIT 1",
     )
@@ -327,6 +328,7 @@ pub async fn pending_analysis(
     let columns: serde_json::Value = row.try_get("columns").map_err(decode)?;
     let analysis = EntityDiff {
         analysis_id: RunId(row.try_get("analysis_id").map_err(decode)?),
+        run_id: RunId(row.try_get("run_id").map_err(decode)?),
         mode: row.try_get("mode").map_err(decode)?,
         watermark: row.try_get("watermark").map_err(decode)?,
         trusted: row.try_get("trusted").map_err(decode)?,
