@@ -335,10 +335,15 @@ impl Chat<'_> {
         })
     }
 
+    /// A differential run of the tables named (none: everything), analysing only.
+    fn diff_goal(&self, goal: &str) -> DiffGoal {
+        let goal = if goal.trim().is_empty() { "everything" } else { goal };
+        DiffGoal { goal: self.goal(goal, goal != "everything"), analyze: true, apply: false, full: false }
+    }
+
     /// What changed in the old system since the last sync, said in words; nothing is changed.
     async fn changes(&self, goal: &str) -> Result<i64, Exit> {
-        let goal = if goal.trim().is_empty() { "everything" } else { goal };
-        let how = DiffGoal { goal: self.goal(goal, goal != "everything"), analyze: true, apply: false, full: false };
+        let how = self.diff_goal(goal);
         let report = self.session.diff(how).await.map_err(Exit::failed)?;
         let mut out_of_step = 0;
         for a in report.analyses.iter().filter(|a| a.out_of_step() + a.target_changed > 0) {
@@ -378,8 +383,7 @@ impl Chat<'_> {
             println!("All right, nothing was changed.");
             return Ok(());
         }
-        let goal = if goal.trim().is_empty() { "everything" } else { goal };
-        let how = DiffGoal { goal: self.goal(goal, goal != "everything"), analyze: false, apply: true, full: false };
+        let how = DiffGoal { analyze: false, apply: true, ..self.diff_goal(goal) };
         let report = self.session.diff(how).await.map_err(Exit::failed)?;
         let t = report.total();
         println!(

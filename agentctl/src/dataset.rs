@@ -134,9 +134,7 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
         println!("  {} rows in {:.1}s ({:.0} rows/s)", r.rows, r.seconds, r.rows as f64 / r.seconds);
         r
     };
-    dataset::apply_target_schema(&conns.target, true).await.map_err(Exit::failed)?;
-    let control = tools::control::ControlStore::open(conns.target.clone()).await.map_err(Exit::failed)?;
-    control.forget_migrated_rows().await.map_err(Exit::failed)?;
+    fresh_target(&conns.target).await?;
     println!("\nWhat the legacy data holds, and what a migration must do with it:\n{}", report.render());
 
     let (mapping, mapping_origin) = crate::plan_run::mapping_file(&Default::default(), &conns).await?;
@@ -232,13 +230,7 @@ async fn bench_migrate(config: &Config, scale: f64, seed: u64, jobs: usize, resu
     eprintln!("raw pipe: COPY out of the source, COPY into the target, {jobs} tables at a time ...");
     let pipe = tools::bench::raw_pipe(&source, &conns.target, jobs).await.map_err(Exit::failed)?;
     eprintln!("  {} rows in {:.1}s", pipe.rows, pipe.seconds);
-    dataset::apply_target_schema(&conns.target, true).await.map_err(Exit::failed)?;
-    tools::control::ControlStore::open(conns.target.clone())
-        .await
-        .map_err(Exit::failed)?
-        .forget_migrated_rows()
-        .await
-        .map_err(Exit::failed)?;
+    fresh_target(&conns.target).await?;
     eprintln!("agentctl run --goal \"migrate everything\" --skip-validation ...");
     let jobs_arg = jobs.clamp(1, 8).to_string();
     let run =
@@ -307,19 +299,20 @@ async fn bench_migrate(config: &Config, scale: f64, seed: u64, jobs: usize, resu
     Ok(())
 }
 
+/// The reference target schema created anew, and the control schema's records of the rows the
+/// old tables held forgotten.
+async fn fresh_target(target: &tools::pg::Pool) -> Result<(), Exit> {
+    dataset::apply_target_schema(target, true).await.map_err(Exit::failed)?;
+    tools::control::ControlStore::open(target.clone()).await.map_err(Exit::failed)?.forget_migrated_rows().await.map_err(Exit::failed)
+}
+
 async fn bench_diff(config: &Config, scale: f64, seed: u64, changes: u64, format: Format) -> Result<(), Exit> {
     let conns = Connections::open(config, true).await?;
     let source = conns.source.clone().expect("opened with the source");
     eprintln!("generating the reference dataset at scale {scale} ...");
     let gen = GenerateOptions { scale, seed, faults: FaultProfile::production(), replace: true };
     let report = dataset::generate(&source, &gen, |_| ()).await.map_err(Exit::failed)?;
-    dataset::apply_target_schema(&conns.target, true).await.map_err(Exit::failed)?;
-    tools::control::ControlStore::open(conns.target.clone())
-        .await
-        .map_err(Exit::failed)?
-        .forget_migrated_rows()
-        .await
-        .map_err(Exit::failed)?;
+    fresh_target(&conns.target).await?;
     eprintln!("  {} rows; migrating them all ...", report.rows);
     let run = measure(config, &["run", "--goal", "migrate everything", "--yes", "--format", "json"])?;
     if run.code != 0 {

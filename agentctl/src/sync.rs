@@ -350,15 +350,14 @@ async fn run_claim(
         eprintln!("agentctl: sync job {}: {} run(s) of a daemon that died marked abandoned", claim.job.name, claim.abandoned);
     }
     let heartbeat = {
-        let (pool_claim, store) =
-            (claim.clone(), SyncStore::new(tools::pg::connect(config.target().map_err(Exit::config)?, 1).await.map_err(Exit::config)?));
+        let (held, store) = (claim.clone(), store.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(lease / 3).await;
-                match store.renew(&pool_claim, lease).await {
+                match store.renew(&held, lease).await {
                     Ok(true) => {}
-                    Ok(false) => eprintln!("agentctl: sync job {}: lost its lease (another daemon took it)", pool_claim.job.name),
-                    Err(e) => eprintln!("agentctl: sync job {}: {e}", pool_claim.job.name),
+                    Ok(false) => eprintln!("agentctl: sync job {}: lost its lease (another daemon took it)", held.job.name),
+                    Err(e) => eprintln!("agentctl: sync job {}: {e}", held.job.name),
                 }
             }
         })

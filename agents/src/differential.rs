@@ -127,9 +127,10 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
         out_cols.iter().position(|(c, _)| c == "legacy_id").ok_or_else(|| format!("{} has no legacy_id column", spec.target))?;
     let hashed = synced_columns(&out_cols, id_col);
     let soft = soft_delete(req);
-    let rejected_keys: HashSet<String> = target.rejected_keys(&spec.source, false).await.map_err(|e| e.0)?.into_iter().collect();
+    let rejected = target.rejected_keys(&spec.source).await.map_err(|e| e.0)?;
     // Rows rejected for nothing but a missing parent are tried again once their parents are in.
-    let for_parents: HashSet<String> = target.rejected_keys(&spec.source, true).await.map_err(|e| e.0)?.into_iter().collect();
+    let for_parents: HashSet<String> = rejected.iter().filter(|(_, parent)| *parent).map(|(k, _)| k.clone()).collect();
+    let rejected_keys: HashSet<String> = rejected.into_iter().map(|(k, _)| k).collect();
     let mut diff = EntityDiff {
         analysis_id: RunId::new(),
         run_id: ctx.run_id,
@@ -388,18 +389,18 @@ pub async fn apply(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity, p
     }
     let legacy_col = out_cols.iter().position(|(c, _)| c == "legacy_id").ok_or_else(|| format!("{} has no legacy_id", spec.target))?;
     let rows: Vec<Differential> = pending.into_iter().filter(|r| (r.change == Change::Delete) == (pass == Pass::Deletes)).collect();
+    let (hashed, soft) = (synced_columns(&out_cols, id_col), soft_delete(req));
     let mut done = DiffApplied::default();
     let total = rows.len();
     for (i, chunk) in rows.chunks(APPLY_BATCH).enumerate() {
         let batch = DiffBatch {
             run_id: ctx.run_id,
             analysis: analysis.clone(),
-            id_column: id_col,
             legacy_column: legacy_col,
             references: references.clone(),
-            hashed: synced_columns(&out_cols, id_col),
+            hashed: hashed.clone(),
             policy: spec.sync,
-            soft_delete: soft_delete(req),
+            soft_delete: soft,
             rows: chunk.to_vec(),
         };
         let applied = target.apply_diff(&batch).await.map_err(|e| e.0)?;

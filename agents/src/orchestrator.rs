@@ -532,20 +532,39 @@ async fn validate_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> R
     let (plan, mappings, target) = scope(courier, agents, goal).await?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "validate".into() });
     let order: Vec<&PlannedEntity> = plan.entities().collect();
+    let requests: Vec<MigrateEntity> = order.iter().map(|e| entity_request(&mappings, &target, e)).collect::<Result<_, _>>()?;
+    let validate = |body: MigrateEntity| {
+        let (courier, agents) = (courier.clone(), agents.clone());
+        async move { validate_entity(&courier, &agents, body).await }
+    };
+    let mut results = side_by_side(4, requests, "validation", validate).await?;
+    results.sort_by_key(|r| order.iter().position(|e| e.table == r.source));
+    Ok(results)
+}
+
+/// Runs `work` on each entity in a task of its own, up to `n` at once; the answers in the
+/// order they finished.
+async fn side_by_side<T, Fut>(
+    n: usize,
+    requests: Vec<MigrateEntity>,
+    what: &str,
+    work: impl Fn(MigrateEntity) -> Fut,
+) -> Result<Vec<T>, AgentError>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = Result<T, AgentError>> + Send + 'static,
+{
     let mut running = tokio::task::JoinSet::new();
-    let mut queue = order.iter();
+    let mut queue = requests.into_iter();
     let mut results = Vec::new();
     loop {
-        while running.len() < 4 {
-            let Some(entity) = queue.next() else { break };
-            let body = entity_request(&mappings, &target, entity)?;
-            let (courier, agents) = (courier.clone(), agents.clone());
-            running.spawn(async move { validate_entity(&courier, &agents, body).await });
+        while running.len() < n {
+            let Some(body) = queue.next() else { break };
+            running.spawn(work(body));
         }
         let Some(done) = running.join_next().await else { break };
-        results.push(done.map_err(|e| AgentError::new(ME, format!("validation stopped: {e}")))??);
+        results.push(done.map_err(|e| AgentError::new(ME, format!("{what} stopped: {e}")))??);
     }
-    results.sort_by_key(|r| order.iter().position(|e| e.table == r.source));
     Ok(results)
 }
 
@@ -569,16 +588,7 @@ async fn diff_phase(courier: &Courier, agents: &Agents, goal: DiffGoal) -> Resul
     };
     if !goal.apply {
         ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "analyze changes".into() });
-        let mut running = tokio::task::JoinSet::new();
-        let mut queue = requests.iter();
-        loop {
-            while running.len() < 2 {
-                let Some(body) = queue.next() else { break };
-                running.spawn(analyze_one(body.clone()));
-            }
-            let Some(done) = running.join_next().await else { break };
-            report.analyses.push(done.map_err(|e| AgentError::new(ME, format!("an analysis stopped: {e}")))??);
-        }
+        report.analyses = side_by_side(2, requests, "an analysis", analyze_one).await?;
         report.analyses.sort_by_key(|a| order.iter().position(|e| e.table == a.source));
         return Ok(report);
     }

@@ -130,7 +130,7 @@ pub async fn validate(
             cents || ty == "money" || (ty.starts_with("numeric(") && ty.ends_with(",2)"))
         })
         .collect();
-    let rejected_keys: HashSet<String> = target.rejected_keys(&spec.source, false).await.map_err(|e| e.0)?.into_iter().collect();
+    let rejected_keys: HashSet<String> = target.rejected_keys(&spec.source).await.map_err(|e| e.0)?.into_iter().map(|(k, _)| k).collect();
     let mut v = EntityValidation {
         source: spec.source.clone(),
         target: spec.target.clone(),

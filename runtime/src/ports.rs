@@ -186,9 +186,9 @@ pub trait Target: Send + Sync + 'static {
     async fn compare(&self, target: &TableName, page: &Expected) -> Result<Vec<Compared>, ToolError>;
     /// A column of the target row with this legacy key, as text (to show a difference).
     async fn value_of(&self, target: &TableName, column: &str, key_type: &str, key: &str) -> Result<Option<String>, ToolError>;
-    /// Legacy keys of a source table's rows recorded as rejected, by any run; with
-    /// `for_references`, only those rejected for nothing but a missing parent.
-    async fn rejected_keys(&self, source: &TableName, for_references: bool) -> Result<Vec<String>, ToolError>;
+    /// Legacy keys of a source table's rows recorded as rejected, by any run, each with whether
+    /// it was rejected for nothing but a missing parent.
+    async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError>;
     /// Which of these UUIDs are rows of the table.
     async fn existing_ids(&self, table: &TableName, ids: &[String]) -> Result<Vec<String>, ToolError>;
     /// Rows of `child` whose `column` points at no row of `parent`: how many, and a few keys;
@@ -371,7 +371,6 @@ impl EntityDiff {
 pub struct DiffBatch {
     pub run_id: RunId,
     pub analysis: EntityDiff,
-    pub id_column: usize,
     pub legacy_column: usize,
     /// Columns (by index) that reference another target table's `id`, checked first.
     pub references: Vec<(usize, TableName)>,
@@ -402,6 +401,13 @@ pub struct DiffApplied {
 }
 
 impl DiffApplied {
+    /// Keeps a line about a row held or rejected, up to the first 20.
+    pub fn note(&mut self, line: String) {
+        if self.notes.len() < 20 {
+            self.notes.push(line);
+        }
+    }
+
     pub fn add(&mut self, o: &DiffApplied) {
         self.inserted += o.inserted;
         self.updated += o.updated;
@@ -411,9 +417,7 @@ impl DiffApplied {
         self.rejected += o.rejected;
         self.stale += o.stale;
         for n in &o.notes {
-            if self.notes.len() < 20 {
-                self.notes.push(n.clone());
-            }
+            self.note(n.clone());
         }
     }
 }

@@ -144,8 +144,8 @@ impl Target for CrashingWriter {
     async fn value_of(&self, target: &TableName, column: &str, key_type: &str, key: &str) -> Result<Option<String>, ToolError> {
         self.inner.value_of(target, column, key_type, key).await
     }
-    async fn rejected_keys(&self, source: &TableName, for_references: bool) -> Result<Vec<String>, ToolError> {
-        self.inner.rejected_keys(source, for_references).await
+    async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError> {
+        self.inner.rejected_keys(source).await
     }
     async fn existing_ids(&self, table: &TableName, ids: &[String]) -> Result<Vec<String>, ToolError> {
         self.inner.existing_ids(table, ids).await

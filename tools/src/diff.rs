@@ -9,7 +9,6 @@
 //! value to its column's type first, so both sides hash the same way.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 use runtime::domain::TableName;
 use runtime::mapping::{ConflictPolicy, DeleteMode};
@@ -21,7 +20,7 @@ use sqlx::{PgPool, Row};
 use crate::catalog::{ident, quoted};
 use crate::dataset::copy::push_field;
 use crate::pg::{describe, while_doing};
-use crate::target::is_transient;
+use crate::target::{discard_transaction, is_transient, retrying, Failure};
 
 /// Types hashed by their own hash function; any other is hashed as its text.
 const TYPED_HASH: &[&str] = &[
@@ -104,15 +103,12 @@ pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: 
         legacy_type = page.columns[legacy].1,
     );
     let what = || format!("comparing rows of {target} with their source rows and the last sync");
-    let run = |sql: String, keys: Vec<String>, wanted: Vec<bool>, values: Vec<Vec<Option<String>>>| {
-        let what = what();
-        async move {
-            let mut q = sqlx::query(&sql).bind(keys).bind(wanted);
-            for column in values {
-                q = q.bind(column);
-            }
-            q.fetch_all(pool).await.map_err(|e| ToolError(format!("while {what}: {}", describe(&e))))
+    let run = async |sql: &str, keys: &[String], wanted: &[bool], values: &[Vec<Option<String>>]| {
+        let mut q = sqlx::query(sql).bind(keys).bind(wanted);
+        for column in values {
+            q = q.bind(column);
         }
+        q.fetch_all(pool).await.map_err(|e| ToolError(format!("while {}: {}", what(), describe(&e))))
     };
     let decode = |e: sqlx::Error| ToolError(format!("while {}: {}", what(), describe(&e)));
     // Every row: where it stands, each expression once.
@@ -124,7 +120,7 @@ pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: 
         deleted = if soft { "coalesce(t.deleted_at IS NOT NULL, false)" } else { "false" },
         distinct = if distinct.is_empty() { "false".to_owned() } else { distinct.join(" OR ") },
     );
-    let rows = run(sql, page.keys.clone(), page.wanted.clone(), page.values.clone()).await?;
+    let rows = run(&sql, &page.keys, &page.wanted, &page.values).await?;
     let mut answers = rows
         .iter()
         .map(|r| {
@@ -152,15 +148,14 @@ pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: 
     let mut values: Vec<Vec<Option<String>>> = page.values.iter().map(pick).collect();
     // The table's name rides as one more text array (the runner binds text arrays).
     values.push(vec![Some(target.to_string())]);
-    let rows = run(sql, keys, wanted, values).await?;
+    let rows = run(&sql, &keys, &wanted, &values).await?;
     for (&i, r) in asked.iter().zip(&rows) {
         let a = &mut answers[i];
-        a.target_hash = r.try_get(0).map_err(decode)?;
-        a.expected_hash = if a.differs { r.try_get(1).map_err(decode)? } else { None };
-        a.baseline = r.try_get(2).map_err(decode)?;
-        if !a.differs {
-            a.target_hash = None;
+        if a.differs {
+            a.target_hash = r.try_get(0).map_err(decode)?;
+            a.expected_hash = r.try_get(1).map_err(decode)?;
         }
+        a.baseline = r.try_get(2).map_err(decode)?;
     }
     Ok(answers)
 }
@@ -398,33 +393,26 @@ pub async fn close_analysis(pool: &PgPool, analysis: RunId, source: &TableName, 
     Ok(())
 }
 
-/// Applies a batch, retrying transient failures with backoff like a migration batch.
+/// Applies a batch in one transaction, retrying transient failures like a migration batch.
 pub async fn apply_diff(pool: &PgPool, b: &DiffBatch, max_retries: u32) -> Result<DiffApplied, ToolError> {
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 0;
-    loop {
-        let mut c = pool.acquire().await.map_err(while_doing(format!("applying changes to {}", b.analysis.target)))?;
-        sqlx::query("BEGIN").execute(&mut *c).await.map_err(while_doing("starting a transaction"))?;
-        let result = apply_on(&mut c, b).await;
-        let result = match result {
-            Ok(done) => sqlx::query("COMMIT").execute(&mut *c).await.map(|_| done),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(done) => return Ok(done),
-            Err(e) => {
-                if sqlx::query("ROLLBACK").execute(&mut *c).await.is_err() {
-                    c.detach();
-                }
-                if is_transient(&e) && attempt < max_retries {
-                    tracing::warn!("changes to {} failed ({}); retrying in {delay:?}", b.analysis.target, describe(&e));
-                    attempt += 1;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                    continue;
-                }
-                return Err(ToolError(format!("applying changes to {}: {}", b.analysis.target, describe(&e))));
-            }
+    let what = format!("applying changes to {}", b.analysis.target);
+    retrying(max_retries, &what, || try_apply(pool, b)).await.map(|(done, _)| done)
+}
+
+async fn try_apply(pool: &PgPool, b: &DiffBatch) -> Result<DiffApplied, Failure> {
+    let mut c = pool.acquire().await?;
+    let done = async {
+        sqlx::query("BEGIN").execute(&mut *c).await?;
+        let done = apply_on(&mut c, b).await?;
+        sqlx::query("COMMIT").execute(&mut *c).await?;
+        Ok::<_, sqlx::Error>(done)
+    }
+    .await;
+    match done {
+        Ok(done) => Ok(done),
+        Err(e) => {
+            discard_transaction(c).await;
+            Err(e.into())
         }
     }
 }
@@ -443,11 +431,6 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
     let hashed: Vec<(String, String)> = b.hashed.iter().map(|&i| cols[i].clone()).collect();
     let mut done = DiffApplied::default();
     let mut fates: BTreeMap<String, Fate> = BTreeMap::new();
-    let note = |done: &mut DiffApplied, line: String| {
-        if done.notes.len() < 20 {
-            done.notes.push(line);
-        }
-    };
 
     // Stage the batch as text: key, change, hashes, then the mapped columns.
     let stage_cols: Vec<String> = (0..cols.len()).map(|i| format!("c{i} text")).collect();
@@ -481,7 +464,7 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
     // Rows the mapping rejects: recorded with the reason.
     for r in b.rows.iter().filter(|r| r.change == Change::Rejected) {
         let reason = r.reason.clone().unwrap_or_else(|| "the mapping rejects the row".into());
-        note(&mut done, format!("{} {}: rejected: {reason}", a.source.name, r.legacy_key));
+        done.note(format!("{} {}: rejected: {reason}", a.source.name, r.legacy_key));
         fates.insert(r.legacy_key.clone(), Fate { outcome: "rejected", reason: Some(reason) });
     }
 
@@ -498,7 +481,7 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
         let keys: Vec<String> = sqlx::query_scalar(&sql).fetch_all(&mut *c).await?;
         for k in keys {
             let reason = format!("{}.{}: the {} row it points at is not in the target", a.target.name, cols[*col].0, parent.name);
-            note(&mut done, format!("{} {k}: rejected: {reason}", a.source.name));
+            done.note(format!("{} {k}: rejected: {reason}", a.source.name));
             parent_missing.insert(k.clone());
             fates.insert(k, Fate { outcome: "rejected", reason: Some(reason) });
         }
@@ -569,7 +552,7 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
                         ("kept_target", "changed on both sides: the target's values kept (target-wins)".to_owned())
                     } else {
                         done.held += 1;
-                        note(&mut done, format!("{} {k}: conflict held for an operator (agentctl conflict report)", a.source.name));
+                        done.note(format!("{} {k}: conflict held for an operator (agentctl conflict report)", a.source.name));
                         ("held", "changed on both sides: held for an operator (manual)".to_owned())
                     };
                     fates.insert(k, Fate { outcome, reason: Some(reason) });
@@ -702,9 +685,7 @@ fn refuse(done: &mut DiffApplied, fates: &mut BTreeMap<String, Fate>, refused: V
     for (seq, why) in refused {
         let key = b.rows[seq].legacy_key.clone();
         let reason = format!("{}: the target refused the {what}: {why}", b.analysis.target.name);
-        if done.notes.len() < 20 {
-            done.notes.push(format!("{} {key}: rejected: {reason}", b.analysis.source.name));
-        }
+        done.note(format!("{} {key}: rejected: {reason}", b.analysis.source.name));
         fates.insert(key, Fate { outcome: "rejected", reason: Some(reason) });
     }
 }
@@ -744,10 +725,11 @@ pub(crate) async fn split_run(
     Ok((keys, refused))
 }
 
+/// Records per-row baselines over the load's (`None`: no baseline, agentctl deleted the row).
 async fn set_baseline(c: &mut PgConnection, target: &TableName, keys: &[String], hashes: &[Option<i64>]) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO agentctl.sync_baseline (target_table, legacy_key, hash)
-         SELECT $1, k, h FROM UNNEST($2::text[], $3::int8[]) AS u(k, h) WHERE h IS NOT NULL
+         SELECT $1, k, h FROM UNNEST($2::text[], $3::int8[]) AS u(k, h)
          ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = EXCLUDED.hash",
     )
     .bind(target.to_string())
@@ -804,9 +786,7 @@ async fn delete_rows(
             (DeleteMode::Hard, _, Some(why)) => {
                 let reason = format!("deleted from the source, but {why} still point at it: not deleted, so nothing is orphaned");
                 done.held += 1;
-                if done.notes.len() < 20 {
-                    done.notes.push(format!("{} {k}: {reason}", a.source.name));
-                }
+                done.note(format!("{} {k}: {reason}", a.source.name));
                 fates.insert(k.clone(), Fate { outcome: "held", reason: Some(reason) });
             }
             (DeleteMode::Soft, false, _) => {
@@ -815,16 +795,12 @@ async fn delete_rows(
                     a.target.name, a.source.name
                 );
                 done.held += 1;
-                if done.notes.len() < 20 {
-                    done.notes.push(format!("{} {k}: {reason}", a.source.name));
-                }
+                done.note(format!("{} {k}: {reason}", a.source.name));
                 fates.insert(k.clone(), Fate { outcome: "held", reason: Some(reason) });
             }
             (DeleteMode::Soft, true, Some(why)) => {
                 let reason = format!("marked deleted; {why} still point at it (kept, not orphaned)");
-                if done.notes.len() < 20 {
-                    done.notes.push(format!("{} {k}: {reason}", a.source.name));
-                }
+                done.note(format!("{} {k}: {reason}", a.source.name));
                 fates.insert(k.clone(), Fate { outcome: "applied", reason: Some(reason) });
                 gone.push(k.clone());
             }
@@ -853,13 +829,5 @@ async fn delete_rows(
         }
     }
     // No baseline any more: a row that comes back is agentctl's to write again.
-    sqlx::query(
-        "INSERT INTO agentctl.sync_baseline (target_table, legacy_key, hash) SELECT $1, k, NULL FROM unnest($2::text[]) AS u(k)
-         ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = NULL",
-    )
-    .bind(a.target.to_string())
-    .bind(&gone)
-    .execute(&mut *c)
-    .await?;
-    Ok(())
+    set_baseline(c, &a.target, &gone, &vec![None; gone.len()]).await
 }

@@ -109,7 +109,7 @@ pub struct Job {
 }
 
 /// One run of a job.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct JobRun {
     pub history_id: i64,
     pub job_name: String,
@@ -136,8 +136,33 @@ pub struct Claim {
     pub abandoned: u64,
 }
 
+#[derive(Clone)]
 pub struct SyncStore {
     pool: PgPool,
+}
+
+const RUN_COLUMNS: &str =
+    "history_id, job_name, run_id, owner, started_at, ended_at, inserted, updated, deleted, conflicted, rejected, outcome, detail";
+
+const CONFLICT_COLUMNS: &str = "conflict_id, source_table, target_table, legacy_key, target_id::text AS target_id, policy, status, columns,
+    source_values, target_values, differing, analysis_id, detected_at, resolved_at, resolved_by";
+
+fn job_run(r: &sqlx::postgres::PgRow) -> Result<JobRun, sqlx::Error> {
+    Ok(JobRun {
+        history_id: r.try_get("history_id")?,
+        job_name: r.try_get("job_name")?,
+        run_id: r.try_get("run_id")?,
+        owner: r.try_get("owner")?,
+        started_at: r.try_get("started_at")?,
+        ended_at: r.try_get("ended_at")?,
+        inserted: r.try_get("inserted")?,
+        updated: r.try_get("updated")?,
+        deleted: r.try_get("deleted")?,
+        conflicted: r.try_get("conflicted")?,
+        rejected: r.try_get("rejected")?,
+        outcome: r.try_get("outcome")?,
+        detail: r.try_get("detail")?,
+    })
 }
 
 const JOB_COLUMNS: &str = "name, goal, every_seconds, cron, enabled, created_at, next_run_at, lease_owner, lease_expires_at";
@@ -256,35 +281,15 @@ impl SyncStore {
 
     /// The job's latest runs, newest first.
     pub async fn history(&self, name: &str, limit: i64) -> Result<Vec<JobRun>, DbError> {
-        let rows = sqlx::query(
-            "SELECT history_id, job_name, run_id, owner, started_at, ended_at, inserted, updated, deleted, conflicted, rejected, outcome, detail
-             FROM agentctl.sync_run_history WHERE job_name = $1 ORDER BY started_at DESC, history_id DESC LIMIT $2",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM agentctl.sync_run_history WHERE job_name = $1 ORDER BY started_at DESC, history_id DESC LIMIT $2"
+        ))
         .bind(name)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
         .map_err(while_doing(format!("reading the history of sync job {name}")))?;
-        rows.iter()
-            .map(|r| {
-                Ok(JobRun {
-                    history_id: r.try_get(0)?,
-                    job_name: r.try_get(1)?,
-                    run_id: r.try_get(2)?,
-                    owner: r.try_get(3)?,
-                    started_at: r.try_get(4)?,
-                    ended_at: r.try_get(5)?,
-                    inserted: r.try_get(6)?,
-                    updated: r.try_get(7)?,
-                    deleted: r.try_get(8)?,
-                    conflicted: r.try_get(9)?,
-                    rejected: r.try_get(10)?,
-                    outcome: r.try_get(11)?,
-                    detail: r.try_get(12)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(while_doing("reading the history"))
+        rows.iter().map(job_run).collect::<Result<_, sqlx::Error>>().map_err(while_doing("reading the history"))
     }
 
     /// Takes the lease of the most overdue job that is due and not held, if any.
@@ -386,11 +391,11 @@ impl SyncStore {
         let now = Utc::now();
         let next = claim.job.schedule.next_run(claim.job.next_run_at, now).map_err(DbError)?;
         let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
-        sqlx::query(
+        let ended = sqlx::query(&format!(
             "UPDATE agentctl.sync_run_history SET ended_at = now(), outcome = $2, detail = $3, inserted = $4, updated = $5, deleted = $6,
                  conflicted = $7, rejected = $8
-             WHERE history_id = $1",
-        )
+             WHERE history_id = $1 RETURNING {RUN_COLUMNS}"
+        ))
         .bind(claim.history_id)
         .bind(outcome)
         .bind(detail)
@@ -399,9 +404,10 @@ impl SyncStore {
         .bind(counts.deleted)
         .bind(counts.conflicted)
         .bind(counts.rejected)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(while_doing(&what))?;
+        let run = job_run(&ended).map_err(while_doing(&what))?;
         sqlx::query(
             "UPDATE agentctl.synchronization_jobs SET lease_owner = NULL, lease_expires_at = NULL, next_run_at = $3
              WHERE name = $1 AND lease_owner = $2",
@@ -413,18 +419,15 @@ impl SyncStore {
         .await
         .map_err(while_doing(&what))?;
         tx.commit().await.map_err(while_doing(&what))?;
-        let mut runs = self.history(&claim.job.name, 5).await?;
-        let at = runs.iter().position(|r| r.history_id == claim.history_id).unwrap_or(0);
-        Ok(if runs.is_empty() { JobRun::default() } else { runs.swap_remove(at) })
+        Ok(run)
     }
 
     /// Conflicts, open ones first, then newest first.
     pub async fn conflicts(&self, all: bool) -> Result<Vec<Conflict>, DbError> {
-        let rows = sqlx::query(
-            "SELECT conflict_id, source_table, target_table, legacy_key, target_id::text, policy, status, columns, source_values,
-                 target_values, differing, analysis_id, detected_at, resolved_at, resolved_by
-             FROM agentctl.sync_conflicts WHERE $1 OR status = 'open' ORDER BY status <> 'open', detected_at DESC, conflict_id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {CONFLICT_COLUMNS} FROM agentctl.sync_conflicts WHERE $1 OR status = 'open'
+             ORDER BY status <> 'open', detected_at DESC, conflict_id"
+        ))
         .bind(all)
         .fetch_all(&self.pool)
         .await
@@ -433,15 +436,11 @@ impl SyncStore {
     }
 
     pub async fn conflict(&self, id: i64) -> Result<Conflict, DbError> {
-        let row = sqlx::query(
-            "SELECT conflict_id, source_table, target_table, legacy_key, target_id::text, policy, status, columns, source_values,
-                 target_values, differing, analysis_id, detected_at, resolved_at, resolved_by
-             FROM agentctl.sync_conflicts WHERE conflict_id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(while_doing(format!("reading conflict {id}")))?;
+        let row = sqlx::query(&format!("SELECT {CONFLICT_COLUMNS} FROM agentctl.sync_conflicts WHERE conflict_id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(while_doing(format!("reading conflict {id}")))?;
         match row {
             Some(r) => conflict(&r).map_err(while_doing("reading the conflict")),
             None => Err(DbError(format!("there is no conflict {id} (agentctl conflict report lists them)"))),

@@ -52,9 +52,43 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
-enum Failure {
+pub(crate) enum Failure {
     Transient(sqlx::Error),
     Fatal(DbError),
+}
+
+/// Runs `attempt` until it succeeds, again after a transient failure (200 ms, doubling to
+/// 10 s) up to `max_retries` times. Returns the value and how many retries it took; the error
+/// names `what` was being done.
+pub(crate) async fn retrying<T, Fut>(max_retries: u32, what: &str, mut attempt: impl FnMut() -> Fut) -> Result<(T, u32), ToolError>
+where
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut retries = 0;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok((value, retries)),
+            Err(Failure::Transient(e)) if retries < max_retries => {
+                tracing::warn!("{what} failed ({}); retrying in {delay:?}", describe(&e));
+                retries += 1;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(Failure::Transient(e)) => {
+                return Err(ToolError(format!("{what} failed {} times, the last: {}", retries + 1, describe(&e))))
+            }
+            Err(Failure::Fatal(e)) => return Err(ToolError(format!("{what}: {}", e.0))),
+        }
+    }
+}
+
+/// Never hands the pool a connection inside a failed transaction: rolled back, or, if even
+/// that fails, closed instead of returned.
+pub(crate) async fn discard_transaction(mut c: sqlx::pool::PoolConnection<sqlx::Postgres>) {
+    if sqlx::query("ROLLBACK").execute(&mut *c).await.is_err() {
+        c.detach();
+    }
 }
 
 impl From<sqlx::Error> for Failure {
@@ -72,11 +106,7 @@ impl PgTarget {
         let mut c = self.pool.acquire().await?;
         let written = self.write_on(&mut c, b).await;
         if written.is_err() {
-            // Never hand the pool a connection inside a failed transaction; if even the
-            // rollback fails, the connection is closed instead of returned.
-            if sqlx::query("ROLLBACK").execute(&mut *c).await.is_err() {
-                c.detach();
-            }
+            discard_transaction(c).await;
         }
         written
     }
@@ -372,31 +402,10 @@ impl Target for PgTarget {
     }
 
     async fn write(&self, batch: &Batch) -> Result<Written, ToolError> {
-        let mut delay = Duration::from_millis(200);
-        let mut attempt = 0;
-        loop {
-            match self.try_write(batch).await {
-                Ok(mut w) => {
-                    w.retries = attempt;
-                    return Ok(w);
-                }
-                Err(Failure::Transient(e)) if attempt < self.max_retries => {
-                    tracing::warn!("batch of {} failed ({}); retrying in {:?}", batch.source, describe(&e), delay);
-                    attempt += 1;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-                Err(Failure::Transient(e)) => {
-                    return Err(ToolError(format!(
-                        "writing a batch of {} failed {} times, the last: {}",
-                        batch.source,
-                        attempt + 1,
-                        describe(&e)
-                    )))
-                }
-                Err(Failure::Fatal(e)) => return Err(ToolError(format!("writing a batch of {}: {}", batch.source, e.0))),
-            }
-        }
+        let what = format!("writing a batch of {}", batch.source);
+        let (mut written, retries) = retrying(self.max_retries, &what, || self.try_write(batch)).await?;
+        written.retries = retries;
+        Ok(written)
     }
 
     async fn fill_deferred(
@@ -701,13 +710,11 @@ impl Target for PgTarget {
         Ok(v.flatten())
     }
 
-    async fn rejected_keys(&self, source: &TableName, for_references: bool) -> Result<Vec<String>, ToolError> {
-        Ok(sqlx::query_scalar(
-            "SELECT legacy_key FROM agentctl.rejected_rows WHERE source_table = $1 GROUP BY 1
-             HAVING NOT $2 OR bool_and(rule LIKE 'reference%')",
+    async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError> {
+        Ok(sqlx::query_as(
+            "SELECT legacy_key, bool_and(rule LIKE 'reference%') FROM agentctl.rejected_rows WHERE source_table = $1 GROUP BY 1",
         )
         .bind(source.to_string())
-        .bind(for_references)
         .fetch_all(&self.pool)
         .await
         .map_err(while_doing(format!("reading the rejected rows of {source}")))?)
