@@ -392,6 +392,17 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
         .map_err(|e| e.0)?;
     let mut result = EntityResult { source: Some(spec.source.clone()), target: Some(spec.target.clone()), ..EntityResult::default() };
     let batch_size = req.entity.batch_size.max(1);
+    // An empty table loads without its unique legacy key (the primary key refuses the same
+    // duplicates, since every UUID is derived from its legacy key); the key is built in one
+    // pass after the load, before anything looks rows up by it.
+    if req.constraints_suspended && target.suspend_legacy_key(ctx.run_id, &spec.target).await.map_err(|e| e.0)? && !resumed {
+        ctx.decision(
+            ME,
+            format!("loading {} without its unique legacy_id key", spec.target),
+            "the table is empty and every row's UUID is derived from its legacy key, so the primary key refuses any duplicate the legacy key would; maintaining both during the load cost about a third of the server's insert time (bench/RESULTS.md); the key is built after the load",
+            serde_json::json!({"table": spec.target.to_string()}),
+        );
+    }
 
     // Reading runs ahead in a task of its own: the source server produces the next page while
     // this task maps and the target server writes.
@@ -421,6 +432,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
         }));
     }
     reader.await.map_err(|e| format!("the reader stopped: {e}"))?;
+    target.restore_legacy_key(&spec.target).await.map_err(|e| e.0)?;
     for &c in &self_refs {
         let column = &out_cols[c].0;
         let (filled, orphaned) = if req.constraints_suspended {

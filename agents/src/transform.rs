@@ -311,6 +311,8 @@ impl RowMapper {
             return if c.nullable { Ok(None) } else { Err(self.reject(c, "not_null", "is required but the value is NULL".into())) };
         };
         let bad_type = || self.reject(c, "type", format!("`{s}` is not a valid {}", c.type_label));
+        // A time read once, for its type and for its domain's checks.
+        let mut time = None;
         match &c.ty {
             Ty::Enum(name, labels) => {
                 if !labels.contains(&s) {
@@ -330,15 +332,13 @@ impl RowMapper {
                 }
             }
             Ty::Bool => {
-                if !matches!(
-                    s.trim().to_lowercase().as_str(),
-                    "1" | "0" | "t" | "f" | "true" | "false" | "y" | "n" | "yes" | "no" | "on" | "off"
-                ) {
+                const WORDS: [&str; 12] = ["1", "0", "t", "f", "true", "false", "y", "n", "yes", "no", "on", "off"];
+                if !WORDS.iter().any(|w| s.trim().eq_ignore_ascii_case(w)) {
                     return Err(bad_type());
                 }
             }
             Ty::Time => {
-                parse_time(&s).ok_or_else(bad_type)?;
+                time = Some(parse_time(&s).ok_or_else(bad_type)?);
             }
             Ty::Json => {
                 serde_json::from_str::<serde::de::IgnoredAny>(&s).map_err(|e| self.reject(c, "json", format!("not valid JSON ({e})")))?;
@@ -353,7 +353,7 @@ impl RowMapper {
             }
         }
         if let Some((domain, checks)) = &c.domain {
-            let value = typed(&c.ty, &s);
+            let value = time.map_or_else(|| typed(&c.ty, &s), Val::Time);
             for (text, check) in checks {
                 if check.holds(&|name: &str| if name.eq_ignore_ascii_case("VALUE") { value.clone() } else { Val::Null }) == Some(false) {
                     return Err(self.reject(c, &format!("domain:{domain}"), format!("`{s}` is not a valid {domain} ({text})")));
@@ -364,10 +364,9 @@ impl RowMapper {
     }
 
     fn table_checks(&self, out: &[Option<String>]) -> Result<(), Rejection> {
-        let by_name: HashMap<&str, usize> = self.columns.iter().enumerate().map(|(i, c)| (c.target.as_str(), i)).collect();
         for (name, text, check) in &self.checks {
-            let col = |n: &str| match by_name.get(n) {
-                Some(&i) => out[i].as_deref().map(|s| typed(&self.columns[i].ty, s)).unwrap_or(Val::Null),
+            let col = |n: &str| match self.columns.iter().position(|c| c.target == n) {
+                Some(i) => out[i].as_deref().map(|s| typed(&self.columns[i].ty, s)).unwrap_or(Val::Null),
                 None => Val::Null,
             };
             if check.holds(&col) == Some(false) {

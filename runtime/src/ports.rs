@@ -174,6 +174,14 @@ pub trait Target: Send + Sync + 'static {
     /// Puts back what is recorded as set aside for the table: indexes rebuilt, foreign keys
     /// added and validated set-based. Returns what was restored.
     async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError>;
+    /// Sets aside the unique constraint on `legacy_id` of an empty table for its load, when the
+    /// primary key on `id` refuses the same duplicates (every row's UUID is derived from its
+    /// legacy key, and the empty table holds no row with a UUID of its own); recorded like the
+    /// others. Returns whether the table's legacy key is set aside (now or by an earlier try).
+    async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError>;
+    /// Puts back a legacy key set aside by [`Target::suspend_legacy_key`] (the unique index is
+    /// built in one sorted pass).
+    async fn restore_legacy_key(&self, target: &TableName) -> Result<(), ToolError>;
     /// Deletes, in one transaction and in the order given (children first), the rows of each
     /// table that agentctl created: those whose UUID is the one `deriver` derives from their
     /// legacy key. Rows that were there before agentctl are never touched. Puts back any

@@ -51,8 +51,10 @@ fn a_run_migrates_what_the_forecast_said_and_records_every_rejection() {
 
     assert_eq!(count("SELECT count(*) FROM agentctl.rejected_rows"), rejected);
     assert_eq!(count("SELECT count(*) FROM agentctl.rejected_rows WHERE reason = '' OR source_row = '{}'::jsonb"), 0);
-    // The foreign keys set aside for the load are all back, and validated.
+    // The foreign keys set aside for the load are all back, and validated; so are the unique
+    // legacy keys of the tables that loaded empty (all of them here).
     assert_eq!(count("SELECT count(*) FROM agentctl.suspended_constraints"), 0);
+    assert_eq!(count("SELECT count(*) FROM agentctl.audit_events WHERE summary LIKE 'loading % without its unique legacy_id key'"), 25);
     assert_eq!(constraints(), schema_constraints);
     // Nothing was in the target before: no row is recorded as kept.
     assert_eq!(count("SELECT count(*) FROM agentctl.migration_mappings"), 0);
@@ -206,4 +208,147 @@ fn ctrl_c_stops_between_batches_exits_130_and_the_run_resumes_exactly() {
     assert_eq!((sum(&doc, "migrated"), sum(&doc, "rejected")), (expected("expected_migrated"), expected("expected_rejected")));
     assert!(doc["entities"].as_array().unwrap().iter().all(|e| e["validation"]["passed"] == true), "no duplicate, no loss: validated");
     assert_eq!(pg.psql(&db, "SELECT count(*) FROM agentctl.suspended_constraints"), "0");
+}
+
+/// Every value the binary encoder accepts is stored exactly as its COPY text would be, and the
+/// server refuses in binary what it refuses in text; what the encoder is unsure of it declines.
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_copy_stores_what_copy_text_stores() {
+    use sqlx::Connection;
+    use tools::binary::{value_into, Wire};
+
+    let pg = shared();
+    let url = pg.create_db("binary");
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TYPE mood AS ENUM ('calm', 'busy');
+         CREATE DOMAIN plausible_ts AS timestamptz CHECK (VALUE > '1900-01-01');
+         SET TIME ZONE 'Europe/Paris';",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let cases: &[(&str, Wire, &[&str])] = &[
+        ("text", Wire::Text, &["plain", "tab\tand newline\n", "ünïcode ✓", ""]),
+        ("varchar(5)", Wire::Text, &["short", "too long"]),
+        ("character(3)", Wire::Text, &["EU", "USD", "EURO"]),
+        ("mood", Wire::Text, &["calm", "angry"]),
+        ("boolean", Wire::Bool, &["t", "FALSE", " yes ", "on", "0", "maybe"]),
+        ("smallint", Wire::Int2, &["-32768", "32767", "32768", "+7", " 12 ", "1.5"]),
+        ("integer", Wire::Int4, &["2147483647", "-2147483648", "2147483648", "007"]),
+        ("bigint", Wire::Int8, &["9223372036854775807", "-9223372036854775808", "abc"]),
+        ("real", Wire::Float4, &["3.14159", "1e38", "1e39", "-0", "NaN", "inf"]),
+        ("double precision", Wire::Float8, &["0.1", "1e308", "1e309", "1e-320", "1e-400", "-Infinity", "2.2250738585072014e-308"]),
+        (
+            "numeric(12,2)",
+            Wire::Numeric,
+            &["0", "-0.00", "12.5", "12.345", "12.355", "9999999999.99", "99999999999.99", "0.004", "-1234567.1", "00012.1000", ".5", "5."],
+        ),
+        ("numeric", Wire::Numeric, &["123456789012345678901234567890.000123", "-0.00000001", "10000", "100000000", "1e5", "NaN"]),
+        ("date", Wire::Date, &["2024-02-29", "2023-02-29", "0001-01-01", "9999-12-31", "1999-12-31", "2000-01-01 10:00"]),
+        (
+            "timestamp",
+            Wire::Timestamp,
+            &[
+                "2024-03-31 02:30:00",
+                "1969-07-20 20:17:40.5",
+                "2000-01-01",
+                "2000-01-01T00:00:00.000001",
+                "2000-01-01 24:00:00",
+                "2000-01-01 12:00+02",
+            ],
+        ),
+        (
+            "timestamptz",
+            Wire::Timestamptz,
+            &[
+                "2024-03-31 02:30:00 UTC",
+                "2024-10-27 01:30:00+01",
+                "1900-01-01 00:00:00-05:30",
+                "2024-06-01 12:00:00.123456Z",
+                "2024-06-01 12:00:00",
+                "2024-06-01 12:00:00 Europe/Paris",
+                "2024-06-01 12:00:00.1234567+00",
+            ],
+        ),
+        ("plausible_ts", Wire::Timestamptz, &["2024-01-01 00:00:00 UTC", "1800-01-01 00:00:00 UTC"]),
+        (
+            "uuid",
+            Wire::Uuid,
+            &[
+                "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+                "A0EEBC999C0B4EF8BB6D6BB9BD380A11",
+                "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
+                "urn:uuid:a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+                "nope",
+            ],
+        ),
+        ("jsonb", Wire::Jsonb, &["{\"b\": 1, \"a\": [true, null]}", "[1,2", "\"x\""]),
+        ("json", Wire::Json, &["{\"b\": 1,   \"a\": 2}", "{"]),
+    ];
+    let mut declined = Vec::new();
+    for (i, (ty, wire, values)) in cases.iter().enumerate() {
+        sqlx::raw_sql(&format!("CREATE TABLE t{i}_text (n int, v {ty}); CREATE TABLE t{i}_binary (n int, v {ty});"))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        for (n, value) in values.iter().enumerate() {
+            let escaped = value.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r");
+            let line = format!("{n}\t{escaped}\n").into_bytes();
+            let by_text = copy(&mut c, &format!("COPY t{i}_text FROM STDIN"), line).await;
+            let mut encoded = Vec::new();
+            if value_into(*wire, value, &mut encoded).is_none() {
+                declined.push(format!("{ty} {value}"));
+                continue;
+            }
+            let mut buf = b"PGCOPY\n\xff\r\n\0".to_vec();
+            buf.extend_from_slice(&[0; 8]);
+            buf.extend_from_slice(&2i16.to_be_bytes());
+            buf.extend_from_slice(&4i32.to_be_bytes());
+            buf.extend_from_slice(&(n as i32).to_be_bytes());
+            buf.extend_from_slice(&(encoded.len() as i32).to_be_bytes());
+            buf.extend_from_slice(&encoded);
+            buf.extend_from_slice(&(-1i16).to_be_bytes());
+            let by_binary = copy(&mut c, &format!("COPY t{i}_binary FROM STDIN (FORMAT binary)"), buf).await;
+            assert_eq!(by_text.is_ok(), by_binary.is_ok(), "{ty} `{value}`: text {by_text:?}, binary {by_binary:?}");
+        }
+        let differing: Vec<(i32, Option<String>, Option<String>)> = sqlx::query_as(&format!(
+            "SELECT b.n, t.v::text, b.v::text FROM t{i}_binary b LEFT JOIN t{i}_text t USING (n) WHERE t.v::text IS DISTINCT FROM b.v::text OR t.n IS NULL"
+        ))
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        assert!(differing.is_empty(), "{ty}: stored differently from text: {differing:?}");
+    }
+    let expected: Vec<String> = [
+        "boolean maybe",
+        "smallint 32768",
+        "smallint 1.5",
+        "integer 2147483648",
+        "bigint abc",
+        "real 1e39",
+        "double precision 1e309",
+        "double precision 1e-400",
+        "numeric 1e5",
+        "numeric NaN",
+        "date 2023-02-29",
+        "date 2000-01-01 10:00",
+        "timestamp 2000-01-01 24:00:00",
+        "timestamp 2000-01-01 12:00+02",
+        "timestamptz 2024-06-01 12:00:00",
+        "timestamptz 2024-06-01 12:00:00 Europe/Paris",
+        "timestamptz 2024-06-01 12:00:00.1234567+00",
+        "uuid urn:uuid:a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "uuid nope",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(declined, expected, "left to COPY text");
+}
+
+async fn copy(c: &mut sqlx::PgConnection, sql: &str, data: Vec<u8>) -> Result<u64, String> {
+    let mut copy = c.copy_in_raw(sql).await.map_err(|e| e.to_string())?;
+    copy.send(data).await.map_err(|e| e.to_string())?;
+    copy.finish().await.map_err(|e| e.to_string())
 }

@@ -135,6 +135,12 @@ impl Target for CrashingWriter {
     async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
         self.inner.restore_constraints(target).await
     }
+    async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError> {
+        self.inner.suspend_legacy_key(run, target).await
+    }
+    async fn restore_legacy_key(&self, target: &TableName) -> Result<(), ToolError> {
+        self.inner.restore_legacy_key(target).await
+    }
     async fn rollback(&self, run: RunId, entities: &[RollbackEntity]) -> Result<Vec<RolledBack>, ToolError> {
         self.inner.rollback(run, entities).await
     }

@@ -64,6 +64,12 @@ fn row_hash(alias: &str, columns: &[(String, String)]) -> String {
 pub async fn record_baseline(pool: &PgPool, target: &TableName, columns: &[(String, String)]) -> Result<i64, ToolError> {
     let what = format!("recording what agentctl wrote to {target}");
     let mut tx = pool.begin().await.map_err(while_doing(&what))?;
+    // One pass over the table into an in-memory hash of the 1,024 buckets: the planner, which
+    // cannot know how few buckets there are, would otherwise sort every row (with its columns,
+    // on disk) first; and no JIT compilation for a statement that runs once per table.
+    for sql in ["SET LOCAL enable_sort = off", "SET LOCAL work_mem = '256MB'", "SET LOCAL jit = off"] {
+        sqlx::query(sql).execute(&mut *tx).await.map_err(while_doing(&what))?;
+    }
     // The whole table is recorded again, grouped into buckets of keys (no index entry a row).
     for sql in ["DELETE FROM agentctl.load_baseline WHERE target_table = $1", "DELETE FROM agentctl.sync_baseline WHERE target_table = $1"]
     {

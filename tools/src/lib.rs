@@ -9,10 +9,12 @@
 //! - [`cluster`]: a private PostgreSQL cluster from the machine's binaries (`demo`, tests).
 //! - [`rows`]: streaming a source table's rows in key order (`COPY ... TO STDOUT`).
 //! - [`target`]: writing batches of migrated rows with their control records, atomically.
+//! - [`binary`]: mapped text values in their columns' binary COPY forms.
 //! - [`dataset`]: the reference legacy database (generated, with documented dirt) and the
 //!   modern target schema.
 
 pub mod bench;
+pub mod binary;
 pub mod catalog;
 pub mod cluster;
 pub mod code;

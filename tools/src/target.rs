@@ -118,18 +118,19 @@ impl PgTarget {
         // indexed lookup a reference column, not a failed insert a row.
         let mut orphans: BTreeMap<usize, String> = BTreeMap::new();
         for (col, parent) in &b.references {
-            let wanted: Vec<String> = {
-                let mut v: Vec<String> = b.rows.iter().filter_map(|r| r[*col].clone()).collect();
-                v.sort_unstable();
-                v.dedup();
-                v
-            };
-            let sql = format!("SELECT id::text FROM {} WHERE id = ANY($1::uuid[])", quoted(parent));
-            let found: Vec<String> = sqlx::query_scalar(&sql).bind(&wanted).fetch_all(&mut **c).await?;
-            let found: HashSet<String> = found.into_iter().collect();
+            // Sent and answered as binary UUIDs: the server formats and parses no text.
+            let ids: Vec<Option<Option<uuid::Uuid>>> =
+                b.rows.iter().map(|r| r[*col].as_deref().map(|v| uuid::Uuid::try_parse(v).ok())).collect();
+            let mut wanted: Vec<uuid::Uuid> = ids.iter().filter_map(|id| id.flatten()).collect();
+            wanted.sort_unstable();
+            wanted.dedup();
+            let sql = format!("SELECT id FROM {} WHERE id = ANY($1)", quoted(parent));
+            let found: Vec<uuid::Uuid> = sqlx::query_scalar(&sql).bind(&wanted).fetch_all(&mut **c).await?;
+            let found: HashSet<uuid::Uuid> = found.into_iter().collect();
             let name = &b.columns[*col].0;
-            for (seq, row) in b.rows.iter().enumerate() {
-                if row[*col].as_ref().is_some_and(|v| !found.contains(v)) {
+            for (seq, id) in ids.iter().enumerate() {
+                // A value that is not a UUID has no parent either (the mapper derives them all).
+                if id.is_some_and(|id| id.is_none_or(|id| !found.contains(&id))) {
                     // The first missing parent a row has is the reason given for it.
                     orphans
                         .entry(seq)
@@ -143,19 +144,30 @@ impl PgTarget {
 
         // Fast path: COPY straight into the target. Anything it refuses (a duplicate, a row
         // already there) undoes just this attempt, and the staged path below sorts it out.
+        // Binary when every column and value has an encoder the server agrees with (it then
+        // parses nothing), COPY text otherwise.
         sqlx::query("SAVEPOINT agentctl_direct").execute(&mut **c).await?;
-        let mut buf = Vec::with_capacity(keep.len() * 64 * n.max(1));
-        for &seq in &keep {
-            for (i, v) in b.rows[seq].iter().enumerate() {
-                if i > 0 {
-                    buf.push(b'\t');
+        let names: Vec<String> = b.columns.iter().map(|(name, _)| name.clone()).collect();
+        let binary =
+            crate::binary::wires(c, &b.target, &names).await?.and_then(|w| crate::binary::encode(&w, keep.iter().map(|&seq| &b.rows[seq])));
+        let (format, buf) = match binary {
+            Some(buf) => (" (FORMAT binary)", buf),
+            None => {
+                let mut buf = Vec::with_capacity(keep.len() * 64 * n.max(1));
+                for &seq in &keep {
+                    for (i, v) in b.rows[seq].iter().enumerate() {
+                        if i > 0 {
+                            buf.push(b'\t');
+                        }
+                        push_field(&mut buf, v.as_deref());
+                    }
+                    buf.push(b'\n');
                 }
-                push_field(&mut buf, v.as_deref());
+                ("", buf)
             }
-            buf.push(b'\n');
-        }
+        };
         let direct = async {
-            let mut copy = c.copy_in_raw(&format!("COPY {} ({cols}) FROM STDIN", quoted(&b.target))).await?;
+            let mut copy = c.copy_in_raw(&format!("COPY {} ({cols}) FROM STDIN{format}", quoted(&b.target))).await?;
             copy.send(buf).await?;
             copy.finish().await
         }
@@ -331,16 +343,24 @@ impl PgTarget {
         copy.send(buf).await?;
         copy.finish().await?;
         let legacy = b.columns.iter().position(|(name, _)| name == "legacy_id");
+        // While the legacy key is set aside for the load, every row in the table is agentctl's
+        // (the table was empty), so a row is present exactly when its UUID is: looked up by the
+        // primary key instead of a scan.
+        let legacy_aside: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agentctl.suspended_constraints WHERE target_table = $1 AND kind = 'unique')")
+                .bind(b.target.to_string())
+                .fetch_one(&mut **c)
+                .await?;
+        let matches = |i: usize| match legacy_aside {
+            true => format!("t.id = s.c{}::uuid", b.id_column),
+            false => format!("t.legacy_id = s.c{i}::{}", b.columns[i].1),
+        };
         let present_filter = match legacy {
-            Some(i) => format!(" AND NOT EXISTS (SELECT 1 FROM {} t WHERE t.legacy_id = s.c{i}::{})", quoted(&b.target), b.columns[i].1),
+            Some(i) => format!(" AND NOT EXISTS (SELECT 1 FROM {} t WHERE {})", quoted(&b.target), matches(i)),
             None => String::new(),
         };
         let present_sql = legacy.map(|i| {
-            format!(
-                "SELECT count(*) FROM agentctl_stage s WHERE EXISTS (SELECT 1 FROM {} t WHERE t.legacy_id = s.c{i}::{})",
-                quoted(&b.target),
-                b.columns[i].1
-            )
+            format!("SELECT count(*) FROM agentctl_stage s WHERE EXISTS (SELECT 1 FROM {} t WHERE {})", quoted(&b.target), matches(i))
         });
         let present: i64 = match &present_sql {
             Some(sql) => sqlx::query_scalar(sql).fetch_one(&mut **c).await?,
@@ -348,7 +368,7 @@ impl PgTarget {
         };
         // A row already in the target under a UUID of its own was there before agentctl: it
         // keeps its UUID, and the record says so, so that a rollback never deletes it.
-        if let (Some(i), true) = (legacy, present > 0) {
+        if let (Some(i), true, false) = (legacy, present > 0, legacy_aside) {
             sqlx::query(&format!(
                 "INSERT INTO agentctl.migration_mappings (source_table, legacy_id, target_table, id, run_id, created)
                  SELECT $1, t.legacy_id::text, $2, t.id, $3, false
@@ -376,6 +396,53 @@ impl PgTarget {
         let inserted = rows.len() as i64;
         sqlx::query("DROP TABLE agentctl_stage").execute(&mut **c).await?;
         Ok((inserted, present, refused))
+    }
+}
+
+impl PgTarget {
+    /// Puts back what is recorded as set aside for the table (of one kind, or all).
+    async fn restore(&self, target: &TableName, kind: Option<&str>) -> Result<Vec<String>, ToolError> {
+        let what = format!("putting back the constraints and indexes of {target}");
+        let records: Vec<(String, String, String, bool)> = sqlx::query_as(
+            "SELECT name, kind, definition, validated FROM agentctl.suspended_constraints
+             WHERE target_table = $1 AND ($2::text IS NULL OR kind = $2) ORDER BY kind DESC, name",
+        )
+        .bind(target.to_string())
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing(&what))?;
+        let table = quoted(target);
+        let mut restored = Vec::with_capacity(records.len());
+        for (name, kind, definition, validated) in records {
+            // Back in place and off the record in one transaction; a foreign key comes back NOT
+            // VALID (instant) and is then validated in one set-based pass, which needs no lock
+            // that stops readers.
+            let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
+            let create = match kind.as_str() {
+                "index" => definition.clone(),
+                // A unique key is built whole, never NOT VALID.
+                "unique" => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name)),
+                _ if definition.ends_with("NOT VALID") => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name)),
+                _ => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition} NOT VALID", ident(&name)),
+            };
+            sqlx::query(&create).execute(&mut *tx).await.map_err(while_doing(format!("putting back {name} on {target}")))?;
+            sqlx::query("DELETE FROM agentctl.suspended_constraints WHERE target_table = $1 AND name = $2")
+                .bind(target.to_string())
+                .bind(&name)
+                .execute(&mut *tx)
+                .await
+                .map_err(while_doing(&what))?;
+            tx.commit().await.map_err(while_doing(&what))?;
+            if kind == "constraint" && validated {
+                sqlx::query(&format!("ALTER TABLE {table} VALIDATE CONSTRAINT {}", ident(&name)))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| ToolError(format!("validating {name} on {target}: {} (it stays in place as NOT VALID)", describe(&e))))?;
+            }
+            restored.push(name);
+        }
+        Ok(restored)
     }
 }
 
@@ -551,43 +618,56 @@ impl Target for PgTarget {
     }
 
     async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
-        let what = format!("putting back the foreign keys and indexes of {target}");
-        let records: Vec<(String, String, String, bool)> = sqlx::query_as(
-            "SELECT name, kind, definition, validated FROM agentctl.suspended_constraints WHERE target_table = $1 ORDER BY kind DESC, name",
-        )
-        .bind(target.to_string())
-        .fetch_all(&self.pool)
+        self.restore(target, None).await
+    }
+
+    async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError> {
+        let what = format!("setting aside the unique legacy key of {target} for the load");
+        let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
+        let table = quoted(target);
+        // The unique constraint on legacy_id alone, with a primary key on id, no foreign key
+        // leaning on it, and no row yet.
+        let found: Option<(String, String)> = sqlx::query_as(&format!(
+            "SELECT u.conname::text, pg_get_constraintdef(u.oid) FROM pg_constraint u
+             WHERE u.conrelid = $1::regclass AND u.contype = 'u'
+               AND u.conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'legacy_id')]
+               AND EXISTS (SELECT 1 FROM pg_constraint p WHERE p.conrelid = $1::regclass AND p.contype = 'p'
+                           AND p.conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'id')])
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = u.conindid)
+               AND NOT EXISTS (SELECT 1 FROM {table})"
+        ))
+        .bind(&table)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(while_doing(&what))?;
-        let table = quoted(target);
-        let mut restored = Vec::with_capacity(records.len());
-        for (name, kind, definition, validated) in records {
-            // Back in place and off the record in one transaction; a foreign key comes back NOT
-            // VALID (instant) and is then validated in one set-based pass, which needs no lock
-            // that stops readers.
-            let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
-            let create = match kind.as_str() {
-                "index" => definition.clone(),
-                _ if definition.ends_with("NOT VALID") => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name)),
-                _ => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition} NOT VALID", ident(&name)),
-            };
-            sqlx::query(&create).execute(&mut *tx).await.map_err(while_doing(format!("putting back {name} on {target}")))?;
-            sqlx::query("DELETE FROM agentctl.suspended_constraints WHERE target_table = $1 AND name = $2")
-                .bind(target.to_string())
-                .bind(&name)
+        if let Some((name, definition)) = found {
+            sqlx::query(
+                "INSERT INTO agentctl.suspended_constraints (target_table, name, kind, definition, validated, run_id) VALUES ($1, $2, 'unique', $3, true, $4)",
+            )
+            .bind(target.to_string())
+            .bind(&name)
+            .bind(&definition)
+            .bind(run.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(while_doing(&what))?;
+            sqlx::query(&format!("ALTER TABLE {table} DROP CONSTRAINT {}", ident(&name)))
                 .execute(&mut *tx)
                 .await
                 .map_err(while_doing(&what))?;
-            tx.commit().await.map_err(while_doing(&what))?;
-            if kind == "constraint" && validated {
-                sqlx::query(&format!("ALTER TABLE {table} VALIDATE CONSTRAINT {}", ident(&name)))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| ToolError(format!("validating {name} on {target}: {} (it stays in place as NOT VALID)", describe(&e))))?;
-            }
-            restored.push(name);
         }
-        Ok(restored)
+        let aside: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agentctl.suspended_constraints WHERE target_table = $1 AND kind = 'unique')")
+                .bind(target.to_string())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(while_doing(&what))?;
+        tx.commit().await.map_err(while_doing(&what))?;
+        Ok(aside)
+    }
+
+    async fn restore_legacy_key(&self, target: &TableName) -> Result<(), ToolError> {
+        self.restore(target, Some("unique")).await.map(drop)
     }
 
     async fn rollback(&self, run: RunId, entities: &[RollbackEntity]) -> Result<Vec<RolledBack>, ToolError> {

@@ -1,4 +1,4 @@
-use super::{parse_time, CheckExpr, Val};
+use super::{any_time, canonical_time, parse_time, CheckExpr, Val};
 
 fn eval(check: &str, cols: &[(&str, Val)]) -> Option<bool> {
     let parsed = CheckExpr::parse(check).unwrap_or_else(|e| panic!("{check}: {e}"));
@@ -49,4 +49,27 @@ fn null_never_fails_a_check() {
 fn what_it_cannot_read_is_said_not_guessed() {
     assert!(CheckExpr::parse("(my_func(x) > 0)").unwrap_err().contains("my_func"));
     assert!(CheckExpr::parse("(x > ").is_err());
+}
+
+#[test]
+fn the_fast_time_reader_agrees_with_the_general_one() {
+    let samples = [
+        "2024-02-29",
+        "2024-02-29 13:45:07",
+        "2024-02-29T13:45:07.5",
+        "1999-12-31 23:59:59.999999+00",
+        "2001-03-04 05:06:07.123-05:30",
+        "2021-03-04 05:06:07 UTC",
+        "2021-03-04 05:06:07Z",
+        "0001-01-01 00:00:00",
+    ];
+    for s in samples {
+        assert_eq!(canonical_time(s.as_bytes()), any_time(s), "{s}");
+        assert!(canonical_time(s.as_bytes()).is_some(), "{s} takes the fast path");
+    }
+    // Not the server's form: the general reader decides.
+    for s in ["2024-1-5", "2024-01-05 7:05", "2024-01-05 10:00", "2024-01-05 10:00:00.1234567", "2024-13-01"] {
+        assert_eq!(canonical_time(s.as_bytes()), None, "{s}");
+    }
+    assert_eq!(parse_time(" 2024-1-5 "), any_time("2024-1-5"));
 }

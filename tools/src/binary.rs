@@ -1,0 +1,373 @@
+//! Mapped rows as `COPY ... (FORMAT binary)`: each text value sent in its column's binary form,
+//! so the target server parses no timestamp, UUID or number (the text input functions were
+//! about a third of the server's work in a load; bench/RESULTS.md).
+//!
+//! The encoders are strict: one accepts a value only when the server would store exactly what
+//! the value's text would have become. Anything else (a column of another type, a timestamp in
+//! a named zone, a number with an exponent) sends the batch as COPY text, where the server
+//! decides as it always did. A value the server refuses in binary fails the COPY the same way
+//! text would, and the batch takes the careful path.
+
+use sqlx::PgConnection;
+
+use crate::catalog::quoted;
+use runtime::domain::TableName;
+
+/// How a column's values travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// text, varchar, char(n) and enum labels: the bytes themselves.
+    Text,
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Numeric,
+    Date,
+    Timestamp,
+    Timestamptz,
+    Uuid,
+    Json,
+    Jsonb,
+}
+
+impl Wire {
+    /// The wire form of a base type (`pg_type.typname` and `typtype`).
+    pub fn of(typname: &str, typtype: &str) -> Option<Wire> {
+        if typtype == "e" {
+            return Some(Wire::Text);
+        }
+        Some(match typname {
+            "text" | "varchar" | "bpchar" => Wire::Text,
+            "bool" => Wire::Bool,
+            "int2" => Wire::Int2,
+            "int4" => Wire::Int4,
+            "int8" => Wire::Int8,
+            "float4" => Wire::Float4,
+            "float8" => Wire::Float8,
+            "numeric" => Wire::Numeric,
+            "date" => Wire::Date,
+            "timestamp" => Wire::Timestamp,
+            "timestamptz" => Wire::Timestamptz,
+            "uuid" => Wire::Uuid,
+            "json" => Wire::Json,
+            "jsonb" => Wire::Jsonb,
+            _ => return None,
+        })
+    }
+}
+
+/// The wire form of each named column of `table` (domains resolved to their base type), or
+/// `None` when one of them has no binary encoder here.
+pub async fn wires(c: &mut PgConnection, table: &TableName, columns: &[String]) -> Result<Option<Vec<Wire>>, sqlx::Error> {
+    let found: Vec<(String, String, String)> = sqlx::query_as(
+        "WITH RECURSIVE b (attname, typ) AS (
+             SELECT attname::text, atttypid FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped
+             UNION ALL
+             SELECT b.attname, t.typbasetype FROM b JOIN pg_type t ON t.oid = b.typ WHERE t.typtype = 'd')
+         SELECT b.attname, t.typname::text, t.typtype::text FROM b JOIN pg_type t ON t.oid = b.typ WHERE t.typtype <> 'd'",
+    )
+    .bind(quoted(table))
+    .fetch_all(c)
+    .await?;
+    Ok(columns
+        .iter()
+        .map(|name| found.iter().find(|(n, _, _)| n == name).and_then(|(_, typname, typtype)| Wire::of(typname, typtype)))
+        .collect())
+}
+
+/// The binary COPY of `rows`, or `None` when a value is not one the encoders are sure of.
+pub fn encode<'a>(wires: &[Wire], rows: impl IntoIterator<Item = &'a Vec<Option<String>>>) -> Option<Vec<u8>> {
+    let mut buf = Vec::with_capacity(1 << 20);
+    // Signature, flags, header extension length.
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&[0; 8]);
+    let fields = i16::try_from(wires.len()).ok()?;
+    for row in rows {
+        buf.extend_from_slice(&fields.to_be_bytes());
+        for (&wire, value) in wires.iter().zip(row) {
+            match value {
+                None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(s) => {
+                    let at = buf.len();
+                    buf.extend_from_slice(&[0; 4]);
+                    value_into(wire, s, &mut buf)?;
+                    let len = i32::try_from(buf.len() - at - 4).ok()?;
+                    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+                }
+            }
+        }
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    Some(buf)
+}
+
+/// One value's binary form appended to `buf`; `None` when the encoder is not sure of it.
+pub fn value_into(wire: Wire, s: &str, buf: &mut Vec<u8>) -> Option<()> {
+    match wire {
+        Wire::Text | Wire::Json => buf.extend_from_slice(s.as_bytes()),
+        Wire::Jsonb => {
+            buf.push(1);
+            buf.extend_from_slice(s.as_bytes());
+        }
+        Wire::Bool => buf.push(boolean(s)? as u8),
+        Wire::Int2 => buf.extend_from_slice(&i16::try_from(integer(s)?).ok()?.to_be_bytes()),
+        Wire::Int4 => buf.extend_from_slice(&i32::try_from(integer(s)?).ok()?.to_be_bytes()),
+        Wire::Int8 => buf.extend_from_slice(&integer(s)?.to_be_bytes()),
+        Wire::Float4 => buf.extend_from_slice(&float::<f32>(s)?.to_be_bytes()),
+        Wire::Float8 => buf.extend_from_slice(&float::<f64>(s)?.to_be_bytes()),
+        Wire::Numeric => numeric(s, buf)?,
+        Wire::Date => {
+            let (days, rest) = date(s.trim_matches(is_space))?;
+            if !rest.is_empty() {
+                return None;
+            }
+            buf.extend_from_slice(&i32::try_from(days).ok()?.to_be_bytes());
+        }
+        Wire::Timestamp => {
+            let (micros, zone) = timestamp(s)?;
+            // A zone on a timestamp without time zone is ignored by the server; not guessed here.
+            if zone.is_some() {
+                return None;
+            }
+            buf.extend_from_slice(&micros.to_be_bytes());
+        }
+        Wire::Timestamptz => {
+            // Without a zone the value is read in the session's time zone: left to the server.
+            let (micros, offset) = timestamp(s)?;
+            buf.extend_from_slice(&(micros - offset? * 1_000_000).to_be_bytes());
+        }
+        Wire::Uuid => {
+            // The forms the server reads too (it takes no `urn:uuid:` prefix).
+            if !matches!(s.len(), 32 | 36 | 38) {
+                return None;
+            }
+            buf.extend_from_slice(uuid::Uuid::try_parse(s).ok()?.as_bytes());
+        }
+    }
+    Some(())
+}
+
+/// The server's `isspace`: ASCII only.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
+}
+
+fn boolean(s: &str) -> Option<bool> {
+    let s = s.trim_matches(is_space);
+    const TRUE: [&str; 6] = ["t", "true", "y", "yes", "on", "1"];
+    const FALSE: [&str; 6] = ["f", "false", "n", "no", "off", "0"];
+    if TRUE.iter().any(|t| s.eq_ignore_ascii_case(t)) {
+        Some(true)
+    } else if FALSE.iter().any(|f| s.eq_ignore_ascii_case(f)) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn integer(s: &str) -> Option<i64> {
+    let s = s.trim_matches(is_space);
+    // Rust reads `+5` and `-5` as the server does, and nothing the server would refuse.
+    s.parse().ok()
+}
+
+fn float<F: std::str::FromStr + Into<f64> + Copy>(s: &str) -> Option<F> {
+    let s = s.trim_matches(is_space);
+    let v: F = s.parse().ok()?;
+    let f: f64 = v.into();
+    // The server refuses what overflows or underflows to zero; Rust rounds it to infinity or 0.
+    let spelled_infinite = s.bytes().any(|b| b == b'i' || b == b'I');
+    if f.is_infinite() && !spelled_infinite {
+        return None;
+    }
+    if f == 0.0 && s.bytes().take_while(|b| !matches!(b, b'e' | b'E')).any(|b| (b'1'..=b'9').contains(&b)) {
+        return None;
+    }
+    Some(v)
+}
+
+/// `[+-]digits[.digits]` in numeric's binary form: base-10000 digits around the point, the
+/// weight of the first, the sign and the display scale (the typmod is applied by the server).
+fn numeric(s: &str, buf: &mut Vec<u8>) -> Option<()> {
+    let s = s.trim_matches(is_space);
+    let (negative, s) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if (int.is_empty() && frac.is_empty()) || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let dscale = u16::try_from(frac.len()).ok()?;
+    let int = int.trim_start_matches('0');
+    // Pad both parts to whole groups of four digits, aligned on the point.
+    let lead = (4 - int.len() % 4) % 4;
+    let trail = (4 - frac.len() % 4) % 4;
+    let digits: Vec<u8> = std::iter::repeat_n(b'0', lead)
+        .chain(int.bytes())
+        .chain(frac.bytes())
+        .chain(std::iter::repeat_n(b'0', trail))
+        .map(|b| b - b'0')
+        .collect();
+    let mut groups: Vec<i16> = digits.chunks(4).map(|g| g.iter().fold(0i16, |n, &d| n * 10 + i16::from(d))).collect();
+    let mut weight = i32::try_from((lead + int.len()) / 4).ok()? - 1;
+    // No leading or trailing zero groups, as the server stores it.
+    let first = groups.iter().position(|&g| g != 0);
+    let Some(first) = first else {
+        buf.extend_from_slice(&0i16.to_be_bytes());
+        buf.extend_from_slice(&0i16.to_be_bytes());
+        buf.extend_from_slice(&0u16.to_be_bytes());
+        buf.extend_from_slice(&dscale.to_be_bytes());
+        return Some(());
+    };
+    groups.drain(..first);
+    weight -= i32::try_from(first).ok()?;
+    while groups.last() == Some(&0) {
+        groups.pop();
+    }
+    buf.extend_from_slice(&i16::try_from(groups.len()).ok()?.to_be_bytes());
+    buf.extend_from_slice(&i16::try_from(weight).ok()?.to_be_bytes());
+    buf.extend_from_slice(&(if negative { 0x4000u16 } else { 0 }).to_be_bytes());
+    buf.extend_from_slice(&dscale.to_be_bytes());
+    for g in groups {
+        buf.extend_from_slice(&g.to_be_bytes());
+    }
+    Some(())
+}
+
+/// Days from 1970-01-01 to 2000-01-01, the server's epoch.
+const PG_EPOCH_DAYS: i64 = 10_957;
+
+/// `YYYY-MM-DD` (years 1 to 9999, a real day) to days since 2000-01-01, and what follows it.
+fn date(s: &str) -> Option<(i64, &str)> {
+    let b = s.as_bytes();
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let y = digits(&b[0..4])?;
+    let m = digits(&b[5..7])?;
+    let d = digits(&b[8..10])?;
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if y == 0 || !(1..=12).contains(&m) || d == 0 || d > month_days[(m - 1) as usize] {
+        return None;
+    }
+    Some((runtime::domain::days_from_civil(y, m, d) - PG_EPOCH_DAYS, &s[10..]))
+}
+
+fn digits(b: &[u8]) -> Option<i64> {
+    b.iter().try_fold(0i64, |n, &c| c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0')))
+}
+
+/// `YYYY-MM-DD[( |T)HH:MM[:SS[.ffffff]]][zone]` to microseconds since 2000-01-01 as written, and
+/// the zone's offset in seconds east of UTC (`None`: no zone). A zone not known here (a named
+/// one, which needs the server's zone database) makes the whole value `None`.
+fn timestamp(s: &str) -> Option<(i64, Option<i64>)> {
+    let (days, rest) = date(s.trim_matches(is_space))?;
+    let mut micros = days * 86_400_000_000;
+    let rest = match rest.as_bytes().first() {
+        Some(b' ' | b'T') => &rest[1..],
+        Some(_) => return None,
+        None => return Some((micros, None)),
+    };
+    let b = rest.as_bytes();
+    if b.len() < 5 || b[2] != b':' {
+        return None;
+    }
+    let (h, mi) = (digits(&b[0..2])?, digits(&b[3..5])?);
+    let mut at = 5;
+    let mut sec = 0;
+    if b.get(at) == Some(&b':') {
+        sec = digits(b.get(at + 1..at + 3)?)?;
+        at += 3;
+        if b.get(at) == Some(&b'.') {
+            let frac: &[u8] = &b[at + 1..];
+            let n = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+            if n == 0 || n > 6 {
+                return None;
+            }
+            micros += digits(&frac[..n])? * 10i64.pow(6 - n as u32);
+            at += 1 + n;
+        }
+    }
+    if h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    micros += (h * 3600 + mi * 60 + sec) * 1_000_000;
+    let zone = rest[at..].trim_start_matches(' ');
+    if zone.is_empty() {
+        return Some((micros, None));
+    }
+    Some((micros, Some(offset(zone)?)))
+}
+
+/// `UTC`, `GMT`, `Z`, `+HH`, `+HH:MM`, `+HHMM`, `+HH:MM:SS` (and `-`) in seconds east of UTC.
+fn offset(zone: &str) -> Option<i64> {
+    if ["UTC", "GMT", "Z"].iter().any(|z| zone.eq_ignore_ascii_case(z)) {
+        return Some(0);
+    }
+    let sign = match zone.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let b = &zone.as_bytes()[1..];
+    let (h, m, s) = match b.len() {
+        2 => (digits(b)?, 0, 0),
+        4 => (digits(&b[..2])?, digits(&b[2..])?, 0),
+        5 if b[2] == b':' => (digits(&b[..2])?, digits(&b[3..])?, 0),
+        8 if b[2] == b':' && b[5] == b':' => (digits(&b[..2])?, digits(&b[3..5])?, digits(&b[6..])?),
+        _ => return None,
+    };
+    if h > 15 || m > 59 || s > 59 {
+        return None;
+    }
+    Some(sign * (h * 3600 + m * 60 + s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(wire: Wire, s: &str) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        value_into(wire, s, &mut buf).map(|()| buf)
+    }
+
+    #[test]
+    fn numbers_in_the_servers_binary_forms() {
+        // 12345.670: two groups before the point (1, 2345), one after (6700), scale 3.
+        assert_eq!(one(Wire::Numeric, "12345.670"), Some(vec![0, 3, 0, 1, 0, 0, 0, 3, 0, 1, 0x09, 0x29, 0x1a, 0x2c]));
+        // -0.0012: weight -1 (the first group is the one after the point), sign 0x4000.
+        assert_eq!(one(Wire::Numeric, "-0.0012"), Some(vec![0, 1, 0xff, 0xff, 0x40, 0, 0, 4, 0, 12]));
+        assert_eq!(one(Wire::Numeric, "000.00"), Some(vec![0, 0, 0, 0, 0, 0, 0, 2]));
+        assert_eq!(one(Wire::Numeric, "1e5"), None, "exponents are left to the server");
+        assert_eq!(one(Wire::Numeric, "NaN"), None);
+        assert_eq!(one(Wire::Int2, "40000"), None, "out of range for int2");
+        assert_eq!(one(Wire::Int4, " +42 "), Some(42i32.to_be_bytes().to_vec()));
+        assert_eq!(one(Wire::Float8, "1e400"), None, "the server refuses an overflow");
+        assert_eq!(one(Wire::Float8, "1e-400"), None, "and an underflow to zero");
+        assert_eq!(one(Wire::Float8, "-Infinity"), Some(f64::NEG_INFINITY.to_be_bytes().to_vec()));
+        assert_eq!(one(Wire::Bool, "Yes"), Some(vec![1]));
+        assert_eq!(one(Wire::Bool, "maybe"), None);
+    }
+
+    #[test]
+    fn times_from_the_servers_epoch_in_utc() {
+        assert_eq!(one(Wire::Date, "2000-01-02"), Some(1i32.to_be_bytes().to_vec()));
+        assert_eq!(one(Wire::Date, "2023-02-29"), None, "not a day");
+        let noon = 12 * 3_600_000_000i64;
+        assert_eq!(one(Wire::Timestamp, "2000-01-01 12:00:00"), Some(noon.to_be_bytes().to_vec()));
+        assert_eq!(one(Wire::Timestamp, "2000-01-01T12:00:00.5"), Some((noon + 500_000).to_be_bytes().to_vec()));
+        assert_eq!(one(Wire::Timestamptz, "2000-01-01 12:00:00 UTC"), Some(noon.to_be_bytes().to_vec()));
+        assert_eq!(one(Wire::Timestamptz, "2000-01-01 14:30:00+02:30"), Some(noon.to_be_bytes().to_vec()));
+        assert_eq!(one(Wire::Timestamptz, "2000-01-01 12:00:00"), None, "the session's zone is the server's to apply");
+        assert_eq!(one(Wire::Timestamptz, "2000-01-01 12:00:00 Europe/Paris"), None);
+        assert_eq!(one(Wire::Timestamp, "2000-01-01 12:00:00+01"), None);
+        assert_eq!(one(Wire::Timestamp, "2000-01-01 12:00:00.1234567"), None, "the server rounds past microseconds");
+    }
+}
