@@ -287,13 +287,3 @@ impl MigrationPlan {
         self.waves.iter().rev().flat_map(|w| w.iter().rev().map(|e| &e.table)).collect()
     }
 }
-
-/// Days from 1970-01-01 to a day of the proleptic Gregorian calendar (Howard Hinnant's
-/// days-from-civil); the month and day are not checked.
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let yy = if m <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
-}

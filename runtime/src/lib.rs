@@ -3,7 +3,8 @@
 //! Spawning and supervising actors ([`supervise`]), the envelope every message travels in and
 //! the courier that delivers it ([`envelope`]), the typed payloads agents exchange ([`domain`]),
 //! the audit trail ([`audit`], [`audit_writer`]), the event stream the CLI shows ([`events`]),
-//! secret redaction ([`redact`]), configuration ([`config`]) and the traits agents reach the world
+//! secret redaction ([`redact`]), configuration ([`config`]), reading PostgreSQL's dates and
+//! timestamps ([`time`]) and the traits agents reach the world
 //! through ([`ports`]).
 //!
 //! This crate does no I/O of its own beyond reading configuration: databases, LLMs and
@@ -21,5 +22,6 @@ pub mod mapping;
 pub mod ports;
 pub mod redact;
 pub mod supervise;
+pub mod time;
 
 pub use ids::{AgentName, RunId};

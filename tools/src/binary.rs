@@ -12,6 +12,7 @@ use sqlx::PgConnection;
 
 use crate::catalog::quoted;
 use runtime::domain::TableName;
+use runtime::time::{date, is_space, timestamp};
 
 /// How a column's values travel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,9 +60,9 @@ impl Wire {
     }
 }
 
-/// The wire form of each named column of `table` (domains resolved to their base type), or
-/// `None` when one of them has no binary encoder here.
-pub async fn wires(c: &mut PgConnection, table: &TableName, columns: &[String]) -> Result<Option<Vec<Wire>>, sqlx::Error> {
+/// The wire form of each of `table`'s columns (name, type) (domains resolved to their base
+/// type), or `None` when one of them has no binary encoder here.
+pub async fn wires(c: &mut PgConnection, table: &TableName, columns: &[(String, String)]) -> Result<Option<Vec<Wire>>, sqlx::Error> {
     let found: Vec<(String, String, String)> = sqlx::query_as(
         "WITH RECURSIVE b (attname, typ) AS (
              SELECT attname::text, atttypid FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped
@@ -74,7 +75,7 @@ pub async fn wires(c: &mut PgConnection, table: &TableName, columns: &[String]) 
     .await?;
     Ok(columns
         .iter()
-        .map(|name| found.iter().find(|(n, _, _)| n == name).and_then(|(_, typname, typtype)| Wire::of(typname, typtype)))
+        .map(|(name, _)| found.iter().find(|(n, _, _)| n == name).and_then(|(_, typname, typtype)| Wire::of(typname, typtype)))
         .collect())
 }
 
@@ -124,7 +125,7 @@ pub fn value_into(wire: Wire, s: &str, buf: &mut Vec<u8>) -> Option<()> {
             if !rest.is_empty() {
                 return None;
             }
-            buf.extend_from_slice(&i32::try_from(days).ok()?.to_be_bytes());
+            buf.extend_from_slice(&i32::try_from(days - PG_EPOCH_DAYS).ok()?.to_be_bytes());
         }
         Wire::Timestamp => {
             let (micros, zone) = timestamp(s)?;
@@ -132,12 +133,12 @@ pub fn value_into(wire: Wire, s: &str, buf: &mut Vec<u8>) -> Option<()> {
             if zone.is_some() {
                 return None;
             }
-            buf.extend_from_slice(&micros.to_be_bytes());
+            buf.extend_from_slice(&(micros - PG_EPOCH_MICROS).to_be_bytes());
         }
         Wire::Timestamptz => {
             // Without a zone the value is read in the session's time zone: left to the server.
             let (micros, offset) = timestamp(s)?;
-            buf.extend_from_slice(&(micros - offset? * 1_000_000).to_be_bytes());
+            buf.extend_from_slice(&(micros - offset? * 1_000_000 - PG_EPOCH_MICROS).to_be_bytes());
         }
         Wire::Uuid => {
             // The forms the server reads too (it takes no `urn:uuid:` prefix).
@@ -148,11 +149,6 @@ pub fn value_into(wire: Wire, s: &str, buf: &mut Vec<u8>) -> Option<()> {
         }
     }
     Some(())
-}
-
-/// The server's `isspace`: ASCII only.
-fn is_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
 }
 
 fn boolean(s: &str) -> Option<bool> {
@@ -241,93 +237,7 @@ fn numeric(s: &str, buf: &mut Vec<u8>) -> Option<()> {
 
 /// Days from 1970-01-01 to 2000-01-01, the server's epoch.
 const PG_EPOCH_DAYS: i64 = 10_957;
-
-/// `YYYY-MM-DD` (years 1 to 9999, a real day) to days since 2000-01-01, and what follows it.
-fn date(s: &str) -> Option<(i64, &str)> {
-    let b = s.as_bytes();
-    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let y = digits(&b[0..4])?;
-    let m = digits(&b[5..7])?;
-    let d = digits(&b[8..10])?;
-    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    if y == 0 || !(1..=12).contains(&m) || d == 0 || d > month_days[(m - 1) as usize] {
-        return None;
-    }
-    Some((runtime::domain::days_from_civil(y, m, d) - PG_EPOCH_DAYS, &s[10..]))
-}
-
-fn digits(b: &[u8]) -> Option<i64> {
-    b.iter().try_fold(0i64, |n, &c| c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0')))
-}
-
-/// `YYYY-MM-DD[( |T)HH:MM[:SS[.ffffff]]][zone]` to microseconds since 2000-01-01 as written, and
-/// the zone's offset in seconds east of UTC (`None`: no zone). A zone not known here (a named
-/// one, which needs the server's zone database) makes the whole value `None`.
-fn timestamp(s: &str) -> Option<(i64, Option<i64>)> {
-    let (days, rest) = date(s.trim_matches(is_space))?;
-    let mut micros = days * 86_400_000_000;
-    let rest = match rest.as_bytes().first() {
-        Some(b' ' | b'T') => &rest[1..],
-        Some(_) => return None,
-        None => return Some((micros, None)),
-    };
-    let b = rest.as_bytes();
-    if b.len() < 5 || b[2] != b':' {
-        return None;
-    }
-    let (h, mi) = (digits(&b[0..2])?, digits(&b[3..5])?);
-    let mut at = 5;
-    let mut sec = 0;
-    if b.get(at) == Some(&b':') {
-        sec = digits(b.get(at + 1..at + 3)?)?;
-        at += 3;
-        if b.get(at) == Some(&b'.') {
-            let frac: &[u8] = &b[at + 1..];
-            let n = frac.iter().take_while(|c| c.is_ascii_digit()).count();
-            if n == 0 || n > 6 {
-                return None;
-            }
-            micros += digits(&frac[..n])? * 10i64.pow(6 - n as u32);
-            at += 1 + n;
-        }
-    }
-    if h > 23 || mi > 59 || sec > 59 {
-        return None;
-    }
-    micros += (h * 3600 + mi * 60 + sec) * 1_000_000;
-    let zone = rest[at..].trim_start_matches(' ');
-    if zone.is_empty() {
-        return Some((micros, None));
-    }
-    Some((micros, Some(offset(zone)?)))
-}
-
-/// `UTC`, `GMT`, `Z`, `+HH`, `+HH:MM`, `+HHMM`, `+HH:MM:SS` (and `-`) in seconds east of UTC.
-fn offset(zone: &str) -> Option<i64> {
-    if ["UTC", "GMT", "Z"].iter().any(|z| zone.eq_ignore_ascii_case(z)) {
-        return Some(0);
-    }
-    let sign = match zone.as_bytes().first()? {
-        b'+' => 1,
-        b'-' => -1,
-        _ => return None,
-    };
-    let b = &zone.as_bytes()[1..];
-    let (h, m, s) = match b.len() {
-        2 => (digits(b)?, 0, 0),
-        4 => (digits(&b[..2])?, digits(&b[2..])?, 0),
-        5 if b[2] == b':' => (digits(&b[..2])?, digits(&b[3..])?, 0),
-        8 if b[2] == b':' && b[5] == b':' => (digits(&b[..2])?, digits(&b[3..5])?, digits(&b[6..])?),
-        _ => return None,
-    };
-    if h > 15 || m > 59 || s > 59 {
-        return None;
-    }
-    Some(sign * (h * 3600 + m * 60 + s))
-}
+const PG_EPOCH_MICROS: i64 = PG_EPOCH_DAYS * 86_400_000_000;
 
 #[cfg(test)]
 mod tests {

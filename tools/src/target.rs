@@ -147,9 +147,9 @@ impl PgTarget {
         // Binary when every column and value has an encoder the server agrees with (it then
         // parses nothing), COPY text otherwise.
         sqlx::query("SAVEPOINT agentctl_direct").execute(&mut **c).await?;
-        let names: Vec<String> = b.columns.iter().map(|(name, _)| name.clone()).collect();
-        let binary =
-            crate::binary::wires(c, &b.target, &names).await?.and_then(|w| crate::binary::encode(&w, keep.iter().map(|&seq| &b.rows[seq])));
+        let binary = crate::binary::wires(c, &b.target, &b.columns)
+            .await?
+            .and_then(|w| crate::binary::encode(&w, keep.iter().map(|&seq| &b.rows[seq])));
         let (format, buf) = match binary {
             Some(buf) => (" (FORMAT binary)", buf),
             None => {
@@ -346,11 +346,7 @@ impl PgTarget {
         // While the legacy key is set aside for the load, every row in the table is agentctl's
         // (the table was empty), so a row is present exactly when its UUID is: looked up by the
         // primary key instead of a scan.
-        let legacy_aside: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agentctl.suspended_constraints WHERE target_table = $1 AND kind = 'unique')")
-                .bind(b.target.to_string())
-                .fetch_one(&mut **c)
-                .await?;
+        let legacy_aside = legacy_key_aside(c, &b.target).await?;
         let matches = |i: usize| match legacy_aside {
             true => format!("t.id = s.c{}::uuid", b.id_column),
             false => format!("t.legacy_id = s.c{i}::{}", b.columns[i].1),
@@ -397,6 +393,42 @@ impl PgTarget {
         sqlx::query("DROP TABLE agentctl_stage").execute(&mut **c).await?;
         Ok((inserted, present, refused))
     }
+}
+
+/// Records a constraint or index as set aside for a load, with what restores it, and drops it,
+/// in the caller's transaction.
+async fn set_aside(
+    c: &mut sqlx::PgConnection,
+    run: RunId,
+    target: &TableName,
+    name: &str,
+    kind: &str,
+    definition: &str,
+    validated: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO agentctl.suspended_constraints (target_table, name, kind, definition, validated, run_id) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(target.to_string())
+        .bind(name)
+        .bind(kind)
+        .bind(definition)
+        .bind(validated)
+        .bind(run.0)
+        .execute(&mut *c)
+        .await?;
+    let drop = match kind {
+        "index" => format!("DROP INDEX {}.{}", ident(&target.schema), ident(name)),
+        _ => format!("ALTER TABLE {} DROP CONSTRAINT {}", quoted(target), ident(name)),
+    };
+    sqlx::query(&drop).execute(c).await?;
+    Ok(())
+}
+
+/// Whether the table's unique legacy key is set aside for its load.
+async fn legacy_key_aside(c: &mut sqlx::PgConnection, target: &TableName) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agentctl.suspended_constraints WHERE target_table = $1 AND kind = 'unique')")
+        .bind(target.to_string())
+        .fetch_one(c)
+        .await
 }
 
 impl PgTarget {
@@ -590,23 +622,7 @@ impl Target for PgTarget {
         .await
         .map_err(while_doing(&what))?;
         for (name, kind, definition, validated) in &found {
-            sqlx::query(
-                "INSERT INTO agentctl.suspended_constraints (target_table, name, kind, definition, validated, run_id) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(target.to_string())
-            .bind(name)
-            .bind(kind)
-            .bind(definition)
-            .bind(validated)
-            .bind(run.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(while_doing(&what))?;
-            let drop = match kind.as_str() {
-                "index" => format!("DROP INDEX {}.{}", ident(&target.schema), ident(name)),
-                _ => format!("ALTER TABLE {table} DROP CONSTRAINT {}", ident(name)),
-            };
-            sqlx::query(&drop).execute(&mut *tx).await.map_err(while_doing(&what))?;
+            set_aside(&mut tx, run, target, name, kind, definition, *validated).await.map_err(while_doing(&what))?;
         }
         let all: Vec<String> = sqlx::query_scalar("SELECT name FROM agentctl.suspended_constraints WHERE target_table = $1 ORDER BY name")
             .bind(target.to_string())
@@ -641,27 +657,9 @@ impl Target for PgTarget {
         .await
         .map_err(while_doing(&what))?;
         if let Some((name, definition)) = found {
-            sqlx::query(
-                "INSERT INTO agentctl.suspended_constraints (target_table, name, kind, definition, validated, run_id) VALUES ($1, $2, 'unique', $3, true, $4)",
-            )
-            .bind(target.to_string())
-            .bind(&name)
-            .bind(&definition)
-            .bind(run.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(while_doing(&what))?;
-            sqlx::query(&format!("ALTER TABLE {table} DROP CONSTRAINT {}", ident(&name)))
-                .execute(&mut *tx)
-                .await
-                .map_err(while_doing(&what))?;
+            set_aside(&mut tx, run, target, &name, "unique", &definition, true).await.map_err(while_doing(&what))?;
         }
-        let aside: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agentctl.suspended_constraints WHERE target_table = $1 AND kind = 'unique')")
-                .bind(target.to_string())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(while_doing(&what))?;
+        let aside = legacy_key_aside(&mut tx, target).await.map_err(while_doing(&what))?;
         tx.commit().await.map_err(while_doing(&what))?;
         Ok(aside)
     }
