@@ -4,8 +4,9 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// Mapping a row allocates a string a value; mimalloc serves those small, short-lived
-/// allocations across the runtime's threads for a fraction of glibc's cost (bench/RESULTS.md).
+/// A page's values live in one buffer (`runtime::text_rows`), but keys, rejects, JSON and the
+/// drivers still make many small, short-lived allocations across the runtime's threads;
+/// mimalloc serves them for a fraction of glibc's cost (bench/RESULTS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

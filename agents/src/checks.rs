@@ -277,7 +277,11 @@ impl Parser {
                 self.pos += 2;
                 name.push_str("[]");
             }
-            e = Expr::Cast(Box::new(e), name);
+            // A literal's cast is the same every row: made once, here.
+            e = match e {
+                Expr::Lit(v) => Expr::Lit(cast(v, &name)),
+                other => Expr::Cast(Box::new(other), name),
+            };
         }
         Ok(e)
     }

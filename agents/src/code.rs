@@ -12,6 +12,7 @@ use runtime::audit::{AuditRecord, EventKind};
 use runtime::context::RunContext;
 use runtime::mapping::{MappingSpec, ScriptAnswer, ScriptColumn};
 use runtime::ports::{CodeFile, CodeRequest, CodeResult, CodeRunner, CodeStream, Rows, Scan, ToolError};
+use runtime::text_rows::TextRows;
 use runtime::AgentName;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -206,17 +207,20 @@ impl ScriptedRows {
             }
             let mut answers = Vec::with_capacity(streams.len());
             for (((_, stream), script), &input) in streams.iter_mut().zip(&scan.scripts).zip(&inputs) {
-                answers.push(Self::apply(stream.as_mut(), script, page.iter().map(|r| r[input].as_deref()).collect()).await?);
+                answers.push(Self::apply(stream.as_mut(), script, (0..page.len()).map(|i| page.get(i, input)).collect()).await?);
             }
-            for (i, row) in page.iter().enumerate() {
+            for (i, row) in page.rows().enumerate() {
+                let plain: Vec<Option<&str>> = row.collect();
                 let refs: Vec<Option<&str>> =
-                    order.iter().map(|&o| if o < row.len() { row[o].as_deref() } else { answers[o - row.len()][i].as_deref() }).collect();
+                    order.iter().map(|&o| if o < plain.len() { plain[o] } else { answers[o - plain.len()][i].as_deref() }).collect();
                 each(&refs);
             }
             count += page.len() as u64;
             left -= page.len();
-            match page.last() {
-                Some(last) if page.len() == want => plain.after = Some(keys.iter().map(|&k| last[k].clone().unwrap_or_default()).collect()),
+            match page.len().checked_sub(1) {
+                Some(last) if page.len() == want => {
+                    plain.after = Some(keys.iter().map(|&k| page.get(last, k).unwrap_or_default().to_owned()).collect())
+                }
                 _ => break,
             }
         }
@@ -247,6 +251,14 @@ impl Rows for ScriptedRows {
             }
         }
         read
+    }
+
+    async fn page(&self, scan: &Scan, limit: usize) -> Result<TextRows, ToolError> {
+        if scan.scripts.is_empty() {
+            // Read straight into the page, as the plain reader does.
+            return self.inner.page(scan, limit).await;
+        }
+        runtime::ports::page_by_scan(self, scan, limit).await
     }
 }
 

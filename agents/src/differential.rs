@@ -25,6 +25,7 @@ use runtime::{AgentName, RunId};
 
 use crate::execution::{prepare, read_ahead, MigrateEntity, Prepared};
 use crate::validation::expect;
+use runtime::text_rows::TextRows;
 
 /// Source rows compared a page.
 const PAGE: usize = 10_000;
@@ -174,10 +175,11 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
     loop {
         let page = match pages.recv().await {
             Some(page) => page?,
-            None => Vec::new(),
+            None => TextRows::default(),
         };
         let next = (!page.is_empty()).then(|| {
-            let stamps: Vec<Option<String>> = stamp_col.map(|i| page.iter().map(|r| r[i].clone()).collect()).unwrap_or_default();
+            let stamps: Vec<Option<String>> =
+                stamp_col.map(|i| (0..page.len()).map(|r| page.get(r, i).map(str::to_owned)).collect()).unwrap_or_default();
             let mut reasons = Vec::new();
             let expected = expect(&mapper, &out_cols, id_col, legacy_col, &[], page, Some(&mut reasons));
             (expected, reasons, stamps)

@@ -19,7 +19,8 @@ use runtime::envelope::{AgentError, Envelope};
 use runtime::events::RunEvent;
 use runtime::mapping::KeyDeriver;
 use runtime::mapping::MappingSpec;
-use runtime::ports::{row_json, Batch, Checkpoint, DiffApplied, RejectedRow, RollbackEntity, RolledBack, Rows, Scan, Target};
+use runtime::ports::{legacy_key, row_json, Batch, Checkpoint, DiffApplied, RejectedRow, RollbackEntity, RolledBack, Rows, Scan, Target};
+use runtime::text_rows::TextRows;
 
 use crate::differential::synced_columns;
 use runtime::AgentName;
@@ -345,16 +346,13 @@ const UNBALANCED: &str = "the accounting does not balance";
 /// Source pages read ahead of the mapping and writing: one in the channel, one being read.
 const READ_AHEAD: usize = 1;
 
-/// Rows of a source table as read, each value in PostgreSQL's text form (`None` for NULL).
-pub type Page = Vec<Vec<Option<String>>>;
-
 /// Pages of a scan's rows in key order after `scan.after`, read by a task of its own a page
 /// ahead of the consumer; the channel ends after the last page (or the first error).
 pub fn read_ahead(
     rows: Arc<dyn Rows>,
     scan: Scan,
     page_size: usize,
-) -> (tokio::sync::mpsc::Receiver<Result<Page, String>>, tokio::task::JoinHandle<()>) {
+) -> (tokio::sync::mpsc::Receiver<Result<TextRows, String>>, tokio::task::JoinHandle<()>) {
     let mut scan = Scan { limit: Some(page_size), ..scan };
     let key_idx: Vec<usize> = scan.key.iter().filter_map(|k| scan.columns.iter().position(|c| c == k)).collect();
     let (pages_tx, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
@@ -362,8 +360,8 @@ pub fn read_ahead(
         loop {
             let page = rows.page(&scan, page_size).await.map_err(|e| e.0);
             let next: Option<Vec<String>> = match &page {
-                Ok(p) if p.len() == page_size => {
-                    p.last().map(|last| key_idx.iter().map(|&i| last[i].clone().unwrap_or_default()).collect())
+                Ok(p) if p.len() == page_size && page_size > 0 => {
+                    Some(key_idx.iter().map(|&i| p.get(page_size - 1, i).unwrap_or_default().to_owned()).collect())
                 }
                 _ => None,
             };
@@ -414,7 +412,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     loop {
         let page = match pages.recv().await {
             Some(page) => page?,
-            None => Vec::new(),
+            None => TextRows::default(),
         };
         let mut batch = (!page.is_empty())
             .then(|| map_page(ctx, &mapper, &scan_cols, &out_cols, id_col, &deferred_cols, &references, page, &mut result));
@@ -432,30 +430,35 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
         }));
     }
     reader.await.map_err(|e| format!("the reader stopped: {e}"))?;
-    target.restore_legacy_key(&spec.target).await.map_err(|e| e.0)?;
-    for &c in &self_refs {
-        let column = &out_cols[c].0;
-        let (filled, orphaned) = if req.constraints_suspended {
-            (0, target.drop_dangling(ctx.run_id, &spec.source, &spec.target, column).await.map_err(|e| e.0)?)
-        } else {
-            target.fill_deferred(ctx.run_id, &spec.source, &spec.target, column).await.map_err(|e| e.0)?
-        };
-        result.second_pass_filled += filled;
-        checkpoint.migrated -= orphaned.len() as i64;
-        checkpoint.rejected += orphaned.len() as i64;
-        for r in &orphaned {
-            result.count_rejection(&r.rule);
+    // The legacy key is built while the rest of the entity's closing work reads the table:
+    // the two take a core each.
+    let (restored, closed) = tokio::join!(target.restore_legacy_key(&spec.target), async {
+        for &c in &self_refs {
+            let column = &out_cols[c].0;
+            let (filled, orphaned) = if req.constraints_suspended {
+                (0, target.drop_dangling(ctx.run_id, &spec.source, &spec.target, column).await?)
+            } else {
+                target.fill_deferred(ctx.run_id, &spec.source, &spec.target, column).await?
+            };
+            result.second_pass_filled += filled;
+            checkpoint.migrated -= orphaned.len() as i64;
+            checkpoint.rejected += orphaned.len() as i64;
+            for r in &orphaned {
+                result.count_rejection(&r.rule);
+            }
         }
-    }
-    result.rows_read = checkpoint.rows_read;
-    result.migrated = checkpoint.migrated;
-    result.rejected = checkpoint.rejected;
-    result.batches = checkpoint.batches;
-    result.seconds = started.elapsed().as_secs_f64();
-    result.target_rows = target.table_rows(&spec.target, false).await.map_err(|e| e.0)?;
-    // What agentctl wrote is what `diff analyze` later tells target edits from source changes by.
-    let hashed: Vec<(String, String)> = synced_columns(&out_cols, id_col).into_iter().map(|i| out_cols[i].clone()).collect();
-    target.record_baseline(&spec.target, &hashed).await.map_err(|e| e.0)?;
+        result.rows_read = checkpoint.rows_read;
+        result.migrated = checkpoint.migrated;
+        result.rejected = checkpoint.rejected;
+        result.batches = checkpoint.batches;
+        result.seconds = started.elapsed().as_secs_f64();
+        result.target_rows = target.table_rows(&spec.target, false).await?;
+        // What agentctl wrote is what `diff analyze` later tells target edits from source changes by.
+        let hashed: Vec<(String, String)> = synced_columns(&out_cols, id_col).into_iter().map(|i| out_cols[i].clone()).collect();
+        target.record_baseline(&spec.target, &hashed).await
+    });
+    restored.map_err(|e| e.0)?;
+    closed.map_err(|e| e.0)?;
     let balanced = result.rows_read == result.migrated + result.rejected && result.target_rows >= result.migrated;
     let detail = format!(
         "{} read = {} migrated + {} rejected; {} rows in {}",
@@ -487,60 +490,78 @@ fn map_page(
     id_col: usize,
     deferred_cols: &[usize],
     references: &[(usize, TableName)],
-    page: Vec<Vec<Option<String>>>,
+    page: TextRows,
     result: &mut EntityResult,
 ) -> Batch {
     let spec = mapper.spec();
     let page_len = page.len();
-    let last = page.last().expect("a page has rows");
-    let last_key: Vec<String> = mapper.key(&last.iter().map(|v| v.as_deref()).collect::<Vec<_>>()).iter().map(|s| s.to_string()).collect();
-    let mut batch = Batch {
-        run_id: ctx.run_id,
-        source: spec.source.clone(),
-        target: spec.target.clone(),
-        columns: out_cols.to_vec(),
-        rows: Vec::with_capacity(page_len),
-        keys: Vec::with_capacity(page_len),
-        id_column: id_col,
-        source_rows: Vec::with_capacity(page_len),
-        source_columns: scan_cols.to_vec(),
-        rejected: Vec::new(),
-        deferred: Vec::new(),
-        references: references.to_vec(),
-        before: Checkpoint::default(),
-        last_key,
-        rows_read: page_len as i64,
-    };
-    for row in page {
-        let refs: Vec<Option<&str>> = row.iter().map(|v| v.as_deref()).collect();
-        let key = mapper.key(&refs).join("|");
-        let mapped = mapper.map(&refs);
-        drop(refs);
-        match mapped {
-            Ok(mut values) => {
+    let key_columns = mapper.key_columns().to_vec();
+    let last_key: Vec<String> = key_columns.iter().map(|&k| page.get(page_len - 1, k).unwrap_or("").to_owned()).collect();
+    let mut rows = TextRows::with_capacity(out_cols.len(), page_len, page.text_len() + page_len * 64);
+    let mut page_rows = Vec::with_capacity(page_len);
+    let mut rejected = Vec::new();
+    let mut deferred = Vec::new();
+    let mut refs: Vec<Option<&str>> = Vec::with_capacity(page.width());
+    for seq in 0..page_len {
+        refs.clear();
+        refs.extend(page.row(seq));
+        match mapper.map_into(&refs, &mut rows) {
+            Ok(()) => {
+                let mapped = rows.len() - 1;
                 for &c in deferred_cols {
-                    if let Some(parent) = values[c].take() {
-                        let id = values[id_col].clone().unwrap_or_default();
-                        batch.deferred.push((id, out_cols[c].0.clone(), parent));
+                    if let Some(parent) = rows.get(mapped, c) {
+                        let id = rows.get(mapped, id_col).unwrap_or_default().to_owned();
+                        deferred.push((id, out_cols[c].0.clone(), parent.to_owned()));
                     }
                 }
-                batch.rows.push(values);
-                batch.keys.push(key);
-                batch.source_rows.push(row);
+                page_rows.push(seq);
             }
             Err(r) => {
                 result.count_rejection(&r.rule);
-                batch.rejected.push(RejectedRow {
-                    legacy_key: key,
+                rejected.push(RejectedRow {
+                    legacy_key: legacy_key(&page, seq, &key_columns),
                     column: r.column,
                     rule: r.rule,
                     reason: r.reason,
-                    row: row_json(scan_cols, &row),
+                    row: row_json(scan_cols, page.row(seq)),
                 });
             }
         }
     }
-    batch
+    drop(refs);
+    if !deferred.is_empty() {
+        // A self-reference is written in the second pass, once every row of the table is in.
+        rows = without_columns(&rows, deferred_cols);
+    }
+    Batch {
+        run_id: ctx.run_id,
+        source: spec.source.clone(),
+        target: spec.target.clone(),
+        columns: out_cols.to_vec(),
+        rows,
+        id_column: id_col,
+        page,
+        page_rows,
+        source_columns: scan_cols.to_vec(),
+        key_columns,
+        rejected,
+        deferred,
+        references: references.to_vec(),
+        before: Checkpoint::default(),
+        last_key,
+        rows_read: page_len as i64,
+    }
+}
+
+/// `rows` with the values of `columns` made NULL.
+fn without_columns(rows: &TextRows, columns: &[usize]) -> TextRows {
+    let mut out = TextRows::with_capacity(rows.width(), rows.len(), rows.text_len());
+    for seq in 0..rows.len() {
+        for (c, v) in rows.row(seq).enumerate() {
+            out.push(if columns.contains(&c) { None } else { v });
+        }
+    }
+    out
 }
 
 /// Books a committed batch: the result's counts, the audit trail, the progress event.

@@ -6,10 +6,12 @@
 //! A row that fails becomes a [`Rejection`] naming the column, the rule and the reason in plain
 //! words. Rules that need other rows (unique keys, references) are the predictor's job.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use runtime::domain::{SchemaReport, Table, TableName, TypeKind};
 use runtime::mapping::{Feed, KeyDeriver, MappingSpec, ScriptAnswer, Transform, UuidLayout};
+use runtime::text_rows::TextRows;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -194,12 +196,31 @@ impl RowMapper {
     /// The UUID agentctl derives for a scanned row.
     pub fn id(&self, row: &[Option<&str>]) -> String {
         let deriver = self.columns.iter().find(|c| matches!(c.feed, Feed::Key)).and_then(|c| c.deriver.as_ref());
-        deriver.map(|d| d.derive(&self.key(row)).to_string()).unwrap_or_default()
+        deriver.map(|d| self.with_key(row, |key| d.derive(key)).to_string()).unwrap_or_default()
     }
 
     /// The legacy key of a scanned row.
     pub fn key<'a>(&self, row: &[Option<&'a str>]) -> Vec<&'a str> {
         self.key_inputs.iter().map(|&i| row[i].unwrap_or("")).collect()
+    }
+
+    /// The columns of the scanned row that make its legacy key.
+    pub fn key_columns(&self) -> &[usize] {
+        &self.key_inputs
+    }
+
+    /// Calls `f` with the legacy key's parts, without allocating for keys of up to four parts.
+    fn with_key<R>(&self, row: &[Option<&str>], f: impl FnOnce(&[&str]) -> R) -> R {
+        let mut parts = [""; 4];
+        match self.key_inputs.len() {
+            n @ 0..=4 => {
+                for (part, &i) in parts.iter_mut().zip(&self.key_inputs) {
+                    *part = row[i].unwrap_or("");
+                }
+                f(&parts[..n])
+            }
+            _ => f(&self.key(row)),
+        }
     }
 
     pub fn references(&self) -> Vec<Reference> {
@@ -221,35 +242,61 @@ impl RowMapper {
 
     /// Maps one scanned row to the target's values (in `target_columns` order).
     pub fn map(&self, row: &[Option<&str>]) -> Result<Vec<Option<String>>, Rejection> {
-        let mut out: Vec<Option<String>> = Vec::with_capacity(self.columns.len());
+        let mut out = TextRows::new(self.columns.len());
+        self.map_into(row, &mut out)?;
+        Ok(out.owned_row(0))
+    }
+
+    /// Maps one scanned row onto the end of `out`, one value a target column (in
+    /// `target_columns` order); a row the mapping refuses adds nothing.
+    pub fn map_into(&self, row: &[Option<&str>], out: &mut TextRows) -> Result<(), Rejection> {
+        let mark = out.values();
+        let mapped = self.map_values(row, out);
+        if mapped.is_err() {
+            out.truncate_values(mark);
+        }
+        mapped
+    }
+
+    fn map_values(&self, row: &[Option<&str>], out: &mut TextRows) -> Result<(), Rejection> {
+        let mut uuid_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
         for c in &self.columns {
-            let raw: Option<String> = match &c.feed {
-                Feed::Key => c.deriver.as_ref().map(|d| d.derive(&self.key(row)).to_string()),
-                Feed::LegacyKey => Some(self.key(row).join("|")),
-                Feed::Column { .. } => row[c.inputs[0]].map(str::to_owned),
-                Feed::Constant { value } => Some(value.clone()),
+            // Values are borrowed from the row (or the mapping) unless a transform makes a new one.
+            let raw: Option<Cow<str>> = match &c.feed {
+                Feed::Key => c
+                    .deriver
+                    .as_ref()
+                    .map(|d| Cow::Borrowed(&*self.with_key(row, |key| d.derive(key)).hyphenated().encode_lower(&mut uuid_text))),
+                Feed::LegacyKey => Some(match self.key_inputs.as_slice() {
+                    [only] => Cow::Borrowed(row[*only].unwrap_or("")),
+                    _ => Cow::Owned(self.key(row).join("|")),
+                }),
+                Feed::Column { .. } => row[c.inputs[0]].map(Cow::Borrowed),
+                Feed::Constant { value } => Some(Cow::Borrowed(value.as_str())),
                 Feed::Concat { separator, .. } => {
                     let parts: Vec<&str> = c.inputs.iter().filter_map(|&i| row[i]).collect();
-                    (!parts.is_empty()).then(|| parts.join(separator))
+                    (!parts.is_empty()).then(|| Cow::Owned(parts.join(separator)))
                 }
                 Feed::Reference { parent, .. } => {
                     let parts: Option<Vec<&str>> = c.inputs.iter().map(|&i| row[i]).collect();
                     parts.and_then(|p| match self.kept.get(parent).and_then(|k| k.get(&p.join("|"))) {
-                        Some(kept) => Some(kept.clone()),
-                        None => c.deriver.as_ref().map(|d| d.derive(&p).to_string()),
+                        Some(kept) => Some(Cow::Borrowed(kept.as_str())),
+                        None => c.deriver.as_ref().map(|d| Cow::Borrowed(&*d.derive(&p).hyphenated().encode_lower(&mut uuid_text))),
                     })
                 }
                 Feed::Metadata { columns } => {
                     let obj: BTreeMap<&str, Option<&str>> =
                         columns.iter().zip(&c.inputs).map(|(name, &i)| (name.as_str(), row[i])).collect();
-                    Some(serde_json::to_string(&obj).expect("strings serialize"))
+                    Some(Cow::Owned(serde_json::to_string(&obj).expect("strings serialize")))
                 }
             };
             let value = self.transform(c, raw)?;
-            out.push(self.validate(c, value)?);
+            out.push(self.validate(c, value)?.as_deref());
         }
-        self.table_checks(&out)?;
-        Ok(out)
+        if !self.checks.is_empty() {
+            self.table_checks(out, out.len() - 1)?;
+        }
+        Ok(())
     }
 
     fn reject(&self, c: &Compiled, rule: &str, reason: String) -> Rejection {
@@ -260,53 +307,60 @@ impl RowMapper {
         }
     }
 
-    fn transform(&self, c: &Compiled, mut v: Option<String>) -> Result<Option<String>, Rejection> {
+    fn transform<'a>(&'a self, c: &'a Compiled, mut v: Option<Cow<'a, str>>) -> Result<Option<Cow<'a, str>>, Rejection> {
         for t in &c.transforms {
             v = match (t, v) {
-                (Transform::Default { value }, None) => Some(value.clone()),
+                (Transform::Default { value }, None) => Some(Cow::Borrowed(value.as_str())),
                 (_, None) => None,
-                (Transform::Trim, Some(s)) => Some(s.trim().to_owned()),
-                (Transform::Lower, Some(s)) => Some(s.to_lowercase()),
-                (Transform::Upper, Some(s)) => Some(s.to_uppercase()),
+                (Transform::Trim, Some(s)) => Some(match s {
+                    Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
+                    Cow::Owned(o) if o.trim().len() == o.len() => Cow::Owned(o),
+                    Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
+                }),
+                (Transform::Lower, Some(s)) => Some(Cow::Owned(s.to_lowercase())),
+                (Transform::Upper, Some(s)) => Some(Cow::Owned(s.to_uppercase())),
                 (Transform::NullIfEmpty, Some(s)) => (!s.is_empty()).then_some(s),
                 (Transform::Default { .. }, some) => some,
                 (Transform::Cents, Some(s)) => {
                     let cents: i64 =
                         s.trim().parse().map_err(|_| self.reject(c, "cents", format!("`{s}` is not a whole number of cents")))?;
-                    Some(amount(cents))
+                    Some(Cow::Owned(amount(cents)))
                 }
-                (Transform::Bool, Some(s)) => Some(
-                    match s.trim().to_lowercase().as_str() {
-                        "1" | "t" | "true" | "y" | "yes" => "t",
-                        "0" | "f" | "false" | "n" | "no" => "f",
-                        _ => return Err(self.reject(c, "bool", format!("`{s}` is not a yes/no value"))),
-                    }
-                    .to_owned(),
-                ),
+                (Transform::Bool, Some(s)) => Some(Cow::Borrowed(match s.trim().to_lowercase().as_str() {
+                    "1" | "t" | "true" | "y" | "yes" => "t",
+                    "0" | "f" | "false" | "n" | "no" => "f",
+                    _ => return Err(self.reject(c, "bool", format!("`{s}` is not a yes/no value"))),
+                })),
                 (Transform::Json, Some(s)) => {
                     serde_json::from_str::<serde::de::IgnoredAny>(&s)
                         .map_err(|e| self.reject(c, "json", format!("not valid JSON ({e})")))?;
                     Some(s)
                 }
-                (Transform::Timestamptz { zone }, Some(s)) => Some(format!("{s} {zone}")),
+                (Transform::Timestamptz { zone }, Some(s)) => {
+                    let mut zoned = String::with_capacity(s.len() + 1 + zone.len());
+                    zoned.push_str(&s);
+                    zoned.push(' ');
+                    zoned.push_str(zone);
+                    Some(Cow::Owned(zoned))
+                }
                 // The sandbox answered as the row was read: `=value` or `!error`.
                 (Transform::Script { path, .. }, Some(s)) => match ScriptAnswer::read(&s) {
-                    ScriptAnswer::Value(value) => Some(value.to_owned()),
+                    ScriptAnswer::Value(value) => Some(Cow::Owned(value.to_owned())),
                     ScriptAnswer::Raised(error) => return Err(self.reject(c, "script", format!("{path} raised {error}"))),
                     ScriptAnswer::Untagged => {
                         return Err(self.reject(c, "script", format!("{path}: the sandbox's answer `{s}` is not tagged")))
                     }
                 },
-                (Transform::Values { map }, Some(s)) => Some(map.get(&s).cloned().ok_or_else(|| {
+                (Transform::Values { map }, Some(s)) => Some(Cow::Borrowed(map.get(s.as_ref()).ok_or_else(|| {
                     let known: Vec<&str> = map.keys().map(String::as_str).collect();
                     self.reject(c, "values", format!("`{s}` is not one of the values the mapping knows ({})", known.join(", ")))
-                })?),
+                })?)),
             };
         }
         Ok(v)
     }
 
-    fn validate(&self, c: &Compiled, v: Option<String>) -> Result<Option<String>, Rejection> {
+    fn validate<'a>(&self, c: &Compiled, v: Option<Cow<'a, str>>) -> Result<Option<Cow<'a, str>>, Rejection> {
         let Some(s) = v else {
             return if c.nullable { Ok(None) } else { Err(self.reject(c, "not_null", "is required but the value is NULL".into())) };
         };
@@ -315,7 +369,7 @@ impl RowMapper {
         let mut time = None;
         match &c.ty {
             Ty::Enum(name, labels) => {
-                if !labels.contains(&s) {
+                if !labels.iter().any(|l| *l == *s) {
                     return Err(self.reject(c, "enum", format!("`{s}` is not a value of {name} ({})", labels.join(", "))));
                 }
             }
@@ -343,6 +397,8 @@ impl RowMapper {
             Ty::Json => {
                 serde_json::from_str::<serde::de::IgnoredAny>(&s).map_err(|e| self.reject(c, "json", format!("not valid JSON ({e})")))?;
             }
+            // A UUID agentctl derived, or kept from the target, needs no reading back.
+            Ty::Uuid if c.transforms.is_empty() && matches!(c.feed, Feed::Key | Feed::Reference { .. }) => {}
             Ty::Uuid => {
                 Uuid::parse_str(&s).map_err(|_| bad_type())?;
             }
@@ -363,10 +419,11 @@ impl RowMapper {
         Ok(Some(s))
     }
 
-    fn table_checks(&self, out: &[Option<String>]) -> Result<(), Rejection> {
+    /// The table's CHECKs on row `row` of `out`.
+    fn table_checks(&self, out: &TextRows, row: usize) -> Result<(), Rejection> {
         for (name, text, check) in &self.checks {
             let col = |n: &str| match self.columns.iter().position(|c| c.target == n) {
-                Some(i) => out[i].as_deref().map(|s| typed(&self.columns[i].ty, s)).unwrap_or(Val::Null),
+                Some(i) => out.get(row, i).map(|s| typed(&self.columns[i].ty, s)).unwrap_or(Val::Null),
                 None => Val::Null,
             };
             if check.holds(&col) == Some(false) {

@@ -29,6 +29,7 @@ use runtime::AgentName;
 use crate::differential::DiffEntity;
 use crate::execution::{prepare, read_ahead, restarting, MigrateEntity, Prepared};
 use crate::transform::{amount, RowMapper};
+use runtime::text_rows::TextRows;
 
 const ME: AgentName = AgentName::Validation;
 
@@ -156,9 +157,9 @@ pub async fn validate(
     let mut found_in_target = 0i64;
     let mut in_flight: Option<tokio::task::JoinHandle<Result<ComparedPage, String>>> = None;
     loop {
-        let page: Vec<Vec<Option<String>>> = match pages.recv().await {
+        let page = match pages.recv().await {
             Some(page) => page?,
-            None => Vec::new(),
+            None => TextRows::default(),
         };
         let next = (!page.is_empty()).then(|| expect(&mapper, &out_cols, id_col, legacy_col, &money, page, None));
         if let Some(compare) = in_flight.take() {
@@ -253,7 +254,7 @@ pub(crate) fn expect(
     id_col: usize,
     legacy_col: usize,
     money: &[usize],
-    page: Vec<Vec<Option<String>>>,
+    page: TextRows,
     mut reasons: Option<&mut Vec<(usize, String)>>,
 ) -> Expected {
     let mut expected = Expected {
@@ -265,14 +266,18 @@ pub(crate) fn expect(
         values: vec![Vec::with_capacity(page.len()); out_cols.len()],
         returned: money.to_vec(),
     };
-    for row in &page {
-        let refs: Vec<Option<&str>> = row.iter().map(|v| v.as_deref()).collect();
+    let mut refs: Vec<Option<&str>> = Vec::with_capacity(page.width());
+    let mut mapped = TextRows::new(out_cols.len());
+    for seq in 0..page.len() {
+        refs.clear();
+        refs.extend(page.row(seq));
         let key = mapper.key(&refs).join("|");
-        match mapper.map(&refs) {
-            Ok(values) => {
+        mapped.clear();
+        match mapper.map_into(&refs, &mut mapped) {
+            Ok(()) => {
                 expected.wanted.push(true);
-                for (column, value) in expected.values.iter_mut().zip(values) {
-                    column.push(value);
+                for (column, value) in expected.values.iter_mut().zip(mapped.row(0)) {
+                    column.push(value.map(str::to_owned));
                 }
             }
             Err(rejection) => {

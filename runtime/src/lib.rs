@@ -4,8 +4,8 @@
 //! the courier that delivers it ([`envelope`]), the typed payloads agents exchange ([`domain`]),
 //! the audit trail ([`audit`], [`audit_writer`]), the event stream the CLI shows ([`events`]),
 //! secret redaction ([`redact`]), configuration ([`config`]), reading PostgreSQL's dates and
-//! timestamps ([`time`]) and the traits agents reach the world
-//! through ([`ports`]).
+//! timestamps ([`time`]), rows of text values kept in one buffer ([`text_rows`]) and the traits
+//! agents reach the world through ([`ports`]).
 //!
 //! This crate does no I/O of its own beyond reading configuration: databases, LLMs and
 //! containers are reached through traits that `tools` implements.
@@ -22,6 +22,7 @@ pub mod mapping;
 pub mod ports;
 pub mod redact;
 pub mod supervise;
+pub mod text_rows;
 pub mod time;
 
 pub use ids::{AgentName, RunId};

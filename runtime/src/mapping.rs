@@ -273,17 +273,33 @@ impl KeyDeriver {
     }
 
     pub fn derive(&self, key: &[&str]) -> uuid::Uuid {
-        let mut name = String::with_capacity(self.prefix.len() + 24);
-        name.push_str(&self.prefix);
-        for (i, k) in key.iter().enumerate() {
-            if i > 0 {
-                name.push('|');
-            }
-            name.push_str(k);
-        }
         match self.layout {
-            UuidLayout::V5 => uuid::Uuid::new_v5(&self.namespace, name.as_bytes()),
-            UuidLayout::Ordered => ordered(&self.namespace, self.tag, key, &name),
+            UuidLayout::V5 => {
+                let mut name = String::with_capacity(self.prefix.len() + 24);
+                name.push_str(&self.prefix);
+                for (i, k) in key.iter().enumerate() {
+                    if i > 0 {
+                        name.push('|');
+                    }
+                    name.push_str(k);
+                }
+                uuid::Uuid::new_v5(&self.namespace, name.as_bytes())
+            }
+            UuidLayout::Ordered => {
+                // The digest of the namespace and the name `prefix` + key parts joined by `|`,
+                // fed part by part.
+                use sha2::{Digest, Sha256};
+                let mut h = Sha256::new();
+                h.update(self.namespace.as_bytes());
+                h.update(self.prefix.as_bytes());
+                for (i, k) in key.iter().enumerate() {
+                    if i > 0 {
+                        h.update(b"|");
+                    }
+                    h.update(k.as_bytes());
+                }
+                ordered(self.tag, key, &h.finalize().into())
+            }
         }
     }
 }
@@ -298,15 +314,19 @@ fn digest(namespace: &uuid::Uuid, text: &[u8]) -> [u8; 32] {
 
 /// 122 free bits: a 32-bit table tag, a 64-bit order key, 26 bits of hash; laid into a
 /// version 8 UUID around its version and variant bits, so byte order follows the free bits.
-fn ordered(namespace: &uuid::Uuid, tag: u32, key: &[&str], name: &str) -> uuid::Uuid {
-    let full = digest(namespace, name.as_bytes());
+fn ordered(tag: u32, key: &[&str], full: &[u8; 32]) -> uuid::Uuid {
     // Integer keys (one, or two that fit 32 bits each) sort in key order; others by hash.
-    let ints: Option<Vec<i64>> = key.iter().map(|k| k.trim().parse::<i64>().ok()).collect();
-    let order: u64 = match ints.as_deref() {
-        Some([k]) => (*k as u64) ^ (1 << 63),
-        Some([a, b]) if (0..=u32::MAX as i64).contains(a) && (0..=u32::MAX as i64).contains(b) => ((*a as u64) << 32) | *b as u64,
-        _ => u64::from_be_bytes(full[..8].try_into().expect("8 bytes")),
-    };
+    let int = |k: &str| k.trim().parse::<i64>().ok();
+    let in_u32 = |n: i64| (0..=u32::MAX as i64).contains(&n);
+    let order: u64 = match key {
+        [k] => int(k).map(|k| (k as u64) ^ (1 << 63)),
+        [a, b] => match (int(a), int(b)) {
+            (Some(a), Some(b)) if in_u32(a) && in_u32(b) => Some(((a as u64) << 32) | b as u64),
+            _ => None,
+        },
+        _ => None,
+    }
+    .unwrap_or_else(|| u64::from_be_bytes(full[..8].try_into().expect("8 bytes")));
     let hash26 = u128::from(u32::from_be_bytes(full[8..12].try_into().expect("4 bytes")) >> 6);
     let v: u128 = (u128::from(tag) << 90) | (u128::from(order) << 26) | hash26;
     let hi48 = v >> 74;
@@ -341,5 +361,18 @@ mod tests {
         let pair = TableName::new("public", "dispatch_role_permission");
         let d = KeyDeriver::new(UuidLayout::Ordered, ns, &pair);
         assert_eq!(d.derive_stored("3|7"), d.derive(&["3", "7"]));
+    }
+
+    /// Rows already in a target carry these UUIDs: a change to the derivation would make a
+    /// resumed run or a sync see them as someone else's. (Values computed independently.)
+    #[test]
+    fn derived_uuids_do_not_change_between_versions() {
+        let ns = uuid::Uuid::from_u128(0x1234);
+        let derive =
+            |table: &str, key: &[&str]| KeyDeriver::new(UuidLayout::Ordered, ns, &TableName::new("public", table)).derive(key).to_string();
+        assert_eq!(derive("dispatch_task", &["9"]), "23aef083-8000-8000-8000-0000274ee463");
+        assert_eq!(derive("dispatch_task", &["-5"]), "23aef083-7fff-8fff-bfff-ffffeeec6d32");
+        assert_eq!(derive("dispatch_role_permission", &["3", "7"]), "7076501b-0000-8000-8c00-00001cb3a52f");
+        assert_eq!(derive("dispatch_code", &["AB-1"]), "28fb0be1-056a-84bd-aef2-b88bb798f5b6");
     }
 }

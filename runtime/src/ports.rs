@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{SchemaReport, TableName};
 use crate::ids::RunId;
 use crate::mapping::{Join, MappingSpec, ScriptColumn};
+use crate::text_rows::TextRows;
 
 /// A tool's failure, already phrased for an operator: what was being done, where, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,15 +90,18 @@ pub struct Batch {
     pub target: TableName,
     /// Target columns, with the type each value is cast to (`format_type` text).
     pub columns: Vec<(String, String)>,
-    pub rows: Vec<Vec<Option<String>>>,
-    /// Per row: the legacy key.
-    pub keys: Vec<String>,
+    /// The mapped rows, one value a target column.
+    pub rows: TextRows,
     /// The column that holds the row's UUID.
     pub id_column: usize,
-    /// Per row: the source row as read (columns named by `source_columns`), kept to record it
-    /// if the target refuses the row; turned into JSON only then.
-    pub source_rows: Vec<Vec<Option<String>>>,
+    /// The source page the rows were mapped from (columns named by `source_columns`), kept to
+    /// record a row the target refuses; turned into JSON only then.
+    pub page: TextRows,
+    /// Per mapped row: its row in `page`.
+    pub page_rows: Vec<usize>,
     pub source_columns: Vec<String>,
+    /// The legacy key's columns in `page`.
+    pub key_columns: Vec<usize>,
     /// Rows judged unfit before writing.
     pub rejected: Vec<RejectedRow>,
     /// Second-pass references: (child id, column, parent id).
@@ -111,19 +115,36 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// A source row as the JSON object `rejected_rows` keeps.
+    /// Mapped row `seq`'s source row as the JSON object `rejected_rows` keeps.
     pub fn source_json(&self, seq: usize) -> serde_json::Value {
-        row_json(&self.source_columns, &self.source_rows[seq])
+        row_json(&self.source_columns, self.page.row(self.page_rows[seq]))
+    }
+
+    /// Mapped row `seq`'s legacy key as `legacy_id` holds it (composite parts joined by `|`).
+    pub fn legacy_key(&self, seq: usize) -> String {
+        legacy_key(&self.page, self.page_rows[seq], &self.key_columns)
     }
 }
 
+/// The legacy key of row `row` of `page` (key parts joined by `|`; a NULL part is empty).
+pub fn legacy_key(page: &TextRows, row: usize, key_columns: &[usize]) -> String {
+    let mut key = String::new();
+    for (i, &c) in key_columns.iter().enumerate() {
+        if i > 0 {
+            key.push('|');
+        }
+        key.push_str(page.get(row, c).unwrap_or(""));
+    }
+    key
+}
+
 /// Column names and values as a JSON object (NULL as null).
-pub fn row_json(columns: &[String], row: &[Option<String>]) -> serde_json::Value {
+pub fn row_json<'a>(columns: &[String], row: impl IntoIterator<Item = Option<&'a str>>) -> serde_json::Value {
     serde_json::Value::Object(
         columns
             .iter()
             .zip(row)
-            .map(|(c, v)| (c.clone(), v.as_ref().map_or(serde_json::Value::Null, |s| serde_json::Value::String(s.clone()))))
+            .map(|(c, v)| (c.clone(), v.map_or(serde_json::Value::Null, |s| serde_json::Value::String(s.to_owned()))))
             .collect(),
     )
 }
@@ -546,12 +567,17 @@ pub trait Rows: Send + Sync + 'static {
     async fn scan(&self, scan: &Scan, each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send)) -> Result<u64, ToolError>;
 
     /// The next `limit` rows after `scan.after`, in key order.
-    async fn page(&self, scan: &Scan, limit: usize) -> Result<Vec<Vec<Option<String>>>, ToolError> {
-        let mut rows = Vec::with_capacity(limit.min(65_536));
-        let limited = Scan { limit: Some(limit), ..scan.clone() };
-        self.scan(&limited, &mut |r: &[Option<&str>]| rows.push(r.iter().map(|v| v.map(str::to_owned)).collect())).await?;
-        Ok(rows)
+    async fn page(&self, scan: &Scan, limit: usize) -> Result<TextRows, ToolError> {
+        page_by_scan(self, scan, limit).await
     }
+}
+
+/// A page gathered from [`Rows::scan`]: what a reader without a page of its own returns.
+pub async fn page_by_scan<R: Rows + ?Sized>(rows: &R, scan: &Scan, limit: usize) -> Result<TextRows, ToolError> {
+    let mut page = TextRows::new(scan.columns.len());
+    let limited = Scan { limit: Some(limit), ..scan.clone() };
+    rows.scan(&limited, &mut |r: &[Option<&str>]| page.push_row(r.iter().copied())).await?;
+    Ok(page)
 }
 
 /// A function the model is asked to call, with a JSON schema for its arguments.

@@ -80,7 +80,7 @@ pub async fn wires(c: &mut PgConnection, table: &TableName, columns: &[(String, 
 }
 
 /// The binary COPY of `rows`, or `None` when a value is not one the encoders are sure of.
-pub fn encode<'a>(wires: &[Wire], rows: impl IntoIterator<Item = &'a Vec<Option<String>>>) -> Option<Vec<u8>> {
+pub fn encode<'a, R: IntoIterator<Item = Option<&'a str>>>(wires: &[Wire], rows: impl IntoIterator<Item = R>) -> Option<Vec<u8>> {
     let mut buf = Vec::with_capacity(1 << 20);
     // Signature, flags, header extension length.
     buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");

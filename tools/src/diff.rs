@@ -640,7 +640,9 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
         let rows: Vec<serde_json::Value> = rejects
             .iter()
             .map(|(r, _)| match &r.values {
-                Some(v) => runtime::ports::row_json(&cols.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), v),
+                Some(v) => {
+                    runtime::ports::row_json(&cols.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), v.iter().map(|v| v.as_deref()))
+                }
                 None => serde_json::Value::Null,
             })
             .collect();

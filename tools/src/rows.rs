@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 use futures::StreamExt;
 use runtime::ports::{Rows, Scan, ToolError, CHANGED_SINCE_MARGIN};
+use runtime::text_rows::TextRows;
 use sqlx::PgPool;
 
 use crate::catalog::{ident, quoted};
@@ -57,24 +58,24 @@ pub fn select(scan: &Scan) -> String {
 }
 
 impl PgRows {
-    /// Streams the scan's rows through `each`, which may take the fields it is given.
-    async fn stream(&self, scan: &Scan, mut each: impl FnMut(&mut Vec<Option<String>>) + Send) -> Result<u64, ToolError> {
+    /// Streams the scan's rows into `rows`, calling `each` after every row is added (it may
+    /// take the row out again).
+    async fn stream(&self, scan: &Scan, rows: &mut TextRows, mut each: impl FnMut(&mut TextRows) + Send) -> Result<u64, ToolError> {
         let what = |e: String| DbError(format!("while reading {}: {e}", scan.table));
         let sql = format!("COPY ({}) TO STDOUT", select(scan));
         let mut conn = self.pool.acquire().await.map_err(|e| what(describe(&e)))?;
         let mut stream = conn.copy_out_raw(&sql).await.map_err(|e| what(describe(&e)))?;
         let mut pending: Vec<u8> = Vec::new();
-        let mut rows = 0u64;
+        let mut count = 0u64;
         let mut since_yield = 0usize;
-        let mut fields: Vec<Option<String>> = Vec::with_capacity(scan.columns.len());
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| what(describe(&e)))?;
             pending.extend_from_slice(&chunk);
             let mut start = 0;
             while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
-                parse_line(&pending[start..start + end], &mut fields).map_err(&what)?;
-                each(&mut fields);
-                rows += 1;
+                parse_line(&pending[start..start + end], rows).map_err(&what)?;
+                each(rows);
+                count += 1;
                 start += end + 1;
             }
             pending.drain(..start);
@@ -87,33 +88,46 @@ impl PgRows {
                 tokio::task::yield_now().await;
             }
         }
-        Ok(rows)
+        Ok(count)
     }
 }
 
 #[async_trait]
 impl Rows for PgRows {
     async fn scan(&self, scan: &Scan, each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send)) -> Result<u64, ToolError> {
-        self.stream(scan, |fields| {
-            let refs: Vec<Option<&str>> = fields.iter().map(|f| f.as_deref()).collect();
+        let mut row = TextRows::new(scan.columns.len());
+        self.stream(scan, &mut row, |row| {
+            let refs: Vec<Option<&str>> = row.row(0).collect();
             each(&refs);
+            row.clear();
         })
         .await
     }
 
-    async fn page(&self, scan: &Scan, limit: usize) -> Result<Vec<Vec<Option<String>>>, ToolError> {
-        // The parsed fields are the page's own: no second copy of every value.
-        let mut rows = Vec::with_capacity(limit.min(65_536));
-        let width = scan.columns.len();
+    async fn page(&self, scan: &Scan, limit: usize) -> Result<TextRows, ToolError> {
+        // Parsed straight into the page: no value is a string of its own.
+        let mut rows = TextRows::with_capacity(scan.columns.len(), limit.min(65_536), limit.min(65_536) * 64);
         let limited = Scan { limit: Some(limit), ..scan.clone() };
-        self.stream(&limited, |fields| rows.push(std::mem::replace(fields, Vec::with_capacity(width)))).await?;
+        self.stream(&limited, &mut rows, |_| {}).await?;
         Ok(rows)
     }
 }
 
-/// One line of COPY text into its fields (`\N` is NULL; backslash escapes undone).
-pub fn parse_line(line: &[u8], out: &mut Vec<Option<String>>) -> Result<(), String> {
-    out.clear();
+/// One line of COPY text appended to `out` as a row (`\N` is NULL; backslash escapes undone).
+pub fn parse_line(line: &[u8], out: &mut TextRows) -> Result<(), String> {
+    let mark = out.values();
+    let parsed = push_fields(line, out);
+    if parsed.is_err() || out.values() - mark != out.width() {
+        let fields = out.values() - mark;
+        out.truncate_values(mark);
+        parsed?;
+        return Err(format!("a row has {fields} values where {} columns were asked for", out.width()));
+    }
+    Ok(())
+}
+
+fn push_fields(line: &[u8], out: &mut TextRows) -> Result<(), String> {
+    const NOT_UTF8: &str = "a value is not valid UTF-8";
     for field in line.split(|&b| b == b'\t') {
         if field == b"\\N" {
             out.push(None);
@@ -121,7 +135,7 @@ pub fn parse_line(line: &[u8], out: &mut Vec<Option<String>>) -> Result<(), Stri
         }
         if !field.contains(&b'\\') {
             // Most values carry no escape: one copy, no byte-by-byte loop.
-            out.push(Some(String::from_utf8(field.to_vec()).map_err(|_| "a value is not valid UTF-8".to_owned())?));
+            out.push(Some(std::str::from_utf8(field).map_err(|_| NOT_UTF8.to_owned())?));
             continue;
         }
         let mut bytes = Vec::with_capacity(field.len());
@@ -143,7 +157,27 @@ pub fn parse_line(line: &[u8], out: &mut Vec<Option<String>>) -> Result<(), Stri
                 i += 1;
             }
         }
-        out.push(Some(String::from_utf8(bytes).map_err(|_| "a value is not valid UTF-8".to_owned())?));
+        out.push(Some(std::str::from_utf8(&bytes).map_err(|_| NOT_UTF8.to_owned())?));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_lines_become_rows_and_a_short_line_is_refused_whole() {
+        let mut rows = TextRows::new(3);
+        parse_line(b"1\t\\N\ta\\tb\\\\c\\nd", &mut rows).unwrap();
+        parse_line(b"2\t\t", &mut rows).unwrap();
+        assert_eq!(rows.owned_row(0), vec![Some("1".to_owned()), None, Some("a\tb\\c\nd".to_owned())]);
+        assert_eq!(rows.owned_row(1), vec![Some("2".to_owned()), Some(String::new()), Some(String::new())]);
+        let err = parse_line(b"3\tonly two", &mut rows).unwrap_err();
+        assert_eq!(err, "a row has 2 values where 3 columns were asked for");
+        let err = parse_line(b"4\t\xff\tx", &mut rows).unwrap_err();
+        assert_eq!(err, "a value is not valid UTF-8");
+        assert_eq!(rows.len(), 2, "a refused line leaves nothing behind");
+        assert_eq!(rows.values(), 6);
+    }
 }

@@ -118,19 +118,22 @@ impl PgTarget {
         // indexed lookup a reference column, not a failed insert a row.
         let mut orphans: BTreeMap<usize, String> = BTreeMap::new();
         for (col, parent) in &b.references {
-            // Sent and answered as binary UUIDs: the server formats and parses no text.
+            // Sent as binary UUIDs; the server answers with the few it does not have.
             let ids: Vec<Option<Option<uuid::Uuid>>> =
-                b.rows.iter().map(|r| r[*col].as_deref().map(|v| uuid::Uuid::try_parse(v).ok())).collect();
+                (0..b.rows.len()).map(|seq| b.rows.get(seq, *col).map(|v| uuid::Uuid::try_parse(v).ok())).collect();
             let mut wanted: Vec<uuid::Uuid> = ids.iter().filter_map(|id| id.flatten()).collect();
             wanted.sort_unstable();
             wanted.dedup();
-            let sql = format!("SELECT id FROM {} WHERE id = ANY($1)", quoted(parent));
-            let found: Vec<uuid::Uuid> = sqlx::query_scalar(&sql).bind(&wanted).fetch_all(&mut **c).await?;
-            let found: HashSet<uuid::Uuid> = found.into_iter().collect();
+            let sql = format!(
+                "SELECT w.id FROM unnest($1::uuid[]) w(id) WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = w.id)",
+                quoted(parent)
+            );
+            let missing: Vec<uuid::Uuid> = sqlx::query_scalar(&sql).bind(&wanted).fetch_all(&mut **c).await?;
+            let missing: HashSet<uuid::Uuid> = missing.into_iter().collect();
             let name = &b.columns[*col].0;
             for (seq, id) in ids.iter().enumerate() {
                 // A value that is not a UUID has no parent either (the mapper derives them all).
-                if id.is_some_and(|id| id.is_none_or(|id| !found.contains(&id))) {
+                if id.is_some_and(|id| id.is_none_or(|id| missing.contains(&id))) {
                     // The first missing parent a row has is the reason given for it.
                     orphans
                         .entry(seq)
@@ -149,17 +152,17 @@ impl PgTarget {
         sqlx::query("SAVEPOINT agentctl_direct").execute(&mut **c).await?;
         let binary = crate::binary::wires(c, &b.target, &b.columns)
             .await?
-            .and_then(|w| crate::binary::encode(&w, keep.iter().map(|&seq| &b.rows[seq])));
+            .and_then(|w| crate::binary::encode(&w, keep.iter().map(|&seq| b.rows.row(seq))));
         let (format, buf) = match binary {
             Some(buf) => (" (FORMAT binary)", buf),
             None => {
                 let mut buf = Vec::with_capacity(keep.len() * 64 * n.max(1));
                 for &seq in &keep {
-                    for (i, v) in b.rows[seq].iter().enumerate() {
+                    for (i, v) in b.rows.row(seq).enumerate() {
                         if i > 0 {
                             buf.push(b'\t');
                         }
-                        push_field(&mut buf, v.as_deref());
+                        push_field(&mut buf, v);
                     }
                     buf.push(b'\n');
                 }
@@ -186,7 +189,7 @@ impl PgTarget {
         let mut refused_rows: Vec<RejectedRow> = Vec::with_capacity(refused.len() + orphans.len());
         for (seq, why) in &orphans {
             refused_rows.push(RejectedRow {
-                legacy_key: b.keys[*seq].clone(),
+                legacy_key: b.legacy_key(*seq),
                 column: None,
                 rule: "reference".into(),
                 reason: why.clone(),
@@ -195,7 +198,7 @@ impl PgTarget {
         }
         for (seq, why) in &refused {
             refused_rows.push(RejectedRow {
-                legacy_key: b.keys[*seq].clone(),
+                legacy_key: b.legacy_key(*seq),
                 column: None,
                 rule: "refused_by_target".into(),
                 reason: format!("{}: the target refused the row: {why}", b.target.name),
@@ -333,9 +336,9 @@ impl PgTarget {
         let mut buf = Vec::with_capacity(keep.len() * 64 * n.max(1));
         for &seq in keep {
             buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-            for v in &b.rows[seq] {
+            for v in b.rows.row(seq) {
                 buf.push(b'\t');
-                push_field(&mut buf, v.as_deref());
+                push_field(&mut buf, v);
             }
             buf.push(b'\n');
         }
@@ -453,6 +456,16 @@ impl PgTarget {
             let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
             let create = match kind.as_str() {
                 "index" => definition.clone(),
+                // The plain legacy key: its index built under a lock that lets readers on (the
+                // load baseline reads the table meanwhile), then made the constraint it was.
+                "unique" if definition == "UNIQUE (legacy_id)" => {
+                    let name = ident(&name);
+                    sqlx::query(&format!("CREATE UNIQUE INDEX {name} ON {table} (legacy_id)"))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(while_doing(format!("building the index of {name} on {target}")))?;
+                    format!("ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}")
+                }
                 // A unique key is built whole, never NOT VALID.
                 "unique" => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name)),
                 _ if definition.ends_with("NOT VALID") => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name)),

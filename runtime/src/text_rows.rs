@@ -1,0 +1,154 @@
+//! Rows of text values in one buffer: a page of a source scan, or a batch's mapped rows.
+//!
+//! A migration handles millions of values; keeping each as a `String` of its own made
+//! allocating and freeing them the largest single cost of a run (bench/RESULTS.md). Here a
+//! page's values sit end to end in one string, each known by where it ends, so a page is a
+//! handful of allocations whatever its size, and a row is read as borrowed `&str`s.
+
+/// Rows of `width` values each, every value PostgreSQL's text form or NULL.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TextRows {
+    width: usize,
+    text: String,
+    /// Per value, where it ends in `text`; a NULL has [`NULL`] set (and ends where the value
+    /// before it ends).
+    ends: Vec<usize>,
+}
+
+/// The bit that marks a NULL in `ends`; no buffer comes near that size.
+const NULL: usize = 1 << (usize::BITS - 1);
+
+impl TextRows {
+    pub fn new(width: usize) -> TextRows {
+        TextRows { width, text: String::new(), ends: Vec::new() }
+    }
+
+    /// Room for `rows` rows of about `bytes` bytes of text in all.
+    pub fn with_capacity(width: usize, rows: usize, bytes: usize) -> TextRows {
+        TextRows { width, text: String::with_capacity(bytes), ends: Vec::with_capacity(rows * width) }
+    }
+
+    /// Values a row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Complete rows held.
+    pub fn len(&self) -> usize {
+        self.ends.len().checked_div(self.width).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes of text held (a measure of the page's size).
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Appends one value to the row being built; a row is complete after `width` of them.
+    pub fn push(&mut self, value: Option<&str>) {
+        match value {
+            Some(v) => {
+                self.text.push_str(v);
+                self.ends.push(self.text.len());
+            }
+            None => self.ends.push(self.text.len() | NULL),
+        }
+    }
+
+    /// Appends a whole row.
+    pub fn push_row<'a>(&mut self, row: impl IntoIterator<Item = Option<&'a str>>) {
+        for v in row {
+            self.push(v);
+        }
+    }
+
+    /// Values pushed so far (complete rows and the row being built).
+    pub fn values(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Drops every value after the first `values` (a row given up half way).
+    pub fn truncate_values(&mut self, values: usize) {
+        if values < self.ends.len() {
+            let end = if values == 0 { 0 } else { self.ends[values - 1] & !NULL };
+            self.ends.truncate(values);
+            self.text.truncate(end);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.ends.clear();
+        self.text.clear();
+    }
+
+    /// Value `n` counting from the first of the first row.
+    fn value(&self, n: usize) -> Option<&str> {
+        let end = self.ends[n];
+        if end & NULL != 0 {
+            return None;
+        }
+        let start = if n == 0 { 0 } else { self.ends[n - 1] & !NULL };
+        Some(&self.text[start..end])
+    }
+
+    /// Column `column` of row `row`.
+    pub fn get(&self, row: usize, column: usize) -> Option<&str> {
+        assert!(column < self.width, "column {column} of a {}-value row", self.width);
+        self.value(row * self.width + column)
+    }
+
+    /// The values of row `row`, in order.
+    pub fn row(&self, row: usize) -> impl ExactSizeIterator<Item = Option<&str>> + Clone + '_ {
+        let first = row * self.width;
+        assert!(first + self.width <= self.ends.len(), "row {row} of {} rows", self.len());
+        (first..first + self.width).map(move |n| self.value(n))
+    }
+
+    /// Every row, in order.
+    pub fn rows(&self) -> impl Iterator<Item = impl ExactSizeIterator<Item = Option<&str>> + Clone + '_> + '_ {
+        (0..self.len()).map(move |r| self.row(r))
+    }
+
+    /// Row `row` as owned values.
+    pub fn owned_row(&self, row: usize) -> Vec<Option<String>> {
+        self.row(row).map(|v| v.map(str::to_owned)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_nulls_and_empty_strings_come_back_as_pushed() {
+        let mut rows = TextRows::new(3);
+        rows.push_row([Some("1"), None, Some("")]);
+        rows.push_row([None, Some("two words"), Some("é")]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.owned_row(0), vec![Some("1".to_owned()), None, Some(String::new())]);
+        assert_eq!(rows.row(1).collect::<Vec<_>>(), vec![None, Some("two words"), Some("é")]);
+        assert_eq!(rows.get(1, 2), Some("é"));
+        assert_eq!(rows.get(0, 1), None);
+        assert_eq!(rows.rows().count(), 2);
+    }
+
+    #[test]
+    fn a_row_given_up_half_way_leaves_no_trace() {
+        let mut rows = TextRows::new(2);
+        rows.push_row([Some("a"), Some("b")]);
+        let mark = rows.values();
+        rows.push(Some("half"));
+        rows.truncate_values(mark);
+        rows.push(None);
+        rows.push(Some("kept"));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.owned_row(1), vec![None, Some("kept".to_owned())]);
+        assert_eq!(rows.text_len(), "abkept".len());
+        rows.truncate_values(0);
+        assert!(rows.is_empty());
+        assert_eq!(rows.text_len(), 0);
+    }
+}
