@@ -53,7 +53,9 @@ impl Connections {
         } else {
             None
         };
-        let target = tools::pg::connect(target_url, 8).await.map_err(Exit::config)?;
+        // Up to 8 entities at once, each writing a batch and, at the end of its load, putting
+        // its constraints back beside its baseline's two statements.
+        let target = tools::pg::connect(target_url, 12).await.map_err(Exit::config)?;
         let sandbox = Arc::new(SandboxRunner::from_env().map_err(Exit::config)?);
         Ok(Connections { source, target, config: config.clone(), sandbox })
     }

@@ -207,16 +207,23 @@ async fn constraints(ctx: &RunContext, target: Option<&dyn Target>, req: &Constr
                 serde_json::json!({"table": table, "suspended": names}),
             );
         } else {
-            ctx.decision(
-                ME,
-                format!("{}: put back {}", table.name, names.join(", ")),
-                "the load is complete; the database validated every row against them",
-                serde_json::json!({"table": table, "restored": names}),
-            );
+            record_put_back(ctx, table, &names);
         }
         done.push((table.clone(), names));
     }
     Ok(done)
+}
+
+/// The decision that a table's constraints and indexes are back (none: no decision).
+fn record_put_back(ctx: &RunContext, table: &TableName, names: &[String]) {
+    if !names.is_empty() {
+        ctx.decision(
+            ME,
+            format!("{}: put back {}", table.name, names.join(", ")),
+            "the table's load is complete; the database validated every row against them",
+            serde_json::json!({"table": table, "restored": names}),
+        );
+    }
 }
 
 /// A mapper set up for one entity, with what the writer needs to know of its columns.
@@ -430,35 +437,48 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
         }));
     }
     reader.await.map_err(|e| format!("the reader stopped: {e}"))?;
-    // The legacy key is built while the rest of the entity's closing work reads the table:
-    // the two take a core each.
-    let (restored, closed) = tokio::join!(target.restore_legacy_key(&spec.target), async {
-        for &c in &self_refs {
-            let column = &out_cols[c].0;
-            let (filled, orphaned) = if req.constraints_suspended {
-                (0, target.drop_dangling(ctx.run_id, &spec.source, &spec.target, column).await?)
-            } else {
-                target.fill_deferred(ctx.run_id, &spec.source, &spec.target, column).await?
-            };
-            result.second_pass_filled += filled;
-            checkpoint.migrated -= orphaned.len() as i64;
-            checkpoint.rejected += orphaned.len() as i64;
-            for r in &orphaned {
-                result.count_rejection(&r.rule);
-            }
+    for &c in &self_refs {
+        let column = &out_cols[c].0;
+        let (filled, orphaned) = if req.constraints_suspended {
+            (0, target.drop_dangling(ctx.run_id, &spec.source, &spec.target, column).await.map_err(|e| e.0)?)
+        } else {
+            target.fill_deferred(ctx.run_id, &spec.source, &spec.target, column).await.map_err(|e| e.0)?
+        };
+        result.second_pass_filled += filled;
+        checkpoint.migrated -= orphaned.len() as i64;
+        checkpoint.rejected += orphaned.len() as i64;
+        for r in &orphaned {
+            result.count_rejection(&r.rule);
         }
-        result.rows_read = checkpoint.rows_read;
-        result.migrated = checkpoint.migrated;
-        result.rejected = checkpoint.rejected;
-        result.batches = checkpoint.batches;
-        result.seconds = started.elapsed().as_secs_f64();
-        result.target_rows = target.table_rows(&spec.target, false).await?;
-        // What agentctl wrote is what `diff analyze` later tells target edits from source changes by.
-        let hashed: Vec<(String, String)> = synced_columns(&out_cols, id_col).into_iter().map(|i| out_cols[i].clone()).collect();
-        target.record_baseline(&spec.target, &hashed).await
-    });
-    restored.map_err(|e| e.0)?;
-    closed.map_err(|e| e.0)?;
+    }
+    result.rows_read = checkpoint.rows_read;
+    result.migrated = checkpoint.migrated;
+    result.rejected = checkpoint.rejected;
+    result.batches = checkpoint.batches;
+    result.seconds = started.elapsed().as_secs_f64();
+    // The table is loaded: its legacy key, and the foreign keys and indexes set aside for the
+    // load, are put back now (its parents are loaded, its own rows all in), on one core, while
+    // its rows are counted and its load baseline recorded on the other. The final put-back
+    // of the run finds nothing left of this table.
+    let (put_back, closed) = tokio::join!(
+        async {
+            target.restore_legacy_key(&spec.target).await?;
+            match req.constraints_suspended {
+                true => target.restore_constraints(&spec.target).await,
+                false => Ok(Vec::new()),
+            }
+        },
+        async {
+            let rows = target.table_rows(&spec.target, false).await?;
+            // What agentctl wrote is what `diff analyze` later tells target edits from source changes by.
+            let hashed: Vec<(String, String)> = synced_columns(&out_cols, id_col).into_iter().map(|i| out_cols[i].clone()).collect();
+            target.record_baseline(&spec.target, &hashed).await?;
+            Ok::<_, runtime::ports::ToolError>(rows)
+        }
+    );
+    let put_back = put_back.map_err(|e| e.0)?;
+    result.target_rows = closed.map_err(|e| e.0)?;
+    record_put_back(ctx, &spec.target, &put_back);
     let balanced = result.rows_read == result.migrated + result.rejected && result.target_rows >= result.migrated;
     let detail = format!(
         "{} read = {} migrated + {} rejected; {} rows in {}",

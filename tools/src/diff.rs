@@ -61,36 +61,69 @@ fn row_hash(alias: &str, columns: &[(String, String)]) -> String {
     row_hash_of(columns.iter().map(|(c, t)| (format!("{alias}.{}", ident(c)), t.clone())))
 }
 
+/// A table larger than this is hashed for its load baseline by two statements at once.
+const BASELINE_SPLIT_BYTES: i64 = 64 << 20;
+
+/// Records the load baseline of `target`: every row's key and hash, in buckets. Returns the
+/// rows recorded.
 pub async fn record_baseline(pool: &PgPool, target: &TableName, columns: &[(String, String)]) -> Result<i64, ToolError> {
     let what = format!("recording what agentctl wrote to {target}");
-    let mut tx = pool.begin().await.map_err(while_doing(&what))?;
-    // One pass over the table into an in-memory hash of the 1,024 buckets: the planner, which
-    // cannot know how few buckets there are, would otherwise sort every row (with its columns,
-    // on disk) first; and no JIT compilation for a statement that runs once per table.
-    for sql in ["SET LOCAL enable_sort = off", "SET LOCAL work_mem = '256MB'", "SET LOCAL jit = off"] {
-        sqlx::query(sql).execute(&mut *tx).await.map_err(while_doing(&what))?;
-    }
-    // The whole table is recorded again, grouped into buckets of keys (no index entry a row).
+    // Hashing the rows is most of the cost and a statement runs on one core: a large table is
+    // hashed by two statements on two connections, half the buckets each.
+    let size: i64 = sqlx::query_scalar("SELECT pg_relation_size($1::regclass)")
+        .bind(quoted(target))
+        .fetch_one(pool)
+        .await
+        .map_err(while_doing(&what))?;
+    let parts = if size > BASELINE_SPLIT_BYTES { 2 } else { 1 };
+    let begin = async || {
+        let mut tx = pool.begin().await?;
+        // One pass over the table into an in-memory hash of the buckets: the planner, which
+        // cannot know how few buckets there are, would otherwise sort every row (with its
+        // columns, on disk) first; and no JIT compilation for a statement that runs once.
+        for sql in ["SET LOCAL enable_sort = off", "SET LOCAL work_mem = '256MB'", "SET LOCAL jit = off"] {
+            sqlx::query(sql).execute(&mut *tx).await?;
+        }
+        Ok::<_, sqlx::Error>(tx)
+    };
+    // The whole table is recorded again. The old record goes first, in the first part's
+    // transaction, before any part inserts: a part's new bucket then waits for that
+    // transaction instead of meeting the old one. A part that fails fails the whole call, and
+    // the entity's restart records the table again from the start.
+    let mut first = begin().await.map_err(while_doing(&what))?;
     for sql in ["DELETE FROM agentctl.load_baseline WHERE target_table = $1", "DELETE FROM agentctl.sync_baseline WHERE target_table = $1"]
     {
-        sqlx::query(sql).bind(target.to_string()).execute(&mut *tx).await.map_err(while_doing(&what))?;
+        sqlx::query(sql).bind(target.to_string()).execute(&mut *first).await.map_err(while_doing(&what))?;
     }
-    let sql = format!(
+    let insert = format!(
         "INSERT INTO agentctl.load_baseline (target_table, bucket, keys, hashes)
          SELECT $1, agentctl.baseline_bucket(t.legacy_id::text), array_agg(t.legacy_id::text), array_agg({})
-         FROM {} t WHERE t.legacy_id IS NOT NULL GROUP BY 2",
+         FROM {} t WHERE t.legacy_id IS NOT NULL AND agentctl.baseline_bucket(t.legacy_id::text) % $2 = $3 GROUP BY 2",
         row_hash("t", columns),
         quoted(target)
     );
-    sqlx::query(&sql).bind(target.to_string()).execute(&mut *tx).await.map_err(while_doing(&what))?;
-    let recorded: i64 =
-        sqlx::query_scalar("SELECT coalesce(sum(cardinality(keys)), 0)::int8 FROM agentctl.load_baseline WHERE target_table = $1")
-            .bind(target.to_string())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(while_doing(&what))?;
-    tx.commit().await.map_err(while_doing(&what))?;
-    Ok(recorded)
+    let record = async |mut tx: sqlx::Transaction<'static, sqlx::Postgres>, part: i32| {
+        sqlx::query(&insert).bind(target.to_string()).bind(parts).bind(part).execute(&mut *tx).await?;
+        let recorded: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(cardinality(keys)), 0)::int8 FROM agentctl.load_baseline WHERE target_table = $1 AND bucket % $2 = $3",
+        )
+        .bind(target.to_string())
+        .bind(parts)
+        .bind(part)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(recorded)
+    };
+    let rest = async {
+        let mut recorded = 0;
+        for part in 1..parts {
+            recorded += record(begin().await?, part).await?;
+        }
+        Ok(recorded)
+    };
+    let (first, rest) = tokio::join!(record(first, 0), rest);
+    Ok(first.map_err(while_doing(&what))? + rest.map_err(while_doing(&what))?)
 }
 
 pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: &[usize], soft: bool) -> Result<Vec<Diffed>, ToolError> {

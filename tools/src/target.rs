@@ -450,9 +450,11 @@ impl PgTarget {
         let table = quoted(target);
         let mut restored = Vec::with_capacity(records.len());
         for (name, kind, definition, validated) in records {
-            // Back in place and off the record in one transaction; a foreign key comes back NOT
-            // VALID (instant) and is then validated in one set-based pass, which needs no lock
-            // that stops readers.
+            // Back in place, checked against every row in one set-based pass, and off the record
+            // in one transaction: a constraint the rows break stays recorded and aside, so a
+            // retry or the final put-back meets the same refusal instead of a constraint
+            // silently left unchecked. (The lock it takes stops writers to the table and its
+            // parent, never readers; agentctl writes to neither at that point.)
             let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
             let create = match kind.as_str() {
                 "index" => definition.clone(),
@@ -468,7 +470,10 @@ impl PgTarget {
                 }
                 // A unique key is built whole, never NOT VALID.
                 "unique" => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name)),
-                _ if definition.ends_with("NOT VALID") => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name)),
+                // Validated as it is added, unless it was NOT VALID before agentctl set it aside.
+                _ if validated || definition.ends_with("NOT VALID") => {
+                    format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name))
+                }
                 _ => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition} NOT VALID", ident(&name)),
             };
             sqlx::query(&create).execute(&mut *tx).await.map_err(while_doing(format!("putting back {name} on {target}")))?;
@@ -479,12 +484,6 @@ impl PgTarget {
                 .await
                 .map_err(while_doing(&what))?;
             tx.commit().await.map_err(while_doing(&what))?;
-            if kind == "constraint" && validated {
-                sqlx::query(&format!("ALTER TABLE {table} VALIDATE CONSTRAINT {}", ident(&name)))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| ToolError(format!("validating {name} on {target}: {} (it stays in place as NOT VALID)", describe(&e))))?;
-            }
             restored.push(name);
         }
         Ok(restored)
