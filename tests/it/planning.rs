@@ -204,7 +204,7 @@ fn mappings_render_as_reviewed() {
             dispatch_doctor -> doctors                                   5 rows         5 migrate       0 reject  batch 10000
           expected: 15 rows migrated, 0 rejected
           rollback order: dispatch_doctor, dispatch_profile, dispatch_office
-          plan hash: b192be807e95b0219f3075645667daf27c411bece8f3b67152fd534c10b888b7
+          plan hash: 116d11a11e934b3c4be873c066a600d77c64a6df0c58f7979e4fed1b3367f491
           - auth_user is not an entity of its own: merged into the rows of the table that joins it.
           - dispatch_profile is in wave 2 because it references dispatch_office.
           - dispatch_doctor is in wave 3 because it references dispatch_office, dispatch_profile.
