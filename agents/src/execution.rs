@@ -517,7 +517,9 @@ fn map_page(
     let page_len = page.len();
     let key_columns = mapper.key_columns().to_vec();
     let last_key: Vec<String> = key_columns.iter().map(|&k| page.get(page_len - 1, k).unwrap_or("").to_owned()).collect();
-    let mut rows = TextRows::with_capacity(out_cols.len(), page_len, page.text_len() + page_len * 64);
+    // Room for the source's text and the UUIDs and keys mapping adds (36 bytes each), so the
+    // buffer is not copied to a larger one half way.
+    let mut rows = TextRows::with_capacity(out_cols.len(), page_len, page.text_len() * 2 + page_len * 128);
     let mut page_rows = Vec::with_capacity(page_len);
     let mut rejected = Vec::new();
     let mut deferred = Vec::new();
