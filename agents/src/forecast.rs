@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use runtime::domain::{Forecast, RejectReason, SchemaReport, TableName};
 use runtime::ports::{Rows, Scan};
+use runtime::text_rows::TextRows;
 
 use crate::data_mapping::MappingSet;
 use crate::transform::{Rejection, RowMapper};
@@ -71,14 +72,14 @@ struct UniqueRule {
 
 impl UniqueRule {
     /// The row's key under this rule; `None` when a part is NULL (NULLs never collide).
-    fn key(&self, values: &[Option<String>]) -> Option<Vec<String>> {
+    fn key(&self, values: &TextRows) -> Option<Vec<String>> {
         self.parts
             .iter()
             .map(|(i, f)| {
-                values[*i].as_ref().map(|v| match f {
+                values.get(0, *i).map(|v| match f {
                     Some("lower") => v.to_lowercase(),
                     Some("upper") => v.to_uppercase(),
-                    _ => v.clone(),
+                    _ => v.to_owned(),
                 })
             })
             .collect()
@@ -164,11 +165,14 @@ pub async fn forecast(
         let mut self_refs: Vec<(String, Vec<(String, String)>)> = Vec::new();
         let mut count = 0i64;
         let scan = Scan::entity(spec);
+        // The mapped row, in a buffer used again for every row.
+        let mut values = TextRows::new(mapper.target_columns().len());
         let mut each = |row: &[Option<&str>]| {
             count += 1;
             let key = mapper.key(row);
             let key_text = key.join("|");
-            let verdict = mapper.map(row).and_then(|values| {
+            values.clear();
+            let verdict = mapper.map_into(row, &mut values).and_then(|()| {
                 let mut pending = Vec::new();
                 for r in &refs {
                     let parent_key: Option<Vec<&str>> = r.inputs.iter().map(|&i| row[i]).collect();
