@@ -207,7 +207,7 @@ impl ScriptedRows {
             }
             let mut answers = Vec::with_capacity(streams.len());
             for (((_, stream), script), &input) in streams.iter_mut().zip(&scan.scripts).zip(&inputs) {
-                answers.push(Self::apply(stream.as_mut(), script, (0..page.len()).map(|i| page.get(i, input)).collect()).await?);
+                answers.push(Self::apply(stream.as_mut(), script, page.column(input).collect()).await?);
             }
             for (i, row) in page.rows().enumerate() {
                 let plain: Vec<Option<&str>> = row.collect();
@@ -218,9 +218,7 @@ impl ScriptedRows {
             count += page.len() as u64;
             left -= page.len();
             match page.len().checked_sub(1) {
-                Some(last) if page.len() == want => {
-                    plain.after = Some(keys.iter().map(|&k| page.get(last, k).unwrap_or_default().to_owned()).collect())
-                }
+                Some(last) if page.len() == want => plain.after = Some(runtime::ports::key_parts(&page, last, &keys)),
                 _ => break,
             }
         }

@@ -178,8 +178,7 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
             None => TextRows::default(),
         };
         let next = (!page.is_empty()).then(|| {
-            let stamps: Vec<Option<String>> =
-                stamp_col.map(|i| (0..page.len()).map(|r| page.get(r, i).map(str::to_owned)).collect()).unwrap_or_default();
+            let stamps: Vec<Option<String>> = stamp_col.map(|i| page.column(i).map(|v| v.map(str::to_owned)).collect()).unwrap_or_default();
             let mut reasons = Vec::new();
             let expected = expect(&mapper, &out_cols, id_col, legacy_col, &[], page, Some(&mut reasons));
             (expected, reasons, stamps)

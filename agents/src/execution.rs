@@ -19,7 +19,9 @@ use runtime::envelope::{AgentError, Envelope};
 use runtime::events::RunEvent;
 use runtime::mapping::KeyDeriver;
 use runtime::mapping::MappingSpec;
-use runtime::ports::{legacy_key, row_json, Batch, Checkpoint, DiffApplied, RejectedRow, RollbackEntity, RolledBack, Rows, Scan, Target};
+use runtime::ports::{
+    key_parts, legacy_key, row_json, Batch, Checkpoint, DiffApplied, RejectedRow, RollbackEntity, RolledBack, Rows, Scan, Target,
+};
 use runtime::text_rows::TextRows;
 
 use crate::differential::synced_columns;
@@ -367,9 +369,7 @@ pub fn read_ahead(
         loop {
             let page = rows.page(&scan, page_size).await.map_err(|e| e.0);
             let next: Option<Vec<String>> = match &page {
-                Ok(p) if p.len() == page_size && page_size > 0 => {
-                    Some(key_idx.iter().map(|&i| p.get(page_size - 1, i).unwrap_or_default().to_owned()).collect())
-                }
+                Ok(p) if p.len() == page_size && page_size > 0 => Some(key_parts(p, page_size - 1, &key_idx)),
                 _ => None,
             };
             let last = next.is_none();
@@ -516,7 +516,7 @@ fn map_page(
     let spec = mapper.spec();
     let page_len = page.len();
     let key_columns = mapper.key_columns().to_vec();
-    let last_key: Vec<String> = key_columns.iter().map(|&k| page.get(page_len - 1, k).unwrap_or("").to_owned()).collect();
+    let last_key = key_parts(&page, page_len - 1, &key_columns);
     // Room for the source's text and the UUIDs and keys mapping adds (36 bytes each), so the
     // buffer is not copied to a larger one half way.
     let mut rows = TextRows::with_capacity(out_cols.len(), page_len, page.text_len() * 2 + page_len * 128);

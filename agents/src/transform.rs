@@ -240,13 +240,6 @@ impl RowMapper {
         self.columns.iter().map(|c| c.target.as_str()).collect()
     }
 
-    /// Maps one scanned row to the target's values (in `target_columns` order).
-    pub fn map(&self, row: &[Option<&str>]) -> Result<Vec<Option<String>>, Rejection> {
-        let mut out = TextRows::new(self.columns.len());
-        self.map_into(row, &mut out)?;
-        Ok(out.owned_row(0))
-    }
-
     /// Maps one scanned row onto the end of `out`, one value a target column (in
     /// `target_columns` order); a row the mapping refuses adds nothing.
     pub fn map_into(&self, row: &[Option<&str>], out: &mut TextRows) -> Result<(), Rejection> {

@@ -23,7 +23,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
 use runtime::envelope::{AgentError, Envelope};
 use runtime::mapping::Transform;
-use runtime::ports::{Compared, Difference, EntityDiff, EntityValidation, Expected, MoneyTotal, Orphans, Rows, Scan, Target};
+use runtime::ports::{legacy_key, Compared, Difference, EntityDiff, EntityValidation, Expected, MoneyTotal, Orphans, Rows, Scan, Target};
 use runtime::AgentName;
 
 use crate::differential::DiffEntity;
@@ -271,7 +271,7 @@ pub(crate) fn expect(
     for seq in 0..page.len() {
         refs.clear();
         refs.extend(page.row(seq));
-        let key = mapper.key(&refs).join("|");
+        let key = legacy_key(&page, seq, mapper.key_columns());
         mapped.clear();
         match mapper.map_into(&refs, &mut mapped) {
             Ok(()) => {

@@ -126,6 +126,12 @@ impl Batch {
     }
 }
 
+/// The parts of the legacy key of row `row` of `page` (a NULL part is empty): where a keyset
+/// read resumes after that row.
+pub fn key_parts(page: &TextRows, row: usize, key_columns: &[usize]) -> Vec<String> {
+    key_columns.iter().map(|&c| page.get(row, c).unwrap_or("").to_owned()).collect()
+}
+
 /// The legacy key of row `row` of `page` (key parts joined by `|`; a NULL part is empty).
 pub fn legacy_key(page: &TextRows, row: usize, key_columns: &[usize]) -> String {
     let mut key = String::new();

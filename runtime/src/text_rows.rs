@@ -112,9 +112,9 @@ impl TextRows {
         (0..self.len()).map(move |r| self.row(r))
     }
 
-    /// Row `row` as owned values.
-    pub fn owned_row(&self, row: usize) -> Vec<Option<String>> {
-        self.row(row).map(|v| v.map(str::to_owned)).collect()
+    /// Column `column` of every row, in order.
+    pub fn column(&self, column: usize) -> impl ExactSizeIterator<Item = Option<&str>> + '_ {
+        (0..self.len()).map(move |r| self.get(r, column))
     }
 }
 
@@ -128,11 +128,12 @@ mod tests {
         rows.push_row([Some("1"), None, Some("")]);
         rows.push_row([None, Some("two words"), Some("é")]);
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows.owned_row(0), vec![Some("1".to_owned()), None, Some(String::new())]);
+        assert_eq!(rows.row(0).collect::<Vec<_>>(), vec![Some("1"), None, Some("")]);
         assert_eq!(rows.row(1).collect::<Vec<_>>(), vec![None, Some("two words"), Some("é")]);
         assert_eq!(rows.get(1, 2), Some("é"));
         assert_eq!(rows.get(0, 1), None);
         assert_eq!(rows.rows().count(), 2);
+        assert_eq!(rows.column(1).collect::<Vec<_>>(), vec![None, Some("two words")]);
     }
 
     #[test]
@@ -145,7 +146,7 @@ mod tests {
         rows.push(None);
         rows.push(Some("kept"));
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows.owned_row(1), vec![None, Some("kept".to_owned())]);
+        assert_eq!(rows.row(1).collect::<Vec<_>>(), vec![None, Some("kept")]);
         assert_eq!(rows.text_len(), "abkept".len());
         rows.truncate_values(0);
         assert!(rows.is_empty());

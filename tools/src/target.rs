@@ -119,8 +119,7 @@ impl PgTarget {
         let mut orphans: BTreeMap<usize, String> = BTreeMap::new();
         for (col, parent) in &b.references {
             // Sent as binary UUIDs; the server answers with the few it does not have.
-            let ids: Vec<Option<Option<uuid::Uuid>>> =
-                (0..b.rows.len()).map(|seq| b.rows.get(seq, *col).map(|v| uuid::Uuid::try_parse(v).ok())).collect();
+            let ids: Vec<Option<Option<uuid::Uuid>>> = b.rows.column(*col).map(|v| v.map(|v| uuid::Uuid::try_parse(v).ok())).collect();
             let mut wanted: Vec<uuid::Uuid> = ids.iter().filter_map(|id| id.flatten()).collect();
             wanted.sort_unstable();
             wanted.dedup();
