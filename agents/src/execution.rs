@@ -20,7 +20,7 @@ use runtime::events::RunEvent;
 use runtime::mapping::KeyDeriver;
 use runtime::mapping::MappingSpec;
 use runtime::ports::{
-    key_parts, legacy_key, row_json, Batch, Checkpoint, DiffApplied, RejectedRow, RollbackEntity, RolledBack, Rows, Scan, Target,
+    key_parts, legacy_key, row_json, Batch, Checkpoint, DiffApplied, ParentIds, RejectedRow, RollbackEntity, RolledBack, Rows, Scan, Target,
 };
 use runtime::text_rows::TextRows;
 
@@ -386,6 +386,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     let started = Instant::now();
     let spec = &req.spec;
     let Prepared { mapper, out_cols, id_col, deferred_cols: self_refs, references } = prepare(ctx, target.as_ref(), req).await?;
+    let known_parents = Arc::new(known_parents(target.as_ref(), &references).await?);
     let deferred_cols: Vec<usize> = if req.constraints_suspended { Vec::new() } else { self_refs.clone() };
     let scan_cols = spec.source_columns();
     let before = target.checkpoint(ctx.run_id, &spec.source).await.map_err(|e| e.0)?;
@@ -421,8 +422,9 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
             Some(page) => page?,
             None => TextRows::default(),
         };
-        let mut batch = (!page.is_empty())
-            .then(|| map_page(ctx, &mapper, &scan_cols, &out_cols, id_col, &deferred_cols, &references, page, &mut result));
+        let mut batch = (!page.is_empty()).then(|| {
+            map_page(ctx, &mapper, &scan_cols, &out_cols, id_col, &deferred_cols, (&references, &known_parents), page, &mut result)
+        });
         if let Some(write) = in_flight.take() {
             let (written_batch, written) = write.await.map_err(|e| format!("a batch writer stopped: {e}"))??;
             checkpoint = written.checkpoint.clone();
@@ -456,16 +458,15 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     result.rejected = checkpoint.rejected;
     result.batches = checkpoint.batches;
     result.seconds = started.elapsed().as_secs_f64();
-    // The table is loaded: its legacy key, and the foreign keys and indexes set aside for the
-    // load, are put back now (its parents are loaded, its own rows all in), on one core, while
-    // its rows are counted and its load baseline recorded on the other. The final put-back
-    // of the run finds nothing left of this table.
+    // The table is loaded: the foreign keys and indexes set aside for the load, then its
+    // legacy key, are put back now (its parents are loaded, its own rows all in), on one core,
+    // while its rows are counted and its load baseline recorded on the other. The final
+    // put-back of the run finds nothing left of this table.
     let (put_back, closed) = tokio::join!(
         async {
-            target.restore_legacy_key(&spec.target).await?;
             match req.constraints_suspended {
                 true => target.restore_constraints(&spec.target).await,
-                false => Ok(Vec::new()),
+                false => target.restore_legacy_key(&spec.target).await.map(|()| Vec::new()),
             }
         },
         async {
@@ -500,6 +501,28 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     Ok(result)
 }
 
+/// A parent table with at most this many rows is read whole when a child's load begins (16
+/// bytes an id, held while the child loads), so the child's batches check their references
+/// without asking the server.
+const KNOWN_PARENT_IDS: usize = 250_000;
+
+/// The parents of `references` small enough to hold, each read whole. They are loaded before
+/// the child begins, so every batch checks against the same parents the server would have
+/// answered with; a parent deleted in the meantime is caught when the child's foreign key is
+/// put back (or by the foreign key itself when it stayed in place).
+async fn known_parents(target: &dyn Target, references: &[(usize, TableName)]) -> Result<ParentIds, String> {
+    let mut known = ParentIds::new();
+    for (_, parent) in references {
+        if known.contains_key(parent) {
+            continue;
+        }
+        if let Some(ids) = target.all_ids(parent, KNOWN_PARENT_IDS).await.map_err(|e| e.0)? {
+            known.insert(parent.clone(), ids.into_iter().collect());
+        }
+    }
+    Ok(known)
+}
+
 /// Maps one page of source rows into a batch; rows the mapping refuses go with it as rejects.
 #[allow(clippy::too_many_arguments)]
 fn map_page(
@@ -509,7 +532,7 @@ fn map_page(
     out_cols: &[(String, String)],
     id_col: usize,
     deferred_cols: &[usize],
-    references: &[(usize, TableName)],
+    (references, known_parents): (&[(usize, TableName)], &Arc<ParentIds>),
     page: TextRows,
     result: &mut EntityResult,
 ) -> Batch {
@@ -569,6 +592,7 @@ fn map_page(
         rejected,
         deferred,
         references: references.to_vec(),
+        known_parents: known_parents.clone(),
         before: Checkpoint::default(),
         last_key,
         rows_read: page_len as i64,

@@ -2,6 +2,8 @@
 //! the LLM endpoint and the Docker sandbox; agents only ever see these, so their logic runs
 //! in tests without I/O, and the tests that do need I/O use the real implementations.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use serde::{Deserialize, Serialize};
@@ -82,6 +84,9 @@ pub struct Checkpoint {
     pub batches: i64,
 }
 
+/// Every `id` of a parent table, by table.
+pub type ParentIds = std::collections::HashMap<TableName, std::collections::HashSet<uuid::Uuid>>;
+
 /// One batch of mapped rows, written atomically with its rejects, records and checkpoint.
 #[derive(Clone, Debug)]
 pub struct Batch {
@@ -108,6 +113,9 @@ pub struct Batch {
     pub deferred: Vec<(String, String, String)>,
     /// Columns (by index) that reference another target table's `id`, checked before inserting.
     pub references: Vec<(usize, TableName)>,
+    /// Parent tables read whole when the entity's load began: a reference to one of them is
+    /// checked against these ids instead of asked of the server every batch.
+    pub known_parents: Arc<ParentIds>,
     /// The checkpoint before this batch, and the last key and rows read with it.
     pub before: Checkpoint,
     pub last_key: Vec<String>,
@@ -199,7 +207,7 @@ pub trait Target: Send + Sync + 'static {
     /// those an interrupted run set aside earlier.
     async fn suspend_constraints(&self, run: RunId, target: &TableName) -> Result<Vec<String>, ToolError>;
     /// Puts back what is recorded as set aside for the table: indexes rebuilt, foreign keys
-    /// added and validated set-based. Returns what was restored.
+    /// added and validated set-based, then the unique legacy key. Returns what was restored.
     async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError>;
     /// Sets aside the unique constraint on `legacy_id` of an empty table for its load, when the
     /// primary key on `id` refuses the same duplicates (every row's UUID is derived from its
@@ -226,6 +234,8 @@ pub trait Target: Send + Sync + 'static {
     async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError>;
     /// Which of these UUIDs are rows of the table.
     async fn existing_ids(&self, table: &TableName, ids: &[String]) -> Result<Vec<String>, ToolError>;
+    /// Every `id` of `table`, or `None` when it holds more than `at_most` rows.
+    async fn all_ids(&self, table: &TableName, at_most: usize) -> Result<Option<Vec<uuid::Uuid>>, ToolError>;
     /// Rows of `child` whose `column` points at no row of `parent`: how many, and a few keys;
     /// `None` when a validated foreign key on that column makes the database guarantee none.
     async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError>;

@@ -352,3 +352,28 @@ async fn copy(c: &mut sqlx::PgConnection, sql: &str, data: Vec<u8>) -> Result<u6
     copy.send(data).await.map_err(|e| e.to_string())?;
     copy.finish().await.map_err(|e| e.to_string())
 }
+
+/// A parent table is read whole for a child's reference checks only while it is small enough:
+/// every id up to the limit, none beyond it (the child's batches then ask the server).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parent_is_read_whole_only_up_to_the_limit() {
+    use runtime::domain::TableName;
+    use runtime::ports::Target;
+
+    let pg = shared();
+    let url = pg.create_db("parent_ids");
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE parents (id uuid PRIMARY KEY); INSERT INTO parents SELECT gen_random_uuid() FROM generate_series(1, 3)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let stored: std::collections::BTreeSet<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM parents").fetch_all(&pool).await.unwrap().into_iter().collect();
+    let target = tools::target::PgTarget::new(pool, 0);
+    let parents = TableName::new("public", "parents");
+    let read = target.all_ids(&parents, 3).await.unwrap().expect("three ids fit a limit of three");
+    assert_eq!(read.into_iter().collect::<std::collections::BTreeSet<_>>(), stored);
+    assert_eq!(target.all_ids(&parents, 2).await.unwrap(), None);
+    let missing = target.all_ids(&TableName::new("public", "nowhere"), 10).await.unwrap_err();
+    assert!(missing.0.contains("reading the ids of public.nowhere"), "{}", missing.0);
+}

@@ -156,6 +156,9 @@ impl Target for CrashingWriter {
     async fn existing_ids(&self, table: &TableName, ids: &[String]) -> Result<Vec<String>, ToolError> {
         self.inner.existing_ids(table, ids).await
     }
+    async fn all_ids(&self, table: &TableName, at_most: usize) -> Result<Option<Vec<uuid::Uuid>>, ToolError> {
+        self.inner.all_ids(table, at_most).await
+    }
     async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError> {
         self.inner.orphans(child, column, parent).await
     }

@@ -118,21 +118,28 @@ impl PgTarget {
         // indexed lookup a reference column, not a failed insert a row.
         let mut orphans: BTreeMap<usize, String> = BTreeMap::new();
         for (col, parent) in &b.references {
-            // Sent as binary UUIDs; the server answers with the few it does not have.
             let ids: Vec<Option<Option<uuid::Uuid>>> = b.rows.column(*col).map(|v| v.map(|v| uuid::Uuid::try_parse(v).ok())).collect();
-            let mut wanted: Vec<uuid::Uuid> = ids.iter().filter_map(|id| id.flatten()).collect();
-            wanted.sort_unstable();
-            wanted.dedup();
-            let sql = format!(
-                "SELECT w.id FROM unnest($1::uuid[]) w(id) WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = w.id)",
-                quoted(parent)
-            );
-            let missing: Vec<uuid::Uuid> = sqlx::query_scalar(&sql).bind(&wanted).fetch_all(&mut **c).await?;
-            let missing: HashSet<uuid::Uuid> = missing.into_iter().collect();
+            let known = b.known_parents.get(parent);
+            let missing: HashSet<uuid::Uuid> = match known {
+                // Read whole when the load began: nothing to ask.
+                Some(_) => HashSet::new(),
+                // Sent as binary UUIDs; the server answers with the few it does not have.
+                None => {
+                    let mut wanted: Vec<uuid::Uuid> = ids.iter().filter_map(|id| id.flatten()).collect();
+                    wanted.sort_unstable();
+                    wanted.dedup();
+                    let sql = format!(
+                        "SELECT w.id FROM unnest($1::uuid[]) w(id) WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = w.id)",
+                        quoted(parent)
+                    );
+                    sqlx::query_scalar(&sql).bind(&wanted).fetch_all(&mut **c).await?.into_iter().collect()
+                }
+            };
+            let absent = |id: &uuid::Uuid| known.map_or_else(|| missing.contains(id), |known| !known.contains(id));
             let name = &b.columns[*col].0;
             for (seq, id) in ids.iter().enumerate() {
                 // A value that is not a UUID has no parent either (the mapper derives them all).
-                if id.is_some_and(|id| id.is_none_or(|id| missing.contains(&id))) {
+                if id.is_some_and(|id| id.is_none_or(|id| absent(&id))) {
                     // The first missing parent a row has is the reason given for it.
                     orphans
                         .entry(seq)
@@ -439,7 +446,7 @@ impl PgTarget {
         let what = format!("putting back the constraints and indexes of {target}");
         let records: Vec<(String, String, String, bool)> = sqlx::query_as(
             "SELECT name, kind, definition, validated FROM agentctl.suspended_constraints
-             WHERE target_table = $1 AND ($2::text IS NULL OR kind = $2) ORDER BY kind DESC, name",
+             WHERE target_table = $1 AND ($2::text IS NULL OR kind = $2) ORDER BY kind = 'unique', kind DESC, name",
         )
         .bind(target.to_string())
         .bind(kind)
@@ -448,6 +455,9 @@ impl PgTarget {
         .map_err(while_doing(&what))?;
         let table = quoted(target);
         let mut restored = Vec::with_capacity(records.len());
+        // Indexes and foreign keys first, the unique legacy key last: making its index the
+        // constraint waits for every reader of the table (the load baseline), and whatever came
+        // after it would wait behind that.
         for (name, kind, definition, validated) in records {
             // Back in place, checked against every row in one set-based pass, and off the record
             // in one transaction: a constraint the rows break stays recorded and aside, so a
@@ -812,6 +822,16 @@ impl Target for PgTarget {
     async fn existing_ids(&self, table: &TableName, ids: &[String]) -> Result<Vec<String>, ToolError> {
         let sql = format!("SELECT id::text FROM {} WHERE id = ANY($1::uuid[])", quoted(table));
         Ok(sqlx::query_scalar(&sql).bind(ids).fetch_all(&self.pool).await.map_err(while_doing(format!("looking up rows of {table}")))?)
+    }
+
+    async fn all_ids(&self, table: &TableName, at_most: usize) -> Result<Option<Vec<uuid::Uuid>>, ToolError> {
+        let sql = format!("SELECT id FROM {} LIMIT $1", quoted(table));
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(&sql)
+            .bind(i64::try_from(at_most).unwrap_or(i64::MAX - 1) + 1)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(while_doing(format!("reading the ids of {table}")))?;
+        Ok((ids.len() <= at_most).then_some(ids))
     }
 
     async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError> {
