@@ -36,6 +36,27 @@ fn total(doc: &Value, field: &str) -> i64 {
     doc["analyses"].as_array().unwrap().iter().map(|a| a[field].as_i64().unwrap()).sum()
 }
 
+/// The legacy keys of the target's first three patients: to edit on both sides, in the target
+/// only, in the source only.
+fn first_patients(pg: &PgCluster, t: &str) -> [String; 3] {
+    let keys: Vec<String> = pg
+        .psql(
+            t,
+            "SELECT string_agg(legacy_id::text, ',' ORDER BY legacy_id) FROM (SELECT legacy_id FROM patients ORDER BY legacy_id LIMIT 3) k",
+        )
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    keys.try_into().expect("three patients")
+}
+
+/// Sets the first name of the first and third of `keys` in the source to `S{tag}`, and of the
+/// first and second in the target to `T{tag}`.
+fn edit_patients(pg: &PgCluster, (s, t): (&str, &str), tag: &str, [both, target_only, source_only]: &[String; 3]) {
+    pg.psql(s, &format!("UPDATE dispatch_patient SET first_name = 'S{tag}' WHERE id IN ({both}, {source_only})"));
+    pg.psql(t, &format!("UPDATE patients SET first_name = 'T{tag}' WHERE legacy_id IN ({both}, {target_only})"));
+}
+
 #[test]
 fn changes_of_every_kind_reach_the_reference_target_once_and_prove_out() {
     let pg = shared();
@@ -120,19 +141,9 @@ fn changes_of_every_kind_reach_the_reference_target_once_and_prove_out() {
 fn conflicts_follow_each_entitys_policy_and_wait_for_an_operator_under_manual() {
     let pg = shared();
     let (source, target, s, t) = migrated(pg, "0.002");
-    let keys: Vec<String> = pg
-        .psql(
-            &t,
-            "SELECT string_agg(legacy_id::text, ',' ORDER BY legacy_id) FROM (SELECT legacy_id FROM patients ORDER BY legacy_id LIMIT 3) k",
-        )
-        .split(',')
-        .map(str::to_owned)
-        .collect();
+    let keys = first_patients(pg, &t);
     let (both, target_only, source_only) = (&keys[0], &keys[1], &keys[2]);
-    let edit = |tag: &str| {
-        pg.psql(&s, &format!("UPDATE dispatch_patient SET first_name = 'S{tag}' WHERE id IN ({both}, {source_only})"));
-        pg.psql(&t, &format!("UPDATE patients SET first_name = 'T{tag}' WHERE legacy_id IN ({both}, {target_only})"));
-    };
+    let edit = |tag: &str| edit_patients(pg, (&s, &t), tag, &keys);
     let first_name = |k: &str| pg.psql(&t, &format!("SELECT first_name FROM patients WHERE legacy_id = {k}"));
     let migrate = |mapping: Option<&str>| {
         let mut args = vec!["--source", &source, "--target", &target, "diff", "migrate", "patients", "--analyze", "--format", "json"];
@@ -215,6 +226,72 @@ fn conflicts_follow_each_entitys_policy_and_wait_for_an_operator_under_manual() 
     assert_eq!(entity(&doc, "patients").0.unwrap()["conflicts"], 0);
     let trail = pg.psql(&t, "SELECT count(*) FROM agentctl.audit_events WHERE kind = 'decision' AND summary LIKE 'conflict %took the%'");
     assert_eq!(trail, "2", "each resolution is in the audit trail");
+}
+
+/// A load baseline recorded before enum and domain columns were hashed typed (scheme 1: as
+/// their text) still tells a source change from a target change from both.
+#[test]
+fn a_baseline_hashed_the_old_way_still_tells_who_changed_a_row() {
+    let pg = shared();
+    let (source, target, s, t) = migrated(pg, "0.002");
+    // The baseline's columns: every mapped one but the keys, in the table's order.
+    let columns = |part: &str| {
+        pg.psql(
+            &t,
+            &format!(
+                "SELECT string_agg({part}, ', ' ORDER BY a.attnum) FROM pg_attribute a JOIN pg_type y ON y.oid = a.atttypid
+                 WHERE a.attrelid = 'patients'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+                   AND a.attname NOT IN ('id', 'legacy_id', 'deleted_at')"
+            ),
+        )
+    };
+    let typed = columns(
+        "CASE y.typtype WHEN 'e' THEN format('(p.%I)::%s', a.attname, format_type(a.atttypid, NULL))
+                        WHEN 'd' THEN format('(p.%I)::%s', a.attname, format_type(y.typbasetype, NULL))
+                        ELSE format('p.%I', a.attname) END",
+    );
+    let text = columns("CASE WHEN y.typtype IN ('e', 'd') THEN format('(p.%I)::text', a.attname) ELSE format('p.%I', a.attname) END");
+    let recorded = "(SELECT l.hashes[array_position(l.keys, p.legacy_id::text)] FROM agentctl.load_baseline l
+                     WHERE l.target_table = 'patients' AND l.bucket = agentctl.baseline_bucket(p.legacy_id::text))";
+    assert_eq!(
+        pg.psql(&t, &format!("SELECT count(*) FROM patients p WHERE {recorded} IS DISTINCT FROM hash_record_extended(ROW({typed}), 0)")),
+        "0",
+        "the load recorded every row hashed typed, over these columns"
+    );
+    assert_ne!(
+        pg.psql(
+            &t,
+            &format!("SELECT count(*) FROM patients p WHERE hash_record_extended(ROW({typed}), 0) <> hash_record_extended(ROW({text}), 0)")
+        ),
+        "0"
+    );
+    // The record as an earlier version made it.
+    pg.psql(
+        &t,
+        &format!(
+            "UPDATE agentctl.load_baseline l SET scheme = 1, hashes = (
+                 SELECT array_agg(hash_record_extended(ROW({text}), 0) ORDER BY o.n)
+                 FROM unnest(l.keys) WITH ORDINALITY o(k, n) JOIN patients p ON p.legacy_id::text = o.k)
+             WHERE l.target_table = 'patients'"
+        ),
+    );
+    let keys = first_patients(pg, &t);
+    edit_patients(pg, (&s, &t), "", &keys);
+    let source_only = &keys[2];
+    let out = agentctl(&["--source", &source, "--target", &target, "diff", "migrate", "patients", "--analyze", "--format", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = json(&out);
+    let analysis = entity(&doc, "patients").0.unwrap();
+    assert_eq!(
+        (analysis["conflicts"].as_i64(), analysis["updates"].as_i64(), analysis["target_changed"].as_i64()),
+        (Some(1), Some(1), Some(1)),
+        "{analysis}"
+    );
+    // What the sync wrote is recorded in the new scheme.
+    assert_eq!(
+        pg.psql(&t, &format!("SELECT scheme FROM agentctl.sync_baseline WHERE target_table = 'patients' AND legacy_key = '{source_only}'")),
+        "2"
+    );
 }
 
 #[test]

@@ -4,9 +4,11 @@
 //!
 //! A row's hash is `hash_record_extended(ROW(columns), 0)` over the mapped columns as the
 //! target holds them, each hashed by its type's own hash function (so values equal as typed
-//! values hash equal: `1.5` and `1.50`, two spellings of one JSON document); a column of a type
-//! without one (an enum, a domain, json) is hashed as its text. The expected side casts each
-//! value to its column's type first, so both sides hash the same way.
+//! values hash equal: `1.5` and `1.50`, two spellings of one JSON document): an enum by its
+//! own, a domain by its base type's; a column of a type without one (json, an array) is hashed
+//! as its text. The expected side casts each value to its column's type first, so both sides
+//! hash the same way. Baselines recorded before enums and domains were hashed typed (scheme 1:
+//! they were hashed as their text) are compared with the row hashed that way.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -40,25 +42,61 @@ const TYPED_HASH: &[&str] = &[
     "real",
 ];
 
-/// One column's part of a row hash: `expr` of type `ty`.
-pub fn hash_part(expr: String, ty: &str) -> String {
-    let base = ty.split('(').next().unwrap_or(ty).trim();
-    if TYPED_HASH.contains(&base) || base.starts_with("character") {
-        expr
-    } else {
-        format!("({expr})::text")
+/// How the columns of a row hash are hashed, by type name (`format_type` text): the type to
+/// cast a value to first, where it is not hashed as it is. A type it does not know is hashed by
+/// name: as it is when listed in `TYPED_HASH`, else as its text. [`HashTypes::default`] knows
+/// none, which is how every hash was made before scheme 2 (an enum or domain as its text).
+#[derive(Clone, Debug, Default)]
+pub struct HashTypes(HashMap<String, String>);
+
+impl HashTypes {
+    /// The hashing of `types` in the database `c` is connected to: an enum by its own hash
+    /// function, a domain by its base type's when that has one, anything else by name.
+    pub async fn of<'t>(c: &mut PgConnection, types: impl IntoIterator<Item = &'t str>) -> Result<HashTypes, sqlx::Error> {
+        let asked: Vec<&str> = types.into_iter().filter(|t| !typed_by_name(t)).collect();
+        if asked.is_empty() {
+            return Ok(HashTypes::default());
+        }
+        let found: Vec<(String, String, String)> = sqlx::query_as(
+            "WITH RECURSIVE b (name, oid) AS (
+                 SELECT n, to_regtype(n)::oid FROM unnest($1::text[]) n WHERE to_regtype(n) IS NOT NULL
+                 UNION ALL
+                 SELECT b.name, t.typbasetype FROM b JOIN pg_type t ON t.oid = b.oid WHERE t.typtype = 'd')
+             SELECT b.name, format_type(t.oid, NULL), t.typtype::text FROM b JOIN pg_type t ON t.oid = b.oid WHERE t.typtype <> 'd'",
+        )
+        .bind(&asked)
+        .fetch_all(c)
+        .await?;
+        Ok(HashTypes(
+            found.into_iter().filter(|(_, base, kind)| kind == "e" || typed_by_name(base)).map(|(name, base, _)| (name, base)).collect(),
+        ))
+    }
+
+    /// One column's part of a row hash: `expr` of type `ty`.
+    pub fn part(&self, expr: String, ty: &str) -> String {
+        match self.0.get(ty) {
+            Some(base) => format!("({expr})::{base}"),
+            None if typed_by_name(ty) => expr,
+            None => format!("({expr})::text"),
+        }
+    }
+
+    /// The hash of a row made of these (expression, type) parts.
+    pub fn row_of(&self, parts: impl IntoIterator<Item = (String, String)>) -> String {
+        let parts: Vec<String> = parts.into_iter().map(|(e, t)| self.part(e, &t)).collect();
+        format!("hash_record_extended(ROW({}), 0)", parts.join(", "))
+    }
+
+    /// The hash of a target row's columns (name, type), `alias` the table's alias.
+    fn row(&self, alias: &str, columns: &[(String, String)]) -> String {
+        self.row_of(columns.iter().map(|(c, t)| (format!("{alias}.{}", ident(c)), t.clone())))
     }
 }
 
-/// The hash of a row made of these (expression, type) parts.
-pub fn row_hash_of(parts: impl IntoIterator<Item = (String, String)>) -> String {
-    let parts: Vec<String> = parts.into_iter().map(|(e, t)| hash_part(e, &t)).collect();
-    format!("hash_record_extended(ROW({}), 0)", parts.join(", "))
-}
-
-/// The hash of a target row's columns (name, type), `alias` the table's alias.
-fn row_hash(alias: &str, columns: &[(String, String)]) -> String {
-    row_hash_of(columns.iter().map(|(c, t)| (format!("{alias}.{}", ident(c)), t.clone())))
+/// A type hashed by its own hash function whatever the database.
+fn typed_by_name(ty: &str) -> bool {
+    let base = ty.split('(').next().unwrap_or(ty).trim();
+    TYPED_HASH.contains(&base) || base.starts_with("character")
 }
 
 /// A table larger than this is hashed for its load baseline by two statements at once.
@@ -76,6 +114,10 @@ pub async fn record_baseline(pool: &PgPool, target: &TableName, columns: &[(Stri
         .await
         .map_err(while_doing(&what))?;
     let parts = if size > BASELINE_SPLIT_BYTES { 2 } else { 1 };
+    let types = {
+        let mut c = pool.acquire().await.map_err(while_doing(&what))?;
+        HashTypes::of(&mut c, columns.iter().map(|(_, t)| t.as_str())).await.map_err(while_doing(&what))?
+    };
     let begin = async || {
         let mut tx = pool.begin().await?;
         // One pass over the table into an in-memory hash of the buckets: the planner, which
@@ -99,7 +141,7 @@ pub async fn record_baseline(pool: &PgPool, target: &TableName, columns: &[(Stri
         "INSERT INTO agentctl.load_baseline (target_table, bucket, keys, hashes)
          SELECT $1, agentctl.baseline_bucket(t.legacy_id::text), array_agg(t.legacy_id::text), array_agg({})
          FROM {} t WHERE t.legacy_id IS NOT NULL AND agentctl.baseline_bucket(t.legacy_id::text) % $2 = $3 GROUP BY 2",
-        row_hash("t", columns),
+        types.row("t", columns),
         quoted(target)
     );
     let record = async |mut tx: sqlx::Transaction<'static, sqlx::Postgres>, part: i32| {
@@ -173,12 +215,25 @@ pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: 
         return Ok(answers);
     }
     let names: Vec<(String, String)> = hashed.iter().map(|&i| page.columns[i].clone()).collect();
-    let expected_hash = row_hash_of(hashed.iter().map(|&i| (cast(i), page.columns[i].1.clone())));
+    let types = {
+        let mut c = pool.acquire().await.map_err(decode)?;
+        HashTypes::of(&mut c, names.iter().map(|(_, t)| t.as_str())).await.map_err(decode)?
+    };
+    let expected = |types: &HashTypes| types.row_of(hashed.iter().map(|&i| (cast(i), page.columns[i].1.clone())));
+    // A baseline of scheme 1 (an enum or domain hashed as its text) is compared with the row
+    // and the expected values hashed that way, and answered as the hash it matches now.
+    let text = HashTypes::default();
     let sql = format!(
-        "SELECT CASE WHEN t.id IS NOT NULL THEN {th} END, {expected_hash},
-             agentctl.baseline_of((${table_param}::text[])[1], u.k)
-         FROM {from} ORDER BY u.n",
-        th = row_hash("t", &names),
+        "SELECT CASE WHEN t.id IS NOT NULL THEN {th} END, {eh},
+             CASE WHEN b.scheme = 1 AND t.id IS NOT NULL AND b.hash = {th1} THEN {th}
+                  WHEN b.scheme = 1 AND b.hash = {eh1} THEN {eh}
+                  ELSE b.hash END
+         FROM {from} LEFT JOIN LATERAL agentctl.baseline_record((${table_param}::text[])[1], u.k) b ON true
+         ORDER BY u.n",
+        th = types.row("t", &names),
+        eh = expected(&types),
+        th1 = text.row("t", &names),
+        eh1 = expected(&text),
         table_param = n + 3,
     );
     let pick = |v: &Vec<Option<String>>| asked.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
@@ -468,6 +523,7 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
     let cols = &a.columns;
     let legacy_type = cols[b.legacy_column].1.clone();
     let hashed: Vec<(String, String)> = b.hashed.iter().map(|&i| cols[i].clone()).collect();
+    let types = HashTypes::of(&mut *c, hashed.iter().map(|(_, t)| t.as_str())).await?;
     let mut done = DiffApplied::default();
     let mut fates: BTreeMap<String, Fate> = BTreeMap::new();
 
@@ -614,7 +670,7 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
                  AND (s.th IS NULL OR {} = s.th)
              RETURNING s.k",
             sets.join(", "),
-            row_hash("t", &hashed)
+            types.row("t", &hashed)
         );
         let (keys, refused) = split_run(c, &sql, b.rows.len().checked_sub(1).map(|hi| (0, hi))).await?;
         done.updated += keys.len() as i64;
@@ -652,8 +708,8 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
         sqlx::query(&format!(
             "INSERT INTO agentctl.sync_baseline (target_table, legacy_key, hash)
              SELECT $1, t.legacy_id::text, {} FROM {table} t WHERE t.legacy_id = ANY($2::text[]::{legacy_type}[])
-             ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = EXCLUDED.hash",
-            row_hash("t", &hashed)
+             ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = EXCLUDED.hash, scheme = EXCLUDED.scheme",
+            types.row("t", &hashed)
         ))
         .bind(a.target.to_string())
         .bind(&written)
@@ -771,7 +827,7 @@ async fn set_baseline(c: &mut PgConnection, target: &TableName, keys: &[String],
     sqlx::query(
         "INSERT INTO agentctl.sync_baseline (target_table, legacy_key, hash)
          SELECT $1, k, h FROM UNNEST($2::text[], $3::int8[]) AS u(k, h)
-         ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = EXCLUDED.hash",
+         ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = EXCLUDED.hash, scheme = EXCLUDED.scheme",
     )
     .bind(target.to_string())
     .bind(keys)

@@ -459,8 +459,10 @@ impl SyncStore {
         let table = c.target_table.split_once('.').map_or_else(|| ident(&c.target_table), |(s, t)| format!("{}.{}", ident(s), ident(t)));
         let synced: Vec<usize> = (0..c.columns.len()).filter(|&i| c.columns[i].2).collect();
         let cast = |i: usize| format!("($1::text[])[{}]::{}", i + 1, c.columns[i].1);
-        let hash_of = |exprs: Vec<(String, String)>| crate::diff::row_hash_of(exprs);
         let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
+        let types =
+            crate::diff::HashTypes::of(&mut *tx, synced.iter().map(|&i| c.columns[i].1.as_str())).await.map_err(while_doing(&what))?;
+        let hash_of = |exprs: Vec<(String, String)>| types.row_of(exprs);
         let hash: Option<i64> = if take_source {
             let sets: Vec<String> = synced.iter().map(|&i| format!("{} = {}", ident(&c.columns[i].0), cast(i))).collect();
             let names: Vec<(String, String)> =
@@ -479,7 +481,7 @@ impl SyncStore {
         };
         sqlx::query(
             "INSERT INTO agentctl.sync_baseline (target_table, legacy_key, hash) VALUES ($1, $2, $3)
-             ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = EXCLUDED.hash",
+             ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = EXCLUDED.hash, scheme = EXCLUDED.scheme",
         )
         .bind(&c.target_table)
         .bind(&c.legacy_key)
