@@ -461,7 +461,7 @@ impl SyncStore {
         let cast = |i: usize| format!("($1::text[])[{}]::{}", i + 1, c.columns[i].1);
         let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
         let types =
-            crate::diff::HashTypes::of(&mut *tx, synced.iter().map(|&i| c.columns[i].1.as_str())).await.map_err(while_doing(&what))?;
+            crate::diff::HashTypes::of(&mut tx, synced.iter().map(|&i| c.columns[i].1.as_str())).await.map_err(while_doing(&what))?;
         let hash_of = |exprs: Vec<(String, String)>| types.row_of(exprs);
         let hash: Option<i64> = if take_source {
             let sets: Vec<String> = synced.iter().map(|&i| format!("{} = {}", ident(&c.columns[i].0), cast(i))).collect();
