@@ -162,6 +162,42 @@ fn rows_already_in_the_target_keep_their_uuid_and_children_point_at_it() {
     );
 }
 
+/// Rows that take a unique key another row already holds (offers: one per doctor and product)
+/// are refused with the constraint named, the first of them kept, whether the statement skips
+/// them (ON CONFLICT DO NOTHING) or, where the constraint is deferrable, the batch is split until
+/// each stands alone: the same rows either way.
+#[test]
+fn rows_sharing_a_unique_key_are_refused_alike_whether_skipped_or_split_out() {
+    let pg = shared();
+    let refused = |deferrable: bool| {
+        let (source, target, report) = pg.reference_pair("0.01");
+        let db = target.rsplit('/').next().unwrap().to_owned();
+        if deferrable {
+            pg.psql(
+                &db,
+                "ALTER TABLE offers DROP CONSTRAINT offers_doctor_id_product_id_key,
+                     ADD CONSTRAINT offers_doctor_id_product_id_key UNIQUE (doctor_id, product_id) DEFERRABLE",
+            );
+        }
+        let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate offers", "--yes", "--format", "json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let expected =
+            report["tables"].as_array().unwrap().iter().find(|t| t["table"] == "dispatch_offer").unwrap()["expected_rejected"].clone();
+        let rows = pg.psql(
+            &db,
+            "SELECT count(*) || ' ' || string_agg(legacy_key || ':' || reason, ',' ORDER BY legacy_key) FROM agentctl.rejected_rows
+             WHERE source_table = 'dispatch_offer'",
+        );
+        (expected, rows)
+    };
+    let (expected, skipped) = refused(false);
+    assert_eq!(skipped.split(' ').next().map(str::to_owned), expected.as_i64().map(|n| n.to_string()), "{skipped}");
+    assert!(skipped.contains(r#"duplicate key value violates unique constraint "offers_doctor_id_product_id_key""#), "{skipped}");
+    assert_ne!(expected.as_i64(), Some(0), "the dataset gives offers duplicates");
+    let (_, split) = refused(true);
+    assert_eq!(skipped, split);
+}
+
 #[test]
 fn chinook_and_employee_migrate_completely_into_generated_targets() {
     let pg = shared();

@@ -391,16 +391,95 @@ impl PgTarget {
             .await?;
         }
         let casts: Vec<String> = b.columns.iter().enumerate().map(|(i, (_, ty))| format!("s.c{i}::{ty}")).collect();
+        // A row that takes a unique key another row already has is skipped by the statement
+        // (the first in the batch keeps it) instead of failing it: a batch with many such rows
+        // is not split down to single rows. Not where a unique or exclusion constraint is
+        // deferrable, which ON CONFLICT refuses outright.
+        let skips: bool = sqlx::query_scalar(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::regclass AND (indisunique OR indisexclusion) AND NOT indimmediate)",
+        )
+        .bind(quoted(&b.target))
+        .fetch_one(&mut **c)
+        .await?;
+        let candidates: Vec<(i32, Option<String>)> = match skips {
+            true => {
+                sqlx::query_as(&format!("SELECT s.seq, s.c{} FROM agentctl_stage s WHERE true{present_filter}", b.id_column))
+                    .fetch_all(&mut **c)
+                    .await?
+            }
+            false => Vec::new(),
+        };
         let insert = format!(
-            "INSERT INTO {} ({cols}) SELECT {} FROM agentctl_stage s WHERE s.seq BETWEEN $1 AND $2{present_filter} RETURNING ''",
+            "INSERT INTO {} ({cols}) SELECT {} FROM agentctl_stage s WHERE s.seq BETWEEN $1 AND $2{present_filter} ORDER BY s.seq{} RETURNING {}::text",
             quoted(&b.target),
-            casts.join(", ")
+            casts.join(", "),
+            if skips { " ON CONFLICT DO NOTHING" } else { "" },
+            ident(&b.columns[b.id_column].0)
         );
         let range = keep.first().zip(keep.last()).map(|(lo, hi)| (*lo, *hi));
-        let (rows, refused) = crate::diff::split_run(c, &insert, range).await?;
+        let (rows, mut refused) = crate::diff::split_run(c, &insert, range).await?;
         let inserted = rows.len() as i64;
+        let written: HashSet<&str> = rows.iter().map(String::as_str).collect();
+        let failed: HashSet<usize> = refused.iter().map(|(seq, _)| *seq).collect();
+        let skipped: Vec<i32> = candidates
+            .iter()
+            .filter(|(seq, id)| !failed.contains(&(*seq as usize)) && !id.as_deref().is_some_and(|id| written.contains(id)))
+            .map(|(seq, _)| *seq)
+            .collect();
+        if !skipped.is_empty() {
+            refused.extend(self.why_skipped(c, b, &skipped).await?);
+        }
         sqlx::query("DROP TABLE agentctl_stage").execute(&mut **c).await?;
         Ok((inserted, present, refused))
+    }
+
+    /// The unique key each of the staged rows `seqs` (skipped by ON CONFLICT DO NOTHING) takes
+    /// from a row already in the target, in the words the server uses for the same refusal.
+    async fn why_skipped(
+        &self,
+        c: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
+        b: &Batch,
+        seqs: &[i32],
+    ) -> Result<Vec<(usize, String)>, sqlx::Error> {
+        // Every plain unique index: its name and columns (no expression, no predicate).
+        let indexes: Vec<(String, Vec<String>)> = sqlx::query_as(
+            "SELECT x.relname::text, array_agg(a.attname::text ORDER BY k.n)
+             FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n)
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indexprs IS NULL AND i.indpred IS NULL
+             GROUP BY x.relname ORDER BY x.relname",
+        )
+        .bind(quoted(&b.target))
+        .fetch_all(&mut **c)
+        .await?;
+        let mut why: BTreeMap<usize, String> = BTreeMap::new();
+        for (index, columns) in indexes {
+            let at: Option<Vec<usize>> = columns.iter().map(|col| b.columns.iter().position(|(name, _)| name == col)).collect();
+            let Some(at) = at else { continue };
+            let same: Vec<String> = at.iter().map(|&i| format!("t.{} = s.c{i}::{}", ident(&b.columns[i].0), b.columns[i].1)).collect();
+            // A skipped row is not in the target: any row there with its key is another one.
+            let sql = format!(
+                "SELECT s.seq FROM agentctl_stage s WHERE s.seq = ANY($1) AND EXISTS (SELECT 1 FROM {} t WHERE {})",
+                quoted(&b.target),
+                same.join(" AND ")
+            );
+            let hit: Vec<i32> = sqlx::query_scalar(&sql).bind(seqs).fetch_all(&mut **c).await?;
+            for seq in hit {
+                why.entry(seq as usize)
+                    .or_insert_with(|| format!("duplicate key value violates unique constraint \"{index}\" (SQLSTATE 23505)"));
+            }
+        }
+        Ok(seqs
+            .iter()
+            .map(|&seq| {
+                let seq = seq as usize;
+                let reason = why.remove(&seq).unwrap_or_else(|| {
+                    "it conflicts with a row already in the target under one of its unique or exclusion constraints".to_owned()
+                });
+                (seq, reason)
+            })
+            .collect())
     }
 }
 
