@@ -422,9 +422,8 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
             Some(page) => page?,
             None => TextRows::default(),
         };
-        let mut batch = (!page.is_empty()).then(|| {
-            map_page(ctx, &mapper, &scan_cols, &out_cols, id_col, &deferred_cols, (&references, &known_parents), page, &mut result)
-        });
+        let mut batch = (!page.is_empty())
+            .then(|| map_page(ctx, &mapper, &scan_cols, &out_cols, id_col, &deferred_cols, &references, &known_parents, page, &mut result));
         if let Some(write) = in_flight.take() {
             let (written_batch, written) = write.await.map_err(|e| format!("a batch writer stopped: {e}"))??;
             checkpoint = written.checkpoint.clone();
@@ -532,7 +531,8 @@ fn map_page(
     out_cols: &[(String, String)],
     id_col: usize,
     deferred_cols: &[usize],
-    (references, known_parents): (&[(usize, TableName)], &Arc<ParentIds>),
+    references: &[(usize, TableName)],
+    known_parents: &Arc<ParentIds>,
     page: TextRows,
     result: &mut EntityResult,
 ) -> Batch {

@@ -114,10 +114,6 @@ pub async fn record_baseline(pool: &PgPool, target: &TableName, columns: &[(Stri
         .await
         .map_err(while_doing(&what))?;
     let parts = if size > BASELINE_SPLIT_BYTES { 2 } else { 1 };
-    let types = {
-        let mut c = pool.acquire().await.map_err(while_doing(&what))?;
-        HashTypes::of(&mut c, columns.iter().map(|(_, t)| t.as_str())).await.map_err(while_doing(&what))?
-    };
     let begin = async || {
         let mut tx = pool.begin().await?;
         // One pass over the table into an in-memory hash of the buckets: the planner, which
@@ -137,6 +133,7 @@ pub async fn record_baseline(pool: &PgPool, target: &TableName, columns: &[(Stri
     {
         sqlx::query(sql).bind(target.to_string()).execute(&mut *first).await.map_err(while_doing(&what))?;
     }
+    let types = HashTypes::of(&mut first, columns.iter().map(|(_, t)| t.as_str())).await.map_err(while_doing(&what))?;
     let insert = format!(
         "INSERT INTO agentctl.load_baseline (target_table, bucket, keys, hashes)
          SELECT $1, agentctl.baseline_bucket(t.legacy_id::text), array_agg(t.legacy_id::text), array_agg({})

@@ -119,10 +119,9 @@ impl PgTarget {
         let mut orphans: BTreeMap<usize, String> = BTreeMap::new();
         for (col, parent) in &b.references {
             let ids: Vec<Option<Option<uuid::Uuid>>> = b.rows.column(*col).map(|v| v.map(|v| uuid::Uuid::try_parse(v).ok())).collect();
-            let known = b.known_parents.get(parent);
-            let missing: HashSet<uuid::Uuid> = match known {
+            let missing: HashSet<uuid::Uuid> = match b.known_parents.get(parent) {
                 // Read whole when the load began: nothing to ask.
-                Some(_) => HashSet::new(),
+                Some(known) => ids.iter().filter_map(|id| id.flatten()).filter(|id| !known.contains(id)).collect(),
                 // Sent as binary UUIDs; the server answers with the few it does not have.
                 None => {
                     let mut wanted: Vec<uuid::Uuid> = ids.iter().filter_map(|id| id.flatten()).collect();
@@ -135,11 +134,10 @@ impl PgTarget {
                     sqlx::query_scalar(&sql).bind(&wanted).fetch_all(&mut **c).await?.into_iter().collect()
                 }
             };
-            let absent = |id: &uuid::Uuid| known.map_or_else(|| missing.contains(id), |known| !known.contains(id));
             let name = &b.columns[*col].0;
             for (seq, id) in ids.iter().enumerate() {
                 // A value that is not a UUID has no parent either (the mapper derives them all).
-                if id.is_some_and(|id| id.is_none_or(|id| absent(&id))) {
+                if id.is_some_and(|id| id.is_none_or(|id| missing.contains(&id))) {
                     // The first missing parent a row has is the reason given for it.
                     orphans
                         .entry(seq)
@@ -365,12 +363,13 @@ impl PgTarget {
             None => String::new(),
         };
         let present_sql = legacy.map(|i| {
-            format!("SELECT count(*) FROM agentctl_stage s WHERE EXISTS (SELECT 1 FROM {} t WHERE {})", quoted(&b.target), matches(i))
+            format!("SELECT s.seq FROM agentctl_stage s WHERE EXISTS (SELECT 1 FROM {} t WHERE {})", quoted(&b.target), matches(i))
         });
-        let present: i64 = match &present_sql {
-            Some(sql) => sqlx::query_scalar(sql).fetch_one(&mut **c).await?,
-            None => 0,
+        let present_rows: HashSet<usize> = match &present_sql {
+            Some(sql) => sqlx::query_scalar::<_, i32>(sql).fetch_all(&mut **c).await?.into_iter().map(|seq| seq as usize).collect(),
+            None => HashSet::new(),
         };
+        let present = present_rows.len() as i64;
         // A row already in the target under a UUID of its own was there before agentctl: it
         // keeps its UUID, and the record says so, so that a rollback never deletes it.
         if let (Some(i), true, false) = (legacy, present > 0, legacy_aside) {
@@ -401,14 +400,6 @@ impl PgTarget {
         .bind(quoted(&b.target))
         .fetch_one(&mut **c)
         .await?;
-        let candidates: Vec<(i32, Option<String>)> = match skips {
-            true => {
-                sqlx::query_as(&format!("SELECT s.seq, s.c{} FROM agentctl_stage s WHERE true{present_filter}", b.id_column))
-                    .fetch_all(&mut **c)
-                    .await?
-            }
-            false => Vec::new(),
-        };
         let insert = format!(
             "INSERT INTO {} ({cols}) SELECT {} FROM agentctl_stage s WHERE s.seq BETWEEN $1 AND $2{present_filter} ORDER BY s.seq{} RETURNING {}::text",
             quoted(&b.target),
@@ -419,68 +410,69 @@ impl PgTarget {
         let range = keep.first().zip(keep.last()).map(|(lo, hi)| (*lo, *hi));
         let (rows, mut refused) = crate::diff::split_run(c, &insert, range).await?;
         let inserted = rows.len() as i64;
-        let written: HashSet<&str> = rows.iter().map(String::as_str).collect();
-        let failed: HashSet<usize> = refused.iter().map(|(seq, _)| *seq).collect();
-        let skipped: Vec<i32> = candidates
-            .iter()
-            .filter(|(seq, id)| !failed.contains(&(*seq as usize)) && !id.as_deref().is_some_and(|id| written.contains(id)))
-            .map(|(seq, _)| *seq)
-            .collect();
-        if !skipped.is_empty() {
-            refused.extend(self.why_skipped(c, b, &skipped).await?);
+        if skips {
+            // Skipped: neither present, nor written (by its UUID), nor refused by an error.
+            let written: HashSet<uuid::Uuid> = rows.iter().filter_map(|id| uuid::Uuid::try_parse(id).ok()).collect();
+            let failed: HashSet<usize> = refused.iter().map(|(seq, _)| *seq).collect();
+            let skipped: Vec<i32> = keep
+                .iter()
+                .filter(|seq| !present_rows.contains(seq) && !failed.contains(seq))
+                .filter(|&&seq| {
+                    !b.rows.get(seq, b.id_column).and_then(|id| uuid::Uuid::try_parse(id).ok()).is_some_and(|id| written.contains(&id))
+                })
+                .map(|&seq| seq as i32)
+                .collect();
+            if !skipped.is_empty() {
+                refused.extend(why_skipped(c, b, &skipped).await?);
+            }
         }
         sqlx::query("DROP TABLE agentctl_stage").execute(&mut **c).await?;
         Ok((inserted, present, refused))
     }
+}
 
-    /// The unique key each of the staged rows `seqs` (skipped by ON CONFLICT DO NOTHING) takes
-    /// from a row already in the target, in the words the server uses for the same refusal.
-    async fn why_skipped(
-        &self,
-        c: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
-        b: &Batch,
-        seqs: &[i32],
-    ) -> Result<Vec<(usize, String)>, sqlx::Error> {
-        // Every plain unique index: its name and columns (no expression, no predicate).
-        let indexes: Vec<(String, Vec<String>)> = sqlx::query_as(
-            "SELECT x.relname::text, array_agg(a.attname::text ORDER BY k.n)
-             FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
-             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n)
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-             WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indexprs IS NULL AND i.indpred IS NULL
-             GROUP BY x.relname ORDER BY x.relname",
-        )
-        .bind(quoted(&b.target))
-        .fetch_all(&mut **c)
-        .await?;
-        let mut why: BTreeMap<usize, String> = BTreeMap::new();
-        for (index, columns) in indexes {
-            let at: Option<Vec<usize>> = columns.iter().map(|col| b.columns.iter().position(|(name, _)| name == col)).collect();
-            let Some(at) = at else { continue };
-            let same: Vec<String> = at.iter().map(|&i| format!("t.{} = s.c{i}::{}", ident(&b.columns[i].0), b.columns[i].1)).collect();
-            // A skipped row is not in the target: any row there with its key is another one.
-            let sql = format!(
-                "SELECT s.seq FROM agentctl_stage s WHERE s.seq = ANY($1) AND EXISTS (SELECT 1 FROM {} t WHERE {})",
-                quoted(&b.target),
-                same.join(" AND ")
-            );
-            let hit: Vec<i32> = sqlx::query_scalar(&sql).bind(seqs).fetch_all(&mut **c).await?;
-            for seq in hit {
-                why.entry(seq as usize)
-                    .or_insert_with(|| format!("duplicate key value violates unique constraint \"{index}\" (SQLSTATE 23505)"));
-            }
+/// The unique key each of the staged rows `seqs` (skipped by ON CONFLICT DO NOTHING) takes
+/// from a row already in the target, in the words the server uses for the same refusal.
+async fn why_skipped(c: &mut sqlx::PgConnection, b: &Batch, seqs: &[i32]) -> Result<Vec<(usize, String)>, sqlx::Error> {
+    // Every plain unique index: its name and columns (no expression, no predicate).
+    let indexes: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT x.relname::text, array_agg(a.attname::text ORDER BY k.n)
+         FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+         CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n)
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indexprs IS NULL AND i.indpred IS NULL
+         GROUP BY x.relname ORDER BY x.relname",
+    )
+    .bind(quoted(&b.target))
+    .fetch_all(&mut *c)
+    .await?;
+    let mut why: BTreeMap<usize, String> = BTreeMap::new();
+    for (index, columns) in indexes {
+        let at: Option<Vec<usize>> = columns.iter().map(|col| b.columns.iter().position(|(name, _)| name == col)).collect();
+        let Some(at) = at else { continue };
+        let same: Vec<String> = at.iter().map(|&i| format!("t.{} = s.c{i}::{}", ident(&b.columns[i].0), b.columns[i].1)).collect();
+        // A skipped row is not in the target: any row there with its key is another one.
+        let sql = format!(
+            "SELECT s.seq FROM agentctl_stage s WHERE s.seq = ANY($1) AND EXISTS (SELECT 1 FROM {} t WHERE {})",
+            quoted(&b.target),
+            same.join(" AND ")
+        );
+        let hit: Vec<i32> = sqlx::query_scalar(&sql).bind(seqs).fetch_all(&mut *c).await?;
+        for seq in hit {
+            why.entry(seq as usize)
+                .or_insert_with(|| format!("duplicate key value violates unique constraint \"{index}\" (SQLSTATE 23505)"));
         }
-        Ok(seqs
-            .iter()
-            .map(|&seq| {
-                let seq = seq as usize;
-                let reason = why.remove(&seq).unwrap_or_else(|| {
-                    "it conflicts with a row already in the target under one of its unique or exclusion constraints".to_owned()
-                });
-                (seq, reason)
-            })
-            .collect())
     }
+    Ok(seqs
+        .iter()
+        .map(|&seq| {
+            let seq = seq as usize;
+            let reason = why.remove(&seq).unwrap_or_else(|| {
+                "it conflicts with a row already in the target under one of its unique or exclusion constraints".to_owned()
+            });
+            (seq, reason)
+        })
+        .collect())
 }
 
 /// Records a constraint or index as set aside for a load, with what restores it, and drops it,
