@@ -251,8 +251,9 @@ fn a_baseline_hashed_the_old_way_still_tells_who_changed_a_row() {
                         ELSE format('p.%I', a.attname) END",
     );
     let text = columns("CASE WHEN y.typtype IN ('e', 'd') THEN format('(p.%I)::text', a.attname) ELSE format('p.%I', a.attname) END");
-    let recorded = "(SELECT l.hashes[array_position(l.keys, p.legacy_id::text)] FROM agentctl.load_baseline l
-                     WHERE l.target_table = 'patients' AND l.bucket = agentctl.baseline_bucket(p.legacy_id::text))";
+    // patients.legacy_id is an integer: the load keeps its keys as integers.
+    let recorded = "(SELECT l.hashes[array_position(l.int_keys, p.legacy_id::int8)] FROM agentctl.load_baseline l
+                     WHERE l.target_table = 'patients' AND l.bucket = agentctl.int_baseline_bucket(p.legacy_id))";
     assert_eq!(
         pg.psql(&t, &format!("SELECT count(*) FROM patients p WHERE {recorded} IS DISTINCT FROM hash_record_extended(ROW({typed}), 0)")),
         "0",
@@ -271,7 +272,7 @@ fn a_baseline_hashed_the_old_way_still_tells_who_changed_a_row() {
         &format!(
             "UPDATE agentctl.load_baseline l SET scheme = 1, hashes = (
                  SELECT array_agg(hash_record_extended(ROW({text}), 0) ORDER BY o.n)
-                 FROM unnest(l.keys) WITH ORDINALITY o(k, n) JOIN patients p ON p.legacy_id::text = o.k)
+                 FROM unnest(l.int_keys) WITH ORDINALITY o(k, n) JOIN patients p ON p.legacy_id = o.k)
              WHERE l.target_table = 'patients'"
         ),
     );

@@ -99,22 +99,14 @@ fn typed_by_name(ty: &str) -> bool {
     TYPED_HASH.contains(&base) || base.starts_with("character")
 }
 
-/// A table larger than this is hashed for its load baseline by two statements at once.
-const BASELINE_SPLIT_BYTES: i64 = 64 << 20;
+/// Legacy key types whose keys the load baseline keeps as integers (`int_keys`).
+const INTEGER_KEYS: &[&str] = &["smallint", "integer", "bigint"];
 
-/// Records the load baseline of `target`: every row's key and hash, in buckets. Returns the
-/// rows recorded.
+/// Records the load baseline of `target`: every row's key and hash, in buckets, by one
+/// statement. Returns the rows recorded.
 pub async fn record_baseline(pool: &PgPool, target: &TableName, columns: &[(String, String)]) -> Result<i64, ToolError> {
     let what = format!("recording what agentctl wrote to {target}");
-    // Hashing the rows is most of the cost and a statement runs on one core: a large table is
-    // hashed by two statements on two connections, half the buckets each.
-    let size: i64 = sqlx::query_scalar("SELECT pg_relation_size($1::regclass)")
-        .bind(quoted(target))
-        .fetch_one(pool)
-        .await
-        .map_err(while_doing(&what))?;
-    let parts = if size > BASELINE_SPLIT_BYTES { 2 } else { 1 };
-    let begin = async || {
+    let run = async {
         let mut tx = pool.begin().await?;
         // One pass over the table into an in-memory hash of the buckets: the planner, which
         // cannot know how few buckets there are, would otherwise sort every row (with its
@@ -122,47 +114,41 @@ pub async fn record_baseline(pool: &PgPool, target: &TableName, columns: &[(Stri
         for sql in ["SET LOCAL enable_sort = off", "SET LOCAL work_mem = '256MB'", "SET LOCAL jit = off"] {
             sqlx::query(sql).execute(&mut *tx).await?;
         }
-        Ok::<_, sqlx::Error>(tx)
-    };
-    // The whole table is recorded again. The old record goes first, in the first part's
-    // transaction, before any part inserts: a part's new bucket then waits for that
-    // transaction instead of meeting the old one. A part that fails fails the whole call, and
-    // the entity's restart records the table again from the start.
-    let mut first = begin().await.map_err(while_doing(&what))?;
-    for sql in ["DELETE FROM agentctl.load_baseline WHERE target_table = $1", "DELETE FROM agentctl.sync_baseline WHERE target_table = $1"]
-    {
-        sqlx::query(sql).bind(target.to_string()).execute(&mut *first).await.map_err(while_doing(&what))?;
-    }
-    let types = HashTypes::of(&mut first, columns.iter().map(|(_, t)| t.as_str())).await.map_err(while_doing(&what))?;
-    let insert = format!(
-        "INSERT INTO agentctl.load_baseline (target_table, bucket, keys, hashes)
-         SELECT $1, agentctl.baseline_bucket(t.legacy_id::text), array_agg(t.legacy_id::text), array_agg({})
-         FROM {} t WHERE t.legacy_id IS NOT NULL AND agentctl.baseline_bucket(t.legacy_id::text) % $2 = $3 GROUP BY 2",
-        types.row("t", columns),
-        quoted(target)
-    );
-    let record = async |mut tx: sqlx::Transaction<'static, sqlx::Postgres>, part: i32| {
-        sqlx::query(&insert).bind(target.to_string()).bind(parts).bind(part).execute(&mut *tx).await?;
-        let recorded: i64 = sqlx::query_scalar(
-            "SELECT coalesce(sum(cardinality(keys)), 0)::int8 FROM agentctl.load_baseline WHERE target_table = $1 AND bucket % $2 = $3",
+        // The whole table is recorded again, the old record deleted first.
+        for sql in
+            ["DELETE FROM agentctl.load_baseline WHERE target_table = $1", "DELETE FROM agentctl.sync_baseline WHERE target_table = $1"]
+        {
+            sqlx::query(sql).bind(target.to_string()).execute(&mut *tx).await?;
+        }
+        let legacy: String = sqlx::query_scalar(
+            "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'legacy_id'",
         )
-        .bind(target.to_string())
-        .bind(parts)
-        .bind(part)
+        .bind(quoted(target))
         .fetch_one(&mut *tx)
         .await?;
+        // An integer key is kept as one, bucketed by its own hash: its text cost the statement a third.
+        let (keys, key, bucket) = match INTEGER_KEYS.contains(&legacy.as_str()) {
+            true => ("int_keys", "t.legacy_id::int8", "agentctl.int_baseline_bucket(t.legacy_id::int8)"),
+            false => ("keys", "t.legacy_id::text", "agentctl.baseline_bucket(t.legacy_id::text)"),
+        };
+        let types = HashTypes::of(&mut tx, columns.iter().map(|(_, t)| t.as_str())).await?;
+        let insert = format!(
+            "INSERT INTO agentctl.load_baseline (target_table, bucket, {keys}, hashes)
+             SELECT $1, {bucket}, array_agg({key}), array_agg({})
+             FROM {} t WHERE t.legacy_id IS NOT NULL GROUP BY 2",
+            types.row("t", columns),
+            quoted(target)
+        );
+        sqlx::query(&insert).bind(target.to_string()).execute(&mut *tx).await?;
+        let recorded: i64 =
+            sqlx::query_scalar("SELECT coalesce(sum(cardinality(hashes)), 0)::int8 FROM agentctl.load_baseline WHERE target_table = $1")
+                .bind(target.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok::<_, sqlx::Error>(recorded)
     };
-    let rest = async {
-        let mut recorded = 0;
-        for part in 1..parts {
-            recorded += record(begin().await?, part).await?;
-        }
-        Ok(recorded)
-    };
-    let (first, rest) = tokio::join!(record(first, 0), rest);
-    Ok(first.map_err(while_doing(&what))? + rest.map_err(while_doing(&what))?)
+    Ok(run.await.map_err(while_doing(&what))?)
 }
 
 pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: &[usize], soft: bool) -> Result<Vec<Diffed>, ToolError> {
@@ -225,13 +211,14 @@ pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: 
              CASE WHEN b.scheme = 1 AND t.id IS NOT NULL AND b.hash = {th1} THEN {th}
                   WHEN b.scheme = 1 AND b.hash = {eh1} THEN {eh}
                   ELSE b.hash END
-         FROM {from} LEFT JOIN LATERAL agentctl.baseline_record((${table_param}::text[])[1], u.k) b ON true
+         FROM {from} LEFT JOIN LATERAL agentctl.baseline_record((${table_param}::text[])[1], u.k, {int_key}) b ON true
          ORDER BY u.n",
         th = types.row("t", &names),
         eh = expected(&types),
         th1 = text.row("t", &names),
         eh1 = expected(&text),
         table_param = n + 3,
+        int_key = if INTEGER_KEYS.contains(&page.columns[legacy].1.as_str()) { "u.k::int8" } else { "NULL::int8" },
     );
     let pick = |v: &Vec<Option<String>>| asked.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
     let keys: Vec<String> = asked.iter().map(|&i| page.keys[i].clone()).collect();
