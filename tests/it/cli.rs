@@ -113,3 +113,20 @@ fn a_closed_pipe_ends_output_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn bench_migrate_takes_turns_and_reports_the_round_of_median_ratio() {
+    let pg = shared();
+    let (source, target) = (pg.create_db("bench_legacy"), pg.create_db("bench_modern"));
+    let out =
+        agentctl(&["--source", &source, "--target", &target, "bench", "migrate", "--scale", "0.005", "--rounds", "3", "--format", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    let mut ratios: Vec<f64> = doc["rounds"].as_array().unwrap().iter().map(|r| r["ratio"].as_f64().unwrap()).collect();
+    assert_eq!(ratios.len(), 3, "{doc}");
+    ratios.sort_by(f64::total_cmp);
+    assert_eq!(doc["ratio"].as_f64(), Some(ratios[1]), "the median round stands for the run: {doc}");
+    let agentctl = &doc["agentctl"];
+    assert_eq!((&agentctl["migrated"], &agentctl["rejected"]), (&agentctl["expected_migrated"], &agentctl["expected_rejected"]), "{doc}");
+    assert_eq!(doc["validation"]["passed"], true, "{doc}");
+}
