@@ -221,21 +221,18 @@ fn measure(config: &Config, args: &[&str]) -> Result<Measured, Exit> {
 /// One round of `bench migrate`: the raw pipe, then agentctl's migration of the same data.
 struct Round {
     pipe: tools::bench::PipeFigure,
-    /// The run's JSON document, its execution phase in seconds, and the whole command's.
+    /// The run's JSON document, the source rows it read, its execution phase in seconds, and
+    /// the whole command's.
     doc: serde_json::Value,
+    rows_read: i64,
     execute: f64,
     whole: f64,
     peak_rss_kb: i64,
 }
 
 impl Round {
-    fn rows_read(&self) -> i64 {
-        let entities = self.doc["entities"].as_array().cloned().unwrap_or_default();
-        entities.iter().filter_map(|e| e["rows_read"].as_i64()).sum()
-    }
-
     fn rate(&self) -> f64 {
-        self.rows_read() as f64 / self.execute.max(1e-9)
+        self.rows_read as f64 / self.execute.max(1e-9)
     }
 
     fn ratio(&self) -> f64 {
@@ -279,8 +276,9 @@ async fn bench_migrate(
         }
         let doc: serde_json::Value = serde_json::from_str(&run.stdout).map_err(|e| Exit::failed(format!("reading the run's JSON: {e}")))?;
         let execute = doc["execute_seconds"].as_f64().unwrap_or(run.seconds);
-        let r = Round { pipe, doc, execute, whole: run.seconds, peak_rss_kb: run.peak_rss_kb };
-        eprintln!("  {} rows in {:.1}s, ratio {:.2}", r.rows_read(), r.execute, r.ratio());
+        let rows_read = doc["entities"].as_array().map(|es| es.iter().filter_map(|e| e["rows_read"].as_i64()).sum()).unwrap_or(0);
+        let r = Round { pipe, doc, rows_read, execute, whole: run.seconds, peak_rss_kb: run.peak_rss_kb };
+        eprintln!("  {} rows in {:.1}s, ratio {:.2}", r.rows_read, r.execute, r.ratio());
         done.push(r);
     }
     // The round of median ratio stands for the run; every round is listed beside it.
@@ -293,7 +291,7 @@ async fn bench_migrate(
     let total = |f: &str| entities.iter().filter_map(|e| e[f].as_i64()).sum::<i64>();
     let expected = |f: fn(&dataset::TableReport) -> Option<i64>| report.tables.iter().filter_map(f).sum::<i64>();
     let (expected_migrated, expected_rejected) = (expected(|t| t.expected_migrated), expected(|t| t.expected_rejected));
-    let (read, migrated, rejected) = (last.rows_read(), total("migrated"), total("rejected"));
+    let (read, migrated, rejected) = (last.rows_read, total("migrated"), total("rejected"));
     eprintln!("agentctl validate ...");
     let validate = measure(config, &["validate", "--format", "json"])?;
     let passed = validate.code == 0;
@@ -327,7 +325,7 @@ async fn bench_migrate(
         median.pipe.seconds,
         median.pipe.rows_per_second,
         listed(&|r| format!("{:.1}", r.pipe.seconds)),
-        median.rows_read(),
+        median.rows_read,
         median.execute,
         median.rate(),
         listed(&|r| format!("{:.1}", r.execute)),
