@@ -120,12 +120,14 @@ pub async fn record_baseline(pool: &PgPool, target: &TableName, columns: &[(Stri
         {
             sqlx::query(sql).bind(target.to_string()).execute(&mut *tx).await?;
         }
+        // (A table without legacy_id takes the text path, whose statement names the missing column.)
         let legacy: String = sqlx::query_scalar(
             "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'legacy_id'",
         )
         .bind(quoted(target))
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or_default();
         // An integer key is kept as one, bucketed by its own hash: its text cost the statement a third.
         let (keys, key, bucket) = match INTEGER_KEYS.contains(&legacy.as_str()) {
             true => ("int_keys", "t.legacy_id::int8", "agentctl.int_baseline_bucket(t.legacy_id::int8)"),
