@@ -457,27 +457,29 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     result.rejected = checkpoint.rejected;
     result.batches = checkpoint.batches;
     result.seconds = started.elapsed().as_secs_f64();
-    // The table is loaded: the foreign keys and indexes set aside for the load, then its
-    // legacy key, are put back now (its parents are loaded, its own rows all in), on one core,
-    // while its rows are counted and its load baseline recorded on the other. The final
-    // put-back of the run finds nothing left of this table.
-    let (put_back, closed) = tokio::join!(
-        async {
-            match req.constraints_suspended {
-                true => target.restore_constraints(&spec.target).await,
-                false => target.restore_legacy_key(&spec.target).await.map(|()| Vec::new()),
-            }
-        },
+    // The table is loaded: its rows are counted, then the foreign keys and indexes set aside
+    // for the load and its legacy key are put back (its parents are loaded, its own rows all
+    // in), on one core, while its load baseline is recorded on the other. The count goes on the
+    // first core: putting the legacy key back waits for the baseline anyway, and the two take
+    // about as long then. The final put-back of the run finds nothing left of this table.
+    let (counted, recorded) = tokio::join!(
         async {
             let rows = target.table_rows(&spec.target, false).await?;
+            let put_back = match req.constraints_suspended {
+                true => target.restore_constraints(&spec.target).await?,
+                false => target.restore_legacy_key(&spec.target).await.map(|()| Vec::new())?,
+            };
+            Ok::<_, runtime::ports::ToolError>((rows, put_back))
+        },
+        async {
             // What agentctl wrote is what `diff analyze` later tells target edits from source changes by.
             let hashed: Vec<(String, String)> = synced_columns(&out_cols, id_col).into_iter().map(|i| out_cols[i].clone()).collect();
-            target.record_baseline(&spec.target, &hashed).await?;
-            Ok::<_, runtime::ports::ToolError>(rows)
+            target.record_baseline(&spec.target, &hashed).await
         }
     );
-    let put_back = put_back.map_err(|e| e.0)?;
-    result.target_rows = closed.map_err(|e| e.0)?;
+    let (rows, put_back) = counted.map_err(|e| e.0)?;
+    recorded.map_err(|e| e.0)?;
+    result.target_rows = rows;
     record_put_back(ctx, &spec.target, &put_back);
     let balanced = result.rows_read == result.migrated + result.rejected && result.target_rows >= result.migrated;
     let detail = format!(
