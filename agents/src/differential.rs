@@ -20,7 +20,7 @@ use std::time::Instant;
 use runtime::context::RunContext;
 use runtime::events::RunEvent;
 use runtime::mapping::KeyDeriver;
-use runtime::ports::{Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Rows, Scan, SyncMark, Target};
+use runtime::ports::{integer_key, Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Rows, Scan, SyncMark, Target};
 use runtime::{AgentName, RunId};
 
 use crate::execution::{prepare, read_ahead, MigrateEntity, Prepared};
@@ -156,7 +156,7 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
     // Rows gone from the source: with an integer key, each page asks the target for its live
     // rows in the page's key range that the page does not have (both sides in key order);
     // otherwise every live key of the target is checked against the source's keys at the end.
-    let mut ranged = !fast && spec.key.len() == 1 && matches!(out_cols[legacy_col].1.as_str(), "smallint" | "integer" | "bigint");
+    let mut ranged = !fast && spec.key.len() == 1 && integer_key(&out_cols[legacy_col].1);
     // The latest stamp read, and the changes whose stamp did not move (a full analysis checks
     // `updated_at` against the previous watermark).
     let mut latest: Option<String> = if fast { mark.watermark.clone() } else { None };

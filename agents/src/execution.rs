@@ -474,7 +474,9 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
         async {
             // What agentctl wrote is what `diff analyze` later tells target edits from source changes by.
             let hashed: Vec<(String, String)> = synced_columns(&out_cols, id_col).into_iter().map(|i| out_cols[i].clone()).collect();
-            target.record_baseline(&spec.target, &hashed).await
+            // (A table without legacy_id takes the text path, whose statement names the missing column.)
+            let legacy_type = out_cols.iter().find(|(c, _)| c == "legacy_id").map_or("", |(_, t)| t.as_str());
+            target.record_baseline(&spec.target, legacy_type, &hashed).await
         }
     );
     let (rows, put_back) = counted.map_err(|e| e.0)?;

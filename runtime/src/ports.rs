@@ -140,6 +140,12 @@ pub fn key_parts(page: &TextRows, row: usize, key_columns: &[usize]) -> Vec<Stri
     key_columns.iter().map(|&c| page.get(row, c).unwrap_or("").to_owned()).collect()
 }
 
+/// Whether a `legacy_id` of this type (`format_type` text) holds integers: its keys are then
+/// compared by range and kept as integers in the load baseline.
+pub fn integer_key(legacy_type: &str) -> bool {
+    matches!(legacy_type, "smallint" | "integer" | "bigint")
+}
+
 /// The legacy key of row `row` of `page` (key parts joined by `|`; a NULL part is empty).
 pub fn legacy_key(page: &TextRows, row: usize, key_columns: &[usize]) -> String {
     let mut key = String::new();
@@ -253,8 +259,9 @@ pub trait Target: Send + Sync + 'static {
 
     /// Records, set-based, what agentctl wrote to every row of the table that has a legacy key:
     /// the hash of `columns` (name, type) as the target holds them (the sync baseline),
-    /// replacing what was recorded for the table. Returns how many.
-    async fn record_baseline(&self, target: &TableName, columns: &[(String, String)]) -> Result<i64, ToolError>;
+    /// replacing what was recorded for the table; keys kept as integers when `legacy_type`
+    /// is an [`integer_key`]. Returns how many.
+    async fn record_baseline(&self, target: &TableName, legacy_type: &str, columns: &[(String, String)]) -> Result<i64, ToolError>;
     /// Compares a page of expected rows with the target's and with the baseline, one
     /// statement a page: one answer per expected row, in order. `hashed` are the columns the
     /// baseline covers (by index into the page's columns).

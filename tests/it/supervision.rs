@@ -176,8 +176,8 @@ impl Target for CrashingWriter {
     ) -> Result<(), ToolError> {
         self.inner.set_state(run, source, target, state, source_rows, detail).await
     }
-    async fn record_baseline(&self, target: &TableName, columns: &[(String, String)]) -> Result<i64, ToolError> {
-        self.inner.record_baseline(target, columns).await
+    async fn record_baseline(&self, target: &TableName, legacy_type: &str, columns: &[(String, String)]) -> Result<i64, ToolError> {
+        self.inner.record_baseline(target, legacy_type, columns).await
     }
     async fn differ(&self, target: &TableName, page: &Expected, hashed: &[usize], soft: bool) -> Result<Vec<Diffed>, ToolError> {
         self.inner.differ(target, page, hashed, soft).await

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use runtime::domain::TableName;
 use runtime::mapping::{ConflictPolicy, DeleteMode};
-use runtime::ports::{Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Expected, SyncMark, ToolError};
+use runtime::ports::{integer_key, Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Expected, SyncMark, ToolError};
 use runtime::RunId;
 use sqlx::postgres::PgConnection;
 use sqlx::{PgPool, Row};
@@ -99,12 +99,10 @@ fn typed_by_name(ty: &str) -> bool {
     TYPED_HASH.contains(&base) || base.starts_with("character")
 }
 
-/// Legacy key types whose keys the load baseline keeps as integers (`int_keys`).
-const INTEGER_KEYS: &[&str] = &["smallint", "integer", "bigint"];
-
 /// Records the load baseline of `target`: every row's key and hash, in buckets, by one
-/// statement. Returns the rows recorded.
-pub async fn record_baseline(pool: &PgPool, target: &TableName, columns: &[(String, String)]) -> Result<i64, ToolError> {
+/// statement; an [`integer_key`] of type `legacy_type` kept as an integer (`int_keys`), any
+/// other as its text. Returns the rows recorded.
+pub async fn record_baseline(pool: &PgPool, target: &TableName, legacy_type: &str, columns: &[(String, String)]) -> Result<i64, ToolError> {
     let what = format!("recording what agentctl wrote to {target}");
     let run = async {
         let mut tx = pool.begin().await?;
@@ -120,16 +118,8 @@ pub async fn record_baseline(pool: &PgPool, target: &TableName, columns: &[(Stri
         {
             sqlx::query(sql).bind(target.to_string()).execute(&mut *tx).await?;
         }
-        // (A table without legacy_id takes the text path, whose statement names the missing column.)
-        let legacy: String = sqlx::query_scalar(
-            "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'legacy_id'",
-        )
-        .bind(quoted(target))
-        .fetch_optional(&mut *tx)
-        .await?
-        .unwrap_or_default();
         // An integer key is kept as one, bucketed by its own hash: its text cost the statement a third.
-        let (keys, key, bucket) = match INTEGER_KEYS.contains(&legacy.as_str()) {
+        let (keys, key, bucket) = match integer_key(legacy_type) {
             true => ("int_keys", "t.legacy_id::int8", "agentctl.int_baseline_bucket(t.legacy_id::int8)"),
             false => ("keys", "t.legacy_id::text", "agentctl.baseline_bucket(t.legacy_id::text)"),
         };
@@ -220,7 +210,7 @@ pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: 
         th1 = text.row("t", &names),
         eh1 = expected(&text),
         table_param = n + 3,
-        int_key = if INTEGER_KEYS.contains(&page.columns[legacy].1.as_str()) { "u.k::int8" } else { "NULL::int8" },
+        int_key = if integer_key(&page.columns[legacy].1) { "u.k::int8" } else { "NULL::int8" },
     );
     let pick = |v: &Vec<Option<String>>| asked.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
     let keys: Vec<String> = asked.iter().map(|&i| page.keys[i].clone()).collect();

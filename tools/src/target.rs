@@ -969,8 +969,8 @@ impl Target for PgTarget {
         Ok(())
     }
 
-    async fn record_baseline(&self, target: &TableName, columns: &[(String, String)]) -> Result<i64, ToolError> {
-        crate::diff::record_baseline(&self.pool, target, columns).await
+    async fn record_baseline(&self, target: &TableName, legacy_type: &str, columns: &[(String, String)]) -> Result<i64, ToolError> {
+        crate::diff::record_baseline(&self.pool, target, legacy_type, columns).await
     }
 
     async fn differ(&self, target: &TableName, page: &Expected, hashed: &[usize], soft_delete: bool) -> Result<Vec<Diffed>, ToolError> {
