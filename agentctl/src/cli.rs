@@ -303,8 +303,8 @@ pub enum SchemaCmd {
 pub enum BenchCmd {
     /// Generate the reference dataset in the source, then measure in one go: (a) a raw COPY pipe
     /// of its tables into the target (UUIDs computed in SQL; the ceiling), (b) agentctl's whole
-    /// migration of the same data into a fresh target schema, in turns (ROUNDS of each), then
-    /// (c) validating all of it. Prints rows/s of both, the ratio b/a (the round of median ratio,
+    /// migration of the same data into a fresh target schema, in turns (ROUNDS of each, both
+    /// databases vacuumed and analyzed before each measurement), then (c) validating all of it. Prints rows/s of both, the ratio b/a (the round of median ratio,
     /// and every round's), agentctl's peak RSS and the validation time. REPLACES the source's
     /// reference tables and the target's schema.
     Migrate {
@@ -315,8 +315,9 @@ pub enum BenchCmd {
         /// Tables (raw pipe) and entities (agentctl) at once.
         #[arg(long, default_value_t = 4)]
         jobs: usize,
-        /// Rounds of (a) then (b): the machine's run-to-run noise is a tenth of either figure.
-        #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=20))]
+        /// Rounds of (a) then (b): a round's ratio moves by a tenth or more from one to the next
+        /// on a 2-core machine, so one round says little.
+        #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=20))]
         rounds: usize,
         /// Append the figures, as a Markdown section, to this file (bench/RESULTS.md).
         #[arg(long, value_name = "FILE")]

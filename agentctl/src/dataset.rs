@@ -256,16 +256,18 @@ async fn bench_migrate(
     let gen = GenerateOptions { scale, seed, faults: FaultProfile::production(), replace: true };
     let report = dataset::generate(&source, &gen, |_| ()).await.map_err(Exit::failed)?;
     eprintln!("  {} rows in {:.1}s", report.rows, report.seconds);
-    // The source's own statistics decide the raw pipe's order (largest first).
-    tools::pg::run_script(&source, "ANALYZE", "analyzing the source").await.map_err(Exit::failed)?;
     let jobs_arg = jobs.clamp(1, 8).to_string();
     // The pipe and the run take turns, so that a slow spell of the machine weighs on both.
     let mut done: Vec<Round> = Vec::new();
     for round in 1..=rounds.max(1) {
+        // The previous round's target goes before the pipe, so that neither measurement shares
+        // the machine with autovacuum clearing up after the one before it.
+        fresh_target(&conns.target).await?;
+        tools::bench::settle(&source, &conns.target).await.map_err(Exit::failed)?;
         eprintln!("round {round}: raw pipe, COPY out of the source and into the target, {jobs} tables at a time ...");
         let pipe = tools::bench::raw_pipe(&source, &conns.target, jobs).await.map_err(Exit::failed)?;
         eprintln!("  {} rows in {:.1}s", pipe.rows, pipe.seconds);
-        fresh_target(&conns.target).await?;
+        tools::bench::settle(&source, &conns.target).await.map_err(Exit::failed)?;
         eprintln!("round {round}: agentctl run --goal \"migrate everything\" --skip-validation ...");
         let run = measure(
             config,

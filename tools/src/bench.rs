@@ -71,6 +71,20 @@ pub struct PipeFigure {
     pub rows_per_second: f64,
 }
 
+/// Vacuums and analyzes both databases before a measurement, outside its time: what the last
+/// one left behind (dropped tables' catalog rows, deleted control rows, tables without
+/// statistics) is cleared now instead of by an autovacuum worker in the middle of the next one.
+/// The source's statistics also decide the raw pipe's order (largest first).
+pub async fn settle(source: &PgPool, target: &PgPool) -> Result<(), DbError> {
+    for (pool, which) in [(source, "source"), (target, "target")] {
+        sqlx::raw_sql("VACUUM (ANALYZE)")
+            .execute(pool)
+            .await
+            .map_err(while_doing(format!("vacuuming and analyzing the {which} database before a measurement")))?;
+    }
+    Ok(())
+}
+
 /// The practical ceiling of moving the source's tables on this machine: every table of the
 /// source's `public` schema piped `COPY (SELECT <uuid>, * ... ORDER BY key) TO STDOUT` into
 /// `COPY ... FROM STDIN` of a table of the same columns plus a uuid primary key, in the target
