@@ -205,7 +205,9 @@ async fn constraints(ctx: &RunContext, target: Option<&dyn Target>, req: &Constr
                 ME,
                 format!("{}: {} set aside for the load: {}", table.name, names.len(), names.join(", ")),
                 "each batch's references are checked before it is written, so a trigger a row would check them twice; \
-                 they are put back and validated set-based once the migration has loaded (recorded in agentctl.suspended_constraints)",
+                 they are put back and validated set-based once the migration has loaded; an empty table's autovacuum is off \
+                 while it fills, so that it is analyzed and vacuumed once, full, instead of half-loaded (all recorded in \
+                 agentctl.suspended_constraints)",
                 serde_json::json!({"table": table, "suspended": names}),
             );
         } else {
@@ -222,7 +224,7 @@ fn record_put_back(ctx: &RunContext, table: &TableName, names: &[String]) {
         ctx.decision(
             ME,
             format!("{}: put back {}", table.name, names.join(", ")),
-            "the table's load is complete; the database validated every row against them",
+            "the table's load is complete; the database validated every row against the constraints, and autovacuum is back on where agentctl had switched it off",
             serde_json::json!({"table": table, "restored": names}),
         );
     }

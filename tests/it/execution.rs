@@ -87,6 +87,15 @@ fn a_run_killed_mid_migration_resumes_without_duplicates_or_loss() {
     let db = target.rsplit('/').next().unwrap().to_owned();
     let constraints = || pg.psql(&db, "SELECT count(*) FROM pg_constraint WHERE connamespace = 'public'::regnamespace AND convalidated");
     let schema_constraints = constraints();
+    // The operator's own autovacuum setting of a table is left as it is.
+    pg.psql(&db, "ALTER TABLE tasks SET (autovacuum_enabled = true)");
+    let autovacuum_off = || {
+        pg.psql(
+            &db,
+            "SELECT coalesce(string_agg(relname || ' ' || array_to_string(reloptions, ','), '; ' ORDER BY relname), '')
+             FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND reloptions IS NOT NULL",
+        )
+    };
     let mut child = spawn_run(&source, &target);
     // Wait until the migration is well under way, then kill -9 (a random point between batches).
     let under_way = tests::wait_until(std::time::Duration::from_secs(180), || committed(pg, &db) >= 20);
@@ -94,6 +103,14 @@ fn a_run_killed_mid_migration_resumes_without_duplicates_or_loss() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(under_way && still_running, "the run was not caught mid-migration ({} batches)", committed(pg, &db));
+    // The largest table, loading when the run was killed, fills with its autovacuum off, on the record.
+    let off = autovacuum_off();
+    assert!(off.contains("system_messages autovacuum_enabled=false"), "{off}");
+    assert!(off.contains("tasks autovacuum_enabled=true"), "{off}");
+    assert_eq!(
+        pg.psql(&db, "SELECT string_agg(name, ',') FROM agentctl.suspended_constraints WHERE target_table = 'system_messages' AND kind = 'autovacuum'"),
+        "(autovacuum)"
+    );
     let run = pg.psql(&db, "SELECT run_id FROM agentctl.runs WHERE command = 'run'");
     assert_eq!(pg.psql(&db, &format!("SELECT outcome FROM agentctl.runs WHERE run_id = '{run}'")), "running");
 
@@ -118,6 +135,7 @@ fn a_run_killed_mid_migration_resumes_without_duplicates_or_loss() {
     // What the killed run had set aside is back.
     assert_eq!(count("SELECT count(*) FROM agentctl.suspended_constraints"), 0);
     assert_eq!(constraints(), schema_constraints);
+    assert_eq!(autovacuum_off(), "tasks autovacuum_enabled=true", "autovacuum is back as it was");
     assert_eq!(pg.psql(&db, &format!("SELECT outcome FROM agentctl.runs WHERE run_id = '{run}'")), "succeeded");
     // One run, one unbroken audit chain across the kill.
     let verify = agentctl(&["--target", &target, "audit", "verify", &run]);

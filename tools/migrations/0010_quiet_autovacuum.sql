@@ -21,3 +21,7 @@ ALTER TABLE agentctl.rejected_rows
 -- index-only scans that never read it. Vacuums after deletes (a table loaded again) and the
 -- ones that prevent wraparound still run.
 ALTER TABLE agentctl.load_baseline SET (autovacuum_vacuum_insert_threshold = -1, toast.autovacuum_vacuum_insert_threshold = -1);
+
+-- An empty target table's autovacuum is switched off while agentctl fills it, recorded here to
+-- be switched back on with its constraints (name `(autovacuum)`).
+COMMENT ON COLUMN agentctl.suspended_constraints.kind IS 'constraint (a foreign key), index (a plain index), unique (the legacy_id key) or autovacuum (an empty table''s, off for its load)';

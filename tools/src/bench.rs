@@ -90,7 +90,8 @@ pub async fn settle(source: &PgPool, target: &PgPool) -> Result<(), DbError> {
 /// `COPY ... FROM STDIN` of a table of the same columns plus a uuid primary key, in the target
 /// database (schema `agentctl_bench`, dropped afterwards). The UUID is computed in SQL, time
 /// ordered like agentctl's (a table tag, then the key, then hash bits). No transform, no
-/// reference, no bookkeeping: only the bytes through both servers. `jobs` tables at a time,
+/// reference, no bookkeeping: only the bytes through both servers. Its tables fill with
+/// autovacuum off, as the empty tables agentctl loads do. `jobs` tables at a time,
 /// the largest first, as agentctl's waves run.
 pub async fn raw_pipe(source: &PgPool, target: &PgPool, jobs: usize) -> Result<PipeFigure, DbError> {
     let tables: Vec<(String, String, String, i64)> = sqlx::query_as(
@@ -112,10 +113,14 @@ pub async fn raw_pipe(source: &PgPool, target: &PgPool, jobs: usize) -> Result<P
         .await
         .map_err(while_doing("creating the agentctl_bench schema"))?;
     for (name, columns, _, _) in &tables {
-        sqlx::query(&format!("CREATE TABLE agentctl_bench.{} (agentctl_uuid uuid PRIMARY KEY, {columns})", ident(name)))
-            .execute(target)
-            .await
-            .map_err(while_doing(format!("creating agentctl_bench.{name}")))?;
+        // Autovacuum off while they fill, as agentctl has it for the empty tables it loads.
+        sqlx::query(&format!(
+            "CREATE TABLE agentctl_bench.{} (agentctl_uuid uuid PRIMARY KEY, {columns}) WITH (autovacuum_enabled = false)",
+            ident(name)
+        ))
+        .execute(target)
+        .await
+        .map_err(while_doing(format!("creating agentctl_bench.{name}")))?;
     }
     let started = Instant::now();
     let mut running = tokio::task::JoinSet::new();

@@ -475,8 +475,13 @@ async fn why_skipped(c: &mut sqlx::PgConnection, b: &Batch, seqs: &[i32]) -> Res
         .collect())
 }
 
-/// Records a constraint or index as set aside for a load, with what restores it, and drops it,
-/// in the caller's transaction.
+/// The kind, and the name, under which an empty table's autovacuum is recorded as off for its
+/// load (in parentheses: no constraint or index can be named so without quotes).
+const AUTOVACUUM: &str = "autovacuum";
+const AUTOVACUUM_NAME: &str = "(autovacuum)";
+
+/// Records a constraint or index (or an empty table's autovacuum) as set aside for a load, with
+/// what restores it, and drops it (switches it off), in the caller's transaction.
 async fn set_aside(
     c: &mut sqlx::PgConnection,
     run: RunId,
@@ -497,6 +502,7 @@ async fn set_aside(
         .await?;
     let drop = match kind {
         "index" => format!("DROP INDEX {}.{}", ident(&target.schema), ident(name)),
+        AUTOVACUUM => format!("ALTER TABLE {} SET (autovacuum_enabled = false)", quoted(target)),
         _ => format!("ALTER TABLE {} DROP CONSTRAINT {}", quoted(target), ident(name)),
     };
     sqlx::query(&drop).execute(c).await?;
@@ -517,7 +523,7 @@ impl PgTarget {
         let what = format!("putting back the constraints and indexes of {target}");
         let records: Vec<(String, String, String, bool)> = sqlx::query_as(
             "SELECT name, kind, definition, validated FROM agentctl.suspended_constraints
-             WHERE target_table = $1 AND ($2::text IS NULL OR kind = $2) ORDER BY kind = 'unique', kind DESC, name",
+             WHERE target_table = $1 AND ($2::text IS NULL OR kind = $2) ORDER BY kind = 'autovacuum', kind = 'unique', kind DESC, name",
         )
         .bind(target.to_string())
         .bind(kind)
@@ -526,9 +532,9 @@ impl PgTarget {
         .map_err(while_doing(&what))?;
         let table = quoted(target);
         let mut restored = Vec::with_capacity(records.len());
-        // Indexes and foreign keys first, the unique legacy key last: making its index the
+        // Indexes and foreign keys first, then the unique legacy key: making its index the
         // constraint waits for every reader of the table (the load baseline), and whatever came
-        // after it would wait behind that.
+        // after it would wait behind that. Autovacuum last, so that none of these waits for it.
         for (name, kind, definition, validated) in records {
             // Back in place, checked against every row in one set-based pass, and off the record
             // in one transaction: a constraint the rows break stays recorded and aside, so a
@@ -538,6 +544,7 @@ impl PgTarget {
             let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
             let create = match kind.as_str() {
                 "index" => definition.clone(),
+                AUTOVACUUM => format!("ALTER TABLE {table} RESET (autovacuum_enabled)"),
                 // The plain legacy key: its index built under a lock that lets readers on (the
                 // load baseline reads the table meanwhile), then made the constraint it was.
                 "unique" if definition == "UNIQUE (legacy_id)" => {
@@ -715,6 +722,22 @@ impl Target for PgTarget {
         .map_err(while_doing(&what))?;
         for (name, kind, definition, validated) in &found {
             set_aside(&mut tx, run, target, name, kind, definition, *validated).await.map_err(while_doing(&what))?;
+        }
+        // An empty table's autovacuum is off while agentctl fills it: it would otherwise analyze
+        // a half-loaded table (statistics thrown away when it is full) and vacuum it while the
+        // load appends to it, taking a core from the load. Put back with the table's constraints,
+        // after which autovacuum does both once. A setting of the operator's own is left alone.
+        let quiet: bool = sqlx::query_scalar(&format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM {table})
+                AND NOT EXISTS (SELECT 1 FROM pg_class c, unnest(c.reloptions) o
+                                WHERE c.oid = $1::regclass AND o LIKE 'autovacuum\\_enabled=%')"
+        ))
+        .bind(&table)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(while_doing(&what))?;
+        if quiet {
+            set_aside(&mut tx, run, target, AUTOVACUUM_NAME, AUTOVACUUM, "autovacuum_enabled", true).await.map_err(while_doing(&what))?;
         }
         let all: Vec<String> = sqlx::query_scalar("SELECT name FROM agentctl.suspended_constraints WHERE target_table = $1 ORDER BY name")
             .bind(target.to_string())
