@@ -142,6 +142,42 @@ fn a_run_killed_mid_migration_resumes_without_duplicates_or_loss() {
     assert_eq!(verify.code, 0, "{verify:?}");
 }
 
+/// A batch only commits over the checkpoint it was read after. When the stored one moves under
+/// a running entity (as when the server loses a batch it had said was committed, or another
+/// process writes the entity), its next batch is undone and the entity starts again from what is
+/// stored, and the run still ends with every row once.
+#[test]
+fn a_checkpoint_that_moved_under_a_running_entity_is_refused_and_the_entity_starts_again() {
+    let pg = shared();
+    let (source, target, report) = pg.reference_pair("0.02");
+    let db = target.rsplit('/').next().unwrap().to_owned();
+    let mut child = spawn_run(&source, &target);
+    let of_messages = || {
+        pg.try_psql(&db, "SELECT batches FROM agentctl.migration_checkpoints WHERE source_table = 'dispatch_system_message'")
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    let under_way = tests::wait_until(std::time::Duration::from_secs(180), || of_messages() >= 10);
+    assert!(under_way && child.try_wait().unwrap().is_none(), "system_messages was not caught loading");
+    pg.psql(&db, "UPDATE agentctl.migration_checkpoints SET batches = batches + 1000 WHERE source_table = 'dispatch_system_message'");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+
+    let run = pg.psql(&db, "SELECT run_id FROM agentctl.runs WHERE command = 'run'");
+    let refused = pg.psql(
+        &db,
+        &format!(
+            "SELECT count(*) FROM agentctl.audit_events WHERE run_id = '{run}' AND summary LIKE 'system_messages: starting again%'
+               AND detail LIKE '%no longer the one after batch%'"
+        ),
+    );
+    assert_eq!(refused, "1", "the entity started again once, for the moved checkpoint");
+    let expected =
+        report["tables"].as_array().unwrap().iter().find(|t| t["target"] == "system_messages").unwrap()["expected_migrated"].clone();
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM system_messages"), expected.to_string(), "every row once");
+    assert_eq!(pg.psql(&db, "SELECT count(DISTINCT legacy_id) FROM system_messages"), expected.to_string());
+}
+
 #[test]
 fn rows_already_in_the_target_keep_their_uuid_and_children_point_at_it() {
     let pg = shared();

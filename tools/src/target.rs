@@ -113,6 +113,12 @@ impl PgTarget {
 
     async fn write_on(&self, c: &mut sqlx::pool::PoolConnection<sqlx::Postgres>, b: &Batch) -> Result<Written, Failure> {
         sqlx::query("BEGIN").execute(&mut **c).await?;
+        // A batch's commit does not wait for its WAL to reach the disk: a batch and its
+        // checkpoint still commit or vanish together, the checkpoint below refuses to build on
+        // one that vanished, and the entity's next synchronous commit (its state) flushes every
+        // batch before it. On a target with PostgreSQL's default settings each batch otherwise
+        // waited for its own flush.
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut **c).await?;
         let n = b.columns.len();
         // Rows whose parent is not in the target are set aside first, with the reason: one
         // indexed lookup a reference column, not a failed insert a row.
@@ -257,20 +263,36 @@ impl PgTarget {
             rejected: b.before.rejected + all_rejects.len() as i64,
             batches: b.before.batches + 1,
         };
-        sqlx::query(
-            "INSERT INTO agentctl.migration_checkpoints (run_id, source_table, last_key, rows_read, migrated, rejected, batches)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (run_id, source_table) DO UPDATE SET last_key = $3, rows_read = $4, migrated = $5, rejected = $6, batches = $7, updated_at = now()",
-        )
+        // Only over the checkpoint this batch was read after: one that is not there (a batch
+        // the server lost in a crash after it said committed, or another process writing the
+        // same entity) fails the batch, and the entity starts again from what is stored.
+        let first = b.before.batches == 0;
+        let store = sqlx::query(match first {
+            true => {
+                "INSERT INTO agentctl.migration_checkpoints (run_id, source_table, last_key, rows_read, migrated, rejected, batches)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id, source_table) DO NOTHING"
+            }
+            false => {
+                "UPDATE agentctl.migration_checkpoints SET last_key = $3, rows_read = $4, migrated = $5, rejected = $6, batches = $7, updated_at = now()
+                 WHERE run_id = $1 AND source_table = $2 AND batches = $8 AND last_key = $9"
+            }
+        })
         .bind(b.run_id.0)
         .bind(b.source.to_string())
         .bind(&checkpoint.last_key)
         .bind(checkpoint.rows_read)
         .bind(checkpoint.migrated)
         .bind(checkpoint.rejected)
-        .bind(checkpoint.batches)
-        .execute(&mut **c)
-        .await?;
+        .bind(checkpoint.batches);
+        let store = if first { store } else { store.bind(b.before.batches).bind(&b.before.last_key) };
+        let stored = store.execute(&mut **c).await?;
+        if stored.rows_affected() != 1 {
+            return Err(Failure::Fatal(DbError(format!(
+                "the checkpoint of {} is no longer the one after batch {} that this batch was read after; \
+                 the batch is undone and the entity starts again from the stored checkpoint",
+                b.source, b.before.batches
+            ))));
+        }
         sqlx::query("COMMIT").execute(&mut **c).await?;
         Ok(Written { inserted, present, refused: refused_rows, checkpoint, retries: 0 })
     }
