@@ -304,9 +304,10 @@ pub enum BenchCmd {
     /// Generate the reference dataset in the source, then measure in one go: (a) a raw COPY pipe
     /// of its tables into the target (UUIDs computed in SQL; the ceiling), (b) agentctl's whole
     /// migration of the same data into a fresh target schema, in turns (ROUNDS of each, both
-    /// databases vacuumed and analyzed before each measurement), then (c) validating all of it. Prints rows/s of both, the ratio b/a (the round of median ratio,
-    /// and every round's), agentctl's peak RSS and the validation time. REPLACES the source's
-    /// reference tables and the target's schema.
+    /// databases vacuumed and analyzed before each measurement), then (c) validating all of it.
+    /// Prints rows/s of both, the ratio b/a (the round of median ratio, and every round's),
+    /// agentctl's peak RSS and the validation time. REPLACES the source's reference tables and
+    /// the target's schema.
     Migrate {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
