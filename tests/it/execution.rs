@@ -89,7 +89,7 @@ fn a_run_killed_mid_migration_resumes_without_duplicates_or_loss() {
     let schema_constraints = constraints();
     // The operator's own autovacuum setting of a table is left as it is.
     pg.psql(&db, "ALTER TABLE tasks SET (autovacuum_enabled = true)");
-    let autovacuum_off = || {
+    let table_options = || {
         pg.psql(
             &db,
             "SELECT coalesce(string_agg(relname || ' ' || array_to_string(reloptions, ','), '; ' ORDER BY relname), '')
@@ -104,7 +104,7 @@ fn a_run_killed_mid_migration_resumes_without_duplicates_or_loss() {
     child.wait().unwrap();
     assert!(under_way && still_running, "the run was not caught mid-migration ({} batches)", committed(pg, &db));
     // The largest table, loading when the run was killed, fills with its autovacuum off, on the record.
-    let off = autovacuum_off();
+    let off = table_options();
     assert!(off.contains("system_messages autovacuum_enabled=false"), "{off}");
     assert!(off.contains("tasks autovacuum_enabled=true"), "{off}");
     assert_eq!(
@@ -135,7 +135,7 @@ fn a_run_killed_mid_migration_resumes_without_duplicates_or_loss() {
     // What the killed run had set aside is back.
     assert_eq!(count("SELECT count(*) FROM agentctl.suspended_constraints"), 0);
     assert_eq!(constraints(), schema_constraints);
-    assert_eq!(autovacuum_off(), "tasks autovacuum_enabled=true", "autovacuum is back as it was");
+    assert_eq!(table_options(), "tasks autovacuum_enabled=true", "autovacuum is back as it was");
     assert_eq!(pg.psql(&db, &format!("SELECT outcome FROM agentctl.runs WHERE run_id = '{run}'")), "succeeded");
     // One run, one unbroken audit chain across the kill.
     let verify = agentctl(&["--target", &target, "audit", "verify", &run]);
