@@ -167,16 +167,18 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
     Ok(())
 }
 
-/// A child agentctl's exit, stdout, wall time and peak RSS.
+/// A child agentctl's exit, stdout, wall time, CPU time (user and system) and peak RSS.
 struct Measured {
     code: i32,
     stdout: String,
     stderr: String,
     seconds: f64,
+    cpu_seconds: f64,
     peak_rss_kb: i64,
 }
 
-/// Runs this same binary with `args` as a child and measures it (its own peak RSS, from wait4).
+/// Runs this same binary with `args` as a child and measures it (its own CPU time and peak
+/// RSS, from wait4).
 fn measure(config: &Config, args: &[&str]) -> Result<Measured, Exit> {
     let source = config.source().map_err(Exit::config)?.expose().to_owned();
     let target = config.target().map_err(Exit::config)?.expose().to_owned();
@@ -214,6 +216,7 @@ fn measure(config: &Config, args: &[&str]) -> Result<Measured, Exit> {
         stdout: text(stdout),
         stderr: text(stderr),
         seconds,
+        cpu_seconds: [usage.ru_utime, usage.ru_stime].iter().map(|t| t.tv_sec as f64 + t.tv_usec as f64 / 1e6).sum(),
         peak_rss_kb: usage.ru_maxrss,
     })
 }
@@ -227,6 +230,9 @@ struct Round {
     rows_read: i64,
     execute: f64,
     whole: f64,
+    /// The whole command's CPU time, user and system: agentctl's own work, which a slow spell
+    /// of the machine stretches less than the wall time.
+    cpu: f64,
     peak_rss_kb: i64,
 }
 
@@ -279,8 +285,8 @@ async fn bench_migrate(
         let doc: serde_json::Value = serde_json::from_str(&run.stdout).map_err(|e| Exit::failed(format!("reading the run's JSON: {e}")))?;
         let execute = doc["execute_seconds"].as_f64().unwrap_or(run.seconds);
         let rows_read = doc["entities"].as_array().map(|es| es.iter().filter_map(|e| e["rows_read"].as_i64()).sum()).unwrap_or(0);
-        let r = Round { pipe, doc, rows_read, execute, whole: run.seconds, peak_rss_kb: run.peak_rss_kb };
-        eprintln!("  {} rows in {:.1}s, ratio {:.2}", r.rows_read, r.execute, r.ratio());
+        let r = Round { pipe, doc, rows_read, execute, whole: run.seconds, cpu: run.cpu_seconds, peak_rss_kb: run.peak_rss_kb };
+        eprintln!("  {} rows in {:.1}s, ratio {:.2}; agentctl's CPU {:.1}s", r.rows_read, r.execute, r.ratio(), r.cpu);
         done.push(r);
     }
     // The round of median ratio stands for the run; every round is listed beside it.
@@ -304,13 +310,13 @@ async fn bench_migrate(
         "rounds": done.iter().map(|r| serde_json::json!({
             "raw_pipe": r.pipe,
             "execute_seconds": r.execute, "rows_per_second": r.rate(), "ratio": r.ratio(),
-            "whole_command_seconds": r.whole, "peak_rss_mb": r.peak_rss_kb / 1024,
+            "whole_command_seconds": r.whole, "cpu_seconds": r.cpu, "peak_rss_mb": r.peak_rss_kb / 1024,
         })).collect::<Vec<_>>(),
         "raw_pipe": median.pipe,
         "agentctl": {"rows_read": read, "migrated": migrated, "rejected": rejected,
             "expected_migrated": expected_migrated, "expected_rejected": expected_rejected,
             "execute_seconds": median.execute, "rows_per_second": median.rate(),
-            "whole_command_seconds": median.whole, "peak_rss_mb": peak_rss_mb},
+            "whole_command_seconds": median.whole, "cpu_seconds": median.cpu, "peak_rss_mb": peak_rss_mb},
         "ratio": median.ratio(),
         "validation": {"passed": passed, "seconds": validate.seconds, "peak_rss_mb": validate.peak_rss_kb / 1024},
     });
@@ -319,7 +325,7 @@ async fn bench_migrate(
          | (a) raw pipe, {} tables, {jobs} at a time | {} rows in {:.1} s, {:.0} rows/s ({} s) |\n\
          | (b) agentctl migration (execution phase) | {} rows in {:.1} s, {:.0} rows/s ({} s) |\n\
          | ratio b/a | {:.2} ({}) |\n\
-         | agentctl whole command (plan with forecast, migration) | {:.1} s, peak RSS {peak_rss_mb} MB over the rounds |\n\
+         | agentctl whole command (plan with forecast, migration) | {:.1} s, {:.1} s of CPU ({} s), peak RSS {peak_rss_mb} MB over the rounds |\n\
          | accounting (last round) | {migrated} migrated + {rejected} rejected (generator: {} + {}) |\n\
          | validation of every row (`agentctl validate`) | {}, {:.1} s, peak RSS {} MB |\n",
         median.pipe.tables,
@@ -334,6 +340,8 @@ async fn bench_migrate(
         median.ratio(),
         listed(&|r| format!("{:.2}", r.ratio())),
         median.whole,
+        median.cpu,
+        listed(&|r| format!("{:.1}", r.cpu)),
         expected_migrated,
         expected_rejected,
         if passed { "passed" } else { "FAILED" },

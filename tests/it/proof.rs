@@ -58,15 +58,31 @@ fn validation_finds_changed_lost_and_extra_rows_and_rollback_leaves_the_target_a
     pg.psql(&db, &format!("UPDATE operations SET amount = amount + 1 WHERE legacy_id = {op}"));
     pg.psql(&db, &format!("UPDATE patients SET last_name = last_name || 'x' WHERE legacy_id = {patient}"));
     pg.psql(&db, &format!("DELETE FROM message_attachments WHERE legacy_id = {attachment}"));
-    let bad = agentctl(&["--source", &source, "--target", &target, "validate", "operations", "patients", "message attachments"]);
+    // And in the first and last of system_messages' pages (several, compared two at a time):
+    // both are found, listed in key order.
+    let (first, last) = (key("SELECT min(legacy_id) FROM system_messages"), key("SELECT max(legacy_id) FROM system_messages"));
+    assert!(key("SELECT count(*) FROM system_messages").parse::<i64>().unwrap() > 10_000, "more than two pages to compare");
+    pg.psql(&db, &format!("UPDATE system_messages SET subject = subject || 'x' WHERE legacy_id IN ({first}, {last})"));
+    let bad = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "validate",
+        "operations",
+        "patients",
+        "message attachments",
+        "system messages",
+    ]);
     assert_eq!(bad.code, 3, "{bad:?}");
     for k in [&op, &patient, &attachment] {
         assert!(bad.stderr.contains(&format!("keys {k}")), "the differing key {k} is named: {}", bad.stderr);
     }
+    assert!(bad.stderr.contains(&format!("keys {first}, {last})")), "both system_messages keys, in order: {}", bad.stderr);
     assert!(bad.stdout.contains("money amount") && bad.stdout.contains("DIFFERENT"), "{}", bad.stdout);
     let stored = pg.psql(&db, "SELECT string_agg(target_table || '=' || passed, ',' ORDER BY target_table) FROM agentctl.migration_validation_reports
                                WHERE run_id = (SELECT run_id FROM agentctl.runs WHERE command = 'validate' ORDER BY started_at DESC LIMIT 1)");
-    assert_eq!(stored, "message_attachments=false,operations=false,patients=false");
+    assert_eq!(stored, "message_attachments=false,operations=false,patients=false,system_messages=false");
 
     // The report of the run: the table operators know, and rejections grouped by reason.
     let md = agentctl(&["--target", &target, "report"]);
