@@ -202,6 +202,25 @@ fn the_demo_runs_on_its_own_cluster_and_reuses_it() {
     assert!(out.stdout.contains("psql -h 127.0.0.1 -p"), "{}", out.stdout);
     assert!(out.stdout.contains("every source row is accounted for"), "{}", out.stdout);
 
+    // An operator restarts the server by hand from another directory: pg_ctl starts it again
+    // with the command line the demo gave it (postmaster.opts), which must not depend on where
+    // the demo ran.
+    let bin = tools::cluster::bin_dir().unwrap();
+    let log = dir.join("restart.log");
+    let restarted = tools::cluster::command(&bin.join("pg_ctl"), tools::cluster::server_user().unwrap())
+        .arg("-D")
+        .arg(dir.join("data"))
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", "60", "restart"])
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(restarted.success(), "pg_ctl restart from /: {}", std::fs::read_to_string(&log).unwrap_or_default());
+
     let out = agentctl(&["demo", "--scale", "0.001", "--data-dir", dir_arg]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("PostgreSQL reused") && out.stdout.contains("already loaded"), "{}", out.stdout);

@@ -121,6 +121,11 @@ impl DaemonCluster {
             let port = free_port()?;
             std::fs::write(dir.join("port"), port.to_string()).map_err(|e| DbError(format!("writing {}/port: {e}", dir.display())))?;
         }
+        // The server is started with the absolute data directory: pg_ctl keeps its command
+        // line in postmaster.opts, and a `pg_ctl restart` run from any other directory (or
+        // with a relative --data-dir) would otherwise look for `data` where it stands.
+        let dir = std::fs::canonicalize(dir).map_err(|e| DbError(format!("finding {}: {e}", dir.display())))?;
+        let dir = dir.as_path();
         let port: u16 = std::fs::read_to_string(dir.join("port"))
             .ok()
             .and_then(|p| p.trim().parse().ok())
@@ -133,11 +138,7 @@ impl DaemonCluster {
     }
 
     pub fn running(&self) -> bool {
-        command(&self.bin.join("pg_ctl"), self.user)
-            .args(["-D", "data", "status"])
-            .current_dir(&self.dir)
-            .output()
-            .is_ok_and(|o| o.status.success())
+        command(&self.bin.join("pg_ctl"), self.user).arg("-D").arg(self.data()).arg("status").output().is_ok_and(|o| o.status.success())
     }
 
     fn start(&self) -> Result<(), DbError> {
@@ -146,8 +147,11 @@ impl DaemonCluster {
             opts.push_str(&format!(" -c {k}={v}"));
         }
         let out = command(&self.bin.join("pg_ctl"), self.user)
-            .args(["-D", "data", "-l", "postgres.log", "-w", "-t", "60", "-o", &opts, "start"])
-            .current_dir(&self.dir)
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.join("postgres.log"))
+            .args(["-w", "-t", "60", "-o", &opts, "start"])
             .output()
             .map_err(|e| DbError(format!("running pg_ctl: {e}")))?;
         if !out.status.success() {
@@ -163,8 +167,9 @@ impl DaemonCluster {
             return Ok(());
         }
         let out = command(&self.bin.join("pg_ctl"), self.user)
-            .args(["-D", "data", "-m", "fast", "-w", "stop"])
-            .current_dir(&self.dir)
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "fast", "-w", "stop"])
             .output()
             .map_err(|e| DbError(format!("running pg_ctl: {e}")))?;
         if !out.status.success() {
@@ -177,6 +182,10 @@ impl DaemonCluster {
         Ok(())
     }
 
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
@@ -184,7 +193,7 @@ impl DaemonCluster {
     /// How an operator stops it by hand.
     pub fn stop_command(&self) -> String {
         let runner = if self.user.is_some() { "runuser -u postgres -- " } else { "" };
-        format!("{runner}{} -D {} stop", self.bin.join("pg_ctl").display(), self.dir.join("data").display())
+        format!("{runner}{} -D {} stop", self.bin.join("pg_ctl").display(), self.data().display())
     }
 }
 
