@@ -23,12 +23,15 @@ use runtime::mapping::KeyDeriver;
 use runtime::ports::{integer_key, Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Rows, Scan, SyncMark, Target};
 use runtime::{AgentName, RunId};
 
-use crate::execution::{prepare, read_ahead, MigrateEntity, Prepared};
+use crate::execution::{prepare, read_ahead, InPageOrder, MigrateEntity, Prepared};
 use crate::validation::expect;
 use runtime::text_rows::TextRows;
 
 /// Source rows compared a page.
-const PAGE: usize = 10_000;
+const PAGE: usize = 5_000;
+/// Pages compared in the target at once, as in validation (two pages of 5,000 hold as many rows
+/// as one page of 10,000 did).
+const COMPARES_IN_FLIGHT: usize = 2;
 /// Differential rows applied a transaction.
 const APPLY_BATCH: usize = 5_000;
 
@@ -164,14 +167,14 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
     let mut last_key: Option<i64> = None;
     let mut gone: Vec<(String, uuid::Uuid)> = Vec::new();
     // As in validation: the source reads the next page while this task maps one and the
-    // target compares the one before.
+    // target compares the ones before, two at a time, answered in page order.
     let scan = Scan {
         changed_since: if fast { mark.watermark.clone().map(|w| ("updated_at".to_owned(), w)) } else { None },
         ..Scan::entity(spec)
     };
     let (mut pages, reader) = read_ahead(rows.clone(), scan, PAGE);
     type Answered = (runtime::ports::Expected, Vec<(usize, String)>, Vec<Diffed>, Vec<(String, uuid::Uuid)>, Vec<Option<String>>);
-    let mut in_flight: Option<tokio::task::JoinHandle<Result<Answered, String>>> = None;
+    let mut compares: InPageOrder<Answered> = InPageOrder::new(COMPARES_IN_FLIGHT);
     loop {
         let page = match pages.recv().await {
             Some(page) => page?,
@@ -183,8 +186,7 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
             let expected = expect(&mapper, &out_cols, id_col, legacy_col, &[], page, Some(&mut reasons));
             (expected, reasons, stamps)
         });
-        if let Some(compare) = in_flight.take() {
-            let (expected, reasons, answers, missing, stamps) = compare.await.map_err(|e| format!("a comparison stopped: {e}"))??;
+        while let Some((expected, reasons, answers, missing, stamps)) = compares.done(next.is_none()).await? {
             if let Some(max) = stamps.iter().flatten().max() {
                 if latest.as_ref().is_none_or(|l| max > l) {
                     latest = Some(max.clone());
@@ -243,7 +245,7 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
         };
         let Some((expected, reasons, stamps)) = next else { break };
         let (target, table, hashed) = (target.clone(), spec.target.clone(), hashed.clone());
-        in_flight = Some(tokio::spawn(async move {
+        compares.start(async move {
             let answers = target.differ(&table, &expected, &hashed, soft).await.map_err(|e| e.0)?;
             let missing = match range {
                 Some((after, upto)) => {
@@ -252,7 +254,7 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
                 None => Vec::new(),
             };
             Ok((expected, reasons, answers, missing, stamps))
-        }));
+        });
     }
     reader.await.map_err(|e| format!("the reader stopped: {e}"))?;
     let gone: Vec<String> = if ranged {

@@ -384,6 +384,38 @@ pub fn read_ahead(
     (pages, reader)
 }
 
+/// Comparisons of pages in the target, up to a number at once, each a task of its own (and so
+/// a connection of its own), whose answers are taken in the order the pages were read: the
+/// validation and the differential analysis tally pages in key order while the target works on
+/// the next ones.
+pub(crate) struct InPageOrder<T> {
+    at_once: usize,
+    running: std::collections::VecDeque<tokio::task::JoinHandle<Result<T, String>>>,
+}
+
+impl<T: Send + 'static> InPageOrder<T> {
+    pub(crate) fn new(at_once: usize) -> InPageOrder<T> {
+        InPageOrder { at_once: at_once.max(1), running: std::collections::VecDeque::new() }
+    }
+
+    /// The oldest page's answer when there is no room for another page, or, after the last
+    /// page (`last`), while any is still running; `None` when the next page may start.
+    pub(crate) async fn done(&mut self, last: bool) -> Result<Option<T>, String> {
+        let full = self.running.len() >= self.at_once;
+        if !full && !last {
+            return Ok(None);
+        }
+        match self.running.pop_front() {
+            Some(oldest) => oldest.await.map_err(|e| format!("a comparison stopped: {e}"))?.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn start(&mut self, compare: impl std::future::Future<Output = Result<T, String>> + Send + 'static) {
+        self.running.push_back(tokio::spawn(compare));
+    }
+}
+
 async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>, req: &MigrateEntity) -> Result<EntityResult, String> {
     let started = Instant::now();
     let spec = &req.spec;
@@ -642,3 +674,6 @@ fn report_batch(ctx: &RunContext, req: &MigrateEntity, batch: &Batch, written: &
         rows_total: req.entity.forecast.as_ref().map(|f| f.rows as u64),
     });
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,7 +15,7 @@
 //! - integrity: no reference of the target table points at no row: guaranteed by a validated
 //!   foreign key on the column, else counted set-based in the target.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,7 +27,7 @@ use runtime::ports::{legacy_key, Compared, Difference, EntityDiff, EntityValidat
 use runtime::AgentName;
 
 use crate::differential::DiffEntity;
-use crate::execution::{prepare, read_ahead, restarting, MigrateEntity, Prepared};
+use crate::execution::{prepare, read_ahead, restarting, InPageOrder, MigrateEntity, Prepared};
 use crate::transform::{amount, RowMapper};
 use runtime::text_rows::TextRows;
 
@@ -162,26 +162,23 @@ pub async fn validate(
     // the target compares the ones before, [`COMPARES_IN_FLIGHT`] at a time, tallied in order.
     let (mut pages, reader) = read_ahead(rows, Scan::entity(spec), PAGE);
     let mut found_in_target = 0i64;
-    let mut in_flight: VecDeque<tokio::task::JoinHandle<Result<ComparedPage, String>>> = VecDeque::new();
+    let mut compares: InPageOrder<ComparedPage> = InPageOrder::new(COMPARES_IN_FLIGHT);
     loop {
         let page = match pages.recv().await {
             Some(page) => page?,
             None => TextRows::default(),
         };
         let next = (!page.is_empty()).then(|| expect(&mapper, &out_cols, id_col, legacy_col, &money, page, None));
-        let last = next.is_none();
-        while in_flight.len() >= COMPARES_IN_FLIGHT || (last && !in_flight.is_empty()) {
-            let Some(compare) = in_flight.pop_front() else { break };
-            let (expected, answers) = compare.await.map_err(|e| format!("a comparison stopped: {e}"))??;
+        while let Some((expected, answers)) = compares.done(next.is_none()).await? {
             found_in_target += answers.iter().filter(|a| a.present).count() as i64;
             tally(&mut v, &expected, &answers, &rejected_keys, target.as_ref(), &out_cols, legacy_col, &money).await?;
         }
         let Some(expected) = next else { break };
         let (target, table) = (target.clone(), spec.target.clone());
-        in_flight.push_back(tokio::spawn(async move {
+        compares.start(async move {
             let answers = target.compare(&table, &expected).await.map_err(|e| e.0)?;
             Ok((expected, answers))
-        }));
+        });
     }
     reader.await.map_err(|e| format!("the reader stopped: {e}"))?;
     v.target_rows = target.table_rows(&spec.target, crate::differential::soft_delete(req)).await.map_err(|e| e.0)?;
