@@ -1,8 +1,8 @@
 use super::InPageOrder;
 
 /// A page's comparison that ends when its sender says so.
-fn page(answer: tokio::sync::oneshot::Receiver<Result<u32, String>>) -> impl std::future::Future<Output = Result<u32, String>> {
-    async move { answer.await.map_err(|e| e.to_string())? }
+async fn page(answer: tokio::sync::oneshot::Receiver<Result<u32, String>>) -> Result<u32, String> {
+    answer.await.map_err(|e| e.to_string())?
 }
 
 #[tokio::test]
