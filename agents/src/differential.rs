@@ -23,15 +23,12 @@ use runtime::mapping::KeyDeriver;
 use runtime::ports::{integer_key, Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Rows, Scan, SyncMark, Target};
 use runtime::{AgentName, RunId};
 
-use crate::execution::{prepare, read_ahead, InPageOrder, MigrateEntity, Prepared};
+use crate::execution::{prepare, read_ahead, InPageOrder, MigrateEntity, Prepared, COMPARES_IN_FLIGHT};
 use crate::validation::expect;
 use runtime::text_rows::TextRows;
 
 /// Source rows compared a page.
 const PAGE: usize = 5_000;
-/// Pages compared in the target at once, as in validation (two pages of 5,000 hold as many rows
-/// as one page of 10,000 did).
-const COMPARES_IN_FLIGHT: usize = 2;
 /// Differential rows applied a transaction.
 const APPLY_BATCH: usize = 5_000;
 

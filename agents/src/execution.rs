@@ -384,6 +384,12 @@ pub fn read_ahead(
     (pages, reader)
 }
 
+/// Pages the validation and the differential analysis have compared in the target at once,
+/// each on a connection of its own, so that the largest table's comparison, the last one
+/// running, has two target backends at work; their pages are half the size of the
+/// one-at-a-time design's, so as many rows are in memory as there (bench/RESULTS.md).
+pub(crate) const COMPARES_IN_FLIGHT: usize = 2;
+
 /// Comparisons of pages in the target, up to a number at once, each a task of its own (and so
 /// a connection of its own), whose answers are taken in the order the pages were read: the
 /// validation and the differential analysis tally pages in key order while the target works on

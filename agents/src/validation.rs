@@ -27,7 +27,7 @@ use runtime::ports::{legacy_key, Compared, Difference, EntityDiff, EntityValidat
 use runtime::AgentName;
 
 use crate::differential::DiffEntity;
-use crate::execution::{prepare, read_ahead, restarting, InPageOrder, MigrateEntity, Prepared};
+use crate::execution::{prepare, read_ahead, restarting, InPageOrder, MigrateEntity, Prepared, COMPARES_IN_FLIGHT};
 use crate::transform::{amount, RowMapper};
 use runtime::text_rows::TextRows;
 
@@ -35,12 +35,6 @@ const ME: AgentName = AgentName::Validation;
 
 /// Source rows compared a page.
 const PAGE: usize = 5_000;
-
-/// Pages being compared in the target at once, each on a connection of its own, so that the
-/// largest table's comparison, the last one running, has two target backends at work; with
-/// pages half the size of the one-at-a-time design's, as many rows are in memory as there
-/// (bench/RESULTS.md).
-const COMPARES_IN_FLIGHT: usize = 2;
 
 /// Differences listed by key.
 const LISTED: usize = 20;

@@ -124,8 +124,7 @@ impl DaemonCluster {
         // The server is started with the absolute data directory: pg_ctl keeps its command
         // line in postmaster.opts, and a `pg_ctl restart` run from any other directory (or
         // with a relative --data-dir) would otherwise look for `data` where it stands.
-        let dir = std::fs::canonicalize(dir).map_err(|e| DbError(format!("finding {}: {e}", dir.display())))?;
-        let dir = dir.as_path();
+        let dir = &std::fs::canonicalize(dir).map_err(|e| DbError(format!("finding {}: {e}", dir.display())))?;
         let port: u16 = std::fs::read_to_string(dir.join("port"))
             .ok()
             .and_then(|p| p.trim().parse().ok())
