@@ -116,6 +116,10 @@ pub struct Batch {
     /// Parent tables read whole when the entity's load began: a reference to one of them is
     /// checked against these ids instead of asked of the server every batch.
     pub known_parents: Arc<ParentIds>,
+    /// The columns (by index, in order) whose hash the batch records in the load baseline
+    /// with the rows it writes, in its own transaction; empty when the entity's baseline is
+    /// recorded once its load ends.
+    pub baseline: Vec<usize>,
     /// The checkpoint before this batch, and the last key and rows read with it.
     pub before: Checkpoint,
     pub last_key: Vec<String>,

@@ -251,9 +251,9 @@ fn a_baseline_hashed_the_old_way_still_tells_who_changed_a_row() {
                         ELSE format('p.%I', a.attname) END",
     );
     let text = columns("CASE WHEN y.typtype IN ('e', 'd') THEN format('(p.%I)::text', a.attname) ELSE format('p.%I', a.attname) END");
-    // patients.legacy_id is an integer: the load keeps its keys as integers.
-    let recorded = "(SELECT l.hashes[array_position(l.int_keys, p.legacy_id::int8)] FROM agentctl.load_baseline l
-                     WHERE l.target_table = 'patients' AND l.bucket = agentctl.int_baseline_bucket(p.legacy_id))";
+    // patients.legacy_id is an integer: the load keeps its keys as integers, batch by batch,
+    // each row hashed by agentctl as it was sent.
+    let recorded = "(SELECT b.hash FROM agentctl.baseline_record('patients', p.legacy_id::text, p.legacy_id::int8) b)";
     assert_eq!(
         pg.psql(&t, &format!("SELECT count(*) FROM patients p WHERE {recorded} IS DISTINCT FROM hash_record_extended(ROW({typed}), 0)")),
         "0",

@@ -11,6 +11,7 @@
 use sqlx::PgConnection;
 
 use crate::catalog::quoted;
+use crate::row_hash::{self, ColumnHash};
 use runtime::domain::TableName;
 use runtime::time::{date, is_space, timestamp};
 
@@ -79,30 +80,49 @@ pub async fn wires(c: &mut PgConnection, table: &TableName, columns: &[(String, 
         .collect())
 }
 
-/// The binary COPY of `rows`, or `None` when a value is not one the encoders are sure of.
-pub fn encode<'a, R: IntoIterator<Item = Option<&'a str>>>(wires: &[Wire], rows: impl IntoIterator<Item = R>) -> Option<Vec<u8>> {
+/// The binary COPY of `rows`, or `None` when a value is not one the encoders are sure of; with
+/// `hashing` (how each column is hashed, `None` for a column left out), each row's hash too,
+/// from the bytes sent ([`ColumnHash`]), `None` for a row with a value not certain from them.
+pub fn encode<'a, R: IntoIterator<Item = Option<&'a str>>>(
+    wires: &[Wire],
+    hashing: Option<&[Option<ColumnHash>]>,
+    rows: impl IntoIterator<Item = R>,
+) -> Option<(Vec<u8>, Vec<Option<i64>>)> {
     let mut buf = Vec::with_capacity(1 << 20);
+    let mut hashes = Vec::new();
     // Signature, flags, header extension length.
     buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     buf.extend_from_slice(&[0; 8]);
     let fields = i16::try_from(wires.len()).ok()?;
     for row in rows {
         buf.extend_from_slice(&fields.to_be_bytes());
-        for (&wire, value) in wires.iter().zip(row) {
-            match value {
-                None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+        let mut hash = Some(0u64);
+        for (i, (&wire, value)) in wires.iter().zip(row).enumerate() {
+            let how = hashing.and_then(|h| h.get(i)?.as_ref());
+            let element = match value {
+                None => {
+                    buf.extend_from_slice(&(-1i32).to_be_bytes());
+                    Some(0)
+                }
                 Some(s) => {
                     let at = buf.len();
                     buf.extend_from_slice(&[0; 4]);
                     value_into(wire, s, &mut buf)?;
                     let len = i32::try_from(buf.len() - at - 4).ok()?;
                     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+                    how.and_then(|h| h.of(&buf[at + 4..]))
                 }
+            };
+            if how.is_some() {
+                hash = hash.zip(element).map(|(r, e)| row_hash::fold(r, e));
             }
+        }
+        if hashing.is_some() {
+            hashes.push(hash.map(|h| h as i64));
         }
     }
     buf.extend_from_slice(&(-1i16).to_be_bytes());
-    Some(buf)
+    Some((buf, hashes))
 }
 
 /// One value's binary form appended to `buf`; `None` when the encoder is not sure of it.

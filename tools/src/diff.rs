@@ -88,7 +88,7 @@ impl HashTypes {
     }
 
     /// The hash of a target row's columns (name, type), `alias` the table's alias.
-    fn row(&self, alias: &str, columns: &[(String, String)]) -> String {
+    pub(crate) fn row(&self, alias: &str, columns: &[(String, String)]) -> String {
         self.row_of(columns.iter().map(|(c, t)| (format!("{alias}.{}", ident(c)), t.clone())))
     }
 }

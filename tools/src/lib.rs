@@ -10,6 +10,7 @@
 //! - [`rows`]: streaming a source table's rows in key order (`COPY ... TO STDOUT`).
 //! - [`target`]: writing batches of migrated rows with their control records, atomically.
 //! - [`binary`]: mapped text values in their columns' binary COPY forms.
+//! - [`row_hash`]: the sync baseline's row hash, computed from those binary forms.
 //! - [`dataset`]: the reference legacy database (generated, with documented dirt) and the
 //!   modern target schema.
 
@@ -23,6 +24,7 @@ pub mod dataset;
 pub mod diff;
 pub mod llm;
 pub mod pg;
+pub mod row_hash;
 pub mod rows;
 pub mod sync;
 pub mod target;

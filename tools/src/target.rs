@@ -160,11 +160,25 @@ impl PgTarget {
         // Binary when every column and value has an encoder the server agrees with (it then
         // parses nothing), COPY text otherwise.
         sqlx::query("SAVEPOINT agentctl_direct").execute(&mut **c).await?;
+        // Rows recorded in the load baseline are hashed as they are encoded.
+        let hashing = match b.baseline.is_empty() {
+            true => None,
+            false => {
+                let hashed: Vec<(String, String)> = b.baseline.iter().map(|&i| b.columns[i].clone()).collect();
+                crate::row_hash::column_hashes(c, &b.target, &hashed).await?.map(|hows| {
+                    let mut by_column = vec![None; n];
+                    for (&i, how) in b.baseline.iter().zip(hows) {
+                        by_column[i] = Some(how);
+                    }
+                    by_column
+                })
+            }
+        };
         let binary = crate::binary::wires(c, &b.target, &b.columns)
             .await?
-            .and_then(|w| crate::binary::encode(&w, keep.iter().map(|&seq| b.rows.row(seq))));
-        let (format, buf) = match binary {
-            Some(buf) => (" (FORMAT binary)", buf),
+            .and_then(|w| crate::binary::encode(&w, hashing.as_deref(), keep.iter().map(|&seq| b.rows.row(seq))));
+        let (format, buf, mut hashes) = match binary {
+            Some((buf, hashes)) => (" (FORMAT binary)", buf, hashes),
             None => {
                 let mut buf = Vec::with_capacity(keep.len() * 64 * n.max(1));
                 for &seq in &keep {
@@ -176,7 +190,7 @@ impl PgTarget {
                     }
                     buf.push(b'\n');
                 }
-                ("", buf)
+                ("", buf, Vec::new())
             }
         };
         let direct = async {
@@ -193,9 +207,13 @@ impl PgTarget {
             Err(e) if is_transient(&e) => return Err(Failure::Transient(e)),
             Err(_) => {
                 sqlx::query("ROLLBACK TO SAVEPOINT agentctl_direct").execute(&mut **c).await?;
+                hashes.clear();
                 self.staged(c, b, &keep, &cols).await?
             }
         };
+        if !b.baseline.is_empty() {
+            record_written(c, b, &keep, &hashes).await?;
+        }
         let mut refused_rows: Vec<RejectedRow> = Vec::with_capacity(refused.len() + orphans.len());
         for (seq, why) in &orphans {
             refused_rows.push(RejectedRow {
@@ -455,6 +473,64 @@ impl PgTarget {
 
 /// The unique key each of the staged rows `seqs` (skipped by ON CONFLICT DO NOTHING) takes
 /// from a row already in the target, in the words the server uses for the same refusal.
+/// Records in the load baseline the rows of `keep` this batch wrote, by range of legacy key:
+/// with the hashes made while encoding them (`hashes`, one a row of `keep`, or none), the
+/// server's for the rows without one. The entity's first batch drops what an earlier load of
+/// the table recorded.
+async fn record_written(c: &mut sqlx::PgConnection, b: &Batch, keep: &[usize], hashes: &[Option<i64>]) -> Result<(), sqlx::Error> {
+    let target = b.target.to_string();
+    if b.before.batches == 0 {
+        for sql in
+            ["DELETE FROM agentctl.load_baseline WHERE target_table = $1", "DELETE FROM agentctl.sync_baseline WHERE target_table = $1"]
+        {
+            sqlx::query(sql).bind(&target).execute(&mut *c).await?;
+        }
+    }
+    let legacy = b.columns.iter().position(|(name, _)| name == "legacy_id");
+    let mut keys = Vec::with_capacity(keep.len());
+    let mut sums = Vec::with_capacity(keep.len());
+    let mut ask = Vec::new();
+    for (i, &seq) in keep.iter().enumerate() {
+        let key = legacy.and_then(|l| b.rows.get(seq, l)?.trim().parse::<i64>().ok());
+        match (key, hashes.get(i).copied().flatten()) {
+            (Some(k), Some(h)) => {
+                keys.push(k);
+                sums.push(h);
+            }
+            _ => ask.extend(b.rows.get(seq, b.id_column).and_then(|id| uuid::Uuid::try_parse(id).ok())),
+        }
+    }
+    if !ask.is_empty() {
+        let hashed: Vec<(String, String)> = b.baseline.iter().map(|&i| b.columns[i].clone()).collect();
+        let types = crate::diff::HashTypes::of(c, hashed.iter().map(|(_, t)| t.as_str())).await?;
+        let sql =
+            format!("SELECT t.legacy_id::int8, {} FROM {} t WHERE t.id = ANY($1::uuid[])", types.row("t", &hashed), quoted(&b.target));
+        for (k, h) in sqlx::query_as::<_, (i64, i64)>(&sql).bind(&ask).fetch_all(&mut *c).await? {
+            keys.push(k);
+            sums.push(h);
+        }
+    }
+    // In key order: a lookup finds a key in its batch's record by binary search.
+    let mut pairs: Vec<(i64, i64)> = keys.into_iter().zip(sums).collect();
+    pairs.sort_unstable();
+    let (keys, sums): (Vec<i64>, Vec<i64>) = pairs.into_iter().unzip();
+    let (Some(&lo), Some(&hi)) = (keys.first(), keys.last()) else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO agentctl.load_baseline (target_table, bucket, int_keys, hashes, lo, hi)
+         VALUES ($1, nextval('agentctl.load_baseline_range'), $2, $3, $4, $5)",
+    )
+    .bind(&target)
+    .bind(&keys)
+    .bind(&sums)
+    .bind(lo)
+    .bind(hi)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
 async fn why_skipped(c: &mut sqlx::PgConnection, b: &Batch, seqs: &[i32]) -> Result<Vec<(usize, String)>, sqlx::Error> {
     // Every plain unique index: its name and columns (no expression, no predicate).
     let indexes: Vec<(String, Vec<String>)> = sqlx::query_as(
@@ -690,6 +766,18 @@ impl Target for PgTarget {
             }
             rejected.extend(record_removed(&mut tx, run, source, target, column, &dangling).await.map_err(while_doing(&what))?);
         }
+        // A load that recorded its baseline batch by batch recorded these rows too: agentctl
+        // deleted them, so they have none now (a NULL hash overrides the load's record).
+        let gone: Vec<&str> = rejected.iter().map(|r| r.legacy_key.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO agentctl.sync_baseline (target_table, legacy_key, hash) SELECT $1, k, NULL FROM unnest($2::text[]) k
+             ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = NULL",
+        )
+        .bind(target.to_string())
+        .bind(&gone)
+        .execute(&mut *tx)
+        .await
+        .map_err(while_doing(&what))?;
         tx.commit().await.map_err(while_doing(&what))?;
         Ok(rejected)
     }
