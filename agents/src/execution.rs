@@ -439,13 +439,18 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     let mut result = EntityResult { source: Some(spec.source.clone()), target: Some(spec.target.clone()), ..EntityResult::default() };
     let batch_size = req.entity.batch_size.max(1);
     // What agentctl wrote is what `diff analyze` later tells target edits from source changes
-    // by. A load into an empty table with an integer legacy key records it batch by batch, in
-    // each batch's transaction, hashed as it is encoded (bench/RESULTS.md); any other load
-    // records it from the table once the load ends.
+    // by. A load into an empty table with an integer legacy key, whose columns agentctl can
+    // hash, records it batch by batch, in each batch's transaction, hashed as it is encoded
+    // (bench/RESULTS.md); any other load records it from the table once the load ends (a
+    // batch would have the server hash each of its rows by id, several times the cost).
     let hashed = synced_columns(&out_cols, id_col);
+    let hashed_cols: Vec<(String, String)> = hashed.iter().map(|&i| out_cols[i].clone()).collect();
     // (A table without legacy_id takes the text path, whose statement names the missing column.)
     let legacy_type = out_cols.iter().find(|(c, _)| c == "legacy_id").map_or("", |(_, t)| t.as_str());
-    let by_batch = req.constraints_suspended && deferred_cols.is_empty() && runtime::ports::integer_key(legacy_type);
+    let by_batch = req.constraints_suspended
+        && deferred_cols.is_empty()
+        && runtime::ports::integer_key(legacy_type)
+        && target.hashes_rows(&spec.target, &hashed_cols).await.map_err(|e| e.0)?;
     // An empty table loads without its unique legacy key (the primary key refuses the same
     // duplicates, since every UUID is derived from its legacy key); the key is built in one
     // pass after the load, before anything looks rows up by it.
@@ -527,8 +532,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
             if by_batch {
                 return Ok(0);
             }
-            let hashed: Vec<(String, String)> = hashed.iter().map(|&i| out_cols[i].clone()).collect();
-            target.record_baseline(&spec.target, legacy_type, &hashed).await
+            target.record_baseline(&spec.target, legacy_type, &hashed_cols).await
         }
     );
     let (rows, put_back) = counted.map_err(|e| e.0)?;

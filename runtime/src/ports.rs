@@ -266,6 +266,9 @@ pub trait Target: Send + Sync + 'static {
     /// replacing what was recorded for the table; keys kept as integers when `legacy_type`
     /// is an [`integer_key`]. Returns how many.
     async fn record_baseline(&self, target: &TableName, legacy_type: &str, columns: &[(String, String)]) -> Result<i64, ToolError>;
+    /// Whether the batches of a load can hash `columns` (name, type) of `target` as they send
+    /// them ([`Batch::baseline`]): every column of a type whose stored form the writer knows.
+    async fn hashes_rows(&self, target: &TableName, columns: &[(String, String)]) -> Result<bool, ToolError>;
     /// Compares a page of expected rows with the target's and with the baseline, one
     /// statement a page: one answer per expected row, in order. `hashed` are the columns the
     /// baseline covers (by index into the page's columns).

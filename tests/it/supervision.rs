@@ -179,6 +179,9 @@ impl Target for CrashingWriter {
     async fn record_baseline(&self, target: &TableName, legacy_type: &str, columns: &[(String, String)]) -> Result<i64, ToolError> {
         self.inner.record_baseline(target, legacy_type, columns).await
     }
+    async fn hashes_rows(&self, target: &TableName, columns: &[(String, String)]) -> Result<bool, ToolError> {
+        self.inner.hashes_rows(target, columns).await
+    }
     async fn differ(&self, target: &TableName, page: &Expected, hashed: &[usize], soft: bool) -> Result<Vec<Diffed>, ToolError> {
         self.inner.differ(target, page, hashed, soft).await
     }

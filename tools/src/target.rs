@@ -1106,6 +1106,12 @@ impl Target for PgTarget {
         crate::diff::record_baseline(&self.pool, target, legacy_type, columns).await
     }
 
+    async fn hashes_rows(&self, target: &TableName, columns: &[(String, String)]) -> Result<bool, ToolError> {
+        let what = format!("reading how {target}'s columns hash");
+        let mut c = self.pool.acquire().await.map_err(while_doing(&what))?;
+        Ok(crate::row_hash::column_hashes(&mut c, target, columns).await.map_err(while_doing(&what))?.is_some())
+    }
+
     async fn differ(&self, target: &TableName, page: &Expected, hashed: &[usize], soft_delete: bool) -> Result<Vec<Diffed>, ToolError> {
         crate::diff::differ(&self.pool, target, page, hashed, soft_delete).await
     }
