@@ -61,23 +61,44 @@ impl Wire {
     }
 }
 
-/// The wire form of each of `table`'s columns (name, type) (domains resolved to their base
-/// type), or `None` when one of them has no binary encoder here.
-pub async fn wires(c: &mut PgConnection, table: &TableName, columns: &[(String, String)]) -> Result<Option<Vec<Wire>>, sqlx::Error> {
-    let found: Vec<(String, String, String)> = sqlx::query_as(
-        "WITH RECURSIVE b (attname, typ) AS (
-             SELECT attname::text, atttypid FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped
+/// A table column as its values are stored: its declared type, and its base type below any
+/// domains, with the first length or precision met on the way down.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct BaseColumn {
+    pub name: String,
+    /// As `format_type` spells the column's own type.
+    pub declared: String,
+    /// The base type's `pg_type.typname`, `typtype` and OID.
+    pub typname: String,
+    pub typtype: String,
+    pub oid: i32,
+    pub typmod: i32,
+    /// Whether the column's collation (if any) is deterministic.
+    pub deterministic: bool,
+}
+
+/// Every column of `table` as [`BaseColumn`], one catalog query.
+pub async fn base_columns(c: &mut PgConnection, table: &TableName) -> Result<Vec<BaseColumn>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH RECURSIVE b (name, declared, typ, typmod, deterministic) AS (
+             SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod,
+                    coalesce((SELECT l.collisdeterministic FROM pg_collation l WHERE l.oid = a.attcollation), true)
+             FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
              UNION ALL
-             SELECT b.attname, t.typbasetype FROM b JOIN pg_type t ON t.oid = b.typ WHERE t.typtype = 'd')
-         SELECT b.attname, t.typname::text, t.typtype::text FROM b JOIN pg_type t ON t.oid = b.typ WHERE t.typtype <> 'd'",
+             SELECT b.name, b.declared, t.typbasetype, CASE WHEN b.typmod = -1 THEN t.typtypmod ELSE b.typmod END, b.deterministic
+             FROM b JOIN pg_type t ON t.oid = b.typ WHERE t.typtype = 'd')
+         SELECT b.name, b.declared, t.typname::text AS typname, t.typtype::text AS typtype, t.oid::int4 AS oid, b.typmod, b.deterministic
+         FROM b JOIN pg_type t ON t.oid = b.typ WHERE t.typtype <> 'd'",
     )
     .bind(quoted(table))
     .fetch_all(c)
-    .await?;
-    Ok(columns
-        .iter()
-        .map(|(name, _)| found.iter().find(|(n, _, _)| n == name).and_then(|(_, typname, typtype)| Wire::of(typname, typtype)))
-        .collect())
+    .await
+}
+
+/// The wire form of each of `columns` (name, type) of a table whose columns are `base`, or
+/// `None` when one of them has no binary encoder here.
+pub fn wires(base: &[BaseColumn], columns: &[(String, String)]) -> Option<Vec<Wire>> {
+    columns.iter().map(|(name, _)| base.iter().find(|b| &b.name == name).and_then(|b| Wire::of(&b.typname, &b.typtype))).collect()
 }
 
 /// The binary COPY of `rows`, or `None` when a value is not one the encoders are sure of; with

@@ -24,6 +24,16 @@ use crate::dataset::copy::push_field;
 use crate::pg::{describe, while_doing};
 use crate::target::{discard_transaction, is_transient, retrying, Failure};
 
+/// Deletes everything recorded of what agentctl wrote to `target`'s rows: the load's record and
+/// the per-row one.
+pub(crate) async fn forget_baseline(c: &mut PgConnection, target: &TableName) -> Result<(), sqlx::Error> {
+    for sql in ["DELETE FROM agentctl.load_baseline WHERE target_table = $1", "DELETE FROM agentctl.sync_baseline WHERE target_table = $1"]
+    {
+        sqlx::query(sql).bind(target.to_string()).execute(&mut *c).await?;
+    }
+    Ok(())
+}
+
 /// Types hashed by their own hash function; any other is hashed as its text.
 const TYPED_HASH: &[&str] = &[
     "smallint",
@@ -113,11 +123,7 @@ pub async fn record_baseline(pool: &PgPool, target: &TableName, legacy_type: &st
             sqlx::query(sql).execute(&mut *tx).await?;
         }
         // The whole table is recorded again, the old record deleted first.
-        for sql in
-            ["DELETE FROM agentctl.load_baseline WHERE target_table = $1", "DELETE FROM agentctl.sync_baseline WHERE target_table = $1"]
-        {
-            sqlx::query(sql).bind(target.to_string()).execute(&mut *tx).await?;
-        }
+        forget_baseline(&mut tx, target).await?;
         // An integer key is kept as one, bucketed by its own hash: its text cost the statement a third.
         let (keys, key, bucket) = match integer_key(legacy_type) {
             true => ("int_keys", "t.legacy_id::int8", "agentctl.int_baseline_bucket(t.legacy_id::int8)"),

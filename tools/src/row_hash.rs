@@ -16,8 +16,7 @@ use std::collections::HashMap;
 
 use sqlx::PgConnection;
 
-use crate::catalog::quoted;
-use runtime::domain::TableName;
+use crate::binary::BaseColumn;
 
 fn mix(a: &mut u32, b: &mut u32, c: &mut u32) {
     *a = a.wrapping_sub(*c);
@@ -421,13 +420,14 @@ pub fn fold(row: u64, column: u64) -> u64 {
     (row << 5).wrapping_sub(row).wrapping_add(column)
 }
 
-/// How each of `columns` (name, type as the caller casts it) of `table` is hashed, or `None`
-/// when one of them cannot be hashed here: a type without a [`ColumnHash`], a collation that
-/// is not deterministic, a type other than the column's (the server's hash casts to it), or a
-/// database whose encoding is not UTF-8.
+/// How each of `columns` (name, type as the caller casts it) of a table whose columns are
+/// `base` ([`crate::binary::base_columns`]) is hashed, or `None` when one of them cannot be
+/// hashed here: a type without a [`ColumnHash`], a collation that is not deterministic, a type
+/// other than the column's (the server's hash casts to it), or a database whose encoding is
+/// not UTF-8.
 pub async fn column_hashes(
     c: &mut PgConnection,
-    table: &TableName,
+    base: &[BaseColumn],
     columns: &[(String, String)],
 ) -> Result<Option<Vec<ColumnHash>>, sqlx::Error> {
     // Text is stored in the server's encoding: the bytes sent are the bytes stored only in UTF-8.
@@ -435,45 +435,29 @@ pub async fn column_hashes(
     if encoding != "UTF8" {
         return Ok(None);
     }
-    // Each column's declared type, then down its domains to the base type, keeping the first
-    // length or precision met on the way.
-    let found: Vec<(String, String, String, String, i32, bool, i32)> = sqlx::query_as(
-        "WITH RECURSIVE b (attname, declared, typ, typmod, deterministic) AS (
-             SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod,
-                    coalesce((SELECT l.collisdeterministic FROM pg_collation l WHERE l.oid = a.attcollation), true)
-             FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
-             UNION ALL
-             SELECT b.attname, b.declared, t.typbasetype, CASE WHEN b.typmod = -1 THEN t.typtypmod ELSE b.typmod END, b.deterministic
-             FROM b JOIN pg_type t ON t.oid = b.typ WHERE t.typtype = 'd')
-         SELECT b.attname, b.declared, t.typname::text, t.typtype::text, b.typmod, b.deterministic, t.oid::int4
-         FROM b JOIN pg_type t ON t.oid = b.typ WHERE t.typtype <> 'd'",
-    )
-    .bind(quoted(table))
-    .fetch_all(&mut *c)
-    .await?;
     let mut out = Vec::with_capacity(columns.len());
     for (name, ty) in columns {
-        let Some((_, declared, typname, typtype, typmod, deterministic, oid)) = found.iter().find(|f| &f.0 == name) else {
+        let Some(b) = base.iter().find(|b| &b.name == name) else {
             return Ok(None);
         };
-        if declared != ty {
+        if &b.declared != ty {
             return Ok(None);
         }
-        let limit = (*typmod >= 4).then(|| typmod - 4);
-        let hash = match (typname.as_str(), typtype.as_str()) {
+        let limit = (b.typmod >= 4).then(|| b.typmod - 4);
+        let hash = match (b.typname.as_str(), b.typtype.as_str()) {
             (_, "e") => {
                 let labels: Vec<(String, i32)> = sqlx::query_as("SELECT enumlabel::text, oid::int4 FROM pg_enum WHERE enumtypid = $1::oid")
-                    .bind(oid)
+                    .bind(b.oid)
                     .fetch_all(&mut *c)
                     .await?;
                 ColumnHash::Enum(labels.into_iter().map(|(l, o)| (l, o as u32)).collect())
             }
-            ("text" | "varchar", _) if *deterministic => ColumnHash::Text { max_chars: limit.and_then(|n| usize::try_from(n).ok()) },
-            ("bpchar", _) if *deterministic => ColumnHash::Bpchar,
+            ("text" | "varchar", _) if b.deterministic => ColumnHash::Text { max_chars: limit.and_then(|n| usize::try_from(n).ok()) },
+            ("bpchar", _) if b.deterministic => ColumnHash::Bpchar,
             ("int2", _) => ColumnHash::Int2,
             ("int4" | "date", _) => ColumnHash::Int4,
             // A timestamp of fewer than six decimals is rounded by the server.
-            ("timestamp" | "timestamptz", _) if (0..6).contains(typmod) => return Ok(None),
+            ("timestamp" | "timestamptz", _) if (0..6).contains(&b.typmod) => return Ok(None),
             ("int8" | "timestamp" | "timestamptz", _) => ColumnHash::Int8,
             ("bool", _) => ColumnHash::Bool,
             ("uuid", _) => ColumnHash::Uuid,

@@ -160,12 +160,13 @@ impl PgTarget {
         // Binary when every column and value has an encoder the server agrees with (it then
         // parses nothing), COPY text otherwise.
         sqlx::query("SAVEPOINT agentctl_direct").execute(&mut **c).await?;
+        let base = crate::binary::base_columns(c, &b.target).await?;
         // Rows recorded in the load baseline are hashed as they are encoded.
         let hashing = match b.baseline.is_empty() {
             true => None,
             false => {
                 let hashed: Vec<(String, String)> = b.baseline.iter().map(|&i| b.columns[i].clone()).collect();
-                crate::row_hash::column_hashes(c, &b.target, &hashed).await?.map(|hows| {
+                crate::row_hash::column_hashes(c, &base, &hashed).await?.map(|hows| {
                     let mut by_column = vec![None; n];
                     for (&i, how) in b.baseline.iter().zip(hows) {
                         by_column[i] = Some(how);
@@ -174,8 +175,7 @@ impl PgTarget {
                 })
             }
         };
-        let binary = crate::binary::wires(c, &b.target, &b.columns)
-            .await?
+        let binary = crate::binary::wires(&base, &b.columns)
             .and_then(|w| crate::binary::encode(&w, hashing.as_deref(), keep.iter().map(|&seq| b.rows.row(seq))));
         let (format, buf, mut hashes) = match binary {
             Some((buf, hashes)) => (" (FORMAT binary)", buf, hashes),
@@ -471,8 +471,6 @@ impl PgTarget {
     }
 }
 
-/// The unique key each of the staged rows `seqs` (skipped by ON CONFLICT DO NOTHING) takes
-/// from a row already in the target, in the words the server uses for the same refusal.
 /// Records in the load baseline the rows of `keep` this batch wrote, by range of legacy key:
 /// with the hashes made while encoding them (`hashes`, one a row of `keep`, or none), the
 /// server's for the rows without one. The entity's first batch drops what an earlier load of
@@ -480,11 +478,7 @@ impl PgTarget {
 async fn record_written(c: &mut sqlx::PgConnection, b: &Batch, keep: &[usize], hashes: &[Option<i64>]) -> Result<(), sqlx::Error> {
     let target = b.target.to_string();
     if b.before.batches == 0 {
-        for sql in
-            ["DELETE FROM agentctl.load_baseline WHERE target_table = $1", "DELETE FROM agentctl.sync_baseline WHERE target_table = $1"]
-        {
-            sqlx::query(sql).bind(&target).execute(&mut *c).await?;
-        }
+        crate::diff::forget_baseline(c, &b.target).await?;
     }
     let legacy = b.columns.iter().position(|(name, _)| name == "legacy_id");
     let mut keys = Vec::with_capacity(keep.len());
@@ -531,6 +525,8 @@ async fn record_written(c: &mut sqlx::PgConnection, b: &Batch, keep: &[usize], h
     Ok(())
 }
 
+/// The unique key each of the staged rows `seqs` (skipped by ON CONFLICT DO NOTHING) takes
+/// from a row already in the target, in the words the server uses for the same refusal.
 async fn why_skipped(c: &mut sqlx::PgConnection, b: &Batch, seqs: &[i32]) -> Result<Vec<(usize, String)>, sqlx::Error> {
     // Every plain unique index: its name and columns (no expression, no predicate).
     let indexes: Vec<(String, Vec<String>)> = sqlx::query_as(
@@ -769,15 +765,17 @@ impl Target for PgTarget {
         // A load that recorded its baseline batch by batch recorded these rows too: agentctl
         // deleted them, so they have none now (a NULL hash overrides the load's record).
         let gone: Vec<&str> = rejected.iter().map(|r| r.legacy_key.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO agentctl.sync_baseline (target_table, legacy_key, hash) SELECT $1, k, NULL FROM unnest($2::text[]) k
-             ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = NULL",
-        )
-        .bind(target.to_string())
-        .bind(&gone)
-        .execute(&mut *tx)
-        .await
-        .map_err(while_doing(&what))?;
+        if !gone.is_empty() {
+            sqlx::query(
+                "INSERT INTO agentctl.sync_baseline (target_table, legacy_key, hash) SELECT $1, k, NULL FROM unnest($2::text[]) k
+                 ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = NULL",
+            )
+            .bind(target.to_string())
+            .bind(&gone)
+            .execute(&mut *tx)
+            .await
+            .map_err(while_doing(&what))?;
+        }
         tx.commit().await.map_err(while_doing(&what))?;
         Ok(rejected)
     }
@@ -943,11 +941,7 @@ impl Target for PgTarget {
             ] {
                 sqlx::query(sql).bind(e.source.to_string()).bind(run.to_string()).execute(&mut *tx).await.map_err(while_doing(what))?;
             }
-            for sql in
-                ["DELETE FROM agentctl.sync_baseline WHERE target_table = $1", "DELETE FROM agentctl.load_baseline WHERE target_table = $1"]
-            {
-                sqlx::query(sql).bind(e.target.to_string()).execute(&mut *tx).await.map_err(while_doing(what))?;
-            }
+            crate::diff::forget_baseline(&mut tx, &e.target).await.map_err(while_doing(what))?;
             sqlx::query("DELETE FROM agentctl.deferred_references WHERE target_table = $1")
                 .bind(e.target.to_string())
                 .execute(&mut *tx)
@@ -1109,7 +1103,8 @@ impl Target for PgTarget {
     async fn hashes_rows(&self, target: &TableName, columns: &[(String, String)]) -> Result<bool, ToolError> {
         let what = format!("reading how {target}'s columns hash");
         let mut c = self.pool.acquire().await.map_err(while_doing(&what))?;
-        Ok(crate::row_hash::column_hashes(&mut c, target, columns).await.map_err(while_doing(&what))?.is_some())
+        let base = crate::binary::base_columns(&mut c, target).await.map_err(while_doing(&what))?;
+        Ok(crate::row_hash::column_hashes(&mut c, &base, columns).await.map_err(while_doing(&what))?.is_some())
     }
 
     async fn differ(&self, target: &TableName, page: &Expected, hashed: &[usize], soft_delete: bool) -> Result<Vec<Diffed>, ToolError> {
