@@ -238,6 +238,10 @@ pub struct Prepared {
     pub id_col: usize,
     /// Columns referencing the entity's own table, filled in a second pass.
     pub deferred_cols: Vec<usize>,
+    /// Whether the target's own validated foreign key on `id` covers each of those columns (as
+    /// the catalog read at the start of the load had it), so putting it back proves that no
+    /// row points at a row that is not there.
+    pub self_refs_checked: bool,
     /// Columns referencing another target table, checked before each insert.
     pub references: Vec<(usize, TableName)>,
 }
@@ -277,10 +281,14 @@ pub async fn prepare(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity)
         .position(|(c, _)| table.primary_key.len() == 1 && *c == table.primary_key[0])
         .ok_or("the target table has no single-column key")?;
     let mut deferred_cols = Vec::new();
+    let mut self_refs_checked = true;
     let mut references = Vec::new();
     for r in mapper.references() {
         if r.parent == spec.source {
             deferred_cols.push(r.column);
+            self_refs_checked &= table.foreign_keys.iter().any(|fk| {
+                fk.columns == [r.target_column.clone()] && fk.references == spec.target && fk.referenced_columns == ["id"] && fk.validated
+            });
             continue;
         }
         // The parent's target by the mappings, which stay true while the target's foreign keys
@@ -291,7 +299,7 @@ pub async fn prepare(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity)
             references.push((r.column, p));
         }
     }
-    Ok(Prepared { mapper, out_cols, id_col, deferred_cols, references })
+    Ok(Prepared { mapper, out_cols, id_col, deferred_cols, self_refs_checked, references })
 }
 
 /// How often an entity that failed (a lost connection, the target restarting: anything its
@@ -425,7 +433,8 @@ impl<T: Send + 'static> InPageOrder<T> {
 async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>, req: &MigrateEntity) -> Result<EntityResult, String> {
     let started = Instant::now();
     let spec = &req.spec;
-    let Prepared { mapper, out_cols, id_col, deferred_cols: self_refs, references } = prepare(ctx, target.as_ref(), req).await?;
+    let Prepared { mapper, out_cols, id_col, deferred_cols: self_refs, self_refs_checked, references } =
+        prepare(ctx, target.as_ref(), req).await?;
     let known_parents = Arc::new(known_parents(target.as_ref(), &references).await?);
     let deferred_cols: Vec<usize> = if req.constraints_suspended { Vec::new() } else { self_refs.clone() };
     let scan_cols = spec.source_columns();
@@ -470,17 +479,33 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
 
     // At most one batch is being written while the next one is mapped.
     let mut in_flight: Option<tokio::task::JoinHandle<Result<(Batch, runtime::ports::Written), String>>> = None;
+    let mut spare: Option<TextRows> = None;
     loop {
         let page = match pages.recv().await {
             Some(page) => page?,
             None => TextRows::default(),
         };
-        let mut batch = (!page.is_empty())
-            .then(|| map_page(ctx, &mapper, &scan_cols, &out_cols, id_col, &deferred_cols, &references, &known_parents, page, &mut result));
+        let mut batch = (!page.is_empty()).then(|| {
+            map_page(
+                ctx,
+                &mapper,
+                &scan_cols,
+                &out_cols,
+                id_col,
+                &deferred_cols,
+                &references,
+                &known_parents,
+                page,
+                spare.take(),
+                &mut result,
+            )
+        });
         if let Some(write) = in_flight.take() {
             let (written_batch, written) = write.await.map_err(|e| format!("a batch writer stopped: {e}"))??;
             checkpoint = written.checkpoint.clone();
             report_batch(ctx, req, &written_batch, &written, &mut result);
+            // Its buffer holds the batch after next.
+            spare = Some(written_batch.rows);
         }
         let Some(mut b) = batch.take() else { break };
         b.before = checkpoint.clone();
@@ -494,7 +519,17 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
         }));
     }
     reader.await.map_err(|e| format!("the reader stopped: {e}"))?;
-    for &c in &self_refs {
+    // Self-references written as they came (the foreign keys set aside) may point at rows that
+    // never arrived: those rows are removed and rejected. When the target's own validated
+    // foreign keys cover them, putting the keys back first proves there are none (it scans
+    // the table as the removal would, and has to run anyway); only a key the rows break sends
+    // the load on to the removal, and the rest is put back after it.
+    let (mut put_back, proven) = match req.constraints_suspended && !self_refs.is_empty() && self_refs_checked {
+        true => target.restore_constraints_unless_refused(&spec.target).await.map_err(|e| e.0)?,
+        false => (Vec::new(), false),
+    };
+    let dangling_checked: &[usize] = if proven { &[] } else { &self_refs };
+    for &c in dangling_checked {
         let column = &out_cols[c].0;
         let (filled, orphaned) = if req.constraints_suspended {
             (0, target.drop_dangling(ctx.run_id, &spec.source, &spec.target, column).await.map_err(|e| e.0)?)
@@ -513,15 +548,20 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     result.rejected = checkpoint.rejected;
     result.batches = checkpoint.batches;
     result.seconds = started.elapsed().as_secs_f64();
-    // The table is loaded: its rows are counted, then the foreign keys and indexes set aside
+    // The table is loaded: its rows are counted, and the foreign keys and indexes set aside
     // for the load and its legacy key are put back (its parents are loaded, its own rows all
-    // in), on one core, while its load baseline is recorded on the other unless its batches
-    // recorded it. The count goes on the first core: putting the legacy key back waits for the
-    // baseline anyway, and the two take about as long then. The final put-back of the run finds
-    // nothing left of this table.
-    let (counted, recorded) = tokio::join!(
+    // in) on one core, one after the other (each locks the table against the next). The other
+    // core records the load baseline unless the batches recorded it; if they did, it counts
+    // the rows meanwhile (a count only reads, so nothing the put-back does waits for it but
+    // the legacy key's last step). Otherwise the count goes first on the put-back's core:
+    // putting the legacy key back waits for the baseline's read anyway. The final put-back of
+    // the run finds nothing left of this table.
+    let (first, second) = tokio::join!(
         async {
-            let rows = target.table_rows(&spec.target, false).await?;
+            let rows = match by_batch {
+                true => None,
+                false => Some(target.table_rows(&spec.target, false).await?),
+            };
             let put_back = match req.constraints_suspended {
                 true => target.restore_constraints(&spec.target).await?,
                 false => target.restore_legacy_key(&spec.target).await.map(|()| Vec::new())?,
@@ -529,14 +569,15 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
             Ok::<_, runtime::ports::ToolError>((rows, put_back))
         },
         async {
-            if by_batch {
-                return Ok(0);
+            match by_batch {
+                true => target.table_rows(&spec.target, false).await.map(Some),
+                false => target.record_baseline(&spec.target, legacy_type, &hashed_cols).await.map(|_| None),
             }
-            target.record_baseline(&spec.target, legacy_type, &hashed_cols).await
         }
     );
-    let (rows, put_back) = counted.map_err(|e| e.0)?;
-    recorded.map_err(|e| e.0)?;
+    let (counted_first, put_back_last) = first.map_err(|e| e.0)?;
+    put_back.extend(put_back_last);
+    let rows = counted_first.or(second.map_err(|e| e.0)?).expect("the rows are counted on one core or the other");
     result.target_rows = rows;
     record_put_back(ctx, &spec.target, &put_back);
     let balanced = result.rows_read == result.migrated + result.rejected && result.target_rows >= result.migrated;
@@ -594,6 +635,7 @@ fn map_page(
     references: &[(usize, TableName)],
     known_parents: &Arc<ParentIds>,
     page: TextRows,
+    spare: Option<TextRows>,
     result: &mut EntityResult,
 ) -> Batch {
     let spec = mapper.spec();
@@ -602,7 +644,11 @@ fn map_page(
     let last_key = key_parts(&page, page_len - 1, &key_columns);
     // Room for the source's text and the UUIDs and keys mapping adds (36 bytes each), so the
     // buffer is not copied to a larger one half way.
-    let mut rows = TextRows::with_capacity(out_cols.len(), page_len, page.text_len() * 2 + page_len * 128);
+    let bytes = page.text_len() * 2 + page_len * 128;
+    let mut rows = match spare {
+        Some(spare) => spare.reuse(out_cols.len(), page_len, bytes),
+        None => TextRows::with_capacity(out_cols.len(), page_len, bytes),
+    };
     let mut page_rows = Vec::with_capacity(page_len);
     let mut rejected = Vec::new();
     let mut deferred = Vec::new();

@@ -121,7 +121,7 @@ pub async fn validate(
 ) -> Result<EntityValidation, String> {
     let started = Instant::now();
     let spec = &req.spec;
-    let Prepared { mapper, out_cols, id_col, deferred_cols, references } = prepare(ctx, target.as_ref(), req).await?;
+    let Prepared { mapper, out_cols, id_col, deferred_cols, references, .. } = prepare(ctx, target.as_ref(), req).await?;
     let legacy_col =
         out_cols.iter().position(|(c, _)| c == "legacy_id").ok_or_else(|| format!("{} has no legacy_id column", spec.target))?;
     // Amount columns: cents turned into amounts, and every column of a two-decimal type.

@@ -219,6 +219,10 @@ pub trait Target: Send + Sync + 'static {
     /// Puts back what is recorded as set aside for the table: indexes rebuilt, foreign keys
     /// added and validated set-based, then the unique legacy key. Returns what was restored.
     async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError>;
+    /// Puts back what [`Target::restore_constraints`] does, but a foreign key the rows break
+    /// stops it without an error: that key, and what comes after it, stay recorded and aside.
+    /// Returns what was put back, and whether that was everything.
+    async fn restore_constraints_unless_refused(&self, target: &TableName) -> Result<(Vec<String>, bool), ToolError>;
     /// Sets aside the unique constraint on `legacy_id` of an empty table for its load, when the
     /// primary key on `id` refuses the same duplicates (every row's UUID is derived from its
     /// legacy key, and the empty table holds no row with a UUID of its own); recorded like the

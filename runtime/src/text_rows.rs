@@ -28,6 +28,16 @@ impl TextRows {
         TextRows { width, text: String::with_capacity(bytes), ends: Vec::with_capacity(rows * width) }
     }
 
+    /// These rows' buffers, emptied, as room for `rows` rows of `width` values and about
+    /// `bytes` bytes of text: a batch's few MiB reused instead of freed and faulted in afresh.
+    pub fn reuse(mut self, width: usize, rows: usize, bytes: usize) -> TextRows {
+        self.text.clear();
+        self.ends.clear();
+        self.text.reserve(bytes);
+        self.ends.reserve(rows * width);
+        TextRows { width, ..self }
+    }
+
     /// Values a row.
     pub fn width(&self) -> usize {
         self.width

@@ -105,7 +105,9 @@ impl Rows for PgRows {
     }
 
     async fn page(&self, scan: &Scan, limit: usize) -> Result<TextRows, ToolError> {
-        // Parsed straight into the page: no value is a string of its own.
+        // Parsed straight into the page: no value is a string of its own. Room for rows of up to
+        // 256 bytes (memory is only taken as it is written), so that the text is not copied to
+        // a larger buffer as the page fills.
         let mut rows = TextRows::with_capacity(scan.columns.len(), limit.min(65_536), limit.min(65_536) * 64);
         let limited = Scan { limit: Some(limit), ..scan.clone() };
         self.stream(&limited, &mut rows, |_| {}).await?;
@@ -127,37 +129,36 @@ pub fn parse_line(line: &[u8], out: &mut TextRows) -> Result<(), String> {
 }
 
 fn push_fields(line: &[u8], out: &mut TextRows) -> Result<(), String> {
-    const NOT_UTF8: &str = "a value is not valid UTF-8";
-    for field in line.split(|&b| b == b'\t') {
-        if field == b"\\N" {
+    // Read as UTF-8 once a line: tabs and backslashes are ASCII, so each field of a valid line
+    // is valid too, and undoing an escape keeps it so.
+    let line = std::str::from_utf8(line).map_err(|_| "a value is not valid UTF-8".to_owned())?;
+    for field in line.split('\t') {
+        if field == "\\N" {
             out.push(None);
-            continue;
-        }
-        if !field.contains(&b'\\') {
-            // Most values carry no escape: one copy, no byte-by-byte loop.
-            out.push(Some(std::str::from_utf8(field).map_err(|_| NOT_UTF8.to_owned())?));
-            continue;
-        }
-        let mut bytes = Vec::with_capacity(field.len());
-        let mut i = 0;
-        while i < field.len() {
-            if field[i] == b'\\' && i + 1 < field.len() {
-                bytes.push(match field[i + 1] {
-                    b'n' => b'\n',
-                    b't' => b'\t',
-                    b'r' => b'\r',
-                    b'b' => 8,
-                    b'f' => 12,
-                    b'v' => 11,
-                    other => other,
+        } else if !field.contains('\\') {
+            // Most values carry no escape: one copy, no character-by-character loop.
+            out.push(Some(field));
+        } else {
+            let mut text = String::with_capacity(field.len());
+            let mut chars = field.chars();
+            while let Some(c) = chars.next() {
+                text.push(match c {
+                    '\\' => match chars.next() {
+                        Some('n') => '\n',
+                        Some('t') => '\t',
+                        Some('r') => '\r',
+                        Some('b') => '\u{8}',
+                        Some('f') => '\u{c}',
+                        Some('v') => '\u{b}',
+                        Some(other) => other,
+                        // A backslash ending the field stands for itself.
+                        None => '\\',
+                    },
+                    c => c,
                 });
-                i += 2;
-            } else {
-                bytes.push(field[i]);
-                i += 1;
             }
+            out.push(Some(&text));
         }
-        out.push(Some(std::str::from_utf8(&bytes).map_err(|_| NOT_UTF8.to_owned())?));
     }
     Ok(())
 }
@@ -179,5 +180,9 @@ mod tests {
         assert_eq!(err, "a value is not valid UTF-8");
         assert_eq!(rows.len(), 2, "a refused line leaves nothing behind");
         assert_eq!(rows.values(), 6);
+        // An escaped character of several bytes, the escapes of control characters, and a
+        // backslash that ends its field.
+        parse_line("5\t\\é\\b\\f\\v\\r\tend\\".as_bytes(), &mut rows).unwrap();
+        assert_eq!(rows.row(2).collect::<Vec<_>>(), vec![Some("5"), Some("é\u{8}\u{c}\u{b}\r"), Some("end\\")]);
     }
 }

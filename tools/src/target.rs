@@ -175,8 +175,10 @@ impl PgTarget {
                 })
             }
         };
-        let binary = crate::binary::wires(&base, &b.columns)
-            .and_then(|w| crate::binary::encode(&w, hashing.as_deref(), keep.iter().map(|&seq| b.rows.row(seq))));
+        let binary = crate::binary::wires(&base, &b.columns).and_then(|w| {
+            let capacity = crate::binary::encoded_size(keep.len(), w.len(), b.rows.text_len());
+            crate::binary::encode(&w, hashing.as_deref(), keep.iter().map(|&seq| b.rows.row(seq)), capacity)
+        });
         let (format, buf, mut hashes) = match binary {
             Some((buf, hashes)) => (" (FORMAT binary)", buf, hashes),
             None => {
@@ -612,8 +614,10 @@ async fn legacy_key_aside(c: &mut sqlx::PgConnection, target: &TableName) -> Res
 }
 
 impl PgTarget {
-    /// Puts back what is recorded as set aside for the table (of one kind, or all).
-    async fn restore(&self, target: &TableName, kind: Option<&str>) -> Result<Vec<String>, ToolError> {
+    /// Puts back what is recorded as set aside for the table (of one kind, or all); returns what
+    /// was put back and whether that was everything. With `stop_at_refusal`, a foreign key the
+    /// rows break ends it there instead of failing (it and the rest stay recorded and aside).
+    async fn restore(&self, target: &TableName, kind: Option<&str>, stop_at_refusal: bool) -> Result<(Vec<String>, bool), ToolError> {
         let what = format!("putting back the constraints and indexes of {target}");
         let records: Vec<(String, String, String, bool)> = sqlx::query_as(
             "SELECT name, kind, definition, validated FROM agentctl.suspended_constraints
@@ -657,7 +661,13 @@ impl PgTarget {
                 }
                 _ => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition} NOT VALID", ident(&name)),
             };
-            sqlx::query(&create).execute(&mut *tx).await.map_err(while_doing(format!("putting back {name} on {target}")))?;
+            match sqlx::query(&create).execute(&mut *tx).await {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(db)) if stop_at_refusal && db.code().as_deref() == Some("23503") => {
+                    return Ok((restored, false));
+                }
+                Err(e) => return Err(while_doing(format!("putting back {name} on {target}"))(e).into()),
+            }
             sqlx::query("DELETE FROM agentctl.suspended_constraints WHERE target_table = $1 AND name = $2")
                 .bind(target.to_string())
                 .bind(&name)
@@ -667,7 +677,7 @@ impl PgTarget {
             tx.commit().await.map_err(while_doing(&what))?;
             restored.push(name);
         }
-        Ok(restored)
+        Ok((restored, true))
     }
 }
 
@@ -857,7 +867,11 @@ impl Target for PgTarget {
     }
 
     async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
-        self.restore(target, None).await
+        self.restore(target, None, false).await.map(|(restored, _)| restored)
+    }
+
+    async fn restore_constraints_unless_refused(&self, target: &TableName) -> Result<(Vec<String>, bool), ToolError> {
+        self.restore(target, None, true).await
     }
 
     async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError> {
@@ -888,7 +902,7 @@ impl Target for PgTarget {
     }
 
     async fn restore_legacy_key(&self, target: &TableName) -> Result<(), ToolError> {
-        self.restore(target, Some("unique")).await.map(drop)
+        self.restore(target, Some("unique"), false).await.map(drop)
     }
 
     async fn rollback(&self, run: RunId, entities: &[RollbackEntity]) -> Result<Vec<RolledBack>, ToolError> {
