@@ -127,6 +127,11 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The columns (name, type) whose hash the batch records in the load baseline, in order.
+    pub fn baseline_columns(&self) -> Vec<(String, String)> {
+        self.baseline.iter().map(|&i| self.columns[i].clone()).collect()
+    }
+
     /// Mapped row `seq`'s source row as the JSON object `rejected_rows` keeps.
     pub fn source_json(&self, seq: usize) -> serde_json::Value {
         row_json(&self.source_columns, self.page.row(self.page_rows[seq]))

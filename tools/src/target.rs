@@ -164,16 +164,13 @@ impl PgTarget {
         // Rows recorded in the load baseline are hashed as they are encoded.
         let hashing = match b.baseline.is_empty() {
             true => None,
-            false => {
-                let hashed: Vec<(String, String)> = b.baseline.iter().map(|&i| b.columns[i].clone()).collect();
-                crate::row_hash::column_hashes(c, &base, &hashed).await?.map(|hows| {
-                    let mut by_column = vec![None; n];
-                    for (&i, how) in b.baseline.iter().zip(hows) {
-                        by_column[i] = Some(how);
-                    }
-                    by_column
-                })
-            }
+            false => crate::row_hash::column_hashes(c, &base, &b.baseline_columns()).await?.map(|hows| {
+                let mut by_column = vec![None; n];
+                for (&i, how) in b.baseline.iter().zip(hows) {
+                    by_column[i] = Some(how);
+                }
+                by_column
+            }),
         };
         let binary = crate::binary::wires(&base, &b.columns).and_then(|w| {
             let capacity = crate::binary::encoded_size(keep.len(), w.len(), b.rows.text_len());
@@ -497,7 +494,7 @@ async fn record_written(c: &mut sqlx::PgConnection, b: &Batch, keep: &[usize], h
         }
     }
     if !ask.is_empty() {
-        let hashed: Vec<(String, String)> = b.baseline.iter().map(|&i| b.columns[i].clone()).collect();
+        let hashed = b.baseline_columns();
         let types = crate::diff::HashTypes::of(c, hashed.iter().map(|(_, t)| t.as_str())).await?;
         let sql =
             format!("SELECT t.legacy_id::int8, {} FROM {} t WHERE t.id = ANY($1::uuid[])", types.row("t", &hashed), quoted(&b.target));
