@@ -464,7 +464,10 @@ pub async fn schema(config: &Config, cmd: SchemaCmd) -> Result<(), Exit> {
     let session = Session::start(&conns, "schema generate", None, conns.tools()?, SessionOptions::from_config(config)).await?;
     let run_id = session.run_id;
     let result = interruptible(async { session.analyze(DbRole::Source, false).await.map_err(Exit::failed) }, run_id).await;
-    let generated = result.map(|report| agents::schema_gen::generate(&report));
+    let generated = result.and_then(|report| {
+        agents::schema_gen::generate(&report)
+            .map_err(|refused| Exit::failed(format!("cannot generate the target schema: {}", refused.join("; "))))
+    });
     if let Ok((ddl, notes)) = &generated {
         session.operator_decision(
             format!("generated a UUID-keyed target schema ({} statements)", ddl.matches(';').count()),

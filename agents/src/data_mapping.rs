@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
-use runtime::domain::{Column, SchemaReport, Table, TableName, TypeKind};
+use runtime::domain::{Column, SchemaReport, Table, TableName, TypeKind, ROW_IDENTITY};
 use runtime::envelope::{AgentError, Envelope};
 use runtime::mapping::{ColumnMapping, Feed, Join, MappingSpec, SyncPolicy, Transform, UuidLayout};
 use runtime::AgentName;
@@ -151,13 +151,43 @@ impl MappingFile {
     }
 }
 
+/// Why a source table is not an entity of its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Unmapped {
+    /// The mapping file says to leave it out, for this reason.
+    Skipped { reason: String },
+    /// The mapping file joins its rows into another table's.
+    Merged,
+    /// No target table takes it: a table the goal asks for then stops the plan.
+    NoTarget,
+}
+
+impl Unmapped {
+    /// Whether the operator decided it (the mapping file), rather than agentctl failing to find
+    /// a place for the rows.
+    pub fn decided(&self) -> bool {
+        !matches!(self, Unmapped::NoTarget)
+    }
+}
+
+impl std::fmt::Display for Unmapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unmapped::Skipped { reason } => write!(f, "skipped: {reason}"),
+            Unmapped::Merged => f.write_str("merged into the rows of the table that joins it"),
+            Unmapped::NoTarget => f.write_str("no target table has a matching name"),
+        }
+    }
+}
+
 /// Every entity's mapping, plus what the key derivation needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MappingSet {
     pub keys: Keys,
     pub specs: Vec<MappingSpec>,
     /// Source tables that map to nothing, with the reason.
-    pub unmapped: Vec<(TableName, String)>,
+    pub unmapped: Vec<(TableName, Unmapped)>,
     /// Named sets of source tables, from the mapping file.
     pub groups: BTreeMap<String, Vec<String>>,
     /// Each custom transform tried on sample rows in the sandbox, by source table.
@@ -319,31 +349,40 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
     for table in &source.tables {
         let rule = file.entities.get(&table.name.name).or_else(|| file.entities.get(&table.name.to_string()));
         if let Some(reason) = rule.and_then(|r| r.skip.clone()) {
-            unmapped.push((table.name.clone(), format!("skipped: {reason}")));
+            unmapped.push((table.name.clone(), Unmapped::Skipped { reason }));
             continue;
         }
         if joined.contains(&table.name.name) {
-            unmapped.push((table.name.clone(), "merged into the rows of the table that joins it".into()));
+            unmapped.push((table.name.clone(), Unmapped::Merged));
             continue;
         }
         let Some(dst) = target_for(&table.name, rule, target) else {
-            let why = match rule.and_then(|r| r.target.as_deref()) {
-                Some(t) => {
-                    problems.push(Problem {
-                        table: table.name.to_string(),
-                        source: None,
-                        column: None,
-                        message: format!("the mapping file's target `{t}` does not exist"),
-                    });
-                    continue;
-                }
-                None => "no target table has a matching name".to_owned(),
-            };
-            unmapped.push((table.name.clone(), why));
+            match rule.and_then(|r| r.target.as_deref()) {
+                Some(t) => problems.push(Problem {
+                    table: table.name.to_string(),
+                    source: None,
+                    column: None,
+                    message: format!("the mapping file's target `{t}` does not exist"),
+                }),
+                None => unmapped.push((table.name.clone(), Unmapped::NoTarget)),
+            }
             continue;
         };
         match map_table(table, dst, rule, source, target, zone) {
-            Ok(spec) => specs.push(spec),
+            Ok(spec) => {
+                // A parent the mapping file leaves out or merges: what becomes of the reference
+                // is the file's decision.
+                let decided = |parent: &TableName| {
+                    joined.contains(&parent.name)
+                        || file
+                            .entities
+                            .get(&parent.name)
+                            .or_else(|| file.entities.get(&parent.to_string()))
+                            .is_some_and(|r| r.skip.is_some())
+                };
+                problems.extend(lost_references(table, dst, &spec, decided));
+                specs.push(spec);
+            }
             Err(mut p) => problems.append(&mut p),
         }
     }
@@ -358,6 +397,35 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
     } else {
         Err(problems)
     }
+}
+
+/// The source's foreign keys that the target would not keep: each must become a UUID
+/// reference (a column fed by it) or stay a foreign key on the same columns, copied as they are;
+/// otherwise its links would be lost while every row arrived.
+fn lost_references(src: &Table, dst: &Table, spec: &MappingSpec, decided: impl Fn(&TableName) -> bool) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for fk in &src.foreign_keys {
+        if decided(&fk.references) || spec.joins.iter().any(|j| fk.columns == [j.on.clone()]) {
+            continue;
+        }
+        let rewritten = spec.columns.iter().any(|c| matches!(&c.feed, Feed::Reference { columns, .. } if columns == &fk.columns));
+        // (A transform on such a column, a trim, is checked by the target's key on every row.)
+        let copied =
+            |col: &String| spec.columns.iter().any(|c| &c.target == col && matches!(&c.feed, Feed::Column { column } if column == col));
+        let kept = dst.foreign_keys.iter().any(|f| f.columns == fk.columns) && fk.columns.iter().all(copied);
+        if !rewritten && !kept {
+            problems.push(Problem {
+                table: dst.name.to_string(),
+                source: Some(src.name.name.clone()),
+                column: Some(fk.columns.join(", ")),
+                message: format!(
+                    "foreign key {} to {} is not kept: no uuid column is fed from it and the target has no foreign key on the same columns, so its links would be lost (map a column to it, or add the key to the target)",
+                    fk.name, fk.references
+                ),
+            });
+        }
+    }
+    problems
 }
 
 fn map_table(
@@ -375,10 +443,17 @@ fn map_table(
         message,
     };
     let mut problems = Vec::new();
-    if src.primary_key.is_empty() {
-        return Err(vec![at(None, format!("source table {} has no primary key to derive UUIDs from", src.name))]);
+    let (key, _) = src.key();
+    if key == [ROW_IDENTITY] && src.column(ROW_IDENTITY).is_some() {
+        return Err(vec![at(
+            None,
+            format!(
+                "keyless source table {} has a column named {ROW_IDENTITY}, the name agentctl gives a keyless row's identity",
+                src.name
+            ),
+        )]);
     }
-    let mut used: BTreeSet<String> = src.primary_key.iter().cloned().collect();
+    let mut used: BTreeSet<String> = key.iter().cloned().collect();
     let mut joins = Vec::new();
     let mut joined_tables: Vec<&Table> = Vec::new();
     for j in rule.map(|r| r.join.as_slice()).unwrap_or_default() {
@@ -399,11 +474,21 @@ fn map_table(
             None => src.column(name),
         }
     };
-    let fk_of = |col: &str| src.foreign_keys.iter().find(|f| f.columns.len() == 1 && f.columns[0] == col);
+    // A reference becomes the parent's UUID only where it points at the parent's key, from
+    // which that UUID is derived (one to another unique rule stays a plain value).
+    let fk_of = |col: &str| {
+        src.foreign_keys.iter().find(|f| {
+            f.columns.len() == 1 && f.columns[0] == col && source.table(&f.references).is_some_and(|p| p.key().0 == f.referenced_columns)
+        })
+    };
     let mut columns = Vec::new();
     let mut metadata_at = None;
     let pk_is_uuid = |c: &Column| dst.primary_key.len() == 1 && dst.primary_key[0] == c.name && c.type_name == "uuid";
     for c in &dst.columns {
+        if c.generated.is_some() {
+            // The target computes it from the row.
+            continue;
+        }
         let file_rule = rule.and_then(|r| r.columns.get(&c.name));
         let mapping = if let Some(r) = file_rule {
             match from_rule(r, c, zone, &source_column, &fk_of) {
@@ -492,7 +577,7 @@ fn map_table(
         return Err(problems);
     }
     let sync = rule.map(|r| r.sync).unwrap_or_default();
-    Ok(MappingSpec { source: src.name.clone(), target: dst.name.clone(), key: src.primary_key.clone(), joins, columns, dropped, sync })
+    Ok(MappingSpec { source: src.name.clone(), target: dst.name.clone(), key, joins, columns, dropped, sync })
 }
 
 fn feed_columns(feed: &Feed) -> Vec<String> {
@@ -686,9 +771,8 @@ pub fn to_file(set: &MappingSet) -> MappingFile {
         );
     }
     for (t, why) in &set.unmapped {
-        if why.starts_with("skipped: ") {
-            file.entities
-                .insert(t.name.clone(), EntityRule { skip: Some(why.trim_start_matches("skipped: ").to_owned()), ..EntityRule::default() });
+        if let Unmapped::Skipped { reason } = why {
+            file.entities.insert(t.name.clone(), EntityRule { skip: Some(reason.clone()), ..EntityRule::default() });
         }
     }
     file
@@ -868,7 +952,7 @@ impl Actor for DataMappingAgent {
                             state.ctx.decision(ME, format!("mapped {} to {}", spec.source, spec.target), how.join("; "), spec);
                         }
                         for (t, why) in &set.unmapped {
-                            state.ctx.decision(ME, format!("{t} is not migrated on its own"), why.clone(), t);
+                            state.ctx.decision(ME, format!("{t} is not migrated on its own"), why.to_string(), t);
                         }
                     }
                     Err(problems) => {

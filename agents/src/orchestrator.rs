@@ -365,11 +365,22 @@ async fn map_phase(
     Ok((source, target, mappings))
 }
 
+fn plan_request(goal: PlanGoal, source: SchemaReport, target: &SchemaReport, mappings: &MappingSet) -> PlanRequest {
+    PlanRequest {
+        goal: goal.goal,
+        only: goal.only,
+        source: Box::new(source),
+        target: Box::new(target.clone()),
+        mappings: mappings.clone(),
+        batch_size: goal.batch_size,
+    }
+}
+
 async fn plan_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Result<PlanOutcome, AgentError> {
     let ctx = courier.ctx();
     let (source, target, mappings) = map_phase(courier, agents, &goal, true).await?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "plan".into() });
-    let request = PlanRequest { goal: goal.goal, only: goal.only, source, mappings: mappings.clone(), batch_size: goal.batch_size };
+    let request = plan_request(goal, source, &target, &mappings);
     let plan = answer(courier.ask(&agents.planning, "plan", request, PlanningMsg::Plan).await)?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "forecast".into() });
     let order: Vec<TableName> = plan.entities().map(|e| e.table.clone()).collect();
@@ -510,7 +521,7 @@ fn entity_request(mappings: &MappingSet, target: &SchemaReport, entity: &Planned
 /// The goal's entities in dependency order, without a forecast.
 async fn scope(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Result<(MigrationPlan, MappingSet, SchemaReport), AgentError> {
     let (source, target, mappings) = map_phase(courier, agents, &goal, false).await?;
-    let request = PlanRequest { goal: goal.goal, only: goal.only, source, mappings: mappings.clone(), batch_size: goal.batch_size };
+    let request = plan_request(goal, source, &target, &mappings);
     let plan = answer(courier.ask(&agents.planning, "plan", request, PlanningMsg::Plan).await)?;
     Ok((plan, mappings, target))
 }

@@ -15,7 +15,7 @@ use runtime::envelope::{AgentError, Envelope};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
-use crate::data_mapping::MappingSet;
+use crate::data_mapping::{MappingSet, Unmapped};
 
 const ME: AgentName = AgentName::Planning;
 
@@ -24,7 +24,10 @@ pub struct PlanRequest {
     pub goal: String,
     /// Plan exactly the named entities, without the parents they reference.
     pub only: bool,
-    pub source: SchemaReport,
+    /// Boxed: a schema report is large beside the other requests an agent takes.
+    pub source: Box<SchemaReport>,
+    /// The target as it is, to name what of the source it does not reproduce.
+    pub target: Box<SchemaReport>,
     pub mappings: MappingSet,
     /// Rows per batch when the operator fixed it (`BATCH_SIZE`); chosen by row width otherwise.
     pub batch_size: Option<usize>,
@@ -154,6 +157,11 @@ impl Actor for PlanningAgent {
                     }
                     (result, _) => result,
                 };
+                let result = result.map(|mut p| {
+                    let missing = not_reproduced(&p, &req.source, &req.target, &req.mappings);
+                    p.rationale.extend(missing);
+                    p
+                });
                 match &result {
                     Ok(p) => state.ctx.decision(
                         ME,
@@ -186,6 +194,10 @@ pub enum PlanError {
     Cycle { tables: String },
     #[error("\"{goal}\" names nothing that maps to a target table")]
     NothingToMigrate { goal: String },
+    #[error(
+        "nothing can take the rows of {tables}: create the target tables (agentctl schema generate --from-source), map them in the mapping file, or leave them out by name (\"everything except ...\", or `skip` in the mapping file)"
+    )]
+    Unmigratable { tables: String },
 }
 
 fn suggest(names: &[String]) -> String {
@@ -247,9 +259,10 @@ pub fn resolve_goal(goal: &str, report: &SchemaReport, mappings: Option<&Mapping
     if inc.is_empty() {
         return Err(PlanError::Empty);
     }
-    let migratable = |t: &Table| mappings.is_none_or(|m| m.spec(&t.name).is_some());
+    // Everything is every source table: one nothing takes stops the plan (see `plan`), unless
+    // the goal or the mapping file leaves it out by name.
     let tables = if inc.iter().any(|w| EVERYTHING.contains(&w.as_str())) {
-        report.tables.iter().filter(|t| migratable(t)).map(|t| t.name.clone()).collect()
+        report.tables.iter().map(|t| t.name.clone()).collect()
     } else {
         names(&inc, report, mappings)?
     };
@@ -344,6 +357,49 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// What the target does not reproduce of the planned source tables, one sentence each:
+/// partitioning, triggers, CHECK, unique and exclusion rules with no namesake on the target
+/// table, and views and functions with no namesake in the target. Said in the plan, before
+/// anything runs.
+pub fn not_reproduced(plan: &MigrationPlan, source: &SchemaReport, target: &SchemaReport, mappings: &MappingSet) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in plan.entities() {
+        let (Some(s), Some(t)) = (source.table(&e.table), mappings.spec(&e.table).and_then(|m| target.table(&m.target))) else { continue };
+        if !s.partitions.is_empty() && t.kind != "partitioned" {
+            out.push(format!(
+                "Not reproduced: {} is partitioned ({} partitions); {} is one plain table that takes every partition's rows.",
+                s.name,
+                s.partitions.len(),
+                t.name
+            ));
+        }
+        let missing = |kind: &str, names: Vec<&String>, there: Vec<&String>| -> Option<String> {
+            let gone: Vec<&str> = names.into_iter().filter(|n| !there.contains(n)).map(String::as_str).collect();
+            (!gone.is_empty())
+                .then(|| format!("Not reproduced: {kind} {} of {} (none of that name on {}).", gone.join(", "), s.name, t.name))
+        };
+        out.extend(missing("trigger", s.triggers.iter().collect(), t.triggers.iter().collect()));
+        out.extend(missing("CHECK", s.checks.iter().map(|c| &c.name).collect(), t.checks.iter().map(|c| &c.name).collect()));
+        out.extend(missing(
+            "exclusion rule",
+            s.exclusions.iter().map(|c| &c.name).collect(),
+            t.exclusions.iter().map(|c| &c.name).collect(),
+        ));
+        // A unique rule on the old key alone is legacy_id's.
+        let key = s.key().0;
+        out.extend(missing(
+            "unique rule",
+            s.unique.iter().filter(|u| u.parts != key).map(|u| &u.name).collect(),
+            t.unique.iter().map(|u| &u.name).collect(),
+        ));
+    }
+    let there: BTreeSet<&String> = target.other_objects.iter().map(|(_, n)| n).collect();
+    for (kind, name) in source.other_objects.iter().filter(|(_, n)| !there.contains(n)) {
+        out.push(format!("Not reproduced: {kind} {name} (recreate it in the target after the migration)."));
+    }
+    out
+}
+
 /// Rows per batch for a row of this width: about 1 MiB a batch, between 500 and 10,000 rows.
 /// Small enough that the batches in flight (read ahead, being mapped, being written, for four
 /// entities at once) stay within agentctl's memory budget; large enough that a batch's fixed
@@ -370,12 +426,22 @@ pub fn plan(
     if let Some(m) = mappings {
         let (kept, unmapped): (Vec<TableName>, Vec<TableName>) = requested.into_iter().partition(|t| m.spec(t).is_some());
         requested = kept;
+        // A table the goal asks for that nothing can take stops the plan: its rows would be
+        // left behind while the run reported success. Only the mapping file (skip, join) or
+        // the goal (`except`) leaves a table out.
+        let mut homeless = Vec::new();
         for t in unmapped {
-            let why = m.unmapped.iter().find(|(u, _)| u == &t).map(|(_, w)| w.as_str()).unwrap_or("it has no mapping");
-            rationale.push(format!("{t} is not an entity of its own: {why}."));
+            match m.unmapped.iter().find(|(u, _)| u == &t).map(|(_, w)| w) {
+                Some(why) if why.decided() => rationale.push(format!("{t} is not an entity of its own: {why}.")),
+                Some(why) => homeless.push(format!("{t} ({why})")),
+                None => homeless.push(format!("{t} (it has no mapping)")),
+            }
+        }
+        if !homeless.is_empty() {
+            return Err(PlanError::Unmigratable { tables: homeless.join(", ") });
         }
         for (t, why) in &m.unmapped {
-            if why.starts_with("merged") && !rationale.iter().any(|r| r.starts_with(&format!("{t} "))) {
+            if matches!(why, Unmapped::Merged) && !rationale.iter().any(|r| r.starts_with(&format!("{t} "))) {
                 rationale.push(format!("{t} is not an entity of its own: {why}."));
             }
         }

@@ -48,6 +48,12 @@ pub struct Column {
     /// `always` or `by_default` for an identity column; a serial shows as its `nextval` default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// For a stored generated column, its expression: computed by the target, never written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated: Option<String>,
+    /// The column's collation where it is not its type's default, quoted for SQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collation: Option<String>,
     /// What the planner's statistics say of the values (after ANALYZE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<ColumnStats>,
@@ -118,6 +124,9 @@ pub struct Index {
     pub definition: String,
     pub unique: bool,
     pub primary: bool,
+    /// The index of a primary key, unique or exclusion constraint.
+    #[serde(default)]
+    pub constraint: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +141,9 @@ pub struct Table {
     pub unique: Vec<Unique>,
     pub foreign_keys: Vec<ForeignKey>,
     pub checks: Vec<Check>,
+    /// EXCLUDE constraints: the name, and the definition after `CONSTRAINT name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclusions: Vec<Check>,
     pub indexes: Vec<Index>,
     pub triggers: Vec<String>,
     /// The planner's estimate (`pg_class.reltuples`); 0 for a table never analyzed.
@@ -143,9 +155,44 @@ pub struct Table {
     pub avg_row_bytes: i64,
 }
 
+/// The key of a table with neither a primary key nor a unique rule on NOT NULL columns: a
+/// column that the reader computes, the MD5 of the row's text and its ordinal among identical
+/// rows (`9e107d9d372bb6826bd81d3542a419d6:1`). It is the same on every read while the row's
+/// content is the same, so such a table is planned, loaded, resumed and validated like any
+/// other; an edited row is a new row (the old one deleted).
+pub const ROW_IDENTITY: &str = "agentctl_row_identity";
+
+/// How a table's rows are told apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource<'a> {
+    Primary,
+    /// A unique constraint whose columns are all NOT NULL, by name.
+    Unique(&'a str),
+    /// [`ROW_IDENTITY`].
+    Content,
+}
+
 impl Table {
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The columns that identify a row, and where they come from: the primary key, else the
+    /// first unique rule (by name) on plain NOT NULL columns with no condition, else the row's
+    /// content ([`ROW_IDENTITY`]).
+    pub fn key(&self) -> (Vec<String>, KeySource<'_>) {
+        if !self.primary_key.is_empty() {
+            return (self.primary_key.clone(), KeySource::Primary);
+        }
+        let natural = self
+            .unique
+            .iter()
+            .filter(|u| u.predicate.is_none() && u.parts.iter().all(|p| self.column(p).is_some_and(|c| !c.nullable)))
+            .min_by(|a, b| a.name.cmp(&b.name));
+        match natural {
+            Some(u) => (u.parts.clone(), KeySource::Unique(&u.name)),
+            None => (vec![ROW_IDENTITY.to_owned()], KeySource::Content),
+        }
     }
 
     /// The best row count known: exact if counted, else the estimate.
@@ -171,6 +218,53 @@ pub struct SchemaReport {
     /// Enum types and their labels, in order.
     pub enums: BTreeMap<String, Vec<String>>,
     pub domains: Vec<Domain>,
+    /// Composite and range types of the database's own (not an extension's), in the order
+    /// they were created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<UserType>,
+    /// Collations of the database's own: the name, and what `CREATE COLLATION name (...)`
+    /// takes in its parentheses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collations: Vec<UserType>,
+    /// Sequences that no identity column owns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sequences: Vec<Sequence>,
+    /// Objects the schema generator does not reproduce, by kind (`view`, `materialized view`,
+    /// `function`): qualified names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_objects: Vec<(String, String)>,
+    /// The extensions installed in the database, with the schema each lives in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<Extension>,
+}
+
+/// A sequence, with the value it will hand out next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sequence {
+    /// Qualified and quoted.
+    pub name: String,
+    pub data_type: String,
+    pub next: i64,
+    pub increment: i64,
+    pub min: i64,
+    pub max: i64,
+    pub cycle: bool,
+}
+
+/// A named definition: a composite or range type (what `CREATE TYPE name AS ...` takes after
+/// `AS`), or a collation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserType {
+    /// Qualified and quoted: `"public"."money_range"`.
+    pub name: String,
+    /// `(amount numeric, currency text)` or `RANGE (SUBTYPE = numeric)`.
+    pub definition: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extension {
+    pub name: String,
+    pub schema: String,
 }
 
 impl SchemaReport {

@@ -4,6 +4,7 @@
 mod audit;
 mod chat;
 mod cli;
+mod corpus;
 mod dataset;
 mod execution;
 mod llm;

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
-use runtime::domain::{Check, Column, ColumnStats, Domain, ForeignKey, Index, SchemaReport, Table, TableName, TypeKind, Unique};
+use runtime::domain::{
+    Check, Column, ColumnStats, Domain, Extension, ForeignKey, Index, SchemaReport, Sequence, Table, TableName, TypeKind, Unique, UserType,
+};
 use runtime::ports::{Catalog, ToolError};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -66,13 +68,13 @@ impl PgCatalog {
             .await?;
         let mut tables: Vec<Table> = Vec::new();
         let mut index: HashMap<i64, usize> = HashMap::new();
-        let mut partitions: Vec<(i64, TableName)> = Vec::new();
+        let mut partitions: Vec<(i64, i64, TableName)> = Vec::new();
         for r in &table_rows {
             let name = TableName::new(get::<String>(r, "nspname")?, get::<String>(r, "relname")?);
             if get::<bool>(r, "is_partition")? {
                 // A partition is migrated through its parent: listed there, not as an entity.
                 if let Some(parent) = get::<Option<i64>>(r, "parent")? {
-                    partitions.push((parent, name));
+                    partitions.push((get(r, "oid")?, parent, name));
                 }
                 continue;
             }
@@ -86,6 +88,7 @@ impl PgCatalog {
                 unique: Vec::new(),
                 foreign_keys: Vec::new(),
                 checks: Vec::new(),
+                exclusions: Vec::new(),
                 indexes: Vec::new(),
                 triggers: Vec::new(),
                 estimated_rows: get(r, "estimate")?,
@@ -93,12 +96,24 @@ impl PgCatalog {
                 avg_row_bytes: get(r, "width")?,
             });
         }
-        for (parent, name) in partitions {
-            if let Some(&i) = index.get(&parent) {
-                tables[i].partitions.push(name);
+        // A partition of a partition belongs to the topmost table.
+        let parent_of: HashMap<i64, i64> = partitions.iter().map(|(oid, parent, _)| (*oid, *parent)).collect();
+        let top = |mut oid: i64| {
+            while let Some(&p) = parent_of.get(&oid) {
+                oid = p;
+            }
+            oid
+        };
+        let mut partition_of: HashMap<i64, usize> = HashMap::new();
+        for (oid, parent, name) in &partitions {
+            if let Some(&i) = index.get(&top(*parent)) {
+                tables[i].partitions.push(name.clone());
+                partition_of.insert(*oid, i);
             }
         }
         let oids: Vec<i64> = index.keys().copied().collect();
+        let with_partitions: Vec<i64> = oids.iter().chain(partition_of.keys()).copied().collect();
+        let mut partition_keys: Vec<(usize, ForeignKey)> = Vec::new();
         let at = |r: &PgRow| -> Result<Option<usize>, DbError> { Ok(index.get(&get::<i64>(r, "oid")?).copied()) };
 
         for r in &self
@@ -109,7 +124,11 @@ impl PgCatalog {
                         CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) END AS domain_base,
                         CASE WHEN t.typcategory = 'A' THEN format_type(t.typelem, NULL) END AS element,
                         CASE WHEN t.typname IN ('varchar', 'bpchar') AND a.atttypmod > 4 THEN a.atttypmod - 4 END AS max_length,
-                        NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default_expr, a.attidentity::text AS identity
+                        NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default_expr, a.attidentity::text AS identity,
+                        a.attgenerated::text AS generated,
+                        CASE WHEN a.attcollation <> t.typcollation AND a.attcollation <> 0 THEN
+                          (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) FROM pg_collation co
+                           JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END AS collation
                         , s.null_frac::float8 AS null_frac, s.n_distinct::float8 AS n_distinct, s.avg_width AS avg_width,
                         (s.histogram_bounds::text::text[])[1] AS lo,
                         (s.histogram_bounds::text::text[])[array_length(s.histogram_bounds::text::text[], 1)] AS hi
@@ -138,6 +157,10 @@ impl PgCatalog {
                 "d" => Some("by_default".to_owned()),
                 _ => None,
             };
+            let (default, generated) = match get::<String>(r, "generated")?.as_str() {
+                "s" => (None, get(r, "default_expr")?),
+                _ => (get(r, "default_expr")?, None),
+            };
             tables[i].columns.push(Column {
                 name: get(r, "attname")?,
                 data_type: get(r, "data_type")?,
@@ -145,8 +168,10 @@ impl PgCatalog {
                 type_kind,
                 max_length: get(r, "max_length")?,
                 nullable: get(r, "nullable")?,
-                default: get(r, "default_expr")?,
+                default,
                 identity,
+                generated,
+                collation: get(r, "collation")?,
                 stats: match get::<Option<f64>>(r, "null_frac")? {
                     None => None,
                     Some(null_fraction) => Some(ColumnStats {
@@ -173,13 +198,24 @@ impl PgCatalog {
                  FROM pg_constraint con
                  LEFT JOIN pg_class rc ON rc.oid = con.confrelid
                  LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
-                 WHERE con.contype IN ('p', 'f', 'u', 'c') AND con.conrelid = ANY($1::int8[]::oid[])
+                 WHERE con.contype IN ('p', 'f', 'u', 'c', 'x') AND con.conrelid = ANY($1::int8[]::oid[])
+                   AND con.conparentid = 0
                  ORDER BY con.conrelid, con.conname",
-                Some(&oids),
+                Some(&with_partitions),
             )
             .await?
         {
-            let Some(i) = at(r)? else { continue };
+            let oid: i64 = get(r, "oid")?;
+            if let Some(&i) = partition_of.get(&oid) {
+                // A partition's own foreign key (not one inherited from its parent): the table's
+                // rows reference through it too. Kept once for the table, whichever partition
+                // declares it; the partition's other rules hold for its rows only.
+                if get::<String>(r, "kind")? == "f" {
+                    partition_keys.push((i, foreign_key(r)?));
+                }
+                continue;
+            }
+            let Some(i) = index.get(&oid).copied() else { continue };
             let cols: Vec<String> = get(r, "cols")?;
             let name: String = get(r, "conname")?;
             match get::<String>(r, "kind")?.as_str() {
@@ -190,22 +226,15 @@ impl PgCatalog {
                     let expression = def.strip_prefix("CHECK ").unwrap_or(&def).to_owned();
                     tables[i].checks.push(Check { name, expression });
                 }
-                _ => tables[i].foreign_keys.push(ForeignKey {
-                    name,
-                    columns: cols,
-                    references: TableName::new(get::<String>(r, "ref_schema")?, get::<String>(r, "ref_table")?),
-                    referenced_columns: get(r, "ref_cols")?,
-                    on_delete: match get::<String>(r, "on_delete")?.as_str() {
-                        "r" => "restrict",
-                        "c" => "cascade",
-                        "n" => "set null",
-                        "d" => "set default",
-                        _ => "no action",
-                    }
-                    .to_owned(),
-                    deferrable: get(r, "deferrable")?,
-                    validated: get(r, "validated")?,
-                }),
+                "x" => tables[i].exclusions.push(Check { name, expression: get(r, "def")? }),
+                _ => tables[i].foreign_keys.push(foreign_key(r)?),
+            }
+        }
+        for (i, fk) in partition_keys {
+            let same =
+                |f: &ForeignKey| f.columns == fk.columns && f.references == fk.references && f.referenced_columns == fk.referenced_columns;
+            if !tables[i].foreign_keys.iter().any(same) {
+                tables[i].foreign_keys.push(fk);
             }
         }
 
@@ -214,7 +243,7 @@ impl PgCatalog {
                 "indexes",
                 "SELECT i.indrelid::int8 AS oid, ic.relname::text AS name, pg_get_indexdef(i.indexrelid) AS def,
                         i.indisunique AS is_unique, i.indisprimary AS is_primary,
-                        EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) AS backs_constraint,
+                        EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x')) AS backs_constraint,
                         ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true) FROM generate_series(1, i.indnkeyatts) k) AS parts,
                         pg_get_expr(i.indpred, i.indrelid) AS predicate
                  FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
@@ -226,11 +255,12 @@ impl PgCatalog {
         {
             let Some(i) = at(r)? else { continue };
             let (name, unique, primary): (String, bool, bool) = (get(r, "name")?, get(r, "is_unique")?, get(r, "is_primary")?);
+            let constraint: bool = get(r, "backs_constraint")?;
             // A unique index that no constraint owns is a uniqueness rule of its own.
-            if unique && !primary && !get::<bool>(r, "backs_constraint")? {
+            if unique && !primary && !constraint {
                 tables[i].unique.push(Unique { name: name.clone(), parts: get(r, "parts")?, predicate: get(r, "predicate")? });
             }
-            tables[i].indexes.push(Index { name, definition: get(r, "def")?, unique, primary });
+            tables[i].indexes.push(Index { name, definition: get(r, "def")?, unique, primary, constraint });
         }
 
         for r in &self
@@ -292,6 +322,118 @@ impl PgCatalog {
             });
         }
 
+        let mut types = Vec::new();
+        for r in &self
+            .rows(
+                "composite and range types",
+                &format!(
+                    "SELECT quote_ident(n.nspname) || '.' || quote_ident(t.typname) AS name,
+                            CASE t.typtype
+                              WHEN 'c' THEN '(' || (SELECT string_agg(quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
+                                                     FROM pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) || ')'
+                              ELSE 'RANGE (SUBTYPE = ' || format_type(r.rngsubtype, NULL) || ')'
+                            END AS definition
+                     FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+                     LEFT JOIN pg_range r ON r.rngtypid = t.oid
+                     WHERE {USER_SCHEMAS} AND (t.typtype = 'r' OR (t.typtype = 'c' AND (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c'))
+                       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e')
+                     ORDER BY t.oid"
+                ),
+                None,
+            )
+            .await?
+        {
+            types.push(UserType { name: get(r, "name")?, definition: get(r, "definition")? });
+        }
+
+        let mut sequences = Vec::new();
+        for r in &self
+            .rows(
+                "sequences",
+                &format!(
+                    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name, format_type(s.seqtypid, NULL) AS data_type,
+                            coalesce(p.last_value + s.seqincrement, s.seqstart) AS next, s.seqincrement AS increment,
+                            s.seqmin AS min, s.seqmax AS max, s.seqcycle AS cycle
+                     FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                     JOIN pg_sequences p ON p.schemaname = n.nspname AND p.sequencename = c.relname
+                     WHERE {USER_SCHEMAS}
+                       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('i', 'e'))
+                     ORDER BY 1"
+                ),
+                None,
+            )
+            .await?
+        {
+            sequences.push(Sequence {
+                name: get(r, "name")?,
+                data_type: get(r, "data_type")?,
+                next: get(r, "next")?,
+                increment: get(r, "increment")?,
+                min: get(r, "min")?,
+                max: get(r, "max")?,
+                cycle: get(r, "cycle")?,
+            });
+        }
+
+        let mut other_objects = Vec::new();
+        for r in &self
+            .rows(
+                "views and functions",
+                &format!(
+                    "SELECT CASE c.relkind WHEN 'v' THEN 'view' ELSE 'materialized view' END AS kind,
+                            quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.relkind IN ('v', 'm') AND {USER_SCHEMAS}
+                       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+                     UNION ALL
+                     SELECT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END,
+                            quote_ident(n.nspname) || '.' || quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')'
+                     FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                     WHERE {USER_SCHEMAS}
+                       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype IN ('e', 'i'))
+                     ORDER BY 1, 2"
+                ),
+                None,
+            )
+            .await?
+        {
+            other_objects.push((get(r, "kind")?, get(r, "name")?));
+        }
+
+        let mut collations = Vec::new();
+        for r in &self
+            .rows(
+                "collations",
+                &format!(
+                    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.collname) AS name,
+                            CASE c.collprovider WHEN 'i' THEN 'provider = icu, locale = ' || quote_literal(c.colliculocale)
+                                 ELSE 'provider = libc, lc_collate = ' || quote_literal(c.collcollate) || ', lc_ctype = ' || quote_literal(c.collctype) END
+                            || ', deterministic = ' || c.collisdeterministic AS definition
+                     FROM pg_collation c JOIN pg_namespace n ON n.oid = c.collnamespace
+                     WHERE {USER_SCHEMAS}
+                       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_collation'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+                     ORDER BY 1"
+                ),
+                None,
+            )
+            .await?
+        {
+            collations.push(UserType { name: get(r, "name")?, definition: get(r, "definition")? });
+        }
+
+        let mut extensions = Vec::new();
+        for r in &self
+            .rows(
+                "extensions",
+                "SELECT e.extname::text AS name, n.nspname::text AS schema FROM pg_extension e
+                 JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname <> 'plpgsql' ORDER BY e.extname",
+                None,
+            )
+            .await?
+        {
+            extensions.push(Extension { name: get(r, "name")?, schema: get(r, "schema")? });
+        }
+
         if exact_counts {
             for t in &mut tables {
                 let sql = format!("SELECT count(*) FROM {}", quoted(&t.name));
@@ -302,8 +444,27 @@ impl PgCatalog {
                 t.exact_rows = Some(n);
             }
         }
-        Ok(SchemaReport { database: self.label.clone(), tables, enums, domains })
+        Ok(SchemaReport { database: self.label.clone(), tables, enums, domains, types, collations, sequences, other_objects, extensions })
     }
+}
+
+fn foreign_key(r: &PgRow) -> Result<ForeignKey, DbError> {
+    Ok(ForeignKey {
+        name: get(r, "conname")?,
+        columns: get(r, "cols")?,
+        references: TableName::new(get::<String>(r, "ref_schema")?, get::<String>(r, "ref_table")?),
+        referenced_columns: get(r, "ref_cols")?,
+        on_delete: match get::<String>(r, "on_delete")?.as_str() {
+            "r" => "restrict",
+            "c" => "cascade",
+            "n" => "set null",
+            "d" => "set default",
+            _ => "no action",
+        }
+        .to_owned(),
+        deferrable: get(r, "deferrable")?,
+        validated: get(r, "validated")?,
+    })
 }
 
 /// `"schema"."table"`, quoted for SQL.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use runtime::config::DbUrl;
+use runtime::config::{DbRole, DbUrl};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
@@ -23,17 +23,27 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a query waits for a connection from the pool (or for a new one to open).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The session settings of every connection to the source.
+pub const SOURCE_SETTINGS: [(&str, &str); 5] =
+    [("DateStyle", "ISO"), ("IntervalStyle", "postgres"), ("TimeZone", "UTC"), ("extra_float_digits", "1"), ("bytea_output", "hex")];
+
 /// Connects to `db` once to check that it is reachable (failing at once, with a clear reason,
 /// when it is not), then returns a pool of up to `max_connections`.
 pub async fn connect(db: &DbUrl, max_connections: u32) -> Result<PgPool, DbError> {
     let what = format!("connecting to the {} database at {}", db.role, db.location());
-    let options: PgConnectOptions = db
+    let mut options: PgConnectOptions = db
         .expose()
         .parse::<PgConnectOptions>()
         .map_err(|e| DbError(format!("{what}: {}", describe(&e))))?
         .application_name("agentctl")
         .log_statements(tracing::log::LevelFilter::Debug)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(30));
+    if db.role == DbRole::Source {
+        // The source's values are read as text: in one form whatever the database or its role
+        // sets (a keyless table's row identity hashes that text, and must be the same on every
+        // read).
+        options = options.options(SOURCE_SETTINGS);
+    }
     let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
         .await
         .map_err(|_| DbError(format!("{what}: no answer within {}s", CONNECT_TIMEOUT.as_secs())))?

@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use runtime::domain::ROW_IDENTITY;
 use runtime::ports::{Rows, Scan, ToolError, CHANGED_SINCE_MARGIN};
 use runtime::text_rows::TextRows;
 use sqlx::PgPool;
@@ -32,7 +33,19 @@ pub fn select(scan: &Scan) -> String {
         }
     };
     let cols: Vec<String> = scan.columns.iter().map(|c| alias(c)).collect();
-    let mut sql = format!("SELECT {} FROM {} s", cols.join(", "), quoted(&scan.table));
+    let from = if scan.key == [ROW_IDENTITY] {
+        // A keyless table's identity: the row's text (in the settings `pg::connect` fixes for
+        // the source) hashed, and its ordinal among identical rows, which are interchangeable.
+        let content = "md5(t::text)";
+        format!(
+            "(SELECT t.*, ({content} || ':' || row_number() OVER (PARTITION BY {content})) COLLATE \"C\" AS {} FROM {} t)",
+            ident(ROW_IDENTITY),
+            quoted(&scan.table)
+        )
+    } else {
+        quoted(&scan.table)
+    };
+    let mut sql = format!("SELECT {} FROM {from} s", cols.join(", "));
     for (i, j) in scan.joins.iter().enumerate() {
         sql.push_str(&format!(" LEFT JOIN {} j{i} ON j{i}.{} = s.{}", quoted(&j.table), ident(&j.key), ident(&j.on)));
     }

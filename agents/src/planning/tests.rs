@@ -35,6 +35,7 @@ fn schema(spec: &[(&str, i64, &[Fk<'_>])]) -> SchemaReport {
                 partitions: vec![],
                 unique: vec![],
                 checks: vec![],
+                exclusions: vec![],
                 indexes: vec![],
                 triggers: vec![],
                 exact_rows: None,
@@ -55,6 +56,8 @@ fn int_column(name: &str, nullable: bool) -> Column {
         nullable,
         default: None,
         identity: None,
+        generated: None,
+        collation: None,
         stats: None,
     }
 }
