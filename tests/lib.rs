@@ -533,3 +533,46 @@ fn build_sandbox_image() -> Result<String, String> {
         Ok(built.image)
     })
 }
+
+/// The Python that has Django and Wagtail (`AGENTCTL_DJANGO_PYTHON`, else the virtualenv
+/// `.ci/run` makes at `/var/tmp/agentctl-django`), or `None` with a visible message. Under CI
+/// (`CI=true`) a missing one fails the test instead: `.ci/run` installs it.
+pub fn django_python() -> Option<PathBuf> {
+    let python =
+        std::env::var_os("AGENTCTL_DJANGO_PYTHON").map(PathBuf::from).unwrap_or_else(|| "/var/tmp/agentctl-django/bin/python".into());
+    let works = Command::new(&python).args(["-c", "import wagtail, psycopg"]).output().is_ok_and(|o| o.status.success());
+    match works {
+        true => Some(python),
+        false if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI needs Django and Wagtail at {}: .ci/run installs them", python.display())
+        }
+        false => {
+            eprintln!("SKIPPED: no Python with Django and Wagtail at {} (.ci/run installs them)", python.display());
+            None
+        }
+    }
+}
+
+impl PgCluster {
+    /// A database whose schema Django's own migrations built (a Wagtail site's) and whose rows
+    /// the site's models wrote (`tests/corpus/django/fill.py`); returns its URL.
+    pub fn django(&self, python: &Path) -> String {
+        let url = self.create_db("wagtail");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/django");
+        for args in [&["-m", "django", "migrate", "-v", "0"][..], &["fill.py"][..]] {
+            let out = Command::new(python)
+                .args(args)
+                .current_dir(&dir)
+                .env("DJANGO_SETTINGS_MODULE", "settings")
+                .env("PYTHONPATH", &dir)
+                .env("PGHOST", "127.0.0.1")
+                .env("PGPORT", self.port.to_string())
+                .env("PGUSER", "postgres")
+                .env("PGDATABASE", url.rsplit('/').next().unwrap())
+                .output()
+                .expect("python runs");
+            assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        url
+    }
+}

@@ -322,6 +322,9 @@ pub async fn analyze(config: &Config, opts: AnalyzeOpts) -> Result<(), Exit> {
                     if fks.is_empty() { String::new() } else { format!("  refs: {}", fks.join("; ")) }
                 );
             }
+            for loose in report.loose_references() {
+                println!("  note: {loose}");
+            }
         }
     }
     Ok(())

@@ -145,8 +145,11 @@ pub async fn forecast(
         .collect();
     let mut migrated: HashMap<TableName, KeySet> = HashMap::new();
     let mut rejected: HashMap<TableName, KeySet> = HashMap::new();
-    let mut out = Vec::new();
-    for source in order {
+    let mut out: Vec<(TableName, Forecast)> = Vec::new();
+    // References to a table forecast later (the plan broke a cycle there), settled once that
+    // table's rows are known: (index in `out`, row key, target column, parent, parent key).
+    let mut awaiting: Vec<(usize, String, String, TableName, String)> = Vec::new();
+    for (position, source) in order.iter().enumerate() {
         let spec = mappings.spec(source).ok_or_else(|| format!("{source} has no mapping"))?;
         let target_table = target.table(&spec.target).ok_or_else(|| format!("the target has no table {}", spec.target))?;
         let mapper = RowMapper::new(spec, target_table, target, mappings.keys)?;
@@ -164,11 +167,14 @@ pub async fn forecast(
         // Rows that passed everything but a reference to a row of this same table.
         let mut self_refs: Vec<(String, Vec<(String, String)>)> = Vec::new();
         let mut count = 0i64;
+        let mut later: Vec<(String, TableName, String)> = Vec::new();
+        let mut waiting: Vec<(String, String, TableName, String)> = Vec::new();
         let scan = Scan::entity(spec);
         // The mapped row, in a buffer used again for every row.
         let mut values = TextRows::new(mapper.target_columns().len());
         let mut each = |row: &[Option<&str>]| {
             count += 1;
+            later.clear();
             let key = mapper.key(row);
             let key_text = key.join("|");
             values.clear();
@@ -182,6 +188,10 @@ pub async fn forecast(
                         continue;
                     }
                     if !order.contains(&r.parent) {
+                        continue;
+                    }
+                    if order[position..].contains(&r.parent) {
+                        later.push((r.target_column.clone(), r.parent.clone(), parent_key.join("|")));
                         continue;
                     }
                     if !migrated.get(&r.parent).is_some_and(|k| k.contains(&parent_key)) {
@@ -221,6 +231,9 @@ pub async fn forecast(
                 }
                 Ok(pending)
             });
+            if verdict.is_ok() {
+                waiting.extend(later.drain(..).map(|(col, parent, parent_key)| (key_text.clone(), col, parent, parent_key)));
+            }
             match verdict {
                 Ok(pending) if pending.is_empty() => ok_keys.insert(&key),
                 Ok(pending) => self_refs.push((key_text, pending)),
@@ -259,10 +272,40 @@ pub async fn forecast(
         let reject: i64 = tally.reasons.values().map(|r| r.count).sum();
         let mut reasons: Vec<RejectReason> = tally.reasons.into_values().collect();
         reasons.sort_by(|a, b| b.count.cmp(&a.count).then(a.rule.cmp(&b.rule)));
+        awaiting.extend(waiting.into_iter().map(|(key, col, parent, parent_key)| (out.len(), key, col, parent, parent_key)));
         out.push((source.clone(), Forecast { rows: count, migrate: count - reject, reject, reasons, unchecked }));
         if referenced.contains(source) {
             migrated.insert(source.clone(), ok_keys);
             rejected.insert(source.clone(), bad_keys);
+        }
+        // The rows of earlier entities that pointed at this one: rejected where their row
+        // is not migrated. (Rows of this entity that pointed back at such a row were counted
+        // before it was known; the load's final put-back of the cycle's key refuses them.)
+        let (settled, still): (Vec<_>, Vec<_>) = awaiting.drain(..).partition(|a| &a.3 == source);
+        awaiting = still;
+        let known = migrated.get(source);
+        for (at, key, col, parent, parent_key) in settled {
+            if known.is_some_and(|k| k.contains(&parent_key.split('|').collect::<Vec<_>>())) {
+                continue;
+            }
+            let (child, forecast) = &mut out[at];
+            if let Some(bad) = rejected.get_mut(child) {
+                bad.insert(&[key.as_str()]);
+            }
+            let target_name = mappings.spec(child).map(|s| s.target.name.clone()).unwrap_or_default();
+            let rule = format!("reference:{col}");
+            let reason = format!("{target_name}.{col}: the {parent} row it points at ({parent_key}) is not migrated");
+            forecast.migrate -= 1;
+            forecast.reject += 1;
+            match forecast.reasons.iter_mut().find(|r| r.rule == rule) {
+                Some(r) => {
+                    r.count += 1;
+                    if r.examples.len() < EXAMPLES {
+                        r.examples.push(key);
+                    }
+                }
+                None => forecast.reasons.push(RejectReason { rule, reason, count: 1, examples: vec![key] }),
+            }
         }
     }
     Ok(out)

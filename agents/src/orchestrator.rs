@@ -388,6 +388,10 @@ async fn plan_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Resul
     let request = ForecastRequest { order, mappings: mappings.clone(), target };
     let forecasts = answer(courier.ask(&agents.schema, "forecast", request, |e, p| SchemaMsg::Forecast(Box::new(e), p)).await)?;
     let plan = answer(courier.ask(&agents.planning, "assess", AssessRequest { plan, forecasts }, PlanningMsg::Assess).await)?;
+    let unsettled = crate::planning::unsettled_cycles(&plan, &mappings);
+    if !unsettled.is_empty() {
+        return Err(AgentError::new(ME, unsettled.join("; ")));
+    }
     let explanation = answer(courier.ask(&agents.guidance, "explain the plan", plan.clone(), GuidanceMsg::ExplainPlan).await)?;
     let hash = plan.hash();
     ctx.decision(
@@ -472,7 +476,9 @@ async fn migrate_all(
             started[i] = true;
             let body =
                 MigrateEntity { constraints_suspended: req.suspend_constraints, ..entity_request(&req.mappings, &req.target, order[i])? };
-            let (courier, agents, validate) = (courier.clone(), agents.clone(), req.validate);
+            // An entity whose reference waits for a later parent is proven once that parent is
+            // in (below), not before: until then its references point at nothing yet.
+            let (courier, agents, validate) = (courier.clone(), agents.clone(), req.validate && body.later_parents.is_empty());
             running.spawn(async move {
                 let asked = courier.ask_within(
                     &agents.execution,
@@ -494,6 +500,16 @@ async fn migrate_all(
         done[i] = true;
         results.push(result);
     }
+    if req.validate {
+        for result in &mut results {
+            let Some(entity) = order.iter().find(|e| Some(&e.table) == result.source.as_ref()) else { continue };
+            let body =
+                MigrateEntity { constraints_suspended: req.suspend_constraints, ..entity_request(&req.mappings, &req.target, entity)? };
+            if !body.later_parents.is_empty() {
+                result.validation = Some(validate_entity(courier, agents, body).await?);
+            }
+        }
+    }
     Ok(results)
 }
 
@@ -509,6 +525,7 @@ fn entity_request(mappings: &MappingSet, target: &SchemaReport, entity: &Planned
         })
         .collect();
     Ok(MigrateEntity {
+        later_parents: entity.later_parents.clone(),
         entity: entity.clone(),
         spec: spec.clone(),
         parents,

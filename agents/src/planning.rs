@@ -393,9 +393,40 @@ pub fn not_reproduced(plan: &MigrationPlan, source: &SchemaReport, target: &Sche
             t.unique.iter().map(|u| &u.name).collect(),
         ));
     }
+    let planned: BTreeSet<&TableName> = plan.entities().map(|e| &e.table).collect();
+    for loose in source.loose_references().iter().filter(|l| planned.contains(&l.table)) {
+        out.push(format!("Not rewritten: {loose}."));
+    }
     let there: BTreeSet<&String> = target.other_objects.iter().map(|(_, n)| n).collect();
     for (kind, name) in source.other_objects.iter().filter(|(_, n)| !there.contains(n)) {
         out.push(format!("Not reproduced: {kind} {name} (recreate it in the target after the migration)."));
+    }
+    out
+}
+
+/// The cycles the load cannot settle yet: a row whose reference to a table that loads after it
+/// (where the plan broke a cycle) will be rejected. Its rows would be in before the row they
+/// point at is refused, and taking them out again would cascade through the cycle; one line
+/// each, for refusing the plan before anything runs.
+pub fn unsettled_cycles(plan: &MigrationPlan, mappings: &MappingSet) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in plan.entities().filter(|e| !e.later_parents.is_empty()) {
+        let (Some(spec), Some(forecast)) = (mappings.spec(&e.table), e.forecast.as_ref()) else { continue };
+        for c in &spec.columns {
+            let runtime::mapping::Feed::Reference { parent, .. } = &c.feed else { continue };
+            if !e.later_parents.contains(parent) {
+                continue;
+            }
+            if let Some(r) = forecast.reasons.iter().find(|r| r.rule == format!("reference:{}", c.target)) {
+                out.push(format!(
+                    "{} and {parent} reference each other, and {} rows of {} point at {parent} rows that will be rejected (e.g. {}): agentctl cannot settle such a cycle yet; fix those rows in the source or leave both tables out",
+                    e.table,
+                    r.count,
+                    e.table,
+                    r.examples.join(", ")
+                ));
+            }
+        }
     }
     out
 }
@@ -513,6 +544,8 @@ pub fn plan(
 
     // Edges child -> parent inside the plan; self-references are always deferred.
     let mut deferred: BTreeMap<TableName, Vec<String>> = BTreeMap::new();
+    // The parents a broken cycle loads after each child.
+    let mut later: BTreeMap<TableName, Vec<TableName>> = BTreeMap::new();
     let mut parents: BTreeMap<TableName, BTreeMap<TableName, Vec<String>>> = BTreeMap::new();
     for name in inclusion.keys() {
         let table = tables[name];
@@ -541,8 +574,9 @@ pub fn plan(
         if ready.is_empty() {
             let (child, parent, fk) = break_cycle(&parents, &placed, &tables)?;
             rationale.push(format!(
-                "{child} and {parent} reference each other: {child} goes first with {fk} left empty, filled in a second pass once {parent} is in."
+                "{child} and {parent} reference each other: {child} goes first, its {fk} written as it is and proven once {parent} is in (the key is put back after the last load)."
             ));
+            later.entry(child.clone()).or_default().push(parent.clone());
             let fks = parents.get_mut(&child).and_then(|ps| ps.get_mut(&parent)).expect("the edge exists");
             fks.retain(|f| f != &fk);
             if fks.is_empty() {
@@ -569,6 +603,7 @@ pub fn plan(
                     batch_size: fixed_batch.unwrap_or_else(|| batch_size(tables[name].avg_row_bytes)),
                     forecast: None,
                     deferred_foreign_keys: deferred.get(name).cloned().unwrap_or_default(),
+                    later_parents: later.get(name).cloned().unwrap_or_default(),
                     scripts: mappings
                         .and_then(|m| m.spec(name))
                         .map(|s| s.scripts().iter().map(|c| format!("{} {}", c.path, crate::code::sha256(&c.code))).collect())

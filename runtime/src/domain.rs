@@ -267,7 +267,80 @@ pub struct Extension {
     pub schema: String,
 }
 
+/// A column that points at rows of other tables without a foreign key saying so. Its values are
+/// copied as they are: they stay the old keys, which each target row keeps as `legacy_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LooseReference {
+    pub table: TableName,
+    pub column: String,
+    /// For a generic relation (Django's contenttypes): the column naming the row's table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// For a `*_id` column no foreign key declares: the table its name points at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<TableName>,
+}
+
+impl fmt::Display for LooseReference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.content_type, &self.parent) {
+            (Some(ct), _) => write!(
+                f,
+                "{}.{} is a generic reference (its table named by {ct}): no foreign key declares it, so it keeps the old keys, which each target row keeps as legacy_id",
+                self.table, self.column
+            ),
+            (None, Some(p)) => write!(
+                f,
+                "{}.{} looks like a reference to {p}, but no foreign key declares it: it keeps the old keys, which each target row keeps as legacy_id",
+                self.table, self.column
+            ),
+            (None, None) => write!(f, "{}.{} is a reference no foreign key declares", self.table, self.column),
+        }
+    }
+}
+
 impl SchemaReport {
+    /// References no foreign key declares: Django's generic relations (an `object_id` beside a
+    /// foreign key to a `*content_type` table, `to_object_id` beside `to_content_type_id`), and
+    /// `*_id` columns of a key's type whose name is another table's (`user_id` and `auth_user`
+    /// or `user`).
+    pub fn loose_references(&self) -> Vec<LooseReference> {
+        let mut out = Vec::new();
+        for t in &self.tables {
+            let declared = |c: &str| t.foreign_keys.iter().any(|f| f.columns.iter().any(|x| x == c)) || t.key().0.iter().any(|k| k == c);
+            let mut generic = Vec::new();
+            for fk in t.foreign_keys.iter().filter(|f| f.columns.len() == 1 && f.references.name.ends_with("content_type")) {
+                let ct = &fk.columns[0];
+                let prefix = ct.strip_suffix("content_type_id").or_else(|| ct.strip_suffix("content_type")).unwrap_or("");
+                let object = format!("{prefix}object_id");
+                if t.column(&object).is_some() && !declared(&object) {
+                    generic.push(object.clone());
+                    out.push(LooseReference { table: t.name.clone(), column: object, content_type: Some(ct.clone()), parent: None });
+                }
+            }
+            for c in &t.columns {
+                let Some(stem) = c.name.strip_suffix("_id").filter(|s| !s.is_empty()) else { continue };
+                let keyish = matches!(c.type_name.as_str(), "int2" | "int4" | "int8" | "uuid");
+                if !keyish || declared(&c.name) || generic.contains(&c.name) {
+                    continue;
+                }
+                let parent = self.tables.iter().find(|p| {
+                    p.name != t.name
+                        && (p.name.name == stem || p.name.name == format!("{stem}s") || p.name.name.ends_with(&format!("_{stem}")))
+                });
+                if let Some(p) = parent {
+                    out.push(LooseReference {
+                        table: t.name.clone(),
+                        column: c.name.clone(),
+                        content_type: None,
+                        parent: Some(p.name.clone()),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     pub fn table(&self, name: &TableName) -> Option<&Table> {
         self.tables.iter().find(|t| &t.name == name)
     }
@@ -331,6 +404,9 @@ pub struct PlannedEntity {
     /// Foreign keys filled in a second pass because they close a cycle or point at the table
     /// itself: the rows go in with these columns empty, then the references are set.
     pub deferred_foreign_keys: Vec<String>,
+    /// The tables a broken cycle loads after this one, which its references wait for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub later_parents: Vec<TableName>,
     /// The custom transform scripts the entity runs, as `path sha256`: part of the plan (and
     /// its hash), so an approval does not carry over to an edited script.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -228,6 +228,10 @@ pub trait Target: Send + Sync + 'static {
     /// stops it without an error: that key, and what comes after it, stay recorded and aside.
     /// Returns what was put back, and whether that was everything.
     async fn restore_constraints_unless_refused(&self, target: &TableName) -> Result<(Vec<String>, bool), ToolError>;
+    /// Puts back what [`Target::restore_constraints`] does but a foreign key the rows break,
+    /// which stays recorded and aside (for a later put-back, which meets it again); the rest
+    /// goes on. Returns what was put back.
+    async fn restore_constraints_but_refused(&self, target: &TableName) -> Result<Vec<String>, ToolError>;
     /// Sets aside the unique constraint on `legacy_id` of an empty table for its load, when the
     /// primary key on `id` refuses the same duplicates (every row's UUID is derived from its
     /// legacy key, and the empty table holds no row with a UUID of its own); recorded like the

@@ -138,6 +138,9 @@ impl Target for CrashingWriter {
     async fn restore_constraints_unless_refused(&self, target: &TableName) -> Result<(Vec<String>, bool), ToolError> {
         self.inner.restore_constraints_unless_refused(target).await
     }
+    async fn restore_constraints_but_refused(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
+        self.inner.restore_constraints_but_refused(target).await
+    }
     async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError> {
         self.inner.suspend_legacy_key(run, target).await
     }

@@ -35,6 +35,17 @@ pub struct PgTarget {
     max_retries: u32,
 }
 
+/// What putting constraints back does at a foreign key the rows break (SQLSTATE 23503).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnRefusal {
+    /// Fails with the server's words.
+    Fail,
+    /// Stops there: that key and what comes after it stay aside.
+    Stop,
+    /// Leaves that key aside and goes on with the rest.
+    Skip,
+}
+
 impl PgTarget {
     pub fn new(pool: PgPool, max_retries: u32) -> PgTarget {
         PgTarget { pool, max_retries }
@@ -614,7 +625,7 @@ impl PgTarget {
     /// Puts back what is recorded as set aside for the table (of one kind, or all); returns what
     /// was put back and whether that was everything. With `stop_at_refusal`, a foreign key the
     /// rows break ends it there instead of failing (it and the rest stay recorded and aside).
-    async fn restore(&self, target: &TableName, kind: Option<&str>, stop_at_refusal: bool) -> Result<(Vec<String>, bool), ToolError> {
+    async fn restore(&self, target: &TableName, kind: Option<&str>, on_refusal: OnRefusal) -> Result<(Vec<String>, bool), ToolError> {
         let what = format!("putting back the constraints and indexes of {target}");
         let records: Vec<(String, String, String, bool)> = sqlx::query_as(
             "SELECT name, kind, definition, validated FROM agentctl.suspended_constraints
@@ -627,6 +638,7 @@ impl PgTarget {
         .map_err(while_doing(&what))?;
         let table = quoted(target);
         let mut restored = Vec::with_capacity(records.len());
+        let mut everything = true;
         // Indexes and foreign keys first, then the unique legacy key: making its index the
         // constraint waits for every reader of the table (the load baseline), and whatever came
         // after it would wait behind that. Autovacuum last, so that none of these waits for it.
@@ -660,8 +672,13 @@ impl PgTarget {
             };
             match sqlx::query(&create).execute(&mut *tx).await {
                 Ok(_) => {}
-                Err(sqlx::Error::Database(db)) if stop_at_refusal && db.code().as_deref() == Some("23503") => {
+                Err(sqlx::Error::Database(db)) if on_refusal == OnRefusal::Stop && db.code().as_deref() == Some("23503") => {
                     return Ok((restored, false));
+                }
+                Err(sqlx::Error::Database(db)) if on_refusal == OnRefusal::Skip && db.code().as_deref() == Some("23503") => {
+                    // Rolled back with its transaction, still on the record.
+                    everything = false;
+                    continue;
                 }
                 Err(e) => return Err(while_doing(format!("putting back {name} on {target}"))(e).into()),
             }
@@ -674,7 +691,7 @@ impl PgTarget {
             tx.commit().await.map_err(while_doing(&what))?;
             restored.push(name);
         }
-        Ok((restored, true))
+        Ok((restored, everything))
     }
 }
 
@@ -864,11 +881,15 @@ impl Target for PgTarget {
     }
 
     async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
-        self.restore(target, None, false).await.map(|(restored, _)| restored)
+        self.restore(target, None, OnRefusal::Fail).await.map(|(restored, _)| restored)
     }
 
     async fn restore_constraints_unless_refused(&self, target: &TableName) -> Result<(Vec<String>, bool), ToolError> {
-        self.restore(target, None, true).await
+        self.restore(target, None, OnRefusal::Stop).await
+    }
+
+    async fn restore_constraints_but_refused(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
+        self.restore(target, None, OnRefusal::Skip).await.map(|(restored, _)| restored)
     }
 
     async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError> {
@@ -899,7 +920,7 @@ impl Target for PgTarget {
     }
 
     async fn restore_legacy_key(&self, target: &TableName) -> Result<(), ToolError> {
-        self.restore(target, Some("unique"), false).await.map(drop)
+        self.restore(target, Some("unique"), OnRefusal::Fail).await.map(drop)
     }
 
     async fn rollback(&self, run: RunId, entities: &[RollbackEntity]) -> Result<Vec<RolledBack>, ToolError> {
