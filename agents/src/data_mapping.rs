@@ -483,7 +483,12 @@ fn map_table(
     };
     let mut columns = Vec::new();
     let mut metadata_at = None;
-    let pk_is_uuid = |c: &Column| dst.primary_key.len() == 1 && dst.primary_key[0] == c.name && c.type_name == "uuid";
+    // The row's own UUID: the primary key, or its `id` part (a partitioned table's key also
+    // holds its partition columns).
+    let pk_is_uuid = |c: &Column| {
+        c.type_name == "uuid"
+            && ((dst.primary_key.len() == 1 && dst.primary_key[0] == c.name) || (c.name == "id" && dst.primary_key.contains(&c.name)))
+    };
     for c in &dst.columns {
         if c.generated.is_some() {
             // The target computes it from the row.

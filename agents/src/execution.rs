@@ -283,6 +283,8 @@ pub async fn prepare(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity)
     let id_col = out_cols
         .iter()
         .position(|(c, _)| table.primary_key.len() == 1 && *c == table.primary_key[0])
+        // A partitioned table's primary key includes its partition columns beside id.
+        .or_else(|| out_cols.iter().position(|(c, _)| c == "id" && table.primary_key.contains(c)))
         .ok_or("the target table has no single-column key")?;
     let mut deferred_cols = Vec::new();
     let mut self_refs_checked = true;

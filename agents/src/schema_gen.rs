@@ -38,6 +38,11 @@ fn is_key_reference(report: &SchemaReport, fk: &ForeignKey) -> bool {
     fk.columns.len() == 1 && report.table(&fk.references).is_some_and(|p| p.key().0 == fk.referenced_columns)
 }
 
+/// The columns of `t` that become uuid references.
+fn key_references<'a>(report: &SchemaReport, t: &'a Table) -> BTreeSet<&'a str> {
+    t.foreign_keys.iter().filter(|fk| is_key_reference(report, fk)).map(|fk| fk.columns[0].as_str()).collect()
+}
+
 /// The column that becomes `legacy_id` and is not kept as a column of its own: a single-column
 /// primary key that is not also a reference.
 fn dropped_key(report: &SchemaReport, t: &Table) -> Option<String> {
@@ -47,6 +52,26 @@ fn dropped_key(report: &SchemaReport, t: &Table) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// How a partitioned table is partitioned in the target: its key, with the old key's column
+/// (now legacy_id, with the same values) renamed; or why it cannot be (a key over an expression
+/// or over a reference that became a UUID, whose bounds are old values).
+fn partitioning(t: &Table, dropped: Option<&str>, references: &BTreeSet<&str>) -> Result<runtime::domain::Partitioning, String> {
+    let p = t.partitioning.clone().ok_or("it has no partition key")?;
+    if p.columns.is_empty() {
+        return Err(format!("its key {} is over an expression", p.key));
+    }
+    if let Some(c) = p.columns.iter().find(|c| references.contains(c.as_str())) {
+        return Err(format!("its key is over {c}, which becomes a uuid"));
+    }
+    let rename = |cols: &[String]| {
+        cols.iter().map(|c| if Some(c.as_str()) == dropped { "legacy_id".to_owned() } else { c.clone() }).collect::<Vec<_>>()
+    };
+    let columns = rename(&p.columns);
+    let strategy = p.key.split_whitespace().next().unwrap_or("RANGE").to_owned();
+    let key = if columns == p.columns { p.key.clone() } else { format!("{strategy} ({})", list(&columns)) };
+    Ok(runtime::domain::Partitioning { key, columns, partitions: p.partitions })
 }
 
 /// Whether `text` (a definition or an expression) mentions `column`, as a word or quoted.
@@ -138,8 +163,7 @@ pub fn generate(report: &SchemaReport) -> Result<(String, Vec<String>), Vec<Stri
 fn table(report: &SchemaReport, t: &Table, out: &mut String, after: &mut Vec<String>, notes: &mut Vec<String>, refused: &mut Vec<String>) {
     let (key, source) = t.key();
     let dropped = dropped_key(report, t);
-    let references: BTreeSet<&str> =
-        t.foreign_keys.iter().filter(|fk| is_key_reference(report, fk)).map(|fk| fk.columns[0].as_str()).collect();
+    let references = key_references(report, t);
     match source {
         KeySource::Primary => {}
         KeySource::Unique(rule) => notes.push(format!("{} has no primary key: its rows are told apart by its unique rule {rule} ({})", t.name, key.join(", "))),
@@ -148,24 +172,41 @@ fn table(report: &SchemaReport, t: &Table, out: &mut String, after: &mut Vec<Str
             t.name
         )),
     }
-    if !t.partitions.is_empty() {
+    let partitioned = partitioning(t, dropped.as_deref(), &references);
+    if let (Err(why), false) = (&partitioned, t.partitions.is_empty()) {
         let parts: Vec<String> = t.partitions.iter().map(ToString::to_string).collect();
         notes.push(format!(
-            "{} is partitioned ({}); the target table is one plain table holding every partition's rows, with the foreign keys of the table and of its partitions",
+            "{} is partitioned ({}), but {why}: the target table is one plain table holding every partition's rows",
             t.name,
             parts.join(", ")
         ));
     }
+    let partitioned = partitioned.ok();
     for trigger in &t.triggers {
         notes.push(format!("{}: trigger {trigger} is not carried over (nothing fires during the load)", t.name));
     }
 
-    let mut lines = vec!["    \"id\" uuid PRIMARY KEY".to_owned()];
     let legacy_type = match (key.as_slice(), source) {
         ([one], KeySource::Primary | KeySource::Unique(_)) => t.column(one).map(|c| c.data_type.clone()).unwrap_or("text".into()),
         _ => "text".to_owned(),
     };
-    lines.push(format!("    \"legacy_id\" {legacy_type} NOT NULL UNIQUE"));
+    // A partitioned table's keys include its partition columns, as PostgreSQL requires.
+    let mut lines = match &partitioned {
+        None => vec!["    \"id\" uuid PRIMARY KEY".to_owned(), format!("    \"legacy_id\" {legacy_type} NOT NULL UNIQUE")],
+        Some(p) => {
+            let with = |first: &str| {
+                let mut cols = vec![first.to_owned()];
+                cols.extend(p.columns.iter().filter(|c| c.as_str() != first).cloned());
+                list(&cols)
+            };
+            vec![
+                "    \"id\" uuid NOT NULL".to_owned(),
+                format!("    \"legacy_id\" {legacy_type} NOT NULL"),
+                format!("    PRIMARY KEY ({})", with("id")),
+                format!("    UNIQUE ({})", with("legacy_id")),
+            ]
+        }
+    };
     // Columns whose meaning changes in the target: the key that became legacy_id, and the
     // references that became UUIDs. A rule that mentions one is not carried over as it is.
     let changed: Vec<&str> = dropped.iter().map(String::as_str).chain(references.iter().copied()).collect();
@@ -236,7 +277,25 @@ fn table(report: &SchemaReport, t: &Table, out: &mut String, after: &mut Vec<Str
     if t.primary_key.len() > 1 {
         lines.push(format!("    UNIQUE ({})", list(&t.primary_key)));
     }
-    out.push_str(&format!("CREATE TABLE {} (\n{}\n);\n", qualified(&t.name), lines.join(",\n")));
+    // Table constraints after the columns.
+    let (constraints, columns): (Vec<String>, Vec<String>) =
+        lines.into_iter().partition(|l| l.starts_with("    PRIMARY KEY") || l.starts_with("    UNIQUE") || l.starts_with("    CONSTRAINT"));
+    let lines: Vec<String> = columns.into_iter().chain(constraints).collect();
+    match &partitioned {
+        None => out.push_str(&format!("CREATE TABLE {} (\n{}\n);\n", qualified(&t.name), lines.join(",\n"))),
+        Some(p) => {
+            out.push_str(&format!("CREATE TABLE {} (\n{}\n) PARTITION BY {};\n", qualified(&t.name), lines.join(",\n"), p.key));
+            for part in &p.partitions {
+                let sub = part.key.as_ref().map(|k| format!(" PARTITION BY {k}")).unwrap_or_default();
+                out.push_str(&format!(
+                    "CREATE TABLE {} PARTITION OF {} {}{sub};\n",
+                    qualified(&part.name),
+                    qualified(&part.parent),
+                    part.bound
+                ));
+            }
+        }
+    }
 
     for i in t.indexes.iter().filter(|i| !i.primary && !i.constraint) {
         let plain = plain_index(&i.definition);
@@ -248,11 +307,23 @@ fn table(report: &SchemaReport, t: &Table, out: &mut String, after: &mut Vec<Str
             notes.push(format!("{}: index {} is on a column that became a UUID or legacy_id and is not carried over", t.name, i.name));
             continue;
         }
-        after.push(format!("{};\n", i.definition));
+        // A partitioned table's index is printed `ON ONLY` it: on the table alone, invalid, and
+        // not on its partitions.
+        after.push(format!("{};\n", i.definition.replacen(" ON ONLY ", " ON ", 1)));
     }
     for fk in &t.foreign_keys {
         let on_delete = if fk.on_delete == "no action" { String::new() } else { format!(" ON DELETE {}", fk.on_delete.to_uppercase()) };
         let deferrable = if fk.deferrable { " DEFERRABLE" } else { "" };
+        let to_partitioned = report
+            .table(&fk.references)
+            .is_some_and(|p| partitioning(p, dropped_key(report, p).as_deref(), &key_references(report, p)).is_ok());
+        if is_key_reference(report, fk) && to_partitioned {
+            notes.push(format!(
+                "{}: foreign key {} points at the partitioned {}, whose key in the target includes its partition columns: its uuid column is kept, without the constraint",
+                t.name, fk.name, fk.references
+            ));
+            continue;
+        }
         if is_key_reference(report, fk) {
             after.push(format!(
                 "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} (\"id\"){on_delete}{deferrable};\n",

@@ -130,12 +130,37 @@ pub struct Index {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partitioning {
+    /// As `pg_get_partkeydef` prints it: `RANGE (paid_on)`.
+    pub key: String,
+    /// The key's columns; empty when a part of it is an expression.
+    pub columns: Vec<String>,
+    /// Every partition, each after the partition it belongs to.
+    pub partitions: Vec<Partition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    pub name: TableName,
+    /// The table or partition it is a partition of.
+    pub parent: TableName,
+    /// As `pg_get_expr` prints it: `FOR VALUES FROM ('2023-01-01') TO ('2024-01-01')`.
+    pub bound: String,
+    /// Its own key, when it is partitioned in turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Table {
     pub name: TableName,
     /// `table`, or `partitioned` for a partitioned parent (its partitions are listed).
     pub kind: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<TableName>,
+    /// For a partitioned table: its key and every partition's bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitioning: Option<Partitioning>,
     pub columns: Vec<Column>,
     pub primary_key: Vec<String>,
     pub unique: Vec<Unique>,

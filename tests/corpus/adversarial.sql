@@ -110,6 +110,7 @@ CREATE TABLE payment (
 ) PARTITION BY RANGE (paid_on);
 CREATE TABLE payment_2023 PARTITION OF payment FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
 CREATE TABLE payment_2024 PARTITION OF payment FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE INDEX payment_amount ON payment (amount);
 ALTER TABLE payment_2023 ADD FOREIGN KEY (employee_id) REFERENCES employee (id);
 ALTER TABLE payment_2024 ADD FOREIGN KEY (employee_id) REFERENCES employee (id);
 ALTER TABLE payment_2023 ADD FOREIGN KEY (store_id) REFERENCES sales.store (id);

@@ -132,6 +132,21 @@ fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(
         assert_eq!(count(t) + gone, count(s), "{s}: rows of {}", table.display);
     }
 
+    // Partitions stay partitions, each with its rows; every index is valid (an index of a
+    // partitioned table put back `ON ONLY` it would not be, nor exist on its partitions).
+    let partitions = pg.psql(
+        s,
+        "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relispartition AND c.relkind = 'r' ORDER BY 1",
+    );
+    for partition in partitions.lines() {
+        let in_target = format!("SELECT relispartition FROM pg_class WHERE oid = '{}'::regclass", partition.replace('\'', "''"));
+        assert_eq!(pg.psql(t, &in_target), "t", "{s}: {partition} is a partition in the target");
+        let count = |db: &str| pg.psql(db, &format!("SELECT count(*) FROM {partition}"));
+        assert_eq!(count(t), count(s), "{s}: rows of partition {partition}");
+    }
+    assert_eq!(pg.psql(t, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "0", "{s}: every index of the target is valid");
+
     // Each foreign key's links: the same child rows point at the same parent rows.
     let keys: BTreeMap<String, Vec<String>> = tables.iter().map(|t| (t.quoted.clone(), t.key.clone())).collect();
     for link in source_links(pg, s) {

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use runtime::domain::{
-    Check, Column, ColumnStats, Domain, Extension, ForeignKey, Index, SchemaReport, Sequence, Table, TableName, TypeKind, Unique, UserType,
+    Check, Column, ColumnStats, Domain, Extension, ForeignKey, Index, Partition, Partitioning, SchemaReport, Sequence, Table, TableName,
+    TypeKind, Unique, UserType,
 };
 use runtime::ports::{Catalog, ToolError};
 use sqlx::postgres::PgRow;
@@ -58,7 +59,13 @@ impl PgCatalog {
                     "SELECT c.oid::int8 AS oid, n.nspname::text AS nspname, c.relname::text AS relname, c.relkind::text AS relkind,
                             greatest(c.reltuples, 0)::int8 AS estimate, c.relispartition AS is_partition,
                             coalesce((SELECT sum(s.avg_width) FROM pg_stats s WHERE s.schemaname = n.nspname AND s.tablename = c.relname), 0)::int8 AS width,
-                            (SELECT p.inhparent::int8 FROM pg_inherits p WHERE p.inhrelid = c.oid LIMIT 1) AS parent
+                            (SELECT p.inhparent::int8 FROM pg_inherits p WHERE p.inhrelid = c.oid LIMIT 1) AS parent,
+                            CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END AS partition_key,
+                            CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END AS bound,
+                            (SELECT array_agg(CASE WHEN k.num = 0 THEN NULL ELSE a.attname::text END ORDER BY k.ord)
+                             FROM pg_partitioned_table pt CROSS JOIN LATERAL unnest(pt.partattrs::int2[]) WITH ORDINALITY k(num, ord)
+                             LEFT JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = k.num
+                             WHERE pt.partrelid = c.oid) AS partition_columns
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                      WHERE c.relkind IN ('r', 'p') AND {USER_SCHEMAS}
                      ORDER BY n.nspname, c.relname"
@@ -69,20 +76,38 @@ impl PgCatalog {
         let mut tables: Vec<Table> = Vec::new();
         let mut index: HashMap<i64, usize> = HashMap::new();
         let mut partitions: Vec<(i64, i64, TableName)> = Vec::new();
+        // Each partition's bound and own key, and each partitioned table's key and columns.
+        let mut bounds: HashMap<i64, (String, Option<String>)> = HashMap::new();
+        let mut names: HashMap<i64, TableName> = HashMap::new();
         for r in &table_rows {
             let name = TableName::new(get::<String>(r, "nspname")?, get::<String>(r, "relname")?);
+            names.insert(get(r, "oid")?, name.clone());
             if get::<bool>(r, "is_partition")? {
                 // A partition is migrated through its parent: listed there, not as an entity.
                 if let Some(parent) = get::<Option<i64>>(r, "parent")? {
                     partitions.push((get(r, "oid")?, parent, name));
+                    bounds.insert(get(r, "oid")?, (get::<Option<String>>(r, "bound")?.unwrap_or_default(), get(r, "partition_key")?));
                 }
                 continue;
             }
+            let partitioning = match get::<Option<String>>(r, "partition_key")? {
+                Some(key) => {
+                    let columns: Vec<Option<String>> = get::<Option<Vec<Option<String>>>>(r, "partition_columns")?.unwrap_or_default();
+                    let plain = columns.iter().all(Option::is_some);
+                    Some(Partitioning {
+                        key,
+                        columns: if plain { columns.into_iter().flatten().collect() } else { Vec::new() },
+                        partitions: Vec::new(),
+                    })
+                }
+                None => None,
+            };
             index.insert(get(r, "oid")?, tables.len());
             tables.push(Table {
                 name,
                 kind: if get::<String>(r, "relkind")? == "p" { "partitioned".into() } else { "table".into() },
                 partitions: Vec::new(),
+                partitioning,
                 columns: Vec::new(),
                 primary_key: Vec::new(),
                 unique: Vec::new(),
@@ -104,11 +129,25 @@ impl PgCatalog {
             }
             oid
         };
+        let depth = |mut oid: i64| {
+            let mut d = 0;
+            while let Some(&p) = parent_of.get(&oid) {
+                oid = p;
+                d += 1;
+            }
+            d
+        };
         let mut partition_of: HashMap<i64, usize> = HashMap::new();
-        for (oid, parent, name) in &partitions {
+        let mut by_depth: Vec<&(i64, i64, TableName)> = partitions.iter().collect();
+        by_depth.sort_by_key(|(oid, _, name)| (depth(*oid), name.clone()));
+        for (oid, parent, name) in by_depth {
             if let Some(&i) = index.get(&top(*parent)) {
                 tables[i].partitions.push(name.clone());
                 partition_of.insert(*oid, i);
+                let (bound, key) = bounds.remove(oid).unwrap_or_default();
+                if let (Some(p), Some(parent)) = (tables[i].partitioning.as_mut(), names.get(parent)) {
+                    p.partitions.push(Partition { name: name.clone(), parent: parent.clone(), bound, key });
+                }
             }
         }
         let oids: Vec<i64> = index.keys().copied().collect();

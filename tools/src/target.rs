@@ -844,7 +844,8 @@ impl Target for PgTarget {
             "SELECT conname::text, 'constraint', pg_get_constraintdef(oid), convalidated FROM pg_constraint
              WHERE conrelid = $1::regclass AND contype = 'f'
              UNION ALL
-             SELECT i.relname::text, 'index', pg_get_indexdef(i.oid), true FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+             SELECT i.relname::text, 'index', replace(pg_get_indexdef(i.oid), ' ON ONLY ', ' ON '), true
+             FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
              WHERE x.indrelid = $1::regclass AND NOT x.indisunique AND NOT x.indisprimary
                AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)",
         )
@@ -859,8 +860,9 @@ impl Target for PgTarget {
         // a half-loaded table (statistics thrown away when it is full) and vacuum it while the
         // load appends to it, taking a core from the load. Put back with the table's constraints,
         // after which autovacuum does both once. A setting of the operator's own is left alone.
+        // (A partitioned table has no storage of its own to vacuum, nor the setting.)
         let quiet: bool = sqlx::query_scalar(&format!(
-            "SELECT NOT EXISTS (SELECT 1 FROM {table})
+            "SELECT (SELECT relkind FROM pg_class WHERE oid = $1::regclass) <> 'p' AND NOT EXISTS (SELECT 1 FROM {table})
                 AND NOT EXISTS (SELECT 1 FROM pg_class c, unnest(c.reloptions) o
                                 WHERE c.oid = $1::regclass AND o LIKE 'autovacuum\\_enabled=%')"
         ))
