@@ -602,6 +602,14 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     let rows = counted_first.or(second.map_err(|e| e.0)?).expect("the rows are counted on one core or the other");
     result.target_rows = rows;
     record_put_back(ctx, &spec.target, &put_back);
+    for (sequence, to) in target.restart_sequences(&spec.target).await.map_err(|e| e.0)? {
+        ctx.decision(
+            ME,
+            format!("{}: sequence {sequence} moved to {to}", spec.target.name),
+            "the migrated rows hold values up to there: the target's own next row takes the one after",
+            serde_json::json!({"table": spec.target.to_string(), "sequence": sequence, "value": to}),
+        );
+    }
     let balanced = result.rows_read == result.migrated + result.rejected && result.target_rows >= result.migrated;
     let detail = format!(
         "{} read = {} migrated + {} rejected; {} rows in {}",

@@ -297,6 +297,14 @@ fn table(report: &SchemaReport, t: &Table, out: &mut String, after: &mut Vec<Str
         }
     }
 
+    if let Some(comment) = &t.comment {
+        out.push_str(&format!("COMMENT ON TABLE {} IS {};\n", qualified(&t.name), literal(comment)));
+    }
+    for c in &t.columns {
+        let Some(comment) = &c.comment else { continue };
+        let column = if dropped.as_deref() == Some(c.name.as_str()) { "legacy_id" } else { c.name.as_str() };
+        out.push_str(&format!("COMMENT ON COLUMN {}.{} IS {};\n", qualified(&t.name), ident(column), literal(comment)));
+    }
     for i in t.indexes.iter().filter(|i| !i.primary && !i.constraint) {
         let plain = plain_index(&i.definition);
         let breaks = |k: &&str| match &plain {
@@ -313,7 +321,11 @@ fn table(report: &SchemaReport, t: &Table, out: &mut String, after: &mut Vec<Str
     }
     for fk in &t.foreign_keys {
         let on_delete = if fk.on_delete == "no action" { String::new() } else { format!(" ON DELETE {}", fk.on_delete.to_uppercase()) };
-        let deferrable = if fk.deferrable { " DEFERRABLE" } else { "" };
+        let deferrable = match (fk.deferrable, fk.deferred) {
+            (true, true) => " DEFERRABLE INITIALLY DEFERRED",
+            (true, false) => " DEFERRABLE",
+            _ => "",
+        };
         let to_partitioned = report
             .table(&fk.references)
             .is_some_and(|p| partitioning(p, dropped_key(report, p).as_deref(), &key_references(report, p)).is_ok());

@@ -54,6 +54,9 @@ pub struct Column {
     /// The column's collation where it is not its type's default, quoted for SQL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collation: Option<String>,
+    /// `COMMENT ON COLUMN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
     /// What the planner's statistics say of the values (after ANALYZE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<ColumnStats>,
@@ -96,6 +99,9 @@ pub struct ForeignKey {
     /// `no action`, `restrict`, `cascade`, `set null`, `set default`.
     pub on_delete: String,
     pub deferrable: bool,
+    /// `INITIALLY DEFERRED`: checked at commit unless a transaction says otherwise.
+    #[serde(default)]
+    pub deferred: bool,
     /// False for a key added `NOT VALID`: existing rows were never checked against it.
     pub validated: bool,
 }
@@ -178,6 +184,9 @@ pub struct Table {
     pub exact_rows: Option<i64>,
     /// Average width of a row in bytes, from the planner's statistics (0 if unknown).
     pub avg_row_bytes: i64,
+    /// `COMMENT ON TABLE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 /// The key of a table with neither a primary key nor a unique rule on NOT NULL columns: a

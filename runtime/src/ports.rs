@@ -215,6 +215,10 @@ pub trait Target: Send + Sync + 'static {
     /// caller keeps those whose UUID is not the derived one; children must point at them.
     async fn kept_rows(&self, target: &TableName, ours: Option<&str>) -> Result<Vec<(String, String)>, ToolError>;
 
+    /// Moves every sequence the table's columns draw from (identity columns, `nextval`
+    /// defaults) past the highest value the table holds, so that the target's own next row
+    /// does not take a migrated row's value. Returns the sequences moved, with where to.
+    async fn restart_sequences(&self, target: &TableName) -> Result<Vec<(String, i64)>, ToolError>;
     /// Rows in a target table; with `live`, those not soft-deleted (`deleted_at` not set).
     async fn table_rows(&self, target: &TableName, live: bool) -> Result<i64, ToolError>;
     /// Sets aside the table's foreign keys and plain (non-unique) indexes for the load,

@@ -28,6 +28,7 @@ CREATE TABLE "user" (
     mood mood NOT NULL DEFAULT 'calm'
 );
 COMMENT ON TABLE "user" IS 'people, keyed by their handle';
+COMMENT ON COLUMN "user"."default" IS 'whether it''s the default account';
 
 -- Mixed case, spaces, quotes, dots and unicode; a bigint key; extension types.
 CREATE TABLE "Odd Schema"."Line ""Items"".v2 ✓" (

@@ -147,6 +147,41 @@ fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(
     }
     assert_eq!(pg.psql(t, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "0", "{s}: every index of the target is valid");
 
+    // Comments on tables and on the columns kept as they were.
+    let comments = |db: &str| {
+        pg.psql(
+            db,
+            "SELECT c.relname || coalesce('.' || a.attname, '') || ': ' || d.description FROM pg_description d
+             JOIN pg_class c ON c.oid = d.objoid AND d.classoid = 'pg_class'::regclass
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.objsubid AND d.objsubid > 0
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('agentctl', 'pg_catalog', 'information_schema')
+               AND coalesce(a.attname, '') NOT IN ('legacy_id', 'id') ORDER BY 1",
+        )
+    };
+    assert_eq!(comments(t), comments(s), "{s}: comments");
+
+    // Every sequence a column draws from hands out a value past the column's rows.
+    let drawn = pg.psql(
+        t,
+        "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), quote_ident(a.attname), s.oid::regclass::text
+         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_depend d ON d.refobjid = c.oid AND d.refobjsubid = a.attnum AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+         JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+         WHERE n.nspname <> 'agentctl' AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
+    );
+    for line in drawn.lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        let past = pg.psql(
+            t,
+            &format!(
+                "SELECT coalesce((SELECT max({}) FROM {}), 0) < (SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END FROM {})",
+                f[1], f[0], f[2]
+            ),
+        );
+        assert_eq!(past, "t", "{s}: the sequence {} of {}.{} hands out a value past its rows", f[2], f[0], f[1]);
+    }
+
     // Each foreign key's links: the same child rows point at the same parent rows.
     let keys: BTreeMap<String, Vec<String>> = tables.iter().map(|t| (t.quoted.clone(), t.key.clone())).collect();
     for link in source_links(pg, s) {

@@ -141,6 +141,9 @@ impl Target for CrashingWriter {
     async fn restore_constraints_but_refused(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
         self.inner.restore_constraints_but_refused(target).await
     }
+    async fn restart_sequences(&self, target: &TableName) -> Result<Vec<(String, i64)>, ToolError> {
+        self.inner.restart_sequences(target).await
+    }
     async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError> {
         self.inner.suspend_legacy_key(run, target).await
     }

@@ -61,6 +61,7 @@ impl PgCatalog {
                             coalesce((SELECT sum(s.avg_width) FROM pg_stats s WHERE s.schemaname = n.nspname AND s.tablename = c.relname), 0)::int8 AS width,
                             (SELECT p.inhparent::int8 FROM pg_inherits p WHERE p.inhrelid = c.oid LIMIT 1) AS parent,
                             CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END AS partition_key,
+                            obj_description(c.oid, 'pg_class') AS comment,
                             CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END AS bound,
                             (SELECT array_agg(CASE WHEN k.num = 0 THEN NULL ELSE a.attname::text END ORDER BY k.ord)
                              FROM pg_partitioned_table pt CROSS JOIN LATERAL unnest(pt.partattrs::int2[]) WITH ORDINALITY k(num, ord)
@@ -119,6 +120,7 @@ impl PgCatalog {
                 estimated_rows: get(r, "estimate")?,
                 exact_rows: None,
                 avg_row_bytes: get(r, "width")?,
+                comment: get(r, "comment")?,
             });
         }
         // A partition of a partition belongs to the topmost table.
@@ -164,7 +166,7 @@ impl PgCatalog {
                         CASE WHEN t.typcategory = 'A' THEN format_type(t.typelem, NULL) END AS element,
                         CASE WHEN t.typname IN ('varchar', 'bpchar') AND a.atttypmod > 4 THEN a.atttypmod - 4 END AS max_length,
                         NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default_expr, a.attidentity::text AS identity,
-                        a.attgenerated::text AS generated,
+                        a.attgenerated::text AS generated, col_description(a.attrelid, a.attnum) AS comment,
                         CASE WHEN a.attcollation <> t.typcollation AND a.attcollation <> 0 THEN
                           (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname) FROM pg_collation co
                            JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END AS collation
@@ -211,6 +213,7 @@ impl PgCatalog {
                 identity,
                 generated,
                 collation: get(r, "collation")?,
+                comment: get(r, "comment")?,
                 stats: match get::<Option<f64>>(r, "null_frac")? {
                     None => None,
                     Some(null_fraction) => Some(ColumnStats {
@@ -229,7 +232,7 @@ impl PgCatalog {
                 "constraints",
                 "SELECT con.conrelid::int8 AS oid, con.contype::text AS kind, con.conname::text AS conname,
                         rn.nspname::text AS ref_schema, rc.relname::text AS ref_table, con.confdeltype::text AS on_delete,
-                        con.condeferrable AS deferrable, con.convalidated AS validated, pg_get_constraintdef(con.oid, true) AS def,
+                        con.condeferrable AS deferrable, con.condeferred AS deferred, con.convalidated AS validated, pg_get_constraintdef(con.oid, true) AS def,
                         ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(num, ord)
                               JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num ORDER BY k.ord) AS cols,
                         ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(num, ord)
@@ -502,6 +505,7 @@ fn foreign_key(r: &PgRow) -> Result<ForeignKey, DbError> {
         }
         .to_owned(),
         deferrable: get(r, "deferrable")?,
+        deferred: get(r, "deferred")?,
         validated: get(r, "validated")?,
     })
 }

@@ -882,6 +882,45 @@ impl Target for PgTarget {
         Ok(all)
     }
 
+    async fn restart_sequences(&self, target: &TableName) -> Result<Vec<(String, i64)>, ToolError> {
+        let what = format!("moving the sequences of {target} past its rows");
+        let table = quoted(target);
+        // An identity column's own sequence, and any sequence a column's default calls.
+        let drawn: Vec<(String, String)> = sqlx::query_as(
+            "SELECT a.attname::text, pg_get_serial_sequence($1, a.attname) FROM pg_attribute a
+             WHERE a.attrelid = $1::regclass AND a.attidentity <> '' AND NOT a.attisdropped
+               AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+             UNION
+             SELECT a.attname::text, d.refobjid::regclass::text FROM pg_attrdef ad
+             JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+             JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
+             JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
+             WHERE ad.adrelid = $1::regclass AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)",
+        )
+        .bind(&table)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing(&what))?;
+        let mut moved = Vec::new();
+        for (column, sequence) in drawn {
+            // Forward only, and only past what the table holds: never back over values the
+            // sequence already handed out.
+            let to: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT setval($1::regclass, m) FROM (SELECT max({col})::int8 AS m FROM {table}) x
+                 WHERE m IS NOT NULL AND m > (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {sequence})",
+                col = ident(&column)
+            ))
+            .bind(&sequence)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(while_doing(&what))?;
+            if let Some(to) = to {
+                moved.push((sequence, to));
+            }
+        }
+        Ok(moved)
+    }
+
     async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
         self.restore(target, None, OnRefusal::Fail).await.map(|(restored, _)| restored)
     }

@@ -27,6 +27,7 @@ fn schema(spec: &[(&str, i64, &[Fk<'_>])]) -> SchemaReport {
                         referenced_columns: vec!["id".into()],
                         on_delete: "no action".into(),
                         deferrable: false,
+                        deferred: false,
                         validated: true,
                     })
                     .collect(),
@@ -41,6 +42,7 @@ fn schema(spec: &[(&str, i64, &[Fk<'_>])]) -> SchemaReport {
                 triggers: vec![],
                 exact_rows: None,
                 avg_row_bytes: 40,
+                comment: None,
             })
             .collect(),
         ..SchemaReport::default()
@@ -59,6 +61,7 @@ fn int_column(name: &str, nullable: bool) -> Column {
         identity: None,
         generated: None,
         collation: None,
+        comment: None,
         stats: None,
     }
 }
