@@ -303,7 +303,7 @@ impl Chat<'_> {
         };
         progress.abort();
         let results = results.map_err(Exit::failed)?;
-        print_results(&results, self.session.run_id);
+        print_results(&results, &outcome.plan.left_out, self.session.run_id);
         let failed: Vec<String> = results
             .iter()
             .filter_map(|r| r.validation.as_ref())

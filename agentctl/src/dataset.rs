@@ -150,12 +150,12 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
             serde_json::json!({"hash": planned.hash}),
         );
         let results = session.execute(&planned, Default::default()).await.map_err(Exit::failed)?;
-        Ok::<_, Exit>(results)
+        Ok::<_, Exit>((results, planned.plan.left_out))
     };
     let result = crate::interruptible(work, session.run_id).await;
     let run_id = session.run_id;
-    let results = crate::plan_run::end(session, result, "succeeded").await?;
-    crate::plan_run::print_results(&results, run_id);
+    let (results, left_out) = crate::plan_run::end(session, result, "succeeded").await?;
+    crate::plan_run::print_results(&results, &left_out, run_id);
     let validations: Vec<&runtime::ports::EntityValidation> = results.iter().filter_map(|r| r.validation.as_ref()).collect();
     crate::proof::print_validations(&validations);
     println!("\nThe whole run is in the audit trail: agentctl --target {} audit show {run_id}\n", cluster.url("modern"));

@@ -156,11 +156,11 @@ fn show_results(
     execute_seconds: f64,
 ) {
     match format {
-        Format::Json => {
-            print_json(&json!({"run_id": run_id, "hash": outcome.hash, "entities": results, "execute_seconds": execute_seconds}))
-        }
+        Format::Json => print_json(
+            &json!({"run_id": run_id, "hash": outcome.hash, "entities": results, "left_out": outcome.plan.left_out, "execute_seconds": execute_seconds}),
+        ),
         Format::Text => {
-            print_results(results, run_id);
+            print_results(results, &outcome.plan.left_out, run_id);
             let validations: Vec<&runtime::ports::EntityValidation> = results.iter().filter_map(|r| r.validation.as_ref()).collect();
             if !validations.is_empty() {
                 crate::proof::print_validations(&validations);
@@ -210,7 +210,7 @@ fn print_progress(session: &Session, format: Format) -> tokio::task::JoinHandle<
     })
 }
 
-pub fn print_results(results: &[agents::execution::EntityResult], run_id: runtime::RunId) {
+pub fn print_results(results: &[agents::execution::EntityResult], left_out: &[runtime::domain::LeftOut], run_id: runtime::RunId) {
     println!("\n{:<24} {:>10} {:>10} {:>9} {:>8} {:>10}", "entity", "source", "migrated", "rejected", "seconds", "rows/s");
     let (mut read, mut migrated, mut rejected, mut seconds) = (0, 0, 0, 0.0);
     for r in results {
@@ -229,9 +229,22 @@ pub fn print_results(results: &[agents::execution::EntityResult], run_id: runtim
         seconds += r.seconds;
     }
     println!("{:<24} {read:>10} {migrated:>10} {rejected:>9} {seconds:>8.2} {:>10.0}", "total", read as f64 / f64::max(seconds, 1e-6));
-    println!(
-        "every source row is accounted for: {read} = {migrated} migrated + {rejected} rejected (agentctl.rejected_rows, run {run_id})"
-    );
+    // Every source table has an outcome: the ones above, or left out for the reason given.
+    let mut by_reason: std::collections::BTreeMap<&str, Vec<String>> = std::collections::BTreeMap::new();
+    for l in left_out {
+        by_reason.entry(l.reason.as_str()).or_default().push(l.table.to_string());
+    }
+    for (reason, tables) in &by_reason {
+        match left_out.iter().any(|l| l.merged && l.reason == *reason) {
+            true => println!("{reason}: {}", tables.join(", ")),
+            false => println!("not migrated ({reason}): {}", tables.join(", ")),
+        }
+    }
+    let whose = match left_out.iter().all(|l| l.merged) {
+        true => "every source row".to_owned(),
+        false => format!("every row of the {} tables above", results.len()),
+    };
+    println!("{whose} is accounted for: {read} = {migrated} migrated + {rejected} rejected (agentctl.rejected_rows, run {run_id})");
 }
 
 /// Asks the operator to approve the plan, unless `--yes` or `--approve HASH`; refuses without a

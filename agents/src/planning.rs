@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
-use runtime::domain::{Forecast, Inclusion, MigrationPlan, PlannedEntity, SchemaReport, Table, TableName};
+use runtime::domain::{Forecast, Inclusion, LeftOut, MigrationPlan, PlannedEntity, SchemaReport, Table, TableName};
 use runtime::envelope::{AgentError, Envelope};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
@@ -618,7 +618,27 @@ pub fn plan(
         Some(n) => format!("Every batch holds {n} rows, as BATCH_SIZE says."),
         None => format!("Batch sizes aim at about 1 MiB per batch from each table's average row width: {}.", batches.join(", ")),
     });
-    Ok(MigrationPlan { goal: goal.trim().to_owned(), waves, rationale })
+    // Every other source table, with why: so that a report can account for each one.
+    let left_out = report
+        .tables
+        .iter()
+        .filter(|t| !inclusion.contains_key(&t.name))
+        .map(|t| {
+            let unmapped = mappings.and_then(|m| m.unmapped.iter().find(|(u, _)| u == &t.name)).map(|(_, why)| why.to_string());
+            let reason = if resolved.excluded.contains(&t.name) {
+                "excluded by the goal".to_owned()
+            } else if excluded.contains(&t.name) {
+                "references a table the goal excludes".to_owned()
+            } else if let Some(why) = unmapped {
+                why
+            } else {
+                "not in the goal".to_owned()
+            };
+            let merged = mappings.is_some_and(|m| m.unmapped.iter().any(|(u, why)| u == &t.name && matches!(why, Unmapped::Merged)));
+            LeftOut { table: t.name.clone(), reason, merged }
+        })
+        .collect();
+    Ok(MigrationPlan { goal: goal.trim().to_owned(), waves, rationale, left_out })
 }
 
 /// Attaches each entity's forecast and writes down the risks it shows.

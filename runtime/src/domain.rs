@@ -455,6 +455,19 @@ pub struct MigrationPlan {
     pub waves: Vec<Vec<PlannedEntity>>,
     /// The reasons behind the order, in plain words, one per decision.
     pub rationale: Vec<String>,
+    /// Every source table that is no entity of the plan, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOut>,
+}
+
+/// A source table the plan does not migrate, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftOut {
+    pub table: TableName,
+    pub reason: String,
+    /// Its rows are migrated as part of another entity's (a table the mapping joins).
+    #[serde(default)]
+    pub merged: bool,
 }
 
 impl MigrationPlan {
