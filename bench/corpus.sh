@@ -34,15 +34,15 @@ shape() {
   local db=$1 tables rows=0 links=0 t n
   tables=$("${psql[@]}" -d "$db" -c "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'")
-  for t in $tables; do rows=$((rows + $("${psql[@]}" -d "$db" -c "SELECT count(*) FROM $t"))); done
-  for n in $("${psql[@]}" -d "$db" -c "SELECT format('SELECT count(*) FROM %s c WHERE EXISTS (SELECT 1 FROM %s p WHERE (%s) = (%s))',
+  while IFS= read -r t; do rows=$((rows + $("${psql[@]}" -d "$db" -c "SELECT count(*) FROM $t"))); done <<<"$tables"
+  for n in $("${psql[@]}" -d "$db" -c "SELECT format('SELECT count(*) FROM %s c WHERE EXISTS (SELECT 1 FROM %s p WHERE (%s) = (%s));',
         con.conrelid::regclass, con.confrelid::regclass,
         (SELECT string_agg('p.' || quote_ident(a.attname), ', ' ORDER BY k.o) FROM unnest(con.confkey) WITH ORDINALITY k(x, o) JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.x),
         (SELECT string_agg('c.' || quote_ident(a.attname), ', ' ORDER BY k.o) FROM unnest(con.conkey) WITH ORDINALITY k(x, o) JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.x))
-      FROM pg_constraint con WHERE con.contype = 'f' AND con.conparentid = 0" | "${psql[@]}" -d "$db" 2>/dev/null); do
+      FROM pg_constraint con WHERE con.contype = 'f' AND con.conparentid = 0" | "${psql[@]}" -d "$db"); do
     links=$((links + n))
   done
-  echo "$(echo "$tables" | wc -w) $rows $links"
+  echo "$(echo "$tables" | grep -c .) $rows $links"
 }
 
 measure() {
