@@ -7,6 +7,7 @@ mod cli;
 mod corpus;
 mod dataset;
 mod execution;
+mod faults;
 mod llm;
 mod planning;
 mod proof;

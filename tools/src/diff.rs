@@ -21,8 +21,8 @@ use sqlx::{PgPool, Row};
 
 use crate::catalog::{ident, quoted};
 use crate::dataset::copy::push_field;
-use crate::pg::{describe, while_doing};
-use crate::target::{discard_transaction, is_transient, retrying, Failure};
+use crate::pg::{describe, fault, while_doing, Fault};
+use crate::target::{discard_transaction, retrying, Failure};
 
 /// Deletes everything recorded of what agentctl wrote to `target`'s rows: the load's record and
 /// the per-row one.
@@ -788,7 +788,8 @@ pub(crate) async fn split_run(
                 keys.extend(k);
                 sqlx::query("RELEASE SAVEPOINT agentctl_range").execute(&mut *c).await?;
             }
-            Err(e) if is_transient(&e) => return Err(e),
+            // Only the rows' own fault is narrowed down to the rows: any other stops here.
+            Err(e) if fault(&e) != Fault::Row => return Err(e),
             Err(e) => {
                 sqlx::query("ROLLBACK TO SAVEPOINT agentctl_range").execute(&mut *c).await?;
                 if lo == hi {

@@ -54,6 +54,41 @@ pub async fn connect(db: &DbUrl, max_connections: u32) -> Result<PgPool, DbError
     Ok(PgPoolOptions::new().max_connections(max_connections.max(1)).acquire_timeout(ACQUIRE_TIMEOUT).connect_lazy_with(options))
 }
 
+/// Whose fault a database error is, by its SQLSTATE: the one place agentctl decides whether
+/// a failed write says something about the rows, or about the system they are written to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The rows' own: a data exception (class 22: a value that does not parse or fit) or an
+    /// integrity violation (class 23: NOT NULL, CHECK, unique, foreign and exclusion keys).
+    /// The rows are rejected with the reason.
+    Row,
+    /// Passing: the connection lost, a serialization failure or deadlock, the server shutting
+    /// down, starting or out of connections. Tried again.
+    Transient,
+    /// The system's: a full disk and other insufficient resources, a missing privilege, a
+    /// missing object, a read-only server, configuration. The work stops with the cause and
+    /// no row is rejected for it.
+    System,
+}
+
+/// Classifies a driver error (see [`Fault`]).
+pub fn fault(e: &sqlx::Error) -> Fault {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => Fault::Transient,
+        sqlx::Error::Database(db) => sqlstate_fault(db.code().as_deref().unwrap_or("")),
+        _ => Fault::System,
+    }
+}
+
+fn sqlstate_fault(code: &str) -> Fault {
+    match code {
+        "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03" => Fault::Transient,
+        _ if code.starts_with("08") => Fault::Transient,
+        _ if code.starts_with("22") || code.starts_with("23") => Fault::Row,
+        _ => Fault::System,
+    }
+}
+
 /// One line for a driver error, without the driver's internals.
 pub fn describe(e: &sqlx::Error) -> String {
     match e {
@@ -94,4 +129,33 @@ pub async fn run_script(pool: &PgPool, sql: &str, what: &str) -> Result<(), DbEr
     let mut tx = pool.begin().await.map_err(while_doing(what))?;
     sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(while_doing(what))?;
     tx.commit().await.map_err(while_doing(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{sqlstate_fault, Fault};
+
+    #[test]
+    fn only_data_and_integrity_errors_are_the_rows_fault() {
+        for (code, fault) in [
+            ("22P02", Fault::Row),    // invalid input syntax
+            ("22001", Fault::Row),    // value too long
+            ("23505", Fault::Row),    // unique violation
+            ("23P01", Fault::Row),    // exclusion violation
+            ("53100", Fault::System), // disk full
+            ("53200", Fault::System), // out of memory
+            ("42501", Fault::System), // insufficient privilege
+            ("42P01", Fault::System), // undefined table
+            ("25006", Fault::System), // read-only transaction
+            ("P0001", Fault::System), // raised by a trigger
+            ("XX000", Fault::System), // internal error
+            ("40001", Fault::Transient),
+            ("40P01", Fault::Transient),
+            ("53300", Fault::Transient), // too many connections
+            ("57P01", Fault::Transient), // admin shutdown
+            ("08006", Fault::Transient), // connection failure
+        ] {
+            assert_eq!(sqlstate_fault(code), fault, "{code}");
+        }
+    }
 }

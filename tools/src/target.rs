@@ -28,7 +28,7 @@ use sqlx::{PgPool, Row};
 
 use crate::catalog::{ident, quoted};
 use crate::dataset::copy::push_field;
-use crate::pg::{describe, while_doing, DbError};
+use crate::pg::{describe, fault, while_doing, DbError, Fault};
 
 pub struct PgTarget {
     pool: PgPool,
@@ -53,14 +53,13 @@ impl PgTarget {
 }
 
 /// SQLSTATE classes that say "try again" rather than "this row is wrong".
-pub fn is_transient(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => {
-            matches!(db.code().as_deref(), Some("40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006"))
-        }
-        _ => false,
-    }
+/// The one line a system fault stops a batch with: the table, the cause, what was (not) done
+/// and what to do.
+pub(crate) fn system_fault(target: &TableName, e: &sqlx::Error) -> DbError {
+    DbError(format!(
+        "{target}: the target refused the batch for a reason that is not the rows' own ({}); nothing of it was written and no row is rejected for it: fix the cause, then resume the run with --resume",
+        describe(e)
+    ))
 }
 
 pub(crate) enum Failure {
@@ -104,10 +103,9 @@ pub(crate) async fn discard_transaction(mut c: sqlx::pool::PoolConnection<sqlx::
 
 impl From<sqlx::Error> for Failure {
     fn from(e: sqlx::Error) -> Self {
-        if is_transient(&e) {
-            Failure::Transient(e)
-        } else {
-            Failure::Fatal(DbError(describe(&e)))
+        match fault(&e) {
+            Fault::Transient => Failure::Transient(e),
+            Fault::Row | Fault::System => Failure::Fatal(DbError(describe(&e))),
         }
     }
 }
@@ -214,12 +212,17 @@ impl PgTarget {
                 sqlx::query("RELEASE SAVEPOINT agentctl_direct").execute(&mut **c).await?;
                 (rows as i64, 0, Vec::new())
             }
-            Err(e) if is_transient(&e) => return Err(Failure::Transient(e)),
-            Err(_) => {
-                sqlx::query("ROLLBACK TO SAVEPOINT agentctl_direct").execute(&mut **c).await?;
-                hashes.clear();
-                self.staged(c, b, &keep, &cols).await?
-            }
+            Err(e) => match fault(&e) {
+                Fault::Transient => return Err(Failure::Transient(e)),
+                // Not the rows' doing: nothing of the batch is written and nothing rejected;
+                // the entity stops at its last checkpoint with the cause.
+                Fault::System => return Err(Failure::Fatal(system_fault(&b.target, &e))),
+                Fault::Row => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT agentctl_direct").execute(&mut **c).await?;
+                    hashes.clear();
+                    self.staged(c, b, &keep, &cols).await?
+                }
+            },
         };
         if !b.baseline.is_empty() {
             record_written(c, b, &keep, &hashes).await?;
@@ -458,7 +461,10 @@ impl PgTarget {
             ident(&b.columns[b.id_column].0)
         );
         let range = keep.first().zip(keep.last()).map(|(lo, hi)| (*lo, *hi));
-        let (rows, mut refused) = crate::diff::split_run(c, &insert, range).await?;
+        let (rows, mut refused) = crate::diff::split_run(c, &insert, range).await.map_err(|e| match fault(&e) {
+            Fault::Transient => Failure::Transient(e),
+            Fault::Row | Fault::System => Failure::Fatal(system_fault(&b.target, &e)),
+        })?;
         let inserted = rows.len() as i64;
         if skips {
             // Skipped: neither present, nor written (by its UUID), nor refused by an error.
