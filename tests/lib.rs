@@ -576,3 +576,20 @@ impl PgCluster {
         url
     }
 }
+
+/// `agentctl run --goal "migrate everything" --yes` started in the background, with small
+/// batches (so that it is under way for a while), its stderr piped.
+pub fn spawn_run(source: &str, target: &str) -> Child {
+    Command::new(agentctl_bin())
+        .args(["--source", source, "--target", target, "run", "--goal", "migrate everything", "--yes"])
+        .env("BATCH_SIZE", "250")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("agentctl starts")
+}
+
+/// Batches committed so far in the target `db`.
+pub fn committed(pg: &PgCluster, db: &str) -> i64 {
+    pg.try_psql(db, "SELECT coalesce(sum(batches), 0) FROM agentctl.migration_checkpoints").and_then(|n| n.parse().ok()).unwrap_or(0)
+}

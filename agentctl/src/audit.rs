@@ -36,6 +36,11 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
                             r.goal.as_ref().map(|g| format!(" \"{g}\"")).unwrap_or_default()
                         );
                     }
+                    for r in &runs {
+                        if let Some(how) = resume_command(r) {
+                            println!("run {} was interrupted; carry it on with: {how}", r.run_id);
+                        }
+                    }
                 }
             }
         }
@@ -165,6 +170,17 @@ fn print_run_header(run: &RunRow) {
     if let Some(d) = &run.outcome_detail {
         println!("  {d}");
     }
+    if let Some(how) = resume_command(run) {
+        println!("  its process is gone before it ended; carry it on with: {how}");
+    }
+}
+
+/// For a run interrupted before its end (its process killed), the command that carries it on.
+pub fn resume_command(run: &RunRow) -> Option<String> {
+    (run.outcome == "interrupted" && run.command == "run").then(|| {
+        let goal = run.goal.as_deref().unwrap_or("everything").replace('"', "\\\"");
+        format!("agentctl run --goal \"{goal}\" --resume {}", run.run_id)
+    })
 }
 
 /// `#12 14:02:03.123 planning decision planned ...`, then the rationale of a decision.

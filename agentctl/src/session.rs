@@ -104,6 +104,11 @@ impl SessionOptions {
     }
 }
 
+/// Whether a command writes to the target's tables, and so holds its writer lock.
+fn writes_target(command: &str) -> bool {
+    matches!(command, "run" | "rollback" | "diff migrate" | "sync" | "conflict resolve" | "demo")
+}
+
 /// A run in progress.
 /// How to carry out a plan.
 #[derive(Clone, Copy, Debug)]
@@ -124,6 +129,8 @@ impl Default for Execution {
 pub struct Session {
     pub run_id: RunId,
     pub store: ControlStore,
+    /// The run's hold on the target, let go when the session ends (or its process dies).
+    _presence: tools::control::Presence,
     pub ctx: Arc<RunContext>,
     audit: Audit,
     orchestrator: ActorRef<OrchestratorMsg>,
@@ -141,20 +148,22 @@ impl Session {
         options: SessionOptions,
     ) -> Result<Session, Exit> {
         let store = ControlStore::open(conns.target.clone()).await.map_err(Exit::failed)?;
-        let run_id = match &options.resume {
+        let resumed = match &options.resume {
+            Some(prefix) => Some(store.find_run(Some(prefix)).await.map_err(Exit::config)?.run_id),
+            None => None,
+        };
+        let run_id = resumed.unwrap_or_else(RunId::new);
+        // Before anything is recorded or set aside: one run writes to a target at a time.
+        let presence = store.attend(run_id, command, writes_target(command)).await.map_err(|e| match e {
+            tools::control::Attend::Held(who) => Exit::config(who),
+            tools::control::Attend::Db(e) => Exit::failed(e),
+        })?;
+        match resumed {
             // The same run id: its checkpoints say where each entity stands, and its audit
             // chain goes on from its last event.
-            Some(prefix) => {
-                let run = store.find_run(Some(prefix)).await.map_err(Exit::config)?;
-                store.resume_run(run.run_id).await.map_err(Exit::config)?;
-                run.run_id
-            }
-            None => {
-                let id = RunId::new();
-                store.begin_run(id, command, goal).await.map_err(Exit::failed)?;
-                id
-            }
-        };
+            Some(id) => store.resume_run(id).await.map_err(Exit::config)?,
+            None => store.begin_run(run_id, command, goal).await.map_err(Exit::failed)?,
+        }
         let (writer, _) = Actor::spawn(
             Some(format!("audit-{run_id}")),
             AuditWriter,
@@ -192,6 +201,7 @@ impl Session {
         Ok(Session {
             run_id,
             store,
+            _presence: presence,
             operator: Courier::new(ctx.clone(), AgentName::Operator),
             to_orchestrator: Slot::fixed(AgentName::Orchestrator, orchestrator.clone()),
             ctx,

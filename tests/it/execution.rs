@@ -2,25 +2,10 @@
 //! kept, and a repeated run adding nothing.
 
 use serde_json::Value;
-use tests::{agentctl, shared};
+use tests::{agentctl, committed, shared, spawn_run};
 
 /// `run --goal "migrate everything"` started in the background with small batches, so it can be
 /// caught between many commits.
-fn spawn_run(source: &str, target: &str) -> std::process::Child {
-    std::process::Command::new(tests::agentctl_bin())
-        .args(["--source", source, "--target", target, "run", "--goal", "migrate everything", "--yes"])
-        .env("BATCH_SIZE", "250")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Batches committed so far in the target `db`.
-fn committed(pg: &tests::PgCluster, db: &str) -> i64 {
-    pg.try_psql(db, "SELECT coalesce(sum(batches), 0) FROM agentctl.migration_checkpoints").and_then(|n| n.parse().ok()).unwrap_or(0)
-}
-
 fn resume(source: &str, target: &str, run: &str) -> tests::Output {
     agentctl(&["--source", source, "--target", target, "run", "--goal", "migrate everything", "--yes", "--resume", run, "--format", "json"])
 }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use tests::{agentctl, shared, PgCluster};
+use tests::{agentctl, committed, shared, spawn_run, PgCluster};
 
 fn db_of(url: &str) -> &str {
     url.rsplit('/').next().unwrap()
@@ -151,4 +151,37 @@ fn a_full_disk_stops_the_load_rejects_no_row_and_the_run_resumes() {
     // Leave the tablespace empty for the next test run on this cluster.
     pg.psql(t, "ALTER TABLE note SET TABLESPACE pg_default");
     pg.psql("postgres", &format!("DROP TABLESPACE {space}"));
+}
+
+/// One run writes to a target at a time: a second one, started while the first loads, is told
+/// which run holds the target and since when (exit 2), and writes nothing; the first finishes
+/// with every row once. Killed, a run is shown as interrupted with the command that carries it
+/// on, and lets go of the target at once.
+#[test]
+fn a_second_writer_is_refused_and_a_killed_run_is_shown_interrupted() {
+    let pg = shared();
+    let (source, target, _) = pg.reference_pair("0.02");
+    let t = db_of(&target).to_owned();
+    let mut first = spawn_run(&source, &target);
+    assert!(tests::wait_until(std::time::Duration::from_secs(180), || committed(pg, &t) >= 5), "the first run got under way");
+    let run = pg.psql(&t, "SELECT run_id FROM agentctl.runs WHERE command = 'run'");
+    let second = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(second.code, 2, "{second:?}");
+    assert!(second.stderr.contains(&format!("another agentctl writes to this target (run {run}, since ")), "{}", second.stderr);
+    assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.runs WHERE command = 'run'"), "1", "the second run recorded nothing");
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let list = agentctl(&["--target", &target, "audit", "list"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    let resume = format!("agentctl run --goal \"migrate everything\" --resume {run}");
+    assert!(list.stdout.contains("interrupted") && list.stdout.contains(&resume), "{}", list.stdout);
+    let status = agentctl(&["--target", &target, "status"]);
+    assert!(status.stdout.contains(&resume), "{}", status.stdout);
+
+    let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes", "--resume", &run]);
+    assert_eq!(out.code, 0, "the killed run let go of the target: {out:?}");
+    assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.suspended_constraints"), "0");
+    let list = agentctl(&["--target", &target, "audit", "list"]);
+    assert!(!list.stdout.contains("interrupted"), "{}", list.stdout);
 }

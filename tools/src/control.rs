@@ -21,6 +21,41 @@ pub struct ControlStore {
     pool: PgPool,
 }
 
+/// The advisory lock a run that writes holds on its target (two int4 keys: `agnt`, 1).
+const WRITER_LOCK: (i32, i32) = (0x6167_6e74, 1);
+
+/// How a run's connection names itself (`application_name`), with its id after.
+const PRESENCE_PREFIX: &str = "agentctl run ";
+
+fn presence_name(run_id: RunId) -> String {
+    format!("{PRESENCE_PREFIX}{run_id}")
+}
+
+/// A run's hold on its target (see [`ControlStore::attend`]); let go when dropped.
+pub struct Presence {
+    _conn: sqlx::PgConnection,
+}
+
+/// Why a run could not hold its target.
+#[derive(Debug)]
+pub enum Attend {
+    /// Another run writes to it: who, and since when.
+    Held(String),
+    Db(DbError),
+}
+
+impl From<DbError> for Attend {
+    fn from(e: DbError) -> Self {
+        Attend::Db(e)
+    }
+}
+
+/// A run's `outcome` as stored, but `interrupted` for one still marked running whose process
+/// holds no connection to the target any more (killed, or its machine gone).
+const OUTCOME: &str = "CASE WHEN finished_at IS NULL AND outcome = 'running'
+     AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = 'agentctl run ' || run_id::text)
+     THEN 'interrupted' ELSE outcome END AS outcome";
+
 /// One row of `agentctl audit list`.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct RunRow {
@@ -109,6 +144,52 @@ impl ControlStore {
         Ok(())
     }
 
+    /// Holds the target for a run while it lives: a connection of its own named for the run,
+    /// so that a run whose process died is told from one still going (`runs`, `find_run`), and,
+    /// for a run that writes, the target's writer lock, which a second writer is refused (with
+    /// who holds it and since when). Both go with the connection: when the process dies, the
+    /// server lets go at once.
+    pub async fn attend(&self, run_id: RunId, command: &str, writes: bool) -> Result<Presence, Attend> {
+        let what = "holding the target for the run";
+        let mut conn = self.pool.acquire().await.map_err(while_doing(what))?.detach();
+        sqlx::query("SELECT set_config('application_name', $1, false)")
+            .bind(presence_name(run_id))
+            .execute(&mut conn)
+            .await
+            .map_err(while_doing(what))?;
+        if writes {
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(WRITER_LOCK.0)
+                .bind(WRITER_LOCK.1)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(while_doing(what))?;
+            if !locked {
+                let holder: Option<(String, DateTime<Utc>)> = sqlx::query_as(
+                    "SELECT a.application_name::text, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                     WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::int8::oid AND l.objid = $2::int8::oid AND l.objsubid = 2
+                       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                )
+                .bind(WRITER_LOCK.0)
+                .bind(WRITER_LOCK.1)
+                .fetch_optional(&mut conn)
+                .await
+                .map_err(while_doing(what))?;
+                let who = match holder {
+                    Some((name, since)) => {
+                        let run = name.strip_prefix(PRESENCE_PREFIX).unwrap_or(&name);
+                        format!("run {run}, since {}", since.format("%Y-%m-%d %H:%M:%S UTC"))
+                    }
+                    None => "another agentctl".to_owned(),
+                };
+                return Err(Attend::Held(format!(
+                    "another agentctl writes to this target ({who}): `agentctl {command}` waits for it to end; a run whose process died lets go at once"
+                )));
+            }
+        }
+        Ok(Presence { _conn: conn })
+    }
+
     /// Reopens a run that did not finish (killed, interrupted) to carry it on under its own id.
     pub async fn resume_run(&self, run_id: RunId) -> Result<(), DbError> {
         let reopened = sqlx::query(
@@ -156,10 +237,10 @@ impl ControlStore {
     }
 
     pub async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, DbError> {
-        sqlx::query_as(
-            "SELECT run_id, command, goal, started_at, finished_at, outcome, outcome_detail, event_count
-             FROM agentctl.runs ORDER BY started_at DESC LIMIT $1",
-        )
+        sqlx::query_as(&format!(
+            "SELECT run_id, command, goal, started_at, finished_at, {OUTCOME}, outcome_detail, event_count
+                 FROM agentctl.runs ORDER BY started_at DESC LIMIT $1"
+        ))
         .bind(limit)
         .fetch_all(&self.pool)
         .await
@@ -170,10 +251,10 @@ impl ControlStore {
     pub async fn find_run(&self, id: Option<&str>) -> Result<RunRow, DbError> {
         let mut rows: Vec<RunRow> = match id {
             None => {
-                sqlx::query_as(
-                    "SELECT run_id, command, goal, started_at, finished_at, outcome, outcome_detail, event_count
-                 FROM agentctl.runs ORDER BY started_at DESC LIMIT 1",
-                )
+                sqlx::query_as(&format!(
+                    "SELECT run_id, command, goal, started_at, finished_at, {OUTCOME}, outcome_detail, event_count
+                     FROM agentctl.runs ORDER BY started_at DESC LIMIT 1"
+                ))
                 .fetch_all(&self.pool)
                 .await
             }
@@ -182,10 +263,10 @@ impl ControlStore {
                 if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
                     return Err(DbError(format!("`{prefix}` is not a run id (expected the hex digits of a run's UUID)")));
                 }
-                sqlx::query_as(
-                    "SELECT run_id, command, goal, started_at, finished_at, outcome, outcome_detail, event_count
-                     FROM agentctl.runs WHERE run_id::text LIKE $1 || '%' ORDER BY started_at DESC LIMIT 2",
-                )
+                sqlx::query_as(&format!(
+                    "SELECT run_id, command, goal, started_at, finished_at, {OUTCOME}, outcome_detail, event_count
+                     FROM agentctl.runs WHERE run_id::text LIKE $1 || '%' ORDER BY started_at DESC LIMIT 2"
+                ))
                 .bind(&prefix)
                 .fetch_all(&self.pool)
                 .await
