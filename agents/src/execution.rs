@@ -105,6 +105,9 @@ pub enum ExecutionMsg {
     Migrate(Box<Envelope<MigrateEntity>>, RpcReplyPort<Result<EntityResult, AgentError>>),
     /// Replies with what was set aside or put back, per table.
     Constraints(Envelope<Constraints>, RpcReplyPort<Result<SetAside, AgentError>>),
+    /// Checks, before any change, that the load can do what it must to these tables; an error
+    /// names every problem at once.
+    Preflight(Envelope<Constraints>, RpcReplyPort<Result<(), AgentError>>),
     /// Applies one pass of an entity's pending analysis (`None`: it has none).
     ApplyDiff(Box<Envelope<ApplyDiff>>, RpcReplyPort<Result<Option<DiffApplied>, AgentError>>),
 }
@@ -187,12 +190,30 @@ impl Actor for ExecutionAgent {
                         .send(result.map_err(|e| AgentError::new(ME, format!("applying changes to {}: {e}", req.entity.entity.table))));
                 });
             }
+            ExecutionMsg::Preflight(env, reply) => {
+                let _ = reply.send(preflight(&state.ctx, state.target.as_deref(), &env.body).await.map_err(|e| AgentError::new(ME, e)));
+            }
             ExecutionMsg::Constraints(env, reply) => {
                 let _ = reply.send(constraints(&state.ctx, state.target.as_deref(), &env.body).await.map_err(|e| AgentError::new(ME, e)));
             }
         }
         Ok(())
     }
+}
+
+async fn preflight(ctx: &RunContext, target: Option<&dyn Target>, req: &Constraints) -> Result<(), String> {
+    let target = target.ok_or("no target database")?;
+    let problems = target.preflight(&req.tables, req.suspend).await.map_err(|e| e.0)?;
+    if !problems.is_empty() {
+        return Err(format!("nothing was changed; the load could not do what it must: {}", problems.join("; ")));
+    }
+    ctx.decision(
+        ME,
+        format!("preflight: every privilege the load needs on {} tables is there", req.tables.len()),
+        "checked before any change: reading and writing each table, owning it where its constraints are set aside, moving the sequences its columns draw from; free space is not checked (the server does not say how much is left)",
+        serde_json::json!({"tables": req.tables, "set_aside": req.suspend}),
+    );
+    Ok(())
 }
 
 async fn constraints(ctx: &RunContext, target: Option<&dyn Target>, req: &Constraints) -> Result<SetAside, String> {

@@ -410,6 +410,9 @@ async fn execute_phase(courier: &Courier, agents: &Agents, req: ExecuteRequest) 
     let jobs = req.jobs.clamp(1, 8);
     let order: Vec<&PlannedEntity> = req.plan.entities().collect();
     let tables: Vec<TableName> = order.iter().filter_map(|e| req.mappings.spec(&e.table).map(|s| s.target.clone())).collect();
+    // Before any change: what the load must be allowed to do, all of it at once.
+    let body = Constraints { tables: tables.clone(), suspend: req.suspend_constraints };
+    answer(courier.ask(&agents.execution, "check privileges", body, ExecutionMsg::Preflight).await)?;
     // Set aside before any load and put back after the last, so no constraint DDL ever waits
     // for a batch or makes one wait.
     if req.suspend_constraints {

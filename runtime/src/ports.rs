@@ -215,6 +215,10 @@ pub trait Target: Send + Sync + 'static {
     /// caller keeps those whose UUID is not the derived one; children must point at them.
     async fn kept_rows(&self, target: &TableName, ours: Option<&str>) -> Result<Vec<(String, String)>, ToolError>;
 
+    /// What stops the load of these tables, checked before any change, one line each: a
+    /// missing privilege to read or write a table, a table not owned where its constraints are
+    /// to be set aside (`set_aside`), a sequence its columns draw from that cannot be moved.
+    async fn preflight(&self, tables: &[TableName], set_aside: bool) -> Result<Vec<String>, ToolError>;
     /// Moves every sequence the table's columns draw from (identity columns, `nextval`
     /// defaults) past the highest value the table holds, so that the target's own next row
     /// does not take a migrated row's value. Returns the sequences moved, with where to.

@@ -144,6 +144,9 @@ impl Target for CrashingWriter {
     async fn restart_sequences(&self, target: &TableName) -> Result<Vec<(String, i64)>, ToolError> {
         self.inner.restart_sequences(target).await
     }
+    async fn preflight(&self, tables: &[TableName], set_aside: bool) -> Result<Vec<String>, ToolError> {
+        self.inner.preflight(tables, set_aside).await
+    }
     async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError> {
         self.inner.suspend_legacy_key(run, target).await
     }

@@ -125,6 +125,20 @@ impl ControlStore {
             .execute(&mut *conn)
             .await
             .map_err(while_doing("creating the agentctl control schema"))?;
+        // Made by another role (a superuser's `schema generate`, say): said plainly, not as the
+        // migrations' "no schema has been selected".
+        let (usable, owner, me): (bool, String, String) = sqlx::query_as(
+            "SELECT has_schema_privilege('agentctl', 'USAGE') AND has_schema_privilege('agentctl', 'CREATE'),
+                    pg_get_userbyid(nspowner)::text, current_user::text FROM pg_namespace WHERE nspname = 'agentctl'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(while_doing("checking the agentctl control schema"))?;
+        if !usable {
+            return Err(DbError(format!(
+                "the target's agentctl schema belongs to {owner}, and {me} may not use it: run as {owner}, or GRANT ALL ON SCHEMA agentctl, ALL TABLES IN SCHEMA agentctl and ALL SEQUENCES IN SCHEMA agentctl TO {me}"
+            )));
+        }
         // The migrations' own bookkeeping table belongs in the control schema, not in the
         // operator's `public`.
         sqlx::query("SET search_path TO agentctl").execute(&mut *conn).await.map_err(while_doing("selecting the agentctl schema"))?;

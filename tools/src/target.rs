@@ -62,6 +62,18 @@ pub(crate) fn system_fault(target: &TableName, e: &sqlx::Error) -> DbError {
     ))
 }
 
+/// The sequences a table's integer columns draw from, `(column, sequence)`: an identity
+/// column's own, and any a column's default calls. `$1` is the table, quoted.
+const DRAWN_SEQUENCES: &str = "SELECT a.attname::text, pg_get_serial_sequence($1, a.attname) FROM pg_attribute a
+             WHERE a.attrelid = $1::regclass AND a.attidentity <> '' AND NOT a.attisdropped
+               AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+             UNION
+             SELECT a.attname::text, d.refobjid::regclass::text FROM pg_attrdef ad
+             JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+             JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
+             JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
+             WHERE ad.adrelid = $1::regclass AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)";
+
 pub(crate) enum Failure {
     Transient(sqlx::Error),
     Fatal(DbError),
@@ -888,25 +900,65 @@ impl Target for PgTarget {
         Ok(all)
     }
 
+    async fn preflight(&self, tables: &[TableName], set_aside: bool) -> Result<Vec<String>, ToolError> {
+        let what = "checking what the load may do";
+        let mut problems = Vec::new();
+        for table in tables {
+            let quoted_name = quoted(table);
+            let row: Option<(bool, bool, bool, bool, bool, String, String)> = sqlx::query_as(
+                "SELECT has_table_privilege(c.oid, 'SELECT'), has_table_privilege(c.oid, 'INSERT'), has_table_privilege(c.oid, 'UPDATE'),
+                        has_table_privilege(c.oid, 'DELETE'), pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text, current_user::text
+                 FROM pg_class c WHERE c.oid = to_regclass($1)",
+            )
+            .bind(&quoted_name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(while_doing(what))?;
+            let Some((select, insert, update, delete, owns, owner, me)) = row else {
+                problems.push(format!("{table}: no such table in the target"));
+                continue;
+            };
+            let missing: Vec<&str> = [("SELECT", select), ("INSERT", insert), ("UPDATE", update), ("DELETE", delete)]
+                .into_iter()
+                .filter(|(_, has)| !has)
+                .map(|(p, _)| p)
+                .collect();
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "{table}: {me} lacks {} on it (GRANT {} ON {quoted_name} TO {me})",
+                    missing.join(", "),
+                    missing.join(", ")
+                ));
+            }
+            if set_aside && !owns {
+                problems.push(format!(
+                    "{table}: owned by {owner}, not {me}, so its foreign keys and indexes cannot be set aside for the load (run as {owner}, or with --keep-constraints)"
+                ));
+            }
+            let drawn: Vec<(String, String)> =
+                sqlx::query_as(DRAWN_SEQUENCES).bind(&quoted_name).fetch_all(&self.pool).await.map_err(while_doing(what))?;
+            for (column, sequence) in drawn {
+                let may: bool = sqlx::query_scalar("SELECT has_sequence_privilege($1, 'UPDATE')")
+                    .bind(&sequence)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(while_doing(what))?;
+                if !may {
+                    problems.push(format!(
+                        "{table}.{column}: {me} cannot move its sequence {sequence} past the migrated rows (GRANT UPDATE ON SEQUENCE {sequence} TO {me})"
+                    ));
+                }
+            }
+        }
+        Ok(problems)
+    }
+
     async fn restart_sequences(&self, target: &TableName) -> Result<Vec<(String, i64)>, ToolError> {
         let what = format!("moving the sequences of {target} past its rows");
         let table = quoted(target);
         // An identity column's own sequence, and any sequence a column's default calls.
-        let drawn: Vec<(String, String)> = sqlx::query_as(
-            "SELECT a.attname::text, pg_get_serial_sequence($1, a.attname) FROM pg_attribute a
-             WHERE a.attrelid = $1::regclass AND a.attidentity <> '' AND NOT a.attisdropped
-               AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
-             UNION
-             SELECT a.attname::text, d.refobjid::regclass::text FROM pg_attrdef ad
-             JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
-             JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
-             JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
-             WHERE ad.adrelid = $1::regclass AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)",
-        )
-        .bind(&table)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(while_doing(&what))?;
+        let drawn: Vec<(String, String)> =
+            sqlx::query_as(DRAWN_SEQUENCES).bind(&table).fetch_all(&self.pool).await.map_err(while_doing(&what))?;
         let mut moved = Vec::new();
         for (column, sequence) in drawn {
             // Forward only, and only past what the table holds: never back over values the
