@@ -13,8 +13,7 @@ pub fn page(run: &RunRow, events: &[AuditEvent], verification: &Verification) ->
         Some(b) => format!("CHAIN BROKEN at {b}"),
     };
     let data: Vec<serde_json::Value> = events.iter().map(event_json).collect();
-    // Inside <script>, only "</" can end the element early; escape it.
-    let data = serde_json::to_string(&data).expect("events serialize").replace("</", "<\\/");
+    let data = embedded(&serde_json::Value::Array(data));
     let title = format!("agentctl run {}", run.run_id);
     let summary = format!(
         "agentctl {}{} — {} — started {}{}",
@@ -29,6 +28,13 @@ pub fn page(run: &RunRow, events: &[AuditEvent], verification: &Verification) ->
         .replace("{{summary}}", &escape(&summary))
         .replace("{{verdict}}", &escape(&verdict))
         .replace("{{data}}", &data)
+}
+
+/// JSON to embed in a `<script>` element: no `<`, `>` or `&` at all (each written as its
+/// `\u` escape, which JSON.parse reads back), so that nothing in a value (`</script>`, `<!--`
+/// and `<script` that put the parser in its escaped states) can end or bend the element.
+fn embedded(data: &serde_json::Value) -> String {
+    serde_json::to_string(data).expect("events serialize").replace('<', "\\u003c").replace('>', "\\u003e").replace('&', "\\u0026")
 }
 
 fn escape(s: &str) -> String {
@@ -73,3 +79,16 @@ function render() {
 fill('agent', 'agent'); fill('kind', 'kind'); render();
 </script></body></html>
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::embedded;
+
+    #[test]
+    fn embedded_json_holds_nothing_a_parser_reads_as_markup_and_parses_back() {
+        let value = serde_json::json!({"summary": "table <!--<script> and </script><b>&amp;</b>"});
+        let text = embedded(&value);
+        assert!(!text.contains(['<', '>', '&']), "{text}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), value);
+    }
+}

@@ -174,6 +174,16 @@ fn exchanges_recorded_once_replay_offline_to_the_same_plan_and_llm_check_says_wh
     let field = |o: &tests::Output, f: &str| serde_json::from_str::<Value>(&o.stdout).unwrap()[f].clone();
     assert_eq!(field(&recorded, "hash"), field(&replayed, "hash"));
     assert_eq!(field(&recorded, "explanation"), field(&replayed, "explanation"));
+    // An endpoint that echoes the key: the recording masks it, as the audit trail does.
+    let echo =
+        FakeOpenAi::start(vec![Scripted::tool_call("plan_request", READING), Scripted::text("Authorization: Bearer sk-test-secret-key")]);
+    let echoed = tempfile::tempdir().unwrap();
+    let out = plan(&source, &target, Some(&echo), &["--llm-record", echoed.path().to_str().unwrap()], &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for file in std::fs::read_dir(echoed.path()).unwrap() {
+        let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+        assert!(!text.contains("sk-test-secret-key"), "{text}");
+    }
 
     let server = FakeOpenAi::start(vec![Scripted::text("OK")]);
     let check =

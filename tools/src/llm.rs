@@ -109,7 +109,11 @@ impl OpenAiLlm {
         let Some(dir) = &self.settings.record else { return Ok(()) };
         std::fs::create_dir_all(dir).map_err(|e| ToolError(format!("creating {}: {e}", dir.display())))?;
         let path = Self::recording(dir, body);
-        let text = serde_json::to_string_pretty(&json!({"request": body, "response": response})).unwrap_or_default();
+        // Masked as the audit trail masks: an endpoint may echo the key or an Authorization
+        // header in its reply. (The file's name is the hash of the request as sent.)
+        let redactor = runtime::redact::Redactor::new(self.settings.api_key.iter());
+        let exchange = redactor.json(&json!({"request": body, "response": response}));
+        let text = serde_json::to_string_pretty(&exchange).unwrap_or_default();
         std::fs::write(&path, text).map_err(|e| ToolError(format!("writing {}: {e}", path.display())))
     }
 
