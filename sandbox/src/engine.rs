@@ -384,7 +384,11 @@ impl Sandbox {
     async fn execute(&self, id: &str, job: &Job) -> Result<Outcome> {
         let limits = &self.inner.config.limits;
         self.place(id, job).await?;
-        let cmd = job.lang.command(WORK);
+        // The limit holds inside the container too, a little after agentctl's own (which
+        // reports it): killed, agentctl cannot stop the code, and a loop would otherwise burn a
+        // core until the container's lifetime ends.
+        let mut cmd = vec!["timeout".to_owned(), "-s".into(), "KILL".into(), (limits.timeout.as_secs_f64().ceil() as u64 + 2).to_string()];
+        cmd.extend(job.lang.command(WORK));
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let captured = self.exec_until(id, cmd, &job.stdin, limits.output, Some(deadline)).await?;

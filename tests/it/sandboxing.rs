@@ -317,6 +317,30 @@ async fn containers_left_by_a_killed_agentctl_are_reaped() {
     sandbox.shutdown().await;
 }
 
+/// The time limit holds inside the container: code left looping by a killed agentctl is
+/// stopped there at the limit, not when the container's lifetime ends.
+#[test]
+fn a_loop_left_by_a_killed_agentctl_stops_at_the_time_limit() {
+    if tests::sandbox_image().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("spin.sh");
+    std::fs::write(&code, "exec python3 -c 'while True: pass' spin-marker-8817").unwrap();
+    let mut child = std::process::Command::new(tests::agentctl_bin())
+        .args(["sandbox", "run", "--lang", "sh", "--timeout", "3"])
+        .arg(&code)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let spinning = || container_running("python3 -c while True: pass spin-marker-8817");
+    assert!(tests::wait_until(Duration::from_secs(30), || spinning().is_some()), "the loop runs in a container");
+    child.kill().unwrap(); // SIGKILL: agentctl cannot stop the code
+    child.wait().unwrap();
+    assert!(tests::wait_until(Duration::from_secs(15), || spinning().is_none()), "the loop is stopped at the limit, inside the container");
+}
+
 #[tokio::test]
 async fn the_pool_serves_warm_containers_and_refills() {
     let Some(image) = tests::sandbox_image() else { return };
