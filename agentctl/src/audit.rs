@@ -73,7 +73,7 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
                 }
             }
         }
-        AuditCmd::Verify { run, format } => {
+        AuditCmd::Verify { run, expect_head, format } => {
             let runs = match run {
                 Some(id) => vec![store.find_run(Some(&id)).await.map_err(Exit::failed)?],
                 None => store.runs(i64::MAX).await.map_err(Exit::failed)?,
@@ -94,6 +94,14 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
                             Some(b) => println!("run {}: TAMPERED at {b}", v.run_id),
                         }
                     }
+                }
+            }
+            if let (Some(expected), Some(v)) = (expect_head.as_deref().map(|h| h.trim().to_lowercase()), results.first()) {
+                if expected.len() < 12 || !v.head_hash.starts_with(&expected) {
+                    return Err(Exit::failed(format!(
+                        "run {}'s trail ends at {}, not at the head {expected} you kept: it was rewritten or cut since",
+                        v.run_id, v.head_hash
+                    )));
                 }
             }
             if bad > 0 {

@@ -664,6 +664,10 @@ pub enum AuditCmd {
     Verify {
         /// The run to check (default: every run).
         run: Option<String>,
+        /// The head hash this run's trail must end at, as `run` printed it and you kept it
+        /// elsewhere: a trail rewritten or cut since has another head (needs RUN).
+        #[arg(long, value_name = "HASH", requires = "run")]
+        expect_head: Option<String>,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },

@@ -117,6 +117,7 @@ fn print_plan(outcome: &PlanOutcome) {
 pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
     let (session, file, origin) = start_or_resume(config, "run", Some(&opts.goal.goal), &opts.goal.mapping, opts.resume.clone()).await?;
     let run_id = session.run_id;
+    let store = session.store.clone();
     let goal = plan_goal(&opts.goal, config, file, origin);
     let result = interruptible(
         async {
@@ -145,6 +146,15 @@ pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
     .await;
     let (outcome, results, execute_seconds) = end(session, result, "succeeded").await?;
     show_results(&outcome, &results, run_id, opts.format, execute_seconds);
+    // The trail's head, to keep outside the database: `audit verify RUN --expect-head HASH`
+    // then tells a trail that was rewritten or cut since.
+    if opts.format == Format::Text {
+        let head = store.chain_head(run_id).await.map_err(Exit::failed)?;
+        println!(
+            "Audit trail head: {} (keep it elsewhere; agentctl audit verify {run_id} --expect-head {})",
+            head.head_hash, head.head_hash
+        );
+    }
     Ok(())
 }
 

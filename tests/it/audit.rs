@@ -170,3 +170,33 @@ async fn secrets_never_reach_the_trail() {
     }
     assert!(all.contains("connected with ***"), "{all}");
 }
+
+/// A trail cut at its end, with the run's head rewritten to match, verifies on its own; the
+/// head `run` printed, kept elsewhere, tells it.
+#[test]
+fn a_trail_cut_at_its_end_is_told_by_the_head_kept_elsewhere() {
+    let pg = shared();
+    let (source, target) = pg.chinook_pair();
+    let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate artists", "--yes"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let line =
+        out.stdout.lines().find(|l| l.starts_with("Audit trail head: ")).unwrap_or_else(|| panic!("the head is printed: {}", out.stdout));
+    let head = line.trim_start_matches("Audit trail head: ").split_whitespace().next().unwrap().to_owned();
+    let db = target.rsplit('/').next().unwrap();
+    let run = pg.psql(db, "SELECT run_id FROM agentctl.runs WHERE command = 'run'");
+    let ok = agentctl(&["--target", &target, "audit", "verify", &run, "--expect-head", &head]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+
+    tamper(pg, db, &format!("DELETE FROM agentctl.audit_events WHERE run_id = '{run}' AND seq = (SELECT max(seq) FROM agentctl.audit_events WHERE run_id = '{run}')"));
+    pg.psql(
+        db,
+        &format!(
+            "UPDATE agentctl.runs SET event_count = event_count - 1,
+               head_hash = (SELECT hash FROM agentctl.audit_events WHERE run_id = '{run}' ORDER BY seq DESC LIMIT 1) WHERE run_id = '{run}'"
+        ),
+    );
+    assert_eq!(verify(&target, &run).code, 0, "on its own, the cut trail is consistent");
+    let cut = agentctl(&["--target", &target, "audit", "verify", &run, "--expect-head", &head]);
+    assert_eq!(cut.code, 1, "{cut:?}");
+    assert!(cut.stderr.contains(&format!("not at the head {head} you kept: it was rewritten or cut since")), "{}", cut.stderr);
+}
