@@ -85,9 +85,14 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
                 results.push(verify_chain(r.run_id, &events, &head));
             }
             let bad = results.iter().filter(|v| v.first_bad.is_some()).count();
+            // A run removed whole leaves no chain to break, but the rows it wrote still name it.
+            let vanished = store.vanished_runs().await.map_err(Exit::failed)?;
             match format {
-                Format::Json => print_json(&json!({"runs": results, "tampered": bad})),
+                Format::Json => print_json(&json!({"runs": results, "tampered": bad, "removed": vanished})),
                 Format::Text => {
+                    for (id, tables) in &vanished {
+                        println!("run {id}: REMOVED: named by {}, but its record and trail are gone", tables.join(", "));
+                    }
                     for v in &results {
                         match &v.first_bad {
                             None => println!("run {}: intact, {} events, head {}", v.run_id, v.events, v.head_hash),
@@ -95,6 +100,13 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
                         }
                     }
                 }
+            }
+            if let Some((id, tables)) = vanished.first() {
+                return Err(Exit::failed(format!(
+                    "{} run(s) were removed from the audit trail; first: run {id}, still named by {}",
+                    vanished.len(),
+                    tables.join(", ")
+                )));
             }
             if let (Some(expected), Some(v)) = (expect_head.as_deref().map(|h| h.trim().to_lowercase()), results.first()) {
                 if expected.len() < 12 || !v.head_hash.starts_with(&expected) {

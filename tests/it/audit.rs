@@ -199,4 +199,18 @@ fn a_trail_cut_at_its_end_is_told_by_the_head_kept_elsewhere() {
     let cut = agentctl(&["--target", &target, "audit", "verify", &run, "--expect-head", &head]);
     assert_eq!(cut.code, 1, "{cut:?}");
     assert!(cut.stderr.contains(&format!("not at the head {head} you kept: it was rewritten or cut since")), "{}", cut.stderr);
+    // Removed whole (its record and events, around the keys that name it), the run is missed
+    // by the rows it wrote.
+    let other = &run;
+    pg.psql(
+        db,
+        &format!(
+            "BEGIN; SET session_replication_role = replica; ALTER TABLE agentctl.audit_events DISABLE TRIGGER USER;
+             DELETE FROM agentctl.audit_events WHERE run_id = '{other}'; DELETE FROM agentctl.runs WHERE run_id = '{other}';
+             ALTER TABLE agentctl.audit_events ENABLE TRIGGER USER; COMMIT;"
+        ),
+    );
+    let all = agentctl(&["--target", &target, "audit", "verify"]);
+    assert_eq!(all.code, 1, "{all:?}");
+    assert!(all.stdout.contains(&format!("run {other}: REMOVED")), "{}", all.stdout);
 }

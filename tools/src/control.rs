@@ -438,6 +438,36 @@ impl ControlStore {
             .collect()
     }
 
+    /// Runs that the control tables name but `runs` does not hold: a run removed whole, its
+    /// trail with it. Each with the tables that still name it.
+    pub async fn vanished_runs(&self) -> Result<Vec<(String, Vec<String>)>, DbError> {
+        let what = "looking for runs that were removed";
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT c.table_name::text FROM information_schema.columns c
+             WHERE c.table_schema = 'agentctl' AND c.column_name = 'run_id' AND c.table_name <> 'runs'
+               AND EXISTS (SELECT 1 FROM information_schema.tables t WHERE t.table_schema = 'agentctl' AND t.table_name = c.table_name AND t.table_type = 'BASE TABLE')
+             ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing(what))?;
+        let mut vanished: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+        for table in tables {
+            let ids: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT DISTINCT t.run_id::text FROM agentctl.\"{}\" t WHERE t.run_id IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM agentctl.runs r WHERE r.run_id = t.run_id)",
+                table.replace('"', "\"\"")
+            ))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(while_doing(what))?;
+            for id in ids {
+                vanished.entry(id).or_default().push(format!("agentctl.{table}"));
+            }
+        }
+        Ok(vanished.into_iter().collect())
+    }
+
     pub async fn chain_head(&self, run_id: RunId) -> Result<ChainHead, DbError> {
         let row = sqlx::query("SELECT event_count, head_hash FROM agentctl.runs WHERE run_id = $1")
             .bind(run_id.0)
