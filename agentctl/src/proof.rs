@@ -178,6 +178,20 @@ fn confirm(question: &str) -> Result<(), Exit> {
     }
 }
 
+/// The source tables the run's plan left out, with why, from the planning agent's last decision
+/// in the run's trail (the plan it made).
+async fn left_out(store: &tools::control::ControlStore, run: runtime::RunId) -> Result<Vec<runtime::domain::LeftOut>, Exit> {
+    let filter = tools::control::EventFilter { agent: Some("planning".into()), kind: Some("decision".into()) };
+    let events = store.events(run, &filter).await.map_err(Exit::failed)?;
+    Ok(events
+        .iter()
+        .rev()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.detail).ok())
+        .find_map(|d| d.get("detail").and_then(|p| p.get("waves").map(|_| p.get("left_out").cloned().unwrap_or_default())))
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default())
+}
+
 pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
     let store = store(config).await?;
     let run = match &opts.run {
@@ -188,6 +202,7 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
     let entities = store.report(run.run_id).await.map_err(Exit::failed)?;
     let rejections = store.rejection_groups(run.run_id).await.map_err(Exit::failed)?;
     let (llm_calls, prompt_tokens, completion_tokens, cost) = store.llm_usage(run.run_id).await.map_err(Exit::failed)?;
+    let left_out = left_out(&store, run.run_id).await?;
     let total = |f: fn(&tools::control::ReportEntity) -> i64| entities.iter().map(f).sum::<i64>();
     let (source, migrated, rejected) = (total(|e| e.source_rows), total(|e| e.migrated), total(|e| e.rejected));
     let wall = run.finished_at.unwrap_or_else(chrono::Utc::now) - run.started_at;
@@ -195,7 +210,7 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
     let rate = |n: i64, d: i64| if d == 0 { 100.0 } else { n as f64 * 100.0 / d as f64 };
     match opts.format {
         ReportFormat::Json => print_json(&json!({
-            "run": run, "entities": entities, "rejections": rejections,
+            "run": run, "entities": entities, "left_out": left_out, "rejections": rejections,
             "totals": {"source_rows": source, "migrated": migrated, "rejected": rejected,
                 "success_rate": rate(migrated, source), "accounted": source == migrated + rejected, "wall_seconds": wall},
             "llm": {"calls": llm_calls, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": cost},
@@ -230,13 +245,19 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
                     e.source_rows as f64 / e.seconds.max(1e-3)
                 );
             }
+            // Every source table has an outcome: the entities above, or left out for a reason.
+            for l in &left_out {
+                let how = if l.merged { "its rows are in another entity's" } else { "not migrated" };
+                println!("| {} | {how}: {} | | | | | | |", l.table.to_string().replace('|', "\\|"), l.reason.replace('|', "\\|"));
+            }
             println!(
                 "| **total** | **{migrated} / {source}** | **{:.3}%** | **{rejected}** | | | {wall:.1} (wall) | {:.0} |",
                 rate(migrated, source),
                 source as f64 / wall.max(1e-3)
             );
+            let whose = if left_out.iter().all(|l| l.merged) { "Every source row" } else { "Every row of the entities above" };
             println!(
-                "\nEvery source row is {}: {source} = {migrated} migrated + {rejected} rejected.",
+                "\n{whose} is {}: {source} = {migrated} migrated + {rejected} rejected.",
                 if source == migrated + rejected { "accounted for" } else { "NOT accounted for" }
             );
             if llm_calls > 0 {
