@@ -117,6 +117,12 @@ ALTER TABLE payment_2024 ADD FOREIGN KEY (employee_id) REFERENCES employee (id);
 ALTER TABLE payment_2023 ADD FOREIGN KEY (store_id) REFERENCES sales.store (id);
 ALTER TABLE payment_2024 ADD FOREIGN KEY (store_id) REFERENCES sales.store (id);
 
+-- A table partitioned by its own key (which becomes legacy_id), and a child referencing it.
+CREATE TABLE event_log (id bigint PRIMARY KEY, happened date NOT NULL, what text) PARTITION BY RANGE (id);
+CREATE TABLE event_log_low PARTITION OF event_log FOR VALUES FROM (MINVALUE) TO (1000);
+CREATE TABLE event_log_high PARTITION OF event_log FOR VALUES FROM (1000) TO (MAXVALUE);
+CREATE TABLE event_note (id int PRIMARY KEY, event_id bigint NOT NULL REFERENCES event_log (id), note text);
+
 -- A keyless table with identical rows, and a trigger, a function and a view.
 CREATE TABLE audit_log (
     happened_at timestamptz NOT NULL,
@@ -145,6 +151,8 @@ INSERT INTO team SELECT i, 'Team ' || i, NULL FROM generate_series(1, 8) i;
 INSERT INTO member SELECT i, 1 + i % 8, 1 + i % 80 FROM generate_series(1, 40) i;
 UPDATE team SET lead_id = id;
 INSERT INTO payment SELECT i, DATE '2023-06-01' + (i % 400), 1 + i % 80, 1 + i % 20, (i % 200) / 2.0 + 1 FROM generate_series(1, 900) i;
+INSERT INTO event_log SELECT i, DATE '2024-01-01' + i % 300, 'event ' || i FROM generate_series(1, 1500) i;
+INSERT INTO event_note SELECT i, 1 + (i * 7) % 1500, 'note ' || i FROM generate_series(1, 300) i;
 INSERT INTO audit_log VALUES
     ('2024-01-01 10:00+00', 'user1', 'login'), ('2024-01-01 10:00+00', 'user1', 'login'), ('2024-01-01 10:00+00', 'user1', 'login'),
     ('2024-01-02 11:30+02', 'user2', NULL), ('2024-01-03 09:15+00', NULL, 'cron');
