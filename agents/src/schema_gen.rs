@@ -14,16 +14,8 @@
 
 use std::collections::BTreeSet;
 
-use runtime::domain::{ForeignKey, KeySource, SchemaReport, Table, TableName};
-
-/// A SQL identifier, always quoted.
-fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn qualified(t: &TableName) -> String {
-    format!("{}.{}", ident(&t.schema), ident(&t.name))
-}
+use runtime::domain::{ForeignKey, KeySource, SchemaReport, Table};
+use runtime::sql::{ident, quoted as qualified};
 
 fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))

@@ -3,7 +3,7 @@
 //! Spawning and supervising actors ([`supervise`]), the envelope every message travels in and
 //! the courier that delivers it ([`envelope`]), the typed payloads agents exchange ([`domain`]),
 //! the audit trail ([`audit`], [`audit_writer`]), the event stream the CLI shows ([`events`]),
-//! secret redaction ([`redact`]), configuration ([`config`]), reading PostgreSQL's dates and
+//! secret redaction ([`redact`]), quoting names for SQL ([`sql`]), configuration ([`config`]), reading PostgreSQL's dates and
 //! timestamps ([`time`]), rows of text values kept in one buffer ([`text_rows`]) and the traits
 //! agents reach the world through ([`ports`]).
 //!
@@ -21,6 +21,7 @@ pub mod ids;
 pub mod mapping;
 pub mod ports;
 pub mod redact;
+pub mod sql;
 pub mod supervise;
 pub mod text_rows;
 pub mod time;

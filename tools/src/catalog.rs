@@ -10,6 +10,7 @@ use runtime::domain::{
     TypeKind, Unique, UserType,
 };
 use runtime::ports::{Catalog, ToolError};
+pub use runtime::sql::{ident, quoted};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
@@ -508,14 +509,4 @@ fn foreign_key(r: &PgRow) -> Result<ForeignKey, DbError> {
         deferred: get(r, "deferred")?,
         validated: get(r, "validated")?,
     })
-}
-
-/// `"schema"."table"`, quoted for SQL.
-pub fn quoted(t: &TableName) -> String {
-    format!("{}.{}", ident(&t.schema), ident(&t.name))
-}
-
-/// A SQL identifier, quoted.
-pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
