@@ -267,6 +267,7 @@ impl Chat<'_> {
             println!("All right, nothing was changed.");
             return Ok(Continue::Yes);
         }
+        let Some(_writing) = self.writer_lock().await? else { return Ok(Continue::Yes) };
         self.session.operator_decision(
             format!("approved plan {} in the chat", &outcome.hash[..12]),
             "the operator answered yes to the restated plan",
@@ -383,6 +384,7 @@ impl Chat<'_> {
             println!("All right, nothing was changed.");
             return Ok(());
         }
+        let Some(_writing) = self.writer_lock().await? else { return Ok(()) };
         let how = DiffGoal { analyze: false, apply: true, ..self.diff_goal(goal) };
         let report = self.session.diff(how).await.map_err(Exit::failed)?;
         let t = report.total();
@@ -409,11 +411,26 @@ impl Chat<'_> {
             println!("All right, nothing was deleted.");
             return Ok(());
         }
+        let Some(_writing) = self.writer_lock().await? else { return Ok(()) };
         let done = self.session.rollback(self.goal(goal, true)).await.map_err(Exit::failed)?;
         for d in &done {
             println!("  {}: {} rows deleted, {} kept", d.target.name, d.deleted, d.kept);
         }
         Ok(())
+    }
+
+    /// The target's writer lock for one action that changes data, taken after the operator's
+    /// yes and let go when the action ends; `None`, said in words, when another agentctl holds
+    /// it.
+    async fn writer_lock(&self) -> Result<Option<tools::control::WriterLock>, Exit> {
+        match self.session.store.writer_lock(self.session.run_id, "chat").await {
+            Ok(lock) => Ok(Some(lock)),
+            Err(tools::control::Attend::Held(who)) => {
+                println!("I cannot change anything now: {who}. Nothing was changed; ask me again once it is done.");
+                Ok(None)
+            }
+            Err(tools::control::Attend::Db(e)) => Err(Exit::failed(e)),
+        }
     }
 
     /// Answers what only reads: status, reasons, a refused row, decisions, help.

@@ -249,3 +249,19 @@ fn an_operator_asks_what_changed_in_the_old_system_and_syncs_it_in_plain_words()
     assert_eq!(code, 0, "{said}");
     assert_eq!(pg.psql(&t, &format!("SELECT first_name FROM patients WHERE legacy_id = {key}")), "Renamed");
 }
+
+/// While another agentctl writes to the target, the chat changes nothing: after the operator's
+/// yes it says who holds the target, and the conversation goes on.
+#[test]
+fn the_chat_changes_nothing_while_another_run_writes() {
+    let pg = shared();
+    let (source, target, _) = pg.reference_pair("0.02");
+    let db = target.rsplit('/').next().unwrap().to_owned();
+    let mut run = tests::spawn_run(&source, &target);
+    assert!(tests::wait_until(std::time::Duration::from_secs(180), || tests::committed(pg, &db) >= 5), "the run got under way");
+    let (code, transcript) = converse(&source, &target, &["migrate the offices", "yes", "exit"]);
+    assert_eq!(code, 0, "{transcript}");
+    assert!(transcript.contains("I cannot change anything now: another agentctl writes to this target (run "), "{transcript}");
+    assert!(run.wait().unwrap().success(), "the run that held the target finished");
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM agentctl.runs WHERE command = 'run'"), "1");
+}

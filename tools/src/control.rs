@@ -34,6 +34,12 @@ fn presence_name(run_id: RunId) -> String {
 /// A run's hold on its target (see [`ControlStore::attend`]); let go when dropped.
 pub struct Presence {
     _conn: sqlx::PgConnection,
+    _writer: Option<WriterLock>,
+}
+
+/// The target's writer lock (see [`ControlStore::writer_lock`]); let go when dropped.
+pub struct WriterLock {
+    _conn: sqlx::PgConnection,
 }
 
 /// Why a run could not hold its target.
@@ -160,10 +166,55 @@ impl ControlStore {
 
     /// Holds the target for a run while it lives: a connection of its own named for the run,
     /// so that a run whose process died is told from one still going (`runs`, `find_run`), and,
-    /// for a run that writes, the target's writer lock, which a second writer is refused (with
-    /// who holds it and since when). Both go with the connection: when the process dies, the
-    /// server lets go at once.
+    /// for a run that writes, the target's writer lock ([`ControlStore::writer_lock`]). Both go
+    /// with their connections: when the process dies, the server lets go at once.
     pub async fn attend(&self, run_id: RunId, command: &str, writes: bool) -> Result<Presence, Attend> {
+        let conn = self.named_connection(run_id).await?;
+        let writer = match writes {
+            true => Some(self.writer_lock(run_id, command).await?),
+            false => None,
+        };
+        Ok(Presence { _conn: conn, _writer: writer })
+    }
+
+    /// The target's writer lock, for as long as the returned guard lives: one agentctl writes
+    /// to a target at a time. A second is refused with who holds it and since when.
+    pub async fn writer_lock(&self, run_id: RunId, command: &str) -> Result<WriterLock, Attend> {
+        let what = "taking the target's writer lock";
+        let mut conn = self.named_connection(run_id).await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(WRITER_LOCK.0)
+            .bind(WRITER_LOCK.1)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(while_doing(what))?;
+        if locked {
+            return Ok(WriterLock { _conn: conn });
+        }
+        let holder: Option<(String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT a.application_name::text, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::int8::oid AND l.objid = $2::int8::oid AND l.objsubid = 2
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .bind(WRITER_LOCK.0)
+        .bind(WRITER_LOCK.1)
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(while_doing(what))?;
+        let who = match holder {
+            Some((name, since)) => {
+                let run = name.strip_prefix(PRESENCE_PREFIX).unwrap_or(&name);
+                format!("run {run}, since {}", since.format("%Y-%m-%d %H:%M:%S UTC"))
+            }
+            None => "another agentctl".to_owned(),
+        };
+        Err(Attend::Held(format!(
+            "another agentctl writes to this target ({who}): `agentctl {command}` waits for it to end; a run whose process died lets go at once"
+        )))
+    }
+
+    /// A connection out of the pool, named for the run (`application_name`); closed when dropped.
+    async fn named_connection(&self, run_id: RunId) -> Result<sqlx::PgConnection, DbError> {
         let what = "holding the target for the run";
         let mut conn = self.pool.acquire().await.map_err(while_doing(what))?.detach();
         sqlx::query("SELECT set_config('application_name', $1, false)")
@@ -171,37 +222,7 @@ impl ControlStore {
             .execute(&mut conn)
             .await
             .map_err(while_doing(what))?;
-        if writes {
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-                .bind(WRITER_LOCK.0)
-                .bind(WRITER_LOCK.1)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(while_doing(what))?;
-            if !locked {
-                let holder: Option<(String, DateTime<Utc>)> = sqlx::query_as(
-                    "SELECT a.application_name::text, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                     WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::int8::oid AND l.objid = $2::int8::oid AND l.objsubid = 2
-                       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-                )
-                .bind(WRITER_LOCK.0)
-                .bind(WRITER_LOCK.1)
-                .fetch_optional(&mut conn)
-                .await
-                .map_err(while_doing(what))?;
-                let who = match holder {
-                    Some((name, since)) => {
-                        let run = name.strip_prefix(PRESENCE_PREFIX).unwrap_or(&name);
-                        format!("run {run}, since {}", since.format("%Y-%m-%d %H:%M:%S UTC"))
-                    }
-                    None => "another agentctl".to_owned(),
-                };
-                return Err(Attend::Held(format!(
-                    "another agentctl writes to this target ({who}): `agentctl {command}` waits for it to end; a run whose process died lets go at once"
-                )));
-            }
-        }
-        Ok(Presence { _conn: conn })
+        Ok(conn)
     }
 
     /// Reopens a run that did not finish (killed, interrupted) to carry it on under its own id.
