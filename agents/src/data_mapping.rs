@@ -476,11 +476,7 @@ fn map_table(
     };
     // A reference becomes the parent's UUID only where it points at the parent's key, from
     // which that UUID is derived (one to another unique rule stays a plain value).
-    let fk_of = |col: &str| {
-        src.foreign_keys.iter().find(|f| {
-            f.columns.len() == 1 && f.columns[0] == col && source.table(&f.references).is_some_and(|p| p.key().0 == f.referenced_columns)
-        })
-    };
+    let fk_of = |col: &str| src.foreign_keys.iter().find(|f| f.columns.first().is_some_and(|c| c == col) && source.references_key(f));
     let mut columns = Vec::new();
     let mut metadata_at = None;
     // The row's own UUID: the primary key, or its `id` part (a partitioned table's key also

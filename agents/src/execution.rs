@@ -38,10 +38,6 @@ pub struct MigrateEntity {
     pub spec: MappingSpec,
     /// The target table of every source table this entity references.
     pub parents: Vec<(TableName, TableName)>,
-    /// Parents (source tables) that load after this entity: the plan broke a cycle between
-    /// them at this entity's reference, which goes in as it is, unchecked until they are in.
-    #[serde(default)]
-    pub later_parents: Vec<TableName>,
     pub keys: Keys,
     /// The target's report (the table, its enums and domains).
     pub target: SchemaReport,
@@ -320,7 +316,7 @@ pub async fn prepare(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity)
         }
         // A parent that loads after this entity (a broken cycle): its rows are not there to
         // check against yet; the reference goes in as it is and its key proves it later.
-        if req.later_parents.contains(&r.parent) {
+        if req.entity.later_parents.contains(&r.parent) {
             continue;
         }
         // The parent's target by the mappings, which stay true while the target's foreign keys
@@ -465,8 +461,8 @@ impl<T: Send + 'static> InPageOrder<T> {
 async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>, req: &MigrateEntity) -> Result<EntityResult, String> {
     let started = Instant::now();
     let spec = &req.spec;
-    if !req.constraints_suspended && !req.later_parents.is_empty() {
-        let later: Vec<String> = req.later_parents.iter().map(ToString::to_string).collect();
+    if !req.constraints_suspended && !req.entity.later_parents.is_empty() {
+        let later: Vec<String> = req.entity.later_parents.iter().map(ToString::to_string).collect();
         return Err(format!(
             "{} and {} reference each other: their references can only be proven once both are in, with the foreign keys set aside (run without --keep-constraints)",
             spec.source,
@@ -605,7 +601,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
             let put_back = match req.constraints_suspended {
                 // A reference to a parent that loads later is refused until that parent is in:
                 // the run's final put-back proves it then.
-                true if !req.later_parents.is_empty() => target.restore_constraints_but_refused(&spec.target).await?,
+                true if !req.entity.later_parents.is_empty() => target.restore_constraints_but_refused(&spec.target).await?,
                 true => target.restore_constraints(&spec.target).await?,
                 false => target.restore_legacy_key(&spec.target).await.map(|()| Vec::new())?,
             };

@@ -481,7 +481,7 @@ async fn migrate_all(
                 MigrateEntity { constraints_suspended: req.suspend_constraints, ..entity_request(&req.mappings, &req.target, order[i])? };
             // An entity whose reference waits for a later parent is proven once that parent is
             // in (below), not before: until then its references point at nothing yet.
-            let (courier, agents, validate) = (courier.clone(), agents.clone(), req.validate && body.later_parents.is_empty());
+            let (courier, agents, validate) = (courier.clone(), agents.clone(), req.validate && body.entity.later_parents.is_empty());
             running.spawn(async move {
                 let asked = courier.ask_within(
                     &agents.execution,
@@ -505,12 +505,12 @@ async fn migrate_all(
     }
     if req.validate {
         for result in &mut results {
-            let Some(entity) = order.iter().find(|e| Some(&e.table) == result.source.as_ref()) else { continue };
+            let Some(entity) = order.iter().find(|e| Some(&e.table) == result.source.as_ref() && !e.later_parents.is_empty()) else {
+                continue;
+            };
             let body =
                 MigrateEntity { constraints_suspended: req.suspend_constraints, ..entity_request(&req.mappings, &req.target, entity)? };
-            if !body.later_parents.is_empty() {
-                result.validation = Some(validate_entity(courier, agents, body).await?);
-            }
+            result.validation = Some(validate_entity(courier, agents, body).await?);
         }
     }
     Ok(results)
@@ -528,7 +528,6 @@ fn entity_request(mappings: &MappingSet, target: &SchemaReport, entity: &Planned
         })
         .collect();
     Ok(MigrateEntity {
-        later_parents: entity.later_parents.clone(),
         entity: entity.clone(),
         spec: spec.clone(),
         parents,

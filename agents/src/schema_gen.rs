@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use runtime::domain::{ForeignKey, KeySource, SchemaReport, Table};
+use runtime::domain::{KeySource, SchemaReport, Table};
 use runtime::sql::{ident, quoted as qualified};
 
 fn literal(s: &str) -> String {
@@ -25,21 +25,16 @@ fn list(names: &[String]) -> String {
     names.iter().map(|n| ident(n)).collect::<Vec<_>>().join(", ")
 }
 
-/// Whether a foreign key becomes a uuid reference: one column, pointing at the parent's key.
-fn is_key_reference(report: &SchemaReport, fk: &ForeignKey) -> bool {
-    fk.columns.len() == 1 && report.table(&fk.references).is_some_and(|p| p.key().0 == fk.referenced_columns)
-}
-
 /// The columns of `t` that become uuid references.
 fn key_references<'a>(report: &SchemaReport, t: &'a Table) -> BTreeSet<&'a str> {
-    t.foreign_keys.iter().filter(|fk| is_key_reference(report, fk)).map(|fk| fk.columns[0].as_str()).collect()
+    t.foreign_keys.iter().filter(|fk| report.references_key(fk)).map(|fk| fk.columns[0].as_str()).collect()
 }
 
 /// The column that becomes `legacy_id` and is not kept as a column of its own: a single-column
 /// primary key that is not also a reference.
 fn dropped_key(report: &SchemaReport, t: &Table) -> Option<String> {
     match (t.key(), t.primary_key.as_slice()) {
-        ((_, KeySource::Primary), [one]) if !t.foreign_keys.iter().any(|fk| &fk.columns[0] == one && is_key_reference(report, fk)) => {
+        ((_, KeySource::Primary), [one]) if !t.foreign_keys.iter().any(|fk| &fk.columns[0] == one && report.references_key(fk)) => {
             Some(one.clone())
         }
         _ => None,
@@ -321,14 +316,14 @@ fn table(report: &SchemaReport, t: &Table, out: &mut String, after: &mut Vec<Str
         let to_partitioned = report
             .table(&fk.references)
             .is_some_and(|p| partitioning(p, dropped_key(report, p).as_deref(), &key_references(report, p)).is_ok());
-        if is_key_reference(report, fk) && to_partitioned {
+        if report.references_key(fk) && to_partitioned {
             notes.push(format!(
                 "{}: foreign key {} points at the partitioned {}, whose key in the target includes its partition columns: its uuid column is kept, without the constraint",
                 t.name, fk.name, fk.references
             ));
             continue;
         }
-        if is_key_reference(report, fk) {
+        if report.references_key(fk) {
             after.push(format!(
                 "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} (\"id\"){on_delete}{deferrable};\n",
                 qualified(&t.name),

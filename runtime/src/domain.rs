@@ -334,6 +334,13 @@ impl fmt::Display for LooseReference {
 }
 
 impl SchemaReport {
+    /// Whether a foreign key points, with one column, at its parent's key ([`Table::key`]): the
+    /// references that become the parent's UUID, derived from that key. The schema generator
+    /// makes such a column a uuid and the mapper feeds it the parent's UUID, by this one rule.
+    pub fn references_key(&self, fk: &ForeignKey) -> bool {
+        fk.columns.len() == 1 && self.table(&fk.references).is_some_and(|p| p.key().0 == fk.referenced_columns)
+    }
+
     /// References no foreign key declares: Django's generic relations (an `object_id` beside a
     /// foreign key to a `*content_type` table, `to_object_id` beside `to_content_type_id`), and
     /// `*_id` columns of a key's type whose name is another table's (`user_id` and `auth_user`

@@ -40,6 +40,17 @@ impl PgCatalog {
     }
 }
 
+impl PgCatalog {
+    /// Named definitions, one a row of `sql`'s `name` and `definition` columns.
+    async fn definitions(&self, what: &str, sql: &str) -> Result<Vec<UserType>, DbError> {
+        self.rows(what, sql, None)
+            .await?
+            .iter()
+            .map(|r| Ok(UserType { name: get(r, "name")?, definition: get(r, "definition")? }))
+            .collect()
+    }
+}
+
 fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(r: &'r PgRow, col: &str) -> Result<T, DbError> {
     r.try_get(col).map_err(while_doing(format!("reading catalog column {col}")))
 }
@@ -365,9 +376,8 @@ impl PgCatalog {
             });
         }
 
-        let mut types = Vec::new();
-        for r in &self
-            .rows(
+        let types = self
+            .definitions(
                 "composite and range types",
                 &format!(
                     "SELECT quote_ident(n.nspname) || '.' || quote_ident(t.typname) AS name,
@@ -382,12 +392,8 @@ impl PgCatalog {
                        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e')
                      ORDER BY t.oid"
                 ),
-                None,
             )
-            .await?
-        {
-            types.push(UserType { name: get(r, "name")?, definition: get(r, "definition")? });
-        }
+            .await?;
 
         let mut sequences = Vec::new();
         for r in &self
@@ -443,9 +449,8 @@ impl PgCatalog {
             other_objects.push((get(r, "kind")?, get(r, "name")?));
         }
 
-        let mut collations = Vec::new();
-        for r in &self
-            .rows(
+        let collations = self
+            .definitions(
                 "collations",
                 &format!(
                     "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.collname) AS name,
@@ -457,12 +462,8 @@ impl PgCatalog {
                        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_collation'::regclass AND d.objid = c.oid AND d.deptype = 'e')
                      ORDER BY 1"
                 ),
-                None,
             )
-            .await?
-        {
-            collations.push(UserType { name: get(r, "name")?, definition: get(r, "definition")? });
-        }
+            .await?;
 
         let mut extensions = Vec::new();
         for r in &self

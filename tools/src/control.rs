@@ -56,11 +56,18 @@ impl From<DbError> for Attend {
     }
 }
 
-/// A run's `outcome` as stored, but `interrupted` for one still marked running whose process
-/// holds no connection to the target any more (killed, or its machine gone).
-const OUTCOME: &str = "CASE WHEN finished_at IS NULL AND outcome = 'running'
-     AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = 'agentctl run ' || run_id::text)
-     THEN 'interrupted' ELSE outcome END AS outcome";
+/// The columns of a [`RunRow`]: the run's `outcome` as stored, but `interrupted` for one still
+/// marked running whose process holds no connection to the target any more (killed, or its
+/// machine gone: no connection carries its [`presence_name`]).
+fn run_columns() -> String {
+    format!(
+        "run_id, command, goal, started_at, finished_at,
+         CASE WHEN finished_at IS NULL AND outcome = 'running'
+              AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = '{PRESENCE_PREFIX}' || run_id::text)
+         THEN 'interrupted' ELSE outcome END AS outcome,
+         outcome_detail, event_count"
+    )
+}
 
 /// One row of `agentctl audit list`.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
@@ -272,26 +279,20 @@ impl ControlStore {
     }
 
     pub async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, DbError> {
-        sqlx::query_as(&format!(
-            "SELECT run_id, command, goal, started_at, finished_at, {OUTCOME}, outcome_detail, event_count
-                 FROM agentctl.runs ORDER BY started_at DESC LIMIT $1"
-        ))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(while_doing("listing runs"))
+        sqlx::query_as(&format!("SELECT {} FROM agentctl.runs ORDER BY started_at DESC LIMIT $1", run_columns()))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(while_doing("listing runs"))
     }
 
     /// Finds a run by its id or a unique prefix of it; `None` means the latest run.
     pub async fn find_run(&self, id: Option<&str>) -> Result<RunRow, DbError> {
         let mut rows: Vec<RunRow> = match id {
             None => {
-                sqlx::query_as(&format!(
-                    "SELECT run_id, command, goal, started_at, finished_at, {OUTCOME}, outcome_detail, event_count
-                     FROM agentctl.runs ORDER BY started_at DESC LIMIT 1"
-                ))
-                .fetch_all(&self.pool)
-                .await
+                sqlx::query_as(&format!("SELECT {} FROM agentctl.runs ORDER BY started_at DESC LIMIT 1", run_columns()))
+                    .fetch_all(&self.pool)
+                    .await
             }
             Some(prefix) => {
                 let prefix = prefix.trim().to_ascii_lowercase();
@@ -299,8 +300,8 @@ impl ControlStore {
                     return Err(DbError(format!("`{prefix}` is not a run id (expected the hex digits of a run's UUID)")));
                 }
                 sqlx::query_as(&format!(
-                    "SELECT run_id, command, goal, started_at, finished_at, {OUTCOME}, outcome_detail, event_count
-                     FROM agentctl.runs WHERE run_id::text LIKE $1 || '%' ORDER BY started_at DESC LIMIT 2"
+                    "SELECT {} FROM agentctl.runs WHERE run_id::text LIKE $1 || '%' ORDER BY started_at DESC LIMIT 2",
+                    run_columns()
                 ))
                 .bind(&prefix)
                 .fetch_all(&self.pool)

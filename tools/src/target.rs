@@ -52,7 +52,6 @@ impl PgTarget {
     }
 }
 
-/// SQLSTATE classes that say "try again" rather than "this row is wrong".
 /// The one line a system fault stops a batch with: the table, the cause, what was (not) done
 /// and what to do.
 pub(crate) fn system_fault(target: &TableName, e: &sqlx::Error) -> DbError {
@@ -641,8 +640,9 @@ async fn legacy_key_aside(c: &mut sqlx::PgConnection, target: &TableName) -> Res
 
 impl PgTarget {
     /// Puts back what is recorded as set aside for the table (of one kind, or all); returns what
-    /// was put back and whether that was everything. With `stop_at_refusal`, a foreign key the
-    /// rows break ends it there instead of failing (it and the rest stay recorded and aside).
+    /// was put back and whether that was everything. A foreign key the rows break fails it,
+    /// ends it there, or is left aside while the rest goes on, as `on_refusal` says; what is not
+    /// put back stays recorded.
     async fn restore(&self, target: &TableName, kind: Option<&str>, on_refusal: OnRefusal) -> Result<(Vec<String>, bool), ToolError> {
         let what = format!("putting back the constraints and indexes of {target}");
         let records: Vec<(String, String, String, bool)> = sqlx::query_as(
@@ -690,10 +690,10 @@ impl PgTarget {
             };
             match sqlx::query(&create).execute(&mut *tx).await {
                 Ok(_) => {}
-                Err(sqlx::Error::Database(db)) if on_refusal == OnRefusal::Stop && db.code().as_deref() == Some("23503") => {
-                    return Ok((restored, false));
-                }
-                Err(sqlx::Error::Database(db)) if on_refusal == OnRefusal::Skip && db.code().as_deref() == Some("23503") => {
+                Err(sqlx::Error::Database(db)) if on_refusal != OnRefusal::Fail && db.code().as_deref() == Some("23503") => {
+                    if on_refusal == OnRefusal::Stop {
+                        return Ok((restored, false));
+                    }
                     // Rolled back with its transaction, still on the record.
                     everything = false;
                     continue;
