@@ -73,54 +73,91 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
                 }
             }
         }
-        AuditCmd::Verify { run, expect_head, format } => {
-            let runs = match run {
-                Some(id) => vec![store.find_run(Some(&id)).await.map_err(Exit::failed)?],
-                None => store.runs(i64::MAX).await.map_err(Exit::failed)?,
-            };
-            let mut results: Vec<Verification> = Vec::with_capacity(runs.len());
-            for r in &runs {
-                let events = store.events(r.run_id, &EventFilter::default()).await.map_err(Exit::failed)?;
-                let head = store.chain_head(r.run_id).await.map_err(Exit::failed)?;
-                results.push(verify_chain(r.run_id, &events, &head));
-            }
-            let bad = results.iter().filter(|v| v.first_bad.is_some()).count();
-            // A run removed whole leaves no chain to break, but the rows it wrote still name it.
-            let vanished = store.vanished_runs().await.map_err(Exit::failed)?;
-            match format {
-                Format::Json => print_json(&json!({"runs": results, "tampered": bad, "removed": vanished})),
-                Format::Text => {
-                    for (id, tables) in &vanished {
-                        println!("run {id}: REMOVED: named by {}, but its record and trail are gone", tables.join(", "));
-                    }
-                    for v in &results {
-                        match &v.first_bad {
-                            None => println!("run {}: intact, {} events, head {}", v.run_id, v.events, v.head_hash),
-                            Some(b) => println!("run {}: TAMPERED at {b}", v.run_id),
-                        }
-                    }
-                }
-            }
-            if let Some((id, tables)) = vanished.first() {
-                return Err(Exit::failed(format!(
-                    "{} run(s) were removed from the audit trail; first: run {id}, still named by {}",
-                    vanished.len(),
-                    tables.join(", ")
-                )));
-            }
-            if let (Some(expected), Some(v)) = (expect_head.as_deref().map(|h| h.trim().to_lowercase()), results.first()) {
-                if expected.len() < 12 || !v.head_hash.starts_with(&expected) {
-                    return Err(Exit::failed(format!(
-                        "run {}'s trail ends at {}, not at the head {expected} you kept: it was rewritten or cut since",
-                        v.run_id, v.head_hash
-                    )));
-                }
-            }
-            if bad > 0 {
-                let first = results.iter().find_map(|v| v.first_bad.as_ref().map(|b| (v.run_id, b))).expect("bad > 0");
-                return Err(Exit::failed(format!("the audit trail of {bad} run(s) does not verify; first: run {}, {}", first.0, first.1)));
+        AuditCmd::Verify { run, expect_head, format } => verify(&store, run, expect_head, format).await?,
+    }
+    Ok(())
+}
+
+/// `audit verify`: each run's chain, the run ledger that chains the runs, and the runs the
+/// control tables still name but `runs` no longer holds.
+async fn verify(store: &ControlStore, run: Option<String>, expect_head: Option<String>, format: Format) -> Result<(), Exit> {
+    let whole = run.is_none();
+    let runs = match run {
+        Some(id) => vec![store.find_run(Some(&id)).await.map_err(Exit::failed)?],
+        None => store.runs(i64::MAX).await.map_err(Exit::failed)?,
+    };
+    let ledger = store.ledger().await.map_err(Exit::failed)?;
+    let mut results: Vec<Verification> = Vec::with_capacity(runs.len());
+    // Where each run's chain has to pass: the heads the ledger recorded as it ended.
+    let mut rewritten: Vec<String> = Vec::new();
+    for r in &runs {
+        let events = store.events(r.run_id, &EventFilter::default()).await.map_err(Exit::failed)?;
+        let head = store.chain_head(r.run_id).await.map_err(Exit::failed)?;
+        for e in ledger.iter().filter(|e| e.run_id == r.run_id && e.event_count > 0) {
+            let at = usize::try_from(e.event_count - 1).ok().and_then(|i| events.get(i));
+            if at.map(|a| &a.hash) != Some(&e.head_hash) {
+                rewritten.push(format!(
+                    "run {}: its trail no longer passes through the head it was {} at (event #{}, {}): rewritten or cut since",
+                    r.run_id, e.entry, e.event_count, e.head_hash
+                ));
             }
         }
+        results.push(verify_chain(r.run_id, &events, &head));
+    }
+    let bad = results.iter().filter(|v| v.first_bad.is_some()).count();
+    let ledger_break = runtime::audit::verify_ledger(&ledger);
+    let ledger_head = ledger.last().map_or(runtime::audit::GENESIS, |e| e.hash.as_str());
+    // A run removed whole leaves no chain to break, but the ledger and the rows it wrote still
+    // name it.
+    let vanished = store.vanished_runs().await.map_err(Exit::failed)?;
+    match format {
+        Format::Json => print_json(&json!({"runs": results, "tampered": bad, "removed": vanished, "rewritten": rewritten,
+            "ledger": {"entries": ledger.len(), "head": ledger_head, "first_bad": ledger_break}})),
+        Format::Text => {
+            for (id, tables) in &vanished {
+                println!("run {id}: REMOVED: named by {}, but its record and trail are gone", tables.join(", "));
+            }
+            for line in &rewritten {
+                println!("{line}");
+            }
+            for v in &results {
+                match &v.first_bad {
+                    None => println!("run {}: intact, {} events, head {}", v.run_id, v.events, v.head_hash),
+                    Some(b) => println!("run {}: TAMPERED at {b}", v.run_id),
+                }
+            }
+            match &ledger_break {
+                None => println!("run ledger: intact, {} entries, head {ledger_head}", ledger.len()),
+                Some(b) => println!("run ledger: TAMPERED at entry #{}: {}", b.seq, b.reason),
+            }
+        }
+    }
+    if let Some((id, tables)) = vanished.first() {
+        return Err(Exit::failed(format!(
+            "{} run(s) were removed from the audit trail; first: run {id}, still named by {}",
+            vanished.len(),
+            tables.join(", ")
+        )));
+    }
+    if let Some(b) = &ledger_break {
+        return Err(Exit::failed(format!("the run ledger does not verify: entry #{}: {}", b.seq, b.reason)));
+    }
+    if let Some(expected) = expect_head.as_deref().map(|h| h.trim().to_lowercase()) {
+        // With a run: that run's head. Without: the ledger must pass through the head kept.
+        let (what, found) = match (whole, results.first()) {
+            (false, Some(v)) => (format!("run {}'s trail ends at {}", v.run_id, v.head_hash), v.head_hash.starts_with(&expected)),
+            _ => (format!("the run ledger ends at {ledger_head}"), ledger.iter().any(|e| e.hash.starts_with(&expected))),
+        };
+        if expected.len() < 12 || !found {
+            return Err(Exit::failed(format!("{what}, not at the head {expected} you kept: it was rewritten or cut since")));
+        }
+    }
+    if let Some(first) = rewritten.first() {
+        return Err(Exit::failed(format!("{} run(s) changed after they ended; first: {first}", rewritten.len())));
+    }
+    if bad > 0 {
+        let first = results.iter().find_map(|v| v.first_bad.as_ref().map(|b| (v.run_id, b))).expect("bad > 0");
+        return Err(Exit::failed(format!("the audit trail of {bad} run(s) does not verify; first: run {}, {}", first.0, first.1)));
     }
     Ok(())
 }

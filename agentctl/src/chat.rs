@@ -146,6 +146,12 @@ impl Chat<'_> {
     async fn repl(&self) -> Result<(), Exit> {
         let model = self.llm.as_ref().map(|l| l.describe()).unwrap_or_else(|| "no language model, offline".into());
         println!("agentctl chat: {} ({model}). Type `help` for what you can say.", self.databases());
+        // A migration left half done is the first thing to know.
+        if let Some(run) = self.store.latest_migration_run().await.map_err(Exit::failed)? {
+            if let Some(how) = self.interrupted(run).await? {
+                println!("{}", interrupted_note(&how));
+            }
+        }
         let prompt = if self.interactive { format!("[{}] > ", self.databases()) } else { String::new() };
         let mut lines = spawn_reader(prompt);
         while let Some(line) = lines.recv().await {
@@ -202,6 +208,12 @@ impl Chat<'_> {
             mapping_origin: self.mapping_origin.clone(),
             batch_size: None,
         }
+    }
+
+    /// For a migration whose program was stopped before it ended, the command that finishes it.
+    async fn interrupted(&self, run: RunId) -> Result<Option<String>, Exit> {
+        let row = self.store.find_run(Some(&run.to_string())).await.map_err(Exit::failed)?;
+        Ok(crate::audit::resume_command(&row))
     }
 
     /// The run to answer questions about: this conversation's, if it migrated, else the latest.
@@ -469,15 +481,19 @@ impl Chat<'_> {
                     println!("Nothing has been migrated yet.");
                     return Ok(());
                 };
+                let stopped = self.interrupted(run).await?;
                 for p in self.store.progress(run).await.map_err(Exit::failed)? {
                     println!(
                         "  {}: {} — {} of {} rows moved, {} could not be moved",
                         p.target_table.trim_start_matches("public."),
-                        p.state,
+                        if stopped.is_some() && p.state == "running" { "stopped part-way" } else { p.state.as_str() },
                         p.migrated,
                         p.rows_read,
                         p.rejected
                     );
+                }
+                if let Some(how) = stopped {
+                    println!("{}", interrupted_note(&how));
                 }
             }
             Intent::WhyFailed { entity } => {
@@ -543,6 +559,13 @@ impl Chat<'_> {
 }
 
 /// Whether an operator's word for a table names this table ("orders", "order", "dispatch_order").
+/// What an operator is told of a migration stopped before its end.
+fn interrupted_note(how: &str) -> String {
+    format!(
+        "The last migration stopped before it finished (its program was closed or killed). Everything it saved is kept, and nothing is half written. To finish it, run: {how}"
+    )
+}
+
 fn names_match(word: &str, table: &str) -> bool {
     let table = table.rsplit('.').next().unwrap_or(table);
     let key = agents::planning::entity_key(word);

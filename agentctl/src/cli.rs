@@ -296,6 +296,10 @@ pub enum SchemaCmd {
         /// Create the schema in the target database (in one transaction).
         #[arg(long)]
         apply: bool,
+        /// The references a mapping file declares (`references = { page_id = "wagtailcore_page" }`)
+        /// become uuid columns with foreign keys, like declared ones.
+        #[command(flatten)]
+        mapping: MappingOpt,
     },
 }
 
@@ -664,9 +668,10 @@ pub enum AuditCmd {
     Verify {
         /// The run to check (default: every run).
         run: Option<String>,
-        /// The head hash this run's trail must end at, as `run` printed it and you kept it
-        /// elsewhere: a trail rewritten or cut since has another head (needs RUN).
-        #[arg(long, value_name = "HASH", requires = "run")]
+        /// A head you kept elsewhere: with RUN, the one `run` printed, where that run's trail
+        /// must end; without, one `audit verify` printed for the run ledger, which the ledger
+        /// must pass through. A trail or ledger rewritten or cut since has another head.
+        #[arg(long, value_name = "HASH")]
         expect_head: Option<String>,
         #[arg(long, value_enum, default_value_t)]
         format: Format,

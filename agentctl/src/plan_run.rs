@@ -485,11 +485,15 @@ pub async fn mapping(config: &Config, cmd: MappingCmd) -> Result<(), Exit> {
 }
 
 pub async fn schema(config: &Config, cmd: SchemaCmd) -> Result<(), Exit> {
-    let SchemaCmd::Generate { output, apply, .. } = cmd;
+    let SchemaCmd::Generate { output, apply, mapping, .. } = cmd;
     let conns = Connections::open(config, true).await?;
+    let (file, origin) = mapping_file(&mapping, &conns).await?;
     let session = Session::start(&conns, "schema generate", None, conns.tools()?, SessionOptions::from_config(config)).await?;
     let run_id = session.run_id;
     let result = interruptible(async { session.analyze(DbRole::Source, false).await.map_err(Exit::failed) }, run_id).await;
+    let result = result.and_then(|report| {
+        data_mapping::declare_references(&report, &file).map_err(|p| Exit::config(data_mapping::problems_error(&origin, &p).message))
+    });
     let generated = result.and_then(|report| {
         agents::schema_gen::generate(&report)
             .map_err(|refused| Exit::failed(format!("cannot generate the target schema: {}", refused.join("; "))))

@@ -52,13 +52,14 @@ pub fn validation_failure(results: &[&EntityValidation]) -> Option<Exit> {
 
 pub fn print_validations(results: &[&EntityValidation]) {
     println!(
-        "\n{:<24} {:>10} {:>10} {:>9} {:>6} {:>8} {:>7}  result",
-        "entity", "source", "migrated", "rejected", "kept", "differ", "orphans"
+        "\n{:<24} {:>10} {:>10} {:>9} {:>6} {:>8} {:>7} {:>9}  result",
+        "entity", "source", "migrated", "rejected", "kept", "differ", "orphans", "links"
     );
     for v in results {
         let orphans: i64 = v.orphans.iter().map(|o| o.count).sum();
+        let links: i64 = v.links.iter().map(|l| l.target).sum();
         println!(
-            "{:<24} {:>10} {:>10} {:>9} {:>6} {:>8} {:>7}  {}",
+            "{:<24} {:>10} {:>10} {:>9} {:>6} {:>8} {:>7} {:>9}  {}",
             v.target.name,
             v.source_rows,
             v.migrated,
@@ -66,8 +67,12 @@ pub fn print_validations(results: &[&EntityValidation]) {
             v.kept,
             v.rows_differing + v.missing,
             orphans,
+            links,
             if v.passed { "passed" } else { "FAILED" }
         );
+        for l in v.links.iter().filter(|l| l.source != l.target) {
+            println!("  {:<22} links of {} to {}: source {} target {} (DIFFERENT)", "", l.column, l.parent, l.source, l.target);
+        }
         for m in &v.money {
             println!(
                 "  {:<22} money {}: source {} target {}{}",

@@ -82,6 +82,10 @@ pub struct EntityRule {
     /// How `diff migrate` keeps the entity in step: `sync = { delete = "hard", conflicts = "manual" }`.
     #[serde(default, skip_serializing_if = "is_default_sync")]
     pub sync: SyncPolicy,
+    /// Columns that hold another table's keys though no foreign key says so:
+    /// `references = { page_id = "wagtailcore_page" }`. Each is treated as a foreign key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub references: BTreeMap<String, String>,
 }
 
 fn is_default_sync(rule: &SyncPolicy) -> bool {
@@ -151,6 +155,76 @@ impl MappingFile {
     }
 }
 
+/// The source's report with the references the mapping file declares (an entity's
+/// `references`) added as foreign keys, so that the schema generator, the mapping, the plan and
+/// the validation treat each like the key it is: a uuid column in the target, the parent loaded
+/// first, every value rewritten to the parent's UUID, a value no parent row has rejected with
+/// that reason, and the links counted on both sides.
+pub fn declare_references(source: &SchemaReport, file: &MappingFile) -> Result<SchemaReport, Vec<Problem>> {
+    let mut out = source.clone();
+    let mut problems = Vec::new();
+    for (entity, rule) in file.entities.iter().filter(|(_, r)| !r.references.is_empty()) {
+        let Some(child) = source.find(entity) else { continue };
+        for (column, parent) in &rule.references {
+            let problem = |message: String| Problem {
+                table: entity.clone(),
+                source: Some(child.name.name.clone()),
+                column: Some(column.clone()),
+                message,
+            };
+            if child.column(column).is_none() {
+                problems.push(problem("the mapping file declares a reference on a column the source table does not have".into()));
+                continue;
+            }
+            let Some(p) = source.find(parent) else {
+                problems.push(problem(format!("the mapping file's reference names `{parent}`, which the source does not have")));
+                continue;
+            };
+            let (key, from) = p.key();
+            if matches!(from, runtime::domain::KeySource::Content) {
+                problems.push(problem(format!("{} has no key for a reference to point at", p.name)));
+                continue;
+            }
+            if key.len() != 1 {
+                problems.push(problem(format!(
+                    "{} has a key of {} columns; a reference the mapping file declares must point at a one-column key",
+                    p.name,
+                    key.len()
+                )));
+                continue;
+            }
+            if let Some(fk) = child.foreign_keys.iter().find(|f| f.columns == [column.clone()]) {
+                if fk.references != p.name {
+                    problems.push(problem(format!("the foreign key {} already makes it a reference to {}", fk.name, fk.references)));
+                }
+                continue;
+            }
+            let table = out.tables.iter_mut().find(|t| t.name == child.name).expect("the table is in the report it was found in");
+            table.foreign_keys.push(runtime::domain::ForeignKey {
+                name: format!("{}_{column}_fkey", child.name.name),
+                columns: vec![column.clone()],
+                references: p.name.clone(),
+                referenced_columns: key,
+                on_delete: "no action".into(),
+                deferrable: false,
+                deferred: false,
+                validated: true,
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The error of a mapping with problems, each named where it is.
+pub fn problems_error(origin: &str, problems: &[Problem]) -> AgentError {
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    AgentError::new(ME, format!("the mapping ({origin}) has {} problem(s): {}", problems.len(), lines.join("; ")))
+}
+
 /// Why a source table is not an entity of its own.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -193,6 +267,9 @@ pub struct MappingSet {
     /// Each custom transform tried on sample rows in the sandbox, by source table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previews: Vec<(TableName, crate::code::Preview)>,
+    /// The references the mapping file declares, by entity: column -> parent table.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub declared: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl MappingSet {
@@ -393,6 +470,12 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
             unmapped,
             groups: file.groups.clone(),
             previews: Vec::new(),
+            declared: file
+                .entities
+                .iter()
+                .filter(|(_, r)| !r.references.is_empty())
+                .map(|(e, r)| (e.clone(), r.references.clone()))
+                .collect(),
         })
     } else {
         Err(problems)
@@ -768,7 +851,14 @@ pub fn to_file(set: &MappingSet) -> MappingFile {
         let join = spec.joins.iter().map(|j| JoinRule { table: j.table.name.clone(), on: j.on.clone(), key: j.key.clone() }).collect();
         file.entities.insert(
             spec.source.name.clone(),
-            EntityRule { target: Some(spec.target.name.clone()), skip: None, join, columns, sync: spec.sync },
+            EntityRule {
+                target: Some(spec.target.name.clone()),
+                skip: None,
+                join,
+                columns,
+                sync: spec.sync,
+                references: set.declared.get(&spec.source.name).cloned().unwrap_or_default(),
+            },
         );
     }
     for (t, why) in &set.unmapped {
@@ -961,10 +1051,7 @@ impl Actor for DataMappingAgent {
                         state.ctx.decision(ME, format!("the mapping has {} problems", problems.len()), lines.join("; "), problems);
                     }
                 }
-                let _ = reply.send(result.map_err(|p| {
-                    let lines: Vec<String> = p.iter().map(ToString::to_string).collect();
-                    AgentError::new(ME, format!("the mapping ({}) has {} problem(s): {}", req.file_origin, p.len(), lines.join("; ")))
-                }));
+                let _ = reply.send(result.map_err(|p| problems_error(&req.file_origin, &p)));
             }
         }
         Ok(())

@@ -352,6 +352,9 @@ async fn map_phase(
     let ctx = courier.ctx();
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "analyze".into() });
     let source = analyze(courier, agents, AnalyzeRequest { side: DbRole::Source, exact_counts: false }).await?;
+    // The references the mapping file declares are foreign keys from here on.
+    let source = crate::data_mapping::declare_references(&source, &goal.mapping)
+        .map_err(|p| crate::data_mapping::problems_error(&goal.mapping_origin, &p))?;
     let target = analyze(courier, agents, AnalyzeRequest { side: DbRole::Target, exact_counts: false }).await?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "map".into() });
     let request = MapRequest {

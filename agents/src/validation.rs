@@ -13,7 +13,10 @@
 //! - money: every amount column's total (cents turned into amounts, and every two-decimal
 //!   column) over the migrated rows, both sides, to the cent;
 //! - integrity: no reference of the target table points at no row: guaranteed by a validated
-//!   foreign key on the column, else counted set-based in the target.
+//!   foreign key on the column, else counted set-based in the target;
+//! - links: for every reference the mapping makes, the migrated source rows that set it, counted
+//!   as they pass, equal the target rows made from them that point at a row of the parent,
+//!   counted in the target.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,12 +26,14 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
 use runtime::envelope::{AgentError, Envelope};
 use runtime::mapping::Transform;
-use runtime::ports::{legacy_key, Compared, Difference, EntityDiff, EntityValidation, Expected, MoneyTotal, Orphans, Rows, Scan, Target};
+use runtime::ports::{
+    legacy_key, Compared, Difference, EntityDiff, EntityValidation, Expected, Links, MoneyTotal, Orphans, Rows, Scan, Target,
+};
 use runtime::AgentName;
 
 use crate::differential::DiffEntity;
 use crate::execution::{prepare, read_ahead, restarting, InPageOrder, MigrateEntity, Prepared, COMPARES_IN_FLIGHT};
-use crate::transform::{amount, RowMapper};
+use crate::transform::{amount, Reference, RowMapper};
 use runtime::text_rows::TextRows;
 
 const ME: AgentName = AgentName::Validation;
@@ -132,6 +137,7 @@ pub async fn validate(
             cents || ty == "money" || (ty.starts_with("numeric(") && ty.ends_with(",2)"))
         })
         .collect();
+    let scanned = spec.source_columns();
     let rejected_keys: HashSet<String> = target.rejected_keys(&spec.source).await.map_err(|e| e.0)?.into_iter().map(|(k, _)| k).collect();
     let mut v = EntityValidation {
         source: spec.source.clone(),
@@ -148,12 +154,29 @@ pub async fn validate(
         rows_differing: 0,
         differences: Vec::new(),
         orphans: Vec::new(),
+        links: Vec::new(),
         money: money.iter().map(|&i| MoneyTotal { column: out_cols[i].0.clone(), source_cents: 0, target_cents: 0 }).collect(),
         detail: String::new(),
         seconds: 0.0,
     };
     // The stages overlap: the source server reads the next page while this task maps one and
     // the target compares the ones before, [`COMPARES_IN_FLIGHT`] at a time, tallied in order.
+    // Every reference the mapping makes (self-references included), with its target parent:
+    // its links are counted in the source rows as they pass, and in the target at the end.
+    let linked: Vec<(Reference, runtime::domain::TableName)> = mapper
+        .references()
+        .into_iter()
+        .filter_map(|r| {
+            let parent = if r.parent == spec.source {
+                Some(spec.target.clone())
+            } else {
+                req.parents.iter().find(|(source, _)| *source == r.parent).map(|(_, target)| target.clone())
+            };
+            parent.map(|p| (r, p))
+        })
+        .collect();
+    let mut source_links = vec![0i64; linked.len()];
+    let mut kept_keys: Vec<String> = Vec::new();
     let (mut pages, reader) = read_ahead(rows, Scan::entity(spec), PAGE);
     let mut found_in_target = 0i64;
     let mut compares: InPageOrder<ComparedPage> = InPageOrder::new(COMPARES_IN_FLIGHT);
@@ -162,16 +185,30 @@ pub async fn validate(
             Some(page) => page?,
             None => TextRows::default(),
         };
-        let next = (!page.is_empty()).then(|| expect(&mapper, &out_cols, id_col, legacy_col, &money, page, None));
-        while let Some((expected, answers)) = compares.done(next.is_none()).await? {
+        let next = (!page.is_empty()).then(|| {
+            let set = references_set(&page, &linked);
+            (expect(&mapper, &out_cols, id_col, legacy_col, &money, page, None), set)
+        });
+        while let Some((expected, set, answers)) = compares.done(next.is_none()).await? {
             found_in_target += answers.iter().filter(|a| a.present).count() as i64;
+            for (r, a) in answers.iter().enumerate() {
+                match (expected.wanted[r], a.present, a.ours) {
+                    (_, true, false) => kept_keys.push(expected.keys[r].clone()),
+                    (true, true, true) => {
+                        for (count, set) in source_links.iter_mut().zip(&set) {
+                            *count += i64::from(set[r]);
+                        }
+                    }
+                    _ => {}
+                }
+            }
             tally(&mut v, &expected, &answers, &rejected_keys, target.as_ref(), &out_cols, legacy_col, &money).await?;
         }
-        let Some(expected) = next else { break };
+        let Some((expected, set)) = next else { break };
         let (target, table) = (target.clone(), spec.target.clone());
         compares.start(async move {
             let answers = target.compare(&table, &expected).await.map_err(|e| e.0)?;
-            Ok((expected, answers))
+            Ok((expected, set, answers))
         });
     }
     reader.await.map_err(|e| format!("the reader stopped: {e}"))?;
@@ -195,17 +232,31 @@ pub async fn validate(
         let (count, examples) = found.unwrap_or_default();
         v.orphans.push(Orphans { column, parent, count, examples, enforced });
     }
+    let live = crate::differential::soft_delete(req);
+    for ((r, parent), source) in linked.iter().zip(source_links) {
+        let found = target.links(&spec.target, &r.target_column, parent, live, &kept_keys).await.map_err(|e| e.0)?;
+        let source_columns = r.inputs.iter().map(|&i| scanned[i].clone()).collect();
+        v.links.push(Links { column: r.target_column.clone(), parent: parent.clone(), source_columns, source, target: found });
+    }
+    let lost: Vec<String> = v
+        .links
+        .iter()
+        .filter(|l| l.source != l.target)
+        .map(|l| format!("{} links of {} to {} in the source but {} in the target", l.source, l.column, l.parent, l.target))
+        .collect();
+    let links: i64 = v.links.iter().map(|l| l.target).sum();
     let orphaned: i64 = v.orphans.iter().map(|o| o.count).sum();
     let money_equal = v.money.iter().all(|m| m.source_cents == m.target_cents);
     let balanced = v.source_rows == v.migrated + v.rejected + v.kept + v.rows_differing + v.missing;
-    v.passed = balanced && v.missing == 0 && v.rows_differing == 0 && v.extra == 0 && orphaned == 0 && money_equal;
+    v.passed = balanced && v.missing == 0 && v.rows_differing == 0 && v.extra == 0 && orphaned == 0 && lost.is_empty() && money_equal;
     v.detail = if v.passed {
         format!(
-            "{} source rows: {} migrated with equal values, {} rejected with reasons{}; no orphan; {}",
+            "{} source rows: {} migrated with equal values, {} rejected with reasons{}; {}no orphan; {}",
             v.source_rows,
             v.migrated,
             v.rejected,
             if v.kept > 0 { format!(", {} kept from before", v.kept) } else { String::new() },
+            if v.links.is_empty() { String::new() } else { format!("{links} links of {} references equal on both sides; ", v.links.len()) },
             if v.money.is_empty() { "no money column".to_owned() } else { "money totals equal to the cent".to_owned() }
         )
     } else {
@@ -222,6 +273,7 @@ pub async fn validate(
         if orphaned > 0 {
             wrong.push(format!("{orphaned} references point at no row"));
         }
+        wrong.extend(lost);
         for m in v.money.iter().filter(|m| m.source_cents != m.target_cents) {
             wrong.push(format!(
                 "{} totals {} in the source but {} in the target",
@@ -243,8 +295,13 @@ pub async fn validate(
     Ok(v)
 }
 
-/// A page of expected rows with the target's answers.
-type ComparedPage = (Expected, Vec<Compared>);
+/// A page of expected rows, whether each row sets each reference, and the target's answers.
+type ComparedPage = (Expected, Vec<Vec<bool>>, Vec<Compared>);
+
+/// For each reference, whether each row of the page sets every column it is made from.
+fn references_set(page: &TextRows, linked: &[(Reference, runtime::domain::TableName)]) -> Vec<Vec<bool>> {
+    linked.iter().map(|(r, _)| (0..page.len()).map(|seq| r.inputs.iter().all(|&i| page.get(seq, i).is_some())).collect()).collect()
+}
 
 /// The expected target rows of a page of source rows; with `reasons`, why each row the
 /// mapping rejects is rejected (by row).

@@ -140,25 +140,31 @@ impl AuditEvent {
         event
     }
 
-    /// SHA-256 over every field but `hash`, each length-prefixed so no two events encode alike.
+    /// SHA-256 over every field but `hash`.
     pub fn compute_hash(&self) -> String {
-        let mut h = Sha256::new();
-        let mut field = |bytes: &[u8]| {
-            h.update((bytes.len() as u64).to_le_bytes());
-            h.update(bytes);
-        };
-        field(b"agentctl-audit-v1");
-        field(self.run_id.0.as_bytes());
-        field(&self.seq.to_le_bytes());
-        field(&self.at.timestamp_micros().to_le_bytes());
-        field(self.agent.as_bytes());
-        field(self.kind.as_bytes());
-        field(self.correlation_id.map(|c| c.into_bytes()).unwrap_or_default().as_slice());
-        field(self.summary.as_bytes());
-        field(self.detail.as_bytes());
-        field(self.prev_hash.as_bytes());
-        hex::encode(h.finalize())
+        hash_fields(&[
+            b"agentctl-audit-v1",
+            self.run_id.0.as_bytes(),
+            &self.seq.to_le_bytes(),
+            &self.at.timestamp_micros().to_le_bytes(),
+            self.agent.as_bytes(),
+            self.kind.as_bytes(),
+            self.correlation_id.map(|c| c.into_bytes()).unwrap_or_default().as_slice(),
+            self.summary.as_bytes(),
+            self.detail.as_bytes(),
+            self.prev_hash.as_bytes(),
+        ])
     }
+}
+
+/// SHA-256 over fields, each length-prefixed so that no two lists of fields encode alike.
+fn hash_fields(fields: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for field in fields {
+        h.update((field.len() as u64).to_le_bytes());
+        h.update(field);
+    }
+    hex::encode(h.finalize())
 }
 
 /// What the writer stores beside the events: how many there are and the last hash.
@@ -242,6 +248,58 @@ pub fn verify_chain(run_id: RunId, events: &[AuditEvent], head: &ChainHead) -> V
     Verification { run_id, events: count, head_hash: prev, first_bad }
 }
 
+/// One entry of the target's run ledger: a run started, or ended at a head of its chain. The
+/// entries are chained like events, across runs, so that a run removed whole, or a run's trail
+/// rewritten after it ended, no longer matches the ledger; and the ledger's head, kept outside
+/// the database, rules out rewriting the ledger too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub seq: i64,
+    pub run_id: RunId,
+    /// `started` or `ended`.
+    pub entry: String,
+    /// For `ended`: the run's chain as it ended (for `started`: empty).
+    pub event_count: i64,
+    pub head_hash: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl LedgerEntry {
+    /// SHA-256 over every field but `hash`.
+    pub fn compute_hash(&self) -> String {
+        hash_fields(&[
+            b"agentctl-ledger-v1",
+            &self.seq.to_le_bytes(),
+            self.run_id.0.as_bytes(),
+            self.entry.as_bytes(),
+            &self.event_count.to_le_bytes(),
+            self.head_hash.as_bytes(),
+            self.prev_hash.as_bytes(),
+        ])
+    }
+}
+
+/// Checks the ledger's entries against each other: the first that does not check out.
+pub fn verify_ledger(entries: &[LedgerEntry]) -> Option<ChainBreak> {
+    let mut prev = GENESIS;
+    for (i, e) in entries.iter().enumerate() {
+        let expected = i as i64 + 1;
+        let reason = if e.seq != expected {
+            format!("expected ledger entry #{expected} here; entries #{expected} to #{} are missing", e.seq - 1)
+        } else if e.prev_hash != prev {
+            "its link to the entry before is broken (an entry before it was changed or removed)".to_owned()
+        } else if e.compute_hash() != e.hash {
+            "its contents do not match its hash (the entry was edited)".to_owned()
+        } else {
+            prev = &e.hash;
+            continue;
+        };
+        return Some(ChainBreak { seq: expected.min(e.seq), reason });
+    }
+    None
+}
+
 /// Where audit events are persisted. Implemented over PostgreSQL in `tools`.
 #[async_trait]
 pub trait AuditSink: Send + Sync + 'static {
@@ -265,6 +323,42 @@ pub enum AuditError {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn ledger(n: i64) -> Vec<LedgerEntry> {
+        let mut prev = GENESIS.to_owned();
+        (1..=n)
+            .map(|seq| {
+                let mut e = LedgerEntry {
+                    seq,
+                    run_id: RunId(Uuid::from_u128(seq as u128 / 2)),
+                    entry: if seq % 2 == 1 { "started" } else { "ended" }.into(),
+                    event_count: if seq % 2 == 1 { 0 } else { seq * 10 },
+                    head_hash: format!("{seq:064}"),
+                    prev_hash: prev.clone(),
+                    hash: String::new(),
+                };
+                e.hash = e.compute_hash();
+                prev = e.hash.clone();
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_ledger_finds_an_edited_a_removed_and_a_rehashed_entry() {
+        assert_eq!(verify_ledger(&ledger(6)), None);
+        let mut edited = ledger(6);
+        edited[3].event_count -= 1;
+        assert_eq!(verify_ledger(&edited).map(|b| (b.seq, b.reason.contains("edited"))), Some((4, true)));
+        let mut removed = ledger(6);
+        removed.remove(2);
+        assert_eq!(verify_ledger(&removed).map(|b| b.seq), Some(3));
+        // An entry rehashed after an edit breaks the link of the one after it.
+        let mut rehashed = ledger(6);
+        rehashed[1].head_hash = "f".repeat(64);
+        rehashed[1].hash = rehashed[1].compute_hash();
+        assert_eq!(verify_ledger(&rehashed).map(|b| (b.seq, b.reason.contains("link"))), Some((3, true)));
+    }
 
     fn chain(n: i64) -> (RunId, Vec<AuditEvent>, ChainHead) {
         let run = RunId(Uuid::from_u128(7));

@@ -325,8 +325,8 @@ impl fmt::Display for LooseReference {
             ),
             (None, Some(p)) => write!(
                 f,
-                "{}.{} looks like a reference to {p}, but no foreign key declares it: it keeps the old keys, which each target row keeps as legacy_id",
-                self.table, self.column
+                "{}.{} looks like a reference to {p}, but no foreign key declares it: it keeps the old keys, which each target row keeps as legacy_id (to rewrite it, declare it in the mapping file: references = {{ {} = \"{}\" }})",
+                self.table, self.column, self.column, p.name
             ),
             (None, None) => write!(f, "{}.{} is a reference no foreign key declares", self.table, self.column),
         }

@@ -270,6 +270,9 @@ pub trait Target: Send + Sync + 'static {
     /// Rows of `child` whose `column` points at no row of `parent`: how many, and a few keys;
     /// `None` when a validated foreign key on that column makes the database guarantee none.
     async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError>;
+    /// Rows of `child` with a legacy key, other than `except`, whose `column` points at a row of
+    /// `parent`; with `live`, only those not soft-deleted.
+    async fn links(&self, child: &TableName, column: &str, parent: &TableName, live: bool, except: &[String]) -> Result<i64, ToolError>;
     /// Stores a validation in `migration_validation_reports`.
     async fn save_validation(&self, run: RunId, report: &EntityValidation) -> Result<(), ToolError>;
     async fn set_state(
@@ -572,6 +575,20 @@ pub struct Orphans {
     pub enforced: bool,
 }
 
+/// One reference of the mapping counted on both sides: the source rows migrated whose
+/// reference columns are all set, and the target rows made from them whose reference column
+/// points at a row of the parent. Equal counts mean no link was lost or left dangling.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Links {
+    /// The target column holding the parent's UUID.
+    pub column: String,
+    pub parent: TableName,
+    /// The source columns it is made from.
+    pub source_columns: Vec<String>,
+    pub source: i64,
+    pub target: i64,
+}
+
 /// A money column's total over the migrated rows, both sides, in cents.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MoneyTotal {
@@ -605,6 +622,9 @@ pub struct EntityValidation {
     /// The first differences (at most 20).
     pub differences: Vec<Difference>,
     pub orphans: Vec<Orphans>,
+    /// Every reference of the mapping, its links counted in the source and in the target.
+    #[serde(default)]
+    pub links: Vec<Links>,
     pub money: Vec<MoneyTotal>,
     /// One line: what passed or what did not.
     pub detail: String,

@@ -187,6 +187,34 @@ fn a_trail_cut_at_its_end_is_told_by_the_head_kept_elsewhere() {
     let ok = agentctl(&["--target", &target, "audit", "verify", &run, "--expect-head", &head]);
     assert_eq!(ok.code, 0, "{ok:?}");
 
+    // A run that wrote nothing but its trail (a plan), removed whole, is named by the run
+    // ledger; with its ledger entries removed too, by the ledger's head kept elsewhere.
+    let plan = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate artists"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let all = agentctl(&["--target", &target, "audit", "verify"]);
+    assert_eq!(all.code, 0, "{all:?}");
+    let ledger_head =
+        all.stdout.lines().find_map(|l| l.strip_prefix("run ledger: intact, ")).and_then(|l| l.split("head ").nth(1)).unwrap().to_owned();
+    let planned = pg.psql(db, "SELECT run_id FROM agentctl.runs WHERE command = 'plan'");
+    let remove = |also: &str| {
+        pg.psql(
+            db,
+            &format!(
+                "BEGIN; SET session_replication_role = replica; DELETE FROM agentctl.audit_events WHERE run_id = '{planned}';
+                 DELETE FROM agentctl.runs WHERE run_id = '{planned}'; {also} COMMIT;"
+            ),
+        )
+    };
+    remove("");
+    let all = agentctl(&["--target", &target, "audit", "verify"]);
+    assert_eq!(all.code, 1, "{all:?}");
+    assert!(all.stdout.contains(&format!("run {planned}: REMOVED: named by agentctl.run_ledger")), "{}", all.stdout);
+    remove(&format!("DELETE FROM agentctl.run_ledger WHERE run_id = '{planned}';"));
+    assert_eq!(agentctl(&["--target", &target, "audit", "verify"]).code, 0, "on its own, the ledger cut at its end is consistent");
+    let kept = agentctl(&["--target", &target, "audit", "verify", "--expect-head", &ledger_head]);
+    assert_eq!(kept.code, 1, "{kept:?}");
+    assert!(kept.stderr.contains(&format!("not at the head {ledger_head} you kept")), "{}", kept.stderr);
+
     tamper(pg, db, &format!("DELETE FROM agentctl.audit_events WHERE run_id = '{run}' AND seq = (SELECT max(seq) FROM agentctl.audit_events WHERE run_id = '{run}')"));
     pg.psql(
         db,
@@ -195,7 +223,10 @@ fn a_trail_cut_at_its_end_is_told_by_the_head_kept_elsewhere() {
                head_hash = (SELECT hash FROM agentctl.audit_events WHERE run_id = '{run}' ORDER BY seq DESC LIMIT 1) WHERE run_id = '{run}'"
         ),
     );
-    assert_eq!(verify(&target, &run).code, 0, "on its own, the cut trail is consistent");
+    // On its own the cut trail is consistent; the ledger recorded where it ended.
+    let alone = verify(&target, &run);
+    assert_eq!(alone.code, 1, "{alone:?}");
+    assert!(alone.stdout.contains("its trail no longer passes through the head it was ended at"), "{}", alone.stdout);
     let cut = agentctl(&["--target", &target, "audit", "verify", &run, "--expect-head", &head]);
     assert_eq!(cut.code, 1, "{cut:?}");
     assert!(cut.stderr.contains(&format!("not at the head {head} you kept: it was rewritten or cut since")), "{}", cut.stderr);

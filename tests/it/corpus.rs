@@ -91,6 +91,10 @@ fn qualified(pg: &PgCluster, db: &str, regclass: &str) -> String {
     pg.psql(db, &format!("SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = '{}'::regclass", regclass.replace('\'', "''")))
 }
 
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 fn key_text(alias: &str, key: &[String]) -> String {
     if key.is_empty() {
         "''".to_owned()
@@ -106,13 +110,21 @@ fn digest(pairs: &str) -> String {
 
 /// Runs the whole check on one database; `joins` are natural joins with `{id:col}` standing for
 /// the key column `col` of the source, `id` in the target (`{legacy:col}`: `legacy_id` in the
-/// target); `rejected` the rows expected to be rejected, by source table.
-fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(&str, i64)]) -> String {
+/// target); `rejected` the rows expected to be rejected, by source table; `mapping` a mapping
+/// file for the schema, the run and the validation.
+fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(&str, i64)], mapping: Option<&Path>) -> String {
     let target = pg.create_db(&format!("{}_target", db_of(source)));
     let (s, t) = (db_of(source), db_of(&target));
-    let out = agentctl(&["--source", source, "--target", &target, "schema", "generate", "--from-source", "--apply"]);
+    let mapping: Vec<&str> = mapping.map(|m| vec!["--mapping", m.to_str().unwrap()]).unwrap_or_default();
+    let with = |args: &[&str]| -> tests::Output {
+        let mut all = vec!["--source", source, "--target", &target];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&mapping);
+        agentctl(&all)
+    };
+    let out = with(&["schema", "generate", "--from-source", "--apply"]);
     assert_eq!(out.code, 0, "schema generate on {s}: {out:?}");
-    let out = agentctl(&["--source", source, "--target", &target, "run", "--goal", "migrate everything", "--yes", "--format", "json"]);
+    let out = with(&["run", "--goal", "migrate everything", "--yes", "--format", "json"]);
     assert_eq!(out.code, 0, "run on {s}: {out:?}");
 
     // Rows per table, less what was rejected with a reason.
@@ -184,17 +196,30 @@ fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(
 
     // Each foreign key's links: the same child rows point at the same parent rows.
     let keys: BTreeMap<String, Vec<String>> = tables.iter().map(|t| (t.quoted.clone(), t.key.clone())).collect();
+    // The links of each key rewritten into a uuid column, by (table, column): what `validate`
+    // must count in the target.
+    let mut rewritten_links: BTreeMap<(String, String), i64> = BTreeMap::new();
     for link in source_links(pg, s) {
         let (child, parent) = (qualified(pg, s, &link.child), qualified(pg, s, &link.parent));
         let on = |a: &str, cols: &[String]| format!("({})", cols.iter().map(|c| format!("{a}.{c}")).collect::<Vec<_>>().join(", "));
         let child_key = keys.get(&child).map(Vec::as_slice).unwrap_or_default();
         let legacy = |a: &str| if child_key.is_empty() { "''".to_owned() } else { format!("{a}.legacy_id::text") };
+        // Less the links of the child rows rejected with a reason.
+        let display = tables.iter().find(|t| t.quoted == child).map(|t| t.display.as_str()).unwrap_or_default();
+        let gone = pg.psql(
+            t,
+            &format!(
+                "SELECT coalesce(string_agg(quote_literal(legacy_key), ','), '') FROM agentctl.rejected_rows WHERE source_table = {}",
+                quote_literal(display)
+            ),
+        );
         let source_pairs = format!(
-            "SELECT {} || '>' || {} FROM {child} c JOIN {parent} p ON {} = {}",
+            "SELECT {} || '>' || {} FROM {child} c JOIN {parent} p ON {} = {}{}",
             key_text("c", child_key),
             key_text("p", &keys[&parent]),
             on("p", &link.referenced),
-            on("c", &link.columns)
+            on("c", &link.columns),
+            if gone.is_empty() { String::new() } else { format!(" WHERE {} NOT IN ({gone})", key_text("c", child_key)) },
         );
         // In the target the key is either a uuid reference to the parent's id or kept on the
         // same columns.
@@ -218,6 +243,10 @@ fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(
         let target_pairs = format!("SELECT {} || '>' || p.legacy_id::text FROM {child} c JOIN {parent} p ON {target_on}", legacy("c"));
         let (from, to) = (pg.psql(s, &digest(&source_pairs)), pg.psql(t, &digest(&target_pairs)));
         assert_eq!(to, from, "{s}: the links of {} ({child} -> {parent})", link.name);
+        if rewritten {
+            let count = to.rsplit(':').next().unwrap().parse::<i64>().unwrap();
+            *rewritten_links.entry((child.clone(), link.columns[0].clone())).or_default() += count;
+        }
     }
 
     // Questions an application asks, on non-key columns: the same answers.
@@ -238,8 +267,23 @@ fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(
         assert_eq!(to, from, "{s}: {join}");
     }
 
-    let out = agentctl(&["--source", source, "--target", &target, "validate"]);
+    // `validate` counts the same links, each equal on both sides.
+    let out = with(&["validate", "--format", "json"]);
     assert_eq!(out.code, 0, "validate on {s}: {out:?}");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let quote = |name: &str| pg.psql(t, &format!("SELECT quote_ident('{}')", name.replace('\'', "''")));
+    let mut counted: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for entity in report["entities"].as_array().unwrap() {
+        let table =
+            format!("{}.{}", quote(entity["target"]["schema"].as_str().unwrap()), quote(entity["target"]["name"].as_str().unwrap()));
+        for l in entity["links"].as_array().unwrap() {
+            assert_eq!(l["source"], l["target"], "{s}: validate's links of {table}: {l}");
+            counted.insert((table.clone(), quote(l["column"].as_str().unwrap())), l["target"].as_i64().unwrap());
+        }
+    }
+    for (key, links) in &rewritten_links {
+        assert_eq!(counted.get(key), Some(links), "{s}: validate counts the links of {key:?}");
+    }
     let out = agentctl(&["--target", &target, "audit", "verify"]);
     assert_eq!(out.code, 0, "audit verify on {s}: {out:?}");
     target
@@ -267,6 +311,7 @@ fn chinook_is_migrated_whole() {
             "SELECT e.last_name, m.last_name FROM employee e JOIN employee m ON e.reports_to = m.{id:employee_id} ORDER BY 1, 2",
         ],
         &[],
+        None,
     );
 }
 
@@ -286,6 +331,7 @@ fn employee_is_migrated_whole() {
              WHERE e.last_name LIKE 'Fac%' GROUP BY 1 ORDER BY 1",
         ],
         &[],
+        None,
     );
 }
 
@@ -307,6 +353,7 @@ fn northwind_is_migrated_whole() {
                JOIN territories t ON t.{id:territory_id} = et.territory_id ORDER BY 1, 2",
         ],
         &[],
+        None,
     );
 }
 
@@ -320,17 +367,30 @@ fn iso_3166_and_its_keyless_subdivisions_are_migrated_whole() {
         &source,
         &["SELECT c.name, count(*), min(s.subcountry_name) FROM country c JOIN subcountry s ON s.country = c.{id:two_letter} GROUP BY 1 ORDER BY 1"],
         &[],
+        None,
     );
 }
 
 /// A real Django schema, built by Django's migrations of Wagtail and its apps (auth, admin,
 /// contenttypes, taggit, ...), filled through the site's models; generic relations (a content
-/// type and an object id) keep the old keys, which each target row keeps as legacy_id.
+/// type and an object id) keep the old keys, which each target row keeps as legacy_id; the page
+/// log's page_id, which Wagtail declares without a constraint, is declared a reference by the
+/// mapping file and rewritten.
 #[test]
 fn a_wagtail_site_built_by_django_is_migrated_whole() {
     let Some(python) = tests::django_python() else { return };
     let pg = shared();
     let source = pg.django(&python);
+    let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/django/mapping.toml");
+    // The log entries of the page deleted by the fill point at no page: rejected, with that reason.
+    let dangling: i64 = pg
+        .psql(
+            db_of(&source),
+            "SELECT count(*) FROM wagtailcore_pagelogentry l WHERE NOT EXISTS (SELECT 1 FROM wagtailcore_page p WHERE p.id = l.page_id)",
+        )
+        .parse()
+        .unwrap();
+    assert!(dangling > 0, "the fill deletes a page whose log entries stay");
     let target = migrate_and_prove(
         pg,
         &source,
@@ -346,19 +406,63 @@ fn a_wagtail_site_built_by_django_is_migrated_whole() {
             "SELECT p.title, ws.status, ts.status FROM wagtailcore_workflowstate ws
                JOIN wagtailcore_taskstate ts ON ws.current_task_state_id = ts.{id:id} AND ts.workflow_state_id = ws.{id:id}
                JOIN wagtailcore_page p ON p.{legacy:id}::text = ws.object_id ORDER BY 1",
+            // The reference the mapping file declares: rewritten to the page's UUID.
+            "SELECT p.title, l.action, count(*) FROM wagtailcore_pagelogentry l JOIN wagtailcore_page p ON l.page_id = p.{id:id}
+             GROUP BY 1, 2 ORDER BY 1, 2",
         ],
-        &[],
+        &[("wagtailcore_pagelogentry", dangling)],
+        Some(&mapping),
     );
-    // What no foreign key declares is named in the plan, not rewritten silently.
-    let out = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate everything"]);
+    let t = db_of(&target);
+    assert_eq!(
+        pg.psql(t, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'wagtailcore_pagelogentry'::regclass AND attname = 'page_id'"),
+        "uuid"
+    );
+    let reason = pg.psql(t, "SELECT DISTINCT reason FROM agentctl.rejected_rows WHERE source_table = 'wagtailcore_pagelogentry'");
+    assert!(reason.contains("wagtailcore_page"), "rejected because the page is not there: {reason}");
+    // What no foreign key declares, and the mapping file does not either, is named in the plan.
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "plan",
+        "--goal",
+        "migrate everything",
+        "--mapping",
+        mapping.to_str().unwrap(),
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     for said in [
         "Not rewritten: taggit_taggeditem.object_id is a generic reference (its table named by content_type_id)",
         "Not rewritten: wagtailcore_referenceindex.to_object_id is a generic reference (its table named by to_content_type_id)",
-        "Not rewritten: wagtailcore_pagelogentry.page_id looks like a reference to wagtailcore_page",
     ] {
         assert!(out.stdout.contains(said), "{said}: {}", out.stdout);
     }
+    assert!(!out.stdout.contains("Not rewritten: wagtailcore_pagelogentry.page_id"), "the declared reference is one: {}", out.stdout);
+    let named = format!("{dangling} x wagtailcore_pagelogentry.page_id: the wagtailcore_page row it points at (");
+    assert!(out.stdout.contains(&named), "the plan names the rows it will reject: {}", out.stdout);
+    // A declaration that names what is not there stops before anything, naming each.
+    let bad = std::env::temp_dir().join(format!("agentctl-bad-references-{}.toml", std::process::id()));
+    std::fs::write(&bad, "[entities.wagtailcore_pagelogentry]\nreferences = { nope_id = \"auth_user\", page_id = \"no_such_table\" }\n")
+        .unwrap();
+    let out =
+        agentctl(&["--source", &source, "--target", &target, "schema", "generate", "--from-source", "--mapping", bad.to_str().unwrap()]);
+    std::fs::remove_file(&bad).unwrap();
+    assert_eq!(out.code, 2, "{out:?}");
+    for said in [
+        "wagtailcore_pagelogentry.nope_id: the mapping file declares a reference on a column the source table does not have",
+        "wagtailcore_pagelogentry.page_id: the mapping file's reference names `no_such_table`, which the source does not have",
+    ] {
+        assert!(out.stderr.contains(said), "{said}: {}", out.stderr);
+    }
+    // And `analyze` says how to declare one.
+    let out = agentctl(&["--source", &source, "--target", &target, "analyze"]);
+    assert!(
+        out.stdout.contains("wagtailcore_pagelogentry.page_id looks like a reference to wagtailcore_page")
+            && out.stdout.contains("references = { page_id = \"wagtailcore_page\" }"),
+        "{out:?}"
+    );
 }
 
 /// Every shape of `tests/corpus/adversarial.sql` in one database: reserved words, odd names,
@@ -382,6 +486,7 @@ fn an_adversarial_schema_is_migrated_whole() {
         ],
         // The one row of a NOT VALID key that points at no employee.
         &[("badge", 1)],
+        None,
     );
 }
 

@@ -190,6 +190,19 @@ fn a_second_writer_is_refused_and_a_killed_run_is_shown_interrupted() {
     assert!(list.stdout.contains("interrupted") && list.stdout.contains(&resume), "{}", list.stdout);
     let status = agentctl(&["--target", &target, "status"]);
     assert!(status.stdout.contains(&resume), "{}", status.stdout);
+    // The chat says so first, and again when asked how it goes.
+    let mut chat = Command::new(tests::agentctl_bin())
+        .args(["--source", &source, "--target", &target, "chat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(chat.stdin.as_mut().unwrap(), b"how is it going?\n").unwrap();
+    let said = chat.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&said.stdout);
+    assert_eq!(said.matches("The last migration stopped before it finished").count(), 2, "{said}");
+    assert!(said.contains(&format!("To finish it, run: {resume}")) && said.contains("stopped part-way"), "{said}");
 
     let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes", "--resume", &run]);
     assert_eq!(out.code, 0, "the killed run let go of the target: {out:?}");

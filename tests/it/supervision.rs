@@ -174,6 +174,10 @@ impl Target for CrashingWriter {
     async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError> {
         self.inner.orphans(child, column, parent).await
     }
+
+    async fn links(&self, child: &TableName, column: &str, parent: &TableName, live: bool, except: &[String]) -> Result<i64, ToolError> {
+        self.inner.links(child, column, parent, live, except).await
+    }
     async fn save_validation(&self, run: RunId, report: &EntityValidation) -> Result<(), ToolError> {
         self.inner.save_validation(run, report).await
     }

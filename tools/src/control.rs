@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use runtime::audit::{AuditError, AuditEvent, AuditSink, ChainHead};
+use runtime::audit::{AuditError, AuditEvent, AuditSink, ChainHead, LedgerEntry, GENESIS};
 use runtime::RunId;
 use serde::Serialize;
 use sqlx::migrate::Migrator;
@@ -168,7 +168,68 @@ impl ControlStore {
             .execute(&self.pool)
             .await
             .map_err(while_doing(format!("recording the start of run {run_id}")))?;
-        Ok(())
+        self.ledger_entry(run_id, "started").await
+    }
+
+    /// Appends a run's start, resumption or end to the target's run ledger, chained to the entry
+    /// before; an end (or a resumption) records the head the run's chain is at.
+    async fn ledger_entry(&self, run_id: RunId, entry: &str) -> Result<(), DbError> {
+        let what = format!("recording run {run_id} as {entry} in the run ledger");
+        let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
+        // Runs start and end side by side: one appender at a time keeps the ledger one chain.
+        sqlx::query("LOCK TABLE agentctl.run_ledger IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await.map_err(while_doing(&what))?;
+        let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM agentctl.run_ledger ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(while_doing(&what))?;
+        let (event_count, head_hash): (i64, String) = if entry == "started" {
+            (0, GENESIS.to_owned())
+        } else {
+            sqlx::query_as("SELECT event_count, head_hash FROM agentctl.runs WHERE run_id = $1")
+                .bind(run_id.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(while_doing(&what))?
+        };
+        let (seq, prev_hash) = last.map_or((1, GENESIS.to_owned()), |(seq, hash)| (seq + 1, hash));
+        let mut e = LedgerEntry { seq, run_id, entry: entry.to_owned(), event_count, head_hash, prev_hash, hash: String::new() };
+        e.hash = e.compute_hash();
+        sqlx::query(
+            "INSERT INTO agentctl.run_ledger (seq, run_id, entry, event_count, head_hash, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(e.seq)
+        .bind(run_id.0)
+        .bind(&e.entry)
+        .bind(e.event_count)
+        .bind(&e.head_hash)
+        .bind(&e.prev_hash)
+        .bind(&e.hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(while_doing(&what))?;
+        tx.commit().await.map_err(while_doing(&what))
+    }
+
+    /// The run ledger, in order.
+    pub async fn ledger(&self) -> Result<Vec<LedgerEntry>, DbError> {
+        let rows = sqlx::query("SELECT seq, run_id, entry, event_count, head_hash, prev_hash, hash FROM agentctl.run_ledger ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(while_doing("reading the run ledger"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(LedgerEntry {
+                    seq: r.try_get("seq")?,
+                    run_id: RunId(r.try_get("run_id")?),
+                    entry: r.try_get("entry")?,
+                    event_count: r.try_get("event_count")?,
+                    head_hash: r.try_get("head_hash")?,
+                    prev_hash: r.try_get("prev_hash")?,
+                    hash: r.try_get("hash")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(while_doing("reading the run ledger"))
     }
 
     /// Holds the target for a run while it lives: a connection of its own named for the run,
@@ -245,7 +306,7 @@ impl ControlStore {
         if reopened.rows_affected() == 0 {
             return Err(DbError(format!("run {run_id} has already succeeded; there is nothing to resume")));
         }
-        Ok(())
+        self.ledger_entry(run_id, "resumed").await
     }
 
     /// Forgets the records of rows that no longer exist because the target schema was recreated
@@ -275,7 +336,7 @@ impl ControlStore {
             .execute(&self.pool)
             .await
             .map_err(while_doing(format!("recording the end of run {run_id}")))?;
-        Ok(())
+        self.ledger_entry(run_id, "ended").await
     }
 
     pub async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, DbError> {

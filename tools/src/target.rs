@@ -1193,18 +1193,38 @@ impl Target for PgTarget {
         ))
     }
 
+    async fn links(&self, child: &TableName, column: &str, parent: &TableName, live: bool, except: &[String]) -> Result<i64, ToolError> {
+        let sql = format!(
+            "SELECT count(*) FROM {} c WHERE c.legacy_id IS NOT NULL AND c.{col} IS NOT NULL AND c.legacy_id::text <> ALL($1){live}
+               AND EXISTS (SELECT 1 FROM {} p WHERE p.id = c.{col})",
+            quoted(child),
+            quoted(parent),
+            col = ident(column),
+            live = if live { " AND c.deleted_at IS NULL" } else { "" },
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(except)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(while_doing(format!("counting the references of {child}.{column} to {parent}")))?)
+    }
+
     async fn save_validation(&self, run: RunId, r: &runtime::ports::EntityValidation) -> Result<(), ToolError> {
         let what = || format!("storing the validation of {}", r.source);
         let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| ToolError(format!("{}: {e}", what())));
-        let (differences, orphans, money) =
-            (json(serde_json::to_value(&r.differences))?, json(serde_json::to_value(&r.orphans))?, json(serde_json::to_value(&r.money))?);
+        let (differences, orphans, links, money) = (
+            json(serde_json::to_value(&r.differences))?,
+            json(serde_json::to_value(&r.orphans))?,
+            json(serde_json::to_value(&r.links))?,
+            json(serde_json::to_value(&r.money))?,
+        );
         sqlx::query(
             "INSERT INTO agentctl.migration_validation_reports (run_id, source_table, target_table, passed, source_rows, migrated, rejected,
-                 target_rows, rows_compared, rows_differing, differences, orphans, money, detail, seconds)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                 target_rows, rows_compared, rows_differing, differences, orphans, money, detail, seconds, links)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
              ON CONFLICT (run_id, source_table) DO UPDATE SET passed = $4, source_rows = $5, migrated = $6, rejected = $7,
                  target_rows = $8, rows_compared = $9, rows_differing = $10, differences = $11, orphans = $12, money = $13,
-                 detail = $14, seconds = $15, validated_at = now()",
+                 detail = $14, seconds = $15, links = $16, validated_at = now()",
         )
         .bind(run.0)
         .bind(r.source.to_string())
@@ -1221,6 +1241,7 @@ impl Target for PgTarget {
         .bind(money)
         .bind(&r.detail)
         .bind(r.seconds)
+        .bind(links)
         .execute(&self.pool)
         .await
         .map_err(while_doing(format!("storing the validation of {}", r.source)))?;
