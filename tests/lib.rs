@@ -113,6 +113,11 @@ impl PgCluster {
     /// Stops the server (fast shutdown: every connection is cut) and starts it again on the
     /// same port, as an operator's restart or a crash-and-recover would.
     pub fn restart(self) -> Result<PgCluster, String> {
+        self.restart_after(Duration::ZERO)
+    }
+
+    /// [`PgCluster::restart`], the server staying down for `down` before it starts again.
+    pub fn restart_after(self, down: Duration) -> Result<PgCluster, String> {
         let pid = self.child.lock().unwrap().take().ok_or("the cluster is not running")?;
         #[allow(unsafe_code)]
         // SAFETY: signalling our own child process.
@@ -125,6 +130,7 @@ impl PgCluster {
         if !gone {
             return Err(format!("postgres (pid {pid}) did not stop"));
         }
+        std::thread::sleep(down);
         let port = self.port;
         self.launch(port)
     }

@@ -15,6 +15,11 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use crate::pg::{while_doing, DbError};
+use crate::target::{retrying, Failure};
+
+/// Times a catalog read is tried again after a transient failure: 200 ms doubling, about 12 s
+/// in all, longer than a server takes to restart.
+const READ_RETRIES: u32 = 6;
 
 /// Schemas that are PostgreSQL's or agentctl's own, never migrated.
 const USER_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'agentctl') \
@@ -31,12 +36,18 @@ impl PgCatalog {
         PgCatalog { pool, label: label.into() }
     }
 
+    /// One catalog query; a connection lost or a server restarting under it is outlived by
+    /// reading again, as the load's writes are (a read changes nothing).
     async fn rows(&self, what: &str, sql: &str, oids: Option<&[i64]>) -> Result<Vec<PgRow>, DbError> {
-        let mut q = sqlx::query(sql);
-        if let Some(oids) = oids {
-            q = q.bind(oids);
-        }
-        q.fetch_all(&self.pool).await.map_err(while_doing(format!("reading the {what} of {}", self.label)))
+        let what = format!("reading the {what} of {}", self.label);
+        let read = || async {
+            let mut q = sqlx::query(sql);
+            if let Some(oids) = oids {
+                q = q.bind(oids);
+            }
+            q.fetch_all(&self.pool).await.map_err(Failure::from)
+        };
+        retrying(READ_RETRIES, &what, read).await.map(|(rows, _)| rows).map_err(|e| DbError(format!("while {}", e.0)))
     }
 }
 

@@ -12,6 +12,11 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::pg::{while_doing, DbError};
+use crate::target::Failure;
+
+/// Times a run's closing records are tried again after a transient failure (200 ms doubling,
+/// about 12 s in all): a target restarting as a run ends loses nothing of its record.
+const WRITE_RETRIES: u32 = 6;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -172,24 +177,24 @@ impl ControlStore {
     }
 
     /// Appends a run's start, resumption or end to the target's run ledger, chained to the entry
-    /// before; an end (or a resumption) records the head the run's chain is at.
+    /// before; an end (or a resumption) records the head the run's chain is at. A server
+    /// restarting under it is outlived, as the load's writes are.
     async fn ledger_entry(&self, run_id: RunId, entry: &str) -> Result<(), DbError> {
         let what = format!("recording run {run_id} as {entry} in the run ledger");
-        let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
+        crate::target::retrying(WRITE_RETRIES, &what, || self.try_ledger_entry(run_id, entry)).await.map_err(|e| DbError(e.0))?;
+        Ok(())
+    }
+
+    async fn try_ledger_entry(&self, run_id: RunId, entry: &str) -> Result<(), Failure> {
+        let mut tx = self.pool.begin().await?;
         // Runs start and end side by side: one appender at a time keeps the ledger one chain.
-        sqlx::query("LOCK TABLE agentctl.run_ledger IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await.map_err(while_doing(&what))?;
-        let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM agentctl.run_ledger ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(while_doing(&what))?;
+        sqlx::query("LOCK TABLE agentctl.run_ledger IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        let last: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM agentctl.run_ledger ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await?;
         let (event_count, head_hash): (i64, String) = if entry == "started" {
             (0, GENESIS.to_owned())
         } else {
-            sqlx::query_as("SELECT event_count, head_hash FROM agentctl.runs WHERE run_id = $1")
-                .bind(run_id.0)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(while_doing(&what))?
+            sqlx::query_as("SELECT event_count, head_hash FROM agentctl.runs WHERE run_id = $1").bind(run_id.0).fetch_one(&mut *tx).await?
         };
         let (seq, prev_hash) = last.map_or((1, GENESIS.to_owned()), |(seq, hash)| (seq + 1, hash));
         let mut e = LedgerEntry { seq, run_id, entry: entry.to_owned(), event_count, head_hash, prev_hash, hash: String::new() };
@@ -205,9 +210,9 @@ impl ControlStore {
         .bind(&e.prev_hash)
         .bind(&e.hash)
         .execute(&mut *tx)
-        .await
-        .map_err(while_doing(&what))?;
-        tx.commit().await.map_err(while_doing(&what))
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The run ledger, in order.
@@ -328,14 +333,19 @@ impl ControlStore {
         Ok(())
     }
 
+    /// Records a run's end (outliving a server restarting under it) and its head in the ledger.
     pub async fn finish_run(&self, run_id: RunId, outcome: &str, detail: Option<&str>) -> Result<(), DbError> {
-        sqlx::query("UPDATE agentctl.runs SET finished_at = now(), outcome = $2, outcome_detail = $3 WHERE run_id = $1")
-            .bind(run_id.0)
-            .bind(outcome)
-            .bind(detail)
-            .execute(&self.pool)
-            .await
-            .map_err(while_doing(format!("recording the end of run {run_id}")))?;
+        let end = || async {
+            sqlx::query("UPDATE agentctl.runs SET finished_at = now(), outcome = $2, outcome_detail = $3 WHERE run_id = $1")
+                .bind(run_id.0)
+                .bind(outcome)
+                .bind(detail)
+                .execute(&self.pool)
+                .await
+                .map_err(Failure::from)
+        };
+        let what = format!("recording the end of run {run_id}");
+        crate::target::retrying(WRITE_RETRIES, &what, end).await.map_err(|e| DbError(e.0))?;
         self.ledger_entry(run_id, "ended").await
     }
 
