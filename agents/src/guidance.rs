@@ -182,7 +182,33 @@ pub fn explain_plan(plan: &MigrationPlan) -> String {
     if entities.iter().any(|e| !e.deferred_foreign_keys.is_empty()) {
         out.push_str("\nSome rows point to other rows of the same kind; I copy them first and connect them in a second pass.");
     }
+    if let Some(room) = room(entities.iter().map(|e| e.bytes).sum()) {
+        out.push('\n');
+        out.push_str(&room);
+    }
     out
+}
+
+/// What the load will need on the target's disk, said when it is enough to matter (100 MB).
+fn room(bytes: i64) -> Option<String> {
+    (bytes >= 100_000_000).then(|| {
+        format!(
+            "The new database needs room for more than {} (what these tables take in the old one; the new keys are larger). PostgreSQL does not tell me how much room its disk has left, so I cannot check that: make sure it has it. If the disk fills up, I stop with that reason, and nothing is lost.",
+            size(bytes)
+        )
+    })
+}
+
+/// A size in the unit an operator reads: `740 kB`, `12.3 MB`, `1.8 GB`.
+fn size(bytes: i64) -> String {
+    let b = bytes as f64;
+    if b < 1e6 {
+        format!("{:.0} kB", (b / 1e3).max(1.0))
+    } else if b < 1e9 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.1} GB", b / 1e9)
+    }
 }
 
 /// What an operator asks or commands, in plain words, understood.
@@ -369,6 +395,16 @@ fn fail_offline(ctx: &RunContext, text: &str, why: &str, offline: Intent) -> Int
 #[cfg(test)]
 mod intent_tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_in_the_unit_an_operator_expects() {
+        assert_eq!(size(0), "1 kB");
+        assert_eq!(size(740_000), "740 kB");
+        assert_eq!(size(12_345_678), "12.3 MB");
+        assert_eq!(size(1_800_000_000), "1.8 GB");
+        assert_eq!(room(99_000_000), None, "a small load needs no warning");
+        assert!(room(1_800_000_000).is_some_and(|r| r.starts_with("The new database needs room for more than 1.8 GB")));
+    }
 
     #[test]
     fn common_phrasings_map_to_their_intents() {

@@ -600,6 +600,7 @@ pub fn plan(
                     target: mappings.and_then(|m| m.spec(name)).map(|s| s.target.clone()),
                     inclusion: inclusion[name].clone(),
                     estimated_rows: tables[name].rows(),
+                    bytes: tables[name].bytes,
                     batch_size: fixed_batch.unwrap_or_else(|| batch_size(tables[name].avg_row_bytes)),
                     forecast: None,
                     deferred_foreign_keys: deferred.get(name).cloned().unwrap_or_default(),

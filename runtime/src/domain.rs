@@ -184,6 +184,9 @@ pub struct Table {
     pub exact_rows: Option<i64>,
     /// Average width of a row in bytes, from the planner's statistics (0 if unknown).
     pub avg_row_bytes: i64,
+    /// What the table takes on disk with its indexes and TOAST (its partitions' included).
+    #[serde(default)]
+    pub bytes: i64,
     /// `COMMENT ON TABLE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
@@ -438,6 +441,10 @@ pub struct PlannedEntity {
     pub target: Option<TableName>,
     pub inclusion: Inclusion,
     pub estimated_rows: i64,
+    /// What the source table takes on disk, indexes included: about what the load writes. Not
+    /// part of the plan's hash (it moves as the table is vacuumed).
+    #[serde(skip)]
+    pub bytes: i64,
     /// Rows per batch, chosen from the row width.
     pub batch_size: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -81,6 +81,7 @@ impl PgCatalog {
                 &format!(
                     "SELECT c.oid::int8 AS oid, n.nspname::text AS nspname, c.relname::text AS relname, c.relkind::text AS relkind,
                             greatest(c.reltuples, 0)::int8 AS estimate, c.relispartition AS is_partition,
+                            pg_total_relation_size(c.oid)::int8 AS bytes,
                             coalesce((SELECT sum(s.avg_width) FROM pg_stats s WHERE s.schemaname = n.nspname AND s.tablename = c.relname), 0)::int8 AS width,
                             (SELECT p.inhparent::int8 FROM pg_inherits p WHERE p.inhrelid = c.oid LIMIT 1) AS parent,
                             CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END AS partition_key,
@@ -100,6 +101,8 @@ impl PgCatalog {
         let mut tables: Vec<Table> = Vec::new();
         let mut index: HashMap<i64, usize> = HashMap::new();
         let mut partitions: Vec<(i64, i64, TableName)> = Vec::new();
+        // What each partition takes on disk, added to its topmost table's.
+        let mut partition_bytes: Vec<(i64, i64)> = Vec::new();
         // Each partition's bound and own key, and each partitioned table's key and columns.
         let mut bounds: HashMap<i64, (String, Option<String>)> = HashMap::new();
         let mut names: HashMap<i64, TableName> = HashMap::new();
@@ -110,6 +113,7 @@ impl PgCatalog {
                 // A partition is migrated through its parent: listed there, not as an entity.
                 if let Some(parent) = get::<Option<i64>>(r, "parent")? {
                     partitions.push((get(r, "oid")?, parent, name));
+                    partition_bytes.push((parent, get(r, "bytes")?));
                     bounds.insert(get(r, "oid")?, (get::<Option<String>>(r, "bound")?.unwrap_or_default(), get(r, "partition_key")?));
                 }
                 continue;
@@ -143,6 +147,7 @@ impl PgCatalog {
                 estimated_rows: get(r, "estimate")?,
                 exact_rows: None,
                 avg_row_bytes: get(r, "width")?,
+                bytes: get(r, "bytes")?,
                 comment: get(r, "comment")?,
             });
         }
@@ -162,6 +167,11 @@ impl PgCatalog {
             }
             d
         };
+        for (parent, bytes) in partition_bytes {
+            if let Some(&i) = index.get(&top(parent)) {
+                tables[i].bytes += bytes;
+            }
+        }
         let mut partition_of: HashMap<i64, usize> = HashMap::new();
         let mut by_depth: Vec<&(i64, i64, TableName)> = partitions.iter().collect();
         by_depth.sort_by_key(|(oid, _, name)| (depth(*oid), name.clone()));

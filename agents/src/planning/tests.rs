@@ -42,6 +42,7 @@ fn schema(spec: &[(&str, i64, &[Fk<'_>])]) -> SchemaReport {
                 triggers: vec![],
                 exact_rows: None,
                 avg_row_bytes: 40,
+                bytes: 0,
                 comment: None,
             })
             .collect(),
