@@ -71,7 +71,7 @@ pub fn print_validations(results: &[&EntityValidation]) {
             if v.passed { "passed" } else { "FAILED" }
         );
         for l in v.links.iter().filter(|l| l.source != l.target) {
-            println!("  {:<22} links of {} to {}: source {} target {} (DIFFERENT)", "", l.column, l.parent, l.source, l.target);
+            println!("  {:<22} links of {} to {}: source {} target {} (DIFFERENT)", "", l.columns.join(", "), l.parent, l.source, l.target);
         }
         for m in &v.money {
             println!(

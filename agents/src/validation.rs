@@ -14,9 +14,9 @@
 //!   column) over the migrated rows, both sides, to the cent;
 //! - integrity: no reference of the target table points at no row: guaranteed by a validated
 //!   foreign key on the column, else counted set-based in the target;
-//! - links: for every reference the mapping makes, the migrated source rows that set it, counted
-//!   as they pass, equal the target rows made from them that point at a row of the parent,
-//!   counted in the target.
+//! - links: for every reference (a uuid the mapping makes, or a foreign key the target declares
+//!   on copied columns), the migrated source rows that set it, counted as they pass, equal the
+//!   target rows made from them that point at a row of the parent, counted in the target.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -161,20 +161,7 @@ pub async fn validate(
     };
     // The stages overlap: the source server reads the next page while this task maps one and
     // the target compares the ones before, [`COMPARES_IN_FLIGHT`] at a time, tallied in order.
-    // Every reference the mapping makes (self-references included), with its target parent:
-    // its links are counted in the source rows as they pass, and in the target at the end.
-    let linked: Vec<(Reference, runtime::domain::TableName)> = mapper
-        .references()
-        .into_iter()
-        .filter_map(|r| {
-            let parent = if r.parent == spec.source {
-                Some(spec.target.clone())
-            } else {
-                req.parents.iter().find(|(source, _)| *source == r.parent).map(|(_, target)| target.clone())
-            };
-            parent.map(|p| (r, p))
-        })
-        .collect();
+    let linked = links_of(req, &mapper, spec);
     let mut source_links = vec![0i64; linked.len()];
     let mut kept_keys: Vec<String> = Vec::new();
     let (mut pages, reader) = read_ahead(rows, Scan::entity(spec), PAGE);
@@ -233,16 +220,22 @@ pub async fn validate(
         v.orphans.push(Orphans { column, parent, count, examples, enforced });
     }
     let live = crate::differential::soft_delete(req);
-    for ((r, parent), source) in linked.iter().zip(source_links) {
-        let found = target.links(&spec.target, &r.target_column, parent, live, &kept_keys).await.map_err(|e| e.0)?;
-        let source_columns = r.inputs.iter().map(|&i| scanned[i].clone()).collect();
-        v.links.push(Links { column: r.target_column.clone(), parent: parent.clone(), source_columns, source, target: found });
+    for (l, source) in linked.iter().zip(source_links) {
+        let found = target.links(&spec.target, &l.columns, &l.parent, &l.referenced, live, &kept_keys).await.map_err(|e| e.0)?;
+        v.links.push(Links {
+            columns: l.columns.clone(),
+            parent: l.parent.clone(),
+            referenced: l.referenced.clone(),
+            source_columns: l.inputs.iter().map(|&i| scanned[i].clone()).collect(),
+            source,
+            target: found,
+        });
     }
     let lost: Vec<String> = v
         .links
         .iter()
         .filter(|l| l.source != l.target)
-        .map(|l| format!("{} links of {} to {} in the source but {} in the target", l.source, l.column, l.parent, l.target))
+        .map(|l| format!("{} links of {} to {} in the source but {} in the target", l.source, l.columns.join(", "), l.parent, l.target))
         .collect();
     let links: i64 = v.links.iter().map(|l| l.target).sum();
     let orphaned: i64 = v.orphans.iter().map(|o| o.count).sum();
@@ -298,9 +291,69 @@ pub async fn validate(
 /// A page of expected rows, whether each row sets each reference, and the target's answers.
 type ComparedPage = (Expected, Vec<Vec<bool>>, Vec<Compared>);
 
+/// A reference whose links are counted: the target columns holding it, and the scanned source
+/// columns they are made from.
+struct Linked {
+    inputs: Vec<usize>,
+    columns: Vec<String>,
+    parent: runtime::domain::TableName,
+    referenced: Vec<String>,
+}
+
+/// Every reference an entity's target rows make: each the mapping turns into a parent's UUID
+/// (self-references included), and each foreign key the target declares on columns copied as
+/// they are (a composite key, a key to a unique rule).
+fn links_of(req: &MigrateEntity, mapper: &RowMapper, spec: &runtime::mapping::MappingSpec) -> Vec<Linked> {
+    let target_of = |source: &runtime::domain::TableName| {
+        if *source == spec.source {
+            Some(spec.target.clone())
+        } else {
+            req.parents.iter().find(|(s, _)| s == source).map(|(_, t)| t.clone())
+        }
+    };
+    let references = mapper.references();
+    let mut out: Vec<Linked> = references
+        .iter()
+        .filter_map(|r: &Reference| {
+            target_of(&r.parent).map(|parent| Linked {
+                inputs: r.inputs.clone(),
+                columns: vec![r.target_column.clone()],
+                parent,
+                referenced: vec!["id".to_owned()],
+            })
+        })
+        .collect();
+    let scanned = spec.source_columns();
+    let copied = |column: &String| {
+        spec.columns.iter().find(|m| &m.target == column).and_then(|m| match &m.feed {
+            // Copied, or through steps that keep a value a value and NULL NULL.
+            runtime::mapping::Feed::Column { column }
+                if m.transforms.iter().all(|t| matches!(t, Transform::Trim | Transform::Lower | Transform::Upper)) =>
+            {
+                scanned.iter().position(|s| s == column)
+            }
+            _ => None,
+        })
+    };
+    for fk in req.target.table(&spec.target).map(|t| t.foreign_keys.as_slice()).unwrap_or_default() {
+        if references.iter().any(|r| fk.columns == [r.target_column.clone()]) {
+            continue;
+        }
+        if let Some(inputs) = fk.columns.iter().map(copied).collect::<Option<Vec<usize>>>() {
+            out.push(Linked {
+                inputs,
+                columns: fk.columns.clone(),
+                parent: fk.references.clone(),
+                referenced: fk.referenced_columns.clone(),
+            });
+        }
+    }
+    out
+}
+
 /// For each reference, whether each row of the page sets every column it is made from.
-fn references_set(page: &TextRows, linked: &[(Reference, runtime::domain::TableName)]) -> Vec<Vec<bool>> {
-    linked.iter().map(|(r, _)| (0..page.len()).map(|seq| r.inputs.iter().all(|&i| page.get(seq, i).is_some())).collect()).collect()
+fn references_set(page: &TextRows, linked: &[Linked]) -> Vec<Vec<bool>> {
+    linked.iter().map(|l| (0..page.len()).map(|seq| l.inputs.iter().all(|&i| page.get(seq, i).is_some())).collect()).collect()
 }
 
 /// The expected target rows of a page of source rows; with `reasons`, why each row the

@@ -270,9 +270,17 @@ pub trait Target: Send + Sync + 'static {
     /// Rows of `child` whose `column` points at no row of `parent`: how many, and a few keys;
     /// `None` when a validated foreign key on that column makes the database guarantee none.
     async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError>;
-    /// Rows of `child` with a legacy key, other than `except`, whose `column` points at a row of
-    /// `parent`; with `live`, only those not soft-deleted.
-    async fn links(&self, child: &TableName, column: &str, parent: &TableName, live: bool, except: &[String]) -> Result<i64, ToolError>;
+    /// Rows of `child` with a legacy key, other than `except`, whose `columns` point at a row of
+    /// `parent` (its `referenced` columns); with `live`, only those not soft-deleted.
+    async fn links(
+        &self,
+        child: &TableName,
+        columns: &[String],
+        parent: &TableName,
+        referenced: &[String],
+        live: bool,
+        except: &[String],
+    ) -> Result<i64, ToolError>;
     /// Stores a validation in `migration_validation_reports`.
     async fn save_validation(&self, run: RunId, report: &EntityValidation) -> Result<(), ToolError>;
     async fn set_state(
@@ -575,14 +583,16 @@ pub struct Orphans {
     pub enforced: bool,
 }
 
-/// One reference of the mapping counted on both sides: the source rows migrated whose
-/// reference columns are all set, and the target rows made from them whose reference column
-/// points at a row of the parent. Equal counts mean no link was lost or left dangling.
+/// One reference counted on both sides: the source rows migrated whose reference columns are
+/// all set, and the target rows made from them whose reference points at a row of the parent. Equal counts mean no link was lost or left dangling.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Links {
-    /// The target column holding the parent's UUID.
-    pub column: String,
+    /// The target columns holding the reference: one holding the parent's UUID, or a foreign
+    /// key's columns copied as they are.
+    pub columns: Vec<String>,
     pub parent: TableName,
+    /// The parent's columns they point at (`id` for a UUID).
+    pub referenced: Vec<String>,
     /// The source columns it is made from.
     pub source_columns: Vec<String>,
     pub source: i64,

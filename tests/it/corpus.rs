@@ -196,9 +196,8 @@ fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(
 
     // Each foreign key's links: the same child rows point at the same parent rows.
     let keys: BTreeMap<String, Vec<String>> = tables.iter().map(|t| (t.quoted.clone(), t.key.clone())).collect();
-    // The links of each key rewritten into a uuid column, by (table, column): what `validate`
-    // must count in the target.
-    let mut rewritten_links: BTreeMap<(String, String), i64> = BTreeMap::new();
+    // The links of each key, by (table, columns): what `validate` must count in the target.
+    let mut linked: BTreeMap<(String, String), i64> = BTreeMap::new();
     for link in source_links(pg, s) {
         let (child, parent) = (qualified(pg, s, &link.child), qualified(pg, s, &link.parent));
         let on = |a: &str, cols: &[String]| format!("({})", cols.iter().map(|c| format!("{a}.{c}")).collect::<Vec<_>>().join(", "));
@@ -243,10 +242,8 @@ fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(
         let target_pairs = format!("SELECT {} || '>' || p.legacy_id::text FROM {child} c JOIN {parent} p ON {target_on}", legacy("c"));
         let (from, to) = (pg.psql(s, &digest(&source_pairs)), pg.psql(t, &digest(&target_pairs)));
         assert_eq!(to, from, "{s}: the links of {} ({child} -> {parent})", link.name);
-        if rewritten {
-            let count = to.rsplit(':').next().unwrap().parse::<i64>().unwrap();
-            *rewritten_links.entry((child.clone(), link.columns[0].clone())).or_default() += count;
-        }
+        let count = to.rsplit(':').next().unwrap().parse::<i64>().unwrap();
+        *linked.entry((child.clone(), link.columns.join(","))).or_default() += count;
     }
 
     // Questions an application asks, on non-key columns: the same answers.
@@ -278,10 +275,11 @@ fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(
             format!("{}.{}", quote(entity["target"]["schema"].as_str().unwrap()), quote(entity["target"]["name"].as_str().unwrap()));
         for l in entity["links"].as_array().unwrap() {
             assert_eq!(l["source"], l["target"], "{s}: validate's links of {table}: {l}");
-            counted.insert((table.clone(), quote(l["column"].as_str().unwrap())), l["target"].as_i64().unwrap());
+            let columns: Vec<String> = l["columns"].as_array().unwrap().iter().map(|c| quote(c.as_str().unwrap())).collect();
+            counted.insert((table.clone(), columns.join(",")), l["target"].as_i64().unwrap());
         }
     }
-    for (key, links) in &rewritten_links {
+    for (key, links) in &linked {
         assert_eq!(counted.get(key), Some(links), "{s}: validate counts the links of {key:?}");
     }
     let out = agentctl(&["--target", &target, "audit", "verify"]);

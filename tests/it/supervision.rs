@@ -175,8 +175,16 @@ impl Target for CrashingWriter {
         self.inner.orphans(child, column, parent).await
     }
 
-    async fn links(&self, child: &TableName, column: &str, parent: &TableName, live: bool, except: &[String]) -> Result<i64, ToolError> {
-        self.inner.links(child, column, parent, live, except).await
+    async fn links(
+        &self,
+        child: &TableName,
+        columns: &[String],
+        parent: &TableName,
+        referenced: &[String],
+        live: bool,
+        except: &[String],
+    ) -> Result<i64, ToolError> {
+        self.inner.links(child, columns, parent, referenced, live, except).await
     }
     async fn save_validation(&self, run: RunId, report: &EntityValidation) -> Result<(), ToolError> {
         self.inner.save_validation(run, report).await

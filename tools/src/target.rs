@@ -1193,20 +1193,31 @@ impl Target for PgTarget {
         ))
     }
 
-    async fn links(&self, child: &TableName, column: &str, parent: &TableName, live: bool, except: &[String]) -> Result<i64, ToolError> {
+    async fn links(
+        &self,
+        child: &TableName,
+        columns: &[String],
+        parent: &TableName,
+        referenced: &[String],
+        live: bool,
+        except: &[String],
+    ) -> Result<i64, ToolError> {
+        let set: Vec<String> = columns.iter().map(|c| format!(" AND c.{} IS NOT NULL", ident(c))).collect();
+        let on: Vec<String> = columns.iter().zip(referenced).map(|(c, r)| format!("p.{} = c.{}", ident(r), ident(c))).collect();
         let sql = format!(
-            "SELECT count(*) FROM {} c WHERE c.legacy_id IS NOT NULL AND c.{col} IS NOT NULL AND c.legacy_id::text <> ALL($1){live}
-               AND EXISTS (SELECT 1 FROM {} p WHERE p.id = c.{col})",
+            "SELECT count(*) FROM {} c WHERE c.legacy_id IS NOT NULL{} AND c.legacy_id::text <> ALL($1){live}
+               AND EXISTS (SELECT 1 FROM {} p WHERE {})",
             quoted(child),
+            set.concat(),
             quoted(parent),
-            col = ident(column),
+            on.join(" AND "),
             live = if live { " AND c.deleted_at IS NULL" } else { "" },
         );
         Ok(sqlx::query_scalar(&sql)
             .bind(except)
             .fetch_one(&self.pool)
             .await
-            .map_err(while_doing(format!("counting the references of {child}.{column} to {parent}")))?)
+            .map_err(while_doing(format!("counting the references of {child} ({}) to {parent}", columns.join(", "))))?)
     }
 
     async fn save_validation(&self, run: RunId, r: &runtime::ports::EntityValidation) -> Result<(), ToolError> {
