@@ -280,3 +280,58 @@ async fn a_catalog_read_outlives_a_restart_of_its_server() {
     assert_eq!(report.map(|r| r.tables.len()), Ok(1), "read while the server was down, then again once it was back");
     drop(pg);
 }
+
+/// A grant taken away while a table loads (after the preflight found it): the batch it refuses
+/// is not written, no row is rejected for it, the run stops with the cause, and once the grant
+/// is back `--resume` finishes the table with every row once.
+#[test]
+fn a_grant_revoked_mid_load_stops_the_run_rejects_no_row_and_the_run_resumes() {
+    let pg = shared();
+    let (source, target) = pair(pg, "revoked", 30_000);
+    let t = db_of(&target).to_owned();
+    pg.psql(
+        &t,
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'reloader') THEN CREATE ROLE reloader LOGIN; END IF; END $$;",
+    );
+    pg.psql(
+        &t,
+        &format!(
+            "GRANT CONNECT, CREATE ON DATABASE {t} TO reloader; GRANT USAGE ON SCHEMA public TO reloader;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO reloader;
+             GRANT ALL ON SCHEMA agentctl TO reloader; GRANT ALL ON ALL TABLES IN SCHEMA agentctl TO reloader;
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA agentctl TO reloader;"
+        ),
+    );
+    let as_loader = target.replace("postgres@", "reloader@");
+    let args = ["--source", &source, "--target", &as_loader, "run", "--goal", "migrate everything", "--yes", "--keep-constraints"];
+    let child = Command::new(tests::agentctl_bin())
+        .args(args)
+        .env("BATCH_SIZE", "250")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let notes = || pg.try_psql(&t, "SELECT count(*) FROM note").and_then(|n| n.parse::<i64>().ok()).unwrap_or(0);
+    assert!(tests::wait_until(std::time::Duration::from_secs(120), || notes() >= 2_500), "note got under way");
+    pg.psql(&t, "REVOKE INSERT ON note FROM reloader");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("note: the target refused the batch for a reason that is not the rows' own"), "{stderr}");
+    assert!(stderr.contains("42501"), "the cause, a missing privilege: {stderr}");
+    assert!(!stderr.contains("does not balance"), "{stderr}");
+    assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.rejected_rows"), "0", "no row is rejected for a missing grant");
+    let loaded = notes();
+    assert!(loaded < 30_000 && loaded % 250 == 0, "whole batches only: {loaded}");
+
+    pg.psql(&t, "GRANT INSERT ON note TO reloader");
+    let run_id = run_id(pg, &target);
+    let mut resumed = args.to_vec();
+    resumed.extend_from_slice(&["--resume", &run_id]);
+    let out = agentctl(&resumed);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(notes(), 30_000);
+    assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.rejected_rows"), "0");
+    let out = agentctl(&["--source", &source, "--target", &target, "validate"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
