@@ -234,10 +234,12 @@ fn print_run_header(run: &RunRow) {
 
 /// For a run interrupted before its end (its process killed), the command that carries it on.
 pub fn resume_command(run: &RunRow) -> Option<String> {
-    (run.outcome == "interrupted" && run.command == "run").then(|| {
-        let goal = run.goal.as_deref().unwrap_or("everything").replace('"', "\\\"");
-        format!("agentctl run --goal \"{goal}\" --resume {}", run.run_id)
-    })
+    (run.outcome == "interrupted" && run.command == "run").then(|| resume_line(run.goal.as_deref().unwrap_or("everything"), run.run_id))
+}
+
+/// The command that carries a run of `goal` on, as a shell takes it.
+pub fn resume_line(goal: &str, run_id: runtime::RunId) -> String {
+    format!("agentctl run --goal \"{}\" --resume {run_id}", goal.replace('"', "\\\""))
 }
 
 /// `#12 14:02:03.123 planning decision planned ...`, then the rationale of a decision.

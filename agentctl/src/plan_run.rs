@@ -71,6 +71,20 @@ pub async fn end<T>(session: Session, result: Result<T, Exit>, success: &str) ->
     Ok(value)
 }
 
+/// A run that stopped after it began to load (interrupted, or failed on a fault of the system)
+/// ends with the exact command that carries it on.
+async fn with_resume(mut e: Exit, store: &tools::control::ControlStore, goal: &str, run_id: runtime::RunId) -> Exit {
+    let command = crate::audit::resume_line(goal, run_id);
+    match e.code {
+        Exit::INTERRUPTED => e.message = e.message.replace(&format!("agentctl run --goal ... --resume {run_id}"), &command),
+        Exit::FAILED if store.progress(run_id).await.is_ok_and(|p| !p.is_empty()) => {
+            e.message = format!("{}; once the cause is fixed, carry it on with: {command}", e.message);
+        }
+        _ => {}
+    }
+    e
+}
+
 pub async fn plan(config: &Config, opts: PlanOpts) -> Result<(), Exit> {
     let (session, file, origin) = start(config, "plan", Some(&opts.goal.goal), &opts.goal.mapping).await?;
     let run_id = session.run_id;
@@ -144,7 +158,11 @@ pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
         run_id,
     )
     .await;
-    let (outcome, results, execute_seconds) = end(session, result, "succeeded").await?;
+    let ended = end(session, result, "succeeded").await;
+    let (outcome, results, execute_seconds) = match ended {
+        Ok(done) => done,
+        Err(e) => return Err(with_resume(e, &store, &opts.goal.goal, run_id).await),
+    };
     show_results(&outcome, &results, run_id, opts.format, execute_seconds);
     // The trail's head, to keep outside the database: `audit verify RUN --expect-head HASH`
     // then tells a trail that was rewritten or cut since.

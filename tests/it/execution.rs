@@ -348,7 +348,10 @@ fn ctrl_c_stops_between_batches_exits_130_and_the_run_resumes_exactly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     let run = pg.psql(&db, "SELECT run_id FROM agentctl.runs WHERE command = 'run'");
-    assert!(stderr.contains(&format!("--resume {run}")), "says how to resume: {stderr}");
+    assert!(
+        stderr.contains(&format!("agentctl run --goal \"migrate everything\" --resume {run}")),
+        "says how to resume, as a shell takes it: {stderr}"
+    );
     assert_eq!(pg.psql(&db, &format!("SELECT outcome FROM agentctl.runs WHERE run_id = '{run}'")), "cancelled");
 
     let out = resume(&source, &target, &run);

@@ -326,6 +326,8 @@ fn a_grant_revoked_mid_load_stops_the_run_rejects_no_row_and_the_run_resumes() {
 
     pg.psql(&t, "GRANT INSERT ON note TO reloader");
     let run_id = run_id(pg, &target);
+    let resume = format!("once the cause is fixed, carry it on with: agentctl run --goal \"migrate everything\" --resume {run_id}");
+    assert!(stderr.contains(&resume), "{stderr}");
     let mut resumed = args.to_vec();
     resumed.extend_from_slice(&["--resume", &run_id]);
     let out = agentctl(&resumed);
