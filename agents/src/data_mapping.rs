@@ -86,6 +86,24 @@ pub struct EntityRule {
     /// `references = { page_id = "wagtailcore_page" }`. Each is treated as a foreign key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub references: BTreeMap<String, String>,
+    /// Generic references (Django's content type and object id), by column:
+    /// `generic = { object_id = { by = "content_type_id" } }`. Each becomes the UUID of the row
+    /// its type names.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub generic: BTreeMap<String, GenericRule>,
+}
+
+/// How a generic reference names its parent table: the `by` column's value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenericRule {
+    /// The column whose value names the parent's table (a content type's id).
+    pub by: String,
+    /// The table each value names. Left out, and `by` a foreign key to Django's content types,
+    /// each content type names the table `app_label_model` (Django's default), where the
+    /// source has one; given, these are added to those or replace them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parents: BTreeMap<String, String>,
 }
 
 fn is_default_sync(rule: &SyncPolicy) -> bool {
@@ -212,11 +230,74 @@ pub fn declare_references(source: &SchemaReport, file: &MappingFile) -> Result<S
             });
         }
     }
+    for (entity, rule) in file.entities.iter().filter(|(_, r)| !r.generic.is_empty()) {
+        let Some(child) = source.find(entity) else { continue };
+        let table = out.tables.iter_mut().find(|t| t.name == child.name).expect("the table is in the report it was found in");
+        for (column, g) in &rule.generic {
+            let problem = |message: &str| Problem {
+                table: entity.clone(),
+                source: Some(child.name.name.clone()),
+                column: Some(column.clone()),
+                message: message.to_owned(),
+            };
+            if child.column(&g.by).is_none() {
+                problems.push(problem(&format!("the generic reference's `by` column {} is not in the source table", g.by)));
+            }
+            // The column holds the parent's UUID in the target.
+            match table.columns.iter_mut().find(|c| &c.name == column) {
+                Some(c) => {
+                    (c.data_type, c.type_name, c.type_kind, c.max_length) = ("uuid".into(), "uuid".into(), TypeKind::Base, None);
+                }
+                None => problems.push(problem("the mapping file declares a generic reference on a column the source table does not have")),
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(out)
     } else {
         Err(problems)
     }
+}
+
+/// Fills in the parents of each generic reference whose `by` column is a foreign key to
+/// Django's content types (`app_label`, `model`): each content type names the source table
+/// `app_label_model`, where there is one, unless the mapping file names its table itself.
+pub async fn content_types(rows: &dyn runtime::ports::Rows, source: &SchemaReport, file: &MappingFile) -> Result<MappingFile, String> {
+    let mut file = file.clone();
+    for (entity, rule) in file.entities.iter_mut() {
+        let Some(child) = source.find(entity) else { continue };
+        for g in rule.generic.values_mut() {
+            let fk = child.foreign_keys.iter().find(|f| f.columns == [g.by.clone()]);
+            let Some(types) = fk.and_then(|f| source.table(&f.references)) else { continue };
+            if types.column("app_label").is_none() || types.column("model").is_none() || types.key().0.len() != 1 {
+                continue;
+            }
+            let scan = runtime::ports::Scan {
+                table: types.name.clone(),
+                columns: vec![types.key().0[0].clone(), "app_label".into(), "model".into()],
+                joins: vec![],
+                key: types.key().0,
+                after: None,
+                limit: None,
+                scripts: vec![],
+                changed_since: None,
+            };
+            let mut named: Vec<(String, String)> = Vec::new();
+            rows.scan(&scan, &mut |r: &[Option<&str>]| {
+                if let [Some(id), Some(app), Some(model)] = r {
+                    named.push(((*id).to_owned(), format!("{app}_{model}")));
+                }
+            })
+            .await
+            .map_err(|e| format!("reading the content types of {} for {entity}.{}: {}", types.name, g.by, e.0))?;
+            for (id, table) in named {
+                if source.find(&table).is_some() {
+                    g.parents.entry(id).or_insert(table);
+                }
+            }
+        }
+    }
+    Ok(file)
 }
 
 /// The error of a mapping with problems, each named where it is.
@@ -270,6 +351,9 @@ pub struct MappingSet {
     /// The references the mapping file declares, by entity: column -> parent table.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub declared: BTreeMap<String, BTreeMap<String, String>>,
+    /// The generic references the mapping file declares, by entity, each with its parents.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub generic: BTreeMap<String, BTreeMap<String, GenericRule>>,
 }
 
 impl MappingSet {
@@ -476,6 +560,7 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
                 .filter(|(_, r)| !r.references.is_empty())
                 .map(|(e, r)| (e.clone(), r.references.clone()))
                 .collect(),
+            generic: file.entities.iter().filter(|(_, r)| !r.generic.is_empty()).map(|(e, r)| (e.clone(), r.generic.clone())).collect(),
         })
     } else {
         Err(problems)
@@ -574,7 +659,21 @@ fn map_table(
             continue;
         }
         let file_rule = rule.and_then(|r| r.columns.get(&c.name));
-        let mapping = if let Some(r) = file_rule {
+        let generic = rule.and_then(|r| r.generic.get(&c.name)).filter(|_| file_rule.is_none());
+        let mapping = if let Some(g) = generic {
+            match generic_feed(&c.name, g, source) {
+                Ok(feed) => Some(ColumnMapping {
+                    target: c.name.clone(),
+                    feed,
+                    transforms: vec![],
+                    rationale: format!("the UUID of the row its {} names (a generic reference, declared in the mapping file)", g.by),
+                }),
+                Err(e) => {
+                    problems.push(at(Some(&c.name), e));
+                    continue;
+                }
+            }
+        } else if let Some(r) = file_rule {
             match from_rule(r, c, zone, &source_column, &fk_of) {
                 Ok(m) => Some(m),
                 Err(e) => {
@@ -668,8 +767,30 @@ fn feed_columns(feed: &Feed) -> Vec<String> {
     match feed {
         Feed::Column { column } => vec![column.clone()],
         Feed::Concat { columns, .. } | Feed::Reference { columns, .. } | Feed::Metadata { columns } => columns.clone(),
+        Feed::Generic { column, by, .. } => vec![column.clone(), by.clone()],
         _ => vec![],
     }
+}
+
+/// A generic reference's feed: the parents its rule names (filled in from Django's content
+/// types before the mapping is built), each a source table with a one-column key.
+fn generic_feed(column: &str, rule: &GenericRule, source: &SchemaReport) -> Result<Feed, String> {
+    if rule.parents.is_empty() {
+        return Err(format!(
+            "the generic reference by {} names no table: give `parents = {{ \"value\" = \"table\" }}` in the mapping file",
+            rule.by
+        ));
+    }
+    let mut parents = BTreeMap::new();
+    for (kind, name) in &rule.parents {
+        let t = source.find(name).ok_or_else(|| format!("the generic reference's parent `{name}` is not a table of the source"))?;
+        let (key, from) = t.key();
+        if key.len() != 1 || matches!(from, runtime::domain::KeySource::Content) {
+            return Err(format!("the generic reference's parent {} has no one-column key to point at", t.name));
+        }
+        parents.insert(kind.clone(), t.name.clone());
+    }
+    Ok(Feed::Generic { column: column.to_owned(), by: rule.by.clone(), parents })
 }
 
 fn from_rule<'a>(
@@ -733,7 +854,7 @@ fn check_fit<'a>(
         }
     }
     let produced = match (&m.feed, m.transforms.last()) {
-        (Feed::Key | Feed::Reference { .. }, _) => "uuid",
+        (Feed::Key | Feed::Reference { .. } | Feed::Generic { .. }, _) => "uuid",
         (Feed::Metadata { .. }, _) => "json",
         (Feed::Constant { .. } | Feed::Concat { .. } | Feed::LegacyKey, _) => return Ok(()),
         (_, Some(Transform::Cents)) => "number",
@@ -780,6 +901,7 @@ pub fn render(spec: &MappingSpec) -> String {
             Feed::Column { column } => column.clone(),
             Feed::Concat { columns, separator } => format!("{} joined by {separator:?}", columns.join(" + ")),
             Feed::Reference { columns, parent } => format!("uuid({parent}: {})", columns.join(", ")),
+            Feed::Generic { column, by, parents } => format!("uuid(the table {by} names, one of {}: {column})", parents.len()),
             Feed::Constant { value } => format!("{value:?}"),
             Feed::Metadata { columns } => format!("{{{}}}", columns.join(", ")),
         };
@@ -858,6 +980,7 @@ pub fn to_file(set: &MappingSet) -> MappingFile {
                 columns,
                 sync: spec.sync,
                 references: set.declared.get(&spec.source.name).cloned().unwrap_or_default(),
+                generic: set.generic.get(&spec.source.name).cloned().unwrap_or_default(),
             },
         );
     }
@@ -1017,7 +1140,14 @@ impl Actor for DataMappingAgent {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             DataMappingMsg::Map(env, reply) => {
-                let req = env.body;
+                let mut req = env.body;
+                match content_types(state.rows.as_ref(), &req.source, &req.file).await {
+                    Ok(file) => req.file = file,
+                    Err(e) => {
+                        let _ = reply.send(Err(AgentError::new(ME, e)));
+                        return Ok(());
+                    }
+                }
                 let result = match (build(&req.source, &req.target, &req.file), &state.llm) {
                     (Err(problems), Some(llm)) => match propose_with_llm(&state.ctx, llm.as_ref(), &req, &problems).await {
                         Some(set) => Ok(set),

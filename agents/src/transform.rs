@@ -57,6 +57,8 @@ struct Compiled {
     feed: Feed,
     /// For a key or a reference: the derivation of that table's UUIDs.
     deriver: Option<KeyDeriver>,
+    /// For a generic reference: each parent's key derivation, by the value that names it.
+    parents: HashMap<String, KeyDeriver>,
     /// Indexes into the scanned row of the columns the feed reads.
     inputs: Vec<usize>,
     transforms: Vec<Transform>,
@@ -150,7 +152,14 @@ impl RowMapper {
                 (Feed::Concat { columns, .. } | Feed::Reference { columns, .. } | Feed::Metadata { columns }, _) => {
                     columns.iter().map(|c| index(c)).collect::<Result<_, _>>()?
                 }
+                (Feed::Generic { column, by, .. }, _) => vec![index(column)?, index(by)?],
                 (Feed::Key | Feed::LegacyKey | Feed::Constant { .. }, _) => vec![],
+            };
+            let parents = match &m.feed {
+                Feed::Generic { parents, .. } => {
+                    parents.iter().map(|(kind, parent)| (kind.clone(), KeyDeriver::new(keys.layout, keys.namespace, parent))).collect()
+                }
+                _ => HashMap::new(),
             };
             let deriver = match &m.feed {
                 Feed::Key => Some(KeyDeriver::new(keys.layout, keys.namespace, &spec.source)),
@@ -161,6 +170,7 @@ impl RowMapper {
                 target: m.target.clone(),
                 feed: m.feed.clone(),
                 deriver,
+                parents,
                 inputs,
                 transforms: m.transforms.clone(),
                 ty,
@@ -277,6 +287,20 @@ impl RowMapper {
                         None => c.deriver.as_ref().map(|d| Cow::Borrowed(&*d.derive(&p).hyphenated().encode_lower(&mut uuid_text))),
                     })
                 }
+                Feed::Generic { by, .. } => match (row[c.inputs[0]], row[c.inputs[1]]) {
+                    (None, _) => None,
+                    (Some(id), kind) => match kind.and_then(|k| c.parents.get(k)) {
+                        Some(d) => Some(Cow::Borrowed(&*d.derive(&[id]).hyphenated().encode_lower(&mut uuid_text))),
+                        None => {
+                            let named = kind.unwrap_or("NULL");
+                            return Err(self.reject(
+                                c,
+                                "reference",
+                                format!("its {by} {named} names no table whose keys the mapping rewrites"),
+                            ));
+                        }
+                    },
+                },
                 Feed::Metadata { columns } => {
                     let obj: BTreeMap<&str, Option<&str>> =
                         columns.iter().zip(&c.inputs).map(|(name, &i)| (name.as_str(), row[i])).collect();
@@ -391,7 +415,7 @@ impl RowMapper {
                 serde_json::from_str::<serde::de::IgnoredAny>(&s).map_err(|e| self.reject(c, "json", format!("not valid JSON ({e})")))?;
             }
             // A UUID agentctl derived, or kept from the target, needs no reading back.
-            Ty::Uuid if c.transforms.is_empty() && matches!(c.feed, Feed::Key | Feed::Reference { .. }) => {}
+            Ty::Uuid if c.transforms.is_empty() && matches!(c.feed, Feed::Key | Feed::Reference { .. } | Feed::Generic { .. }) => {}
             Ty::Uuid => {
                 Uuid::parse_str(&s).map_err(|_| bad_type())?;
             }

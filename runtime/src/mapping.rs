@@ -23,6 +23,9 @@ pub enum Feed {
     Concat { columns: Vec<String>, separator: String },
     /// The UUID of the parent row the source columns point at, derived like the parent's key.
     Reference { columns: Vec<String>, parent: TableName },
+    /// A generic reference (Django's content type and object id): the UUID of the row of the
+    /// parent that the `by` column's value names, derived from `column` like that parent's key.
+    Generic { column: String, by: String, parents: BTreeMap<String, TableName> },
     /// A fixed value.
     Constant { value: String },
     /// The source columns no other target column takes, as a JSON object.
@@ -178,6 +181,7 @@ impl MappingSpec {
             let used: Vec<&String> = match &c.feed {
                 Feed::Column { column } => vec![column],
                 Feed::Concat { columns, .. } | Feed::Reference { columns, .. } | Feed::Metadata { columns } => columns.iter().collect(),
+                Feed::Generic { column, by, .. } => vec![column, by],
                 Feed::Key | Feed::LegacyKey | Feed::Constant { .. } => vec![],
             };
             for u in used {

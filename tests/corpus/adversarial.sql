@@ -164,4 +164,14 @@ CREATE TABLE badge (
 );
 INSERT INTO badge SELECT i, CASE WHEN i = 13 THEN 9999 ELSE 1 + i % 80 END FROM generate_series(1, 30) i;
 ALTER TABLE badge ADD FOREIGN KEY (employee_id) REFERENCES employee (id) NOT VALID;
+-- A generic reference of the application's own: the kind column names the table (the mapping
+-- file, adversarial.toml, says which); one row names a kind nothing maps, one points at nothing.
+CREATE TABLE remark (
+    id integer PRIMARY KEY,
+    about_kind text NOT NULL,
+    about_id integer,
+    body text NOT NULL
+);
+INSERT INTO remark SELECT i, CASE WHEN i % 2 = 0 THEN 'employee' ELSE 'store' END, 1 + i % 20, 'remark ' || i FROM generate_series(1, 40) i;
+INSERT INTO remark VALUES (41, 'ghost', 7, 'about a kind nothing maps'), (42, 'employee', NULL, 'about no one');
 ANALYZE;
