@@ -45,16 +45,18 @@ shape() {
   echo "$(echo "$tables" | grep -c .) $rows $links"
 }
 
+# measure NAME DB [MAPPING]: the mapping file the corpus test gives that database, if any.
 measure() {
-  local name=$1 db=$2 target="${2}_target" t0 t1 t2 t3 shape_
+  local name=$1 db=$2 target="${2}_target" t0 t1 t2 t3 shape_ mapping=()
+  [ -n "${3:-}" ] && mapping=(--mapping "$3")
   "${psql[@]}" -d postgres -c "CREATE DATABASE $target"
   shape_=$(shape "$db")
   t0=$(now)
-  "$bin" --source "$url/$db" --target "$url/$target" schema generate --from-source --apply >/dev/null 2>&1
+  "$bin" --source "$url/$db" --target "$url/$target" schema generate --from-source --apply "${mapping[@]}" >/dev/null 2>&1
   t1=$(now)
-  "$bin" --source "$url/$db" --target "$url/$target" run --goal "migrate everything" --yes --skip-validation >/dev/null
+  "$bin" --source "$url/$db" --target "$url/$target" run --goal "migrate everything" --yes --skip-validation "${mapping[@]}" >/dev/null
   t2=$(now)
-  "$bin" --source "$url/$db" --target "$url/$target" validate >/dev/null
+  "$bin" --source "$url/$db" --target "$url/$target" validate "${mapping[@]}" >/dev/null
   t3=$(now)
   read -r tables rows links <<<"$shape_"
   echo "| $name | $tables | $rows | $links | $(seconds "$t0" "$t1") | $(seconds "$t1" "$t2") | $(seconds "$t2" "$t3") |"
@@ -81,13 +83,13 @@ measure iso-3166 iso3166
 
 "${psql[@]}" -d postgres -c "CREATE DATABASE adversarial"
 "${psql[@]}" -d adversarial -f "$here/tests/corpus/adversarial.sql" >/dev/null
-measure adversarial adversarial
+measure adversarial adversarial "$here/tests/corpus/adversarial.toml"
 
 if "$python" -c "import wagtail, psycopg" 2>/dev/null; then
   "${psql[@]}" -d postgres -c "CREATE DATABASE wagtail"
   (cd "$here/tests/corpus/django" && PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGDATABASE=wagtail DJANGO_SETTINGS_MODULE=settings PYTHONPATH=. \
     sh -c "'$python' -m django migrate -v 0 && '$python' fill.py >/dev/null")
-  measure "Wagtail (Django)" wagtail
+  measure "Wagtail (Django)" wagtail "$here/tests/corpus/django/mapping.toml"
 else
   echo "(no Python with Django and Wagtail at $python: the Wagtail site is not measured)" >&2
 fi

@@ -265,7 +265,7 @@ impl Chat<'_> {
     }
 
     async fn migrate(&self, goal: &str, lines: &mut tokio::sync::mpsc::Receiver<Line>) -> Result<Continue, Exit> {
-        let outcome = self.session.plan(self.goal(goal, false)).await.map_err(Exit::failed)?;
+        let outcome = self.session.plan(self.goal(goal, false)).await.map_err(Exit::agent)?;
         println!("{}", outcome.explanation);
         let question = format!(
             "This will copy {} tables (about {} rows: {} expected to move, {} that the new system will refuse) into {}. Type yes to go ahead.",
@@ -357,7 +357,7 @@ impl Chat<'_> {
     /// What changed in the old system since the last sync, said in words; nothing is changed.
     async fn changes(&self, goal: &str) -> Result<i64, Exit> {
         let how = self.diff_goal(goal);
-        let report = self.session.diff(how).await.map_err(Exit::failed)?;
+        let report = self.session.diff(how).await.map_err(Exit::agent)?;
         let mut out_of_step = 0;
         for a in report.analyses.iter().filter(|a| a.out_of_step() + a.target_changed > 0) {
             out_of_step += a.out_of_step();
@@ -398,7 +398,7 @@ impl Chat<'_> {
         }
         let Some(_writing) = self.writer_lock().await? else { return Ok(()) };
         let how = DiffGoal { analyze: false, apply: true, ..self.diff_goal(goal) };
-        let report = self.session.diff(how).await.map_err(Exit::failed)?;
+        let report = self.session.diff(how).await.map_err(Exit::agent)?;
         let t = report.total();
         println!(
             "Done: {} added, {} updated, {} deleted, {} changed on both sides, {} held for you, {} refused with a reason.",
@@ -424,7 +424,7 @@ impl Chat<'_> {
             return Ok(());
         }
         let Some(_writing) = self.writer_lock().await? else { return Ok(()) };
-        let done = self.session.rollback(self.goal(goal, true)).await.map_err(Exit::failed)?;
+        let done = self.session.rollback(self.goal(goal, true)).await.map_err(Exit::agent)?;
         for d in &done {
             println!("  {}: {} rows deleted, {} kept", d.target.name, d.deleted, d.kept);
         }
@@ -471,7 +471,7 @@ impl Chat<'_> {
                 let asked = question.is_some();
                 let goal =
                     agents::orchestrator::ProfileGoal { table, sample: agents::schema_analysis::PROFILE_SAMPLE, code: None, question };
-                let (profile, report) = self.session.profile(goal).await.map_err(Exit::failed)?;
+                let (profile, report) = self.session.profile(goal).await.map_err(Exit::agent)?;
                 if let Err(e) = crate::plan_run::print_profile(&profile, &report, asked) {
                     println!("{e}");
                 }

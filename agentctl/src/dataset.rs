@@ -141,7 +141,7 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
     let session = Session::start(&conns, "demo", Some("migrate everything"), conns.tools()?, SessionOptions::from_config(&config)).await?;
     let goal = PlanGoal { goal: "migrate everything".into(), only: false, mapping, mapping_origin, batch_size: None };
     let work = async {
-        let planned = session.plan(goal).await.map_err(Exit::failed)?;
+        let planned = session.plan(goal).await.map_err(Exit::agent)?;
         println!("{}\n", planned.explanation);
         print!("{}", agents::planning::render(&planned.plan));
         session.operator_decision(
@@ -149,7 +149,7 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
             "the demo migrates its own private databases",
             serde_json::json!({"hash": planned.hash}),
         );
-        let results = session.execute(&planned, Default::default()).await.map_err(Exit::failed)?;
+        let results = session.execute(&planned, Default::default()).await.map_err(Exit::agent)?;
         Ok::<_, Exit>((results, planned.plan.left_out))
     };
     let result = crate::interruptible(work, session.run_id).await;

@@ -30,6 +30,15 @@ impl Exit {
         Exit::new(Exit::USAGE, message)
     }
 
+    /// An agent's error: bad usage or configuration when the request itself was wrong.
+    pub fn agent(e: runtime::envelope::AgentError) -> Exit {
+        if e.usage {
+            Exit::config(e.message)
+        } else {
+            Exit::failed(e.message)
+        }
+    }
+
     pub fn interrupted(message: impl fmt::Display) -> Exit {
         Exit::new(Exit::INTERRUPTED, message)
     }

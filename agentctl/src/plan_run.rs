@@ -89,7 +89,7 @@ pub async fn plan(config: &Config, opts: PlanOpts) -> Result<(), Exit> {
     let (session, file, origin) = start(config, "plan", Some(&opts.goal.goal), &opts.goal.mapping).await?;
     let run_id = session.run_id;
     let goal = plan_goal(&opts.goal, config, file, origin);
-    let result = interruptible(async { session.plan(goal).await.map_err(Exit::failed) }, run_id).await;
+    let result = interruptible(async { session.plan(goal).await.map_err(Exit::agent) }, run_id).await;
     let outcome = end(session, result, "planned").await?;
     match opts.format {
         Format::Json => print_json(&json!({
@@ -135,7 +135,7 @@ pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
     let goal = plan_goal(&opts.goal, config, file, origin);
     let result = interruptible(
         async {
-            let outcome = session.plan(goal).await.map_err(Exit::failed)?;
+            let outcome = session.plan(goal).await.map_err(Exit::agent)?;
             if opts.format == Format::Text {
                 print_plan(&outcome);
             }
@@ -144,7 +144,7 @@ pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
             let how =
                 Execution { jobs: usize::from(opts.jobs), suspend_constraints: !opts.keep_constraints, validate: !opts.skip_validation };
             let started = std::time::Instant::now();
-            let results = session.execute(&outcome, how).await.map_err(Exit::failed);
+            let results = session.execute(&outcome, how).await.map_err(Exit::agent);
             let execute_seconds = started.elapsed().as_secs_f64();
             progress.abort();
             let results = results?;
@@ -346,7 +346,7 @@ pub async fn analyze(config: &Config, opts: AnalyzeOpts) -> Result<(), Exit> {
     let (session, _, _) = start(config, "analyze", None, &MappingOpt::default()).await?;
     let run_id = session.run_id;
     let side = if opts.of_target { DbRole::Target } else { DbRole::Source };
-    let result = interruptible(async { session.analyze(side, opts.exact_counts).await.map_err(Exit::failed) }, run_id).await;
+    let result = interruptible(async { session.analyze(side, opts.exact_counts).await.map_err(Exit::agent) }, run_id).await;
     let report = end(session, result, "succeeded").await?;
     match opts.format {
         Format::Json => print_json(&report),
@@ -386,7 +386,7 @@ pub async fn profile(config: &Config, opts: ProfileOpts) -> Result<(), Exit> {
     let (session, _, _) = start(config, "profile", None, &MappingOpt::default()).await?;
     let run_id = session.run_id;
     let goal = agents::orchestrator::ProfileGoal { table: opts.table.clone(), sample: opts.sample, code, question: opts.ask.clone() };
-    let result = interruptible(async { session.profile(goal).await.map_err(Exit::failed) }, run_id).await;
+    let result = interruptible(async { session.profile(goal).await.map_err(Exit::agent) }, run_id).await;
     let (profile, report) = end(session, result, "succeeded").await?;
     if let Format::Json = opts.format {
         let table = report.tables.iter().find(|t| t.name == profile.table);
@@ -451,7 +451,7 @@ pub async fn mapping(config: &Config, cmd: MappingCmd) -> Result<(), Exit> {
     let (session, file, origin) = start(config, command, None, opt).await?;
     let run_id = session.run_id;
     let goal = PlanGoal { goal: String::new(), only: false, mapping: file, mapping_origin: origin, batch_size: None };
-    let result = interruptible(async { session.map(goal).await.map_err(Exit::failed) }, run_id).await;
+    let result = interruptible(async { session.map(goal).await.map_err(Exit::agent) }, run_id).await;
     let set = end(session, result, "succeeded").await?;
     match cmd {
         MappingCmd::Show { entity, format, .. } => {
@@ -508,7 +508,7 @@ pub async fn schema(config: &Config, cmd: SchemaCmd) -> Result<(), Exit> {
     let (file, origin) = mapping_file(&mapping, &conns).await?;
     let session = Session::start(&conns, "schema generate", None, conns.tools()?, SessionOptions::from_config(config)).await?;
     let run_id = session.run_id;
-    let result = interruptible(async { session.analyze(DbRole::Source, false).await.map_err(Exit::failed) }, run_id).await;
+    let result = interruptible(async { session.analyze(DbRole::Source, false).await.map_err(Exit::agent) }, run_id).await;
     let result = result.and_then(|report| {
         data_mapping::declare_references(&report, &file).map_err(|p| Exit::config(data_mapping::problems_error(&origin, &p).message))
     });

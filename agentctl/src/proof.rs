@@ -108,7 +108,7 @@ pub async fn validate_as(config: &Config, opts: EntitiesOpts, command: &str) -> 
     let started = std::time::Instant::now();
     let result = interruptible(
         async {
-            let results = session.validate(goal).await.map_err(Exit::failed)?;
+            let results = session.validate(goal).await.map_err(Exit::agent)?;
             let refs: Vec<&EntityValidation> = results.iter().collect();
             match validation_failure(&refs) {
                 Some(e) => {
@@ -151,7 +151,7 @@ pub async fn rollback(config: &Config, opts: RollbackOpts) -> Result<(), Exit> {
         if opts.yes { "approved with --yes" } else { "the operator answered yes at the prompt" },
         json!({"goal": goal.goal, "target": target_location}),
     );
-    let result = interruptible(async { session.rollback(goal).await.map_err(Exit::failed) }, run_id).await;
+    let result = interruptible(async { session.rollback(goal).await.map_err(Exit::agent) }, run_id).await;
     let done = end(session, result, "rolled back").await?;
     match opts.format {
         Format::Json => print_json(&json!({"run_id": run_id, "entities": done})),

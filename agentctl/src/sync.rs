@@ -56,7 +56,7 @@ async fn diff_run(config: &Config, opts: &EntitiesOpts, command: &str, steps: St
             json!({"goal": goal.goal, "analyze_first": analyze, "full": full}),
         );
     }
-    let result = interruptible(async { session.diff(DiffGoal { goal, analyze, apply, full }).await.map_err(Exit::failed) }, run_id).await;
+    let result = interruptible(async { session.diff(DiffGoal { goal, analyze, apply, full }).await.map_err(Exit::agent) }, run_id).await;
     let report = end(session, result, if apply { "synchronized" } else { "analyzed" }).await?;
     Ok((run_id, report))
 }
@@ -367,7 +367,7 @@ async fn run_claim(
         store.started(&claim, session.run_id.0).await.map_err(Exit::failed)?;
         let run_id = session.run_id;
         let result = interruptible(
-            async { session.diff(DiffGoal { goal, analyze: true, apply: true, full: false }).await.map_err(Exit::failed) },
+            async { session.diff(DiffGoal { goal, analyze: true, apply: true, full: false }).await.map_err(Exit::agent) },
             run_id,
         )
         .await;

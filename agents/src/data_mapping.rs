@@ -303,7 +303,7 @@ pub async fn content_types(rows: &dyn runtime::ports::Rows, source: &SchemaRepor
 /// The error of a mapping with problems, each named where it is.
 pub fn problems_error(origin: &str, problems: &[Problem]) -> AgentError {
     let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    AgentError::new(ME, format!("the mapping ({origin}) has {} problem(s): {}", problems.len(), lines.join("; ")))
+    AgentError::usage(ME, format!("the mapping ({origin}) has {} problem(s): {}", problems.len(), lines.join("; ")))
 }
 
 /// Why a source table is not an entity of its own.
@@ -482,6 +482,14 @@ fn target_for<'a>(source: &TableName, rule: Option<&EntityRule>, target: &'a Sch
 
 /// Builds every entity's mapping; returns the problems instead if there are any.
 pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -> Result<MappingSet, Vec<Problem>> {
+    if target.tables.is_empty() && !source.tables.is_empty() {
+        return Err(vec![Problem {
+            table: format!("the target {}", target.database),
+            source: None,
+            column: None,
+            message: "has no tables to migrate into: create its schema first (`agentctl schema generate --from-source --apply` makes one from the source's), then run this again".into(),
+        }]);
+    }
     let mut problems = Vec::new();
     let zone = file.settings.timezone.as_str();
     for (group, members) in &file.groups {

@@ -177,7 +177,13 @@ impl Actor for PlanningAgent {
                     ),
                     Err(e) => state.ctx.decision(ME, format!("could not plan \"{}\"", req.goal), e.to_string(), &req.goal),
                 }
-                let _ = reply.send(result.map_err(|e| AgentError::new(ME, e.to_string())));
+                let _ = reply.send(result.map_err(|e| match e {
+                    // What the goal says, or what the target lacks: the operator's to change.
+                    PlanError::Empty | PlanError::Unknown { .. } | PlanError::NothingToMigrate { .. } | PlanError::Unmigratable { .. } => {
+                        AgentError::usage(ME, e.to_string())
+                    }
+                    PlanError::Cycle { .. } => AgentError::new(ME, e.to_string()),
+                }));
             }
         }
         Ok(())

@@ -43,11 +43,20 @@ pub struct Envelope<T> {
 pub struct AgentError {
     pub agent: AgentName,
     pub message: String,
+    /// The request itself is wrong (what the operator asked, or how agentctl is configured),
+    /// not the work: the command exits as for bad usage.
+    #[serde(default)]
+    pub usage: bool,
 }
 
 impl AgentError {
     pub fn new(agent: AgentName, message: impl Into<String>) -> AgentError {
-        AgentError { agent, message: message.into() }
+        AgentError { agent, message: message.into(), usage: false }
+    }
+
+    /// An error in what was asked, or in the configuration, rather than in doing it.
+    pub fn usage(agent: AgentName, message: impl Into<String>) -> AgentError {
+        AgentError { agent, message: message.into(), usage: true }
     }
 }
 

@@ -67,9 +67,30 @@ fn plan_orders_chinook_parents_first_and_prints_json() {
 fn an_unknown_entity_suggests_the_closest_names() {
     let pg = shared();
     let (source, target) = pg.chinook_pair();
-    let out = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate trakcs"]);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("no table matches `trakcs`") && out.stderr.contains("did you mean track"), "{}", out.stderr);
+    // Bad usage (exit 2), as the README's contract says, for `plan` and for `run`.
+    for command in ["plan", "run"] {
+        let out = agentctl(
+            &["--source", &source, "--target", &target, command, "--goal", "migrate trakcs", "--yes"]
+                [..if command == "plan" { 7 } else { 8 }],
+        );
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(out.stderr.contains("no table matches `trakcs`") && out.stderr.contains("did you mean track"), "{}", out.stderr);
+    }
+}
+
+/// A target without the modern schema is told how to make one, once, as bad configuration.
+#[test]
+fn a_target_without_a_schema_is_told_how_to_make_one() {
+    let pg = shared();
+    let source = pg.chinook();
+    let target = pg.create_db("empty_target");
+    let out = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate everything"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("has no tables to migrate into: create its schema first (`agentctl schema generate --from-source --apply`"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

@@ -44,7 +44,7 @@ fn the_planning_agent_reads_a_free_text_goal_through_a_typed_tool_call() {
     let db = target.rsplit('/').next().unwrap().to_owned();
     // Offline, the words are not table names.
     let offline = agentctl_with(&["--source", &source, "--target", &target, "plan", "--goal", GOAL], &[]);
-    assert_eq!(offline.code, 1, "{offline:?}");
+    assert_eq!(offline.code, 2, "{offline:?}");
     assert!(offline.stderr.contains("no table matches"), "{}", offline.stderr);
 
     let server =
@@ -112,7 +112,7 @@ fn a_malformed_reply_is_asked_again_and_a_wrong_one_falls_back_offline() {
     // A reply that never fits the schema: asked twice more, then the offline path, which says why.
     let server = FakeOpenAi::start(vec![Scripted::tool_call("plan_request", r#"{"tables": "dispatch_doctor"}"#)]);
     let out = plan(&source, &target, Some(&server), &[], &[]);
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("no table matches"), "{}", out.stderr);
     assert_eq!(server.requests().len(), 3);
     assert!(trail(&db, "kind = 'decision'").contains("without the model"), "the fallback is recorded with its reason");
@@ -123,7 +123,7 @@ fn a_malformed_reply_is_asked_again_and_a_wrong_one_falls_back_offline() {
         r#"{"tables": ["dispatch_dentist"], "everything": false, "except": [], "only": false}"#,
     )]);
     let out = plan(&source, &target, Some(&server), &[], &[]);
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.code, 2, "{out:?}");
     assert!(trail(&db, "kind = 'decision'").contains("rejected the model's reading"));
 }
 
@@ -145,14 +145,14 @@ fn rate_limits_wait_for_retry_after_and_timeouts_and_budgets_fall_back() {
     let server = FakeOpenAi::start(vec![slow]);
     let started = std::time::Instant::now();
     let out = plan(&source, &target, Some(&server), &[], &[("AGENTCTL_LLM_TIMEOUT", "1")]);
-    assert_eq!(out.code, 1, "falls back offline, where the goal is not understood: {out:?}");
+    assert_eq!(out.code, 2, "falls back offline, where the goal is not understood (bad usage): {out:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
     assert!(trail(&db, "kind = 'llm'").contains("no answer"), "the timeout is recorded");
 
     // The first reply spends the budget; the re-ask is not sent, and the run says why.
     let server = FakeOpenAi::start(vec![Scripted::tool_call("plan_request", "{broken"), Scripted::tool_call("plan_request", READING)]);
     let out = plan(&source, &target, Some(&server), &["--max-tokens-total", "100"], &[]);
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.code, 2, "{out:?}");
     assert_eq!(server.requests().len(), 1);
     assert!(trail(&db, "kind = 'decision'").contains("token budget is spent"));
 }
@@ -216,14 +216,14 @@ fn the_model_proposes_a_source_for_a_column_nothing_feeds_and_the_mapper_checks_
         )
     };
     let offline = agentctl_with(&["--source", &source, "--target", &target, "plan", "--goal", "offices"], &[]);
-    assert_eq!(offline.code, 1, "{offline:?}");
+    assert_eq!(offline.code, 2, "{offline:?}");
     assert!(offline.stderr.contains("offices.display_name: is NOT NULL without a default"), "{}", offline.stderr);
 
     // A proposal naming a column the legacy table does not have is refused by the mapper.
     let server =
         FakeOpenAi::start(vec![Scripted::tool_call("column_mapping", r#"{"from": "nickname", "transforms": [], "why": "a guess"}"#)]);
     let refused = run(&server);
-    assert_eq!(refused.code, 1, "{refused:?}");
+    assert_eq!(refused.code, 2, "{refused:?}");
     assert!(trail(&db, "kind = 'decision' AND agent = 'data_mapping'").contains("rejected the model's proposals"));
     assert_eq!(pg.psql(&db, "SELECT count(*) FROM offices"), "0");
 

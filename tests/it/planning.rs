@@ -115,7 +115,7 @@ fn goals_in_plain_words() {
     assert!(all.contains(&"dispatch_task".to_owned()));
 
     let out = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate doktors"]);
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("no table matches `doktors`") && out.stderr.contains("did you mean"), "{}", out.stderr);
 }
 
@@ -226,7 +226,7 @@ fn mapping_problems_name_the_table_and_column() {
     std::fs::write(&file, bad).unwrap();
     let out =
         agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate doctors", "--mapping", file.to_str().unwrap()]);
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.code, 2, "a mapping file with problems is bad configuration: {out:?}");
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(
         out.stderr.contains("doctors.license_number: the mapping file reads `licence`, which the source does not have"),
