@@ -167,7 +167,13 @@ pub async fn status(config: &Config, opts: StatusOpts) -> Result<(), Exit> {
     let run = store.find_run(opts.run.as_deref()).await.map_err(Exit::failed)?;
     let events = store.events(run.run_id, &EventFilter::default()).await.map_err(Exit::failed)?;
     let recent: Vec<&AuditEvent> = events.iter().rev().take(10).rev().collect();
-    let progress = store.progress(run.run_id).await.map_err(Exit::failed)?;
+    let mut progress = store.progress(run.run_id).await.map_err(Exit::failed)?;
+    // An entity left loading by a run that is no longer going stopped with it.
+    if run.outcome != "running" {
+        for p in progress.iter_mut().filter(|p| p.state == "running") {
+            p.state = run.outcome.clone();
+        }
+    }
     let suspended = store.suspended().await.map_err(Exit::failed)?;
     let suspended_json: Vec<Value> =
         suspended.iter().map(|(table, name, kind, run)| json!({"table": table, "name": name, "kind": kind, "run_id": run})).collect();
@@ -182,12 +188,12 @@ pub async fn status(config: &Config, opts: StatusOpts) -> Result<(), Exit> {
             print_run_header(&run);
             if !progress.is_empty() {
                 println!(
-                    "\n  {:<24} {:<8} {:>10} {:>10} {:>9} {:>8}  last batch",
+                    "\n  {:<24} {:<11} {:>10} {:>10} {:>9} {:>8}  last batch",
                     "entity", "state", "read", "migrated", "rejected", "batches"
                 );
                 for p in &progress {
                     println!(
-                        "  {:<24} {:<8} {:>10} {:>10} {:>9} {:>8}  {}",
+                        "  {:<24} {:<11} {:>10} {:>10} {:>9} {:>8}  {}",
                         p.target_table.trim_start_matches("public."),
                         p.state,
                         p.rows_read,

@@ -114,7 +114,26 @@ struct Chat<'a> {
     entities: Vec<String>,
 }
 
+/// The terminal's mode when the chat began, put back on every way out (`exit`, Ctrl-D, Ctrl-C,
+/// an error, a panic): the line editor leaves it raw while it waits for the next line.
+struct TerminalMode(Option<nix::sys::termios::Termios>);
+
+impl TerminalMode {
+    fn save() -> TerminalMode {
+        TerminalMode(nix::sys::termios::tcgetattr(std::io::stdin()).ok())
+    }
+}
+
+impl Drop for TerminalMode {
+    fn drop(&mut self) {
+        if let Some(mode) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, mode);
+        }
+    }
+}
+
 pub async fn chat(config: &Config, opts: ChatOpts) -> Result<(), Exit> {
+    let _mode = TerminalMode::save();
     let conns = Connections::open(config, true).await?;
     let (mapping, mapping_origin) = mapping_file(&opts.mapping, &conns).await?;
     let tools = conns.tools()?;

@@ -162,7 +162,7 @@ pub struct DiffMigrateOpts {
 pub enum ConflictCmd {
     /// The conflicts: open (held) ones first, each with the values of both sides.
     Report {
-        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
         /// Resolved ones too.
         #[arg(long)]
@@ -553,12 +553,14 @@ pub struct ReportOpts {
     /// The run's id or a unique prefix of it (default: the latest `run`).
     pub run: Option<String>,
 
-    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub format: ReportFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ReportFormat {
+    /// Aligned for a terminal.
+    Text,
     Md,
     Json,
 }

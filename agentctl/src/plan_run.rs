@@ -140,13 +140,13 @@ pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
                 print_plan(&outcome);
             }
             approve(&session, &outcome, opts.yes, opts.approve.as_deref()).await?;
-            let progress = print_progress(&session, opts.format);
+            let progress = Progress::show(&session, opts.format);
             let how =
                 Execution { jobs: usize::from(opts.jobs), suspend_constraints: !opts.keep_constraints, validate: !opts.skip_validation };
             let started = std::time::Instant::now();
             let results = session.execute(&outcome, how).await.map_err(Exit::agent);
             let execute_seconds = started.elapsed().as_secs_f64();
-            progress.abort();
+            drop(progress);
             let results = results?;
             let validations: Vec<&runtime::ports::EntityValidation> = results.iter().filter_map(|r| r.validation.as_ref()).collect();
             if let Some(failed) = crate::proof::validation_failure(&validations) {
@@ -200,42 +200,64 @@ fn show_results(
 
 /// Progress while entities migrate: on a terminal, one bar per running entity (rows, rows/s,
 /// ETA); otherwise a plain line per entity at most every five seconds, and when it is done.
-fn print_progress(session: &Session, format: Format) -> tokio::task::JoinHandle<()> {
-    let mut events = session.ctx.events.subscribe();
-    let terminal = std::io::stderr().is_terminal();
-    tokio::spawn(async move {
-        if format != Format::Text {
-            return;
-        }
+/// Dropped (the work done, failed or interrupted), it stops and takes its bars off the screen,
+/// so that what is printed next is the last thing there.
+struct Progress {
+    task: tokio::task::JoinHandle<()>,
+    bars: indicatif::MultiProgress,
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = self.bars.clear();
+    }
+}
+
+impl Progress {
+    fn show(session: &Session, format: Format) -> Progress {
         let bars = indicatif::MultiProgress::new();
-        let style =
-            indicatif::ProgressStyle::with_template("  {prefix:<22} [{bar:30}] {human_pos:>10}/{human_len:<10} {per_sec:>12} ETA {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> ");
-        let mut shown: std::collections::HashMap<String, (indicatif::ProgressBar, std::time::Instant)> = Default::default();
-        while let Ok(e) = events.recv().await {
-            let runtime::events::RunEvent::Progress { entity, rows_done, rows_total, .. } = e else { continue };
-            let done = rows_total.is_some_and(|t| rows_done >= t);
-            if terminal {
-                let (bar, _) = shown.entry(entity.clone()).or_insert_with(|| {
-                    let bar = bars
-                        .add(indicatif::ProgressBar::new(rows_total.unwrap_or(0)).with_style(style.clone()).with_prefix(entity.clone()));
-                    (bar, std::time::Instant::now())
-                });
-                bar.set_position(rows_done);
-                if done {
-                    bar.finish();
-                }
-            } else {
-                let now = std::time::Instant::now();
-                let last = shown.get(&entity).map(|(_, at)| *at);
-                if done || last.is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(5)) {
-                    eprintln!("  {entity}: {rows_done}{} rows read", rows_total.map(|t| format!(" of {t}")).unwrap_or_default());
-                    shown.insert(entity, (indicatif::ProgressBar::hidden(), now));
-                }
+        let task = tokio::spawn(draw(session.ctx.events.subscribe(), bars.clone(), format));
+        Progress { task, bars }
+    }
+}
+
+/// Draws [`Progress`] from the run's events until it is dropped.
+async fn draw(mut events: tokio::sync::broadcast::Receiver<runtime::events::RunEvent>, bars: indicatif::MultiProgress, format: Format) {
+    if format != Format::Text {
+        return;
+    }
+    let terminal = std::io::stderr().is_terminal();
+    // Rows a second as the summary prints them: a whole number.
+    let style = indicatif::ProgressStyle::with_template("  {prefix:<22} [{bar:30}] {human_pos:>10}/{human_len:<10} {rate:>14} ETA {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = w.write_fmt(format_args!("{:.0} rows/s", state.per_sec()));
+        })
+        .progress_chars("=> ");
+    let mut shown: std::collections::HashMap<String, (indicatif::ProgressBar, std::time::Instant)> = Default::default();
+    while let Ok(e) = events.recv().await {
+        let runtime::events::RunEvent::Progress { entity, rows_done, rows_total, .. } = e else { continue };
+        let done = rows_total.is_some_and(|t| rows_done >= t);
+        if terminal {
+            let (bar, _) = shown.entry(entity.clone()).or_insert_with(|| {
+                let bar =
+                    bars.add(indicatif::ProgressBar::new(rows_total.unwrap_or(0)).with_style(style.clone()).with_prefix(entity.clone()));
+                (bar, std::time::Instant::now())
+            });
+            bar.set_position(rows_done);
+            if done {
+                bar.finish();
+            }
+        } else {
+            let now = std::time::Instant::now();
+            let last = shown.get(&entity).map(|(_, at)| *at);
+            if done || last.is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(5)) {
+                eprintln!("  {entity}: {rows_done}{} rows read", rows_total.map(|t| format!(" of {t}")).unwrap_or_default());
+                shown.insert(entity, (indicatif::ProgressBar::hidden(), now));
             }
         }
-    })
+    }
 }
 
 pub fn print_results(results: &[agents::execution::EntityResult], left_out: &[runtime::domain::LeftOut], run_id: runtime::RunId) {

@@ -220,46 +220,60 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
                 "success_rate": rate(migrated, source), "accounted": source == migrated + rejected, "wall_seconds": wall},
             "llm": {"calls": llm_calls, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": cost},
         })),
-        ReportFormat::Md => {
-            println!("# Migration report, run {}\n", run.run_id);
+        ReportFormat::Md | ReportFormat::Text => {
+            let md = opts.format == ReportFormat::Md;
+            let strong = |s: String| if md { format!("**{s}**") } else { s };
+            println!("{}Migration report, run {}\n", if md { "# " } else { "" }, run.run_id);
+            let command = format!("agentctl {}{}", run.command, run.goal.as_ref().map(|g| format!(" --goal \"{g}\"")).unwrap_or_default());
             println!(
-                "`agentctl {}{}`, {} to {}, outcome **{}**.\n",
-                run.command,
-                run.goal.as_ref().map(|g| format!(" --goal \"{g}\"")).unwrap_or_default(),
+                "{}, {} to {}, outcome {}.\n",
+                if md { format!("`{command}`") } else { command },
                 run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
                 run.finished_at.map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_else(|| "(still running)".into()),
-                run.outcome
+                strong(run.outcome.clone())
             );
-            println!("| entity | migrated / source | success | rejected | money preserved | validation | seconds | rows/s |");
-            println!("| --- | ---: | ---: | ---: | --- | --- | ---: | ---: |");
-            for e in &entities {
-                println!(
-                    "| {} | {} / {} | {:.3}% | {} | {} | {} | {:.1} | {:.0} |",
-                    e.target_table.trim_start_matches("public."),
-                    e.migrated,
-                    e.source_rows,
-                    rate(e.migrated, e.source_rows),
-                    e.rejected,
-                    money_cell(e.money.as_ref()),
-                    match e.validated {
-                        Some(true) => "passed",
-                        Some(false) => "FAILED",
-                        None => "not validated",
-                    },
-                    e.seconds,
-                    e.source_rows as f64 / e.seconds.max(1e-3)
-                );
-            }
+            let mut rows: Vec<Vec<String>> = entities
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.target_table.trim_start_matches("public.").to_owned(),
+                        format!("{} / {}", e.migrated, e.source_rows),
+                        format!("{:.3}%", rate(e.migrated, e.source_rows)),
+                        e.rejected.to_string(),
+                        money_cell(e.money.as_ref()),
+                        match e.validated {
+                            Some(true) => "passed",
+                            Some(false) => "FAILED",
+                            None => "not validated",
+                        }
+                        .to_owned(),
+                        format!("{:.1}", e.seconds),
+                        format!("{:.0}", e.source_rows as f64 / e.seconds.max(1e-3)),
+                    ]
+                })
+                .collect();
+            rows.push(vec![
+                strong("total".into()),
+                strong(format!("{migrated} / {source}")),
+                strong(format!("{:.3}%", rate(migrated, source))),
+                strong(rejected.to_string()),
+                String::new(),
+                String::new(),
+                format!("{wall:.1} (wall)"),
+                format!("{:.0}", source as f64 / wall.max(1e-3)),
+            ]);
+            let header = ["entity", "migrated / source", "success", "rejected", "money preserved", "validation", "seconds", "rows/s"];
+            print_table(md, &header, &[false, true, true, true, false, false, true, true], &rows);
             // Every source table has an outcome: the entities above, or left out for a reason.
             for l in &left_out {
                 let how = if l.merged { "its rows are in another entity's" } else { "not migrated" };
-                println!("| {} | {how}: {} | | | | | | |", l.table.to_string().replace('|', "\\|"), l.reason.replace('|', "\\|"));
+                match md {
+                    true => {
+                        println!("| {} | {how}: {} | | | | | | |", l.table.to_string().replace('|', "\\|"), l.reason.replace('|', "\\|"))
+                    }
+                    false => println!("{}: {how}: {}", l.table, l.reason),
+                }
             }
-            println!(
-                "| **total** | **{migrated} / {source}** | **{:.3}%** | **{rejected}** | | | {wall:.1} (wall) | {:.0} |",
-                rate(migrated, source),
-                source as f64 / wall.max(1e-3)
-            );
             let whose = if left_out.iter().all(|l| l.merged) { "Every source row" } else { "Every row of the entities above" };
             println!(
                 "\n{whose} is {}: {source} = {migrated} migrated + {rejected} rejected.",
@@ -272,24 +286,56 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
                 );
             }
             if !rejections.is_empty() {
-                println!("\n## Rejections by reason\n");
-                println!("| table | rule | rows | example reason | example keys |");
-                println!("| --- | --- | ---: | --- | --- |");
-                for g in &rejections {
-                    println!(
-                        "| {} | {} | {} | {} | {} |",
-                        g.source_table.trim_start_matches("public."),
-                        g.rule,
-                        g.count,
-                        g.example_reason.replace('|', "\\|"),
-                        g.example_keys.join(", ")
-                    );
-                }
-                println!("\nEach rejected row, with its source row, is in `agentctl.rejected_rows` (run {}).", run.run_id);
+                println!("\n{}Rejections by reason\n", if md { "## " } else { "" });
+                let rows: Vec<Vec<String>> = rejections
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            g.source_table.trim_start_matches("public.").to_owned(),
+                            g.rule.clone(),
+                            g.count.to_string(),
+                            g.example_reason.clone(),
+                            g.example_keys.join(", "),
+                        ]
+                    })
+                    .collect();
+                print_table(md, &["table", "rule", "rows", "example reason", "example keys"], &[false, false, true, false, false], &rows);
+                let table = if md { "`agentctl.rejected_rows`" } else { "agentctl.rejected_rows" };
+                println!("\nEach rejected row, with its source row, is in {table} (run {}).", run.run_id);
             }
         }
     }
     Ok(())
+}
+
+/// A table as Markdown, or with its columns aligned for a terminal (`right`: which columns
+/// are numbers, aligned right).
+pub(crate) fn print_table(md: bool, header: &[&str], right: &[bool], rows: &[Vec<String>]) {
+    if md {
+        let cell = |s: &str| s.replace('|', "\\|");
+        println!("| {} |", header.join(" | "));
+        println!("| {} |", right.iter().map(|&r| if r { "---:" } else { "---" }).collect::<Vec<_>>().join(" | "));
+        for row in rows {
+            println!("| {} |", row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | "));
+        }
+        return;
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let parts: Vec<String> =
+            cells.iter().zip(&widths).zip(right).map(|((c, &w), &r)| if r { format!("{c:>w$}") } else { format!("{c:<w$}") }).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(&header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>());
+    line(&widths.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>());
+    for row in rows {
+        line(row);
+    }
 }
 
 fn money_cell(money: Option<&serde_json::Value>) -> String {

@@ -131,7 +131,8 @@ pub async fn conflict(config: &Config, cmd: ConflictCmd) -> Result<(), Exit> {
                 ReportFormat::Json => print_json(&json!({"conflicts": conflicts.iter().map(|c| json!({
                     "conflict": c, "differing": c.differing().iter().map(|(n, s, t)| json!({"column": n, "source": s, "target": t})).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>()})),
-                ReportFormat::Md => print_conflicts(&conflicts, all),
+                ReportFormat::Md => print_conflicts(&conflicts, all, true),
+                ReportFormat::Text => print_conflicts(&conflicts, all, false),
             }
             Ok(())
         }
@@ -170,12 +171,13 @@ pub async fn conflict(config: &Config, cmd: ConflictCmd) -> Result<(), Exit> {
     }
 }
 
-fn print_conflicts(conflicts: &[Conflict], all: bool) {
+fn print_conflicts(conflicts: &[Conflict], all: bool, md: bool) {
     let open = conflicts.iter().filter(|c| c.status == "open").count();
-    println!("# Conflicts\n");
+    let (h1, h2, code) = if md { ("# ", "## ", "`") } else { ("", "", "") };
+    println!("{h1}Conflicts\n");
     println!("{open} held for an operator{}.\n", if all { format!(", {} settled", conflicts.len() - open) } else { String::new() });
     for c in conflicts {
-        println!("## #{} {} {} ({}, {})\n", c.conflict_id, c.target_table, c.legacy_key, c.status, c.policy);
+        println!("{h2}#{} {} {} ({}, {})\n", c.conflict_id, c.target_table, c.legacy_key, c.status, c.policy);
         println!(
             "Detected {} by analysis {}{}.\n",
             c.detected_at.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -184,12 +186,14 @@ fn print_conflicts(conflicts: &[Conflict], all: bool) {
                 .map(|t| format!("; resolved {} by {}", t.format("%Y-%m-%d %H:%M:%S UTC"), c.resolved_by.clone().unwrap_or_default()))
                 .unwrap_or_default()
         );
-        println!("| column | source | target |\n|---|---|---|");
-        for (column, source, target) in c.differing() {
-            println!("| {column} | {} | {} |", source.as_deref().unwrap_or("NULL"), target.as_deref().unwrap_or("NULL"));
-        }
+        let rows: Vec<Vec<String>> = c
+            .differing()
+            .into_iter()
+            .map(|(column, source, target)| vec![column, source.unwrap_or_else(|| "NULL".into()), target.unwrap_or_else(|| "NULL".into())])
+            .collect();
+        crate::proof::print_table(md, &["column", "source", "target"], &[false, false, false], &rows);
         if c.status == "open" {
-            println!("\n`agentctl conflict resolve {} --take source` or `--take target`", c.conflict_id);
+            println!("\n{code}agentctl conflict resolve {} --take source{code} or {code}--take target{code}", c.conflict_id);
         }
         println!();
     }

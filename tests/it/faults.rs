@@ -190,6 +190,7 @@ fn a_second_writer_is_refused_and_a_killed_run_is_shown_interrupted() {
     assert!(list.stdout.contains("interrupted") && list.stdout.contains(&resume), "{}", list.stdout);
     let status = agentctl(&["--target", &target, "status"]);
     assert!(status.stdout.contains(&resume), "{}", status.stdout);
+    assert!(!status.stdout.contains(" running "), "no entity of a run whose program is gone is shown running: {}", status.stdout);
     // The chat says so first, and again when asked how it goes.
     let mut chat = Command::new(tests::agentctl_bin())
         .args(["--source", &source, "--target", &target, "chat"])

@@ -14,3 +14,4 @@ mod proof;
 mod sandboxing;
 mod supervision;
 mod sync;
+mod terminal;

@@ -85,9 +85,18 @@ fn validation_finds_changed_lost_and_extra_rows_and_rollback_leaves_the_target_a
     assert_eq!(stored, "message_attachments=false,operations=false,patients=false,system_messages=false");
 
     // The report of the run: the table operators know, and rejections grouped by reason.
-    let md = agentctl(&["--target", &target, "report"]);
+    let md = agentctl(&["--target", &target, "report", "--format", "md"]);
     assert_eq!(md.code, 0, "{md:?}");
     assert!(md.stdout.contains("| entity | migrated / source |") && md.stdout.contains("## Rejections by reason"), "{}", md.stdout);
+    // For a terminal, by default: the same table with aligned columns, and no Markdown.
+    let text = agentctl(&["--target", &target, "report"]);
+    assert_eq!(text.code, 0, "{text:?}");
+    let header = ["entity", "migrated", "/", "source", "success", "rejected", "money", "preserved", "validation", "seconds", "rows/s"];
+    assert!(text.stdout.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == header), "{}", text.stdout);
+    assert!(text.stdout.contains("\nRejections by reason\n"), "{}", text.stdout);
+    for markdown in ["**", "| ---", "## "] {
+        assert!(!text.stdout.contains(markdown), "no `{markdown}` on a terminal: {}", text.stdout);
+    }
     let rep = json(&agentctl(&["--target", &target, "report", "--format", "json"]));
     assert_eq!(rep["totals"]["accounted"], true);
     let generator_rejects: i64 = report["tables"].as_array().unwrap().iter().filter_map(|t| t["expected_rejected"].as_i64()).sum();

@@ -202,8 +202,13 @@ fn conflicts_follow_each_entitys_policy_and_wait_for_an_operator_under_manual() 
     assert_eq!(open[0]["differing"][0]["column"], "first_name");
     assert_eq!((open[0]["differing"][0]["source"].as_str(), open[0]["differing"][0]["target"].as_str()), (Some("S3"), Some("T3")));
     let id = open[0]["conflict"]["conflict_id"].as_i64().unwrap().to_string();
-    let md = agentctl(&["--target", &target, "conflict", "report"]);
+    let md = agentctl(&["--target", &target, "conflict", "report", "--format", "md"]);
     assert!(md.stdout.contains("| first_name | S3 | T3 |"), "{}", md.stdout);
+    // On a terminal, by default: aligned columns, no Markdown.
+    let text = agentctl(&["--target", &target, "conflict", "report"]);
+    let row = |l: &str| l.split_whitespace().collect::<Vec<_>>() == ["first_name", "S3", "T3"];
+    let markdown = |l: &str| l.contains('|') || l.starts_with("# ") || l.starts_with("## ");
+    assert!(text.stdout.lines().any(row) && !text.stdout.lines().any(markdown), "{}", text.stdout);
     // A second analysis holds the same conflict, it does not pile up.
     migrate(Some(&manual));
     assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.sync_conflicts WHERE status = 'open'"), "1");
