@@ -284,6 +284,22 @@ pub fn config(source: &str, target: &str) -> runtime::config::Config {
     runtime::config::Config::resolve(&flags, &runtime::config::Vars::default()).expect("test URLs are valid")
 }
 
+/// Debian's `chromium`, for the tests that look at a page as a person would; `None` (the test
+/// then skips) without it, but under `CI=true`, where `.ci/run` installs it, a missing browser
+/// fails the test.
+pub fn chromium() -> Option<PathBuf> {
+    let found = ["chromium", "chromium-browser"].iter().find_map(|name| {
+        std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
+    });
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI installs chromium: the audit page test reads the page in it");
+        }
+        eprintln!("SKIPPED: no chromium");
+    }
+    found
+}
+
 /// `shared/datasets` beside the checkout.
 pub fn datasets() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));

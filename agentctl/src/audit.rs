@@ -69,7 +69,11 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
                 }
                 ExportFormat::Html => {
                     let head = store.chain_head(run.run_id).await.map_err(Exit::failed)?;
-                    print!("{}", crate::html::page(&run, &events, &verify_chain(run.run_id, &events, &head)));
+                    let entities = store.report(run.run_id).await.map_err(Exit::failed)?;
+                    let rejections = store.rejection_groups(run.run_id).await.map_err(Exit::failed)?;
+                    let llm = store.llm_usage(run.run_id).await.map_err(Exit::failed)?;
+                    let facts = crate::html::Facts { entities: &entities, rejections: &rejections, llm };
+                    print!("{}", crate::html::page(&run, &events, &verify_chain(run.run_id, &events, &head), &facts));
                 }
             }
         }

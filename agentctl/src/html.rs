@@ -1,94 +1,233 @@
-//! `audit export --format html`: one self-contained page an auditor can open anywhere. The
-//! events are embedded as JSON and rendered by a few lines of script: a timeline, filters by
-//! agent and kind, and each decision with its rationale. No external file, font or script.
+//! `audit export --format html`: one self-contained page an auditor can open anywhere. Its first
+//! screen answers the auditor's questions (the goal, the plan and who approved it when, the
+//! outcome, each entity's rows migrated, rejected and validated, the rejections with their
+//! reasons, the model's calls and cost, the chain's state and head); then the timeline, grouped
+//! by phase, each decision with its reason. Everything is rendered in the HTML, so it reads with
+//! JavaScript off; a few lines of script only filter the timeline by agent and kind. No external
+//! file, font or script. Events carry their summaries and reasons, not their full detail (the
+//! JSONL export has that), so that a run of millions of rows stays a page of a few hundred KB.
 
 use runtime::audit::{AuditEvent, Verification};
-use tools::control::RunRow;
+use tools::control::{RejectionGroup, ReportEntity, RunRow};
 
-use crate::audit::event_json;
-
-pub fn page(run: &RunRow, events: &[AuditEvent], verification: &Verification) -> String {
-    let verdict = match &verification.first_bad {
-        None => format!("chain intact: {} events, head {}", verification.events, verification.head_hash),
-        Some(b) => format!("CHAIN BROKEN at {b}"),
-    };
-    let data: Vec<serde_json::Value> = events.iter().map(event_json).collect();
-    let data = embedded(&serde_json::Value::Array(data));
-    let title = format!("agentctl run {}", run.run_id);
-    let summary = format!(
-        "agentctl {}{} — {} — started {}{}",
-        run.command,
-        run.goal.as_ref().map(|g| format!(" \"{g}\"")).unwrap_or_default(),
-        run.outcome,
-        run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-        run.finished_at.map(|t| format!(", ended {}", t.format("%H:%M:%S UTC"))).unwrap_or_default()
-    );
-    TEMPLATE
-        .replace("{{title}}", &escape(&title))
-        .replace("{{summary}}", &escape(&summary))
-        .replace("{{verdict}}", &escape(&verdict))
-        .replace("{{data}}", &data)
+/// What the control tables say of the run, besides its events.
+pub struct Facts<'a> {
+    pub entities: &'a [ReportEntity],
+    pub rejections: &'a [RejectionGroup],
+    /// Model calls, prompt and completion tokens, cost in dollars.
+    pub llm: (i64, i64, i64, Option<f64>),
 }
 
-/// JSON to embed in a `<script>` element: no `<`, `>` or `&` at all (each written as its
-/// `\u` escape, which JSON.parse reads back), so that nothing in a value (`</script>`, `<!--`
-/// and `<script` that put the parser in its escaped states) can end or bend the element.
-fn embedded(data: &serde_json::Value) -> String {
-    serde_json::to_string(data).expect("events serialize").replace('<', "\\u003c").replace('>', "\\u003e").replace('&', "\\u0026")
+/// The phases of a run, in the order the timeline shows them, by the agent that acts in each.
+const PHASES: [(&str, &[&str]); 7] = [
+    ("Analysis", &["schema_analysis"]),
+    ("Mapping", &["data_mapping"]),
+    ("Planning", &["planning", "guidance"]),
+    ("Approval", &[]),
+    ("Execution", &["execution"]),
+    ("Validation", &["validation"]),
+    ("Run and coordination", &["orchestrator", "operator"]),
+];
+
+fn phase(e: &AuditEvent) -> usize {
+    if e.agent == "operator" && e.kind == "decision" && e.summary.contains("plan ") {
+        return 3;
+    }
+    PHASES.iter().position(|(_, agents)| agents.contains(&e.agent.as_str())).unwrap_or(PHASES.len() - 1)
+}
+
+pub fn page(run: &RunRow, events: &[AuditEvent], verification: &Verification, facts: &Facts) -> String {
+    let mut out = String::with_capacity(64 * 1024 + events.len() * 200);
+    let title = format!("agentctl run {}", run.run_id);
+    out.push_str(&format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\n{STYLE}</head><body>\n",
+        escape(&title)
+    ));
+    out.push_str(&format!("<h1>Audit of {}</h1>\n", escape(&title)));
+    summary(&mut out, run, events, verification, facts);
+    timeline(&mut out, events);
+    out.push_str(SCRIPT);
+    out.push_str("</body></html>\n");
+    out
+}
+
+fn summary(out: &mut String, run: &RunRow, events: &[AuditEvent], verification: &Verification, facts: &Facts) {
+    // A decision's own detail, beside its rationale.
+    let detail = |e: &AuditEvent| serde_json::from_str::<serde_json::Value>(&e.detail).map(|d| d["detail"].clone()).unwrap_or_default();
+    let approval = events.iter().find(|e| phase(e) == 3);
+    let hash = approval
+        .and_then(|e| detail(e)["hash"].as_str().map(str::to_owned))
+        .or_else(|| events.iter().find_map(|e| e.summary.split("(plan ").nth(1).map(|h| h.trim_end_matches(')').to_owned())));
+    let mut rows: Vec<(&str, String, &str)> = vec![
+        ("Goal", run.goal.clone().unwrap_or_else(|| "(none)".into()), ""),
+        ("Command", format!("agentctl {}", run.command), ""),
+        (
+            "Outcome",
+            format!("{}{}", run.outcome, run.outcome_detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()),
+            if run.outcome == "succeeded" { "good" } else { "bad" },
+        ),
+        (
+            "When",
+            format!(
+                "started {}{}",
+                run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                run.finished_at.map(|t| format!(", ended {}", t.format("%H:%M:%S UTC"))).unwrap_or_default()
+            ),
+            "",
+        ),
+        ("Plan", hash.unwrap_or_else(|| "(no plan)".into()), "mono"),
+    ];
+    rows.push(match approval {
+        Some(e) => {
+            let who = detail(e)["by"].as_str().map(|b| format!(" by {b}")).unwrap_or_default();
+            ("Approval", format!("{}{who} at {}", e.summary, e.at.format("%Y-%m-%d %H:%M:%S UTC")), "")
+        }
+        None => ("Approval", "none recorded (nothing was run on a plan)".into(), ""),
+    });
+    let (migrated, rejected, source): (i64, i64, i64) =
+        facts.entities.iter().fold((0, 0, 0), |(m, r, s), e| (m + e.migrated, r + e.rejected, s + e.source_rows));
+    if !facts.entities.is_empty() {
+        let accounted = if source == migrated + rejected { "every row accounted for" } else { "NOT every row accounted for" };
+        rows.push(("Rows", format!("{migrated} migrated and {rejected} rejected of {source} ({accounted})"), ""));
+        let validated = facts.entities.iter().filter(|e| e.validated == Some(true)).count();
+        let failed: Vec<&str> = facts.entities.iter().filter(|e| e.validated == Some(false)).map(|e| e.target_table.as_str()).collect();
+        rows.push((
+            "Validation",
+            match failed.is_empty() {
+                true => format!("{validated} of {} entities validated", facts.entities.len()),
+                false => format!("FAILED for {}; {validated} of {} validated", failed.join(", "), facts.entities.len()),
+            },
+            if failed.is_empty() { "good" } else { "bad" },
+        ));
+    }
+    let (calls, prompt, completion, cost) = facts.llm;
+    rows.push((
+        "Language model",
+        match calls {
+            0 => "not used".into(),
+            _ => format!(
+                "{calls} calls, {prompt} prompt and {completion} completion tokens{}",
+                cost.map(|c| format!(", about ${c:.4}")).unwrap_or_default()
+            ),
+        },
+        "",
+    ));
+    rows.push(match &verification.first_bad {
+        None => ("Audit chain", format!("intact: {} events, head {}", verification.events, verification.head_hash), "good mono"),
+        Some(b) => ("Audit chain", format!("BROKEN at {b}"), "bad"),
+    });
+    out.push_str("<section id=\"summary\"><table class=\"facts\">\n");
+    for (name, value, class) in &rows {
+        out.push_str(&format!("<tr><th>{name}</th><td class=\"{class}\">{}</td></tr>\n", escape(value)));
+    }
+    out.push_str("</table>\n");
+    if !facts.entities.is_empty() {
+        out.push_str("<h2>Entities</h2>\n<table><thead><tr><th>entity</th><th class=\"n\">source rows</th><th class=\"n\">migrated</th><th class=\"n\">rejected</th><th>validation</th></tr></thead><tbody>\n");
+        for e in facts.entities {
+            let (verdict, class) = match e.validated {
+                Some(true) => ("passed", "good"),
+                Some(false) => ("FAILED", "bad"),
+                None => ("not validated", ""),
+            };
+            out.push_str(&format!(
+                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n{}\">{}</td><td class=\"{class}\">{verdict}</td></tr>\n",
+                escape(&e.target_table),
+                e.source_rows,
+                e.migrated,
+                if e.rejected > 0 { " reject" } else { "" },
+                e.rejected
+            ));
+        }
+        out.push_str("</tbody></table>\n");
+    }
+    if !facts.rejections.is_empty() {
+        out.push_str("<h2>Rejections, by reason</h2>\n<table class=\"rejections\"><thead><tr><th>table</th><th>rule</th><th class=\"n\">rows</th><th>example reason</th><th>example keys</th></tr></thead><tbody>\n");
+        for g in facts.rejections {
+            out.push_str(&format!(
+                "<tr class=\"reject\"><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>\n",
+                escape(&g.source_table),
+                escape(&g.rule),
+                g.count,
+                escape(&g.example_reason),
+                escape(&g.example_keys.join(", "))
+            ));
+        }
+        out.push_str("</tbody></table>\n");
+    }
+    out.push_str("</section>\n");
+}
+
+fn timeline(out: &mut String, events: &[AuditEvent]) {
+    out.push_str("<h2>Timeline, by phase</h2>\n<p class=\"filters\">Agent <select id=\"agent\"><option value=\"\">all</option></select> Kind <select id=\"kind\"><option value=\"\">all</option></select></p>\n");
+    for (i, (name, _)) in PHASES.iter().enumerate() {
+        let in_phase: Vec<&AuditEvent> = events.iter().filter(|e| phase(e) == i).collect();
+        if in_phase.is_empty() {
+            continue;
+        }
+        // The coordination between agents is noise to most readers: closed until opened.
+        let open = if i == PHASES.len() - 1 { "" } else { " open" };
+        out.push_str(&format!(
+            "<details class=\"phase\"{open}><summary>{name} <span class=\"count\">({} events)</span></summary>\n<table><tbody>\n",
+            in_phase.len()
+        ));
+        for e in in_phase {
+            let reject = e.summary.contains("reject") && !e.summary.contains(" 0 rejected") && !e.summary.contains(" 0 will be rejected");
+            let class = format!("{}{}", e.kind, if reject { " reject" } else { "" });
+            let why = (e.kind == "decision")
+                .then(|| serde_json::from_str::<serde_json::Value>(&e.detail).ok())
+                .flatten()
+                .and_then(|d| d["rationale"].as_str().map(|r| format!("<div class=\"why\">why: {}</div>", escape(r))))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "<tr class=\"{class}\" data-agent=\"{agent}\" data-kind=\"{kind}\"><td class=\"n\">{}</td><td>{}</td><td>{agent}</td><td>{kind}</td><td>{}{why}</td></tr>\n",
+                e.seq,
+                e.at.format("%H:%M:%S%.3f"),
+                escape(&e.summary),
+                agent = escape(&e.agent),
+                kind = escape(&e.kind),
+            ));
+        }
+        out.push_str("</tbody></table></details>\n");
+    }
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-const TEMPLATE: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{{title}}</title>
-<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
-h1{font-size:1.3em}.verdict{font-family:monospace}
-table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:4px 6px;vertical-align:top;text-align:left}
+const STYLE: &str = r#"<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:80em}
+h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.5em}
+table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:3px 6px;vertical-align:top;text-align:left}
+table.facts th{width:11em;color:#555}.n{text-align:right;font-variant-numeric:tabular-nums}
+.mono{font-family:monospace;word-break:break-all}.good{color:#176b2c}.bad{color:#a01616;font-weight:bold}
 .decision{background:#f4f8ff}.error{background:#fff2f2}.why{color:#345;font-style:italic}
-pre{white-space:pre-wrap;margin:0;font-size:12px;max-height:18em;overflow:auto}
-</style></head><body>
-<h1>{{title}}</h1><p>{{summary}}</p><p class="verdict">{{verdict}}</p>
-<p>Agent <select id="agent"><option value="">all</option></select>
-Kind <select id="kind"><option value="">all</option></select></p>
-<table><thead><tr><th>#</th><th>time</th><th>agent</th><th>kind</th><th>what</th></tr></thead><tbody id="rows"></tbody></table>
-<script id="events" type="application/json">{{data}}</script>
-<script>
-const events = JSON.parse(document.getElementById('events').textContent);
-const fill = (id, key) => { const s = document.getElementById(id);
-  [...new Set(events.map(e => e[key]))].sort().forEach(v => { const o = document.createElement('option'); o.value = o.textContent = v; s.appendChild(o); });
-  s.onchange = render; };
-function cell(tr, text) { const td = document.createElement('td'); td.textContent = text; tr.appendChild(td); return td; }
-function render() {
+.reject{background:#fff4e5}td.reject{font-weight:bold;color:#8a4b00}
+details.phase{margin:.6em 0}details.phase>summary{font-weight:bold;cursor:pointer}.count{font-weight:normal;color:#777}
+</style>
+"#;
+
+/// Fills the filters from the rows and hides the rows they leave out; the page reads the same
+/// without it.
+const SCRIPT: &str = r#"<script>
+const rows = [...document.querySelectorAll('tr[data-agent]')];
+const fill = (id) => { const s = document.getElementById(id);
+  [...new Set(rows.map(r => r.dataset[id]))].sort().forEach(v => { const o = document.createElement('option'); o.value = o.textContent = v; s.appendChild(o); });
+  s.onchange = filter; };
+function filter() {
   const a = document.getElementById('agent').value, k = document.getElementById('kind').value;
-  const body = document.getElementById('rows'); body.textContent = '';
-  for (const e of events) {
-    if ((a && e.agent !== a) || (k && e.kind !== k)) continue;
-    const tr = document.createElement('tr'); tr.className = e.kind;
-    cell(tr, e.seq); cell(tr, e.at); cell(tr, e.agent); cell(tr, e.kind);
-    const what = cell(tr, e.summary);
-    if (e.kind === 'decision' && e.detail && e.detail.rationale) {
-      const p = document.createElement('div'); p.className = 'why'; p.textContent = 'why: ' + e.detail.rationale; what.appendChild(p); }
-    const d = document.createElement('details'), s = document.createElement('summary'), pre = document.createElement('pre');
-    s.textContent = 'detail'; pre.textContent = JSON.stringify(e.detail, null, 2); d.appendChild(s); d.appendChild(pre); what.appendChild(d);
-    body.appendChild(tr);
-  }
+  for (const r of rows) r.hidden = (a && r.dataset.agent !== a) || (k && r.dataset.kind !== k);
 }
-fill('agent', 'agent'); fill('kind', 'kind'); render();
-</script></body></html>
+fill('agent'); fill('kind');
+</script>
 "#;
 
 #[cfg(test)]
 mod tests {
-    use super::embedded;
+    use super::escape;
 
     #[test]
-    fn embedded_json_holds_nothing_a_parser_reads_as_markup_and_parses_back() {
-        let value = serde_json::json!({"summary": "table <!--<script> and </script><b>&amp;</b>"});
-        let text = embedded(&value);
-        assert!(!text.contains(['<', '>', '&']), "{text}");
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), value);
+    fn markup_in_a_value_is_text() {
+        assert_eq!(escape("table <!--<script> & \"x\" 'y'"), "table &lt;!--&lt;script&gt; &amp; &quot;x&quot; &#39;y&#39;");
     }
 }

@@ -297,6 +297,15 @@ pub fn print_results(results: &[agents::execution::EntityResult], left_out: &[ru
     println!("{whose} is accounted for: {read} = {migrated} migrated + {rejected} rejected (agentctl.rejected_rows, run {run_id})");
 }
 
+/// Who approves: the operating system's user running agentctl.
+fn operator() -> String {
+    let named = ["USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|n| !n.is_empty()));
+    named.unwrap_or_else(|| {
+        let uid = nix::unistd::getuid();
+        nix::unistd::User::from_uid(uid).ok().flatten().map_or_else(|| format!("uid {uid}"), |u| u.name)
+    })
+}
+
 /// Asks the operator to approve the plan, unless `--yes` or `--approve HASH`; refuses without a
 /// terminal. An approval given by hash holds only for that exact plan.
 async fn approve(session: &Session, outcome: &PlanOutcome, yes: bool, approved: Option<&str>) -> Result<(), Exit> {
@@ -307,7 +316,7 @@ async fn approve(session: &Session, outcome: &PlanOutcome, yes: bool, approved: 
             session.operator_decision(
                 format!("approved plan {short} by its hash"),
                 "the hash given with --approve is this plan's",
-                json!({"hash": outcome.hash}),
+                json!({"hash": outcome.hash, "by": operator()}),
             );
             return Ok(());
         }
@@ -324,7 +333,7 @@ async fn approve(session: &Session, outcome: &PlanOutcome, yes: bool, approved: 
         session.operator_decision(
             format!("approved plan {short} with --yes"),
             "the operator approved in advance on the command line",
-            json!({"hash": outcome.hash}),
+            json!({"hash": outcome.hash, "by": operator()}),
         );
         return Ok(());
     }
@@ -351,7 +360,7 @@ async fn approve(session: &Session, outcome: &PlanOutcome, yes: bool, approved: 
         session.operator_decision(
             format!("approved plan {short}"),
             "the operator answered yes at the prompt",
-            json!({"hash": outcome.hash}),
+            json!({"hash": outcome.hash, "by": operator()}),
         );
         Ok(())
     } else {

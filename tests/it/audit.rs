@@ -73,11 +73,63 @@ fn a_plan_leaves_a_complete_trail_that_verifies() {
     let lines: Vec<Value> = out.stdout.lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect();
     assert_eq!(lines.len().to_string(), pg.psql(&db, &format!("SELECT count(*) FROM agentctl.audit_events WHERE run_id = '{run}'")));
     let out = agentctl(&["--target", &target, "audit", "export", &run, "--format", "html"]);
-    assert!(
-        out.stdout.starts_with("<!doctype html>") && out.stdout.contains("chain intact"),
-        "{}",
-        &out.stdout[..200.min(out.stdout.len())]
-    );
+    assert!(out.stdout.starts_with("<!doctype html>") && out.stdout.contains("intact: "), "{}", &out.stdout[..200.min(out.stdout.len())]);
+}
+
+/// The audit page of a migration with rejections, read in a real browser with JavaScript off:
+/// its first screen is the summary (goal, plan, approval, outcome, rows, validation, model,
+/// chain), every event is on the page grouped by phase, and the rejections stand out.
+#[test]
+fn the_audit_page_reads_in_a_browser_with_javascript_off() {
+    let Some(chromium) = tests::chromium() else { return };
+    let pg = shared();
+    let (source, target, _) = pg.reference_pair("0.005");
+    let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let db = target.rsplit('/').next().unwrap();
+    let run = pg.psql(db, "SELECT run_id FROM agentctl.runs WHERE command = 'run'");
+    let html = agentctl(&["--target", &target, "audit", "export", &run, "--format", "html"]);
+    assert_eq!(html.code, 0, "{html:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("audit.html");
+    std::fs::write(&page, &html.stdout).unwrap();
+    let url = format!("file://{}", page.display());
+    let browse = |args: &[&str]| {
+        let out = std::process::Command::new(&chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-javascript"])
+            .args(args)
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = browse(&["--dump-dom"]);
+    let approval =
+        pg.psql(db, &format!("SELECT summary FROM agentctl.audit_events WHERE run_id = '{run}' AND summary LIKE 'approved plan %'"));
+    let rejected = pg.psql(db, &format!("SELECT count(*) FROM agentctl.rejected_rows WHERE run_id = '{run}'"));
+    for said in [
+        "<th>Goal</th><td class=\"\">migrate everything</td>".to_owned(),
+        format!("<th>Approval</th><td class=\"\">{approval} by "),
+        "<th>Outcome</th><td class=\"good\">succeeded</td>".to_owned(),
+        format!(" migrated and {rejected} rejected of "),
+        "every row accounted for".to_owned(),
+        "<th>Audit chain</th><td class=\"good mono\">intact: ".to_owned(),
+        "<tr class=\"reject\">".to_owned(),
+    ] {
+        assert!(dom.contains(&said), "the page says {said}");
+    }
+    // The summary comes before the timeline, and every event is in the timeline.
+    assert!(dom.find("Audit chain").unwrap() < dom.find("Timeline, by phase").unwrap());
+    let events = pg.psql(db, &format!("SELECT count(*) FROM agentctl.audit_events WHERE run_id = '{run}'"));
+    assert_eq!(dom.matches(" data-agent=").count().to_string(), events, "every event is rendered in the HTML");
+    for phase in ["Analysis", "Mapping", "Planning", "Approval", "Execution", "Validation"] {
+        assert!(dom.contains(&format!("<summary>{phase} <span")), "the {phase} phase");
+    }
+    // A screenshot of the first screen: a page was drawn.
+    let shot = dir.path().join("audit.png");
+    browse(&[&format!("--screenshot={}", shot.display()), "--window-size=1280,1000"]);
+    assert!(std::fs::metadata(&shot).unwrap().len() > 20_000, "the screenshot shows a page");
 }
 
 #[test]
