@@ -23,18 +23,6 @@ use crate::plan_run::{end, mapping_file, print_results};
 use crate::print_json;
 use crate::session::{llm as configured_llm, Connections, Session, SessionOptions};
 
-const HELP: &str = "You can say, for example:
-  migrate the doctors and everything they need      (asks before it changes anything)
-  how is it going?
-  why did some orders fail?
-  show me a failed payment
-  undo the doctors                                   (asks before it deletes anything)
-  what did the planning agent decide and why?
-  profile the customers                              (what the data looks like)
-  what changed since the last sync?                  (in the old system; changes nothing)
-  sync the orders                                    (asks before it changes anything)
-  exit";
-
 /// How long a question may take before the operator is told it did not work.
 const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -229,6 +217,127 @@ impl Chat<'_> {
         }
     }
 
+    /// Three of this database's tables, in the new system's words, for examples.
+    fn examples(&self) -> [String; 3] {
+        let mut names = self.entities.iter().skip(1).step_by(2).map(|n| n.replace('_', " "));
+        let mut next = |fallback: &str| names.next().unwrap_or_else(|| fallback.to_owned());
+        [next("customers"), next("orders"), next("payments")]
+    }
+
+    /// What the operator can say, with this database's own tables.
+    fn help(&self) -> String {
+        let [a, b, c] = self.examples();
+        let lines = [
+            ("what is in the old database?".to_owned(), "(or the new one)"),
+            (format!("how many {a} are there?"), ""),
+            (format!("migrate the {b} and everything they need"), "(asks before it changes anything)"),
+            ("how is it going?  /  how did it go?  /  is everything safe?".to_owned(), ""),
+            (format!("why did some {c} fail?"), ""),
+            (format!("show me a failed row of {c}"), ""),
+            (format!("undo the {b}"), "(asks before it deletes anything)"),
+            ("what did the planning agent decide and why?".to_owned(), ""),
+            (format!("profile the {a}"), "(what the data looks like)"),
+            ("what changed since the last sync?".to_owned(), "(in the old system; changes nothing)"),
+            (format!("sync the {c}"), "(asks before it changes anything)"),
+            ("exit".to_owned(), ""),
+        ];
+        let width = lines.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0);
+        let body: Vec<String> = lines.iter().map(|(l, note)| format!("  {l:<width$}  {note}").trim_end().to_owned()).collect();
+        format!("You can say, for example:\n{}", body.join("\n"))
+    }
+
+    /// The tables of one database, each with its rows counted.
+    async fn tables(&self, new: bool) -> Result<(), Exit> {
+        let side = if new { runtime::config::DbRole::Target } else { runtime::config::DbRole::Source };
+        let report = self.session.analyze(side, true).await.map_err(Exit::agent)?;
+        let tables: Vec<String> =
+            report.tables.iter().map(|t| format!("{} ({} rows)", t.name, t.exact_rows.unwrap_or(t.estimated_rows))).collect();
+        let rows: i64 = report.tables.iter().map(|t| t.exact_rows.unwrap_or(t.estimated_rows)).sum();
+        println!(
+            "The {} database ({}) holds {} tables, {rows} rows in all: {}.",
+            if new { "new" } else { "old" },
+            report.database,
+            tables.len(),
+            tables.join(", ")
+        );
+        Ok(())
+    }
+
+    /// How many rows one table has, in the old database and in the new one, counted now.
+    async fn count(&self, entity: &str) -> Result<(), Exit> {
+        let pair = self.entities.chunks(2).find(|pair| pair.iter().any(|name| names_match(entity, name)));
+        let Some([old, new]) = pair else {
+            let [a, b, c] = self.examples();
+            let which = if entity.is_empty() { "Of which table?".to_owned() } else { format!("I know no table called {entity}.") };
+            println!("{which} For example: how many {a}, {b} or {c} are there?");
+            return Ok(());
+        };
+        let counted = |report: &runtime::domain::SchemaReport, name: &str| {
+            report.tables.iter().find(|t| t.name.name == name).map(|t| t.exact_rows.unwrap_or(t.estimated_rows))
+        };
+        let source = self.session.analyze(runtime::config::DbRole::Source, true).await.map_err(Exit::agent)?;
+        let target = self.session.analyze(runtime::config::DbRole::Target, true).await.map_err(Exit::agent)?;
+        match (counted(&source, old), counted(&target, new)) {
+            (Some(o), Some(n)) => {
+                println!("The old database has {o} {} (table {old}); the new one has {n} (table {new}).", new.replace('_', " "))
+            }
+            (Some(o), None) => {
+                println!("The old database has {o} {} (table {old}); the new one has no table for them yet.", old.replace('_', " "))
+            }
+            _ => println!("The old database has no table {old}."),
+        }
+        Ok(())
+    }
+
+    /// How the last migration ended; with `safety`, said as whether anything was lost.
+    async fn outcome(&self, safety: bool) -> Result<(), Exit> {
+        let Some(run) = self.run_in_question().await? else {
+            println!("Nothing has been moved yet, so nothing can have been lost: the old database is as it was.");
+            return Ok(());
+        };
+        let row = self.store.find_run(Some(&run.to_string())).await.map_err(Exit::failed)?;
+        let entities = self.store.report(run).await.map_err(Exit::failed)?;
+        let (migrated, rejected, source) =
+            entities.iter().fold((0, 0, 0), |(m, r, s), e| (m + e.migrated, r + e.rejected, s + e.source_rows));
+        let validated = entities.iter().filter(|e| e.validated == Some(true)).count();
+        let failed: Vec<&str> = entities.iter().filter(|e| e.validated == Some(false)).map(|e| e.target_table.as_str()).collect();
+        let events = self.store.events(run, &EventFilter::default()).await.map_err(Exit::failed)?;
+        let head = self.store.chain_head(run).await.map_err(Exit::failed)?;
+        let chain = runtime::audit::verify_chain(run, &events, &head);
+        let accounted = source == migrated + rejected;
+        let whole = accounted && failed.is_empty() && chain.first_bad.is_none() && row.outcome == "succeeded";
+        if safety {
+            println!(
+                "{} Of the {source} rows of the old system, {migrated} are in the new one and {rejected} were set aside, each with its reason ({}).",
+                if whole { "Yes." } else { "Not yet." },
+                if accounted { "every row is accounted for" } else { "some rows are NOT accounted for" }
+            );
+        } else {
+            println!(
+                "The last migration ({}, run {run}) {}: {migrated} rows moved, {rejected} set aside with their reasons, of {source}{}.",
+                row.started_at.format("%Y-%m-%d %H:%M"),
+                row.outcome,
+                if accounted { "; every row is accounted for" } else { "; some rows are NOT accounted for" }
+            );
+        }
+        match failed.is_empty() {
+            true => println!("The new system was checked against the old one, row by row: {validated} of {} tables match.", entities.len()),
+            false => println!(
+                "The check against the old system FAILED for {}; {validated} of {} tables match.",
+                failed.join(", "),
+                entities.len()
+            ),
+        }
+        match &chain.first_bad {
+            None => println!("The record of everything that was done is intact ({} entries, verified just now).", chain.events),
+            Some(b) => println!("The record of what was done is NOT intact: {b}."),
+        }
+        if let Some(how) = self.interrupted(run).await? {
+            println!("{}", interrupted_note(&how));
+        }
+        Ok(())
+    }
+
     /// For a migration whose program was stopped before it ended, the command that finishes it.
     async fn interrupted(&self, run: RunId) -> Result<Option<String>, Exit> {
         let row = self.store.find_run(Some(&run.to_string())).await.map_err(Exit::failed)?;
@@ -266,7 +375,7 @@ impl Chat<'_> {
         let answered =
             agents::llm::ask_text(&self.session.ctx, llm, runtime::AgentName::Guidance, "answer", &system, question, Some(&mut show)).await;
         println!();
-        answered.map(|_| ()).map_err(|why| Exit::failed(format!("the model did not answer ({why}). {HELP}")))
+        answered.map(|_| ()).map_err(|why| Exit::failed(format!("the model did not answer ({why}). {}", self.help())))
     }
 
     /// Carries out what changes data (after a yes); everything else is [`Chat::answer`].
@@ -443,11 +552,32 @@ impl Chat<'_> {
             return Ok(());
         }
         let Some(_writing) = self.writer_lock().await? else { return Ok(()) };
-        let done = self.session.rollback(self.goal(goal, true)).await.map_err(Exit::agent)?;
-        for d in &done {
-            println!("  {}: {} rows deleted, {} kept", d.target.name, d.deleted, d.kept);
+        let mut goal = goal.to_owned();
+        // Rows of another table that still point at these: offered as a question, not a flag.
+        loop {
+            match self.session.rollback(self.goal(&goal, true)).await {
+                Ok(done) => {
+                    for d in &done {
+                        println!("  {}: {} rows deleted, {} kept", d.target.name, d.deleted, d.kept);
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    let Some(child) = e.message.split("rows of ").nth(1).and_then(|r| r.split(" still reference them").next()) else {
+                        return Err(Exit::agent(e));
+                    };
+                    let child = child.rsplit('.').next().unwrap_or(child).to_owned();
+                    let question = format!(
+                        "The {child} in the new system still point at these {goal}, so I deleted nothing. Undo the {child} too? Type yes to go ahead."
+                    );
+                    if !self.confirm(lines, &question).await {
+                        println!("All right, nothing was deleted.");
+                        return Ok(());
+                    }
+                    goal = format!("{goal}, {child}");
+                }
+            }
         }
-        Ok(())
     }
 
     /// The target's writer lock for one action that changes data, taken after the operator's
@@ -468,12 +598,21 @@ impl Chat<'_> {
     async fn answer(&self, intent: &Intent, question: &str) -> Result<(), Exit> {
         match intent {
             Intent::Help | Intent::Exit | Intent::Migrate { .. } | Intent::Undo { .. } | Intent::Sync { .. } | Intent::Changes { .. } => {
-                println!("{HELP}")
+                println!("{}", self.help())
             }
             Intent::Unknown => match &self.llm {
-                None => println!("I did not understand that. {HELP}"),
+                None => {
+                    let [a, _, c] = self.examples();
+                    println!(
+                        "I'm not sure what you mean. Do you want to know how the migration went, what the old database holds, how many {a} there are, or why some {c} were not moved? Say `help` for everything I can do."
+                    );
+                }
                 Some(llm) => self.answer_in_words(llm.as_ref(), question).await?,
             },
+            Intent::Tables { new } => self.tables(*new).await?,
+            Intent::Count { entity } => self.count(entity).await?,
+            Intent::Outcome => self.outcome(false).await?,
+            Intent::Safety => self.outcome(true).await?,
             Intent::Profile { table, question } => {
                 let Some(table) = table.clone() else {
                     println!("Which table? For example: profile the customers.");
@@ -585,10 +724,14 @@ fn interrupted_note(how: &str) -> String {
     )
 }
 
+/// Whether the operator's word names the table: its name in any spelling the goals take
+/// (singular, plural, without the `dispatch_` prefix), or one slip of the keyboard from it.
 fn names_match(word: &str, table: &str) -> bool {
     let table = table.rsplit('.').next().unwrap_or(table);
     let key = agents::planning::entity_key(word);
-    key == agents::planning::entity_key(table) || key == agents::planning::entity_key(table.trim_start_matches("dispatch_"))
+    [agents::planning::entity_key(table), agents::planning::entity_key(table.trim_start_matches("dispatch_"))]
+        .iter()
+        .any(|k| *k == key || (key.len() >= 5 && agents::guidance::edits(&key, k) <= if key.len() >= 8 { 2 } else { 1 }))
 }
 
 /// What an operator can do about a kind of rejection.

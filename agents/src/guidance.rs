@@ -254,6 +254,18 @@ pub enum Intent {
     Decisions {
         agent: Option<String>,
     },
+    /// What tables a database holds, with their rows: the old one, or the new one.
+    Tables {
+        new: bool,
+    },
+    /// How many rows of one table there are, in both databases.
+    Count {
+        entity: String,
+    },
+    /// How the last migration ended: rows moved and set aside, its validation.
+    Outcome,
+    /// Whether anything was lost: every row accounted for, validated, the trail intact.
+    Safety,
     Help,
     Exit,
     /// Not understood.
@@ -262,9 +274,12 @@ pub enum Intent {
 
 /// The offline intent parser: the common phrasings, by their words.
 pub fn parse_intent(text: &str) -> Intent {
-    let t = text.trim().to_lowercase();
+    let t = text.trim().to_lowercase().replace("what's", "what is").replace("how's", "how is").replace('\u{2019}', "'");
     let t = t.trim_end_matches(['?', '!', '.']).trim();
-    let words: Vec<&str> = t.split(|c: char| !c.is_alphanumeric() && c != '_').filter(|w| !w.is_empty()).collect();
+    // Each word as typed, or the word it is a slip of the keyboard for.
+    let words: Vec<&str> = t.split(|c: char| !c.is_alphanumeric() && c != '_').filter(|w| !w.is_empty()).map(corrected).collect();
+    let t = words.join(" ");
+    let t = t.as_str();
     let has = |w: &str| words.contains(&w);
     let after = |keys: &[&str]| -> Option<String> {
         let i = words.iter().position(|w| keys.contains(w))?;
@@ -301,10 +316,47 @@ pub fn parse_intent(text: &str) -> Intent {
             })
             .filter(|s| !s.is_empty())
     };
+    let greeting = words.first().is_some_and(|w| matches!(*w, "hi" | "hello" | "hey" | "hiya" | "morning" | "afternoon"));
     match () {
         _ if t.is_empty() => Intent::Unknown,
-        _ if matches!(t, "exit" | "quit" | "bye" | "q") => Intent::Exit,
-        _ if matches!(t, "help" | "?" | "what can you do" | "what can i ask") => Intent::Help,
+        _ if matches!(t, "exit" | "quit" | "bye" | "q" | "goodbye") => Intent::Exit,
+        _ if matches!(t, "help" | "?" | "what can you do" | "what can i ask")
+            || t.contains("what can you do")
+            || t.contains("what can i") =>
+        {
+            Intent::Help
+        }
+        _ if greeting && words.len() <= 3 => Intent::Help,
+        _ if has("how") && has("many") && !has("failed") && !has("rejected") => {
+            Intent::Count { entity: entity_after(&["many"]).map(|e| strip_filler(&e)).unwrap_or_default() }
+        }
+        _ if (has("number") && has("of")) || has("count") => {
+            Intent::Count { entity: entity_after(&["of", "count"]).map(|e| strip_filler(&e)).unwrap_or_default() }
+        }
+        _ if (has("safe") || has("lost") || has("lose") || has("trust") || has("intact") || has("complete"))
+            || (has("anything") && has("missing"))
+            || (has("data") && (has("ok") || has("okay") || has("correct") || has("right"))) =>
+        {
+            Intent::Safety
+        }
+        _ if (has("did") && (has("go") || has("work") || has("succeed")))
+            || has("successful")
+            || has("result")
+            || has("results")
+            || has("outcome")
+            || has("summary") =>
+        {
+            Intent::Outcome
+        }
+        _ if (has("what") || has("which") || has("list") || has("show"))
+            && (has("tables") || has("database") || has("system") || has("data"))
+            && !has("changed")
+            && !has("changes")
+            && !has("decide")
+            && !has("decided") =>
+        {
+            Intent::Tables { new: has("new") || has("modern") || has("target") }
+        }
         _ if has("why") && (has("decide") || has("decided") || has("before") || has("first") || has("order")) => Intent::Decisions {
             agent: words.iter().find(|w| ["planning", "execution", "validation", "mapping"].contains(w)).map(|w| w.to_string()),
         },
@@ -356,6 +408,98 @@ pub fn parse_intent(text: &str) -> Intent {
     }
 }
 
+/// The keywords a slip of the keyboard is taken back to: one letter off, or two in a long word.
+const KEYWORDS: [&str; 26] = [
+    "migrate",
+    "status",
+    "progress",
+    "failed",
+    "rejected",
+    "profile",
+    "rollback",
+    "changes",
+    "changed",
+    "decide",
+    "decided",
+    "decision",
+    "decisions",
+    "synchronize",
+    "tables",
+    "database",
+    "safe",
+    "many",
+    "example",
+    "show",
+    "everything",
+    "migration",
+    "successful",
+    "results",
+    "happened",
+    "statistics",
+];
+
+fn corrected(word: &str) -> &str {
+    if word.len() < 4 || KEYWORDS.contains(&word) {
+        return word;
+    }
+    let allowed = if word.len() >= 8 { 2 } else { 1 };
+    KEYWORDS.iter().copied().find(|k| k.len().abs_diff(word.len()) <= allowed && edits(word, k) <= allowed).unwrap_or(word)
+}
+
+/// The edit distance between two words (insertions, deletions, substitutions, swaps).
+pub fn edits(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// "patients do we have in the old system" → "patients".
+fn strip_filler(s: &str) -> String {
+    s.split(' ')
+        .filter(|w| {
+            !matches!(
+                *w,
+                "do" | "we"
+                    | "have"
+                    | "are"
+                    | "there"
+                    | "in"
+                    | "is"
+                    | "old"
+                    | "new"
+                    | "database"
+                    | "system"
+                    | "total"
+                    | "now"
+                    | "got"
+                    | "does"
+                    | "it"
+                    | "hold"
+                    | "table"
+                    | "rows"
+                    | "records"
+                    | "of"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `Intent::Changes` of the tables named, without the words around them.
 fn changes(named: String) -> Intent {
     let goal: Vec<&str> =
@@ -373,7 +517,20 @@ fn strip_leading(s: &str) -> String {
 pub async fn understand(ctx: &RunContext, llm: Option<&dyn runtime::ports::Llm>, text: &str, entities: &[String]) -> Intent {
     let offline = parse_intent(text);
     let Some(llm) = llm else { return offline };
-    if offline != Intent::Unknown {
+    // "How many" of something that is no table ("in how many countries are our customers?") is
+    // a question about the data: the model's to read.
+    let counts_a_table = |entity: &str| {
+        let key = crate::planning::entity_key(entity);
+        entities
+            .iter()
+            .any(|e| crate::planning::entity_key(e.trim_start_matches("dispatch_")) == key || crate::planning::entity_key(e) == key)
+    };
+    let settled = match &offline {
+        Intent::Unknown => false,
+        Intent::Count { entity } => counts_a_table(entity),
+        _ => true,
+    };
+    if settled {
         return offline;
     }
     let system = match prompts::fill(prompts::INTENT, &[("entities", &entities.join(", "))]) {
@@ -438,6 +595,19 @@ mod intent_tests {
             ("exit", Intent::Exit),
             ("quit", Intent::Exit),
             ("the weather is nice", Intent::Unknown),
+            ("hi, what can you do?", Intent::Help),
+            ("hello", Intent::Help),
+            ("what's in the old database?", Intent::Tables { new: false }),
+            ("which tables are in the new system", Intent::Tables { new: true }),
+            ("how many patients do we have?", Intent::Count { entity: "patients".into() }),
+            ("how many pateints are there in the new database", Intent::Count { entity: "pateints".into() }),
+            ("number of doctors", Intent::Count { entity: "doctors".into() }),
+            ("how did it go?", Intent::Outcome),
+            ("did the migartion work", Intent::Outcome),
+            ("is everything safe?", Intent::Safety),
+            ("did we lose anything", Intent::Safety),
+            ("stauts", Intent::Status),
+            ("why did some ordres fail", Intent::WhyFailed { entity: Some("ordres".into()) }),
             ("migrate", Intent::Unknown),
         ];
         for (text, want) in cases {

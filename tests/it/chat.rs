@@ -79,9 +79,10 @@ impl Conversation {
     /// Closes stdin (Ctrl-D) and waits for the goodbye.
     fn end(mut self) -> (i32, String) {
         drop(self.stdin.take());
-        let rest = self.until("Goodbye.");
+        // The transcript holds every line, these last ones too.
+        self.until("Goodbye.");
         let code = self.child.wait().unwrap().code().unwrap_or(-1);
-        (code, self.transcript + &rest)
+        (code, self.transcript)
     }
 }
 
@@ -129,6 +130,16 @@ fn an_operator_migrates_asks_why_rows_failed_and_undoes_it_in_plain_words() {
     assert_eq!(code, 0, "{said}");
     assert!(said.contains(&format!("orders: {migrated} rows deleted")), "{said}");
     assert_eq!(pg.psql(&db, "SELECT count(*) FROM orders"), "0");
+    // Undoing doctors that patients still point at: offered as a question in plain words.
+    let (code, said) = converse(&source, &target, &["undo the doctors", "yes", "yes", "bye"]);
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains("The patients in the new system still point at these doctors, so I deleted nothing. Undo the patients too?"),
+        "{said}"
+    );
+    assert!(!said.contains("--all"), "no flags for an office manager: {said}");
+    assert!(said.contains("  patients: ") && said.contains("  doctors: "), "{said}");
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM doctors") + &pg.psql(&db, "SELECT count(*) FROM patients"), "00");
     let approvals =
         pg.psql(&db, "SELECT count(*) FROM agentctl.audit_events WHERE kind = 'decision' AND summary LIKE 'approved plan % in the chat'");
     assert_eq!(approvals, "1", "the yes is in the audit trail");
@@ -177,8 +188,11 @@ fn with_a_model_the_guidance_agent_understands_what_the_parser_does_not() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    writeln!(child.stdin.as_mut().unwrap(), "could you bring across the physicians\nno\nwill my data be safe over the weekend\nexit")
-        .unwrap();
+    writeln!(
+        child.stdin.as_mut().unwrap(),
+        "could you bring across the physicians\nno\nwhat should I tell my team before the weekend\nexit"
+    )
+    .unwrap();
     let out = child.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{said}");
@@ -264,4 +278,64 @@ fn the_chat_changes_nothing_while_another_run_writes() {
     assert!(transcript.contains("I cannot change anything now: another agentctl writes to this target (run "), "{transcript}");
     assert!(run.wait().unwrap().success(), "the run that held the target finished");
     assert_eq!(pg.psql(&db, "SELECT count(*) FROM agentctl.runs WHERE command = 'run'"), "1");
+}
+
+/// An office manager's plain questions after a migration (`tests/corpus/chat/office-manager.txt`,
+/// misspellings included), answered offline: none gets "I'm not sure", and the figures are the
+/// databases' own, counted here.
+#[test]
+fn an_office_managers_plain_questions_are_answered_with_the_databases_figures() {
+    let pg = shared();
+    let (source, target, _) = pg.reference_pair("0.005");
+    let out = tests::agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let (s, t) = (source.rsplit('/').next().unwrap().to_owned(), target.rsplit('/').next().unwrap().to_owned());
+    let questions =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/chat/office-manager.txt")).unwrap();
+    let questions: Vec<&str> = questions.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(questions.len() >= 30, "at least 30 questions");
+    let (code, said) = converse(&source, &target, &questions);
+    assert_eq!(code, 0, "{said}");
+    for unsure in ["I'm not sure", "I did not understand"] {
+        assert!(!said.contains(unsure), "every question is understood: {said}");
+    }
+    let count = |db: &str, sql: &str| pg.psql(db, sql);
+    let (patients, doctors) = (count(&s, "SELECT count(*) FROM dispatch_patient"), count(&s, "SELECT count(*) FROM dispatch_doctor"));
+    for answer in [
+        format!(
+            "The old database has {patients} patients (table dispatch_patient); the new one has {} (table patients).",
+            count(&t, "SELECT count(*) FROM patients")
+        ),
+        format!(
+            "The old database has {doctors} doctors (table dispatch_doctor); the new one has {} (table doctors).",
+            count(&t, "SELECT count(*) FROM doctors")
+        ),
+    ] {
+        assert_eq!(said.matches(&answer).count(), if answer.contains("patients") { 2 } else { 1 }, "{answer}\n{said}");
+    }
+    let tables = count(&s, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'");
+    assert!(said.contains(&format!("The old database ({}) holds {tables} tables", source.rsplit('@').next().unwrap())), "{said}");
+    // The target was empty: every row in it was migrated.
+    let migrated: i64 = count(&t, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        .lines()
+        .map(|table| count(&t, &format!("SELECT count(*) FROM \"{table}\"")).parse::<i64>().unwrap())
+        .sum();
+    let rejected: i64 = count(&t, "SELECT count(*) FROM agentctl.rejected_rows").parse().unwrap();
+    assert_eq!(said.matches(&format!("succeeded: {migrated} rows moved, {rejected} set aside with their reasons")).count(), 3, "{said}");
+    assert_eq!(
+        said.matches(&format!(
+            "Yes. Of the {} rows of the old system, {migrated} are in the new one and {rejected} were set aside",
+            migrated + rejected
+        ))
+        .count(),
+        3,
+        "{said}"
+    );
+    // Why orders failed, twice (once misspelled): each reason with the rows the target holds for it.
+    for line in count(&t, "SELECT count(*) || ' rows of dispatch_order were not moved: ' || min(reason) FROM agentctl.rejected_rows WHERE source_table = 'dispatch_order' GROUP BY rule").lines() {
+        let (n, rest) = line.split_once(' ').unwrap();
+        let said_line = format!("{n} {rest}");
+        assert_eq!(said.matches(said_line.split(" (for example").next().unwrap()).count(), 2, "{said_line}\n{said}");
+    }
+    assert!(said.contains("I know no table called unicorns"), "{said}");
 }
