@@ -374,11 +374,25 @@ async fn approve(session: &Session, outcome: &PlanOutcome, yes: bool, approved: 
 }
 
 pub async fn analyze(config: &Config, opts: AnalyzeOpts) -> Result<(), Exit> {
-    let (session, _, _) = start(config, "analyze", None, &MappingOpt::default()).await?;
-    let run_id = session.run_id;
-    let side = if opts.of_target { DbRole::Target } else { DbRole::Source };
-    let result = interruptible(async { session.analyze(side, opts.exact_counts).await.map_err(Exit::agent) }, run_id).await;
-    let report = end(session, result, "succeeded").await?;
+    let report = match (config.target(), opts.of_target) {
+        // The source alone: read, printed, and recorded nowhere, for there is no target yet to
+        // keep an audit trail in.
+        (Err(_), false) => {
+            let url = config.source().map_err(Exit::config)?;
+            let pool = tools::pg::connect(url, 2).await.map_err(Exit::config)?;
+            let catalog = tools::catalog::PgCatalog::new(pool, url.location());
+            let report = runtime::ports::Catalog::introspect(&catalog, opts.exact_counts).await.map_err(|e| Exit::failed(e.0))?;
+            eprintln!("note: no target database is configured, so this analysis is in no audit trail");
+            report
+        }
+        _ => {
+            let (session, _, _) = start(config, "analyze", None, &MappingOpt::default()).await?;
+            let run_id = session.run_id;
+            let side = if opts.of_target { DbRole::Target } else { DbRole::Source };
+            let result = interruptible(async { session.analyze(side, opts.exact_counts).await.map_err(Exit::agent) }, run_id).await;
+            end(session, result, "succeeded").await?
+        }
+    };
     match opts.format {
         Format::Json => print_json(&report),
         Format::Text => {

@@ -78,6 +78,17 @@ fn an_unknown_entity_suggests_the_closest_names() {
     }
 }
 
+/// A first look at a legacy database needs no target: `analyze` reads the source alone.
+#[test]
+fn the_source_is_analyzed_without_a_target() {
+    let pg = shared();
+    let source = pg.chinook();
+    let out = tests::agentctl_with(&["--source", &source, "analyze"], &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("(11 tables)") && out.stdout.contains("invoice_line"), "{}", out.stdout);
+    assert!(out.stderr.contains("no target database is configured"), "{}", out.stderr);
+}
+
 /// A target without the modern schema is told how to make one, once, as bad configuration.
 #[test]
 fn a_target_without_a_schema_is_told_how_to_make_one() {
