@@ -37,7 +37,7 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
                         );
                     }
                     for r in &runs {
-                        if let Some(how) = resume_command(r) {
+                        if let Some(how) = resume_command(r, config) {
                             println!("run {} was interrupted; carry it on with: {how}", r.run_id);
                         }
                     }
@@ -51,7 +51,7 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
             match format {
                 Format::Json => print_json(&json!({"run": run, "events": events.iter().map(event_json).collect::<Vec<_>>()})),
                 Format::Text => {
-                    print_run_header(&run);
+                    print_run_header(&run, config);
                     for e in &events {
                         print!("{}", timeline_line(e));
                     }
@@ -189,7 +189,7 @@ pub async fn status(config: &Config, opts: StatusOpts) -> Result<(), Exit> {
             "recent_events": recent.iter().map(|e| event_json(e)).collect::<Vec<_>>(),
         })),
         Format::Text => {
-            print_run_header(&run);
+            print_run_header(&run, config);
             if !progress.is_empty() {
                 println!(
                     "\n  {:<24} {:<11} {:>10} {:>10} {:>9} {:>8}  last batch",
@@ -224,7 +224,7 @@ pub async fn status(config: &Config, opts: StatusOpts) -> Result<(), Exit> {
     Ok(())
 }
 
-fn print_run_header(run: &RunRow) {
+fn print_run_header(run: &RunRow, config: &Config) {
     println!(
         "run {} — agentctl {}{} — {} — started {}{}",
         run.run_id,
@@ -237,19 +237,20 @@ fn print_run_header(run: &RunRow) {
     if let Some(d) = &run.outcome_detail {
         println!("  {d}");
     }
-    if let Some(how) = resume_command(run) {
+    if let Some(how) = resume_command(run, config) {
         println!("  its process is gone before it ended; carry it on with: {how}");
     }
 }
 
 /// For a run interrupted before its end (its process killed), the command that carries it on.
-pub fn resume_command(run: &RunRow) -> Option<String> {
-    (run.outcome == "interrupted" && run.command == "run").then(|| resume_line(run.goal.as_deref().unwrap_or("everything"), run.run_id))
+pub fn resume_command(run: &RunRow, config: &Config) -> Option<String> {
+    (run.outcome == "interrupted" && run.command == "run")
+        .then(|| resume_line(run.goal.as_deref().unwrap_or("everything"), run.run_id, config))
 }
 
-/// The command that carries a run of `goal` on, as a shell takes it.
-pub fn resume_line(goal: &str, run_id: runtime::RunId) -> String {
-    format!("agentctl run --goal \"{}\" --resume {run_id}", goal.replace('"', "\\\""))
+/// The command that carries a run of `goal` on, as a shell takes it, connecting as this one did.
+pub fn resume_line(goal: &str, run_id: runtime::RunId, config: &Config) -> String {
+    format!("agentctl run --goal \"{}\" --resume {run_id}{}", goal.replace('"', "\\\""), config.as_given())
 }
 
 /// `#12 14:02:03.123 planning decision planned ...`, then the rationale of a decision.

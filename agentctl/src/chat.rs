@@ -239,6 +239,7 @@ impl Chat<'_> {
             (format!("profile the {a}"), "(what the data looks like)"),
             ("what changed since the last sync?".to_owned(), "(in the old system; changes nothing)"),
             (format!("sync the {c}"), "(asks before it changes anything)"),
+            (format!("sync the {c} every night"), "(a sync job; asks first)"),
             ("exit".to_owned(), ""),
         ];
         let width = lines.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0);
@@ -341,7 +342,7 @@ impl Chat<'_> {
     /// For a migration whose program was stopped before it ended, the command that finishes it.
     async fn interrupted(&self, run: RunId) -> Result<Option<String>, Exit> {
         let row = self.store.find_run(Some(&run.to_string())).await.map_err(Exit::failed)?;
-        Ok(crate::audit::resume_command(&row))
+        Ok(crate::audit::resume_command(&row, self.config))
     }
 
     /// The run to answer questions about: this conversation's, if it migrated, else the latest.
@@ -384,6 +385,7 @@ impl Chat<'_> {
             Intent::Migrate { goal } => self.migrate(goal, lines).await,
             Intent::Undo { goal } => self.undo(goal, lines).await.map(|_| Continue::Yes),
             Intent::Sync { goal } => self.sync(goal, lines).await.map(|_| Continue::Yes),
+            Intent::Schedule { goal, every } => self.schedule(goal, every, lines).await.map(|_| Continue::Yes),
             Intent::Changes { goal } => self.changes(goal).await.map(|_| ()).map(|_| Continue::Yes),
             _ => match tokio::time::timeout(ANSWER_TIMEOUT, self.answer(intent, question)).await {
                 Ok(answered) => answered.map(|_| Continue::Yes),
@@ -429,7 +431,7 @@ impl Chat<'_> {
                                 println!("I will stop talking once the migration is done.");
                                 then = Continue::No;
                             }
-                            Intent::Migrate { .. } | Intent::Undo { .. } | Intent::Sync { .. } | Intent::Changes { .. } => println!("A migration is running; that can wait until it is done."),
+                            Intent::Migrate { .. } | Intent::Undo { .. } | Intent::Sync { .. } | Intent::Changes { .. } | Intent::Schedule { .. } => println!("A migration is running; that can wait until it is done."),
                             intent => {
                                 if let Err(e) = self.answer(&intent, &text).await {
                                     println!("Sorry, that did not work: {}", e.message);
@@ -511,6 +513,46 @@ impl Chat<'_> {
     }
 
     /// Brings the new system up to date with the old one's changes, after a yes.
+    /// A sync job that keeps `goal` in step on a schedule, after a yes.
+    async fn schedule(&self, goal: &str, every: &str, lines: &mut tokio::sync::mpsc::Receiver<Line>) -> Result<(), Exit> {
+        let schedule = match every.contains(' ') {
+            true => tools::sync::Schedule::cron(every),
+            false => tools::sync::Schedule::every(every),
+        };
+        let schedule = match schedule {
+            Ok(s) => s,
+            Err(e) => {
+                println!("I could not read that schedule ({e}). For example: sync the orders every night.");
+                return Ok(());
+            }
+        };
+        let what = if goal.is_empty() { "everything".to_owned() } else { goal.to_owned() };
+        let name = format!("chat-{}", what.split_whitespace().collect::<Vec<_>>().join("-"));
+        let question = format!(
+            "This keeps {what} in step with the old system {}, as the sync job {name} (it runs while `agentctl sync daemon` runs). Type yes to go ahead.",
+            schedule.describe()
+        );
+        if !self.confirm(lines, &question).await {
+            println!("All right, nothing was scheduled.");
+            return Ok(());
+        }
+        let target = self.config.target().map_err(Exit::config)?;
+        let store = tools::sync::SyncStore::new(tools::pg::connect(target, 1).await.map_err(Exit::failed)?);
+        let job = store.create_job(&name, &what, &schedule).await.map_err(Exit::failed)?;
+        self.session.operator_decision(
+            format!("scheduled the sync job {} in the chat", job.name),
+            "the operator answered yes to keeping these tables in step on a schedule",
+            json!({"job": job.name, "goal": job.goal, "schedule": job.schedule.describe()}),
+        );
+        println!(
+            "Done: {} is kept in step {}; the first run is at {}.",
+            job.goal,
+            job.schedule.describe(),
+            job.next_run_at.format("%Y-%m-%d %H:%M UTC")
+        );
+        Ok(())
+    }
+
     async fn sync(&self, goal: &str, lines: &mut tokio::sync::mpsc::Receiver<Line>) -> Result<(), Exit> {
         let waiting = self.changes(goal).await?;
         if waiting == 0 {
@@ -597,7 +639,13 @@ impl Chat<'_> {
     /// Answers what only reads: status, reasons, a refused row, decisions, help.
     async fn answer(&self, intent: &Intent, question: &str) -> Result<(), Exit> {
         match intent {
-            Intent::Help | Intent::Exit | Intent::Migrate { .. } | Intent::Undo { .. } | Intent::Sync { .. } | Intent::Changes { .. } => {
+            Intent::Help
+            | Intent::Exit
+            | Intent::Migrate { .. }
+            | Intent::Undo { .. }
+            | Intent::Sync { .. }
+            | Intent::Changes { .. }
+            | Intent::Schedule { .. } => {
                 println!("{}", self.help())
             }
             Intent::Unknown => match &self.llm {

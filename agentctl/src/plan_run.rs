@@ -73,8 +73,8 @@ pub async fn end<T>(session: Session, result: Result<T, Exit>, success: &str) ->
 
 /// A run that stopped after it began to load (interrupted, or failed on a fault of the system)
 /// ends with the exact command that carries it on.
-async fn with_resume(mut e: Exit, store: &tools::control::ControlStore, goal: &str, run_id: runtime::RunId) -> Exit {
-    let command = crate::audit::resume_line(goal, run_id);
+async fn with_resume(mut e: Exit, store: &tools::control::ControlStore, goal: &str, run_id: runtime::RunId, config: &Config) -> Exit {
+    let command = crate::audit::resume_line(goal, run_id, config);
     match e.code {
         Exit::INTERRUPTED => e.message = e.message.replace(&format!("agentctl run --goal ... --resume {run_id}"), &command),
         Exit::FAILED if store.progress(run_id).await.is_ok_and(|p| !p.is_empty()) => {
@@ -150,7 +150,7 @@ pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
             let results = results?;
             let validations: Vec<&runtime::ports::EntityValidation> = results.iter().filter_map(|r| r.validation.as_ref()).collect();
             if let Some(failed) = crate::proof::validation_failure(&validations) {
-                show_results(&outcome, &results, run_id, opts.format, execute_seconds);
+                show_results(&outcome, &results, run_id, opts.format, execute_seconds, config);
                 return Err(failed);
             }
             Ok::<_, Exit>((outcome, results, execute_seconds))
@@ -161,16 +161,18 @@ pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
     let ended = end(session, result, "succeeded").await;
     let (outcome, results, execute_seconds) = match ended {
         Ok(done) => done,
-        Err(e) => return Err(with_resume(e, &store, &opts.goal.goal, run_id).await),
+        Err(e) => return Err(with_resume(e, &store, &opts.goal.goal, run_id, config).await),
     };
-    show_results(&outcome, &results, run_id, opts.format, execute_seconds);
+    show_results(&outcome, &results, run_id, opts.format, execute_seconds, config);
     // The trail's head, to keep outside the database: `audit verify RUN --expect-head HASH`
     // then tells a trail that was rewritten or cut since.
     if opts.format == Format::Text {
         let head = store.chain_head(run_id).await.map_err(Exit::failed)?;
         println!(
-            "Audit trail head: {} (keep it elsewhere; agentctl audit verify {run_id} --expect-head {})",
-            head.head_hash, head.head_hash
+            "Audit trail head: {} (keep it elsewhere; agentctl audit verify {run_id} --expect-head {}{})",
+            head.head_hash,
+            head.head_hash,
+            config.target().map(|t| t.as_given()).unwrap_or_default()
         );
     }
     Ok(())
@@ -182,6 +184,7 @@ fn show_results(
     run_id: runtime::RunId,
     format: Format,
     execute_seconds: f64,
+    config: &Config,
 ) {
     match format {
         Format::Json => print_json(
@@ -193,7 +196,7 @@ fn show_results(
             if !validations.is_empty() {
                 crate::proof::print_validations(&validations);
             }
-            println!("The report: agentctl report {run_id}");
+            println!("The report: agentctl report {run_id}{}", config.target().map(|t| t.as_given()).unwrap_or_default());
         }
     }
 }

@@ -254,6 +254,12 @@ pub enum Intent {
     Decisions {
         agent: Option<String>,
     },
+    /// Keep these tables (empty: all) in step on a schedule: `every` an interval (`1h`, `1d`)
+    /// or a cron expression in UTC (`0 2 * * *`).
+    Schedule {
+        goal: String,
+        every: String,
+    },
     /// What tables a database holds, with their rows: the old one, or the new one.
     Tables {
         new: bool,
@@ -378,6 +384,12 @@ pub fn parse_intent(text: &str) -> Intent {
         _ if has("undo") || has("rollback") || (has("roll") && has("back")) || has("remove") => {
             Intent::Undo { goal: after(&["undo", "rollback", "back", "remove"]).unwrap_or_default() }
         }
+        // "Sync the orders every night", "a nightly sync of the patients": a job, not a sync now.
+        _ if (has("every") || has("nightly") || has("daily") || has("hourly") || has("weekly") || has("schedule"))
+            && (has("sync") || has("synchronize") || has("update") || has("schedule") || has("step")) =>
+        {
+            Intent::Schedule { goal: scheduled(&words), every: interval(&words) }
+        }
         // "What changed since the last sync?" asks; "sync the orders", "apply the changes" act.
         _ if (has("changed") || has("changes") || has("new")) && (has("what") || has("anything") || has("which") || has("show")) => {
             changes(entity_after(&["in", "to", "for"]).unwrap_or_default())
@@ -466,6 +478,61 @@ pub fn edits(a: &str, b: &str) -> usize {
         }
     }
     d[a.len()][b.len()]
+}
+
+/// The tables a scheduling request names: the words that are neither its verbs nor its times.
+fn scheduled(words: &[&str]) -> String {
+    let skip = [
+        "sync",
+        "synchronize",
+        "update",
+        "schedule",
+        "a",
+        "an",
+        "the",
+        "of",
+        "every",
+        "each",
+        "night",
+        "nightly",
+        "day",
+        "daily",
+        "hour",
+        "hourly",
+        "week",
+        "weekly",
+        "minute",
+        "minutes",
+        "hours",
+        "days",
+        "please",
+        "keep",
+        "in",
+        "step",
+        "up",
+        "to",
+        "date",
+        "at",
+        "job",
+        "everything",
+        "all",
+        "and",
+    ];
+    let goal: Vec<&str> = words.iter().copied().filter(|w| !skip.contains(w) && !w.chars().all(|c| c.is_ascii_digit())).collect();
+    goal.join(" ")
+}
+
+/// The schedule a request names: "every night" at 02:00 UTC, "hourly", "every 15 minutes".
+fn interval(words: &[&str]) -> String {
+    let has = |w: &str| words.contains(&w);
+    let n = words.iter().find_map(|w| w.parse::<u32>().ok());
+    match () {
+        _ if has("night") || has("nightly") => "0 2 * * *".into(),
+        _ if has("minute") || has("minutes") => format!("{}m", n.unwrap_or(1)),
+        _ if has("hour") || has("hours") || has("hourly") => format!("{}h", n.unwrap_or(1)),
+        _ if has("week") || has("weekly") => format!("{}d", 7 * n.unwrap_or(1)),
+        _ => format!("{}d", n.unwrap_or(1)),
+    }
 }
 
 /// "patients do we have in the old system" → "patients".
@@ -607,6 +674,9 @@ mod intent_tests {
             ("is everything safe?", Intent::Safety),
             ("did we lose anything", Intent::Safety),
             ("stauts", Intent::Status),
+            ("sync the orders every night", Intent::Schedule { goal: "orders".into(), every: "0 2 * * *".into() }),
+            ("schedule a sync of the patients every 15 minutes", Intent::Schedule { goal: "patients".into(), every: "15m".into() }),
+            ("keep everything in step hourly", Intent::Schedule { goal: String::new(), every: "1h".into() }),
             ("why did some ordres fail", Intent::WhyFailed { entity: Some("ordres".into()) }),
             ("migrate", Intent::Unknown),
         ];

@@ -87,6 +87,17 @@ impl DbUrl {
         self.url.path().trim_start_matches('/')
     }
 
+    /// ` --target 'postgres://user:***@host/db'` when the operator gave this database as a flag
+    /// (its password masked), so that a command printed for them connects the same way; empty
+    /// when it came from the environment, which the next command reads too.
+    pub fn as_given(&self) -> String {
+        if self.origin == self.role.flag() {
+            format!(" {} '{}'", self.role.flag(), self.to_string().replace('\'', "'\\''"))
+        } else {
+            String::new()
+        }
+    }
+
     /// `host:port/db`, the part an operator recognises.
     pub fn location(&self) -> String {
         format!("{}:{}/{}", self.url.host_str().unwrap_or("localhost"), self.url.port().unwrap_or(5432), self.database())
@@ -253,6 +264,12 @@ impl Config {
 
     pub fn source(&self) -> Result<&DbUrl, ConfigError> {
         self.source.as_ref().ok_or(ConfigError::Missing { role: DbRole::Source })
+    }
+
+    /// The databases as the operator gave them on the command line, for commands printed for
+    /// them to run next (see [`DbUrl::as_given`]).
+    pub fn as_given(&self) -> String {
+        [&self.source, &self.target].into_iter().flatten().map(DbUrl::as_given).collect()
     }
 
     pub fn target(&self) -> Result<&DbUrl, ConfigError> {

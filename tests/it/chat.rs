@@ -259,9 +259,18 @@ fn an_operator_asks_what_changed_in_the_old_system_and_syncs_it_in_plain_words()
     talk.until("Done: 0 added, 1 updated");
     talk.say("anything new in the old system?");
     talk.until("Nothing changed in the old system");
+    // Kept in step from now on: a sync job, after a yes.
+    talk.say("sync the patients every night");
+    talk.until("Type yes to go ahead");
+    talk.say("yes");
+    talk.until("Done: patients is kept in step");
     let (code, said) = talk.end();
     assert_eq!(code, 0, "{said}");
     assert_eq!(pg.psql(&t, &format!("SELECT first_name FROM patients WHERE legacy_id = {key}")), "Renamed");
+    assert_eq!(
+        pg.psql(&t, "SELECT name || ' ' || goal || ' ' || cron FROM agentctl.synchronization_jobs"),
+        "chat-patients patients 0 2 * * *"
+    );
 }
 
 /// While another agentctl writes to the target, the chat changes nothing: after the operator's

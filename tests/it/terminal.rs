@@ -88,9 +88,17 @@ fn ctrl_c_during_a_run_leaves_the_command_that_carries_it_on_as_the_last_lines()
     let exited = lines.iter().position(|l| l.starts_with("EXITED")).unwrap();
     let last = lines[..exited].join("\n");
     let run = pg.psql(target.rsplit('/').next().unwrap(), "SELECT run_id FROM agentctl.runs WHERE command = 'run'");
-    let command = format!("agentctl run --goal \"migrate everything\" --resume {run}");
+    // The command, with the databases named as they were given.
+    let command = format!("agentctl run --goal \"migrate everything\" --resume {run} --source '{source}' --target '{target}'");
     assert!(lines[exited - 1].contains(&command), "the line before the prompt carries the command:\n{screen}");
     assert!(!lines[exited - 1].contains("rows/s"), "no progress bar is drawn over it:\n{last}");
+    // Pasted as printed, it finishes the run.
+    term.type_line("clear");
+    assert!(tests::wait_until(Duration::from_secs(10), || !term.screen().contains("EXITED")), "the screen was cleared");
+    term.type_line(&format!("{}{}; echo EXITED $?", bin.display(), command.trim_start_matches("agentctl")));
+    term.wait_for("[y/N]", Duration::from_secs(120));
+    term.type_line("y");
+    term.wait_for("EXITED 0", Duration::from_secs(120));
     term.assert_modes_as_they_were();
 }
 
