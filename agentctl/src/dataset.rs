@@ -1,7 +1,7 @@
 //! `agentctl dataset` and `agentctl demo`: the reference legacy database, and the whole job on
 //! a private PostgreSQL cluster.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use agents::orchestrator::PlanGoal;
 use runtime::config::{Config, DbFlags, Vars};
@@ -221,7 +221,46 @@ fn measure(config: &Config, args: &[&str]) -> Result<Measured, Exit> {
     })
 }
 
-/// One round of `bench migrate`: the raw pipe, then agentctl's migration of the same data.
+/// pgcopydb, the PostgreSQL-to-PostgreSQL copier users pick instead (Debian's `pgcopydb`), when
+/// it is installed: the bench installs nothing.
+fn pgcopydb() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("pgcopydb")).find(|p| p.is_file()))
+}
+
+/// One `pgcopydb clone` of the source into a database of its own on the target's server (same
+/// schema, integer keys, every row, indexes and foreign keys built), timed; the database is
+/// dropped again afterwards.
+async fn pgcopydb_clone(bin: &Path, config: &Config, admin: &tools::pg::Pool, jobs: &str) -> Result<f64, Exit> {
+    let (source, target) = (config.source().map_err(Exit::config)?, config.target().map_err(Exit::config)?);
+    let name = format!("{}_pgcopydb", target.database());
+    let (url, query) = target.expose().split_once('?').map_or((target.expose(), ""), |(u, q)| (u, q));
+    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
+    let clone_url = format!("{base}/{name}{}{query}", if query.is_empty() { "" } else { "?" });
+    tools::cluster::drop_database(admin, &name).await.map_err(Exit::failed)?;
+    ensure_database(admin, &name).await.map_err(Exit::failed)?;
+    // pgcopydb's work files: a directory of its own, empty, removed after.
+    let dir = std::env::temp_dir().join(format!("agentctl-pgcopydb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(bin)
+        .args(["clone", "--source", source.expose(), "--target", &clone_url, "--table-jobs", jobs, "--index-jobs", jobs])
+        .args(["--no-owner", "--no-acl", "--dir"])
+        .arg(&dir)
+        .output()
+        .map_err(|e| Exit::failed(format!("starting pgcopydb: {e}")))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    tools::cluster::drop_database(admin, &name).await.map_err(Exit::failed)?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        let last = said.lines().rev().find(|l| l.contains("ERROR")).unwrap_or_else(|| said.lines().last().unwrap_or(""));
+        return Err(Exit::failed(format!("pgcopydb clone failed: {}", last.trim())));
+    }
+    Ok(seconds)
+}
+
+/// One round of `bench migrate`: the raw pipe, pgcopydb (when installed), then agentctl's
+/// migration of the same data, without and with validation.
 struct Round {
     pipe: tools::bench::PipeFigure,
     /// The run's JSON document, the source rows it read, its execution phase in seconds, and
@@ -234,6 +273,10 @@ struct Round {
     /// of the machine stretches less than the wall time.
     cpu: f64,
     peak_rss_kb: i64,
+    /// `pgcopydb clone` of the same source, when it is installed.
+    pgcopydb: Option<f64>,
+    /// The whole `run` with every entity validated as it loads (the default).
+    validated: f64,
 }
 
 impl Round {
@@ -263,6 +306,12 @@ async fn bench_migrate(
     let report = dataset::generate(&source, &gen, |_| ()).await.map_err(Exit::failed)?;
     eprintln!("  {} rows in {:.1}s", report.rows, report.seconds);
     let jobs_arg = jobs.clamp(1, 8).to_string();
+    let copier = pgcopydb();
+    if copier.is_none() {
+        eprintln!("pgcopydb is not installed (apt-get install pgcopydb): the comparison with it is left out");
+    }
+    // pgcopydb as users run it on a 2-core machine: two tables and two indexes at a time.
+    let copier_jobs = jobs.clamp(1, 2).to_string();
     // The pipe and the run take turns, so that a slow spell of the machine weighs on both.
     let mut done: Vec<Round> = Vec::new();
     for round in 1..=rounds.max(1) {
@@ -274,6 +323,16 @@ async fn bench_migrate(
         let pipe = tools::bench::raw_pipe(&source, &conns.target, jobs).await.map_err(Exit::failed)?;
         eprintln!("  {} rows in {:.1}s", pipe.rows, pipe.seconds);
         tools::bench::settle(&source, &conns.target).await.map_err(Exit::failed)?;
+        let pgcopydb = match &copier {
+            Some(bin) => {
+                eprintln!("round {round}: pgcopydb clone, {copier_jobs} tables and indexes at a time ...");
+                let seconds = pgcopydb_clone(bin, config, &conns.target, &copier_jobs).await?;
+                eprintln!("  {seconds:.1}s");
+                tools::bench::settle(&source, &conns.target).await.map_err(Exit::failed)?;
+                Some(seconds)
+            }
+            None => None,
+        };
         eprintln!("round {round}: agentctl run --goal \"migrate everything\" --skip-validation ...");
         let run = measure(
             config,
@@ -285,8 +344,29 @@ async fn bench_migrate(
         let doc: serde_json::Value = serde_json::from_str(&run.stdout).map_err(|e| Exit::failed(format!("reading the run's JSON: {e}")))?;
         let execute = doc["execute_seconds"].as_f64().unwrap_or(run.seconds);
         let rows_read = doc["entities"].as_array().map(|es| es.iter().filter_map(|e| e["rows_read"].as_i64()).sum()).unwrap_or(0);
-        let r = Round { pipe, doc, rows_read, execute, whole: run.seconds, cpu: run.cpu_seconds, peak_rss_kb: run.peak_rss_kb };
-        eprintln!("  {} rows in {:.1}s, ratio {:.2}; agentctl's CPU {:.1}s", r.rows_read, r.execute, r.ratio(), r.cpu);
+        eprintln!("  {rows_read} rows in {execute:.1}s; agentctl's CPU {:.1}s", run.cpu_seconds);
+        // The same run as a user starts it: every entity validated as soon as it is loaded.
+        fresh_target(&conns.target).await?;
+        tools::bench::settle(&source, &conns.target).await.map_err(Exit::failed)?;
+        eprintln!("round {round}: agentctl run --goal \"migrate everything\" (validated) ...");
+        let validated = measure(config, &["run", "--goal", "migrate everything", "--yes", "--jobs", &jobs_arg, "--format", "json"])?;
+        if validated.code != 0 {
+            return Err(Exit::failed(format!("the benchmarked run failed (exit {}): {}", validated.code, validated.stderr.trim())));
+        }
+        eprintln!("  {:.1}s", validated.seconds);
+        let doc: serde_json::Value =
+            serde_json::from_str(&validated.stdout).map_err(|e| Exit::failed(format!("reading the run's JSON: {e}")))?;
+        let r = Round {
+            pipe,
+            doc,
+            rows_read,
+            execute,
+            whole: run.seconds,
+            cpu: run.cpu_seconds,
+            peak_rss_kb: run.peak_rss_kb.max(validated.peak_rss_kb),
+            pgcopydb,
+            validated: validated.seconds,
+        };
         done.push(r);
     }
     // The round of median ratio stands for the run; every round is listed beside it.
@@ -319,7 +399,28 @@ async fn bench_migrate(
             "whole_command_seconds": median.whole, "cpu_seconds": median.cpu, "peak_rss_mb": peak_rss_mb},
         "ratio": median.ratio(),
         "validation": {"passed": passed, "seconds": validate.seconds, "peak_rss_mb": validate.peak_rss_kb / 1024},
+        "validated_run_seconds": median.validated,
+        "pgcopydb": median.pgcopydb.map(|p| serde_json::json!({
+            "seconds": p,
+            "ratio_without_validation": median.whole / p,
+            "ratio_with_validation": median.validated / p,
+            "rounds": done.iter().map(|r| r.pgcopydb).collect::<Vec<_>>(),
+        })),
     });
+    let copier_rows = match median.pgcopydb {
+        Some(p) => format!(
+            "| (c) `pgcopydb clone`, {copier_jobs} tables and indexes at a time (integer keys, every row, indexes and foreign keys built) | {p:.1} s ({} s) |\n\
+             | agentctl whole run without validation / pgcopydb | {:.2} ({}) |\n\
+             | agentctl whole run with validation (the default) / pgcopydb | {:.1} s, {:.2} ({}) |\n",
+            listed(&|r| r.pgcopydb.map(|s| format!("{s:.1}")).unwrap_or_default()),
+            median.whole / p,
+            listed(&|r| r.pgcopydb.map(|s| format!("{:.2}", r.whole / s)).unwrap_or_default()),
+            median.validated,
+            median.validated / p,
+            listed(&|r| r.pgcopydb.map(|s| format!("{:.2}", r.validated / s)).unwrap_or_default()),
+        ),
+        None => "| (c) pgcopydb | not installed (`apt-get install pgcopydb`): no comparison |\n".to_owned(),
+    };
     let md = format!(
         "| what | figure (the round of median ratio; every round in brackets) |\n| --- | --- |\n\
          | (a) raw pipe, {} tables, {jobs} at a time | {} rows in {:.1} s, {:.0} rows/s ({} s) |\n\
@@ -327,7 +428,7 @@ async fn bench_migrate(
          | ratio b/a | {:.2} ({}) |\n\
          | agentctl whole command (plan with forecast, migration) | {:.1} s, {:.1} s of CPU ({} s), peak RSS {peak_rss_mb} MB over the rounds |\n\
          | accounting (last round) | {migrated} migrated + {rejected} rejected (generator: {} + {}) |\n\
-         | validation of every row (`agentctl validate`) | {}, {:.1} s, peak RSS {} MB |\n",
+         | validation of every row (`agentctl validate`) | {}, {:.1} s, peak RSS {} MB |\n{copier_rows}",
         median.pipe.tables,
         median.pipe.rows,
         median.pipe.seconds,

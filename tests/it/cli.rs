@@ -161,4 +161,17 @@ fn bench_migrate_takes_turns_and_reports_the_round_of_median_ratio() {
     let agentctl = &doc["agentctl"];
     assert_eq!((&agentctl["migrated"], &agentctl["rejected"]), (&agentctl["expected_migrated"], &agentctl["expected_rejected"]), "{doc}");
     assert_eq!(doc["validation"]["passed"], true, "{doc}");
+    // Beside pgcopydb, the tool users pick instead, when it is installed (CI installs it); the
+    // bench says plainly when it is not.
+    let installed = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("pgcopydb").is_file()));
+    match installed {
+        true => {
+            let p = &doc["pgcopydb"];
+            assert!(p["seconds"].as_f64().is_some_and(|s| s > 0.0), "{doc}");
+            assert_eq!(p["rounds"].as_array().map(Vec::len), Some(3), "{doc}");
+            let (without, with) = (p["ratio_without_validation"].as_f64().unwrap(), p["ratio_with_validation"].as_f64().unwrap());
+            assert!(without > 0.0 && with > 0.0, "{doc}");
+        }
+        false => assert!(doc["pgcopydb"].is_null() && out.stderr.contains("pgcopydb is not installed"), "{out:?}"),
+    }
 }

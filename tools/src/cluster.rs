@@ -197,6 +197,15 @@ impl DaemonCluster {
 }
 
 /// Creates database `name` through the cluster's `postgres` database unless it exists.
+/// Drops a database, ending its sessions first.
+pub async fn drop_database(admin: &crate::pg::Pool, name: &str) -> Result<(), DbError> {
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", name.replace('"', "\"\"")))
+        .execute(admin)
+        .await
+        .map_err(crate::pg::while_doing(format!("dropping database {name}")))?;
+    Ok(())
+}
+
 pub async fn ensure_database(admin: &crate::pg::Pool, name: &str) -> Result<(), DbError> {
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(name)
