@@ -284,18 +284,27 @@ pub fn config(source: &str, target: &str) -> runtime::config::Config {
     runtime::config::Config::resolve(&flags, &runtime::config::Vars::default()).expect("test URLs are valid")
 }
 
+/// What a test needs and this machine lacks: the test skips, saying so, but under `CI=true`,
+/// where `.ci/run` provides everything, it fails with `under_ci`.
+pub fn unavailable(under_ci: &str, skipped: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{under_ci}");
+    }
+    eprintln!("SKIPPED: {skipped}");
+}
+
+/// A program on the PATH.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
+}
+
 /// Debian's `chromium`, for the tests that look at a page as a person would; `None` (the test
 /// then skips) without it, but under `CI=true`, where `.ci/run` installs it, a missing browser
 /// fails the test.
 pub fn chromium() -> Option<PathBuf> {
-    let found = ["chromium", "chromium-browser"].iter().find_map(|name| {
-        std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
-    });
+    let found = ["chromium", "chromium-browser"].iter().find_map(|name| on_path(name));
     if found.is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI installs chromium: the audit page test reads the page in it");
-        }
-        eprintln!("SKIPPED: no chromium");
+        unavailable("CI installs chromium: the audit page test reads the page in it", "no chromium");
     }
     found
 }
@@ -536,9 +545,11 @@ pub fn sandbox_image() -> Option<String> {
     let built = IMAGE.get_or_init(|| std::thread::spawn(build_sandbox_image).join().expect("the image build does not panic"));
     match built {
         Ok(image) => Some(image.clone()),
-        Err(error) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("CI needs a Docker engine for the sandbox tests: {error}"),
         Err(error) => {
-            eprintln!("SKIPPED: no Docker engine for the sandbox tests ({error})");
+            unavailable(
+                &format!("CI needs a Docker engine for the sandbox tests: {error}"),
+                &format!("no Docker engine for the sandbox tests ({error})"),
+            );
             None
         }
     }
@@ -565,11 +576,11 @@ pub fn django_python() -> Option<PathBuf> {
     let works = Command::new(&python).args(["-c", "import wagtail, psycopg"]).output().is_ok_and(|o| o.status.success());
     match works {
         true => Some(python),
-        false if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI needs Django and Wagtail at {}: .ci/run installs them", python.display())
-        }
         false => {
-            eprintln!("SKIPPED: no Python with Django and Wagtail at {} (.ci/run installs them)", python.display());
+            unavailable(
+                &format!("CI needs Django and Wagtail at {}: .ci/run installs them", python.display()),
+                &format!("no Python with Django and Wagtail at {} (.ci/run installs them)", python.display()),
+            );
             None
         }
     }

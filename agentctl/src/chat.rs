@@ -298,8 +298,7 @@ impl Chat<'_> {
         };
         let row = self.store.find_run(Some(&run.to_string())).await.map_err(Exit::failed)?;
         let entities = self.store.report(run).await.map_err(Exit::failed)?;
-        let (migrated, rejected, source) =
-            entities.iter().fold((0, 0, 0), |(m, r, s), e| (m + e.migrated, r + e.rejected, s + e.source_rows));
+        let (source, migrated, rejected) = tools::control::ReportEntity::totals(&entities);
         let validated = entities.iter().filter(|e| e.validated == Some(true)).count();
         let failed: Vec<&str> = entities.iter().filter(|e| e.validated == Some(false)).map(|e| e.target_table.as_str()).collect();
         let events = self.store.events(run, &EventFilter::default()).await.map_err(Exit::failed)?;

@@ -84,8 +84,7 @@ fn summary(out: &mut String, run: &RunRow, events: &[AuditEvent], verification: 
         }
         None => ("Approval", "none recorded (nothing was run on a plan)".into(), ""),
     });
-    let (migrated, rejected, source): (i64, i64, i64) =
-        facts.entities.iter().fold((0, 0, 0), |(m, r, s), e| (m + e.migrated, r + e.rejected, s + e.source_rows));
+    let (source, migrated, rejected) = ReportEntity::totals(facts.entities);
     if !facts.entities.is_empty() {
         let accounted = if source == migrated + rejected { "every row accounted for" } else { "NOT every row accounted for" };
         rows.push(("Rows", format!("{migrated} migrated and {rejected} rejected of {source} ({accounted})"), ""));

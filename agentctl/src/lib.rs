@@ -61,9 +61,16 @@ pub async fn interruptible<T>(work: impl Future<Output = Result<T, Exit>>, run_i
     tokio::select! {
         r = work => r,
         _ = tokio::signal::ctrl_c() => Err(Exit::interrupted(format!(
-            "interrupted; run {run_id} was recorded as cancelled, every committed batch kept (a batch in flight commits whole or not at all), foreign keys set aside for the load stay aside until it is carried on (`agentctl status` lists them): carry it on with `agentctl run --goal ... --resume {run_id}`"
+            "interrupted; run {run_id} was recorded as cancelled, every committed batch kept (a batch in flight commits whole or not at all), foreign keys set aside for the load stay aside until it is carried on (`agentctl status` lists them): carry it on with `{}`",
+            carry_on(run_id)
         ))),
     }
+}
+
+/// How an interrupted run is carried on, in words: `run` puts the exact command in its place
+/// (`plan_run::with_resume`), which only it knows.
+pub(crate) fn carry_on(run_id: RunId) -> String {
+    format!("agentctl run --goal ... --resume {run_id}")
 }
 
 /// Prints one JSON document on stdout (the `--format json` contract).

@@ -76,7 +76,7 @@ pub async fn end<T>(session: Session, result: Result<T, Exit>, success: &str) ->
 async fn with_resume(mut e: Exit, store: &tools::control::ControlStore, goal: &str, run_id: runtime::RunId, config: &Config) -> Exit {
     let command = crate::audit::resume_line(goal, run_id, config);
     match e.code {
-        Exit::INTERRUPTED => e.message = e.message.replace(&format!("agentctl run --goal ... --resume {run_id}"), &command),
+        Exit::INTERRUPTED => e.message = e.message.replace(&crate::carry_on(run_id), &command),
         Exit::FAILED if store.progress(run_id).await.is_ok_and(|p| !p.is_empty()) => {
             e.message = format!("{}; once the cause is fixed, carry it on with: {command}", e.message);
         }

@@ -208,8 +208,7 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
     let rejections = store.rejection_groups(run.run_id).await.map_err(Exit::failed)?;
     let (llm_calls, prompt_tokens, completion_tokens, cost) = store.llm_usage(run.run_id).await.map_err(Exit::failed)?;
     let left_out = left_out(&store, run.run_id).await?;
-    let total = |f: fn(&tools::control::ReportEntity) -> i64| entities.iter().map(f).sum::<i64>();
-    let (source, migrated, rejected) = (total(|e| e.source_rows), total(|e| e.migrated), total(|e| e.rejected));
+    let (source, migrated, rejected) = tools::control::ReportEntity::totals(&entities);
     let wall = run.finished_at.unwrap_or_else(chrono::Utc::now) - run.started_at;
     let wall = wall.num_milliseconds() as f64 / 1000.0;
     let rate = |n: i64, d: i64| if d == 0 { 100.0 } else { n as f64 * 100.0 / d as f64 };

@@ -137,7 +137,6 @@ pub async fn validate(
             cents || ty == "money" || (ty.starts_with("numeric(") && ty.ends_with(",2)"))
         })
         .collect();
-    let scanned = spec.source_columns();
     let rejected_keys: HashSet<String> = target.rejected_keys(&spec.source).await.map_err(|e| e.0)?.into_iter().map(|(k, _)| k).collect();
     let mut v = EntityValidation {
         source: spec.source.clone(),
@@ -226,7 +225,7 @@ pub async fn validate(
             columns: l.columns.clone(),
             parent: l.parent.clone(),
             referenced: l.referenced.clone(),
-            source_columns: l.inputs.iter().map(|&i| scanned[i].clone()).collect(),
+            source_columns: l.source_columns.clone(),
             source,
             target: found,
         });
@@ -291,10 +290,11 @@ pub async fn validate(
 /// A page of expected rows, whether each row sets each reference, and the target's answers.
 type ComparedPage = (Expected, Vec<Vec<bool>>, Vec<Compared>);
 
-/// A reference whose links are counted: the target columns holding it, and the scanned source
-/// columns they are made from.
+/// A reference whose links are counted: the target columns holding it, and the source columns
+/// they are made from (by name, and by index into the scanned row).
 struct Linked {
     inputs: Vec<usize>,
+    source_columns: Vec<String>,
     columns: Vec<String>,
     parent: runtime::domain::TableName,
     referenced: Vec<String>,
@@ -311,19 +311,21 @@ fn links_of(req: &MigrateEntity, mapper: &RowMapper, spec: &runtime::mapping::Ma
             req.parents.iter().find(|(s, _)| s == source).map(|(_, t)| t.clone())
         }
     };
+    let scanned = spec.source_columns();
+    let named = |inputs: &[usize]| inputs.iter().map(|&i| scanned[i].clone()).collect();
     let references = mapper.references();
     let mut out: Vec<Linked> = references
         .iter()
         .filter_map(|r: &Reference| {
             target_of(&r.parent).map(|parent| Linked {
                 inputs: r.inputs.clone(),
+                source_columns: named(&r.inputs),
                 columns: vec![r.target_column.clone()],
                 parent,
                 referenced: vec!["id".to_owned()],
             })
         })
         .collect();
-    let scanned = spec.source_columns();
     let copied = |column: &String| {
         spec.columns.iter().find(|m| &m.target == column).and_then(|m| match &m.feed {
             // Copied, or through steps that keep a value a value and NULL NULL.
@@ -341,6 +343,7 @@ fn links_of(req: &MigrateEntity, mapper: &RowMapper, spec: &runtime::mapping::Ma
         }
         if let Some(inputs) = fk.columns.iter().map(copied).collect::<Option<Vec<usize>>>() {
             out.push(Linked {
+                source_columns: named(&inputs),
                 inputs,
                 columns: fk.columns.clone(),
                 parent: fk.references.clone(),

@@ -163,8 +163,7 @@ fn bench_migrate_takes_turns_and_reports_the_round_of_median_ratio() {
     assert_eq!(doc["validation"]["passed"], true, "{doc}");
     // Beside pgcopydb, the tool users pick instead, when it is installed (CI installs it); the
     // bench says plainly when it is not.
-    let installed = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("pgcopydb").is_file()));
-    match installed {
+    match tests::on_path("pgcopydb").is_some() {
         true => {
             let p = &doc["pgcopydb"];
             assert!(p["seconds"].as_f64().is_some_and(|s| s > 0.0), "{doc}");

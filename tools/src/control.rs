@@ -118,6 +118,13 @@ pub struct ReportEntity {
     pub money: Option<serde_json::Value>,
 }
 
+impl ReportEntity {
+    /// A run's totals over its entities: source rows, migrated, rejected.
+    pub fn totals(entities: &[ReportEntity]) -> (i64, i64, i64) {
+        entities.iter().fold((0, 0, 0), |(s, m, r), e| (s + e.source_rows, m + e.migrated, r + e.rejected))
+    }
+}
+
 /// Rejections of one source table for one rule: how many, an example reason, example keys.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct RejectionGroup {
