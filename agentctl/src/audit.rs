@@ -12,14 +12,14 @@ use crate::session::Connections;
 
 pub async fn store(config: &Config) -> Result<ControlStore, Exit> {
     let conns = Connections::open(config, false).await?;
-    ControlStore::open(conns.target).await.map_err(Exit::failed)
+    ControlStore::open(conns.target).await.map_err(Exit::from)
 }
 
 pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
     let store = store(config).await?;
     match cmd {
         AuditCmd::List { limit, format } => {
-            let runs = store.runs(limit).await.map_err(Exit::failed)?;
+            let runs = store.runs(limit).await?;
             match format {
                 Format::Json => print_json(&runs),
                 Format::Text => {
@@ -45,9 +45,9 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
             }
         }
         AuditCmd::Show { run, agent, kind, format } => {
-            let run = store.find_run(run.as_deref()).await.map_err(Exit::failed)?;
+            let run = store.find_run(run.as_deref()).await?;
             let filter = EventFilter { agent: agent.map(|a| a.as_str().to_owned()), kind: kind.map(|k| k.as_str().to_owned()) };
-            let events = store.events(run.run_id, &filter).await.map_err(Exit::failed)?;
+            let events = store.events(run.run_id, &filter).await?;
             match format {
                 Format::Json => print_json(&json!({"run": run, "events": events.iter().map(event_json).collect::<Vec<_>>()})),
                 Format::Text => {
@@ -59,8 +59,8 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
             }
         }
         AuditCmd::Export { run, format } => {
-            let run = store.find_run(Some(&run)).await.map_err(Exit::failed)?;
-            let events = store.events(run.run_id, &EventFilter::default()).await.map_err(Exit::failed)?;
+            let run = store.find_run(Some(&run)).await?;
+            let events = store.events(run.run_id, &EventFilter::default()).await?;
             match format {
                 ExportFormat::Jsonl => {
                     for e in &events {
@@ -68,10 +68,10 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
                     }
                 }
                 ExportFormat::Html => {
-                    let head = store.chain_head(run.run_id).await.map_err(Exit::failed)?;
-                    let entities = store.report(run.run_id).await.map_err(Exit::failed)?;
-                    let rejections = store.rejection_groups(run.run_id).await.map_err(Exit::failed)?;
-                    let llm = store.llm_usage(run.run_id).await.map_err(Exit::failed)?;
+                    let head = store.chain_head(run.run_id).await?;
+                    let entities = store.report(run.run_id).await?;
+                    let rejections = store.rejection_groups(run.run_id).await?;
+                    let llm = store.llm_usage(run.run_id).await?;
                     let facts = crate::html::Facts { entities: &entities, rejections: &rejections, llm };
                     print!("{}", crate::html::page(&run, &events, &verify_chain(run.run_id, &events, &head), &facts));
                 }
@@ -87,16 +87,16 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
 async fn verify(store: &ControlStore, run: Option<String>, expect_head: Option<String>, format: Format) -> Result<(), Exit> {
     let whole = run.is_none();
     let runs = match run {
-        Some(id) => vec![store.find_run(Some(&id)).await.map_err(Exit::failed)?],
-        None => store.runs(i64::MAX).await.map_err(Exit::failed)?,
+        Some(id) => vec![store.find_run(Some(&id)).await?],
+        None => store.runs(i64::MAX).await?,
     };
-    let ledger = store.ledger().await.map_err(Exit::failed)?;
+    let ledger = store.ledger().await?;
     let mut results: Vec<Verification> = Vec::with_capacity(runs.len());
     // Where each run's chain has to pass: the heads the ledger recorded as it ended.
     let mut rewritten: Vec<String> = Vec::new();
     for r in &runs {
-        let events = store.events(r.run_id, &EventFilter::default()).await.map_err(Exit::failed)?;
-        let head = store.chain_head(r.run_id).await.map_err(Exit::failed)?;
+        let events = store.events(r.run_id, &EventFilter::default()).await?;
+        let head = store.chain_head(r.run_id).await?;
         for e in ledger.iter().filter(|e| e.run_id == r.run_id && e.event_count > 0) {
             let at = usize::try_from(e.event_count - 1).ok().and_then(|i| events.get(i));
             if at.map(|a| &a.hash) != Some(&e.head_hash) {
@@ -113,7 +113,7 @@ async fn verify(store: &ControlStore, run: Option<String>, expect_head: Option<S
     let ledger_head = ledger.last().map_or(runtime::audit::GENESIS, |e| e.hash.as_str());
     // A run removed whole leaves no chain to break, but the ledger and the rows it wrote still
     // name it.
-    let vanished = store.vanished_runs().await.map_err(Exit::failed)?;
+    let vanished = store.vanished_runs().await?;
     match format {
         Format::Json => print_json(&json!({"runs": results, "tampered": bad, "removed": vanished, "rewritten": rewritten,
             "ledger": {"entries": ledger.len(), "head": ledger_head, "first_bad": ledger_break}})),
@@ -168,17 +168,17 @@ async fn verify(store: &ControlStore, run: Option<String>, expect_head: Option<S
 
 pub async fn status(config: &Config, opts: StatusOpts) -> Result<(), Exit> {
     let store = store(config).await?;
-    let run = store.find_run(opts.run.as_deref()).await.map_err(Exit::failed)?;
-    let events = store.events(run.run_id, &EventFilter::default()).await.map_err(Exit::failed)?;
+    let run = store.find_run(opts.run.as_deref()).await?;
+    let events = store.events(run.run_id, &EventFilter::default()).await?;
     let recent: Vec<&AuditEvent> = events.iter().rev().take(10).rev().collect();
-    let mut progress = store.progress(run.run_id).await.map_err(Exit::failed)?;
+    let mut progress = store.progress(run.run_id).await?;
     // An entity left loading by a run that is no longer going stopped with it.
     if run.outcome != "running" {
         for p in progress.iter_mut().filter(|p| p.state == "running") {
             p.state = run.outcome.clone();
         }
     }
-    let suspended = store.suspended().await.map_err(Exit::failed)?;
+    let suspended = store.suspended().await?;
     let suspended_json: Vec<Value> =
         suspended.iter().map(|(table, name, kind, run)| json!({"table": table, "name": name, "kind": kind, "run_id": run})).collect();
     match opts.format {

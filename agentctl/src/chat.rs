@@ -154,7 +154,7 @@ impl Chat<'_> {
         let model = self.llm.as_ref().map(|l| l.describe()).unwrap_or_else(|| "no language model, offline".into());
         println!("agentctl chat: {} ({model}). Type `help` for what you can say.", self.databases());
         // A migration left half done is the first thing to know.
-        if let Some(run) = self.store.latest_migration_run().await.map_err(Exit::failed)? {
+        if let Some(run) = self.store.latest_migration_run().await? {
             if let Some(how) = self.interrupted(run).await? {
                 println!("{}", interrupted_note(&how));
             }
@@ -296,13 +296,13 @@ impl Chat<'_> {
             println!("Nothing has been moved yet, so nothing can have been lost: the old database is as it was.");
             return Ok(());
         };
-        let row = self.store.find_run(Some(&run.to_string())).await.map_err(Exit::failed)?;
-        let entities = self.store.report(run).await.map_err(Exit::failed)?;
+        let row = self.store.find_run(Some(&run.to_string())).await?;
+        let entities = self.store.report(run).await?;
         let (source, migrated, rejected) = tools::control::ReportEntity::totals(&entities);
         let validated = entities.iter().filter(|e| e.validated == Some(true)).count();
         let failed: Vec<&str> = entities.iter().filter(|e| e.validated == Some(false)).map(|e| e.target_table.as_str()).collect();
-        let events = self.store.events(run, &EventFilter::default()).await.map_err(Exit::failed)?;
-        let head = self.store.chain_head(run).await.map_err(Exit::failed)?;
+        let events = self.store.events(run, &EventFilter::default()).await?;
+        let head = self.store.chain_head(run).await?;
         let chain = runtime::audit::verify_chain(run, &events, &head);
         let accounted = source == migrated + rejected;
         let whole = accounted && failed.is_empty() && chain.first_bad.is_none() && row.outcome == "succeeded";
@@ -340,17 +340,17 @@ impl Chat<'_> {
 
     /// For a migration whose program was stopped before it ended, the command that finishes it.
     async fn interrupted(&self, run: RunId) -> Result<Option<String>, Exit> {
-        let row = self.store.find_run(Some(&run.to_string())).await.map_err(Exit::failed)?;
+        let row = self.store.find_run(Some(&run.to_string())).await?;
         Ok(crate::audit::resume_command(&row, self.config))
     }
 
     /// The run to answer questions about: this conversation's, if it migrated, else the latest.
     async fn run_in_question(&self) -> Result<Option<RunId>, Exit> {
-        let mine = self.store.progress(self.session.run_id).await.map_err(Exit::failed)?;
+        let mine = self.store.progress(self.session.run_id).await?;
         if !mine.is_empty() {
             return Ok(Some(self.session.run_id));
         }
-        self.store.latest_migration_run().await.map_err(Exit::failed)
+        self.store.latest_migration_run().await.map_err(Exit::from)
     }
 
     /// A question no intent covers, answered by the model in words, streamed as it comes, from
@@ -359,7 +359,7 @@ impl Chat<'_> {
         let status = match self.run_in_question().await? {
             None => "nothing has been migrated yet".to_owned(),
             Some(run) => {
-                let rows = self.store.progress(run).await.map_err(Exit::failed)?;
+                let rows = self.store.progress(run).await?;
                 let parts: Vec<String> =
                     rows.iter().map(|p| format!("{} {} ({} moved, {} refused)", p.target_table, p.state, p.migrated, p.rejected)).collect();
                 parts.join("; ")
@@ -536,8 +536,8 @@ impl Chat<'_> {
             return Ok(());
         }
         let target = self.config.target().map_err(Exit::config)?;
-        let store = tools::sync::SyncStore::new(tools::pg::connect(target, 1).await.map_err(Exit::failed)?);
-        let job = store.create_job(&name, &what, &schedule).await.map_err(Exit::failed)?;
+        let store = tools::sync::SyncStore::new(tools::pg::connect(target, 1).await?);
+        let job = store.create_job(&name, &what, &schedule).await?;
         self.session.operator_decision(
             format!("scheduled the sync job {} in the chat", job.name),
             "the operator answered yes to keeping these tables in step on a schedule",
@@ -687,7 +687,7 @@ impl Chat<'_> {
                     return Ok(());
                 };
                 let stopped = self.interrupted(run).await?;
-                for p in self.store.progress(run).await.map_err(Exit::failed)? {
+                for p in self.store.progress(run).await? {
                     println!(
                         "  {}: {} — {} of {} rows moved, {} could not be moved",
                         p.target_table.trim_start_matches("public."),
@@ -706,7 +706,7 @@ impl Chat<'_> {
                     println!("Nothing has been migrated yet, so nothing has failed.");
                     return Ok(());
                 };
-                let groups = self.store.rejection_groups(run).await.map_err(Exit::failed)?;
+                let groups = self.store.rejection_groups(run).await?;
                 let groups: Vec<_> = groups.iter().filter(|g| entity.as_deref().is_none_or(|e| names_match(e, &g.source_table))).collect();
                 if groups.is_empty() {
                     println!("No rows{} were refused.", entity.as_ref().map(|e| format!(" of {e}")).unwrap_or_default());
@@ -727,7 +727,7 @@ impl Chat<'_> {
                     println!("Nothing has been migrated yet.");
                     return Ok(());
                 };
-                let groups = self.store.rejection_groups(run).await.map_err(Exit::failed)?;
+                let groups = self.store.rejection_groups(run).await?;
                 let table = groups
                     .iter()
                     .find(|g| entity.as_deref().is_none_or(|e| names_match(e, &g.source_table)))
@@ -736,7 +736,7 @@ impl Chat<'_> {
                     println!("No refused row{} to show.", entity.as_ref().map(|e| format!(" of {e}")).unwrap_or_default());
                     return Ok(());
                 };
-                if let Some((key, reason, row)) = self.store.rejected_example(run, &table).await.map_err(Exit::failed)? {
+                if let Some((key, reason, row)) = self.store.rejected_example(run, &table).await? {
                     println!("Row {key} of {table} was not moved: {reason}\nWhat the old system holds:");
                     print_json(&row);
                 }
@@ -749,7 +749,7 @@ impl Chat<'_> {
                 let agent = agent.clone().unwrap_or_else(|| "planning".into());
                 self.session.flush_audit().await?;
                 let filter = EventFilter { agent: Some(agent.clone()), kind: Some("decision".into()) };
-                let events = self.store.events(run, &filter).await.map_err(Exit::failed)?;
+                let events = self.store.events(run, &filter).await?;
                 if events.is_empty() {
                     println!("The {agent} agent recorded no decision in that run.");
                 }
@@ -825,6 +825,6 @@ pub async fn llm(config: &Config, cmd: LlmCmd) -> Result<(), Exit> {
             }
             Ok(())
         }
-        Err(e) => Err(Exit::failed(format!("{} does not answer: {}", llm.describe(), e.0))),
+        Err(e) => Err(Exit::from(e.context(format!("{} does not answer", llm.describe())))),
     }
 }

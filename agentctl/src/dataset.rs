@@ -41,10 +41,10 @@ pub async fn dataset(config: &Config, cmd: DatasetCmd) -> Result<(), Exit> {
         }
         DatasetCmd::Change { rows, format } => {
             let source = tools::pg::connect(config.source().map_err(Exit::config)?, 1).await.map_err(Exit::config)?;
-            if dataset::stamp(&source).await.map_err(Exit::failed)?.is_none() {
+            if dataset::stamp(&source).await?.is_none() {
                 return Err(Exit::config("the source does not hold the reference dataset (agentctl dataset generate)"));
             }
-            let report = dataset::changes::apply(&source, rows).await.map_err(Exit::failed)?;
+            let report = dataset::changes::apply(&source, rows).await?;
             match format {
                 Format::Json => print_json(&report),
                 Format::Text => {
@@ -63,9 +63,9 @@ pub async fn dataset(config: &Config, cmd: DatasetCmd) -> Result<(), Exit> {
                 Some(url) => Some(tools::pg::connect(url, 2).await.map_err(Exit::config)?),
                 None => None,
             };
-            let report = dataset::generate(&source, &opts, |line| eprintln!("  {line}")).await.map_err(Exit::failed)?;
+            let report = dataset::generate(&source, &opts, |line| eprintln!("  {line}")).await?;
             if let Some(target) = &target {
-                dataset::apply_target_schema(target, replace).await.map_err(Exit::failed)?;
+                dataset::apply_target_schema(target, replace).await?;
             }
             match format {
                 Format::Json => print_json(&report),
@@ -101,7 +101,7 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
     let dir = demo_dir(&opts);
     if opts.fresh && dir.exists() {
         if let Ok((old, _)) = DaemonCluster::open(&dir) {
-            old.stop().map_err(Exit::failed)?;
+            old.stop()?;
         }
         std::fs::remove_dir_all(&dir).map_err(|e| Exit::failed(format!("removing {}: {e}", dir.display())))?;
     }
@@ -109,9 +109,9 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
     println!("PostgreSQL {} in {} on port {}", if created { "created" } else { "reused" }, dir.display(), cluster.port);
     let admin_cfg =
         Config::resolve(&DbFlags { source: None, target: Some(cluster.url("postgres")) }, &Vars::default()).map_err(Exit::config)?;
-    let admin = tools::pg::connect(admin_cfg.target().map_err(Exit::config)?, 1).await.map_err(Exit::failed)?;
+    let admin = tools::pg::connect(admin_cfg.target().map_err(Exit::config)?, 1).await?;
     for db in ["legacy", "modern"] {
-        ensure_database(&admin, db).await.map_err(Exit::failed)?;
+        ensure_database(&admin, db).await?;
     }
     admin.close().await;
     let config = Config::resolve(&DbFlags { source: Some(cluster.url("legacy")), target: Some(cluster.url("modern")) }, &Vars::default())
@@ -122,7 +122,7 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
     // Regenerate only when the stamped dataset is not the one asked for.
     let wanted = World::build(opts.scale, opts.seed, &FaultProfile::production()).map_err(Exit::config)?;
     let expected = wanted.report(opts.scale, &Default::default());
-    let stamp = dataset::stamp(&source).await.map_err(Exit::failed)?;
+    let stamp = dataset::stamp(&source).await?;
     let same = stamp.as_ref().is_some_and(|s| s["scale"] == serde_json::json!(opts.scale) && s["seed"] == serde_json::json!(opts.seed));
     let report: DatasetReport = if same {
         println!("reference dataset already loaded (scale {}, seed {})", opts.scale, opts.seed);
@@ -130,7 +130,7 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
     } else {
         println!("generating the reference dataset at scale {} ...", opts.scale);
         let gen = GenerateOptions { scale: opts.scale, seed: opts.seed, faults: FaultProfile::production(), replace: true };
-        let r = dataset::generate(&source, &gen, |line| println!("  {line}")).await.map_err(Exit::failed)?;
+        let r = dataset::generate(&source, &gen, |line| println!("  {line}")).await?;
         println!("  {} rows in {:.1}s ({:.0} rows/s)", r.rows, r.seconds, r.rows as f64 / r.seconds);
         r
     };
@@ -236,8 +236,8 @@ async fn pgcopydb_clone(bin: &Path, config: &Config, admin: &tools::pg::Pool, jo
     let (url, query) = target.expose().split_once('?').map_or((target.expose(), ""), |(u, q)| (u, q));
     let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
     let clone_url = format!("{base}/{name}{}{query}", if query.is_empty() { "" } else { "?" });
-    tools::cluster::drop_database(admin, &name).await.map_err(Exit::failed)?;
-    ensure_database(admin, &name).await.map_err(Exit::failed)?;
+    tools::cluster::drop_database(admin, &name).await?;
+    ensure_database(admin, &name).await?;
     // pgcopydb's work files: a directory of its own, empty, removed after.
     let dir = std::env::temp_dir().join(format!("agentctl-pgcopydb-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -250,7 +250,7 @@ async fn pgcopydb_clone(bin: &Path, config: &Config, admin: &tools::pg::Pool, jo
         .map_err(|e| Exit::failed(format!("starting pgcopydb: {e}")))?;
     let seconds = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
-    tools::cluster::drop_database(admin, &name).await.map_err(Exit::failed)?;
+    tools::cluster::drop_database(admin, &name).await?;
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stderr);
         let last = said.lines().rev().find(|l| l.contains("ERROR")).unwrap_or_else(|| said.lines().last().unwrap_or(""));
@@ -303,7 +303,7 @@ async fn bench_migrate(
     let source = conns.source.clone().expect("opened with the source");
     eprintln!("generating the reference dataset at scale {scale} ...");
     let gen = GenerateOptions { scale, seed, faults: FaultProfile::production(), replace: true };
-    let report = dataset::generate(&source, &gen, |_| ()).await.map_err(Exit::failed)?;
+    let report = dataset::generate(&source, &gen, |_| ()).await?;
     eprintln!("  {} rows in {:.1}s", report.rows, report.seconds);
     let jobs_arg = jobs.clamp(1, 8).to_string();
     let copier = pgcopydb();
@@ -318,17 +318,17 @@ async fn bench_migrate(
         // The previous round's target goes before the pipe, so that neither measurement shares
         // the machine with autovacuum clearing up after the one before it.
         fresh_target(&conns.target).await?;
-        tools::bench::settle(&source, &conns.target).await.map_err(Exit::failed)?;
+        tools::bench::settle(&source, &conns.target).await?;
         eprintln!("round {round}: raw pipe, COPY out of the source and into the target, {jobs} tables at a time ...");
-        let pipe = tools::bench::raw_pipe(&source, &conns.target, jobs).await.map_err(Exit::failed)?;
+        let pipe = tools::bench::raw_pipe(&source, &conns.target, jobs).await?;
         eprintln!("  {} rows in {:.1}s", pipe.rows, pipe.seconds);
-        tools::bench::settle(&source, &conns.target).await.map_err(Exit::failed)?;
+        tools::bench::settle(&source, &conns.target).await?;
         let pgcopydb = match &copier {
             Some(bin) => {
                 eprintln!("round {round}: pgcopydb clone, {copier_jobs} tables and indexes at a time ...");
                 let seconds = pgcopydb_clone(bin, config, &conns.target, &copier_jobs).await?;
                 eprintln!("  {seconds:.1}s");
-                tools::bench::settle(&source, &conns.target).await.map_err(Exit::failed)?;
+                tools::bench::settle(&source, &conns.target).await?;
                 Some(seconds)
             }
             None => None,
@@ -347,7 +347,7 @@ async fn bench_migrate(
         eprintln!("  {rows_read} rows in {execute:.1}s; agentctl's CPU {:.1}s", run.cpu_seconds);
         // The same run as a user starts it: every entity validated as soon as it is loaded.
         fresh_target(&conns.target).await?;
-        tools::bench::settle(&source, &conns.target).await.map_err(Exit::failed)?;
+        tools::bench::settle(&source, &conns.target).await?;
         eprintln!("round {round}: agentctl run --goal \"migrate everything\" (validated) ...");
         let validated = measure(config, &["run", "--goal", "migrate everything", "--yes", "--jobs", &jobs_arg, "--format", "json"])?;
         if validated.code != 0 {
@@ -474,8 +474,8 @@ async fn bench_migrate(
 /// The reference target schema created anew, and the control schema's records of the rows the
 /// old tables held forgotten.
 async fn fresh_target(target: &tools::pg::Pool) -> Result<(), Exit> {
-    dataset::apply_target_schema(target, true).await.map_err(Exit::failed)?;
-    tools::control::ControlStore::open(target.clone()).await.map_err(Exit::failed)?.forget_migrated_rows().await.map_err(Exit::failed)
+    dataset::apply_target_schema(target, true).await?;
+    tools::control::ControlStore::open(target.clone()).await?.forget_migrated_rows().await.map_err(Exit::from)
 }
 
 async fn bench_diff(config: &Config, scale: f64, seed: u64, changes: u64, format: Format) -> Result<(), Exit> {
@@ -483,7 +483,7 @@ async fn bench_diff(config: &Config, scale: f64, seed: u64, changes: u64, format
     let source = conns.source.clone().expect("opened with the source");
     eprintln!("generating the reference dataset at scale {scale} ...");
     let gen = GenerateOptions { scale, seed, faults: FaultProfile::production(), replace: true };
-    let report = dataset::generate(&source, &gen, |_| ()).await.map_err(Exit::failed)?;
+    let report = dataset::generate(&source, &gen, |_| ()).await?;
     fresh_target(&conns.target).await?;
     eprintln!("  {} rows; migrating them all ...", report.rows);
     let run = measure(config, &["run", "--goal", "migrate everything", "--yes", "--format", "json"])?;
@@ -491,8 +491,8 @@ async fn bench_diff(config: &Config, scale: f64, seed: u64, changes: u64, format
         return Err(Exit::failed(format!("the full migration failed: {}", run.stderr.trim())));
     }
     eprintln!("  {:.1}s; changing {changes} source rows ...", run.seconds);
-    let changed = dataset::changes::apply(&source, changes).await.map_err(Exit::failed)?;
-    tools::pg::run_script(&source, "ANALYZE", "analyzing the source").await.map_err(Exit::failed)?;
+    let changed = dataset::changes::apply(&source, changes).await?;
+    tools::pg::run_script(&source, "ANALYZE", "analyzing the source").await?;
     let mut figures = Vec::new();
     for (name, args) in [
         ("diff analyze", &["diff", "analyze", "--format", "json"][..]),
@@ -540,7 +540,7 @@ pub async fn bench(config: &Config, cmd: BenchCmd) -> Result<(), Exit> {
         BenchCmd::Sandbox { runs, values } => crate::sandbox_cmd::bench(runs, values).await,
         BenchCmd::Uuid { rows, format } => {
             let target = tools::pg::connect(config.target().map_err(Exit::config)?, 1).await.map_err(Exit::config)?;
-            let figures = tools::bench::uuid_layouts(&target, rows).await.map_err(Exit::failed)?;
+            let figures = tools::bench::uuid_layouts(&target, rows).await?;
             match format {
                 Format::Json => print_json(&figures),
                 Format::Text => {

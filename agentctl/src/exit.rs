@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use runtime::error::{ErrorKind, ToolError};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exit {
     pub code: i32,
@@ -30,13 +32,19 @@ impl Exit {
         Exit::new(Exit::USAGE, message)
     }
 
-    /// An agent's error: bad usage or configuration when the request itself was wrong.
-    pub fn agent(e: runtime::envelope::AgentError) -> Exit {
-        if e.usage {
-            Exit::config(e.message)
+    /// The exit for an error of this kind: bad usage or configuration when the request itself
+    /// was wrong, else a failure. The one place an error's kind becomes an exit code.
+    pub fn of_kind(kind: ErrorKind, message: impl fmt::Display) -> Exit {
+        if kind.is_usage() {
+            Exit::config(message)
         } else {
-            Exit::failed(e.message)
+            Exit::failed(message)
         }
+    }
+
+    /// An agent's error, by its kind.
+    pub fn agent(e: runtime::envelope::AgentError) -> Exit {
+        Exit::of_kind(e.kind, e.message)
     }
 
     pub fn interrupted(message: impl fmt::Display) -> Exit {
@@ -51,3 +59,9 @@ impl fmt::Display for Exit {
 }
 
 impl std::error::Error for Exit {}
+
+impl From<ToolError> for Exit {
+    fn from(e: ToolError) -> Exit {
+        Exit::of_kind(e.kind, e.message)
+    }
+}

@@ -28,7 +28,7 @@ pub async fn mapping_file(opt: &MappingOpt, conns: &Connections) -> Result<(Mapp
         return Ok((file, origin));
     }
     let source = conns.source.as_ref().ok_or_else(|| Exit::config("this command needs the source database"))?;
-    if tools::dataset::stamp(source).await.map_err(Exit::failed)?.is_some() {
+    if tools::dataset::stamp(source).await?.is_some() {
         let origin = "the built-in mappings/dispatch.toml".to_owned();
         return Ok((MappingFile::parse(DISPATCH_MAPPING, &origin).map_err(Exit::failed)?, origin));
     }
@@ -167,7 +167,7 @@ pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
     // The trail's head, to keep outside the database: `audit verify RUN --expect-head HASH`
     // then tells a trail that was rewritten or cut since.
     if opts.format == Format::Text {
-        let head = store.chain_head(run_id).await.map_err(Exit::failed)?;
+        let head = store.chain_head(run_id).await?;
         println!(
             "Audit trail head: {} (keep it elsewhere; agentctl audit verify {run_id} --expect-head {}{})",
             head.head_hash,
@@ -384,7 +384,7 @@ pub async fn analyze(config: &Config, opts: AnalyzeOpts) -> Result<(), Exit> {
             let url = config.source().map_err(Exit::config)?;
             let pool = tools::pg::connect(url, 2).await.map_err(Exit::config)?;
             let catalog = tools::catalog::PgCatalog::new(pool, url.location());
-            let report = runtime::ports::Catalog::introspect(&catalog, opts.exact_counts).await.map_err(|e| Exit::failed(e.0))?;
+            let report = runtime::ports::Catalog::introspect(&catalog, opts.exact_counts).await?;
             eprintln!("note: no target database is configured, so this analysis is in no audit trail");
             report
         }
@@ -573,7 +573,7 @@ pub async fn schema(config: &Config, cmd: SchemaCmd) -> Result<(), Exit> {
     }
     let applied = match &generated {
         Ok((ddl, _)) if apply => {
-            tools::pg::run_script(&conns.target, ddl, "creating the generated target schema").await.map_err(Exit::failed)
+            tools::pg::run_script(&conns.target, ddl, "creating the generated target schema").await.map_err(Exit::from)
         }
         _ => Ok(()),
     };

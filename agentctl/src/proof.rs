@@ -187,7 +187,7 @@ fn confirm(question: &str) -> Result<(), Exit> {
 /// in the run's trail (the plan it made).
 async fn left_out(store: &tools::control::ControlStore, run: runtime::RunId) -> Result<Vec<runtime::domain::LeftOut>, Exit> {
     let filter = tools::control::EventFilter { agent: Some("planning".into()), kind: Some("decision".into()) };
-    let events = store.events(run, &filter).await.map_err(Exit::failed)?;
+    let events = store.events(run, &filter).await?;
     Ok(events
         .iter()
         .rev()
@@ -202,11 +202,10 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
     let run = match &opts.run {
         Some(id) => store.find_run(Some(id)).await,
         None => store.latest_run("run").await,
-    }
-    .map_err(Exit::failed)?;
-    let entities = store.report(run.run_id).await.map_err(Exit::failed)?;
-    let rejections = store.rejection_groups(run.run_id).await.map_err(Exit::failed)?;
-    let (llm_calls, prompt_tokens, completion_tokens, cost) = store.llm_usage(run.run_id).await.map_err(Exit::failed)?;
+    }?;
+    let entities = store.report(run.run_id).await?;
+    let rejections = store.rejection_groups(run.run_id).await?;
+    let (llm_calls, prompt_tokens, completion_tokens, cost) = store.llm_usage(run.run_id).await?;
     let left_out = left_out(&store, run.run_id).await?;
     let (source, migrated, rejected) = tools::control::ReportEntity::totals(&entities);
     let wall = run.finished_at.unwrap_or_else(chrono::Utc::now) - run.started_at;

@@ -147,7 +147,7 @@ impl Session {
         tools: Tools,
         options: SessionOptions,
     ) -> Result<Session, Exit> {
-        let store = ControlStore::open(conns.target.clone()).await.map_err(Exit::failed)?;
+        let store = ControlStore::open(conns.target.clone()).await?;
         let resumed = match &options.resume {
             Some(prefix) => Some(store.find_run(Some(prefix)).await.map_err(Exit::config)?.run_id),
             None => None,
@@ -162,7 +162,7 @@ impl Session {
             // The same run id: its checkpoints say where each entity stands, and its audit
             // chain goes on from its last event.
             Some(id) => store.resume_run(id).await.map_err(Exit::config)?,
-            None => store.begin_run(run_id, command, goal).await.map_err(Exit::failed)?,
+            None => store.begin_run(run_id, command, goal).await?,
         }
         let (writer, _) = Actor::spawn(
             Some(format!("audit-{run_id}")),
@@ -307,7 +307,7 @@ impl Session {
         self.ctx.events.publish(RunEvent::Finished { run_id: self.run_id, outcome: outcome.to_owned() });
         let flushed = self.audit.flush().await;
         self.audit.close().await;
-        self.store.finish_run(self.run_id, outcome, detail).await.map_err(Exit::failed)?;
+        self.store.finish_run(self.run_id, outcome, detail).await?;
         flushed.map_err(|e| Exit::failed(format!("run {}: {e}", self.run_id)))
     }
 }

@@ -118,7 +118,7 @@ fn summary(t: &DiffApplied) -> String {
 async fn sync_store(config: &Config) -> Result<SyncStore, Exit> {
     let conns = Connections::open(config, false).await?;
     // Opening the control store brings its schema up to date.
-    tools::control::ControlStore::open(conns.target.clone()).await.map_err(Exit::failed)?;
+    tools::control::ControlStore::open(conns.target.clone()).await?;
     Ok(SyncStore::new(conns.target))
 }
 
@@ -126,7 +126,7 @@ pub async fn conflict(config: &Config, cmd: ConflictCmd) -> Result<(), Exit> {
     match cmd {
         ConflictCmd::Report { format, all } => {
             let store = sync_store(config).await?;
-            let conflicts = store.conflicts(all).await.map_err(Exit::failed)?;
+            let conflicts = store.conflicts(all).await?;
             match format {
                 ReportFormat::Json => print_json(&json!({"conflicts": conflicts.iter().map(|c| json!({
                     "conflict": c, "differing": c.differing().iter().map(|(n, s, t)| json!({"column": n, "source": s, "target": t})).collect::<Vec<_>>(),
@@ -139,10 +139,10 @@ pub async fn conflict(config: &Config, cmd: ConflictCmd) -> Result<(), Exit> {
         ConflictCmd::Resolve { id, take } => {
             let store = sync_store(config).await?;
             // Checked before a session starts, so a wrong number costs nothing.
-            let before = store.conflict(id).await.map_err(Exit::failed)?;
+            let before = store.conflict(id).await?;
             let (session, _) = start(config, "conflict resolve", &before.source_table, &MappingOpt { mapping: None }).await?;
             let by = std::env::var("USER").unwrap_or_else(|_| "operator".into());
-            let result = store.resolve(id, take == Side::Source, &by).await.map_err(Exit::failed);
+            let result = store.resolve(id, take == Side::Source, &by).await.map_err(Exit::from);
             if let Ok(c) = &result {
                 session.operator_decision(
                     format!(
@@ -205,14 +205,14 @@ pub async fn sync(config: &Config, cmd: SyncCmd) -> Result<(), Exit> {
             let schedule = match (every, cron) {
                 (Some(e), _) => Schedule::every(&e),
                 (None, Some(c)) => Schedule::cron(&c),
-                (None, None) => Err("give --every or --cron".into()),
+                (None, None) => Err(runtime::error::BadInput("give --every or --cron".into())),
             }
             .map_err(Exit::config)?;
             if name.trim().is_empty() {
                 return Err(Exit::config("--name: a job needs a name"));
             }
             let store = sync_store(config).await?;
-            let job = store.create_job(name.trim(), &entities.join(", "), &schedule).await.map_err(Exit::failed)?;
+            let job = store.create_job(name.trim(), &entities.join(", "), &schedule).await?;
             println!(
                 "sync job {} keeps {} in step {}; first run {}",
                 job.name,
@@ -224,10 +224,10 @@ pub async fn sync(config: &Config, cmd: SyncCmd) -> Result<(), Exit> {
         }
         SyncCmd::ListJobs { format } => {
             let store = sync_store(config).await?;
-            let jobs = store.jobs().await.map_err(Exit::failed)?;
+            let jobs = store.jobs().await?;
             let mut last = Vec::with_capacity(jobs.len());
             for j in &jobs {
-                last.push(store.history(&j.name, 1).await.map_err(Exit::failed)?.into_iter().next());
+                last.push(store.history(&j.name, 1).await?.into_iter().next());
             }
             match format {
                 Format::Json => {
@@ -258,14 +258,14 @@ pub async fn sync(config: &Config, cmd: SyncCmd) -> Result<(), Exit> {
         SyncCmd::ResumeJob { name } => pause(config, &name, true).await,
         SyncCmd::DeleteJob { name } => {
             let store = sync_store(config).await?;
-            store.delete_job(&name).await.map_err(Exit::failed)?;
+            store.delete_job(&name).await?;
             println!("sync job {name} deleted with its history (its runs stay in the audit trail)");
             Ok(())
         }
         SyncCmd::JobStatus { name, format } => {
             let store = sync_store(config).await?;
-            let job = store.job(&name).await.map_err(Exit::failed)?;
-            let runs = store.history(&name, 10).await.map_err(Exit::failed)?;
+            let job = store.job(&name).await?;
+            let runs = store.history(&name, 10).await?;
             match format {
                 Format::Json => print_json(&json!({"job": job, "runs": runs})),
                 Format::Text => {
@@ -290,7 +290,7 @@ pub async fn sync(config: &Config, cmd: SyncCmd) -> Result<(), Exit> {
         SyncCmd::RunJob { name, mapping, format } => {
             let store = sync_store(config).await?;
             let lease = Duration::from_secs(60);
-            let claim = store.claim_now(&name, &owner(), lease).await.map_err(Exit::failed)?;
+            let claim = store.claim_now(&name, &owner(), lease).await?;
             let run = run_claim(config, &store, claim, &mapping, lease, None).await?;
             match format {
                 Format::Json => print_json(&run),
@@ -308,7 +308,7 @@ pub async fn sync(config: &Config, cmd: SyncCmd) -> Result<(), Exit> {
 
 async fn pause(config: &Config, name: &str, resume: bool) -> Result<(), Exit> {
     let store = sync_store(config).await?;
-    let job = store.set_enabled(name, resume).await.map_err(Exit::failed)?;
+    let job = store.set_enabled(name, resume).await?;
     if resume {
         println!("sync job {} resumed: next run {}", job.name, job.next_run_at.to_rfc3339());
     } else {
@@ -368,7 +368,7 @@ async fn run_claim(
     };
     let work = async {
         let (session, goal) = start(config, "sync", &claim.job.goal, mapping).await?;
-        store.started(&claim, session.run_id.0).await.map_err(Exit::failed)?;
+        store.started(&claim, session.run_id.0).await?;
         let run_id = session.run_id;
         let result = interruptible(
             async { session.diff(DiffGoal { goal, analyze: true, apply: true, full: false }).await.map_err(Exit::agent) },
@@ -395,7 +395,7 @@ async fn run_claim(
         Err(e) if e.code == Exit::INTERRUPTED => ("cancelled", RunCounts::default(), Some(e.message.clone())),
         Err(e) => ("failed", RunCounts::default(), Some(e.message.clone())),
     };
-    store.finish(&claim, outcome, &counts, detail.as_deref()).await.map_err(Exit::failed)
+    store.finish(&claim, outcome, &counts, detail.as_deref()).await.map_err(Exit::from)
 }
 
 async fn daemon(config: &Config, poll: f64, lease: f64, mapping: &MappingOpt) -> Result<(), Exit> {

@@ -7,6 +7,7 @@
 //! CHECK fails only when it is false, never when it is NULL. An expression it cannot read is
 //! reported as such (the row's fate is then left to the database) rather than guessed at.
 
+use runtime::error::BadInput;
 use std::collections::HashMap;
 
 use regex::Regex;
@@ -58,7 +59,7 @@ enum Tok {
     Cast,
 }
 
-fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
+fn tokenize(s: &str) -> Result<Vec<Tok>, BadInput> {
     let b: Vec<char> = s.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -77,7 +78,7 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                 i += 1;
                 loop {
                     match b.get(i) {
-                        None => return Err("unterminated string".into()),
+                        None => return Err(BadInput("unterminated string".into())),
                         Some('\'') if b.get(i + 1) == Some(&'\'') => (text.push('\''), i += 2).1,
                         Some('\'') => break i += 1,
                         Some(ch) => (text.push(*ch), i += 1).1,
@@ -86,7 +87,7 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                 out.push(Tok::Str(text));
             }
             '"' => {
-                let end = b[i + 1..].iter().position(|&ch| ch == '"').ok_or("unterminated identifier")? + i + 1;
+                let end = b[i + 1..].iter().position(|&ch| ch == '"').ok_or_else(|| BadInput("unterminated identifier".into()))? + i + 1;
                 out.push(Tok::Ident(b[i + 1..end].iter().collect()));
                 i = end + 1;
             }
@@ -114,7 +115,7 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                 } else if "=<>~+-*/".contains(c) {
                     c.to_string()
                 } else {
-                    return Err(format!("unexpected `{c}`"));
+                    return Err(BadInput(format!("unexpected `{c}`")));
                 };
                 i += op.len();
                 out.push(Tok::Op(op));
@@ -146,16 +147,16 @@ impl Parser {
         yes
     }
 
-    fn expect(&mut self, t: Tok) -> Result<(), String> {
+    fn expect(&mut self, t: Tok) -> Result<(), BadInput> {
         if self.peek() == Some(&t) {
             self.pos += 1;
             Ok(())
         } else {
-            Err(format!("expected {t:?}, found {:?}", self.peek()))
+            Err(BadInput(format!("expected {t:?}, found {:?}", self.peek())))
         }
     }
 
-    fn or(&mut self) -> Result<Expr, String> {
+    fn or(&mut self) -> Result<Expr, BadInput> {
         let mut e = self.and()?;
         while self.eat_kw("OR") {
             e = Expr::Or(Box::new(e), Box::new(self.and()?));
@@ -163,7 +164,7 @@ impl Parser {
         Ok(e)
     }
 
-    fn and(&mut self) -> Result<Expr, String> {
+    fn and(&mut self) -> Result<Expr, BadInput> {
         let mut e = self.not()?;
         while self.eat_kw("AND") {
             e = Expr::And(Box::new(e), Box::new(self.not()?));
@@ -171,26 +172,26 @@ impl Parser {
         Ok(e)
     }
 
-    fn not(&mut self) -> Result<Expr, String> {
+    fn not(&mut self) -> Result<Expr, BadInput> {
         if self.eat_kw("NOT") {
             return Ok(Expr::Not(Box::new(self.not()?)));
         }
         self.cmp()
     }
 
-    fn cmp(&mut self) -> Result<Expr, String> {
+    fn cmp(&mut self) -> Result<Expr, BadInput> {
         let left = self.add()?;
         if self.eat_kw("IS") {
             let negated = self.eat_kw("NOT");
             if !self.eat_kw("NULL") {
-                return Err("only IS [NOT] NULL is understood".into());
+                return Err(BadInput("only IS [NOT] NULL is understood".into()));
             }
             return Ok(Expr::IsNull(Box::new(left), negated));
         }
         if self.eat_kw("BETWEEN") {
             let lo = self.add()?;
             if !self.eat_kw("AND") {
-                return Err("BETWEEN without AND".into());
+                return Err(BadInput("BETWEEN without AND".into()));
             }
             let hi = self.add()?;
             return Ok(Expr::And(
@@ -214,9 +215,9 @@ impl Parser {
         Ok(left)
     }
 
-    fn array(&mut self) -> Result<Vec<Expr>, String> {
+    fn array(&mut self) -> Result<Vec<Expr>, BadInput> {
         if !self.eat_kw("ARRAY") {
-            return Err("only ANY (ARRAY[...]) is understood".into());
+            return Err(BadInput("only ANY (ARRAY[...]) is understood".into()));
         }
         self.expect(Tok::LBracket)?;
         let mut items = vec![self.add()?];
@@ -230,7 +231,7 @@ impl Parser {
         Ok(items)
     }
 
-    fn add(&mut self) -> Result<Expr, String> {
+    fn add(&mut self) -> Result<Expr, BadInput> {
         let mut e = self.unary()?;
         while let Some(Tok::Op(op)) = self.peek().cloned() {
             if op != "+" && op != "-" {
@@ -242,7 +243,7 @@ impl Parser {
         Ok(e)
     }
 
-    fn unary(&mut self) -> Result<Expr, String> {
+    fn unary(&mut self) -> Result<Expr, BadInput> {
         if self.peek() == Some(&Tok::Op("-".into())) {
             self.pos += 1;
             return Ok(Expr::Arith(Box::new(Expr::Lit(Val::Num(0.0))), '-', Box::new(self.unary()?)));
@@ -251,7 +252,7 @@ impl Parser {
         self.casts(p)
     }
 
-    fn casts(&mut self, mut e: Expr) -> Result<Expr, String> {
+    fn casts(&mut self, mut e: Expr) -> Result<Expr, BadInput> {
         while self.peek() == Some(&Tok::Cast) {
             self.pos += 1;
             let mut name = String::new();
@@ -286,7 +287,7 @@ impl Parser {
         Ok(e)
     }
 
-    fn primary(&mut self) -> Result<Expr, String> {
+    fn primary(&mut self) -> Result<Expr, BadInput> {
         match self.peek().cloned() {
             Some(Tok::LParen) => {
                 self.pos += 1;
@@ -295,7 +296,7 @@ impl Parser {
                 Ok(e)
             }
             Some(Tok::Str(s)) => (self.pos += 1, Ok(Expr::Lit(Val::Text(s)))).1,
-            Some(Tok::Num(n)) => (self.pos += 1, Ok(Expr::Lit(Val::Num(n.parse().map_err(|_| format!("bad number {n}"))?)))).1,
+            Some(Tok::Num(n)) => (self.pos += 1, Ok(Expr::Lit(Val::Num(n.parse().map_err(|_| BadInput(format!("bad number {n}")))?)))).1,
             Some(Tok::Ident(w)) => {
                 self.pos += 1;
                 let lw = w.to_lowercase();
@@ -317,23 +318,23 @@ impl Parser {
                     }
                     self.expect(Tok::RParen)?;
                     if !["lower", "upper", "length", "char_length", "btrim", "abs", "coalesce"].contains(&lw.as_str()) {
-                        return Err(format!("function {w}() is not understood"));
+                        return Err(BadInput(format!("function {w}() is not understood")));
                     }
                     return Ok(Expr::Call(lw, args));
                 }
                 Ok(Expr::Col(w))
             }
-            other => Err(format!("unexpected {other:?}")),
+            other => Err(BadInput(format!("unexpected {other:?}"))),
         }
     }
 }
 
 impl CheckExpr {
-    pub fn parse(text: &str) -> Result<CheckExpr, String> {
+    pub fn parse(text: &str) -> Result<CheckExpr, BadInput> {
         let mut p = Parser { toks: tokenize(text)?, pos: 0 };
         let expr = p.or()?;
         if p.pos != p.toks.len() {
-            return Err(format!("unexpected {:?} after the expression", p.toks[p.pos]));
+            return Err(BadInput(format!("unexpected {:?} after the expression", p.toks[p.pos])));
         }
         let mut regexes = HashMap::new();
         collect_regexes(&expr, &mut regexes)?;
@@ -442,15 +443,15 @@ impl CheckExpr {
     }
 }
 
-fn collect_regexes(e: &Expr, out: &mut HashMap<String, Regex>) -> Result<(), String> {
+fn collect_regexes(e: &Expr, out: &mut HashMap<String, Regex>) -> Result<(), BadInput> {
     match e {
         Expr::Cmp(a, op, b) => {
             if op.contains('~') {
                 let Expr::Lit(Val::Text(p)) = strip_cast(b) else {
-                    return Err("a regular expression that is not a literal".into());
+                    return Err(BadInput("a regular expression that is not a literal".into()));
                 };
                 let key = if op.contains('*') { format!("(?i){p}") } else { p.clone() };
-                let re = Regex::new(&key).map_err(|e| format!("regular expression {p:?}: {e}"))?;
+                let re = Regex::new(&key).map_err(|e| BadInput(format!("regular expression {p:?}: {e}")))?;
                 out.insert(key, re);
             }
             collect_regexes(a, out)?;

@@ -48,7 +48,7 @@ pub async fn run_code(
     agent: AgentName,
     purpose: &str,
     request: &CodeRequest,
-) -> Result<CodeResult, String> {
+) -> Result<CodeResult, ToolError> {
     let started = Instant::now();
     let result = runner.run(request).await;
     let inputs = json!({
@@ -69,7 +69,7 @@ pub async fn run_code(
                     "stderr_truncated": r.stderr_truncated, "files": r.files.iter().map(|f| &f.name).collect::<Vec<_>>()}),
             )
         }
-        Err(e) => (format!("{RUN_CODE} ({purpose}): could not run: {}", e.0), json!({"error": e.0})),
+        Err(e) => (format!("{RUN_CODE} ({purpose}): could not run: {e}"), json!({"error": e.message})),
     };
     ctx.audit.record(AuditRecord::new(
         agent,
@@ -79,7 +79,7 @@ pub async fn run_code(
             "inputs": inputs, "limits": runner.limits(), "result": outcome,
             "wall_ms": started.elapsed().as_millis() as u64}),
     ));
-    result.map_err(|e| e.0)
+    result
 }
 
 /// The source's rows with the mapping's script transforms applied: a scan that names scripts is
@@ -106,7 +106,10 @@ impl ScriptedRows {
     async fn checkout(&self, script: &ScriptColumn) -> Result<Running, ToolError> {
         let hash = sha256(&script.code);
         let Some(runner) = &self.runner else {
-            return Err(ToolError(format!("{}: the transform {} needs the sandbox, which is not configured", script.column, script.path)));
+            return Err(ToolError::system(format!(
+                "{}: the transform {} needs the sandbox, which is not configured",
+                script.column, script.path
+            )));
         };
         loop {
             let idle = self.idle.lock().expect("idle lock").get_mut(&hash).and_then(Vec::pop);
@@ -129,12 +132,12 @@ impl ScriptedRows {
             EventKind::Tool,
             match &opened {
                 Ok(_) => format!("{RUN_CODE}: started {} for {} in the sandbox", script.path, script.column),
-                Err(e) => format!("{RUN_CODE}: could not start {}: {}", script.path, e.0),
+                Err(e) => format!("{RUN_CODE}: could not start {}: {e}", script.path),
             },
             json!({"tool": RUN_CODE, "purpose": "transform", "path": script.path, "column": script.column,
-                "code": script.code, "code_sha256": hash, "limits": runner.limits(), "error": opened.as_ref().err().map(|e| &e.0)}),
+                "code": script.code, "code_sha256": hash, "limits": runner.limits(), "error": opened.as_ref().err().map(|e| &e.message)}),
         ));
-        let stream = opened.map_err(|e| ToolError(format!("{}: the transform {}: {}", script.column, script.path, e.0)))?;
+        let stream = opened.map_err(|e| e.context(format!("{}: the transform {}", script.column, script.path)))?;
         Ok((Instant::now(), stream))
     }
 
@@ -148,9 +151,9 @@ impl ScriptedRows {
         script: &ScriptColumn,
         values: Vec<Option<&str>>,
     ) -> Result<Vec<Option<String>>, ToolError> {
-        let fail = |why: String| ToolError(format!("{}: the transform {}: {why}", script.column, script.path));
+        let fail = |why: String| ToolError::system(format!("{}: the transform {}: {why}", script.column, script.path));
         let line = serde_json::to_string(&values).map_err(|e| fail(e.to_string()))?;
-        let answer = stream.exchange(&line).await.map_err(|e| fail(e.0))?;
+        let answer = stream.exchange(&line).await.map_err(|e| fail(e.message))?;
         let answers: Vec<Option<String>> =
             serde_json::from_str(&answer).map_err(|e| fail(format!("its answer is not the driver's JSON ({e})")))?;
         if answers.len() != values.len() {
@@ -178,7 +181,7 @@ impl ScriptedRows {
         let outputs: Vec<String> = scan.scripts.iter().map(ScriptColumn::output).collect();
         let columns: Vec<String> = scan.columns.iter().filter(|c| !outputs.contains(c)).cloned().collect();
         let position = |name: &str| {
-            columns.iter().position(|c| c == name).ok_or_else(|| ToolError(format!("{}: column {name} is not scanned", scan.table)))
+            columns.iter().position(|c| c == name).ok_or_else(|| ToolError::system(format!("{}: column {name} is not scanned", scan.table)))
         };
         let inputs: Vec<usize> = scan.scripts.iter().map(|s| position(&s.column)).collect::<Result<_, _>>()?;
         let keys: Vec<usize> = scan.key.iter().map(|k| position(k)).collect::<Result<_, _>>()?;
@@ -234,7 +237,7 @@ impl Rows for ScriptedRows {
         }
         if scan.key.is_empty() {
             // Read a batch at a time after the last key: without a key there is no "after".
-            return Err(ToolError(format!("{}: a transform script needs the table to have a key", scan.table)));
+            return Err(ToolError::system(format!("{}: a transform script needs the table to have a key", scan.table)));
         }
         let mut streams = Vec::with_capacity(scan.scripts.len());
         for script in &scan.scripts {
@@ -273,12 +276,20 @@ pub struct Preview {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sample {
     pub before: Option<String>,
-    pub after: Result<Option<String>, String>,
+    pub after: Answered,
+}
+
+/// What a script made of a sampled value.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Answered {
+    Value(Option<String>),
+    /// The row is rejected, with the script's reason.
+    Rejected(String),
 }
 
 /// Runs each of the mapping's scripts on its first `n` rows; an error when a script cannot run
 /// at all (it does not load, or the sandbox is away).
-pub async fn preview(rows: &ScriptedRows, spec: &MappingSpec, n: usize) -> Result<Vec<Preview>, String> {
+pub async fn preview(rows: &ScriptedRows, spec: &MappingSpec, n: usize) -> Result<Vec<Preview>, ToolError> {
     let scripts = spec.scripts();
     if scripts.is_empty() {
         return Ok(Vec::new());
@@ -286,7 +297,7 @@ pub async fn preview(rows: &ScriptedRows, spec: &MappingSpec, n: usize) -> Resul
     let scan = Scan { limit: Some(n), ..Scan::entity(spec) };
     let columns = scan.columns.clone();
     let mut sampled: Vec<Vec<Option<String>>> = Vec::new();
-    rows.scan(&scan, &mut |r: &[Option<&str>]| sampled.push(r.iter().map(|v| v.map(str::to_owned)).collect())).await.map_err(|e| e.0)?;
+    rows.scan(&scan, &mut |r: &[Option<&str>]| sampled.push(r.iter().map(|v| v.map(str::to_owned)).collect())).await?;
     Ok(scripts
         .iter()
         .map(|s| {
@@ -296,11 +307,11 @@ pub async fn preview(rows: &ScriptedRows, spec: &MappingSpec, n: usize) -> Resul
                 .iter()
                 .map(|r| {
                     let answer = match r[after].as_deref() {
-                        None => Ok(None),
+                        None => Answered::Value(None),
                         Some(a) => match ScriptAnswer::read(a) {
-                            ScriptAnswer::Value(v) => Ok(Some(v.to_owned())),
-                            ScriptAnswer::Raised(e) => Err(e.to_owned()),
-                            ScriptAnswer::Untagged => Err(format!("untagged answer `{a}`")),
+                            ScriptAnswer::Value(v) => Answered::Value(Some(v.to_owned())),
+                            ScriptAnswer::Raised(e) => Answered::Rejected(e.to_owned()),
+                            ScriptAnswer::Untagged => Answered::Rejected(format!("untagged answer `{a}`")),
                         },
                     };
                     Sample { before: r[before].clone(), after: answer }
@@ -323,8 +334,8 @@ pub fn render_preview(spec: &MappingSpec, preview: &Preview) -> String {
     let show = |v: &Option<String>| v.as_deref().map_or("NULL".to_owned(), |s| format!("{s:?}"));
     for sample in &preview.samples {
         match &sample.after {
-            Ok(after) => out.push_str(&format!("  {} -> {}\n", show(&sample.before), show(after))),
-            Err(e) => out.push_str(&format!("  {} -> rejected: {e}\n", show(&sample.before))),
+            Answered::Value(after) => out.push_str(&format!("  {} -> {}\n", show(&sample.before), show(after))),
+            Answered::Rejected(e) => out.push_str(&format!("  {} -> rejected: {e}\n", show(&sample.before))),
         }
     }
     out

@@ -6,6 +6,7 @@
 //! column is fed, types fit, every mapped enum value exists. Each problem names the table and
 //! column. Every mapping decision goes into the audit trail with its reason.
 
+use runtime::error::{BadInput, ToolError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -151,20 +152,21 @@ pub struct ScriptRule {
 }
 
 impl MappingFile {
-    pub fn parse(text: &str, origin: &str) -> Result<MappingFile, String> {
-        toml::from_str(text)
-            .map_err(|e| format!("{origin}: {}", e.to_string().replace('\n', " ").split_whitespace().collect::<Vec<_>>().join(" ")))
+    pub fn parse(text: &str, origin: &str) -> Result<MappingFile, BadInput> {
+        toml::from_str(text).map_err(|e| {
+            BadInput(format!("{origin}: {}", e.to_string().replace('\n', " ").split_whitespace().collect::<Vec<_>>().join(" ")))
+        })
     }
 
     /// Reads the scripts the file's custom transforms name, relative to `base` (the mapping
     /// file's directory).
-    pub fn load_scripts(&mut self, base: &std::path::Path, origin: &str) -> Result<(), String> {
+    pub fn load_scripts(&mut self, base: &std::path::Path, origin: &str) -> Result<(), BadInput> {
         for (entity, rule) in &mut self.entities {
             for (column, c) in &mut rule.columns {
                 if let Some(script) = &mut c.transform {
                     let path = base.join(&script.python);
                     let code = std::fs::read_to_string(&path)
-                        .map_err(|e| format!("{origin}: {entity}.{column}: transform script {}: {e}", path.display()))?;
+                        .map_err(|e| BadInput(format!("{origin}: {entity}.{column}: transform script {}: {e}", path.display())))?;
                     script.code = Some(code);
                 }
             }
@@ -189,6 +191,7 @@ pub fn declare_references(source: &SchemaReport, file: &MappingFile) -> Result<S
                 source: Some(child.name.name.clone()),
                 column: Some(column.clone()),
                 message,
+                unfed: false,
             };
             if child.column(column).is_none() {
                 problems.push(problem("the mapping file declares a reference on a column the source table does not have".into()));
@@ -239,6 +242,7 @@ pub fn declare_references(source: &SchemaReport, file: &MappingFile) -> Result<S
                 source: Some(child.name.name.clone()),
                 column: Some(column.clone()),
                 message: message.to_owned(),
+                unfed: false,
             };
             if child.column(&g.by).is_none() {
                 problems.push(problem(&format!("the generic reference's `by` column {} is not in the source table", g.by)));
@@ -262,7 +266,7 @@ pub fn declare_references(source: &SchemaReport, file: &MappingFile) -> Result<S
 /// Fills in the parents of each generic reference whose `by` column is a foreign key to
 /// Django's content types (`app_label`, `model`): each content type names the source table
 /// `app_label_model`, where there is one, unless the mapping file names its table itself.
-pub async fn content_types(rows: &dyn runtime::ports::Rows, source: &SchemaReport, file: &MappingFile) -> Result<MappingFile, String> {
+pub async fn content_types(rows: &dyn runtime::ports::Rows, source: &SchemaReport, file: &MappingFile) -> Result<MappingFile, ToolError> {
     let mut file = file.clone();
     for (entity, rule) in file.entities.iter_mut() {
         let Some(child) = source.find(entity) else { continue };
@@ -289,7 +293,7 @@ pub async fn content_types(rows: &dyn runtime::ports::Rows, source: &SchemaRepor
                 }
             })
             .await
-            .map_err(|e| format!("reading the content types of {} for {entity}.{}: {}", types.name, g.by, e.0))?;
+            .map_err(|e| e.context(format!("reading the content types of {} for {entity}.{}", types.name, g.by)))?;
             for (id, table) in named {
                 if source.find(&table).is_some() {
                     g.parents.entry(id).or_insert(table);
@@ -371,6 +375,10 @@ pub struct Problem {
     pub source: Option<String>,
     pub column: Option<String>,
     pub message: String,
+    /// A NOT NULL column without a default that nothing in the source feeds: a problem a
+    /// proposal of the model may answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unfed: bool,
 }
 
 impl std::fmt::Display for Problem {
@@ -403,7 +411,7 @@ fn category(c: &Column) -> &'static str {
     }
 }
 
-fn parse_transform(t: &str, zone: &str) -> Result<Transform, String> {
+fn parse_transform(t: &str, zone: &str) -> Result<Transform, BadInput> {
     Ok(match t {
         "trim" => Transform::Trim,
         "lower" => Transform::Lower,
@@ -414,7 +422,9 @@ fn parse_transform(t: &str, zone: &str) -> Result<Transform, String> {
         "json" => Transform::Json,
         "timestamptz" => Transform::Timestamptz { zone: zone.to_owned() },
         other => {
-            return Err(format!("unknown transform `{other}` (known: trim, lower, upper, null_if_empty, cents, bool, json, timestamptz)"))
+            return Err(BadInput(format!(
+                "unknown transform `{other}` (known: trim, lower, upper, null_if_empty, cents, bool, json, timestamptz)"
+            )))
         }
     })
 }
@@ -488,7 +498,8 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
             source: None,
             column: None,
             message: "has no tables to migrate into: create its schema first (`agentctl schema generate --from-source --apply` makes one from the source's), then run this again".into(),
-        }]);
+        unfed: false,
+    }]);
     }
     let mut problems = Vec::new();
     let zone = file.settings.timezone.as_str();
@@ -499,6 +510,7 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
                 source: None,
                 column: None,
                 message: format!("group `{group}` names a table the source does not have"),
+                unfed: false,
             });
         }
     }
@@ -509,6 +521,7 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
                 source: None,
                 column: None,
                 message: "the mapping file names a table the source does not have".into(),
+                unfed: false,
             });
         }
     }
@@ -532,6 +545,7 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
                     source: None,
                     column: None,
                     message: format!("the mapping file's target `{t}` does not exist"),
+                    unfed: false,
                 }),
                 None => unmapped.push((table.name.clone(), Unmapped::NoTarget)),
             }
@@ -598,7 +612,8 @@ fn lost_references(src: &Table, dst: &Table, spec: &MappingSpec, decided: impl F
                     "foreign key {} to {} is not kept: no uuid column is fed from it and the target has no foreign key on the same columns, so its links would be lost (map a column to it, or add the key to the target)",
                     fk.name, fk.references
                 ),
-            });
+        unfed: false,
+    });
         }
     }
     problems
@@ -617,6 +632,7 @@ fn map_table(
         source: Some(src.name.name.clone()),
         column: column.map(str::to_owned),
         message,
+        unfed: false,
     };
     let mut problems = Vec::new();
     let (key, _) = src.key();
@@ -677,7 +693,7 @@ fn map_table(
                     rationale: format!("the UUID of the row its {} names (a generic reference, declared in the mapping file)", g.by),
                 }),
                 Err(e) => {
-                    problems.push(at(Some(&c.name), e));
+                    problems.push(at(Some(&c.name), e.0));
                     continue;
                 }
             }
@@ -685,7 +701,7 @@ fn map_table(
             match from_rule(r, c, zone, &source_column, &fk_of) {
                 Ok(m) => Some(m),
                 Err(e) => {
-                    problems.push(at(Some(&c.name), e));
+                    problems.push(at(Some(&c.name), e.0));
                     continue;
                 }
             }
@@ -740,12 +756,12 @@ fn map_table(
                     used.insert(used_col);
                 }
                 if let Err(e) = check_fit(&m, c, target, &source_column) {
-                    problems.push(at(Some(&c.name), e));
+                    problems.push(at(Some(&c.name), e.0));
                 }
                 columns.push(m);
             }
             None if !c.nullable && c.default.is_none() && c.identity.is_none() => {
-                problems.push(at(Some(&c.name), format!("{UNFED} (name a `from` in the mapping file)")));
+                problems.push(Problem { unfed: true, ..at(Some(&c.name), format!("{UNFED} (name a `from` in the mapping file)")) });
             }
             None => {}
         }
@@ -782,19 +798,20 @@ fn feed_columns(feed: &Feed) -> Vec<String> {
 
 /// A generic reference's feed: the parents its rule names (filled in from Django's content
 /// types before the mapping is built), each a source table with a one-column key.
-fn generic_feed(column: &str, rule: &GenericRule, source: &SchemaReport) -> Result<Feed, String> {
+fn generic_feed(column: &str, rule: &GenericRule, source: &SchemaReport) -> Result<Feed, BadInput> {
     if rule.parents.is_empty() {
-        return Err(format!(
+        return Err(BadInput(format!(
             "the generic reference by {} names no table: give `parents = {{ \"value\" = \"table\" }}` in the mapping file",
             rule.by
-        ));
+        )));
     }
     let mut parents = BTreeMap::new();
     for (kind, name) in &rule.parents {
-        let t = source.find(name).ok_or_else(|| format!("the generic reference's parent `{name}` is not a table of the source"))?;
+        let t =
+            source.find(name).ok_or_else(|| BadInput(format!("the generic reference's parent `{name}` is not a table of the source")))?;
         let (key, from) = t.key();
         if key.len() != 1 || matches!(from, runtime::domain::KeySource::Content) {
-            return Err(format!("the generic reference's parent {} has no one-column key to point at", t.name));
+            return Err(BadInput(format!("the generic reference's parent {} has no one-column key to point at", t.name)));
         }
         parents.insert(kind.clone(), t.name.clone());
     }
@@ -807,7 +824,7 @@ fn from_rule<'a>(
     zone: &str,
     source_column: &dyn Fn(&str) -> Option<&'a Column>,
     fk_of: &dyn Fn(&str) -> Option<&'a runtime::domain::ForeignKey>,
-) -> Result<ColumnMapping, String> {
+) -> Result<ColumnMapping, BadInput> {
     let mut transforms = r.transforms.iter().map(|t| parse_transform(t, zone)).collect::<Result<Vec<_>, _>>()?;
     if let Some(values) = &r.values {
         transforms.push(Transform::Values { map: values.clone() });
@@ -816,29 +833,31 @@ fn from_rule<'a>(
         transforms.push(Transform::Default { value: d.clone() });
     }
     if let Some(script) = &r.transform {
-        let code = script.code.clone().ok_or_else(|| format!("the transform script {} was not read", script.python))?;
+        let code = script.code.clone().ok_or_else(|| BadInput(format!("the transform script {} was not read", script.python)))?;
         transforms.insert(0, Transform::Script { path: script.python.clone(), code });
     }
     let feed = match (&r.from, &r.concat, &r.constant) {
         (Some(col), None, None) => {
-            source_column(col).ok_or_else(|| format!("the mapping file reads `{col}`, which the source does not have"))?;
+            source_column(col).ok_or_else(|| BadInput(format!("the mapping file reads `{col}`, which the source does not have")))?;
             match fk_of(col) {
-                Some(_) if r.transform.is_some() => return Err(format!("`{col}` is a reference; a transform script cannot feed it")),
+                Some(_) if r.transform.is_some() => {
+                    return Err(BadInput(format!("`{col}` is a reference; a transform script cannot feed it")))
+                }
                 Some(fk) if category(dst) == "uuid" => Feed::Reference { columns: vec![col.clone()], parent: fk.references.clone() },
                 _ => Feed::Column { column: col.clone() },
             }
         }
         (None, Some(_), None) | (None, None, Some(_)) if r.transform.is_some() => {
-            return Err("a transform script takes one column: give it with `from`".into())
+            return Err(BadInput("a transform script takes one column: give it with `from`".into()))
         }
         (None, Some(cols), None) => {
             if let Some(missing) = cols.iter().find(|c| source_column(c).is_none()) {
-                return Err(format!("the mapping file concatenates `{missing}`, which the source does not have"));
+                return Err(BadInput(format!("the mapping file concatenates `{missing}`, which the source does not have")));
             }
             Feed::Concat { columns: cols.clone(), separator: r.separator.clone().unwrap_or_else(|| " ".into()) }
         }
         (None, None, Some(v)) => Feed::Constant { value: v.clone() },
-        _ => return Err("the mapping file must give exactly one of `from`, `concat` or `constant`".into()),
+        _ => return Err(BadInput("the mapping file must give exactly one of `from`, `concat` or `constant`".into())),
     };
     Ok(ColumnMapping { target: dst.name.clone(), feed, transforms, rationale: "set in the mapping file".into() })
 }
@@ -849,13 +868,17 @@ fn check_fit<'a>(
     dst: &Column,
     target: &SchemaReport,
     source_column: &dyn Fn(&str) -> Option<&'a Column>,
-) -> Result<(), String> {
+) -> Result<(), BadInput> {
     let d = category(dst);
     for t in &m.transforms {
         if let Transform::Values { map } = t {
             if let (TypeKind::Enum, Some(labels)) = (&dst.type_kind, target.enums.get(&dst.type_name)) {
                 if let Some((from, to)) = map.iter().find(|(_, v)| !labels.contains(v)) {
-                    return Err(format!("maps `{from}` to `{to}`, which is not a value of {} ({})", dst.type_name, labels.join(", ")));
+                    return Err(BadInput(format!(
+                        "maps `{from}` to `{to}`, which is not a value of {} ({})",
+                        dst.type_name,
+                        labels.join(", ")
+                    )));
                 }
             }
             return Ok(());
@@ -892,7 +915,7 @@ fn check_fit<'a>(
     if fits {
         Ok(())
     } else {
-        Err(format!("a {produced} value cannot go into {} without a transform", dst.data_type))
+        Err(BadInput(format!("a {produced} value cannot go into {} without a transform", dst.data_type)))
     }
 }
 
@@ -1033,10 +1056,10 @@ pub const PREVIEW_ROWS: usize = 5;
 
 /// Tries every custom transform on sample rows in the sandbox; a script that cannot run fails
 /// the mapping, before anything is planned on it.
-async fn preview_scripts(ctx: &RunContext, rows: &crate::code::ScriptedRows, set: &mut MappingSet) -> Result<(), String> {
+async fn preview_scripts(ctx: &RunContext, rows: &crate::code::ScriptedRows, set: &mut MappingSet) -> Result<(), ToolError> {
     for spec in &set.specs {
-        for preview in crate::code::preview(rows, spec, PREVIEW_ROWS).await.map_err(|e| format!("{}: {e}", spec.source))? {
-            let failed = preview.samples.iter().filter(|s| s.after.is_err()).count();
+        for preview in crate::code::preview(rows, spec, PREVIEW_ROWS).await.map_err(|e| e.context(&spec.source))? {
+            let failed = preview.samples.iter().filter(|s| matches!(s.after, crate::code::Answered::Rejected(_))).count();
             ctx.decision(
                 ME,
                 format!(
@@ -1075,8 +1098,7 @@ const UNFED: &str = "is NOT NULL without a default, and nothing in the source fe
 /// that the columns exist and the types fit. Accepted only if that build has no problem left;
 /// every proposal is recorded with the verdict.
 async fn propose_with_llm(ctx: &RunContext, llm: &dyn runtime::ports::Llm, req: &MapRequest, problems: &[Problem]) -> Option<MappingSet> {
-    let unfed: Vec<&Problem> =
-        problems.iter().filter(|p| p.message.starts_with(UNFED) && p.source.is_some() && p.column.is_some()).collect();
+    let unfed: Vec<&Problem> = problems.iter().filter(|p| p.unfed && p.source.is_some() && p.column.is_some()).collect();
     if unfed.is_empty() || unfed.len() < problems.len() {
         return None;
     }
@@ -1152,7 +1174,7 @@ impl Actor for DataMappingAgent {
                 match content_types(state.rows.as_ref(), &req.source, &req.file).await {
                     Ok(file) => req.file = file,
                     Err(e) => {
-                        let _ = reply.send(Err(AgentError::new(ME, e)));
+                        let _ = reply.send(Err(AgentError::of(ME, e)));
                         return Ok(());
                     }
                 }

@@ -13,6 +13,7 @@
 //! crash leaves a batch applied whole or not at all and a repeated apply skips what is done.
 //! The orchestrator applies inserts and updates parents first and deletes children first.
 
+use runtime::error::ToolError;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
@@ -113,22 +114,24 @@ fn before_watermark(stamp: Option<&str>, watermark: &str) -> bool {
 /// `updated_at` that earlier full analyses found moving with every change, and the last full
 /// analysis is less than a day old, only the rows stamped since the watermark are compared
 /// (the deletes are still found from every key).
-pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>, req: &DiffEntity) -> Result<EntityDiff, String> {
+pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>, req: &DiffEntity) -> Result<EntityDiff, ToolError> {
     let started = Instant::now();
     let DiffEntity { entity: req, full } = req;
     let spec = &req.spec;
     let stamp_col = updated_at(spec);
     let mark = match stamp_col {
-        Some(_) => target.sync_mark(&spec.source).await.map_err(|e| e.0)?,
+        Some(_) => target.sync_mark(&spec.source).await?,
         None => SyncMark::default(),
     };
     let fast = !full && mark.trusted == Some(true) && mark.watermark.is_some() && mark.full_age_seconds.is_some_and(|age| age < FULL_EVERY);
     let Prepared { mapper, out_cols, id_col, references, .. } = prepare(ctx, target.as_ref(), req).await?;
-    let legacy_col =
-        out_cols.iter().position(|(c, _)| c == "legacy_id").ok_or_else(|| format!("{} has no legacy_id column", spec.target))?;
+    let legacy_col = out_cols
+        .iter()
+        .position(|(c, _)| c == "legacy_id")
+        .ok_or_else(|| ToolError::system(format!("{} has no legacy_id column", spec.target)))?;
     let hashed = synced_columns(&out_cols, id_col);
     let soft = soft_delete(req);
-    let rejected = target.rejected_keys(&spec.source).await.map_err(|e| e.0)?;
+    let rejected = target.rejected_keys(&spec.source).await?;
     // Rows rejected for nothing but a missing parent are tried again once their parents are in.
     let for_parents: HashSet<String> = rejected.iter().filter(|(_, parent)| *parent).map(|(k, _)| k.clone()).collect();
     let rejected_keys: HashSet<String> = rejected.into_iter().map(|(k, _)| k).collect();
@@ -243,21 +246,19 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
         let Some((expected, reasons, stamps)) = next else { break };
         let (target, table, hashed) = (target.clone(), spec.target.clone(), hashed.clone());
         compares.start(async move {
-            let answers = target.differ(&table, &expected, &hashed, soft).await.map_err(|e| e.0)?;
+            let answers = target.differ(&table, &expected, &hashed, soft).await?;
             let missing = match range {
-                Some((after, upto)) => {
-                    target.live_keys_between(&table, after.as_deref(), upto.as_deref(), &expected.keys, soft).await.map_err(|e| e.0)?
-                }
+                Some((after, upto)) => target.live_keys_between(&table, after.as_deref(), upto.as_deref(), &expected.keys, soft).await?,
                 None => Vec::new(),
             };
             Ok((expected, reasons, answers, missing, stamps))
         });
     }
-    reader.await.map_err(|e| format!("the reader stopped: {e}"))?;
+    reader.await.map_err(|e| ToolError::system(format!("the reader stopped: {e}")))?;
     let gone: Vec<String> = if ranged {
         // Past the last source key.
         let after = last_key.map(|k| k.to_string());
-        gone.extend(target.live_keys_between(&spec.target, after.as_deref(), None, &[], soft).await.map_err(|e| e.0)?);
+        gone.extend(target.live_keys_between(&spec.target, after.as_deref(), None, &[], soft).await?);
         gone.into_iter().filter(|(k, id)| deriver.derive_stored(k) == *id).map(|(k, _)| k).collect()
     } else {
         gone_by_keys(rows, spec, target.as_ref(), &deriver, soft).await?
@@ -287,7 +288,7 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
         };
     }
     diff.seconds = started.elapsed().as_secs_f64();
-    target.save_analysis(&diff, &found).await.map_err(|e| e.0)?;
+    target.save_analysis(&diff, &found).await?;
     if !unmoved.is_empty() {
         ctx.decision(
             AgentName::Validation,
@@ -328,7 +329,7 @@ async fn parents_arrived(
     answers: &[Diffed],
     for_parents: &HashSet<String>,
     references: &[(usize, runtime::domain::TableName)],
-) -> Result<HashSet<usize>, String> {
+) -> Result<HashSet<usize>, ToolError> {
     let mut waiting: HashSet<usize> =
         (0..answers.len()).filter(|&r| expected.wanted[r] && !answers[r].present && for_parents.contains(&expected.keys[r])).collect();
     for (col, parent) in references {
@@ -339,7 +340,7 @@ async fn parents_arrived(
         if ids.is_empty() {
             continue;
         }
-        let found: HashSet<String> = target.existing_ids(parent, &ids).await.map_err(|e| e.0)?.into_iter().collect();
+        let found: HashSet<String> = target.existing_ids(parent, &ids).await?.into_iter().collect();
         waiting.retain(|&r| expected.values[*col][r].as_ref().is_none_or(|id| found.contains(id)));
     }
     Ok(waiting)
@@ -353,15 +354,14 @@ async fn gone_by_keys(
     target: &dyn Target,
     deriver: &KeyDeriver,
     soft: bool,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, ToolError> {
     let scan = Scan { columns: spec.key.clone(), joins: Vec::new(), scripts: Vec::new(), ..Scan::entity(spec) };
     let mut keys: HashSet<String> = HashSet::new();
     rows.scan(&scan, &mut |r: &[Option<&str>]| {
         keys.insert(r.iter().map(|v| v.unwrap_or("")).collect::<Vec<_>>().join("|"));
     })
-    .await
-    .map_err(|e| e.0)?;
-    let live = target.live_keys(&spec.target, deriver.prefix().as_deref(), soft).await.map_err(|e| e.0)?;
+    .await?;
+    let live = target.live_keys(&spec.target, deriver.prefix().as_deref(), soft).await?;
     Ok(live.into_iter().filter(|(k, id)| !keys.contains(k) && deriver.derive_stored(k) == *id).map(|(k, _)| k).collect())
 }
 
@@ -375,19 +375,22 @@ pub enum Pass {
 }
 
 /// Applies one pass of an entity's pending analysis. `None` when it has none.
-pub async fn apply(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity, pass: Pass) -> Result<Option<DiffApplied>, String> {
+pub async fn apply(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity, pass: Pass) -> Result<Option<DiffApplied>, ToolError> {
     let spec = &req.spec;
-    let Some((analysis, pending)) = target.pending_analysis(&spec.source, &spec.target).await.map_err(|e| e.0)? else {
+    let Some((analysis, pending)) = target.pending_analysis(&spec.source, &spec.target).await? else {
         return Ok(None);
     };
     let Prepared { out_cols, id_col, references, .. } = prepare(ctx, target, req).await?;
     if out_cols != analysis.columns {
-        return Err(format!(
+        return Err(ToolError::system(format!(
             "the mapping of {} changed since analysis {}: analyse again (agentctl diff analyze)",
             spec.source, analysis.analysis_id
-        ));
+        )));
     }
-    let legacy_col = out_cols.iter().position(|(c, _)| c == "legacy_id").ok_or_else(|| format!("{} has no legacy_id", spec.target))?;
+    let legacy_col = out_cols
+        .iter()
+        .position(|(c, _)| c == "legacy_id")
+        .ok_or_else(|| ToolError::system(format!("{} has no legacy_id", spec.target)))?;
     let rows: Vec<Differential> = pending.into_iter().filter(|r| (r.change == Change::Delete) == (pass == Pass::Deletes)).collect();
     let (hashed, soft) = (synced_columns(&out_cols, id_col), soft_delete(req));
     let mut done = DiffApplied::default();
@@ -403,7 +406,7 @@ pub async fn apply(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity, p
             soft_delete: soft,
             rows: chunk.to_vec(),
         };
-        let applied = target.apply_diff(&batch).await.map_err(|e| e.0)?;
+        let applied = target.apply_diff(&batch).await?;
         done.add(&applied);
         ctx.events.publish(RunEvent::Progress {
             run_id: ctx.run_id,
@@ -413,7 +416,7 @@ pub async fn apply(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity, p
         });
     }
     if pass == Pass::Deletes {
-        target.close_analysis(analysis.analysis_id, &spec.source, ctx.run_id).await.map_err(|e| e.0)?;
+        target.close_analysis(analysis.analysis_id, &spec.source, ctx.run_id).await?;
     }
     ctx.decision(
         AgentName::Execution,

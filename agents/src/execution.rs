@@ -8,6 +8,7 @@
 //! entity is loaded. At the end it checks the accounting: every source row read is migrated or
 //! rejected, and the target holds exactly the migrated ones.
 
+use runtime::error::ToolError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -143,9 +144,9 @@ impl Actor for ExecutionAgent {
                 tokio::spawn(async move {
                     let result = match target {
                         Some(target) => migrate_restarting(&ctx, rows, target, &env.body).await,
-                        None => Err("no target database to write to".to_owned()),
+                        None => Err(ToolError::not_configured("no target database to write to")),
                     };
-                    let _ = reply.send(result.map_err(|e| AgentError::new(ME, format!("migrating {}: {e}", env.body.entity.table))));
+                    let _ = reply.send(result.map_err(|e| AgentError::of(ME, e.context(format!("migrating {}", env.body.entity.table)))));
                 });
             }
             ExecutionMsg::Rollback(env, reply) => {
@@ -160,8 +161,8 @@ impl Actor for ExecutionAgent {
                     })
                     .collect();
                 let done = match state.target.as_deref() {
-                    Some(target) => target.rollback(state.ctx.run_id, &entities).await.map_err(|e| AgentError::new(ME, e.0)),
-                    None => Err(AgentError::new(ME, "no target database")),
+                    Some(target) => target.rollback(state.ctx.run_id, &entities).await.map_err(|e| AgentError::of(ME, e)),
+                    None => Err(AgentError::of(ME, ToolError::not_configured("no target database"))),
                 };
                 if let Ok(done) = &done {
                     let deleted: i64 = done.iter().map(|d| d.deleted).sum();
@@ -180,28 +181,29 @@ impl Actor for ExecutionAgent {
                     let req = &env.body;
                     let result = match target {
                         Some(target) => crate::differential::apply(&ctx, target.as_ref(), &req.entity, req.pass).await,
-                        None => Err("no target database to write to".to_owned()),
+                        None => Err(ToolError::not_configured("no target database to write to")),
                     };
-                    let _ = reply
-                        .send(result.map_err(|e| AgentError::new(ME, format!("applying changes to {}: {e}", req.entity.entity.table))));
+                    let _ = reply.send(
+                        result.map_err(|e| AgentError::of(ME, e.context(format!("applying changes to {}", req.entity.entity.table)))),
+                    );
                 });
             }
             ExecutionMsg::Preflight(env, reply) => {
-                let _ = reply.send(preflight(&state.ctx, state.target.as_deref(), &env.body).await.map_err(|e| AgentError::new(ME, e)));
+                let _ = reply.send(preflight(&state.ctx, state.target.as_deref(), &env.body).await.map_err(|e| AgentError::of(ME, e)));
             }
             ExecutionMsg::Constraints(env, reply) => {
-                let _ = reply.send(constraints(&state.ctx, state.target.as_deref(), &env.body).await.map_err(|e| AgentError::new(ME, e)));
+                let _ = reply.send(constraints(&state.ctx, state.target.as_deref(), &env.body).await.map_err(|e| AgentError::of(ME, e)));
             }
         }
         Ok(())
     }
 }
 
-async fn preflight(ctx: &RunContext, target: Option<&dyn Target>, req: &Constraints) -> Result<(), String> {
-    let target = target.ok_or("no target database")?;
-    let problems = target.preflight(&req.tables, req.suspend).await.map_err(|e| e.0)?;
+async fn preflight(ctx: &RunContext, target: Option<&dyn Target>, req: &Constraints) -> Result<(), ToolError> {
+    let target = target.ok_or_else(|| ToolError::not_configured("no target database"))?;
+    let problems = target.preflight(&req.tables, req.suspend).await?;
     if !problems.is_empty() {
-        return Err(format!("nothing was changed; the load could not do what it must: {}", problems.join("; ")));
+        return Err(ToolError::system(format!("nothing was changed; the load could not do what it must: {}", problems.join("; "))));
     }
     ctx.decision(
         ME,
@@ -212,12 +214,12 @@ async fn preflight(ctx: &RunContext, target: Option<&dyn Target>, req: &Constrai
     Ok(())
 }
 
-async fn constraints(ctx: &RunContext, target: Option<&dyn Target>, req: &Constraints) -> Result<SetAside, String> {
-    let target = target.ok_or("no target database")?;
+async fn constraints(ctx: &RunContext, target: Option<&dyn Target>, req: &Constraints) -> Result<SetAside, ToolError> {
+    let target = target.ok_or_else(|| ToolError::not_configured("no target database"))?;
     let mut done = Vec::new();
     for table in &req.tables {
-        let names = if req.suspend { target.suspend_constraints(ctx.run_id, table).await } else { target.restore_constraints(table).await }
-            .map_err(|e| e.0)?;
+        let names =
+            if req.suspend { target.suspend_constraints(ctx.run_id, table).await } else { target.restore_constraints(table).await }?;
         if names.is_empty() {
             continue;
         }
@@ -269,16 +271,15 @@ pub struct Prepared {
 
 /// Sets up the mapper of an entity the way its migration uses it: references to parent rows
 /// that were in the target before agentctl use the UUIDs those rows have.
-pub async fn prepare(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity) -> Result<Prepared, String> {
+pub async fn prepare(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity) -> Result<Prepared, ToolError> {
     let spec = &req.spec;
-    let table = req.target.table(&spec.target).ok_or_else(|| format!("the target has no table {}", spec.target))?;
+    let table = req.target.table(&spec.target).ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
     let mut mapper = RowMapper::new(spec, table, &req.target, req.keys)?;
     for (parent_source, parent_target) in &req.parents {
         let deriver = KeyDeriver::new(req.keys.layout, req.keys.namespace, parent_source);
         let kept: std::collections::HashMap<String, String> = target
             .kept_rows(parent_target, deriver.prefix().as_deref())
-            .await
-            .map_err(|e| e.0)?
+            .await?
             .into_iter()
             .filter(|(legacy, id)| deriver.derive_stored(legacy).to_string() != *id)
             .collect();
@@ -302,7 +303,7 @@ pub async fn prepare(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity)
         .position(|(c, _)| table.primary_key.len() == 1 && *c == table.primary_key[0])
         // A partitioned table's primary key includes its partition columns beside id.
         .or_else(|| out_cols.iter().position(|(c, _)| c == "id" && table.primary_key.contains(c)))
-        .ok_or("the target table has no single-column key")?;
+        .ok_or_else(|| ToolError::bad_input("the target table has no single-column key"))?;
     let mut deferred_cols = Vec::new();
     let mut self_refs_checked = true;
     let mut references = Vec::new();
@@ -339,56 +340,52 @@ async fn migrate_restarting(
     rows: Arc<dyn Rows>,
     target: Arc<dyn Target>,
     req: &MigrateEntity,
-) -> Result<EntityResult, String> {
+) -> Result<EntityResult, ToolError> {
     let work = |c: Arc<RunContext>, body: MigrateEntity| {
         let (r, t) = (rows.clone(), target.clone());
         async move { migrate(&c, r, t, &body).await }
     };
-    let (mut result, restarts) =
-        restarting(ctx, ME, req, "starting again from its last checkpoint", |e| e.starts_with(UNBALANCED), work).await?;
+    let (mut result, restarts) = restarting(ctx, ME, req, "starting again from its last checkpoint", work).await?;
     result.restarts = restarts;
     Ok(result)
 }
 
 /// Runs `work` on an entity in a worker task of its own, again (after 2, 4, 8 s) when it
-/// failed or panicked, up to [`ENTITY_RESTARTS`] times, unless `fatal` says restarting cannot
-/// mend the error. Returns the result and how many restarts it took; each restart is a decision
+/// failed or panicked, up to [`ENTITY_RESTARTS`] times, unless the error's kind says
+/// restarting cannot mend it ([`runtime::error::ErrorKind::worth_restarting`]). Returns the result and how many restarts it took; each restart is a decision
 /// in the trail. The work must be safe to repeat (it resumes from what is committed).
 pub async fn restarting<T, F, Fut>(
     ctx: &Arc<RunContext>,
     agent: AgentName,
     req: &MigrateEntity,
     again: &str,
-    fatal: impl Fn(&str) -> bool,
     work: F,
-) -> Result<(T, u32), String>
+) -> Result<(T, u32), ToolError>
 where
     T: Send + 'static,
     F: Fn(Arc<RunContext>, MigrateEntity) -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, ToolError>> + Send + 'static,
 {
     let mut delay = std::time::Duration::from_secs(2);
     let mut attempt = 0;
     loop {
         attempt += 1;
         let worker = tokio::spawn(work(ctx.clone(), req.clone()));
-        let error = match worker.await.unwrap_or_else(|e| Err(format!("its worker crashed: {e}"))) {
+        let error = match worker.await.unwrap_or_else(|e| Err(ToolError::system(format!("its worker crashed: {e}")))) {
             Ok(value) => return Ok((value, attempt - 1)),
-            Err(e) if attempt > ENTITY_RESTARTS || fatal(&e) => return Err(e),
+            Err(e) if attempt > ENTITY_RESTARTS || !e.kind.worth_restarting() => return Err(e),
             Err(e) => e,
         };
         ctx.decision(
             agent,
             format!("{}: {again} in {}s (restart {attempt} of {ENTITY_RESTARTS})", req.spec.target.name, delay.as_secs()),
             format!("it stopped: {error}"),
-            serde_json::json!({"entity": req.spec.source, "attempt": attempt, "error": error}),
+            serde_json::json!({"entity": req.spec.source, "attempt": attempt, "error": error.message}),
         );
         tokio::time::sleep(delay).await;
         delay *= 2;
     }
 }
-
-const UNBALANCED: &str = "the accounting does not balance";
 
 /// Source pages read ahead of the mapping and writing: one in the channel, one being read.
 const READ_AHEAD: usize = 1;
@@ -399,13 +396,13 @@ pub fn read_ahead(
     rows: Arc<dyn Rows>,
     scan: Scan,
     page_size: usize,
-) -> (tokio::sync::mpsc::Receiver<Result<TextRows, String>>, tokio::task::JoinHandle<()>) {
+) -> (tokio::sync::mpsc::Receiver<Result<TextRows, ToolError>>, tokio::task::JoinHandle<()>) {
     let mut scan = Scan { limit: Some(page_size), ..scan };
     let key_idx: Vec<usize> = scan.key.iter().filter_map(|k| scan.columns.iter().position(|c| c == k)).collect();
     let (pages_tx, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
     let reader = tokio::spawn(async move {
         loop {
-            let page = rows.page(&scan, page_size).await.map_err(|e| e.0);
+            let page = rows.page(&scan, page_size).await;
             let next: Option<Vec<String>> = match &page {
                 Ok(p) if p.len() == page_size && page_size > 0 => Some(key_parts(p, page_size - 1, &key_idx)),
                 _ => None,
@@ -432,7 +429,7 @@ pub(crate) const COMPARES_IN_FLIGHT: usize = 2;
 /// the next ones.
 pub(crate) struct InPageOrder<T> {
     at_once: usize,
-    running: std::collections::VecDeque<tokio::task::JoinHandle<Result<T, String>>>,
+    running: std::collections::VecDeque<tokio::task::JoinHandle<Result<T, ToolError>>>,
 }
 
 impl<T: Send + 'static> InPageOrder<T> {
@@ -442,45 +439,42 @@ impl<T: Send + 'static> InPageOrder<T> {
 
     /// The oldest page's answer when there is no room for another page, or, after the last
     /// page (`last`), while any is still running; `None` when the next page may start.
-    pub(crate) async fn done(&mut self, last: bool) -> Result<Option<T>, String> {
+    pub(crate) async fn done(&mut self, last: bool) -> Result<Option<T>, ToolError> {
         let full = self.running.len() >= self.at_once;
         if !full && !last {
             return Ok(None);
         }
         match self.running.pop_front() {
-            Some(oldest) => oldest.await.map_err(|e| format!("a comparison stopped: {e}"))?.map(Some),
+            Some(oldest) => oldest.await.map_err(|e| ToolError::system(format!("a comparison stopped: {e}")))?.map(Some),
             None => Ok(None),
         }
     }
 
-    pub(crate) fn start(&mut self, compare: impl std::future::Future<Output = Result<T, String>> + Send + 'static) {
+    pub(crate) fn start(&mut self, compare: impl std::future::Future<Output = Result<T, ToolError>> + Send + 'static) {
         self.running.push_back(tokio::spawn(compare));
     }
 }
 
-async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>, req: &MigrateEntity) -> Result<EntityResult, String> {
+async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>, req: &MigrateEntity) -> Result<EntityResult, ToolError> {
     let started = Instant::now();
     let spec = &req.spec;
     if !req.constraints_suspended && !req.entity.later_parents.is_empty() {
         let later: Vec<String> = req.entity.later_parents.iter().map(ToString::to_string).collect();
-        return Err(format!(
+        return Err(ToolError::system(format!(
             "{} and {} reference each other: their references can only be proven once both are in, with the foreign keys set aside (run without --keep-constraints)",
             spec.source,
             later.join(", ")
-        ));
+        )));
     }
     let Prepared { mapper, out_cols, id_col, deferred_cols: self_refs, self_refs_checked, references } =
         prepare(ctx, target.as_ref(), req).await?;
     let known_parents = Arc::new(known_parents(target.as_ref(), &references).await?);
     let deferred_cols: Vec<usize> = if req.constraints_suspended { Vec::new() } else { self_refs.clone() };
     let scan_cols = spec.source_columns();
-    let before = target.checkpoint(ctx.run_id, &spec.source).await.map_err(|e| e.0)?;
+    let before = target.checkpoint(ctx.run_id, &spec.source).await?;
     let resumed = before.is_some();
     let mut checkpoint = before.unwrap_or_default();
-    target
-        .set_state(ctx.run_id, &spec.source, &spec.target, "running", None, resumed.then_some("resumed from its checkpoint"))
-        .await
-        .map_err(|e| e.0)?;
+    target.set_state(ctx.run_id, &spec.source, &spec.target, "running", None, resumed.then_some("resumed from its checkpoint")).await?;
     let mut result = EntityResult { source: Some(spec.source.clone()), target: Some(spec.target.clone()), ..EntityResult::default() };
     let batch_size = req.entity.batch_size.max(1);
     // What agentctl wrote is what `diff analyze` later tells target edits from source changes
@@ -495,11 +489,11 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     let by_batch = req.constraints_suspended
         && deferred_cols.is_empty()
         && runtime::ports::integer_key(legacy_type)
-        && target.hashes_rows(&spec.target, &hashed_cols).await.map_err(|e| e.0)?;
+        && target.hashes_rows(&spec.target, &hashed_cols).await?;
     // An empty table loads without its unique legacy key (the primary key refuses the same
     // duplicates, since every UUID is derived from its legacy key); the key is built in one
     // pass after the load, before anything looks rows up by it.
-    if req.constraints_suspended && target.suspend_legacy_key(ctx.run_id, &spec.target).await.map_err(|e| e.0)? && !resumed {
+    if req.constraints_suspended && target.suspend_legacy_key(ctx.run_id, &spec.target).await? && !resumed {
         ctx.decision(
             ME,
             format!("loading {} without its unique legacy_id key", spec.target),
@@ -514,7 +508,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     let (mut pages, reader) = read_ahead(rows, Scan { after, ..Scan::entity(spec) }, batch_size);
 
     // At most one batch is being written while the next one is mapped.
-    let mut in_flight: Option<tokio::task::JoinHandle<Result<(Batch, runtime::ports::Written), String>>> = None;
+    let mut in_flight: Option<tokio::task::JoinHandle<Result<(Batch, runtime::ports::Written), ToolError>>> = None;
     let mut spare: Option<TextRows> = None;
     loop {
         let page = match pages.recv().await {
@@ -537,7 +531,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
             )
         });
         if let Some(write) = in_flight.take() {
-            let (written_batch, written) = write.await.map_err(|e| format!("a batch writer stopped: {e}"))??;
+            let (written_batch, written) = write.await.map_err(|e| ToolError::system(format!("a batch writer stopped: {e}")))??;
             checkpoint = written.checkpoint.clone();
             report_batch(ctx, req, &written_batch, &written, &mut result);
             // Its buffer holds the batch after next.
@@ -550,27 +544,27 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
         }
         let target = target.clone();
         in_flight = Some(tokio::spawn(async move {
-            let written = target.write(&b).await.map_err(|e| e.0)?;
+            let written = target.write(&b).await?;
             Ok((b, written))
         }));
     }
-    reader.await.map_err(|e| format!("the reader stopped: {e}"))?;
+    reader.await.map_err(|e| ToolError::system(format!("the reader stopped: {e}")))?;
     // Self-references written as they came (the foreign keys set aside) may point at rows that
     // never arrived: those rows are removed and rejected. When the target's own validated
     // foreign keys cover them, putting the keys back first proves there are none (it scans
     // the table as the removal would, and has to run anyway); only a key the rows break sends
     // the load on to the removal, and the rest is put back after it.
     let (mut put_back, proven) = match req.constraints_suspended && !self_refs.is_empty() && self_refs_checked {
-        true => target.restore_constraints_unless_refused(&spec.target).await.map_err(|e| e.0)?,
+        true => target.restore_constraints_unless_refused(&spec.target).await?,
         false => (Vec::new(), false),
     };
     let dangling_checked: &[usize] = if proven { &[] } else { &self_refs };
     for &c in dangling_checked {
         let column = &out_cols[c].0;
         let (filled, orphaned) = if req.constraints_suspended {
-            (0, target.drop_dangling(ctx.run_id, &spec.source, &spec.target, column).await.map_err(|e| e.0)?)
+            (0, target.drop_dangling(ctx.run_id, &spec.source, &spec.target, column).await?)
         } else {
-            target.fill_deferred(ctx.run_id, &spec.source, &spec.target, column).await.map_err(|e| e.0)?
+            target.fill_deferred(ctx.run_id, &spec.source, &spec.target, column).await?
         };
         result.second_pass_filled += filled;
         checkpoint.migrated -= orphaned.len() as i64;
@@ -605,7 +599,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
                 true => target.restore_constraints(&spec.target).await?,
                 false => target.restore_legacy_key(&spec.target).await.map(|()| Vec::new())?,
             };
-            Ok::<_, runtime::ports::ToolError>((rows, put_back))
+            Ok::<_, ToolError>((rows, put_back))
         },
         async {
             match by_batch {
@@ -614,12 +608,12 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
             }
         }
     );
-    let (counted_first, put_back_last) = first.map_err(|e| e.0)?;
+    let (counted_first, put_back_last) = first?;
     put_back.extend(put_back_last);
-    let rows = counted_first.or(second.map_err(|e| e.0)?).expect("the rows are counted on one core or the other");
+    let rows = counted_first.or(second?).expect("the rows are counted on one core or the other");
     result.target_rows = rows;
     record_put_back(ctx, &spec.target, &put_back);
-    for (sequence, to) in target.restart_sequences(&spec.target).await.map_err(|e| e.0)? {
+    for (sequence, to) in target.restart_sequences(&spec.target).await? {
         ctx.decision(
             ME,
             format!("{}: sequence {sequence} moved to {to}", spec.target.name),
@@ -634,8 +628,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     );
     target
         .set_state(ctx.run_id, &spec.source, &spec.target, if balanced { "done" } else { "failed" }, Some(result.rows_read), Some(&detail))
-        .await
-        .map_err(|e| e.0)?;
+        .await?;
     ctx.decision(
         ME,
         format!("{}: {detail}", spec.target.name),
@@ -643,7 +636,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
         &result,
     );
     if !balanced {
-        return Err(format!("{UNBALANCED}: {detail}"));
+        return Err(ToolError::unbalanced(format!("the accounting does not balance: {detail}")));
     }
     Ok(result)
 }
@@ -657,13 +650,13 @@ const KNOWN_PARENT_IDS: usize = 250_000;
 /// the child begins, so every batch checks against the same parents the server would have
 /// answered with; a parent deleted in the meantime is caught when the child's foreign key is
 /// put back (or by the foreign key itself when it stayed in place).
-async fn known_parents(target: &dyn Target, references: &[(usize, TableName)]) -> Result<ParentIds, String> {
+async fn known_parents(target: &dyn Target, references: &[(usize, TableName)]) -> Result<ParentIds, ToolError> {
     let mut known = ParentIds::new();
     for (_, parent) in references {
         if known.contains_key(parent) {
             continue;
         }
-        if let Some(ids) = target.all_ids(parent, KNOWN_PARENT_IDS).await.map_err(|e| e.0)? {
+        if let Some(ids) = target.all_ids(parent, KNOWN_PARENT_IDS).await? {
             known.insert(parent.clone(), ids.into_iter().collect());
         }
     }

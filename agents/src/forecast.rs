@@ -5,6 +5,7 @@
 //! exist, or will itself be rejected, is rejected too; self-references are settled to a fixed
 //! point). The result is the number of rows each entity will migrate and reject, by reason.
 
+use runtime::error::ToolError;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use runtime::domain::{Forecast, RejectReason, SchemaReport, TableName};
@@ -132,7 +133,7 @@ pub async fn forecast(
     mappings: &MappingSet,
     target: &SchemaReport,
     rows: &dyn Rows,
-) -> Result<Vec<(TableName, Forecast)>, String> {
+) -> Result<Vec<(TableName, Forecast)>, ToolError> {
     // Keys are remembered only for tables some planned entity references.
     let referenced: HashSet<TableName> = order
         .iter()
@@ -150,8 +151,9 @@ pub async fn forecast(
     // table's rows are known: (index in `out`, row key, target column, parent, parent key).
     let mut awaiting: Vec<(usize, String, String, TableName, String)> = Vec::new();
     for (position, source) in order.iter().enumerate() {
-        let spec = mappings.spec(source).ok_or_else(|| format!("{source} has no mapping"))?;
-        let target_table = target.table(&spec.target).ok_or_else(|| format!("the target has no table {}", spec.target))?;
+        let spec = mappings.spec(source).ok_or_else(|| ToolError::system(format!("{source} has no mapping")))?;
+        let target_table =
+            target.table(&spec.target).ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
         let mapper = RowMapper::new(spec, target_table, target, mappings.keys)?;
         let (mut uniques, mut unchecked) = unique_rules(&mapper, target_table);
         unchecked.extend(mapper.unchecked.iter().cloned());
@@ -243,7 +245,7 @@ pub async fn forecast(
                 }
             }
         };
-        rows.scan(&scan, &mut each).await.map_err(|e| e.to_string())?;
+        rows.scan(&scan, &mut each).await?;
         // Self-references: a row stands once its parent stands; repeat until nothing changes.
         loop {
             let before = self_refs.len();

@@ -607,7 +607,7 @@ pub async fn understand(ctx: &RunContext, llm: Option<&dyn runtime::ports::Llm>,
     match crate::llm::ask_typed::<Intent>(ctx, llm, AgentName::Guidance, "operator_intent", "What the operator wants", &system, text).await
     {
         Ok(intent) => intent,
-        Err(why) => fail_offline(ctx, text, &why, offline),
+        Err(why) => fail_offline(ctx, text, &why.message, offline),
     }
 }
 

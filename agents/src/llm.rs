@@ -23,8 +23,8 @@ pub async fn ask_typed<T: DeserializeOwned + JsonSchema>(
     description: &str,
     system: &str,
     user: &str,
-) -> Result<T, String> {
-    let parameters = serde_json::to_value(schemars::schema_for!(T)).map_err(|e| format!("the schema of {tool}: {e}"))?;
+) -> Result<T, ToolError> {
+    let parameters = serde_json::to_value(schemars::schema_for!(T)).map_err(|e| ToolError::system(format!("the schema of {tool}: {e}")))?;
     let mut request = LlmRequest {
         system: system.to_owned(),
         turns: vec![("user".into(), user.to_owned())],
@@ -34,7 +34,7 @@ pub async fn ask_typed<T: DeserializeOwned + JsonSchema>(
     for attempt in 0..=REASKS {
         let reply = llm.ask(&request).await;
         record_call(ctx, llm, agent, tool, Some(attempt + 1), &request, &reply);
-        let reply = reply.map_err(|e| e.0)?;
+        let reply = reply?;
         let Some(arguments) = reply.arguments.clone() else {
             last_error = format!("it answered in text instead of calling {tool}");
             request.turns.push(("assistant".into(), reply.text.unwrap_or_default()));
@@ -53,7 +53,7 @@ pub async fn ask_typed<T: DeserializeOwned + JsonSchema>(
             }
         }
     }
-    Err(format!("after {} attempts {last_error}", REASKS + 1))
+    Err(ToolError::system(format!("after {} attempts {last_error}", REASKS + 1)))
 }
 
 /// Asks for words (a narrative, an answer), streamed piece by piece to `on_text` when given;
@@ -66,15 +66,15 @@ pub async fn ask_text(
     system: &str,
     user: &str,
     on_text: Option<&mut (dyn for<'t> FnMut(&'t str) + Send)>,
-) -> Result<String, String> {
+) -> Result<String, ToolError> {
     let request = LlmRequest { system: system.to_owned(), turns: vec![("user".into(), user.to_owned())], tool: None };
     let reply = match on_text {
         Some(on_text) => llm.ask_streaming(&request, on_text).await,
         None => llm.ask(&request).await,
     };
     record_call(ctx, llm, agent, purpose, None, &request, &reply);
-    let reply = reply.map_err(|e| e.0)?;
-    reply.text.filter(|t| !t.trim().is_empty()).ok_or_else(|| "the model answered without words".to_owned())
+    let reply = reply?;
+    reply.text.filter(|t| !t.trim().is_empty()).ok_or_else(|| ToolError::system("the model answered without words"))
 }
 
 /// One call in the audit trail: the model, the rendered prompt, the reply or why there was
@@ -99,6 +99,6 @@ fn record_call(
         summary,
         json!({"llm": llm.describe(), "attempt": attempt, "request": request, "reply": reply.as_ref().ok(),
             "cost_usd": reply.as_ref().ok().and_then(|r| llm.cost(r.prompt_tokens, r.completion_tokens)),
-            "error": reply.as_ref().err().map(|e| e.0.clone()), "run_tokens": tokens, "token_budget": budget}),
+            "error": reply.as_ref().err().map(|e| e.message.clone()), "run_tokens": tokens, "token_budget": budget}),
     ));
 }

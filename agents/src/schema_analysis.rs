@@ -10,6 +10,7 @@ use runtime::config::DbRole;
 use runtime::context::RunContext;
 use runtime::domain::{Forecast, SchemaReport, TableName};
 use runtime::envelope::{AgentError, Envelope};
+use runtime::error::ToolError;
 use runtime::ports::{Catalog, CodeRequest, CodeResult, CodeRunner, Rows, Scan};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
@@ -106,7 +107,7 @@ impl Actor for SchemaAnalysisAgent {
                     ME,
                     "rows.scan",
                     serde_json::json!({"entities": req.order.len()}),
-                    result.as_ref().map(|_| format!("read {rows} source rows through their mappings")).map_err(Clone::clone),
+                    result.as_ref().map(|_| format!("read {rows} source rows through their mappings")),
                     started,
                 );
                 if let Ok(forecasts) = &result {
@@ -176,10 +177,10 @@ async fn profile(args: &SchemaAnalysisArgs, req: ProfileRequest) -> Result<Profi
         ME,
         "rows.scan",
         serde_json::json!({"table": req.table, "limit": req.sample}),
-        read.as_ref().map(|n| format!("sampled {n} rows")).map_err(|e| e.0.clone()),
+        read.as_ref().map(|n| format!("sampled {n} rows")),
         started,
     );
-    read.map_err(|e| AgentError::new(ME, format!("could not sample {}: {}", req.table, e.0)))?;
+    read.map_err(|e| AgentError::of(ME, e.context(format!("could not sample {}", req.table))))?;
     let mut profile = Profile { table: req.table.clone(), rows_sampled, code: req.code.clone(), result: None, fallback: None };
     let Some(mut code) = req.code else { return Ok(profile) };
     let Some(runner) = &args.code else {
@@ -196,7 +197,7 @@ async fn profile(args: &SchemaAnalysisArgs, req: ProfileRequest) -> Result<Profi
                 format!("the sandbox could not run the code: {why}"),
                 (),
             );
-            profile.fallback = Some(why);
+            profile.fallback = Some(why.message);
         }
     }
     Ok(profile)
@@ -206,9 +207,9 @@ async fn analyze(args: &SchemaAnalysisArgs, request: AnalyzeRequest) -> Result<S
     let side = request.side;
     let catalog = match side {
         DbRole::Source => &args.source,
-        DbRole::Target => {
-            args.target.as_ref().ok_or_else(|| AgentError::new(ME, "no target database is configured, so its schema cannot be read"))?
-        }
+        DbRole::Target => args.target.as_ref().ok_or_else(|| {
+            AgentError::of(ME, ToolError::not_configured("no target database is configured, so its schema cannot be read"))
+        })?,
     };
     let started = Instant::now();
     let result = catalog.introspect(request.exact_counts).await;
@@ -216,8 +217,8 @@ async fn analyze(args: &SchemaAnalysisArgs, request: AnalyzeRequest) -> Result<S
         ME,
         "catalog.introspect",
         serde_json::json!({"side": side, "exact_counts": request.exact_counts}),
-        result.as_ref().map(|r| format!("{} tables in {}", r.tables.len(), r.database)).map_err(|e| e.to_string()),
+        result.as_ref().map(|r| format!("{} tables in {}", r.tables.len(), r.database)),
         started,
     );
-    result.map_err(|e| AgentError::new(ME, format!("could not read the {side} schema: {e}")))
+    result.map_err(|e| AgentError::of(ME, e.context(format!("could not read the {side} schema"))))
 }

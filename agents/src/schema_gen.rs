@@ -12,6 +12,7 @@
 //! column) is named in the notes, which `schema generate` prints and records before anything
 //! is applied; the DDL is applied in one transaction.
 
+use runtime::error::ToolError;
 use std::collections::BTreeSet;
 
 use runtime::domain::{KeySource, SchemaReport, Table};
@@ -44,13 +45,13 @@ fn dropped_key(report: &SchemaReport, t: &Table) -> Option<String> {
 /// How a partitioned table is partitioned in the target: its key, with the old key's column
 /// (now legacy_id, with the same values) renamed; or why it cannot be (a key over an expression
 /// or over a reference that became a UUID, whose bounds are old values).
-fn partitioning(t: &Table, dropped: Option<&str>, references: &BTreeSet<&str>) -> Result<runtime::domain::Partitioning, String> {
-    let p = t.partitioning.clone().ok_or("it has no partition key")?;
+fn partitioning(t: &Table, dropped: Option<&str>, references: &BTreeSet<&str>) -> Result<runtime::domain::Partitioning, ToolError> {
+    let p = t.partitioning.clone().ok_or_else(|| ToolError::bad_input("it has no partition key"))?;
     if p.columns.is_empty() {
-        return Err(format!("its key {} is over an expression", p.key));
+        return Err(ToolError::bad_input(format!("its key {} is over an expression", p.key)));
     }
     if let Some(c) = p.columns.iter().find(|c| references.contains(c.as_str())) {
-        return Err(format!("its key is over {c}, which becomes a uuid"));
+        return Err(ToolError::bad_input(format!("its key is over {c}, which becomes a uuid")));
     }
     let rename = |cols: &[String]| {
         cols.iter().map(|c| if Some(c.as_str()) == dropped { "legacy_id".to_owned() } else { c.clone() }).collect::<Vec<_>>()

@@ -6,6 +6,7 @@
 //! A row that fails becomes a [`Rejection`] naming the column, the rule and the reason in plain
 //! words. Rules that need other rows (unique keys, references) are the predictor's job.
 
+use runtime::error::ToolError;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
@@ -116,15 +117,23 @@ fn ty_of(data_type: &str, type_name: &str, kind: &TypeKind, max_length: Option<i
 
 impl RowMapper {
     /// Compiles `spec` against the target table (and the target's enums and domains).
-    pub fn new(spec: &MappingSpec, target_table: &Table, target: &SchemaReport, keys: Keys) -> Result<RowMapper, String> {
+    pub fn new(spec: &MappingSpec, target_table: &Table, target: &SchemaReport, keys: Keys) -> Result<RowMapper, ToolError> {
         let scan = spec.source_columns();
-        let index = |c: &str| scan.iter().position(|s| s == c).ok_or_else(|| format!("{}: source column {c} is not scanned", spec.source));
+        let index = |c: &str| {
+            scan.iter()
+                .position(|s| s == c)
+                .ok_or_else(|| ToolError::bad_input(format!("{}: source column {c} is not scanned", spec.source)))
+        };
         let mut columns = Vec::new();
         for m in &spec.columns {
-            let col = target_table.column(&m.target).ok_or_else(|| format!("{} has no column {}", target_table.name, m.target))?;
+            let col = target_table
+                .column(&m.target)
+                .ok_or_else(|| ToolError::bad_input(format!("{} has no column {}", target_table.name, m.target)))?;
             let (ty, domain) = match &col.type_kind {
                 TypeKind::Domain { base } => {
-                    let d = target.domain(&col.type_name).ok_or_else(|| format!("domain {} is not in the target report", col.type_name))?;
+                    let d = target
+                        .domain(&col.type_name)
+                        .ok_or_else(|| ToolError::bad_input(format!("domain {} is not in the target report", col.type_name)))?;
                     let base_name = base.split('(').next().unwrap_or(base).trim();
                     let base_name = match base_name {
                         "timestamp with time zone" => "timestamptz",

@@ -18,6 +18,7 @@
 //!   on copied columns), the migrated source rows that set it, counted as they pass, equal the
 //!   target rows made from them that point at a row of the parent, counted in the target.
 
+use runtime::error::ToolError;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
@@ -107,15 +108,15 @@ async fn again<T, F, Fut>(
     req: &MigrateEntity,
     what: &str,
     work: F,
-) -> Result<T, String>
+) -> Result<T, ToolError>
 where
     T: Send + 'static,
     F: Fn(Arc<RunContext>, Arc<dyn Rows>, Arc<dyn Target>, MigrateEntity) -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, ToolError>> + Send + 'static,
 {
-    let target = target.ok_or("no target database to compare with")?;
+    let target = target.ok_or_else(|| ToolError::not_configured("no target database to compare with"))?;
     let each = |c: Arc<RunContext>, body: MigrateEntity| work(c, rows.clone(), target.clone(), body);
-    restarting(ctx, ME, req, what, |_| false, each).await.map(|(v, _)| v)
+    restarting(ctx, ME, req, what, each).await.map(|(v, _)| v)
 }
 
 pub async fn validate(
@@ -123,12 +124,14 @@ pub async fn validate(
     rows: Arc<dyn Rows>,
     target: Arc<dyn Target>,
     req: &MigrateEntity,
-) -> Result<EntityValidation, String> {
+) -> Result<EntityValidation, ToolError> {
     let started = Instant::now();
     let spec = &req.spec;
     let Prepared { mapper, out_cols, id_col, deferred_cols, references, .. } = prepare(ctx, target.as_ref(), req).await?;
-    let legacy_col =
-        out_cols.iter().position(|(c, _)| c == "legacy_id").ok_or_else(|| format!("{} has no legacy_id column", spec.target))?;
+    let legacy_col = out_cols
+        .iter()
+        .position(|(c, _)| c == "legacy_id")
+        .ok_or_else(|| ToolError::system(format!("{} has no legacy_id column", spec.target)))?;
     // Amount columns: cents turned into amounts, and every column of a two-decimal type.
     let money: Vec<usize> = (0..out_cols.len())
         .filter(|&i| {
@@ -137,7 +140,7 @@ pub async fn validate(
             cents || ty == "money" || (ty.starts_with("numeric(") && ty.ends_with(",2)"))
         })
         .collect();
-    let rejected_keys: HashSet<String> = target.rejected_keys(&spec.source).await.map_err(|e| e.0)?.into_iter().map(|(k, _)| k).collect();
+    let rejected_keys: HashSet<String> = target.rejected_keys(&spec.source).await?.into_iter().map(|(k, _)| k).collect();
     let mut v = EntityValidation {
         source: spec.source.clone(),
         target: spec.target.clone(),
@@ -193,15 +196,15 @@ pub async fn validate(
         let Some((expected, set)) = next else { break };
         let (target, table) = (target.clone(), spec.target.clone());
         compares.start(async move {
-            let answers = target.compare(&table, &expected).await.map_err(|e| e.0)?;
+            let answers = target.compare(&table, &expected).await?;
             Ok((expected, set, answers))
         });
     }
-    reader.await.map_err(|e| format!("the reader stopped: {e}"))?;
-    v.target_rows = target.table_rows(&spec.target, crate::differential::soft_delete(req)).await.map_err(|e| e.0)?;
+    reader.await.map_err(|e| ToolError::system(format!("the reader stopped: {e}")))?;
+    v.target_rows = target.table_rows(&spec.target, crate::differential::soft_delete(req)).await?;
     v.extra = (v.target_rows - found_in_target).max(0);
     // Every reference the mapping makes, and every foreign key the target declares.
-    let table = req.target.table(&spec.target).ok_or_else(|| format!("the target has no table {}", spec.target))?;
+    let table = req.target.table(&spec.target).ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
     let mut checks: Vec<(String, runtime::domain::TableName)> =
         references.iter().map(|(c, p)| (out_cols[*c].0.clone(), p.clone())).collect();
     checks.extend(deferred_cols.iter().map(|&c| (out_cols[c].0.clone(), spec.target.clone())));
@@ -213,14 +216,14 @@ pub async fn validate(
     checks.sort();
     checks.dedup();
     for (column, parent) in checks {
-        let found = target.orphans(&spec.target, &column, &parent).await.map_err(|e| e.0)?;
+        let found = target.orphans(&spec.target, &column, &parent).await?;
         let enforced = found.is_none();
         let (count, examples) = found.unwrap_or_default();
         v.orphans.push(Orphans { column, parent, count, examples, enforced });
     }
     let live = crate::differential::soft_delete(req);
     for (l, source) in linked.iter().zip(source_links) {
-        let found = target.links(&spec.target, &l.columns, &l.parent, &l.referenced, live, &kept_keys).await.map_err(|e| e.0)?;
+        let found = target.links(&spec.target, &l.columns, &l.parent, &l.referenced, live, &kept_keys).await?;
         v.links.push(Links {
             columns: l.columns.clone(),
             parent: l.parent.clone(),
@@ -277,7 +280,7 @@ pub async fn validate(
         wrong.join("; ")
     };
     v.seconds = started.elapsed().as_secs_f64();
-    target.save_validation(ctx.run_id, &v).await.map_err(|e| e.0)?;
+    target.save_validation(ctx.run_id, &v).await?;
     ctx.decision(
         ME,
         format!("{}: {} — {}", spec.target.name, if v.passed { "validated" } else { "validation FAILED" }, v.detail),
@@ -425,7 +428,7 @@ async fn tally(
     out_cols: &[(String, String)],
     legacy_col: usize,
     money: &[usize],
-) -> Result<(), String> {
+) -> Result<(), ToolError> {
     for (r, a) in answers.iter().enumerate() {
         v.source_rows += 1;
         let key = &expected.keys[r];
@@ -447,8 +450,7 @@ async fn tally(
                     Some(col) => {
                         v.rows_differing += 1;
                         if v.differences.len() < LISTED {
-                            let found =
-                                target.value_of(&v.target, &out_cols[col].0, &out_cols[legacy_col].1, key).await.map_err(|e| e.0)?;
+                            let found = target.value_of(&v.target, &out_cols[col].0, &out_cols[legacy_col].1, key).await?;
                             v.differences.push(Difference {
                                 legacy_key: key.clone(),
                                 column: out_cols[col].0.clone(),

@@ -19,7 +19,7 @@ use crate::redact::Redactor;
 
 pub enum AuditMsg {
     Record(Box<AuditRecord>),
-    Flush(RpcReplyPort<Result<(), String>>),
+    Flush(RpcReplyPort<Result<(), AuditError>>),
     Tick,
 }
 
@@ -100,7 +100,7 @@ impl Actor for AuditWriter {
                 }
             }
             AuditMsg::Flush(reply) => {
-                let result = state.flush().await.map_err(|e| e.to_string());
+                let result = state.flush().await;
                 let _ = reply.send(result);
             }
         }
@@ -150,7 +150,7 @@ impl Audit {
     /// Waits until everything recorded so far is stored.
     pub async fn flush(&self) -> Result<(), AuditError> {
         match ractor::call!(self.writer, AuditMsg::Flush) {
-            Ok(result) => result.map_err(AuditError::Store),
+            Ok(result) => result,
             Err(_) => Err(AuditError::WriterGone),
         }
     }

@@ -43,11 +43,18 @@ impl RunContext {
     }
 
     /// Records a tool call that has finished.
-    pub fn tool_call(&self, agent: AgentName, tool: &str, args: impl Serialize, result: Result<String, String>, started: Instant) {
+    pub fn tool_call(
+        &self,
+        agent: AgentName,
+        tool: &str,
+        args: impl Serialize,
+        result: Result<String, &crate::error::ToolError>,
+        started: Instant,
+    ) {
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let (ok, summary) = match &result {
             Ok(s) => (true, s.clone()),
-            Err(e) => (false, e.clone()),
+            Err(e) => (false, e.message.clone()),
         };
         self.audit.record(AuditRecord::new(
             agent,

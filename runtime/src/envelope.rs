@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::audit::{AuditRecord, EventKind};
 use crate::context::{to_json, RunContext};
+use crate::error::{ErrorKind, ToolError};
 use crate::events::RunEvent;
 use crate::ids::{AgentName, RunId};
 use crate::supervise::{Slot, SlotError};
@@ -43,20 +44,24 @@ pub struct Envelope<T> {
 pub struct AgentError {
     pub agent: AgentName,
     pub message: String,
-    /// The request itself is wrong (what the operator asked, or how agentctl is configured),
-    /// not the work: the command exits as for bad usage.
-    #[serde(default)]
-    pub usage: bool,
+    /// What kind of failure it was: the command's exit code is decided by it.
+    pub kind: ErrorKind,
 }
 
 impl AgentError {
+    /// A failure of the work (the system's fault).
     pub fn new(agent: AgentName, message: impl Into<String>) -> AgentError {
-        AgentError { agent, message: message.into(), usage: false }
+        AgentError { agent, message: message.into(), kind: ErrorKind::System }
     }
 
-    /// An error in what was asked, or in the configuration, rather than in doing it.
+    /// An error in what was asked, rather than in doing it.
     pub fn usage(agent: AgentName, message: impl Into<String>) -> AgentError {
-        AgentError { agent, message: message.into(), usage: true }
+        AgentError { agent, message: message.into(), kind: ErrorKind::BadInput }
+    }
+
+    /// The agent's answer for a failure of its work, kind kept.
+    pub fn of(agent: AgentName, e: ToolError) -> AgentError {
+        AgentError { agent, message: e.message, kind: e.kind }
     }
 }
 

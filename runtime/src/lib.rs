@@ -5,7 +5,7 @@
 //! the audit trail ([`audit`], [`audit_writer`]), the event stream the CLI shows ([`events`]),
 //! secret redaction ([`redact`]), quoting names for SQL ([`sql`]), configuration ([`config`]), reading PostgreSQL's dates and
 //! timestamps ([`time`]), rows of text values kept in one buffer ([`text_rows`]) and the traits
-//! agents reach the world through ([`ports`]).
+//! agents reach the world through ([`ports`]) and the error they all return ([`error`]).
 //!
 //! This crate does no I/O of its own beyond reading configuration: databases, LLMs and
 //! containers are reached through traits that `tools` implements.
@@ -16,6 +16,7 @@ pub mod config;
 pub mod context;
 pub mod domain;
 pub mod envelope;
+pub mod error;
 pub mod events;
 pub mod ids;
 pub mod mapping;

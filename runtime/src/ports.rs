@@ -13,10 +13,7 @@ use crate::ids::RunId;
 use crate::mapping::{Join, MappingSpec, ScriptColumn};
 use crate::text_rows::TextRows;
 
-/// A tool's failure, already phrased for an operator: what was being done, where, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ToolError(pub String);
+pub use crate::error::{ErrorKind, ToolError};
 
 /// Reads a database's structure from its catalog.
 #[async_trait]

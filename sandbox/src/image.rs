@@ -64,8 +64,8 @@ pub async fn build(say: &(dyn Fn(&str) + Sync)) -> Result<Built> {
 }
 
 /// Pulls an image unless it is present; the registry's refusal as a one-line reason.
-async fn pull(docker: &Docker, image: &str) -> std::result::Result<(), String> {
-    if image_present(docker, image).await.map_err(|e| e.to_string())? {
+async fn pull(docker: &Docker, image: &str) -> Result<()> {
+    if image_present(docker, image).await? {
         return Ok(());
     }
     let (name, tag) = image.split_once(':').unwrap_or((image, "latest"));
@@ -76,12 +76,12 @@ async fn pull(docker: &Docker, image: &str) -> std::result::Result<(), String> {
 /// Follows an image's creation (a pull or an import) to its end; the first error as one line.
 async fn created(
     progress: impl futures::Stream<Item = std::result::Result<bollard::models::CreateImageInfo, bollard::errors::Error>>,
-) -> std::result::Result<(), String> {
+) -> Result<()> {
     futures::pin_mut!(progress);
     while let Some(step) = progress.next().await {
-        let info = step.map_err(|e| e.to_string())?;
+        let info = step.map_err(docker_err("creating an image"))?;
         if let Some(detail) = info.error_detail {
-            return Err(detail.message.unwrap_or_default());
+            return Err(Error::Other(detail.message.unwrap_or_default()));
         }
     }
     Ok(())

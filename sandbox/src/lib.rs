@@ -104,12 +104,12 @@ impl Lang {
 }
 
 impl std::str::FromStr for Lang {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Lang, String> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Lang> {
         match s {
             "python" | "py" | "python3" => Ok(Lang::Python),
             "sh" | "shell" => Ok(Lang::Sh),
-            other => Err(format!("unknown language `{other}`: python or sh")),
+            other => Err(Error::Lang(other.to_owned())),
         }
     }
 }
@@ -189,6 +189,8 @@ pub enum Error {
         #[source]
         source: bollard::errors::Error,
     },
+    #[error("unknown language `{0}`: python or sh")]
+    Lang(String),
     #[error("sandbox: {0}")]
     Other(String),
 }

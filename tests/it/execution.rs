@@ -655,5 +655,5 @@ async fn a_parent_is_read_whole_only_up_to_the_limit() {
     assert_eq!(read.into_iter().collect::<std::collections::BTreeSet<_>>(), stored);
     assert_eq!(target.all_ids(&parents, 2).await.unwrap(), None);
     let missing = target.all_ids(&TableName::new("public", "nowhere"), 10).await.unwrap_err();
-    assert!(missing.0.contains("reading the ids of nowhere: relation \"public.nowhere\" does not exist"), "{}", missing.0);
+    assert!(missing.message.contains("reading the ids of nowhere: relation \"public.nowhere\" does not exist"), "{}", missing.message);
 }

@@ -230,7 +230,7 @@ impl Target for CrashingWriter {
     }
     async fn apply_diff(&self, batch: &DiffBatch) -> Result<DiffApplied, ToolError> {
         if self.until_apply_fails.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
-            return Err(ToolError("injected fault: the target went away while applying a batch".into()));
+            return Err(ToolError::transient("injected fault: the target went away while applying a batch"));
         }
         self.inner.apply_diff(batch).await
     }

@@ -1,5 +1,6 @@
 //! Measurements that choose designs: how fast each UUID layout goes into a btree primary key.
 
+use runtime::error::ToolError;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -10,7 +11,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::catalog::ident;
-use crate::pg::{while_doing, DbError};
+use crate::pg::while_doing;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LayoutFigure {
@@ -23,7 +24,7 @@ pub struct LayoutFigure {
 
 /// Inserts `rows` keys in legacy key order (as a migration does) into a fresh table with a
 /// uuid primary key, once per layout, and times the COPY.
-pub async fn uuid_layouts(pool: &PgPool, rows: i64) -> Result<Vec<LayoutFigure>, DbError> {
+pub async fn uuid_layouts(pool: &PgPool, rows: i64) -> Result<Vec<LayoutFigure>, ToolError> {
     let mut out = Vec::new();
     let source = TableName::new("public", "dispatch_system_message");
     for layout in [UuidLayout::V5, UuidLayout::Ordered] {
@@ -75,7 +76,7 @@ pub struct PipeFigure {
 /// one left behind (dropped tables' catalog rows, deleted control rows, tables without
 /// statistics) is cleared now instead of by an autovacuum worker in the middle of the next one.
 /// The source's statistics also decide the raw pipe's order (largest first).
-pub async fn settle(source: &PgPool, target: &PgPool) -> Result<(), DbError> {
+pub async fn settle(source: &PgPool, target: &PgPool) -> Result<(), ToolError> {
     for (pool, which) in [(source, "source"), (target, "target")] {
         sqlx::raw_sql("VACUUM (ANALYZE)")
             .execute(pool)
@@ -93,7 +94,7 @@ pub async fn settle(source: &PgPool, target: &PgPool) -> Result<(), DbError> {
 /// reference, no bookkeeping: only the bytes through both servers. Its tables fill with
 /// autovacuum off, as the empty tables agentctl loads do. `jobs` tables at a time,
 /// the largest first, as agentctl's waves run.
-pub async fn raw_pipe(source: &PgPool, target: &PgPool, jobs: usize) -> Result<PipeFigure, DbError> {
+pub async fn raw_pipe(source: &PgPool, target: &PgPool, jobs: usize) -> Result<PipeFigure, ToolError> {
     let tables: Vec<(String, String, String, i64)> = sqlx::query_as(
         "SELECT c.relname::text,
                 string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum),
@@ -134,14 +135,14 @@ pub async fn raw_pipe(source: &PgPool, target: &PgPool, jobs: usize) -> Result<P
             running.spawn(async move { pipe_table(&source, &target, &name, &key, n as u32).await });
         }
         let Some(done) = running.join_next().await else { break };
-        rows += done.map_err(|e| DbError(format!("a raw pipe stopped: {e}")))??;
+        rows += done.map_err(|e| ToolError::system(format!("a raw pipe stopped: {e}")))??;
     }
     let seconds = started.elapsed().as_secs_f64();
     sqlx::query("DROP SCHEMA agentctl_bench CASCADE").execute(target).await.map_err(while_doing("dropping the agentctl_bench schema"))?;
     Ok(PipeFigure { tables: tables.len(), rows, seconds, rows_per_second: rows as f64 / seconds.max(1e-9) })
 }
 
-async fn pipe_table(source: &PgPool, target: &PgPool, name: &str, key: &str, tag: u32) -> Result<u64, DbError> {
+async fn pipe_table(source: &PgPool, target: &PgPool, name: &str, key: &str, tag: u32) -> Result<u64, ToolError> {
     let what = format!("piping {name}");
     // One integer key orders the UUIDs by key; any other key, by its hash.
     let single_int = !key.contains(',');

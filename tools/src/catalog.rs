@@ -14,7 +14,7 @@ pub use runtime::sql::{ident, quoted};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
-use crate::pg::{while_doing, DbError};
+use crate::pg::while_doing;
 use crate::target::{retrying, Failure};
 
 /// Times a catalog read is tried again after a transient failure: 200 ms doubling, about 12 s
@@ -38,7 +38,7 @@ impl PgCatalog {
 
     /// One catalog query; a connection lost or a server restarting under it is outlived by
     /// reading again, as the load's writes are (a read changes nothing).
-    async fn rows(&self, what: &str, sql: &str, oids: Option<&[i64]>) -> Result<Vec<PgRow>, DbError> {
+    async fn rows(&self, what: &str, sql: &str, oids: Option<&[i64]>) -> Result<Vec<PgRow>, ToolError> {
         let what = format!("reading the {what} of {}", self.label);
         let read = || async {
             let mut q = sqlx::query(sql);
@@ -47,13 +47,16 @@ impl PgCatalog {
             }
             q.fetch_all(&self.pool).await.map_err(Failure::from)
         };
-        retrying(READ_RETRIES, &what, read).await.map(|(rows, _)| rows).map_err(|e| DbError(format!("while {}", e.0)))
+        retrying(READ_RETRIES, &what, read)
+            .await
+            .map(|(rows, _)| rows)
+            .map_err(|e| ToolError { message: format!("while {}", e.message), ..e })
     }
 }
 
 impl PgCatalog {
     /// Named definitions, one a row of `sql`'s `name` and `definition` columns.
-    async fn definitions(&self, what: &str, sql: &str) -> Result<Vec<UserType>, DbError> {
+    async fn definitions(&self, what: &str, sql: &str) -> Result<Vec<UserType>, ToolError> {
         self.rows(what, sql, None)
             .await?
             .iter()
@@ -62,7 +65,7 @@ impl PgCatalog {
     }
 }
 
-fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(r: &'r PgRow, col: &str) -> Result<T, DbError> {
+fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(r: &'r PgRow, col: &str) -> Result<T, ToolError> {
     r.try_get(col).map_err(while_doing(format!("reading catalog column {col}")))
 }
 
@@ -74,7 +77,7 @@ impl Catalog for PgCatalog {
 }
 
 impl PgCatalog {
-    async fn read(&self, exact_counts: bool) -> Result<SchemaReport, DbError> {
+    async fn read(&self, exact_counts: bool) -> Result<SchemaReport, ToolError> {
         let table_rows = self
             .rows(
                 "tables",
@@ -188,7 +191,7 @@ impl PgCatalog {
         let oids: Vec<i64> = index.keys().copied().collect();
         let with_partitions: Vec<i64> = oids.iter().chain(partition_of.keys()).copied().collect();
         let mut partition_keys: Vec<(usize, ForeignKey)> = Vec::new();
-        let at = |r: &PgRow| -> Result<Option<usize>, DbError> { Ok(index.get(&get::<i64>(r, "oid")?).copied()) };
+        let at = |r: &PgRow| -> Result<Option<usize>, ToolError> { Ok(index.get(&get::<i64>(r, "oid")?).copied()) };
 
         for r in &self
             .rows(
@@ -513,7 +516,7 @@ impl PgCatalog {
     }
 }
 
-fn foreign_key(r: &PgRow) -> Result<ForeignKey, DbError> {
+fn foreign_key(r: &PgRow) -> Result<ForeignKey, ToolError> {
     Ok(ForeignKey {
         name: get(r, "conname")?,
         columns: get(r, "cols")?,

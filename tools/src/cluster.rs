@@ -10,18 +10,18 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::pg::DbError;
+use runtime::error::ToolError;
 
 /// Where the binaries are: `PG_BIN` when it is set (and then only there), else Debian's place
 /// for version 15, else `pg_config --bindir`.
-pub fn bin_dir() -> Result<PathBuf, DbError> {
+pub fn bin_dir() -> Result<PathBuf, ToolError> {
     const INSTALL: &str = "install PostgreSQL 15 (Debian/Ubuntu: apt-get install postgresql-15)";
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
     if let Some(dir) = std::env::var_os("PG_BIN").map(PathBuf::from) {
         return if has_server(&dir) {
             Ok(dir)
         } else {
-            Err(DbError(format!(
+            Err(ToolError::system(format!(
                 "PG_BIN is {}, which holds no initdb and pg_ctl: point it at PostgreSQL's bin folder, or {INSTALL}",
                 dir.display()
             )))
@@ -34,22 +34,22 @@ pub fn bin_dir() -> Result<PathBuf, DbError> {
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
     [PathBuf::from("/usr/lib/postgresql/15/bin")].into_iter().chain(from_pg_config).find(|d| has_server(d)).ok_or_else(|| {
-        DbError(format!(
+        ToolError::system(format!(
             "PostgreSQL's server programs (initdb, pg_ctl) were not found: {INSTALL}, or set PG_BIN to the folder that holds them"
         ))
     })
 }
 
 /// The uid and gid to run the server as: `postgres` when we are root, ourselves otherwise.
-pub fn server_user() -> Result<Option<(u32, u32)>, DbError> {
-    let me = Command::new("id").arg("-u").output().map_err(|e| DbError(format!("running id: {e}")))?;
+pub fn server_user() -> Result<Option<(u32, u32)>, ToolError> {
+    let me = Command::new("id").arg("-u").output().map_err(|e| ToolError::system(format!("running id: {e}")))?;
     if String::from_utf8_lossy(&me.stdout).trim() != "0" {
         return Ok(None);
     }
-    let id = |flag: &str| -> Result<u32, DbError> {
-        let out = Command::new("id").args([flag, "postgres"]).output().map_err(|e| DbError(format!("running id: {e}")))?;
+    let id = |flag: &str| -> Result<u32, ToolError> {
+        let out = Command::new("id").args([flag, "postgres"]).output().map_err(|e| ToolError::system(format!("running id: {e}")))?;
         String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| {
-            DbError("running as root, PostgreSQL needs a `postgres` user to run as, and there is none (install postgresql-15, which creates it)".into())
+            ToolError::system("running as root, PostgreSQL needs a `postgres` user to run as, and there is none (install postgresql-15, which creates it)")
         })
     };
     Ok(Some((id("-u")?, id("-g")?)))
@@ -64,26 +64,27 @@ pub fn command(program: &Path, user: Option<(u32, u32)>) -> Command {
     cmd
 }
 
-pub fn free_port() -> Result<u16, DbError> {
+pub fn free_port() -> Result<u16, ToolError> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| DbError(format!("finding a free port on 127.0.0.1: {e}")))
+        .map_err(|e| ToolError::system(format!("finding a free port on 127.0.0.1: {e}")))
 }
 
 /// Runs `initdb` for a cluster in `dir/data` owned by `user`, trusting local connections.
-pub fn initdb(bin: &Path, dir: &Path, user: Option<(u32, u32)>) -> Result<(), DbError> {
-    std::fs::create_dir_all(dir).map_err(|e| DbError(format!("creating {}: {e}", dir.display())))?;
+pub fn initdb(bin: &Path, dir: &Path, user: Option<(u32, u32)>) -> Result<(), ToolError> {
+    std::fs::create_dir_all(dir).map_err(|e| ToolError::system(format!("creating {}: {e}", dir.display())))?;
     if let Some((uid, gid)) = user {
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| DbError(format!("handing {} to postgres: {e}", dir.display())))?;
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+            .map_err(|e| ToolError::system(format!("handing {} to postgres: {e}", dir.display())))?;
     }
     let out = command(&bin.join("initdb"), user)
         .args(["-D", "data", "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
         .current_dir(dir)
         .output()
-        .map_err(|e| DbError(format!("running initdb: {e}")))?;
+        .map_err(|e| ToolError::system(format!("running initdb: {e}")))?;
     if !out.status.success() {
-        return Err(DbError(format!("initdb in {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(ToolError::system(format!("initdb in {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(())
 }
@@ -112,23 +113,24 @@ pub struct DaemonCluster {
 impl DaemonCluster {
     /// Opens the cluster in `dir`, creating it first if there is none; starts it if it is not
     /// running. The port is chosen once and kept in `dir/port`.
-    pub fn open(dir: &Path) -> Result<(DaemonCluster, bool), DbError> {
+    pub fn open(dir: &Path) -> Result<(DaemonCluster, bool), ToolError> {
         let bin = bin_dir()?;
         let user = server_user()?;
         let created = !dir.join("data/PG_VERSION").exists();
         if created {
             initdb(&bin, dir, user)?;
             let port = free_port()?;
-            std::fs::write(dir.join("port"), port.to_string()).map_err(|e| DbError(format!("writing {}/port: {e}", dir.display())))?;
+            std::fs::write(dir.join("port"), port.to_string())
+                .map_err(|e| ToolError::system(format!("writing {}/port: {e}", dir.display())))?;
         }
         // The server is started with the absolute data directory: pg_ctl keeps its command
         // line in postmaster.opts, and a `pg_ctl restart` run from any other directory (or
         // with a relative --data-dir) would otherwise look for `data` where it stands.
-        let dir = &std::fs::canonicalize(dir).map_err(|e| DbError(format!("finding {}: {e}", dir.display())))?;
+        let dir = &std::fs::canonicalize(dir).map_err(|e| ToolError::system(format!("finding {}: {e}", dir.display())))?;
         let port: u16 = std::fs::read_to_string(dir.join("port"))
             .ok()
             .and_then(|p| p.trim().parse().ok())
-            .ok_or_else(|| DbError(format!("{}/port is missing or unreadable; start again with --fresh", dir.display())))?;
+            .ok_or_else(|| ToolError::system(format!("{}/port is missing or unreadable; start again with --fresh", dir.display())))?;
         let cluster = DaemonCluster { dir: dir.to_owned(), port, bin, user };
         if !cluster.running() {
             cluster.start()?;
@@ -140,7 +142,7 @@ impl DaemonCluster {
         command(&self.bin.join("pg_ctl"), self.user).arg("-D").arg(self.data()).arg("status").output().is_ok_and(|o| o.status.success())
     }
 
-    fn start(&self) -> Result<(), DbError> {
+    fn start(&self) -> Result<(), ToolError> {
         let mut opts = format!("-p {} -k {}", self.port, self.dir.display());
         for (k, v) in BULK_SETTINGS {
             opts.push_str(&format!(" -c {k}={v}"));
@@ -152,16 +154,16 @@ impl DaemonCluster {
             .arg(self.dir.join("postgres.log"))
             .args(["-w", "-t", "60", "-o", &opts, "start"])
             .output()
-            .map_err(|e| DbError(format!("running pg_ctl: {e}")))?;
+            .map_err(|e| ToolError::system(format!("running pg_ctl: {e}")))?;
         if !out.status.success() {
             let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
             let last = log.lines().rev().find(|l| l.contains("FATAL") || l.contains("ERROR")).unwrap_or("see postgres.log");
-            return Err(DbError(format!("starting PostgreSQL in {} on port {} failed: {last}", self.dir.display(), self.port)));
+            return Err(ToolError::system(format!("starting PostgreSQL in {} on port {} failed: {last}", self.dir.display(), self.port)));
         }
         Ok(())
     }
 
-    pub fn stop(&self) -> Result<(), DbError> {
+    pub fn stop(&self) -> Result<(), ToolError> {
         if !self.running() {
             return Ok(());
         }
@@ -170,9 +172,9 @@ impl DaemonCluster {
             .arg(self.data())
             .args(["-m", "fast", "-w", "stop"])
             .output()
-            .map_err(|e| DbError(format!("running pg_ctl: {e}")))?;
+            .map_err(|e| ToolError::system(format!("running pg_ctl: {e}")))?;
         if !out.status.success() {
-            return Err(DbError(format!(
+            return Err(ToolError::system(format!(
                 "stopping PostgreSQL in {} failed: {}",
                 self.dir.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
@@ -198,7 +200,7 @@ impl DaemonCluster {
 
 /// Creates database `name` through the cluster's `postgres` database unless it exists.
 /// Drops a database, ending its sessions first.
-pub async fn drop_database(admin: &crate::pg::Pool, name: &str) -> Result<(), DbError> {
+pub async fn drop_database(admin: &crate::pg::Pool, name: &str) -> Result<(), ToolError> {
     sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", name.replace('"', "\"\"")))
         .execute(admin)
         .await
@@ -206,7 +208,7 @@ pub async fn drop_database(admin: &crate::pg::Pool, name: &str) -> Result<(), Db
     Ok(())
 }
 
-pub async fn ensure_database(admin: &crate::pg::Pool, name: &str) -> Result<(), DbError> {
+pub async fn ensure_database(admin: &crate::pg::Pool, name: &str) -> Result<(), ToolError> {
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(name)
         .fetch_one(admin)

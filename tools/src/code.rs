@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use runtime::error::BadInput;
 use runtime::ports::{CodeFile, CodeRequest, CodeResult, CodeRunner, CodeStream, ToolError};
 use sandbox::{Job, Lang, Limits, Sandbox, StreamSession};
 
 pub struct SandboxRunner {
     config: sandbox::Config,
-    sandbox: tokio::sync::OnceCell<Result<Sandbox, String>>,
+    sandbox: tokio::sync::OnceCell<Result<Sandbox, ToolError>>,
 }
 
 impl SandboxRunner {
@@ -20,10 +21,10 @@ impl SandboxRunner {
     /// The default configuration with AGENTCTL_SANDBOX_IMAGE, AGENTCTL_SANDBOX_POOL (ready
     /// containers), AGENTCTL_SANDBOX_TIMEOUT (seconds), AGENTCTL_SANDBOX_MEMORY (MiB) and
     /// AGENTCTL_SANDBOX_LIFETIME (seconds a container lives at most) applied.
-    pub fn from_env() -> Result<SandboxRunner, String> {
-        let number = |name: &str| -> Result<Option<u64>, String> {
+    pub fn from_env() -> Result<SandboxRunner, BadInput> {
+        let number = |name: &str| -> Result<Option<u64>, BadInput> {
             match std::env::var(name) {
-                Ok(v) => v.trim().parse().map(Some).map_err(|_| format!("{name}={v}: expected a whole number")),
+                Ok(v) => v.trim().parse().map(Some).map_err(|_| BadInput(format!("{name}={v}: expected a whole number"))),
                 Err(_) => Ok(None),
             }
         };
@@ -47,8 +48,11 @@ impl SandboxRunner {
     }
 
     async fn sandbox(&self) -> Result<&Sandbox, ToolError> {
-        let connected = self.sandbox.get_or_init(|| async { Sandbox::connect(self.config.clone()).await.map_err(|e| e.to_string()) }).await;
-        connected.as_ref().map_err(|e| ToolError(e.clone()))
+        let connected = self
+            .sandbox
+            .get_or_init(|| async { Sandbox::connect(self.config.clone()).await.map_err(|e| ToolError::system(e.to_string())) })
+            .await;
+        connected.as_ref().map_err(Clone::clone)
     }
 
     /// Removes the pool's containers, if it was ever connected.
@@ -60,7 +64,7 @@ impl SandboxRunner {
 }
 
 fn job(request: &CodeRequest) -> Result<Job, ToolError> {
-    let lang: Lang = request.lang.parse().map_err(ToolError)?;
+    let lang: Lang = request.lang.parse().map_err(|e: sandbox::Error| ToolError::bad_input(e.to_string()))?;
     let mut job = Job::new(lang, request.code.clone());
     job.stdin = request.stdin.clone().into_bytes();
     job.files = request.files.iter().map(|f| (f.name.clone(), f.content.clone().into_bytes())).collect();
@@ -83,7 +87,7 @@ impl CodeRunner for SandboxRunner {
 
     async fn run(&self, request: &CodeRequest) -> Result<CodeResult, ToolError> {
         let job = job(request)?;
-        let outcome = self.sandbox().await?.run(&job).await.map_err(|e| ToolError(e.to_string()))?;
+        let outcome = self.sandbox().await?.run(&job).await.map_err(|e| ToolError::system(e.to_string()))?;
         Ok(CodeResult {
             exit_code: outcome.exit_code,
             stdout: outcome.stdout,
@@ -110,7 +114,7 @@ impl CodeRunner for SandboxRunner {
 
     async fn open(&self, request: &CodeRequest) -> Result<Box<dyn CodeStream>, ToolError> {
         let job = job(request)?;
-        let session = self.sandbox().await?.open_stream(&job).await.map_err(|e| ToolError(e.to_string()))?;
+        let session = self.sandbox().await?.open_stream(&job).await.map_err(|e| ToolError::system(e.to_string()))?;
         Ok(Box::new(Stream(session)))
     }
 }
@@ -120,8 +124,8 @@ struct Stream(StreamSession);
 #[async_trait]
 impl CodeStream for Stream {
     async fn exchange(&mut self, line: &str) -> Result<String, ToolError> {
-        let answer = self.0.exchange(line.as_bytes()).await.map_err(|e| ToolError(e.to_string()))?;
-        String::from_utf8(answer).map_err(|_| ToolError("the script answered with bytes that are not UTF-8".into()))
+        let answer = self.0.exchange(line.as_bytes()).await.map_err(|e| ToolError::system(e.to_string()))?;
+        String::from_utf8(answer).map_err(|_| ToolError::system("the script answered with bytes that are not UTF-8"))
     }
 
     async fn close(self: Box<Self>) {

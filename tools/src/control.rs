@@ -5,13 +5,14 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runtime::audit::{AuditError, AuditEvent, AuditSink, ChainHead, LedgerEntry, GENESIS};
+use runtime::error::ToolError;
 use runtime::RunId;
 use serde::Serialize;
 use sqlx::migrate::Migrator;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::pg::{while_doing, DbError};
+use crate::pg::while_doing;
 use crate::target::Failure;
 
 /// Times a run's closing records are tried again after a transient failure (200 ms doubling,
@@ -52,11 +53,11 @@ pub struct WriterLock {
 pub enum Attend {
     /// Another run writes to it: who, and since when.
     Held(String),
-    Db(DbError),
+    Db(ToolError),
 }
 
-impl From<DbError> for Attend {
-    fn from(e: DbError) -> Self {
+impl From<ToolError> for Attend {
+    fn from(e: ToolError) -> Self {
         Attend::Db(e)
     }
 }
@@ -144,7 +145,7 @@ pub struct EventFilter {
 
 impl ControlStore {
     /// Creates or upgrades the control schema, then returns the store.
-    pub async fn open(pool: PgPool) -> Result<ControlStore, DbError> {
+    pub async fn open(pool: PgPool) -> Result<ControlStore, ToolError> {
         let mut conn = pool.acquire().await.map_err(while_doing("preparing the agentctl control schema"))?;
         sqlx::query("CREATE SCHEMA IF NOT EXISTS agentctl")
             .execute(&mut *conn)
@@ -160,19 +161,19 @@ impl ControlStore {
         .await
         .map_err(while_doing("checking the agentctl control schema"))?;
         if !usable {
-            return Err(DbError(format!(
+            return Err(ToolError::system(format!(
                 "the target's agentctl schema belongs to {owner}, and {me} may not use it: run as {owner}, or GRANT ALL ON SCHEMA agentctl, ALL TABLES IN SCHEMA agentctl and ALL SEQUENCES IN SCHEMA agentctl TO {me}"
             )));
         }
         // The migrations' own bookkeeping table belongs in the control schema, not in the
         // operator's `public`.
         sqlx::query("SET search_path TO agentctl").execute(&mut *conn).await.map_err(while_doing("selecting the agentctl schema"))?;
-        MIGRATOR.run(&mut *conn).await.map_err(|e| DbError(format!("while migrating the agentctl control schema: {e}")))?;
+        MIGRATOR.run(&mut *conn).await.map_err(|e| ToolError::system(format!("while migrating the agentctl control schema: {e}")))?;
         sqlx::query("RESET search_path").execute(&mut *conn).await.map_err(while_doing("resetting the search path"))?;
         Ok(ControlStore { pool })
     }
 
-    pub async fn begin_run(&self, run_id: RunId, command: &str, goal: Option<&str>) -> Result<(), DbError> {
+    pub async fn begin_run(&self, run_id: RunId, command: &str, goal: Option<&str>) -> Result<(), ToolError> {
         sqlx::query("INSERT INTO agentctl.runs (run_id, command, goal) VALUES ($1, $2, $3)")
             .bind(run_id.0)
             .bind(command)
@@ -186,9 +187,9 @@ impl ControlStore {
     /// Appends a run's start, resumption or end to the target's run ledger, chained to the entry
     /// before; an end (or a resumption) records the head the run's chain is at. A server
     /// restarting under it is outlived, as the load's writes are.
-    async fn ledger_entry(&self, run_id: RunId, entry: &str) -> Result<(), DbError> {
+    async fn ledger_entry(&self, run_id: RunId, entry: &str) -> Result<(), ToolError> {
         let what = format!("recording run {run_id} as {entry} in the run ledger");
-        crate::target::retrying(WRITE_RETRIES, &what, || self.try_ledger_entry(run_id, entry)).await.map_err(|e| DbError(e.0))?;
+        crate::target::retrying(WRITE_RETRIES, &what, || self.try_ledger_entry(run_id, entry)).await?;
         Ok(())
     }
 
@@ -223,7 +224,7 @@ impl ControlStore {
     }
 
     /// The run ledger, in order.
-    pub async fn ledger(&self) -> Result<Vec<LedgerEntry>, DbError> {
+    pub async fn ledger(&self) -> Result<Vec<LedgerEntry>, ToolError> {
         let rows = sqlx::query("SELECT seq, run_id, entry, event_count, head_hash, prev_hash, hash FROM agentctl.run_ledger ORDER BY seq")
             .fetch_all(&self.pool)
             .await
@@ -294,7 +295,7 @@ impl ControlStore {
     }
 
     /// A connection out of the pool, named for the run (`application_name`); closed when dropped.
-    async fn named_connection(&self, run_id: RunId) -> Result<sqlx::PgConnection, DbError> {
+    async fn named_connection(&self, run_id: RunId) -> Result<sqlx::PgConnection, ToolError> {
         let what = "holding the target for the run";
         let mut conn = self.pool.acquire().await.map_err(while_doing(what))?.detach();
         sqlx::query("SELECT set_config('application_name', $1, false)")
@@ -306,7 +307,7 @@ impl ControlStore {
     }
 
     /// Reopens a run that did not finish (killed, interrupted) to carry it on under its own id.
-    pub async fn resume_run(&self, run_id: RunId) -> Result<(), DbError> {
+    pub async fn resume_run(&self, run_id: RunId) -> Result<(), ToolError> {
         let reopened = sqlx::query(
             "UPDATE agentctl.runs SET outcome = 'running', finished_at = NULL, outcome_detail = NULL
              WHERE run_id = $1 AND outcome <> 'succeeded'",
@@ -316,14 +317,14 @@ impl ControlStore {
         .await
         .map_err(while_doing(format!("reopening run {run_id}")))?;
         if reopened.rows_affected() == 0 {
-            return Err(DbError(format!("run {run_id} has already succeeded; there is nothing to resume")));
+            return Err(ToolError::system(format!("run {run_id} has already succeeded; there is nothing to resume")));
         }
         self.ledger_entry(run_id, "resumed").await
     }
 
     /// Forgets the records of rows that no longer exist because the target schema was recreated
     /// (the demo does this); the runs and their audit trails stay.
-    pub async fn forget_migrated_rows(&self) -> Result<(), DbError> {
+    pub async fn forget_migrated_rows(&self) -> Result<(), ToolError> {
         // Also what differential migration knew of them: the baseline, and the analyses not
         // applied (of rows that are gone). Emptied by TRUNCATE, not DELETE: a load baseline is
         // about 180 MB at scale 1.0, and deleting it left that much for autovacuum to clear
@@ -341,7 +342,7 @@ impl ControlStore {
     }
 
     /// Records a run's end (outliving a server restarting under it) and its head in the ledger.
-    pub async fn finish_run(&self, run_id: RunId, outcome: &str, detail: Option<&str>) -> Result<(), DbError> {
+    pub async fn finish_run(&self, run_id: RunId, outcome: &str, detail: Option<&str>) -> Result<(), ToolError> {
         let end = || async {
             sqlx::query("UPDATE agentctl.runs SET finished_at = now(), outcome = $2, outcome_detail = $3 WHERE run_id = $1")
                 .bind(run_id.0)
@@ -352,11 +353,11 @@ impl ControlStore {
                 .map_err(Failure::from)
         };
         let what = format!("recording the end of run {run_id}");
-        crate::target::retrying(WRITE_RETRIES, &what, end).await.map_err(|e| DbError(e.0))?;
+        crate::target::retrying(WRITE_RETRIES, &what, end).await?;
         self.ledger_entry(run_id, "ended").await
     }
 
-    pub async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, DbError> {
+    pub async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, ToolError> {
         sqlx::query_as(&format!("SELECT {} FROM agentctl.runs ORDER BY started_at DESC LIMIT $1", run_columns()))
             .bind(limit)
             .fetch_all(&self.pool)
@@ -365,7 +366,7 @@ impl ControlStore {
     }
 
     /// Finds a run by its id or a unique prefix of it; `None` means the latest run.
-    pub async fn find_run(&self, id: Option<&str>) -> Result<RunRow, DbError> {
+    pub async fn find_run(&self, id: Option<&str>) -> Result<RunRow, ToolError> {
         let mut rows: Vec<RunRow> = match id {
             None => {
                 sqlx::query_as(&format!("SELECT {} FROM agentctl.runs ORDER BY started_at DESC LIMIT 1", run_columns()))
@@ -375,7 +376,7 @@ impl ControlStore {
             Some(prefix) => {
                 let prefix = prefix.trim().to_ascii_lowercase();
                 if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-                    return Err(DbError(format!("`{prefix}` is not a run id (expected the hex digits of a run's UUID)")));
+                    return Err(ToolError::system(format!("`{prefix}` is not a run id (expected the hex digits of a run's UUID)")));
                 }
                 sqlx::query_as(&format!(
                     "SELECT {} FROM agentctl.runs WHERE run_id::text LIKE $1 || '%' ORDER BY started_at DESC LIMIT 2",
@@ -388,15 +389,15 @@ impl ControlStore {
         }
         .map_err(while_doing("looking up the run"))?;
         match (rows.len(), id) {
-            (0, None) => Err(DbError("no run has been recorded in this target database yet".into())),
-            (0, Some(p)) => Err(DbError(format!("no run with id {p}"))),
-            (2, Some(p)) => Err(DbError(format!("run id prefix {p} matches more than one run; give more of it"))),
+            (0, None) => Err(ToolError::system("no run has been recorded in this target database yet")),
+            (0, Some(p)) => Err(ToolError::system(format!("no run with id {p}"))),
+            (2, Some(p)) => Err(ToolError::system(format!("run id prefix {p} matches more than one run; give more of it"))),
             _ => Ok(rows.swap_remove(0)),
         }
     }
 
     /// Every entity a run has started, with its checkpoint's counters.
-    pub async fn progress(&self, run_id: RunId) -> Result<Vec<EntityProgress>, DbError> {
+    pub async fn progress(&self, run_id: RunId) -> Result<Vec<EntityProgress>, ToolError> {
         sqlx::query_as(
             "SELECT c.source_table, c.target_table, c.state, c.detail,
                     coalesce(k.rows_read, 0) AS rows_read, coalesce(k.migrated, 0) AS migrated,
@@ -413,7 +414,7 @@ impl ControlStore {
 
     /// Foreign keys and indexes set aside for a load that have not been put back yet:
     /// (target table, name, kind, run).
-    pub async fn suspended(&self) -> Result<Vec<(String, String, String, Uuid)>, DbError> {
+    pub async fn suspended(&self) -> Result<Vec<(String, String, String, Uuid)>, ToolError> {
         sqlx::query_as("SELECT target_table, name, kind, run_id FROM agentctl.suspended_constraints ORDER BY target_table, name")
             .fetch_all(&self.pool)
             .await
@@ -421,7 +422,7 @@ impl ControlStore {
     }
 
     /// The run that migrated most recently (any command: run, demo, chat).
-    pub async fn latest_migration_run(&self) -> Result<Option<RunId>, DbError> {
+    pub async fn latest_migration_run(&self) -> Result<Option<RunId>, ToolError> {
         let id: Option<Uuid> =
             sqlx::query_scalar("SELECT run_id FROM agentctl.migration_control GROUP BY run_id ORDER BY max(started_at) DESC LIMIT 1")
                 .fetch_optional(&self.pool)
@@ -435,7 +436,7 @@ impl ControlStore {
         &self,
         run_id: RunId,
         source_table: &str,
-    ) -> Result<Option<(String, String, serde_json::Value)>, DbError> {
+    ) -> Result<Option<(String, String, serde_json::Value)>, ToolError> {
         sqlx::query_as(
             "SELECT legacy_key, reason, source_row FROM agentctl.rejected_rows WHERE run_id = $1 AND source_table = $2
              ORDER BY length(legacy_key), legacy_key LIMIT 1",
@@ -448,18 +449,18 @@ impl ControlStore {
     }
 
     /// The latest run of a command (`run`, `validate`, ...).
-    pub async fn latest_run(&self, command: &str) -> Result<RunRow, DbError> {
+    pub async fn latest_run(&self, command: &str) -> Result<RunRow, ToolError> {
         let id: Option<Uuid> = sqlx::query_scalar("SELECT run_id FROM agentctl.runs WHERE command = $1 ORDER BY started_at DESC LIMIT 1")
             .bind(command)
             .fetch_optional(&self.pool)
             .await
             .map_err(while_doing(format!("looking for the latest `{command}`")))?;
-        let id = id.ok_or_else(|| DbError(format!("there is no `agentctl {command}` in this database yet")))?;
+        let id = id.ok_or_else(|| ToolError::system(format!("there is no `agentctl {command}` in this database yet")))?;
         self.find_run(Some(&id.to_string())).await
     }
 
     /// Per entity of a run: accounting from the checkpoints, timing, and the validation.
-    pub async fn report(&self, run_id: RunId) -> Result<Vec<ReportEntity>, DbError> {
+    pub async fn report(&self, run_id: RunId) -> Result<Vec<ReportEntity>, ToolError> {
         sqlx::query_as(
             "SELECT c.source_table, c.target_table, c.state, coalesce(c.source_rows, k.rows_read, 0) AS source_rows,
                     coalesce(k.migrated, 0) AS migrated, coalesce(k.rejected, 0) AS rejected,
@@ -478,7 +479,7 @@ impl ControlStore {
 
     /// A run's language model use from its trail: calls, prompt tokens, completion tokens, and
     /// the cost in US dollars when a price was configured.
-    pub async fn llm_usage(&self, run_id: RunId) -> Result<(i64, i64, i64, Option<f64>), DbError> {
+    pub async fn llm_usage(&self, run_id: RunId) -> Result<(i64, i64, i64, Option<f64>), ToolError> {
         sqlx::query_as(
             "SELECT count(*), coalesce(sum((detail::jsonb->'reply'->>'prompt_tokens')::int8), 0)::int8,
                     coalesce(sum((detail::jsonb->'reply'->>'completion_tokens')::int8), 0)::int8,
@@ -492,7 +493,7 @@ impl ControlStore {
     }
 
     /// A run's rejections grouped by table and rule, largest groups first.
-    pub async fn rejection_groups(&self, run_id: RunId) -> Result<Vec<RejectionGroup>, DbError> {
+    pub async fn rejection_groups(&self, run_id: RunId) -> Result<Vec<RejectionGroup>, ToolError> {
         sqlx::query_as(
             "SELECT source_table, split_part(rule, ':', 1) || CASE WHEN column_name IS NULL THEN '' ELSE ':' || column_name END AS rule,
                     count(*) AS count, min(reason) AS example_reason,
@@ -507,7 +508,7 @@ impl ControlStore {
     }
 
     /// A run's events in sequence order, optionally filtered.
-    pub async fn events(&self, run_id: RunId, filter: &EventFilter) -> Result<Vec<AuditEvent>, DbError> {
+    pub async fn events(&self, run_id: RunId, filter: &EventFilter) -> Result<Vec<AuditEvent>, ToolError> {
         let rows = sqlx::query(
             "SELECT run_id, seq, at, agent, kind, correlation_id, summary, detail, prev_hash, hash
              FROM agentctl.audit_events
@@ -540,7 +541,7 @@ impl ControlStore {
 
     /// Runs that the control tables name but `runs` does not hold: a run removed whole, its
     /// trail with it. Each with the tables that still name it.
-    pub async fn vanished_runs(&self) -> Result<Vec<(String, Vec<String>)>, DbError> {
+    pub async fn vanished_runs(&self) -> Result<Vec<(String, Vec<String>)>, ToolError> {
         let what = "looking for runs that were removed";
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT c.table_name::text FROM information_schema.columns c
@@ -568,7 +569,7 @@ impl ControlStore {
         Ok(vanished.into_iter().collect())
     }
 
-    pub async fn chain_head(&self, run_id: RunId) -> Result<ChainHead, DbError> {
+    pub async fn chain_head(&self, run_id: RunId) -> Result<ChainHead, ToolError> {
         let row = sqlx::query("SELECT event_count, head_hash FROM agentctl.runs WHERE run_id = $1")
             .bind(run_id.0)
             .fetch_optional(&self.pool)
@@ -651,6 +652,6 @@ impl AuditSink for ControlStore {
     }
 
     async fn head(&self, run_id: RunId) -> Result<ChainHead, AuditError> {
-        self.chain_head(run_id).await.map_err(|e| AuditError::Store(e.0))
+        self.chain_head(run_id).await.map_err(|e| AuditError::Store(e.message))
     }
 }

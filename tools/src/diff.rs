@@ -146,7 +146,7 @@ pub async fn record_baseline(pool: &PgPool, target: &TableName, legacy_type: &st
         tx.commit().await?;
         Ok::<_, sqlx::Error>(recorded)
     };
-    Ok(run.await.map_err(while_doing(&what))?)
+    run.await.map_err(while_doing(&what))
 }
 
 pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: &[usize], soft: bool) -> Result<Vec<Diffed>, ToolError> {
@@ -170,9 +170,9 @@ pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: 
         for column in values {
             q = q.bind(column);
         }
-        q.fetch_all(pool).await.map_err(|e| ToolError(format!("while {}: {}", what(), describe(&e))))
+        q.fetch_all(pool).await.map_err(|e| ToolError::system(format!("while {}: {}", what(), describe(&e))))
     };
-    let decode = |e: sqlx::Error| ToolError(format!("while {}: {}", what(), describe(&e)));
+    let decode = |e: sqlx::Error| ToolError::system(format!("while {}: {}", what(), describe(&e)));
     // Every row: where it stands, each expression once.
     let sql = format!(
         "SELECT t.id IS NOT NULL, coalesce(t.id = {idcast}, false), {deleted},
@@ -251,7 +251,7 @@ pub async fn live_keys(
         .bind(prefix)
         .fetch_all(pool)
         .await
-        .map_err(|e| while_doing(format!("reading the legacy keys of {target}"))(e).into())
+        .map_err(|e| while_doing(format!("reading the legacy keys of {target}"))(e))
 }
 
 pub async fn live_keys_between(
@@ -272,7 +272,7 @@ pub async fn live_keys_between(
     let keys: Result<Vec<i64>, _> = present.iter().map(|k| k.parse::<i64>()).collect();
     let (after, upto, keys) = match (parse(after), parse(upto), keys) {
         (Ok(a), Ok(u), Ok(k)) => (a, u, k),
-        _ => return Err(ToolError(format!("{target}: a legacy key that is not an integer where one was expected"))),
+        _ => return Err(ToolError::system(format!("{target}: a legacy key that is not an integer where one was expected"))),
     };
     sqlx::query_as(&sql)
         .bind(after)
@@ -280,13 +280,13 @@ pub async fn live_keys_between(
         .bind(keys)
         .fetch_all(pool)
         .await
-        .map_err(|e| while_doing(format!("looking for rows of {target} gone from the source"))(e).into())
+        .map_err(|e| while_doing(format!("looking for rows of {target} gone from the source"))(e))
 }
 
 pub async fn save_analysis(pool: &PgPool, a: &EntityDiff, rows: &[Differential]) -> Result<(), ToolError> {
     let what = || format!("storing the analysis of {}", a.source);
     let mut tx = pool.begin().await.map_err(while_doing(what()))?;
-    let columns = serde_json::to_value(&a.columns).map_err(|e| ToolError(format!("{}: {e}", what())))?;
+    let columns = serde_json::to_value(&a.columns).map_err(|e| ToolError::system(format!("{}: {e}", what())))?;
     sqlx::query(
         "INSERT INTO agentctl.diff_analyses (analysis_id, source_table, target_table, columns, source_rows, in_step, inserts, updates,
              deletes, conflicts, target_changed, rejected, seconds, mode, watermark, trusted, run_id)
@@ -392,7 +392,7 @@ pub async fn pending_analysis(
     .await
     .map_err(while_doing(what()))?;
     let Some(row) = row else { return Ok(None) };
-    let decode = |e: sqlx::Error| ToolError(format!("while {}: {}", what(), describe(&e)));
+    let decode = |e: sqlx::Error| ToolError::system(format!("while {}: {}", what(), describe(&e)));
     if !row.try_get::<bool, _>("pending").map_err(decode)? {
         return Ok(None);
     }
@@ -405,7 +405,7 @@ pub async fn pending_analysis(
         trusted: row.try_get("trusted").map_err(decode)?,
         source: source.clone(),
         target: target.clone(),
-        columns: serde_json::from_value(columns).map_err(|e| ToolError(format!("{}: {e}", what())))?,
+        columns: serde_json::from_value(columns).map_err(|e| ToolError::system(format!("{}: {e}", what())))?,
         source_rows: row.try_get("source_rows").map_err(decode)?,
         in_step: row.try_get("in_step").map_err(decode)?,
         inserts: row.try_get("inserts").map_err(decode)?,

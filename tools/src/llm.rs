@@ -72,13 +72,15 @@ impl OpenAiLlm {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .build()
-            .map_err(|e| ToolError(format!("setting up the HTTP client for {}: {e}", settings.base_url)))?;
+            .map_err(|e| ToolError::system(format!("setting up the HTTP client for {}: {e}", settings.base_url)))?;
         let key = settings.api_key.clone().unwrap_or_default();
         let mut config = OpenAIConfig::new().with_api_base(&settings.base_url).with_api_key(key.clone());
         // Azure OpenAI's OpenAI-compatible endpoint (`https://NAME.openai.azure.com/openai/v1`)
         // takes its key in an `api-key` header.
         if settings.base_url.contains("/openai/") && !key.is_empty() {
-            config = config.with_header("api-key", key).map_err(|e| ToolError(format!("the API key cannot be sent as a header: {e}")))?;
+            config = config
+                .with_header("api-key", key)
+                .map_err(|e| ToolError::system(format!("the API key cannot be sent as a header: {e}")))?;
         }
         Ok(OpenAiLlm { client: Client::build(http, config), settings, used: AtomicU64::new(0) })
     }
@@ -97,9 +99,10 @@ impl OpenAiLlm {
 
     fn check_budget(&self) -> Result<(), ToolError> {
         match self.settings.max_tokens_total {
-            Some(budget) if self.used.load(Ordering::Relaxed) >= budget => {
-                Err(ToolError(format!("the run's token budget is spent ({} of {budget} tokens)", self.used.load(Ordering::Relaxed))))
-            }
+            Some(budget) if self.used.load(Ordering::Relaxed) >= budget => Err(ToolError::system(format!(
+                "the run's token budget is spent ({} of {budget} tokens)",
+                self.used.load(Ordering::Relaxed)
+            ))),
             _ => Ok(()),
         }
     }
@@ -107,14 +110,14 @@ impl OpenAiLlm {
     /// Stores an exchange under the request's hash, when recording.
     fn record(&self, body: &Value, response: &Value) -> Result<(), ToolError> {
         let Some(dir) = &self.settings.record else { return Ok(()) };
-        std::fs::create_dir_all(dir).map_err(|e| ToolError(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| ToolError::system(format!("creating {}: {e}", dir.display())))?;
         let path = Self::recording(dir, body);
         // Masked as the audit trail masks: an endpoint may echo the key or an Authorization
         // header in its reply. (The file's name is the hash of the request as sent.)
         let redactor = runtime::redact::Redactor::new(self.settings.api_key.iter());
         let exchange = redactor.json(&json!({"request": body, "response": response}));
         let text = serde_json::to_string_pretty(&exchange).unwrap_or_default();
-        std::fs::write(&path, text).map_err(|e| ToolError(format!("writing {}: {e}", path.display())))
+        std::fs::write(&path, text).map_err(|e| ToolError::system(format!("writing {}: {e}", path.display())))
     }
 
     fn recording(dir: &std::path::Path, body: &Value) -> PathBuf {
@@ -172,10 +175,10 @@ impl Llm for OpenAiLlm {
             .chat()
             .create_stream_byot::<Value, Value>(body.clone())
             .await
-            .map_err(|e| ToolError(format!("asking {}: {e}", self.describe())))?;
+            .map_err(|e| ToolError::system(format!("asking {}: {e}", self.describe())))?;
         let (mut text, mut model, mut usage) = (String::new(), self.settings.model.clone(), Value::Null);
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| ToolError(format!("while {} answered: {e}", self.describe())))?;
+            let chunk = chunk.map_err(|e| ToolError::system(format!("while {} answered: {e}", self.describe())))?;
             if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
                 on_text(piece);
                 text.push_str(piece);
@@ -205,9 +208,9 @@ impl Llm for OpenAiLlm {
             Some(dir) => {
                 let path = Self::recording(dir, &body);
                 let text = std::fs::read_to_string(&path)
-                    .map_err(|e| ToolError(format!("no recorded answer for this request in {} ({e})", path.display())))?;
-                let recorded: Value =
-                    serde_json::from_str(&text).map_err(|e| ToolError(format!("the recording {} is not JSON: {e}", path.display())))?;
+                    .map_err(|e| ToolError::system(format!("no recorded answer for this request in {} ({e})", path.display())))?;
+                let recorded: Value = serde_json::from_str(&text)
+                    .map_err(|e| ToolError::system(format!("the recording {} is not JSON: {e}", path.display())))?;
                 (recorded["response"].clone(), true)
             }
             None => {
@@ -216,7 +219,7 @@ impl Llm for OpenAiLlm {
                     .chat()
                     .create_byot(body.clone())
                     .await
-                    .map_err(|e| ToolError(format!("asking {}: {e}", self.describe())))?;
+                    .map_err(|e| ToolError::system(format!("asking {}: {e}", self.describe())))?;
                 self.record(&body, &response)?;
                 (response, false)
             }
@@ -224,7 +227,7 @@ impl Llm for OpenAiLlm {
         let reply = reply(&self.settings.model, &response, started.elapsed().as_millis() as u64, replayed);
         self.used.fetch_add(reply.prompt_tokens + reply.completion_tokens, Ordering::Relaxed);
         if reply.text.is_none() && reply.arguments.is_none() {
-            return Err(ToolError(format!("{} answered with neither text nor a tool call", self.describe())));
+            return Err(ToolError::system(format!("{} answered with neither text nor a tool call", self.describe())));
         }
         Ok(reply)
     }

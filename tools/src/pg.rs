@@ -7,15 +7,7 @@ use runtime::config::{DbRole, DbUrl};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct DbError(pub String);
-
-impl From<DbError> for runtime::ports::ToolError {
-    fn from(e: DbError) -> Self {
-        runtime::ports::ToolError(e.0)
-    }
-}
+use runtime::error::{ErrorKind, ToolError};
 
 /// How long connecting may take before it is reported as a failure.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,12 +21,12 @@ pub const SOURCE_SETTINGS: [(&str, &str); 5] =
 
 /// Connects to `db` once to check that it is reachable (failing at once, with a clear reason,
 /// when it is not), then returns a pool of up to `max_connections`.
-pub async fn connect(db: &DbUrl, max_connections: u32) -> Result<PgPool, DbError> {
+pub async fn connect(db: &DbUrl, max_connections: u32) -> Result<PgPool, ToolError> {
     let what = format!("connecting to the {} database at {}", db.role, db.location());
     let mut options: PgConnectOptions = db
         .expose()
         .parse::<PgConnectOptions>()
-        .map_err(|e| DbError(format!("{what}: {}", describe(&e))))?
+        .map_err(|e| ToolError::bad_input(format!("{what}: {}", describe(&e))))?
         .application_name("agentctl")
         .log_statements(tracing::log::LevelFilter::Debug)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(30));
@@ -46,8 +38,8 @@ pub async fn connect(db: &DbUrl, max_connections: u32) -> Result<PgPool, DbError
     }
     let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
         .await
-        .map_err(|_| DbError(format!("{what}: no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
-        .map_err(|e| DbError(format!("{what}: {}", describe(&e))))?;
+        .map_err(|_| ToolError::transient(format!("{what}: no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
+        .map_err(|e| ToolError::new(kind(&e), format!("{what}: {}", describe(&e))))?;
     let _ = probe.close().await;
     // A connection that cannot be had within ACQUIRE_TIMEOUT is a transient failure the caller
     // retries or reports: a database that went away is said within seconds, not minutes.
@@ -116,16 +108,25 @@ pub fn describe(e: &sqlx::Error) -> String {
     .replace('\n', " ")
 }
 
-/// Context for a failed statement: `while {what}: {reason}`.
-pub fn while_doing(what: impl std::fmt::Display) -> impl FnOnce(sqlx::Error) -> DbError {
-    move |e| DbError(format!("while {what}: {}", describe(&e)))
+/// The kind of error a driver error is: transient, or the system's (a row's own fault is
+/// the system's too where no row is being written).
+pub fn kind(e: &sqlx::Error) -> ErrorKind {
+    match fault(e) {
+        Fault::Transient => ErrorKind::Transient,
+        Fault::Row | Fault::System => ErrorKind::System,
+    }
+}
+
+/// Context for a failed statement: `while {what}: {reason}`, of the error's [`kind`].
+pub fn while_doing(what: impl std::fmt::Display) -> impl FnOnce(sqlx::Error) -> ToolError {
+    move |e| ToolError::new(kind(&e), format!("while {what}: {}", describe(&e)))
 }
 
 /// The connection pool type, so that crates above `tools` need not import the driver.
 pub type Pool = PgPool;
 
 /// Runs a script of several statements in one transaction.
-pub async fn run_script(pool: &PgPool, sql: &str, what: &str) -> Result<(), DbError> {
+pub async fn run_script(pool: &PgPool, sql: &str, what: &str) -> Result<(), ToolError> {
     let mut tx = pool.begin().await.map_err(while_doing(what))?;
     sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(while_doing(what))?;
     tx.commit().await.map_err(while_doing(what))

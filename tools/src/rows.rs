@@ -9,7 +9,7 @@ use runtime::text_rows::TextRows;
 use sqlx::PgPool;
 
 use crate::catalog::{ident, quoted};
-use crate::pg::{describe, DbError};
+use crate::pg::describe;
 
 pub struct PgRows {
     pool: PgPool,
@@ -74,19 +74,20 @@ impl PgRows {
     /// Streams the scan's rows into `rows`, calling `each` after every row is added (it may
     /// take the row out again).
     async fn stream(&self, scan: &Scan, rows: &mut TextRows, mut each: impl FnMut(&mut TextRows) + Send) -> Result<u64, ToolError> {
-        let what = |e: String| DbError(format!("while reading {}: {e}", scan.table));
+        let what = || format!("while reading {}", scan.table);
+        let failed = |e: sqlx::Error| ToolError::new(crate::pg::kind(&e), format!("{}: {}", what(), describe(&e)));
         let sql = format!("COPY ({}) TO STDOUT", select(scan));
-        let mut conn = self.pool.acquire().await.map_err(|e| what(describe(&e)))?;
-        let mut stream = conn.copy_out_raw(&sql).await.map_err(|e| what(describe(&e)))?;
+        let mut conn = self.pool.acquire().await.map_err(failed)?;
+        let mut stream = conn.copy_out_raw(&sql).await.map_err(failed)?;
         let mut pending: Vec<u8> = Vec::new();
         let mut count = 0u64;
         let mut since_yield = 0usize;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| what(describe(&e)))?;
+            let chunk = chunk.map_err(failed)?;
             pending.extend_from_slice(&chunk);
             let mut start = 0;
             while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
-                parse_line(&pending[start..start + end], rows).map_err(&what)?;
+                parse_line(&pending[start..start + end], rows).map_err(|e| e.context(what()))?;
                 each(rows);
                 count += 1;
                 start += end + 1;
@@ -129,22 +130,22 @@ impl Rows for PgRows {
 }
 
 /// One line of COPY text appended to `out` as a row (`\N` is NULL; backslash escapes undone).
-pub fn parse_line(line: &[u8], out: &mut TextRows) -> Result<(), String> {
+pub fn parse_line(line: &[u8], out: &mut TextRows) -> Result<(), ToolError> {
     let mark = out.values();
     let parsed = push_fields(line, out);
     if parsed.is_err() || out.values() - mark != out.width() {
         let fields = out.values() - mark;
         out.truncate_values(mark);
         parsed?;
-        return Err(format!("a row has {fields} values where {} columns were asked for", out.width()));
+        return Err(ToolError::system(format!("a row has {fields} values where {} columns were asked for", out.width())));
     }
     Ok(())
 }
 
-fn push_fields(line: &[u8], out: &mut TextRows) -> Result<(), String> {
+fn push_fields(line: &[u8], out: &mut TextRows) -> Result<(), ToolError> {
     // Read as UTF-8 once a line: tabs and backslashes are ASCII, so each field of a valid line
     // is valid too, and undoing an escape keeps it so.
-    let line = std::str::from_utf8(line).map_err(|_| "a value is not valid UTF-8".to_owned())?;
+    let line = std::str::from_utf8(line).map_err(|_| ToolError::system("a value is not valid UTF-8"))?;
     for field in line.split('\t') {
         if field == "\\N" {
             out.push(None);
@@ -188,9 +189,9 @@ mod tests {
         assert_eq!(rows.row(0).collect::<Vec<_>>(), vec![Some("1"), None, Some("a\tb\\c\nd")]);
         assert_eq!(rows.row(1).collect::<Vec<_>>(), vec![Some("2"), Some(""), Some("")]);
         let err = parse_line(b"3\tonly two", &mut rows).unwrap_err();
-        assert_eq!(err, "a row has 2 values where 3 columns were asked for");
+        assert_eq!(err.message, "a row has 2 values where 3 columns were asked for");
         let err = parse_line(b"4\t\xff\tx", &mut rows).unwrap_err();
-        assert_eq!(err, "a value is not valid UTF-8");
+        assert_eq!(err.message, "a value is not valid UTF-8");
         assert_eq!(rows.len(), 2, "a refused line leaves nothing behind");
         assert_eq!(rows.values(), 6);
         // An escaped character of several bytes, the escapes of control characters, and a

@@ -10,6 +10,7 @@
 //! Conflicts (`agentctl.sync_conflicts`) are written by [`crate::diff`]; this module reads them
 //! and resolves the ones held for an operator.
 
+use runtime::error::{BadInput, ToolError};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use serde::Serialize;
 use sqlx::{PgPool, Row};
 
 use crate::catalog::ident;
-use crate::pg::{while_doing, DbError};
+use crate::pg::while_doing;
 
 /// When a job runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -30,9 +31,9 @@ pub enum Schedule {
 
 impl Schedule {
     /// `30s`, `15m`, `2h`, `1d`.
-    pub fn every(text: &str) -> Result<Schedule, String> {
+    pub fn every(text: &str) -> Result<Schedule, BadInput> {
         let t = text.trim();
-        let bad = || format!("--every {text}: expected a number and a unit (s, m, h or d), like 15m");
+        let bad = || BadInput(format!("--every {text}: expected a number and a unit (s, m, h or d), like 15m"));
         let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let (n, unit) = t.split_at(split);
         let n: u32 = n.parse().map_err(|_| bad())?;
@@ -44,30 +45,30 @@ impl Schedule {
             _ => return Err(bad()),
         };
         if seconds == 0 {
-            return Err(format!("--every {text}: the interval must be longer than nothing"));
+            return Err(BadInput(format!("--every {text}: the interval must be longer than nothing")));
         }
         Ok(Schedule::Every(seconds))
     }
 
     /// A five-field cron expression (minute hour day month weekday), in UTC.
-    pub fn cron(text: &str) -> Result<Schedule, String> {
-        croner::Cron::from_str(text.trim()).map_err(|e| format!("--cron \"{text}\": {e}"))?;
+    pub fn cron(text: &str) -> Result<Schedule, BadInput> {
+        croner::Cron::from_str(text.trim()).map_err(|e| BadInput(format!("--cron \"{text}\": {e}")))?;
         Ok(Schedule::Cron(text.trim().to_owned()))
     }
 
     /// The first run time after `after`.
-    pub fn next_after(&self, after: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    pub fn next_after(&self, after: DateTime<Utc>) -> Result<DateTime<Utc>, BadInput> {
         match self {
             Schedule::Every(s) => Ok(after + chrono::Duration::seconds(i64::from(*s))),
             Schedule::Cron(c) => croner::Cron::from_str(c)
                 .and_then(|cron| cron.find_next_occurrence(&after, false))
-                .map_err(|e| format!("cron \"{c}\": {e}")),
+                .map_err(|e| BadInput(format!("cron \"{c}\": {e}"))),
         }
     }
 
     /// The next run after one that was due at `due` and ended at `now`: runs missed while it
     /// overran are skipped, not caught up one after another.
-    pub fn next_run(&self, due: DateTime<Utc>, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    pub fn next_run(&self, due: DateTime<Utc>, now: DateTime<Utc>) -> Result<DateTime<Utc>, BadInput> {
         let next = self.next_after(due)?;
         if next > now {
             Ok(next)
@@ -200,7 +201,7 @@ impl SyncStore {
         SyncStore { pool }
     }
 
-    pub async fn create_job(&self, name: &str, goal: &str, schedule: &Schedule) -> Result<Job, DbError> {
+    pub async fn create_job(&self, name: &str, goal: &str, schedule: &Schedule) -> Result<Job, ToolError> {
         let (every, cron) = match schedule {
             Schedule::Every(s) => (Some(*s as i32), None),
             Schedule::Cron(c) => (None, Some(c.clone())),
@@ -208,7 +209,7 @@ impl SyncStore {
         // The first run is due at once for an interval, at the next match for a cron.
         let first = match schedule {
             Schedule::Every(_) => Utc::now(),
-            Schedule::Cron(_) => schedule.next_after(Utc::now()).map_err(DbError)?,
+            Schedule::Cron(_) => schedule.next_after(Utc::now()).map_err(ToolError::from)?,
         };
         let sql = format!(
             "INSERT INTO agentctl.synchronization_jobs (name, goal, every_seconds, cron, next_run_at) VALUES ($1, $2, $3, $4, $5)
@@ -225,11 +226,11 @@ impl SyncStore {
             .map_err(while_doing(format!("creating sync job {name}")))?;
         match row {
             Some(r) => job(&r).map_err(while_doing("reading the job back")),
-            None => Err(DbError(format!("a sync job named {name} exists already (agentctl sync list-jobs)"))),
+            None => Err(ToolError::system(format!("a sync job named {name} exists already (agentctl sync list-jobs)"))),
         }
     }
 
-    pub async fn jobs(&self) -> Result<Vec<Job>, DbError> {
+    pub async fn jobs(&self) -> Result<Vec<Job>, ToolError> {
         let rows = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM agentctl.synchronization_jobs ORDER BY name"))
             .fetch_all(&self.pool)
             .await
@@ -237,7 +238,7 @@ impl SyncStore {
         rows.iter().map(job).collect::<Result<_, _>>().map_err(while_doing("reading the sync jobs"))
     }
 
-    pub async fn job(&self, name: &str) -> Result<Job, DbError> {
+    pub async fn job(&self, name: &str) -> Result<Job, ToolError> {
         let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM agentctl.synchronization_jobs WHERE name = $1"))
             .bind(name)
             .fetch_optional(&self.pool)
@@ -245,14 +246,14 @@ impl SyncStore {
             .map_err(while_doing(format!("reading sync job {name}")))?;
         match row {
             Some(r) => job(&r).map_err(while_doing("reading the job")),
-            None => Err(DbError(format!("there is no sync job named {name} (agentctl sync list-jobs)"))),
+            None => Err(ToolError::system(format!("there is no sync job named {name} (agentctl sync list-jobs)"))),
         }
     }
 
     /// Pauses or resumes a job's scheduled runs; a resumed job is due at its next time from now.
-    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<Job, DbError> {
+    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<Job, ToolError> {
         let job = self.job(name).await?;
-        let next = job.schedule.next_after(Utc::now()).map_err(DbError)?;
+        let next = job.schedule.next_after(Utc::now()).map_err(ToolError::from)?;
         sqlx::query("UPDATE agentctl.synchronization_jobs SET enabled = $2, next_run_at = CASE WHEN $2 THEN $3 ELSE next_run_at END WHERE name = $1")
             .bind(name)
             .bind(enabled)
@@ -264,7 +265,7 @@ impl SyncStore {
     }
 
     /// Deletes a job and its history; refused while a daemon holds it.
-    pub async fn delete_job(&self, name: &str) -> Result<(), DbError> {
+    pub async fn delete_job(&self, name: &str) -> Result<(), ToolError> {
         let done = sqlx::query(
             "DELETE FROM agentctl.synchronization_jobs WHERE name = $1 AND (lease_expires_at IS NULL OR lease_expires_at < now())",
         )
@@ -274,13 +275,13 @@ impl SyncStore {
         .map_err(while_doing(format!("deleting sync job {name}")))?;
         if done.rows_affected() == 0 {
             self.job(name).await?;
-            return Err(DbError(format!("sync job {name} is running; delete it once it ends")));
+            return Err(ToolError::system(format!("sync job {name} is running; delete it once it ends")));
         }
         Ok(())
     }
 
     /// The job's latest runs, newest first.
-    pub async fn history(&self, name: &str, limit: i64) -> Result<Vec<JobRun>, DbError> {
+    pub async fn history(&self, name: &str, limit: i64) -> Result<Vec<JobRun>, ToolError> {
         let rows = sqlx::query(&format!(
             "SELECT {RUN_COLUMNS} FROM agentctl.sync_run_history WHERE job_name = $1 ORDER BY started_at DESC, history_id DESC LIMIT $2"
         ))
@@ -293,17 +294,17 @@ impl SyncStore {
     }
 
     /// Takes the lease of the most overdue job that is due and not held, if any.
-    pub async fn claim_due(&self, owner: &str, lease: Duration) -> Result<Option<Claim>, DbError> {
+    pub async fn claim_due(&self, owner: &str, lease: Duration) -> Result<Option<Claim>, ToolError> {
         self.claim(None, owner, lease).await
     }
 
     /// Takes the lease of a named job now, due or not; refused while another holds it.
-    pub async fn claim_now(&self, name: &str, owner: &str, lease: Duration) -> Result<Claim, DbError> {
+    pub async fn claim_now(&self, name: &str, owner: &str, lease: Duration) -> Result<Claim, ToolError> {
         match self.claim(Some(name), owner, lease).await? {
             Some(c) => Ok(c),
             None => {
                 let j = self.job(name).await?;
-                Err(DbError(format!(
+                Err(ToolError::system(format!(
                     "sync job {name} is running (held by {} until {}); it is not started twice",
                     j.lease_owner.unwrap_or_default(),
                     j.lease_expires_at.map(|t| t.to_rfc3339()).unwrap_or_default()
@@ -312,7 +313,7 @@ impl SyncStore {
         }
     }
 
-    async fn claim(&self, name: Option<&str>, owner: &str, lease: Duration) -> Result<Option<Claim>, DbError> {
+    async fn claim(&self, name: Option<&str>, owner: &str, lease: Duration) -> Result<Option<Claim>, ToolError> {
         let what = "taking a sync job";
         let mut tx = self.pool.begin().await.map_err(while_doing(what))?;
         let sql = format!(
@@ -359,7 +360,7 @@ impl SyncStore {
     }
 
     /// Extends the lease; false when it was lost (it expired and another daemon took it).
-    pub async fn renew(&self, claim: &Claim, lease: Duration) -> Result<bool, DbError> {
+    pub async fn renew(&self, claim: &Claim, lease: Duration) -> Result<bool, ToolError> {
         let done = sqlx::query(
             "UPDATE agentctl.synchronization_jobs SET lease_expires_at = now() + $3 * interval '1 millisecond'
              WHERE name = $1 AND lease_owner = $2",
@@ -374,7 +375,7 @@ impl SyncStore {
     }
 
     /// Records the link to the agentctl run doing the job.
-    pub async fn started(&self, claim: &Claim, run_id: uuid::Uuid) -> Result<(), DbError> {
+    pub async fn started(&self, claim: &Claim, run_id: uuid::Uuid) -> Result<(), ToolError> {
         sqlx::query("UPDATE agentctl.sync_run_history SET run_id = $2 WHERE history_id = $1")
             .bind(claim.history_id)
             .bind(run_id)
@@ -386,10 +387,10 @@ impl SyncStore {
 
     /// Ends a run: its history row, and the job's next run time with the lease cleared (only
     /// if this claim still holds it).
-    pub async fn finish(&self, claim: &Claim, outcome: &str, counts: &RunCounts, detail: Option<&str>) -> Result<JobRun, DbError> {
+    pub async fn finish(&self, claim: &Claim, outcome: &str, counts: &RunCounts, detail: Option<&str>) -> Result<JobRun, ToolError> {
         let what = format!("ending the run of sync job {}", claim.job.name);
         let now = Utc::now();
-        let next = claim.job.schedule.next_run(claim.job.next_run_at, now).map_err(DbError)?;
+        let next = claim.job.schedule.next_run(claim.job.next_run_at, now).map_err(ToolError::from)?;
         let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
         let ended = sqlx::query(&format!(
             "UPDATE agentctl.sync_run_history SET ended_at = now(), outcome = $2, detail = $3, inserted = $4, updated = $5, deleted = $6,
@@ -423,7 +424,7 @@ impl SyncStore {
     }
 
     /// Conflicts, open ones first, then newest first.
-    pub async fn conflicts(&self, all: bool) -> Result<Vec<Conflict>, DbError> {
+    pub async fn conflicts(&self, all: bool) -> Result<Vec<Conflict>, ToolError> {
         let rows = sqlx::query(&format!(
             "SELECT {CONFLICT_COLUMNS} FROM agentctl.sync_conflicts WHERE $1 OR status = 'open'
              ORDER BY status <> 'open', detected_at DESC, conflict_id"
@@ -435,7 +436,7 @@ impl SyncStore {
         rows.iter().map(conflict).collect::<Result<_, _>>().map_err(while_doing("reading the conflicts"))
     }
 
-    pub async fn conflict(&self, id: i64) -> Result<Conflict, DbError> {
+    pub async fn conflict(&self, id: i64) -> Result<Conflict, ToolError> {
         let row = sqlx::query(&format!("SELECT {CONFLICT_COLUMNS} FROM agentctl.sync_conflicts WHERE conflict_id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
@@ -443,17 +444,17 @@ impl SyncStore {
             .map_err(while_doing(format!("reading conflict {id}")))?;
         match row {
             Some(r) => conflict(&r).map_err(while_doing("reading the conflict")),
-            None => Err(DbError(format!("there is no conflict {id} (agentctl conflict report lists them)"))),
+            None => Err(ToolError::system(format!("there is no conflict {id} (agentctl conflict report lists them)"))),
         }
     }
 
     /// Settles a held conflict: `source` writes the source's values over the target row;
     /// `target` keeps the target row and takes the source's version as synced, so the row is
     /// the target's own change until the source changes it again. In one transaction.
-    pub async fn resolve(&self, id: i64, take_source: bool, by: &str) -> Result<Conflict, DbError> {
+    pub async fn resolve(&self, id: i64, take_source: bool, by: &str) -> Result<Conflict, ToolError> {
         let c = self.conflict(id).await?;
         if c.status != "open" {
-            return Err(DbError(format!("conflict {id} is not open: it is {} (nothing changed)", c.status)));
+            return Err(ToolError::system(format!("conflict {id} is not open: it is {} (nothing changed)", c.status)));
         }
         let what = format!("resolving conflict {id}");
         let table = c.target_table.split_once('.').map_or_else(|| ident(&c.target_table), |(s, t)| format!("{}.{}", ident(s), ident(t)));
@@ -474,7 +475,7 @@ impl SyncStore {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(while_doing(&what))?;
-            Some(h.ok_or_else(|| DbError(format!("conflict {id}: the target row {} is gone (nothing changed)", c.target_id)))?)
+            Some(h.ok_or_else(|| ToolError::system(format!("conflict {id}: the target row {} is gone (nothing changed)", c.target_id)))?)
         } else {
             let sql = format!("SELECT {}", hash_of(synced.iter().map(|&i| (cast(i), c.columns[i].1.clone())).collect()));
             sqlx::query_scalar(&sql).bind(&c.source_values).fetch_one(&mut *tx).await.map_err(while_doing(&what))?
@@ -568,7 +569,7 @@ mod tests {
     fn schedules_parse_and_skip_missed_runs() {
         assert_eq!(Schedule::every("15m"), Ok(Schedule::Every(900)));
         assert_eq!(Schedule::every("2h"), Ok(Schedule::Every(7200)));
-        assert!(Schedule::every("15").unwrap_err().contains("unit"));
+        assert!(Schedule::every("15").unwrap_err().0.contains("unit"));
         assert!(Schedule::every("0s").is_err());
         assert!(Schedule::every("5w").is_err());
         assert!(Schedule::cron("0 2 * * *").is_ok());

@@ -28,7 +28,7 @@ use sqlx::{PgPool, Row};
 
 use crate::catalog::{ident, quoted};
 use crate::dataset::copy::push_field;
-use crate::pg::{describe, fault, while_doing, DbError, Fault};
+use crate::pg::{describe, fault, while_doing, Fault};
 
 pub struct PgTarget {
     pool: PgPool,
@@ -54,8 +54,8 @@ impl PgTarget {
 
 /// The one line a system fault stops a batch with: the table, the cause, what was (not) done
 /// and what to do.
-pub(crate) fn system_fault(target: &TableName, e: &sqlx::Error) -> DbError {
-    DbError(format!(
+pub(crate) fn system_fault(target: &TableName, e: &sqlx::Error) -> ToolError {
+    ToolError::system(format!(
         "{target}: the target refused the batch for a reason that is not the rows' own ({}); nothing of it was written and no row is rejected for it: fix the cause, then resume the run with --resume",
         describe(e)
     ))
@@ -75,7 +75,7 @@ const DRAWN_SEQUENCES: &str = "SELECT a.attname::text, pg_get_serial_sequence($1
 
 pub(crate) enum Failure {
     Transient(sqlx::Error),
-    Fatal(DbError),
+    Fatal(ToolError),
 }
 
 /// Runs `attempt` until it succeeds, again after a transient failure (200 ms, doubling to
@@ -97,9 +97,9 @@ where
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
             Err(Failure::Transient(e)) => {
-                return Err(ToolError(format!("{what} failed {} times, the last: {}", retries + 1, describe(&e))))
+                return Err(ToolError::transient(format!("{what} failed {} times, the last: {}", retries + 1, describe(&e))))
             }
-            Err(Failure::Fatal(e)) => return Err(ToolError(format!("{what}: {}", e.0))),
+            Err(Failure::Fatal(e)) => return Err(e.context(what)),
         }
     }
 }
@@ -116,7 +116,7 @@ impl From<sqlx::Error> for Failure {
     fn from(e: sqlx::Error) -> Self {
         match fault(&e) {
             Fault::Transient => Failure::Transient(e),
-            Fault::Row | Fault::System => Failure::Fatal(DbError(describe(&e))),
+            Fault::Row | Fault::System => Failure::Fatal(ToolError::system(describe(&e))),
         }
     }
 }
@@ -329,7 +329,7 @@ impl PgTarget {
         let store = if first { store } else { store.bind(b.before.batches).bind(&b.before.last_key) };
         let stored = store.execute(&mut **c).await?;
         if stored.rows_affected() != 1 {
-            return Err(Failure::Fatal(DbError(format!(
+            return Err(Failure::Fatal(ToolError::system(format!(
                 "the checkpoint of {} is no longer the one after batch {} that this batch was read after; \
                  the batch is undone and the entity starts again from the stored checkpoint",
                 b.source, b.before.batches
@@ -698,7 +698,7 @@ impl PgTarget {
                     everything = false;
                     continue;
                 }
-                Err(e) => return Err(while_doing(format!("putting back {name} on {target}"))(e).into()),
+                Err(e) => return Err(while_doing(format!("putting back {name} on {target}"))(e)),
             }
             sqlx::query("DELETE FROM agentctl.suspended_constraints WHERE target_table = $1 AND name = $2")
                 .bind(target.to_string())
@@ -1051,14 +1051,14 @@ impl Target for PgTarget {
                     Ok(r) => r.rows_affected() as i64,
                     Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23503") => {
                         let child = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().and_then(|p| p.table().map(str::to_owned));
-                        return Err(ToolError(format!(
+                        return Err(ToolError::system(format!(
                             "cannot roll back {}: rows of {} still reference them and are not part of this rollback; \
                              include that table too, or use --all (nothing was deleted)",
                             e.target.name,
                             child.unwrap_or_else(|| "another table".into())
                         )));
                     }
-                    Err(err) => return Err(while_doing(format!("deleting the rows agentctl created in {}", e.target))(err).into()),
+                    Err(err) => return Err(while_doing(format!("deleting the rows agentctl created in {}", e.target))(err)),
                 };
             }
             let kept: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE legacy_id IS NOT NULL"))
@@ -1125,7 +1125,7 @@ impl Target for PgTarget {
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(|e| ToolError(format!("while {}: {}", what(), describe(&e))))
+            .map_err(|e| ToolError::system(format!("while {}: {}", what(), describe(&e))))
     }
 
     async fn value_of(&self, target: &TableName, column: &str, key_type: &str, key: &str) -> Result<Option<String>, ToolError> {
@@ -1222,7 +1222,7 @@ impl Target for PgTarget {
 
     async fn save_validation(&self, run: RunId, r: &runtime::ports::EntityValidation) -> Result<(), ToolError> {
         let what = || format!("storing the validation of {}", r.source);
-        let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| ToolError(format!("{}: {e}", what())));
+        let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| ToolError::system(format!("{}: {e}", what())));
         let (differences, orphans, links, money) = (
             json(serde_json::to_value(&r.differences))?,
             json(serde_json::to_value(&r.orphans))?,

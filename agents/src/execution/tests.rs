@@ -1,8 +1,9 @@
 use super::InPageOrder;
+use runtime::error::ToolError;
 
 /// A page's comparison that ends when its sender says so.
-async fn page(answer: tokio::sync::oneshot::Receiver<Result<u32, String>>) -> Result<u32, String> {
-    answer.await.map_err(|e| e.to_string())?
+async fn page(answer: tokio::sync::oneshot::Receiver<Result<u32, ToolError>>) -> Result<u32, ToolError> {
+    answer.await.map_err(|e| ToolError::system(e.to_string()))?
 }
 
 #[tokio::test]
@@ -33,8 +34,8 @@ async fn a_page_that_fails_or_stops_is_an_error_in_its_turn() {
     let (failing, failing_answer) = tokio::sync::oneshot::channel();
     compares.start(page(failing_answer));
     compares.start(async { panic!("the comparison panicked") });
-    failing.send(Err("the target went away".to_owned())).unwrap();
-    assert_eq!(compares.done(true).await, Err("the target went away".to_owned()));
+    failing.send(Err(ToolError::transient("the target went away"))).unwrap();
+    assert_eq!(compares.done(true).await, Err(ToolError::transient("the target went away")));
     let stopped = compares.done(true).await.unwrap_err();
-    assert!(stopped.starts_with("a comparison stopped"), "{stopped}");
+    assert!(stopped.message.starts_with("a comparison stopped"), "{stopped}");
 }

@@ -7,10 +7,11 @@
 //! changes the same rows. New rows copy existing ones under fresh keys, faults included: a copy
 //! of a row the mapping rejects is rejected again, with its reason.
 
+use runtime::error::ToolError;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::pg::{while_doing, DbError};
+use crate::pg::while_doing;
 
 /// What one table got.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -47,7 +48,7 @@ const DELETES: &[&str] = &["dispatch_message_attachment", "dispatch_system_messa
 /// Applies `rows` changes (fewer only where a table has fewer rows) in one transaction: 40 % edits, 40 % new rows (patients, and
 /// orders of the new patients), 20 % deletes. The legacy's foreign keys are not checked for the
 /// copies (the legacy application never had them all either).
-pub async fn apply(pool: &PgPool, rows: u64) -> Result<ChangeReport, DbError> {
+pub async fn apply(pool: &PgPool, rows: u64) -> Result<ChangeReport, ToolError> {
     let started = std::time::Instant::now();
     let what = "changing the reference source";
     let mut tx = pool.begin().await.map_err(while_doing(what))?;

@@ -7,6 +7,7 @@
 //! are not rejected, so the expected outcome of every table is computable from its own counts:
 //! a row is rejected exactly when it carries a rejecting fault.
 
+use runtime::error::BadInput;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -84,12 +85,11 @@ impl fmt::Display for FaultKind {
 }
 
 impl FromStr for FaultKind {
-    type Err = String;
+    type Err = BadInput;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        FaultKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s.trim())
-            .ok_or_else(|| format!("unknown fault kind `{s}`; expected one of {}", FaultKind::ALL.map(FaultKind::as_str).join(", ")))
+        FaultKind::ALL.into_iter().find(|k| k.as_str() == s.trim()).ok_or_else(|| {
+            BadInput(format!("unknown fault kind `{s}`; expected one of {}", FaultKind::ALL.map(FaultKind::as_str).join(", ")))
+        })
     }
 }
 
@@ -142,14 +142,14 @@ impl FaultProfile {
 
     /// Reads overrides from TOML (`[dispatch_offer]` then `duplicate_unique = 0.5`) on top of
     /// this profile.
-    pub fn with_overrides(mut self, toml_text: &str, origin: &str) -> Result<FaultProfile, String> {
+    pub fn with_overrides(mut self, toml_text: &str, origin: &str) -> Result<FaultProfile, BadInput> {
         let parsed: BTreeMap<String, BTreeMap<String, f64>> =
-            toml::from_str(toml_text).map_err(|e| format!("{origin}: {}", e.to_string().lines().next().unwrap_or_default()))?;
+            toml::from_str(toml_text).map_err(|e| BadInput(format!("{origin}: {}", e.to_string().lines().next().unwrap_or_default())))?;
         for (table, kinds) in parsed {
             for (kind, rate) in kinds {
-                let kind: FaultKind = kind.parse().map_err(|e| format!("{origin}: [{table}]: {e}"))?;
+                let kind: FaultKind = kind.parse().map_err(|e: BadInput| BadInput(format!("{origin}: [{table}]: {e}")))?;
                 if !(0.0..=1.0).contains(&rate) {
-                    return Err(format!("{origin}: [{table}] {kind} = {rate} is not a rate between 0 and 1"));
+                    return Err(BadInput(format!("{origin}: [{table}] {kind} = {rate} is not a rate between 0 and 1")));
                 }
                 self.rates.entry(table.clone()).or_default().insert(kind, rate);
             }

@@ -21,9 +21,10 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use crate::pg::{describe, while_doing, DbError};
+use crate::pg::{describe, while_doing};
 use faults::{FaultKind, FaultProfile};
 use rng::{table_key, Rng};
+use runtime::error::{BadInput, ToolError};
 use spec::{RowCtx, TableSpec, TABLES};
 
 pub const LEGACY_SCHEMA: &str = include_str!("../../../sql/legacy/schema.sql");
@@ -59,20 +60,20 @@ pub struct World {
 }
 
 impl World {
-    pub fn build(scale: f64, seed: u64, profile: &FaultProfile) -> Result<World, String> {
+    pub fn build(scale: f64, seed: u64, profile: &FaultProfile) -> Result<World, BadInput> {
         if !(scale > 0.0 && scale <= 100.0) {
-            return Err(format!("scale {scale} is out of range; use a number above 0 and at most 100"));
+            return Err(BadInput(format!("scale {scale} is out of range; use a number above 0 and at most 100")));
         }
         for (table, kinds) in &profile.rates {
             let spec = spec::spec(table)
-                .ok_or_else(|| format!("the fault profile names `{table}`, which is not a table of the reference dataset"))?;
+                .ok_or_else(|| BadInput(format!("the fault profile names `{table}`, which is not a table of the reference dataset")))?;
             for kind in kinds.keys() {
                 if !spec.faults.contains(kind) {
                     let can: Vec<&str> = spec.faults.iter().map(|k| k.as_str()).collect();
-                    return Err(format!(
+                    return Err(BadInput(format!(
                         "the fault profile gives {table} `{kind}`, which that table cannot carry (it can: {})",
                         if can.is_empty() { "none".to_owned() } else { can.join(", ") }
-                    ));
+                    )));
                 }
             }
         }
@@ -115,7 +116,7 @@ impl World {
             world.clean.insert(t.name, clean);
         }
         if let Some(t) = TABLES.iter().find(|t| world.clean[t.name].is_empty()) {
-            return Err(format!("with these fault rates no row of {} is clean, so nothing could reference it", t.name));
+            return Err(BadInput(format!("with these fault rates no row of {} is clean, so nothing could reference it", t.name)));
         }
         Ok(world)
     }
@@ -245,9 +246,9 @@ impl DatasetReport {
 }
 
 /// Loads the legacy schema into `pool`'s database and fills it.
-pub async fn generate(pool: &PgPool, opts: &GenerateOptions, progress: impl Fn(&str) + Send + Sync) -> Result<DatasetReport, DbError> {
+pub async fn generate(pool: &PgPool, opts: &GenerateOptions, progress: impl Fn(&str) + Send + Sync) -> Result<DatasetReport, ToolError> {
     let started = Instant::now();
-    let world = std::sync::Arc::new(World::build(opts.scale, opts.seed, &opts.faults).map_err(DbError)?);
+    let world = std::sync::Arc::new(World::build(opts.scale, opts.seed, &opts.faults).map_err(ToolError::from)?);
     let existing: Vec<String> = sqlx::query_scalar(
         "SELECT relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname = ANY($1)",
@@ -258,7 +259,7 @@ pub async fn generate(pool: &PgPool, opts: &GenerateOptions, progress: impl Fn(&
     .map_err(while_doing("checking for existing legacy tables"))?;
     if !existing.is_empty() {
         if !opts.replace {
-            return Err(DbError(format!(
+            return Err(ToolError::system(format!(
                 "the source database already has {} of the legacy tables ({}, ...); pass --replace to drop and regenerate them",
                 existing.len(),
                 existing[0]
@@ -283,7 +284,7 @@ pub async fn generate(pool: &PgPool, opts: &GenerateOptions, progress: impl Fn(&
             tasks.spawn(async move { load_table(&pool, world, spec).await.map(|(sum, secs)| (spec, sum, secs)) });
         }
         let Some(done) = tasks.join_next().await else { break };
-        let (spec, sum, secs) = done.map_err(|e| DbError(format!("a loader task failed: {e}")))??;
+        let (spec, sum, secs) = done.map_err(|e| ToolError::system(format!("a loader task failed: {e}")))??;
         progress(&format!("{:<28} {:>9} rows in {:>6.2}s", spec.name, world.rows(spec.name), secs));
         checksums.insert(spec.name.to_owned(), sum);
     }
@@ -303,7 +304,7 @@ pub async fn generate(pool: &PgPool, opts: &GenerateOptions, progress: impl Fn(&
 }
 
 /// Streams one table into the database; returns the checksum of its COPY text and the seconds.
-async fn load_table(pool: &PgPool, world: std::sync::Arc<World>, spec: &'static TableSpec) -> Result<(String, f64), DbError> {
+async fn load_table(pool: &PgPool, world: std::sync::Arc<World>, spec: &'static TableSpec) -> Result<(String, f64), ToolError> {
     let started = Instant::now();
     let what = format!("loading {}", spec.name);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
@@ -340,17 +341,17 @@ async fn load_table(pool: &PgPool, world: std::sync::Arc<World>, spec: &'static 
     while let Some(chunk) = rx.recv().await {
         if let Err(e) = copy.send(chunk).await {
             let _ = copy.abort("agentctl: loading failed").await;
-            return Err(DbError(format!("while {what}: {}", describe(&e))));
+            return Err(ToolError::system(format!("while {what}: {}", describe(&e))));
         }
     }
     copy.finish().await.map_err(while_doing(&what))?;
     sqlx::query("COMMIT").execute(&mut *conn).await.map_err(while_doing(&what))?;
-    let sum = producer.await.map_err(|e| DbError(format!("while {what}: the row generator failed: {e}")))?;
+    let sum = producer.await.map_err(|e| ToolError::system(format!("while {what}: the row generator failed: {e}")))?;
     Ok((sum, started.elapsed().as_secs_f64()))
 }
 
 /// Creates the (empty) modern schema in `pool`'s database.
-pub async fn apply_target_schema(pool: &PgPool, replace: bool) -> Result<(), DbError> {
+pub async fn apply_target_schema(pool: &PgPool, replace: bool) -> Result<(), ToolError> {
     let existing: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname = ANY($1)",
@@ -361,7 +362,7 @@ pub async fn apply_target_schema(pool: &PgPool, replace: bool) -> Result<(), DbE
     .map_err(while_doing("checking for an existing target schema"))?;
     if existing > 0 {
         if !replace {
-            return Err(DbError(format!(
+            return Err(ToolError::system(format!(
                 "the target database already has {existing} of the modern tables; pass --replace to drop and recreate them (their rows are lost)"
             )));
         }
@@ -380,7 +381,7 @@ pub async fn apply_target_schema(pool: &PgPool, replace: bool) -> Result<(), DbE
 }
 
 /// The identity stamped on a generated database, if it has one.
-pub async fn stamp(pool: &PgPool) -> Result<Option<serde_json::Value>, DbError> {
+pub async fn stamp(pool: &PgPool) -> Result<Option<serde_json::Value>, ToolError> {
     let text: Option<String> =
         sqlx::query_scalar("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = current_database()")
             .fetch_one(pool)
