@@ -809,7 +809,7 @@ pub async fn llm(config: &Config, cmd: LlmCmd) -> Result<(), Exit> {
         return Ok(());
     };
     let request =
-        runtime::ports::LlmRequest { system: "Answer briefly.".into(), turns: vec![("user".into(), "Say OK.".into())], tool: None };
+        runtime::domain::LlmRequest { system: "Answer briefly.".into(), turns: vec![("user".into(), "Say OK.".into())], tool: None };
     match llm.ask(&request).await {
         Ok(reply) => {
             match format {

@@ -156,7 +156,7 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
     let run_id = session.run_id;
     let (results, left_out) = crate::plan_run::end(session, result, "succeeded").await?;
     crate::plan_run::print_results(&results, &left_out, run_id);
-    let validations: Vec<&runtime::ports::EntityValidation> = results.iter().filter_map(|r| r.validation.as_ref()).collect();
+    let validations: Vec<&runtime::domain::EntityValidation> = results.iter().filter_map(|r| r.validation.as_ref()).collect();
     crate::proof::print_validations(&validations);
     println!("\nThe whole run is in the audit trail: agentctl --target {} audit show {run_id}\n", cluster.url("modern"));
     println!("The report: agentctl --target {} report {run_id}\n", cluster.url("modern"));

@@ -148,7 +148,7 @@ pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
             let execute_seconds = started.elapsed().as_secs_f64();
             drop(progress);
             let results = results?;
-            let validations: Vec<&runtime::ports::EntityValidation> = results.iter().filter_map(|r| r.validation.as_ref()).collect();
+            let validations: Vec<&runtime::domain::EntityValidation> = results.iter().filter_map(|r| r.validation.as_ref()).collect();
             if let Some(failed) = crate::proof::validation_failure(&validations) {
                 show_results(&outcome, &results, run_id, opts.format, execute_seconds, config);
                 return Err(failed);
@@ -192,7 +192,7 @@ fn show_results(
         ),
         Format::Text => {
             print_results(results, &outcome.plan.left_out, run_id);
-            let validations: Vec<&runtime::ports::EntityValidation> = results.iter().filter_map(|r| r.validation.as_ref()).collect();
+            let validations: Vec<&runtime::domain::EntityValidation> = results.iter().filter_map(|r| r.validation.as_ref()).collect();
             if !validations.is_empty() {
                 crate::proof::print_validations(&validations);
             }
@@ -424,7 +424,7 @@ pub async fn profile(config: &Config, opts: ProfileOpts) -> Result<(), Exit> {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| Exit::config(format!("{}: {e}", path.display())))?;
             let lang = if path.extension().is_some_and(|e| e == "sh") { "sh" } else { "python" };
-            Some(runtime::ports::CodeRequest { lang: lang.into(), code: text, stdin: String::new(), files: Vec::new() })
+            Some(runtime::domain::CodeRequest { lang: lang.into(), code: text, stdin: String::new(), files: Vec::new() })
         }
         None => None,
     };

@@ -6,7 +6,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use agents::orchestrator::PlanGoal;
 use agents::transform::amount;
 use runtime::config::Config;
-use runtime::ports::EntityValidation;
+use runtime::domain::EntityValidation;
 use serde_json::json;
 
 use crate::audit::store;

@@ -239,7 +239,7 @@ impl Session {
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
     }
 
-    pub async fn validate(&self, goal: PlanGoal) -> Result<Vec<runtime::ports::EntityValidation>, AgentError> {
+    pub async fn validate(&self, goal: PlanGoal) -> Result<Vec<runtime::domain::EntityValidation>, AgentError> {
         let bound = ENTITY_TIMEOUT;
         self.operator
             .ask_within(&self.to_orchestrator, "validate", goal, OrchestratorMsg::Validate, bound)
@@ -247,7 +247,7 @@ impl Session {
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
     }
 
-    pub async fn rollback(&self, goal: PlanGoal) -> Result<Vec<runtime::ports::RolledBack>, AgentError> {
+    pub async fn rollback(&self, goal: PlanGoal) -> Result<Vec<runtime::domain::RolledBack>, AgentError> {
         self.operator
             .ask_within(&self.to_orchestrator, "roll back", goal, OrchestratorMsg::Rollback, ENTITY_TIMEOUT)
             .await

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use agents::orchestrator::{DiffGoal, DiffReport};
 use runtime::config::Config;
-use runtime::ports::DiffApplied;
+use runtime::domain::DiffApplied;
 use serde_json::json;
 use tools::sync::{Claim, Conflict, JobRun, RunCounts, Schedule, SyncStore};
 

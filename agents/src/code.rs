@@ -10,8 +10,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 use runtime::audit::{AuditRecord, EventKind};
 use runtime::context::RunContext;
+use runtime::domain::{CodeFile, CodeRequest, CodeResult, Scan};
 use runtime::mapping::{MappingSpec, ScriptAnswer, ScriptColumn};
-use runtime::ports::{CodeFile, CodeRequest, CodeResult, CodeRunner, CodeStream, Rows, Scan, ToolError};
+use runtime::ports::{CodeRunner, CodeStream, Rows, ToolError};
 use runtime::text_rows::TextRows;
 use runtime::AgentName;
 use serde_json::json;
@@ -221,7 +222,7 @@ impl ScriptedRows {
             count += page.len() as u64;
             left -= page.len();
             match page.len().checked_sub(1) {
-                Some(last) if page.len() == want => plain.after = Some(runtime::ports::key_parts(&page, last, &keys)),
+                Some(last) if page.len() == want => plain.after = Some(runtime::domain::key_parts(&page, last, &keys)),
                 _ => break,
             }
         }

@@ -276,7 +276,7 @@ pub async fn content_types(rows: &dyn runtime::ports::Rows, source: &SchemaRepor
             if types.column("app_label").is_none() || types.column("model").is_none() || types.key().0.len() != 1 {
                 continue;
             }
-            let scan = runtime::ports::Scan {
+            let scan = runtime::domain::Scan {
                 table: types.name.clone(),
                 columns: vec![types.key().0[0].clone(), "app_label".into(), "model".into()],
                 joins: vec![],

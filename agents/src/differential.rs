@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use runtime::context::RunContext;
+use runtime::domain::{integer_key, Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Scan, SyncMark};
 use runtime::events::RunEvent;
 use runtime::mapping::KeyDeriver;
-use runtime::ports::{integer_key, Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Rows, Scan, SyncMark, Target};
+use runtime::ports::{Rows, Target};
 use runtime::{AgentName, RunId};
 
 use crate::execution::{prepare, read_ahead, InPageOrder, MigrateEntity, Prepared, COMPARES_IN_FLIGHT};
@@ -173,7 +174,7 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
         ..Scan::entity(spec)
     };
     let (mut pages, reader) = read_ahead(rows.clone(), scan, PAGE);
-    type Answered = (runtime::ports::Expected, Vec<(usize, String)>, Vec<Diffed>, Vec<(String, uuid::Uuid)>, Vec<Option<String>>);
+    type Answered = (runtime::domain::Expected, Vec<(usize, String)>, Vec<Diffed>, Vec<(String, uuid::Uuid)>, Vec<Option<String>>);
     let mut compares: InPageOrder<Answered> = InPageOrder::new(COMPARES_IN_FLIGHT);
     loop {
         let page = match pages.recv().await {
@@ -325,7 +326,7 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
 /// but a missing parent, and whose parents are all in the target now.
 async fn parents_arrived(
     target: &dyn Target,
-    expected: &runtime::ports::Expected,
+    expected: &runtime::domain::Expected,
     answers: &[Diffed],
     for_parents: &HashSet<String>,
     references: &[(usize, runtime::domain::TableName)],

@@ -15,14 +15,15 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
+use runtime::domain::{
+    key_parts, legacy_key, row_json, Batch, Checkpoint, DiffApplied, ParentIds, RejectedRow, RollbackEntity, RolledBack, Scan,
+};
 use runtime::domain::{PlannedEntity, SchemaReport, TableName};
 use runtime::envelope::{AgentError, Envelope};
 use runtime::events::RunEvent;
 use runtime::mapping::KeyDeriver;
 use runtime::mapping::MappingSpec;
-use runtime::ports::{
-    key_parts, legacy_key, row_json, Batch, Checkpoint, DiffApplied, ParentIds, RejectedRow, RollbackEntity, RolledBack, Rows, Scan, Target,
-};
+use runtime::ports::{Rows, Target};
 use runtime::text_rows::TextRows;
 
 use crate::differential::synced_columns;
@@ -67,7 +68,7 @@ pub struct EntityResult {
     /// Rows in the target table after the entity (the accounting's other side).
     pub target_rows: i64,
     /// What the validation agent found afterwards.
-    pub validation: Option<runtime::ports::EntityValidation>,
+    pub validation: Option<runtime::domain::EntityValidation>,
 }
 
 /// Set aside (or put back) the foreign keys and plain indexes of these target tables. Done
@@ -488,7 +489,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     let legacy_type = out_cols.iter().find(|(c, _)| c == "legacy_id").map_or("", |(_, t)| t.as_str());
     let by_batch = req.constraints_suspended
         && deferred_cols.is_empty()
-        && runtime::ports::integer_key(legacy_type)
+        && runtime::domain::integer_key(legacy_type)
         && target.hashes_rows(&spec.target, &hashed_cols).await?;
     // An empty table loads without its unique legacy key (the primary key refuses the same
     // duplicates, since every UUID is derived from its legacy key); the key is built in one
@@ -508,7 +509,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     let (mut pages, reader) = read_ahead(rows, Scan { after, ..Scan::entity(spec) }, batch_size);
 
     // At most one batch is being written while the next one is mapped.
-    let mut in_flight: Option<tokio::task::JoinHandle<Result<(Batch, runtime::ports::Written), ToolError>>> = None;
+    let mut in_flight: Option<tokio::task::JoinHandle<Result<(Batch, runtime::domain::Written), ToolError>>> = None;
     let mut spare: Option<TextRows> = None;
     loop {
         let page = match pages.recv().await {
@@ -758,7 +759,7 @@ fn without_columns(rows: &TextRows, columns: &[usize]) -> TextRows {
 }
 
 /// Books a committed batch: the result's counts, the audit trail, the progress event.
-fn report_batch(ctx: &RunContext, req: &MigrateEntity, batch: &Batch, written: &runtime::ports::Written, result: &mut EntityResult) {
+fn report_batch(ctx: &RunContext, req: &MigrateEntity, batch: &Batch, written: &runtime::domain::Written, result: &mut EntityResult) {
     let spec = &req.spec;
     for r in &written.refused {
         result.count_rejection(&r.rule);

@@ -8,8 +8,9 @@
 use runtime::error::ToolError;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use runtime::domain::Scan;
 use runtime::domain::{Forecast, RejectReason, SchemaReport, TableName};
-use runtime::ports::{Rows, Scan};
+use runtime::ports::Rows;
 use runtime::text_rows::TextRows;
 
 use crate::data_mapping::MappingSet;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
+use runtime::domain::CodeRequest;
 use runtime::domain::{Inclusion, MigrationPlan, TableName};
 use runtime::envelope::{AgentError, Envelope};
-use runtime::ports::CodeRequest;
 use runtime::AgentName;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -6,7 +6,8 @@
 
 use runtime::audit::{AuditRecord, EventKind};
 use runtime::context::RunContext;
-use runtime::ports::{Llm, LlmReply, LlmRequest, LlmTool, ToolError};
+use runtime::domain::{LlmReply, LlmRequest, LlmTool};
+use runtime::ports::{Llm, ToolError};
 use runtime::AgentName;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;

@@ -8,10 +8,11 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::config::DbRole;
 use runtime::context::RunContext;
+use runtime::domain::{CodeRequest, CodeResult, Scan};
 use runtime::domain::{Forecast, SchemaReport, TableName};
 use runtime::envelope::{AgentError, Envelope};
 use runtime::error::ToolError;
-use runtime::ports::{Catalog, CodeRequest, CodeResult, CodeRunner, Rows, Scan};
+use runtime::ports::{Catalog, CodeRunner, Rows};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 

@@ -25,11 +25,10 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
+use runtime::domain::{legacy_key, Compared, Difference, EntityDiff, EntityValidation, Expected, Links, MoneyTotal, Orphans, Scan};
 use runtime::envelope::{AgentError, Envelope};
 use runtime::mapping::Transform;
-use runtime::ports::{
-    legacy_key, Compared, Difference, EntityDiff, EntityValidation, Expected, Links, MoneyTotal, Orphans, Rows, Scan, Target,
-};
+use runtime::ports::{Rows, Target};
 use runtime::AgentName;
 
 use crate::differential::DiffEntity;

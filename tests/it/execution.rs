@@ -638,7 +638,7 @@ async fn copy(c: &mut sqlx::PgConnection, sql: &str, data: Vec<u8>) -> Result<u6
 #[tokio::test(flavor = "multi_thread")]
 async fn a_parent_is_read_whole_only_up_to_the_limit() {
     use runtime::domain::TableName;
-    use runtime::ports::Target;
+    use runtime::ports::Verifier;
 
     let pg = shared();
     let url = pg.create_db("parent_ids");

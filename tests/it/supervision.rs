@@ -8,11 +8,9 @@ use std::sync::Arc;
 use agentctl::session::{Connections, Execution, Session, SessionOptions};
 use agents::orchestrator::{DiffGoal, PlanGoal};
 use async_trait::async_trait;
+use runtime::domain::{Batch, Checkpoint, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Expected, RejectedRow, Written};
 use runtime::domain::{SchemaReport, TableName};
-use runtime::ports::{
-    Batch, Catalog, Checkpoint, Compared, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, EntityValidation, Expected,
-    RejectedRow, RollbackEntity, RolledBack, Target, ToolError, Written,
-};
+use runtime::ports::{Catalog, Loader, Roles, SyncStore, Target, ToolError};
 use runtime::RunId;
 use tools::control::EventFilter;
 
@@ -91,17 +89,15 @@ async fn an_agent_that_keeps_crashing_fails_the_run_with_the_reason() {
     assert_eq!(errors.iter().filter(|e| e.summary.contains("is down")).count(), 1, "{errors:#?}");
 }
 
-/// The real target writer, behind a fault injector whose `write` panics once, mid-entity.
-struct CrashingWriter {
+/// The real target's loading, behind a fault injector whose `write` panics once, mid-entity.
+struct CrashingLoader {
     inner: Arc<dyn Target>,
     /// Writes to let through before the one that panics.
     until_panic: AtomicU32,
-    /// Differential batches to let through before the one that fails as a lost connection would.
-    until_apply_fails: AtomicU32,
 }
 
 #[async_trait]
-impl Target for CrashingWriter {
+impl Loader for CrashingLoader {
     async fn checkpoint(&self, run: RunId, source: &TableName) -> Result<Option<Checkpoint>, ToolError> {
         self.inner.checkpoint(run, source).await
     }
@@ -129,65 +125,11 @@ impl Target for CrashingWriter {
     async fn table_rows(&self, target: &TableName, live: bool) -> Result<i64, ToolError> {
         self.inner.table_rows(target, live).await
     }
-    async fn suspend_constraints(&self, run: RunId, target: &TableName) -> Result<Vec<String>, ToolError> {
-        self.inner.suspend_constraints(run, target).await
-    }
-    async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
-        self.inner.restore_constraints(target).await
-    }
-    async fn restore_constraints_unless_refused(&self, target: &TableName) -> Result<(Vec<String>, bool), ToolError> {
-        self.inner.restore_constraints_unless_refused(target).await
-    }
-    async fn restore_constraints_but_refused(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
-        self.inner.restore_constraints_but_refused(target).await
-    }
     async fn restart_sequences(&self, target: &TableName) -> Result<Vec<(String, i64)>, ToolError> {
         self.inner.restart_sequences(target).await
     }
     async fn preflight(&self, tables: &[TableName], set_aside: bool) -> Result<Vec<String>, ToolError> {
         self.inner.preflight(tables, set_aside).await
-    }
-    async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError> {
-        self.inner.suspend_legacy_key(run, target).await
-    }
-    async fn restore_legacy_key(&self, target: &TableName) -> Result<(), ToolError> {
-        self.inner.restore_legacy_key(target).await
-    }
-    async fn rollback(&self, run: RunId, entities: &[RollbackEntity]) -> Result<Vec<RolledBack>, ToolError> {
-        self.inner.rollback(run, entities).await
-    }
-    async fn compare(&self, target: &TableName, page: &Expected) -> Result<Vec<Compared>, ToolError> {
-        self.inner.compare(target, page).await
-    }
-    async fn value_of(&self, target: &TableName, column: &str, key_type: &str, key: &str) -> Result<Option<String>, ToolError> {
-        self.inner.value_of(target, column, key_type, key).await
-    }
-    async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError> {
-        self.inner.rejected_keys(source).await
-    }
-    async fn existing_ids(&self, table: &TableName, ids: &[String]) -> Result<Vec<String>, ToolError> {
-        self.inner.existing_ids(table, ids).await
-    }
-    async fn all_ids(&self, table: &TableName, at_most: usize) -> Result<Option<Vec<uuid::Uuid>>, ToolError> {
-        self.inner.all_ids(table, at_most).await
-    }
-    async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError> {
-        self.inner.orphans(child, column, parent).await
-    }
-
-    async fn links(
-        &self,
-        child: &TableName,
-        columns: &[String],
-        parent: &TableName,
-        referenced: &[String],
-        live: bool,
-        except: &[String],
-    ) -> Result<i64, ToolError> {
-        self.inner.links(child, columns, parent, referenced, live, except).await
-    }
-    async fn save_validation(&self, run: RunId, report: &EntityValidation) -> Result<(), ToolError> {
-        self.inner.save_validation(run, report).await
     }
     async fn set_state(
         &self,
@@ -200,6 +142,18 @@ impl Target for CrashingWriter {
     ) -> Result<(), ToolError> {
         self.inner.set_state(run, source, target, state, source_rows, detail).await
     }
+}
+
+/// The real target's sync store, behind a fault injector whose `apply_diff` fails as a lost
+/// connection would.
+struct CrashingSync {
+    inner: Arc<dyn Target>,
+    /// Differential batches to let through before the one that fails.
+    until_apply_fails: AtomicU32,
+}
+
+#[async_trait]
+impl SyncStore for CrashingSync {
     async fn record_baseline(&self, target: &TableName, legacy_type: &str, columns: &[(String, String)]) -> Result<i64, ToolError> {
         self.inner.record_baseline(target, legacy_type, columns).await
     }
@@ -234,7 +188,7 @@ impl Target for CrashingWriter {
         }
         self.inner.apply_diff(batch).await
     }
-    async fn sync_mark(&self, source: &TableName) -> Result<runtime::ports::SyncMark, ToolError> {
+    async fn sync_mark(&self, source: &TableName) -> Result<runtime::domain::SyncMark, ToolError> {
         self.inner.sync_mark(source).await
     }
     async fn close_analysis(&self, analysis: RunId, source: &TableName, run: RunId) -> Result<(), ToolError> {
@@ -250,8 +204,8 @@ async fn a_crashed_migration_worker_starts_again_from_its_checkpoint() {
     let conns = Connections::open(&config, true).await.expect("the test databases are reachable");
     let mut tools = conns.tools().unwrap();
     let writer = tools.target_writer.take().expect("a target");
-    tools.target_writer =
-        Some(Arc::new(CrashingWriter { inner: writer, until_panic: AtomicU32::new(3), until_apply_fails: AtomicU32::new(u32::MAX) }));
+    let load = Arc::new(CrashingLoader { inner: writer.clone(), until_panic: AtomicU32::new(3) });
+    tools.target_writer = Some(Arc::new(Roles { load, ..Roles::of(writer) }));
     let session = Session::start(&conns, "run", Some("migrate everything"), tools, SessionOptions::from_config(&config)).await.unwrap();
     let planned = session.plan(PlanGoal { goal: "migrate everything".into(), ..goal() }).await.unwrap();
     let results = session.execute(&planned, Execution { jobs: 1, ..Default::default() }).await.expect("the run survives the crash");
@@ -288,8 +242,8 @@ async fn a_differential_apply_cut_off_mid_way_is_carried_on_without_a_row_twice(
     let (mapping, origin) = agentctl::plan_run::mapping_file(&agentctl::cli::MappingOpt { mapping: None }, &conns).await.unwrap();
     let mut tools = conns.tools().unwrap();
     let writer = tools.target_writer.take().expect("a target");
-    tools.target_writer =
-        Some(Arc::new(CrashingWriter { inner: writer, until_panic: AtomicU32::new(u32::MAX), until_apply_fails: AtomicU32::new(1) }));
+    let sync = Arc::new(CrashingSync { inner: writer.clone(), until_apply_fails: AtomicU32::new(1) });
+    tools.target_writer = Some(Arc::new(Roles { sync, ..Roles::of(writer) }));
     let session =
         Session::start(&conns, "diff migrate", Some("system messages"), tools, SessionOptions::from_config(&config)).await.unwrap();
     let goal = PlanGoal { goal: "system messages".into(), only: true, mapping, mapping_origin: origin, batch_size: None };

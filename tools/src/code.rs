@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use runtime::domain::{CodeFile, CodeRequest, CodeResult};
 use runtime::error::BadInput;
-use runtime::ports::{CodeFile, CodeRequest, CodeResult, CodeRunner, CodeStream, ToolError};
+use runtime::ports::{CodeRunner, CodeStream, ToolError};
 use sandbox::{Job, Lang, Limits, Sandbox, StreamSession};
 
 pub struct SandboxRunner {

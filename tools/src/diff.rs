@@ -13,8 +13,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use runtime::domain::TableName;
+use runtime::domain::{integer_key, Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Expected, SyncMark};
 use runtime::mapping::{ConflictPolicy, DeleteMode};
-use runtime::ports::{integer_key, Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Expected, SyncMark, ToolError};
+use runtime::ports::ToolError;
 use runtime::RunId;
 use sqlx::postgres::PgConnection;
 use sqlx::{PgPool, Row};
@@ -247,11 +248,7 @@ pub async fn live_keys(
         quoted(target),
         if soft { " AND deleted_at IS NULL" } else { "" }
     );
-    sqlx::query_as(&sql)
-        .bind(prefix)
-        .fetch_all(pool)
-        .await
-        .map_err(|e| while_doing(format!("reading the legacy keys of {target}"))(e))
+    sqlx::query_as(&sql).bind(prefix).fetch_all(pool).await.map_err(|e| while_doing(format!("reading the legacy keys of {target}"))(e))
 }
 
 pub async fn live_keys_between(
@@ -712,7 +709,7 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
             .iter()
             .map(|(r, _)| match &r.values {
                 Some(v) => {
-                    runtime::ports::row_json(&cols.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), v.iter().map(|v| v.as_deref()))
+                    runtime::domain::row_json(&cols.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), v.iter().map(|v| v.as_deref()))
                 }
                 None => serde_json::Value::Null,
             })

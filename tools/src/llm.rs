@@ -12,7 +12,8 @@ use async_openai::config::OpenAIConfig;
 use async_openai::Client;
 use async_trait::async_trait;
 use futures::StreamExt;
-use runtime::ports::{Llm, LlmReply, LlmRequest, ToolError};
+use runtime::domain::{LlmReply, LlmRequest};
+use runtime::ports::{Llm, ToolError};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 

@@ -4,7 +4,8 @@
 use async_trait::async_trait;
 use futures::StreamExt;
 use runtime::domain::ROW_IDENTITY;
-use runtime::ports::{Rows, Scan, ToolError, CHANGED_SINCE_MARGIN};
+use runtime::domain::{Scan, CHANGED_SINCE_MARGIN};
+use runtime::ports::{Rows, ToolError};
 use runtime::text_rows::TextRows;
 use sqlx::PgPool;
 

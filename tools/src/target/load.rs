@@ -1,65 +1,23 @@
-//! Writing migrated rows: one transaction a batch. References to other tables are checked
-//! first, one indexed `= ANY` lookup a column, and the rows whose parent is missing are set
-//! aside with the reason. The rest are COPYed straight into the target; only when the target
-//! refuses something does the batch take the careful path: staged as text, the rows already
-//! present skipped, the rest inserted set-based with casts, and a refused range split under
-//! savepoints until the refusing rows stand alone. Each is recorded in `agentctl.rejected_rows`
-//! with the database's own words, never dropped. The batch's rows, its rejects, its second-pass
-//! references and its checkpoint commit together, so a crash leaves all of a batch or none.
-//! Rows whose legacy key is already in the target (a resumed or repeated run) are counted as
-//! present and keep their UUID.
-//!
-//! While an entity loads, its foreign keys and plain indexes can be set aside
-//! ([`Target::suspend_constraints`]) and put back set-based at the end, which is several times
-//! cheaper than a trigger a row; the records in `agentctl.suspended_constraints` make that
-//! crash-safe.
+//! Loading: a batch written in one transaction with its rejects, second-pass records and
+//! checkpoint (COPY first; staged and split under savepoints only when the target refuses
+//! rows), the second pass of references, and the checks and moves the load needs first.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use runtime::domain::TableName;
-use runtime::ports::{
-    Batch, Checkpoint, Compared, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Expected, RejectedRow, RollbackEntity,
-    RolledBack, SyncMark, Target, ToolError, Written,
-};
+use runtime::domain::{Batch, Checkpoint, RejectedRow, Written};
+use runtime::ports::{Loader, ToolError};
 use runtime::RunId;
-use sqlx::{PgPool, Row};
+use sqlx::Row;
 
 use crate::catalog::{ident, quoted};
 use crate::dataset::copy::push_field;
-use crate::pg::{describe, fault, while_doing, Fault};
+use crate::pg::{fault, while_doing, Fault};
 
-pub struct PgTarget {
-    pool: PgPool,
-    max_retries: u32,
-}
+use super::constraints::legacy_key_aside;
 
-/// What putting constraints back does at a foreign key the rows break (SQLSTATE 23503).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum OnRefusal {
-    /// Fails with the server's words.
-    Fail,
-    /// Stops there: that key and what comes after it stay aside.
-    Stop,
-    /// Leaves that key aside and goes on with the rest.
-    Skip,
-}
-
-impl PgTarget {
-    pub fn new(pool: PgPool, max_retries: u32) -> PgTarget {
-        PgTarget { pool, max_retries }
-    }
-}
-
-/// The one line a system fault stops a batch with: the table, the cause, what was (not) done
-/// and what to do.
-pub(crate) fn system_fault(target: &TableName, e: &sqlx::Error) -> ToolError {
-    ToolError::system(format!(
-        "{target}: the target refused the batch for a reason that is not the rows' own ({}); nothing of it was written and no row is rejected for it: fix the cause, then resume the run with --resume",
-        describe(e)
-    ))
-}
+use super::{discard_transaction, retrying, system_fault, Failure, PgTarget};
 
 /// The sequences a table's integer columns draw from, `(column, sequence)`: an identity
 /// column's own, and any a column's default calls. `$1` is the table, quoted.
@@ -72,54 +30,6 @@ const DRAWN_SEQUENCES: &str = "SELECT a.attname::text, pg_get_serial_sequence($1
              JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
              JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
              WHERE ad.adrelid = $1::regclass AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)";
-
-pub(crate) enum Failure {
-    Transient(sqlx::Error),
-    Fatal(ToolError),
-}
-
-/// Runs `attempt` until it succeeds, again after a transient failure (200 ms, doubling to
-/// 10 s) up to `max_retries` times. Returns the value and how many retries it took; the error
-/// names `what` was being done.
-pub(crate) async fn retrying<T, Fut>(max_retries: u32, what: &str, mut attempt: impl FnMut() -> Fut) -> Result<(T, u32), ToolError>
-where
-    Fut: std::future::Future<Output = Result<T, Failure>>,
-{
-    let mut delay = Duration::from_millis(200);
-    let mut retries = 0;
-    loop {
-        match attempt().await {
-            Ok(value) => return Ok((value, retries)),
-            Err(Failure::Transient(e)) if retries < max_retries => {
-                tracing::warn!("{what} failed ({}); retrying in {delay:?}", describe(&e));
-                retries += 1;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(Failure::Transient(e)) => {
-                return Err(ToolError::transient(format!("{what} failed {} times, the last: {}", retries + 1, describe(&e))))
-            }
-            Err(Failure::Fatal(e)) => return Err(e.context(what)),
-        }
-    }
-}
-
-/// Never hands the pool a connection inside a failed transaction: rolled back, or, if even
-/// that fails, closed instead of returned.
-pub(crate) async fn discard_transaction(mut c: sqlx::pool::PoolConnection<sqlx::Postgres>) {
-    if sqlx::query("ROLLBACK").execute(&mut *c).await.is_err() {
-        c.detach();
-    }
-}
-
-impl From<sqlx::Error> for Failure {
-    fn from(e: sqlx::Error) -> Self {
-        match fault(&e) {
-            Fault::Transient => Failure::Transient(e),
-            Fault::Row | Fault::System => Failure::Fatal(ToolError::system(describe(&e))),
-        }
-    }
-}
 
 impl PgTarget {
     async fn try_write(&self, b: &Batch) -> Result<Written, Failure> {
@@ -596,125 +506,8 @@ async fn why_skipped(c: &mut sqlx::PgConnection, b: &Batch, seqs: &[i32]) -> Res
         .collect())
 }
 
-/// The kind, and the name, under which an empty table's autovacuum is recorded as off for its
-/// load (in parentheses: no constraint or index can be named so without quotes).
-const AUTOVACUUM: &str = "autovacuum";
-const AUTOVACUUM_NAME: &str = "(autovacuum)";
-
-/// Records a constraint or index (or an empty table's autovacuum) as set aside for a load, with
-/// what restores it, and drops it (switches it off), in the caller's transaction.
-async fn set_aside(
-    c: &mut sqlx::PgConnection,
-    run: RunId,
-    target: &TableName,
-    name: &str,
-    kind: &str,
-    definition: &str,
-    validated: bool,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO agentctl.suspended_constraints (target_table, name, kind, definition, validated, run_id) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(target.to_string())
-        .bind(name)
-        .bind(kind)
-        .bind(definition)
-        .bind(validated)
-        .bind(run.0)
-        .execute(&mut *c)
-        .await?;
-    let drop = match kind {
-        "index" => format!("DROP INDEX {}.{}", ident(&target.schema), ident(name)),
-        AUTOVACUUM => format!("ALTER TABLE {} SET (autovacuum_enabled = false)", quoted(target)),
-        _ => format!("ALTER TABLE {} DROP CONSTRAINT {}", quoted(target), ident(name)),
-    };
-    sqlx::query(&drop).execute(c).await?;
-    Ok(())
-}
-
-/// Whether the table's unique legacy key is set aside for its load.
-async fn legacy_key_aside(c: &mut sqlx::PgConnection, target: &TableName) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agentctl.suspended_constraints WHERE target_table = $1 AND kind = 'unique')")
-        .bind(target.to_string())
-        .fetch_one(c)
-        .await
-}
-
-impl PgTarget {
-    /// Puts back what is recorded as set aside for the table (of one kind, or all); returns what
-    /// was put back and whether that was everything. A foreign key the rows break fails it,
-    /// ends it there, or is left aside while the rest goes on, as `on_refusal` says; what is not
-    /// put back stays recorded.
-    async fn restore(&self, target: &TableName, kind: Option<&str>, on_refusal: OnRefusal) -> Result<(Vec<String>, bool), ToolError> {
-        let what = format!("putting back the constraints and indexes of {target}");
-        let records: Vec<(String, String, String, bool)> = sqlx::query_as(
-            "SELECT name, kind, definition, validated FROM agentctl.suspended_constraints
-             WHERE target_table = $1 AND ($2::text IS NULL OR kind = $2) ORDER BY kind = 'autovacuum', kind = 'unique', kind DESC, name",
-        )
-        .bind(target.to_string())
-        .bind(kind)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(while_doing(&what))?;
-        let table = quoted(target);
-        let mut restored = Vec::with_capacity(records.len());
-        let mut everything = true;
-        // Indexes and foreign keys first, then the unique legacy key: making its index the
-        // constraint waits for every reader of the table (the load baseline), and whatever came
-        // after it would wait behind that. Autovacuum last, so that none of these waits for it.
-        for (name, kind, definition, validated) in records {
-            // Back in place, checked against every row in one set-based pass, and off the record
-            // in one transaction: a constraint the rows break stays recorded and aside, so a
-            // retry or the final put-back meets the same refusal instead of a constraint
-            // silently left unchecked. (The lock it takes stops writers to the table and its
-            // parent, never readers; agentctl writes to neither at that point.)
-            let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
-            let create = match kind.as_str() {
-                "index" => definition.clone(),
-                AUTOVACUUM => format!("ALTER TABLE {table} RESET (autovacuum_enabled)"),
-                // The plain legacy key: its index built under a lock that lets readers on (the
-                // load baseline reads the table meanwhile), then made the constraint it was.
-                "unique" if definition == "UNIQUE (legacy_id)" => {
-                    let name = ident(&name);
-                    sqlx::query(&format!("CREATE UNIQUE INDEX {name} ON {table} (legacy_id)"))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(while_doing(format!("building the index of {name} on {target}")))?;
-                    format!("ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}")
-                }
-                // A unique key is built whole, never NOT VALID.
-                "unique" => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name)),
-                // Validated as it is added, unless it was NOT VALID before agentctl set it aside.
-                _ if validated || definition.ends_with("NOT VALID") => {
-                    format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name))
-                }
-                _ => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition} NOT VALID", ident(&name)),
-            };
-            match sqlx::query(&create).execute(&mut *tx).await {
-                Ok(_) => {}
-                Err(sqlx::Error::Database(db)) if on_refusal != OnRefusal::Fail && db.code().as_deref() == Some("23503") => {
-                    if on_refusal == OnRefusal::Stop {
-                        return Ok((restored, false));
-                    }
-                    // Rolled back with its transaction, still on the record.
-                    everything = false;
-                    continue;
-                }
-                Err(e) => return Err(while_doing(format!("putting back {name} on {target}"))(e)),
-            }
-            sqlx::query("DELETE FROM agentctl.suspended_constraints WHERE target_table = $1 AND name = $2")
-                .bind(target.to_string())
-                .bind(&name)
-                .execute(&mut *tx)
-                .await
-                .map_err(while_doing(&what))?;
-            tx.commit().await.map_err(while_doing(&what))?;
-            restored.push(name);
-        }
-        Ok((restored, everything))
-    }
-}
-
 #[async_trait]
-impl Target for PgTarget {
+impl Loader for PgTarget {
     async fn checkpoint(&self, run: RunId, source: &TableName) -> Result<Option<Checkpoint>, ToolError> {
         let row = sqlx::query("SELECT last_key, rows_read, migrated, rejected, batches FROM agentctl.migration_checkpoints WHERE run_id = $1 AND source_table = $2")
             .bind(run.0)
@@ -734,14 +527,12 @@ impl Target for PgTarget {
             }),
         })
     }
-
     async fn write(&self, batch: &Batch) -> Result<Written, ToolError> {
         let what = format!("writing a batch of {}", batch.source);
         let (mut written, retries) = retrying(self.max_retries, &what, || self.try_write(batch)).await?;
         written.retries = retries;
         Ok(written)
     }
-
     async fn fill_deferred(
         &self,
         run: RunId,
@@ -783,7 +574,6 @@ impl Target for PgTarget {
         tx.commit().await.map_err(while_doing(&what))?;
         Ok((filled, rejected))
     }
-
     async fn drop_dangling(&self, run: RunId, source: &TableName, target: &TableName, column: &str) -> Result<Vec<RejectedRow>, ToolError> {
         let what = format!("removing the rows of {target} whose {column} points at no row");
         let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
@@ -821,7 +611,6 @@ impl Target for PgTarget {
         tx.commit().await.map_err(while_doing(&what))?;
         Ok(rejected)
     }
-
     async fn kept_rows(&self, target: &TableName, ours: Option<&str>) -> Result<Vec<(String, String)>, ToolError> {
         let has_legacy: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 AND column_name = 'legacy_id')",
@@ -845,7 +634,6 @@ impl Target for PgTarget {
             .map_err(while_doing(format!("reading the rows of {target} agentctl did not create")))?;
         Ok(rows)
     }
-
     async fn table_rows(&self, target: &TableName, live: bool) -> Result<i64, ToolError> {
         let filter = if live { " WHERE deleted_at IS NULL" } else { "" };
         Ok(sqlx::query_scalar(&format!("SELECT count(*) FROM {}{filter}", quoted(target)))
@@ -853,53 +641,6 @@ impl Target for PgTarget {
             .await
             .map_err(while_doing(format!("counting the rows of {target}")))?)
     }
-
-    async fn suspend_constraints(&self, run: RunId, target: &TableName) -> Result<Vec<String>, ToolError> {
-        let what = format!("setting aside the foreign keys and indexes of {target} for the load");
-        let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
-        let table = quoted(target);
-        let found: Vec<(String, String, String, bool)> = sqlx::query_as(
-            "SELECT conname::text, 'constraint', pg_get_constraintdef(oid), convalidated FROM pg_constraint
-             WHERE conrelid = $1::regclass AND contype = 'f'
-             UNION ALL
-             SELECT i.relname::text, 'index', replace(pg_get_indexdef(i.oid), ' ON ONLY ', ' ON '), true
-             FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-             WHERE x.indrelid = $1::regclass AND NOT x.indisunique AND NOT x.indisprimary
-               AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)",
-        )
-        .bind(&table)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(while_doing(&what))?;
-        for (name, kind, definition, validated) in &found {
-            set_aside(&mut tx, run, target, name, kind, definition, *validated).await.map_err(while_doing(&what))?;
-        }
-        // An empty table's autovacuum is off while agentctl fills it: it would otherwise analyze
-        // a half-loaded table (statistics thrown away when it is full) and vacuum it while the
-        // load appends to it, taking a core from the load. Put back with the table's constraints,
-        // after which autovacuum does both once. A setting of the operator's own is left alone.
-        // (A partitioned table has no storage of its own to vacuum, nor the setting.)
-        let quiet: bool = sqlx::query_scalar(&format!(
-            "SELECT (SELECT relkind FROM pg_class WHERE oid = $1::regclass) <> 'p' AND NOT EXISTS (SELECT 1 FROM {table})
-                AND NOT EXISTS (SELECT 1 FROM pg_class c, unnest(c.reloptions) o
-                                WHERE c.oid = $1::regclass AND o LIKE 'autovacuum\\_enabled=%')"
-        ))
-        .bind(&table)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(while_doing(&what))?;
-        if quiet {
-            set_aside(&mut tx, run, target, AUTOVACUUM_NAME, AUTOVACUUM, "autovacuum_enabled", true).await.map_err(while_doing(&what))?;
-        }
-        let all: Vec<String> = sqlx::query_scalar("SELECT name FROM agentctl.suspended_constraints WHERE target_table = $1 ORDER BY name")
-            .bind(target.to_string())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(while_doing(&what))?;
-        tx.commit().await.map_err(while_doing(&what))?;
-        Ok(all)
-    }
-
     async fn preflight(&self, tables: &[TableName], set_aside: bool) -> Result<Vec<String>, ToolError> {
         let what = "checking what the load may do";
         let mut problems = Vec::new();
@@ -952,7 +693,6 @@ impl Target for PgTarget {
         }
         Ok(problems)
     }
-
     async fn restart_sequences(&self, target: &TableName) -> Result<Vec<(String, i64)>, ToolError> {
         let what = format!("moving the sequences of {target} past its rows");
         let table = quoted(target);
@@ -978,337 +718,6 @@ impl Target for PgTarget {
         }
         Ok(moved)
     }
-
-    async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
-        self.restore(target, None, OnRefusal::Fail).await.map(|(restored, _)| restored)
-    }
-
-    async fn restore_constraints_unless_refused(&self, target: &TableName) -> Result<(Vec<String>, bool), ToolError> {
-        self.restore(target, None, OnRefusal::Stop).await
-    }
-
-    async fn restore_constraints_but_refused(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
-        self.restore(target, None, OnRefusal::Skip).await.map(|(restored, _)| restored)
-    }
-
-    async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError> {
-        let what = format!("setting aside the unique legacy key of {target} for the load");
-        let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
-        let table = quoted(target);
-        // The unique constraint on legacy_id alone, with a primary key on id, no foreign key
-        // leaning on it, and no row yet.
-        let found: Option<(String, String)> = sqlx::query_as(&format!(
-            "SELECT u.conname::text, pg_get_constraintdef(u.oid) FROM pg_constraint u
-             WHERE u.conrelid = $1::regclass AND u.contype = 'u'
-               AND u.conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'legacy_id')]
-               AND EXISTS (SELECT 1 FROM pg_constraint p WHERE p.conrelid = $1::regclass AND p.contype = 'p'
-                           AND p.conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'id')])
-               AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = u.conindid)
-               AND NOT EXISTS (SELECT 1 FROM {table})"
-        ))
-        .bind(&table)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(while_doing(&what))?;
-        if let Some((name, definition)) = found {
-            set_aside(&mut tx, run, target, &name, "unique", &definition, true).await.map_err(while_doing(&what))?;
-        }
-        let aside = legacy_key_aside(&mut tx, target).await.map_err(while_doing(&what))?;
-        tx.commit().await.map_err(while_doing(&what))?;
-        Ok(aside)
-    }
-
-    async fn restore_legacy_key(&self, target: &TableName) -> Result<(), ToolError> {
-        self.restore(target, Some("unique"), OnRefusal::Fail).await.map(drop)
-    }
-
-    async fn rollback(&self, run: RunId, entities: &[RollbackEntity]) -> Result<Vec<RolledBack>, ToolError> {
-        for e in entities {
-            self.restore_constraints(&e.target).await?;
-        }
-        let what = "rolling back";
-        let mut tx = self.pool.begin().await.map_err(while_doing(what))?;
-        let mut done = Vec::with_capacity(entities.len());
-        for e in entities {
-            let table = quoted(&e.target);
-            // Only rows carrying agentctl's prefix can be its own (all of them, in the ordered
-            // layout); each is checked against the derivation before it is deleted.
-            let sql = format!(
-                "SELECT legacy_id::text, id FROM {table} WHERE legacy_id IS NOT NULL AND ($1::text IS NULL OR left(id::text, 8) = $1)"
-            );
-            let prefix = e.deriver.prefix();
-            let rows: Vec<(String, uuid::Uuid)> = sqlx::query_as(&sql)
-                .bind(prefix.as_deref())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(while_doing(format!("reading the rows of {}", e.target)))?;
-            let ours: Vec<uuid::Uuid> =
-                rows.into_iter().filter(|(legacy, id)| e.deriver.derive_stored(legacy) == *id).map(|(_, id)| id).collect();
-            let mut deleted = 0i64;
-            for chunk in ours.chunks(50_000) {
-                let result = sqlx::query(&format!("DELETE FROM {table} WHERE id = ANY($1)")).bind(chunk).execute(&mut *tx).await;
-                deleted += match result {
-                    Ok(r) => r.rows_affected() as i64,
-                    Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23503") => {
-                        let child = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().and_then(|p| p.table().map(str::to_owned));
-                        return Err(ToolError::system(format!(
-                            "cannot roll back {}: rows of {} still reference them and are not part of this rollback; \
-                             include that table too, or use --all (nothing was deleted)",
-                            e.target.name,
-                            child.unwrap_or_else(|| "another table".into())
-                        )));
-                    }
-                    Err(err) => return Err(while_doing(format!("deleting the rows agentctl created in {}", e.target))(err)),
-                };
-            }
-            let kept: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE legacy_id IS NOT NULL"))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(while_doing(format!("counting the rows left in {}", e.target)))?;
-            // The entity starts over the next time it is migrated.
-            for sql in [
-                "DELETE FROM agentctl.migration_checkpoints WHERE source_table = $1",
-                "UPDATE agentctl.migration_control SET state = 'rolled back', finished_at = now(), detail = 'rolled back by run ' || $2 WHERE source_table = $1",
-            ] {
-                sqlx::query(sql).bind(e.source.to_string()).bind(run.to_string()).execute(&mut *tx).await.map_err(while_doing(what))?;
-            }
-            crate::diff::forget_baseline(&mut tx, &e.target).await.map_err(while_doing(what))?;
-            sqlx::query("DELETE FROM agentctl.deferred_references WHERE target_table = $1")
-                .bind(e.target.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(while_doing(what))?;
-            done.push(RolledBack { source: e.source.clone(), target: e.target.clone(), deleted, kept });
-        }
-        tx.commit().await.map_err(while_doing(what))?;
-        Ok(done)
-    }
-
-    async fn compare(&self, target: &TableName, page: &Expected) -> Result<Vec<Compared>, ToolError> {
-        let n = page.columns.len();
-        let (id, legacy) = (page.id_column, page.legacy_column);
-        let cast = |i: usize| format!("u.c{i}::{}", page.columns[i].1);
-        let diffs: Vec<String> = (0..n)
-            .filter(|&i| i != id && i != legacy)
-            .map(|i| format!("WHEN t.{} IS DISTINCT FROM {} THEN {i}", ident(&page.columns[i].0), cast(i)))
-            .collect();
-        let returned: Vec<String> = page.returned.iter().map(|&i| format!(", t.{}::text", ident(&page.columns[i].0))).collect();
-        let arrays: Vec<String> = (0..n).map(|i| format!("${}::text[]", i + 3)).collect();
-        let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
-        let sql = format!(
-            "SELECT t.id IS NOT NULL, coalesce(t.id = {idcast}, false),
-                 CASE WHEN t.id IS NULL OR t.id <> {idcast} OR NOT u.wanted THEN NULL {diffs} END{returned}
-             FROM unnest($1::text[], $2::bool[], {arrays}) WITH ORDINALITY AS u(k, wanted, {names}, n)
-             LEFT JOIN {table} t ON t.legacy_id = u.k::{legacy_type}
-             ORDER BY u.n",
-            idcast = cast(id),
-            diffs = diffs.join(" "),
-            returned = returned.concat(),
-            arrays = arrays.join(", "),
-            names = names.join(", "),
-            table = quoted(target),
-            legacy_type = page.columns[legacy].1,
-        );
-        let mut q = sqlx::query(&sql).bind(&page.keys).bind(&page.wanted);
-        for column in &page.values {
-            q = q.bind(column);
-        }
-        let what = || format!("comparing rows of {target} with their source rows");
-        let rows = q.fetch_all(&self.pool).await.map_err(while_doing(what()))?;
-        rows.iter()
-            .map(|r| {
-                Ok(Compared {
-                    present: r.try_get(0)?,
-                    ours: r.try_get(1)?,
-                    differs: r.try_get::<Option<i32>, _>(2)?.map(|i| i as usize),
-                    returned: (0..page.returned.len()).map(|i| r.try_get(3 + i)).collect::<Result<_, sqlx::Error>>()?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(|e| ToolError::system(format!("while {}: {}", what(), describe(&e))))
-    }
-
-    async fn value_of(&self, target: &TableName, column: &str, key_type: &str, key: &str) -> Result<Option<String>, ToolError> {
-        let sql = format!("SELECT {}::text FROM {} WHERE legacy_id = $1::{key_type}", ident(column), quoted(target));
-        let v: Option<Option<String>> = sqlx::query_scalar(&sql)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(while_doing(format!("reading {target}.{column} of legacy key {key}")))?;
-        Ok(v.flatten())
-    }
-
-    async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError> {
-        Ok(sqlx::query_as(
-            "SELECT legacy_key, bool_and(rule LIKE 'reference%') FROM agentctl.rejected_rows WHERE source_table = $1 GROUP BY 1",
-        )
-        .bind(source.to_string())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(while_doing(format!("reading the rejected rows of {source}")))?)
-    }
-
-    async fn existing_ids(&self, table: &TableName, ids: &[String]) -> Result<Vec<String>, ToolError> {
-        let sql = format!("SELECT id::text FROM {} WHERE id = ANY($1::uuid[])", quoted(table));
-        Ok(sqlx::query_scalar(&sql).bind(ids).fetch_all(&self.pool).await.map_err(while_doing(format!("looking up rows of {table}")))?)
-    }
-
-    async fn all_ids(&self, table: &TableName, at_most: usize) -> Result<Option<Vec<uuid::Uuid>>, ToolError> {
-        let sql = format!("SELECT id FROM {} LIMIT $1", quoted(table));
-        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(&sql)
-            .bind(i64::try_from(at_most).unwrap_or(i64::MAX - 1) + 1)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(while_doing(format!("reading the ids of {table}")))?;
-        Ok((ids.len() <= at_most).then_some(ids))
-    }
-
-    async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError> {
-        // A validated foreign key on exactly this column and parent: the database guarantees it.
-        let enforced: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attname = $3
-             WHERE c.conrelid = $1::regclass AND c.confrelid = $2::regclass AND c.contype = 'f' AND c.convalidated AND c.conkey = ARRAY[a.attnum])",
-        )
-        .bind(quoted(child))
-        .bind(quoted(parent))
-        .bind(column)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(while_doing(format!("looking for the foreign key of {child}.{column}")))?;
-        if enforced {
-            return Ok(None);
-        }
-        let sql = format!(
-            "SELECT count(*), coalesce((array_agg(c.legacy_id::text ORDER BY c.legacy_id))[1:5], '{{}}')
-             FROM {} c WHERE c.{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = c.{col})",
-            quoted(child),
-            quoted(parent),
-            col = ident(column)
-        );
-        Ok(Some(
-            sqlx::query_as(&sql)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(while_doing(format!("looking for references of {child}.{column} that point at no row of {parent}")))?,
-        ))
-    }
-
-    async fn links(
-        &self,
-        child: &TableName,
-        columns: &[String],
-        parent: &TableName,
-        referenced: &[String],
-        live: bool,
-        except: &[String],
-    ) -> Result<i64, ToolError> {
-        let set: Vec<String> = columns.iter().map(|c| format!(" AND c.{} IS NOT NULL", ident(c))).collect();
-        let on: Vec<String> = columns.iter().zip(referenced).map(|(c, r)| format!("p.{} = c.{}", ident(r), ident(c))).collect();
-        let sql = format!(
-            "SELECT count(*) FROM {} c WHERE c.legacy_id IS NOT NULL{} AND c.legacy_id::text <> ALL($1){live}
-               AND EXISTS (SELECT 1 FROM {} p WHERE {})",
-            quoted(child),
-            set.concat(),
-            quoted(parent),
-            on.join(" AND "),
-            live = if live { " AND c.deleted_at IS NULL" } else { "" },
-        );
-        Ok(sqlx::query_scalar(&sql)
-            .bind(except)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(while_doing(format!("counting the references of {child} ({}) to {parent}", columns.join(", "))))?)
-    }
-
-    async fn save_validation(&self, run: RunId, r: &runtime::ports::EntityValidation) -> Result<(), ToolError> {
-        let what = || format!("storing the validation of {}", r.source);
-        let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| ToolError::system(format!("{}: {e}", what())));
-        let (differences, orphans, links, money) = (
-            json(serde_json::to_value(&r.differences))?,
-            json(serde_json::to_value(&r.orphans))?,
-            json(serde_json::to_value(&r.links))?,
-            json(serde_json::to_value(&r.money))?,
-        );
-        sqlx::query(
-            "INSERT INTO agentctl.migration_validation_reports (run_id, source_table, target_table, passed, source_rows, migrated, rejected,
-                 target_rows, rows_compared, rows_differing, differences, orphans, money, detail, seconds, links)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-             ON CONFLICT (run_id, source_table) DO UPDATE SET passed = $4, source_rows = $5, migrated = $6, rejected = $7,
-                 target_rows = $8, rows_compared = $9, rows_differing = $10, differences = $11, orphans = $12, money = $13,
-                 detail = $14, seconds = $15, links = $16, validated_at = now()",
-        )
-        .bind(run.0)
-        .bind(r.source.to_string())
-        .bind(r.target.to_string())
-        .bind(r.passed)
-        .bind(r.source_rows)
-        .bind(r.migrated)
-        .bind(r.rejected)
-        .bind(r.target_rows)
-        .bind(r.rows_compared)
-        .bind(r.rows_differing)
-        .bind(differences)
-        .bind(orphans)
-        .bind(money)
-        .bind(&r.detail)
-        .bind(r.seconds)
-        .bind(links)
-        .execute(&self.pool)
-        .await
-        .map_err(while_doing(format!("storing the validation of {}", r.source)))?;
-        Ok(())
-    }
-
-    async fn record_baseline(&self, target: &TableName, legacy_type: &str, columns: &[(String, String)]) -> Result<i64, ToolError> {
-        crate::diff::record_baseline(&self.pool, target, legacy_type, columns).await
-    }
-
-    async fn hashes_rows(&self, target: &TableName, columns: &[(String, String)]) -> Result<bool, ToolError> {
-        let what = format!("reading how {target}'s columns hash");
-        let mut c = self.pool.acquire().await.map_err(while_doing(&what))?;
-        let base = crate::binary::base_columns(&mut c, target).await.map_err(while_doing(&what))?;
-        Ok(crate::row_hash::column_hashes(&mut c, &base, columns).await.map_err(while_doing(&what))?.is_some())
-    }
-
-    async fn differ(&self, target: &TableName, page: &Expected, hashed: &[usize], soft_delete: bool) -> Result<Vec<Diffed>, ToolError> {
-        crate::diff::differ(&self.pool, target, page, hashed, soft_delete).await
-    }
-
-    async fn live_keys(&self, target: &TableName, prefix: Option<&str>, soft_delete: bool) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
-        crate::diff::live_keys(&self.pool, target, prefix, soft_delete).await
-    }
-
-    async fn live_keys_between(
-        &self,
-        target: &TableName,
-        after: Option<&str>,
-        upto: Option<&str>,
-        present: &[String],
-        soft_delete: bool,
-    ) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
-        crate::diff::live_keys_between(&self.pool, target, after, upto, present, soft_delete).await
-    }
-
-    async fn save_analysis(&self, analysis: &EntityDiff, rows: &[Differential]) -> Result<(), ToolError> {
-        crate::diff::save_analysis(&self.pool, analysis, rows).await
-    }
-
-    async fn pending_analysis(&self, source: &TableName, target: &TableName) -> Result<Option<(EntityDiff, Vec<Differential>)>, ToolError> {
-        crate::diff::pending_analysis(&self.pool, source, target).await
-    }
-
-    async fn apply_diff(&self, batch: &DiffBatch) -> Result<DiffApplied, ToolError> {
-        crate::diff::apply_diff(&self.pool, batch, self.max_retries).await
-    }
-
-    async fn sync_mark(&self, source: &TableName) -> Result<SyncMark, ToolError> {
-        crate::diff::sync_mark(&self.pool, source).await
-    }
-
-    async fn close_analysis(&self, analysis: RunId, source: &TableName, run: RunId) -> Result<(), ToolError> {
-        crate::diff::close_analysis(&self.pool, analysis, source, run).await
-    }
-
     async fn set_state(
         &self,
         run: RunId,

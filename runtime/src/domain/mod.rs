@@ -1,6 +1,19 @@
 //! The typed payloads that pass between agents. Plain serde structs in one place, so the audit
-//! trail records them verbatim and every agent agrees on their shape. They carry schema facts,
-//! keys and counts, never row contents.
+//! trail records them verbatim and every agent agrees on their shape. Those of this file carry
+//! schema facts, keys and counts, never row contents; the payloads of the ports, by role, are in
+//! the submodules (`load`, `verify`, `sync`, `llm`, `code`) and re-exported here.
+
+mod code;
+mod llm;
+mod load;
+mod sync;
+mod verify;
+
+pub use code::*;
+pub use llm::*;
+pub use load::*;
+pub use sync::*;
+pub use verify::*;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,0 +1,195 @@
+//! What a load reads and writes: the scan of a source table, a batch of mapped rows with
+//! its rejects and checkpoint, what writing it did, and a rollback's entities.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::TableName;
+use crate::ids::RunId;
+use crate::mapping::{Join, MappingSpec, ScriptColumn};
+use crate::text_rows::TextRows;
+
+/// What to read of a source table: these columns (`column`, or `joined_table.column`), with
+/// these one-to-one joins, in legacy key order, after `after` (a resumed entity's last key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scan {
+    pub table: TableName,
+    pub columns: Vec<String>,
+    pub joins: Vec<Join>,
+    pub key: Vec<String>,
+    pub after: Option<Vec<String>>,
+    /// At most this many rows.
+    pub limit: Option<usize>,
+    /// Columns whose values a script transforms as they are read (see [`ScriptColumn`]).
+    pub scripts: Vec<ScriptColumn>,
+    /// Only rows whose timestamp column (of the mapped table) is at or after this value, less
+    /// [`CHANGED_SINCE_MARGIN`]: the rows changed since a watermark.
+    pub changed_since: Option<(String, String)>,
+}
+
+/// How far before a watermark `Scan::changed_since` reads: a write whose transaction committed
+/// after a later one stamped its row is still seen.
+pub const CHANGED_SINCE_MARGIN: &str = "5 minutes";
+
+impl Scan {
+    /// Every row an entity's mapping reads, in key order, scripts applied.
+    pub fn entity(spec: &MappingSpec) -> Scan {
+        Scan {
+            table: spec.source.clone(),
+            columns: spec.source_columns(),
+            joins: spec.joins.clone(),
+            key: spec.key.clone(),
+            after: None,
+            limit: None,
+            scripts: spec.scripts(),
+            changed_since: None,
+        }
+    }
+}
+
+/// A row that will not be written, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RejectedRow {
+    pub legacy_key: String,
+    pub column: Option<String>,
+    pub rule: String,
+    pub reason: String,
+    /// The source row, column by column.
+    pub row: serde_json::Value,
+}
+
+/// An entity's position and accounting, as committed with its last batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub last_key: Vec<String>,
+    pub rows_read: i64,
+    pub migrated: i64,
+    pub rejected: i64,
+    pub batches: i64,
+}
+
+/// Every `id` of a parent table, by table.
+pub type ParentIds = std::collections::HashMap<TableName, std::collections::HashSet<uuid::Uuid>>;
+
+/// One batch of mapped rows, written atomically with its rejects, records and checkpoint.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub run_id: RunId,
+    pub source: TableName,
+    pub target: TableName,
+    /// Target columns, with the type each value is cast to (`format_type` text).
+    pub columns: Vec<(String, String)>,
+    /// The mapped rows, one value a target column.
+    pub rows: TextRows,
+    /// The column that holds the row's UUID.
+    pub id_column: usize,
+    /// The source page the rows were mapped from (columns named by `source_columns`), kept to
+    /// record a row the target refuses; turned into JSON only then.
+    pub page: TextRows,
+    /// Per mapped row: its row in `page`.
+    pub page_rows: Vec<usize>,
+    pub source_columns: Vec<String>,
+    /// The legacy key's columns in `page`.
+    pub key_columns: Vec<usize>,
+    /// Rows judged unfit before writing.
+    pub rejected: Vec<RejectedRow>,
+    /// Second-pass references: (child id, column, parent id).
+    pub deferred: Vec<(String, String, String)>,
+    /// Columns (by index) that reference another target table's `id`, checked before inserting.
+    pub references: Vec<(usize, TableName)>,
+    /// Parent tables read whole when the entity's load began: a reference to one of them is
+    /// checked against these ids instead of asked of the server every batch.
+    pub known_parents: Arc<ParentIds>,
+    /// The columns (by index, in order) whose hash the batch records in the load baseline
+    /// with the rows it writes, in its own transaction; empty when the entity's baseline is
+    /// recorded once its load ends.
+    pub baseline: Vec<usize>,
+    /// The checkpoint before this batch, and the last key and rows read with it.
+    pub before: Checkpoint,
+    pub last_key: Vec<String>,
+    pub rows_read: i64,
+}
+
+impl Batch {
+    /// The columns (name, type) whose hash the batch records in the load baseline, in order.
+    pub fn baseline_columns(&self) -> Vec<(String, String)> {
+        self.baseline.iter().map(|&i| self.columns[i].clone()).collect()
+    }
+
+    /// Mapped row `seq`'s source row as the JSON object `rejected_rows` keeps.
+    pub fn source_json(&self, seq: usize) -> serde_json::Value {
+        row_json(&self.source_columns, self.page.row(self.page_rows[seq]))
+    }
+
+    /// Mapped row `seq`'s legacy key as `legacy_id` holds it (composite parts joined by `|`).
+    pub fn legacy_key(&self, seq: usize) -> String {
+        legacy_key(&self.page, self.page_rows[seq], &self.key_columns)
+    }
+}
+
+/// The parts of the legacy key of row `row` of `page` (a NULL part is empty): where a keyset
+/// read resumes after that row.
+pub fn key_parts(page: &TextRows, row: usize, key_columns: &[usize]) -> Vec<String> {
+    key_columns.iter().map(|&c| page.get(row, c).unwrap_or("").to_owned()).collect()
+}
+
+/// Whether a `legacy_id` of this type (`format_type` text) holds integers: its keys are then
+/// compared by range and kept as integers in the load baseline.
+pub fn integer_key(legacy_type: &str) -> bool {
+    matches!(legacy_type, "smallint" | "integer" | "bigint")
+}
+
+/// The legacy key of row `row` of `page` (key parts joined by `|`; a NULL part is empty).
+pub fn legacy_key(page: &TextRows, row: usize, key_columns: &[usize]) -> String {
+    let mut key = String::new();
+    for (i, &c) in key_columns.iter().enumerate() {
+        if i > 0 {
+            key.push('|');
+        }
+        key.push_str(page.get(row, c).unwrap_or(""));
+    }
+    key
+}
+
+/// Column names and values as a JSON object (NULL as null).
+pub fn row_json<'a>(columns: &[String], row: impl IntoIterator<Item = Option<&'a str>>) -> serde_json::Value {
+    serde_json::Value::Object(
+        columns
+            .iter()
+            .zip(row)
+            .map(|(c, v)| (c.clone(), v.map_or(serde_json::Value::Null, |s| serde_json::Value::String(s.to_owned()))))
+            .collect(),
+    )
+}
+
+/// What a batch write did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Written {
+    pub inserted: i64,
+    /// Rows whose legacy key was already in the target (an earlier run or a resume).
+    pub present: i64,
+    /// Rows the target refused, found by splitting the batch.
+    pub refused: Vec<RejectedRow>,
+    pub checkpoint: Checkpoint,
+    /// Transient failures retried before it went through.
+    pub retries: u32,
+}
+
+/// One entity to roll back.
+#[derive(Clone, Debug)]
+pub struct RollbackEntity {
+    pub source: TableName,
+    pub target: TableName,
+    pub deriver: crate::mapping::KeyDeriver,
+}
+
+/// What rolling back one entity did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolledBack {
+    pub source: TableName,
+    pub target: TableName,
+    pub deleted: i64,
+    /// Rows left because agentctl did not create them.
+    pub kept: i64,
+}

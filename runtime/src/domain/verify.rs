@@ -1,0 +1,116 @@
+//! What a validation compares and finds: pages of expected rows, how the target's rows
+//! compare, and an entity's validation with its differences, orphans, links and money totals.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::TableName;
+
+/// What the target should hold for a page of source rows, column by column.
+#[derive(Clone, Debug, Default)]
+pub struct Expected {
+    /// Target columns with their `format_type` text; `legacy_id` and the key among them.
+    pub columns: Vec<(String, String)>,
+    pub id_column: usize,
+    pub legacy_column: usize,
+    /// Per row: the legacy key, and whether the row should be in the target at all (false:
+    /// the mapping rejects it).
+    pub keys: Vec<String>,
+    pub wanted: Vec<bool>,
+    /// Column-major: `values[column][row]`.
+    pub values: Vec<Vec<Option<String>>>,
+    /// Columns whose target values come back with the answer (money, to total).
+    pub returned: Vec<usize>,
+}
+
+/// How the target's row compares with one expected row.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Compared {
+    /// A row with this legacy key is in the target.
+    pub present: bool,
+    /// Its UUID is the one agentctl derives (false: a row kept from before agentctl).
+    pub ours: bool,
+    /// The first column whose value differs, by index.
+    pub differs: Option<usize>,
+    /// The `returned` columns' target values.
+    pub returned: Vec<Option<String>>,
+}
+
+/// One target row that is not what the mapping of its source row says it should be.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Difference {
+    pub legacy_key: String,
+    /// The first differing column, or what is wrong with the row as a whole.
+    pub column: String,
+    pub expected: Option<String>,
+    pub found: Option<String>,
+}
+
+/// References in the target that point at no row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Orphans {
+    pub column: String,
+    pub parent: TableName,
+    pub count: i64,
+    /// Legacy keys of the first few.
+    pub examples: Vec<String>,
+    /// A validated foreign key guarantees the column (nothing needed counting).
+    pub enforced: bool,
+}
+
+/// One reference counted on both sides: the source rows migrated whose reference columns are
+/// all set, and the target rows made from them whose reference points at a row of the parent. Equal counts mean no link was lost or left dangling.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Links {
+    /// The target columns holding the reference: one holding the parent's UUID, or a foreign
+    /// key's columns copied as they are.
+    pub columns: Vec<String>,
+    pub parent: TableName,
+    /// The parent's columns they point at (`id` for a UUID).
+    pub referenced: Vec<String>,
+    /// The source columns it is made from.
+    pub source_columns: Vec<String>,
+    pub source: i64,
+    pub target: i64,
+}
+
+/// A money column's total over the migrated rows, both sides, in cents.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MoneyTotal {
+    pub column: String,
+    pub source_cents: i64,
+    pub target_cents: i64,
+}
+
+/// What validating one entity found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntityValidation {
+    pub source: TableName,
+    pub target: TableName,
+    pub passed: bool,
+    /// Source rows in scope.
+    pub source_rows: i64,
+    /// Source rows whose target row holds the mapped values.
+    pub migrated: i64,
+    /// Source rows not in the target, each with its recorded reason.
+    pub rejected: i64,
+    /// Source rows whose target row was there before agentctl and kept (not compared).
+    pub kept: i64,
+    /// Source rows neither in the target nor rejected: lost.
+    pub missing: i64,
+    /// Rows of the target table with a legacy key (all made from this source, or kept).
+    pub target_rows: i64,
+    /// Target rows with a legacy key no source row has.
+    pub extra: i64,
+    pub rows_compared: i64,
+    pub rows_differing: i64,
+    /// The first differences (at most 20).
+    pub differences: Vec<Difference>,
+    pub orphans: Vec<Orphans>,
+    /// Every reference of the mapping, its links counted in the source and in the target.
+    #[serde(default)]
+    pub links: Vec<Links>,
+    pub money: Vec<MoneyTotal>,
+    /// One line: what passed or what did not.
+    pub detail: String,
+    pub seconds: f64,
+}

@@ -1,0 +1,290 @@
+//! Setting a table's constraints, indexes and autovacuum aside for its load (recorded in
+//! `agentctl.suspended_constraints`, so a crash leaves nothing lost), putting them back, and
+//! rolling back what agentctl wrote.
+
+use async_trait::async_trait;
+use runtime::domain::TableName;
+use runtime::domain::{RollbackEntity, RolledBack};
+use runtime::ports::{ConstraintStore, ToolError};
+use runtime::RunId;
+
+use crate::catalog::{ident, quoted};
+use crate::pg::while_doing;
+
+use super::PgTarget;
+
+/// What putting constraints back does at a foreign key the rows break (SQLSTATE 23503).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnRefusal {
+    /// Fails with the server's words.
+    Fail,
+    /// Stops there: that key and what comes after it stay aside.
+    Stop,
+    /// Leaves that key aside and goes on with the rest.
+    Skip,
+}
+
+/// The kind, and the name, under which an empty table's autovacuum is recorded as off for its
+/// load (in parentheses: no constraint or index can be named so without quotes).
+const AUTOVACUUM: &str = "autovacuum";
+const AUTOVACUUM_NAME: &str = "(autovacuum)";
+
+/// Records a constraint or index (or an empty table's autovacuum) as set aside for a load, with
+/// what restores it, and drops it (switches it off), in the caller's transaction.
+async fn set_aside(
+    c: &mut sqlx::PgConnection,
+    run: RunId,
+    target: &TableName,
+    name: &str,
+    kind: &str,
+    definition: &str,
+    validated: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO agentctl.suspended_constraints (target_table, name, kind, definition, validated, run_id) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(target.to_string())
+        .bind(name)
+        .bind(kind)
+        .bind(definition)
+        .bind(validated)
+        .bind(run.0)
+        .execute(&mut *c)
+        .await?;
+    let drop = match kind {
+        "index" => format!("DROP INDEX {}.{}", ident(&target.schema), ident(name)),
+        AUTOVACUUM => format!("ALTER TABLE {} SET (autovacuum_enabled = false)", quoted(target)),
+        _ => format!("ALTER TABLE {} DROP CONSTRAINT {}", quoted(target), ident(name)),
+    };
+    sqlx::query(&drop).execute(c).await?;
+    Ok(())
+}
+
+/// Whether the table's unique legacy key is set aside for its load.
+pub(super) async fn legacy_key_aside(c: &mut sqlx::PgConnection, target: &TableName) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agentctl.suspended_constraints WHERE target_table = $1 AND kind = 'unique')")
+        .bind(target.to_string())
+        .fetch_one(c)
+        .await
+}
+
+impl PgTarget {
+    /// Puts back what is recorded as set aside for the table (of one kind, or all); returns what
+    /// was put back and whether that was everything. A foreign key the rows break fails it,
+    /// ends it there, or is left aside while the rest goes on, as `on_refusal` says; what is not
+    /// put back stays recorded.
+    async fn restore(&self, target: &TableName, kind: Option<&str>, on_refusal: OnRefusal) -> Result<(Vec<String>, bool), ToolError> {
+        let what = format!("putting back the constraints and indexes of {target}");
+        let records: Vec<(String, String, String, bool)> = sqlx::query_as(
+            "SELECT name, kind, definition, validated FROM agentctl.suspended_constraints
+             WHERE target_table = $1 AND ($2::text IS NULL OR kind = $2) ORDER BY kind = 'autovacuum', kind = 'unique', kind DESC, name",
+        )
+        .bind(target.to_string())
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing(&what))?;
+        let table = quoted(target);
+        let mut restored = Vec::with_capacity(records.len());
+        let mut everything = true;
+        // Indexes and foreign keys first, then the unique legacy key: making its index the
+        // constraint waits for every reader of the table (the load baseline), and whatever came
+        // after it would wait behind that. Autovacuum last, so that none of these waits for it.
+        for (name, kind, definition, validated) in records {
+            // Back in place, checked against every row in one set-based pass, and off the record
+            // in one transaction: a constraint the rows break stays recorded and aside, so a
+            // retry or the final put-back meets the same refusal instead of a constraint
+            // silently left unchecked. (The lock it takes stops writers to the table and its
+            // parent, never readers; agentctl writes to neither at that point.)
+            let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
+            let create = match kind.as_str() {
+                "index" => definition.clone(),
+                AUTOVACUUM => format!("ALTER TABLE {table} RESET (autovacuum_enabled)"),
+                // The plain legacy key: its index built under a lock that lets readers on (the
+                // load baseline reads the table meanwhile), then made the constraint it was.
+                "unique" if definition == "UNIQUE (legacy_id)" => {
+                    let name = ident(&name);
+                    sqlx::query(&format!("CREATE UNIQUE INDEX {name} ON {table} (legacy_id)"))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(while_doing(format!("building the index of {name} on {target}")))?;
+                    format!("ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}")
+                }
+                // A unique key is built whole, never NOT VALID.
+                "unique" => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name)),
+                // Validated as it is added, unless it was NOT VALID before agentctl set it aside.
+                _ if validated || definition.ends_with("NOT VALID") => {
+                    format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name))
+                }
+                _ => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition} NOT VALID", ident(&name)),
+            };
+            match sqlx::query(&create).execute(&mut *tx).await {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(db)) if on_refusal != OnRefusal::Fail && db.code().as_deref() == Some("23503") => {
+                    if on_refusal == OnRefusal::Stop {
+                        return Ok((restored, false));
+                    }
+                    // Rolled back with its transaction, still on the record.
+                    everything = false;
+                    continue;
+                }
+                Err(e) => return Err(while_doing(format!("putting back {name} on {target}"))(e)),
+            }
+            sqlx::query("DELETE FROM agentctl.suspended_constraints WHERE target_table = $1 AND name = $2")
+                .bind(target.to_string())
+                .bind(&name)
+                .execute(&mut *tx)
+                .await
+                .map_err(while_doing(&what))?;
+            tx.commit().await.map_err(while_doing(&what))?;
+            restored.push(name);
+        }
+        Ok((restored, everything))
+    }
+}
+
+#[async_trait]
+impl ConstraintStore for PgTarget {
+    async fn suspend_constraints(&self, run: RunId, target: &TableName) -> Result<Vec<String>, ToolError> {
+        let what = format!("setting aside the foreign keys and indexes of {target} for the load");
+        let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
+        let table = quoted(target);
+        let found: Vec<(String, String, String, bool)> = sqlx::query_as(
+            "SELECT conname::text, 'constraint', pg_get_constraintdef(oid), convalidated FROM pg_constraint
+             WHERE conrelid = $1::regclass AND contype = 'f'
+             UNION ALL
+             SELECT i.relname::text, 'index', replace(pg_get_indexdef(i.oid), ' ON ONLY ', ' ON '), true
+             FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+             WHERE x.indrelid = $1::regclass AND NOT x.indisunique AND NOT x.indisprimary
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)",
+        )
+        .bind(&table)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(while_doing(&what))?;
+        for (name, kind, definition, validated) in &found {
+            set_aside(&mut tx, run, target, name, kind, definition, *validated).await.map_err(while_doing(&what))?;
+        }
+        // An empty table's autovacuum is off while agentctl fills it: it would otherwise analyze
+        // a half-loaded table (statistics thrown away when it is full) and vacuum it while the
+        // load appends to it, taking a core from the load. Put back with the table's constraints,
+        // after which autovacuum does both once. A setting of the operator's own is left alone.
+        // (A partitioned table has no storage of its own to vacuum, nor the setting.)
+        let quiet: bool = sqlx::query_scalar(&format!(
+            "SELECT (SELECT relkind FROM pg_class WHERE oid = $1::regclass) <> 'p' AND NOT EXISTS (SELECT 1 FROM {table})
+                AND NOT EXISTS (SELECT 1 FROM pg_class c, unnest(c.reloptions) o
+                                WHERE c.oid = $1::regclass AND o LIKE 'autovacuum\\_enabled=%')"
+        ))
+        .bind(&table)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(while_doing(&what))?;
+        if quiet {
+            set_aside(&mut tx, run, target, AUTOVACUUM_NAME, AUTOVACUUM, "autovacuum_enabled", true).await.map_err(while_doing(&what))?;
+        }
+        let all: Vec<String> = sqlx::query_scalar("SELECT name FROM agentctl.suspended_constraints WHERE target_table = $1 ORDER BY name")
+            .bind(target.to_string())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(while_doing(&what))?;
+        tx.commit().await.map_err(while_doing(&what))?;
+        Ok(all)
+    }
+    async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
+        self.restore(target, None, OnRefusal::Fail).await.map(|(restored, _)| restored)
+    }
+    async fn restore_constraints_unless_refused(&self, target: &TableName) -> Result<(Vec<String>, bool), ToolError> {
+        self.restore(target, None, OnRefusal::Stop).await
+    }
+    async fn restore_constraints_but_refused(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
+        self.restore(target, None, OnRefusal::Skip).await.map(|(restored, _)| restored)
+    }
+    async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError> {
+        let what = format!("setting aside the unique legacy key of {target} for the load");
+        let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
+        let table = quoted(target);
+        // The unique constraint on legacy_id alone, with a primary key on id, no foreign key
+        // leaning on it, and no row yet.
+        let found: Option<(String, String)> = sqlx::query_as(&format!(
+            "SELECT u.conname::text, pg_get_constraintdef(u.oid) FROM pg_constraint u
+             WHERE u.conrelid = $1::regclass AND u.contype = 'u'
+               AND u.conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'legacy_id')]
+               AND EXISTS (SELECT 1 FROM pg_constraint p WHERE p.conrelid = $1::regclass AND p.contype = 'p'
+                           AND p.conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'id')])
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = u.conindid)
+               AND NOT EXISTS (SELECT 1 FROM {table})"
+        ))
+        .bind(&table)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(while_doing(&what))?;
+        if let Some((name, definition)) = found {
+            set_aside(&mut tx, run, target, &name, "unique", &definition, true).await.map_err(while_doing(&what))?;
+        }
+        let aside = legacy_key_aside(&mut tx, target).await.map_err(while_doing(&what))?;
+        tx.commit().await.map_err(while_doing(&what))?;
+        Ok(aside)
+    }
+    async fn restore_legacy_key(&self, target: &TableName) -> Result<(), ToolError> {
+        self.restore(target, Some("unique"), OnRefusal::Fail).await.map(drop)
+    }
+    async fn rollback(&self, run: RunId, entities: &[RollbackEntity]) -> Result<Vec<RolledBack>, ToolError> {
+        for e in entities {
+            self.restore_constraints(&e.target).await?;
+        }
+        let what = "rolling back";
+        let mut tx = self.pool.begin().await.map_err(while_doing(what))?;
+        let mut done = Vec::with_capacity(entities.len());
+        for e in entities {
+            let table = quoted(&e.target);
+            // Only rows carrying agentctl's prefix can be its own (all of them, in the ordered
+            // layout); each is checked against the derivation before it is deleted.
+            let sql = format!(
+                "SELECT legacy_id::text, id FROM {table} WHERE legacy_id IS NOT NULL AND ($1::text IS NULL OR left(id::text, 8) = $1)"
+            );
+            let prefix = e.deriver.prefix();
+            let rows: Vec<(String, uuid::Uuid)> = sqlx::query_as(&sql)
+                .bind(prefix.as_deref())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(while_doing(format!("reading the rows of {}", e.target)))?;
+            let ours: Vec<uuid::Uuid> =
+                rows.into_iter().filter(|(legacy, id)| e.deriver.derive_stored(legacy) == *id).map(|(_, id)| id).collect();
+            let mut deleted = 0i64;
+            for chunk in ours.chunks(50_000) {
+                let result = sqlx::query(&format!("DELETE FROM {table} WHERE id = ANY($1)")).bind(chunk).execute(&mut *tx).await;
+                deleted += match result {
+                    Ok(r) => r.rows_affected() as i64,
+                    Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23503") => {
+                        let child = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().and_then(|p| p.table().map(str::to_owned));
+                        return Err(ToolError::system(format!(
+                            "cannot roll back {}: rows of {} still reference them and are not part of this rollback; \
+                             include that table too, or use --all (nothing was deleted)",
+                            e.target.name,
+                            child.unwrap_or_else(|| "another table".into())
+                        )));
+                    }
+                    Err(err) => return Err(while_doing(format!("deleting the rows agentctl created in {}", e.target))(err)),
+                };
+            }
+            let kept: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE legacy_id IS NOT NULL"))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(while_doing(format!("counting the rows left in {}", e.target)))?;
+            // The entity starts over the next time it is migrated.
+            for sql in [
+                "DELETE FROM agentctl.migration_checkpoints WHERE source_table = $1",
+                "UPDATE agentctl.migration_control SET state = 'rolled back', finished_at = now(), detail = 'rolled back by run ' || $2 WHERE source_table = $1",
+            ] {
+                sqlx::query(sql).bind(e.source.to_string()).bind(run.to_string()).execute(&mut *tx).await.map_err(while_doing(what))?;
+            }
+            crate::diff::forget_baseline(&mut tx, &e.target).await.map_err(while_doing(what))?;
+            sqlx::query("DELETE FROM agentctl.deferred_references WHERE target_table = $1")
+                .bind(e.target.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(while_doing(what))?;
+            done.push(RolledBack { source: e.source.clone(), target: e.target.clone(), deleted, kept });
+        }
+        tx.commit().await.map_err(while_doing(what))?;
+        Ok(done)
+    }
+}

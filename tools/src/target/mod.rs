@@ -1,0 +1,96 @@
+//! Writing migrated rows: one transaction a batch. References to other tables are checked
+//! first, one indexed `= ANY` lookup a column, and the rows whose parent is missing are set
+//! aside with the reason. The rest are COPYed straight into the target; only when the target
+//! refuses something does the batch take the careful path: staged as text, the rows already
+//! present skipped, the rest inserted set-based with casts, and a refused range split under
+//! savepoints until the refusing rows stand alone. Each is recorded in `agentctl.rejected_rows`
+//! with the database's own words, never dropped. The batch's rows, its rejects, its second-pass
+//! references and its checkpoint commit together, so a crash leaves all of a batch or none.
+//! Rows whose legacy key is already in the target (a resumed or repeated run) are counted as
+//! present and keep their UUID.
+//!
+//! While an entity loads, its foreign keys and plain indexes can be set aside
+//! ([`Target::suspend_constraints`]) and put back set-based at the end, which is several times
+//! cheaper than a trigger a row; the records in `agentctl.suspended_constraints` make that
+//! crash-safe.
+
+mod constraints;
+mod load;
+mod sync;
+mod verify;
+
+use std::time::Duration;
+
+use runtime::domain::TableName;
+use runtime::ports::ToolError;
+use sqlx::PgPool;
+
+use crate::pg::{describe, fault, Fault};
+
+pub struct PgTarget {
+    pool: PgPool,
+    max_retries: u32,
+}
+
+impl PgTarget {
+    pub fn new(pool: PgPool, max_retries: u32) -> PgTarget {
+        PgTarget { pool, max_retries }
+    }
+}
+
+/// The one line a system fault stops a batch with: the table, the cause, what was (not) done
+/// and what to do.
+pub(crate) fn system_fault(target: &TableName, e: &sqlx::Error) -> ToolError {
+    ToolError::system(format!(
+        "{target}: the target refused the batch for a reason that is not the rows' own ({}); nothing of it was written and no row is rejected for it: fix the cause, then resume the run with --resume",
+        describe(e)
+    ))
+}
+
+pub(crate) enum Failure {
+    Transient(sqlx::Error),
+    Fatal(ToolError),
+}
+
+/// Runs `attempt` until it succeeds, again after a transient failure (200 ms, doubling to
+/// 10 s) up to `max_retries` times. Returns the value and how many retries it took; the error
+/// names `what` was being done.
+pub(crate) async fn retrying<T, Fut>(max_retries: u32, what: &str, mut attempt: impl FnMut() -> Fut) -> Result<(T, u32), ToolError>
+where
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut retries = 0;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok((value, retries)),
+            Err(Failure::Transient(e)) if retries < max_retries => {
+                tracing::warn!("{what} failed ({}); retrying in {delay:?}", describe(&e));
+                retries += 1;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(Failure::Transient(e)) => {
+                return Err(ToolError::transient(format!("{what} failed {} times, the last: {}", retries + 1, describe(&e))))
+            }
+            Err(Failure::Fatal(e)) => return Err(e.context(what)),
+        }
+    }
+}
+
+/// Never hands the pool a connection inside a failed transaction: rolled back, or, if even
+/// that fails, closed instead of returned.
+pub(crate) async fn discard_transaction(mut c: sqlx::pool::PoolConnection<sqlx::Postgres>) {
+    if sqlx::query("ROLLBACK").execute(&mut *c).await.is_err() {
+        c.detach();
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        match fault(&e) {
+            Fault::Transient => Failure::Transient(e),
+            Fault::Row | Fault::System => Failure::Fatal(ToolError::system(describe(&e))),
+        }
+    }
+}

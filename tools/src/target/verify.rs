@@ -1,0 +1,185 @@
+//! Proving a migration in the target: pages of expected rows compared typed, one statement
+//! a page; orphans and links counted; the validation stored.
+
+use async_trait::async_trait;
+use runtime::domain::TableName;
+use runtime::domain::{Compared, Expected};
+use runtime::ports::{ToolError, Verifier};
+use runtime::RunId;
+use sqlx::Row;
+
+use crate::catalog::{ident, quoted};
+use crate::pg::{describe, while_doing};
+
+use super::PgTarget;
+
+#[async_trait]
+impl Verifier for PgTarget {
+    async fn compare(&self, target: &TableName, page: &Expected) -> Result<Vec<Compared>, ToolError> {
+        let n = page.columns.len();
+        let (id, legacy) = (page.id_column, page.legacy_column);
+        let cast = |i: usize| format!("u.c{i}::{}", page.columns[i].1);
+        let diffs: Vec<String> = (0..n)
+            .filter(|&i| i != id && i != legacy)
+            .map(|i| format!("WHEN t.{} IS DISTINCT FROM {} THEN {i}", ident(&page.columns[i].0), cast(i)))
+            .collect();
+        let returned: Vec<String> = page.returned.iter().map(|&i| format!(", t.{}::text", ident(&page.columns[i].0))).collect();
+        let arrays: Vec<String> = (0..n).map(|i| format!("${}::text[]", i + 3)).collect();
+        let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+        let sql = format!(
+            "SELECT t.id IS NOT NULL, coalesce(t.id = {idcast}, false),
+                 CASE WHEN t.id IS NULL OR t.id <> {idcast} OR NOT u.wanted THEN NULL {diffs} END{returned}
+             FROM unnest($1::text[], $2::bool[], {arrays}) WITH ORDINALITY AS u(k, wanted, {names}, n)
+             LEFT JOIN {table} t ON t.legacy_id = u.k::{legacy_type}
+             ORDER BY u.n",
+            idcast = cast(id),
+            diffs = diffs.join(" "),
+            returned = returned.concat(),
+            arrays = arrays.join(", "),
+            names = names.join(", "),
+            table = quoted(target),
+            legacy_type = page.columns[legacy].1,
+        );
+        let mut q = sqlx::query(&sql).bind(&page.keys).bind(&page.wanted);
+        for column in &page.values {
+            q = q.bind(column);
+        }
+        let what = || format!("comparing rows of {target} with their source rows");
+        let rows = q.fetch_all(&self.pool).await.map_err(while_doing(what()))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Compared {
+                    present: r.try_get(0)?,
+                    ours: r.try_get(1)?,
+                    differs: r.try_get::<Option<i32>, _>(2)?.map(|i| i as usize),
+                    returned: (0..page.returned.len()).map(|i| r.try_get(3 + i)).collect::<Result<_, sqlx::Error>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(|e| ToolError::system(format!("while {}: {}", what(), describe(&e))))
+    }
+    async fn value_of(&self, target: &TableName, column: &str, key_type: &str, key: &str) -> Result<Option<String>, ToolError> {
+        let sql = format!("SELECT {}::text FROM {} WHERE legacy_id = $1::{key_type}", ident(column), quoted(target));
+        let v: Option<Option<String>> = sqlx::query_scalar(&sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(while_doing(format!("reading {target}.{column} of legacy key {key}")))?;
+        Ok(v.flatten())
+    }
+    async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError> {
+        Ok(sqlx::query_as(
+            "SELECT legacy_key, bool_and(rule LIKE 'reference%') FROM agentctl.rejected_rows WHERE source_table = $1 GROUP BY 1",
+        )
+        .bind(source.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing(format!("reading the rejected rows of {source}")))?)
+    }
+    async fn existing_ids(&self, table: &TableName, ids: &[String]) -> Result<Vec<String>, ToolError> {
+        let sql = format!("SELECT id::text FROM {} WHERE id = ANY($1::uuid[])", quoted(table));
+        Ok(sqlx::query_scalar(&sql).bind(ids).fetch_all(&self.pool).await.map_err(while_doing(format!("looking up rows of {table}")))?)
+    }
+    async fn all_ids(&self, table: &TableName, at_most: usize) -> Result<Option<Vec<uuid::Uuid>>, ToolError> {
+        let sql = format!("SELECT id FROM {} LIMIT $1", quoted(table));
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(&sql)
+            .bind(i64::try_from(at_most).unwrap_or(i64::MAX - 1) + 1)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(while_doing(format!("reading the ids of {table}")))?;
+        Ok((ids.len() <= at_most).then_some(ids))
+    }
+    async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError> {
+        // A validated foreign key on exactly this column and parent: the database guarantees it.
+        let enforced: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attname = $3
+             WHERE c.conrelid = $1::regclass AND c.confrelid = $2::regclass AND c.contype = 'f' AND c.convalidated AND c.conkey = ARRAY[a.attnum])",
+        )
+        .bind(quoted(child))
+        .bind(quoted(parent))
+        .bind(column)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(while_doing(format!("looking for the foreign key of {child}.{column}")))?;
+        if enforced {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT count(*), coalesce((array_agg(c.legacy_id::text ORDER BY c.legacy_id))[1:5], '{{}}')
+             FROM {} c WHERE c.{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = c.{col})",
+            quoted(child),
+            quoted(parent),
+            col = ident(column)
+        );
+        Ok(Some(
+            sqlx::query_as(&sql)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(while_doing(format!("looking for references of {child}.{column} that point at no row of {parent}")))?,
+        ))
+    }
+    async fn links(
+        &self,
+        child: &TableName,
+        columns: &[String],
+        parent: &TableName,
+        referenced: &[String],
+        live: bool,
+        except: &[String],
+    ) -> Result<i64, ToolError> {
+        let set: Vec<String> = columns.iter().map(|c| format!(" AND c.{} IS NOT NULL", ident(c))).collect();
+        let on: Vec<String> = columns.iter().zip(referenced).map(|(c, r)| format!("p.{} = c.{}", ident(r), ident(c))).collect();
+        let sql = format!(
+            "SELECT count(*) FROM {} c WHERE c.legacy_id IS NOT NULL{} AND c.legacy_id::text <> ALL($1){live}
+               AND EXISTS (SELECT 1 FROM {} p WHERE {})",
+            quoted(child),
+            set.concat(),
+            quoted(parent),
+            on.join(" AND "),
+            live = if live { " AND c.deleted_at IS NULL" } else { "" },
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(except)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(while_doing(format!("counting the references of {child} ({}) to {parent}", columns.join(", "))))?)
+    }
+    async fn save_validation(&self, run: RunId, r: &runtime::domain::EntityValidation) -> Result<(), ToolError> {
+        let what = || format!("storing the validation of {}", r.source);
+        let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| ToolError::system(format!("{}: {e}", what())));
+        let (differences, orphans, links, money) = (
+            json(serde_json::to_value(&r.differences))?,
+            json(serde_json::to_value(&r.orphans))?,
+            json(serde_json::to_value(&r.links))?,
+            json(serde_json::to_value(&r.money))?,
+        );
+        sqlx::query(
+            "INSERT INTO agentctl.migration_validation_reports (run_id, source_table, target_table, passed, source_rows, migrated, rejected,
+                 target_rows, rows_compared, rows_differing, differences, orphans, money, detail, seconds, links)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             ON CONFLICT (run_id, source_table) DO UPDATE SET passed = $4, source_rows = $5, migrated = $6, rejected = $7,
+                 target_rows = $8, rows_compared = $9, rows_differing = $10, differences = $11, orphans = $12, money = $13,
+                 detail = $14, seconds = $15, links = $16, validated_at = now()",
+        )
+        .bind(run.0)
+        .bind(r.source.to_string())
+        .bind(r.target.to_string())
+        .bind(r.passed)
+        .bind(r.source_rows)
+        .bind(r.migrated)
+        .bind(r.rejected)
+        .bind(r.target_rows)
+        .bind(r.rows_compared)
+        .bind(r.rows_differing)
+        .bind(differences)
+        .bind(orphans)
+        .bind(money)
+        .bind(&r.detail)
+        .bind(r.seconds)
+        .bind(links)
+        .execute(&self.pool)
+        .await
+        .map_err(while_doing(format!("storing the validation of {}", r.source)))?;
+        Ok(())
+    }
+}
