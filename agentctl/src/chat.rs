@@ -96,7 +96,7 @@ struct Chat<'a> {
     config: &'a Config,
     session: &'a Session,
     store: ControlStore,
-    mapping: agents::data_mapping::MappingFile,
+    mapping: runtime::mapping::MappingFile,
     mapping_origin: String,
     llm: Option<std::sync::Arc<dyn runtime::ports::Llm>>,
     entities: Vec<String>,
@@ -775,8 +775,8 @@ fn interrupted_note(how: &str) -> String {
 /// (singular, plural, without the `dispatch_` prefix), or one slip of the keyboard from it.
 fn names_match(word: &str, table: &str) -> bool {
     let table = table.rsplit('.').next().unwrap_or(table);
-    let key = agents::planning::entity_key(word);
-    [agents::planning::entity_key(table), agents::planning::entity_key(table.trim_start_matches("dispatch_"))]
+    let key = runtime::mapping::entity_key(word);
+    [runtime::mapping::entity_key(table), runtime::mapping::entity_key(table.trim_start_matches("dispatch_"))]
         .iter()
         .any(|k| *k == key || (key.len() >= 5 && agents::guidance::edits(&key, k) <= if key.len() >= 8 { 2 } else { 1 }))
 }

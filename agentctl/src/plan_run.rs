@@ -3,10 +3,11 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use agents::data_mapping::{self, MappingFile};
+use agents::data_mapping;
 use agents::orchestrator::{PlanGoal, PlanOutcome};
 use agents::planning::render;
 use runtime::config::{Config, DbRole};
+use runtime::mapping::MappingFile;
 use serde_json::json;
 
 use crate::cli::{AnalyzeOpts, Format, GoalOpts, MappingCmd, MappingOpt, PlanOpts, ProfileOpts, RunOpts, SchemaCmd};
@@ -106,7 +107,7 @@ pub async fn plan(config: &Config, opts: PlanOpts) -> Result<(), Exit> {
 }
 
 /// The custom transforms of these tables (all when `None`), as tried on sample rows.
-fn print_previews(set: &data_mapping::MappingSet, tables: Option<&[&runtime::domain::TableName]>) {
+fn print_previews(set: &runtime::mapping::MappingSet, tables: Option<&[&runtime::domain::TableName]>) {
     for (table, preview) in &set.previews {
         if tables.is_some_and(|t| !t.contains(&table)) {
             continue;
@@ -506,11 +507,11 @@ pub async fn mapping(config: &Config, cmd: MappingCmd) -> Result<(), Exit> {
             let specs: Vec<_> = match &entity {
                 None => set.specs.iter().collect(),
                 Some(name) => {
-                    let key = agents::planning::entity_key(name);
+                    let key = runtime::mapping::entity_key(name);
                     let found: Vec<_> = set
                         .specs
                         .iter()
-                        .filter(|s| [&s.source.name, &s.target.name].iter().any(|n| *n == name || agents::planning::entity_key(n) == key))
+                        .filter(|s| [&s.source.name, &s.target.name].iter().any(|n| *n == name || runtime::mapping::entity_key(n) == key))
                         .collect();
                     if found.is_empty() {
                         let names: Vec<String> = set.specs.iter().map(|s| s.target.name.clone()).collect();

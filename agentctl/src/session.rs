@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agents::data_mapping::MappingSet;
 use agents::execution::EntityResult;
 use agents::orchestrator::{
     DiffGoal, DiffReport, ExecuteRequest, Orchestrator, OrchestratorArgs, OrchestratorMsg, PlanGoal, PlanOutcome, Tools, ENTITY_TIMEOUT,
@@ -20,6 +19,7 @@ use runtime::context::RunContext;
 use runtime::domain::SchemaReport;
 use runtime::envelope::{AgentError, Courier};
 use runtime::events::{EventBus, RunEvent};
+use runtime::mapping::MappingSet;
 use runtime::redact::Redactor;
 use runtime::supervise::{RestartPolicy, Slot};
 use runtime::{AgentName, RunId};

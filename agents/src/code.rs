@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use runtime::audit::{AuditRecord, EventKind};
 use runtime::context::RunContext;
 use runtime::domain::{CodeFile, CodeRequest, CodeResult, Scan};
+use runtime::mapping::{Answered, Preview, Sample};
 use runtime::mapping::{MappingSpec, ScriptAnswer, ScriptColumn};
 use runtime::ports::{CodeRunner, CodeStream, Rows, ToolError};
 use runtime::text_rows::TextRows;
@@ -262,30 +263,6 @@ impl Rows for ScriptedRows {
         }
         runtime::ports::page_by_scan(self, scan, limit).await
     }
-}
-
-/// A script transform tried on sample rows: each value before and after (`Err` for what it
-/// raised).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Preview {
-    pub column: String,
-    pub path: String,
-    pub samples: Vec<Sample>,
-}
-
-/// One value before a script and after it (`Err`: what it raised).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Sample {
-    pub before: Option<String>,
-    pub after: Answered,
-}
-
-/// What a script made of a sampled value.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum Answered {
-    Value(Option<String>),
-    /// The row is rejected, with the script's reason.
-    Rejected(String),
 }
 
 /// Runs each of the mapping's scripts on its first `n` rows; an error when a script cannot run

@@ -14,166 +14,15 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
 use runtime::domain::{Column, SchemaReport, Table, TableName, TypeKind, ROW_IDENTITY};
 use runtime::envelope::{AgentError, Envelope};
-use runtime::mapping::{ColumnMapping, Feed, Join, MappingSpec, SyncPolicy, Transform, UuidLayout};
+use runtime::mapping::{ColumnMapping, Feed, Join, MappingSpec, Transform};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-use crate::planning::entity_key;
-use crate::transform::Keys;
+use runtime::mapping::{
+    entity_key, ColumnRule, EntityRule, GenericRule, JoinRule, Keys, MappingFile, MappingSet, Problem, ScriptRule, Settings, Unmapped,
+};
 
 const ME: AgentName = AgentName::DataMapping;
-
-/// The default namespace for derived UUIDs when a mapping file names none.
-pub const DEFAULT_NAMESPACE: Uuid = Uuid::from_u128(0x6167_656e_7463_746c_0000_0000_0000_0001);
-
-/// A mapping file, as written by hand or by `agentctl mapping init`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MappingFile {
-    #[serde(default)]
-    pub settings: Settings,
-    /// Names for sets of tables, usable in goals: `core = ["dispatch_office", ...]`.
-    #[serde(default)]
-    pub groups: BTreeMap<String, Vec<String>>,
-    #[serde(default)]
-    pub entities: BTreeMap<String, EntityRule>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// The namespace every derived UUID hangs from: one per project.
-    #[serde(default = "default_namespace")]
-    pub namespace: Uuid,
-    #[serde(default = "default_layout")]
-    pub uuid_layout: UuidLayout,
-    /// The zone legacy `timestamp without time zone` values were written in.
-    #[serde(default = "default_zone")]
-    pub timezone: String,
-}
-
-fn default_namespace() -> Uuid {
-    DEFAULT_NAMESPACE
-}
-fn default_layout() -> UuidLayout {
-    UuidLayout::Ordered
-}
-fn default_zone() -> String {
-    "UTC".into()
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings { namespace: DEFAULT_NAMESPACE, uuid_layout: default_layout(), timezone: default_zone() }
-    }
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EntityRule {
-    /// The target table (default: inferred from the name).
-    pub target: Option<String>,
-    /// Leave this table out, for this reason.
-    pub skip: Option<String>,
-    #[serde(default)]
-    pub join: Vec<JoinRule>,
-    #[serde(default)]
-    pub columns: BTreeMap<String, ColumnRule>,
-    /// How `diff migrate` keeps the entity in step: `sync = { delete = "hard", conflicts = "manual" }`.
-    #[serde(default, skip_serializing_if = "is_default_sync")]
-    pub sync: SyncPolicy,
-    /// Columns that hold another table's keys though no foreign key says so:
-    /// `references = { page_id = "wagtailcore_page" }`. Each is treated as a foreign key.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub references: BTreeMap<String, String>,
-    /// Generic references (Django's content type and object id), by column:
-    /// `generic = { object_id = { by = "content_type_id" } }`. Each becomes the UUID of the row
-    /// its type names.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub generic: BTreeMap<String, GenericRule>,
-}
-
-/// How a generic reference names its parent table: the `by` column's value.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GenericRule {
-    /// The column whose value names the parent's table (a content type's id).
-    pub by: String,
-    /// The table each value names. Left out, and `by` a foreign key to Django's content types,
-    /// each content type names the table `app_label_model` (Django's default), where the
-    /// source has one; given, these are added to those or replace them.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub parents: BTreeMap<String, String>,
-}
-
-fn is_default_sync(rule: &SyncPolicy) -> bool {
-    *rule == SyncPolicy::default()
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JoinRule {
-    pub table: String,
-    pub on: String,
-    #[serde(default = "default_key")]
-    pub key: String,
-}
-
-fn default_key() -> String {
-    "id".into()
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ColumnRule {
-    pub from: Option<String>,
-    pub concat: Option<Vec<String>>,
-    pub separator: Option<String>,
-    pub constant: Option<String>,
-    /// `trim`, `lower`, `upper`, `null_if_empty`, `cents`, `bool`, `json`, `timestamptz`.
-    #[serde(default)]
-    pub transforms: Vec<String>,
-    pub values: Option<BTreeMap<String, String>>,
-    pub default: Option<String>,
-    /// A custom transform run in the sandbox before the named ones:
-    /// `transform = { python = "transforms/normalize_phone.py" }`.
-    pub transform: Option<ScriptRule>,
-}
-
-/// A Python script defining `transform(value)`; its path is relative to the mapping file.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScriptRule {
-    pub python: String,
-    /// The script's text, read by [`MappingFile::load_scripts`].
-    #[serde(skip)]
-    pub code: Option<String>,
-}
-
-impl MappingFile {
-    pub fn parse(text: &str, origin: &str) -> Result<MappingFile, BadInput> {
-        toml::from_str(text).map_err(|e| {
-            BadInput(format!("{origin}: {}", e.to_string().replace('\n', " ").split_whitespace().collect::<Vec<_>>().join(" ")))
-        })
-    }
-
-    /// Reads the scripts the file's custom transforms name, relative to `base` (the mapping
-    /// file's directory).
-    pub fn load_scripts(&mut self, base: &std::path::Path, origin: &str) -> Result<(), BadInput> {
-        for (entity, rule) in &mut self.entities {
-            for (column, c) in &mut rule.columns {
-                if let Some(script) = &mut c.transform {
-                    let path = base.join(&script.python);
-                    let code = std::fs::read_to_string(&path)
-                        .map_err(|e| BadInput(format!("{origin}: {entity}.{column}: transform script {}: {e}", path.display())))?;
-                    script.code = Some(code);
-                }
-            }
-        }
-        Ok(())
-    }
-}
 
 /// The source's report with the references the mapping file declares (an entity's
 /// `references`) added as foreign keys, so that the schema generator, the mapping, the plan and
@@ -308,86 +157,6 @@ pub async fn content_types(rows: &dyn runtime::ports::Rows, source: &SchemaRepor
 pub fn problems_error(origin: &str, problems: &[Problem]) -> AgentError {
     let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
     AgentError::usage(ME, format!("the mapping ({origin}) has {} problem(s): {}", problems.len(), lines.join("; ")))
-}
-
-/// Why a source table is not an entity of its own.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Unmapped {
-    /// The mapping file says to leave it out, for this reason.
-    Skipped { reason: String },
-    /// The mapping file joins its rows into another table's.
-    Merged,
-    /// No target table takes it: a table the goal asks for then stops the plan.
-    NoTarget,
-}
-
-impl Unmapped {
-    /// Whether the operator decided it (the mapping file), rather than agentctl failing to find
-    /// a place for the rows.
-    pub fn decided(&self) -> bool {
-        !matches!(self, Unmapped::NoTarget)
-    }
-}
-
-impl std::fmt::Display for Unmapped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Unmapped::Skipped { reason } => write!(f, "skipped: {reason}"),
-            Unmapped::Merged => f.write_str("merged into the rows of the table that joins it"),
-            Unmapped::NoTarget => f.write_str("no target table has a matching name"),
-        }
-    }
-}
-
-/// Every entity's mapping, plus what the key derivation needs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MappingSet {
-    pub keys: Keys,
-    pub specs: Vec<MappingSpec>,
-    /// Source tables that map to nothing, with the reason.
-    pub unmapped: Vec<(TableName, Unmapped)>,
-    /// Named sets of source tables, from the mapping file.
-    pub groups: BTreeMap<String, Vec<String>>,
-    /// Each custom transform tried on sample rows in the sandbox, by source table.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub previews: Vec<(TableName, crate::code::Preview)>,
-    /// The references the mapping file declares, by entity: column -> parent table.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub declared: BTreeMap<String, BTreeMap<String, String>>,
-    /// The generic references the mapping file declares, by entity, each with its parents.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub generic: BTreeMap<String, BTreeMap<String, GenericRule>>,
-}
-
-impl MappingSet {
-    pub fn spec(&self, source: &TableName) -> Option<&MappingSpec> {
-        self.specs.iter().find(|s| &s.source == source)
-    }
-}
-
-/// One problem with a mapping, naming where.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
-    pub table: String,
-    /// The source table being mapped, when the problem is in one entity's mapping.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    pub column: Option<String>,
-    pub message: String,
-    /// A NOT NULL column without a default that nothing in the source feeds: a problem a
-    /// proposal of the model may answer.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub unfed: bool,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.column {
-            Some(c) => write!(f, "{}.{c}: {}", self.table, self.message),
-            None => write!(f, "{}: {}", self.table, self.message),
-        }
-    }
 }
 
 fn category(c: &Column) -> &'static str {
@@ -1059,7 +828,7 @@ pub const PREVIEW_ROWS: usize = 5;
 async fn preview_scripts(ctx: &RunContext, rows: &crate::code::ScriptedRows, set: &mut MappingSet) -> Result<(), ToolError> {
     for spec in &set.specs {
         for preview in crate::code::preview(rows, spec, PREVIEW_ROWS).await.map_err(|e| e.context(&spec.source))? {
-            let failed = preview.samples.iter().filter(|s| matches!(s.after, crate::code::Answered::Rejected(_))).count();
+            let failed = preview.samples.iter().filter(|s| matches!(s.after, runtime::mapping::Answered::Rejected(_))).count();
             ctx.decision(
                 ME,
                 format!(

@@ -25,24 +25,13 @@ use runtime::mapping::KeyDeriver;
 use runtime::ports::{Rows, Target};
 use runtime::{AgentName, RunId};
 
-use crate::execution::{prepare, read_ahead, InPageOrder, MigrateEntity, Prepared, COMPARES_IN_FLIGHT};
-use crate::validation::expect;
+use crate::pipeline::{expect, prepare, read_ahead, soft_delete, synced_columns, InPageOrder, MigrateEntity, Prepared, COMPARES_IN_FLIGHT};
 use runtime::text_rows::TextRows;
 
 /// Source rows compared a page.
 const PAGE: usize = 5_000;
 /// Differential rows applied a transaction.
 const APPLY_BATCH: usize = 5_000;
-
-/// The mapped columns the baseline covers: all but the key and the legacy key.
-pub fn synced_columns(out_cols: &[(String, String)], id_col: usize) -> Vec<usize> {
-    (0..out_cols.len()).filter(|&i| i != id_col && out_cols[i].0 != "legacy_id").collect()
-}
-
-/// Whether the entity's target table has a `deleted_at` column for soft deletes.
-pub fn soft_delete(req: &MigrateEntity) -> bool {
-    req.target.table(&req.spec.target).is_some_and(|t| t.columns.iter().any(|c| c.name == "deleted_at"))
-}
 
 /// What a source row asks of its target row, given how the target compares with it and with
 /// what agentctl last wrote; `None` when they are in step (or the row is not agentctl's).
@@ -125,7 +114,7 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
         None => SyncMark::default(),
     };
     let fast = !full && mark.trusted == Some(true) && mark.watermark.is_some() && mark.full_age_seconds.is_some_and(|age| age < FULL_EVERY);
-    let Prepared { mapper, out_cols, id_col, references, .. } = prepare(ctx, target.as_ref(), req).await?;
+    let Prepared { mapper, out_cols, id_col, references, .. } = prepare(ctx, AgentName::Validation, target.as_ref(), req).await?;
     let legacy_col = out_cols
         .iter()
         .position(|(c, _)| c == "legacy_id")
@@ -381,7 +370,7 @@ pub async fn apply(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity, p
     let Some((analysis, pending)) = target.pending_analysis(&spec.source, &spec.target).await? else {
         return Ok(None);
     };
-    let Prepared { out_cols, id_col, references, .. } = prepare(ctx, target, req).await?;
+    let Prepared { out_cols, id_col, references, .. } = prepare(ctx, AgentName::Execution, target, req).await?;
     if out_cols != analysis.columns {
         return Err(ToolError::system(format!(
             "the mapping of {} changed since analysis {}: analyse again (agentctl diff analyze)",

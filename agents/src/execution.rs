@@ -15,39 +15,24 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
+use runtime::domain::TableName;
 use runtime::domain::{
     key_parts, legacy_key, row_json, Batch, Checkpoint, DiffApplied, ParentIds, RejectedRow, RollbackEntity, RolledBack, Scan,
 };
-use runtime::domain::{PlannedEntity, SchemaReport, TableName};
 use runtime::envelope::{AgentError, Envelope};
 use runtime::events::RunEvent;
 use runtime::mapping::KeyDeriver;
-use runtime::mapping::MappingSpec;
 use runtime::ports::{Rows, Target};
 use runtime::text_rows::TextRows;
 
-use crate::differential::synced_columns;
+use crate::pipeline::{prepare, read_ahead, restarting, synced_columns, MigrateEntity, Prepared};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
-use crate::transform::{Keys, RowMapper};
+use crate::transform::RowMapper;
+use runtime::mapping::Keys;
 
 const ME: AgentName = AgentName::Execution;
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MigrateEntity {
-    pub entity: PlannedEntity,
-    pub spec: MappingSpec,
-    /// The target table of every source table this entity references.
-    pub parents: Vec<(TableName, TableName)>,
-    pub keys: Keys,
-    /// The target's report (the table, its enums and domains).
-    pub target: SchemaReport,
-    /// The table's foreign keys are set aside for the load: self-references are written as
-    /// they are, and the rows left pointing at nothing are removed afterwards, instead of
-    /// deferring every self-reference to a second pass of updates.
-    pub constraints_suspended: bool,
-}
 
 /// What migrating one entity did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -254,88 +239,6 @@ fn record_put_back(ctx: &RunContext, table: &TableName, names: &[String]) {
     }
 }
 
-/// A mapper set up for one entity, with what the writer needs to know of its columns.
-pub struct Prepared {
-    pub mapper: RowMapper,
-    /// Target columns with their `format_type` text.
-    pub out_cols: Vec<(String, String)>,
-    pub id_col: usize,
-    /// Columns referencing the entity's own table, filled in a second pass.
-    pub deferred_cols: Vec<usize>,
-    /// Whether the target's own validated foreign key on `id` covers each of those columns (as
-    /// the catalog read at the start of the load had it), so putting it back proves that no
-    /// row points at a row that is not there.
-    pub self_refs_checked: bool,
-    /// Columns referencing another target table, checked before each insert.
-    pub references: Vec<(usize, TableName)>,
-}
-
-/// Sets up the mapper of an entity the way its migration uses it: references to parent rows
-/// that were in the target before agentctl use the UUIDs those rows have.
-pub async fn prepare(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity) -> Result<Prepared, ToolError> {
-    let spec = &req.spec;
-    let table = req.target.table(&spec.target).ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
-    let mut mapper = RowMapper::new(spec, table, &req.target, req.keys)?;
-    for (parent_source, parent_target) in &req.parents {
-        let deriver = KeyDeriver::new(req.keys.layout, req.keys.namespace, parent_source);
-        let kept: std::collections::HashMap<String, String> = target
-            .kept_rows(parent_target, deriver.prefix().as_deref())
-            .await?
-            .into_iter()
-            .filter(|(legacy, id)| deriver.derive_stored(legacy).to_string() != *id)
-            .collect();
-        if !kept.is_empty() {
-            ctx.decision(
-                ME,
-                format!("{}: {} rows of {parent_target} keep the UUIDs they had", spec.target.name, kept.len()),
-                "they were in the target before agentctl, matched by legacy_id; references to them use their UUIDs",
-                serde_json::json!({"parent": parent_target, "rows": kept.len()}),
-            );
-        }
-        mapper.keep_parent_ids(parent_source.clone(), kept);
-    }
-    let out_cols: Vec<(String, String)> = mapper
-        .target_columns()
-        .iter()
-        .map(|c| (c.to_string(), table.column(c).map(|col| col.data_type.clone()).unwrap_or_else(|| "text".into())))
-        .collect();
-    let id_col = out_cols
-        .iter()
-        .position(|(c, _)| table.primary_key.len() == 1 && *c == table.primary_key[0])
-        // A partitioned table's primary key includes its partition columns beside id.
-        .or_else(|| out_cols.iter().position(|(c, _)| c == "id" && table.primary_key.contains(c)))
-        .ok_or_else(|| ToolError::bad_input("the target table has no single-column key"))?;
-    let mut deferred_cols = Vec::new();
-    let mut self_refs_checked = true;
-    let mut references = Vec::new();
-    for r in mapper.references() {
-        if r.parent == spec.source {
-            deferred_cols.push(r.column);
-            self_refs_checked &= table.foreign_keys.iter().any(|fk| {
-                fk.columns == [r.target_column.clone()] && fk.references == spec.target && fk.referenced_columns == ["id"] && fk.validated
-            });
-            continue;
-        }
-        // A parent that loads after this entity (a broken cycle): its rows are not there to
-        // check against yet; the reference goes in as it is and its key proves it later.
-        if req.entity.later_parents.contains(&r.parent) {
-            continue;
-        }
-        // The parent's target by the mappings, which stay true while the target's foreign keys
-        // are set aside (a resumed run analyzes the target without them); else by the catalog.
-        let mapped = req.parents.iter().find(|(source, _)| *source == r.parent).map(|(_, target)| target.clone());
-        let fk_target = table.foreign_keys.iter().find(|fk| fk.columns == [r.target_column.clone()]).map(|fk| fk.references.clone());
-        if let Some(p) = mapped.or(fk_target) {
-            references.push((r.column, p));
-        }
-    }
-    Ok(Prepared { mapper, out_cols, id_col, deferred_cols, self_refs_checked, references })
-}
-
-/// How often an entity that failed (a lost connection, the target restarting: anything its
-/// batch retries did not outlast) starts again from its last checkpoint before the run gives up.
-const ENTITY_RESTARTS: u32 = 3;
-
 async fn migrate_restarting(
     ctx: &Arc<RunContext>,
     rows: Arc<dyn Rows>,
@@ -351,111 +254,6 @@ async fn migrate_restarting(
     Ok(result)
 }
 
-/// Runs `work` on an entity in a worker task of its own, again (after 2, 4, 8 s) when it
-/// failed or panicked, up to [`ENTITY_RESTARTS`] times, unless the error's kind says
-/// restarting cannot mend it ([`runtime::error::ErrorKind::worth_restarting`]). Returns the result and how many restarts it took; each restart is a decision
-/// in the trail. The work must be safe to repeat (it resumes from what is committed).
-pub async fn restarting<T, F, Fut>(
-    ctx: &Arc<RunContext>,
-    agent: AgentName,
-    req: &MigrateEntity,
-    again: &str,
-    work: F,
-) -> Result<(T, u32), ToolError>
-where
-    T: Send + 'static,
-    F: Fn(Arc<RunContext>, MigrateEntity) -> Fut,
-    Fut: std::future::Future<Output = Result<T, ToolError>> + Send + 'static,
-{
-    let mut delay = std::time::Duration::from_secs(2);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let worker = tokio::spawn(work(ctx.clone(), req.clone()));
-        let error = match worker.await.unwrap_or_else(|e| Err(ToolError::system(format!("its worker crashed: {e}")))) {
-            Ok(value) => return Ok((value, attempt - 1)),
-            Err(e) if attempt > ENTITY_RESTARTS || !e.kind.worth_restarting() => return Err(e),
-            Err(e) => e,
-        };
-        ctx.decision(
-            agent,
-            format!("{}: {again} in {}s (restart {attempt} of {ENTITY_RESTARTS})", req.spec.target.name, delay.as_secs()),
-            format!("it stopped: {error}"),
-            serde_json::json!({"entity": req.spec.source, "attempt": attempt, "error": error.message}),
-        );
-        tokio::time::sleep(delay).await;
-        delay *= 2;
-    }
-}
-
-/// Source pages read ahead of the mapping and writing: one in the channel, one being read.
-const READ_AHEAD: usize = 1;
-
-/// Pages of a scan's rows in key order after `scan.after`, read by a task of its own a page
-/// ahead of the consumer; the channel ends after the last page (or the first error).
-pub fn read_ahead(
-    rows: Arc<dyn Rows>,
-    scan: Scan,
-    page_size: usize,
-) -> (tokio::sync::mpsc::Receiver<Result<TextRows, ToolError>>, tokio::task::JoinHandle<()>) {
-    let mut scan = Scan { limit: Some(page_size), ..scan };
-    let key_idx: Vec<usize> = scan.key.iter().filter_map(|k| scan.columns.iter().position(|c| c == k)).collect();
-    let (pages_tx, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
-    let reader = tokio::spawn(async move {
-        loop {
-            let page = rows.page(&scan, page_size).await;
-            let next: Option<Vec<String>> = match &page {
-                Ok(p) if p.len() == page_size && page_size > 0 => Some(key_parts(p, page_size - 1, &key_idx)),
-                _ => None,
-            };
-            let last = next.is_none();
-            if pages_tx.send(page).await.is_err() || last {
-                return;
-            }
-            scan.after = next;
-        }
-    });
-    (pages, reader)
-}
-
-/// Pages the validation and the differential analysis have compared in the target at once,
-/// each on a connection of its own, so that the largest table's comparison, the last one
-/// running, has two target backends at work; their pages are half the size of the
-/// one-at-a-time design's, so as many rows are in memory as there (bench/RESULTS.md).
-pub(crate) const COMPARES_IN_FLIGHT: usize = 2;
-
-/// Comparisons of pages in the target, up to a number at once, each a task of its own (and so
-/// a connection of its own), whose answers are taken in the order the pages were read: the
-/// validation and the differential analysis tally pages in key order while the target works on
-/// the next ones.
-pub(crate) struct InPageOrder<T> {
-    at_once: usize,
-    running: std::collections::VecDeque<tokio::task::JoinHandle<Result<T, ToolError>>>,
-}
-
-impl<T: Send + 'static> InPageOrder<T> {
-    pub(crate) fn new(at_once: usize) -> InPageOrder<T> {
-        InPageOrder { at_once: at_once.max(1), running: std::collections::VecDeque::new() }
-    }
-
-    /// The oldest page's answer when there is no room for another page, or, after the last
-    /// page (`last`), while any is still running; `None` when the next page may start.
-    pub(crate) async fn done(&mut self, last: bool) -> Result<Option<T>, ToolError> {
-        let full = self.running.len() >= self.at_once;
-        if !full && !last {
-            return Ok(None);
-        }
-        match self.running.pop_front() {
-            Some(oldest) => oldest.await.map_err(|e| ToolError::system(format!("a comparison stopped: {e}")))?.map(Some),
-            None => Ok(None),
-        }
-    }
-
-    pub(crate) fn start(&mut self, compare: impl std::future::Future<Output = Result<T, ToolError>> + Send + 'static) {
-        self.running.push_back(tokio::spawn(compare));
-    }
-}
-
 async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>, req: &MigrateEntity) -> Result<EntityResult, ToolError> {
     let started = Instant::now();
     let spec = &req.spec;
@@ -468,7 +266,7 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
         )));
     }
     let Prepared { mapper, out_cols, id_col, deferred_cols: self_refs, self_refs_checked, references } =
-        prepare(ctx, target.as_ref(), req).await?;
+        prepare(ctx, ME, target.as_ref(), req).await?;
     let known_parents = Arc::new(known_parents(target.as_ref(), &references).await?);
     let deferred_cols: Vec<usize> = if req.constraints_suspended { Vec::new() } else { self_refs.clone() };
     let scan_cols = spec.source_columns();
@@ -784,6 +582,3 @@ fn report_batch(ctx: &RunContext, req: &MigrateEntity, batch: &Batch, written: &
         rows_total: req.entity.forecast.as_ref().map(|f| f.rows as u64),
     });
 }
-
-#[cfg(test)]
-mod tests;

@@ -13,8 +13,8 @@ use runtime::domain::{Forecast, RejectReason, SchemaReport, TableName};
 use runtime::ports::Rows;
 use runtime::text_rows::TextRows;
 
-use crate::data_mapping::MappingSet;
 use crate::transform::{Rejection, RowMapper};
+use runtime::mapping::MappingSet;
 
 /// Legacy keys, compactly: integers as integers.
 #[derive(Default)]

@@ -587,10 +587,10 @@ pub async fn understand(ctx: &RunContext, llm: Option<&dyn runtime::ports::Llm>,
     // "How many" of something that is no table ("in how many countries are our customers?") is
     // a question about the data: the model's to read.
     let counts_a_table = |entity: &str| {
-        let key = crate::planning::entity_key(entity);
+        let key = runtime::mapping::entity_key(entity);
         entities
             .iter()
-            .any(|e| crate::planning::entity_key(e.trim_start_matches("dispatch_")) == key || crate::planning::entity_key(e) == key)
+            .any(|e| runtime::mapping::entity_key(e.trim_start_matches("dispatch_")) == key || runtime::mapping::entity_key(e) == key)
     };
     let settled = match &offline {
         Intent::Unknown => false,

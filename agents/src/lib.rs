@@ -12,6 +12,7 @@ pub mod forecast;
 pub mod guidance;
 pub mod llm;
 pub mod orchestrator;
+pub mod pipeline;
 pub mod planning;
 pub mod schema_analysis;
 pub mod schema_gen;

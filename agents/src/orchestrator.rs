@@ -20,15 +20,17 @@ use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
 use crate::code::ScriptedRows;
-use crate::data_mapping::{DataMappingAgent, DataMappingArgs, DataMappingMsg, MapRequest, MappingFile, MappingSet};
+use crate::data_mapping::{DataMappingAgent, DataMappingArgs, DataMappingMsg, MapRequest};
 use crate::differential::{DiffEntity, Pass};
-use crate::execution::{ApplyDiff, Constraints, EntityResult, ExecutionAgent, ExecutionArgs, ExecutionMsg, MigrateEntity, Rollback};
+use crate::execution::{ApplyDiff, Constraints, EntityResult, ExecutionAgent, ExecutionArgs, ExecutionMsg, Rollback};
 use crate::guidance::{CodeQuestion, GuidanceAgent, GuidanceArgs, GuidanceMsg};
+use crate::pipeline::MigrateEntity;
 use crate::planning::{AssessRequest, PlanRequest, PlanningAgent, PlanningArgs, PlanningMsg};
 use crate::schema_analysis::{
     AnalyzeRequest, ForecastRequest, Profile, ProfileRequest, SchemaAnalysisAgent, SchemaAnalysisArgs, SchemaMsg,
 };
 use crate::validation::{ValidationAgent, ValidationArgs, ValidationMsg};
+use runtime::mapping::{MappingFile, MappingSet};
 
 const ME: AgentName = AgentName::Orchestrator;
 

@@ -15,7 +15,7 @@ use runtime::envelope::{AgentError, Envelope};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
-use crate::data_mapping::{MappingSet, Unmapped};
+use runtime::mapping::{entity_key, MappingSet, Unmapped};
 
 const ME: AgentName = AgentName::Planning;
 
@@ -310,28 +310,6 @@ fn names(words: &[String], report: &SchemaReport, mappings: Option<&MappingSet>)
         i += n;
     }
     Ok(found)
-}
-
-/// The key two spellings of one entity share: `dispatch_doctor`, `Doctors` and `doctor` all
-/// become `doctor`.
-pub fn entity_key(name: &str) -> String {
-    let n = name.trim().to_lowercase().replace(['-', ' '], "_");
-    let n = n.strip_prefix("dispatch_").unwrap_or(&n);
-    singular(n)
-}
-
-fn singular(word: &str) -> String {
-    if let Some(stem) = word.strip_suffix("ies") {
-        format!("{stem}y")
-    } else if let Some(stem) = word.strip_suffix("sses") {
-        format!("{stem}ss")
-    } else if word.ends_with("ss") || word.ends_with("us") {
-        word.to_owned()
-    } else if let Some(stem) = word.strip_suffix('s') {
-        stem.to_owned()
-    } else {
-        word.to_owned()
-    }
 }
 
 fn closest(word: &str, report: &SchemaReport, mappings: Option<&MappingSet>) -> Vec<String> {

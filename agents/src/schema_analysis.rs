@@ -16,8 +16,8 @@ use runtime::ports::{Catalog, CodeRunner, Rows};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
-use crate::data_mapping::MappingSet;
 use crate::forecast::forecast;
+use runtime::mapping::MappingSet;
 
 const ME: AgentName = AgentName::SchemaAnalysis;
 

@@ -11,12 +11,13 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use runtime::domain::{SchemaReport, Table, TableName, TypeKind};
-use runtime::mapping::{Feed, KeyDeriver, MappingSpec, ScriptAnswer, Transform, UuidLayout};
+use runtime::mapping::{Feed, KeyDeriver, MappingSpec, ScriptAnswer, Transform};
 use runtime::text_rows::TextRows;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::checks::{parse_time, CheckExpr, Val};
+use runtime::mapping::Keys;
 
 /// Why a row cannot go into the target.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,13 +33,6 @@ pub struct Rejection {
 /// Whole cents as a decimal amount: `-1250` is `-12.50`.
 pub fn amount(cents: i64) -> String {
     format!("{}{}.{:02}", if cents < 0 { "-" } else { "" }, cents.unsigned_abs() / 100, cents.unsigned_abs() % 100)
-}
-
-/// What the key derivation needs: the project's namespace and the layout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Keys {
-    pub namespace: Uuid,
-    pub layout: UuidLayout,
 }
 
 #[derive(Clone, Debug)]

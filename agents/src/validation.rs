@@ -25,14 +25,14 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
-use runtime::domain::{legacy_key, Compared, Difference, EntityDiff, EntityValidation, Expected, Links, MoneyTotal, Orphans, Scan};
+use runtime::domain::{Compared, Difference, EntityDiff, EntityValidation, Expected, Links, MoneyTotal, Orphans, Scan};
 use runtime::envelope::{AgentError, Envelope};
 use runtime::mapping::Transform;
 use runtime::ports::{Rows, Target};
 use runtime::AgentName;
 
 use crate::differential::DiffEntity;
-use crate::execution::{prepare, read_ahead, restarting, InPageOrder, MigrateEntity, Prepared, COMPARES_IN_FLIGHT};
+use crate::pipeline::{expect, prepare, read_ahead, restarting, soft_delete, InPageOrder, MigrateEntity, Prepared, COMPARES_IN_FLIGHT};
 use crate::transform::{amount, Reference, RowMapper};
 use runtime::text_rows::TextRows;
 
@@ -126,7 +126,7 @@ pub async fn validate(
 ) -> Result<EntityValidation, ToolError> {
     let started = Instant::now();
     let spec = &req.spec;
-    let Prepared { mapper, out_cols, id_col, deferred_cols, references, .. } = prepare(ctx, target.as_ref(), req).await?;
+    let Prepared { mapper, out_cols, id_col, deferred_cols, references, .. } = prepare(ctx, ME, target.as_ref(), req).await?;
     let legacy_col = out_cols
         .iter()
         .position(|(c, _)| c == "legacy_id")
@@ -200,7 +200,7 @@ pub async fn validate(
         });
     }
     reader.await.map_err(|e| ToolError::system(format!("the reader stopped: {e}")))?;
-    v.target_rows = target.table_rows(&spec.target, crate::differential::soft_delete(req)).await?;
+    v.target_rows = target.table_rows(&spec.target, soft_delete(req)).await?;
     v.extra = (v.target_rows - found_in_target).max(0);
     // Every reference the mapping makes, and every foreign key the target declares.
     let table = req.target.table(&spec.target).ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
@@ -220,7 +220,7 @@ pub async fn validate(
         let (count, examples) = found.unwrap_or_default();
         v.orphans.push(Orphans { column, parent, count, examples, enforced });
     }
-    let live = crate::differential::soft_delete(req);
+    let live = soft_delete(req);
     for (l, source) in linked.iter().zip(source_links) {
         let found = target.links(&spec.target, &l.columns, &l.parent, &l.referenced, live, &kept_keys).await?;
         v.links.push(Links {
@@ -359,61 +359,6 @@ fn links_of(req: &MigrateEntity, mapper: &RowMapper, spec: &runtime::mapping::Ma
 /// For each reference, whether each row of the page sets every column it is made from.
 fn references_set(page: &TextRows, linked: &[Linked]) -> Vec<Vec<bool>> {
     linked.iter().map(|l| (0..page.len()).map(|seq| l.inputs.iter().all(|&i| page.get(seq, i).is_some())).collect()).collect()
-}
-
-/// The expected target rows of a page of source rows; with `reasons`, why each row the
-/// mapping rejects is rejected (by row).
-pub(crate) fn expect(
-    mapper: &RowMapper,
-    out_cols: &[(String, String)],
-    id_col: usize,
-    legacy_col: usize,
-    money: &[usize],
-    page: TextRows,
-    mut reasons: Option<&mut Vec<(usize, String)>>,
-) -> Expected {
-    let mut expected = Expected {
-        columns: out_cols.to_vec(),
-        id_column: id_col,
-        legacy_column: legacy_col,
-        keys: Vec::with_capacity(page.len()),
-        wanted: Vec::with_capacity(page.len()),
-        values: vec![Vec::with_capacity(page.len()); out_cols.len()],
-        returned: money.to_vec(),
-    };
-    let mut refs: Vec<Option<&str>> = Vec::with_capacity(page.width());
-    let mut mapped = TextRows::new(out_cols.len());
-    for seq in 0..page.len() {
-        refs.clear();
-        refs.extend(page.row(seq));
-        let key = legacy_key(&page, seq, mapper.key_columns());
-        mapped.clear();
-        match mapper.map_into(&refs, &mut mapped) {
-            Ok(()) => {
-                expected.wanted.push(true);
-                for (column, value) in expected.values.iter_mut().zip(mapped.row(0)) {
-                    column.push(value.map(str::to_owned));
-                }
-            }
-            Err(rejection) => {
-                if let Some(reasons) = reasons.as_deref_mut() {
-                    reasons.push((expected.keys.len(), rejection.reason));
-                }
-                // A rejected row is still looked for (it must be absent), by key and UUID.
-                expected.wanted.push(false);
-                let id = mapper.id(&refs);
-                for (i, column) in expected.values.iter_mut().enumerate() {
-                    column.push(match i {
-                        _ if i == id_col => Some(id.clone()),
-                        _ if i == legacy_col => Some(key.clone()),
-                        _ => None,
-                    });
-                }
-            }
-        }
-        expected.keys.push(key);
-    }
-    expected
 }
 
 /// Books one compared page into the validation.

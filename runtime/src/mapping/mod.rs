@@ -3,6 +3,12 @@
 //! a mapping file), checked against the target schema before anything runs, and applied row by
 //! row by the same code when predicting outcomes and when migrating.
 
+mod file;
+mod set;
+
+pub use file::*;
+pub use set::*;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
