@@ -986,3 +986,6 @@ impl Actor for DataMappingAgent {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

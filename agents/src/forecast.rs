@@ -313,3 +313,6 @@ pub async fn forecast(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;

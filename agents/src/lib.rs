@@ -8,6 +8,8 @@ pub mod code;
 pub mod data_mapping;
 pub mod differential;
 pub mod execution;
+#[cfg(test)]
+mod fake;
 pub mod forecast;
 pub mod guidance;
 pub mod llm;

@@ -466,3 +466,6 @@ fn typed(ty: &Ty, s: &str) -> Val {
         _ => Val::Text(s.to_owned()),
     }
 }
+
+#[cfg(test)]
+mod tests;

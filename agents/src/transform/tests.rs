@@ -1,0 +1,82 @@
+use std::collections::HashMap;
+
+use runtime::domain::SchemaReport;
+use runtime::mapping::{KeyDeriver, MappingFile, MappingSet};
+use runtime::text_rows::TextRows;
+
+use super::{amount, RowMapper};
+use crate::data_mapping::build;
+use crate::fake::{legacy, modern, name};
+
+fn mapping() -> (MappingSet, SchemaReport) {
+    let target = modern();
+    let file = MappingFile::parse(
+        "[entities.dispatch_role.columns]\nname = { from = \"name\", transforms = [\"trim\"] }\nkind = { from = \"kind\", transforms = [\"lower\"] }\n",
+        "memory.toml",
+    )
+    .unwrap();
+    (build(&legacy(), &target, &file).expect("the mapping builds"), target)
+}
+
+fn mapper(source: &str) -> RowMapper {
+    let (set, target) = mapping();
+    let spec = set.spec(&name(source)).unwrap();
+    RowMapper::new(spec, target.table(&spec.target).unwrap(), &target, set.keys).expect("the mapper compiles")
+}
+
+/// The mapped row, or the rejection's rule and reason.
+fn map(mapper: &RowMapper, row: &[Option<&str>]) -> Result<Vec<Option<String>>, (String, String)> {
+    let mut out = TextRows::new(mapper.target_columns().len());
+    mapper.map_into(row, &mut out).map_err(|r| (r.rule, r.reason))?;
+    Ok(out.row(0).map(|v| v.map(str::to_owned)).collect())
+}
+
+#[test]
+fn a_row_maps_to_its_derived_uuid_its_legacy_key_and_its_transformed_values() {
+    let roles = mapper("dispatch_role");
+    assert_eq!(roles.target_columns(), ["id", "legacy_id", "name", "kind"]);
+    let mapped = map(&roles, &[Some("7"), Some("  Dispatcher "), Some("OFFICE")]).expect("the row fits");
+    let (set, _) = mapping();
+    let id = KeyDeriver::new(set.keys.layout, set.keys.namespace, &name("dispatch_role")).derive(&["7"]).to_string();
+    assert_eq!(mapped, [Some(id.clone()), Some("7".into()), Some("Dispatcher".into()), Some("office".into())]);
+    assert_eq!(roles.id(&[Some("7"), None, None]), id, "the same key always derives the same UUID");
+}
+
+#[test]
+fn each_rule_of_the_target_that_one_row_can_break_rejects_it_with_the_reason() {
+    let roles = mapper("dispatch_role");
+    let rule = |row: &[Option<&str>]| map(&roles, row).expect_err("the row is refused").0;
+    assert_eq!(rule(&[Some("1"), None, Some("field")]), "not_null:name");
+    assert!(
+        rule(&[Some("2"), Some("a name far too long"), Some("field")]).starts_with("length"),
+        "{}",
+        rule(&[Some("2"), Some("a name far too long"), Some("field")])
+    );
+    let (enum_rule, reason) = map(&roles, &[Some("3"), Some("Lead"), Some("remote")]).expect_err("not a label");
+    assert!(enum_rule.starts_with("enum"), "{enum_rule}");
+    assert!(reason.contains("remote"), "{reason}");
+
+    let technicians = mapper("dispatch_technician");
+    let (check, _) = map(&technicians, &[Some("1"), Some("A"), Some("3"), None]).expect_err("the CHECK refuses a one-letter name");
+    assert_eq!(check, "check:technicians_name_check");
+}
+
+#[test]
+fn a_reference_is_the_parents_uuid_or_the_one_the_parent_kept() {
+    let (set, _) = mapping();
+    let mut technicians = mapper("dispatch_technician");
+    let role_id = technicians.target_columns().iter().position(|c| *c == "role_id").unwrap();
+    let row = [Some("5"), Some("Ada"), Some("3"), Some("ada@example.org")];
+    let derived = KeyDeriver::new(set.keys.layout, set.keys.namespace, &name("dispatch_role")).derive(&["3"]).to_string();
+    assert_eq!(map(&technicians, &row).unwrap()[role_id], Some(derived));
+    let kept = "00000000-0000-4000-8000-000000000003".to_owned();
+    technicians.keep_parent_ids(name("dispatch_role"), HashMap::from([("3".to_owned(), kept.clone())]));
+    assert_eq!(map(&technicians, &row).unwrap()[role_id], Some(kept));
+}
+
+#[test]
+fn cents_read_as_amounts() {
+    assert_eq!(amount(-1250), "-12.50");
+    assert_eq!(amount(7), "0.07");
+    assert_eq!(amount(100_000), "1000.00");
+}
