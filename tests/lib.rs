@@ -32,7 +32,9 @@ pub struct PgCluster {
 /// The cluster that tests share: one per test binary, a fresh database per test.
 pub fn shared() -> &'static PgCluster {
     static SHARED: OnceLock<PgCluster> = OnceLock::new();
-    SHARED.get_or_init(|| PgCluster::start().unwrap_or_else(|e| panic!("could not start the test cluster: {e}")))
+    SHARED.get_or_init(|| {
+        PgCluster::start().unwrap_or_else(|e| panic!("could not start the test cluster: {e}"))
+    })
 }
 
 fn run_as() -> Option<(u32, u32)> {
@@ -44,7 +46,9 @@ fn reap_stale() {
     let Ok(entries) = std::fs::read_dir(ROOT) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
         #[allow(unsafe_code)]
         // SAFETY: kill with signal 0 only checks whether the process exists.
         let alive = unsafe { libc::kill(pid, 0) } == 0;
@@ -59,7 +63,11 @@ impl PgCluster {
     pub fn start() -> Result<PgCluster, String> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         reap_stale();
-        let dir = PathBuf::from(ROOT).join(format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let dir = PathBuf::from(ROOT).join(format!(
+            "{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(ROOT).map_err(|e| format!("creating {ROOT}: {e}"))?;
         cluster::initdb(&pg_bin(), &dir, run_as()).map_err(|e| e.to_string())?;
         let pg = PgCluster { port: 0, dir, child: Mutex::new(None), dbs: AtomicU32::new(0) };
@@ -74,13 +82,33 @@ impl PgCluster {
         // parent-death signal is tied to the spawning thread, not to the process.
         std::thread::spawn(move || {
             let mut cmd = cluster::command(&bin.join("postgres"), user);
-            cmd.args(["-D", "data", "-p", &port.to_string(), "-k", ".", "-c", "listen_addresses=127.0.0.1"])
-                .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
-                .args(["-c", "max_connections=300", "-c", "shared_buffers=128MB", "-c", "max_wal_size=4GB"])
-                .current_dir(&dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join("postgres.log")).map(Stdio::from).unwrap_or_else(|_| Stdio::null()));
+            cmd.args([
+                "-D",
+                "data",
+                "-p",
+                &port.to_string(),
+                "-k",
+                ".",
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args([
+                "-c",
+                "max_connections=300",
+                "-c",
+                "shared_buffers=128MB",
+                "-c",
+                "max_wal_size=4GB",
+            ])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.join("postgres.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            );
             {
                 use std::os::unix::process::CommandExt;
                 #[allow(unsafe_code)]
@@ -126,7 +154,8 @@ impl PgCluster {
         }
         #[allow(unsafe_code)]
         // SAFETY: signal 0 only checks whether the process still exists.
-        let gone = wait_until(Duration::from_secs(60), || unsafe { libc::kill(pid as i32, 0) } != 0);
+        let gone =
+            wait_until(Duration::from_secs(60), || unsafe { libc::kill(pid as i32, 0) } != 0);
         if !gone {
             return Err(format!("postgres (pid {pid}) did not stop"));
         }
@@ -146,7 +175,8 @@ impl PgCluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
                 return Err(format!("postgres on port {} did not become ready: {log}", self.port));
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -197,19 +227,42 @@ impl PgCluster {
     /// Runs SQL with psql and returns its unaligned output; panics with psql's message on error.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = self.run_psql(db, sql);
-        assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql failed on {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// Runs a SQL file with psql from `cwd` (for scripts that `\i` their siblings).
     pub fn psql_file(&self, db: &str, file: &Path, cwd: &Path) {
         let out = Command::new(pg_bin().join("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-f"])
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-f",
+            ])
             .arg(file)
             .current_dir(cwd)
             .output()
             .expect("psql runs");
-        assert!(out.status.success(), "psql -f {} failed: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql -f {} failed: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Chinook as the source and an empty database with the target schema agentctl generates
@@ -217,7 +270,16 @@ impl PgCluster {
     pub fn chinook_pair(&self) -> (String, String) {
         let source = self.chinook();
         let target = self.create_db("chinook_target");
-        let out = agentctl(&["--source", &source, "--target", &target, "schema", "generate", "--from-source", "--apply"]);
+        let out = agentctl(&[
+            "--source",
+            &source,
+            "--target",
+            &target,
+            "schema",
+            "generate",
+            "--from-source",
+            "--apply",
+        ]);
         assert_eq!(out.code, 0, "{out:?}");
         (source, target)
     }
@@ -229,7 +291,16 @@ impl PgCluster {
         let dir = datasets().join("employee");
         self.psql_file(&db, &dir.join("employee.sql"), &dir);
         let target = self.create_db("employee_target");
-        let out = agentctl(&["--source", &source, "--target", &target, "schema", "generate", "--from-source", "--apply"]);
+        let out = agentctl(&[
+            "--source",
+            &source,
+            "--target",
+            &target,
+            "schema",
+            "generate",
+            "--from-source",
+            "--apply",
+        ]);
         assert_eq!(out.code, 0, "{out:?}");
         (source, target)
     }
@@ -238,7 +309,10 @@ impl PgCluster {
     /// URLs and the generator's report.
     pub fn reference_pair(&self, scale: &str) -> (String, String, serde_json::Value) {
         let (source, target) = (self.create_db("legacy"), self.create_db("modern"));
-        let out = agentctl(&["--source", &source, "--target", &target, "dataset", "generate", "--scale", scale, "--format", "json"]);
+        let out = agentctl(&[
+            "--source", &source, "--target", &target, "dataset", "generate", "--scale", scale,
+            "--format", "json",
+        ]);
         assert_eq!(out.code, 0, "{out:?}");
         (source, target, serde_json::from_str(&out.stdout).expect("the report is JSON"))
     }
@@ -249,12 +323,15 @@ impl PgCluster {
         let db = url.rsplit('/').next().unwrap().to_owned();
         // The script drops and recreates a database named chinook and connects to it; load it
         // into ours instead, skipping those lines.
-        let script = std::fs::read_to_string(datasets().join("chinook/Chinook_PostgreSql.sql")).expect("the Chinook script is readable");
+        let script = std::fs::read_to_string(datasets().join("chinook/Chinook_PostgreSql.sql"))
+            .expect("the Chinook script is readable");
         let body: String = script
             .lines()
             .filter(|l| {
                 let t = l.trim_start().to_ascii_uppercase();
-                !(t.starts_with("DROP DATABASE") || t.starts_with("CREATE DATABASE") || t.starts_with("\\C"))
+                !(t.starts_with("DROP DATABASE")
+                    || t.starts_with("CREATE DATABASE")
+                    || t.starts_with("\\C"))
             })
             .collect::<Vec<_>>()
             .join("\n");
@@ -280,8 +357,12 @@ impl Drop for PgCluster {
 
 /// A configuration naming these databases, as `--source` and `--target` would.
 pub fn config(source: &str, target: &str) -> runtime::config::Config {
-    let flags = runtime::config::DbFlags { source: Some(source.to_owned()), target: Some(target.to_owned()) };
-    runtime::config::Config::resolve(&flags, &runtime::config::Vars::default()).expect("test URLs are valid")
+    let flags = runtime::config::DbFlags {
+        source: Some(source.to_owned()),
+        target: Some(target.to_owned()),
+    };
+    runtime::config::Config::resolve(&flags, &runtime::config::Vars::default())
+        .expect("test URLs are valid")
 }
 
 /// What a test needs and this machine lacks: the test skips, saying so, but under `CI=true`,
@@ -295,7 +376,8 @@ pub fn unavailable(under_ci: &str, skipped: &str) {
 
 /// A program on the PATH.
 pub fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
 }
 
 /// Debian's `chromium`, for the tests that look at a page as a person would; `None` (the test
@@ -304,7 +386,10 @@ pub fn on_path(name: &str) -> Option<PathBuf> {
 pub fn chromium() -> Option<PathBuf> {
     let found = ["chromium", "chromium-browser"].iter().find_map(|name| on_path(name));
     if found.is_none() {
-        unavailable("CI installs chromium: the audit page test reads the page in it", "no chromium");
+        unavailable(
+            "CI installs chromium: the audit page test reads the page in it",
+            "no chromium",
+        );
     }
     found
 }
@@ -323,11 +408,15 @@ pub fn agentctl_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("the test binary's path");
         // target/<profile>/deps/it-<hash> -> target/<profile>
-        let profile_dir = exe.parent().and_then(Path::parent).expect("the test binary lives in target/<profile>/deps");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary lives in target/<profile>/deps");
         let target_dir = profile_dir.parent().expect("target dir");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "agentctl", "--bin", "agentctl"]).env("CARGO_TARGET_DIR", target_dir);
+        cmd.args(["build", "--quiet", "-p", "agentctl", "--bin", "agentctl"])
+            .env("CARGO_TARGET_DIR", target_dir);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -428,10 +517,16 @@ impl Scripted {
         };
         let mut events = String::new();
         for p in pieces {
-            events.push_str(&format!("data: {}\n\n", chunk(serde_json::json!({"content": p}), serde_json::Value::Null)));
+            events.push_str(&format!(
+                "data: {}\n\n",
+                chunk(serde_json::json!({"content": p}), serde_json::Value::Null)
+            ));
         }
         let usage = serde_json::json!({"prompt_tokens": 50, "completion_tokens": pieces.len(), "total_tokens": 50 + pieces.len()});
-        events.push_str(&format!("data: {}\n\ndata: [DONE]\n\n", chunk(serde_json::Value::Null, usage)));
+        events.push_str(&format!(
+            "data: {}\n\ndata: [DONE]\n\n",
+            chunk(serde_json::Value::Null, usage)
+        ));
         Scripted { events: Some(events), ..Scripted::ok(serde_json::Value::Null) }
     }
 
@@ -465,11 +560,13 @@ impl FakeOpenAi {
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         let received: std::sync::Arc<Mutex<Vec<(Instant, serde_json::Value)>>> = Default::default();
         let headers: std::sync::Arc<Mutex<Vec<Headers>>> = Default::default();
-        let (log, script, header_log) = (received.clone(), std::sync::Arc::new(script), headers.clone());
+        let (log, script, header_log) =
+            (received.clone(), std::sync::Arc::new(script), headers.clone());
         let next = std::sync::Arc::new(AtomicU32::new(0));
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (log, script, next, header_log) = (log.clone(), script.clone(), next.clone(), header_log.clone());
+                let (log, script, next, header_log) =
+                    (log.clone(), script.clone(), next.clone(), header_log.clone());
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().expect("a socket"));
                     let mut stream = stream;
@@ -500,7 +597,10 @@ impl FakeOpenAi {
                         if reader.read_exact(&mut body).is_err() {
                             return;
                         }
-                        log.lock().unwrap().push((Instant::now(), serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)));
+                        log.lock().unwrap().push((
+                            Instant::now(),
+                            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                        ));
                         header_log.lock().unwrap().push(seen);
                         let n = next.fetch_add(1, Ordering::SeqCst) as usize;
                         let answer = script[n.min(script.len() - 1)].clone();
@@ -509,13 +609,20 @@ impl FakeOpenAi {
                             Some(events) => ("text/event-stream", events.clone()),
                             None => ("application/json", answer.body.to_string()),
                         };
-                        let mut head =
-                            format!("HTTP/1.1 {} X\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n", answer.status, text.len());
+                        let mut head = format!(
+                            "HTTP/1.1 {} X\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n",
+                            answer.status,
+                            text.len()
+                        );
                         for (k, v) in &answer.headers {
                             head.push_str(&format!("{k}: {v}\r\n"));
                         }
                         head.push_str("\r\n");
-                        if stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(text.as_bytes())).is_err() {
+                        if stream
+                            .write_all(head.as_bytes())
+                            .and_then(|_| stream.write_all(text.as_bytes()))
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -542,7 +649,9 @@ impl FakeOpenAi {
 pub fn sandbox_image() -> Option<String> {
     static IMAGE: OnceLock<Result<String, String>> = OnceLock::new();
     // Built on a thread of its own: callers are often inside a runtime already.
-    let built = IMAGE.get_or_init(|| std::thread::spawn(build_sandbox_image).join().expect("the image build does not panic"));
+    let built = IMAGE.get_or_init(|| {
+        std::thread::spawn(build_sandbox_image).join().expect("the image build does not panic")
+    });
     match built {
         Ok(image) => Some(image.clone()),
         Err(error) => {
@@ -556,13 +665,16 @@ pub fn sandbox_image() -> Option<String> {
 }
 
 fn build_sandbox_image() -> Result<String, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     runtime.block_on(async {
         if let Some(error) = sandbox::Sandbox::status(&sandbox::image::tag()).await.error {
             return Err(error);
         }
         let say = |line: &str| eprintln!("sandbox image: {line}");
-        let built = sandbox::image::build(&say).await.unwrap_or_else(|e| panic!("building the sandbox image: {e}"));
+        let built = sandbox::image::build(&say)
+            .await
+            .unwrap_or_else(|e| panic!("building the sandbox image: {e}"));
         Ok(built.image)
     })
 }
@@ -571,15 +683,25 @@ fn build_sandbox_image() -> Result<String, String> {
 /// `.ci/run` makes at `/var/tmp/agentctl-django`), or `None` with a visible message. Under CI
 /// (`CI=true`) a missing one fails the test instead: `.ci/run` installs it.
 pub fn django_python() -> Option<PathBuf> {
-    let python =
-        std::env::var_os("AGENTCTL_DJANGO_PYTHON").map(PathBuf::from).unwrap_or_else(|| "/var/tmp/agentctl-django/bin/python".into());
-    let works = Command::new(&python).args(["-c", "import wagtail, psycopg"]).output().is_ok_and(|o| o.status.success());
+    let python = std::env::var_os("AGENTCTL_DJANGO_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/tmp/agentctl-django/bin/python".into());
+    let works = Command::new(&python)
+        .args(["-c", "import wagtail, psycopg"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     match works {
         true => Some(python),
         false => {
             unavailable(
-                &format!("CI needs Django and Wagtail at {}: .ci/run installs them", python.display()),
-                &format!("no Python with Django and Wagtail at {} (.ci/run installs them)", python.display()),
+                &format!(
+                    "CI needs Django and Wagtail at {}: .ci/run installs them",
+                    python.display()
+                ),
+                &format!(
+                    "no Python with Django and Wagtail at {} (.ci/run installs them)",
+                    python.display()
+                ),
             );
             None
         }
@@ -604,7 +726,11 @@ impl PgCluster {
                 .env("PGDATABASE", url.rsplit('/').next().unwrap())
                 .output()
                 .expect("python runs");
-            assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         url
     }
@@ -614,7 +740,16 @@ impl PgCluster {
 /// batches (so that it is under way for a while), its stderr piped.
 pub fn spawn_run(source: &str, target: &str) -> Child {
     Command::new(agentctl_bin())
-        .args(["--source", source, "--target", target, "run", "--goal", "migrate everything", "--yes"])
+        .args([
+            "--source",
+            source,
+            "--target",
+            target,
+            "run",
+            "--goal",
+            "migrate everything",
+            "--yes",
+        ])
         .env("BATCH_SIZE", "250")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -624,5 +759,7 @@ pub fn spawn_run(source: &str, target: &str) -> Child {
 
 /// Batches committed so far in the target `db`.
 pub fn committed(pg: &PgCluster, db: &str) -> i64 {
-    pg.try_psql(db, "SELECT coalesce(sum(batches), 0) FROM agentctl.migration_checkpoints").and_then(|n| n.parse().ok()).unwrap_or(0)
+    pg.try_psql(db, "SELECT coalesce(sum(batches), 0) FROM agentctl.migration_checkpoints")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }

@@ -23,13 +23,18 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
             match format {
                 Format::Json => print_json(&runs),
                 Format::Text => {
-                    println!("{:<36}  {:<19}  {:<19}  {:<10}  {:>6}  command", "run", "started", "ended", "outcome", "events");
+                    println!(
+                        "{:<36}  {:<19}  {:<19}  {:<10}  {:>6}  command",
+                        "run", "started", "ended", "outcome", "events"
+                    );
                     for r in &runs {
                         println!(
                             "{:<36}  {:<19}  {:<19}  {:<10}  {:>6}  {}{}",
                             r.run_id,
                             r.started_at.format("%Y-%m-%d %H:%M:%S"),
-                            r.finished_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into()),
+                            r.finished_at
+                                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                                .unwrap_or_else(|| "-".into()),
                             r.outcome,
                             r.event_count,
                             r.command,
@@ -46,10 +51,15 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
         }
         AuditCmd::Show { run, agent, kind, format } => {
             let run = store.find_run(run.as_deref()).await?;
-            let filter = EventFilter { agent: agent.map(|a| a.as_str().to_owned()), kind: kind.map(|k| k.as_str().to_owned()) };
+            let filter = EventFilter {
+                agent: agent.map(|a| a.as_str().to_owned()),
+                kind: kind.map(|k| k.as_str().to_owned()),
+            };
             let events = store.events(run.run_id, &filter).await?;
             match format {
-                Format::Json => print_json(&json!({"run": run, "events": events.iter().map(event_json).collect::<Vec<_>>()})),
+                Format::Json => print_json(
+                    &json!({"run": run, "events": events.iter().map(event_json).collect::<Vec<_>>()}),
+                ),
                 Format::Text => {
                     print_run_header(&run, config);
                     for e in &events {
@@ -72,19 +82,35 @@ pub async fn audit(config: &Config, cmd: AuditCmd) -> Result<(), Exit> {
                     let entities = store.report(run.run_id).await?;
                     let rejections = store.rejection_groups(run.run_id).await?;
                     let llm = store.llm_usage(run.run_id).await?;
-                    let facts = crate::html::Facts { entities: &entities, rejections: &rejections, llm };
-                    print!("{}", crate::html::page(&run, &events, &verify_chain(run.run_id, &events, &head), &facts));
+                    let facts =
+                        crate::html::Facts { entities: &entities, rejections: &rejections, llm };
+                    print!(
+                        "{}",
+                        crate::html::page(
+                            &run,
+                            &events,
+                            &verify_chain(run.run_id, &events, &head),
+                            &facts
+                        )
+                    );
                 }
             }
         }
-        AuditCmd::Verify { run, expect_head, format } => verify(&store, run, expect_head, format).await?,
+        AuditCmd::Verify { run, expect_head, format } => {
+            verify(&store, run, expect_head, format).await?
+        }
     }
     Ok(())
 }
 
 /// `audit verify`: each run's chain, the run ledger that chains the runs, and the runs the
 /// control tables still name but `runs` no longer holds.
-async fn verify(store: &ControlStore, run: Option<String>, expect_head: Option<String>, format: Format) -> Result<(), Exit> {
+async fn verify(
+    store: &ControlStore,
+    run: Option<String>,
+    expect_head: Option<String>,
+    format: Format,
+) -> Result<(), Exit> {
     let whole = run.is_none();
     let runs = match run {
         Some(id) => vec![store.find_run(Some(&id)).await?],
@@ -101,7 +127,8 @@ async fn verify(store: &ControlStore, run: Option<String>, expect_head: Option<S
             let at = usize::try_from(e.event_count - 1).ok().and_then(|i| events.get(i));
             if at.map(|a| &a.hash) != Some(&e.head_hash) {
                 rewritten.push(format!(
-                    "run {}: its trail no longer passes through the head it was {} at (event #{}, {}): rewritten or cut since",
+                    "run {}: its trail no longer passes through the head it was {} at (event #{}, \
+                        {}): rewritten or cut since",
                     r.run_id, e.entry, e.event_count, e.head_hash
                 ));
             }
@@ -115,23 +142,33 @@ async fn verify(store: &ControlStore, run: Option<String>, expect_head: Option<S
     // name it.
     let vanished = store.vanished_runs().await?;
     match format {
-        Format::Json => print_json(&json!({"runs": results, "tampered": bad, "removed": vanished, "rewritten": rewritten,
-            "ledger": {"entries": ledger.len(), "head": ledger_head, "first_bad": ledger_break}})),
+        Format::Json => print_json(
+            &json!({"runs": results, "tampered": bad, "removed": vanished, "rewritten": rewritten,
+            "ledger": {"entries": ledger.len(), "head": ledger_head, "first_bad": ledger_break}}),
+        ),
         Format::Text => {
             for (id, tables) in &vanished {
-                println!("run {id}: REMOVED: named by {}, but its record and trail are gone", tables.join(", "));
+                println!(
+                    "run {id}: REMOVED: named by {}, but its record and trail are gone",
+                    tables.join(", ")
+                );
             }
             for line in &rewritten {
                 println!("{line}");
             }
             for v in &results {
                 match &v.first_bad {
-                    None => println!("run {}: intact, {} events, head {}", v.run_id, v.events, v.head_hash),
+                    None => println!(
+                        "run {}: intact, {} events, head {}",
+                        v.run_id, v.events, v.head_hash
+                    ),
                     Some(b) => println!("run {}: TAMPERED at {b}", v.run_id),
                 }
             }
             match &ledger_break {
-                None => println!("run ledger: intact, {} entries, head {ledger_head}", ledger.len()),
+                None => {
+                    println!("run ledger: intact, {} entries, head {ledger_head}", ledger.len())
+                }
                 Some(b) => println!("run ledger: TAMPERED at entry #{}: {}", b.seq, b.reason),
             }
         }
@@ -144,24 +181,44 @@ async fn verify(store: &ControlStore, run: Option<String>, expect_head: Option<S
         )));
     }
     if let Some(b) = &ledger_break {
-        return Err(Exit::failed(format!("the run ledger does not verify: entry #{}: {}", b.seq, b.reason)));
+        return Err(Exit::failed(format!(
+            "the run ledger does not verify: entry #{}: {}",
+            b.seq, b.reason
+        )));
     }
     if let Some(expected) = expect_head.as_deref().map(|h| h.trim().to_lowercase()) {
         // With a run: that run's head. Without: the ledger must pass through the head kept.
         let (what, found) = match (whole, results.first()) {
-            (false, Some(v)) => (format!("run {}'s trail ends at {}", v.run_id, v.head_hash), v.head_hash.starts_with(&expected)),
-            _ => (format!("the run ledger ends at {ledger_head}"), ledger.iter().any(|e| e.hash.starts_with(&expected))),
+            (false, Some(v)) => (
+                format!("run {}'s trail ends at {}", v.run_id, v.head_hash),
+                v.head_hash.starts_with(&expected),
+            ),
+            _ => (
+                format!("the run ledger ends at {ledger_head}"),
+                ledger.iter().any(|e| e.hash.starts_with(&expected)),
+            ),
         };
         if expected.len() < 12 || !found {
-            return Err(Exit::failed(format!("{what}, not at the head {expected} you kept: it was rewritten or cut since")));
+            return Err(Exit::failed(format!(
+                "{what}, not at the head {expected} you kept: it was rewritten or cut since"
+            )));
         }
     }
     if let Some(first) = rewritten.first() {
-        return Err(Exit::failed(format!("{} run(s) changed after they ended; first: {first}", rewritten.len())));
+        return Err(Exit::failed(format!(
+            "{} run(s) changed after they ended; first: {first}",
+            rewritten.len()
+        )));
     }
     if bad > 0 {
-        let first = results.iter().find_map(|v| v.first_bad.as_ref().map(|b| (v.run_id, b))).expect("bad > 0");
-        return Err(Exit::failed(format!("the audit trail of {bad} run(s) does not verify; first: run {}, {}", first.0, first.1)));
+        let first = results
+            .iter()
+            .find_map(|v| v.first_bad.as_ref().map(|b| (v.run_id, b)))
+            .expect("bad > 0");
+        return Err(Exit::failed(format!(
+            "the audit trail of {bad} run(s) does not verify; first: run {}, {}",
+            first.0, first.1
+        )));
     }
     Ok(())
 }
@@ -204,15 +261,21 @@ pub async fn status(config: &Config, opts: StatusOpts) -> Result<(), Exit> {
                         p.migrated,
                         p.rejected,
                         p.batches,
-                        p.updated_at.map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
+                        p.updated_at
+                            .map(|t| t.format("%H:%M:%S").to_string())
+                            .unwrap_or_else(|| "-".into())
                     );
                 }
                 println!();
             }
             if !suspended.is_empty() {
-                let names: Vec<String> = suspended.iter().map(|(table, name, _, _)| format!("{name} ({table})")).collect();
+                let names: Vec<String> = suspended
+                    .iter()
+                    .map(|(table, name, _, _)| format!("{name} ({table})"))
+                    .collect();
                 println!(
-                    "  set aside for a load and not yet put back (resuming the run or `agentctl rollback` restores them): {}\n",
+                    "set aside for a load and not yet put back (resuming the run or `agentctl \
+                        rollback` restores them): {}\n",
                     names.join(", ")
                 );
             }
@@ -250,14 +313,28 @@ pub fn resume_command(run: &RunRow, config: &Config) -> Option<String> {
 
 /// The command that carries a run of `goal` on, as a shell takes it, connecting as this one did.
 pub fn resume_line(goal: &str, run_id: runtime::RunId, config: &Config) -> String {
-    format!("agentctl run --goal \"{}\" --resume {run_id}{}", goal.replace('"', "\\\""), config.as_given())
+    format!(
+        "agentctl run --goal \"{}\" --resume {run_id}{}",
+        goal.replace('"', "\\\""),
+        config.as_given()
+    )
 }
 
 /// `#12 14:02:03.123 planning decision planned ...`, then the rationale of a decision.
 fn timeline_line(e: &AuditEvent) -> String {
-    let mut line = format!("#{:<4} {} {:<15} {:<8} {}\n", e.seq, e.at.format("%H:%M:%S%.3f"), e.agent, e.kind, e.summary);
+    let mut line = format!(
+        "#{:<4} {} {:<15} {:<8} {}\n",
+        e.seq,
+        e.at.format("%H:%M:%S%.3f"),
+        e.agent,
+        e.kind,
+        e.summary
+    );
     if e.kind == "decision" {
-        if let Some(r) = serde_json::from_str::<Value>(&e.detail).ok().and_then(|d| d["rationale"].as_str().map(str::to_owned)) {
+        if let Some(r) = serde_json::from_str::<Value>(&e.detail)
+            .ok()
+            .and_then(|d| d["rationale"].as_str().map(str::to_owned))
+        {
             line.push_str(&format!("{:>35}why: {r}\n", ""));
         }
     }

@@ -115,7 +115,11 @@ impl TerminalMode {
 impl Drop for TerminalMode {
     fn drop(&mut self) {
         if let Some(mode) = &self.0 {
-            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, mode);
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                mode,
+            );
         }
     }
 }
@@ -126,40 +130,67 @@ pub async fn chat(config: &Config, opts: ChatOpts) -> Result<(), Exit> {
     let (mapping, mapping_origin) = mapping_file(&opts.mapping, &conns).await?;
     let tools = conns.tools()?;
     let llm = tools.llm.clone();
-    let session = Session::start(&conns, "chat", None, tools, SessionOptions::from_config(config)).await?;
+    let session =
+        Session::start(&conns, "chat", None, tools, SessionOptions::from_config(config)).await?;
     let store = session.store.clone();
-    let goal =
-        PlanGoal { goal: String::new(), only: false, mapping: mapping.clone(), mapping_origin: mapping_origin.clone(), batch_size: None };
+    let goal = PlanGoal {
+        goal: String::new(),
+        only: false,
+        mapping: mapping.clone(),
+        mapping_origin: mapping_origin.clone(),
+        batch_size: None,
+    };
     let entities = match session.map(goal).await {
         // Pairs: each legacy table, then the modern one it becomes.
-        Ok(set) => set.specs.iter().flat_map(|s| [s.source.name.clone(), s.target.name.clone()]).collect(),
+        Ok(set) => {
+            set.specs.iter().flat_map(|s| [s.source.name.clone(), s.target.name.clone()]).collect()
+        }
         Err(e) => {
             eprintln!("note: could not read the mappings ({e}); table names will not be suggested");
             Vec::new()
         }
     };
     let interactive = std::io::stdin().is_terminal();
-    let chat = Chat { interactive, config, session: &session, store, mapping, mapping_origin, llm, entities };
+    let chat = Chat {
+        interactive,
+        config,
+        session: &session,
+        store,
+        mapping,
+        mapping_origin,
+        llm,
+        entities,
+    };
     let result = chat.repl().await;
     end(session, result, "ended").await
 }
 
 impl Chat<'_> {
     fn databases(&self) -> String {
-        let loc = |r: Result<&runtime::config::DbUrl, _>| r.map(|u| u.location()).unwrap_or_else(|_| "?".into());
+        let loc = |r: Result<&runtime::config::DbUrl, _>| {
+            r.map(|u| u.location()).unwrap_or_else(|_| "?".into())
+        };
         format!("{} → {}", loc(self.config.source()), loc(self.config.target()))
     }
 
     async fn repl(&self) -> Result<(), Exit> {
-        let model = self.llm.as_ref().map(|l| l.describe()).unwrap_or_else(|| "no language model, offline".into());
-        println!("agentctl chat: {} ({model}). Type `help` for what you can say.", self.databases());
+        let model = self
+            .llm
+            .as_ref()
+            .map(|l| l.describe())
+            .unwrap_or_else(|| "no language model, offline".into());
+        println!(
+            "agentctl chat: {} ({model}). Type `help` for what you can say.",
+            self.databases()
+        );
         // A migration left half done is the first thing to know.
         if let Some(run) = self.store.latest_migration_run().await? {
             if let Some(how) = self.interrupted(run).await? {
                 println!("{}", interrupted_note(&how));
             }
         }
-        let prompt = if self.interactive { format!("[{}] > ", self.databases()) } else { String::new() };
+        let prompt =
+            if self.interactive { format!("[{}] > ", self.databases()) } else { String::new() };
         let mut lines = spawn_reader(prompt);
         while let Some(line) = lines.recv().await {
             let text = match line {
@@ -171,14 +202,16 @@ impl Chat<'_> {
                 continue;
             }
             self.echo(&text);
-            let intent = understand(&self.session.ctx, self.llm.as_deref(), &text, &self.entities).await;
+            let intent =
+                understand(&self.session.ctx, self.llm.as_deref(), &text, &self.entities).await;
             if intent == Intent::Exit {
                 break;
             }
             // Ctrl-C cancels the action, not the conversation.
             let answer = tokio::select! {
                 r = self.act(&intent, &text, &mut lines) => r,
-                _ = tokio::signal::ctrl_c() => Err(Exit::interrupted("cancelled; what was committed stays, and you can ask how it stands")),
+                _ = tokio::signal::ctrl_c() => Err(Exit::interrupted("cancelled; what was \
+                    committed stays, and you can ask how it stands")),
             };
             match answer {
                 Ok(Continue::Yes) => {}
@@ -230,30 +263,44 @@ impl Chat<'_> {
         let lines = [
             ("what is in the old database?".to_owned(), "(or the new one)"),
             (format!("how many {a} are there?"), ""),
-            (format!("migrate the {b} and everything they need"), "(asks before it changes anything)"),
+            (
+                format!("migrate the {b} and everything they need"),
+                "(asks before it changes anything)",
+            ),
             ("how is it going?  /  how did it go?  /  is everything safe?".to_owned(), ""),
             (format!("why did some {c} fail?"), ""),
             (format!("show me a failed row of {c}"), ""),
             (format!("undo the {b}"), "(asks before it deletes anything)"),
             ("what did the planning agent decide and why?".to_owned(), ""),
             (format!("profile the {a}"), "(what the data looks like)"),
-            ("what changed since the last sync?".to_owned(), "(in the old system; changes nothing)"),
+            (
+                "what changed since the last sync?".to_owned(),
+                "(in the old system; changes nothing)",
+            ),
             (format!("sync the {c}"), "(asks before it changes anything)"),
             (format!("sync the {c} every night"), "(a sync job; asks first)"),
             ("exit".to_owned(), ""),
         ];
         let width = lines.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0);
-        let body: Vec<String> = lines.iter().map(|(l, note)| format!("  {l:<width$}  {note}").trim_end().to_owned()).collect();
+        let body: Vec<String> = lines
+            .iter()
+            .map(|(l, note)| format!("  {l:<width$}  {note}").trim_end().to_owned())
+            .collect();
         format!("You can say, for example:\n{}", body.join("\n"))
     }
 
     /// The tables of one database, each with its rows counted.
     async fn tables(&self, new: bool) -> Result<(), Exit> {
-        let side = if new { runtime::config::DbRole::Target } else { runtime::config::DbRole::Source };
+        let side =
+            if new { runtime::config::DbRole::Target } else { runtime::config::DbRole::Source };
         let report = self.session.analyze(side, true).await.map_err(Exit::agent)?;
-        let tables: Vec<String> =
-            report.tables.iter().map(|t| format!("{} ({} rows)", t.name, t.exact_rows.unwrap_or(t.estimated_rows))).collect();
-        let rows: i64 = report.tables.iter().map(|t| t.exact_rows.unwrap_or(t.estimated_rows)).sum();
+        let tables: Vec<String> = report
+            .tables
+            .iter()
+            .map(|t| format!("{} ({} rows)", t.name, t.exact_rows.unwrap_or(t.estimated_rows)))
+            .collect();
+        let rows: i64 =
+            report.tables.iter().map(|t| t.exact_rows.unwrap_or(t.estimated_rows)).sum();
         println!(
             "The {} database ({}) holds {} tables, {rows} rows in all: {}.",
             if new { "new" } else { "old" },
@@ -266,24 +313,48 @@ impl Chat<'_> {
 
     /// How many rows one table has, in the old database and in the new one, counted now.
     async fn count(&self, entity: &str) -> Result<(), Exit> {
-        let pair = self.entities.chunks(2).find(|pair| pair.iter().any(|name| names_match(entity, name)));
+        let pair =
+            self.entities.chunks(2).find(|pair| pair.iter().any(|name| names_match(entity, name)));
         let Some([old, new]) = pair else {
             let [a, b, c] = self.examples();
-            let which = if entity.is_empty() { "Of which table?".to_owned() } else { format!("I know no table called {entity}.") };
+            let which = if entity.is_empty() {
+                "Of which table?".to_owned()
+            } else {
+                format!("I know no table called {entity}.")
+            };
             println!("{which} For example: how many {a}, {b} or {c} are there?");
             return Ok(());
         };
         let counted = |report: &runtime::domain::SchemaReport, name: &str| {
-            report.tables.iter().find(|t| t.name.name == name).map(|t| t.exact_rows.unwrap_or(t.estimated_rows))
+            report
+                .tables
+                .iter()
+                .find(|t| t.name.name == name)
+                .map(|t| t.exact_rows.unwrap_or(t.estimated_rows))
         };
-        let source = self.session.analyze(runtime::config::DbRole::Source, true).await.map_err(Exit::agent)?;
-        let target = self.session.analyze(runtime::config::DbRole::Target, true).await.map_err(Exit::agent)?;
+        let source = self
+            .session
+            .analyze(runtime::config::DbRole::Source, true)
+            .await
+            .map_err(Exit::agent)?;
+        let target = self
+            .session
+            .analyze(runtime::config::DbRole::Target, true)
+            .await
+            .map_err(Exit::agent)?;
         match (counted(&source, old), counted(&target, new)) {
             (Some(o), Some(n)) => {
-                println!("The old database has {o} {} (table {old}); the new one has {n} (table {new}).", new.replace('_', " "))
+                println!(
+                    "The old database has {o} {} (table {old}); the new one has {n} (table {new}).",
+                    new.replace('_', " ")
+                )
             }
             (Some(o), None) => {
-                println!("The old database has {o} {} (table {old}); the new one has no table for them yet.", old.replace('_', " "))
+                println!(
+                    "The old database has {o} {} (table {old}); the new one has no table for \
+                    them yet.",
+                    old.replace('_', " ")
+                )
             }
             _ => println!("The old database has no table {old}."),
         }
@@ -293,35 +364,59 @@ impl Chat<'_> {
     /// How the last migration ended; with `safety`, said as whether anything was lost.
     async fn outcome(&self, safety: bool) -> Result<(), Exit> {
         let Some(run) = self.run_in_question().await? else {
-            println!("Nothing has been moved yet, so nothing can have been lost: the old database is as it was.");
+            println!(
+                "Nothing has been moved yet, so nothing can have been lost: the old database \
+                is as it was."
+            );
             return Ok(());
         };
         let row = self.store.find_run(Some(&run.to_string())).await?;
         let entities = self.store.report(run).await?;
         let (source, migrated, rejected) = tools::control::ReportEntity::totals(&entities);
         let validated = entities.iter().filter(|e| e.validated == Some(true)).count();
-        let failed: Vec<&str> = entities.iter().filter(|e| e.validated == Some(false)).map(|e| e.target_table.as_str()).collect();
+        let failed: Vec<&str> = entities
+            .iter()
+            .filter(|e| e.validated == Some(false))
+            .map(|e| e.target_table.as_str())
+            .collect();
         let events = self.store.events(run, &EventFilter::default()).await?;
         let head = self.store.chain_head(run).await?;
         let chain = runtime::audit::verify_chain(run, &events, &head);
         let accounted = source == migrated + rejected;
-        let whole = accounted && failed.is_empty() && chain.first_bad.is_none() && row.outcome == "succeeded";
+        let whole = accounted
+            && failed.is_empty()
+            && chain.first_bad.is_none()
+            && row.outcome == "succeeded";
         if safety {
             println!(
-                "{} Of the {source} rows of the old system, {migrated} are in the new one and {rejected} were set aside, each with its reason ({}).",
+                "{} Of the {source} rows of the old system, {migrated} are in the new one and \
+                    {rejected} were set aside, each with its reason ({}).",
                 if whole { "Yes." } else { "Not yet." },
-                if accounted { "every row is accounted for" } else { "some rows are NOT accounted for" }
+                if accounted {
+                    "every row is accounted for"
+                } else {
+                    "some rows are NOT accounted for"
+                }
             );
         } else {
             println!(
-                "The last migration ({}, run {run}) {}: {migrated} rows moved, {rejected} set aside with their reasons, of {source}{}.",
+                "The last migration ({}, run {run}) {}: {migrated} rows moved, {rejected} set \
+                    aside with their reasons, of {source}{}.",
                 row.started_at.format("%Y-%m-%d %H:%M"),
                 row.outcome,
-                if accounted { "; every row is accounted for" } else { "; some rows are NOT accounted for" }
+                if accounted {
+                    "; every row is accounted for"
+                } else {
+                    "; some rows are NOT accounted for"
+                }
             );
         }
         match failed.is_empty() {
-            true => println!("The new system was checked against the old one, row by row: {validated} of {} tables match.", entities.len()),
+            true => println!(
+                "The new system was checked against the old one, row by row: \
+                {validated} of {} tables match.",
+                entities.len()
+            ),
             false => println!(
                 "The check against the old system FAILED for {}; {validated} of {} tables match.",
                 failed.join(", "),
@@ -329,7 +424,10 @@ impl Chat<'_> {
             ),
         }
         match &chain.first_bad {
-            None => println!("The record of everything that was done is intact ({} entries, verified just now).", chain.events),
+            None => println!(
+                "The record of everything that was done is intact ({} entries, verified just now).",
+                chain.events
+            ),
             Some(b) => println!("The record of what was done is NOT intact: {b}."),
         }
         if let Some(how) = self.interrupted(run).await? {
@@ -355,49 +453,88 @@ impl Chat<'_> {
 
     /// A question no intent covers, answered by the model in words, streamed as it comes, from
     /// the facts given to it (the tables, the latest migration's state).
-    async fn answer_in_words(&self, llm: &dyn runtime::ports::Llm, question: &str) -> Result<(), Exit> {
+    async fn answer_in_words(
+        &self,
+        llm: &dyn runtime::ports::Llm,
+        question: &str,
+    ) -> Result<(), Exit> {
         let status = match self.run_in_question().await? {
             None => "nothing has been migrated yet".to_owned(),
             Some(run) => {
                 let rows = self.store.progress(run).await?;
-                let parts: Vec<String> =
-                    rows.iter().map(|p| format!("{} {} ({} moved, {} refused)", p.target_table, p.state, p.migrated, p.rejected)).collect();
+                let parts: Vec<String> = rows
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{} {} ({} moved, {} refused)",
+                            p.target_table, p.state, p.migrated, p.rejected
+                        )
+                    })
+                    .collect();
                 parts.join("; ")
             }
         };
-        let system =
-            prompts::fill(prompts::ANSWER, &[("entities", &self.entities.join(", ")), ("status", &status)]).map_err(Exit::failed)?;
+        let system = prompts::fill(
+            prompts::ANSWER,
+            &[("entities", &self.entities.join(", ")), ("status", &status)],
+        )
+        .map_err(Exit::failed)?;
         let mut out = std::io::stdout();
         let mut show = |piece: &str| {
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
         };
-        let answered =
-            agents::llm::ask_text(&self.session.ctx, llm, runtime::AgentName::Guidance, "answer", &system, question, Some(&mut show)).await;
+        let answered = agents::llm::ask_text(
+            &self.session.ctx,
+            llm,
+            runtime::AgentName::Guidance,
+            "answer",
+            &system,
+            question,
+            Some(&mut show),
+        )
+        .await;
         println!();
-        answered.map(|_| ()).map_err(|why| Exit::failed(format!("the model did not answer ({why}). {}", self.help())))
+        answered.map(|_| ()).map_err(|why| {
+            Exit::failed(format!("the model did not answer ({why}). {}", self.help()))
+        })
     }
 
     /// Carries out what changes data (after a yes); everything else is [`Chat::answer`].
-    async fn act(&self, intent: &Intent, question: &str, lines: &mut tokio::sync::mpsc::Receiver<Line>) -> Result<Continue, Exit> {
+    async fn act(
+        &self,
+        intent: &Intent,
+        question: &str,
+        lines: &mut tokio::sync::mpsc::Receiver<Line>,
+    ) -> Result<Continue, Exit> {
         match intent {
             Intent::Migrate { goal } => self.migrate(goal, lines).await,
             Intent::Undo { goal } => self.undo(goal, lines).await.map(|_| Continue::Yes),
             Intent::Sync { goal } => self.sync(goal, lines).await.map(|_| Continue::Yes),
-            Intent::Schedule { goal, every } => self.schedule(goal, every, lines).await.map(|_| Continue::Yes),
+            Intent::Schedule { goal, every } => {
+                self.schedule(goal, every, lines).await.map(|_| Continue::Yes)
+            }
             Intent::Changes { goal } => self.changes(goal).await.map(|_| ()).map(|_| Continue::Yes),
             _ => match tokio::time::timeout(ANSWER_TIMEOUT, self.answer(intent, question)).await {
                 Ok(answered) => answered.map(|_| Continue::Yes),
-                Err(_) => Err(Exit::failed(format!("no answer within {}s; is the database reachable?", ANSWER_TIMEOUT.as_secs()))),
+                Err(_) => Err(Exit::failed(format!(
+                    "no answer within {}s; is the database reachable?",
+                    ANSWER_TIMEOUT.as_secs()
+                ))),
             },
         }
     }
 
-    async fn migrate(&self, goal: &str, lines: &mut tokio::sync::mpsc::Receiver<Line>) -> Result<Continue, Exit> {
+    async fn migrate(
+        &self,
+        goal: &str,
+        lines: &mut tokio::sync::mpsc::Receiver<Line>,
+    ) -> Result<Continue, Exit> {
         let outcome = self.session.plan(self.goal(goal, false)).await.map_err(Exit::agent)?;
         println!("{}", outcome.explanation);
         let question = format!(
-            "This will copy {} tables (about {} rows: {} expected to move, {} that the new system will refuse) into {}. Type yes to go ahead.",
+            "This will copy {} tables (about {} rows: {} expected to move, {} that the new system \
+                will refuse) into {}. Type yes to go ahead.",
             outcome.plan.entities().count(),
             outcome.plan.estimated_rows(),
             outcome.plan.expected_migrated(),
@@ -430,7 +567,8 @@ impl Chat<'_> {
                                 println!("I will stop talking once the migration is done.");
                                 then = Continue::No;
                             }
-                            Intent::Migrate { .. } | Intent::Undo { .. } | Intent::Sync { .. } | Intent::Changes { .. } | Intent::Schedule { .. } => println!("A migration is running; that can wait until it is done."),
+                            Intent::Migrate { .. } | Intent::Undo { .. } | Intent::Sync { .. } | Intent::Changes { .. } | Intent::Schedule { .. } => println!("A \
+                                migration is running; that can wait until it is done."),
                             intent => {
                                 if let Err(e) = self.answer(&intent, &text).await {
                                     println!("Sorry, that did not work: {}", e.message);
@@ -453,7 +591,10 @@ impl Chat<'_> {
             .map(|v| format!("{}: {}", v.target.name, v.detail))
             .collect();
         if failed.is_empty() {
-            println!("Done, and checked: every row that moved holds the same values as in the old system.");
+            println!(
+                "Done, and checked: every row that moved holds the same values as in the old \
+                system."
+            );
         } else {
             println!("Done, but the check found problems: {}", failed.join("; "));
         }
@@ -464,13 +605,24 @@ impl Chat<'_> {
     fn inline_progress(&self) -> tokio::task::JoinHandle<()> {
         let mut events = self.session.ctx.events.subscribe();
         tokio::spawn(async move {
-            let mut last: std::collections::HashMap<String, std::time::Instant> = Default::default();
+            let mut last: std::collections::HashMap<String, std::time::Instant> =
+                Default::default();
             while let Ok(e) = events.recv().await {
-                let runtime::events::RunEvent::Progress { entity, rows_done, rows_total, .. } = e else { continue };
+                let runtime::events::RunEvent::Progress { entity, rows_done, rows_total, .. } = e
+                else {
+                    continue;
+                };
                 let done = rows_total.is_some_and(|t| rows_done >= t);
                 let now = std::time::Instant::now();
-                if done || last.get(&entity).is_none_or(|at| now.duration_since(*at) >= std::time::Duration::from_secs(2)) {
-                    println!("  ... {entity}: {rows_done}{} rows read", rows_total.map(|t| format!(" of {t}")).unwrap_or_default());
+                if done
+                    || last.get(&entity).is_none_or(|at| {
+                        now.duration_since(*at) >= std::time::Duration::from_secs(2)
+                    })
+                {
+                    println!(
+                        "  ... {entity}: {rows_done}{} rows read",
+                        rows_total.map(|t| format!(" of {t}")).unwrap_or_default()
+                    );
                     last.insert(entity, now);
                 }
             }
@@ -480,7 +632,12 @@ impl Chat<'_> {
     /// A differential run of the tables named (none: everything), analysing only.
     fn diff_goal(&self, goal: &str) -> DiffGoal {
         let goal = if goal.trim().is_empty() { "everything" } else { goal };
-        DiffGoal { goal: self.goal(goal, goal != "everything"), analyze: true, apply: false, full: false }
+        DiffGoal {
+            goal: self.goal(goal, goal != "everything"),
+            analyze: true,
+            apply: false,
+            full: false,
+        }
     }
 
     /// What changed in the old system since the last sync, said in words; nothing is changed.
@@ -499,7 +656,10 @@ impl Chat<'_> {
                 a.conflicts,
                 a.rejected,
                 if a.target_changed > 0 {
-                    format!(" ({} changed only in the new system, left as they are)", a.target_changed)
+                    format!(
+                        " ({} changed only in the new system, left as they are)",
+                        a.target_changed
+                    )
                 } else {
                     String::new()
                 }
@@ -513,7 +673,12 @@ impl Chat<'_> {
 
     /// Brings the new system up to date with the old one's changes, after a yes.
     /// A sync job that keeps `goal` in step on a schedule, after a yes.
-    async fn schedule(&self, goal: &str, every: &str, lines: &mut tokio::sync::mpsc::Receiver<Line>) -> Result<(), Exit> {
+    async fn schedule(
+        &self,
+        goal: &str,
+        every: &str,
+        lines: &mut tokio::sync::mpsc::Receiver<Line>,
+    ) -> Result<(), Exit> {
         let schedule = match every.contains(' ') {
             true => tools::sync::Schedule::cron(every),
             false => tools::sync::Schedule::every(every),
@@ -521,14 +686,18 @@ impl Chat<'_> {
         let schedule = match schedule {
             Ok(s) => s,
             Err(e) => {
-                println!("I could not read that schedule ({e}). For example: sync the orders every night.");
+                println!(
+                    "I could not read that schedule ({e}). For example: sync the orders \
+                    every night."
+                );
                 return Ok(());
             }
         };
         let what = if goal.is_empty() { "everything".to_owned() } else { goal.to_owned() };
         let name = format!("chat-{}", what.split_whitespace().collect::<Vec<_>>().join("-"));
         let question = format!(
-            "This keeps {what} in step with the old system {}, as the sync job {name} (it runs while `agentctl sync daemon` runs). Type yes to go ahead.",
+            "This keeps {what} in step with the old system {}, as the sync job {name} (it runs \
+                while `agentctl sync daemon` runs). Type yes to go ahead.",
             schedule.describe()
         );
         if !self.confirm(lines, &question).await {
@@ -552,13 +721,18 @@ impl Chat<'_> {
         Ok(())
     }
 
-    async fn sync(&self, goal: &str, lines: &mut tokio::sync::mpsc::Receiver<Line>) -> Result<(), Exit> {
+    async fn sync(
+        &self,
+        goal: &str,
+        lines: &mut tokio::sync::mpsc::Receiver<Line>,
+    ) -> Result<(), Exit> {
         let waiting = self.changes(goal).await?;
         if waiting == 0 {
             return Ok(());
         }
         let question = format!(
-            "This applies these {waiting} changes to {} (deleted rows are marked deleted or removed, as the mapping says). Type yes to go ahead.",
+            "This applies these {waiting} changes to {} (deleted rows are marked deleted or \
+                removed, as the mapping says). Type yes to go ahead.",
             self.config.target().map(|t| t.location()).unwrap_or_default()
         );
         if !self.confirm(lines, &question).await {
@@ -570,7 +744,8 @@ impl Chat<'_> {
         let report = self.session.diff(how).await.map_err(Exit::agent)?;
         let t = report.total();
         println!(
-            "Done: {} added, {} updated, {} deleted, {} changed on both sides, {} held for you, {} refused with a reason.",
+            "Done: {} added, {} updated, {} deleted, {} changed on both sides, {} held for you, \
+                {} refused with a reason.",
             t.inserted, t.updated, t.deleted, t.conflicted, t.held, t.rejected
         );
         if t.held > 0 {
@@ -579,13 +754,18 @@ impl Chat<'_> {
         Ok(())
     }
 
-    async fn undo(&self, goal: &str, lines: &mut tokio::sync::mpsc::Receiver<Line>) -> Result<(), Exit> {
+    async fn undo(
+        &self,
+        goal: &str,
+        lines: &mut tokio::sync::mpsc::Receiver<Line>,
+    ) -> Result<(), Exit> {
         if goal.trim().is_empty() {
             println!("Which tables should I take back? For example: undo the doctors.");
             return Ok(());
         }
         let question = format!(
-            "This deletes from {} every row agentctl created of {goal} (rows it did not create stay). Type yes to go ahead.",
+            "This deletes from {} every row agentctl created of {goal} (rows it did not create \
+                stay). Type yes to go ahead.",
             self.config.target().map(|t| t.location()).unwrap_or_default()
         );
         if !self.confirm(lines, &question).await {
@@ -599,17 +779,26 @@ impl Chat<'_> {
             match self.session.rollback(self.goal(&goal, true)).await {
                 Ok(done) => {
                     for d in &done {
-                        println!("  {}: {} rows deleted, {} kept", d.target.name, d.deleted, d.kept);
+                        println!(
+                            "  {}: {} rows deleted, {} kept",
+                            d.target.name, d.deleted, d.kept
+                        );
                     }
                     return Ok(());
                 }
                 Err(e) => {
-                    let Some(child) = e.message.split("rows of ").nth(1).and_then(|r| r.split(" still reference them").next()) else {
+                    let Some(child) = e
+                        .message
+                        .split("rows of ")
+                        .nth(1)
+                        .and_then(|r| r.split(" still reference them").next())
+                    else {
                         return Err(Exit::agent(e));
                     };
                     let child = child.rsplit('.').next().unwrap_or(child).to_owned();
                     let question = format!(
-                        "The {child} in the new system still point at these {goal}, so I deleted nothing. Undo the {child} too? Type yes to go ahead."
+                        "The {child} in the new system still point at these {goal}, so I deleted \
+                            nothing. Undo the {child} too? Type yes to go ahead."
                     );
                     if !self.confirm(lines, &question).await {
                         println!("All right, nothing was deleted.");
@@ -628,7 +817,10 @@ impl Chat<'_> {
         match self.session.store.writer_lock(self.session.run_id, "chat").await {
             Ok(lock) => Ok(Some(lock)),
             Err(tools::control::Attend::Held(who)) => {
-                println!("I cannot change anything now: {who}. Nothing was changed; ask me again once it is done.");
+                println!(
+                    "I cannot change anything now: {who}. Nothing was changed; ask me again \
+                    once it is done."
+                );
                 Ok(None)
             }
             Err(tools::control::Attend::Db(e)) => Err(Exit::failed(e)),
@@ -651,7 +843,9 @@ impl Chat<'_> {
                 None => {
                     let [a, _, c] = self.examples();
                     println!(
-                        "I'm not sure what you mean. Do you want to know how the migration went, what the old database holds, how many {a} there are, or why some {c} were not moved? Say `help` for everything I can do."
+                        "I'm not sure what you mean. Do you want to know how the migration went, \
+                            what the old database holds, how many {a} there are, or why some {c} \
+                            were not moved? Say `help` for everything I can do."
                     );
                 }
                 Some(llm) => self.answer_in_words(llm.as_ref(), question).await?,
@@ -665,7 +859,8 @@ impl Chat<'_> {
                     println!("Which table? For example: profile the customers.");
                     return Ok(());
                 };
-                // The operator may name the legacy table or the modern one; profiles read the source.
+                // The operator may name the legacy table or the modern one; profiles read the
+                // source.
                 let table = self
                     .entities
                     .chunks(2)
@@ -674,8 +869,12 @@ impl Chat<'_> {
                     .unwrap_or(table);
                 let question = question.clone().filter(|_| self.llm.is_some());
                 let asked = question.is_some();
-                let goal =
-                    agents::orchestrator::ProfileGoal { table, sample: agents::schema_analysis::PROFILE_SAMPLE, code: None, question };
+                let goal = agents::orchestrator::ProfileGoal {
+                    table,
+                    sample: agents::schema_analysis::PROFILE_SAMPLE,
+                    code: None,
+                    question,
+                };
                 let (profile, report) = self.session.profile(goal).await.map_err(Exit::agent)?;
                 if let Err(e) = crate::plan_run::print_profile(&profile, &report, asked) {
                     println!("{e}");
@@ -691,7 +890,11 @@ impl Chat<'_> {
                     println!(
                         "  {}: {} — {} of {} rows moved, {} could not be moved",
                         p.target_table.trim_start_matches("public."),
-                        if stopped.is_some() && p.state == "running" { "stopped part-way" } else { p.state.as_str() },
+                        if stopped.is_some() && p.state == "running" {
+                            "stopped part-way"
+                        } else {
+                            p.state.as_str()
+                        },
                         p.migrated,
                         p.rows_read,
                         p.rejected
@@ -707,9 +910,15 @@ impl Chat<'_> {
                     return Ok(());
                 };
                 let groups = self.store.rejection_groups(run).await?;
-                let groups: Vec<_> = groups.iter().filter(|g| entity.as_deref().is_none_or(|e| names_match(e, &g.source_table))).collect();
+                let groups: Vec<_> = groups
+                    .iter()
+                    .filter(|g| entity.as_deref().is_none_or(|e| names_match(e, &g.source_table)))
+                    .collect();
                 if groups.is_empty() {
-                    println!("No rows{} were refused.", entity.as_ref().map(|e| format!(" of {e}")).unwrap_or_default());
+                    println!(
+                        "No rows{} were refused.",
+                        entity.as_ref().map(|e| format!(" of {e}")).unwrap_or_default()
+                    );
                 }
                 for g in groups {
                     println!(
@@ -733,11 +942,16 @@ impl Chat<'_> {
                     .find(|g| entity.as_deref().is_none_or(|e| names_match(e, &g.source_table)))
                     .map(|g| g.source_table.clone());
                 let Some(table) = table else {
-                    println!("No refused row{} to show.", entity.as_ref().map(|e| format!(" of {e}")).unwrap_or_default());
+                    println!(
+                        "No refused row{} to show.",
+                        entity.as_ref().map(|e| format!(" of {e}")).unwrap_or_default()
+                    );
                     return Ok(());
                 };
                 if let Some((key, reason, row)) = self.store.rejected_example(run, &table).await? {
-                    println!("Row {key} of {table} was not moved: {reason}\nWhat the old system holds:");
+                    println!(
+                        "Row {key} of {table} was not moved: {reason}\nWhat the old system holds:"
+                    );
                     print_json(&row);
                 }
             }
@@ -748,14 +962,20 @@ impl Chat<'_> {
                 };
                 let agent = agent.clone().unwrap_or_else(|| "planning".into());
                 self.session.flush_audit().await?;
-                let filter = EventFilter { agent: Some(agent.clone()), kind: Some("decision".into()) };
+                let filter =
+                    EventFilter { agent: Some(agent.clone()), kind: Some("decision".into()) };
                 let events = self.store.events(run, &filter).await?;
                 if events.is_empty() {
                     println!("The {agent} agent recorded no decision in that run.");
                 }
                 for e in events.iter().rev().take(8).rev() {
-                    let detail: serde_json::Value = serde_json::from_str(&e.detail).unwrap_or_default();
-                    println!("  {}\n    because {}", e.summary, detail["rationale"].as_str().unwrap_or("(no reason recorded)"));
+                    let detail: serde_json::Value =
+                        serde_json::from_str(&e.detail).unwrap_or_default();
+                    println!(
+                        "  {}\n    because {}",
+                        e.summary,
+                        detail["rationale"].as_str().unwrap_or("(no reason recorded)")
+                    );
                 }
             }
         }
@@ -767,7 +987,8 @@ impl Chat<'_> {
 /// What an operator is told of a migration stopped before its end.
 fn interrupted_note(how: &str) -> String {
     format!(
-        "The last migration stopped before it finished (its program was closed or killed). Everything it saved is kept, and nothing is half written. To finish it, run: {how}"
+        "The last migration stopped before it finished (its program was closed or killed). \
+            Everything it saved is kept, and nothing is half written. To finish it, run: {how}"
     )
 }
 
@@ -776,22 +997,40 @@ fn interrupted_note(how: &str) -> String {
 fn names_match(word: &str, table: &str) -> bool {
     let table = table.rsplit('.').next().unwrap_or(table);
     let key = runtime::mapping::entity_key(word);
-    [runtime::mapping::entity_key(table), runtime::mapping::entity_key(table.trim_start_matches("dispatch_"))]
-        .iter()
-        .any(|k| *k == key || (key.len() >= 5 && agents::guidance::edits(&key, k) <= if key.len() >= 8 { 2 } else { 1 }))
+    [
+        runtime::mapping::entity_key(table),
+        runtime::mapping::entity_key(table.trim_start_matches("dispatch_")),
+    ]
+    .iter()
+    .any(|k| {
+        *k == key
+            || (key.len() >= 5
+                && agents::guidance::edits(&key, k) <= if key.len() >= 8 { 2 } else { 1 })
+    })
 }
 
 /// What an operator can do about a kind of rejection.
 fn advice(rule: &str) -> &'static str {
     match rule.split(':').next().unwrap_or("") {
         "reference" => {
-            "Their parent row did not move (it was refused too, or is missing in the old system); fix the parent, then migrate again."
+            "Their parent row did not move (it was refused too, or is missing in the old system); \
+                fix the parent, then migrate again."
         }
-        "not_null" => "A value the new system requires is empty in the old one; fill it in there, or set a default in the mapping file.",
-        "enum" | "values" => "The value is not one the new system knows; map it to a known value in the mapping file.",
-        "check" | "domain" => "The value breaks a rule of the new system; correct it in the old system.",
+        "not_null" => {
+            "A value the new system requires is empty in the old one; fill it in there, \
+            or set a default in the mapping file."
+        }
+        "enum" | "values" => {
+            "The value is not one the new system knows; map it to a known value \
+            in the mapping file."
+        }
+        "check" | "domain" => {
+            "The value breaks a rule of the new system; correct it in the old \
+            system."
+        }
         "refused_by_target" => {
-            "The new database refused it, usually a duplicate; decide which row is right and remove the other in the old system."
+            "The new database refused it, usually a duplicate; decide which row is right and \
+                remove the other in the old system."
         }
         _ => "Correct the row in the old system, then migrate again.",
     }
@@ -801,19 +1040,25 @@ fn advice(rule: &str) -> &'static str {
 pub async fn llm(config: &Config, cmd: LlmCmd) -> Result<(), Exit> {
     let LlmCmd::Check { format } = cmd;
     let Some(llm) = configured_llm(config)? else {
-        let text = "no language model is configured (set OPENAI_API_KEY, or OPENAI_BASE_URL for a local server such as Ollama or vLLM, and AGENTCTL_MODEL); the agents work offline";
+        let text = "no language model is configured (set OPENAI_API_KEY, or OPENAI_BASE_URL for a \
+            local server such as Ollama or vLLM, and AGENTCTL_MODEL); the agents work offline";
         match format {
             Format::Json => print_json(&json!({"configured": false, "detail": text})),
             Format::Text => println!("{text}"),
         }
         return Ok(());
     };
-    let request =
-        runtime::domain::LlmRequest { system: "Answer briefly.".into(), turns: vec![("user".into(), "Say OK.".into())], tool: None };
+    let request = runtime::domain::LlmRequest {
+        system: "Answer briefly.".into(),
+        turns: vec![("user".into(), "Say OK.".into())],
+        tool: None,
+    };
     match llm.ask(&request).await {
         Ok(reply) => {
             match format {
-                Format::Json => print_json(&json!({"configured": true, "provider": llm.describe(), "answers": true, "reply": reply})),
+                Format::Json => print_json(
+                    &json!({"configured": true, "provider": llm.describe(), "answers": true, "reply": reply}),
+                ),
                 Format::Text => println!(
                     "{} answers ({} ms, {} + {} tokens): {}",
                     llm.describe(),

@@ -22,7 +22,8 @@ fn profile(shape: &DatasetShape) -> Result<FaultProfile, Exit> {
     match &shape.faults {
         None => Ok(base),
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Exit::config(format!("reading {}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Exit::config(format!("reading {}: {e}", path.display())))?;
             base.with_overrides(&text, &path.display().to_string()).map_err(Exit::config)
         }
     }
@@ -31,7 +32,8 @@ fn profile(shape: &DatasetShape) -> Result<FaultProfile, Exit> {
 pub async fn dataset(config: &Config, cmd: DatasetCmd) -> Result<(), Exit> {
     match cmd {
         DatasetCmd::Faults { shape, format } => {
-            let world = World::build(shape.scale, shape.seed, &profile(&shape)?).map_err(Exit::config)?;
+            let world =
+                World::build(shape.scale, shape.seed, &profile(&shape)?).map_err(Exit::config)?;
             let report = world.report(shape.scale, &Default::default());
             match format {
                 Format::Json => print_json(&report),
@@ -40,16 +42,23 @@ pub async fn dataset(config: &Config, cmd: DatasetCmd) -> Result<(), Exit> {
             Ok(())
         }
         DatasetCmd::Change { rows, format } => {
-            let source = tools::pg::connect(config.source().map_err(Exit::config)?, 1).await.map_err(Exit::config)?;
+            let source = tools::pg::connect(config.source().map_err(Exit::config)?, 1)
+                .await
+                .map_err(Exit::config)?;
             if dataset::stamp(&source).await?.is_none() {
-                return Err(Exit::config("the source does not hold the reference dataset (agentctl dataset generate)"));
+                return Err(Exit::config(
+                    "the source does not hold the reference dataset (agentctl dataset generate)",
+                ));
             }
             let report = dataset::changes::apply(&source, rows).await?;
             match format {
                 Format::Json => print_json(&report),
                 Format::Text => {
                     for t in &report.tables {
-                        println!("{:<28} {:>7} inserted {:>7} updated {:>7} deleted", t.table, t.inserted, t.updated, t.deleted);
+                        println!(
+                            "{:<28} {:>7} inserted {:>7} updated {:>7} deleted",
+                            t.table, t.inserted, t.updated, t.deleted
+                        );
                     }
                     println!("{} rows changed in {:.1}s", report.total(), report.seconds);
                 }
@@ -57,8 +66,15 @@ pub async fn dataset(config: &Config, cmd: DatasetCmd) -> Result<(), Exit> {
             Ok(())
         }
         DatasetCmd::Generate { shape, replace, format } => {
-            let opts = GenerateOptions { scale: shape.scale, seed: shape.seed, faults: profile(&shape)?, replace };
-            let source = tools::pg::connect(config.source().map_err(Exit::config)?, 4).await.map_err(Exit::config)?;
+            let opts = GenerateOptions {
+                scale: shape.scale,
+                seed: shape.seed,
+                faults: profile(&shape)?,
+                replace,
+            };
+            let source = tools::pg::connect(config.source().map_err(Exit::config)?, 4)
+                .await
+                .map_err(Exit::config)?;
             let target = match &config.target {
                 Some(url) => Some(tools::pg::connect(url, 2).await.map_err(Exit::config)?),
                 None => None,
@@ -73,7 +89,10 @@ pub async fn dataset(config: &Config, cmd: DatasetCmd) -> Result<(), Exit> {
                     print!("{}", report.render());
                     println!("generated in {:.1}s", report.seconds);
                     if target.is_some() {
-                        println!("the modern target schema is in place; next: agentctl plan --goal \"migrate everything\"");
+                        println!(
+                            "the modern target schema is in place; next: agentctl plan \
+                            --goal \"migrate everything\""
+                        );
                     }
                 }
             }
@@ -89,7 +108,10 @@ fn demo_dir(opts: &DemoOpts) -> PathBuf {
     if let Some(dir) = std::env::var_os("AGENTCTL_DEMO_DIR") {
         return PathBuf::from(dir);
     }
-    let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     match std::env::var_os("HOME") {
         // Root's home is closed to the postgres user the server runs as.
         Some(home) if !root => PathBuf::from(home).join(".local/share/agentctl/demo"),
@@ -103,43 +125,86 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
         if let Ok((old, _)) = DaemonCluster::open(&dir) {
             old.stop()?;
         }
-        std::fs::remove_dir_all(&dir).map_err(|e| Exit::failed(format!("removing {}: {e}", dir.display())))?;
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| Exit::failed(format!("removing {}: {e}", dir.display())))?;
     }
-    let (cluster, created) = tokio::task::block_in_place(|| DaemonCluster::open(&dir)).map_err(Exit::config)?;
-    println!("PostgreSQL {} in {} on port {}", if created { "created" } else { "reused" }, dir.display(), cluster.port);
-    let admin_cfg =
-        Config::resolve(&DbFlags { source: None, target: Some(cluster.url("postgres")) }, &Vars::default()).map_err(Exit::config)?;
+    let (cluster, created) =
+        tokio::task::block_in_place(|| DaemonCluster::open(&dir)).map_err(Exit::config)?;
+    println!(
+        "PostgreSQL {} in {} on port {}",
+        if created { "created" } else { "reused" },
+        dir.display(),
+        cluster.port
+    );
+    let admin_cfg = Config::resolve(
+        &DbFlags { source: None, target: Some(cluster.url("postgres")) },
+        &Vars::default(),
+    )
+    .map_err(Exit::config)?;
     let admin = tools::pg::connect(admin_cfg.target().map_err(Exit::config)?, 1).await?;
     for db in ["legacy", "modern"] {
         ensure_database(&admin, db).await?;
     }
     admin.close().await;
-    let config = Config::resolve(&DbFlags { source: Some(cluster.url("legacy")), target: Some(cluster.url("modern")) }, &Vars::default())
-        .map_err(Exit::config)?;
+    let config = Config::resolve(
+        &DbFlags { source: Some(cluster.url("legacy")), target: Some(cluster.url("modern")) },
+        &Vars::default(),
+    )
+    .map_err(Exit::config)?;
     let conns = Connections::open(&config, true).await?;
     let source = conns.source.clone().expect("opened with the source");
 
     // Regenerate only when the stamped dataset is not the one asked for.
-    let wanted = World::build(opts.scale, opts.seed, &FaultProfile::production()).map_err(Exit::config)?;
+    let wanted =
+        World::build(opts.scale, opts.seed, &FaultProfile::production()).map_err(Exit::config)?;
     let expected = wanted.report(opts.scale, &Default::default());
     let stamp = dataset::stamp(&source).await?;
-    let same = stamp.as_ref().is_some_and(|s| s["scale"] == serde_json::json!(opts.scale) && s["seed"] == serde_json::json!(opts.seed));
+    let same = stamp.as_ref().is_some_and(|s| {
+        s["scale"] == serde_json::json!(opts.scale) && s["seed"] == serde_json::json!(opts.seed)
+    });
     let report: DatasetReport = if same {
         println!("reference dataset already loaded (scale {}, seed {})", opts.scale, opts.seed);
         expected
     } else {
         println!("generating the reference dataset at scale {} ...", opts.scale);
-        let gen = GenerateOptions { scale: opts.scale, seed: opts.seed, faults: FaultProfile::production(), replace: true };
+        let gen = GenerateOptions {
+            scale: opts.scale,
+            seed: opts.seed,
+            faults: FaultProfile::production(),
+            replace: true,
+        };
         let r = dataset::generate(&source, &gen, |line| println!("  {line}")).await?;
-        println!("  {} rows in {:.1}s ({:.0} rows/s)", r.rows, r.seconds, r.rows as f64 / r.seconds);
+        println!(
+            "  {} rows in {:.1}s ({:.0} rows/s)",
+            r.rows,
+            r.seconds,
+            r.rows as f64 / r.seconds
+        );
         r
     };
     fresh_target(&conns.target).await?;
-    println!("\nWhat the legacy data holds, and what a migration must do with it:\n{}", report.render());
+    println!(
+        "\nWhat the legacy data holds, and what a migration must do with it:\n{}",
+        report.render()
+    );
 
-    let (mapping, mapping_origin) = crate::plan_run::mapping_file(&Default::default(), &conns).await?;
-    let session = Session::start(&conns, "demo", Some("migrate everything"), conns.tools()?, SessionOptions::from_config(&config)).await?;
-    let goal = PlanGoal { goal: "migrate everything".into(), only: false, mapping, mapping_origin, batch_size: None };
+    let (mapping, mapping_origin) =
+        crate::plan_run::mapping_file(&Default::default(), &conns).await?;
+    let session = Session::start(
+        &conns,
+        "demo",
+        Some("migrate everything"),
+        conns.tools()?,
+        SessionOptions::from_config(&config),
+    )
+    .await?;
+    let goal = PlanGoal {
+        goal: "migrate everything".into(),
+        only: false,
+        mapping,
+        mapping_origin,
+        batch_size: None,
+    };
     let work = async {
         let planned = session.plan(goal).await.map_err(Exit::agent)?;
         println!("{}\n", planned.explanation);
@@ -156,14 +221,25 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
     let run_id = session.run_id;
     let (results, left_out) = crate::plan_run::end(session, result, "succeeded").await?;
     crate::plan_run::print_results(&results, &left_out, run_id);
-    let validations: Vec<&runtime::domain::EntityValidation> = results.iter().filter_map(|r| r.validation.as_ref()).collect();
+    let validations: Vec<&runtime::domain::EntityValidation> =
+        results.iter().filter_map(|r| r.validation.as_ref()).collect();
     crate::proof::print_validations(&validations);
-    println!("\nThe whole run is in the audit trail: agentctl --target {} audit show {run_id}\n", cluster.url("modern"));
+    println!(
+        "\nThe whole run is in the audit trail: agentctl --target {} audit show {run_id}\n",
+        cluster.url("modern")
+    );
     println!("The report: agentctl --target {} report {run_id}\n", cluster.url("modern"));
     if let Some(failed) = crate::proof::validation_failure(&validations) {
         return Err(failed);
     }
-    println!("Look around:\n  psql -h 127.0.0.1 -p {} -U postgres -d legacy   # the legacy data\n  psql -h 127.0.0.1 -p {} -U postgres -d modern   # the target schema and agentctl's control tables\nStop the server:\n  {}", cluster.port, cluster.port, cluster.stop_command());
+    println!(
+        "Look around:\n  psql -h 127.0.0.1 -p {} -U postgres -d legacy   # the legacy data\n \
+        psql -h 127.0.0.1 -p {} -U postgres -d modern   # the target schema and agentctl's \
+        control tables\nStop the server:\n  {}",
+        cluster.port,
+        cluster.port,
+        cluster.stop_command()
+    );
     Ok(())
 }
 
@@ -182,7 +258,8 @@ struct Measured {
 fn measure(config: &Config, args: &[&str]) -> Result<Measured, Exit> {
     let source = config.source().map_err(Exit::config)?.expose().to_owned();
     let target = config.target().map_err(Exit::config)?.expose().to_owned();
-    let exe = std::env::current_exe().map_err(|e| Exit::failed(format!("finding agentctl's own binary: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Exit::failed(format!("finding agentctl's own binary: {e}")))?;
     let started = std::time::Instant::now();
     let mut child = std::process::Command::new(exe)
         .args(["--source", &source, "--target", &target])
@@ -195,8 +272,14 @@ fn measure(config: &Config, args: &[&str]) -> Result<Measured, Exit> {
         .map_err(|e| Exit::failed(format!("starting agentctl {}: {e}", args.join(" "))))?;
     let (mut out, mut err) = (String::new(), String::new());
     use std::io::Read;
-    let stdout = child.stdout.take().map(|mut s| std::thread::spawn(move || s.read_to_string(&mut out).map(|_| out)));
-    let stderr = child.stderr.take().map(|mut s| std::thread::spawn(move || s.read_to_string(&mut err).map(|_| err)));
+    let stdout = child
+        .stdout
+        .take()
+        .map(|mut s| std::thread::spawn(move || s.read_to_string(&mut out).map(|_| out)));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|mut s| std::thread::spawn(move || s.read_to_string(&mut err).map(|_| err)));
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
     #[allow(unsafe_code)]
@@ -205,7 +288,11 @@ fn measure(config: &Config, args: &[&str]) -> Result<Measured, Exit> {
     #[allow(unsafe_code)]
     let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     if waited < 0 {
-        return Err(Exit::failed(format!("waiting for agentctl {}: {}", args.join(" "), std::io::Error::last_os_error())));
+        return Err(Exit::failed(format!(
+            "waiting for agentctl {}: {}",
+            args.join(" "),
+            std::io::Error::last_os_error()
+        )));
     }
     let seconds = started.elapsed().as_secs_f64();
     let text = |h: Option<std::thread::JoinHandle<std::io::Result<String>>>| {
@@ -216,7 +303,10 @@ fn measure(config: &Config, args: &[&str]) -> Result<Measured, Exit> {
         stdout: text(stdout),
         stderr: text(stderr),
         seconds,
-        cpu_seconds: [usage.ru_utime, usage.ru_stime].iter().map(|t| t.tv_sec as f64 + t.tv_usec as f64 / 1e6).sum(),
+        cpu_seconds: [usage.ru_utime, usage.ru_stime]
+            .iter()
+            .map(|t| t.tv_sec as f64 + t.tv_usec as f64 / 1e6)
+            .sum(),
         peak_rss_kb: usage.ru_maxrss,
     })
 }
@@ -224,16 +314,25 @@ fn measure(config: &Config, args: &[&str]) -> Result<Measured, Exit> {
 /// pgcopydb, the PostgreSQL-to-PostgreSQL copier users pick instead (Debian's `pgcopydb`), when
 /// it is installed: the bench installs nothing.
 fn pgcopydb() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("pgcopydb")).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|d| d.join("pgcopydb")).find(|p| p.is_file())
+    })
 }
 
 /// One `pgcopydb clone` of the source into a database of its own on the target's server (same
 /// schema, integer keys, every row, indexes and foreign keys built), timed; the database is
 /// dropped again afterwards.
-async fn pgcopydb_clone(bin: &Path, config: &Config, admin: &tools::pg::Pool, jobs: &str) -> Result<f64, Exit> {
-    let (source, target) = (config.source().map_err(Exit::config)?, config.target().map_err(Exit::config)?);
+async fn pgcopydb_clone(
+    bin: &Path,
+    config: &Config,
+    admin: &tools::pg::Pool,
+    jobs: &str,
+) -> Result<f64, Exit> {
+    let (source, target) =
+        (config.source().map_err(Exit::config)?, config.target().map_err(Exit::config)?);
     let name = format!("{}_pgcopydb", target.database());
-    let (url, query) = target.expose().split_once('?').map_or((target.expose(), ""), |(u, q)| (u, q));
+    let (url, query) =
+        target.expose().split_once('?').map_or((target.expose(), ""), |(u, q)| (u, q));
     let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
     let clone_url = format!("{base}/{name}{}{query}", if query.is_empty() { "" } else { "?" });
     tools::cluster::drop_database(admin, &name).await?;
@@ -243,7 +342,17 @@ async fn pgcopydb_clone(bin: &Path, config: &Config, admin: &tools::pg::Pool, jo
     let _ = std::fs::remove_dir_all(&dir);
     let started = std::time::Instant::now();
     let out = std::process::Command::new(bin)
-        .args(["clone", "--source", source.expose(), "--target", &clone_url, "--table-jobs", jobs, "--index-jobs", jobs])
+        .args([
+            "clone",
+            "--source",
+            source.expose(),
+            "--target",
+            &clone_url,
+            "--table-jobs",
+            jobs,
+            "--index-jobs",
+            jobs,
+        ])
         .args(["--no-owner", "--no-acl", "--dir"])
         .arg(&dir)
         .output()
@@ -253,7 +362,11 @@ async fn pgcopydb_clone(bin: &Path, config: &Config, admin: &tools::pg::Pool, jo
     tools::cluster::drop_database(admin, &name).await?;
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stderr);
-        let last = said.lines().rev().find(|l| l.contains("ERROR")).unwrap_or_else(|| said.lines().last().unwrap_or(""));
+        let last = said
+            .lines()
+            .rev()
+            .find(|l| l.contains("ERROR"))
+            .unwrap_or_else(|| said.lines().last().unwrap_or(""));
         return Err(Exit::failed(format!("pgcopydb clone failed: {}", last.trim())));
     }
     Ok(seconds)
@@ -308,7 +421,10 @@ async fn bench_migrate(
     let jobs_arg = jobs.clamp(1, 8).to_string();
     let copier = pgcopydb();
     if copier.is_none() {
-        eprintln!("pgcopydb is not installed (apt-get install pgcopydb): the comparison with it is left out");
+        eprintln!(
+            "pgcopydb is not installed (apt-get install pgcopydb): the comparison with it \
+            is left out"
+        );
     }
     // pgcopydb as users run it on a 2-core machine: two tables and two indexes at a time.
     let copier_jobs = jobs.clamp(1, 2).to_string();
@@ -319,13 +435,18 @@ async fn bench_migrate(
         // the machine with autovacuum clearing up after the one before it.
         fresh_target(&conns.target).await?;
         tools::bench::settle(&source, &conns.target).await?;
-        eprintln!("round {round}: raw pipe, COPY out of the source and into the target, {jobs} tables at a time ...");
+        eprintln!(
+            "round {round}: raw pipe, COPY out of the source and into the target, {jobs} \
+            tables at a time ..."
+        );
         let pipe = tools::bench::raw_pipe(&source, &conns.target, jobs).await?;
         eprintln!("  {} rows in {:.1}s", pipe.rows, pipe.seconds);
         tools::bench::settle(&source, &conns.target).await?;
         let pgcopydb = match &copier {
             Some(bin) => {
-                eprintln!("round {round}: pgcopydb clone, {copier_jobs} tables and indexes at a time ...");
+                eprintln!(
+                    "round {round}: pgcopydb clone, {copier_jobs} tables and indexes at a time ..."
+                );
                 let seconds = pgcopydb_clone(bin, config, &conns.target, &copier_jobs).await?;
                 eprintln!("  {seconds:.1}s");
                 tools::bench::settle(&source, &conns.target).await?;
@@ -333,29 +454,65 @@ async fn bench_migrate(
             }
             None => None,
         };
-        eprintln!("round {round}: agentctl run --goal \"migrate everything\" --skip-validation ...");
+        eprintln!(
+            "round {round}: agentctl run --goal \"migrate everything\" --skip-validation ..."
+        );
         let run = measure(
             config,
-            &["run", "--goal", "migrate everything", "--yes", "--skip-validation", "--jobs", &jobs_arg, "--format", "json"],
+            &[
+                "run",
+                "--goal",
+                "migrate everything",
+                "--yes",
+                "--skip-validation",
+                "--jobs",
+                &jobs_arg,
+                "--format",
+                "json",
+            ],
         )?;
         if run.code != 0 {
-            return Err(Exit::failed(format!("the benchmarked run failed (exit {}): {}", run.code, run.stderr.trim())));
+            return Err(Exit::failed(format!(
+                "the benchmarked run failed (exit {}): {}",
+                run.code,
+                run.stderr.trim()
+            )));
         }
-        let doc: serde_json::Value = serde_json::from_str(&run.stdout).map_err(|e| Exit::failed(format!("reading the run's JSON: {e}")))?;
+        let doc: serde_json::Value = serde_json::from_str(&run.stdout)
+            .map_err(|e| Exit::failed(format!("reading the run's JSON: {e}")))?;
         let execute = doc["execute_seconds"].as_f64().unwrap_or(run.seconds);
-        let rows_read = doc["entities"].as_array().map(|es| es.iter().filter_map(|e| e["rows_read"].as_i64()).sum()).unwrap_or(0);
+        let rows_read = doc["entities"]
+            .as_array()
+            .map(|es| es.iter().filter_map(|e| e["rows_read"].as_i64()).sum())
+            .unwrap_or(0);
         eprintln!("  {rows_read} rows in {execute:.1}s; agentctl's CPU {:.1}s", run.cpu_seconds);
         // The same run as a user starts it: every entity validated as soon as it is loaded.
         fresh_target(&conns.target).await?;
         tools::bench::settle(&source, &conns.target).await?;
         eprintln!("round {round}: agentctl run --goal \"migrate everything\" (validated) ...");
-        let validated = measure(config, &["run", "--goal", "migrate everything", "--yes", "--jobs", &jobs_arg, "--format", "json"])?;
+        let validated = measure(
+            config,
+            &[
+                "run",
+                "--goal",
+                "migrate everything",
+                "--yes",
+                "--jobs",
+                &jobs_arg,
+                "--format",
+                "json",
+            ],
+        )?;
         if validated.code != 0 {
-            return Err(Exit::failed(format!("the benchmarked run failed (exit {}): {}", validated.code, validated.stderr.trim())));
+            return Err(Exit::failed(format!(
+                "the benchmarked run failed (exit {}): {}",
+                validated.code,
+                validated.stderr.trim()
+            )));
         }
         eprintln!("  {:.1}s", validated.seconds);
-        let doc: serde_json::Value =
-            serde_json::from_str(&validated.stdout).map_err(|e| Exit::failed(format!("reading the run's JSON: {e}")))?;
+        let doc: serde_json::Value = serde_json::from_str(&validated.stdout)
+            .map_err(|e| Exit::failed(format!("reading the run's JSON: {e}")))?;
         let r = Round {
             pipe,
             doc,
@@ -377,8 +534,11 @@ async fn bench_migrate(
     let last = done.last().expect("at least one round");
     let entities = last.doc["entities"].as_array().cloned().unwrap_or_default();
     let total = |f: &str| entities.iter().filter_map(|e| e[f].as_i64()).sum::<i64>();
-    let expected = |f: fn(&dataset::TableReport) -> Option<i64>| report.tables.iter().filter_map(f).sum::<i64>();
-    let (expected_migrated, expected_rejected) = (expected(|t| t.expected_migrated), expected(|t| t.expected_rejected));
+    let expected = |f: fn(&dataset::TableReport) -> Option<i64>| {
+        report.tables.iter().filter_map(f).sum::<i64>()
+    };
+    let (expected_migrated, expected_rejected) =
+        (expected(|t| t.expected_migrated), expected(|t| t.expected_rejected));
     let (read, migrated, rejected) = (last.rows_read, total("migrated"), total("rejected"));
     eprintln!("agentctl validate ...");
     let validate = measure(config, &["validate", "--format", "json"])?;
@@ -463,10 +623,14 @@ async fn bench_migrate(
             .create(true)
             .open(&path)
             .map_err(|e| Exit::failed(format!("opening {}: {e}", path.display())))?;
-        std::io::Write::write_all(&mut file, section.as_bytes()).map_err(|e| Exit::failed(format!("writing {}: {e}", path.display())))?;
+        std::io::Write::write_all(&mut file, section.as_bytes())
+            .map_err(|e| Exit::failed(format!("writing {}: {e}", path.display())))?;
     }
     if !passed {
-        return Err(Exit { code: Exit::VALIDATION, message: format!("validation failed: {}", validate.stderr.trim()) });
+        return Err(Exit {
+            code: Exit::VALIDATION,
+            message: format!("validation failed: {}", validate.stderr.trim()),
+        });
     }
     Ok(())
 }
@@ -475,10 +639,20 @@ async fn bench_migrate(
 /// old tables held forgotten.
 async fn fresh_target(target: &tools::pg::Pool) -> Result<(), Exit> {
     dataset::apply_target_schema(target, true).await?;
-    tools::control::ControlStore::open(target.clone()).await?.forget_migrated_rows().await.map_err(Exit::from)
+    tools::control::ControlStore::open(target.clone())
+        .await?
+        .forget_migrated_rows()
+        .await
+        .map_err(Exit::from)
 }
 
-async fn bench_diff(config: &Config, scale: f64, seed: u64, changes: u64, format: Format) -> Result<(), Exit> {
+async fn bench_diff(
+    config: &Config,
+    scale: f64,
+    seed: u64,
+    changes: u64,
+    format: Format,
+) -> Result<(), Exit> {
     let conns = Connections::open(config, true).await?;
     let source = conns.source.clone().expect("opened with the source");
     eprintln!("generating the reference dataset at scale {scale} ...");
@@ -486,7 +660,8 @@ async fn bench_diff(config: &Config, scale: f64, seed: u64, changes: u64, format
     let report = dataset::generate(&source, &gen, |_| ()).await?;
     fresh_target(&conns.target).await?;
     eprintln!("  {} rows; migrating them all ...", report.rows);
-    let run = measure(config, &["run", "--goal", "migrate everything", "--yes", "--format", "json"])?;
+    let run =
+        measure(config, &["run", "--goal", "migrate everything", "--yes", "--format", "json"])?;
     if run.code != 0 {
         return Err(Exit::failed(format!("the full migration failed: {}", run.stderr.trim())));
     }
@@ -516,7 +691,10 @@ async fn bench_diff(config: &Config, scale: f64, seed: u64, changes: u64, format
     match format {
         Format::Json => print_json(&doc),
         Format::Text => {
-            println!("reference dataset at scale {scale}: {} rows, migrated in {:.1}s", report.rows, run.seconds);
+            println!(
+                "reference dataset at scale {scale}: {} rows, migrated in {:.1}s",
+                report.rows, run.seconds
+            );
             println!("{} source rows changed", changed.total());
             for f in &figures {
                 println!(
@@ -536,17 +714,22 @@ pub async fn bench(config: &Config, cmd: BenchCmd) -> Result<(), Exit> {
         BenchCmd::Migrate { scale, seed, jobs, rounds, results, format } => {
             bench_migrate(config, scale, seed, jobs, rounds, results, format).await
         }
-        BenchCmd::Diff { scale, seed, changes, format } => bench_diff(config, scale, seed, changes, format).await,
+        BenchCmd::Diff { scale, seed, changes, format } => {
+            bench_diff(config, scale, seed, changes, format).await
+        }
         BenchCmd::Sandbox { runs, values } => crate::sandbox_cmd::bench(runs, values).await,
         BenchCmd::Uuid { rows, format } => {
-            let target = tools::pg::connect(config.target().map_err(Exit::config)?, 1).await.map_err(Exit::config)?;
+            let target = tools::pg::connect(config.target().map_err(Exit::config)?, 1)
+                .await
+                .map_err(Exit::config)?;
             let figures = tools::bench::uuid_layouts(&target, rows).await?;
             match format {
                 Format::Json => print_json(&figures),
                 Format::Text => {
                     for f in &figures {
                         println!(
-                            "{:<8} {:>9} rows in {:>6.2}s  {:>9.0} rows/s  primary key index {:>5} MiB",
+                            "{:<8} {:>9} rows in {:>6.2}s  {:>9.0} rows/s  primary key index \
+                                {:>5} MiB",
                             format!("{:?}", f.layout).to_lowercase(),
                             f.rows,
                             f.seconds,

@@ -33,14 +33,23 @@ fn phase(e: &AuditEvent) -> usize {
     if e.agent == "operator" && e.kind == "decision" && e.summary.contains("plan ") {
         return 3;
     }
-    PHASES.iter().position(|(_, agents)| agents.contains(&e.agent.as_str())).unwrap_or(PHASES.len() - 1)
+    PHASES
+        .iter()
+        .position(|(_, agents)| agents.contains(&e.agent.as_str()))
+        .unwrap_or(PHASES.len() - 1)
 }
 
-pub fn page(run: &RunRow, events: &[AuditEvent], verification: &Verification, facts: &Facts) -> String {
+pub fn page(
+    run: &RunRow,
+    events: &[AuditEvent],
+    verification: &Verification,
+    facts: &Facts,
+) -> String {
     let mut out = String::with_capacity(64 * 1024 + events.len() * 200);
     let title = format!("agentctl run {}", run.run_id);
     out.push_str(&format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\n{STYLE}</head><body>\n",
+        "<!doctype html>\n<html lang=\"en\"><head><meta \
+            charset=\"utf-8\"><title>{}</title>\n{STYLE}</head><body>\n",
         escape(&title)
     ));
     out.push_str(&format!("<h1>Audit of {}</h1>\n", escape(&title)));
@@ -51,19 +60,35 @@ pub fn page(run: &RunRow, events: &[AuditEvent], verification: &Verification, fa
     out
 }
 
-fn summary(out: &mut String, run: &RunRow, events: &[AuditEvent], verification: &Verification, facts: &Facts) {
+fn summary(
+    out: &mut String,
+    run: &RunRow,
+    events: &[AuditEvent],
+    verification: &Verification,
+    facts: &Facts,
+) {
     // A decision's own detail, beside its rationale.
-    let detail = |e: &AuditEvent| serde_json::from_str::<serde_json::Value>(&e.detail).map(|d| d["detail"].clone()).unwrap_or_default();
+    let detail = |e: &AuditEvent| {
+        serde_json::from_str::<serde_json::Value>(&e.detail)
+            .map(|d| d["detail"].clone())
+            .unwrap_or_default()
+    };
     let approval = events.iter().find(|e| phase(e) == 3);
-    let hash = approval
-        .and_then(|e| detail(e)["hash"].as_str().map(str::to_owned))
-        .or_else(|| events.iter().find_map(|e| e.summary.split("(plan ").nth(1).map(|h| h.trim_end_matches(')').to_owned())));
+    let hash = approval.and_then(|e| detail(e)["hash"].as_str().map(str::to_owned)).or_else(|| {
+        events.iter().find_map(|e| {
+            e.summary.split("(plan ").nth(1).map(|h| h.trim_end_matches(')').to_owned())
+        })
+    });
     let mut rows: Vec<(&str, String, &str)> = vec![
         ("Goal", run.goal.clone().unwrap_or_else(|| "(none)".into()), ""),
         ("Command", format!("agentctl {}", run.command), ""),
         (
             "Outcome",
-            format!("{}{}", run.outcome, run.outcome_detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()),
+            format!(
+                "{}{}",
+                run.outcome,
+                run.outcome_detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
+            ),
             if run.outcome == "succeeded" { "good" } else { "bad" },
         ),
         (
@@ -71,7 +96,9 @@ fn summary(out: &mut String, run: &RunRow, events: &[AuditEvent], verification: 
             format!(
                 "started {}{}",
                 run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                run.finished_at.map(|t| format!(", ended {}", t.format("%H:%M:%S UTC"))).unwrap_or_default()
+                run.finished_at
+                    .map(|t| format!(", ended {}", t.format("%H:%M:%S UTC")))
+                    .unwrap_or_default()
             ),
             "",
         ),
@@ -80,21 +107,42 @@ fn summary(out: &mut String, run: &RunRow, events: &[AuditEvent], verification: 
     rows.push(match approval {
         Some(e) => {
             let who = detail(e)["by"].as_str().map(|b| format!(" by {b}")).unwrap_or_default();
-            ("Approval", format!("{}{who} at {}", e.summary, e.at.format("%Y-%m-%d %H:%M:%S UTC")), "")
+            (
+                "Approval",
+                format!("{}{who} at {}", e.summary, e.at.format("%Y-%m-%d %H:%M:%S UTC")),
+                "",
+            )
         }
         None => ("Approval", "none recorded (nothing was run on a plan)".into(), ""),
     });
     let (source, migrated, rejected) = ReportEntity::totals(facts.entities);
     if !facts.entities.is_empty() {
-        let accounted = if source == migrated + rejected { "every row accounted for" } else { "NOT every row accounted for" };
-        rows.push(("Rows", format!("{migrated} migrated and {rejected} rejected of {source} ({accounted})"), ""));
+        let accounted = if source == migrated + rejected {
+            "every row accounted for"
+        } else {
+            "NOT every row accounted for"
+        };
+        rows.push((
+            "Rows",
+            format!("{migrated} migrated and {rejected} rejected of {source} ({accounted})"),
+            "",
+        ));
         let validated = facts.entities.iter().filter(|e| e.validated == Some(true)).count();
-        let failed: Vec<&str> = facts.entities.iter().filter(|e| e.validated == Some(false)).map(|e| e.target_table.as_str()).collect();
+        let failed: Vec<&str> = facts
+            .entities
+            .iter()
+            .filter(|e| e.validated == Some(false))
+            .map(|e| e.target_table.as_str())
+            .collect();
         rows.push((
             "Validation",
             match failed.is_empty() {
                 true => format!("{validated} of {} entities validated", facts.entities.len()),
-                false => format!("FAILED for {}; {validated} of {} validated", failed.join(", "), facts.entities.len()),
+                false => format!(
+                    "FAILED for {}; {validated} of {} validated",
+                    failed.join(", "),
+                    facts.entities.len()
+                ),
             },
             if failed.is_empty() { "good" } else { "bad" },
         ));
@@ -112,16 +160,27 @@ fn summary(out: &mut String, run: &RunRow, events: &[AuditEvent], verification: 
         "",
     ));
     rows.push(match &verification.first_bad {
-        None => ("Audit chain", format!("intact: {} events, head {}", verification.events, verification.head_hash), "good mono"),
+        None => (
+            "Audit chain",
+            format!("intact: {} events, head {}", verification.events, verification.head_hash),
+            "good mono",
+        ),
         Some(b) => ("Audit chain", format!("BROKEN at {b}"), "bad"),
     });
     out.push_str("<section id=\"summary\"><table class=\"facts\">\n");
     for (name, value, class) in &rows {
-        out.push_str(&format!("<tr><th>{name}</th><td class=\"{class}\">{}</td></tr>\n", escape(value)));
+        out.push_str(&format!(
+            "<tr><th>{name}</th><td class=\"{class}\">{}</td></tr>\n",
+            escape(value)
+        ));
     }
     out.push_str("</table>\n");
     if !facts.entities.is_empty() {
-        out.push_str("<h2>Entities</h2>\n<table><thead><tr><th>entity</th><th class=\"n\">source rows</th><th class=\"n\">migrated</th><th class=\"n\">rejected</th><th>validation</th></tr></thead><tbody>\n");
+        out.push_str(
+            "<h2>Entities</h2>\n<table><thead><tr><th>entity</th><th class=\"n\">source \
+            rows</th><th class=\"n\">migrated</th><th \
+            class=\"n\">rejected</th><th>validation</th></tr></thead><tbody>\n",
+        );
         for e in facts.entities {
             let (verdict, class) = match e.validated {
                 Some(true) => ("passed", "good"),
@@ -129,7 +188,8 @@ fn summary(out: &mut String, run: &RunRow, events: &[AuditEvent], verification: 
                 None => ("not validated", ""),
             };
             out.push_str(&format!(
-                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n{}\">{}</td><td class=\"{class}\">{verdict}</td></tr>\n",
+                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td \
+                    class=\"n{}\">{}</td><td class=\"{class}\">{verdict}</td></tr>\n",
                 escape(&e.target_table),
                 e.source_rows,
                 e.migrated,
@@ -140,10 +200,16 @@ fn summary(out: &mut String, run: &RunRow, events: &[AuditEvent], verification: 
         out.push_str("</tbody></table>\n");
     }
     if !facts.rejections.is_empty() {
-        out.push_str("<h2>Rejections, by reason</h2>\n<table class=\"rejections\"><thead><tr><th>table</th><th>rule</th><th class=\"n\">rows</th><th>example reason</th><th>example keys</th></tr></thead><tbody>\n");
+        out.push_str(
+            "<h2>Rejections, by reason</h2>\n<table \
+            class=\"rejections\"><thead><tr><th>table</th><th>rule</th><th \
+            class=\"n\">rows</th><th>example reason</th><th>example \
+            keys</th></tr></thead><tbody>\n",
+        );
         for g in facts.rejections {
             out.push_str(&format!(
-                "<tr class=\"reject\"><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>\n",
+                "<tr class=\"reject\"><td>{}</td><td>{}</td><td \
+                    class=\"n\">{}</td><td>{}</td><td>{}</td></tr>\n",
                 escape(&g.source_table),
                 escape(&g.rule),
                 g.count,
@@ -157,7 +223,11 @@ fn summary(out: &mut String, run: &RunRow, events: &[AuditEvent], verification: 
 }
 
 fn timeline(out: &mut String, events: &[AuditEvent]) {
-    out.push_str("<h2>Timeline, by phase</h2>\n<p class=\"filters\">Agent <select id=\"agent\"><option value=\"\">all</option></select> Kind <select id=\"kind\"><option value=\"\">all</option></select></p>\n");
+    out.push_str(
+        "<h2>Timeline, by phase</h2>\n<p class=\"filters\">Agent <select \
+        id=\"agent\"><option value=\"\">all</option></select> Kind <select id=\"kind\"><option \
+        value=\"\">all</option></select></p>\n",
+    );
     for (i, (name, _)) in PHASES.iter().enumerate() {
         let in_phase: Vec<&AuditEvent> = events.iter().filter(|e| phase(e) == i).collect();
         if in_phase.is_empty() {
@@ -166,19 +236,27 @@ fn timeline(out: &mut String, events: &[AuditEvent]) {
         // The coordination between agents is noise to most readers: closed until opened.
         let open = if i == PHASES.len() - 1 { "" } else { " open" };
         out.push_str(&format!(
-            "<details class=\"phase\"{open}><summary>{name} <span class=\"count\">({} events)</span></summary>\n<table><tbody>\n",
+            "<details class=\"phase\"{open}><summary>{name} <span class=\"count\">({} \
+                events)</span></summary>\n<table><tbody>\n",
             in_phase.len()
         ));
         for e in in_phase {
-            let reject = e.summary.contains("reject") && !e.summary.contains(" 0 rejected") && !e.summary.contains(" 0 will be rejected");
+            let reject = e.summary.contains("reject")
+                && !e.summary.contains(" 0 rejected")
+                && !e.summary.contains(" 0 will be rejected");
             let class = format!("{}{}", e.kind, if reject { " reject" } else { "" });
             let why = (e.kind == "decision")
                 .then(|| serde_json::from_str::<serde_json::Value>(&e.detail).ok())
                 .flatten()
-                .and_then(|d| d["rationale"].as_str().map(|r| format!("<div class=\"why\">why: {}</div>", escape(r))))
+                .and_then(|d| {
+                    d["rationale"]
+                        .as_str()
+                        .map(|r| format!("<div class=\"why\">why: {}</div>", escape(r)))
+                })
                 .unwrap_or_default();
             out.push_str(&format!(
-                "<tr class=\"{class}\" data-agent=\"{agent}\" data-kind=\"{kind}\"><td class=\"n\">{}</td><td>{}</td><td>{agent}</td><td>{kind}</td><td>{}{why}</td></tr>\n",
+                "<tr class=\"{class}\" data-agent=\"{agent}\" data-kind=\"{kind}\"><td \
+                    class=\"n\">{}</td><td>{}</td><td>{agent}</td><td>{kind}</td><td>{}{why}</td></tr>\n",
                 e.seq,
                 e.at.format("%H:%M:%S%.3f"),
                 escape(&e.summary),
@@ -191,7 +269,11 @@ fn timeline(out: &mut String, events: &[AuditEvent]) {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 const STYLE: &str = r#"<style>
@@ -227,6 +309,9 @@ mod tests {
 
     #[test]
     fn markup_in_a_value_is_text() {
-        assert_eq!(escape("table <!--<script> & \"x\" 'y'"), "table &lt;!--&lt;script&gt; &amp; &quot;x&quot; &#39;y&#39;");
+        assert_eq!(
+            escape("table <!--<script> & \"x\" 'y'"),
+            "table &lt;!--&lt;script&gt; &amp; &quot;x&quot; &#39;y&#39;"
+        );
     }
 }

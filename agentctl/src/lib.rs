@@ -57,11 +57,17 @@ pub async fn run(opt: Opt) -> Result<(), Exit> {
 /// Races a run's work against Ctrl-C. On Ctrl-C the work is dropped (an agent's request in
 /// flight is abandoned, never half-applied) and the caller still ends the session, so the trail
 /// records the cancellation and every event is written.
-pub async fn interruptible<T>(work: impl Future<Output = Result<T, Exit>>, run_id: RunId) -> Result<T, Exit> {
+pub async fn interruptible<T>(
+    work: impl Future<Output = Result<T, Exit>>,
+    run_id: RunId,
+) -> Result<T, Exit> {
     tokio::select! {
         r = work => r,
         _ = tokio::signal::ctrl_c() => Err(Exit::interrupted(format!(
-            "interrupted; run {run_id} was recorded as cancelled, every committed batch kept (a batch in flight commits whole or not at all), foreign keys set aside for the load stay aside until it is carried on (`agentctl status` lists them): carry it on with `{}`",
+            "interrupted; run {run_id} was recorded as cancelled, every committed batch kept (a \
+                batch in flight commits whole or not at all), foreign keys set aside for the \
+                load stay aside until it is carried on (`agentctl status` lists them): carry it \
+                on with `{}`",
             carry_on(run_id)
         ))),
     }

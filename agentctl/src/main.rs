@@ -33,7 +33,9 @@ fn main() {
     restore_sigpipe();
     let opt = agentctl::cli::Opt::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("AGENTCTL_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(
+            EnvFilter::try_from_env("AGENTCTL_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

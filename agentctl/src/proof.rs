@@ -24,9 +24,25 @@ pub(crate) async fn start(
 ) -> Result<(Session, PlanGoal), Exit> {
     let conns = Connections::open(config, true).await?;
     let (file, origin) = mapping_file(mapping, &conns).await?;
-    let session = Session::start(&conns, command, Some(goal), conns.tools()?, SessionOptions::from_config(config)).await?;
+    let session = Session::start(
+        &conns,
+        command,
+        Some(goal),
+        conns.tools()?,
+        SessionOptions::from_config(config),
+    )
+    .await?;
     let only = goal != "everything";
-    Ok((session, PlanGoal { goal: goal.to_owned(), only, mapping: file, mapping_origin: origin, batch_size: None }))
+    Ok((
+        session,
+        PlanGoal {
+            goal: goal.to_owned(),
+            only,
+            mapping: file,
+            mapping_origin: origin,
+            batch_size: None,
+        },
+    ))
 }
 
 /// The exit for failed validations: the entities, then the first differing keys and the count.
@@ -42,12 +58,19 @@ pub fn validation_failure(results: &[&EntityValidation]) -> Option<Exit> {
             let listed = if keys.is_empty() {
                 String::new()
             } else {
-                format!(" (keys {}{})", keys.join(", "), if v.rows_differing + v.missing > keys.len() as i64 { ", ..." } else { "" })
+                format!(
+                    " (keys {}{})",
+                    keys.join(", "),
+                    if v.rows_differing + v.missing > keys.len() as i64 { ", ..." } else { "" }
+                )
             };
             format!("{}: {}{listed}", v.target.name, v.detail)
         })
         .collect();
-    Some(Exit { code: Exit::VALIDATION, message: format!("validation failed for {} entities: {}", failed.len(), parts.join("; ")) })
+    Some(Exit {
+        code: Exit::VALIDATION,
+        message: format!("validation failed for {} entities: {}", failed.len(), parts.join("; ")),
+    })
 }
 
 pub fn print_validations(results: &[&EntityValidation]) {
@@ -71,7 +94,14 @@ pub fn print_validations(results: &[&EntityValidation]) {
             if v.passed { "passed" } else { "FAILED" }
         );
         for l in v.links.iter().filter(|l| l.source != l.target) {
-            println!("  {:<22} links of {} to {}: source {} target {} (DIFFERENT)", "", l.columns.join(", "), l.parent, l.source, l.target);
+            println!(
+                "  {:<22} links of {} to {}: source {} target {} (DIFFERENT)",
+                "",
+                l.columns.join(", "),
+                l.parent,
+                l.source,
+                l.target
+            );
         }
         for m in &v.money {
             println!(
@@ -126,14 +156,24 @@ pub async fn validate_as(config: &Config, opts: EntitiesOpts, command: &str) -> 
     Ok(())
 }
 
-fn show_validations(results: &[EntityValidation], format: Format, run_id: runtime::RunId, started: std::time::Instant) {
+fn show_validations(
+    results: &[EntityValidation],
+    format: Format,
+    run_id: runtime::RunId,
+    started: std::time::Instant,
+) {
     match format {
-        Format::Json => print_json(&json!({"run_id": run_id, "passed": results.iter().all(|v| v.passed), "entities": results,
-            "seconds": started.elapsed().as_secs_f64()})),
+        Format::Json => print_json(
+            &json!({"run_id": run_id, "passed": results.iter().all(|v| v.passed), "entities": results,
+            "seconds": started.elapsed().as_secs_f64()}),
+        ),
         Format::Text => {
             print_validations(&results.iter().collect::<Vec<_>>());
             let rows: i64 = results.iter().map(|v| v.source_rows).sum();
-            println!("{rows} source rows validated in {:.1} s (run {run_id})", started.elapsed().as_secs_f64());
+            println!(
+                "{rows} source rows validated in {:.1} s (run {run_id})",
+                started.elapsed().as_secs_f64()
+            );
         }
     }
 }
@@ -142,7 +182,10 @@ pub async fn rollback(config: &Config, opts: RollbackOpts) -> Result<(), Exit> {
     let goal = if opts.all { "everything".to_owned() } else { opts.entities.join(", ") };
     let target_location = config.target().map_err(Exit::config)?.location();
     if !opts.yes {
-        confirm(&format!("Delete every row agentctl migrated of {goal} from {target_location}? Rows it did not create stay. [y/N] "))?;
+        confirm(&format!(
+            "Delete every row agentctl migrated of {goal} from {target_location}? \
+            Rows it did not create stay. [y/N] "
+        ))?;
     }
     let (session, goal) = start(config, "rollback", &goal, &opts.mapping).await?;
     let run_id = session.run_id;
@@ -151,7 +194,8 @@ pub async fn rollback(config: &Config, opts: RollbackOpts) -> Result<(), Exit> {
         if opts.yes { "approved with --yes" } else { "the operator answered yes at the prompt" },
         json!({"goal": goal.goal, "target": target_location}),
     );
-    let result = interruptible(async { session.rollback(goal).await.map_err(Exit::agent) }, run_id).await;
+    let result =
+        interruptible(async { session.rollback(goal).await.map_err(Exit::agent) }, run_id).await;
     let done = end(session, result, "rolled back").await?;
     match opts.format {
         Format::Json => print_json(&json!({"run_id": run_id, "entities": done})),
@@ -161,7 +205,10 @@ pub async fn rollback(config: &Config, opts: RollbackOpts) -> Result<(), Exit> {
                 println!("{:<24} {:>10} {:>10}", d.target.name, d.deleted, d.kept);
             }
             let deleted: i64 = done.iter().map(|d| d.deleted).sum();
-            println!("deleted {deleted} rows agentctl had created, children first, in one transaction (run {run_id})");
+            println!(
+                "deleted {deleted} rows agentctl had created, children first, in one \
+                transaction (run {run_id})"
+            );
         }
     }
     Ok(())
@@ -170,12 +217,17 @@ pub async fn rollback(config: &Config, opts: RollbackOpts) -> Result<(), Exit> {
 /// Asks on the terminal; no terminal, no yes.
 fn confirm(question: &str) -> Result<(), Exit> {
     if !std::io::stdin().is_terminal() {
-        return Err(Exit::config("refusing to delete without confirmation: there is no terminal to ask on; pass --yes"));
+        return Err(Exit::config(
+            "refusing to delete without confirmation: there is no terminal to ask on; pass --yes",
+        ));
     }
     eprint!("{question}");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| Exit::failed(format!("while reading the answer: {e}")))?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Exit::failed(format!("while reading the answer: {e}")))?;
     if matches!(line.trim().to_lowercase().as_str(), "y" | "yes") {
         Ok(())
     } else {
@@ -185,14 +237,24 @@ fn confirm(question: &str) -> Result<(), Exit> {
 
 /// The source tables the run's plan left out, with why, from the planning agent's last decision
 /// in the run's trail (the plan it made).
-async fn left_out(store: &tools::control::ControlStore, run: runtime::RunId) -> Result<Vec<runtime::domain::LeftOut>, Exit> {
-    let filter = tools::control::EventFilter { agent: Some("planning".into()), kind: Some("decision".into()) };
+async fn left_out(
+    store: &tools::control::ControlStore,
+    run: runtime::RunId,
+) -> Result<Vec<runtime::domain::LeftOut>, Exit> {
+    let filter = tools::control::EventFilter {
+        agent: Some("planning".into()),
+        kind: Some("decision".into()),
+    };
     let events = store.events(run, &filter).await?;
     Ok(events
         .iter()
         .rev()
         .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.detail).ok())
-        .find_map(|d| d.get("detail").and_then(|p| p.get("waves").map(|_| p.get("left_out").cloned().unwrap_or_default())))
+        .find_map(|d| {
+            d.get("detail").and_then(|p| {
+                p.get("waves").map(|_| p.get("left_out").cloned().unwrap_or_default())
+            })
+        })
         .and_then(|v| serde_json::from_value(v).ok())
         .unwrap_or_default())
 }
@@ -222,12 +284,18 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
             let md = opts.format == ReportFormat::Md;
             let strong = |s: String| if md { format!("**{s}**") } else { s };
             println!("{}Migration report, run {}\n", if md { "# " } else { "" }, run.run_id);
-            let command = format!("agentctl {}{}", run.command, run.goal.as_ref().map(|g| format!(" --goal \"{g}\"")).unwrap_or_default());
+            let command = format!(
+                "agentctl {}{}",
+                run.command,
+                run.goal.as_ref().map(|g| format!(" --goal \"{g}\"")).unwrap_or_default()
+            );
             println!(
                 "{}, {} to {}, outcome {}.\n",
                 if md { format!("`{command}`") } else { command },
                 run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                run.finished_at.map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_else(|| "(still running)".into()),
+                run.finished_at
+                    .map(|t| t.format("%H:%M:%S").to_string())
+                    .unwrap_or_else(|| "(still running)".into()),
                 strong(run.outcome.clone())
             );
             let mut rows: Vec<Vec<String>> = entities
@@ -260,26 +328,46 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
                 format!("{wall:.1} (wall)"),
                 format!("{:.0}", source as f64 / wall.max(1e-3)),
             ]);
-            let header = ["entity", "migrated / source", "success", "rejected", "money preserved", "validation", "seconds", "rows/s"];
+            let header = [
+                "entity",
+                "migrated / source",
+                "success",
+                "rejected",
+                "money preserved",
+                "validation",
+                "seconds",
+                "rows/s",
+            ];
             print_table(md, &header, &[false, true, true, true, false, false, true, true], &rows);
             // Every source table has an outcome: the entities above, or left out for a reason.
             for l in &left_out {
-                let how = if l.merged { "its rows are in another entity's" } else { "not migrated" };
+                let how =
+                    if l.merged { "its rows are in another entity's" } else { "not migrated" };
                 match md {
                     true => {
-                        println!("| {} | {how}: {} | | | | | | |", l.table.to_string().replace('|', "\\|"), l.reason.replace('|', "\\|"))
+                        println!(
+                            "| {} | {how}: {} | | | | | | |",
+                            l.table.to_string().replace('|', "\\|"),
+                            l.reason.replace('|', "\\|")
+                        )
                     }
                     false => println!("{}: {how}: {}", l.table, l.reason),
                 }
             }
-            let whose = if left_out.iter().all(|l| l.merged) { "Every source row" } else { "Every row of the entities above" };
+            let whose = if left_out.iter().all(|l| l.merged) {
+                "Every source row"
+            } else {
+                "Every row of the entities above"
+            };
             println!(
                 "\n{whose} is {}: {source} = {migrated} migrated + {rejected} rejected.",
                 if source == migrated + rejected { "accounted for" } else { "NOT accounted for" }
             );
             if llm_calls > 0 {
                 println!(
-                    "\nThe language model was asked {llm_calls} times: {prompt_tokens} prompt and {completion_tokens} completion tokens{} (each call is in the audit trail).",
+                    "\nThe language model was asked {llm_calls} times: {prompt_tokens} prompt and \
+                        {completion_tokens} completion tokens{} (each call is in the audit \
+                        trail).",
                     cost.map(|c| format!(", about ${c:.4}")).unwrap_or_default()
                 );
             }
@@ -297,9 +385,17 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
                         ]
                     })
                     .collect();
-                print_table(md, &["table", "rule", "rows", "example reason", "example keys"], &[false, false, true, false, false], &rows);
+                print_table(
+                    md,
+                    &["table", "rule", "rows", "example reason", "example keys"],
+                    &[false, false, true, false, false],
+                    &rows,
+                );
                 let table = if md { "`agentctl.rejected_rows`" } else { "agentctl.rejected_rows" };
-                println!("\nEach rejected row, with its source row, is in {table} (run {}).", run.run_id);
+                println!(
+                    "\nEach rejected row, with its source row, is in {table} (run {}).",
+                    run.run_id
+                );
             }
         }
     }
@@ -312,7 +408,10 @@ pub(crate) fn print_table(md: bool, header: &[&str], right: &[bool], rows: &[Vec
     if md {
         let cell = |s: &str| s.replace('|', "\\|");
         println!("| {} |", header.join(" | "));
-        println!("| {} |", right.iter().map(|&r| if r { "---:" } else { "---" }).collect::<Vec<_>>().join(" | "));
+        println!(
+            "| {} |",
+            right.iter().map(|&r| if r { "---:" } else { "---" }).collect::<Vec<_>>().join(" | ")
+        );
         for row in rows {
             println!("| {} |", row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | "));
         }
@@ -325,8 +424,12 @@ pub(crate) fn print_table(md: bool, header: &[&str], right: &[bool], rows: &[Vec
         }
     }
     let line = |cells: &[String]| {
-        let parts: Vec<String> =
-            cells.iter().zip(&widths).zip(right).map(|((c, &w), &r)| if r { format!("{c:>w$}") } else { format!("{c:<w$}") }).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .zip(right)
+            .map(|((c, &w), &r)| if r { format!("{c:>w$}") } else { format!("{c:<w$}") })
+            .collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(&header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>());
@@ -343,8 +446,14 @@ fn money_cell(money: Option<&serde_json::Value>) -> String {
     }
     cols.iter()
         .map(|m| {
-            let (s, t) = (m["source_cents"].as_i64().unwrap_or(0), m["target_cents"].as_i64().unwrap_or(-1));
-            format!("{} {}{}", m["column"].as_str().unwrap_or(""), amount(t), if s == t { " ✓" } else { " ✗ (source differs)" })
+            let (s, t) =
+                (m["source_cents"].as_i64().unwrap_or(0), m["target_cents"].as_i64().unwrap_or(-1));
+            format!(
+                "{} {}{}",
+                m["column"].as_str().unwrap_or(""),
+                amount(t),
+                if s == t { " ✓" } else { " ✗ (source differs)" }
+            )
         })
         .collect::<Vec<_>>()
         .join("; ")

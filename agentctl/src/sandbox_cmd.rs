@@ -18,7 +18,12 @@ pub async fn sandbox(cmd: SandboxCmd) -> Result<(), Exit> {
                 Format::Json => print_json(&built),
                 Format::Text if built.reused => println!("{} is built already", built.image),
                 Format::Text => {
-                    println!("built {} on {} in {:.1} s", built.image, built.base.as_deref().unwrap_or("its base"), built.seconds)
+                    println!(
+                        "built {} on {} in {:.1} s",
+                        built.image,
+                        built.base.as_deref().unwrap_or("its base"),
+                        built.seconds
+                    )
                 }
             }
             Ok(())
@@ -29,18 +34,30 @@ pub async fn sandbox(cmd: SandboxCmd) -> Result<(), Exit> {
                 Format::Json => print_json(&status),
                 Format::Text => {
                     match (&status.engine, &status.error) {
-                        (Some(version), None) => println!("engine: Docker {version} at {}", status.endpoint),
+                        (Some(version), None) => {
+                            println!("engine: Docker {version} at {}", status.endpoint)
+                        }
                         (_, Some(error)) => println!("engine: {error}"),
-                        (None, None) => println!("engine: at {} (version unknown)", status.endpoint),
+                        (None, None) => {
+                            println!("engine: at {} (version unknown)", status.endpoint)
+                        }
                     }
-                    let built = if status.image_present { "built" } else { "not built (run `agentctl sandbox build`)" };
+                    let built = if status.image_present {
+                        "built"
+                    } else {
+                        "not built (run `agentctl sandbox build`)"
+                    };
                     println!("image: {} {built}", status.image);
-                    println!("containers: {} ({} of live processes)", status.containers, status.containers_live);
+                    println!(
+                        "containers: {} ({} of live processes)",
+                        status.containers, status.containers_live
+                    );
                 }
             }
             if status.error.is_some() {
                 return Err(Exit::failed(
-                    "the sandbox is not usable; agentctl works without it (custom transforms and scripts cannot run)",
+                    "the sandbox is not usable; agentctl works without it (custom transforms and \
+                        scripts cannot run)",
                 ));
             }
             Ok(())
@@ -50,23 +67,34 @@ pub async fn sandbox(cmd: SandboxCmd) -> Result<(), Exit> {
 }
 
 async fn run(opts: SandboxRunOpts) -> Result<(), Exit> {
-    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| Exit::config(format!("{}: {e}", path.display())));
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| Exit::config(format!("{}: {e}", path.display())))
+    };
     let code = if opts.file.as_os_str() == "-" {
         let mut code = String::new();
-        std::io::stdin().read_to_string(&mut code).map_err(|e| Exit::config(format!("reading the code from stdin: {e}")))?;
+        std::io::stdin()
+            .read_to_string(&mut code)
+            .map_err(|e| Exit::config(format!("reading the code from stdin: {e}")))?;
         code
     } else {
-        String::from_utf8(read(&opts.file)?).map_err(|_| Exit::config(format!("{}: not UTF-8 text", opts.file.display())))?
+        String::from_utf8(read(&opts.file)?)
+            .map_err(|_| Exit::config(format!("{}: not UTF-8 text", opts.file.display())))?
     };
     let mut job = Job::new(opts.lang, code);
     if let Some(path) = &opts.stdin {
         job.stdin = read(path)?;
     }
     for input in &opts.inputs {
-        let (name, path) = input.split_once('=').ok_or_else(|| Exit::config(format!("--input {input}: expected NAME=PATH")))?;
+        let (name, path) = input
+            .split_once('=')
+            .ok_or_else(|| Exit::config(format!("--input {input}: expected NAME=PATH")))?;
         job.files.push((name.to_owned(), read(path.as_ref())?));
     }
-    let limits = Limits { timeout: std::time::Duration::from_secs(opts.timeout), memory: opts.memory << 20, ..Limits::default() };
+    let limits = Limits {
+        timeout: std::time::Duration::from_secs(opts.timeout),
+        memory: opts.memory << 20,
+        ..Limits::default()
+    };
     let config = sandbox::Config { limits, pool_size: 0, ..sandbox::Config::default() };
     let sandbox = Sandbox::connect(config).await.map_err(Exit::failed)?;
     let outcome = sandbox.run(&job).await;
@@ -75,7 +103,10 @@ async fn run(opts: SandboxRunOpts) -> Result<(), Exit> {
     if let Some(dir) = &opts.out {
         for (name, bytes) in &outcome.files {
             let path = dir.join(name);
-            let written = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&path, bytes));
+            let written = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&path, bytes));
             written.map_err(|e| Exit::failed(format!("{}: {e}", path.display())))?;
         }
     }
@@ -114,16 +145,24 @@ fn print_outcome(outcome: &Outcome) {
 pub fn summary(outcome: &Outcome) -> String {
     let ended = match outcome.exit_code {
         Some(0) => "exited 0".to_owned(),
-        Some(137) if outcome.limits_hit.contains(&sandbox::Limit::Memory) => "killed at the memory limit (exit 137)".to_owned(),
+        Some(137) if outcome.limits_hit.contains(&sandbox::Limit::Memory) => {
+            "killed at the memory limit (exit 137)".to_owned()
+        }
         Some(code) => format!("exited {code}"),
         None => "killed at the timeout".to_owned(),
     };
     let mut line = format!("{ended} after {} ms", outcome.duration.as_millis());
     if outcome.stdout_truncated {
-        line.push_str(&format!("; stdout truncated ({} bytes written, the first kept)", outcome.stdout_bytes));
+        line.push_str(&format!(
+            "; stdout truncated ({} bytes written, the first kept)",
+            outcome.stdout_bytes
+        ));
     }
     if outcome.stderr_truncated {
-        line.push_str(&format!("; stderr truncated ({} bytes written, the first kept)", outcome.stderr_bytes));
+        line.push_str(&format!(
+            "; stderr truncated ({} bytes written, the first kept)",
+            outcome.stderr_bytes
+        ));
     }
     if outcome.limits_hit.contains(&sandbox::Limit::Files) {
         line.push_str("; output files past the size cap were dropped");
@@ -141,7 +180,8 @@ pub async fn bench(runs: usize, values: usize) -> Result<(), Exit> {
         let at = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
         (at(0.5), at(0.95))
     };
-    let connect = |pool_size| Sandbox::connect(sandbox::Config { pool_size, ..sandbox::Config::default() });
+    let connect =
+        |pool_size| Sandbox::connect(sandbox::Config { pool_size, ..sandbox::Config::default() });
 
     let cold = connect(0).await.map_err(Exit::failed)?;
     let mut cold_ms = Vec::with_capacity(runs);
@@ -153,7 +193,10 @@ pub async fn bench(runs: usize, values: usize) -> Result<(), Exit> {
     }
     cold.shutdown().await;
     let (cold_p50, cold_p95) = percentiles(cold_ms);
-    println!("cold (create + start + run + collect): p50 {cold_p50:.0} ms, p95 {cold_p95:.0} ms over {runs} runs");
+    println!(
+        "cold (create + start + run + collect): p50 {cold_p50:.0} ms, p95 {cold_p95:.0} ms \
+        over {runs} runs"
+    );
 
     let warm = connect(2).await.map_err(Exit::failed)?;
     let mut warm_ms = Vec::with_capacity(runs);
@@ -166,7 +209,9 @@ pub async fn bench(runs: usize, values: usize) -> Result<(), Exit> {
         assert_ran(&outcome)?;
     }
     let (warm_p50, warm_p95) = percentiles(warm_ms);
-    println!("warm (from the pool of 2): p50 {warm_p50:.0} ms, p95 {warm_p95:.0} ms over {runs} runs");
+    println!(
+        "warm (from the pool of 2): p50 {warm_p50:.0} ms, p95 {warm_p95:.0} ms over {runs} runs"
+    );
 
     let started = Instant::now();
     let outcomes = futures::future::join_all((0..8).map(|_| warm.run(&job))).await;
@@ -177,7 +222,10 @@ pub async fn bench(runs: usize, values: usize) -> Result<(), Exit> {
     println!("8 runs at once: {:.2} s wall", parallel);
 
     let mut script = Job::new(sandbox::Lang::Python, agents::code::TRANSFORM_DRIVER);
-    script.files.push(("transform.py".into(), b"def transform(value):\n    return value.strip().upper()\n".to_vec()));
+    script.files.push((
+        "transform.py".into(),
+        b"def transform(value):\n    return value.strip().upper()\n".to_vec(),
+    ));
     let mut stream = warm.open_stream(&script).await.map_err(Exit::failed)?;
     let batch: Vec<String> = (0..5_000).map(|i| format!("  value {i} ")).collect();
     let line = serde_json::to_vec(&batch).map_err(Exit::failed)?;
@@ -188,7 +236,10 @@ pub async fn bench(runs: usize, values: usize) -> Result<(), Exit> {
         sent += batch.len();
     }
     let seconds = started.elapsed().as_secs_f64();
-    println!("transform script: {sent} values in {seconds:.2} s, {:.0} values/s (batches of 5,000)", sent as f64 / seconds);
+    println!(
+        "transform script: {sent} values in {seconds:.2} s, {:.0} values/s (batches of 5,000)",
+        sent as f64 / seconds
+    );
     stream.close().await;
     warm.shutdown().await;
     Ok(())
@@ -198,6 +249,9 @@ fn assert_ran(outcome: &Outcome) -> Result<(), Exit> {
     if outcome.success() && outcome.stdout.trim() == "499500" {
         Ok(())
     } else {
-        Err(Exit::failed(format!("the benchmark's job did not run as expected: {}", summary(outcome))))
+        Err(Exit::failed(format!(
+            "the benchmark's job did not run as expected: {}",
+            summary(outcome)
+        )))
     }
 }

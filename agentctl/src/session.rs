@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use agents::execution::EntityResult;
 use agents::orchestrator::{
-    DiffGoal, DiffReport, ExecuteRequest, Orchestrator, OrchestratorArgs, OrchestratorMsg, PlanGoal, PlanOutcome, Tools, ENTITY_TIMEOUT,
-    PHASE_STEPS,
+    DiffGoal, DiffReport, ExecuteRequest, Orchestrator, OrchestratorArgs, OrchestratorMsg,
+    PlanGoal, PlanOutcome, Tools, ENTITY_TIMEOUT, PHASE_STEPS,
 };
 use agents::schema_analysis::Profile;
 use ractor::{Actor, ActorRef};
@@ -62,14 +62,20 @@ impl Connections {
 
     /// The real tools over these connections.
     pub fn tools(&self) -> Result<Tools, Exit> {
-        let source = self.source.clone().ok_or_else(|| Exit::config("this command needs the source database"))?;
+        let source = self
+            .source
+            .clone()
+            .ok_or_else(|| Exit::config("this command needs the source database"))?;
         let source_label = self.config.source().map_err(Exit::config)?.location();
         let target_label = self.config.target().map_err(Exit::config)?.location();
         Ok(Tools {
             source: Arc::new(PgCatalog::new(source.clone(), source_label)),
             target: Some(Arc::new(PgCatalog::new(self.target.clone(), target_label))),
             source_rows: Arc::new(PgRows::new(source)),
-            target_writer: Some(Arc::new(PgTarget::new(self.target.clone(), self.config.max_retry_attempts))),
+            target_writer: Some(Arc::new(PgTarget::new(
+                self.target.clone(),
+                self.config.max_retry_attempts,
+            ))),
             llm: llm(&self.config)?,
             code: Some(self.sandbox.clone()),
         })
@@ -79,9 +85,13 @@ impl Connections {
 /// The configured language model, if any.
 pub fn llm(config: &Config) -> Result<Option<Arc<dyn runtime::ports::Llm>>, Exit> {
     let c = &config.llm;
-    let Some(mut settings) =
-        tools::llm::LlmSettings::resolve(c.api_key.clone(), c.base_url.clone(), c.model.clone(), c.record.clone(), c.replay.clone())
-    else {
+    let Some(mut settings) = tools::llm::LlmSettings::resolve(
+        c.api_key.clone(),
+        c.base_url.clone(),
+        c.model.clone(),
+        c.record.clone(),
+        c.replay.clone(),
+    ) else {
         return Ok(None);
     };
     settings.timeout = c.timeout;
@@ -100,7 +110,11 @@ pub struct SessionOptions {
 
 impl SessionOptions {
     pub fn from_config(config: &Config) -> SessionOptions {
-        SessionOptions { policy: RestartPolicy::default(), request_timeout: config.request_timeout, resume: None }
+        SessionOptions {
+            policy: RestartPolicy::default(),
+            request_timeout: config.request_timeout,
+            resume: None,
+        }
     }
 }
 
@@ -154,10 +168,11 @@ impl Session {
         };
         let run_id = resumed.unwrap_or_else(RunId::new);
         // Before anything is recorded or set aside: one run writes to a target at a time.
-        let presence = store.attend(run_id, command, writes_target(command)).await.map_err(|e| match e {
-            tools::control::Attend::Held(who) => Exit::config(who),
-            tools::control::Attend::Db(e) => Exit::failed(e),
-        })?;
+        let presence =
+            store.attend(run_id, command, writes_target(command)).await.map_err(|e| match e {
+                tools::control::Attend::Held(who) => Exit::config(who),
+                tools::control::Attend::Db(e) => Exit::failed(e),
+            })?;
         match resumed {
             // The same run id: its checkpoints say where each entity stands, and its audit
             // chain goes on from its last event.
@@ -178,7 +193,12 @@ impl Session {
         .await
         .map_err(|e| Exit::failed(format!("could not start the audit writer: {e}")))?;
         let audit = Audit::new(writer);
-        let ctx = Arc::new(RunContext::new(run_id, audit.clone(), EventBus::default(), options.request_timeout));
+        let ctx = Arc::new(RunContext::new(
+            run_id,
+            audit.clone(),
+            EventBus::default(),
+            options.request_timeout,
+        ));
         audit.record(AuditRecord::new(
             AgentName::Operator,
             EventKind::Run,
@@ -217,13 +237,23 @@ impl Session {
 
     pub async fn plan(&self, goal: PlanGoal) -> Result<PlanOutcome, AgentError> {
         self.operator
-            .ask_within(&self.to_orchestrator, "plan", goal, OrchestratorMsg::Plan, self.phase_timeout())
+            .ask_within(
+                &self.to_orchestrator,
+                "plan",
+                goal,
+                OrchestratorMsg::Plan,
+                self.phase_timeout(),
+            )
             .await
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
     }
 
     /// Carries out an approved plan.
-    pub async fn execute(&self, outcome: &PlanOutcome, how: Execution) -> Result<Vec<EntityResult>, AgentError> {
+    pub async fn execute(
+        &self,
+        outcome: &PlanOutcome,
+        how: Execution,
+    ) -> Result<Vec<EntityResult>, AgentError> {
         let request = ExecuteRequest {
             plan: outcome.plan.clone(),
             mappings: outcome.mappings.clone(),
@@ -234,12 +264,21 @@ impl Session {
         };
         let bound = ENTITY_TIMEOUT * (outcome.plan.entities().count() as u32).max(1);
         self.operator
-            .ask_within(&self.to_orchestrator, "execute", request, |e, p| OrchestratorMsg::Execute(Box::new(e), p), bound)
+            .ask_within(
+                &self.to_orchestrator,
+                "execute",
+                request,
+                |e, p| OrchestratorMsg::Execute(Box::new(e), p),
+                bound,
+            )
             .await
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
     }
 
-    pub async fn validate(&self, goal: PlanGoal) -> Result<Vec<runtime::domain::EntityValidation>, AgentError> {
+    pub async fn validate(
+        &self,
+        goal: PlanGoal,
+    ) -> Result<Vec<runtime::domain::EntityValidation>, AgentError> {
         let bound = ENTITY_TIMEOUT;
         self.operator
             .ask_within(&self.to_orchestrator, "validate", goal, OrchestratorMsg::Validate, bound)
@@ -247,9 +286,18 @@ impl Session {
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
     }
 
-    pub async fn rollback(&self, goal: PlanGoal) -> Result<Vec<runtime::domain::RolledBack>, AgentError> {
+    pub async fn rollback(
+        &self,
+        goal: PlanGoal,
+    ) -> Result<Vec<runtime::domain::RolledBack>, AgentError> {
         self.operator
-            .ask_within(&self.to_orchestrator, "roll back", goal, OrchestratorMsg::Rollback, ENTITY_TIMEOUT)
+            .ask_within(
+                &self.to_orchestrator,
+                "roll back",
+                goal,
+                OrchestratorMsg::Rollback,
+                ENTITY_TIMEOUT,
+            )
             .await
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
     }
@@ -264,22 +312,47 @@ impl Session {
 
     pub async fn map(&self, goal: PlanGoal) -> Result<MappingSet, AgentError> {
         self.operator
-            .ask_within(&self.to_orchestrator, "map", goal, OrchestratorMsg::Map, self.phase_timeout())
+            .ask_within(
+                &self.to_orchestrator,
+                "map",
+                goal,
+                OrchestratorMsg::Map,
+                self.phase_timeout(),
+            )
             .await
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
     }
 
-    pub async fn analyze(&self, side: runtime::config::DbRole, exact_counts: bool) -> Result<SchemaReport, AgentError> {
+    pub async fn analyze(
+        &self,
+        side: runtime::config::DbRole,
+        exact_counts: bool,
+    ) -> Result<SchemaReport, AgentError> {
         let request = agents::schema_analysis::AnalyzeRequest { side, exact_counts };
         self.operator
-            .ask_within(&self.to_orchestrator, "analyze", request, OrchestratorMsg::Analyze, self.phase_timeout())
+            .ask_within(
+                &self.to_orchestrator,
+                "analyze",
+                request,
+                OrchestratorMsg::Analyze,
+                self.phase_timeout(),
+            )
             .await
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
     }
 
-    pub async fn profile(&self, goal: agents::orchestrator::ProfileGoal) -> Result<(Profile, SchemaReport), AgentError> {
+    pub async fn profile(
+        &self,
+        goal: agents::orchestrator::ProfileGoal,
+    ) -> Result<(Profile, SchemaReport), AgentError> {
         self.operator
-            .ask_within(&self.to_orchestrator, "profile", goal, OrchestratorMsg::Profile, self.phase_timeout())
+            .ask_within(
+                &self.to_orchestrator,
+                "profile",
+                goal,
+                OrchestratorMsg::Profile,
+                self.phase_timeout(),
+            )
             .await
             .map_err(|e| AgentError::new(AgentName::Orchestrator, e.to_string()))?
     }
@@ -290,7 +363,12 @@ impl Session {
     }
 
     /// Records a decision the operator made (an approval, a refusal).
-    pub fn operator_decision(&self, summary: impl Into<String>, rationale: impl Into<String>, detail: serde_json::Value) {
+    pub fn operator_decision(
+        &self,
+        summary: impl Into<String>,
+        rationale: impl Into<String>,
+        detail: serde_json::Value,
+    ) {
         self.ctx.decision(AgentName::Operator, summary, rationale, detail);
     }
 
@@ -304,7 +382,9 @@ impl Session {
             format!("run ended: {outcome}{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
             json!({"outcome": outcome, "detail": detail}),
         ));
-        self.ctx.events.publish(RunEvent::Finished { run_id: self.run_id, outcome: outcome.to_owned() });
+        self.ctx
+            .events
+            .publish(RunEvent::Finished { run_id: self.run_id, outcome: outcome.to_owned() });
         let flushed = self.audit.flush().await;
         self.audit.close().await;
         self.store.finish_run(self.run_id, outcome, detail).await?;

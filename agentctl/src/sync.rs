@@ -9,7 +9,9 @@ use runtime::domain::DiffApplied;
 use serde_json::json;
 use tools::sync::{Claim, Conflict, JobRun, RunCounts, Schedule, SyncStore};
 
-use crate::cli::{ConflictCmd, DiffCmd, EntitiesOpts, Format, MappingOpt, ReportFormat, Side, SyncCmd};
+use crate::cli::{
+    ConflictCmd, DiffCmd, EntitiesOpts, Format, MappingOpt, ReportFormat, Side, SyncCmd,
+};
 use crate::exit::Exit;
 use crate::plan_run::end;
 use crate::proof::{start, validate_as};
@@ -20,8 +22,13 @@ pub async fn diff(config: &Config, cmd: DiffCmd) -> Result<(), Exit> {
     match cmd {
         DiffCmd::Analyze(opts) => {
             let started = Instant::now();
-            let (run_id, report) =
-                diff_run(config, &opts.diff, "diff analyze", Steps { analyze: true, apply: false, full: opts.full }).await?;
+            let (run_id, report) = diff_run(
+                config,
+                &opts.diff,
+                "diff analyze",
+                Steps { analyze: true, apply: false, full: opts.full },
+            )
+            .await?;
             show(&report, opts.diff.format, run_id, started, false);
             Ok(())
         }
@@ -44,7 +51,12 @@ struct Steps {
     full: bool,
 }
 
-async fn diff_run(config: &Config, opts: &EntitiesOpts, command: &str, steps: Steps) -> Result<(runtime::RunId, DiffReport), Exit> {
+async fn diff_run(
+    config: &Config,
+    opts: &EntitiesOpts,
+    command: &str,
+    steps: Steps,
+) -> Result<(runtime::RunId, DiffReport), Exit> {
     let Steps { analyze, apply, full } = steps;
     let goal = opts.entities.join(", ");
     let (session, goal) = start(config, command, &goal, &opts.mapping).await?;
@@ -56,15 +68,26 @@ async fn diff_run(config: &Config, opts: &EntitiesOpts, command: &str, steps: St
             json!({"goal": goal.goal, "analyze_first": analyze, "full": full}),
         );
     }
-    let result = interruptible(async { session.diff(DiffGoal { goal, analyze, apply, full }).await.map_err(Exit::agent) }, run_id).await;
+    let result = interruptible(
+        async { session.diff(DiffGoal { goal, analyze, apply, full }).await.map_err(Exit::agent) },
+        run_id,
+    )
+    .await;
     let report = end(session, result, if apply { "synchronized" } else { "analyzed" }).await?;
     Ok((run_id, report))
 }
 
-fn show(report: &DiffReport, format: Format, run_id: runtime::RunId, started: Instant, applied: bool) {
+fn show(
+    report: &DiffReport,
+    format: Format,
+    run_id: runtime::RunId,
+    started: Instant,
+    applied: bool,
+) {
     let seconds = started.elapsed().as_secs_f64();
     if format == Format::Json {
-        let applied: Vec<serde_json::Value> = report.applied.iter().map(|(t, a)| json!({"entity": t, "applied": a})).collect();
+        let applied: Vec<serde_json::Value> =
+            report.applied.iter().map(|(t, a)| json!({"entity": t, "applied": a})).collect();
         print_json(
             &json!({"run_id": run_id, "analyses": report.analyses, "applied": applied, "total": report.total(), "seconds": seconds}),
         );
@@ -73,12 +96,28 @@ fn show(report: &DiffReport, format: Format, run_id: runtime::RunId, started: In
     if !report.analyses.is_empty() {
         println!(
             "{:<24} {:>10} {:>8} {:>8} {:>8} {:>9} {:>12} {:>8} {:>10}",
-            "entity", "source", "new", "changed", "deleted", "conflicts", "target-only", "rejected", "in step"
+            "entity",
+            "source",
+            "new",
+            "changed",
+            "deleted",
+            "conflicts",
+            "target-only",
+            "rejected",
+            "in step"
         );
         for a in &report.analyses {
             println!(
                 "{:<24} {:>10} {:>8} {:>8} {:>8} {:>9} {:>12} {:>8} {:>10}",
-                a.target.name, a.source_rows, a.inserts, a.updates, a.deletes, a.conflicts, a.target_changed, a.rejected, a.in_step
+                a.target.name,
+                a.source_rows,
+                a.inserts,
+                a.updates,
+                a.deletes,
+                a.conflicts,
+                a.target_changed,
+                a.rejected,
+                a.in_step
             );
         }
         let out: i64 = report.analyses.iter().map(|a| a.out_of_step()).sum();
@@ -102,7 +141,11 @@ fn show(report: &DiffReport, format: Format, run_id: runtime::RunId, started: In
         }
         println!("{}", summary(&total));
         if total.held > 0 {
-            println!("{} rows held: `agentctl conflict report` lists the conflicts, `agentctl conflict resolve` settles one", total.held);
+            println!(
+                "{} rows held: `agentctl conflict report` lists the conflicts, `agentctl \
+                conflict resolve` settles one",
+                total.held
+            );
         }
     }
     println!("{seconds:.1} s (run {run_id})");
@@ -128,9 +171,11 @@ pub async fn conflict(config: &Config, cmd: ConflictCmd) -> Result<(), Exit> {
             let store = sync_store(config).await?;
             let conflicts = store.conflicts(all).await?;
             match format {
-                ReportFormat::Json => print_json(&json!({"conflicts": conflicts.iter().map(|c| json!({
+                ReportFormat::Json => {
+                    print_json(&json!({"conflicts": conflicts.iter().map(|c| json!({
                     "conflict": c, "differing": c.differing().iter().map(|(n, s, t)| json!({"column": n, "source": s, "target": t})).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>()})),
+                })).collect::<Vec<_>>()}))
+                }
                 ReportFormat::Md => print_conflicts(&conflicts, all, true),
                 ReportFormat::Text => print_conflicts(&conflicts, all, false),
             }
@@ -140,7 +185,13 @@ pub async fn conflict(config: &Config, cmd: ConflictCmd) -> Result<(), Exit> {
             let store = sync_store(config).await?;
             // Checked before a session starts, so a wrong number costs nothing.
             let before = store.conflict(id).await?;
-            let (session, _) = start(config, "conflict resolve", &before.source_table, &MappingOpt { mapping: None }).await?;
+            let (session, _) = start(
+                config,
+                "conflict resolve",
+                &before.source_table,
+                &MappingOpt { mapping: None },
+            )
+            .await?;
             let by = std::env::var("USER").unwrap_or_else(|_| "operator".into());
             let result = store.resolve(id, take == Side::Source, &by).await.map_err(Exit::from);
             if let Ok(c) = &result {
@@ -175,25 +226,50 @@ fn print_conflicts(conflicts: &[Conflict], all: bool, md: bool) {
     let open = conflicts.iter().filter(|c| c.status == "open").count();
     let (h1, h2, code) = if md { ("# ", "## ", "`") } else { ("", "", "") };
     println!("{h1}Conflicts\n");
-    println!("{open} held for an operator{}.\n", if all { format!(", {} settled", conflicts.len() - open) } else { String::new() });
+    println!(
+        "{open} held for an operator{}.\n",
+        if all { format!(", {} settled", conflicts.len() - open) } else { String::new() }
+    );
     for c in conflicts {
-        println!("{h2}#{} {} {} ({}, {})\n", c.conflict_id, c.target_table, c.legacy_key, c.status, c.policy);
+        println!(
+            "{h2}#{} {} {} ({}, {})\n",
+            c.conflict_id, c.target_table, c.legacy_key, c.status, c.policy
+        );
         println!(
             "Detected {} by analysis {}{}.\n",
             c.detected_at.format("%Y-%m-%d %H:%M:%S UTC"),
             c.analysis_id,
             c.resolved_at
-                .map(|t| format!("; resolved {} by {}", t.format("%Y-%m-%d %H:%M:%S UTC"), c.resolved_by.clone().unwrap_or_default()))
+                .map(|t| format!(
+                    "; resolved {} by {}",
+                    t.format("%Y-%m-%d %H:%M:%S UTC"),
+                    c.resolved_by.clone().unwrap_or_default()
+                ))
                 .unwrap_or_default()
         );
         let rows: Vec<Vec<String>> = c
             .differing()
             .into_iter()
-            .map(|(column, source, target)| vec![column, source.unwrap_or_else(|| "NULL".into()), target.unwrap_or_else(|| "NULL".into())])
+            .map(|(column, source, target)| {
+                vec![
+                    column,
+                    source.unwrap_or_else(|| "NULL".into()),
+                    target.unwrap_or_else(|| "NULL".into()),
+                ]
+            })
             .collect();
-        crate::proof::print_table(md, &["column", "source", "target"], &[false, false, false], &rows);
+        crate::proof::print_table(
+            md,
+            &["column", "source", "target"],
+            &[false, false, false],
+            &rows,
+        );
         if c.status == "open" {
-            println!("\n{code}agentctl conflict resolve {} --take source{code} or {code}--take target{code}", c.conflict_id);
+            println!(
+                "\n{code}agentctl conflict resolve {} --take source{code} or {code}--take \
+                target{code}",
+                c.conflict_id
+            );
         }
         println!();
     }
@@ -230,11 +306,14 @@ pub async fn sync(config: &Config, cmd: SyncCmd) -> Result<(), Exit> {
                 last.push(store.history(&j.name, 1).await?.into_iter().next());
             }
             match format {
-                Format::Json => {
-                    print_json(&json!({"jobs": jobs.iter().zip(&last).map(|(j, l)| json!({"job": j, "last_run": l})).collect::<Vec<_>>()}))
-                }
+                Format::Json => print_json(
+                    &json!({"jobs": jobs.iter().zip(&last).map(|(j, l)| json!({"job": j, "last_run": l})).collect::<Vec<_>>()}),
+                ),
                 Format::Text => {
-                    println!("{:<20} {:<28} {:<20} {:<26} {:<12} last run", "job", "entities", "schedule", "next run", "running");
+                    println!(
+                        "{:<20} {:<28} {:<20} {:<26} {:<12} last run",
+                        "job", "entities", "schedule", "next run", "running"
+                    );
                     for (j, l) in jobs.iter().zip(&last) {
                         let running = match (&j.lease_owner, j.lease_expires_at) {
                             (Some(_), Some(t)) if t > chrono::Utc::now() => "yes",
@@ -276,7 +355,8 @@ pub async fn sync(config: &Config, cmd: SyncCmd) -> Result<(), Exit> {
                         job.schedule.describe_as(job.enabled),
                         job.next_run_at.format("%Y-%m-%d %H:%M:%S UTC"),
                         match (&job.lease_owner, job.lease_expires_at) {
-                            (Some(o), Some(t)) => format!("; held by {o} until {}", t.format("%H:%M:%S")),
+                            (Some(o), Some(t)) =>
+                                format!("; held by {o} until {}", t.format("%H:%M:%S")),
                             _ => String::new(),
                         }
                     );
@@ -299,7 +379,11 @@ pub async fn sync(config: &Config, cmd: SyncCmd) -> Result<(), Exit> {
             if run.outcome == "succeeded" {
                 Ok(())
             } else {
-                Err(Exit::failed(format!("sync job {name} {}: {}", run.outcome, run.detail.unwrap_or_default())))
+                Err(Exit::failed(format!(
+                    "sync job {name} {}: {}",
+                    run.outcome,
+                    run.detail.unwrap_or_default()
+                )))
             }
         }
         SyncCmd::Daemon { poll, lease, mapping } => daemon(config, poll, lease, &mapping).await,
@@ -312,7 +396,10 @@ async fn pause(config: &Config, name: &str, resume: bool) -> Result<(), Exit> {
     if resume {
         println!("sync job {} resumed: next run {}", job.name, job.next_run_at.to_rfc3339());
     } else {
-        println!("sync job {} paused: no scheduled run until `agentctl sync resume-job {}`", job.name, job.name);
+        println!(
+            "sync job {} paused: no scheduled run until `agentctl sync resume-job {}`",
+            job.name, job.name
+        );
     }
     Ok(())
 }
@@ -335,7 +422,9 @@ fn print_run(r: &JobRun) {
 
 /// Who holds a lease: host, process and a random tag (a restarted daemon is someone else).
 fn owner() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
     let tag = uuid::Uuid::new_v4().simple().to_string();
     format!("{host}:{}:{}", std::process::id(), &tag[..8])
 }
@@ -351,7 +440,10 @@ async fn run_claim(
     stop: Option<&mut tokio::sync::watch::Receiver<bool>>,
 ) -> Result<JobRun, Exit> {
     if claim.abandoned > 0 {
-        eprintln!("agentctl: sync job {}: {} run(s) of a daemon that died marked abandoned", claim.job.name, claim.abandoned);
+        eprintln!(
+            "agentctl: sync job {}: {} run(s) of a daemon that died marked abandoned",
+            claim.job.name, claim.abandoned
+        );
     }
     let heartbeat = {
         let (held, store) = (claim.clone(), store.clone());
@@ -360,7 +452,10 @@ async fn run_claim(
                 tokio::time::sleep(lease / 3).await;
                 match store.renew(&held, lease).await {
                     Ok(true) => {}
-                    Ok(false) => eprintln!("agentctl: sync job {}: lost its lease (another daemon took it)", held.job.name),
+                    Ok(false) => eprintln!(
+                        "agentctl: sync job {}: lost its lease (another daemon took it)",
+                        held.job.name
+                    ),
                     Err(e) => eprintln!("agentctl: sync job {}: {e}", held.job.name),
                 }
             }
@@ -371,7 +466,12 @@ async fn run_claim(
         store.started(&claim, session.run_id.0).await?;
         let run_id = session.run_id;
         let result = interruptible(
-            async { session.diff(DiffGoal { goal, analyze: true, apply: true, full: false }).await.map_err(Exit::agent) },
+            async {
+                session
+                    .diff(DiffGoal { goal, analyze: true, apply: true, full: false })
+                    .await
+                    .map_err(Exit::agent)
+            },
             run_id,
         )
         .await;
@@ -380,7 +480,8 @@ async fn run_claim(
     let result = match stop {
         Some(stop) => tokio::select! {
             r = work => r,
-            _ = stop.changed() => Err(Exit::interrupted("stopped by a signal; every applied batch is kept, the next run carries on")),
+            _ = stop.changed() => Err(Exit::interrupted("stopped by a signal; every applied batch \
+                is kept, the next run carries on")),
         },
         None => work.await,
     };
@@ -388,11 +489,18 @@ async fn run_claim(
     let (outcome, counts, detail) = match &result {
         Ok(report) => {
             let t = report.total();
-            let counts =
-                RunCounts { inserted: t.inserted, updated: t.updated, deleted: t.deleted, conflicted: t.conflicted, rejected: t.rejected };
+            let counts = RunCounts {
+                inserted: t.inserted,
+                updated: t.updated,
+                deleted: t.deleted,
+                conflicted: t.conflicted,
+                rejected: t.rejected,
+            };
             ("succeeded", counts, Some(summary(&t)))
         }
-        Err(e) if e.code == Exit::INTERRUPTED => ("cancelled", RunCounts::default(), Some(e.message.clone())),
+        Err(e) if e.code == Exit::INTERRUPTED => {
+            ("cancelled", RunCounts::default(), Some(e.message.clone()))
+        }
         Err(e) => ("failed", RunCounts::default(), Some(e.message.clone())),
     };
     store.finish(&claim, outcome, &counts, detail.as_deref()).await.map_err(Exit::from)
@@ -408,17 +516,22 @@ async fn daemon(config: &Config, poll: f64, lease: f64, mapping: &MappingOpt) ->
     // Ctrl-C or SIGTERM: the job in flight stops (its batches are whole) and the daemon ends.
     let (tx, mut stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
         let _ = tx.send(true);
     });
-    println!("sync daemon {me}: looking for due jobs every {:.1} s (leases of {:.0} s)", poll.as_secs_f64(), lease.as_secs_f64());
+    println!(
+        "sync daemon {me}: looking for due jobs every {:.1} s (leases of {:.0} s)",
+        poll.as_secs_f64(),
+        lease.as_secs_f64()
+    );
     loop {
         if *stop.borrow() {
             break;
@@ -428,7 +541,11 @@ async fn daemon(config: &Config, poll: f64, lease: f64, mapping: &MappingOpt) ->
                 let name = claim.job.name.clone();
                 println!("sync daemon: running {name}");
                 match run_claim(config, &store, claim, mapping, lease, Some(&mut stop)).await {
-                    Ok(run) => println!("sync daemon: {name} {}: {}", run.outcome, run.detail.unwrap_or_default()),
+                    Ok(run) => println!(
+                        "sync daemon: {name} {}: {}",
+                        run.outcome,
+                        run.detail.unwrap_or_default()
+                    ),
                     Err(e) => eprintln!("agentctl: sync job {name}: {}", e.message),
                 }
                 continue;

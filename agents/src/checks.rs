@@ -87,7 +87,12 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, BadInput> {
                 out.push(Tok::Str(text));
             }
             '"' => {
-                let end = b[i + 1..].iter().position(|&ch| ch == '"').ok_or_else(|| BadInput("unterminated identifier".into()))? + i + 1;
+                let end = b[i + 1..]
+                    .iter()
+                    .position(|&ch| ch == '"')
+                    .ok_or_else(|| BadInput("unterminated identifier".into()))?
+                    + i
+                    + 1;
                 out.push(Tok::Ident(b[i + 1..end].iter().collect()));
                 i = end + 1;
             }
@@ -200,7 +205,9 @@ impl Parser {
             ));
         }
         if let Some(Tok::Op(op)) = self.peek().cloned() {
-            if ["=", "<>", "!=", "<", ">", "<=", ">=", "~", "~*", "!~", "!~*"].contains(&op.as_str()) {
+            if ["=", "<>", "!=", "<", ">", "<=", ">=", "~", "~*", "!~", "!~*"]
+                .contains(&op.as_str())
+            {
                 self.pos += 1;
                 if self.eat_kw("ANY") {
                     self.expect(Tok::LParen)?;
@@ -238,7 +245,11 @@ impl Parser {
                 break;
             }
             self.pos += 1;
-            e = Expr::Arith(Box::new(e), op.chars().next().expect("one char"), Box::new(self.unary()?));
+            e = Expr::Arith(
+                Box::new(e),
+                op.chars().next().expect("one char"),
+                Box::new(self.unary()?),
+            );
         }
         Ok(e)
     }
@@ -246,7 +257,11 @@ impl Parser {
     fn unary(&mut self) -> Result<Expr, BadInput> {
         if self.peek() == Some(&Tok::Op("-".into())) {
             self.pos += 1;
-            return Ok(Expr::Arith(Box::new(Expr::Lit(Val::Num(0.0))), '-', Box::new(self.unary()?)));
+            return Ok(Expr::Arith(
+                Box::new(Expr::Lit(Val::Num(0.0))),
+                '-',
+                Box::new(self.unary()?),
+            ));
         }
         let p = self.primary()?;
         self.casts(p)
@@ -257,8 +272,9 @@ impl Parser {
             self.pos += 1;
             let mut name = String::new();
             while let Some(Tok::Ident(w)) = self.peek().cloned() {
-                let continues =
-                    name.is_empty() || ["with", "without", "time", "zone", "varying", "precision"].contains(&w.to_lowercase().as_str());
+                let continues = name.is_empty()
+                    || ["with", "without", "time", "zone", "varying", "precision"]
+                        .contains(&w.to_lowercase().as_str());
                 if !continues {
                     break;
                 }
@@ -296,7 +312,15 @@ impl Parser {
                 Ok(e)
             }
             Some(Tok::Str(s)) => (self.pos += 1, Ok(Expr::Lit(Val::Text(s)))).1,
-            Some(Tok::Num(n)) => (self.pos += 1, Ok(Expr::Lit(Val::Num(n.parse().map_err(|_| BadInput(format!("bad number {n}")))?)))).1,
+            Some(Tok::Num(n)) => {
+                (
+                    self.pos += 1,
+                    Ok(Expr::Lit(Val::Num(
+                        n.parse().map_err(|_| BadInput(format!("bad number {n}")))?,
+                    ))),
+                )
+                    .1
+            }
             Some(Tok::Ident(w)) => {
                 self.pos += 1;
                 let lw = w.to_lowercase();
@@ -317,7 +341,9 @@ impl Parser {
                         }
                     }
                     self.expect(Tok::RParen)?;
-                    if !["lower", "upper", "length", "char_length", "btrim", "abs", "coalesce"].contains(&lw.as_str()) {
+                    if !["lower", "upper", "length", "char_length", "btrim", "abs", "coalesce"]
+                        .contains(&lw.as_str())
+                    {
                         return Err(BadInput(format!("function {w}() is not understood")));
                     }
                     return Ok(Expr::Call(lw, args));
@@ -369,7 +395,9 @@ impl CheckExpr {
                 (Val::Bool(false), Val::Bool(false)) => Val::Bool(false),
                 _ => Val::Null,
             },
-            Expr::IsNull(inner, negated) => Val::Bool((self.eval(inner, col) == Val::Null) != *negated),
+            Expr::IsNull(inner, negated) => {
+                Val::Bool((self.eval(inner, col) == Val::Null) != *negated)
+            }
             Expr::Cmp(a, op, b) => self.compare(self.eval(a, col), op, self.eval(b, col)),
             Expr::Any(a, op, list) => {
                 let left = self.eval(a, col);
@@ -390,13 +418,17 @@ impl CheckExpr {
             Expr::Call(f, args) => {
                 let vals: Vec<Val> = args.iter().map(|a| self.eval(a, col)).collect();
                 match (f.as_str(), vals.first()) {
-                    ("coalesce", _) => vals.into_iter().find(|v| *v != Val::Null).unwrap_or(Val::Null),
+                    ("coalesce", _) => {
+                        vals.into_iter().find(|v| *v != Val::Null).unwrap_or(Val::Null)
+                    }
                     (_, None | Some(Val::Null)) => Val::Null,
                     ("lower", Some(v)) => Val::Text(text(v).to_lowercase()),
                     ("upper", Some(v)) => Val::Text(text(v).to_uppercase()),
                     ("length" | "char_length", Some(v)) => Val::Num(text(v).chars().count() as f64),
                     ("btrim", Some(v)) => Val::Text(text(v).trim().to_owned()),
-                    ("abs", Some(v)) => num(v.clone()).map(|n| Val::Num(n.abs())).unwrap_or(Val::Null),
+                    ("abs", Some(v)) => {
+                        num(v.clone()).map(|n| Val::Num(n.abs())).unwrap_or(Val::Null)
+                    }
                     _ => Val::Null,
                 }
             }
@@ -451,7 +483,8 @@ fn collect_regexes(e: &Expr, out: &mut HashMap<String, Regex>) -> Result<(), Bad
                     return Err(BadInput("a regular expression that is not a literal".into()));
                 };
                 let key = if op.contains('*') { format!("(?i){p}") } else { p.clone() };
-                let re = Regex::new(&key).map_err(|e| BadInput(format!("regular expression {p:?}: {e}")))?;
+                let re = Regex::new(&key)
+                    .map_err(|e| BadInput(format!("regular expression {p:?}: {e}")))?;
                 out.insert(key, re);
             }
             collect_regexes(a, out)?;
@@ -503,10 +536,13 @@ pub fn cast(v: Val, ty: &str) -> Val {
     }
     let ty = ty.trim_end_matches("[]");
     match ty {
-        "numeric" | "integer" | "smallint" | "bigint" | "real" | "double precision" | "int" | "int4" | "int2" | "int8" | "decimal" => {
-            num(v).map(Val::Num).unwrap_or(Val::Null)
-        }
-        "date" | "timestamp" | "timestamp with time zone" | "timestamp without time zone" | "timestamptz" => match v {
+        "numeric" | "integer" | "smallint" | "bigint" | "real" | "double precision" | "int"
+        | "int4" | "int2" | "int8" | "decimal" => num(v).map(Val::Num).unwrap_or(Val::Null),
+        "date"
+        | "timestamp"
+        | "timestamp with time zone"
+        | "timestamp without time zone"
+        | "timestamptz" => match v {
             Val::Time(_) => v,
             other => parse_time(&text(&other)).map(Val::Time).unwrap_or(Val::Null),
         },

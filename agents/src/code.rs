@@ -21,7 +21,8 @@ use sha2::{Digest, Sha256};
 
 /// How the `run_code` tool is described to the model.
 pub const RUN_CODE: &str = "run_code";
-pub const RUN_CODE_DESCRIPTION: &str = "Run a short Python 3 (or POSIX sh) program in an isolated sandbox: no network, \
+pub const RUN_CODE_DESCRIPTION: &str =
+    "Run a short Python 3 (or POSIX sh) program in an isolated sandbox: no network, \
      limited memory and time. Sample rows arrive on stdin when given; print the answer to stdout.";
 
 /// The program that runs a mapping's transform script in the sandbox, a batch of values a line.
@@ -63,7 +64,11 @@ pub async fn run_code(
                 Some(code) => format!("exited {code}"),
                 None => "killed at the timeout".into(),
             };
-            let limits = if r.limits_hit.is_empty() { String::new() } else { format!(", limits hit: {}", r.limits_hit.join(", ")) };
+            let limits = if r.limits_hit.is_empty() {
+                String::new()
+            } else {
+                format!(", limits hit: {}", r.limits_hit.join(", "))
+            };
             (
                 format!("{RUN_CODE} ({purpose}): {ended} in {} ms{limits}", r.duration_ms),
                 json!({"exit_code": r.exit_code, "duration_ms": r.duration_ms, "limits_hit": r.limits_hit,
@@ -71,7 +76,9 @@ pub async fn run_code(
                     "stderr_truncated": r.stderr_truncated, "files": r.files.iter().map(|f| &f.name).collect::<Vec<_>>()}),
             )
         }
-        Err(e) => (format!("{RUN_CODE} ({purpose}): could not run: {e}"), json!({"error": e.message})),
+        Err(e) => {
+            (format!("{RUN_CODE} ({purpose}): could not run: {e}"), json!({"error": e.message}))
+        }
     };
     ctx.audit.record(AuditRecord::new(
         agent,
@@ -101,7 +108,12 @@ pub struct ScriptedRows {
 type Running = (Instant, Box<dyn CodeStream>);
 
 impl ScriptedRows {
-    pub fn new(inner: Arc<dyn Rows>, runner: Option<Arc<dyn CodeRunner>>, ctx: Arc<RunContext>, agent: AgentName) -> ScriptedRows {
+    pub fn new(
+        inner: Arc<dyn Rows>,
+        runner: Option<Arc<dyn CodeRunner>>,
+        ctx: Arc<RunContext>,
+        agent: AgentName,
+    ) -> ScriptedRows {
         ScriptedRows { inner, runner, ctx, agent, idle: Mutex::new(HashMap::new()) }
     }
 
@@ -117,7 +129,9 @@ impl ScriptedRows {
             let idle = self.idle.lock().expect("idle lock").get_mut(&hash).and_then(Vec::pop);
             match idle {
                 // Retired before its container reaches the end of its lifetime mid-batch.
-                Some((started, stream)) if started.elapsed() >= runner.stream_lifetime() => stream.close().await,
+                Some((started, stream)) if started.elapsed() >= runner.stream_lifetime() => {
+                    stream.close().await
+                }
                 Some(running) => return Ok(running),
                 None => break,
             }
@@ -139,7 +153,8 @@ impl ScriptedRows {
             json!({"tool": RUN_CODE, "purpose": "transform", "path": script.path, "column": script.column,
                 "code": script.code, "code_sha256": hash, "limits": runner.limits(), "error": opened.as_ref().err().map(|e| &e.message)}),
         ));
-        let stream = opened.map_err(|e| e.context(format!("{}: the transform {}", script.column, script.path)))?;
+        let stream = opened
+            .map_err(|e| e.context(format!("{}: the transform {}", script.column, script.path)))?;
         Ok((Instant::now(), stream))
     }
 
@@ -153,11 +168,13 @@ impl ScriptedRows {
         script: &ScriptColumn,
         values: Vec<Option<&str>>,
     ) -> Result<Vec<Option<String>>, ToolError> {
-        let fail = |why: String| ToolError::system(format!("{}: the transform {}: {why}", script.column, script.path));
+        let fail = |why: String| {
+            ToolError::system(format!("{}: the transform {}: {why}", script.column, script.path))
+        };
         let line = serde_json::to_string(&values).map_err(|e| fail(e.to_string()))?;
         let answer = stream.exchange(&line).await.map_err(|e| fail(e.message))?;
-        let answers: Vec<Option<String>> =
-            serde_json::from_str(&answer).map_err(|e| fail(format!("its answer is not the driver's JSON ({e})")))?;
+        let answers: Vec<Option<String>> = serde_json::from_str(&answer)
+            .map_err(|e| fail(format!("its answer is not the driver's JSON ({e})")))?;
         if answers.len() != values.len() {
             return Err(fail(format!("{} answers to {} values", answers.len(), values.len())));
         }
@@ -166,7 +183,8 @@ impl ScriptedRows {
 
     /// Stops the running scripts not in use; the orchestrator calls it when the run is over.
     pub async fn close(&self) {
-        let idle: Vec<Running> = self.idle.lock().expect("idle lock").drain().flat_map(|(_, v)| v).collect();
+        let idle: Vec<Running> =
+            self.idle.lock().expect("idle lock").drain().flat_map(|(_, v)| v).collect();
         for (_, stream) in idle {
             stream.close().await;
         }
@@ -181,11 +199,15 @@ impl ScriptedRows {
         each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send),
     ) -> Result<u64, ToolError> {
         let outputs: Vec<String> = scan.scripts.iter().map(ScriptColumn::output).collect();
-        let columns: Vec<String> = scan.columns.iter().filter(|c| !outputs.contains(c)).cloned().collect();
+        let columns: Vec<String> =
+            scan.columns.iter().filter(|c| !outputs.contains(c)).cloned().collect();
         let position = |name: &str| {
-            columns.iter().position(|c| c == name).ok_or_else(|| ToolError::system(format!("{}: column {name} is not scanned", scan.table)))
+            columns.iter().position(|c| c == name).ok_or_else(|| {
+                ToolError::system(format!("{}: column {name} is not scanned", scan.table))
+            })
         };
-        let inputs: Vec<usize> = scan.scripts.iter().map(|s| position(&s.column)).collect::<Result<_, _>>()?;
+        let inputs: Vec<usize> =
+            scan.scripts.iter().map(|s| position(&s.column)).collect::<Result<_, _>>()?;
         let keys: Vec<usize> = scan.key.iter().map(|k| position(k)).collect::<Result<_, _>>()?;
         // The scanned columns' order: the plain ones, then each script's answers.
         let order: Vec<usize> = scan
@@ -196,7 +218,8 @@ impl ScriptedRows {
                 None => columns.iter().position(|p| p == c).expect("a plain column"),
             })
             .collect();
-        let lifetime = self.runner.as_ref().map_or(std::time::Duration::MAX, |r| r.stream_lifetime());
+        let lifetime =
+            self.runner.as_ref().map_or(std::time::Duration::MAX, |r| r.stream_lifetime());
         let mut plain = Scan { columns, scripts: Vec::new(), ..scan.clone() };
         let mut left = scan.limit.unwrap_or(usize::MAX);
         let mut count = 0u64;
@@ -211,19 +234,33 @@ impl ScriptedRows {
                 }
             }
             let mut answers = Vec::with_capacity(streams.len());
-            for (((_, stream), script), &input) in streams.iter_mut().zip(&scan.scripts).zip(&inputs) {
-                answers.push(Self::apply(stream.as_mut(), script, page.column(input).collect()).await?);
+            for (((_, stream), script), &input) in
+                streams.iter_mut().zip(&scan.scripts).zip(&inputs)
+            {
+                answers.push(
+                    Self::apply(stream.as_mut(), script, page.column(input).collect()).await?,
+                );
             }
             for (i, row) in page.rows().enumerate() {
                 let plain: Vec<Option<&str>> = row.collect();
-                let refs: Vec<Option<&str>> =
-                    order.iter().map(|&o| if o < plain.len() { plain[o] } else { answers[o - plain.len()][i].as_deref() }).collect();
+                let refs: Vec<Option<&str>> = order
+                    .iter()
+                    .map(|&o| {
+                        if o < plain.len() {
+                            plain[o]
+                        } else {
+                            answers[o - plain.len()][i].as_deref()
+                        }
+                    })
+                    .collect();
                 each(&refs);
             }
             count += page.len() as u64;
             left -= page.len();
             match page.len().checked_sub(1) {
-                Some(last) if page.len() == want => plain.after = Some(runtime::domain::key_parts(&page, last, &keys)),
+                Some(last) if page.len() == want => {
+                    plain.after = Some(runtime::domain::key_parts(&page, last, &keys))
+                }
                 _ => break,
             }
         }
@@ -233,13 +270,20 @@ impl ScriptedRows {
 
 #[async_trait]
 impl Rows for ScriptedRows {
-    async fn scan(&self, scan: &Scan, each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send)) -> Result<u64, ToolError> {
+    async fn scan(
+        &self,
+        scan: &Scan,
+        each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send),
+    ) -> Result<u64, ToolError> {
         if scan.scripts.is_empty() {
             return self.inner.scan(scan, each).await;
         }
         if scan.key.is_empty() {
             // Read a batch at a time after the last key: without a key there is no "after".
-            return Err(ToolError::system(format!("{}: a transform script needs the table to have a key", scan.table)));
+            return Err(ToolError::system(format!(
+                "{}: a transform script needs the table to have a key",
+                scan.table
+            )));
         }
         let mut streams = Vec::with_capacity(scan.scripts.len());
         for script in &scan.scripts {
@@ -267,7 +311,11 @@ impl Rows for ScriptedRows {
 
 /// Runs each of the mapping's scripts on its first `n` rows; an error when a script cannot run
 /// at all (it does not load, or the sandbox is away).
-pub async fn preview(rows: &ScriptedRows, spec: &MappingSpec, n: usize) -> Result<Vec<Preview>, ToolError> {
+pub async fn preview(
+    rows: &ScriptedRows,
+    spec: &MappingSpec,
+    n: usize,
+) -> Result<Vec<Preview>, ToolError> {
     let scripts = spec.scripts();
     if scripts.is_empty() {
         return Ok(Vec::new());
@@ -275,12 +323,21 @@ pub async fn preview(rows: &ScriptedRows, spec: &MappingSpec, n: usize) -> Resul
     let scan = Scan { limit: Some(n), ..Scan::entity(spec) };
     let columns = scan.columns.clone();
     let mut sampled: Vec<Vec<Option<String>>> = Vec::new();
-    rows.scan(&scan, &mut |r: &[Option<&str>]| sampled.push(r.iter().map(|v| v.map(str::to_owned)).collect())).await?;
+    rows.scan(&scan, &mut |r: &[Option<&str>]| {
+        sampled.push(r.iter().map(|v| v.map(str::to_owned)).collect())
+    })
+    .await?;
     Ok(scripts
         .iter()
         .map(|s| {
-            let before = columns.iter().position(|c| *c == s.column).expect("the script's column is scanned");
-            let after = columns.iter().position(|c| *c == s.output()).expect("the script's answer is scanned");
+            let before = columns
+                .iter()
+                .position(|c| *c == s.column)
+                .expect("the script's column is scanned");
+            let after = columns
+                .iter()
+                .position(|c| *c == s.output())
+                .expect("the script's answer is scanned");
             let samples = sampled
                 .iter()
                 .map(|r| {
@@ -289,7 +346,9 @@ pub async fn preview(rows: &ScriptedRows, spec: &MappingSpec, n: usize) -> Resul
                         Some(a) => match ScriptAnswer::read(a) {
                             ScriptAnswer::Value(v) => Answered::Value(Some(v.to_owned())),
                             ScriptAnswer::Raised(e) => Answered::Rejected(e.to_owned()),
-                            ScriptAnswer::Untagged => Answered::Rejected(format!("untagged answer `{a}`")),
+                            ScriptAnswer::Untagged => {
+                                Answered::Rejected(format!("untagged answer `{a}`"))
+                            }
                         },
                     };
                     Sample { before: r[before].clone(), after: answer }
@@ -312,8 +371,12 @@ pub fn render_preview(spec: &MappingSpec, preview: &Preview) -> String {
     let show = |v: &Option<String>| v.as_deref().map_or("NULL".to_owned(), |s| format!("{s:?}"));
     for sample in &preview.samples {
         match &sample.after {
-            Answered::Value(after) => out.push_str(&format!("  {} -> {}\n", show(&sample.before), show(after))),
-            Answered::Rejected(e) => out.push_str(&format!("  {} -> rejected: {e}\n", show(&sample.before))),
+            Answered::Value(after) => {
+                out.push_str(&format!("  {} -> {}\n", show(&sample.before), show(after)))
+            }
+            Answered::Rejected(e) => {
+                out.push_str(&format!("  {} -> rejected: {e}\n", show(&sample.before)))
+            }
         }
     }
     out

@@ -19,7 +19,8 @@ use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
 use runtime::mapping::{
-    entity_key, ColumnRule, EntityRule, GenericRule, JoinRule, Keys, MappingFile, MappingSet, Problem, ScriptRule, Settings, Unmapped,
+    entity_key, ColumnRule, EntityRule, GenericRule, JoinRule, Keys, MappingFile, MappingSet,
+    Problem, ScriptRule, Settings, Unmapped,
 };
 
 const ME: AgentName = AgentName::DataMapping;
@@ -29,7 +30,10 @@ const ME: AgentName = AgentName::DataMapping;
 /// the validation treat each like the key it is: a uuid column in the target, the parent loaded
 /// first, every value rewritten to the parent's UUID, a value no parent row has rejected with
 /// that reason, and the links counted on both sides.
-pub fn declare_references(source: &SchemaReport, file: &MappingFile) -> Result<SchemaReport, Vec<Problem>> {
+pub fn declare_references(
+    source: &SchemaReport,
+    file: &MappingFile,
+) -> Result<SchemaReport, Vec<Problem>> {
     let mut out = source.clone();
     let mut problems = Vec::new();
     for (entity, rule) in file.entities.iter().filter(|(_, r)| !r.references.is_empty()) {
@@ -43,21 +47,29 @@ pub fn declare_references(source: &SchemaReport, file: &MappingFile) -> Result<S
                 unfed: false,
             };
             if child.column(column).is_none() {
-                problems.push(problem("the mapping file declares a reference on a column the source table does not have".into()));
+                problems.push(problem(
+                    "the mapping file declares a reference on a column the \
+                    source table does not have"
+                        .into(),
+                ));
                 continue;
             }
             let Some(p) = source.find(parent) else {
-                problems.push(problem(format!("the mapping file's reference names `{parent}`, which the source does not have")));
+                problems.push(problem(format!(
+                    "the mapping file's reference names `{parent}`, which the source does not have"
+                )));
                 continue;
             };
             let (key, from) = p.key();
             if matches!(from, runtime::domain::KeySource::Content) {
-                problems.push(problem(format!("{} has no key for a reference to point at", p.name)));
+                problems
+                    .push(problem(format!("{} has no key for a reference to point at", p.name)));
                 continue;
             }
             if key.len() != 1 {
                 problems.push(problem(format!(
-                    "{} has a key of {} columns; a reference the mapping file declares must point at a one-column key",
+                    "{} has a key of {} columns; a reference the mapping file declares must point \
+                        at a one-column key",
                     p.name,
                     key.len()
                 )));
@@ -65,11 +77,18 @@ pub fn declare_references(source: &SchemaReport, file: &MappingFile) -> Result<S
             }
             if let Some(fk) = child.foreign_keys.iter().find(|f| f.columns == [column.clone()]) {
                 if fk.references != p.name {
-                    problems.push(problem(format!("the foreign key {} already makes it a reference to {}", fk.name, fk.references)));
+                    problems.push(problem(format!(
+                        "the foreign key {} already makes it a reference to {}",
+                        fk.name, fk.references
+                    )));
                 }
                 continue;
             }
-            let table = out.tables.iter_mut().find(|t| t.name == child.name).expect("the table is in the report it was found in");
+            let table = out
+                .tables
+                .iter_mut()
+                .find(|t| t.name == child.name)
+                .expect("the table is in the report it was found in");
             table.foreign_keys.push(runtime::domain::ForeignKey {
                 name: format!("{}_{column}_fkey", child.name.name),
                 columns: vec![column.clone()],
@@ -84,7 +103,11 @@ pub fn declare_references(source: &SchemaReport, file: &MappingFile) -> Result<S
     }
     for (entity, rule) in file.entities.iter().filter(|(_, r)| !r.generic.is_empty()) {
         let Some(child) = source.find(entity) else { continue };
-        let table = out.tables.iter_mut().find(|t| t.name == child.name).expect("the table is in the report it was found in");
+        let table = out
+            .tables
+            .iter_mut()
+            .find(|t| t.name == child.name)
+            .expect("the table is in the report it was found in");
         for (column, g) in &rule.generic {
             let problem = |message: &str| Problem {
                 table: entity.clone(),
@@ -94,14 +117,21 @@ pub fn declare_references(source: &SchemaReport, file: &MappingFile) -> Result<S
                 unfed: false,
             };
             if child.column(&g.by).is_none() {
-                problems.push(problem(&format!("the generic reference's `by` column {} is not in the source table", g.by)));
+                problems.push(problem(&format!(
+                    "the generic reference's `by` column {} is not in the source table",
+                    g.by
+                )));
             }
             // The column holds the parent's UUID in the target.
             match table.columns.iter_mut().find(|c| &c.name == column) {
                 Some(c) => {
-                    (c.data_type, c.type_name, c.type_kind, c.max_length) = ("uuid".into(), "uuid".into(), TypeKind::Base, None);
+                    (c.data_type, c.type_name, c.type_kind, c.max_length) =
+                        ("uuid".into(), "uuid".into(), TypeKind::Base, None);
                 }
-                None => problems.push(problem("the mapping file declares a generic reference on a column the source table does not have")),
+                None => problems.push(problem(
+                    "the mapping file declares a generic reference on a \
+                    column the source table does not have",
+                )),
             }
         }
     }
@@ -115,14 +145,21 @@ pub fn declare_references(source: &SchemaReport, file: &MappingFile) -> Result<S
 /// Fills in the parents of each generic reference whose `by` column is a foreign key to
 /// Django's content types (`app_label`, `model`): each content type names the source table
 /// `app_label_model`, where there is one, unless the mapping file names its table itself.
-pub async fn content_types(rows: &dyn runtime::ports::Rows, source: &SchemaReport, file: &MappingFile) -> Result<MappingFile, ToolError> {
+pub async fn content_types(
+    rows: &dyn runtime::ports::Rows,
+    source: &SchemaReport,
+    file: &MappingFile,
+) -> Result<MappingFile, ToolError> {
     let mut file = file.clone();
     for (entity, rule) in file.entities.iter_mut() {
         let Some(child) = source.find(entity) else { continue };
         for g in rule.generic.values_mut() {
             let fk = child.foreign_keys.iter().find(|f| f.columns == [g.by.clone()]);
             let Some(types) = fk.and_then(|f| source.table(&f.references)) else { continue };
-            if types.column("app_label").is_none() || types.column("model").is_none() || types.key().0.len() != 1 {
+            if types.column("app_label").is_none()
+                || types.column("model").is_none()
+                || types.key().0.len() != 1
+            {
                 continue;
             }
             let scan = runtime::domain::Scan {
@@ -142,7 +179,12 @@ pub async fn content_types(rows: &dyn runtime::ports::Rows, source: &SchemaRepor
                 }
             })
             .await
-            .map_err(|e| e.context(format!("reading the content types of {} for {entity}.{}", types.name, g.by)))?;
+            .map_err(|e| {
+                e.context(format!(
+                    "reading the content types of {} for {entity}.{}",
+                    types.name, g.by
+                ))
+            })?;
             for (id, table) in named {
                 if source.find(&table).is_some() {
                     g.parents.entry(id).or_insert(table);
@@ -156,7 +198,10 @@ pub async fn content_types(rows: &dyn runtime::ports::Rows, source: &SchemaRepor
 /// The error of a mapping with problems, each named where it is.
 pub fn problems_error(origin: &str, problems: &[Problem]) -> AgentError {
     let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    AgentError::usage(ME, format!("the mapping ({origin}) has {} problem(s): {}", problems.len(), lines.join("; ")))
+    AgentError::usage(
+        ME,
+        format!("the mapping ({origin}) has {} problem(s): {}", problems.len(), lines.join("; ")),
+    )
 }
 
 fn category(c: &Column) -> &'static str {
@@ -175,7 +220,9 @@ fn category(c: &Column) -> &'static str {
         "date" => "date",
         "json" | "jsonb" => "json",
         "uuid" => "uuid",
-        "varchar" | "text" | "bpchar" | "character varying" | "character" | "citext" | "name" => "text",
+        "varchar" | "text" | "bpchar" | "character varying" | "character" | "citext" | "name" => {
+            "text"
+        }
         _ => "other",
     }
 }
@@ -192,14 +239,20 @@ fn parse_transform(t: &str, zone: &str) -> Result<Transform, BadInput> {
         "timestamptz" => Transform::Timestamptz { zone: zone.to_owned() },
         other => {
             return Err(BadInput(format!(
-                "unknown transform `{other}` (known: trim, lower, upper, null_if_empty, cents, bool, json, timestamptz)"
+                "unknown transform `{other}` (known: trim, lower, upper, null_if_empty, cents, \
+                    bool, json, timestamptz)"
             )))
         }
     })
 }
 
 /// The transforms a source column of this type needs to fit a target column of that type.
-fn inferred_transforms(src: &Column, dst: &Column, target: &SchemaReport, zone: &str) -> (Vec<Transform>, String) {
+fn inferred_transforms(
+    src: &Column,
+    dst: &Column,
+    target: &SchemaReport,
+    zone: &str,
+) -> (Vec<Transform>, String) {
     let (s, d) = (category(src), category(dst));
     let mut why = Vec::new();
     let mut out = Vec::new();
@@ -237,38 +290,54 @@ fn inferred_transforms(src: &Column, dst: &Column, target: &SchemaReport, zone: 
         }
         ("int", "enum") => {
             if let Some(labels) = target.enums.get(&dst.type_name) {
-                let map = labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect();
+                let map =
+                    labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect();
                 out.push(Transform::Values { map });
-                why.push("codes 0, 1, 2, ... taken as the enum's labels in order (confirm in the mapping file)");
+                why.push(
+                    "codes 0, 1, 2, ... taken as the enum's labels in order (confirm in the \
+                    mapping file)",
+                );
             }
         }
         _ => {}
     }
-    (out, if why.is_empty() { "same name".into() } else { format!("same name; {}", why.join("; ")) })
+    (
+        out,
+        if why.is_empty() { "same name".into() } else { format!("same name; {}", why.join("; ")) },
+    )
 }
 
 /// Target tables by the key of their name.
-fn target_for<'a>(source: &TableName, rule: Option<&EntityRule>, target: &'a SchemaReport) -> Option<&'a Table> {
+fn target_for<'a>(
+    source: &TableName,
+    rule: Option<&EntityRule>,
+    target: &'a SchemaReport,
+) -> Option<&'a Table> {
     if let Some(name) = rule.and_then(|r| r.target.as_deref()) {
         return target.find(name);
     }
-    target
-        .tables
-        .iter()
-        .find(|t| t.name.name == source.name)
-        .or_else(|| target.tables.iter().find(|t| entity_key(&t.name.name) == entity_key(&source.name)))
+    target.tables.iter().find(|t| t.name.name == source.name).or_else(|| {
+        target.tables.iter().find(|t| entity_key(&t.name.name) == entity_key(&source.name))
+    })
 }
 
 /// Builds every entity's mapping; returns the problems instead if there are any.
-pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -> Result<MappingSet, Vec<Problem>> {
+pub fn build(
+    source: &SchemaReport,
+    target: &SchemaReport,
+    file: &MappingFile,
+) -> Result<MappingSet, Vec<Problem>> {
     if target.tables.is_empty() && !source.tables.is_empty() {
         return Err(vec![Problem {
             table: format!("the target {}", target.database),
             source: None,
             column: None,
-            message: "has no tables to migrate into: create its schema first (`agentctl schema generate --from-source --apply` makes one from the source's), then run this again".into(),
-        unfed: false,
-    }]);
+            message: "has no tables to migrate into: create its schema first (`agentctl schema \
+                generate --from-source --apply` makes one from the source's), then run this \
+                again"
+                .into(),
+            unfed: false,
+        }]);
     }
     let mut problems = Vec::new();
     let zone = file.settings.timezone.as_str();
@@ -294,11 +363,15 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
             });
         }
     }
-    let joined: BTreeSet<String> = file.entities.values().flat_map(|r| r.join.iter().map(|j| j.table.clone())).collect();
+    let joined: BTreeSet<String> =
+        file.entities.values().flat_map(|r| r.join.iter().map(|j| j.table.clone())).collect();
     let mut specs = Vec::new();
     let mut unmapped = Vec::new();
     for table in &source.tables {
-        let rule = file.entities.get(&table.name.name).or_else(|| file.entities.get(&table.name.to_string()));
+        let rule = file
+            .entities
+            .get(&table.name.name)
+            .or_else(|| file.entities.get(&table.name.to_string()));
         if let Some(reason) = rule.and_then(|r| r.skip.clone()) {
             unmapped.push((table.name.clone(), Unmapped::Skipped { reason }));
             continue;
@@ -351,7 +424,12 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
                 .filter(|(_, r)| !r.references.is_empty())
                 .map(|(e, r)| (e.clone(), r.references.clone()))
                 .collect(),
-            generic: file.entities.iter().filter(|(_, r)| !r.generic.is_empty()).map(|(e, r)| (e.clone(), r.generic.clone())).collect(),
+            generic: file
+                .entities
+                .iter()
+                .filter(|(_, r)| !r.generic.is_empty())
+                .map(|(e, r)| (e.clone(), r.generic.clone()))
+                .collect(),
         })
     } else {
         Err(problems)
@@ -361,28 +439,42 @@ pub fn build(source: &SchemaReport, target: &SchemaReport, file: &MappingFile) -
 /// The source's foreign keys that the target would not keep: each must become a UUID
 /// reference (a column fed by it) or stay a foreign key on the same columns, copied as they are;
 /// otherwise its links would be lost while every row arrived.
-fn lost_references(src: &Table, dst: &Table, spec: &MappingSpec, decided: impl Fn(&TableName) -> bool) -> Vec<Problem> {
+fn lost_references(
+    src: &Table,
+    dst: &Table,
+    spec: &MappingSpec,
+    decided: impl Fn(&TableName) -> bool,
+) -> Vec<Problem> {
     let mut problems = Vec::new();
     for fk in &src.foreign_keys {
         if decided(&fk.references) || spec.joins.iter().any(|j| fk.columns == [j.on.clone()]) {
             continue;
         }
-        let rewritten = spec.columns.iter().any(|c| matches!(&c.feed, Feed::Reference { columns, .. } if columns == &fk.columns));
+        let rewritten = spec
+            .columns
+            .iter()
+            .any(|c| matches!(&c.feed, Feed::Reference { columns, .. } if columns == &fk.columns));
         // (A transform on such a column, a trim, is checked by the target's key on every row.)
-        let copied =
-            |col: &String| spec.columns.iter().any(|c| &c.target == col && matches!(&c.feed, Feed::Column { column } if column == col));
-        let kept = dst.foreign_keys.iter().any(|f| f.columns == fk.columns) && fk.columns.iter().all(copied);
+        let copied = |col: &String| {
+            spec.columns.iter().any(|c| {
+                &c.target == col && matches!(&c.feed, Feed::Column { column } if column == col)
+            })
+        };
+        let kept = dst.foreign_keys.iter().any(|f| f.columns == fk.columns)
+            && fk.columns.iter().all(copied);
         if !rewritten && !kept {
             problems.push(Problem {
                 table: dst.name.to_string(),
                 source: Some(src.name.name.clone()),
                 column: Some(fk.columns.join(", ")),
                 message: format!(
-                    "foreign key {} to {} is not kept: no uuid column is fed from it and the target has no foreign key on the same columns, so its links would be lost (map a column to it, or add the key to the target)",
+                    "foreign key {} to {} is not kept: no uuid column is fed from it and the \
+                        target has no foreign key on the same columns, so its links would be \
+                        lost (map a column to it, or add the key to the target)",
                     fk.name, fk.references
                 ),
-        unfed: false,
-    });
+                unfed: false,
+            });
         }
     }
     problems
@@ -409,7 +501,8 @@ fn map_table(
         return Err(vec![at(
             None,
             format!(
-                "keyless source table {} has a column named {ROW_IDENTITY}, the name agentctl gives a keyless row's identity",
+                "keyless source table {} has a column named {ROW_IDENTITY}, the name agentctl \
+                    gives a keyless row's identity",
                 src.name
             ),
         )]);
@@ -425,26 +518,34 @@ fn map_table(
                 joins.push(Join { table: t.name.clone(), on: j.on.clone(), key: j.key.clone() });
                 joined_tables.push(t);
             }
-            None => problems.push(at(None, format!("joins `{}`, which the source does not have", j.table))),
+            None => problems
+                .push(at(None, format!("joins `{}`, which the source does not have", j.table))),
         }
     }
     // A source column by name: `col` of the mapped table or `table.col` of a joined one.
     let source_column = |name: &str| -> Option<&Column> {
         match name.split_once('.') {
-            Some((t, c)) => joined_tables.iter().find(|jt| jt.name.name == t).and_then(|jt| jt.column(c)),
+            Some((t, c)) => {
+                joined_tables.iter().find(|jt| jt.name.name == t).and_then(|jt| jt.column(c))
+            }
             None => src.column(name),
         }
     };
     // A reference becomes the parent's UUID only where it points at the parent's key, from
     // which that UUID is derived (one to another unique rule stays a plain value).
-    let fk_of = |col: &str| src.foreign_keys.iter().find(|f| f.columns.first().is_some_and(|c| c == col) && source.references_key(f));
+    let fk_of = |col: &str| {
+        src.foreign_keys
+            .iter()
+            .find(|f| f.columns.first().is_some_and(|c| c == col) && source.references_key(f))
+    };
     let mut columns = Vec::new();
     let mut metadata_at = None;
     // The row's own UUID: the primary key, or its `id` part (a partitioned table's key also
     // holds its partition columns).
     let pk_is_uuid = |c: &Column| {
         c.type_name == "uuid"
-            && ((dst.primary_key.len() == 1 && dst.primary_key[0] == c.name) || (c.name == "id" && dst.primary_key.contains(&c.name)))
+            && ((dst.primary_key.len() == 1 && dst.primary_key[0] == c.name)
+                || (c.name == "id" && dst.primary_key.contains(&c.name)))
     };
     for c in &dst.columns {
         if c.generated.is_some() {
@@ -459,7 +560,11 @@ fn map_table(
                     target: c.name.clone(),
                     feed,
                     transforms: vec![],
-                    rationale: format!("the UUID of the row its {} names (a generic reference, declared in the mapping file)", g.by),
+                    rationale: format!(
+                        "the UUID of the row its {} names (a generic reference, \
+                        declared in the mapping file)",
+                        g.by
+                    ),
                 }),
                 Err(e) => {
                     problems.push(at(Some(&c.name), e.0));
@@ -502,9 +607,15 @@ fn map_table(
                 Some(sc) => match fk_of(&sc.name) {
                     Some(fk) if category(c) == "uuid" => Some(ColumnMapping {
                         target: c.name.clone(),
-                        feed: Feed::Reference { columns: vec![sc.name.clone()], parent: fk.references.clone() },
+                        feed: Feed::Reference {
+                            columns: vec![sc.name.clone()],
+                            parent: fk.references.clone(),
+                        },
                         transforms: vec![],
-                        rationale: format!("same name; the UUID of the {} row it points at", fk.references),
+                        rationale: format!(
+                            "same name; the UUID of the {} row it points at",
+                            fk.references
+                        ),
                     }),
                     _ => {
                         let (transforms, rationale) = inferred_transforms(sc, c, target, zone);
@@ -530,13 +641,17 @@ fn map_table(
                 columns.push(m);
             }
             None if !c.nullable && c.default.is_none() && c.identity.is_none() => {
-                problems.push(Problem { unfed: true, ..at(Some(&c.name), format!("{UNFED} (name a `from` in the mapping file)")) });
+                problems.push(Problem {
+                    unfed: true,
+                    ..at(Some(&c.name), format!("{UNFED} (name a `from` in the mapping file)"))
+                });
             }
             None => {}
         }
     }
     // Whatever the mapping does not use goes into metadata, or is dropped (and said so).
-    let rest: Vec<String> = src.columns.iter().map(|c| c.name.clone()).filter(|n| !used.contains(n)).collect();
+    let rest: Vec<String> =
+        src.columns.iter().map(|c| c.name.clone()).filter(|n| !used.contains(n)).collect();
     let mut dropped = Vec::new();
     match metadata_at {
         Some(i) => {
@@ -553,13 +668,23 @@ fn map_table(
         return Err(problems);
     }
     let sync = rule.map(|r| r.sync).unwrap_or_default();
-    Ok(MappingSpec { source: src.name.clone(), target: dst.name.clone(), key, joins, columns, dropped, sync })
+    Ok(MappingSpec {
+        source: src.name.clone(),
+        target: dst.name.clone(),
+        key,
+        joins,
+        columns,
+        dropped,
+        sync,
+    })
 }
 
 fn feed_columns(feed: &Feed) -> Vec<String> {
     match feed {
         Feed::Column { column } => vec![column.clone()],
-        Feed::Concat { columns, .. } | Feed::Reference { columns, .. } | Feed::Metadata { columns } => columns.clone(),
+        Feed::Concat { columns, .. }
+        | Feed::Reference { columns, .. }
+        | Feed::Metadata { columns } => columns.clone(),
         Feed::Generic { column, by, .. } => vec![column.clone(), by.clone()],
         _ => vec![],
     }
@@ -570,17 +695,24 @@ fn feed_columns(feed: &Feed) -> Vec<String> {
 fn generic_feed(column: &str, rule: &GenericRule, source: &SchemaReport) -> Result<Feed, BadInput> {
     if rule.parents.is_empty() {
         return Err(BadInput(format!(
-            "the generic reference by {} names no table: give `parents = {{ \"value\" = \"table\" }}` in the mapping file",
+            "the generic reference by {} names no table: give `parents = {{ \"value\" = \"table\" \
+                }}` in the mapping file",
             rule.by
         )));
     }
     let mut parents = BTreeMap::new();
     for (kind, name) in &rule.parents {
-        let t =
-            source.find(name).ok_or_else(|| BadInput(format!("the generic reference's parent `{name}` is not a table of the source")))?;
+        let t = source.find(name).ok_or_else(|| {
+            BadInput(format!(
+                "the generic reference's parent `{name}` is not a table of the source"
+            ))
+        })?;
         let (key, from) = t.key();
         if key.len() != 1 || matches!(from, runtime::domain::KeySource::Content) {
-            return Err(BadInput(format!("the generic reference's parent {} has no one-column key to point at", t.name)));
+            return Err(BadInput(format!(
+                "the generic reference's parent {} has no one-column key to point at",
+                t.name
+            )));
         }
         parents.insert(kind.clone(), t.name.clone());
     }
@@ -594,7 +726,8 @@ fn from_rule<'a>(
     source_column: &dyn Fn(&str) -> Option<&'a Column>,
     fk_of: &dyn Fn(&str) -> Option<&'a runtime::domain::ForeignKey>,
 ) -> Result<ColumnMapping, BadInput> {
-    let mut transforms = r.transforms.iter().map(|t| parse_transform(t, zone)).collect::<Result<Vec<_>, _>>()?;
+    let mut transforms =
+        r.transforms.iter().map(|t| parse_transform(t, zone)).collect::<Result<Vec<_>, _>>()?;
     if let Some(values) = &r.values {
         transforms.push(Transform::Values { map: values.clone() });
     }
@@ -602,17 +735,25 @@ fn from_rule<'a>(
         transforms.push(Transform::Default { value: d.clone() });
     }
     if let Some(script) = &r.transform {
-        let code = script.code.clone().ok_or_else(|| BadInput(format!("the transform script {} was not read", script.python)))?;
+        let code = script.code.clone().ok_or_else(|| {
+            BadInput(format!("the transform script {} was not read", script.python))
+        })?;
         transforms.insert(0, Transform::Script { path: script.python.clone(), code });
     }
     let feed = match (&r.from, &r.concat, &r.constant) {
         (Some(col), None, None) => {
-            source_column(col).ok_or_else(|| BadInput(format!("the mapping file reads `{col}`, which the source does not have")))?;
+            source_column(col).ok_or_else(|| {
+                BadInput(format!("the mapping file reads `{col}`, which the source does not have"))
+            })?;
             match fk_of(col) {
                 Some(_) if r.transform.is_some() => {
-                    return Err(BadInput(format!("`{col}` is a reference; a transform script cannot feed it")))
+                    return Err(BadInput(format!(
+                        "`{col}` is a reference; a transform script cannot feed it"
+                    )))
                 }
-                Some(fk) if category(dst) == "uuid" => Feed::Reference { columns: vec![col.clone()], parent: fk.references.clone() },
+                Some(fk) if category(dst) == "uuid" => {
+                    Feed::Reference { columns: vec![col.clone()], parent: fk.references.clone() }
+                }
                 _ => Feed::Column { column: col.clone() },
             }
         }
@@ -621,14 +762,28 @@ fn from_rule<'a>(
         }
         (None, Some(cols), None) => {
             if let Some(missing) = cols.iter().find(|c| source_column(c).is_none()) {
-                return Err(BadInput(format!("the mapping file concatenates `{missing}`, which the source does not have")));
+                return Err(BadInput(format!(
+                    "the mapping file concatenates `{missing}`, which the source does not have"
+                )));
             }
-            Feed::Concat { columns: cols.clone(), separator: r.separator.clone().unwrap_or_else(|| " ".into()) }
+            Feed::Concat {
+                columns: cols.clone(),
+                separator: r.separator.clone().unwrap_or_else(|| " ".into()),
+            }
         }
         (None, None, Some(v)) => Feed::Constant { value: v.clone() },
-        _ => return Err(BadInput("the mapping file must give exactly one of `from`, `concat` or `constant`".into())),
+        _ => {
+            return Err(BadInput(
+                "the mapping file must give exactly one of `from`, `concat` or `constant`".into(),
+            ))
+        }
     };
-    Ok(ColumnMapping { target: dst.name.clone(), feed, transforms, rationale: "set in the mapping file".into() })
+    Ok(ColumnMapping {
+        target: dst.name.clone(),
+        feed,
+        transforms,
+        rationale: "set in the mapping file".into(),
+    })
 }
 
 /// Whether the mapped value can be of the target column's type at all.
@@ -641,7 +796,9 @@ fn check_fit<'a>(
     let d = category(dst);
     for t in &m.transforms {
         if let Transform::Values { map } = t {
-            if let (TypeKind::Enum, Some(labels)) = (&dst.type_kind, target.enums.get(&dst.type_name)) {
+            if let (TypeKind::Enum, Some(labels)) =
+                (&dst.type_kind, target.enums.get(&dst.type_name))
+            {
                 if let Some((from, to)) = map.iter().find(|(_, v)| !labels.contains(v)) {
                     return Err(BadInput(format!(
                         "maps `{from}` to `{to}`, which is not a value of {} ({})",
@@ -684,24 +841,37 @@ fn check_fit<'a>(
     if fits {
         Ok(())
     } else {
-        Err(BadInput(format!("a {produced} value cannot go into {} without a transform", dst.data_type)))
+        Err(BadInput(format!(
+            "a {produced} value cannot go into {} without a transform",
+            dst.data_type
+        )))
     }
 }
 
 /// A mapping as an operator reads it.
 pub fn render(spec: &MappingSpec) -> String {
-    let mut out = format!("{} -> {} (legacy key: {})\n", spec.source, spec.target, spec.key.join(", "));
+    let mut out =
+        format!("{} -> {} (legacy key: {})\n", spec.source, spec.target, spec.key.join(", "));
     for j in &spec.joins {
-        out.push_str(&format!("  joins {} on {}.{} = {}.{}\n", j.table, spec.source.name, j.on, j.table.name, j.key));
+        out.push_str(&format!(
+            "  joins {} on {}.{} = {}.{}\n",
+            j.table, spec.source.name, j.on, j.table.name, j.key
+        ));
     }
     for c in &spec.columns {
         let from = match &c.feed {
             Feed::Key => "uuid(legacy key)".to_owned(),
             Feed::LegacyKey => "legacy key".to_owned(),
             Feed::Column { column } => column.clone(),
-            Feed::Concat { columns, separator } => format!("{} joined by {separator:?}", columns.join(" + ")),
-            Feed::Reference { columns, parent } => format!("uuid({parent}: {})", columns.join(", ")),
-            Feed::Generic { column, by, parents } => format!("uuid(the table {by} names, one of {}: {column})", parents.len()),
+            Feed::Concat { columns, separator } => {
+                format!("{} joined by {separator:?}", columns.join(" + "))
+            }
+            Feed::Reference { columns, parent } => {
+                format!("uuid({parent}: {})", columns.join(", "))
+            }
+            Feed::Generic { column, by, parents } => {
+                format!("uuid(the table {by} names, one of {}: {column})", parents.len())
+            }
             Feed::Constant { value } => format!("{value:?}"),
             Feed::Metadata { columns } => format!("{{{}}}", columns.join(", ")),
         };
@@ -710,22 +880,32 @@ pub fn render(spec: &MappingSpec) -> String {
             .iter()
             .map(|t| match t {
                 Transform::Values { map } => {
-                    format!("values({})", map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
+                    format!(
+                        "values({})",
+                        map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+                    )
                 }
                 Transform::Timestamptz { zone } => format!("timestamptz({zone})"),
                 Transform::Default { value } => format!("default({value})"),
                 Transform::Script { path, .. } => format!("python({path})"),
-                other => serde_json::to_value(other).ok().and_then(|v| v["kind"].as_str().map(str::to_owned)).unwrap_or_default(),
+                other => serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v["kind"].as_str().map(str::to_owned))
+                    .unwrap_or_default(),
             })
             .collect();
-        let steps = if steps.is_empty() { String::new() } else { format!(" | {}", steps.join(" | ")) };
+        let steps =
+            if steps.is_empty() { String::new() } else { format!(" | {}", steps.join(" | ")) };
         out.push_str(&format!("  {:<18} <- {from}{steps}\n", c.target));
         if !c.rationale.is_empty() {
             out.push_str(&format!("  {:<18}    ({})\n", "", c.rationale));
         }
     }
     if !spec.dropped.is_empty() {
-        out.push_str(&format!("  not migrated (no target column, no metadata): {}\n", spec.dropped.join(", ")));
+        out.push_str(&format!(
+            "  not migrated (no target column, no metadata): {}\n",
+            spec.dropped.join(", ")
+        ));
     }
     out
 }
@@ -733,7 +913,11 @@ pub fn render(spec: &MappingSpec) -> String {
 /// The inferred mapping as a file to edit (`agentctl mapping init`).
 pub fn to_file(set: &MappingSet) -> MappingFile {
     let mut file = MappingFile {
-        settings: Settings { namespace: set.keys.namespace, uuid_layout: set.keys.layout, timezone: "UTC".into() },
+        settings: Settings {
+            namespace: set.keys.namespace,
+            uuid_layout: set.keys.layout,
+            timezone: "UTC".into(),
+        },
         groups: set.groups.clone(),
         entities: BTreeMap::new(),
     };
@@ -757,20 +941,28 @@ pub fn to_file(set: &MappingSet) -> MappingFile {
                     Transform::Values { map } => rule.values = Some(map.clone()),
                     Transform::Default { value } => rule.default = Some(value.clone()),
                     Transform::Script { path, code } => {
-                        rule.transform = Some(ScriptRule { python: path.clone(), code: Some(code.clone()) })
+                        rule.transform =
+                            Some(ScriptRule { python: path.clone(), code: Some(code.clone()) })
                     }
                     Transform::Timestamptz { zone } => {
                         file.settings.timezone = zone.clone();
                         rule.transforms.push("timestamptz".into());
                     }
-                    other => rule
-                        .transforms
-                        .push(serde_json::to_value(other).ok().and_then(|v| v["kind"].as_str().map(str::to_owned)).unwrap_or_default()),
+                    other => rule.transforms.push(
+                        serde_json::to_value(other)
+                            .ok()
+                            .and_then(|v| v["kind"].as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                    ),
                 }
             }
             columns.insert(c.target.clone(), rule);
         }
-        let join = spec.joins.iter().map(|j| JoinRule { table: j.table.name.clone(), on: j.on.clone(), key: j.key.clone() }).collect();
+        let join = spec
+            .joins
+            .iter()
+            .map(|j| JoinRule { table: j.table.name.clone(), on: j.on.clone(), key: j.key.clone() })
+            .collect();
         file.entities.insert(
             spec.source.name.clone(),
             EntityRule {
@@ -786,7 +978,10 @@ pub fn to_file(set: &MappingSet) -> MappingFile {
     }
     for (t, why) in &set.unmapped {
         if let Unmapped::Skipped { reason } = why {
-            file.entities.insert(t.name.clone(), EntityRule { skip: Some(reason.clone()), ..EntityRule::default() });
+            file.entities.insert(
+                t.name.clone(),
+                EntityRule { skip: Some(reason.clone()), ..EntityRule::default() },
+            );
         }
     }
     file
@@ -825,10 +1020,21 @@ pub const PREVIEW_ROWS: usize = 5;
 
 /// Tries every custom transform on sample rows in the sandbox; a script that cannot run fails
 /// the mapping, before anything is planned on it.
-async fn preview_scripts(ctx: &RunContext, rows: &crate::code::ScriptedRows, set: &mut MappingSet) -> Result<(), ToolError> {
+async fn preview_scripts(
+    ctx: &RunContext,
+    rows: &crate::code::ScriptedRows,
+    set: &mut MappingSet,
+) -> Result<(), ToolError> {
     for spec in &set.specs {
-        for preview in crate::code::preview(rows, spec, PREVIEW_ROWS).await.map_err(|e| e.context(&spec.source))? {
-            let failed = preview.samples.iter().filter(|s| matches!(s.after, runtime::mapping::Answered::Rejected(_))).count();
+        for preview in crate::code::preview(rows, spec, PREVIEW_ROWS)
+            .await
+            .map_err(|e| e.context(&spec.source))?
+        {
+            let failed = preview
+                .samples
+                .iter()
+                .filter(|s| matches!(s.after, runtime::mapping::Answered::Rejected(_)))
+                .count();
             ctx.decision(
                 ME,
                 format!(
@@ -838,7 +1044,8 @@ async fn preview_scripts(ctx: &RunContext, rows: &crate::code::ScriptedRows, set
                     preview.path,
                     preview.samples.len()
                 ),
-                "a custom transform runs in the sandbox; it is tried before the run so the operator sees what it does",
+                "a custom transform runs in the sandbox; it is tried before the run so the \
+                    operator sees what it does",
                 // Counts only: the audit trail keeps no row contents.
                 serde_json::json!({"column": preview.column, "path": preview.path, "samples": preview.samples.len(), "raised": failed}),
             );
@@ -853,7 +1060,8 @@ async fn preview_scripts(ctx: &RunContext, rows: &crate::code::ScriptedRows, set
 pub struct ColumnProposal {
     /// The source column that feeds it, if any does.
     pub from: Option<String>,
-    /// Steps applied to the value: trim, lower, upper, null_if_empty, cents, bool, json, timestamptz.
+    /// Steps applied to the value: trim, lower, upper, null_if_empty, cents, bool, json,
+    /// timestamptz.
     pub transforms: Vec<String>,
     /// Why, in a sentence.
     pub why: String,
@@ -866,8 +1074,14 @@ const UNFED: &str = "is NOT NULL without a default, and nothing in the source fe
 /// copy of the mapping file and the whole mapping is built again by the same code, which checks
 /// that the columns exist and the types fit. Accepted only if that build has no problem left;
 /// every proposal is recorded with the verdict.
-async fn propose_with_llm(ctx: &RunContext, llm: &dyn runtime::ports::Llm, req: &MapRequest, problems: &[Problem]) -> Option<MappingSet> {
-    let unfed: Vec<&Problem> = problems.iter().filter(|p| p.unfed && p.source.is_some() && p.column.is_some()).collect();
+async fn propose_with_llm(
+    ctx: &RunContext,
+    llm: &dyn runtime::ports::Llm,
+    req: &MapRequest,
+    problems: &[Problem],
+) -> Option<MappingSet> {
+    let unfed: Vec<&Problem> =
+        problems.iter().filter(|p| p.unfed && p.source.is_some() && p.column.is_some()).collect();
     if unfed.is_empty() || unfed.len() < problems.len() {
         return None;
     }
@@ -878,26 +1092,48 @@ async fn propose_with_llm(ctx: &RunContext, llm: &dyn runtime::ports::Llm, req: 
         let src = req.source.find(source)?;
         let dst = req.target.find(&p.table)?;
         let col = dst.column(column)?;
-        let columns: Vec<String> = src.columns.iter().map(|c| format!("{} {}", c.name, c.data_type)).collect();
+        let columns: Vec<String> =
+            src.columns.iter().map(|c| format!("{} {}", c.name, c.data_type)).collect();
         let system = prompts::fill(
             prompts::COLUMN,
-            &[("source", source), ("columns", &columns.join(", ")), ("target", &format!("{}.{} {}", p.table, column, col.data_type))],
+            &[
+                ("source", source),
+                ("columns", &columns.join(", ")),
+                ("target", &format!("{}.{} {}", p.table, column, col.data_type)),
+            ],
         )
         .ok()?;
         let question = format!("Which column of {source} feeds {}.{column}?", p.table);
-        match crate::llm::ask_typed::<ColumnProposal>(ctx, llm, ME, "column_mapping", "The source of a target column", &system, &question)
-            .await
+        match crate::llm::ask_typed::<ColumnProposal>(
+            ctx,
+            llm,
+            ME,
+            "column_mapping",
+            "The source of a target column",
+            &system,
+            &question,
+        )
+        .await
         {
             Ok(proposal) => {
                 let rule = file.entities.entry(source.to_owned()).or_default();
                 rule.columns.insert(
                     column.to_owned(),
-                    ColumnRule { from: proposal.from.clone(), transforms: proposal.transforms.clone(), ..ColumnRule::default() },
+                    ColumnRule {
+                        from: proposal.from.clone(),
+                        transforms: proposal.transforms.clone(),
+                        ..ColumnRule::default()
+                    },
                 );
                 proposals.push((format!("{}.{column}", p.table), proposal));
             }
             Err(why) => {
-                ctx.decision(ME, format!("no proposal for {}.{column}", p.table), format!("the model failed: {why}"), p);
+                ctx.decision(
+                    ME,
+                    format!("no proposal for {}.{column}", p.table),
+                    format!("the model failed: {why}"),
+                    p,
+                );
                 return None;
             }
         }
@@ -907,8 +1143,14 @@ async fn propose_with_llm(ctx: &RunContext, llm: &dyn runtime::ports::Llm, req: 
             for (at, proposal) in &proposals {
                 ctx.decision(
                     ME,
-                    format!("took the model's proposal for {at}: {}", proposal.from.as_deref().unwrap_or("(no source)")),
-                    format!("{} (checked by the mapper: the column exists and its type fits)", proposal.why),
+                    format!(
+                        "took the model's proposal for {at}: {}",
+                        proposal.from.as_deref().unwrap_or("(no source)")
+                    ),
+                    format!(
+                        "{} (checked by the mapper: the column exists and its type fits)",
+                        proposal.why
+                    ),
                     proposal,
                 );
             }
@@ -916,7 +1158,12 @@ async fn propose_with_llm(ctx: &RunContext, llm: &dyn runtime::ports::Llm, req: 
         }
         Err(left) => {
             let lines: Vec<String> = left.iter().map(ToString::to_string).collect();
-            ctx.decision(ME, format!("rejected the model's proposals for {} columns", proposals.len()), lines.join("; "), &proposals);
+            ctx.decision(
+                ME,
+                format!("rejected the model's proposals for {} columns", proposals.len()),
+                lines.join("; "),
+                &proposals,
+            );
             None
         }
     }
@@ -927,7 +1174,11 @@ impl Actor for DataMappingAgent {
     type State = DataMappingArgs;
     type Arguments = DataMappingArgs;
 
-    async fn pre_start(&self, _: ActorRef<DataMappingMsg>, args: DataMappingArgs) -> Result<DataMappingArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<DataMappingMsg>,
+        args: DataMappingArgs,
+    ) -> Result<DataMappingArgs, ActorProcessingErr> {
         Ok(args)
     }
 
@@ -948,10 +1199,12 @@ impl Actor for DataMappingAgent {
                     }
                 }
                 let result = match (build(&req.source, &req.target, &req.file), &state.llm) {
-                    (Err(problems), Some(llm)) => match propose_with_llm(&state.ctx, llm.as_ref(), &req, &problems).await {
-                        Some(set) => Ok(set),
-                        None => Err(problems),
-                    },
+                    (Err(problems), Some(llm)) => {
+                        match propose_with_llm(&state.ctx, llm.as_ref(), &req, &problems).await {
+                            Some(set) => Ok(set),
+                            None => Err(problems),
+                        }
+                    }
                     (result, _) => result,
                 };
                 let result = match result {
@@ -959,7 +1212,10 @@ impl Actor for DataMappingAgent {
                     Ok(mut set) => match preview_scripts(&state.ctx, &state.rows, &mut set).await {
                         Ok(()) => Ok(set),
                         Err(e) => {
-                            let _ = reply.send(Err(AgentError::new(ME, format!("a custom transform cannot run: {e}"))));
+                            let _ = reply.send(Err(AgentError::of(
+                                ME,
+                                e.context("a custom transform cannot run"),
+                            )));
                             return Ok(());
                         }
                     },
@@ -968,16 +1224,35 @@ impl Actor for DataMappingAgent {
                 match &result {
                     Ok(set) => {
                         for spec in &set.specs {
-                            let how: Vec<String> = spec.columns.iter().map(|c| format!("{}: {}", c.target, c.rationale)).collect();
-                            state.ctx.decision(ME, format!("mapped {} to {}", spec.source, spec.target), how.join("; "), spec);
+                            let how: Vec<String> = spec
+                                .columns
+                                .iter()
+                                .map(|c| format!("{}: {}", c.target, c.rationale))
+                                .collect();
+                            state.ctx.decision(
+                                ME,
+                                format!("mapped {} to {}", spec.source, spec.target),
+                                how.join("; "),
+                                spec,
+                            );
                         }
                         for (t, why) in &set.unmapped {
-                            state.ctx.decision(ME, format!("{t} is not migrated on its own"), why.to_string(), t);
+                            state.ctx.decision(
+                                ME,
+                                format!("{t} is not migrated on its own"),
+                                why.to_string(),
+                                t,
+                            );
                         }
                     }
                     Err(problems) => {
                         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                        state.ctx.decision(ME, format!("the mapping has {} problems", problems.len()), lines.join("; "), problems);
+                        state.ctx.decision(
+                            ME,
+                            format!("the mapping has {} problems", problems.len()),
+                            lines.join("; "),
+                            problems,
+                        );
                     }
                 }
                 let _ = reply.send(result.map_err(|p| problems_error(&req.file_origin, &p)));

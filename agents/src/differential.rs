@@ -19,13 +19,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use runtime::context::RunContext;
-use runtime::domain::{integer_key, Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Scan, SyncMark};
+use runtime::domain::{
+    integer_key, Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Scan, SyncMark,
+};
 use runtime::events::RunEvent;
 use runtime::mapping::KeyDeriver;
 use runtime::ports::{Rows, Target};
 use runtime::{AgentName, RunId};
 
-use crate::pipeline::{expect, prepare, read_ahead, soft_delete, synced_columns, InPageOrder, MigrateEntity, Prepared, COMPARES_IN_FLIGHT};
+use crate::pipeline::{
+    expect, prepare, read_ahead, soft_delete, synced_columns, InPageOrder, MigrateEntity, Prepared,
+    COMPARES_IN_FLIGHT,
+};
 use runtime::text_rows::TextRows;
 
 /// Source rows compared a page.
@@ -49,12 +54,16 @@ pub fn classify(wanted: bool, d: &Diffed, already_rejected: bool) -> Option<Chan
         // Absent: rejected before with its reason (it stays so), or written once and deleted
         // in the target since, or new in the source.
         (false, _, _) if already_rejected => None,
-        (false, _, _) => Some(if d.baseline.is_some() { Change::TargetChanged } else { Change::Insert }),
+        (false, _, _) => {
+            Some(if d.baseline.is_some() { Change::TargetChanged } else { Change::Insert })
+        }
         // A row that was in the target before agentctl is never touched.
         (true, false, _) => None,
         // Marked deleted: by agentctl (which drops the row's baseline) when its source row
         // went, and the row is back; else by the target's own users.
-        (true, true, true) => Some(if d.baseline.is_none() { Change::Update } else { Change::TargetChanged }),
+        (true, true, true) => {
+            Some(if d.baseline.is_none() { Change::Update } else { Change::TargetChanged })
+        }
         (true, true, false) if !d.differs => None,
         (true, true, false) => match d.baseline {
             // Never synced since a migration that kept no baseline: the source is the truth.
@@ -90,7 +99,10 @@ fn updated_at(spec: &runtime::mapping::MappingSpec) -> Option<usize> {
 fn before_watermark(stamp: Option<&str>, watermark: &str) -> bool {
     let parse = |s: &str| {
         chrono::NaiveDateTime::parse_from_str(s.get(..19).unwrap_or(s), "%Y-%m-%d %H:%M:%S")
-            .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z").map(|d| d.naive_utc()))
+            .or_else(|_| {
+                chrono::DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z")
+                    .map(|d| d.naive_utc())
+            })
     };
     let margin = chrono::Duration::minutes(5);
     match (stamp.map(parse), parse(watermark)) {
@@ -104,7 +116,12 @@ fn before_watermark(stamp: Option<&str>, watermark: &str) -> bool {
 /// `updated_at` that earlier full analyses found moving with every change, and the last full
 /// analysis is less than a day old, only the rows stamped since the watermark are compared
 /// (the deletes are still found from every key).
-pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>, req: &DiffEntity) -> Result<EntityDiff, ToolError> {
+pub async fn analyze(
+    ctx: &RunContext,
+    rows: Arc<dyn Rows>,
+    target: Arc<dyn Target>,
+    req: &DiffEntity,
+) -> Result<EntityDiff, ToolError> {
     let started = Instant::now();
     let DiffEntity { entity: req, full } = req;
     let spec = &req.spec;
@@ -113,8 +130,12 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
         Some(_) => target.sync_mark(&spec.source).await?,
         None => SyncMark::default(),
     };
-    let fast = !full && mark.trusted == Some(true) && mark.watermark.is_some() && mark.full_age_seconds.is_some_and(|age| age < FULL_EVERY);
-    let Prepared { mapper, out_cols, id_col, references, .. } = prepare(ctx, AgentName::Validation, target.as_ref(), req).await?;
+    let fast = !full
+        && mark.trusted == Some(true)
+        && mark.watermark.is_some()
+        && mark.full_age_seconds.is_some_and(|age| age < FULL_EVERY);
+    let Prepared { mapper, out_cols, id_col, references, .. } =
+        prepare(ctx, AgentName::Validation, target.as_ref(), req).await?;
     let legacy_col = out_cols
         .iter()
         .position(|(c, _)| c == "legacy_id")
@@ -123,7 +144,8 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
     let soft = soft_delete(req);
     let rejected = target.rejected_keys(&spec.source).await?;
     // Rows rejected for nothing but a missing parent are tried again once their parents are in.
-    let for_parents: HashSet<String> = rejected.iter().filter(|(_, parent)| *parent).map(|(k, _)| k.clone()).collect();
+    let for_parents: HashSet<String> =
+        rejected.iter().filter(|(_, parent)| *parent).map(|(k, _)| k.clone()).collect();
     let rejected_keys: HashSet<String> = rejected.into_iter().map(|(k, _)| k).collect();
     let mut diff = EntityDiff {
         analysis_id: RunId::new(),
@@ -159,11 +181,21 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
     // As in validation: the source reads the next page while this task maps one and the
     // target compares the ones before, two at a time, answered in page order.
     let scan = Scan {
-        changed_since: if fast { mark.watermark.clone().map(|w| ("updated_at".to_owned(), w)) } else { None },
+        changed_since: if fast {
+            mark.watermark.clone().map(|w| ("updated_at".to_owned(), w))
+        } else {
+            None
+        },
         ..Scan::entity(spec)
     };
     let (mut pages, reader) = read_ahead(rows.clone(), scan, PAGE);
-    type Answered = (runtime::domain::Expected, Vec<(usize, String)>, Vec<Diffed>, Vec<(String, uuid::Uuid)>, Vec<Option<String>>);
+    type Answered = (
+        runtime::domain::Expected,
+        Vec<(usize, String)>,
+        Vec<Diffed>,
+        Vec<(String, uuid::Uuid)>,
+        Vec<Option<String>>,
+    );
     let mut compares: InPageOrder<Answered> = InPageOrder::new(COMPARES_IN_FLIGHT);
     loop {
         let page = match pages.recv().await {
@@ -171,19 +203,26 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
             None => TextRows::default(),
         };
         let next = (!page.is_empty()).then(|| {
-            let stamps: Vec<Option<String>> = stamp_col.map(|i| page.column(i).map(|v| v.map(str::to_owned)).collect()).unwrap_or_default();
+            let stamps: Vec<Option<String>> = stamp_col
+                .map(|i| page.column(i).map(|v| v.map(str::to_owned)).collect())
+                .unwrap_or_default();
             let mut reasons = Vec::new();
-            let expected = expect(&mapper, &out_cols, id_col, legacy_col, &[], page, Some(&mut reasons));
+            let expected =
+                expect(&mapper, &out_cols, id_col, legacy_col, &[], page, Some(&mut reasons));
             (expected, reasons, stamps)
         });
-        while let Some((expected, reasons, answers, missing, stamps)) = compares.done(next.is_none()).await? {
+        while let Some((expected, reasons, answers, missing, stamps)) =
+            compares.done(next.is_none()).await?
+        {
             if let Some(max) = stamps.iter().flatten().max() {
                 if latest.as_ref().is_none_or(|l| max > l) {
                     latest = Some(max.clone());
                 }
             }
             gone.extend(missing);
-            let retry = parents_arrived(target.as_ref(), &expected, &answers, &for_parents, &references).await?;
+            let retry =
+                parents_arrived(target.as_ref(), &expected, &answers, &for_parents, &references)
+                    .await?;
             let mut reasons = reasons.into_iter().peekable();
             for (r, d) in answers.iter().enumerate() {
                 let key = &expected.keys[r];
@@ -192,23 +231,34 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
                     _ => None,
                 };
                 diff.source_rows += 1;
-                let Some(change) = classify(expected.wanted[r], d, rejected_keys.contains(key) && !retry.contains(&r)) else {
+                let Some(change) = classify(
+                    expected.wanted[r],
+                    d,
+                    rejected_keys.contains(key) && !retry.contains(&r),
+                ) else {
                     diff.in_step += 1;
                     continue;
                 };
                 diff.count(change);
-                let source_change = matches!(change, Change::Insert | Change::Update | Change::Conflict | Change::Rejected);
-                if let (false, true, Some(w)) = (fast, source_change && stamp_col.is_some(), &mark.watermark) {
+                let source_change = matches!(
+                    change,
+                    Change::Insert | Change::Update | Change::Conflict | Change::Rejected
+                );
+                if let (false, true, Some(w)) =
+                    (fast, source_change && stamp_col.is_some(), &mark.watermark)
+                {
                     if before_watermark(stamps[r].as_deref(), w) {
                         unmoved.push(key.clone());
                     }
                 }
-                let carries_values = matches!(change, Change::Insert | Change::Update | Change::Conflict);
+                let carries_values =
+                    matches!(change, Change::Insert | Change::Update | Change::Conflict);
                 found.push(Differential {
                     legacy_key: key.clone(),
                     change,
                     target_id: expected.values[id_col][r].clone(),
-                    values: carries_values.then(|| expected.values.iter().map(|column| column[r].clone()).collect()),
+                    values: carries_values
+                        .then(|| expected.values.iter().map(|column| column[r].clone()).collect()),
                     target_hash: d.target_hash,
                     expected_hash: d.expected_hash,
                     reason,
@@ -218,10 +268,12 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
         // The page's key range, if its keys are integers in ascending order after the last.
         let range = match (&next, ranged) {
             (Some((expected, _, _)), true) => {
-                let ints: Option<Vec<i64>> = expected.keys.iter().map(|k| k.parse::<i64>().ok()).collect();
-                let ascending = ints
-                    .as_ref()
-                    .is_some_and(|v| v.windows(2).all(|w| w[0] < w[1]) && last_key.is_none_or(|l| v.first().is_some_and(|f| *f > l)));
+                let ints: Option<Vec<i64>> =
+                    expected.keys.iter().map(|k| k.parse::<i64>().ok()).collect();
+                let ascending = ints.as_ref().is_some_and(|v| {
+                    v.windows(2).all(|w| w[0] < w[1])
+                        && last_key.is_none_or(|l| v.first().is_some_and(|f| *f > l))
+                });
                 if ascending {
                     let after = last_key.map(|k| k.to_string());
                     last_key = ints.and_then(|v| v.last().copied());
@@ -238,7 +290,17 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
         compares.start(async move {
             let answers = target.differ(&table, &expected, &hashed, soft).await?;
             let missing = match range {
-                Some((after, upto)) => target.live_keys_between(&table, after.as_deref(), upto.as_deref(), &expected.keys, soft).await?,
+                Some((after, upto)) => {
+                    target
+                        .live_keys_between(
+                            &table,
+                            after.as_deref(),
+                            upto.as_deref(),
+                            &expected.keys,
+                            soft,
+                        )
+                        .await?
+                }
                 None => Vec::new(),
             };
             Ok((expected, reasons, answers, missing, stamps))
@@ -248,7 +310,9 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
     let gone: Vec<String> = if ranged {
         // Past the last source key.
         let after = last_key.map(|k| k.to_string());
-        gone.extend(target.live_keys_between(&spec.target, after.as_deref(), None, &[], soft).await?);
+        gone.extend(
+            target.live_keys_between(&spec.target, after.as_deref(), None, &[], soft).await?,
+        );
         gone.into_iter().filter(|(k, id)| deriver.derive_stored(k) == *id).map(|(k, _)| k).collect()
     } else {
         gone_by_keys(rows, spec, target.as_ref(), &deriver, soft).await?
@@ -283,14 +347,16 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
         ctx.decision(
             AgentName::Validation,
             format!("{}: updated_at is not trusted: {} changes kept an older stamp (key {})", spec.target.name, unmoved.len(), unmoved[0]),
-            "a fast analysis would have missed them, so the entity's analyses read every row until it is trusted again",
+            "a fast analysis would have missed them, so the entity's analyses read every row \
+                until it is trusted again",
             serde_json::json!({"entity": spec.source, "unmoved": unmoved.iter().take(20).collect::<Vec<_>>()}),
         );
     }
     ctx.decision(
         AgentName::Validation,
         format!(
-            "{} ({}): {} new, {} changed, {} deleted, {} conflicts, {} changed in the target only, {} rejected; {} in step",
+            "{} ({}): {} new, {} changed, {} deleted, {} conflicts, {} changed in the target \
+                only, {} rejected; {} in step",
             spec.target.name,
             diff.mode,
             diff.inserts,
@@ -302,9 +368,12 @@ pub async fn analyze(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Targ
             diff.in_step
         ),
         if fast {
-            "the source rows stamped since the watermark (updated_at, trusted by the full analyses) mapped and compared with their target rows (typed) and with the hash of what agentctl last wrote there; every key read for the deletes"
+            "the source rows stamped since the watermark (updated_at, trusted by the full \
+                analyses) mapped and compared with their target rows (typed) and with the hash \
+                of what agentctl last wrote there; every key read for the deletes"
         } else {
-            "every source row mapped and compared with its target row (typed) and with the hash of what agentctl last wrote there"
+            "every source row mapped and compared with its target row (typed) and with the hash \
+                of what agentctl last wrote there"
         },
         &diff,
     );
@@ -320,13 +389,17 @@ async fn parents_arrived(
     for_parents: &HashSet<String>,
     references: &[(usize, runtime::domain::TableName)],
 ) -> Result<HashSet<usize>, ToolError> {
-    let mut waiting: HashSet<usize> =
-        (0..answers.len()).filter(|&r| expected.wanted[r] && !answers[r].present && for_parents.contains(&expected.keys[r])).collect();
+    let mut waiting: HashSet<usize> = (0..answers.len())
+        .filter(|&r| {
+            expected.wanted[r] && !answers[r].present && for_parents.contains(&expected.keys[r])
+        })
+        .collect();
     for (col, parent) in references {
         if waiting.is_empty() {
             break;
         }
-        let ids: Vec<String> = waiting.iter().filter_map(|&r| expected.values[*col][r].clone()).collect();
+        let ids: Vec<String> =
+            waiting.iter().filter_map(|&r| expected.values[*col][r].clone()).collect();
         if ids.is_empty() {
             continue;
         }
@@ -345,14 +418,23 @@ async fn gone_by_keys(
     deriver: &KeyDeriver,
     soft: bool,
 ) -> Result<Vec<String>, ToolError> {
-    let scan = Scan { columns: spec.key.clone(), joins: Vec::new(), scripts: Vec::new(), ..Scan::entity(spec) };
+    let scan = Scan {
+        columns: spec.key.clone(),
+        joins: Vec::new(),
+        scripts: Vec::new(),
+        ..Scan::entity(spec)
+    };
     let mut keys: HashSet<String> = HashSet::new();
     rows.scan(&scan, &mut |r: &[Option<&str>]| {
         keys.insert(r.iter().map(|v| v.unwrap_or("")).collect::<Vec<_>>().join("|"));
     })
     .await?;
     let live = target.live_keys(&spec.target, deriver.prefix().as_deref(), soft).await?;
-    Ok(live.into_iter().filter(|(k, id)| !keys.contains(k) && deriver.derive_stored(k) == *id).map(|(k, _)| k).collect())
+    Ok(live
+        .into_iter()
+        .filter(|(k, id)| !keys.contains(k) && deriver.derive_stored(k) == *id)
+        .map(|(k, _)| k)
+        .collect())
 }
 
 /// Which rows of a pending analysis an apply pass takes.
@@ -365,12 +447,19 @@ pub enum Pass {
 }
 
 /// Applies one pass of an entity's pending analysis. `None` when it has none.
-pub async fn apply(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity, pass: Pass) -> Result<Option<DiffApplied>, ToolError> {
+pub async fn apply(
+    ctx: &RunContext,
+    target: &dyn Target,
+    req: &MigrateEntity,
+    pass: Pass,
+) -> Result<Option<DiffApplied>, ToolError> {
     let spec = &req.spec;
-    let Some((analysis, pending)) = target.pending_analysis(&spec.source, &spec.target).await? else {
+    let Some((analysis, pending)) = target.pending_analysis(&spec.source, &spec.target).await?
+    else {
         return Ok(None);
     };
-    let Prepared { out_cols, id_col, references, .. } = prepare(ctx, AgentName::Execution, target, req).await?;
+    let Prepared { out_cols, id_col, references, .. } =
+        prepare(ctx, AgentName::Execution, target, req).await?;
     if out_cols != analysis.columns {
         return Err(ToolError::system(format!(
             "the mapping of {} changed since analysis {}: analyse again (agentctl diff analyze)",
@@ -381,7 +470,10 @@ pub async fn apply(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity, p
         .iter()
         .position(|(c, _)| c == "legacy_id")
         .ok_or_else(|| ToolError::system(format!("{} has no legacy_id", spec.target)))?;
-    let rows: Vec<Differential> = pending.into_iter().filter(|r| (r.change == Change::Delete) == (pass == Pass::Deletes)).collect();
+    let rows: Vec<Differential> = pending
+        .into_iter()
+        .filter(|r| (r.change == Change::Delete) == (pass == Pass::Deletes))
+        .collect();
     let (hashed, soft) = (synced_columns(&out_cols, id_col), soft_delete(req));
     let mut done = DiffApplied::default();
     let total = rows.len();
@@ -411,7 +503,8 @@ pub async fn apply(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity, p
     ctx.decision(
         AgentName::Execution,
         format!(
-            "{} ({}): {} inserted, {} updated, {} deleted, {} conflicts ({} by {}), {} held, {} rejected, {} stale",
+            "{} ({}): {} inserted, {} updated, {} deleted, {} conflicts ({} by {}), {} held, {} \
+                rejected, {} stale",
             spec.target.name,
             match pass {
                 Pass::Writes => "writes",
@@ -428,7 +521,8 @@ pub async fn apply(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity, p
             done.stale
         ),
         format!(
-            "analysis {}: each batch applied in one transaction with its conflict records, rejects, baseline and outcomes; deletes are {}",
+            "analysis {}: each batch applied in one transaction with its conflict records, \
+                rejects, baseline and outcomes; deletes are {}",
             analysis.analysis_id,
             spec.sync.delete.as_str()
         ),
@@ -441,7 +535,15 @@ pub async fn apply(ctx: &RunContext, target: &dyn Target, req: &MigrateEntity, p
 mod tests {
     use super::*;
 
-    fn row(present: bool, ours: bool, deleted: bool, differs: bool, t: Option<i64>, e: Option<i64>, b: Option<i64>) -> Diffed {
+    fn row(
+        present: bool,
+        ours: bool,
+        deleted: bool,
+        differs: bool,
+        t: Option<i64>,
+        e: Option<i64>,
+        b: Option<i64>,
+    ) -> Diffed {
         Diffed { present, ours, deleted, differs, target_hash: t, expected_hash: e, baseline: b }
     }
 
@@ -450,23 +552,51 @@ mod tests {
         // In step.
         assert_eq!(classify(true, &row(true, true, false, false, None, None, None), false), None);
         // New in the source; absent after agentctl wrote it: the target deleted it.
-        assert_eq!(classify(true, &row(false, false, false, false, None, None, None), false), Some(Change::Insert));
-        assert_eq!(classify(true, &row(false, false, false, false, None, None, Some(7)), false), Some(Change::TargetChanged));
+        assert_eq!(
+            classify(true, &row(false, false, false, false, None, None, None), false),
+            Some(Change::Insert)
+        );
+        assert_eq!(
+            classify(true, &row(false, false, false, false, None, None, Some(7)), false),
+            Some(Change::TargetChanged)
+        );
         // Rejected by the target before (a missing parent, say): recorded, not retried each sync.
         assert_eq!(classify(true, &row(false, false, false, false, None, None, None), true), None);
         // The target still holds what agentctl wrote: the source changed.
-        assert_eq!(classify(true, &row(true, true, false, true, Some(1), Some(2), Some(1)), false), Some(Change::Update));
+        assert_eq!(
+            classify(true, &row(true, true, false, true, Some(1), Some(2), Some(1)), false),
+            Some(Change::Update)
+        );
         // The source still maps to what agentctl wrote: the target changed.
-        assert_eq!(classify(true, &row(true, true, false, true, Some(3), Some(1), Some(1)), false), Some(Change::TargetChanged));
+        assert_eq!(
+            classify(true, &row(true, true, false, true, Some(3), Some(1), Some(1)), false),
+            Some(Change::TargetChanged)
+        );
         // Both moved.
-        assert_eq!(classify(true, &row(true, true, false, true, Some(3), Some(2), Some(1)), false), Some(Change::Conflict));
+        assert_eq!(
+            classify(true, &row(true, true, false, true, Some(3), Some(2), Some(1)), false),
+            Some(Change::Conflict)
+        );
         // No baseline: the source is the truth.
-        assert_eq!(classify(true, &row(true, true, false, true, Some(3), Some(2), None), false), Some(Change::Update));
+        assert_eq!(
+            classify(true, &row(true, true, false, true, Some(3), Some(2), None), false),
+            Some(Change::Update)
+        );
         // Kept rows are never touched.
-        assert_eq!(classify(true, &row(true, false, false, true, Some(3), Some(2), Some(1)), false), None);
-        // Soft-deleted by agentctl (no baseline left) and back in the source; by the target's users.
-        assert_eq!(classify(true, &row(true, true, true, false, None, None, None), false), Some(Change::Update));
-        assert_eq!(classify(true, &row(true, true, true, false, None, None, Some(1)), false), Some(Change::TargetChanged));
+        assert_eq!(
+            classify(true, &row(true, false, false, true, Some(3), Some(2), Some(1)), false),
+            None
+        );
+        // Soft-deleted by agentctl (no baseline left) and back in the source; by the target's
+        // users.
+        assert_eq!(
+            classify(true, &row(true, true, true, false, None, None, None), false),
+            Some(Change::Update)
+        );
+        assert_eq!(
+            classify(true, &row(true, true, true, false, None, None, Some(1)), false),
+            Some(Change::TargetChanged)
+        );
     }
 
     #[test]
@@ -475,6 +605,9 @@ mod tests {
         assert_eq!(classify(false, &absent, false), Some(Change::Rejected));
         assert_eq!(classify(false, &absent, true), None);
         // The target holds an earlier version the mapping now rejects.
-        assert_eq!(classify(false, &row(true, true, false, false, None, None, Some(1)), true), Some(Change::Rejected));
+        assert_eq!(
+            classify(false, &row(true, true, false, false, None, None, Some(1)), true),
+            Some(Change::Rejected)
+        );
     }
 }

@@ -17,7 +17,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
 use runtime::domain::TableName;
 use runtime::domain::{
-    key_parts, legacy_key, row_json, Batch, Checkpoint, DiffApplied, ParentIds, RejectedRow, RollbackEntity, RolledBack, Scan,
+    key_parts, legacy_key, row_json, Batch, Checkpoint, DiffApplied, ParentIds, RejectedRow,
+    RollbackEntity, RolledBack, Scan,
 };
 use runtime::envelope::{AgentError, Envelope};
 use runtime::events::RunEvent;
@@ -79,7 +80,10 @@ pub type SetAside = Vec<(TableName, Vec<String>)>;
 impl EntityResult {
     /// Counts a rejection under its rule's kind (`not_null`, `reference`, ...).
     fn count_rejection(&mut self, rule: &str) {
-        *self.rejected_by_rule.entry(rule.split(':').next().unwrap_or("").to_owned()).or_default() += 1;
+        *self
+            .rejected_by_rule
+            .entry(rule.split(':').next().unwrap_or("").to_owned())
+            .or_default() += 1;
     }
 }
 
@@ -112,100 +116,148 @@ pub struct ExecutionArgs {
     pub target: Option<Arc<dyn Target>>,
 }
 
+impl ExecutionArgs {
+    /// The target to write to; the one place its absence becomes an error.
+    fn target(&self) -> Result<Arc<dyn Target>, ToolError> {
+        self.target
+            .clone()
+            .ok_or_else(|| ToolError::not_configured("no target database to write to"))
+    }
+}
+
+/// Deletes what agentctl created of the entities, children first, and records the decision.
+async fn rollback(state: &ExecutionArgs, req: &Rollback) -> Result<Vec<RolledBack>, ToolError> {
+    let entities: Vec<RollbackEntity> = req
+        .entities
+        .iter()
+        .map(|(source, target)| RollbackEntity {
+            source: source.clone(),
+            target: target.clone(),
+            deriver: KeyDeriver::new(req.keys.layout, req.keys.namespace, source),
+        })
+        .collect();
+    let done = state.target()?.rollback(state.ctx.run_id, &entities).await?;
+    let deleted: i64 = done.iter().map(|d| d.deleted).sum();
+    state.ctx.decision(
+        ME,
+        format!("rolled back {} entities: {deleted} rows deleted", done.len()),
+        "only rows agentctl created (their UUID is the one derived from their legacy key), \
+            children before parents, in one transaction",
+        &done,
+    );
+    Ok(done)
+}
+
 impl Actor for ExecutionAgent {
     type Msg = ExecutionMsg;
     type State = ExecutionArgs;
     type Arguments = ExecutionArgs;
 
-    async fn pre_start(&self, _: ActorRef<ExecutionMsg>, args: ExecutionArgs) -> Result<ExecutionArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<ExecutionMsg>,
+        args: ExecutionArgs,
+    ) -> Result<ExecutionArgs, ActorProcessingErr> {
         Ok(args)
     }
 
-    async fn handle(&self, _: ActorRef<ExecutionMsg>, msg: ExecutionMsg, state: &mut ExecutionArgs) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<ExecutionMsg>,
+        msg: ExecutionMsg,
+        state: &mut ExecutionArgs,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ExecutionMsg::Migrate(env, reply) => {
                 // Each entity migrates in a task of its own, so the entities of a wave run side
                 // by side; the reply goes out from the task.
-                let (ctx, rows, target) = (state.ctx.clone(), state.source_rows.clone(), state.target.clone());
+                let (ctx, rows, target) =
+                    (state.ctx.clone(), state.source_rows.clone(), state.target());
                 tokio::spawn(async move {
                     let result = match target {
-                        Some(target) => migrate_restarting(&ctx, rows, target, &env.body).await,
-                        None => Err(ToolError::not_configured("no target database to write to")),
+                        Ok(target) => migrate_restarting(&ctx, rows, target, &env.body).await,
+                        Err(e) => Err(e),
                     };
-                    let _ = reply.send(result.map_err(|e| AgentError::of(ME, e.context(format!("migrating {}", env.body.entity.table)))));
+                    let what = format!("migrating {}", env.body.entity.table);
+                    let _ = reply.send(result.map_err(|e| AgentError::of(ME, e.context(what))));
                 });
             }
             ExecutionMsg::Rollback(env, reply) => {
-                let req = &env.body;
-                let entities: Vec<RollbackEntity> = req
-                    .entities
-                    .iter()
-                    .map(|(source, target)| RollbackEntity {
-                        source: source.clone(),
-                        target: target.clone(),
-                        deriver: KeyDeriver::new(req.keys.layout, req.keys.namespace, source),
-                    })
-                    .collect();
-                let done = match state.target.as_deref() {
-                    Some(target) => target.rollback(state.ctx.run_id, &entities).await.map_err(|e| AgentError::of(ME, e)),
-                    None => Err(AgentError::of(ME, ToolError::not_configured("no target database"))),
-                };
-                if let Ok(done) = &done {
-                    let deleted: i64 = done.iter().map(|d| d.deleted).sum();
-                    state.ctx.decision(
-                        ME,
-                        format!("rolled back {} entities: {deleted} rows deleted", done.len()),
-                        "only rows agentctl created (their UUID is the one derived from their legacy key), children before parents, in one transaction",
-                        done,
-                    );
-                }
-                let _ = reply.send(done);
+                let _ =
+                    reply.send(rollback(state, &env.body).await.map_err(|e| AgentError::of(ME, e)));
             }
             ExecutionMsg::ApplyDiff(env, reply) => {
-                let (ctx, target) = (state.ctx.clone(), state.target.clone());
+                let (ctx, target) = (state.ctx.clone(), state.target());
                 tokio::spawn(async move {
                     let req = &env.body;
                     let result = match target {
-                        Some(target) => crate::differential::apply(&ctx, target.as_ref(), &req.entity, req.pass).await,
-                        None => Err(ToolError::not_configured("no target database to write to")),
+                        Ok(target) => {
+                            crate::differential::apply(&ctx, target.as_ref(), &req.entity, req.pass)
+                                .await
+                        }
+                        Err(e) => Err(e),
                     };
-                    let _ = reply.send(
-                        result.map_err(|e| AgentError::of(ME, e.context(format!("applying changes to {}", req.entity.entity.table)))),
-                    );
+                    let what = format!("applying changes to {}", req.entity.entity.table);
+                    let _ = reply.send(result.map_err(|e| AgentError::of(ME, e.context(what))));
                 });
             }
             ExecutionMsg::Preflight(env, reply) => {
-                let _ = reply.send(preflight(&state.ctx, state.target.as_deref(), &env.body).await.map_err(|e| AgentError::of(ME, e)));
+                let done = match state.target() {
+                    Ok(target) => preflight(&state.ctx, target.as_ref(), &env.body).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(done.map_err(|e| AgentError::of(ME, e)));
             }
             ExecutionMsg::Constraints(env, reply) => {
-                let _ = reply.send(constraints(&state.ctx, state.target.as_deref(), &env.body).await.map_err(|e| AgentError::of(ME, e)));
+                let done = match state.target() {
+                    Ok(target) => constraints(&state.ctx, target.as_ref(), &env.body).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(done.map_err(|e| AgentError::of(ME, e)));
             }
         }
         Ok(())
     }
 }
 
-async fn preflight(ctx: &RunContext, target: Option<&dyn Target>, req: &Constraints) -> Result<(), ToolError> {
-    let target = target.ok_or_else(|| ToolError::not_configured("no target database"))?;
+async fn preflight(
+    ctx: &RunContext,
+    target: &dyn Target,
+    req: &Constraints,
+) -> Result<(), ToolError> {
     let problems = target.preflight(&req.tables, req.suspend).await?;
     if !problems.is_empty() {
-        return Err(ToolError::system(format!("nothing was changed; the load could not do what it must: {}", problems.join("; "))));
+        return Err(ToolError::system(format!(
+            "nothing was changed; the load could not do what it must: {}",
+            problems.join("; ")
+        )));
     }
     ctx.decision(
         ME,
-        format!("preflight: every privilege the load needs on {} tables is there", req.tables.len()),
-        "checked before any change: reading and writing each table, owning it where its constraints are set aside, moving the sequences its columns draw from; free space is not checked (the server does not say how much is left)",
+        format!(
+            "preflight: every privilege the load needs on {} tables is there",
+            req.tables.len()
+        ),
+        "checked before any change: reading and writing each table, owning it where its \
+            constraints are set aside, moving the sequences its columns draw from; free space is \
+            not checked (the server does not say how much is left)",
         serde_json::json!({"tables": req.tables, "set_aside": req.suspend}),
     );
     Ok(())
 }
 
-async fn constraints(ctx: &RunContext, target: Option<&dyn Target>, req: &Constraints) -> Result<SetAside, ToolError> {
-    let target = target.ok_or_else(|| ToolError::not_configured("no target database"))?;
+async fn constraints(
+    ctx: &RunContext,
+    target: &dyn Target,
+    req: &Constraints,
+) -> Result<SetAside, ToolError> {
     let mut done = Vec::new();
     for table in &req.tables {
-        let names =
-            if req.suspend { target.suspend_constraints(ctx.run_id, table).await } else { target.restore_constraints(table).await }?;
+        let names = if req.suspend {
+            target.suspend_constraints(ctx.run_id, table).await
+        } else {
+            target.restore_constraints(table).await
+        }?;
         if names.is_empty() {
             continue;
         }
@@ -233,7 +285,8 @@ fn record_put_back(ctx: &RunContext, table: &TableName, names: &[String]) {
         ctx.decision(
             ME,
             format!("{}: put back {}", table.name, names.join(", ")),
-            "the table's load is complete; the database validated every row against the constraints, and autovacuum is back on where agentctl had switched it off",
+            "the table's load is complete; the database validated every row against the \
+                constraints, and autovacuum is back on where agentctl had switched it off",
             serde_json::json!({"table": table, "restored": names}),
         );
     }
@@ -249,33 +302,59 @@ async fn migrate_restarting(
         let (r, t) = (rows.clone(), target.clone());
         async move { migrate(&c, r, t, &body).await }
     };
-    let (mut result, restarts) = restarting(ctx, ME, req, "starting again from its last checkpoint", work).await?;
+    let (mut result, restarts) =
+        restarting(ctx, ME, req, "starting again from its last checkpoint", work).await?;
     result.restarts = restarts;
     Ok(result)
 }
 
-async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>, req: &MigrateEntity) -> Result<EntityResult, ToolError> {
+async fn migrate(
+    ctx: &RunContext,
+    rows: Arc<dyn Rows>,
+    target: Arc<dyn Target>,
+    req: &MigrateEntity,
+) -> Result<EntityResult, ToolError> {
     let started = Instant::now();
     let spec = &req.spec;
     if !req.constraints_suspended && !req.entity.later_parents.is_empty() {
         let later: Vec<String> = req.entity.later_parents.iter().map(ToString::to_string).collect();
         return Err(ToolError::system(format!(
-            "{} and {} reference each other: their references can only be proven once both are in, with the foreign keys set aside (run without --keep-constraints)",
+            "{} and {} reference each other: their references can only be proven once both are \
+                in, with the foreign keys set aside (run without --keep-constraints)",
             spec.source,
             later.join(", ")
         )));
     }
-    let Prepared { mapper, out_cols, id_col, deferred_cols: self_refs, self_refs_checked, references } =
-        prepare(ctx, ME, target.as_ref(), req).await?;
+    let Prepared {
+        mapper,
+        out_cols,
+        id_col,
+        deferred_cols: self_refs,
+        self_refs_checked,
+        references,
+    } = prepare(ctx, ME, target.as_ref(), req).await?;
     let known_parents = Arc::new(known_parents(target.as_ref(), &references).await?);
-    let deferred_cols: Vec<usize> = if req.constraints_suspended { Vec::new() } else { self_refs.clone() };
+    let deferred_cols: Vec<usize> =
+        if req.constraints_suspended { Vec::new() } else { self_refs.clone() };
     let scan_cols = spec.source_columns();
     let before = target.checkpoint(ctx.run_id, &spec.source).await?;
     let resumed = before.is_some();
-    let mut checkpoint = before.unwrap_or_default();
-    target.set_state(ctx.run_id, &spec.source, &spec.target, "running", None, resumed.then_some("resumed from its checkpoint")).await?;
-    let mut result = EntityResult { source: Some(spec.source.clone()), target: Some(spec.target.clone()), ..EntityResult::default() };
-    let batch_size = req.entity.batch_size.max(1);
+    let checkpoint = before.unwrap_or_default();
+    target
+        .set_state(
+            ctx.run_id,
+            &spec.source,
+            &spec.target,
+            "running",
+            None,
+            resumed.then_some("resumed from its checkpoint"),
+        )
+        .await?;
+    let mut result = EntityResult {
+        source: Some(spec.source.clone()),
+        target: Some(spec.target.clone()),
+        ..EntityResult::default()
+    };
     // What agentctl wrote is what `diff analyze` later tells target edits from source changes
     // by. A load into an empty table with an integer legacy key, whose columns agentctl can
     // hash, records it batch by batch, in each batch's transaction, hashed as it is encoded
@@ -284,30 +363,109 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
     let hashed = synced_columns(&out_cols, id_col);
     let hashed_cols: Vec<(String, String)> = hashed.iter().map(|&i| out_cols[i].clone()).collect();
     // (A table without legacy_id takes the text path, whose statement names the missing column.)
-    let legacy_type = out_cols.iter().find(|(c, _)| c == "legacy_id").map_or("", |(_, t)| t.as_str());
+    let legacy_type =
+        out_cols.iter().find(|(c, _)| c == "legacy_id").map_or("", |(_, t)| t.as_str());
     let by_batch = req.constraints_suspended
         && deferred_cols.is_empty()
         && runtime::domain::integer_key(legacy_type)
         && target.hashes_rows(&spec.target, &hashed_cols).await?;
-    // An empty table loads without its unique legacy key (the primary key refuses the same
-    // duplicates, since every UUID is derived from its legacy key); the key is built in one
-    // pass after the load, before anything looks rows up by it.
-    if req.constraints_suspended && target.suspend_legacy_key(ctx.run_id, &spec.target).await? && !resumed {
+    load_without_legacy_key(ctx, target.as_ref(), req, resumed).await?;
+    let load = Load {
+        mapper: &mapper,
+        scan_cols: &scan_cols,
+        out_cols: &out_cols,
+        id_col,
+        deferred_cols: &deferred_cols,
+        references: &references,
+        known_parents: &known_parents,
+        baseline: by_batch.then_some(hashed.as_slice()),
+    };
+    let mut checkpoint =
+        load_batches(ctx, rows, &target, req, &load, checkpoint, &mut result).await?;
+    let mut put_back = settle_self_references(
+        ctx,
+        target.as_ref(),
+        req,
+        &self_refs,
+        self_refs_checked,
+        &out_cols,
+        &mut checkpoint,
+        &mut result,
+    )
+    .await?;
+    result.rows_read = checkpoint.rows_read;
+    result.migrated = checkpoint.migrated;
+    result.rejected = checkpoint.rejected;
+    result.batches = checkpoint.batches;
+    result.seconds = started.elapsed().as_secs_f64();
+    result.target_rows =
+        close_table(ctx, target.as_ref(), req, by_batch, legacy_type, &hashed_cols, &mut put_back)
+            .await?;
+    account(ctx, target.as_ref(), req, &result).await?;
+    Ok(result)
+}
+
+/// What each batch of an entity's load is made with.
+struct Load<'a> {
+    mapper: &'a RowMapper,
+    scan_cols: &'a [String],
+    out_cols: &'a [(String, String)],
+    id_col: usize,
+    deferred_cols: &'a [usize],
+    references: &'a [(usize, TableName)],
+    known_parents: &'a Arc<ParentIds>,
+    /// The columns each batch hashes into the load baseline, when the batches record it.
+    baseline: Option<&'a [usize]>,
+}
+
+/// Loads an empty table without its unique legacy key (the primary key refuses the same
+/// duplicates, since every UUID is derived from its legacy key); the key is built in one pass
+/// after the load, before anything looks rows up by it.
+async fn load_without_legacy_key(
+    ctx: &RunContext,
+    target: &dyn Target,
+    req: &MigrateEntity,
+    resumed: bool,
+) -> Result<(), ToolError> {
+    let spec = &req.spec;
+    if req.constraints_suspended
+        && target.suspend_legacy_key(ctx.run_id, &spec.target).await?
+        && !resumed
+    {
         ctx.decision(
             ME,
             format!("loading {} without its unique legacy_id key", spec.target),
-            "the table is empty and every row's UUID is derived from its legacy key, so the primary key refuses any duplicate the legacy key would; maintaining both during the load cost about a third of the server's insert time (bench/RESULTS.md); the key is built after the load",
+            "the table is empty and every row's UUID is derived from its legacy key, so the \
+                primary key refuses any duplicate the legacy key would; maintaining both during \
+                the load cost about a third of the server's insert time (bench/RESULTS.md); the \
+                key is built after the load",
             serde_json::json!({"table": spec.target.to_string()}),
         );
     }
+    Ok(())
+}
 
+/// Reads the entity's pages after `checkpoint`, maps each into a batch and writes it, one
+/// batch in flight while the next is mapped; returns the last batch's checkpoint.
+async fn load_batches(
+    ctx: &RunContext,
+    rows: Arc<dyn Rows>,
+    target: &Arc<dyn Target>,
+    req: &MigrateEntity,
+    load: &Load<'_>,
+    mut checkpoint: Checkpoint,
+    result: &mut EntityResult,
+) -> Result<Checkpoint, ToolError> {
+    let (spec, batch_size) = (&req.spec, req.entity.batch_size.max(1));
     // Reading runs ahead in a task of its own: the source server produces the next page while
     // this task maps and the target server writes.
     let after = (!checkpoint.last_key.is_empty()).then(|| checkpoint.last_key.clone());
     let (mut pages, reader) = read_ahead(rows, Scan { after, ..Scan::entity(spec) }, batch_size);
 
     // At most one batch is being written while the next one is mapped.
-    let mut in_flight: Option<tokio::task::JoinHandle<Result<(Batch, runtime::domain::Written), ToolError>>> = None;
+    let mut in_flight: Option<
+        tokio::task::JoinHandle<Result<(Batch, runtime::domain::Written), ToolError>>,
+    > = None;
     let mut spare: Option<TextRows> = None;
     loop {
         let page = match pages.recv().await {
@@ -317,29 +475,31 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
         let mut batch = (!page.is_empty()).then(|| {
             map_page(
                 ctx,
-                &mapper,
-                &scan_cols,
-                &out_cols,
-                id_col,
-                &deferred_cols,
-                &references,
-                &known_parents,
+                load.mapper,
+                load.scan_cols,
+                load.out_cols,
+                load.id_col,
+                load.deferred_cols,
+                load.references,
+                load.known_parents,
                 page,
                 spare.take(),
-                &mut result,
+                result,
             )
         });
         if let Some(write) = in_flight.take() {
-            let (written_batch, written) = write.await.map_err(|e| ToolError::system(format!("a batch writer stopped: {e}")))??;
+            let (written_batch, written) = write
+                .await
+                .map_err(|e| ToolError::system(format!("a batch writer stopped: {e}")))??;
             checkpoint = written.checkpoint.clone();
-            report_batch(ctx, req, &written_batch, &written, &mut result);
+            report_batch(ctx, req, &written_batch, &written, result);
             // Its buffer holds the batch after next.
             spare = Some(written_batch.rows);
         }
         let Some(mut b) = batch.take() else { break };
         b.before = checkpoint.clone();
-        if by_batch {
-            b.baseline = hashed.clone();
+        if let Some(hashed) = load.baseline {
+            b.baseline = hashed.to_vec();
         }
         let target = target.clone();
         in_flight = Some(tokio::spawn(async move {
@@ -348,16 +508,34 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
         }));
     }
     reader.await.map_err(|e| ToolError::system(format!("the reader stopped: {e}")))?;
-    // Self-references written as they came (the foreign keys set aside) may point at rows that
+    Ok(checkpoint)
+}
+
+/// Self-references written as they came (the foreign keys set aside) may point at rows that
+/// never arrived: those rows are removed and rejected (or, with the keys kept, the deferred
+/// references filled). Returns what was put back meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn settle_self_references(
+    ctx: &RunContext,
+    target: &dyn Target,
+    req: &MigrateEntity,
+    self_refs: &[usize],
+    self_refs_checked: bool,
+    out_cols: &[(String, String)],
+    checkpoint: &mut Checkpoint,
+    result: &mut EntityResult,
+) -> Result<Vec<String>, ToolError> {
+    let spec = &req.spec;
     // never arrived: those rows are removed and rejected. When the target's own validated
     // foreign keys cover them, putting the keys back first proves there are none (it scans
     // the table as the removal would, and has to run anyway); only a key the rows break sends
     // the load on to the removal, and the rest is put back after it.
-    let (mut put_back, proven) = match req.constraints_suspended && !self_refs.is_empty() && self_refs_checked {
-        true => target.restore_constraints_unless_refused(&spec.target).await?,
-        false => (Vec::new(), false),
-    };
-    let dangling_checked: &[usize] = if proven { &[] } else { &self_refs };
+    let (put_back, proven) =
+        match req.constraints_suspended && !self_refs.is_empty() && self_refs_checked {
+            true => target.restore_constraints_unless_refused(&spec.target).await?,
+            false => (Vec::new(), false),
+        };
+    let dangling_checked: &[usize] = if proven { &[] } else { self_refs };
     for &c in dangling_checked {
         let column = &out_cols[c].0;
         let (filled, orphaned) = if req.constraints_suspended {
@@ -372,11 +550,21 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
             result.count_rejection(&r.rule);
         }
     }
-    result.rows_read = checkpoint.rows_read;
-    result.migrated = checkpoint.migrated;
-    result.rejected = checkpoint.rejected;
-    result.batches = checkpoint.batches;
-    result.seconds = started.elapsed().as_secs_f64();
+    Ok(put_back)
+}
+
+/// The table is loaded: its rows are counted, what was set aside is put back, the load
+/// baseline recorded unless the batches did, and its sequences moved. Returns its rows.
+async fn close_table(
+    ctx: &RunContext,
+    target: &dyn Target,
+    req: &MigrateEntity,
+    by_batch: bool,
+    legacy_type: &str,
+    hashed_cols: &[(String, String)],
+    put_back: &mut Vec<String>,
+) -> Result<i64, ToolError> {
+    let spec = &req.spec;
     // The table is loaded: its rows are counted, and the foreign keys and indexes set aside
     // for the load and its legacy key are put back (its parents are loaded, its own rows all
     // in) on one core, one after the other (each locks the table against the next). The other
@@ -394,7 +582,9 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
             let put_back = match req.constraints_suspended {
                 // A reference to a parent that loads later is refused until that parent is in:
                 // the run's final put-back proves it then.
-                true if !req.entity.later_parents.is_empty() => target.restore_constraints_but_refused(&spec.target).await?,
+                true if !req.entity.later_parents.is_empty() => {
+                    target.restore_constraints_but_refused(&spec.target).await?
+                }
                 true => target.restore_constraints(&spec.target).await?,
                 false => target.restore_legacy_key(&spec.target).await.map(|()| Vec::new())?,
             };
@@ -403,41 +593,64 @@ async fn migrate(ctx: &RunContext, rows: Arc<dyn Rows>, target: Arc<dyn Target>,
         async {
             match by_batch {
                 true => target.table_rows(&spec.target, false).await.map(Some),
-                false => target.record_baseline(&spec.target, legacy_type, &hashed_cols).await.map(|_| None),
+                false => target
+                    .record_baseline(&spec.target, legacy_type, hashed_cols)
+                    .await
+                    .map(|_| None),
             }
         }
     );
     let (counted_first, put_back_last) = first?;
     put_back.extend(put_back_last);
     let rows = counted_first.or(second?).expect("the rows are counted on one core or the other");
-    result.target_rows = rows;
-    record_put_back(ctx, &spec.target, &put_back);
+    record_put_back(ctx, &spec.target, put_back);
     for (sequence, to) in target.restart_sequences(&spec.target).await? {
         ctx.decision(
             ME,
             format!("{}: sequence {sequence} moved to {to}", spec.target.name),
-            "the migrated rows hold values up to there: the target's own next row takes the one after",
+            "the migrated rows hold values up to there: the target's own next row takes the one \
+                after",
             serde_json::json!({"table": spec.target.to_string(), "sequence": sequence, "value": to}),
         );
     }
-    let balanced = result.rows_read == result.migrated + result.rejected && result.target_rows >= result.migrated;
+    Ok(rows)
+}
+
+/// Checks the entity's accounting and records its end: every source row read is migrated or
+/// rejected, and the target holds at least the migrated ones.
+async fn account(
+    ctx: &RunContext,
+    target: &dyn Target,
+    req: &MigrateEntity,
+    result: &EntityResult,
+) -> Result<(), ToolError> {
+    let spec = &req.spec;
+    let balanced = result.rows_read == result.migrated + result.rejected
+        && result.target_rows >= result.migrated;
     let detail = format!(
         "{} read = {} migrated + {} rejected; {} rows in {}",
         result.rows_read, result.migrated, result.rejected, result.target_rows, spec.target
     );
     target
-        .set_state(ctx.run_id, &spec.source, &spec.target, if balanced { "done" } else { "failed" }, Some(result.rows_read), Some(&detail))
+        .set_state(
+            ctx.run_id,
+            &spec.source,
+            &spec.target,
+            if balanced { "done" } else { "failed" },
+            Some(result.rows_read),
+            Some(&detail),
+        )
         .await?;
     ctx.decision(
         ME,
         format!("{}: {detail}", spec.target.name),
         "every source row is accounted for: migrated, or rejected with its reason",
-        &result,
+        result,
     );
     if !balanced {
         return Err(ToolError::unbalanced(format!("the accounting does not balance: {detail}")));
     }
-    Ok(result)
+    Ok(())
 }
 
 /// A parent table with at most this many rows is read whole when a child's load begins (16
@@ -449,7 +662,10 @@ const KNOWN_PARENT_IDS: usize = 250_000;
 /// the child begins, so every batch checks against the same parents the server would have
 /// answered with; a parent deleted in the meantime is caught when the child's foreign key is
 /// put back (or by the foreign key itself when it stayed in place).
-async fn known_parents(target: &dyn Target, references: &[(usize, TableName)]) -> Result<ParentIds, ToolError> {
+async fn known_parents(
+    target: &dyn Target,
+    references: &[(usize, TableName)],
+) -> Result<ParentIds, ToolError> {
     let mut known = ParentIds::new();
     for (_, parent) in references {
         if known.contains_key(parent) {
@@ -557,7 +773,13 @@ fn without_columns(rows: &TextRows, columns: &[usize]) -> TextRows {
 }
 
 /// Books a committed batch: the result's counts, the audit trail, the progress event.
-fn report_batch(ctx: &RunContext, req: &MigrateEntity, batch: &Batch, written: &runtime::domain::Written, result: &mut EntityResult) {
+fn report_batch(
+    ctx: &RunContext,
+    req: &MigrateEntity,
+    batch: &Batch,
+    written: &runtime::domain::Written,
+    result: &mut EntityResult,
+) {
     let spec = &req.spec;
     for r in &written.refused {
         result.count_rejection(&r.rule);

@@ -7,7 +7,9 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use runtime::domain::{Check, Column, ForeignKey, Scan, SchemaReport, Table, TableName, TypeKind, Unique};
+use runtime::domain::{
+    Check, Column, ForeignKey, Scan, SchemaReport, Table, TableName, TypeKind, Unique,
+};
 use runtime::error::ToolError;
 use runtime::ports::Rows;
 
@@ -17,7 +19,9 @@ pub fn name(table: &str) -> TableName {
 
 /// A column of a base type: `("name", "character varying(20)", "varchar")`.
 pub fn column(name: &str, data_type: &str, type_name: &str, nullable: bool) -> Column {
-    let max_length = data_type.strip_prefix("character varying(").and_then(|n| n.trim_end_matches(')').parse().ok());
+    let max_length = data_type
+        .strip_prefix("character varying(")
+        .and_then(|n| n.trim_end_matches(')').parse().ok());
     Column {
         name: name.into(),
         data_type: data_type.into(),
@@ -81,14 +85,30 @@ pub fn table(table: &str, columns: Vec<Column>, foreign_keys: Vec<ForeignKey>) -
 
 /// A legacy source: roles, and technicians who each have a role.
 pub fn legacy() -> SchemaReport {
-    let role =
-        table("dispatch_role", vec![int("id", false), column("name", "text", "text", true), column("kind", "text", "text", true)], vec![]);
+    let role = table(
+        "dispatch_role",
+        vec![
+            int("id", false),
+            column("name", "text", "text", true),
+            column("kind", "text", "text", true),
+        ],
+        vec![],
+    );
     let technician = table(
         "dispatch_technician",
-        vec![int("id", false), column("name", "text", "text", true), int("role_id", false), column("email", "text", "text", true)],
+        vec![
+            int("id", false),
+            column("name", "text", "text", true),
+            int("role_id", false),
+            column("email", "text", "text", true),
+        ],
         vec![foreign_key("dispatch_technician", "role_id", "dispatch_role", "id")],
     );
-    SchemaReport { database: "memory/legacy".into(), tables: vec![role, technician], ..SchemaReport::default() }
+    SchemaReport {
+        database: "memory/legacy".into(),
+        tables: vec![role, technician],
+        ..SchemaReport::default()
+    }
 }
 
 /// Its modern target: UUID keys, an enum, a length, a CHECK, a unique email.
@@ -97,7 +117,12 @@ pub fn modern() -> SchemaReport {
     role_kind.type_kind = TypeKind::Enum;
     let roles = table(
         "roles",
-        vec![uuid("id", false), int("legacy_id", true), column("name", "character varying(12)", "varchar", false), role_kind],
+        vec![
+            uuid("id", false),
+            int("legacy_id", true),
+            column("name", "character varying(12)", "varchar", false),
+            role_kind,
+        ],
         vec![],
     );
     let mut technicians = table(
@@ -111,9 +136,20 @@ pub fn modern() -> SchemaReport {
         ],
         vec![foreign_key("technicians", "role_id", "roles", "id")],
     );
-    technicians.checks.push(Check { name: "technicians_name_check".into(), expression: "(length(name) > 1)".into() });
-    technicians.unique.push(Unique { name: "technicians_email_key".into(), parts: vec!["email".into()], predicate: None });
-    let mut report = SchemaReport { database: "memory/modern".into(), tables: vec![roles, technicians], ..SchemaReport::default() };
+    technicians.checks.push(Check {
+        name: "technicians_name_check".into(),
+        expression: "(length(name) > 1)".into(),
+    });
+    technicians.unique.push(Unique {
+        name: "technicians_email_key".into(),
+        parts: vec!["email".into()],
+        predicate: None,
+    });
+    let mut report = SchemaReport {
+        database: "memory/modern".into(),
+        tables: vec![roles, technicians],
+        ..SchemaReport::default()
+    };
     report.enums.insert("role_kind".into(), vec!["field".into(), "office".into()]);
     report
 }
@@ -133,7 +169,10 @@ pub struct MemRows {
 impl MemRows {
     pub fn with(mut self, table: &str, columns: &[&str], rows: &[&[Option<&str>]]) -> MemRows {
         let rows = rows.iter().map(|r| r.iter().map(|v| v.map(str::to_owned)).collect()).collect();
-        self.tables.insert(name(table), MemTable { columns: columns.iter().map(|c| (*c).to_owned()).collect(), rows });
+        self.tables.insert(
+            name(table),
+            MemTable { columns: columns.iter().map(|c| (*c).to_owned()).collect(), rows },
+        );
         self
     }
 }
@@ -154,20 +193,36 @@ fn compare_keys(a: &[&str], b: &[&str]) -> Ordering {
 
 #[async_trait]
 impl Rows for MemRows {
-    async fn scan(&self, scan: &Scan, each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send)) -> Result<u64, ToolError> {
+    async fn scan(
+        &self,
+        scan: &Scan,
+        each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send),
+    ) -> Result<u64, ToolError> {
         if !scan.joins.is_empty() || !scan.scripts.is_empty() || scan.changed_since.is_some() {
             return Err(ToolError::system("the in-memory source reads plain columns only"));
         }
-        let MemTable { columns, rows } =
-            self.tables.get(&scan.table).ok_or_else(|| ToolError::system(format!("no table {} in memory", scan.table)))?;
-        let index = |c: &str| columns.iter().position(|n| n == c).ok_or_else(|| ToolError::system(format!("no column {c}")));
+        let MemTable { columns, rows } = self
+            .tables
+            .get(&scan.table)
+            .ok_or_else(|| ToolError::system(format!("no table {} in memory", scan.table)))?;
+        let index = |c: &str| {
+            columns
+                .iter()
+                .position(|n| n == c)
+                .ok_or_else(|| ToolError::system(format!("no column {c}")))
+        };
         let wanted: Vec<usize> = scan.columns.iter().map(|c| index(c)).collect::<Result<_, _>>()?;
         let key: Vec<usize> = scan.key.iter().map(|c| index(c)).collect::<Result<_, _>>()?;
-        let key_of = |r: &Vec<Option<String>>| key.iter().map(|&i| r[i].clone().unwrap_or_default()).collect::<Vec<_>>();
+        let key_of = |r: &Vec<Option<String>>| {
+            key.iter().map(|&i| r[i].clone().unwrap_or_default()).collect::<Vec<_>>()
+        };
         let mut ordered: Vec<&Vec<Option<String>>> = rows.iter().collect();
         ordered.sort_by(|a, b| {
             let (a, b) = (key_of(a), key_of(b));
-            compare_keys(&a.iter().map(String::as_str).collect::<Vec<_>>(), &b.iter().map(String::as_str).collect::<Vec<_>>())
+            compare_keys(
+                &a.iter().map(String::as_str).collect::<Vec<_>>(),
+                &b.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
         });
         let mut sent = 0u64;
         for row in ordered {

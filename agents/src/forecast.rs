@@ -37,7 +37,10 @@ impl KeySet {
 
     fn contains(&self, key: &[&str]) -> bool {
         match key {
-            [one] => one.parse::<i64>().map(|n| self.ints.contains(&n)).unwrap_or_else(|_| self.texts.contains(*one)),
+            [one] => one
+                .parse::<i64>()
+                .map(|n| self.ints.contains(&n))
+                .unwrap_or_else(|_| self.texts.contains(*one)),
             _ => self.texts.contains(&key.join("|")),
         }
     }
@@ -88,7 +91,10 @@ impl UniqueRule {
     }
 }
 
-fn unique_rules(mapper: &RowMapper, target: &runtime::domain::Table) -> (Vec<UniqueRule>, Vec<String>) {
+fn unique_rules(
+    mapper: &RowMapper,
+    target: &runtime::domain::Table,
+) -> (Vec<UniqueRule>, Vec<String>) {
     let cols = mapper.target_columns();
     let mut rules = Vec::new();
     let mut unchecked = Vec::new();
@@ -152,9 +158,12 @@ pub async fn forecast(
     // table's rows are known: (index in `out`, row key, target column, parent, parent key).
     let mut awaiting: Vec<(usize, String, String, TableName, String)> = Vec::new();
     for (position, source) in order.iter().enumerate() {
-        let spec = mappings.spec(source).ok_or_else(|| ToolError::system(format!("{source} has no mapping")))?;
-        let target_table =
-            target.table(&spec.target).ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
+        let spec = mappings
+            .spec(source)
+            .ok_or_else(|| ToolError::system(format!("{source} has no mapping")))?;
+        let target_table = target
+            .table(&spec.target)
+            .ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
         let mapper = RowMapper::new(spec, target_table, target, mappings.keys)?;
         let (mut uniques, mut unchecked) = unique_rules(&mapper, target_table);
         unchecked.extend(mapper.unchecked.iter().cloned());
@@ -162,7 +171,9 @@ pub async fn forecast(
         let refs: Vec<_> = mapper
             .references()
             .into_iter()
-            .filter(|r| target_table.foreign_keys.iter().any(|fk| fk.columns == [r.target_column.clone()]))
+            .filter(|r| {
+                target_table.foreign_keys.iter().any(|fk| fk.columns == [r.target_column.clone()])
+            })
             .collect();
         let mut tally = Tally::default();
         let mut ok_keys = KeySet::default();
@@ -194,15 +205,20 @@ pub async fn forecast(
                         continue;
                     }
                     if order[position..].contains(&r.parent) {
-                        later.push((r.target_column.clone(), r.parent.clone(), parent_key.join("|")));
+                        later.push((
+                            r.target_column.clone(),
+                            r.parent.clone(),
+                            parent_key.join("|"),
+                        ));
                         continue;
                     }
                     if !migrated.get(&r.parent).is_some_and(|k| k.contains(&parent_key)) {
-                        let why = if rejected.get(&r.parent).is_some_and(|k| k.contains(&parent_key)) {
-                            "is itself rejected"
-                        } else {
-                            "does not exist in the source (an orphan)"
-                        };
+                        let why =
+                            if rejected.get(&r.parent).is_some_and(|k| k.contains(&parent_key)) {
+                                "is itself rejected"
+                            } else {
+                                "does not exist in the source (an orphan)"
+                            };
                         return Err(Rejection {
                             column: Some(r.target_column.clone()),
                             rule: format!("reference:{}", r.target_column),
@@ -217,13 +233,17 @@ pub async fn forecast(
                     }
                 }
                 // Check every unique rule before remembering any key: a rejected row claims none.
-                let keys: Vec<Option<Vec<String>>> = uniques.iter().map(|u| u.key(&values)).collect();
+                let keys: Vec<Option<Vec<String>>> =
+                    uniques.iter().map(|u| u.key(&values)).collect();
                 for (u, key) in uniques.iter().zip(&keys) {
                     if let Some(first) = key.as_ref().and_then(|k| u.seen.get(k)) {
                         return Err(Rejection {
                             column: None,
                             rule: format!("unique:{}", u.name),
-                            reason: format!("{}: repeats the key of legacy row {first} ({})", spec.target.name, u.name),
+                            reason: format!(
+                                "{}: repeats the key of legacy row {first} ({})",
+                                spec.target.name, u.name
+                            ),
                         });
                     }
                 }
@@ -235,7 +255,11 @@ pub async fn forecast(
                 Ok(pending)
             });
             if verdict.is_ok() {
-                waiting.extend(later.drain(..).map(|(col, parent, parent_key)| (key_text.clone(), col, parent, parent_key)));
+                waiting.extend(
+                    later.drain(..).map(|(col, parent, parent_key)| {
+                        (key_text.clone(), col, parent, parent_key)
+                    }),
+                );
             }
             match verdict {
                 Ok(pending) if pending.is_empty() => ok_keys.insert(&key),
@@ -263,11 +287,17 @@ pub async fn forecast(
             }
         }
         for (key, pending) in self_refs {
-            let (col, parent) = pending.iter().find(|(_, p)| !ok_keys.contains(&[p.as_str()])).expect("an unsettled reference");
+            let (col, parent) = pending
+                .iter()
+                .find(|(_, p)| !ok_keys.contains(&[p.as_str()]))
+                .expect("an unsettled reference");
             let r = Rejection {
                 column: Some(col.clone()),
                 rule: format!("reference:{col}"),
-                reason: format!("{}.{col}: the {source} row it points at ({parent}) is not migrated", spec.target.name),
+                reason: format!(
+                    "{}.{col}: the {source} row it points at ({parent}) is not migrated",
+                    spec.target.name
+                ),
             };
             tally.add(&r, &key);
             bad_keys.insert(&[key.as_str()]);
@@ -275,8 +305,15 @@ pub async fn forecast(
         let reject: i64 = tally.reasons.values().map(|r| r.count).sum();
         let mut reasons: Vec<RejectReason> = tally.reasons.into_values().collect();
         reasons.sort_by(|a, b| b.count.cmp(&a.count).then(a.rule.cmp(&b.rule)));
-        awaiting.extend(waiting.into_iter().map(|(key, col, parent, parent_key)| (out.len(), key, col, parent, parent_key)));
-        out.push((source.clone(), Forecast { rows: count, migrate: count - reject, reject, reasons, unchecked }));
+        awaiting.extend(
+            waiting
+                .into_iter()
+                .map(|(key, col, parent, parent_key)| (out.len(), key, col, parent, parent_key)),
+        );
+        out.push((
+            source.clone(),
+            Forecast { rows: count, migrate: count - reject, reject, reasons, unchecked },
+        ));
         if referenced.contains(source) {
             migrated.insert(source.clone(), ok_keys);
             rejected.insert(source.clone(), bad_keys);
@@ -295,9 +332,12 @@ pub async fn forecast(
             if let Some(bad) = rejected.get_mut(child) {
                 bad.insert(&[key.as_str()]);
             }
-            let target_name = mappings.spec(child).map(|s| s.target.name.clone()).unwrap_or_default();
+            let target_name =
+                mappings.spec(child).map(|s| s.target.name.clone()).unwrap_or_default();
             let rule = format!("reference:{col}");
-            let reason = format!("{target_name}.{col}: the {parent} row it points at ({parent_key}) is not migrated");
+            let reason = format!(
+                "{target_name}.{col}: the {parent} row it points at ({parent_key}) is not migrated"
+            );
             forecast.migrate -= 1;
             forecast.reject += 1;
             match forecast.reasons.iter_mut().find(|r| r.rule == rule) {
@@ -307,7 +347,12 @@ pub async fn forecast(
                         r.examples.push(key);
                     }
                 }
-                None => forecast.reasons.push(RejectReason { rule, reason, count: 1, examples: vec![key] }),
+                None => forecast.reasons.push(RejectReason {
+                    rule,
+                    reason,
+                    count: 1,
+                    examples: vec![key],
+                }),
             }
         }
     }

@@ -45,21 +45,43 @@ impl Actor for GuidanceAgent {
     type State = GuidanceArgs;
     type Arguments = GuidanceArgs;
 
-    async fn pre_start(&self, _: ActorRef<GuidanceMsg>, args: GuidanceArgs) -> Result<GuidanceArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<GuidanceMsg>,
+        args: GuidanceArgs,
+    ) -> Result<GuidanceArgs, ActorProcessingErr> {
         Ok(args)
     }
 
-    async fn handle(&self, _: ActorRef<GuidanceMsg>, msg: GuidanceMsg, state: &mut GuidanceArgs) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<GuidanceMsg>,
+        msg: GuidanceMsg,
+        state: &mut GuidanceArgs,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             GuidanceMsg::ExplainPlan(env, reply) => {
                 let mut text = explain_plan(&env.body);
                 if let Some(llm) = &state.llm {
-                    // The model adds its narrative of the risks; the facts above stay the template's.
+                    // The model adds its narrative of the risks; the facts above stay the
+                    // template's.
                     let facts = serde_json::json!({"plan": render_facts(&env.body)}).to_string();
                     let system = prompts::fill(prompts::RISKS, &[]).unwrap_or_default();
-                    match crate::llm::ask_text(&state.ctx, llm.as_ref(), AgentName::Guidance, "risk narrative", &system, &facts, None).await
+                    match crate::llm::ask_text(
+                        &state.ctx,
+                        llm.as_ref(),
+                        AgentName::Guidance,
+                        "risk narrative",
+                        &system,
+                        &facts,
+                        None,
+                    )
+                    .await
                     {
-                        Ok(narrative) => text.push_str(&format!("\nWhat to watch, in the model's words: {}", narrative.trim())),
+                        Ok(narrative) => text.push_str(&format!(
+                            "\nWhat to watch, in the model's words: {}",
+                            narrative.trim()
+                        )),
                         Err(why) => state.ctx.decision(
                             AgentName::Guidance,
                             "explained the plan without the model",
@@ -71,7 +93,8 @@ impl Actor for GuidanceAgent {
                 state.ctx.decision(
                     AgentName::Guidance,
                     "explained the plan to the operator",
-                    "the operator approves what they understand; the explanation is built from the plan itself",
+                    "the operator approves what they understand; the explanation is built from \
+                        the plan itself",
                     &text,
                 );
                 let _ = reply.send(Ok(text));
@@ -84,7 +107,11 @@ impl Actor for GuidanceAgent {
                 };
                 let system = prompts::fill(
                     prompts::CODE,
-                    &[("table", &q.table.to_string()), ("columns", &q.columns.join(", ")), ("sample", &q.sample.to_string())],
+                    &[
+                        ("table", &q.table.to_string()),
+                        ("columns", &q.columns.join(", ")),
+                        ("sample", &q.sample.to_string()),
+                    ],
                 )
                 .unwrap_or_default();
                 let written = crate::llm::ask_typed::<CodeRequest>(
@@ -102,12 +129,16 @@ impl Actor for GuidanceAgent {
                         state.ctx.decision(
                             AgentName::Guidance,
                             format!("the model wrote {} code to answer: {}", code.lang, q.question),
-                            "a question about the data is answered by code run on sample rows in the sandbox",
+                            "a question about the data is answered by code run on sample rows in \
+                                the sandbox",
                             &code,
                         );
                         Ok(Some(code))
                     }
-                    Err(why) => Err(AgentError::new(AgentName::Guidance, format!("the model wrote no code: {why}"))),
+                    Err(why) => Err(AgentError::of(
+                        AgentName::Guidance,
+                        why.context("the model wrote no code"),
+                    )),
                 });
             }
         }
@@ -167,20 +198,29 @@ pub fn explain_plan(plan: &MigrationPlan) -> String {
         .filter_map(|e| e.forecast.as_ref().filter(|f| f.reject > 0).map(|f| (e, f)))
         .map(|(e, f)| {
             let first = f.reasons.first().map(|r| r.reason.as_str()).unwrap_or("");
-            format!("{} of {} {} (mostly: {first})", f.reject, f.rows, e.target.as_ref().unwrap_or(&e.table))
+            format!(
+                "{} of {} {} (mostly: {first})",
+                f.reject,
+                f.rows,
+                e.target.as_ref().unwrap_or(&e.table)
+            )
         })
         .collect();
     if rejected.is_empty() && entities.iter().any(|e| e.forecast.is_some()) {
         out.push_str("\nI read every row ahead: all of them fit the new database.");
     } else if !rejected.is_empty() {
         out.push_str(&format!(
-            "\nI read every row ahead. {} rows will not fit the new database and will be set aside with the reason, not lost: {}.",
+            "\nI read every row ahead. {} rows will not fit the new database and will be set \
+                aside with the reason, not lost: {}.",
             plan.expected_rejected(),
             rejected.join("; ")
         ));
     }
     if entities.iter().any(|e| !e.deferred_foreign_keys.is_empty()) {
-        out.push_str("\nSome rows point to other rows of the same kind; I copy them first and connect them in a second pass.");
+        out.push_str(
+            "\nSome rows point to other rows of the same kind; I copy them first and \
+            connect them in a second pass.",
+        );
     }
     if let Some(room) = room(entities.iter().map(|e| e.bytes).sum()) {
         out.push('\n');
@@ -193,7 +233,10 @@ pub fn explain_plan(plan: &MigrationPlan) -> String {
 fn room(bytes: i64) -> Option<String> {
     (bytes >= 100_000_000).then(|| {
         format!(
-            "The new database needs room for more than {} (what these tables take in the old one; the new keys are larger). PostgreSQL does not tell me how much room its disk has left, so I cannot check that: make sure it has it. If the disk fills up, I stop with that reason, and nothing is lost.",
+            "The new database needs room for more than {} (what these tables take in the old one; \
+                the new keys are larger). PostgreSQL does not tell me how much room its disk has \
+                left, so I cannot check that: make sure it has it. If the disk fills up, I stop \
+                with that reason, and nothing is lost.",
             size(bytes)
         )
     })
@@ -280,17 +323,29 @@ pub enum Intent {
 
 /// The offline intent parser: the common phrasings, by their words.
 pub fn parse_intent(text: &str) -> Intent {
-    let t = text.trim().to_lowercase().replace("what's", "what is").replace("how's", "how is").replace('\u{2019}', "'");
+    let t = text
+        .trim()
+        .to_lowercase()
+        .replace("what's", "what is")
+        .replace("how's", "how is")
+        .replace('\u{2019}', "'");
     let t = t.trim_end_matches(['?', '!', '.']).trim();
     // Each word as typed, or the word it is a slip of the keyboard for.
-    let words: Vec<&str> = t.split(|c: char| !c.is_alphanumeric() && c != '_').filter(|w| !w.is_empty()).map(corrected).collect();
+    let words: Vec<&str> = t
+        .split(|c: char| !c.is_alphanumeric() && c != '_')
+        .filter(|w| !w.is_empty())
+        .map(corrected)
+        .collect();
     let t = words.join(" ");
     let t = t.as_str();
     let has = |w: &str| words.contains(&w);
     let after = |keys: &[&str]| -> Option<String> {
         let i = words.iter().position(|w| keys.contains(w))?;
-        let rest: Vec<&str> =
-            words[i + 1..].iter().copied().filter(|w| !matches!(*w, "the" | "a" | "an" | "some" | "of" | "please")).collect();
+        let rest: Vec<&str> = words[i + 1..]
+            .iter()
+            .copied()
+            .filter(|w| !matches!(*w, "the" | "a" | "an" | "some" | "of" | "please"))
+            .collect();
         (!rest.is_empty()).then(|| rest.join(" "))
     };
     let entity_after = |keys: &[&str]| -> Option<String> {
@@ -322,7 +377,9 @@ pub fn parse_intent(text: &str) -> Intent {
             })
             .filter(|s| !s.is_empty())
     };
-    let greeting = words.first().is_some_and(|w| matches!(*w, "hi" | "hello" | "hey" | "hiya" | "morning" | "afternoon"));
+    let greeting = words
+        .first()
+        .is_some_and(|w| matches!(*w, "hi" | "hello" | "hey" | "hiya" | "morning" | "afternoon"));
     match () {
         _ if t.is_empty() => Intent::Unknown,
         _ if matches!(t, "exit" | "quit" | "bye" | "q" | "goodbye") => Intent::Exit,
@@ -333,13 +390,18 @@ pub fn parse_intent(text: &str) -> Intent {
             Intent::Help
         }
         _ if greeting && words.len() <= 3 => Intent::Help,
-        _ if has("how") && has("many") && !has("failed") && !has("rejected") => {
-            Intent::Count { entity: entity_after(&["many"]).map(|e| strip_filler(&e)).unwrap_or_default() }
-        }
-        _ if (has("number") && has("of")) || has("count") => {
-            Intent::Count { entity: entity_after(&["of", "count"]).map(|e| strip_filler(&e)).unwrap_or_default() }
-        }
-        _ if (has("safe") || has("lost") || has("lose") || has("trust") || has("intact") || has("complete"))
+        _ if has("how") && has("many") && !has("failed") && !has("rejected") => Intent::Count {
+            entity: entity_after(&["many"]).map(|e| strip_filler(&e)).unwrap_or_default(),
+        },
+        _ if (has("number") && has("of")) || has("count") => Intent::Count {
+            entity: entity_after(&["of", "count"]).map(|e| strip_filler(&e)).unwrap_or_default(),
+        },
+        _ if (has("safe")
+            || has("lost")
+            || has("lose")
+            || has("trust")
+            || has("intact")
+            || has("complete"))
             || (has("anything") && has("missing"))
             || (has("data") && (has("ok") || has("okay") || has("correct") || has("right"))) =>
         {
@@ -363,35 +425,73 @@ pub fn parse_intent(text: &str) -> Intent {
         {
             Intent::Tables { new: has("new") || has("modern") || has("target") }
         }
-        _ if has("why") && (has("decide") || has("decided") || has("before") || has("first") || has("order")) => Intent::Decisions {
-            agent: words.iter().find(|w| ["planning", "execution", "validation", "mapping"].contains(w)).map(|w| w.to_string()),
-        },
-        _ if (has("what") || has("show")) && (has("decide") || has("decided") || has("decision") || has("decisions")) => {
+        _ if has("why")
+            && (has("decide")
+                || has("decided")
+                || has("before")
+                || has("first")
+                || has("order")) =>
+        {
             Intent::Decisions {
-                agent: words.iter().find(|w| ["planning", "execution", "validation", "mapping"].contains(w)).map(|w| w.to_string()),
+                agent: words
+                    .iter()
+                    .find(|w| ["planning", "execution", "validation", "mapping"].contains(w))
+                    .map(|w| w.to_string()),
             }
         }
-        _ if has("why") => Intent::WhyFailed { entity: entity_after(&["some", "why", "did", "were", "the"]).map(|e| strip_leading(&e)) },
-        _ if (has("show") || has("see") || has("example")) && (has("failed") || has("rejected") || has("bad")) => {
+        _ if (has("what") || has("show"))
+            && (has("decide") || has("decided") || has("decision") || has("decisions")) =>
+        {
+            Intent::Decisions {
+                agent: words
+                    .iter()
+                    .find(|w| ["planning", "execution", "validation", "mapping"].contains(w))
+                    .map(|w| w.to_string()),
+            }
+        }
+        _ if has("why") => Intent::WhyFailed {
+            entity: entity_after(&["some", "why", "did", "were", "the"]).map(|e| strip_leading(&e)),
+        },
+        _ if (has("show") || has("see") || has("example"))
+            && (has("failed") || has("rejected") || has("bad")) =>
+        {
             Intent::ShowFailed { entity: entity_after(&["failed", "rejected", "bad"]) }
         }
         _ if has("profile") || has("statistics") || has("stats") => Intent::Profile {
             table: after(&["profile", "statistics", "stats", "of", "for", "on"])
-                .map(|s| s.split(' ').filter(|w| !matches!(*w, "of" | "for" | "on" | "table")).collect::<Vec<_>>().join(" "))
+                .map(|s| {
+                    s.split(' ')
+                        .filter(|w| !matches!(*w, "of" | "for" | "on" | "table"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
                 .filter(|s| !s.is_empty()),
             question: None,
         },
         _ if has("undo") || has("rollback") || (has("roll") && has("back")) || has("remove") => {
-            Intent::Undo { goal: after(&["undo", "rollback", "back", "remove"]).unwrap_or_default() }
+            Intent::Undo {
+                goal: after(&["undo", "rollback", "back", "remove"]).unwrap_or_default(),
+            }
         }
         // "Sync the orders every night", "a nightly sync of the patients": a job, not a sync now.
-        _ if (has("every") || has("nightly") || has("daily") || has("hourly") || has("weekly") || has("schedule"))
-            && (has("sync") || has("synchronize") || has("update") || has("schedule") || has("step")) =>
+        _ if (has("every")
+            || has("nightly")
+            || has("daily")
+            || has("hourly")
+            || has("weekly")
+            || has("schedule"))
+            && (has("sync")
+                || has("synchronize")
+                || has("update")
+                || has("schedule")
+                || has("step")) =>
         {
             Intent::Schedule { goal: scheduled(&words), every: interval(&words) }
         }
         // "What changed since the last sync?" asks; "sync the orders", "apply the changes" act.
-        _ if (has("changed") || has("changes") || has("new")) && (has("what") || has("anything") || has("which") || has("show")) => {
+        _ if (has("changed") || has("changes") || has("new"))
+            && (has("what") || has("anything") || has("which") || has("show")) =>
+        {
             changes(entity_after(&["in", "to", "for"]).unwrap_or_default())
         }
         _ if has("sync")
@@ -405,8 +505,16 @@ pub fn parse_intent(text: &str) -> Intent {
             let goal = goal.trim_start_matches("to date").trim().to_owned();
             Intent::Sync { goal: if goal == "everything" { String::new() } else { goal } }
         }
-        _ if has("changed") || has("changes") => changes(entity_after(&["in", "to", "for"]).unwrap_or_default()),
-        _ if has("status") || has("progress") || (has("how") && (has("going") || has("far"))) || has("done") => Intent::Status,
+        _ if has("changed") || has("changes") => {
+            changes(entity_after(&["in", "to", "for"]).unwrap_or_default())
+        }
+        _ if has("status")
+            || has("progress")
+            || (has("how") && (has("going") || has("far")))
+            || has("done") =>
+        {
+            Intent::Status
+        }
         _ if has("migrate") || has("move") || has("copy") || has("transfer") => {
             let goal = after(&["migrate", "move", "copy", "transfer"]).unwrap_or_default();
             let goal = goal.trim_end_matches(" over").trim_end_matches(" first").to_owned();
@@ -455,7 +563,11 @@ fn corrected(word: &str) -> &str {
         return word;
     }
     let allowed = if word.len() >= 8 { 2 } else { 1 };
-    KEYWORDS.iter().copied().find(|k| k.len().abs_diff(word.len()) <= allowed && edits(word, k) <= allowed).unwrap_or(word)
+    KEYWORDS
+        .iter()
+        .copied()
+        .find(|k| k.len().abs_diff(word.len()) <= allowed && edits(word, k) <= allowed)
+        .unwrap_or(word)
 }
 
 /// The edit distance between two words (insertions, deletions, substitutions, swaps).
@@ -518,7 +630,11 @@ fn scheduled(words: &[&str]) -> String {
         "all",
         "and",
     ];
-    let goal: Vec<&str> = words.iter().copied().filter(|w| !skip.contains(w) && !w.chars().all(|c| c.is_ascii_digit())).collect();
+    let goal: Vec<&str> = words
+        .iter()
+        .copied()
+        .filter(|w| !skip.contains(w) && !w.chars().all(|c| c.is_ascii_digit()))
+        .collect();
     goal.join(" ")
 }
 
@@ -569,8 +685,12 @@ fn strip_filler(s: &str) -> String {
 
 /// `Intent::Changes` of the tables named, without the words around them.
 fn changes(named: String) -> Intent {
-    let goal: Vec<&str> =
-        named.split(' ').filter(|w| !matches!(*w, "since" | "last" | "the" | "sync" | "old" | "system" | "legacy" | "")).collect();
+    let goal: Vec<&str> = named
+        .split(' ')
+        .filter(|w| {
+            !matches!(*w, "since" | "last" | "the" | "sync" | "old" | "system" | "legacy" | "")
+        })
+        .collect();
     Intent::Changes { goal: goal.join(" ") }
 }
 
@@ -581,16 +701,22 @@ fn strip_leading(s: &str) -> String {
 
 /// What the operator said, understood: by the model when one is configured (its answer is an
 /// [`Intent`] through a typed tool call), else, or when the model fails, by the offline parser.
-pub async fn understand(ctx: &RunContext, llm: Option<&dyn runtime::ports::Llm>, text: &str, entities: &[String]) -> Intent {
+pub async fn understand(
+    ctx: &RunContext,
+    llm: Option<&dyn runtime::ports::Llm>,
+    text: &str,
+    entities: &[String],
+) -> Intent {
     let offline = parse_intent(text);
     let Some(llm) = llm else { return offline };
     // "How many" of something that is no table ("in how many countries are our customers?") is
     // a question about the data: the model's to read.
     let counts_a_table = |entity: &str| {
         let key = runtime::mapping::entity_key(entity);
-        entities
-            .iter()
-            .any(|e| runtime::mapping::entity_key(e.trim_start_matches("dispatch_")) == key || runtime::mapping::entity_key(e) == key)
+        entities.iter().any(|e| {
+            runtime::mapping::entity_key(e.trim_start_matches("dispatch_")) == key
+                || runtime::mapping::entity_key(e) == key
+        })
     };
     let settled = match &offline {
         Intent::Unknown => false,
@@ -604,7 +730,16 @@ pub async fn understand(ctx: &RunContext, llm: Option<&dyn runtime::ports::Llm>,
         Ok(s) => s,
         Err(e) => return fail_offline(ctx, text, &e.to_string(), offline),
     };
-    match crate::llm::ask_typed::<Intent>(ctx, llm, AgentName::Guidance, "operator_intent", "What the operator wants", &system, text).await
+    match crate::llm::ask_typed::<Intent>(
+        ctx,
+        llm,
+        AgentName::Guidance,
+        "operator_intent",
+        "What the operator wants",
+        &system,
+        text,
+    )
+    .await
     {
         Ok(intent) => intent,
         Err(why) => fail_offline(ctx, text, &why.message, offline),
@@ -612,7 +747,12 @@ pub async fn understand(ctx: &RunContext, llm: Option<&dyn runtime::ports::Llm>,
 }
 
 fn fail_offline(ctx: &RunContext, text: &str, why: &str, offline: Intent) -> Intent {
-    ctx.decision(AgentName::Guidance, "understood the operator without the model", format!("the model failed: {why}"), text);
+    ctx.decision(
+        AgentName::Guidance,
+        "understood the operator without the model",
+        format!("the model failed: {why}"),
+        text,
+    );
     offline
 }
 
@@ -627,14 +767,18 @@ mod intent_tests {
         assert_eq!(size(12_345_678), "12.3 MB");
         assert_eq!(size(1_800_000_000), "1.8 GB");
         assert_eq!(room(99_000_000), None, "a small load needs no warning");
-        assert!(room(1_800_000_000).is_some_and(|r| r.starts_with("The new database needs room for more than 1.8 GB")));
+        assert!(room(1_800_000_000)
+            .is_some_and(|r| r.starts_with("The new database needs room for more than 1.8 GB")));
     }
 
     #[test]
     fn common_phrasings_map_to_their_intents() {
         let migrate = |g: &str| Intent::Migrate { goal: g.into() };
         let cases: Vec<(&str, Intent)> = vec![
-            ("migrate the doctors and everything they need", migrate("doctors and everything they need")),
+            (
+                "migrate the doctors and everything they need",
+                migrate("doctors and everything they need"),
+            ),
             ("please move the patients over", migrate("patients")),
             ("copy technician_roles", migrate("technician_roles")),
             ("Migrate everything except messages", migrate("everything except messages")),
@@ -647,10 +791,19 @@ mod intent_tests {
             ("show me a rejected row", Intent::ShowFailed { entity: None }),
             ("undo the doctors", Intent::Undo { goal: "doctors".into() }),
             ("roll back offices", Intent::Undo { goal: "offices".into() }),
-            ("what did the planning agent decide and why?", Intent::Decisions { agent: Some("planning".into()) }),
+            (
+                "what did the planning agent decide and why?",
+                Intent::Decisions { agent: Some("planning".into()) },
+            ),
             ("why were offices migrated before doctors?", Intent::Decisions { agent: None }),
-            ("profile the customers", Intent::Profile { table: Some("customers".into()), question: None }),
-            ("show statistics for technician_roles", Intent::Profile { table: Some("technician_roles".into()), question: None }),
+            (
+                "profile the customers",
+                Intent::Profile { table: Some("customers".into()), question: None },
+            ),
+            (
+                "show statistics for technician_roles",
+                Intent::Profile { table: Some("technician_roles".into()), question: None },
+            ),
             ("what changed since the last sync?", Intent::Changes { goal: String::new() }),
             ("what changed in the patients", Intent::Changes { goal: "patients".into() }),
             ("sync the orders", Intent::Sync { goal: "orders".into() }),
@@ -667,16 +820,28 @@ mod intent_tests {
             ("what's in the old database?", Intent::Tables { new: false }),
             ("which tables are in the new system", Intent::Tables { new: true }),
             ("how many patients do we have?", Intent::Count { entity: "patients".into() }),
-            ("how many pateints are there in the new database", Intent::Count { entity: "pateints".into() }),
+            (
+                "how many pateints are there in the new database",
+                Intent::Count { entity: "pateints".into() },
+            ),
             ("number of doctors", Intent::Count { entity: "doctors".into() }),
             ("how did it go?", Intent::Outcome),
             ("did the migartion work", Intent::Outcome),
             ("is everything safe?", Intent::Safety),
             ("did we lose anything", Intent::Safety),
             ("stauts", Intent::Status),
-            ("sync the orders every night", Intent::Schedule { goal: "orders".into(), every: "0 2 * * *".into() }),
-            ("schedule a sync of the patients every 15 minutes", Intent::Schedule { goal: "patients".into(), every: "15m".into() }),
-            ("keep everything in step hourly", Intent::Schedule { goal: String::new(), every: "1h".into() }),
+            (
+                "sync the orders every night",
+                Intent::Schedule { goal: "orders".into(), every: "0 2 * * *".into() },
+            ),
+            (
+                "schedule a sync of the patients every 15 minutes",
+                Intent::Schedule { goal: "patients".into(), every: "15m".into() },
+            ),
+            (
+                "keep everything in step hourly",
+                Intent::Schedule { goal: String::new(), every: "1h".into() },
+            ),
             ("why did some ordres fail", Intent::WhyFailed { entity: Some("ordres".into()) }),
             ("migrate", Intent::Unknown),
         ];

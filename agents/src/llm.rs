@@ -25,11 +25,16 @@ pub async fn ask_typed<T: DeserializeOwned + JsonSchema>(
     system: &str,
     user: &str,
 ) -> Result<T, ToolError> {
-    let parameters = serde_json::to_value(schemars::schema_for!(T)).map_err(|e| ToolError::system(format!("the schema of {tool}: {e}")))?;
+    let parameters = serde_json::to_value(schemars::schema_for!(T))
+        .map_err(|e| ToolError::system(format!("the schema of {tool}: {e}")))?;
     let mut request = LlmRequest {
         system: system.to_owned(),
         turns: vec![("user".into(), user.to_owned())],
-        tool: Some(LlmTool { name: tool.to_owned(), description: description.to_owned(), parameters }),
+        tool: Some(LlmTool {
+            name: tool.to_owned(),
+            description: description.to_owned(),
+            parameters,
+        }),
     };
     let mut last_error = String::new();
     for attempt in 0..=REASKS {
@@ -49,7 +54,10 @@ pub async fn ask_typed<T: DeserializeOwned + JsonSchema>(
                 request.turns.push(("assistant".into(), arguments));
                 request.turns.push((
                     "user".into(),
-                    format!("Those arguments are not valid: {e}. Call {tool} again with arguments that match its schema."),
+                    format!(
+                        "Those arguments are not valid: {e}. Call {tool} again with arguments \
+                        that match its schema."
+                    ),
                 ));
             }
         }
@@ -68,14 +76,21 @@ pub async fn ask_text(
     user: &str,
     on_text: Option<&mut (dyn for<'t> FnMut(&'t str) + Send)>,
 ) -> Result<String, ToolError> {
-    let request = LlmRequest { system: system.to_owned(), turns: vec![("user".into(), user.to_owned())], tool: None };
+    let request = LlmRequest {
+        system: system.to_owned(),
+        turns: vec![("user".into(), user.to_owned())],
+        tool: None,
+    };
     let reply = match on_text {
         Some(on_text) => llm.ask_streaming(&request, on_text).await,
         None => llm.ask(&request).await,
     };
     record_call(ctx, llm, agent, purpose, None, &request, &reply);
     let reply = reply?;
-    reply.text.filter(|t| !t.trim().is_empty()).ok_or_else(|| ToolError::system("the model answered without words"))
+    reply
+        .text
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| ToolError::system("the model answered without words"))
 }
 
 /// One call in the audit trail: the model, the rendered prompt, the reply or why there was
@@ -91,7 +106,10 @@ fn record_call(
 ) {
     let (tokens, budget) = llm.tokens();
     let summary = match reply {
-        Ok(r) => format!("{purpose}: {} answered in {} ms ({} + {} tokens)", r.model, r.millis, r.prompt_tokens, r.completion_tokens),
+        Ok(r) => format!(
+            "{purpose}: {} answered in {} ms ({} + {} tokens)",
+            r.model, r.millis, r.prompt_tokens, r.completion_tokens
+        ),
         Err(e) => format!("{purpose}: no answer: {e}"),
     };
     ctx.audit.record(AuditRecord::new(

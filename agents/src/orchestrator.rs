@@ -22,12 +22,15 @@ use serde::{Deserialize, Serialize};
 use crate::code::ScriptedRows;
 use crate::data_mapping::{DataMappingAgent, DataMappingArgs, DataMappingMsg, MapRequest};
 use crate::differential::{DiffEntity, Pass};
-use crate::execution::{ApplyDiff, Constraints, EntityResult, ExecutionAgent, ExecutionArgs, ExecutionMsg, Rollback};
+use crate::execution::{
+    ApplyDiff, Constraints, EntityResult, ExecutionAgent, ExecutionArgs, ExecutionMsg, Rollback,
+};
 use crate::guidance::{CodeQuestion, GuidanceAgent, GuidanceArgs, GuidanceMsg};
 use crate::pipeline::MigrateEntity;
 use crate::planning::{AssessRequest, PlanRequest, PlanningAgent, PlanningArgs, PlanningMsg};
 use crate::schema_analysis::{
-    AnalyzeRequest, ForecastRequest, Profile, ProfileRequest, SchemaAnalysisAgent, SchemaAnalysisArgs, SchemaMsg,
+    AnalyzeRequest, ForecastRequest, Profile, ProfileRequest, SchemaAnalysisAgent,
+    SchemaAnalysisArgs, SchemaMsg,
 };
 use crate::validation::{ValidationAgent, ValidationArgs, ValidationMsg};
 use runtime::mapping::{MappingFile, MappingSet};
@@ -175,19 +178,35 @@ impl Actor for Orchestrator {
     type State = OrchestratorState;
     type Arguments = OrchestratorArgs;
 
-    async fn pre_start(&self, myself: ActorRef<OrchestratorMsg>, args: OrchestratorArgs) -> Result<OrchestratorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<OrchestratorMsg>,
+        args: OrchestratorArgs,
+    ) -> Result<OrchestratorState, ActorProcessingErr> {
         let ctx = args.ctx;
         let mut team = Team::new(ctx.clone(), args.policy);
         // Each agent that reads source rows reads them with the mapping's custom transforms
         // applied, through scripts of its own in the sandbox.
-        let scripted = |agent| Arc::new(ScriptedRows::new(args.tools.source_rows.clone(), args.tools.code.clone(), ctx.clone(), agent));
+        let scripted = |agent| {
+            Arc::new(ScriptedRows::new(
+                args.tools.source_rows.clone(),
+                args.tools.code.clone(),
+                ctx.clone(),
+                agent,
+            ))
+        };
         let (for_schema, for_mapping, for_execution, for_validation) = (
             scripted(AgentName::SchemaAnalysis),
             scripted(AgentName::DataMapping),
             scripted(AgentName::Execution),
             scripted(AgentName::Validation),
         );
-        let all_scripted = vec![for_schema.clone(), for_mapping.clone(), for_execution.clone(), for_validation.clone()];
+        let all_scripted = vec![
+            for_schema.clone(),
+            for_mapping.clone(),
+            for_execution.clone(),
+            for_validation.clone(),
+        ];
         let agents = Agents {
             schema: team.add(
                 AgentName::SchemaAnalysis,
@@ -200,36 +219,62 @@ impl Actor for Orchestrator {
                     code: args.tools.code.clone(),
                 },
             ),
-            planning: team.add(AgentName::Planning, PlanningAgent, PlanningArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() }),
+            planning: team.add(
+                AgentName::Planning,
+                PlanningAgent,
+                PlanningArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() },
+            ),
             mapping: team.add(
                 AgentName::DataMapping,
                 DataMappingAgent,
-                DataMappingArgs { ctx: ctx.clone(), llm: args.tools.llm.clone(), rows: for_mapping },
+                DataMappingArgs {
+                    ctx: ctx.clone(),
+                    llm: args.tools.llm.clone(),
+                    rows: for_mapping,
+                },
             ),
             execution: team.add(
                 AgentName::Execution,
                 ExecutionAgent,
-                ExecutionArgs { ctx: ctx.clone(), source_rows: for_execution, target: args.tools.target_writer.clone() },
+                ExecutionArgs {
+                    ctx: ctx.clone(),
+                    source_rows: for_execution,
+                    target: args.tools.target_writer.clone(),
+                },
             ),
             validation: team.add(
                 AgentName::Validation,
                 ValidationAgent,
-                ValidationArgs { ctx: ctx.clone(), source_rows: for_validation, target: args.tools.target_writer },
+                ValidationArgs {
+                    ctx: ctx.clone(),
+                    source_rows: for_validation,
+                    target: args.tools.target_writer,
+                },
             ),
-            guidance: team.add(AgentName::Guidance, GuidanceAgent, GuidanceArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() }),
+            guidance: team.add(
+                AgentName::Guidance,
+                GuidanceAgent,
+                GuidanceArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() },
+            ),
         };
         team.start(&myself.get_cell()).await?;
         ctx.decision(
             ME,
             "started the team of six agents",
             format!(
-                "each agent is linked to the orchestrator, which restarts one that fails up to {} times within {}s before the run gives up on it",
+                "each agent is linked to the orchestrator, which restarts one that fails up to {} \
+                    times within {}s before the run gives up on it",
                 args.policy.max_restarts,
                 args.policy.window.as_secs()
             ),
             AgentName::TEAM,
         );
-        Ok(OrchestratorState { team, agents, courier: Courier::new(ctx, ME), scripted: all_scripted })
+        Ok(OrchestratorState {
+            team,
+            agents,
+            courier: Courier::new(ctx, ME),
+            scripted: all_scripted,
+        })
     }
 
     async fn handle(
@@ -277,7 +322,9 @@ impl Actor for Orchestrator {
             }
             OrchestratorMsg::Map(env, reply) => {
                 tokio::spawn(async move {
-                    let _ = reply.send(map_phase(&courier, &agents, &env.body, true).await.map(|(_, _, m)| m));
+                    let _ = reply.send(
+                        map_phase(&courier, &agents, &env.body, true).await.map(|(_, _, m)| m),
+                    );
                 });
             }
         }
@@ -294,7 +341,11 @@ impl Actor for Orchestrator {
         Ok(())
     }
 
-    async fn post_stop(&self, myself: ActorRef<OrchestratorMsg>, state: &mut OrchestratorState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        myself: ActorRef<OrchestratorMsg>,
+        state: &mut OrchestratorState,
+    ) -> Result<(), ActorProcessingErr> {
         myself.stop_children_and_wait(None, Some(std::time::Duration::from_secs(10))).await;
         futures::future::join_all(state.scripted.iter().map(|s| s.close())).await;
         Ok(())
@@ -306,7 +357,11 @@ fn answer<T>(r: Result<Result<T, AgentError>, CallError>) -> Result<T, AgentErro
     r.map_err(|e| AgentError::new(ME, e.to_string()))?
 }
 
-async fn analyze(courier: &Courier, agents: &Agents, request: AnalyzeRequest) -> Result<SchemaReport, AgentError> {
+async fn analyze(
+    courier: &Courier,
+    agents: &Agents,
+    request: AnalyzeRequest,
+) -> Result<SchemaReport, AgentError> {
     answer(courier.ask(&agents.schema, "analyze", request, SchemaMsg::Analyze).await)
 }
 
@@ -323,24 +378,49 @@ pub struct ProfileGoal {
 /// Finds the table, gets the code (given, or the guidance agent's model writes it), and has the
 /// schema analysis agent run it on sample rows. Returns the source report too, whose column
 /// statistics are the built-in profile.
-async fn profile_phase(courier: &Courier, agents: &Agents, goal: ProfileGoal) -> Result<(Profile, SchemaReport), AgentError> {
-    let source = analyze(courier, agents, AnalyzeRequest { side: DbRole::Source, exact_counts: false }).await?;
+async fn profile_phase(
+    courier: &Courier,
+    agents: &Agents,
+    goal: ProfileGoal,
+) -> Result<(Profile, SchemaReport), AgentError> {
+    let source =
+        analyze(courier, agents, AnalyzeRequest { side: DbRole::Source, exact_counts: false })
+            .await?;
     let wanted = goal.table.trim();
-    let table = source.tables.iter().find(|t| t.name.name == wanted || t.name.to_string() == wanted).ok_or_else(|| {
-        let names: Vec<&str> = source.tables.iter().map(|t| t.name.name.as_str()).collect();
-        AgentError::new(ME, format!("the source has no table `{wanted}`; it has: {}", names.join(", ")))
-    })?;
+    let table = source
+        .tables
+        .iter()
+        .find(|t| t.name.name == wanted || t.name.to_string() == wanted)
+        .ok_or_else(|| {
+            let names: Vec<&str> = source.tables.iter().map(|t| t.name.name.as_str()).collect();
+            AgentError::new(
+                ME,
+                format!("the source has no table `{wanted}`; it has: {}", names.join(", ")),
+            )
+        })?;
     let columns: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
     let code = match (goal.code, goal.question) {
         (Some(code), _) => Some(code),
         (None, Some(question)) => {
-            let body = CodeQuestion { question, table: table.name.clone(), columns: columns.clone(), sample: goal.sample };
+            let body = CodeQuestion {
+                question,
+                table: table.name.clone(),
+                columns: columns.clone(),
+                sample: goal.sample,
+            };
             answer(courier.ask(&agents.guidance, "write code", body, GuidanceMsg::WriteCode).await)?
         }
         (None, None) => None,
     };
-    let request = ProfileRequest { table: table.name.clone(), columns, key: table.primary_key.clone(), sample: goal.sample, code };
-    let profile = answer(courier.ask(&agents.schema, "profile", request, SchemaMsg::Profile).await)?;
+    let request = ProfileRequest {
+        table: table.name.clone(),
+        columns,
+        key: table.primary_key.clone(),
+        sample: goal.sample,
+        code,
+    };
+    let profile =
+        answer(courier.ask(&agents.schema, "profile", request, SchemaMsg::Profile).await)?;
     Ok((profile, source))
 }
 
@@ -354,11 +434,15 @@ async fn map_phase(
 ) -> Result<(SchemaReport, SchemaReport, MappingSet), AgentError> {
     let ctx = courier.ctx();
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "analyze".into() });
-    let source = analyze(courier, agents, AnalyzeRequest { side: DbRole::Source, exact_counts: false }).await?;
+    let source =
+        analyze(courier, agents, AnalyzeRequest { side: DbRole::Source, exact_counts: false })
+            .await?;
     // The references the mapping file declares are foreign keys from here on.
     let source = crate::data_mapping::declare_references(&source, &goal.mapping)
         .map_err(|p| crate::data_mapping::problems_error(&goal.mapping_origin, &p))?;
-    let target = analyze(courier, agents, AnalyzeRequest { side: DbRole::Target, exact_counts: false }).await?;
+    let target =
+        analyze(courier, agents, AnalyzeRequest { side: DbRole::Target, exact_counts: false })
+            .await?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "map".into() });
     let request = MapRequest {
         source: source.clone(),
@@ -371,7 +455,12 @@ async fn map_phase(
     Ok((source, target, mappings))
 }
 
-fn plan_request(goal: PlanGoal, source: SchemaReport, target: &SchemaReport, mappings: &MappingSet) -> PlanRequest {
+fn plan_request(
+    goal: PlanGoal,
+    source: SchemaReport,
+    target: &SchemaReport,
+    mappings: &MappingSet,
+) -> PlanRequest {
     PlanRequest {
         goal: goal.goal,
         only: goal.only,
@@ -382,7 +471,11 @@ fn plan_request(goal: PlanGoal, source: SchemaReport, target: &SchemaReport, map
     }
 }
 
-async fn plan_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Result<PlanOutcome, AgentError> {
+async fn plan_phase(
+    courier: &Courier,
+    agents: &Agents,
+    goal: PlanGoal,
+) -> Result<PlanOutcome, AgentError> {
     let ctx = courier.ctx();
     let (source, target, mappings) = map_phase(courier, agents, &goal, true).await?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "plan".into() });
@@ -392,49 +485,80 @@ async fn plan_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Resul
     let order: Vec<TableName> = plan.entities().map(|e| e.table.clone()).collect();
     let target_report = target.clone();
     let request = ForecastRequest { order, mappings: mappings.clone(), target };
-    let forecasts = answer(courier.ask(&agents.schema, "forecast", request, |e, p| SchemaMsg::Forecast(Box::new(e), p)).await)?;
-    let plan = answer(courier.ask(&agents.planning, "assess", AssessRequest { plan, forecasts }, PlanningMsg::Assess).await)?;
+    let forecasts = answer(
+        courier
+            .ask(&agents.schema, "forecast", request, |e, p| SchemaMsg::Forecast(Box::new(e), p))
+            .await,
+    )?;
+    let plan = answer(
+        courier
+            .ask(&agents.planning, "assess", AssessRequest { plan, forecasts }, PlanningMsg::Assess)
+            .await,
+    )?;
     let unsettled = crate::planning::unsettled_cycles(&plan, &mappings);
     if !unsettled.is_empty() {
         return Err(AgentError::new(ME, unsettled.join("; ")));
     }
-    let explanation = answer(courier.ask(&agents.guidance, "explain the plan", plan.clone(), GuidanceMsg::ExplainPlan).await)?;
+    let explanation = answer(
+        courier
+            .ask(&agents.guidance, "explain the plan", plan.clone(), GuidanceMsg::ExplainPlan)
+            .await,
+    )?;
     let hash = plan.hash();
     ctx.decision(
         ME,
         format!("plan {} is ready for approval", &hash[..12]),
-        "an approval is tied to this hash: if the plan changes before it runs, the approval no longer applies",
+        "an approval is tied to this hash: if the plan changes before it runs, the approval no \
+            longer applies",
         serde_json::json!({"hash": hash}),
     );
     Ok(PlanOutcome { plan, mappings, target: target_report, hash, explanation })
 }
 
 /// Migrates the plan's entities, each once its parents are loaded, then validates each.
-async fn execute_phase(courier: &Courier, agents: &Agents, req: ExecuteRequest) -> Result<Vec<EntityResult>, AgentError> {
+async fn execute_phase(
+    courier: &Courier,
+    agents: &Agents,
+    req: ExecuteRequest,
+) -> Result<Vec<EntityResult>, AgentError> {
     let ctx = courier.ctx();
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "execute".into() });
     let jobs = req.jobs.clamp(1, 8);
     let order: Vec<&PlannedEntity> = req.plan.entities().collect();
-    let tables: Vec<TableName> = order.iter().filter_map(|e| req.mappings.spec(&e.table).map(|s| s.target.clone())).collect();
+    let tables: Vec<TableName> = order
+        .iter()
+        .filter_map(|e| req.mappings.spec(&e.table).map(|s| s.target.clone()))
+        .collect();
     // Before any change: what the load must be allowed to do, all of it at once.
     let body = Constraints { tables: tables.clone(), suspend: req.suspend_constraints };
-    answer(courier.ask(&agents.execution, "check privileges", body, ExecutionMsg::Preflight).await)?;
+    answer(
+        courier.ask(&agents.execution, "check privileges", body, ExecutionMsg::Preflight).await,
+    )?;
     // Set aside before any load and put back after the last, so no constraint DDL ever waits
     // for a batch or makes one wait.
     if req.suspend_constraints {
         let body = Constraints { tables: tables.clone(), suspend: true };
-        answer(courier.ask(&agents.execution, "set aside constraints", body, ExecutionMsg::Constraints).await)?;
+        answer(
+            courier
+                .ask(&agents.execution, "set aside constraints", body, ExecutionMsg::Constraints)
+                .await,
+        )?;
     }
     let loaded = migrate_all(courier, agents, &req, &order, jobs).await;
     // Put back what is set aside also when the migration failed: the rows in are valid. (If
     // the target is gone, the record stays for the resumed run or a rollback.)
     let body = Constraints { tables, suspend: false };
-    let restored = answer(courier.ask(&agents.execution, "put back constraints", body, ExecutionMsg::Constraints).await);
+    let restored = answer(
+        courier
+            .ask(&agents.execution, "put back constraints", body, ExecutionMsg::Constraints)
+            .await,
+    );
     let mut results = loaded?;
     restored?;
     // Report in plan order, whatever order they finished in.
     results.sort_by_key(|r| order.iter().position(|e| Some(&e.table) == r.source.as_ref()));
-    let (migrated, rejected): (i64, i64) = results.iter().fold((0, 0), |(m, r), e| (m + e.migrated, r + e.rejected));
+    let (migrated, rejected): (i64, i64) =
+        results.iter().fold((0, 0), |(m, r), e| (m + e.migrated, r + e.rejected));
     ctx.decision(
         ME,
         format!("migrated {} entities: {migrated} rows in, {rejected} rejected", results.len()),
@@ -453,7 +577,8 @@ async fn migrate_all(
     order: &[&PlannedEntity],
     jobs: usize,
 ) -> Result<Vec<EntityResult>, AgentError> {
-    let wave_of = |t: &TableName| req.plan.waves.iter().position(|w| w.iter().any(|e| &e.table == t));
+    let wave_of =
+        |t: &TableName| req.plan.waves.iter().position(|w| w.iter().any(|e| &e.table == t));
     let deps: Vec<Vec<usize>> = order
         .iter()
         .map(|e| {
@@ -465,14 +590,21 @@ async fn migrate_all(
                     s.columns
                         .iter()
                         .filter_map(|c| match &c.feed {
-                            runtime::mapping::Feed::Reference { parent, .. } => Some(parent.clone()),
+                            runtime::mapping::Feed::Reference { parent, .. } => {
+                                Some(parent.clone())
+                            }
                             _ => None,
                         })
                         .collect()
                 })
                 .unwrap_or_default();
             // A reference to a later wave is one the planner broke a cycle at (filled later).
-            order.iter().enumerate().filter(|(_, p)| parents.contains(&p.table) && wave_of(&p.table) < own).map(|(i, _)| i).collect()
+            order
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| parents.contains(&p.table) && wave_of(&p.table) < own)
+                .map(|(i, _)| i)
+                .collect()
         })
         .collect();
     let mut started = vec![false; order.len()];
@@ -481,13 +613,23 @@ async fn migrate_all(
     let mut results = Vec::with_capacity(order.len());
     loop {
         while running.len() < jobs {
-            let Some(i) = (0..order.len()).find(|&i| !started[i] && deps[i].iter().all(|&d| done[d])) else { break };
+            let Some(i) =
+                (0..order.len()).find(|&i| !started[i] && deps[i].iter().all(|&d| done[d]))
+            else {
+                break;
+            };
             started[i] = true;
-            let body =
-                MigrateEntity { constraints_suspended: req.suspend_constraints, ..entity_request(&req.mappings, &req.target, order[i])? };
+            let body = MigrateEntity {
+                constraints_suspended: req.suspend_constraints,
+                ..entity_request(&req.mappings, &req.target, order[i])?
+            };
             // An entity whose reference waits for a later parent is proven once that parent is
             // in (below), not before: until then its references point at nothing yet.
-            let (courier, agents, validate) = (courier.clone(), agents.clone(), req.validate && body.entity.later_parents.is_empty());
+            let (courier, agents, validate) = (
+                courier.clone(),
+                agents.clone(),
+                req.validate && body.entity.later_parents.is_empty(),
+            );
             running.spawn(async move {
                 let asked = courier.ask_within(
                     &agents.execution,
@@ -505,17 +647,23 @@ async fn migrate_all(
             });
         }
         let Some(finished) = running.join_next().await else { break };
-        let (i, result) = finished.map_err(|e| AgentError::new(ME, format!("an entity's migration stopped: {e}")))??;
+        let (i, result) = finished
+            .map_err(|e| AgentError::new(ME, format!("an entity's migration stopped: {e}")))??;
         done[i] = true;
         results.push(result);
     }
     if req.validate {
         for result in &mut results {
-            let Some(entity) = order.iter().find(|e| Some(&e.table) == result.source.as_ref() && !e.later_parents.is_empty()) else {
+            let Some(entity) = order
+                .iter()
+                .find(|e| Some(&e.table) == result.source.as_ref() && !e.later_parents.is_empty())
+            else {
                 continue;
             };
-            let body =
-                MigrateEntity { constraints_suspended: req.suspend_constraints, ..entity_request(&req.mappings, &req.target, entity)? };
+            let body = MigrateEntity {
+                constraints_suspended: req.suspend_constraints,
+                ..entity_request(&req.mappings, &req.target, entity)?
+            };
             result.validation = Some(validate_entity(courier, agents, body).await?);
         }
     }
@@ -523,13 +671,21 @@ async fn migrate_all(
 }
 
 /// What the execution and validation agents need to know of one planned entity.
-fn entity_request(mappings: &MappingSet, target: &SchemaReport, entity: &PlannedEntity) -> Result<MigrateEntity, AgentError> {
-    let spec = mappings.spec(&entity.table).ok_or_else(|| AgentError::new(ME, format!("{} has no mapping", entity.table)))?;
+fn entity_request(
+    mappings: &MappingSet,
+    target: &SchemaReport,
+    entity: &PlannedEntity,
+) -> Result<MigrateEntity, AgentError> {
+    let spec = mappings
+        .spec(&entity.table)
+        .ok_or_else(|| AgentError::new(ME, format!("{} has no mapping", entity.table)))?;
     let parents: Vec<(TableName, TableName)> = spec
         .columns
         .iter()
         .filter_map(|c| match &c.feed {
-            runtime::mapping::Feed::Reference { parent, .. } => mappings.spec(parent).map(|p| (parent.clone(), p.target.clone())),
+            runtime::mapping::Feed::Reference { parent, .. } => {
+                mappings.spec(parent).map(|p| (parent.clone(), p.target.clone()))
+            }
             _ => None,
         })
         .collect();
@@ -544,7 +700,11 @@ fn entity_request(mappings: &MappingSet, target: &SchemaReport, entity: &Planned
 }
 
 /// The goal's entities in dependency order, without a forecast.
-async fn scope(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Result<(MigrationPlan, MappingSet, SchemaReport), AgentError> {
+async fn scope(
+    courier: &Courier,
+    agents: &Agents,
+    goal: PlanGoal,
+) -> Result<(MigrationPlan, MappingSet, SchemaReport), AgentError> {
     let (source, target, mappings) = map_phase(courier, agents, &goal, false).await?;
     let request = plan_request(goal, source, &target, &mappings);
     let plan = answer(courier.ask(&agents.planning, "plan", request, PlanningMsg::Plan).await)?;
@@ -552,23 +712,45 @@ async fn scope(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Result<(Mi
 }
 
 /// Rolls the goal's entities back, children first.
-async fn rollback_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Result<Vec<RolledBack>, AgentError> {
+async fn rollback_phase(
+    courier: &Courier,
+    agents: &Agents,
+    goal: PlanGoal,
+) -> Result<Vec<RolledBack>, AgentError> {
     let ctx = courier.ctx();
     let (plan, mappings, _) = scope(courier, agents, goal).await?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "rollback".into() });
-    let entities: Vec<(TableName, TableName)> =
-        plan.rollback_order().into_iter().filter_map(|t| mappings.spec(t).map(|s| (t.clone(), s.target.clone()))).collect();
+    let entities: Vec<(TableName, TableName)> = plan
+        .rollback_order()
+        .into_iter()
+        .filter_map(|t| mappings.spec(t).map(|s| (t.clone(), s.target.clone())))
+        .collect();
     let body = Rollback { entities, keys: mappings.keys };
-    answer(courier.ask_within(&agents.execution, "roll back", body, ExecutionMsg::Rollback, ENTITY_TIMEOUT).await)
+    answer(
+        courier
+            .ask_within(
+                &agents.execution,
+                "roll back",
+                body,
+                ExecutionMsg::Rollback,
+                ENTITY_TIMEOUT,
+            )
+            .await,
+    )
 }
 
 /// Validates what is in the target for the goal's entities, up to four at once.
-async fn validate_phase(courier: &Courier, agents: &Agents, goal: PlanGoal) -> Result<Vec<EntityValidation>, AgentError> {
+async fn validate_phase(
+    courier: &Courier,
+    agents: &Agents,
+    goal: PlanGoal,
+) -> Result<Vec<EntityValidation>, AgentError> {
     let ctx = courier.ctx();
     let (plan, mappings, target) = scope(courier, agents, goal).await?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "validate".into() });
     let order: Vec<&PlannedEntity> = plan.entities().collect();
-    let requests: Vec<MigrateEntity> = order.iter().map(|e| entity_request(&mappings, &target, e)).collect::<Result<_, _>>()?;
+    let requests: Vec<MigrateEntity> =
+        order.iter().map(|e| entity_request(&mappings, &target, e)).collect::<Result<_, _>>()?;
     let validate = |body: MigrateEntity| {
         let (courier, agents) = (courier.clone(), agents.clone());
         async move { validate_entity(&courier, &agents, body).await }
@@ -606,19 +788,29 @@ where
 
 /// Analyses the goal's entities (two at once) or, to apply, each right before its writes:
 /// inserts and updates parents first, then deletes children first.
-async fn diff_phase(courier: &Courier, agents: &Agents, goal: DiffGoal) -> Result<DiffReport, AgentError> {
+async fn diff_phase(
+    courier: &Courier,
+    agents: &Agents,
+    goal: DiffGoal,
+) -> Result<DiffReport, AgentError> {
     let ctx = courier.ctx();
     let (plan, mappings, target) = scope(courier, agents, goal.goal).await?;
     let order: Vec<&PlannedEntity> = plan.entities().collect();
-    let requests: Vec<MigrateEntity> = order.iter().map(|e| entity_request(&mappings, &target, e)).collect::<Result<_, _>>()?;
+    let requests: Vec<MigrateEntity> =
+        order.iter().map(|e| entity_request(&mappings, &target, e)).collect::<Result<_, _>>()?;
     let mut report = DiffReport::default();
     let full = goal.full;
     let analyze_one = |entity: MigrateEntity| {
         let (courier, agents) = (courier.clone(), agents.clone());
         async move {
             let body = DiffEntity { entity, full };
-            let asked =
-                courier.ask_within(&agents.validation, "analyse changes", body, |e, p| ValidationMsg::Diff(Box::new(e), p), ENTITY_TIMEOUT);
+            let asked = courier.ask_within(
+                &agents.validation,
+                "analyse changes",
+                body,
+                |e, p| ValidationMsg::Diff(Box::new(e), p),
+                ENTITY_TIMEOUT,
+            );
             answer(asked.await)
         }
     };
@@ -645,7 +837,8 @@ async fn diff_phase(courier: &Courier, agents: &Agents, goal: DiffGoal) -> Resul
     // Each entity is analysed (when asked, or when nothing is pending) right before its writes,
     // after its parents': a child rejected earlier for a missing parent sees the parent arrive.
     for body in &requests {
-        let mut applied = if goal.analyze { None } else { apply(body.clone(), Pass::Writes).await? };
+        let mut applied =
+            if goal.analyze { None } else { apply(body.clone(), Pass::Writes).await? };
         if applied.is_none() {
             report.analyses.push(analyze_one(body.clone()).await?);
             applied = apply(body.clone(), Pass::Writes).await?;
@@ -663,7 +856,8 @@ async fn diff_phase(courier: &Courier, agents: &Agents, goal: DiffGoal) -> Resul
     ctx.decision(
         ME,
         format!(
-            "applied the changes of {} entities: {} inserted, {} updated, {} deleted, {} conflicts, {} held, {} rejected",
+            "applied the changes of {} entities: {} inserted, {} updated, {} deleted, {} \
+                conflicts, {} held, {} rejected",
             report.applied.len(),
             total.inserted,
             total.updated,
@@ -672,14 +866,25 @@ async fn diff_phase(courier: &Courier, agents: &Agents, goal: DiffGoal) -> Resul
             total.held,
             total.rejected
         ),
-        "inserts and updates parents first, deletes children first; each batch in one transaction with its outcomes",
+        "inserts and updates parents first, deletes children first; each batch in one transaction \
+            with its outcomes",
         &report,
     );
     Ok(report)
 }
 
-async fn validate_entity(courier: &Courier, agents: &Agents, body: MigrateEntity) -> Result<EntityValidation, AgentError> {
-    let asked = courier.ask_within(&agents.validation, "validate", body, |e, p| ValidationMsg::Validate(Box::new(e), p), ENTITY_TIMEOUT);
+async fn validate_entity(
+    courier: &Courier,
+    agents: &Agents,
+    body: MigrateEntity,
+) -> Result<EntityValidation, AgentError> {
+    let asked = courier.ask_within(
+        &agents.validation,
+        "validate",
+        body,
+        |e, p| ValidationMsg::Validate(Box::new(e), p),
+        ENTITY_TIMEOUT,
+    );
     answer(asked.await)
 }
 

@@ -8,7 +8,9 @@
 use std::sync::Arc;
 
 use runtime::context::RunContext;
-use runtime::domain::{key_parts, legacy_key, Expected, PlannedEntity, Scan, SchemaReport, TableName};
+use runtime::domain::{
+    key_parts, legacy_key, Expected, PlannedEntity, Scan, SchemaReport, TableName,
+};
 use runtime::error::ToolError;
 use runtime::mapping::{KeyDeriver, MappingSpec};
 use runtime::ports::{Rows, Target};
@@ -65,9 +67,17 @@ pub struct Prepared {
 
 /// Sets up the mapper of an entity the way its migration uses it: references to parent rows
 /// that were in the target before agentctl use the UUIDs those rows have.
-pub async fn prepare(ctx: &RunContext, agent: AgentName, target: &dyn Target, req: &MigrateEntity) -> Result<Prepared, ToolError> {
+pub async fn prepare(
+    ctx: &RunContext,
+    agent: AgentName,
+    target: &dyn Target,
+    req: &MigrateEntity,
+) -> Result<Prepared, ToolError> {
     let spec = &req.spec;
-    let table = req.target.table(&spec.target).ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
+    let table = req
+        .target
+        .table(&spec.target)
+        .ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
     let mut mapper = RowMapper::new(spec, table, &req.target, req.keys)?;
     for (parent_source, parent_target) in &req.parents {
         let deriver = KeyDeriver::new(req.keys.layout, req.keys.namespace, parent_source);
@@ -80,8 +90,13 @@ pub async fn prepare(ctx: &RunContext, agent: AgentName, target: &dyn Target, re
         if !kept.is_empty() {
             ctx.decision(
                 agent,
-                format!("{}: {} rows of {parent_target} keep the UUIDs they had", spec.target.name, kept.len()),
-                "they were in the target before agentctl, matched by legacy_id; references to them use their UUIDs",
+                format!(
+                    "{}: {} rows of {parent_target} keep the UUIDs they had",
+                    spec.target.name,
+                    kept.len()
+                ),
+                "they were in the target before agentctl, matched by legacy_id; references to \
+                    them use their UUIDs",
                 serde_json::json!({"parent": parent_target, "rows": kept.len()}),
             );
         }
@@ -90,7 +105,12 @@ pub async fn prepare(ctx: &RunContext, agent: AgentName, target: &dyn Target, re
     let out_cols: Vec<(String, String)> = mapper
         .target_columns()
         .iter()
-        .map(|c| (c.to_string(), table.column(c).map(|col| col.data_type.clone()).unwrap_or_else(|| "text".into())))
+        .map(|c| {
+            (
+                c.to_string(),
+                table.column(c).map(|col| col.data_type.clone()).unwrap_or_else(|| "text".into()),
+            )
+        })
         .collect();
     let id_col = out_cols
         .iter()
@@ -105,7 +125,10 @@ pub async fn prepare(ctx: &RunContext, agent: AgentName, target: &dyn Target, re
         if r.parent == spec.source {
             deferred_cols.push(r.column);
             self_refs_checked &= table.foreign_keys.iter().any(|fk| {
-                fk.columns == [r.target_column.clone()] && fk.references == spec.target && fk.referenced_columns == ["id"] && fk.validated
+                fk.columns == [r.target_column.clone()]
+                    && fk.references == spec.target
+                    && fk.referenced_columns == ["id"]
+                    && fk.validated
             });
             continue;
         }
@@ -116,8 +139,16 @@ pub async fn prepare(ctx: &RunContext, agent: AgentName, target: &dyn Target, re
         }
         // The parent's target by the mappings, which stay true while the target's foreign keys
         // are set aside (a resumed run analyzes the target without them); else by the catalog.
-        let mapped = req.parents.iter().find(|(source, _)| *source == r.parent).map(|(_, target)| target.clone());
-        let fk_target = table.foreign_keys.iter().find(|fk| fk.columns == [r.target_column.clone()]).map(|fk| fk.references.clone());
+        let mapped = req
+            .parents
+            .iter()
+            .find(|(source, _)| *source == r.parent)
+            .map(|(_, target)| target.clone());
+        let fk_target = table
+            .foreign_keys
+            .iter()
+            .find(|fk| fk.columns == [r.target_column.clone()])
+            .map(|fk| fk.references.clone());
         if let Some(p) = mapped.or(fk_target) {
             references.push((r.column, p));
         }
@@ -127,7 +158,8 @@ pub async fn prepare(ctx: &RunContext, agent: AgentName, target: &dyn Target, re
 
 /// Runs `work` on an entity in a worker task of its own, again (after 2, 4, 8 s) when it
 /// failed or panicked, up to [`ENTITY_RESTARTS`] times, unless the error's kind says
-/// restarting cannot mend it ([`runtime::error::ErrorKind::worth_restarting`]). Returns the result and how many restarts it took; each restart is a decision
+/// restarting cannot mend it ([`runtime::error::ErrorKind::worth_restarting`]). Returns the result
+/// and how many restarts it took; each restart is a decision
 /// in the trail. The work must be safe to repeat (it resumes from what is committed).
 pub async fn restarting<T, F, Fut>(
     ctx: &Arc<RunContext>,
@@ -146,7 +178,10 @@ where
     loop {
         attempt += 1;
         let worker = tokio::spawn(work(ctx.clone(), req.clone()));
-        let error = match worker.await.unwrap_or_else(|e| Err(ToolError::system(format!("its worker crashed: {e}")))) {
+        let error = match worker
+            .await
+            .unwrap_or_else(|e| Err(ToolError::system(format!("its worker crashed: {e}"))))
+        {
             Ok(value) => return Ok((value, attempt - 1)),
             Err(e) if attempt > ENTITY_RESTARTS || !e.kind.worth_restarting() => return Err(e),
             Err(e) => e,
@@ -170,13 +205,16 @@ pub fn read_ahead(
     page_size: usize,
 ) -> (tokio::sync::mpsc::Receiver<Result<TextRows, ToolError>>, tokio::task::JoinHandle<()>) {
     let mut scan = Scan { limit: Some(page_size), ..scan };
-    let key_idx: Vec<usize> = scan.key.iter().filter_map(|k| scan.columns.iter().position(|c| c == k)).collect();
+    let key_idx: Vec<usize> =
+        scan.key.iter().filter_map(|k| scan.columns.iter().position(|c| c == k)).collect();
     let (pages_tx, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
     let reader = tokio::spawn(async move {
         loop {
             let page = rows.page(&scan, page_size).await;
             let next: Option<Vec<String>> = match &page {
-                Ok(p) if p.len() == page_size && page_size > 0 => Some(key_parts(p, page_size - 1, &key_idx)),
+                Ok(p) if p.len() == page_size && page_size > 0 => {
+                    Some(key_parts(p, page_size - 1, &key_idx))
+                }
                 _ => None,
             };
             let last = next.is_none();
@@ -211,12 +249,18 @@ impl<T: Send + 'static> InPageOrder<T> {
             return Ok(None);
         }
         match self.running.pop_front() {
-            Some(oldest) => oldest.await.map_err(|e| ToolError::system(format!("a comparison stopped: {e}")))?.map(Some),
+            Some(oldest) => oldest
+                .await
+                .map_err(|e| ToolError::system(format!("a comparison stopped: {e}")))?
+                .map(Some),
             None => Ok(None),
         }
     }
 
-    pub(crate) fn start(&mut self, compare: impl std::future::Future<Output = Result<T, ToolError>> + Send + 'static) {
+    pub(crate) fn start(
+        &mut self,
+        compare: impl std::future::Future<Output = Result<T, ToolError>> + Send + 'static,
+    ) {
         self.running.push_back(tokio::spawn(compare));
     }
 }
@@ -228,7 +272,9 @@ pub fn synced_columns(out_cols: &[(String, String)], id_col: usize) -> Vec<usize
 
 /// Whether the entity's target table has a `deleted_at` column for soft deletes.
 pub fn soft_delete(req: &MigrateEntity) -> bool {
-    req.target.table(&req.spec.target).is_some_and(|t| t.columns.iter().any(|c| c.name == "deleted_at"))
+    req.target
+        .table(&req.spec.target)
+        .is_some_and(|t| t.columns.iter().any(|c| c.name == "deleted_at"))
 }
 
 /// The expected target rows of a page of source rows; with `reasons`, why each row the

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
-use runtime::domain::{Forecast, Inclusion, LeftOut, MigrationPlan, PlannedEntity, SchemaReport, Table, TableName};
+use runtime::domain::{
+    Forecast, Inclusion, LeftOut, MigrationPlan, PlannedEntity, SchemaReport, Table, TableName,
+};
 use runtime::envelope::{AgentError, Envelope};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
@@ -71,7 +73,11 @@ pub struct GoalReading {
 impl GoalReading {
     /// The goal in the resolver's words.
     pub fn goal(&self) -> String {
-        let base = if self.everything || self.tables.is_empty() { "everything".to_owned() } else { self.tables.join(", ") };
+        let base = if self.everything || self.tables.is_empty() {
+            "everything".to_owned()
+        } else {
+            self.tables.join(", ")
+        };
         if self.except.is_empty() {
             base
         } else {
@@ -90,29 +96,51 @@ async fn plan_with_llm(
     first: PlanError,
 ) -> Result<MigrationPlan, PlanError> {
     let entities: Vec<String> = req.mappings.specs.iter().map(|s| s.source.name.clone()).collect();
-    let Ok(system) = prompts::fill(prompts::GOAL, &[("entities", &entities.join(", "))]) else { return Err(first) };
-    let reading =
-        match crate::llm::ask_typed::<GoalReading>(ctx, llm, ME, "plan_request", "The tables the goal names", &system, &req.goal).await {
-            Ok(r) => r,
-            Err(why) => {
-                ctx.decision(ME, format!("read \"{}\" without the model", req.goal), format!("the model failed: {why}"), &req.goal);
-                return Err(first);
-            }
-        };
+    let Ok(system) = prompts::fill(prompts::GOAL, &[("entities", &entities.join(", "))]) else {
+        return Err(first);
+    };
+    let reading = match crate::llm::ask_typed::<GoalReading>(
+        ctx,
+        llm,
+        ME,
+        "plan_request",
+        "The tables the goal names",
+        &system,
+        &req.goal,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(why) => {
+            ctx.decision(
+                ME,
+                format!("read \"{}\" without the model", req.goal),
+                format!("the model failed: {why}"),
+                &req.goal,
+            );
+            return Err(first);
+        }
+    };
     let goal = reading.goal();
     match plan(&goal, req.only || reading.only, &req.source, Some(&req.mappings), req.batch_size) {
         Ok(mut p) => {
             ctx.decision(
                 ME,
                 format!("read \"{}\" as \"{goal}\"", req.goal),
-                "the model's reading of the free-text goal, checked by the planner: every table exists and the order respects the references",
+                "the model's reading of the free-text goal, checked by the planner: every table \
+                    exists and the order respects the references",
                 &reading,
             );
             p.rationale.insert(0, format!("The goal \"{}\" was read as \"{goal}\".", req.goal));
             Ok(p)
         }
         Err(e) => {
-            ctx.decision(ME, format!("rejected the model's reading \"{goal}\" of \"{}\"", req.goal), e.to_string(), &reading);
+            ctx.decision(
+                ME,
+                format!("rejected the model's reading \"{goal}\" of \"{}\"", req.goal),
+                e.to_string(),
+                &reading,
+            );
             Err(first)
         }
     }
@@ -123,23 +151,39 @@ impl Actor for PlanningAgent {
     type State = PlanningArgs;
     type Arguments = PlanningArgs;
 
-    async fn pre_start(&self, _: ActorRef<PlanningMsg>, args: PlanningArgs) -> Result<PlanningArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<PlanningMsg>,
+        args: PlanningArgs,
+    ) -> Result<PlanningArgs, ActorProcessingErr> {
         Ok(args)
     }
 
-    async fn handle(&self, _: ActorRef<PlanningMsg>, msg: PlanningMsg, state: &mut PlanningArgs) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<PlanningMsg>,
+        msg: PlanningMsg,
+        state: &mut PlanningArgs,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             PlanningMsg::Assess(env, reply) => {
                 let plan = assess(env.body.plan, &env.body.forecasts);
                 let risky: Vec<String> = plan
                     .entities()
                     .filter_map(|e| {
-                        e.forecast.as_ref().filter(|f| f.reject > 0).map(|f| format!("{}: {} of {}", e.table, f.reject, f.rows))
+                        e.forecast
+                            .as_ref()
+                            .filter(|f| f.reject > 0)
+                            .map(|f| format!("{}: {} of {}", e.table, f.reject, f.rows))
                     })
                     .collect();
                 state.ctx.decision(
                     ME,
-                    format!("assessed the plan: {} rows to migrate, {} to be rejected", plan.expected_migrated(), plan.expected_rejected()),
+                    format!(
+                        "assessed the plan: {} rows to migrate, {} to be rejected",
+                        plan.expected_migrated(),
+                        plan.expected_rejected()
+                    ),
                     if risky.is_empty() {
                         "every source row fits the target".to_owned()
                     } else {
@@ -151,10 +195,18 @@ impl Actor for PlanningAgent {
             }
             PlanningMsg::Plan(env, reply) => {
                 let req = env.body;
-                let result = match (plan(&req.goal, req.only, &req.source, Some(&req.mappings), req.batch_size), &state.llm) {
-                    (Err(e @ (PlanError::Unknown { .. } | PlanError::Empty | PlanError::NothingToMigrate { .. })), Some(llm)) => {
-                        plan_with_llm(&state.ctx, llm.as_ref(), &req, e).await
-                    }
+                let result = match (
+                    plan(&req.goal, req.only, &req.source, Some(&req.mappings), req.batch_size),
+                    &state.llm,
+                ) {
+                    (
+                        Err(
+                            e @ (PlanError::Unknown { .. }
+                            | PlanError::Empty
+                            | PlanError::NothingToMigrate { .. }),
+                        ),
+                        Some(llm),
+                    ) => plan_with_llm(&state.ctx, llm.as_ref(), &req, e).await,
                     (result, _) => result,
                 };
                 let result = result.map(|mut p| {
@@ -175,13 +227,19 @@ impl Actor for PlanningAgent {
                         p.rationale.join(" "),
                         p,
                     ),
-                    Err(e) => state.ctx.decision(ME, format!("could not plan \"{}\"", req.goal), e.to_string(), &req.goal),
+                    Err(e) => state.ctx.decision(
+                        ME,
+                        format!("could not plan \"{}\"", req.goal),
+                        e.to_string(),
+                        &req.goal,
+                    ),
                 }
                 let _ = reply.send(result.map_err(|e| match e {
                     // What the goal says, or what the target lacks: the operator's to change.
-                    PlanError::Empty | PlanError::Unknown { .. } | PlanError::NothingToMigrate { .. } | PlanError::Unmigratable { .. } => {
-                        AgentError::usage(ME, e.to_string())
-                    }
+                    PlanError::Empty
+                    | PlanError::Unknown { .. }
+                    | PlanError::NothingToMigrate { .. }
+                    | PlanError::Unmigratable { .. } => AgentError::usage(ME, e.to_string()),
                     PlanError::Cycle { .. } => AgentError::new(ME, e.to_string()),
                 }));
             }
@@ -196,12 +254,17 @@ pub enum PlanError {
     Empty,
     #[error("no table matches `{word}` in {database}{}", suggest(.suggestions))]
     Unknown { word: String, database: String, suggestions: Vec<String> },
-    #[error("{tables} reference each other in a cycle, and none of those references can be left empty for a second pass")]
+    #[error(
+        "{tables} reference each other in a cycle, and none of those references can be left \
+        empty for a second pass"
+    )]
     Cycle { tables: String },
     #[error("\"{goal}\" names nothing that maps to a target table")]
     NothingToMigrate { goal: String },
     #[error(
-        "nothing can take the rows of {tables}: create the target tables (agentctl schema generate --from-source), map them in the mapping file, or leave them out by name (\"everything except ...\", or `skip` in the mapping file)"
+        "nothing can take the rows of {tables}: create the target tables (agentctl schema \
+            generate --from-source), map them in the mapping file, or leave them out by name \
+            (\"everything except ...\", or `skip` in the mapping file)"
     )]
     Unmigratable { tables: String },
 }
@@ -215,7 +278,8 @@ fn suggest(names: &[String]) -> String {
 }
 
 const VERBS: [&str; 6] = ["migrate", "move", "copy", "transfer", "plan", "bring"];
-const FILLER: [&str; 8] = ["the", "table", "tables", "entity", "entities", "over", "please", "first"];
+const FILLER: [&str; 8] =
+    ["the", "table", "tables", "entity", "entities", "over", "please", "first"];
 const EVERYTHING: [&str; 4] = ["everything", "all", "*", "whole"];
 /// Phrases that ask for the parents too, which is what a plan does unless told `--only`.
 const WITH_DEPS: [&str; 7] = [
@@ -239,15 +303,20 @@ pub struct Goal {
 
 /// The tables a goal names, in the order named: source names, target names (through the
 /// mappings), group names from the mapping file, `everything`, `... except ...`.
-pub fn resolve_goal(goal: &str, report: &SchemaReport, mappings: Option<&MappingSet>) -> Result<Goal, PlanError> {
+pub fn resolve_goal(
+    goal: &str,
+    report: &SchemaReport,
+    mappings: Option<&MappingSet>,
+) -> Result<Goal, PlanError> {
     let mut text = goal.trim().to_lowercase();
     for phrase in WITH_DEPS {
         text = text.replace(phrase, " ");
     }
-    let (include, exclude) = match [" except ", " but not ", " without "].iter().find_map(|sep| text.split_once(sep)) {
-        Some((a, b)) => (a.to_owned(), Some(b.to_owned())),
-        None => (text.clone(), None),
-    };
+    let (include, exclude) =
+        match [" except ", " but not ", " without "].iter().find_map(|sep| text.split_once(sep)) {
+            Some((a, b)) => (a.to_owned(), Some(b.to_owned())),
+            None => (text.clone(), None),
+        };
     let words = |part: &str| -> Vec<String> {
         let w: Vec<String> = part
             .split(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == '&' || c == '+')
@@ -276,27 +345,43 @@ pub fn resolve_goal(goal: &str, report: &SchemaReport, mappings: Option<&Mapping
         Some(e) => names(&words(&e), report, mappings)?,
         None => vec![],
     };
-    Ok(Goal { tables: tables.into_iter().filter(|t| !excluded.contains(t)).collect(), excluded, only })
+    Ok(Goal {
+        tables: tables.into_iter().filter(|t| !excluded.contains(t)).collect(),
+        excluded,
+        only,
+    })
 }
 
-fn names(words: &[String], report: &SchemaReport, mappings: Option<&MappingSet>) -> Result<Vec<TableName>, PlanError> {
+fn names(
+    words: &[String],
+    report: &SchemaReport,
+    mappings: Option<&MappingSet>,
+) -> Result<Vec<TableName>, PlanError> {
     // Entity names may be written as several words ("invoice lines"): try the longest run of
     // words first, joined with underscores, then shorter ones.
     let target_of = |t: &TableName| mappings.and_then(|m| m.spec(t)).map(|s| s.target.name.clone());
     let lookup = |word: &str| -> Option<Vec<TableName>> {
         if let Some(group) = mappings.and_then(|m| m.groups.get(word)) {
-            return Some(group.iter().filter_map(|n| report.find(n)).map(|t| t.name.clone()).collect());
+            return Some(
+                group.iter().filter_map(|n| report.find(n)).map(|t| t.name.clone()).collect(),
+            );
         }
-        let by = |f: &dyn Fn(&Table) -> bool| report.tables.iter().find(|t| f(t)).map(|t| vec![t.name.clone()]);
+        let by = |f: &dyn Fn(&Table) -> bool| {
+            report.tables.iter().find(|t| f(t)).map(|t| vec![t.name.clone()])
+        };
         by(&|t| word == t.name.name || word == format!("{}.{}", t.name.schema, t.name.name))
             .or_else(|| by(&|t| target_of(&t.name).is_some_and(|n| n == word)))
             .or_else(|| by(&|t| entity_key(&t.name.name) == entity_key(word)))
-            .or_else(|| by(&|t| target_of(&t.name).is_some_and(|n| entity_key(&n) == entity_key(word))))
+            .or_else(|| {
+                by(&|t| target_of(&t.name).is_some_and(|n| entity_key(&n) == entity_key(word)))
+            })
     };
     let mut found = Vec::new();
     let mut i = 0;
     while i < words.len() {
-        let longest = (1..=(words.len() - i).min(4)).rev().find_map(|n| lookup(&words[i..i + n].join("_")).map(|t| (t, n)));
+        let longest = (1..=(words.len() - i).min(4))
+            .rev()
+            .find_map(|n| lookup(&words[i..i + n].join("_")).map(|t| (t, n)));
         let (tables, n) = longest.ok_or_else(|| PlanError::Unknown {
             word: words[i].clone(),
             database: report.database.clone(),
@@ -319,8 +404,11 @@ fn closest(word: &str, report: &SchemaReport, mappings: Option<&MappingSet>) -> 
         names.extend(m.specs.iter().map(|s| s.target.name.clone()));
         names.extend(m.groups.keys().cloned());
     }
-    let mut scored: Vec<(usize, String)> =
-        names.into_iter().map(|n| (edit_distance(&key, &entity_key(&n)), n)).filter(|(d, _)| *d <= key.len().max(3) / 2 + 1).collect();
+    let mut scored: Vec<(usize, String)> = names
+        .into_iter()
+        .map(|n| (edit_distance(&key, &entity_key(&n)), n))
+        .filter(|(d, _)| *d <= key.len().max(3) / 2 + 1)
+        .collect();
     scored.sort();
     scored.dedup_by(|a, b| a.1 == b.1);
     scored.into_iter().take(3).map(|(_, n)| n).collect()
@@ -345,25 +433,46 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// partitioning, triggers, CHECK, unique and exclusion rules with no namesake on the target
 /// table, and views and functions with no namesake in the target. Said in the plan, before
 /// anything runs.
-pub fn not_reproduced(plan: &MigrationPlan, source: &SchemaReport, target: &SchemaReport, mappings: &MappingSet) -> Vec<String> {
+pub fn not_reproduced(
+    plan: &MigrationPlan,
+    source: &SchemaReport,
+    target: &SchemaReport,
+    mappings: &MappingSet,
+) -> Vec<String> {
     let mut out = Vec::new();
     for e in plan.entities() {
-        let (Some(s), Some(t)) = (source.table(&e.table), mappings.spec(&e.table).and_then(|m| target.table(&m.target))) else { continue };
+        let (Some(s), Some(t)) =
+            (source.table(&e.table), mappings.spec(&e.table).and_then(|m| target.table(&m.target)))
+        else {
+            continue;
+        };
         if !s.partitions.is_empty() && t.kind != "partitioned" {
             out.push(format!(
-                "Not reproduced: {} is partitioned ({} partitions); {} is one plain table that takes every partition's rows.",
+                "Not reproduced: {} is partitioned ({} partitions); {} is one plain table that \
+                    takes every partition's rows.",
                 s.name,
                 s.partitions.len(),
                 t.name
             ));
         }
         let missing = |kind: &str, names: Vec<&String>, there: Vec<&String>| -> Option<String> {
-            let gone: Vec<&str> = names.into_iter().filter(|n| !there.contains(n)).map(String::as_str).collect();
-            (!gone.is_empty())
-                .then(|| format!("Not reproduced: {kind} {} of {} (none of that name on {}).", gone.join(", "), s.name, t.name))
+            let gone: Vec<&str> =
+                names.into_iter().filter(|n| !there.contains(n)).map(String::as_str).collect();
+            (!gone.is_empty()).then(|| {
+                format!(
+                    "Not reproduced: {kind} {} of {} (none of that name on {}).",
+                    gone.join(", "),
+                    s.name,
+                    t.name
+                )
+            })
         };
         out.extend(missing("trigger", s.triggers.iter().collect(), t.triggers.iter().collect()));
-        out.extend(missing("CHECK", s.checks.iter().map(|c| &c.name).collect(), t.checks.iter().map(|c| &c.name).collect()));
+        out.extend(missing(
+            "CHECK",
+            s.checks.iter().map(|c| &c.name).collect(),
+            t.checks.iter().map(|c| &c.name).collect(),
+        ));
         out.extend(missing(
             "exclusion rule",
             s.exclusions.iter().map(|c| &c.name).collect(),
@@ -384,12 +493,16 @@ pub fn not_reproduced(plan: &MigrationPlan, source: &SchemaReport, target: &Sche
             spec.columns.iter().any(|c| matches!(&c.feed, runtime::mapping::Feed::Generic { column, .. } if *column == l.column))
         })
     };
-    for loose in source.loose_references().iter().filter(|l| planned.contains(&l.table) && !rewritten(l)) {
+    for loose in
+        source.loose_references().iter().filter(|l| planned.contains(&l.table) && !rewritten(l))
+    {
         out.push(format!("Not rewritten: {loose}."));
     }
     let there: BTreeSet<&String> = target.other_objects.iter().map(|(_, n)| n).collect();
     for (kind, name) in source.other_objects.iter().filter(|(_, n)| !there.contains(n)) {
-        out.push(format!("Not reproduced: {kind} {name} (recreate it in the target after the migration)."));
+        out.push(format!(
+            "Not reproduced: {kind} {name} (recreate it in the target after the migration)."
+        ));
     }
     out
 }
@@ -401,15 +514,21 @@ pub fn not_reproduced(plan: &MigrationPlan, source: &SchemaReport, target: &Sche
 pub fn unsettled_cycles(plan: &MigrationPlan, mappings: &MappingSet) -> Vec<String> {
     let mut out = Vec::new();
     for e in plan.entities().filter(|e| !e.later_parents.is_empty()) {
-        let (Some(spec), Some(forecast)) = (mappings.spec(&e.table), e.forecast.as_ref()) else { continue };
+        let (Some(spec), Some(forecast)) = (mappings.spec(&e.table), e.forecast.as_ref()) else {
+            continue;
+        };
         for c in &spec.columns {
             let runtime::mapping::Feed::Reference { parent, .. } = &c.feed else { continue };
             if !e.later_parents.contains(parent) {
                 continue;
             }
-            if let Some(r) = forecast.reasons.iter().find(|r| r.rule == format!("reference:{}", c.target)) {
+            if let Some(r) =
+                forecast.reasons.iter().find(|r| r.rule == format!("reference:{}", c.target))
+            {
                 out.push(format!(
-                    "{} and {parent} reference each other, and {} rows of {} point at {parent} rows that will be rejected (e.g. {}): agentctl cannot settle such a cycle yet; fix those rows in the source or leave both tables out",
+                    "{} and {parent} reference each other, and {} rows of {} point at {parent} \
+                        rows that will be rejected (e.g. {}): agentctl cannot settle such a \
+                        cycle yet; fix those rows in the source or leave both tables out",
                     e.table,
                     r.count,
                     e.table,
@@ -445,7 +564,8 @@ pub fn plan(
     let mut rationale = Vec::new();
     let mut requested = resolved.tables;
     if let Some(m) = mappings {
-        let (kept, unmapped): (Vec<TableName>, Vec<TableName>) = requested.into_iter().partition(|t| m.spec(t).is_some());
+        let (kept, unmapped): (Vec<TableName>, Vec<TableName>) =
+            requested.into_iter().partition(|t| m.spec(t).is_some());
         requested = kept;
         // A table the goal asks for that nothing can take stops the plan: its rows would be
         // left behind while the run reported success. Only the mapping file (skip, join) or
@@ -453,7 +573,9 @@ pub fn plan(
         let mut homeless = Vec::new();
         for t in unmapped {
             match m.unmapped.iter().find(|(u, _)| u == &t).map(|(_, w)| w) {
-                Some(why) if why.decided() => rationale.push(format!("{t} is not an entity of its own: {why}.")),
+                Some(why) if why.decided() => {
+                    rationale.push(format!("{t} is not an entity of its own: {why}."))
+                }
                 Some(why) => homeless.push(format!("{t} ({why})")),
                 None => homeless.push(format!("{t} (it has no mapping)")),
             }
@@ -462,7 +584,9 @@ pub fn plan(
             return Err(PlanError::Unmigratable { tables: homeless.join(", ") });
         }
         for (t, why) in &m.unmapped {
-            if matches!(why, Unmapped::Merged) && !rationale.iter().any(|r| r.starts_with(&format!("{t} "))) {
+            if matches!(why, Unmapped::Merged)
+                && !rationale.iter().any(|r| r.starts_with(&format!("{t} ")))
+            {
                 rationale.push(format!("{t} is not an entity of its own: {why}."));
             }
         }
@@ -477,7 +601,11 @@ pub fn plan(
             .iter()
             .filter(|t| !excluded.contains(t))
             .filter(|t| {
-                tables.get(t).is_some_and(|tab| tab.foreign_keys.iter().any(|fk| &fk.references != *t && excluded.contains(&fk.references)))
+                tables.get(t).is_some_and(|tab| {
+                    tab.foreign_keys
+                        .iter()
+                        .any(|fk| &fk.references != *t && excluded.contains(&fk.references))
+                })
             })
             .cloned()
             .collect();
@@ -496,7 +624,8 @@ pub fn plan(
     }
 
     // The closure of parents, remembering who needed each one.
-    let mut inclusion: BTreeMap<TableName, Inclusion> = requested.iter().map(|t| (t.clone(), Inclusion::Requested)).collect();
+    let mut inclusion: BTreeMap<TableName, Inclusion> =
+        requested.iter().map(|t| (t.clone(), Inclusion::Requested)).collect();
     let mut queue: Vec<TableName> = requested.clone();
     while let Some(name) = queue.pop() {
         if only {
@@ -506,7 +635,10 @@ pub fn plan(
         for fk in &table.foreign_keys {
             let parent = &fk.references;
             // A merged or unmapped parent is no entity; the mapping says what becomes of it.
-            if parent == &name || !tables.contains_key(parent) || mappings.is_some_and(|m| m.spec(parent).is_none()) {
+            if parent == &name
+                || !tables.contains_key(parent)
+                || mappings.is_some_and(|m| m.spec(parent).is_none())
+            {
                 continue;
             }
             match inclusion.get_mut(parent) {
@@ -518,7 +650,10 @@ pub fn plan(
                     }
                 }
                 None => {
-                    inclusion.insert(parent.clone(), Inclusion::RequiredBy { entities: vec![name.clone()] });
+                    inclusion.insert(
+                        parent.clone(),
+                        Inclusion::RequiredBy { entities: vec![name.clone()] },
+                    );
                     queue.push(parent.clone());
                 }
             }
@@ -528,7 +663,10 @@ pub fn plan(
         if let Inclusion::RequiredBy { entities } = inc {
             let by: Vec<String> = entities.iter().map(ToString::to_string).collect();
             let verb = if by.len() == 1 { "references" } else { "reference" };
-            rationale.push(format!("{name} is included because {} {verb} it (plan with --only to leave it out).", by.join(", ")));
+            rationale.push(format!(
+                "{name} is included because {} {verb} it (plan with --only to leave it out).",
+                by.join(", ")
+            ));
         }
     }
 
@@ -544,7 +682,8 @@ pub fn plan(
             if &fk.references == name {
                 deferred.entry(name.clone()).or_default().push(fk.name.clone());
                 rationale.push(format!(
-                    "{name}.{} references {name} itself: its rows go in with that reference empty, then a second pass fills it.",
+                    "{name}.{} references {name} itself: its rows go in with that reference \
+                        empty, then a second pass fills it.",
                     fk.columns.join(", ")
                 ));
             } else if inclusion.contains_key(&fk.references) {
@@ -564,10 +703,15 @@ pub fn plan(
         if ready.is_empty() {
             let (child, parent, fk) = break_cycle(&parents, &placed, &tables)?;
             rationale.push(format!(
-                "{child} and {parent} reference each other: {child} goes first, its {fk} written as it is and proven once {parent} is in (the key is put back after the last load)."
+                "{child} and {parent} reference each other: {child} goes first, its {fk} written \
+                    as it is and proven once {parent} is in (the key is put back after the last \
+                    load)."
             ));
             later.entry(child.clone()).or_default().push(parent.clone());
-            let fks = parents.get_mut(&child).and_then(|ps| ps.get_mut(&parent)).expect("the edge exists");
+            let fks = parents
+                .get_mut(&child)
+                .and_then(|ps| ps.get_mut(&parent))
+                .expect("the edge exists");
             fks.retain(|f| f != &fk);
             if fks.is_empty() {
                 parents.get_mut(&child).expect("the child exists").remove(&parent);
@@ -579,7 +723,10 @@ pub fn plan(
         for name in &ready {
             let ps: Vec<String> = parents[name].keys().map(ToString::to_string).collect();
             if !ps.is_empty() {
-                rationale.push(format!("{name} is in wave {wave_no} because it references {}.", ps.join(", ")));
+                rationale.push(format!(
+                    "{name} is in wave {wave_no} because it references {}.",
+                    ps.join(", ")
+                ));
             }
         }
         waves.push(
@@ -591,23 +738,33 @@ pub fn plan(
                     inclusion: inclusion[name].clone(),
                     estimated_rows: tables[name].rows(),
                     bytes: tables[name].bytes,
-                    batch_size: fixed_batch.unwrap_or_else(|| batch_size(tables[name].avg_row_bytes)),
+                    batch_size: fixed_batch
+                        .unwrap_or_else(|| batch_size(tables[name].avg_row_bytes)),
                     forecast: None,
                     deferred_foreign_keys: deferred.get(name).cloned().unwrap_or_default(),
                     later_parents: later.get(name).cloned().unwrap_or_default(),
                     scripts: mappings
                         .and_then(|m| m.spec(name))
-                        .map(|s| s.scripts().iter().map(|c| format!("{} {}", c.path, crate::code::sha256(&c.code))).collect())
+                        .map(|s| {
+                            s.scripts()
+                                .iter()
+                                .map(|c| format!("{} {}", c.path, crate::code::sha256(&c.code)))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 })
                 .collect(),
         );
         placed.extend(ready);
     }
-    let batches: Vec<String> = waves.iter().flatten().map(|e| format!("{} {}", e.table, e.batch_size)).collect();
+    let batches: Vec<String> =
+        waves.iter().flatten().map(|e| format!("{} {}", e.table, e.batch_size)).collect();
     rationale.push(match fixed_batch {
         Some(n) => format!("Every batch holds {n} rows, as BATCH_SIZE says."),
-        None => format!("Batch sizes aim at about 1 MiB per batch from each table's average row width: {}.", batches.join(", ")),
+        None => format!(
+            "Batch sizes aim at about 1 MiB per batch from each table's average row width: {}.",
+            batches.join(", ")
+        ),
     });
     // Every other source table, with why: so that a report can account for each one.
     let left_out = report
@@ -615,7 +772,9 @@ pub fn plan(
         .iter()
         .filter(|t| !inclusion.contains_key(&t.name))
         .map(|t| {
-            let unmapped = mappings.and_then(|m| m.unmapped.iter().find(|(u, _)| u == &t.name)).map(|(_, why)| why.to_string());
+            let unmapped = mappings
+                .and_then(|m| m.unmapped.iter().find(|(u, _)| u == &t.name))
+                .map(|(_, why)| why.to_string());
             let reason = if resolved.excluded.contains(&t.name) {
                 "excluded by the goal".to_owned()
             } else if excluded.contains(&t.name) {
@@ -625,7 +784,9 @@ pub fn plan(
             } else {
                 "not in the goal".to_owned()
             };
-            let merged = mappings.is_some_and(|m| m.unmapped.iter().any(|(u, why)| u == &t.name && matches!(why, Unmapped::Merged)));
+            let merged = mappings.is_some_and(|m| {
+                m.unmapped.iter().any(|(u, why)| u == &t.name && matches!(why, Unmapped::Merged))
+            });
             LeftOut { table: t.name.clone(), reason, merged }
         })
         .collect();
@@ -637,11 +798,22 @@ pub fn assess(mut plan: MigrationPlan, forecasts: &[(TableName, Forecast)]) -> M
     for e in plan.waves.iter_mut().flatten() {
         let Some((_, f)) = forecasts.iter().find(|(t, _)| t == &e.table) else { continue };
         if f.reject > 0 {
-            let top: Vec<String> = f.reasons.iter().take(3).map(|r| format!("{} {}", r.count, r.reason)).collect();
-            plan.rationale.push(format!("{}: {} of {} rows will be rejected ({}).", e.table, f.reject, f.rows, top.join("; ")));
+            let top: Vec<String> =
+                f.reasons.iter().take(3).map(|r| format!("{} {}", r.count, r.reason)).collect();
+            plan.rationale.push(format!(
+                "{}: {} of {} rows will be rejected ({}).",
+                e.table,
+                f.reject,
+                f.rows,
+                top.join("; ")
+            ));
         }
         if !f.unchecked.is_empty() {
-            plan.rationale.push(format!("{}: not checked ahead, the database will judge: {}.", e.table, f.unchecked.join(", ")));
+            plan.rationale.push(format!(
+                "{}: not checked ahead, the database will judge: {}.",
+                e.table,
+                f.unchecked.join(", ")
+            ));
         }
         e.forecast = Some(f.clone());
     }
@@ -663,34 +835,53 @@ fn break_cycle(
                 continue;
             }
             for fk_name in fks {
-                let fk = table.foreign_keys.iter().find(|f| &f.name == fk_name).expect("edges come from the table's keys");
-                let nullable = fk.columns.iter().all(|c| table.columns.iter().any(|col| &col.name == c && col.nullable));
+                let fk = table
+                    .foreign_keys
+                    .iter()
+                    .find(|f| &f.name == fk_name)
+                    .expect("edges come from the table's keys");
+                let nullable = fk
+                    .columns
+                    .iter()
+                    .all(|c| table.columns.iter().any(|col| &col.name == c && col.nullable));
                 if nullable {
                     return Ok(((*child).clone(), parent.clone(), fk_name.clone()));
                 }
             }
         }
     }
-    Err(PlanError::Cycle { tables: stuck.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") })
+    Err(PlanError::Cycle {
+        tables: stuck.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+    })
 }
 
 /// The plan as an operator reads it.
 pub fn render(plan: &MigrationPlan) -> String {
     let forecast = plan.entities().any(|e| e.forecast.is_some());
-    let mut out = format!("Plan for \"{}\" ({} entities, about {} rows)\n", plan.goal, plan.entities().count(), plan.estimated_rows());
+    let mut out = format!(
+        "Plan for \"{}\" ({} entities, about {} rows)\n",
+        plan.goal,
+        plan.entities().count(),
+        plan.estimated_rows()
+    );
     for (i, wave) in plan.waves.iter().enumerate() {
         out.push_str(&format!("  wave {}:\n", i + 1));
         for e in wave {
             let target = e.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();
             let name = format!("{}{target}", e.table);
             let counts = match &e.forecast {
-                Some(f) => format!("{:>9} rows {:>9} migrate {:>7} reject", f.rows, f.migrate, f.reject),
+                Some(f) => {
+                    format!("{:>9} rows {:>9} migrate {:>7} reject", f.rows, f.migrate, f.reject)
+                }
                 None => format!("~{:>9} rows", e.estimated_rows),
             };
             let why = match &e.inclusion {
                 Inclusion::Requested => String::new(),
                 Inclusion::RequiredBy { entities } => {
-                    format!("  (needed by {})", entities.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+                    format!(
+                        "  (needed by {})",
+                        entities.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    )
                 }
             };
             let deferred = if e.deferred_foreign_keys.is_empty() {
@@ -698,14 +889,26 @@ pub fn render(plan: &MigrationPlan) -> String {
             } else {
                 format!("  [second pass: {}]", e.deferred_foreign_keys.join(", "))
             };
-            out.push_str(&format!("    {name:<52} {counts}  batch {}{why}{deferred}\n", e.batch_size));
+            out.push_str(&format!(
+                "    {name:<52} {counts}  batch {}{why}{deferred}\n",
+                e.batch_size
+            ));
             for r in e.forecast.iter().flat_map(|f| &f.reasons) {
-                out.push_str(&format!("        {:>7} x {} (e.g. {})\n", r.count, r.reason, r.examples.join(", ")));
+                out.push_str(&format!(
+                    "        {:>7} x {} (e.g. {})\n",
+                    r.count,
+                    r.reason,
+                    r.examples.join(", ")
+                ));
             }
         }
     }
     if forecast {
-        out.push_str(&format!("  expected: {} rows migrated, {} rejected\n", plan.expected_migrated(), plan.expected_rejected()));
+        out.push_str(&format!(
+            "  expected: {} rows migrated, {} rejected\n",
+            plan.expected_migrated(),
+            plan.expected_rejected()
+        ));
     }
     let rollback: Vec<String> = plan.rollback_order().iter().map(ToString::to_string).collect();
     out.push_str(&format!("  rollback order: {}\n", rollback.join(", ")));

@@ -66,7 +66,10 @@ pub enum SchemaMsg {
     Analyze(Envelope<AnalyzeRequest>, RpcReplyPort<Result<SchemaReport, AgentError>>),
     Profile(Envelope<ProfileRequest>, RpcReplyPort<Result<Profile, AgentError>>),
     /// Boxed: the request (two reports and the mappings) is far larger than the other variant.
-    Forecast(Box<Envelope<ForecastRequest>>, RpcReplyPort<Result<Vec<(TableName, Forecast)>, AgentError>>),
+    Forecast(
+        Box<Envelope<ForecastRequest>>,
+        RpcReplyPort<Result<Vec<(TableName, Forecast)>, AgentError>>,
+    ),
 }
 
 #[derive(Clone)]
@@ -93,30 +96,55 @@ impl Actor for SchemaAnalysisAgent {
     type State = SchemaAnalysisState;
     type Arguments = SchemaAnalysisArgs;
 
-    async fn pre_start(&self, _: ActorRef<SchemaMsg>, args: SchemaAnalysisArgs) -> Result<SchemaAnalysisState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<SchemaMsg>,
+        args: SchemaAnalysisArgs,
+    ) -> Result<SchemaAnalysisState, ActorProcessingErr> {
         Ok(SchemaAnalysisState { args, cache: HashMap::new() })
     }
 
-    async fn handle(&self, _: ActorRef<SchemaMsg>, msg: SchemaMsg, state: &mut SchemaAnalysisState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<SchemaMsg>,
+        msg: SchemaMsg,
+        state: &mut SchemaAnalysisState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SchemaMsg::Forecast(env, reply) => {
                 let req = env.body;
                 let started = Instant::now();
-                let result = forecast(&req.order, &req.mappings, &req.target, state.args.source_rows.as_ref()).await;
-                let rows: i64 = result.as_ref().map(|f| f.iter().map(|(_, f)| f.rows).sum()).unwrap_or(0);
+                let result = forecast(
+                    &req.order,
+                    &req.mappings,
+                    &req.target,
+                    state.args.source_rows.as_ref(),
+                )
+                .await;
+                let rows: i64 =
+                    result.as_ref().map(|f| f.iter().map(|(_, f)| f.rows).sum()).unwrap_or(0);
                 state.args.ctx.tool_call(
                     ME,
                     "rows.scan",
                     serde_json::json!({"entities": req.order.len()}),
-                    result.as_ref().map(|_| format!("read {rows} source rows through their mappings")),
+                    result
+                        .as_ref()
+                        .map(|_| format!("read {rows} source rows through their mappings")),
                     started,
                 );
                 if let Ok(forecasts) = &result {
                     for (t, f) in forecasts {
-                        let reasons: Vec<String> = f.reasons.iter().map(|r| format!("{} rows: {}", r.count, r.reason)).collect();
+                        let reasons: Vec<String> = f
+                            .reasons
+                            .iter()
+                            .map(|r| format!("{} rows: {}", r.count, r.reason))
+                            .collect();
                         state.args.ctx.decision(
                             ME,
-                            format!("{t}: {} of {} rows fit the target, {} will be rejected", f.migrate, f.rows, f.reject),
+                            format!(
+                                "{t}: {} of {} rows fit the target, {} will be rejected",
+                                f.migrate, f.rows, f.reject
+                            ),
                             if reasons.is_empty() {
                                 "every row passed the mapping and the target's rules".to_owned()
                             } else {
@@ -126,7 +154,9 @@ impl Actor for SchemaAnalysisAgent {
                         );
                     }
                 }
-                let _ = reply.send(result.map_err(|e| AgentError::new(ME, format!("could not forecast the migration: {e}"))));
+                let _ = reply.send(result.map_err(|e| {
+                    AgentError::of(ME, e.context("could not forecast the migration"))
+                }));
             }
             SchemaMsg::Profile(env, reply) => {
                 let _ = reply.send(profile(&state.args, env.body).await);
@@ -167,8 +197,12 @@ async fn profile(args: &SchemaAnalysisArgs, req: ProfileRequest) -> Result<Profi
     let read = args
         .source_rows
         .scan(&scan, &mut |row: &[Option<&str>]| {
-            let object: serde_json::Map<String, serde_json::Value> =
-                req.columns.iter().zip(row).map(|(c, v)| (c.clone(), v.map_or(serde_json::Value::Null, |v| v.into()))).collect();
+            let object: serde_json::Map<String, serde_json::Value> = req
+                .columns
+                .iter()
+                .zip(row)
+                .map(|(c, v)| (c.clone(), v.map_or(serde_json::Value::Null, |v| v.into())))
+                .collect();
             lines.push_str(&serde_json::Value::Object(object).to_string());
             lines.push('\n');
             rows_sampled += 1;
@@ -182,14 +216,28 @@ async fn profile(args: &SchemaAnalysisArgs, req: ProfileRequest) -> Result<Profi
         started,
     );
     read.map_err(|e| AgentError::of(ME, e.context(format!("could not sample {}", req.table))))?;
-    let mut profile = Profile { table: req.table.clone(), rows_sampled, code: req.code.clone(), result: None, fallback: None };
+    let mut profile = Profile {
+        table: req.table.clone(),
+        rows_sampled,
+        code: req.code.clone(),
+        result: None,
+        fallback: None,
+    };
     let Some(mut code) = req.code else { return Ok(profile) };
     let Some(runner) = &args.code else {
         profile.fallback = Some("no sandbox is configured".into());
         return Ok(profile);
     };
     code.stdin = lines;
-    match crate::code::run_code(&args.ctx, runner.as_ref(), ME, &format!("profile {}", req.table), &code).await {
+    match crate::code::run_code(
+        &args.ctx,
+        runner.as_ref(),
+        ME,
+        &format!("profile {}", req.table),
+        &code,
+    )
+    .await
+    {
         Ok(result) => profile.result = Some(result),
         Err(why) => {
             args.ctx.decision(
@@ -204,12 +252,20 @@ async fn profile(args: &SchemaAnalysisArgs, req: ProfileRequest) -> Result<Profi
     Ok(profile)
 }
 
-async fn analyze(args: &SchemaAnalysisArgs, request: AnalyzeRequest) -> Result<SchemaReport, AgentError> {
+async fn analyze(
+    args: &SchemaAnalysisArgs,
+    request: AnalyzeRequest,
+) -> Result<SchemaReport, AgentError> {
     let side = request.side;
     let catalog = match side {
         DbRole::Source => &args.source,
         DbRole::Target => args.target.as_ref().ok_or_else(|| {
-            AgentError::of(ME, ToolError::not_configured("no target database is configured, so its schema cannot be read"))
+            AgentError::of(
+                ME,
+                ToolError::not_configured(
+                    "no target database is configured, so its schema cannot be read",
+                ),
+            )
         })?,
     };
     let started = Instant::now();

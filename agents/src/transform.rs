@@ -24,7 +24,8 @@ use runtime::mapping::Keys;
 pub struct Rejection {
     /// The target column at fault, when one is.
     pub column: Option<String>,
-    /// A stable name for the rule, to group rejections: `not_null:last_name`, `check:orders_total_check`.
+    /// A stable name for the rule, to group rejections: `not_null:last_name`,
+    /// `check:orders_total_check`.
     pub rule: String,
     /// The reason in plain words.
     pub reason: String,
@@ -32,7 +33,12 @@ pub struct Rejection {
 
 /// Whole cents as a decimal amount: `-1250` is `-12.50`.
 pub fn amount(cents: i64) -> String {
-    format!("{}{}.{:02}", if cents < 0 { "-" } else { "" }, cents.unsigned_abs() / 100, cents.unsigned_abs() % 100)
+    format!(
+        "{}{}.{:02}",
+        if cents < 0 { "-" } else { "" },
+        cents.unsigned_abs() / 100,
+        cents.unsigned_abs() % 100
+    )
 }
 
 #[derive(Clone, Debug)]
@@ -84,7 +90,13 @@ pub struct Reference {
     pub inputs: Vec<usize>,
 }
 
-fn ty_of(data_type: &str, type_name: &str, kind: &TypeKind, max_length: Option<i32>, target: &SchemaReport) -> Ty {
+fn ty_of(
+    data_type: &str,
+    type_name: &str,
+    kind: &TypeKind,
+    max_length: Option<i32>,
+    target: &SchemaReport,
+) -> Ty {
     if let (TypeKind::Enum, Some(labels)) = (kind, target.enums.get(type_name)) {
         return Ty::Enum(type_name.to_owned(), labels.clone());
     }
@@ -97,7 +109,9 @@ fn ty_of(data_type: &str, type_name: &str, kind: &TypeKind, max_length: Option<i
             let max_abs = data_type
                 .split_once('(')
                 .and_then(|(_, m)| m.trim_end_matches(')').split_once(','))
-                .and_then(|(p, s)| Some(10f64.powi(p.trim().parse::<i32>().ok()? - s.trim().parse::<i32>().ok()?)));
+                .and_then(|(p, s)| {
+                    Some(10f64.powi(p.trim().parse::<i32>().ok()? - s.trim().parse::<i32>().ok()?))
+                });
             Ty::Numeric { max_abs }
         }
         "float4" | "float8" => Ty::Numeric { max_abs: None },
@@ -111,23 +125,31 @@ fn ty_of(data_type: &str, type_name: &str, kind: &TypeKind, max_length: Option<i
 
 impl RowMapper {
     /// Compiles `spec` against the target table (and the target's enums and domains).
-    pub fn new(spec: &MappingSpec, target_table: &Table, target: &SchemaReport, keys: Keys) -> Result<RowMapper, ToolError> {
+    pub fn new(
+        spec: &MappingSpec,
+        target_table: &Table,
+        target: &SchemaReport,
+        keys: Keys,
+    ) -> Result<RowMapper, ToolError> {
         let scan = spec.source_columns();
         let index = |c: &str| {
-            scan.iter()
-                .position(|s| s == c)
-                .ok_or_else(|| ToolError::bad_input(format!("{}: source column {c} is not scanned", spec.source)))
+            scan.iter().position(|s| s == c).ok_or_else(|| {
+                ToolError::bad_input(format!("{}: source column {c} is not scanned", spec.source))
+            })
         };
         let mut columns = Vec::new();
         for m in &spec.columns {
-            let col = target_table
-                .column(&m.target)
-                .ok_or_else(|| ToolError::bad_input(format!("{} has no column {}", target_table.name, m.target)))?;
+            let col = target_table.column(&m.target).ok_or_else(|| {
+                ToolError::bad_input(format!("{} has no column {}", target_table.name, m.target))
+            })?;
             let (ty, domain) = match &col.type_kind {
                 TypeKind::Domain { base } => {
-                    let d = target
-                        .domain(&col.type_name)
-                        .ok_or_else(|| ToolError::bad_input(format!("domain {} is not in the target report", col.type_name)))?;
+                    let d = target.domain(&col.type_name).ok_or_else(|| {
+                        ToolError::bad_input(format!(
+                            "domain {} is not in the target report",
+                            col.type_name
+                        ))
+                    })?;
                     let base_name = base.split('(').next().unwrap_or(base).trim();
                     let base_name = match base_name {
                         "timestamp with time zone" => "timestamptz",
@@ -139,34 +161,55 @@ impl RowMapper {
                         "boolean" => "bool",
                         other => other,
                     };
-                    let checks =
-                        d.checks.iter().filter_map(|c| CheckExpr::parse(&c.expression).ok().map(|e| (c.expression.clone(), e))).collect();
-                    (ty_of(base, base_name, &TypeKind::Base, None, target), Some((d.name.clone(), checks)))
+                    let checks = d
+                        .checks
+                        .iter()
+                        .filter_map(|c| {
+                            CheckExpr::parse(&c.expression).ok().map(|e| (c.expression.clone(), e))
+                        })
+                        .collect();
+                    (
+                        ty_of(base, base_name, &TypeKind::Base, None, target),
+                        Some((d.name.clone(), checks)),
+                    )
                 }
                 kind => (ty_of(&col.data_type, &col.type_name, kind, col.max_length, target), None),
             };
             let inputs = match (&m.feed, m.transforms.first()) {
                 (Feed::Column { column }, Some(Transform::Script { path, code })) => {
                     vec![index(
-                        &runtime::mapping::ScriptColumn { column: column.clone(), path: path.clone(), code: code.clone() }.output(),
+                        &runtime::mapping::ScriptColumn {
+                            column: column.clone(),
+                            path: path.clone(),
+                            code: code.clone(),
+                        }
+                        .output(),
                     )?]
                 }
                 (Feed::Column { column }, _) => vec![index(column)?],
-                (Feed::Concat { columns, .. } | Feed::Reference { columns, .. } | Feed::Metadata { columns }, _) => {
-                    columns.iter().map(|c| index(c)).collect::<Result<_, _>>()?
-                }
+                (
+                    Feed::Concat { columns, .. }
+                    | Feed::Reference { columns, .. }
+                    | Feed::Metadata { columns },
+                    _,
+                ) => columns.iter().map(|c| index(c)).collect::<Result<_, _>>()?,
                 (Feed::Generic { column, by, .. }, _) => vec![index(column)?, index(by)?],
                 (Feed::Key | Feed::LegacyKey | Feed::Constant { .. }, _) => vec![],
             };
             let parents = match &m.feed {
-                Feed::Generic { parents, .. } => {
-                    parents.iter().map(|(kind, parent)| (kind.clone(), KeyDeriver::new(keys.layout, keys.namespace, parent))).collect()
-                }
+                Feed::Generic { parents, .. } => parents
+                    .iter()
+                    .map(|(kind, parent)| {
+                        (kind.clone(), KeyDeriver::new(keys.layout, keys.namespace, parent))
+                    })
+                    .collect(),
                 _ => HashMap::new(),
             };
             let deriver = match &m.feed {
                 Feed::Key => Some(KeyDeriver::new(keys.layout, keys.namespace, &spec.source)),
-                Feed::Reference { parent, .. } => Some(KeyDeriver::new(keys.layout, keys.namespace, parent)),
+                Feed::Reference { parent, .. } => {
+                    Some(KeyDeriver::new(keys.layout, keys.namespace, parent))
+                }
                 _ => None,
             };
             columns.push(Compiled {
@@ -178,7 +221,10 @@ impl RowMapper {
                 transforms: m.transforms.clone(),
                 ty,
                 type_label: col.data_type.clone(),
-                nullable: col.nullable && domain.as_ref().is_none_or(|_| !target.domain(&col.type_name).is_some_and(|d| d.not_null)),
+                nullable: col.nullable
+                    && domain
+                        .as_ref()
+                        .is_none_or(|_| !target.domain(&col.type_name).is_some_and(|d| d.not_null)),
                 domain,
             });
         }
@@ -191,7 +237,14 @@ impl RowMapper {
             }
         }
         let key_inputs = spec.key.iter().map(|k| index(k)).collect::<Result<_, _>>()?;
-        Ok(RowMapper { spec: spec.clone(), key_inputs, columns, checks, unchecked, kept: HashMap::new() })
+        Ok(RowMapper {
+            spec: spec.clone(),
+            key_inputs,
+            columns,
+            checks,
+            unchecked,
+            kept: HashMap::new(),
+        })
     }
 
     /// Parent rows that exist in the target under a UUID of their own: references to them use
@@ -208,7 +261,11 @@ impl RowMapper {
 
     /// The UUID agentctl derives for a scanned row.
     pub fn id(&self, row: &[Option<&str>]) -> String {
-        let deriver = self.columns.iter().find(|c| matches!(c.feed, Feed::Key)).and_then(|c| c.deriver.as_ref());
+        let deriver = self
+            .columns
+            .iter()
+            .find(|c| matches!(c.feed, Feed::Key))
+            .and_then(|c| c.deriver.as_ref());
         deriver.map(|d| self.with_key(row, |key| d.derive(key)).to_string()).unwrap_or_default()
     }
 
@@ -241,9 +298,12 @@ impl RowMapper {
             .iter()
             .enumerate()
             .filter_map(|(i, c)| match &c.feed {
-                Feed::Reference { parent, .. } => {
-                    Some(Reference { column: i, target_column: c.target.clone(), parent: parent.clone(), inputs: c.inputs.clone() })
-                }
+                Feed::Reference { parent, .. } => Some(Reference {
+                    column: i,
+                    target_column: c.target.clone(),
+                    parent: parent.clone(),
+                    inputs: c.inputs.clone(),
+                }),
                 _ => None,
             })
             .collect()
@@ -269,10 +329,14 @@ impl RowMapper {
         for c in &self.columns {
             // Values are borrowed from the row (or the mapping) unless a transform makes a new one.
             let raw: Option<Cow<str>> = match &c.feed {
-                Feed::Key => c
-                    .deriver
-                    .as_ref()
-                    .map(|d| Cow::Borrowed(&*self.with_key(row, |key| d.derive(key)).hyphenated().encode_lower(&mut uuid_text))),
+                Feed::Key => c.deriver.as_ref().map(|d| {
+                    Cow::Borrowed(
+                        &*self
+                            .with_key(row, |key| d.derive(key))
+                            .hyphenated()
+                            .encode_lower(&mut uuid_text),
+                    )
+                }),
                 Feed::LegacyKey => Some(match self.key_inputs.as_slice() {
                     [only] => Cow::Borrowed(row[*only].unwrap_or("")),
                     _ => Cow::Owned(self.key(row).join("|")),
@@ -285,28 +349,42 @@ impl RowMapper {
                 }
                 Feed::Reference { parent, .. } => {
                     let parts: Option<Vec<&str>> = c.inputs.iter().map(|&i| row[i]).collect();
-                    parts.and_then(|p| match self.kept.get(parent).and_then(|k| k.get(&p.join("|"))) {
-                        Some(kept) => Some(Cow::Borrowed(kept.as_str())),
-                        None => c.deriver.as_ref().map(|d| Cow::Borrowed(&*d.derive(&p).hyphenated().encode_lower(&mut uuid_text))),
+                    parts.and_then(|p| {
+                        match self.kept.get(parent).and_then(|k| k.get(&p.join("|"))) {
+                            Some(kept) => Some(Cow::Borrowed(kept.as_str())),
+                            None => c.deriver.as_ref().map(|d| {
+                                Cow::Borrowed(
+                                    &*d.derive(&p).hyphenated().encode_lower(&mut uuid_text),
+                                )
+                            }),
+                        }
                     })
                 }
                 Feed::Generic { by, .. } => match (row[c.inputs[0]], row[c.inputs[1]]) {
                     (None, _) => None,
                     (Some(id), kind) => match kind.and_then(|k| c.parents.get(k)) {
-                        Some(d) => Some(Cow::Borrowed(&*d.derive(&[id]).hyphenated().encode_lower(&mut uuid_text))),
+                        Some(d) => Some(Cow::Borrowed(
+                            &*d.derive(&[id]).hyphenated().encode_lower(&mut uuid_text),
+                        )),
                         None => {
                             let named = kind.unwrap_or("NULL");
                             return Err(self.reject(
                                 c,
                                 "reference",
-                                format!("its {by} {named} names no table whose keys the mapping rewrites"),
+                                format!(
+                                    "its {by} {named} names no table whose keys the mapping \
+                                    rewrites"
+                                ),
                             ));
                         }
                     },
                 },
                 Feed::Metadata { columns } => {
-                    let obj: BTreeMap<&str, Option<&str>> =
-                        columns.iter().zip(&c.inputs).map(|(name, &i)| (name.as_str(), row[i])).collect();
+                    let obj: BTreeMap<&str, Option<&str>> = columns
+                        .iter()
+                        .zip(&c.inputs)
+                        .map(|(name, &i)| (name.as_str(), row[i]))
+                        .collect();
                     Some(Cow::Owned(serde_json::to_string(&obj).expect("strings serialize")))
                 }
             };
@@ -327,7 +405,11 @@ impl RowMapper {
         }
     }
 
-    fn transform<'a>(&'a self, c: &'a Compiled, mut v: Option<Cow<'a, str>>) -> Result<Option<Cow<'a, str>>, Rejection> {
+    fn transform<'a>(
+        &'a self,
+        c: &'a Compiled,
+        mut v: Option<Cow<'a, str>>,
+    ) -> Result<Option<Cow<'a, str>>, Rejection> {
         for t in &c.transforms {
             v = match (t, v) {
                 (Transform::Default { value }, None) => Some(Cow::Borrowed(value.as_str())),
@@ -342,15 +424,24 @@ impl RowMapper {
                 (Transform::NullIfEmpty, Some(s)) => (!s.is_empty()).then_some(s),
                 (Transform::Default { .. }, some) => some,
                 (Transform::Cents, Some(s)) => {
-                    let cents: i64 =
-                        s.trim().parse().map_err(|_| self.reject(c, "cents", format!("`{s}` is not a whole number of cents")))?;
+                    let cents: i64 = s.trim().parse().map_err(|_| {
+                        self.reject(c, "cents", format!("`{s}` is not a whole number of cents"))
+                    })?;
                     Some(Cow::Owned(amount(cents)))
                 }
-                (Transform::Bool, Some(s)) => Some(Cow::Borrowed(match s.trim().to_lowercase().as_str() {
-                    "1" | "t" | "true" | "y" | "yes" => "t",
-                    "0" | "f" | "false" | "n" | "no" => "f",
-                    _ => return Err(self.reject(c, "bool", format!("`{s}` is not a yes/no value"))),
-                })),
+                (Transform::Bool, Some(s)) => {
+                    Some(Cow::Borrowed(match s.trim().to_lowercase().as_str() {
+                        "1" | "t" | "true" | "y" | "yes" => "t",
+                        "0" | "f" | "false" | "n" | "no" => "f",
+                        _ => {
+                            return Err(self.reject(
+                                c,
+                                "bool",
+                                format!("`{s}` is not a yes/no value"),
+                            ))
+                        }
+                    }))
+                }
                 (Transform::Json, Some(s)) => {
                     serde_json::from_str::<serde::de::IgnoredAny>(&s)
                         .map_err(|e| self.reject(c, "json", format!("not valid JSON ({e})")))?;
@@ -366,23 +457,46 @@ impl RowMapper {
                 // The sandbox answered as the row was read: `=value` or `!error`.
                 (Transform::Script { path, .. }, Some(s)) => match ScriptAnswer::read(&s) {
                     ScriptAnswer::Value(value) => Some(Cow::Owned(value.to_owned())),
-                    ScriptAnswer::Raised(error) => return Err(self.reject(c, "script", format!("{path} raised {error}"))),
+                    ScriptAnswer::Raised(error) => {
+                        return Err(self.reject(c, "script", format!("{path} raised {error}")))
+                    }
                     ScriptAnswer::Untagged => {
-                        return Err(self.reject(c, "script", format!("{path}: the sandbox's answer `{s}` is not tagged")))
+                        return Err(self.reject(
+                            c,
+                            "script",
+                            format!("{path}: the sandbox's answer `{s}` is not tagged"),
+                        ))
                     }
                 },
-                (Transform::Values { map }, Some(s)) => Some(Cow::Borrowed(map.get(s.as_ref()).ok_or_else(|| {
-                    let known: Vec<&str> = map.keys().map(String::as_str).collect();
-                    self.reject(c, "values", format!("`{s}` is not one of the values the mapping knows ({})", known.join(", ")))
-                })?)),
+                (Transform::Values { map }, Some(s)) => {
+                    Some(Cow::Borrowed(map.get(s.as_ref()).ok_or_else(|| {
+                        let known: Vec<&str> = map.keys().map(String::as_str).collect();
+                        self.reject(
+                            c,
+                            "values",
+                            format!(
+                                "`{s}` is not one of the values the mapping knows ({})",
+                                known.join(", ")
+                            ),
+                        )
+                    })?))
+                }
             };
         }
         Ok(v)
     }
 
-    fn validate<'a>(&self, c: &Compiled, v: Option<Cow<'a, str>>) -> Result<Option<Cow<'a, str>>, Rejection> {
+    fn validate<'a>(
+        &self,
+        c: &Compiled,
+        v: Option<Cow<'a, str>>,
+    ) -> Result<Option<Cow<'a, str>>, Rejection> {
         let Some(s) = v else {
-            return if c.nullable { Ok(None) } else { Err(self.reject(c, "not_null", "is required but the value is NULL".into())) };
+            return if c.nullable {
+                Ok(None)
+            } else {
+                Err(self.reject(c, "not_null", "is required but the value is NULL".into()))
+            };
         };
         let bad_type = || self.reject(c, "type", format!("`{s}` is not a valid {}", c.type_label));
         // A time read once, for its type and for its domain's checks.
@@ -390,7 +504,11 @@ impl RowMapper {
         match &c.ty {
             Ty::Enum(name, labels) => {
                 if !labels.iter().any(|l| *l == *s) {
-                    return Err(self.reject(c, "enum", format!("`{s}` is not a value of {name} ({})", labels.join(", "))));
+                    return Err(self.reject(
+                        c,
+                        "enum",
+                        format!("`{s}` is not a value of {name} ({})", labels.join(", ")),
+                    ));
                 }
             }
             Ty::Int(lo, hi) => {
@@ -402,11 +520,16 @@ impl RowMapper {
             Ty::Numeric { max_abs } => {
                 let n: f64 = s.trim().parse().map_err(|_| bad_type())?;
                 if max_abs.is_some_and(|m| n.abs() >= m) {
-                    return Err(self.reject(c, "overflow", format!("{s} does not fit {}", c.type_label)));
+                    return Err(self.reject(
+                        c,
+                        "overflow",
+                        format!("{s} does not fit {}", c.type_label),
+                    ));
                 }
             }
             Ty::Bool => {
-                const WORDS: [&str; 12] = ["1", "0", "t", "f", "true", "false", "y", "n", "yes", "no", "on", "off"];
+                const WORDS: [&str; 12] =
+                    ["1", "0", "t", "f", "true", "false", "y", "n", "yes", "no", "on", "off"];
                 if !WORDS.iter().any(|w| s.trim().eq_ignore_ascii_case(w)) {
                     return Err(bad_type());
                 }
@@ -415,24 +538,45 @@ impl RowMapper {
                 time = Some(parse_time(&s).ok_or_else(bad_type)?);
             }
             Ty::Json => {
-                serde_json::from_str::<serde::de::IgnoredAny>(&s).map_err(|e| self.reject(c, "json", format!("not valid JSON ({e})")))?;
+                serde_json::from_str::<serde::de::IgnoredAny>(&s)
+                    .map_err(|e| self.reject(c, "json", format!("not valid JSON ({e})")))?;
             }
             // A UUID agentctl derived, or kept from the target, needs no reading back.
-            Ty::Uuid if c.transforms.is_empty() && matches!(c.feed, Feed::Key | Feed::Reference { .. } | Feed::Generic { .. }) => {}
+            Ty::Uuid
+                if c.transforms.is_empty()
+                    && matches!(
+                        c.feed,
+                        Feed::Key | Feed::Reference { .. } | Feed::Generic { .. }
+                    ) => {}
             Ty::Uuid => {
                 Uuid::parse_str(&s).map_err(|_| bad_type())?;
             }
             Ty::Text { max_len } => {
                 if max_len.is_some_and(|n| s.chars().count() > n as usize) {
-                    return Err(self.reject(c, "length", format!("{} characters do not fit {}", s.chars().count(), c.type_label)));
+                    return Err(self.reject(
+                        c,
+                        "length",
+                        format!("{} characters do not fit {}", s.chars().count(), c.type_label),
+                    ));
                 }
             }
         }
         if let Some((domain, checks)) = &c.domain {
             let value = time.map_or_else(|| typed(&c.ty, &s), Val::Time);
             for (text, check) in checks {
-                if check.holds(&|name: &str| if name.eq_ignore_ascii_case("VALUE") { value.clone() } else { Val::Null }) == Some(false) {
-                    return Err(self.reject(c, &format!("domain:{domain}"), format!("`{s}` is not a valid {domain} ({text})")));
+                if check.holds(&|name: &str| {
+                    if name.eq_ignore_ascii_case("VALUE") {
+                        value.clone()
+                    } else {
+                        Val::Null
+                    }
+                }) == Some(false)
+                {
+                    return Err(self.reject(
+                        c,
+                        &format!("domain:{domain}"),
+                        format!("`{s}` is not a valid {domain} ({text})"),
+                    ));
                 }
             }
         }
@@ -443,7 +587,9 @@ impl RowMapper {
     fn table_checks(&self, out: &TextRows, row: usize) -> Result<(), Rejection> {
         for (name, text, check) in &self.checks {
             let col = |n: &str| match self.columns.iter().position(|c| c.target == n) {
-                Some(i) => out.get(row, i).map(|s| typed(&self.columns[i].ty, s)).unwrap_or(Val::Null),
+                Some(i) => {
+                    out.get(row, i).map(|s| typed(&self.columns[i].ty, s)).unwrap_or(Val::Null)
+                }
                 None => Val::Null,
             };
             if check.holds(&col) == Some(false) {

@@ -25,14 +25,19 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
-use runtime::domain::{Compared, Difference, EntityDiff, EntityValidation, Expected, Links, MoneyTotal, Orphans, Scan};
+use runtime::domain::{
+    Compared, Difference, EntityDiff, EntityValidation, Expected, Links, MoneyTotal, Orphans, Scan,
+};
 use runtime::envelope::{AgentError, Envelope};
 use runtime::mapping::Transform;
 use runtime::ports::{Rows, Target};
 use runtime::AgentName;
 
 use crate::differential::DiffEntity;
-use crate::pipeline::{expect, prepare, read_ahead, restarting, soft_delete, InPageOrder, MigrateEntity, Prepared, COMPARES_IN_FLIGHT};
+use crate::pipeline::{
+    expect, prepare, read_ahead, restarting, soft_delete, InPageOrder, MigrateEntity, Prepared,
+    COMPARES_IN_FLIGHT,
+};
 use crate::transform::{amount, Reference, RowMapper};
 use runtime::text_rows::TextRows;
 
@@ -65,33 +70,53 @@ impl Actor for ValidationAgent {
     type State = ValidationArgs;
     type Arguments = ValidationArgs;
 
-    async fn pre_start(&self, _: ActorRef<ValidationMsg>, args: ValidationArgs) -> Result<ValidationArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<ValidationMsg>,
+        args: ValidationArgs,
+    ) -> Result<ValidationArgs, ActorProcessingErr> {
         Ok(args)
     }
 
-    async fn handle(&self, _: ActorRef<ValidationMsg>, msg: ValidationMsg, state: &mut ValidationArgs) -> Result<(), ActorProcessingErr> {
-        let (ctx, rows, target) = (state.ctx.clone(), state.source_rows.clone(), state.target.clone());
+    async fn handle(
+        &self,
+        _: ActorRef<ValidationMsg>,
+        msg: ValidationMsg,
+        state: &mut ValidationArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let (ctx, rows, target) =
+            (state.ctx.clone(), state.source_rows.clone(), state.target.clone());
         // Entities are validated (and analysed) side by side, each in a task of its own. A lost
         // connection or a restarting target is outlived like in the migration: doing it again
         // reads nothing it has not read before.
         match msg {
             ValidationMsg::Validate(env, reply) => {
                 tokio::spawn(async move {
-                    let work = |c: Arc<RunContext>, r: Arc<dyn Rows>, t: Arc<dyn Target>, body: MigrateEntity| async move {
+                    let work = |c: Arc<RunContext>,
+                                r: Arc<dyn Rows>,
+                                t: Arc<dyn Target>,
+                                body: MigrateEntity| async move {
                         validate(&c, r, t, &body).await
                     };
-                    let result = again(&ctx, rows, target, &env.body, "validating again", work).await;
-                    let _ = reply.send(result.map_err(|e| AgentError::new(ME, format!("validating {}: {e}", env.body.entity.table))));
+                    let result =
+                        again(&ctx, rows, target, &env.body, "validating again", work).await;
+                    let what = format!("validating {}", env.body.entity.table);
+                    let _ = reply.send(result.map_err(|e| AgentError::of(ME, e.context(what))));
                 });
             }
             ValidationMsg::Diff(env, reply) => {
                 tokio::spawn(async move {
                     let full = env.body.full;
-                    let work = move |c: Arc<RunContext>, r: Arc<dyn Rows>, t: Arc<dyn Target>, entity: MigrateEntity| async move {
+                    let work = move |c: Arc<RunContext>,
+                                     r: Arc<dyn Rows>,
+                                     t: Arc<dyn Target>,
+                                     entity: MigrateEntity| async move {
                         crate::differential::analyze(&c, r, t, &DiffEntity { entity, full }).await
                     };
-                    let result = again(&ctx, rows, target, &env.body.entity, "analysing again", work).await;
-                    let _ = reply.send(result.map_err(|e| AgentError::new(ME, format!("analysing {}: {e}", env.body.entity.entity.table))));
+                    let result =
+                        again(&ctx, rows, target, &env.body.entity, "analysing again", work).await;
+                    let what = format!("analysing {}", env.body.entity.entity.table);
+                    let _ = reply.send(result.map_err(|e| AgentError::of(ME, e.context(what))));
                 });
             }
         }
@@ -113,8 +138,10 @@ where
     F: Fn(Arc<RunContext>, Arc<dyn Rows>, Arc<dyn Target>, MigrateEntity) -> Fut,
     Fut: std::future::Future<Output = Result<T, ToolError>> + Send + 'static,
 {
-    let target = target.ok_or_else(|| ToolError::not_configured("no target database to compare with"))?;
-    let each = |c: Arc<RunContext>, body: MigrateEntity| work(c, rows.clone(), target.clone(), body);
+    let target =
+        target.ok_or_else(|| ToolError::not_configured("no target database to compare with"))?;
+    let each =
+        |c: Arc<RunContext>, body: MigrateEntity| work(c, rows.clone(), target.clone(), body);
     restarting(ctx, ME, req, what, each).await.map(|(v, _)| v)
 }
 
@@ -126,7 +153,8 @@ pub async fn validate(
 ) -> Result<EntityValidation, ToolError> {
     let started = Instant::now();
     let spec = &req.spec;
-    let Prepared { mapper, out_cols, id_col, deferred_cols, references, .. } = prepare(ctx, ME, target.as_ref(), req).await?;
+    let Prepared { mapper, out_cols, id_col, deferred_cols, references, .. } =
+        prepare(ctx, ME, target.as_ref(), req).await?;
     let legacy_col = out_cols
         .iter()
         .position(|(c, _)| c == "legacy_id")
@@ -135,11 +163,15 @@ pub async fn validate(
     let money: Vec<usize> = (0..out_cols.len())
         .filter(|&i| {
             let (name, ty) = &out_cols[i];
-            let cents = spec.columns.iter().any(|m| m.target == *name && m.transforms.contains(&Transform::Cents));
+            let cents = spec
+                .columns
+                .iter()
+                .any(|m| m.target == *name && m.transforms.contains(&Transform::Cents));
             cents || ty == "money" || (ty.starts_with("numeric(") && ty.ends_with(",2)"))
         })
         .collect();
-    let rejected_keys: HashSet<String> = target.rejected_keys(&spec.source).await?.into_iter().map(|(k, _)| k).collect();
+    let rejected_keys: HashSet<String> =
+        target.rejected_keys(&spec.source).await?.into_iter().map(|(k, _)| k).collect();
     let mut v = EntityValidation {
         source: spec.source.clone(),
         target: spec.target.clone(),
@@ -156,7 +188,14 @@ pub async fn validate(
         differences: Vec::new(),
         orphans: Vec::new(),
         links: Vec::new(),
-        money: money.iter().map(|&i| MoneyTotal { column: out_cols[i].0.clone(), source_cents: 0, target_cents: 0 }).collect(),
+        money: money
+            .iter()
+            .map(|&i| MoneyTotal {
+                column: out_cols[i].0.clone(),
+                source_cents: 0,
+                target_cents: 0,
+            })
+            .collect(),
         detail: String::new(),
         seconds: 0.0,
     };
@@ -190,7 +229,17 @@ pub async fn validate(
                     _ => {}
                 }
             }
-            tally(&mut v, &expected, &answers, &rejected_keys, target.as_ref(), &out_cols, legacy_col, &money).await?;
+            tally(
+                &mut v,
+                &expected,
+                &answers,
+                &rejected_keys,
+                target.as_ref(),
+                &out_cols,
+                legacy_col,
+                &money,
+            )
+            .await?;
         }
         let Some((expected, set)) = next else { break };
         let (target, table) = (target.clone(), spec.target.clone());
@@ -203,7 +252,10 @@ pub async fn validate(
     v.target_rows = target.table_rows(&spec.target, soft_delete(req)).await?;
     v.extra = (v.target_rows - found_in_target).max(0);
     // Every reference the mapping makes, and every foreign key the target declares.
-    let table = req.target.table(&spec.target).ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
+    let table = req
+        .target
+        .table(&spec.target)
+        .ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
     let mut checks: Vec<(String, runtime::domain::TableName)> =
         references.iter().map(|(c, p)| (out_cols[*c].0.clone(), p.clone())).collect();
     checks.extend(deferred_cols.iter().map(|&c| (out_cols[c].0.clone(), spec.target.clone())));
@@ -222,7 +274,9 @@ pub async fn validate(
     }
     let live = soft_delete(req);
     for (l, source) in linked.iter().zip(source_links) {
-        let found = target.links(&spec.target, &l.columns, &l.parent, &l.referenced, live, &kept_keys).await?;
+        let found = target
+            .links(&spec.target, &l.columns, &l.parent, &l.referenced, live, &kept_keys)
+            .await?;
         v.links.push(Links {
             columns: l.columns.clone(),
             parent: l.parent.clone(),
@@ -236,22 +290,49 @@ pub async fn validate(
         .links
         .iter()
         .filter(|l| l.source != l.target)
-        .map(|l| format!("{} links of {} to {} in the source but {} in the target", l.source, l.columns.join(", "), l.parent, l.target))
+        .map(|l| {
+            format!(
+                "{} links of {} to {} in the source but {} in the target",
+                l.source,
+                l.columns.join(", "),
+                l.parent,
+                l.target
+            )
+        })
         .collect();
     let links: i64 = v.links.iter().map(|l| l.target).sum();
     let orphaned: i64 = v.orphans.iter().map(|o| o.count).sum();
     let money_equal = v.money.iter().all(|m| m.source_cents == m.target_cents);
     let balanced = v.source_rows == v.migrated + v.rejected + v.kept + v.rows_differing + v.missing;
-    v.passed = balanced && v.missing == 0 && v.rows_differing == 0 && v.extra == 0 && orphaned == 0 && lost.is_empty() && money_equal;
+    v.passed = balanced
+        && v.missing == 0
+        && v.rows_differing == 0
+        && v.extra == 0
+        && orphaned == 0
+        && lost.is_empty()
+        && money_equal;
     v.detail = if v.passed {
         format!(
-            "{} source rows: {} migrated with equal values, {} rejected with reasons{}; {}no orphan; {}",
+            "{} source rows: {} migrated with equal values, {} rejected with reasons{}; {}no \
+                orphan; {}",
             v.source_rows,
             v.migrated,
             v.rejected,
             if v.kept > 0 { format!(", {} kept from before", v.kept) } else { String::new() },
-            if v.links.is_empty() { String::new() } else { format!("{links} links of {} references equal on both sides; ", v.links.len()) },
-            if v.money.is_empty() { "no money column".to_owned() } else { "money totals equal to the cent".to_owned() }
+            if v.links.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "{links} links of {} \
+                references equal on both sides; ",
+                    v.links.len()
+                )
+            },
+            if v.money.is_empty() {
+                "no money column".to_owned()
+            } else {
+                "money totals equal to the cent".to_owned()
+            }
         )
     } else {
         let mut wrong = Vec::new();
@@ -282,8 +363,14 @@ pub async fn validate(
     target.save_validation(ctx.run_id, &v).await?;
     ctx.decision(
         ME,
-        format!("{}: {} — {}", spec.target.name, if v.passed { "validated" } else { "validation FAILED" }, v.detail),
-        "accounting, typed value comparison of every row, money totals and references, all read from the databases",
+        format!(
+            "{}: {} — {}",
+            spec.target.name,
+            if v.passed { "validated" } else { "validation FAILED" },
+            v.detail
+        ),
+        "accounting, typed value comparison of every row, money totals and references, all read \
+            from the databases",
         &v,
     );
     Ok(v)
@@ -305,7 +392,11 @@ struct Linked {
 /// Every reference an entity's target rows make: each the mapping turns into a parent's UUID
 /// (self-references included), and each foreign key the target declares on columns copied as
 /// they are (a composite key, a key to a unique rule).
-fn links_of(req: &MigrateEntity, mapper: &RowMapper, spec: &runtime::mapping::MappingSpec) -> Vec<Linked> {
+fn links_of(
+    req: &MigrateEntity,
+    mapper: &RowMapper,
+    spec: &runtime::mapping::MappingSpec,
+) -> Vec<Linked> {
     let target_of = |source: &runtime::domain::TableName| {
         if *source == spec.source {
             Some(spec.target.clone())
@@ -332,14 +423,17 @@ fn links_of(req: &MigrateEntity, mapper: &RowMapper, spec: &runtime::mapping::Ma
         spec.columns.iter().find(|m| &m.target == column).and_then(|m| match &m.feed {
             // Copied, or through steps that keep a value a value and NULL NULL.
             runtime::mapping::Feed::Column { column }
-                if m.transforms.iter().all(|t| matches!(t, Transform::Trim | Transform::Lower | Transform::Upper)) =>
+                if m.transforms.iter().all(|t| {
+                    matches!(t, Transform::Trim | Transform::Lower | Transform::Upper)
+                }) =>
             {
                 scanned.iter().position(|s| s == column)
             }
             _ => None,
         })
     };
-    for fk in req.target.table(&spec.target).map(|t| t.foreign_keys.as_slice()).unwrap_or_default() {
+    for fk in req.target.table(&spec.target).map(|t| t.foreign_keys.as_slice()).unwrap_or_default()
+    {
         if references.iter().any(|r| fk.columns == [r.target_column.clone()]) {
             continue;
         }
@@ -358,7 +452,14 @@ fn links_of(req: &MigrateEntity, mapper: &RowMapper, spec: &runtime::mapping::Ma
 
 /// For each reference, whether each row of the page sets every column it is made from.
 fn references_set(page: &TextRows, linked: &[Linked]) -> Vec<Vec<bool>> {
-    linked.iter().map(|l| (0..page.len()).map(|seq| l.inputs.iter().all(|&i| page.get(seq, i).is_some())).collect()).collect()
+    linked
+        .iter()
+        .map(|l| {
+            (0..page.len())
+                .map(|seq| l.inputs.iter().all(|&i| page.get(seq, i).is_some()))
+                .collect()
+        })
+        .collect()
 }
 
 /// Books one compared page into the validation.
@@ -394,7 +495,9 @@ async fn tally(
                     Some(col) => {
                         v.rows_differing += 1;
                         if v.differences.len() < LISTED {
-                            let found = target.value_of(&v.target, &out_cols[col].0, &out_cols[legacy_col].1, key).await?;
+                            let found = target
+                                .value_of(&v.target, &out_cols[col].0, &out_cols[legacy_col].1, key)
+                                .await?;
                             v.differences.push(Difference {
                                 legacy_key: key.clone(),
                                 column: out_cols[col].0.clone(),
@@ -417,7 +520,12 @@ async fn tally(
             (_, false, _) if rejected_keys.contains(key) => v.rejected += 1,
             (_, false, _) => {
                 v.missing += 1;
-                note(v, "(row)", "in the target, or rejected with a reason", "neither: the row is missing");
+                note(
+                    v,
+                    "(row)",
+                    "in the target, or rejected with a reason",
+                    "neither: the row is missing",
+                );
             }
         }
     }

@@ -41,7 +41,11 @@ pub fn fill(template: Template, values: &[(&str, &str)]) -> Result<String, Promp
 }
 
 /// Fills `text` (the template called `name`, for errors) with `values`.
-pub fn render(name: &str, text: &str, values: &BTreeMap<&str, String>) -> Result<String, PromptError> {
+pub fn render(
+    name: &str,
+    text: &str,
+    values: &BTreeMap<&str, String>,
+) -> Result<String, PromptError> {
     let mut out = String::with_capacity(text.len());
     let mut used = std::collections::BTreeSet::new();
     let mut rest = text;
@@ -55,9 +59,13 @@ pub fn render(name: &str, text: &str, values: &BTreeMap<&str, String>) -> Result
             rest = tail;
             continue;
         }
-        let end = after.find("}}").ok_or(PromptError::Unclosed { template: name.into(), at: offset + start })?;
+        let end = after
+            .find("}}")
+            .ok_or(PromptError::Unclosed { template: name.into(), at: offset + start })?;
         let key = after[..end].trim();
-        let value = values.get(key).ok_or_else(|| PromptError::Missing { template: name.into(), name: key.into() })?;
+        let value = values
+            .get(key)
+            .ok_or_else(|| PromptError::Missing { template: name.into(), name: key.into() })?;
         out.push_str(value);
         used.insert(key);
         offset += start + 2 + end + 2;
@@ -81,16 +89,30 @@ mod tests {
     #[test]
     fn fills_placeholders_and_keeps_escaped_braces() {
         let text = "Goal: {{goal}}\nTables: {{ tables }}\nJSON looks like {{{{\"a\": 1}}";
-        let out = render("t", text, &values(&[("goal", "migrate doctors"), ("tables", "dispatch_doctor")])).unwrap();
-        assert_eq!(out, "Goal: migrate doctors\nTables: dispatch_doctor\nJSON looks like {{\"a\": 1}}");
+        let out = render(
+            "t",
+            text,
+            &values(&[("goal", "migrate doctors"), ("tables", "dispatch_doctor")]),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "Goal: migrate doctors\nTables: dispatch_doctor\nJSON looks like {{\"a\": 1}}"
+        );
     }
 
     #[test]
     fn missing_unused_and_unclosed_are_errors() {
         let e = render("plan", "{{goal}} {{tables}}", &values(&[("goal", "x")])).unwrap_err();
-        assert_eq!(e.to_string(), "prompt template `plan` uses `{{tables}}` but no value was given for it");
+        assert_eq!(
+            e.to_string(),
+            "prompt template `plan` uses `{{tables}}` but no value was given for it"
+        );
         let e = render("plan", "{{goal}}", &values(&[("goal", "x"), ("extra", "y")])).unwrap_err();
-        assert_eq!(e.to_string(), "prompt template `plan` was given `extra`, which it does not use");
+        assert_eq!(
+            e.to_string(),
+            "prompt template `plan` was given `extra`, which it does not use"
+        );
         let e = render("plan", "ok {{goal", &values(&[])).unwrap_err();
         assert_eq!(e.to_string(), "prompt template `plan` has an unclosed `{{` at byte 3");
     }

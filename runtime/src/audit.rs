@@ -46,8 +46,15 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] =
-        [EventKind::Run, EventKind::Message, EventKind::Decision, EventKind::Tool, EventKind::Llm, EventKind::Batch, EventKind::Error];
+    pub const ALL: [EventKind; 7] = [
+        EventKind::Run,
+        EventKind::Message,
+        EventKind::Decision,
+        EventKind::Tool,
+        EventKind::Llm,
+        EventKind::Batch,
+        EventKind::Error,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -91,7 +98,12 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
-    pub fn new(agent: AgentName, kind: EventKind, summary: impl Into<String>, detail: Value) -> AuditRecord {
+    pub fn new(
+        agent: AgentName,
+        kind: EventKind,
+        summary: impl Into<String>,
+        detail: Value,
+    ) -> AuditRecord {
         AuditRecord { agent, kind, correlation_id: None, summary: summary.into(), detail }
     }
 
@@ -122,7 +134,13 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// Numbers, timestamps and chains a record that has already been redacted.
-    pub fn chain(run_id: RunId, seq: i64, prev_hash: &str, at: DateTime<Utc>, record: AuditRecord) -> AuditEvent {
+    pub fn chain(
+        run_id: RunId,
+        seq: i64,
+        prev_hash: &str,
+        at: DateTime<Utc>,
+        record: AuditRecord,
+    ) -> AuditEvent {
         let mut event = AuditEvent {
             run_id,
             seq,
@@ -192,7 +210,8 @@ pub struct Verification {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ChainBreak {
-    /// The sequence number where the chain first fails (for a truncated tail, the first missing one).
+    /// The sequence number where the chain first fails (for a truncated tail, the first missing
+    /// one).
     pub seq: i64,
     pub reason: String,
 }
@@ -213,9 +232,16 @@ pub fn verify_chain(run_id: RunId, events: &[AuditEvent], head: &ChainHead) -> V
         let problem = if e.run_id != run_id {
             Some(format!("belongs to run {}", e.run_id))
         } else if e.seq != expected_seq {
-            Some(format!("expected event #{expected_seq} here; events #{expected_seq} to #{} are missing", e.seq - 1))
+            Some(format!(
+                "expected event #{expected_seq} here; events #{expected_seq} to #{} are missing",
+                e.seq - 1
+            ))
         } else if e.prev_hash != prev {
-            Some("its link to the previous event is broken (an event before it was changed, removed or moved)".to_owned())
+            Some(
+                "its link to the previous event is broken (an event before it was changed, \
+                removed or moved)"
+                    .to_owned(),
+            )
         } else if e.compute_hash() != e.hash {
             Some("its contents do not match its hash (the event was edited)".to_owned())
         } else {
@@ -233,7 +259,8 @@ pub fn verify_chain(run_id: RunId, events: &[AuditEvent], head: &ChainHead) -> V
             first_bad = Some(ChainBreak {
                 seq: count + 1,
                 reason: format!(
-                    "the run recorded {} events but only {count} remain (events from #{} on were deleted)",
+                    "the run recorded {} events but only {count} remain (events from #{} on were \
+                        deleted)",
                     head.event_count,
                     count + 1
                 ),
@@ -241,7 +268,8 @@ pub fn verify_chain(run_id: RunId, events: &[AuditEvent], head: &ChainHead) -> V
         } else if count > head.event_count || prev != head.head_hash {
             first_bad = Some(ChainBreak {
                 seq: head.event_count.min(count).max(1),
-                reason: "the chain does not end where the run's recorded head says it does".to_owned(),
+                reason: "the chain does not end where the run's recorded head says it does"
+                    .to_owned(),
             });
         }
     }
@@ -286,9 +314,13 @@ pub fn verify_ledger(entries: &[LedgerEntry]) -> Option<ChainBreak> {
     for (i, e) in entries.iter().enumerate() {
         let expected = i as i64 + 1;
         let reason = if e.seq != expected {
-            format!("expected ledger entry #{expected} here; entries #{expected} to #{} are missing", e.seq - 1)
+            format!(
+                "expected ledger entry #{expected} here; entries #{expected} to #{} are missing",
+                e.seq - 1
+            )
         } else if e.prev_hash != prev {
-            "its link to the entry before is broken (an entry before it was changed or removed)".to_owned()
+            "its link to the entry before is broken (an entry before it was changed or removed)"
+                .to_owned()
         } else if e.compute_hash() != e.hash {
             "its contents do not match its hash (the entry was edited)".to_owned()
         } else {
@@ -349,7 +381,10 @@ mod tests {
         assert_eq!(verify_ledger(&ledger(6)), None);
         let mut edited = ledger(6);
         edited[3].event_count -= 1;
-        assert_eq!(verify_ledger(&edited).map(|b| (b.seq, b.reason.contains("edited"))), Some((4, true)));
+        assert_eq!(
+            verify_ledger(&edited).map(|b| (b.seq, b.reason.contains("edited"))),
+            Some((4, true))
+        );
         let mut removed = ledger(6);
         removed.remove(2);
         assert_eq!(verify_ledger(&removed).map(|b| b.seq), Some(3));
@@ -357,7 +392,10 @@ mod tests {
         let mut rehashed = ledger(6);
         rehashed[1].head_hash = "f".repeat(64);
         rehashed[1].hash = rehashed[1].compute_hash();
-        assert_eq!(verify_ledger(&rehashed).map(|b| (b.seq, b.reason.contains("link"))), Some((3, true)));
+        assert_eq!(
+            verify_ledger(&rehashed).map(|b| (b.seq, b.reason.contains("link"))),
+            Some((3, true))
+        );
     }
 
     fn chain(n: i64) -> (RunId, Vec<AuditEvent>, ChainHead) {
@@ -366,8 +404,14 @@ mod tests {
         let mut prev = GENESIS.to_owned();
         let mut events = Vec::new();
         for seq in 1..=n {
-            let rec = AuditRecord::new(AgentName::Planning, EventKind::Decision, format!("step {seq}"), json!({"n": seq}));
-            let e = AuditEvent::chain(run, seq, &prev, t0 + chrono::Duration::milliseconds(seq), rec);
+            let rec = AuditRecord::new(
+                AgentName::Planning,
+                EventKind::Decision,
+                format!("step {seq}"),
+                json!({"n": seq}),
+            );
+            let e =
+                AuditEvent::chain(run, seq, &prev, t0 + chrono::Duration::milliseconds(seq), rec);
             prev = e.hash.clone();
             events.push(e);
         }
@@ -403,7 +447,8 @@ mod tests {
     #[test]
     fn swapped_events_are_named() {
         let (run, mut events, head) = chain(5);
-        // Swap the contents of #2 and #3 but keep the sequence numbers in place, as an UPDATE would.
+        // Swap the contents of #2 and #3 but keep the sequence numbers in place, as an UPDATE
+        // would.
         let (a, b) = (events[1].clone(), events[2].clone());
         events[1] = AuditEvent { seq: 2, ..b };
         events[2] = AuditEvent { seq: 3, ..a };

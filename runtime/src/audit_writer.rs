@@ -62,7 +62,11 @@ impl Actor for AuditWriter {
     type State = AuditWriterState;
     type Arguments = AuditWriterArgs;
 
-    async fn pre_start(&self, myself: ActorRef<AuditMsg>, args: AuditWriterArgs) -> Result<AuditWriterState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AuditMsg>,
+        args: AuditWriterArgs,
+    ) -> Result<AuditWriterState, ActorProcessingErr> {
         // A resumed run continues its own chain rather than starting a second one.
         let head = args.sink.head(args.run_id).await?;
         let ticker = myself.send_interval(args.flush_every, || AuditMsg::Tick);
@@ -78,25 +82,42 @@ impl Actor for AuditWriter {
         })
     }
 
-    async fn handle(&self, _myself: ActorRef<AuditMsg>, msg: AuditMsg, state: &mut AuditWriterState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<AuditMsg>,
+        msg: AuditMsg,
+        state: &mut AuditWriterState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             AuditMsg::Record(record) => {
                 let mut record = *record;
                 record.summary = state.redactor.text(&record.summary);
                 record.detail = state.redactor.json(&record.detail);
-                let event = AuditEvent::chain(state.run_id, state.next_seq, &state.prev_hash, Utc::now(), record);
+                let event = AuditEvent::chain(
+                    state.run_id,
+                    state.next_seq,
+                    &state.prev_hash,
+                    Utc::now(),
+                    record,
+                );
                 state.next_seq += 1;
                 state.prev_hash = event.hash.clone();
                 state.pending.push(event);
                 if state.pending.len() >= state.batch {
                     if let Err(e) = state.flush().await {
-                        tracing::warn!("{e}; {} audit events kept for the next attempt", state.pending.len());
+                        tracing::warn!(
+                            "{e}; {} audit events kept for the next attempt",
+                            state.pending.len()
+                        );
                     }
                 }
             }
             AuditMsg::Tick => {
                 if let Err(e) = state.flush().await {
-                    tracing::warn!("{e}; {} audit events kept for the next attempt", state.pending.len());
+                    tracing::warn!(
+                        "{e}; {} audit events kept for the next attempt",
+                        state.pending.len()
+                    );
                 }
             }
             AuditMsg::Flush(reply) => {
@@ -107,7 +128,11 @@ impl Actor for AuditWriter {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<AuditMsg>, state: &mut AuditWriterState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<AuditMsg>,
+        state: &mut AuditWriterState,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
@@ -116,7 +141,11 @@ impl Actor for AuditWriter {
             match state.flush().await {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt == 5 => {
-                    tracing::error!("{e}; {} audit events of run {} could not be written", state.pending.len(), state.run_id);
+                    tracing::error!(
+                        "{e}; {} audit events of run {} could not be written",
+                        state.pending.len(),
+                        state.run_id
+                    );
                     return Err(e.into());
                 }
                 Err(_) => {

@@ -61,14 +61,22 @@ pub struct DbUrl {
 }
 
 impl DbUrl {
-    pub fn parse(role: DbRole, text: &str, origin: impl Into<String>) -> Result<DbUrl, ConfigError> {
+    pub fn parse(
+        role: DbRole,
+        text: &str,
+        origin: impl Into<String>,
+    ) -> Result<DbUrl, ConfigError> {
         let origin = origin.into();
         let bad = |why: String| ConfigError::BadUrl { role, origin: origin.clone(), why };
         let url = Url::parse(text.trim()).map_err(|e| bad(e.to_string()))?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
-            return Err(bad(format!("scheme `{}` is not postgres:// or postgresql://", url.scheme())));
+            return Err(bad(format!(
+                "scheme `{}` is not postgres:// or postgresql://",
+                url.scheme()
+            )));
         }
-        if url.host_str().is_none_or(str::is_empty) && !url.query_pairs().any(|(k, _)| k == "host") {
+        if url.host_str().is_none_or(str::is_empty) && !url.query_pairs().any(|(k, _)| k == "host")
+        {
             return Err(bad("it names no host".into()));
         }
         Ok(DbUrl { role, url, origin })
@@ -100,7 +108,12 @@ impl DbUrl {
 
     /// `host:port/db`, the part an operator recognises.
     pub fn location(&self) -> String {
-        format!("{}:{}/{}", self.url.host_str().unwrap_or("localhost"), self.url.port().unwrap_or(5432), self.database())
+        format!(
+            "{}:{}/{}",
+            self.url.host_str().unwrap_or("localhost"),
+            self.url.port().unwrap_or(5432),
+            self.database()
+        )
     }
 }
 
@@ -122,7 +135,8 @@ impl fmt::Debug for DbUrl {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("no {role} database configured: pass {}, or set {}_DATABASE_URL (or {}_DB_HOST, {}_DB_NAME, ...) in the environment or .env", .role.flag(), .role.prefix(), .role.prefix(), .role.prefix())]
+    #[error("no {role} database configured: pass {}, or set {}_DATABASE_URL (or {}_DB_HOST, \
+        {}_DB_NAME, ...) in the environment or .env", .role.flag(), .role.prefix(), .role.prefix(), .role.prefix())]
     Missing { role: DbRole },
     #[error("the {role} database URL from {origin} is not usable: {why}")]
     BadUrl { role: DbRole, origin: String, why: String },
@@ -144,9 +158,11 @@ impl Vars {
         let mut vars = Vars::default();
         if dotenv.exists() {
             let path = dotenv.display().to_string();
-            let iter = dotenvy::from_path_iter(dotenv).map_err(|e| ConfigError::DotEnv { path: path.clone(), why: e.to_string() })?;
+            let iter = dotenvy::from_path_iter(dotenv)
+                .map_err(|e| ConfigError::DotEnv { path: path.clone(), why: e.to_string() })?;
             for item in iter {
-                let (k, v) = item.map_err(|e| ConfigError::DotEnv { path: path.clone(), why: e.to_string() })?;
+                let (k, v) = item
+                    .map_err(|e| ConfigError::DotEnv { path: path.clone(), why: e.to_string() })?;
                 vars.set(k, v, path.clone());
             }
         }
@@ -156,20 +172,39 @@ impl Vars {
         Ok(vars)
     }
 
-    pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>, origin: impl Into<String>) {
+    pub fn set(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+        origin: impl Into<String>,
+    ) {
         self.vars.insert(key.into(), (value.into(), origin.into()));
     }
 
     fn get(&self, key: &str) -> Option<(&str, &str)> {
-        self.vars.get(key).map(|(v, o)| (v.as_str(), o.as_str())).filter(|(v, _)| !v.trim().is_empty())
+        self.vars
+            .get(key)
+            .map(|(v, o)| (v.as_str(), o.as_str()))
+            .filter(|(v, _)| !v.trim().is_empty())
     }
 
-    fn number<T: std::str::FromStr>(&self, key: &str, default: T, valid: impl Fn(&T) -> bool, rule: &str) -> Result<T, ConfigError> {
+    fn number<T: std::str::FromStr>(
+        &self,
+        key: &str,
+        default: T,
+        valid: impl Fn(&T) -> bool,
+        rule: &str,
+    ) -> Result<T, ConfigError> {
         match self.get(key) {
             None => Ok(default),
             Some((v, origin)) => match v.trim().parse::<T>() {
                 Ok(n) if valid(&n) => Ok(n),
-                _ => Err(ConfigError::BadValue { var: key.into(), value: v.into(), origin: origin.into(), why: rule.into() }),
+                _ => Err(ConfigError::BadValue {
+                    var: key.into(),
+                    value: v.into(),
+                    origin: origin.into(),
+                    why: rule.into(),
+                }),
             },
         }
     }
@@ -227,8 +262,18 @@ impl Config {
                 0 => None,
                 n => Some(n),
             },
-            max_retry_attempts: vars.number("MAX_RETRY_ATTEMPTS", 3, |n| *n <= 100, "expected a whole number from 0 to 100")?,
-            migration_timeout: match vars.number("MIGRATION_TIMEOUT", 0u64, |_| true, "expected a number of seconds")? {
+            max_retry_attempts: vars.number(
+                "MAX_RETRY_ATTEMPTS",
+                3,
+                |n| *n <= 100,
+                "expected a whole number from 0 to 100",
+            )?,
+            migration_timeout: match vars.number(
+                "MIGRATION_TIMEOUT",
+                0u64,
+                |_| true,
+                "expected a number of seconds",
+            )? {
                 0 => None,
                 s => Some(Duration::from_secs(s)),
             },
@@ -239,9 +284,18 @@ impl Config {
                 "expected a positive number of seconds",
             )?),
             llm: LlmConfig {
-                api_key: vars.get("OPENAI_API_KEY").map(|(v, _)| v.to_owned()).filter(|v| !v.is_empty()),
-                base_url: vars.get("OPENAI_BASE_URL").map(|(v, _)| v.to_owned()).filter(|v| !v.is_empty()),
-                model: vars.get("AGENTCTL_MODEL").map(|(v, _)| v.to_owned()).filter(|v| !v.is_empty()),
+                api_key: vars
+                    .get("OPENAI_API_KEY")
+                    .map(|(v, _)| v.to_owned())
+                    .filter(|v| !v.is_empty()),
+                base_url: vars
+                    .get("OPENAI_BASE_URL")
+                    .map(|(v, _)| v.to_owned())
+                    .filter(|v| !v.is_empty()),
+                model: vars
+                    .get("AGENTCTL_MODEL")
+                    .map(|(v, _)| v.to_owned())
+                    .filter(|v| !v.is_empty()),
                 timeout: Duration::from_secs(vars.number(
                     "AGENTCTL_LLM_TIMEOUT",
                     60u64,
@@ -250,11 +304,15 @@ impl Config {
                 )?),
                 price: match vars.get("AGENTCTL_LLM_PRICE") {
                     None => None,
-                    Some((v, origin)) => Some(parse_price(v).ok_or_else(|| ConfigError::BadValue {
-                        var: "AGENTCTL_LLM_PRICE".into(),
-                        value: v.into(),
-                        origin: origin.into(),
-                        why: "expected two numbers, dollars per million prompt and completion tokens: 0.15,0.60".into(),
+                    Some((v, origin)) => Some(parse_price(v).ok_or_else(|| {
+                        ConfigError::BadValue {
+                            var: "AGENTCTL_LLM_PRICE".into(),
+                            value: v.into(),
+                            origin: origin.into(),
+                            why: "expected two numbers, dollars per million prompt and completion \
+                            tokens: 0.15,0.60"
+                                .into(),
+                        }
                     })?),
                 },
                 ..LlmConfig::default()
@@ -278,7 +336,11 @@ impl Config {
 
     /// The secret values this configuration holds, for the audit trail's redactor.
     pub fn secrets(&self) -> Vec<String> {
-        let mut secrets: Vec<String> = [&self.source, &self.target].into_iter().flatten().filter_map(DbUrl::password).collect();
+        let mut secrets: Vec<String> = [&self.source, &self.target]
+            .into_iter()
+            .flatten()
+            .filter_map(DbUrl::password)
+            .collect();
         secrets.extend(self.llm.api_key.clone());
         secrets
     }
@@ -303,8 +365,13 @@ fn db_url(role: DbRole, flag: Option<&str>, vars: &Vars) -> Result<Option<DbUrl>
     if host.is_none() && name.is_none() {
         return Ok(None);
     }
-    let origin = format!("{p}_DB_* in {}", host.or(name).map(|(_, o)| o).unwrap_or("the environment"));
-    let missing = |what: &str| ConfigError::BadUrl { role, origin: origin.clone(), why: format!("{p}_DB_{what} is not set") };
+    let origin =
+        format!("{p}_DB_* in {}", host.or(name).map(|(_, o)| o).unwrap_or("the environment"));
+    let missing = |what: &str| ConfigError::BadUrl {
+        role,
+        origin: origin.clone(),
+        why: format!("{p}_DB_{what} is not set"),
+    };
     let host = host.ok_or_else(|| missing("HOST"))?.0;
     let name = name.ok_or_else(|| missing("NAME"))?.0;
     let port = match part("PORT") {
@@ -317,7 +384,11 @@ fn db_url(role: DbRole, flag: Option<&str>, vars: &Vars) -> Result<Option<DbUrl>
         })?,
     };
     let mut url = Url::parse("postgres://localhost/").expect("a constant URL parses");
-    url.set_host(Some(host.trim())).map_err(|e| ConfigError::BadUrl { role, origin: origin.clone(), why: format!("host: {e}") })?;
+    url.set_host(Some(host.trim())).map_err(|e| ConfigError::BadUrl {
+        role,
+        origin: origin.clone(),
+        why: format!("host: {e}"),
+    })?;
     let _ = url.set_port(Some(port));
     let _ = url.set_username(part("USER").map(|(u, _)| u).unwrap_or("postgres"));
     if let Some((pw, _)) = part("PASSWORD") {
@@ -362,7 +433,10 @@ mod tests {
         let flags = DbFlags { source: Some("postgres://a@h1/legacy".into()), target: None };
         let c = Config::resolve(
             &flags,
-            &vars(&[("SOURCE_DATABASE_URL", "postgres://b@h2/other"), ("TARGET_DATABASE_URL", "postgresql://t:pw@h3:6543/modern")]),
+            &vars(&[
+                ("SOURCE_DATABASE_URL", "postgres://b@h2/other"),
+                ("TARGET_DATABASE_URL", "postgresql://t:pw@h3:6543/modern"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.source().unwrap().location(), "h1:5432/legacy");
@@ -395,14 +469,25 @@ mod tests {
         let c = Config::resolve(&DbFlags::default(), &Vars::default()).unwrap();
         assert_eq!(
             c.target().unwrap_err().to_string(),
-            "no target database configured: pass --target, or set TARGET_DATABASE_URL (or TARGET_DB_HOST, TARGET_DB_NAME, ...) in the environment or .env"
+            "no target database configured: pass --target, or set TARGET_DATABASE_URL (or \
+                TARGET_DB_HOST, TARGET_DB_NAME, ...) in the environment or .env"
         );
-        let e = Config::resolve(&DbFlags::default(), &vars(&[("SOURCE_DB_HOST", "h")])).unwrap_err();
-        assert_eq!(e.to_string(), "the source database URL from SOURCE_DB_* in .env is not usable: SOURCE_DB_NAME is not set");
-        let e = Config::resolve(&DbFlags { source: None, target: Some("mysql://x@h/db".into()) }, &Vars::default()).unwrap_err();
+        let e =
+            Config::resolve(&DbFlags::default(), &vars(&[("SOURCE_DB_HOST", "h")])).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "the target database URL from --target is not usable: scheme `mysql` is not postgres:// or postgresql://"
+            "the source database URL from SOURCE_DB_* in .env is not \
+            usable: SOURCE_DB_NAME is not set"
+        );
+        let e = Config::resolve(
+            &DbFlags { source: None, target: Some("mysql://x@h/db".into()) },
+            &Vars::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the target database URL from --target is not usable: scheme `mysql` is not \
+                postgres:// or postgresql://"
         );
     }
 
@@ -410,11 +495,21 @@ mod tests {
     fn tuning_variables_are_checked() {
         let c = Config::resolve(
             &DbFlags::default(),
-            &vars(&[("BATCH_SIZE", "2500"), ("MAX_RETRY_ATTEMPTS", "5"), ("MIGRATION_TIMEOUT", "3600")]),
+            &vars(&[
+                ("BATCH_SIZE", "2500"),
+                ("MAX_RETRY_ATTEMPTS", "5"),
+                ("MIGRATION_TIMEOUT", "3600"),
+            ]),
         )
         .unwrap();
-        assert_eq!((c.batch_size, c.max_retry_attempts, c.migration_timeout), (Some(2500), 5, Some(Duration::from_secs(3600))));
+        assert_eq!(
+            (c.batch_size, c.max_retry_attempts, c.migration_timeout),
+            (Some(2500), 5, Some(Duration::from_secs(3600)))
+        );
         let e = Config::resolve(&DbFlags::default(), &vars(&[("BATCH_SIZE", "lots")])).unwrap_err();
-        assert_eq!(e.to_string(), r#"BATCH_SIZE="lots" from .env is not valid: expected a whole number from 1 to 1000000"#);
+        assert_eq!(
+            e.to_string(),
+            r#"BATCH_SIZE="lots" from .env is not valid: expected a whole number from 1 to 1000000"#
+        );
     }
 }

@@ -24,16 +24,38 @@ pub struct RunContext {
 }
 
 impl RunContext {
-    pub fn new(run_id: RunId, audit: Audit, events: EventBus, request_timeout: Duration) -> RunContext {
+    pub fn new(
+        run_id: RunId,
+        audit: Audit,
+        events: EventBus,
+        request_timeout: Duration,
+    ) -> RunContext {
         RunContext { run_id, audit, events, request_timeout, seq: AtomicU64::new(0) }
     }
 
-    pub fn next_meta(&self, sender: AgentName, receiver: AgentName, correlation_id: Uuid) -> MessageMeta {
-        MessageMeta { run_id: self.run_id, seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1, sender, receiver, correlation_id }
+    pub fn next_meta(
+        &self,
+        sender: AgentName,
+        receiver: AgentName,
+        correlation_id: Uuid,
+    ) -> MessageMeta {
+        MessageMeta {
+            run_id: self.run_id,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            sender,
+            receiver,
+            correlation_id,
+        }
     }
 
     /// Records a decision with the rationale an operator reads.
-    pub fn decision(&self, agent: AgentName, summary: impl Into<String>, rationale: impl Into<String>, detail: impl Serialize) {
+    pub fn decision(
+        &self,
+        agent: AgentName,
+        summary: impl Into<String>,
+        rationale: impl Into<String>,
+        detail: impl Serialize,
+    ) {
         self.audit.record(AuditRecord::new(
             agent,
             EventKind::Decision,

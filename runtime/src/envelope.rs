@@ -145,7 +145,12 @@ impl Courier {
                 )
                 .correlated(correlation),
             );
-            self.ctx.events.publish(RunEvent::Message { run_id: self.ctx.run_id, from: self.from, to, what: what.to_owned() });
+            self.ctx.events.publish(RunEvent::Message {
+                run_id: self.ctx.run_id,
+                from: self.from,
+                to,
+                what: what.to_owned(),
+            });
             let envelope = Envelope { meta, body: body.clone() };
             match target.call(|port| build(envelope, port), Some(timeout)).await {
                 Ok(CallResult::Success(resp)) => {
@@ -163,7 +168,13 @@ impl Courier {
                 Ok(CallResult::Timeout) => {
                     let err = CallError::Timeout { agent: to, what, after: timeout };
                     self.ctx.audit.record(
-                        AuditRecord::new(self.from, EventKind::Error, err.to_string(), json!({"request": what})).correlated(correlation),
+                        AuditRecord::new(
+                            self.from,
+                            EventKind::Error,
+                            err.to_string(),
+                            json!({"request": what}),
+                        )
+                        .correlated(correlation),
                     );
                     return Err(err);
                 }
@@ -173,7 +184,11 @@ impl Courier {
                         AuditRecord::new(
                             self.from,
                             EventKind::Error,
-                            format!("the {} stopped before answering `{what}`; asking again once it is restarted", to.label()),
+                            format!(
+                                "the {} stopped before answering `{what}`; asking again once \
+                                it is restarted",
+                                to.label()
+                            ),
                             json!({"request": what, "attempt": attempt}),
                         )
                         .correlated(correlation),

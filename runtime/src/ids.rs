@@ -123,11 +123,14 @@ impl FromStr for AgentName {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let wanted = s.trim().to_ascii_lowercase().replace(['-', ' '], "_");
         let wanted = wanted.trim_end_matches("_agent");
-        AgentName::ALL.into_iter().find(|a| a.as_str() == wanted || (wanted == "schema" && *a == AgentName::SchemaAnalysis)).ok_or_else(
-            || {
+        AgentName::ALL
+            .into_iter()
+            .find(|a| {
+                a.as_str() == wanted || (wanted == "schema" && *a == AgentName::SchemaAnalysis)
+            })
+            .ok_or_else(|| {
                 let names: Vec<&str> = AgentName::ALL.iter().map(|a| a.as_str()).collect();
                 format!("unknown agent `{s}`; expected one of {}", names.join(", "))
-            },
-        )
+            })
     }
 }

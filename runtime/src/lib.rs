@@ -3,7 +3,8 @@
 //! Spawning and supervising actors ([`supervise`]), the envelope every message travels in and
 //! the courier that delivers it ([`envelope`]), the typed payloads agents exchange ([`domain`]),
 //! the audit trail ([`audit`], [`audit_writer`]), the event stream the CLI shows ([`events`]),
-//! secret redaction ([`redact`]), quoting names for SQL ([`sql`]), configuration ([`config`]), reading PostgreSQL's dates and
+//! secret redaction ([`redact`]), quoting names for SQL ([`sql`]), configuration ([`config`]),
+//! reading PostgreSQL's dates and
 //! timestamps ([`time`]), rows of text values kept in one buffer ([`text_rows`]) and the traits
 //! agents reach the world through ([`ports`]) and the error they all return ([`error`]).
 //!

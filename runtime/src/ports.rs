@@ -1,13 +1,14 @@
 //! The traits through which agents reach the world. `tools` implements them over PostgreSQL,
 //! the LLM endpoint and the Docker sandbox; agents only ever see these. The target database is
 //! reached through four small roles ([`Loader`], [`ConstraintStore`], [`Verifier`],
-//! [`SyncStore`]); [`Target`] is all four. The payloads they carry are in [`crate::domain`].
+//! [`DiffStore`]); [`Target`] is all four. The payloads they carry are in [`crate::domain`].
 
 use async_trait::async_trait;
 
 use crate::domain::{
-    Batch, Checkpoint, CodeRequest, CodeResult, Compared, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, EntityValidation,
-    Expected, LlmReply, LlmRequest, RejectedRow, RollbackEntity, RolledBack, Scan, SchemaReport, SyncMark, TableName, Written,
+    Batch, Checkpoint, CodeRequest, CodeResult, Compared, DiffApplied, DiffBatch, Diffed,
+    Differential, EntityDiff, EntityValidation, Expected, LlmReply, LlmRequest, RejectedRow,
+    RollbackEntity, RolledBack, Scan, SchemaReport, SyncMark, TableName, Written,
 };
 use crate::ids::RunId;
 use crate::text_rows::TextRows;
@@ -26,7 +27,11 @@ pub trait Catalog: Send + Sync + 'static {
 #[async_trait]
 pub trait Loader: Send + Sync + 'static {
     /// Where an entity of a run stands, if it has started.
-    async fn checkpoint(&self, run: RunId, source: &TableName) -> Result<Option<Checkpoint>, ToolError>;
+    async fn checkpoint(
+        &self,
+        run: RunId,
+        source: &TableName,
+    ) -> Result<Option<Checkpoint>, ToolError>;
     async fn write(&self, batch: &Batch) -> Result<Written, ToolError>;
     /// Fills a second-pass reference column from the deferred records; rows whose parent is
     /// not in the target are removed and returned as rejected.
@@ -40,15 +45,29 @@ pub trait Loader: Send + Sync + 'static {
     /// Removes (and records as rejected) the rows whose self-reference `column` points at no
     /// row, again until none is left: the second pass of a load that wrote self-references
     /// directly, its foreign keys being set aside.
-    async fn drop_dangling(&self, run: RunId, source: &TableName, target: &TableName, column: &str) -> Result<Vec<RejectedRow>, ToolError>;
+    async fn drop_dangling(
+        &self,
+        run: RunId,
+        source: &TableName,
+        target: &TableName,
+        column: &str,
+    ) -> Result<Vec<RejectedRow>, ToolError>;
     /// Rows of a target table that may predate agentctl: (legacy key, UUID), leaving out the
     /// rows whose UUID starts with `ours` (the table tag of agentctl's ordered UUIDs). The
     /// caller keeps those whose UUID is not the derived one; children must point at them.
-    async fn kept_rows(&self, target: &TableName, ours: Option<&str>) -> Result<Vec<(String, String)>, ToolError>;
+    async fn kept_rows(
+        &self,
+        target: &TableName,
+        ours: Option<&str>,
+    ) -> Result<Vec<(String, String)>, ToolError>;
     /// What stops the load of these tables, checked before any change, one line each: a
     /// missing privilege to read or write a table, a table not owned where its constraints are
     /// to be set aside (`set_aside`), a sequence its columns draw from that cannot be moved.
-    async fn preflight(&self, tables: &[TableName], set_aside: bool) -> Result<Vec<String>, ToolError>;
+    async fn preflight(
+        &self,
+        tables: &[TableName],
+        set_aside: bool,
+    ) -> Result<Vec<String>, ToolError>;
     /// Moves every sequence the table's columns draw from (identity columns, `nextval`
     /// defaults) past the highest value the table holds, so that the target's own next row
     /// does not take a migrated row's value. Returns the sequences moved, with where to.
@@ -73,18 +92,28 @@ pub trait ConstraintStore: Send + Sync + 'static {
     /// Sets aside the table's foreign keys and plain (non-unique) indexes for the load,
     /// recording each with its definition; returns every one recorded for the table, including
     /// those an interrupted run set aside earlier.
-    async fn suspend_constraints(&self, run: RunId, target: &TableName) -> Result<Vec<String>, ToolError>;
+    async fn suspend_constraints(
+        &self,
+        run: RunId,
+        target: &TableName,
+    ) -> Result<Vec<String>, ToolError>;
     /// Puts back what is recorded as set aside for the table: indexes rebuilt, foreign keys
     /// added and validated set-based, then the unique legacy key. Returns what was restored.
     async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError>;
     /// Puts back what [`Target::restore_constraints`] does, but a foreign key the rows break
     /// stops it without an error: that key, and what comes after it, stay recorded and aside.
     /// Returns what was put back, and whether that was everything.
-    async fn restore_constraints_unless_refused(&self, target: &TableName) -> Result<(Vec<String>, bool), ToolError>;
+    async fn restore_constraints_unless_refused(
+        &self,
+        target: &TableName,
+    ) -> Result<(Vec<String>, bool), ToolError>;
     /// Puts back what [`Target::restore_constraints`] does but a foreign key the rows break,
     /// which stays recorded and aside (for a later put-back, which meets it again); the rest
     /// goes on. Returns what was put back.
-    async fn restore_constraints_but_refused(&self, target: &TableName) -> Result<Vec<String>, ToolError>;
+    async fn restore_constraints_but_refused(
+        &self,
+        target: &TableName,
+    ) -> Result<Vec<String>, ToolError>;
     /// Sets aside the unique constraint on `legacy_id` of an empty table for its load, when the
     /// primary key on `id` refuses the same duplicates (every row's UUID is derived from its
     /// legacy key, and the empty table holds no row with a UUID of its own); recorded like the
@@ -98,7 +127,11 @@ pub trait ConstraintStore: Send + Sync + 'static {
     /// legacy key. Rows that were there before agentctl are never touched. Puts back any
     /// constraint still set aside first, so the database itself refuses to orphan a child that
     /// is not rolled back; that refusal undoes the whole rollback and is returned as the error.
-    async fn rollback(&self, run: RunId, entities: &[RollbackEntity]) -> Result<Vec<RolledBack>, ToolError>;
+    async fn rollback(
+        &self,
+        run: RunId,
+        entities: &[RollbackEntity],
+    ) -> Result<Vec<RolledBack>, ToolError>;
 }
 
 /// Proves a migration in the target: compares pages of expected rows, counts orphans and
@@ -108,19 +141,42 @@ pub trait Verifier: Send + Sync + 'static {
     /// Compares a page of expected rows with the target's, in the target: each expected value
     /// is cast to its column's type and compared typed (numbers by value, JSON by content,
     /// times as instants), one statement a page. One answer per expected row, in order.
-    async fn compare(&self, target: &TableName, page: &Expected) -> Result<Vec<Compared>, ToolError>;
+    async fn compare(
+        &self,
+        target: &TableName,
+        page: &Expected,
+    ) -> Result<Vec<Compared>, ToolError>;
     /// A column of the target row with this legacy key, as text (to show a difference).
-    async fn value_of(&self, target: &TableName, column: &str, key_type: &str, key: &str) -> Result<Option<String>, ToolError>;
+    async fn value_of(
+        &self,
+        target: &TableName,
+        column: &str,
+        key_type: &str,
+        key: &str,
+    ) -> Result<Option<String>, ToolError>;
     /// Legacy keys of a source table's rows recorded as rejected, by any run, each with whether
     /// it was rejected for nothing but a missing parent.
     async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError>;
     /// Which of these UUIDs are rows of the table.
-    async fn existing_ids(&self, table: &TableName, ids: &[String]) -> Result<Vec<String>, ToolError>;
+    async fn existing_ids(
+        &self,
+        table: &TableName,
+        ids: &[String],
+    ) -> Result<Vec<String>, ToolError>;
     /// Every `id` of `table`, or `None` when it holds more than `at_most` rows.
-    async fn all_ids(&self, table: &TableName, at_most: usize) -> Result<Option<Vec<uuid::Uuid>>, ToolError>;
+    async fn all_ids(
+        &self,
+        table: &TableName,
+        at_most: usize,
+    ) -> Result<Option<Vec<uuid::Uuid>>, ToolError>;
     /// Rows of `child` whose `column` points at no row of `parent`: how many, and a few keys;
     /// `None` when a validated foreign key on that column makes the database guarantee none.
-    async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError>;
+    async fn orphans(
+        &self,
+        child: &TableName,
+        column: &str,
+        parent: &TableName,
+    ) -> Result<Option<(i64, Vec<String>)>, ToolError>;
     /// Rows of `child` with a legacy key, other than `except`, whose `columns` point at a row of
     /// `parent` (its `referenced` columns); with `live`, only those not soft-deleted.
     async fn links(
@@ -133,28 +189,49 @@ pub trait Verifier: Send + Sync + 'static {
         except: &[String],
     ) -> Result<i64, ToolError>;
     /// Stores a validation in `migration_validation_reports`.
-    async fn save_validation(&self, run: RunId, report: &EntityValidation) -> Result<(), ToolError>;
+    async fn save_validation(&self, run: RunId, report: &EntityValidation)
+        -> Result<(), ToolError>;
 }
 
 /// Keeps the two databases in step after the migration: the baseline of what agentctl wrote,
 /// the analyses of what changed, and their application.
 #[async_trait]
-pub trait SyncStore: Send + Sync + 'static {
+pub trait DiffStore: Send + Sync + 'static {
     /// Records, set-based, what agentctl wrote to every row of the table that has a legacy key:
     /// the hash of `columns` (name, type) as the target holds them (the sync baseline),
     /// replacing what was recorded for the table; keys kept as integers when `legacy_type`
     /// is an [`integer_key`]. Returns how many.
-    async fn record_baseline(&self, target: &TableName, legacy_type: &str, columns: &[(String, String)]) -> Result<i64, ToolError>;
+    async fn record_baseline(
+        &self,
+        target: &TableName,
+        legacy_type: &str,
+        columns: &[(String, String)],
+    ) -> Result<i64, ToolError>;
     /// Whether the batches of a load can hash `columns` (name, type) of `target` as they send
     /// them ([`Batch::baseline`]): every column of a type whose stored form the writer knows.
-    async fn hashes_rows(&self, target: &TableName, columns: &[(String, String)]) -> Result<bool, ToolError>;
+    async fn hashes_rows(
+        &self,
+        target: &TableName,
+        columns: &[(String, String)],
+    ) -> Result<bool, ToolError>;
     /// Compares a page of expected rows with the target's and with the baseline, one
     /// statement a page: one answer per expected row, in order. `hashed` are the columns the
     /// baseline covers (by index into the page's columns).
-    async fn differ(&self, target: &TableName, page: &Expected, hashed: &[usize], soft_delete: bool) -> Result<Vec<Diffed>, ToolError>;
+    async fn differ(
+        &self,
+        target: &TableName,
+        page: &Expected,
+        hashed: &[usize],
+        soft_delete: bool,
+    ) -> Result<Vec<Diffed>, ToolError>;
     /// Target rows with a legacy key that are not soft-deleted: (legacy key, UUID), only those
     /// whose UUID starts with `prefix` when one is given.
-    async fn live_keys(&self, target: &TableName, prefix: Option<&str>, soft_delete: bool) -> Result<Vec<(String, uuid::Uuid)>, ToolError>;
+    async fn live_keys(
+        &self,
+        target: &TableName,
+        prefix: Option<&str>,
+        soft_delete: bool,
+    ) -> Result<Vec<(String, uuid::Uuid)>, ToolError>;
     /// Like [`Target::live_keys`], for an integer legacy key: the rows with `after < legacy_id
     /// <= upto` (unbounded where `None`) whose key is not among `present`.
     async fn live_keys_between(
@@ -166,22 +243,35 @@ pub trait SyncStore: Send + Sync + 'static {
         soft_delete: bool,
     ) -> Result<Vec<(String, uuid::Uuid)>, ToolError>;
     /// Stores an entity's analysis and the rows it found out of step.
-    async fn save_analysis(&self, analysis: &EntityDiff, rows: &[Differential]) -> Result<(), ToolError>;
+    async fn save_analysis(
+        &self,
+        analysis: &EntityDiff,
+        rows: &[Differential],
+    ) -> Result<(), ToolError>;
     /// The newest analysis of a source table not yet applied, with its rows still pending.
-    async fn pending_analysis(&self, source: &TableName, target: &TableName) -> Result<Option<(EntityDiff, Vec<Differential>)>, ToolError>;
+    async fn pending_analysis(
+        &self,
+        source: &TableName,
+        target: &TableName,
+    ) -> Result<Option<(EntityDiff, Vec<Differential>)>, ToolError>;
     /// Applies one batch of an analysis in one transaction: writes, conflict records,
     /// rejects, the baseline and each row's outcome.
     async fn apply_diff(&self, batch: &DiffBatch) -> Result<DiffApplied, ToolError>;
     /// What the entity's analyses learnt of its `updated_at`.
     async fn sync_mark(&self, source: &TableName) -> Result<SyncMark, ToolError>;
     /// Marks an entity's analysis applied by `run`.
-    async fn close_analysis(&self, analysis: RunId, source: &TableName, run: RunId) -> Result<(), ToolError>;
+    async fn close_analysis(
+        &self,
+        analysis: RunId,
+        source: &TableName,
+        run: RunId,
+    ) -> Result<(), ToolError>;
 }
 
 /// The target database in all its roles; what the agents that write, prove and sync hold.
-pub trait Target: Loader + ConstraintStore + Verifier + SyncStore {}
+pub trait Target: Loader + ConstraintStore + Verifier + DiffStore {}
 
-impl<T: Loader + ConstraintStore + Verifier + SyncStore> Target for T {}
+impl<T: Loader + ConstraintStore + Verifier + DiffStore> Target for T {}
 
 /// The target's four roles, each from wherever it is wanted: all from one database
 /// ([`Roles::of`]), or one replaced (a fault injector, a fake) and the others kept.
@@ -190,19 +280,28 @@ pub struct Roles {
     pub load: std::sync::Arc<dyn Loader>,
     pub constraints: std::sync::Arc<dyn ConstraintStore>,
     pub verify: std::sync::Arc<dyn Verifier>,
-    pub sync: std::sync::Arc<dyn SyncStore>,
+    pub sync: std::sync::Arc<dyn DiffStore>,
 }
 
 impl Roles {
     /// Every role played by `target`.
     pub fn of(target: std::sync::Arc<dyn Target>) -> Roles {
-        Roles { load: target.clone(), constraints: target.clone(), verify: target.clone(), sync: target }
+        Roles {
+            load: target.clone(),
+            constraints: target.clone(),
+            verify: target.clone(),
+            sync: target,
+        }
     }
 }
 
 #[async_trait]
 impl Loader for Roles {
-    async fn checkpoint(&self, run: RunId, source: &TableName) -> Result<Option<Checkpoint>, ToolError> {
+    async fn checkpoint(
+        &self,
+        run: RunId,
+        source: &TableName,
+    ) -> Result<Option<Checkpoint>, ToolError> {
         self.load.checkpoint(run, source).await
     }
     async fn write(&self, batch: &Batch) -> Result<Written, ToolError> {
@@ -217,13 +316,27 @@ impl Loader for Roles {
     ) -> Result<(i64, Vec<RejectedRow>), ToolError> {
         self.load.fill_deferred(run, source, target, column).await
     }
-    async fn drop_dangling(&self, run: RunId, source: &TableName, target: &TableName, column: &str) -> Result<Vec<RejectedRow>, ToolError> {
+    async fn drop_dangling(
+        &self,
+        run: RunId,
+        source: &TableName,
+        target: &TableName,
+        column: &str,
+    ) -> Result<Vec<RejectedRow>, ToolError> {
         self.load.drop_dangling(run, source, target, column).await
     }
-    async fn kept_rows(&self, target: &TableName, ours: Option<&str>) -> Result<Vec<(String, String)>, ToolError> {
+    async fn kept_rows(
+        &self,
+        target: &TableName,
+        ours: Option<&str>,
+    ) -> Result<Vec<(String, String)>, ToolError> {
         self.load.kept_rows(target, ours).await
     }
-    async fn preflight(&self, tables: &[TableName], set_aside: bool) -> Result<Vec<String>, ToolError> {
+    async fn preflight(
+        &self,
+        tables: &[TableName],
+        set_aside: bool,
+    ) -> Result<Vec<String>, ToolError> {
         self.load.preflight(tables, set_aside).await
     }
     async fn restart_sequences(&self, target: &TableName) -> Result<Vec<(String, i64)>, ToolError> {
@@ -247,16 +360,26 @@ impl Loader for Roles {
 
 #[async_trait]
 impl ConstraintStore for Roles {
-    async fn suspend_constraints(&self, run: RunId, target: &TableName) -> Result<Vec<String>, ToolError> {
+    async fn suspend_constraints(
+        &self,
+        run: RunId,
+        target: &TableName,
+    ) -> Result<Vec<String>, ToolError> {
         self.constraints.suspend_constraints(run, target).await
     }
     async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
         self.constraints.restore_constraints(target).await
     }
-    async fn restore_constraints_unless_refused(&self, target: &TableName) -> Result<(Vec<String>, bool), ToolError> {
+    async fn restore_constraints_unless_refused(
+        &self,
+        target: &TableName,
+    ) -> Result<(Vec<String>, bool), ToolError> {
         self.constraints.restore_constraints_unless_refused(target).await
     }
-    async fn restore_constraints_but_refused(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
+    async fn restore_constraints_but_refused(
+        &self,
+        target: &TableName,
+    ) -> Result<Vec<String>, ToolError> {
         self.constraints.restore_constraints_but_refused(target).await
     }
     async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError> {
@@ -265,29 +388,56 @@ impl ConstraintStore for Roles {
     async fn restore_legacy_key(&self, target: &TableName) -> Result<(), ToolError> {
         self.constraints.restore_legacy_key(target).await
     }
-    async fn rollback(&self, run: RunId, entities: &[RollbackEntity]) -> Result<Vec<RolledBack>, ToolError> {
+    async fn rollback(
+        &self,
+        run: RunId,
+        entities: &[RollbackEntity],
+    ) -> Result<Vec<RolledBack>, ToolError> {
         self.constraints.rollback(run, entities).await
     }
 }
 
 #[async_trait]
 impl Verifier for Roles {
-    async fn compare(&self, target: &TableName, page: &Expected) -> Result<Vec<Compared>, ToolError> {
+    async fn compare(
+        &self,
+        target: &TableName,
+        page: &Expected,
+    ) -> Result<Vec<Compared>, ToolError> {
         self.verify.compare(target, page).await
     }
-    async fn value_of(&self, target: &TableName, column: &str, key_type: &str, key: &str) -> Result<Option<String>, ToolError> {
+    async fn value_of(
+        &self,
+        target: &TableName,
+        column: &str,
+        key_type: &str,
+        key: &str,
+    ) -> Result<Option<String>, ToolError> {
         self.verify.value_of(target, column, key_type, key).await
     }
     async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError> {
         self.verify.rejected_keys(source).await
     }
-    async fn existing_ids(&self, table: &TableName, ids: &[String]) -> Result<Vec<String>, ToolError> {
+    async fn existing_ids(
+        &self,
+        table: &TableName,
+        ids: &[String],
+    ) -> Result<Vec<String>, ToolError> {
         self.verify.existing_ids(table, ids).await
     }
-    async fn all_ids(&self, table: &TableName, at_most: usize) -> Result<Option<Vec<uuid::Uuid>>, ToolError> {
+    async fn all_ids(
+        &self,
+        table: &TableName,
+        at_most: usize,
+    ) -> Result<Option<Vec<uuid::Uuid>>, ToolError> {
         self.verify.all_ids(table, at_most).await
     }
-    async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError> {
+    async fn orphans(
+        &self,
+        child: &TableName,
+        column: &str,
+        parent: &TableName,
+    ) -> Result<Option<(i64, Vec<String>)>, ToolError> {
         self.verify.orphans(child, column, parent).await
     }
     async fn links(
@@ -301,23 +451,47 @@ impl Verifier for Roles {
     ) -> Result<i64, ToolError> {
         self.verify.links(child, columns, parent, referenced, live, except).await
     }
-    async fn save_validation(&self, run: RunId, report: &EntityValidation) -> Result<(), ToolError> {
+    async fn save_validation(
+        &self,
+        run: RunId,
+        report: &EntityValidation,
+    ) -> Result<(), ToolError> {
         self.verify.save_validation(run, report).await
     }
 }
 
 #[async_trait]
-impl SyncStore for Roles {
-    async fn record_baseline(&self, target: &TableName, legacy_type: &str, columns: &[(String, String)]) -> Result<i64, ToolError> {
+impl DiffStore for Roles {
+    async fn record_baseline(
+        &self,
+        target: &TableName,
+        legacy_type: &str,
+        columns: &[(String, String)],
+    ) -> Result<i64, ToolError> {
         self.sync.record_baseline(target, legacy_type, columns).await
     }
-    async fn hashes_rows(&self, target: &TableName, columns: &[(String, String)]) -> Result<bool, ToolError> {
+    async fn hashes_rows(
+        &self,
+        target: &TableName,
+        columns: &[(String, String)],
+    ) -> Result<bool, ToolError> {
         self.sync.hashes_rows(target, columns).await
     }
-    async fn differ(&self, target: &TableName, page: &Expected, hashed: &[usize], soft_delete: bool) -> Result<Vec<Diffed>, ToolError> {
+    async fn differ(
+        &self,
+        target: &TableName,
+        page: &Expected,
+        hashed: &[usize],
+        soft_delete: bool,
+    ) -> Result<Vec<Diffed>, ToolError> {
         self.sync.differ(target, page, hashed, soft_delete).await
     }
-    async fn live_keys(&self, target: &TableName, prefix: Option<&str>, soft_delete: bool) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
+    async fn live_keys(
+        &self,
+        target: &TableName,
+        prefix: Option<&str>,
+        soft_delete: bool,
+    ) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
         self.sync.live_keys(target, prefix, soft_delete).await
     }
     async fn live_keys_between(
@@ -330,10 +504,18 @@ impl SyncStore for Roles {
     ) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
         self.sync.live_keys_between(target, after, upto, present, soft_delete).await
     }
-    async fn save_analysis(&self, analysis: &EntityDiff, rows: &[Differential]) -> Result<(), ToolError> {
+    async fn save_analysis(
+        &self,
+        analysis: &EntityDiff,
+        rows: &[Differential],
+    ) -> Result<(), ToolError> {
         self.sync.save_analysis(analysis, rows).await
     }
-    async fn pending_analysis(&self, source: &TableName, target: &TableName) -> Result<Option<(EntityDiff, Vec<Differential>)>, ToolError> {
+    async fn pending_analysis(
+        &self,
+        source: &TableName,
+        target: &TableName,
+    ) -> Result<Option<(EntityDiff, Vec<Differential>)>, ToolError> {
         self.sync.pending_analysis(source, target).await
     }
     async fn apply_diff(&self, batch: &DiffBatch) -> Result<DiffApplied, ToolError> {
@@ -342,7 +524,12 @@ impl SyncStore for Roles {
     async fn sync_mark(&self, source: &TableName) -> Result<SyncMark, ToolError> {
         self.sync.sync_mark(source).await
     }
-    async fn close_analysis(&self, analysis: RunId, source: &TableName, run: RunId) -> Result<(), ToolError> {
+    async fn close_analysis(
+        &self,
+        analysis: RunId,
+        source: &TableName,
+        run: RunId,
+    ) -> Result<(), ToolError> {
         self.sync.close_analysis(analysis, source, run).await
     }
 }
@@ -351,7 +538,11 @@ impl SyncStore for Roles {
 #[async_trait]
 pub trait Rows: Send + Sync + 'static {
     /// Calls `each` for every row in key order; returns how many rows there were.
-    async fn scan(&self, scan: &Scan, each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send)) -> Result<u64, ToolError>;
+    async fn scan(
+        &self,
+        scan: &Scan,
+        each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send),
+    ) -> Result<u64, ToolError>;
 
     /// The next `limit` rows after `scan.after`, in key order.
     async fn page(&self, scan: &Scan, limit: usize) -> Result<TextRows, ToolError> {
@@ -360,7 +551,11 @@ pub trait Rows: Send + Sync + 'static {
 }
 
 /// A page gathered from [`Rows::scan`]: what a reader without a page of its own returns.
-pub async fn page_by_scan<R: Rows + ?Sized>(rows: &R, scan: &Scan, limit: usize) -> Result<TextRows, ToolError> {
+pub async fn page_by_scan<R: Rows + ?Sized>(
+    rows: &R,
+    scan: &Scan,
+    limit: usize,
+) -> Result<TextRows, ToolError> {
     let mut page = TextRows::new(scan.columns.len());
     let limited = Scan { limit: Some(limit), ..scan.clone() };
     rows.scan(&limited, &mut |r: &[Option<&str>]| page.push_row(r.iter().copied())).await?;
@@ -379,7 +574,11 @@ pub trait Llm: Send + Sync + 'static {
     async fn ask(&self, request: &LlmRequest) -> Result<LlmReply, ToolError>;
     /// Asks for a text answer and hands each piece to `on_text` as it arrives; returns the
     /// whole reply. (Without streaming, the answer arrives as one piece.)
-    async fn ask_streaming(&self, request: &LlmRequest, on_text: &mut (dyn for<'t> FnMut(&'t str) + Send)) -> Result<LlmReply, ToolError> {
+    async fn ask_streaming(
+        &self,
+        request: &LlmRequest,
+        on_text: &mut (dyn for<'t> FnMut(&'t str) + Send),
+    ) -> Result<LlmReply, ToolError> {
         let reply = self.ask(request).await?;
         on_text(reply.text.as_deref().unwrap_or(""));
         Ok(reply)

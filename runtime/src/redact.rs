@@ -13,13 +13,15 @@ use serde_json::Value;
 
 pub const MASK: &str = "***";
 
-static URL_PASSWORD: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?P<pre>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s/]+)@").unwrap());
+static URL_PASSWORD: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?P<pre>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s/]+)@").unwrap()
+});
 static KEY_VALUE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"(?i)(?P<key>\b[A-Za-z_]*(?:password|passwd|pwd|secret|token|api[_-]?key)\s*[=:]\s*)(?:"[^"]*"|'[^']*'|[^\s"'&;,]+)"#)
         .unwrap()
 });
-static BEARER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)(?P<pre>\bbearer\s+)[A-Za-z0-9._~+/=\-]+").unwrap());
+static BEARER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)(?P<pre>\bbearer\s+)[A-Za-z0-9._~+/=\-]+").unwrap());
 static API_KEY: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\bsk-[A-Za-z0-9_\-]{8,}").unwrap());
 
 /// Masks secrets in text and JSON.
@@ -37,7 +39,8 @@ impl Redactor {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut known: Vec<String> = known.into_iter().map(Into::into).filter(|s| s.len() >= 4).collect();
+        let mut known: Vec<String> =
+            known.into_iter().map(Into::into).filter(|s| s.len() >= 4).collect();
         known.sort_by_key(|s| std::cmp::Reverse(s.len()));
         known.dedup();
         Redactor { known }
@@ -71,7 +74,11 @@ impl Redactor {
             Value::Object(map) => Value::Object(
                 map.iter()
                     .map(|(k, v)| {
-                        let v = if is_secret_key(k) && !v.is_null() { Value::String(MASK.to_owned()) } else { self.json(v) };
+                        let v = if is_secret_key(k) && !v.is_null() {
+                            Value::String(MASK.to_owned())
+                        } else {
+                            self.json(v)
+                        };
                         (k.clone(), v)
                     })
                     .collect(),
@@ -83,7 +90,9 @@ impl Redactor {
 
 fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase().replace('-', "_");
-    ["password", "passwd", "secret", "token", "api_key", "apikey", "authorization"].iter().any(|s| k.contains(s))
+    ["password", "passwd", "secret", "token", "api_key", "apikey", "authorization"]
+        .iter()
+        .any(|s| k.contains(s))
         && !k.ends_with("_count")
         && !k.ends_with("tokens")
 }

@@ -100,7 +100,11 @@ impl<M: ractor::Message> Slot<M> {
     /// The agent's current reference, waiting (bounded) while it starts or restarts. With
     /// `not` set, a reference to that (failed) actor does not count: the caller wants its
     /// successor.
-    pub async fn ready(&self, within: Duration, not: Option<ActorId>) -> Result<ActorRef<M>, SlotError> {
+    pub async fn ready(
+        &self,
+        within: Duration,
+        not: Option<ActorId>,
+    ) -> Result<ActorRef<M>, SlotError> {
         let mut rx = self.rx.clone();
         let wait = rx.wait_for(|s| match s {
             SlotState::Up(r) => Some(r.get_id()) != not,
@@ -152,7 +156,8 @@ where
 
     async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
         let name = format!("{}-{}", self.agent, uuid::Uuid::new_v4().simple());
-        let (actor_ref, _join) = A::spawn_linked(Some(name), self.actor.clone(), self.args.clone(), supervisor).await?;
+        let (actor_ref, _join) =
+            A::spawn_linked(Some(name), self.actor.clone(), self.args.clone(), supervisor).await?;
         let cell = actor_ref.get_cell();
         self.tx.send_replace(SlotState::Up(actor_ref));
         Ok(cell)
@@ -178,7 +183,13 @@ pub struct Team {
 
 impl Team {
     pub fn new(ctx: Arc<RunContext>, policy: RestartPolicy) -> Team {
-        Team { ctx, policy, members: Vec::new(), by_actor: HashMap::new(), restarts: HashMap::new() }
+        Team {
+            ctx,
+            policy,
+            members: Vec::new(),
+            by_actor: HashMap::new(),
+            restarts: HashMap::new(),
+        }
     }
 
     /// Registers a member (not started yet) and returns the slot its callers use.
@@ -208,9 +219,13 @@ impl Team {
         // Read what is needed and let the event go before any await: it holds a non-Sync box.
         let (actor, reason) = match &event {
             SupervisionEvent::ActorFailed(cell, err) => (cell.get_id(), format!("failed: {err}")),
-            SupervisionEvent::ActorTerminated(cell, _, why) => {
-                (cell.get_id(), format!("stopped unexpectedly{}", why.as_ref().map(|w| format!(": {w}")).unwrap_or_default()))
-            }
+            SupervisionEvent::ActorTerminated(cell, _, why) => (
+                cell.get_id(),
+                format!(
+                    "stopped unexpectedly{}",
+                    why.as_ref().map(|w| format!(": {w}")).unwrap_or_default()
+                ),
+            ),
             _ => return,
         };
         drop(event);
@@ -219,7 +234,12 @@ impl Team {
         let agent = member.agent();
         let log = self.restarts.entry(agent).or_default();
         let attempt = log.admit(Instant::now(), self.policy);
-        self.ctx.events.publish(RunEvent::AgentFailed { run_id: self.ctx.run_id, agent, reason: reason.clone(), restart: attempt });
+        self.ctx.events.publish(RunEvent::AgentFailed {
+            run_id: self.ctx.run_id,
+            agent,
+            reason: reason.clone(),
+            restart: attempt,
+        });
         match attempt {
             Some(attempt) => {
                 self.ctx.audit.record(AuditRecord::new(

@@ -25,7 +25,11 @@ impl TextRows {
 
     /// Room for `rows` rows of about `bytes` bytes of text in all.
     pub fn with_capacity(width: usize, rows: usize, bytes: usize) -> TextRows {
-        TextRows { width, text: String::with_capacity(bytes), ends: Vec::with_capacity(rows * width) }
+        TextRows {
+            width,
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(rows * width),
+        }
     }
 
     /// These rows' buffers, emptied, as room for `rows` rows of `width` values and about
@@ -118,7 +122,9 @@ impl TextRows {
     }
 
     /// Every row, in order.
-    pub fn rows(&self) -> impl Iterator<Item = impl ExactSizeIterator<Item = Option<&str>> + Clone + '_> + '_ {
+    pub fn rows(
+        &self,
+    ) -> impl Iterator<Item = impl ExactSizeIterator<Item = Option<&str>> + Clone + '_> + '_ {
         (0..self.len()).map(move |r| self.row(r))
     }
 

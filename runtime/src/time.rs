@@ -96,7 +96,9 @@ fn offset(zone: &str) -> Option<i64> {
         2 => (digits(b)?, 0, 0),
         4 => (digits(&b[..2])?, digits(&b[2..])?, 0),
         5 if b[2] == b':' => (digits(&b[..2])?, digits(&b[3..])?, 0),
-        8 if b[2] == b':' && b[5] == b':' => (digits(&b[..2])?, digits(&b[3..5])?, digits(&b[6..])?),
+        8 if b[2] == b':' && b[5] == b':' => {
+            (digits(&b[..2])?, digits(&b[3..5])?, digits(&b[6..])?)
+        }
         _ => return None,
     };
     if h > 15 || m > 59 || s > 59 {

@@ -10,7 +10,8 @@ use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StatsOptionsBuilder,
 };
 use bollard::Docker;
 use futures::{Stream, StreamExt};
@@ -65,7 +66,10 @@ pub struct Status {
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sandbox").field("image", &self.inner.config.image).field("owner", &self.inner.owner).finish()
+        f.debug_struct("Sandbox")
+            .field("image", &self.inner.config.image)
+            .field("owner", &self.inner.owner)
+            .finish()
     }
 }
 
@@ -89,7 +93,9 @@ pub(crate) async fn engine() -> Result<Docker> {
 pub(crate) async fn image_present(docker: &Docker, image: &str) -> Result<bool> {
     match docker.inspect_image(image).await {
         Ok(_) => Ok(true),
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+            Ok(false)
+        }
         Err(e) => Err(docker_err(format!("inspecting image {image}"))(e)),
     }
 }
@@ -136,7 +142,8 @@ impl Sandbox {
             }
         };
         let answer = async {
-            let version = docker.version().await.map_err(docker_err("reading the engine's version"))?;
+            let version =
+                docker.version().await.map_err(docker_err("reading the engine's version"))?;
             status.engine = version.version;
             status.image_present = image_present(&docker, image).await?;
             let ours = list_ours(&docker).await?;
@@ -189,7 +196,8 @@ impl Sandbox {
     pub async fn shutdown(&self) {
         let warm: Vec<Warm> = std::mem::take(&mut *self.inner.pool.lock().expect("pool lock"));
         futures::future::join_all(warm.iter().map(|w| remove(&self.inner.docker, &w.id))).await;
-        let removing: Vec<_> = std::mem::take(&mut *self.inner.removing.lock().expect("removals lock"));
+        let removing: Vec<_> =
+            std::mem::take(&mut *self.inner.removing.lock().expect("removals lock"));
         futures::future::join_all(removing).await;
     }
 
@@ -220,15 +228,28 @@ impl Sandbox {
         let session = async {
             self.place(&id, job).await?;
             let exec = self.create_exec(&id, job.lang.command(WORK), true).await?;
-            match self.inner.docker.start_exec(&exec, None).await.map_err(docker_err("starting the script"))? {
+            match self
+                .inner
+                .docker
+                .start_exec(&exec, None)
+                .await
+                .map_err(docker_err("starting the script"))?
+            {
                 StartExecResults::Attached { output, input } => Ok((output, input)),
-                StartExecResults::Detached => Err(Error::Other("the engine started the script detached".into())),
+                StartExecResults::Detached => {
+                    Err(Error::Other("the engine started the script detached".into()))
+                }
             }
         };
         match session.await {
-            Ok((output, input)) => {
-                Ok(StreamSession { sandbox: self.clone(), id: Some(id), output, input, buffer: Vec::new(), stderr: Vec::new() })
-            }
+            Ok((output, input)) => Ok(StreamSession {
+                sandbox: self.clone(),
+                id: Some(id),
+                output,
+                input,
+                buffer: Vec::new(),
+                stderr: Vec::new(),
+            }),
             Err(e) => {
                 remove(&self.inner.docker, &id).await;
                 Err(e)
@@ -239,7 +260,8 @@ impl Sandbox {
     /// A pooled container young enough to outlive the job, or a new one.
     async fn take(&self) -> Result<String> {
         let config = &self.inner.config;
-        let fresh_enough = config.max_lifetime.saturating_sub(config.limits.timeout + Duration::from_secs(60));
+        let fresh_enough =
+            config.max_lifetime.saturating_sub(config.limits.timeout + Duration::from_secs(60));
         loop {
             let warm = self.inner.pool.lock().expect("pool lock").pop();
             match warm {
@@ -264,8 +286,16 @@ impl Sandbox {
                 let made = sandbox.create().await;
                 sandbox.inner.filling.fetch_sub(1, Ordering::SeqCst);
                 match made {
-                    Ok(id) => sandbox.inner.pool.lock().expect("pool lock").push(Warm { id, born: Instant::now() }),
-                    Err(e) => tracing::warn!(error = %e, "could not start a sandbox container for the pool"),
+                    Ok(id) => sandbox
+                        .inner
+                        .pool
+                        .lock()
+                        .expect("pool lock")
+                        .push(Warm { id, born: Instant::now() }),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not start a sandbox container for the \
+                            pool")
+                    }
                 }
             });
         }
@@ -276,7 +306,10 @@ impl Sandbox {
         let config = &self.inner.config;
         let limits = &config.limits;
         let memory = limits.memory as i64;
-        let labels = HashMap::from([(LABEL.to_owned(), "1".to_owned()), (OWNER.to_owned(), self.inner.owner.clone())]);
+        let labels = HashMap::from([
+            (LABEL.to_owned(), "1".to_owned()),
+            (OWNER.to_owned(), self.inner.owner.clone()),
+        ]);
         let body = ContainerCreateBody {
             image: Some(config.image.clone()),
             cmd: Some(vec!["sleep".into(), config.max_lifetime.as_secs().to_string()]),
@@ -293,7 +326,10 @@ impl Sandbox {
                 readonly_rootfs: Some(true),
                 tmpfs: Some(HashMap::from([(
                     WORK.to_owned(),
-                    format!("rw,nosuid,nodev,noexec,size={},uid=10001,gid=10001,mode=0700", limits.work_dir),
+                    format!(
+                        "rw,nosuid,nodev,noexec,size={},uid=10001,gid=10001,mode=0700",
+                        limits.work_dir
+                    ),
                 )])),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
@@ -304,7 +340,10 @@ impl Sandbox {
             ..Default::default()
         };
         let docker = &self.inner.docker;
-        let made = docker.create_container(None, body).await.map_err(docker_err("creating a container"))?;
+        let made = docker
+            .create_container(None, body)
+            .await
+            .map_err(docker_err("creating a container"))?;
         if let Err(e) = docker.start_container(&made.id, None).await {
             remove(docker, &made.id).await;
             return Err(docker_err("starting a container")(e));
@@ -322,7 +361,13 @@ impl Sandbox {
             user: Some(USER.to_owned()),
             ..Default::default()
         };
-        Ok(self.inner.docker.create_exec(id, options).await.map_err(docker_err("creating an exec"))?.id)
+        Ok(self
+            .inner
+            .docker
+            .create_exec(id, options)
+            .await
+            .map_err(docker_err("creating an exec"))?
+            .id)
     }
 
     /// Runs a command to its end, feeding it `stdin`, keeping at most `cap` bytes of each
@@ -342,9 +387,17 @@ impl Sandbox {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Captured> {
         let exec = self.create_exec(id, cmd, true).await?;
-        let (output, mut input) = match self.inner.docker.start_exec(&exec, None).await.map_err(docker_err("starting an exec"))? {
+        let (output, mut input) = match self
+            .inner
+            .docker
+            .start_exec(&exec, None)
+            .await
+            .map_err(docker_err("starting an exec"))?
+        {
             StartExecResults::Attached { output, input } => (output, input),
-            StartExecResults::Detached => return Err(Error::Other("the engine started an exec detached".into())),
+            StartExecResults::Detached => {
+                return Err(Error::Other("the engine started an exec detached".into()))
+            }
         };
         let stdin = stdin.to_vec();
         // The code may never read its stdin: write it beside reading the output, not before.
@@ -354,14 +407,22 @@ impl Sandbox {
         });
         let mut captured = Captured::new(cap);
         match deadline {
-            Some(deadline) => captured.timed_out = tokio::time::timeout_at(deadline, captured.drain(output)).await.is_err(),
+            Some(deadline) => {
+                captured.timed_out =
+                    tokio::time::timeout_at(deadline, captured.drain(output)).await.is_err()
+            }
             None => captured.drain(output).await,
         }
         writer.abort();
         if captured.timed_out {
             return Ok(captured);
         }
-        let inspected = self.inner.docker.inspect_exec(&exec).await.map_err(docker_err("inspecting an exec"))?;
+        let inspected = self
+            .inner
+            .docker
+            .inspect_exec(&exec)
+            .await
+            .map_err(docker_err("inspecting an exec"))?;
         captured.exit = inspected.exit_code;
         Ok(captured)
     }
@@ -369,8 +430,14 @@ impl Sandbox {
     /// Puts the code and the input files into the container's work dir, with an empty `out/`.
     async fn place(&self, id: &str, job: &Job) -> Result<()> {
         let archive = input_archive(job)?;
-        let placed =
-            self.exec(id, vec!["tar".into(), "-x".into(), "-f".into(), "-".into(), "-C".into(), WORK.into()], &archive, 64 << 10).await?;
+        let placed = self
+            .exec(
+                id,
+                vec!["tar".into(), "-x".into(), "-f".into(), "-".into(), "-C".into(), WORK.into()],
+                &archive,
+                64 << 10,
+            )
+            .await?;
         if placed.exit != Some(0) {
             return Err(Error::Other(format!(
                 "could not place the input files (they may not fit the {} MiB work dir): {}",
@@ -387,7 +454,12 @@ impl Sandbox {
         // The limit holds inside the container too, a little after agentctl's own (which
         // reports it): killed, agentctl cannot stop the code, and a loop would otherwise burn a
         // core until the container's lifetime ends.
-        let mut cmd = vec!["timeout".to_owned(), "-s".into(), "KILL".into(), (limits.timeout.as_secs_f64().ceil() as u64 + 2).to_string()];
+        let mut cmd = vec![
+            "timeout".to_owned(),
+            "-s".into(),
+            "KILL".into(),
+            (limits.timeout.as_secs_f64().ceil() as u64 + 2).to_string(),
+        ];
         cmd.extend(job.lang.command(WORK));
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + limits.timeout;
@@ -395,7 +467,11 @@ impl Sandbox {
         let duration = started.elapsed();
         let mut limits_hit = Vec::new();
         if captured.timed_out {
-            let _ = self.inner.docker.kill_container(id, Some(KillContainerOptionsBuilder::new().signal("KILL").build())).await;
+            let _ = self
+                .inner
+                .docker
+                .kill_container(id, Some(KillContainerOptionsBuilder::new().signal("KILL").build()))
+                .await;
             limits_hit.push(Limit::Timeout);
         }
         let mut files = Vec::new();
@@ -410,7 +486,9 @@ impl Sandbox {
             }
             let (collected, complete) = match self.collect(id).await {
                 Ok(collected) => collected,
-                Err(_) if !self.running(id).await => return Err(Error::ContainerGone { id: short(id) }),
+                Err(_) if !self.running(id).await => {
+                    return Err(Error::ContainerGone { id: short(id) })
+                }
                 Err(e) => return Err(e),
             };
             files = collected;
@@ -440,7 +518,15 @@ impl Sandbox {
     /// The files under `/work/out`, up to the files cap; false when some were left out.
     async fn collect(&self, id: &str) -> Result<(Vec<(String, Vec<u8>)>, bool)> {
         let cap = self.inner.config.limits.files;
-        let cmd = vec!["tar".into(), "-c".into(), "-f".into(), "-".into(), "-C".into(), format!("{WORK}/out"), ".".into()];
+        let cmd = vec![
+            "tar".into(),
+            "-c".into(),
+            "-f".into(),
+            "-".into(),
+            "-C".into(),
+            format!("{WORK}/out"),
+            ".".into(),
+        ];
         // Tar adds a header of 512 bytes a file and pads to 512; leave room for them.
         let tarred = self.exec(id, cmd, &[], cap + (cap / 8).max(64 << 10)).await?;
         if tarred.exit != Some(0) {
@@ -460,7 +546,10 @@ impl Sandbox {
             if !entry.header().entry_type().is_file() {
                 continue;
             }
-            let name = entry.path().map(|p| p.to_string_lossy().trim_start_matches("./").to_owned()).unwrap_or_default();
+            let name = entry
+                .path()
+                .map(|p| p.to_string_lossy().trim_start_matches("./").to_owned())
+                .unwrap_or_default();
             let size = entry.header().size().unwrap_or(u64::MAX) as usize;
             if total + size > cap {
                 complete = false;
@@ -535,7 +624,10 @@ impl StreamSession {
         let cap = self.sandbox.inner.config.limits.output;
         match tokio::time::timeout(timeout, self.round_trip(line, cap)).await {
             Ok(answer) => answer,
-            Err(_) => Err(Error::Other(format!("the script did not answer within {} s", timeout.as_secs()))),
+            Err(_) => Err(Error::Other(format!(
+                "the script did not answer within {} s",
+                timeout.as_secs()
+            ))),
         }
     }
 
@@ -555,7 +647,9 @@ impl StreamSession {
                 return Ok(answer);
             }
             if self.buffer.len() > cap {
-                return Err(Error::Other(format!("the script's answer is longer than {cap} bytes")));
+                return Err(Error::Other(format!(
+                    "the script's answer is longer than {cap} bytes"
+                )));
             }
             match self.output.next().await {
                 Some(Ok(LogOutput::StdOut { message })) => self.buffer.extend_from_slice(&message),
@@ -614,14 +708,29 @@ struct Captured {
 
 impl Captured {
     fn new(cap: usize) -> Captured {
-        Captured { cap, stdout: Vec::new(), stderr: Vec::new(), stdout_bytes: 0, stderr_bytes: 0, exit: None, timed_out: false }
+        Captured {
+            cap,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            exit: None,
+            timed_out: false,
+        }
     }
 
-    async fn drain(&mut self, mut output: impl Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin) {
+    async fn drain(
+        &mut self,
+        mut output: impl Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin,
+    ) {
         while let Some(Ok(frame)) = output.next().await {
             let (kept, count, message) = match frame {
-                LogOutput::StdOut { message } => (&mut self.stdout, &mut self.stdout_bytes, message),
-                LogOutput::StdErr { message } => (&mut self.stderr, &mut self.stderr_bytes, message),
+                LogOutput::StdOut { message } => {
+                    (&mut self.stdout, &mut self.stdout_bytes, message)
+                }
+                LogOutput::StdErr { message } => {
+                    (&mut self.stderr, &mut self.stderr_bytes, message)
+                }
                 _ => continue,
             };
             *count += message.len() as u64;
@@ -642,7 +751,9 @@ fn input_archive(job: &Job) -> Result<Vec<u8>> {
         header.set_uid(10001);
         header.set_gid(10001);
         header.set_mtime(0);
-        builder.append_data(&mut header, name, bytes).map_err(|e| Error::Input { name: name.to_owned(), reason: e.to_string() })
+        builder
+            .append_data(&mut header, name, bytes)
+            .map_err(|e| Error::Input { name: name.to_owned(), reason: e.to_string() })
     };
     add("out/", &[], tar::EntryType::Directory)?;
     add(job.lang.file(), job.code.as_bytes(), tar::EntryType::Regular)?;
@@ -677,8 +788,13 @@ fn short(id: &str) -> String {
 async fn remove(docker: &Docker, id: &str) {
     let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
     match docker.remove_container(id, Some(options)).await {
-        Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404 | 409, .. }) => {}
-        Err(e) => tracing::warn!(container = %short(id), error = %e, "could not remove a sandbox container"),
+        Ok(())
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404 | 409, ..
+        }) => {}
+        Err(e) => {
+            tracing::warn!(container = %short(id), error = %e, "could not remove a sandbox container")
+        }
     }
 }
 
@@ -686,7 +802,10 @@ async fn remove(docker: &Docker, id: &str) {
 async fn list_ours(docker: &Docker) -> Result<Vec<(String, String)>> {
     let filters = HashMap::from([("label", vec![LABEL])]);
     let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
-    let containers = docker.list_containers(Some(options)).await.map_err(docker_err("listing sandbox containers"))?;
+    let containers = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(docker_err("listing sandbox containers"))?;
     Ok(containers
         .into_iter()
         .filter_map(|c| {
@@ -703,7 +822,9 @@ fn owner_label() -> String {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn start_time(pid: u32) -> Option<String> {
@@ -716,7 +837,9 @@ fn start_time(pid: u32) -> Option<String> {
 /// remove themselves at the end of their lifetime.
 fn owner_alive(owner: &str) -> bool {
     let mut parts = owner.splitn(3, '/');
-    let (Some(host), Some(pid), Some(start)) = (parts.next(), parts.next(), parts.next()) else { return false };
+    let (Some(host), Some(pid), Some(start)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
     if host != hostname() {
         return true;
     }
@@ -752,7 +875,10 @@ mod tests {
                 (e.path().unwrap().to_string_lossy().into_owned(), e.header().uid().unwrap())
             })
             .collect();
-        assert_eq!(names, [("out/".into(), 10001), ("main.py".into(), 10001), ("rows.json".into(), 10001)]);
+        assert_eq!(
+            names,
+            [("out/".into(), 10001), ("main.py".into(), 10001), ("rows.json".into(), 10001)]
+        );
     }
 
     #[test]
@@ -763,6 +889,9 @@ mod tests {
         let (pid, _) = rest.split_once('/').unwrap();
         assert!(!owner_alive(&format!("{host}/{pid}/1")), "another start time is another process");
         assert!(!owner_alive("garbage"));
-        assert!(owner_alive(&format!("another-host/{pid}/1")), "another host's owner is presumed alive");
+        assert!(
+            owner_alive(&format!("another-host/{pid}/1")),
+            "another host's owner is presumed alive"
+        );
     }
 }

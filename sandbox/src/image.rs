@@ -39,7 +39,8 @@ pub struct Built {
 
 /// Where the offline path gets Debian's packages.
 fn mirror() -> String {
-    std::env::var("AGENTCTL_DEBIAN_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".to_owned())
+    std::env::var("AGENTCTL_DEBIAN_MIRROR")
+        .unwrap_or_else(|_| "http://deb.debian.org/debian".to_owned())
 }
 
 /// Builds the image unless it is there; says what it does through `say`.
@@ -48,7 +49,12 @@ pub async fn build(say: &(dyn Fn(&str) + Sync)) -> Result<Built> {
     let docker = engine().await?;
     let image = tag();
     if image_present(&docker, &image).await? {
-        return Ok(Built { image, reused: true, base: None, seconds: started.elapsed().as_secs_f64() });
+        return Ok(Built {
+            image,
+            reused: true,
+            base: None,
+            seconds: started.elapsed().as_secs_f64(),
+        });
     }
     let base = match pull(&docker, REGISTRY_BASE).await {
         Ok(()) => REGISTRY_BASE.to_owned(),
@@ -75,7 +81,9 @@ async fn pull(docker: &Docker, image: &str) -> Result<()> {
 
 /// Follows an image's creation (a pull or an import) to its end; the first error as one line.
 async fn created(
-    progress: impl futures::Stream<Item = std::result::Result<bollard::models::CreateImageInfo, bollard::errors::Error>>,
+    progress: impl futures::Stream<
+        Item = std::result::Result<bollard::models::CreateImageInfo, bollard::errors::Error>,
+    >,
 ) -> Result<()> {
     futures::pin_mut!(progress);
     while let Some(step) = progress.next().await {
@@ -95,7 +103,9 @@ async fn offline_base(docker: &Docker, say: &(dyn Fn(&str) + Sync)) -> Result<()
     }
     if which("debootstrap").is_none() {
         return Err(Error::Other(
-            "the offline build needs debootstrap (apt-get install debootstrap) and root; or build sandbox/Dockerfile where a registry is reachable".into(),
+            "the offline build needs debootstrap (apt-get install debootstrap) and root; or build \
+                sandbox/Dockerfile where a registry is reachable"
+                .into(),
         ));
     }
     let dir = tempfile::Builder::new()
@@ -114,7 +124,11 @@ async fn offline_base(docker: &Docker, say: &(dyn Fn(&str) + Sync)) -> Result<()
         .map_err(|e| Error::Other(format!("running debootstrap: {e}")))?;
     if !out.status.success() {
         let log = String::from_utf8_lossy(&out.stdout);
-        let last = log.lines().rev().find(|l| l.starts_with("E:") || l.starts_with("W:")).unwrap_or("see debootstrap's log");
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("E:") || l.starts_with("W:"))
+            .unwrap_or("see debootstrap's log");
         return Err(Error::Other(format!("debootstrap failed ({}): {last}", out.status)));
     }
     say(&format!("importing the root filesystem as {OFFLINE_BASE}"));
@@ -151,13 +165,22 @@ async fn dockerfile_build(docker: &Docker, image: &str, base: &str) -> Result<()
         .map_err(|e| Error::Other(format!("build context: {e}")))?;
     let context = context.into_inner().map_err(|e| Error::Other(format!("build context: {e}")))?;
     let args = HashMap::from([("BASE", base)]);
-    let options = BuildImageOptionsBuilder::new().dockerfile("Dockerfile").t(image).rm(true).forcerm(true).buildargs(&args).build();
+    let options = BuildImageOptionsBuilder::new()
+        .dockerfile("Dockerfile")
+        .t(image)
+        .rm(true)
+        .forcerm(true)
+        .buildargs(&args)
+        .build();
     let mut progress = docker.build_image(options, None, Some(bollard::body_full(context.into())));
     let mut log = String::new();
     while let Some(step) = progress.next().await {
         let info = step.map_err(docker_err(format!("building {image}")))?;
         if let Some(detail) = info.error_detail {
-            return Err(Error::Other(format!("building {image}: {}", detail.message.unwrap_or_default())));
+            return Err(Error::Other(format!(
+                "building {image}: {}",
+                detail.message.unwrap_or_default()
+            )));
         }
         if let Some(line) = info.stream {
             log.push_str(&line);
@@ -172,5 +195,8 @@ async fn dockerfile_build(docker: &Docker, image: &str, base: &str) -> Result<()
 
 fn which(program: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]).map(|d| d.join(program)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }

@@ -73,7 +73,12 @@ impl Config {
 
 impl Default for Config {
     fn default() -> Config {
-        Config { image: image::tag(), limits: Limits::default(), pool_size: 2, max_lifetime: Duration::from_secs(3600) }
+        Config {
+            image: image::tag(),
+            limits: Limits::default(),
+            pool_size: 2,
+            max_lifetime: Duration::from_secs(3600),
+        }
     }
 }
 

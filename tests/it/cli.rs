@@ -10,7 +10,8 @@ fn a_missing_database_is_a_configuration_error() {
     assert_eq!(out.code, 2, "{out:?}");
     assert_eq!(
         out.stderr.trim(),
-        "agentctl: no target database configured: pass --target, or set TARGET_DATABASE_URL (or TARGET_DB_HOST, TARGET_DB_NAME, ...) in the environment or .env"
+        "agentctl: no target database configured: pass --target, or set TARGET_DATABASE_URL (or \
+            TARGET_DB_HOST, TARGET_DB_NAME, ...) in the environment or .env"
     );
 }
 
@@ -18,17 +19,32 @@ fn a_missing_database_is_a_configuration_error() {
 fn an_unreachable_database_names_which_one_and_why() {
     let pg = shared();
     let target = pg.create_db("target");
-    let out = agentctl(&["--source", "postgres://postgres:pw@127.0.0.1:1/legacy", "--target", &target, "plan", "--goal", "x"]);
+    let out = agentctl(&[
+        "--source",
+        "postgres://postgres:pw@127.0.0.1:1/legacy",
+        "--target",
+        &target,
+        "plan",
+        "--goal",
+        "x",
+    ]);
     assert_eq!(out.code, 2, "{out:?}");
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(
-        out.stderr.starts_with("agentctl: connecting to the source database at 127.0.0.1:1/legacy: connection refused"),
+        out.stderr.starts_with(
+            "agentctl: connecting to the source database at 127.0.0.1:1/legacy: connection refused"
+        ),
         "{}",
         out.stderr
     );
     let out = agentctl(&["--target", &pg.url("no_such_db"), "audit", "list"]);
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("target database") && out.stderr.contains("\"no_such_db\" does not exist"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("target database")
+            && out.stderr.contains("\"no_such_db\" does not exist"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -38,27 +54,50 @@ fn bad_settings_in_the_env_file_are_named() {
     std::fs::write(&env, "TARGET_DATABASE_URL=postgres://u@h/db\nBATCH_SIZE=many\n").unwrap();
     let out = agentctl(&["--env-file", env.to_str().unwrap(), "audit", "list"]);
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains(r#"BATCH_SIZE="many" from "#) && out.stderr.contains("expected a whole number"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(r#"BATCH_SIZE="many" from "#)
+            && out.stderr.contains("expected a whole number"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
 fn plan_orders_chinook_parents_first_and_prints_json() {
     let pg = shared();
     let (source, target) = pg.chinook_pair();
-    let out = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate invoice lines", "--format", "json"]);
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "plan",
+        "--goal",
+        "migrate invoice lines",
+        "--format",
+        "json",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     let waves: Vec<Vec<&str>> = doc["plan"]["waves"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|w| w.as_array().unwrap().iter().map(|e| e["table"]["name"].as_str().unwrap()).collect())
+        .map(|w| {
+            w.as_array().unwrap().iter().map(|e| e["table"]["name"].as_str().unwrap()).collect()
+        })
         .collect();
     // invoice_line needs invoice and track; invoice needs customer, which needs employee (whose
-    // reports_to self-reference is deferred); track needs album, genre, media_type; album needs artist.
+    // reports_to self-reference is deferred); track needs album, genre, media_type; album needs
+    // artist.
     assert_eq!(
         waves,
-        vec![vec!["artist", "employee", "genre", "media_type"], vec!["album", "customer"], vec!["invoice", "track"], vec!["invoice_line"]]
+        vec![
+            vec!["artist", "employee", "genre", "media_type"],
+            vec!["album", "customer"],
+            vec!["invoice", "track"],
+            vec!["invoice_line"]
+        ]
     );
     assert_eq!(doc["hash"].as_str().unwrap().len(), 64);
 }
@@ -70,11 +109,24 @@ fn an_unknown_entity_suggests_the_closest_names() {
     // Bad usage (exit 2), as the README's contract says, for `plan` and for `run`.
     for command in ["plan", "run"] {
         let out = agentctl(
-            &["--source", &source, "--target", &target, command, "--goal", "migrate trakcs", "--yes"]
-                [..if command == "plan" { 7 } else { 8 }],
+            &[
+                "--source",
+                &source,
+                "--target",
+                &target,
+                command,
+                "--goal",
+                "migrate trakcs",
+                "--yes",
+            ][..if command == "plan" { 7 } else { 8 }],
         );
         assert_eq!(out.code, 2, "{out:?}");
-        assert!(out.stderr.contains("no table matches `trakcs`") && out.stderr.contains("did you mean track"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("no table matches `trakcs`")
+                && out.stderr.contains("did you mean track"),
+            "{}",
+            out.stderr
+        );
     }
 }
 
@@ -85,7 +137,11 @@ fn the_source_is_analyzed_without_a_target() {
     let source = pg.chinook();
     let out = tests::agentctl_with(&["--source", &source, "analyze"], &[]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("(11 tables)") && out.stdout.contains("invoice_line"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("(11 tables)") && out.stdout.contains("invoice_line"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stderr.contains("no target database is configured"), "{}", out.stderr);
 }
 
@@ -95,10 +151,21 @@ fn a_target_without_a_schema_is_told_how_to_make_one() {
     let pg = shared();
     let source = pg.chinook();
     let target = pg.create_db("empty_target");
-    let out = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate everything"]);
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "plan",
+        "--goal",
+        "migrate everything",
+    ]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(
-        out.stderr.contains("has no tables to migrate into: create its schema first (`agentctl schema generate --from-source --apply`"),
+        out.stderr.contains(
+            "has no tables to migrate into: create its schema first (`agentctl \
+            schema generate --from-source --apply`"
+        ),
         "{}",
         out.stderr
     );
@@ -108,27 +175,80 @@ fn a_target_without_a_schema_is_told_how_to_make_one() {
 fn run_refuses_without_approval_when_nobody_can_be_asked() {
     let pg = shared();
     let (source, target) = pg.chinook_pair();
-    let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate genres"]);
+    let out =
+        agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate genres"]);
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("refusing to run plan") && out.stderr.contains("--yes"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("refusing to run plan") && out.stderr.contains("--yes"),
+        "{}",
+        out.stderr
+    );
     let db = target.rsplit('/').next().unwrap();
     assert_eq!(pg.psql(db, "SELECT outcome FROM agentctl.runs WHERE command = 'run'"), "failed");
-    assert!(pg.psql(db, "SELECT count(*) FROM agentctl.audit_events WHERE summary LIKE '%was not approved%'") == "1");
+    assert!(
+        pg.psql(
+            db,
+            "SELECT count(*) FROM agentctl.audit_events WHERE summary LIKE '%was not approved%'"
+        ) == "1"
+    );
 }
 
 #[test]
 fn an_approval_holds_only_for_the_plan_it_was_given_for() {
     let pg = shared();
     let (source, target) = pg.chinook_pair();
-    let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate genres", "--approve", "0123456789abcdef"]);
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "run",
+        "--goal",
+        "migrate genres",
+        "--approve",
+        "0123456789abcdef",
+    ]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("the plan changed since it was approved (approved 0123456789abcdef, now "), "{}", out.stderr);
-    let plan = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate genres", "--format", "json"]);
-    let hash = serde_json::from_str::<Value>(&plan.stdout).unwrap()["hash"].as_str().unwrap().to_owned();
-    let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate genres", "--approve", &hash[..12]]);
+    assert!(
+        out.stderr
+            .contains("the plan changed since it was approved (approved 0123456789abcdef, now "),
+        "{}",
+        out.stderr
+    );
+    let plan = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "plan",
+        "--goal",
+        "migrate genres",
+        "--format",
+        "json",
+    ]);
+    let hash =
+        serde_json::from_str::<Value>(&plan.stdout).unwrap()["hash"].as_str().unwrap().to_owned();
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "run",
+        "--goal",
+        "migrate genres",
+        "--approve",
+        &hash[..12],
+    ]);
     assert!(!out.stderr.contains("changed since"), "{}", out.stderr);
     let db = target.rsplit('/').next().unwrap();
-    assert_eq!(pg.psql(db, "SELECT count(*) FROM agentctl.audit_events WHERE summary LIKE 'approved plan % by its hash'"), "1");
+    assert_eq!(
+        pg.psql(
+            db,
+            "SELECT count(*) FROM agentctl.audit_events WHERE summary LIKE \
+        'approved plan % by its hash'"
+        ),
+        "1"
+    );
 }
 
 #[test]
@@ -150,16 +270,27 @@ fn a_closed_pipe_ends_output_quietly() {
 fn bench_migrate_takes_turns_and_reports_the_round_of_median_ratio() {
     let pg = shared();
     let (source, target) = (pg.create_db("bench_legacy"), pg.create_db("bench_modern"));
-    let out =
-        agentctl(&["--source", &source, "--target", &target, "bench", "migrate", "--scale", "0.005", "--rounds", "3", "--format", "json"]);
+    let out = agentctl(&[
+        "--source", &source, "--target", &target, "bench", "migrate", "--scale", "0.005",
+        "--rounds", "3", "--format", "json",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
-    let mut ratios: Vec<f64> = doc["rounds"].as_array().unwrap().iter().map(|r| r["ratio"].as_f64().unwrap()).collect();
+    let mut ratios: Vec<f64> =
+        doc["rounds"].as_array().unwrap().iter().map(|r| r["ratio"].as_f64().unwrap()).collect();
     assert_eq!(ratios.len(), 3, "{doc}");
     ratios.sort_by(f64::total_cmp);
-    assert_eq!(doc["ratio"].as_f64(), Some(ratios[1]), "the median round stands for the run: {doc}");
+    assert_eq!(
+        doc["ratio"].as_f64(),
+        Some(ratios[1]),
+        "the median round stands for the run: {doc}"
+    );
     let agentctl = &doc["agentctl"];
-    assert_eq!((&agentctl["migrated"], &agentctl["rejected"]), (&agentctl["expected_migrated"], &agentctl["expected_rejected"]), "{doc}");
+    assert_eq!(
+        (&agentctl["migrated"], &agentctl["rejected"]),
+        (&agentctl["expected_migrated"], &agentctl["expected_rejected"]),
+        "{doc}"
+    );
     assert_eq!(doc["validation"]["passed"], true, "{doc}");
     // Beside pgcopydb, the tool users pick instead, when it is installed (CI installs it); the
     // bench says plainly when it is not.
@@ -168,9 +299,15 @@ fn bench_migrate_takes_turns_and_reports_the_round_of_median_ratio() {
             let p = &doc["pgcopydb"];
             assert!(p["seconds"].as_f64().is_some_and(|s| s > 0.0), "{doc}");
             assert_eq!(p["rounds"].as_array().map(Vec::len), Some(3), "{doc}");
-            let (without, with) = (p["ratio_without_validation"].as_f64().unwrap(), p["ratio_with_validation"].as_f64().unwrap());
+            let (without, with) = (
+                p["ratio_without_validation"].as_f64().unwrap(),
+                p["ratio_with_validation"].as_f64().unwrap(),
+            );
             assert!(without > 0.0 && with > 0.0, "{doc}");
         }
-        false => assert!(doc["pgcopydb"].is_null() && out.stderr.contains("pgcopydb is not installed"), "{out:?}"),
+        false => assert!(
+            doc["pgcopydb"].is_null() && out.stderr.contains("pgcopydb is not installed"),
+            "{out:?}"
+        ),
     }
 }

@@ -88,7 +88,14 @@ fn source_links(pg: &PgCluster, db: &str) -> Vec<Link> {
 
 /// `regclass` text with the schema spelled out, for a name the source printed unqualified.
 fn qualified(pg: &PgCluster, db: &str, regclass: &str) -> String {
-    pg.psql(db, &format!("SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = '{}'::regclass", regclass.replace('\'', "''")))
+    pg.psql(
+        db,
+        &format!(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM \
+        pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = '{}'::regclass",
+            regclass.replace('\'', "''")
+        ),
+    )
 }
 
 fn quote_literal(text: &str) -> String {
@@ -99,23 +106,36 @@ fn key_text(alias: &str, key: &[String]) -> String {
     if key.is_empty() {
         "''".to_owned()
     } else {
-        format!("concat_ws('|', {})", key.iter().map(|k| format!("{alias}.{k}::text")).collect::<Vec<_>>().join(", "))
+        format!(
+            "concat_ws('|', {})",
+            key.iter().map(|k| format!("{alias}.{k}::text")).collect::<Vec<_>>().join(", ")
+        )
     }
 }
 
 /// The links of one key as `md5:count`, the pairs (child key > parent key) sorted.
 fn digest(pairs: &str) -> String {
-    format!("SELECT coalesce(md5(string_agg(pair, ',' ORDER BY pair COLLATE \"C\")), '-') || ':' || count(*) FROM ({pairs}) l(pair)")
+    format!(
+        "SELECT coalesce(md5(string_agg(pair, ',' ORDER BY pair COLLATE \"C\")), '-') || ':' \
+        || count(*) FROM ({pairs}) l(pair)"
+    )
 }
 
 /// Runs the whole check on one database; `joins` are natural joins with `{id:col}` standing for
 /// the key column `col` of the source, `id` in the target (`{legacy:col}`: `legacy_id` in the
 /// target); `rejected` the rows expected to be rejected, by source table; `mapping` a mapping
 /// file for the schema, the run and the validation.
-fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(&str, i64)], mapping: Option<&Path>) -> String {
+fn migrate_and_prove(
+    pg: &PgCluster,
+    source: &str,
+    joins: &[&str],
+    rejected: &[(&str, i64)],
+    mapping: Option<&Path>,
+) -> String {
     let target = pg.create_db(&format!("{}_target", db_of(source)));
     let (s, t) = (db_of(source), db_of(&target));
-    let mapping: Vec<&str> = mapping.map(|m| vec!["--mapping", m.to_str().unwrap()]).unwrap_or_default();
+    let mapping: Vec<&str> =
+        mapping.map(|m| vec!["--mapping", m.to_str().unwrap()]).unwrap_or_default();
     let with = |args: &[&str]| -> tests::Output {
         let mut all = vec!["--source", source, "--target", &target];
         all.extend_from_slice(args);
@@ -134,12 +154,15 @@ fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(
         .filter_map(|l| l.split_once('|'))
         .map(|(k, v)| (k.to_owned(), v.parse().unwrap()))
         .collect();
-    let expected: BTreeMap<String, i64> = rejected.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+    let expected: BTreeMap<String, i64> =
+        rejected.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
     assert_eq!(recorded, expected, "{s}: the rows rejected, by table");
     let tables = source_tables(pg, s);
     assert!(!tables.is_empty());
     for table in &tables {
-        let count = |db: &str| pg.psql(db, &format!("SELECT count(*) FROM {}", table.quoted)).parse::<i64>().unwrap();
+        let count = |db: &str| {
+            pg.psql(db, &format!("SELECT count(*) FROM {}", table.quoted)).parse::<i64>().unwrap()
+        };
         let gone = recorded.get(&table.display).copied().unwrap_or(0);
         assert_eq!(count(t) + gone, count(s), "{s}: rows of {}", table.display);
     }
@@ -152,12 +175,19 @@ fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(
          WHERE c.relispartition AND c.relkind = 'r' ORDER BY 1",
     );
     for partition in partitions.lines() {
-        let in_target = format!("SELECT relispartition FROM pg_class WHERE oid = '{}'::regclass", partition.replace('\'', "''"));
+        let in_target = format!(
+            "SELECT relispartition FROM pg_class WHERE oid = '{}'::regclass",
+            partition.replace('\'', "''")
+        );
         assert_eq!(pg.psql(t, &in_target), "t", "{s}: {partition} is a partition in the target");
         let count = |db: &str| pg.psql(db, &format!("SELECT count(*) FROM {partition}"));
         assert_eq!(count(t), count(s), "{s}: rows of partition {partition}");
     }
-    assert_eq!(pg.psql(t, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "0", "{s}: every index of the target is valid");
+    assert_eq!(
+        pg.psql(t, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"),
+        "0",
+        "{s}: every index of the target is valid"
+    );
 
     // Comments on tables and on the columns kept as they were.
     let comments = |db: &str| {
@@ -187,28 +217,47 @@ fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(
         let past = pg.psql(
             t,
             &format!(
-                "SELECT coalesce((SELECT max({}) FROM {}), 0) < (SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END FROM {})",
+                "SELECT coalesce((SELECT max({}) FROM {}), 0) < (SELECT CASE WHEN is_called THEN \
+                    last_value + 1 ELSE last_value END FROM {})",
                 f[1], f[0], f[2]
             ),
         );
-        assert_eq!(past, "t", "{s}: the sequence {} of {}.{} hands out a value past its rows", f[2], f[0], f[1]);
+        assert_eq!(
+            past, "t",
+            "{s}: the sequence {} of {}.{} hands out a value past its rows",
+            f[2], f[0], f[1]
+        );
     }
 
     // Each foreign key's links: the same child rows point at the same parent rows.
-    let keys: BTreeMap<String, Vec<String>> = tables.iter().map(|t| (t.quoted.clone(), t.key.clone())).collect();
+    let keys: BTreeMap<String, Vec<String>> =
+        tables.iter().map(|t| (t.quoted.clone(), t.key.clone())).collect();
     // The links of each key, by (table, columns): what `validate` must count in the target.
     let mut linked: BTreeMap<(String, String), i64> = BTreeMap::new();
     for link in source_links(pg, s) {
         let (child, parent) = (qualified(pg, s, &link.child), qualified(pg, s, &link.parent));
-        let on = |a: &str, cols: &[String]| format!("({})", cols.iter().map(|c| format!("{a}.{c}")).collect::<Vec<_>>().join(", "));
+        let on = |a: &str, cols: &[String]| {
+            format!("({})", cols.iter().map(|c| format!("{a}.{c}")).collect::<Vec<_>>().join(", "))
+        };
         let child_key = keys.get(&child).map(Vec::as_slice).unwrap_or_default();
-        let legacy = |a: &str| if child_key.is_empty() { "''".to_owned() } else { format!("{a}.legacy_id::text") };
+        let legacy = |a: &str| {
+            if child_key.is_empty() {
+                "''".to_owned()
+            } else {
+                format!("{a}.legacy_id::text")
+            }
+        };
         // Less the links of the child rows rejected with a reason.
-        let display = tables.iter().find(|t| t.quoted == child).map(|t| t.display.as_str()).unwrap_or_default();
+        let display = tables
+            .iter()
+            .find(|t| t.quoted == child)
+            .map(|t| t.display.as_str())
+            .unwrap_or_default();
         let gone = pg.psql(
             t,
             &format!(
-                "SELECT coalesce(string_agg(quote_literal(legacy_key), ','), '') FROM agentctl.rejected_rows WHERE source_table = {}",
+                "SELECT coalesce(string_agg(quote_literal(legacy_key), ','), '') FROM \
+                    agentctl.rejected_rows WHERE source_table = {}",
                 quote_literal(display)
             ),
         );
@@ -218,7 +267,11 @@ fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(
             key_text("p", &keys[&parent]),
             on("p", &link.referenced),
             on("c", &link.columns),
-            if gone.is_empty() { String::new() } else { format!(" WHERE {} NOT IN ({gone})", key_text("c", child_key)) },
+            if gone.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {} NOT IN ({gone})", key_text("c", child_key))
+            },
         );
         // In the target the key is either a uuid reference to the parent's id or kept on the
         // same columns.
@@ -239,7 +292,10 @@ fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(
         } else {
             format!("{} = {}", on("p", &link.referenced), on("c", &link.columns))
         };
-        let target_pairs = format!("SELECT {} || '>' || p.legacy_id::text FROM {child} c JOIN {parent} p ON {target_on}", legacy("c"));
+        let target_pairs = format!(
+            "SELECT {} || '>' || p.legacy_id::text FROM {child} c JOIN {parent} p ON {target_on}",
+            legacy("c")
+        );
         let (from, to) = (pg.psql(s, &digest(&source_pairs)), pg.psql(t, &digest(&target_pairs)));
         assert_eq!(to, from, "{s}: the links of {} ({child} -> {parent})", link.name);
         let count = to.rsplit(':').next().unwrap().parse::<i64>().unwrap();
@@ -268,14 +324,23 @@ fn migrate_and_prove(pg: &PgCluster, source: &str, joins: &[&str], rejected: &[(
     let out = with(&["validate", "--format", "json"]);
     assert_eq!(out.code, 0, "validate on {s}: {out:?}");
     let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    let quote = |name: &str| pg.psql(t, &format!("SELECT quote_ident('{}')", name.replace('\'', "''")));
+    let quote =
+        |name: &str| pg.psql(t, &format!("SELECT quote_ident('{}')", name.replace('\'', "''")));
     let mut counted: BTreeMap<(String, String), i64> = BTreeMap::new();
     for entity in report["entities"].as_array().unwrap() {
-        let table =
-            format!("{}.{}", quote(entity["target"]["schema"].as_str().unwrap()), quote(entity["target"]["name"].as_str().unwrap()));
+        let table = format!(
+            "{}.{}",
+            quote(entity["target"]["schema"].as_str().unwrap()),
+            quote(entity["target"]["name"].as_str().unwrap())
+        );
         for l in entity["links"].as_array().unwrap() {
             assert_eq!(l["source"], l["target"], "{s}: validate's links of {table}: {l}");
-            let columns: Vec<String> = l["columns"].as_array().unwrap().iter().map(|c| quote(c.as_str().unwrap())).collect();
+            let columns: Vec<String> = l["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| quote(c.as_str().unwrap()))
+                .collect();
             counted.insert((table.clone(), columns.join(",")), l["target"].as_i64().unwrap());
         }
     }
@@ -301,12 +366,15 @@ fn chinook_is_migrated_whole() {
         pg,
         &source,
         &[
-            "SELECT ar.name, count(*), min(al.title) FROM artist ar JOIN album al ON al.artist_id = ar.{id:artist_id} GROUP BY 1 ORDER BY 1",
+            "SELECT ar.name, count(*), min(al.title) FROM artist ar JOIN album al ON al.artist_id \
+                = ar.{id:artist_id} GROUP BY 1 ORDER BY 1",
             "SELECT c.last_name, c.first_name, sum(il.unit_price * il.quantity) FROM customer c
                JOIN invoice i ON i.customer_id = c.{id:customer_id} JOIN invoice_line il ON il.invoice_id = i.{id:invoice_id}
              GROUP BY 1, 2 ORDER BY 1, 2",
-            "SELECT p.name, count(*) FROM playlist p JOIN playlist_track pt ON pt.playlist_id = p.{id:playlist_id} GROUP BY 1 ORDER BY 1, 2",
-            "SELECT e.last_name, m.last_name FROM employee e JOIN employee m ON e.reports_to = m.{id:employee_id} ORDER BY 1, 2",
+            "SELECT p.name, count(*) FROM playlist p JOIN playlist_track pt ON pt.playlist_id = \
+                p.{id:playlist_id} GROUP BY 1 ORDER BY 1, 2",
+            "SELECT e.last_name, m.last_name FROM employee e JOIN employee m ON e.reports_to = \
+                m.{id:employee_id} ORDER BY 1, 2",
         ],
         &[],
         None,
@@ -363,7 +431,8 @@ fn iso_3166_and_its_keyless_subdivisions_are_migrated_whole() {
     migrate_and_prove(
         pg,
         &source,
-        &["SELECT c.name, count(*), min(s.subcountry_name) FROM country c JOIN subcountry s ON s.country = c.{id:two_letter} GROUP BY 1 ORDER BY 1"],
+        &["SELECT c.name, count(*), min(s.subcountry_name) FROM country c JOIN subcountry s ON \
+            s.country = c.{id:two_letter} GROUP BY 1 ORDER BY 1"],
         &[],
         None,
     );
@@ -385,7 +454,8 @@ fn a_wagtail_site_built_by_django_is_migrated_whole() {
     let dangling: i64 = pg
         .psql(
             db_of(&source),
-            "SELECT count(*) FROM wagtailcore_pagelogentry l WHERE NOT EXISTS (SELECT 1 FROM wagtailcore_page p WHERE p.id = l.page_id)",
+            "SELECT count(*) FROM wagtailcore_pagelogentry l WHERE NOT EXISTS (SELECT 1 FROM \
+                wagtailcore_page p WHERE p.id = l.page_id)",
         )
         .parse()
         .unwrap();
@@ -394,13 +464,15 @@ fn a_wagtail_site_built_by_django_is_migrated_whole() {
         pg,
         &source,
         &[
-            "SELECT p.title, p.depth, u.username FROM wagtailcore_page p JOIN auth_user u ON p.owner_id = u.{id:id} ORDER BY 1, 2, 3",
+            "SELECT p.title, p.depth, u.username FROM wagtailcore_page p JOIN auth_user u ON \
+                p.owner_id = u.{id:id} ORDER BY 1, 2, 3",
             "SELECT g.name, count(*) FROM auth_group g JOIN auth_group_permissions gp ON gp.group_id = g.{id:id}
                JOIN auth_permission p ON gp.permission_id = p.{id:id} GROUP BY 1 ORDER BY 1",
             "SELECT ct.app_label, ct.model, t.name, d.title FROM taggit_taggeditem ti JOIN taggit_tag t ON ti.tag_id = t.{id:id}
                JOIN django_content_type ct ON ti.content_type_id = ct.{id:id} JOIN wagtaildocs_document d ON d.{id:id} = ti.object_id
              ORDER BY 1, 2, 3, 4",
-            "SELECT l.object_repr, p.title FROM django_admin_log l JOIN wagtailcore_page p ON p.{legacy:id}::text = l.object_id ORDER BY 1, 2",
+            "SELECT l.object_repr, p.title FROM django_admin_log l JOIN wagtailcore_page p ON \
+                p.{legacy:id}::text = l.object_id ORDER BY 1, 2",
             // A workflow state and its current task state reference each other.
             "SELECT p.title, ws.status, ts.status FROM wagtailcore_workflowstate ws
                JOIN wagtailcore_taskstate ts ON ws.current_task_state_id = ts.{id:id} AND ts.workflow_state_id = ws.{id:id}
@@ -414,11 +486,22 @@ fn a_wagtail_site_built_by_django_is_migrated_whole() {
     );
     let t = db_of(&target);
     assert_eq!(
-        pg.psql(t, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'wagtailcore_pagelogentry'::regclass AND attname = 'page_id'"),
+        pg.psql(
+            t,
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = \
+            'wagtailcore_pagelogentry'::regclass AND attname = 'page_id'"
+        ),
         "uuid"
     );
-    let reason = pg.psql(t, "SELECT DISTINCT reason FROM agentctl.rejected_rows WHERE source_table = 'wagtailcore_pagelogentry'");
-    assert!(reason.contains("wagtailcore_page"), "rejected because the page is not there: {reason}");
+    let reason = pg.psql(
+        t,
+        "SELECT DISTINCT reason FROM agentctl.rejected_rows WHERE \
+        source_table = 'wagtailcore_pagelogentry'",
+    );
+    assert!(
+        reason.contains("wagtailcore_page"),
+        "rejected because the page is not there: {reason}"
+    );
     // What no foreign key declares, and the mapping file does not either, is named in the plan.
     let out = agentctl(&[
         "--source",
@@ -432,32 +515,55 @@ fn a_wagtail_site_built_by_django_is_migrated_whole() {
         mapping.to_str().unwrap(),
     ]);
     assert_eq!(out.code, 0, "{out:?}");
-    let said = "Not rewritten: wagtailcore_referenceindex.to_object_id is a generic reference (its table named by to_content_type_id)";
+    let said = "Not rewritten: wagtailcore_referenceindex.to_object_id is a generic reference \
+        (its table named by to_content_type_id)";
     assert!(out.stdout.contains(said), "{said}: {}", out.stdout);
-    for declared in ["Not rewritten: wagtailcore_pagelogentry.page_id", "Not rewritten: taggit_taggeditem.object_id"] {
+    for declared in [
+        "Not rewritten: wagtailcore_pagelogentry.page_id",
+        "Not rewritten: taggit_taggeditem.object_id",
+    ] {
         assert!(!out.stdout.contains(declared), "the mapping file declares it: {}", out.stdout);
     }
-    let named = format!("{dangling} x wagtailcore_pagelogentry.page_id: the wagtailcore_page row it points at (");
+    let named = format!(
+        "{dangling} x wagtailcore_pagelogentry.page_id: the wagtailcore_page row it points at ("
+    );
     assert!(out.stdout.contains(&named), "the plan names the rows it will reject: {}", out.stdout);
     // A declaration that names what is not there stops before anything, naming each.
-    let bad = std::env::temp_dir().join(format!("agentctl-bad-references-{}.toml", std::process::id()));
-    std::fs::write(&bad, "[entities.wagtailcore_pagelogentry]\nreferences = { nope_id = \"auth_user\", page_id = \"no_such_table\" }\n")
-        .unwrap();
-    let out =
-        agentctl(&["--source", &source, "--target", &target, "schema", "generate", "--from-source", "--mapping", bad.to_str().unwrap()]);
+    let bad =
+        std::env::temp_dir().join(format!("agentctl-bad-references-{}.toml", std::process::id()));
+    std::fs::write(
+        &bad,
+        "[entities.wagtailcore_pagelogentry]\nreferences = { nope_id = \
+        \"auth_user\", page_id = \"no_such_table\" }\n",
+    )
+    .unwrap();
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "schema",
+        "generate",
+        "--from-source",
+        "--mapping",
+        bad.to_str().unwrap(),
+    ]);
     std::fs::remove_file(&bad).unwrap();
     assert_eq!(out.code, 2, "{out:?}");
     for said in [
-        "wagtailcore_pagelogentry.nope_id: the mapping file declares a reference on a column the source table does not have",
-        "wagtailcore_pagelogentry.page_id: the mapping file's reference names `no_such_table`, which the source does not have",
+        "wagtailcore_pagelogentry.nope_id: the mapping file declares a reference on a column the \
+            source table does not have",
+        "wagtailcore_pagelogentry.page_id: the mapping file's reference names `no_such_table`, \
+            which the source does not have",
     ] {
         assert!(out.stderr.contains(said), "{said}: {}", out.stderr);
     }
     // And `analyze` says how to declare one.
     let out = agentctl(&["--source", &source, "--target", &target, "analyze"]);
     assert!(
-        out.stdout.contains("wagtailcore_pagelogentry.page_id looks like a reference to wagtailcore_page")
-            && out.stdout.contains("references = { page_id = \"wagtailcore_page\" }"),
+        out.stdout.contains(
+            "wagtailcore_pagelogentry.page_id looks like a reference to wagtailcore_page"
+        ) && out.stdout.contains("references = { page_id = \"wagtailcore_page\" }"),
         "{out:?}"
     );
 }
@@ -475,22 +581,33 @@ fn an_adversarial_schema_is_migrated_whole() {
         &source,
         &[
             "SELECT u.\"default\", u.mood, count(*), sum(l.price) FROM \"user\" u
-               JOIN \"Odd Schema\".\"Line \"\"Items\"\".v2 ✓\" l ON l.\"Owner.Handle\" = u.{id:\"user\"} GROUP BY 1, 2 ORDER BY 1, 2",
+               JOIN \"Odd Schema\".\"Line \"\"Items\"\".v2 ✓\" l ON l.\"Owner.Handle\" = \
+                   u.{id:\"user\"} GROUP BY 1, 2 ORDER BY 1, 2",
             "SELECT r.name, count(*), sum(p.amount) FROM payment p JOIN sales.store s ON p.store_id = s.{id:id}
                JOIN sales.region r ON (r.country, r.code) = (s.country, s.region_code) GROUP BY 1 ORDER BY 1",
-            "SELECT e.name, m.name FROM employee e JOIN employee m ON e.manager_id = m.{id:id} ORDER BY 1, 2",
-            "SELECT who, what, happened_at, count(*) FROM audit_log GROUP BY 1, 2, 3 HAVING count(*) > 1 ORDER BY 1, 2, 3",
+            "SELECT e.name, m.name FROM employee e JOIN employee m ON e.manager_id = m.{id:id} \
+                ORDER BY 1, 2",
+            "SELECT who, what, happened_at, count(*) FROM audit_log GROUP BY 1, 2, 3 HAVING \
+                count(*) > 1 ORDER BY 1, 2, 3",
             // The generic reference, rewritten to the UUID of the row its kind names.
-            "SELECT r.body, e.name FROM remark r JOIN employee e ON r.about_id = e.{id:id} WHERE r.about_kind = 'employee' ORDER BY 1",
-            "SELECT r.body, s.country FROM remark r JOIN sales.store s ON r.about_id = s.{id:id} WHERE r.about_kind = 'store' ORDER BY 1",
+            "SELECT r.body, e.name FROM remark r JOIN employee e ON r.about_id = e.{id:id} WHERE \
+                r.about_kind = 'employee' ORDER BY 1",
+            "SELECT r.body, s.country FROM remark r JOIN sales.store s ON r.about_id = s.{id:id} \
+                WHERE r.about_kind = 'store' ORDER BY 1",
         ],
         // The one row of a NOT VALID key that points at no employee, and the remark about a
         // kind the mapping file does not name.
         &[("badge", 1), ("remark", 1)],
         Some(&here.join("adversarial.toml")),
     );
-    let reason = pg.psql(db_of(&target), "SELECT reason FROM agentctl.rejected_rows WHERE source_table = 'remark'");
-    assert_eq!(reason, "remark.about_id: its about_kind ghost names no table whose keys the mapping rewrites");
+    let reason = pg.psql(
+        db_of(&target),
+        "SELECT reason FROM agentctl.rejected_rows WHERE source_table = 'remark'",
+    );
+    assert_eq!(
+        reason,
+        "remark.about_id: its about_kind ghost names no table whose keys the mapping rewrites"
+    );
 }
 
 /// A cycle whose rows the target will partly refuse cannot be settled by the load yet: the plan
@@ -514,12 +631,33 @@ fn a_cycle_with_rejected_rows_is_refused_before_anything_runs() {
          UPDATE team SET lead_id = 6 WHERE id = 3;",
     );
     let target = pg.create_db("cycle_target");
-    let out = agentctl(&["--source", &source, "--target", &target, "schema", "generate", "--from-source", "--apply"]);
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "schema",
+        "generate",
+        "--from-source",
+        "--apply",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
-    let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes"]);
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "run",
+        "--goal",
+        "migrate everything",
+        "--yes",
+    ]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
-        out.stderr.contains("team and member reference each other, and 1 rows of team point at member rows that will be rejected (e.g. 3)"),
+        out.stderr.contains(
+            "team and member reference each other, and 1 rows of team point at \
+            member rows that will be rejected (e.g. 3)"
+        ),
         "{}",
         out.stderr
     );
@@ -534,11 +672,22 @@ fn a_table_or_a_reference_nothing_takes_stops_the_plan() {
     let dir = datasets().join("iso-3166");
     let source = load(pg, "iso3166", &dir.join("iso-3166.sql"), &dir);
     let target = pg.create_db("iso3166_partial");
-    let out = agentctl(&["--source", &source, "--target", &target, "schema", "generate", "--from-source", "--apply"]);
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "schema",
+        "generate",
+        "--from-source",
+        "--apply",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     let t = db_of(&target);
     pg.psql(t, "ALTER TABLE subcountry RENAME TO regions");
-    let run = |goal: &str| agentctl(&["--source", &source, "--target", &target, "run", "--goal", goal, "--yes"]);
+    let run = |goal: &str| {
+        agentctl(&["--source", &source, "--target", &target, "run", "--goal", goal, "--yes"])
+    };
     let out = run("migrate everything");
     assert_eq!(out.code, 2, "what the target lacks is the operator's to change: {out:?}");
     assert!(out.stderr.contains("nothing can take the rows of subcountry"), "{}", out.stderr);
@@ -546,17 +695,41 @@ fn a_table_or_a_reference_nothing_takes_stops_the_plan() {
 
     let out = run("migrate everything except subcountry");
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("not migrated (excluded by the goal): subcountry"), "every source table has an outcome: {}", out.stdout);
-    assert!(out.stdout.contains("every row of the 1 tables above is accounted for: 242 = 242 migrated"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("not migrated (excluded by the goal): subcountry"),
+        "every source table has an outcome: {}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("every row of the 1 tables above is accounted for: 242 = 242 migrated"),
+        "{}",
+        out.stdout
+    );
     let report = agentctl(&["--target", &target, "report", "--format", "md"]);
-    assert!(report.stdout.contains("| subcountry | not migrated: excluded by the goal |"), "the report too: {}", report.stdout);
+    assert!(
+        report.stdout.contains("| subcountry | not migrated: excluded by the goal |"),
+        "the report too: {}",
+        report.stdout
+    );
     let report = agentctl(&["--target", &target, "report"]);
-    assert!(report.stdout.lines().any(|l| l == "subcountry: not migrated: excluded by the goal"), "{}", report.stdout);
+    assert!(
+        report.stdout.lines().any(|l| l == "subcountry: not migrated: excluded by the goal"),
+        "{}",
+        report.stdout
+    );
     assert_eq!(pg.psql(t, "SELECT count(*) FROM country"), "242");
 
-    pg.psql(t, "ALTER TABLE regions RENAME TO subcountry; ALTER TABLE subcountry DROP CONSTRAINT subcountry_country_fkey, ALTER COLUMN country TYPE text");
+    pg.psql(
+        t,
+        "ALTER TABLE regions RENAME TO subcountry; ALTER TABLE subcountry DROP CONSTRAINT \
+        subcountry_country_fkey, ALTER COLUMN country TYPE text",
+    );
     let out = run("migrate subcountry");
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("foreign key subcountry_country_fkey to country is not kept"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("foreign key subcountry_country_fkey to country is not kept"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(pg.psql(t, "SELECT count(*) FROM subcountry"), "0", "nothing ran");
 }

@@ -11,7 +11,10 @@ const SCALE: &str = "0.02";
 /// Generates the dataset into a new database; returns its name and the JSON report.
 fn generate(pg: &PgCluster, seed: &str) -> (String, Value) {
     let url = pg.create_db("legacy");
-    let out = agentctl(&["--source", &url, "dataset", "generate", "--scale", SCALE, "--seed", seed, "--format", "json"]);
+    let out = agentctl(&[
+        "--source", &url, "dataset", "generate", "--scale", SCALE, "--seed", seed, "--format",
+        "json",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     (url.rsplit('/').next().unwrap().to_owned(), serde_json::from_str(&out.stdout).unwrap())
 }
@@ -34,7 +37,10 @@ fn the_same_seed_loads_the_same_data() {
     // The databases agree too, not just the generator's bytes.
     let digest = |db: &str| {
         pg.psql(db, "SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM dispatch_task t")
-            + &pg.psql(db, "SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM dispatch_offer t")
+            + &pg.psql(
+                db,
+                "SELECT md5(string_agg(t::text, '|' ORDER BY t.id)) FROM dispatch_offer t",
+            )
     };
     assert_eq!(digest(&a), digest(&b));
     let (_, rc) = generate(pg, "12");
@@ -59,63 +65,134 @@ fn injected_faults_are_exactly_the_reported_ones() {
         count(
             pg,
             &db,
-            "SELECT count(*) FROM dispatch_order o WHERE NOT EXISTS (SELECT 1 FROM dispatch_patient p WHERE p.id = o.patient_id)"
+            "SELECT count(*) FROM dispatch_order o WHERE NOT EXISTS (SELECT 1 FROM \
+                dispatch_patient p WHERE p.id = o.patient_id)"
         ),
         f["orphan_fk"]
     );
-    assert_eq!(count(pg, &db, "SELECT count(*) FROM dispatch_order WHERE total_cents < 0"), f["negative_amount"]);
+    assert_eq!(
+        count(pg, &db, "SELECT count(*) FROM dispatch_order WHERE total_cents < 0"),
+        f["negative_amount"]
+    );
     assert_eq!(
         count(
             pg,
             &db,
-            "SELECT count(*) FROM dispatch_order WHERE lower(trim(status)) NOT IN ('new','in_progress','shipped','delivered','cancelled')"
+            "SELECT count(*) FROM dispatch_order WHERE lower(trim(status)) NOT IN \
+                ('new','in_progress','shipped','delivered','cancelled')"
         ),
         f["invalid_enum"]
     );
 
     let f = faults(&report, "dispatch_offer");
-    assert_eq!(count(pg, &db, "SELECT count(*) - count(DISTINCT (doctor_id, product_id)) FROM dispatch_offer"), f["duplicate_unique"]);
+    assert_eq!(
+        count(
+            pg,
+            &db,
+            "SELECT count(*) - count(DISTINCT (doctor_id, product_id)) FROM dispatch_offer"
+        ),
+        f["duplicate_unique"]
+    );
 
     let f = faults(&report, "dispatch_case_state");
-    assert_eq!(count(pg, &db, "SELECT count(*) FROM dispatch_case_state WHERE changed_at IS NULL"), f["null_required"]);
     assert_eq!(
-        count(pg, &db, "SELECT count(*) FROM dispatch_case_state WHERE lower(state) NOT IN ('submitted','planning','review','approved','manufacturing','shipped','closed')"),
+        count(pg, &db, "SELECT count(*) FROM dispatch_case_state WHERE changed_at IS NULL"),
+        f["null_required"]
+    );
+    assert_eq!(
+        count(
+            pg,
+            &db,
+            "SELECT count(*) FROM dispatch_case_state WHERE lower(state) NOT IN \
+            ('submitted','planning','review','approved','manufacturing','shipped','closed')"
+        ),
         f["invalid_enum"]
     );
     assert_eq!(
         count(
             pg,
             &db,
-            "SELECT count(*) FROM dispatch_case_state s WHERE NOT EXISTS (SELECT 1 FROM dispatch_case c WHERE c.id = s.case_id)"
+            "SELECT count(*) FROM dispatch_case_state s WHERE NOT EXISTS (SELECT 1 FROM \
+                dispatch_case c WHERE c.id = s.case_id)"
         ),
         f["orphan_fk"]
     );
 
     let f = faults(&report, "dispatch_task");
-    assert_eq!(count(pg, &db, "SELECT count(*) FROM dispatch_task WHERE title IS NULL"), f["null_required"]);
     assert_eq!(
-        count(pg, &db, "SELECT count(*) FROM dispatch_task t WHERE NOT EXISTS (SELECT 1 FROM dispatch_case c WHERE c.id = t.case_id)"),
+        count(pg, &db, "SELECT count(*) FROM dispatch_task WHERE title IS NULL"),
+        f["null_required"]
+    );
+    assert_eq!(
+        count(
+            pg,
+            &db,
+            "SELECT count(*) FROM dispatch_task t WHERE NOT EXISTS (SELECT 1 FROM \
+            dispatch_case c WHERE c.id = t.case_id)"
+        ),
         f["orphan_fk"]
     );
     // Subtasks only point at tasks that exist.
-    assert_eq!(count(pg, &db, "SELECT count(*) FROM dispatch_task t WHERE parent_task_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dispatch_task p WHERE p.id = t.parent_task_id)"), 0);
+    assert_eq!(
+        count(
+            pg,
+            &db,
+            "SELECT count(*) FROM dispatch_task t WHERE parent_task_id IS NOT \
+        NULL AND NOT EXISTS (SELECT 1 FROM dispatch_task p WHERE p.id = t.parent_task_id)"
+        ),
+        0
+    );
 
     let f = faults(&report, "auth_user");
     assert_eq!(
-        count(pg, &db, "SELECT count(*) - count(DISTINCT lower(email)) FROM auth_user WHERE email ~ '^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$'"),
+        count(
+            pg,
+            &db,
+            "SELECT count(*) - count(DISTINCT lower(email)) FROM auth_user WHERE email \
+            ~ '^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$'"
+        ),
         f["email_case_collision"]
     );
-    assert_eq!(count(pg, &db, "SELECT count(*) FROM auth_user WHERE email !~ '^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$'"), f["malformed_email"]);
+    assert_eq!(
+        count(
+            pg,
+            &db,
+            "SELECT count(*) FROM auth_user WHERE email !~ '^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$'"
+        ),
+        f["malformed_email"]
+    );
 
     let f = faults(&report, "dispatch_discount");
-    assert_eq!(count(pg, &db, "SELECT count(*) FROM dispatch_discount WHERE offer_id IS NULL AND doctor_id IS NULL"), f["null_required"]);
-    assert_eq!(count(pg, &db, "SELECT count(*) FROM dispatch_discount WHERE valid_to <= valid_from"), f["date_out_of_range"]);
-    assert_eq!(count(pg, &db, "SELECT count(*) FROM dispatch_discount WHERE percent < 0 OR amount_cents < 0"), f["negative_amount"]);
+    assert_eq!(
+        count(
+            pg,
+            &db,
+            "SELECT count(*) FROM dispatch_discount WHERE offer_id IS NULL AND doctor_id IS NULL"
+        ),
+        f["null_required"]
+    );
+    assert_eq!(
+        count(pg, &db, "SELECT count(*) FROM dispatch_discount WHERE valid_to <= valid_from"),
+        f["date_out_of_range"]
+    );
+    assert_eq!(
+        count(
+            pg,
+            &db,
+            "SELECT count(*) FROM dispatch_discount WHERE percent < 0 OR amount_cents < 0"
+        ),
+        f["negative_amount"]
+    );
 
     // Clean rows reference only parents that exist: no orphan beyond the reported ones.
     let f = faults(&report, "dispatch_system_message");
     assert_eq!(
-        count(pg, &db, "SELECT count(*) FROM dispatch_system_message m WHERE NOT EXISTS (SELECT 1 FROM dispatch_profile p WHERE p.id = m.recipient_id)"),
+        count(
+            pg,
+            &db,
+            "SELECT count(*) FROM dispatch_system_message m WHERE NOT EXISTS (SELECT 1 \
+            FROM dispatch_profile p WHERE p.id = m.recipient_id)"
+        ),
         f["orphan_fk"]
     );
 }
@@ -125,7 +202,9 @@ fn the_target_schema_is_uuid_keyed_with_legacy_ids_and_metadata() {
     let pg = shared();
     let target = pg.create_db("modern");
     let source = pg.create_db("legacy");
-    let out = agentctl(&["--source", &source, "--target", &target, "dataset", "generate", "--scale", "0.001"]);
+    let out = agentctl(&[
+        "--source", &source, "--target", &target, "dataset", "generate", "--scale", "0.001",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("the modern target schema is in place"), "{}", out.stdout);
     let db = target.rsplit('/').next().unwrap();
@@ -140,13 +219,37 @@ fn the_target_schema_is_uuid_keyed_with_legacy_ids_and_metadata() {
     );
     assert_eq!(lacking, "", "tables without uuid id, legacy_id or metadata");
     // The constraints that decide rejections are really there.
-    pg.psql(db, "INSERT INTO technician_roles (id, legacy_id, name, level, is_active) VALUES (gen_random_uuid(), 1, 'a', 3, true)");
+    pg.psql(
+        db,
+        "INSERT INTO technician_roles (id, legacy_id, name, level, is_active) VALUES \
+        (gen_random_uuid(), 1, 'a', 3, true)",
+    );
     let out = std::process::Command::new(tests::pg_bin().join("psql"))
-        .args(["-X", "-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-c"])
-        .arg("INSERT INTO technician_roles (id, legacy_id, name, level, is_active) VALUES (gen_random_uuid(), 2, 'b', 11, true)")
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+        ])
+        .arg(
+            "INSERT INTO technician_roles (id, legacy_id, name, level, is_active) VALUES \
+            (gen_random_uuid(), 2, 'b', 11, true)",
+        )
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("technician_roles_level_check"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("technician_roles_level_check"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Generating again over existing tables needs --replace.
     let out = agentctl(&["--source", &source, "dataset", "generate", "--scale", "0.001"]);
@@ -165,12 +268,19 @@ fn the_fault_report_needs_no_database_and_refuses_bad_profiles() {
     std::fs::write(&file, "[dispatch_product]\norphan_fk = 0.1\n").unwrap();
     let out = agentctl(&["dataset", "faults", "--faults", file.to_str().unwrap()]);
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("dispatch_product `orphan_fk`, which that table cannot carry"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("dispatch_product `orphan_fk`, which that table cannot carry"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
 fn the_demo_says_what_to_install_when_postgresql_is_missing() {
-    let out = tests::agentctl_with(&["demo", "--data-dir", "/var/tmp/agentctl-demo-never"], &[("PG_BIN", "/nonexistent/bin")]);
+    let out = tests::agentctl_with(
+        &["demo", "--data-dir", "/var/tmp/agentctl-demo-never"],
+        &[("PG_BIN", "/nonexistent/bin")],
+    );
     assert_eq!(out.code, 2, "{out:?}");
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(out.stderr.contains("apt-get install postgresql-15"), "{}", out.stderr);
@@ -207,21 +317,30 @@ fn the_demo_runs_on_its_own_cluster_and_reuses_it() {
     // the demo ran.
     let bin = tools::cluster::bin_dir().unwrap();
     let log = dir.join("restart.log");
-    let restarted = tools::cluster::command(&bin.join("pg_ctl"), tools::cluster::server_user().unwrap())
-        .arg("-D")
-        .arg(dir.join("data"))
-        .arg("-l")
-        .arg(&log)
-        .args(["-w", "-t", "60", "restart"])
-        .current_dir("/")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(restarted.success(), "pg_ctl restart from /: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let restarted =
+        tools::cluster::command(&bin.join("pg_ctl"), tools::cluster::server_user().unwrap())
+            .arg("-D")
+            .arg(dir.join("data"))
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "restart"])
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+    assert!(
+        restarted.success(),
+        "pg_ctl restart from /: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 
     let out = agentctl(&["demo", "--scale", "0.001", "--data-dir", dir_arg]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("PostgreSQL reused") && out.stdout.contains("already loaded"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("PostgreSQL reused") && out.stdout.contains("already loaded"),
+        "{}",
+        out.stdout
+    );
 }

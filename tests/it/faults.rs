@@ -25,13 +25,25 @@ fn pair(pg: &PgCluster, prefix: &str, rows: u32) -> (String, String) {
         ),
     );
     let target = pg.create_db(&format!("{prefix}_target"));
-    let out = agentctl(&["--source", &source, "--target", &target, "schema", "generate", "--from-source", "--apply"]);
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "schema",
+        "generate",
+        "--from-source",
+        "--apply",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     (source, target)
 }
 
 fn run_id(pg: &PgCluster, target: &str) -> String {
-    pg.psql(db_of(target), "SELECT run_id FROM agentctl.runs WHERE command = 'run' ORDER BY started_at DESC LIMIT 1")
+    pg.psql(
+        db_of(target),
+        "SELECT run_id FROM agentctl.runs WHERE command = 'run' ORDER BY started_at DESC LIMIT 1",
+    )
 }
 
 /// A role that may read and write but not INSERT into `note`, nor own the tables: the run
@@ -44,7 +56,8 @@ fn missing_privileges_are_named_before_anything_changes() {
     let t = db_of(&target);
     pg.psql(
         t,
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'loader') THEN CREATE ROLE loader LOGIN; END IF; END $$;",
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'loader') THEN CREATE \
+            ROLE loader LOGIN; END IF; END $$;",
     );
     pg.psql(
         t,
@@ -57,14 +70,29 @@ fn missing_privileges_are_named_before_anything_changes() {
     );
     let as_loader = target.replace("postgres@", "loader@");
     let run = |extra: &[&str]| {
-        let mut args = vec!["--source", &source, "--target", &as_loader, "run", "--goal", "migrate everything", "--yes"];
+        let mut args = vec![
+            "--source",
+            &source,
+            "--target",
+            &as_loader,
+            "run",
+            "--goal",
+            "migrate everything",
+            "--yes",
+        ];
         args.extend_from_slice(extra);
         agentctl(&args)
     };
     // The control schema `schema generate` made as postgres.
     let out = run(&[]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("the target's agentctl schema belongs to postgres, and loader may not use it"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "the target's agentctl schema belongs to postgres, and loader may not use it"
+        ),
+        "{}",
+        out.stderr
+    );
     pg.psql(
         t,
         "GRANT ALL ON SCHEMA agentctl TO loader; GRANT ALL ON ALL TABLES IN SCHEMA agentctl TO loader;
@@ -76,11 +104,16 @@ fn missing_privileges_are_named_before_anything_changes() {
     for said in [
         "nothing was changed; the load could not do what it must",
         "note: loader lacks INSERT on it (GRANT INSERT ON \"public\".\"note\" TO loader)",
-        "author: owned by postgres, not loader, so its foreign keys and indexes cannot be set aside for the load",
+        "author: owned by postgres, not loader, so its foreign keys and indexes cannot be set \
+            aside for the load",
     ] {
         assert!(out.stderr.contains(said), "{said}: {}", out.stderr);
     }
-    assert_eq!(pg.psql(t, "SELECT count(*) FROM agentctl.suspended_constraints"), "0", "nothing set aside");
+    assert_eq!(
+        pg.psql(t, "SELECT count(*) FROM agentctl.suspended_constraints"),
+        "0",
+        "nothing set aside"
+    );
     assert_eq!(pg.psql(t, "SELECT count(*) FROM author"), "0", "nothing written");
     assert_eq!(pg.psql(t, "SELECT count(*) FROM agentctl.rejected_rows"), "0");
 
@@ -109,7 +142,11 @@ impl SmallDisk {
             return None;
         }
         let dir = tempfile::Builder::new().prefix("agentctl-disk").tempdir().unwrap().keep();
-        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={megabytes}M"), "tmpfs"]).arg(&dir).status().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}M"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
         assert!(ok.success(), "mount a tmpfs");
         let ok = Command::new("chown").arg("postgres").arg(&dir).status().unwrap();
         assert!(ok.success(), "chown the tmpfs to postgres");
@@ -117,7 +154,11 @@ impl SmallDisk {
     }
 
     fn grow(&self, megabytes: u32) {
-        let ok = Command::new("mount").args(["-o", &format!("remount,size={megabytes}M")]).arg(&self.dir).status().unwrap();
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={megabytes}M")])
+            .arg(&self.dir)
+            .status()
+            .unwrap();
         assert!(ok.success(), "grow the tmpfs");
     }
 }
@@ -142,15 +183,33 @@ fn a_full_disk_stops_the_load_rejects_no_row_and_the_run_resumes() {
     pg.psql("postgres", &format!("CREATE TABLESPACE {space} LOCATION '{}'", disk.dir.display()));
     pg.psql(t, &format!("ALTER TABLE note SET TABLESPACE {space}"));
     let run = |extra: &[&str]| {
-        let mut args = vec!["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes"];
+        let mut args = vec![
+            "--source",
+            &source,
+            "--target",
+            &target,
+            "run",
+            "--goal",
+            "migrate everything",
+            "--yes",
+        ];
         args.extend_from_slice(extra);
         agentctl(&args)
     };
     let out = run(&[]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("note: the target refused the batch for a reason that is not the rows' own"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("note: the target refused the batch for a reason that is not the rows' own"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("53100"), "the cause, a full disk: {}", out.stderr);
-    assert_eq!(pg.psql(t, "SELECT count(*) FROM agentctl.rejected_rows"), "0", "no row is rejected for a full disk");
+    assert_eq!(
+        pg.psql(t, "SELECT count(*) FROM agentctl.rejected_rows"),
+        "0",
+        "no row is rejected for a full disk"
+    );
     assert_eq!(pg.psql(t, "SELECT count(*) FROM author"), "50", "the table before the fault is in");
 
     disk.grow(64);
@@ -159,7 +218,11 @@ fn a_full_disk_stops_the_load_rejects_no_row_and_the_run_resumes() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(pg.psql(t, "SELECT count(*) FROM note"), "30000");
     assert_eq!(pg.psql(t, "SELECT count(*) FROM agentctl.rejected_rows"), "0");
-    assert_eq!(pg.psql(t, "SELECT count(*) FROM agentctl.suspended_constraints"), "0", "nothing is left set aside");
+    assert_eq!(
+        pg.psql(t, "SELECT count(*) FROM agentctl.suspended_constraints"),
+        "0",
+        "nothing is left set aside"
+    );
     // Leave the tablespace empty for the next test run on this cluster.
     pg.psql(t, "ALTER TABLE note SET TABLESPACE pg_default");
     pg.psql("postgres", &format!("DROP TABLESPACE {space}"));
@@ -175,22 +238,52 @@ fn a_second_writer_is_refused_and_a_killed_run_is_shown_interrupted() {
     let (source, target, _) = pg.reference_pair("0.02");
     let t = db_of(&target).to_owned();
     let mut first = spawn_run(&source, &target);
-    assert!(tests::wait_until(std::time::Duration::from_secs(180), || committed(pg, &t) >= 5), "the first run got under way");
+    assert!(
+        tests::wait_until(std::time::Duration::from_secs(180), || committed(pg, &t) >= 5),
+        "the first run got under way"
+    );
     let run = pg.psql(&t, "SELECT run_id FROM agentctl.runs WHERE command = 'run'");
-    let second = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes"]);
+    let second = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "run",
+        "--goal",
+        "migrate everything",
+        "--yes",
+    ]);
     assert_eq!(second.code, 2, "{second:?}");
-    assert!(second.stderr.contains(&format!("another agentctl writes to this target (run {run}, since ")), "{}", second.stderr);
-    assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.runs WHERE command = 'run'"), "1", "the second run recorded nothing");
+    assert!(
+        second
+            .stderr
+            .contains(&format!("another agentctl writes to this target (run {run}, since ")),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        pg.psql(&t, "SELECT count(*) FROM agentctl.runs WHERE command = 'run'"),
+        "1",
+        "the second run recorded nothing"
+    );
 
     first.kill().unwrap();
     first.wait().unwrap();
     let list = agentctl(&["--target", &target, "audit", "list"]);
     assert_eq!(list.code, 0, "{list:?}");
     let resume = format!("agentctl run --goal \"migrate everything\" --resume {run}");
-    assert!(list.stdout.contains("interrupted") && list.stdout.contains(&resume), "{}", list.stdout);
+    assert!(
+        list.stdout.contains("interrupted") && list.stdout.contains(&resume),
+        "{}",
+        list.stdout
+    );
     let status = agentctl(&["--target", &target, "status"]);
     assert!(status.stdout.contains(&resume), "{}", status.stdout);
-    assert!(!status.stdout.contains(" running "), "no entity of a run whose program is gone is shown running: {}", status.stdout);
+    assert!(
+        !status.stdout.contains(" running "),
+        "no entity of a run whose program is gone is shown running: {}",
+        status.stdout
+    );
     // The chat says so first, and again when asked how it goes.
     let mut chat = Command::new(tests::agentctl_bin())
         .args(["--source", &source, "--target", &target, "chat"])
@@ -204,9 +297,23 @@ fn a_second_writer_is_refused_and_a_killed_run_is_shown_interrupted() {
     let said = String::from_utf8_lossy(&said.stdout);
     assert_eq!(said.matches("The last migration stopped before it finished").count(), 2, "{said}");
     assert!(said.contains(&format!("To finish it, run: {resume}")), "{said}");
-    assert!(!said.contains(": running —"), "no entity of a run whose program is gone is shown running: {said}");
+    assert!(
+        !said.contains(": running —"),
+        "no entity of a run whose program is gone is shown running: {said}"
+    );
 
-    let out = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes", "--resume", &run]);
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "run",
+        "--goal",
+        "migrate everything",
+        "--yes",
+        "--resume",
+        &run,
+    ]);
     assert_eq!(out.code, 0, "the killed run let go of the target: {out:?}");
     assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.suspended_constraints"), "0");
     let list = agentctl(&["--target", &target, "audit", "list"]);
@@ -221,7 +328,9 @@ fn planning_outlives_a_restart_of_the_target() {
     let target_pg = PgCluster::start().unwrap();
     let source = shared().create_db("legacy");
     let target = target_pg.create_db("modern");
-    let generated = agentctl(&["--source", &source, "--target", &target, "dataset", "generate", "--scale", "0.2"]);
+    let generated = agentctl(&[
+        "--source", &source, "--target", &target, "dataset", "generate", "--scale", "0.2",
+    ]);
     assert_eq!(generated.code, 0, "{generated:?}");
     let db = db_of(&target).to_owned();
     let mut child = Command::new(tests::agentctl_bin())
@@ -238,21 +347,29 @@ fn planning_outlives_a_restart_of_the_target() {
         )
         .is_some_and(|n| n == "1")
     };
-    assert!(tests::wait_until(std::time::Duration::from_secs(120), || forecasting(&target_pg)), "the plan got to its forecast");
+    assert!(
+        tests::wait_until(std::time::Duration::from_secs(120), || forecasting(&target_pg)),
+        "the plan got to its forecast"
+    );
     let started_at = |pg: &PgCluster| pg.psql(&db, "SELECT pg_postmaster_start_time()");
     let before = started_at(&target_pg);
     let target_pg = target_pg.restart_after(DOWN).unwrap();
     assert_ne!(started_at(&target_pg), before, "the target server restarted");
-    assert!(child.try_wait().unwrap().is_none(), "the plan was still going when the server came back");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the plan was still going when the server came back"
+    );
     let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("I will copy"), "the plan is shown: {stdout}");
     let verified = agentctl(&["--target", &target, "audit", "verify"]);
     assert_eq!(verified.code, 0, "{verified:?}");
     let ends = target_pg.psql(
         &db,
-        "SELECT count(*) FROM agentctl.audit_events e JOIN agentctl.runs r USING (run_id) WHERE r.command = 'plan' AND e.summary = 'run ended: planned'",
+        "SELECT count(*) FROM agentctl.audit_events e JOIN agentctl.runs r USING (run_id) WHERE \
+            r.command = 'plan' AND e.summary = 'run ended: planned'",
     );
     assert_eq!(ends, "1", "the trail is whole to its end");
 }
@@ -269,8 +386,12 @@ async fn a_catalog_read_outlives_a_restart_of_its_server() {
     let pg = PgCluster::start().unwrap();
     let url = pg.create_db("catalog");
     pg.psql(db_of(&url), "CREATE TABLE t (id int PRIMARY KEY, name text)");
-    let db = runtime::config::DbUrl::parse(runtime::config::DbRole::Target, &url, "the test").unwrap();
-    let catalog = tools::catalog::PgCatalog::new(tools::pg::connect(&db, 2).await.unwrap(), "the restarted server");
+    let db =
+        runtime::config::DbUrl::parse(runtime::config::DbRole::Target, &url, "the test").unwrap();
+    let catalog = tools::catalog::PgCatalog::new(
+        tools::pg::connect(&db, 2).await.unwrap(),
+        "the restarted server",
+    );
     assert_eq!(catalog.introspect(false).await.unwrap().tables.len(), 1);
     let port = pg.port;
     let restarting = std::thread::spawn(move || pg.restart_after(DOWN));
@@ -278,7 +399,11 @@ async fn a_catalog_read_outlives_a_restart_of_its_server() {
     assert!(tests::wait_until(std::time::Duration::from_secs(30), down), "the server went down");
     let report = catalog.introspect(false).await;
     let pg = restarting.join().unwrap().unwrap();
-    assert_eq!(report.map(|r| r.tables.len()), Ok(1), "read while the server was down, then again once it was back");
+    assert_eq!(
+        report.map(|r| r.tables.len()),
+        Ok(1),
+        "read while the server was down, then again once it was back"
+    );
     drop(pg);
 }
 
@@ -292,7 +417,8 @@ fn a_grant_revoked_mid_load_stops_the_run_rejects_no_row_and_the_run_resumes() {
     let t = db_of(&target).to_owned();
     pg.psql(
         &t,
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'reloader') THEN CREATE ROLE reloader LOGIN; END IF; END $$;",
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'reloader') THEN \
+            CREATE ROLE reloader LOGIN; END IF; END $$;",
     );
     pg.psql(
         &t,
@@ -304,7 +430,17 @@ fn a_grant_revoked_mid_load_stops_the_run_rejects_no_row_and_the_run_resumes() {
         ),
     );
     let as_loader = target.replace("postgres@", "reloader@");
-    let args = ["--source", &source, "--target", &as_loader, "run", "--goal", "migrate everything", "--yes", "--keep-constraints"];
+    let args = [
+        "--source",
+        &source,
+        "--target",
+        &as_loader,
+        "run",
+        "--goal",
+        "migrate everything",
+        "--yes",
+        "--keep-constraints",
+    ];
     let child = Command::new(tests::agentctl_bin())
         .args(args)
         .env("BATCH_SIZE", "250")
@@ -312,22 +448,40 @@ fn a_grant_revoked_mid_load_stops_the_run_rejects_no_row_and_the_run_resumes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let notes = || pg.try_psql(&t, "SELECT count(*) FROM note").and_then(|n| n.parse::<i64>().ok()).unwrap_or(0);
-    assert!(tests::wait_until(std::time::Duration::from_secs(120), || notes() >= 2_500), "note got under way");
+    let notes = || {
+        pg.try_psql(&t, "SELECT count(*) FROM note")
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        tests::wait_until(std::time::Duration::from_secs(120), || notes() >= 2_500),
+        "note got under way"
+    );
     pg.psql(&t, "REVOKE INSERT ON note FROM reloader");
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("note: the target refused the batch for a reason that is not the rows' own"), "{stderr}");
+    assert!(
+        stderr
+            .contains("note: the target refused the batch for a reason that is not the rows' own"),
+        "{stderr}"
+    );
     assert!(stderr.contains("42501"), "the cause, a missing privilege: {stderr}");
     assert!(!stderr.contains("does not balance"), "{stderr}");
-    assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.rejected_rows"), "0", "no row is rejected for a missing grant");
+    assert_eq!(
+        pg.psql(&t, "SELECT count(*) FROM agentctl.rejected_rows"),
+        "0",
+        "no row is rejected for a missing grant"
+    );
     let loaded = notes();
     assert!(loaded < 30_000 && loaded % 250 == 0, "whole batches only: {loaded}");
 
     pg.psql(&t, "GRANT INSERT ON note TO reloader");
     let run_id = run_id(pg, &target);
-    let resume = format!("once the cause is fixed, carry it on with: agentctl run --goal \"migrate everything\" --resume {run_id}");
+    let resume = format!(
+        "once the cause is fixed, carry it on with: agentctl run --goal \
+        \"migrate everything\" --resume {run_id}"
+    );
     assert!(stderr.contains(&resume), "{stderr}");
     let mut resumed = args.to_vec();
     resumed.extend_from_slice(&["--resume", &run_id]);

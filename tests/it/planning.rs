@@ -9,7 +9,8 @@ use serde_json::Value;
 use tests::{agentctl, shared};
 
 fn plan_json(source: &str, target: &str, goal: &str, extra: &[&str]) -> Value {
-    let mut args = vec!["--source", source, "--target", target, "plan", "--goal", goal, "--format", "json"];
+    let mut args =
+        vec!["--source", source, "--target", target, "plan", "--goal", goal, "--format", "json"];
     args.extend_from_slice(extra);
     let out = agentctl(&args);
     assert_eq!(out.code, 0, "{out:?}");
@@ -21,7 +22,13 @@ fn waves(plan: &Value) -> Vec<Vec<String>> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|w| w.as_array().unwrap().iter().map(|e| e["table"]["name"].as_str().unwrap().to_owned()).collect())
+        .map(|w| {
+            w.as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["table"]["name"].as_str().unwrap().to_owned())
+                .collect()
+        })
         .collect()
 }
 
@@ -30,7 +37,11 @@ fn assert_parents_first(source: &str, plan: &Value) {
     let out = agentctl(&["--source", source, "--target", source, "analyze", "--format", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let report: Value = serde_json::from_str(&out.stdout).unwrap();
-    let wave_of: HashMap<String, usize> = waves(plan).iter().enumerate().flat_map(|(i, w)| w.iter().map(move |t| (t.clone(), i))).collect();
+    let wave_of: HashMap<String, usize> = waves(plan)
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| w.iter().map(move |t| (t.clone(), i)))
+        .collect();
     for t in report["tables"].as_array().unwrap() {
         let name = t["name"]["name"].as_str().unwrap();
         let Some(&w) = wave_of.get(name) else { continue };
@@ -83,9 +94,15 @@ fn chinook_and_employee_plan_completely_with_generated_targets() {
     let pg = shared();
     for ((source, target), rows) in [(pg.chinook_pair(), 15_607), (pg.employee_pair(), 130_783)] {
         let plan = plan_json(&source, &target, "migrate everything", &[]);
-        let entities: Vec<&Value> = plan["plan"]["waves"].as_array().unwrap().iter().flat_map(|w| w.as_array().unwrap()).collect();
+        let entities: Vec<&Value> = plan["plan"]["waves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|w| w.as_array().unwrap())
+            .collect();
         let total: i64 = entities.iter().map(|e| e["forecast"]["rows"].as_i64().unwrap()).sum();
-        let rejected: i64 = entities.iter().map(|e| e["forecast"]["reject"].as_i64().unwrap()).sum();
+        let rejected: i64 =
+            entities.iter().map(|e| e["forecast"]["reject"].as_i64().unwrap()).sum();
         assert_eq!((total, rejected), (rows, 0), "{source}");
         assert_parents_first(&source, &plan);
     }
@@ -97,7 +114,8 @@ fn goals_in_plain_words() {
     let (source, target, _) = pg.reference_pair("0.002");
     let check = |goal: &str, expected: &[&[&str]]| {
         let got = waves(&plan_json(&source, &target, goal, &[]));
-        let expected: Vec<Vec<String>> = expected.iter().map(|w| w.iter().map(|s| (*s).to_owned()).collect()).collect();
+        let expected: Vec<Vec<String>> =
+            expected.iter().map(|w| w.iter().map(|s| (*s).to_owned()).collect()).collect();
         assert_eq!(got, expected, "{goal}");
     };
     check("migrate technician_roles", &[&["technician_roles"]]);
@@ -106,7 +124,13 @@ fn goals_in_plain_words() {
     }
     check(
         "migrate orders with deps",
-        &[&["dispatch_office"], &["dispatch_profile"], &["dispatch_doctor"], &["dispatch_patient"], &["dispatch_order"]],
+        &[
+            &["dispatch_office"],
+            &["dispatch_profile"],
+            &["dispatch_doctor"],
+            &["dispatch_patient"],
+            &["dispatch_order"],
+        ],
     );
     check("only the orders", &[&["dispatch_order"]]);
     check("technician roles, roles", &[&["dispatch_role", "technician_roles"]]);
@@ -114,9 +138,14 @@ fn goals_in_plain_words() {
     assert!(!all.iter().any(|t| t.contains("message")), "{all:?}");
     assert!(all.contains(&"dispatch_task".to_owned()));
 
-    let out = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate doktors"]);
+    let out =
+        agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate doktors"]);
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("no table matches `doktors`") && out.stderr.contains("did you mean"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no table matches `doktors`") && out.stderr.contains("did you mean"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -187,7 +216,8 @@ fn mappings_render_as_reviewed() {
 
     "#]]
     .assert_eq(&show("profiles"));
-    let plan = agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate core"]);
+    let plan =
+        agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate core"]);
     expect![[r#"
         I will copy 3 tables (about 15 rows) in 3 steps.
         Step 1: dispatch_office.
@@ -219,25 +249,57 @@ fn mapping_problems_name_the_table_and_column() {
     let (source, target, _) = pg.reference_pair("0.002");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
-    let builtin = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../mappings/dispatch.toml")).unwrap();
+    let builtin =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../mappings/dispatch.toml"))
+            .unwrap();
     let bad = builtin
-        .replace(r#"license_number = { from = "license_no", transforms = ["trim"] }"#, r#"license_number = { from = "licence" }"#)
+        .replace(
+            r#"license_number = { from = "license_no", transforms = ["trim"] }"#,
+            r#"license_number = { from = "licence" }"#,
+        )
         .replace(r#""2" = "suspended""#, r#""2" = "sleeping""#);
     std::fs::write(&file, bad).unwrap();
-    let out =
-        agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate doctors", "--mapping", file.to_str().unwrap()]);
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "plan",
+        "--goal",
+        "migrate doctors",
+        "--mapping",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(out.code, 2, "a mapping file with problems is bad configuration: {out:?}");
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(
-        out.stderr.contains("doctors.license_number: the mapping file reads `licence`, which the source does not have"),
+        out.stderr.contains(
+            "doctors.license_number: the mapping file reads `licence`, which the \
+            source does not have"
+        ),
         "{}",
         out.stderr
     );
-    assert!(out.stderr.contains("doctors.status: maps `2` to `sleeping`, which is not a value of doctor_status"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "doctors.status: maps `2` to `sleeping`, which is not a value of doctor_status"
+        ),
+        "{}",
+        out.stderr
+    );
 
     std::fs::write(&file, "[entities.dispatch_doctor]\ntargett = \"doctors\"\n").unwrap();
-    let out =
-        agentctl(&["--source", &source, "--target", &target, "plan", "--goal", "migrate doctors", "--mapping", file.to_str().unwrap()]);
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "plan",
+        "--goal",
+        "migrate doctors",
+        "--mapping",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("unknown field `targett`"), "{}", out.stderr);
 }
@@ -248,10 +310,20 @@ fn an_initialised_mapping_file_plans_the_same() {
     let (source, target) = pg.chinook_pair();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("chinook.toml");
-    let out = agentctl(&["--source", &source, "--target", &target, "mapping", "init", "--output", file.to_str().unwrap()]);
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "mapping",
+        "init",
+        "--output",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("wrote the mapping of 11 entities"), "{}", out.stdout);
     let inferred = plan_json(&source, &target, "migrate everything", &[]);
-    let from_file = plan_json(&source, &target, "migrate everything", &["--mapping", file.to_str().unwrap()]);
+    let from_file =
+        plan_json(&source, &target, "migrate everything", &["--mapping", file.to_str().unwrap()]);
     assert_eq!(inferred["hash"], from_file["hash"]);
 }

@@ -24,26 +24,55 @@ fn validation_finds_changed_lost_and_extra_rows_and_rollback_leaves_the_target_a
     // A row that was in the target before agentctl: it must outlive the rollback.
     pg.psql(
         &db,
-        "INSERT INTO offices (id, legacy_id, name, is_active, created_at) VALUES (gen_random_uuid(), 1, 'Kept', true, '2020-01-01')",
+        "INSERT INTO offices (id, legacy_id, name, is_active, created_at) VALUES \
+            (gen_random_uuid(), 1, 'Kept', true, '2020-01-01')",
     );
-    let counts = || -> Vec<String> { tables.iter().map(|t| pg.psql(&db, &format!("SELECT count(*) FROM {t}"))).collect() };
-    let constraints = || pg.psql(&db, "SELECT count(*) FROM pg_constraint WHERE connamespace = 'public'::regnamespace AND convalidated");
+    let counts = || -> Vec<String> {
+        tables.iter().map(|t| pg.psql(&db, &format!("SELECT count(*) FROM {t}"))).collect()
+    };
+    let constraints = || {
+        pg.psql(
+            &db,
+            "SELECT count(*) FROM pg_constraint WHERE connamespace = \
+            'public'::regnamespace AND convalidated",
+        )
+    };
     let (before, before_constraints) = (counts(), constraints());
 
-    let run = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes", "--format", "json"]);
+    let run = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "run",
+        "--goal",
+        "migrate everything",
+        "--yes",
+        "--format",
+        "json",
+    ]);
     assert_eq!(run.code, 0, "{run:?}");
     let run_doc = json(&run);
     let entities = run_doc["entities"].as_array().unwrap();
-    assert!(entities.iter().all(|e| e["validation"]["passed"] == true), "each entity is validated after it loads");
-    let money: Vec<&Value> = entities.iter().flat_map(|e| e["validation"]["money"].as_array().unwrap()).collect();
-    assert!(!money.is_empty() && money.iter().all(|m| m["source_cents"] == m["target_cents"]), "{money:?}");
+    assert!(
+        entities.iter().all(|e| e["validation"]["passed"] == true),
+        "each entity is validated after it loads"
+    );
+    let money: Vec<&Value> =
+        entities.iter().flat_map(|e| e["validation"]["money"].as_array().unwrap()).collect();
+    assert!(
+        !money.is_empty() && money.iter().all(|m| m["source_cents"] == m["target_cents"]),
+        "{money:?}"
+    );
 
     // On demand, everything passes, and the accounting covers every source row.
     let ok = agentctl(&["--source", &source, "--target", &target, "validate", "--format", "json"]);
     assert_eq!(ok.code, 0, "{ok:?}");
     let doc = json(&ok);
     assert_eq!(doc["passed"], true);
-    let sum = |d: &Value, f: &str| d["entities"].as_array().unwrap().iter().map(|e| e[f].as_i64().unwrap()).sum::<i64>();
+    let sum = |d: &Value, f: &str| {
+        d["entities"].as_array().unwrap().iter().map(|e| e[f].as_i64().unwrap()).sum::<i64>()
+    };
     let read: i64 = entities.iter().map(|e| e["rows_read"].as_i64().unwrap()).sum();
     assert_eq!(sum(&doc, "source_rows"), read);
     assert_eq!(sum(&doc, "migrated") + sum(&doc, "rejected") + sum(&doc, "kept"), read);
@@ -56,13 +85,28 @@ fn validation_finds_changed_lost_and_extra_rows_and_rollback_leaves_the_target_a
     let patient = key("SELECT min(legacy_id) FROM patients");
     let attachment = key("SELECT min(legacy_id) FROM message_attachments");
     pg.psql(&db, &format!("UPDATE operations SET amount = amount + 1 WHERE legacy_id = {op}"));
-    pg.psql(&db, &format!("UPDATE patients SET last_name = last_name || 'x' WHERE legacy_id = {patient}"));
+    pg.psql(
+        &db,
+        &format!("UPDATE patients SET last_name = last_name || 'x' WHERE legacy_id = {patient}"),
+    );
     pg.psql(&db, &format!("DELETE FROM message_attachments WHERE legacy_id = {attachment}"));
     // And in the first and last of system_messages' pages (several, compared two at a time):
     // both are found, listed in key order.
-    let (first, last) = (key("SELECT min(legacy_id) FROM system_messages"), key("SELECT max(legacy_id) FROM system_messages"));
-    assert!(key("SELECT count(*) FROM system_messages").parse::<i64>().unwrap() > 10_000, "more than two pages to compare");
-    pg.psql(&db, &format!("UPDATE system_messages SET subject = subject || 'x' WHERE legacy_id IN ({first}, {last})"));
+    let (first, last) = (
+        key("SELECT min(legacy_id) FROM system_messages"),
+        key("SELECT max(legacy_id) FROM system_messages"),
+    );
+    assert!(
+        key("SELECT count(*) FROM system_messages").parse::<i64>().unwrap() > 10_000,
+        "more than two pages to compare"
+    );
+    pg.psql(
+        &db,
+        &format!(
+            "UPDATE system_messages SET subject = subject || 'x' WHERE legacy_id IN \
+        ({first}, {last})"
+        ),
+    );
     let bad = agentctl(&[
         "--source",
         &source,
@@ -76,50 +120,116 @@ fn validation_finds_changed_lost_and_extra_rows_and_rollback_leaves_the_target_a
     ]);
     assert_eq!(bad.code, 3, "{bad:?}");
     for k in [&op, &patient, &attachment] {
-        assert!(bad.stderr.contains(&format!("keys {k}")), "the differing key {k} is named: {}", bad.stderr);
+        assert!(
+            bad.stderr.contains(&format!("keys {k}")),
+            "the differing key {k} is named: {}",
+            bad.stderr
+        );
     }
-    assert!(bad.stderr.contains(&format!("keys {first}, {last})")), "both system_messages keys, in order: {}", bad.stderr);
-    assert!(bad.stdout.contains("money amount") && bad.stdout.contains("DIFFERENT"), "{}", bad.stdout);
+    assert!(
+        bad.stderr.contains(&format!("keys {first}, {last})")),
+        "both system_messages keys, in order: {}",
+        bad.stderr
+    );
+    assert!(
+        bad.stdout.contains("money amount") && bad.stdout.contains("DIFFERENT"),
+        "{}",
+        bad.stdout
+    );
     let stored = pg.psql(&db, "SELECT string_agg(target_table || '=' || passed, ',' ORDER BY target_table) FROM agentctl.migration_validation_reports
                                WHERE run_id = (SELECT run_id FROM agentctl.runs WHERE command = 'validate' ORDER BY started_at DESC LIMIT 1)");
-    assert_eq!(stored, "message_attachments=false,operations=false,patients=false,system_messages=false");
+    assert_eq!(
+        stored,
+        "message_attachments=false,operations=false,patients=false,system_messages=false"
+    );
 
     // The report of the run: the table operators know, and rejections grouped by reason.
     let md = agentctl(&["--target", &target, "report", "--format", "md"]);
     assert_eq!(md.code, 0, "{md:?}");
-    assert!(md.stdout.contains("| entity | migrated / source |") && md.stdout.contains("## Rejections by reason"), "{}", md.stdout);
+    assert!(
+        md.stdout.contains("| entity | migrated / source |")
+            && md.stdout.contains("## Rejections by reason"),
+        "{}",
+        md.stdout
+    );
     // For a terminal, by default: the same table with aligned columns, and no Markdown.
     let text = agentctl(&["--target", &target, "report"]);
     assert_eq!(text.code, 0, "{text:?}");
-    let header = ["entity", "migrated", "/", "source", "success", "rejected", "money", "preserved", "validation", "seconds", "rows/s"];
-    assert!(text.stdout.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == header), "{}", text.stdout);
+    let header = [
+        "entity",
+        "migrated",
+        "/",
+        "source",
+        "success",
+        "rejected",
+        "money",
+        "preserved",
+        "validation",
+        "seconds",
+        "rows/s",
+    ];
+    assert!(
+        text.stdout.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == header),
+        "{}",
+        text.stdout
+    );
     assert!(text.stdout.contains("\nRejections by reason\n"), "{}", text.stdout);
     for markdown in ["**", "| ---", "## "] {
         assert!(!text.stdout.contains(markdown), "no `{markdown}` on a terminal: {}", text.stdout);
     }
     let rep = json(&agentctl(&["--target", &target, "report", "--format", "json"]));
     assert_eq!(rep["totals"]["accounted"], true);
-    let generator_rejects: i64 = report["tables"].as_array().unwrap().iter().filter_map(|t| t["expected_rejected"].as_i64()).sum();
+    let generator_rejects: i64 = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["expected_rejected"].as_i64())
+        .sum();
     assert_eq!(rep["totals"]["rejected"].as_i64().unwrap(), generator_rejects);
-    let grouped: i64 = rep["rejections"].as_array().unwrap().iter().map(|g| g["count"].as_i64().unwrap()).sum();
+    let grouped: i64 =
+        rep["rejections"].as_array().unwrap().iter().map(|g| g["count"].as_i64().unwrap()).sum();
     assert_eq!(grouped, generator_rejects);
 
     // Parents cannot go while their migrated children stay; nothing is deleted.
     let after_run = counts();
-    let refused = agentctl(&["--source", &source, "--target", &target, "rollback", "--entities", "offices", "--yes"]);
+    let refused = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "rollback",
+        "--entities",
+        "offices",
+        "--yes",
+    ]);
     assert_eq!(refused.code, 1, "{refused:?}");
-    assert!(refused.stderr.contains("cannot roll back offices") && refused.stderr.contains("still reference them"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("cannot roll back offices")
+            && refused.stderr.contains("still reference them"),
+        "{}",
+        refused.stderr
+    );
     assert_eq!(counts(), after_run);
     // Without --yes and without a terminal, nothing happens.
     let unconfirmed = agentctl(&["--source", &source, "--target", &target, "rollback", "--all"]);
     assert_eq!(unconfirmed.code, 2, "{unconfirmed:?}");
 
-    let all = agentctl_with(&["--source", &source, "--target", &target, "rollback", "--all", "--yes", "--format", "json"], &[]);
+    let all = agentctl_with(
+        &[
+            "--source", &source, "--target", &target, "rollback", "--all", "--yes", "--format",
+            "json",
+        ],
+        &[],
+    );
     assert_eq!(all.code, 0, "{all:?}");
     assert_eq!(counts(), before, "the target is as it was: the kept office and nothing else");
     assert_eq!(constraints(), before_constraints);
     assert_eq!(pg.psql(&db, "SELECT name FROM offices"), "Kept");
-    let events = pg.psql(&db, "SELECT count(*) FROM agentctl.audit_events e JOIN agentctl.runs r USING (run_id) WHERE r.command = 'rollback' AND e.summary LIKE 'rolled back%'");
+    let events = pg.psql(
+        &db,
+        "SELECT count(*) FROM agentctl.audit_events e JOIN agentctl.runs r \
+        USING (run_id) WHERE r.command = 'rollback' AND e.summary LIKE 'rolled back%'",
+    );
     assert_eq!(events, "1", "the rollback is in the audit trail");
 }
 
@@ -129,33 +239,62 @@ fn a_run_outlives_a_restart_of_the_target_server() {
     let target_pg = PgCluster::start().unwrap();
     let source = shared().create_db("legacy");
     let target = target_pg.create_db("modern");
-    let generated = agentctl(&["--source", &source, "--target", &target, "dataset", "generate", "--scale", "0.02", "--format", "json"]);
+    let generated = agentctl(&[
+        "--source", &source, "--target", &target, "dataset", "generate", "--scale", "0.02",
+        "--format", "json",
+    ]);
     assert_eq!(generated.code, 0, "{generated:?}");
     let report = json(&generated);
     let db = target.rsplit('/').next().unwrap().to_owned();
     let committed = |pg: &PgCluster| -> i64 {
-        pg.try_psql(&db, "SELECT coalesce(sum(batches), 0) FROM agentctl.migration_checkpoints").and_then(|n| n.parse().ok()).unwrap_or(0)
+        pg.try_psql(&db, "SELECT coalesce(sum(batches), 0) FROM agentctl.migration_checkpoints")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     };
     let mut child = std::process::Command::new(tests::agentctl_bin())
-        .args(["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes", "--format", "json"])
+        .args([
+            "--source",
+            &source,
+            "--target",
+            &target,
+            "run",
+            "--goal",
+            "migrate everything",
+            "--yes",
+            "--format",
+            "json",
+        ])
         .env("BATCH_SIZE", "250")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(tests::wait_until(std::time::Duration::from_secs(180), || committed(&target_pg) >= 20), "the run got under way");
+    assert!(
+        tests::wait_until(std::time::Duration::from_secs(180), || committed(&target_pg) >= 20),
+        "the run got under way"
+    );
     let started_at = |pg: &PgCluster| pg.psql(&db, "SELECT pg_postmaster_start_time()");
     let before = started_at(&target_pg);
     let target_pg = target_pg.restart().unwrap();
     assert_ne!(started_at(&target_pg), before, "the target server restarted");
-    assert!(child.try_wait().unwrap().is_none(), "the run was still going when the server came back");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run was still going when the server came back"
+    );
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let sum = |f: &str| doc["entities"].as_array().unwrap().iter().map(|e| e[f].as_i64().unwrap()).sum::<i64>();
-    let expected = |f: &str| report["tables"].as_array().unwrap().iter().filter_map(|t| t[f].as_i64()).sum::<i64>();
-    assert_eq!((sum("migrated"), sum("rejected")), (expected("expected_migrated"), expected("expected_rejected")));
+    let sum = |f: &str| {
+        doc["entities"].as_array().unwrap().iter().map(|e| e[f].as_i64().unwrap()).sum::<i64>()
+    };
+    let expected = |f: &str| {
+        report["tables"].as_array().unwrap().iter().filter_map(|t| t[f].as_i64()).sum::<i64>()
+    };
+    assert_eq!(
+        (sum("migrated"), sum("rejected")),
+        (expected("expected_migrated"), expected("expected_rejected"))
+    );
     assert!(doc["entities"].as_array().unwrap().iter().all(|e| e["validation"]["passed"] == true));
     assert_eq!(target_pg.psql(&db, "SELECT count(*) FROM agentctl.suspended_constraints"), "0");
 }

@@ -19,7 +19,16 @@ fn db(url: &str) -> String {
 /// A migrated reference pair: (source URL, target URL, source db, target db).
 fn migrated(pg: &PgCluster, scale: &str) -> (String, String, String, String) {
     let (source, target, _) = pg.reference_pair(scale);
-    let run = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes"]);
+    let run = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "run",
+        "--goal",
+        "migrate everything",
+        "--yes",
+    ]);
     assert_eq!(run.code, 0, "{run:?}");
     let (s, t) = (db(&source), db(&target));
     (source, target, s, t)
@@ -27,8 +36,14 @@ fn migrated(pg: &PgCluster, scale: &str) -> (String, String, String, String) {
 
 /// Per entity of a `diff` JSON document: (analysis, applied).
 fn entity<'a>(doc: &'a Value, target: &str) -> (Option<&'a Value>, Option<&'a Value>) {
-    let analysis = doc["analyses"].as_array().unwrap().iter().find(|a| a["target"]["name"] == target);
-    let applied = doc["applied"].as_array().unwrap().iter().find(|a| a["entity"]["name"] == target).map(|a| &a["applied"]);
+    let analysis =
+        doc["analyses"].as_array().unwrap().iter().find(|a| a["target"]["name"] == target);
+    let applied = doc["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["entity"]["name"] == target)
+        .map(|a| &a["applied"]);
     (analysis, applied)
 }
 
@@ -42,7 +57,8 @@ fn first_patients(pg: &PgCluster, t: &str) -> [String; 3] {
     let keys: Vec<String> = pg
         .psql(
             t,
-            "SELECT string_agg(legacy_id::text, ',' ORDER BY legacy_id) FROM (SELECT legacy_id FROM patients ORDER BY legacy_id LIMIT 3) k",
+            "SELECT string_agg(legacy_id::text, ',' ORDER BY legacy_id) FROM (SELECT legacy_id \
+                FROM patients ORDER BY legacy_id LIMIT 3) k",
         )
         .split(',')
         .map(str::to_owned)
@@ -52,21 +68,40 @@ fn first_patients(pg: &PgCluster, t: &str) -> [String; 3] {
 
 /// Sets the first name of the first and third of `keys` in the source to `S{tag}`, and of the
 /// first and second in the target to `T{tag}`.
-fn edit_patients(pg: &PgCluster, (s, t): (&str, &str), tag: &str, [both, target_only, source_only]: &[String; 3]) {
-    pg.psql(s, &format!("UPDATE dispatch_patient SET first_name = 'S{tag}' WHERE id IN ({both}, {source_only})"));
-    pg.psql(t, &format!("UPDATE patients SET first_name = 'T{tag}' WHERE legacy_id IN ({both}, {target_only})"));
+fn edit_patients(
+    pg: &PgCluster,
+    (s, t): (&str, &str),
+    tag: &str,
+    [both, target_only, source_only]: &[String; 3],
+) {
+    pg.psql(
+        s,
+        &format!(
+            "UPDATE dispatch_patient SET first_name = 'S{tag}' WHERE id IN ({both}, {source_only})"
+        ),
+    );
+    pg.psql(
+        t,
+        &format!(
+            "UPDATE patients SET first_name = 'T{tag}' WHERE legacy_id IN ({both}, {target_only})"
+        ),
+    );
 }
 
 #[test]
 fn changes_of_every_kind_reach_the_reference_target_once_and_prove_out() {
     let pg = shared();
     let (source, target, s, t) = migrated(pg, "0.005");
-    let changed = agentctl(&["--source", &source, "dataset", "change", "--rows", "600", "--format", "json"]);
+    let changed =
+        agentctl(&["--source", &source, "dataset", "change", "--rows", "600", "--format", "json"]);
     assert_eq!(changed.code, 0, "{changed:?}");
     // One more of each kind, known by key: an edit, a new patient with a new order of its own,
     // a deleted message.
     let migrated_patient = pg.psql(&t, "SELECT min(legacy_id) FROM patients");
-    pg.psql(&s, &format!("UPDATE dispatch_patient SET first_name = 'Edited' WHERE id = {migrated_patient}"));
+    pg.psql(
+        &s,
+        &format!("UPDATE dispatch_patient SET first_name = 'Edited' WHERE id = {migrated_patient}"),
+    );
     let new_patient = pg.psql(&s, "SELECT max(id) + 1000 FROM dispatch_patient");
     pg.psql(
         &s,
@@ -89,7 +124,9 @@ fn changes_of_every_kind_reach_the_reference_target_once_and_prove_out() {
 
     // The analysis changes nothing and finds each kind.
     let before = pg.psql(&t, "SELECT count(*) FROM patients");
-    let analysis = agentctl(&["--source", &source, "--target", &target, "diff", "analyze", "--format", "json"]);
+    let analysis = agentctl(&[
+        "--source", &source, "--target", &target, "diff", "analyze", "--format", "json",
+    ]);
     assert_eq!(analysis.code, 0, "{analysis:?}");
     let doc = json(&analysis);
     assert_eq!(pg.psql(&t, "SELECT count(*) FROM patients"), before, "analyze is a dry run");
@@ -100,36 +137,99 @@ fn changes_of_every_kind_reach_the_reference_target_once_and_prove_out() {
     let stored = pg.psql(
         &t,
         &format!(
-            "SELECT count(*) FROM agentctl.data_differentials JOIN agentctl.diff_analyses USING (analysis_id, source_table) WHERE run_id = '{}'",
+            "SELECT count(*) FROM agentctl.data_differentials JOIN agentctl.diff_analyses USING \
+                (analysis_id, source_table) WHERE run_id = '{}'",
             doc["run_id"].as_str().unwrap()
         ),
     );
-    let out_of_step: i64 = ["inserts", "updates", "deletes", "conflicts", "rejected"].iter().map(|k| total(&doc, k)).sum();
-    assert_eq!(stored.parse::<i64>().unwrap(), out_of_step, "every row out of step is in data_differentials");
+    let out_of_step: i64 = ["inserts", "updates", "deletes", "conflicts", "rejected"]
+        .iter()
+        .map(|k| total(&doc, k))
+        .sum();
+    assert_eq!(
+        stored.parse::<i64>().unwrap(),
+        out_of_step,
+        "every row out of step is in data_differentials"
+    );
 
     // Applying it: each row once, parents first, deletes soft by default.
-    let applied = agentctl(&["--source", &source, "--target", &target, "diff", "migrate", "--format", "json"]);
+    let applied = agentctl(&[
+        "--source", &source, "--target", &target, "diff", "migrate", "--format", "json",
+    ]);
     assert_eq!(applied.code, 0, "{applied:?}");
     let doc = json(&applied);
-    let sum = |f: &str| doc["applied"].as_array().unwrap().iter().map(|a| a["applied"][f].as_i64().unwrap()).sum::<i64>();
-    assert_eq!(sum("inserted") + sum("updated") + sum("deleted") + sum("rejected") + sum("held") + sum("stale"), out_of_step, "{doc}");
-    assert_eq!(sum("stale"), 0);
-    assert_eq!(pg.psql(&t, &format!("SELECT first_name FROM patients WHERE legacy_id = {migrated_patient}")), "Edited");
+    let sum = |f: &str| {
+        doc["applied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["applied"][f].as_i64().unwrap())
+            .sum::<i64>()
+    };
     assert_eq!(
-        pg.psql(&t, &format!("SELECT count(*) FROM orders o JOIN patients p ON p.id = o.patient_id WHERE o.legacy_id = {new_order} AND p.legacy_id = {new_patient}")),
+        sum("inserted")
+            + sum("updated")
+            + sum("deleted")
+            + sum("rejected")
+            + sum("held")
+            + sum("stale"),
+        out_of_step,
+        "{doc}"
+    );
+    assert_eq!(sum("stale"), 0);
+    assert_eq!(
+        pg.psql(
+            &t,
+            &format!("SELECT first_name FROM patients WHERE legacy_id = {migrated_patient}")
+        ),
+        "Edited"
+    );
+    assert_eq!(
+        pg.psql(
+            &t,
+            &format!(
+                "SELECT count(*) FROM orders o JOIN patients p ON p.id = \
+            o.patient_id WHERE o.legacy_id = {new_order} AND p.legacy_id = {new_patient}"
+            )
+        ),
         "1",
         "the new order points at the new patient"
     );
-    assert_eq!(pg.psql(&t, &format!("SELECT deleted_at IS NOT NULL FROM system_messages WHERE legacy_id = {message}")), "t");
+    assert_eq!(
+        pg.psql(
+            &t,
+            &format!(
+                "SELECT deleted_at IS NOT NULL FROM system_messages WHERE legacy_id = {message}"
+            )
+        ),
+        "t"
+    );
     let (_, orders) = entity(&doc, "orders");
     assert!(orders.unwrap()["inserted"].as_i64().unwrap() > 0);
     // Every outcome recorded, in the same transactions as the writes.
-    assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.data_differentials WHERE applied_at IS NULL"), "0");
+    assert_eq!(
+        pg.psql(&t, "SELECT count(*) FROM agentctl.data_differentials WHERE applied_at IS NULL"),
+        "0"
+    );
     let rejected = pg.psql(&t, "SELECT count(*) FROM agentctl.rejected_rows WHERE rule = 'sync'");
-    assert_eq!(rejected.parse::<i64>().unwrap(), sum("rejected"), "each reject is recorded with its reason");
+    assert_eq!(
+        rejected.parse::<i64>().unwrap(),
+        sum("rejected"),
+        "each reject is recorded with its reason"
+    );
 
     // In step: nothing left to do, applying again does nothing, and the proof passes.
-    let again = json(&agentctl(&["--source", &source, "--target", &target, "diff", "migrate", "--analyze", "--format", "json"]));
+    let again = json(&agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "diff",
+        "migrate",
+        "--analyze",
+        "--format",
+        "json",
+    ]));
     for kind in ["inserts", "updates", "deletes", "conflicts", "rejected"] {
         assert_eq!(total(&again, kind), 0, "{kind} after applying: {again}");
     }
@@ -144,9 +244,21 @@ fn conflicts_follow_each_entitys_policy_and_wait_for_an_operator_under_manual() 
     let keys = first_patients(pg, &t);
     let (both, target_only, source_only) = (&keys[0], &keys[1], &keys[2]);
     let edit = |tag: &str| edit_patients(pg, (&s, &t), tag, &keys);
-    let first_name = |k: &str| pg.psql(&t, &format!("SELECT first_name FROM patients WHERE legacy_id = {k}"));
+    let first_name =
+        |k: &str| pg.psql(&t, &format!("SELECT first_name FROM patients WHERE legacy_id = {k}"));
     let migrate = |mapping: Option<&str>| {
-        let mut args = vec!["--source", &source, "--target", &target, "diff", "migrate", "patients", "--analyze", "--format", "json"];
+        let mut args = vec![
+            "--source",
+            &source,
+            "--target",
+            &target,
+            "diff",
+            "migrate",
+            "patients",
+            "--analyze",
+            "--format",
+            "json",
+        ];
         if let Some(m) = mapping {
             args.extend(["--mapping", m]);
         }
@@ -161,14 +273,24 @@ fn conflicts_follow_each_entitys_policy_and_wait_for_an_operator_under_manual() 
     let (analysis, applied) = entity(&doc, "patients");
     let analysis = analysis.unwrap();
     assert_eq!(
-        (analysis["conflicts"].as_i64(), analysis["updates"].as_i64(), analysis["target_changed"].as_i64()),
+        (
+            analysis["conflicts"].as_i64(),
+            analysis["updates"].as_i64(),
+            analysis["target_changed"].as_i64()
+        ),
         (Some(1), Some(1), Some(1))
     );
     assert_eq!(applied.unwrap()["conflicted"], 1);
-    assert_eq!((first_name(both), first_name(target_only), first_name(source_only)), ("S1".into(), "T1".into(), "S1".into()));
+    assert_eq!(
+        (first_name(both), first_name(target_only), first_name(source_only)),
+        ("S1".into(), "T1".into(), "S1".into())
+    );
     let kept = pg.psql(
         &t,
-        &format!("SELECT target_values->>'first_name' || ' ' || status FROM agentctl.sync_conflicts WHERE legacy_key = '{both}'"),
+        &format!(
+            "SELECT target_values->>'first_name' || ' ' || status FROM \
+            agentctl.sync_conflicts WHERE legacy_key = '{both}'"
+        ),
     );
     assert_eq!(kept, "T1 overwritten", "the overwritten value is kept");
 
@@ -176,8 +298,16 @@ fn conflicts_follow_each_entitys_policy_and_wait_for_an_operator_under_manual() 
     let dir = tempfile::tempdir().unwrap();
     let policy = |conflicts: &str| {
         let path = dir.path().join(format!("{conflicts}.toml"));
-        let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../mappings/dispatch.toml")).unwrap();
-        std::fs::write(&path, format!("{base}\n[entities.dispatch_patient.sync]\nconflicts = \"{conflicts}\"\n")).unwrap();
+        let base = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../mappings/dispatch.toml"
+        ))
+        .unwrap();
+        std::fs::write(
+            &path,
+            format!("{base}\n[entities.dispatch_patient.sync]\nconflicts = \"{conflicts}\"\n"),
+        )
+        .unwrap();
         path.to_str().unwrap().to_owned()
     };
     let target_wins = policy("target-wins");
@@ -186,7 +316,11 @@ fn conflicts_follow_each_entitys_policy_and_wait_for_an_operator_under_manual() 
     assert_eq!(entity(&doc, "patients").1.unwrap()["conflicted"], 1);
     assert_eq!(first_name(both), "T2");
     let doc = migrate(Some(&target_wins));
-    assert_eq!(entity(&doc, "patients").0.unwrap()["conflicts"], 0, "settled: now the target's own change");
+    assert_eq!(
+        entity(&doc, "patients").0.unwrap()["conflicts"],
+        0,
+        "settled: now the target's own change"
+    );
 
     // manual: held, reported, and resolved by the operator either way.
     let manual = policy("manual");
@@ -200,7 +334,10 @@ fn conflicts_follow_each_entitys_policy_and_wait_for_an_operator_under_manual() 
     let open = report["conflicts"].as_array().unwrap();
     assert_eq!(open.len(), 1, "{report}");
     assert_eq!(open[0]["differing"][0]["column"], "first_name");
-    assert_eq!((open[0]["differing"][0]["source"].as_str(), open[0]["differing"][0]["target"].as_str()), (Some("S3"), Some("T3")));
+    assert_eq!(
+        (open[0]["differing"][0]["source"].as_str(), open[0]["differing"][0]["target"].as_str()),
+        (Some("S3"), Some("T3"))
+    );
     let id = open[0]["conflict"]["conflict_id"].as_i64().unwrap().to_string();
     let md = agentctl(&["--target", &target, "conflict", "report", "--format", "md"]);
     assert!(md.stdout.contains("| first_name | S3 | T3 |"), "{}", md.stdout);
@@ -211,25 +348,41 @@ fn conflicts_follow_each_entitys_policy_and_wait_for_an_operator_under_manual() 
     assert!(text.stdout.lines().any(row) && !text.stdout.lines().any(markdown), "{}", text.stdout);
     // A second analysis holds the same conflict, it does not pile up.
     migrate(Some(&manual));
-    assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.sync_conflicts WHERE status = 'open'"), "1");
-    let resolved = agentctl(&["--source", &source, "--target", &target, "conflict", "resolve", &id, "--take", "source"]);
+    assert_eq!(
+        pg.psql(&t, "SELECT count(*) FROM agentctl.sync_conflicts WHERE status = 'open'"),
+        "1"
+    );
+    let resolved = agentctl(&[
+        "--source", &source, "--target", &target, "conflict", "resolve", &id, "--take", "source",
+    ]);
     assert_eq!(resolved.code, 0, "{resolved:?}");
     assert_eq!(first_name(both), "S3");
-    let twice = agentctl(&["--source", &source, "--target", &target, "conflict", "resolve", &id, "--take", "target"]);
+    let twice = agentctl(&[
+        "--source", &source, "--target", &target, "conflict", "resolve", &id, "--take", "target",
+    ]);
     assert_ne!(twice.code, 0);
     assert!(twice.stderr.contains("is not open"), "{twice:?}");
-    let nothing = agentctl(&["--source", &source, "--target", &target, "conflict", "resolve", "999999", "--take", "target"]);
+    let nothing = agentctl(&[
+        "--source", &source, "--target", &target, "conflict", "resolve", "999999", "--take",
+        "target",
+    ]);
     assert!(nothing.stderr.contains("there is no conflict 999999"), "{nothing:?}");
     // --take target: the target's row stays, and it is not a conflict any more.
     edit("4");
     migrate(Some(&manual));
     let id = pg.psql(&t, "SELECT conflict_id FROM agentctl.sync_conflicts WHERE status = 'open'");
-    let resolved = agentctl(&["--source", &source, "--target", &target, "conflict", "resolve", &id, "--take", "target"]);
+    let resolved = agentctl(&[
+        "--source", &source, "--target", &target, "conflict", "resolve", &id, "--take", "target",
+    ]);
     assert_eq!(resolved.code, 0, "{resolved:?}");
     assert_eq!(first_name(both), "T4");
     let doc = migrate(Some(&manual));
     assert_eq!(entity(&doc, "patients").0.unwrap()["conflicts"], 0);
-    let trail = pg.psql(&t, "SELECT count(*) FROM agentctl.audit_events WHERE kind = 'decision' AND summary LIKE 'conflict %took the%'");
+    let trail = pg.psql(
+        &t,
+        "SELECT count(*) FROM agentctl.audit_events WHERE kind = 'decision' \
+        AND summary LIKE 'conflict %took the%'",
+    );
     assert_eq!(trail, "2", "each resolution is in the audit trail");
 }
 
@@ -255,19 +408,32 @@ fn a_baseline_hashed_the_old_way_still_tells_who_changed_a_row() {
                         WHEN 'd' THEN format('(p.%I)::%s', a.attname, format_type(y.typbasetype, NULL))
                         ELSE format('p.%I', a.attname) END",
     );
-    let text = columns("CASE WHEN y.typtype IN ('e', 'd') THEN format('(p.%I)::text', a.attname) ELSE format('p.%I', a.attname) END");
+    let text = columns(
+        "CASE WHEN y.typtype IN ('e', 'd') THEN format('(p.%I)::text', a.attname) \
+        ELSE format('p.%I', a.attname) END",
+    );
     // patients.legacy_id is an integer: the load keeps its keys as integers, batch by batch,
     // each row hashed by agentctl as it was sent.
-    let recorded = "(SELECT b.hash FROM agentctl.baseline_record('patients', p.legacy_id::text, p.legacy_id::int8) b)";
+    let recorded = "(SELECT b.hash FROM agentctl.baseline_record('patients', p.legacy_id::text, \
+        p.legacy_id::int8) b)";
     assert_eq!(
-        pg.psql(&t, &format!("SELECT count(*) FROM patients p WHERE {recorded} IS DISTINCT FROM hash_record_extended(ROW({typed}), 0)")),
+        pg.psql(
+            &t,
+            &format!(
+                "SELECT count(*) FROM patients p WHERE {recorded} IS DISTINCT FROM \
+            hash_record_extended(ROW({typed}), 0)"
+            )
+        ),
         "0",
         "the load recorded every row hashed typed, over these columns"
     );
     assert_ne!(
         pg.psql(
             &t,
-            &format!("SELECT count(*) FROM patients p WHERE hash_record_extended(ROW({typed}), 0) <> hash_record_extended(ROW({text}), 0)")
+            &format!(
+                "SELECT count(*) FROM patients p WHERE hash_record_extended(ROW({typed}), 0) \
+                <> hash_record_extended(ROW({text}), 0)"
+            )
         ),
         "0"
     );
@@ -284,18 +450,39 @@ fn a_baseline_hashed_the_old_way_still_tells_who_changed_a_row() {
     let keys = first_patients(pg, &t);
     edit_patients(pg, (&s, &t), "", &keys);
     let source_only = &keys[2];
-    let out = agentctl(&["--source", &source, "--target", &target, "diff", "migrate", "patients", "--analyze", "--format", "json"]);
+    let out = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "diff",
+        "migrate",
+        "patients",
+        "--analyze",
+        "--format",
+        "json",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     let doc = json(&out);
     let analysis = entity(&doc, "patients").0.unwrap();
     assert_eq!(
-        (analysis["conflicts"].as_i64(), analysis["updates"].as_i64(), analysis["target_changed"].as_i64()),
+        (
+            analysis["conflicts"].as_i64(),
+            analysis["updates"].as_i64(),
+            analysis["target_changed"].as_i64()
+        ),
         (Some(1), Some(1), Some(1)),
         "{analysis}"
     );
     // What the sync wrote is recorded in the new scheme.
     assert_eq!(
-        pg.psql(&t, &format!("SELECT scheme FROM agentctl.sync_baseline WHERE target_table = 'patients' AND legacy_key = '{source_only}'")),
+        pg.psql(
+            &t,
+            &format!(
+                "SELECT scheme FROM agentctl.sync_baseline WHERE target_table = \
+            'patients' AND legacy_key = '{source_only}'"
+            )
+        ),
         "2"
     );
 }
@@ -306,55 +493,133 @@ fn a_parent_deleted_under_live_children_is_never_orphaned() {
     let (source, target, s, t) = migrated(pg, "0.002");
     // A patient with orders in the target; the legacy deletes it without its children, the way
     // production hard-deleted parents (foreign keys not enforced).
-    let parent = pg.psql(&t, "SELECT p.legacy_id FROM patients p JOIN orders o ON o.patient_id = p.id GROUP BY 1 ORDER BY 1 LIMIT 1");
-    pg.psql(&s, &format!("SET session_replication_role = replica; DELETE FROM dispatch_patient WHERE id = {parent}"));
-    let children =
-        pg.psql(&t, &format!("SELECT count(*) FROM orders o JOIN patients p ON p.id = o.patient_id WHERE p.legacy_id = {parent}"));
+    let parent = pg.psql(
+        &t,
+        "SELECT p.legacy_id FROM patients p JOIN orders o ON o.patient_id = \
+        p.id GROUP BY 1 ORDER BY 1 LIMIT 1",
+    );
+    pg.psql(
+        &s,
+        &format!(
+            "SET session_replication_role = replica; DELETE FROM dispatch_patient \
+        WHERE id = {parent}"
+        ),
+    );
+    let children = pg.psql(
+        &t,
+        &format!(
+            "SELECT count(*) FROM orders o JOIN patients p ON p.id = \
+            o.patient_id WHERE p.legacy_id = {parent}"
+        ),
+    );
 
     // Hard delete: refused while children point at it, with the reason.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hard.toml");
-    let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../mappings/dispatch.toml")).unwrap();
-    std::fs::write(&path, format!("{base}\n[entities.dispatch_patient.sync]\ndelete = \"hard\"\n")).unwrap();
-    let hard = agentctl(&["--source", &source, "--target", &target, "diff", "migrate", "patients", "--mapping", path.to_str().unwrap()]);
+    let base =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../mappings/dispatch.toml"))
+            .unwrap();
+    std::fs::write(&path, format!("{base}\n[entities.dispatch_patient.sync]\ndelete = \"hard\"\n"))
+        .unwrap();
+    let hard = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "diff",
+        "migrate",
+        "patients",
+        "--mapping",
+        path.to_str().unwrap(),
+    ]);
     assert_eq!(hard.code, 0, "{hard:?}");
     assert!(
-        hard.stdout.contains(&format!("dispatch_patient {parent}: deleted from the source, but")) && hard.stdout.contains("rows of orders"),
+        hard.stdout.contains(&format!("dispatch_patient {parent}: deleted from the source, but"))
+            && hard.stdout.contains("rows of orders"),
         "{}",
         hard.stdout
     );
-    assert_eq!(pg.psql(&t, &format!("SELECT count(*) FROM patients WHERE legacy_id = {parent}")), "1");
+    assert_eq!(
+        pg.psql(&t, &format!("SELECT count(*) FROM patients WHERE legacy_id = {parent}")),
+        "1"
+    );
     let reason = pg.psql(
         &t,
-        &format!("SELECT outcome || ': ' || reason FROM agentctl.data_differentials WHERE legacy_key = '{parent}' AND kind = 'delete'"),
+        &format!(
+            "SELECT outcome || ': ' || reason FROM agentctl.data_differentials WHERE \
+            legacy_key = '{parent}' AND kind = 'delete'"
+        ),
     );
     assert!(reason.starts_with("held: deleted from the source, but"), "{reason}");
 
     // Soft delete (the default): marked deleted, the children still point at a row.
-    let soft = agentctl(&["--source", &source, "--target", &target, "diff", "migrate", "patients", "--analyze"]);
+    let soft = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "diff",
+        "migrate",
+        "patients",
+        "--analyze",
+    ]);
     assert_eq!(soft.code, 0, "{soft:?}");
     assert!(soft.stdout.contains("still point at it (kept, not orphaned)"), "{}", soft.stdout);
-    assert_eq!(pg.psql(&t, &format!("SELECT deleted_at IS NOT NULL FROM patients WHERE legacy_id = {parent}")), "t");
     assert_eq!(
-        pg.psql(&t, &format!("SELECT count(*) FROM orders o JOIN patients p ON p.id = o.patient_id WHERE p.legacy_id = {parent}")),
+        pg.psql(
+            &t,
+            &format!("SELECT deleted_at IS NOT NULL FROM patients WHERE legacy_id = {parent}")
+        ),
+        "t"
+    );
+    assert_eq!(
+        pg.psql(
+            &t,
+            &format!(
+                "SELECT count(*) FROM orders o JOIN patients p ON p.id = \
+            o.patient_id WHERE p.legacy_id = {parent}"
+            )
+        ),
         children
     );
-    assert_eq!(pg.psql(&t, "SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM patients p WHERE p.id = o.patient_id) AND o.patient_id IS NOT NULL"), "0");
+    assert_eq!(
+        pg.psql(
+            &t,
+            "SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM \
+        patients p WHERE p.id = o.patient_id) AND o.patient_id IS NOT NULL"
+        ),
+        "0"
+    );
 }
 
 #[test]
 fn chinook_changes_of_every_kind_are_kept_in_step() {
     let pg = shared();
     let (source, target) = pg.chinook_pair();
-    let run = agentctl(&["--source", &source, "--target", &target, "run", "--goal", "migrate everything", "--yes"]);
+    let run = agentctl(&[
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "run",
+        "--goal",
+        "migrate everything",
+        "--yes",
+    ]);
     assert_eq!(run.code, 0, "{run:?}");
     let (s, t) = (db(&source), db(&target));
     pg.psql(&s, "INSERT INTO artist (artist_id, name) VALUES (9001, 'New Artist')");
     pg.psql(&s, "INSERT INTO album (album_id, title, artist_id) VALUES (9001, 'New Album', 9001)");
     pg.psql(&s, "UPDATE track SET name = name || ' (live)' WHERE track_id <= 5");
-    pg.psql(&s, "DELETE FROM playlist_track WHERE playlist_id = 1 AND track_id IN (SELECT track_id FROM playlist_track WHERE playlist_id = 1 ORDER BY track_id LIMIT 4)");
+    pg.psql(
+        &s,
+        "DELETE FROM playlist_track WHERE playlist_id = 1 AND track_id IN (SELECT \
+        track_id FROM playlist_track WHERE playlist_id = 1 ORDER BY track_id LIMIT 4)",
+    );
     pg.psql(&s, "DELETE FROM invoice_line WHERE invoice_line_id <= 3");
-    let doc = json(&agentctl(&["--source", &source, "--target", &target, "diff", "migrate", "--format", "json"]));
+    let doc = json(&agentctl(&[
+        "--source", &source, "--target", &target, "diff", "migrate", "--format", "json",
+    ]));
     let (artist, _) = entity(&doc, "artist");
     assert_eq!(artist.unwrap()["inserts"], 1);
     assert_eq!(entity(&doc, "album").1.unwrap()["inserted"], 1);
@@ -362,10 +627,17 @@ fn chinook_changes_of_every_kind_are_kept_in_step() {
     assert_eq!(entity(&doc, "playlist_track").1.unwrap()["deleted"], 4, "a composite key: {doc}");
     assert_eq!(entity(&doc, "invoice_line").1.unwrap()["deleted"], 3);
     assert_eq!(
-        pg.psql(&t, "SELECT count(*) FROM album a JOIN artist r ON r.id = a.artist_id WHERE a.legacy_id = 9001 AND r.legacy_id = 9001"),
+        pg.psql(
+            &t,
+            "SELECT count(*) FROM album a JOIN artist r ON r.id = a.artist_id WHERE \
+            a.legacy_id = 9001 AND r.legacy_id = 9001"
+        ),
         "1"
     );
-    assert_eq!(pg.psql(&t, "SELECT count(*) FROM track WHERE name LIKE '% (live)' AND legacy_id <= 5"), "5");
+    assert_eq!(
+        pg.psql(&t, "SELECT count(*) FROM track WHERE name LIKE '% (live)' AND legacy_id <= 5"),
+        "5"
+    );
     let proof = agentctl(&["--source", &source, "--target", &target, "diff", "validate"]);
     assert_eq!(proof.code, 0, "{proof:?}");
 }
@@ -373,7 +645,10 @@ fn chinook_changes_of_every_kind_are_kept_in_step() {
 /// A `sync daemon` in the background.
 fn daemon(source: &str, target: &str, lease: &str) -> Child {
     Command::new(agentctl_bin())
-        .args(["--source", source, "--target", target, "sync", "daemon", "--poll", "0.2", "--lease", lease])
+        .args([
+            "--source", source, "--target", target, "sync", "daemon", "--poll", "0.2", "--lease",
+            lease,
+        ])
         .current_dir(std::env::temp_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -400,52 +675,122 @@ fn stop(mut child: Child) {
 fn a_killed_daemon_leaves_no_job_running_and_two_daemons_run_a_job_once() {
     let pg = shared();
     let (source, target, s, t) = migrated(pg, "0.002");
-    let bad = agentctl(&["--target", &target, "sync", "create-job", "--name", "x", "--entities", "patients", "--every", "15"]);
+    let bad = agentctl(&[
+        "--target",
+        &target,
+        "sync",
+        "create-job",
+        "--name",
+        "x",
+        "--entities",
+        "patients",
+        "--every",
+        "15",
+    ]);
     assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("--every 15: expected a number and a unit"), "{bad:?}");
-    let created =
-        agentctl(&["--target", &target, "sync", "create-job", "--name", "patients", "--entities", "patients,orders", "--every", "1h"]);
+    let created = agentctl(&[
+        "--target",
+        &target,
+        "sync",
+        "create-job",
+        "--name",
+        "patients",
+        "--entities",
+        "patients,orders",
+        "--every",
+        "1h",
+    ]);
     assert_eq!(created.code, 0, "{created:?}");
-    let dup = agentctl(&["--target", &target, "sync", "create-job", "--name", "patients", "--entities", "patients", "--cron", "0 2 * * *"]);
+    let dup = agentctl(&[
+        "--target",
+        &target,
+        "sync",
+        "create-job",
+        "--name",
+        "patients",
+        "--entities",
+        "patients",
+        "--cron",
+        "0 2 * * *",
+    ]);
     assert!(dup.stderr.contains("exists already"), "{dup:?}");
-    pg.psql(&s, "UPDATE dispatch_patient SET first_name = 'Synced' WHERE id = (SELECT min(id) FROM dispatch_patient)");
-    let history = |sql: &str| pg.psql(&t, &format!("SELECT {sql} FROM agentctl.sync_run_history WHERE job_name = 'patients'"));
+    pg.psql(
+        &s,
+        "UPDATE dispatch_patient SET first_name = 'Synced' WHERE id = (SELECT min(id) \
+        FROM dispatch_patient)",
+    );
+    let history = |sql: &str| {
+        pg.psql(
+            &t,
+            &format!("SELECT {sql} FROM agentctl.sync_run_history WHERE job_name = 'patients'"),
+        )
+    };
 
     // Killed mid-job: the run it left is found and closed when the lease runs out.
     let first = daemon(&source, &target, "2");
-    assert!(wait_until(Duration::from_secs(60), || history("count(*)") != "0"), "the daemon takes the due job");
+    assert!(
+        wait_until(Duration::from_secs(60), || history("count(*)") != "0"),
+        "the daemon takes the due job"
+    );
     let mut first = first;
     first.kill().unwrap();
     first.wait().unwrap();
     assert_eq!(history("string_agg(outcome, ',')"), "running");
     let second = daemon(&source, &target, "2");
     assert!(
-        wait_until(Duration::from_secs(120), || history("string_agg(outcome, ',' ORDER BY history_id)") == "abandoned,succeeded"),
+        wait_until(Duration::from_secs(120), || history(
+            "string_agg(outcome, ',' ORDER BY history_id)"
+        ) == "abandoned,succeeded"),
         "{}",
         history("string_agg(outcome || coalesce(': ' || detail, ''), ' | ' ORDER BY history_id)")
     );
     stop(second);
-    assert_eq!(pg.psql(&t, "SELECT first_name FROM patients WHERE legacy_id = (SELECT min(legacy_id) FROM patients)"), "Synced");
     assert_eq!(
-        pg.psql(&t, "SELECT lease_owner IS NULL AND next_run_at > now() + interval '50 minutes' FROM agentctl.synchronization_jobs"),
+        pg.psql(
+            &t,
+            "SELECT first_name FROM patients WHERE legacy_id = (SELECT \
+        min(legacy_id) FROM patients)"
+        ),
+        "Synced"
+    );
+    assert_eq!(
+        pg.psql(
+            &t,
+            "SELECT lease_owner IS NULL AND next_run_at > now() + interval '50 minutes' \
+            FROM agentctl.synchronization_jobs"
+        ),
         "t"
     );
-    let status = agentctl(&["--target", &target, "sync", "job-status", "patients", "--format", "json"]);
+    let status =
+        agentctl(&["--target", &target, "sync", "job-status", "patients", "--format", "json"]);
     let status = json(&status);
     assert_eq!(status["runs"][0]["outcome"], "succeeded");
-    assert!(status["runs"][1]["detail"].as_str().unwrap().contains("stopped before the run ended"), "{status}");
+    assert!(
+        status["runs"][1]["detail"].as_str().unwrap().contains("stopped before the run ended"),
+        "{status}"
+    );
 
     // Two daemons, one due job: it runs once.
     pg.psql(&t, "UPDATE agentctl.synchronization_jobs SET next_run_at = now()");
     let (a, b) = (daemon(&source, &target, "30"), daemon(&source, &target, "30"));
-    assert!(wait_until(Duration::from_secs(120), || history("count(*) FILTER (WHERE outcome = 'succeeded')") == "2"));
+    assert!(wait_until(Duration::from_secs(120), || history(
+        "count(*) FILTER (WHERE outcome = 'succeeded')"
+    ) == "2"));
     std::thread::sleep(Duration::from_secs(2));
     stop(a);
     stop(b);
-    assert_eq!(history("count(*)"), "3", "{}", history("string_agg(owner || ' ' || outcome, ' | ')"));
+    assert_eq!(
+        history("count(*)"),
+        "3",
+        "{}",
+        history("string_agg(owner || ' ' || outcome, ' | ')")
+    );
     let listed = agentctl(&["--target", &target, "sync", "list-jobs"]);
     assert!(
-        listed.stdout.contains("patients, orders") && listed.stdout.contains("every 1h") && listed.stdout.contains("succeeded"),
+        listed.stdout.contains("patients, orders")
+            && listed.stdout.contains("every 1h")
+            && listed.stdout.contains("succeeded"),
         "{listed:?}"
     );
     let now = agentctl(&["--source", &source, "--target", &target, "sync", "run-job", "patients"]);
@@ -454,14 +799,26 @@ fn a_killed_daemon_leaves_no_job_running_and_two_daemons_run_a_job_once() {
 
     // Paused: due, but no daemon runs it; `run-job` still does; resumed, it is scheduled again.
     assert_eq!(agentctl(&["--target", &target, "sync", "pause-job", "patients"]).code, 0);
-    pg.psql(&t, "UPDATE agentctl.synchronization_jobs SET next_run_at = now() - interval '1 minute'");
+    pg.psql(
+        &t,
+        "UPDATE agentctl.synchronization_jobs SET next_run_at = now() - interval '1 minute'",
+    );
     let idle = daemon(&source, &target, "30");
     std::thread::sleep(Duration::from_secs(3));
     stop(idle);
     assert_eq!(history("count(*)"), "4", "a paused job is not run");
-    assert!(agentctl(&["--target", &target, "sync", "list-jobs"]).stdout.contains("every 1h (paused)"));
+    assert!(agentctl(&["--target", &target, "sync", "list-jobs"])
+        .stdout
+        .contains("every 1h (paused)"));
     assert_eq!(agentctl(&["--target", &target, "sync", "resume-job", "patients"]).code, 0);
-    assert_eq!(pg.psql(&t, "SELECT enabled AND next_run_at > now() + interval '50 minutes' FROM agentctl.synchronization_jobs"), "t");
+    assert_eq!(
+        pg.psql(
+            &t,
+            "SELECT enabled AND next_run_at > now() + interval '50 minutes' FROM \
+        agentctl.synchronization_jobs"
+        ),
+        "t"
+    );
     let deleted = agentctl(&["--target", &target, "sync", "delete-job", "patients"]);
     assert_eq!(deleted.code, 0, "{deleted:?}");
     assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.sync_run_history"), "0");
@@ -476,24 +833,45 @@ fn a_trusted_updated_at_lets_an_analysis_read_only_changed_rows_and_a_late_paren
     let orders: Vec<String> = pg
         .psql(
             &t,
-            "SELECT string_agg(legacy_id::text, ',' ORDER BY legacy_id) FROM (SELECT legacy_id FROM orders ORDER BY legacy_id LIMIT 4) k",
+            "SELECT string_agg(legacy_id::text, ',' ORDER BY legacy_id) FROM (SELECT legacy_id \
+                FROM orders ORDER BY legacy_id LIMIT 4) k",
         )
         .split(',')
         .map(str::to_owned)
         .collect();
     let touch = |key: &str, stamp: bool| {
         let stamp = if stamp { ", updated_at = now()::timestamp" } else { "" };
-        pg.psql(&s, &format!("UPDATE dispatch_order SET notes = coalesce(notes, '') || ' edited'{stamp} WHERE id = {key}"));
+        pg.psql(
+            &s,
+            &format!(
+                "UPDATE dispatch_order SET notes = coalesce(notes, '') || ' \
+            edited'{stamp} WHERE id = {key}"
+            ),
+        );
     };
     let analyze = |extra: &[&str]| {
-        let mut args = vec!["--source", &source, "--target", &target, "diff", "analyze", "orders", "--format", "json"];
+        let mut args = vec![
+            "--source", &source, "--target", &target, "diff", "analyze", "orders", "--format",
+            "json",
+        ];
         args.extend(extra);
         let out = agentctl(&args);
         assert_eq!(out.code, 0, "{out:?}");
         entity(&json(&out), "orders").0.unwrap().clone()
     };
     let apply = |goal: &str| {
-        let out = agentctl(&["--source", &source, "--target", &target, "diff", "migrate", goal, "--analyze", "--format", "json"]);
+        let out = agentctl(&[
+            "--source",
+            &source,
+            "--target",
+            &target,
+            "diff",
+            "migrate",
+            goal,
+            "--analyze",
+            "--format",
+            "json",
+        ]);
         assert_eq!(out.code, 0, "{out:?}");
         json(&out)
     };
@@ -503,13 +881,21 @@ fn a_trusted_updated_at_lets_an_analysis_read_only_changed_rows_and_a_late_paren
     apply("orders");
     touch(&orders[1], true);
     apply("orders");
-    let trusted = pg.psql(&t, "SELECT string_agg(mode || ':' || coalesce(trusted::text, '-'), ',' ORDER BY analyzed_at) FROM agentctl.diff_analyses WHERE source_table = 'dispatch_order'");
+    let trusted = pg.psql(
+        &t,
+        "SELECT string_agg(mode || ':' || coalesce(trusted::text, '-'), ',' \
+        ORDER BY analyzed_at) FROM agentctl.diff_analyses WHERE source_table = 'dispatch_order'",
+    );
     assert_eq!(trusted, "full:-,full:true");
     // Fast: only the rows stamped since the watermark; an edit that kept its old stamp is not seen.
     touch(&orders[2], true);
     touch(&orders[3], false);
     let fast = analyze(&[]);
-    assert_eq!((fast["mode"].as_str(), fast["updates"].as_i64()), (Some("fast"), Some(1)), "{fast}");
+    assert_eq!(
+        (fast["mode"].as_str(), fast["updates"].as_i64()),
+        (Some("fast"), Some(1)),
+        "{fast}"
+    );
     let total: i64 = pg.psql(&s, "SELECT count(*) FROM dispatch_order").parse().unwrap();
     assert!(fast["source_rows"].as_i64().unwrap() < total, "{fast}");
     // A full analysis finds both, and that updated_at missed one: not trusted any more.
@@ -526,17 +912,38 @@ fn a_trusted_updated_at_lets_an_analysis_read_only_changed_rows_and_a_late_paren
     let patient = pg.psql(&s, "SELECT max(id) + 1 FROM dispatch_patient");
     let order = pg.psql(&s, "SELECT max(id) + 1 FROM dispatch_order");
     let template = pg.psql(&t, "SELECT min(legacy_id) FROM patients");
-    pg.psql(&s, &format!("INSERT INTO dispatch_patient SELECT {patient}, doctor_id, office_id, first_name, last_name, birth_date, email, phone, gender, created_at FROM dispatch_patient WHERE id = {template}"));
-    pg.psql(&s, &format!("INSERT INTO dispatch_order SELECT {order}, {patient}, doctor_id, office_id, status, total_cents, currency, notes, created_at, now()::timestamp FROM dispatch_order WHERE id = {}", orders[0]));
+    pg.psql(
+        &s,
+        &format!(
+            "INSERT INTO dispatch_patient SELECT {patient}, doctor_id, office_id, \
+        first_name, last_name, birth_date, email, phone, gender, created_at FROM \
+        dispatch_patient WHERE id = {template}"
+        ),
+    );
+    pg.psql(
+        &s,
+        &format!(
+            "INSERT INTO dispatch_order SELECT {order}, {patient}, doctor_id, \
+        office_id, status, total_cents, currency, notes, created_at, now()::timestamp FROM \
+        dispatch_order WHERE id = {}",
+            orders[0]
+        ),
+    );
     let early = apply("orders");
     assert_eq!(entity(&early, "orders").1.unwrap()["rejected"], 1, "{early}");
     let reason = pg.psql(
         &t,
         &format!(
-            "SELECT rule || ': ' || reason FROM agentctl.rejected_rows WHERE legacy_key = '{order}' AND source_table = 'dispatch_order'"
+            "SELECT rule || ': ' || reason FROM agentctl.rejected_rows WHERE legacy_key = \
+                '{order}' AND source_table = 'dispatch_order'"
         ),
     );
-    assert!(reason.starts_with("reference: orders.patient_id: the patients row it points at is not in the target"), "{reason}");
+    assert!(
+        reason.starts_with(
+            "reference: orders.patient_id: the patients row it points at is not in the target"
+        ),
+        "{reason}"
+    );
     let both = apply("patients, orders");
     assert_eq!(entity(&both, "patients").1.unwrap()["inserted"], 1, "{both}");
     assert_eq!(entity(&both, "orders").1.unwrap()["inserted"], 1, "{both}");

@@ -14,13 +14,26 @@ struct Terminal {
 impl Terminal {
     fn start() -> Option<Terminal> {
         if Command::new("tmux").arg("-V").output().is_err() {
-            tests::unavailable("CI installs tmux: the terminal tests drive agentctl through it", "no tmux");
+            tests::unavailable(
+                "CI installs tmux: the terminal tests drive agentctl through it",
+                "no tmux",
+            );
             return None;
         }
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let t = Terminal { socket: format!("agentctl-test-{}-{n}", std::process::id()) };
-        t.tmux(&["new-session", "-d", "-s", "t", "-x", "200", "-y", "50", "bash --norc --noprofile"]);
+        t.tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "200",
+            "-y",
+            "50",
+            "bash --norc --noprofile",
+        ]);
         Some(t)
     }
 
@@ -38,7 +51,10 @@ impl Terminal {
 
     /// Signals, line editing and echo are on, as a shell leaves them.
     fn assert_modes_as_they_were(&self) {
-        self.type_line("clear; stty -a | tr ' ;' '\\n\\n' | grep -xE -- '-?(isig|icanon|echo)' | tr '\\n' ' '; echo MO\"\"DES");
+        self.type_line(
+            "clear; stty -a | tr ' ;' '\\n\\n' | grep -xE -- '-?(isig|icanon|echo)' | \
+            tr '\\n' ' '; echo MO\"\"DES",
+        );
         let screen = self.wait_for("MODES", Duration::from_secs(10));
         let modes = screen.lines().find(|l| l.ends_with("MODES")).unwrap_or_default();
         let modes: Vec<&str> = modes.split_whitespace().collect();
@@ -75,7 +91,8 @@ fn ctrl_c_during_a_run_leaves_the_command_that_carries_it_on_as_the_last_lines()
     let (source, target, _) = pg.reference_pair("0.02");
     let bin = tests::agentctl_bin();
     term.type_line(&format!(
-        "BATCH_SIZE=250 {} --source {source} --target {target} run --goal 'migrate everything' --yes; echo EXITED $?",
+        "BATCH_SIZE=250 {} --source {source} --target {target} run --goal 'migrate everything' \
+            --yes; echo EXITED $?",
         bin.display()
     ));
     term.wait_for("rows/s", Duration::from_secs(120));
@@ -84,15 +101,31 @@ fn ctrl_c_during_a_run_leaves_the_command_that_carries_it_on_as_the_last_lines()
     let lines: Vec<&str> = screen.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
     let exited = lines.iter().position(|l| l.starts_with("EXITED")).unwrap();
     let last = lines[..exited].join("\n");
-    let run = pg.psql(target.rsplit('/').next().unwrap(), "SELECT run_id FROM agentctl.runs WHERE command = 'run'");
+    let run = pg.psql(
+        target.rsplit('/').next().unwrap(),
+        "SELECT run_id FROM agentctl.runs WHERE command = 'run'",
+    );
     // The command, with the databases named as they were given.
-    let command = format!("agentctl run --goal \"migrate everything\" --resume {run} --source '{source}' --target '{target}'");
-    assert!(lines[exited - 1].contains(&command), "the line before the prompt carries the command:\n{screen}");
+    let command = format!(
+        "agentctl run --goal \"migrate everything\" --resume {run} --source \
+        '{source}' --target '{target}'"
+    );
+    assert!(
+        lines[exited - 1].contains(&command),
+        "the line before the prompt carries the command:\n{screen}"
+    );
     assert!(!lines[exited - 1].contains("rows/s"), "no progress bar is drawn over it:\n{last}");
     // Pasted as printed, it finishes the run.
     term.type_line("clear");
-    assert!(tests::wait_until(Duration::from_secs(10), || !term.screen().contains("EXITED")), "the screen was cleared");
-    term.type_line(&format!("{}{}; echo EXITED $?", bin.display(), command.trim_start_matches("agentctl")));
+    assert!(
+        tests::wait_until(Duration::from_secs(10), || !term.screen().contains("EXITED")),
+        "the screen was cleared"
+    );
+    term.type_line(&format!(
+        "{}{}; echo EXITED $?",
+        bin.display(),
+        command.trim_start_matches("agentctl")
+    ));
     term.wait_for("[y/N]", Duration::from_secs(120));
     term.type_line("y");
     term.wait_for("EXITED 0", Duration::from_secs(120));
@@ -109,8 +142,14 @@ fn leaving_the_chat_gives_the_terminal_back_as_it_was() {
     let bin = tests::agentctl_bin();
     for leave in ["exit", "C-d"] {
         term.type_line("clear");
-        assert!(tests::wait_until(Duration::from_secs(10), || !term.screen().contains("EXITED")), "the screen was cleared");
-        term.type_line(&format!("{} --source {source} --target {target} chat; echo EXITED $?", bin.display()));
+        assert!(
+            tests::wait_until(Duration::from_secs(10), || !term.screen().contains("EXITED")),
+            "the screen was cleared"
+        );
+        term.type_line(&format!(
+            "{} --source {source} --target {target} chat; echo EXITED $?",
+            bin.display()
+        ));
         term.wait_for("Type `help` for what you can say", Duration::from_secs(60));
         if leave == "exit" {
             term.type_line("exit");

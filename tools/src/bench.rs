@@ -28,21 +28,36 @@ pub async fn uuid_layouts(pool: &PgPool, rows: i64) -> Result<Vec<LayoutFigure>,
     let mut out = Vec::new();
     let source = TableName::new("public", "dispatch_system_message");
     for layout in [UuidLayout::V5, UuidLayout::Ordered] {
-        let table = format!("agentctl_bench_uuid_{}", if layout == UuidLayout::V5 { "v5" } else { "ordered" });
+        let table = format!(
+            "agentctl_bench_uuid_{}",
+            if layout == UuidLayout::V5 { "v5" } else { "ordered" }
+        );
         let what = format!("benchmarking {table}");
-        sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id uuid PRIMARY KEY, legacy_id int4 NOT NULL)"))
-            .execute(pool)
-            .await
-            .map_err(while_doing(&what))?;
+        sqlx::raw_sql(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id uuid \
+            PRIMARY KEY, legacy_id int4 NOT NULL)"
+        ))
+        .execute(pool)
+        .await
+        .map_err(while_doing(&what))?;
         let deriver = KeyDeriver::new(layout, uuid::Uuid::from_u128(0x5eed), &source);
         let mut conn = pool.acquire().await.map_err(while_doing(&what))?;
         let started = Instant::now();
-        let mut copy = conn.copy_in_raw(&format!("COPY {table} (id, legacy_id) FROM STDIN")).await.map_err(while_doing(&what))?;
+        let mut copy = conn
+            .copy_in_raw(&format!("COPY {table} (id, legacy_id) FROM STDIN"))
+            .await
+            .map_err(while_doing(&what))?;
         let mut buf = Vec::with_capacity(1 << 20);
         let mut id_text = itoa::Buffer::new();
         for id in 1..=rows {
             let key = id_text.format(id);
-            buf.extend_from_slice(deriver.derive(&[key]).hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes());
+            buf.extend_from_slice(
+                deriver
+                    .derive(&[key])
+                    .hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer())
+                    .as_bytes(),
+            );
             buf.push(b'\t');
             buf.extend_from_slice(key.as_bytes());
             buf.push(b'\n');
@@ -53,12 +68,22 @@ pub async fn uuid_layouts(pool: &PgPool, rows: i64) -> Result<Vec<LayoutFigure>,
         copy.send(buf).await.map_err(while_doing(&what))?;
         copy.finish().await.map_err(while_doing(&what))?;
         let seconds = started.elapsed().as_secs_f64();
-        let index_bytes: i64 = sqlx::query_scalar(&format!("SELECT pg_relation_size('{table}_pkey')"))
-            .fetch_one(&mut *conn)
+        let index_bytes: i64 =
+            sqlx::query_scalar(&format!("SELECT pg_relation_size('{table}_pkey')"))
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(while_doing(&what))?;
+        sqlx::raw_sql(&format!("DROP TABLE {table}"))
+            .execute(&mut *conn)
             .await
             .map_err(while_doing(&what))?;
-        sqlx::raw_sql(&format!("DROP TABLE {table}")).execute(&mut *conn).await.map_err(while_doing(&what))?;
-        out.push(LayoutFigure { layout, rows, seconds, rows_per_second: rows as f64 / seconds, index_bytes });
+        out.push(LayoutFigure {
+            layout,
+            rows,
+            seconds,
+            rows_per_second: rows as f64 / seconds,
+            index_bytes,
+        });
     }
     Ok(out)
 }
@@ -78,10 +103,9 @@ pub struct PipeFigure {
 /// The source's statistics also decide the raw pipe's order (largest first).
 pub async fn settle(source: &PgPool, target: &PgPool) -> Result<(), ToolError> {
     for (pool, which) in [(source, "source"), (target, "target")] {
-        sqlx::raw_sql("VACUUM (ANALYZE)")
-            .execute(pool)
-            .await
-            .map_err(while_doing(format!("vacuuming and analyzing the {which} database before a measurement")))?;
+        sqlx::raw_sql("VACUUM (ANALYZE)").execute(pool).await.map_err(while_doing(format!(
+            "vacuuming and analyzing the {which} database before a measurement"
+        )))?;
     }
     Ok(())
 }
@@ -94,7 +118,11 @@ pub async fn settle(source: &PgPool, target: &PgPool) -> Result<(), ToolError> {
 /// reference, no bookkeeping: only the bytes through both servers. Its tables fill with
 /// autovacuum off, as the empty tables agentctl loads do. `jobs` tables at a time,
 /// the largest first, as agentctl's waves run.
-pub async fn raw_pipe(source: &PgPool, target: &PgPool, jobs: usize) -> Result<PipeFigure, ToolError> {
+pub async fn raw_pipe(
+    source: &PgPool,
+    target: &PgPool,
+    jobs: usize,
+) -> Result<PipeFigure, ToolError> {
     let tables: Vec<(String, String, String, i64)> = sqlx::query_as(
         "SELECT c.relname::text,
                 string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum),
@@ -116,7 +144,8 @@ pub async fn raw_pipe(source: &PgPool, target: &PgPool, jobs: usize) -> Result<P
     for (name, columns, _, _) in &tables {
         // Autovacuum off while they fill, as agentctl has it for the empty tables it loads.
         sqlx::query(&format!(
-            "CREATE TABLE agentctl_bench.{} (agentctl_uuid uuid PRIMARY KEY, {columns}) WITH (autovacuum_enabled = false)",
+            "CREATE TABLE agentctl_bench.{} (agentctl_uuid uuid PRIMARY KEY, {columns}) WITH \
+                (autovacuum_enabled = false)",
             ident(name)
         ))
         .execute(target)
@@ -138,23 +167,48 @@ pub async fn raw_pipe(source: &PgPool, target: &PgPool, jobs: usize) -> Result<P
         rows += done.map_err(|e| ToolError::system(format!("a raw pipe stopped: {e}")))??;
     }
     let seconds = started.elapsed().as_secs_f64();
-    sqlx::query("DROP SCHEMA agentctl_bench CASCADE").execute(target).await.map_err(while_doing("dropping the agentctl_bench schema"))?;
-    Ok(PipeFigure { tables: tables.len(), rows, seconds, rows_per_second: rows as f64 / seconds.max(1e-9) })
+    sqlx::query("DROP SCHEMA agentctl_bench CASCADE")
+        .execute(target)
+        .await
+        .map_err(while_doing("dropping the agentctl_bench schema"))?;
+    Ok(PipeFigure {
+        tables: tables.len(),
+        rows,
+        seconds,
+        rows_per_second: rows as f64 / seconds.max(1e-9),
+    })
 }
 
-async fn pipe_table(source: &PgPool, target: &PgPool, name: &str, key: &str, tag: u32) -> Result<u64, ToolError> {
+async fn pipe_table(
+    source: &PgPool,
+    target: &PgPool,
+    name: &str,
+    key: &str,
+    tag: u32,
+) -> Result<u64, ToolError> {
     let what = format!("piping {name}");
     // One integer key orders the UUIDs by key; any other key, by its hash.
     let single_int = !key.contains(',');
-    let order = if single_int { format!("lpad(to_hex(({key})::int8), 16, '0')") } else { format!("left(md5(row({key})::text), 16)") };
+    let order = if single_int {
+        format!("lpad(to_hex(({key})::int8), 16, '0')")
+    } else {
+        format!("left(md5(row({key})::text), 16)")
+    };
     let select = format!(
-        "SELECT (lpad(to_hex({tag}), 8, '0') || {order} || left(md5(row({key})::text), 8))::uuid, * FROM public.{} ORDER BY {key}",
+        "SELECT (lpad(to_hex({tag}), 8, '0') || {order} || left(md5(row({key})::text), 8))::uuid, \
+            * FROM public.{} ORDER BY {key}",
         ident(name)
     );
     let mut out = source.acquire().await.map_err(while_doing(&what))?;
     let mut inn = target.acquire().await.map_err(while_doing(&what))?;
-    let mut stream = out.copy_out_raw(&format!("COPY ({select}) TO STDOUT")).await.map_err(while_doing(&what))?;
-    let mut copy = inn.copy_in_raw(&format!("COPY agentctl_bench.{} FROM STDIN", ident(name))).await.map_err(while_doing(&what))?;
+    let mut stream = out
+        .copy_out_raw(&format!("COPY ({select}) TO STDOUT"))
+        .await
+        .map_err(while_doing(&what))?;
+    let mut copy = inn
+        .copy_in_raw(&format!("COPY agentctl_bench.{} FROM STDIN", ident(name)))
+        .await
+        .map_err(while_doing(&what))?;
     while let Some(chunk) = stream.next().await {
         copy.send(chunk.map_err(while_doing(&what))?).await.map_err(while_doing(&what))?;
     }

@@ -78,7 +78,10 @@ pub struct BaseColumn {
 }
 
 /// Every column of `table` as [`BaseColumn`], one catalog query.
-pub async fn base_columns(c: &mut PgConnection, table: &TableName) -> Result<Vec<BaseColumn>, sqlx::Error> {
+pub async fn base_columns(
+    c: &mut PgConnection,
+    table: &TableName,
+) -> Result<Vec<BaseColumn>, sqlx::Error> {
     sqlx::query_as(
         "WITH RECURSIVE b (name, declared, typ, typmod, deterministic) AS (
              SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod,
@@ -105,7 +108,12 @@ pub fn encoded_size(rows: usize, fields: usize, text: usize) -> usize {
 /// The wire form of each of `columns` (name, type) of a table whose columns are `base`, or
 /// `None` when one of them has no binary encoder here.
 pub fn wires(base: &[BaseColumn], columns: &[(String, String)]) -> Option<Vec<Wire>> {
-    columns.iter().map(|(name, _)| base.iter().find(|b| &b.name == name).and_then(|b| Wire::of(&b.typname, &b.typtype))).collect()
+    columns
+        .iter()
+        .map(|(name, _)| {
+            base.iter().find(|b| &b.name == name).and_then(|b| Wire::of(&b.typname, &b.typtype))
+        })
+        .collect()
 }
 
 /// The binary COPY of `rows`, or `None` when a value is not one the encoders are sure of; with
@@ -231,7 +239,9 @@ fn float<F: std::str::FromStr + Into<f64> + Copy>(s: &str) -> Option<F> {
     if f.is_infinite() && !spelled_infinite {
         return None;
     }
-    if f == 0.0 && s.bytes().take_while(|b| !matches!(b, b'e' | b'E')).any(|b| (b'1'..=b'9').contains(&b)) {
+    if f == 0.0
+        && s.bytes().take_while(|b| !matches!(b, b'e' | b'E')).any(|b| (b'1'..=b'9').contains(&b))
+    {
         return None;
     }
     Some(v)
@@ -247,7 +257,9 @@ fn numeric(s: &str, buf: &mut Vec<u8>) -> Option<()> {
         _ => (false, s),
     };
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if (int.is_empty() && frac.is_empty()) || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let dscale = u16::try_from(frac.len()).ok()?;
@@ -261,7 +273,8 @@ fn numeric(s: &str, buf: &mut Vec<u8>) -> Option<()> {
         .chain(std::iter::repeat_n(b'0', trail))
         .map(|b| b - b'0')
         .collect();
-    let mut groups: Vec<i16> = digits.chunks(4).map(|g| g.iter().fold(0i16, |n, &d| n * 10 + i16::from(d))).collect();
+    let mut groups: Vec<i16> =
+        digits.chunks(4).map(|g| g.iter().fold(0i16, |n, &d| n * 10 + i16::from(d))).collect();
     let mut weight = i32::try_from((lead + int.len()) / 4).ok()? - 1;
     // No leading or trailing zero groups, as the server stores it.
     let first = groups.iter().position(|&g| g != 0);
@@ -303,9 +316,15 @@ mod tests {
     #[test]
     fn numbers_in_the_servers_binary_forms() {
         // 12345.670: two groups before the point (1, 2345), one after (6700), scale 3.
-        assert_eq!(one(Wire::Numeric, "12345.670"), Some(vec![0, 3, 0, 1, 0, 0, 0, 3, 0, 1, 0x09, 0x29, 0x1a, 0x2c]));
+        assert_eq!(
+            one(Wire::Numeric, "12345.670"),
+            Some(vec![0, 3, 0, 1, 0, 0, 0, 3, 0, 1, 0x09, 0x29, 0x1a, 0x2c])
+        );
         // -0.0012: weight -1 (the first group is the one after the point), sign 0x4000.
-        assert_eq!(one(Wire::Numeric, "-0.0012"), Some(vec![0, 1, 0xff, 0xff, 0x40, 0, 0, 4, 0, 12]));
+        assert_eq!(
+            one(Wire::Numeric, "-0.0012"),
+            Some(vec![0, 1, 0xff, 0xff, 0x40, 0, 0, 4, 0, 12])
+        );
         assert_eq!(one(Wire::Numeric, "000.00"), Some(vec![0, 0, 0, 0, 0, 0, 0, 2]));
         assert_eq!(one(Wire::Numeric, "1e5"), None, "exponents are left to the server");
         assert_eq!(one(Wire::Numeric, "NaN"), None);
@@ -324,12 +343,29 @@ mod tests {
         assert_eq!(one(Wire::Date, "2023-02-29"), None, "not a day");
         let noon = 12 * 3_600_000_000i64;
         assert_eq!(one(Wire::Timestamp, "2000-01-01 12:00:00"), Some(noon.to_be_bytes().to_vec()));
-        assert_eq!(one(Wire::Timestamp, "2000-01-01T12:00:00.5"), Some((noon + 500_000).to_be_bytes().to_vec()));
-        assert_eq!(one(Wire::Timestamptz, "2000-01-01 12:00:00 UTC"), Some(noon.to_be_bytes().to_vec()));
-        assert_eq!(one(Wire::Timestamptz, "2000-01-01 14:30:00+02:30"), Some(noon.to_be_bytes().to_vec()));
-        assert_eq!(one(Wire::Timestamptz, "2000-01-01 12:00:00"), None, "the session's zone is the server's to apply");
+        assert_eq!(
+            one(Wire::Timestamp, "2000-01-01T12:00:00.5"),
+            Some((noon + 500_000).to_be_bytes().to_vec())
+        );
+        assert_eq!(
+            one(Wire::Timestamptz, "2000-01-01 12:00:00 UTC"),
+            Some(noon.to_be_bytes().to_vec())
+        );
+        assert_eq!(
+            one(Wire::Timestamptz, "2000-01-01 14:30:00+02:30"),
+            Some(noon.to_be_bytes().to_vec())
+        );
+        assert_eq!(
+            one(Wire::Timestamptz, "2000-01-01 12:00:00"),
+            None,
+            "the session's zone is the server's to apply"
+        );
         assert_eq!(one(Wire::Timestamptz, "2000-01-01 12:00:00 Europe/Paris"), None);
         assert_eq!(one(Wire::Timestamp, "2000-01-01 12:00:00+01"), None);
-        assert_eq!(one(Wire::Timestamp, "2000-01-01 12:00:00.1234567"), None, "the server rounds past microseconds");
+        assert_eq!(
+            one(Wire::Timestamp, "2000-01-01 12:00:00.1234567"),
+            None,
+            "the server rounds past microseconds"
+        );
     }
 }

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use runtime::domain::{
-    Check, Column, ColumnStats, Domain, Extension, ForeignKey, Index, Partition, Partitioning, SchemaReport, Sequence, Table, TableName,
-    TypeKind, Unique, UserType,
+    Check, Column, ColumnStats, Domain, Extension, ForeignKey, Index, Partition, Partitioning,
+    SchemaReport, Sequence, Table, TableName, TypeKind, Unique, UserType,
 };
 use runtime::ports::{Catalog, ToolError};
 pub use runtime::sql::{ident, quoted};
@@ -38,7 +38,12 @@ impl PgCatalog {
 
     /// One catalog query; a connection lost or a server restarting under it is outlived by
     /// reading again, as the load's writes are (a read changes nothing).
-    async fn rows(&self, what: &str, sql: &str, oids: Option<&[i64]>) -> Result<Vec<PgRow>, ToolError> {
+    async fn rows(
+        &self,
+        what: &str,
+        sql: &str,
+        oids: Option<&[i64]>,
+    ) -> Result<Vec<PgRow>, ToolError> {
         let what = format!("reading the {what} of {}", self.label);
         let read = || async {
             let mut q = sqlx::query(sql);
@@ -65,7 +70,10 @@ impl PgCatalog {
     }
 }
 
-fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(r: &'r PgRow, col: &str) -> Result<T, ToolError> {
+fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
+    r: &'r PgRow,
+    col: &str,
+) -> Result<T, ToolError> {
     r.try_get(col).map_err(while_doing(format!("reading catalog column {col}")))
 }
 
@@ -78,6 +86,36 @@ impl Catalog for PgCatalog {
 
 impl PgCatalog {
     async fn read(&self, exact_counts: bool) -> Result<SchemaReport, ToolError> {
+        let mut tables = self.tables().await?;
+        self.columns(&mut tables).await?;
+        self.constraints(&mut tables).await?;
+        self.indexes(&mut tables).await?;
+        self.triggers(&mut tables).await?;
+        let mut tables = tables.list;
+        let (enums, domains, types) =
+            (self.enums().await?, self.domains().await?, self.types().await?);
+        let sequences = self.sequences().await?;
+        let other_objects = self.other_objects().await?;
+        let collations = self.collations().await?;
+        let extensions = self.extensions().await?;
+        if exact_counts {
+            self.count_rows(&mut tables).await?;
+        }
+        Ok(SchemaReport {
+            database: self.label.clone(),
+            tables,
+            enums,
+            domains,
+            types,
+            collations,
+            sequences,
+            other_objects,
+            extensions,
+        })
+    }
+
+    /// Every table of the user's schemas, with its partitions listed on its topmost table.
+    async fn tables(&self) -> Result<Tables, ToolError> {
         let table_rows = self
             .rows(
                 "tables",
@@ -117,17 +155,29 @@ impl PgCatalog {
                 if let Some(parent) = get::<Option<i64>>(r, "parent")? {
                     partitions.push((get(r, "oid")?, parent, name));
                     partition_bytes.push((parent, get(r, "bytes")?));
-                    bounds.insert(get(r, "oid")?, (get::<Option<String>>(r, "bound")?.unwrap_or_default(), get(r, "partition_key")?));
+                    bounds.insert(
+                        get(r, "oid")?,
+                        (
+                            get::<Option<String>>(r, "bound")?.unwrap_or_default(),
+                            get(r, "partition_key")?,
+                        ),
+                    );
                 }
                 continue;
             }
             let partitioning = match get::<Option<String>>(r, "partition_key")? {
                 Some(key) => {
-                    let columns: Vec<Option<String>> = get::<Option<Vec<Option<String>>>>(r, "partition_columns")?.unwrap_or_default();
+                    let columns: Vec<Option<String>> =
+                        get::<Option<Vec<Option<String>>>>(r, "partition_columns")?
+                            .unwrap_or_default();
                     let plain = columns.iter().all(Option::is_some);
                     Some(Partitioning {
                         key,
-                        columns: if plain { columns.into_iter().flatten().collect() } else { Vec::new() },
+                        columns: if plain {
+                            columns.into_iter().flatten().collect()
+                        } else {
+                            Vec::new()
+                        },
                         partitions: Vec::new(),
                     })
                 }
@@ -136,7 +186,11 @@ impl PgCatalog {
             index.insert(get(r, "oid")?, tables.len());
             tables.push(Table {
                 name,
-                kind: if get::<String>(r, "relkind")? == "p" { "partitioned".into() } else { "table".into() },
+                kind: if get::<String>(r, "relkind")? == "p" {
+                    "partitioned".into()
+                } else {
+                    "table".into()
+                },
                 partitions: Vec::new(),
                 partitioning,
                 columns: Vec::new(),
@@ -155,7 +209,8 @@ impl PgCatalog {
             });
         }
         // A partition of a partition belongs to the topmost table.
-        let parent_of: HashMap<i64, i64> = partitions.iter().map(|(oid, parent, _)| (*oid, *parent)).collect();
+        let parent_of: HashMap<i64, i64> =
+            partitions.iter().map(|(oid, parent, _)| (*oid, *parent)).collect();
         let top = |mut oid: i64| {
             while let Some(&p) = parent_of.get(&oid) {
                 oid = p;
@@ -183,16 +238,23 @@ impl PgCatalog {
                 tables[i].partitions.push(name.clone());
                 partition_of.insert(*oid, i);
                 let (bound, key) = bounds.remove(oid).unwrap_or_default();
-                if let (Some(p), Some(parent)) = (tables[i].partitioning.as_mut(), names.get(parent)) {
-                    p.partitions.push(Partition { name: name.clone(), parent: parent.clone(), bound, key });
+                if let (Some(p), Some(parent)) =
+                    (tables[i].partitioning.as_mut(), names.get(parent))
+                {
+                    p.partitions.push(Partition {
+                        name: name.clone(),
+                        parent: parent.clone(),
+                        bound,
+                        key,
+                    });
                 }
             }
         }
-        let oids: Vec<i64> = index.keys().copied().collect();
-        let with_partitions: Vec<i64> = oids.iter().chain(partition_of.keys()).copied().collect();
-        let mut partition_keys: Vec<(usize, ForeignKey)> = Vec::new();
-        let at = |r: &PgRow| -> Result<Option<usize>, ToolError> { Ok(index.get(&get::<i64>(r, "oid")?).copied()) };
+        Ok(Tables { list: tables, index, partition_of })
+    }
 
+    /// Every table's columns, with their types, defaults and statistics.
+    async fn columns(&self, tables: &mut Tables) -> Result<(), ToolError> {
         for r in &self
             .rows(
                 "columns",
@@ -217,11 +279,11 @@ impl PgCatalog {
                  LEFT JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = a.attname
                  WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attrelid = ANY($1::int8[]::oid[])
                  ORDER BY a.attrelid, a.attnum",
-                Some(&oids),
+                Some(&tables.oids()),
             )
             .await?
         {
-            let Some(i) = at(r)? else { continue };
+            let Some(i) = tables.at(r)? else { continue };
             let type_kind = match (get::<String>(r, "typtype")?.as_str(), get::<String>(r, "typcategory")?.as_str()) {
                 ("e", _) => TypeKind::Enum,
                 ("d", _) => TypeKind::Domain { base: get::<Option<String>>(r, "domain_base")?.unwrap_or_default() },
@@ -238,7 +300,7 @@ impl PgCatalog {
                 "s" => (None, get(r, "default_expr")?),
                 _ => (get(r, "default_expr")?, None),
             };
-            tables[i].columns.push(Column {
+            tables.list[i].columns.push(Column {
                 name: get(r, "attname")?,
                 data_type: get(r, "data_type")?,
                 type_name: get(r, "type_name")?,
@@ -262,7 +324,15 @@ impl PgCatalog {
                 },
             });
         }
+        Ok(())
+    }
 
+    /// Every table's keys, unique rules, CHECKs, exclusions and foreign keys; a partition's own
+    /// foreign keys are kept once on its table.
+    async fn constraints(&self, tables: &mut Tables) -> Result<(), ToolError> {
+        let with_partitions: Vec<i64> =
+            tables.index.keys().chain(tables.partition_of.keys()).copied().collect();
+        let mut partition_keys: Vec<(usize, ForeignKey)> = Vec::new();
         for r in &self
             .rows(
                 "constraints",
@@ -284,7 +354,7 @@ impl PgCatalog {
             .await?
         {
             let oid: i64 = get(r, "oid")?;
-            if let Some(&i) = partition_of.get(&oid) {
+            if let Some(&i) = tables.partition_of.get(&oid) {
                 // A partition's own foreign key (not one inherited from its parent): the table's
                 // rows reference through it too. Kept once for the table, whichever partition
                 // declares it; the partition's other rules hold for its rows only.
@@ -293,29 +363,36 @@ impl PgCatalog {
                 }
                 continue;
             }
-            let Some(i) = index.get(&oid).copied() else { continue };
+            let Some(i) = tables.index.get(&oid).copied() else { continue };
             let cols: Vec<String> = get(r, "cols")?;
             let name: String = get(r, "conname")?;
             match get::<String>(r, "kind")?.as_str() {
-                "p" => tables[i].primary_key = cols,
-                "u" => tables[i].unique.push(Unique { name, parts: cols, predicate: None }),
+                "p" => tables.list[i].primary_key = cols,
+                "u" => tables.list[i].unique.push(Unique { name, parts: cols, predicate: None }),
                 "c" => {
                     let def: String = get(r, "def")?;
                     let expression = def.strip_prefix("CHECK ").unwrap_or(&def).to_owned();
-                    tables[i].checks.push(Check { name, expression });
+                    tables.list[i].checks.push(Check { name, expression });
                 }
-                "x" => tables[i].exclusions.push(Check { name, expression: get(r, "def")? }),
-                _ => tables[i].foreign_keys.push(foreign_key(r)?),
+                "x" => tables.list[i].exclusions.push(Check { name, expression: get(r, "def")? }),
+                _ => tables.list[i].foreign_keys.push(foreign_key(r)?),
             }
         }
         for (i, fk) in partition_keys {
-            let same =
-                |f: &ForeignKey| f.columns == fk.columns && f.references == fk.references && f.referenced_columns == fk.referenced_columns;
-            if !tables[i].foreign_keys.iter().any(same) {
-                tables[i].foreign_keys.push(fk);
+            let same = |f: &ForeignKey| {
+                f.columns == fk.columns
+                    && f.references == fk.references
+                    && f.referenced_columns == fk.referenced_columns
+            };
+            if !tables.list[i].foreign_keys.iter().any(same) {
+                tables.list[i].foreign_keys.push(fk);
             }
         }
+        Ok(())
+    }
 
+    /// Every table's indexes; a unique index no constraint owns is a unique rule too.
+    async fn indexes(&self, tables: &mut Tables) -> Result<(), ToolError> {
         for r in &self
             .rows(
                 "indexes",
@@ -327,34 +404,41 @@ impl PgCatalog {
                  FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
                  WHERE i.indrelid = ANY($1::int8[]::oid[])
                  ORDER BY i.indrelid, ic.relname",
-                Some(&oids),
+                Some(&tables.oids()),
             )
             .await?
         {
-            let Some(i) = at(r)? else { continue };
+            let Some(i) = tables.at(r)? else { continue };
             let (name, unique, primary): (String, bool, bool) = (get(r, "name")?, get(r, "is_unique")?, get(r, "is_primary")?);
             let constraint: bool = get(r, "backs_constraint")?;
             // A unique index that no constraint owns is a uniqueness rule of its own.
             if unique && !primary && !constraint {
-                tables[i].unique.push(Unique { name: name.clone(), parts: get(r, "parts")?, predicate: get(r, "predicate")? });
+                tables.list[i].unique.push(Unique { name: name.clone(), parts: get(r, "parts")?, predicate: get(r, "predicate")? });
             }
-            tables[i].indexes.push(Index { name, definition: get(r, "def")?, unique, primary, constraint });
+            tables.list[i].indexes.push(Index { name, definition: get(r, "def")?, unique, primary, constraint });
         }
+        Ok(())
+    }
 
+    async fn triggers(&self, tables: &mut Tables) -> Result<(), ToolError> {
         for r in &self
             .rows(
                 "triggers",
                 "SELECT tgrelid::int8 AS oid, tgname::text AS name FROM pg_trigger
                  WHERE NOT tgisinternal AND tgrelid = ANY($1::int8[]::oid[]) ORDER BY tgrelid, tgname",
-                Some(&oids),
+                Some(&tables.oids()),
             )
             .await?
         {
-            if let Some(i) = at(r)? {
-                tables[i].triggers.push(get(r, "name")?);
+            if let Some(i) = tables.at(r)? {
+                tables.list[i].triggers.push(get(r, "name")?);
             }
         }
+        Ok(())
+    }
 
+    /// Every enum type with its labels, in order.
+    async fn enums(&self) -> Result<BTreeMap<String, Vec<String>>, ToolError> {
         let mut enums: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for r in &self
             .rows(
@@ -370,7 +454,11 @@ impl PgCatalog {
         {
             enums.entry(get(r, "name")?).or_default().push(get(r, "label")?);
         }
+        Ok(enums)
+    }
 
+    /// Every domain with its base type and CHECKs.
+    async fn domains(&self) -> Result<Vec<Domain>, ToolError> {
         let mut domains: Vec<Domain> = Vec::new();
         for r in &self
             .rows(
@@ -399,7 +487,11 @@ impl PgCatalog {
                     .collect(),
             });
         }
+        Ok(domains)
+    }
 
+    /// The composite and range types of the database's own.
+    async fn types(&self) -> Result<Vec<UserType>, ToolError> {
         let types = self
             .definitions(
                 "composite and range types",
@@ -418,7 +510,11 @@ impl PgCatalog {
                 ),
             )
             .await?;
+        Ok(types)
+    }
 
+    /// The sequences no column owns, at their next value.
+    async fn sequences(&self) -> Result<Vec<Sequence>, ToolError> {
         let mut sequences = Vec::new();
         for r in &self
             .rows(
@@ -447,7 +543,11 @@ impl PgCatalog {
                 cycle: get(r, "cycle")?,
             });
         }
+        Ok(sequences)
+    }
 
+    /// The views and functions, which no table holds.
+    async fn other_objects(&self) -> Result<Vec<(String, String)>, ToolError> {
         let mut other_objects = Vec::new();
         for r in &self
             .rows(
@@ -472,7 +572,11 @@ impl PgCatalog {
         {
             other_objects.push((get(r, "kind")?, get(r, "name")?));
         }
+        Ok(other_objects)
+    }
 
+    /// The collations of the database's own.
+    async fn collations(&self) -> Result<Vec<UserType>, ToolError> {
         let collations = self
             .definitions(
                 "collations",
@@ -488,7 +592,11 @@ impl PgCatalog {
                 ),
             )
             .await?;
+        Ok(collations)
+    }
 
+    /// The extensions installed, but plpgsql.
+    async fn extensions(&self) -> Result<Vec<Extension>, ToolError> {
         let mut extensions = Vec::new();
         for r in &self
             .rows(
@@ -501,18 +609,40 @@ impl PgCatalog {
         {
             extensions.push(Extension { name: get(r, "name")?, schema: get(r, "schema")? });
         }
+        Ok(extensions)
+    }
 
-        if exact_counts {
-            for t in &mut tables {
-                let sql = format!("SELECT count(*) FROM {}", quoted(&t.name));
-                let n: i64 = sqlx::query_scalar(&sql)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(while_doing(format!("counting the rows of {}", t.name)))?;
-                t.exact_rows = Some(n);
-            }
+    /// Counts every table's rows.
+    async fn count_rows(&self, tables: &mut [Table]) -> Result<(), ToolError> {
+        for t in tables.iter_mut() {
+            let sql = format!("SELECT count(*) FROM {}", quoted(&t.name));
+            let n: i64 = sqlx::query_scalar(&sql)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(while_doing(format!("counting the rows of {}", t.name)))?;
+            t.exact_rows = Some(n);
         }
-        Ok(SchemaReport { database: self.label.clone(), tables, enums, domains, types, collations, sequences, other_objects, extensions })
+        Ok(())
+    }
+}
+
+/// The tables read so far, by oid, with the partitions that belong to each.
+struct Tables {
+    list: Vec<Table>,
+    /// A table's position in `list`, by its oid.
+    index: HashMap<i64, usize>,
+    /// The table a partition's rows belong to (its topmost), by the partition's oid.
+    partition_of: HashMap<i64, usize>,
+}
+
+impl Tables {
+    /// The table of a catalog row's `oid`, if it is one of them.
+    fn at(&self, r: &PgRow) -> Result<Option<usize>, ToolError> {
+        Ok(self.index.get(&get::<i64>(r, "oid")?).copied())
+    }
+
+    fn oids(&self) -> Vec<i64> {
+        self.index.keys().copied().collect()
     }
 }
 

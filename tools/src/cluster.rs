@@ -22,7 +22,8 @@ pub fn bin_dir() -> Result<PathBuf, ToolError> {
             Ok(dir)
         } else {
             Err(ToolError::system(format!(
-                "PG_BIN is {}, which holds no initdb and pg_ctl: point it at PostgreSQL's bin folder, or {INSTALL}",
+                "PG_BIN is {}, which holds no initdb and pg_ctl: point it at PostgreSQL's bin \
+                    folder, or {INSTALL}",
                 dir.display()
             )))
         };
@@ -33,23 +34,37 @@ pub fn bin_dir() -> Result<PathBuf, ToolError> {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    [PathBuf::from("/usr/lib/postgresql/15/bin")].into_iter().chain(from_pg_config).find(|d| has_server(d)).ok_or_else(|| {
-        ToolError::system(format!(
-            "PostgreSQL's server programs (initdb, pg_ctl) were not found: {INSTALL}, or set PG_BIN to the folder that holds them"
-        ))
-    })
+    [PathBuf::from("/usr/lib/postgresql/15/bin")]
+        .into_iter()
+        .chain(from_pg_config)
+        .find(|d| has_server(d))
+        .ok_or_else(|| {
+            ToolError::system(format!(
+                "PostgreSQL's server programs (initdb, pg_ctl) were not found: {INSTALL}, or set \
+                PG_BIN to the folder that holds them"
+            ))
+        })
 }
 
 /// The uid and gid to run the server as: `postgres` when we are root, ourselves otherwise.
 pub fn server_user() -> Result<Option<(u32, u32)>, ToolError> {
-    let me = Command::new("id").arg("-u").output().map_err(|e| ToolError::system(format!("running id: {e}")))?;
+    let me = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| ToolError::system(format!("running id: {e}")))?;
     if String::from_utf8_lossy(&me.stdout).trim() != "0" {
         return Ok(None);
     }
     let id = |flag: &str| -> Result<u32, ToolError> {
-        let out = Command::new("id").args([flag, "postgres"]).output().map_err(|e| ToolError::system(format!("running id: {e}")))?;
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .map_err(|e| ToolError::system(format!("running id: {e}")))?;
         String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| {
-            ToolError::system("running as root, PostgreSQL needs a `postgres` user to run as, and there is none (install postgresql-15, which creates it)")
+            ToolError::system(
+                "running as root, PostgreSQL needs a `postgres` user to run as, and \
+                there is none (install postgresql-15, which creates it)",
+            )
         })
     };
     Ok(Some((id("-u")?, id("-g")?)))
@@ -73,18 +88,34 @@ pub fn free_port() -> Result<u16, ToolError> {
 
 /// Runs `initdb` for a cluster in `dir/data` owned by `user`, trusting local connections.
 pub fn initdb(bin: &Path, dir: &Path, user: Option<(u32, u32)>) -> Result<(), ToolError> {
-    std::fs::create_dir_all(dir).map_err(|e| ToolError::system(format!("creating {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ToolError::system(format!("creating {}: {e}", dir.display())))?;
     if let Some((uid, gid)) = user {
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid))
-            .map_err(|e| ToolError::system(format!("handing {} to postgres: {e}", dir.display())))?;
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| {
+            ToolError::system(format!("handing {} to postgres: {e}", dir.display()))
+        })?;
     }
     let out = command(&bin.join("initdb"), user)
-        .args(["-D", "data", "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+        .args([
+            "-D",
+            "data",
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
         .current_dir(dir)
         .output()
         .map_err(|e| ToolError::system(format!("running initdb: {e}")))?;
     if !out.status.success() {
-        return Err(ToolError::system(format!("initdb in {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(ToolError::system(format!(
+            "initdb in {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(())
 }
@@ -126,11 +157,17 @@ impl DaemonCluster {
         // The server is started with the absolute data directory: pg_ctl keeps its command
         // line in postmaster.opts, and a `pg_ctl restart` run from any other directory (or
         // with a relative --data-dir) would otherwise look for `data` where it stands.
-        let dir = &std::fs::canonicalize(dir).map_err(|e| ToolError::system(format!("finding {}: {e}", dir.display())))?;
+        let dir = &std::fs::canonicalize(dir)
+            .map_err(|e| ToolError::system(format!("finding {}: {e}", dir.display())))?;
         let port: u16 = std::fs::read_to_string(dir.join("port"))
             .ok()
             .and_then(|p| p.trim().parse().ok())
-            .ok_or_else(|| ToolError::system(format!("{}/port is missing or unreadable; start again with --fresh", dir.display())))?;
+            .ok_or_else(|| {
+                ToolError::system(format!(
+                    "{}/port is missing or unreadable; start again with --fresh",
+                    dir.display()
+                ))
+            })?;
         let cluster = DaemonCluster { dir: dir.to_owned(), port, bin, user };
         if !cluster.running() {
             cluster.start()?;
@@ -139,7 +176,12 @@ impl DaemonCluster {
     }
 
     pub fn running(&self) -> bool {
-        command(&self.bin.join("pg_ctl"), self.user).arg("-D").arg(self.data()).arg("status").output().is_ok_and(|o| o.status.success())
+        command(&self.bin.join("pg_ctl"), self.user)
+            .arg("-D")
+            .arg(self.data())
+            .arg("status")
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 
     fn start(&self) -> Result<(), ToolError> {
@@ -157,8 +199,16 @@ impl DaemonCluster {
             .map_err(|e| ToolError::system(format!("running pg_ctl: {e}")))?;
         if !out.status.success() {
             let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
-            let last = log.lines().rev().find(|l| l.contains("FATAL") || l.contains("ERROR")).unwrap_or("see postgres.log");
-            return Err(ToolError::system(format!("starting PostgreSQL in {} on port {} failed: {last}", self.dir.display(), self.port)));
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("FATAL") || l.contains("ERROR"))
+                .unwrap_or("see postgres.log");
+            return Err(ToolError::system(format!(
+                "starting PostgreSQL in {} on port {} failed: {last}",
+                self.dir.display(),
+                self.port
+            )));
         }
         Ok(())
     }
@@ -201,19 +251,23 @@ impl DaemonCluster {
 /// Creates database `name` through the cluster's `postgres` database unless it exists.
 /// Drops a database, ending its sessions first.
 pub async fn drop_database(admin: &crate::pg::Pool, name: &str) -> Result<(), ToolError> {
-    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", name.replace('"', "\"\"")))
-        .execute(admin)
-        .await
-        .map_err(crate::pg::while_doing(format!("dropping database {name}")))?;
+    sqlx::raw_sql(&format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        name.replace('"', "\"\"")
+    ))
+    .execute(admin)
+    .await
+    .map_err(crate::pg::while_doing(format!("dropping database {name}")))?;
     Ok(())
 }
 
 pub async fn ensure_database(admin: &crate::pg::Pool, name: &str) -> Result<(), ToolError> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(admin)
-        .await
-        .map_err(crate::pg::while_doing(format!("looking for database {name}")))?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(admin)
+            .await
+            .map_err(crate::pg::while_doing(format!("looking for database {name}")))?;
     if !exists {
         sqlx::raw_sql(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")))
             .execute(admin)

@@ -25,7 +25,11 @@ impl SandboxRunner {
     pub fn from_env() -> Result<SandboxRunner, BadInput> {
         let number = |name: &str| -> Result<Option<u64>, BadInput> {
             match std::env::var(name) {
-                Ok(v) => v.trim().parse().map(Some).map_err(|_| BadInput(format!("{name}={v}: expected a whole number"))),
+                Ok(v) => v
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| BadInput(format!("{name}={v}: expected a whole number"))),
                 Err(_) => Ok(None),
             }
         };
@@ -51,7 +55,11 @@ impl SandboxRunner {
     async fn sandbox(&self) -> Result<&Sandbox, ToolError> {
         let connected = self
             .sandbox
-            .get_or_init(|| async { Sandbox::connect(self.config.clone()).await.map_err(|e| ToolError::system(e.to_string())) })
+            .get_or_init(|| async {
+                Sandbox::connect(self.config.clone())
+                    .await
+                    .map_err(|e| ToolError::system(e.to_string()))
+            })
             .await;
         connected.as_ref().map_err(Clone::clone)
     }
@@ -65,10 +73,12 @@ impl SandboxRunner {
 }
 
 fn job(request: &CodeRequest) -> Result<Job, ToolError> {
-    let lang: Lang = request.lang.parse().map_err(|e: sandbox::Error| ToolError::bad_input(e.to_string()))?;
+    let lang: Lang =
+        request.lang.parse().map_err(|e: sandbox::Error| ToolError::bad_input(e.to_string()))?;
     let mut job = Job::new(lang, request.code.clone());
     job.stdin = request.stdin.clone().into_bytes();
-    job.files = request.files.iter().map(|f| (f.name.clone(), f.content.clone().into_bytes())).collect();
+    job.files =
+        request.files.iter().map(|f| (f.name.clone(), f.content.clone().into_bytes())).collect();
     Ok(job)
 }
 
@@ -88,7 +98,8 @@ impl CodeRunner for SandboxRunner {
 
     async fn run(&self, request: &CodeRequest) -> Result<CodeResult, ToolError> {
         let job = job(request)?;
-        let outcome = self.sandbox().await?.run(&job).await.map_err(|e| ToolError::system(e.to_string()))?;
+        let outcome =
+            self.sandbox().await?.run(&job).await.map_err(|e| ToolError::system(e.to_string()))?;
         Ok(CodeResult {
             exit_code: outcome.exit_code,
             stdout: outcome.stdout,
@@ -98,13 +109,21 @@ impl CodeRunner for SandboxRunner {
             files: outcome
                 .files
                 .into_iter()
-                .map(|(name, bytes)| CodeFile { name, content: String::from_utf8_lossy(&bytes).into_owned() })
+                .map(|(name, bytes)| CodeFile {
+                    name,
+                    content: String::from_utf8_lossy(&bytes).into_owned(),
+                })
                 .collect(),
             duration_ms: outcome.duration.as_millis() as u64,
             limits_hit: outcome
                 .limits_hit
                 .iter()
-                .map(|l| serde_json::to_value(l).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+                .map(|l| {
+                    serde_json::to_value(l)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                })
                 .collect(),
         })
     }
@@ -115,7 +134,12 @@ impl CodeRunner for SandboxRunner {
 
     async fn open(&self, request: &CodeRequest) -> Result<Box<dyn CodeStream>, ToolError> {
         let job = job(request)?;
-        let session = self.sandbox().await?.open_stream(&job).await.map_err(|e| ToolError::system(e.to_string()))?;
+        let session = self
+            .sandbox()
+            .await?
+            .open_stream(&job)
+            .await
+            .map_err(|e| ToolError::system(e.to_string()))?;
         Ok(Box::new(Stream(session)))
     }
 }
@@ -125,8 +149,10 @@ struct Stream(StreamSession);
 #[async_trait]
 impl CodeStream for Stream {
     async fn exchange(&mut self, line: &str) -> Result<String, ToolError> {
-        let answer = self.0.exchange(line.as_bytes()).await.map_err(|e| ToolError::system(e.to_string()))?;
-        String::from_utf8(answer).map_err(|_| ToolError::system("the script answered with bytes that are not UTF-8"))
+        let answer =
+            self.0.exchange(line.as_bytes()).await.map_err(|e| ToolError::system(e.to_string()))?;
+        String::from_utf8(answer)
+            .map_err(|_| ToolError::system("the script answered with bytes that are not UTF-8"))
     }
 
     async fn close(self: Box<Self>) {

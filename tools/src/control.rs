@@ -122,7 +122,9 @@ pub struct ReportEntity {
 impl ReportEntity {
     /// A run's totals over its entities: source rows, migrated, rejected.
     pub fn totals(entities: &[ReportEntity]) -> (i64, i64, i64) {
-        entities.iter().fold((0, 0, 0), |(s, m, r), e| (s + e.source_rows, m + e.migrated, r + e.rejected))
+        entities
+            .iter()
+            .fold((0, 0, 0), |(s, m, r), e| (s + e.source_rows, m + e.migrated, r + e.rejected))
     }
 }
 
@@ -146,7 +148,8 @@ pub struct EventFilter {
 impl ControlStore {
     /// Creates or upgrades the control schema, then returns the store.
     pub async fn open(pool: PgPool) -> Result<ControlStore, ToolError> {
-        let mut conn = pool.acquire().await.map_err(while_doing("preparing the agentctl control schema"))?;
+        let mut conn =
+            pool.acquire().await.map_err(while_doing("preparing the agentctl control schema"))?;
         sqlx::query("CREATE SCHEMA IF NOT EXISTS agentctl")
             .execute(&mut *conn)
             .await
@@ -162,18 +165,33 @@ impl ControlStore {
         .map_err(while_doing("checking the agentctl control schema"))?;
         if !usable {
             return Err(ToolError::system(format!(
-                "the target's agentctl schema belongs to {owner}, and {me} may not use it: run as {owner}, or GRANT ALL ON SCHEMA agentctl, ALL TABLES IN SCHEMA agentctl and ALL SEQUENCES IN SCHEMA agentctl TO {me}"
+                "the target's agentctl schema belongs to {owner}, and {me} may not use it: run as \
+                    {owner}, or GRANT ALL ON SCHEMA agentctl, ALL TABLES IN SCHEMA agentctl and \
+                    ALL SEQUENCES IN SCHEMA agentctl TO {me}"
             )));
         }
         // The migrations' own bookkeeping table belongs in the control schema, not in the
         // operator's `public`.
-        sqlx::query("SET search_path TO agentctl").execute(&mut *conn).await.map_err(while_doing("selecting the agentctl schema"))?;
-        MIGRATOR.run(&mut *conn).await.map_err(|e| ToolError::system(format!("while migrating the agentctl control schema: {e}")))?;
-        sqlx::query("RESET search_path").execute(&mut *conn).await.map_err(while_doing("resetting the search path"))?;
+        sqlx::query("SET search_path TO agentctl")
+            .execute(&mut *conn)
+            .await
+            .map_err(while_doing("selecting the agentctl schema"))?;
+        MIGRATOR.run(&mut *conn).await.map_err(|e| {
+            ToolError::system(format!("while migrating the agentctl control schema: {e}"))
+        })?;
+        sqlx::query("RESET search_path")
+            .execute(&mut *conn)
+            .await
+            .map_err(while_doing("resetting the search path"))?;
         Ok(ControlStore { pool })
     }
 
-    pub async fn begin_run(&self, run_id: RunId, command: &str, goal: Option<&str>) -> Result<(), ToolError> {
+    pub async fn begin_run(
+        &self,
+        run_id: RunId,
+        command: &str,
+        goal: Option<&str>,
+    ) -> Result<(), ToolError> {
         sqlx::query("INSERT INTO agentctl.runs (run_id, command, goal) VALUES ($1, $2, $3)")
             .bind(run_id.0)
             .bind(command)
@@ -189,26 +207,43 @@ impl ControlStore {
     /// restarting under it is outlived, as the load's writes are.
     async fn ledger_entry(&self, run_id: RunId, entry: &str) -> Result<(), ToolError> {
         let what = format!("recording run {run_id} as {entry} in the run ledger");
-        crate::target::retrying(WRITE_RETRIES, &what, || self.try_ledger_entry(run_id, entry)).await?;
+        crate::target::retrying(WRITE_RETRIES, &what, || self.try_ledger_entry(run_id, entry))
+            .await?;
         Ok(())
     }
 
     async fn try_ledger_entry(&self, run_id: RunId, entry: &str) -> Result<(), Failure> {
         let mut tx = self.pool.begin().await?;
         // Runs start and end side by side: one appender at a time keeps the ledger one chain.
-        sqlx::query("LOCK TABLE agentctl.run_ledger IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        sqlx::query("LOCK TABLE agentctl.run_ledger IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
         let last: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM agentctl.run_ledger ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await?;
+            sqlx::query_as("SELECT seq, hash FROM agentctl.run_ledger ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
         let (event_count, head_hash): (i64, String) = if entry == "started" {
             (0, GENESIS.to_owned())
         } else {
-            sqlx::query_as("SELECT event_count, head_hash FROM agentctl.runs WHERE run_id = $1").bind(run_id.0).fetch_one(&mut *tx).await?
+            sqlx::query_as("SELECT event_count, head_hash FROM agentctl.runs WHERE run_id = $1")
+                .bind(run_id.0)
+                .fetch_one(&mut *tx)
+                .await?
         };
         let (seq, prev_hash) = last.map_or((1, GENESIS.to_owned()), |(seq, hash)| (seq + 1, hash));
-        let mut e = LedgerEntry { seq, run_id, entry: entry.to_owned(), event_count, head_hash, prev_hash, hash: String::new() };
+        let mut e = LedgerEntry {
+            seq,
+            run_id,
+            entry: entry.to_owned(),
+            event_count,
+            head_hash,
+            prev_hash,
+            hash: String::new(),
+        };
         e.hash = e.compute_hash();
         sqlx::query(
-            "INSERT INTO agentctl.run_ledger (seq, run_id, entry, event_count, head_hash, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO agentctl.run_ledger (seq, run_id, entry, event_count, head_hash, \
+                prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(e.seq)
         .bind(run_id.0)
@@ -225,10 +260,13 @@ impl ControlStore {
 
     /// The run ledger, in order.
     pub async fn ledger(&self) -> Result<Vec<LedgerEntry>, ToolError> {
-        let rows = sqlx::query("SELECT seq, run_id, entry, event_count, head_hash, prev_hash, hash FROM agentctl.run_ledger ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(while_doing("reading the run ledger"))?;
+        let rows = sqlx::query(
+            "SELECT seq, run_id, entry, event_count, head_hash, prev_hash, \
+            hash FROM agentctl.run_ledger ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing("reading the run ledger"))?;
         rows.iter()
             .map(|r| {
                 Ok(LedgerEntry {
@@ -249,7 +287,12 @@ impl ControlStore {
     /// so that a run whose process died is told from one still going (`runs`, `find_run`), and,
     /// for a run that writes, the target's writer lock ([`ControlStore::writer_lock`]). Both go
     /// with their connections: when the process dies, the server lets go at once.
-    pub async fn attend(&self, run_id: RunId, command: &str, writes: bool) -> Result<Presence, Attend> {
+    pub async fn attend(
+        &self,
+        run_id: RunId,
+        command: &str,
+        writes: bool,
+    ) -> Result<Presence, Attend> {
         let conn = self.named_connection(run_id).await?;
         let writer = match writes {
             true => Some(self.writer_lock(run_id, command).await?),
@@ -290,7 +333,8 @@ impl ControlStore {
             None => "another agentctl".to_owned(),
         };
         Err(Attend::Held(format!(
-            "another agentctl writes to this target ({who}): `agentctl {command}` waits for it to end; a run whose process died lets go at once"
+            "another agentctl writes to this target ({who}): `agentctl {command}` waits for it to \
+                end; a run whose process died lets go at once"
         )))
     }
 
@@ -317,7 +361,9 @@ impl ControlStore {
         .await
         .map_err(while_doing(format!("reopening run {run_id}")))?;
         if reopened.rows_affected() == 0 {
-            return Err(ToolError::system(format!("run {run_id} has already succeeded; there is nothing to resume")));
+            return Err(ToolError::system(format!(
+                "run {run_id} has already succeeded; there is nothing to resume"
+            )));
         }
         self.ledger_entry(run_id, "resumed").await
     }
@@ -342,15 +388,23 @@ impl ControlStore {
     }
 
     /// Records a run's end (outliving a server restarting under it) and its head in the ledger.
-    pub async fn finish_run(&self, run_id: RunId, outcome: &str, detail: Option<&str>) -> Result<(), ToolError> {
+    pub async fn finish_run(
+        &self,
+        run_id: RunId,
+        outcome: &str,
+        detail: Option<&str>,
+    ) -> Result<(), ToolError> {
         let end = || async {
-            sqlx::query("UPDATE agentctl.runs SET finished_at = now(), outcome = $2, outcome_detail = $3 WHERE run_id = $1")
-                .bind(run_id.0)
-                .bind(outcome)
-                .bind(detail)
-                .execute(&self.pool)
-                .await
-                .map_err(Failure::from)
+            sqlx::query(
+                "UPDATE agentctl.runs SET finished_at = now(), outcome = $2, \
+                outcome_detail = $3 WHERE run_id = $1",
+            )
+            .bind(run_id.0)
+            .bind(outcome)
+            .bind(detail)
+            .execute(&self.pool)
+            .await
+            .map_err(Failure::from)
         };
         let what = format!("recording the end of run {run_id}");
         crate::target::retrying(WRITE_RETRIES, &what, end).await?;
@@ -358,28 +412,39 @@ impl ControlStore {
     }
 
     pub async fn runs(&self, limit: i64) -> Result<Vec<RunRow>, ToolError> {
-        sqlx::query_as(&format!("SELECT {} FROM agentctl.runs ORDER BY started_at DESC LIMIT $1", run_columns()))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(while_doing("listing runs"))
+        sqlx::query_as(&format!(
+            "SELECT {} FROM agentctl.runs ORDER BY started_at DESC LIMIT $1",
+            run_columns()
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing("listing runs"))
     }
 
     /// Finds a run by its id or a unique prefix of it; `None` means the latest run.
     pub async fn find_run(&self, id: Option<&str>) -> Result<RunRow, ToolError> {
         let mut rows: Vec<RunRow> = match id {
             None => {
-                sqlx::query_as(&format!("SELECT {} FROM agentctl.runs ORDER BY started_at DESC LIMIT 1", run_columns()))
-                    .fetch_all(&self.pool)
-                    .await
+                sqlx::query_as(&format!(
+                    "SELECT {} FROM agentctl.runs ORDER BY started_at DESC \
+                    LIMIT 1",
+                    run_columns()
+                ))
+                .fetch_all(&self.pool)
+                .await
             }
             Some(prefix) => {
                 let prefix = prefix.trim().to_ascii_lowercase();
                 if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-                    return Err(ToolError::system(format!("`{prefix}` is not a run id (expected the hex digits of a run's UUID)")));
+                    return Err(ToolError::system(format!(
+                        "`{prefix}` is not a run id (expected \
+                        the hex digits of a run's UUID)"
+                    )));
                 }
                 sqlx::query_as(&format!(
-                    "SELECT {} FROM agentctl.runs WHERE run_id::text LIKE $1 || '%' ORDER BY started_at DESC LIMIT 2",
+                    "SELECT {} FROM agentctl.runs WHERE run_id::text LIKE $1 || '%' ORDER BY \
+                        started_at DESC LIMIT 2",
                     run_columns()
                 ))
                 .bind(&prefix)
@@ -389,9 +454,13 @@ impl ControlStore {
         }
         .map_err(while_doing("looking up the run"))?;
         match (rows.len(), id) {
-            (0, None) => Err(ToolError::system("no run has been recorded in this target database yet")),
+            (0, None) => {
+                Err(ToolError::system("no run has been recorded in this target database yet"))
+            }
             (0, Some(p)) => Err(ToolError::system(format!("no run with id {p}"))),
-            (2, Some(p)) => Err(ToolError::system(format!("run id prefix {p} matches more than one run; give more of it"))),
+            (2, Some(p)) => Err(ToolError::system(format!(
+                "run id prefix {p} matches more than one run; give more of it"
+            ))),
             _ => Ok(rows.swap_remove(0)),
         }
     }
@@ -415,19 +484,24 @@ impl ControlStore {
     /// Foreign keys and indexes set aside for a load that have not been put back yet:
     /// (target table, name, kind, run).
     pub async fn suspended(&self) -> Result<Vec<(String, String, String, Uuid)>, ToolError> {
-        sqlx::query_as("SELECT target_table, name, kind, run_id FROM agentctl.suspended_constraints ORDER BY target_table, name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(while_doing("reading the constraints set aside for a load"))
+        sqlx::query_as(
+            "SELECT target_table, name, kind, run_id FROM \
+            agentctl.suspended_constraints ORDER BY target_table, name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing("reading the constraints set aside for a load"))
     }
 
     /// The run that migrated most recently (any command: run, demo, chat).
     pub async fn latest_migration_run(&self) -> Result<Option<RunId>, ToolError> {
-        let id: Option<Uuid> =
-            sqlx::query_scalar("SELECT run_id FROM agentctl.migration_control GROUP BY run_id ORDER BY max(started_at) DESC LIMIT 1")
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(while_doing("looking for the latest migration"))?;
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "SELECT run_id FROM agentctl.migration_control GROUP BY run_id \
+                ORDER BY max(started_at) DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(while_doing("looking for the latest migration"))?;
         Ok(id.map(RunId))
     }
 
@@ -450,12 +524,16 @@ impl ControlStore {
 
     /// The latest run of a command (`run`, `validate`, ...).
     pub async fn latest_run(&self, command: &str) -> Result<RunRow, ToolError> {
-        let id: Option<Uuid> = sqlx::query_scalar("SELECT run_id FROM agentctl.runs WHERE command = $1 ORDER BY started_at DESC LIMIT 1")
-            .bind(command)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(while_doing(format!("looking for the latest `{command}`")))?;
-        let id = id.ok_or_else(|| ToolError::system(format!("there is no `agentctl {command}` in this database yet")))?;
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "SELECT run_id FROM agentctl.runs WHERE command = $1 ORDER BY started_at DESC LIMIT 1",
+        )
+        .bind(command)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(while_doing(format!("looking for the latest `{command}`")))?;
+        let id = id.ok_or_else(|| {
+            ToolError::system(format!("there is no `agentctl {command}` in this database yet"))
+        })?;
         self.find_run(Some(&id.to_string())).await
     }
 
@@ -479,7 +557,10 @@ impl ControlStore {
 
     /// A run's language model use from its trail: calls, prompt tokens, completion tokens, and
     /// the cost in US dollars when a price was configured.
-    pub async fn llm_usage(&self, run_id: RunId) -> Result<(i64, i64, i64, Option<f64>), ToolError> {
+    pub async fn llm_usage(
+        &self,
+        run_id: RunId,
+    ) -> Result<(i64, i64, i64, Option<f64>), ToolError> {
         sqlx::query_as(
             "SELECT count(*), coalesce(sum((detail::jsonb->'reply'->>'prompt_tokens')::int8), 0)::int8,
                     coalesce(sum((detail::jsonb->'reply'->>'completion_tokens')::int8), 0)::int8,
@@ -508,7 +589,11 @@ impl ControlStore {
     }
 
     /// A run's events in sequence order, optionally filtered.
-    pub async fn events(&self, run_id: RunId, filter: &EventFilter) -> Result<Vec<AuditEvent>, ToolError> {
+    pub async fn events(
+        &self,
+        run_id: RunId,
+        filter: &EventFilter,
+    ) -> Result<Vec<AuditEvent>, ToolError> {
         let rows = sqlx::query(
             "SELECT run_id, seq, at, agent, kind, correlation_id, summary, detail, prev_hash, hash
              FROM agentctl.audit_events
@@ -529,7 +614,9 @@ impl ControlStore {
                     at: r.try_get("at").map_err(while_doing("reading at"))?,
                     agent: r.try_get("agent").map_err(while_doing("reading agent"))?,
                     kind: r.try_get("kind").map_err(while_doing("reading kind"))?,
-                    correlation_id: r.try_get("correlation_id").map_err(while_doing("reading correlation_id"))?,
+                    correlation_id: r
+                        .try_get("correlation_id")
+                        .map_err(while_doing("reading correlation_id"))?,
                     summary: r.try_get("summary").map_err(while_doing("reading summary"))?,
                     detail: r.try_get("detail").map_err(while_doing("reading detail"))?,
                     prev_hash: r.try_get("prev_hash").map_err(while_doing("reading prev_hash"))?,
@@ -552,7 +639,8 @@ impl ControlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(while_doing(what))?;
-        let mut vanished: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+        let mut vanished: std::collections::BTreeMap<String, Vec<String>> =
+            std::collections::BTreeMap::new();
         for table in tables {
             let ids: Vec<String> = sqlx::query_scalar(&format!(
                 "SELECT DISTINCT t.run_id::text FROM agentctl.\"{}\" t WHERE t.run_id IS NOT NULL
@@ -578,7 +666,9 @@ impl ControlStore {
         match row {
             None => Ok(ChainHead::empty()),
             Some(r) => Ok(ChainHead {
-                event_count: r.try_get("event_count").map_err(while_doing("reading event_count"))?,
+                event_count: r
+                    .try_get("event_count")
+                    .map_err(while_doing("reading event_count"))?,
                 head_hash: r.try_get("head_hash").map_err(while_doing("reading head_hash"))?,
             }),
         }
@@ -607,7 +697,8 @@ impl AuditSink for ControlStore {
         .map_err(store)?;
         if moved.rows_affected() != 1 {
             return Err(AuditError::Store(format!(
-                "run {run_id}'s stored chain does not end at event #{} (another writer, or a lost batch)",
+                "run {run_id}'s stored chain does not end at event #{} (another writer, or a lost \
+                    batch)",
                 first.seq - 1
             )));
         }

@@ -13,7 +13,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use runtime::domain::TableName;
-use runtime::domain::{integer_key, Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Expected, SyncMark};
+use runtime::domain::{
+    integer_key, Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Expected,
+    SyncMark,
+};
 use runtime::mapping::{ConflictPolicy, DeleteMode};
 use runtime::ports::ToolError;
 use runtime::RunId;
@@ -27,9 +30,14 @@ use crate::target::{discard_transaction, retrying, Failure};
 
 /// Deletes everything recorded of what agentctl wrote to `target`'s rows: the load's record and
 /// the per-row one.
-pub(crate) async fn forget_baseline(c: &mut PgConnection, target: &TableName) -> Result<(), sqlx::Error> {
-    for sql in ["DELETE FROM agentctl.load_baseline WHERE target_table = $1", "DELETE FROM agentctl.sync_baseline WHERE target_table = $1"]
-    {
+pub(crate) async fn forget_baseline(
+    c: &mut PgConnection,
+    target: &TableName,
+) -> Result<(), sqlx::Error> {
+    for sql in [
+        "DELETE FROM agentctl.load_baseline WHERE target_table = $1",
+        "DELETE FROM agentctl.sync_baseline WHERE target_table = $1",
+    ] {
         sqlx::query(sql).bind(target.to_string()).execute(&mut *c).await?;
     }
     Ok(())
@@ -63,7 +71,10 @@ pub struct HashTypes(HashMap<String, String>);
 impl HashTypes {
     /// The hashing of `types` in the database `c` is connected to: an enum by its own hash
     /// function, a domain by its base type's when that has one, anything else by name.
-    pub async fn of<'t>(c: &mut PgConnection, types: impl IntoIterator<Item = &'t str>) -> Result<HashTypes, sqlx::Error> {
+    pub async fn of<'t>(
+        c: &mut PgConnection,
+        types: impl IntoIterator<Item = &'t str>,
+    ) -> Result<HashTypes, sqlx::Error> {
         let asked: Vec<&str> = types.into_iter().filter(|t| !typed_by_name(t)).collect();
         if asked.is_empty() {
             return Ok(HashTypes::default());
@@ -79,7 +90,11 @@ impl HashTypes {
         .fetch_all(c)
         .await?;
         Ok(HashTypes(
-            found.into_iter().filter(|(_, base, kind)| kind == "e" || typed_by_name(base)).map(|(name, base, _)| (name, base)).collect(),
+            found
+                .into_iter()
+                .filter(|(_, base, kind)| kind == "e" || typed_by_name(base))
+                .map(|(name, base, _)| (name, base))
+                .collect(),
         ))
     }
 
@@ -113,21 +128,31 @@ fn typed_by_name(ty: &str) -> bool {
 /// Records the load baseline of `target`: every row's key and hash, in buckets, by one
 /// statement; an [`integer_key`] of type `legacy_type` kept as an integer (`int_keys`), any
 /// other as its text. Returns the rows recorded.
-pub async fn record_baseline(pool: &PgPool, target: &TableName, legacy_type: &str, columns: &[(String, String)]) -> Result<i64, ToolError> {
+pub async fn record_baseline(
+    pool: &PgPool,
+    target: &TableName,
+    legacy_type: &str,
+    columns: &[(String, String)],
+) -> Result<i64, ToolError> {
     let what = format!("recording what agentctl wrote to {target}");
     let run = async {
         let mut tx = pool.begin().await?;
         // One pass over the table into an in-memory hash of the buckets: the planner, which
         // cannot know how few buckets there are, would otherwise sort every row (with its
         // columns, on disk) first; and no JIT compilation for a statement that runs once.
-        for sql in ["SET LOCAL enable_sort = off", "SET LOCAL work_mem = '256MB'", "SET LOCAL jit = off"] {
+        for sql in
+            ["SET LOCAL enable_sort = off", "SET LOCAL work_mem = '256MB'", "SET LOCAL jit = off"]
+        {
             sqlx::query(sql).execute(&mut *tx).await?;
         }
         // The whole table is recorded again, the old record deleted first.
         forget_baseline(&mut tx, target).await?;
-        // An integer key is kept as one, bucketed by its own hash: its text cost the statement a third.
+        // An integer key is kept as one, bucketed by its own hash: its text cost the statement a
+        // third.
         let (keys, key, bucket) = match integer_key(legacy_type) {
-            true => ("int_keys", "t.legacy_id::int8", "agentctl.int_baseline_bucket(t.legacy_id::int8)"),
+            true => {
+                ("int_keys", "t.legacy_id::int8", "agentctl.int_baseline_bucket(t.legacy_id::int8)")
+            }
             false => ("keys", "t.legacy_id::text", "agentctl.baseline_bucket(t.legacy_id::text)"),
         };
         let types = HashTypes::of(&mut tx, columns.iter().map(|(_, t)| t.as_str())).await?;
@@ -139,22 +164,33 @@ pub async fn record_baseline(pool: &PgPool, target: &TableName, legacy_type: &st
             quoted(target)
         );
         sqlx::query(&insert).bind(target.to_string()).execute(&mut *tx).await?;
-        let recorded: i64 =
-            sqlx::query_scalar("SELECT coalesce(sum(cardinality(hashes)), 0)::int8 FROM agentctl.load_baseline WHERE target_table = $1")
-                .bind(target.to_string())
-                .fetch_one(&mut *tx)
-                .await?;
+        let recorded: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(cardinality(hashes)), 0)::int8 FROM \
+                agentctl.load_baseline WHERE target_table = $1",
+        )
+        .bind(target.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok::<_, sqlx::Error>(recorded)
     };
     run.await.map_err(while_doing(&what))
 }
 
-pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: &[usize], soft: bool) -> Result<Vec<Diffed>, ToolError> {
+pub async fn differ(
+    pool: &PgPool,
+    target: &TableName,
+    page: &Expected,
+    hashed: &[usize],
+    soft: bool,
+) -> Result<Vec<Diffed>, ToolError> {
     let n = page.columns.len();
     let (id, legacy) = (page.id_column, page.legacy_column);
     let cast = |i: usize| format!("u.c{i}::{}", page.columns[i].1);
-    let distinct: Vec<String> = hashed.iter().map(|&i| format!("t.{} IS DISTINCT FROM {}", ident(&page.columns[i].0), cast(i))).collect();
+    let distinct: Vec<String> = hashed
+        .iter()
+        .map(|&i| format!("t.{} IS DISTINCT FROM {}", ident(&page.columns[i].0), cast(i)))
+        .collect();
     let arrays: Vec<String> = (0..n).map(|i| format!("${}::text[]", i + 3)).collect();
     let cols: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
     let from = format!(
@@ -166,13 +202,16 @@ pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: 
         legacy_type = page.columns[legacy].1,
     );
     let what = || format!("comparing rows of {target} with their source rows and the last sync");
-    let run = async |sql: &str, keys: &[String], wanted: &[bool], values: &[Vec<Option<String>>]| {
-        let mut q = sqlx::query(sql).bind(keys).bind(wanted);
-        for column in values {
-            q = q.bind(column);
-        }
-        q.fetch_all(pool).await.map_err(|e| ToolError::system(format!("while {}: {}", what(), describe(&e))))
-    };
+    let run =
+        async |sql: &str, keys: &[String], wanted: &[bool], values: &[Vec<Option<String>>]| {
+            let mut q = sqlx::query(sql).bind(keys).bind(wanted);
+            for column in values {
+                q = q.bind(column);
+            }
+            q.fetch_all(pool)
+                .await
+                .map_err(|e| ToolError::system(format!("while {}: {}", what(), describe(&e))))
+        };
     let decode = |e: sqlx::Error| ToolError::system(format!("while {}: {}", what(), describe(&e)));
     // Every row: where it stands, each expression once.
     let sql = format!(
@@ -187,12 +226,20 @@ pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: 
     let mut answers = rows
         .iter()
         .map(|r| {
-            Ok(Diffed { present: r.try_get(0)?, ours: r.try_get(1)?, deleted: r.try_get(2)?, differs: r.try_get(3)?, ..Diffed::default() })
+            Ok(Diffed {
+                present: r.try_get(0)?,
+                ours: r.try_get(1)?,
+                deleted: r.try_get(2)?,
+                differs: r.try_get(3)?,
+                ..Diffed::default()
+            })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(decode)?;
     // The few that differ, are absent or are marked deleted: their hashes and baseline.
-    let asked: Vec<usize> = (0..answers.len()).filter(|&i| answers[i].differs || !answers[i].present || answers[i].deleted).collect();
+    let asked: Vec<usize> = (0..answers.len())
+        .filter(|&i| answers[i].differs || !answers[i].present || answers[i].deleted)
+        .collect();
     if asked.is_empty() {
         return Ok(answers);
     }
@@ -201,7 +248,9 @@ pub async fn differ(pool: &PgPool, target: &TableName, page: &Expected, hashed: 
         let mut c = pool.acquire().await.map_err(decode)?;
         HashTypes::of(&mut c, names.iter().map(|(_, t)| t.as_str())).await.map_err(decode)?
     };
-    let expected = |types: &HashTypes| types.row_of(hashed.iter().map(|&i| (cast(i), page.columns[i].1.clone())));
+    let expected = |types: &HashTypes| {
+        types.row_of(hashed.iter().map(|&i| (cast(i), page.columns[i].1.clone())))
+    };
     // A baseline of scheme 1 (an enum or domain hashed as its text) is compared with the row
     // and the expected values hashed that way, and answered as the hash it matches now.
     let text = HashTypes::default();
@@ -244,11 +293,16 @@ pub async fn live_keys(
     soft: bool,
 ) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
     let sql = format!(
-        "SELECT legacy_id::text, id FROM {} WHERE legacy_id IS NOT NULL AND ($1::text IS NULL OR left(id::text, 8) = $1){}",
+        "SELECT legacy_id::text, id FROM {} WHERE legacy_id IS NOT NULL AND ($1::text IS NULL OR \
+            left(id::text, 8) = $1){}",
         quoted(target),
         if soft { " AND deleted_at IS NULL" } else { "" }
     );
-    sqlx::query_as(&sql).bind(prefix).fetch_all(pool).await.map_err(|e| while_doing(format!("reading the legacy keys of {target}"))(e))
+    sqlx::query_as(&sql)
+        .bind(prefix)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| while_doing(format!("reading the legacy keys of {target}"))(e))
 }
 
 pub async fn live_keys_between(
@@ -269,7 +323,11 @@ pub async fn live_keys_between(
     let keys: Result<Vec<i64>, _> = present.iter().map(|k| k.parse::<i64>()).collect();
     let (after, upto, keys) = match (parse(after), parse(upto), keys) {
         (Ok(a), Ok(u), Ok(k)) => (a, u, k),
-        _ => return Err(ToolError::system(format!("{target}: a legacy key that is not an integer where one was expected"))),
+        _ => {
+            return Err(ToolError::system(format!(
+                "{target}: a legacy key that is not an integer where one was expected"
+            )))
+        }
     };
     sqlx::query_as(&sql)
         .bind(after)
@@ -280,10 +338,15 @@ pub async fn live_keys_between(
         .map_err(|e| while_doing(format!("looking for rows of {target} gone from the source"))(e))
 }
 
-pub async fn save_analysis(pool: &PgPool, a: &EntityDiff, rows: &[Differential]) -> Result<(), ToolError> {
+pub async fn save_analysis(
+    pool: &PgPool,
+    a: &EntityDiff,
+    rows: &[Differential],
+) -> Result<(), ToolError> {
     let what = || format!("storing the analysis of {}", a.source);
     let mut tx = pool.begin().await.map_err(while_doing(what()))?;
-    let columns = serde_json::to_value(&a.columns).map_err(|e| ToolError::system(format!("{}: {e}", what())))?;
+    let columns = serde_json::to_value(&a.columns)
+        .map_err(|e| ToolError::system(format!("{}: {e}", what())))?;
     sqlx::query(
         "INSERT INTO agentctl.diff_analyses (analysis_id, source_table, target_table, columns, source_rows, in_step, inserts, updates,
              deletes, conflicts, target_changed, rejected, seconds, mode, watermark, trusted, run_id)
@@ -402,7 +465,8 @@ pub async fn pending_analysis(
         trusted: row.try_get("trusted").map_err(decode)?,
         source: source.clone(),
         target: target.clone(),
-        columns: serde_json::from_value(columns).map_err(|e| ToolError::system(format!("{}: {e}", what())))?,
+        columns: serde_json::from_value(columns)
+            .map_err(|e| ToolError::system(format!("{}: {e}", what())))?,
         source_rows: row.try_get("source_rows").map_err(decode)?,
         in_step: row.try_get("in_step").map_err(decode)?,
         inserts: row.try_get("inserts").map_err(decode)?,
@@ -452,22 +516,40 @@ pub async fn sync_mark(pool: &PgPool, source: &TableName) -> Result<SyncMark, To
     .fetch_optional(pool)
     .await
     .map_err(while_doing(format!("reading what the analyses of {source} learnt")))?;
-    Ok(row.map(|(watermark, trusted, full_age_seconds)| SyncMark { watermark, trusted, full_age_seconds }).unwrap_or_default())
+    Ok(row
+        .map(|(watermark, trusted, full_age_seconds)| SyncMark {
+            watermark,
+            trusted,
+            full_age_seconds,
+        })
+        .unwrap_or_default())
 }
 
-pub async fn close_analysis(pool: &PgPool, analysis: RunId, source: &TableName, run: RunId) -> Result<(), ToolError> {
-    sqlx::query("UPDATE agentctl.diff_analyses SET applied_run = $3 WHERE analysis_id = $1 AND source_table = $2")
-        .bind(analysis.0)
-        .bind(source.to_string())
-        .bind(run.0)
-        .execute(pool)
-        .await
-        .map_err(while_doing(format!("closing the analysis of {source}")))?;
+pub async fn close_analysis(
+    pool: &PgPool,
+    analysis: RunId,
+    source: &TableName,
+    run: RunId,
+) -> Result<(), ToolError> {
+    sqlx::query(
+        "UPDATE agentctl.diff_analyses SET applied_run = $3 WHERE analysis_id = $1 AND \
+        source_table = $2",
+    )
+    .bind(analysis.0)
+    .bind(source.to_string())
+    .bind(run.0)
+    .execute(pool)
+    .await
+    .map_err(while_doing(format!("closing the analysis of {source}")))?;
     Ok(())
 }
 
 /// Applies a batch in one transaction, retrying transient failures like a migration batch.
-pub async fn apply_diff(pool: &PgPool, b: &DiffBatch, max_retries: u32) -> Result<DiffApplied, ToolError> {
+pub async fn apply_diff(
+    pool: &PgPool,
+    b: &DiffBatch,
+    max_retries: u32,
+) -> Result<DiffApplied, ToolError> {
     let what = format!("applying changes to {}", b.analysis.target);
     retrying(max_retries, &what, || try_apply(pool, b)).await.map(|(done, _)| done)
 }
@@ -496,20 +578,44 @@ struct Fate {
     reason: Option<String>,
 }
 
+/// What applying a batch did so far: the counts, each row's fate, and the rows rejected for a
+/// missing parent (rule `reference`, tried again once the parent is there).
+#[derive(Default)]
+struct Outcomes {
+    done: DiffApplied,
+    fates: BTreeMap<String, Fate>,
+    parent_missing: std::collections::HashSet<String>,
+}
+
 async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sqlx::Error> {
     let a = &b.analysis;
     let table = quoted(&a.target);
-    let cols = &a.columns;
-    let legacy_type = cols[b.legacy_column].1.clone();
-    let hashed: Vec<(String, String)> = b.hashed.iter().map(|&i| cols[i].clone()).collect();
+    let legacy_type = a.columns[b.legacy_column].1.clone();
+    let hashed: Vec<(String, String)> = b.hashed.iter().map(|&i| a.columns[i].clone()).collect();
     let types = HashTypes::of(&mut *c, hashed.iter().map(|(_, t)| t.as_str())).await?;
-    let mut done = DiffApplied::default();
-    let mut fates: BTreeMap<String, Fate> = BTreeMap::new();
+    let mut out = Outcomes::default();
+    stage(c, b).await?;
+    mapping_rejects(b, &mut out);
+    missing_parents(c, b, &mut out).await?;
+    conflicts(c, b, &table, &legacy_type, &mut out).await?;
+    updates(c, b, &table, &legacy_type, &hashed, &types, &mut out).await?;
+    inserts(c, b, &table, &mut out).await?;
+    deletes(c, b, &mut out).await?;
+    new_baseline(c, b, &table, &legacy_type, &hashed, &types, &out).await?;
+    record_rejects(c, b, &mut out).await?;
+    record_outcomes(c, b, &mut out).await?;
+    sqlx::query("DROP TABLE agentctl_diff").execute(&mut *c).await?;
+    Ok(out.done)
+}
 
+/// Stages the batch as text in a temporary table: key, change, hashes, then the mapped columns.
+async fn stage(c: &mut PgConnection, b: &DiffBatch) -> Result<(), sqlx::Error> {
+    let cols = &b.analysis.columns;
     // Stage the batch as text: key, change, hashes, then the mapped columns.
     let stage_cols: Vec<String> = (0..cols.len()).map(|i| format!("c{i} text")).collect();
     sqlx::query(&format!(
-        "CREATE TEMP TABLE agentctl_diff (seq int4 NOT NULL, k text NOT NULL, kind text NOT NULL, th int8, eh int8, {}) ON COMMIT DROP",
+        "CREATE TEMP TABLE agentctl_diff (seq int4 NOT NULL, k text NOT NULL, kind text NOT NULL, \
+            th int8, eh int8, {}) ON COMMIT DROP",
         stage_cols.join(", ")
     ))
     .execute(&mut *c)
@@ -527,24 +633,39 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
         }
         for i in 0..cols.len() {
             buf.push(b'\t');
-            push_field(&mut buf, r.values.as_ref().and_then(|v| v.get(i).cloned().flatten()).as_deref());
+            push_field(
+                &mut buf,
+                r.values.as_ref().and_then(|v| v.get(i).cloned().flatten()).as_deref(),
+            );
         }
         buf.push(b'\n');
     }
     let mut copy = c.copy_in_raw("COPY agentctl_diff FROM STDIN").await?;
     copy.send(buf).await?;
     copy.finish().await?;
+    Ok(())
+}
 
+/// Rows the mapping rejects: recorded with the reason.
+fn mapping_rejects(b: &DiffBatch, out: &mut Outcomes) {
+    let a = &b.analysis;
     // Rows the mapping rejects: recorded with the reason.
     for r in b.rows.iter().filter(|r| r.change == Change::Rejected) {
         let reason = r.reason.clone().unwrap_or_else(|| "the mapping rejects the row".into());
-        done.note(format!("{} {}: rejected: {reason}", a.source.name, r.legacy_key));
-        fates.insert(r.legacy_key.clone(), Fate { outcome: "rejected", reason: Some(reason) });
+        out.done.note(format!("{} {}: rejected: {reason}", a.source.name, r.legacy_key));
+        out.fates.insert(r.legacy_key.clone(), Fate { outcome: "rejected", reason: Some(reason) });
     }
+}
 
+/// References to rows that are not in the target: rejected, not written.
+async fn missing_parents(
+    c: &mut PgConnection,
+    b: &DiffBatch,
+    out: &mut Outcomes,
+) -> Result<(), sqlx::Error> {
+    let (a, cols) = (&b.analysis, &b.analysis.columns);
     // References to rows that are not in the target: rejected, not written (rule `reference`,
     // as in the full migration: tried again once the parent is there).
-    let mut parent_missing: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (col, parent) in &b.references {
         let sql = format!(
             "DELETE FROM agentctl_diff s WHERE s.kind IN ('insert', 'update', 'conflict') AND s.c{col} IS NOT NULL
@@ -554,15 +675,33 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
         );
         let keys: Vec<String> = sqlx::query_scalar(&sql).fetch_all(&mut *c).await?;
         for k in keys {
-            let reason = format!("{}.{}: the {} row it points at is not in the target", a.target.name, cols[*col].0, parent.name);
-            done.note(format!("{} {k}: rejected: {reason}", a.source.name));
-            parent_missing.insert(k.clone());
-            fates.insert(k, Fate { outcome: "rejected", reason: Some(reason) });
+            let reason = format!(
+                "{}.{}: the {} row it points at is not in the target",
+                a.target.name, cols[*col].0, parent.name
+            );
+            out.done.note(format!("{} {k}: rejected: {reason}", a.source.name));
+            out.parent_missing.insert(k.clone());
+            out.fates.insert(k, Fate { outcome: "rejected", reason: Some(reason) });
         }
     }
+    Ok(())
+}
 
+/// Conflicts: recorded with the target's values, then settled by the entity's policy.
+async fn conflicts(
+    c: &mut PgConnection,
+    b: &DiffBatch,
+    table: &str,
+    legacy_type: &str,
+    out: &mut Outcomes,
+) -> Result<(), sqlx::Error> {
+    let (a, cols) = (&b.analysis, &b.analysis.columns);
     // Conflicts: recorded with the target's values, then settled by the entity's policy.
-    let conflicts = b.rows.iter().filter(|r| r.change == Change::Conflict && !fates.contains_key(&r.legacy_key)).count();
+    let conflicts = b
+        .rows
+        .iter()
+        .filter(|r| r.change == Change::Conflict && !out.fates.contains_key(&r.legacy_key))
+        .count();
     if conflicts > 0 {
         let status = match b.policy.conflicts {
             ConflictPolicy::SourceWins => "overwritten",
@@ -570,13 +709,22 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
             ConflictPolicy::Manual => "open",
         };
         let values: Vec<String> = (0..cols.len()).map(|i| format!("s.c{i}")).collect();
-        let names: Vec<String> = cols.iter().map(|(n, _)| format!("'{}'", n.replace('\'', "''"))).collect();
-        let found: Vec<String> = cols.iter().map(|(n, _)| format!("t.{}::text", ident(n))).collect();
+        let names: Vec<String> =
+            cols.iter().map(|(n, _)| format!("'{}'", n.replace('\'', "''"))).collect();
+        let found: Vec<String> =
+            cols.iter().map(|(n, _)| format!("t.{}::text", ident(n))).collect();
         // Which synced columns differ, compared typed (as the analysis did).
         let differing: Vec<String> = b
             .hashed
             .iter()
-            .map(|&i| format!("CASE WHEN t.{} IS DISTINCT FROM s.c{i}::{} THEN {} END", ident(&cols[i].0), cols[i].1, names[i]))
+            .map(|&i| {
+                format!(
+                    "CASE WHEN t.{} IS DISTINCT FROM s.c{i}::{} THEN {} END",
+                    ident(&cols[i].0),
+                    cols[i].1,
+                    names[i]
+                )
+            })
             .collect();
         let sql = format!(
             "INSERT INTO agentctl.sync_conflicts (source_table, target_table, legacy_key, target_id, policy, status, columns, source_values,
@@ -593,8 +741,11 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
             found = found.join(", "),
             differing = if differing.is_empty() { "NULL".to_owned() } else { differing.join(", ") },
         );
-        let columns: Vec<(String, String, bool)> =
-            cols.iter().enumerate().map(|(i, (n, t))| (n.clone(), t.clone(), b.hashed.contains(&i))).collect();
+        let columns: Vec<(String, String, bool)> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, (n, t))| (n.clone(), t.clone(), b.hashed.contains(&i)))
+            .collect();
         let columns = serde_json::to_value(columns).unwrap_or_default();
         let recorded = sqlx::query(&sql)
             .bind(a.source.to_string())
@@ -606,35 +757,61 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
             .bind(b.run_id.0)
             .execute(&mut *c)
             .await?;
-        done.conflicted += recorded.rows_affected() as i64;
+        out.done.conflicted += recorded.rows_affected() as i64;
         match b.policy.conflicts {
             ConflictPolicy::SourceWins => {
-                sqlx::query("UPDATE agentctl_diff SET kind = 'update' WHERE kind = 'conflict'").execute(&mut *c).await?;
+                sqlx::query("UPDATE agentctl_diff SET kind = 'update' WHERE kind = 'conflict'")
+                    .execute(&mut *c)
+                    .await?;
             }
             ConflictPolicy::TargetWins | ConflictPolicy::Manual => {
-                let kept: Vec<(String, Option<i64>)> =
-                    sqlx::query_as("DELETE FROM agentctl_diff WHERE kind = 'conflict' RETURNING k, eh").fetch_all(&mut *c).await?;
+                let kept: Vec<(String, Option<i64>)> = sqlx::query_as(
+                    "DELETE FROM agentctl_diff WHERE kind = 'conflict' RETURNING k, eh",
+                )
+                .fetch_all(&mut *c)
+                .await?;
                 let target_wins = b.policy.conflicts == ConflictPolicy::TargetWins;
                 if target_wins {
                     // The source's version is the one agentctl "last wrote": until the source
                     // changes again, the target's row is its own change, not a conflict.
-                    let (keys, hashes): (Vec<String>, Vec<Option<i64>>) = kept.iter().cloned().unzip();
+                    let (keys, hashes): (Vec<String>, Vec<Option<i64>>) =
+                        kept.iter().cloned().unzip();
                     set_baseline(c, &a.target, &keys, &hashes).await?;
                 }
                 for (k, _) in kept {
                     let (outcome, reason) = if target_wins {
-                        ("kept_target", "changed on both sides: the target's values kept (target-wins)".to_owned())
+                        (
+                            "kept_target",
+                            "changed on both sides: the target's values kept (target-wins)"
+                                .to_owned(),
+                        )
                     } else {
-                        done.held += 1;
-                        done.note(format!("{} {k}: conflict held for an operator (agentctl conflict report)", a.source.name));
+                        out.done.held += 1;
+                        out.done.note(format!(
+                            "{} {k}: conflict held for an operator (agentctl conflict report)",
+                            a.source.name
+                        ));
                         ("held", "changed on both sides: held for an operator (manual)".to_owned())
                     };
-                    fates.insert(k, Fate { outcome, reason: Some(reason) });
+                    out.fates.insert(k, Fate { outcome, reason: Some(reason) });
                 }
             }
         }
     }
+    Ok(())
+}
 
+/// Updates: only where the target row is still as the analysis saw it.
+async fn updates(
+    c: &mut PgConnection,
+    b: &DiffBatch,
+    table: &str,
+    legacy_type: &str,
+    hashed: &[(String, String)],
+    types: &HashTypes,
+    out: &mut Outcomes,
+) -> Result<(), sqlx::Error> {
+    let cols = &b.analysis.columns;
     // Updates: only where the target row is still as the analysis saw it.
     let sets: Vec<String> = b
         .hashed
@@ -649,19 +826,31 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
                  AND (s.th IS NULL OR {} = s.th)
              RETURNING s.k",
             sets.join(", "),
-            types.row("t", &hashed)
+            types.row("t", hashed)
         );
-        let (keys, refused) = split_run(c, &sql, b.rows.len().checked_sub(1).map(|hi| (0, hi))).await?;
-        done.updated += keys.len() as i64;
+        let (keys, refused) =
+            split_run(c, &sql, b.rows.len().checked_sub(1).map(|hi| (0, hi))).await?;
+        out.done.updated += keys.len() as i64;
         for k in keys {
-            fates.insert(k, Fate { outcome: "applied", reason: None });
+            out.fates.insert(k, Fate { outcome: "applied", reason: None });
         }
-        refuse(&mut done, &mut fates, refused, b, "update");
+        refuse(&mut out.done, &mut out.fates, refused, b, "update");
     }
+    Ok(())
+}
 
+/// Inserts: a row that appeared under the key since the analysis is left (stale).
+async fn inserts(
+    c: &mut PgConnection,
+    b: &DiffBatch,
+    table: &str,
+    out: &mut Outcomes,
+) -> Result<(), sqlx::Error> {
+    let cols = &b.analysis.columns;
     // Inserts: a row that appeared under the key since the analysis is left (stale).
     let names: Vec<String> = cols.iter().map(|(n, _)| ident(n)).collect();
-    let casts: Vec<String> = cols.iter().enumerate().map(|(i, (_, ty))| format!("s.c{i}::{ty}")).collect();
+    let casts: Vec<String> =
+        cols.iter().enumerate().map(|(i, (_, ty))| format!("s.c{i}::{ty}")).collect();
     let sql = format!(
         "INSERT INTO {table} ({}) SELECT {} FROM agentctl_diff s WHERE s.kind = 'insert' AND s.seq BETWEEN $1 AND $2
          ON CONFLICT DO NOTHING RETURNING legacy_id::text",
@@ -669,48 +858,101 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
         casts.join(", ")
     );
     let (keys, refused) = split_run(c, &sql, b.rows.len().checked_sub(1).map(|hi| (0, hi))).await?;
-    done.inserted += keys.len() as i64;
+    out.done.inserted += keys.len() as i64;
     for k in keys {
-        fates.insert(k, Fate { outcome: "applied", reason: None });
+        out.fates.insert(k, Fate { outcome: "applied", reason: None });
     }
-    refuse(&mut done, &mut fates, refused, b, "insert");
+    refuse(&mut out.done, &mut out.fates, refused, b, "insert");
+    Ok(())
+}
 
+/// Deletes.
+async fn deletes(
+    c: &mut PgConnection,
+    b: &DiffBatch,
+    out: &mut Outcomes,
+) -> Result<(), sqlx::Error> {
     // Deletes.
-    let deletes: Vec<String> = b.rows.iter().filter(|r| r.change == Change::Delete).map(|r| r.legacy_key.clone()).collect();
+    let deletes: Vec<String> = b
+        .rows
+        .iter()
+        .filter(|r| r.change == Change::Delete)
+        .map(|r| r.legacy_key.clone())
+        .collect();
     if !deletes.is_empty() {
-        delete_rows(c, b, &deletes, &mut done, &mut fates).await?;
+        delete_rows(c, b, &deletes, &mut out.done, &mut out.fates).await?;
     }
+    Ok(())
+}
 
+/// What agentctl wrote is the new baseline.
+async fn new_baseline(
+    c: &mut PgConnection,
+    b: &DiffBatch,
+    table: &str,
+    legacy_type: &str,
+    hashed: &[(String, String)],
+    types: &HashTypes,
+    out: &Outcomes,
+) -> Result<(), sqlx::Error> {
+    let a = &b.analysis;
     // What agentctl wrote is the new baseline.
-    let written: Vec<String> = fates.iter().filter(|(_, f)| f.outcome == "applied").map(|(k, _)| k.clone()).collect();
+    let written: Vec<String> =
+        out.fates.iter().filter(|(_, f)| f.outcome == "applied").map(|(k, _)| k.clone()).collect();
     if !written.is_empty() {
         sqlx::query(&format!(
             "INSERT INTO agentctl.sync_baseline (target_table, legacy_key, hash)
              SELECT $1, t.legacy_id::text, {} FROM {table} t WHERE t.legacy_id = ANY($2::text[]::{legacy_type}[])
              ON CONFLICT (target_table, legacy_key) DO UPDATE SET hash = EXCLUDED.hash, scheme = EXCLUDED.scheme",
-            types.row("t", &hashed)
+            types.row("t", hashed)
         ))
         .bind(a.target.to_string())
         .bind(&written)
         .execute(&mut *c)
         .await?;
     }
+    Ok(())
+}
 
+/// Rejects, as the full migration records them.
+async fn record_rejects(
+    c: &mut PgConnection,
+    b: &DiffBatch,
+    out: &mut Outcomes,
+) -> Result<(), sqlx::Error> {
+    let (a, cols) = (&b.analysis, &b.analysis.columns);
     // Rejects, as the full migration records them.
-    let rejects: Vec<(&Differential, &Fate)> =
-        b.rows.iter().filter_map(|r| fates.get(&r.legacy_key).filter(|f| f.outcome == "rejected").map(|f| (r, f))).collect();
-    done.rejected += rejects.len() as i64;
+    let rejects: Vec<(&Differential, &Fate)> = b
+        .rows
+        .iter()
+        .filter_map(|r| {
+            out.fates.get(&r.legacy_key).filter(|f| f.outcome == "rejected").map(|f| (r, f))
+        })
+        .collect();
+    out.done.rejected += rejects.len() as i64;
     if !rejects.is_empty() {
         let keys: Vec<String> = rejects.iter().map(|(r, _)| r.legacy_key.clone()).collect();
-        let reasons: Vec<String> = rejects.iter().map(|(_, f)| f.reason.clone().unwrap_or_default()).collect();
-        let rules: Vec<&str> =
-            rejects.iter().map(|(r, _)| if parent_missing.contains(&r.legacy_key) { "reference" } else { "sync" }).collect();
+        let reasons: Vec<String> =
+            rejects.iter().map(|(_, f)| f.reason.clone().unwrap_or_default()).collect();
+        let rules: Vec<&str> = rejects
+            .iter()
+            .map(
+                |(r, _)| {
+                    if out.parent_missing.contains(&r.legacy_key) {
+                        "reference"
+                    } else {
+                        "sync"
+                    }
+                },
+            )
+            .collect();
         let rows: Vec<serde_json::Value> = rejects
             .iter()
             .map(|(r, _)| match &r.values {
-                Some(v) => {
-                    runtime::domain::row_json(&cols.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), v.iter().map(|v| v.as_deref()))
-                }
+                Some(v) => runtime::domain::row_json(
+                    &cols.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+                    v.iter().map(|v| v.as_deref()),
+                ),
                 None => serde_json::Value::Null,
             })
             .collect();
@@ -728,17 +970,31 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
         .execute(&mut *c)
         .await?;
     }
+    Ok(())
+}
 
+/// Every row of the batch gets its outcome, in the same transaction as what it did.
+async fn record_outcomes(
+    c: &mut PgConnection,
+    b: &DiffBatch,
+    out: &mut Outcomes,
+) -> Result<(), sqlx::Error> {
+    let a = &b.analysis;
     // Every row of the batch gets its outcome, in the same transaction as what it did.
     for r in &b.rows {
-        fates.entry(r.legacy_key.clone()).or_insert_with(|| {
-            done.stale += 1;
-            Fate { outcome: "stale", reason: Some("the target row changed after the analysis; the next analysis sees it".into()) }
+        out.fates.entry(r.legacy_key.clone()).or_insert_with(|| {
+            out.done.stale += 1;
+            Fate {
+                outcome: "stale",
+                reason: Some(
+                    "the target row changed after the analysis; the next analysis sees it".into(),
+                ),
+            }
         });
     }
-    let keys: Vec<&String> = fates.keys().collect();
-    let outcomes: Vec<&str> = fates.values().map(|f| f.outcome).collect();
-    let reasons: Vec<Option<&str>> = fates.values().map(|f| f.reason.as_deref()).collect();
+    let keys: Vec<&String> = out.fates.keys().collect();
+    let outcomes: Vec<&str> = out.fates.values().map(|f| f.outcome).collect();
+    let reasons: Vec<Option<&str>> = out.fates.values().map(|f| f.reason.as_deref()).collect();
     sqlx::query(
         "UPDATE agentctl.data_differentials d SET applied_run = $3, applied_at = now(), outcome = u.o, reason = coalesce(u.w, d.reason)
          FROM UNNEST($4::text[], $5::text[], $6::text[]) AS u(k, o, w)
@@ -752,12 +1008,17 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
     .bind(&reasons)
     .execute(&mut *c)
     .await?;
-    sqlx::query("DROP TABLE agentctl_diff").execute(&mut *c).await?;
-    Ok(done)
+    Ok(())
 }
 
 /// Records rows the target refused (a check, a unique rule) as rejected, with its words.
-fn refuse(done: &mut DiffApplied, fates: &mut BTreeMap<String, Fate>, refused: Vec<(usize, String)>, b: &DiffBatch, what: &str) {
+fn refuse(
+    done: &mut DiffApplied,
+    fates: &mut BTreeMap<String, Fate>,
+    refused: Vec<(usize, String)>,
+    b: &DiffBatch,
+    what: &str,
+) {
     for (seq, why) in refused {
         let key = b.rows[seq].legacy_key.clone();
         let reason = format!("{}: the target refused the {what}: {why}", b.analysis.target.name);
@@ -766,7 +1027,8 @@ fn refuse(done: &mut DiffApplied, fates: &mut BTreeMap<String, Fate>, refused: V
     }
 }
 
-/// Runs a statement over staged rows `$1..=$2` of `range`, splitting a range the target refuses under
+/// Runs a statement over staged rows `$1..=$2` of `range`, splitting a range the target refuses
+/// under
 /// savepoints until the refusing rows stand alone. Returns the keys it returned and the
 /// refused rows with the database's words.
 pub(crate) async fn split_run(
@@ -779,7 +1041,8 @@ pub(crate) async fn split_run(
     let mut ranges: Vec<(usize, usize)> = range.into_iter().collect();
     while let Some((lo, hi)) = ranges.pop() {
         sqlx::query("SAVEPOINT agentctl_range").execute(&mut *c).await?;
-        let result: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(sql).bind(lo as i32).bind(hi as i32).fetch_all(&mut *c).await;
+        let result: Result<Vec<String>, sqlx::Error> =
+            sqlx::query_scalar(sql).bind(lo as i32).bind(hi as i32).fetch_all(&mut *c).await;
         match result {
             Ok(k) => {
                 keys.extend(k);
@@ -803,7 +1066,12 @@ pub(crate) async fn split_run(
 }
 
 /// Records per-row baselines over the load's (`None`: no baseline, agentctl deleted the row).
-async fn set_baseline(c: &mut PgConnection, target: &TableName, keys: &[String], hashes: &[Option<i64>]) -> Result<(), sqlx::Error> {
+async fn set_baseline(
+    c: &mut PgConnection,
+    target: &TableName,
+    keys: &[String],
+    hashes: &[Option<i64>],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO agentctl.sync_baseline (target_table, legacy_key, hash)
          SELECT $1, k, h FROM UNNEST($2::text[], $3::int8[]) AS u(k, h)
@@ -843,7 +1111,11 @@ async fn delete_rows(
     .await?;
     let mut referenced: HashMap<String, Vec<String>> = HashMap::new();
     for (schema, child, column, soft_child) in &children {
-        let live = if *soft_child && b.policy.delete == DeleteMode::Soft { " AND ch.deleted_at IS NULL" } else { "" };
+        let live = if *soft_child && b.policy.delete == DeleteMode::Soft {
+            " AND ch.deleted_at IS NULL"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT p.legacy_id::text, count(*) FROM {table} p JOIN {}.{} ch ON ch.{} = p.id
              WHERE p.legacy_id = ANY($1::text[]::{legacy_type}[]){live} GROUP BY 1",
@@ -861,14 +1133,18 @@ async fn delete_rows(
         let why = referenced.get(k).map(|v| v.join(", "));
         match (b.policy.delete, b.soft_delete, why) {
             (DeleteMode::Hard, _, Some(why)) => {
-                let reason = format!("deleted from the source, but {why} still point at it: not deleted, so nothing is orphaned");
+                let reason = format!(
+                    "deleted from the source, but {why} still point at it: not \
+                    deleted, so nothing is orphaned"
+                );
                 done.held += 1;
                 done.note(format!("{} {k}: {reason}", a.source.name));
                 fates.insert(k.clone(), Fate { outcome: "held", reason: Some(reason) });
             }
             (DeleteMode::Soft, false, _) => {
                 let reason = format!(
-                    "{} has no deleted_at column for a soft delete: add one, or set sync = {{ delete = \"hard\" }} for {} in the mapping file",
+                    "{} has no deleted_at column for a soft delete: add one, or set sync = {{ \
+                        delete = \"hard\" }} for {} in the mapping file",
                     a.target.name, a.source.name
                 );
                 done.held += 1;
@@ -876,7 +1152,8 @@ async fn delete_rows(
                 fates.insert(k.clone(), Fate { outcome: "held", reason: Some(reason) });
             }
             (DeleteMode::Soft, true, Some(why)) => {
-                let reason = format!("marked deleted; {why} still point at it (kept, not orphaned)");
+                let reason =
+                    format!("marked deleted; {why} still point at it (kept, not orphaned)");
                 done.note(format!("{} {k}: {reason}", a.source.name));
                 fates.insert(k.clone(), Fate { outcome: "applied", reason: Some(reason) });
                 gone.push(k.clone());
@@ -892,9 +1169,14 @@ async fn delete_rows(
     }
     let sql = match b.policy.delete {
         DeleteMode::Soft => format!(
-            "UPDATE {table} SET deleted_at = now() WHERE legacy_id = ANY($1::text[]::{legacy_type}[]) AND deleted_at IS NULL RETURNING legacy_id::text"
+            "UPDATE {table} SET deleted_at = now() WHERE legacy_id = \
+                ANY($1::text[]::{legacy_type}[]) AND deleted_at IS NULL RETURNING \
+                legacy_id::text"
         ),
-        DeleteMode::Hard => format!("DELETE FROM {table} WHERE legacy_id = ANY($1::text[]::{legacy_type}[]) RETURNING legacy_id::text"),
+        DeleteMode::Hard => format!(
+            "DELETE FROM {table} WHERE legacy_id = \
+            ANY($1::text[]::{legacy_type}[]) RETURNING legacy_id::text"
+        ),
     };
     let deleted: Vec<String> = sqlx::query_scalar(&sql).bind(&gone).fetch_all(&mut *c).await?;
     done.deleted += deleted.len() as i64;
@@ -902,7 +1184,10 @@ async fn delete_rows(
     for k in &gone {
         if !deleted.contains(k) {
             done.stale += 1;
-            fates.insert(k.clone(), Fate { outcome: "stale", reason: Some("the target row was already gone".into()) });
+            fates.insert(
+                k.clone(),
+                Fate { outcome: "stale", reason: Some("the target row was already gone".into()) },
+            );
         }
     }
     // No baseline any more: a row that comes back is agentctl's to write again.

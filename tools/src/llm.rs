@@ -1,5 +1,6 @@
 //! The language model client: any OpenAI-compatible endpoint (OpenAI, Azure OpenAI's `/openai/v1`
-//! endpoint, Ollama, vLLM, llama.cpp's server) through async-openai's chat API, which retries 429 and 5xx answers
+//! endpoint, Ollama, vLLM, llama.cpp's server) through async-openai's chat API, which retries 429
+//! and 5xx answers
 //! with backoff, honouring `Retry-After`. On top of it: a timeout a request, a token budget for
 //! the run, and recording or replaying exchanges keyed by a hash of the request, so a run can be
 //! replayed offline and deterministically.
@@ -50,7 +51,10 @@ impl LlmSettings {
             return None;
         }
         Some(LlmSettings {
-            base_url: base_url.unwrap_or_else(|| Self::DEFAULT_BASE.into()).trim_end_matches('/').to_owned(),
+            base_url: base_url
+                .unwrap_or_else(|| Self::DEFAULT_BASE.into())
+                .trim_end_matches('/')
+                .to_owned(),
             api_key,
             model: model.unwrap_or_else(|| Self::DEFAULT_MODEL.into()),
             timeout: Duration::from_secs(60),
@@ -70,18 +74,18 @@ pub struct OpenAiLlm {
 
 impl OpenAiLlm {
     pub fn new(settings: LlmSettings) -> Result<OpenAiLlm, ToolError> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .build()
-            .map_err(|e| ToolError::system(format!("setting up the HTTP client for {}: {e}", settings.base_url)))?;
+        let http = reqwest::Client::builder().timeout(settings.timeout).build().map_err(|e| {
+            ToolError::system(format!("setting up the HTTP client for {}: {e}", settings.base_url))
+        })?;
         let key = settings.api_key.clone().unwrap_or_default();
-        let mut config = OpenAIConfig::new().with_api_base(&settings.base_url).with_api_key(key.clone());
+        let mut config =
+            OpenAIConfig::new().with_api_base(&settings.base_url).with_api_key(key.clone());
         // Azure OpenAI's OpenAI-compatible endpoint (`https://NAME.openai.azure.com/openai/v1`)
         // takes its key in an `api-key` header.
         if settings.base_url.contains("/openai/") && !key.is_empty() {
-            config = config
-                .with_header("api-key", key)
-                .map_err(|e| ToolError::system(format!("the API key cannot be sent as a header: {e}")))?;
+            config = config.with_header("api-key", key).map_err(|e| {
+                ToolError::system(format!("the API key cannot be sent as a header: {e}"))
+            })?;
         }
         Ok(OpenAiLlm { client: Client::build(http, config), settings, used: AtomicU64::new(0) })
     }
@@ -89,7 +93,9 @@ impl OpenAiLlm {
     /// The chat completion request, as the API takes it.
     fn body(&self, request: &LlmRequest) -> Value {
         let mut messages = vec![json!({"role": "system", "content": request.system})];
-        messages.extend(request.turns.iter().map(|(role, text)| json!({"role": role, "content": text})));
+        messages.extend(
+            request.turns.iter().map(|(role, text)| json!({"role": role, "content": text})),
+        );
         let mut body = json!({"model": self.settings.model, "messages": messages, "temperature": 0, "stream": false});
         if let Some(tool) = &request.tool {
             body["tools"] = json!([{"type": "function", "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters}}]);
@@ -100,10 +106,12 @@ impl OpenAiLlm {
 
     fn check_budget(&self) -> Result<(), ToolError> {
         match self.settings.max_tokens_total {
-            Some(budget) if self.used.load(Ordering::Relaxed) >= budget => Err(ToolError::system(format!(
-                "the run's token budget is spent ({} of {budget} tokens)",
-                self.used.load(Ordering::Relaxed)
-            ))),
+            Some(budget) if self.used.load(Ordering::Relaxed) >= budget => {
+                Err(ToolError::system(format!(
+                    "the run's token budget is spent ({} of {budget} tokens)",
+                    self.used.load(Ordering::Relaxed)
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -111,14 +119,16 @@ impl OpenAiLlm {
     /// Stores an exchange under the request's hash, when recording.
     fn record(&self, body: &Value, response: &Value) -> Result<(), ToolError> {
         let Some(dir) = &self.settings.record else { return Ok(()) };
-        std::fs::create_dir_all(dir).map_err(|e| ToolError::system(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ToolError::system(format!("creating {}: {e}", dir.display())))?;
         let path = Self::recording(dir, body);
         // Masked as the audit trail masks: an endpoint may echo the key or an Authorization
         // header in its reply. (The file's name is the hash of the request as sent.)
         let redactor = runtime::redact::Redactor::new(self.settings.api_key.iter());
         let exchange = redactor.json(&json!({"request": body, "response": response}));
         let text = serde_json::to_string_pretty(&exchange).unwrap_or_default();
-        std::fs::write(&path, text).map_err(|e| ToolError::system(format!("writing {}: {e}", path.display())))
+        std::fs::write(&path, text)
+            .map_err(|e| ToolError::system(format!("writing {}: {e}", path.display())))
     }
 
     fn recording(dir: &std::path::Path, body: &Value) -> PathBuf {
@@ -156,10 +166,16 @@ impl Llm for OpenAiLlm {
     }
 
     fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Option<f64> {
-        self.settings.price.map(|(p, c)| (prompt_tokens as f64 * p + completion_tokens as f64 * c) / 1e6)
+        self.settings
+            .price
+            .map(|(p, c)| (prompt_tokens as f64 * p + completion_tokens as f64 * c) / 1e6)
     }
 
-    async fn ask_streaming(&self, request: &LlmRequest, on_text: &mut (dyn for<'t> FnMut(&'t str) + Send)) -> Result<LlmReply, ToolError> {
+    async fn ask_streaming(
+        &self,
+        request: &LlmRequest,
+        on_text: &mut (dyn for<'t> FnMut(&'t str) + Send),
+    ) -> Result<LlmReply, ToolError> {
         if request.tool.is_some() || self.settings.replay.is_some() {
             // A tool call is only useful whole; a replay has it whole already.
             let reply = self.ask(request).await?;
@@ -177,9 +193,12 @@ impl Llm for OpenAiLlm {
             .create_stream_byot::<Value, Value>(body.clone())
             .await
             .map_err(|e| ToolError::system(format!("asking {}: {e}", self.describe())))?;
-        let (mut text, mut model, mut usage) = (String::new(), self.settings.model.clone(), Value::Null);
+        let (mut text, mut model, mut usage) =
+            (String::new(), self.settings.model.clone(), Value::Null);
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| ToolError::system(format!("while {} answered: {e}", self.describe())))?;
+            let chunk = chunk.map_err(|e| {
+                ToolError::system(format!("while {} answered: {e}", self.describe()))
+            })?;
             if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
                 on_text(piece);
                 text.push_str(piece);
@@ -196,7 +215,8 @@ impl Llm for OpenAiLlm {
         body["stream"] = json!(false);
         body.as_object_mut().map(|b| b.remove("stream_options"));
         self.record(&body, &whole)?;
-        let reply = reply(&self.settings.model, &whole, started.elapsed().as_millis() as u64, false);
+        let reply =
+            reply(&self.settings.model, &whole, started.elapsed().as_millis() as u64, false);
         self.used.fetch_add(reply.prompt_tokens + reply.completion_tokens, Ordering::Relaxed);
         Ok(reply)
     }
@@ -208,27 +228,34 @@ impl Llm for OpenAiLlm {
         let (response, replayed) = match &self.settings.replay {
             Some(dir) => {
                 let path = Self::recording(dir, &body);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| ToolError::system(format!("no recorded answer for this request in {} ({e})", path.display())))?;
-                let recorded: Value = serde_json::from_str(&text)
-                    .map_err(|e| ToolError::system(format!("the recording {} is not JSON: {e}", path.display())))?;
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ToolError::system(format!(
+                        "no recorded answer for this request in {} ({e})",
+                        path.display()
+                    ))
+                })?;
+                let recorded: Value = serde_json::from_str(&text).map_err(|e| {
+                    ToolError::system(format!("the recording {} is not JSON: {e}", path.display()))
+                })?;
                 (recorded["response"].clone(), true)
             }
             None => {
-                let response: Value = self
-                    .client
-                    .chat()
-                    .create_byot(body.clone())
-                    .await
-                    .map_err(|e| ToolError::system(format!("asking {}: {e}", self.describe())))?;
+                let response: Value =
+                    self.client.chat().create_byot(body.clone()).await.map_err(|e| {
+                        ToolError::system(format!("asking {}: {e}", self.describe()))
+                    })?;
                 self.record(&body, &response)?;
                 (response, false)
             }
         };
-        let reply = reply(&self.settings.model, &response, started.elapsed().as_millis() as u64, replayed);
+        let reply =
+            reply(&self.settings.model, &response, started.elapsed().as_millis() as u64, replayed);
         self.used.fetch_add(reply.prompt_tokens + reply.completion_tokens, Ordering::Relaxed);
         if reply.text.is_none() && reply.arguments.is_none() {
-            return Err(ToolError::system(format!("{} answered with neither text nor a tool call", self.describe())));
+            return Err(ToolError::system(format!(
+                "{} answered with neither text nor a tool call",
+                self.describe()
+            )));
         }
         Ok(reply)
     }

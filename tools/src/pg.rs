@@ -16,8 +16,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The session settings of every connection to the source.
-pub const SOURCE_SETTINGS: [(&str, &str); 5] =
-    [("DateStyle", "ISO"), ("IntervalStyle", "postgres"), ("TimeZone", "UTC"), ("extra_float_digits", "1"), ("bytea_output", "hex")];
+pub const SOURCE_SETTINGS: [(&str, &str); 5] = [
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+];
 
 /// Connects to `db` once to check that it is reachable (failing at once, with a clear reason,
 /// when it is not), then returns a pool of up to `max_connections`.
@@ -38,12 +43,17 @@ pub async fn connect(db: &DbUrl, max_connections: u32) -> Result<PgPool, ToolErr
     }
     let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
         .await
-        .map_err(|_| ToolError::transient(format!("{what}: no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
+        .map_err(|_| {
+            ToolError::transient(format!("{what}: no answer within {}s", CONNECT_TIMEOUT.as_secs()))
+        })?
         .map_err(|e| ToolError::new(kind(&e), format!("{what}: {}", describe(&e))))?;
     let _ = probe.close().await;
     // A connection that cannot be had within ACQUIRE_TIMEOUT is a transient failure the caller
     // retries or reports: a database that went away is said within seconds, not minutes.
-    Ok(PgPoolOptions::new().max_connections(max_connections.max(1)).acquire_timeout(ACQUIRE_TIMEOUT).connect_lazy_with(options))
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options))
 }
 
 /// Whose fault a database error is, by its SQLSTATE: the one place agentctl decides whether
@@ -66,7 +76,9 @@ pub enum Fault {
 /// Classifies a driver error (see [`Fault`]).
 pub fn fault(e: &sqlx::Error) -> Fault {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => Fault::Transient,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => {
+            Fault::Transient
+        }
         sqlx::Error::Database(db) => sqlstate_fault(db.code().as_deref().unwrap_or("")),
         _ => Fault::System,
     }
@@ -89,10 +101,12 @@ pub fn describe(e: &sqlx::Error) -> String {
             format!("{}{code}", db.message())
         }
         sqlx::Error::Io(io) => match io.kind() {
-            std::io::ErrorKind::ConnectionRefused => "connection refused (is the server running and is the port right?)".into(),
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::UnexpectedEof => {
-                "the connection was closed by the server".into()
+            std::io::ErrorKind::ConnectionRefused => {
+                "connection refused (is the server running and is the port right?)".into()
             }
+            std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::UnexpectedEof => "the connection was closed by the server".into(),
             _ => io.to_string(),
         },
         sqlx::Error::Tls(t) => format!("TLS: {t}"),
@@ -100,7 +114,9 @@ pub fn describe(e: &sqlx::Error) -> String {
         sqlx::Error::PoolClosed => "the connection pool is closed".into(),
         sqlx::Error::Configuration(c) => format!("bad connection settings: {c}"),
         sqlx::Error::Protocol(p) => format!("protocol error: {p}"),
-        sqlx::Error::ColumnDecode { index, source } => format!("could not read column {index}: {source}"),
+        sqlx::Error::ColumnDecode { index, source } => {
+            format!("could not read column {index}: {source}")
+        }
         sqlx::Error::Decode(d) => format!("could not decode a value: {d}"),
         sqlx::Error::RowNotFound => "no row found".into(),
         other => other.to_string(),

@@ -74,7 +74,10 @@ pub fn bytes(k: &[u8]) -> u64 {
     }
     // The last 11 bytes; the lowest byte of c is left to the length.
     let shifted = |bytes: &[u8], first_shift: u32| {
-        bytes.iter().enumerate().fold(0u32, |n, (i, &x)| n.wrapping_add(u32::from(x) << (first_shift + 8 * i as u32)))
+        bytes
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &x)| n.wrapping_add(u32::from(x) << (first_shift + 8 * i as u32)))
     };
     if k.len() >= 8 {
         c = c.wrapping_add(shifted(&k[8..], 8));
@@ -156,7 +159,9 @@ impl ColumnHash {
                 }
                 bytes(v)
             }
-            ColumnHash::Bpchar => bytes(&v[..v.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1)]),
+            ColumnHash::Bpchar => {
+                bytes(&v[..v.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1)])
+            }
             ColumnHash::Enum(oids) => uint32(*oids.get(std::str::from_utf8(v).ok()?)?),
             ColumnHash::Numeric { scale } => numeric(v, *scale)?,
             ColumnHash::Float4 => float(f64::from(f32::from_be_bytes(v.try_into().ok()?)))?,
@@ -190,7 +195,8 @@ fn numeric(v: &[u8], scale: Option<u16>) -> Option<u64> {
     if scale.is_some_and(|s| dscale > s) {
         return None;
     }
-    let digits: Vec<i16> = (0..ndigits).map(|i| field(8 + 2 * i).map(i16::from_be_bytes)).collect::<Option<_>>()?;
+    let digits: Vec<i16> =
+        (0..ndigits).map(|i| field(8 + 2 * i).map(i16::from_be_bytes)).collect::<Option<_>>()?;
     let Some(first) = digits.iter().position(|&d| d != 0) else {
         return Some(0u64.wrapping_sub(1));
     };
@@ -225,7 +231,9 @@ fn jsonb(text: &[u8]) -> Option<u64> {
         return None;
     }
     // An empty object or array hashes to the seed.
-    if matches!(&doc, Json::Array(a) if a.is_empty()) || matches!(&doc, Json::Object(o) if o.is_empty()) {
+    if matches!(&doc, Json::Array(a) if a.is_empty())
+        || matches!(&doc, Json::Object(o) if o.is_empty())
+    {
         return Some(0);
     }
     let mut hash = 0u64;
@@ -431,7 +439,8 @@ pub async fn column_hashes(
     columns: &[(String, String)],
 ) -> Result<Option<Vec<ColumnHash>>, sqlx::Error> {
     // Text is stored in the server's encoding: the bytes sent are the bytes stored only in UTF-8.
-    let encoding: String = sqlx::query_scalar("SELECT current_setting('server_encoding')").fetch_one(&mut *c).await?;
+    let encoding: String =
+        sqlx::query_scalar("SELECT current_setting('server_encoding')").fetch_one(&mut *c).await?;
     if encoding != "UTF8" {
         return Ok(None);
     }
@@ -446,13 +455,17 @@ pub async fn column_hashes(
         let limit = (b.typmod >= 4).then(|| b.typmod - 4);
         let hash = match (b.typname.as_str(), b.typtype.as_str()) {
             (_, "e") => {
-                let labels: Vec<(String, i32)> = sqlx::query_as("SELECT enumlabel::text, oid::int4 FROM pg_enum WHERE enumtypid = $1::oid")
-                    .bind(b.oid)
-                    .fetch_all(&mut *c)
-                    .await?;
+                let labels: Vec<(String, i32)> = sqlx::query_as(
+                    "SELECT enumlabel::text, oid::int4 FROM pg_enum WHERE enumtypid = $1::oid",
+                )
+                .bind(b.oid)
+                .fetch_all(&mut *c)
+                .await?;
                 ColumnHash::Enum(labels.into_iter().map(|(l, o)| (l, o as u32)).collect())
             }
-            ("text" | "varchar", _) if b.deterministic => ColumnHash::Text { max_chars: limit.and_then(|n| usize::try_from(n).ok()) },
+            ("text" | "varchar", _) if b.deterministic => {
+                ColumnHash::Text { max_chars: limit.and_then(|n| usize::try_from(n).ok()) }
+            }
             ("bpchar", _) if b.deterministic => ColumnHash::Bpchar,
             ("int2", _) => ColumnHash::Int2,
             ("int4" | "date", _) => ColumnHash::Int4,
@@ -493,6 +506,10 @@ mod tests {
         assert_eq!(ColumnHash::Bpchar.of(b"ab  "), ColumnHash::Bpchar.of(b"ab"));
         assert_eq!(ColumnHash::Text { max_chars: Some(2) }.of(b"ab "), None, "cut by the server");
         assert_eq!(ColumnHash::Jsonb.of(b"\x01{ }"), Some(0));
-        assert_eq!(ColumnHash::Jsonb.of(b"\x01{\"a\": 1e3}"), None, "an exponent is left to the server");
+        assert_eq!(
+            ColumnHash::Jsonb.of(b"\x01{\"a\": 1e3}"),
+            None,
+            "an exponent is left to the server"
+        );
     }
 }

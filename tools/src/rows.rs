@@ -39,7 +39,8 @@ pub fn select(scan: &Scan) -> String {
         // the source) hashed, and its ordinal among identical rows, which are interchangeable.
         let content = "md5(t::text)";
         format!(
-            "(SELECT t.*, ({content} || ':' || row_number() OVER (PARTITION BY {content})) COLLATE \"C\" AS {} FROM {} t)",
+            "(SELECT t.*, ({content} || ':' || row_number() OVER (PARTITION BY {content})) \
+                COLLATE \"C\" AS {} FROM {} t)",
             ident(ROW_IDENTITY),
             quoted(&scan.table)
         )
@@ -48,18 +49,28 @@ pub fn select(scan: &Scan) -> String {
     };
     let mut sql = format!("SELECT {} FROM {from} s", cols.join(", "));
     for (i, j) in scan.joins.iter().enumerate() {
-        sql.push_str(&format!(" LEFT JOIN {} j{i} ON j{i}.{} = s.{}", quoted(&j.table), ident(&j.key), ident(&j.on)));
+        sql.push_str(&format!(
+            " LEFT JOIN {} j{i} ON j{i}.{} = s.{}",
+            quoted(&j.table),
+            ident(&j.key),
+            ident(&j.on)
+        ));
     }
     let order: Vec<String> = scan.key.iter().map(|k| format!("s.{}", ident(k))).collect();
     let mut filters = Vec::new();
     if let Some(after) = &scan.after {
         // Keyset resume: the key's values as literals, which the server types from the columns.
-        let values: Vec<String> = after.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect();
+        let values: Vec<String> =
+            after.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect();
         filters.push(format!("({}) > ({})", order.join(", "), values.join(", ")));
     }
     if let Some((column, since)) = &scan.changed_since {
         // The literal is typed from the column, whose own text it is.
-        filters.push(format!("s.{} + interval '{CHANGED_SINCE_MARGIN}' >= '{}'", ident(column), since.replace('\'', "''")));
+        filters.push(format!(
+            "s.{} + interval '{CHANGED_SINCE_MARGIN}' >= '{}'",
+            ident(column),
+            since.replace('\'', "''")
+        ));
     }
     if !filters.is_empty() {
         sql.push_str(&format!(" WHERE {}", filters.join(" AND ")));
@@ -74,9 +85,16 @@ pub fn select(scan: &Scan) -> String {
 impl PgRows {
     /// Streams the scan's rows into `rows`, calling `each` after every row is added (it may
     /// take the row out again).
-    async fn stream(&self, scan: &Scan, rows: &mut TextRows, mut each: impl FnMut(&mut TextRows) + Send) -> Result<u64, ToolError> {
+    async fn stream(
+        &self,
+        scan: &Scan,
+        rows: &mut TextRows,
+        mut each: impl FnMut(&mut TextRows) + Send,
+    ) -> Result<u64, ToolError> {
         let what = || format!("while reading {}", scan.table);
-        let failed = |e: sqlx::Error| ToolError::new(crate::pg::kind(&e), format!("{}: {}", what(), describe(&e)));
+        let failed = |e: sqlx::Error| {
+            ToolError::new(crate::pg::kind(&e), format!("{}: {}", what(), describe(&e)))
+        };
         let sql = format!("COPY ({}) TO STDOUT", select(scan));
         let mut conn = self.pool.acquire().await.map_err(failed)?;
         let mut stream = conn.copy_out_raw(&sql).await.map_err(failed)?;
@@ -109,7 +127,11 @@ impl PgRows {
 
 #[async_trait]
 impl Rows for PgRows {
-    async fn scan(&self, scan: &Scan, each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send)) -> Result<u64, ToolError> {
+    async fn scan(
+        &self,
+        scan: &Scan,
+        each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send),
+    ) -> Result<u64, ToolError> {
         let mut row = TextRows::new(scan.columns.len());
         self.stream(scan, &mut row, |row| {
             let refs: Vec<Option<&str>> = row.row(0).collect();
@@ -123,7 +145,8 @@ impl Rows for PgRows {
         // Parsed straight into the page: no value is a string of its own. Room for rows of up to
         // 256 bytes (memory is only taken as it is written), so that the text is not copied to
         // a larger buffer as the page fills.
-        let mut rows = TextRows::with_capacity(scan.columns.len(), limit.min(65_536), limit.min(65_536) * 64);
+        let mut rows =
+            TextRows::with_capacity(scan.columns.len(), limit.min(65_536), limit.min(65_536) * 64);
         let limited = Scan { limit: Some(limit), ..scan.clone() };
         self.stream(&limited, &mut rows, |_| {}).await?;
         Ok(rows)
@@ -138,7 +161,10 @@ pub fn parse_line(line: &[u8], out: &mut TextRows) -> Result<(), ToolError> {
         let fields = out.values() - mark;
         out.truncate_values(mark);
         parsed?;
-        return Err(ToolError::system(format!("a row has {fields} values where {} columns were asked for", out.width())));
+        return Err(ToolError::system(format!(
+            "a row has {fields} values where {} columns were asked for",
+            out.width()
+        )));
     }
     Ok(())
 }
@@ -146,7 +172,8 @@ pub fn parse_line(line: &[u8], out: &mut TextRows) -> Result<(), ToolError> {
 fn push_fields(line: &[u8], out: &mut TextRows) -> Result<(), ToolError> {
     // Read as UTF-8 once a line: tabs and backslashes are ASCII, so each field of a valid line
     // is valid too, and undoing an escape keeps it so.
-    let line = std::str::from_utf8(line).map_err(|_| ToolError::system("a value is not valid UTF-8"))?;
+    let line =
+        std::str::from_utf8(line).map_err(|_| ToolError::system("a value is not valid UTF-8"))?;
     for field in line.split('\t') {
         if field == "\\N" {
             out.push(None);
@@ -198,6 +225,9 @@ mod tests {
         // An escaped character of several bytes, the escapes of control characters, and a
         // backslash that ends its field.
         parse_line("5\t\\é\\b\\f\\v\\r\tend\\".as_bytes(), &mut rows).unwrap();
-        assert_eq!(rows.row(2).collect::<Vec<_>>(), vec![Some("5"), Some("é\u{8}\u{c}\u{b}\r"), Some("end\\")]);
+        assert_eq!(
+            rows.row(2).collect::<Vec<_>>(),
+            vec![Some("5"), Some("é\u{8}\u{c}\u{b}\r"), Some("end\\")]
+        );
     }
 }

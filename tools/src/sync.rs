@@ -33,7 +33,11 @@ impl Schedule {
     /// `30s`, `15m`, `2h`, `1d`.
     pub fn every(text: &str) -> Result<Schedule, BadInput> {
         let t = text.trim();
-        let bad = || BadInput(format!("--every {text}: expected a number and a unit (s, m, h or d), like 15m"));
+        let bad = || {
+            BadInput(format!(
+                "--every {text}: expected a number and a unit (s, m, h or d), like 15m"
+            ))
+        };
         let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let (n, unit) = t.split_at(split);
         let n: u32 = n.parse().map_err(|_| bad())?;
@@ -45,14 +49,17 @@ impl Schedule {
             _ => return Err(bad()),
         };
         if seconds == 0 {
-            return Err(BadInput(format!("--every {text}: the interval must be longer than nothing")));
+            return Err(BadInput(format!(
+                "--every {text}: the interval must be longer than nothing"
+            )));
         }
         Ok(Schedule::Every(seconds))
     }
 
     /// A five-field cron expression (minute hour day month weekday), in UTC.
     pub fn cron(text: &str) -> Result<Schedule, BadInput> {
-        croner::Cron::from_str(text.trim()).map_err(|e| BadInput(format!("--cron \"{text}\": {e}")))?;
+        croner::Cron::from_str(text.trim())
+            .map_err(|e| BadInput(format!("--cron \"{text}\": {e}")))?;
         Ok(Schedule::Cron(text.trim().to_owned()))
     }
 
@@ -68,7 +75,11 @@ impl Schedule {
 
     /// The next run after one that was due at `due` and ended at `now`: runs missed while it
     /// overran are skipped, not caught up one after another.
-    pub fn next_run(&self, due: DateTime<Utc>, now: DateTime<Utc>) -> Result<DateTime<Utc>, BadInput> {
+    pub fn next_run(
+        &self,
+        due: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, BadInput> {
         let next = self.next_after(due)?;
         if next > now {
             Ok(next)
@@ -143,7 +154,8 @@ pub struct SyncStore {
 }
 
 const RUN_COLUMNS: &str =
-    "history_id, job_name, run_id, owner, started_at, ended_at, inserted, updated, deleted, conflicted, rejected, outcome, detail";
+    "history_id, job_name, run_id, owner, started_at, ended_at, inserted, updated, deleted, \
+        conflicted, rejected, outcome, detail";
 
 const CONFLICT_COLUMNS: &str = "conflict_id, source_table, target_table, legacy_key, target_id::text AS target_id, policy, status, columns,
     source_values, target_values, differing, analysis_id, detected_at, resolved_at, resolved_by";
@@ -166,7 +178,8 @@ fn job_run(r: &sqlx::postgres::PgRow) -> Result<JobRun, sqlx::Error> {
     })
 }
 
-const JOB_COLUMNS: &str = "name, goal, every_seconds, cron, enabled, created_at, next_run_at, lease_owner, lease_expires_at";
+const JOB_COLUMNS: &str = "name, goal, every_seconds, cron, enabled, created_at, next_run_at, \
+    lease_owner, lease_expires_at";
 
 fn job(r: &sqlx::postgres::PgRow) -> Result<Job, sqlx::Error> {
     let every: Option<i32> = r.try_get("every_seconds")?;
@@ -201,7 +214,12 @@ impl SyncStore {
         SyncStore { pool }
     }
 
-    pub async fn create_job(&self, name: &str, goal: &str, schedule: &Schedule) -> Result<Job, ToolError> {
+    pub async fn create_job(
+        &self,
+        name: &str,
+        goal: &str,
+        schedule: &Schedule,
+    ) -> Result<Job, ToolError> {
         let (every, cron) = match schedule {
             Schedule::Every(s) => (Some(*s as i32), None),
             Schedule::Cron(c) => (None, Some(c.clone())),
@@ -226,27 +244,35 @@ impl SyncStore {
             .map_err(while_doing(format!("creating sync job {name}")))?;
         match row {
             Some(r) => job(&r).map_err(while_doing("reading the job back")),
-            None => Err(ToolError::system(format!("a sync job named {name} exists already (agentctl sync list-jobs)"))),
+            None => Err(ToolError::system(format!(
+                "a sync job named {name} exists already (agentctl sync list-jobs)"
+            ))),
         }
     }
 
     pub async fn jobs(&self) -> Result<Vec<Job>, ToolError> {
-        let rows = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM agentctl.synchronization_jobs ORDER BY name"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(while_doing("listing the sync jobs"))?;
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM agentctl.synchronization_jobs ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing("listing the sync jobs"))?;
         rows.iter().map(job).collect::<Result<_, _>>().map_err(while_doing("reading the sync jobs"))
     }
 
     pub async fn job(&self, name: &str) -> Result<Job, ToolError> {
-        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM agentctl.synchronization_jobs WHERE name = $1"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(while_doing(format!("reading sync job {name}")))?;
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM agentctl.synchronization_jobs WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(while_doing(format!("reading sync job {name}")))?;
         match row {
             Some(r) => job(&r).map_err(while_doing("reading the job")),
-            None => Err(ToolError::system(format!("there is no sync job named {name} (agentctl sync list-jobs)"))),
+            None => Err(ToolError::system(format!(
+                "there is no sync job named {name} (agentctl sync list-jobs)"
+            ))),
         }
     }
 
@@ -254,20 +280,27 @@ impl SyncStore {
     pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<Job, ToolError> {
         let job = self.job(name).await?;
         let next = job.schedule.next_after(Utc::now()).map_err(ToolError::from)?;
-        sqlx::query("UPDATE agentctl.synchronization_jobs SET enabled = $2, next_run_at = CASE WHEN $2 THEN $3 ELSE next_run_at END WHERE name = $1")
-            .bind(name)
-            .bind(enabled)
-            .bind(next)
-            .execute(&self.pool)
-            .await
-            .map_err(while_doing(format!("{} sync job {name}", if enabled { "resuming" } else { "pausing" })))?;
+        sqlx::query(
+            "UPDATE agentctl.synchronization_jobs SET enabled = $2, next_run_at = CASE \
+            WHEN $2 THEN $3 ELSE next_run_at END WHERE name = $1",
+        )
+        .bind(name)
+        .bind(enabled)
+        .bind(next)
+        .execute(&self.pool)
+        .await
+        .map_err(while_doing(format!(
+            "{} sync job {name}",
+            if enabled { "resuming" } else { "pausing" }
+        )))?;
         self.job(name).await
     }
 
     /// Deletes a job and its history; refused while a daemon holds it.
     pub async fn delete_job(&self, name: &str) -> Result<(), ToolError> {
         let done = sqlx::query(
-            "DELETE FROM agentctl.synchronization_jobs WHERE name = $1 AND (lease_expires_at IS NULL OR lease_expires_at < now())",
+            "DELETE FROM agentctl.synchronization_jobs WHERE name = $1 AND (lease_expires_at IS \
+                NULL OR lease_expires_at < now())",
         )
         .bind(name)
         .execute(&self.pool)
@@ -275,7 +308,9 @@ impl SyncStore {
         .map_err(while_doing(format!("deleting sync job {name}")))?;
         if done.rows_affected() == 0 {
             self.job(name).await?;
-            return Err(ToolError::system(format!("sync job {name} is running; delete it once it ends")));
+            return Err(ToolError::system(format!(
+                "sync job {name} is running; delete it once it ends"
+            )));
         }
         Ok(())
     }
@@ -283,23 +318,36 @@ impl SyncStore {
     /// The job's latest runs, newest first.
     pub async fn history(&self, name: &str, limit: i64) -> Result<Vec<JobRun>, ToolError> {
         let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM agentctl.sync_run_history WHERE job_name = $1 ORDER BY started_at DESC, history_id DESC LIMIT $2"
+            "SELECT {RUN_COLUMNS} FROM agentctl.sync_run_history WHERE job_name = $1 ORDER BY \
+                started_at DESC, history_id DESC LIMIT $2"
         ))
         .bind(name)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
         .map_err(while_doing(format!("reading the history of sync job {name}")))?;
-        rows.iter().map(job_run).collect::<Result<_, sqlx::Error>>().map_err(while_doing("reading the history"))
+        rows.iter()
+            .map(job_run)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(while_doing("reading the history"))
     }
 
     /// Takes the lease of the most overdue job that is due and not held, if any.
-    pub async fn claim_due(&self, owner: &str, lease: Duration) -> Result<Option<Claim>, ToolError> {
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<Claim>, ToolError> {
         self.claim(None, owner, lease).await
     }
 
     /// Takes the lease of a named job now, due or not; refused while another holds it.
-    pub async fn claim_now(&self, name: &str, owner: &str, lease: Duration) -> Result<Claim, ToolError> {
+    pub async fn claim_now(
+        &self,
+        name: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, ToolError> {
         match self.claim(Some(name), owner, lease).await? {
             Some(c) => Ok(c),
             None => {
@@ -313,7 +361,12 @@ impl SyncStore {
         }
     }
 
-    async fn claim(&self, name: Option<&str>, owner: &str, lease: Duration) -> Result<Option<Claim>, ToolError> {
+    async fn claim(
+        &self,
+        name: Option<&str>,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<Claim>, ToolError> {
         let what = "taking a sync job";
         let mut tx = self.pool.begin().await.map_err(while_doing(what))?;
         let sql = format!(
@@ -348,13 +401,15 @@ impl SyncStore {
         .await
         .map_err(while_doing(what))?
         .rows_affected();
-        let history_id: i64 =
-            sqlx::query_scalar("INSERT INTO agentctl.sync_run_history (job_name, owner) VALUES ($1, $2) RETURNING history_id")
-                .bind(&job.name)
-                .bind(owner)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(while_doing(what))?;
+        let history_id: i64 = sqlx::query_scalar(
+            "INSERT INTO agentctl.sync_run_history (job_name, owner) VALUES \
+                ($1, $2) RETURNING history_id",
+        )
+        .bind(&job.name)
+        .bind(owner)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(while_doing(what))?;
         tx.commit().await.map_err(while_doing(what))?;
         Ok(Some(Claim { job, owner: owner.to_owned(), history_id, abandoned }))
     }
@@ -387,10 +442,17 @@ impl SyncStore {
 
     /// Ends a run: its history row, and the job's next run time with the lease cleared (only
     /// if this claim still holds it).
-    pub async fn finish(&self, claim: &Claim, outcome: &str, counts: &RunCounts, detail: Option<&str>) -> Result<JobRun, ToolError> {
+    pub async fn finish(
+        &self,
+        claim: &Claim,
+        outcome: &str,
+        counts: &RunCounts,
+        detail: Option<&str>,
+    ) -> Result<JobRun, ToolError> {
         let what = format!("ending the run of sync job {}", claim.job.name);
         let now = Utc::now();
-        let next = claim.job.schedule.next_run(claim.job.next_run_at, now).map_err(ToolError::from)?;
+        let next =
+            claim.job.schedule.next_run(claim.job.next_run_at, now).map_err(ToolError::from)?;
         let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
         let ended = sqlx::query(&format!(
             "UPDATE agentctl.sync_run_history SET ended_at = now(), outcome = $2, detail = $3, inserted = $4, updated = $5, deleted = $6,
@@ -433,52 +495,93 @@ impl SyncStore {
         .fetch_all(&self.pool)
         .await
         .map_err(while_doing("reading the conflicts"))?;
-        rows.iter().map(conflict).collect::<Result<_, _>>().map_err(while_doing("reading the conflicts"))
+        rows.iter()
+            .map(conflict)
+            .collect::<Result<_, _>>()
+            .map_err(while_doing("reading the conflicts"))
     }
 
     pub async fn conflict(&self, id: i64) -> Result<Conflict, ToolError> {
-        let row = sqlx::query(&format!("SELECT {CONFLICT_COLUMNS} FROM agentctl.sync_conflicts WHERE conflict_id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(while_doing(format!("reading conflict {id}")))?;
+        let row = sqlx::query(&format!(
+            "SELECT {CONFLICT_COLUMNS} FROM agentctl.sync_conflicts WHERE conflict_id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(while_doing(format!("reading conflict {id}")))?;
         match row {
             Some(r) => conflict(&r).map_err(while_doing("reading the conflict")),
-            None => Err(ToolError::system(format!("there is no conflict {id} (agentctl conflict report lists them)"))),
+            None => Err(ToolError::system(format!(
+                "there is no conflict {id} (agentctl conflict report lists them)"
+            ))),
         }
     }
 
     /// Settles a held conflict: `source` writes the source's values over the target row;
     /// `target` keeps the target row and takes the source's version as synced, so the row is
     /// the target's own change until the source changes it again. In one transaction.
-    pub async fn resolve(&self, id: i64, take_source: bool, by: &str) -> Result<Conflict, ToolError> {
+    pub async fn resolve(
+        &self,
+        id: i64,
+        take_source: bool,
+        by: &str,
+    ) -> Result<Conflict, ToolError> {
         let c = self.conflict(id).await?;
         if c.status != "open" {
-            return Err(ToolError::system(format!("conflict {id} is not open: it is {} (nothing changed)", c.status)));
+            return Err(ToolError::system(format!(
+                "conflict {id} is not open: it is {} (nothing changed)",
+                c.status
+            )));
         }
         let what = format!("resolving conflict {id}");
-        let table = c.target_table.split_once('.').map_or_else(|| ident(&c.target_table), |(s, t)| format!("{}.{}", ident(s), ident(t)));
+        let table = c
+            .target_table
+            .split_once('.')
+            .map_or_else(|| ident(&c.target_table), |(s, t)| format!("{}.{}", ident(s), ident(t)));
         let synced: Vec<usize> = (0..c.columns.len()).filter(|&i| c.columns[i].2).collect();
         let cast = |i: usize| format!("($1::text[])[{}]::{}", i + 1, c.columns[i].1);
         let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
         let types =
-            crate::diff::HashTypes::of(&mut tx, synced.iter().map(|&i| c.columns[i].1.as_str())).await.map_err(while_doing(&what))?;
+            crate::diff::HashTypes::of(&mut tx, synced.iter().map(|&i| c.columns[i].1.as_str()))
+                .await
+                .map_err(while_doing(&what))?;
         let hash_of = |exprs: Vec<(String, String)>| types.row_of(exprs);
         let hash: Option<i64> = if take_source {
-            let sets: Vec<String> = synced.iter().map(|&i| format!("{} = {}", ident(&c.columns[i].0), cast(i))).collect();
-            let names: Vec<(String, String)> =
-                synced.iter().map(|&i| (format!("t.{}", ident(&c.columns[i].0)), c.columns[i].1.clone())).collect();
-            let sql = format!("UPDATE {table} t SET {} WHERE t.id = $2::uuid RETURNING {}", sets.join(", "), hash_of(names));
+            let sets: Vec<String> = synced
+                .iter()
+                .map(|&i| format!("{} = {}", ident(&c.columns[i].0), cast(i)))
+                .collect();
+            let names: Vec<(String, String)> = synced
+                .iter()
+                .map(|&i| (format!("t.{}", ident(&c.columns[i].0)), c.columns[i].1.clone()))
+                .collect();
+            let sql = format!(
+                "UPDATE {table} t SET {} WHERE t.id = $2::uuid RETURNING {}",
+                sets.join(", "),
+                hash_of(names)
+            );
             let h: Option<i64> = sqlx::query_scalar(&sql)
                 .bind(&c.source_values)
                 .bind(&c.target_id)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(while_doing(&what))?;
-            Some(h.ok_or_else(|| ToolError::system(format!("conflict {id}: the target row {} is gone (nothing changed)", c.target_id)))?)
+            Some(h.ok_or_else(|| {
+                ToolError::system(format!(
+                    "conflict {id}: the target row {} is gone (nothing changed)",
+                    c.target_id
+                ))
+            })?)
         } else {
-            let sql = format!("SELECT {}", hash_of(synced.iter().map(|&i| (cast(i), c.columns[i].1.clone())).collect()));
-            sqlx::query_scalar(&sql).bind(&c.source_values).fetch_one(&mut *tx).await.map_err(while_doing(&what))?
+            let sql = format!(
+                "SELECT {}",
+                hash_of(synced.iter().map(|&i| (cast(i), c.columns[i].1.clone())).collect())
+            );
+            sqlx::query_scalar(&sql)
+                .bind(&c.source_values)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(while_doing(&what))?
         };
         sqlx::query(
             "INSERT INTO agentctl.sync_baseline (target_table, legacy_key, hash) VALUES ($1, $2, $3)
@@ -490,13 +593,16 @@ impl SyncStore {
         .execute(&mut *tx)
         .await
         .map_err(while_doing(&what))?;
-        sqlx::query("UPDATE agentctl.sync_conflicts SET status = $2, resolved_at = now(), resolved_by = $3 WHERE conflict_id = $1")
-            .bind(id)
-            .bind(if take_source { "resolved_source" } else { "resolved_target" })
-            .bind(by)
-            .execute(&mut *tx)
-            .await
-            .map_err(while_doing(&what))?;
+        sqlx::query(
+            "UPDATE agentctl.sync_conflicts SET status = $2, resolved_at = now(), \
+            resolved_by = $3 WHERE conflict_id = $1",
+        )
+        .bind(id)
+        .bind(if take_source { "resolved_source" } else { "resolved_target" })
+        .bind(by)
+        .execute(&mut *tx)
+        .await
+        .map_err(while_doing(&what))?;
         tx.commit().await.map_err(while_doing(&what))?;
         self.conflict(id).await
     }
@@ -531,7 +637,8 @@ impl Conflict {
             .iter()
             .filter_map(|name| {
                 let at = self.columns.iter().position(|(n, _, _)| n == name)?;
-                let found = self.target_values.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+                let found =
+                    self.target_values.get(name).and_then(|v| v.as_str()).map(str::to_owned);
                 Some((name.clone(), self.source_values[at].clone(), found))
             })
             .collect()

@@ -2,7 +2,9 @@ use super::{any_time, canonical_time, parse_time, CheckExpr, Val};
 
 fn eval(check: &str, cols: &[(&str, Val)]) -> Option<bool> {
     let parsed = CheckExpr::parse(check).unwrap_or_else(|e| panic!("{check}: {e}"));
-    parsed.holds(&|name: &str| cols.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()).unwrap_or(Val::Null))
+    parsed.holds(&|name: &str| {
+        cols.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()).unwrap_or(Val::Null)
+    })
 }
 
 fn ts(s: &str) -> Val {
@@ -19,21 +21,42 @@ fn what_postgres_prints_is_understood() {
     let dob = "(date_of_birth >= '1900-01-01'::date AND date_of_birth <= '2030-01-01'::date)";
     assert_eq!(eval(dob, &[("date_of_birth", ts("0001-01-01"))]), Some(false));
     assert_eq!(eval(dob, &[("date_of_birth", ts("1984-02-29"))]), Some(true));
-    let closed = "(closed_at IS NULL OR closed_at::timestamp with time zone >= opened_at::timestamp with time zone)";
+    let closed = "(closed_at IS NULL OR closed_at::timestamp with time zone >= \
+        opened_at::timestamp with time zone)";
     assert_eq!(eval(closed, &[("opened_at", ts("2020-01-01 10:00:00"))]), Some(true));
-    assert_eq!(eval(closed, &[("opened_at", ts("2020-01-02")), ("closed_at", ts("2020-01-01"))]), Some(false));
+    assert_eq!(
+        eval(closed, &[("opened_at", ts("2020-01-02")), ("closed_at", ts("2020-01-01"))]),
+        Some(false)
+    );
     assert_eq!(eval("(offer_id IS NOT NULL OR doctor_id IS NOT NULL)", &[]), Some(false));
-    assert_eq!(eval("((percent IS NULL) <> (amount IS NULL))", &[("percent", Num(5.0))]), Some(true));
-    assert_eq!(eval("((percent IS NULL) <> (amount IS NULL))", &[("percent", Num(5.0)), ("amount", Num(1.0))]), Some(false));
-    assert_eq!(eval("(valid_to > valid_from)", &[("valid_from", ts("2021-03-01")), ("valid_to", ts("2021-02-01"))]), Some(false));
+    assert_eq!(
+        eval("((percent IS NULL) <> (amount IS NULL))", &[("percent", Num(5.0))]),
+        Some(true)
+    );
+    assert_eq!(
+        eval(
+            "((percent IS NULL) <> (amount IS NULL))",
+            &[("percent", Num(5.0)), ("amount", Num(1.0))]
+        ),
+        Some(false)
+    );
+    assert_eq!(
+        eval(
+            "(valid_to > valid_from)",
+            &[("valid_from", ts("2021-03-01")), ("valid_to", ts("2021-02-01"))]
+        ),
+        Some(false)
+    );
     let email = r"(VALUE ~ '^[^@\s]+@[^@\s]+\.[^@\s]+$'::text)";
     assert_eq!(eval(email, &[("VALUE", Text("a@b.co".into()))]), Some(true));
     assert_eq!(eval(email, &[("VALUE", Text("a at b dot co".into()))]), Some(false));
     let plausible =
-        "(VALUE >= '1990-01-01 00:00:00+00'::timestamp with time zone AND VALUE < '2100-01-01 00:00:00+00'::timestamp with time zone)";
+        "(VALUE >= '1990-01-01 00:00:00+00'::timestamp with time zone AND VALUE < '2100-01-01 \
+            00:00:00+00'::timestamp with time zone)";
     assert_eq!(eval(plausible, &[("VALUE", ts("2999-12-31 00:00:00"))]), Some(false));
     assert_eq!(eval(plausible, &[("VALUE", ts("2019-06-01 12:30:00"))]), Some(true));
-    let any = "(VALUE::text = ANY (ARRAY['YES'::character varying, 'NO'::character varying]::text[]))";
+    let any =
+        "(VALUE::text = ANY (ARRAY['YES'::character varying, 'NO'::character varying]::text[]))";
     assert_eq!(eval(any, &[("VALUE", Text("NO".into()))]), Some(true));
     assert_eq!(eval(any, &[("VALUE", Text("MAYBE".into()))]), Some(false));
     assert_eq!(eval("(lower(email) <> ''::text)", &[("email", Text("X".into()))]), Some(true));
@@ -81,5 +104,9 @@ fn the_fast_time_reader_agrees_with_the_general_one() {
         assert_eq!(canonical_time(s), None, "{s}");
     }
     assert_eq!(parse_time(" 2024-1-5 "), any_time("2024-1-5"));
-    assert_eq!(parse_time("2024-01-05 10:00:00 Europe/Paris"), canonical_time("2024-01-05 10:00:00"), "the zone is ignored");
+    assert_eq!(
+        parse_time("2024-01-05 10:00:00 Europe/Paris"),
+        canonical_time("2024-01-05 10:00:00"),
+        "the zone is ignored"
+    );
 }

@@ -8,7 +8,9 @@ fn tables_and_references_are_inferred_by_name() {
     let set = build(&legacy(), &modern(), &MappingFile::default()).expect("the mapping builds");
     let technicians = set.spec(&name("dispatch_technician")).expect("technicians are mapped");
     assert_eq!(technicians.target, name("technicians"));
-    let feed = |column: &str| technicians.columns.iter().find(|c| c.target == column).map(|c| c.feed.clone());
+    let feed = |column: &str| {
+        technicians.columns.iter().find(|c| c.target == column).map(|c| c.feed.clone())
+    };
     assert_eq!(feed("id"), Some(Feed::Key));
     assert_eq!(feed("legacy_id"), Some(Feed::LegacyKey));
     assert!(
@@ -22,17 +24,35 @@ fn tables_and_references_are_inferred_by_name() {
 
 #[test]
 fn a_file_can_skip_a_table_and_a_bad_rule_is_named_where_it_is() {
-    let file =
-        MappingFile::parse("[entities.dispatch_technician]\nskip = \"kept in the old system\"\n", "memory.toml").expect("the file parses");
+    let file = MappingFile::parse(
+        "[entities.dispatch_technician]\nskip = \"kept in the old system\"\n",
+        "memory.toml",
+    )
+    .expect("the file parses");
     let set = build(&legacy(), &modern(), &file).expect("the mapping builds");
-    assert_eq!(set.unmapped, vec![(name("dispatch_technician"), Unmapped::Skipped { reason: "kept in the old system".into() })]);
+    assert_eq!(
+        set.unmapped,
+        vec![(
+            name("dispatch_technician"),
+            Unmapped::Skipped { reason: "kept in the old system".into() }
+        )]
+    );
 
-    let file =
-        MappingFile::parse("[entities.dispatch_role.columns]\nname = { from = \"title\" }\n", "memory.toml").expect("the file parses");
+    let file = MappingFile::parse(
+        "[entities.dispatch_role.columns]\nname = { from = \"title\" }\n",
+        "memory.toml",
+    )
+    .expect("the file parses");
     let problems = build(&legacy(), &modern(), &file).expect_err("no column feeds it");
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert_eq!(problems[0].to_string(), "roles.name: the mapping file reads `title`, which the source does not have");
-    assert!(MappingFile::parse("[entities.x]\nnonsense = 1\n", "memory.toml").unwrap_err().0.starts_with("memory.toml: "));
+    assert_eq!(
+        problems[0].to_string(),
+        "roles.name: the mapping file reads `title`, which the source does not have"
+    );
+    assert!(MappingFile::parse("[entities.x]\nnonsense = 1\n", "memory.toml")
+        .unwrap_err()
+        .0
+        .starts_with("memory.toml: "));
 }
 
 #[test]
@@ -40,7 +60,8 @@ fn a_required_column_nothing_feeds_is_a_problem_a_model_may_answer() {
     let mut target = modern();
     let roles = target.tables.iter_mut().find(|t| t.name.name == "roles").unwrap();
     roles.columns.push(crate::fake::column("code", "text", "text", false));
-    let problems = build(&legacy(), &target, &MappingFile::default()).expect_err("code is NOT NULL and unfed");
+    let problems =
+        build(&legacy(), &target, &MappingFile::default()).expect_err("code is NOT NULL and unfed");
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].unfed, "{:?}", problems[0]);
     assert_eq!(problems[0].column.as_deref(), Some("code"));

@@ -12,7 +12,11 @@ async fn the_forecast_names_every_row_the_target_would_refuse_and_why() {
         .with(
             "dispatch_role",
             &["id", "name", "kind"],
-            &[&[Some("1"), Some("Field"), Some("field")], &[Some("2"), None, Some("office")], &[Some("3"), Some("Office"), Some("office")]],
+            &[
+                &[Some("1"), Some("Field"), Some("field")],
+                &[Some("2"), None, Some("office")],
+                &[Some("3"), Some("Office"), Some("office")],
+            ],
         )
         .with(
             "dispatch_technician",
@@ -29,11 +33,13 @@ async fn the_forecast_names_every_row_the_target_would_refuse_and_why() {
             ],
         );
     let order = [name("dispatch_role"), name("dispatch_technician")];
-    let forecasts = forecast(&order, &set, &target, &rows).await.expect("the forecast reads every row");
+    let forecasts =
+        forecast(&order, &set, &target, &rows).await.expect("the forecast reads every row");
     let (roles, technicians) = (&forecasts[0].1, &forecasts[1].1);
     assert_eq!((roles.rows, roles.migrate, roles.reject), (3, 2, 1));
     assert_eq!((technicians.rows, technicians.migrate, technicians.reject), (5, 2, 3));
-    let rules: Vec<(&str, i64)> = technicians.reasons.iter().map(|r| (r.rule.as_str(), r.count)).collect();
+    let rules: Vec<(&str, i64)> =
+        technicians.reasons.iter().map(|r| (r.rule.as_str(), r.count)).collect();
     assert_eq!(rules.iter().map(|(_, n)| n).sum::<i64>(), 3, "{rules:?}");
     assert!(rules.iter().any(|(rule, _)| rule.starts_with("unique")), "{rules:?}");
     assert!(rules.iter().any(|(rule, n)| rule.starts_with("reference") && *n == 2), "{rules:?}");

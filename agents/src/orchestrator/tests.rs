@@ -47,7 +47,11 @@ impl Catalog for Silent {
 
 #[async_trait]
 impl Rows for Silent {
-    async fn scan(&self, _: &Scan, _: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send)) -> Result<u64, ToolError> {
+    async fn scan(
+        &self,
+        _: &Scan,
+        _: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send),
+    ) -> Result<u64, ToolError> {
         std::future::pending().await
     }
 }
@@ -56,11 +60,21 @@ impl Rows for Silent {
 async fn a_request_that_is_never_answered_fails_with_a_clear_error() {
     let run_id = RunId::new();
     let sink = Arc::new(Memory::default());
-    let args =
-        AuditWriterArgs { run_id, sink: sink.clone(), redactor: Redactor::default(), flush_every: Duration::from_millis(100), batch: 64 };
+    let args = AuditWriterArgs {
+        run_id,
+        sink: sink.clone(),
+        redactor: Redactor::default(),
+        flush_every: Duration::from_millis(100),
+        batch: 64,
+    };
     let (writer, _) = Actor::spawn(None, AuditWriter, args).await.unwrap();
     let audit = Audit::new(writer);
-    let ctx = Arc::new(RunContext::new(run_id, audit.clone(), EventBus::default(), Duration::from_secs(30)));
+    let ctx = Arc::new(RunContext::new(
+        run_id,
+        audit.clone(),
+        EventBus::default(),
+        Duration::from_secs(30),
+    ));
     let tools = Tools {
         source: Arc::new(Silent),
         target: Some(Arc::new(Silent)),
@@ -69,8 +83,13 @@ async fn a_request_that_is_never_answered_fails_with_a_clear_error() {
         llm: None,
         code: None,
     };
-    let (orchestrator, _) =
-        Actor::spawn(None, Orchestrator, OrchestratorArgs { ctx: ctx.clone(), tools, policy: RestartPolicy::default() }).await.unwrap();
+    let (orchestrator, _) = Actor::spawn(
+        None,
+        Orchestrator,
+        OrchestratorArgs { ctx: ctx.clone(), tools, policy: RestartPolicy::default() },
+    )
+    .await
+    .unwrap();
 
     let operator = Courier::new(ctx.clone(), AgentName::Operator);
     let slot = Slot::fixed(AgentName::Orchestrator, orchestrator.clone());
@@ -82,7 +101,9 @@ async fn a_request_that_is_never_answered_fails_with_a_clear_error() {
         batch_size: None,
     };
     let started = tokio::time::Instant::now();
-    let answer = operator.ask_within(&slot, "plan", goal, OrchestratorMsg::Plan, ctx.request_timeout * PHASE_STEPS).await;
+    let answer = operator
+        .ask_within(&slot, "plan", goal, OrchestratorMsg::Plan, ctx.request_timeout * PHASE_STEPS)
+        .await;
     let err = answer.expect("the orchestrator answers").expect_err("no plan without a schema");
     assert_eq!(err.message, "the schema analysis agent did not answer `analyze` within 30s");
     assert_eq!(started.elapsed(), Duration::from_secs(30));
@@ -90,5 +111,8 @@ async fn a_request_that_is_never_answered_fails_with_a_clear_error() {
     orchestrator.stop_and_wait(None, None).await.unwrap();
     audit.close().await;
     let trail = sink.0.lock().unwrap();
-    assert!(trail.iter().any(|e| e.kind == "error" && e.summary == err.message), "the timeout is in the trail");
+    assert!(
+        trail.iter().any(|e| e.kind == "error" && e.summary == err.message),
+        "the timeout is in the trail"
+    );
 }

@@ -2,7 +2,9 @@ use super::InPageOrder;
 use runtime::error::ToolError;
 
 /// A page's comparison that ends when its sender says so.
-async fn page(answer: tokio::sync::oneshot::Receiver<Result<u32, ToolError>>) -> Result<u32, ToolError> {
+async fn page(
+    answer: tokio::sync::oneshot::Receiver<Result<u32, ToolError>>,
+) -> Result<u32, ToolError> {
     answer.await.map_err(|e| ToolError::system(e.to_string()))?
 }
 

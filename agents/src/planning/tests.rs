@@ -71,10 +71,26 @@ fn dispatch() -> SchemaReport {
     schema(&[
         ("dispatch_office", 120, &[]),
         ("auth_user", 900, &[]),
-        ("dispatch_profile", 900, &[("user_id", "auth_user", false), ("office_id", "dispatch_office", true)]),
-        ("dispatch_doctor", 400, &[("office_id", "dispatch_office", false), ("profile_id", "dispatch_profile", false)]),
-        ("dispatch_patient", 5000, &[("doctor_id", "dispatch_doctor", false), ("office_id", "dispatch_office", false)]),
-        ("dispatch_task", 7000, &[("parent_task_id", "dispatch_task", true), ("assignee_id", "dispatch_profile", true)]),
+        (
+            "dispatch_profile",
+            900,
+            &[("user_id", "auth_user", false), ("office_id", "dispatch_office", true)],
+        ),
+        (
+            "dispatch_doctor",
+            400,
+            &[("office_id", "dispatch_office", false), ("profile_id", "dispatch_profile", false)],
+        ),
+        (
+            "dispatch_patient",
+            5000,
+            &[("doctor_id", "dispatch_doctor", false), ("office_id", "dispatch_office", false)],
+        ),
+        (
+            "dispatch_task",
+            7000,
+            &[("parent_task_id", "dispatch_task", true), ("assignee_id", "dispatch_profile", true)],
+        ),
         ("technician_roles", 31, &[]),
     ])
 }
@@ -237,11 +253,21 @@ fn unknown_entities_get_suggestions() {
 #[test]
 fn goal_spellings_resolve_to_the_same_tables() {
     let report = dispatch();
-    let names =
-        |goal: &str| resolve_goal(goal, &report, None).unwrap().tables.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let names = |goal: &str| {
+        resolve_goal(goal, &report, None)
+            .unwrap()
+            .tables
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     assert_eq!(names("migrate dispatch_office"), "dispatch_office");
     assert_eq!(names("offices"), "dispatch_office");
-    assert_eq!(names("Office, patients and technician-roles"), "dispatch_office,dispatch_patient,technician_roles");
+    assert_eq!(
+        names("Office, patients and technician-roles"),
+        "dispatch_office,dispatch_patient,technician_roles"
+    );
     assert_eq!(names("public.auth_user"), "auth_user");
     assert_eq!(names("migrate technician roles and auth users"), "technician_roles,auth_user");
     assert_eq!(names("migrate everything").split(',').count(), 7);
@@ -261,7 +287,10 @@ fn the_hash_changes_when_the_plan_does() {
         t.avg_row_bytes *= 4;
     }
     let c = plan("migrate doctors", false, &analyzed, None, None).unwrap();
-    assert_ne!(c.entities().map(|e| e.batch_size).collect::<Vec<_>>(), a.entities().map(|e| e.batch_size).collect::<Vec<_>>());
+    assert_ne!(
+        c.entities().map(|e| e.batch_size).collect::<Vec<_>>(),
+        a.entities().map(|e| e.batch_size).collect::<Vec<_>>()
+    );
     assert_eq!(a.hash(), c.hash());
     // A different forecast does.
     let mut forecast = a.clone();

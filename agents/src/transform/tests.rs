@@ -11,7 +11,8 @@ use crate::fake::{legacy, modern, name};
 fn mapping() -> (MappingSet, SchemaReport) {
     let target = modern();
     let file = MappingFile::parse(
-        "[entities.dispatch_role.columns]\nname = { from = \"name\", transforms = [\"trim\"] }\nkind = { from = \"kind\", transforms = [\"lower\"] }\n",
+        "[entities.dispatch_role.columns]\nname = { from = \"name\", transforms = [\"trim\"] \
+            }\nkind = { from = \"kind\", transforms = [\"lower\"] }\n",
         "memory.toml",
     )
     .unwrap();
@@ -21,7 +22,8 @@ fn mapping() -> (MappingSet, SchemaReport) {
 fn mapper(source: &str) -> RowMapper {
     let (set, target) = mapping();
     let spec = set.spec(&name(source)).unwrap();
-    RowMapper::new(spec, target.table(&spec.target).unwrap(), &target, set.keys).expect("the mapper compiles")
+    RowMapper::new(spec, target.table(&spec.target).unwrap(), &target, set.keys)
+        .expect("the mapper compiles")
 }
 
 /// The mapped row, or the rejection's rule and reason.
@@ -35,10 +37,16 @@ fn map(mapper: &RowMapper, row: &[Option<&str>]) -> Result<Vec<Option<String>>, 
 fn a_row_maps_to_its_derived_uuid_its_legacy_key_and_its_transformed_values() {
     let roles = mapper("dispatch_role");
     assert_eq!(roles.target_columns(), ["id", "legacy_id", "name", "kind"]);
-    let mapped = map(&roles, &[Some("7"), Some("  Dispatcher "), Some("OFFICE")]).expect("the row fits");
+    let mapped =
+        map(&roles, &[Some("7"), Some("  Dispatcher "), Some("OFFICE")]).expect("the row fits");
     let (set, _) = mapping();
-    let id = KeyDeriver::new(set.keys.layout, set.keys.namespace, &name("dispatch_role")).derive(&["7"]).to_string();
-    assert_eq!(mapped, [Some(id.clone()), Some("7".into()), Some("Dispatcher".into()), Some("office".into())]);
+    let id = KeyDeriver::new(set.keys.layout, set.keys.namespace, &name("dispatch_role"))
+        .derive(&["7"])
+        .to_string();
+    assert_eq!(
+        mapped,
+        [Some(id.clone()), Some("7".into()), Some("Dispatcher".into()), Some("office".into())]
+    );
     assert_eq!(roles.id(&[Some("7"), None, None]), id, "the same key always derives the same UUID");
 }
 
@@ -52,12 +60,14 @@ fn each_rule_of_the_target_that_one_row_can_break_rejects_it_with_the_reason() {
         "{}",
         rule(&[Some("2"), Some("a name far too long"), Some("field")])
     );
-    let (enum_rule, reason) = map(&roles, &[Some("3"), Some("Lead"), Some("remote")]).expect_err("not a label");
+    let (enum_rule, reason) =
+        map(&roles, &[Some("3"), Some("Lead"), Some("remote")]).expect_err("not a label");
     assert!(enum_rule.starts_with("enum"), "{enum_rule}");
     assert!(reason.contains("remote"), "{reason}");
 
     let technicians = mapper("dispatch_technician");
-    let (check, _) = map(&technicians, &[Some("1"), Some("A"), Some("3"), None]).expect_err("the CHECK refuses a one-letter name");
+    let (check, _) = map(&technicians, &[Some("1"), Some("A"), Some("3"), None])
+        .expect_err("the CHECK refuses a one-letter name");
     assert_eq!(check, "check:technicians_name_check");
 }
 
@@ -67,10 +77,13 @@ fn a_reference_is_the_parents_uuid_or_the_one_the_parent_kept() {
     let mut technicians = mapper("dispatch_technician");
     let role_id = technicians.target_columns().iter().position(|c| *c == "role_id").unwrap();
     let row = [Some("5"), Some("Ada"), Some("3"), Some("ada@example.org")];
-    let derived = KeyDeriver::new(set.keys.layout, set.keys.namespace, &name("dispatch_role")).derive(&["3"]).to_string();
+    let derived = KeyDeriver::new(set.keys.layout, set.keys.namespace, &name("dispatch_role"))
+        .derive(&["3"])
+        .to_string();
     assert_eq!(map(&technicians, &row).unwrap()[role_id], Some(derived));
     let kept = "00000000-0000-4000-8000-000000000003".to_owned();
-    technicians.keep_parent_ids(name("dispatch_role"), HashMap::from([("3".to_owned(), kept.clone())]));
+    technicians
+        .keep_parent_ids(name("dispatch_role"), HashMap::from([("3".to_owned(), kept.clone())]));
     assert_eq!(map(&technicians, &row).unwrap()[role_id], Some(kept));
 }
 

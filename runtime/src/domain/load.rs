@@ -153,12 +153,20 @@ pub fn legacy_key(page: &TextRows, row: usize, key_columns: &[usize]) -> String 
 }
 
 /// Column names and values as a JSON object (NULL as null).
-pub fn row_json<'a>(columns: &[String], row: impl IntoIterator<Item = Option<&'a str>>) -> serde_json::Value {
+pub fn row_json<'a>(
+    columns: &[String],
+    row: impl IntoIterator<Item = Option<&'a str>>,
+) -> serde_json::Value {
     serde_json::Value::Object(
         columns
             .iter()
             .zip(row)
-            .map(|(c, v)| (c.clone(), v.map_or(serde_json::Value::Null, |s| serde_json::Value::String(s.to_owned()))))
+            .map(|(c, v)| {
+                (
+                    c.clone(),
+                    v.map_or(serde_json::Value::Null, |s| serde_json::Value::String(s.to_owned())),
+                )
+            })
             .collect(),
     )
 }

@@ -237,7 +237,10 @@ impl Table {
         let natural = self
             .unique
             .iter()
-            .filter(|u| u.predicate.is_none() && u.parts.iter().all(|p| self.column(p).is_some_and(|c| !c.nullable)))
+            .filter(|u| {
+                u.predicate.is_none()
+                    && u.parts.iter().all(|p| self.column(p).is_some_and(|c| !c.nullable))
+            })
             .min_by(|a, b| a.name.cmp(&b.name));
         match natural {
             Some(u) => (u.parts.clone(), KeySource::Unique(&u.name)),
@@ -336,15 +339,20 @@ impl fmt::Display for LooseReference {
         match (&self.content_type, &self.parent) {
             (Some(ct), _) => write!(
                 f,
-                "{}.{} is a generic reference (its table named by {ct}): no foreign key declares it, so it keeps the old keys, which each target row keeps as legacy_id",
+                "{}.{} is a generic reference (its table named by {ct}): no foreign key declares \
+                    it, so it keeps the old keys, which each target row keeps as legacy_id",
                 self.table, self.column
             ),
             (None, Some(p)) => write!(
                 f,
-                "{}.{} looks like a reference to {p}, but no foreign key declares it: it keeps the old keys, which each target row keeps as legacy_id (to rewrite it, declare it in the mapping file: references = {{ {} = \"{}\" }})",
+                "{}.{} looks like a reference to {p}, but no foreign key declares it: it keeps \
+                    the old keys, which each target row keeps as legacy_id (to rewrite it, \
+                    declare it in the mapping file: references = {{ {} = \"{}\" }})",
                 self.table, self.column, self.column, p.name
             ),
-            (None, None) => write!(f, "{}.{} is a reference no foreign key declares", self.table, self.column),
+            (None, None) => {
+                write!(f, "{}.{} is a reference no foreign key declares", self.table, self.column)
+            }
         }
     }
 }
@@ -354,7 +362,8 @@ impl SchemaReport {
     /// references that become the parent's UUID, derived from that key. The schema generator
     /// makes such a column a uuid and the mapper feeds it the parent's UUID, by this one rule.
     pub fn references_key(&self, fk: &ForeignKey) -> bool {
-        fk.columns.len() == 1 && self.table(&fk.references).is_some_and(|p| p.key().0 == fk.referenced_columns)
+        fk.columns.len() == 1
+            && self.table(&fk.references).is_some_and(|p| p.key().0 == fk.referenced_columns)
     }
 
     /// References no foreign key declares: Django's generic relations (an `object_id` beside a
@@ -364,26 +373,45 @@ impl SchemaReport {
     pub fn loose_references(&self) -> Vec<LooseReference> {
         let mut out = Vec::new();
         for t in &self.tables {
-            let declared = |c: &str| t.foreign_keys.iter().any(|f| f.columns.iter().any(|x| x == c)) || t.key().0.iter().any(|k| k == c);
+            let declared = |c: &str| {
+                t.foreign_keys.iter().any(|f| f.columns.iter().any(|x| x == c))
+                    || t.key().0.iter().any(|k| k == c)
+            };
             let mut generic = Vec::new();
-            for fk in t.foreign_keys.iter().filter(|f| f.columns.len() == 1 && f.references.name.ends_with("content_type")) {
+            for fk in t
+                .foreign_keys
+                .iter()
+                .filter(|f| f.columns.len() == 1 && f.references.name.ends_with("content_type"))
+            {
                 let ct = &fk.columns[0];
-                let prefix = ct.strip_suffix("content_type_id").or_else(|| ct.strip_suffix("content_type")).unwrap_or("");
+                let prefix = ct
+                    .strip_suffix("content_type_id")
+                    .or_else(|| ct.strip_suffix("content_type"))
+                    .unwrap_or("");
                 let object = format!("{prefix}object_id");
                 if t.column(&object).is_some() && !declared(&object) {
                     generic.push(object.clone());
-                    out.push(LooseReference { table: t.name.clone(), column: object, content_type: Some(ct.clone()), parent: None });
+                    out.push(LooseReference {
+                        table: t.name.clone(),
+                        column: object,
+                        content_type: Some(ct.clone()),
+                        parent: None,
+                    });
                 }
             }
             for c in &t.columns {
-                let Some(stem) = c.name.strip_suffix("_id").filter(|s| !s.is_empty()) else { continue };
+                let Some(stem) = c.name.strip_suffix("_id").filter(|s| !s.is_empty()) else {
+                    continue;
+                };
                 let keyish = matches!(c.type_name.as_str(), "int2" | "int4" | "int8" | "uuid");
                 if !keyish || declared(&c.name) || generic.contains(&c.name) {
                     continue;
                 }
                 let parent = self.tables.iter().find(|p| {
                     p.name != t.name
-                        && (p.name.name == stem || p.name.name == format!("{stem}s") || p.name.name.ends_with(&format!("_{stem}")))
+                        && (p.name.name == stem
+                            || p.name.name == format!("{stem}s")
+                            || p.name.name.ends_with(&format!("_{stem}")))
                 });
                 if let Some(p) = parent {
                     out.push(LooseReference {
@@ -404,7 +432,9 @@ impl SchemaReport {
 
     /// A table by its bare name (any schema), or by `schema.name`.
     pub fn find(&self, name: &str) -> Option<&Table> {
-        self.tables.iter().find(|t| t.name.name == name || format!("{}.{}", t.name.schema, t.name.name) == name)
+        self.tables
+            .iter()
+            .find(|t| t.name.name == name || format!("{}.{}", t.name.schema, t.name.name) == name)
     }
 
     pub fn domain(&self, name: &str) -> Option<&Domain> {
@@ -525,7 +555,8 @@ impl MigrationPlan {
             })
             .collect();
         // The fields of each entity are written in one order (a JSON object's keys sorted).
-        let text = serde_json::to_string(&(&self.goal, &waves)).expect("plan types always serialize");
+        let text =
+            serde_json::to_string(&(&self.goal, &waves)).expect("plan types always serialize");
         hex::encode(Sha256::digest(text.as_bytes()))
     }
 

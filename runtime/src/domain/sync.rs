@@ -64,9 +64,16 @@ impl Change {
     }
 
     pub fn parse(s: &str) -> Option<Change> {
-        [Change::Insert, Change::Update, Change::Delete, Change::Conflict, Change::TargetChanged, Change::Rejected]
-            .into_iter()
-            .find(|c| c.as_str() == s)
+        [
+            Change::Insert,
+            Change::Update,
+            Change::Delete,
+            Change::Conflict,
+            Change::TargetChanged,
+            Change::Rejected,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
     }
 }
 

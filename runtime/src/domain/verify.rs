@@ -58,7 +58,8 @@ pub struct Orphans {
 }
 
 /// One reference counted on both sides: the source rows migrated whose reference columns are
-/// all set, and the target rows made from them whose reference points at a row of the parent. Equal counts mean no link was lost or left dangling.
+/// all set, and the target rows made from them whose reference points at a row of the parent. Equal
+/// counts mean no link was lost or left dangling.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Links {
     /// The target columns holding the reference: one holding the parent's UUID, or a foreign

@@ -51,7 +51,11 @@ fn default_zone() -> String {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { namespace: DEFAULT_NAMESPACE, uuid_layout: default_layout(), timezone: default_zone() }
+        Settings {
+            namespace: DEFAULT_NAMESPACE,
+            uuid_layout: default_layout(),
+            timezone: default_zone(),
+        }
     }
 }
 
@@ -66,7 +70,8 @@ pub struct EntityRule {
     pub join: Vec<JoinRule>,
     #[serde(default)]
     pub columns: BTreeMap<String, ColumnRule>,
-    /// How `diff migrate` keeps the entity in step: `sync = { delete = "hard", conflicts = "manual" }`.
+    /// How `diff migrate` keeps the entity in step: `sync = { delete = "hard", conflicts = "manual"
+    /// }`.
     #[serde(default, skip_serializing_if = "is_default_sync")]
     pub sync: SyncPolicy,
     /// Columns that hold another table's keys though no foreign key says so:
@@ -140,7 +145,10 @@ pub struct ScriptRule {
 impl MappingFile {
     pub fn parse(text: &str, origin: &str) -> Result<MappingFile, BadInput> {
         toml::from_str(text).map_err(|e| {
-            BadInput(format!("{origin}: {}", e.to_string().replace('\n', " ").split_whitespace().collect::<Vec<_>>().join(" ")))
+            BadInput(format!(
+                "{origin}: {}",
+                e.to_string().replace('\n', " ").split_whitespace().collect::<Vec<_>>().join(" ")
+            ))
         })
     }
 
@@ -151,8 +159,12 @@ impl MappingFile {
             for (column, c) in &mut rule.columns {
                 if let Some(script) = &mut c.transform {
                     let path = base.join(&script.python);
-                    let code = std::fs::read_to_string(&path)
-                        .map_err(|e| BadInput(format!("{origin}: {entity}.{column}: transform script {}: {e}", path.display())))?;
+                    let code = std::fs::read_to_string(&path).map_err(|e| {
+                        BadInput(format!(
+                            "{origin}: {entity}.{column}: transform script {}: {e}",
+                            path.display()
+                        ))
+                    })?;
                     script.code = Some(code);
                 }
             }

@@ -173,7 +173,11 @@ impl MappingSpec {
         for c in &self.columns {
             for t in &c.transforms {
                 if let (Transform::Script { path, code }, Feed::Column { column }) = (t, &c.feed) {
-                    scripts.push(ScriptColumn { column: column.clone(), path: path.clone(), code: code.clone() });
+                    scripts.push(ScriptColumn {
+                        column: column.clone(),
+                        path: path.clone(),
+                        code: code.clone(),
+                    });
                 }
             }
         }
@@ -186,7 +190,9 @@ impl MappingSpec {
         for c in &self.columns {
             let used: Vec<&String> = match &c.feed {
                 Feed::Column { column } => vec![column],
-                Feed::Concat { columns, .. } | Feed::Reference { columns, .. } | Feed::Metadata { columns } => columns.iter().collect(),
+                Feed::Concat { columns, .. }
+                | Feed::Reference { columns, .. }
+                | Feed::Metadata { columns } => columns.iter().collect(),
                 Feed::Generic { column, by, .. } => vec![column, by],
                 Feed::Key | Feed::LegacyKey | Feed::Constant { .. } => vec![],
             };
@@ -263,7 +269,9 @@ pub struct KeyDeriver {
 impl KeyDeriver {
     pub fn new(layout: UuidLayout, namespace: uuid::Uuid, table: &TableName) -> KeyDeriver {
         let table_name = format!("{}.{}", table.schema, table.name);
-        let tag = u32::from_be_bytes(digest(&namespace, table_name.as_bytes())[..4].try_into().expect("4 bytes"));
+        let tag = u32::from_be_bytes(
+            digest(&namespace, table_name.as_bytes())[..4].try_into().expect("4 bytes"),
+        );
         KeyDeriver { layout, namespace, prefix: format!("{table_name}:"), tag }
     }
 
@@ -354,7 +362,9 @@ mod tests {
     fn derived_uuids_are_stable_and_ordered_keys_sort_by_key() {
         let ns = uuid::Uuid::from_u128(0x1234);
         let t = TableName::new("public", "dispatch_task");
-        let derive = |layout, table: &TableName, key: &str| KeyDeriver::new(layout, ns, table).derive(&[key]);
+        let derive = |layout, table: &TableName, key: &str| {
+            KeyDeriver::new(layout, ns, table).derive(&[key])
+        };
         let a = derive(UuidLayout::Ordered, &t, "9");
         let b = derive(UuidLayout::Ordered, &t, "10");
         let c = derive(UuidLayout::Ordered, &t, "100000");
@@ -365,7 +375,9 @@ mod tests {
         let v5 = derive(UuidLayout::V5, &t, "9");
         assert_eq!(v5.get_version_num(), 5);
         assert_eq!(v5, derive(UuidLayout::V5, &t, "9"));
-        let prefix = KeyDeriver::new(UuidLayout::Ordered, ns, &t).prefix().expect("ordered UUIDs share a prefix");
+        let prefix = KeyDeriver::new(UuidLayout::Ordered, ns, &t)
+            .prefix()
+            .expect("ordered UUIDs share a prefix");
         assert!([a, b, c].iter().all(|u| u.to_string().starts_with(&prefix)), "{prefix} {a}");
         assert_eq!(KeyDeriver::new(UuidLayout::V5, ns, &t).prefix(), None);
         let pair = TableName::new("public", "dispatch_role_permission");
@@ -378,11 +390,17 @@ mod tests {
     #[test]
     fn derived_uuids_do_not_change_between_versions() {
         let ns = uuid::Uuid::from_u128(0x1234);
-        let derive =
-            |table: &str, key: &[&str]| KeyDeriver::new(UuidLayout::Ordered, ns, &TableName::new("public", table)).derive(key).to_string();
+        let derive = |table: &str, key: &[&str]| {
+            KeyDeriver::new(UuidLayout::Ordered, ns, &TableName::new("public", table))
+                .derive(key)
+                .to_string()
+        };
         assert_eq!(derive("dispatch_task", &["9"]), "23aef083-8000-8000-8000-0000274ee463");
         assert_eq!(derive("dispatch_task", &["-5"]), "23aef083-7fff-8fff-bfff-ffffeeec6d32");
-        assert_eq!(derive("dispatch_role_permission", &["3", "7"]), "7076501b-0000-8000-8c00-00001cb3a52f");
+        assert_eq!(
+            derive("dispatch_role_permission", &["3", "7"]),
+            "7076501b-0000-8000-8c00-00001cb3a52f"
+        );
         assert_eq!(derive("dispatch_code", &["AB-1"]), "28fb0be1-056a-84bd-aef2-b88bb798f5b6");
     }
 }

@@ -88,7 +88,10 @@ impl FromStr for FaultKind {
     type Err = BadInput;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         FaultKind::ALL.into_iter().find(|k| k.as_str() == s.trim()).ok_or_else(|| {
-            BadInput(format!("unknown fault kind `{s}`; expected one of {}", FaultKind::ALL.map(FaultKind::as_str).join(", ")))
+            BadInput(format!(
+                "unknown fault kind `{s}`; expected one of {}",
+                FaultKind::ALL.map(FaultKind::as_str).join(", ")
+            ))
         })
     }
 }
@@ -110,20 +113,32 @@ impl FaultProfile {
     pub fn production() -> FaultProfile {
         use FaultKind::*;
         let table: &[(&str, &[(FaultKind, f64)])] = &[
-            ("auth_user", &[(EmailCaseCollision, 0.004), (MalformedEmail, 0.002), (WhitespacePadding, 0.02)]),
+            (
+                "auth_user",
+                &[(EmailCaseCollision, 0.004), (MalformedEmail, 0.002), (WhitespacePadding, 0.02)],
+            ),
             ("dispatch_office", &[(WhitespacePadding, 0.10)]),
             ("dispatch_profile", &[(BadJson, 0.002), (InvalidEnum, 0.001)]),
             ("dispatch_doctor", &[(DuplicateUnique, 0.003), (InvalidEnum, 0.003)]),
             (
                 "dispatch_patient",
-                &[(MalformedEmail, 0.002), (DateOutOfRange, 0.001), (NullRequired, 0.001), (Mojibake, 0.005), (WhitespacePadding, 0.01)],
+                &[
+                    (MalformedEmail, 0.002),
+                    (DateOutOfRange, 0.001),
+                    (NullRequired, 0.001),
+                    (Mojibake, 0.005),
+                    (WhitespacePadding, 0.01),
+                ],
             ),
             ("dispatch_order", &[(InvalidEnum, 0.004), (NegativeAmount, 0.003), (OrphanFk, 0.003)]),
             ("dispatch_jaw", &[(InvalidEnum, 0.0002)]),
             ("dispatch_treatment_plan", &[(BadJson, 0.001)]),
             ("dispatch_patient_event", &[(BadJson, 0.0002), (DateOutOfRange, 0.0001)]),
             ("dispatch_case", &[(DateOutOfRange, 0.002)]),
-            ("dispatch_case_state", &[(InvalidEnum, 0.025), (NullRequired, 0.01), (OrphanFk, 0.005)]),
+            (
+                "dispatch_case_state",
+                &[(InvalidEnum, 0.025), (NullRequired, 0.01), (OrphanFk, 0.005)],
+            ),
             ("dispatch_task", &[(OrphanFk, 0.005), (NullRequired, 0.003)]),
             ("dispatch_case_message", &[(NullRequired, 0.0005), (Mojibake, 0.003)]),
             ("dispatch_message_attachment", &[(NegativeAmount, 0.0005)]),
@@ -133,23 +148,41 @@ impl FaultProfile {
             ("dispatch_purchase", &[(OrphanFk, 0.001)]),
             ("dispatch_payment", &[(NegativeAmount, 0.001), (InvalidEnum, 0.001)]),
             ("dispatch_offer", &[(DuplicateUnique, 0.5)]),
-            ("dispatch_discount", &[(NullRequired, 0.04), (DateOutOfRange, 0.03), (NegativeAmount, 0.03)]),
+            (
+                "dispatch_discount",
+                &[(NullRequired, 0.04), (DateOutOfRange, 0.03), (NegativeAmount, 0.03)],
+            ),
             ("dispatch_role_permission", &[(DuplicateUnique, 0.002)]),
             ("technician_roles", &[(WhitespacePadding, 0.10)]),
         ];
-        FaultProfile { rates: table.iter().map(|(t, kinds)| ((*t).to_owned(), kinds.iter().copied().collect())).collect() }
+        FaultProfile {
+            rates: table
+                .iter()
+                .map(|(t, kinds)| ((*t).to_owned(), kinds.iter().copied().collect()))
+                .collect(),
+        }
     }
 
     /// Reads overrides from TOML (`[dispatch_offer]` then `duplicate_unique = 0.5`) on top of
     /// this profile.
-    pub fn with_overrides(mut self, toml_text: &str, origin: &str) -> Result<FaultProfile, BadInput> {
+    pub fn with_overrides(
+        mut self,
+        toml_text: &str,
+        origin: &str,
+    ) -> Result<FaultProfile, BadInput> {
         let parsed: BTreeMap<String, BTreeMap<String, f64>> =
-            toml::from_str(toml_text).map_err(|e| BadInput(format!("{origin}: {}", e.to_string().lines().next().unwrap_or_default())))?;
+            toml::from_str(toml_text).map_err(|e| {
+                BadInput(format!("{origin}: {}", e.to_string().lines().next().unwrap_or_default()))
+            })?;
         for (table, kinds) in parsed {
             for (kind, rate) in kinds {
-                let kind: FaultKind = kind.parse().map_err(|e: BadInput| BadInput(format!("{origin}: [{table}]: {e}")))?;
+                let kind: FaultKind = kind
+                    .parse()
+                    .map_err(|e: BadInput| BadInput(format!("{origin}: [{table}]: {e}")))?;
                 if !(0.0..=1.0).contains(&rate) {
-                    return Err(BadInput(format!("{origin}: [{table}] {kind} = {rate} is not a rate between 0 and 1")));
+                    return Err(BadInput(format!(
+                        "{origin}: [{table}] {kind} = {rate} is not a rate between 0 and 1"
+                    )));
                 }
                 self.rates.entry(table.clone()).or_default().insert(kind, rate);
             }
@@ -158,6 +191,9 @@ impl FaultProfile {
     }
 
     pub fn for_table(&self, table: &str) -> Vec<(FaultKind, f64)> {
-        self.rates.get(table).map(|m| m.iter().map(|(k, r)| (*k, *r)).filter(|(_, r)| *r > 0.0).collect()).unwrap_or_default()
+        self.rates
+            .get(table)
+            .map(|m| m.iter().map(|(k, r)| (*k, *r)).filter(|(_, r)| *r > 0.0).collect())
+            .unwrap_or_default()
     }
 }

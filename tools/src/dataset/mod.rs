@@ -62,24 +62,41 @@ pub struct World {
 impl World {
     pub fn build(scale: f64, seed: u64, profile: &FaultProfile) -> Result<World, BadInput> {
         if !(scale > 0.0 && scale <= 100.0) {
-            return Err(BadInput(format!("scale {scale} is out of range; use a number above 0 and at most 100")));
+            return Err(BadInput(format!(
+                "scale {scale} is out of range; use a number above 0 and at most 100"
+            )));
         }
         for (table, kinds) in &profile.rates {
-            let spec = spec::spec(table)
-                .ok_or_else(|| BadInput(format!("the fault profile names `{table}`, which is not a table of the reference dataset")))?;
+            let spec = spec::spec(table).ok_or_else(|| {
+                BadInput(format!(
+                    "the fault profile names `{table}`, which is not \
+                    a table of the reference dataset"
+                ))
+            })?;
             for kind in kinds.keys() {
                 if !spec.faults.contains(kind) {
                     let can: Vec<&str> = spec.faults.iter().map(|k| k.as_str()).collect();
                     return Err(BadInput(format!(
-                        "the fault profile gives {table} `{kind}`, which that table cannot carry (it can: {})",
+                        "the fault profile gives {table} `{kind}`, which that table cannot carry \
+                            (it can: {})",
                         if can.is_empty() { "none".to_owned() } else { can.join(", ") }
                     )));
                 }
             }
         }
-        let mut world = World { seed, rows: HashMap::new(), faults: HashMap::new(), kinds: HashMap::new(), clean: HashMap::new() };
+        let mut world = World {
+            seed,
+            rows: HashMap::new(),
+            faults: HashMap::new(),
+            kinds: HashMap::new(),
+            clean: HashMap::new(),
+        };
         for t in TABLES {
-            let n = if t.fixed { t.base_rows } else { ((t.base_rows as f64 * scale).round() as i64).max(MIN_ROWS) };
+            let n = if t.fixed {
+                t.base_rows
+            } else {
+                ((t.base_rows as f64 * scale).round() as i64).max(MIN_ROWS)
+            };
             world.rows.insert(t.name, n);
             let rates = profile.for_table(t.name);
             world.kinds.insert(t.name, rates.iter().map(|(k, _)| *k).collect());
@@ -94,7 +111,11 @@ impl World {
                         u < acc
                     });
                     // A duplicate needs an earlier clean row to repeat; the first rows have none.
-                    if matches!(fault, Some((FaultKind::DuplicateUnique | FaultKind::EmailCaseCollision, _))) && !seen_clean {
+                    if matches!(
+                        fault,
+                        Some((FaultKind::DuplicateUnique | FaultKind::EmailCaseCollision, _))
+                    ) && !seen_clean
+                    {
                         fault = None;
                     }
                     let fault = fault.map(|(k, _)| *k);
@@ -110,13 +131,19 @@ impl World {
             // rejecting fault rejects it.
             let partner = (t.name == "dispatch_profile").then(|| &world.faults["auth_user"]);
             let clean: Vec<i32> = (0..own.len())
-                .filter(|&i| !rejects(own[i]) && partner.is_none_or(|p| !rejects(p.get(i).copied().flatten())))
+                .filter(|&i| {
+                    !rejects(own[i])
+                        && partner.is_none_or(|p| !rejects(p.get(i).copied().flatten()))
+                })
                 .map(|i| i as i32 + 1)
                 .collect();
             world.clean.insert(t.name, clean);
         }
         if let Some(t) = TABLES.iter().find(|t| world.clean[t.name].is_empty()) {
-            return Err(BadInput(format!("with these fault rates no row of {} is clean, so nothing could reference it", t.name)));
+            return Err(BadInput(format!(
+                "with these fault rates no row of {} is clean, so nothing could reference it",
+                t.name
+            )));
         }
         Ok(world)
     }
@@ -133,8 +160,12 @@ impl World {
     fn write_rows(&self, spec: &TableSpec, from: i64, to: i64, out: &mut Vec<u8>) {
         let faults = &self.faults[spec.name];
         for id in from..=to {
-            let mut ctx =
-                RowCtx { id, rng: Rng::for_row(self.seed, table_key(spec.name), id), fault: faults[(id - 1) as usize], world: self };
+            let mut ctx = RowCtx {
+                id,
+                rng: Rng::for_row(self.seed, table_key(spec.name), id),
+                fault: faults[(id - 1) as usize],
+                world: self,
+            };
             (spec.row)(&mut ctx, &mut copy::Line::new(out));
         }
     }
@@ -145,7 +176,8 @@ impl World {
             .iter()
             .map(|t| {
                 let own = &self.faults[t.name];
-                let mut faults: BTreeMap<FaultKind, i64> = self.kinds[t.name].iter().map(|k| (*k, 0)).collect();
+                let mut faults: BTreeMap<FaultKind, i64> =
+                    self.kinds[t.name].iter().map(|k| (*k, 0)).collect();
                 for f in own.iter().flatten() {
                     *faults.entry(*f).or_default() += 1;
                 }
@@ -215,10 +247,13 @@ pub struct DatasetReport {
 impl DatasetReport {
     /// The per-table table operators read.
     pub fn render(&self) -> String {
-        let mut out =
-            format!("{:<28} {:<20} {:>9} {:>9} {:>9} {:>9}  faults\n", "legacy table", "target", "rows", "clean", "migrate", "reject");
+        let mut out = format!(
+            "{:<28} {:<20} {:>9} {:>9} {:>9} {:>9}  faults\n",
+            "legacy table", "target", "rows", "clean", "migrate", "reject"
+        );
         for t in &self.tables {
-            let faults: Vec<String> = t.faults.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+            let faults: Vec<String> =
+                t.faults.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
             let show = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_else(|| "merged".into());
             out.push_str(&format!(
                 "{:<28} {:<20} {:>9} {:>9} {:>9} {:>9}  {}\n",
@@ -234,7 +269,8 @@ impl DatasetReport {
         let migrate: i64 = self.tables.iter().filter_map(|t| t.expected_migrated).sum();
         let reject: i64 = self.tables.iter().filter_map(|t| t.expected_rejected).sum();
         out.push_str(&format!(
-            "{} rows in {} tables (scale {}, seed {}); expected: {migrate} migrated, {reject} rejected; checksum {}\n",
+            "{} rows in {} tables (scale {}, seed {}); expected: {migrate} migrated, {reject} \
+                rejected; checksum {}\n",
             self.rows,
             self.tables.len(),
             self.scale,
@@ -246,9 +282,15 @@ impl DatasetReport {
 }
 
 /// Loads the legacy schema into `pool`'s database and fills it.
-pub async fn generate(pool: &PgPool, opts: &GenerateOptions, progress: impl Fn(&str) + Send + Sync) -> Result<DatasetReport, ToolError> {
+pub async fn generate(
+    pool: &PgPool,
+    opts: &GenerateOptions,
+    progress: impl Fn(&str) + Send + Sync,
+) -> Result<DatasetReport, ToolError> {
     let started = Instant::now();
-    let world = std::sync::Arc::new(World::build(opts.scale, opts.seed, &opts.faults).map_err(ToolError::from)?);
+    let world = std::sync::Arc::new(
+        World::build(opts.scale, opts.seed, &opts.faults).map_err(ToolError::from)?,
+    );
     let existing: Vec<String> = sqlx::query_scalar(
         "SELECT relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname = ANY($1)",
@@ -260,15 +302,25 @@ pub async fn generate(pool: &PgPool, opts: &GenerateOptions, progress: impl Fn(&
     if !existing.is_empty() {
         if !opts.replace {
             return Err(ToolError::system(format!(
-                "the source database already has {} of the legacy tables ({}, ...); pass --replace to drop and regenerate them",
+                "the source database already has {} of the legacy tables ({}, ...); pass \
+                    --replace to drop and regenerate them",
                 existing.len(),
                 existing[0]
             )));
         }
-        let drop = format!("DROP TABLE IF EXISTS {} CASCADE", TABLES.iter().map(|t| t.name).collect::<Vec<_>>().join(", "));
-        sqlx::raw_sql(&drop).execute(pool).await.map_err(while_doing("dropping the old legacy tables"))?;
+        let drop = format!(
+            "DROP TABLE IF EXISTS {} CASCADE",
+            TABLES.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+        );
+        sqlx::raw_sql(&drop)
+            .execute(pool)
+            .await
+            .map_err(while_doing("dropping the old legacy tables"))?;
     }
-    sqlx::raw_sql(LEGACY_SCHEMA).execute(pool).await.map_err(while_doing("creating the legacy schema"))?;
+    sqlx::raw_sql(LEGACY_SCHEMA)
+        .execute(pool)
+        .await
+        .map_err(while_doing("creating the legacy schema"))?;
 
     // Largest tables first, a few at a time: the database ingests one COPY per core.
     let mut order: Vec<&'static TableSpec> = TABLES.iter().collect();
@@ -281,20 +333,30 @@ pub async fn generate(pool: &PgPool, opts: &GenerateOptions, progress: impl Fn(&
         while tasks.len() < 3 {
             let Some(spec) = queue.next() else { break };
             let (pool, world) = (pool.clone(), world.clone());
-            tasks.spawn(async move { load_table(&pool, world, spec).await.map(|(sum, secs)| (spec, sum, secs)) });
+            tasks.spawn(async move {
+                load_table(&pool, world, spec).await.map(|(sum, secs)| (spec, sum, secs))
+            });
         }
         let Some(done) = tasks.join_next().await else { break };
-        let (spec, sum, secs) = done.map_err(|e| ToolError::system(format!("a loader task failed: {e}")))??;
+        let (spec, sum, secs) =
+            done.map_err(|e| ToolError::system(format!("a loader task failed: {e}")))??;
         progress(&format!("{:<28} {:>9} rows in {:>6.2}s", spec.name, world.rows(spec.name), secs));
         checksums.insert(spec.name.to_owned(), sum);
     }
-    sqlx::raw_sql(LEGACY_CONSTRAINTS).execute(pool).await.map_err(while_doing("adding the legacy foreign keys"))?;
-    sqlx::raw_sql("ANALYZE").execute(pool).await.map_err(while_doing("analyzing the legacy tables"))?;
+    sqlx::raw_sql(LEGACY_CONSTRAINTS)
+        .execute(pool)
+        .await
+        .map_err(while_doing("adding the legacy foreign keys"))?;
+    sqlx::raw_sql("ANALYZE")
+        .execute(pool)
+        .await
+        .map_err(while_doing("analyzing the legacy tables"))?;
     let mut report = world.report(opts.scale, &checksums);
     report.seconds = started.elapsed().as_secs_f64();
     let stamp = serde_json::json!({"agentctl_dataset": {"scale": report.scale, "seed": report.seed, "checksum": report.checksum, "rows": report.rows}});
     sqlx::raw_sql(&format!(
-        "DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS %L', current_database(), '{}'); END $$",
+        "DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS %L', current_database(), '{}'); \
+            END $$",
         stamp.to_string().replace('\'', "''")
     ))
     .execute(pool)
@@ -304,7 +366,11 @@ pub async fn generate(pool: &PgPool, opts: &GenerateOptions, progress: impl Fn(&
 }
 
 /// Streams one table into the database; returns the checksum of its COPY text and the seconds.
-async fn load_table(pool: &PgPool, world: std::sync::Arc<World>, spec: &'static TableSpec) -> Result<(String, f64), ToolError> {
+async fn load_table(
+    pool: &PgPool,
+    world: std::sync::Arc<World>,
+    spec: &'static TableSpec,
+) -> Result<(String, f64), ToolError> {
     let started = Instant::now();
     let what = format!("loading {}", spec.name);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
@@ -333,9 +399,16 @@ async fn load_table(pool: &PgPool, world: std::sync::Arc<World>, spec: &'static 
     // TRUNCATE in the same transaction lets COPY FREEZE write the rows already frozen, so
     // the first reader does not have to set hint bits on 3 million rows.
     sqlx::query("BEGIN").execute(&mut *conn).await.map_err(while_doing(&what))?;
-    sqlx::query(&format!("TRUNCATE {}", spec.name)).execute(&mut *conn).await.map_err(while_doing(&what))?;
+    sqlx::query(&format!("TRUNCATE {}", spec.name))
+        .execute(&mut *conn)
+        .await
+        .map_err(while_doing(&what))?;
     let mut copy = conn
-        .copy_in_raw(&format!("COPY {} ({}) FROM STDIN WITH (FREEZE)", spec.name, spec.columns.join(", ")))
+        .copy_in_raw(&format!(
+            "COPY {} ({}) FROM STDIN WITH (FREEZE)",
+            spec.name,
+            spec.columns.join(", ")
+        ))
         .await
         .map_err(while_doing(&what))?;
     while let Some(chunk) = rx.recv().await {
@@ -346,7 +419,9 @@ async fn load_table(pool: &PgPool, world: std::sync::Arc<World>, spec: &'static 
     }
     copy.finish().await.map_err(while_doing(&what))?;
     sqlx::query("COMMIT").execute(&mut *conn).await.map_err(while_doing(&what))?;
-    let sum = producer.await.map_err(|e| ToolError::system(format!("while {what}: the row generator failed: {e}")))?;
+    let sum = producer
+        .await
+        .map_err(|e| ToolError::system(format!("while {what}: the row generator failed: {e}")))?;
     Ok((sum, started.elapsed().as_secs_f64()))
 }
 
@@ -363,7 +438,8 @@ pub async fn apply_target_schema(pool: &PgPool, replace: bool) -> Result<(), Too
     if existing > 0 {
         if !replace {
             return Err(ToolError::system(format!(
-                "the target database already has {existing} of the modern tables; pass --replace to drop and recreate them (their rows are lost)"
+                "the target database already has {existing} of the modern tables; pass --replace \
+                    to drop and recreate them (their rows are lost)"
             )));
         }
         // Only what the modern schema defines: anything else in the database stays.
@@ -374,20 +450,30 @@ pub async fn apply_target_schema(pool: &PgPool, replace: bool) -> Result<(), Too
              case_state, task_status, message_level, payment_method, payment_status CASCADE;",
             tables.join(", ")
         );
-        sqlx::raw_sql(&drop).execute(pool).await.map_err(while_doing("dropping the old target schema"))?;
+        sqlx::raw_sql(&drop)
+            .execute(pool)
+            .await
+            .map_err(while_doing("dropping the old target schema"))?;
     }
-    sqlx::raw_sql(TARGET_SCHEMA).execute(pool).await.map_err(while_doing("creating the target schema"))?;
+    sqlx::raw_sql(TARGET_SCHEMA)
+        .execute(pool)
+        .await
+        .map_err(while_doing("creating the target schema"))?;
     Ok(())
 }
 
 /// The identity stamped on a generated database, if it has one.
 pub async fn stamp(pool: &PgPool) -> Result<Option<serde_json::Value>, ToolError> {
-    let text: Option<String> =
-        sqlx::query_scalar("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = current_database()")
-            .fetch_one(pool)
-            .await
-            .map_err(while_doing("reading the dataset stamp"))?;
-    Ok(text.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| v.get("agentctl_dataset").cloned()))
+    let text: Option<String> = sqlx::query_scalar(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE \
+            datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(while_doing("reading the dataset stamp"))?;
+    Ok(text
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("agentctl_dataset").cloned()))
 }
 
 #[cfg(test)]

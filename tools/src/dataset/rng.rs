@@ -9,7 +9,9 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn for_row(seed: u64, table: u64, id: i64) -> Rng {
-        let mut r = Rng(seed ^ table.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (id as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut r = Rng(seed
+            ^ table.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (id as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
         r.next();
         r
     }
@@ -44,5 +46,7 @@ impl Rng {
 
 /// A stable number for a table name, to seed its rows.
 pub fn table_key(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
+    })
 }

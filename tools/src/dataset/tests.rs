@@ -50,14 +50,24 @@ fn row_counts_follow_the_scale_with_a_floor_and_fixed_lookups() {
 
 #[test]
 fn bad_profiles_are_refused_with_the_reason() {
-    let e = FaultProfile::clean().with_overrides("[dispatch_office]\norphan_fk = 0.1\n", "f.toml").map(|p| World::build(1.0, 1, &p).err());
+    let e = FaultProfile::clean()
+        .with_overrides("[dispatch_office]\norphan_fk = 0.1\n", "f.toml")
+        .map(|p| World::build(1.0, 1, &p).err());
     assert_eq!(
         e.unwrap().unwrap().0,
-        "the fault profile gives dispatch_office `orphan_fk`, which that table cannot carry (it can: whitespace_padding)"
+        "the fault profile gives dispatch_office `orphan_fk`, which that table cannot carry (it \
+            can: whitespace_padding)"
     );
-    let e = FaultProfile::clean().with_overrides("[dispatch_offer]\nduplicate_unique = 1.5\n", "f.toml").unwrap_err();
-    assert_eq!(e.0, "f.toml: [dispatch_offer] duplicate_unique = 1.5 is not a rate between 0 and 1");
-    let e = FaultProfile::clean().with_overrides("[dispatch_offer]\nduplicates = 0.5\n", "f.toml").unwrap_err();
+    let e = FaultProfile::clean()
+        .with_overrides("[dispatch_offer]\nduplicate_unique = 1.5\n", "f.toml")
+        .unwrap_err();
+    assert_eq!(
+        e.0,
+        "f.toml: [dispatch_offer] duplicate_unique = 1.5 is not a rate between 0 and 1"
+    );
+    let e = FaultProfile::clean()
+        .with_overrides("[dispatch_offer]\nduplicates = 0.5\n", "f.toml")
+        .unwrap_err();
     assert!(e.0.starts_with("f.toml: [dispatch_offer]: unknown fault kind `duplicates`"), "{e}");
     assert!(World::build(0.0, 1, &FaultProfile::clean()).is_err());
 }

@@ -40,15 +40,18 @@ async fn set_aside(
     definition: &str,
     validated: bool,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO agentctl.suspended_constraints (target_table, name, kind, definition, validated, run_id) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(target.to_string())
-        .bind(name)
-        .bind(kind)
-        .bind(definition)
-        .bind(validated)
-        .bind(run.0)
-        .execute(&mut *c)
-        .await?;
+    sqlx::query(
+        "INSERT INTO agentctl.suspended_constraints (target_table, name, kind, \
+        definition, validated, run_id) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(target.to_string())
+    .bind(name)
+    .bind(kind)
+    .bind(definition)
+    .bind(validated)
+    .bind(run.0)
+    .execute(&mut *c)
+    .await?;
     let drop = match kind {
         "index" => format!("DROP INDEX {}.{}", ident(&target.schema), ident(name)),
         AUTOVACUUM => format!("ALTER TABLE {} SET (autovacuum_enabled = false)", quoted(target)),
@@ -59,11 +62,17 @@ async fn set_aside(
 }
 
 /// Whether the table's unique legacy key is set aside for its load.
-pub(super) async fn legacy_key_aside(c: &mut sqlx::PgConnection, target: &TableName) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agentctl.suspended_constraints WHERE target_table = $1 AND kind = 'unique')")
-        .bind(target.to_string())
-        .fetch_one(c)
-        .await
+pub(super) async fn legacy_key_aside(
+    c: &mut sqlx::PgConnection,
+    target: &TableName,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM agentctl.suspended_constraints WHERE \
+        target_table = $1 AND kind = 'unique')",
+    )
+    .bind(target.to_string())
+    .fetch_one(c)
+    .await
 }
 
 impl PgTarget {
@@ -71,7 +80,12 @@ impl PgTarget {
     /// was put back and whether that was everything. A foreign key the rows break fails it,
     /// ends it there, or is left aside while the rest goes on, as `on_refusal` says; what is not
     /// put back stays recorded.
-    async fn restore(&self, target: &TableName, kind: Option<&str>, on_refusal: OnRefusal) -> Result<(Vec<String>, bool), ToolError> {
+    async fn restore(
+        &self,
+        target: &TableName,
+        kind: Option<&str>,
+        on_refusal: OnRefusal,
+    ) -> Result<(Vec<String>, bool), ToolError> {
         let what = format!("putting back the constraints and indexes of {target}");
         let records: Vec<(String, String, String, bool)> = sqlx::query_as(
             "SELECT name, kind, definition, validated FROM agentctl.suspended_constraints
@@ -105,20 +119,29 @@ impl PgTarget {
                     sqlx::query(&format!("CREATE UNIQUE INDEX {name} ON {table} (legacy_id)"))
                         .execute(&mut *tx)
                         .await
-                        .map_err(while_doing(format!("building the index of {name} on {target}")))?;
+                        .map_err(while_doing(format!(
+                            "building the index of {name} on {target}"
+                        )))?;
                     format!("ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}")
                 }
                 // A unique key is built whole, never NOT VALID.
-                "unique" => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name)),
+                "unique" => {
+                    format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name))
+                }
                 // Validated as it is added, unless it was NOT VALID before agentctl set it aside.
                 _ if validated || definition.ends_with("NOT VALID") => {
                     format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name))
                 }
-                _ => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition} NOT VALID", ident(&name)),
+                _ => format!(
+                    "ALTER TABLE {table} ADD CONSTRAINT {} {definition} NOT VALID",
+                    ident(&name)
+                ),
             };
             match sqlx::query(&create).execute(&mut *tx).await {
                 Ok(_) => {}
-                Err(sqlx::Error::Database(db)) if on_refusal != OnRefusal::Fail && db.code().as_deref() == Some("23503") => {
+                Err(sqlx::Error::Database(db))
+                    if on_refusal != OnRefusal::Fail && db.code().as_deref() == Some("23503") =>
+                {
                     if on_refusal == OnRefusal::Stop {
                         return Ok((restored, false));
                     }
@@ -128,12 +151,14 @@ impl PgTarget {
                 }
                 Err(e) => return Err(while_doing(format!("putting back {name} on {target}"))(e)),
             }
-            sqlx::query("DELETE FROM agentctl.suspended_constraints WHERE target_table = $1 AND name = $2")
-                .bind(target.to_string())
-                .bind(&name)
-                .execute(&mut *tx)
-                .await
-                .map_err(while_doing(&what))?;
+            sqlx::query(
+                "DELETE FROM agentctl.suspended_constraints WHERE target_table = $1 AND name = $2",
+            )
+            .bind(target.to_string())
+            .bind(&name)
+            .execute(&mut *tx)
+            .await
+            .map_err(while_doing(&what))?;
             tx.commit().await.map_err(while_doing(&what))?;
             restored.push(name);
         }
@@ -143,7 +168,11 @@ impl PgTarget {
 
 #[async_trait]
 impl ConstraintStore for PgTarget {
-    async fn suspend_constraints(&self, run: RunId, target: &TableName) -> Result<Vec<String>, ToolError> {
+    async fn suspend_constraints(
+        &self,
+        run: RunId,
+        target: &TableName,
+    ) -> Result<Vec<String>, ToolError> {
         let what = format!("setting aside the foreign keys and indexes of {target} for the load");
         let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
         let table = quoted(target);
@@ -161,7 +190,9 @@ impl ConstraintStore for PgTarget {
         .await
         .map_err(while_doing(&what))?;
         for (name, kind, definition, validated) in &found {
-            set_aside(&mut tx, run, target, name, kind, definition, *validated).await.map_err(while_doing(&what))?;
+            set_aside(&mut tx, run, target, name, kind, definition, *validated)
+                .await
+                .map_err(while_doing(&what))?;
         }
         // An empty table's autovacuum is off while agentctl fills it: it would otherwise analyze
         // a half-loaded table (statistics thrown away when it is full) and vacuum it while the
@@ -178,23 +209,41 @@ impl ConstraintStore for PgTarget {
         .await
         .map_err(while_doing(&what))?;
         if quiet {
-            set_aside(&mut tx, run, target, AUTOVACUUM_NAME, AUTOVACUUM, "autovacuum_enabled", true).await.map_err(while_doing(&what))?;
-        }
-        let all: Vec<String> = sqlx::query_scalar("SELECT name FROM agentctl.suspended_constraints WHERE target_table = $1 ORDER BY name")
-            .bind(target.to_string())
-            .fetch_all(&mut *tx)
+            set_aside(
+                &mut tx,
+                run,
+                target,
+                AUTOVACUUM_NAME,
+                AUTOVACUUM,
+                "autovacuum_enabled",
+                true,
+            )
             .await
             .map_err(while_doing(&what))?;
+        }
+        let all: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM agentctl.suspended_constraints WHERE target_table = $1 ORDER BY name",
+        )
+        .bind(target.to_string())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(while_doing(&what))?;
         tx.commit().await.map_err(while_doing(&what))?;
         Ok(all)
     }
     async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
         self.restore(target, None, OnRefusal::Fail).await.map(|(restored, _)| restored)
     }
-    async fn restore_constraints_unless_refused(&self, target: &TableName) -> Result<(Vec<String>, bool), ToolError> {
+    async fn restore_constraints_unless_refused(
+        &self,
+        target: &TableName,
+    ) -> Result<(Vec<String>, bool), ToolError> {
         self.restore(target, None, OnRefusal::Stop).await
     }
-    async fn restore_constraints_but_refused(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
+    async fn restore_constraints_but_refused(
+        &self,
+        target: &TableName,
+    ) -> Result<Vec<String>, ToolError> {
         self.restore(target, None, OnRefusal::Skip).await.map(|(restored, _)| restored)
     }
     async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError> {
@@ -217,7 +266,9 @@ impl ConstraintStore for PgTarget {
         .await
         .map_err(while_doing(&what))?;
         if let Some((name, definition)) = found {
-            set_aside(&mut tx, run, target, &name, "unique", &definition, true).await.map_err(while_doing(&what))?;
+            set_aside(&mut tx, run, target, &name, "unique", &definition, true)
+                .await
+                .map_err(while_doing(&what))?;
         }
         let aside = legacy_key_aside(&mut tx, target).await.map_err(while_doing(&what))?;
         tx.commit().await.map_err(while_doing(&what))?;
@@ -226,7 +277,11 @@ impl ConstraintStore for PgTarget {
     async fn restore_legacy_key(&self, target: &TableName) -> Result<(), ToolError> {
         self.restore(target, Some("unique"), OnRefusal::Fail).await.map(drop)
     }
-    async fn rollback(&self, run: RunId, entities: &[RollbackEntity]) -> Result<Vec<RolledBack>, ToolError> {
+    async fn rollback(
+        &self,
+        run: RunId,
+        entities: &[RollbackEntity],
+    ) -> Result<Vec<RolledBack>, ToolError> {
         for e in entities {
             self.restore_constraints(&e.target).await?;
         }
@@ -238,7 +293,8 @@ impl ConstraintStore for PgTarget {
             // Only rows carrying agentctl's prefix can be its own (all of them, in the ordered
             // layout); each is checked against the derivation before it is deleted.
             let sql = format!(
-                "SELECT legacy_id::text, id FROM {table} WHERE legacy_id IS NOT NULL AND ($1::text IS NULL OR left(id::text, 8) = $1)"
+                "SELECT legacy_id::text, id FROM {table} WHERE legacy_id IS NOT NULL AND \
+                    ($1::text IS NULL OR left(id::text, 8) = $1)"
             );
             let prefix = e.deriver.prefix();
             let rows: Vec<(String, uuid::Uuid)> = sqlx::query_as(&sql)
@@ -246,15 +302,23 @@ impl ConstraintStore for PgTarget {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(while_doing(format!("reading the rows of {}", e.target)))?;
-            let ours: Vec<uuid::Uuid> =
-                rows.into_iter().filter(|(legacy, id)| e.deriver.derive_stored(legacy) == *id).map(|(_, id)| id).collect();
+            let ours: Vec<uuid::Uuid> = rows
+                .into_iter()
+                .filter(|(legacy, id)| e.deriver.derive_stored(legacy) == *id)
+                .map(|(_, id)| id)
+                .collect();
             let mut deleted = 0i64;
             for chunk in ours.chunks(50_000) {
-                let result = sqlx::query(&format!("DELETE FROM {table} WHERE id = ANY($1)")).bind(chunk).execute(&mut *tx).await;
+                let result = sqlx::query(&format!("DELETE FROM {table} WHERE id = ANY($1)"))
+                    .bind(chunk)
+                    .execute(&mut *tx)
+                    .await;
                 deleted += match result {
                     Ok(r) => r.rows_affected() as i64,
                     Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23503") => {
-                        let child = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().and_then(|p| p.table().map(str::to_owned));
+                        let child = db
+                            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                            .and_then(|p| p.table().map(str::to_owned));
                         return Err(ToolError::system(format!(
                             "cannot roll back {}: rows of {} still reference them and are not part of this rollback; \
                              include that table too, or use --all (nothing was deleted)",
@@ -262,19 +326,32 @@ impl ConstraintStore for PgTarget {
                             child.unwrap_or_else(|| "another table".into())
                         )));
                     }
-                    Err(err) => return Err(while_doing(format!("deleting the rows agentctl created in {}", e.target))(err)),
+                    Err(err) => {
+                        return Err(while_doing(format!(
+                            "deleting the rows agentctl created in {}",
+                            e.target
+                        ))(err))
+                    }
                 };
             }
-            let kept: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE legacy_id IS NOT NULL"))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(while_doing(format!("counting the rows left in {}", e.target)))?;
+            let kept: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM {table} WHERE legacy_id IS NOT NULL"
+            ))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(while_doing(format!("counting the rows left in {}", e.target)))?;
             // The entity starts over the next time it is migrated.
             for sql in [
                 "DELETE FROM agentctl.migration_checkpoints WHERE source_table = $1",
-                "UPDATE agentctl.migration_control SET state = 'rolled back', finished_at = now(), detail = 'rolled back by run ' || $2 WHERE source_table = $1",
+                "UPDATE agentctl.migration_control SET state = 'rolled back', finished_at = \
+                    now(), detail = 'rolled back by run ' || $2 WHERE source_table = $1",
             ] {
-                sqlx::query(sql).bind(e.source.to_string()).bind(run.to_string()).execute(&mut *tx).await.map_err(while_doing(what))?;
+                sqlx::query(sql)
+                    .bind(e.source.to_string())
+                    .bind(run.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(while_doing(what))?;
             }
             crate::diff::forget_baseline(&mut tx, &e.target).await.map_err(while_doing(what))?;
             sqlx::query("DELETE FROM agentctl.deferred_references WHERE target_table = $1")
@@ -282,7 +359,12 @@ impl ConstraintStore for PgTarget {
                 .execute(&mut *tx)
                 .await
                 .map_err(while_doing(what))?;
-            done.push(RolledBack { source: e.source.clone(), target: e.target.clone(), deleted, kept });
+            done.push(RolledBack {
+                source: e.source.clone(),
+                target: e.target.clone(),
+                deleted,
+                kept,
+            });
         }
         tx.commit().await.map_err(while_doing(what))?;
         Ok(done)

@@ -41,7 +41,11 @@ impl PgTarget {
         written
     }
 
-    async fn write_on(&self, c: &mut sqlx::pool::PoolConnection<sqlx::Postgres>, b: &Batch) -> Result<Written, Failure> {
+    async fn write_on(
+        &self,
+        c: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
+        b: &Batch,
+    ) -> Result<Written, Failure> {
         sqlx::query("BEGIN").execute(&mut **c).await?;
         // A batch's commit does not wait for its WAL to reach the disk: a batch and its
         // checkpoint still commit or vanish together, the checkpoint below refuses to build on
@@ -49,38 +53,7 @@ impl PgTarget {
         // batch before it. On a target with PostgreSQL's default settings each batch otherwise
         // waited for its own flush.
         sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut **c).await?;
-        let n = b.columns.len();
-        // Rows whose parent is not in the target are set aside first, with the reason: one
-        // indexed lookup a reference column, not a failed insert a row.
-        let mut orphans: BTreeMap<usize, String> = BTreeMap::new();
-        for (col, parent) in &b.references {
-            let ids: Vec<Option<Option<uuid::Uuid>>> = b.rows.column(*col).map(|v| v.map(|v| uuid::Uuid::try_parse(v).ok())).collect();
-            let missing: HashSet<uuid::Uuid> = match b.known_parents.get(parent) {
-                // Read whole when the load began: nothing to ask.
-                Some(known) => ids.iter().filter_map(|id| id.flatten()).filter(|id| !known.contains(id)).collect(),
-                // Sent as binary UUIDs; the server answers with the few it does not have.
-                None => {
-                    let mut wanted: Vec<uuid::Uuid> = ids.iter().filter_map(|id| id.flatten()).collect();
-                    wanted.sort_unstable();
-                    wanted.dedup();
-                    let sql = format!(
-                        "SELECT w.id FROM unnest($1::uuid[]) w(id) WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = w.id)",
-                        quoted(parent)
-                    );
-                    sqlx::query_scalar(&sql).bind(&wanted).fetch_all(&mut **c).await?.into_iter().collect()
-                }
-            };
-            let name = &b.columns[*col].0;
-            for (seq, id) in ids.iter().enumerate() {
-                // A value that is not a UUID has no parent either (the mapper derives them all).
-                if id.is_some_and(|id| id.is_none_or(|id| missing.contains(&id))) {
-                    // The first missing parent a row has is the reason given for it.
-                    orphans
-                        .entry(seq)
-                        .or_insert_with(|| format!("{}.{name}: the {} row it points at is not in the target", b.target.name, parent.name));
-                }
-            }
-        }
+        let orphans = missing_parents(c, b).await?;
         let keep: Vec<usize> = (0..b.rows.len()).filter(|seq| !orphans.contains_key(seq)).collect();
         let cols: Vec<String> = b.columns.iter().map(|(name, _)| ident(name)).collect();
         let cols = cols.join(", ");
@@ -90,40 +63,11 @@ impl PgTarget {
         // Binary when every column and value has an encoder the server agrees with (it then
         // parses nothing), COPY text otherwise.
         sqlx::query("SAVEPOINT agentctl_direct").execute(&mut **c).await?;
-        let base = crate::binary::base_columns(c, &b.target).await?;
-        // Rows recorded in the load baseline are hashed as they are encoded.
-        let hashing = match b.baseline.is_empty() {
-            true => None,
-            false => crate::row_hash::column_hashes(c, &base, &b.baseline_columns()).await?.map(|hows| {
-                let mut by_column = vec![None; n];
-                for (&i, how) in b.baseline.iter().zip(hows) {
-                    by_column[i] = Some(how);
-                }
-                by_column
-            }),
-        };
-        let binary = crate::binary::wires(&base, &b.columns).and_then(|w| {
-            let capacity = crate::binary::encoded_size(keep.len(), w.len(), b.rows.text_len());
-            crate::binary::encode(&w, hashing.as_deref(), keep.iter().map(|&seq| b.rows.row(seq)), capacity)
-        });
-        let (format, buf, mut hashes) = match binary {
-            Some((buf, hashes)) => (" (FORMAT binary)", buf, hashes),
-            None => {
-                let mut buf = Vec::with_capacity(keep.len() * 64 * n.max(1));
-                for &seq in &keep {
-                    for (i, v) in b.rows.row(seq).enumerate() {
-                        if i > 0 {
-                            buf.push(b'\t');
-                        }
-                        push_field(&mut buf, v);
-                    }
-                    buf.push(b'\n');
-                }
-                ("", buf, Vec::new())
-            }
-        };
+        let (format, buf, mut hashes) = encode(c, b, &keep).await?;
         let direct = async {
-            let mut copy = c.copy_in_raw(&format!("COPY {} ({cols}) FROM STDIN{format}", quoted(&b.target))).await?;
+            let mut copy = c
+                .copy_in_raw(&format!("COPY {} ({cols}) FROM STDIN{format}", quoted(&b.target)))
+                .await?;
             copy.send(buf).await?;
             copy.finish().await
         }
@@ -148,71 +92,14 @@ impl PgTarget {
         if !b.baseline.is_empty() {
             record_written(c, b, &keep, &hashes).await?;
         }
-        let mut refused_rows: Vec<RejectedRow> = Vec::with_capacity(refused.len() + orphans.len());
-        for (seq, why) in &orphans {
-            refused_rows.push(RejectedRow {
-                legacy_key: b.legacy_key(*seq),
-                column: None,
-                rule: "reference".into(),
-                reason: why.clone(),
-                row: b.source_json(*seq),
-            });
-        }
-        for (seq, why) in &refused {
-            refused_rows.push(RejectedRow {
-                legacy_key: b.legacy_key(*seq),
-                column: None,
-                rule: "refused_by_target".into(),
-                reason: format!("{}: the target refused the row: {why}", b.target.name),
-                row: b.source_json(*seq),
-            });
-        }
-
-        let all_rejects: Vec<&RejectedRow> = b.rejected.iter().chain(&refused_rows).collect();
-        // Columns built before the await: a closure kept alive across it defeats `Send`.
-        let r_keys: Vec<String> = all_rejects.iter().map(|r| r.legacy_key.clone()).collect();
-        let r_cols: Vec<Option<String>> = all_rejects.iter().map(|r| r.column.clone()).collect();
-        let r_rules: Vec<String> = all_rejects.iter().map(|r| r.rule.clone()).collect();
-        let r_reasons: Vec<String> = all_rejects.iter().map(|r| r.reason.clone()).collect();
-        let r_rows: Vec<serde_json::Value> = all_rejects.iter().map(|r| r.row.clone()).collect();
-        let d_child: Vec<String> = b.deferred.iter().map(|d| d.0.clone()).collect();
-        let d_col: Vec<String> = b.deferred.iter().map(|d| d.1.clone()).collect();
-        let d_parent: Vec<String> = b.deferred.iter().map(|d| d.2.clone()).collect();
-        if !all_rejects.is_empty() {
-            sqlx::query(
-                "INSERT INTO agentctl.rejected_rows (run_id, source_table, legacy_key, column_name, rule, reason, source_row)
-                 SELECT $1, $2, k, c, r, w, j FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[]) AS u(k, c, r, w, j)
-                 ON CONFLICT (run_id, source_table, legacy_key) DO NOTHING",
-            )
-            .bind(b.run_id.0)
-            .bind(b.source.to_string())
-            .bind(&r_keys)
-            .bind(&r_cols)
-            .bind(&r_rules)
-            .bind(&r_reasons)
-            .bind(&r_rows)
-            .execute(&mut **c)
-            .await?;
-        }
-        if !b.deferred.is_empty() {
-            sqlx::query(
-                "INSERT INTO agentctl.deferred_references (run_id, target_table, column_name, child_id, parent_id)
-                 SELECT $1, $2, col, child::uuid, parent::uuid FROM UNNEST($3::text[], $4::text[], $5::text[]) AS u(child, col, parent)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(b.run_id.0)
-            .bind(b.target.to_string())
-            .bind(&d_child)
-            .bind(&d_col)
-            .bind(&d_parent)
-            .execute(&mut **c)
-            .await?;
-        }
+        let refused_rows = rejected_rows(b, &orphans, &refused);
+        let rejected = record_rejects(c, b, &refused_rows).await?;
+        record_deferred(c, b).await?;
         let checkpoint = Checkpoint {
             last_key: b.last_key.clone(),
             rows_read: b.before.rows_read + b.rows_read,
             migrated: b.before.migrated + inserted + present,
-            rejected: b.before.rejected + all_rejects.len() as i64,
+            rejected: b.before.rejected + rejected,
             batches: b.before.batches + 1,
         };
         // Only over the checkpoint this batch was read after: one that is not there (a batch
@@ -236,7 +123,8 @@ impl PgTarget {
         .bind(checkpoint.migrated)
         .bind(checkpoint.rejected)
         .bind(checkpoint.batches);
-        let store = if first { store } else { store.bind(b.before.batches).bind(&b.before.last_key) };
+        let store =
+            if first { store } else { store.bind(b.before.batches).bind(&b.before.last_key) };
         let stored = store.execute(&mut **c).await?;
         if stored.rows_affected() != 1 {
             return Err(Failure::Fatal(ToolError::system(format!(
@@ -248,6 +136,192 @@ impl PgTarget {
         sqlx::query("COMMIT").execute(&mut **c).await?;
         Ok(Written { inserted, present, refused: refused_rows, checkpoint, retries: 0 })
     }
+}
+
+/// The rows of the batch whose parent is not in the target, each with the reason: one indexed
+/// lookup a reference column (none for a parent read whole when the load began), not a failed
+/// insert a row.
+async fn missing_parents(
+    c: &mut sqlx::PgConnection,
+    b: &Batch,
+) -> Result<BTreeMap<usize, String>, sqlx::Error> {
+    let mut orphans: BTreeMap<usize, String> = BTreeMap::new();
+    for (col, parent) in &b.references {
+        let ids: Vec<Option<Option<uuid::Uuid>>> =
+            b.rows.column(*col).map(|v| v.map(|v| uuid::Uuid::try_parse(v).ok())).collect();
+        let missing: HashSet<uuid::Uuid> = match b.known_parents.get(parent) {
+            // Read whole when the load began: nothing to ask.
+            Some(known) => {
+                ids.iter().filter_map(|id| id.flatten()).filter(|id| !known.contains(id)).collect()
+            }
+            // Sent as binary UUIDs; the server answers with the few it does not have.
+            None => {
+                let mut wanted: Vec<uuid::Uuid> =
+                    ids.iter().filter_map(|id| id.flatten()).collect();
+                wanted.sort_unstable();
+                wanted.dedup();
+                let sql = format!(
+                    "SELECT w.id FROM unnest($1::uuid[]) w(id) WHERE NOT EXISTS (SELECT 1 \
+                        FROM {} p WHERE p.id = w.id)",
+                    quoted(parent)
+                );
+                sqlx::query_scalar(&sql)
+                    .bind(&wanted)
+                    .fetch_all(&mut *c)
+                    .await?
+                    .into_iter()
+                    .collect()
+            }
+        };
+        let name = &b.columns[*col].0;
+        for (seq, id) in ids.iter().enumerate() {
+            // A value that is not a UUID has no parent either (the mapper derives them all).
+            if id.is_some_and(|id| id.is_none_or(|id| missing.contains(&id))) {
+                // The first missing parent a row has is the reason given for it.
+                orphans.entry(seq).or_insert_with(|| {
+                    format!(
+                        "{}.{name}: the {} row it points at is not in the target",
+                        b.target.name, parent.name
+                    )
+                });
+            }
+        }
+    }
+    Ok(orphans)
+}
+
+/// The kept rows of the batch as COPY data: binary when every column and value has an encoder
+/// the server agrees with (it then parses nothing), else text; with each row's hash where the
+/// batch records the load baseline (hashed as it is encoded).
+async fn encode(
+    c: &mut sqlx::PgConnection,
+    b: &Batch,
+    keep: &[usize],
+) -> Result<(&'static str, Vec<u8>, Vec<Option<i64>>), sqlx::Error> {
+    let n = b.columns.len();
+    let base = crate::binary::base_columns(&mut *c, &b.target).await?;
+    // Rows recorded in the load baseline are hashed as they are encoded.
+    let hashing = match b.baseline.is_empty() {
+        true => None,
+        false => crate::row_hash::column_hashes(&mut *c, &base, &b.baseline_columns()).await?.map(
+            |hows| {
+                let mut by_column = vec![None; n];
+                for (&i, how) in b.baseline.iter().zip(hows) {
+                    by_column[i] = Some(how);
+                }
+                by_column
+            },
+        ),
+    };
+    let binary = crate::binary::wires(&base, &b.columns).and_then(|w| {
+        let capacity = crate::binary::encoded_size(keep.len(), w.len(), b.rows.text_len());
+        crate::binary::encode(
+            &w,
+            hashing.as_deref(),
+            keep.iter().map(|&seq| b.rows.row(seq)),
+            capacity,
+        )
+    });
+    let (format, buf, hashes) = match binary {
+        Some((buf, hashes)) => (" (FORMAT binary)", buf, hashes),
+        None => {
+            let mut buf = Vec::with_capacity(keep.len() * 64 * n.max(1));
+            for &seq in keep {
+                for (i, v) in b.rows.row(seq).enumerate() {
+                    if i > 0 {
+                        buf.push(b'\t');
+                    }
+                    push_field(&mut buf, v);
+                }
+                buf.push(b'\n');
+            }
+            ("", buf, Vec::new())
+        }
+    };
+    Ok((format, buf, hashes))
+}
+
+/// The rows the batch sets aside (parent missing) and those the target refused, as rejects.
+fn rejected_rows(
+    b: &Batch,
+    orphans: &BTreeMap<usize, String>,
+    refused: &[(usize, String)],
+) -> Vec<RejectedRow> {
+    let mut refused_rows: Vec<RejectedRow> = Vec::with_capacity(refused.len() + orphans.len());
+    for (seq, why) in orphans {
+        refused_rows.push(RejectedRow {
+            legacy_key: b.legacy_key(*seq),
+            column: None,
+            rule: "reference".into(),
+            reason: why.clone(),
+            row: b.source_json(*seq),
+        });
+    }
+    for (seq, why) in refused {
+        refused_rows.push(RejectedRow {
+            legacy_key: b.legacy_key(*seq),
+            column: None,
+            rule: "refused_by_target".into(),
+            reason: format!("{}: the target refused the row: {why}", b.target.name),
+            row: b.source_json(*seq),
+        });
+    }
+    refused_rows
+}
+
+/// Records the batch's rejects (the mapper's, and `refused_rows`) with their reasons; returns
+/// how many.
+async fn record_rejects(
+    c: &mut sqlx::PgConnection,
+    b: &Batch,
+    refused_rows: &[RejectedRow],
+) -> Result<i64, sqlx::Error> {
+    let all_rejects: Vec<&RejectedRow> = b.rejected.iter().chain(refused_rows).collect();
+    // Columns built before the await: a closure kept alive across it defeats `Send`.
+    let r_keys: Vec<String> = all_rejects.iter().map(|r| r.legacy_key.clone()).collect();
+    let r_cols: Vec<Option<String>> = all_rejects.iter().map(|r| r.column.clone()).collect();
+    let r_rules: Vec<String> = all_rejects.iter().map(|r| r.rule.clone()).collect();
+    let r_reasons: Vec<String> = all_rejects.iter().map(|r| r.reason.clone()).collect();
+    let r_rows: Vec<serde_json::Value> = all_rejects.iter().map(|r| r.row.clone()).collect();
+    if !all_rejects.is_empty() {
+        sqlx::query(
+            "INSERT INTO agentctl.rejected_rows (run_id, source_table, legacy_key, column_name, rule, reason, source_row)
+             SELECT $1, $2, k, c, r, w, j FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[]) AS u(k, c, r, w, j)
+             ON CONFLICT (run_id, source_table, legacy_key) DO NOTHING",
+        )
+        .bind(b.run_id.0)
+        .bind(b.source.to_string())
+        .bind(&r_keys)
+        .bind(&r_cols)
+        .bind(&r_rules)
+        .bind(&r_reasons)
+        .bind(&r_rows)
+        .execute(&mut *c)
+        .await?;
+    }
+    Ok(all_rejects.len() as i64)
+}
+
+/// Records the batch's second-pass references, filled once the entity is loaded.
+async fn record_deferred(c: &mut sqlx::PgConnection, b: &Batch) -> Result<(), sqlx::Error> {
+    let d_child: Vec<String> = b.deferred.iter().map(|d| d.0.clone()).collect();
+    let d_col: Vec<String> = b.deferred.iter().map(|d| d.1.clone()).collect();
+    let d_parent: Vec<String> = b.deferred.iter().map(|d| d.2.clone()).collect();
+    if !b.deferred.is_empty() {
+        sqlx::query(
+            "INSERT INTO agentctl.deferred_references (run_id, target_table, column_name, child_id, parent_id)
+             SELECT $1, $2, col, child::uuid, parent::uuid FROM UNNEST($3::text[], $4::text[], $5::text[]) AS u(child, col, parent)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(b.run_id.0)
+        .bind(b.target.to_string())
+        .bind(&d_child)
+        .bind(&d_col)
+        .bind(&d_parent)
+        .execute(&mut *c)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Records rows removed from the target after the load (their parent never arrived) as
@@ -286,12 +360,15 @@ async fn record_removed(
         .await?;
     }
     if !rejected.is_empty() {
-        sqlx::query("UPDATE agentctl.migration_checkpoints SET migrated = migrated - $3, rejected = rejected + $3 WHERE run_id = $1 AND source_table = $2")
-            .bind(run.0)
-            .bind(source.to_string())
-            .bind(rejected.len() as i64)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE agentctl.migration_checkpoints SET migrated = migrated - $3, rejected \
+            = rejected + $3 WHERE run_id = $1 AND source_table = $2",
+        )
+        .bind(run.0)
+        .bind(source.to_string())
+        .bind(rejected.len() as i64)
+        .execute(&mut *tx)
+        .await?;
     }
     Ok(rejected)
 }
@@ -308,8 +385,10 @@ impl PgTarget {
     ) -> Result<(i64, i64, Vec<(usize, String)>), Failure> {
         let n = b.columns.len();
         let stage_cols: Vec<String> = (0..n).map(|i| format!("c{i} text")).collect();
-        let create =
-            format!("CREATE TEMP TABLE IF NOT EXISTS agentctl_stage (seq int4 NOT NULL, {}) ON COMMIT DROP", stage_cols.join(", "));
+        let create = format!(
+            "CREATE TEMP TABLE IF NOT EXISTS agentctl_stage (seq int4 NOT NULL, {}) ON COMMIT DROP",
+            stage_cols.join(", ")
+        );
         sqlx::query(&create).execute(&mut **c).await?;
         let mut buf = Vec::with_capacity(keep.len() * 64 * n.max(1));
         for &seq in keep {
@@ -333,14 +412,27 @@ impl PgTarget {
             false => format!("t.legacy_id = s.c{i}::{}", b.columns[i].1),
         };
         let present_filter = match legacy {
-            Some(i) => format!(" AND NOT EXISTS (SELECT 1 FROM {} t WHERE {})", quoted(&b.target), matches(i)),
+            Some(i) => format!(
+                " AND NOT EXISTS (SELECT 1 FROM {} t WHERE {})",
+                quoted(&b.target),
+                matches(i)
+            ),
             None => String::new(),
         };
         let present_sql = legacy.map(|i| {
-            format!("SELECT s.seq FROM agentctl_stage s WHERE EXISTS (SELECT 1 FROM {} t WHERE {})", quoted(&b.target), matches(i))
+            format!(
+                "SELECT s.seq FROM agentctl_stage s WHERE EXISTS (SELECT 1 FROM {} t WHERE {})",
+                quoted(&b.target),
+                matches(i)
+            )
         });
         let present_rows: HashSet<usize> = match &present_sql {
-            Some(sql) => sqlx::query_scalar::<_, i32>(sql).fetch_all(&mut **c).await?.into_iter().map(|seq| seq as usize).collect(),
+            Some(sql) => sqlx::query_scalar::<_, i32>(sql)
+                .fetch_all(&mut **c)
+                .await?
+                .into_iter()
+                .map(|seq| seq as usize)
+                .collect(),
             None => HashSet::new(),
         };
         let present = present_rows.len() as i64;
@@ -363,39 +455,47 @@ impl PgTarget {
             .execute(&mut **c)
             .await?;
         }
-        let casts: Vec<String> = b.columns.iter().enumerate().map(|(i, (_, ty))| format!("s.c{i}::{ty}")).collect();
+        let casts: Vec<String> =
+            b.columns.iter().enumerate().map(|(i, (_, ty))| format!("s.c{i}::{ty}")).collect();
         // A row that takes a unique key another row already has is skipped by the statement
         // (the first in the batch keeps it) instead of failing it: a batch with many such rows
         // is not split down to single rows. Not where a unique or exclusion constraint is
         // deferrable, which ON CONFLICT refuses outright.
         let skips: bool = sqlx::query_scalar(
-            "SELECT NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::regclass AND (indisunique OR indisexclusion) AND NOT indimmediate)",
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::regclass AND \
+                (indisunique OR indisexclusion) AND NOT indimmediate)",
         )
         .bind(quoted(&b.target))
         .fetch_one(&mut **c)
         .await?;
         let insert = format!(
-            "INSERT INTO {} ({cols}) SELECT {} FROM agentctl_stage s WHERE s.seq BETWEEN $1 AND $2{present_filter} ORDER BY s.seq{} RETURNING {}::text",
+            "INSERT INTO {} ({cols}) SELECT {} FROM agentctl_stage s WHERE s.seq BETWEEN $1 AND \
+                $2{present_filter} ORDER BY s.seq{} RETURNING {}::text",
             quoted(&b.target),
             casts.join(", "),
             if skips { " ON CONFLICT DO NOTHING" } else { "" },
             ident(&b.columns[b.id_column].0)
         );
         let range = keep.first().zip(keep.last()).map(|(lo, hi)| (*lo, *hi));
-        let (rows, mut refused) = crate::diff::split_run(c, &insert, range).await.map_err(|e| match fault(&e) {
-            Fault::Transient => Failure::Transient(e),
-            Fault::Row | Fault::System => Failure::Fatal(system_fault(&b.target, &e)),
-        })?;
+        let (rows, mut refused) =
+            crate::diff::split_run(c, &insert, range).await.map_err(|e| match fault(&e) {
+                Fault::Transient => Failure::Transient(e),
+                Fault::Row | Fault::System => Failure::Fatal(system_fault(&b.target, &e)),
+            })?;
         let inserted = rows.len() as i64;
         if skips {
             // Skipped: neither present, nor written (by its UUID), nor refused by an error.
-            let written: HashSet<uuid::Uuid> = rows.iter().filter_map(|id| uuid::Uuid::try_parse(id).ok()).collect();
+            let written: HashSet<uuid::Uuid> =
+                rows.iter().filter_map(|id| uuid::Uuid::try_parse(id).ok()).collect();
             let failed: HashSet<usize> = refused.iter().map(|(seq, _)| *seq).collect();
             let skipped: Vec<i32> = keep
                 .iter()
                 .filter(|seq| !present_rows.contains(seq) && !failed.contains(seq))
                 .filter(|&&seq| {
-                    !b.rows.get(seq, b.id_column).and_then(|id| uuid::Uuid::try_parse(id).ok()).is_some_and(|id| written.contains(&id))
+                    !b.rows
+                        .get(seq, b.id_column)
+                        .and_then(|id| uuid::Uuid::try_parse(id).ok())
+                        .is_some_and(|id| written.contains(&id))
                 })
                 .map(|&seq| seq as i32)
                 .collect();
@@ -412,7 +512,12 @@ impl PgTarget {
 /// with the hashes made while encoding them (`hashes`, one a row of `keep`, or none), the
 /// server's for the rows without one. The entity's first batch drops what an earlier load of
 /// the table recorded.
-async fn record_written(c: &mut sqlx::PgConnection, b: &Batch, keep: &[usize], hashes: &[Option<i64>]) -> Result<(), sqlx::Error> {
+async fn record_written(
+    c: &mut sqlx::PgConnection,
+    b: &Batch,
+    keep: &[usize],
+    hashes: &[Option<i64>],
+) -> Result<(), sqlx::Error> {
     let target = b.target.to_string();
     if b.before.batches == 0 {
         crate::diff::forget_baseline(c, &b.target).await?;
@@ -428,14 +533,18 @@ async fn record_written(c: &mut sqlx::PgConnection, b: &Batch, keep: &[usize], h
                 keys.push(k);
                 sums.push(h);
             }
-            _ => ask.extend(b.rows.get(seq, b.id_column).and_then(|id| uuid::Uuid::try_parse(id).ok())),
+            _ => ask
+                .extend(b.rows.get(seq, b.id_column).and_then(|id| uuid::Uuid::try_parse(id).ok())),
         }
     }
     if !ask.is_empty() {
         let hashed = b.baseline_columns();
         let types = crate::diff::HashTypes::of(c, hashed.iter().map(|(_, t)| t.as_str())).await?;
-        let sql =
-            format!("SELECT t.legacy_id::int8, {} FROM {} t WHERE t.id = ANY($1::uuid[])", types.row("t", &hashed), quoted(&b.target));
+        let sql = format!(
+            "SELECT t.legacy_id::int8, {} FROM {} t WHERE t.id = ANY($1::uuid[])",
+            types.row("t", &hashed),
+            quoted(&b.target)
+        );
         for (k, h) in sqlx::query_as::<_, (i64, i64)>(&sql).bind(&ask).fetch_all(&mut *c).await? {
             keys.push(k);
             sums.push(h);
@@ -464,7 +573,11 @@ async fn record_written(c: &mut sqlx::PgConnection, b: &Batch, keep: &[usize], h
 
 /// The unique key each of the staged rows `seqs` (skipped by ON CONFLICT DO NOTHING) takes
 /// from a row already in the target, in the words the server uses for the same refusal.
-async fn why_skipped(c: &mut sqlx::PgConnection, b: &Batch, seqs: &[i32]) -> Result<Vec<(usize, String)>, sqlx::Error> {
+async fn why_skipped(
+    c: &mut sqlx::PgConnection,
+    b: &Batch,
+    seqs: &[i32],
+) -> Result<Vec<(usize, String)>, sqlx::Error> {
     // Every plain unique index: its name and columns (no expression, no predicate).
     let indexes: Vec<(String, Vec<String>)> = sqlx::query_as(
         "SELECT x.relname::text, array_agg(a.attname::text ORDER BY k.n)
@@ -479,19 +592,27 @@ async fn why_skipped(c: &mut sqlx::PgConnection, b: &Batch, seqs: &[i32]) -> Res
     .await?;
     let mut why: BTreeMap<usize, String> = BTreeMap::new();
     for (index, columns) in indexes {
-        let at: Option<Vec<usize>> = columns.iter().map(|col| b.columns.iter().position(|(name, _)| name == col)).collect();
+        let at: Option<Vec<usize>> =
+            columns.iter().map(|col| b.columns.iter().position(|(name, _)| name == col)).collect();
         let Some(at) = at else { continue };
-        let same: Vec<String> = at.iter().map(|&i| format!("t.{} = s.c{i}::{}", ident(&b.columns[i].0), b.columns[i].1)).collect();
+        let same: Vec<String> = at
+            .iter()
+            .map(|&i| format!("t.{} = s.c{i}::{}", ident(&b.columns[i].0), b.columns[i].1))
+            .collect();
         // A skipped row is not in the target: any row there with its key is another one.
         let sql = format!(
-            "SELECT s.seq FROM agentctl_stage s WHERE s.seq = ANY($1) AND EXISTS (SELECT 1 FROM {} t WHERE {})",
+            "SELECT s.seq FROM agentctl_stage s WHERE s.seq = ANY($1) AND EXISTS (SELECT 1 FROM \
+                {} t WHERE {})",
             quoted(&b.target),
             same.join(" AND ")
         );
         let hit: Vec<i32> = sqlx::query_scalar(&sql).bind(seqs).fetch_all(&mut *c).await?;
         for seq in hit {
-            why.entry(seq as usize)
-                .or_insert_with(|| format!("duplicate key value violates unique constraint \"{index}\" (SQLSTATE 23505)"));
+            why.entry(seq as usize).or_insert_with(|| {
+                format!(
+                    "duplicate key value violates unique constraint \"{index}\" (SQLSTATE 23505)"
+                )
+            });
         }
     }
     Ok(seqs
@@ -499,7 +620,9 @@ async fn why_skipped(c: &mut sqlx::PgConnection, b: &Batch, seqs: &[i32]) -> Res
         .map(|&seq| {
             let seq = seq as usize;
             let reason = why.remove(&seq).unwrap_or_else(|| {
-                "it conflicts with a row already in the target under one of its unique or exclusion constraints".to_owned()
+                "it conflicts with a row already in the target under one of its unique or \
+                    exclusion constraints"
+                    .to_owned()
             });
             (seq, reason)
         })
@@ -508,13 +631,20 @@ async fn why_skipped(c: &mut sqlx::PgConnection, b: &Batch, seqs: &[i32]) -> Res
 
 #[async_trait]
 impl Loader for PgTarget {
-    async fn checkpoint(&self, run: RunId, source: &TableName) -> Result<Option<Checkpoint>, ToolError> {
-        let row = sqlx::query("SELECT last_key, rows_read, migrated, rejected, batches FROM agentctl.migration_checkpoints WHERE run_id = $1 AND source_table = $2")
-            .bind(run.0)
-            .bind(source.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(while_doing(format!("reading the checkpoint of {source}")))?;
+    async fn checkpoint(
+        &self,
+        run: RunId,
+        source: &TableName,
+    ) -> Result<Option<Checkpoint>, ToolError> {
+        let row = sqlx::query(
+            "SELECT last_key, rows_read, migrated, rejected, batches FROM \
+            agentctl.migration_checkpoints WHERE run_id = $1 AND source_table = $2",
+        )
+        .bind(run.0)
+        .bind(source.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(while_doing(format!("reading the checkpoint of {source}")))?;
         let get = |e| while_doing(format!("reading the checkpoint of {source}"))(e);
         Ok(match row {
             None => None,
@@ -529,7 +659,8 @@ impl Loader for PgTarget {
     }
     async fn write(&self, batch: &Batch) -> Result<Written, ToolError> {
         let what = format!("writing a batch of {}", batch.source);
-        let (mut written, retries) = retrying(self.max_retries, &what, || self.try_write(batch)).await?;
+        let (mut written, retries) =
+            retrying(self.max_retries, &what, || self.try_write(batch)).await?;
         written.retries = retries;
         Ok(written)
     }
@@ -570,11 +701,19 @@ impl Loader for PgTarget {
         .fetch_all(&mut *tx)
         .await
         .map_err(while_doing(&what))?;
-        let rejected = record_removed(&mut tx, run, source, target, column, &orphans).await.map_err(while_doing(&what))?;
+        let rejected = record_removed(&mut tx, run, source, target, column, &orphans)
+            .await
+            .map_err(while_doing(&what))?;
         tx.commit().await.map_err(while_doing(&what))?;
         Ok((filled, rejected))
     }
-    async fn drop_dangling(&self, run: RunId, source: &TableName, target: &TableName, column: &str) -> Result<Vec<RejectedRow>, ToolError> {
+    async fn drop_dangling(
+        &self,
+        run: RunId,
+        source: &TableName,
+        target: &TableName,
+        column: &str,
+    ) -> Result<Vec<RejectedRow>, ToolError> {
         let what = format!("removing the rows of {target} whose {column} points at no row");
         let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
         let mut rejected = Vec::new();
@@ -592,7 +731,11 @@ impl Loader for PgTarget {
             if dangling.is_empty() {
                 break;
             }
-            rejected.extend(record_removed(&mut tx, run, source, target, column, &dangling).await.map_err(while_doing(&what))?);
+            rejected.extend(
+                record_removed(&mut tx, run, source, target, column, &dangling)
+                    .await
+                    .map_err(while_doing(&what))?,
+            );
         }
         // A load that recorded its baseline batch by batch recorded these rows too: agentctl
         // deleted them, so they have none now (a NULL hash overrides the load's record).
@@ -611,9 +754,14 @@ impl Loader for PgTarget {
         tx.commit().await.map_err(while_doing(&what))?;
         Ok(rejected)
     }
-    async fn kept_rows(&self, target: &TableName, ours: Option<&str>) -> Result<Vec<(String, String)>, ToolError> {
+    async fn kept_rows(
+        &self,
+        target: &TableName,
+        ours: Option<&str>,
+    ) -> Result<Vec<(String, String)>, ToolError> {
         let has_legacy: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 AND column_name = 'legacy_id')",
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 AND \
+                table_name = $2 AND column_name = 'legacy_id')",
         )
         .bind(&target.schema)
         .bind(&target.name)
@@ -624,14 +772,14 @@ impl Loader for PgTarget {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT t.legacy_id::text, t.id::text FROM {} t WHERE t.legacy_id IS NOT NULL AND ($1::text IS NULL OR left(t.id::text, 8) <> $1)",
+            "SELECT t.legacy_id::text, t.id::text FROM {} t WHERE t.legacy_id IS NOT NULL AND \
+                ($1::text IS NULL OR left(t.id::text, 8) <> $1)",
             quoted(target)
         );
-        let rows: Vec<(String, String)> = sqlx::query_as(&sql)
-            .bind(ours)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(while_doing(format!("reading the rows of {target} agentctl did not create")))?;
+        let rows: Vec<(String, String)> =
+            sqlx::query_as(&sql).bind(ours).fetch_all(&self.pool).await.map_err(while_doing(
+                format!("reading the rows of {target} agentctl did not create"),
+            ))?;
         Ok(rows)
     }
     async fn table_rows(&self, target: &TableName, live: bool) -> Result<i64, ToolError> {
@@ -641,7 +789,11 @@ impl Loader for PgTarget {
             .await
             .map_err(while_doing(format!("counting the rows of {target}")))?)
     }
-    async fn preflight(&self, tables: &[TableName], set_aside: bool) -> Result<Vec<String>, ToolError> {
+    async fn preflight(
+        &self,
+        tables: &[TableName],
+        set_aside: bool,
+    ) -> Result<Vec<String>, ToolError> {
         let what = "checking what the load may do";
         let mut problems = Vec::new();
         for table in tables {
@@ -659,11 +811,12 @@ impl Loader for PgTarget {
                 problems.push(format!("{table}: no such table in the target"));
                 continue;
             };
-            let missing: Vec<&str> = [("SELECT", select), ("INSERT", insert), ("UPDATE", update), ("DELETE", delete)]
-                .into_iter()
-                .filter(|(_, has)| !has)
-                .map(|(p, _)| p)
-                .collect();
+            let missing: Vec<&str> =
+                [("SELECT", select), ("INSERT", insert), ("UPDATE", update), ("DELETE", delete)]
+                    .into_iter()
+                    .filter(|(_, has)| !has)
+                    .map(|(p, _)| p)
+                    .collect();
             if !missing.is_empty() {
                 problems.push(format!(
                     "{table}: {me} lacks {} on it (GRANT {} ON {quoted_name} TO {me})",
@@ -673,11 +826,15 @@ impl Loader for PgTarget {
             }
             if set_aside && !owns {
                 problems.push(format!(
-                    "{table}: owned by {owner}, not {me}, so its foreign keys and indexes cannot be set aside for the load (run as {owner}, or with --keep-constraints)"
+                    "{table}: owned by {owner}, not {me}, so its foreign keys and indexes cannot \
+                        be set aside for the load (run as {owner}, or with --keep-constraints)"
                 ));
             }
-            let drawn: Vec<(String, String)> =
-                sqlx::query_as(DRAWN_SEQUENCES).bind(&quoted_name).fetch_all(&self.pool).await.map_err(while_doing(what))?;
+            let drawn: Vec<(String, String)> = sqlx::query_as(DRAWN_SEQUENCES)
+                .bind(&quoted_name)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(while_doing(what))?;
             for (column, sequence) in drawn {
                 let may: bool = sqlx::query_scalar("SELECT has_sequence_privilege($1, 'UPDATE')")
                     .bind(&sequence)
@@ -686,7 +843,8 @@ impl Loader for PgTarget {
                     .map_err(while_doing(what))?;
                 if !may {
                     problems.push(format!(
-                        "{table}.{column}: {me} cannot move its sequence {sequence} past the migrated rows (GRANT UPDATE ON SEQUENCE {sequence} TO {me})"
+                        "{table}.{column}: {me} cannot move its sequence {sequence} past the \
+                            migrated rows (GRANT UPDATE ON SEQUENCE {sequence} TO {me})"
                     ));
                 }
             }
@@ -697,8 +855,11 @@ impl Loader for PgTarget {
         let what = format!("moving the sequences of {target} past its rows");
         let table = quoted(target);
         // An identity column's own sequence, and any sequence a column's default calls.
-        let drawn: Vec<(String, String)> =
-            sqlx::query_as(DRAWN_SEQUENCES).bind(&table).fetch_all(&self.pool).await.map_err(while_doing(&what))?;
+        let drawn: Vec<(String, String)> = sqlx::query_as(DRAWN_SEQUENCES)
+            .bind(&table)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(while_doing(&what))?;
         let mut moved = Vec::new();
         for (column, sequence) in drawn {
             // Forward only, and only past what the table holds: never back over values the

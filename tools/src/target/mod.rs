@@ -42,7 +42,9 @@ impl PgTarget {
 /// and what to do.
 pub(crate) fn system_fault(target: &TableName, e: &sqlx::Error) -> ToolError {
     ToolError::system(format!(
-        "{target}: the target refused the batch for a reason that is not the rows' own ({}); nothing of it was written and no row is rejected for it: fix the cause, then resume the run with --resume",
+        "{target}: the target refused the batch for a reason that is not the rows' own ({}); \
+            nothing of it was written and no row is rejected for it: fix the cause, then resume \
+            the run with --resume",
         describe(e)
     ))
 }
@@ -55,7 +57,11 @@ pub(crate) enum Failure {
 /// Runs `attempt` until it succeeds, again after a transient failure (200 ms, doubling to
 /// 10 s) up to `max_retries` times. Returns the value and how many retries it took; the error
 /// names `what` was being done.
-pub(crate) async fn retrying<T, Fut>(max_retries: u32, what: &str, mut attempt: impl FnMut() -> Fut) -> Result<(T, u32), ToolError>
+pub(crate) async fn retrying<T, Fut>(
+    max_retries: u32,
+    what: &str,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<(T, u32), ToolError>
 where
     Fut: std::future::Future<Output = Result<T, Failure>>,
 {
@@ -71,7 +77,11 @@ where
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
             Err(Failure::Transient(e)) => {
-                return Err(ToolError::transient(format!("{what} failed {} times, the last: {}", retries + 1, describe(&e))))
+                return Err(ToolError::transient(format!(
+                    "{what} failed {} times, the last: {}",
+                    retries + 1,
+                    describe(&e)
+                )))
             }
             Err(Failure::Fatal(e)) => return Err(e.context(what)),
         }

@@ -15,15 +15,29 @@ use super::PgTarget;
 
 #[async_trait]
 impl Verifier for PgTarget {
-    async fn compare(&self, target: &TableName, page: &Expected) -> Result<Vec<Compared>, ToolError> {
+    async fn compare(
+        &self,
+        target: &TableName,
+        page: &Expected,
+    ) -> Result<Vec<Compared>, ToolError> {
         let n = page.columns.len();
         let (id, legacy) = (page.id_column, page.legacy_column);
         let cast = |i: usize| format!("u.c{i}::{}", page.columns[i].1);
         let diffs: Vec<String> = (0..n)
             .filter(|&i| i != id && i != legacy)
-            .map(|i| format!("WHEN t.{} IS DISTINCT FROM {} THEN {i}", ident(&page.columns[i].0), cast(i)))
+            .map(|i| {
+                format!(
+                    "WHEN t.{} IS DISTINCT FROM {} THEN {i}",
+                    ident(&page.columns[i].0),
+                    cast(i)
+                )
+            })
             .collect();
-        let returned: Vec<String> = page.returned.iter().map(|&i| format!(", t.{}::text", ident(&page.columns[i].0))).collect();
+        let returned: Vec<String> = page
+            .returned
+            .iter()
+            .map(|&i| format!(", t.{}::text", ident(&page.columns[i].0)))
+            .collect();
         let arrays: Vec<String> = (0..n).map(|i| format!("${}::text[]", i + 3)).collect();
         let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
         let sql = format!(
@@ -52,14 +66,28 @@ impl Verifier for PgTarget {
                     present: r.try_get(0)?,
                     ours: r.try_get(1)?,
                     differs: r.try_get::<Option<i32>, _>(2)?.map(|i| i as usize),
-                    returned: (0..page.returned.len()).map(|i| r.try_get(3 + i)).collect::<Result<_, sqlx::Error>>()?,
+                    returned: (0..page.returned.len()).map(|i| r.try_get(3 + i)).collect::<Result<
+                        _,
+                        sqlx::Error,
+                    >>(
+                    )?,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(|e| ToolError::system(format!("while {}: {}", what(), describe(&e))))
     }
-    async fn value_of(&self, target: &TableName, column: &str, key_type: &str, key: &str) -> Result<Option<String>, ToolError> {
-        let sql = format!("SELECT {}::text FROM {} WHERE legacy_id = $1::{key_type}", ident(column), quoted(target));
+    async fn value_of(
+        &self,
+        target: &TableName,
+        column: &str,
+        key_type: &str,
+        key: &str,
+    ) -> Result<Option<String>, ToolError> {
+        let sql = format!(
+            "SELECT {}::text FROM {} WHERE legacy_id = $1::{key_type}",
+            ident(column),
+            quoted(target)
+        );
         let v: Option<Option<String>> = sqlx::query_scalar(&sql)
             .bind(key)
             .fetch_optional(&self.pool)
@@ -69,18 +97,31 @@ impl Verifier for PgTarget {
     }
     async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError> {
         Ok(sqlx::query_as(
-            "SELECT legacy_key, bool_and(rule LIKE 'reference%') FROM agentctl.rejected_rows WHERE source_table = $1 GROUP BY 1",
+            "SELECT legacy_key, bool_and(rule LIKE 'reference%') FROM agentctl.rejected_rows \
+                WHERE source_table = $1 GROUP BY 1",
         )
         .bind(source.to_string())
         .fetch_all(&self.pool)
         .await
         .map_err(while_doing(format!("reading the rejected rows of {source}")))?)
     }
-    async fn existing_ids(&self, table: &TableName, ids: &[String]) -> Result<Vec<String>, ToolError> {
+    async fn existing_ids(
+        &self,
+        table: &TableName,
+        ids: &[String],
+    ) -> Result<Vec<String>, ToolError> {
         let sql = format!("SELECT id::text FROM {} WHERE id = ANY($1::uuid[])", quoted(table));
-        Ok(sqlx::query_scalar(&sql).bind(ids).fetch_all(&self.pool).await.map_err(while_doing(format!("looking up rows of {table}")))?)
+        Ok(sqlx::query_scalar(&sql)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(while_doing(format!("looking up rows of {table}")))?)
     }
-    async fn all_ids(&self, table: &TableName, at_most: usize) -> Result<Option<Vec<uuid::Uuid>>, ToolError> {
+    async fn all_ids(
+        &self,
+        table: &TableName,
+        at_most: usize,
+    ) -> Result<Option<Vec<uuid::Uuid>>, ToolError> {
         let sql = format!("SELECT id FROM {} LIMIT $1", quoted(table));
         let ids: Vec<uuid::Uuid> = sqlx::query_scalar(&sql)
             .bind(i64::try_from(at_most).unwrap_or(i64::MAX - 1) + 1)
@@ -89,7 +130,12 @@ impl Verifier for PgTarget {
             .map_err(while_doing(format!("reading the ids of {table}")))?;
         Ok((ids.len() <= at_most).then_some(ids))
     }
-    async fn orphans(&self, child: &TableName, column: &str, parent: &TableName) -> Result<Option<(i64, Vec<String>)>, ToolError> {
+    async fn orphans(
+        &self,
+        child: &TableName,
+        column: &str,
+        parent: &TableName,
+    ) -> Result<Option<(i64, Vec<String>)>, ToolError> {
         // A validated foreign key on exactly this column and parent: the database guarantees it.
         let enforced: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attname = $3
@@ -111,12 +157,9 @@ impl Verifier for PgTarget {
             quoted(parent),
             col = ident(column)
         );
-        Ok(Some(
-            sqlx::query_as(&sql)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(while_doing(format!("looking for references of {child}.{column} that point at no row of {parent}")))?,
-        ))
+        Ok(Some(sqlx::query_as(&sql).fetch_one(&self.pool).await.map_err(while_doing(format!(
+            "looking for references of {child}.{column} that point at no row of {parent}"
+        )))?))
     }
     async fn links(
         &self,
@@ -127,8 +170,13 @@ impl Verifier for PgTarget {
         live: bool,
         except: &[String],
     ) -> Result<i64, ToolError> {
-        let set: Vec<String> = columns.iter().map(|c| format!(" AND c.{} IS NOT NULL", ident(c))).collect();
-        let on: Vec<String> = columns.iter().zip(referenced).map(|(c, r)| format!("p.{} = c.{}", ident(r), ident(c))).collect();
+        let set: Vec<String> =
+            columns.iter().map(|c| format!(" AND c.{} IS NOT NULL", ident(c))).collect();
+        let on: Vec<String> = columns
+            .iter()
+            .zip(referenced)
+            .map(|(c, r)| format!("p.{} = c.{}", ident(r), ident(c)))
+            .collect();
         let sql = format!(
             "SELECT count(*) FROM {} c WHERE c.legacy_id IS NOT NULL{} AND c.legacy_id::text <> ALL($1){live}
                AND EXISTS (SELECT 1 FROM {} p WHERE {})",
@@ -138,15 +186,22 @@ impl Verifier for PgTarget {
             on.join(" AND "),
             live = if live { " AND c.deleted_at IS NULL" } else { "" },
         );
-        Ok(sqlx::query_scalar(&sql)
-            .bind(except)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(while_doing(format!("counting the references of {child} ({}) to {parent}", columns.join(", "))))?)
+        Ok(sqlx::query_scalar(&sql).bind(except).fetch_one(&self.pool).await.map_err(
+            while_doing(format!(
+                "counting the references of {child} ({}) to {parent}",
+                columns.join(", ")
+            )),
+        )?)
     }
-    async fn save_validation(&self, run: RunId, r: &runtime::domain::EntityValidation) -> Result<(), ToolError> {
+    async fn save_validation(
+        &self,
+        run: RunId,
+        r: &runtime::domain::EntityValidation,
+    ) -> Result<(), ToolError> {
         let what = || format!("storing the validation of {}", r.source);
-        let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| ToolError::system(format!("{}: {e}", what())));
+        let json = |v: Result<serde_json::Value, serde_json::Error>| {
+            v.map_err(|e| ToolError::system(format!("{}: {e}", what())))
+        };
         let (differences, orphans, links, money) = (
             json(serde_json::to_value(&r.differences))?,
             json(serde_json::to_value(&r.orphans))?,
