@@ -147,7 +147,7 @@ pub async fn analyze(
     let for_parents: HashSet<String> =
         rejected.iter().filter(|(_, parent)| *parent).map(|(k, _)| k.clone()).collect();
     let rejected_keys: HashSet<String> = rejected.into_iter().map(|(k, _)| k).collect();
-    let mut diff = EntityDiff {
+    let diff = EntityDiff {
         analysis_id: RunId::new(),
         run_id: ctx.run_id,
         mode: if fast { "fast" } else { "full" }.to_owned(),
@@ -166,7 +166,6 @@ pub async fn analyze(
         rejected: 0,
         seconds: 0.0,
     };
-    let mut found: Vec<Differential> = Vec::new();
     let deriver = KeyDeriver::new(req.keys.layout, req.keys.namespace, &spec.source);
     // Rows gone from the source: with an integer key, each page asks the target for its live
     // rows in the page's key range that the page does not have (both sides in key order);
@@ -174,8 +173,15 @@ pub async fn analyze(
     let mut ranged = !fast && spec.key.len() == 1 && integer_key(&out_cols[legacy_col].1);
     // The latest stamp read, and the changes whose stamp did not move (a full analysis checks
     // `updated_at` against the previous watermark).
-    let mut latest: Option<String> = if fast { mark.watermark.clone() } else { None };
-    let mut unmoved: Vec<String> = Vec::new();
+    let mut tally = Tally {
+        diff,
+        found: Vec::new(),
+        latest: if fast { mark.watermark.clone() } else { None },
+        unmoved: Vec::new(),
+        fast,
+        stamped: stamp_col.is_some(),
+        watermark: mark.watermark.clone(),
+    };
     let mut last_key: Option<i64> = None;
     let mut gone: Vec<(String, uuid::Uuid)> = Vec::new();
     // As in validation: the source reads the next page while this task maps one and the
@@ -214,74 +220,23 @@ pub async fn analyze(
         while let Some((expected, reasons, answers, missing, stamps)) =
             compares.done(next.is_none()).await?
         {
-            if let Some(max) = stamps.iter().flatten().max() {
-                if latest.as_ref().is_none_or(|l| max > l) {
-                    latest = Some(max.clone());
-                }
-            }
             gone.extend(missing);
             let retry =
                 parents_arrived(target.as_ref(), &expected, &answers, &for_parents, &references)
                     .await?;
-            let mut reasons = reasons.into_iter().peekable();
-            for (r, d) in answers.iter().enumerate() {
-                let key = &expected.keys[r];
-                let reason = match reasons.peek() {
-                    Some((at, _)) if *at == r => reasons.next().map(|(_, why)| why),
-                    _ => None,
-                };
-                diff.source_rows += 1;
-                let Some(change) = classify(
-                    expected.wanted[r],
-                    d,
-                    rejected_keys.contains(key) && !retry.contains(&r),
-                ) else {
-                    diff.in_step += 1;
-                    continue;
-                };
-                diff.count(change);
-                let source_change = matches!(
-                    change,
-                    Change::Insert | Change::Update | Change::Conflict | Change::Rejected
-                );
-                if let (false, true, Some(w)) =
-                    (fast, source_change && stamp_col.is_some(), &mark.watermark)
-                {
-                    if before_watermark(stamps[r].as_deref(), w) {
-                        unmoved.push(key.clone());
-                    }
-                }
-                let carries_values =
-                    matches!(change, Change::Insert | Change::Update | Change::Conflict);
-                found.push(Differential {
-                    legacy_key: key.clone(),
-                    change,
-                    target_id: expected.values[id_col][r].clone(),
-                    values: carries_values
-                        .then(|| expected.values.iter().map(|column| column[r].clone()).collect()),
-                    target_hash: d.target_hash,
-                    expected_hash: d.expected_hash,
-                    reason,
-                });
-            }
+            let page =
+                Page { expected: &expected, answers: &answers, stamps: &stamps, retry: &retry };
+            tally.page(&page, reasons, &rejected_keys, id_col);
         }
         // The page's key range, if its keys are integers in ascending order after the last.
         let range = match (&next, ranged) {
             (Some((expected, _, _)), true) => {
-                let ints: Option<Vec<i64>> =
-                    expected.keys.iter().map(|k| k.parse::<i64>().ok()).collect();
-                let ascending = ints.as_ref().is_some_and(|v| {
-                    v.windows(2).all(|w| w[0] < w[1])
-                        && last_key.is_none_or(|l| v.first().is_some_and(|f| *f > l))
-                });
-                if ascending {
-                    let after = last_key.map(|k| k.to_string());
-                    last_key = ints.and_then(|v| v.last().copied());
-                    Some((after, last_key.map(|k| k.to_string())))
-                } else {
-                    ranged = false;
-                    None
+                let range = key_range(&expected.keys, last_key);
+                match &range {
+                    Some((_, upto)) => last_key = upto.as_ref().and_then(|k| k.parse().ok()),
+                    None => ranged = false,
                 }
+                range
             }
             _ => None,
         };
@@ -319,6 +274,7 @@ pub async fn analyze(
     };
     let mut gone = gone;
     gone.sort();
+    let Tally { mut diff, mut found, latest, unmoved, .. } = tally;
     for key in gone {
         diff.count(Change::Delete);
         found.push(Differential {
@@ -343,20 +299,125 @@ pub async fn analyze(
     }
     diff.seconds = started.elapsed().as_secs_f64();
     target.save_analysis(&diff, &found).await?;
+    record_analysis(ctx, spec, &diff, fast, &unmoved);
+    Ok(diff)
+}
+
+/// One page's answers from the target, with what tallying them needs.
+struct Page<'a> {
+    expected: &'a runtime::domain::Expected,
+    answers: &'a [Diffed],
+    /// Each row's `updated_at`, when the table has one.
+    stamps: &'a [Option<String>],
+    /// The rows rejected for a missing parent whose parents have arrived.
+    retry: &'a HashSet<usize>,
+}
+
+/// What an analysis found so far, page by page in key order.
+struct Tally {
+    diff: EntityDiff,
+    found: Vec<Differential>,
+    /// The latest `updated_at` read.
+    latest: Option<String>,
+    /// Changes whose stamp did not move past the previous watermark.
+    unmoved: Vec<String>,
+    fast: bool,
+    /// The table has an `updated_at`.
+    stamped: bool,
+    /// The previous analysis' watermark.
+    watermark: Option<String>,
+}
+
+impl Tally {
+    /// Books each row of a page: in step, or the change it asks for (with the mapping's reason
+    /// for a row it rejects).
+    fn page(
+        &mut self,
+        page: &Page<'_>,
+        reasons: Vec<(usize, String)>,
+        rejected_keys: &HashSet<String>,
+        id_col: usize,
+    ) {
+        if let Some(max) = page.stamps.iter().flatten().max() {
+            if self.latest.as_ref().is_none_or(|l| max > l) {
+                self.latest = Some(max.clone());
+            }
+        }
+        let mut reasons = reasons.into_iter().peekable();
+        for (r, d) in page.answers.iter().enumerate() {
+            let key = &page.expected.keys[r];
+            let reason = match reasons.peek() {
+                Some((at, _)) if *at == r => reasons.next().map(|(_, why)| why),
+                _ => None,
+            };
+            self.diff.source_rows += 1;
+            let Some(change) = classify(
+                page.expected.wanted[r],
+                d,
+                rejected_keys.contains(key) && !page.retry.contains(&r),
+            ) else {
+                self.diff.in_step += 1;
+                continue;
+            };
+            self.diff.count(change);
+            let source_change = matches!(
+                change,
+                Change::Insert | Change::Update | Change::Conflict | Change::Rejected
+            );
+            if let (false, true, Some(w)) =
+                (self.fast, source_change && self.stamped, &self.watermark)
+            {
+                if before_watermark(page.stamps[r].as_deref(), w) {
+                    self.unmoved.push(key.clone());
+                }
+            }
+            let carries_values =
+                matches!(change, Change::Insert | Change::Update | Change::Conflict);
+            self.found.push(Differential {
+                legacy_key: key.clone(),
+                change,
+                target_id: page.expected.values[id_col][r].clone(),
+                values: carries_values
+                    .then(|| page.expected.values.iter().map(|column| column[r].clone()).collect()),
+                target_hash: d.target_hash,
+                expected_hash: d.expected_hash,
+                reason,
+            });
+        }
+    }
+}
+
+/// The key range of a page whose keys are integers in ascending order after `last_key`:
+/// (after, up to), as text; `None` otherwise.
+fn key_range(keys: &[String], last_key: Option<i64>) -> Option<(Option<String>, Option<String>)> {
+    let ints: Vec<i64> = keys.iter().map(|k| k.parse::<i64>().ok()).collect::<Option<_>>()?;
+    let ascending = ints.windows(2).all(|w| w[0] < w[1])
+        && last_key.is_none_or(|l| ints.first().is_some_and(|f| *f > l));
+    ascending.then(|| (last_key.map(|k| k.to_string()), ints.last().map(|k| k.to_string())))
+}
+
+/// The analysis' decisions in the trail: what it found, and a watermark it stops trusting.
+fn record_analysis(
+    ctx: &RunContext,
+    spec: &runtime::mapping::MappingSpec,
+    diff: &EntityDiff,
+    fast: bool,
+    unmoved: &[String],
+) {
     if !unmoved.is_empty() {
         ctx.decision(
-            AgentName::Validation,
-            format!("{}: updated_at is not trusted: {} changes kept an older stamp (key {})", spec.target.name, unmoved.len(), unmoved[0]),
-            "a fast analysis would have missed them, so the entity's analyses read every row \
-                until it is trusted again",
-            serde_json::json!({"entity": spec.source, "unmoved": unmoved.iter().take(20).collect::<Vec<_>>()}),
-        );
+        AgentName::Validation,
+        format!("{}: updated_at is not trusted: {} changes kept an older stamp (key {})", spec.target.name, unmoved.len(), unmoved[0]),
+        "a fast analysis would have missed them, so the entity's analyses read every row \
+            until it is trusted again",
+        serde_json::json!({"entity": spec.source, "unmoved": unmoved.iter().take(20).collect::<Vec<_>>()}),
+    );
     }
     ctx.decision(
         AgentName::Validation,
         format!(
             "{} ({}): {} new, {} changed, {} deleted, {} conflicts, {} changed in the target \
-                only, {} rejected; {} in step",
+            only, {} rejected; {} in step",
             spec.target.name,
             diff.mode,
             diff.inserts,
@@ -369,15 +430,14 @@ pub async fn analyze(
         ),
         if fast {
             "the source rows stamped since the watermark (updated_at, trusted by the full \
-                analyses) mapped and compared with their target rows (typed) and with the hash \
-                of what agentctl last wrote there; every key read for the deletes"
+            analyses) mapped and compared with their target rows (typed) and with the hash \
+            of what agentctl last wrote there; every key read for the deletes"
         } else {
             "every source row mapped and compared with its target row (typed) and with the hash \
-                of what agentctl last wrote there"
+            of what agentctl last wrote there"
         },
-        &diff,
+        diff,
     );
-    Ok(diff)
 }
 
 /// The rows of a page (by index) that are absent from the target, were rejected for nothing

@@ -75,6 +75,88 @@ struct UniqueRule {
     seen: HashMap<Vec<String>, String>,
 }
 
+/// Self-references: a row stands once its parent stands; repeated until nothing changes. The
+/// rows left are rejected, naming the first reference that did not settle.
+fn settle_self_references(
+    mut self_refs: Vec<(String, Vec<(String, String)>)>,
+    ok_keys: &mut KeySet,
+    bad_keys: &mut KeySet,
+    tally: &mut Tally,
+    target_name: &str,
+    source: &TableName,
+) {
+    loop {
+        let before = self_refs.len();
+        self_refs.retain(|(key, pending)| {
+            if pending.iter().all(|(_, p)| ok_keys.contains(&[p.as_str()]) || (p == key)) {
+                ok_keys.insert(&[key.as_str()]);
+                false
+            } else {
+                true
+            }
+        });
+        if self_refs.len() == before {
+            break;
+        }
+    }
+    for (key, pending) in self_refs {
+        let (col, parent) = pending
+            .iter()
+            .find(|(_, p)| !ok_keys.contains(&[p.as_str()]))
+            .expect("an unsettled reference");
+        let r = Rejection {
+            column: Some(col.clone()),
+            rule: format!("reference:{col}"),
+            reason: format!(
+                "{}.{col}: the {source} row it points at ({parent}) is not migrated",
+                target_name
+            ),
+        };
+        tally.add(&r, &key);
+        bad_keys.insert(&[key.as_str()]);
+    }
+}
+
+/// The rows of earlier entities that pointed at this one (the plan broke a cycle there): each
+/// is rejected where the row it points at is not migrated. (Rows of this entity that pointed
+/// back at such a row were counted before it was known; the load's final put-back of the
+/// cycle's key refuses them.)
+fn settle_awaiting(
+    out: &mut [(TableName, Forecast)],
+    settled: Vec<(usize, String, String, TableName, String)>,
+    known: Option<&KeySet>,
+    rejected: &mut HashMap<TableName, KeySet>,
+    mappings: &MappingSet,
+) {
+    for (at, key, col, parent, parent_key) in settled {
+        if known.is_some_and(|k| k.contains(&parent_key.split('|').collect::<Vec<_>>())) {
+            continue;
+        }
+        let (child, forecast) = &mut out[at];
+        if let Some(bad) = rejected.get_mut(child) {
+            bad.insert(&[key.as_str()]);
+        }
+        let target_name = mappings.spec(child).map(|s| s.target.name.clone()).unwrap_or_default();
+        let rule = format!("reference:{col}");
+        let reason = format!(
+            "{target_name}.{col}: the {parent} row it points at ({parent_key}) is not migrated"
+        );
+        forecast.migrate -= 1;
+        forecast.reject += 1;
+        match forecast.reasons.iter_mut().find(|r| r.rule == rule) {
+            Some(r) => {
+                r.count += 1;
+                if r.examples.len() < EXAMPLES {
+                    r.examples.push(key);
+                }
+            }
+            None => {
+                forecast.reasons.push(RejectReason { rule, reason, count: 1, examples: vec![key] })
+            }
+        }
+    }
+}
+
 impl UniqueRule {
     /// The row's key under this rule; `None` when a part is NULL (NULLs never collide).
     fn key(&self, values: &TextRows) -> Option<Vec<String>> {
@@ -271,37 +353,14 @@ pub async fn forecast(
             }
         };
         rows.scan(&scan, &mut each).await?;
-        // Self-references: a row stands once its parent stands; repeat until nothing changes.
-        loop {
-            let before = self_refs.len();
-            self_refs.retain(|(key, pending)| {
-                if pending.iter().all(|(_, p)| ok_keys.contains(&[p.as_str()]) || (p == key)) {
-                    ok_keys.insert(&[key.as_str()]);
-                    false
-                } else {
-                    true
-                }
-            });
-            if self_refs.len() == before {
-                break;
-            }
-        }
-        for (key, pending) in self_refs {
-            let (col, parent) = pending
-                .iter()
-                .find(|(_, p)| !ok_keys.contains(&[p.as_str()]))
-                .expect("an unsettled reference");
-            let r = Rejection {
-                column: Some(col.clone()),
-                rule: format!("reference:{col}"),
-                reason: format!(
-                    "{}.{col}: the {source} row it points at ({parent}) is not migrated",
-                    spec.target.name
-                ),
-            };
-            tally.add(&r, &key);
-            bad_keys.insert(&[key.as_str()]);
-        }
+        settle_self_references(
+            self_refs,
+            &mut ok_keys,
+            &mut bad_keys,
+            &mut tally,
+            &spec.target.name,
+            source,
+        );
         let reject: i64 = tally.reasons.values().map(|r| r.count).sum();
         let mut reasons: Vec<RejectReason> = tally.reasons.into_values().collect();
         reasons.sort_by(|a, b| b.count.cmp(&a.count).then(a.rule.cmp(&b.rule)));
@@ -318,43 +377,9 @@ pub async fn forecast(
             migrated.insert(source.clone(), ok_keys);
             rejected.insert(source.clone(), bad_keys);
         }
-        // The rows of earlier entities that pointed at this one: rejected where their row
-        // is not migrated. (Rows of this entity that pointed back at such a row were counted
-        // before it was known; the load's final put-back of the cycle's key refuses them.)
         let (settled, still): (Vec<_>, Vec<_>) = awaiting.drain(..).partition(|a| &a.3 == source);
         awaiting = still;
-        let known = migrated.get(source);
-        for (at, key, col, parent, parent_key) in settled {
-            if known.is_some_and(|k| k.contains(&parent_key.split('|').collect::<Vec<_>>())) {
-                continue;
-            }
-            let (child, forecast) = &mut out[at];
-            if let Some(bad) = rejected.get_mut(child) {
-                bad.insert(&[key.as_str()]);
-            }
-            let target_name =
-                mappings.spec(child).map(|s| s.target.name.clone()).unwrap_or_default();
-            let rule = format!("reference:{col}");
-            let reason = format!(
-                "{target_name}.{col}: the {parent} row it points at ({parent_key}) is not migrated"
-            );
-            forecast.migrate -= 1;
-            forecast.reject += 1;
-            match forecast.reasons.iter_mut().find(|r| r.rule == rule) {
-                Some(r) => {
-                    r.count += 1;
-                    if r.examples.len() < EXAMPLES {
-                        r.examples.push(key);
-                    }
-                }
-                None => forecast.reasons.push(RejectReason {
-                    rule,
-                    reason,
-                    count: 1,
-                    examples: vec![key],
-                }),
-            }
-        }
+        settle_awaiting(&mut out, settled, migrated.get(source), &mut rejected, mappings);
     }
     Ok(out)
 }

@@ -562,39 +562,71 @@ pub fn plan(
     let only = only || resolved.only;
     let tables: BTreeMap<&TableName, &Table> = report.tables.iter().map(|t| (&t.name, t)).collect();
     let mut rationale = Vec::new();
-    let mut requested = resolved.tables;
+    let mut requested = resolved.tables.clone();
     if let Some(m) = mappings {
-        let (kept, unmapped): (Vec<TableName>, Vec<TableName>) =
-            requested.into_iter().partition(|t| m.spec(t).is_some());
-        requested = kept;
-        // A table the goal asks for that nothing can take stops the plan: its rows would be
-        // left behind while the run reported success. Only the mapping file (skip, join) or
-        // the goal (`except`) leaves a table out.
-        let mut homeless = Vec::new();
-        for t in unmapped {
-            match m.unmapped.iter().find(|(u, _)| u == &t).map(|(_, w)| w) {
-                Some(why) if why.decided() => {
-                    rationale.push(format!("{t} is not an entity of its own: {why}."))
-                }
-                Some(why) => homeless.push(format!("{t} ({why})")),
-                None => homeless.push(format!("{t} (it has no mapping)")),
-            }
-        }
-        if !homeless.is_empty() {
-            return Err(PlanError::Unmigratable { tables: homeless.join(", ") });
-        }
-        for (t, why) in &m.unmapped {
-            if matches!(why, Unmapped::Merged)
-                && !rationale.iter().any(|r| r.starts_with(&format!("{t} ")))
-            {
-                rationale.push(format!("{t} is not an entity of its own: {why}."));
-            }
-        }
+        requested = mapped(requested, m, &mut rationale)?;
     }
     if requested.is_empty() {
         return Err(PlanError::NothingToMigrate { goal: goal.trim().to_owned() });
     }
-    // Excluding a table excludes what cannot exist without it.
+    let excluded = exclude(&mut requested, &resolved, &tables, &mut rationale);
+    let inclusion = with_parents(&requested, only, &tables, mappings, &mut rationale);
+    let (mut parents, mut deferred) = edges(&inclusion, &tables, &mut rationale);
+    let order = Order { tables: &tables, inclusion: &inclusion, mappings, fixed_batch };
+    let waves = waves(&order, &mut parents, &mut deferred, &mut rationale)?;
+    let batches: Vec<String> =
+        waves.iter().flatten().map(|e| format!("{} {}", e.table, e.batch_size)).collect();
+    rationale.push(match fixed_batch {
+        Some(n) => format!("Every batch holds {n} rows, as BATCH_SIZE says."),
+        None => format!(
+            "Batch sizes aim at about 1 MiB per batch from each table's average row width: {}.",
+            batches.join(", ")
+        ),
+    });
+    let left_out = left_out(report, &inclusion, &resolved, &excluded, mappings);
+    Ok(MigrationPlan { goal: goal.trim().to_owned(), waves, rationale, left_out })
+}
+
+/// The requested tables that are entities of the mapping. A table the goal asks for that
+/// nothing can take stops the plan: its rows would be left behind while the run reported
+/// success. Only the mapping file (skip, join) or the goal (`except`) leaves a table out.
+fn mapped(
+    requested: Vec<TableName>,
+    m: &MappingSet,
+    rationale: &mut Vec<String>,
+) -> Result<Vec<TableName>, PlanError> {
+    let (kept, unmapped): (Vec<TableName>, Vec<TableName>) =
+        requested.into_iter().partition(|t| m.spec(t).is_some());
+    let mut homeless = Vec::new();
+    for t in unmapped {
+        match m.unmapped.iter().find(|(u, _)| u == &t).map(|(_, w)| w) {
+            Some(why) if why.decided() => {
+                rationale.push(format!("{t} is not an entity of its own: {why}."))
+            }
+            Some(why) => homeless.push(format!("{t} ({why})")),
+            None => homeless.push(format!("{t} (it has no mapping)")),
+        }
+    }
+    if !homeless.is_empty() {
+        return Err(PlanError::Unmigratable { tables: homeless.join(", ") });
+    }
+    for (t, why) in &m.unmapped {
+        if matches!(why, Unmapped::Merged)
+            && !rationale.iter().any(|r| r.starts_with(&format!("{t} ")))
+        {
+            rationale.push(format!("{t} is not an entity of its own: {why}."));
+        }
+    }
+    Ok(kept)
+}
+
+/// Leaves out what the goal excludes, and what cannot exist without it; returns all of it.
+fn exclude(
+    requested: &mut Vec<TableName>,
+    resolved: &Goal,
+    tables: &BTreeMap<&TableName, &Table>,
+    rationale: &mut Vec<String>,
+) -> Vec<TableName> {
     let mut excluded = resolved.excluded.clone();
     loop {
         let more: Vec<TableName> = requested
@@ -622,11 +654,21 @@ pub fn plan(
         let names: Vec<String> = resolved.excluded.iter().map(ToString::to_string).collect();
         rationale.push(format!("Excluded as asked: {}.", names.join(", ")));
     }
+    excluded
+}
 
-    // The closure of parents, remembering who needed each one.
+/// The requested tables and, unless `only`, the closure of their parents, each remembering
+/// who needed it.
+fn with_parents(
+    requested: &[TableName],
+    only: bool,
+    tables: &BTreeMap<&TableName, &Table>,
+    mappings: Option<&MappingSet>,
+    rationale: &mut Vec<String>,
+) -> BTreeMap<TableName, Inclusion> {
     let mut inclusion: BTreeMap<TableName, Inclusion> =
         requested.iter().map(|t| (t.clone(), Inclusion::Requested)).collect();
-    let mut queue: Vec<TableName> = requested.clone();
+    let mut queue: Vec<TableName> = requested.to_vec();
     while let Some(name) = queue.pop() {
         if only {
             break;
@@ -669,12 +711,21 @@ pub fn plan(
             ));
         }
     }
+    inclusion
+}
 
-    // Edges child -> parent inside the plan; self-references are always deferred.
+/// Each entity's parents inside the plan, with the foreign keys to each.
+type Parents = BTreeMap<TableName, BTreeMap<TableName, Vec<String>>>;
+
+/// The edges child -> parent inside the plan, and the self-references, which are always
+/// deferred.
+fn edges(
+    inclusion: &BTreeMap<TableName, Inclusion>,
+    tables: &BTreeMap<&TableName, &Table>,
+    rationale: &mut Vec<String>,
+) -> (Parents, BTreeMap<TableName, Vec<String>>) {
     let mut deferred: BTreeMap<TableName, Vec<String>> = BTreeMap::new();
-    // The parents a broken cycle loads after each child.
-    let mut later: BTreeMap<TableName, Vec<TableName>> = BTreeMap::new();
-    let mut parents: BTreeMap<TableName, BTreeMap<TableName, Vec<String>>> = BTreeMap::new();
+    let mut parents = Parents::new();
     for name in inclusion.keys() {
         let table = tables[name];
         let entry = parents.entry(name.clone()).or_default();
@@ -683,7 +734,7 @@ pub fn plan(
                 deferred.entry(name.clone()).or_default().push(fk.name.clone());
                 rationale.push(format!(
                     "{name}.{} references {name} itself: its rows go in with that reference \
-                        empty, then a second pass fills it.",
+                    empty, then a second pass fills it.",
                     fk.columns.join(", ")
                 ));
             } else if inclusion.contains_key(&fk.references) {
@@ -691,7 +742,27 @@ pub fn plan(
             }
         }
     }
+    (parents, deferred)
+}
 
+/// What ordering the plan's entities needs to know of them.
+struct Order<'a> {
+    tables: &'a BTreeMap<&'a TableName, &'a Table>,
+    inclusion: &'a BTreeMap<TableName, Inclusion>,
+    mappings: Option<&'a MappingSet>,
+    fixed_batch: Option<usize>,
+}
+
+/// The entities in waves by topological sort, a cycle broken at a nullable foreign key.
+fn waves(
+    order: &Order<'_>,
+    parents: &mut Parents,
+    deferred: &mut BTreeMap<TableName, Vec<String>>,
+    rationale: &mut Vec<String>,
+) -> Result<Vec<Vec<PlannedEntity>>, PlanError> {
+    let Order { tables, inclusion, mappings, fixed_batch } = *order;
+    // The parents a broken cycle loads after each child.
+    let mut later: BTreeMap<TableName, Vec<TableName>> = BTreeMap::new();
     let mut placed: BTreeSet<TableName> = BTreeSet::new();
     let mut waves: Vec<Vec<PlannedEntity>> = Vec::new();
     while placed.len() < inclusion.len() {
@@ -701,11 +772,11 @@ pub fn plan(
             .map(|(n, _)| n.clone())
             .collect();
         if ready.is_empty() {
-            let (child, parent, fk) = break_cycle(&parents, &placed, &tables)?;
+            let (child, parent, fk) = break_cycle(parents, &placed, tables)?;
             rationale.push(format!(
                 "{child} and {parent} reference each other: {child} goes first, its {fk} written \
-                    as it is and proven once {parent} is in (the key is put back after the last \
-                    load)."
+                as it is and proven once {parent} is in (the key is put back after the last \
+                load)."
             ));
             later.entry(child.clone()).or_default().push(parent.clone());
             let fks = parents
@@ -757,17 +828,18 @@ pub fn plan(
         );
         placed.extend(ready);
     }
-    let batches: Vec<String> =
-        waves.iter().flatten().map(|e| format!("{} {}", e.table, e.batch_size)).collect();
-    rationale.push(match fixed_batch {
-        Some(n) => format!("Every batch holds {n} rows, as BATCH_SIZE says."),
-        None => format!(
-            "Batch sizes aim at about 1 MiB per batch from each table's average row width: {}.",
-            batches.join(", ")
-        ),
-    });
-    // Every other source table, with why: so that a report can account for each one.
-    let left_out = report
+    Ok(waves)
+}
+
+/// Every source table the plan leaves out, with why: so that a report can account for each.
+fn left_out(
+    report: &SchemaReport,
+    inclusion: &BTreeMap<TableName, Inclusion>,
+    resolved: &Goal,
+    excluded: &[TableName],
+    mappings: Option<&MappingSet>,
+) -> Vec<LeftOut> {
+    report
         .tables
         .iter()
         .filter(|t| !inclusion.contains_key(&t.name))
@@ -789,8 +861,7 @@ pub fn plan(
             });
             LeftOut { table: t.name.clone(), reason, merged }
         })
-        .collect();
-    Ok(MigrationPlan { goal: goal.trim().to_owned(), waves, rationale, left_out })
+        .collect()
 }
 
 /// Attaches each entity's forecast and writes down the risks it shows.

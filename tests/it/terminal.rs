@@ -150,7 +150,9 @@ fn leaving_the_chat_gives_the_terminal_back_as_it_was() {
             "{} --source {source} --target {target} chat; echo EXITED $?",
             bin.display()
         ));
-        term.wait_for("Type `help` for what you can say", Duration::from_secs(60));
+        // The prompt, not the banner: rustyline takes the terminal when it shows the prompt,
+        // and what was typed before that may be dropped.
+        term.wait_for("] > ", Duration::from_secs(60));
         if leave == "exit" {
             term.type_line("exit");
         } else {
