@@ -336,20 +336,40 @@ pub fn parse_intent(text: &str) -> Intent {
         .filter(|w| !w.is_empty())
         .map(corrected)
         .collect();
-    let t = words.join(" ");
-    let t = t.as_str();
-    let has = |w: &str| words.contains(&w);
-    let after = |keys: &[&str]| -> Option<String> {
-        let i = words.iter().position(|w| keys.contains(w))?;
-        let rest: Vec<&str> = words[i + 1..]
+    let text = words.join(" ");
+    let said = Said { text: &text, words: &words };
+    conversation(&said)
+        .or_else(|| question(&said))
+        .or_else(|| action(&said))
+        .unwrap_or(Intent::Unknown)
+}
+
+/// What the operator said: the words, slips corrected, and all of them as one text.
+struct Said<'a> {
+    text: &'a str,
+    words: &'a [&'a str],
+}
+
+impl Said<'_> {
+    fn has(&self, word: &str) -> bool {
+        self.words.contains(&word)
+    }
+
+    /// The words after the first of `keys`, less articles and "please".
+    fn after(&self, keys: &[&str]) -> Option<String> {
+        let i = self.words.iter().position(|w| keys.contains(w))?;
+        let rest: Vec<&str> = self.words[i + 1..]
             .iter()
             .copied()
             .filter(|w| !matches!(*w, "the" | "a" | "an" | "some" | "of" | "please"))
             .collect();
         (!rest.is_empty()).then(|| rest.join(" "))
-    };
-    let entity_after = |keys: &[&str]| -> Option<String> {
-        after(keys)
+    }
+
+    /// The table named after the first of `keys`: [`Said::after`] less the words about rows
+    /// that failed or moved.
+    fn entity_after(&self, keys: &[&str]) -> Option<String> {
+        self.after(keys)
             .map(|s| {
                 s.split(' ')
                     .filter(|w| {
@@ -376,89 +396,112 @@ pub fn parse_intent(text: &str) -> Intent {
                     .join(" ")
             })
             .filter(|s| !s.is_empty())
-    };
-    let greeting = words
-        .first()
-        .is_some_and(|w| matches!(*w, "hi" | "hello" | "hey" | "hiya" | "morning" | "afternoon"));
-    match () {
-        _ if t.is_empty() => Intent::Unknown,
-        _ if matches!(t, "exit" | "quit" | "bye" | "q" | "goodbye") => Intent::Exit,
-        _ if matches!(t, "help" | "?" | "what can you do" | "what can i ask")
-            || t.contains("what can you do")
-            || t.contains("what can i") =>
+    }
+
+    /// It starts with a greeting.
+    fn greeting(&self) -> bool {
+        self.words.first().is_some_and(|w| {
+            matches!(*w, "hi" | "hello" | "hey" | "hiya" | "morning" | "afternoon")
+        })
+    }
+}
+
+/// Greetings, help and leaving; what the operator asks to count.
+fn conversation(w: &Said<'_>) -> Option<Intent> {
+    Some(match () {
+        _ if w.text.is_empty() => Intent::Unknown,
+        _ if matches!(w.text, "exit" | "quit" | "bye" | "q" | "goodbye") => Intent::Exit,
+        _ if matches!(w.text, "help" | "?" | "what can you do" | "what can i ask")
+            || w.text.contains("what can you do")
+            || w.text.contains("what can i") =>
         {
             Intent::Help
         }
-        _ if greeting && words.len() <= 3 => Intent::Help,
-        _ if has("how") && has("many") && !has("failed") && !has("rejected") => Intent::Count {
-            entity: entity_after(&["many"]).map(|e| strip_filler(&e)).unwrap_or_default(),
+        _ if w.greeting() && w.words.len() <= 3 => Intent::Help,
+        _ if w.has("how") && w.has("many") && !w.has("failed") && !w.has("rejected") => {
+            Intent::Count {
+                entity: w.entity_after(&["many"]).map(|e| strip_filler(&e)).unwrap_or_default(),
+            }
+        }
+        _ if (w.has("number") && w.has("of")) || w.has("count") => Intent::Count {
+            entity: w.entity_after(&["of", "count"]).map(|e| strip_filler(&e)).unwrap_or_default(),
         },
-        _ if (has("number") && has("of")) || has("count") => Intent::Count {
-            entity: entity_after(&["of", "count"]).map(|e| strip_filler(&e)).unwrap_or_default(),
-        },
-        _ if (has("safe")
-            || has("lost")
-            || has("lose")
-            || has("trust")
-            || has("intact")
-            || has("complete"))
-            || (has("anything") && has("missing"))
-            || (has("data") && (has("ok") || has("okay") || has("correct") || has("right"))) =>
+        _ => return None,
+    })
+}
+
+/// Questions about the data, the outcome, the decisions and the failures.
+fn question(w: &Said<'_>) -> Option<Intent> {
+    Some(match () {
+        _ if (w.has("safe")
+            || w.has("lost")
+            || w.has("lose")
+            || w.has("trust")
+            || w.has("intact")
+            || w.has("complete"))
+            || (w.has("anything") && w.has("missing"))
+            || (w.has("data")
+                && (w.has("ok") || w.has("okay") || w.has("correct") || w.has("right"))) =>
         {
             Intent::Safety
         }
-        _ if (has("did") && (has("go") || has("work") || has("succeed")))
-            || has("successful")
-            || has("result")
-            || has("results")
-            || has("outcome")
-            || has("summary") =>
+        _ if (w.has("did") && (w.has("go") || w.has("work") || w.has("succeed")))
+            || w.has("successful")
+            || w.has("result")
+            || w.has("results")
+            || w.has("outcome")
+            || w.has("summary") =>
         {
             Intent::Outcome
         }
-        _ if (has("what") || has("which") || has("list") || has("show"))
-            && (has("tables") || has("database") || has("system") || has("data"))
-            && !has("changed")
-            && !has("changes")
-            && !has("decide")
-            && !has("decided") =>
+        _ if (w.has("what") || w.has("which") || w.has("list") || w.has("show"))
+            && (w.has("tables") || w.has("database") || w.has("system") || w.has("data"))
+            && !w.has("changed")
+            && !w.has("changes")
+            && !w.has("decide")
+            && !w.has("decided") =>
         {
-            Intent::Tables { new: has("new") || has("modern") || has("target") }
+            Intent::Tables { new: w.has("new") || w.has("modern") || w.has("target") }
         }
-        _ if has("why")
-            && (has("decide")
-                || has("decided")
-                || has("before")
-                || has("first")
-                || has("order")) =>
+        _ if w.has("why")
+            && (w.has("decide")
+                || w.has("decided")
+                || w.has("before")
+                || w.has("first")
+                || w.has("order")) =>
         {
             Intent::Decisions {
-                agent: words
+                agent: w
+                    .words
                     .iter()
                     .find(|w| ["planning", "execution", "validation", "mapping"].contains(w))
                     .map(|w| w.to_string()),
             }
         }
-        _ if (has("what") || has("show"))
-            && (has("decide") || has("decided") || has("decision") || has("decisions")) =>
+        _ if (w.has("what") || w.has("show"))
+            && (w.has("decide") || w.has("decided") || w.has("decision") || w.has("decisions")) =>
         {
             Intent::Decisions {
-                agent: words
+                agent: w
+                    .words
                     .iter()
                     .find(|w| ["planning", "execution", "validation", "mapping"].contains(w))
                     .map(|w| w.to_string()),
             }
         }
-        _ if has("why") => Intent::WhyFailed {
-            entity: entity_after(&["some", "why", "did", "were", "the"]).map(|e| strip_leading(&e)),
+        _ if w.has("why") => Intent::WhyFailed {
+            entity: w
+                .entity_after(&["some", "why", "did", "were", "the"])
+                .map(|e| strip_leading(&e)),
         },
-        _ if (has("show") || has("see") || has("example"))
-            && (has("failed") || has("rejected") || has("bad")) =>
+        _ if (w.has("show") || w.has("see") || w.has("example"))
+            && (w.has("failed") || w.has("rejected") || w.has("bad")) =>
         {
-            Intent::ShowFailed { entity: entity_after(&["failed", "rejected", "bad"]) }
+            Intent::ShowFailed { entity: w.entity_after(&["failed", "rejected", "bad"]) }
         }
-        _ if has("profile") || has("statistics") || has("stats") => Intent::Profile {
-            table: after(&["profile", "statistics", "stats", "of", "for", "on"])
+        _ if w.has("profile") || w.has("statistics") || w.has("stats") => Intent::Profile {
+            table: w
+                .after(&["profile", "statistics", "stats", "of", "for", "on"])
                 .map(|s| {
                     s.split(' ')
                         .filter(|w| !matches!(*w, "of" | "for" | "on" | "table"))
@@ -468,55 +511,67 @@ pub fn parse_intent(text: &str) -> Intent {
                 .filter(|s| !s.is_empty()),
             question: None,
         },
-        _ if has("undo") || has("rollback") || (has("roll") && has("back")) || has("remove") => {
+        _ => return None,
+    })
+}
+
+/// Requests to act (undo, schedule, sync, migrate) and to know how it goes.
+fn action(w: &Said<'_>) -> Option<Intent> {
+    Some(match () {
+        _ if w.has("undo")
+            || w.has("rollback")
+            || (w.has("roll") && w.has("back"))
+            || w.has("remove") =>
+        {
             Intent::Undo {
-                goal: after(&["undo", "rollback", "back", "remove"]).unwrap_or_default(),
+                goal: w.after(&["undo", "rollback", "back", "remove"]).unwrap_or_default(),
             }
         }
         // "Sync the orders every night", "a nightly sync of the patients": a job, not a sync now.
-        _ if (has("every")
-            || has("nightly")
-            || has("daily")
-            || has("hourly")
-            || has("weekly")
-            || has("schedule"))
-            && (has("sync")
-                || has("synchronize")
-                || has("update")
-                || has("schedule")
-                || has("step")) =>
+        _ if (w.has("every")
+            || w.has("nightly")
+            || w.has("daily")
+            || w.has("hourly")
+            || w.has("weekly")
+            || w.has("schedule"))
+            && (w.has("sync")
+                || w.has("synchronize")
+                || w.has("update")
+                || w.has("schedule")
+                || w.has("step")) =>
         {
-            Intent::Schedule { goal: scheduled(&words), every: interval(&words) }
+            Intent::Schedule { goal: scheduled(&w.words), every: interval(&w.words) }
         }
         // "What changed since the last sync?" asks; "sync the orders", "apply the changes" act.
-        _ if (has("changed") || has("changes") || has("new"))
-            && (has("what") || has("anything") || has("which") || has("show")) =>
+        _ if (w.has("changed") || w.has("changes") || w.has("new"))
+            && (w.has("what") || w.has("anything") || w.has("which") || w.has("show")) =>
         {
-            changes(entity_after(&["in", "to", "for"]).unwrap_or_default())
+            changes(w.entity_after(&["in", "to", "for"]).unwrap_or_default())
         }
-        _ if has("sync")
-            || has("synchronize")
-            || has("resync")
-            || (has("catch") && has("up"))
-            || (has("up") && has("date"))
-            || (has("apply") && has("changes")) =>
+        _ if w.has("sync")
+            || w.has("synchronize")
+            || w.has("resync")
+            || (w.has("catch") && w.has("up"))
+            || (w.has("up") && w.has("date"))
+            || (w.has("apply") && w.has("changes")) =>
         {
-            let goal = after(&["sync", "synchronize", "resync", "up", "date"]).unwrap_or_default();
+            let goal =
+                w.after(&["sync", "synchronize", "resync", "up", "date"]).unwrap_or_default();
             let goal = goal.trim_start_matches("to date").trim().to_owned();
             Intent::Sync { goal: if goal == "everything" { String::new() } else { goal } }
         }
-        _ if has("changed") || has("changes") => {
-            changes(entity_after(&["in", "to", "for"]).unwrap_or_default())
+        _ if w.has("changed") || w.has("changes") => {
+            changes(w.entity_after(&["in", "to", "for"]).unwrap_or_default())
         }
-        _ if has("status")
-            || has("progress")
-            || (has("how") && (has("going") || has("far")))
-            || has("done") =>
+        _ if w.has("status")
+            || w.has("progress")
+            || (w.has("how") && (w.has("going") || w.has("far")))
+            || w.has("done") =>
         {
             Intent::Status
         }
-        _ if has("migrate") || has("move") || has("copy") || has("transfer") => {
-            let goal = after(&["migrate", "move", "copy", "transfer"]).unwrap_or_default();
+        _ if w.has("migrate") || w.has("move") || w.has("copy") || w.has("transfer") => {
+            let goal = w.after(&["migrate", "move", "copy", "transfer"]).unwrap_or_default();
             let goal = goal.trim_end_matches(" over").trim_end_matches(" first").to_owned();
             if goal.is_empty() {
                 Intent::Unknown
@@ -524,8 +579,8 @@ pub fn parse_intent(text: &str) -> Intent {
                 Intent::Migrate { goal }
             }
         }
-        _ => Intent::Unknown,
-    }
+        _ => return None,
+    })
 }
 
 /// The keywords a slip of the keyboard is taken back to: one letter off, or two in a long word.

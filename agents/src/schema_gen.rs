@@ -255,8 +255,26 @@ fn table(
     // references that became UUIDs. A rule that mentions one is not carried over as it is.
     let changed: Vec<&str> =
         dropped.iter().map(String::as_str).chain(references.iter().copied()).collect();
+    lines.extend(column_lines(t, dropped.as_deref(), &references, refused));
+    lines.extend(rule_lines(t, dropped.as_deref(), &changed, notes));
+    create(out, t, lines, partitioned.as_ref());
+
+    comments(out, t, dropped.as_deref());
+    indexes(t, dropped.as_deref(), &changed, after, notes);
+    foreign_keys(report, t, &changed, after, notes);
+}
+
+/// The table's columns as the target has them: a reference becomes uuid, the old key is gone
+/// (it is legacy_id), and `deleted_at` is added for the differential sync's soft deletes.
+fn column_lines(
+    t: &Table,
+    dropped: Option<&str>,
+    references: &BTreeSet<&str>,
+    refused: &mut Vec<String>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
     for c in &t.columns {
-        if dropped.as_deref() == Some(c.name.as_str()) {
+        if dropped == Some(c.name.as_str()) {
             continue;
         }
         if c.name == "id" || c.name == "legacy_id" {
@@ -289,12 +307,24 @@ fn table(
     if !t.columns.iter().any(|c| c.name == "deleted_at") {
         lines.push("    \"deleted_at\" timestamptz".into());
     }
+    lines
+}
+
+/// The table's unique rules, CHECKs and exclusions that still mean what they meant (a rule on
+/// the old key or over a rewritten reference is reported instead).
+fn rule_lines(
+    t: &Table,
+    dropped: Option<&str>,
+    changed: &[&str],
+    notes: &mut Vec<String>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
     let unique_constraints: BTreeSet<&str> =
         t.indexes.iter().filter(|i| i.constraint).map(|i| i.name.as_str()).collect();
     // A reference's UUID stands for exactly one old value, so a rule over the column itself
     // (unique, or a plain index) holds as it did; only an expression over it changes meaning.
     for u in t.unique.iter().filter(|u| unique_constraints.contains(u.name.as_str())) {
-        if let Some(key) = dropped.as_deref().filter(|k| u.parts.iter().any(|p| p == k)) {
+        if let Some(key) = dropped.filter(|k| u.parts.iter().any(|p| p == k)) {
             if u.parts.len() > 1 {
                 notes.push(format!(
                     "{}: unique rule {} includes the old key {key}, now legacy_id, \
@@ -332,14 +362,23 @@ fn table(
     if t.primary_key.len() > 1 {
         lines.push(format!("    UNIQUE ({})", list(&t.primary_key)));
     }
-    // Table constraints after the columns.
+    lines
+}
+
+/// `CREATE TABLE`, the constraints after the columns, and its partitions.
+fn create(
+    out: &mut String,
+    t: &Table,
+    lines: Vec<String>,
+    partitioned: Option<&runtime::domain::Partitioning>,
+) {
     let (constraints, columns): (Vec<String>, Vec<String>) = lines.into_iter().partition(|l| {
         l.starts_with("    PRIMARY KEY")
             || l.starts_with("    UNIQUE")
             || l.starts_with("    CONSTRAINT")
     });
     let lines: Vec<String> = columns.into_iter().chain(constraints).collect();
-    match &partitioned {
+    match partitioned {
         None => out.push_str(&format!(
             "CREATE TABLE {} (\n{}\n);\n",
             qualified(&t.name),
@@ -364,7 +403,10 @@ fn table(
             }
         }
     }
+}
 
+/// The table's and its columns' comments (the old key's on legacy_id).
+fn comments(out: &mut String, t: &Table, dropped: Option<&str>) {
     if let Some(comment) = &t.comment {
         out.push_str(&format!(
             "COMMENT ON TABLE {} IS {};\n",
@@ -374,8 +416,7 @@ fn table(
     }
     for c in &t.columns {
         let Some(comment) = &c.comment else { continue };
-        let column =
-            if dropped.as_deref() == Some(c.name.as_str()) { "legacy_id" } else { c.name.as_str() };
+        let column = if dropped == Some(c.name.as_str()) { "legacy_id" } else { c.name.as_str() };
         out.push_str(&format!(
             "COMMENT ON COLUMN {}.{} IS {};\n",
             qualified(&t.name),
@@ -383,10 +424,21 @@ fn table(
             literal(comment)
         ));
     }
+}
+
+/// The table's plain indexes, built after the load; one on a column whose meaning changed is
+/// reported instead.
+fn indexes(
+    t: &Table,
+    dropped: Option<&str>,
+    changed: &[&str],
+    after: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) {
     for i in t.indexes.iter().filter(|i| !i.primary && !i.constraint) {
         let plain = plain_index(&i.definition);
         let breaks = |k: &&str| match &plain {
-            Some(columns) if dropped.as_deref() != Some(*k) => {
+            Some(columns) if dropped != Some(*k) => {
                 !columns.iter().any(|c| c == k) && mentions(&i.definition, k)
             }
             _ => mentions(&i.definition, k),
@@ -403,6 +455,17 @@ fn table(
         // not on its partitions.
         after.push(format!("{};\n", i.definition.replacen(" ON ONLY ", " ON ", 1)));
     }
+}
+
+/// The table's foreign keys, added after the load: to the parent's `id` for a reference to its
+/// key, on their own columns where both sides keep theirs, else reported.
+fn foreign_keys(
+    report: &SchemaReport,
+    t: &Table,
+    changed: &[&str],
+    after: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) {
     for fk in &t.foreign_keys {
         let on_delete = if fk.on_delete == "no action" {
             String::new()

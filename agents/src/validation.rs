@@ -159,46 +159,10 @@ pub async fn validate(
         .iter()
         .position(|(c, _)| c == "legacy_id")
         .ok_or_else(|| ToolError::system(format!("{} has no legacy_id column", spec.target)))?;
-    // Amount columns: cents turned into amounts, and every column of a two-decimal type.
-    let money: Vec<usize> = (0..out_cols.len())
-        .filter(|&i| {
-            let (name, ty) = &out_cols[i];
-            let cents = spec
-                .columns
-                .iter()
-                .any(|m| m.target == *name && m.transforms.contains(&Transform::Cents));
-            cents || ty == "money" || (ty.starts_with("numeric(") && ty.ends_with(",2)"))
-        })
-        .collect();
+    let money = money_columns(spec, &out_cols);
     let rejected_keys: HashSet<String> =
         target.rejected_keys(&spec.source).await?.into_iter().map(|(k, _)| k).collect();
-    let mut v = EntityValidation {
-        source: spec.source.clone(),
-        target: spec.target.clone(),
-        passed: false,
-        source_rows: 0,
-        migrated: 0,
-        rejected: 0,
-        kept: 0,
-        missing: 0,
-        target_rows: 0,
-        extra: 0,
-        rows_compared: 0,
-        rows_differing: 0,
-        differences: Vec::new(),
-        orphans: Vec::new(),
-        links: Vec::new(),
-        money: money
-            .iter()
-            .map(|&i| MoneyTotal {
-                column: out_cols[i].0.clone(),
-                source_cents: 0,
-                target_cents: 0,
-            })
-            .collect(),
-        detail: String::new(),
-        seconds: 0.0,
-    };
+    let mut v = empty(spec, &out_cols, &money);
     // The stages overlap: the source server reads the next page while this task maps one and
     // the target compares the ones before, [`COMPARES_IN_FLIGHT`] at a time, tallied in order.
     let linked = links_of(req, &mapper, spec);
@@ -251,114 +215,9 @@ pub async fn validate(
     reader.await.map_err(|e| ToolError::system(format!("the reader stopped: {e}")))?;
     v.target_rows = target.table_rows(&spec.target, soft_delete(req)).await?;
     v.extra = (v.target_rows - found_in_target).max(0);
-    // Every reference the mapping makes, and every foreign key the target declares.
-    let table = req
-        .target
-        .table(&spec.target)
-        .ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
-    let mut checks: Vec<(String, runtime::domain::TableName)> =
-        references.iter().map(|(c, p)| (out_cols[*c].0.clone(), p.clone())).collect();
-    checks.extend(deferred_cols.iter().map(|&c| (out_cols[c].0.clone(), spec.target.clone())));
-    for fk in &table.foreign_keys {
-        if let [column] = fk.columns.as_slice() {
-            checks.push((column.clone(), fk.references.clone()));
-        }
-    }
-    checks.sort();
-    checks.dedup();
-    for (column, parent) in checks {
-        let found = target.orphans(&spec.target, &column, &parent).await?;
-        let enforced = found.is_none();
-        let (count, examples) = found.unwrap_or_default();
-        v.orphans.push(Orphans { column, parent, count, examples, enforced });
-    }
-    let live = soft_delete(req);
-    for (l, source) in linked.iter().zip(source_links) {
-        let found = target
-            .links(&spec.target, &l.columns, &l.parent, &l.referenced, live, &kept_keys)
-            .await?;
-        v.links.push(Links {
-            columns: l.columns.clone(),
-            parent: l.parent.clone(),
-            referenced: l.referenced.clone(),
-            source_columns: l.source_columns.clone(),
-            source,
-            target: found,
-        });
-    }
-    let lost: Vec<String> = v
-        .links
-        .iter()
-        .filter(|l| l.source != l.target)
-        .map(|l| {
-            format!(
-                "{} links of {} to {} in the source but {} in the target",
-                l.source,
-                l.columns.join(", "),
-                l.parent,
-                l.target
-            )
-        })
-        .collect();
-    let links: i64 = v.links.iter().map(|l| l.target).sum();
-    let orphaned: i64 = v.orphans.iter().map(|o| o.count).sum();
-    let money_equal = v.money.iter().all(|m| m.source_cents == m.target_cents);
-    let balanced = v.source_rows == v.migrated + v.rejected + v.kept + v.rows_differing + v.missing;
-    v.passed = balanced
-        && v.missing == 0
-        && v.rows_differing == 0
-        && v.extra == 0
-        && orphaned == 0
-        && lost.is_empty()
-        && money_equal;
-    v.detail = if v.passed {
-        format!(
-            "{} source rows: {} migrated with equal values, {} rejected with reasons{}; {}no \
-                orphan; {}",
-            v.source_rows,
-            v.migrated,
-            v.rejected,
-            if v.kept > 0 { format!(", {} kept from before", v.kept) } else { String::new() },
-            if v.links.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "{links} links of {} \
-                references equal on both sides; ",
-                    v.links.len()
-                )
-            },
-            if v.money.is_empty() {
-                "no money column".to_owned()
-            } else {
-                "money totals equal to the cent".to_owned()
-            }
-        )
-    } else {
-        let mut wrong = Vec::new();
-        if v.missing > 0 {
-            wrong.push(format!("{} rows missing (neither migrated nor rejected)", v.missing));
-        }
-        if v.rows_differing > 0 {
-            wrong.push(format!("{} rows differ from their source", v.rows_differing));
-        }
-        if v.extra > 0 {
-            wrong.push(format!("{} target rows have no source row", v.extra));
-        }
-        if orphaned > 0 {
-            wrong.push(format!("{orphaned} references point at no row"));
-        }
-        wrong.extend(lost);
-        for m in v.money.iter().filter(|m| m.source_cents != m.target_cents) {
-            wrong.push(format!(
-                "{} totals {} in the source but {} in the target",
-                m.column,
-                amount(m.source_cents),
-                amount(m.target_cents)
-            ));
-        }
-        wrong.join("; ")
-    };
+    v.orphans = orphans(target.as_ref(), req, &references, &deferred_cols, &out_cols).await?;
+    v.links = count_links(target.as_ref(), req, &linked, source_links, &kept_keys).await?;
+    judge(&mut v);
     v.seconds = started.elapsed().as_secs_f64();
     target.save_validation(ctx.run_id, &v).await?;
     ctx.decision(
@@ -448,6 +307,195 @@ fn links_of(
         }
     }
     out
+}
+/// The amount columns: cents turned into amounts, and every column of a two-decimal type.
+fn money_columns(
+    spec: &runtime::mapping::MappingSpec,
+    out_cols: &[(String, String)],
+) -> Vec<usize> {
+    (0..out_cols.len())
+        .filter(|&i| {
+            let (name, ty) = &out_cols[i];
+            let cents = spec
+                .columns
+                .iter()
+                .any(|m| m.target == *name && m.transforms.contains(&Transform::Cents));
+            cents || ty == "money" || (ty.starts_with("numeric(") && ty.ends_with(",2)"))
+        })
+        .collect()
+}
+
+/// A validation of the entity with nothing counted yet.
+fn empty(
+    spec: &runtime::mapping::MappingSpec,
+    out_cols: &[(String, String)],
+    money: &[usize],
+) -> EntityValidation {
+    EntityValidation {
+        source: spec.source.clone(),
+        target: spec.target.clone(),
+        passed: false,
+        source_rows: 0,
+        migrated: 0,
+        rejected: 0,
+        kept: 0,
+        missing: 0,
+        target_rows: 0,
+        extra: 0,
+        rows_compared: 0,
+        rows_differing: 0,
+        differences: Vec::new(),
+        orphans: Vec::new(),
+        links: Vec::new(),
+        money: money
+            .iter()
+            .map(|&i| MoneyTotal {
+                column: out_cols[i].0.clone(),
+                source_cents: 0,
+                target_cents: 0,
+            })
+            .collect(),
+        detail: String::new(),
+        seconds: 0.0,
+    }
+}
+
+/// Every reference the mapping makes, and every foreign key the target declares: the target
+/// rows that point at no row (none to count where a validated foreign key guarantees it).
+async fn orphans(
+    target: &dyn Target,
+    req: &MigrateEntity,
+    references: &[(usize, runtime::domain::TableName)],
+    deferred_cols: &[usize],
+    out_cols: &[(String, String)],
+) -> Result<Vec<Orphans>, ToolError> {
+    let mut found_orphans = Vec::new();
+    let table = req
+        .target
+        .table(&req.spec.target)
+        .ok_or_else(|| ToolError::system(format!("the target has no table {}", req.spec.target)))?;
+    let mut checks: Vec<(String, runtime::domain::TableName)> =
+        references.iter().map(|(c, p)| (out_cols[*c].0.clone(), p.clone())).collect();
+    checks.extend(deferred_cols.iter().map(|&c| (out_cols[c].0.clone(), req.spec.target.clone())));
+    for fk in &table.foreign_keys {
+        if let [column] = fk.columns.as_slice() {
+            checks.push((column.clone(), fk.references.clone()));
+        }
+    }
+    checks.sort();
+    checks.dedup();
+    for (column, parent) in checks {
+        let found = target.orphans(&req.spec.target, &column, &parent).await?;
+        let enforced = found.is_none();
+        let (count, examples) = found.unwrap_or_default();
+        found_orphans.push(Orphans { column, parent, count, examples, enforced });
+    }
+    Ok(found_orphans)
+}
+
+/// Each reference's links counted in the target: the rows with a legacy key, but those kept
+/// from before agentctl, whose reference points at a row of the parent.
+async fn count_links(
+    target: &dyn Target,
+    req: &MigrateEntity,
+    linked: &[Linked],
+    source_links: Vec<i64>,
+    kept_keys: &[String],
+) -> Result<Vec<Links>, ToolError> {
+    let spec = &req.spec;
+    let mut links = Vec::new();
+    let live = soft_delete(req);
+    for (l, source) in linked.iter().zip(source_links) {
+        let found = target
+            .links(&spec.target, &l.columns, &l.parent, &l.referenced, live, kept_keys)
+            .await?;
+        links.push(Links {
+            columns: l.columns.clone(),
+            parent: l.parent.clone(),
+            referenced: l.referenced.clone(),
+            source_columns: l.source_columns.clone(),
+            source,
+            target: found,
+        });
+    }
+    Ok(links)
+}
+
+/// Whether the validation passed, and the one line that says what passed or what did not.
+fn judge(v: &mut EntityValidation) {
+    let lost: Vec<String> = v
+        .links
+        .iter()
+        .filter(|l| l.source != l.target)
+        .map(|l| {
+            format!(
+                "{} links of {} to {} in the source but {} in the target",
+                l.source,
+                l.columns.join(", "),
+                l.parent,
+                l.target
+            )
+        })
+        .collect();
+    let links: i64 = v.links.iter().map(|l| l.target).sum();
+    let orphaned: i64 = v.orphans.iter().map(|o| o.count).sum();
+    let money_equal = v.money.iter().all(|m| m.source_cents == m.target_cents);
+    let balanced = v.source_rows == v.migrated + v.rejected + v.kept + v.rows_differing + v.missing;
+    v.passed = balanced
+        && v.missing == 0
+        && v.rows_differing == 0
+        && v.extra == 0
+        && orphaned == 0
+        && lost.is_empty()
+        && money_equal;
+    v.detail = if v.passed {
+        format!(
+            "{} source rows: {} migrated with equal values, {} rejected with reasons{}; {}no \
+                orphan; {}",
+            v.source_rows,
+            v.migrated,
+            v.rejected,
+            if v.kept > 0 { format!(", {} kept from before", v.kept) } else { String::new() },
+            if v.links.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "{links} links of {} \
+                references equal on both sides; ",
+                    v.links.len()
+                )
+            },
+            if v.money.is_empty() {
+                "no money column".to_owned()
+            } else {
+                "money totals equal to the cent".to_owned()
+            }
+        )
+    } else {
+        let mut wrong = Vec::new();
+        if v.missing > 0 {
+            wrong.push(format!("{} rows missing (neither migrated nor rejected)", v.missing));
+        }
+        if v.rows_differing > 0 {
+            wrong.push(format!("{} rows differ from their source", v.rows_differing));
+        }
+        if v.extra > 0 {
+            wrong.push(format!("{} target rows have no source row", v.extra));
+        }
+        if orphaned > 0 {
+            wrong.push(format!("{orphaned} references point at no row"));
+        }
+        wrong.extend(lost);
+        for m in v.money.iter().filter(|m| m.source_cents != m.target_cents) {
+            wrong.push(format!(
+                "{} totals {} in the source but {} in the target",
+                m.column,
+                amount(m.source_cents),
+                amount(m.target_cents)
+            ));
+        }
+        wrong.join("; ")
+    };
 }
 
 /// For each reference, whether each row of the page sets every column it is made from.
