@@ -540,7 +540,7 @@ fn action(w: &Said<'_>) -> Option<Intent> {
                 || w.has("schedule")
                 || w.has("step")) =>
         {
-            Intent::Schedule { goal: scheduled(&w.words), every: interval(&w.words) }
+            Intent::Schedule { goal: scheduled(w.words), every: interval(w.words) }
         }
         // "What changed since the last sync?" asks; "sync the orders", "apply the changes" act.
         _ if (w.has("changed") || w.has("changes") || w.has("new"))
