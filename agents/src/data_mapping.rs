@@ -39,66 +39,26 @@ pub fn declare_references(
     for (entity, rule) in file.entities.iter().filter(|(_, r)| !r.references.is_empty()) {
         let Some(child) = source.find(entity) else { continue };
         for (column, parent) in &rule.references {
-            let problem = |message: String| Problem {
-                table: entity.clone(),
-                source: Some(child.name.name.clone()),
-                column: Some(column.clone()),
-                message,
-                unfed: false,
-            };
-            if child.column(column).is_none() {
-                problems.push(problem(
-                    "the mapping file declares a reference on a column the \
-                    source table does not have"
-                        .into(),
-                ));
-                continue;
-            }
-            let Some(p) = source.find(parent) else {
-                problems.push(problem(format!(
-                    "the mapping file's reference names `{parent}`, which the source does not have"
-                )));
-                continue;
-            };
-            let (key, from) = p.key();
-            if matches!(from, runtime::domain::KeySource::Content) {
-                problems
-                    .push(problem(format!("{} has no key for a reference to point at", p.name)));
-                continue;
-            }
-            if key.len() != 1 {
-                problems.push(problem(format!(
-                    "{} has a key of {} columns; a reference the mapping file declares must point \
-                        at a one-column key",
-                    p.name,
-                    key.len()
-                )));
-                continue;
-            }
-            if let Some(fk) = child.foreign_keys.iter().find(|f| f.columns == [column.clone()]) {
-                if fk.references != p.name {
-                    problems.push(problem(format!(
-                        "the foreign key {} already makes it a reference to {}",
-                        fk.name, fk.references
-                    )));
+            let fk = match declared_key(source, child, column, parent) {
+                Ok(Some(fk)) => fk,
+                Ok(None) => continue,
+                Err(e) => {
+                    problems.push(Problem {
+                        table: entity.clone(),
+                        source: Some(child.name.name.clone()),
+                        column: Some(column.clone()),
+                        message: e.0,
+                        unfed: false,
+                    });
+                    continue;
                 }
-                continue;
-            }
+            };
             let table = out
                 .tables
                 .iter_mut()
                 .find(|t| t.name == child.name)
                 .expect("the table is in the report it was found in");
-            table.foreign_keys.push(runtime::domain::ForeignKey {
-                name: format!("{}_{column}_fkey", child.name.name),
-                columns: vec![column.clone()],
-                references: p.name.clone(),
-                referenced_columns: key,
-                on_delete: "no action".into(),
-                deferrable: false,
-                deferred: false,
-                validated: true,
-            });
+            table.foreign_keys.push(fk);
         }
     }
     for (entity, rule) in file.entities.iter().filter(|(_, r)| !r.generic.is_empty()) {
@@ -140,6 +100,59 @@ pub fn declare_references(
     } else {
         Err(problems)
     }
+}
+
+/// The foreign key a reference the mapping file declares becomes (`None`: a foreign key to the
+/// same parent already makes it one), or why it cannot be one.
+fn declared_key(
+    source: &SchemaReport,
+    child: &Table,
+    column: &str,
+    parent: &str,
+) -> Result<Option<runtime::domain::ForeignKey>, BadInput> {
+    if child.column(column).is_none() {
+        return Err(BadInput(
+            "the mapping file declares a reference on a column the \
+            source table does not have"
+                .into(),
+        ));
+    }
+    let Some(p) = source.find(parent) else {
+        return Err(BadInput(format!(
+            "the mapping file's reference names `{parent}`, which the source does not have"
+        )));
+    };
+    let (key, from) = p.key();
+    if matches!(from, runtime::domain::KeySource::Content) {
+        return Err(BadInput(format!("{} has no key for a reference to point at", p.name)));
+    }
+    if key.len() != 1 {
+        return Err(BadInput(format!(
+            "{} has a key of {} columns; a reference the mapping file declares must point \
+                at a one-column key",
+            p.name,
+            key.len()
+        )));
+    }
+    if let Some(fk) = child.foreign_keys.iter().find(|f| f.columns == [column]) {
+        if fk.references != p.name {
+            return Err(BadInput(format!(
+                "the foreign key {} already makes it a reference to {}",
+                fk.name, fk.references
+            )));
+        }
+        return Ok(None);
+    }
+    Ok(Some(runtime::domain::ForeignKey {
+        name: format!("{}_{column}_fkey", child.name.name),
+        columns: vec![column.to_owned()],
+        references: p.name.clone(),
+        referenced_columns: key,
+        on_delete: "no action".into(),
+        deferrable: false,
+        deferred: false,
+        validated: true,
+    }))
 }
 
 /// Fills in the parents of each generic reference whose `by` column is a foreign key to
@@ -341,28 +354,7 @@ pub fn build(
     }
     let mut problems = Vec::new();
     let zone = file.settings.timezone.as_str();
-    for (group, members) in &file.groups {
-        for m in members.iter().filter(|m| source.find(m).is_none()) {
-            problems.push(Problem {
-                table: m.clone(),
-                source: None,
-                column: None,
-                message: format!("group `{group}` names a table the source does not have"),
-                unfed: false,
-            });
-        }
-    }
-    for name in file.entities.keys() {
-        if source.find(name).is_none() {
-            problems.push(Problem {
-                table: name.clone(),
-                source: None,
-                column: None,
-                message: "the mapping file names a table the source does not have".into(),
-                unfed: false,
-            });
-        }
-    }
+    problems.extend(unknown_names(source, file));
     let joined: BTreeSet<String> =
         file.entities.values().flat_map(|r| r.join.iter().map(|j| j.table.clone())).collect();
     let mut specs = Vec::new();
@@ -412,27 +404,64 @@ pub fn build(
         }
     }
     if problems.is_empty() {
-        Ok(MappingSet {
-            keys: Keys { namespace: file.settings.namespace, layout: file.settings.uuid_layout },
-            specs,
-            unmapped,
-            groups: file.groups.clone(),
-            previews: Vec::new(),
-            declared: file
-                .entities
-                .iter()
-                .filter(|(_, r)| !r.references.is_empty())
-                .map(|(e, r)| (e.clone(), r.references.clone()))
-                .collect(),
-            generic: file
-                .entities
-                .iter()
-                .filter(|(_, r)| !r.generic.is_empty())
-                .map(|(e, r)| (e.clone(), r.generic.clone()))
-                .collect(),
-        })
+        Ok(resolved(file, specs, unmapped))
     } else {
         Err(problems)
+    }
+}
+
+/// The groups' members and the entities the mapping file names that the source does not have.
+fn unknown_names(source: &SchemaReport, file: &MappingFile) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (group, members) in &file.groups {
+        for m in members.iter().filter(|m| source.find(m).is_none()) {
+            problems.push(Problem {
+                table: m.clone(),
+                source: None,
+                column: None,
+                message: format!("group `{group}` names a table the source does not have"),
+                unfed: false,
+            });
+        }
+    }
+    for name in file.entities.keys() {
+        if source.find(name).is_none() {
+            problems.push(Problem {
+                table: name.clone(),
+                source: None,
+                column: None,
+                message: "the mapping file names a table the source does not have".into(),
+                unfed: false,
+            });
+        }
+    }
+    problems
+}
+
+/// The mapping set of a file's entities, once every one is mapped without a problem.
+fn resolved(
+    file: &MappingFile,
+    specs: Vec<MappingSpec>,
+    unmapped: Vec<(TableName, Unmapped)>,
+) -> MappingSet {
+    MappingSet {
+        keys: Keys { namespace: file.settings.namespace, layout: file.settings.uuid_layout },
+        specs,
+        unmapped,
+        groups: file.groups.clone(),
+        previews: Vec::new(),
+        declared: file
+            .entities
+            .iter()
+            .filter(|(_, r)| !r.references.is_empty())
+            .map(|(e, r)| (e.clone(), r.references.clone()))
+            .collect(),
+        generic: file
+            .entities
+            .iter()
+            .filter(|(_, r)| !r.generic.is_empty())
+            .map(|(e, r)| (e.clone(), r.generic.clone()))
+            .collect(),
     }
 }
 

@@ -157,6 +157,92 @@ fn settle_awaiting(
     }
 }
 
+/// What the entities forecast before this one settled, to judge its references by.
+struct Known<'a> {
+    order: &'a [TableName],
+    position: usize,
+    source: &'a TableName,
+    migrated: &'a HashMap<TableName, KeySet>,
+    rejected: &'a HashMap<TableName, KeySet>,
+}
+
+impl Known<'_> {
+    /// A row's references: rejected when a parent forecast earlier is not migrated; those to
+    /// its own table are returned (settled later), those to a table forecast later are put in
+    /// `later`.
+    fn references(
+        &self,
+        refs: &[crate::transform::Reference],
+        row: &[Option<&str>],
+        later: &mut Vec<(String, TableName, String)>,
+        target_name: &str,
+    ) -> Result<Vec<(String, String)>, Rejection> {
+        let mut pending = Vec::new();
+        for r in refs {
+            let parent_key: Option<Vec<&str>> = r.inputs.iter().map(|&i| row[i]).collect();
+            let Some(parent_key) = parent_key else { continue };
+            if &r.parent == self.source {
+                pending.push((r.target_column.clone(), parent_key.join("|")));
+                continue;
+            }
+            if !self.order.contains(&r.parent) {
+                continue;
+            }
+            if self.order[self.position..].contains(&r.parent) {
+                later.push((r.target_column.clone(), r.parent.clone(), parent_key.join("|")));
+                continue;
+            }
+            if !self.migrated.get(&r.parent).is_some_and(|k| k.contains(&parent_key)) {
+                let why = if self.rejected.get(&r.parent).is_some_and(|k| k.contains(&parent_key)) {
+                    "is itself rejected"
+                } else {
+                    "does not exist in the source (an orphan)"
+                };
+                return Err(Rejection {
+                    column: Some(r.target_column.clone()),
+                    rule: format!("reference:{}", r.target_column),
+                    reason: format!(
+                        "{}.{}: the {} row it points at ({}) {why}",
+                        target_name,
+                        r.target_column,
+                        r.parent,
+                        parent_key.join("|")
+                    ),
+                });
+            }
+        }
+        Ok(pending)
+    }
+}
+
+/// Checks every unique rule before remembering any key: a rejected row claims none.
+fn claim_unique_keys(
+    uniques: &mut [UniqueRule],
+    values: &TextRows,
+    key_text: &str,
+    target_name: &str,
+) -> Result<(), Rejection> {
+    let keys: Vec<Option<Vec<String>>> = uniques.iter().map(|u| u.key(values)).collect();
+    for (u, key) in uniques.iter().zip(&keys) {
+        if let Some(first) = key.as_ref().and_then(|k| u.seen.get(k)) {
+            return Err(Rejection {
+                column: None,
+                rule: format!("unique:{}", u.name),
+                reason: format!(
+                    "{}: repeats the key of legacy row {first} ({})",
+                    target_name, u.name
+                ),
+            });
+        }
+    }
+    for (u, key) in uniques.iter_mut().zip(keys) {
+        if let Some(key) = key {
+            u.seen.insert(key, key_text.to_owned());
+        }
+    }
+    Ok(())
+}
+
 impl UniqueRule {
     /// The row's key under this rule; `None` when a part is NULL (NULLs never collide).
     fn key(&self, values: &TextRows) -> Option<Vec<String>> {
@@ -268,90 +354,34 @@ pub async fn forecast(
         let scan = Scan::entity(spec);
         // The mapped row, in a buffer used again for every row.
         let mut values = TextRows::new(mapper.target_columns().len());
-        let mut each = |row: &[Option<&str>]| {
-            count += 1;
-            later.clear();
-            let key = mapper.key(row);
-            let key_text = key.join("|");
-            values.clear();
-            let verdict = mapper.map_into(row, &mut values).and_then(|()| {
-                let mut pending = Vec::new();
-                for r in &refs {
-                    let parent_key: Option<Vec<&str>> = r.inputs.iter().map(|&i| row[i]).collect();
-                    let Some(parent_key) = parent_key else { continue };
-                    if &r.parent == source {
-                        pending.push((r.target_column.clone(), parent_key.join("|")));
-                        continue;
-                    }
-                    if !order.contains(&r.parent) {
-                        continue;
-                    }
-                    if order[position..].contains(&r.parent) {
-                        later.push((
-                            r.target_column.clone(),
-                            r.parent.clone(),
-                            parent_key.join("|"),
-                        ));
-                        continue;
-                    }
-                    if !migrated.get(&r.parent).is_some_and(|k| k.contains(&parent_key)) {
-                        let why =
-                            if rejected.get(&r.parent).is_some_and(|k| k.contains(&parent_key)) {
-                                "is itself rejected"
-                            } else {
-                                "does not exist in the source (an orphan)"
-                            };
-                        return Err(Rejection {
-                            column: Some(r.target_column.clone()),
-                            rule: format!("reference:{}", r.target_column),
-                            reason: format!(
-                                "{}.{}: the {} row it points at ({}) {why}",
-                                spec.target.name,
-                                r.target_column,
-                                r.parent,
-                                parent_key.join("|")
-                            ),
-                        });
-                    }
-                }
-                // Check every unique rule before remembering any key: a rejected row claims none.
-                let keys: Vec<Option<Vec<String>>> =
-                    uniques.iter().map(|u| u.key(&values)).collect();
-                for (u, key) in uniques.iter().zip(&keys) {
-                    if let Some(first) = key.as_ref().and_then(|k| u.seen.get(k)) {
-                        return Err(Rejection {
-                            column: None,
-                            rule: format!("unique:{}", u.name),
-                            reason: format!(
-                                "{}: repeats the key of legacy row {first} ({})",
-                                spec.target.name, u.name
-                            ),
-                        });
-                    }
-                }
-                for (u, key) in uniques.iter_mut().zip(keys) {
-                    if let Some(key) = key {
-                        u.seen.insert(key, key_text.clone());
-                    }
-                }
-                Ok(pending)
-            });
-            if verdict.is_ok() {
-                waiting.extend(
-                    later.drain(..).map(|(col, parent, parent_key)| {
+        let mut each =
+            |row: &[Option<&str>]| {
+                count += 1;
+                later.clear();
+                let key = mapper.key(row);
+                let key_text = key.join("|");
+                values.clear();
+                let verdict = mapper.map_into(row, &mut values).and_then(|()| {
+                    let known =
+                        Known { order, position, source, migrated: &migrated, rejected: &rejected };
+                    let pending = known.references(&refs, row, &mut later, &spec.target.name)?;
+                    claim_unique_keys(&mut uniques, &values, &key_text, &spec.target.name)?;
+                    Ok(pending)
+                });
+                if verdict.is_ok() {
+                    waiting.extend(later.drain(..).map(|(col, parent, parent_key)| {
                         (key_text.clone(), col, parent, parent_key)
-                    }),
-                );
-            }
-            match verdict {
-                Ok(pending) if pending.is_empty() => ok_keys.insert(&key),
-                Ok(pending) => self_refs.push((key_text, pending)),
-                Err(r) => {
-                    tally.add(&r, &key_text);
-                    bad_keys.insert(&key);
+                    }));
                 }
-            }
-        };
+                match verdict {
+                    Ok(pending) if pending.is_empty() => ok_keys.insert(&key),
+                    Ok(pending) => self_refs.push((key_text, pending)),
+                    Err(r) => {
+                        tally.add(&r, &key_text);
+                        bad_keys.insert(&key);
+                    }
+                }
+            };
         rows.scan(&scan, &mut each).await?;
         settle_self_references(
             self_refs,

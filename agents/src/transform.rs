@@ -10,8 +10,8 @@ use runtime::error::ToolError;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use runtime::domain::{SchemaReport, Table, TableName, TypeKind};
-use runtime::mapping::{Feed, KeyDeriver, MappingSpec, ScriptAnswer, Transform};
+use runtime::domain::{Column, SchemaReport, Table, TableName, TypeKind};
+use runtime::mapping::{ColumnMapping, Feed, KeyDeriver, MappingSpec, ScriptAnswer, Transform};
 use runtime::text_rows::TextRows;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -81,6 +81,71 @@ pub struct RowMapper {
     kept: HashMap<TableName, HashMap<String, String>>,
 }
 
+/// A domain's checks by their text, parsed.
+type DomainChecks = Option<(String, Vec<(String, CheckExpr)>)>;
+
+/// The type a target column's values are checked as, and its domain's checks if it has one.
+fn column_type(col: &Column, target: &SchemaReport) -> Result<(Ty, DomainChecks), ToolError> {
+    Ok(match &col.type_kind {
+        TypeKind::Domain { base } => {
+            let d = target.domain(&col.type_name).ok_or_else(|| {
+                ToolError::bad_input(format!(
+                    "domain {} is not in the target report",
+                    col.type_name
+                ))
+            })?;
+            let base_name = base.split('(').next().unwrap_or(base).trim();
+            let base_name = match base_name {
+                "timestamp with time zone" => "timestamptz",
+                "timestamp without time zone" => "timestamp",
+                "character varying" => "varchar",
+                "integer" => "int4",
+                "smallint" => "int2",
+                "bigint" => "int8",
+                "boolean" => "bool",
+                other => other,
+            };
+            let checks = d
+                .checks
+                .iter()
+                .filter_map(|c| {
+                    CheckExpr::parse(&c.expression).ok().map(|e| (c.expression.clone(), e))
+                })
+                .collect();
+            (ty_of(base, base_name, &TypeKind::Base, None, target), Some((d.name.clone(), checks)))
+        }
+        kind => (ty_of(&col.data_type, &col.type_name, kind, col.max_length, target), None),
+    })
+}
+
+/// The scanned columns (by index) a column mapping's feed reads.
+fn feed_inputs(
+    m: &ColumnMapping,
+    index: &impl Fn(&str) -> Result<usize, ToolError>,
+) -> Result<Vec<usize>, ToolError> {
+    Ok(match (&m.feed, m.transforms.first()) {
+        (Feed::Column { column }, Some(Transform::Script { path, code })) => {
+            vec![index(
+                &runtime::mapping::ScriptColumn {
+                    column: column.clone(),
+                    path: path.clone(),
+                    code: code.clone(),
+                }
+                .output(),
+            )?]
+        }
+        (Feed::Column { column }, _) => vec![index(column)?],
+        (
+            Feed::Concat { columns, .. }
+            | Feed::Reference { columns, .. }
+            | Feed::Metadata { columns },
+            _,
+        ) => columns.iter().map(|c| index(c)).collect::<Result<_, _>>()?,
+        (Feed::Generic { column, by, .. }, _) => vec![index(column)?, index(by)?],
+        (Feed::Key | Feed::LegacyKey | Feed::Constant { .. }, _) => vec![],
+    })
+}
+
 /// The output column index and parent of every reference the mapping makes.
 pub struct Reference {
     pub column: usize,
@@ -142,60 +207,8 @@ impl RowMapper {
             let col = target_table.column(&m.target).ok_or_else(|| {
                 ToolError::bad_input(format!("{} has no column {}", target_table.name, m.target))
             })?;
-            let (ty, domain) = match &col.type_kind {
-                TypeKind::Domain { base } => {
-                    let d = target.domain(&col.type_name).ok_or_else(|| {
-                        ToolError::bad_input(format!(
-                            "domain {} is not in the target report",
-                            col.type_name
-                        ))
-                    })?;
-                    let base_name = base.split('(').next().unwrap_or(base).trim();
-                    let base_name = match base_name {
-                        "timestamp with time zone" => "timestamptz",
-                        "timestamp without time zone" => "timestamp",
-                        "character varying" => "varchar",
-                        "integer" => "int4",
-                        "smallint" => "int2",
-                        "bigint" => "int8",
-                        "boolean" => "bool",
-                        other => other,
-                    };
-                    let checks = d
-                        .checks
-                        .iter()
-                        .filter_map(|c| {
-                            CheckExpr::parse(&c.expression).ok().map(|e| (c.expression.clone(), e))
-                        })
-                        .collect();
-                    (
-                        ty_of(base, base_name, &TypeKind::Base, None, target),
-                        Some((d.name.clone(), checks)),
-                    )
-                }
-                kind => (ty_of(&col.data_type, &col.type_name, kind, col.max_length, target), None),
-            };
-            let inputs = match (&m.feed, m.transforms.first()) {
-                (Feed::Column { column }, Some(Transform::Script { path, code })) => {
-                    vec![index(
-                        &runtime::mapping::ScriptColumn {
-                            column: column.clone(),
-                            path: path.clone(),
-                            code: code.clone(),
-                        }
-                        .output(),
-                    )?]
-                }
-                (Feed::Column { column }, _) => vec![index(column)?],
-                (
-                    Feed::Concat { columns, .. }
-                    | Feed::Reference { columns, .. }
-                    | Feed::Metadata { columns },
-                    _,
-                ) => columns.iter().map(|c| index(c)).collect::<Result<_, _>>()?,
-                (Feed::Generic { column, by, .. }, _) => vec![index(column)?, index(by)?],
-                (Feed::Key | Feed::LegacyKey | Feed::Constant { .. }, _) => vec![],
-            };
+            let (ty, domain) = column_type(col, target)?;
+            let inputs = feed_inputs(m, &index)?;
             let parents = match &m.feed {
                 Feed::Generic { parents, .. } => parents
                     .iter()
