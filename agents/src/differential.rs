@@ -23,7 +23,7 @@ use runtime::domain::{
     integer_key, Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Scan, SyncMark,
 };
 use runtime::events::RunEvent;
-use runtime::mapping::KeyDeriver;
+use runtime::mapping::{KeyDeriver, MappingSpec};
 use runtime::ports::{Rows, Target};
 use runtime::{AgentName, RunId};
 
@@ -87,7 +87,7 @@ pub struct DiffEntity {
 
 /// The position of the mapped table's own `updated_at` among the scanned columns, where it can
 /// tell changed rows: not for a table read with joins (a joined row's change does not move it).
-fn updated_at(spec: &runtime::mapping::MappingSpec) -> Option<usize> {
+fn updated_at(spec: &MappingSpec) -> Option<usize> {
     if !spec.joins.is_empty() {
         return None;
     }
@@ -147,25 +147,7 @@ pub async fn analyze(
     let for_parents: HashSet<String> =
         rejected.iter().filter(|(_, parent)| *parent).map(|(k, _)| k.clone()).collect();
     let rejected_keys: HashSet<String> = rejected.into_iter().map(|(k, _)| k).collect();
-    let diff = EntityDiff {
-        analysis_id: RunId::new(),
-        run_id: ctx.run_id,
-        mode: if fast { "fast" } else { "full" }.to_owned(),
-        watermark: None,
-        trusted: None,
-        source: spec.source.clone(),
-        target: spec.target.clone(),
-        columns: out_cols.clone(),
-        source_rows: 0,
-        in_step: 0,
-        inserts: 0,
-        updates: 0,
-        deletes: 0,
-        conflicts: 0,
-        target_changed: 0,
-        rejected: 0,
-        seconds: 0.0,
-    };
+    let diff = new_analysis(ctx.run_id, fast, spec, &out_cols);
     let deriver = KeyDeriver::new(req.keys.layout, req.keys.namespace, &spec.source);
     // Rows gone from the source: with an integer key, each page asks the target for its live
     // rows in the page's key range that the page does not have (both sides in key order);
@@ -262,7 +244,7 @@ pub async fn analyze(
         });
     }
     reader.await.map_err(|e| ToolError::system(format!("the reader stopped: {e}")))?;
-    let gone: Vec<String> = if ranged {
+    let gone = if ranged {
         // Past the last source key.
         let after = last_key.map(|k| k.to_string());
         gone.extend(
@@ -272,21 +254,8 @@ pub async fn analyze(
     } else {
         gone_by_keys(rows, spec, target.as_ref(), &deriver, soft).await?
     };
-    let mut gone = gone;
-    gone.sort();
     let Tally { mut diff, mut found, latest, unmoved, .. } = tally;
-    for key in gone {
-        diff.count(Change::Delete);
-        found.push(Differential {
-            target_id: Some(deriver.derive_stored(&key).to_string()),
-            legacy_key: key,
-            change: Change::Delete,
-            values: None,
-            target_hash: None,
-            expected_hash: None,
-            reason: None,
-        });
-    }
+    add_deletes(&mut diff, &mut found, gone, &deriver);
     if stamp_col.is_some() {
         diff.watermark = latest;
         // Trust is earned: a full analysis after an earlier one checks that every change it
@@ -301,6 +270,56 @@ pub async fn analyze(
     target.save_analysis(&diff, &found).await?;
     record_analysis(ctx, spec, &diff, fast, &unmoved);
     Ok(diff)
+}
+
+/// A new analysis of the entity, nothing counted yet.
+fn new_analysis(
+    run_id: RunId,
+    fast: bool,
+    spec: &MappingSpec,
+    out_cols: &[(String, String)],
+) -> EntityDiff {
+    EntityDiff {
+        analysis_id: RunId::new(),
+        run_id,
+        mode: if fast { "fast" } else { "full" }.to_owned(),
+        watermark: None,
+        trusted: None,
+        source: spec.source.clone(),
+        target: spec.target.clone(),
+        columns: out_cols.to_vec(),
+        source_rows: 0,
+        in_step: 0,
+        inserts: 0,
+        updates: 0,
+        deletes: 0,
+        conflicts: 0,
+        target_changed: 0,
+        rejected: 0,
+        seconds: 0.0,
+    }
+}
+
+/// The rows agentctl created whose source row is gone, in key order, as deletes.
+fn add_deletes(
+    diff: &mut EntityDiff,
+    found: &mut Vec<Differential>,
+    mut gone: Vec<String>,
+    deriver: &KeyDeriver,
+) {
+    gone.sort();
+    for key in gone {
+        diff.count(Change::Delete);
+        found.push(Differential {
+            target_id: Some(deriver.derive_stored(&key).to_string()),
+            legacy_key: key,
+            change: Change::Delete,
+            values: None,
+            target_hash: None,
+            expected_hash: None,
+            reason: None,
+        });
+    }
 }
 
 /// One page's answers from the target, with what tallying them needs.
@@ -399,7 +418,7 @@ fn key_range(keys: &[String], last_key: Option<i64>) -> Option<(Option<String>, 
 /// The analysis' decisions in the trail: what it found, and a watermark it stops trusting.
 fn record_analysis(
     ctx: &RunContext,
-    spec: &runtime::mapping::MappingSpec,
+    spec: &MappingSpec,
     diff: &EntityDiff,
     fast: bool,
     unmoved: &[String],
@@ -473,7 +492,7 @@ async fn parents_arrived(
 /// (a narrow scan of the key columns), every live target key checked against them.
 async fn gone_by_keys(
     rows: Arc<dyn Rows>,
-    spec: &runtime::mapping::MappingSpec,
+    spec: &MappingSpec,
     target: &dyn Target,
     deriver: &KeyDeriver,
     soft: bool,
