@@ -418,7 +418,6 @@ async fn bench_migrate(
     let gen = GenerateOptions { scale, seed, faults: FaultProfile::production(), replace: true };
     let report = dataset::generate(&source, &gen, |_| ()).await?;
     eprintln!("  {} rows in {:.1}s", report.rows, report.seconds);
-    let jobs_arg = jobs.clamp(1, 8).to_string();
     let copier = pgcopydb();
     if copier.is_none() {
         eprintln!(
@@ -426,30 +425,205 @@ async fn bench_migrate(
             is left out"
         );
     }
-    // pgcopydb as users run it on a 2-core machine: two tables and two indexes at a time.
-    let copier_jobs = jobs.clamp(1, 2).to_string();
+    let copier_jobs = bench_copier_jobs(jobs);
     // The pipe and the run take turns, so that a slow spell of the machine weighs on both.
     let mut done: Vec<Round> = Vec::new();
+    let bench = Bench { config, conns: &conns, source: &source, jobs, copier: copier.as_deref() };
     for round in 1..=rounds.max(1) {
+        done.push(bench.round(round).await?);
+    }
+    // The round of median ratio stands for the run; every round is listed beside it.
+    let mut by_ratio: Vec<&Round> = done.iter().collect();
+    by_ratio.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    let median = by_ratio[(by_ratio.len() - 1) / 2];
+    // Accounting and validation are of the last run, whose rows the target holds.
+    let last = done.last().expect("at least one round");
+    let entities = last.doc["entities"].as_array().cloned().unwrap_or_default();
+    let total = |f: &str| entities.iter().filter_map(|e| e[f].as_i64()).sum::<i64>();
+    let expected = |f: fn(&dataset::TableReport) -> Option<i64>| {
+        report.tables.iter().filter_map(f).sum::<i64>()
+    };
+    let (expected_migrated, expected_rejected) =
+        (expected(|t| t.expected_migrated), expected(|t| t.expected_rejected));
+    let (read, migrated, rejected) = (last.rows_read, total("migrated"), total("rejected"));
+    eprintln!("agentctl validate ...");
+    let validate = measure(config, &["validate", "--format", "json"])?;
+    let passed = validate.code == 0;
+    let peak_rss_mb = done.iter().map(|r| r.peak_rss_kb).max().unwrap_or(0) / 1024;
+    let summary = Summary {
+        done: &done,
+        median,
+        jobs,
+        copier_jobs: &copier_jobs,
+        peak_rss_mb,
+        migrated,
+        rejected,
+        expected: (expected_migrated, expected_rejected),
+        validate: &validate,
+    };
+    let figures = figures_json(&summary, scale, report.rows, read);
+    let md = markdown(&summary);
+    match format {
+        Format::Json => print_json(&figures),
+        Format::Text => print!("{md}"),
+    }
+    if let Some(path) = results {
+        let section = format!(
+            "\n## `agentctl bench migrate --scale {scale} --rounds {rounds}`, {}\n\n{md}",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+        );
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| Exit::failed(format!("opening {}: {e}", path.display())))?;
+        std::io::Write::write_all(&mut file, section.as_bytes())
+            .map_err(|e| Exit::failed(format!("writing {}: {e}", path.display())))?;
+    }
+    if !passed {
+        return Err(Exit {
+            code: Exit::VALIDATION,
+            message: format!("validation failed: {}", validate.stderr.trim()),
+        });
+    }
+    Ok(())
+}
+
+/// What the figures table of `bench migrate` is made of.
+struct Summary<'a> {
+    done: &'a [Round],
+    median: &'a Round,
+    jobs: usize,
+    copier_jobs: &'a str,
+    peak_rss_mb: i64,
+    migrated: i64,
+    rejected: i64,
+    /// What the generator says migrates and is rejected.
+    expected: (i64, i64),
+    validate: &'a Measured,
+}
+
+/// The figures of `bench migrate` as one JSON document.
+fn figures_json(s: &Summary<'_>, scale: f64, rows_generated: i64, read: i64) -> serde_json::Value {
+    let Summary { done, median, peak_rss_mb, migrated, rejected, validate, .. } = *s;
+    let (expected_migrated, expected_rejected) = s.expected;
+    let passed = validate.code == 0;
+    serde_json::json!({
+        "scale": scale, "rows_generated": rows_generated,
+        "rounds": done.iter().map(|r| serde_json::json!({
+            "raw_pipe": r.pipe,
+            "execute_seconds": r.execute, "rows_per_second": r.rate(), "ratio": r.ratio(),
+            "whole_command_seconds": r.whole, "cpu_seconds": r.cpu, "peak_rss_mb": r.peak_rss_kb / 1024,
+        })).collect::<Vec<_>>(),
+        "raw_pipe": median.pipe,
+        "agentctl": {"rows_read": read, "migrated": migrated, "rejected": rejected,
+            "expected_migrated": expected_migrated, "expected_rejected": expected_rejected,
+            "execute_seconds": median.execute, "rows_per_second": median.rate(),
+            "whole_command_seconds": median.whole, "cpu_seconds": median.cpu, "peak_rss_mb": peak_rss_mb},
+        "ratio": median.ratio(),
+        "validation": {"passed": passed, "seconds": validate.seconds, "peak_rss_mb": validate.peak_rss_kb / 1024},
+        "validated_run_seconds": median.validated,
+        "pgcopydb": median.pgcopydb.map(|p| serde_json::json!({
+            "seconds": p,
+            "ratio_without_validation": median.whole / p,
+            "ratio_with_validation": median.validated / p,
+            "rounds": done.iter().map(|r| r.pgcopydb).collect::<Vec<_>>(),
+        })),
+    })
+}
+
+/// The figures of `bench migrate` as a Markdown table: the round of median ratio, every
+/// round's figure in brackets.
+fn markdown(s: &Summary<'_>) -> String {
+    let Summary { done, median, jobs, copier_jobs, peak_rss_mb, migrated, rejected, .. } = *s;
+    let (expected_migrated, expected_rejected) = s.expected;
+    let validate = s.validate;
+    let listed = |f: &dyn Fn(&Round) -> String| done.iter().map(f).collect::<Vec<_>>().join(", ");
+    let copier_rows = match median.pgcopydb {
+        Some(p) => format!(
+            "| (c) `pgcopydb clone`, {copier_jobs} tables and indexes at a time (integer keys, every row, indexes and foreign keys built) | {p:.1} s ({} s) |\n\
+             | agentctl whole run without validation / pgcopydb | {:.2} ({}) |\n\
+             | agentctl whole run with validation (the default) / pgcopydb | {:.1} s, {:.2} ({}) |\n",
+            listed(&|r| r.pgcopydb.map(|s| format!("{s:.1}")).unwrap_or_default()),
+            median.whole / p,
+            listed(&|r| r.pgcopydb.map(|s| format!("{:.2}", r.whole / s)).unwrap_or_default()),
+            median.validated,
+            median.validated / p,
+            listed(&|r| r.pgcopydb.map(|s| format!("{:.2}", r.validated / s)).unwrap_or_default()),
+        ),
+        None => "| (c) pgcopydb | not installed (`apt-get install pgcopydb`): no comparison |\n".to_owned(),
+    };
+    format!(
+        "| what | figure (the round of median ratio; every round in brackets) |\n| --- | --- |\n\
+         | (a) raw pipe, {} tables, {jobs} at a time | {} rows in {:.1} s, {:.0} rows/s ({} s) |\n\
+         | (b) agentctl migration (execution phase) | {} rows in {:.1} s, {:.0} rows/s ({} s) |\n\
+         | ratio b/a | {:.2} ({}) |\n\
+         | agentctl whole command (plan with forecast, migration) | {:.1} s, {:.1} s of CPU ({} s), peak RSS {peak_rss_mb} MB over the rounds |\n\
+         | accounting (last round) | {migrated} migrated + {rejected} rejected (generator: {} + {}) |\n\
+         | validation of every row (`agentctl validate`) | {}, {:.1} s, peak RSS {} MB |\n{copier_rows}",
+        median.pipe.tables,
+        median.pipe.rows,
+        median.pipe.seconds,
+        median.pipe.rows_per_second,
+        listed(&|r| format!("{:.1}", r.pipe.seconds)),
+        median.rows_read,
+        median.execute,
+        median.rate(),
+        listed(&|r| format!("{:.1}", r.execute)),
+        median.ratio(),
+        listed(&|r| format!("{:.2}", r.ratio())),
+        median.whole,
+        median.cpu,
+        listed(&|r| format!("{:.1}", r.cpu)),
+        expected_migrated,
+        expected_rejected,
+        if s.validate.code == 0 { "passed" } else { "FAILED" },
+        validate.seconds,
+        validate.peak_rss_kb / 1024
+    )
+}
+
+/// pgcopydb as users run it on a 2-core machine: two tables and two indexes at a time.
+fn bench_copier_jobs(jobs: usize) -> String {
+    jobs.clamp(1, 2).to_string()
+}
+
+/// What every round of `bench migrate` measures against.
+struct Bench<'a> {
+    config: &'a Config,
+    conns: &'a Connections,
+    source: &'a tools::pg::Pool,
+    jobs: usize,
+    copier: Option<&'a Path>,
+}
+
+impl Bench<'_> {
+    /// One round, in turns: the raw pipe, pgcopydb, agentctl without and with validation, each
+    /// into a fresh target on a settled machine.
+    async fn round(&self, round: usize) -> Result<Round, Exit> {
+        let jobs = self.jobs;
+        let jobs_arg = jobs.clamp(1, 8).to_string();
+        let copier_jobs = bench_copier_jobs(jobs);
         // The previous round's target goes before the pipe, so that neither measurement shares
         // the machine with autovacuum clearing up after the one before it.
-        fresh_target(&conns.target).await?;
-        tools::bench::settle(&source, &conns.target).await?;
+        fresh_target(&self.conns.target).await?;
+        tools::bench::settle(self.source, &self.conns.target).await?;
         eprintln!(
             "round {round}: raw pipe, COPY out of the source and into the target, {jobs} \
             tables at a time ..."
         );
-        let pipe = tools::bench::raw_pipe(&source, &conns.target, jobs).await?;
+        let pipe = tools::bench::raw_pipe(self.source, &self.conns.target, self.jobs).await?;
         eprintln!("  {} rows in {:.1}s", pipe.rows, pipe.seconds);
-        tools::bench::settle(&source, &conns.target).await?;
-        let pgcopydb = match &copier {
+        tools::bench::settle(self.source, &self.conns.target).await?;
+        let pgcopydb = match self.copier {
             Some(bin) => {
                 eprintln!(
                     "round {round}: pgcopydb clone, {copier_jobs} tables and indexes at a time ..."
                 );
-                let seconds = pgcopydb_clone(bin, config, &conns.target, &copier_jobs).await?;
+                let seconds =
+                    pgcopydb_clone(bin, self.config, &self.conns.target, &copier_jobs).await?;
                 eprintln!("  {seconds:.1}s");
-                tools::bench::settle(&source, &conns.target).await?;
+                tools::bench::settle(self.source, &self.conns.target).await?;
                 Some(seconds)
             }
             None => None,
@@ -458,7 +632,7 @@ async fn bench_migrate(
             "round {round}: agentctl run --goal \"migrate everything\" --skip-validation ..."
         );
         let run = measure(
-            config,
+            self.config,
             &[
                 "run",
                 "--goal",
@@ -487,11 +661,11 @@ async fn bench_migrate(
             .unwrap_or(0);
         eprintln!("  {rows_read} rows in {execute:.1}s; agentctl's CPU {:.1}s", run.cpu_seconds);
         // The same run as a user starts it: every entity validated as soon as it is loaded.
-        fresh_target(&conns.target).await?;
-        tools::bench::settle(&source, &conns.target).await?;
+        fresh_target(&self.conns.target).await?;
+        tools::bench::settle(self.source, &self.conns.target).await?;
         eprintln!("round {round}: agentctl run --goal \"migrate everything\" (validated) ...");
         let validated = measure(
-            config,
+            self.config,
             &[
                 "run",
                 "--goal",
@@ -524,115 +698,8 @@ async fn bench_migrate(
             pgcopydb,
             validated: validated.seconds,
         };
-        done.push(r);
+        Ok(r)
     }
-    // The round of median ratio stands for the run; every round is listed beside it.
-    let mut by_ratio: Vec<&Round> = done.iter().collect();
-    by_ratio.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
-    let median = by_ratio[(by_ratio.len() - 1) / 2];
-    // Accounting and validation are of the last run, whose rows the target holds.
-    let last = done.last().expect("at least one round");
-    let entities = last.doc["entities"].as_array().cloned().unwrap_or_default();
-    let total = |f: &str| entities.iter().filter_map(|e| e[f].as_i64()).sum::<i64>();
-    let expected = |f: fn(&dataset::TableReport) -> Option<i64>| {
-        report.tables.iter().filter_map(f).sum::<i64>()
-    };
-    let (expected_migrated, expected_rejected) =
-        (expected(|t| t.expected_migrated), expected(|t| t.expected_rejected));
-    let (read, migrated, rejected) = (last.rows_read, total("migrated"), total("rejected"));
-    eprintln!("agentctl validate ...");
-    let validate = measure(config, &["validate", "--format", "json"])?;
-    let passed = validate.code == 0;
-    let peak_rss_mb = done.iter().map(|r| r.peak_rss_kb).max().unwrap_or(0) / 1024;
-    let listed = |f: &dyn Fn(&Round) -> String| done.iter().map(f).collect::<Vec<_>>().join(", ");
-    let figures = serde_json::json!({
-        "scale": scale, "rows_generated": report.rows,
-        "rounds": done.iter().map(|r| serde_json::json!({
-            "raw_pipe": r.pipe,
-            "execute_seconds": r.execute, "rows_per_second": r.rate(), "ratio": r.ratio(),
-            "whole_command_seconds": r.whole, "cpu_seconds": r.cpu, "peak_rss_mb": r.peak_rss_kb / 1024,
-        })).collect::<Vec<_>>(),
-        "raw_pipe": median.pipe,
-        "agentctl": {"rows_read": read, "migrated": migrated, "rejected": rejected,
-            "expected_migrated": expected_migrated, "expected_rejected": expected_rejected,
-            "execute_seconds": median.execute, "rows_per_second": median.rate(),
-            "whole_command_seconds": median.whole, "cpu_seconds": median.cpu, "peak_rss_mb": peak_rss_mb},
-        "ratio": median.ratio(),
-        "validation": {"passed": passed, "seconds": validate.seconds, "peak_rss_mb": validate.peak_rss_kb / 1024},
-        "validated_run_seconds": median.validated,
-        "pgcopydb": median.pgcopydb.map(|p| serde_json::json!({
-            "seconds": p,
-            "ratio_without_validation": median.whole / p,
-            "ratio_with_validation": median.validated / p,
-            "rounds": done.iter().map(|r| r.pgcopydb).collect::<Vec<_>>(),
-        })),
-    });
-    let copier_rows = match median.pgcopydb {
-        Some(p) => format!(
-            "| (c) `pgcopydb clone`, {copier_jobs} tables and indexes at a time (integer keys, every row, indexes and foreign keys built) | {p:.1} s ({} s) |\n\
-             | agentctl whole run without validation / pgcopydb | {:.2} ({}) |\n\
-             | agentctl whole run with validation (the default) / pgcopydb | {:.1} s, {:.2} ({}) |\n",
-            listed(&|r| r.pgcopydb.map(|s| format!("{s:.1}")).unwrap_or_default()),
-            median.whole / p,
-            listed(&|r| r.pgcopydb.map(|s| format!("{:.2}", r.whole / s)).unwrap_or_default()),
-            median.validated,
-            median.validated / p,
-            listed(&|r| r.pgcopydb.map(|s| format!("{:.2}", r.validated / s)).unwrap_or_default()),
-        ),
-        None => "| (c) pgcopydb | not installed (`apt-get install pgcopydb`): no comparison |\n".to_owned(),
-    };
-    let md = format!(
-        "| what | figure (the round of median ratio; every round in brackets) |\n| --- | --- |\n\
-         | (a) raw pipe, {} tables, {jobs} at a time | {} rows in {:.1} s, {:.0} rows/s ({} s) |\n\
-         | (b) agentctl migration (execution phase) | {} rows in {:.1} s, {:.0} rows/s ({} s) |\n\
-         | ratio b/a | {:.2} ({}) |\n\
-         | agentctl whole command (plan with forecast, migration) | {:.1} s, {:.1} s of CPU ({} s), peak RSS {peak_rss_mb} MB over the rounds |\n\
-         | accounting (last round) | {migrated} migrated + {rejected} rejected (generator: {} + {}) |\n\
-         | validation of every row (`agentctl validate`) | {}, {:.1} s, peak RSS {} MB |\n{copier_rows}",
-        median.pipe.tables,
-        median.pipe.rows,
-        median.pipe.seconds,
-        median.pipe.rows_per_second,
-        listed(&|r| format!("{:.1}", r.pipe.seconds)),
-        median.rows_read,
-        median.execute,
-        median.rate(),
-        listed(&|r| format!("{:.1}", r.execute)),
-        median.ratio(),
-        listed(&|r| format!("{:.2}", r.ratio())),
-        median.whole,
-        median.cpu,
-        listed(&|r| format!("{:.1}", r.cpu)),
-        expected_migrated,
-        expected_rejected,
-        if passed { "passed" } else { "FAILED" },
-        validate.seconds,
-        validate.peak_rss_kb / 1024
-    );
-    match format {
-        Format::Json => print_json(&figures),
-        Format::Text => print!("{md}"),
-    }
-    if let Some(path) = results {
-        let section = format!(
-            "\n## `agentctl bench migrate --scale {scale} --rounds {rounds}`, {}\n\n{md}",
-            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
-        );
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(|e| Exit::failed(format!("opening {}: {e}", path.display())))?;
-        std::io::Write::write_all(&mut file, section.as_bytes())
-            .map_err(|e| Exit::failed(format!("writing {}: {e}", path.display())))?;
-    }
-    if !passed {
-        return Err(Exit {
-            code: Exit::VALIDATION,
-            message: format!("validation failed: {}", validate.stderr.trim()),
-        });
-    }
-    Ok(())
 }
 
 /// The reference target schema created anew, and the control schema's records of the rows the
