@@ -67,6 +67,28 @@ fn summary(
     verification: &Verification,
     facts: &Facts,
 ) {
+    let rows = fact_rows(run, events, verification, facts);
+    out.push_str("<section id=\"summary\"><table class=\"facts\">\n");
+    for (name, value, class) in &rows {
+        out.push_str(&format!(
+            "<tr><th>{name}</th><td class=\"{class}\">{}</td></tr>\n",
+            escape(value)
+        ));
+    }
+    out.push_str("</table>\n");
+    entity_table(out, facts);
+    rejection_table(out, facts);
+    out.push_str("</section>\n");
+}
+
+/// The summary's facts, one (name, value, class) a row: goal, command, outcome, times, plan,
+/// approval, rows, validation, the model's use, the audit chain.
+fn fact_rows<'a>(
+    run: &RunRow,
+    events: &[AuditEvent],
+    verification: &Verification,
+    facts: &Facts,
+) -> Vec<(&'a str, String, &'a str)> {
     // A decision's own detail, beside its rationale.
     let detail = |e: &AuditEvent| {
         serde_json::from_str::<serde_json::Value>(&e.detail)
@@ -115,38 +137,7 @@ fn summary(
         }
         None => ("Approval", "none recorded (nothing was run on a plan)".into(), ""),
     });
-    let (source, migrated, rejected) = ReportEntity::totals(facts.entities);
-    if !facts.entities.is_empty() {
-        let accounted = if source == migrated + rejected {
-            "every row accounted for"
-        } else {
-            "NOT every row accounted for"
-        };
-        rows.push((
-            "Rows",
-            format!("{migrated} migrated and {rejected} rejected of {source} ({accounted})"),
-            "",
-        ));
-        let validated = facts.entities.iter().filter(|e| e.validated == Some(true)).count();
-        let failed: Vec<&str> = facts
-            .entities
-            .iter()
-            .filter(|e| e.validated == Some(false))
-            .map(|e| e.target_table.as_str())
-            .collect();
-        rows.push((
-            "Validation",
-            match failed.is_empty() {
-                true => format!("{validated} of {} entities validated", facts.entities.len()),
-                false => format!(
-                    "FAILED for {}; {validated} of {} validated",
-                    failed.join(", "),
-                    facts.entities.len()
-                ),
-            },
-            if failed.is_empty() { "good" } else { "bad" },
-        ));
-    }
+    rows.extend(accounting_rows(facts));
     let (calls, prompt, completion, cost) = facts.llm;
     rows.push((
         "Language model",
@@ -167,59 +158,100 @@ fn summary(
         ),
         Some(b) => ("Audit chain", format!("BROKEN at {b}"), "bad"),
     });
-    out.push_str("<section id=\"summary\"><table class=\"facts\">\n");
-    for (name, value, class) in &rows {
+    rows
+}
+
+/// The rows and validation facts of the run's entities (none without entities).
+fn accounting_rows(facts: &Facts) -> Vec<(&'static str, String, &'static str)> {
+    let (source, migrated, rejected) = ReportEntity::totals(facts.entities);
+    if facts.entities.is_empty() {
+        return Vec::new();
+    }
+    let mut rows = Vec::new();
+    let accounted = if source == migrated + rejected {
+        "every row accounted for"
+    } else {
+        "NOT every row accounted for"
+    };
+    rows.push((
+        "Rows",
+        format!("{migrated} migrated and {rejected} rejected of {source} ({accounted})"),
+        "",
+    ));
+    let validated = facts.entities.iter().filter(|e| e.validated == Some(true)).count();
+    let failed: Vec<&str> = facts
+        .entities
+        .iter()
+        .filter(|e| e.validated == Some(false))
+        .map(|e| e.target_table.as_str())
+        .collect();
+    rows.push((
+        "Validation",
+        match failed.is_empty() {
+            true => format!("{validated} of {} entities validated", facts.entities.len()),
+            false => format!(
+                "FAILED for {}; {validated} of {} validated",
+                failed.join(", "),
+                facts.entities.len()
+            ),
+        },
+        if failed.is_empty() { "good" } else { "bad" },
+    ));
+    rows
+}
+
+/// Each entity's rows and validation.
+fn entity_table(out: &mut String, facts: &Facts) {
+    if facts.entities.is_empty() {
+        return;
+    }
+    out.push_str(
+        "<h2>Entities</h2>\n<table><thead><tr><th>entity</th><th class=\"n\">source \
+        rows</th><th class=\"n\">migrated</th><th \
+        class=\"n\">rejected</th><th>validation</th></tr></thead><tbody>\n",
+    );
+    for e in facts.entities {
+        let (verdict, class) = match e.validated {
+            Some(true) => ("passed", "good"),
+            Some(false) => ("FAILED", "bad"),
+            None => ("not validated", ""),
+        };
         out.push_str(&format!(
-            "<tr><th>{name}</th><td class=\"{class}\">{}</td></tr>\n",
-            escape(value)
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td \
+                class=\"n{}\">{}</td><td class=\"{class}\">{verdict}</td></tr>\n",
+            escape(&e.target_table),
+            e.source_rows,
+            e.migrated,
+            if e.rejected > 0 { " reject" } else { "" },
+            e.rejected
         ));
     }
-    out.push_str("</table>\n");
-    if !facts.entities.is_empty() {
-        out.push_str(
-            "<h2>Entities</h2>\n<table><thead><tr><th>entity</th><th class=\"n\">source \
-            rows</th><th class=\"n\">migrated</th><th \
-            class=\"n\">rejected</th><th>validation</th></tr></thead><tbody>\n",
-        );
-        for e in facts.entities {
-            let (verdict, class) = match e.validated {
-                Some(true) => ("passed", "good"),
-                Some(false) => ("FAILED", "bad"),
-                None => ("not validated", ""),
-            };
-            out.push_str(&format!(
-                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td \
-                    class=\"n{}\">{}</td><td class=\"{class}\">{verdict}</td></tr>\n",
-                escape(&e.target_table),
-                e.source_rows,
-                e.migrated,
-                if e.rejected > 0 { " reject" } else { "" },
-                e.rejected
-            ));
-        }
-        out.push_str("</tbody></table>\n");
+    out.push_str("</tbody></table>\n");
+}
+
+/// The rejections, grouped by table and rule, with an example of each.
+fn rejection_table(out: &mut String, facts: &Facts) {
+    if facts.rejections.is_empty() {
+        return;
     }
-    if !facts.rejections.is_empty() {
-        out.push_str(
-            "<h2>Rejections, by reason</h2>\n<table \
-            class=\"rejections\"><thead><tr><th>table</th><th>rule</th><th \
-            class=\"n\">rows</th><th>example reason</th><th>example \
-            keys</th></tr></thead><tbody>\n",
-        );
-        for g in facts.rejections {
-            out.push_str(&format!(
-                "<tr class=\"reject\"><td>{}</td><td>{}</td><td \
-                    class=\"n\">{}</td><td>{}</td><td>{}</td></tr>\n",
-                escape(&g.source_table),
-                escape(&g.rule),
-                g.count,
-                escape(&g.example_reason),
-                escape(&g.example_keys.join(", "))
-            ));
-        }
-        out.push_str("</tbody></table>\n");
+    out.push_str(
+        "<h2>Rejections, by reason</h2>\n<table \
+        class=\"rejections\"><thead><tr><th>table</th><th>rule</th><th \
+        class=\"n\">rows</th><th>example reason</th><th>example \
+        keys</th></tr></thead><tbody>\n",
+    );
+    for g in facts.rejections {
+        out.push_str(&format!(
+            "<tr class=\"reject\"><td>{}</td><td>{}</td><td \
+                class=\"n\">{}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(&g.source_table),
+            escape(&g.rule),
+            g.count,
+            escape(&g.example_reason),
+            escape(&g.example_keys.join(", "))
+        ));
     }
-    out.push_str("</section>\n");
+    out.push_str("</tbody></table>\n");
 }
 
 fn timeline(out: &mut String, events: &[AuditEvent]) {
