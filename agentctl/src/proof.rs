@@ -298,36 +298,7 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
                     .unwrap_or_else(|| "(still running)".into()),
                 strong(run.outcome.clone())
             );
-            let mut rows: Vec<Vec<String>> = entities
-                .iter()
-                .map(|e| {
-                    vec![
-                        e.target_table.trim_start_matches("public.").to_owned(),
-                        format!("{} / {}", e.migrated, e.source_rows),
-                        format!("{:.3}%", rate(e.migrated, e.source_rows)),
-                        e.rejected.to_string(),
-                        money_cell(e.money.as_ref()),
-                        match e.validated {
-                            Some(true) => "passed",
-                            Some(false) => "FAILED",
-                            None => "not validated",
-                        }
-                        .to_owned(),
-                        format!("{:.1}", e.seconds),
-                        format!("{:.0}", e.source_rows as f64 / e.seconds.max(1e-3)),
-                    ]
-                })
-                .collect();
-            rows.push(vec![
-                strong("total".into()),
-                strong(format!("{migrated} / {source}")),
-                strong(format!("{:.3}%", rate(migrated, source))),
-                strong(rejected.to_string()),
-                String::new(),
-                String::new(),
-                format!("{wall:.1} (wall)"),
-                format!("{:.0}", source as f64 / wall.max(1e-3)),
-            ]);
+            let rows = entity_rows(&entities, (source, migrated, rejected), wall, md);
             let header = [
                 "entity",
                 "migrated / source",
@@ -339,21 +310,7 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
                 "rows/s",
             ];
             print_table(md, &header, &[false, true, true, true, false, false, true, true], &rows);
-            // Every source table has an outcome: the entities above, or left out for a reason.
-            for l in &left_out {
-                let how =
-                    if l.merged { "its rows are in another entity's" } else { "not migrated" };
-                match md {
-                    true => {
-                        println!(
-                            "| {} | {how}: {} | | | | | | |",
-                            l.table.to_string().replace('|', "\\|"),
-                            l.reason.replace('|', "\\|")
-                        )
-                    }
-                    false => println!("{}: {how}: {}", l.table, l.reason),
-                }
-            }
+            print_left_out(md, &left_out);
             let whose = if left_out.iter().all(|l| l.merged) {
                 "Every source row"
             } else {
@@ -371,35 +328,101 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
                     cost.map(|c| format!(", about ${c:.4}")).unwrap_or_default()
                 );
             }
-            if !rejections.is_empty() {
-                println!("\n{}Rejections by reason\n", if md { "## " } else { "" });
-                let rows: Vec<Vec<String>> = rejections
-                    .iter()
-                    .map(|g| {
-                        vec![
-                            g.source_table.trim_start_matches("public.").to_owned(),
-                            g.rule.clone(),
-                            g.count.to_string(),
-                            g.example_reason.clone(),
-                            g.example_keys.join(", "),
-                        ]
-                    })
-                    .collect();
-                print_table(
-                    md,
-                    &["table", "rule", "rows", "example reason", "example keys"],
-                    &[false, false, true, false, false],
-                    &rows,
-                );
-                let table = if md { "`agentctl.rejected_rows`" } else { "agentctl.rejected_rows" };
-                println!(
-                    "\nEach rejected row, with its source row, is in {table} (run {}).",
-                    run.run_id
-                );
-            }
+            print_rejections(md, &rejections, run.run_id);
         }
     }
     Ok(())
+}
+
+/// The report's table rows: one an entity, then the totals.
+fn entity_rows(
+    entities: &[tools::control::ReportEntity],
+    (source, migrated, rejected): (i64, i64, i64),
+    wall: f64,
+    md: bool,
+) -> Vec<Vec<String>> {
+    let rate = |n: i64, d: i64| if d == 0 { 100.0 } else { n as f64 * 100.0 / d as f64 };
+    let strong = |s: String| if md { format!("**{s}**") } else { s };
+    let mut rows: Vec<Vec<String>> = entities
+        .iter()
+        .map(|e| {
+            vec![
+                e.target_table.trim_start_matches("public.").to_owned(),
+                format!("{} / {}", e.migrated, e.source_rows),
+                format!("{:.3}%", rate(e.migrated, e.source_rows)),
+                e.rejected.to_string(),
+                money_cell(e.money.as_ref()),
+                match e.validated {
+                    Some(true) => "passed",
+                    Some(false) => "FAILED",
+                    None => "not validated",
+                }
+                .to_owned(),
+                format!("{:.1}", e.seconds),
+                format!("{:.0}", e.source_rows as f64 / e.seconds.max(1e-3)),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        strong("total".into()),
+        strong(format!("{migrated} / {source}")),
+        strong(format!("{:.3}%", rate(migrated, source))),
+        strong(rejected.to_string()),
+        String::new(),
+        String::new(),
+        format!("{wall:.1} (wall)"),
+        format!("{:.0}", source as f64 / wall.max(1e-3)),
+    ]);
+    rows
+}
+
+/// The rejections, grouped by table and rule, with an example reason and keys of each.
+fn print_rejections(
+    md: bool,
+    rejections: &[tools::control::RejectionGroup],
+    run_id: runtime::RunId,
+) {
+    if rejections.is_empty() {
+        return;
+    }
+    println!("\n{}Rejections by reason\n", if md { "## " } else { "" });
+    let rows: Vec<Vec<String>> = rejections
+        .iter()
+        .map(|g| {
+            vec![
+                g.source_table.trim_start_matches("public.").to_owned(),
+                g.rule.clone(),
+                g.count.to_string(),
+                g.example_reason.clone(),
+                g.example_keys.join(", "),
+            ]
+        })
+        .collect();
+    print_table(
+        md,
+        &["table", "rule", "rows", "example reason", "example keys"],
+        &[false, false, true, false, false],
+        &rows,
+    );
+    let table = if md { "`agentctl.rejected_rows`" } else { "agentctl.rejected_rows" };
+    println!("\nEach rejected row, with its source row, is in {table} (run {}).", run_id);
+}
+
+/// Every source table that is no entity, with its outcome: every source table has one.
+fn print_left_out(md: bool, left_out: &[runtime::domain::LeftOut]) {
+    for l in left_out {
+        let how = if l.merged { "its rows are in another entity's" } else { "not migrated" };
+        match md {
+            true => {
+                println!(
+                    "| {} | {how}: {} | | | | | | |",
+                    l.table.to_string().replace('|', "\\|"),
+                    l.reason.replace('|', "\\|")
+                )
+            }
+            false => println!("{}: {how}: {}", l.table, l.reason),
+        }
+    }
 }
 
 /// A table as Markdown, or with its columns aligned for a terminal (`right`: which columns
