@@ -147,30 +147,7 @@ async fn verify(
             "ledger": {"entries": ledger.len(), "head": ledger_head, "first_bad": ledger_break}}),
         ),
         Format::Text => {
-            for (id, tables) in &vanished {
-                println!(
-                    "run {id}: REMOVED: named by {}, but its record and trail are gone",
-                    tables.join(", ")
-                );
-            }
-            for line in &rewritten {
-                println!("{line}");
-            }
-            for v in &results {
-                match &v.first_bad {
-                    None => println!(
-                        "run {}: intact, {} events, head {}",
-                        v.run_id, v.events, v.head_hash
-                    ),
-                    Some(b) => println!("run {}: TAMPERED at {b}", v.run_id),
-                }
-            }
-            match &ledger_break {
-                None => {
-                    println!("run ledger: intact, {} entries, head {ledger_head}", ledger.len())
-                }
-                Some(b) => println!("run ledger: TAMPERED at entry #{}: {}", b.seq, b.reason),
-            }
+            print_verification(&vanished, &rewritten, &results, &ledger, ledger_break.as_ref())
         }
     }
     if let Some((id, tables)) = vanished.first() {
@@ -186,23 +163,8 @@ async fn verify(
             b.seq, b.reason
         )));
     }
-    if let Some(expected) = expect_head.as_deref().map(|h| h.trim().to_lowercase()) {
-        // With a run: that run's head. Without: the ledger must pass through the head kept.
-        let (what, found) = match (whole, results.first()) {
-            (false, Some(v)) => (
-                format!("run {}'s trail ends at {}", v.run_id, v.head_hash),
-                v.head_hash.starts_with(&expected),
-            ),
-            _ => (
-                format!("the run ledger ends at {ledger_head}"),
-                ledger.iter().any(|e| e.hash.starts_with(&expected)),
-            ),
-        };
-        if expected.len() < 12 || !found {
-            return Err(Exit::failed(format!(
-                "{what}, not at the head {expected} you kept: it was rewritten or cut since"
-            )));
-        }
+    if let Some(expected) = expect_head.as_deref() {
+        check_head(expected, whole, results.first(), &ledger)?;
     }
     if let Some(first) = rewritten.first() {
         return Err(Exit::failed(format!(
@@ -218,6 +180,67 @@ async fn verify(
         return Err(Exit::failed(format!(
             "the audit trail of {bad} run(s) does not verify; first: run {}, {}",
             first.0, first.1
+        )));
+    }
+    Ok(())
+}
+
+/// What `audit verify` found, one line a finding.
+fn print_verification(
+    vanished: &[(String, Vec<String>)],
+    rewritten: &[String],
+    results: &[Verification],
+    ledger: &[runtime::audit::LedgerEntry],
+    ledger_break: Option<&runtime::audit::ChainBreak>,
+) {
+    let ledger_head = ledger.last().map_or(runtime::audit::GENESIS, |e| e.hash.as_str());
+    for (id, tables) in vanished {
+        println!(
+            "run {id}: REMOVED: named by {}, but its record and trail are gone",
+            tables.join(", ")
+        );
+    }
+    for line in rewritten {
+        println!("{line}");
+    }
+    for v in results {
+        match &v.first_bad {
+            None => println!("run {}: intact, {} events, head {}", v.run_id, v.events, v.head_hash),
+            Some(b) => println!("run {}: TAMPERED at {b}", v.run_id),
+        }
+    }
+    match ledger_break {
+        None => {
+            println!("run ledger: intact, {} entries, head {ledger_head}", ledger.len())
+        }
+        Some(b) => println!("run ledger: TAMPERED at entry #{}: {}", b.seq, b.reason),
+    }
+}
+
+/// Whether the trail passes through a head kept elsewhere: with a run, that run's head;
+/// without, the ledger's.
+fn check_head(
+    expected: &str,
+    whole: bool,
+    run: Option<&Verification>,
+    ledger: &[runtime::audit::LedgerEntry],
+) -> Result<(), Exit> {
+    let expected = expected.trim().to_lowercase();
+    let ledger_head = ledger.last().map_or(runtime::audit::GENESIS, |e| e.hash.as_str());
+    // With a run: that run's head. Without: the ledger must pass through the head kept.
+    let (what, found) = match (whole, run) {
+        (false, Some(v)) => (
+            format!("run {}'s trail ends at {}", v.run_id, v.head_hash),
+            v.head_hash.starts_with(&expected),
+        ),
+        _ => (
+            format!("the run ledger ends at {ledger_head}"),
+            ledger.iter().any(|e| e.hash.starts_with(&expected)),
+        ),
+    };
+    if expected.len() < 12 || !found {
+        return Err(Exit::failed(format!(
+            "{what}, not at the head {expected} you kept: it was rewritten or cut since"
         )));
     }
     Ok(())
