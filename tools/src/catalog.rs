@@ -165,48 +165,8 @@ impl PgCatalog {
                 }
                 continue;
             }
-            let partitioning = match get::<Option<String>>(r, "partition_key")? {
-                Some(key) => {
-                    let columns: Vec<Option<String>> =
-                        get::<Option<Vec<Option<String>>>>(r, "partition_columns")?
-                            .unwrap_or_default();
-                    let plain = columns.iter().all(Option::is_some);
-                    Some(Partitioning {
-                        key,
-                        columns: if plain {
-                            columns.into_iter().flatten().collect()
-                        } else {
-                            Vec::new()
-                        },
-                        partitions: Vec::new(),
-                    })
-                }
-                None => None,
-            };
             index.insert(get(r, "oid")?, tables.len());
-            tables.push(Table {
-                name,
-                kind: if get::<String>(r, "relkind")? == "p" {
-                    "partitioned".into()
-                } else {
-                    "table".into()
-                },
-                partitions: Vec::new(),
-                partitioning,
-                columns: Vec::new(),
-                primary_key: Vec::new(),
-                unique: Vec::new(),
-                foreign_keys: Vec::new(),
-                checks: Vec::new(),
-                exclusions: Vec::new(),
-                indexes: Vec::new(),
-                triggers: Vec::new(),
-                estimated_rows: get(r, "estimate")?,
-                exact_rows: None,
-                avg_row_bytes: get(r, "width")?,
-                bytes: get(r, "bytes")?,
-                comment: get(r, "comment")?,
-            });
+            tables.push(table_of(r, name)?);
         }
         // A partition of a partition belongs to the topmost table.
         let parent_of: HashMap<i64, i64> =
@@ -644,6 +604,46 @@ impl Tables {
     fn oids(&self) -> Vec<i64> {
         self.index.keys().copied().collect()
     }
+}
+
+/// A table as a row of the tables query has it: nothing of its columns or rules read yet.
+fn table_of(r: &PgRow, name: TableName) -> Result<Table, ToolError> {
+    let partitioning = match get::<Option<String>>(r, "partition_key")? {
+        Some(key) => {
+            let columns: Vec<Option<String>> =
+                get::<Option<Vec<Option<String>>>>(r, "partition_columns")?.unwrap_or_default();
+            let plain = columns.iter().all(Option::is_some);
+            Some(Partitioning {
+                key,
+                columns: if plain { columns.into_iter().flatten().collect() } else { Vec::new() },
+                partitions: Vec::new(),
+            })
+        }
+        None => None,
+    };
+    Ok(Table {
+        name,
+        kind: if get::<String>(r, "relkind")? == "p" {
+            "partitioned".into()
+        } else {
+            "table".into()
+        },
+        partitions: Vec::new(),
+        partitioning,
+        columns: Vec::new(),
+        primary_key: Vec::new(),
+        unique: Vec::new(),
+        foreign_keys: Vec::new(),
+        checks: Vec::new(),
+        exclusions: Vec::new(),
+        indexes: Vec::new(),
+        triggers: Vec::new(),
+        estimated_rows: get(r, "estimate")?,
+        exact_rows: None,
+        avg_row_bytes: get(r, "width")?,
+        bytes: get(r, "bytes")?,
+        comment: get(r, "comment")?,
+    })
 }
 
 fn foreign_key(r: &PgRow) -> Result<ForeignKey, ToolError> {
