@@ -278,61 +278,9 @@ fn print_conflicts(conflicts: &[Conflict], all: bool, md: bool) {
 pub async fn sync(config: &Config, cmd: SyncCmd) -> Result<(), Exit> {
     match cmd {
         SyncCmd::CreateJob { name, entities, every, cron } => {
-            let schedule = match (every, cron) {
-                (Some(e), _) => Schedule::every(&e),
-                (None, Some(c)) => Schedule::cron(&c),
-                (None, None) => Err(runtime::error::BadInput("give --every or --cron".into())),
-            }
-            .map_err(Exit::config)?;
-            if name.trim().is_empty() {
-                return Err(Exit::config("--name: a job needs a name"));
-            }
-            let store = sync_store(config).await?;
-            let job = store.create_job(name.trim(), &entities.join(", "), &schedule).await?;
-            println!(
-                "sync job {} keeps {} in step {}; first run {}",
-                job.name,
-                job.goal,
-                job.schedule.describe(),
-                job.next_run_at.to_rfc3339()
-            );
-            Ok(())
+            create_job(config, &name, &entities, every, cron).await
         }
-        SyncCmd::ListJobs { format } => {
-            let store = sync_store(config).await?;
-            let jobs = store.jobs().await?;
-            let mut last = Vec::with_capacity(jobs.len());
-            for j in &jobs {
-                last.push(store.history(&j.name, 1).await?.into_iter().next());
-            }
-            match format {
-                Format::Json => print_json(
-                    &json!({"jobs": jobs.iter().zip(&last).map(|(j, l)| json!({"job": j, "last_run": l})).collect::<Vec<_>>()}),
-                ),
-                Format::Text => {
-                    println!(
-                        "{:<20} {:<28} {:<20} {:<26} {:<12} last run",
-                        "job", "entities", "schedule", "next run", "running"
-                    );
-                    for (j, l) in jobs.iter().zip(&last) {
-                        let running = match (&j.lease_owner, j.lease_expires_at) {
-                            (Some(_), Some(t)) if t > chrono::Utc::now() => "yes",
-                            _ => "no",
-                        };
-                        println!(
-                            "{:<20} {:<28} {:<20} {:<26} {:<12} {}",
-                            j.name,
-                            j.goal,
-                            j.schedule.describe_as(j.enabled),
-                            j.next_run_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                            running,
-                            l.as_ref().map(|r| r.outcome.as_str()).unwrap_or("never")
-                        );
-                    }
-                }
-            }
-            Ok(())
-        }
+        SyncCmd::ListJobs { format } => list_jobs(config, format).await,
         SyncCmd::PauseJob { name } => pause(config, &name, false).await,
         SyncCmd::ResumeJob { name } => pause(config, &name, true).await,
         SyncCmd::DeleteJob { name } => {
@@ -388,6 +336,72 @@ pub async fn sync(config: &Config, cmd: SyncCmd) -> Result<(), Exit> {
         }
         SyncCmd::Daemon { poll, lease, mapping } => daemon(config, poll, lease, &mapping).await,
     }
+}
+
+/// `sync create-job`: a job that keeps the entities in step on a schedule.
+async fn create_job(
+    config: &Config,
+    name: &str,
+    entities: &[String],
+    every: Option<String>,
+    cron: Option<String>,
+) -> Result<(), Exit> {
+    let schedule = match (every, cron) {
+        (Some(e), _) => Schedule::every(&e),
+        (None, Some(c)) => Schedule::cron(&c),
+        (None, None) => Err(runtime::error::BadInput("give --every or --cron".into())),
+    }
+    .map_err(Exit::config)?;
+    if name.trim().is_empty() {
+        return Err(Exit::config("--name: a job needs a name"));
+    }
+    let store = sync_store(config).await?;
+    let job = store.create_job(name.trim(), &entities.join(", "), &schedule).await?;
+    println!(
+        "sync job {} keeps {} in step {}; first run {}",
+        job.name,
+        job.goal,
+        job.schedule.describe(),
+        job.next_run_at.to_rfc3339()
+    );
+    Ok(())
+}
+
+/// `sync list-jobs`: every job with its last run.
+async fn list_jobs(config: &Config, format: Format) -> Result<(), Exit> {
+    let store = sync_store(config).await?;
+    let jobs = store.jobs().await?;
+    let mut last = Vec::with_capacity(jobs.len());
+    for j in &jobs {
+        last.push(store.history(&j.name, 1).await?.into_iter().next());
+    }
+    match format {
+        Format::Json => print_json(
+            &json!({"jobs": jobs.iter().zip(&last).map(|(j, l)| json!({"job": j, "last_run": l})).collect::<Vec<_>>()}),
+        ),
+        Format::Text => {
+            println!(
+                "{:<20} {:<28} {:<20} {:<26} {:<12} last run",
+                "job", "entities", "schedule", "next run", "running"
+            );
+            for (j, l) in jobs.iter().zip(&last) {
+                let running = match (&j.lease_owner, j.lease_expires_at) {
+                    (Some(_), Some(t)) if t > chrono::Utc::now() => "yes",
+                    _ => "no",
+                };
+                println!(
+                    "{:<20} {:<28} {:<20} {:<26} {:<12} {}",
+                    j.name,
+                    j.goal,
+                    j.schedule.describe_as(j.enabled),
+                    j.next_run_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    running,
+                    l.as_ref().map(|r| r.outcome.as_str()).unwrap_or("never")
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn pause(config: &Config, name: &str, resume: bool) -> Result<(), Exit> {
