@@ -208,11 +208,9 @@ pub async fn differ(
             for column in values {
                 q = q.bind(column);
             }
-            q.fetch_all(pool)
-                .await
-                .map_err(|e| ToolError::system(format!("while {}: {}", what(), describe(&e))))
+            q.fetch_all(pool).await.map_err(|e| while_doing(what())(e))
         };
-    let decode = |e: sqlx::Error| ToolError::system(format!("while {}: {}", what(), describe(&e)));
+    let decode = |e: sqlx::Error| while_doing(what())(e);
     // Every row: where it stands, each expression once.
     let sql = format!(
         "SELECT t.id IS NOT NULL, coalesce(t.id = {idcast}, false), {deleted},
@@ -223,19 +221,7 @@ pub async fn differ(
         distinct = if distinct.is_empty() { "false".to_owned() } else { distinct.join(" OR ") },
     );
     let rows = run(&sql, &page.keys, &page.wanted, &page.values).await?;
-    let mut answers = rows
-        .iter()
-        .map(|r| {
-            Ok(Diffed {
-                present: r.try_get(0)?,
-                ours: r.try_get(1)?,
-                deleted: r.try_get(2)?,
-                differs: r.try_get(3)?,
-                ..Diffed::default()
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(decode)?;
+    let mut answers = standings(&rows).map_err(decode)?;
     // The few that differ, are absent or are marked deleted: their hashes and baseline.
     let asked: Vec<usize> = (0..answers.len())
         .filter(|&i| answers[i].differs || !answers[i].present || answers[i].deleted)
@@ -284,6 +270,21 @@ pub async fn differ(
         a.baseline = r.try_get(2).map_err(decode)?;
     }
     Ok(answers)
+}
+
+/// Where each row stands, as the first statement of [`differ`] answered.
+fn standings(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<Diffed>, sqlx::Error> {
+    rows.iter()
+        .map(|r| {
+            Ok(Diffed {
+                present: r.try_get(0)?,
+                ours: r.try_get(1)?,
+                deleted: r.try_get(2)?,
+                differs: r.try_get(3)?,
+                ..Diffed::default()
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
 }
 
 pub async fn live_keys(
@@ -452,7 +453,7 @@ pub async fn pending_analysis(
     .await
     .map_err(while_doing(what()))?;
     let Some(row) = row else { return Ok(None) };
-    let decode = |e: sqlx::Error| ToolError::system(format!("while {}: {}", what(), describe(&e)));
+    let decode = |e: sqlx::Error| while_doing(what())(e);
     if !row.try_get::<bool, _>("pending").map_err(decode)? {
         return Ok(None);
     }
@@ -758,43 +759,52 @@ async fn conflicts(
             .execute(&mut *c)
             .await?;
         out.done.conflicted += recorded.rows_affected() as i64;
-        match b.policy.conflicts {
-            ConflictPolicy::SourceWins => {
-                sqlx::query("UPDATE agentctl_diff SET kind = 'update' WHERE kind = 'conflict'")
-                    .execute(&mut *c)
-                    .await?;
-            }
-            ConflictPolicy::TargetWins | ConflictPolicy::Manual => {
-                let kept: Vec<(String, Option<i64>)> = sqlx::query_as(
-                    "DELETE FROM agentctl_diff WHERE kind = 'conflict' RETURNING k, eh",
-                )
-                .fetch_all(&mut *c)
+        settle_conflicts(c, b, out).await?;
+    }
+    Ok(())
+}
+
+/// Settles the batch's conflicts by the entity's policy: the source's values written, the
+/// target's kept (and made the baseline), or held for an operator.
+async fn settle_conflicts(
+    c: &mut PgConnection,
+    b: &DiffBatch,
+    out: &mut Outcomes,
+) -> Result<(), sqlx::Error> {
+    let a = &b.analysis;
+    match b.policy.conflicts {
+        ConflictPolicy::SourceWins => {
+            sqlx::query("UPDATE agentctl_diff SET kind = 'update' WHERE kind = 'conflict'")
+                .execute(&mut *c)
                 .await?;
-                let target_wins = b.policy.conflicts == ConflictPolicy::TargetWins;
-                if target_wins {
-                    // The source's version is the one agentctl "last wrote": until the source
-                    // changes again, the target's row is its own change, not a conflict.
-                    let (keys, hashes): (Vec<String>, Vec<Option<i64>>) =
-                        kept.iter().cloned().unzip();
-                    set_baseline(c, &a.target, &keys, &hashes).await?;
-                }
-                for (k, _) in kept {
-                    let (outcome, reason) = if target_wins {
-                        (
-                            "kept_target",
-                            "changed on both sides: the target's values kept (target-wins)"
-                                .to_owned(),
-                        )
-                    } else {
-                        out.done.held += 1;
-                        out.done.note(format!(
-                            "{} {k}: conflict held for an operator (agentctl conflict report)",
-                            a.source.name
-                        ));
-                        ("held", "changed on both sides: held for an operator (manual)".to_owned())
-                    };
-                    out.fates.insert(k, Fate { outcome, reason: Some(reason) });
-                }
+        }
+        ConflictPolicy::TargetWins | ConflictPolicy::Manual => {
+            let kept: Vec<(String, Option<i64>)> =
+                sqlx::query_as("DELETE FROM agentctl_diff WHERE kind = 'conflict' RETURNING k, eh")
+                    .fetch_all(&mut *c)
+                    .await?;
+            let target_wins = b.policy.conflicts == ConflictPolicy::TargetWins;
+            if target_wins {
+                // The source's version is the one agentctl "last wrote": until the source
+                // changes again, the target's row is its own change, not a conflict.
+                let (keys, hashes): (Vec<String>, Vec<Option<i64>>) = kept.iter().cloned().unzip();
+                set_baseline(c, &a.target, &keys, &hashes).await?;
+            }
+            for (k, _) in kept {
+                let (outcome, reason) = if target_wins {
+                    (
+                        "kept_target",
+                        "changed on both sides: the target's values kept (target-wins)".to_owned(),
+                    )
+                } else {
+                    out.done.held += 1;
+                    out.done.note(format!(
+                        "{} {k}: conflict held for an operator (agentctl conflict report)",
+                        a.source.name
+                    ));
+                    ("held", "changed on both sides: held for an operator (manual)".to_owned())
+                };
+                out.fates.insert(k, Fate { outcome, reason: Some(reason) });
             }
         }
     }

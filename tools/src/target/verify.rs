@@ -9,7 +9,7 @@ use runtime::RunId;
 use sqlx::Row;
 
 use crate::catalog::{ident, quoted};
-use crate::pg::{describe, while_doing};
+use crate::pg::while_doing;
 
 use super::PgTarget;
 
@@ -74,7 +74,7 @@ impl Verifier for PgTarget {
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(|e| ToolError::system(format!("while {}: {}", what(), describe(&e))))
+            .map_err(|e| while_doing(what())(e))
     }
     async fn value_of(
         &self,
