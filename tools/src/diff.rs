@@ -1108,36 +1108,7 @@ async fn delete_rows(
     let a = &b.analysis;
     let table = quoted(&a.target);
     let legacy_type = &a.columns[b.legacy_column].1;
-    // Every single-column foreign key that points at this table.
-    let children: Vec<(String, String, String, bool)> = sqlx::query_as(
-        "SELECT n.nspname, c.relname, a.attname,
-             EXISTS (SELECT 1 FROM pg_attribute d WHERE d.attrelid = c.oid AND d.attname = 'deleted_at' AND NOT d.attisdropped)
-         FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-         JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
-         WHERE k.contype = 'f' AND k.confrelid = $1::regclass AND cardinality(k.conkey) = 1",
-    )
-    .bind(&table)
-    .fetch_all(&mut *c)
-    .await?;
-    let mut referenced: HashMap<String, Vec<String>> = HashMap::new();
-    for (schema, child, column, soft_child) in &children {
-        let live = if *soft_child && b.policy.delete == DeleteMode::Soft {
-            " AND ch.deleted_at IS NULL"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "SELECT p.legacy_id::text, count(*) FROM {table} p JOIN {}.{} ch ON ch.{} = p.id
-             WHERE p.legacy_id = ANY($1::text[]::{legacy_type}[]){live} GROUP BY 1",
-            ident(schema),
-            ident(child),
-            ident(column)
-        );
-        let rows: Vec<(String, i64)> = sqlx::query_as(&sql).bind(keys).fetch_all(&mut *c).await?;
-        for (k, n) in rows {
-            referenced.entry(k).or_default().push(format!("{n} rows of {child}"));
-        }
-    }
+    let referenced = live_children(c, b, &table, keys).await?;
     let mut gone = Vec::with_capacity(keys.len());
     for k in keys {
         let why = referenced.get(k).map(|v| v.join(", "));
@@ -1202,4 +1173,46 @@ async fn delete_rows(
     }
     // No baseline any more: a row that comes back is agentctl's to write again.
     set_baseline(c, &a.target, &gone, &vec![None; gone.len()]).await
+}
+
+/// Which of the keys' rows live rows of other tables still point at, each with who: a count
+/// a child table, through every single-column foreign key to this table.
+async fn live_children(
+    c: &mut PgConnection,
+    b: &DiffBatch,
+    table: &str,
+    keys: &[String],
+) -> Result<HashMap<String, Vec<String>>, sqlx::Error> {
+    let legacy_type = &b.analysis.columns[b.legacy_column].1;
+    // Every single-column foreign key that points at this table.
+    let children: Vec<(String, String, String, bool)> = sqlx::query_as(
+        "SELECT n.nspname, c.relname, a.attname,
+             EXISTS (SELECT 1 FROM pg_attribute d WHERE d.attrelid = c.oid AND d.attname = 'deleted_at' AND NOT d.attisdropped)
+         FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+         WHERE k.contype = 'f' AND k.confrelid = $1::regclass AND cardinality(k.conkey) = 1",
+    )
+    .bind(table)
+    .fetch_all(&mut *c)
+    .await?;
+    let mut referenced: HashMap<String, Vec<String>> = HashMap::new();
+    for (schema, child, column, soft_child) in &children {
+        let live = if *soft_child && b.policy.delete == DeleteMode::Soft {
+            " AND ch.deleted_at IS NULL"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT p.legacy_id::text, count(*) FROM {table} p JOIN {}.{} ch ON ch.{} = p.id
+             WHERE p.legacy_id = ANY($1::text[]::{legacy_type}[]){live} GROUP BY 1",
+            ident(schema),
+            ident(child),
+            ident(column)
+        );
+        let rows: Vec<(String, i64)> = sqlx::query_as(&sql).bind(keys).fetch_all(&mut *c).await?;
+        for (k, n) in rows {
+            referenced.entry(k).or_default().push(format!("{n} rows of {child}"));
+        }
+    }
+    Ok(referenced)
 }
