@@ -86,10 +86,50 @@ pub async fn apply(pool: &PgPool, rows: u64) -> Result<ChangeReport, ToolError> 
             ..TableChanges::default()
         });
     }
-    // New patients, then orders of those new patients (each copied order moves to the copy of
-    // its patient).
-    let new_patients = rows * 2 / 10;
-    let new_orders = rows * 2 / 10;
+    let (new_patients, new_orders) = (rows * 2 / 10, rows * 2 / 10);
+    for new in add_patients_and_orders(&mut tx, new_patients, new_orders).await? {
+        match report.tables.iter_mut().find(|t| t.table == new.table) {
+            Some(t) => t.inserted += new.inserted,
+            None => report.tables.push(new),
+        }
+    }
+    let deletes =
+        rows.saturating_sub(per_update * UPDATES.len() as u64 + new_patients + new_orders);
+    for (i, table) in DELETES.iter().enumerate() {
+        let per_delete =
+            deletes / DELETES.len() as u64 + u64::from((i as u64) < deletes % DELETES.len() as u64);
+        let n: i64 = sqlx::query_scalar(&count(table))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(while_doing(what))?;
+        let step = (n as u64 / per_delete.max(1)).max(2);
+        let sql = format!(
+            "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} ORDER BY id % \
+            {step}, id LIMIT {per_delete})"
+        );
+        let done = sqlx::query(&sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(while_doing(format!("deleting from {table}")))?;
+        report.tables.push(TableChanges {
+            table: (*table).into(),
+            deleted: done.rows_affected(),
+            ..TableChanges::default()
+        });
+    }
+    tx.commit().await.map_err(while_doing(what))?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// New patients, then orders of those new patients (each copied order moves to the copy of
+/// its patient).
+async fn add_patients_and_orders(
+    tx: &mut sqlx::PgConnection,
+    new_patients: u64,
+    new_orders: u64,
+) -> Result<[TableChanges; 2], ToolError> {
+    let what = "changing the reference source";
     let max = |table: &str| format!("SELECT coalesce(max(id), 0)::int8 FROM {table}");
     let patient_offset: i64 = sqlx::query_scalar(&max("dispatch_patient"))
         .fetch_one(&mut *tx)
@@ -128,37 +168,5 @@ pub async fn apply(pool: &PgPool, rows: u64) -> Result<ChangeReport, ToolError> 
         inserted: copied.rows_affected(),
         ..TableChanges::default()
     };
-    for new in [patients, orders] {
-        match report.tables.iter_mut().find(|t| t.table == new.table) {
-            Some(t) => t.inserted += new.inserted,
-            None => report.tables.push(new),
-        }
-    }
-    let deletes =
-        rows.saturating_sub(per_update * UPDATES.len() as u64 + new_patients + new_orders);
-    for (i, table) in DELETES.iter().enumerate() {
-        let per_delete =
-            deletes / DELETES.len() as u64 + u64::from((i as u64) < deletes % DELETES.len() as u64);
-        let n: i64 = sqlx::query_scalar(&count(table))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(while_doing(what))?;
-        let step = (n as u64 / per_delete.max(1)).max(2);
-        let sql = format!(
-            "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} ORDER BY id % \
-            {step}, id LIMIT {per_delete})"
-        );
-        let done = sqlx::query(&sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(while_doing(format!("deleting from {table}")))?;
-        report.tables.push(TableChanges {
-            table: (*table).into(),
-            deleted: done.rows_affected(),
-            ..TableChanges::default()
-        });
-    }
-    tx.commit().await.map_err(while_doing(what))?;
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok([patients, orders])
 }
