@@ -383,25 +383,7 @@ impl PgTarget {
         keep: &[usize],
         cols: &str,
     ) -> Result<(i64, i64, Vec<(usize, String)>), Failure> {
-        let n = b.columns.len();
-        let stage_cols: Vec<String> = (0..n).map(|i| format!("c{i} text")).collect();
-        let create = format!(
-            "CREATE TEMP TABLE IF NOT EXISTS agentctl_stage (seq int4 NOT NULL, {}) ON COMMIT DROP",
-            stage_cols.join(", ")
-        );
-        sqlx::query(&create).execute(&mut **c).await?;
-        let mut buf = Vec::with_capacity(keep.len() * 64 * n.max(1));
-        for &seq in keep {
-            buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-            for v in b.rows.row(seq) {
-                buf.push(b'\t');
-                push_field(&mut buf, v);
-            }
-            buf.push(b'\n');
-        }
-        let mut copy = c.copy_in_raw("COPY agentctl_stage FROM STDIN").await?;
-        copy.send(buf).await?;
-        copy.finish().await?;
+        stage(c, b, keep).await?;
         let legacy = b.columns.iter().position(|(name, _)| name == "legacy_id");
         // While the legacy key is set aside for the load, every row in the table is agentctl's
         // (the table was empty), so a row is present exactly when its UUID is: looked up by the
@@ -436,24 +418,8 @@ impl PgTarget {
             None => HashSet::new(),
         };
         let present = present_rows.len() as i64;
-        // A row already in the target under a UUID of its own was there before agentctl: it
-        // keeps its UUID, and the record says so, so that a rollback never deletes it.
         if let (Some(i), true, false) = (legacy, present > 0, legacy_aside) {
-            sqlx::query(&format!(
-                "INSERT INTO agentctl.migration_mappings (source_table, legacy_id, target_table, id, run_id, created)
-                 SELECT $1, t.legacy_id::text, $2, t.id, $3, false
-                 FROM agentctl_stage s JOIN {} t ON t.legacy_id = s.c{i}::{}
-                 WHERE t.id <> s.c{}::uuid
-                 ON CONFLICT (source_table, legacy_id) DO NOTHING",
-                quoted(&b.target),
-                b.columns[i].1,
-                b.id_column
-            ))
-            .bind(b.source.to_string())
-            .bind(b.target.to_string())
-            .bind(b.run_id.0)
-            .execute(&mut **c)
-            .await?;
+            record_kept(c, b, i).await?;
         }
         let casts: Vec<String> =
             b.columns.iter().enumerate().map(|(i, (_, ty))| format!("s.c{i}::{ty}")).collect();
@@ -506,6 +472,51 @@ impl PgTarget {
         sqlx::query("DROP TABLE agentctl_stage").execute(&mut **c).await?;
         Ok((inserted, present, refused))
     }
+}
+
+/// Stages the kept rows of the batch as text, for the careful path.
+async fn stage(c: &mut sqlx::PgConnection, b: &Batch, keep: &[usize]) -> Result<(), sqlx::Error> {
+    let n = b.columns.len();
+    let stage_cols: Vec<String> = (0..n).map(|i| format!("c{i} text")).collect();
+    let create = format!(
+        "CREATE TEMP TABLE IF NOT EXISTS agentctl_stage (seq int4 NOT NULL, {}) ON COMMIT DROP",
+        stage_cols.join(", ")
+    );
+    sqlx::query(&create).execute(&mut *c).await?;
+    let mut buf = Vec::with_capacity(keep.len() * 64 * n.max(1));
+    for &seq in keep {
+        buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        for v in b.rows.row(seq) {
+            buf.push(b'\t');
+            push_field(&mut buf, v);
+        }
+        buf.push(b'\n');
+    }
+    let mut copy = c.copy_in_raw("COPY agentctl_stage FROM STDIN").await?;
+    copy.send(buf).await?;
+    copy.finish().await?;
+    Ok(())
+}
+
+/// A row already in the target under a UUID of its own was there before agentctl: it
+/// keeps its UUID, and the record says so, so that a rollback never deletes it.
+async fn record_kept(c: &mut sqlx::PgConnection, b: &Batch, i: usize) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "INSERT INTO agentctl.migration_mappings (source_table, legacy_id, target_table, id, run_id, created)
+         SELECT $1, t.legacy_id::text, $2, t.id, $3, false
+         FROM agentctl_stage s JOIN {} t ON t.legacy_id = s.c{i}::{}
+         WHERE t.id <> s.c{}::uuid
+         ON CONFLICT (source_table, legacy_id) DO NOTHING",
+        quoted(&b.target),
+        b.columns[i].1,
+        b.id_column
+    ))
+    .bind(b.source.to_string())
+    .bind(b.target.to_string())
+    .bind(b.run_id.0)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
 }
 
 /// Records in the load baseline the rows of `keep` this batch wrote, by range of legacy key:
