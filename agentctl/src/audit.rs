@@ -297,7 +297,7 @@ pub async fn status(config: &Config, opts: StatusOpts) -> Result<(), Exit> {
                     .map(|(table, name, _, _)| format!("{name} ({table})"))
                     .collect();
                 println!(
-                    "set aside for a load and not yet put back (resuming the run or `agentctl \
+                    "  set aside for a load and not yet put back (resuming the run or `agentctl \
                         rollback` restores them): {}\n",
                     names.join(", ")
                 );

@@ -233,7 +233,7 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
         return Err(failed);
     }
     println!(
-        "Look around:\n  psql -h 127.0.0.1 -p {} -U postgres -d legacy   # the legacy data\n \
+        "Look around:\n  psql -h 127.0.0.1 -p {} -U postgres -d legacy   # the legacy data\n  \
         psql -h 127.0.0.1 -p {} -U postgres -d modern   # the target schema and agentctl's \
         control tables\nStop the server:\n  {}",
         cluster.port,
