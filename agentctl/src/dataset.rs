@@ -136,52 +136,11 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
         dir.display(),
         cluster.port
     );
-    let admin_cfg = Config::resolve(
-        &DbFlags { source: None, target: Some(cluster.url("postgres")) },
-        &Vars::default(),
-    )
-    .map_err(Exit::config)?;
-    let admin = tools::pg::connect(admin_cfg.target().map_err(Exit::config)?, 1).await?;
-    for db in ["legacy", "modern"] {
-        ensure_database(&admin, db).await?;
-    }
-    admin.close().await;
-    let config = Config::resolve(
-        &DbFlags { source: Some(cluster.url("legacy")), target: Some(cluster.url("modern")) },
-        &Vars::default(),
-    )
-    .map_err(Exit::config)?;
+    let config = demo_config(&cluster).await?;
     let conns = Connections::open(&config, true).await?;
     let source = conns.source.clone().expect("opened with the source");
 
-    // Regenerate only when the stamped dataset is not the one asked for.
-    let wanted =
-        World::build(opts.scale, opts.seed, &FaultProfile::production()).map_err(Exit::config)?;
-    let expected = wanted.report(opts.scale, &Default::default());
-    let stamp = dataset::stamp(&source).await?;
-    let same = stamp.as_ref().is_some_and(|s| {
-        s["scale"] == serde_json::json!(opts.scale) && s["seed"] == serde_json::json!(opts.seed)
-    });
-    let report: DatasetReport = if same {
-        println!("reference dataset already loaded (scale {}, seed {})", opts.scale, opts.seed);
-        expected
-    } else {
-        println!("generating the reference dataset at scale {} ...", opts.scale);
-        let gen = GenerateOptions {
-            scale: opts.scale,
-            seed: opts.seed,
-            faults: FaultProfile::production(),
-            replace: true,
-        };
-        let r = dataset::generate(&source, &gen, |line| println!("  {line}")).await?;
-        println!(
-            "  {} rows in {:.1}s ({:.0} rows/s)",
-            r.rows,
-            r.seconds,
-            r.rows as f64 / r.seconds
-        );
-        r
-    };
+    let report = demo_dataset(&source, &opts).await?;
     fresh_target(&conns.target).await?;
     println!(
         "\nWhat the legacy data holds, and what a migration must do with it:\n{}",
@@ -241,6 +200,59 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
         cluster.stop_command()
     );
     Ok(())
+}
+
+/// The demo cluster's `legacy` and `modern` databases, made if missing, as a configuration.
+async fn demo_config(cluster: &DaemonCluster) -> Result<Config, Exit> {
+    let admin_cfg = Config::resolve(
+        &DbFlags { source: None, target: Some(cluster.url("postgres")) },
+        &Vars::default(),
+    )
+    .map_err(Exit::config)?;
+    let admin = tools::pg::connect(admin_cfg.target().map_err(Exit::config)?, 1).await?;
+    for db in ["legacy", "modern"] {
+        ensure_database(&admin, db).await?;
+    }
+    admin.close().await;
+    let config = Config::resolve(
+        &DbFlags { source: Some(cluster.url("legacy")), target: Some(cluster.url("modern")) },
+        &Vars::default(),
+    )
+    .map_err(Exit::config)?;
+    Ok(config)
+}
+
+/// The reference dataset in the demo's source: generated, unless the one stamped there is the
+/// one asked for.
+async fn demo_dataset(source: &tools::pg::Pool, opts: &DemoOpts) -> Result<DatasetReport, Exit> {
+    // Regenerate only when the stamped dataset is not the one asked for.
+    let wanted =
+        World::build(opts.scale, opts.seed, &FaultProfile::production()).map_err(Exit::config)?;
+    let expected = wanted.report(opts.scale, &Default::default());
+    let stamp = dataset::stamp(source).await?;
+    let same = stamp.as_ref().is_some_and(|s| {
+        s["scale"] == serde_json::json!(opts.scale) && s["seed"] == serde_json::json!(opts.seed)
+    });
+    Ok(if same {
+        println!("reference dataset already loaded (scale {}, seed {})", opts.scale, opts.seed);
+        expected
+    } else {
+        println!("generating the reference dataset at scale {} ...", opts.scale);
+        let gen = GenerateOptions {
+            scale: opts.scale,
+            seed: opts.seed,
+            faults: FaultProfile::production(),
+            replace: true,
+        };
+        let r = dataset::generate(source, &gen, |line| println!("  {line}")).await?;
+        println!(
+            "  {} rows in {:.1}s ({:.0} rows/s)",
+            r.rows,
+            r.seconds,
+            r.rows as f64 / r.seconds
+        );
+        r
+    })
 }
 
 /// A child agentctl's exit, stdout, wall time, CPU time (user and system) and peak RSS.
