@@ -855,129 +855,147 @@ impl Chat<'_> {
             Intent::Outcome => self.outcome(false).await?,
             Intent::Safety => self.outcome(true).await?,
             Intent::Profile { table, question } => {
-                let Some(table) = table.clone() else {
-                    println!("Which table? For example: profile the customers.");
-                    return Ok(());
-                };
-                // The operator may name the legacy table or the modern one; profiles read the
-                // source.
-                let table = self
-                    .entities
-                    .chunks(2)
-                    .find(|pair| pair.iter().any(|name| names_match(&table, name)))
-                    .map(|pair| pair[0].clone())
-                    .unwrap_or(table);
-                let question = question.clone().filter(|_| self.llm.is_some());
-                let asked = question.is_some();
-                let goal = agents::orchestrator::ProfileGoal {
-                    table,
-                    sample: agents::schema_analysis::PROFILE_SAMPLE,
-                    code: None,
-                    question,
-                };
-                let (profile, report) = self.session.profile(goal).await.map_err(Exit::agent)?;
-                if let Err(e) = crate::plan_run::print_profile(&profile, &report, asked) {
-                    println!("{e}");
-                }
+                self.profile(table.clone(), question.clone()).await?
             }
-            Intent::Status => {
-                let Some(run) = self.run_in_question().await? else {
-                    println!("Nothing has been migrated yet.");
-                    return Ok(());
-                };
-                let stopped = self.interrupted(run).await?;
-                for p in self.store.progress(run).await? {
-                    println!(
-                        "  {}: {} — {} of {} rows moved, {} could not be moved",
-                        p.target_table.trim_start_matches("public."),
-                        if stopped.is_some() && p.state == "running" {
-                            "stopped part-way"
-                        } else {
-                            p.state.as_str()
-                        },
-                        p.migrated,
-                        p.rows_read,
-                        p.rejected
-                    );
-                }
-                if let Some(how) = stopped {
-                    println!("{}", interrupted_note(&how));
-                }
-            }
-            Intent::WhyFailed { entity } => {
-                let Some(run) = self.run_in_question().await? else {
-                    println!("Nothing has been migrated yet, so nothing has failed.");
-                    return Ok(());
-                };
-                let groups = self.store.rejection_groups(run).await?;
-                let groups: Vec<_> = groups
-                    .iter()
-                    .filter(|g| entity.as_deref().is_none_or(|e| names_match(e, &g.source_table)))
-                    .collect();
-                if groups.is_empty() {
-                    println!(
-                        "No rows{} were refused.",
-                        entity.as_ref().map(|e| format!(" of {e}")).unwrap_or_default()
-                    );
-                }
-                for g in groups {
-                    println!(
-                        "  {} rows of {} were not moved: {} (for example rows {}). {}",
-                        g.count,
-                        g.source_table.trim_start_matches("public."),
-                        g.example_reason,
-                        g.example_keys.join(", "),
-                        advice(&g.rule)
-                    );
-                }
-            }
-            Intent::ShowFailed { entity } => {
-                let Some(run) = self.run_in_question().await? else {
-                    println!("Nothing has been migrated yet.");
-                    return Ok(());
-                };
-                let groups = self.store.rejection_groups(run).await?;
-                let table = groups
-                    .iter()
-                    .find(|g| entity.as_deref().is_none_or(|e| names_match(e, &g.source_table)))
-                    .map(|g| g.source_table.clone());
-                let Some(table) = table else {
-                    println!(
-                        "No refused row{} to show.",
-                        entity.as_ref().map(|e| format!(" of {e}")).unwrap_or_default()
-                    );
-                    return Ok(());
-                };
-                if let Some((key, reason, row)) = self.store.rejected_example(run, &table).await? {
-                    println!(
-                        "Row {key} of {table} was not moved: {reason}\nWhat the old system holds:"
-                    );
-                    print_json(&row);
-                }
-            }
-            Intent::Decisions { agent } => {
-                let Some(run) = self.run_in_question().await? else {
-                    println!("No migration has been planned yet.");
-                    return Ok(());
-                };
-                let agent = agent.clone().unwrap_or_else(|| "planning".into());
-                self.session.flush_audit().await?;
-                let filter =
-                    EventFilter { agent: Some(agent.clone()), kind: Some("decision".into()) };
-                let events = self.store.events(run, &filter).await?;
-                if events.is_empty() {
-                    println!("The {agent} agent recorded no decision in that run.");
-                }
-                for e in events.iter().rev().take(8).rev() {
-                    let detail: serde_json::Value =
-                        serde_json::from_str(&e.detail).unwrap_or_default();
-                    println!(
-                        "  {}\n    because {}",
-                        e.summary,
-                        detail["rationale"].as_str().unwrap_or("(no reason recorded)")
-                    );
-                }
-            }
+            Intent::Status => self.status().await?,
+            Intent::WhyFailed { entity } => self.why_failed(entity.as_deref()).await?,
+            Intent::ShowFailed { entity } => self.show_failed(entity.as_deref()).await?,
+            Intent::Decisions { agent } => self.decisions(agent.clone()).await?,
+        }
+        Ok(())
+    }
+
+    /// "Profile the customers": the column statistics, or code run on sample rows.
+    async fn profile(&self, table: Option<String>, question: Option<String>) -> Result<(), Exit> {
+        let Some(table) = table else {
+            println!("Which table? For example: profile the customers.");
+            return Ok(());
+        };
+        // The operator may name the legacy table or the modern one; profiles read the
+        // source.
+        let table = self
+            .entities
+            .chunks(2)
+            .find(|pair| pair.iter().any(|name| names_match(&table, name)))
+            .map(|pair| pair[0].clone())
+            .unwrap_or(table);
+        let question = question.filter(|_| self.llm.is_some());
+        let asked = question.is_some();
+        let goal = agents::orchestrator::ProfileGoal {
+            table,
+            sample: agents::schema_analysis::PROFILE_SAMPLE,
+            code: None,
+            question,
+        };
+        let (profile, report) = self.session.profile(goal).await.map_err(Exit::agent)?;
+        if let Err(e) = crate::plan_run::print_profile(&profile, &report, asked) {
+            println!("{e}");
+        }
+        Ok(())
+    }
+
+    /// "How is it going?": each entity of the run in question.
+    async fn status(&self) -> Result<(), Exit> {
+        let Some(run) = self.run_in_question().await? else {
+            println!("Nothing has been migrated yet.");
+            return Ok(());
+        };
+        let stopped = self.interrupted(run).await?;
+        for p in self.store.progress(run).await? {
+            println!(
+                "  {}: {} — {} of {} rows moved, {} could not be moved",
+                p.target_table.trim_start_matches("public."),
+                if stopped.is_some() && p.state == "running" {
+                    "stopped part-way"
+                } else {
+                    p.state.as_str()
+                },
+                p.migrated,
+                p.rows_read,
+                p.rejected
+            );
+        }
+        if let Some(how) = stopped {
+            println!("{}", interrupted_note(&how));
+        }
+        Ok(())
+    }
+
+    /// "Why did some orders fail?": the reasons, grouped, with what to do about each.
+    async fn why_failed(&self, entity: Option<&str>) -> Result<(), Exit> {
+        let Some(run) = self.run_in_question().await? else {
+            println!("Nothing has been migrated yet, so nothing has failed.");
+            return Ok(());
+        };
+        let groups = self.store.rejection_groups(run).await?;
+        let groups: Vec<_> = groups
+            .iter()
+            .filter(|g| entity.is_none_or(|e| names_match(e, &g.source_table)))
+            .collect();
+        if groups.is_empty() {
+            println!(
+                "No rows{} were refused.",
+                entity.map(|e| format!(" of {e}")).unwrap_or_default()
+            );
+        }
+        for g in groups {
+            println!(
+                "  {} rows of {} were not moved: {} (for example rows {}). {}",
+                g.count,
+                g.source_table.trim_start_matches("public."),
+                g.example_reason,
+                g.example_keys.join(", "),
+                advice(&g.rule)
+            );
+        }
+        Ok(())
+    }
+
+    /// "Show me a failed task": one refused row, with what the old system holds.
+    async fn show_failed(&self, entity: Option<&str>) -> Result<(), Exit> {
+        let Some(run) = self.run_in_question().await? else {
+            println!("Nothing has been migrated yet.");
+            return Ok(());
+        };
+        let groups = self.store.rejection_groups(run).await?;
+        let table = groups
+            .iter()
+            .find(|g| entity.is_none_or(|e| names_match(e, &g.source_table)))
+            .map(|g| g.source_table.clone());
+        let Some(table) = table else {
+            println!(
+                "No refused row{} to show.",
+                entity.map(|e| format!(" of {e}")).unwrap_or_default()
+            );
+            return Ok(());
+        };
+        if let Some((key, reason, row)) = self.store.rejected_example(run, &table).await? {
+            println!("Row {key} of {table} was not moved: {reason}\nWhat the old system holds:");
+            print_json(&row);
+        }
+        Ok(())
+    }
+
+    /// "What did the planning agent decide and why?": its last decisions with their reasons.
+    async fn decisions(&self, agent: Option<String>) -> Result<(), Exit> {
+        let Some(run) = self.run_in_question().await? else {
+            println!("No migration has been planned yet.");
+            return Ok(());
+        };
+        let agent = agent.unwrap_or_else(|| "planning".into());
+        self.session.flush_audit().await?;
+        let filter = EventFilter { agent: Some(agent.clone()), kind: Some("decision".into()) };
+        let events = self.store.events(run, &filter).await?;
+        if events.is_empty() {
+            println!("The {agent} agent recorded no decision in that run.");
+        }
+        for e in events.iter().rev().take(8).rev() {
+            let detail: serde_json::Value = serde_json::from_str(&e.detail).unwrap_or_default();
+            println!(
+                "  {}\n    because {}",
+                e.summary,
+                detail["rationale"].as_str().unwrap_or("(no reason recorded)")
+            );
         }
         Ok(())
     }
