@@ -54,6 +54,14 @@ struct Tally {
 }
 
 impl Tally {
+    /// The entity's forecast: its rows, and the rejections by reason, the most first.
+    fn forecast(self, count: i64, unchecked: Vec<String>) -> Forecast {
+        let reject: i64 = self.reasons.values().map(|r| r.count).sum();
+        let mut reasons: Vec<RejectReason> = self.reasons.into_values().collect();
+        reasons.sort_by(|a, b| b.count.cmp(&a.count).then(a.rule.cmp(&b.rule)));
+        Forecast { rows: count, migrate: count - reject, reject, reasons, unchecked }
+    }
+
     fn add(&mut self, r: &Rejection, key: &str) {
         let e = self.reasons.entry(r.rule.clone()).or_insert_with(|| RejectReason {
             rule: r.rule.clone(),
@@ -155,6 +163,50 @@ fn settle_awaiting(
             }
         }
     }
+}
+
+/// The tables some planned entity references: their keys are remembered as they are forecast.
+fn referenced_parents(order: &[TableName], mappings: &MappingSet) -> HashSet<TableName> {
+    order
+        .iter()
+        .filter_map(|t| mappings.spec(t))
+        .flat_map(|s| s.columns.iter())
+        .filter_map(|c| match &c.feed {
+            runtime::mapping::Feed::Reference { parent, .. } => Some(parent.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An entity's mapping compiled against its target table, with the rules across rows.
+struct Compiled {
+    mapper: RowMapper,
+    uniques: Vec<UniqueRule>,
+    /// Rules that cannot be checked ahead.
+    unchecked: Vec<String>,
+    /// References the target enforces with a foreign key.
+    refs: Vec<crate::transform::Reference>,
+}
+
+fn compile(
+    spec: &runtime::mapping::MappingSpec,
+    target: &SchemaReport,
+    mappings: &MappingSet,
+) -> Result<Compiled, ToolError> {
+    let target_table = target
+        .table(&spec.target)
+        .ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
+    let mapper = RowMapper::new(spec, target_table, target, mappings.keys)?;
+    let (uniques, mut unchecked) = unique_rules(&mapper, target_table);
+    unchecked.extend(mapper.unchecked.iter().cloned());
+    let refs: Vec<_> = mapper
+        .references()
+        .into_iter()
+        .filter(|r| {
+            target_table.foreign_keys.iter().any(|fk| fk.columns == [r.target_column.clone()])
+        })
+        .collect();
+    Ok(Compiled { mapper, uniques, unchecked, refs })
 }
 
 /// What the entities forecast before this one settled, to judge its references by.
@@ -310,15 +362,7 @@ pub async fn forecast(
     rows: &dyn Rows,
 ) -> Result<Vec<(TableName, Forecast)>, ToolError> {
     // Keys are remembered only for tables some planned entity references.
-    let referenced: HashSet<TableName> = order
-        .iter()
-        .filter_map(|t| mappings.spec(t))
-        .flat_map(|s| s.columns.iter())
-        .filter_map(|c| match &c.feed {
-            runtime::mapping::Feed::Reference { parent, .. } => Some(parent.clone()),
-            _ => None,
-        })
-        .collect();
+    let referenced = referenced_parents(order, mappings);
     let mut migrated: HashMap<TableName, KeySet> = HashMap::new();
     let mut rejected: HashMap<TableName, KeySet> = HashMap::new();
     let mut out: Vec<(TableName, Forecast)> = Vec::new();
@@ -329,20 +373,7 @@ pub async fn forecast(
         let spec = mappings
             .spec(source)
             .ok_or_else(|| ToolError::system(format!("{source} has no mapping")))?;
-        let target_table = target
-            .table(&spec.target)
-            .ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
-        let mapper = RowMapper::new(spec, target_table, target, mappings.keys)?;
-        let (mut uniques, mut unchecked) = unique_rules(&mapper, target_table);
-        unchecked.extend(mapper.unchecked.iter().cloned());
-        // References the target enforces with a foreign key.
-        let refs: Vec<_> = mapper
-            .references()
-            .into_iter()
-            .filter(|r| {
-                target_table.foreign_keys.iter().any(|fk| fk.columns == [r.target_column.clone()])
-            })
-            .collect();
+        let Compiled { mapper, mut uniques, unchecked, refs } = compile(spec, target, mappings)?;
         let mut tally = Tally::default();
         let mut ok_keys = KeySet::default();
         let mut bad_keys = KeySet::default();
@@ -391,18 +422,12 @@ pub async fn forecast(
             &spec.target.name,
             source,
         );
-        let reject: i64 = tally.reasons.values().map(|r| r.count).sum();
-        let mut reasons: Vec<RejectReason> = tally.reasons.into_values().collect();
-        reasons.sort_by(|a, b| b.count.cmp(&a.count).then(a.rule.cmp(&b.rule)));
         awaiting.extend(
             waiting
                 .into_iter()
                 .map(|(key, col, parent, parent_key)| (out.len(), key, col, parent, parent_key)),
         );
-        out.push((
-            source.clone(),
-            Forecast { rows: count, migrate: count - reject, reject, reasons, unchecked },
-        ));
+        out.push((source.clone(), tally.forecast(count, unchecked)));
         if referenced.contains(source) {
             migrated.insert(source.clone(), ok_keys);
             rejected.insert(source.clone(), bad_keys);
