@@ -126,14 +126,7 @@ pub async fn analyze(
     let DiffEntity { entity: req, full } = req;
     let spec = &req.spec;
     let stamp_col = updated_at(spec);
-    let mark = match stamp_col {
-        Some(_) => target.sync_mark(&spec.source).await?,
-        None => SyncMark::default(),
-    };
-    let fast = !full
-        && mark.trusted == Some(true)
-        && mark.watermark.is_some()
-        && mark.full_age_seconds.is_some_and(|age| age < FULL_EVERY);
+    let (mark, fast) = how_fast(target.as_ref(), spec, *full, stamp_col).await?;
     let Prepared { mapper, out_cols, id_col, references, .. } =
         prepare(ctx, AgentName::Validation, target.as_ref(), req).await?;
     let legacy_col = out_cols
@@ -142,11 +135,7 @@ pub async fn analyze(
         .ok_or_else(|| ToolError::system(format!("{} has no legacy_id column", spec.target)))?;
     let hashed = synced_columns(&out_cols, id_col);
     let soft = soft_delete(req);
-    let rejected = target.rejected_keys(&spec.source).await?;
-    // Rows rejected for nothing but a missing parent are tried again once their parents are in.
-    let for_parents: HashSet<String> =
-        rejected.iter().filter(|(_, parent)| *parent).map(|(k, _)| k.clone()).collect();
-    let rejected_keys: HashSet<String> = rejected.into_iter().map(|(k, _)| k).collect();
+    let (for_parents, rejected_keys) = rejected(target.as_ref(), &spec.source).await?;
     let diff = new_analysis(ctx.run_id, fast, spec, &out_cols);
     let deriver = KeyDeriver::new(req.keys.layout, req.keys.namespace, &spec.source);
     // Rows gone from the source: with an integer key, each page asks the target for its live
@@ -155,15 +144,7 @@ pub async fn analyze(
     let mut ranged = !fast && spec.key.len() == 1 && integer_key(&out_cols[legacy_col].1);
     // The latest stamp read, and the changes whose stamp did not move (a full analysis checks
     // `updated_at` against the previous watermark).
-    let mut tally = Tally {
-        diff,
-        found: Vec::new(),
-        latest: if fast { mark.watermark.clone() } else { None },
-        unmoved: Vec::new(),
-        fast,
-        stamped: stamp_col.is_some(),
-        watermark: mark.watermark.clone(),
-    };
+    let mut tally = Tally::new(diff, fast, stamp_col.is_some(), &mark);
     let mut last_key: Option<i64> = None;
     let mut gone: Vec<(String, uuid::Uuid)> = Vec::new();
     // As in validation: the source reads the next page while this task maps one and the
@@ -177,28 +158,14 @@ pub async fn analyze(
         ..Scan::entity(spec)
     };
     let (mut pages, reader) = read_ahead(rows.clone(), scan, PAGE);
-    type Answered = (
-        runtime::domain::Expected,
-        Vec<(usize, String)>,
-        Vec<Diffed>,
-        Vec<(String, uuid::Uuid)>,
-        Vec<Option<String>>,
-    );
-    let mut compares: InPageOrder<Answered> = InPageOrder::new(COMPARES_IN_FLIGHT);
+    let mut compares: InPageOrder<PageAnswer> = InPageOrder::new(COMPARES_IN_FLIGHT);
     loop {
         let page = match pages.recv().await {
             Some(page) => page?,
             None => TextRows::default(),
         };
-        let next = (!page.is_empty()).then(|| {
-            let stamps: Vec<Option<String>> = stamp_col
-                .map(|i| page.column(i).map(|v| v.map(str::to_owned)).collect())
-                .unwrap_or_default();
-            let mut reasons = Vec::new();
-            let expected =
-                expect(&mapper, &out_cols, id_col, legacy_col, &[], page, Some(&mut reasons));
-            (expected, reasons, stamps)
-        });
+        let next = (!page.is_empty())
+            .then(|| expected_page(&mapper, &out_cols, id_col, legacy_col, stamp_col, page));
         while let Some((expected, reasons, answers, missing, stamps)) =
             compares.done(next.is_none()).await?
         {
@@ -210,61 +177,37 @@ pub async fn analyze(
                 Page { expected: &expected, answers: &answers, stamps: &stamps, retry: &retry };
             tally.page(&page, reasons, &rejected_keys, id_col);
         }
-        // The page's key range, if its keys are integers in ascending order after the last.
-        let range = match (&next, ranged) {
-            (Some((expected, _, _)), true) => {
-                let range = key_range(&expected.keys, last_key);
-                match &range {
-                    Some((_, upto)) => last_key = upto.as_ref().and_then(|k| k.parse().ok()),
-                    None => ranged = false,
-                }
-                range
-            }
-            _ => None,
-        };
+        let keys = next.as_ref().map(|(expected, _, _)| expected.keys.as_slice());
+        let range = page_range(keys, &mut ranged, &mut last_key);
         let Some((expected, reasons, stamps)) = next else { break };
-        let (target, table, hashed) = (target.clone(), spec.target.clone(), hashed.clone());
-        compares.start(async move {
-            let answers = target.differ(&table, &expected, &hashed, soft).await?;
-            let missing = match range {
-                Some((after, upto)) => {
-                    target
-                        .live_keys_between(
-                            &table,
-                            after.as_deref(),
-                            upto.as_deref(),
-                            &expected.keys,
-                            soft,
-                        )
-                        .await?
-                }
-                None => Vec::new(),
-            };
-            Ok((expected, reasons, answers, missing, stamps))
-        });
+        let ask = Ask {
+            target: target.clone(),
+            table: spec.target.clone(),
+            hashed: hashed.clone(),
+            soft,
+        };
+        compares.start(ask.page(expected, reasons, stamps, range));
     }
     reader.await.map_err(|e| ToolError::system(format!("the reader stopped: {e}")))?;
-    let gone = if ranged {
+    let gone = match ranged {
         // Past the last source key.
-        let after = last_key.map(|k| k.to_string());
-        gone.extend(
-            target.live_keys_between(&spec.target, after.as_deref(), None, &[], soft).await?,
-        );
-        gone.into_iter().filter(|(k, id)| deriver.derive_stored(k) == *id).map(|(k, _)| k).collect()
-    } else {
-        gone_by_keys(rows, spec, target.as_ref(), &deriver, soft).await?
+        true => {
+            let after = last_key.map(|k| k.to_string());
+            gone.extend(
+                target.live_keys_between(&spec.target, after.as_deref(), None, &[], soft).await?,
+            );
+            gone.into_iter()
+                .filter(|(k, id)| deriver.derive_stored(k) == *id)
+                .map(|(k, _)| k)
+                .collect()
+        }
+        false => gone_by_keys(rows, spec, target.as_ref(), &deriver, soft).await?,
     };
     let Tally { mut diff, mut found, latest, unmoved, .. } = tally;
     add_deletes(&mut diff, &mut found, gone, &deriver);
     if stamp_col.is_some() {
         diff.watermark = latest;
-        // Trust is earned: a full analysis after an earlier one checks that every change it
-        // found was stamped after that one's watermark.
-        diff.trusted = match (fast, &mark.watermark) {
-            (true, _) => mark.trusted,
-            (false, Some(_)) => Some(unmoved.is_empty()),
-            (false, None) => None,
-        };
+        diff.trusted = trust(fast, &mark, &unmoved);
     }
     diff.seconds = started.elapsed().as_secs_f64();
     target.save_analysis(&diff, &found).await?;
@@ -322,6 +265,114 @@ fn add_deletes(
     }
 }
 
+/// What the earlier analyses learnt of the entity's `updated_at`, and whether this analysis
+/// may read only the rows stamped since the watermark: not when asked for a full one, not
+/// before the stamp is trusted, not when the last full analysis is a day old.
+async fn how_fast(
+    target: &dyn Target,
+    spec: &MappingSpec,
+    full: bool,
+    stamp_col: Option<usize>,
+) -> Result<(SyncMark, bool), ToolError> {
+    let mark = match stamp_col {
+        Some(_) => target.sync_mark(&spec.source).await?,
+        None => SyncMark::default(),
+    };
+    let fast = !full
+        && mark.trusted == Some(true)
+        && mark.watermark.is_some()
+        && mark.full_age_seconds.is_some_and(|age| age < FULL_EVERY);
+    Ok((mark, fast))
+}
+
+/// The legacy keys of the source table's rejected rows, and those of them rejected for nothing
+/// but a missing parent (tried again once their parents are in).
+async fn rejected(
+    target: &dyn Target,
+    source: &runtime::domain::TableName,
+) -> Result<(HashSet<String>, HashSet<String>), ToolError> {
+    let rejected = target.rejected_keys(source).await?;
+    let for_parents: HashSet<String> =
+        rejected.iter().filter(|(_, parent)| *parent).map(|(k, _)| k.clone()).collect();
+    let rejected_keys: HashSet<String> = rejected.into_iter().map(|(k, _)| k).collect();
+    Ok((for_parents, rejected_keys))
+}
+
+/// A page's expected rows, the mapping's reason for each row it rejects, and each row's stamp.
+type PageAnswer = (
+    runtime::domain::Expected,
+    Vec<(usize, String)>,
+    Vec<Diffed>,
+    Vec<(String, uuid::Uuid)>,
+    Vec<Option<String>>,
+);
+
+/// A page of source rows as the target should hold them, with the mapping's reasons for the
+/// rows it rejects and each row's `updated_at`.
+fn expected_page(
+    mapper: &crate::transform::RowMapper,
+    out_cols: &[(String, String)],
+    id_col: usize,
+    legacy_col: usize,
+    stamp_col: Option<usize>,
+    page: TextRows,
+) -> (runtime::domain::Expected, Vec<(usize, String)>, Vec<Option<String>>) {
+    let stamps: Vec<Option<String>> = stamp_col
+        .map(|i| page.column(i).map(|v| v.map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let mut reasons = Vec::new();
+    let expected = expect(mapper, out_cols, id_col, legacy_col, &[], page, Some(&mut reasons));
+    (expected, reasons, stamps)
+}
+
+/// What the target is asked of each page of an analysis.
+struct Ask {
+    target: Arc<dyn Target>,
+    table: runtime::domain::TableName,
+    hashed: Vec<usize>,
+    soft: bool,
+}
+
+impl Ask {
+    /// Where each of the page's rows stands in the target, and, with the page's key range,
+    /// the live target rows in it that the page does not have (gone from the source).
+    async fn page(
+        self,
+        expected: runtime::domain::Expected,
+        reasons: Vec<(usize, String)>,
+        stamps: Vec<Option<String>>,
+        range: Option<(Option<String>, Option<String>)>,
+    ) -> Result<PageAnswer, ToolError> {
+        let Ask { target, table, hashed, soft } = self;
+        let answers = target.differ(&table, &expected, &hashed, soft).await?;
+        let missing = match range {
+            Some((after, upto)) => {
+                target
+                    .live_keys_between(
+                        &table,
+                        after.as_deref(),
+                        upto.as_deref(),
+                        &expected.keys,
+                        soft,
+                    )
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        Ok((expected, reasons, answers, missing, stamps))
+    }
+}
+
+/// Whether `updated_at` is trusted after this analysis. Trust is earned: a full analysis after
+/// an earlier one checks that every change it found was stamped after that one's watermark.
+fn trust(fast: bool, mark: &SyncMark, unmoved: &[String]) -> Option<bool> {
+    match (fast, &mark.watermark) {
+        (true, _) => mark.trusted,
+        (false, Some(_)) => Some(unmoved.is_empty()),
+        (false, None) => None,
+    }
+}
+
 /// One page's answers from the target, with what tallying them needs.
 struct Page<'a> {
     expected: &'a runtime::domain::Expected,
@@ -348,6 +399,19 @@ struct Tally {
 }
 
 impl Tally {
+    /// Nothing booked yet. The latest stamp starts at the watermark for a fast analysis.
+    fn new(diff: EntityDiff, fast: bool, stamped: bool, mark: &SyncMark) -> Tally {
+        Tally {
+            diff,
+            found: Vec::new(),
+            latest: if fast { mark.watermark.clone() } else { None },
+            unmoved: Vec::new(),
+            fast,
+            stamped,
+            watermark: mark.watermark.clone(),
+        }
+    }
+
     /// Books each row of a page: in step, or the change it asks for (with the mapping's reason
     /// for a row it rejects).
     fn page(
@@ -404,6 +468,22 @@ impl Tally {
             });
         }
     }
+}
+
+/// The page's key range while the analysis reads ranges (its keys integers in ascending order
+/// after the last page's); a page that is not stops the ranges for the rest of the analysis.
+fn page_range(
+    keys: Option<&[String]>,
+    ranged: &mut bool,
+    last_key: &mut Option<i64>,
+) -> Option<(Option<String>, Option<String>)> {
+    let keys = keys.filter(|_| *ranged)?;
+    let range = key_range(keys, *last_key);
+    match &range {
+        Some((_, upto)) => *last_key = upto.as_ref().and_then(|k| k.parse().ok()),
+        None => *ranged = false,
+    }
+    range
 }
 
 /// The key range of a page whose keys are integers in ascending order after `last_key`:
