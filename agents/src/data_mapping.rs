@@ -537,20 +537,8 @@ fn map_table(
         )]);
     }
     let mut used: BTreeSet<String> = key.iter().cloned().collect();
-    let mut joins = Vec::new();
-    let mut joined_tables: Vec<&Table> = Vec::new();
-    for j in rule.map(|r| r.join.as_slice()).unwrap_or_default() {
-        match source.find(&j.table) {
-            Some(t) => {
-                // The join column is carried by the joined table's own columns.
-                used.insert(j.on.clone());
-                joins.push(Join { table: t.name.clone(), on: j.on.clone(), key: j.key.clone() });
-                joined_tables.push(t);
-            }
-            None => problems
-                .push(at(None, format!("joins `{}`, which the source does not have", j.table))),
-        }
-    }
+    let (joins, joined_tables) =
+        joins_of(rule, source, &mut used, &mut |m| problems.push(at(None, m)));
     // A source column by name: `col` of the mapped table or `table.col` of a joined one.
     let source_column = |name: &str| -> Option<&Column> {
         match name.split_once('.') {
@@ -569,96 +557,23 @@ fn map_table(
     };
     let mut columns = Vec::new();
     let mut metadata_at = None;
-    // The row's own UUID: the primary key, or its `id` part (a partitioned table's key also
-    // holds its partition columns).
-    let pk_is_uuid = |c: &Column| {
-        c.type_name == "uuid"
-            && ((dst.primary_key.len() == 1 && dst.primary_key[0] == c.name)
-                || (c.name == "id" && dst.primary_key.contains(&c.name)))
-    };
+    let sources =
+        Sources { src, source, target, zone, source_column: &source_column, fk_of: &fk_of };
     for c in &dst.columns {
         if c.generated.is_some() {
             // The target computes it from the row.
             continue;
         }
-        let file_rule = rule.and_then(|r| r.columns.get(&c.name));
-        let generic = rule.and_then(|r| r.generic.get(&c.name)).filter(|_| file_rule.is_none());
-        let mapping = if let Some(g) = generic {
-            match generic_feed(&c.name, g, source) {
-                Ok(feed) => Some(ColumnMapping {
-                    target: c.name.clone(),
-                    feed,
-                    transforms: vec![],
-                    rationale: format!(
-                        "the UUID of the row its {} names (a generic reference, \
-                        declared in the mapping file)",
-                        g.by
-                    ),
-                }),
-                Err(e) => {
-                    problems.push(at(Some(&c.name), e.0));
-                    continue;
-                }
-            }
-        } else if let Some(r) = file_rule {
-            match from_rule(r, c, zone, &source_column, &fk_of) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    problems.push(at(Some(&c.name), e.0));
-                    continue;
-                }
-            }
-        } else if pk_is_uuid(c) {
-            Some(ColumnMapping {
-                target: c.name.clone(),
-                feed: Feed::Key,
-                transforms: vec![],
-                rationale: "derived from the legacy key".into(),
-            })
-        } else if c.name == "legacy_id" {
-            Some(ColumnMapping {
-                target: c.name.clone(),
-                feed: Feed::LegacyKey,
-                transforms: vec![],
-                rationale: "the legacy key, kept".into(),
-            })
-        } else if c.name == "metadata" && category(c) == "json" {
-            metadata_at = Some(columns.len());
-            Some(ColumnMapping {
-                target: c.name.clone(),
-                feed: Feed::Metadata { columns: vec![] },
-                transforms: vec![],
-                rationale: String::new(),
-            })
-        } else {
-            let candidates = [c.name.clone(), format!("{}_cents", c.name)];
-            match candidates.iter().find_map(|n| src.column(n)) {
-                Some(sc) => match fk_of(&sc.name) {
-                    Some(fk) if category(c) == "uuid" => Some(ColumnMapping {
-                        target: c.name.clone(),
-                        feed: Feed::Reference {
-                            columns: vec![sc.name.clone()],
-                            parent: fk.references.clone(),
-                        },
-                        transforms: vec![],
-                        rationale: format!(
-                            "same name; the UUID of the {} row it points at",
-                            fk.references
-                        ),
-                    }),
-                    _ => {
-                        let (transforms, rationale) = inferred_transforms(sc, c, target, zone);
-                        Some(ColumnMapping {
-                            target: c.name.clone(),
-                            feed: Feed::Column { column: sc.name.clone() },
-                            transforms,
-                            rationale,
-                        })
-                    }
-                },
-                None => None,
+        let mapping = match sources.column_mapping(c, dst, rule) {
+            Ok(mapping) => mapping,
+            Err(e) => {
+                problems.push(at(Some(&c.name), e.0));
+                continue;
             }
         };
+        if mapping.as_ref().is_some_and(|m| matches!(m.feed, Feed::Metadata { .. })) {
+            metadata_at = Some(columns.len());
+        }
         match mapping {
             Some(m) => {
                 for used_col in feed_columns(&m.feed) {
@@ -678,21 +593,7 @@ fn map_table(
             None => {}
         }
     }
-    // Whatever the mapping does not use goes into metadata, or is dropped (and said so).
-    let rest: Vec<String> =
-        src.columns.iter().map(|c| c.name.clone()).filter(|n| !used.contains(n)).collect();
-    let mut dropped = Vec::new();
-    match metadata_at {
-        Some(i) => {
-            columns[i].rationale = if rest.is_empty() {
-                "no legacy column is left over".into()
-            } else {
-                format!("legacy columns with no target column: {}", rest.join(", "))
-            };
-            columns[i].feed = Feed::Metadata { columns: rest };
-        }
-        None => dropped = rest,
-    }
+    let dropped = leftovers(src, &used, &mut columns, metadata_at);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -706,6 +607,157 @@ fn map_table(
         dropped,
         sync,
     })
+}
+
+/// The source columns the mapping does not use: into the target's `metadata` when it has one
+/// (its rationale says which), else returned, to be dropped and said so.
+fn leftovers(
+    src: &Table,
+    used: &BTreeSet<String>,
+    columns: &mut [ColumnMapping],
+    metadata_at: Option<usize>,
+) -> Vec<String> {
+    let rest: Vec<String> =
+        src.columns.iter().map(|c| c.name.clone()).filter(|n| !used.contains(n)).collect();
+    match metadata_at {
+        Some(i) => {
+            columns[i].rationale = if rest.is_empty() {
+                "no legacy column is left over".into()
+            } else {
+                format!("legacy columns with no target column: {}", rest.join(", "))
+            };
+            columns[i].feed = Feed::Metadata { columns: rest };
+            Vec::new()
+        }
+        None => rest,
+    }
+}
+
+/// The mapping file's joins of an entity, with the tables they read; a joined table the source
+/// does not have is a problem, told to `problem`.
+fn joins_of<'a>(
+    rule: Option<&EntityRule>,
+    source: &'a SchemaReport,
+    used: &mut BTreeSet<String>,
+    problem: &mut dyn FnMut(String),
+) -> (Vec<Join>, Vec<&'a Table>) {
+    let mut joins = Vec::new();
+    let mut joined_tables: Vec<&Table> = Vec::new();
+    for j in rule.map(|r| r.join.as_slice()).unwrap_or_default() {
+        match source.find(&j.table) {
+            Some(t) => {
+                // The join column is carried by the joined table's own columns.
+                used.insert(j.on.clone());
+                joins.push(Join { table: t.name.clone(), on: j.on.clone(), key: j.key.clone() });
+                joined_tables.push(t);
+            }
+            None => problem(format!("joins `{}`, which the source does not have", j.table)),
+        }
+    }
+    (joins, joined_tables)
+}
+
+/// Where a mapped table's columns can come from: the source table (and the tables it joins),
+/// its references, the target and the time zone.
+struct Sources<'a> {
+    src: &'a Table,
+    source: &'a SchemaReport,
+    target: &'a SchemaReport,
+    zone: &'a str,
+    source_column: &'a dyn Fn(&str) -> Option<&'a Column>,
+    fk_of: &'a dyn Fn(&str) -> Option<&'a runtime::domain::ForeignKey>,
+}
+
+impl Sources<'_> {
+    /// What feeds a target column: a generic reference or a rule of the mapping file, else
+    /// the key, the legacy key, the metadata, or a source column of the same name (a
+    /// reference to its parent's UUID where it is one); `None` when nothing does.
+    fn column_mapping(
+        &self,
+        c: &Column,
+        dst: &Table,
+        rule: Option<&EntityRule>,
+    ) -> Result<Option<ColumnMapping>, BadInput> {
+        // The row's own UUID: the primary key, or its `id` part (a partitioned table's key also
+        // holds its partition columns).
+        let pk_is_uuid = |c: &Column| {
+            c.type_name == "uuid"
+                && ((dst.primary_key.len() == 1 && dst.primary_key[0] == c.name)
+                    || (c.name == "id" && dst.primary_key.contains(&c.name)))
+        };
+        let file_rule = rule.and_then(|r| r.columns.get(&c.name));
+        let generic = rule.and_then(|r| r.generic.get(&c.name)).filter(|_| file_rule.is_none());
+        Ok(if let Some(g) = generic {
+            match generic_feed(&c.name, g, self.source) {
+                Ok(feed) => Some(ColumnMapping {
+                    target: c.name.clone(),
+                    feed,
+                    transforms: vec![],
+                    rationale: format!(
+                        "the UUID of the row its {} names (a generic reference, \
+                        declared in the mapping file)",
+                        g.by
+                    ),
+                }),
+                Err(e) => return Err(e),
+            }
+        } else if let Some(r) = file_rule {
+            match from_rule(r, c, self.zone, self.source_column, self.fk_of) {
+                Ok(m) => Some(m),
+                Err(e) => return Err(e),
+            }
+        } else if pk_is_uuid(c) {
+            Some(ColumnMapping {
+                target: c.name.clone(),
+                feed: Feed::Key,
+                transforms: vec![],
+                rationale: "derived from the legacy key".into(),
+            })
+        } else if c.name == "legacy_id" {
+            Some(ColumnMapping {
+                target: c.name.clone(),
+                feed: Feed::LegacyKey,
+                transforms: vec![],
+                rationale: "the legacy key, kept".into(),
+            })
+        } else if c.name == "metadata" && category(c) == "json" {
+            Some(ColumnMapping {
+                target: c.name.clone(),
+                feed: Feed::Metadata { columns: vec![] },
+                transforms: vec![],
+                rationale: String::new(),
+            })
+        } else {
+            let candidates = [c.name.clone(), format!("{}_cents", c.name)];
+            match candidates.iter().find_map(|n| self.src.column(n)) {
+                Some(sc) => match (self.fk_of)(&sc.name) {
+                    Some(fk) if category(c) == "uuid" => Some(ColumnMapping {
+                        target: c.name.clone(),
+                        feed: Feed::Reference {
+                            columns: vec![sc.name.clone()],
+                            parent: fk.references.clone(),
+                        },
+                        transforms: vec![],
+                        rationale: format!(
+                            "same name; the UUID of the {} row it points at",
+                            fk.references
+                        ),
+                    }),
+                    _ => {
+                        let (transforms, rationale) =
+                            inferred_transforms(sc, c, self.target, self.zone);
+                        Some(ColumnMapping {
+                            target: c.name.clone(),
+                            feed: Feed::Column { column: sc.name.clone() },
+                            transforms,
+                            rationale,
+                        })
+                    }
+                },
+                None => None,
+            }
+        })
+    }
 }
 
 fn feed_columns(feed: &Feed) -> Vec<String> {
