@@ -12,6 +12,7 @@ mod llm;
 mod planning;
 mod proof;
 mod sandboxing;
+mod shape;
 mod supervision;
 mod sync;
 mod terminal;
