@@ -804,3 +804,6 @@ fn report_batch(
         rows_total: req.entity.forecast.as_ref().map(|f| f.rows as u64),
     });
 }
+
+#[cfg(test)]
+mod tests;

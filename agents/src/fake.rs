@@ -13,6 +13,10 @@ use runtime::domain::{
 use runtime::error::ToolError;
 use runtime::ports::Rows;
 
+mod target;
+
+pub use target::MemTarget;
+
 pub fn name(table: &str) -> TableName {
     TableName::new("public", table)
 }
@@ -243,4 +247,46 @@ impl Rows for MemRows {
         }
         Ok(sent)
     }
+}
+
+/// An audit trail kept in memory.
+#[derive(Default)]
+pub struct MemAudit(pub std::sync::Mutex<Vec<runtime::audit::AuditEvent>>);
+
+#[async_trait]
+impl runtime::audit::AuditSink for MemAudit {
+    async fn append(
+        &self,
+        _: runtime::RunId,
+        events: &[runtime::audit::AuditEvent],
+    ) -> Result<(), runtime::audit::AuditError> {
+        self.0.lock().unwrap().extend_from_slice(events);
+        Ok(())
+    }
+    async fn head(
+        &self,
+        _: runtime::RunId,
+    ) -> Result<runtime::audit::ChainHead, runtime::audit::AuditError> {
+        Ok(runtime::audit::ChainHead::empty())
+    }
+}
+
+/// A run's context over an audit trail in memory.
+pub async fn context() -> std::sync::Arc<runtime::context::RunContext> {
+    use runtime::audit_writer::{Audit, AuditWriter, AuditWriterArgs};
+    let run_id = runtime::RunId::new();
+    let args = AuditWriterArgs {
+        run_id,
+        sink: std::sync::Arc::new(MemAudit::default()),
+        redactor: runtime::redact::Redactor::default(),
+        flush_every: std::time::Duration::from_millis(100),
+        batch: 64,
+    };
+    let (writer, _) = ractor::Actor::spawn(None, AuditWriter, args).await.unwrap();
+    std::sync::Arc::new(runtime::context::RunContext::new(
+        run_id,
+        Audit::new(writer),
+        runtime::events::EventBus::default(),
+        std::time::Duration::from_secs(30),
+    ))
 }

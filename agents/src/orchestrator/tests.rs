@@ -1,12 +1,11 @@
 //! The orchestrator without I/O: a catalog that never answers, on tokio's paused clock, shows
 //! that a run never hangs silently.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use ractor::Actor;
-use runtime::audit::{AuditError, AuditEvent, AuditSink, ChainHead};
 use runtime::audit_writer::{Audit, AuditWriter, AuditWriterArgs};
 use runtime::context::RunContext;
 use runtime::domain::Scan;
@@ -19,21 +18,6 @@ use runtime::supervise::{RestartPolicy, Slot};
 use runtime::{AgentName, RunId};
 
 use super::{Orchestrator, OrchestratorArgs, OrchestratorMsg, PlanGoal, Tools, PHASE_STEPS};
-
-/// Keeps the trail in memory: this test is about timing, not storage.
-#[derive(Default)]
-struct Memory(Mutex<Vec<AuditEvent>>);
-
-#[async_trait]
-impl AuditSink for Memory {
-    async fn append(&self, _: RunId, events: &[AuditEvent]) -> Result<(), AuditError> {
-        self.0.lock().unwrap().extend_from_slice(events);
-        Ok(())
-    }
-    async fn head(&self, _: RunId) -> Result<ChainHead, AuditError> {
-        Ok(ChainHead::empty())
-    }
-}
 
 /// A catalog whose database never answers.
 struct Silent;
@@ -59,7 +43,7 @@ impl Rows for Silent {
 #[tokio::test(start_paused = true)]
 async fn a_request_that_is_never_answered_fails_with_a_clear_error() {
     let run_id = RunId::new();
-    let sink = Arc::new(Memory::default());
+    let sink = Arc::new(crate::fake::MemAudit::default());
     let args = AuditWriterArgs {
         run_id,
         sink: sink.clone(),
