@@ -437,10 +437,18 @@ async fn bench_migrate(
             is left out"
         );
     }
-    let copier_jobs = bench_copier_jobs(jobs);
+    // pgcopydb as users run it on a 2-core machine: two tables and two indexes at a time.
+    let copier_jobs = jobs.clamp(1, 2).to_string();
     // The pipe and the run take turns, so that a slow spell of the machine weighs on both.
     let mut done: Vec<Round> = Vec::new();
-    let bench = Bench { config, conns: &conns, source: &source, jobs, copier: copier.as_deref() };
+    let bench = Bench {
+        config,
+        conns: &conns,
+        source: &source,
+        jobs,
+        copier: copier.as_deref(),
+        copier_jobs: &copier_jobs,
+    };
     for round in 1..=rounds.max(1) {
         done.push(bench.round(round).await?);
     }
@@ -595,11 +603,6 @@ fn markdown(s: &Summary<'_>) -> String {
     )
 }
 
-/// pgcopydb as users run it on a 2-core machine: two tables and two indexes at a time.
-fn bench_copier_jobs(jobs: usize) -> String {
-    jobs.clamp(1, 2).to_string()
-}
-
 /// What every round of `bench migrate` measures against.
 struct Bench<'a> {
     config: &'a Config,
@@ -607,6 +610,8 @@ struct Bench<'a> {
     source: &'a tools::pg::Pool,
     jobs: usize,
     copier: Option<&'a Path>,
+    /// How many tables and indexes pgcopydb works on at once.
+    copier_jobs: &'a str,
 }
 
 impl Bench<'_> {
@@ -614,8 +619,7 @@ impl Bench<'_> {
     /// into a fresh target on a settled machine.
     async fn round(&self, round: usize) -> Result<Round, Exit> {
         let jobs = self.jobs;
-        let jobs_arg = jobs.clamp(1, 8).to_string();
-        let copier_jobs = bench_copier_jobs(jobs);
+        let (jobs_arg, copier_jobs) = (jobs.clamp(1, 8).to_string(), self.copier_jobs);
         // The previous round's target goes before the pipe, so that neither measurement shares
         // the machine with autovacuum clearing up after the one before it.
         fresh_target(&self.conns.target).await?;
@@ -633,7 +637,7 @@ impl Bench<'_> {
                     "round {round}: pgcopydb clone, {copier_jobs} tables and indexes at a time ..."
                 );
                 let seconds =
-                    pgcopydb_clone(bin, self.config, &self.conns.target, &copier_jobs).await?;
+                    pgcopydb_clone(bin, self.config, &self.conns.target, copier_jobs).await?;
                 eprintln!("  {seconds:.1}s");
                 tools::bench::settle(self.source, &self.conns.target).await?;
                 Some(seconds)

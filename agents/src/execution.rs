@@ -174,10 +174,8 @@ impl Actor for ExecutionAgent {
                 let (ctx, rows, target) =
                     (state.ctx.clone(), state.source_rows.clone(), state.target());
                 tokio::spawn(async move {
-                    let result = match target {
-                        Ok(target) => migrate_restarting(&ctx, rows, target, &env.body).await,
-                        Err(e) => Err(e),
-                    };
+                    let result = async { migrate_restarting(&ctx, rows, target?, &env.body).await };
+                    let result = result.await;
                     let what = format!("migrating {}", env.body.entity.table);
                     let _ = reply.send(result.map_err(|e| AgentError::of(ME, e.context(what))));
                 });
@@ -190,29 +188,25 @@ impl Actor for ExecutionAgent {
                 let (ctx, target) = (state.ctx.clone(), state.target());
                 tokio::spawn(async move {
                     let req = &env.body;
-                    let result = match target {
-                        Ok(target) => {
-                            crate::differential::apply(&ctx, target.as_ref(), &req.entity, req.pass)
-                                .await
-                        }
-                        Err(e) => Err(e),
+                    let result = async {
+                        crate::differential::apply(&ctx, target?.as_ref(), &req.entity, req.pass)
+                            .await
                     };
+                    let result = result.await;
                     let what = format!("applying changes to {}", req.entity.entity.table);
                     let _ = reply.send(result.map_err(|e| AgentError::of(ME, e.context(what))));
                 });
             }
             ExecutionMsg::Preflight(env, reply) => {
-                let done = match state.target() {
-                    Ok(target) => preflight(&state.ctx, target.as_ref(), &env.body).await,
-                    Err(e) => Err(e),
-                };
+                let done =
+                    async { preflight(&state.ctx, state.target()?.as_ref(), &env.body).await };
+                let done = done.await;
                 let _ = reply.send(done.map_err(|e| AgentError::of(ME, e)));
             }
             ExecutionMsg::Constraints(env, reply) => {
-                let done = match state.target() {
-                    Ok(target) => constraints(&state.ctx, target.as_ref(), &env.body).await,
-                    Err(e) => Err(e),
-                };
+                let done =
+                    async { constraints(&state.ctx, state.target()?.as_ref(), &env.body).await };
+                let done = done.await;
                 let _ = reply.send(done.map_err(|e| AgentError::of(ME, e)));
             }
         }

@@ -271,22 +271,24 @@ impl runtime::audit::AuditSink for MemAudit {
     }
 }
 
-/// A run's context over an audit trail in memory.
-pub async fn context() -> std::sync::Arc<runtime::context::RunContext> {
+/// A run's context over an audit trail in memory, and that trail.
+pub async fn context() -> (std::sync::Arc<runtime::context::RunContext>, std::sync::Arc<MemAudit>) {
     use runtime::audit_writer::{Audit, AuditWriter, AuditWriterArgs};
     let run_id = runtime::RunId::new();
+    let sink = std::sync::Arc::new(MemAudit::default());
     let args = AuditWriterArgs {
         run_id,
-        sink: std::sync::Arc::new(MemAudit::default()),
+        sink: sink.clone(),
         redactor: runtime::redact::Redactor::default(),
         flush_every: std::time::Duration::from_millis(100),
         batch: 64,
     };
     let (writer, _) = ractor::Actor::spawn(None, AuditWriter, args).await.unwrap();
-    std::sync::Arc::new(runtime::context::RunContext::new(
+    let ctx = runtime::context::RunContext::new(
         run_id,
         Audit::new(writer),
         runtime::events::EventBus::default(),
         std::time::Duration::from_secs(30),
-    ))
+    );
+    (std::sync::Arc::new(ctx), sink)
 }

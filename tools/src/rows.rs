@@ -10,7 +10,7 @@ use runtime::text_rows::TextRows;
 use sqlx::PgPool;
 
 use crate::catalog::{ident, quoted};
-use crate::pg::describe;
+use crate::pg::while_doing;
 
 pub struct PgRows {
     pool: PgPool,
@@ -92,9 +92,7 @@ impl PgRows {
         mut each: impl FnMut(&mut TextRows) + Send,
     ) -> Result<u64, ToolError> {
         let what = || format!("while reading {}", scan.table);
-        let failed = |e: sqlx::Error| {
-            ToolError::new(crate::pg::kind(&e), format!("{}: {}", what(), describe(&e)))
-        };
+        let failed = |e: sqlx::Error| while_doing(format!("reading {}", scan.table))(e);
         let sql = format!("COPY ({}) TO STDOUT", select(scan));
         let mut conn = self.pool.acquire().await.map_err(failed)?;
         let mut stream = conn.copy_out_raw(&sql).await.map_err(failed)?;

@@ -68,7 +68,7 @@ async fn every_row_is_migrated_or_rejected_with_its_reason_and_the_validation_pr
     )
     .unwrap();
     let set = build(&legacy(), &modern(), &file).unwrap();
-    let (ctx, rows) = (context().await, Arc::new(source()));
+    let (ctx, rows) = (context().await.0, Arc::new(source()));
     let memory = Arc::new(MemTarget::default());
     let target: Arc<dyn Target> = memory.clone();
     let roles = entity(&set, "dispatch_role", &[]);
@@ -112,7 +112,7 @@ async fn every_row_is_migrated_or_rejected_with_its_reason_and_the_validation_pr
 #[tokio::test]
 async fn a_row_changed_in_the_target_fails_the_validation_by_its_key() {
     let set = build(&legacy(), &modern(), &MappingFile::default()).unwrap();
-    let (ctx, rows) = (context().await, Arc::new(source()));
+    let (ctx, rows) = (context().await.0, Arc::new(source()));
     let memory = Arc::new(MemTarget::default());
     let target: Arc<dyn Target> = memory.clone();
     let mut roles = entity(&set, "dispatch_role", &[]);

@@ -6,16 +6,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ractor::Actor;
-use runtime::audit_writer::{Audit, AuditWriter, AuditWriterArgs};
-use runtime::context::RunContext;
 use runtime::domain::Scan;
 use runtime::domain::SchemaReport;
 use runtime::envelope::Courier;
-use runtime::events::EventBus;
 use runtime::ports::{Catalog, Rows, ToolError};
-use runtime::redact::Redactor;
 use runtime::supervise::{RestartPolicy, Slot};
-use runtime::{AgentName, RunId};
+use runtime::AgentName;
 
 use super::{Orchestrator, OrchestratorArgs, OrchestratorMsg, PlanGoal, Tools, PHASE_STEPS};
 
@@ -42,23 +38,7 @@ impl Rows for Silent {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_that_is_never_answered_fails_with_a_clear_error() {
-    let run_id = RunId::new();
-    let sink = Arc::new(crate::fake::MemAudit::default());
-    let args = AuditWriterArgs {
-        run_id,
-        sink: sink.clone(),
-        redactor: Redactor::default(),
-        flush_every: Duration::from_millis(100),
-        batch: 64,
-    };
-    let (writer, _) = Actor::spawn(None, AuditWriter, args).await.unwrap();
-    let audit = Audit::new(writer);
-    let ctx = Arc::new(RunContext::new(
-        run_id,
-        audit.clone(),
-        EventBus::default(),
-        Duration::from_secs(30),
-    ));
+    let (ctx, sink) = crate::fake::context().await;
     let tools = Tools {
         source: Arc::new(Silent),
         target: Some(Arc::new(Silent)),
@@ -93,7 +73,7 @@ async fn a_request_that_is_never_answered_fails_with_a_clear_error() {
     assert_eq!(started.elapsed(), Duration::from_secs(30));
 
     orchestrator.stop_and_wait(None, None).await.unwrap();
-    audit.close().await;
+    ctx.audit.clone().close().await;
     let trail = sink.0.lock().unwrap();
     assert!(
         trail.iter().any(|e| e.kind == "error" && e.summary == err.message),
