@@ -13,20 +13,23 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use runtime::context::RunContext;
 use runtime::domain::TableName;
 use runtime::domain::{
     key_parts, legacy_key, row_json, Batch, Checkpoint, DiffApplied, ParentIds, RejectedRow,
-    RollbackEntity, RolledBack, Scan,
+    RollbackEntity, RolledBack, Scan, Written,
 };
 use runtime::envelope::{AgentError, Envelope};
 use runtime::events::RunEvent;
+use runtime::jobs::{end_workers, JobName, Jobs};
 use runtime::mapping::KeyDeriver;
 use runtime::ports::{Rows, Target};
+use runtime::supervise::RestartPolicy;
 use runtime::text_rows::TextRows;
+use tokio_util::task::AbortOnDropHandle;
 
-use crate::pipeline::{prepare, read_ahead, restarting, synced_columns, MigrateEntity, Prepared};
+use crate::pipeline::{prepare, read_ahead, synced_columns, MigrateEntity, Prepared};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +117,8 @@ pub struct ExecutionArgs {
     pub ctx: Arc<RunContext>,
     pub source_rows: Arc<dyn Rows>,
     pub target: Option<Arc<dyn Target>>,
+    /// How often a failed entity's worker is started again.
+    pub policy: RestartPolicy,
 }
 
 impl ExecutionArgs {
@@ -148,68 +153,108 @@ async fn rollback(state: &ExecutionArgs, req: &Rollback) -> Result<Vec<RolledBac
     Ok(done)
 }
 
+/// The agent's state: what it was started with, and the entity work it supervises.
+pub struct Execution {
+    args: ExecutionArgs,
+    jobs: Jobs,
+}
+
 impl Actor for ExecutionAgent {
     type Msg = ExecutionMsg;
-    type State = ExecutionArgs;
+    type State = Execution;
     type Arguments = ExecutionArgs;
 
     async fn pre_start(
         &self,
         _: ActorRef<ExecutionMsg>,
         args: ExecutionArgs,
-    ) -> Result<ExecutionArgs, ActorProcessingErr> {
-        Ok(args)
+    ) -> Result<Execution, ActorProcessingErr> {
+        Ok(Execution { jobs: Jobs::new(args.ctx.clone(), ME, args.policy), args })
     }
 
     async fn handle(
         &self,
-        _: ActorRef<ExecutionMsg>,
+        myself: ActorRef<ExecutionMsg>,
         msg: ExecutionMsg,
-        state: &mut ExecutionArgs,
+        state: &mut Execution,
     ) -> Result<(), ActorProcessingErr> {
+        let args = &state.args;
         match msg {
             ExecutionMsg::Migrate(env, reply) => {
-                // Each entity migrates in a task of its own, so the entities of a wave run side
-                // by side; the reply goes out from the task.
+                // Each entity migrates in a worker of its own, so the entities of a wave run
+                // side by side; a worker that fails is started again from its checkpoint.
                 let (ctx, rows, target) =
-                    (state.ctx.clone(), state.source_rows.clone(), state.target());
-                tokio::spawn(async move {
-                    let result = async { migrate_restarting(&ctx, rows, target?, &env.body).await };
-                    let result = result.await;
-                    let what = format!("migrating {}", env.body.entity.table);
-                    let _ = reply.send(result.map_err(|e| AgentError::of(ME, e.context(what))));
-                });
+                    (args.ctx.clone(), args.source_rows.clone(), args.target());
+                let req = env.body;
+                let name = JobName {
+                    entity: req.spec.source.to_string(),
+                    table: req.spec.target.name.clone(),
+                    again: Some("starting again from its last checkpoint".into()),
+                    doing: format!("migrating {}", req.entity.table),
+                };
+                let work = move |restarts| {
+                    let (ctx, rows, target, req) =
+                        (ctx.clone(), rows.clone(), target.clone(), req.clone());
+                    async move {
+                        let mut result = migrate(&ctx, rows, target?, &req).await?;
+                        result.restarts = restarts;
+                        Ok(result)
+                    }
+                };
+                state.jobs.start(&myself.get_cell(), name, reply, work).await?;
+            }
+            ExecutionMsg::ApplyDiff(env, reply) => {
+                let (ctx, target, req) = (args.ctx.clone(), args.target(), env.body);
+                let name = JobName {
+                    entity: req.entity.spec.source.to_string(),
+                    table: req.entity.spec.target.name.clone(),
+                    again: None,
+                    doing: format!("applying changes to {}", req.entity.entity.table),
+                };
+                let work = move |_| {
+                    let (ctx, target, req) = (ctx.clone(), target.clone(), req.clone());
+                    async move {
+                        crate::differential::apply(&ctx, target?.as_ref(), &req.entity, req.pass)
+                            .await
+                    }
+                };
+                state.jobs.start(&myself.get_cell(), name, reply, work).await?;
             }
             ExecutionMsg::Rollback(env, reply) => {
                 let _ =
-                    reply.send(rollback(state, &env.body).await.map_err(|e| AgentError::of(ME, e)));
-            }
-            ExecutionMsg::ApplyDiff(env, reply) => {
-                let (ctx, target) = (state.ctx.clone(), state.target());
-                tokio::spawn(async move {
-                    let req = &env.body;
-                    let result = async {
-                        crate::differential::apply(&ctx, target?.as_ref(), &req.entity, req.pass)
-                            .await
-                    };
-                    let result = result.await;
-                    let what = format!("applying changes to {}", req.entity.entity.table);
-                    let _ = reply.send(result.map_err(|e| AgentError::of(ME, e.context(what))));
-                });
+                    reply.send(rollback(args, &env.body).await.map_err(|e| AgentError::of(ME, e)));
             }
             ExecutionMsg::Preflight(env, reply) => {
-                let done =
-                    async { preflight(&state.ctx, state.target()?.as_ref(), &env.body).await };
+                let done = async { preflight(&args.ctx, args.target()?.as_ref(), &env.body).await };
                 let done = done.await;
                 let _ = reply.send(done.map_err(|e| AgentError::of(ME, e)));
             }
             ExecutionMsg::Constraints(env, reply) => {
                 let done =
-                    async { constraints(&state.ctx, state.target()?.as_ref(), &env.body).await };
+                    async { constraints(&args.ctx, args.target()?.as_ref(), &env.body).await };
                 let done = done.await;
                 let _ = reply.send(done.map_err(|e| AgentError::of(ME, e)));
             }
         }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<ExecutionMsg>,
+        event: SupervisionEvent,
+        state: &mut Execution,
+    ) -> Result<(), ActorProcessingErr> {
+        state.jobs.on_event(event, &myself.get_cell()).await;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<ExecutionMsg>,
+        _: &mut Execution,
+    ) -> Result<(), ActorProcessingErr> {
+        end_workers(&myself.get_cell()).await;
         Ok(())
     }
 }
@@ -286,23 +331,7 @@ fn record_put_back(ctx: &RunContext, table: &TableName, names: &[String]) {
     }
 }
 
-async fn migrate_restarting(
-    ctx: &Arc<RunContext>,
-    rows: Arc<dyn Rows>,
-    target: Arc<dyn Target>,
-    req: &MigrateEntity,
-) -> Result<EntityResult, ToolError> {
-    let work = |c: Arc<RunContext>, body: MigrateEntity| {
-        let (r, t) = (rows.clone(), target.clone());
-        async move { migrate(&c, r, t, &body).await }
-    };
-    let (mut result, restarts) =
-        restarting(ctx, ME, req, "starting again from its last checkpoint", work).await?;
-    result.restarts = restarts;
-    Ok(result)
-}
-
-async fn migrate(
+pub(crate) async fn migrate(
     ctx: &RunContext,
     rows: Arc<dyn Rows>,
     target: Arc<dyn Target>,
@@ -457,9 +486,7 @@ async fn load_batches(
     let (mut pages, reader) = read_ahead(rows, Scan { after, ..Scan::entity(spec) }, batch_size);
 
     // At most one batch is being written while the next one is mapped.
-    let mut in_flight: Option<
-        tokio::task::JoinHandle<Result<(Batch, runtime::domain::Written), ToolError>>,
-    > = None;
+    let mut in_flight: Option<AbortOnDropHandle<Result<(Batch, Written), ToolError>>> = None;
     let mut spare: Option<TextRows> = None;
     loop {
         let page = match pages.recv().await {
@@ -496,10 +523,10 @@ async fn load_batches(
             b.baseline = hashed.to_vec();
         }
         let target = target.clone();
-        in_flight = Some(tokio::spawn(async move {
+        in_flight = Some(AbortOnDropHandle::new(tokio::spawn(async move {
             let written = target.write(&b).await?;
             Ok((b, written))
-        }));
+        })));
     }
     reader.await.map_err(|e| ToolError::system(format!("the reader stopped: {e}")))?;
     Ok(checkpoint)
@@ -771,7 +798,7 @@ fn report_batch(
     ctx: &RunContext,
     req: &MigrateEntity,
     batch: &Batch,
-    written: &runtime::domain::Written,
+    written: &Written,
     result: &mut EntityResult,
 ) {
     let spec = &req.spec;

@@ -171,6 +171,87 @@ pub struct OrchestratorState {
     courier: Courier,
     /// Each reader of source rows that runs custom transforms, to stop their scripts.
     scripted: Vec<Arc<ScriptedRows>>,
+    /// The phases under way, each a task that asks the agents and answers its request; ended
+    /// when the orchestrator stops.
+    phases: tokio::task::JoinSet<()>,
+}
+
+/// The six agents, not started yet: the team that respawns them, the slots their callers use,
+/// and the readers of source rows that run custom transforms.
+fn team(args: OrchestratorArgs) -> (Team, Agents, Vec<Arc<ScriptedRows>>) {
+    let ctx = args.ctx;
+    let mut team = Team::new(ctx.clone(), args.policy);
+    // Each agent that reads source rows reads them with the mapping's custom transforms
+    // applied, through scripts of its own in the sandbox.
+    let scripted = |agent| {
+        Arc::new(ScriptedRows::new(
+            args.tools.source_rows.clone(),
+            args.tools.code.clone(),
+            ctx.clone(),
+            agent,
+        ))
+    };
+    let (for_schema, for_mapping, for_execution, for_validation) = (
+        scripted(AgentName::SchemaAnalysis),
+        scripted(AgentName::DataMapping),
+        scripted(AgentName::Execution),
+        scripted(AgentName::Validation),
+    );
+    let all_scripted = vec![
+        for_schema.clone(),
+        for_mapping.clone(),
+        for_execution.clone(),
+        for_validation.clone(),
+    ];
+    let agents = Agents {
+        schema: team.add(
+            AgentName::SchemaAnalysis,
+            SchemaAnalysisAgent,
+            SchemaAnalysisArgs {
+                ctx: ctx.clone(),
+                source: args.tools.source,
+                target: args.tools.target,
+                source_rows: for_schema,
+                code: args.tools.code.clone(),
+            },
+        ),
+        planning: team.add(
+            AgentName::Planning,
+            PlanningAgent,
+            PlanningArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() },
+        ),
+        mapping: team.add(
+            AgentName::DataMapping,
+            DataMappingAgent,
+            DataMappingArgs { ctx: ctx.clone(), llm: args.tools.llm.clone(), rows: for_mapping },
+        ),
+        execution: team.add(
+            AgentName::Execution,
+            ExecutionAgent,
+            ExecutionArgs {
+                ctx: ctx.clone(),
+                source_rows: for_execution,
+                target: args.tools.target_writer.clone(),
+                policy: args.policy,
+            },
+        ),
+        validation: team.add(
+            AgentName::Validation,
+            ValidationAgent,
+            ValidationArgs {
+                ctx: ctx.clone(),
+                source_rows: for_validation,
+                target: args.tools.target_writer,
+                policy: args.policy,
+            },
+        ),
+        guidance: team.add(
+            AgentName::Guidance,
+            GuidanceAgent,
+            GuidanceArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() },
+        ),
+    };
+    (team, agents, all_scripted)
 }
 
 impl Actor for Orchestrator {
@@ -183,89 +264,19 @@ impl Actor for Orchestrator {
         myself: ActorRef<OrchestratorMsg>,
         args: OrchestratorArgs,
     ) -> Result<OrchestratorState, ActorProcessingErr> {
-        let ctx = args.ctx;
-        let mut team = Team::new(ctx.clone(), args.policy);
-        // Each agent that reads source rows reads them with the mapping's custom transforms
-        // applied, through scripts of its own in the sandbox.
-        let scripted = |agent| {
-            Arc::new(ScriptedRows::new(
-                args.tools.source_rows.clone(),
-                args.tools.code.clone(),
-                ctx.clone(),
-                agent,
-            ))
-        };
-        let (for_schema, for_mapping, for_execution, for_validation) = (
-            scripted(AgentName::SchemaAnalysis),
-            scripted(AgentName::DataMapping),
-            scripted(AgentName::Execution),
-            scripted(AgentName::Validation),
-        );
-        let all_scripted = vec![
-            for_schema.clone(),
-            for_mapping.clone(),
-            for_execution.clone(),
-            for_validation.clone(),
-        ];
-        let agents = Agents {
-            schema: team.add(
-                AgentName::SchemaAnalysis,
-                SchemaAnalysisAgent,
-                SchemaAnalysisArgs {
-                    ctx: ctx.clone(),
-                    source: args.tools.source,
-                    target: args.tools.target,
-                    source_rows: for_schema,
-                    code: args.tools.code.clone(),
-                },
-            ),
-            planning: team.add(
-                AgentName::Planning,
-                PlanningAgent,
-                PlanningArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() },
-            ),
-            mapping: team.add(
-                AgentName::DataMapping,
-                DataMappingAgent,
-                DataMappingArgs {
-                    ctx: ctx.clone(),
-                    llm: args.tools.llm.clone(),
-                    rows: for_mapping,
-                },
-            ),
-            execution: team.add(
-                AgentName::Execution,
-                ExecutionAgent,
-                ExecutionArgs {
-                    ctx: ctx.clone(),
-                    source_rows: for_execution,
-                    target: args.tools.target_writer.clone(),
-                },
-            ),
-            validation: team.add(
-                AgentName::Validation,
-                ValidationAgent,
-                ValidationArgs {
-                    ctx: ctx.clone(),
-                    source_rows: for_validation,
-                    target: args.tools.target_writer,
-                },
-            ),
-            guidance: team.add(
-                AgentName::Guidance,
-                GuidanceAgent,
-                GuidanceArgs { ctx: ctx.clone(), llm: args.tools.llm.clone() },
-            ),
-        };
+        let (ctx, policy) = (args.ctx.clone(), args.policy);
+        let (mut team, agents, scripted) = team(args);
         team.start(&myself.get_cell()).await?;
         ctx.decision(
             ME,
             "started the team of six agents",
             format!(
                 "each agent is linked to the orchestrator, which restarts one that fails up to {} \
-                    times within {}s before the run gives up on it",
-                args.policy.max_restarts,
-                args.policy.window.as_secs()
+                    times within {}s before the run gives up on it; the execution and validation \
+                    agents apply the same policy to the worker each entity runs in, which starts \
+                    again from what is committed",
+                policy.max_restarts,
+                policy.window.as_secs()
             ),
             AgentName::TEAM,
         );
@@ -273,7 +284,8 @@ impl Actor for Orchestrator {
             team,
             agents,
             courier: Courier::new(ctx, ME),
-            scripted: all_scripted,
+            scripted,
+            phases: tokio::task::JoinSet::new(),
         })
     }
 
@@ -284,50 +296,10 @@ impl Actor for Orchestrator {
         state: &mut OrchestratorState,
     ) -> Result<(), ActorProcessingErr> {
         let (agents, courier) = (state.agents.clone(), state.courier.clone());
-        match msg {
-            OrchestratorMsg::Plan(env, reply) => {
-                tokio::spawn(async move {
-                    let _ = reply.send(plan_phase(&courier, &agents, env.body).await);
-                });
-            }
-            OrchestratorMsg::Analyze(env, reply) => {
-                tokio::spawn(async move {
-                    let _ = reply.send(analyze(&courier, &agents, env.body).await);
-                });
-            }
-            OrchestratorMsg::Profile(env, reply) => {
-                tokio::spawn(async move {
-                    let _ = reply.send(profile_phase(&courier, &agents, env.body).await);
-                });
-            }
-            OrchestratorMsg::Execute(env, reply) => {
-                tokio::spawn(async move {
-                    let _ = reply.send(execute_phase(&courier, &agents, env.body).await);
-                });
-            }
-            OrchestratorMsg::Rollback(env, reply) => {
-                tokio::spawn(async move {
-                    let _ = reply.send(rollback_phase(&courier, &agents, env.body).await);
-                });
-            }
-            OrchestratorMsg::Validate(env, reply) => {
-                tokio::spawn(async move {
-                    let _ = reply.send(validate_phase(&courier, &agents, env.body).await);
-                });
-            }
-            OrchestratorMsg::Diff(env, reply) => {
-                tokio::spawn(async move {
-                    let _ = reply.send(diff_phase(&courier, &agents, env.body).await);
-                });
-            }
-            OrchestratorMsg::Map(env, reply) => {
-                tokio::spawn(async move {
-                    let _ = reply.send(
-                        map_phase(&courier, &agents, &env.body, true).await.map(|(_, _, m)| m),
-                    );
-                });
-            }
-        }
+        while state.phases.try_join_next().is_some() {}
+        // A phase waits on the agents for minutes; it runs beside the orchestrator's mailbox,
+        // so supervision events and other requests are handled meanwhile.
+        state.phases.spawn(async move { phase(&courier, &agents, msg).await });
         Ok(())
     }
 
@@ -346,9 +318,44 @@ impl Actor for Orchestrator {
         myself: ActorRef<OrchestratorMsg>,
         state: &mut OrchestratorState,
     ) -> Result<(), ActorProcessingErr> {
+        // The phases first (their requests are dropped, never half-applied), then the agents,
+        // which end the work they supervise before they stop.
+        state.phases.abort_all();
+        while state.phases.join_next().await.is_some() {}
         myself.stop_children_and_wait(None, Some(std::time::Duration::from_secs(10))).await;
         futures::future::join_all(state.scripted.iter().map(|s| s.close())).await;
         Ok(())
+    }
+}
+
+/// Runs the phase a request asks for and answers it.
+async fn phase(courier: &Courier, agents: &Agents, msg: OrchestratorMsg) {
+    match msg {
+        OrchestratorMsg::Plan(env, reply) => {
+            let _ = reply.send(plan_phase(courier, agents, env.body).await);
+        }
+        OrchestratorMsg::Analyze(env, reply) => {
+            let _ = reply.send(analyze(courier, agents, env.body).await);
+        }
+        OrchestratorMsg::Profile(env, reply) => {
+            let _ = reply.send(profile_phase(courier, agents, env.body).await);
+        }
+        OrchestratorMsg::Execute(env, reply) => {
+            let _ = reply.send(execute_phase(courier, agents, env.body).await);
+        }
+        OrchestratorMsg::Rollback(env, reply) => {
+            let _ = reply.send(rollback_phase(courier, agents, env.body).await);
+        }
+        OrchestratorMsg::Validate(env, reply) => {
+            let _ = reply.send(validate_phase(courier, agents, env.body).await);
+        }
+        OrchestratorMsg::Diff(env, reply) => {
+            let _ = reply.send(diff_phase(courier, agents, env.body).await);
+        }
+        OrchestratorMsg::Map(env, reply) => {
+            let mapped = map_phase(courier, agents, &env.body, true).await;
+            let _ = reply.send(mapped.map(|(_, _, m)| m));
+        }
     }
 }
 

@@ -1,9 +1,10 @@
 //! The read-and-map pipeline that the migration, the validation and the differential sync all
 //! stand on: an entity to move ([`MigrateEntity`]), its mapper set up against the target
 //! ([`prepare`]), the source read a page ahead ([`read_ahead`]), pages compared in the target
-//! a few at a time and answered in key order ([`InPageOrder`]), the target row a page should
-//! become ([`expect`]), and the restart of an entity's work from what is committed
-//! ([`restarting`]). Agents import this module; it imports no agent.
+//! a few at a time and answered in key order ([`InPageOrder`]), and the target row a page should
+//! become ([`expect`]). The tasks it starts end when what holds them is dropped, so an entity's
+//! worker that is stopped leaves nothing running. Agents import this module; it imports no
+//! agent.
 
 use std::sync::Arc;
 
@@ -17,13 +18,10 @@ use runtime::ports::{Rows, Target};
 use runtime::text_rows::TextRows;
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::transform::RowMapper;
 use runtime::mapping::Keys;
-
-/// How often an entity that failed (a lost connection, the target restarting: anything its
-/// batch retries did not outlast) starts again from its last checkpoint before the run gives up.
-const ENTITY_RESTARTS: u32 = 3;
 
 /// Source pages read ahead of the mapping and writing: one in the channel, one being read.
 const READ_AHEAD: usize = 1;
@@ -156,59 +154,18 @@ pub async fn prepare(
     Ok(Prepared { mapper, out_cols, id_col, deferred_cols, self_refs_checked, references })
 }
 
-/// Runs `work` on an entity in a worker task of its own, again (after 2, 4, 8 s) when it
-/// failed or panicked, up to [`ENTITY_RESTARTS`] times, unless the error's kind says
-/// restarting cannot mend it ([`runtime::error::ErrorKind::worth_restarting`]). Returns the result
-/// and how many restarts it took; each restart is a decision
-/// in the trail. The work must be safe to repeat (it resumes from what is committed).
-pub async fn restarting<T, F, Fut>(
-    ctx: &Arc<RunContext>,
-    agent: AgentName,
-    req: &MigrateEntity,
-    again: &str,
-    work: F,
-) -> Result<(T, u32), ToolError>
-where
-    T: Send + 'static,
-    F: Fn(Arc<RunContext>, MigrateEntity) -> Fut,
-    Fut: std::future::Future<Output = Result<T, ToolError>> + Send + 'static,
-{
-    let mut delay = std::time::Duration::from_secs(2);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let worker = tokio::spawn(work(ctx.clone(), req.clone()));
-        let error = match worker
-            .await
-            .unwrap_or_else(|e| Err(ToolError::system(format!("its worker crashed: {e}"))))
-        {
-            Ok(value) => return Ok((value, attempt - 1)),
-            Err(e) if attempt > ENTITY_RESTARTS || !e.kind.worth_restarting() => return Err(e),
-            Err(e) => e,
-        };
-        ctx.decision(
-            agent,
-            format!("{}: {again} in {}s (restart {attempt} of {ENTITY_RESTARTS})", req.spec.target.name, delay.as_secs()),
-            format!("it stopped: {error}"),
-            serde_json::json!({"entity": req.spec.source, "attempt": attempt, "error": error.message}),
-        );
-        tokio::time::sleep(delay).await;
-        delay *= 2;
-    }
-}
-
 /// Pages of a scan's rows in key order after `scan.after`, read by a task of its own a page
 /// ahead of the consumer; the channel ends after the last page (or the first error).
 pub fn read_ahead(
     rows: Arc<dyn Rows>,
     scan: Scan,
     page_size: usize,
-) -> (tokio::sync::mpsc::Receiver<Result<TextRows, ToolError>>, tokio::task::JoinHandle<()>) {
+) -> (tokio::sync::mpsc::Receiver<Result<TextRows, ToolError>>, AbortOnDropHandle<()>) {
     let mut scan = Scan { limit: Some(page_size), ..scan };
     let key_idx: Vec<usize> =
         scan.key.iter().filter_map(|k| scan.columns.iter().position(|c| c == k)).collect();
     let (pages_tx, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
-    let reader = tokio::spawn(async move {
+    let reader = AbortOnDropHandle::new(tokio::spawn(async move {
         loop {
             let page = rows.page(&scan, page_size).await;
             let next: Option<Vec<String>> = match &page {
@@ -223,7 +180,7 @@ pub fn read_ahead(
             }
             scan.after = next;
         }
-    });
+    }));
     (pages, reader)
 }
 
@@ -233,7 +190,7 @@ pub fn read_ahead(
 /// the next ones.
 pub(crate) struct InPageOrder<T> {
     at_once: usize,
-    running: std::collections::VecDeque<tokio::task::JoinHandle<Result<T, ToolError>>>,
+    running: std::collections::VecDeque<AbortOnDropHandle<Result<T, ToolError>>>,
 }
 
 impl<T: Send + 'static> InPageOrder<T> {
@@ -261,7 +218,7 @@ impl<T: Send + 'static> InPageOrder<T> {
         &mut self,
         compare: impl std::future::Future<Output = Result<T, ToolError>> + Send + 'static,
     ) {
-        self.running.push_back(tokio::spawn(compare));
+        self.running.push_back(AbortOnDropHandle::new(tokio::spawn(compare)));
     }
 }
 

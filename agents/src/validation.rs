@@ -23,19 +23,21 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use runtime::context::RunContext;
 use runtime::domain::{
     Compared, Difference, EntityDiff, EntityValidation, Expected, Links, MoneyTotal, Orphans, Scan,
 };
 use runtime::envelope::{AgentError, Envelope};
+use runtime::jobs::{end_workers, JobName, Jobs};
 use runtime::mapping::Transform;
 use runtime::ports::{Rows, Target};
+use runtime::supervise::RestartPolicy;
 use runtime::AgentName;
 
 use crate::differential::DiffEntity;
 use crate::pipeline::{
-    expect, prepare, read_ahead, restarting, soft_delete, InPageOrder, MigrateEntity, Prepared,
+    expect, prepare, read_ahead, soft_delete, InPageOrder, MigrateEntity, Prepared,
     COMPARES_IN_FLIGHT,
 };
 use crate::transform::{amount, Reference, RowMapper};
@@ -63,86 +65,102 @@ pub struct ValidationArgs {
     pub ctx: Arc<RunContext>,
     pub source_rows: Arc<dyn Rows>,
     pub target: Option<Arc<dyn Target>>,
+    /// How often a failed entity's worker is started again.
+    pub policy: RestartPolicy,
+}
+
+impl ValidationArgs {
+    /// The target to compare with; the one place its absence becomes an error.
+    fn target(&self) -> Result<Arc<dyn Target>, ToolError> {
+        self.target
+            .clone()
+            .ok_or_else(|| ToolError::not_configured("no target database to compare with"))
+    }
+}
+
+/// The agent's state: what it was started with, and the entity work it supervises.
+pub struct Validation {
+    args: ValidationArgs,
+    jobs: Jobs,
 }
 
 impl Actor for ValidationAgent {
     type Msg = ValidationMsg;
-    type State = ValidationArgs;
+    type State = Validation;
     type Arguments = ValidationArgs;
 
     async fn pre_start(
         &self,
         _: ActorRef<ValidationMsg>,
         args: ValidationArgs,
-    ) -> Result<ValidationArgs, ActorProcessingErr> {
-        Ok(args)
+    ) -> Result<Validation, ActorProcessingErr> {
+        Ok(Validation { jobs: Jobs::new(args.ctx.clone(), ME, args.policy), args })
     }
 
     async fn handle(
         &self,
-        _: ActorRef<ValidationMsg>,
+        myself: ActorRef<ValidationMsg>,
         msg: ValidationMsg,
-        state: &mut ValidationArgs,
+        state: &mut Validation,
     ) -> Result<(), ActorProcessingErr> {
         let (ctx, rows, target) =
-            (state.ctx.clone(), state.source_rows.clone(), state.target.clone());
-        // Entities are validated (and analysed) side by side, each in a task of its own. A lost
-        // connection or a restarting target is outlived like in the migration: doing it again
-        // reads nothing it has not read before.
+            (state.args.ctx.clone(), state.args.source_rows.clone(), state.args.target());
+        // Entities are validated (and analysed) side by side, each in a worker of its own. A
+        // lost connection or a restarting target is outlived like in the migration: doing it
+        // again reads nothing it has not read before.
         match msg {
             ValidationMsg::Validate(env, reply) => {
-                tokio::spawn(async move {
-                    let work = |c: Arc<RunContext>,
-                                r: Arc<dyn Rows>,
-                                t: Arc<dyn Target>,
-                                body: MigrateEntity| async move {
-                        validate(&c, r, t, &body).await
-                    };
-                    let result =
-                        again(&ctx, rows, target, &env.body, "validating again", work).await;
-                    let what = format!("validating {}", env.body.entity.table);
-                    let _ = reply.send(result.map_err(|e| AgentError::of(ME, e.context(what))));
-                });
+                let req = env.body;
+                let name = job_name(&req, "validating");
+                let work = move |_| {
+                    let (ctx, rows, target, req) =
+                        (ctx.clone(), rows.clone(), target.clone(), req.clone());
+                    async move { validate(&ctx, rows, target?, &req).await }
+                };
+                state.jobs.start(&myself.get_cell(), name, reply, work).await?;
             }
             ValidationMsg::Diff(env, reply) => {
-                tokio::spawn(async move {
-                    let full = env.body.full;
-                    let work = move |c: Arc<RunContext>,
-                                     r: Arc<dyn Rows>,
-                                     t: Arc<dyn Target>,
-                                     entity: MigrateEntity| async move {
-                        crate::differential::analyze(&c, r, t, &DiffEntity { entity, full }).await
-                    };
-                    let result =
-                        again(&ctx, rows, target, &env.body.entity, "analysing again", work).await;
-                    let what = format!("analysing {}", env.body.entity.entity.table);
-                    let _ = reply.send(result.map_err(|e| AgentError::of(ME, e.context(what))));
-                });
+                let req = env.body;
+                let name = job_name(&req.entity, "analysing");
+                let work = move |_| {
+                    let (ctx, rows, target, req) =
+                        (ctx.clone(), rows.clone(), target.clone(), req.clone());
+                    async move { crate::differential::analyze(&ctx, rows, target?, &req).await }
+                };
+                state.jobs.start(&myself.get_cell(), name, reply, work).await?;
             }
         }
         Ok(())
     }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<ValidationMsg>,
+        event: SupervisionEvent,
+        state: &mut Validation,
+    ) -> Result<(), ActorProcessingErr> {
+        state.jobs.on_event(event, &myself.get_cell()).await;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<ValidationMsg>,
+        _: &mut Validation,
+    ) -> Result<(), ActorProcessingErr> {
+        end_workers(&myself.get_cell()).await;
+        Ok(())
+    }
 }
 
-/// Runs `work` on an entity through [`restarting`], with the agent's rows and target.
-async fn again<T, F, Fut>(
-    ctx: &Arc<RunContext>,
-    rows: Arc<dyn Rows>,
-    target: Option<Arc<dyn Target>>,
-    req: &MigrateEntity,
-    what: &str,
-    work: F,
-) -> Result<T, ToolError>
-where
-    T: Send + 'static,
-    F: Fn(Arc<RunContext>, Arc<dyn Rows>, Arc<dyn Target>, MigrateEntity) -> Fut,
-    Fut: std::future::Future<Output = Result<T, ToolError>> + Send + 'static,
-{
-    let target =
-        target.ok_or_else(|| ToolError::not_configured("no target database to compare with"))?;
-    let each =
-        |c: Arc<RunContext>, body: MigrateEntity| work(c, rows.clone(), target.clone(), body);
-    restarting(ctx, ME, req, what, each).await.map(|(v, _)| v)
+/// An entity's validation or analysis, as the trail names it; started again when it fails.
+fn job_name(req: &MigrateEntity, doing: &str) -> JobName {
+    JobName {
+        entity: req.spec.source.to_string(),
+        table: req.spec.target.name.clone(),
+        again: Some(format!("{doing} again")),
+        doing: format!("{doing} {}", req.entity.table),
+    }
 }
 
 pub async fn validate(

@@ -115,6 +115,8 @@ fn ctrl_c_during_a_run_leaves_the_command_that_carries_it_on_as_the_last_lines()
         "the line before the prompt carries the command:\n{screen}"
     );
     assert!(!lines[exited - 1].contains("rows/s"), "no progress bar is drawn over it:\n{last}");
+    // Nothing the run did outlived it: every record reached the trail.
+    assert!(!screen.contains("after the audit writer stopped"), "a record was lost:\n{screen}");
     // Pasted as printed, it finishes the run.
     term.type_line("clear");
     assert!(
