@@ -139,6 +139,7 @@ pub async fn chat(config: &Config, opts: ChatOpts) -> Result<(), Exit> {
         mapping: mapping.clone(),
         mapping_origin: mapping_origin.clone(),
         batch_size: None,
+        unattended: false,
     };
     let entities = match session.map(goal).await {
         // Pairs: each legacy table, then the modern one it becomes.
@@ -247,6 +248,7 @@ impl Chat<'_> {
             mapping: self.mapping.clone(),
             mapping_origin: self.mapping_origin.clone(),
             batch_size: None,
+            unattended: false,
         }
     }
 

@@ -163,6 +163,7 @@ pub async fn demo(opts: DemoOpts) -> Result<(), Exit> {
         mapping,
         mapping_origin,
         batch_size: None,
+        unattended: false,
     };
     let work = async {
         let planned = session.plan(goal).await.map_err(Exit::agent)?;
@@ -578,7 +579,7 @@ fn markdown(s: &Summary<'_>) -> String {
          | (a) raw pipe, {} tables, {jobs} at a time | {} rows in {:.1} s, {:.0} rows/s ({} s) |\n\
          | (b) agentctl migration (execution phase) | {} rows in {:.1} s, {:.0} rows/s ({} s) |\n\
          | ratio b/a | {:.2} ({}) |\n\
-         | agentctl whole command (plan with forecast, migration) | {:.1} s, {:.1} s of CPU ({} s), peak RSS {peak_rss_mb} MB over the rounds |\n\
+         | agentctl whole command without validation (plan, migration) | {:.1} s, {:.1} s of CPU ({} s), peak RSS {peak_rss_mb} MB over the rounds |\n\
          | accounting (last round) | {migrated} migrated + {rejected} rejected (generator: {} + {}) |\n\
          | validation of every row (`agentctl validate`) | {}, {:.1} s, peak RSS {} MB |\n{copier_rows}",
         median.pipe.tables,

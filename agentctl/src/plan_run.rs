@@ -77,6 +77,7 @@ fn plan_goal(
     config: &Config,
     mapping: MappingFile,
     mapping_origin: String,
+    unattended: bool,
 ) -> PlanGoal {
     PlanGoal {
         goal: goal.goal.clone(),
@@ -84,6 +85,7 @@ fn plan_goal(
         mapping,
         mapping_origin,
         batch_size: config.batch_size,
+        unattended,
     }
 }
 
@@ -125,7 +127,7 @@ pub async fn plan(config: &Config, opts: PlanOpts) -> Result<(), Exit> {
     let (session, file, origin) =
         start(config, "plan", Some(&opts.goal.goal), &opts.goal.mapping).await?;
     let run_id = session.run_id;
-    let goal = plan_goal(&opts.goal, config, file, origin);
+    let goal = plan_goal(&opts.goal, config, file, origin, false);
     let result =
         interruptible(async { session.plan(goal).await.map_err(Exit::agent) }, run_id).await;
     let outcome = end(session, result, "planned").await?;
@@ -181,7 +183,8 @@ pub async fn run(config: &Config, opts: RunOpts) -> Result<(), Exit> {
     .await?;
     let run_id = session.run_id;
     let store = session.store.clone();
-    let goal = plan_goal(&opts.goal, config, file, origin);
+    // Approved ahead, the plan is not waited on: it skips the forecast nobody would read.
+    let goal = plan_goal(&opts.goal, config, file, origin, opts.yes);
     let result = interruptible(
         async {
             let outcome = session.plan(goal).await.map_err(Exit::agent)?;
@@ -302,6 +305,9 @@ async fn draw(
         let _ = w.write_fmt(format_args!("{:.0} rows/s", state.per_sec()));
     })
     .progress_chars("=> ");
+    // Without a forecast (a run approved ahead) the total is not known: rows and rate only.
+    let counting = style.clone().template("  {prefix:<22} {human_pos:>10} rows {rate:>14}");
+    let counting = counting.unwrap_or_else(|_| style.clone());
     let mut shown: std::collections::HashMap<String, (indicatif::ProgressBar, std::time::Instant)> =
         Default::default();
     while let Ok(e) = events.recv().await {
@@ -313,7 +319,7 @@ async fn draw(
             let (bar, _) = shown.entry(entity.clone()).or_insert_with(|| {
                 let bar = bars.add(
                     indicatif::ProgressBar::new(rows_total.unwrap_or(0))
-                        .with_style(style.clone())
+                        .with_style(if rows_total.is_some() { &style } else { &counting }.clone())
                         .with_prefix(entity.clone()),
                 );
                 (bar, std::time::Instant::now())
@@ -661,6 +667,7 @@ pub async fn mapping(config: &Config, cmd: MappingCmd) -> Result<(), Exit> {
         mapping: file,
         mapping_origin: origin,
         batch_size: None,
+        unattended: false,
     };
     let result =
         interruptible(async { session.map(goal).await.map_err(Exit::agent) }, run_id).await;

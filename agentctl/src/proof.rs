@@ -41,6 +41,7 @@ pub(crate) async fn start(
             mapping: file,
             mapping_origin: origin,
             batch_size: None,
+            unattended: false,
         },
     ))
 }

@@ -206,9 +206,14 @@ pub fn explain_plan(plan: &MigrationPlan) -> String {
             )
         })
         .collect();
-    if rejected.is_empty() && entities.iter().any(|e| e.forecast.is_some()) {
+    if entities.iter().any(|e| e.forecast.is_none()) {
+        out.push_str(
+            "\nI did not read the rows ahead, as you approved already: any row that does not \
+                fit the new database will be set aside with the reason, not lost.",
+        );
+    } else if rejected.is_empty() {
         out.push_str("\nI read every row ahead: all of them fit the new database.");
-    } else if !rejected.is_empty() {
+    } else {
         out.push_str(&format!(
             "\nI read every row ahead. {} rows will not fit the new database and will be set \
                 aside with the reason, not lost: {}.",

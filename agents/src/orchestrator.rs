@@ -5,6 +5,7 @@
 //! keeps handling supervision events while the phase waits on an agent: that is what lets it
 //! restart a crashed agent under a request that is still waiting for it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -47,6 +48,9 @@ pub struct PlanGoal {
     pub mapping_origin: String,
     /// `BATCH_SIZE` when the operator set it.
     pub batch_size: Option<usize>,
+    /// The run was approved before its plan was made (`run --yes`): nobody reads the forecast,
+    /// so it reads only the entities the plan cannot be approved without (a broken cycle's).
+    pub unattended: bool,
 }
 
 /// A plan ready for the operator's approval.
@@ -328,6 +332,28 @@ impl Actor for Orchestrator {
     }
 }
 
+/// The entities in a broken cycle (`later_parents`) and every table their references reach,
+/// transitively: what the forecast must read to know which of the cycle's rows are rejected.
+fn in_cycles(plan: &MigrationPlan, mappings: &MappingSet) -> HashSet<TableName> {
+    let mut needed: Vec<TableName> = plan
+        .entities()
+        .filter(|e| !e.later_parents.is_empty())
+        .flat_map(|e| std::iter::once(e.table.clone()).chain(e.later_parents.iter().cloned()))
+        .collect();
+    let mut seen = HashSet::new();
+    while let Some(table) = needed.pop() {
+        if !seen.insert(table.clone()) {
+            continue;
+        }
+        for c in mappings.spec(&table).map(|s| s.columns.as_slice()).unwrap_or_default() {
+            if let runtime::mapping::Feed::Reference { parent, .. } = &c.feed {
+                needed.push(parent.clone());
+            }
+        }
+    }
+    seen
+}
+
 /// Runs the phase a request asks for and answers it.
 async fn phase(courier: &Courier, agents: &Agents, msg: OrchestratorMsg) {
     match msg {
@@ -486,17 +512,40 @@ async fn plan_phase(
     let ctx = courier.ctx();
     let (source, target, mappings) = map_phase(courier, agents, &goal, true).await?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "plan".into() });
+    let unattended = goal.unattended;
     let request = plan_request(goal, source, &target, &mappings);
     let plan = answer(courier.ask(&agents.planning, "plan", request, PlanningMsg::Plan).await)?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "forecast".into() });
-    let order: Vec<TableName> = plan.entities().map(|e| e.table.clone()).collect();
+    let needed = if unattended { Some(in_cycles(&plan, &mappings)) } else { None };
+    let order: Vec<TableName> = plan
+        .entities()
+        .filter(|e| needed.as_ref().is_none_or(|n| n.contains(&e.table)))
+        .map(|e| e.table.clone())
+        .collect();
+    if unattended {
+        ctx.decision(
+            ME,
+            format!("forecast {} of {} entities", order.len(), plan.entities().count()),
+            "the run was approved ahead (--yes), so nobody reads a forecast before it starts: \
+                only the entities of a broken cycle and the tables they reach are read ahead, \
+                since rows the cycle would reject refuse the plan; every other row is accounted \
+                for by the load, which sets aside each row that does not fit with its reason",
+            &order,
+        );
+    }
     let target_report = target.clone();
-    let request = ForecastRequest { order, mappings: mappings.clone(), target };
-    let forecasts = answer(
-        courier
-            .ask(&agents.schema, "forecast", request, |e, p| SchemaMsg::Forecast(Box::new(e), p))
-            .await,
-    )?;
+    let forecasts = if order.is_empty() {
+        Vec::new()
+    } else {
+        let request = ForecastRequest { order, mappings: mappings.clone(), target };
+        answer(
+            courier
+                .ask(&agents.schema, "forecast", request, |e, p| {
+                    SchemaMsg::Forecast(Box::new(e), p)
+                })
+                .await,
+        )?
+    };
     let plan = answer(
         courier
             .ask(&agents.planning, "assess", AssessRequest { plan, forecasts }, PlanningMsg::Assess)

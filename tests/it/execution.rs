@@ -101,6 +101,16 @@ fn a_run_migrates_what_the_forecast_said_and_records_every_rejection() {
         25
     );
     assert_eq!(constraints(), schema_constraints);
+    // Approved ahead, the run read no row before it began (the plan above did), and still
+    // accounted for every rejected row (above).
+    let events = |like: &str| {
+        count(&format!(
+            "SELECT count(*) FROM agentctl.audit_events e JOIN agentctl.runs r USING (run_id) \
+                WHERE r.command = 'run' AND e.summary LIKE '{like}'"
+        ))
+    };
+    assert_eq!(events("forecast 0 of 25 entities"), 1);
+    assert_eq!(events("rows.scan: read % source rows through their mappings"), 0);
     // Nothing was in the target before: no row is recorded as kept.
     assert_eq!(count("SELECT count(*) FROM agentctl.migration_mappings"), 0);
     let in_target = || -> i64 {

@@ -44,6 +44,7 @@ fn goal() -> PlanGoal {
         mapping: Default::default(),
         mapping_origin: "inferred".into(),
         batch_size: None,
+        unattended: false,
     }
 }
 
@@ -396,6 +397,7 @@ async fn a_differential_apply_cut_off_mid_way_is_carried_on_without_a_row_twice(
         mapping,
         mapping_origin: origin,
         batch_size: None,
+        unattended: false,
     };
     let failed = session.diff(DiffGoal { goal, analyze: true, apply: true, full: false }).await;
     assert!(failed.as_ref().is_err_and(|e| e.to_string().contains("injected fault")), "{failed:?}");

@@ -63,6 +63,7 @@ async fn a_request_that_is_never_answered_fails_with_a_clear_error() {
         mapping: Default::default(),
         mapping_origin: "inferred".into(),
         batch_size: None,
+        unattended: false,
     };
     let started = tokio::time::Instant::now();
     let answer = operator

@@ -22,6 +22,25 @@ pub struct Expected {
     pub returned: Vec<usize>,
 }
 
+impl Expected {
+    /// The page of these rows only, in this order.
+    pub fn rows(&self, rows: &[usize]) -> Expected {
+        Expected {
+            columns: self.columns.clone(),
+            id_column: self.id_column,
+            legacy_column: self.legacy_column,
+            keys: rows.iter().map(|&r| self.keys[r].clone()).collect(),
+            wanted: rows.iter().map(|&r| self.wanted[r]).collect(),
+            values: self
+                .values
+                .iter()
+                .map(|column| rows.iter().map(|&r| column[r].clone()).collect())
+                .collect(),
+            returned: self.returned.clone(),
+        }
+    }
+}
+
 /// How the target's row compares with one expected row.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Compared {

@@ -1,8 +1,9 @@
-//! Proving a migration in the target: pages of expected rows compared typed, one statement
-//! a page; orphans and links counted; the validation stored.
+//! Proving a migration in the target: pages of expected rows compared by row hash over the
+//! page's key range, the rows whose hashes differ compared typed, one statement a page;
+//! orphans and links counted; the validation stored.
 
 use async_trait::async_trait;
-use runtime::domain::TableName;
+use runtime::domain::{integer_key, TableName};
 use runtime::domain::{Compared, Expected};
 use runtime::ports::{ToolError, Verifier};
 use runtime::RunId;
@@ -20,61 +21,10 @@ impl Verifier for PgTarget {
         target: &TableName,
         page: &Expected,
     ) -> Result<Vec<Compared>, ToolError> {
-        let n = page.columns.len();
-        let (id, legacy) = (page.id_column, page.legacy_column);
-        let cast = |i: usize| format!("u.c{i}::{}", page.columns[i].1);
-        let diffs: Vec<String> = (0..n)
-            .filter(|&i| i != id && i != legacy)
-            .map(|i| {
-                format!(
-                    "WHEN t.{} IS DISTINCT FROM {} THEN {i}",
-                    ident(&page.columns[i].0),
-                    cast(i)
-                )
-            })
-            .collect();
-        let returned: Vec<String> = page
-            .returned
-            .iter()
-            .map(|&i| format!(", t.{}::text", ident(&page.columns[i].0)))
-            .collect();
-        let arrays: Vec<String> = (0..n).map(|i| format!("${}::text[]", i + 3)).collect();
-        let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
-        let sql = format!(
-            "SELECT t.id IS NOT NULL, coalesce(t.id = {idcast}, false),
-                 CASE WHEN t.id IS NULL OR t.id <> {idcast} OR NOT u.wanted THEN NULL {diffs} END{returned}
-             FROM unnest($1::text[], $2::bool[], {arrays}) WITH ORDINALITY AS u(k, wanted, {names}, n)
-             LEFT JOIN {table} t ON t.legacy_id = u.k::{legacy_type}
-             ORDER BY u.n",
-            idcast = cast(id),
-            diffs = diffs.join(" "),
-            returned = returned.concat(),
-            arrays = arrays.join(", "),
-            names = names.join(", "),
-            table = quoted(target),
-            legacy_type = page.columns[legacy].1,
-        );
-        let mut q = sqlx::query(&sql).bind(&page.keys).bind(&page.wanted);
-        for column in &page.values {
-            q = q.bind(column);
+        match self.compare_by_hash(target, page).await? {
+            Some(answers) => Ok(answers),
+            None => self.compare_values(target, page).await,
         }
-        let what = || format!("comparing rows of {target} with their source rows");
-        let rows = q.fetch_all(&self.pool).await.map_err(while_doing(what()))?;
-        rows.iter()
-            .map(|r| {
-                Ok(Compared {
-                    present: r.try_get(0)?,
-                    ours: r.try_get(1)?,
-                    differs: r.try_get::<Option<i32>, _>(2)?.map(|i| i as usize),
-                    returned: (0..page.returned.len()).map(|i| r.try_get(3 + i)).collect::<Result<
-                        _,
-                        sqlx::Error,
-                    >>(
-                    )?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(|e| while_doing(what())(e))
     }
     async fn value_of(
         &self,
@@ -237,4 +187,182 @@ impl Verifier for PgTarget {
         .map_err(while_doing(format!("storing the validation of {}", r.source)))?;
         Ok(())
     }
+}
+
+impl PgTarget {
+    /// Each expected row against the target's row of its legacy key, typed, in one statement:
+    /// whether it is there, whether it is agentctl's, and its first differing column.
+    async fn compare_values(
+        &self,
+        target: &TableName,
+        page: &Expected,
+    ) -> Result<Vec<Compared>, ToolError> {
+        let n = page.columns.len();
+        let (id, legacy) = (page.id_column, page.legacy_column);
+        let cast = |i: usize| format!("u.c{i}::{}", page.columns[i].1);
+        let diffs: Vec<String> = (0..n)
+            .filter(|&i| i != id && i != legacy)
+            .map(|i| {
+                format!(
+                    "WHEN t.{} IS DISTINCT FROM {} THEN {i}",
+                    ident(&page.columns[i].0),
+                    cast(i)
+                )
+            })
+            .collect();
+        let returned: Vec<String> = page
+            .returned
+            .iter()
+            .map(|&i| format!(", t.{}::text", ident(&page.columns[i].0)))
+            .collect();
+        let arrays: Vec<String> = (0..n).map(|i| format!("${}::text[]", i + 3)).collect();
+        let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+        let sql = format!(
+            "SELECT t.id IS NOT NULL, coalesce(t.id = {idcast}, false),
+                 CASE WHEN t.id IS NULL OR t.id <> {idcast} OR NOT u.wanted THEN NULL {diffs} END{returned}
+             FROM unnest($1::text[], $2::bool[], {arrays}) WITH ORDINALITY AS u(k, wanted, {names}, n)
+             LEFT JOIN {table} t ON t.legacy_id = u.k::{legacy_type}
+             ORDER BY u.n",
+            idcast = cast(id),
+            diffs = diffs.join(" "),
+            returned = returned.concat(),
+            arrays = arrays.join(", "),
+            names = names.join(", "),
+            table = quoted(target),
+            legacy_type = page.columns[legacy].1,
+        );
+        let mut q = sqlx::query(&sql).bind(&page.keys).bind(&page.wanted);
+        for column in &page.values {
+            q = q.bind(column);
+        }
+        let what = || format!("comparing rows of {target} with their source rows");
+        let rows = q.fetch_all(&self.pool).await.map_err(while_doing(what()))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Compared {
+                    present: r.try_get(0)?,
+                    ours: r.try_get(1)?,
+                    differs: r.try_get::<Option<i32>, _>(2)?.map(|i| i as usize),
+                    returned: (0..page.returned.len()).map(|i| r.try_get(3 + i)).collect::<Result<
+                        _,
+                        sqlx::Error,
+                    >>(
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(|e| while_doing(what())(e))
+    }
+
+    /// The page compared by row hashes: each expected row hashed here as the load hashes what
+    /// it sends ([`crate::row_hash`]), each target row by the server, in one scan of the page's
+    /// key range; a row whose hashes differ, or that cannot be hashed here, is then compared
+    /// value by value ([`PgTarget::compare_values`]), so a difference is named as before and a
+    /// hash never passes a row the values would fail (short of a 64-bit collision). `None`
+    /// when the page cannot be compared this way: a key that is not an integer, or a column
+    /// without a binary encoder or hash here.
+    async fn compare_by_hash(
+        &self,
+        target: &TableName,
+        page: &Expected,
+    ) -> Result<Option<Vec<Compared>>, ToolError> {
+        let (id, legacy) = (page.id_column, page.legacy_column);
+        let keys: Option<Vec<i64>> = page.keys.iter().map(|k| k.parse().ok()).collect();
+        let (Some(keys), true) = (keys, integer_key(&page.columns[legacy].1)) else {
+            return Ok(None);
+        };
+        let (Some(&low), Some(&high)) = (keys.iter().min(), keys.iter().max()) else {
+            return Ok(None);
+        };
+        let hashed: Vec<usize> =
+            (0..page.columns.len()).filter(|&i| i != id && i != legacy).collect();
+        let columns: Vec<(String, String)> =
+            hashed.iter().map(|&i| page.columns[i].clone()).collect();
+        let what = || format!("comparing rows of {target} with their source rows");
+        let mut c = self.pool.acquire().await.map_err(while_doing(what()))?;
+        let base =
+            crate::binary::base_columns(&mut c, target).await.map_err(while_doing(what()))?;
+        let Some(wires) = crate::binary::wires(&base, &columns) else { return Ok(None) };
+        let hows = crate::row_hash::column_hashes(&mut c, &base, &columns).await;
+        let Some(hows) = hows.map_err(while_doing(what()))? else { return Ok(None) };
+        let returned: String = page
+            .returned
+            .iter()
+            .map(|&i| format!(", t.{}::text", ident(&page.columns[i].0)))
+            .collect();
+        let row: Vec<String> =
+            columns.iter().map(|(name, _)| format!("t.{}", ident(name))).collect();
+        let sql = format!(
+            "SELECT t.legacy_id::int8, t.id::text, hash_record_extended(ROW({row}), 0){returned}
+             FROM {table} t WHERE t.legacy_id BETWEEN $1 AND $2",
+            row = row.join(", "),
+            table = quoted(target),
+        );
+        let rows = sqlx::query(&sql).bind(low).bind(high).fetch_all(&mut *c).await;
+        let rows = rows.map_err(while_doing(what()))?;
+        drop(c);
+        let mut held = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let returned: Result<Vec<Option<String>>, sqlx::Error> =
+                (0..page.returned.len()).map(|i| r.try_get(3 + i)).collect();
+            let row = (r.try_get::<String, _>(1), r.try_get::<i64, _>(2), returned);
+            let (Ok(uuid), Ok(hash), Ok(returned)) = row else {
+                return Err(ToolError::system(format!("{}: an unreadable row", what())));
+            };
+            let key: i64 = r.try_get(0).map_err(while_doing(what()))?;
+            held.insert(key, (uuid, hash, returned));
+        }
+        let mut answers = Vec::with_capacity(keys.len());
+        let mut by_value = Vec::new();
+        let mut buf = Vec::new();
+        for (r, key) in keys.iter().enumerate() {
+            let Some((uuid, hash, returned)) = held.remove(key) else {
+                answers.push(Compared {
+                    returned: vec![None; page.returned.len()],
+                    ..Compared::default()
+                });
+                continue;
+            };
+            let ours = page.values[id][r].as_deref().is_some_and(|e| e.eq_ignore_ascii_case(&uuid));
+            if ours
+                && page.wanted[r]
+                && expected_hash(page, r, &hashed, &wires, &hows, &mut buf) != Some(hash)
+            {
+                by_value.push(r);
+            }
+            answers.push(Compared { present: true, ours, differs: None, returned });
+        }
+        if !by_value.is_empty() {
+            let exact = self.compare_values(target, &page.rows(&by_value)).await?;
+            for (&r, answer) in by_value.iter().zip(exact) {
+                answers[r] = answer;
+            }
+        }
+        Ok(Some(answers))
+    }
+}
+
+/// Row `r` of `page` hashed over the `hashed` columns as the server hashes the stored row, or
+/// `None` when a value's stored form is not certain from it.
+fn expected_hash(
+    page: &Expected,
+    r: usize,
+    hashed: &[usize],
+    wires: &[crate::binary::Wire],
+    hows: &[crate::row_hash::ColumnHash],
+    buf: &mut Vec<u8>,
+) -> Option<i64> {
+    let mut hash = 0u64;
+    for (j, &i) in hashed.iter().enumerate() {
+        let element = match &page.values[i][r] {
+            None => 0,
+            Some(value) => {
+                buf.clear();
+                crate::binary::value_into(wires[j], value, buf)?;
+                hows[j].of(buf)?
+            }
+        };
+        hash = crate::row_hash::fold(hash, element);
+    }
+    Some(hash as i64)
 }
