@@ -459,9 +459,9 @@ impl Tally {
             self.found.push(Differential {
                 legacy_key: key.clone(),
                 change,
-                target_id: page.expected.values[id_col][r].clone(),
+                target_id: page.expected.values.get(r, id_col).map(str::to_owned),
                 values: carries_values
-                    .then(|| page.expected.values.iter().map(|column| column[r].clone()).collect()),
+                    .then(|| page.expected.values.row(r).map(|v| v.map(str::to_owned)).collect()),
                 target_hash: d.target_hash,
                 expected_hash: d.expected_hash,
                 reason,
@@ -557,13 +557,15 @@ async fn parents_arrived(
         if waiting.is_empty() {
             break;
         }
-        let ids: Vec<String> =
-            waiting.iter().filter_map(|&r| expected.values[*col][r].clone()).collect();
+        let ids: Vec<String> = waiting
+            .iter()
+            .filter_map(|&r| expected.values.get(r, *col).map(str::to_owned))
+            .collect();
         if ids.is_empty() {
             continue;
         }
         let found: HashSet<String> = target.existing_ids(parent, &ids).await?.into_iter().collect();
-        waiting.retain(|&r| expected.values[*col][r].as_ref().is_none_or(|id| found.contains(id)));
+        waiting.retain(|&r| expected.values.get(r, *col).is_none_or(|id| found.contains(id)));
     }
     Ok(waiting)
 }

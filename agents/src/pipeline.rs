@@ -251,23 +251,16 @@ pub(crate) fn expect(
         legacy_column: legacy_col,
         keys: Vec::with_capacity(page.len()),
         wanted: Vec::with_capacity(page.len()),
-        values: vec![Vec::with_capacity(page.len()); out_cols.len()],
+        values: TextRows::with_capacity(out_cols.len(), page.len(), page.text_len()),
         returned: money.to_vec(),
     };
     let mut refs: Vec<Option<&str>> = Vec::with_capacity(page.width());
-    let mut mapped = TextRows::new(out_cols.len());
     for seq in 0..page.len() {
         refs.clear();
         refs.extend(page.row(seq));
         let key = legacy_key(&page, seq, mapper.key_columns());
-        mapped.clear();
-        match mapper.map_into(&refs, &mut mapped) {
-            Ok(()) => {
-                expected.wanted.push(true);
-                for (column, value) in expected.values.iter_mut().zip(mapped.row(0)) {
-                    column.push(value.map(str::to_owned));
-                }
-            }
+        match mapper.map_into(&refs, &mut expected.values) {
+            Ok(()) => expected.wanted.push(true),
             Err(rejection) => {
                 if let Some(reasons) = reasons.as_deref_mut() {
                     reasons.push((expected.keys.len(), rejection.reason));
@@ -275,13 +268,11 @@ pub(crate) fn expect(
                 // A rejected row is still looked for (it must be absent), by key and UUID.
                 expected.wanted.push(false);
                 let id = mapper.id(&refs);
-                for (i, column) in expected.values.iter_mut().enumerate() {
-                    column.push(match i {
-                        _ if i == id_col => Some(id.clone()),
-                        _ if i == legacy_col => Some(key.clone()),
-                        _ => None,
-                    });
-                }
+                expected.values.push_row((0..out_cols.len()).map(|i| match i {
+                    _ if i == id_col => Some(id.as_str()),
+                    _ if i == legacy_col => Some(key.as_str()),
+                    _ => None,
+                }));
             }
         }
         expected.keys.push(key);

@@ -567,7 +567,7 @@ async fn tally(
                             v.differences.push(Difference {
                                 legacy_key: key.clone(),
                                 column: out_cols[col].0.clone(),
-                                expected: expected.values[col][r].clone(),
+                                expected: expected.values.get(r, col).map(str::to_owned),
                                 found,
                             });
                         }
@@ -575,7 +575,7 @@ async fn tally(
                     None => v.migrated += 1,
                 }
                 for (m, total) in v.money.iter_mut().enumerate() {
-                    total.source_cents += cents(expected.values[money[m]][r].as_deref());
+                    total.source_cents += cents(expected.values.get(r, money[m]));
                     total.target_cents += cents(a.returned[m].as_deref());
                 }
             }

@@ -202,14 +202,13 @@ pub async fn differ(
         legacy_type = page.columns[legacy].1,
     );
     let what = || format!("comparing rows of {target} with their source rows and the last sync");
-    let run =
-        async |sql: &str, keys: &[String], wanted: &[bool], values: &[Vec<Option<String>>]| {
-            let mut q = sqlx::query(sql).bind(keys).bind(wanted);
-            for column in values {
-                q = q.bind(column);
-            }
-            q.fetch_all(pool).await.map_err(|e| while_doing(what())(e))
-        };
+    let run = async |sql: &str, keys: &[String], wanted: &[bool], values: &[Vec<Option<&str>>]| {
+        let mut q = sqlx::query(sql).bind(keys).bind(wanted);
+        for column in values {
+            q = q.bind(column);
+        }
+        q.fetch_all(pool).await.map_err(|e| while_doing(what())(e))
+    };
     let decode = |e: sqlx::Error| while_doing(what())(e);
     // Every row: where it stands, each expression once.
     let sql = format!(
@@ -220,7 +219,7 @@ pub async fn differ(
         deleted = if soft { "coalesce(t.deleted_at IS NOT NULL, false)" } else { "false" },
         distinct = if distinct.is_empty() { "false".to_owned() } else { distinct.join(" OR ") },
     );
-    let rows = run(&sql, &page.keys, &page.wanted, &page.values).await?;
+    let rows = run(&sql, &page.keys, &page.wanted, &page.column_arrays()).await?;
     let mut answers = standings(&rows).map_err(decode)?;
     // The few that differ, are absent or are marked deleted: their hashes and baseline.
     let asked: Vec<usize> = (0..answers.len())
@@ -254,13 +253,13 @@ pub async fn differ(
         table_param = n + 3,
         int_key = if integer_key(&page.columns[legacy].1) { "u.k::int8" } else { "NULL::int8" },
     );
-    let pick = |v: &Vec<Option<String>>| asked.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
-    let keys: Vec<String> = asked.iter().map(|&i| page.keys[i].clone()).collect();
-    let wanted: Vec<bool> = asked.iter().map(|&i| page.wanted[i]).collect();
-    let mut values: Vec<Vec<Option<String>>> = page.values.iter().map(pick).collect();
+    let asked_page = page.rows(&asked);
+    let mut values = asked_page.column_arrays();
     // The table's name rides as one more text array (the runner binds text arrays).
-    values.push(vec![Some(target.to_string())]);
-    let rows = run(&sql, &keys, &wanted, &values).await?;
+    let table = target.to_string();
+    values.push(vec![Some(table.as_str())]);
+    let (keys, wanted) = (&asked_page.keys, &asked_page.wanted);
+    let rows = run(&sql, keys, wanted, &values).await?;
     for (&i, r) in asked.iter().zip(&rows) {
         let a = &mut answers[i];
         if a.differs {

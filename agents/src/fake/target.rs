@@ -330,10 +330,10 @@ impl Verifier for MemTarget {
         let rows = self.rows(target);
         let compared = |r: usize, row: &MemRow| {
             let value = |i: usize| row.values.get(&page.columns[i].0).cloned().flatten();
-            let ours = page.values[page.id_column][r].as_deref() == Some(row.id.as_str());
+            let ours = page.values.get(r, page.id_column) == Some(row.id.as_str());
             let differs = (0..page.columns.len())
                 .filter(|&i| i != page.id_column && i != page.legacy_column)
-                .find(|&i| ours && page.wanted[r] && value(i) != page.values[i][r]);
+                .find(|&i| ours && page.wanted[r] && value(i).as_deref() != page.values.get(r, i));
             let returned = page.returned.iter().map(|&i| value(i)).collect();
             Compared { present: true, ours, differs, returned }
         };

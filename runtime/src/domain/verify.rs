@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::TableName;
+use crate::text_rows::TextRows;
 
-/// What the target should hold for a page of source rows, column by column.
+/// What the target should hold for a page of source rows.
 #[derive(Clone, Debug, Default)]
 pub struct Expected {
     /// Target columns with their `format_type` text; `legacy_id` and the key among them.
@@ -16,8 +17,8 @@ pub struct Expected {
     /// the mapping rejects it).
     pub keys: Vec<String>,
     pub wanted: Vec<bool>,
-    /// Column-major: `values[column][row]`.
-    pub values: Vec<Vec<Option<String>>>,
+    /// The rows' values in `columns` order, in one buffer (`values.get(row, column)`).
+    pub values: TextRows,
     /// Columns whose target values come back with the answer (money, to total).
     pub returned: Vec<usize>,
 }
@@ -31,13 +32,20 @@ impl Expected {
             legacy_column: self.legacy_column,
             keys: rows.iter().map(|&r| self.keys[r].clone()).collect(),
             wanted: rows.iter().map(|&r| self.wanted[r]).collect(),
-            values: self
-                .values
-                .iter()
-                .map(|column| rows.iter().map(|&r| column[r].clone()).collect())
-                .collect(),
+            values: {
+                let mut values = TextRows::new(self.columns.len());
+                for &r in rows {
+                    values.push_row(self.values.row(r));
+                }
+                values
+            },
             returned: self.returned.clone(),
         }
+    }
+
+    /// Each column's values, to bind as a text array.
+    pub fn column_arrays(&self) -> Vec<Vec<Option<&str>>> {
+        (0..self.columns.len()).map(|c| self.values.column(c).collect()).collect()
     }
 }
 

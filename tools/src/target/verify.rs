@@ -232,7 +232,8 @@ impl PgTarget {
             legacy_type = page.columns[legacy].1,
         );
         let mut q = sqlx::query(&sql).bind(&page.keys).bind(&page.wanted);
-        for column in &page.values {
+        let columns = page.column_arrays();
+        for column in &columns {
             q = q.bind(column);
         }
         let what = || format!("comparing rows of {target} with their source rows");
@@ -323,7 +324,7 @@ impl PgTarget {
                 });
                 continue;
             };
-            let ours = page.values[id][r].as_deref().is_some_and(|e| e.eq_ignore_ascii_case(&uuid));
+            let ours = page.values.get(r, id).is_some_and(|e| e.eq_ignore_ascii_case(&uuid));
             if ours
                 && page.wanted[r]
                 && expected_hash(page, r, &hashed, &wires, &hows, &mut buf) != Some(hash)
@@ -354,7 +355,7 @@ fn expected_hash(
 ) -> Option<i64> {
     let mut hash = 0u64;
     for (j, &i) in hashed.iter().enumerate() {
-        let element = match &page.values[i][r] {
+        let element = match page.values.get(r, i) {
             None => 0,
             Some(value) => {
                 buf.clear();
