@@ -2,6 +2,7 @@
 //! for a plan (and, for `run`, an approval tied to the plan's hash).
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::{Arc, Mutex};
 
 use agents::data_mapping;
 use agents::orchestrator::{PlanGoal, PlanOutcome};
@@ -269,10 +270,15 @@ fn show_results(
 struct Progress {
     task: tokio::task::JoinHandle<()>,
     bars: indicatif::MultiProgress,
+    /// Held while a line is drawn; set once the bars are gone. The drawing task may still be
+    /// running on another thread when it is aborted: it draws nothing after this is set.
+    stopped: Arc<Mutex<bool>>,
 }
 
 impl Drop for Progress {
     fn drop(&mut self) {
+        let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        *stopped = true;
         self.task.abort();
         let _ = self.bars.clear();
     }
@@ -281,8 +287,10 @@ impl Drop for Progress {
 impl Progress {
     fn show(session: &Session, format: Format) -> Progress {
         let bars = indicatif::MultiProgress::new();
-        let task = tokio::spawn(draw(session.ctx.events.subscribe(), bars.clone(), format));
-        Progress { task, bars }
+        let stopped = Arc::new(Mutex::new(false));
+        let events = session.ctx.events.subscribe();
+        let task = tokio::spawn(draw(events, bars.clone(), stopped.clone(), format));
+        Progress { task, bars, stopped }
     }
 }
 
@@ -290,6 +298,7 @@ impl Progress {
 async fn draw(
     mut events: tokio::sync::broadcast::Receiver<runtime::events::RunEvent>,
     bars: indicatif::MultiProgress,
+    stopped: Arc<Mutex<bool>>,
     format: Format,
 ) {
     if format != Format::Text {
@@ -315,6 +324,10 @@ async fn draw(
             continue;
         };
         let done = rows_total.is_some_and(|t| rows_done >= t);
+        let stopped = stopped.lock().unwrap_or_else(|e| e.into_inner());
+        if *stopped {
+            return;
+        }
         if terminal {
             let (bar, _) = shown.entry(entity.clone()).or_insert_with(|| {
                 let bar = bars.add(
@@ -325,7 +338,8 @@ async fn draw(
                 (bar, std::time::Instant::now())
             });
             bar.set_position(rows_done);
-            if done {
+            if let (true, Some(total)) = (done, rows_total) {
+                bar.set_length(total);
                 bar.finish();
             }
         } else {
