@@ -425,14 +425,18 @@ pub(crate) async fn migrate(
         close_table(ctx, target.as_ref(), req, by_batch, legacy_type, &hashed_cols, &mut put_back)
             .await?;
     account(ctx, target.as_ref(), req, &result).await?;
-    // Its last progress says it is done, with the total known now if no forecast gave it.
+    done(ctx, &spec.target, &result);
+    Ok(result)
+}
+
+/// The entity's last progress: done, with its total known now if no forecast gave it.
+fn done(ctx: &RunContext, target: &TableName, result: &EntityResult) {
     ctx.events.publish(RunEvent::Progress {
         run_id: ctx.run_id,
-        entity: spec.target.name.clone(),
+        entity: target.name.clone(),
         rows_done: result.rows_read as u64,
         rows_total: Some(result.rows_read as u64),
     });
-    Ok(result)
 }
 
 /// What each batch of an entity's load is made with.
