@@ -260,8 +260,8 @@ impl PgTarget {
     /// key range; a row whose hashes differ, or that cannot be hashed here, is then compared
     /// value by value ([`PgTarget::compare_values`]), so a difference is named as before and a
     /// hash never passes a row the values would fail (short of a 64-bit collision). `None`
-    /// when the page cannot be compared this way: a key that is not an integer, or a column
-    /// without a binary encoder or hash here.
+    /// when the page cannot be compared this way: a legacy key that is not an integer, a key
+    /// that is not a uuid, or a column without a binary encoder or hash here.
     async fn compare_by_hash(
         &self,
         target: &TableName,
@@ -269,7 +269,9 @@ impl PgTarget {
     ) -> Result<Option<Vec<Compared>>, ToolError> {
         let (id, legacy) = (page.id_column, page.legacy_column);
         let keys: Option<Vec<i64>> = page.keys.iter().map(|k| k.parse().ok()).collect();
-        let (Some(keys), true) = (keys, integer_key(&page.columns[legacy].1)) else {
+        let uuid_key = page.columns[id].1 == "uuid";
+        let (Some(keys), true, true) = (keys, integer_key(&page.columns[legacy].1), uuid_key)
+        else {
             return Ok(None);
         };
         let (Some(&low), Some(&high)) = (keys.iter().min(), keys.iter().max()) else {
@@ -294,7 +296,7 @@ impl PgTarget {
         let row: Vec<String> =
             columns.iter().map(|(name, _)| format!("t.{}", ident(name))).collect();
         let sql = format!(
-            "SELECT t.legacy_id::int8, t.id::text, hash_record_extended(ROW({row}), 0){returned}
+            "SELECT t.legacy_id::int8, t.id, hash_record_extended(ROW({row}), 0){returned}
              FROM {table} t WHERE t.legacy_id BETWEEN $1 AND $2",
             row = row.join(", "),
             table = quoted(target),
@@ -306,7 +308,7 @@ impl PgTarget {
         for r in &rows {
             let returned: Result<Vec<Option<String>>, sqlx::Error> =
                 (0..page.returned.len()).map(|i| r.try_get(3 + i)).collect();
-            let row = (r.try_get::<String, _>(1), r.try_get::<i64, _>(2), returned);
+            let row = (r.try_get::<uuid::Uuid, _>(1), r.try_get::<i64, _>(2), returned);
             let (Ok(uuid), Ok(hash), Ok(returned)) = row else {
                 return Err(ToolError::system(format!("{}: an unreadable row", what())));
             };
@@ -324,7 +326,8 @@ impl PgTarget {
                 });
                 continue;
             };
-            let ours = page.values.get(r, id).is_some_and(|e| e.eq_ignore_ascii_case(&uuid));
+            let ours =
+                page.values.get(r, id).and_then(|e| uuid::Uuid::parse_str(e).ok()) == Some(uuid);
             if ours
                 && page.wanted[r]
                 && expected_hash(page, r, &hashed, &wires, &hows, &mut buf) != Some(hash)
