@@ -279,8 +279,11 @@ impl Drop for Progress {
     fn drop(&mut self) {
         let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
         *stopped = true;
-        self.task.abort();
         let _ = self.bars.clear();
+        // The task's bars draw themselves once more when they are dropped, whenever the
+        // aborted task is: by then they draw nowhere.
+        self.bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        self.task.abort();
     }
 }
 
