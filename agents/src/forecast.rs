@@ -167,15 +167,7 @@ fn settle_awaiting(
 
 /// The tables some planned entity references: their keys are remembered as they are forecast.
 fn referenced_parents(order: &[TableName], mappings: &MappingSet) -> HashSet<TableName> {
-    order
-        .iter()
-        .filter_map(|t| mappings.spec(t))
-        .flat_map(|s| s.columns.iter())
-        .filter_map(|c| match &c.feed {
-            runtime::mapping::Feed::Reference { parent, .. } => Some(parent.clone()),
-            _ => None,
-        })
-        .collect()
+    order.iter().filter_map(|t| mappings.spec(t)).flat_map(|s| s.parents().cloned()).collect()
 }
 
 /// An entity's mapping compiled against its target table, with the rules across rows.

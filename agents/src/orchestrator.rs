@@ -345,10 +345,8 @@ fn in_cycles(plan: &MigrationPlan, mappings: &MappingSet) -> HashSet<TableName> 
         if !seen.insert(table.clone()) {
             continue;
         }
-        for c in mappings.spec(&table).map(|s| s.columns.as_slice()).unwrap_or_default() {
-            if let runtime::mapping::Feed::Reference { parent, .. } = &c.feed {
-                needed.push(parent.clone());
-            }
+        if let Some(spec) = mappings.spec(&table) {
+            needed.extend(spec.parents().cloned());
         }
     }
     seen
@@ -642,17 +640,7 @@ async fn migrate_all(
             let parents: Vec<TableName> = req
                 .mappings
                 .spec(&e.table)
-                .map(|s| {
-                    s.columns
-                        .iter()
-                        .filter_map(|c| match &c.feed {
-                            runtime::mapping::Feed::Reference { parent, .. } => {
-                                Some(parent.clone())
-                            }
-                            _ => None,
-                        })
-                        .collect()
-                })
+                .map(|s| s.parents().cloned().collect())
                 .unwrap_or_default();
             // A reference to a later wave is one the planner broke a cycle at (filled later).
             order
@@ -736,14 +724,8 @@ fn entity_request(
         .spec(&entity.table)
         .ok_or_else(|| AgentError::new(ME, format!("{} has no mapping", entity.table)))?;
     let parents: Vec<(TableName, TableName)> = spec
-        .columns
-        .iter()
-        .filter_map(|c| match &c.feed {
-            runtime::mapping::Feed::Reference { parent, .. } => {
-                mappings.spec(parent).map(|p| (parent.clone(), p.target.clone()))
-            }
-            _ => None,
-        })
+        .parents()
+        .filter_map(|parent| mappings.spec(parent).map(|p| (parent.clone(), p.target.clone())))
         .collect();
     Ok(MigrateEntity {
         entity: entity.clone(),

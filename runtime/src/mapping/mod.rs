@@ -167,6 +167,14 @@ impl DeleteMode {
 }
 
 impl MappingSpec {
+    /// The source tables whose keys this mapping turns into references, one per reference.
+    pub fn parents(&self) -> impl Iterator<Item = &TableName> {
+        self.columns.iter().filter_map(|c| match &c.feed {
+            Feed::Reference { parent, .. } => Some(parent),
+            _ => None,
+        })
+    }
+
     /// The script transforms: the source column each reads, and the script.
     pub fn scripts(&self) -> Vec<ScriptColumn> {
         let mut scripts = Vec::new();
