@@ -392,7 +392,7 @@ pub(crate) async fn migrate(
         && deferred_cols.is_empty()
         && runtime::domain::integer_key(legacy_type)
         && target.hashes_rows(&spec.target, &hashed_cols).await?;
-    load_without_legacy_key(ctx, target.as_ref(), req, resumed).await?;
+    load_without_keys(ctx, target.as_ref(), req, resumed).await?;
     let load = Load {
         mapper: &mapper,
         scan_cols: &scan_cols,
@@ -452,30 +452,37 @@ struct Load<'a> {
     baseline: Option<&'a [usize]>,
 }
 
-/// Loads an empty table without its unique legacy key (the primary key refuses the same
-/// duplicates, since every UUID is derived from its legacy key); the key is built in one pass
-/// after the load, before anything looks rows up by it.
-async fn load_without_legacy_key(
+/// Loads an empty table without its primary key and unique legacy key: every UUID is derived
+/// from its legacy key and the rows come in increasing legacy key, so no row repeats a key
+/// either would refuse; both are built in one sorted pass each after the load, before anything
+/// looks rows up by them.
+async fn load_without_keys(
     ctx: &RunContext,
     target: &dyn Target,
     req: &MigrateEntity,
     resumed: bool,
 ) -> Result<(), ToolError> {
     let spec = &req.spec;
-    if req.constraints_suspended
-        && target.suspend_legacy_key(ctx.run_id, &spec.target).await?
-        && !resumed
-    {
-        ctx.decision(
-            ME,
-            format!("loading {} without its unique legacy_id key", spec.target),
-            "the table is empty and every row's UUID is derived from its legacy key, so the \
-                primary key refuses any duplicate the legacy key would; maintaining both during \
-                the load cost about a third of the server's insert time (bench/RESULTS.md); the \
-                key is built after the load",
-            serde_json::json!({"table": spec.target.to_string()}),
-        );
+    if !req.constraints_suspended {
+        return Ok(());
     }
+    let aside = target.suspend_keys(ctx.run_id, &spec.target).await?;
+    let what = match (aside.primary, aside.legacy) {
+        _ if resumed => return Ok(()),
+        (true, true) => "its primary key and unique legacy_id key",
+        (false, true) => "its unique legacy_id key",
+        (true, false) => "its primary key",
+        (false, false) => return Ok(()),
+    };
+    ctx.decision(
+        ME,
+        format!("loading {} without {what}", spec.target),
+        "the table is empty, every row's UUID is derived from its legacy key and the rows come \
+            in increasing legacy key, so no row of the load can repeat a key; maintaining the \
+            keys row by row cost about half the server's insert time against building them once \
+            after the load (bench/RESULTS.md)",
+        serde_json::json!({"table": spec.target.to_string(), "primary_key": aside.primary}),
+    );
     Ok(())
 }
 
@@ -597,13 +604,13 @@ async fn close_table(
     put_back: &mut Vec<String>,
 ) -> Result<i64, ToolError> {
     let spec = &req.spec;
-    // The table is loaded: its rows are counted, and the foreign keys and indexes set aside
-    // for the load and its legacy key are put back (its parents are loaded, its own rows all
+    // The table is loaded: its rows are counted, and the keys, foreign keys and indexes set
+    // aside for the load are put back (its parents are loaded, its own rows all
     // in) on one core, one after the other (each locks the table against the next). The other
     // core records the load baseline unless the batches recorded it; if they did, it counts
     // the rows meanwhile (a count only reads, so nothing the put-back does waits for it but
-    // the legacy key's last step). Otherwise the count goes first on the put-back's core:
-    // putting the legacy key back waits for the baseline's read anyway. The final put-back of
+    // the keys' last steps). Otherwise the count goes first on the put-back's core: putting
+    // the keys back waits for the baseline's read anyway. The final put-back of
     // the run finds nothing left of this table.
     let (first, second) = tokio::join!(
         async {
@@ -618,7 +625,7 @@ async fn close_table(
                     target.restore_constraints_but_refused(&spec.target).await?
                 }
                 true => target.restore_constraints(&spec.target).await?,
-                false => target.restore_legacy_key(&spec.target).await.map(|()| Vec::new())?,
+                false => target.restore_keys(&spec.target).await.map(|()| Vec::new())?,
             };
             Ok::<_, ToolError>((rows, put_back))
         },

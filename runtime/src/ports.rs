@@ -7,8 +7,8 @@ use async_trait::async_trait;
 
 use crate::domain::{
     Batch, Checkpoint, CodeRequest, CodeResult, Compared, DiffApplied, DiffBatch, Diffed,
-    Differential, EntityDiff, EntityValidation, Expected, LlmReply, LlmRequest, RejectedRow,
-    RollbackEntity, RolledBack, Scan, SchemaReport, SyncMark, TableName, Written,
+    Differential, EntityDiff, EntityValidation, Expected, KeysAside, LlmReply, LlmRequest,
+    RejectedRow, RollbackEntity, RolledBack, Scan, SchemaReport, SyncMark, TableName, Written,
 };
 use crate::ids::RunId;
 use crate::text_rows::TextRows;
@@ -114,14 +114,17 @@ pub trait ConstraintStore: Send + Sync + 'static {
         &self,
         target: &TableName,
     ) -> Result<Vec<String>, ToolError>;
-    /// Sets aside the unique constraint on `legacy_id` of an empty table for its load, when the
-    /// primary key on `id` refuses the same duplicates (every row's UUID is derived from its
-    /// legacy key, and the empty table holds no row with a UUID of its own); recorded like the
-    /// others. Returns whether the table's legacy key is set aside (now or by an earlier try).
-    async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError>;
-    /// Puts back a legacy key set aside by [`Target::suspend_legacy_key`] (the unique index is
+    /// Sets aside the keys of an empty table for its load: its primary key on `id` and its
+    /// unique constraint on `legacy_id`, where nothing else leans on them. Every row's UUID is
+    /// derived from its legacy key and the rows are read in increasing legacy key, so no row of
+    /// the load can repeat a key either would refuse. A table that is no longer empty (a
+    /// restarted or resumed load) gets its primary key back first, and keeps the legacy key
+    /// aside (the primary key refuses the same duplicates). Recorded like the others; returns
+    /// which keys are aside.
+    async fn suspend_keys(&self, run: RunId, target: &TableName) -> Result<KeysAside, ToolError>;
+    /// Puts back the keys set aside by [`Target::suspend_keys`], primary key first (each index
     /// built in one sorted pass).
-    async fn restore_legacy_key(&self, target: &TableName) -> Result<(), ToolError>;
+    async fn restore_keys(&self, target: &TableName) -> Result<(), ToolError>;
     /// Deletes, in one transaction and in the order given (children first), the rows of each
     /// table that agentctl created: those whose UUID is the one `deriver` derives from their
     /// legacy key. Rows that were there before agentctl are never touched. Puts back any
@@ -382,11 +385,11 @@ impl ConstraintStore for Roles {
     ) -> Result<Vec<String>, ToolError> {
         self.constraints.restore_constraints_but_refused(target).await
     }
-    async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError> {
-        self.constraints.suspend_legacy_key(run, target).await
+    async fn suspend_keys(&self, run: RunId, target: &TableName) -> Result<KeysAside, ToolError> {
+        self.constraints.suspend_keys(run, target).await
     }
-    async fn restore_legacy_key(&self, target: &TableName) -> Result<(), ToolError> {
-        self.constraints.restore_legacy_key(target).await
+    async fn restore_keys(&self, target: &TableName) -> Result<(), ToolError> {
+        self.constraints.restore_keys(target).await
     }
     async fn rollback(
         &self,

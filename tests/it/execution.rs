@@ -90,13 +90,13 @@ fn a_run_migrates_what_the_forecast_said_and_records_every_rejection() {
         ),
         0
     );
-    // The foreign keys set aside for the load are all back, and validated; so are the unique
-    // legacy keys of the tables that loaded empty (all of them here).
+    // The foreign keys set aside for the load are all back, and validated; so are the primary
+    // keys and unique legacy keys of the tables that loaded empty (all of them here).
     assert_eq!(count("SELECT count(*) FROM agentctl.suspended_constraints"), 0);
     assert_eq!(
         count(
             "SELECT count(*) FROM agentctl.audit_events WHERE summary LIKE 'loading % \
-        without its unique legacy_id key'"
+        without its primary key and unique legacy_id key'"
         ),
         25
     );

@@ -2,7 +2,7 @@
 //! partitions, columns, constraints, indexes, triggers, enums, domains), never one per table,
 //! so a schema of hundreds of tables is read in a few round trips.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
 use runtime::domain::{
@@ -89,6 +89,7 @@ impl PgCatalog {
         let mut tables = self.tables().await?;
         self.columns(&mut tables).await?;
         self.constraints(&mut tables).await?;
+        self.keys_set_aside(&mut tables).await?;
         self.indexes(&mut tables).await?;
         self.triggers(&mut tables).await?;
         let mut tables = tables.list;
@@ -346,6 +347,39 @@ impl PgCatalog {
             };
             if !tables.list[i].foreign_keys.iter().any(same) {
                 tables.list[i].foreign_keys.push(fk);
+            }
+        }
+        Ok(())
+    }
+
+    /// The primary keys agentctl set aside for a load that has not ended (a killed run, before
+    /// it is carried on), read from its records as the keys they are: whoever reads the schema
+    /// meanwhile sees the table as designed.
+    async fn keys_set_aside(&self, tables: &mut Tables) -> Result<(), ToolError> {
+        let records = self
+            .rows(
+                "keys set aside",
+                "SELECT to_regclass('agentctl.suspended_constraints') IS NOT NULL AS recorded",
+                None,
+            )
+            .await?;
+        if !records.first().map(|r| get::<bool>(r, "recorded")).transpose()?.unwrap_or(false) {
+            return Ok(());
+        }
+        let aside: HashSet<String> = self
+            .rows(
+                "keys set aside",
+                "SELECT target_table FROM agentctl.suspended_constraints \
+                    WHERE kind = 'primary' AND definition = 'PRIMARY KEY (id)'",
+                None,
+            )
+            .await?
+            .iter()
+            .map(|r| get::<String>(r, "target_table"))
+            .collect::<Result<_, _>>()?;
+        for t in tables.list.iter_mut() {
+            if t.primary_key.is_empty() && aside.contains(&t.name.to_string()) {
+                t.primary_key = vec!["id".to_owned()];
             }
         }
         Ok(())

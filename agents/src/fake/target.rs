@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use runtime::domain::{
     Batch, Checkpoint, Compared, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff,
-    EntityValidation, Expected, RejectedRow, RollbackEntity, RolledBack, SyncMark, TableName,
-    Written,
+    EntityValidation, Expected, KeysAside, RejectedRow, RollbackEntity, RolledBack, SyncMark,
+    TableName, Written,
 };
 use runtime::error::ToolError;
 use runtime::ports::{ConstraintStore, DiffStore, Loader, Verifier};
@@ -289,10 +289,10 @@ impl ConstraintStore for MemTarget {
     ) -> Result<Vec<String>, ToolError> {
         Ok(Vec::new())
     }
-    async fn suspend_legacy_key(&self, _: RunId, _: &TableName) -> Result<bool, ToolError> {
-        Ok(false)
+    async fn suspend_keys(&self, _: RunId, _: &TableName) -> Result<KeysAside, ToolError> {
+        Ok(KeysAside::default())
     }
-    async fn restore_legacy_key(&self, _: &TableName) -> Result<(), ToolError> {
+    async fn restore_keys(&self, _: &TableName) -> Result<(), ToolError> {
         Ok(())
     }
     async fn rollback(

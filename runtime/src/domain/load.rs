@@ -69,6 +69,16 @@ pub struct Checkpoint {
     pub batches: i64,
 }
 
+/// The keys of a table set aside for its load ([`crate::ports::ConstraintStore::suspend_keys`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeysAside {
+    /// The primary key on `id`: no row of the table can be present before the batch that
+    /// writes it, so nothing looks one up.
+    pub primary: bool,
+    /// The unique constraint on `legacy_id`.
+    pub legacy: bool,
+}
+
 /// Every `id` of a parent table, by table.
 pub type ParentIds = std::collections::HashMap<TableName, std::collections::HashSet<uuid::Uuid>>;
 

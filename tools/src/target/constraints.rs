@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use runtime::domain::TableName;
-use runtime::domain::{RollbackEntity, RolledBack};
+use runtime::domain::{KeysAside, RollbackEntity, RolledBack};
 use runtime::ports::{ConstraintStore, ToolError};
 use runtime::RunId;
 
@@ -61,45 +61,58 @@ async fn set_aside(
     Ok(())
 }
 
-/// Whether the table's unique legacy key is set aside for its load.
-pub(super) async fn legacy_key_aside(
+/// A key agentctl sets aside for a load (`suspend_keys`), as put back: its kind of constraint
+/// and its one column.
+fn plain_key(kind: &str, definition: &str) -> Option<(&'static str, &'static str)> {
+    match (kind, definition) {
+        ("primary", "PRIMARY KEY (id)") => Some(("PRIMARY KEY", "id")),
+        ("unique", "UNIQUE (legacy_id)") => Some(("UNIQUE", "legacy_id")),
+        _ => None,
+    }
+}
+
+/// The keys set aside for the table's load.
+pub(super) async fn keys_aside(
     c: &mut sqlx::PgConnection,
     target: &TableName,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM agentctl.suspended_constraints WHERE \
-        target_table = $1 AND kind = 'unique')",
+) -> Result<KeysAside, sqlx::Error> {
+    let (primary, legacy): (bool, bool) = sqlx::query_as(
+        "SELECT coalesce(bool_or(kind = 'primary'), false), coalesce(bool_or(kind = 'unique'), false) \
+        FROM agentctl.suspended_constraints WHERE target_table = $1",
     )
     .bind(target.to_string())
     .fetch_one(c)
-    .await
+    .await?;
+    Ok(KeysAside { primary, legacy })
 }
 
 impl PgTarget {
-    /// Puts back what is recorded as set aside for the table (of one kind, or all); returns what
+    /// Puts back what is recorded as set aside for the table (of some kinds, or all); returns what
     /// was put back and whether that was everything. A foreign key the rows break fails it,
     /// ends it there, or is left aside while the rest goes on, as `on_refusal` says; what is not
     /// put back stays recorded.
     async fn restore(
         &self,
         target: &TableName,
-        kind: Option<&str>,
+        kinds: Option<&[&str]>,
         on_refusal: OnRefusal,
     ) -> Result<(Vec<String>, bool), ToolError> {
         let what = format!("putting back the constraints and indexes of {target}");
         let records: Vec<(String, String, String, bool)> = sqlx::query_as(
             "SELECT name, kind, definition, validated FROM agentctl.suspended_constraints
-             WHERE target_table = $1 AND ($2::text IS NULL OR kind = $2) ORDER BY kind = 'autovacuum', kind = 'unique', kind DESC, name",
+             WHERE target_table = $1 AND ($2::text[] IS NULL OR kind = ANY($2))
+             ORDER BY kind <> 'primary', kind = 'autovacuum', kind = 'unique', kind DESC, name",
         )
         .bind(target.to_string())
-        .bind(kind)
+        .bind(kinds)
         .fetch_all(&self.pool)
         .await
         .map_err(while_doing(&what))?;
         let table = quoted(target);
         let mut restored = Vec::with_capacity(records.len());
         let mut everything = true;
-        // Indexes and foreign keys first, then the unique legacy key: making its index the
+        // The primary key first: a foreign key (the table's own, to itself) needs its index.
+        // Then indexes and foreign keys, then the unique legacy key: making its index the
         // constraint waits for every reader of the table (the load baseline), and whatever came
         // after it would wait behind that. Autovacuum last, so that none of these waits for it.
         for (name, kind, definition, validated) in records {
@@ -109,23 +122,23 @@ impl PgTarget {
             // silently left unchecked. (The lock it takes stops writers to the table and its
             // parent, never readers; agentctl writes to neither at that point.)
             let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
-            let create = match kind.as_str() {
-                "index" => definition.clone(),
-                AUTOVACUUM => format!("ALTER TABLE {table} RESET (autovacuum_enabled)"),
-                // The plain legacy key: its index built under a lock that lets readers on (the
-                // load baseline reads the table meanwhile), then made the constraint it was.
-                "unique" if definition == "UNIQUE (legacy_id)" => {
+            let create = match (kind.as_str(), plain_key(&kind, &definition)) {
+                // The plain keys: the index built under a lock that lets readers on (the load
+                // baseline reads the table meanwhile), then made the constraint it was.
+                (_, Some((key, column))) => {
                     let name = ident(&name);
-                    sqlx::query(&format!("CREATE UNIQUE INDEX {name} ON {table} (legacy_id)"))
+                    sqlx::query(&format!("CREATE UNIQUE INDEX {name} ON {table} ({column})"))
                         .execute(&mut *tx)
                         .await
                         .map_err(while_doing(format!(
                             "building the index of {name} on {target}"
                         )))?;
-                    format!("ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}")
+                    format!("ALTER TABLE {table} ADD CONSTRAINT {name} {key} USING INDEX {name}")
                 }
+                ("index", _) => definition.clone(),
+                (AUTOVACUUM, _) => format!("ALTER TABLE {table} RESET (autovacuum_enabled)"),
                 // A unique key is built whole, never NOT VALID.
-                "unique" => {
+                ("unique", _) => {
                     format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name))
                 }
                 // Validated as it is added, unless it was NOT VALID before agentctl set it aside.
@@ -246,36 +259,58 @@ impl ConstraintStore for PgTarget {
     ) -> Result<Vec<String>, ToolError> {
         self.restore(target, None, OnRefusal::Skip).await.map(|(restored, _)| restored)
     }
-    async fn suspend_legacy_key(&self, run: RunId, target: &TableName) -> Result<bool, ToolError> {
-        let what = format!("setting aside the unique legacy key of {target} for the load");
-        let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
+    async fn suspend_keys(&self, run: RunId, target: &TableName) -> Result<KeysAside, ToolError> {
+        let what = format!("setting aside the keys of {target} for the load");
         let table = quoted(target);
-        // The unique constraint on legacy_id alone, with a primary key on id, no foreign key
-        // leaning on it, and no row yet.
-        let found: Option<(String, String)> = sqlx::query_as(&format!(
-            "SELECT u.conname::text, pg_get_constraintdef(u.oid) FROM pg_constraint u
-             WHERE u.conrelid = $1::regclass AND u.contype = 'u'
-               AND u.conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'legacy_id')]
-               AND EXISTS (SELECT 1 FROM pg_constraint p WHERE p.conrelid = $1::regclass AND p.contype = 'p'
-                           AND p.conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'id')])
-               AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = u.conindid)
-               AND NOT EXISTS (SELECT 1 FROM {table})"
+        let empty: bool = sqlx::query_scalar(&format!("SELECT NOT EXISTS (SELECT 1 FROM {table})"))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(while_doing(&what))?;
+        if !empty {
+            // A load that starts again over rows of its own: the primary key comes back, so
+            // that a row the table holds is found by it.
+            self.restore(target, Some(&["primary"]), OnRefusal::Fail).await?;
+        }
+        let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
+        // The primary key on id alone and the unique constraint on legacy_id alone, both there,
+        // of a plain table, no foreign key leaning on either, and no row yet.
+        let found: Vec<(String, String, String)> = sqlx::query_as(&format!(
+            "WITH cols AS (
+                 SELECT (SELECT attnum FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'id') AS id,
+                        (SELECT attnum FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'legacy_id') AS legacy
+             ), keys AS (
+                 SELECT k.oid, k.conname, k.contype, k.conindid, k.conkey
+                 FROM pg_constraint k, cols
+                 WHERE k.conrelid = $1::regclass AND (k.contype = 'p' AND k.conkey = ARRAY[cols.id]
+                                                      OR k.contype = 'u' AND k.conkey = ARRAY[cols.legacy])
+             )
+             SELECT k.conname::text, CASE k.contype WHEN 'p' THEN 'primary' ELSE 'unique' END,
+                    pg_get_constraintdef(k.oid)
+             FROM keys k
+             WHERE (SELECT count(*) FROM keys) = 2
+               AND (SELECT relkind FROM pg_class WHERE oid = $1::regclass) = 'r'
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = k.conindid)
+               AND NOT EXISTS (SELECT 1 FROM {table})
+             ORDER BY k.contype"
         ))
         .bind(&table)
-        .fetch_optional(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
         .map_err(while_doing(&what))?;
-        if let Some((name, definition)) = found {
-            set_aside(&mut tx, run, target, &name, "unique", &definition, true)
-                .await
-                .map_err(while_doing(&what))?;
+        // Each only as `plain_key` puts it back.
+        for (name, kind, definition) in &found {
+            if plain_key(kind, definition).is_some() {
+                set_aside(&mut tx, run, target, name, kind, definition, true)
+                    .await
+                    .map_err(while_doing(&what))?;
+            }
         }
-        let aside = legacy_key_aside(&mut tx, target).await.map_err(while_doing(&what))?;
+        let aside = keys_aside(&mut tx, target).await.map_err(while_doing(&what))?;
         tx.commit().await.map_err(while_doing(&what))?;
         Ok(aside)
     }
-    async fn restore_legacy_key(&self, target: &TableName) -> Result<(), ToolError> {
-        self.restore(target, Some("unique"), OnRefusal::Fail).await.map(drop)
+    async fn restore_keys(&self, target: &TableName) -> Result<(), ToolError> {
+        self.restore(target, Some(&["primary", "unique"]), OnRefusal::Fail).await.map(drop)
     }
     async fn rollback(
         &self,

@@ -15,7 +15,7 @@ use crate::catalog::{ident, quoted};
 use crate::dataset::copy::push_field;
 use crate::pg::{fault, while_doing, Fault};
 
-use super::constraints::legacy_key_aside;
+use super::constraints::keys_aside;
 
 use super::{discard_transaction, retrying, system_fault, Failure, PgTarget};
 
@@ -384,12 +384,15 @@ impl PgTarget {
         cols: &str,
     ) -> Result<(i64, i64, Vec<(usize, String)>), Failure> {
         stage(c, b, keep).await?;
-        let legacy = b.columns.iter().position(|(name, _)| name == "legacy_id");
-        // While the legacy key is set aside for the load, every row in the table is agentctl's
-        // (the table was empty), so a row is present exactly when its UUID is: looked up by the
-        // primary key instead of a scan.
-        let legacy_aside = legacy_key_aside(c, &b.target).await?;
-        let matches = |i: usize| match legacy_aside {
+        // While the primary key is set aside for the load, the table was empty when the load
+        // began and holds only its batches before this one, of lower legacy keys: no row of
+        // this batch can be there already. While only the legacy key is, every row in the table
+        // is agentctl's, so a row is present exactly when its UUID is: looked up by the primary
+        // key instead of a scan.
+        let aside = keys_aside(c, &b.target).await?;
+        let legacy =
+            b.columns.iter().position(|(name, _)| name == "legacy_id").filter(|_| !aside.primary);
+        let matches = |i: usize| match aside.legacy {
             true => format!("t.id = s.c{}::uuid", b.id_column),
             false => format!("t.legacy_id = s.c{i}::{}", b.columns[i].1),
         };
@@ -418,7 +421,7 @@ impl PgTarget {
             None => HashSet::new(),
         };
         let present = present_rows.len() as i64;
-        if let (Some(i), true, false) = (legacy, present > 0, legacy_aside) {
+        if let (Some(i), true, false) = (legacy, present > 0, aside.legacy) {
             record_kept(c, b, i).await?;
         }
         let casts: Vec<String> =
