@@ -245,13 +245,19 @@ pub(crate) fn expect(
     page: TextRows,
     mut reasons: Option<&mut Vec<(usize, String)>>,
 ) -> Expected {
+    let uuids = out_cols.iter().filter(|(_, ty)| ty == "uuid").count();
     let mut expected = Expected {
         columns: out_cols.to_vec(),
         id_column: id_col,
         legacy_column: legacy_col,
         keys: Vec::with_capacity(page.len()),
         wanted: Vec::with_capacity(page.len()),
-        values: TextRows::with_capacity(out_cols.len(), page.len(), page.text_len()),
+        // The source's text, and room for a UUID a uuid column: a page grows no buffer.
+        values: TextRows::with_capacity(
+            out_cols.len(),
+            page.len(),
+            page.text_len() + page.len() * uuids * 36,
+        ),
         returned: money.to_vec(),
     };
     let mut refs: Vec<Option<&str>> = Vec::with_capacity(page.width());

@@ -420,22 +420,19 @@ async fn count_links(
     source_links: Vec<i64>,
     kept_keys: &[String],
 ) -> Result<Vec<Links>, ToolError> {
-    let spec = &req.spec;
-    let mut links = Vec::new();
-    let live = soft_delete(req);
-    for (l, source) in linked.iter().zip(source_links) {
-        let found = target
-            .links(&spec.target, &l.columns, &l.parent, &l.referenced, live, kept_keys)
-            .await?;
-        links.push(Links {
+    let mut links: Vec<Links> = linked
+        .iter()
+        .zip(source_links)
+        .map(|(l, source)| Links {
             columns: l.columns.clone(),
             parent: l.parent.clone(),
             referenced: l.referenced.clone(),
             source_columns: l.source_columns.clone(),
             source,
-            target: found,
-        });
-    }
+            target: 0,
+        })
+        .collect();
+    target.links(&req.spec.target, &mut links, soft_delete(req), kept_keys).await?;
     Ok(links)
 }
 

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use crate::domain::{
     Batch, Checkpoint, CodeRequest, CodeResult, Compared, DiffApplied, DiffBatch, Diffed,
-    Differential, EntityDiff, EntityValidation, Expected, KeysAside, LlmReply, LlmRequest,
+    Differential, EntityDiff, EntityValidation, Expected, KeysAside, Links, LlmReply, LlmRequest,
     RejectedRow, RollbackEntity, RolledBack, Scan, SchemaReport, SyncMark, TableName, Written,
 };
 use crate::ids::RunId;
@@ -180,17 +180,16 @@ pub trait Verifier: Send + Sync + 'static {
         column: &str,
         parent: &TableName,
     ) -> Result<Option<(i64, Vec<String>)>, ToolError>;
-    /// Rows of `child` with a legacy key, other than `except`, whose `columns` point at a row of
-    /// `parent` (its `referenced` columns); with `live`, only those not soft-deleted.
+    /// Counts each link's `target`: the rows of `child` with a legacy key, other than `except`,
+    /// whose `columns` point at a row of `parent` (its `referenced` columns); with `live`, only
+    /// those not soft-deleted.
     async fn links(
         &self,
         child: &TableName,
-        columns: &[String],
-        parent: &TableName,
-        referenced: &[String],
+        links: &mut [Links],
         live: bool,
         except: &[String],
-    ) -> Result<i64, ToolError>;
+    ) -> Result<(), ToolError>;
     /// Stores a validation in `migration_validation_reports`.
     async fn save_validation(&self, run: RunId, report: &EntityValidation)
         -> Result<(), ToolError>;
@@ -446,13 +445,11 @@ impl Verifier for Roles {
     async fn links(
         &self,
         child: &TableName,
-        columns: &[String],
-        parent: &TableName,
-        referenced: &[String],
+        links: &mut [Links],
         live: bool,
         except: &[String],
-    ) -> Result<i64, ToolError> {
-        self.verify.links(child, columns, parent, referenced, live, except).await
+    ) -> Result<(), ToolError> {
+        self.verify.links(child, links, live, except).await
     }
     async fn save_validation(
         &self,

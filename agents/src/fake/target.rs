@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use runtime::domain::{
     Batch, Checkpoint, Compared, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff,
-    EntityValidation, Expected, KeysAside, RejectedRow, RollbackEntity, RolledBack, SyncMark,
-    TableName, Written,
+    EntityValidation, Expected, KeysAside, Links, RejectedRow, RollbackEntity, RolledBack,
+    SyncMark, TableName, Written,
 };
 use runtime::error::ToolError;
 use runtime::ports::{ConstraintStore, DiffStore, Loader, Verifier};
@@ -406,28 +406,30 @@ impl Verifier for MemTarget {
     async fn links(
         &self,
         child: &TableName,
-        columns: &[String],
-        parent: &TableName,
-        referenced: &[String],
+        links: &mut [Links],
         _live: bool,
         except: &[String],
-    ) -> Result<i64, ToolError> {
-        let (children, parents) = (self.rows(child), self.rows(parent));
-        let points = |r: &MemRow, p: &MemRow| {
-            columns.iter().zip(referenced).all(|(c, rc)| {
-                let value = r.values.get(c).cloned().flatten();
-                let at = if rc == "id" {
-                    Some(p.id.clone())
-                } else {
-                    p.values.get(rc).cloned().flatten()
-                };
-                value.is_some() && value == at
-            })
-        };
-        let linked = children
-            .iter()
-            .filter(|r| !except.contains(&r.legacy) && parents.iter().any(|p| points(r, p)));
-        Ok(linked.count() as i64)
+    ) -> Result<(), ToolError> {
+        let children = self.rows(child);
+        for link in links {
+            let parents = self.rows(&link.parent);
+            let points = |r: &MemRow, p: &MemRow| {
+                link.columns.iter().zip(&link.referenced).all(|(c, rc)| {
+                    let value = r.values.get(c).cloned().flatten();
+                    let at = if rc == "id" {
+                        Some(p.id.clone())
+                    } else {
+                        p.values.get(rc).cloned().flatten()
+                    };
+                    value.is_some() && value == at
+                })
+            };
+            let linked = children
+                .iter()
+                .filter(|r| !except.contains(&r.legacy) && parents.iter().any(|p| points(r, p)));
+            link.target = linked.count() as i64;
+        }
+        Ok(())
     }
 
     async fn save_validation(&self, _: RunId, report: &EntityValidation) -> Result<(), ToolError> {

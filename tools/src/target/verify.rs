@@ -4,10 +4,10 @@
 
 use async_trait::async_trait;
 use runtime::domain::{integer_key, TableName};
-use runtime::domain::{Compared, Expected};
+use runtime::domain::{Compared, Expected, Links};
 use runtime::ports::{ToolError, Verifier};
 use runtime::RunId;
-use sqlx::Row;
+use sqlx::{PgPool, Row};
 
 use crate::catalog::{ident, quoted};
 use crate::pg::while_doing;
@@ -114,56 +114,65 @@ impl Verifier for PgTarget {
     async fn links(
         &self,
         child: &TableName,
-        columns: &[String],
-        parent: &TableName,
-        referenced: &[String],
+        links: &mut [Links],
         live: bool,
         except: &[String],
-    ) -> Result<i64, ToolError> {
-        let what =
-            || format!("counting the references of {child} ({}) to {parent}", columns.join(", "));
-        // A validated foreign key on exactly these columns and the parent's: every reference
-        // set points at a row, so the rows that set one are counted without looking each up.
-        let enforced: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_constraint c
-             WHERE c.conrelid = $1::regclass AND c.confrelid = $2::regclass AND c.contype = 'f' AND c.convalidated
-               AND c.conkey = ARRAY(SELECT a.attnum FROM unnest($3::text[]) WITH ORDINALITY n(name, o)
-                                    JOIN pg_attribute a ON a.attrelid = $1::regclass AND a.attname = n.name ORDER BY n.o)
-               AND c.confkey = ARRAY(SELECT a.attnum FROM unnest($4::text[]) WITH ORDINALITY n(name, o)
-                                     JOIN pg_attribute a ON a.attrelid = $2::regclass AND a.attname = n.name ORDER BY n.o))",
-        )
-        .bind(quoted(child))
-        .bind(quoted(parent))
-        .bind(columns)
-        .bind(referenced)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(while_doing(what()))?;
-        let set: Vec<String> =
-            columns.iter().map(|c| format!(" AND c.{} IS NOT NULL", ident(c))).collect();
-        let on: Vec<String> = columns
-            .iter()
-            .zip(referenced)
-            .map(|(c, r)| format!("p.{} = c.{}", ident(r), ident(c)))
-            .collect();
-        let sql = format!(
-            "SELECT count(*) FROM {} c WHERE c.legacy_id IS NOT NULL{}{except}{live}{exists}",
-            quoted(child),
-            set.concat(),
-            except = if except.is_empty() { "" } else { " AND c.legacy_id::text <> ALL($1)" },
-            live = if live { " AND c.deleted_at IS NULL" } else { "" },
-            exists = match enforced {
-                true => String::new(),
-                false => format!(
-                    " AND EXISTS (SELECT 1 FROM {} p WHERE {})",
-                    quoted(parent),
-                    on.join(" AND ")
-                ),
-            },
-        );
-        let count = sqlx::query_scalar(&sql);
-        let count = if except.is_empty() { count } else { count.bind(except) };
-        count.fetch_one(&self.pool).await.map_err(while_doing(what()))
+    ) -> Result<(), ToolError> {
+        let what = || format!("counting the references of {child}");
+        let mut filter = String::from(" AND c.legacy_id IS NOT NULL");
+        if !except.is_empty() {
+            filter.push_str(" AND c.legacy_id::text <> ALL($1)");
+        }
+        if live {
+            filter.push_str(" AND c.deleted_at IS NULL");
+        }
+        let count = |sql: String| async move {
+            let q = sqlx::query(&sql);
+            let q = if except.is_empty() { q } else { q.bind(except) };
+            q.fetch_one(&self.pool).await.map_err(while_doing(what()))
+        };
+        // A link under a validated foreign key on exactly its columns and the parent's is a row
+        // that sets them: the database guarantees the parent row. Those are counted together,
+        // in one scan of the child; the others each look their parent rows up.
+        let mut enforced = Vec::new();
+        for (i, link) in links.iter_mut().enumerate() {
+            let set: Vec<String> =
+                link.columns.iter().map(|c| format!("c.{} IS NOT NULL", ident(c))).collect();
+            if enforced_key(&self.pool, child, link).await.map_err(while_doing(what()))? {
+                enforced.push((i, set.join(" AND ")));
+                continue;
+            }
+            let on: Vec<String> = link
+                .columns
+                .iter()
+                .zip(&link.referenced)
+                .map(|(c, r)| format!("p.{} = c.{}", ident(r), ident(c)))
+                .collect();
+            let row = count(format!(
+                "SELECT count(*) FROM {} c WHERE {}{filter} AND EXISTS (SELECT 1 FROM {} p WHERE {})",
+                quoted(child),
+                set.join(" AND "),
+                quoted(&link.parent),
+                on.join(" AND ")
+            ))
+            .await?;
+            link.target = row.try_get(0).map_err(while_doing(what()))?;
+        }
+        if enforced.is_empty() {
+            return Ok(());
+        }
+        let counts: Vec<String> =
+            enforced.iter().map(|(_, set)| format!("count(*) FILTER (WHERE {set})")).collect();
+        let row = count(format!(
+            "SELECT {} FROM {} c WHERE true{filter}",
+            counts.join(", "),
+            quoted(child)
+        ))
+        .await?;
+        for (n, (i, _)) in enforced.iter().enumerate() {
+            links[*i].target = row.try_get(n).map_err(while_doing(what()))?;
+        }
+        Ok(())
     }
     async fn save_validation(
         &self,
@@ -391,4 +400,23 @@ fn expected_hash(
         hash = crate::row_hash::fold(hash, element);
     }
     Some(hash as i64)
+}
+
+/// Whether a validated foreign key of `child` on exactly the link's columns points at exactly
+/// its parent's referenced columns.
+async fn enforced_key(pool: &PgPool, child: &TableName, link: &Links) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_constraint c
+         WHERE c.conrelid = $1::regclass AND c.confrelid = $2::regclass AND c.contype = 'f' AND c.convalidated
+           AND c.conkey = ARRAY(SELECT a.attnum FROM unnest($3::text[]) WITH ORDINALITY n(name, o)
+                                JOIN pg_attribute a ON a.attrelid = $1::regclass AND a.attname = n.name ORDER BY n.o)
+           AND c.confkey = ARRAY(SELECT a.attnum FROM unnest($4::text[]) WITH ORDINALITY n(name, o)
+                                 JOIN pg_attribute a ON a.attrelid = $2::regclass AND a.attname = n.name ORDER BY n.o))",
+    )
+    .bind(quoted(child))
+    .bind(quoted(&link.parent))
+    .bind(&link.columns)
+    .bind(&link.referenced)
+    .fetch_one(pool)
+    .await
 }
