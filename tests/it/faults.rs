@@ -492,3 +492,48 @@ fn a_grant_revoked_mid_load_stops_the_run_rejects_no_row_and_the_run_resumes() {
     let out = agentctl(&["--source", &source, "--target", &target, "validate"]);
     assert_eq!(out.code, 0, "{out:?}");
 }
+
+/// A read cut off in the middle of its COPY (its future dropped, as when a run stops or a
+/// worker fails and is started again) does not hand its connection, mid-protocol, to the next
+/// read of the pool: that read once failed with "expected CopyOutResponse, got ReadyForQuery"
+/// and stood in the run's error for the fault that stopped it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_cut_off_mid_copy_leaves_no_broken_connection_to_the_next() {
+    use runtime::ports::Rows;
+    let pg = shared();
+    let url = pg.create_db("cut_off");
+    pg.psql(
+        db_of(&url),
+        "CREATE TABLE big AS SELECT g AS id, repeat('x', 200) AS body FROM generate_series(1, 100000) g",
+    );
+    let db =
+        runtime::config::DbUrl::parse(runtime::config::DbRole::Source, &url, "the test").unwrap();
+    // One connection: the second read gets the one the first was cut off on, if it is kept.
+    let rows = tools::rows::PgRows::new(tools::pg::connect(&db, 1).await.unwrap());
+    let scan = runtime::domain::Scan {
+        table: runtime::domain::TableName::new("public", "big"),
+        columns: vec!["id".into(), "body".into()],
+        joins: Vec::new(),
+        key: vec!["id".into()],
+        after: None,
+        limit: None,
+        scripts: Vec::new(),
+        changed_since: None,
+    };
+    let under_way = tokio::sync::Notify::new();
+    let mut seen = 0u64;
+    let mut note = |_: &[Option<&str>]| {
+        seen += 1;
+        if seen == 1_000 {
+            under_way.notify_one();
+        }
+    };
+    tokio::select! {
+        read = rows.scan(&scan, &mut note) => panic!("the read was to be cut off, it ended: {read:?}"),
+        () = under_way.notified() => {}
+    }
+    let mut count = 0u64;
+    let read = rows.scan(&scan, &mut |_: &[Option<&str>]| count += 1).await;
+    assert_eq!(read.map_err(|e| e.to_string()), Ok(100_000));
+    assert_eq!(count, 100_000);
+}

@@ -555,7 +555,7 @@ pub async fn apply_diff(
 }
 
 async fn try_apply(pool: &PgPool, b: &DiffBatch) -> Result<DiffApplied, Failure> {
-    let mut c = pool.acquire().await?;
+    let mut c = crate::pg::Held::acquire(pool).await?;
     let done = async {
         sqlx::query("BEGIN").execute(&mut *c).await?;
         let done = apply_on(&mut c, b).await?;
@@ -564,7 +564,10 @@ async fn try_apply(pool: &PgPool, b: &DiffBatch) -> Result<DiffApplied, Failure>
     }
     .await;
     match done {
-        Ok(done) => Ok(done),
+        Ok(done) => {
+            c.finished();
+            Ok(done)
+        }
         Err(e) => {
             discard_transaction(c).await;
             Err(e.into())

@@ -141,6 +141,48 @@ pub fn while_doing(what: impl std::fmt::Display) -> impl FnOnce(sqlx::Error) -> 
 /// The connection pool type, so that crates above `tools` need not import the driver.
 pub type Pool = PgPool;
 
+/// A pooled connection for work that leaves it mid-protocol until the work ends: a COPY, a
+/// transaction begun by hand. Work cut off (its future dropped when a run stops or a worker
+/// fails, or an error before its end) closes the connection instead of giving it back to the
+/// pool, where the next user would read the cut-off work's leftover replies: sqlx does not
+/// drain a COPY's. [`Held::finished`] gives it back.
+pub struct Held {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    finished: bool,
+}
+
+impl Held {
+    pub async fn acquire(pool: &PgPool) -> Result<Held, sqlx::Error> {
+        Ok(Held { conn: pool.acquire().await?, finished: false })
+    }
+
+    /// The work ended with the connection ready for the next: it goes back to the pool.
+    pub fn finished(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 /// Runs a script of several statements in one transaction.
 pub async fn run_script(pool: &PgPool, sql: &str, what: &str) -> Result<(), ToolError> {
     let mut tx = pool.begin().await.map_err(while_doing(what))?;

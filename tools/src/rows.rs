@@ -94,7 +94,7 @@ impl PgRows {
         let what = || format!("while reading {}", scan.table);
         let failed = |e: sqlx::Error| while_doing(format!("reading {}", scan.table))(e);
         let sql = format!("COPY ({}) TO STDOUT", select(scan));
-        let mut conn = self.pool.acquire().await.map_err(failed)?;
+        let mut conn = crate::pg::Held::acquire(&self.pool).await.map_err(failed)?;
         let mut stream = conn.copy_out_raw(&sql).await.map_err(failed)?;
         let mut pending: Vec<u8> = Vec::new();
         let mut count = 0u64;
@@ -119,6 +119,8 @@ impl PgRows {
                 tokio::task::yield_now().await;
             }
         }
+        drop(stream);
+        conn.finished();
         Ok(count)
     }
 }

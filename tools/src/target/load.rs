@@ -33,19 +33,16 @@ const DRAWN_SEQUENCES: &str = "SELECT a.attname::text, pg_get_serial_sequence($1
 
 impl PgTarget {
     async fn try_write(&self, b: &Batch) -> Result<Written, Failure> {
-        let mut c = self.pool.acquire().await?;
+        let mut c = crate::pg::Held::acquire(&self.pool).await?;
         let written = self.write_on(&mut c, b).await;
-        if written.is_err() {
-            discard_transaction(c).await;
+        match written.is_ok() {
+            true => c.finished(),
+            false => discard_transaction(c).await,
         }
         written
     }
 
-    async fn write_on(
-        &self,
-        c: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
-        b: &Batch,
-    ) -> Result<Written, Failure> {
+    async fn write_on(&self, c: &mut crate::pg::Held, b: &Batch) -> Result<Written, Failure> {
         sqlx::query("BEGIN").execute(&mut **c).await?;
         // A batch's commit does not wait for its WAL to reach the disk: a batch and its
         // checkpoint still commit or vanish together, the checkpoint below refuses to build on
@@ -378,7 +375,7 @@ impl PgTarget {
     /// set-based with casts, and split refused ranges until the refusing rows stand alone.
     async fn staged(
         &self,
-        c: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
+        c: &mut crate::pg::Held,
         b: &Batch,
         keep: &[usize],
         cols: &str,

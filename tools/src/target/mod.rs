@@ -90,9 +90,9 @@ where
 
 /// Never hands the pool a connection inside a failed transaction: rolled back, or, if even
 /// that fails, closed instead of returned.
-pub(crate) async fn discard_transaction(mut c: sqlx::pool::PoolConnection<sqlx::Postgres>) {
-    if sqlx::query("ROLLBACK").execute(&mut *c).await.is_err() {
-        c.detach();
+pub(crate) async fn discard_transaction(mut c: crate::pg::Held) {
+    if sqlx::query("ROLLBACK").execute(&mut *c).await.is_ok() {
+        c.finished();
     }
 }
 
