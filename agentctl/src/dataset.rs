@@ -324,6 +324,33 @@ fn measure(config: &Config, args: &[&str]) -> Result<Measured, Exit> {
     })
 }
 
+/// The CPU time every process on this machine has used so far (user, nice, system, interrupts,
+/// steal; `/proc/stat`), in seconds: read before and after a command, what it cost the whole
+/// machine, its database servers' work included. `None` where the kernel does not say.
+fn machine_cpu() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    // user, nice, system, idle, iowait, irq, softirq, steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().map(|&i| ticks.get(i).copied().unwrap_or(0)).sum();
+    // SAFETY: sysconf reads a constant of the system; it has no preconditions.
+    #[allow(unsafe_code)]
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| busy as f64 / per_second as f64)
+}
+
+/// `f` run, with what it cost the whole machine in CPU seconds (see [`machine_cpu`]).
+async fn costing<T>(f: impl std::future::Future<Output = T>) -> (T, Option<f64>) {
+    let before = machine_cpu();
+    let out = f.await;
+    (out, machine_cpu().zip(before).map(|(after, before)| after - before))
+}
+
 /// pgcopydb, the PostgreSQL-to-PostgreSQL copier users pick instead (Debian's `pgcopydb`), when
 /// it is installed: the bench installs nothing.
 fn pgcopydb() -> Option<PathBuf> {
@@ -399,8 +426,13 @@ struct Round {
     /// of the machine stretches less than the wall time.
     cpu: f64,
     peak_rss_kb: i64,
-    /// `pgcopydb clone` of the same source, when it is installed.
+    /// The whole machine's CPU for the run without validation (every process, the database
+    /// servers' included).
+    machine_cpu: Option<f64>,
+    /// `pgcopydb clone` of the same source, when it is installed: seconds, and the whole
+    /// machine's CPU for it.
     pgcopydb: Option<f64>,
+    pgcopydb_cpu: Option<f64>,
     /// The whole `run` with every entity validated as it loads (the default).
     validated: f64,
 }
@@ -540,17 +572,43 @@ fn figures_json(s: &Summary<'_>, scale: f64, rows_generated: i64, read: i64) -> 
         "agentctl": {"rows_read": read, "migrated": migrated, "rejected": rejected,
             "expected_migrated": expected_migrated, "expected_rejected": expected_rejected,
             "execute_seconds": median.execute, "rows_per_second": median.rate(),
-            "whole_command_seconds": median.whole, "cpu_seconds": median.cpu, "peak_rss_mb": peak_rss_mb},
+            "whole_command_seconds": median.whole, "cpu_seconds": median.cpu, "peak_rss_mb": peak_rss_mb,
+            "machine_cpu_seconds": median.machine_cpu},
         "ratio": median.ratio(),
         "validation": {"passed": passed, "seconds": validate.seconds, "peak_rss_mb": validate.peak_rss_kb / 1024},
         "validated_run_seconds": median.validated,
         "pgcopydb": median.pgcopydb.map(|p| serde_json::json!({
             "seconds": p,
+            "machine_cpu_seconds": median.pgcopydb_cpu,
             "ratio_without_validation": median.whole / p,
             "ratio_with_validation": median.validated / p,
             "rounds": done.iter().map(|r| r.pgcopydb).collect::<Vec<_>>(),
         })),
     })
+}
+
+/// The row of what the runs cost the whole machine in CPU, and the shortest the run without
+/// validation could take on this machine's cores for that CPU (empty where the kernel does not
+/// say).
+fn machine_cpu_row(s: &Summary<'_>) -> String {
+    let (done, median) = (s.done, s.median);
+    let Some(cpu) = median.machine_cpu else { return String::new() };
+    let listed = |f: &dyn Fn(&Round) -> Option<f64>| {
+        done.iter()
+            .map(|r| f(r).map(|c| format!("{c:.1}")).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let copier = match median.pgcopydb_cpu {
+        Some(p) => format!("; pgcopydb clone: {p:.1} s ({} s)", listed(&|r| r.pgcopydb_cpu)),
+        None => String::new(),
+    };
+    format!(
+        "| CPU of the whole machine, every process (the databases' included) | agentctl run without validation: {cpu:.1} s ({} s), so no sooner than {:.1} s on {cores} cores{copier} |\n",
+        listed(&|r| r.machine_cpu),
+        cpu / cores as f64,
+    )
 }
 
 /// The figures of `bench migrate` as a Markdown table: the round of median ratio, every
@@ -574,6 +632,7 @@ fn markdown(s: &Summary<'_>) -> String {
         ),
         None => "| (c) pgcopydb | not installed (`apt-get install pgcopydb`): no comparison |\n".to_owned(),
     };
+    let cpu_row = machine_cpu_row(s);
     format!(
         "| what | figure (the round of median ratio; every round in brackets) |\n| --- | --- |\n\
          | (a) raw pipe, {} tables, {jobs} at a time | {} rows in {:.1} s, {:.0} rows/s ({} s) |\n\
@@ -581,7 +640,7 @@ fn markdown(s: &Summary<'_>) -> String {
          | ratio b/a | {:.2} ({}) |\n\
          | agentctl whole command without validation (plan, migration) | {:.1} s, {:.1} s of CPU ({} s), peak RSS {peak_rss_mb} MB over the rounds |\n\
          | accounting (last round) | {migrated} migrated + {rejected} rejected (generator: {} + {}) |\n\
-         | validation of every row (`agentctl validate`) | {}, {:.1} s, peak RSS {} MB |\n{copier_rows}",
+         | validation of every row (`agentctl validate`) | {}, {:.1} s, peak RSS {} MB |\n{copier_rows}{cpu_row}",
         median.pipe.tables,
         median.pipe.rows,
         median.pipe.seconds,
@@ -619,8 +678,7 @@ impl Bench<'_> {
     /// One round, in turns: the raw pipe, pgcopydb, agentctl without and with validation, each
     /// into a fresh target on a settled machine.
     async fn round(&self, round: usize) -> Result<Round, Exit> {
-        let jobs = self.jobs;
-        let (jobs_arg, copier_jobs) = (jobs.clamp(1, 8).to_string(), self.copier_jobs);
+        let (jobs, copier_jobs) = (self.jobs, self.copier_jobs);
         // The previous round's target goes before the pipe, so that neither measurement shares
         // the machine with autovacuum clearing up after the one before it.
         fresh_target(&self.conns.target).await?;
@@ -632,45 +690,25 @@ impl Bench<'_> {
         let pipe = tools::bench::raw_pipe(self.source, &self.conns.target, self.jobs).await?;
         eprintln!("  {} rows in {:.1}s", pipe.rows, pipe.seconds);
         tools::bench::settle(self.source, &self.conns.target).await?;
-        let pgcopydb = match self.copier {
+        let (pgcopydb, pgcopydb_cpu) = match self.copier {
             Some(bin) => {
                 eprintln!(
                     "round {round}: pgcopydb clone, {copier_jobs} tables and indexes at a time ..."
                 );
-                let seconds =
-                    pgcopydb_clone(bin, self.config, &self.conns.target, copier_jobs).await?;
+                let (seconds, cpu) =
+                    costing(pgcopydb_clone(bin, self.config, &self.conns.target, copier_jobs))
+                        .await;
+                let seconds = seconds?;
                 eprintln!("  {seconds:.1}s");
                 tools::bench::settle(self.source, &self.conns.target).await?;
-                Some(seconds)
+                (Some(seconds), cpu)
             }
-            None => None,
+            None => (None, None),
         };
         eprintln!(
             "round {round}: agentctl run --goal \"migrate everything\" --skip-validation ..."
         );
-        let run = measure(
-            self.config,
-            &[
-                "run",
-                "--goal",
-                "migrate everything",
-                "--yes",
-                "--skip-validation",
-                "--jobs",
-                &jobs_arg,
-                "--format",
-                "json",
-            ],
-        )?;
-        if run.code != 0 {
-            return Err(Exit::failed(format!(
-                "the benchmarked run failed (exit {}): {}",
-                run.code,
-                run.stderr.trim()
-            )));
-        }
-        let doc: serde_json::Value = serde_json::from_str(&run.stdout)
-            .map_err(|e| Exit::failed(format!("reading the run's JSON: {e}")))?;
+        let (run, doc, machine_cpu) = self.agentctl_run(&["--skip-validation"]).await?;
         let execute = doc["execute_seconds"].as_f64().unwrap_or(run.seconds);
         let rows_read = doc["entities"]
             .as_array()
@@ -681,29 +719,8 @@ impl Bench<'_> {
         fresh_target(&self.conns.target).await?;
         tools::bench::settle(self.source, &self.conns.target).await?;
         eprintln!("round {round}: agentctl run --goal \"migrate everything\" (validated) ...");
-        let validated = measure(
-            self.config,
-            &[
-                "run",
-                "--goal",
-                "migrate everything",
-                "--yes",
-                "--jobs",
-                &jobs_arg,
-                "--format",
-                "json",
-            ],
-        )?;
-        if validated.code != 0 {
-            return Err(Exit::failed(format!(
-                "the benchmarked run failed (exit {}): {}",
-                validated.code,
-                validated.stderr.trim()
-            )));
-        }
+        let (validated, doc, _) = self.agentctl_run(&[]).await?;
         eprintln!("  {:.1}s", validated.seconds);
-        let doc: serde_json::Value = serde_json::from_str(&validated.stdout)
-            .map_err(|e| Exit::failed(format!("reading the run's JSON: {e}")))?;
         let r = Round {
             pipe,
             doc,
@@ -712,10 +729,36 @@ impl Bench<'_> {
             whole: run.seconds,
             cpu: run.cpu_seconds,
             peak_rss_kb: run.peak_rss_kb.max(validated.peak_rss_kb),
+            machine_cpu,
             pgcopydb,
+            pgcopydb_cpu,
             validated: validated.seconds,
         };
         Ok(r)
+    }
+
+    /// `agentctl run --goal "migrate everything" --yes` with `extra` arguments, measured: the
+    /// child's figures, its JSON document, and what it cost the whole machine in CPU.
+    async fn agentctl_run(
+        &self,
+        extra: &[&str],
+    ) -> Result<(Measured, serde_json::Value, Option<f64>), Exit> {
+        let jobs = self.jobs.clamp(1, 8).to_string();
+        let mut args = vec!["run", "--goal", "migrate everything", "--yes"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--jobs", &jobs, "--format", "json"]);
+        let (run, machine_cpu) = costing(async { measure(self.config, &args) }).await;
+        let run = run?;
+        if run.code != 0 {
+            return Err(Exit::failed(format!(
+                "the benchmarked run failed (exit {}): {}",
+                run.code,
+                run.stderr.trim()
+            )));
+        }
+        let doc = serde_json::from_str(&run.stdout)
+            .map_err(|e| Exit::failed(format!("reading the run's JSON: {e}")))?;
+        Ok((run, doc, machine_cpu))
     }
 }
 

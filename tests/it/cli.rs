@@ -292,12 +292,17 @@ fn bench_migrate_takes_turns_and_reports_the_round_of_median_ratio() {
         "{doc}"
     );
     assert_eq!(doc["validation"]["passed"], true, "{doc}");
+    // What the run cost the whole machine: at least agentctl's own CPU, the servers' beside it.
+    let machine = agentctl["machine_cpu_seconds"].as_f64().unwrap_or_default();
+    // (Both are counted in ticks of 10 ms: a tenth of a second either way.)
+    assert!(machine > 0.0 && machine + 0.1 >= agentctl["cpu_seconds"].as_f64().unwrap(), "{doc}");
     // Beside pgcopydb, the tool users pick instead, when it is installed (CI installs it); the
     // bench says plainly when it is not.
     match tests::on_path("pgcopydb").is_some() {
         true => {
             let p = &doc["pgcopydb"];
             assert!(p["seconds"].as_f64().is_some_and(|s| s > 0.0), "{doc}");
+            assert!(p["machine_cpu_seconds"].as_f64().is_some_and(|s| s > 0.0), "{doc}");
             assert_eq!(p["rounds"].as_array().map(Vec::len), Some(3), "{doc}");
             let (without, with) = (
                 p["ratio_without_validation"].as_f64().unwrap(),
