@@ -587,26 +587,28 @@ fn figures_json(s: &Summary<'_>, scale: f64, rows_generated: i64, read: i64) -> 
     })
 }
 
+/// Every round's figure, in round order: the brackets beside the median round's.
+fn every_round(done: &[Round], f: &dyn Fn(&Round) -> String) -> String {
+    done.iter().map(f).collect::<Vec<_>>().join(", ")
+}
+
 /// The row of what the runs cost the whole machine in CPU, and the shortest the run without
 /// validation could take on this machine's cores for that CPU (empty where the kernel does not
 /// say).
 fn machine_cpu_row(s: &Summary<'_>) -> String {
     let (done, median) = (s.done, s.median);
     let Some(cpu) = median.machine_cpu else { return String::new() };
-    let listed = |f: &dyn Fn(&Round) -> Option<f64>| {
-        done.iter()
-            .map(|r| f(r).map(|c| format!("{c:.1}")).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join(", ")
+    let listed = |f: fn(&Round) -> Option<f64>| {
+        every_round(done, &|r| f(r).map(|c| format!("{c:.1}")).unwrap_or_default())
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let copier = match median.pgcopydb_cpu {
-        Some(p) => format!("; pgcopydb clone: {p:.1} s ({} s)", listed(&|r| r.pgcopydb_cpu)),
+        Some(p) => format!("; pgcopydb clone: {p:.1} s ({} s)", listed(|r| r.pgcopydb_cpu)),
         None => String::new(),
     };
     format!(
         "| CPU of the whole machine, every process (the databases' included) | agentctl run without validation: {cpu:.1} s ({} s), so no sooner than {:.1} s on {cores} cores{copier} |\n",
-        listed(&|r| r.machine_cpu),
+        listed(|r| r.machine_cpu),
         cpu / cores as f64,
     )
 }
@@ -617,7 +619,7 @@ fn markdown(s: &Summary<'_>) -> String {
     let Summary { done, median, jobs, copier_jobs, peak_rss_mb, migrated, rejected, .. } = *s;
     let (expected_migrated, expected_rejected) = s.expected;
     let validate = s.validate;
-    let listed = |f: &dyn Fn(&Round) -> String| done.iter().map(f).collect::<Vec<_>>().join(", ");
+    let listed = |f: &dyn Fn(&Round) -> String| every_round(done, f);
     let copier_rows = match median.pgcopydb {
         Some(p) => format!(
             "| (c) `pgcopydb clone`, {copier_jobs} tables and indexes at a time (integer keys, every row, indexes and foreign keys built) | {p:.1} s ({} s) |\n\

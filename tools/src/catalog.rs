@@ -369,8 +369,11 @@ impl PgCatalog {
         let aside: HashSet<String> = self
             .rows(
                 "keys set aside",
-                "SELECT target_table FROM agentctl.suspended_constraints \
-                    WHERE kind = 'primary' AND definition = 'PRIMARY KEY (id)'",
+                &format!(
+                    "SELECT target_table FROM agentctl.suspended_constraints \
+                        WHERE kind = 'primary' AND definition = '{}'",
+                    crate::target::PRIMARY_KEY_ASIDE
+                ),
                 None,
             )
             .await?

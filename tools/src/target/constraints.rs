@@ -65,7 +65,7 @@ async fn set_aside(
 /// and its one column.
 fn plain_key(kind: &str, definition: &str) -> Option<(&'static str, &'static str)> {
     match (kind, definition) {
-        ("primary", "PRIMARY KEY (id)") => Some(("PRIMARY KEY", "id")),
+        ("primary", super::PRIMARY_KEY_ASIDE) => Some(("PRIMARY KEY", "id")),
         ("unique", "UNIQUE (legacy_id)") => Some(("UNIQUE", "legacy_id")),
         _ => None,
     }

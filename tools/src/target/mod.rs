@@ -27,6 +27,10 @@ use sqlx::PgPool;
 
 use crate::pg::{describe, fault, Fault};
 
+/// The definition of the one primary key a load sets aside (on `id` alone), as recorded in
+/// `agentctl.suspended_constraints`: what the catalog reads back as the table's key meanwhile.
+pub(crate) const PRIMARY_KEY_ASIDE: &str = "PRIMARY KEY (id)";
+
 pub struct PgTarget {
     pool: PgPool,
     max_retries: u32,

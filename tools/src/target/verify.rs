@@ -87,16 +87,10 @@ impl Verifier for PgTarget {
         parent: &TableName,
     ) -> Result<Option<(i64, Vec<String>)>, ToolError> {
         // A validated foreign key on exactly this column and parent: the database guarantees it.
-        let enforced: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attname = $3
-             WHERE c.conrelid = $1::regclass AND c.confrelid = $2::regclass AND c.contype = 'f' AND c.convalidated AND c.conkey = ARRAY[a.attnum])",
-        )
-        .bind(quoted(child))
-        .bind(quoted(parent))
-        .bind(column)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(while_doing(format!("looking for the foreign key of {child}.{column}")))?;
+        let columns = [column.to_owned()];
+        let enforced = enforced_key(&self.pool, child, &columns, parent, None)
+            .await
+            .map_err(while_doing(format!("looking for the foreign key of {child}.{column}")))?;
         if enforced {
             return Ok(None);
         }
@@ -138,7 +132,10 @@ impl Verifier for PgTarget {
         for (i, link) in links.iter_mut().enumerate() {
             let set: Vec<String> =
                 link.columns.iter().map(|c| format!("c.{} IS NOT NULL", ident(c))).collect();
-            if enforced_key(&self.pool, child, link).await.map_err(while_doing(what()))? {
+            let referenced = Some(link.referenced.as_slice());
+            let guaranteed =
+                enforced_key(&self.pool, child, &link.columns, &link.parent, referenced);
+            if guaranteed.await.map_err(while_doing(what()))? {
                 enforced.push((i, set.join(" AND ")));
                 continue;
             }
@@ -241,11 +238,7 @@ impl PgTarget {
                 )
             })
             .collect();
-        let returned: Vec<String> = page
-            .returned
-            .iter()
-            .map(|&i| format!(", t.{}::text", ident(&page.columns[i].0)))
-            .collect();
+        let returned = returned_columns(page);
         let arrays: Vec<String> = (0..n).map(|i| format!("${}::text[]", i + 3)).collect();
         let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
         let sql = format!(
@@ -256,7 +249,6 @@ impl PgTarget {
              ORDER BY u.n",
             idcast = cast(id),
             diffs = diffs.join(" "),
-            returned = returned.concat(),
             arrays = arrays.join(", "),
             names = names.join(", "),
             table = quoted(target),
@@ -319,11 +311,7 @@ impl PgTarget {
         let Some(wires) = crate::binary::wires(&base, &columns) else { return Ok(None) };
         let hows = crate::row_hash::column_hashes(&mut c, &base, &columns).await;
         let Some(hows) = hows.map_err(while_doing(what()))? else { return Ok(None) };
-        let returned: String = page
-            .returned
-            .iter()
-            .map(|&i| format!(", t.{}::text", ident(&page.columns[i].0)))
-            .collect();
+        let returned = returned_columns(page);
         let row: Vec<String> =
             columns.iter().map(|(name, _)| format!("t.{}", ident(name))).collect();
         let sql = format!(
@@ -377,6 +365,12 @@ impl PgTarget {
     }
 }
 
+/// The page's returned columns (money, to total) as the select list's tail: `, t.col::text`
+/// each.
+fn returned_columns(page: &Expected) -> String {
+    page.returned.iter().map(|&i| format!(", t.{}::text", ident(&page.columns[i].0))).collect()
+}
+
 /// Row `r` of `page` hashed over the `hashed` columns as the server hashes the stored row, or
 /// `None` when a value's stored form is not certain from it.
 fn expected_hash(
@@ -402,21 +396,28 @@ fn expected_hash(
     Some(hash as i64)
 }
 
-/// Whether a validated foreign key of `child` on exactly the link's columns points at exactly
-/// its parent's referenced columns.
-async fn enforced_key(pool: &PgPool, child: &TableName, link: &Links) -> Result<bool, sqlx::Error> {
+/// Whether a validated foreign key of `child` on exactly `columns` points at `parent` (at
+/// exactly its `referenced` columns, when given).
+async fn enforced_key(
+    pool: &PgPool,
+    child: &TableName,
+    columns: &[String],
+    parent: &TableName,
+    referenced: Option<&[String]>,
+) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_constraint c
          WHERE c.conrelid = $1::regclass AND c.confrelid = $2::regclass AND c.contype = 'f' AND c.convalidated
            AND c.conkey = ARRAY(SELECT a.attnum FROM unnest($3::text[]) WITH ORDINALITY n(name, o)
                                 JOIN pg_attribute a ON a.attrelid = $1::regclass AND a.attname = n.name ORDER BY n.o)
-           AND c.confkey = ARRAY(SELECT a.attnum FROM unnest($4::text[]) WITH ORDINALITY n(name, o)
-                                 JOIN pg_attribute a ON a.attrelid = $2::regclass AND a.attname = n.name ORDER BY n.o))",
+           AND ($4::text[] IS NULL
+                OR c.confkey = ARRAY(SELECT a.attnum FROM unnest($4::text[]) WITH ORDINALITY n(name, o)
+                                     JOIN pg_attribute a ON a.attrelid = $2::regclass AND a.attname = n.name ORDER BY n.o)))",
     )
     .bind(quoted(child))
-    .bind(quoted(&link.parent))
-    .bind(&link.columns)
-    .bind(&link.referenced)
+    .bind(quoted(parent))
+    .bind(columns)
+    .bind(referenced)
     .fetch_one(pool)
     .await
 }
