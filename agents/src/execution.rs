@@ -29,7 +29,9 @@ use runtime::supervise::RestartPolicy;
 use runtime::text_rows::TextRows;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::pipeline::{prepare, read_ahead, synced_columns, MigrateEntity, Prepared};
+use crate::pipeline::{
+    money_columns, prepare, read_ahead, synced_columns, MigrateEntity, Prepared,
+};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
@@ -355,6 +357,7 @@ pub(crate) async fn migrate(
         deferred_cols: self_refs,
         self_refs_checked,
         references,
+        seal,
     } = prepare(ctx, ME, target.as_ref(), req).await?;
     let known_parents = Arc::new(known_parents(target.as_ref(), &references).await?);
     let deferred_cols: Vec<usize> =
@@ -402,6 +405,8 @@ pub(crate) async fn migrate(
         references: &references,
         known_parents: &known_parents,
         baseline: by_batch.then_some(hashed.as_slice()),
+        seal,
+        money: &money_columns(spec, &out_cols),
     };
     let mut checkpoint =
         load_batches(ctx, rows, &target, req, &load, checkpoint, &mut result).await?;
@@ -450,6 +455,10 @@ struct Load<'a> {
     known_parents: &'a Arc<ParentIds>,
     /// The columns each batch hashes into the load baseline, when the batches record it.
     baseline: Option<&'a [usize]>,
+    /// What the batches' records seal their pages' fingerprints with ([`Prepared::seal`]).
+    seal: u64,
+    /// The money columns whose totals each record keeps.
+    money: &'a [usize],
 }
 
 /// Loads an empty table without its primary key and unique legacy key: every UUID is derived
@@ -539,6 +548,8 @@ async fn load_batches(
         b.before = checkpoint.clone();
         if let Some(hashed) = load.baseline {
             b.baseline = hashed.to_vec();
+            b.page_hash = Some(b.page.fingerprint(load.seal));
+            b.money = load.money.to_vec();
         }
         let target = target.clone();
         in_flight = Some(AbortOnDropHandle::new(tokio::spawn(async move {
@@ -794,6 +805,8 @@ fn map_page(
         references: references.to_vec(),
         known_parents: known_parents.clone(),
         baseline: Vec::new(),
+        page_hash: None,
+        money: Vec::new(),
         before: Checkpoint::default(),
         last_key,
         rows_read: page_len as i64,

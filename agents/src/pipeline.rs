@@ -61,6 +61,11 @@ pub struct Prepared {
     pub self_refs_checked: bool,
     /// Columns referencing another target table, checked before each insert.
     pub references: Vec<(usize, TableName)>,
+    /// What the mapping of a source row depends on, as a number: agentctl's version, the
+    /// mapping, the target table's columns (without their statistics) and CHECKs, the target's
+    /// types, the key derivation and the parents' rows that keep their UUIDs. A page's fingerprint is sealed
+    /// with it ([`TextRows::fingerprint`]): a page read again under another seal is mapped again.
+    pub seal: u64,
 }
 
 /// Sets up the mapper of an entity the way its migration uses it: references to parent rows
@@ -77,6 +82,7 @@ pub async fn prepare(
         .table(&spec.target)
         .ok_or_else(|| ToolError::system(format!("the target has no table {}", spec.target)))?;
     let mut mapper = RowMapper::new(spec, table, &req.target, req.keys)?;
+    let mut seal = Seal::new(req, table);
     for (parent_source, parent_target) in &req.parents {
         let deriver = KeyDeriver::new(req.keys.layout, req.keys.namespace, parent_source);
         let kept: std::collections::HashMap<String, String> = target
@@ -98,6 +104,7 @@ pub async fn prepare(
                 serde_json::json!({"parent": parent_target, "rows": kept.len()}),
             );
         }
+        seal.kept(parent_source, &kept);
         mapper.keep_parent_ids(parent_source.clone(), kept);
     }
     let out_cols: Vec<(String, String)> = mapper
@@ -151,7 +158,68 @@ pub async fn prepare(
             references.push((r.column, p));
         }
     }
-    Ok(Prepared { mapper, out_cols, id_col, deferred_cols, self_refs_checked, references })
+    let seal = seal.of(&out_cols);
+    Ok(Prepared { mapper, out_cols, id_col, deferred_cols, self_refs_checked, references, seal })
+}
+
+/// The makings of [`Prepared::seal`].
+struct Seal(sha2::Sha256);
+
+impl Seal {
+    fn new(req: &MigrateEntity, table: &runtime::domain::Table) -> Seal {
+        use sha2::Digest;
+        // What the mapper reads of the table: its columns (less the statistics, which change
+        // with every ANALYZE) and its CHECKs; not its keys and indexes, which a load sets
+        // aside and a resumed run's plan reads without.
+        let columns: Vec<runtime::domain::Column> = table
+            .columns
+            .iter()
+            .map(|c| runtime::domain::Column { stats: None, ..c.clone() })
+            .collect();
+        let t = &req.target;
+        let parts = serde_json::json!([
+            env!("CARGO_PKG_VERSION"),
+            req.spec,
+            table.name,
+            columns,
+            table.checks,
+            t.enums,
+            t.domains,
+            t.types,
+            t.collations,
+            req.keys,
+            req.parents,
+        ]);
+        Seal(sha2::Sha256::new_with_prefix(parts.to_string()))
+    }
+
+    /// A parent's rows that keep the UUIDs they had, in key order.
+    fn kept(&mut self, parent: &TableName, kept: &std::collections::HashMap<String, String>) {
+        use sha2::Digest;
+        let mut kept: Vec<(&String, &String)> = kept.iter().collect();
+        kept.sort();
+        self.0.update(serde_json::json!([parent, kept]).to_string());
+    }
+
+    fn of(mut self, out_cols: &[(String, String)]) -> u64 {
+        use sha2::Digest;
+        self.0.update(serde_json::json!(out_cols).to_string());
+        let digest = self.0.finalize();
+        u64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
+    }
+}
+
+/// The amount columns: cents turned into amounts, and every column of a two-decimal type.
+pub fn money_columns(spec: &MappingSpec, out_cols: &[(String, String)]) -> Vec<usize> {
+    (0..out_cols.len())
+        .filter(|&i| {
+            let (name, ty) = &out_cols[i];
+            let cents = spec.columns.iter().any(|m| {
+                m.target == *name && m.transforms.contains(&runtime::mapping::Transform::Cents)
+            });
+            cents || ty == "money" || (ty.starts_with("numeric(") && ty.ends_with(",2)"))
+        })
+        .collect()
 }
 
 /// Pages of a scan's rows in key order after `scan.after`, read by a task of its own a page
@@ -161,12 +229,26 @@ pub fn read_ahead(
     scan: Scan,
     page_size: usize,
 ) -> (tokio::sync::mpsc::Receiver<Result<TextRows, ToolError>>, AbortOnDropHandle<()>) {
-    let mut scan = Scan { limit: Some(page_size), ..scan };
+    read_ahead_in(rows, scan, Vec::new(), page_size)
+}
+
+/// [`read_ahead`] in pages of these sizes first, in order (the pages a load read, to read the
+/// same rows again in the same pages), then of `then` rows.
+pub fn read_ahead_in(
+    rows: Arc<dyn Rows>,
+    scan: Scan,
+    sizes: Vec<usize>,
+    then: usize,
+) -> (tokio::sync::mpsc::Receiver<Result<TextRows, ToolError>>, AbortOnDropHandle<()>) {
+    let mut scan = scan;
     let key_idx: Vec<usize> =
         scan.key.iter().filter_map(|k| scan.columns.iter().position(|c| c == k)).collect();
     let (pages_tx, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
     let reader = AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut sizes = sizes.into_iter().chain(std::iter::repeat(then));
         loop {
+            let page_size = sizes.next().unwrap_or(then);
+            scan.limit = Some(page_size);
             let page = rows.page(&scan, page_size).await;
             let next: Option<Vec<String>> = match &page {
                 Ok(p) if p.len() == page_size && page_size > 0 => {

@@ -3,7 +3,10 @@
 //! It reads every source row in key order, maps it with the same [`RowMapper`] the migration
 //! used, and has the target compare each page of expected rows with the rows it holds, typed,
 //! in one statement a page ([`Target::compare`]): numbers by value, JSON by content, times as
-//! instants, so a value that only looks different is not a difference. From the answers:
+//! instants, so a value that only looks different is not a difference. A page the load
+//! recorded, read again unchanged under the same mapping, is proven by that record instead
+//! ([`Target::prove_by_record`]): the target's rows hash to what the load wrote from it. From
+//! the answers:
 //!
 //! - accounting: every source row is migrated (its target row holds the mapped values),
 //!   rejected (absent, with a recorded reason), kept (a row that was in the target before
@@ -26,19 +29,20 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use runtime::context::RunContext;
 use runtime::domain::{
-    Compared, Difference, EntityDiff, EntityValidation, Expected, Links, MoneyTotal, Orphans, Scan,
+    cents, Compared, Difference, EntityDiff, EntityValidation, Expected, Links, MoneyTotal,
+    Orphans, PageRecord, ProvenPage, RecordedPage, Scan, TableName,
 };
 use runtime::envelope::{AgentError, Envelope};
 use runtime::jobs::{end_workers, JobName, Jobs};
-use runtime::mapping::Transform;
+use runtime::mapping::{KeyDeriver, Transform};
 use runtime::ports::{Rows, Target};
 use runtime::supervise::RestartPolicy;
 use runtime::AgentName;
 
 use crate::differential::DiffEntity;
 use crate::pipeline::{
-    expect, prepare, read_ahead, soft_delete, InPageOrder, MigrateEntity, Prepared,
-    COMPARES_IN_FLIGHT,
+    expect, money_columns, prepare, read_ahead_in, soft_delete, InPageOrder, MigrateEntity,
+    Prepared, COMPARES_IN_FLIGHT,
 };
 use crate::transform::{amount, Reference, RowMapper};
 use runtime::text_rows::TextRows;
@@ -171,7 +175,7 @@ pub async fn validate(
 ) -> Result<EntityValidation, ToolError> {
     let started = Instant::now();
     let spec = &req.spec;
-    let Prepared { mapper, out_cols, id_col, deferred_cols, references, .. } =
+    let Prepared { mapper, out_cols, id_col, deferred_cols, references, seal, .. } =
         prepare(ctx, ME, target.as_ref(), req).await?;
     let legacy_col = out_cols
         .iter()
@@ -181,14 +185,16 @@ pub async fn validate(
     let rejected_keys: HashSet<String> =
         target.rejected_keys(&spec.source).await?.into_iter().map(|(k, _)| k).collect();
     let mut v = empty(spec, &out_cols, &money);
-    // The stages overlap: the source server reads the next page while this task maps one and
-    // the target compares the ones before, [`COMPARES_IN_FLIGHT`] at a time, tallied in order.
+    let records = Records::of(target.as_ref(), req, seal, &out_cols, id_col, legacy_col).await?;
+    let mapping =
+        Mapping { mapper: &mapper, out_cols: &out_cols, id_col, legacy_col, money: &money };
+    // The stages overlap: the source server reads the next page while this task maps one (or
+    // fingerprints it, to prove it by the load's record) and the target compares the ones
+    // before, [`COMPARES_IN_FLIGHT`] at a time, tallied in order.
     let linked = links_of(req, &mapper, spec);
-    let mut source_links = vec![0i64; linked.len()];
-    let mut kept_keys: Vec<String> = Vec::new();
-    let (mut pages, reader) = read_ahead(rows, Scan::entity(spec), PAGE);
-    let mut found_in_target = 0i64;
-    let mut compares: InPageOrder<ComparedPage> = InPageOrder::new(COMPARES_IN_FLIGHT);
+    let mut counted = Counted { source_links: vec![0; linked.len()], ..Counted::default() };
+    let (mut pages, reader) = read_ahead_in(rows, Scan::entity(spec), records.pages(), PAGE);
+    let mut compares: InPageOrder<(Checked, Vec<Vec<bool>>)> = InPageOrder::new(COMPARES_IN_FLIGHT);
     loop {
         let page = match pages.recv().await {
             Some(page) => page?,
@@ -196,48 +202,52 @@ pub async fn validate(
         };
         let next = (!page.is_empty()).then(|| {
             let set = references_set(&page, &linked);
-            (expect(&mapper, &out_cols, id_col, legacy_col, &money, page, None), set)
+            (records.check(&mapping, page), set)
         });
-        while let Some((expected, set, answers)) = compares.done(next.is_none()).await? {
-            found_in_target += answers.iter().filter(|a| a.present).count() as i64;
-            for (r, a) in answers.iter().enumerate() {
-                match (expected.wanted[r], a.present, a.ours) {
-                    (_, true, false) => kept_keys.push(expected.keys[r].clone()),
-                    (true, true, true) => {
-                        for (count, set) in source_links.iter_mut().zip(&set) {
-                            *count += i64::from(set[r]);
-                        }
-                    }
-                    _ => {}
+        while let Some((checked, set)) = compares.done(next.is_none()).await? {
+            let (expected, answers, recorded_cents) = match checked {
+                Checked::Compared(expected, answers) => (expected, answers, None),
+                Checked::Proven(expected, proven) => {
+                    v.rows_by_record += expected.keys.len() as i64;
+                    let answers = proven
+                        .recorded
+                        .iter()
+                        .map(|&r| Compared { present: r, ours: r, ..Compared::default() })
+                        .collect();
+                    (expected, answers, Some((proven.source_cents, proven.target_cents)))
                 }
-            }
-            tally(
-                &mut v,
-                &expected,
-                &answers,
-                &rejected_keys,
-                target.as_ref(),
-                &out_cols,
-                legacy_col,
-                &money,
-            )
-            .await?;
+                Checked::Unproven(page) => {
+                    let expected = mapping.expect(page);
+                    let answers = target.compare(&spec.target, &expected).await?;
+                    (expected, answers, None)
+                }
+            };
+            counted.page(&expected, &answers, &set);
+            let page = Tallied { expected: &expected, answers: &answers, recorded_cents };
+            tally(&mut v, page, &rejected_keys, target.as_ref(), &out_cols, legacy_col, &money)
+                .await?;
         }
-        let Some((expected, set)) = next else { break };
+        let Some((check, set)) = next else { break };
         let (target, table) = (target.clone(), spec.target.clone());
-        compares.start(async move {
-            let answers = target.compare(&table, &expected).await?;
-            Ok((expected, set, answers))
-        });
+        compares.start(async move { Ok((check.run(target.as_ref(), &table).await?, set)) });
     }
     reader.await.map_err(|e| ToolError::system(format!("the reader stopped: {e}")))?;
     v.target_rows = target.table_rows(&spec.target, soft_delete(req)).await?;
-    v.extra = (v.target_rows - found_in_target).max(0);
+    v.extra = (v.target_rows - counted.found_in_target).max(0);
     v.orphans = orphans(target.as_ref(), req, &references, &deferred_cols, &out_cols).await?;
-    v.links = count_links(target.as_ref(), req, &linked, source_links, &kept_keys).await?;
+    v.links = count_links(target.as_ref(), req, &linked, counted.source_links, &counted.kept_keys)
+        .await?;
     judge(&mut v);
     v.seconds = started.elapsed().as_secs_f64();
     target.save_validation(ctx.run_id, &v).await?;
+    let by_record = match v.rows_by_record {
+        0 => String::new(),
+        n => format!(
+            "; {n} of the rows proven by the load's record of their page (the page read again \
+                unchanged under the same mapping, the target's rows hashed by the server against \
+                the hashes the load recorded of what it wrote)"
+        ),
+    };
     ctx.decision(
         ME,
         format!(
@@ -246,15 +256,178 @@ pub async fn validate(
             if v.passed { "validated" } else { "validation FAILED" },
             v.detail
         ),
-        "accounting, typed value comparison of every row, money totals and references, all read \
-            from the databases",
+        format!(
+            "accounting, typed value comparison of every row, money totals and references, all \
+                read from the databases{by_record}"
+        ),
         &v,
     );
     Ok(v)
 }
 
-/// A page of expected rows, whether each row sets each reference, and the target's answers.
-type ComparedPage = (Expected, Vec<Vec<bool>>, Vec<Compared>);
+/// How the validation maps a page it cannot prove by the load's record.
+struct Mapping<'a> {
+    mapper: &'a RowMapper,
+    out_cols: &'a [(String, String)],
+    id_col: usize,
+    legacy_col: usize,
+    money: &'a [usize],
+}
+
+impl Mapping<'_> {
+    fn expect(&self, page: TextRows) -> Expected {
+        expect(self.mapper, self.out_cols, self.id_col, self.legacy_col, self.money, page, None)
+    }
+}
+
+/// The load's records of the entity's source pages, by fingerprint, and what proving a page by
+/// one needs: the pages' sizes, the key column and the derivation of each row's UUID.
+struct Records {
+    by_fingerprint: std::collections::HashMap<i64, PageRecord>,
+    /// The size of each page the load recorded, in key order: read in pages of these sizes
+    /// (keyset pages, each after the last key of the one before), the same rows make the same
+    /// pages, whatever batch size the load had (a resumed run's can differ).
+    pages: Vec<usize>,
+    seal: u64,
+    key: Option<usize>,
+    deriver: KeyDeriver,
+    columns: Vec<(String, String)>,
+    id_column: usize,
+    legacy_column: usize,
+    returned: Vec<usize>,
+}
+
+impl Records {
+    async fn of(
+        target: &dyn Target,
+        req: &MigrateEntity,
+        seal: u64,
+        out_cols: &[(String, String)],
+        id_col: usize,
+        legacy_col: usize,
+    ) -> Result<Records, ToolError> {
+        let spec = &req.spec;
+        let records = target.page_records(&spec.target).await?;
+        let key = match spec.key.as_slice() {
+            [key] => spec.source_columns().iter().position(|c| c == key),
+            _ => None,
+        };
+        Ok(Records {
+            pages: records.iter().map(|r| r.rows as usize).collect(),
+            by_fingerprint: records.into_iter().map(|r| (r.fingerprint, r)).collect(),
+            seal,
+            key,
+            deriver: KeyDeriver::new(req.keys.layout, req.keys.namespace, &spec.source),
+            columns: out_cols.to_vec(),
+            id_column: id_col,
+            legacy_column: legacy_col,
+            returned: money_columns(spec, out_cols),
+        })
+    }
+
+    fn pages(&self) -> Vec<usize> {
+        self.pages.clone()
+    }
+
+    /// What to do with a page read: prove it by its record, if the load recorded one of it
+    /// as it is now under the same mapping, else map it and compare it.
+    fn check(&self, mapping: &Mapping<'_>, page: TextRows) -> Check {
+        match self.recorded(&page) {
+            Some(recorded) => Check::Prove(recorded, page),
+            None => Check::Compare(mapping.expect(page)),
+        }
+    }
+
+    fn recorded(&self, page: &TextRows) -> Option<RecordedPage> {
+        if self.by_fingerprint.is_empty() {
+            return None;
+        }
+        let key = self.key?;
+        let record = *self.by_fingerprint.get(&page.fingerprint(self.seal))?;
+        if record.rows != page.len() as i64 {
+            return None;
+        }
+        let keys: Vec<i64> =
+            page.column(key).map(|k| k?.parse().ok()).collect::<Option<Vec<i64>>>()?;
+        let ids = page.column(key).map(|k| self.deriver.derive(&[k.unwrap_or_default()])).collect();
+        Some(RecordedPage {
+            record,
+            columns: self.columns.clone(),
+            id_column: self.id_column,
+            legacy_column: self.legacy_column,
+            keys,
+            ids,
+            returned: self.returned.clone(),
+        })
+    }
+}
+
+/// A page on its way to the target.
+enum Check {
+    /// Mapped, to compare row by row.
+    Compare(Expected),
+    /// Read again as the load recorded it, to prove by the record (the page kept in case the
+    /// target's rows are not what the record says).
+    Prove(RecordedPage, TextRows),
+}
+
+/// A page's answer from the target.
+enum Checked {
+    Compared(Expected, Vec<Compared>),
+    /// Proven by the record: the page's keys (nothing else of an `Expected` is filled), the
+    /// answers and the record's money totals.
+    Proven(Expected, ProvenPage),
+    /// The target's rows are not what the record says: the page is mapped and compared.
+    Unproven(TextRows),
+}
+
+impl Check {
+    async fn run(self, target: &dyn Target, table: &TableName) -> Result<Checked, ToolError> {
+        Ok(match self {
+            Check::Compare(expected) => {
+                let answers = target.compare(table, &expected).await?;
+                Checked::Compared(expected, answers)
+            }
+            Check::Prove(recorded, page) => match target.prove_by_record(table, &recorded).await? {
+                Some(proven) => Checked::Proven(
+                    Expected {
+                        keys: recorded.keys.iter().map(i64::to_string).collect(),
+                        wanted: proven.recorded.clone(),
+                        ..Expected::default()
+                    },
+                    proven,
+                ),
+                None => Checked::Unproven(page),
+            },
+        })
+    }
+}
+
+/// What the validation counts as pages pass: the rows found in the target, the rows kept from
+/// before agentctl, and each reference's links in the source.
+#[derive(Default)]
+struct Counted {
+    found_in_target: i64,
+    kept_keys: Vec<String>,
+    source_links: Vec<i64>,
+}
+
+impl Counted {
+    fn page(&mut self, expected: &Expected, answers: &[Compared], set: &[Vec<bool>]) {
+        self.found_in_target += answers.iter().filter(|a| a.present).count() as i64;
+        for (r, a) in answers.iter().enumerate() {
+            match (expected.wanted[r], a.present, a.ours) {
+                (_, true, false) => self.kept_keys.push(expected.keys[r].clone()),
+                (true, true, true) => {
+                    for (count, set) in self.source_links.iter_mut().zip(set) {
+                        *count += i64::from(set[r]);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
 
 /// A reference whose links are counted: the target columns holding it, and the source columns
 /// they are made from (by name, and by index into the scanned row).
@@ -262,7 +435,7 @@ struct Linked {
     inputs: Vec<usize>,
     source_columns: Vec<String>,
     columns: Vec<String>,
-    parent: runtime::domain::TableName,
+    parent: TableName,
     referenced: Vec<String>,
 }
 
@@ -274,7 +447,7 @@ fn links_of(
     mapper: &RowMapper,
     spec: &runtime::mapping::MappingSpec,
 ) -> Vec<Linked> {
-    let target_of = |source: &runtime::domain::TableName| {
+    let target_of = |source: &TableName| {
         if *source == spec.source {
             Some(spec.target.clone())
         } else {
@@ -326,23 +499,6 @@ fn links_of(
     }
     out
 }
-/// The amount columns: cents turned into amounts, and every column of a two-decimal type.
-fn money_columns(
-    spec: &runtime::mapping::MappingSpec,
-    out_cols: &[(String, String)],
-) -> Vec<usize> {
-    (0..out_cols.len())
-        .filter(|&i| {
-            let (name, ty) = &out_cols[i];
-            let cents = spec
-                .columns
-                .iter()
-                .any(|m| m.target == *name && m.transforms.contains(&Transform::Cents));
-            cents || ty == "money" || (ty.starts_with("numeric(") && ty.ends_with(",2)"))
-        })
-        .collect()
-}
-
 /// A validation of the entity with nothing counted yet.
 fn empty(
     spec: &runtime::mapping::MappingSpec,
@@ -373,6 +529,7 @@ fn empty(
                 target_cents: 0,
             })
             .collect(),
+        rows_by_record: 0,
         detail: String::new(),
         seconds: 0.0,
     }
@@ -383,7 +540,7 @@ fn empty(
 async fn orphans(
     target: &dyn Target,
     req: &MigrateEntity,
-    references: &[(usize, runtime::domain::TableName)],
+    references: &[(usize, TableName)],
     deferred_cols: &[usize],
     out_cols: &[(String, String)],
 ) -> Result<Vec<Orphans>, ToolError> {
@@ -392,7 +549,7 @@ async fn orphans(
         .target
         .table(&req.spec.target)
         .ok_or_else(|| ToolError::system(format!("the target has no table {}", req.spec.target)))?;
-    let mut checks: Vec<(String, runtime::domain::TableName)> =
+    let mut checks: Vec<(String, TableName)> =
         references.iter().map(|(c, p)| (out_cols[*c].0.clone(), p.clone())).collect();
     checks.extend(deferred_cols.iter().map(|&c| (out_cols[c].0.clone(), req.spec.target.clone())));
     for fk in &table.foreign_keys {
@@ -525,18 +682,33 @@ fn references_set(page: &TextRows, linked: &[Linked]) -> Vec<Vec<bool>> {
         .collect()
 }
 
+/// A compared page: its expected rows and the target's answers, and with a page proven by the
+/// load's record, the money totals of its recorded rows, the record's and the target's (its
+/// `expected` then holds only keys and whether each is wanted, and no answer differs or
+/// returns values).
+struct Tallied<'a> {
+    expected: &'a Expected,
+    answers: &'a [Compared],
+    recorded_cents: Option<(Vec<i64>, Vec<i64>)>,
+}
+
 /// Books one compared page into the validation.
-#[allow(clippy::too_many_arguments)]
 async fn tally(
     v: &mut EntityValidation,
-    expected: &Expected,
-    answers: &[Compared],
+    page: Tallied<'_>,
     rejected_keys: &HashSet<String>,
     target: &dyn Target,
     out_cols: &[(String, String)],
     legacy_col: usize,
     money: &[usize],
 ) -> Result<(), ToolError> {
+    let Tallied { expected, answers, recorded_cents } = page;
+    if let Some((source, target)) = &recorded_cents {
+        for ((total, s), t) in v.money.iter_mut().zip(source).zip(target) {
+            total.source_cents += s;
+            total.target_cents += t;
+        }
+    }
     for (r, a) in answers.iter().enumerate() {
         v.source_rows += 1;
         let key = &expected.keys[r];
@@ -571,9 +743,11 @@ async fn tally(
                     }
                     None => v.migrated += 1,
                 }
-                for (m, total) in v.money.iter_mut().enumerate() {
-                    total.source_cents += cents(expected.values.get(r, money[m]));
-                    total.target_cents += cents(a.returned[m].as_deref());
+                if recorded_cents.is_none() {
+                    for (m, total) in v.money.iter_mut().enumerate() {
+                        total.source_cents += cents(expected.values.get(r, money[m]));
+                        total.target_cents += cents(a.returned[m].as_deref());
+                    }
                 }
             }
             (false, true, true) => {
@@ -595,31 +769,12 @@ async fn tally(
     Ok(())
 }
 
-/// A decimal amount in whole cents (`12.5` is 1250); NULL counts as nothing.
-fn cents(v: Option<&str>) -> i64 {
-    let Some(s) = v.map(str::trim) else { return 0 };
-    let (neg, s) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
-    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-    let frac: String = frac.chars().chain(std::iter::repeat('0')).take(2).collect();
-    let c = whole.parse::<i64>().unwrap_or(0) * 100 + frac.parse::<i64>().unwrap_or(0);
-    if neg {
-        -c
-    } else {
-        c
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn amounts_count_in_whole_cents() {
-        assert_eq!(cents(Some("12.5")), 1250);
-        assert_eq!(cents(Some("12.50")), 1250);
-        assert_eq!(cents(Some("-0.07")), -7);
-        assert_eq!(cents(Some("3")), 300);
-        assert_eq!(cents(None), 0);
+    fn amounts_show_their_cents() {
         assert_eq!(amount(-1250), "-12.50");
         assert_eq!(amount(7), "0.07");
     }

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use crate::domain::{
     Batch, Checkpoint, CodeRequest, CodeResult, Compared, DiffApplied, DiffBatch, Diffed,
     Differential, EntityDiff, EntityValidation, Expected, KeysAside, Links, LlmReply, LlmRequest,
-    RejectedRow, RollbackEntity, RolledBack, Scan, SchemaReport, SyncMark, TableName, Written,
+    PageRecord, ProvenPage, RecordedPage, RejectedRow, RollbackEntity, RolledBack, Scan,
+    SchemaReport, SyncMark, TableName, Written,
 };
 use crate::ids::RunId;
 use crate::text_rows::TextRows;
@@ -149,6 +150,18 @@ pub trait Verifier: Send + Sync + 'static {
         target: &TableName,
         page: &Expected,
     ) -> Result<Vec<Compared>, ToolError>;
+    /// The load's records of `target`'s source pages, in key order: none unless its load
+    /// recorded its baseline batch by batch (then one a batch that wrote rows).
+    async fn page_records(&self, target: &TableName) -> Result<Vec<PageRecord>, ToolError>;
+    /// Proves a page by the load's record of it: the target's rows of the page's key range
+    /// hashed by the server, each against the hash recorded for its key. `None` unless every
+    /// key of the record holds its row, with the UUID derived from the key and the recorded
+    /// hash, and no other key of the page has a row: the page is then compared row by row.
+    async fn prove_by_record(
+        &self,
+        target: &TableName,
+        page: &RecordedPage,
+    ) -> Result<Option<ProvenPage>, ToolError>;
     /// A column of the target row with this legacy key, as text (to show a difference).
     async fn value_of(
         &self,
@@ -407,6 +420,16 @@ impl Verifier for Roles {
         page: &Expected,
     ) -> Result<Vec<Compared>, ToolError> {
         self.verify.compare(target, page).await
+    }
+    async fn page_records(&self, target: &TableName) -> Result<Vec<PageRecord>, ToolError> {
+        self.verify.page_records(target).await
+    }
+    async fn prove_by_record(
+        &self,
+        target: &TableName,
+        page: &RecordedPage,
+    ) -> Result<Option<ProvenPage>, ToolError> {
+        self.verify.prove_by_record(target, page).await
     }
     async fn value_of(
         &self,

@@ -1,7 +1,8 @@
 //! A target database in memory: the four roles of the target port over tables of rows held
 //! in a map, for the unit tests of the load and its proof. It keeps no constraints (so it
-//! proves nothing a constraint would: the load checks its rows itself) and no sync baseline
-//! (the differential sync's store answers that it is not configured).
+//! proves nothing a constraint would: the load checks its rows itself) and no baseline (the
+//! differential sync's store answers that it is not configured, and a validation finds no
+//! load record to prove a page by, so it compares every row).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -9,8 +10,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use runtime::domain::{
     Batch, Checkpoint, Compared, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff,
-    EntityValidation, Expected, KeysAside, Links, RejectedRow, RollbackEntity, RolledBack,
-    SyncMark, TableName, Written,
+    EntityValidation, Expected, KeysAside, Links, PageRecord, ProvenPage, RecordedPage,
+    RejectedRow, RollbackEntity, RolledBack, SyncMark, TableName, Written,
 };
 use runtime::error::ToolError;
 use runtime::ports::{ConstraintStore, DiffStore, Loader, Verifier};
@@ -346,6 +347,18 @@ impl Verifier for MemTarget {
                 Some(row) => compared(r, row),
             })
             .collect())
+    }
+
+    async fn page_records(&self, _: &TableName) -> Result<Vec<PageRecord>, ToolError> {
+        Ok(Vec::new())
+    }
+
+    async fn prove_by_record(
+        &self,
+        _: &TableName,
+        _: &RecordedPage,
+    ) -> Result<Option<ProvenPage>, ToolError> {
+        Ok(None)
     }
 
     async fn value_of(

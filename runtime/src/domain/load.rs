@@ -115,6 +115,13 @@ pub struct Batch {
     /// with the rows it writes, in its own transaction; empty when the entity's baseline is
     /// recorded once its load ends.
     pub baseline: Vec<usize>,
+    /// With a baseline recorded by the batch: the fingerprint of its source `page` under the
+    /// mapping that read it ([`TextRows::fingerprint`]), recorded with it so that a validation
+    /// reading the page again unchanged can prove it by the record.
+    pub page_hash: Option<i64>,
+    /// The money columns (by index) whose totals over the rows written, in cents, the record
+    /// keeps with the page's fingerprint.
+    pub money: Vec<usize>,
     /// The checkpoint before this batch, and the last key and rows read with it.
     pub before: Checkpoint,
     pub last_key: Vec<String>,

@@ -138,7 +138,77 @@ pub struct EntityValidation {
     #[serde(default)]
     pub links: Vec<Links>,
     pub money: Vec<MoneyTotal>,
+    /// Source rows proven by the load's record of their page (the page read again unchanged,
+    /// the target's rows hashed against the hashes the load recorded) instead of mapped again.
+    #[serde(default)]
+    pub rows_by_record: i64,
     /// One line: what passed or what did not.
     pub detail: String,
     pub seconds: f64,
+}
+
+/// A decimal amount in whole cents (`12.5` is 1250, digits past the cent dropped); NULL counts
+/// as nothing.
+pub fn cents(v: Option<&str>) -> i64 {
+    let Some(s) = v.map(str::trim) else { return 0 };
+    let (neg, s) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let frac: String = frac.chars().chain(std::iter::repeat('0')).take(2).collect();
+    let c = whole.parse::<i64>().unwrap_or(0) * 100 + frac.parse::<i64>().unwrap_or(0);
+    if neg {
+        -c
+    } else {
+        c
+    }
+}
+
+/// A load's record of one batch's source page, as a validation looks it up: the page's
+/// fingerprint under the mapping that read it ([`TextRows::fingerprint`]), the record's bucket
+/// in `load_baseline`, and how many rows the page had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRecord {
+    pub fingerprint: i64,
+    pub bucket: i64,
+    pub rows: i64,
+}
+
+/// A page of source rows read again unchanged, to be proven by the load's record of it: the
+/// page's legacy keys and the UUIDs derived from them, in page order.
+#[derive(Clone, Debug)]
+pub struct RecordedPage {
+    pub record: PageRecord,
+    /// The target's columns, as an [`Expected`] page has them.
+    pub columns: Vec<(String, String)>,
+    pub id_column: usize,
+    pub legacy_column: usize,
+    pub keys: Vec<i64>,
+    pub ids: Vec<uuid::Uuid>,
+    /// Columns whose target values come back with the answer (money, to total).
+    pub returned: Vec<usize>,
+}
+
+/// The target's rows of a page proven to be what the load recorded (a key in the record holds
+/// its row, present, agentctl's and equal; any other key of the page has none): whether each
+/// key is in the record, and the money totals of the recorded rows in cents, one a returned
+/// column, as the record has them and as the target holds them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProvenPage {
+    pub recorded: Vec<bool>,
+    pub source_cents: Vec<i64>,
+    pub target_cents: Vec<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_count_in_whole_cents() {
+        assert_eq!(cents(Some("12.5")), 1250);
+        assert_eq!(cents(Some("12.50")), 1250);
+        assert_eq!(cents(Some("-0.07")), -7);
+        assert_eq!(cents(Some("3")), 300);
+        assert_eq!(cents(Some(" 1.239 ")), 123);
+        assert_eq!(cents(None), 0);
+    }
 }

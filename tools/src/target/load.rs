@@ -536,29 +536,38 @@ async fn record_written(
     let legacy = b.columns.iter().position(|(name, _)| name == "legacy_id");
     let mut keys = Vec::with_capacity(keep.len());
     let mut sums = Vec::with_capacity(keep.len());
-    let mut ask = Vec::new();
+    // The rows recorded, by their place in the batch: a staged batch's rows that the insert
+    // skipped are not in the table, and not in its record.
+    let mut recorded = Vec::with_capacity(keep.len());
+    let mut ask = std::collections::HashMap::new();
     for (i, &seq) in keep.iter().enumerate() {
         let key = legacy.and_then(|l| b.rows.get(seq, l)?.trim().parse::<i64>().ok());
         match (key, hashes.get(i).copied().flatten()) {
             (Some(k), Some(h)) => {
                 keys.push(k);
                 sums.push(h);
+                recorded.push(seq);
             }
-            _ => ask
-                .extend(b.rows.get(seq, b.id_column).and_then(|id| uuid::Uuid::try_parse(id).ok())),
+            _ => {
+                let id = b.rows.get(seq, b.id_column).and_then(|id| uuid::Uuid::try_parse(id).ok());
+                ask.extend(id.map(|id| (id, seq)));
+            }
         }
     }
     if !ask.is_empty() {
         let hashed = b.baseline_columns();
         let types = crate::diff::HashTypes::of(c, hashed.iter().map(|(_, t)| t.as_str())).await?;
         let sql = format!(
-            "SELECT t.legacy_id::int8, {} FROM {} t WHERE t.id = ANY($1::uuid[])",
+            "SELECT t.id, t.legacy_id::int8, {} FROM {} t WHERE t.id = ANY($1::uuid[])",
             types.row("t", &hashed),
             quoted(&b.target)
         );
-        for (k, h) in sqlx::query_as::<_, (i64, i64)>(&sql).bind(&ask).fetch_all(&mut *c).await? {
+        let ids: Vec<uuid::Uuid> = ask.keys().copied().collect();
+        let found = sqlx::query_as::<_, (uuid::Uuid, i64, i64)>(&sql).bind(&ids);
+        for (id, k, h) in found.fetch_all(&mut *c).await? {
             keys.push(k);
             sums.push(h);
+            recorded.extend(ask.get(&id));
         }
     }
     // In key order: a lookup finds a key in its batch's record by binary search.
@@ -568,15 +577,27 @@ async fn record_written(
     let (Some(&lo), Some(&hi)) = (keys.first(), keys.last()) else {
         return Ok(());
     };
+    // What a validation proves the page by: its fingerprint, its rows, its money written.
+    let page_rows = b.page_hash.map(|_| b.page.len() as i32);
+    let money: Option<Vec<i64>> = b.page_hash.map(|_| {
+        let total = |m: usize| -> i64 {
+            recorded.iter().map(|&seq| runtime::domain::cents(b.rows.get(seq, m))).sum()
+        };
+        b.money.iter().map(|&m| total(m)).collect()
+    });
     sqlx::query(
-        "INSERT INTO agentctl.load_baseline (target_table, bucket, int_keys, hashes, lo, hi)
-         VALUES ($1, nextval('agentctl.load_baseline_range'), $2, $3, $4, $5)",
+        "INSERT INTO agentctl.load_baseline
+             (target_table, bucket, int_keys, hashes, lo, hi, page_hash, page_rows, money)
+         VALUES ($1, nextval('agentctl.load_baseline_range'), $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&target)
     .bind(&keys)
     .bind(&sums)
     .bind(lo)
     .bind(hi)
+    .bind(b.page_hash)
+    .bind(page_rows)
+    .bind(money)
     .execute(&mut *c)
     .await?;
     Ok(())

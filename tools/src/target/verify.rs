@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use runtime::domain::{integer_key, TableName};
-use runtime::domain::{Compared, Expected, Links};
+use runtime::domain::{Compared, Expected, Links, PageRecord, ProvenPage, RecordedPage};
 use runtime::ports::{ToolError, Verifier};
 use runtime::RunId;
 use sqlx::{PgPool, Row};
@@ -25,6 +25,75 @@ impl Verifier for PgTarget {
             Some(answers) => Ok(answers),
             None => self.compare_values(target, page).await,
         }
+    }
+    async fn page_records(&self, target: &TableName) -> Result<Vec<PageRecord>, ToolError> {
+        let records: Vec<(i64, i64, i32)> = sqlx::query_as(
+            "SELECT page_hash, bucket::int8, page_rows FROM agentctl.load_baseline
+             WHERE target_table = $1 AND lo IS NOT NULL AND page_hash IS NOT NULL AND scheme = 2
+             ORDER BY lo",
+        )
+        .bind(target.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing(format!("reading the load's records of {target}")))?;
+        Ok(records
+            .into_iter()
+            .map(|(fingerprint, bucket, rows)| PageRecord {
+                fingerprint,
+                bucket,
+                rows: rows.into(),
+            })
+            .collect())
+    }
+    async fn prove_by_record(
+        &self,
+        target: &TableName,
+        page: &RecordedPage,
+    ) -> Result<Option<ProvenPage>, ToolError> {
+        let (Some(&low), Some(&high)) = (page.keys.first(), page.keys.last()) else {
+            return Ok(None);
+        };
+        let what = || format!("proving rows of {target} by the load's record");
+        let mut c = self.pool.acquire().await.map_err(while_doing(what()))?;
+        let record: Option<(Vec<i64>, Vec<i64>, Option<Vec<i64>>)> = sqlx::query_as(
+            "SELECT int_keys, hashes, money FROM agentctl.load_baseline
+             WHERE target_table = $1 AND bucket = $2 AND scheme = 2",
+        )
+        .bind(target.to_string())
+        .bind(page.record.bucket)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(while_doing(what()))?;
+        let Some((keys, hashes, Some(source_cents))) = record else { return Ok(None) };
+        if source_cents.len() != page.returned.len() || keys.len() != hashes.len() {
+            return Ok(None);
+        }
+        // The server hashes the rows (measured: checking them against the record there, in a
+        // join, cost it five times the read).
+        let hashed = hashed_columns(&page.columns, page.id_column, page.legacy_column);
+        let range =
+            Range { target, columns: &page.columns, hashed: &hashed, returned: &page.returned };
+        let mut held = range.read(&mut c, low, high).await.map_err(while_doing(what()))?;
+        drop(c);
+        let mut recorded = Vec::with_capacity(page.keys.len());
+        let mut target_cents = vec![0; page.returned.len()];
+        for (key, id) in page.keys.iter().zip(&page.ids) {
+            match (keys.binary_search(key), held.remove(key)) {
+                (Ok(i), Some((uuid, hash, returned))) if uuid == *id && hash == hashes[i] => {
+                    for (total, value) in target_cents.iter_mut().zip(&returned) {
+                        *total += runtime::domain::cents(value.as_deref());
+                    }
+                    recorded.push(true);
+                }
+                (Err(_), None) => recorded.push(false),
+                _ => return Ok(None),
+            }
+        }
+        // Every key of the record is a key of the page (the page's keys are distinct).
+        if recorded.iter().filter(|&&r| r).count() != keys.len() {
+            return Ok(None);
+        }
+        Ok(Some(ProvenPage { recorded, source_cents, target_cents }))
     }
     async fn value_of(
         &self,
@@ -238,7 +307,7 @@ impl PgTarget {
                 )
             })
             .collect();
-        let returned = returned_columns(page);
+        let returned = returned_columns(&page.columns, &page.returned);
         let arrays: Vec<String> = (0..n).map(|i| format!("${}::text[]", i + 3)).collect();
         let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
         let sql = format!(
@@ -300,8 +369,7 @@ impl PgTarget {
         let (Some(&low), Some(&high)) = (keys.iter().min(), keys.iter().max()) else {
             return Ok(None);
         };
-        let hashed: Vec<usize> =
-            (0..page.columns.len()).filter(|&i| i != id && i != legacy).collect();
+        let hashed = hashed_columns(&page.columns, id, legacy);
         let columns: Vec<(String, String)> =
             hashed.iter().map(|&i| page.columns[i].clone()).collect();
         let what = || format!("comparing rows of {target} with their source rows");
@@ -311,29 +379,10 @@ impl PgTarget {
         let Some(wires) = crate::binary::wires(&base, &columns) else { return Ok(None) };
         let hows = crate::row_hash::column_hashes(&mut c, &base, &columns).await;
         let Some(hows) = hows.map_err(while_doing(what()))? else { return Ok(None) };
-        let returned = returned_columns(page);
-        let row: Vec<String> =
-            columns.iter().map(|(name, _)| format!("t.{}", ident(name))).collect();
-        let sql = format!(
-            "SELECT t.legacy_id::int8, t.id, hash_record_extended(ROW({row}), 0){returned}
-             FROM {table} t WHERE t.legacy_id BETWEEN $1 AND $2",
-            row = row.join(", "),
-            table = quoted(target),
-        );
-        let rows = sqlx::query(&sql).bind(low).bind(high).fetch_all(&mut *c).await;
-        let rows = rows.map_err(while_doing(what()))?;
+        let range =
+            Range { target, columns: &page.columns, hashed: &hashed, returned: &page.returned };
+        let mut held = range.read(&mut c, low, high).await.map_err(while_doing(what()))?;
         drop(c);
-        let mut held = std::collections::HashMap::with_capacity(rows.len());
-        for r in &rows {
-            let returned: Result<Vec<Option<String>>, sqlx::Error> =
-                (0..page.returned.len()).map(|i| r.try_get(3 + i)).collect();
-            let row = (r.try_get::<uuid::Uuid, _>(1), r.try_get::<i64, _>(2), returned);
-            let (Ok(uuid), Ok(hash), Ok(returned)) = row else {
-                return Err(ToolError::system(format!("{}: an unreadable row", what())));
-            };
-            let key: i64 = r.try_get(0).map_err(while_doing(what()))?;
-            held.insert(key, (uuid, hash, returned));
-        }
         let mut answers = Vec::with_capacity(keys.len());
         let mut by_value = Vec::new();
         let mut buf = Vec::new();
@@ -365,10 +414,55 @@ impl PgTarget {
     }
 }
 
-/// The page's returned columns (money, to total) as the select list's tail: `, t.col::text`
-/// each.
-fn returned_columns(page: &Expected) -> String {
-    page.returned.iter().map(|&i| format!(", t.{}::text", ident(&page.columns[i].0))).collect()
+/// A page's key range of the target's rows, each read with its UUID, its hash over the `hashed`
+/// columns as the server computes it of the stored row, and its `returned` columns as text.
+struct Range<'a> {
+    target: &'a TableName,
+    columns: &'a [(String, String)],
+    hashed: &'a [usize],
+    returned: &'a [usize],
+}
+
+/// A target row as [`Range::read`] reads it: its UUID, its hash and its returned columns.
+type Held = (uuid::Uuid, i64, Vec<Option<String>>);
+
+impl Range<'_> {
+    /// The rows whose integer legacy key is in `low..=high`, by key.
+    async fn read(
+        &self,
+        c: &mut sqlx::PgConnection,
+        low: i64,
+        high: i64,
+    ) -> Result<std::collections::HashMap<i64, Held>, sqlx::Error> {
+        let row: Vec<String> =
+            self.hashed.iter().map(|&i| format!("t.{}", ident(&self.columns[i].0))).collect();
+        let returned = returned_columns(self.columns, self.returned);
+        let sql = format!(
+            "SELECT t.legacy_id::int8, t.id, hash_record_extended(ROW({row}), 0){returned}
+             FROM {table} t WHERE t.legacy_id BETWEEN $1 AND $2",
+            row = row.join(", "),
+            table = quoted(self.target),
+        );
+        let rows = sqlx::query(&sql).bind(low).bind(high).fetch_all(&mut *c).await?;
+        let mut held = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let returned: Vec<Option<String>> =
+                (0..self.returned.len()).map(|i| r.try_get(3 + i)).collect::<Result<_, _>>()?;
+            held.insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?, returned));
+        }
+        Ok(held)
+    }
+}
+
+/// The returned columns (money, to total) as the select list's tail: `, t.col::text` each.
+fn returned_columns(columns: &[(String, String)], returned: &[usize]) -> String {
+    returned.iter().map(|&i| format!(", t.{}::text", ident(&columns[i].0))).collect()
+}
+
+/// Every column of `columns` but the row's UUID and its legacy key: the columns a row's hash
+/// covers, in the load baseline as in a comparison.
+fn hashed_columns(columns: &[(String, String)], id: usize, legacy: usize) -> Vec<usize> {
+    (0..columns.len()).filter(|&i| i != id && i != legacy).collect()
 }
 
 /// Row `r` of `page` hashed over the `hashed` columns as the server hashes the stored row, or
