@@ -81,6 +81,9 @@ fn a_reference_is_the_parents_uuid_or_the_one_the_parent_kept() {
         .derive(&["3"])
         .to_string();
     assert_eq!(map(&technicians, &row).unwrap()[role_id], Some(derived));
+    let no_role = [Some("6"), Some("Bob"), None, Some("bob@example.org")];
+    let (rule, _) = map(&technicians, &no_role).expect_err("no parent, no reference");
+    assert_eq!(rule, "not_null:role_id", "a NULL reference stays NULL, which the column refuses");
     let kept = "00000000-0000-4000-8000-000000000003".to_owned();
     technicians
         .keep_parent_ids(name("dispatch_role"), HashMap::from([("3".to_owned(), kept.clone())]));
