@@ -185,9 +185,9 @@ pub async fn validate(
     let rejected_keys: HashSet<String> =
         target.rejected_keys(&spec.source).await?.into_iter().map(|(k, _)| k).collect();
     let mut v = empty(spec, &out_cols, &money);
-    let records = Records::of(target.as_ref(), req, seal, &out_cols, id_col, legacy_col).await?;
     let mapping =
         Mapping { mapper: &mapper, out_cols: &out_cols, id_col, legacy_col, money: &money };
+    let records = Records::of(target.as_ref(), req, seal, &mapping).await?;
     // The stages overlap: the source server reads the next page while this task maps one (or
     // fingerprints it, to prove it by the load's record) and the target compares the ones
     // before, [`COMPARES_IN_FLIGHT`] at a time, tallied in order.
@@ -302,9 +302,7 @@ impl Records {
         target: &dyn Target,
         req: &MigrateEntity,
         seal: u64,
-        out_cols: &[(String, String)],
-        id_col: usize,
-        legacy_col: usize,
+        mapping: &Mapping<'_>,
     ) -> Result<Records, ToolError> {
         let spec = &req.spec;
         let records = target.page_records(&spec.target).await?;
@@ -318,10 +316,10 @@ impl Records {
             seal,
             key,
             deriver: KeyDeriver::new(req.keys.layout, req.keys.namespace, &spec.source),
-            columns: out_cols.to_vec(),
-            id_column: id_col,
-            legacy_column: legacy_col,
-            returned: money_columns(spec, out_cols),
+            columns: mapping.out_cols.to_vec(),
+            id_column: mapping.id_col,
+            legacy_column: mapping.legacy_col,
+            returned: mapping.money.to_vec(),
         })
     }
 

@@ -94,8 +94,7 @@ impl Verifier for PgTarget {
         // it here cost agentctl 2 s more CPU in `validate` at scale 1.0; joining the rows to the
         // record in the server cost it five times the read.)
         let hashed = hashed_columns(&page.columns, page.id_column, page.legacy_column);
-        let mut row: Vec<String> =
-            hashed.iter().map(|&i| format!("t.{}", ident(&page.columns[i].0))).collect();
+        let mut row = qualified(&page.columns, &hashed);
         row.extend(["t.legacy_id::int8".to_owned(), "t.id".to_owned()]);
         let totals: String = page
             .returned
@@ -410,8 +409,7 @@ impl PgTarget {
         let hows = crate::row_hash::column_hashes(&mut c, &base, &columns).await;
         let Some(hows) = hows.map_err(while_doing(what()))? else { return Ok(None) };
         let returned = returned_columns(&page.columns, &page.returned);
-        let row: Vec<String> =
-            hashed.iter().map(|&i| format!("t.{}", ident(&page.columns[i].0))).collect();
+        let row = qualified(&page.columns, &hashed);
         let sql = format!(
             "SELECT t.legacy_id::int8, t.id, hash_record_extended(ROW({row}), 0){returned}
              FROM {table} t WHERE t.legacy_id BETWEEN $1 AND $2",
@@ -467,6 +465,11 @@ impl PgTarget {
 /// each (a `money` column's text would carry its currency symbol).
 fn returned_columns(columns: &[(String, String)], returned: &[usize]) -> String {
     returned.iter().map(|&i| format!(", t.{}::numeric::text", ident(&columns[i].0))).collect()
+}
+
+/// Columns `which` of `columns` as the target row `t`'s, for a select list.
+fn qualified(columns: &[(String, String)], which: &[usize]) -> Vec<String> {
+    which.iter().map(|&i| format!("t.{}", ident(&columns[i].0))).collect()
 }
 
 /// Every column of `columns` but the row's UUID and its legacy key: the columns a row's hash
