@@ -293,13 +293,15 @@ pub async fn live_keys(
     soft: bool,
 ) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
     let sql = format!(
-        "SELECT legacy_id::text, id FROM {} WHERE legacy_id IS NOT NULL AND ($1::text IS NULL OR \
-            left(id::text, 8) = $1){}",
+        "SELECT legacy_id::text, id FROM {} WHERE legacy_id IS NOT NULL AND ($1::uuid IS NULL OR \
+            id BETWEEN $1 AND $2){}",
         quoted(target),
         if soft { " AND deleted_at IS NULL" } else { "" }
     );
+    let range = prefix.map(crate::target::tag_range).transpose()?;
     sqlx::query_as(&sql)
-        .bind(prefix)
+        .bind(range.map(|r| r.0))
+        .bind(range.map(|r| r.1))
         .fetch_all(pool)
         .await
         .map_err(|e| while_doing(format!("reading the legacy keys of {target}"))(e))
@@ -404,7 +406,7 @@ pub async fn save_analysis(
             )
             .await
             .map_err(while_doing(what()))?;
-        copy.send(buf).await.map_err(while_doing(what()))?;
+        crate::pg::send_copy(&mut copy, &buf).await.map_err(while_doing(what()))?;
         copy.finish().await.map_err(while_doing(what()))?;
     }
     tx.commit().await.map_err(while_doing(what()))?;
@@ -644,7 +646,7 @@ async fn stage(c: &mut PgConnection, b: &DiffBatch) -> Result<(), sqlx::Error> {
         buf.push(b'\n');
     }
     let mut copy = c.copy_in_raw("COPY agentctl_diff FROM STDIN").await?;
-    copy.send(buf).await?;
+    crate::pg::send_copy(&mut copy, &buf).await?;
     copy.finish().await?;
     Ok(())
 }

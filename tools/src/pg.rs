@@ -1,10 +1,11 @@
 //! Connecting to PostgreSQL, and turning the driver's errors into one line an operator can act
 //! on: which database, what was being done, and why it failed.
 
+use std::ops::DerefMut;
 use std::time::Duration;
 
 use runtime::config::{DbRole, DbUrl};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgCopyIn, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use runtime::error::{ErrorKind, ToolError};
@@ -14,6 +15,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a query waits for a connection from the pool (or for a new one to open).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The most COPY data handed to the driver at once. The driver copies what it is given into the
+/// connection's write buffer, and that buffer keeps its size: a batch sent whole left every
+/// pooled connection holding a buffer as large as the largest batch it had sent (a few MiB
+/// each), grown, copied and faulted in afresh connection by connection.
+const COPY_CHUNK: usize = 256 * 1024;
+
+/// Sends `data` into a COPY ... FROM STDIN in pieces of [`COPY_CHUNK`] bytes (the server reads
+/// the stream, not the messages: where a piece ends does not matter).
+pub async fn send_copy<C: DerefMut<Target = PgConnection>>(
+    copy: &mut PgCopyIn<C>,
+    data: &[u8],
+) -> Result<(), sqlx::Error> {
+    for chunk in data.chunks(COPY_CHUNK) {
+        copy.send(chunk).await?;
+    }
+    Ok(())
+}
 
 /// The session settings of every connection to the source.
 pub const SOURCE_SETTINGS: [(&str, &str); 5] = [
@@ -169,7 +188,7 @@ impl std::ops::Deref for Held {
     }
 }
 
-impl std::ops::DerefMut for Held {
+impl DerefMut for Held {
     fn deref_mut(&mut self) -> &mut PgConnection {
         &mut self.conn
     }

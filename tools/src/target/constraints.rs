@@ -329,11 +329,12 @@ impl ConstraintStore for PgTarget {
             // layout); each is checked against the derivation before it is deleted.
             let sql = format!(
                 "SELECT legacy_id::text, id FROM {table} WHERE legacy_id IS NOT NULL AND \
-                    ($1::text IS NULL OR left(id::text, 8) = $1)"
+                    ($1::uuid IS NULL OR id BETWEEN $1 AND $2)"
             );
-            let prefix = e.deriver.prefix();
+            let range = e.deriver.prefix().as_deref().map(super::tag_range).transpose()?;
             let rows: Vec<(String, uuid::Uuid)> = sqlx::query_as(&sql)
-                .bind(prefix.as_deref())
+                .bind(range.map(|r| r.0))
+                .bind(range.map(|r| r.1))
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(while_doing(format!("reading the rows of {}", e.target)))?;

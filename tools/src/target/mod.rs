@@ -108,3 +108,46 @@ impl From<sqlx::Error> for Failure {
         }
     }
 }
+
+/// The first and last UUID that begin with the 8 hex digits `prefix` (the table tag of
+/// agentctl's ordered UUIDs): the rows whose UUID begins so are one range of the primary key,
+/// read through its index instead of every row's UUID turned into text and compared.
+pub(crate) fn tag_range(prefix: &str) -> Result<(uuid::Uuid, uuid::Uuid), ToolError> {
+    let bad = || ToolError::system(format!("`{prefix}` is not the 8 hex digits of a table tag"));
+    if prefix.len() != 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let tag = u32::from_str_radix(prefix, 16).map_err(|_| bad())?;
+    let first = u128::from(tag) << 96;
+    Ok((uuid::Uuid::from_u128(first), uuid::Uuid::from_u128(first | (u128::MAX >> 32))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tag_range;
+    use runtime::domain::TableName;
+    use runtime::mapping::{KeyDeriver, UuidLayout};
+
+    #[test]
+    fn the_range_of_a_tag_holds_exactly_the_uuids_that_begin_with_it() {
+        let table = TableName { schema: "public".into(), name: "dispatch_task".into() };
+        let deriver = KeyDeriver::new(UuidLayout::Ordered, uuid::Uuid::from_u128(7), &table);
+        let prefix = deriver.prefix().expect("the ordered layout has a prefix");
+        let (first, last) = tag_range(&prefix).expect("a tag");
+        for key in ["1", "768962", "-5", "9223372036854775807", "a|b"] {
+            let id = deriver.derive_stored(key);
+            assert!(first <= id && id <= last, "{id} of key {key} is outside {first}..{last}");
+        }
+        assert!(first.to_string().starts_with(&prefix) && last.to_string().starts_with(&prefix));
+        let before = uuid::Uuid::from_u128(first.as_u128() - 1);
+        let after = uuid::Uuid::from_u128(last.as_u128() + 1);
+        assert!(
+            !before.to_string().starts_with(&prefix) && !after.to_string().starts_with(&prefix)
+        );
+        assert_eq!(tag_range("00000000").expect("zero").0, uuid::Uuid::nil());
+        assert!(tag_range("ffffffff").is_ok());
+        for bad in ["", "1234567", "123456789", "+1234567", "1234567g"] {
+            assert!(tag_range(bad).is_err(), "{bad} taken for a tag");
+        }
+    }
+}
