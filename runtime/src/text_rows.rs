@@ -72,6 +72,15 @@ impl TextRows {
         }
     }
 
+    /// Appends one value made of `parts` end to end (a value read in pieces, such as COPY text
+    /// with its escapes undone, without a string of its own).
+    pub fn push_parts<'a>(&mut self, parts: impl IntoIterator<Item = &'a str>) {
+        for part in parts {
+            self.text.push_str(part);
+        }
+        self.ends.push(self.text.len());
+    }
+
     /// Appends a whole row.
     pub fn push_row<'a>(&mut self, row: impl IntoIterator<Item = Option<&'a str>>) {
         for v in row {

@@ -96,20 +96,17 @@ impl PgRows {
         let sql = format!("COPY ({}) TO STDOUT", select(scan));
         let mut conn = crate::pg::Held::acquire(&self.pool).await.map_err(failed)?;
         let mut stream = conn.copy_out_raw(&sql).await.map_err(failed)?;
-        let mut pending: Vec<u8> = Vec::new();
+        let mut lines = Lines::default();
         let mut count = 0u64;
         let mut since_yield = 0usize;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(failed)?;
-            pending.extend_from_slice(&chunk);
-            let mut start = 0;
-            while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
-                parse_line(&pending[start..start + end], rows).map_err(|e| e.context(what()))?;
+            lines.feed(&chunk, |line| {
+                parse_line(line, rows).map_err(|e| e.context(what()))?;
                 each(rows);
                 count += 1;
-                start += end + 1;
-            }
-            pending.drain(..start);
+                Ok(())
+            })?;
             // The caller's work per row is CPU-bound: every MiB, let the run's other tasks (the
             // audit writer, supervision) have the worker. (The server sends a row a message,
             // so yielding per message would cost more than the work.)
@@ -121,6 +118,12 @@ impl PgRows {
         }
         drop(stream);
         conn.finished();
+        if !lines.pending.is_empty() {
+            return Err(ToolError::system(format!(
+                "the COPY text of {} ended inside a row",
+                scan.table
+            )));
+        }
         Ok(count)
     }
 }
@@ -153,6 +156,41 @@ impl Rows for PgRows {
     }
 }
 
+/// COPY text arriving in messages, cut into lines. The server sends a line a message: lines are
+/// handed on where they arrived, and only a line split across messages is put together first.
+#[derive(Default)]
+struct Lines {
+    /// The start of a line whose end has not arrived.
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    /// Calls `line` with every line `chunk` completes, without its newline.
+    fn feed(
+        &mut self,
+        chunk: &[u8],
+        mut line: impl FnMut(&[u8]) -> Result<(), ToolError>,
+    ) -> Result<(), ToolError> {
+        let mut data = chunk;
+        if !self.pending.is_empty() {
+            let end = memchr::memchr(b'\n', data).unwrap_or(data.len());
+            self.pending.extend_from_slice(&data[..end]);
+            data = &data[end..];
+            if let Some(after) = data.strip_prefix(b"\n") {
+                line(&self.pending)?;
+                self.pending.clear();
+                data = after;
+            }
+        }
+        while let Some(end) = memchr::memchr(b'\n', data) {
+            line(&data[..end])?;
+            data = &data[end + 1..];
+        }
+        self.pending.extend_from_slice(data);
+        Ok(())
+    }
+}
+
 /// One line of COPY text appended to `out` as a row (`\N` is NULL; backslash escapes undone).
 pub fn parse_line(line: &[u8], out: &mut TextRows) -> Result<(), ToolError> {
     let mark = out.values();
@@ -171,43 +209,96 @@ pub fn parse_line(line: &[u8], out: &mut TextRows) -> Result<(), ToolError> {
 
 fn push_fields(line: &[u8], out: &mut TextRows) -> Result<(), ToolError> {
     // Read as UTF-8 once a line: tabs and backslashes are ASCII, so each field of a valid line
-    // is valid too, and undoing an escape keeps it so.
+    // is valid too, and undoing an escape keeps it so. One pass finds each field's end and
+    // whether it holds an escape (most do not: copied whole).
     let line =
         std::str::from_utf8(line).map_err(|_| ToolError::system("a value is not valid UTF-8"))?;
-    for field in line.split('\t') {
-        if field == "\\N" {
-            out.push(None);
-        } else if !field.contains('\\') {
-            // Most values carry no escape: one copy, no character-by-character loop.
-            out.push(Some(field));
-        } else {
-            let mut text = String::with_capacity(field.len());
-            let mut chars = field.chars();
-            while let Some(c) = chars.next() {
-                text.push(match c {
-                    '\\' => match chars.next() {
-                        Some('n') => '\n',
-                        Some('t') => '\t',
-                        Some('r') => '\r',
-                        Some('b') => '\u{8}',
-                        Some('f') => '\u{c}',
-                        Some('v') => '\u{b}',
-                        Some(other) => other,
-                        // A backslash ending the field stands for itself.
-                        None => '\\',
-                    },
-                    c => c,
-                });
+    let bytes = line.as_bytes();
+    let mut start = 0;
+    loop {
+        let (end, escaped) = match memchr::memchr2(b'\t', b'\\', &bytes[start..]) {
+            Some(i) if bytes[start + i] == b'\t' => (start + i, false),
+            Some(i) => {
+                let tab = memchr::memchr(b'\t', &bytes[start + i..]);
+                (tab.map_or(bytes.len(), |j| start + i + j), true)
             }
-            out.push(Some(&text));
+            None => (bytes.len(), false),
+        };
+        let field = &line[start..end];
+        match escaped {
+            false => out.push(Some(field)),
+            true if field == "\\N" => out.push(None),
+            true => out.push_parts(unescaped(field)),
         }
+        if end == bytes.len() {
+            return Ok(());
+        }
+        start = end + 1;
     }
-    Ok(())
+}
+
+/// A COPY text field as the pieces of its value: the runs between backslashes as they are, and
+/// each escape as the character it stands for.
+fn unescaped(field: &str) -> impl Iterator<Item = &str> {
+    let mut rest = field;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let Some(after) = rest.strip_prefix('\\') else {
+            let run = memchr::memchr(b'\\', rest.as_bytes()).unwrap_or(rest.len());
+            let (piece, tail) = rest.split_at(run);
+            rest = tail;
+            return Some(piece);
+        };
+        // A backslash ending the field stands for itself.
+        let Some(c) = after.chars().next() else {
+            rest = "";
+            return Some("\\");
+        };
+        let (piece, tail) = after.split_at(c.len_utf8());
+        rest = tail;
+        Some(match piece {
+            "n" => "\n",
+            "t" => "\t",
+            "r" => "\r",
+            "b" => "\u{8}",
+            "f" => "\u{c}",
+            "v" => "\u{b}",
+            other => other,
+        })
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_split_across_messages_are_put_together() {
+        let text = b"1\ta\n22\tbb\n\n333\tccc\n";
+        let whole: Vec<Vec<u8>> = text.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+        // Every way of cutting the text in three messages gives the same lines.
+        for i in 0..=text.len() {
+            for j in i..=text.len() {
+                let mut lines = Lines::default();
+                let mut got = Vec::new();
+                for chunk in [&text[..i], &text[i..j], &text[j..]] {
+                    lines
+                        .feed(chunk, |l| {
+                            got.push(l.to_vec());
+                            Ok(())
+                        })
+                        .unwrap();
+                }
+                assert_eq!(got, whole[..whole.len() - 1], "cut at {i} and {j}");
+                assert!(lines.pending.is_empty());
+            }
+        }
+        let mut lines = Lines::default();
+        lines.feed(b"1\ta\n2\tb", |_| Ok(())).unwrap();
+        assert_eq!(lines.pending, b"2\tb", "a line without its end waits");
+    }
 
     #[test]
     fn copy_text_lines_become_rows_and_a_short_line_is_refused_whole() {
@@ -229,5 +320,11 @@ mod tests {
             rows.row(2).collect::<Vec<_>>(),
             vec![Some("5"), Some("é\u{8}\u{c}\u{b}\r"), Some("end\\")]
         );
+        // Escapes at the start, the end and side by side; `\N` only as the whole field; a
+        // field that is a lone backslash.
+        parse_line(b"\\n\\\\x\\t\t\\Nx\t\\", &mut rows).unwrap();
+        assert_eq!(rows.row(3).collect::<Vec<_>>(), vec![Some("\n\\x\t"), Some("Nx"), Some("\\")]);
+        parse_line(b"\\N\tab\\\\\tx\\Ny", &mut rows).unwrap();
+        assert_eq!(rows.row(4).collect::<Vec<_>>(), vec![None, Some("ab\\"), Some("xNy")]);
     }
 }
