@@ -317,8 +317,8 @@ pub enum BenchCmd {
         scale: f64,
         #[arg(long, default_value_t = 20240601)]
         seed: u64,
-        /// Tables (raw pipe) and entities (agentctl) at once.
-        #[arg(long, default_value_t = 4)]
+        /// Tables (raw pipe) and entities (agentctl) at once; by default as `run` has it.
+        #[arg(long, default_value_t = usize::from(default_jobs()))]
         jobs: usize,
         /// Rounds of (a) then (b): a round's ratio moves by a tenth or more from one to the next
         /// on a 2-core machine, so one round says little.
@@ -496,8 +496,9 @@ pub struct RunOpts {
     #[arg(long, value_name = "RUN")]
     pub resume: Option<String>,
 
-    /// How many entities migrate at once (1 to 8); each starts once its parents are loaded.
-    #[arg(long, short, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=8))]
+    /// How many entities migrate at once (1 to 8; by default the machine's cores, at most 4);
+    /// each starts once its parents are loaded.
+    #[arg(long, short, default_value_t = default_jobs(), value_parser = clap::value_parser!(u8).range(1..=8))]
     pub jobs: u8,
 
     /// Keep each table's foreign keys and plain indexes in place while it loads (slower). By
@@ -684,4 +685,13 @@ pub enum AuditCmd {
 pub enum ExportFormat {
     Jsonl,
     Html,
+}
+
+/// Entities migrated at once unless `--jobs` says otherwise: one a core, at most 4. A load is
+/// CPU-bound (each entity's stream keeps about a core busy between agentctl and the two
+/// servers), so more streams than cores only share the cores and hold more batches in memory
+/// (bench/RESULTS.md: on 2 cores, 2 at once ran as fast as 4 with 110 MB instead of 140 MB).
+pub fn default_jobs() -> u8 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u8::try_from(cores.clamp(1, 4)).expect("at most 4")
 }

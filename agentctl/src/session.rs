@@ -136,7 +136,11 @@ pub struct Execution {
 
 impl Default for Execution {
     fn default() -> Self {
-        Execution { jobs: 4, suspend_constraints: true, validate: true }
+        Execution {
+            jobs: usize::from(crate::cli::default_jobs()),
+            suspend_constraints: true,
+            validate: true,
+        }
     }
 }
 

@@ -540,13 +540,14 @@ pub fn unsettled_cycles(plan: &MigrationPlan, mappings: &MappingSet) -> Vec<Stri
     out
 }
 
-/// Rows per batch for a row of this width: about 1 MiB a batch, between 500 and 10,000 rows.
-/// Small enough that the batches in flight (read ahead, being mapped, being written, for four
-/// entities at once) stay within agentctl's memory budget; large enough that a batch's fixed
-/// cost (a transaction, the reference lookups, the checkpoint) is a few percent of its work.
+/// Rows per batch for a row of this width: about 2 MiB a batch, between 500 and 20,000 rows.
+/// Small enough that the batches in flight (read ahead, being mapped, being written, for an
+/// entity a core) stay within agentctl's memory budget; large enough that a batch's fixed cost
+/// (a transaction, the reference lookups, the checkpoint, its buffers faulted in) is a few
+/// percent of its work (bench/RESULTS.md: 1 MiB and 10,000 rows ran 4 % slower).
 pub fn batch_size(avg_row_bytes: i64) -> usize {
-    let rows = (1 << 20) / avg_row_bytes.max(32) as usize;
-    (rows.clamp(500, 10_000) / 500) * 500
+    let rows = (2 << 20) / avg_row_bytes.max(32) as usize;
+    (rows.clamp(500, 20_000) / 500) * 500
 }
 
 /// Resolves the goal, adds required parents (unless `only`), and orders the result in waves.
@@ -579,7 +580,7 @@ pub fn plan(
     rationale.push(match fixed_batch {
         Some(n) => format!("Every batch holds {n} rows, as BATCH_SIZE says."),
         None => format!(
-            "Batch sizes aim at about 1 MiB per batch from each table's average row width: {}.",
+            "Batch sizes aim at about 2 MiB per batch from each table's average row width: {}.",
             batches.join(", ")
         ),
     });

@@ -227,18 +227,18 @@ fn mappings_render_as_reviewed() {
 
         Plan for "migrate core" (3 entities, about 15 rows)
           wave 1:
-            dispatch_office -> offices                                   5 rows         5 migrate       0 reject  batch 10000
+            dispatch_office -> offices                                   5 rows         5 migrate       0 reject  batch 20000
           wave 2:
-            dispatch_profile -> profiles                                 5 rows         5 migrate       0 reject  batch 10000
+            dispatch_profile -> profiles                                 5 rows         5 migrate       0 reject  batch 20000
           wave 3:
-            dispatch_doctor -> doctors                                   5 rows         5 migrate       0 reject  batch 10000
+            dispatch_doctor -> doctors                                   5 rows         5 migrate       0 reject  batch 20000
           expected: 15 rows migrated, 0 rejected
           rollback order: dispatch_doctor, dispatch_profile, dispatch_office
           plan hash: 116d11a11e934b3c4be873c066a600d77c64a6df0c58f7979e4fed1b3367f491
           - auth_user is not an entity of its own: merged into the rows of the table that joins it.
           - dispatch_profile is in wave 2 because it references dispatch_office.
           - dispatch_doctor is in wave 3 because it references dispatch_office, dispatch_profile.
-          - Batch sizes aim at about 1 MiB per batch from each table's average row width: dispatch_office 10000, dispatch_profile 10000, dispatch_doctor 10000.
+          - Batch sizes aim at about 2 MiB per batch from each table's average row width: dispatch_office 20000, dispatch_profile 20000, dispatch_doctor 20000.
     "#]]
     .assert_eq(&plan.stdout);
 }

@@ -118,10 +118,10 @@ fn a_single_table_without_parents() {
         expect![[r#"
             Plan for "migrate technician_roles" (1 entities, about 31 rows)
               wave 1:
-                technician_roles                                     ~       31 rows  batch 10000
+                technician_roles                                     ~       31 rows  batch 20000
               rollback order: technician_roles
               plan hash: 23bc8daa8cf1b377da8cdfe0719a8dce05cd5cc43519c69c92df0f5531970e17
-              - Batch sizes aim at about 1 MiB per batch from each table's average row width: technician_roles 10000.
+              - Batch sizes aim at about 2 MiB per batch from each table's average row width: technician_roles 20000.
         "#]],
     );
 }
@@ -135,12 +135,12 @@ fn parents_are_added_and_ordered_in_waves() {
         expect![[r#"
             Plan for "migrate the doctors" (4 entities, about 2320 rows)
               wave 1:
-                auth_user                                            ~      900 rows  batch 10000  (needed by dispatch_profile)
-                dispatch_office                                      ~      120 rows  batch 10000  (needed by dispatch_doctor, dispatch_profile)
+                auth_user                                            ~      900 rows  batch 20000  (needed by dispatch_profile)
+                dispatch_office                                      ~      120 rows  batch 20000  (needed by dispatch_doctor, dispatch_profile)
               wave 2:
-                dispatch_profile                                     ~      900 rows  batch 10000  (needed by dispatch_doctor)
+                dispatch_profile                                     ~      900 rows  batch 20000  (needed by dispatch_doctor)
               wave 3:
-                dispatch_doctor                                      ~      400 rows  batch 10000
+                dispatch_doctor                                      ~      400 rows  batch 20000
               rollback order: dispatch_doctor, dispatch_profile, dispatch_office, auth_user
               plan hash: 2d0914ae9c1bf765460600f316b225e0c78b7bd44f60c68180715438305096c2
               - auth_user is included because dispatch_profile references it (plan with --only to leave it out).
@@ -148,7 +148,7 @@ fn parents_are_added_and_ordered_in_waves() {
               - dispatch_profile is included because dispatch_doctor references it (plan with --only to leave it out).
               - dispatch_profile is in wave 2 because it references auth_user, dispatch_office.
               - dispatch_doctor is in wave 3 because it references dispatch_office, dispatch_profile.
-              - Batch sizes aim at about 1 MiB per batch from each table's average row width: auth_user 10000, dispatch_office 10000, dispatch_profile 10000, dispatch_doctor 10000.
+              - Batch sizes aim at about 2 MiB per batch from each table's average row width: auth_user 20000, dispatch_office 20000, dispatch_profile 20000, dispatch_doctor 20000.
         "#]],
     );
 }
@@ -162,10 +162,10 @@ fn only_leaves_parents_out() {
         expect![[r#"
             Plan for "migrate doctors" (1 entities, about 400 rows)
               wave 1:
-                dispatch_doctor                                      ~      400 rows  batch 10000
+                dispatch_doctor                                      ~      400 rows  batch 20000
               rollback order: dispatch_doctor
               plan hash: 5f8b662944b008f0e4c534d49fbcce95aada8f792aae1bd40e6dc523d0dd004e
-              - Batch sizes aim at about 1 MiB per batch from each table's average row width: dispatch_doctor 10000.
+              - Batch sizes aim at about 2 MiB per batch from each table's average row width: dispatch_doctor 20000.
         "#]],
     );
 }
@@ -179,12 +179,12 @@ fn self_references_are_deferred() {
         expect![[r#"
             Plan for "Migrate TASKS" (4 entities, about 8920 rows)
               wave 1:
-                auth_user                                            ~      900 rows  batch 10000  (needed by dispatch_profile)
-                dispatch_office                                      ~      120 rows  batch 10000  (needed by dispatch_profile)
+                auth_user                                            ~      900 rows  batch 20000  (needed by dispatch_profile)
+                dispatch_office                                      ~      120 rows  batch 20000  (needed by dispatch_profile)
               wave 2:
-                dispatch_profile                                     ~      900 rows  batch 10000  (needed by dispatch_task)
+                dispatch_profile                                     ~      900 rows  batch 20000  (needed by dispatch_task)
               wave 3:
-                dispatch_task                                        ~     7000 rows  batch 10000  [second pass: dispatch_task_parent_task_id_fkey]
+                dispatch_task                                        ~     7000 rows  batch 20000  [second pass: dispatch_task_parent_task_id_fkey]
               rollback order: dispatch_task, dispatch_profile, dispatch_office, auth_user
               plan hash: 702595c6ab5e8848cf6d984d559349c575d7e245517881a3e6a7a0df56e92294
               - auth_user is included because dispatch_profile references it (plan with --only to leave it out).
@@ -193,7 +193,7 @@ fn self_references_are_deferred() {
               - dispatch_task.parent_task_id references dispatch_task itself: its rows go in with that reference empty, then a second pass fills it.
               - dispatch_profile is in wave 2 because it references auth_user, dispatch_office.
               - dispatch_task is in wave 3 because it references dispatch_profile.
-              - Batch sizes aim at about 1 MiB per batch from each table's average row width: auth_user 10000, dispatch_office 10000, dispatch_profile 10000, dispatch_task 10000.
+              - Batch sizes aim at about 2 MiB per batch from each table's average row width: auth_user 20000, dispatch_office 20000, dispatch_profile 20000, dispatch_task 20000.
         "#]],
     );
 }
@@ -208,15 +208,15 @@ fn a_cycle_is_broken_at_a_nullable_reference() {
         expect![[r#"
             Plan for "migrate a" (2 entities, about 2 rows)
               wave 1:
-                b                                                    ~        1 rows  batch 10000  (needed by a)  [second pass: b_a_id_fkey]
+                b                                                    ~        1 rows  batch 20000  (needed by a)  [second pass: b_a_id_fkey]
               wave 2:
-                a                                                    ~        1 rows  batch 10000
+                a                                                    ~        1 rows  batch 20000
               rollback order: a, b
               plan hash: b1dd69c7a251ccb9b8e514ef129c369a5830a19a73fe5f15defb5e867fbf13c2
               - b is included because a references it (plan with --only to leave it out).
               - b and a reference each other: b goes first, its b_a_id_fkey written as it is and proven once a is in (the key is put back after the last load).
               - a is in wave 2 because it references b.
-              - Batch sizes aim at about 1 MiB per batch from each table's average row width: b 10000, a 10000.
+              - Batch sizes aim at about 2 MiB per batch from each table's average row width: b 20000, a 20000.
         "#]],
     );
     let report = schema(&[("a", 1, &[("b_id", "b", false)]), ("b", 1, &[("a_id", "a", false)])]);
