@@ -590,7 +590,7 @@ async fn gone_by_keys(
         keys.insert(r.iter().map(|v| v.unwrap_or("")).collect::<Vec<_>>().join("|"));
     })
     .await?;
-    let live = target.live_keys(&spec.target, deriver.prefix().as_deref(), soft).await?;
+    let live = target.live_keys(&spec.target, deriver.range(), soft).await?;
     Ok(live
         .into_iter()
         .filter(|(k, id)| !keys.contains(k) && deriver.derive_stored(k) == *id)

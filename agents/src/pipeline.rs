@@ -86,7 +86,7 @@ pub async fn prepare(
     for (parent_source, parent_target) in &req.parents {
         let deriver = KeyDeriver::new(req.keys.layout, req.keys.namespace, parent_source);
         let kept: std::collections::HashMap<String, String> = target
-            .kept_rows(parent_target, deriver.prefix().as_deref())
+            .kept_rows(parent_target, deriver.range())
             .await?
             .into_iter()
             .filter(|(legacy, id)| deriver.derive_stored(legacy).to_string() != *id)

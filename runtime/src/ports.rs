@@ -54,12 +54,15 @@ pub trait Loader: Send + Sync + 'static {
         column: &str,
     ) -> Result<Vec<RejectedRow>, ToolError>;
     /// Rows of a target table that may predate agentctl: (legacy key, UUID), leaving out the
-    /// rows whose UUID starts with `ours` (the table tag of agentctl's ordered UUIDs). The
-    /// caller keeps those whose UUID is not the derived one; children must point at them.
+    /// rows whose UUID is in `ours` (the range of agentctl's ordered UUIDs of the table,
+    /// [`KeyDeriver::range`]). The caller keeps those whose UUID is not the derived one;
+    /// children must point at them.
+    ///
+    /// [`KeyDeriver::range`]: crate::mapping::KeyDeriver::range
     async fn kept_rows(
         &self,
         target: &TableName,
-        ours: Option<&str>,
+        ours: Option<(uuid::Uuid, uuid::Uuid)>,
     ) -> Result<Vec<(String, String)>, ToolError>;
     /// What stops the load of these tables, checked before any change, one line each: a
     /// missing privilege to read or write a table, a table not owned where its constraints are
@@ -240,11 +243,11 @@ pub trait DiffStore: Send + Sync + 'static {
         soft_delete: bool,
     ) -> Result<Vec<Diffed>, ToolError>;
     /// Target rows with a legacy key that are not soft-deleted: (legacy key, UUID), only those
-    /// whose UUID starts with `prefix` when one is given.
+    /// whose UUID is in `ours` when it is given.
     async fn live_keys(
         &self,
         target: &TableName,
-        prefix: Option<&str>,
+        ours: Option<(uuid::Uuid, uuid::Uuid)>,
         soft_delete: bool,
     ) -> Result<Vec<(String, uuid::Uuid)>, ToolError>;
     /// Like [`Target::live_keys`], for an integer legacy key: the rows with `after < legacy_id
@@ -343,7 +346,7 @@ impl Loader for Roles {
     async fn kept_rows(
         &self,
         target: &TableName,
-        ours: Option<&str>,
+        ours: Option<(uuid::Uuid, uuid::Uuid)>,
     ) -> Result<Vec<(String, String)>, ToolError> {
         self.load.kept_rows(target, ours).await
     }
@@ -512,10 +515,10 @@ impl DiffStore for Roles {
     async fn live_keys(
         &self,
         target: &TableName,
-        prefix: Option<&str>,
+        ours: Option<(uuid::Uuid, uuid::Uuid)>,
         soft_delete: bool,
     ) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
-        self.sync.live_keys(target, prefix, soft_delete).await
+        self.sync.live_keys(target, ours, soft_delete).await
     }
     async fn live_keys_between(
         &self,

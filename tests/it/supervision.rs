@@ -168,7 +168,7 @@ impl Loader for CrashingLoader {
     async fn kept_rows(
         &self,
         target: &TableName,
-        ours: Option<&str>,
+        ours: Option<(uuid::Uuid, uuid::Uuid)>,
     ) -> Result<Vec<(String, String)>, ToolError> {
         self.inner.kept_rows(target, ours).await
     }
@@ -235,10 +235,10 @@ impl DiffStore for CrashingSync {
     async fn live_keys(
         &self,
         target: &TableName,
-        prefix: Option<&str>,
+        ours: Option<(uuid::Uuid, uuid::Uuid)>,
         soft: bool,
     ) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
-        self.inner.live_keys(target, prefix, soft).await
+        self.inner.live_keys(target, ours, soft).await
     }
     async fn live_keys_between(
         &self,

@@ -289,7 +289,7 @@ fn standings(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<Diffed>, sqlx::Error>
 pub async fn live_keys(
     pool: &PgPool,
     target: &TableName,
-    prefix: Option<&str>,
+    ours: Option<(uuid::Uuid, uuid::Uuid)>,
     soft: bool,
 ) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
     let sql = format!(
@@ -298,10 +298,9 @@ pub async fn live_keys(
         quoted(target),
         if soft { " AND deleted_at IS NULL" } else { "" }
     );
-    let range = prefix.map(crate::target::tag_range).transpose()?;
     sqlx::query_as(&sql)
-        .bind(range.map(|r| r.0))
-        .bind(range.map(|r| r.1))
+        .bind(ours.map(|r| r.0))
+        .bind(ours.map(|r| r.1))
         .fetch_all(pool)
         .await
         .map_err(|e| while_doing(format!("reading the legacy keys of {target}"))(e))

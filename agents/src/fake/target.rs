@@ -230,12 +230,16 @@ impl Loader for MemTarget {
     async fn kept_rows(
         &self,
         target: &TableName,
-        ours: Option<&str>,
+        ours: Option<(uuid::Uuid, uuid::Uuid)>,
     ) -> Result<Vec<(String, String)>, ToolError> {
+        let outside = |id: &str| {
+            let id = uuid::Uuid::parse_str(id).ok();
+            ours.is_none_or(|(first, last)| id.is_none_or(|id| id < first || id > last))
+        };
         Ok(self
             .rows(target)
             .into_iter()
-            .filter(|r| ours.is_none_or(|p| !r.id.starts_with(p)))
+            .filter(|r| outside(&r.id))
             .map(|r| (r.legacy, r.id))
             .collect())
     }
@@ -478,7 +482,7 @@ impl DiffStore for MemTarget {
     async fn live_keys(
         &self,
         _: &TableName,
-        _: Option<&str>,
+        _: Option<(uuid::Uuid, uuid::Uuid)>,
         _: bool,
     ) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
         Err(not_kept())

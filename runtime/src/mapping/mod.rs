@@ -283,11 +283,18 @@ impl KeyDeriver {
         KeyDeriver { layout, namespace, prefix: format!("{table_name}:"), tag }
     }
 
-    /// How every UUID this deriver makes begins (its first 8 hex digits), in the ordered
-    /// layout; v5 UUIDs share no prefix.
-    pub fn prefix(&self) -> Option<String> {
+    /// The first and last UUID this deriver can make, in the ordered layout: every one begins
+    /// with the table's 32-bit tag, so a table's UUIDs are one range of its primary key, read
+    /// through its index. v5 UUIDs share no range.
+    pub fn range(&self) -> Option<(uuid::Uuid, uuid::Uuid)> {
         match self.layout {
-            UuidLayout::Ordered => Some(format!("{:08x}", self.tag)),
+            UuidLayout::Ordered => {
+                let first = u128::from(self.tag) << 96;
+                Some((
+                    uuid::Uuid::from_u128(first),
+                    uuid::Uuid::from_u128(first | (u128::MAX >> 32)),
+                ))
+            }
             UuidLayout::V5 => None,
         }
     }
@@ -383,11 +390,17 @@ mod tests {
         let v5 = derive(UuidLayout::V5, &t, "9");
         assert_eq!(v5.get_version_num(), 5);
         assert_eq!(v5, derive(UuidLayout::V5, &t, "9"));
-        let prefix = KeyDeriver::new(UuidLayout::Ordered, ns, &t)
-            .prefix()
-            .expect("ordered UUIDs share a prefix");
-        assert!([a, b, c].iter().all(|u| u.to_string().starts_with(&prefix)), "{prefix} {a}");
-        assert_eq!(KeyDeriver::new(UuidLayout::V5, ns, &t).prefix(), None);
+        let (first, last) = KeyDeriver::new(UuidLayout::Ordered, ns, &t)
+            .range()
+            .expect("ordered UUIDs share a range");
+        assert!([a, b, c].iter().all(|u| (first..=last).contains(u)), "{first}..{last} {a}");
+        // The range is exactly the UUIDs that begin with the table's tag.
+        let tag = &first.to_string()[..8];
+        assert!(last.to_string().starts_with(tag) && a.to_string().starts_with(tag));
+        let before = uuid::Uuid::from_u128(first.as_u128() - 1);
+        let after = uuid::Uuid::from_u128(last.as_u128() + 1);
+        assert!(!before.to_string().starts_with(tag) && !after.to_string().starts_with(tag));
+        assert_eq!(KeyDeriver::new(UuidLayout::V5, ns, &t).range(), None);
         let pair = TableName::new("public", "dispatch_role_permission");
         let d = KeyDeriver::new(UuidLayout::Ordered, ns, &pair);
         assert_eq!(d.derive_stored("3|7"), d.derive(&["3", "7"]));

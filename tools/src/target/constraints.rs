@@ -331,7 +331,7 @@ impl ConstraintStore for PgTarget {
                 "SELECT legacy_id::text, id FROM {table} WHERE legacy_id IS NOT NULL AND \
                     ($1::uuid IS NULL OR id BETWEEN $1 AND $2)"
             );
-            let range = e.deriver.prefix().as_deref().map(super::tag_range).transpose()?;
+            let range = e.deriver.range();
             let rows: Vec<(String, uuid::Uuid)> = sqlx::query_as(&sql)
                 .bind(range.map(|r| r.0))
                 .bind(range.map(|r| r.1))

@@ -789,7 +789,7 @@ impl Loader for PgTarget {
     async fn kept_rows(
         &self,
         target: &TableName,
-        ours: Option<&str>,
+        ours: Option<(uuid::Uuid, uuid::Uuid)>,
     ) -> Result<Vec<(String, String)>, ToolError> {
         let has_legacy: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 AND \
@@ -804,16 +804,15 @@ impl Loader for PgTarget {
             return Ok(Vec::new());
         }
         // Outside the range of `ours`: two index ranges, where comparing every row's UUID as
-        // text with the prefix read the whole table (130 ms for tasks' 768k rows, none kept).
-        let range = ours.map(super::tag_range).transpose()?;
+        // text with the table's tag read the whole table (130 ms for tasks' 768k rows, none kept).
         let sql = format!(
             "SELECT t.legacy_id::text, t.id::text FROM {} t WHERE t.legacy_id IS NOT NULL AND \
                 ($1::uuid IS NULL OR t.id < $1 OR t.id > $2)",
             quoted(target)
         );
         let rows: Vec<(String, String)> = sqlx::query_as(&sql)
-            .bind(range.map(|r| r.0))
-            .bind(range.map(|r| r.1))
+            .bind(ours.map(|r| r.0))
+            .bind(ours.map(|r| r.1))
             .fetch_all(&self.pool)
             .await
             .map_err(while_doing(format!(

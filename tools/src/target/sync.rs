@@ -47,10 +47,10 @@ impl DiffStore for PgTarget {
     async fn live_keys(
         &self,
         target: &TableName,
-        prefix: Option<&str>,
+        ours: Option<(uuid::Uuid, uuid::Uuid)>,
         soft_delete: bool,
     ) -> Result<Vec<(String, uuid::Uuid)>, ToolError> {
-        crate::diff::live_keys(&self.pool, target, prefix, soft_delete).await
+        crate::diff::live_keys(&self.pool, target, ours, soft_delete).await
     }
     async fn live_keys_between(
         &self,
