@@ -223,9 +223,10 @@ impl ScriptedRows {
         let mut plain = Scan { columns, scripts: Vec::new(), ..scan.clone() };
         let mut left = scan.limit.unwrap_or(usize::MAX);
         let mut count = 0u64;
+        let mut done_with = TextRows::default();
         while left > 0 {
             let want = left.min(SCRIPT_BATCH);
-            let page = self.inner.page(&plain, want).await?;
+            let page = self.inner.page(&plain, want, std::mem::take(&mut done_with)).await?;
             // A long scan changes scripts before their containers reach the end of their lifetime.
             for (running, script) in streams.iter_mut().zip(&scan.scripts) {
                 if running.0.elapsed() >= lifetime {
@@ -263,6 +264,7 @@ impl ScriptedRows {
                 }
                 _ => break,
             }
+            done_with = page;
         }
         Ok(count)
     }
@@ -300,12 +302,12 @@ impl Rows for ScriptedRows {
         read
     }
 
-    async fn page(&self, scan: &Scan, limit: usize) -> Result<TextRows, ToolError> {
+    async fn page(&self, scan: &Scan, limit: usize, into: TextRows) -> Result<TextRows, ToolError> {
         if scan.scripts.is_empty() {
             // Read straight into the page, as the plain reader does.
-            return self.inner.page(scan, limit).await;
+            return self.inner.page(scan, limit, into).await;
         }
-        runtime::ports::page_by_scan(self, scan, limit).await
+        runtime::ports::page_by_scan(self, scan, limit, into).await
     }
 }
 

@@ -541,8 +541,9 @@ async fn load_batches(
                 .map_err(|e| ToolError::system(format!("a batch writer stopped: {e}")))??;
             checkpoint = written.checkpoint.clone();
             report_batch(ctx, req, &written_batch, &written, result);
-            // Its buffer holds the batch after next.
+            // Its buffers hold the batch after next, and a page to come.
             spare = Some(written_batch.rows);
+            pages.recycle(written_batch.page);
         }
         let Some(mut b) = batch.take() else { break };
         b.before = checkpoint.clone();

@@ -228,8 +228,29 @@ pub fn read_ahead(
     rows: Arc<dyn Rows>,
     scan: Scan,
     page_size: usize,
-) -> (tokio::sync::mpsc::Receiver<Result<TextRows, ToolError>>, AbortOnDropHandle<()>) {
+) -> (Pages, AbortOnDropHandle<()>) {
     read_ahead_in(rows, scan, Vec::new(), page_size)
+}
+
+/// The pages a reader ahead sends ([`read_ahead`]), and the way back for pages done with.
+pub struct Pages {
+    pages: tokio::sync::mpsc::Receiver<Result<TextRows, ToolError>>,
+    done_with: tokio::sync::mpsc::Sender<TextRows>,
+}
+
+impl Pages {
+    /// The next page; `None` after the last one.
+    pub async fn recv(&mut self) -> Option<Result<TextRows, ToolError>> {
+        self.pages.recv().await
+    }
+
+    /// Hands a page the consumer is done with back to the reader, which fills its buffers with
+    /// a page to come instead of taking fresh memory: each fresh page was faulted in anew,
+    /// about half the page faults of a load (bench/RESULTS.md).
+    pub fn recycle(&self, page: TextRows) {
+        // With the reader gone, or pages enough waiting, the page is simply freed.
+        let _ = self.done_with.try_send(page);
+    }
 }
 
 /// [`read_ahead`] in pages of these sizes first, in order (the pages a load read, to read the
@@ -239,17 +260,21 @@ pub fn read_ahead_in(
     scan: Scan,
     sizes: Vec<usize>,
     then: usize,
-) -> (tokio::sync::mpsc::Receiver<Result<TextRows, ToolError>>, AbortOnDropHandle<()>) {
+) -> (Pages, AbortOnDropHandle<()>) {
     let mut scan = scan;
     let key_idx: Vec<usize> =
         scan.key.iter().filter_map(|k| scan.columns.iter().position(|c| c == k)).collect();
     let (pages_tx, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
+    // No more pages are kept for reuse than are read ahead: the memory a load holds is what
+    // it was without reuse.
+    let (done_with, mut reusable) = tokio::sync::mpsc::channel(READ_AHEAD);
     let reader = AbortOnDropHandle::new(tokio::spawn(async move {
         let mut sizes = sizes.into_iter().chain(std::iter::repeat(then));
         loop {
             let page_size = sizes.next().unwrap_or(then);
             scan.limit = Some(page_size);
-            let page = rows.page(&scan, page_size).await;
+            let into = reusable.try_recv().unwrap_or_default();
+            let page = rows.page(&scan, page_size, into).await;
             let next: Option<Vec<String>> = match &page {
                 Ok(p) if p.len() == page_size && page_size > 0 => {
                     Some(key_parts(p, page_size - 1, &key_idx))
@@ -263,7 +288,7 @@ pub fn read_ahead_in(
             scan.after = next;
         }
     }));
-    (pages, reader)
+    (Pages { pages, done_with }, reader)
 }
 
 /// Comparisons of pages in the target, up to a number at once, each a task of its own (and so

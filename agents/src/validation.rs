@@ -207,7 +207,8 @@ pub async fn validate(
         while let Some((checked, set)) = compares.done(next.is_none()).await? {
             let (expected, answers, recorded_cents) = match checked {
                 Checked::Compared(expected, answers) => (expected, answers, None),
-                Checked::Proven(expected, proven) => {
+                Checked::Proven(expected, proven, page) => {
+                    pages.recycle(page);
                     v.rows_by_record += expected.keys.len() as i64;
                     let answers = proven
                         .recorded
@@ -232,11 +233,11 @@ pub async fn validate(
         compares.start(async move { Ok((check.run(target.as_ref(), &table).await?, set)) });
     }
     reader.await.map_err(|e| ToolError::system(format!("the reader stopped: {e}")))?;
-    v.target_rows = target.table_rows(&spec.target, soft_delete(req)).await?;
-    v.extra = (v.target_rows - counted.found_in_target).max(0);
     v.orphans = orphans(target.as_ref(), req, &references, &deferred_cols, &out_cols).await?;
-    v.links = count_links(target.as_ref(), req, &linked, counted.source_links, &counted.kept_keys)
-        .await?;
+    (v.links, v.target_rows) =
+        count_links(target.as_ref(), req, &linked, counted.source_links, &counted.kept_keys)
+            .await?;
+    v.extra = (v.target_rows - counted.found_in_target).max(0);
     judge(&mut v);
     v.seconds = started.elapsed().as_secs_f64();
     target.save_validation(ctx.run_id, &v).await?;
@@ -373,8 +374,8 @@ enum Check {
 enum Checked {
     Compared(Expected, Vec<Compared>),
     /// Proven by the record: the page's keys (nothing else of an `Expected` is filled), the
-    /// answers and the record's money totals.
-    Proven(Expected, ProvenPage),
+    /// answers and the record's money totals; and the page read, done with.
+    Proven(Expected, ProvenPage, TextRows),
     /// The target's rows are not what the record says: the page is mapped and compared.
     Unproven(TextRows),
 }
@@ -394,6 +395,7 @@ impl Check {
                         ..Expected::default()
                     },
                     proven,
+                    page,
                 ),
                 None => Checked::Unproven(page),
             },
@@ -567,14 +569,15 @@ async fn orphans(
 }
 
 /// Each reference's links counted in the target: the rows with a legacy key, but those kept
-/// from before agentctl, whose reference points at a row of the parent.
+/// from before agentctl, whose reference points at a row of the parent; and the target's rows
+/// (live ones, under soft deletes), counted in the same scan.
 async fn count_links(
     target: &dyn Target,
     req: &MigrateEntity,
     linked: &[Linked],
     source_links: Vec<i64>,
     kept_keys: &[String],
-) -> Result<Vec<Links>, ToolError> {
+) -> Result<(Vec<Links>, i64), ToolError> {
     let mut links: Vec<Links> = linked
         .iter()
         .zip(source_links)
@@ -587,8 +590,8 @@ async fn count_links(
             target: 0,
         })
         .collect();
-    target.links(&req.spec.target, &mut links, soft_delete(req), kept_keys).await?;
-    Ok(links)
+    let rows = target.links(&req.spec.target, &mut links, soft_delete(req), kept_keys).await?;
+    Ok((links, rows))
 }
 
 /// Whether the validation passed, and the one line that says what passed or what did not.

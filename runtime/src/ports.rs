@@ -198,14 +198,15 @@ pub trait Verifier: Send + Sync + 'static {
     ) -> Result<Option<(i64, Vec<String>)>, ToolError>;
     /// Counts each link's `target`: the rows of `child` with a legacy key, other than `except`,
     /// whose `columns` point at a row of `parent` (its `referenced` columns); with `live`, only
-    /// those not soft-deleted.
+    /// those not soft-deleted. Returns the rows of `child` (with `live`, those not
+    /// soft-deleted), counted in the same scan.
     async fn links(
         &self,
         child: &TableName,
         links: &mut [Links],
         live: bool,
         except: &[String],
-    ) -> Result<(), ToolError>;
+    ) -> Result<i64, ToolError>;
     /// Stores a validation in `migration_validation_reports`.
     async fn save_validation(&self, run: RunId, report: &EntityValidation)
         -> Result<(), ToolError>;
@@ -474,7 +475,7 @@ impl Verifier for Roles {
         links: &mut [Links],
         live: bool,
         except: &[String],
-    ) -> Result<(), ToolError> {
+    ) -> Result<i64, ToolError> {
         self.verify.links(child, links, live, except).await
     }
     async fn save_validation(
@@ -570,9 +571,11 @@ pub trait Rows: Send + Sync + 'static {
         each: &mut (dyn for<'r> FnMut(&'r [Option<&'r str>]) + Send),
     ) -> Result<u64, ToolError>;
 
-    /// The next `limit` rows after `scan.after`, in key order.
-    async fn page(&self, scan: &Scan, limit: usize) -> Result<TextRows, ToolError> {
-        page_by_scan(self, scan, limit).await
+    /// The next `limit` rows after `scan.after`, in key order, filled into the buffers of
+    /// `into` (a page done with, or an empty one): a page's few MiB written in place instead
+    /// of fresh memory faulted in for every page.
+    async fn page(&self, scan: &Scan, limit: usize, into: TextRows) -> Result<TextRows, ToolError> {
+        page_by_scan(self, scan, limit, into).await
     }
 }
 
@@ -581,8 +584,9 @@ pub async fn page_by_scan<R: Rows + ?Sized>(
     rows: &R,
     scan: &Scan,
     limit: usize,
+    into: TextRows,
 ) -> Result<TextRows, ToolError> {
-    let mut page = TextRows::new(scan.columns.len());
+    let mut page = into.reuse(scan.columns.len(), 0, 0);
     let limited = Scan { limit: Some(limit), ..scan.clone() };
     rows.scan(&limited, &mut |r: &[Option<&str>]| page.push_row(r.iter().copied())).await?;
     Ok(page)

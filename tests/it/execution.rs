@@ -981,8 +981,9 @@ async fn a_load_hashes_rows_as_the_server_hashes_them() {
         let numbers: Vec<String> = (0..values.len()).map(|n| n.to_string()).collect();
         let rows = numbers.iter().zip(&values).map(|(n, v)| [Some(n.as_str()), *v]);
         let hashing: Option<Vec<_>> = hashing.map(|h| h.into_iter().map(Some).collect());
-        let (buf, hashes) =
-            encode(&wires, hashing.as_deref(), rows, 0).expect("every value encodes");
+        let mut buf = Vec::new();
+        let hashes =
+            encode(&wires, hashing.as_deref(), rows, &mut buf).expect("every value encodes");
         // A table with a column it cannot hash has every row hashed by the server.
         let hashes = if hashing.is_some() { hashes } else { vec![None; values.len()] };
         copy(&mut c, &format!("COPY h{i} FROM STDIN (FORMAT binary)"), buf)

@@ -116,19 +116,19 @@ pub fn wires(base: &[BaseColumn], columns: &[(String, String)]) -> Option<Vec<Wi
         .collect()
 }
 
-/// The binary COPY of `rows`, or `None` when a value is not one the encoders are sure of; with
-/// `hashing` (how each column is hashed, `None` for a column left out), each row's hash too,
-/// from the bytes sent ([`ColumnHash`]), `None` for a row with a value not certain from them.
-/// `capacity`: the bytes expected ([`encoded_size`]), so the buffer is filled in place instead
-/// of being copied to a larger one as it grows (each copy touched fresh memory: half the page
-/// faults of a run before it was sized).
+/// The binary COPY of `rows` written into `buf` (emptied first), or `None` when a value is
+/// not one the encoders are sure of; with `hashing` (how each column is hashed, `None` for a
+/// column left out), each row's hash, from the bytes sent ([`ColumnHash`]), `None` for a row
+/// with a value not certain from them. Give `buf` the room of [`encoded_size`] (or a buffer
+/// used before), so that it is filled in place instead of being copied to a larger one as it
+/// grows (each copy touched fresh memory: half the page faults of a run before it was sized).
 pub fn encode<'a, R: IntoIterator<Item = Option<&'a str>>>(
     wires: &[Wire],
     hashing: Option<&[Option<ColumnHash>]>,
     rows: impl IntoIterator<Item = R>,
-    capacity: usize,
-) -> Option<(Vec<u8>, Vec<Option<i64>>)> {
-    let mut buf = Vec::with_capacity(capacity);
+    buf: &mut Vec<u8>,
+) -> Option<Vec<Option<i64>>> {
+    buf.clear();
     let mut hashes = Vec::new();
     // Signature, flags, header extension length.
     buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
@@ -147,7 +147,7 @@ pub fn encode<'a, R: IntoIterator<Item = Option<&'a str>>>(
                 Some(s) => {
                     let at = buf.len();
                     buf.extend_from_slice(&[0; 4]);
-                    value_into(wire, s, &mut buf)?;
+                    value_into(wire, s, buf)?;
                     let len = i32::try_from(buf.len() - at - 4).ok()?;
                     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
                     how.and_then(|h| h.of(&buf[at + 4..]))
@@ -162,7 +162,7 @@ pub fn encode<'a, R: IntoIterator<Item = Option<&'a str>>>(
         }
     }
     buf.extend_from_slice(&(-1i16).to_be_bytes());
-    Some((buf, hashes))
+    Some(hashes)
 }
 
 /// One value's binary form appended to `buf`; `None` when the encoder is not sure of it.
@@ -311,6 +311,23 @@ mod tests {
     fn one(wire: Wire, s: &str) -> Option<Vec<u8>> {
         let mut buf = Vec::new();
         value_into(wire, s, &mut buf).map(|()| buf)
+    }
+
+    #[test]
+    fn a_buffer_used_before_is_filled_as_a_fresh_one() {
+        let wires = [Wire::Int4, Wire::Text, Wire::Uuid];
+        let rows = [
+            [Some("7"), Some("seven"), Some("67e55044-10b1-426f-9247-bb680e5fe0c8")],
+            [Some("-1"), None, None],
+        ];
+        let mut fresh = Vec::new();
+        let hashes = encode(&wires, None, rows, &mut fresh).expect("every value encodes");
+        assert!(hashes.is_empty(), "nothing hashed without hashing");
+        let mut used = b"the COPY data of another, longer batch".repeat(100);
+        encode(&wires, None, rows, &mut used).expect("every value encodes");
+        assert_eq!(used, fresh);
+        // A value the encoders are unsure of: no COPY data at all.
+        assert_eq!(encode(&wires, None, [[Some("x"), None, None]], &mut used), None);
     }
 
     #[test]

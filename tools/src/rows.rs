@@ -144,12 +144,11 @@ impl Rows for PgRows {
         .await
     }
 
-    async fn page(&self, scan: &Scan, limit: usize) -> Result<TextRows, ToolError> {
-        // Parsed straight into the page: no value is a string of its own. Room for rows of up to
-        // 256 bytes (memory is only taken as it is written), so that the text is not copied to
-        // a larger buffer as the page fills.
-        let mut rows =
-            TextRows::with_capacity(scan.columns.len(), limit.min(65_536), limit.min(65_536) * 64);
+    async fn page(&self, scan: &Scan, limit: usize, into: TextRows) -> Result<TextRows, ToolError> {
+        // Parsed straight into the page: no value is a string of its own. Room for rows of 64
+        // bytes at least (a page reused keeps the room its largest page took), so that the
+        // text is seldom copied to a larger buffer as the page fills.
+        let mut rows = into.reuse(scan.columns.len(), limit.min(65_536), limit.min(65_536) * 64);
         let limited = Scan { limit: Some(limit), ..scan.clone() };
         self.stream(&limited, &mut rows, |_| {}).await?;
         Ok(rows)

@@ -426,7 +426,7 @@ impl Verifier for MemTarget {
         links: &mut [Links],
         _live: bool,
         except: &[String],
-    ) -> Result<(), ToolError> {
+    ) -> Result<i64, ToolError> {
         let children = self.rows(child);
         for link in links {
             let parents = self.rows(&link.parent);
@@ -446,7 +446,7 @@ impl Verifier for MemTarget {
                 .filter(|r| !except.contains(&r.legacy) && parents.iter().any(|p| points(r, p)));
             link.target = linked.count() as i64;
         }
-        Ok(())
+        Ok(children.len() as i64)
     }
 
     async fn save_validation(&self, _: RunId, report: &EntityValidation) -> Result<(), ToolError> {

@@ -60,7 +60,7 @@ impl PgTarget {
         // Binary when every column and value has an encoder the server agrees with (it then
         // parses nothing), COPY text otherwise.
         sqlx::query("SAVEPOINT agentctl_direct").execute(&mut **c).await?;
-        let (format, buf, mut hashes) = encode(c, b, &keep).await?;
+        let (format, buf, mut hashes) = encode(c, b, &keep, self.copy_buffers.take()).await?;
         let direct = async {
             let mut copy = c
                 .copy_in_raw(&format!("COPY {} ({cols}) FROM STDIN{format}", quoted(&b.target)))
@@ -69,6 +69,7 @@ impl PgTarget {
             copy.finish().await
         }
         .await;
+        self.copy_buffers.give(buf);
         let (inserted, present, refused) = match direct {
             Ok(rows) => {
                 sqlx::query("RELEASE SAVEPOINT agentctl_direct").execute(&mut **c).await?;
@@ -189,11 +190,12 @@ async fn missing_parents(
 
 /// The kept rows of the batch as COPY data: binary when every column and value has an encoder
 /// the server agrees with (it then parses nothing), else text; with each row's hash where the
-/// batch records the load baseline (hashed as it is encoded).
+/// batch records the load baseline (hashed as it is encoded); written into `buffer`'s room.
 async fn encode(
     c: &mut sqlx::PgConnection,
     b: &Batch,
     keep: &[usize],
+    mut buffer: Vec<u8>,
 ) -> Result<(&'static str, Vec<u8>, Vec<Option<i64>>), sqlx::Error> {
     let n = b.columns.len();
     let base = crate::binary::base_columns(&mut *c, &b.target).await?;
@@ -210,19 +212,20 @@ async fn encode(
             },
         ),
     };
-    let binary = crate::binary::wires(&base, &b.columns).and_then(|w| {
-        let capacity = crate::binary::encoded_size(keep.len(), w.len(), b.rows.text_len());
-        crate::binary::encode(
-            &w,
-            hashing.as_deref(),
-            keep.iter().map(|&seq| b.rows.row(seq)),
-            capacity,
-        )
+    let wires = crate::binary::wires(&base, &b.columns);
+    if let Some(w) = &wires {
+        buffer.reserve(crate::binary::encoded_size(keep.len(), w.len(), b.rows.text_len()));
+    }
+    let binary = wires.and_then(|w| {
+        let rows = keep.iter().map(|&seq| b.rows.row(seq));
+        crate::binary::encode(&w, hashing.as_deref(), rows, &mut buffer)
     });
     let (format, buf, hashes) = match binary {
-        Some((buf, hashes)) => (" (FORMAT binary)", buf, hashes),
+        Some(hashes) => (" (FORMAT binary)", buffer, hashes),
         None => {
-            let mut buf = Vec::with_capacity(keep.len() * 64 * n.max(1));
+            let mut buf = buffer;
+            buf.clear();
+            buf.reserve(keep.len() * 64 * n.max(1));
             for &seq in keep {
                 for (i, v) in b.rows.row(seq).enumerate() {
                     if i > 0 {

@@ -209,15 +209,14 @@ impl Verifier for PgTarget {
         links: &mut [Links],
         live: bool,
         except: &[String],
-    ) -> Result<(), ToolError> {
+    ) -> Result<i64, ToolError> {
         let what = || format!("counting the references of {child}");
+        let live_only = if live { " AND c.deleted_at IS NULL" } else { "" };
         let mut filter = String::from(" AND c.legacy_id IS NOT NULL");
         if !except.is_empty() {
             filter.push_str(" AND c.legacy_id::text <> ALL($1)");
         }
-        if live {
-            filter.push_str(" AND c.deleted_at IS NULL");
-        }
+        filter.push_str(live_only);
         let count = |sql: String| async move {
             let q = sqlx::query(&sql);
             let q = if except.is_empty() { q } else { q.bind(except) };
@@ -225,7 +224,8 @@ impl Verifier for PgTarget {
         };
         // A link under a validated foreign key on exactly its columns and the parent's is a row
         // that sets them: the database guarantees the parent row. Those are counted together,
-        // in one scan of the child; the others each look their parent rows up.
+        // in one scan of the child that counts its rows too; the others each look their parent
+        // rows up.
         let mut enforced = Vec::new();
         for (i, link) in links.iter_mut().enumerate() {
             let set: Vec<String> =
@@ -253,21 +253,21 @@ impl Verifier for PgTarget {
             .await?;
             link.target = row.try_get(0).map_err(while_doing(what()))?;
         }
-        if enforced.is_empty() {
-            return Ok(());
-        }
-        let counts: Vec<String> =
-            enforced.iter().map(|(_, set)| format!("count(*) FILTER (WHERE {set})")).collect();
-        let row = count(format!(
-            "SELECT {} FROM {} c WHERE true{filter}",
-            counts.join(", "),
-            quoted(child)
-        ))
-        .await?;
+        let counts: String = enforced
+            .iter()
+            .map(|(_, set)| format!(", count(*) FILTER (WHERE {set}{filter})"))
+            .collect();
+        let rows = if live { "count(*) FILTER (WHERE c.deleted_at IS NULL)" } else { "count(*)" };
+        let sql = format!("SELECT {rows}{counts} FROM {} c", quoted(child));
+        // The keys left out are only named in the links' counts.
+        let row = match enforced.is_empty() {
+            true => sqlx::query(&sql).fetch_one(&self.pool).await.map_err(while_doing(what()))?,
+            false => count(sql).await?,
+        };
         for (n, (i, _)) in enforced.iter().enumerate() {
-            links[*i].target = row.try_get(n).map_err(while_doing(what()))?;
+            links[*i].target = row.try_get(1 + n).map_err(while_doing(what()))?;
         }
-        Ok(())
+        row.try_get(0).map_err(while_doing(what()))
     }
     async fn save_validation(
         &self,
