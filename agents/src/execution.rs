@@ -35,7 +35,7 @@ use crate::pipeline::{
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
-use crate::transform::RowMapper;
+use crate::transform::{ReferenceMemo, RowMapper};
 use runtime::mapping::Keys;
 
 const ME: AgentName = AgentName::Execution;
@@ -515,6 +515,7 @@ async fn load_batches(
     // At most one batch is being written while the next one is mapped.
     let mut in_flight: Option<AbortOnDropHandle<Result<(Batch, Written), ToolError>>> = None;
     let mut spare: Option<TextRows> = None;
+    let mut memo = ReferenceMemo::default();
     loop {
         let page = match pages.recv().await {
             Some(page) => page?,
@@ -532,6 +533,7 @@ async fn load_batches(
                 load.known_parents,
                 page,
                 spare.take(),
+                &mut memo,
                 result,
             )
         });
@@ -742,6 +744,7 @@ fn map_page(
     known_parents: &Arc<ParentIds>,
     page: TextRows,
     spare: Option<TextRows>,
+    memo: &mut ReferenceMemo,
     result: &mut EntityResult,
 ) -> Batch {
     let spec = mapper.spec();
@@ -762,7 +765,7 @@ fn map_page(
     for seq in 0..page_len {
         refs.clear();
         refs.extend(page.row(seq));
-        match mapper.map_into(&refs, &mut rows) {
+        match mapper.map_into(&refs, &mut rows, memo) {
             Ok(()) => {
                 let mapped = rows.len() - 1;
                 for &c in deferred_cols {

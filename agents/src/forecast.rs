@@ -13,7 +13,7 @@ use runtime::domain::{Forecast, RejectReason, SchemaReport, TableName};
 use runtime::ports::Rows;
 use runtime::text_rows::TextRows;
 
-use crate::transform::{Rejection, RowMapper};
+use crate::transform::{ReferenceMemo, Rejection, RowMapper};
 use runtime::mapping::MappingSet;
 
 /// Legacy keys, compactly: integers as integers.
@@ -377,6 +377,7 @@ pub async fn forecast(
         let scan = Scan::entity(spec);
         // The mapped row, in a buffer used again for every row.
         let mut values = TextRows::new(mapper.target_columns().len());
+        let mut memo = ReferenceMemo::default();
         let mut each =
             |row: &[Option<&str>]| {
                 count += 1;
@@ -384,7 +385,7 @@ pub async fn forecast(
                 let key = mapper.key(row);
                 let key_text = key.join("|");
                 values.clear();
-                let verdict = mapper.map_into(row, &mut values).and_then(|()| {
+                let verdict = mapper.map_into(row, &mut values, &mut memo).and_then(|()| {
                     let known =
                         Known { order, position, source, migrated: &migrated, rejected: &rejected };
                     let pending = known.references(&refs, row, &mut later, &spec.target.name)?;

@@ -20,7 +20,7 @@ use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::transform::RowMapper;
+use crate::transform::{ReferenceMemo, RowMapper};
 use runtime::mapping::Keys;
 
 /// Source pages read ahead of the mapping and writing: one in the channel, one being read.
@@ -368,11 +368,12 @@ pub(crate) fn expect(
         returned: money.to_vec(),
     };
     let mut refs: Vec<Option<&str>> = Vec::with_capacity(page.width());
+    let mut memo = ReferenceMemo::default();
     for seq in 0..page.len() {
         refs.clear();
         refs.extend(page.row(seq));
         let key = legacy_key(&page, seq, mapper.key_columns());
-        match mapper.map_into(&refs, &mut expected.values) {
+        match mapper.map_into(&refs, &mut expected.values, &mut memo) {
             Ok(()) => expected.wanted.push(true),
             Err(rejection) => {
                 if let Some(reasons) = reasons.as_deref_mut() {

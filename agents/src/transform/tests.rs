@@ -4,7 +4,7 @@ use runtime::domain::SchemaReport;
 use runtime::mapping::{KeyDeriver, MappingFile, MappingSet};
 use runtime::text_rows::TextRows;
 
-use super::{amount, RowMapper};
+use super::{amount, ReferenceMemo, RowMapper};
 use crate::data_mapping::build;
 use crate::fake::{legacy, modern, name};
 
@@ -29,7 +29,9 @@ fn mapper(source: &str) -> RowMapper {
 /// The mapped row, or the rejection's rule and reason.
 fn map(mapper: &RowMapper, row: &[Option<&str>]) -> Result<Vec<Option<String>>, (String, String)> {
     let mut out = TextRows::new(mapper.target_columns().len());
-    mapper.map_into(row, &mut out).map_err(|r| (r.rule, r.reason))?;
+    mapper
+        .map_into(row, &mut out, &mut ReferenceMemo::default())
+        .map_err(|r| (r.rule, r.reason))?;
     Ok(out.row(0).map(|v| v.map(str::to_owned)).collect())
 }
 
@@ -95,4 +97,45 @@ fn cents_read_as_amounts() {
     assert_eq!(amount(-1250), "-12.50");
     assert_eq!(amount(7), "0.07");
     assert_eq!(amount(100_000), "1000.00");
+}
+
+#[test]
+fn a_memo_of_references_gives_what_deriving_gives_and_only_for_integers_as_written() {
+    for (key, read) in [("42", Some(42)), ("-7", Some(-7)), ("0", Some(0)), ("120", Some(120))] {
+        assert_eq!(ReferenceMemo::integer(key), read, "{key}");
+    }
+    // Another text of the same number derives another UUID: none of these may share a slot.
+    for key in ["042", "+42", " 42", "42 ", "-0", "", "-", "4e2", "1234567890123456789"] {
+        assert_eq!(ReferenceMemo::integer(key), None, "{key}");
+    }
+    let ns = uuid::Uuid::from_u128(0x1234);
+    let layouts = [runtime::mapping::UuidLayout::Ordered, runtime::mapping::UuidLayout::V5];
+    for layout in layouts {
+        let profiles = KeyDeriver::new(layout, ns, &name("dispatch_profile"));
+        let cases = KeyDeriver::new(layout, ns, &name("dispatch_case"));
+        let mut memo = ReferenceMemo::default();
+        // Keys that share a slot (4,096 apart), come back, or are no integer as written.
+        let keys = ["1", "4097", "1", "01", "-4095", "7", "4097", " 7", "abc", "7"];
+        for _ in 0..2 {
+            for key in keys {
+                assert_eq!(memo.derive(0, &profiles, key), profiles.derive(&[key]), "{key}");
+                assert_eq!(memo.derive(3, &cases, key), cases.derive(&[key]), "{key}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_memo_handed_to_another_mapper_starts_over() {
+    let (technicians, roles) = (mapper("dispatch_technician"), mapper("dispatch_role"));
+    let mut memo = ReferenceMemo::default();
+    let row = [Some("5"), Some("Ada"), Some("3"), Some("ada@example.org")];
+    let mut out = TextRows::new(technicians.target_columns().len());
+    technicians.map_into(&row, &mut out, &mut memo).expect("the row fits");
+    assert!(memo.columns.iter().any(|slots| !slots.is_empty()), "role 3's UUID is kept");
+    // Another mapper's columns are other references: nothing of the first may answer them.
+    let mut out = TextRows::new(roles.target_columns().len());
+    roles.map_into(&[Some("7"), Some("Lead"), Some("office")], &mut out, &mut memo).unwrap();
+    assert!(memo.columns.is_empty());
+    assert_eq!(memo.mapper, roles.id);
 }
