@@ -50,8 +50,8 @@ impl PgTarget {
 struct CopyBuffers(std::sync::Mutex<Vec<Vec<u8>>>);
 
 impl CopyBuffers {
-    /// As many as batches are written at once (an entity a core, at most 4): a buffer more
-    /// is freed.
+    /// As many as batches are written at once by default (an entity a core, at most 4); with
+    /// more entities at once (`--jobs` up to 8), the buffers beyond these are freed.
     const KEPT: usize = 4;
 
     /// An empty buffer, with the room of one written before if one is kept.
