@@ -18,8 +18,7 @@ pub enum Val {
     Bool(bool),
     Num(f64),
     Text(String),
-    /// Microseconds since 1970-01-01, read as a local timestamp (zones are ignored: the bounds
-    /// CHECKs use are days or years away from any value a zone could move across them).
+    /// Microseconds since 1970-01-01, as the column or cast keeps it ([`read_time`]).
     Time(i64),
 }
 
@@ -459,7 +458,10 @@ impl CheckExpr {
                     y.partial_cmp(x)
                 }
             }
-            _ => Some(text(&a).cmp(&text(&b))),
+            // Texts order by the column's collation, which is the server's to apply: only
+            // equality is judged here.
+            _ if matches!(op, "=" | "<>" | "!=") => Some(text(&a).cmp(&text(&b))),
+            _ => None,
         };
         let Some(ord) = ord else { return Val::Null };
         use std::cmp::Ordering::*;
@@ -538,13 +540,21 @@ pub fn cast(v: Val, ty: &str) -> Val {
     match ty {
         "numeric" | "integer" | "smallint" | "bigint" | "real" | "double precision" | "int"
         | "int4" | "int2" | "int8" | "decimal" => num(v).map(Val::Num).unwrap_or(Val::Null),
-        "date"
-        | "timestamp"
-        | "timestamp with time zone"
-        | "timestamp without time zone"
-        | "timestamptz" => match v {
+        "date" => match v {
+            Val::Time(t) => Val::Time(t.div_euclid(DAY) * DAY),
+            other => read_time(&text(&other), TimeKind::Date).map(Val::Time).unwrap_or(Val::Null),
+        },
+        "timestamp" | "timestamp without time zone" => match v {
             Val::Time(_) => v,
-            other => parse_time(&text(&other)).map(Val::Time).unwrap_or(Val::Null),
+            other => {
+                read_time(&text(&other), TimeKind::Timestamp).map(Val::Time).unwrap_or(Val::Null)
+            }
+        },
+        "timestamptz" | "timestamp with time zone" => match v {
+            Val::Time(_) => v,
+            other => {
+                read_time(&text(&other), TimeKind::Timestamptz).map(Val::Time).unwrap_or(Val::Null)
+            }
         },
         "boolean" | "bool" => match v {
             Val::Bool(_) => v,
@@ -561,40 +571,62 @@ pub fn cast(v: Val, ty: &str) -> Val {
     }
 }
 
-/// `YYYY-MM-DD[ HH:MM:SS[.ffffff]][+zz|zone]` to microseconds since the epoch (the zone is
-/// ignored, see [`Val::Time`]).
+/// Microseconds a day.
+const DAY: i64 = 86_400_000_000;
+
+/// How a column or a cast keeps a time: a date its day, a timestamp its clock as written (the
+/// server ignores a zone in its text), a timestamptz its instant (read in UTC, the zone
+/// `pg::connect` sets, when the text names none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeKind {
+    Date,
+    Timestamp,
+    Timestamptz,
+}
+
+/// A time in the form PostgreSQL writes (`YYYY-MM-DD[ HH:MM[:SS[.ffffff]]][UTC|Z|+HH[:MM]]`)
+/// as `kind` keeps it, in microseconds since 1970-01-01. Any other form is `None`: the server
+/// reads many more (`infinity`, BC dates, years past 9999, named zones, other date styles),
+/// and a value not read here is left to it, never refused or misjudged here.
+pub fn read_time(s: &str, kind: TimeKind) -> Option<i64> {
+    let (micros, zone) = runtime::time::timestamp(s)?;
+    Some(match kind {
+        TimeKind::Date => micros.div_euclid(DAY) * DAY,
+        TimeKind::Timestamp => micros,
+        TimeKind::Timestamptz => micros - zone.unwrap_or(0) * 1_000_000,
+    })
+}
+
+/// A time read where the type it is compared as is not known: only a text that means the same
+/// instant as any of the three kinds (no zone, or UTC itself).
 pub fn parse_time(s: &str) -> Option<i64> {
-    let s = s.trim();
-    canonical_time(s).or_else(|| any_time(s))
+    match runtime::time::timestamp(s)? {
+        (micros, None | Some(0)) => Some(micros),
+        _ => None,
+    }
 }
 
-fn any_time(s: &str) -> Option<i64> {
-    let (date, rest) = s.split_at(s.find([' ', 'T']).unwrap_or(s.len()));
-    let mut parts = date.splitn(3, '-');
-    let y: i64 = parts.next()?.parse().ok()?;
-    let m: i64 = parts.next()?.parse().ok()?;
-    let d: i64 = parts.next()?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
+/// Whether `s` begins with an ISO date (`YYYY-MM-DD`) that no calendar has: month 13, day 32,
+/// April 31, February 30. The server refuses such a value whatever follows it; February 29 of
+/// a year that is not leap is left to it (BC years count leap years differently).
+pub fn impossible_date(s: &str) -> bool {
+    let b = s.trim().as_bytes();
+    let number = |from: usize, to: usize| {
+        b.get(from..to)
+            .filter(|d| d.iter().all(u8::is_ascii_digit))
+            .map(|d| d.iter().fold(0usize, |n, &c| n * 10 + usize::from(c - b'0')))
+    };
+    let (Some(_), Some(month), Some(day)) = (number(0, 4), number(5, 7), number(8, 10)) else {
+        return false;
+    };
+    if b[4] != b'-' || b[7] != b'-' || b.get(10).is_some_and(u8::is_ascii_digit) {
+        return false;
     }
-    let mut micros = runtime::time::days_from_civil(y, m, d) * 86_400_000_000;
-    let time = rest.trim_start_matches([' ', 'T']);
-    if !time.is_empty() {
-        let clock = time.split(['+', '-', ' ', 'Z']).next().unwrap_or("");
-        let mut hms = clock.split(':');
-        let h: i64 = hms.next().unwrap_or("0").parse().ok()?;
-        let mi: i64 = hms.next().unwrap_or("0").parse().ok()?;
-        let sec: f64 = hms.next().unwrap_or("0").parse().ok()?;
-        micros += (h * 3600 + mi * 60) * 1_000_000 + (sec * 1_000_000.0).round() as i64;
+    const MOST: [usize; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    match month.checked_sub(1).and_then(|m| MOST.get(m)) {
+        Some(&most) => day == 0 || day > most,
+        None => true,
     }
-    Some(micros)
-}
-
-/// The form PostgreSQL writes, read by the strict reader without splitting (the zone ignored,
-/// as above); anything else is left to the general reader, which gives the same answer for
-/// what the strict one reads.
-fn canonical_time(s: &str) -> Option<i64> {
-    runtime::time::timestamp(s).map(|(micros, _zone)| micros)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use runtime::text_rows::TextRows;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::checks::{parse_time, CheckExpr, Val};
+use crate::checks::{impossible_date, read_time, CheckExpr, TimeKind, Val};
 use runtime::mapping::Keys;
 
 /// Why a row cannot go into the target.
@@ -45,12 +45,18 @@ pub fn amount(cents: i64) -> String {
 enum Ty {
     Enum(String, Vec<String>),
     Int(f64, f64),
-    Numeric { max_abs: Option<f64> },
+    Numeric {
+        max_abs: Option<f64>,
+    },
     Bool,
-    Time,
+    /// A date or timestamp, and the microseconds its precision keeps (1 but for
+    /// `timestamp(p)` with p below 6, which the server rounds to).
+    Time(TimeKind, i64),
     Json,
     Uuid,
-    Text { max_len: Option<i32> },
+    Text {
+        max_len: Option<i32>,
+    },
 }
 
 struct Compiled {
@@ -237,11 +243,22 @@ fn ty_of(
         }
         "float4" | "float8" => Ty::Numeric { max_abs: None },
         "bool" => Ty::Bool,
-        "date" | "timestamp" | "timestamptz" => Ty::Time,
+        "date" => Ty::Time(TimeKind::Date, 1),
+        "timestamp" => Ty::Time(TimeKind::Timestamp, precision(data_type)),
+        "timestamptz" => Ty::Time(TimeKind::Timestamptz, precision(data_type)),
         "json" | "jsonb" => Ty::Json,
         "uuid" => Ty::Uuid,
         _ => Ty::Text { max_len: max_length },
     }
+}
+
+/// The microseconds a `timestamp(p)` keeps: 10^(6-p), or 1 without a precision.
+fn precision(data_type: &str) -> i64 {
+    data_type
+        .split_once('(')
+        .and_then(|(_, p)| p.split(')').next()?.trim().parse::<u32>().ok())
+        .filter(|&p| p < 6)
+        .map_or(1, |p| 10i64.pow(6 - p))
 }
 
 impl RowMapper {
@@ -585,71 +602,9 @@ impl RowMapper {
                 Err(self.reject(c, "not_null", "is required but the value is NULL".into()))
             };
         };
-        let bad_type = || self.reject(c, "type", format!("`{s}` is not a valid {}", c.type_label));
-        // A time read once, for its type and for its domain's checks.
-        let mut time = None;
-        match &c.ty {
-            Ty::Enum(name, labels) => {
-                if !labels.iter().any(|l| *l == *s) {
-                    return Err(self.reject(
-                        c,
-                        "enum",
-                        format!("`{s}` is not a value of {name} ({})", labels.join(", ")),
-                    ));
-                }
-            }
-            Ty::Int(lo, hi) => {
-                let n: f64 = s.trim().parse::<i64>().map_err(|_| bad_type())? as f64;
-                if n < *lo || n > *hi {
-                    return Err(bad_type());
-                }
-            }
-            Ty::Numeric { max_abs } => {
-                let n: f64 = s.trim().parse().map_err(|_| bad_type())?;
-                if max_abs.is_some_and(|m| n.abs() >= m) {
-                    return Err(self.reject(
-                        c,
-                        "overflow",
-                        format!("{s} does not fit {}", c.type_label),
-                    ));
-                }
-            }
-            Ty::Bool => {
-                const WORDS: [&str; 12] =
-                    ["1", "0", "t", "f", "true", "false", "y", "n", "yes", "no", "on", "off"];
-                if !WORDS.iter().any(|w| s.trim().eq_ignore_ascii_case(w)) {
-                    return Err(bad_type());
-                }
-            }
-            Ty::Time => {
-                time = Some(parse_time(&s).ok_or_else(bad_type)?);
-            }
-            Ty::Json => {
-                serde_json::from_str::<serde::de::IgnoredAny>(&s)
-                    .map_err(|e| self.reject(c, "json", format!("not valid JSON ({e})")))?;
-            }
-            // A UUID agentctl derived, or kept from the target, needs no reading back.
-            Ty::Uuid
-                if c.transforms.is_empty()
-                    && matches!(
-                        c.feed,
-                        Feed::Key | Feed::Reference { .. } | Feed::Generic { .. }
-                    ) => {}
-            Ty::Uuid => {
-                Uuid::parse_str(&s).map_err(|_| bad_type())?;
-            }
-            Ty::Text { max_len } => {
-                if max_len.is_some_and(|n| s.chars().count() > n as usize) {
-                    return Err(self.reject(
-                        c,
-                        "length",
-                        format!("{} characters do not fit {}", s.chars().count(), c.type_label),
-                    ));
-                }
-            }
-        }
+        let value = self.check_type(c, &s)?;
         if let Some((domain, checks)) = &c.domain {
-            let value = time.map_or_else(|| typed(&c.ty, &s), Val::Time);
+            let value = value.unwrap_or_else(|| typed(&c.ty, &s));
             for (text, check) in checks {
                 if check.holds(&|name: &str| {
                     if name.eq_ignore_ascii_case("VALUE") {
@@ -668,6 +623,89 @@ impl RowMapper {
             }
         }
         Ok(Some(s))
+    }
+
+    /// The value's type and length, as far as they can be judged without the server; the
+    /// value as its domain's checks see it, when read for its type already.
+    fn check_type(&self, c: &Compiled, s: &str) -> Result<Option<Val>, Rejection> {
+        // Each check refuses only what it reads and finds wrong: a value in a form it does not
+        // read may be one the server reads, and is left to it (the COPY, then the careful path
+        // with the server's own reason), never refused here.
+        let bad_type = || self.reject(c, "type", format!("`{s}` is not a valid {}", c.type_label));
+        let mut value = None;
+        match &c.ty {
+            Ty::Enum(name, labels) => {
+                if !labels.iter().any(|l| *l == s) {
+                    return Err(self.reject(
+                        c,
+                        "enum",
+                        format!("`{s}` is not a value of {name} ({})", labels.join(", ")),
+                    ));
+                }
+            }
+            Ty::Int(lo, hi) => match s.trim().parse::<i64>() {
+                Ok(n) if (n as f64) < *lo || (n as f64) > *hi => return Err(bad_type()),
+                Ok(_) => {}
+                Err(_) if newer_number_syntax(s) => {}
+                Err(_) => return Err(bad_type()),
+            },
+            Ty::Numeric { max_abs } => match s.trim().parse::<f64>() {
+                Ok(n) if max_abs.is_some_and(|m| n.abs() >= m) => {
+                    return Err(self.reject(
+                        c,
+                        "overflow",
+                        format!("{s} does not fit {}", c.type_label),
+                    ));
+                }
+                Ok(_) => {}
+                Err(_) if newer_number_syntax(s) => {}
+                Err(_) => return Err(bad_type()),
+            },
+            Ty::Bool => {
+                if !boolean_word(s) {
+                    return Err(bad_type());
+                }
+            }
+            Ty::Time(kind, kept) => match read_time(s, *kind) {
+                // A time its precision rounds is not judged here: the server keeps the rounded one.
+                Some(t) => value = Some(if t % kept == 0 { Val::Time(t) } else { Val::Null }),
+                None if impossible_date(s) => return Err(bad_type()),
+                None => value = Some(Val::Null),
+            },
+            Ty::Json => {
+                serde_json::from_str::<serde::de::IgnoredAny>(s)
+                    .map_err(|e| self.reject(c, "json", format!("not valid JSON ({e})")))?;
+            }
+            // A UUID agentctl derived, or kept from the target, needs no reading back.
+            Ty::Uuid
+                if c.transforms.is_empty()
+                    && matches!(
+                        c.feed,
+                        Feed::Key | Feed::Reference { .. } | Feed::Generic { .. }
+                    ) => {}
+            Ty::Uuid => {
+                // The server also reads hyphens after any group of four digits.
+                let digits =
+                    s.trim().trim_start_matches('{').trim_end_matches('}').replace('-', "");
+                if Uuid::parse_str(s).is_err()
+                    && !(digits.len() == 32 && digits.bytes().all(|b| b.is_ascii_hexdigit()))
+                {
+                    return Err(bad_type());
+                }
+            }
+            Ty::Text { max_len } => {
+                // The server drops spaces past the length (and only spaces).
+                let chars = s.trim_end_matches(' ').chars().count();
+                if max_len.is_some_and(|n| chars > n as usize) {
+                    return Err(self.reject(
+                        c,
+                        "length",
+                        format!("{chars} characters do not fit {}", c.type_label),
+                    ));
+                }
+            }
+        }
+        Ok(value)
     }
 
     /// The table's CHECKs on row `row` of `out`.
@@ -695,9 +733,31 @@ fn typed(ty: &Ty, s: &str) -> Val {
     match ty {
         Ty::Int(..) | Ty::Numeric { .. } => s.trim().parse().map(Val::Num).unwrap_or(Val::Null),
         Ty::Bool => crate::checks::cast(Val::Text(s.to_owned()), "boolean"),
-        Ty::Time => parse_time(s).map(Val::Time).unwrap_or(Val::Null),
+        Ty::Time(kind, kept) => {
+            read_time(s, *kind).filter(|t| t % kept == 0).map(Val::Time).unwrap_or(Val::Null)
+        }
         _ => Val::Text(s.to_owned()),
     }
+}
+
+/// Number spellings PostgreSQL 16 and later read and Rust does not: `1_000`, `0x1F`, `0o17`,
+/// `0b101`. Left to the server, whichever version it is.
+fn newer_number_syntax(s: &str) -> bool {
+    let digits = s.trim().trim_start_matches(['+', '-']).to_ascii_lowercase();
+    digits.contains('_') || ["0x", "0o", "0b"].iter().any(|p| digits.starts_with(p))
+}
+
+/// Whether the server reads `s` as a boolean: a prefix of `true`, `false`, `yes` or `no`, at
+/// least two letters of `on` or `off`, or `1` or `0`, in any case, spaces around it.
+fn boolean_word(s: &str) -> bool {
+    let word = s.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'));
+    let word = word.to_ascii_lowercase();
+    let prefix_of = |full: &str| full.starts_with(&word);
+    !word.is_empty()
+        && (["true", "false", "yes", "no"].iter().any(|f| prefix_of(f))
+            || (word.len() >= 2 && ["on", "off"].iter().any(|f| prefix_of(f)))
+            || word == "1"
+            || word == "0")
 }
 
 #[cfg(test)]

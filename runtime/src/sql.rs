@@ -14,6 +14,14 @@ pub fn quoted(t: &TableName) -> String {
     format!("{}.{}", ident(&t.schema), ident(&t.name))
 }
 
+/// Whether a target value differs from the one expected, both SQL expressions of one type,
+/// by their text forms: every type has one, where not every type has an equality (`json`,
+/// `xml`, `point` have none; `box` has one that compares areas), and a value's text is the
+/// same in every session `pg::connect` opens.
+pub fn differs(found: &str, expected: &str) -> String {
+    format!("({found})::text IS DISTINCT FROM ({expected})::text")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -189,7 +189,7 @@ pub async fn differ(
     let cast = |i: usize| format!("u.c{i}::{}", page.columns[i].1);
     let distinct: Vec<String> = hashed
         .iter()
-        .map(|&i| format!("t.{} IS DISTINCT FROM {}", ident(&page.columns[i].0), cast(i)))
+        .map(|&i| runtime::sql::differs(&format!("t.{}", ident(&page.columns[i].0)), &cast(i)))
         .collect();
     let arrays: Vec<String> = (0..n).map(|i| format!("${}::text[]", i + 3)).collect();
     let cols: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
@@ -717,15 +717,16 @@ async fn conflicts(
             cols.iter().map(|(n, _)| format!("'{}'", n.replace('\'', "''"))).collect();
         let found: Vec<String> =
             cols.iter().map(|(n, _)| format!("t.{}::text", ident(n))).collect();
-        // Which synced columns differ, compared typed (as the analysis did).
+        // Which synced columns differ, compared as the analysis did.
         let differing: Vec<String> = b
             .hashed
             .iter()
             .map(|&i| {
+                let (found, expected) =
+                    (format!("t.{}", ident(&cols[i].0)), format!("s.c{i}::{}", cols[i].1));
                 format!(
-                    "CASE WHEN t.{} IS DISTINCT FROM s.c{i}::{} THEN {} END",
-                    ident(&cols[i].0),
-                    cols[i].1,
+                    "CASE WHEN {} THEN {} END",
+                    runtime::sql::differs(&found, &expected),
                     names[i]
                 )
             })

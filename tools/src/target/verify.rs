@@ -329,11 +329,8 @@ impl PgTarget {
         let diffs: Vec<String> = (0..n)
             .filter(|&i| i != id && i != legacy)
             .map(|i| {
-                format!(
-                    "WHEN t.{} IS DISTINCT FROM {} THEN {i}",
-                    ident(&page.columns[i].0),
-                    cast(i)
-                )
+                let found = format!("t.{}", ident(&page.columns[i].0));
+                format!("WHEN {} THEN {i}", runtime::sql::differs(&found, &cast(i)))
             })
             .collect();
         let returned = returned_columns(&page.columns, &page.returned);
