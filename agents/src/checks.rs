@@ -575,8 +575,8 @@ pub fn cast(v: Val, ty: &str) -> Val {
 const DAY: i64 = 86_400_000_000;
 
 /// How a column or a cast keeps a time: a date its day, a timestamp its clock as written (the
-/// server ignores a zone in its text), a timestamptz its instant (read in UTC, the zone
-/// `pg::connect` sets, when the text names none).
+/// server ignores a zone in its text), a timestamptz its instant (not read without a zone in
+/// its text: the target's session reads that in its own time zone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeKind {
     Date,
@@ -593,7 +593,7 @@ pub fn read_time(s: &str, kind: TimeKind) -> Option<i64> {
     Some(match kind {
         TimeKind::Date => micros.div_euclid(DAY) * DAY,
         TimeKind::Timestamp => micros,
-        TimeKind::Timestamptz => micros - zone.unwrap_or(0) * 1_000_000,
+        TimeKind::Timestamptz => micros - zone? * 1_000_000,
     })
 }
 

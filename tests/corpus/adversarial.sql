@@ -175,7 +175,8 @@ CREATE TABLE remark (
 INSERT INTO remark SELECT i, CASE WHEN i % 2 = 0 THEN 'employee' ELSE 'store' END, 1 + i % 20, 'remark ' || i FROM generate_series(1, 40) i;
 INSERT INTO remark VALUES (41, 'ghost', 7, 'about a kind nothing maps'), (42, 'employee', NULL, 'about no one');
 -- Values of each type that look like no ordinary value (infinities, BC dates, years past
--- 9999, NaN, JSON a strict parser refuses, timestamps rounded by their precision), under CHECKs
+-- 9999, NaN, JSON a strict parser refuses, timestamps rounded by their precision, money with
+-- its currency sign and thousands separators), under CHECKs
 -- that hold for them only when read as the server reads them. Every row is valid.
 CREATE TABLE reading (
     id integer PRIMARY KEY,
@@ -185,11 +186,12 @@ CREATE TABLE reading (
     doc json,
     docb jsonb,
     amount numeric CHECK (amount > 0),
-    second timestamp(0) CHECK (second < '2024-01-01 00:00:01')
+    second timestamp(0) CHECK (second < '2024-01-01 00:00:01'),
+    fee money
 );
 INSERT INTO reading VALUES
-    (1, 'infinity', '-infinity', 'infinity', '{"a": 1e400, "a": 2}', '{"b": 1e400}', 'NaN', '2024-01-01 00:00:00.4'),
-    (2, '0044-03-15 12:00:00 BC', '0044-03-15 12:00:00+00 BC', '0044-03-15 BC', '"\ud800"', '[[[[1]]]]', 'Infinity', '-infinity'),
-    (3, '12020-01-01 00:00:00', '12020-06-01 10:00:00+02', '12020-01-01', '"\u0000"', '{"x": "y"}', '1e-5', NULL),
-    (4, '-infinity', NULL, '-infinity', (repeat('[', 300) || repeat(']', 300))::json, NULL, NULL, NULL);
+    (1, 'infinity', '-infinity', 'infinity', '{"a": 1e400, "a": 2}', '{"b": 1e400}', 'NaN', '2024-01-01 00:00:00.4', '1234567.89'),
+    (2, '0044-03-15 12:00:00 BC', '0044-03-15 12:00:00+00 BC', '0044-03-15 BC', '"\ud800"', '[[[[1]]]]', 'Infinity', '-infinity', '-1234.5'),
+    (3, '12020-01-01 00:00:00', '12020-06-01 10:00:00+02', '12020-01-01', '"\u0000"', '{"x": "y"}', '1e-5', NULL, '0.07'),
+    (4, '-infinity', NULL, '-infinity', (repeat('[', 300) || repeat(']', 300))::json, NULL, NULL, NULL, NULL);
 ANALYZE;

@@ -35,13 +35,19 @@ pub async fn send_copy<C: DerefMut<Target = PgConnection>>(
 }
 
 /// The session settings of every connection to the source.
-pub const SOURCE_SETTINGS: [(&str, &str); 5] = [
+pub const SOURCE_SETTINGS: [(&str, &str); 6] = [
     ("DateStyle", "ISO"),
     ("IntervalStyle", "postgres"),
     ("TimeZone", "UTC"),
     ("extra_float_digits", "1"),
     ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
 ];
+
+/// The session settings of every connection to the target: `money` is written and read in one
+/// locale on both sides (`$1,234.50`), whatever locale either server was made with (a source in
+/// `de_DE` writes `1.234,50 €`, which a target in `en_US` refuses).
+pub const TARGET_SETTINGS: [(&str, &str); 1] = [("lc_monetary", "C")];
 
 /// Connects to `db` once to check that it is reachable (failing at once, with a clear reason,
 /// when it is not), then returns a pool of up to `max_connections`.
@@ -59,6 +65,8 @@ pub async fn connect(db: &DbUrl, max_connections: u32) -> Result<PgPool, ToolErr
         // sets (a keyless table's row identity hashes that text, and must be the same on every
         // read).
         options = options.options(SOURCE_SETTINGS);
+    } else {
+        options = options.options(TARGET_SETTINGS);
     }
     let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
         .await

@@ -83,6 +83,11 @@ fn times_are_read_in_the_servers_own_form_only_and_as_their_type_keeps_them() {
     assert_eq!(at("2024-02-29 12:00:00", TimeKind::Date), parse_time("2024-02-29"));
     assert_eq!(at("2024-02-29 14:30:00+02:30", TimeKind::Timestamptz), Some(noon));
     assert_eq!(
+        at("2024-02-29 12:00:00", TimeKind::Timestamptz),
+        None,
+        "an instant without a zone is the target session's to read"
+    );
+    assert_eq!(
         at("2024-02-29 12:00:00-05", TimeKind::Timestamp),
         Some(noon),
         "a timestamp without time zone ignores the zone"

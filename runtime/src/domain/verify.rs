@@ -147,11 +147,19 @@ pub struct EntityValidation {
     pub seconds: f64,
 }
 
-/// A decimal amount in whole cents (`12.5` is 1250, digits past the cent dropped); NULL counts
-/// as nothing.
+/// A decimal amount in whole cents (`12.5` is 1250, digits past the cent dropped; `money` as
+/// every session of agentctl writes it, `-$1,234.50`, is -123450); NULL counts as nothing.
 pub fn cents(v: Option<&str>) -> i64 {
     let Some(s) = v.map(str::trim) else { return 0 };
     let (neg, s) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
+    let plain: String;
+    let s = match s.strip_prefix('$') {
+        Some(money) => {
+            plain = money.replace(',', "");
+            plain.as_str()
+        }
+        None => s,
+    };
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
     let frac: String = frac.chars().chain(std::iter::repeat('0')).take(2).collect();
     let c = whole.parse::<i64>().unwrap_or(0) * 100 + frac.parse::<i64>().unwrap_or(0);
@@ -208,6 +216,8 @@ mod tests {
         assert_eq!(cents(Some("12.50")), 1250);
         assert_eq!(cents(Some("-0.07")), -7);
         assert_eq!(cents(Some("3")), 300);
+        assert_eq!(cents(Some("-$1,234.50")), -123_450, "money as agentctl's sessions write it");
+        assert_eq!(cents(Some("$1,234,567.89")), 123_456_789);
         assert_eq!(cents(Some(" 1.239 ")), 123);
         assert_eq!(cents(None), 0);
     }
