@@ -751,8 +751,8 @@ fn newer_number_syntax(s: &str) -> bool {
 /// least two letters of `on` or `off`, or `1` or `0`, in any case, spaces around it.
 fn boolean_word(s: &str) -> bool {
     let word = s.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'));
-    let word = word.to_ascii_lowercase();
-    let prefix_of = |full: &str| full.starts_with(&word);
+    let prefix_of =
+        |full: &str| full.get(..word.len()).is_some_and(|p| p.eq_ignore_ascii_case(word));
     !word.is_empty()
         && (["true", "false", "yes", "no"].iter().any(|f| prefix_of(f))
             || (word.len() >= 2 && ["on", "off"].iter().any(|f| prefix_of(f)))

@@ -613,6 +613,24 @@ fn an_adversarial_schema_is_migrated_whole() {
     );
 }
 
+/// A legacy database that reads a backslash in a string literal as an escape
+/// (`standard_conforming_strings = off`, the default before PostgreSQL 9.1): text keys ending in
+/// backslashes, read in keyset pages across several pages, every row migrated once.
+#[test]
+fn a_database_reading_backslashes_as_escapes_is_paged_as_written() {
+    let pg = shared();
+    let source = pg.create_db("escapes");
+    let db = db_of(&source);
+    pg.psql(
+        db,
+        "CREATE TABLE item (code text PRIMARY KEY, note text);
+         INSERT INTO item SELECT 'k' || lpad(i::text, 6, '0') || E'\\\\', 'n' || i
+         FROM generate_series(1, 50000) i;",
+    );
+    pg.psql(db, &format!("ALTER DATABASE {db} SET standard_conforming_strings = off"));
+    migrate_and_prove(pg, &source, &[], &[], None);
+}
+
 /// A cycle whose rows the target will partly refuse cannot be settled by the load yet: the plan
 /// says so, naming the rows, and nothing runs.
 #[test]

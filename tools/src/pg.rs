@@ -34,20 +34,37 @@ pub async fn send_copy<C: DerefMut<Target = PgConnection>>(
     Ok(())
 }
 
-/// The session settings of every connection to the source.
-pub const SOURCE_SETTINGS: [(&str, &str); 6] = [
+/// The session settings of every connection to the source: the values read as text in one
+/// form whatever the database or its role sets, and the SQL agentctl writes read as written.
+pub const SOURCE_SETTINGS: [(&str, &str); 9] = [
     ("DateStyle", "ISO"),
     ("IntervalStyle", "postgres"),
     ("TimeZone", "UTC"),
     ("extra_float_digits", "1"),
     ("bytea_output", "hex"),
     ("lc_monetary", "C"),
+    // A keyset page's literal (`after 'k\'`) read with its backslash as written: a legacy
+    // database with this off read it as an escape and paged past rows, or over them again.
+    ("standard_conforming_strings", "on"),
+    // Reading a large table and building its indexes take as long as they take (as pg_dump
+    // sets them); a timeout a role sets for its applications would stop the run half way.
+    ("statement_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
 ];
 
 /// The session settings of every connection to the target: `money` is written and read in one
 /// locale on both sides (`$1,234.50`), whatever locale either server was made with (a source in
-/// `de_DE` writes `1.234,50 €`, which a target in `en_US` refuses).
-pub const TARGET_SETTINGS: [(&str, &str); 1] = [("lc_monetary", "C")];
+/// `de_DE` writes `1.234,50 €`, which a target in `en_US` refuses); an XML value without a root
+/// element is as valid as in the source; floats compare by their exact text; SQL and time
+/// limits as on the source.
+pub const TARGET_SETTINGS: [(&str, &str); 6] = [
+    ("lc_monetary", "C"),
+    ("xmloption", "content"),
+    ("extra_float_digits", "1"),
+    ("standard_conforming_strings", "on"),
+    ("statement_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+];
 
 /// Connects to `db` once to check that it is reachable (failing at once, with a clear reason,
 /// when it is not), then returns a pool of up to `max_connections`.
