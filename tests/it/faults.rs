@@ -39,6 +39,17 @@ fn pair(pg: &PgCluster, prefix: &str, rows: u32) -> (String, String) {
     (source, target)
 }
 
+/// A role that may log in, made once for the whole cluster (roles are not a database's).
+fn login_role(pg: &PgCluster, name: &str) {
+    pg.psql(
+        "postgres",
+        &format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') THEN \
+                CREATE ROLE {name} LOGIN; END IF; END $$;"
+        ),
+    );
+}
+
 fn run_id(pg: &PgCluster, target: &str) -> String {
     pg.psql(
         db_of(target),
@@ -54,11 +65,7 @@ fn missing_privileges_are_named_before_anything_changes() {
     let pg = shared();
     let (source, target) = pair(pg, "grant", 3_000);
     let t = db_of(&target);
-    pg.psql(
-        t,
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'loader') THEN CREATE \
-            ROLE loader LOGIN; END IF; END $$;",
-    );
+    login_role(pg, "loader");
     pg.psql(
         t,
         &format!(
@@ -415,11 +422,7 @@ fn a_grant_revoked_mid_load_stops_the_run_rejects_no_row_and_the_run_resumes() {
     let pg = shared();
     let (source, target) = pair(pg, "revoked", 30_000);
     let t = db_of(&target).to_owned();
-    pg.psql(
-        &t,
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'reloader') THEN \
-            CREATE ROLE reloader LOGIN; END IF; END $$;",
-    );
+    login_role(pg, "reloader");
     pg.psql(
         &t,
         &format!(
@@ -536,4 +539,42 @@ async fn a_read_cut_off_mid_copy_leaves_no_broken_connection_to_the_next() {
     let read = rows.scan(&scan, &mut |_: &[Option<&str>]| count += 1).await;
     assert_eq!(read.map_err(|e| e.to_string()), Ok(100_000));
     assert_eq!(count, 100_000);
+}
+
+/// A source table whose row-level security hides rows from the role agentctl reads as: the run
+/// stops on it with the server's reason, instead of migrating, and validating, the rows it was
+/// shown (a quarter of them here) as if they were all.
+#[test]
+fn rows_hidden_by_row_level_security_stop_the_run_instead_of_being_left_behind() {
+    let pg = shared();
+    let (source, target) = pair(pg, "rls", 1_000);
+    let s = db_of(&source);
+    login_role(pg, "tenant_reader");
+    pg.psql(
+        s,
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO tenant_reader;
+         ALTER TABLE note ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY three_in_four ON note FOR SELECT USING (id % 4 <> 0);",
+    );
+    let as_reader = source.replace("postgres@", "tenant_reader@");
+    let out = agentctl(&[
+        "--source",
+        &as_reader,
+        "--target",
+        &target,
+        "run",
+        "--goal",
+        "migrate everything",
+        "--yes",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("query would be affected by row-level security policy for table \"note\""),
+        "{}",
+        out.stderr
+    );
+    let t = db_of(&target);
+    assert_eq!(pg.psql(t, "SELECT count(*) FROM note"), "0", "none of the rows it was shown");
+    assert_eq!(pg.psql(t, "SELECT count(*) FROM agentctl.rejected_rows"), "0");
 }

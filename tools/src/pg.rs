@@ -36,7 +36,7 @@ pub async fn send_copy<C: DerefMut<Target = PgConnection>>(
 
 /// The session settings of every connection to the source: the values read as text in one
 /// form whatever the database or its role sets, and the SQL agentctl writes read as written.
-pub const SOURCE_SETTINGS: [(&str, &str); 9] = [
+pub const SOURCE_SETTINGS: [(&str, &str); 10] = [
     ("DateStyle", "ISO"),
     ("IntervalStyle", "postgres"),
     ("TimeZone", "UTC"),
@@ -50,15 +50,21 @@ pub const SOURCE_SETTINGS: [(&str, &str); 9] = [
     // sets them); a timeout a role sets for its applications would stop the run half way.
     ("statement_timeout", "0"),
     ("idle_in_transaction_session_timeout", "0"),
+    // A table whose row-level security hides rows from agentctl's role is refused with the
+    // server's error (as pg_dump does) instead of read, and validated, without them.
+    ("row_security", "off"),
 ];
 
 /// The session settings of every connection to the target: `money` is written and read in one
 /// locale on both sides (`$1,234.50`), whatever locale either server was made with (a source in
 /// `de_DE` writes `1.234,50 €`, which a target in `en_US` refuses); an XML value without a root
-/// element is as valid as in the source; floats compare by their exact text; SQL and time
-/// limits as on the source.
-pub const TARGET_SETTINGS: [(&str, &str); 6] = [
+/// element is as valid as in the source; floats compare by their exact text; an interval is
+/// read in the style the source writes it; SQL, time limits and row-level security as on the
+/// source.
+pub const TARGET_SETTINGS: [(&str, &str); 8] = [
     ("lc_monetary", "C"),
+    ("IntervalStyle", "postgres"),
+    ("row_security", "off"),
     ("xmloption", "content"),
     ("extra_float_digits", "1"),
     ("standard_conforming_strings", "on"),
