@@ -77,6 +77,7 @@ pub fn table(table: &str, columns: Vec<Column>, foreign_keys: Vec<ForeignKey>) -
         unique: vec![],
         checks: vec![],
         exclusions: vec![],
+        inherits: None,
         indexes: vec![],
         triggers: vec![],
         estimated_rows: 0,

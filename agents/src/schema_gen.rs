@@ -218,6 +218,13 @@ fn table(
         ));
     }
     let partitioned = partitioned.ok();
+    if let Some(parent) = &t.inherits {
+        notes.push(format!(
+            "{} inherits from {parent}: each keeps its own rows, and the target has no \
+                inheritance (a query of {parent} there no longer shows {}'s rows)",
+            t.name, t.name
+        ));
+    }
     for trigger in &t.triggers {
         notes.push(format!(
             "{}: trigger {trigger} is not carried over (nothing fires during the load)",

@@ -194,4 +194,12 @@ INSERT INTO reading VALUES
     (2, '0044-03-15 12:00:00 BC', '0044-03-15 12:00:00+00 BC', '0044-03-15 BC', '"\ud800"', '[[[[1]]]]', 'Infinity', '-infinity', '-1234.5'),
     (3, '12020-01-01 00:00:00', '12020-06-01 10:00:00+02', '12020-01-01', '"\u0000"', '{"x": "y"}', '1e-5', NULL, '0.07'),
     (4, '-infinity', NULL, '-infinity', (repeat('[', 300) || repeat(']', 300))::json, NULL, NULL, NULL, NULL);
+-- Table inheritance (not partitioning): a SELECT of vehicle also returns truck's rows, which
+-- are truck's own; after ANALYZE, vehicle's columns have statistics twice (with and without its
+-- children's rows).
+CREATE TABLE vehicle (id integer PRIMARY KEY, name text NOT NULL);
+CREATE TABLE truck (payload integer) INHERITS (vehicle);
+ALTER TABLE truck ADD PRIMARY KEY (id);
+INSERT INTO vehicle SELECT i, 'car ' || i FROM generate_series(1, 100) i;
+INSERT INTO truck SELECT i, 'truck ' || i, i * 10 FROM generate_series(101, 130) i;
 ANALYZE;

@@ -19,6 +19,9 @@ struct SourceTable {
     display: String,
     quoted: String,
     key: Vec<String>,
+    /// `ONLY ` for a plain table (its own rows, not those of tables inheriting from it), or
+    /// nothing for a partitioned one (its partitions' rows).
+    only: &'static str,
 }
 
 fn source_tables(pg: &PgCluster, db: &str) -> Vec<SourceTable> {
@@ -29,7 +32,8 @@ fn source_tables(pg: &PgCluster, db: &str) -> Vec<SourceTable> {
                 coalesce((SELECT string_agg(quote_ident(a.attname), ',' ORDER BY k.ord) FROM pg_constraint p
                           CROSS JOIN LATERAL unnest(p.conkey) WITH ORDINALITY k(num, ord)
                           JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.num
-                          WHERE p.conrelid = c.oid AND p.contype = 'p'), '')
+                          WHERE p.conrelid = c.oid AND p.contype = 'p'), ''),
+                c.relkind
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
            AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'agentctl') AND n.nspname NOT LIKE 'pg\\_%'
@@ -42,6 +46,7 @@ fn source_tables(pg: &PgCluster, db: &str) -> Vec<SourceTable> {
                 display: f[0].to_owned(),
                 quoted: f[1].to_owned(),
                 key: f[2].split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+                only: if f[3] == "r" { "ONLY " } else { "" },
             }
         })
         .collect()
@@ -161,7 +166,8 @@ fn migrate_and_prove(
     assert!(!tables.is_empty());
     for table in &tables {
         let count = |db: &str| {
-            pg.psql(db, &format!("SELECT count(*) FROM {}", table.quoted)).parse::<i64>().unwrap()
+            let sql = format!("SELECT count(*) FROM {}{}", table.only, table.quoted);
+            pg.psql(db, &sql).parse::<i64>().unwrap()
         };
         let gone = recorded.get(&table.display).copied().unwrap_or(0);
         assert_eq!(count(t) + gone, count(s), "{s}: rows of {}", table.display);

@@ -115,16 +115,16 @@ impl PgCatalog {
         })
     }
 
-    /// Every table of the user's schemas, with its partitions listed on its topmost table.
-    async fn tables(&self) -> Result<Tables, ToolError> {
-        let table_rows = self
+    /// One row a table of the user's schemas (partitions included), with what `tables` needs.
+    async fn table_rows(&self) -> Result<Vec<PgRow>, ToolError> {
+        self
             .rows(
                 "tables",
                 &format!(
                     "SELECT c.oid::int8 AS oid, n.nspname::text AS nspname, c.relname::text AS relname, c.relkind::text AS relkind,
                             greatest(c.reltuples, 0)::int8 AS estimate, c.relispartition AS is_partition,
                             pg_total_relation_size(c.oid)::int8 AS bytes,
-                            coalesce((SELECT sum(s.avg_width) FROM pg_stats s WHERE s.schemaname = n.nspname AND s.tablename = c.relname), 0)::int8 AS width,
+                            coalesce((SELECT sum(s.avg_width) FROM pg_stats s WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.inherited = (c.relkind = 'p')), 0)::int8 AS width,
                             (SELECT p.inhparent::int8 FROM pg_inherits p WHERE p.inhrelid = c.oid LIMIT 1) AS parent,
                             CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END AS partition_key,
                             obj_description(c.oid, 'pg_class') AS comment,
@@ -139,7 +139,12 @@ impl PgCatalog {
                 ),
                 None,
             )
-            .await?;
+            .await
+    }
+
+    /// Every table of the user's schemas, with its partitions listed on its topmost table.
+    async fn tables(&self) -> Result<Tables, ToolError> {
+        let table_rows = self.table_rows().await?;
         let mut tables: Vec<Table> = Vec::new();
         let mut index: HashMap<i64, usize> = HashMap::new();
         let mut partitions: Vec<(i64, i64, TableName)> = Vec::new();
@@ -148,6 +153,8 @@ impl PgCatalog {
         // Each partition's bound and own key, and each partitioned table's key and columns.
         let mut bounds: HashMap<i64, (String, Option<String>)> = HashMap::new();
         let mut names: HashMap<i64, TableName> = HashMap::new();
+        // Plain tables that inherit from another (by position), and the parent's oid.
+        let mut inheriting: Vec<(usize, i64)> = Vec::new();
         for r in &table_rows {
             let name = TableName::new(get::<String>(r, "nspname")?, get::<String>(r, "relname")?);
             names.insert(get(r, "oid")?, name.clone());
@@ -166,8 +173,14 @@ impl PgCatalog {
                 }
                 continue;
             }
+            if let Some(parent) = get::<Option<i64>>(r, "parent")? {
+                inheriting.push((tables.len(), parent));
+            }
             index.insert(get(r, "oid")?, tables.len());
             tables.push(table_of(r, name)?);
+        }
+        for (i, parent) in inheriting {
+            tables[i].inherits = names.get(&parent).cloned();
         }
         // A partition of a partition belongs to the topmost table.
         let parent_of: HashMap<i64, i64> =
@@ -238,6 +251,7 @@ impl PgCatalog {
                  JOIN pg_namespace n ON n.oid = c.relnamespace
                  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
                  LEFT JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = a.attname
+                      AND s.inherited = (c.relkind = 'p')
                  WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attrelid = ANY($1::int8[]::oid[])
                  ORDER BY a.attrelid, a.attnum",
                 Some(&tables.oids()),
@@ -609,10 +623,12 @@ impl PgCatalog {
         Ok(extensions)
     }
 
-    /// Counts every table's rows.
+    /// Counts every table's rows: a plain table's own (`ONLY`: not those of tables inheriting
+    /// from it, counted as theirs), a partitioned table's partitions'.
     async fn count_rows(&self, tables: &mut [Table]) -> Result<(), ToolError> {
         for t in tables.iter_mut() {
-            let sql = format!("SELECT count(*) FROM {}", quoted(&t.name));
+            let only = if t.kind == "table" { "ONLY " } else { "" };
+            let sql = format!("SELECT count(*) FROM {only}{}", quoted(&t.name));
             let n: i64 = sqlx::query_scalar(&sql)
                 .fetch_one(&self.pool)
                 .await
@@ -673,6 +689,7 @@ fn table_of(r: &PgRow, name: TableName) -> Result<Table, ToolError> {
         foreign_keys: Vec::new(),
         checks: Vec::new(),
         exclusions: Vec::new(),
+        inherits: None,
         indexes: Vec::new(),
         triggers: Vec::new(),
         estimated_rows: get(r, "estimate")?,

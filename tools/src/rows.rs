@@ -3,8 +3,10 @@
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use runtime::domain::ROW_IDENTITY;
+use std::collections::HashSet;
+
 use runtime::domain::{Scan, CHANGED_SINCE_MARGIN};
+use runtime::domain::{TableName, ROW_IDENTITY};
 use runtime::ports::{Rows, ToolError};
 use runtime::text_rows::TextRows;
 use sqlx::PgPool;
@@ -14,16 +16,45 @@ use crate::pg::while_doing;
 
 pub struct PgRows {
     pool: PgPool,
+    /// The plain tables that other tables inherit from, read once.
+    parents: tokio::sync::OnceCell<HashSet<TableName>>,
 }
 
 impl PgRows {
     pub fn new(pool: PgPool) -> PgRows {
-        PgRows { pool }
+        PgRows { pool, parents: tokio::sync::OnceCell::new() }
+    }
+
+    /// The plain tables other tables inherit from (`CREATE TABLE truck (...) INHERITS
+    /// (vehicle)`): a SELECT of one also returns its children's rows, which are migrated as
+    /// their own tables'. Partitioned tables are not among them: their rows are their
+    /// partitions'.
+    async fn parents(&self) -> Result<&HashSet<TableName>, ToolError> {
+        self.parents
+            .get_or_try_init(|| async {
+                let rows: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT n.nspname::text, c.relname::text FROM pg_class c
+                     JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.relkind = 'r' AND EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid)",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(while_doing("reading which tables are inherited from".to_owned()))?;
+                Ok(rows.into_iter().map(|(schema, name)| TableName::new(schema, name)).collect())
+            })
+            .await
     }
 }
 
-/// The SELECT a scan runs: the mapped table is `s`, joined tables `j0`, `j1`, ...
-pub fn select(scan: &Scan) -> String {
+/// A table as a scan reads it: `ONLY` its own rows if other tables inherit from it.
+fn read_as(table: &TableName, parents: &HashSet<TableName>) -> String {
+    let only = if parents.contains(table) { "ONLY " } else { "" };
+    format!("{only}{}", quoted(table))
+}
+
+/// The SELECT a scan runs: the mapped table is `s`, joined tables `j0`, `j1`, ...; `parents`
+/// the tables read `ONLY` ([`PgRows::parents`]).
+pub fn select(scan: &Scan, parents: &HashSet<TableName>) -> String {
     let alias = |col: &str| -> String {
         match col.split_once('.') {
             Some((table, c)) => match scan.joins.iter().position(|j| j.table.name == table) {
@@ -42,16 +73,16 @@ pub fn select(scan: &Scan) -> String {
             "(SELECT t.*, ({content} || ':' || row_number() OVER (PARTITION BY {content})) \
                 COLLATE \"C\" AS {} FROM {} t)",
             ident(ROW_IDENTITY),
-            quoted(&scan.table)
+            read_as(&scan.table, parents)
         )
     } else {
-        quoted(&scan.table)
+        read_as(&scan.table, parents)
     };
     let mut sql = format!("SELECT {} FROM {from} s", cols.join(", "));
     for (i, j) in scan.joins.iter().enumerate() {
         sql.push_str(&format!(
             " LEFT JOIN {} j{i} ON j{i}.{} = s.{}",
-            quoted(&j.table),
+            read_as(&j.table, parents),
             ident(&j.key),
             ident(&j.on)
         ));
@@ -93,7 +124,7 @@ impl PgRows {
     ) -> Result<u64, ToolError> {
         let what = || format!("while reading {}", scan.table);
         let failed = |e: sqlx::Error| while_doing(format!("reading {}", scan.table))(e);
-        let sql = format!("COPY ({}) TO STDOUT", select(scan));
+        let sql = format!("COPY ({}) TO STDOUT", select(scan, self.parents().await?));
         let mut conn = crate::pg::Held::acquire(&self.pool).await.map_err(failed)?;
         let mut stream = conn.copy_out_raw(&sql).await.map_err(failed)?;
         let mut lines = Lines::default();

@@ -38,6 +38,7 @@ fn schema(spec: &[(&str, i64, &[Fk<'_>])]) -> SchemaReport {
                 unique: vec![],
                 checks: vec![],
                 exclusions: vec![],
+                inherits: None,
                 indexes: vec![],
                 triggers: vec![],
                 exact_rows: None,

@@ -203,6 +203,10 @@ pub struct Table {
     /// `COMMENT ON TABLE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// The table it inherits from (`INHERITS`, not a partition's parent): its rows are its own,
+    /// not the parent's, and the target has no inheritance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherits: Option<TableName>,
 }
 
 /// The key of a table with neither a primary key nor a unique rule on NOT NULL columns: a
