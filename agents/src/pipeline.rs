@@ -334,11 +334,14 @@ pub fn synced_columns(out_cols: &[(String, String)], id_col: usize) -> Vec<usize
     (0..out_cols.len()).filter(|&i| i != id_col && out_cols[i].0 != "legacy_id").collect()
 }
 
-/// Whether the entity's target table has a `deleted_at` column for soft deletes.
+/// Whether the entity's target table has a `deleted_at` column for soft deletes: one of its
+/// own, not one the mapping fills from the source (a source's own `deleted_at`, its
+/// application's soft delete, is data: the rows it marks are live rows to keep in step).
 pub fn soft_delete(req: &MigrateEntity) -> bool {
     req.target
         .table(&req.spec.target)
         .is_some_and(|t| t.columns.iter().any(|c| c.name == "deleted_at"))
+        && !req.spec.columns.iter().any(|m| m.target == "deleted_at")
 }
 
 /// The expected target rows of a page of source rows; with `reasons`, why each row the

@@ -949,3 +949,37 @@ fn a_trusted_updated_at_lets_an_analysis_read_only_changed_rows_and_a_late_paren
     assert_eq!(entity(&both, "orders").1.unwrap()["inserted"], 1, "{both}");
     assert_eq!(pg.psql(&t, &format!("SELECT count(*) FROM orders WHERE legacy_id = {order}")), "1");
 }
+
+/// A source whose application soft-deletes rows with a `deleted_at` of its own: the generated
+/// target keeps it as data, and a row it marks is a live row, kept in step like any other (it
+/// was taken for a row agentctl had soft-deleted, and its changes were never synced).
+#[test]
+fn a_sources_own_deleted_at_is_data_and_its_rows_are_kept_in_step() {
+    let pg = shared();
+    let source = pg.create_db("own_deleted_at");
+    let s = db(&source);
+    pg.psql(
+        &s,
+        "CREATE TABLE post (id int PRIMARY KEY, title text NOT NULL, deleted_at timestamptz);
+         INSERT INTO post SELECT i, 'post ' || i, CASE WHEN i % 2 = 0 THEN '2020-01-01 00:00:00+00'::timestamptz END
+         FROM generate_series(1, 50) i;",
+    );
+    let target = pg.create_db("own_deleted_at_target");
+    let with = |args: &[&str]| {
+        let mut all = vec!["--source", source.as_str(), "--target", target.as_str()];
+        all.extend_from_slice(args);
+        agentctl(&all)
+    };
+    assert_eq!(with(&["schema", "generate", "--from-source", "--apply"]).code, 0);
+    let run = with(&["run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    pg.psql(&s, "UPDATE post SET deleted_at = NULL WHERE id = 2; UPDATE post SET title = 'edited' WHERE id = 4");
+    let doc = json(&with(&["diff", "migrate", "--format", "json"]));
+    assert_eq!(entity(&doc, "post").1.unwrap()["updated"], 2, "{doc}");
+    assert_eq!(
+        pg.psql(&db(&target), "SELECT legacy_id, deleted_at IS NULL, title FROM post WHERE legacy_id IN (2, 4) ORDER BY 1"),
+        "2|t|post 2\n4|f|edited"
+    );
+    let proof = with(&["diff", "validate"]);
+    assert_eq!(proof.code, 0, "{proof:?}");
+}

@@ -1128,8 +1128,9 @@ async fn delete_rows(
             }
             (DeleteMode::Soft, false, _) => {
                 let reason = format!(
-                    "{} has no deleted_at column for a soft delete: add one, or set sync = {{ \
-                        delete = \"hard\" }} for {} in the mapping file",
+                    "{} has no deleted_at column of its own for a soft delete (none, or one \
+                        that holds the source's own data): set sync = {{ delete = \"hard\" }} \
+                        for {} in the mapping file",
                     a.target.name, a.source.name
                 );
                 done.held += 1;
