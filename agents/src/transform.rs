@@ -44,7 +44,8 @@ pub fn amount(cents: i64) -> String {
 #[derive(Clone, Debug)]
 enum Ty {
     Enum(String, Vec<String>),
-    Int(f64, f64),
+    /// An integer type's least and greatest values.
+    Int(i64, i64),
     Numeric {
         max_abs: Option<f64>,
     },
@@ -228,9 +229,9 @@ fn ty_of(
         return Ty::Enum(type_name.to_owned(), labels.clone());
     }
     match type_name {
-        "int2" => Ty::Int(-32_768.0, 32_767.0),
-        "int4" => Ty::Int(-2_147_483_648.0, 2_147_483_647.0),
-        "int8" => Ty::Int(-9.2e18, 9.2e18),
+        "int2" => Ty::Int(i16::MIN.into(), i16::MAX.into()),
+        "int4" => Ty::Int(i32::MIN.into(), i32::MAX.into()),
+        "int8" => Ty::Int(i64::MIN, i64::MAX),
         "numeric" => {
             // numeric(p,s): at most p-s digits before the point.
             let max_abs = data_type
@@ -644,7 +645,7 @@ impl RowMapper {
                 }
             }
             Ty::Int(lo, hi) => match s.trim().parse::<i64>() {
-                Ok(n) if (n as f64) < *lo || (n as f64) > *hi => return Err(bad_type()),
+                Ok(n) if n < *lo || n > *hi => return Err(bad_type()),
                 Ok(_) => {}
                 Err(_) if newer_number_syntax(s) => {}
                 Err(_) => return Err(bad_type()),

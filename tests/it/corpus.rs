@@ -601,7 +601,7 @@ fn an_adversarial_schema_is_migrated_whole() {
             "SELECT r.body, s.country FROM remark r JOIN sales.store s ON r.about_id = s.{id:id} \
                 WHERE r.about_kind = 'store' ORDER BY 1",
             // Every value of the unusual ones, as it was.
-            "SELECT {legacy:id}, at, at_zone, day, doc::text, docb, amount, second, fee FROM reading \
+            "SELECT {legacy:id}, at, at_zone, day, doc::text, docb, amount, second, fee, big FROM reading \
                 ORDER BY 1",
         ],
         // The one row of a NOT VALID key that points at no employee, and the remark about a

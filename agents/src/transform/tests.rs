@@ -154,6 +154,7 @@ fn readings() -> RowMapper {
             column("ref", "uuid", "uuid", true),
             column("code", "character varying(3)", "varchar", true),
             int("count", true),
+            column("big", "bigint", "int8", true),
         ]
     };
     let legacy = SchemaReport {
@@ -215,6 +216,9 @@ fn a_value_the_server_reads_is_never_refused_for_a_form_the_checks_do_not_read()
         ("code", "abc   "),
         ("count", "0x1F"),
         ("count", "+42"),
+        ("count", "-2147483648"),
+        // The greatest bigint, a common "no end" mark.
+        ("big", "9223372036854775807"),
     ] {
         assert_eq!(with(column, value), Ok(()), "{column} = `{value}`");
     }
@@ -229,6 +233,8 @@ fn a_value_the_server_reads_is_never_refused_for_a_form_the_checks_do_not_read()
         ("code", "abcd ", "length:code"),
         ("count", "4.5", "type:count"),
         ("count", "3000000000", "type:count"),
+        ("count", "2147483648", "type:count"),
+        ("big", "9223372036854775808", "type:big"),
     ] {
         assert_eq!(with(column, value), Err(rule.to_owned()), "{column} = `{value}`");
     }
