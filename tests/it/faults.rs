@@ -578,3 +578,45 @@ fn rows_hidden_by_row_level_security_stop_the_run_instead_of_being_left_behind()
     assert_eq!(pg.psql(t, "SELECT count(*) FROM note"), "0", "none of the rows it was shown");
     assert_eq!(pg.psql(t, "SELECT count(*) FROM agentctl.rejected_rows"), "0");
 }
+
+/// A CHECK of the target that only the server can judge (`%` is not read by agentctl), refused
+/// by one row in seven of a 20,000-row batch: the careful path finds each refused row, records
+/// it with the server's reason and writes the rest. Each range it tried and kept used to hold a
+/// lock until the commit; thousands of them ran the server out of shared memory for locks, and
+/// the batch was retried from the start without end.
+#[test]
+fn a_batch_with_a_refused_row_in_every_few_is_written_in_one_pass() {
+    let pg = shared();
+    let source = pg.create_db("refused_often");
+    pg.psql(
+        db_of(&source),
+        "CREATE TABLE item (id int PRIMARY KEY, n int NOT NULL);
+         INSERT INTO item SELECT i, i FROM generate_series(1, 20000) i;",
+    );
+    let target = pg.create_db("refused_often_target");
+    let with = |args: &[&str]| {
+        let mut all = vec!["--source", source.as_str(), "--target", target.as_str()];
+        all.extend_from_slice(args);
+        agentctl(&all)
+    };
+    assert_eq!(with(&["schema", "generate", "--from-source", "--apply"]).code, 0);
+    let t = db_of(&target);
+    pg.psql(t, "ALTER TABLE item ADD CONSTRAINT not_three CHECK (n % 7 <> 3)");
+    let out = with(&["run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(pg.psql(t, "SELECT count(*) FROM item"), "17143");
+    assert_eq!(
+        pg.psql(t, "SELECT count(*), count(DISTINCT legacy_key) FROM agentctl.rejected_rows"),
+        "2857|2857"
+    );
+    assert_eq!(
+        pg.psql(t, "SELECT DISTINCT reason FROM agentctl.rejected_rows"),
+        "item: the target refused the row: new row for relation \"item\" violates check \
+            constraint \"not_three\" (SQLSTATE 23514)"
+    );
+    assert_eq!(
+        pg.psql(t, "SELECT count(*) FROM agentctl.rejected_rows WHERE legacy_key::int % 7 <> 3"),
+        "0",
+        "only the rows the CHECK refuses"
+    );
+}

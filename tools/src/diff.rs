@@ -1042,9 +1042,14 @@ fn refuse(
 }
 
 /// Runs a statement over staged rows `$1..=$2` of `range`, splitting a range the target refuses
-/// under
-/// savepoints until the refusing rows stand alone. Returns the keys it returned and the
-/// refused rows with the database's words.
+/// until the refusing rows stand alone. Returns the keys it returned and the refused rows with
+/// the database's words.
+///
+/// Each range is tried under a savepoint that is always undone, and a range that went through
+/// is then run again outside it: a try kept under its savepoint would hold a lock on its own
+/// transaction id until the commit, and a batch with a refused row in every few kept thousands
+/// (the server ran out of shared memory for locks, and the batch was retried from the start,
+/// again and again). The run again sees what the try saw, the ranges before it written.
 pub(crate) async fn split_run(
     c: &mut PgConnection,
     sql: &str,
@@ -1055,28 +1060,32 @@ pub(crate) async fn split_run(
     let mut ranges: Vec<(usize, usize)> = range.into_iter().collect();
     while let Some((lo, hi)) = ranges.pop() {
         sqlx::query("SAVEPOINT agentctl_range").execute(&mut *c).await?;
-        let result: Result<Vec<String>, sqlx::Error> =
-            sqlx::query_scalar(sql).bind(lo as i32).bind(hi as i32).fetch_all(&mut *c).await;
-        match result {
-            Ok(k) => {
-                keys.extend(k);
-                sqlx::query("RELEASE SAVEPOINT agentctl_range").execute(&mut *c).await?;
-            }
+        let tried = run_range(c, sql, lo, hi).await;
+        sqlx::query("ROLLBACK TO SAVEPOINT agentctl_range").execute(&mut *c).await?;
+        sqlx::query("RELEASE SAVEPOINT agentctl_range").execute(&mut *c).await?;
+        match tried {
+            Ok(_) => keys.extend(run_range(c, sql, lo, hi).await?),
             // Only the rows' own fault is narrowed down to the rows: any other stops here.
             Err(e) if fault(&e) != Fault::Row => return Err(e),
-            Err(e) => {
-                sqlx::query("ROLLBACK TO SAVEPOINT agentctl_range").execute(&mut *c).await?;
-                if lo == hi {
-                    refused.push((lo, describe(&e)));
-                } else {
-                    let mid = lo + (hi - lo) / 2;
-                    ranges.push((mid + 1, hi));
-                    ranges.push((lo, mid));
-                }
+            Err(e) if lo == hi => refused.push((lo, describe(&e))),
+            Err(_) => {
+                let mid = lo + (hi - lo) / 2;
+                ranges.push((mid + 1, hi));
+                ranges.push((lo, mid));
             }
         }
     }
     Ok((keys, refused))
+}
+
+/// `sql` over staged rows `lo..=hi`, and the keys it returned.
+async fn run_range(
+    c: &mut PgConnection,
+    sql: &str,
+    lo: usize,
+    hi: usize,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(sql).bind(lo as i32).bind(hi as i32).fetch_all(c).await
 }
 
 /// Records per-row baselines over the load's (`None`: no baseline, agentctl deleted the row).
