@@ -686,10 +686,12 @@ impl RowMapper {
                     ) => {}
             Ty::Uuid => {
                 // The server also reads hyphens after any group of four digits.
-                let digits =
-                    s.trim().trim_start_matches('{').trim_end_matches('}').replace('-', "");
+                let digits = || {
+                    let s = s.trim().trim_start_matches('{').trim_end_matches('}');
+                    s.bytes().filter(|&b| b != b'-')
+                };
                 if Uuid::parse_str(s).is_err()
-                    && !(digits.len() == 32 && digits.bytes().all(|b| b.is_ascii_hexdigit()))
+                    && !(digits().count() == 32 && digits().all(|b| b.is_ascii_hexdigit()))
                 {
                     return Err(bad_type());
                 }
