@@ -537,25 +537,15 @@ pub fn cast(v: Val, ty: &str) -> Val {
         return v;
     }
     let ty = ty.trim_end_matches("[]");
+    if let Some(kind) = TimeKind::of(ty) {
+        return match v {
+            Val::Time(t) => Val::Time(kind.keep(t)),
+            other => read_time(&text(&other), kind).map(Val::Time).unwrap_or(Val::Null),
+        };
+    }
     match ty {
         "numeric" | "integer" | "smallint" | "bigint" | "real" | "double precision" | "int"
         | "int4" | "int2" | "int8" | "decimal" => num(v).map(Val::Num).unwrap_or(Val::Null),
-        "date" => match v {
-            Val::Time(t) => Val::Time(t.div_euclid(DAY) * DAY),
-            other => read_time(&text(&other), TimeKind::Date).map(Val::Time).unwrap_or(Val::Null),
-        },
-        "timestamp" | "timestamp without time zone" => match v {
-            Val::Time(_) => v,
-            other => {
-                read_time(&text(&other), TimeKind::Timestamp).map(Val::Time).unwrap_or(Val::Null)
-            }
-        },
-        "timestamptz" | "timestamp with time zone" => match v {
-            Val::Time(_) => v,
-            other => {
-                read_time(&text(&other), TimeKind::Timestamptz).map(Val::Time).unwrap_or(Val::Null)
-            }
-        },
         "boolean" | "bool" => match v {
             Val::Bool(_) => v,
             other => match text(&other).as_str() {
@@ -584,6 +574,27 @@ pub enum TimeKind {
     Timestamptz,
 }
 
+impl TimeKind {
+    /// The kind of a type, by any of its names (`date`, `timestamp`, `timestamptz`, `timestamp
+    /// with time zone`, ...); `None` for a type that is not a time.
+    pub fn of(ty: &str) -> Option<TimeKind> {
+        Some(match ty {
+            "date" => TimeKind::Date,
+            "timestamp" | "timestamp without time zone" => TimeKind::Timestamp,
+            "timestamptz" | "timestamp with time zone" => TimeKind::Timestamptz,
+            _ => return None,
+        })
+    }
+
+    /// A time already read (as UTC where it had a zone), as this kind keeps it.
+    fn keep(self, micros: i64) -> i64 {
+        match self {
+            TimeKind::Date => micros.div_euclid(DAY) * DAY,
+            TimeKind::Timestamp | TimeKind::Timestamptz => micros,
+        }
+    }
+}
+
 /// A time in the form PostgreSQL writes (`YYYY-MM-DD[ HH:MM[:SS[.ffffff]]][UTC|Z|+HH[:MM]]`)
 /// as `kind` keeps it, in microseconds since 1970-01-01. Any other form is `None`: the server
 /// reads many more (`infinity`, BC dates, years past 9999, named zones, other date styles),
@@ -591,9 +602,8 @@ pub enum TimeKind {
 pub fn read_time(s: &str, kind: TimeKind) -> Option<i64> {
     let (micros, zone) = runtime::time::timestamp(s)?;
     Some(match kind {
-        TimeKind::Date => micros.div_euclid(DAY) * DAY,
-        TimeKind::Timestamp => micros,
         TimeKind::Timestamptz => micros - zone? * 1_000_000,
+        other => other.keep(micros),
     })
 }
 

@@ -228,6 +228,9 @@ fn ty_of(
     if let (TypeKind::Enum, Some(labels)) = (kind, target.enums.get(type_name)) {
         return Ty::Enum(type_name.to_owned(), labels.clone());
     }
+    if let Some(kind) = TimeKind::of(type_name) {
+        return Ty::Time(kind, precision(data_type));
+    }
     match type_name {
         "int2" => Ty::Int(i16::MIN.into(), i16::MAX.into()),
         "int4" => Ty::Int(i32::MIN.into(), i32::MAX.into()),
@@ -244,9 +247,6 @@ fn ty_of(
         }
         "float4" | "float8" => Ty::Numeric { max_abs: None },
         "bool" => Ty::Bool,
-        "date" => Ty::Time(TimeKind::Date, 1),
-        "timestamp" => Ty::Time(TimeKind::Timestamp, precision(data_type)),
-        "timestamptz" => Ty::Time(TimeKind::Timestamptz, precision(data_type)),
         "json" | "jsonb" => Ty::Json,
         "uuid" => Ty::Uuid,
         _ => Ty::Text { max_len: max_length },
