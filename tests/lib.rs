@@ -441,6 +441,11 @@ pub fn agentctl(args: &[&str]) -> Output {
     agentctl_with(args, &[])
 }
 
+/// [`agentctl`] on a source and a target: `--source source --target target args...`.
+pub fn agentctl_on(source: &str, target: &str, args: &[&str]) -> Output {
+    agentctl(&[&["--source", source, "--target", target], args].concat())
+}
+
 /// [`agentctl`] with extra environment variables.
 pub fn agentctl_with(args: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().expect("a temp dir");

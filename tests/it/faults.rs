@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use tests::{agentctl, committed, shared, spawn_run, PgCluster};
+use tests::{agentctl, agentctl_on, committed, shared, spawn_run, PgCluster};
 
 fn db_of(url: &str) -> &str {
     url.rsplit('/').next().unwrap()
@@ -557,16 +557,7 @@ fn rows_hidden_by_row_level_security_stop_the_run_instead_of_being_left_behind()
          CREATE POLICY three_in_four ON note FOR SELECT USING (id % 4 <> 0);",
     );
     let as_reader = source.replace("postgres@", "tenant_reader@");
-    let out = agentctl(&[
-        "--source",
-        &as_reader,
-        "--target",
-        &target,
-        "run",
-        "--goal",
-        "migrate everything",
-        "--yes",
-    ]);
+    let out = agentctl_on(&as_reader, &target, &["run", "--goal", "migrate everything", "--yes"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
         out.stderr
@@ -594,11 +585,7 @@ fn a_batch_with_a_refused_row_in_every_few_is_written_in_one_pass() {
          INSERT INTO item SELECT i, i FROM generate_series(1, 20000) i;",
     );
     let target = pg.create_db("refused_often_target");
-    let with = |args: &[&str]| {
-        let mut all = vec!["--source", source.as_str(), "--target", target.as_str()];
-        all.extend_from_slice(args);
-        agentctl(&all)
-    };
+    let with = |args: &[&str]| agentctl_on(&source, &target, args);
     assert_eq!(with(&["schema", "generate", "--from-source", "--apply"]).code, 0);
     let t = db_of(&target);
     pg.psql(t, "ALTER TABLE item ADD CONSTRAINT not_three CHECK (n % 7 <> 3)");

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::{agentctl, agentctl_bin, shared, wait_until, PgCluster};
+use tests::{agentctl, agentctl_bin, agentctl_on, shared, wait_until, PgCluster};
 
 fn json(out: &tests::Output) -> Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"))
@@ -965,11 +965,7 @@ fn a_sources_own_deleted_at_is_data_and_its_rows_are_kept_in_step() {
          FROM generate_series(1, 50) i;",
     );
     let target = pg.create_db("own_deleted_at_target");
-    let with = |args: &[&str]| {
-        let mut all = vec!["--source", source.as_str(), "--target", target.as_str()];
-        all.extend_from_slice(args);
-        agentctl(&all)
-    };
+    let with = |args: &[&str]| agentctl_on(&source, &target, args);
     assert_eq!(with(&["schema", "generate", "--from-source", "--apply"]).code, 0);
     let run = with(&["run", "--goal", "migrate everything", "--yes"]);
     assert_eq!(run.code, 0, "{run:?}");
