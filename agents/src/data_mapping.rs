@@ -728,8 +728,17 @@ impl Sources<'_> {
                 rationale: String::new(),
             })
         } else {
-            let candidates = [c.name.clone(), format!("{}_cents", c.name)];
-            match candidates.iter().find_map(|n| self.src.column(n)) {
+            // A data column `id` or `legacy_id` is kept as `source_id` or `source_legacy_id`
+            // by a generated target (the target's key has those names).
+            let renamed = c.name.strip_prefix("source_").filter(|original| {
+                self.src.renamed_data_column(original).as_deref() == Some(c.name.as_str())
+            });
+            let candidates = [
+                Some(c.name.clone()),
+                Some(format!("{}_cents", c.name)),
+                renamed.map(str::to_owned),
+            ];
+            match candidates.iter().flatten().find_map(|n| self.src.column(n)) {
                 Some(sc) => match (self.fk_of)(&sc.name) {
                     Some(fk) if category(c) == "uuid" => Some(ColumnMapping {
                         target: c.name.clone(),

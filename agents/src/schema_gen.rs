@@ -27,6 +27,17 @@ fn list(names: &[String]) -> String {
     names.iter().map(|n| ident(n)).collect::<Vec<_>>().join(", ")
 }
 
+/// A column's name in the generated target: its own, or the name a data column called `id` or
+/// `legacy_id` is kept under ([`Table::renamed_data_column`]).
+fn target_name(t: &Table, column: &str) -> String {
+    t.renamed_data_column(column).unwrap_or_else(|| column.to_owned())
+}
+
+/// `columns` as the generated target names them.
+fn target_names(t: &Table, columns: &[String]) -> Vec<String> {
+    columns.iter().map(|c| target_name(t, c)).collect()
+}
+
 /// The columns of `t` that become uuid references.
 fn key_references<'a>(report: &SchemaReport, t: &'a Table) -> BTreeSet<&'a str> {
     t.foreign_keys
@@ -52,9 +63,11 @@ fn dropped_key(report: &SchemaReport, t: &Table) -> Option<String> {
     }
 }
 
-/// How a partitioned table is partitioned in the target: its key, with the old key's column
-/// (now legacy_id, with the same values) renamed; or why it cannot be (a key over an expression
-/// or over a reference that became a UUID, whose bounds are old values).
+/// How a partitioned table is partitioned in the target: its key and its partitions' own keys,
+/// with the old key's column (now legacy_id, with the same values) and data kept under another
+/// name renamed, and in `columns` the columns of every level's key (each unique rule of the
+/// target table must hold them all); or why it cannot be (a key over an expression, or over a
+/// reference that became a UUID, whose bounds are old values).
 fn partitioning(
     t: &Table,
     dropped: Option<&str>,
@@ -70,17 +83,41 @@ fn partitioning(
     }
     let rename = |cols: &[String]| {
         cols.iter()
-            .map(|c| if Some(c.as_str()) == dropped { "legacy_id".to_owned() } else { c.clone() })
+            .map(|c| match Some(c.as_str()) == dropped {
+                true => "legacy_id".to_owned(),
+                false => target_name(t, c),
+            })
             .collect::<Vec<_>>()
     };
-    let columns = rename(&p.columns);
-    let strategy = p.key.split_whitespace().next().unwrap_or("RANGE").to_owned();
-    let key = if columns == p.columns {
-        p.key.clone()
-    } else {
-        format!("{strategy} ({})", list(&columns))
+    let renamed_key = |key: &str, columns: &[String]| {
+        let renamed = rename(columns);
+        let strategy = key.split_whitespace().next().unwrap_or("RANGE");
+        match renamed == columns {
+            true => key.to_owned(),
+            false => format!("{strategy} ({})", list(&renamed)),
+        }
     };
-    Ok(runtime::domain::Partitioning { key, columns, partitions: p.partitions })
+    let mut columns = rename(&p.columns);
+    let mut partitions = p.partitions;
+    for part in &mut partitions {
+        let Some(key) = part.key.clone() else { continue };
+        let Some(own) = plain_columns(&key) else {
+            return Err(ToolError::bad_input(format!(
+                "its partition {} is keyed on {key}, an expression",
+                part.name
+            )));
+        };
+        if let Some(c) = own.iter().find(|c| references.contains(c.as_str())) {
+            return Err(ToolError::bad_input(format!(
+                "its partition {} is keyed on {c}, which becomes a uuid",
+                part.name
+            )));
+        }
+        part.key = Some(renamed_key(&key, &own));
+        columns
+            .extend(rename(&own).into_iter().filter(|c| !columns.contains(c)).collect::<Vec<_>>());
+    }
+    Ok(runtime::domain::Partitioning { key: renamed_key(&p.key, &p.columns), columns, partitions })
 }
 
 /// Whether `text` (a definition or an expression) mentions `column`, as a word or quoted.
@@ -258,11 +295,17 @@ fn table(
             ]
         }
     };
-    // Columns whose meaning changes in the target: the key that became legacy_id, and the
-    // references that became UUIDs. A rule that mentions one is not carried over as it is.
-    let changed: Vec<&str> =
-        dropped.iter().map(String::as_str).chain(references.iter().copied()).collect();
-    lines.extend(column_lines(t, dropped.as_deref(), &references, refused));
+    // Columns whose meaning or name changes in the target: the key that became legacy_id, the
+    // references that became UUIDs, data kept under another name. A rule that mentions one is
+    // not carried over as it is.
+    let renamed = ["id", "legacy_id"].into_iter().filter(|c| t.renamed_data_column(c).is_some());
+    let changed: Vec<&str> = dropped
+        .iter()
+        .map(String::as_str)
+        .chain(references.iter().copied())
+        .chain(renamed)
+        .collect();
+    lines.extend(column_lines(t, dropped.as_deref(), &references, notes, refused));
     lines.extend(rule_lines(t, dropped.as_deref(), &changed, notes));
     create(out, t, lines, partitioned.as_ref());
 
@@ -277,6 +320,7 @@ fn column_lines(
     t: &Table,
     dropped: Option<&str>,
     references: &BTreeSet<&str>,
+    notes: &mut Vec<String>,
     refused: &mut Vec<String>,
 ) -> Vec<String> {
     let mut lines = Vec::new();
@@ -284,7 +328,8 @@ fn column_lines(
         if dropped == Some(c.name.as_str()) {
             continue;
         }
-        if c.name == "id" || c.name == "legacy_id" {
+        let name = target_name(t, &c.name);
+        if name == "id" || name == "legacy_id" {
             refused.push(format!(
                 "{}: column {} is kept as data, but id and legacy_id are the target's key; rename \
                     it in the source or write the target schema by hand",
@@ -292,9 +337,16 @@ fn column_lines(
             ));
             continue;
         }
+        if name != c.name {
+            notes.push(format!(
+                "{}: column {} is kept as data under the name {name} (id and legacy_id are the \
+                    target's key); a CHECK, index or foreign key over it is not carried over",
+                t.name, c.name
+            ));
+        }
         let reference = references.contains(c.name.as_str());
         let ty = if reference { "uuid".to_owned() } else { c.data_type.clone() };
-        let mut def = format!("    {} {ty}", ident(&c.name));
+        let mut def = format!("    {} {ty}", ident(&name));
         if let Some(collation) = c.collation.as_ref().filter(|_| !reference) {
             def.push_str(&format!(" COLLATE {collation}"));
         }
@@ -341,13 +393,17 @@ fn rule_lines(
             }
             continue;
         }
-        lines.push(format!("    CONSTRAINT {} UNIQUE ({})", ident(&u.name), list(&u.parts)));
+        lines.push(format!(
+            "    CONSTRAINT {} UNIQUE ({})",
+            ident(&u.name),
+            list(&target_names(t, &u.parts))
+        ));
     }
     for c in &t.checks {
         if changed.iter().any(|k| mentions(&c.expression, k)) {
             notes.push(format!(
-                "{}: CHECK {} mentions a column that became a UUID or legacy_id \
-                and is not carried over",
+                "{}: CHECK {} mentions a column that became a UUID or legacy_id or was \
+                renamed, and is not carried over",
                 t.name, c.name
             ));
             continue;
@@ -367,7 +423,7 @@ fn rule_lines(
     }
     // A composite primary key stays unique on its parts.
     if t.primary_key.len() > 1 {
-        lines.push(format!("    UNIQUE ({})", list(&t.primary_key)));
+        lines.push(format!("    UNIQUE ({})", list(&target_names(t, &t.primary_key))));
     }
     lines
 }
@@ -423,11 +479,14 @@ fn comments(out: &mut String, t: &Table, dropped: Option<&str>) {
     }
     for c in &t.columns {
         let Some(comment) = &c.comment else { continue };
-        let column = if dropped == Some(c.name.as_str()) { "legacy_id" } else { c.name.as_str() };
+        let column = match dropped == Some(c.name.as_str()) {
+            true => "legacy_id".to_owned(),
+            false => target_name(t, &c.name),
+        };
         out.push_str(&format!(
             "COMMENT ON COLUMN {}.{} IS {};\n",
             qualified(&t.name),
-            ident(column),
+            ident(&column),
             literal(comment)
         ));
     }
@@ -545,7 +604,12 @@ fn foreign_keys(
 /// predicate or INCLUDE list after the key is not looked at.
 fn plain_index(definition: &str) -> Option<Vec<String>> {
     let at = definition.find(" USING ")?;
-    let rest = &definition[at..];
+    plain_columns(&definition[at..])
+}
+
+/// The plain columns of the first parenthesised list in `rest` (an index's after its method, a
+/// partition key's after its strategy); None when one is an expression.
+fn plain_columns(rest: &str) -> Option<Vec<String>> {
     let open = rest.find('(')?;
     let mut depth = 0;
     let mut close = None;

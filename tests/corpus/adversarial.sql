@@ -203,4 +203,19 @@ CREATE TABLE truck (payload integer) INHERITS (vehicle);
 ALTER TABLE truck ADD PRIMARY KEY (id);
 INSERT INTO vehicle SELECT i, 'car ' || i FROM generate_series(1, 100) i;
 INSERT INTO truck SELECT i, 'truck ' || i, i * 10 FROM generate_series(101, 130) i;
+-- A child without a key of its own (a primary key is not inherited): its `id` is data, kept
+-- in the target as source_id.
+CREATE TABLE van (seats integer CHECK (seats > 0), CHECK (id > 100)) INHERITS (vehicle);
+INSERT INTO van SELECT i, 'van ' || i, 2 + i % 7 FROM generate_series(131, 150) i;
+-- Partitioned on two levels, as declarative partitioning requires: the key holds every level's
+-- partition column, so `id` is only part of it (kept as source_id, and the second level is
+-- partitioned on it there).
+CREATE TABLE shipment (id bigint NOT NULL, region text NOT NULL, weight numeric, PRIMARY KEY (id, region))
+    PARTITION BY LIST (region);
+CREATE TABLE shipment_eu PARTITION OF shipment FOR VALUES IN ('eu') PARTITION BY RANGE (id);
+CREATE TABLE shipment_eu_early PARTITION OF shipment_eu FOR VALUES FROM (MINVALUE) TO (100);
+CREATE TABLE shipment_eu_late PARTITION OF shipment_eu FOR VALUES FROM (100) TO (MAXVALUE);
+CREATE TABLE shipment_elsewhere PARTITION OF shipment DEFAULT;
+INSERT INTO shipment SELECT i, CASE WHEN i % 3 = 0 THEN 'us' ELSE 'eu' END, i * 1.5 FROM generate_series(1, 200) i;
+INSERT INTO shipment VALUES (1, 'us', 0);
 ANALYZE;

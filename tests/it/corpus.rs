@@ -128,7 +128,7 @@ fn digest(pairs: &str) -> String {
 
 /// Runs the whole check on one database; `joins` are natural joins with `{id:col}` standing for
 /// the key column `col` of the source, `id` in the target (`{legacy:col}`: `legacy_id` in the
-/// target); `rejected` the rows expected to be rejected, by source table; `mapping` a mapping
+/// target; `{kept:col}`: the data column `id` or `legacy_id` kept as `source_col`); `rejected` the rows expected to be rejected, by source table; `mapping` a mapping
 /// file for the schema, the run and the validation.
 fn migrate_and_prove(
     pg: &PgCluster,
@@ -312,11 +312,17 @@ fn migrate_and_prove(
     for join in joins {
         let side = |key: &str| -> String {
             let mut sql = join.to_string();
-            for (mark, in_target) in [("{id:", "id"), ("{legacy:", "legacy_id")] {
+            for (mark, in_target) in
+                [("{id:", "id"), ("{legacy:", "legacy_id"), ("{kept:", "source_")]
+            {
                 while let Some(at) = sql.find(mark) {
                     let end = at + sql[at..].find('}').unwrap();
                     let col = sql[at + mark.len()..end].to_owned();
-                    sql.replace_range(at..=end, if key == "id" { in_target } else { &col });
+                    let renamed = match in_target {
+                        "source_" => format!("source_{col}"),
+                        _ => in_target.to_owned(),
+                    };
+                    sql.replace_range(at..=end, if key == "id" { &renamed } else { &col });
                 }
             }
             sql
@@ -603,6 +609,10 @@ fn an_adversarial_schema_is_migrated_whole() {
             // Every value of the unusual ones, as it was.
             "SELECT {legacy:id}, at, at_zone, day, doc::text, docb, amount, second, fee, big FROM reading \
                 ORDER BY 1",
+            // Data named id, kept as source_id: a keyless child's, and part of a key over two
+            // levels of partitions.
+            "SELECT {kept:id}, name, seats FROM van ORDER BY 1",
+            "SELECT tableoid::regclass, {kept:id}, region, weight FROM shipment ORDER BY 2, 3",
         ],
         // The one row of a NOT VALID key that points at no employee, and the remark about a
         // kind the mapping file does not name.

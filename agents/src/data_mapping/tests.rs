@@ -1,3 +1,4 @@
+use runtime::domain::SchemaReport;
 use runtime::mapping::{Feed, MappingFile, Unmapped};
 
 use super::build;
@@ -65,4 +66,42 @@ fn a_required_column_nothing_feeds_is_a_problem_a_model_may_answer() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].unfed, "{:?}", problems[0]);
     assert_eq!(problems[0].column.as_deref(), Some("code"));
+}
+
+#[test]
+fn a_data_column_named_id_is_fed_into_source_id_and_a_key_named_id_is_not() {
+    use crate::fake::{column, int, table, uuid};
+    // Partitioned tables are keyed on (id, partition column): `id` is data, and a generated
+    // target keeps it as source_id.
+    let mut shipment =
+        table("shipment", vec![int("id", false), column("region", "text", "text", false)], vec![]);
+    shipment.primary_key = vec!["id".into(), "region".into()];
+    let source = SchemaReport { tables: vec![shipment], ..SchemaReport::default() };
+    let target_table = |name: &str| {
+        table(
+            name,
+            vec![
+                uuid("id", false),
+                column("legacy_id", "text", "text", false),
+                int("source_id", false),
+                column("region", "text", "text", false),
+            ],
+            vec![],
+        )
+    };
+    let target = SchemaReport { tables: vec![target_table("shipment")], ..SchemaReport::default() };
+    let set = build(&source, &target, &MappingFile::default()).expect("the mapping builds");
+    let spec = set.spec(&name("shipment")).expect("shipment is mapped");
+    let feed = spec.columns.iter().find(|c| c.target == "source_id").map(|c| c.feed.clone());
+    assert_eq!(feed, Some(Feed::Column { column: "id".into() }));
+
+    // Where `id` is the whole primary key it is legacy_id: a source_id of the target means
+    // something else, and nothing of the source feeds it.
+    let keyed =
+        table("shipment", vec![int("id", false), column("region", "text", "text", false)], vec![]);
+    let source = SchemaReport { tables: vec![keyed], ..SchemaReport::default() };
+    let problems =
+        build(&source, &target, &MappingFile::default()).expect_err("source_id is unfed");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].column.as_deref(), Some("source_id"));
 }

@@ -252,6 +252,19 @@ impl Table {
         }
     }
 
+    /// The name a generated target gives this table's column `id` or `legacy_id` (the target's
+    /// own key) when it is data there, not the primary key alone that becomes `legacy_id`:
+    /// `source_id`, `source_legacy_id`. `None` for any other column, for the primary key, and
+    /// when the table already has a column of that name.
+    pub fn renamed_data_column(&self, column: &str) -> Option<String> {
+        let renamed = format!("source_{column}");
+        let kept_as_data = matches!(column, "id" | "legacy_id")
+            && self.column(column).is_some()
+            && self.primary_key != [column]
+            && self.column(&renamed).is_none();
+        kept_as_data.then_some(renamed)
+    }
+
     /// The best row count known: exact if counted, else the estimate.
     pub fn rows(&self) -> i64 {
         self.exact_rows.unwrap_or(self.estimated_rows)
