@@ -14,7 +14,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
 use runtime::domain::{Column, SchemaReport, Table, TableName, TypeKind, ROW_IDENTITY};
 use runtime::envelope::{AgentError, Envelope};
-use runtime::mapping::{ColumnMapping, Feed, Join, MappingSpec, Transform};
+use runtime::mapping::{ColumnMapping, Feed, Join, MappingSpec, ParentKey, Transform};
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
@@ -184,6 +184,7 @@ pub async fn content_types(
                 limit: None,
                 scripts: vec![],
                 changed_since: None,
+                parent_keys: vec![],
             };
             let mut named: Vec<(String, String)> = Vec::new();
             rows.scan(&scan, &mut |r: &[Option<&str>]| {
@@ -597,6 +598,11 @@ fn map_table(
     if !problems.is_empty() {
         return Err(problems);
     }
+    for c in &mut columns {
+        if let Feed::Reference { columns, parent, parent_key } = &mut c.feed {
+            *parent_key = compared_key(src, source, columns, parent);
+        }
+    }
     let sync = rule.map(|r| r.sync).unwrap_or_default();
     Ok(MappingSpec {
         source: src.name.clone(),
@@ -607,6 +613,51 @@ fn map_table(
         dropped,
         sync,
     })
+}
+
+/// How a reference is compared with its parent's key, where a value can equal the key yet be
+/// written otherwise ([`ParentKey`]); `None` where equal values are written alike.
+fn compared_key(
+    src: &Table,
+    source: &SchemaReport,
+    columns: &[String],
+    parent: &TableName,
+) -> Option<ParentKey> {
+    let parent = source.table(parent)?;
+    let key = parent.key().0;
+    let pairs: Vec<(&Column, &Column)> = columns
+        .iter()
+        .zip(&key)
+        .map(|(c, k)| Some((src.column(c)?, parent.column(k)?)))
+        .collect::<Option<_>>()?;
+    if key.len() != columns.len() || pairs.iter().all(|(c, k)| written_alike(c, k)) {
+        return None;
+    }
+    let casts = pairs
+        .iter()
+        .map(|(c, k)| {
+            (c.type_name != k.type_name).then(|| match k.data_type.contains('(') {
+                // A builtin type with modifiers, named without them (`bpchar`, not
+                // `character`, which is char(1)).
+                true => k.type_name.clone(),
+                false => k.data_type.clone(),
+            })
+        })
+        .collect();
+    Some(ParentKey { columns: key, casts })
+}
+
+/// Whether equal values of a reference column and its key column are always written alike:
+/// integers, text under the database's collation, or the same type among those whose
+/// equality is their text's.
+fn written_alike(c: &Column, k: &Column) -> bool {
+    let int = |c: &Column| matches!(c.type_name.as_str(), "int2" | "int4" | "int8");
+    let text =
+        |c: &Column| matches!(c.type_name.as_str(), "text" | "varchar") && c.collation.is_none();
+    let by_text = ["uuid", "date", "timestamp", "timestamptz", "bool"];
+    (int(c) && int(k))
+        || (text(c) && text(k))
+        || (c.type_name == k.type_name && by_text.contains(&k.type_name.as_str()))
 }
 
 /// The source columns the mapping does not use: into the target's `metadata` when it has one
@@ -745,6 +796,7 @@ impl Sources<'_> {
                         feed: Feed::Reference {
                             columns: vec![sc.name.clone()],
                             parent: fk.references.clone(),
+                            parent_key: None,
                         },
                         transforms: vec![],
                         rationale: format!(
@@ -841,9 +893,11 @@ fn from_rule<'a>(
                         "`{col}` is a reference; a transform script cannot feed it"
                     )))
                 }
-                Some(fk) if category(dst) == "uuid" => {
-                    Feed::Reference { columns: vec![col.clone()], parent: fk.references.clone() }
-                }
+                Some(fk) if category(dst) == "uuid" => Feed::Reference {
+                    columns: vec![col.clone()],
+                    parent: fk.references.clone(),
+                    parent_key: None,
+                },
                 _ => Feed::Column { column: col.clone() },
             }
         }
@@ -956,9 +1010,11 @@ pub fn render(spec: &MappingSpec) -> String {
             Feed::Concat { columns, separator } => {
                 format!("{} joined by {separator:?}", columns.join(" + "))
             }
-            Feed::Reference { columns, parent } => {
-                format!("uuid({parent}: {})", columns.join(", "))
-            }
+            Feed::Reference { columns, parent, parent_key } => format!(
+                "uuid({parent}: {}{})",
+                columns.join(", "),
+                if parent_key.is_some() { ", as the key it equals is written" } else { "" }
+            ),
             Feed::Generic { column, by, parents } => {
                 format!("uuid(the table {by} names, one of {}: {column})", parents.len())
             }

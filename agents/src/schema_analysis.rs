@@ -190,6 +190,7 @@ async fn profile(args: &SchemaAnalysisArgs, req: ProfileRequest) -> Result<Profi
         limit: Some(req.sample),
         scripts: Vec::new(),
         changed_since: None,
+        parent_keys: Vec::new(),
     };
     let mut lines = String::new();
     let mut rows_sampled = 0;

@@ -198,6 +198,12 @@ fn feed_inputs(
             )?]
         }
         (Feed::Column { column }, _) => vec![index(column)?],
+        // Read as the parent's own key: the scan's columns of the key it equals.
+        (Feed::Reference { columns, parent, parent_key: Some(key) }, _) => columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| index(&key.output(c, parent, i)))
+            .collect::<Result<_, _>>()?,
         (
             Feed::Concat { columns, .. }
             | Feed::Reference { columns, .. }

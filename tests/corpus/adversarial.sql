@@ -218,4 +218,23 @@ CREATE TABLE shipment_eu_late PARTITION OF shipment_eu FOR VALUES FROM (100) TO 
 CREATE TABLE shipment_elsewhere PARTITION OF shipment DEFAULT;
 INSERT INTO shipment SELECT i, CASE WHEN i % 3 = 0 THEN 'us' ELSE 'eu' END, i * 1.5 FROM generate_series(1, 200) i;
 INSERT INTO shipment VALUES (1, 'us', 0);
+-- References equal to their parent's key but written otherwise: another case under citext,
+-- another scale of a numeric, a varchar without char's padding. Each points at its parent; only
+-- the row under the NOT VALID key that equals no mailbox points at nothing.
+CREATE TABLE mailbox (address citext PRIMARY KEY, owner text NOT NULL);
+INSERT INTO mailbox VALUES ('Ada@Example.org', 'ada'), ('bo@example.org', 'bo');
+CREATE TABLE mail_login (id int PRIMARY KEY, address citext NOT NULL REFERENCES mailbox (address), day date);
+INSERT INTO mail_login VALUES (1, 'ada@example.org', '2024-01-01'), (2, 'ADA@EXAMPLE.ORG', '2024-01-02'),
+    (3, 'Ada@Example.org', '2024-01-03'), (4, 'BO@example.org', '2024-01-04');
+ALTER TABLE mail_login DROP CONSTRAINT mail_login_address_fkey;
+INSERT INTO mail_login VALUES (5, 'nobody@example.org', '2024-01-05');
+ALTER TABLE mail_login ADD FOREIGN KEY (address) REFERENCES mailbox (address) NOT VALID;
+CREATE TABLE tariff (amount numeric(10, 2) PRIMARY KEY, label text);
+INSERT INTO tariff VALUES (1, 'one'), (2.5, 'two and a half');
+CREATE TABLE tariff_use (id int PRIMARY KEY, amount numeric NOT NULL REFERENCES tariff (amount));
+INSERT INTO tariff_use VALUES (1, 1), (2, 1.0), (3, 1.000), (4, 2.50), (5, 2.5);
+CREATE TABLE code_word (code char(4) PRIMARY KEY, meaning text);
+INSERT INTO code_word VALUES ('ab', 'x'), ('abcd', 'y');
+CREATE TABLE code_use (id int PRIMARY KEY, code varchar(4) REFERENCES code_word (code));
+INSERT INTO code_use VALUES (1, 'ab'), (2, 'ab  '), (3, 'abcd'), (4, NULL);
 ANALYZE;

@@ -64,7 +64,11 @@ pub fn select(scan: &Scan, parents: &HashSet<TableName>) -> String {
             None => format!("s.{}", ident(col)),
         }
     };
-    let cols: Vec<String> = scan.columns.iter().map(|c| alias(c)).collect();
+    let cols: Vec<String> = scan
+        .columns
+        .iter()
+        .map(|c| parent_key(scan, c, &alias, parents).unwrap_or_else(|| alias(c)))
+        .collect();
     let from = if scan.key == [ROW_IDENTITY] {
         // A keyless table's identity: the row's text (in the settings `pg::connect` fixes for
         // the source) hashed, and its ordinal among identical rows, which are interchangeable.
@@ -111,6 +115,41 @@ pub fn select(scan: &Scan, parents: &HashSet<TableName>) -> String {
         sql.push_str(&format!(" LIMIT {n}"));
     }
     sql
+}
+
+/// The expression of `column` when it is a reference's [`ParentKey::output`]: the text of the
+/// parent's key column as the parent row the reference equals is written (found as its foreign
+/// key finds it, the reference cast to the key's type), else the reference's own text; NULL
+/// where a column of the reference is.
+fn parent_key(
+    scan: &Scan,
+    column: &str,
+    alias: &dyn Fn(&str) -> String,
+    parents: &HashSet<TableName>,
+) -> Option<String> {
+    let (r, i) = scan.parent_keys.iter().find_map(|r| {
+        let i = (0..r.columns.len()).find(|&i| r.key.output(&r.columns[i], &r.parent, i) == column);
+        i.map(|i| (r, i))
+    })?;
+    let mut null = Vec::new();
+    let mut equal = Vec::new();
+    for ((c, k), cast) in r.columns.iter().zip(&r.key.columns).zip(&r.key.casts) {
+        null.push(format!("{} IS NULL", alias(c)));
+        let value = match cast {
+            Some(ty) => format!("CAST({} AS {ty})", alias(c)),
+            None => alias(c),
+        };
+        equal.push(format!("agentctl_p.{} = {value}", ident(k)));
+    }
+    Some(format!(
+        "CASE WHEN {} THEN NULL ELSE coalesce((SELECT format('%s', agentctl_p.{}) FROM {} agentctl_p \
+            WHERE {} LIMIT 1), format('%s', {})) END",
+        null.join(" OR "),
+        ident(&r.key.columns[i]),
+        read_as(&r.parent, parents),
+        equal.join(" AND "),
+        alias(&r.columns[i])
+    ))
 }
 
 impl PgRows {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::TableName;
 use crate::ids::RunId;
-use crate::mapping::{Join, MappingSpec, ScriptColumn};
+use crate::mapping::{Feed, Join, MappingSpec, ParentKey, ScriptColumn};
 use crate::text_rows::TextRows;
 
 /// What to read of a source table: these columns (`column`, or `joined_table.column`), with
@@ -26,6 +26,19 @@ pub struct Scan {
     /// Only rows whose timestamp column (of the mapped table) is at or after this value, less
     /// [`CHANGED_SINCE_MARGIN`]: the rows changed since a watermark.
     pub changed_since: Option<(String, String)>,
+    /// References read as the key of the parent row they equal, each column also as
+    /// [`ParentKey::output`].
+    pub parent_keys: Vec<KeyedReference>,
+}
+
+/// A reference whose values can equal its parent's key yet be written otherwise: the scan
+/// reads, beside each of its columns, the parent's own text of the key it equals (or the
+/// column's own text when no parent row equals it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyedReference {
+    pub columns: Vec<String>,
+    pub parent: TableName,
+    pub key: ParentKey,
 }
 
 /// How far before a watermark `Scan::changed_since` reads: a write whose transaction committed
@@ -44,6 +57,20 @@ impl Scan {
             limit: None,
             scripts: spec.scripts(),
             changed_since: None,
+            parent_keys: spec
+                .columns
+                .iter()
+                .filter_map(|c| match &c.feed {
+                    Feed::Reference { columns, parent, parent_key: Some(key) } => {
+                        Some(KeyedReference {
+                            columns: columns.clone(),
+                            parent: parent.clone(),
+                            key: key.clone(),
+                        })
+                    }
+                    _ => None,
+                })
+                .collect(),
         }
     }
 }

@@ -28,7 +28,15 @@ pub enum Feed {
     /// Source columns joined with a separator, NULLs skipped.
     Concat { columns: Vec<String>, separator: String },
     /// The UUID of the parent row the source columns point at, derived like the parent's key.
-    Reference { columns: Vec<String>, parent: TableName },
+    Reference {
+        columns: Vec<String>,
+        parent: TableName,
+        /// Set when a value can equal the parent's key yet be written otherwise (citext's case,
+        /// numeric's scale, char's padding, a column's collation): the scan then reads the key
+        /// of the parent row it equals, as that row is written ([`ParentKey`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent_key: Option<ParentKey>,
+    },
     /// A generic reference (Django's content type and object id): the UUID of the row of the
     /// parent that the `by` column's value names, derived from `column` like that parent's key.
     Generic { column: String, by: String, parents: BTreeMap<String, TableName> },
@@ -84,6 +92,24 @@ pub struct ColumnMapping {
     pub transforms: Vec<Transform>,
     /// Why, in plain words: "same name", "renamed in mappings/dispatch.toml", ...
     pub rationale: String,
+}
+
+/// The parent's key columns a reference is compared with, one a reference column, as its
+/// foreign key compares them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentKey {
+    pub columns: Vec<String>,
+    /// The type a reference column is cast to before it is compared, where it differs from its
+    /// key column's (varchar against char), without modifiers.
+    pub casts: Vec<Option<String>>,
+}
+
+impl ParentKey {
+    /// The scanned column that holds the parent's own text of the key column that `column` (a
+    /// column of the reference) is compared with.
+    pub fn output(&self, column: &str, parent: &TableName, i: usize) -> String {
+        format!("{column} = {parent}.{}", self.columns[i])
+    }
 }
 
 /// Another source table joined one-to-one by key (auth_user into dispatch_profile's rows).
@@ -208,6 +234,9 @@ impl MappingSpec {
                 if !cols.contains(u) {
                     cols.push(u.clone());
                 }
+            }
+            if let Feed::Reference { columns, parent, parent_key: Some(key) } = &c.feed {
+                cols.extend(columns.iter().enumerate().map(|(i, c)| key.output(c, parent, i)));
             }
         }
         cols.extend(self.scripts().iter().map(ScriptColumn::output));
