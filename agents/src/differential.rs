@@ -587,7 +587,9 @@ async fn gone_by_keys(
     };
     let mut keys: HashSet<String> = HashSet::new();
     rows.scan(&scan, &mut |r: &[Option<&str>]| {
-        keys.insert(r.iter().map(|v| v.unwrap_or("")).collect::<Vec<_>>().join("|"));
+        keys.insert(runtime::mapping::key_text(
+            &r.iter().map(|v| v.unwrap_or("")).collect::<Vec<_>>(),
+        ));
     })
     .await?;
     let live = target.live_keys(&spec.target, deriver.range(), soft).await?;

@@ -14,7 +14,7 @@ use runtime::ports::Rows;
 use runtime::text_rows::TextRows;
 
 use crate::transform::{ReferenceMemo, Rejection, RowMapper};
-use runtime::mapping::MappingSet;
+use runtime::mapping::{key_parts, key_text, MappingSet};
 
 /// Legacy keys, compactly: integers as integers.
 #[derive(Default)]
@@ -30,7 +30,7 @@ impl KeySet {
                 self.ints.insert(one.parse().expect("checked"));
             }
             _ => {
-                self.texts.insert(key.join("|"));
+                self.texts.insert(key_text(key));
             }
         }
     }
@@ -41,7 +41,7 @@ impl KeySet {
                 .parse::<i64>()
                 .map(|n| self.ints.contains(&n))
                 .unwrap_or_else(|_| self.texts.contains(*one)),
-            _ => self.texts.contains(&key.join("|")),
+            _ => self.texts.contains(&key_text(key)),
         }
     }
 }
@@ -137,7 +137,9 @@ fn settle_awaiting(
     mappings: &MappingSet,
 ) {
     for (at, key, col, parent, parent_key) in settled {
-        if known.is_some_and(|k| k.contains(&parent_key.split('|').collect::<Vec<_>>())) {
+        if known.is_some_and(|k| {
+            k.contains(&key_parts(&parent_key).iter().map(String::as_str).collect::<Vec<_>>())
+        }) {
             continue;
         }
         let (child, forecast) = &mut out[at];
@@ -226,14 +228,14 @@ impl Known<'_> {
             let parent_key: Option<Vec<&str>> = r.inputs.iter().map(|&i| row[i]).collect();
             let Some(parent_key) = parent_key else { continue };
             if &r.parent == self.source {
-                pending.push((r.target_column.clone(), parent_key.join("|")));
+                pending.push((r.target_column.clone(), key_text(&parent_key)));
                 continue;
             }
             if !self.order.contains(&r.parent) {
                 continue;
             }
             if self.order[self.position..].contains(&r.parent) {
-                later.push((r.target_column.clone(), r.parent.clone(), parent_key.join("|")));
+                later.push((r.target_column.clone(), r.parent.clone(), key_text(&parent_key)));
                 continue;
             }
             if !self.migrated.get(&r.parent).is_some_and(|k| k.contains(&parent_key)) {
@@ -250,7 +252,7 @@ impl Known<'_> {
                         target_name,
                         r.target_column,
                         r.parent,
-                        parent_key.join("|")
+                        key_text(&parent_key)
                     ),
                 });
             }
@@ -383,25 +385,25 @@ pub async fn forecast(
                 count += 1;
                 later.clear();
                 let key = mapper.key(row);
-                let key_text = key.join("|");
+                let legacy = key_text(&key);
                 values.clear();
                 let verdict = mapper.map_into(row, &mut values, &mut memo).and_then(|()| {
                     let known =
                         Known { order, position, source, migrated: &migrated, rejected: &rejected };
                     let pending = known.references(&refs, row, &mut later, &spec.target.name)?;
-                    claim_unique_keys(&mut uniques, &values, &key_text, &spec.target.name)?;
+                    claim_unique_keys(&mut uniques, &values, &legacy, &spec.target.name)?;
                     Ok(pending)
                 });
                 if verdict.is_ok() {
                     waiting.extend(later.drain(..).map(|(col, parent, parent_key)| {
-                        (key_text.clone(), col, parent, parent_key)
+                        (legacy.clone(), col, parent, parent_key)
                     }));
                 }
                 match verdict {
                     Ok(pending) if pending.is_empty() => ok_keys.insert(&key),
-                    Ok(pending) => self_refs.push((key_text, pending)),
+                    Ok(pending) => self_refs.push((legacy, pending)),
                     Err(r) => {
-                        tally.add(&r, &key_text);
+                        tally.add(&r, &legacy);
                         bad_keys.insert(&key);
                     }
                 }

@@ -448,7 +448,7 @@ impl RowMapper {
                 }),
                 Feed::LegacyKey => Some(match self.key_inputs.as_slice() {
                     [only] => Cow::Borrowed(row[*only].unwrap_or("")),
-                    _ => Cow::Owned(self.key(row).join("|")),
+                    _ => Cow::Owned(runtime::mapping::key_text(&self.key(row))),
                 }),
                 Feed::Column { .. } => row[c.inputs[0]].map(Cow::Borrowed),
                 Feed::Constant { value } => Some(Cow::Borrowed(value.as_str())),
@@ -459,7 +459,11 @@ impl RowMapper {
                 Feed::Reference { parent, .. } => {
                     let parts: Option<Vec<&str>> = c.inputs.iter().map(|&i| row[i]).collect();
                     parts.and_then(|p| {
-                        match self.kept.get(parent).and_then(|k| k.get(&p.join("|"))) {
+                        match self
+                            .kept
+                            .get(parent)
+                            .and_then(|k| k.get(&runtime::mapping::key_text(&p)))
+                        {
                             Some(kept) => Some(Cow::Borrowed(kept.as_str())),
                             None => c.deriver.as_ref().map(|d| {
                                 let id = match p.as_slice() {

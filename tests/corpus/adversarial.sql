@@ -237,4 +237,7 @@ CREATE TABLE code_word (code char(4) PRIMARY KEY, meaning text);
 INSERT INTO code_word VALUES ('ab', 'x'), ('abcd', 'y');
 CREATE TABLE code_use (id int PRIMARY KEY, code varchar(4) REFERENCES code_word (code));
 INSERT INTO code_use VALUES (1, 'ab'), (2, 'ab  '), (3, 'abcd'), (4, NULL);
+-- A composite key whose parts hold legacy_id's separator and its escape: each row its own key.
+CREATE TABLE key_pair (a text, b text, v int NOT NULL, PRIMARY KEY (a, b));
+INSERT INTO key_pair VALUES ('x|y', 'z', 1), ('x', 'y|z', 2), ('x\', '|z', 3), ('x\|', 'z', 4), ('p', 'q', 5);
 ANALYZE;

@@ -229,16 +229,16 @@ pub fn integer_key(legacy_type: &str) -> bool {
     matches!(legacy_type, "smallint" | "integer" | "bigint")
 }
 
-/// The legacy key of row `row` of `page` (key parts joined by `|`; a NULL part is empty).
+/// The legacy key of row `row` of `page` ([`crate::mapping::key_text`]; a NULL part is empty).
 pub fn legacy_key(page: &TextRows, row: usize, key_columns: &[usize]) -> String {
-    let mut key = String::new();
-    for (i, &c) in key_columns.iter().enumerate() {
-        if i > 0 {
-            key.push('|');
+    match key_columns {
+        [one] => page.get(row, *one).unwrap_or("").to_owned(),
+        _ => {
+            let parts: Vec<&str> =
+                key_columns.iter().map(|&c| page.get(row, c).unwrap_or("")).collect();
+            crate::mapping::key_text(&parts)
         }
-        key.push_str(page.get(row, c).unwrap_or(""));
     }
-    key
 }
 
 /// Column names and values as a JSON object (NULL as null).

@@ -328,42 +328,92 @@ impl KeyDeriver {
         }
     }
 
-    /// The UUID of a row whose legacy key is stored as text (composite parts joined by `|`,
-    /// as `legacy_id` holds it): a row is agentctl's exactly when its UUID is this one.
+    /// The UUID of a row whose legacy key is stored as text ([`key_text`], as `legacy_id`
+    /// holds it): a row is agentctl's exactly when its UUID is this one.
     pub fn derive_stored(&self, legacy_key: &str) -> uuid::Uuid {
-        self.derive(&legacy_key.split('|').collect::<Vec<_>>())
+        let parts = key_parts(legacy_key);
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        self.derive_from(|write| write(legacy_key), &parts)
     }
 
+    /// The UUID of the row with this legacy key: of the name `prefix` + [`key_text`].
     pub fn derive(&self, key: &[&str]) -> uuid::Uuid {
+        self.derive_from(|write| write_key(key, write), key)
+    }
+
+    /// The UUID of the name `prefix` + what `name` writes, its order bits from `key`'s parts.
+    fn derive_from(&self, name: impl FnOnce(&mut dyn FnMut(&str)), key: &[&str]) -> uuid::Uuid {
         match self.layout {
             UuidLayout::V5 => {
-                let mut name = String::with_capacity(self.prefix.len() + 24);
-                name.push_str(&self.prefix);
-                for (i, k) in key.iter().enumerate() {
-                    if i > 0 {
-                        name.push('|');
-                    }
-                    name.push_str(k);
-                }
-                uuid::Uuid::new_v5(&self.namespace, name.as_bytes())
+                let mut text = String::with_capacity(self.prefix.len() + 24);
+                text.push_str(&self.prefix);
+                name(&mut |piece| text.push_str(piece));
+                uuid::Uuid::new_v5(&self.namespace, text.as_bytes())
             }
             UuidLayout::Ordered => {
-                // The digest of the namespace and the name `prefix` + key parts joined by `|`,
-                // fed part by part.
+                // The digest of the namespace and the name, fed piece by piece.
                 use sha2::{Digest, Sha256};
                 let mut h = Sha256::new();
                 h.update(self.namespace.as_bytes());
                 h.update(self.prefix.as_bytes());
-                for (i, k) in key.iter().enumerate() {
-                    if i > 0 {
-                        h.update(b"|");
-                    }
-                    h.update(k.as_bytes());
-                }
+                name(&mut |piece| h.update(piece.as_bytes()));
                 ordered(self.tag, key, &h.finalize().into())
             }
         }
     }
+}
+
+/// A legacy key as one text, as `legacy_id` holds it: one part as it is; several joined by `|`,
+/// a `|` or `\` inside a part written `\|` or `\\`, so that the keys ("a|b", "c") and ("a",
+/// "b|c") stay two. A key whose parts hold neither is written as plain `a|b`.
+pub fn key_text<S: AsRef<str>>(parts: &[S]) -> String {
+    let mut out = String::new();
+    write_key(parts, |piece| out.push_str(piece));
+    out
+}
+
+/// Writes [`key_text`] of `parts` in pieces.
+fn write_key<S: AsRef<str>>(parts: &[S], mut write: impl FnMut(&str)) {
+    if let [one] = parts {
+        return write(one.as_ref());
+    }
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            write("|");
+        }
+        let mut rest = part.as_ref();
+        while let Some(at) = rest.find(['|', '\\']) {
+            write(&rest[..at]);
+            write("\\");
+            write(&rest[at..=at]);
+            rest = &rest[at + 1..];
+        }
+        write(rest);
+    }
+}
+
+/// The parts of a key written by [`key_text`], for the order bits of its UUID. A one-part key
+/// is not escaped, so one holding `|` reads as several parts here: only a text key such as
+/// `5|6` (two integers) gets other order bits that way.
+pub fn key_parts(text: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        let last = parts.last_mut().expect("one part at least");
+        match c {
+            '\\' => match chars.next() {
+                Some(escaped @ ('|' | '\\')) => last.push(escaped),
+                Some(other) => {
+                    last.push('\\');
+                    last.push(other);
+                }
+                None => last.push('\\'),
+            },
+            '|' => parts.push(String::new()),
+            c => last.push(c),
+        }
+    }
+    parts
 }
 
 fn digest(namespace: &uuid::Uuid, text: &[u8]) -> [u8; 32] {
@@ -452,5 +502,27 @@ mod tests {
             "7076501b-0000-8000-8c00-00001cb3a52f"
         );
         assert_eq!(derive("dispatch_code", &["AB-1"]), "28fb0be1-056a-84bd-aef2-b88bb798f5b6");
+    }
+
+    /// Composite keys whose parts hold the separator stay apart: in `legacy_id`, and in their
+    /// UUIDs.
+    #[test]
+    fn a_separator_inside_a_key_part_is_escaped() {
+        let keys: [&[&str]; 5] =
+            [&["x|y", "z"], &["x", "y|z"], &["x\\", "|z"], &["x\\|", "z"], &["3", "7"]];
+        let texts: Vec<String> = keys.iter().map(|k| key_text(k)).collect();
+        assert_eq!(texts, ["x\\|y|z", "x|y\\|z", "x\\\\|\\|z", "x\\\\\\||z", "3|7"]);
+        let d = KeyDeriver::new(
+            UuidLayout::Ordered,
+            uuid::Uuid::from_u128(0x1234),
+            &TableName::new("public", "pair"),
+        );
+        let ids: std::collections::HashSet<uuid::Uuid> = keys.iter().map(|k| d.derive(k)).collect();
+        assert_eq!(ids.len(), keys.len(), "every key its own UUID");
+        for (key, text) in keys.iter().zip(&texts) {
+            assert_eq!(key_parts(text), *key, "{text}");
+            assert_eq!(d.derive_stored(text), d.derive(key), "{text}");
+        }
+        assert_eq!(key_text(&["a|b\\c"]), "a|b\\c", "one part is not escaped");
     }
 }
