@@ -237,6 +237,15 @@ CREATE TABLE code_word (code char(4) PRIMARY KEY, meaning text);
 INSERT INTO code_word VALUES ('ab', 'x'), ('abcd', 'y');
 CREATE TABLE code_use (id int PRIMARY KEY, code varchar(4) REFERENCES code_word (code));
 INSERT INTO code_use VALUES (1, 'ab'), (2, 'ab  '), (3, 'abcd'), (4, NULL);
+-- Generated columns computed from the key and from a reference, both of which change in the
+-- target: their values are the source's there.
+CREATE TABLE name_tag (
+    id integer PRIMARY KEY,
+    employee_id integer REFERENCES employee (id),
+    code text GENERATED ALWAYS AS ('T-' || id::text) STORED,
+    wearer text GENERATED ALWAYS AS ('E' || employee_id::text) STORED
+);
+INSERT INTO name_tag (id, employee_id) SELECT i, CASE WHEN i % 4 <> 0 THEN i END FROM generate_series(1, 12) i;
 -- A composite key whose parts hold legacy_id's separator and its escape: each row its own key.
 CREATE TABLE key_pair (a text, b text, v int NOT NULL, PRIMARY KEY (a, b));
 INSERT INTO key_pair VALUES ('x|y', 'z', 1), ('x', 'y|z', 2), ('x\', '|z', 3), ('x\|', 'z', 4), ('p', 'q', 5);
