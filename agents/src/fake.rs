@@ -149,6 +149,7 @@ pub fn modern() -> SchemaReport {
         name: "technicians_email_key".into(),
         parts: vec!["email".into()],
         predicate: None,
+        definition: "UNIQUE (email)".into(),
     });
     let mut report = SchemaReport {
         database: "memory/modern".into(),

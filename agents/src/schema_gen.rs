@@ -410,11 +410,23 @@ fn rule_lines(
             }
             continue;
         }
-        lines.push(format!(
-            "    CONSTRAINT {} UNIQUE ({})",
-            ident(&u.name),
-            list(&target_names(t, &u.parts))
-        ));
+        // As the source declares it (NULLS NOT DISTINCT, DEFERRABLE, INCLUDE), or over the
+        // renamed columns with the first two.
+        let parts = target_names(t, &u.parts);
+        let rule = match parts == u.parts && !u.definition.is_empty() {
+            true => u.definition.clone(),
+            false => {
+                let has = |words: &str| u.definition.contains(words);
+                format!(
+                    "UNIQUE{} ({}){}{}",
+                    if has("NULLS NOT DISTINCT") { " NULLS NOT DISTINCT" } else { "" },
+                    list(&parts),
+                    if has(" DEFERRABLE") { " DEFERRABLE" } else { "" },
+                    if has("INITIALLY DEFERRED") { " INITIALLY DEFERRED" } else { "" }
+                )
+            }
+        };
+        lines.push(format!("    CONSTRAINT {} {rule}", ident(&u.name)));
     }
     for c in &t.checks {
         if changed.iter().any(|k| mentions(&c.expression, k)) {

@@ -246,6 +246,13 @@ CREATE TABLE name_tag (
     wearer text GENERATED ALWAYS AS ('E' || employee_id::text) STORED
 );
 INSERT INTO name_tag (id, employee_id) SELECT i, CASE WHEN i % 4 <> 0 THEN i END FROM generate_series(1, 12) i;
+-- Unique rules with more than columns: deferred, NULLs equal, an included column.
+CREATE TABLE queue_slot (
+    id integer PRIMARY KEY, position integer NOT NULL, board text, note text,
+    CONSTRAINT queue_slot_position UNIQUE (position) DEFERRABLE INITIALLY DEFERRED,
+    CONSTRAINT queue_slot_board UNIQUE NULLS NOT DISTINCT (board) INCLUDE (note)
+);
+INSERT INTO queue_slot VALUES (1, 2, 'a', 'x'), (2, 1, NULL, 'y'), (3, 3, 'b', NULL);
 -- A composite key whose parts hold legacy_id's separator and its escape: each row its own key.
 CREATE TABLE key_pair (a text, b text, v int NOT NULL, PRIMARY KEY (a, b));
 INSERT INTO key_pair VALUES ('x|y', 'z', 1), ('x', 'y|z', 2), ('x\', '|z', 3), ('x\|', 'z', 4), ('p', 'q', 5);

@@ -633,6 +633,14 @@ fn an_adversarial_schema_is_migrated_whole() {
         "SELECT u.legacy_id, w.meaning FROM code_use u LEFT JOIN code_word w ON w.id = u.code ORDER BY 1",
     );
     assert_eq!(codes, "1|x\n2|x\n3|y\n4|");
+    let rules = |db: &str| {
+        pg.psql(
+            db,
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
+             WHERE conrelid = 'queue_slot'::regclass AND conname IN ('queue_slot_position', 'queue_slot_board') ORDER BY 1",
+        )
+    };
+    assert_eq!(rules(db_of(&target)), rules(db_of(&source)), "unique rules as declared");
     let reason = pg.psql(
         db_of(&target),
         "SELECT reason FROM agentctl.rejected_rows WHERE source_table = 'remark'",

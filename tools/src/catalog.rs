@@ -343,7 +343,12 @@ impl PgCatalog {
             let name: String = get(r, "conname")?;
             match get::<String>(r, "kind")?.as_str() {
                 "p" => tables.list[i].primary_key = cols,
-                "u" => tables.list[i].unique.push(Unique { name, parts: cols, predicate: None }),
+                "u" => tables.list[i].unique.push(Unique {
+                    name,
+                    parts: cols,
+                    predicate: None,
+                    definition: get(r, "def")?,
+                }),
                 "c" => {
                     let def: String = get(r, "def")?;
                     let expression = def.strip_prefix("CHECK ").unwrap_or(&def).to_owned();
@@ -424,7 +429,12 @@ impl PgCatalog {
             let constraint: bool = get(r, "backs_constraint")?;
             // A unique index that no constraint owns is a uniqueness rule of its own.
             if unique && !primary && !constraint {
-                tables.list[i].unique.push(Unique { name: name.clone(), parts: get(r, "parts")?, predicate: get(r, "predicate")? });
+                tables.list[i].unique.push(Unique {
+                    name: name.clone(),
+                    parts: get(r, "parts")?,
+                    predicate: get(r, "predicate")?,
+                    definition: String::new(),
+                });
             }
             tables.list[i].indexes.push(Index { name, definition: get(r, "def")?, unique, primary, constraint });
         }

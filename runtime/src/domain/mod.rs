@@ -128,6 +128,10 @@ pub struct Unique {
     /// A partial index's condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predicate: Option<String>,
+    /// A constraint's, as `pg_get_constraintdef` prints it (`UNIQUE NULLS NOT DISTINCT (a, b)
+    /// DEFERRABLE`); empty for a unique index no constraint owns.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub definition: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
