@@ -372,7 +372,7 @@ pub fn print_results(
     );
     let (mut read, mut migrated, mut rejected, mut seconds) = (0, 0, 0, 0.0);
     for r in results {
-        let name = r.target.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+        let name = r.target.as_ref().map(ToString::to_string).unwrap_or_default();
         println!(
             "{name:<24} {:>10} {:>10} {:>9} {:>8.2} {:>10.0}",
             r.rows_read,

@@ -65,7 +65,7 @@ pub fn validation_failure(results: &[&EntityValidation]) -> Option<Exit> {
                     if v.rows_differing + v.missing > keys.len() as i64 { ", ..." } else { "" }
                 )
             };
-            format!("{}: {}{listed}", v.target.name, v.detail)
+            format!("{}: {}{listed}", v.target, v.detail)
         })
         .collect();
     Some(Exit {
@@ -84,7 +84,7 @@ pub fn print_validations(results: &[&EntityValidation]) {
         let links: i64 = v.links.iter().map(|l| l.target).sum();
         println!(
             "{:<24} {:>10} {:>10} {:>9} {:>6} {:>8} {:>7} {:>9}  {}",
-            v.target.name,
+            v.target.to_string(),
             v.source_rows,
             v.migrated,
             v.rejected,
@@ -203,7 +203,7 @@ pub async fn rollback(config: &Config, opts: RollbackOpts) -> Result<(), Exit> {
         Format::Text => {
             println!("{:<24} {:>10} {:>10}", "entity", "deleted", "kept");
             for d in &done {
-                println!("{:<24} {:>10} {:>10}", d.target.name, d.deleted, d.kept);
+                println!("{:<24} {:>10} {:>10}", d.target.to_string(), d.deleted, d.kept);
             }
             let deleted: i64 = done.iter().map(|d| d.deleted).sum();
             println!(

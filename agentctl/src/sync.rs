@@ -109,7 +109,7 @@ fn show(
         for a in &report.analyses {
             println!(
                 "{:<24} {:>10} {:>8} {:>8} {:>8} {:>9} {:>12} {:>8} {:>10}",
-                a.target.name,
+                a.target.to_string(),
                 a.source_rows,
                 a.inserts,
                 a.updates,

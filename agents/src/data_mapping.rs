@@ -330,7 +330,9 @@ fn target_for<'a>(
     if let Some(name) = rule.and_then(|r| r.target.as_deref()) {
         return target.find(name);
     }
-    target.tables.iter().find(|t| t.name.name == source.name).or_else(|| {
+    // The same schema and name first: `sales.item` is not `public.item`.
+    let exact = target.tables.iter().find(|t| t.name == *source);
+    exact.or_else(|| target.tables.iter().find(|t| t.name.name == source.name)).or_else(|| {
         target.tables.iter().find(|t| entity_key(&t.name.name) == entity_key(&source.name))
     })
 }
@@ -387,7 +389,12 @@ pub fn build(
             continue;
         };
         match map_table(table, dst, rule, source, target, zone) {
-            Ok(spec) => {
+            Ok(mut spec) => {
+                for c in &mut spec.columns {
+                    if let Feed::Reference { columns, parent, parent_key } = &mut c.feed {
+                        *parent_key = compared_key(table, source, columns, parent);
+                    }
+                }
                 // A parent the mapping file leaves out or merges: what becomes of the reference
                 // is the file's decision.
                 let decided = |parent: &TableName| {
@@ -597,11 +604,6 @@ fn map_table(
     let dropped = leftovers(src, &used, &mut columns, metadata_at);
     if !problems.is_empty() {
         return Err(problems);
-    }
-    for c in &mut columns {
-        if let Feed::Reference { columns, parent, parent_key } = &mut c.feed {
-            *parent_key = compared_key(src, source, columns, parent);
-        }
     }
     let sync = rule.map(|r| r.sync).unwrap_or_default();
     Ok(MappingSpec {

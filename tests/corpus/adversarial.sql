@@ -253,6 +253,11 @@ CREATE TABLE queue_slot (
     CONSTRAINT queue_slot_board UNIQUE NULLS NOT DISTINCT (board) INCLUDE (note)
 );
 INSERT INTO queue_slot VALUES (1, 2, 'a', 'x'), (2, 1, NULL, 'y'), (3, 3, 'b', NULL);
+-- One name in two schemas, the one pointing at the other: each is its own table.
+CREATE TABLE product (id integer PRIMARY KEY, name text NOT NULL);
+CREATE TABLE sales.product (id integer PRIMARY KEY, name text NOT NULL, base_id integer REFERENCES product (id));
+INSERT INTO product VALUES (1, 'bolt'), (2, 'nut');
+INSERT INTO sales.product VALUES (1, 'bolt, boxed', 1), (2, 'nut, boxed', 2), (3, 'nut, loose', 2);
 -- A composite key whose parts hold legacy_id's separator and its escape: each row its own key.
 CREATE TABLE key_pair (a text, b text, v int NOT NULL, PRIMARY KEY (a, b));
 INSERT INTO key_pair VALUES ('x|y', 'z', 1), ('x', 'y|z', 2), ('x\', '|z', 3), ('x\|', 'z', 4), ('p', 'q', 5);
