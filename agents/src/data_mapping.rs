@@ -773,7 +773,12 @@ impl Sources<'_> {
                 transforms: vec![],
                 rationale: "the legacy key, kept".into(),
             })
-        } else if c.name == "metadata" && category(c) == "json" {
+        } else if c.name == "metadata"
+            && category(c) == "json"
+            && self.src.column("metadata").is_none()
+        {
+            // The target's own column for what no other column takes; a source's own
+            // `metadata` is data, fed by its name below.
             Some(ColumnMapping {
                 target: c.name.clone(),
                 feed: Feed::Metadata { columns: vec![] },

@@ -258,6 +258,9 @@ CREATE TABLE product (id integer PRIMARY KEY, name text NOT NULL);
 CREATE TABLE sales.product (id integer PRIMARY KEY, name text NOT NULL, base_id integer REFERENCES product (id));
 INSERT INTO product VALUES (1, 'bolt'), (2, 'nut');
 INSERT INTO sales.product VALUES (1, 'bolt, boxed', 1), (2, 'nut, boxed', 2), (3, 'nut, loose', 2);
+-- A column named as the target's column for leftovers: it is data, copied as it is.
+CREATE TABLE document (id integer PRIMARY KEY, title text NOT NULL, metadata jsonb);
+INSERT INTO document VALUES (1, 'a', '{"k": 1}'), (2, 'b', NULL), (3, 'c', '[1, "x"]');
 -- A composite key whose parts hold legacy_id's separator and its escape: each row its own key.
 CREATE TABLE key_pair (a text, b text, v int NOT NULL, PRIMARY KEY (a, b));
 INSERT INTO key_pair VALUES ('x|y', 'z', 1), ('x', 'y|z', 2), ('x\', '|z', 3), ('x\|', 'z', 4), ('p', 'q', 5);
