@@ -722,6 +722,12 @@ struct Sources<'a> {
 }
 
 impl Sources<'_> {
+    /// Whether `c` is the target's column for what no other column takes: a json `metadata`,
+    /// unless the source has a `metadata` of its own, which is data fed by its name.
+    fn leftovers_into(&self, c: &Column) -> bool {
+        c.name == "metadata" && category(c) == "json" && self.src.column("metadata").is_none()
+    }
+
     /// What feeds a target column: a generic reference or a rule of the mapping file, else
     /// the key, the legacy key, the metadata, or a source column of the same name (a
     /// reference to its parent's UUID where it is one); `None` when nothing does.
@@ -773,12 +779,7 @@ impl Sources<'_> {
                 transforms: vec![],
                 rationale: "the legacy key, kept".into(),
             })
-        } else if c.name == "metadata"
-            && category(c) == "json"
-            && self.src.column("metadata").is_none()
-        {
-            // The target's own column for what no other column takes; a source's own
-            // `metadata` is data, fed by its name below.
+        } else if self.leftovers_into(c) {
             Some(ColumnMapping {
                 target: c.name.clone(),
                 feed: Feed::Metadata { columns: vec![] },
