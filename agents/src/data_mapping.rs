@@ -270,11 +270,14 @@ fn inferred_transforms(
     let (s, d) = (category(src), category(dst));
     let mut why = Vec::new();
     let mut out = Vec::new();
-    if s == "text" && src.type_name != "text" {
+    // Cleaning is part of a conversion to another type (varchar(n) to text or to an enum): a
+    // column of the same type, as in a target generated from the source, is copied as it is.
+    let converted = src.data_type != dst.data_type;
+    if s == "text" && src.type_name != "text" && converted {
         out.push(Transform::Trim);
         why.push("legacy padding trimmed");
     }
-    if s == "text" && dst.name.contains("email") {
+    if s == "text" && dst.name.contains("email") && converted {
         out.push(Transform::Lower);
         why.push("email lower-cased");
     }

@@ -261,6 +261,9 @@ INSERT INTO sales.product VALUES (1, 'bolt, boxed', 1), (2, 'nut, boxed', 2), (3
 -- A column named as the target's column for leftovers: it is data, copied as it is.
 CREATE TABLE document (id integer PRIMARY KEY, title text NOT NULL, metadata jsonb);
 INSERT INTO document VALUES (1, 'a', '{"k": 1}'), (2, 'b', NULL), (3, 'c', '[1, "x"]');
+-- Spaces and letter case that are data: a target of the same types keeps them.
+CREATE TABLE contact (id integer PRIMARY KEY, email varchar(80), label varchar(20));
+INSERT INTO contact VALUES (1, ' Mixed@Example.COM ', '  two spaces before'), (2, 'x@y.z', 'after  ');
 -- A composite key whose parts hold legacy_id's separator and its escape: each row its own key.
 CREATE TABLE key_pair (a text, b text, v int NOT NULL, PRIMARY KEY (a, b));
 INSERT INTO key_pair VALUES ('x|y', 'z', 1), ('x', 'y|z', 2), ('x\', '|z', 3), ('x\|', 'z', 4), ('p', 'q', 5);

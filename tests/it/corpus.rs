@@ -615,6 +615,7 @@ fn an_adversarial_schema_is_migrated_whole() {
             "SELECT tableoid::regclass, {kept:id}, region, weight FROM shipment ORDER BY 2, 3",
             "SELECT a, b, v FROM key_pair ORDER BY v",
             "SELECT {legacy:id}, title, metadata FROM document ORDER BY 1",
+            "SELECT {legacy:id}, '[' || email || ']', '[' || label || ']' FROM contact ORDER BY 1",
             "SELECT s.name, p.name FROM sales.product s JOIN product p ON s.base_id = p.{id:id} ORDER BY 1",
             "SELECT {legacy:id}, code, wearer FROM name_tag ORDER BY 1",
             // References written otherwise than the key they equal, each to its parent.
