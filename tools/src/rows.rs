@@ -67,7 +67,7 @@ pub fn select(scan: &Scan, parents: &HashSet<TableName>) -> String {
     let cols: Vec<String> = scan
         .columns
         .iter()
-        .map(|c| parent_key(scan, c, &alias, parents).unwrap_or_else(|| alias(c)))
+        .map(|c| parent_key(scan, c, &alias).unwrap_or_else(|| alias(c)))
         .collect();
     let from = if scan.key == [ROW_IDENTITY] {
         // A keyless table's identity: the row's text (in the settings `pg::connect` fixes for
@@ -91,6 +91,7 @@ pub fn select(scan: &Scan, parents: &HashSet<TableName>) -> String {
             ident(&j.on)
         ));
     }
+    sql.push_str(&parent_joins(scan, &alias, parents));
     let order: Vec<String> = scan.key.iter().map(|k| format!("s.{}", ident(k))).collect();
     let mut filters = Vec::new();
     if let Some(after) = &scan.after {
@@ -118,38 +119,58 @@ pub fn select(scan: &Scan, parents: &HashSet<TableName>) -> String {
 }
 
 /// The expression of `column` when it is a reference's [`ParentKey::output`]: the text of the
-/// parent's key column as the parent row the reference equals is written (found as its foreign
-/// key finds it, the reference cast to the key's type), else the reference's own text; NULL
-/// where a column of the reference is.
-fn parent_key(
-    scan: &Scan,
-    column: &str,
-    alias: &dyn Fn(&str) -> String,
-    parents: &HashSet<TableName>,
-) -> Option<String> {
-    let (r, i) = scan.parent_keys.iter().find_map(|r| {
+/// parent's key column as the parent row the reference equals is written (joined by
+/// [`parent_joins`]), else the reference's own text; NULL where a column of the reference is.
+fn parent_key(scan: &Scan, column: &str, alias: &dyn Fn(&str) -> String) -> Option<String> {
+    let (n, r, i) = scan.parent_keys.iter().enumerate().find_map(|(n, r)| {
         let i = (0..r.columns.len()).find(|&i| r.key.output(&r.columns[i], &r.parent, i) == column);
-        i.map(|i| (r, i))
+        i.map(|i| (n, r, i))
     })?;
-    let mut null = Vec::new();
-    let mut equal = Vec::new();
-    for ((c, k), cast) in r.columns.iter().zip(&r.key.columns).zip(&r.key.casts) {
-        null.push(format!("{} IS NULL", alias(c)));
-        let value = match cast {
-            Some(ty) => format!("CAST({} AS {ty})", alias(c)),
-            None => alias(c),
-        };
-        equal.push(format!("agentctl_p.{} = {value}", ident(k)));
-    }
+    let null: Vec<String> = r.columns.iter().map(|c| format!("{} IS NULL", alias(c))).collect();
     Some(format!(
-        "CASE WHEN {} THEN NULL ELSE coalesce((SELECT format('%s', agentctl_p.{}) FROM {} agentctl_p \
-            WHERE {} LIMIT 1), format('%s', {})) END",
+        "CASE WHEN {} THEN NULL ELSE coalesce(format('%s', agentctl_p{n}.{}), format('%s', {})) END",
         null.join(" OR "),
         ident(&r.key.columns[i]),
-        read_as(&r.parent, parents),
-        equal.join(" AND "),
         alias(&r.columns[i])
     ))
+}
+
+/// A LEFT JOIN of each parent a reference of `columns` is read as the key of
+/// ([`parent_key`]): matched as its foreign key matches, the reference cast to the key's type.
+/// The key is unique under that equality, so a row joins one parent row at most. (A hash join,
+/// where a subquery a row looked the parent up a million times.)
+fn parent_joins(
+    scan: &Scan,
+    alias: &dyn Fn(&str) -> String,
+    parents: &HashSet<TableName>,
+) -> String {
+    let mut sql = String::new();
+    for (n, r) in scan.parent_keys.iter().enumerate() {
+        let read = (0..r.columns.len())
+            .any(|i| scan.columns.contains(&r.key.output(&r.columns[i], &r.parent, i)));
+        if !read {
+            continue;
+        }
+        let equal: Vec<String> = r
+            .columns
+            .iter()
+            .zip(&r.key.columns)
+            .zip(&r.key.casts)
+            .map(|((c, k), cast)| {
+                let value = match cast {
+                    Some(ty) => format!("CAST({} AS {ty})", alias(c)),
+                    None => alias(c),
+                };
+                format!("agentctl_p{n}.{} = {value}", ident(k))
+            })
+            .collect();
+        sql.push_str(&format!(
+            " LEFT JOIN {} agentctl_p{n} ON {}",
+            read_as(&r.parent, parents),
+            equal.join(" AND ")
+        ));
+    }
+    sql
 }
 
 impl PgRows {
