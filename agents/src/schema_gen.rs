@@ -198,9 +198,13 @@ pub fn generate(report: &SchemaReport) -> Result<(String, Vec<String>), Vec<Stri
         out.push_str(&format!("CREATE TYPE {} AS {};\n", t.name, t.definition));
     }
     for (kind, name) in &report.other_objects {
+        let rows = match kind.as_str() {
+            "foreign table" => " (its rows live outside the database and are not migrated)",
+            _ => "",
+        };
         notes.push(format!(
-            "{kind} {name} is not carried over: recreate it in the target after the migration, \
-                where each key is a uuid `id` and the old key is `legacy_id`"
+            "{kind} {name} is not carried over{rows}: recreate it in the target after the \
+                migration, where each key is a uuid `id` and the old key is `legacy_id`"
         ));
     }
 

@@ -264,6 +264,11 @@ INSERT INTO document VALUES (1, 'a', '{"k": 1}'), (2, 'b', NULL), (3, 'c', '[1, 
 -- Spaces and letter case that are data: a target of the same types keeps them.
 CREATE TABLE contact (id integer PRIMARY KEY, email varchar(80), label varchar(20));
 INSERT INTO contact VALUES (1, ' Mixed@Example.COM ', '  two spaces before'), (2, 'x@y.z', 'after  ');
+-- A foreign table: its rows live on another server (never asked here), so none are migrated,
+-- and the plan says so.
+CREATE EXTENSION postgres_fdw;
+CREATE SERVER elsewhere FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host 'elsewhere.invalid', dbname 'rates');
+CREATE FOREIGN TABLE remote_rate (code text, rate numeric) SERVER elsewhere;
 -- A composite key whose parts hold legacy_id's separator and its escape: each row its own key.
 CREATE TABLE key_pair (a text, b text, v int NOT NULL, PRIMARY KEY (a, b));
 INSERT INTO key_pair VALUES ('x|y', 'z', 1), ('x', 'y|z', 2), ('x\', '|z', 3), ('x\|', 'z', 4), ('p', 'q', 5);

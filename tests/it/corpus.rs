@@ -636,6 +636,19 @@ fn an_adversarial_schema_is_migrated_whole() {
         "SELECT u.legacy_id, w.meaning FROM code_use u LEFT JOIN code_word w ON w.id = u.code ORDER BY 1",
     );
     assert_eq!(codes, "1|x\n2|x\n3|y\n4|");
+    let mapping = here.join("adversarial.toml");
+    let plan = tests::agentctl_on(
+        &source,
+        &target,
+        &["plan", "--goal", "migrate everything", "--mapping", mapping.to_str().unwrap()],
+    );
+    assert!(
+        plan.stdout.contains(
+            "Not reproduced: foreign table public.remote_rate (recreate it in the target after the \
+                migration; its rows live outside the database and are not migrated)."
+        ),
+        "{plan:?}"
+    );
     let rules = |db: &str| {
         pg.psql(
             db,

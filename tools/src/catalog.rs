@@ -567,17 +567,18 @@ impl PgCatalog {
         Ok(sequences)
     }
 
-    /// The views and functions, which no table holds.
+    /// The views, foreign tables and functions, which no table holds (a foreign table's rows
+    /// live outside the database).
     async fn other_objects(&self) -> Result<Vec<(String, String)>, ToolError> {
         let mut other_objects = Vec::new();
         for r in &self
             .rows(
                 "views and functions",
                 &format!(
-                    "SELECT CASE c.relkind WHEN 'v' THEN 'view' ELSE 'materialized view' END AS kind,
+                    "SELECT CASE c.relkind WHEN 'v' THEN 'view' WHEN 'f' THEN 'foreign table' ELSE 'materialized view' END AS kind,
                             quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                     WHERE c.relkind IN ('v', 'm') AND {USER_SCHEMAS}
+                     WHERE c.relkind IN ('v', 'm', 'f') AND {USER_SCHEMAS}
                        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
                      UNION ALL
                      SELECT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END,
