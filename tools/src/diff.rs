@@ -559,6 +559,7 @@ async fn try_apply(pool: &PgPool, b: &DiffBatch) -> Result<DiffApplied, Failure>
     let mut c = crate::pg::Held::acquire(pool).await?;
     let done = async {
         sqlx::query("BEGIN").execute(&mut *c).await?;
+        crate::pg::immediate_rules(&mut c, &b.analysis.target).await?;
         let done = apply_on(&mut c, b).await?;
         sqlx::query("COMMIT").execute(&mut *c).await?;
         Ok::<_, sqlx::Error>(done)

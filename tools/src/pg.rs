@@ -233,6 +233,30 @@ impl Drop for Held {
     }
 }
 
+/// Makes the table's deferred unique and exclusion rules immediate for the rest of the
+/// transaction, so that a row that breaks one is refused by its own statement (and set aside
+/// with the reason) instead of failing the whole transaction at its COMMIT. Foreign keys keep
+/// their timing: rows of one batch may point at each other.
+pub async fn immediate_rules(
+    c: &mut PgConnection,
+    table: &runtime::domain::TableName,
+) -> Result<(), sqlx::Error> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(n.nspname) || '.' || quote_ident(con.conname) FROM pg_constraint con
+         JOIN pg_namespace n ON n.oid = con.connamespace
+         WHERE con.conrelid = $1::regclass AND con.condeferrable AND con.contype IN ('p', 'u', 'x')",
+    )
+    .bind(crate::catalog::quoted(table))
+    .fetch_all(&mut *c)
+    .await?;
+    if !names.is_empty() {
+        sqlx::query(&format!("SET CONSTRAINTS {} IMMEDIATE", names.join(", ")))
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Runs a script of several statements in one transaction.
 pub async fn run_script(pool: &PgPool, sql: &str, what: &str) -> Result<(), ToolError> {
     let mut tx = pool.begin().await.map_err(while_doing(what))?;

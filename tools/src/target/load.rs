@@ -50,6 +50,7 @@ impl PgTarget {
         // batch before it. On a target with PostgreSQL's default settings each batch otherwise
         // waited for its own flush.
         sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut **c).await?;
+        crate::pg::immediate_rules(c, &b.target).await?;
         let orphans = missing_parents(c, b).await?;
         let keep: Vec<usize> = (0..b.rows.len()).filter(|seq| !orphans.contains_key(seq)).collect();
         let cols: Vec<String> = b.columns.iter().map(|(name, _)| ident(name)).collect();
