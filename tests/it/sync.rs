@@ -979,3 +979,45 @@ fn a_sources_own_deleted_at_is_data_and_its_rows_are_kept_in_step() {
     let proof = with(&["diff", "validate"]);
     assert_eq!(proof.code, 0, "{proof:?}");
 }
+
+/// A source whose unique rule is `DEFERRABLE INITIALLY DEFERRED` gets one in the generated target
+/// too. ON CONFLICT refuses such a rule as its arbiter (the sync stopped on every change to the
+/// table), so sync skips a key already there on the legacy key's own unique index. A swap of two
+/// rows' positions, which only a deferred or end-of-statement check allows, is applied.
+#[test]
+fn a_table_with_a_deferred_unique_rule_is_kept_in_step() {
+    let pg = shared();
+    let source = pg.create_db("deferred_unique");
+    let s = db(&source);
+    pg.psql(
+        &s,
+        "CREATE TABLE slot (id int PRIMARY KEY, position int NOT NULL,
+             CONSTRAINT slot_position UNIQUE (position) DEFERRABLE INITIALLY DEFERRED);
+         INSERT INTO slot SELECT i, i FROM generate_series(1, 20) i;",
+    );
+    let target = pg.create_db("deferred_unique_target");
+    let with = |args: &[&str]| agentctl_on(&source, &target, args);
+    assert_eq!(with(&["schema", "generate", "--from-source", "--apply"]).code, 0);
+    let run = with(&["run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    pg.psql(
+        &s,
+        "BEGIN; UPDATE slot SET position = 2 WHERE id = 1; UPDATE slot SET position = 1 WHERE id = 2; COMMIT;
+         INSERT INTO slot VALUES (21, 21), (22, 22);",
+    );
+    let out = with(&["diff", "migrate", "--format", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = json(&out);
+    let slot = entity(&doc, "slot").1.unwrap();
+    assert_eq!(
+        (&slot["inserted"], &slot["updated"], &slot["rejected"]),
+        (&2.into(), &2.into(), &0.into()),
+        "{doc}"
+    );
+    assert_eq!(
+        pg.psql(&db(&target), "SELECT string_agg(legacy_id || ':' || position, ',' ORDER BY legacy_id) FROM slot WHERE legacy_id IN (1, 2, 21, 22)"),
+        "1:2,2:1,21:21,22:22"
+    );
+    let proof = with(&["diff", "validate"]);
+    assert_eq!(proof.code, 0, "{proof:?}");
+}
