@@ -285,8 +285,9 @@ async fn how_fast(
     Ok((mark, fast))
 }
 
-/// The legacy keys of the source table's rejected rows, and those of them rejected for nothing
-/// but a missing parent (tried again once their parents are in).
+/// The legacy keys of the source table's rejected rows, and those of them tried again once
+/// their parents are in (`Target::rejected_keys`: a missing parent, or another row's unique
+/// value at a sync).
 async fn rejected(
     target: &dyn Target,
     source: &runtime::domain::TableName,
@@ -379,7 +380,8 @@ struct Page<'a> {
     answers: &'a [Diffed],
     /// Each row's `updated_at`, when the table has one.
     stamps: &'a [Option<String>],
-    /// The rows rejected for a missing parent whose parents have arrived.
+    /// The rows rejected for a missing parent, or for another row's unique value at a sync,
+    /// whose parents are in.
     retry: &'a HashSet<usize>,
 }
 

@@ -174,7 +174,9 @@ pub trait Verifier: Send + Sync + 'static {
         key: &str,
     ) -> Result<Option<String>, ToolError>;
     /// Legacy keys of a source table's rows recorded as rejected, by any run, each with whether
-    /// it was rejected for nothing but a missing parent.
+    /// it is tried again once its parents are in: rejected for nothing but a missing parent, or
+    /// refused by a sync for a unique or exclusion rule another row held (which that row's own
+    /// change, deleted or moved, may have freed since).
     async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError>;
     /// Which of these UUIDs are rows of the table.
     async fn existing_ids(

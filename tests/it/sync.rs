@@ -1021,3 +1021,56 @@ fn a_table_with_a_deferred_unique_rule_is_kept_in_step() {
     let proof = with(&["diff", "validate"]);
     assert_eq!(proof.code, 0, "{proof:?}");
 }
+
+/// A row deleted and its unique value given to a new row in one transaction: the sync inserts
+/// before it deletes, so the new row is refused for the value the old one still holds. It is
+/// tried again at the next sync, where the value is free (hard delete), instead of being taken
+/// for settled. Under soft delete the old row keeps the value, and each sync says so again.
+#[test]
+fn a_unique_value_freed_by_a_deleted_row_is_taken_at_the_next_sync() {
+    let pg = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let hard = dir.path().join("hard.toml");
+    std::fs::write(&hard, "[entities.slot]\nsync = { delete = \"hard\" }\n").unwrap();
+    for (delete, mapping) in [("hard", Some(hard.to_str().unwrap())), ("soft", None)] {
+        let source = pg.create_db(&format!("freed_unique_{delete}"));
+        let s = db(&source);
+        pg.psql(
+            &s,
+            "CREATE TABLE slot (id int PRIMARY KEY, position int NOT NULL UNIQUE);
+             INSERT INTO slot SELECT i, i FROM generate_series(1, 20) i;",
+        );
+        let target = pg.create_db(&format!("freed_unique_{delete}_target"));
+        let with = |args: &[&str]| {
+            let mut all = args.to_vec();
+            all.extend(mapping.iter().flat_map(|m| ["--mapping", m]));
+            agentctl_on(&source, &target, &all)
+        };
+        assert_eq!(with(&["schema", "generate", "--from-source", "--apply"]).code, 0);
+        assert_eq!(with(&["run", "--goal", "migrate everything", "--yes"]).code, 0);
+        pg.psql(
+            &s,
+            "BEGIN; DELETE FROM slot WHERE id = 5; INSERT INTO slot VALUES (25, 5); COMMIT;",
+        );
+        let sync = || {
+            let out = with(&["diff", "migrate", "--format", "json"]);
+            assert_eq!(out.code, 0, "{out:?}");
+            let doc = json(&out);
+            let slot = entity(&doc, "slot").1.unwrap().clone();
+            (slot["inserted"].as_i64().unwrap(), slot["rejected"].as_i64().unwrap())
+        };
+        assert_eq!(sync(), (0, 1), "{delete}: refused while row 5 holds the value");
+        let in_target = || pg.psql(&db(&target), "SELECT count(*) FROM slot WHERE legacy_id = 25");
+        match delete {
+            "hard" => {
+                assert_eq!(sync(), (1, 0), "taken once row 5 is gone");
+                assert_eq!(in_target(), "1");
+                assert_eq!(with(&["diff", "validate"]).code, 0);
+            }
+            _ => {
+                assert_eq!(sync(), (0, 1), "said again while the soft-deleted row holds it");
+                assert_eq!(in_target(), "0");
+            }
+        }
+    }
+}

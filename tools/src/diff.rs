@@ -855,35 +855,37 @@ async fn updates(
 }
 
 /// Inserts: a row that appeared under the key since the analysis is left (stale).
-/// How an insert skips a row whose legacy key is already there: `ON CONFLICT DO NOTHING`; where
-/// a unique or exclusion rule is deferrable (which ON CONFLICT refuses as an arbiter), only on
-/// the legacy key's own unique index, so that a row breaking the deferrable rule (immediate for
-/// the batch, `pg::immediate_rules`) is refused with its reason; nothing when no such index is.
+/// How an insert skips a row whose legacy key is already there (stale: it appeared since the
+/// analysis): ON CONFLICT on the legacy key's own unique index, so that a row that takes
+/// another unique or exclusion rule's value is refused with its reason (and tried again at the
+/// next sync, `Target::rejected_keys`) instead of being skipped as stale. Without such an
+/// index, `ON CONFLICT DO NOTHING`; nothing where a rule is deferrable, which ON CONFLICT
+/// refuses as an arbiter.
 async fn on_conflict(
     c: &mut PgConnection,
     table: &TableName,
     legacy: &str,
 ) -> Result<String, sqlx::Error> {
-    let arbiter: Option<Vec<String>> = sqlx::query_scalar(
-        "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::regclass
-                    AND (indisunique OR indisexclusion) AND NOT indimmediate) THEN ARRAY[]::text[]
-                ELSE (SELECT array_agg(quote_ident(a.attname) ORDER BY k.ord)
-                      FROM (SELECT i.indrelid, i.indkey FROM pg_index i
-                            JOIN pg_attribute l ON l.attrelid = i.indrelid AND l.attname = $2
-                            WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indimmediate
-                              AND i.indpred IS NULL AND i.indexprs IS NULL AND l.attnum = ANY(i.indkey)
-                            ORDER BY i.indnatts LIMIT 1) i
-                      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(num, ord)
-                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num) END",
+    let (arbiter, deferrable): (Option<Vec<String>>, bool) = sqlx::query_as(
+        "SELECT (SELECT array_agg(quote_ident(a.attname) ORDER BY k.ord)
+                 FROM (SELECT i.indrelid, i.indkey FROM pg_index i
+                       JOIN pg_attribute l ON l.attrelid = i.indrelid AND l.attname = $2
+                       WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indimmediate
+                         AND i.indpred IS NULL AND i.indexprs IS NULL AND l.attnum = ANY(i.indkey)
+                       ORDER BY i.indnatts LIMIT 1) i
+                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(num, ord)
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num),
+                EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::regclass
+                        AND (indisunique OR indisexclusion) AND NOT indimmediate)",
     )
     .bind(quoted(table))
     .bind(legacy)
     .fetch_one(&mut *c)
     .await?;
-    Ok(match arbiter {
-        Some(columns) if columns.is_empty() => "ON CONFLICT DO NOTHING".to_owned(),
-        Some(columns) => format!("ON CONFLICT ({}) DO NOTHING", columns.join(", ")),
-        None => String::new(),
+    Ok(match (arbiter, deferrable) {
+        (Some(columns), _) => format!("ON CONFLICT ({}) DO NOTHING", columns.join(", ")),
+        (None, false) => "ON CONFLICT DO NOTHING".to_owned(),
+        (None, true) => String::new(),
     })
 }
 

@@ -145,8 +145,9 @@ impl Verifier for PgTarget {
     }
     async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError> {
         Ok(sqlx::query_as(
-            "SELECT legacy_key, bool_and(rule LIKE 'reference%') FROM agentctl.rejected_rows \
-                WHERE source_table = $1 GROUP BY 1",
+            "SELECT legacy_key, bool_and(rule LIKE 'reference%' OR (rule = 'sync' \
+                AND (reason LIKE '%(SQLSTATE 23505)' OR reason LIKE '%(SQLSTATE 23P01)'))) \
+                FROM agentctl.rejected_rows WHERE source_table = $1 GROUP BY 1",
         )
         .bind(source.to_string())
         .fetch_all(&self.pool)
