@@ -551,7 +551,7 @@ pub async fn apply_diff(
     b: &DiffBatch,
     max_retries: u32,
 ) -> Result<DiffApplied, ToolError> {
-    let what = format!("applying changes to {}", b.analysis.target);
+    let what = format!("writing a batch of changes to {}", b.analysis.target);
     retrying(max_retries, &what, || try_apply(pool, b)).await.map(|(done, _)| done)
 }
 
