@@ -500,10 +500,8 @@ pub fn not_reproduced(
     }
     let there: BTreeSet<&String> = target.other_objects.iter().map(|(_, n)| n).collect();
     for (kind, name) in source.other_objects.iter().filter(|(_, n)| !there.contains(n)) {
-        let rows = match kind.as_str() {
-            "foreign table" => "; its rows live outside the database and are not migrated",
-            _ => "",
-        };
+        let rows =
+            runtime::domain::rows_left_behind(kind).map(|r| format!("; {r}")).unwrap_or_default();
         out.push(format!(
             "Not reproduced: {kind} {name} (recreate it in the target after the migration{rows})."
         ));

@@ -16,7 +16,7 @@
 use runtime::error::ToolError;
 use std::collections::BTreeSet;
 
-use runtime::domain::{Column, KeySource, SchemaReport, Table};
+use runtime::domain::{KeySource, SchemaReport, Table};
 use runtime::sql::{ident, quoted as qualified};
 
 fn literal(s: &str) -> String {
@@ -31,6 +31,14 @@ fn list(names: &[String]) -> String {
 /// `legacy_id` is kept under ([`Table::renamed_data_column`]).
 fn target_name(t: &Table, column: &str) -> String {
     t.renamed_data_column(column).unwrap_or_else(|| column.to_owned())
+}
+
+/// A column's name in the generated target, the old key's being `legacy_id`.
+fn column_in_target(t: &Table, dropped: Option<&str>, column: &str) -> String {
+    match dropped == Some(column) {
+        true => "legacy_id".to_owned(),
+        false => target_name(t, column),
+    }
 }
 
 /// `columns` as the generated target names them.
@@ -81,14 +89,8 @@ fn partitioning(
     if let Some(c) = p.columns.iter().find(|c| references.contains(c.as_str())) {
         return Err(ToolError::bad_input(format!("its key is over {c}, which becomes a uuid")));
     }
-    let rename = |cols: &[String]| {
-        cols.iter()
-            .map(|c| match Some(c.as_str()) == dropped {
-                true => "legacy_id".to_owned(),
-                false => target_name(t, c),
-            })
-            .collect::<Vec<_>>()
-    };
+    let rename =
+        |cols: &[String]| cols.iter().map(|c| column_in_target(t, dropped, c)).collect::<Vec<_>>();
     let renamed_key = |key: &str, columns: &[String]| {
         let renamed = rename(columns);
         let strategy = key.split_whitespace().next().unwrap_or("RANGE");
@@ -198,10 +200,8 @@ pub fn generate(report: &SchemaReport) -> Result<(String, Vec<String>), Vec<Stri
         out.push_str(&format!("CREATE TYPE {} AS {};\n", t.name, t.definition));
     }
     for (kind, name) in &report.other_objects {
-        let rows = match kind.as_str() {
-            "foreign table" => " (its rows live outside the database and are not migrated)",
-            _ => "",
-        };
+        let rows =
+            runtime::domain::rows_left_behind(kind).map(|r| format!(" ({r})")).unwrap_or_default();
         notes.push(format!(
             "{kind} {name} is not carried over{rows}: recreate it in the target after the \
                 migration, where each key is a uuid `id` and the old key is `legacy_id`"
@@ -309,7 +309,7 @@ fn table(
         .chain(references.iter().copied())
         .chain(renamed)
         .collect();
-    lines.extend(column_lines(t, dropped.as_deref(), &references, notes, refused));
+    lines.extend(column_lines(t, dropped.as_deref(), &references, &changed, notes, refused));
     lines.extend(rule_lines(t, dropped.as_deref(), &changed, notes));
     create(out, t, lines, partitioned.as_ref());
 
@@ -324,6 +324,7 @@ fn column_lines(
     t: &Table,
     dropped: Option<&str>,
     references: &BTreeSet<&str>,
+    changed: &[&str],
     notes: &mut Vec<String>,
     refused: &mut Vec<String>,
 ) -> Vec<String> {
@@ -357,19 +358,13 @@ fn column_lines(
         // Computed from a column that changes in the target (the old key, a reference that
         // became a UUID, data renamed), the expression would compute something else there: the
         // column keeps the source's values instead.
-        let changes = |o: &&Column| {
-            dropped == Some(o.name.as_str())
-                || references.contains(o.name.as_str())
-                || t.renamed_data_column(&o.name).is_some()
-        };
-        let computed_from =
-            |expr: &str| t.columns.iter().filter(changes).find(|o| mentions(expr, &o.name));
+        let computed_from = |expr: &str| changed.iter().find(|k| mentions(expr, k));
         if let Some((expr, from)) = c.generated.as_ref().and_then(|e| Some((e, computed_from(e)?)))
         {
             notes.push(format!(
-                "{}: generated column {} computes {expr} from {}, which changes in the target: \
-                    it is a plain column there holding the source's values",
-                t.name, c.name, from.name
+                "{}: generated column {} computes {expr} from {from}, which changes in the \
+                    target: it is a plain column there holding the source's values",
+                t.name, c.name
             ));
         } else if let Some(expr) = &c.generated {
             def.push_str(&format!(" GENERATED ALWAYS AS ({expr}) STORED"));
@@ -512,10 +507,7 @@ fn comments(out: &mut String, t: &Table, dropped: Option<&str>) {
     }
     for c in &t.columns {
         let Some(comment) = &c.comment else { continue };
-        let column = match dropped == Some(c.name.as_str()) {
-            true => "legacy_id".to_owned(),
-            false => target_name(t, &c.name),
-        };
+        let column = column_in_target(t, dropped, &c.name);
         out.push_str(&format!(
             "COMMENT ON COLUMN {}.{} IS {};\n",
             qualified(&t.name),

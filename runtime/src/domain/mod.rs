@@ -213,6 +213,12 @@ pub struct Table {
     pub inherits: Option<TableName>,
 }
 
+/// What becomes of the rows of an object the migration does not reproduce, by its kind in
+/// [`SchemaReport::other_objects`]: said only where it holds rows of its own.
+pub fn rows_left_behind(kind: &str) -> Option<&'static str> {
+    (kind == "foreign table").then_some("its rows live outside the database and are not migrated")
+}
+
 /// The key of a table with neither a primary key nor a unique rule on NOT NULL columns: a
 /// column that the reader computes, the MD5 of the row's text and its ordinal among identical
 /// rows (`9e107d9d372bb6826bd81d3542a419d6:1`). It is the same on every read while the row's
@@ -304,7 +310,7 @@ pub struct SchemaReport {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sequences: Vec<Sequence>,
     /// Objects the schema generator does not reproduce, by kind (`view`, `materialized view`,
-    /// `function`): qualified names.
+    /// `foreign table`, `function`): qualified names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub other_objects: Vec<(String, String)>,
     /// The extensions installed in the database, with the schema each lives in.
