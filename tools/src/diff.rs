@@ -559,7 +559,6 @@ async fn try_apply(pool: &PgPool, b: &DiffBatch) -> Result<DiffApplied, Failure>
     let mut c = crate::pg::Held::acquire(pool).await?;
     let done = async {
         sqlx::query("BEGIN").execute(&mut *c).await?;
-        crate::pg::immediate_rules(&mut c, &b.analysis.target).await?;
         let done = apply_on(&mut c, b).await?;
         sqlx::query("COMMIT").execute(&mut *c).await?;
         Ok::<_, sqlx::Error>(done)
@@ -599,12 +598,13 @@ async fn apply_on(c: &mut PgConnection, b: &DiffBatch) -> Result<DiffApplied, sq
     let hashed: Vec<(String, String)> = b.hashed.iter().map(|&i| a.columns[i].clone()).collect();
     let types = HashTypes::of(&mut *c, hashed.iter().map(|(_, t)| t.as_str())).await?;
     let mut out = Outcomes::default();
+    let deferrable = crate::pg::immediate_rules(c, &a.target).await?;
     stage(c, b).await?;
     mapping_rejects(b, &mut out);
     missing_parents(c, b, &mut out).await?;
     conflicts(c, b, &table, &legacy_type, &mut out).await?;
     updates(c, b, &table, &legacy_type, &hashed, &types, &mut out).await?;
-    inserts(c, b, &table, &mut out).await?;
+    inserts(c, b, &table, deferrable, &mut out).await?;
     deletes(c, b, &mut out).await?;
     new_baseline(c, b, &table, &legacy_type, &hashed, &types, &out).await?;
     record_rejects(c, b, &mut out).await?;
@@ -859,14 +859,15 @@ async fn updates(
 /// analysis): ON CONFLICT on the legacy key's own unique index, so that a row that takes
 /// another unique or exclusion rule's value is refused with its reason (and tried again at the
 /// next sync, `Target::rejected_keys`) instead of being skipped as stale. Without such an
-/// index, `ON CONFLICT DO NOTHING`; nothing where a rule is deferrable, which ON CONFLICT
-/// refuses as an arbiter.
+/// index, `ON CONFLICT DO NOTHING`; nothing where a rule is `deferrable`
+/// ([`crate::pg::immediate_rules`]), which ON CONFLICT refuses as an arbiter.
 async fn on_conflict(
     c: &mut PgConnection,
     table: &TableName,
     legacy: &str,
+    deferrable: bool,
 ) -> Result<String, sqlx::Error> {
-    let (arbiter, deferrable): (Option<Vec<String>>, bool) = sqlx::query_as(
+    let arbiter: Option<Vec<String>> = sqlx::query_scalar(
         "SELECT (SELECT array_agg(quote_ident(a.attname) ORDER BY k.ord)
                  FROM (SELECT i.indrelid, i.indkey FROM pg_index i
                        JOIN pg_attribute l ON l.attrelid = i.indrelid AND l.attname = $2
@@ -874,9 +875,7 @@ async fn on_conflict(
                          AND i.indpred IS NULL AND i.indexprs IS NULL AND l.attnum = ANY(i.indkey)
                        ORDER BY i.indnatts LIMIT 1) i
                  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(num, ord)
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num),
-                EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::regclass
-                        AND (indisunique OR indisexclusion) AND NOT indimmediate)",
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num)",
     )
     .bind(quoted(table))
     .bind(legacy)
@@ -893,6 +892,7 @@ async fn inserts(
     c: &mut PgConnection,
     b: &DiffBatch,
     table: &str,
+    deferrable: bool,
     out: &mut Outcomes,
 ) -> Result<(), sqlx::Error> {
     let cols = &b.analysis.columns;
@@ -900,7 +900,7 @@ async fn inserts(
     let names: Vec<String> = cols.iter().map(|(n, _)| ident(n)).collect();
     let casts: Vec<String> =
         cols.iter().enumerate().map(|(i, (_, ty))| format!("s.c{i}::{ty}")).collect();
-    let skip = on_conflict(c, &b.analysis.target, &cols[b.legacy_column].0).await?;
+    let skip = on_conflict(c, &b.analysis.target, &cols[b.legacy_column].0, deferrable).await?;
     let sql = format!(
         "INSERT INTO {table} ({}) SELECT {} FROM agentctl_diff s WHERE s.kind = 'insert' AND s.seq BETWEEN $1 AND $2
          {skip} RETURNING legacy_id::text",

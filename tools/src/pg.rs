@@ -236,11 +236,12 @@ impl Drop for Held {
 /// Makes the table's deferred unique and exclusion rules immediate for the rest of the
 /// transaction, so that a row that breaks one is refused by its own statement (and set aside
 /// with the reason) instead of failing the whole transaction at its COMMIT. Foreign keys keep
-/// their timing: rows of one batch may point at each other.
+/// their timing: rows of one batch may point at each other. Whether the table has such a rule
+/// (deferrable: ON CONFLICT refuses it as an arbiter).
 pub async fn immediate_rules(
     c: &mut PgConnection,
     table: &runtime::domain::TableName,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT quote_ident(n.nspname) || '.' || quote_ident(con.conname) FROM pg_constraint con
          JOIN pg_namespace n ON n.oid = con.connamespace
@@ -254,7 +255,7 @@ pub async fn immediate_rules(
             .execute(&mut *c)
             .await?;
     }
-    Ok(())
+    Ok(!names.is_empty())
 }
 
 /// Runs a script of several statements in one transaction.

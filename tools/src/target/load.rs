@@ -50,7 +50,7 @@ impl PgTarget {
         // batch before it. On a target with PostgreSQL's default settings each batch otherwise
         // waited for its own flush.
         sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut **c).await?;
-        crate::pg::immediate_rules(c, &b.target).await?;
+        let deferrable = crate::pg::immediate_rules(c, &b.target).await?;
         let orphans = missing_parents(c, b).await?;
         let keep: Vec<usize> = (0..b.rows.len()).filter(|seq| !orphans.contains_key(seq)).collect();
         let cols: Vec<String> = b.columns.iter().map(|(name, _)| ident(name)).collect();
@@ -84,7 +84,7 @@ impl PgTarget {
                 Fault::Row => {
                     sqlx::query("ROLLBACK TO SAVEPOINT agentctl_direct").execute(&mut **c).await?;
                     hashes.clear();
-                    self.staged(c, b, &keep, &cols).await?
+                    self.staged(c, b, &keep, &cols, deferrable).await?
                 }
             },
         };
@@ -383,6 +383,7 @@ impl PgTarget {
         b: &Batch,
         keep: &[usize],
         cols: &str,
+        deferrable: bool,
     ) -> Result<(i64, i64, Vec<(usize, String)>), Failure> {
         stage(c, b, keep).await?;
         // While the primary key is set aside for the load, the table was empty when the load
@@ -431,13 +432,7 @@ impl PgTarget {
         // (the first in the batch keeps it) instead of failing it: a batch with many such rows
         // is not split down to single rows. Not where a unique or exclusion constraint is
         // deferrable, which ON CONFLICT refuses outright.
-        let skips: bool = sqlx::query_scalar(
-            "SELECT NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::regclass AND \
-                (indisunique OR indisexclusion) AND NOT indimmediate)",
-        )
-        .bind(quoted(&b.target))
-        .fetch_one(&mut **c)
-        .await?;
+        let skips = !deferrable;
         let insert = format!(
             "INSERT INTO {} ({cols}) SELECT {} FROM agentctl_stage s WHERE s.seq BETWEEN $1 AND \
                 $2{present_filter} ORDER BY s.seq{} RETURNING {}::text",
