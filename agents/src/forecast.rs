@@ -14,7 +14,7 @@ use runtime::ports::Rows;
 use runtime::text_rows::TextRows;
 
 use crate::transform::{ReferenceMemo, Rejection, RowMapper};
-use runtime::mapping::{key_parts, key_text, MappingSet};
+use runtime::mapping::{key_text, split_key, MappingSet};
 
 /// Legacy keys, compactly: integers as integers.
 #[derive(Default)]
@@ -138,7 +138,7 @@ fn settle_awaiting(
 ) {
     for (at, key, col, parent, parent_key) in settled {
         if known.is_some_and(|k| {
-            k.contains(&key_parts(&parent_key).iter().map(String::as_str).collect::<Vec<_>>())
+            k.contains(&split_key(&parent_key).iter().map(|p| p.as_ref()).collect::<Vec<_>>())
         }) {
             continue;
         }

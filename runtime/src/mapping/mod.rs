@@ -9,6 +9,7 @@ mod set;
 pub use file::*;
 pub use set::*;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -331,8 +332,8 @@ impl KeyDeriver {
     /// The UUID of a row whose legacy key is stored as text ([`key_text`], as `legacy_id`
     /// holds it): a row is agentctl's exactly when its UUID is this one.
     pub fn derive_stored(&self, legacy_key: &str) -> uuid::Uuid {
-        let parts = key_parts(legacy_key);
-        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let parts = split_key(legacy_key);
+        let parts: Vec<&str> = parts.iter().map(|p| p.as_ref()).collect();
         self.derive_from(|write| write(legacy_key), &parts)
     }
 
@@ -392,10 +393,14 @@ fn write_key<S: AsRef<str>>(parts: &[S], mut write: impl FnMut(&str)) {
     }
 }
 
-/// The parts of a key written by [`key_text`], for the order bits of its UUID. A one-part key
-/// is not escaped, so one holding `|` reads as several parts here: only a text key such as
+/// The parts of a key written by [`key_text`], for the order bits of its UUID; borrowed from
+/// `text` where it holds no escape (every key `derive_stored` reads back, as a rule). A one-part
+/// key is not escaped, so one holding `|` reads as several parts here: only a text key such as
 /// `5|6` (two integers) gets other order bits that way.
-pub fn key_parts(text: &str) -> Vec<String> {
+pub fn split_key(text: &str) -> Vec<Cow<'_, str>> {
+    if !text.contains('\\') {
+        return text.split('|').map(Cow::Borrowed).collect();
+    }
     let mut parts = vec![String::new()];
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -413,7 +418,7 @@ pub fn key_parts(text: &str) -> Vec<String> {
             c => last.push(c),
         }
     }
-    parts
+    parts.into_iter().map(Cow::Owned).collect()
 }
 
 fn digest(namespace: &uuid::Uuid, text: &[u8]) -> [u8; 32] {
@@ -520,7 +525,7 @@ mod tests {
         let ids: std::collections::HashSet<uuid::Uuid> = keys.iter().map(|k| d.derive(k)).collect();
         assert_eq!(ids.len(), keys.len(), "every key its own UUID");
         for (key, text) in keys.iter().zip(&texts) {
-            assert_eq!(key_parts(text), *key, "{text}");
+            assert_eq!(split_key(text), *key, "{text}");
             assert_eq!(d.derive_stored(text), d.derive(key), "{text}");
         }
         assert_eq!(key_text(&["a|b\\c"]), "a|b\\c", "one part is not escaped");
