@@ -187,6 +187,18 @@ impl PgCluster {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// A source database that `sql` makes, and a target whose schema `agentctl schema generate`
+    /// made from it: their URLs.
+    pub fn generated_pair(&self, name: &str, sql: &str) -> (String, String) {
+        let source = self.create_db(name);
+        self.psql(source.rsplit('/').next().expect("a database name"), sql);
+        let target = self.create_db(&format!("{name}_target"));
+        let out =
+            agentctl_on(&source, &target, &["schema", "generate", "--from-source", "--apply"]);
+        assert_eq!(out.code, 0, "schema generate: {out:?}");
+        (source, target)
+    }
+
     /// Creates an empty database with a fresh name and returns its URL.
     pub fn create_db(&self, prefix: &str) -> String {
         let name = format!("{prefix}_{}", self.dbs.fetch_add(1, Ordering::Relaxed));

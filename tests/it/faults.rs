@@ -579,15 +579,12 @@ fn rows_hidden_by_row_level_security_stop_the_run_instead_of_being_left_behind()
 #[test]
 fn a_batch_with_a_refused_row_in_every_few_is_written_in_one_pass() {
     let pg = shared();
-    let source = pg.create_db("refused_often");
-    pg.psql(
-        db_of(&source),
+    let (source, target) = pg.generated_pair(
+        "refused_often",
         "CREATE TABLE item (id int PRIMARY KEY, n int NOT NULL);
          INSERT INTO item SELECT i, i FROM generate_series(1, 20000) i;",
     );
-    let target = pg.create_db("refused_often_target");
     let with = |args: &[&str]| agentctl_on(&source, &target, args);
-    assert_eq!(with(&["schema", "generate", "--from-source", "--apply"]).code, 0);
     let t = db_of(&target);
     pg.psql(t, "ALTER TABLE item ADD CONSTRAINT not_three CHECK (n % 7 <> 3)");
     let out = with(&["run", "--goal", "migrate everything", "--yes"]);

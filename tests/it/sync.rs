@@ -956,17 +956,14 @@ fn a_trusted_updated_at_lets_an_analysis_read_only_changed_rows_and_a_late_paren
 #[test]
 fn a_sources_own_deleted_at_is_data_and_its_rows_are_kept_in_step() {
     let pg = shared();
-    let source = pg.create_db("own_deleted_at");
-    let s = db(&source);
-    pg.psql(
-        &s,
+    let (source, target) = pg.generated_pair(
+        "own_deleted_at",
         "CREATE TABLE post (id int PRIMARY KEY, title text NOT NULL, deleted_at timestamptz);
          INSERT INTO post SELECT i, 'post ' || i, CASE WHEN i % 2 = 0 THEN '2020-01-01 00:00:00+00'::timestamptz END
          FROM generate_series(1, 50) i;",
     );
-    let target = pg.create_db("own_deleted_at_target");
+    let s = db(&source);
     let with = |args: &[&str]| agentctl_on(&source, &target, args);
-    assert_eq!(with(&["schema", "generate", "--from-source", "--apply"]).code, 0);
     let run = with(&["run", "--goal", "migrate everything", "--yes"]);
     assert_eq!(run.code, 0, "{run:?}");
     pg.psql(&s, "UPDATE post SET deleted_at = NULL WHERE id = 2; UPDATE post SET title = 'edited' WHERE id = 4");
@@ -987,17 +984,14 @@ fn a_sources_own_deleted_at_is_data_and_its_rows_are_kept_in_step() {
 #[test]
 fn a_table_with_a_deferred_unique_rule_is_kept_in_step() {
     let pg = shared();
-    let source = pg.create_db("deferred_unique");
-    let s = db(&source);
-    pg.psql(
-        &s,
+    let (source, target) = pg.generated_pair(
+        "deferred_unique",
         "CREATE TABLE slot (id int PRIMARY KEY, position int NOT NULL,
              CONSTRAINT slot_position UNIQUE (position) DEFERRABLE INITIALLY DEFERRED);
          INSERT INTO slot SELECT i, i FROM generate_series(1, 20) i;",
     );
-    let target = pg.create_db("deferred_unique_target");
+    let s = db(&source);
     let with = |args: &[&str]| agentctl_on(&source, &target, args);
-    assert_eq!(with(&["schema", "generate", "--from-source", "--apply"]).code, 0);
     let run = with(&["run", "--goal", "migrate everything", "--yes"]);
     assert_eq!(run.code, 0, "{run:?}");
     pg.psql(
@@ -1033,20 +1027,17 @@ fn a_unique_value_freed_by_a_deleted_row_is_taken_at_the_next_sync() {
     let hard = dir.path().join("hard.toml");
     std::fs::write(&hard, "[entities.slot]\nsync = { delete = \"hard\" }\n").unwrap();
     for (delete, mapping) in [("hard", Some(hard.to_str().unwrap())), ("soft", None)] {
-        let source = pg.create_db(&format!("freed_unique_{delete}"));
-        let s = db(&source);
-        pg.psql(
-            &s,
+        let (source, target) = pg.generated_pair(
+            &format!("freed_unique_{delete}"),
             "CREATE TABLE slot (id int PRIMARY KEY, position int NOT NULL UNIQUE);
              INSERT INTO slot SELECT i, i FROM generate_series(1, 20) i;",
         );
-        let target = pg.create_db(&format!("freed_unique_{delete}_target"));
+        let s = db(&source);
         let with = |args: &[&str]| {
             let mut all = args.to_vec();
             all.extend(mapping.iter().flat_map(|m| ["--mapping", m]));
             agentctl_on(&source, &target, &all)
         };
-        assert_eq!(with(&["schema", "generate", "--from-source", "--apply"]).code, 0);
         assert_eq!(with(&["run", "--goal", "migrate everything", "--yes"]).code, 0);
         pg.psql(
             &s,
