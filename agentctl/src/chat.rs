@@ -791,8 +791,9 @@ impl Chat<'_> {
                 Err(e) => {
                     let Some(child) = e
                         .message
-                        .split("rows of ")
-                        .nth(1)
+                        .contains("not part of this rollback")
+                        .then(|| e.message.split("rows of ").nth(1))
+                        .flatten()
                         .and_then(|r| r.split(" still reference them").next())
                     else {
                         return Err(Exit::agent(e));

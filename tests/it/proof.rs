@@ -3,7 +3,7 @@
 //! the target server.
 
 use serde_json::Value;
-use tests::{agentctl, agentctl_with, shared, PgCluster};
+use tests::{agentctl, agentctl_on, agentctl_with, shared, PgCluster};
 
 fn json(out: &tests::Output) -> Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"))
@@ -281,6 +281,56 @@ fn validation_finds_changed_lost_and_extra_rows_and_rollback_leaves_the_target_a
         USING (run_id) WHERE r.command = 'rollback' AND e.summary LIKE 'rolled back%'",
     );
     assert_eq!(events, "1", "the rollback is in the audit trail");
+}
+
+/// A table that references itself, larger than one delete statement's share, with no index on
+/// the reference; and a table agentctl never migrated whose rows point at it with
+/// `ON DELETE CASCADE`. The rollback must refuse while those rows exist (the cascade would have
+/// deleted them) and, once they are gone, delete every row, the self-reference whole.
+#[test]
+fn rollback_neither_cascades_into_rows_it_did_not_create_nor_trips_over_a_self_reference() {
+    let pg = shared();
+    let (source, target) = pg.generated_pair(
+        "selfref",
+        "CREATE TABLE node (id serial PRIMARY KEY, parent_id int REFERENCES node (id), name text NOT NULL);
+         INSERT INTO node (parent_id, name)
+             SELECT CASE WHEN g > 1 THEN g / 2 END, 'n' || g FROM generate_series(1, 60000) g;",
+    );
+    let db = target.rsplit('/').next().unwrap().to_owned();
+    let run = agentctl_on(&source, &target, &["run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    pg.psql(
+        &db,
+        "CREATE TABLE note (id serial PRIMARY KEY, node_id uuid REFERENCES node (id) ON DELETE CASCADE);
+         INSERT INTO note (node_id) SELECT id FROM node WHERE legacy_id <= 3;",
+    );
+    let rollback = || agentctl_on(&source, &target, &["rollback", "--all", "--yes"]);
+    let refused = rollback();
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("cannot roll back node: rows of note still reference them"),
+        "{}",
+        refused.stderr
+    );
+    let counts =
+        || pg.psql(&db, "SELECT (SELECT count(*) FROM node) || ' ' || (SELECT count(*) FROM note)");
+    assert_eq!(counts(), "60000 3", "nothing was deleted, the notes included");
+
+    pg.psql(&db, "DELETE FROM note");
+    let done = rollback();
+    assert_eq!(done.code, 0, "{done:?}");
+    assert_eq!(counts(), "0 0");
+    let keys = pg.psql(
+        &db,
+        "SELECT string_agg(conrelid::regclass || ' ' || pg_get_constraintdef(oid), '; ' ORDER BY 1) \
+         FROM pg_constraint WHERE contype = 'f' AND connamespace = 'public'::regnamespace",
+    );
+    assert_eq!(
+        keys,
+        "node FOREIGN KEY (parent_id) REFERENCES node(id); \
+         note FOREIGN KEY (node_id) REFERENCES node(id) ON DELETE CASCADE",
+        "the keys are back as they were"
+    );
 }
 
 #[test]
