@@ -385,31 +385,39 @@ impl ConstraintStore for PgTarget {
     }
 }
 
-/// Deletes the rows of `e`'s table that are agentctl's, in the caller's transaction; how many.
+/// Deletes the rows of `e`'s table that are agentctl's, in the caller's transaction, a page of
+/// 50,000 at a time in the order of their UUIDs (memory stays flat whatever the table's size);
+/// how many.
 async fn delete_ours(c: &mut sqlx::PgConnection, e: &RollbackEntity) -> Result<i64, ToolError> {
+    const PAGE: i64 = 50_000;
     let table = quoted(&e.target);
     // Only rows carrying agentctl's prefix can be its own (all of them, in the ordered
     // layout); each is checked against the derivation before it is deleted.
-    let sql = format!(
+    let read = format!(
         "SELECT legacy_id::text, id FROM {table} WHERE legacy_id IS NOT NULL AND \
-            ($1::uuid IS NULL OR id BETWEEN $1 AND $2)"
+            ($1::uuid IS NULL OR id BETWEEN $1 AND $2) AND ($3::uuid IS NULL OR id > $3) \
+         ORDER BY id LIMIT {PAGE}"
     );
+    let delete = format!("DELETE FROM {table} WHERE id = ANY($1)");
     let range = e.deriver.range();
-    let rows: Vec<(String, uuid::Uuid)> = sqlx::query_as(&sql)
-        .bind(range.map(|r| r.0))
-        .bind(range.map(|r| r.1))
-        .fetch_all(&mut *c)
-        .await
-        .map_err(while_doing(format!("reading the rows of {}", e.target)))?;
-    let ours: Vec<uuid::Uuid> = rows
-        .into_iter()
-        .filter(|(legacy, id)| e.deriver.derive_stored(legacy) == *id)
-        .map(|(_, id)| id)
-        .collect();
-    let mut deleted = 0i64;
-    for chunk in ours.chunks(50_000) {
-        deleted += sqlx::query(&format!("DELETE FROM {table} WHERE id = ANY($1)"))
-            .bind(chunk)
+    let (mut after, mut deleted) = (None::<uuid::Uuid>, 0i64);
+    loop {
+        let rows: Vec<(String, uuid::Uuid)> = sqlx::query_as(&read)
+            .bind(range.map(|r| r.0))
+            .bind(range.map(|r| r.1))
+            .bind(after)
+            .fetch_all(&mut *c)
+            .await
+            .map_err(while_doing(format!("reading the rows of {}", e.target)))?;
+        let Some(&(_, last)) = rows.last() else { return Ok(deleted) };
+        after = Some(last);
+        let ours: Vec<uuid::Uuid> = rows
+            .iter()
+            .filter(|(legacy, id)| e.deriver.derive_stored(legacy) == *id)
+            .map(|&(_, id)| id)
+            .collect();
+        deleted += sqlx::query(&delete)
+            .bind(&ours)
             .execute(&mut *c)
             .await
             .map_err(|err| match still_referenced(&err) {
@@ -420,7 +428,6 @@ async fn delete_ours(c: &mut sqlx::PgConnection, e: &RollbackEntity) -> Result<i
             })?
             .rows_affected() as i64;
     }
-    Ok(deleted)
 }
 
 /// A foreign key that references a table being rolled back, from any table (that table
