@@ -1065,3 +1065,42 @@ fn a_unique_value_freed_by_a_deleted_row_is_taken_at_the_next_sync() {
         }
     }
 }
+
+/// A table written in the target by hand points at agentctl's rows through a key of two
+/// columns, `ON DELETE CASCADE`: a hard delete of a row it points at is held with the reason,
+/// never cascaded into the rows agentctl did not write.
+#[test]
+fn a_hard_delete_never_cascades_through_a_key_of_several_columns() {
+    let pg = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let hard = dir.path().join("hard.toml");
+    std::fs::write(&hard, "[entities.shelf]\nsync = { delete = \"hard\" }\n").unwrap();
+    let (source, target) = pg.generated_pair(
+        "cascade_pair",
+        "CREATE TABLE shelf (id int PRIMARY KEY, aisle int NOT NULL, slot text NOT NULL, UNIQUE (aisle, slot));
+         INSERT INTO shelf SELECT i, i, 's' || i FROM generate_series(1, 10) i;",
+    );
+    let with = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--mapping", hard.to_str().unwrap()]);
+        agentctl_on(&source, &target, &all)
+    };
+    assert_eq!(with(&["run", "--goal", "migrate everything", "--yes"]).code, 0);
+    pg.psql(
+        &db(&target),
+        "CREATE TABLE label (id serial PRIMARY KEY, aisle int, slot text,
+             FOREIGN KEY (aisle, slot) REFERENCES shelf (aisle, slot) ON DELETE CASCADE);
+         INSERT INTO label (aisle, slot) VALUES (1, 's1'), (1, 's1');",
+    );
+    pg.psql(&db(&source), "DELETE FROM shelf WHERE id IN (1, 2)");
+    let out = with(&["diff", "migrate", "--format", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let shelf = entity(&json(&out), "shelf").1.unwrap().clone();
+    assert_eq!((shelf["deleted"].as_i64(), shelf["held"].as_i64()), (Some(1), Some(1)), "{shelf}");
+    assert!(out.stdout.contains("2 rows of label still point at it"), "{}", out.stdout);
+    let left = pg.psql(
+        &db(&target),
+        "SELECT (SELECT count(*) FROM label) || ' ' || (SELECT string_agg(legacy_id::text, ',' ORDER BY legacy_id) FROM shelf WHERE legacy_id <= 2)",
+    );
+    assert_eq!(left, "2 1");
+}

@@ -1225,8 +1225,22 @@ async fn delete_rows(
     set_baseline(c, &a.target, &gone, &vec![None; gone.len()]).await
 }
 
-/// Which of the keys' rows live rows of other tables still point at, each with who: a count
-/// a child table, through every single-column foreign key to this table.
+/// A foreign key to a table, from its child's side.
+#[derive(sqlx::FromRow)]
+struct ChildKey {
+    schema: String,
+    child: String,
+    columns: Vec<String>,
+    /// The columns of the table that `columns` reference, in the same order.
+    parent_columns: Vec<String>,
+    /// Whether the child has a `deleted_at` column.
+    soft_child: bool,
+}
+
+/// Which of the keys' rows live rows of other tables (or of this one) still point at, each
+/// with who: a count a child table, through every foreign key to this table, whatever its
+/// columns (a key of several columns, or one to a column other than `id`; an `ON DELETE
+/// CASCADE` one among them would otherwise delete rows agentctl did not write).
 async fn live_children(
     c: &mut PgConnection,
     b: &DiffBatch,
@@ -1234,30 +1248,39 @@ async fn live_children(
     keys: &[String],
 ) -> Result<HashMap<String, Vec<String>>, sqlx::Error> {
     let legacy_type = &b.analysis.columns[b.legacy_column].1;
-    // Every single-column foreign key that points at this table.
-    let children: Vec<(String, String, String, bool)> = sqlx::query_as(
-        "SELECT n.nspname, c.relname, a.attname,
-             EXISTS (SELECT 1 FROM pg_attribute d WHERE d.attrelid = c.oid AND d.attname = 'deleted_at' AND NOT d.attisdropped)
+    // Every foreign key that points at this table, as its child's columns and the ones they
+    // reference, in order; a partitioned child's once, by its own key.
+    let children: Vec<ChildKey> = sqlx::query_as(
+        "SELECT n.nspname::text AS schema, c.relname::text AS child,
+             ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u (num, i)
+                   JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.num ORDER BY u.i) AS columns,
+             ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY u (num, i)
+                   JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.num ORDER BY u.i) AS parent_columns,
+             EXISTS (SELECT 1 FROM pg_attribute d WHERE d.attrelid = c.oid AND d.attname = 'deleted_at' AND NOT d.attisdropped) AS soft_child
          FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-         JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
-         WHERE k.contype = 'f' AND k.confrelid = $1::regclass AND cardinality(k.conkey) = 1",
+         WHERE k.contype = 'f' AND k.confrelid = $1::regclass AND k.conparentid = 0",
     )
     .bind(table)
     .fetch_all(&mut *c)
     .await?;
     let mut referenced: HashMap<String, Vec<String>> = HashMap::new();
-    for (schema, child, column, soft_child) in &children {
+    for ChildKey { schema, child, columns, parent_columns, soft_child } in &children {
         let live = if *soft_child && b.policy.delete == DeleteMode::Soft {
             " AND ch.deleted_at IS NULL"
         } else {
             ""
         };
+        let on: Vec<String> = columns
+            .iter()
+            .zip(parent_columns)
+            .map(|(col, parent)| format!("ch.{} = p.{}", ident(col), ident(parent)))
+            .collect();
         let sql = format!(
-            "SELECT p.legacy_id::text, count(*) FROM {table} p JOIN {}.{} ch ON ch.{} = p.id
+            "SELECT p.legacy_id::text, count(*) FROM {table} p JOIN {}.{} ch ON {}
              WHERE p.legacy_id = ANY($1::text[]::{legacy_type}[]){live} GROUP BY 1",
             ident(schema),
             ident(child),
-            ident(column)
+            on.join(" AND ")
         );
         let rows: Vec<(String, i64)> = sqlx::query_as(&sql).bind(keys).fetch_all(&mut *c).await?;
         for (k, n) in rows {
