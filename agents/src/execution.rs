@@ -701,7 +701,21 @@ async fn account(
         result,
     );
     if !balanced {
-        return Err(ToolError::unbalanced(format!("the accounting does not balance: {detail}")));
+        let triggers = req
+            .target
+            .table(&spec.target)
+            .filter(|t| !t.triggers.is_empty())
+            .map(|t| {
+                format!(
+                    " ({} has trigger {}, which fires on every row written and can drop rows)",
+                    t.name,
+                    t.triggers.join(", ")
+                )
+            })
+            .unwrap_or_default();
+        return Err(ToolError::unbalanced(format!(
+            "the accounting does not balance: {detail}{triggers}"
+        )));
     }
     Ok(())
 }

@@ -431,8 +431,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// What the target does not reproduce of the planned source tables, one sentence each:
 /// partitioning, triggers, CHECK, unique and exclusion rules with no namesake on the target
-/// table, and views and functions with no namesake in the target. Said in the plan, before
-/// anything runs.
+/// table, and views and functions with no namesake in the target; and the target's own
+/// triggers, which fire on every row loaded. Said in the plan, before anything runs.
 pub fn not_reproduced(
     plan: &MigrationPlan,
     source: &SchemaReport,
@@ -468,6 +468,14 @@ pub fn not_reproduced(
             })
         };
         out.extend(missing("trigger", s.triggers.iter().collect(), t.triggers.iter().collect()));
+        if !t.triggers.is_empty() {
+            out.push(format!(
+                "Fires on every row loaded: trigger {} of {} (a row it changes fails validation, \
+                    a row it drops fails the accounting).",
+                t.triggers.join(", "),
+                t.name
+            ));
+        }
         out.extend(missing(
             "CHECK",
             s.checks.iter().map(|c| &c.name).collect(),

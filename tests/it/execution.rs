@@ -2,7 +2,7 @@
 //! kept, and a repeated run adding nothing.
 
 use serde_json::Value;
-use tests::{agentctl, committed, shared, spawn_run};
+use tests::{agentctl, agentctl_on, committed, shared, spawn_run};
 
 /// `run --goal "migrate everything"` started in the background with small batches, so it can be
 /// caught between many commits.
@@ -1075,5 +1075,37 @@ async fn a_parent_is_read_whole_only_up_to_the_limit() {
             .contains("reading the ids of nowhere: relation \"public.nowhere\" does not exist"),
         "{}",
         missing.message
+    );
+}
+
+/// A trigger of the target's own that drops some rows as they are written: the plan says it
+/// fires on every row, and the run fails on the accounting, naming it, instead of reporting
+/// the rows it dropped as migrated.
+#[test]
+fn a_target_trigger_that_drops_rows_is_named_in_the_plan_and_fails_the_run() {
+    let pg = shared();
+    let (source, target) = pg.generated_pair(
+        "dropping_trigger",
+        "CREATE TABLE item (id serial PRIMARY KEY, qty int NOT NULL);
+         INSERT INTO item (qty) SELECT g % 7 FROM generate_series(1, 700) g;",
+    );
+    pg.psql(
+        target.rsplit('/').next().unwrap(),
+        "CREATE FUNCTION skip_empty() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN IF NEW.qty = 0 THEN RETURN NULL; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER item_skip BEFORE INSERT ON item FOR EACH ROW EXECUTE FUNCTION skip_empty();",
+    );
+    let plan = agentctl_on(&source, &target, &["plan", "--goal", "migrate everything"]);
+    assert!(
+        plan.stdout.contains("Fires on every row loaded: trigger item_skip of item"),
+        "{plan:?}"
+    );
+    let run = agentctl_on(&source, &target, &["run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("700 read = 600 migrated + 0 rejected; 600 rows in")
+            && run.stderr.contains("item has trigger item_skip"),
+        "{}",
+        run.stderr
     );
 }
