@@ -375,8 +375,7 @@ async fn pgcopydb_clone(
         target.expose().split_once('?').map_or((target.expose(), ""), |(u, q)| (u, q));
     let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
     let clone_url = format!("{base}/{name}{}{query}", if query.is_empty() { "" } else { "?" });
-    tools::cluster::drop_database(admin, &name).await?;
-    ensure_database(admin, &name).await?;
+    tools::cluster::scratch_database(admin, &name, CLONE_MARK).await?;
     // pgcopydb's work files: a directory of its own, empty, removed after.
     let dir = std::env::temp_dir().join(format!("agentctl-pgcopydb-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -411,6 +410,35 @@ async fn pgcopydb_clone(
     }
     Ok(seconds)
 }
+
+/// `bench` regenerates the reference dataset in the source and empties the target: it refuses
+/// databases that hold anything else (a legacy table of the dataset's names in a source that
+/// `dataset generate` did not stamp, or any other table), before it touches either.
+async fn scratch_pair(conns: &Connections) -> Result<(), Exit> {
+    let source = conns.source.as_ref().expect("opened with the source");
+    let legacy: Vec<&str> = match dataset::stamp(source).await? {
+        Some(_) => dataset::TABLES.iter().map(|t| t.name).collect(),
+        None => Vec::new(),
+    };
+    let modern: Vec<&str> = dataset::TABLES.iter().map(|t| t.target).collect();
+    for (side, pool, known) in [("source", source, legacy), ("target", &conns.target, modern)] {
+        let others = dataset::other_tables(pool, &known).await?;
+        if let Some(first) = others.first() {
+            return Err(Exit::config(format!(
+                "bench regenerates the reference dataset in the source and empties the target, \
+                    but the {side} holds {} table(s) it did not generate ({first}{}): point \
+                    --source and --target at scratch databases",
+                others.len(),
+                if others.len() > 1 { ", ..." } else { "" }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The comment `bench migrate` gives the scratch database it clones into with pgcopydb; one
+/// of that name without it is not dropped.
+const CLONE_MARK: &str = "agentctl bench: pgcopydb's clone, dropped after";
 
 /// One round of `bench migrate`: the raw pipe, pgcopydb (when installed), then agentctl's
 /// migration of the same data, without and with validation.
@@ -458,6 +486,7 @@ async fn bench_migrate(
     format: Format,
 ) -> Result<(), Exit> {
     let conns = Connections::open(config, true).await?;
+    scratch_pair(&conns).await?;
     let source = conns.source.clone().expect("opened with the source");
     eprintln!("generating the reference dataset at scale {scale} ...");
     let gen = GenerateOptions { scale, seed, faults: FaultProfile::production(), replace: true };
@@ -783,6 +812,7 @@ async fn bench_diff(
     format: Format,
 ) -> Result<(), Exit> {
     let conns = Connections::open(config, true).await?;
+    scratch_pair(&conns).await?;
     let source = conns.source.clone().expect("opened with the source");
     eprintln!("generating the reference dataset at scale {scale} ...");
     let gen = GenerateOptions { scale, seed, faults: FaultProfile::production(), replace: true };

@@ -266,6 +266,50 @@ fn a_closed_pipe_ends_output_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// `bench` regenerates the reference dataset in the source and empties the target: pointed at
+/// databases that hold anything else, it refuses before it touches them, and it never drops a
+/// database of its clone's name that it did not make.
+#[test]
+fn bench_refuses_databases_it_would_overwrite() {
+    let pg = shared();
+    let (source, target) = (pg.create_db("bench_real_legacy"), pg.create_db("bench_real_modern"));
+    let (s, t) = (source.rsplit('/').next().unwrap(), target.rsplit('/').next().unwrap());
+    let bench = || {
+        agentctl(&[
+            "--source", &source, "--target", &target, "bench", "migrate", "--scale", "0.005",
+            "--rounds", "1",
+        ])
+    };
+    pg.psql(
+        s,
+        "CREATE TABLE dispatch_doctor (id int PRIMARY KEY); INSERT INTO dispatch_doctor VALUES (7)",
+    );
+    let out = bench();
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the source holds 1 table(s) it did not generate (public.dispatch_doctor)"),
+        "{}",
+        out.stderr
+    );
+    pg.psql(s, "DROP TABLE dispatch_doctor");
+    pg.psql(t, "CREATE TABLE ledger (id int); INSERT INTO ledger VALUES (1)");
+    let out = bench();
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("the target holds 1 table(s)"), "{}", out.stderr);
+    assert_eq!(pg.psql(t, "SELECT count(*) FROM ledger"), "1");
+    pg.psql(t, "DROP TABLE ledger");
+    if tests::on_path("pgcopydb").is_some() {
+        let clone = format!("{t}_pgcopydb");
+        pg.psql("postgres", &format!("CREATE DATABASE {clone}"));
+        pg.psql(&clone, "CREATE TABLE kept (id int)");
+        let out = bench();
+        assert_ne!(out.code, 0, "{out:?}");
+        assert!(out.stderr.contains("was not made by agentctl"), "{}", out.stderr);
+        assert_eq!(pg.psql(&clone, "SELECT count(*) FROM kept"), "0", "still there");
+    }
+}
+
 #[test]
 fn bench_migrate_takes_turns_and_reports_the_round_of_median_ratio() {
     let pg = shared();

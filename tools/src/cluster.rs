@@ -261,6 +261,41 @@ pub async fn drop_database(admin: &crate::pg::Pool, name: &str) -> Result<(), To
     Ok(())
 }
 
+/// A database `name` made afresh and marked with the comment `mark`: one of that name that
+/// is there already is dropped only when it carries the mark (made so before, by a run that
+/// stopped before dropping it); any other is refused, untouched.
+pub async fn scratch_database(
+    admin: &crate::pg::Pool,
+    name: &str,
+    mark: &str,
+) -> Result<(), ToolError> {
+    let found: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+    )
+    .bind(name)
+    .fetch_optional(admin)
+    .await
+    .map_err(crate::pg::while_doing(format!("looking for database {name}")))?;
+    if found.as_ref().is_some_and(|m| m.as_deref() != Some(mark)) {
+        return Err(ToolError::system(format!(
+            "database {name} is there already and was not made by agentctl: drop or rename it, \
+                and run again"
+        )));
+    }
+    drop_database(admin, name).await?;
+    ensure_database(admin, name).await?;
+    let comment = format!(
+        "COMMENT ON DATABASE \"{}\" IS '{}'",
+        name.replace('"', "\"\""),
+        mark.replace('\'', "''")
+    );
+    sqlx::raw_sql(&comment)
+        .execute(admin)
+        .await
+        .map_err(crate::pg::while_doing(format!("marking database {name}")))?;
+    Ok(())
+}
+
 pub async fn ensure_database(admin: &crate::pg::Pool, name: &str) -> Result<(), ToolError> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")

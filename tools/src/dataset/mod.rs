@@ -25,7 +25,8 @@ use crate::pg::{describe, while_doing};
 use faults::{FaultKind, FaultProfile};
 use rng::{table_key, Rng};
 use runtime::error::{BadInput, ToolError};
-use spec::{RowCtx, TableSpec, TABLES};
+pub use spec::TABLES;
+use spec::{RowCtx, TableSpec};
 
 pub const LEGACY_SCHEMA: &str = include_str!("../../../sql/legacy/schema.sql");
 pub const LEGACY_CONSTRAINTS: &str = include_str!("../../../sql/legacy/constraints.sql");
@@ -460,6 +461,25 @@ pub async fn apply_target_schema(pool: &PgPool, replace: bool) -> Result<(), Too
         .await
         .map_err(while_doing("creating the target schema"))?;
     Ok(())
+}
+
+/// The tables of the database that are none of `known` (outside agentctl's own schemas and
+/// the system's), schema-qualified: what a command that regenerates the reference dataset
+/// there must not drop.
+pub async fn other_tables(pool: &PgPool, known: &[&str]) -> Result<Vec<String>, ToolError> {
+    sqlx::query_scalar(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p', 'f') AND NOT c.relispartition \
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'agentctl', 'agentctl_bench') \
+           AND n.nspname NOT LIKE 'pg\\_%' \
+           AND NOT (n.nspname = 'public' AND c.relname = ANY($1)) \
+         ORDER BY 1",
+    )
+    .bind(known)
+    .fetch_all(pool)
+    .await
+    .map_err(while_doing("listing the database's tables"))
 }
 
 /// The identity stamped on a generated database, if it has one.
