@@ -57,8 +57,9 @@ pub fn classify(wanted: bool, d: &Diffed, already_rejected: bool) -> Option<Chan
         (false, _, _) => {
             Some(if d.baseline.is_some() { Change::TargetChanged } else { Change::Insert })
         }
-        // A row that was in the target before agentctl is never touched.
-        (true, false, _) => None,
+        // A row that was in the target before agentctl is never touched; one whose values are
+        // not the source's is reported as the target's own (validation fails on it too).
+        (true, false, _) => d.differs.then_some(Change::TargetChanged),
         // Marked deleted: by agentctl (which drops the row's baseline) when its source row
         // went, and the row is back; else by the target's own users.
         (true, true, true) => {
@@ -747,10 +748,11 @@ mod tests {
             classify(true, &row(true, true, false, true, Some(3), Some(2), None), false),
             Some(Change::Update)
         );
-        // Kept rows are never touched.
+        // Kept rows are never touched: equal, in step; differing, the target's own.
+        assert_eq!(classify(true, &row(true, false, false, false, None, None, None), false), None);
         assert_eq!(
-            classify(true, &row(true, false, false, true, Some(3), Some(2), Some(1)), false),
-            None
+            classify(true, &row(true, false, false, true, Some(3), Some(2), None), false),
+            Some(Change::TargetChanged)
         );
         // Soft-deleted by agentctl (no baseline left) and back in the source; by the target's
         // users.

@@ -723,25 +723,16 @@ async fn tally(
                 });
             }
         };
+        // The first differing column of a row that is in the target, and whether agentctl
+        // kept that row from before (it is compared all the same: the source says otherwise).
+        let mut differing = None;
         match (expected.wanted[r], a.present, a.ours) {
+            (true, true, false) if a.differs.is_some() => differing = a.differs.map(|c| (c, true)),
             (_, true, false) => v.kept += 1,
             (true, true, true) => {
                 v.rows_compared += 1;
                 match a.differs {
-                    Some(col) => {
-                        v.rows_differing += 1;
-                        if v.differences.len() < LISTED {
-                            let found = target
-                                .value_of(&v.target, &out_cols[col].0, &out_cols[legacy_col].1, key)
-                                .await?;
-                            v.differences.push(Difference {
-                                legacy_key: key.clone(),
-                                column: out_cols[col].0.clone(),
-                                expected: expected.values.get(r, col).map(str::to_owned),
-                                found,
-                            });
-                        }
-                    }
+                    Some(col) => differing = Some((col, false)),
                     None => v.migrated += 1,
                 }
                 if recorded_cents.is_none() {
@@ -764,6 +755,28 @@ async fn tally(
                     "in the target, or rejected with a reason",
                     "neither: the row is missing",
                 );
+            }
+        }
+        if let Some((col, kept)) = differing {
+            v.rows_differing += 1;
+            if v.differences.len() < LISTED {
+                let found = target
+                    .value_of(&v.target, &out_cols[col].0, &out_cols[legacy_col].1, key)
+                    .await?;
+                let column = match kept {
+                    true => format!(
+                        "{} (of a row that was in the target before agentctl, which never \
+                            overwrites it)",
+                        out_cols[col].0
+                    ),
+                    false => out_cols[col].0.clone(),
+                };
+                v.differences.push(Difference {
+                    legacy_key: key.clone(),
+                    column,
+                    expected: expected.values.get(r, col).map(str::to_owned),
+                    found,
+                });
             }
         }
     }

@@ -345,7 +345,16 @@ fn rows_already_in_the_target_keep_their_uuid_and_children_point_at_it() {
         "--format",
         "json",
     ]);
-    assert_eq!(out.code, 0, "{out:?}");
+    // The kept office holds other values than the source's office 1: the run's validation
+    // fails on that row alone (agentctl never overwrites it), and on nothing else.
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "validation failed for 1 entities: offices: 1 rows differ from their source (keys 1)"
+        ),
+        "{}",
+        out.stderr
+    );
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     let expected_rejects: i64 = report["tables"]
         .as_array()

@@ -51,13 +51,58 @@ fn validation_finds_changed_lost_and_extra_rows_and_rollback_leaves_the_target_a
         "--format",
         "json",
     ]);
-    assert_eq!(run.code, 0, "{run:?}");
+    // The kept row says it is office 1, with other values than the source's: agentctl never
+    // overwrites it, and the run's validation fails on it, naming it.
+    assert_eq!(run.code, 3, "{run:?}");
     let run_doc = json(&run);
     let entities = run_doc["entities"].as_array().unwrap();
+    let failed: Vec<&Value> =
+        entities.iter().filter(|e| e["validation"]["passed"] != true).collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let difference = &failed[0]["validation"]["differences"][0];
+    assert_eq!(difference["legacy_key"], "1", "{difference}");
     assert!(
-        entities.iter().all(|e| e["validation"]["passed"] == true),
-        "each entity is validated after it loads"
+        difference["column"].as_str().unwrap().ends_with(
+            "(of a row that was in the target before agentctl, which never overwrites it)"
+        ),
+        "{difference}"
     );
+    // A sync leaves it alone too, and says the target holds its own version of it.
+    let analysis = agentctl(&[
+        "--source", &source, "--target", &target, "diff", "analyze", "offices", "--format", "json",
+    ]);
+    assert_eq!(analysis.code, 0, "{analysis:?}");
+    let offices = &json(&analysis)["analyses"][0];
+    assert_eq!(
+        (&offices["target_changed"], &offices["updates"]),
+        (&1.into(), &0.into()),
+        "{offices}"
+    );
+    // The operator brings the kept row in line, column by column as validation names them.
+    for _ in 0..12 {
+        let out = agentctl(&[
+            "--source", &source, "--target", &target, "validate", "offices", "--format", "json",
+        ]);
+        let doc = json(&out);
+        let Some(d) = doc["entities"][0]["differences"].as_array().and_then(|d| d.first()) else {
+            break;
+        };
+        let column = d["column"].as_str().unwrap().split(' ').next().unwrap();
+        let value = d["expected"].as_str().map_or("NULL".into(), |v| format!("'{v}'"));
+        pg.psql(
+            &db,
+            &format!(
+                "UPDATE offices SET {column} = {value}::text::{ty} WHERE legacy_id = 1",
+                ty = pg.psql(
+                    &db,
+                    &format!(
+                        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+                        WHERE attrelid = 'offices'::regclass AND attname = '{column}'"
+                    )
+                )
+            ),
+        );
+    }
     let money: Vec<&Value> =
         entities.iter().flat_map(|e| e["validation"]["money"].as_array().unwrap()).collect();
     assert!(
@@ -274,7 +319,11 @@ fn validation_finds_changed_lost_and_extra_rows_and_rollback_leaves_the_target_a
     assert_eq!(all.code, 0, "{all:?}");
     assert_eq!(counts(), before, "the target is as it was: the kept office and nothing else");
     assert_eq!(constraints(), before_constraints);
-    assert_eq!(pg.psql(&db, "SELECT name FROM offices"), "Kept");
+    assert_eq!(
+        pg.psql(&db, "SELECT name FROM offices"),
+        pg.psql(&source_db, "SELECT name FROM dispatch_office WHERE id = 1"),
+        "the kept office, as the operator brought it in line"
+    );
     let events = pg.psql(
         &db,
         "SELECT count(*) FROM agentctl.audit_events e JOIN agentctl.runs r \

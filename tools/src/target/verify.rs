@@ -339,7 +339,7 @@ impl PgTarget {
         let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
         let sql = format!(
             "SELECT t.id IS NOT NULL, coalesce(t.id = {idcast}, false),
-                 CASE WHEN t.id IS NULL OR t.id <> {idcast} OR NOT u.wanted THEN NULL {diffs} END{returned}
+                 CASE WHEN t.id IS NULL OR NOT u.wanted THEN NULL {diffs} END{returned}
              FROM unnest($1::text[], $2::bool[], {arrays}) WITH ORDINALITY AS u(k, wanted, {names}, n)
              LEFT JOIN {table} t ON t.legacy_id = u.k::{legacy_type}
              ORDER BY u.n",
@@ -441,8 +441,9 @@ impl PgTarget {
             };
             let ours =
                 page.values.get(r, id).and_then(|e| uuid::Uuid::parse_str(e).ok()) == Some(uuid);
-            if ours
-                && page.wanted[r]
+            // A row kept from before agentctl is compared too: its key says it is the source
+            // row's, so its values must be.
+            if page.wanted[r]
                 && expected_hash(page, r, &hashed, &wires, &hows, &mut buf) != Some(hash)
             {
                 by_value.push(r);
