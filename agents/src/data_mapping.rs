@@ -572,7 +572,8 @@ fn map_table(
         Sources { src, source, target, zone, source_column: &source_column, fk_of: &fk_of };
     for c in &dst.columns {
         if c.generated.is_some() {
-            // The target computes it from the row.
+            // The target computes it from the row: a source column of its name is its.
+            used.insert(c.name.clone());
             continue;
         }
         let mapping = match sources.column_mapping(c, dst, rule) {
@@ -605,10 +606,10 @@ fn map_table(
         }
     }
     let dropped = leftovers(src, &used, &mut columns, metadata_at);
+    problems.extend(left_behind(src, dst, rule, &dropped));
     if !problems.is_empty() {
         return Err(problems);
     }
-    let sync = rule.map(|r| r.sync).unwrap_or_default();
     Ok(MappingSpec {
         source: src.name.clone(),
         target: dst.name.clone(),
@@ -616,7 +617,7 @@ fn map_table(
         joins,
         columns,
         dropped,
-        sync,
+        sync: rule.map(|r| r.sync).unwrap_or_default(),
     })
 }
 
@@ -665,8 +666,37 @@ fn written_alike(c: &Column, k: &Column) -> bool {
         || (c.type_name == k.type_name && by_text.contains(&k.type_name.as_str()))
 }
 
+/// A problem for each of `dropped` (source columns no target column takes) that the mapping
+/// file's `leave` does not name: nothing may be left behind unsaid.
+fn left_behind(
+    src: &Table,
+    dst: &Table,
+    rule: Option<&EntityRule>,
+    dropped: &[String],
+) -> Vec<Problem> {
+    let leave = rule.map(|r| r.leave.as_slice()).unwrap_or_default();
+    dropped
+        .iter()
+        .filter(|c| !leave.contains(c))
+        .map(|column| Problem {
+            table: src.name.to_string(),
+            source: Some(src.name.name.clone()),
+            column: Some(column.clone()),
+            message: format!(
+                "no column of {dst} takes it, and {dst} has no metadata column: its values would \
+                    be left behind; add the column to {dst}, or leave it on purpose in the mapping \
+                    file: [entities.{src}] leave = [\"{column}\"]",
+                dst = dst.name,
+                src = src.name.name
+            ),
+            unfed: false,
+        })
+        .collect()
+}
+
 /// The source columns the mapping does not use: into the target's `metadata` when it has one
-/// (its rationale says which), else returned, to be dropped and said so.
+/// (its rationale says which), else returned: left behind only where the mapping file's
+/// `leave` names them, a problem otherwise.
 fn leftovers(
     src: &Table,
     used: &BTreeSet<String>,
@@ -1060,7 +1090,7 @@ pub fn render(spec: &MappingSpec) -> String {
     }
     if !spec.dropped.is_empty() {
         out.push_str(&format!(
-            "  not migrated (no target column, no metadata): {}\n",
+            "  left behind on purpose (the mapping file's `leave`): {}\n",
             spec.dropped.join(", ")
         ));
     }
@@ -1127,6 +1157,7 @@ pub fn to_file(set: &MappingSet) -> MappingFile {
                 skip: None,
                 join,
                 columns,
+                leave: spec.dropped.clone(),
                 sync: spec.sync,
                 references: set.declared.get(&spec.source.name).cloned().unwrap_or_default(),
                 generic: set.generic.get(&spec.source.name).cloned().unwrap_or_default(),

@@ -468,6 +468,13 @@ pub fn not_reproduced(
             })
         };
         out.extend(missing("trigger", s.triggers.iter().collect(), t.triggers.iter().collect()));
+        if let Some(spec) = mappings.spec(&e.table).filter(|m| !m.dropped.is_empty()) {
+            out.push(format!(
+                "Left behind on purpose (the mapping file's leave): {} of {}.",
+                spec.dropped.join(", "),
+                s.name
+            ));
+        }
         if !t.triggers.is_empty() {
             out.push(format!(
                 "Fires on every row loaded: trigger {} of {} (a row it changes fails validation, \

@@ -1104,3 +1104,44 @@ fn a_hard_delete_never_cascades_through_a_key_of_several_columns() {
     );
     assert_eq!(left, "2 1");
 }
+
+/// A source column that no target column takes (added to the source after the migration):
+/// refused by name before anything runs, in a plan, a validation and a sync alike, until the
+/// mapping file leaves it on purpose, which the plan then says.
+#[test]
+fn a_source_column_nothing_takes_is_refused_until_left_on_purpose() {
+    let pg = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let leave = dir.path().join("leave.toml");
+    std::fs::write(&leave, "[entities.item]\nleave = [\"price\"]\n").unwrap();
+    let (source, target) = pg.generated_pair(
+        "left_column",
+        "CREATE TABLE item (id int PRIMARY KEY, name text NOT NULL);
+         INSERT INTO item SELECT i, 'n' || i FROM generate_series(1, 10) i;",
+    );
+    let run = agentctl_on(&source, &target, &["run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    pg.psql(
+        &db(&source),
+        "ALTER TABLE item ADD COLUMN price numeric(8, 2); UPDATE item SET price = id * 1.5",
+    );
+    let refused = "price: no column of item takes it, and item has no metadata column: its values \
+        would be left behind";
+    for args in [&["diff", "analyze"][..], &["plan", "--goal", "migrate everything"], &["validate"]]
+    {
+        let out = agentctl_on(&source, &target, args);
+        assert_ne!(out.code, 0, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(refused), "{args:?}: {}", out.stderr);
+    }
+    let with = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--mapping", leave.to_str().unwrap()]);
+        agentctl_on(&source, &target, &all)
+    };
+    let plan = with(&["plan", "--goal", "migrate everything"]);
+    assert!(
+        plan.stdout.contains("Left behind on purpose (the mapping file's leave): price of item."),
+        "{plan:?}"
+    );
+    assert_eq!(with(&["diff", "analyze"]).code, 0);
+}

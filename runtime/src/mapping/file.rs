@@ -70,6 +70,10 @@ pub struct EntityRule {
     pub join: Vec<JoinRule>,
     #[serde(default)]
     pub columns: BTreeMap<String, ColumnRule>,
+    /// Source columns left behind on purpose: no column of the target takes them, and no
+    /// `metadata` column keeps them. Any other such column refuses the mapping.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leave: Vec<String>,
     /// How `diff migrate` keeps the entity in step: `sync = { delete = "hard", conflicts = "manual"
     /// }`.
     #[serde(default, skip_serializing_if = "is_default_sync")]

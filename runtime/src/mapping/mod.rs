@@ -133,7 +133,8 @@ pub struct MappingSpec {
     pub joins: Vec<Join>,
     /// Target columns in the target table's order (columns fed by their default are absent).
     pub columns: Vec<ColumnMapping>,
-    /// Source columns that go nowhere (no target column, no metadata column to hold them).
+    /// Source columns that go nowhere (no target column, no metadata column to hold them), each
+    /// named in the mapping file's `leave`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dropped: Vec<String>,
     /// How differential migration keeps this entity in step.
