@@ -11,7 +11,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
 use runtime::domain::{
-    Forecast, Inclusion, LeftOut, MigrationPlan, PlannedEntity, SchemaReport, Table, TableName,
+    Column, Forecast, Inclusion, LeftOut, MigrationPlan, PlannedEntity, SchemaReport, Table,
+    TableName,
 };
 use runtime::envelope::{AgentError, Envelope};
 use runtime::AgentName;
@@ -468,21 +469,7 @@ pub fn not_reproduced(
             })
         };
         out.extend(missing("trigger", s.triggers.iter().collect(), t.triggers.iter().collect()));
-        if let Some(spec) = mappings.spec(&e.table).filter(|m| !m.dropped.is_empty()) {
-            out.push(format!(
-                "Left behind on purpose (the mapping file's leave): {} of {}.",
-                spec.dropped.join(", "),
-                s.name
-            ));
-        }
-        if !t.triggers.is_empty() {
-            out.push(format!(
-                "Fires on every row loaded: trigger {} of {} (a row it changes fails validation, \
-                    a row it drops fails the accounting).",
-                t.triggers.join(", "),
-                t.name
-            ));
-        }
+        out.extend(what_changes(s, t, mappings.spec(&e.table)));
         out.extend(missing(
             "CHECK",
             s.checks.iter().map(|c| &c.name).collect(),
@@ -522,6 +509,81 @@ pub fn not_reproduced(
         ));
     }
     out
+}
+
+/// What the target does to the rows of an entity beyond what the mapping says, one sentence
+/// each: the columns it rounds, the columns the mapping file leaves behind, its own triggers.
+fn what_changes(s: &Table, t: &Table, spec: Option<&runtime::mapping::MappingSpec>) -> Vec<String> {
+    let mut out = Vec::new();
+    let copied = spec.into_iter().flat_map(|m| &m.columns).filter_map(|c| match &c.feed {
+        runtime::mapping::Feed::Column { column } => {
+            Some((s.column(column)?, t.column(&c.target)?))
+        }
+        _ => None,
+    });
+    for (from, to) in copied {
+        if let Some(kept) = rounded(from, to) {
+            out.push(format!(
+                "Rounded: {}.{} is {} and {}.{} {}, which keeps {kept}: the target rounds the \
+                    rest away (validation compares the rounded values).",
+                s.name.name, from.name, from.data_type, t.name.name, to.name, to.data_type
+            ));
+        }
+    }
+    if let Some(spec) = spec.filter(|m| !m.dropped.is_empty()) {
+        out.push(format!(
+            "Left behind on purpose (the mapping file's leave): {} of {}.",
+            spec.dropped.join(", "),
+            s.name
+        ));
+    }
+    if !t.triggers.is_empty() {
+        out.push(format!(
+            "Fires on every row loaded: trigger {} of {} (a row it changes fails validation, \
+                a row it drops fails the accounting).",
+            t.triggers.join(", "),
+            t.name
+        ));
+    }
+    out
+}
+
+/// What a target column keeps of a source column's values where it keeps less than they hold
+/// and the server rounds the rest without a word: fewer decimals of a number, fewer digits of
+/// a second, `real` for `double precision`. `None` where every value arrives whole (or where
+/// the server refuses the ones it cannot take: those rows are rejected with its reason).
+fn rounded(from: &Column, to: &Column) -> Option<String> {
+    // The number in a type's parentheses, after `skip` commas: `numeric(12,4)` → 12, then 4.
+    let modifier = |c: &Column, skip: usize| -> Option<u32> {
+        let inside = c.data_type.split_once('(')?.1.split_once(')')?.0;
+        inside.split(',').nth(skip)?.trim().parse().ok()
+    };
+    let family = |t: &str| match t {
+        "timestamp" | "timestamptz" => Some(0),
+        "time" | "timetz" => Some(1),
+        "interval" => Some(2),
+        _ => None,
+    };
+    match (from.type_name.as_str(), to.type_name.as_str()) {
+        (_, "numeric") if to.data_type.contains('(') => {
+            let scale = modifier(to, 1).unwrap_or(0);
+            let more = match from.type_name.as_str() {
+                "numeric" => modifier(from, 1).is_none_or(|s| s > scale),
+                "float4" | "float8" => true,
+                _ => false,
+            };
+            more.then(|| format!("{scale} decimals"))
+        }
+        (a, b) if family(a).is_some() && family(a) == family(b) => {
+            let digits = |c: &Column| modifier(c, 0).unwrap_or(6);
+            (digits(to) < digits(from)).then(|| match digits(to) {
+                0 => "whole seconds".to_owned(),
+                n => format!("{n} digits of a second"),
+            })
+        }
+        ("float8", "float4") => Some("about 6 significant digits".to_owned()),
+        _ => None,
+    }
 }
 
 /// The cycles the load cannot settle yet: a row whose reference to a table that loads after it

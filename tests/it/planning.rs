@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use expect_test::expect;
 use serde_json::Value;
-use tests::{agentctl, shared};
+use tests::{agentctl, agentctl_on, shared};
 
 fn plan_json(source: &str, target: &str, goal: &str, extra: &[&str]) -> Value {
     let mut args =
@@ -326,4 +326,38 @@ fn an_initialised_mapping_file_plans_the_same() {
     let from_file =
         plan_json(&source, &target, "migrate everything", &["--mapping", file.to_str().unwrap()]);
     assert_eq!(inferred["hash"], from_file["hash"]);
+}
+
+/// A target column that keeps less of a value than its source column (fewer decimals, fewer
+/// digits of a second) has the server round the rest away without a word: the plan says so,
+/// column by column, before anything runs.
+#[test]
+fn the_plan_says_which_columns_the_target_rounds() {
+    let pg = shared();
+    let (source, target) = (pg.create_db("rounding"), pg.create_db("rounding_target"));
+    pg.psql(
+        source.rsplit('/').next().unwrap(),
+        "CREATE TABLE item (id int PRIMARY KEY, price numeric(12,4) NOT NULL, at timestamp, n int);
+         INSERT INTO item VALUES (1, 1.2345, '2020-01-01 10:00:00.5', 1);",
+    );
+    pg.psql(
+        target.rsplit('/').next().unwrap(),
+        "CREATE TABLE item (id uuid PRIMARY KEY, legacy_id int NOT NULL UNIQUE,
+             price numeric(10,2) NOT NULL, at timestamp(0), n numeric(8,2));",
+    );
+    let plan = agentctl_on(&source, &target, &["plan", "--goal", "migrate everything"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let rounded: Vec<&str> = plan.stdout.lines().filter(|l| l.contains("Rounded:")).collect();
+    assert_eq!(
+        rounded,
+        [
+            "  - Rounded: item.price is numeric(12,4) and item.price numeric(10,2), which keeps 2 \
+             decimals: the target rounds the rest away (validation compares the rounded values).",
+            "  - Rounded: item.at is timestamp without time zone and item.at timestamp(0) without \
+             time zone, which keeps whole seconds: the target rounds the rest away (validation \
+             compares the rounded values)."
+        ],
+        "{}",
+        plan.stdout
+    );
 }

@@ -1,7 +1,7 @@
 use expect_test::{expect, Expect};
 use runtime::domain::{Column, ForeignKey, SchemaReport, Table, TableName, TypeKind};
 
-use super::{plan, render, resolve_goal};
+use super::{plan, render, resolve_goal, rounded};
 
 /// `(fk column, parent table, nullable)`.
 type Fk<'a> = (&'a str, &'a str, bool);
@@ -297,4 +297,45 @@ fn the_hash_changes_when_the_plan_does() {
     let mut forecast = a.clone();
     forecast.waves[0][0].forecast = Some(Default::default());
     assert_ne!(a.hash(), forecast.hash());
+}
+
+#[test]
+fn a_column_that_keeps_less_than_its_source_is_said_to_round() {
+    let column = |data_type: &str, type_name: &str| Column {
+        data_type: data_type.into(),
+        type_name: type_name.into(),
+        ..int_column("c", true)
+    };
+    let cases = [
+        (("numeric(12,4)", "numeric"), ("numeric(10,2)", "numeric"), Some("2 decimals")),
+        (("numeric", "numeric"), ("numeric(10,2)", "numeric"), Some("2 decimals")),
+        (("numeric(12,2)", "numeric"), ("numeric(14,2)", "numeric"), None),
+        (("double precision", "float8"), ("numeric(10,0)", "numeric"), Some("0 decimals")),
+        (("integer", "int4"), ("numeric(10,0)", "numeric"), None),
+        (("numeric(12,2)", "numeric"), ("numeric", "numeric"), None),
+        (
+            ("timestamp without time zone", "timestamp"),
+            ("timestamp(0) without time zone", "timestamp"),
+            Some("whole seconds"),
+        ),
+        (
+            ("timestamp(3) with time zone", "timestamptz"),
+            ("timestamp(6) without time zone", "timestamp"),
+            None,
+        ),
+        (
+            ("time(6) without time zone", "time"),
+            ("time(3) without time zone", "time"),
+            Some("3 digits of a second"),
+        ),
+        (("time without time zone", "time"), ("timestamp(0) without time zone", "timestamp"), None),
+        (("double precision", "float8"), ("real", "float4"), Some("about 6 significant digits")),
+    ];
+    for ((from, from_name), (to, to_name), kept) in cases {
+        assert_eq!(
+            rounded(&column(from, from_name), &column(to, to_name)).as_deref(),
+            kept,
+            "{from} into {to}"
+        );
+    }
 }
