@@ -566,8 +566,7 @@ fn map_table(
             .iter()
             .find(|f| f.columns.first().is_some_and(|c| c == col) && source.references_key(f))
     };
-    let mut columns = Vec::new();
-    let mut metadata_at = None;
+    let (mut columns, mut metadata_at) = (Vec::new(), None);
     let sources =
         Sources { src, source, target, zone, source_column: &source_column, fk_of: &fk_of };
     for c in &dst.columns {
@@ -606,7 +605,7 @@ fn map_table(
         }
     }
     let dropped = leftovers(src, &used, &mut columns, metadata_at);
-    problems.extend(left_behind(src, dst, rule, &dropped));
+    left_behind(src, dst, rule, &dropped, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -667,31 +666,32 @@ fn written_alike(c: &Column, k: &Column) -> bool {
 }
 
 /// A problem for each of `dropped` (source columns no target column takes) that the mapping
-/// file's `leave` does not name: nothing may be left behind unsaid.
+/// file's `leave` does not name: nothing may be left behind unsaid. Only where there is no
+/// other problem: which columns are left over is known once every rule reads what it names.
 fn left_behind(
     src: &Table,
     dst: &Table,
     rule: Option<&EntityRule>,
     dropped: &[String],
-) -> Vec<Problem> {
+    problems: &mut Vec<Problem>,
+) {
+    if !problems.is_empty() {
+        return;
+    }
     let leave = rule.map(|r| r.leave.as_slice()).unwrap_or_default();
-    dropped
-        .iter()
-        .filter(|c| !leave.contains(c))
-        .map(|column| Problem {
-            table: src.name.to_string(),
-            source: Some(src.name.name.clone()),
-            column: Some(column.clone()),
-            message: format!(
-                "no column of {dst} takes it, and {dst} has no metadata column: its values would \
+    problems.extend(dropped.iter().filter(|c| !leave.contains(c)).map(|column| Problem {
+        table: src.name.to_string(),
+        source: Some(src.name.name.clone()),
+        column: Some(column.clone()),
+        message: format!(
+            "no column of {dst} takes it, and {dst} has no metadata column: its values would \
                     be left behind; add the column to {dst}, or leave it on purpose in the mapping \
                     file: [entities.{src}] leave = [\"{column}\"]",
-                dst = dst.name,
-                src = src.name.name
-            ),
-            unfed: false,
-        })
-        .collect()
+            dst = dst.name,
+            src = src.name.name
+        ),
+        unfed: false,
+    }));
 }
 
 /// The source columns the mapping does not use: into the target's `metadata` when it has one
