@@ -432,8 +432,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// What the target does not reproduce of the planned source tables, one sentence each:
 /// partitioning, triggers, CHECK, unique and exclusion rules with no namesake on the target
-/// table, and views and functions with no namesake in the target; and the target's own
-/// triggers, which fire on every row loaded. Said in the plan, before anything runs.
+/// table, and views and functions with no namesake in the target; and what the target does to
+/// the rows beyond the mapping ([`what_changes`]). Said in the plan, before anything runs.
 pub fn not_reproduced(
     plan: &MigrationPlan,
     source: &SchemaReport,
@@ -553,11 +553,7 @@ fn what_changes(s: &Table, t: &Table, spec: Option<&runtime::mapping::MappingSpe
 /// a second, `real` for `double precision`. `None` where every value arrives whole (or where
 /// the server refuses the ones it cannot take: those rows are rejected with its reason).
 fn rounded(from: &Column, to: &Column) -> Option<String> {
-    // The number in a type's parentheses, after `skip` commas: `numeric(12,4)` → 12, then 4.
-    let modifier = |c: &Column, skip: usize| -> Option<u32> {
-        let inside = c.data_type.split_once('(')?.1.split_once(')')?.0;
-        inside.split(',').nth(skip)?.trim().parse().ok()
-    };
+    let modifier = |c: &Column, n: usize| runtime::domain::type_modifier(&c.data_type, n);
     let family = |t: &str| match t {
         "timestamp" | "timestamptz" => Some(0),
         "time" | "timetz" => Some(1),

@@ -10,7 +10,7 @@ use runtime::error::ToolError;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use runtime::domain::{Column, SchemaReport, Table, TableName, TypeKind};
+use runtime::domain::{type_modifier, Column, SchemaReport, Table, TableName, TypeKind};
 use runtime::mapping::{ColumnMapping, Feed, KeyDeriver, MappingSpec, ScriptAnswer, Transform};
 use runtime::text_rows::TextRows;
 use serde::{Deserialize, Serialize};
@@ -243,12 +243,9 @@ fn ty_of(
         "int8" => Ty::Int(i64::MIN, i64::MAX),
         "numeric" => {
             // numeric(p,s): at most p-s digits before the point.
-            let max_abs = data_type
-                .split_once('(')
-                .and_then(|(_, m)| m.trim_end_matches(')').split_once(','))
-                .and_then(|(p, s)| {
-                    Some(10f64.powi(p.trim().parse::<i32>().ok()? - s.trim().parse::<i32>().ok()?))
-                });
+            let max_abs = type_modifier(data_type, 0)
+                .zip(type_modifier(data_type, 1))
+                .map(|(p, s)| 10f64.powi(p - s));
             Ty::Numeric { max_abs }
         }
         "float4" | "float8" => Ty::Numeric { max_abs: None },
@@ -261,11 +258,9 @@ fn ty_of(
 
 /// The microseconds a `timestamp(p)` keeps: 10^(6-p), or 1 without a precision.
 fn precision(data_type: &str) -> i64 {
-    data_type
-        .split_once('(')
-        .and_then(|(_, p)| p.split(')').next()?.trim().parse::<u32>().ok())
-        .filter(|&p| p < 6)
-        .map_or(1, |p| 10i64.pow(6 - p))
+    type_modifier(data_type, 0)
+        .filter(|p| (0..6).contains(p))
+        .map_or(1, |p| 10i64.pow(6 - p as u32))
 }
 
 impl RowMapper {

@@ -35,6 +35,13 @@ fn migrated(pg: &PgCluster, scale: &str) -> (String, String, String, String) {
 }
 
 /// Per entity of a `diff` JSON document: (analysis, applied).
+/// `agentctl` on the pair with `args`, and `--mapping` when a mapping file is given.
+fn with_mapping(source: &str, target: &str, mapping: Option<&str>, args: &[&str]) -> tests::Output {
+    let mut all = args.to_vec();
+    all.extend(mapping.iter().flat_map(|m| ["--mapping", m]));
+    agentctl_on(source, target, &all)
+}
+
 fn entity<'a>(doc: &'a Value, target: &str) -> (Option<&'a Value>, Option<&'a Value>) {
     let analysis =
         doc["analyses"].as_array().unwrap().iter().find(|a| a["target"]["name"] == target);
@@ -1033,11 +1040,7 @@ fn a_unique_value_freed_by_a_deleted_row_is_taken_at_the_next_sync() {
              INSERT INTO slot SELECT i, i FROM generate_series(1, 20) i;",
         );
         let s = db(&source);
-        let with = |args: &[&str]| {
-            let mut all = args.to_vec();
-            all.extend(mapping.iter().flat_map(|m| ["--mapping", m]));
-            agentctl_on(&source, &target, &all)
-        };
+        let with = |args: &[&str]| with_mapping(&source, &target, mapping, args);
         assert_eq!(with(&["run", "--goal", "migrate everything", "--yes"]).code, 0);
         pg.psql(
             &s,
@@ -1080,11 +1083,7 @@ fn a_hard_delete_never_cascades_through_a_key_of_several_columns() {
         "CREATE TABLE shelf (id int PRIMARY KEY, aisle int NOT NULL, slot text NOT NULL, UNIQUE (aisle, slot));
          INSERT INTO shelf SELECT i, i, 's' || i FROM generate_series(1, 10) i;",
     );
-    let with = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--mapping", hard.to_str().unwrap()]);
-        agentctl_on(&source, &target, &all)
-    };
+    let with = |args: &[&str]| with_mapping(&source, &target, Some(hard.to_str().unwrap()), args);
     assert_eq!(with(&["run", "--goal", "migrate everything", "--yes"]).code, 0);
     pg.psql(
         &db(&target),
@@ -1133,11 +1132,7 @@ fn a_source_column_nothing_takes_is_refused_until_left_on_purpose() {
         assert_ne!(out.code, 0, "{args:?}: {out:?}");
         assert!(out.stderr.contains(refused), "{args:?}: {}", out.stderr);
     }
-    let with = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--mapping", leave.to_str().unwrap()]);
-        agentctl_on(&source, &target, &all)
-    };
+    let with = |args: &[&str]| with_mapping(&source, &target, Some(leave.to_str().unwrap()), args);
     let plan = with(&["plan", "--goal", "migrate everything"]);
     assert!(
         plan.stdout.contains("Left behind on purpose (the mapping file's leave): price of item."),

@@ -22,7 +22,8 @@ use crate::target::{retrying, Failure};
 const READ_RETRIES: u32 = 6;
 
 /// Schemas that are PostgreSQL's or agentctl's own, never migrated.
-const USER_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'agentctl') \
+pub(crate) const USER_SCHEMAS: &str =
+    "n.nspname NOT IN ('pg_catalog', 'information_schema', 'agentctl') \
      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'";
 
 pub struct PgCatalog {

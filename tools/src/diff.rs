@@ -854,7 +854,6 @@ async fn updates(
     Ok(())
 }
 
-/// Inserts: a row that appeared under the key since the analysis is left (stale).
 /// How an insert skips a row whose legacy key is already there (stale: it appeared since the
 /// analysis): ON CONFLICT on the legacy key's own unique index, so that a row that takes
 /// another unique or exclusion rule's value is refused with its reason (and tried again at the
@@ -888,6 +887,7 @@ async fn on_conflict(
     })
 }
 
+/// Inserts: a row that appeared under the key since the analysis is left (stale).
 async fn inserts(
     c: &mut PgConnection,
     b: &DiffBatch,

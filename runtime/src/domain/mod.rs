@@ -213,6 +213,13 @@ pub struct Table {
     pub inherits: Option<TableName>,
 }
 
+/// The `n`th number in a type's parentheses as PostgreSQL formats it (`numeric(12,4)`: 12,
+/// then 4; `timestamp(3) without time zone`: 3); `None` where it has none.
+pub fn type_modifier(data_type: &str, n: usize) -> Option<i32> {
+    let inside = data_type.split_once('(')?.1.split_once(')')?.0;
+    inside.split(',').nth(n)?.trim().parse().ok()
+}
+
 /// What becomes of the rows of an object the migration does not reproduce, by its kind in
 /// [`SchemaReport::other_objects`]: said only where it holds rows of its own.
 pub fn rows_left_behind(kind: &str) -> Option<&'static str> {

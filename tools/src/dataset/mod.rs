@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
+use crate::catalog::USER_SCHEMAS;
 use crate::pg::{describe, while_doing};
 use faults::{FaultKind, FaultProfile};
 use rng::{table_key, Rng};
@@ -467,15 +468,14 @@ pub async fn apply_target_schema(pool: &PgPool, replace: bool) -> Result<(), Too
 /// the system's), schema-qualified: what a command that regenerates the reference dataset
 /// there must not drop.
 pub async fn other_tables(pool: &PgPool, known: &[&str]) -> Result<Vec<String>, ToolError> {
-    sqlx::query_scalar(
+    sqlx::query_scalar(&format!(
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
-         JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'p', 'f') AND NOT c.relispartition \
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'agentctl', 'agentctl_bench') \
-           AND n.nspname NOT LIKE 'pg\\_%' \
-           AND NOT (n.nspname = 'public' AND c.relname = ANY($1)) \
-         ORDER BY 1",
-    )
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p', 'f') AND NOT c.relispartition AND {USER_SCHEMAS} \
+               AND n.nspname <> 'agentctl_bench' \
+               AND NOT (n.nspname = 'public' AND c.relname = ANY($1)) \
+             ORDER BY 1"
+    ))
     .bind(known)
     .fetch_all(pool)
     .await
