@@ -374,7 +374,10 @@ impl PgCatalog {
 
     /// The primary keys agentctl set aside for a load that has not ended (a killed run, before
     /// it is carried on), read from its records as the keys they are: whoever reads the schema
-    /// meanwhile sees the table as designed.
+    /// meanwhile sees the table as designed. The records and the keys are read in one
+    /// statement, so in one snapshot: a key put back (its record deleted in the same
+    /// transaction) after the constraints were read is found as the key it is again, never
+    /// missed between the two reads.
     async fn keys_set_aside(&self, tables: &mut Tables) -> Result<(), ToolError> {
         let records = self
             .rows(
@@ -386,20 +389,39 @@ impl PgCatalog {
         if !records.first().map(|r| get::<bool>(r, "recorded")).transpose()?.unwrap_or(false) {
             return Ok(());
         }
-        let aside: HashSet<String> = self
+        let keyless: Vec<i64> = tables
+            .index
+            .iter()
+            .filter(|&(_, &i)| tables.list[i].primary_key.is_empty())
+            .map(|(&oid, _)| oid)
+            .collect();
+        let found = self
             .rows(
                 "keys set aside",
                 &format!(
-                    "SELECT target_table FROM agentctl.suspended_constraints \
-                        WHERE kind = 'primary' AND definition = '{}'",
-                    crate::target::PRIMARY_KEY_ASIDE
+                    "SELECT target_table AS name, NULL::int8 AS oid FROM agentctl.suspended_constraints \
+                        WHERE kind = 'primary' AND definition = '{key}' \
+                     UNION ALL \
+                     SELECT NULL, conrelid::int8 FROM pg_constraint WHERE contype = 'p' \
+                        AND conrelid = ANY($1::int8[]::oid[]) AND pg_get_constraintdef(oid) = '{key}'",
+                    key = crate::target::PRIMARY_KEY_ASIDE
                 ),
-                None,
+                Some(&keyless),
             )
-            .await?
-            .iter()
-            .map(|r| get::<String>(r, "target_table"))
-            .collect::<Result<_, _>>()?;
+            .await?;
+        let mut aside = HashSet::new();
+        for r in &found {
+            match get::<Option<String>>(r, "name")? {
+                Some(name) => {
+                    aside.insert(name);
+                }
+                None => {
+                    if let Some(i) = tables.at(r)? {
+                        aside.insert(tables.list[i].name.to_string());
+                    }
+                }
+            }
+        }
         for t in tables.list.iter_mut() {
             if t.primary_key.is_empty() && aside.contains(&t.name.to_string()) {
                 t.primary_key = vec!["id".to_owned()];
