@@ -366,29 +366,41 @@ pub fn print_results(
     left_out: &[runtime::domain::LeftOut],
     run_id: runtime::RunId,
 ) {
+    // The kept column only where a row was kept: the common case reads as before.
+    let any_kept = results.iter().any(|r| r.kept > 0);
+    let kept_cell = |n: i64| if any_kept { format!(" {n:>8}") } else { String::new() };
     println!(
-        "\n{:<24} {:>10} {:>10} {:>9} {:>8} {:>10}",
-        "entity", "source", "migrated", "rejected", "seconds", "rows/s"
+        "\n{:<24} {:>10} {:>10}{} {:>9} {:>8} {:>10}",
+        "entity",
+        "source",
+        "migrated",
+        if any_kept { format!(" {:>8}", "kept") } else { String::new() },
+        "rejected",
+        "seconds",
+        "rows/s"
     );
-    let (mut read, mut migrated, mut rejected, mut seconds) = (0, 0, 0, 0.0);
+    let (mut read, mut migrated, mut kept, mut rejected, mut seconds) = (0, 0, 0, 0, 0.0);
     for r in results {
         let name = r.target.as_ref().map(ToString::to_string).unwrap_or_default();
         println!(
-            "{name:<24} {:>10} {:>10} {:>9} {:>8.2} {:>10.0}",
+            "{name:<24} {:>10} {:>10}{} {:>9} {:>8.2} {:>10.0}",
             r.rows_read,
             r.migrated,
+            kept_cell(r.kept),
             r.rejected,
             r.seconds,
             r.rows_read as f64 / r.seconds.max(1e-6)
         );
         read += r.rows_read;
         migrated += r.migrated;
+        kept += r.kept;
         rejected += r.rejected;
         seconds += r.seconds;
     }
     println!(
-        "{:<24} {read:>10} {migrated:>10} {rejected:>9} {seconds:>8.2} {:>10.0}",
+        "{:<24} {read:>10} {migrated:>10}{} {rejected:>9} {seconds:>8.2} {:>10.0}",
         "total",
+        kept_cell(kept),
         read as f64 / f64::max(seconds, 1e-6)
     );
     // Every source table has an outcome: the ones above, or left out for the reason given.
@@ -407,10 +419,20 @@ pub fn print_results(
         true => "every source row".to_owned(),
         false => format!("every row of the {} tables above", results.len()),
     };
+    let kept = match kept {
+        0 => String::new(),
+        n => format!(" + {n} kept from before agentctl"),
+    };
     println!(
-        "{whose} is accounted for: {read} = {migrated} migrated + {rejected} rejected \
+        "{whose} is accounted for: {read} = {migrated} migrated{kept} + {rejected} rejected \
         (agentctl.rejected_rows, run {run_id})"
     );
+    if any_kept {
+        println!(
+            "Kept rows were in the new database before agentctl, under ids of their own: \
+            agentctl never overwrites them, and only validation compares them with the old rows."
+        );
+    }
 }
 
 /// Who approves: the operating system's user running agentctl.

@@ -46,7 +46,11 @@ pub struct EntityResult {
     pub source: Option<TableName>,
     pub target: Option<TableName>,
     pub rows_read: i64,
+    /// Rows agentctl put in the target (in this run or an earlier one).
     pub migrated: i64,
+    /// Rows the target held before agentctl under a UUID of their own: kept as they are, never
+    /// overwritten, so only validation tells whether they match their source rows.
+    pub kept: i64,
     pub rejected: i64,
     /// Rejections by rule.
     pub rejected_by_rule: BTreeMap<String, i64>,
@@ -89,6 +93,16 @@ impl EntityResult {
             .rejected_by_rule
             .entry(rule.split(':').next().unwrap_or("").to_owned())
             .or_default() += 1;
+    }
+
+    /// Takes the entity's counts from its last checkpoint: the kept rows apart from the
+    /// migrated ones, which agentctl wrote.
+    fn count(&mut self, checkpoint: &Checkpoint) {
+        self.rows_read = checkpoint.rows_read;
+        self.migrated = checkpoint.migrated - checkpoint.kept;
+        self.kept = checkpoint.kept;
+        self.rejected = checkpoint.rejected;
+        self.batches = checkpoint.batches;
     }
 }
 
@@ -421,10 +435,7 @@ pub(crate) async fn migrate(
         &mut result,
     )
     .await?;
-    result.rows_read = checkpoint.rows_read;
-    result.migrated = checkpoint.migrated;
-    result.rejected = checkpoint.rejected;
-    result.batches = checkpoint.batches;
+    result.count(&checkpoint);
     result.seconds = started.elapsed().as_secs_f64();
     result.target_rows =
         close_table(ctx, target.as_ref(), req, by_batch, legacy_type, &hashed_cols, &mut put_back)
@@ -669,8 +680,8 @@ async fn close_table(
     Ok(rows)
 }
 
-/// Checks the entity's accounting and records its end: every source row read is migrated or
-/// rejected, and the target holds at least the migrated ones.
+/// Checks the entity's accounting and records its end: every source row read is migrated, kept
+/// from before agentctl or rejected, and the target holds at least the migrated and kept ones.
 async fn account(
     ctx: &RunContext,
     target: &dyn Target,
@@ -678,10 +689,14 @@ async fn account(
     result: &EntityResult,
 ) -> Result<(), ToolError> {
     let spec = &req.spec;
-    let balanced = result.rows_read == result.migrated + result.rejected
-        && result.target_rows >= result.migrated;
+    let present = result.migrated + result.kept;
+    let balanced = result.rows_read == present + result.rejected && result.target_rows >= present;
+    let kept = match result.kept {
+        0 => String::new(),
+        n => format!(" + {n} kept from before agentctl"),
+    };
     let detail = format!(
-        "{} read = {} migrated + {} rejected; {} rows in {}",
+        "{} read = {} migrated{kept} + {} rejected; {} rows in {}",
         result.rows_read, result.migrated, result.rejected, result.target_rows, spec.target
     );
     target

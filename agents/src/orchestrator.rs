@@ -611,12 +611,16 @@ async fn execute_phase(
     restored?;
     // Report in plan order, whatever order they finished in.
     results.sort_by_key(|r| order.iter().position(|e| Some(&e.table) == r.source.as_ref()));
-    let (migrated, rejected): (i64, i64) =
-        results.iter().fold((0, 0), |(m, r), e| (m + e.migrated, r + e.rejected));
+    let (migrated, kept, rejected) =
+        results.iter().fold((0, 0, 0), |(m, k, r), e| (m + e.migrated, k + e.kept, r + e.rejected));
     ctx.decision(
         ME,
-        format!("migrated {} entities: {migrated} rows in, {rejected} rejected", results.len()),
-        "each entity balanced: every source row migrated or rejected with its reason",
+        format!(
+            "migrated {} entities: {migrated} rows in, {kept} kept from before agentctl, \
+                {rejected} rejected",
+            results.len()
+        ),
+        "each entity balanced: every source row migrated, kept or rejected with its reason",
         &results,
     );
     Ok(results)

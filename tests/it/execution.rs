@@ -367,6 +367,21 @@ fn rows_already_in_the_target_keep_their_uuid_and_children_point_at_it() {
         expected_rejects,
         "no child of the kept office was set aside"
     );
+    // The kept office is counted as kept, not as migrated: agentctl did not write it.
+    assert_eq!(sum(&doc, "kept"), 1, "{doc}");
+    assert_eq!(sum(&doc, "migrated") + 1 + expected_rejects, sum(&doc, "rows_read"), "{doc}");
+    // So does a run without validation, where nothing else would tell.
+    let again = agentctl_on(
+        &source,
+        &target,
+        &["run", "--goal", "migrate everything", "--yes", "--skip-validation"],
+    );
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        again.stdout.contains(" migrated + 1 kept from before agentctl + "),
+        "{}",
+        again.stdout
+    );
 
     // The kept row is untouched and keeps its UUID.
     assert_eq!(

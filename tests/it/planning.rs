@@ -361,3 +361,51 @@ fn the_plan_says_which_columns_the_target_rounds() {
         plan.stdout
     );
 }
+
+/// A target column the target computes (`GENERATED ALWAYS AS`) where the source stores values
+/// of its own: the source's values would never reach the target, so the plan is refused by
+/// name until the mapping file leaves the column on purpose. A generated column the source
+/// computes alike (the adversarial corpus' `nights`) is reproduced and needs nothing.
+#[test]
+fn a_source_column_the_target_computes_instead_is_refused_until_left_on_purpose() {
+    let pg = shared();
+    let (source, target) = (pg.create_db("computed"), pg.create_db("computed_target"));
+    pg.psql(
+        source.rsplit('/').next().unwrap(),
+        "CREATE TABLE line (id int PRIMARY KEY, qty int NOT NULL, price numeric(8,2) NOT NULL,
+             total numeric(10,2) NOT NULL);
+         INSERT INTO line VALUES (1, 2, 5.00, 9.00), (2, 1, 3.00, 3.00);",
+    );
+    pg.psql(
+        target.rsplit('/').next().unwrap(),
+        "CREATE TABLE line (id uuid PRIMARY KEY, legacy_id int NOT NULL UNIQUE, qty int NOT NULL,
+             price numeric(8,2) NOT NULL, total numeric(10,2) GENERATED ALWAYS AS (qty * price) STORED);",
+    );
+    let plan = agentctl_on(&source, &target, &["plan", "--goal", "migrate everything"]);
+    assert_ne!(plan.code, 0, "{plan:?}");
+    assert!(
+        plan.stderr.contains(
+            "total: line.total is computed by the target (GENERATED ALWAYS AS \
+             (((qty)::numeric * price))), not copied, and line has no metadata column: the \
+             source's own values would be left behind; make line.total a plain column, or leave \
+             it on purpose in the mapping file: [entities.line] leave = [\"total\"]"
+        ),
+        "{}",
+        plan.stderr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let leave = dir.path().join("leave.toml");
+    std::fs::write(&leave, "[entities.line]\nleave = [\"total\"]\n").unwrap();
+    let leave = leave.to_str().unwrap();
+    let plan = agentctl_on(
+        &source,
+        &target,
+        &["plan", "--goal", "migrate everything", "--mapping", leave],
+    );
+    assert_eq!(plan.code, 0, "{plan:?}");
+    assert!(
+        plan.stdout.contains("Left behind on purpose (the mapping file's leave): total of line."),
+        "{}",
+        plan.stdout
+    );
+}

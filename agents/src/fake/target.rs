@@ -117,17 +117,18 @@ impl State {
         }
     }
 
-    /// Writes one row of a batch, unless its legacy key is there already: whether it was.
-    fn insert(&mut self, b: &Batch, seq: usize, row: &[Option<&str>]) -> bool {
+    /// Writes one row of a batch, unless its legacy key is there already: `None` when written,
+    /// else whether the row there has a UUID of its own (kept from before agentctl).
+    fn insert(&mut self, b: &Batch, seq: usize, row: &[Option<&str>]) -> Option<bool> {
         let legacy = b.legacy_key(seq);
         let table = self.tables.entry(b.target.clone()).or_default();
-        if table.iter().any(|r| r.legacy == legacy) {
-            return false;
+        let id = row[b.id_column].unwrap_or_default().to_owned();
+        if let Some(there) = table.iter().find(|r| r.legacy == legacy) {
+            return Some(there.id != id);
         }
         let values = b.columns.iter().zip(row).map(|((c, _), v)| (c.clone(), v.map(str::to_owned)));
-        let id = row[b.id_column].unwrap_or_default().to_owned();
         table.push(MemRow { id, legacy, values: values.collect() });
-        true
+        None
     }
 }
 
@@ -165,10 +166,14 @@ impl Loader for MemTarget {
                     ),
                     row: b.source_json(seq),
                 });
-            } else if state.insert(b, seq, &row) {
-                written.inserted += 1;
             } else {
-                written.present += 1;
+                match state.insert(b, seq, &row) {
+                    None => written.inserted += 1,
+                    Some(kept) => {
+                        written.present += 1;
+                        written.kept += i64::from(kept);
+                    }
+                }
             }
         }
         for (child, column, parent) in &b.deferred {
@@ -181,6 +186,7 @@ impl Loader for MemTarget {
             last_key: b.last_key.clone(),
             rows_read: b.before.rows_read + b.rows_read,
             migrated: b.before.migrated + written.inserted + written.present,
+            kept: b.before.kept + written.kept,
             rejected: b.before.rejected + rejects.len() as i64,
             batches: b.before.batches + 1,
         };

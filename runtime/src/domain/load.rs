@@ -91,7 +91,11 @@ pub struct RejectedRow {
 pub struct Checkpoint {
     pub last_key: Vec<String>,
     pub rows_read: i64,
+    /// Rows present in the target, the kept ones included.
     pub migrated: i64,
+    /// Of the migrated rows, those that were in the target before agentctl, under a UUID of
+    /// their own: kept as they are, never written by agentctl.
+    pub kept: i64,
     pub rejected: i64,
     pub batches: i64,
 }
@@ -266,6 +270,8 @@ pub struct Written {
     pub inserted: i64,
     /// Rows whose legacy key was already in the target (an earlier run or a resume).
     pub present: i64,
+    /// Of the present rows, those that were in the target before agentctl.
+    pub kept: i64,
     /// Rows the target refused, found by splitting the batch.
     pub refused: Vec<RejectedRow>,
     pub checkpoint: Checkpoint,

@@ -71,10 +71,10 @@ impl PgTarget {
         }
         .await;
         self.copy_buffers.give(buf);
-        let (inserted, present, refused) = match direct {
+        let (inserted, present, kept, refused) = match direct {
             Ok(rows) => {
                 sqlx::query("RELEASE SAVEPOINT agentctl_direct").execute(&mut **c).await?;
-                (rows as i64, 0, Vec::new())
+                (rows as i64, 0, 0, Vec::new())
             }
             Err(e) => match fault(&e) {
                 Fault::Transient => return Err(Failure::Transient(e)),
@@ -98,6 +98,7 @@ impl PgTarget {
             last_key: b.last_key.clone(),
             rows_read: b.before.rows_read + b.rows_read,
             migrated: b.before.migrated + inserted + present,
+            kept: b.before.kept + kept,
             rejected: b.before.rejected + rejected,
             batches: b.before.batches + 1,
         };
@@ -107,12 +108,12 @@ impl PgTarget {
         let first = b.before.batches == 0;
         let store = sqlx::query(match first {
             true => {
-                "INSERT INTO agentctl.migration_checkpoints (run_id, source_table, last_key, rows_read, migrated, rejected, batches)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id, source_table) DO NOTHING"
+                "INSERT INTO agentctl.migration_checkpoints (run_id, source_table, last_key, rows_read, migrated, rejected, batches, kept)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (run_id, source_table) DO NOTHING"
             }
             false => {
-                "UPDATE agentctl.migration_checkpoints SET last_key = $3, rows_read = $4, migrated = $5, rejected = $6, batches = $7, updated_at = now()
-                 WHERE run_id = $1 AND source_table = $2 AND batches = $8 AND last_key = $9"
+                "UPDATE agentctl.migration_checkpoints SET last_key = $3, rows_read = $4, migrated = $5, rejected = $6, batches = $7, kept = $8, updated_at = now()
+                 WHERE run_id = $1 AND source_table = $2 AND batches = $9 AND last_key = $10"
             }
         })
         .bind(b.run_id.0)
@@ -121,7 +122,8 @@ impl PgTarget {
         .bind(checkpoint.rows_read)
         .bind(checkpoint.migrated)
         .bind(checkpoint.rejected)
-        .bind(checkpoint.batches);
+        .bind(checkpoint.batches)
+        .bind(checkpoint.kept);
         let store =
             if first { store } else { store.bind(b.before.batches).bind(&b.before.last_key) };
         let stored = store.execute(&mut **c).await?;
@@ -133,7 +135,7 @@ impl PgTarget {
             ))));
         }
         sqlx::query("COMMIT").execute(&mut **c).await?;
-        Ok(Written { inserted, present, refused: refused_rows, checkpoint, retries: 0 })
+        Ok(Written { inserted, present, kept, refused: refused_rows, checkpoint, retries: 0 })
     }
 }
 
@@ -384,7 +386,7 @@ impl PgTarget {
         keep: &[usize],
         cols: &str,
         deferrable: bool,
-    ) -> Result<(i64, i64, Vec<(usize, String)>), Failure> {
+    ) -> Result<(i64, i64, i64, Vec<(usize, String)>), Failure> {
         stage(c, b, keep).await?;
         // While the primary key is set aside for the load, the table was empty when the load
         // began and holds only its batches before this one, of lower legacy keys: no row of
@@ -423,9 +425,10 @@ impl PgTarget {
             None => HashSet::new(),
         };
         let present = present_rows.len() as i64;
-        if let (Some(i), true, false) = (legacy, present > 0, aside.legacy) {
-            record_kept(c, b, i).await?;
-        }
+        let kept = match (legacy, present > 0, aside.legacy) {
+            (Some(i), true, false) => record_kept(c, b, i).await?,
+            _ => 0,
+        };
         let casts: Vec<String> =
             b.columns.iter().enumerate().map(|(i, (_, ty))| format!("s.c{i}::{ty}")).collect();
         // A row that takes a unique key another row already has is skipped by the statement
@@ -469,7 +472,7 @@ impl PgTarget {
             }
         }
         sqlx::query("DROP TABLE agentctl_stage").execute(&mut **c).await?;
-        Ok((inserted, present, refused))
+        Ok((inserted, present, kept, refused))
     }
 }
 
@@ -501,14 +504,19 @@ async fn stage(c: &mut sqlx::PgConnection, b: &Batch, keep: &[usize]) -> Result<
 }
 
 /// A row already in the target under a UUID of its own was there before agentctl: it
-/// keeps its UUID, and the record says so, so that a rollback never deletes it.
-async fn record_kept(c: &mut sqlx::PgConnection, b: &Batch, i: usize) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "INSERT INTO agentctl.migration_mappings (source_table, legacy_id, target_table, id, run_id, created)
-         SELECT $1, t.legacy_id::text, $2, t.id, $3, false
-         FROM agentctl_stage s JOIN {} t ON t.legacy_id = s.c{i}::{}
-         WHERE t.id <> s.c{}::uuid
-         ON CONFLICT (source_table, legacy_id) DO NOTHING",
+/// keeps its UUID, and the record says so, so that a rollback never deletes it. Returns how
+/// many of the batch's rows are such rows (recorded now or by an earlier run).
+async fn record_kept(c: &mut sqlx::PgConnection, b: &Batch, i: usize) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "WITH kept AS (
+             SELECT t.legacy_id::text AS legacy_id, t.id
+             FROM agentctl_stage s JOIN {} t ON t.legacy_id = s.c{i}::{}
+             WHERE t.id <> s.c{}::uuid),
+         recorded AS (
+             INSERT INTO agentctl.migration_mappings (source_table, legacy_id, target_table, id, run_id, created)
+             SELECT $1, legacy_id, $2, id, $3, false FROM kept
+             ON CONFLICT (source_table, legacy_id) DO NOTHING)
+         SELECT count(*) FROM kept",
         quoted(&b.target),
         b.columns[i].1,
         b.id_column
@@ -516,9 +524,8 @@ async fn record_kept(c: &mut sqlx::PgConnection, b: &Batch, i: usize) -> Result<
     .bind(b.source.to_string())
     .bind(b.target.to_string())
     .bind(b.run_id.0)
-    .execute(&mut *c)
-    .await?;
-    Ok(())
+    .fetch_one(&mut *c)
+    .await
 }
 
 /// Records in the load baseline the rows of `keep` this batch wrote, by range of legacy key:
@@ -671,7 +678,7 @@ impl Loader for PgTarget {
         source: &TableName,
     ) -> Result<Option<Checkpoint>, ToolError> {
         let row = sqlx::query(
-            "SELECT last_key, rows_read, migrated, rejected, batches FROM \
+            "SELECT last_key, rows_read, migrated, kept, rejected, batches FROM \
             agentctl.migration_checkpoints WHERE run_id = $1 AND source_table = $2",
         )
         .bind(run.0)
@@ -686,6 +693,7 @@ impl Loader for PgTarget {
                 last_key: r.try_get("last_key").map_err(get)?,
                 rows_read: r.try_get("rows_read").map_err(get)?,
                 migrated: r.try_get("migrated").map_err(get)?,
+                kept: r.try_get("kept").map_err(get)?,
                 rejected: r.try_get("rejected").map_err(get)?,
                 batches: r.try_get("batches").map_err(get)?,
             }),
