@@ -12,7 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use runtime::context::RunContext;
 use runtime::domain::{
     Column, Forecast, Inclusion, LeftOut, MigrationPlan, PlannedEntity, SchemaReport, Table,
-    TableName,
+    TableName, TypeKind,
 };
 use runtime::envelope::{AgentError, Envelope};
 use runtime::AgentName;
@@ -522,11 +522,16 @@ fn what_changes(s: &Table, t: &Table, spec: Option<&runtime::mapping::MappingSpe
         _ => None,
     });
     for (from, to) in copied {
-        if let Some(kept) = rounded(from, to) {
+        if let Some(kept) = rounded(&Stored::of(from), &Stored::of(to)) {
             out.push(format!(
                 "Rounded: {}.{} is {} and {}.{} {}, which keeps {kept}: the target rounds the \
                     rest away (validation compares the rounded values).",
-                s.name.name, from.name, from.data_type, t.name.name, to.name, to.data_type
+                s.name.name,
+                from.name,
+                Stored::of(from).spelled(from),
+                t.name.name,
+                to.name,
+                Stored::of(to).spelled(to)
             ));
         }
     }
@@ -552,18 +557,53 @@ fn what_changes(s: &Table, t: &Table, spec: Option<&runtime::mapping::MappingSpe
 /// and the server rounds the rest without a word: fewer decimals of a number, fewer digits of
 /// a second, `real` for `double precision`. `None` where every value arrives whole (or where
 /// the server refuses the ones it cannot take: those rows are rejected with its reason).
-fn rounded(from: &Column, to: &Column) -> Option<String> {
-    let modifier = |c: &Column, n: usize| runtime::domain::type_modifier(&c.data_type, n);
+/// A column's type as its values are stored: a domain's base type in place of the domain
+/// (`numeric(10,2)` under `CREATE DOMAIN price AS numeric(10,2)`).
+struct Stored<'a> {
+    /// The base type's `pg_type.typname` (`numeric`, `timestamptz`, `float8`).
+    type_name: &'a str,
+    /// As `format_type` spells it, with its modifier (`numeric(10,2)`).
+    data_type: &'a str,
+}
+
+impl<'a> Stored<'a> {
+    fn of(c: &'a Column) -> Stored<'a> {
+        let TypeKind::Domain { base } = &c.type_kind else {
+            return Stored { type_name: &c.type_name, data_type: &c.data_type };
+        };
+        let zoned = base.ends_with(" with time zone");
+        let bare = base.trim_end_matches(" without time zone").trim_end_matches(" with time zone");
+        let type_name = match bare.split('(').next().unwrap_or(bare) {
+            "timestamp" if zoned => "timestamptz",
+            "time" if zoned => "timetz",
+            "double precision" => "float8",
+            "real" => "float4",
+            name => name,
+        };
+        Stored { type_name, data_type: base }
+    }
+
+    /// The column's type for the plan: its own, with the base a domain stands for.
+    fn spelled(&self, c: &Column) -> String {
+        match self.data_type == c.data_type {
+            true => c.data_type.clone(),
+            false => format!("{} (a domain over {})", c.data_type, self.data_type),
+        }
+    }
+}
+
+fn rounded(from: &Stored, to: &Stored) -> Option<String> {
+    let modifier = |c: &Stored, n: usize| runtime::domain::type_modifier(c.data_type, n);
     let family = |t: &str| match t {
         "timestamp" | "timestamptz" => Some(0),
         "time" | "timetz" => Some(1),
         "interval" => Some(2),
         _ => None,
     };
-    match (from.type_name.as_str(), to.type_name.as_str()) {
+    match (from.type_name, to.type_name) {
         (_, "numeric") if to.data_type.contains('(') => {
             let scale = modifier(to, 1).unwrap_or(0);
-            let more = match from.type_name.as_str() {
+            let more = match from.type_name {
                 "numeric" => modifier(from, 1).is_none_or(|s| s > scale),
                 "float4" | "float8" => true,
                 _ => false,
@@ -571,7 +611,7 @@ fn rounded(from: &Column, to: &Column) -> Option<String> {
             more.then(|| format!("{scale} decimals"))
         }
         (a, b) if family(a).is_some() && family(a) == family(b) => {
-            let digits = |c: &Column| modifier(c, 0).unwrap_or(6);
+            let digits = |c: &Stored| modifier(c, 0).unwrap_or(6);
             (digits(to) < digits(from)).then(|| match digits(to) {
                 0 => "whole seconds".to_owned(),
                 n => format!("{n} digits of a second"),

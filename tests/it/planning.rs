@@ -337,13 +337,16 @@ fn the_plan_says_which_columns_the_target_rounds() {
     let (source, target) = (pg.create_db("rounding"), pg.create_db("rounding_target"));
     pg.psql(
         source.rsplit('/').next().unwrap(),
-        "CREATE TABLE item (id int PRIMARY KEY, price numeric(12,4) NOT NULL, at timestamp, n int);
-         INSERT INTO item VALUES (1, 1.2345, '2020-01-01 10:00:00.5', 1);",
+        "CREATE TABLE item (id int PRIMARY KEY, price numeric(12,4) NOT NULL, at timestamp, n int,
+             fee numeric(12,4), due timestamptz);
+         INSERT INTO item VALUES (1, 1.2345, '2020-01-01 10:00:00.5', 1, 0.125, now());",
     );
     pg.psql(
         target.rsplit('/').next().unwrap(),
-        "CREATE TABLE item (id uuid PRIMARY KEY, legacy_id int NOT NULL UNIQUE,
-             price numeric(10,2) NOT NULL, at timestamp(0), n numeric(8,2));",
+        "CREATE DOMAIN cents AS numeric(10,2) CHECK (VALUE >= 0);
+         CREATE DOMAIN instant AS timestamptz(0);
+         CREATE TABLE item (id uuid PRIMARY KEY, legacy_id int NOT NULL UNIQUE,
+             price numeric(10,2) NOT NULL, at timestamp(0), n numeric(8,2), fee cents, due instant);",
     );
     let plan = agentctl_on(&source, &target, &["plan", "--goal", "migrate everything"]);
     assert_eq!(plan.code, 0, "{plan:?}");
@@ -355,7 +358,13 @@ fn the_plan_says_which_columns_the_target_rounds() {
              decimals: the target rounds the rest away (validation compares the rounded values).",
             "  - Rounded: item.at is timestamp without time zone and item.at timestamp(0) without \
              time zone, which keeps whole seconds: the target rounds the rest away (validation \
-             compares the rounded values)."
+             compares the rounded values).",
+            "  - Rounded: item.fee is numeric(12,4) and item.fee cents (a domain over \
+             numeric(10,2)), which keeps 2 decimals: the target rounds the rest away (validation \
+             compares the rounded values).",
+            "  - Rounded: item.due is timestamp with time zone and item.due instant (a domain over \
+             timestamp(0) with time zone), which keeps whole seconds: the target rounds the rest \
+             away (validation compares the rounded values)."
         ],
         "{}",
         plan.stdout

@@ -1,7 +1,7 @@
 use expect_test::{expect, Expect};
 use runtime::domain::{Column, ForeignKey, SchemaReport, Table, TableName, TypeKind};
 
-use super::{plan, render, resolve_goal, rounded};
+use super::{plan, render, resolve_goal, rounded, Stored};
 
 /// `(fk column, parent table, nullable)`.
 type Fk<'a> = (&'a str, &'a str, bool);
@@ -332,10 +332,34 @@ fn a_column_that_keeps_less_than_its_source_is_said_to_round() {
         (("double precision", "float8"), ("real", "float4"), Some("about 6 significant digits")),
     ];
     for ((from, from_name), (to, to_name), kept) in cases {
+        let (from_column, to_column) = (column(from, from_name), column(to, to_name));
         assert_eq!(
-            rounded(&column(from, from_name), &column(to, to_name)).as_deref(),
+            rounded(&Stored::of(&from_column), &Stored::of(&to_column)).as_deref(),
             kept,
             "{from} into {to}"
         );
+    }
+    // A domain rounds as its base type does.
+    let domain = |base: &str| Column {
+        type_kind: TypeKind::Domain { base: base.into() },
+        ..column("price", "price")
+    };
+    let cases = [
+        (("numeric(12,4)", "numeric"), "numeric(10,2)", Some("2 decimals")),
+        (("numeric(12,2)", "numeric"), "numeric(14,4)", None),
+        (
+            ("timestamp with time zone", "timestamptz"),
+            "timestamp(0) with time zone",
+            Some("whole seconds"),
+        ),
+        (("timestamp(0) with time zone", "timestamptz"), "timestamp(3) with time zone", None),
+        (("double precision", "float8"), "real", Some("about 6 significant digits")),
+        (("text", "text"), "character varying(10)", None),
+    ];
+    for ((from, from_name), base, kept) in cases {
+        let (from_column, to_column) = (column(from, from_name), domain(base));
+        let to = Stored::of(&to_column);
+        assert_eq!(to.spelled(&to_column), format!("price (a domain over {base})"));
+        assert_eq!(rounded(&Stored::of(&from_column), &to).as_deref(), kept, "{from} into {base}");
     }
 }
