@@ -206,6 +206,15 @@ impl PgCluster {
         self.url(&name)
     }
 
+    /// psql connected to `db` of this cluster, as the superuser, without a `.psqlrc`: for a
+    /// session a test drives itself (one that holds a lock, one whose error it reads).
+    pub fn psql_command(&self, db: &str) -> Command {
+        let mut psql = Command::new(pg_bin().join("psql"));
+        let port = self.port.to_string();
+        psql.args(["-X", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", db]);
+        psql
+    }
+
     fn run_psql(&self, db: &str, sql: &str) -> std::process::Output {
         Command::new(pg_bin().join("psql"))
             .args([

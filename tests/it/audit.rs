@@ -203,21 +203,9 @@ fn the_audit_page_reads_in_a_browser_with_javascript_off() {
 fn the_trail_is_append_only_for_ordinary_statements() {
     let pg = shared();
     let (_, db, run) = planned_run(pg);
-    let out = std::process::Command::new(tests::pg_bin().join("psql"))
-        .args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            &db,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-        ])
+    let out = pg
+        .psql_command(&db)
+        .args(["-v", "ON_ERROR_STOP=1", "-c"])
         .arg(format!("UPDATE agentctl.audit_events SET summary = 'x' WHERE run_id = '{run}'"))
         .output()
         .unwrap();

@@ -224,21 +224,9 @@ fn the_target_schema_is_uuid_keyed_with_legacy_ids_and_metadata() {
         "INSERT INTO technician_roles (id, legacy_id, name, level, is_active) VALUES \
         (gen_random_uuid(), 1, 'a', 3, true)",
     );
-    let out = std::process::Command::new(tests::pg_bin().join("psql"))
-        .args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-        ])
+    let out = pg
+        .psql_command(db)
+        .args(["-v", "ON_ERROR_STOP=1", "-c"])
         .arg(
             "INSERT INTO technician_roles (id, legacy_id, name, level, is_active) VALUES \
             (gen_random_uuid(), 2, 'b', 11, true)",

@@ -366,6 +366,38 @@ fn rollback_neither_cascades_into_rows_it_did_not_create_nor_trips_over_a_self_r
     assert_eq!(counts(), "60000 3", "nothing was deleted, the notes included");
 
     pg.psql(&db, "DELETE FROM note");
+    // A session reading note in a transaction it leaves open: the rollback waits a bounded
+    // time for it, names it, and changes nothing.
+    let mut reader = pg
+        .psql_command(&db)
+        .arg("-q")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    let mut stdin = reader.stdin.take().unwrap();
+    stdin.write_all(b"BEGIN;\nSELECT count(*) FROM note;\n").unwrap();
+    stdin.flush().unwrap();
+    let holding = || {
+        pg.psql(&db, "SELECT count(*) FROM pg_locks WHERE relation = 'note'::regclass AND granted")
+    };
+    assert!(tests::wait_until(std::time::Duration::from_secs(30), || holding() != "0"));
+    let waited = rollback();
+    drop(stdin);
+    reader.wait().unwrap();
+    assert_eq!(waited.code, 1, "{waited:?}");
+    assert!(
+        waited
+            .stderr
+            .contains("rollback waited 10 s for tables other sessions are using (note: pid ")
+            && waited.stderr.contains(
+                "idle in transaction, `SELECT count(*) FROM note;`); nothing was deleted"
+            ),
+        "{}",
+        waited.stderr
+    );
+    assert_eq!(counts(), "60000 0", "nothing was deleted");
     let done = rollback();
     assert_eq!(done.code, 0, "{done:?}");
     assert_eq!(counts(), "0 0");

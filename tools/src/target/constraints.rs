@@ -322,8 +322,27 @@ impl ConstraintStore for PgTarget {
         }
         let what = "rolling back";
         let mut tx = self.pool.begin().await.map_err(while_doing(what))?;
+        let me: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(while_doing(what))?;
+        sqlx::query(&format!("SET LOCAL lock_timeout = '{}s'", LOCK_WAIT.as_secs()))
+            .execute(&mut *tx)
+            .await
+            .map_err(while_doing(what))?;
         let targets: Vec<TableName> = entities.iter().map(|e| e.target.clone()).collect();
+        let mut locked: Vec<String> = targets.iter().map(quoted).collect();
+        self.lock(&mut tx, me, &locked, "ROW EXCLUSIVE").await?;
         let references = references_to(&mut tx, &targets).await.map_err(while_doing(what))?;
+        // Dropping a foreign key locks its table and the table it references whole: both are
+        // taken here, at once, so that the rollback waits at one place, for a bounded time.
+        locked = references
+            .iter()
+            .flat_map(|r| [r.table.clone(), r.referenced_quoted.clone()])
+            .collect();
+        locked.sort();
+        locked.dedup();
+        self.lock(&mut tx, me, &locked, "ACCESS EXCLUSIVE").await?;
         for r in &references {
             let drop = format!("ALTER TABLE {} DROP CONSTRAINT {}", r.table, ident(&r.name));
             sqlx::query(&drop).execute(&mut *tx).await.map_err(while_doing(what))?;
@@ -385,6 +404,61 @@ impl ConstraintStore for PgTarget {
     }
 }
 
+/// How long a rollback waits for a table another session is using. Its statements lock whole
+/// tables; waiting without end would also queue every other session's reads and writes of
+/// those tables behind it, a stall of the application using the target.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl PgTarget {
+    /// Locks `tables` (quoted) in `mode` in the rollback's transaction, waiting at most
+    /// [`LOCK_WAIT`]; when another session holds one of them, the error names it and the
+    /// sessions holding it (`me` is the rollback's own), and the transaction is given up whole.
+    async fn lock(
+        &self,
+        c: &mut sqlx::PgConnection,
+        me: i32,
+        tables: &[String],
+        mode: &str,
+    ) -> Result<(), ToolError> {
+        if tables.is_empty() {
+            return Ok(());
+        }
+        let lock = format!("LOCK TABLE {} IN {mode} MODE", tables.join(", "));
+        let Err(err) = sqlx::query(&lock).execute(&mut *c).await else { return Ok(()) };
+        let timed_out =
+            matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"));
+        if !timed_out {
+            return Err(while_doing("locking the tables to roll back")(err));
+        }
+        let holders: Vec<(String, i32, String, String)> = sqlx::query_as(
+            "SELECT DISTINCT l.relation::regclass::text, a.pid, coalesce(a.state, ''),
+                    left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 80)
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.granted AND l.locktype = 'relation' AND l.pid <> $2
+               AND l.relation = ANY($1::text[]::regclass[])
+             ORDER BY 1, 2",
+        )
+        .bind(tables)
+        .bind(me)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing("looking for the sessions using the tables to roll back"))?;
+        let holders: Vec<String> = holders
+            .iter()
+            .map(|(table, pid, state, query)| format!("{table}: pid {pid}, {state}, `{query}`"))
+            .collect();
+        Err(ToolError::system(format!(
+            "rollback waited {} s for tables other sessions are using ({}); nothing was deleted: \
+                end those sessions or wait until they are done, then run rollback again",
+            LOCK_WAIT.as_secs(),
+            match holders.is_empty() {
+                true => "they have ended since".to_owned(),
+                false => holders.join("; "),
+            }
+        )))
+    }
+}
+
 /// Deletes the rows of `e`'s table that are agentctl's, in the caller's transaction, a page of
 /// 50,000 at a time in the order of their UUIDs (memory stays flat whatever the table's size);
 /// how many.
@@ -440,6 +514,8 @@ struct Reference {
     definition: String,
     /// The referenced table's name, for the error.
     referenced: String,
+    /// The referenced table, quoted.
+    referenced_quoted: String,
     /// Whether the referencing table is rolled back too.
     from_rollback: bool,
 }
@@ -456,11 +532,12 @@ async fn references_to(
     targets: &[TableName],
 ) -> Result<Vec<Reference>, sqlx::Error> {
     let names: Vec<String> = targets.iter().map(quoted).collect();
-    let found: Vec<(String, String, String, String, bool)> = sqlx::query_as(
+    let found: Vec<(String, String, String, String, String, bool)> = sqlx::query_as(
         "SELECT format('%I.%I', n.nspname, r.relname), k.conname::text, pg_get_constraintdef(k.oid), \
-            p.relname::text, k.conrelid = ANY($1::text[]::regclass[]) \
+            p.relname::text, format('%I.%I', pn.nspname, p.relname), k.conrelid = ANY($1::text[]::regclass[]) \
          FROM pg_constraint k JOIN pg_class r ON r.oid = k.conrelid \
          JOIN pg_namespace n ON n.oid = r.relnamespace JOIN pg_class p ON p.oid = k.confrelid \
+         JOIN pg_namespace pn ON pn.oid = p.relnamespace \
          WHERE k.contype = 'f' AND k.conparentid = 0 AND k.confrelid = ANY($1::text[]::regclass[]) \
          ORDER BY 1, 2",
     )
@@ -469,11 +546,12 @@ async fn references_to(
     .await?;
     Ok(found
         .into_iter()
-        .map(|(table, name, definition, referenced, from_rollback)| Reference {
+        .map(|(table, name, definition, referenced, referenced_quoted, from_rollback)| Reference {
             table,
             name,
             definition,
             referenced,
+            referenced_quoted,
             from_rollback,
         })
         .collect())
