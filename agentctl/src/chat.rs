@@ -374,7 +374,10 @@ impl Chat<'_> {
         };
         let row = self.store.find_run(Some(&run.to_string())).await?;
         let entities = self.store.report(run).await?;
-        let (source, migrated, rejected) = tools::control::ReportEntity::totals(&entities);
+        let totals = tools::control::Totals::of(&entities);
+        let (source, rejected) = (totals.source_rows, totals.rejected);
+        // Rows kept from before agentctl are in the new system too.
+        let migrated = totals.in_target();
         let validated = entities.iter().filter(|e| e.validated == Some(true)).count();
         let failed: Vec<&str> = entities
             .iter()
@@ -384,7 +387,7 @@ impl Chat<'_> {
         let events = self.store.events(run, &EventFilter::default()).await?;
         let head = self.store.chain_head(run).await?;
         let chain = runtime::audit::verify_chain(run, &events, &head);
-        let accounted = source == migrated + rejected;
+        let accounted = totals.accounted();
         let whole = accounted
             && failed.is_empty()
             && chain.first_bad.is_none()

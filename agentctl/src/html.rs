@@ -163,19 +163,23 @@ fn fact_rows<'a>(
 
 /// The rows and validation facts of the run's entities (none without entities).
 fn accounting_rows(facts: &Facts) -> Vec<(&'static str, String, &'static str)> {
-    let (source, migrated, rejected) = ReportEntity::totals(facts.entities);
+    let totals = tools::control::Totals::of(facts.entities);
     if facts.entities.is_empty() {
         return Vec::new();
     }
     let mut rows = Vec::new();
-    let accounted = if source == migrated + rejected {
-        "every row accounted for"
-    } else {
-        "NOT every row accounted for"
+    let accounted =
+        if totals.accounted() { "every row accounted for" } else { "NOT every row accounted for" };
+    let kept = match totals.kept {
+        0 => String::new(),
+        n => format!(", {n} kept from before agentctl"),
     };
     rows.push((
         "Rows",
-        format!("{migrated} migrated and {rejected} rejected of {source} ({accounted})"),
+        format!(
+            "{} migrated{kept} and {} rejected of {} ({accounted})",
+            totals.migrated, totals.rejected, totals.source_rows
+        ),
         "",
     ));
     let validated = facts.entities.iter().filter(|e| e.validated == Some(true)).count();
@@ -221,7 +225,10 @@ fn entity_table(out: &mut String, facts: &Facts) {
                 class=\"n{}\">{}</td><td class=\"{class}\">{verdict}</td></tr>\n",
             escape(&e.target_table),
             e.source_rows,
-            e.migrated,
+            match e.kept {
+                0 => e.migrated.to_string(),
+                kept => format!("{} + {kept} kept", e.migrated),
+            },
             if e.rejected > 0 { " reject" } else { "" },
             e.rejected
         ));

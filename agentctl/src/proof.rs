@@ -270,15 +270,16 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
     let rejections = store.rejection_groups(run.run_id).await?;
     let (llm_calls, prompt_tokens, completion_tokens, cost) = store.llm_usage(run.run_id).await?;
     let left_out = left_out(&store, run.run_id).await?;
-    let (source, migrated, rejected) = tools::control::ReportEntity::totals(&entities);
+    let totals = tools::control::Totals::of(&entities);
+    let (source, migrated, rejected) = (totals.source_rows, totals.migrated, totals.rejected);
     let wall = run.finished_at.unwrap_or_else(chrono::Utc::now) - run.started_at;
     let wall = wall.num_milliseconds() as f64 / 1000.0;
     let rate = |n: i64, d: i64| if d == 0 { 100.0 } else { n as f64 * 100.0 / d as f64 };
     match opts.format {
         ReportFormat::Json => print_json(&json!({
             "run": run, "entities": entities, "left_out": left_out, "rejections": rejections,
-            "totals": {"source_rows": source, "migrated": migrated, "rejected": rejected,
-                "success_rate": rate(migrated, source), "accounted": source == migrated + rejected, "wall_seconds": wall},
+            "totals": {"source_rows": source, "migrated": migrated, "kept": totals.kept, "rejected": rejected,
+                "success_rate": rate(totals.in_target(), source), "accounted": totals.accounted(), "wall_seconds": wall},
             "llm": {"calls": llm_calls, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": cost},
         })),
         ReportFormat::Md | ReportFormat::Text => {
@@ -299,7 +300,7 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
                     .unwrap_or_else(|| "(still running)".into()),
                 strong(run.outcome.clone())
             );
-            let rows = entity_rows(&entities, (source, migrated, rejected), wall, md);
+            let rows = entity_rows(&entities, &totals, wall, md);
             let header = [
                 "entity",
                 "migrated / source",
@@ -318,8 +319,9 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
                 "Every row of the entities above"
             };
             println!(
-                "\n{whose} is {}: {source} = {migrated} migrated + {rejected} rejected.",
-                if source == migrated + rejected { "accounted for" } else { "NOT accounted for" }
+                "\n{whose} is {}: {source} = {migrated} migrated{} + {rejected} rejected.",
+                if totals.accounted() { "accounted for" } else { "NOT accounted for" },
+                totals.kept_phrase()
             );
             if llm_calls > 0 {
                 println!(
@@ -338,10 +340,15 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
 /// The report's table rows: one an entity, then the totals.
 fn entity_rows(
     entities: &[tools::control::ReportEntity],
-    (source, migrated, rejected): (i64, i64, i64),
+    totals: &tools::control::Totals,
     wall: f64,
     md: bool,
 ) -> Vec<Vec<String>> {
+    // Rows kept from before agentctl are in the target but not agentctl's: said apart.
+    let in_target = |migrated: i64, kept: i64| match kept {
+        0 => migrated.to_string(),
+        kept => format!("{migrated} + {kept} kept"),
+    };
     let rate = |n: i64, d: i64| if d == 0 { 100.0 } else { n as f64 * 100.0 / d as f64 };
     let strong = |s: String| if md { format!("**{s}**") } else { s };
     let mut rows: Vec<Vec<String>> = entities
@@ -349,8 +356,8 @@ fn entity_rows(
         .map(|e| {
             vec![
                 e.target_table.trim_start_matches("public.").to_owned(),
-                format!("{} / {}", e.migrated, e.source_rows),
-                format!("{:.3}%", rate(e.migrated, e.source_rows)),
+                format!("{} / {}", in_target(e.migrated, e.kept), e.source_rows),
+                format!("{:.3}%", rate(e.migrated + e.kept, e.source_rows)),
                 e.rejected.to_string(),
                 money_cell(e.money.as_ref()),
                 match e.validated {
@@ -366,13 +373,13 @@ fn entity_rows(
         .collect();
     rows.push(vec![
         strong("total".into()),
-        strong(format!("{migrated} / {source}")),
-        strong(format!("{:.3}%", rate(migrated, source))),
-        strong(rejected.to_string()),
+        strong(format!("{} / {}", in_target(totals.migrated, totals.kept), totals.source_rows)),
+        strong(format!("{:.3}%", rate(totals.in_target(), totals.source_rows))),
+        strong(totals.rejected.to_string()),
         String::new(),
         String::new(),
         format!("{wall:.1} (wall)"),
-        format!("{:.0}", source as f64 / wall.max(1e-3)),
+        format!("{:.0}", totals.source_rows as f64 / wall.max(1e-3)),
     ]);
     rows
 }

@@ -382,6 +382,14 @@ fn rows_already_in_the_target_keep_their_uuid_and_children_point_at_it() {
         "{}",
         again.stdout
     );
+    // And the report of that run.
+    let report = agentctl_on(&source, &target, &["report", "--format", "json"]);
+    let totals: Value = serde_json::from_str::<Value>(&report.stdout).unwrap()["totals"].clone();
+    assert_eq!(
+        (totals["kept"].as_i64(), totals["accounted"].as_bool()),
+        (Some(1), Some(true)),
+        "{totals}"
+    );
 
     // The kept row is untouched and keeps its UUID.
     assert_eq!(

@@ -110,7 +110,10 @@ pub struct ReportEntity {
     pub target_table: String,
     pub state: String,
     pub source_rows: i64,
+    /// Rows agentctl put in the target.
     pub migrated: i64,
+    /// Rows the target held before agentctl, kept as they were (never overwritten).
+    pub kept: i64,
     pub rejected: i64,
     pub seconds: f64,
     pub validated: Option<bool>,
@@ -119,12 +122,41 @@ pub struct ReportEntity {
     pub money: Option<serde_json::Value>,
 }
 
-impl ReportEntity {
-    /// A run's totals over its entities: source rows, migrated, rejected.
-    pub fn totals(entities: &[ReportEntity]) -> (i64, i64, i64) {
-        entities
-            .iter()
-            .fold((0, 0, 0), |(s, m, r), e| (s + e.source_rows, m + e.migrated, r + e.rejected))
+/// A run's rows over its entities.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub source_rows: i64,
+    pub migrated: i64,
+    pub kept: i64,
+    pub rejected: i64,
+}
+
+impl Totals {
+    pub fn of(entities: &[ReportEntity]) -> Totals {
+        entities.iter().fold(Totals::default(), |t, e| Totals {
+            source_rows: t.source_rows + e.source_rows,
+            migrated: t.migrated + e.migrated,
+            kept: t.kept + e.kept,
+            rejected: t.rejected + e.rejected,
+        })
+    }
+
+    /// Every source row is migrated, kept from before agentctl, or rejected.
+    pub fn accounted(&self) -> bool {
+        self.source_rows == self.migrated + self.kept + self.rejected
+    }
+
+    /// Rows in the target for the source's rows: migrated or kept.
+    pub fn in_target(&self) -> i64 {
+        self.migrated + self.kept
+    }
+
+    /// ` + N kept from before agentctl`, or nothing when none were.
+    pub fn kept_phrase(&self) -> String {
+        match self.kept {
+            0 => String::new(),
+            n => format!(" + {n} kept from before agentctl"),
+        }
     }
 }
 
@@ -541,7 +573,8 @@ impl ControlStore {
     pub async fn report(&self, run_id: RunId) -> Result<Vec<ReportEntity>, ToolError> {
         sqlx::query_as(
             "SELECT c.source_table, c.target_table, c.state, coalesce(c.source_rows, k.rows_read, 0) AS source_rows,
-                    coalesce(k.migrated, 0) AS migrated, coalesce(k.rejected, 0) AS rejected,
+                    coalesce(k.migrated - k.kept, 0) AS migrated, coalesce(k.kept, 0) AS kept,
+                    coalesce(k.rejected, 0) AS rejected,
                     coalesce(extract(epoch FROM coalesce(c.finished_at, k.updated_at) - c.started_at), 0)::float8 AS seconds,
                     v.passed AS validated, v.detail AS validation_detail, v.money
              FROM agentctl.migration_control c
