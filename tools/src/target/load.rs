@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
 use runtime::domain::TableName;
-use runtime::domain::{Batch, Checkpoint, RejectedRow, Written};
+use runtime::domain::{Batch, Checkpoint, KeysAside, RejectedRow, Written};
 use runtime::ports::{Loader, ToolError};
 use runtime::RunId;
 use sqlx::Row;
@@ -53,41 +53,12 @@ impl PgTarget {
         let deferrable = crate::pg::immediate_rules(c, &b.target).await?;
         let orphans = missing_parents(c, b).await?;
         let keep: Vec<usize> = (0..b.rows.len()).filter(|seq| !orphans.contains_key(seq)).collect();
-        let cols: Vec<String> = b.columns.iter().map(|(name, _)| ident(name)).collect();
-        let cols = cols.join(", ");
-
-        // Fast path: COPY straight into the target. Anything it refuses (a duplicate, a row
-        // already there) undoes just this attempt, and the staged path below sorts it out.
-        // Binary when every column and value has an encoder the server agrees with (it then
-        // parses nothing), COPY text otherwise.
-        sqlx::query("SAVEPOINT agentctl_direct").execute(&mut **c).await?;
-        let (format, buf, mut hashes) = encode(c, b, &keep, self.copy_buffers.take()).await?;
-        let direct = async {
-            let mut copy = c
-                .copy_in_raw(&format!("COPY {} ({cols}) FROM STDIN{format}", quoted(&b.target)))
-                .await?;
-            crate::pg::send_copy(&mut copy, &buf).await?;
-            copy.finish().await
-        }
-        .await;
-        self.copy_buffers.give(buf);
-        let (inserted, present, kept, refused) = match direct {
-            Ok(rows) => {
-                sqlx::query("RELEASE SAVEPOINT agentctl_direct").execute(&mut **c).await?;
-                (rows as i64, 0, 0, Vec::new())
-            }
-            Err(e) => match fault(&e) {
-                Fault::Transient => return Err(Failure::Transient(e)),
-                // Not the rows' doing: nothing of the batch is written and nothing rejected;
-                // the entity stops at its last checkpoint with the cause.
-                Fault::System => return Err(Failure::Fatal(system_fault(&b.target, &e))),
-                Fault::Row => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT agentctl_direct").execute(&mut **c).await?;
-                    hashes.clear();
-                    self.staged(c, b, &keep, &cols, deferrable).await?
-                }
-            },
-        };
+        let aside = keys_aside(c, &b.target).await?;
+        let ((inserted, present, kept, refused), hashes) =
+            match already_there(c, b, &keep, aside).await? {
+                Some((present, kept)) => ((0, present, kept, Vec::new()), Vec::new()),
+                None => self.copy_or_stage(c, b, &keep, aside, deferrable).await?,
+            };
         if !b.baseline.is_empty() {
             record_written(c, b, &keep, &hashes).await?;
         }
@@ -377,6 +348,50 @@ async fn record_removed(
 }
 
 impl PgTarget {
+    /// Writes the rows of `keep` by COPY straight into the target. Anything it refuses (a
+    /// duplicate, a row already there) undoes just this attempt, and the staged path sorts it
+    /// out. Binary when every column and value has an encoder the server agrees with (it then
+    /// parses nothing), COPY text otherwise. With the counts, the baseline's hashes of the rows
+    /// the COPY wrote (none when the staged path did).
+    async fn copy_or_stage(
+        &self,
+        c: &mut crate::pg::Held,
+        b: &Batch,
+        keep: &[usize],
+        aside: KeysAside,
+        deferrable: bool,
+    ) -> Result<(Counted, Vec<Option<i64>>), Failure> {
+        let cols: Vec<String> = b.columns.iter().map(|(name, _)| ident(name)).collect();
+        let cols = cols.join(", ");
+        sqlx::query("SAVEPOINT agentctl_direct").execute(&mut **c).await?;
+        let (format, buf, hashes) = encode(c, b, keep, self.copy_buffers.take()).await?;
+        let direct = async {
+            let mut copy = c
+                .copy_in_raw(&format!("COPY {} ({cols}) FROM STDIN{format}", quoted(&b.target)))
+                .await?;
+            crate::pg::send_copy(&mut copy, &buf).await?;
+            copy.finish().await
+        }
+        .await;
+        self.copy_buffers.give(buf);
+        match direct {
+            Ok(rows) => {
+                sqlx::query("RELEASE SAVEPOINT agentctl_direct").execute(&mut **c).await?;
+                Ok(((rows as i64, 0, 0, Vec::new()), hashes))
+            }
+            Err(e) => match fault(&e) {
+                Fault::Transient => Err(Failure::Transient(e)),
+                // Not the rows' doing: nothing of the batch is written and nothing rejected;
+                // the entity stops at its last checkpoint with the cause.
+                Fault::System => Err(Failure::Fatal(system_fault(&b.target, &e))),
+                Fault::Row => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT agentctl_direct").execute(&mut **c).await?;
+                    Ok((self.staged(c, b, keep, &cols, aside, deferrable).await?, Vec::new()))
+                }
+            },
+        }
+    }
+
     /// The careful path: stage the rows as text, skip the ones already present, insert the rest
     /// set-based with casts, and split refused ranges until the refusing rows stand alone.
     async fn staged(
@@ -385,17 +400,17 @@ impl PgTarget {
         b: &Batch,
         keep: &[usize],
         cols: &str,
+        aside: KeysAside,
         deferrable: bool,
-    ) -> Result<(i64, i64, i64, Vec<(usize, String)>), Failure> {
-        stage(c, b, keep).await?;
+    ) -> Result<Counted, Failure> {
         // While the primary key is set aside for the load, the table was empty when the load
         // began and holds only its batches before this one, of lower legacy keys: no row of
         // this batch can be there already. While only the legacy key is, every row in the table
         // is agentctl's, so a row is present exactly when its UUID is: looked up by the primary
         // key instead of a scan.
-        let aside = keys_aside(c, &b.target).await?;
         let legacy =
             b.columns.iter().position(|(name, _)| name == "legacy_id").filter(|_| !aside.primary);
+        stage(c, b, keep).await?;
         let matches = |i: usize| match aside.legacy {
             true => format!("t.id = s.c{}::uuid", b.id_column),
             false => format!("t.legacy_id = s.c{i}::{}", b.columns[i].1),
@@ -474,6 +489,81 @@ impl PgTarget {
         sqlx::query("DROP TABLE agentctl_stage").execute(&mut **c).await?;
         Ok((inserted, present, kept, refused))
     }
+}
+
+/// A batch's counts: rows inserted, rows present already, of those the ones kept from before
+/// agentctl, and the rows refused with the server's reason.
+type Counted = (i64, i64, i64, Vec<(usize, String)>);
+
+/// When every row of `keep` is in the target already (a second run over a finished one, a
+/// resumed one), by its legacy key: how many, and how many of them were there before
+/// agentctl (recorded as [`record_kept`] does). Two index probes tell a batch that may be
+/// (its first and last rows there), then one lookup of its keys: where a COPY that failed on
+/// the first row and staging every row to find them cost a second run almost twice the first
+/// (bench/RESULTS.md). `None`, with nothing recorded, when a row is missing, and without a
+/// look when no row can be there (the keys set aside for a load into an empty table).
+async fn already_there(
+    c: &mut sqlx::PgConnection,
+    b: &Batch,
+    keep: &[usize],
+    aside: KeysAside,
+) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    let Some(i) = b.columns.iter().position(|(name, _)| name == "legacy_id") else {
+        return Ok(None);
+    };
+    let (Some(&first), Some(&last), false, false) =
+        (keep.first(), keep.last(), aside.primary, aside.legacy)
+    else {
+        return Ok(None);
+    };
+    let probe = format!(
+        "SELECT count(*) FROM {} WHERE legacy_id IN ($1::{ty}, $2::{ty})",
+        quoted(&b.target),
+        ty = b.columns[i].1
+    );
+    let ends: i64 = sqlx::query_scalar(&probe)
+        .bind(b.rows.get(first, i))
+        .bind(b.rows.get(last, i))
+        .fetch_one(&mut *c)
+        .await?;
+    if ends < if first == last { 1 } else { 2 } {
+        return Ok(None);
+    }
+    let mut legacy = Vec::with_capacity(keep.len());
+    let mut ids = Vec::with_capacity(keep.len());
+    for &seq in keep {
+        let id = b.rows.get(seq, b.id_column).and_then(|id| uuid::Uuid::try_parse(id).ok());
+        match (b.rows.get(seq, i), id) {
+            (Some(key), Some(id)) => {
+                legacy.push(key);
+                ids.push(id);
+            }
+            _ => return Ok(None),
+        }
+    }
+    let (present, kept): (i64, i64) = sqlx::query_as(&format!(
+        "WITH there AS (
+             SELECT t.legacy_id, t.id, b.id AS derived
+             FROM unnest($1::text[], $2::uuid[]) AS b (legacy, id)
+             JOIN {} t ON t.legacy_id = b.legacy::{}),
+         recorded AS (
+             INSERT INTO agentctl.migration_mappings (source_table, legacy_id, target_table, id, run_id, created)
+             SELECT $3, legacy_id::text, $4, id, $5, false FROM there
+             WHERE id <> derived AND (SELECT count(*) FROM there) = $6
+             ON CONFLICT (source_table, legacy_id) DO NOTHING)
+         SELECT count(*), count(*) FILTER (WHERE id <> derived) FROM there",
+        quoted(&b.target),
+        b.columns[i].1
+    ))
+    .bind(&legacy)
+    .bind(&ids)
+    .bind(b.source.to_string())
+    .bind(b.target.to_string())
+    .bind(b.run_id.0)
+    .bind(keep.len() as i64)
+    .fetch_one(&mut *c)
+    .await?;
+    Ok((present == keep.len() as i64).then_some((present, kept)))
 }
 
 /// Stages the kept rows of the batch as text, for the careful path.
