@@ -57,6 +57,48 @@ fn run_id(pg: &PgCluster, target: &str) -> String {
     )
 }
 
+/// A target database whose encoding cannot hold every character (LATIN1 here, with a € in the
+/// source) is refused before anything is created in it: a run stopped at the first such value
+/// before, unable to write it or to record its row as rejected.
+#[test]
+fn a_target_that_cannot_hold_every_character_is_refused_before_anything_changes() {
+    let pg = shared();
+    let source = pg.create_db("latin_source");
+    pg.psql(
+        db_of(&source),
+        "CREATE TABLE price (id int PRIMARY KEY, label text NOT NULL);
+         INSERT INTO price VALUES (1, 'cheap'), (2, '5 €');",
+    );
+    let t = "latin1_target";
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {t} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        ),
+    );
+    let target = pg.url(t);
+    for args in [
+        &["schema", "generate", "--from-source", "--apply"][..],
+        &["run", "--goal", "migrate everything", "--yes"],
+    ] {
+        let out = agentctl_on(&source, &target, args);
+        assert_eq!(out.code, 1, "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!(
+                "the target database {t} stores text as LATIN1, which cannot hold every character \
+                 a source may"
+            )) && out.stderr.contains("nothing was changed"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        pg.psql(t, "SELECT count(*) FROM pg_namespace WHERE nspname IN ('agentctl', 'public') AND EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = pg_namespace.oid)"),
+        "0",
+        "nothing was created in the target"
+    );
+}
+
 /// A role that may read and write but not INSERT into `note`, nor own the tables: the run
 /// names every problem at once before it changes anything, rejects nothing, and once the
 /// grants are there it runs to the end.

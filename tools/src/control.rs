@@ -182,6 +182,25 @@ impl ControlStore {
     pub async fn open(pool: PgPool) -> Result<ControlStore, ToolError> {
         let mut conn =
             pool.acquire().await.map_err(while_doing("preparing the agentctl control schema"))?;
+        // Text the target's encoding cannot hold could be neither written nor recorded as
+        // rejected (a rejected row is kept whole, and the trail's words are UTF-8): refused
+        // before anything is created, where a run stopped at the first such value.
+        let encoding: String = sqlx::query_scalar("SELECT current_setting('server_encoding')")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(while_doing("reading the target's encoding"))?;
+        if !matches!(encoding.as_str(), "UTF8" | "SQL_ASCII") {
+            let db: String = sqlx::query_scalar("SELECT current_database()::text")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(while_doing("reading the target's name"))?;
+            return Err(ToolError::system(format!(
+                "the target database {db} stores text as {encoding}, which cannot hold every \
+                    character a source may: agentctl would stop at the first such value, unable \
+                    to write it or to record its row as rejected; nothing was changed; create the \
+                    target as UTF8 (createdb -E UTF8 -T template0 {db})"
+            )));
+        }
         sqlx::query("CREATE SCHEMA IF NOT EXISTS agentctl")
             .execute(&mut *conn)
             .await
