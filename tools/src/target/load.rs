@@ -54,9 +54,11 @@ impl PgTarget {
         let orphans = missing_parents(c, b).await?;
         let keep: Vec<usize> = (0..b.rows.len()).filter(|seq| !orphans.contains_key(seq)).collect();
         let aside = keys_aside(c, &b.target).await?;
-        let ((inserted, present, kept, refused), hashes) =
+        let (Counted { inserted, present, kept, refused }, hashes) =
             match already_there(c, b, &keep, aside).await? {
-                Some((present, kept)) => ((0, present, kept, Vec::new()), Vec::new()),
+                Some((present, kept)) => {
+                    (Counted { present, kept, ..Counted::default() }, Vec::new())
+                }
                 None => self.copy_or_stage(c, b, &keep, aside, deferrable).await?,
             };
         if !b.baseline.is_empty() {
@@ -377,7 +379,7 @@ impl PgTarget {
         match direct {
             Ok(rows) => {
                 sqlx::query("RELEASE SAVEPOINT agentctl_direct").execute(&mut **c).await?;
-                Ok(((rows as i64, 0, 0, Vec::new()), hashes))
+                Ok((Counted { inserted: rows as i64, ..Counted::default() }, hashes))
             }
             Err(e) => match fault(&e) {
                 Fault::Transient => Err(Failure::Transient(e)),
@@ -487,13 +489,21 @@ impl PgTarget {
             }
         }
         sqlx::query("DROP TABLE agentctl_stage").execute(&mut **c).await?;
-        Ok((inserted, present, kept, refused))
+        Ok(Counted { inserted, present, kept, refused })
     }
 }
 
-/// A batch's counts: rows inserted, rows present already, of those the ones kept from before
-/// agentctl, and the rows refused with the server's reason.
-type Counted = (i64, i64, i64, Vec<(usize, String)>);
+/// What writing a batch's rows found.
+#[derive(Default)]
+struct Counted {
+    inserted: i64,
+    /// Rows in the target already.
+    present: i64,
+    /// Of the present rows, those that were there before agentctl.
+    kept: i64,
+    /// Rows the target refused (by their place in the batch), with the server's reason.
+    refused: Vec<(usize, String)>,
+}
 
 /// When every row of `keep` is in the target already (a second run over a finished one, a
 /// resumed one), by its legacy key: how many, and how many of them were there before
