@@ -272,16 +272,17 @@ pub async fn status(config: &Config, opts: StatusOpts) -> Result<(), Exit> {
             print_run_header(&run, config);
             if !progress.is_empty() {
                 println!(
-                    "\n  {:<24} {:<11} {:>10} {:>10} {:>9} {:>8}  last batch",
-                    "entity", "state", "read", "migrated", "rejected", "batches"
+                    "\n  {:<24} {:<11} {:>10} {:>10} {:>8} {:>9} {:>8}  last batch",
+                    "entity", "state", "read", "migrated", "kept", "rejected", "batches"
                 );
                 for p in &progress {
                     println!(
-                        "  {:<24} {:<11} {:>10} {:>10} {:>9} {:>8}  {}",
+                        "  {:<24} {:<11} {:>10} {:>10} {:>8} {:>9} {:>8}  {}",
                         p.target_table.trim_start_matches("public."),
                         p.state,
                         p.rows_read,
                         p.migrated,
+                        p.kept,
                         p.rejected,
                         p.batches,
                         p.updated_at

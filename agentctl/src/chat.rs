@@ -376,8 +376,12 @@ impl Chat<'_> {
         let entities = self.store.report(run).await?;
         let totals = tools::control::Totals::of(&entities);
         let (source, rejected) = (totals.source_rows, totals.rejected);
-        // Rows kept from before agentctl are in the new system too.
-        let migrated = totals.in_target();
+        // Rows kept from before agentctl are in the new system too, but were not moved.
+        let (in_target, migrated) = (totals.in_target(), totals.migrated);
+        let kept = match totals.kept {
+            0 => String::new(),
+            n => format!(" ({n} of them were there before and kept as they were)"),
+        };
         let validated = entities.iter().filter(|e| e.validated == Some(true)).count();
         let failed: Vec<&str> = entities
             .iter()
@@ -394,8 +398,8 @@ impl Chat<'_> {
             && row.outcome == "succeeded";
         if safety {
             println!(
-                "{} Of the {source} rows of the old system, {migrated} are in the new one and \
-                    {rejected} were set aside, each with its reason ({}).",
+                "{} Of the {source} rows of the old system, {in_target} are in the new one{kept} \
+                    and {rejected} were set aside, each with its reason ({}).",
                 if whole { "Yes." } else { "Not yet." },
                 if accounted {
                     "every row is accounted for"
@@ -405,10 +409,14 @@ impl Chat<'_> {
             );
         } else {
             println!(
-                "The last migration ({}, run {run}) {}: {migrated} rows moved, {rejected} set \
+                "The last migration ({}, run {run}) {}: {migrated} rows moved, {}{rejected} set \
                     aside with their reasons, of {source}{}.",
                 row.started_at.format("%Y-%m-%d %H:%M"),
                 row.outcome,
+                match totals.kept {
+                    0 => String::new(),
+                    n => format!("{n} already there and kept, "),
+                },
                 if accounted {
                     "; every row is accounted for"
                 } else {
@@ -471,8 +479,8 @@ impl Chat<'_> {
                     .iter()
                     .map(|p| {
                         format!(
-                            "{} {} ({} moved, {} refused)",
-                            p.target_table, p.state, p.migrated, p.rejected
+                            "{} {} ({} moved, {} kept from before, {} refused)",
+                            p.target_table, p.state, p.migrated, p.kept, p.rejected
                         )
                     })
                     .collect();
@@ -909,7 +917,7 @@ impl Chat<'_> {
         let stopped = self.interrupted(run).await?;
         for p in self.store.progress(run).await? {
             println!(
-                "  {}: {} — {} of {} rows moved, {} could not be moved",
+                "  {}: {} — {} of {} rows moved{}, {} could not be moved",
                 p.target_table.trim_start_matches("public."),
                 if stopped.is_some() && p.state == "running" {
                     "stopped part-way"
@@ -918,6 +926,10 @@ impl Chat<'_> {
                 },
                 p.migrated,
                 p.rows_read,
+                match p.kept {
+                    0 => String::new(),
+                    n => format!(", {n} already there before and kept as they were"),
+                },
                 p.rejected
             );
         }

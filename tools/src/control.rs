@@ -96,7 +96,10 @@ pub struct EntityProgress {
     pub target_table: String,
     pub state: String,
     pub rows_read: i64,
+    /// Rows agentctl put in the target.
     pub migrated: i64,
+    /// Rows the target held before agentctl, kept as they were.
+    pub kept: i64,
     pub rejected: i64,
     pub batches: i64,
     pub detail: Option<String>,
@@ -520,8 +523,9 @@ impl ControlStore {
     pub async fn progress(&self, run_id: RunId) -> Result<Vec<EntityProgress>, ToolError> {
         sqlx::query_as(
             "SELECT c.source_table, c.target_table, c.state, c.detail,
-                    coalesce(k.rows_read, 0) AS rows_read, coalesce(k.migrated, 0) AS migrated,
-                    coalesce(k.rejected, 0) AS rejected, coalesce(k.batches, 0) AS batches, k.updated_at
+                    coalesce(k.rows_read, 0) AS rows_read, coalesce(k.migrated - k.kept, 0) AS migrated,
+                    coalesce(k.kept, 0) AS kept, coalesce(k.rejected, 0) AS rejected,
+                    coalesce(k.batches, 0) AS batches, k.updated_at
              FROM agentctl.migration_control c
              LEFT JOIN agentctl.migration_checkpoints k ON k.run_id = c.run_id AND k.source_table = c.source_table
              WHERE c.run_id = $1 ORDER BY c.started_at, c.source_table",
