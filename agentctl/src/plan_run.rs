@@ -419,10 +419,7 @@ pub fn print_results(
         true => "every source row".to_owned(),
         false => format!("every row of the {} tables above", results.len()),
     };
-    let kept = match kept {
-        0 => String::new(),
-        n => format!(" + {n} kept from before agentctl"),
-    };
+    let kept = runtime::domain::kept_term(kept);
     println!(
         "{whose} is accounted for: {read} = {migrated} migrated{kept} + {rejected} rejected \
         (agentctl.rejected_rows, run {run_id})"

@@ -321,7 +321,7 @@ pub async fn report(config: &Config, opts: ReportOpts) -> Result<(), Exit> {
             println!(
                 "\n{whose} is {}: {source} = {migrated} migrated{} + {rejected} rejected.",
                 if totals.accounted() { "accounted for" } else { "NOT accounted for" },
-                totals.kept_phrase()
+                runtime::domain::kept_term(totals.kept)
             );
             if llm_calls > 0 {
                 println!(

@@ -691,10 +691,7 @@ async fn account(
     let spec = &req.spec;
     let present = result.migrated + result.kept;
     let balanced = result.rows_read == present + result.rejected && result.target_rows >= present;
-    let kept = match result.kept {
-        0 => String::new(),
-        n => format!(" + {n} kept from before agentctl"),
-    };
+    let kept = runtime::domain::kept_term(result.kept);
     let detail = format!(
         "{} read = {} migrated{kept} + {} rejected; {} rows in {}",
         result.rows_read, result.migrated, result.rejected, result.target_rows, spec.target

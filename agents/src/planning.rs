@@ -522,16 +522,17 @@ fn what_changes(s: &Table, t: &Table, spec: Option<&runtime::mapping::MappingSpe
         _ => None,
     });
     for (from, to) in copied {
-        if let Some(kept) = rounded(&Stored::of(from), &Stored::of(to)) {
+        let (stored_from, stored_to) = (Stored::of(from), Stored::of(to));
+        if let Some(kept) = rounded(&stored_from, &stored_to) {
             out.push(format!(
                 "Rounded: {}.{} is {} and {}.{} {}, which keeps {kept}: the target rounds the \
                     rest away (validation compares the rounded values).",
                 s.name.name,
                 from.name,
-                Stored::of(from).spelled(from),
+                stored_from.spelled(from),
                 t.name.name,
                 to.name,
-                Stored::of(to).spelled(to)
+                stored_to.spelled(to)
             ));
         }
     }

@@ -153,14 +153,6 @@ impl Totals {
     pub fn in_target(&self) -> i64 {
         self.migrated + self.kept
     }
-
-    /// ` + N kept from before agentctl`, or nothing when none were.
-    pub fn kept_phrase(&self) -> String {
-        match self.kept {
-            0 => String::new(),
-            n => format!(" + {n} kept from before agentctl"),
-        }
-    }
 }
 
 /// Rejections of one source table for one rule: how many, an example reason, example keys.
@@ -188,15 +180,12 @@ impl ControlStore {
         // Text the target's encoding cannot hold could be neither written nor recorded as
         // rejected (a rejected row is kept whole, and the trail's words are UTF-8): refused
         // before anything is created, where a run stopped at the first such value.
-        let encoding: String = sqlx::query_scalar("SELECT current_setting('server_encoding')")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(while_doing("reading the target's encoding"))?;
-        if !matches!(encoding.as_str(), "UTF8" | "SQL_ASCII") {
-            let db: String = sqlx::query_scalar("SELECT current_database()::text")
+        let (encoding, db): (String, String) =
+            sqlx::query_as("SELECT current_setting('server_encoding'), current_database()::text")
                 .fetch_one(&mut *conn)
                 .await
-                .map_err(while_doing("reading the target's name"))?;
+                .map_err(while_doing("reading the target's encoding"))?;
+        if !matches!(encoding.as_str(), "UTF8" | "SQL_ASCII") {
             return Err(ToolError::system(format!(
                 "the target database {db} stores text as {encoding}, which cannot hold every \
                     character a source may: agentctl would stop at the first such value, unable \

@@ -86,6 +86,15 @@ pub struct RejectedRow {
     pub row: serde_json::Value,
 }
 
+/// ` + N kept from before agentctl`, the term an accounting line (`read = migrated + kept +
+/// rejected`) gives rows kept from before agentctl; nothing when none were.
+pub fn kept_term(kept: i64) -> String {
+    match kept {
+        0 => String::new(),
+        n => format!(" + {n} kept from before agentctl"),
+    }
+}
+
 /// An entity's position and accounting, as committed with its last batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {

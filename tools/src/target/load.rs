@@ -551,25 +551,25 @@ async fn already_there(
             _ => return Ok(None),
         }
     }
+    // Recorded only when every row is there: otherwise the staged path records them.
     let (present, kept): (i64, i64) = sqlx::query_as(&format!(
         "WITH there AS (
              SELECT t.legacy_id, t.id, b.id AS derived
-             FROM unnest($1::text[], $2::uuid[]) AS b (legacy, id)
+             FROM unnest($4::text[], $5::uuid[]) AS b (legacy, id)
              JOIN {} t ON t.legacy_id = b.legacy::{}),
-         recorded AS (
-             INSERT INTO agentctl.migration_mappings (source_table, legacy_id, target_table, id, run_id, created)
-             SELECT $3, legacy_id::text, $4, id, $5, false FROM there
-             WHERE id <> derived AND (SELECT count(*) FROM there) = $6
-             ON CONFLICT (source_table, legacy_id) DO NOTHING)
+         kept AS (
+             SELECT legacy_id::text AS legacy_id, id FROM there
+             WHERE id <> derived AND (SELECT count(*) FROM there) = $6),
+         {RECORD_KEPT}
          SELECT count(*), count(*) FILTER (WHERE id <> derived) FROM there",
         quoted(&b.target),
         b.columns[i].1
     ))
-    .bind(&legacy)
-    .bind(&ids)
     .bind(b.source.to_string())
     .bind(b.target.to_string())
     .bind(b.run_id.0)
+    .bind(&legacy)
+    .bind(&ids)
     .bind(keep.len() as i64)
     .fetch_one(&mut *c)
     .await?;
@@ -603,6 +603,13 @@ async fn stage(c: &mut sqlx::PgConnection, b: &Batch, keep: &[usize]) -> Result<
     Ok(())
 }
 
+/// The statement of a `WITH` that records the rows of a `kept (legacy_id text, id uuid)` before
+/// it as kept from before agentctl, with the source table, target table and run as $1 to $3.
+const RECORD_KEPT: &str = "recorded AS (
+    INSERT INTO agentctl.migration_mappings (source_table, legacy_id, target_table, id, run_id, created)
+    SELECT $1, legacy_id, $2, id, $3, false FROM kept
+    ON CONFLICT (source_table, legacy_id) DO NOTHING)";
+
 /// A row already in the target under a UUID of its own was there before agentctl: it
 /// keeps its UUID, and the record says so, so that a rollback never deletes it. Returns how
 /// many of the batch's rows are such rows (recorded now or by an earlier run).
@@ -612,10 +619,7 @@ async fn record_kept(c: &mut sqlx::PgConnection, b: &Batch, i: usize) -> Result<
              SELECT t.legacy_id::text AS legacy_id, t.id
              FROM agentctl_stage s JOIN {} t ON t.legacy_id = s.c{i}::{}
              WHERE t.id <> s.c{}::uuid),
-         recorded AS (
-             INSERT INTO agentctl.migration_mappings (source_table, legacy_id, target_table, id, run_id, created)
-             SELECT $1, legacy_id, $2, id, $3, false FROM kept
-             ON CONFLICT (source_table, legacy_id) DO NOTHING)
+         {RECORD_KEPT}
          SELECT count(*) FROM kept",
         quoted(&b.target),
         b.columns[i].1,
