@@ -363,3 +363,28 @@ fn a_column_that_keeps_less_than_its_source_is_said_to_round() {
         assert_eq!(rounded(&Stored::of(&from_column), &to).as_deref(), kept, "{from} into {base}");
     }
 }
+
+#[test]
+fn a_generic_reference_is_found_by_object_id_or_object_pk() {
+    let text = |name: &str| Column {
+        data_type: "character varying(255)".into(),
+        type_name: "varchar".into(),
+        ..int_column(name, false)
+    };
+    let mut source = schema(&[
+        ("django_content_type", 1, &[]),
+        ("guardian_userobjectpermission", 1, &[("content_type_id", "django_content_type", false)]),
+        ("django_admin_log", 1, &[("content_type_id", "django_content_type", true)]),
+        ("plain", 1, &[("content_type_id", "django_content_type", true)]),
+    ]);
+    source.tables[1].columns.push(text("object_pk"));
+    source.tables[2].columns.push(text("object_id"));
+    let found: Vec<String> = source.loose_references().iter().map(|l| l.to_string()).collect();
+    expect![[r#"
+        [
+            "guardian_userobjectpermission.object_pk is a generic reference (its table named by content_type_id): no foreign key declares it, so it keeps the old keys, which each target row keeps as legacy_id (to rewrite it, declare it in the mapping file: generic = { object_pk = { by = \"content_type_id\" } })",
+            "django_admin_log.object_id is a generic reference (its table named by content_type_id): no foreign key declares it, so it keeps the old keys, which each target row keeps as legacy_id (to rewrite it, declare it in the mapping file: generic = { object_id = { by = \"content_type_id\" } })",
+        ]
+    "#]]
+    .assert_debug_eq(&found);
+}

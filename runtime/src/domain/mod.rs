@@ -374,8 +374,10 @@ impl fmt::Display for LooseReference {
             (Some(ct), _) => write!(
                 f,
                 "{}.{} is a generic reference (its table named by {ct}): no foreign key declares \
-                    it, so it keeps the old keys, which each target row keeps as legacy_id",
-                self.table, self.column
+                    it, so it keeps the old keys, which each target row keeps as legacy_id (to \
+                    rewrite it, declare it in the mapping file: generic = {{ {} = {{ by = \"{ct}\" \
+                    }} }})",
+                self.table, self.column, self.column
             ),
             (None, Some(p)) => write!(
                 f,
@@ -400,8 +402,9 @@ impl SchemaReport {
             && self.table(&fk.references).is_some_and(|p| p.key().0 == fk.referenced_columns)
     }
 
-    /// References no foreign key declares: Django's generic relations (an `object_id` beside a
-    /// foreign key to a `*content_type` table, `to_object_id` beside `to_content_type_id`), and
+    /// References no foreign key declares: Django's generic relations (an `object_id` or
+    /// `object_pk` beside a foreign key to a `*content_type` table, `to_object_id` beside
+    /// `to_content_type_id`; django-guardian and django-contrib-comments name it `object_pk`), and
     /// `*_id` columns of a key's type whose name is another table's (`user_id` and `auth_user`
     /// or `user`).
     pub fn loose_references(&self) -> Vec<LooseReference> {
@@ -422,8 +425,11 @@ impl SchemaReport {
                     .strip_suffix("content_type_id")
                     .or_else(|| ct.strip_suffix("content_type"))
                     .unwrap_or("");
-                let object = format!("{prefix}object_id");
-                if t.column(&object).is_some() && !declared(&object) {
+                let object = ["object_id", "object_pk"]
+                    .map(|o| format!("{prefix}{o}"))
+                    .into_iter()
+                    .find(|o| t.column(o).is_some() && !declared(o));
+                if let Some(object) = object {
                     generic.push(object.clone());
                     out.push(LooseReference {
                         table: t.name.clone(),
