@@ -591,9 +591,9 @@ fn map_table(
                 for used_col in feed_columns(&m.feed) {
                     used.insert(used_col);
                 }
-                if let Err(e) = check_fit(&m, c, target, &source_column) {
-                    problems.push(at(Some(&c.name), e.0));
-                }
+                let unfit = check_fit(&m, c, target, &source_column).err().map(|e| e.0);
+                let unfit = unfit.or_else(|| large_objects(&m, src, source, &source_column));
+                problems.extend(unfit.map(|e| at(Some(&c.name), e)));
                 columns.push(m);
             }
             None if !c.nullable && c.default.is_none() && c.identity.is_none() => {
@@ -619,6 +619,38 @@ fn map_table(
         dropped,
         sync: rule.map(|r| r.sync).unwrap_or_default(),
     })
+}
+
+/// Why a mapping that copies an `oid` column (or a domain over it, such as the `lo`
+/// extension's) of a source holding large objects is refused: its values name large objects,
+/// which live apart from every table and which agentctl does not copy, so the new rows would
+/// name objects that are not there.
+fn large_objects<'a>(
+    m: &ColumnMapping,
+    src: &Table,
+    source: &SchemaReport,
+    source_column: &dyn Fn(&str) -> Option<&'a Column>,
+) -> Option<String> {
+    if source.large_objects == 0 {
+        return None;
+    }
+    let names_objects = |c: &Column| {
+        c.type_name == "oid" || matches!(&c.type_kind, TypeKind::Domain { base } if base == "oid")
+    };
+    let column =
+        feed_columns(&m.feed).into_iter().find(|f| source_column(f).is_some_and(names_objects))?;
+    Some(format!(
+        "its source column {column} names large objects (an oid column; the source holds {n} \
+            of them), which agentctl does not copy: the new rows would name objects that are not \
+            there; keep the \
+            contents in a bytea column instead (ALTER TABLE {table} ALTER {col} TYPE bytea USING \
+            lo_get({col})), or leave the column on purpose in the mapping file: [entities.{src}] \
+            leave = [\"{column}\"]",
+        src = src.name,
+        n = source.large_objects,
+        table = runtime::sql::quoted(&src.name),
+        col = runtime::sql::ident(&column),
+    ))
 }
 
 /// The source column a target generated column `generated` reproduces: the one of its name,
@@ -849,43 +881,45 @@ impl Sources<'_> {
                 rationale: String::new(),
             })
         } else {
-            // A data column `id` or `legacy_id` is kept as `source_id` or `source_legacy_id`
-            // by a generated target (the target's key has those names).
-            let renamed = c.name.strip_prefix("source_").filter(|original| {
-                self.src.renamed_data_column(original).as_deref() == Some(c.name.as_str())
-            });
-            let candidates = [
-                Some(c.name.clone()),
-                Some(format!("{}_cents", c.name)),
-                renamed.map(str::to_owned),
-            ];
-            match candidates.iter().flatten().find_map(|n| self.src.column(n)) {
-                Some(sc) => match (self.fk_of)(&sc.name) {
-                    Some(fk) if category(c) == "uuid" => Some(ColumnMapping {
-                        target: c.name.clone(),
-                        feed: Feed::Reference {
-                            columns: vec![sc.name.clone()],
-                            parent: fk.references.clone(),
-                            parent_key: None,
-                        },
-                        transforms: vec![],
-                        rationale: format!(
-                            "same name; the UUID of the {} row it points at",
-                            fk.references
-                        ),
-                    }),
-                    _ => {
-                        let (transforms, rationale) =
-                            inferred_transforms(sc, c, self.target, self.zone);
-                        Some(ColumnMapping {
-                            target: c.name.clone(),
-                            feed: Feed::Column { column: sc.name.clone() },
-                            transforms,
-                            rationale,
-                        })
-                    }
+            self.by_name(c, rule)
+        })
+    }
+
+    /// The source column of `c`'s name (or `c`'s name with `_cents`, or the data column a
+    /// generated target renamed) that the mapping file does not leave behind.
+    fn by_name(&self, c: &Column, rule: Option<&EntityRule>) -> Option<ColumnMapping> {
+        // A data column `id` or `legacy_id` is kept as `source_id` or `source_legacy_id` by a
+        // generated target (the target's key has those names).
+        let renamed = c.name.strip_prefix("source_").filter(|original| {
+            self.src.renamed_data_column(original).as_deref() == Some(c.name.as_str())
+        });
+        let candidates =
+            [Some(c.name.clone()), Some(format!("{}_cents", c.name)), renamed.map(str::to_owned)];
+        let leave = rule.map(|r| r.leave.as_slice()).unwrap_or_default();
+        let sc = candidates
+            .iter()
+            .flatten()
+            .filter_map(|n| self.src.column(n))
+            .find(|sc| !leave.contains(&sc.name))?;
+        Some(match (self.fk_of)(&sc.name) {
+            Some(fk) if category(c) == "uuid" => ColumnMapping {
+                target: c.name.clone(),
+                feed: Feed::Reference {
+                    columns: vec![sc.name.clone()],
+                    parent: fk.references.clone(),
+                    parent_key: None,
                 },
-                None => None,
+                transforms: vec![],
+                rationale: format!("same name; the UUID of the {} row it points at", fk.references),
+            },
+            _ => {
+                let (transforms, rationale) = inferred_transforms(sc, c, self.target, self.zone);
+                ColumnMapping {
+                    target: c.name.clone(),
+                    feed: Feed::Column { column: sc.name.clone() },
+                    transforms,
+                    rationale,
+                }
             }
         })
     }

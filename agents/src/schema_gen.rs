@@ -182,7 +182,8 @@ pub fn generate(report: &SchemaReport) -> Result<(String, Vec<String>), Vec<Stri
         let labels: Vec<String> = labels.iter().map(|l| literal(l)).collect();
         out.push_str(&format!("CREATE TYPE {spelled} AS ENUM ({});\n", labels.join(", ")));
     }
-    for d in &report.domains {
+    // An extension's own domains come with the extension (created above).
+    for d in report.domains.iter().filter(|d| d.extension.is_none()) {
         let checks: Vec<String> = d
             .checks
             .iter()

@@ -418,3 +418,65 @@ fn a_source_column_the_target_computes_instead_is_refused_until_left_on_purpose(
         plan.stdout
     );
 }
+
+/// An `oid` column (or the `lo` extension's domain over it) names large objects, which live
+/// apart from every table: copying the numbers would leave the contents behind and the new rows
+/// naming nothing. The run is refused by column before anything is written, until the mapping
+/// file leaves the columns on purpose. The target schema is generated from a source with the
+/// `lo` extension, whose domain comes with the extension.
+#[test]
+fn a_column_naming_large_objects_is_refused_until_left_on_purpose() {
+    let pg = shared();
+    let (source, target) = (pg.create_db("blobs"), pg.create_db("blobs_target"));
+    pg.psql(
+        source.rsplit('/').next().unwrap(),
+        "CREATE EXTENSION lo;
+         CREATE TABLE document (id int PRIMARY KEY, title text NOT NULL, content oid, scan lo);
+         INSERT INTO document SELECT g, 'doc ' || g, lo_from_bytea(0, convert_to(repeat('page ', g), 'UTF8')),
+             CASE WHEN g = 2 THEN lo_from_bytea(0, '\\xdeadbeef')::lo END FROM generate_series(1, 2) g;",
+    );
+    let out = agentctl_on(&source, &target, &["schema", "generate", "--from-source", "--apply"]);
+    assert_eq!(out.code, 0, "the lo extension brings its own domain: {out:?}");
+    let t = target.rsplit('/').next().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--goal", "migrate everything", "--yes"];
+        args.extend_from_slice(extra);
+        agentctl_on(&source, &target, &args)
+    };
+    let out = run(&[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    for column in ["content", "scan"] {
+        let said = format!(
+            "document.{column}: its source column {column} names large objects (an oid column; \
+             the source holds 3 of them), which agentctl does not copy: the new rows would name \
+             objects that are not there; keep the contents in a bytea column instead (ALTER TABLE \
+             \"public\".\"document\" ALTER \"{column}\" TYPE bytea USING lo_get(\"{column}\")), or \
+             leave the column on purpose in the mapping file: [entities.document] leave = \
+             [\"{column}\"]"
+        );
+        assert!(out.stderr.contains(&said), "{said}: {}", out.stderr);
+    }
+    assert_eq!(pg.psql(t, "SELECT count(*) FROM document"), "0", "nothing ran");
+
+    let dir = tempfile::tempdir().unwrap();
+    let leave = dir.path().join("leave.toml");
+    std::fs::write(&leave, "[entities.document]\nleave = [\"content\", \"scan\"]\n").unwrap();
+    let out = run(&["--mapping", leave.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains(
+            "Left behind on purpose (the mapping file's leave): content, scan of document."
+        ),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        pg.psql(
+            t,
+            "SELECT string_agg(format('%s %s %s %s', legacy_id, title, content IS NULL, scan IS NULL), \
+                ', ' ORDER BY legacy_id) FROM document"
+        ),
+        "1 doc 1 t t, 2 doc 2 t t",
+        "the rows are there, without the large objects",
+    );
+}

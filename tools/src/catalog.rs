@@ -100,6 +100,10 @@ impl PgCatalog {
         let other_objects = self.other_objects().await?;
         let collations = self.collations().await?;
         let extensions = self.extensions().await?;
+        let large_objects = sqlx::query_scalar("SELECT count(*) FROM pg_largeobject_metadata")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(while_doing("counting the large objects".to_owned()))?;
         if exact_counts {
             self.count_rows(&mut tables).await?;
         }
@@ -113,6 +117,7 @@ impl PgCatalog {
             sequences,
             other_objects,
             extensions,
+            large_objects,
         })
     }
 
@@ -510,7 +515,9 @@ impl PgCatalog {
                 &format!(
                     "SELECT t.typname::text AS name, format_type(t.typbasetype, t.typtypmod) AS base, t.typnotnull AS not_null,
                             ARRAY(SELECT c.conname::text FROM pg_constraint c WHERE c.contypid = t.oid ORDER BY c.conname) AS check_names,
-                            ARRAY(SELECT pg_get_constraintdef(c.oid, true) FROM pg_constraint c WHERE c.contypid = t.oid ORDER BY c.conname) AS check_defs
+                            ARRAY(SELECT pg_get_constraintdef(c.oid, true) FROM pg_constraint c WHERE c.contypid = t.oid ORDER BY c.conname) AS check_defs,
+                            (SELECT e.extname::text FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+                              WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e') AS extension
                      FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
                      WHERE t.typtype = 'd' AND {USER_SCHEMAS} ORDER BY t.typname"
                 ),
@@ -524,6 +531,7 @@ impl PgCatalog {
                 name: get(r, "name")?,
                 base: get(r, "base")?,
                 not_null: get(r, "not_null")?,
+                extension: get(r, "extension")?,
                 checks: names
                     .into_iter()
                     .zip(defs)

@@ -294,6 +294,10 @@ pub struct Domain {
     pub base: String,
     pub not_null: bool,
     pub checks: Vec<Check>,
+    /// The extension that creates it (`lo`'s domain `lo`), which the target gets by creating
+    /// the extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<String>,
 }
 
 /// What the schema analysis agent found in one database.
@@ -323,6 +327,10 @@ pub struct SchemaReport {
     /// The extensions installed in the database, with the schema each lives in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extensions: Vec<Extension>,
+    /// How many large objects (`lo_create`, `lo_import`) the database holds: what an `oid`
+    /// column names, stored apart from every table.
+    #[serde(default)]
+    pub large_objects: i64,
 }
 
 /// A sequence, with the value it will hand out next.
