@@ -176,7 +176,7 @@ INSERT INTO remark SELECT i, CASE WHEN i % 2 = 0 THEN 'employee' ELSE 'store' EN
 INSERT INTO remark VALUES (41, 'ghost', 7, 'about a kind nothing maps'), (42, 'employee', NULL, 'about no one');
 -- Values of each type that look like no ordinary value (infinities, BC dates, years past
 -- 9999, NaN, JSON a strict parser refuses, timestamps rounded by their precision, money with
--- its currency sign and thousands separators, the greatest and least bigint), under CHECKs
+-- its currency sign and thousands separators, money's least, the greatest and least bigint), under CHECKs
 -- that hold for them only when read as the server reads them. Every row is valid.
 CREATE TABLE reading (
     id integer PRIMARY KEY,
@@ -194,7 +194,7 @@ INSERT INTO reading VALUES
     (1, 'infinity', '-infinity', 'infinity', '{"a": 1e400, "a": 2}', '{"b": 1e400}', 'NaN', '2024-01-01 00:00:00.4', '1234567.89', 9223372036854775807),
     (2, '0044-03-15 12:00:00 BC', '0044-03-15 12:00:00+00 BC', '0044-03-15 BC', '"\ud800"', '[[[[1]]]]', 'Infinity', '-infinity', '-1234.5', -9223372036854775808),
     (3, '12020-01-01 00:00:00', '12020-06-01 10:00:00+02', '12020-01-01', '"\u0000"', '{"x": "y"}', '1e-5', NULL, '0.07', 0),
-    (4, '-infinity', NULL, '-infinity', (repeat('[', 300) || repeat(']', 300))::json, NULL, NULL, NULL, NULL, NULL);
+    (4, '-infinity', NULL, '-infinity', (repeat('[', 300) || repeat(']', 300))::json, NULL, NULL, NULL, '-92233720368547758.08', NULL);
 -- Table inheritance (not partitioning): a SELECT of vehicle also returns truck's rows, which
 -- are truck's own; after ANALYZE, vehicle's columns have statistics twice (with and without its
 -- children's rows).

@@ -148,7 +148,10 @@ pub struct EntityValidation {
 }
 
 /// A decimal amount in whole cents (`12.5` is 1250, digits past the cent dropped; `money` as
-/// every session of agentctl writes it, `-$1,234.50`, is -123450); NULL counts as nothing.
+/// every session of agentctl writes it, `-$1,234.50`, is -123450); NULL, and what is no
+/// amount (`NaN`), count as nothing; an amount beyond what 64 bits of cents hold (`money`'s
+/// least, a numeric of a thousand digits) counts as the most they hold, the same on both
+/// sides of a comparison. Totals add with [`i64::saturating_add`].
 pub fn cents(v: Option<&str>) -> i64 {
     let Some(s) = v.map(str::trim) else { return 0 };
     let (neg, s) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
@@ -162,12 +165,14 @@ pub fn cents(v: Option<&str>) -> i64 {
     };
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
     let frac: String = frac.chars().chain(std::iter::repeat('0')).take(2).collect();
-    let c = whole.parse::<i64>().unwrap_or(0) * 100 + frac.parse::<i64>().unwrap_or(0);
-    if neg {
-        -c
-    } else {
-        c
-    }
+    let digits = !whole.is_empty() && whole.bytes().all(|b| b.is_ascii_digit());
+    let whole: i128 = match digits {
+        true => whole.parse().unwrap_or(i128::MAX),
+        false => 0,
+    };
+    let c = whole.saturating_mul(100).saturating_add(frac.parse::<i128>().unwrap_or(0));
+    let c = if neg { -c } else { c };
+    c.clamp(i64::MIN.into(), i64::MAX.into()) as i64
 }
 
 /// A load's record of one batch's source page, as a validation looks it up: the page's
@@ -220,5 +225,10 @@ mod tests {
         assert_eq!(cents(Some("$1,234,567.89")), 123_456_789);
         assert_eq!(cents(Some(" 1.239 ")), 123);
         assert_eq!(cents(None), 0);
+        assert_eq!(cents(Some("-$92,233,720,368,547,758.08")), i64::MIN, "money's least");
+        assert_eq!(cents(Some("92233720368547758.08")), i64::MAX);
+        assert_eq!(cents(Some(&format!("1{}", "0".repeat(1000)))), i64::MAX);
+        assert_eq!(cents(Some("NaN")), 0);
+        assert_eq!(cents(Some("-Infinity")), 0);
     }
 }

@@ -694,7 +694,10 @@ async fn record_written(
     let page_rows = b.page_hash.map(|_| b.page.len() as i32);
     let money: Option<Vec<i64>> = b.page_hash.map(|_| {
         let total = |m: usize| -> i64 {
-            recorded.iter().map(|&seq| runtime::domain::cents(b.rows.get(seq, m))).sum()
+            recorded
+                .iter()
+                .map(|&seq| runtime::domain::cents(b.rows.get(seq, m)))
+                .fold(0, i64::saturating_add)
         };
         b.money.iter().map(|&m| total(m)).collect()
     });
