@@ -336,6 +336,27 @@ fn validation_finds_changed_lost_and_extra_rows_and_rollback_leaves_the_target_a
 /// the reference; and a table agentctl never migrated whose rows point at it with
 /// `ON DELETE CASCADE`. The rollback must refuse while those rows exist (the cascade would have
 /// deleted them) and, once they are gone, delete every row, the self-reference whole.
+/// A psql session on `db` that begins a transaction, runs `sql` in it and leaves it open until
+/// its stdin is dropped.
+fn in_transaction(
+    pg: &PgCluster,
+    db: &str,
+    sql: &str,
+) -> (std::process::Child, std::process::ChildStdin) {
+    use std::io::Write as _;
+    let mut session = pg
+        .psql_command(db)
+        .arg("-q")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = session.stdin.take().unwrap();
+    stdin.write_all(format!("BEGIN;\n{sql}\n").as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    (session, stdin)
+}
+
 #[test]
 fn rollback_neither_cascades_into_rows_it_did_not_create_nor_trips_over_a_self_reference() {
     let pg = shared();
@@ -368,17 +389,7 @@ fn rollback_neither_cascades_into_rows_it_did_not_create_nor_trips_over_a_self_r
     pg.psql(&db, "DELETE FROM note");
     // A session reading note in a transaction it leaves open: the rollback waits a bounded
     // time for it, names it, and changes nothing.
-    let mut reader = pg
-        .psql_command(&db)
-        .arg("-q")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    let mut stdin = reader.stdin.take().unwrap();
-    stdin.write_all(b"BEGIN;\nSELECT count(*) FROM note;\n").unwrap();
-    stdin.flush().unwrap();
+    let (mut reader, stdin) = in_transaction(pg, &db, "SELECT count(*) FROM note;");
     let holding = || {
         pg.psql(&db, "SELECT count(*) FROM pg_locks WHERE relation = 'note'::regclass AND granted")
     };
@@ -398,6 +409,57 @@ fn rollback_neither_cascades_into_rows_it_did_not_create_nor_trips_over_a_self_r
         waited.stderr
     );
     assert_eq!(counts(), "60000 0", "nothing was deleted");
+
+    // A load interrupted with node's foreign key set aside (as a killed run leaves it), and a
+    // session writing node in a transaction it leaves open: putting the key back before the
+    // rollback waits as boundedly as the rollback's own locks, names the session, and deletes
+    // nothing.
+    pg.psql(
+        &db,
+        "INSERT INTO agentctl.suspended_constraints (target_table, name, kind, definition, validated, run_id)
+             SELECT 'node', conname, 'constraint', pg_get_constraintdef(oid), convalidated, gen_random_uuid()
+             FROM pg_constraint WHERE conrelid = 'node'::regclass AND contype = 'f';
+         ALTER TABLE node DROP CONSTRAINT node_parent_id_fkey;",
+    );
+    let (mut writer, stdin) =
+        in_transaction(pg, &db, "UPDATE node SET name = name WHERE legacy_id = 1;");
+    let writing = || {
+        pg.psql(
+            &db,
+            "SELECT count(*) FROM pg_locks WHERE relation = 'node'::regclass AND granted \
+             AND mode = 'RowExclusiveLock'",
+        )
+    };
+    assert!(tests::wait_until(std::time::Duration::from_secs(30), || writing() != "0"));
+    // The session ends once the rollback is done, or after 30 s if the rollback waits for it
+    // without bound (then it puts the key back, deletes, and the test fails on its success).
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let ender = std::thread::spawn(move || {
+        let _ = done_rx.recv_timeout(std::time::Duration::from_secs(30));
+        drop(stdin);
+        writer.wait().unwrap();
+    });
+    let waited = rollback();
+    done_tx.send(()).ok();
+    ender.join().unwrap();
+    assert_eq!(waited.code, 1, "{waited:?}");
+    assert!(
+        waited
+            .stderr
+            .contains("rollback waited 10 s for tables other sessions are using (node: pid ")
+            && waited.stderr.contains(
+                "idle in transaction, `UPDATE node SET name = name WHERE legacy_id = 1;`); \
+                 nothing was deleted"
+            ),
+        "{}",
+        waited.stderr
+    );
+    assert_eq!(counts(), "60000 0", "nothing was deleted");
+    assert_eq!(
+        pg.psql(&db, "SELECT string_agg(name, ',') FROM agentctl.suspended_constraints"),
+        "node_parent_id_fkey",
+        "the key is still on the record, to be put back"
+    );
     let done = rollback();
     assert_eq!(done.code, 0, "{done:?}");
     assert_eq!(counts(), "0 0");

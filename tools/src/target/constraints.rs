@@ -71,6 +71,63 @@ fn plain_key(kind: &str, definition: &str) -> Option<(&'static str, &'static str
     }
 }
 
+/// How long putting constraints back may wait for a table another session is using.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// As long as it takes: the load's own put-back, which waits for agentctl's own readers of
+    /// the table (its load baseline) by design.
+    Always,
+    /// At most [`LOCK_WAIT`], as everything a rollback locks.
+    Bounded,
+}
+
+/// Bounds the transaction's waits for locks by [`LOCK_WAIT`]; its backend's pid.
+async fn bounded(c: &mut sqlx::PgConnection) -> Result<i32, sqlx::Error> {
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{}s'", LOCK_WAIT.as_secs()))
+        .execute(&mut *c)
+        .await?;
+    sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(c).await
+}
+
+/// Whether a statement gave up waiting for a lock (`lock_timeout`, SQLSTATE 55P03).
+fn timed_out(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
+/// Puts one recorded constraint, index or autovacuum setting back on `target`, in the
+/// caller's transaction.
+async fn put_back(
+    c: &mut sqlx::PgConnection,
+    target: &TableName,
+    name: &str,
+    kind: &str,
+    definition: &str,
+    validated: bool,
+) -> Result<(), sqlx::Error> {
+    let table = quoted(target);
+    let create = match (kind, plain_key(kind, definition)) {
+        // The plain keys: the index built under a lock that lets readers on (the load baseline
+        // reads the table meanwhile), then made the constraint it was.
+        (_, Some((key, column))) => {
+            let name = ident(name);
+            sqlx::query(&format!("CREATE UNIQUE INDEX {name} ON {table} ({column})"))
+                .execute(&mut *c)
+                .await?;
+            format!("ALTER TABLE {table} ADD CONSTRAINT {name} {key} USING INDEX {name}")
+        }
+        ("index", _) => definition.to_owned(),
+        (AUTOVACUUM, _) => format!("ALTER TABLE {table} RESET (autovacuum_enabled)"),
+        // A unique key is built whole, never NOT VALID.
+        ("unique", _) => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(name)),
+        // Validated as it is added, unless it was NOT VALID before agentctl set it aside.
+        _ if validated || definition.ends_with("NOT VALID") => {
+            format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(name))
+        }
+        _ => format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition} NOT VALID", ident(name)),
+    };
+    sqlx::query(&create).execute(c).await.map(drop)
+}
+
 /// The keys set aside for the table's load.
 pub(super) async fn keys_aside(
     c: &mut sqlx::PgConnection,
@@ -96,6 +153,7 @@ impl PgTarget {
         target: &TableName,
         kinds: Option<&[&str]>,
         on_refusal: OnRefusal,
+        wait: Wait,
     ) -> Result<(Vec<String>, bool), ToolError> {
         let what = format!("putting back the constraints and indexes of {target}");
         let records: Vec<(String, String, String, bool)> = sqlx::query_as(
@@ -108,7 +166,6 @@ impl PgTarget {
         .fetch_all(&self.pool)
         .await
         .map_err(while_doing(&what))?;
-        let table = quoted(target);
         let mut restored = Vec::with_capacity(records.len());
         let mut everything = true;
         // The primary key first: a foreign key (the table's own, to itself) needs its index.
@@ -122,36 +179,12 @@ impl PgTarget {
             // silently left unchecked. (The lock it takes stops writers to the table and its
             // parent, never readers; agentctl writes to neither at that point.)
             let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
-            let create = match (kind.as_str(), plain_key(&kind, &definition)) {
-                // The plain keys: the index built under a lock that lets readers on (the load
-                // baseline reads the table meanwhile), then made the constraint it was.
-                (_, Some((key, column))) => {
-                    let name = ident(&name);
-                    sqlx::query(&format!("CREATE UNIQUE INDEX {name} ON {table} ({column})"))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(while_doing(format!(
-                            "building the index of {name} on {target}"
-                        )))?;
-                    format!("ALTER TABLE {table} ADD CONSTRAINT {name} {key} USING INDEX {name}")
-                }
-                ("index", _) => definition.clone(),
-                (AUTOVACUUM, _) => format!("ALTER TABLE {table} RESET (autovacuum_enabled)"),
-                // A unique key is built whole, never NOT VALID.
-                ("unique", _) => {
-                    format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name))
-                }
-                // Validated as it is added, unless it was NOT VALID before agentctl set it aside.
-                _ if validated || definition.ends_with("NOT VALID") => {
-                    format!("ALTER TABLE {table} ADD CONSTRAINT {} {definition}", ident(&name))
-                }
-                _ => format!(
-                    "ALTER TABLE {table} ADD CONSTRAINT {} {definition} NOT VALID",
-                    ident(&name)
-                ),
+            let me = match wait {
+                Wait::Always => None,
+                Wait::Bounded => Some(bounded(&mut tx).await.map_err(while_doing(&what))?),
             };
-            match sqlx::query(&create).execute(&mut *tx).await {
-                Ok(_) => {}
+            match put_back(&mut tx, target, &name, &kind, &definition, validated).await {
+                Ok(()) => {}
                 Err(sqlx::Error::Database(db))
                     if on_refusal != OnRefusal::Fail && db.code().as_deref() == Some("23503") =>
                 {
@@ -161,6 +194,10 @@ impl PgTarget {
                     // Rolled back with its transaction, still on the record.
                     everything = false;
                     continue;
+                }
+                Err(e) if me.is_some() && timed_out(&e) => {
+                    drop(tx);
+                    return Err(self.waited(me.unwrap_or_default(), &[quoted(target)]).await);
                 }
                 Err(e) => return Err(while_doing(format!("putting back {name} on {target}"))(e)),
             }
@@ -245,19 +282,23 @@ impl ConstraintStore for PgTarget {
         Ok(all)
     }
     async fn restore_constraints(&self, target: &TableName) -> Result<Vec<String>, ToolError> {
-        self.restore(target, None, OnRefusal::Fail).await.map(|(restored, _)| restored)
+        self.restore(target, None, OnRefusal::Fail, Wait::Always)
+            .await
+            .map(|(restored, _)| restored)
     }
     async fn restore_constraints_unless_refused(
         &self,
         target: &TableName,
     ) -> Result<(Vec<String>, bool), ToolError> {
-        self.restore(target, None, OnRefusal::Stop).await
+        self.restore(target, None, OnRefusal::Stop, Wait::Always).await
     }
     async fn restore_constraints_but_refused(
         &self,
         target: &TableName,
     ) -> Result<Vec<String>, ToolError> {
-        self.restore(target, None, OnRefusal::Skip).await.map(|(restored, _)| restored)
+        self.restore(target, None, OnRefusal::Skip, Wait::Always)
+            .await
+            .map(|(restored, _)| restored)
     }
     async fn suspend_keys(&self, run: RunId, target: &TableName) -> Result<KeysAside, ToolError> {
         let what = format!("setting aside the keys of {target} for the load");
@@ -269,7 +310,7 @@ impl ConstraintStore for PgTarget {
         if !empty {
             // A load that starts again over rows of its own: the primary key comes back, so
             // that a row the table holds is found by it.
-            self.restore(target, Some(&["primary"]), OnRefusal::Fail).await?;
+            self.restore(target, Some(&["primary"]), OnRefusal::Fail, Wait::Always).await?;
         }
         let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
         // The primary key on id alone and the unique constraint on legacy_id alone, both there,
@@ -310,15 +351,19 @@ impl ConstraintStore for PgTarget {
         Ok(aside)
     }
     async fn restore_keys(&self, target: &TableName) -> Result<(), ToolError> {
-        self.restore(target, Some(&["primary", "unique"]), OnRefusal::Fail).await.map(drop)
+        self.restore(target, Some(&["primary", "unique"]), OnRefusal::Fail, Wait::Always)
+            .await
+            .map(drop)
     }
     async fn rollback(
         &self,
         run: RunId,
         entities: &[RollbackEntity],
     ) -> Result<Vec<RolledBack>, ToolError> {
+        // What an interrupted load left aside comes back first, waiting no longer than the
+        // rollback's own locks do.
         for e in entities {
-            self.restore_constraints(&e.target).await?;
+            self.restore(&e.target, None, OnRefusal::Fail, Wait::Bounded).await?;
         }
         let what = "rolling back";
         let mut tx = self.pool.begin().await.map_err(while_doing(what))?;
@@ -425,12 +470,16 @@ impl PgTarget {
         }
         let lock = format!("LOCK TABLE {} IN {mode} MODE", tables.join(", "));
         let Err(err) = sqlx::query(&lock).execute(&mut *c).await else { return Ok(()) };
-        let timed_out =
-            matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"));
-        if !timed_out {
+        if !timed_out(&err) {
             return Err(while_doing("locking the tables to roll back")(err));
         }
-        let holders: Vec<(String, i32, String, String)> = sqlx::query_as(
+        Err(self.waited(me, tables).await)
+    }
+
+    /// Why a rollback gave up waiting for `tables` (quoted): the sessions other than `me`
+    /// holding a lock on one of them, each with its state and query.
+    async fn waited(&self, me: i32, tables: &[String]) -> ToolError {
+        let holders: Result<Vec<(String, i32, String, String)>, _> = sqlx::query_as(
             "SELECT DISTINCT l.relation::regclass::text, a.pid, coalesce(a.state, ''),
                     left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 80)
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -441,13 +490,17 @@ impl PgTarget {
         .bind(tables)
         .bind(me)
         .fetch_all(&self.pool)
-        .await
-        .map_err(while_doing("looking for the sessions using the tables to roll back"))?;
-        let holders: Vec<String> = holders
-            .iter()
-            .map(|(table, pid, state, query)| format!("{table}: pid {pid}, {state}, `{query}`"))
-            .collect();
-        Err(ToolError::system(format!(
+        .await;
+        let holders: Vec<String> = match holders {
+            Ok(holders) => holders
+                .iter()
+                .map(|(table, pid, state, query)| format!("{table}: pid {pid}, {state}, `{query}`"))
+                .collect(),
+            Err(e) => {
+                return while_doing("looking for the sessions using the tables to roll back")(e)
+            }
+        };
+        ToolError::system(format!(
             "rollback waited {} s for tables other sessions are using ({}); nothing was deleted: \
                 end those sessions or wait until they are done, then run rollback again",
             LOCK_WAIT.as_secs(),
@@ -455,7 +508,7 @@ impl PgTarget {
                 true => "they have ended since".to_owned(),
                 false => holders.join("; "),
             }
-        )))
+        ))
     }
 }
 
