@@ -359,15 +359,25 @@ fn pgcopydb() -> Option<PathBuf> {
     })
 }
 
+/// What `pgcopydb clone` made: its seconds, and how many of the clone's foreign keys there are
+/// and how many of them it validated (it recreates each as the source has it: a source whose
+/// keys are `NOT VALID`, as the reference dataset's, gets unchecked ones, where agentctl
+/// validates every key of its target).
+struct Cloned {
+    seconds: f64,
+    foreign_keys: i64,
+    validated: i64,
+}
+
 /// One `pgcopydb clone` of the source into a database of its own on the target's server (same
-/// schema, integer keys, every row, indexes and foreign keys built), timed; the database is
+/// schema, integer keys, every row, indexes and foreign keys made), timed; the database is
 /// dropped again afterwards.
 async fn pgcopydb_clone(
     bin: &Path,
     config: &Config,
     admin: &tools::pg::Pool,
     jobs: &str,
-) -> Result<f64, Exit> {
+) -> Result<Cloned, Exit> {
     let (source, target) =
         (config.source().map_err(Exit::config)?, config.target().map_err(Exit::config)?);
     let name = format!("{}_pgcopydb", target.database());
@@ -398,6 +408,10 @@ async fn pgcopydb_clone(
         .map_err(|e| Exit::failed(format!("starting pgcopydb: {e}")))?;
     let seconds = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
+    let keys = match out.status.success() {
+        true => clone_keys(&clone_url).await,
+        false => Ok((0, 0)),
+    };
     tools::cluster::drop_database(admin, &name).await?;
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stderr);
@@ -408,7 +422,16 @@ async fn pgcopydb_clone(
             .unwrap_or_else(|| said.lines().last().unwrap_or(""));
         return Err(Exit::failed(format!("pgcopydb clone failed: {}", last.trim())));
     }
-    Ok(seconds)
+    let (foreign_keys, validated) = keys?;
+    Ok(Cloned { seconds, foreign_keys, validated })
+}
+
+/// The foreign keys of the clone at `url`, and how many of them are validated.
+async fn clone_keys(url: &str) -> Result<(i64, i64), Exit> {
+    let db =
+        runtime::config::DbUrl::parse(runtime::config::DbRole::Target, url, "pgcopydb's clone")
+            .map_err(Exit::config)?;
+    Ok(tools::cluster::foreign_keys(&db).await?)
 }
 
 /// `bench` regenerates the reference dataset in the source and empties the target: it refuses
@@ -461,6 +484,8 @@ struct Round {
     /// machine's CPU for it.
     pgcopydb: Option<f64>,
     pgcopydb_cpu: Option<f64>,
+    /// The clone's foreign keys, and how many of them pgcopydb validated.
+    pgcopydb_keys: (i64, i64),
     /// The whole `run` with every entity validated as it loads (the default).
     validated: f64,
 }
@@ -609,6 +634,8 @@ fn figures_json(s: &Summary<'_>, scale: f64, rows_generated: i64, read: i64) -> 
         "pgcopydb": median.pgcopydb.map(|p| serde_json::json!({
             "seconds": p,
             "machine_cpu_seconds": median.pgcopydb_cpu,
+            "foreign_keys": median.pgcopydb_keys.0,
+            "foreign_keys_validated": median.pgcopydb_keys.1,
             "ratio_without_validation": median.whole / p,
             "ratio_with_validation": median.validated / p,
             "rounds": done.iter().map(|r| r.pgcopydb).collect::<Vec<_>>(),
@@ -651,9 +678,11 @@ fn markdown(s: &Summary<'_>) -> String {
     let listed = |f: &dyn Fn(&Round) -> String| every_round(done, f);
     let copier_rows = match median.pgcopydb {
         Some(p) => format!(
-            "| (c) `pgcopydb clone`, {copier_jobs} tables and indexes at a time (integer keys, every row, indexes and foreign keys built) | {p:.1} s ({} s) |\n\
+            "| (c) `pgcopydb clone`, {copier_jobs} tables and indexes at a time (integer keys, every row, indexes built, {} of {} foreign keys validated as the source has them; agentctl validates all of its target's) | {p:.1} s ({} s) |\n\
              | agentctl whole run without validation / pgcopydb | {:.2} ({}) |\n\
              | agentctl whole run with validation (the default) / pgcopydb | {:.1} s, {:.2} ({}) |\n",
+            median.pgcopydb_keys.1,
+            median.pgcopydb_keys.0,
             listed(&|r| r.pgcopydb.map(|s| format!("{s:.1}")).unwrap_or_default()),
             median.whole / p,
             listed(&|r| r.pgcopydb.map(|s| format!("{:.2}", r.whole / s)).unwrap_or_default()),
@@ -721,20 +750,20 @@ impl Bench<'_> {
         let pipe = tools::bench::raw_pipe(self.source, &self.conns.target, self.jobs).await?;
         eprintln!("  {} rows in {:.1}s", pipe.rows, pipe.seconds);
         tools::bench::settle(self.source, &self.conns.target).await?;
-        let (pgcopydb, pgcopydb_cpu) = match self.copier {
+        let (pgcopydb, pgcopydb_cpu, pgcopydb_keys) = match self.copier {
             Some(bin) => {
                 eprintln!(
                     "round {round}: pgcopydb clone, {copier_jobs} tables and indexes at a time ..."
                 );
-                let (seconds, cpu) =
+                let (cloned, cpu) =
                     costing(pgcopydb_clone(bin, self.config, &self.conns.target, copier_jobs))
                         .await;
-                let seconds = seconds?;
+                let Cloned { seconds, foreign_keys, validated } = cloned?;
                 eprintln!("  {seconds:.1}s");
                 tools::bench::settle(self.source, &self.conns.target).await?;
-                (Some(seconds), cpu)
+                (Some(seconds), cpu, (foreign_keys, validated))
             }
-            None => (None, None),
+            None => (None, None, (0, 0)),
         };
         eprintln!(
             "round {round}: agentctl run --goal \"migrate everything\" --skip-validation ..."
@@ -763,6 +792,7 @@ impl Bench<'_> {
             machine_cpu,
             pgcopydb,
             pgcopydb_cpu,
+            pgcopydb_keys,
             validated: validated.seconds,
         };
         Ok(r)

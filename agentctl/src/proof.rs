@@ -68,9 +68,25 @@ pub fn validation_failure(results: &[&EntityValidation]) -> Option<Exit> {
             format!("{}: {}{listed}", v.target, v.detail)
         })
         .collect();
+    // Rows missing, added or different are what an old database still in use does to a copy
+    // read while it changed: the usual next step, which a person new to it would not guess.
+    let out_of_step =
+        failed.iter().any(|v| v.missing + v.extra + v.rows_differing > v.kept_differing);
+    let next = match out_of_step {
+        true => {
+            "; if the old database changed after it was read (it was in use), `agentctl diff \
+                analyze` lists its changes and `agentctl diff migrate` carries them over; then run \
+                `agentctl validate` again"
+        }
+        false => "",
+    };
     Some(Exit {
         code: Exit::VALIDATION,
-        message: format!("validation failed for {} entities: {}", failed.len(), parts.join("; ")),
+        message: format!(
+            "validation failed for {} entities: {}{next}",
+            failed.len(),
+            parts.join("; ")
+        ),
     })
 }
 

@@ -518,6 +518,7 @@ fn empty(
         extra: 0,
         rows_compared: 0,
         rows_differing: 0,
+        kept_differing: 0,
         differences: Vec::new(),
         orphans: Vec::new(),
         links: Vec::new(),
@@ -762,6 +763,7 @@ async fn tally(
         }
         if let Some((col, kept)) = differing {
             v.rows_differing += 1;
+            v.kept_differing += i64::from(kept);
             if v.differences.len() < LISTED {
                 let found = target
                     .value_of(&v.target, &out_cols[col].0, &out_cols[legacy_col].1, key)

@@ -355,6 +355,11 @@ fn rows_already_in_the_target_keep_their_uuid_and_children_point_at_it() {
         "{}",
         out.stderr
     );
+    assert!(
+        !out.stderr.contains("diff migrate"),
+        "a kept row is never overwritten, by a sync either: {}",
+        out.stderr
+    );
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     let expected_rejects: i64 = report["tables"]
         .as_array()

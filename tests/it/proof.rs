@@ -209,6 +209,15 @@ fn validation_finds_changed_lost_and_extra_rows_and_rollback_leaves_the_target_a
         "the lost link is counted: {bad:?}"
     );
     assert!(
+        bad.stderr.trim_end().ends_with(
+            "if the old database changed after it was read (it was in use), `agentctl diff \
+             analyze` lists its changes and `agentctl diff migrate` carries them over; then run \
+             `agentctl validate` again"
+        ),
+        "the usual next step is said: {}",
+        bad.stderr
+    );
+    assert!(
         bad.stdout.contains("money amount") && bad.stdout.contains("DIFFERENT"),
         "{}",
         bad.stdout

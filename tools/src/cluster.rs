@@ -261,6 +261,19 @@ pub async fn drop_database(admin: &crate::pg::Pool, name: &str) -> Result<(), To
     Ok(())
 }
 
+/// The foreign keys of the database at `db`, and how many of them are validated.
+pub async fn foreign_keys(db: &runtime::config::DbUrl) -> Result<(i64, i64), ToolError> {
+    let pool = crate::pg::connect(db, 1).await?;
+    let counted = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE convalidated) FROM pg_constraint WHERE contype = 'f'",
+    )
+    .fetch_one(&pool)
+    .await
+    .map_err(crate::pg::while_doing(format!("counting the foreign keys of {}", db.location())));
+    pool.close().await;
+    counted
+}
+
 /// A database `name` made afresh and marked with the comment `mark`: one of that name that
 /// is there already is dropped only when it carries the mark (made so before, by a run that
 /// stopped before dropping it); any other is refused, untouched.

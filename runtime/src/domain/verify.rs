@@ -131,6 +131,10 @@ pub struct EntityValidation {
     pub extra: i64,
     pub rows_compared: i64,
     pub rows_differing: i64,
+    /// Of `rows_differing`, the rows that were in the target before agentctl (which never
+    /// overwrites them).
+    #[serde(default)]
+    pub kept_differing: i64,
     /// The first differences (at most 20).
     pub differences: Vec<Difference>,
     pub orphans: Vec<Orphans>,
