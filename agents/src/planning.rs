@@ -500,6 +500,21 @@ pub fn not_reproduced(
     {
         out.push(format!("Not rewritten: {loose}."));
     }
+    // A declared generic reference is rewritten, but no key of the target can say that the row
+    // it names arrived: said, so that a reference left pointing at nothing is never silent.
+    for spec in planned.iter().filter_map(|t| mappings.spec(t)) {
+        for c in &spec.columns {
+            if let runtime::mapping::Feed::Generic { column, by, .. } = &c.feed {
+                out.push(format!(
+                    "Not checked: {}.{column} is rewritten as a generic reference (by {by}), but \
+                        whether the row it names is in the target is not checked, by the load or \
+                        by validation: a row whose object was rejected, or was never in the old \
+                        database, points at nothing.",
+                    spec.source
+                ));
+            }
+        }
+    }
     let there: BTreeSet<&String> = target.other_objects.iter().map(|(_, n)| n).collect();
     for (kind, name) in source.other_objects.iter().filter(|(_, n)| !there.contains(n)) {
         let rows =
