@@ -642,10 +642,9 @@ fn large_objects<'a>(
     Some(format!(
         "its source column {column} names large objects (an oid column; the source holds {n} \
             of them), which agentctl does not copy: the new rows would name objects that are not \
-            there; keep the \
-            contents in a bytea column instead (ALTER TABLE {table} ALTER {col} TYPE bytea USING \
-            lo_get({col})), or leave the column on purpose in the mapping file: [entities.{src}] \
-            leave = [\"{column}\"]",
+            there; keep the contents in a bytea column instead (ALTER TABLE {table} ALTER {col} \
+            TYPE bytea USING lo_get({col})), or leave the column on purpose in the mapping file: \
+            [entities.{src}] leave = [\"{column}\"]",
         src = src.name,
         n = source.large_objects,
         table = runtime::sql::quoted(&src.name),
