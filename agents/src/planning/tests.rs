@@ -388,3 +388,25 @@ fn a_generic_reference_is_found_by_object_id_or_object_pk() {
     "#]]
     .assert_debug_eq(&found);
 }
+
+#[test]
+fn an_array_of_keys_named_after_a_table_is_said_to_keep_the_old_keys() {
+    let column = |name: &str, data_type: &str, type_name: &str| Column {
+        data_type: data_type.into(),
+        type_name: type_name.into(),
+        ..int_column(name, true)
+    };
+    let mut source = schema(&[("tag", 1, &[]), ("post", 1, &[])]);
+    source.tables[1].columns.extend([
+        column("tag_ids", "integer[]", "_int4"),
+        column("note_ids", "integer[]", "_int4"),
+        column("tag_names_ids", "text", "text"),
+    ]);
+    let found: Vec<String> = source.loose_references().iter().map(|l| l.to_string()).collect();
+    expect![[r#"
+        [
+            "post.tag_ids looks like an array of keys of tag: no foreign key can declare it and agentctl does not rewrite it, so it keeps the old keys, which each target row keeps as legacy_id",
+        ]
+    "#]]
+    .assert_debug_eq(&found);
+}

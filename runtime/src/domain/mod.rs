@@ -374,6 +374,10 @@ pub struct LooseReference {
     /// For a `*_id` column no foreign key declares: the table its name points at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<TableName>,
+    /// An array of such keys (`product_ids integer[]`), which no foreign key can declare and
+    /// no mapping rewrites.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub array: bool,
 }
 
 impl fmt::Display for LooseReference {
@@ -386,6 +390,13 @@ impl fmt::Display for LooseReference {
                     rewrite it, declare it in the mapping file: generic = {{ {} = {{ by = \"{ct}\" \
                     }} }})",
                 self.table, self.column, self.column
+            ),
+            (None, Some(p)) if self.array => write!(
+                f,
+                "{}.{} looks like an array of keys of {p}: no foreign key can declare it and \
+                    agentctl does not rewrite it, so it keeps the old keys, which each target row \
+                    keeps as legacy_id",
+                self.table, self.column
             ),
             (None, Some(p)) => write!(
                 f,
@@ -412,9 +423,9 @@ impl SchemaReport {
 
     /// References no foreign key declares: Django's generic relations (an `object_id` or
     /// `object_pk` beside a foreign key to a `*content_type` table, `to_object_id` beside
-    /// `to_content_type_id`; django-guardian and django-contrib-comments name it `object_pk`), and
+    /// `to_content_type_id`; django-guardian and django-contrib-comments name it `object_pk`),
     /// `*_id` columns of a key's type whose name is another table's (`user_id` and `auth_user`
-    /// or `user`).
+    /// or `user`), and `*_ids` arrays of such keys (`tag_ids integer[]` and `tag`).
     pub fn loose_references(&self) -> Vec<LooseReference> {
         let mut out = Vec::new();
         for t in &self.tables {
@@ -444,15 +455,22 @@ impl SchemaReport {
                         column: object,
                         content_type: Some(ct.clone()),
                         parent: None,
+                        array: false,
                     });
                 }
             }
             for c in &t.columns {
-                let Some(stem) = c.name.strip_suffix("_id").filter(|s| !s.is_empty()) else {
-                    continue;
+                // `user_id`, or an array of such keys: `tag_ids integer[]`.
+                let (stem, array) = match c.name.strip_suffix("_ids") {
+                    Some(stem) => (stem, true),
+                    None => (c.name.strip_suffix("_id").unwrap_or(""), false),
                 };
-                let keyish = matches!(c.type_name.as_str(), "int2" | "int4" | "int8" | "uuid");
-                if !keyish || declared(&c.name) || generic.contains(&c.name) {
+                let element = match array {
+                    true => c.type_name.strip_prefix('_').unwrap_or(""),
+                    false => c.type_name.as_str(),
+                };
+                let keyish = matches!(element, "int2" | "int4" | "int8" | "uuid");
+                if stem.is_empty() || !keyish || declared(&c.name) || generic.contains(&c.name) {
                     continue;
                 }
                 let parent = self.tables.iter().find(|p| {
@@ -467,6 +485,7 @@ impl SchemaReport {
                         column: c.name.clone(),
                         content_type: None,
                         parent: Some(p.name.clone()),
+                        array,
                     });
                 }
             }
