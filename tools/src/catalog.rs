@@ -100,10 +100,7 @@ impl PgCatalog {
         let other_objects = self.other_objects().await?;
         let collations = self.collations().await?;
         let extensions = self.extensions().await?;
-        let large_objects = sqlx::query_scalar("SELECT count(*) FROM pg_largeobject_metadata")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(while_doing("counting the large objects".to_owned()))?;
+        let large_objects = self.large_objects().await?;
         if exact_counts {
             self.count_rows(&mut tables).await?;
         }
@@ -649,6 +646,14 @@ impl PgCatalog {
     }
 
     /// The extensions installed, but plpgsql.
+    /// How many large objects the database holds.
+    async fn large_objects(&self) -> Result<i64, ToolError> {
+        let rows = self
+            .rows("large objects", "SELECT count(*) FROM pg_largeobject_metadata", None)
+            .await?;
+        rows.first().map_or(Ok(0), |r| get(r, "count"))
+    }
+
     async fn extensions(&self) -> Result<Vec<Extension>, ToolError> {
         let mut extensions = Vec::new();
         for r in &self
