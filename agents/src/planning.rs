@@ -569,10 +569,6 @@ fn what_changes(s: &Table, t: &Table, spec: Option<&runtime::mapping::MappingSpe
     out
 }
 
-/// What a target column keeps of a source column's values where it keeps less than they hold
-/// and the server rounds the rest without a word: fewer decimals of a number, fewer digits of
-/// a second, `real` for `double precision`. `None` where every value arrives whole (or where
-/// the server refuses the ones it cannot take: those rows are rejected with its reason).
 /// A column's type as its values are stored: a domain's base type in place of the domain
 /// (`numeric(10,2)` under `CREATE DOMAIN price AS numeric(10,2)`).
 struct Stored<'a> {
@@ -608,6 +604,10 @@ impl<'a> Stored<'a> {
     }
 }
 
+/// What a target column keeps of a source column's values where it keeps less than they hold
+/// and the server rounds the rest without a word: fewer decimals of a number, fewer digits of
+/// a second, `real` for `double precision`. `None` where every value arrives whole (or where
+/// the server refuses the ones it cannot take: those rows are rejected with its reason).
 fn rounded(from: &Stored, to: &Stored) -> Option<String> {
     let modifier = |c: &Stored, n: usize| runtime::domain::type_modifier(c.data_type, n);
     let family = |t: &str| match t {

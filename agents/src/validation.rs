@@ -707,8 +707,7 @@ async fn tally(
     let Tallied { expected, answers, recorded_cents } = page;
     if let Some((source, target)) = &recorded_cents {
         for ((total, s), t) in v.money.iter_mut().zip(source).zip(target) {
-            total.source_cents = total.source_cents.saturating_add(*s);
-            total.target_cents = total.target_cents.saturating_add(*t);
+            total.add(*s, *t);
         }
     }
     for (r, a) in answers.iter().enumerate() {
@@ -738,11 +737,10 @@ async fn tally(
                 }
                 if recorded_cents.is_none() {
                     for (m, total) in v.money.iter_mut().enumerate() {
-                        total.source_cents = total
-                            .source_cents
-                            .saturating_add(cents(expected.values.get(r, money[m])));
-                        total.target_cents =
-                            total.target_cents.saturating_add(cents(a.returned[m].as_deref()));
+                        total.add(
+                            cents(expected.values.get(r, money[m])),
+                            cents(a.returned[m].as_deref()),
+                        );
                     }
                 }
             }

@@ -645,7 +645,6 @@ impl PgCatalog {
         Ok(collations)
     }
 
-    /// The extensions installed, but plpgsql.
     /// How many large objects the database holds.
     async fn large_objects(&self) -> Result<i64, ToolError> {
         let rows = self
@@ -654,6 +653,7 @@ impl PgCatalog {
         rows.first().map_or(Ok(0), |r| get(r, "count"))
     }
 
+    /// The extensions installed, but plpgsql.
     async fn extensions(&self) -> Result<Vec<Extension>, ToolError> {
         let mut extensions = Vec::new();
         for r in &self

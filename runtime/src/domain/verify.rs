@@ -109,6 +109,14 @@ pub struct MoneyTotal {
     pub target_cents: i64,
 }
 
+impl MoneyTotal {
+    /// Adds amounts in cents to both sides, saturating as [`cents`] does.
+    pub fn add(&mut self, source_cents: i64, target_cents: i64) {
+        self.source_cents = self.source_cents.saturating_add(source_cents);
+        self.target_cents = self.target_cents.saturating_add(target_cents);
+    }
+}
+
 /// What validating one entity found.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EntityValidation {

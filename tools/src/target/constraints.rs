@@ -195,11 +195,13 @@ impl PgTarget {
                     everything = false;
                     continue;
                 }
-                Err(e) if me.is_some() && timed_out(&e) => {
-                    drop(tx);
-                    return Err(self.waited(me.unwrap_or_default(), &[quoted(target)]).await);
-                }
-                Err(e) => return Err(while_doing(format!("putting back {name} on {target}"))(e)),
+                Err(e) => match me.filter(|_| timed_out(&e)) {
+                    Some(me) => {
+                        drop(tx);
+                        return Err(self.waited(me, &[quoted(target)]).await);
+                    }
+                    None => return Err(while_doing(format!("putting back {name} on {target}"))(e)),
+                },
             }
             sqlx::query(
                 "DELETE FROM agentctl.suspended_constraints WHERE target_table = $1 AND name = $2",
@@ -367,14 +369,7 @@ impl ConstraintStore for PgTarget {
         }
         let what = "rolling back";
         let mut tx = self.pool.begin().await.map_err(while_doing(what))?;
-        let me: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(while_doing(what))?;
-        sqlx::query(&format!("SET LOCAL lock_timeout = '{}s'", LOCK_WAIT.as_secs()))
-            .execute(&mut *tx)
-            .await
-            .map_err(while_doing(what))?;
+        let me = bounded(&mut tx).await.map_err(while_doing(what))?;
         let targets: Vec<TableName> = entities.iter().map(|e| e.target.clone()).collect();
         let mut locked: Vec<String> = targets.iter().map(quoted).collect();
         self.lock(&mut tx, me, &locked, "ROW EXCLUSIVE").await?;
