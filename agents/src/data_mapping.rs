@@ -645,7 +645,7 @@ fn large_objects<'a>(
             there; keep the contents in a bytea column instead (ALTER TABLE {table} ALTER {col} \
             TYPE bytea USING lo_get({col})), or leave the column on purpose in the mapping file: \
             [entities.{src}] leave = [\"{column}\"]",
-        src = src.name,
+        src = src.name.name,
         n = source.large_objects,
         table = runtime::sql::quoted(&src.name),
         col = runtime::sql::ident(&column),
