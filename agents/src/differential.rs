@@ -28,8 +28,8 @@ use runtime::ports::{Rows, Target};
 use runtime::{AgentName, RunId};
 
 use crate::pipeline::{
-    expect, prepare, read_ahead, soft_delete, synced_columns, InPageOrder, MigrateEntity, Prepared,
-    COMPARES_IN_FLIGHT,
+    expect, prepare, read_ahead, soft_delete, synced_columns, GenericCheck, InPageOrder,
+    MigrateEntity, Prepared, COMPARES_IN_FLIGHT,
 };
 use runtime::text_rows::TextRows;
 
@@ -128,8 +128,9 @@ pub async fn analyze(
     let spec = &req.spec;
     let stamp_col = updated_at(spec);
     let (mark, fast) = how_fast(target.as_ref(), spec, *full, stamp_col).await?;
-    let Prepared { mapper, out_cols, id_col, references, .. } =
+    let Prepared { mapper, out_cols, id_col, references, generic, .. } =
         prepare(ctx, AgentName::Validation, target.as_ref(), req).await?;
+    let references = checked_references(&references, &generic);
     let legacy_col = out_cols
         .iter()
         .position(|(c, _)| c == "legacy_id")
@@ -542,6 +543,20 @@ fn record_analysis(
     );
 }
 
+/// Each reference column with the target tables its values must be in one of: a foreign key's
+/// parent, or every parent of a generic reference (its UUID is in the table it was derived for,
+/// or in none).
+fn checked_references(
+    references: &[(usize, runtime::domain::TableName)],
+    generic: &[GenericCheck],
+) -> Vec<(usize, Vec<runtime::domain::TableName>)> {
+    references
+        .iter()
+        .map(|(c, p)| (*c, vec![p.clone()]))
+        .chain(generic.iter().map(|g| (g.reference.column, g.targets())))
+        .collect()
+}
+
 /// The rows of a page (by index) that are absent from the target, were rejected for nothing
 /// but a missing parent, and whose parents are all in the target now.
 async fn parents_arrived(
@@ -549,14 +564,14 @@ async fn parents_arrived(
     expected: &runtime::domain::Expected,
     answers: &[Diffed],
     for_parents: &HashSet<String>,
-    references: &[(usize, runtime::domain::TableName)],
+    references: &[(usize, Vec<runtime::domain::TableName>)],
 ) -> Result<HashSet<usize>, ToolError> {
     let mut waiting: HashSet<usize> = (0..answers.len())
         .filter(|&r| {
             expected.wanted[r] && !answers[r].present && for_parents.contains(&expected.keys[r])
         })
         .collect();
-    for (col, parent) in references {
+    for (col, parents) in references {
         if waiting.is_empty() {
             break;
         }
@@ -567,7 +582,10 @@ async fn parents_arrived(
         if ids.is_empty() {
             continue;
         }
-        let found: HashSet<String> = target.existing_ids(parent, &ids).await?.into_iter().collect();
+        let mut found: HashSet<String> = HashSet::new();
+        for parent in parents {
+            found.extend(target.existing_ids(parent, &ids).await?);
+        }
         waiting.retain(|&r| expected.values.get(r, *col).is_none_or(|id| found.contains(id)));
     }
     Ok(waiting)
@@ -624,8 +642,9 @@ pub async fn apply(
     else {
         return Ok(None);
     };
-    let Prepared { out_cols, id_col, references, .. } =
+    let Prepared { out_cols, id_col, references, generic, .. } =
         prepare(ctx, AgentName::Execution, target, req).await?;
+    let references = checked_references(&references, &generic);
     if out_cols != analysis.columns {
         return Err(ToolError::system(format!(
             "the mapping of {} changed since analysis {}: analyse again (agentctl diff analyze)",

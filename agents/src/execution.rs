@@ -17,8 +17,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use runtime::context::RunContext;
 use runtime::domain::TableName;
 use runtime::domain::{
-    key_parts, legacy_key, row_json, Batch, Checkpoint, DiffApplied, ParentIds, RejectedRow,
-    RollbackEntity, RolledBack, Scan, Written,
+    key_parts, legacy_key, row_json, Batch, Checkpoint, DiffApplied, ParentIds, ReferenceCheck,
+    RejectedRow, RollbackEntity, RolledBack, Scan, Written,
 };
 use runtime::envelope::{AgentError, Envelope};
 use runtime::events::RunEvent;
@@ -30,12 +30,13 @@ use runtime::text_rows::TextRows;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::pipeline::{
-    money_columns, prepare, read_ahead, synced_columns, MigrateEntity, Prepared,
+    money_columns, prepare, read_ahead, synced_columns, GenericCheck, GenericParent, MigrateEntity,
+    Prepared,
 };
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 
-use crate::transform::{ReferenceMemo, RowMapper};
+use crate::transform::{ReferenceMemo, Rejection, RowMapper};
 use runtime::mapping::Keys;
 
 const ME: AgentName = AgentName::Execution;
@@ -371,9 +372,10 @@ pub(crate) async fn migrate(
         deferred_cols: self_refs,
         self_refs_checked,
         references,
+        generic,
         seal,
     } = prepare(ctx, ME, target.as_ref(), req).await?;
-    let known_parents = Arc::new(known_parents(target.as_ref(), &references).await?);
+    let known_parents = Arc::new(known_parents(target.as_ref(), &references, &generic).await?);
     let deferred_cols: Vec<usize> =
         if req.constraints_suspended { Vec::new() } else { self_refs.clone() };
     let scan_cols = spec.source_columns();
@@ -417,6 +419,7 @@ pub(crate) async fn migrate(
         id_col,
         deferred_cols: &deferred_cols,
         references: &references,
+        generic: &generic,
         known_parents: &known_parents,
         baseline: by_batch.then_some(hashed.as_slice()),
         seal,
@@ -463,6 +466,7 @@ struct Load<'a> {
     id_col: usize,
     deferred_cols: &'a [usize],
     references: &'a [(usize, TableName)],
+    generic: &'a [GenericCheck],
     known_parents: &'a Arc<ParentIds>,
     /// The columns each batch hashes into the load baseline, when the batches record it.
     baseline: Option<&'a [usize]>,
@@ -532,22 +536,8 @@ async fn load_batches(
             Some(page) => page?,
             None => TextRows::default(),
         };
-        let mut batch = (!page.is_empty()).then(|| {
-            map_page(
-                ctx,
-                load.mapper,
-                load.scan_cols,
-                load.out_cols,
-                load.id_col,
-                load.deferred_cols,
-                load.references,
-                load.known_parents,
-                page,
-                spare.take(),
-                &mut memo,
-                result,
-            )
-        });
+        let mut batch =
+            (!page.is_empty()).then(|| map_page(ctx, load, page, spare.take(), &mut memo, result));
         if let Some(write) = in_flight.take() {
             let (written_batch, written) = write
                 .await
@@ -744,9 +734,14 @@ const KNOWN_PARENT_IDS: usize = 250_000;
 async fn known_parents(
     target: &dyn Target,
     references: &[(usize, TableName)],
+    generic: &[GenericCheck],
 ) -> Result<ParentIds, ToolError> {
     let mut known = ParentIds::new();
-    for (_, parent) in references {
+    let loaded = generic.iter().flat_map(|g| g.parents.values()).filter_map(|p| match p {
+        GenericParent::Loaded(t) => Some(t),
+        _ => None,
+    });
+    for parent in references.iter().map(|(_, p)| p).chain(loaded) {
         if known.contains_key(parent) {
             continue;
         }
@@ -758,21 +753,15 @@ async fn known_parents(
 }
 
 /// Maps one page of source rows into a batch; rows the mapping refuses go with it as rejects.
-#[allow(clippy::too_many_arguments)]
 fn map_page(
     ctx: &RunContext,
-    mapper: &RowMapper,
-    scan_cols: &[String],
-    out_cols: &[(String, String)],
-    id_col: usize,
-    deferred_cols: &[usize],
-    references: &[(usize, TableName)],
-    known_parents: &Arc<ParentIds>,
+    load: &Load<'_>,
     page: TextRows,
     spare: Option<TextRows>,
     memo: &mut ReferenceMemo,
     result: &mut EntityResult,
 ) -> Batch {
+    let Load { mapper, scan_cols, out_cols, id_col, deferred_cols, .. } = *load;
     let spec = mapper.spec();
     let page_len = page.len();
     let key_columns = mapper.key_columns().to_vec();
@@ -788,12 +777,21 @@ fn map_page(
     let mut rejected = Vec::new();
     let mut deferred = Vec::new();
     let mut refs: Vec<Option<&str>> = Vec::with_capacity(page.width());
+    // The rows of each generic reference's column that point into each parent.
+    let mut generic: BTreeMap<(usize, &TableName), Vec<usize>> = BTreeMap::new();
+    let mut pointed = Vec::new();
     for seq in 0..page_len {
         refs.clear();
         refs.extend(page.row(seq));
-        match mapper.map_into(&refs, &mut rows, memo) {
+        pointed.clear();
+        let mapped = generic_parents(load.generic, &refs, &spec.target.name, &mut pointed)
+            .and_then(|()| mapper.map_into(&refs, &mut rows, memo));
+        match mapped {
             Ok(()) => {
                 let mapped = rows.len() - 1;
+                for &(c, parent) in &pointed {
+                    generic.entry((c, parent)).or_default().push(mapped);
+                }
                 for &c in deferred_cols {
                     if let Some(parent) = rows.get(mapped, c) {
                         let id = rows.get(mapped, id_col).unwrap_or_default().to_owned();
@@ -832,8 +830,21 @@ fn map_page(
         key_columns,
         rejected,
         deferred,
-        references: references.to_vec(),
-        known_parents: known_parents.clone(),
+        references: load
+            .references
+            .iter()
+            .map(|(column, parent)| ReferenceCheck {
+                column: *column,
+                parent: parent.clone(),
+                rows: None,
+            })
+            .chain(generic.into_iter().map(|((column, parent), rows)| ReferenceCheck {
+                column,
+                parent: parent.clone(),
+                rows: Some(rows),
+            }))
+            .collect(),
+        known_parents: load.known_parents.clone(),
         baseline: Vec::new(),
         page_hash: None,
         money: Vec::new(),
@@ -841,6 +852,26 @@ fn map_page(
         last_key,
         rows_read: page_len as i64,
     }
+}
+
+/// The target tables a row's generic references point into where the load checks them
+/// (column, parent), into `out`; a reference into a table the migration does not bring over
+/// rejects the row.
+fn generic_parents<'a>(
+    generic: &'a [GenericCheck],
+    row: &[Option<&str>],
+    target: &str,
+    out: &mut Vec<(usize, &'a TableName)>,
+) -> Result<(), Rejection> {
+    for g in generic {
+        let Some((parent, id)) = g.reference.of(row) else { continue };
+        match &g.parents[parent] {
+            GenericParent::Loaded(t) => out.push((g.reference.column, t)),
+            GenericParent::Later(_) => {}
+            GenericParent::NotMigrated => return Err(g.reference.not_migrated(target, parent, id)),
+        }
+    }
+    Ok(())
 }
 
 /// `rows` with the values of `columns` made NULL.

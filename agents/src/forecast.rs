@@ -13,7 +13,7 @@ use runtime::domain::{Forecast, RejectReason, SchemaReport, TableName};
 use runtime::ports::Rows;
 use runtime::text_rows::TextRows;
 
-use crate::transform::{ReferenceMemo, Rejection, RowMapper};
+use crate::transform::{GenericReference, ReferenceMemo, Rejection, RowMapper};
 use runtime::mapping::{key_text, split_key, MappingSet};
 
 /// Legacy keys, compactly: integers as integers.
@@ -180,6 +180,8 @@ struct Compiled {
     unchecked: Vec<String>,
     /// References the target enforces with a foreign key.
     refs: Vec<crate::transform::Reference>,
+    /// Generic references, which the load checks row by row.
+    generic: Vec<GenericReference>,
 }
 
 fn compile(
@@ -200,7 +202,8 @@ fn compile(
             target_table.foreign_keys.iter().any(|fk| fk.columns == [r.target_column.clone()])
         })
         .collect();
-    Ok(Compiled { mapper, uniques, unchecked, refs })
+    let generic = mapper.generic_references();
+    Ok(Compiled { mapper, uniques, unchecked, refs, generic })
 }
 
 /// What the entities forecast before this one settled, to judge its references by.
@@ -210,6 +213,7 @@ struct Known<'a> {
     source: &'a TableName,
     migrated: &'a HashMap<TableName, KeySet>,
     rejected: &'a HashMap<TableName, KeySet>,
+    mappings: &'a MappingSet,
 }
 
 impl Known<'_> {
@@ -218,7 +222,7 @@ impl Known<'_> {
     /// `later`.
     fn references(
         &self,
-        refs: &[crate::transform::Reference],
+        (refs, generic): (&[crate::transform::Reference], &[GenericReference]),
         row: &[Option<&str>],
         later: &mut Vec<(String, TableName, String)>,
         target_name: &str,
@@ -231,33 +235,56 @@ impl Known<'_> {
                 pending.push((r.target_column.clone(), key_text(&parent_key)));
                 continue;
             }
-            if !self.order.contains(&r.parent) {
+            self.reference(&r.target_column, &r.parent, &parent_key, later, target_name)?;
+        }
+        for g in generic {
+            let Some((parent, id)) = g.of(row) else { continue };
+            // The load checks no generic reference to its own table: validation counts those
+            // that point at no row.
+            if parent == self.source {
                 continue;
             }
-            if self.order[self.position..].contains(&r.parent) {
-                later.push((r.target_column.clone(), r.parent.clone(), key_text(&parent_key)));
-                continue;
+            if self.mappings.spec(parent).is_none() {
+                return Err(g.not_migrated(target_name, parent, id));
             }
-            if !self.migrated.get(&r.parent).is_some_and(|k| k.contains(&parent_key)) {
-                let why = if self.rejected.get(&r.parent).is_some_and(|k| k.contains(&parent_key)) {
-                    "is itself rejected"
-                } else {
-                    "does not exist in the source (an orphan)"
-                };
-                return Err(Rejection {
-                    column: Some(r.target_column.clone()),
-                    rule: format!("reference:{}", r.target_column),
-                    reason: format!(
-                        "{}.{}: the {} row it points at ({}) {why}",
-                        target_name,
-                        r.target_column,
-                        r.parent,
-                        key_text(&parent_key)
-                    ),
-                });
-            }
+            self.reference(&g.target_column, parent, &[id], later, target_name)?;
         }
         Ok(pending)
+    }
+
+    /// A reference to a row of another table: rejected when that table, forecast earlier, does
+    /// not migrate the row; one to a table forecast later is put in `later`.
+    fn reference(
+        &self,
+        column: &str,
+        parent: &TableName,
+        parent_key: &[&str],
+        later: &mut Vec<(String, TableName, String)>,
+        target_name: &str,
+    ) -> Result<(), Rejection> {
+        if !self.order.contains(parent) {
+            return Ok(());
+        }
+        if self.order[self.position..].contains(parent) {
+            later.push((column.to_owned(), parent.clone(), key_text(parent_key)));
+            return Ok(());
+        }
+        if self.migrated.get(parent).is_some_and(|k| k.contains(parent_key)) {
+            return Ok(());
+        }
+        let why = if self.rejected.get(parent).is_some_and(|k| k.contains(parent_key)) {
+            "is itself rejected"
+        } else {
+            "does not exist in the source (an orphan)"
+        };
+        Err(Rejection {
+            column: Some(column.to_owned()),
+            rule: format!("reference:{column}"),
+            reason: format!(
+                "{target_name}.{column}: the {parent} row it points at ({}) {why}",
+                key_text(parent_key)
+            ),
+        })
     }
 }
 
@@ -367,7 +394,8 @@ pub async fn forecast(
         let spec = mappings
             .spec(source)
             .ok_or_else(|| ToolError::system(format!("{source} has no mapping")))?;
-        let Compiled { mapper, mut uniques, unchecked, refs } = compile(spec, target, mappings)?;
+        let Compiled { mapper, mut uniques, unchecked, refs, generic } =
+            compile(spec, target, mappings)?;
         let mut tally = Tally::default();
         let mut ok_keys = KeySet::default();
         let mut bad_keys = KeySet::default();
@@ -388,9 +416,16 @@ pub async fn forecast(
                 let legacy = key_text(&key);
                 values.clear();
                 let verdict = mapper.map_into(row, &mut values, &mut memo).and_then(|()| {
-                    let known =
-                        Known { order, position, source, migrated: &migrated, rejected: &rejected };
-                    let pending = known.references(&refs, row, &mut later, &spec.target.name)?;
+                    let known = Known {
+                        order,
+                        position,
+                        source,
+                        migrated: &migrated,
+                        rejected: &rejected,
+                        mappings,
+                    };
+                    let refs = (refs.as_slice(), generic.as_slice());
+                    let pending = known.references(refs, row, &mut later, &spec.target.name)?;
                     claim_unique_keys(&mut uniques, &values, &legacy, &spec.target.name)?;
                     Ok(pending)
                 });

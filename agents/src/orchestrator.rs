@@ -727,10 +727,12 @@ fn entity_request(
     let spec = mappings
         .spec(&entity.table)
         .ok_or_else(|| AgentError::new(ME, format!("{} has no mapping", entity.table)))?;
-    let parents: Vec<(TableName, TableName)> = spec
+    let mut parents: Vec<(TableName, TableName)> = spec
         .parents()
         .filter_map(|parent| mappings.spec(parent).map(|p| (parent.clone(), p.target.clone())))
         .collect();
+    parents.sort();
+    parents.dedup();
     Ok(MigrateEntity {
         entity: entity.clone(),
         spec: spec.clone(),

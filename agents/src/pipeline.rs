@@ -6,6 +6,7 @@
 //! worker that is stopped leaves nothing running. Agents import this module; it imports no
 //! agent.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use runtime::context::RunContext;
@@ -20,7 +21,7 @@ use runtime::AgentName;
 use serde::{Deserialize, Serialize};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::transform::{ReferenceMemo, RowMapper};
+use crate::transform::{GenericReference, ReferenceMemo, RowMapper};
 use runtime::mapping::Keys;
 
 /// Source pages read ahead of the mapping and writing: one in the channel, one being read.
@@ -61,6 +62,8 @@ pub struct Prepared {
     pub self_refs_checked: bool,
     /// Columns referencing another target table, checked before each insert.
     pub references: Vec<(usize, TableName)>,
+    /// The generic references, each row checked against the parent its `by` value names.
+    pub generic: Vec<GenericCheck>,
     /// What the mapping of a source row depends on, as a number: agentctl's version, the
     /// mapping, the target table's columns (without their statistics) and CHECKs, the target's
     /// types, the key derivation and the parents' rows that keep their UUIDs. A page's fingerprint is sealed
@@ -159,7 +162,83 @@ pub async fn prepare(
         }
     }
     let seal = seal.of(&out_cols);
-    Ok(Prepared { mapper, out_cols, id_col, deferred_cols, self_refs_checked, references, seal })
+    Ok(Prepared {
+        generic: generic_checks(&mapper, req),
+        mapper,
+        out_cols,
+        id_col,
+        deferred_cols,
+        self_refs_checked,
+        references,
+        seal,
+    })
+}
+
+/// The entity's generic references, each parent with where it is when the entity loads.
+fn generic_checks(mapper: &RowMapper, req: &MigrateEntity) -> Vec<GenericCheck> {
+    let spec = &req.spec;
+    mapper
+        .generic_references()
+        .into_iter()
+        .map(|reference| {
+            let parents = reference
+                .parents
+                .values()
+                .map(|p| {
+                    let target = req.parents.iter().find(|(s, _)| s == p).map(|(_, t)| t.clone());
+                    let later = p == &spec.source || req.entity.later_parents.contains(p);
+                    let parent = match target {
+                        Some(t) if later => GenericParent::Later(t),
+                        Some(t) => GenericParent::Loaded(t),
+                        None => GenericParent::NotMigrated,
+                    };
+                    (p.clone(), parent)
+                })
+                .collect();
+            GenericCheck { reference, parents }
+        })
+        .collect()
+}
+
+/// A generic reference as the load checks it.
+pub struct GenericCheck {
+    pub reference: GenericReference,
+    /// What becomes of a reference to each parent, by its source table.
+    pub parents: BTreeMap<TableName, GenericParent>,
+}
+
+/// Where a generic reference's parent is when the entity loads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GenericParent {
+    /// In the target before this entity: each reference checked before its batch is written.
+    Loaded(TableName),
+    /// The entity's own table, or one that loads after it (a broken cycle): not there to check
+    /// against yet; validation counts what points at no row of it.
+    Later(TableName),
+    /// No entity of the migration: a row pointing into it is rejected.
+    NotMigrated,
+}
+
+impl GenericParent {
+    /// The target table, wherever it loads.
+    pub fn target(&self) -> Option<&TableName> {
+        match self {
+            GenericParent::Loaded(t) | GenericParent::Later(t) => Some(t),
+            GenericParent::NotMigrated => None,
+        }
+    }
+}
+
+impl GenericCheck {
+    /// Every target table a value may point into: a generic reference's UUID is derived for one
+    /// table only, so it is in that table or in none.
+    pub fn targets(&self) -> Vec<TableName> {
+        let mut targets: Vec<TableName> =
+            self.parents.values().filter_map(GenericParent::target).cloned().collect();
+        targets.sort();
+        targets.dedup();
+        targets
+    }
 }
 
 /// The makings of [`Prepared::seal`].

@@ -500,21 +500,6 @@ pub fn not_reproduced(
     {
         out.push(format!("Not rewritten: {loose}."));
     }
-    // A declared generic reference is rewritten, but no key of the target can say that the row
-    // it names arrived: said, so that a reference left pointing at nothing is never silent.
-    for spec in planned.iter().filter_map(|t| mappings.spec(t)) {
-        for c in &spec.columns {
-            if let runtime::mapping::Feed::Generic { column, by, .. } = &c.feed {
-                out.push(format!(
-                    "Not checked: {}.{column} is rewritten as a generic reference (by {by}), but \
-                        whether the row it names is in the target is not checked, by the load or \
-                        by validation: a row whose object was rejected, or was never in the old \
-                        database, points at nothing.",
-                    spec.source
-                ));
-            }
-        }
-    }
     let there: BTreeSet<&String> = target.other_objects.iter().map(|(_, n)| n).collect();
     for (kind, name) in source.other_objects.iter().filter(|(_, n)| !there.contains(n)) {
         let rows =
@@ -703,7 +688,7 @@ pub fn plan(
     }
     let excluded = exclude(&mut requested, &resolved, &tables, &mut rationale);
     let inclusion = with_parents(&requested, only, &tables, mappings, &mut rationale);
-    let (mut parents, mut deferred) = edges(&inclusion, &tables, &mut rationale);
+    let (mut parents, mut deferred) = edges(&inclusion, &tables, mappings, &mut rationale);
     let order = Order { tables: &tables, inclusion: &inclusion, mappings, fixed_batch };
     let waves = waves(&order, &mut parents, &mut deferred, &mut rationale)?;
     let batches: Vec<String> =
@@ -806,8 +791,9 @@ fn with_parents(
             break;
         }
         let Some(table) = tables.get(&name) else { continue };
-        for fk in &table.foreign_keys {
-            let parent = &fk.references;
+        let generic = generic_parents(mappings, &name);
+        let parents = table.foreign_keys.iter().map(|fk| &fk.references);
+        for parent in parents.chain(generic.iter().map(|(_, _, p)| p)) {
             // A merged or unmapped parent is no entity; the mapping says what becomes of it.
             if parent == &name
                 || !tables.contains_key(parent)
@@ -846,14 +832,40 @@ fn with_parents(
     inclusion
 }
 
-/// Each entity's parents inside the plan, with the foreign keys to each.
-type Parents = BTreeMap<TableName, BTreeMap<TableName, Vec<String>>>;
+/// What orders a child after a parent: a foreign key (by name), or a generic reference (by
+/// column), whose rows each point into the parent their `by` value names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Edge {
+    Key(String),
+    Generic(String),
+}
+
+/// Each entity's parents inside the plan, with the edges to each.
+type Parents = BTreeMap<TableName, BTreeMap<TableName, Vec<Edge>>>;
+
+/// The generic references of a mapped table: (column, `by` column, parent), a parent each.
+fn generic_parents(
+    mappings: Option<&MappingSet>,
+    table: &TableName,
+) -> Vec<(String, String, TableName)> {
+    let Some(spec) = mappings.and_then(|m| m.spec(table)) else { return Vec::new() };
+    let mut out = Vec::new();
+    for c in &spec.columns {
+        if let runtime::mapping::Feed::Generic { column, by, parents } = &c.feed {
+            out.extend(parents.values().map(|p| (column.clone(), by.clone(), p.clone())));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
 
 /// The edges child -> parent inside the plan, and the self-references, which are always
 /// deferred.
 fn edges(
     inclusion: &BTreeMap<TableName, Inclusion>,
     tables: &BTreeMap<&TableName, &Table>,
+    mappings: Option<&MappingSet>,
     rationale: &mut Vec<String>,
 ) -> (Parents, BTreeMap<TableName, Vec<String>>) {
     let mut deferred: BTreeMap<TableName, Vec<String>> = BTreeMap::new();
@@ -870,8 +882,31 @@ fn edges(
                     fk.columns.join(", ")
                 ));
             } else if inclusion.contains_key(&fk.references) {
-                entry.entry(fk.references.clone()).or_default().push(fk.name.clone());
+                entry.entry(fk.references.clone()).or_default().push(Edge::Key(fk.name.clone()));
             }
+        }
+        let generic = generic_parents(mappings, name);
+        for (column, _, parent) in &generic {
+            if parent != name && inclusion.contains_key(parent) {
+                entry.entry(parent.clone()).or_default().push(Edge::Generic(column.clone()));
+            }
+        }
+        let mut columns: Vec<(&String, &String)> = generic.iter().map(|(c, b, _)| (c, b)).collect();
+        columns.dedup();
+        for (column, by) in columns {
+            let own = generic.iter().any(|(c, _, p)| c == column && p == name);
+            rationale.push(format!(
+                "{name}.{column} is a generic reference: each row is checked, before it is \
+                    written, against the table its {by} names{}.",
+                if own {
+                    format!(
+                        " (but {name} itself, whose rows are not all in yet: validation counts \
+                        any that point at no row)"
+                    )
+                } else {
+                    String::new()
+                }
+            ));
         }
     }
     (parents, deferred)
@@ -904,22 +939,31 @@ fn waves(
             .map(|(n, _)| n.clone())
             .collect();
         if ready.is_empty() {
-            let (child, parent, fk) = break_cycle(parents, &placed, tables)?;
-            rationale.push(format!(
-                "{child} and {parent} reference each other: {child} goes first, its {fk} written \
-                as it is and proven once {parent} is in (the key is put back after the last \
-                load)."
-            ));
+            let (child, parent, edge) = break_cycle(parents, &placed, tables)?;
+            rationale.push(match &edge {
+                Edge::Key(fk) => format!(
+                    "{child} and {parent} reference each other: {child} goes first, its {fk} \
+                    written as it is and proven once {parent} is in (the key is put back after \
+                    the last load)."
+                ),
+                Edge::Generic(column) => format!(
+                    "{child} and {parent} reference each other: {child} goes first, its generic \
+                    reference {column} to {parent} written as it is and counted by validation \
+                    once {parent} is in."
+                ),
+            });
             later.entry(child.clone()).or_default().push(parent.clone());
-            let fks = parents
+            let edges = parents
                 .get_mut(&child)
                 .and_then(|ps| ps.get_mut(&parent))
                 .expect("the edge exists");
-            fks.retain(|f| f != &fk);
-            if fks.is_empty() {
+            edges.retain(|e| e != &edge);
+            if edges.is_empty() {
                 parents.get_mut(&child).expect("the child exists").remove(&parent);
             }
-            deferred.entry(child).or_default().push(fk);
+            if let Edge::Key(fk) = edge {
+                deferred.entry(child).or_default().push(fk);
+            }
             continue;
         }
         let wave_no = waves.len() + 1;
@@ -1026,32 +1070,35 @@ pub fn assess(mut plan: MigrationPlan, forecasts: &[(TableName, Forecast)]) -> M
 /// Picks the foreign key to defer among the tables left unplaced: the first, by child and
 /// constraint name, whose columns may all be NULL.
 fn break_cycle(
-    parents: &BTreeMap<TableName, BTreeMap<TableName, Vec<String>>>,
+    parents: &Parents,
     placed: &BTreeSet<TableName>,
     tables: &BTreeMap<&TableName, &Table>,
-) -> Result<(TableName, TableName, String), PlanError> {
+) -> Result<(TableName, TableName, Edge), PlanError> {
     let stuck: Vec<&TableName> = parents.keys().filter(|n| !placed.contains(*n)).collect();
+    // Every edge between tables not placed yet, by child, parent and edge.
+    let mut unplaced: Vec<(&TableName, &TableName, &Edge)> = Vec::new();
     for child in &stuck {
-        let table = tables[*child];
-        for (parent, fks) in &parents[*child] {
-            if placed.contains(parent) {
-                continue;
-            }
-            for fk_name in fks {
-                let fk = table
-                    .foreign_keys
-                    .iter()
-                    .find(|f| &f.name == fk_name)
-                    .expect("edges come from the table's keys");
-                let nullable = fk
-                    .columns
-                    .iter()
-                    .all(|c| table.columns.iter().any(|col| &col.name == c && col.nullable));
-                if nullable {
-                    return Ok(((*child).clone(), parent.clone(), fk_name.clone()));
-                }
-            }
+        for (parent, edges) in parents[*child].iter().filter(|(p, _)| !placed.contains(*p)) {
+            unplaced.extend(edges.iter().map(|e| (*child, parent, e)));
         }
+    }
+    // A foreign key first, then a generic reference (which no key proves).
+    let nullable = |(child, _, edge): &&(&TableName, &TableName, &Edge)| {
+        let Edge::Key(fk_name) = edge else { return false };
+        let table = tables[*child];
+        let fk = table
+            .foreign_keys
+            .iter()
+            .find(|f| &f.name == fk_name)
+            .expect("key edges come from the table's keys");
+        fk.columns.iter().all(|c| table.columns.iter().any(|col| &col.name == c && col.nullable))
+    };
+    let generic =
+        |(_, _, edge): &&(&TableName, &TableName, &Edge)| matches!(edge, Edge::Generic(_));
+    if let Some((child, parent, edge)) =
+        unplaced.iter().find(nullable).or_else(|| unplaced.iter().find(generic))
+    {
+        return Ok(((*child).clone(), (*parent).clone(), (*edge).clone()));
     }
     Err(PlanError::Cycle {
         tables: stuck.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),

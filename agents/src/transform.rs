@@ -65,8 +65,8 @@ struct Compiled {
     feed: Feed,
     /// For a key or a reference: the derivation of that table's UUIDs.
     deriver: Option<KeyDeriver>,
-    /// For a generic reference: each parent's key derivation, by the value that names it.
-    parents: HashMap<String, KeyDeriver>,
+    /// For a generic reference: each parent and its key derivation, by the value that names it.
+    parents: HashMap<String, (TableName, KeyDeriver)>,
     /// Indexes into the scanned row of the columns the feed reads.
     inputs: Vec<usize>,
     transforms: Vec<Transform>,
@@ -224,6 +224,42 @@ pub struct Reference {
     pub inputs: Vec<usize>,
 }
 
+/// A generic reference of a mapper: the parent of a row is the table its `by` value names.
+#[derive(Clone, Debug)]
+pub struct GenericReference {
+    pub column: usize,
+    pub target_column: String,
+    /// Indexes into the scanned row of the parent's key and of the value naming the parent.
+    pub id: usize,
+    pub by: usize,
+    /// The parents, by the value that names each.
+    pub parents: BTreeMap<String, TableName>,
+}
+
+impl GenericReference {
+    /// The parent a scanned row points at and its key; `None` when the reference is NULL or its
+    /// `by` value names no parent (the mapper rejects that row).
+    pub fn of<'r>(&self, row: &[Option<&'r str>]) -> Option<(&TableName, &'r str)> {
+        let id = row[self.id]?;
+        self.parents.get(row[self.by]?).map(|p| (p, id))
+    }
+
+    /// The rejection of a row whose reference points into `parent`, a table the migration does
+    /// not bring over.
+    pub fn not_migrated(&self, target: &str, parent: &TableName, id: &str) -> Rejection {
+        let column = &self.target_column;
+        Rejection {
+            column: Some(column.clone()),
+            rule: format!("reference:{column}"),
+            reason: format!(
+                "{target}.{column}: the {} row it points at ({id}) is not migrated: {parent} is \
+                    no entity of this migration",
+                parent.name
+            ),
+        }
+    }
+}
+
 fn ty_of(
     data_type: &str,
     type_name: &str,
@@ -288,7 +324,8 @@ impl RowMapper {
                 Feed::Generic { parents, .. } => parents
                     .iter()
                     .map(|(kind, parent)| {
-                        (kind.clone(), KeyDeriver::new(keys.layout, keys.namespace, parent))
+                        let deriver = KeyDeriver::new(keys.layout, keys.namespace, parent);
+                        (kind.clone(), (parent.clone(), deriver))
                     })
                     .collect(),
                 _ => HashMap::new(),
@@ -399,6 +436,24 @@ impl RowMapper {
             .collect()
     }
 
+    /// The generic references: each row's parent is the one its `by` value names.
+    pub fn generic_references(&self) -> Vec<GenericReference> {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match &c.feed {
+                Feed::Generic { parents, .. } => Some(GenericReference {
+                    column: i,
+                    target_column: c.target.clone(),
+                    id: c.inputs[0],
+                    by: c.inputs[1],
+                    parents: parents.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn target_columns(&self) -> Vec<&str> {
         self.columns.iter().map(|c| c.target.as_str()).collect()
     }
@@ -473,14 +528,19 @@ impl RowMapper {
                 Feed::Generic { by, .. } => match (row[c.inputs[0]], row[c.inputs[1]]) {
                     (None, _) => None,
                     (Some(id), kind) => match kind.and_then(|k| c.parents.get(k)) {
-                        Some(d) => Some(Cow::Borrowed(
-                            &*d.derive(&[id]).hyphenated().encode_lower(&mut uuid_text),
+                        Some((parent, d)) => Some(Cow::Borrowed(
+                            match self.kept.get(parent).and_then(|k| k.get(id)) {
+                                Some(kept) => kept.as_str(),
+                                None => &*d.derive(&[id]).hyphenated().encode_lower(&mut uuid_text),
+                            },
                         )),
                         None => {
+                            // Its own rule: the row names no parent, which a reference to a
+                            // parent that is not there (`reference`) does.
                             let named = kind.unwrap_or("NULL");
                             return Err(self.reject(
                                 c,
-                                "reference",
+                                "generic",
                                 format!(
                                     "its {by} {named} names no table whose keys the mapping \
                                     rewrites"

@@ -41,8 +41,8 @@ use runtime::AgentName;
 
 use crate::differential::DiffEntity;
 use crate::pipeline::{
-    expect, money_columns, prepare, read_ahead_in, soft_delete, InPageOrder, MigrateEntity,
-    Prepared, COMPARES_IN_FLIGHT,
+    expect, money_columns, prepare, read_ahead_in, soft_delete, GenericCheck, InPageOrder,
+    MigrateEntity, Prepared, COMPARES_IN_FLIGHT,
 };
 use crate::transform::{amount, Reference, RowMapper};
 use runtime::text_rows::TextRows;
@@ -175,7 +175,7 @@ pub async fn validate(
 ) -> Result<EntityValidation, ToolError> {
     let started = Instant::now();
     let spec = &req.spec;
-    let Prepared { mapper, out_cols, id_col, deferred_cols, references, seal, .. } =
+    let Prepared { mapper, out_cols, id_col, deferred_cols, references, generic, seal, .. } =
         prepare(ctx, ME, target.as_ref(), req).await?;
     let legacy_col = out_cols
         .iter()
@@ -233,7 +233,8 @@ pub async fn validate(
         compares.start(async move { Ok((check.run(target.as_ref(), &table).await?, set)) });
     }
     reader.await.map_err(|e| ToolError::system(format!("the reader stopped: {e}")))?;
-    v.orphans = orphans(target.as_ref(), req, &references, &deferred_cols, &out_cols).await?;
+    let references = (references.as_slice(), deferred_cols.as_slice(), generic.as_slice());
+    v.orphans = orphans(target.as_ref(), req, references, &out_cols).await?;
     (v.links, v.target_rows) =
         count_links(target.as_ref(), req, &linked, counted.source_links, &counted.kept_keys)
             .await?;
@@ -536,13 +537,14 @@ fn empty(
     }
 }
 
-/// Every reference the mapping makes, and every foreign key the target declares: the target
-/// rows that point at no row (none to count where a validated foreign key guarantees it).
+/// Every reference the mapping makes (to other tables, to its own in `deferred`, and the
+/// generic ones, each value in one of its parents), and every foreign key the target declares:
+/// the target rows that point at no row (none to count where a validated foreign key
+/// guarantees it).
 async fn orphans(
     target: &dyn Target,
     req: &MigrateEntity,
-    references: &[(usize, TableName)],
-    deferred_cols: &[usize],
+    (references, deferred, generic): (&[(usize, TableName)], &[usize], &[GenericCheck]),
     out_cols: &[(String, String)],
 ) -> Result<Vec<Orphans>, ToolError> {
     let mut found_orphans = Vec::new();
@@ -550,21 +552,26 @@ async fn orphans(
         .target
         .table(&req.spec.target)
         .ok_or_else(|| ToolError::system(format!("the target has no table {}", req.spec.target)))?;
-    let mut checks: Vec<(String, TableName)> =
-        references.iter().map(|(c, p)| (out_cols[*c].0.clone(), p.clone())).collect();
-    checks.extend(deferred_cols.iter().map(|&c| (out_cols[c].0.clone(), req.spec.target.clone())));
+    let own = &req.spec.target;
+    let mut checks: Vec<(String, Vec<TableName>)> = references
+        .iter()
+        .map(|(c, p)| (*c, vec![p.clone()]))
+        .chain(deferred.iter().map(|&c| (c, vec![own.clone()])))
+        .chain(generic.iter().map(|g| (g.reference.column, g.targets())))
+        .map(|(c, parents)| (out_cols[c].0.clone(), parents))
+        .collect();
     for fk in &table.foreign_keys {
         if let [column] = fk.columns.as_slice() {
-            checks.push((column.clone(), fk.references.clone()));
+            checks.push((column.clone(), vec![fk.references.clone()]));
         }
     }
     checks.sort();
     checks.dedup();
-    for (column, parent) in checks {
-        let found = target.orphans(&req.spec.target, &column, &parent).await?;
+    for (column, parents) in checks {
+        let found = target.orphans(&req.spec.target, &column, &parents).await?;
         let enforced = found.is_none();
         let (count, examples) = found.unwrap_or_default();
-        found_orphans.push(Orphans { column, parent, count, examples, enforced });
+        found_orphans.push(Orphans { column, parents, count, examples, enforced });
     }
     Ok(found_orphans)
 }

@@ -190,13 +190,14 @@ pub trait Verifier: Send + Sync + 'static {
         table: &TableName,
         at_most: usize,
     ) -> Result<Option<Vec<uuid::Uuid>>, ToolError>;
-    /// Rows of `child` whose `column` points at no row of `parent`: how many, and a few keys;
-    /// `None` when a validated foreign key on that column makes the database guarantee none.
+    /// Rows of `child` whose `column` points at no row of any of `parents` (one for a foreign
+    /// key; every parent of a generic reference): how many, and a few keys; `None` when a
+    /// validated foreign key on that column makes the database guarantee none.
     async fn orphans(
         &self,
         child: &TableName,
         column: &str,
-        parent: &TableName,
+        parents: &[TableName],
     ) -> Result<Option<(i64, Vec<String>)>, ToolError>;
     /// Counts each link's `target`: the rows of `child` with a legacy key, other than `except`,
     /// whose `columns` point at a row of `parent` (its `referenced` columns); with `live`, only
@@ -467,9 +468,9 @@ impl Verifier for Roles {
         &self,
         child: &TableName,
         column: &str,
-        parent: &TableName,
+        parents: &[TableName],
     ) -> Result<Option<(i64, Vec<String>)>, ToolError> {
-        self.verify.orphans(child, column, parent).await
+        self.verify.orphans(child, column, parents).await
     }
     async fn links(
         &self,

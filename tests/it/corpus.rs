@@ -536,11 +536,10 @@ fn a_wagtail_site_built_by_django_is_migrated_whole() {
     ] {
         assert!(!out.stdout.contains(declared), "the mapping file declares it: {}", out.stdout);
     }
-    // A declared generic reference is rewritten, and what is not proven of it is said.
-    let unchecked = "Not checked: taggit_taggeditem.object_id is rewritten as a generic \
-        reference (by content_type_id), but whether the row it names is in the target is not \
-        checked";
-    assert!(out.stdout.contains(unchecked), "{unchecked}: {}", out.stdout);
+    // A declared generic reference is rewritten, and checked as the rows go in.
+    let checked = "taggit_taggeditem.object_id is a generic reference: each row is checked, \
+        before it is written, against the table its content_type_id names";
+    assert!(out.stdout.contains(checked), "{checked}: {}", out.stdout);
     let named = format!(
         "{dangling} x wagtailcore_pagelogentry.page_id: the wagtailcore_page row it points at ("
     );
@@ -611,6 +610,8 @@ fn an_adversarial_schema_is_migrated_whole() {
                 r.about_kind = 'employee' ORDER BY 1",
             "SELECT r.body, s.country FROM remark r JOIN sales.store s ON r.about_id = s.{id:id} \
                 WHERE r.about_kind = 'store' ORDER BY 1",
+            "SELECT r.body, o.body FROM remark r JOIN remark o ON r.about_id = o.{id:id} \
+                WHERE r.about_kind = 'remark' ORDER BY 1",
             // Every value of the unusual ones, as it was.
             "SELECT {legacy:id}, at, at_zone, day, doc::text, docb, amount, second, fee, big FROM reading \
                 ORDER BY 1",
@@ -630,8 +631,9 @@ fn an_adversarial_schema_is_migrated_whole() {
                 ORDER BY 1",
         ],
         // The one row of a NOT VALID key that points at no employee, the one login that
-        // equals no mailbox, and the remark about a kind the mapping file does not name.
-        &[("badge", 1), ("mail_login", 1), ("remark", 1)],
+        // equals no mailbox, the remark about a kind the mapping file does not name and the one
+        // about an employee who is not there.
+        &[("badge", 1), ("mail_login", 1), ("remark", 2)],
         Some(&here.join("adversarial.toml")),
     );
     // A varchar equals char's padded key as the foreign key compares them (as char), which a
@@ -664,11 +666,52 @@ fn an_adversarial_schema_is_migrated_whole() {
     assert_eq!(rules(db_of(&target)), rules(db_of(&source)), "unique rules as declared");
     let reason = pg.psql(
         db_of(&target),
-        "SELECT reason FROM agentctl.rejected_rows WHERE source_table = 'remark'",
+        "SELECT reason FROM agentctl.rejected_rows WHERE source_table = 'remark' ORDER BY \
+            legacy_key",
     );
+    // A generic reference is checked against the table its kind names, as a foreign key is.
     assert_eq!(
         reason,
-        "remark.about_id: its about_kind ghost names no table whose keys the mapping rewrites"
+        "remark.about_id: its about_kind ghost names no table whose keys the mapping rewrites\n\
+            remark.about_id: the employee row it points at is not in the target"
+    );
+    assert!(
+        plan.stdout.contains(
+            "remark.about_id is a generic reference: each row is checked, before it is written, \
+                against the table its about_kind names (but remark itself"
+        ),
+        "{plan:?}"
+    );
+    for said in [
+        "1 x remark.about_id: its about_kind ghost names no table",
+        "1 x remark.about_id: the employee row it points at (9999) does not exist in the source",
+    ] {
+        assert!(plan.stdout.contains(said), "{said}: {plan:?}");
+    }
+    // The sync checks them too: a new remark about a store goes in, one about an employee who
+    // is not there is rejected with that reason.
+    pg.psql(
+        db_of(&source),
+        "INSERT INTO remark VALUES (45, 'store', 3, 'a new one'), (46, 'employee', 9998, 'gone')",
+    );
+    let synced = tests::agentctl_on(
+        &source,
+        &target,
+        &["diff", "migrate", "remark", "--analyze", "--mapping", mapping.to_str().unwrap()],
+    );
+    assert_eq!(synced.code, 0, "{synced:?}");
+    let fates = pg.psql(
+        db_of(&target),
+        "SELECT r.legacy_id, s.country FROM remark r JOIN sales.store s ON s.id = r.about_id WHERE \
+            r.legacy_id = 45 UNION ALL SELECT 46, reason FROM agentctl.rejected_rows WHERE \
+            source_table = 'remark' AND legacy_key = '46'",
+    );
+    assert_eq!(
+        fates,
+        format!(
+            "45|{}\n46|remark.about_id: the row it points at is not in the target",
+            pg.psql(db_of(&target), "SELECT country FROM sales.store WHERE legacy_id = 3")
+        )
     );
 }
 

@@ -671,18 +671,31 @@ async fn missing_parents(
     let (a, cols) = (&b.analysis, &b.analysis.columns);
     // References to rows that are not in the target: rejected, not written (rule `reference`,
     // as in the full migration: tried again once the parent is there).
-    for (col, parent) in &b.references {
+    for (col, parents) in &b.references {
+        // A generic reference's UUID is in the table it was derived for, or nowhere.
+        let mut absent: Vec<String> = parents
+            .iter()
+            .map(|p| {
+                format!("NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = s.c{col}::uuid)", quoted(p))
+            })
+            .collect();
+        if absent.is_empty() {
+            absent.push("true".into());
+        }
         let sql = format!(
             "DELETE FROM agentctl_diff s WHERE s.kind IN ('insert', 'update', 'conflict') AND s.c{col} IS NOT NULL
-                 AND NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = s.c{col}::uuid)
-             RETURNING s.k",
-            quoted(parent)
+                 AND {} RETURNING s.k",
+            absent.join(" AND ")
         );
         let keys: Vec<String> = sqlx::query_scalar(&sql).fetch_all(&mut *c).await?;
+        let parent = match parents.as_slice() {
+            [one] => format!("the {} row", one.name),
+            _ => "the row".to_owned(),
+        };
         for k in keys {
             let reason = format!(
-                "{}.{}: the {} row it points at is not in the target",
-                a.target.name, cols[*col].0, parent.name
+                "{}.{}: {parent} it points at is not in the target",
+                a.target.name, cols[*col].0
             );
             out.done.note(format!("{} {k}: rejected: {reason}", a.source.name));
             out.parent_missing.insert(k.clone());

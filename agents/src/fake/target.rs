@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use runtime::domain::{
     Batch, Checkpoint, Compared, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff,
     EntityValidation, Expected, KeysAside, Links, PageRecord, ProvenPage, RecordedPage,
-    RejectedRow, RollbackEntity, RolledBack, SyncMark, TableName, Written,
+    ReferenceCheck, RejectedRow, RollbackEntity, RolledBack, SyncMark, TableName, Written,
 };
 use runtime::error::ToolError;
 use runtime::ports::{ConstraintStore, DiffStore, Loader, Verifier};
@@ -151,11 +151,11 @@ impl Loader for MemTarget {
         let mut written = Written::default();
         for seq in 0..b.rows.len() {
             let row: Vec<Option<&str>> = b.rows.row(seq).collect();
-            let orphan = b
-                .references
-                .iter()
-                .find(|(col, parent)| row[*col].is_some_and(|id| !state.has_id(parent, id)));
-            if let Some((col, parent)) = orphan {
+            let orphan = b.references.iter().find(|r| {
+                r.rows.as_ref().is_none_or(|rows| rows.contains(&seq))
+                    && row[r.column].is_some_and(|id| !state.has_id(&r.parent, id))
+            });
+            if let Some(ReferenceCheck { column: col, parent, .. }) = orphan {
                 written.refused.push(RejectedRow {
                     legacy_key: b.legacy_key(seq),
                     column: None,
@@ -410,7 +410,7 @@ impl Verifier for MemTarget {
         &self,
         child: &TableName,
         column: &str,
-        parent: &TableName,
+        parents: &[TableName],
     ) -> Result<Option<(i64, Vec<String>)>, ToolError> {
         let state = self.state.lock().unwrap();
         let orphans: Vec<String> = state
@@ -419,7 +419,11 @@ impl Verifier for MemTarget {
             .into_iter()
             .flatten()
             .filter(|r| {
-                r.values.get(column).cloned().flatten().is_some_and(|p| !state.has_id(parent, &p))
+                r.values
+                    .get(column)
+                    .cloned()
+                    .flatten()
+                    .is_some_and(|id| !parents.iter().any(|parent| state.has_id(parent, &id)))
             })
             .map(|r| r.legacy.clone())
             .collect();

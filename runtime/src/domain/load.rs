@@ -122,6 +122,16 @@ pub struct KeysAside {
 /// Every `id` of a parent table, by table.
 pub type ParentIds = std::collections::HashMap<TableName, UuidSet>;
 
+/// A column of a batch whose values must each be the `id` of a row of `parent` in the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReferenceCheck {
+    pub column: usize,
+    pub parent: TableName,
+    /// The rows (by index) it covers: `None`, every row (a foreign key's column); else the rows
+    /// whose generic reference names `parent`.
+    pub rows: Option<Vec<usize>>,
+}
+
 /// A set of UUIDs hashed by their own bits ([`UuidHasher`]): a load looks each reference of
 /// every row up in its parent's ids (7M lookups at scale 1.0), 17 ns a lookup with std's
 /// SipHash, 5 ns with this (a set of 2,400, bench/RESULTS.md).
@@ -191,8 +201,9 @@ pub struct Batch {
     pub rejected: Vec<RejectedRow>,
     /// Second-pass references: (child id, column, parent id).
     pub deferred: Vec<(String, String, String)>,
-    /// Columns (by index) that reference another target table's `id`, checked before inserting.
-    pub references: Vec<(usize, TableName)>,
+    /// The references checked before inserting: each names a column and the target table
+    /// whose `id` its values must be.
+    pub references: Vec<ReferenceCheck>,
     /// Parent tables read whole when the entity's load began: a reference to one of them is
     /// checked against these ids instead of asked of the server every batch.
     pub known_parents: Arc<ParentIds>,

@@ -145,8 +145,10 @@ pub struct DiffBatch {
     pub run_id: RunId,
     pub analysis: EntityDiff,
     pub legacy_column: usize,
-    /// Columns (by index) that reference another target table's `id`, checked first.
-    pub references: Vec<(usize, TableName)>,
+    /// Columns (by index) that reference another target table's `id`, checked first: each
+    /// value must be the `id` of a row of one of the tables named (one for a foreign key; every
+    /// parent of a generic reference, whose UUIDs no two tables share).
+    pub references: Vec<(usize, Vec<TableName>)>,
     /// The columns the baseline covers (by index).
     pub hashed: Vec<usize>,
     pub policy: crate::mapping::SyncPolicy,

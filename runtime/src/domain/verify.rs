@@ -76,7 +76,8 @@ pub struct Difference {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Orphans {
     pub column: String,
-    pub parent: TableName,
+    /// The table it points into: one for a foreign key, each parent of a generic reference.
+    pub parents: Vec<TableName>,
     pub count: i64,
     /// Legacy keys of the first few.
     pub examples: Vec<String>,

@@ -195,11 +195,13 @@ impl DeleteMode {
 }
 
 impl MappingSpec {
-    /// The source tables whose keys this mapping turns into references, one per reference.
+    /// The source tables whose keys this mapping turns into references: one per reference, and
+    /// each parent of a generic reference.
     pub fn parents(&self) -> impl Iterator<Item = &TableName> {
-        self.columns.iter().filter_map(|c| match &c.feed {
-            Feed::Reference { parent, .. } => Some(parent),
-            _ => None,
+        self.columns.iter().flat_map(|c| match &c.feed {
+            Feed::Reference { parent, .. } => vec![parent],
+            Feed::Generic { parents, .. } => parents.values().collect(),
+            _ => Vec::new(),
         })
     }
 

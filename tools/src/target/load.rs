@@ -120,9 +120,16 @@ async fn missing_parents(
     b: &Batch,
 ) -> Result<BTreeMap<usize, String>, sqlx::Error> {
     let mut orphans: BTreeMap<usize, String> = BTreeMap::new();
-    for (col, parent) in &b.references {
-        let ids: Vec<Option<Option<uuid::Uuid>>> =
+    for check in &b.references {
+        let (col, parent) = (&check.column, &check.parent);
+        let mut ids: Vec<Option<Option<uuid::Uuid>>> =
             b.rows.column(*col).map(|v| v.map(|v| uuid::Uuid::try_parse(v).ok())).collect();
+        // A generic reference's check covers the rows that name this parent.
+        if let Some(rows) = &check.rows {
+            let mut covered = vec![false; ids.len()];
+            rows.iter().for_each(|&r| covered[r] = true);
+            ids.iter_mut().zip(covered).filter(|(_, c)| !c).for_each(|(id, _)| *id = None);
+        }
         let missing: HashSet<uuid::Uuid> = match b.known_parents.get(parent) {
             // Read whole when the load began: nothing to ask.
             Some(known) => {

@@ -183,25 +183,37 @@ impl Verifier for PgTarget {
         &self,
         child: &TableName,
         column: &str,
-        parent: &TableName,
+        parents: &[TableName],
     ) -> Result<Option<(i64, Vec<String>)>, ToolError> {
         // A validated foreign key on exactly this column and parent: the database guarantees it.
         let columns = [column.to_owned()];
-        let enforced = enforced_key(&self.pool, child, &columns, parent, None)
-            .await
-            .map_err(while_doing(format!("looking for the foreign key of {child}.{column}")))?;
-        if enforced {
-            return Ok(None);
+        if let [parent] = parents {
+            let enforced = enforced_key(&self.pool, child, &columns, parent, None)
+                .await
+                .map_err(while_doing(format!("looking for the foreign key of {child}.{column}")))?;
+            if enforced {
+                return Ok(None);
+            }
+        }
+        let col = ident(column);
+        // A generic reference's UUID is in the table it was derived for, or nowhere.
+        let mut absent: Vec<String> = parents
+            .iter()
+            .map(|p| format!("NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = c.{col})", quoted(p)))
+            .collect();
+        if absent.is_empty() {
+            absent.push("true".into());
         }
         let sql = format!(
             "SELECT count(*), coalesce((array_agg(c.legacy_id::text ORDER BY c.legacy_id))[1:5], '{{}}')
-             FROM {} c WHERE c.{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = c.{col})",
+             FROM {} c WHERE c.{col} IS NOT NULL AND {}",
             quoted(child),
-            quoted(parent),
-            col = ident(column)
+            absent.join(" AND ")
         );
+        let named: Vec<String> = parents.iter().map(ToString::to_string).collect();
         Ok(Some(sqlx::query_as(&sql).fetch_one(&self.pool).await.map_err(while_doing(format!(
-            "looking for references of {child}.{column} that point at no row of {parent}"
+            "looking for references of {child}.{column} that point at no row of {}",
+            named.join(" or ")
         )))?))
     }
     async fn links(
