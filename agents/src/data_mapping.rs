@@ -346,6 +346,23 @@ pub fn build(
     target: &SchemaReport,
     file: &MappingFile,
 ) -> Result<MappingSet, Vec<Problem>> {
+    let set = build_each(source, target, file)?;
+    let problems = problems_in(&set);
+    if problems.is_empty() {
+        Ok(set)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Builds every entity's mapping; a table whose mapping has problems is left unmapped with
+/// them (`Unmapped::Problems`), for a plan that needs it to stop at. Returns the problems
+/// instead where they are the mapping file's or the target's as a whole.
+pub fn build_each(
+    source: &SchemaReport,
+    target: &SchemaReport,
+    file: &MappingFile,
+) -> Result<MappingSet, Vec<Problem>> {
     if target.tables.is_empty() && !source.tables.is_empty() {
         return Err(vec![Problem {
             table: format!("the target {}", target.database),
@@ -358,9 +375,8 @@ pub fn build(
             unfed: false,
         }]);
     }
-    let mut problems = Vec::new();
     let zone = file.settings.timezone.as_str();
-    problems.extend(unknown_names(source, file));
+    let unknown = unknown_names(source, file);
     let joined: BTreeSet<String> =
         file.entities.values().flat_map(|r| r.join.iter().map(|j| j.table.clone())).collect();
     let mut specs = Vec::new();
@@ -379,18 +395,23 @@ pub fn build(
             continue;
         }
         let Some(dst) = target_for(&table.name, rule, target) else {
-            match rule.and_then(|r| r.target.as_deref()) {
-                Some(t) => problems.push(Problem {
-                    table: table.name.to_string(),
-                    source: None,
-                    column: None,
-                    message: format!("the mapping file's target `{t}` does not exist"),
-                    unfed: false,
-                }),
-                None => unmapped.push((table.name.clone(), Unmapped::NoTarget)),
-            }
+            let why = match rule.and_then(|r| r.target.as_deref()) {
+                Some(t) => Unmapped::Problems {
+                    target: None,
+                    problems: vec![Problem {
+                        table: table.name.to_string(),
+                        source: None,
+                        column: None,
+                        message: format!("the mapping file's target `{t}` does not exist"),
+                        unfed: false,
+                    }],
+                },
+                None => Unmapped::NoTarget,
+            };
+            unmapped.push((table.name.clone(), why));
             continue;
         };
+        let problems = |problems| Unmapped::Problems { target: Some(dst.name.clone()), problems };
         match map_table(table, dst, rule, source, target, zone) {
             Ok(mut spec) => {
                 for c in &mut spec.columns {
@@ -408,17 +429,32 @@ pub fn build(
                             .or_else(|| file.entities.get(&parent.to_string()))
                             .is_some_and(|r| r.skip.is_some())
                 };
-                problems.extend(lost_references(table, dst, &spec, decided));
-                specs.push(spec);
+                let lost = lost_references(table, dst, &spec, decided);
+                match lost.is_empty() {
+                    true => specs.push(spec),
+                    false => unmapped.push((table.name.clone(), problems(lost))),
+                }
             }
-            Err(mut p) => problems.append(&mut p),
+            Err(p) => unmapped.push((table.name.clone(), problems(p))),
         }
     }
-    if problems.is_empty() {
-        Ok(resolved(file, specs, unmapped))
-    } else {
-        Err(problems)
+    let set = resolved(file, specs, unmapped);
+    match unknown.is_empty() {
+        true => Ok(set),
+        // The file's own mistakes stop everything, named with every table's problems.
+        false => Err(unknown.into_iter().chain(problems_in(&set)).collect()),
     }
+}
+
+/// Every problem of the tables whose mapping has any.
+fn problems_in(set: &MappingSet) -> Vec<Problem> {
+    set.unmapped
+        .iter()
+        .flat_map(|(_, why)| match why {
+            Unmapped::Problems { problems, .. } => problems.clone(),
+            _ => Vec::new(),
+        })
+        .collect()
 }
 
 /// The groups' members and the entities the mapping file names that the source does not have.
@@ -1247,6 +1283,9 @@ pub struct MapRequest {
     /// Try the custom transforms on sample rows (for a plan or `mapping show`; a rollback or
     /// a validation has no use for it, and must not need the sandbox for it).
     pub preview: bool,
+    /// Leave a table whose mapping has problems unmapped with them, for the plan to stop at
+    /// only when it needs the table (`mapping show` and `init` name every problem instead).
+    pub partial: bool,
 }
 
 pub enum DataMappingMsg {
@@ -1456,6 +1495,10 @@ impl Actor for DataMappingAgent {
                         }
                     }
                     (result, _) => result,
+                };
+                let result = match result {
+                    Err(_) if req.partial => build_each(&req.source, &req.target, &req.file),
+                    result => result,
                 };
                 let result = match result {
                     Ok(set) if !req.preview => Ok(set),

@@ -377,7 +377,7 @@ async fn phase(courier: &Courier, agents: &Agents, msg: OrchestratorMsg) {
             let _ = reply.send(diff_phase(courier, agents, env.body).await);
         }
         OrchestratorMsg::Map(env, reply) => {
-            let mapped = map_phase(courier, agents, &env.body, true).await;
+            let mapped = map_phase(courier, agents, &env.body, Mapped::Whole).await;
             let _ = reply.send(mapped.map(|(_, _, m)| m));
         }
     }
@@ -455,13 +455,26 @@ async fn profile_phase(
     Ok((profile, source))
 }
 
-/// Both schemas and the mappings between them; `preview` tries the custom transforms on
-/// sample rows.
+/// What a phase needs of the mapping.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mapped {
+    /// Every table mapped, or every problem named (`mapping show`, `mapping init`), custom
+    /// transforms tried on sample rows.
+    Whole,
+    /// For a plan: a table whose mapping has problems is left out with them, and stops the
+    /// plan only if the goal needs it; custom transforms tried on sample rows.
+    ForPlan,
+    /// For the entities of a plan made before (a rollback, a validation, a sync): as for a
+    /// plan, without trying the transforms.
+    ForScope,
+}
+
+/// Both schemas and the mappings between them, as `mapped` asks.
 async fn map_phase(
     courier: &Courier,
     agents: &Agents,
     goal: &PlanGoal,
-    preview: bool,
+    mapped: Mapped,
 ) -> Result<(SchemaReport, SchemaReport, MappingSet), AgentError> {
     let ctx = courier.ctx();
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "analyze".into() });
@@ -480,7 +493,8 @@ async fn map_phase(
         target: target.clone(),
         file: goal.mapping.clone(),
         file_origin: goal.mapping_origin.clone(),
-        preview,
+        preview: mapped != Mapped::ForScope,
+        partial: mapped != Mapped::Whole,
     };
     let mappings = answer(courier.ask(&agents.mapping, "map", request, DataMappingMsg::Map).await)?;
     Ok((source, target, mappings))
@@ -508,7 +522,7 @@ async fn plan_phase(
     goal: PlanGoal,
 ) -> Result<PlanOutcome, AgentError> {
     let ctx = courier.ctx();
-    let (source, target, mappings) = map_phase(courier, agents, &goal, true).await?;
+    let (source, target, mappings) = map_phase(courier, agents, &goal, Mapped::ForPlan).await?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "plan".into() });
     let unattended = goal.unattended;
     let request = plan_request(goal, source, &target, &mappings);
@@ -749,7 +763,7 @@ async fn scope(
     agents: &Agents,
     goal: PlanGoal,
 ) -> Result<(MigrationPlan, MappingSet, SchemaReport), AgentError> {
-    let (source, target, mappings) = map_phase(courier, agents, &goal, false).await?;
+    let (source, target, mappings) = map_phase(courier, agents, &goal, Mapped::ForScope).await?;
     let request = plan_request(goal, source, &target, &mappings);
     let plan = answer(courier.ask(&agents.planning, "plan", request, PlanningMsg::Plan).await)?;
     Ok((plan, mappings, target))

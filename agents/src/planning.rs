@@ -240,7 +240,8 @@ impl Actor for PlanningAgent {
                     PlanError::Empty
                     | PlanError::Unknown { .. }
                     | PlanError::NothingToMigrate { .. }
-                    | PlanError::Unmigratable { .. } => AgentError::usage(ME, e.to_string()),
+                    | PlanError::Unmigratable { .. }
+                    | PlanError::Mapping { .. } => AgentError::usage(ME, e.to_string()),
                     PlanError::Cycle { .. } => AgentError::new(ME, e.to_string()),
                 }));
             }
@@ -268,6 +269,25 @@ pub enum PlanError {
             (\"everything except ...\", or `skip` in the mapping file)"
     )]
     Unmigratable { tables: String },
+    #[error(
+        "{count} mapping problem(s) in the tables the goal needs: {problems} (fix them in the \
+            mapping file or the target, or leave the tables out: \"everything except ...\", or \
+            `skip` in the mapping file)"
+    )]
+    Mapping { count: usize, problems: String },
+}
+
+impl PlanError {
+    /// The problems of the tables among `tables` whose mapping has any, if there are.
+    fn mapping(m: &MappingSet, tables: &[TableName]) -> Result<(), PlanError> {
+        let problems: Vec<String> = m.problems_of(tables).map(ToString::to_string).collect();
+        match problems.is_empty() {
+            true => Ok(()),
+            false => {
+                Err(PlanError::Mapping { count: problems.len(), problems: problems.join("; ") })
+            }
+        }
+    }
 }
 
 fn suggest(names: &[String]) -> String {
@@ -360,7 +380,7 @@ fn names(
 ) -> Result<Vec<TableName>, PlanError> {
     // Entity names may be written as several words ("invoice lines"): try the longest run of
     // words first, joined with underscores, then shorter ones.
-    let target_of = |t: &TableName| mappings.and_then(|m| m.spec(t)).map(|s| s.target.name.clone());
+    let target_of = |t: &TableName| mappings.and_then(|m| m.target_of(t)).map(|t| t.name.clone());
     let lookup = |word: &str| -> Option<Vec<TableName>> {
         if let Some(group) = mappings.and_then(|m| m.groups.get(word)) {
             return Some(
@@ -687,7 +707,7 @@ pub fn plan(
         return Err(PlanError::NothingToMigrate { goal: goal.trim().to_owned() });
     }
     let excluded = exclude(&mut requested, &resolved, &tables, &mut rationale);
-    let inclusion = with_parents(&requested, only, &tables, mappings, &mut rationale);
+    let inclusion = with_parents(&requested, only, &tables, mappings, &mut rationale)?;
     let (mut parents, mut deferred) = edges(&inclusion, &tables, mappings, &mut rationale);
     let order = Order { tables: &tables, inclusion: &inclusion, mappings, fixed_batch };
     let waves = waves(&order, &mut parents, &mut deferred, &mut rationale)?;
@@ -712,6 +732,7 @@ fn mapped(
     m: &MappingSet,
     rationale: &mut Vec<String>,
 ) -> Result<Vec<TableName>, PlanError> {
+    PlanError::mapping(m, &requested)?;
     let (kept, unmapped): (Vec<TableName>, Vec<TableName>) =
         requested.into_iter().partition(|t| m.spec(t).is_some());
     let mut homeless = Vec::new();
@@ -782,7 +803,7 @@ fn with_parents(
     tables: &BTreeMap<&TableName, &Table>,
     mappings: Option<&MappingSet>,
     rationale: &mut Vec<String>,
-) -> BTreeMap<TableName, Inclusion> {
+) -> Result<BTreeMap<TableName, Inclusion>, PlanError> {
     let mut inclusion: BTreeMap<TableName, Inclusion> =
         requested.iter().map(|t| (t.clone(), Inclusion::Requested)).collect();
     let mut queue: Vec<TableName> = requested.to_vec();
@@ -794,7 +815,11 @@ fn with_parents(
         let generic = generic_parents(mappings, &name);
         let parents = table.foreign_keys.iter().map(|fk| &fk.references);
         for parent in parents.chain(generic.iter().map(|(_, _, p)| p)) {
-            // A merged or unmapped parent is no entity; the mapping says what becomes of it.
+            // A parent whose mapping has problems stops the plan; a merged or skipped one is
+            // no entity, and the mapping says what becomes of it.
+            if let Some(m) = mappings {
+                PlanError::mapping(m, std::slice::from_ref(parent))?;
+            }
             if parent == &name
                 || !tables.contains_key(parent)
                 || mappings.is_some_and(|m| m.spec(parent).is_none())
@@ -829,7 +854,7 @@ fn with_parents(
             ));
         }
     }
-    inclusion
+    Ok(inclusion)
 }
 
 /// What orders a child after a parent: a foreign key (by name), or a generic reference (by

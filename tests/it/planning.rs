@@ -259,17 +259,15 @@ fn mapping_problems_name_the_table_and_column() {
         )
         .replace(r#""2" = "suspended""#, r#""2" = "sleeping""#);
     std::fs::write(&file, bad).unwrap();
-    let out = agentctl(&[
-        "--source",
-        &source,
-        "--target",
-        &target,
-        "plan",
-        "--goal",
-        "migrate doctors",
-        "--mapping",
-        file.to_str().unwrap(),
-    ]);
+    let path = file.to_str().unwrap();
+    let plan = |goal: &str| {
+        agentctl_on(
+            &source,
+            &target,
+            &["plan", "--goal", goal, "--mapping", path, "--format", "json"],
+        )
+    };
+    let out = plan("migrate doctors");
     assert_eq!(out.code, 2, "a mapping file with problems is bad configuration: {out:?}");
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(
@@ -287,19 +285,28 @@ fn mapping_problems_name_the_table_and_column() {
         "{}",
         out.stderr
     );
+    // A goal that needs doctors as a parent stops at them too; one that does not goes on, and
+    // says why doctors is left out.
+    let out = plan("migrate patients");
+    assert_eq!(out.code, 2, "patients reference doctors: {out:?}");
+    assert!(out.stderr.contains("doctors.license_number: the mapping file reads"), "{out:?}");
+    let out = plan("migrate offices");
+    assert_eq!(out.code, 0, "offices needs no doctor: {out:?}");
+    let left: Value = serde_json::from_str(&out.stdout).unwrap();
+    let why = left["plan"]["left_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["table"]["name"] == "dispatch_doctor")
+        .map(|l| l["reason"].as_str().unwrap().to_owned());
+    assert!(
+        why.as_deref().is_some_and(|w| w.starts_with("its mapping has problems: doctors.")),
+        "{why:?}: {}",
+        out.stdout
+    );
 
     std::fs::write(&file, "[entities.dispatch_doctor]\ntargett = \"doctors\"\n").unwrap();
-    let out = agentctl(&[
-        "--source",
-        &source,
-        "--target",
-        &target,
-        "plan",
-        "--goal",
-        "migrate doctors",
-        "--mapping",
-        file.to_str().unwrap(),
-    ]);
+    let out = plan("migrate doctors");
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("unknown field `targett`"), "{}", out.stderr);
 }

@@ -505,3 +505,43 @@ fn a_cycle_through_a_generic_reference_is_broken_there() {
         p.rationale
     );
 }
+
+#[test]
+fn a_table_whose_mapping_has_problems_stops_only_the_plans_that_need_it() {
+    use runtime::mapping::{Problem, Unmapped};
+    // b references a; c stands alone; a's mapping has a problem.
+    let report = schema(&[("a", 1, &[]), ("b", 1, &[("a_id", "a", false)]), ("c", 1, &[])]);
+    let mut mappings = generic_mapping(&report, ("c", "x", &[]));
+    mappings.specs.retain(|s| s.source.name != "a");
+    let problem = Problem {
+        table: "a".into(),
+        source: Some("public.a".into()),
+        column: Some("code".into()),
+        message: "is NOT NULL without a default, and nothing in the source feeds it".into(),
+        unfed: true,
+    };
+    mappings.unmapped.push((
+        TableName::new("public", "a"),
+        Unmapped::Problems { target: Some(TableName::new("public", "a")), problems: vec![problem] },
+    ));
+    let said = "1 mapping problem(s) in the tables the goal needs: a.code: is NOT NULL without a \
+        default, and nothing in the source feeds it";
+    for goal in ["migrate a", "migrate b", "migrate everything"] {
+        let e = plan(goal, false, &report, Some(&mappings), None).unwrap_err();
+        assert!(e.to_string().starts_with(said), "{goal}: {e}");
+    }
+    let p = plan("migrate c", false, &report, Some(&mappings), None).unwrap();
+    let left: Vec<(String, String)> =
+        p.left_out.iter().map(|l| (l.table.name.clone(), l.reason.clone())).collect();
+    assert!(
+        left.contains(&(
+            "a".into(),
+            "its mapping has problems: a.code: is NOT NULL without a default, and nothing in the \
+                source feeds it"
+                .into()
+        )),
+        "{left:?}"
+    );
+    // With --only, b goes without its parent, as any --only plan does.
+    assert!(plan("migrate b", true, &report, Some(&mappings), None).is_ok());
+}

@@ -28,13 +28,16 @@ pub enum Unmapped {
     Merged,
     /// No target table takes it: a table the goal asks for then stops the plan.
     NoTarget,
+    /// Its mapping onto `target` has problems: a plan that needs the table stops, naming them;
+    /// one that does not goes on without it.
+    Problems { target: Option<TableName>, problems: Vec<Problem> },
 }
 
 impl Unmapped {
     /// Whether the operator decided it (the mapping file), rather than agentctl failing to find
     /// a place for the rows.
     pub fn decided(&self) -> bool {
-        !matches!(self, Unmapped::NoTarget)
+        !matches!(self, Unmapped::NoTarget | Unmapped::Problems { .. })
     }
 }
 
@@ -44,6 +47,10 @@ impl std::fmt::Display for Unmapped {
             Unmapped::Skipped { reason } => write!(f, "skipped: {reason}"),
             Unmapped::Merged => f.write_str("merged into the rows of the table that joins it"),
             Unmapped::NoTarget => f.write_str("no target table has a matching name"),
+            Unmapped::Problems { problems, .. } => {
+                let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                write!(f, "its mapping has problems: {}", lines.join("; "))
+            }
         }
     }
 }
@@ -71,6 +78,25 @@ pub struct MappingSet {
 impl MappingSet {
     pub fn spec(&self, source: &TableName) -> Option<&MappingSpec> {
         self.specs.iter().find(|s| &s.source == source)
+    }
+
+    /// The target table of a source table: its mapping's, or the one a mapping with problems
+    /// was for.
+    pub fn target_of(&self, source: &TableName) -> Option<&TableName> {
+        self.spec(source).map(|s| &s.target).or_else(|| {
+            self.unmapped.iter().find(|(t, _)| t == source).and_then(|(_, why)| match why {
+                Unmapped::Problems { target, .. } => target.as_ref(),
+                _ => None,
+            })
+        })
+    }
+
+    /// The mapping problems of the tables among `tables` whose mapping has any.
+    pub fn problems_of<'a>(&'a self, tables: &'a [TableName]) -> impl Iterator<Item = &'a Problem> {
+        self.unmapped.iter().filter(|(t, _)| tables.contains(t)).flat_map(|(_, why)| match why {
+            Unmapped::Problems { problems, .. } => problems.as_slice(),
+            _ => &[],
+        })
     }
 }
 
