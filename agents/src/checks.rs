@@ -2,8 +2,9 @@
 //! Rust, so a plan can say which rows the target will refuse before a single one is written.
 //!
 //! The parser reads what `pg_get_constraintdef` prints: comparisons, `AND`/`OR`/`NOT`,
-//! `IS [NOT] NULL`, `~` regular expressions, `= ANY (ARRAY[...])`, casts (`::numeric`),
-//! `lower`/`upper`/`length`/`btrim`, and arithmetic `+ -`. Logic is SQL's three-valued one: a
+//! `IS [NOT] NULL`, `~` regular expressions, `= ANY (ARRAY[...])` (`IN`) and
+//! `<> ALL (ARRAY[...])` (`NOT IN`), casts (`::numeric`), `lower`/`upper`/`length`/`btrim`,
+//! and arithmetic `+ -`. Logic is SQL's three-valued one: a
 //! CHECK fails only when it is false, never when it is NULL. An expression it cannot read is
 //! reported as such (the row's fate is then left to the database) rather than guessed at.
 
@@ -33,6 +34,8 @@ enum Expr {
     IsNull(Box<Expr>, bool),
     Cmp(Box<Expr>, String, Box<Expr>),
     Any(Box<Expr>, String, Vec<Expr>),
+    /// `x op ALL (ARRAY[...])`, what PostgreSQL prints for `NOT IN (...)`.
+    All(Box<Expr>, String, Vec<Expr>),
     Arith(Box<Expr>, char, Box<Expr>),
     Call(String, Vec<Expr>),
 }
@@ -208,11 +211,15 @@ impl Parser {
                 .contains(&op.as_str())
             {
                 self.pos += 1;
-                if self.eat_kw("ANY") {
+                let any = self.eat_kw("ANY");
+                if any || self.eat_kw("ALL") {
                     self.expect(Tok::LParen)?;
                     let list = self.array()?;
                     self.expect(Tok::RParen)?;
-                    return Ok(Expr::Any(Box::new(left), op, list));
+                    return Ok(match any {
+                        true => Expr::Any(Box::new(left), op, list),
+                        false => Expr::All(Box::new(left), op, list),
+                    });
                 }
                 let right = self.add()?;
                 return Ok(Expr::Cmp(Box::new(left), op, Box::new(right)));
@@ -222,8 +229,18 @@ impl Parser {
     }
 
     fn array(&mut self) -> Result<Vec<Expr>, BadInput> {
+        // `(ARRAY[...])::text[]`, as a varchar column's list is printed.
+        if self.peek() == Some(&Tok::LParen) {
+            self.pos += 1;
+            let items = self.array()?;
+            self.expect(Tok::RParen)?;
+            self.casts(Expr::Lit(Val::Null))?;
+            return Ok(items);
+        }
         if !self.eat_kw("ARRAY") {
-            return Err(BadInput("only ANY (ARRAY[...]) is understood".into()));
+            return Err(BadInput(
+                "only ANY (ARRAY[...]) and ALL (ARRAY[...]) are understood".into(),
+            ));
         }
         self.expect(Tok::LBracket)?;
         let mut items = vec![self.add()?];
@@ -410,6 +427,18 @@ impl CheckExpr {
                 }
                 result
             }
+            Expr::All(a, op, list) => {
+                let left = self.eval(a, col);
+                let mut result = Val::Bool(true);
+                for item in list {
+                    match self.compare(left.clone(), op, self.eval(item, col)) {
+                        Val::Bool(false) => return Val::Bool(false),
+                        Val::Null => result = Val::Null,
+                        _ => {}
+                    }
+                }
+                result
+            }
             Expr::Arith(a, op, b) => match (num(self.eval(a, col)), num(self.eval(b, col))) {
                 (Some(x), Some(y)) => Val::Num(if *op == '+' { x + y } else { x - y }),
                 _ => Val::Null,
@@ -497,7 +526,7 @@ fn collect_regexes(e: &Expr, out: &mut HashMap<String, Regex>) -> Result<(), Bad
             collect_regexes(a, out)?;
             collect_regexes(b, out)
         }
-        Expr::Any(a, _, list) => {
+        Expr::Any(a, _, list) | Expr::All(a, _, list) => {
             collect_regexes(a, out)?;
             list.iter().try_for_each(|x| collect_regexes(x, out))
         }

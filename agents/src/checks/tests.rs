@@ -59,6 +59,18 @@ fn what_postgres_prints_is_understood() {
         "(VALUE::text = ANY (ARRAY['YES'::character varying, 'NO'::character varying]::text[]))";
     assert_eq!(eval(any, &[("VALUE", Text("NO".into()))]), Some(true));
     assert_eq!(eval(any, &[("VALUE", Text("MAYBE".into()))]), Some(false));
+    // A varchar column's IN and NOT IN, as PostgreSQL 15 prints them.
+    let list = "((ARRAY['S3'::character varying, 'S4'::character varying])::text[])";
+    let not_in = format!("((sku)::text <> ALL {list})");
+    assert_eq!(eval(&not_in, &[("sku", Text("S4".into()))]), Some(false));
+    assert_eq!(eval(&not_in, &[("sku", Text("S9".into()))]), Some(true));
+    let is_in = format!("((sku)::text = ANY {list})");
+    assert_eq!(eval(&is_in, &[("sku", Text("S3".into()))]), Some(true));
+    assert_eq!(eval(&is_in, &[("sku", Text("S9".into()))]), Some(false));
+    // NULL in the list: NOT IN is unknown for a value not in it, and passes.
+    let with_null = "(code <> ALL (ARRAY['a'::text, NULL::text]))";
+    assert_eq!(eval(with_null, &[("code", Text("b".into()))]), None);
+    assert_eq!(eval(with_null, &[("code", Text("a".into()))]), Some(false));
     assert_eq!(eval("(lower(email) <> ''::text)", &[("email", Text("X".into()))]), Some(true));
 }
 
