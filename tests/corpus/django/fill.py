@@ -68,4 +68,33 @@ for i, page in enumerate(pages[5:11]):
 # A page deleted as an editor would: its log entries stay (Wagtail declares the log's page_id
 # without a database constraint, so that the history outlives the page).
 DeletePageAction(pages[-1], user=users[0]).execute(skip_permission_checks=True)
+
+# The zoo: multi-table inheritance, a UUID key, PostgreSQL's own types.
+import uuid  # noqa: E402
+from decimal import Decimal  # noqa: E402
+
+from django.db.backends.postgresql.psycopg_any import DateRange  # noqa: E402
+from zoo.models import Animal, Keeper, Place, Restaurant  # noqa: E402
+
+boss = Keeper.objects.create(code=uuid.UUID(int=1), name="boss")
+keepers = [Keeper.objects.create(code=uuid.UUID(int=i + 2), name=f"keeper {i}", mentor=boss) for i in range(4)]
+places = [Place.objects.create(name=f"place {i}", location=f"10.0.0.{i}" if i % 2 else "::1") for i in range(6)]
+for i in range(3):
+    Restaurant.objects.create(name=f"restaurant {i}", serves_pizza=i % 2 == 0)
+animals = []
+for i in range(30):
+    animals.append(Animal.objects.create(
+        name=f"animal {i}",
+        kind="cat" if i % 2 else "dog",
+        weight=Decimal(i) / 3,
+        age=datetime.timedelta(days=i, seconds=5, microseconds=i) if i % 3 else None,
+        photo=bytes([i, 0, 255, 92]) if i % 4 == 0 else None,
+        tags=["x", f"t{i}", 'quote " and, comma'] if i % 5 else [],
+        stay=DateRange(datetime.date(2024, 1, 1), datetime.date(2024, 1, 2 + i % 20)) if i % 7 else None,
+        meta={"i": i, "nested": {"ok": True, "text": "ü\n"}},
+        keeper=keepers[i % 4] if i % 5 else None,
+        home=places[i] if i < 6 else None,
+    ))
+for i in range(1, 30):
+    animals[i].friends.add(animals[i - 1])
 print("filled")
