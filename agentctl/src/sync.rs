@@ -142,8 +142,9 @@ fn show(
         println!("{}", summary(&total));
         if total.held > 0 {
             println!(
-                "{} rows held: `agentctl conflict report` lists the conflicts, `agentctl \
-                conflict resolve` settles one",
+                "{} rows held for an operator, each with its reason: `agentctl conflict report` \
+                lists the conflicts and `agentctl conflict resolve` settles one; the others are \
+                tried again at the next sync",
                 total.held
             );
         }

@@ -1026,7 +1026,8 @@ fn a_table_with_a_deferred_unique_rule_is_kept_in_step() {
 /// A row deleted and its unique value given to a new row in one transaction: the sync inserts
 /// before it deletes, so the new row is refused for the value the old one still holds. It is
 /// tried again at the next sync, where the value is free (hard delete), instead of being taken
-/// for settled. Under soft delete the old row keeps the value, and each sync says so again.
+/// for settled. Under soft delete the old row keeps the value: the new row is then held, naming
+/// it, not rejected as if it were at fault.
 #[test]
 fn a_unique_value_freed_by_a_deleted_row_is_taken_at_the_next_sync() {
     let pg = shared();
@@ -1051,18 +1052,19 @@ fn a_unique_value_freed_by_a_deleted_row_is_taken_at_the_next_sync() {
             assert_eq!(out.code, 0, "{out:?}");
             let doc = json(&out);
             let slot = entity(&doc, "slot").1.unwrap().clone();
-            (slot["inserted"].as_i64().unwrap(), slot["rejected"].as_i64().unwrap())
+            let count = |field: &str| slot[field].as_i64().unwrap();
+            (count("inserted"), count("rejected"), count("held"))
         };
-        assert_eq!(sync(), (0, 1), "{delete}: refused while row 5 holds the value");
+        assert_eq!(sync(), (0, 1, 0), "{delete}: refused while row 5 holds the value");
         let in_target = || pg.psql(&db(&target), "SELECT count(*) FROM slot WHERE legacy_id = 25");
         match delete {
             "hard" => {
-                assert_eq!(sync(), (1, 0), "taken once row 5 is gone");
+                assert_eq!(sync(), (1, 0, 0), "taken once row 5 is gone");
                 assert_eq!(in_target(), "1");
                 assert_eq!(with(&["diff", "validate"]).code, 0);
             }
             _ => {
-                assert_eq!(sync(), (0, 1), "said again while the soft-deleted row holds it");
+                assert_eq!(sync(), (0, 0, 1), "held while the soft-deleted row holds it");
                 assert_eq!(in_target(), "0");
             }
         }
@@ -1139,4 +1141,55 @@ fn a_source_column_nothing_takes_is_refused_until_left_on_purpose() {
         "{plan:?}"
     );
     assert_eq!(with(&["diff", "analyze"]).code, 0);
+}
+
+/// A member deleted from the source stays in the target as deleted (soft delete), and keeps
+/// its email, which a unique rule guards: a new member signing up with that email is not the
+/// row's fault. It is held, naming the deleted row, and goes in at the sync after the deleted
+/// row is removed.
+#[test]
+fn a_unique_value_kept_by_a_row_deleted_softly_holds_the_new_row_instead_of_rejecting_it() {
+    let pg = shared();
+    let (source, target) = pg.generated_pair(
+        "softunique",
+        "CREATE TABLE member (id integer PRIMARY KEY, email text NOT NULL UNIQUE, name text);
+         INSERT INTO member VALUES (1, 'a@example.org', 'Ann'), (2, 'b@example.org', 'Bo');",
+    );
+    let (s, t) = (db(&source), db(&target));
+    let run = agentctl_on(&source, &target, &["run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let sync = || {
+        let out = agentctl_on(
+            &source,
+            &target,
+            &["diff", "migrate", "member", "--analyze", "--format", "json"],
+        );
+        assert_eq!(out.code, 0, "{out:?}");
+        entity(&json(&out), "member").1.unwrap().clone()
+    };
+    pg.psql(&s, "DELETE FROM member WHERE id = 2");
+    assert_eq!(sync()["deleted"], 1);
+    pg.psql(&s, "INSERT INTO member VALUES (3, 'b@example.org', 'Bea')");
+    let held = sync();
+    assert_eq!(
+        (&held["held"], &held["rejected"], &held["inserted"]),
+        (&1.into(), &0.into(), &0.into())
+    );
+    let reason = pg.psql(
+        &t,
+        "SELECT outcome || ': ' || reason FROM agentctl.data_differentials WHERE legacy_key = '3' \
+            ORDER BY applied_at DESC LIMIT 1",
+    );
+    assert!(
+        reason.starts_with(
+            "held: member: its member_email_key value is held by row 2, which the \
+            source deleted and the target keeps as deleted (soft delete)"
+        ),
+        "{reason}"
+    );
+    assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.rejected_rows"), "0");
+    // The operator removes the deleted row: the new member goes in at the next sync.
+    pg.psql(&t, "DELETE FROM member WHERE legacy_id = 2");
+    assert_eq!(sync()["inserted"], 1);
+    assert_eq!(pg.psql(&t, "SELECT name FROM member WHERE email = 'b@example.org'"), "Bea");
 }

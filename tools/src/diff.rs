@@ -862,6 +862,7 @@ async fn updates(
         for k in keys {
             out.fates.insert(k, Fate { outcome: "applied", reason: None });
         }
+        let refused = held_by_deleted(c, b, table, refused, out).await?;
         refuse(&mut out.done, &mut out.fates, refused, b, "update");
     }
     Ok(())
@@ -925,6 +926,7 @@ async fn inserts(
     for k in keys {
         out.fates.insert(k, Fate { outcome: "applied", reason: None });
     }
+    let refused = held_by_deleted(c, b, table, refused, out).await?;
     refuse(&mut out.done, &mut out.fates, refused, b, "insert");
     Ok(())
 }
@@ -1072,6 +1074,77 @@ async fn record_outcomes(
     .execute(&mut *c)
     .await?;
     Ok(())
+}
+
+/// Of the rows a unique rule refused, those whose value a row the source deleted still holds in
+/// the target, kept there as deleted (soft delete): not the row's fault, so held for an
+/// operator, naming the deleted row (and tried again at the next sync); returns the others.
+async fn held_by_deleted(
+    c: &mut PgConnection,
+    b: &DiffBatch,
+    table: &str,
+    refused: Vec<(usize, String)>,
+    out: &mut Outcomes,
+) -> Result<Vec<(usize, String)>, sqlx::Error> {
+    let unique = |why: &String| why.ends_with("(SQLSTATE 23505)");
+    if !b.soft_delete || !refused.iter().any(|(_, why)| unique(why)) {
+        return Ok(refused);
+    }
+    let cols = &b.analysis.columns;
+    // The target's plain unique rules on the staged columns, but the keys agentctl derives.
+    let rules: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT c.relname::text, array_agg(a.attname::text ORDER BY k.ord)
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(num, ord)
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num
+         WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indpred IS NULL
+           AND i.indexprs IS NULL
+         GROUP BY c.relname",
+    )
+    .bind(quoted(&b.analysis.target))
+    .fetch_all(&mut *c)
+    .await?;
+    let matches: Vec<(String, String)> = rules
+        .into_iter()
+        .filter(|(_, on)| !on.iter().any(|n| n == "id" || n == "legacy_id"))
+        .filter_map(|(name, on)| {
+            let pairs: Option<Vec<String>> = on
+                .iter()
+                .map(|n| {
+                    let i = cols.iter().position(|(c, _)| c == n)?;
+                    Some(format!("t.{} = s.c{i}::{}", ident(n), cols[i].1))
+                })
+                .collect();
+            pairs.map(|p| (name, p.join(" AND ")))
+        })
+        .collect();
+    let mut others = Vec::new();
+    'rows: for (seq, why) in refused {
+        for (rule, on) in matches.iter().filter(|_| unique(&why)) {
+            let sql = format!(
+                "SELECT t.legacy_id::text FROM {table} t, agentctl_diff s
+                 WHERE s.seq = $1 AND t.deleted_at IS NOT NULL AND {on} LIMIT 1"
+            );
+            let held: Option<String> =
+                sqlx::query_scalar(&sql).bind(seq as i32).fetch_optional(&mut *c).await?;
+            if let Some(deleted) = held {
+                let key = b.rows[seq].legacy_key.clone();
+                let reason = format!(
+                    "{}: its {rule} value is held by row {deleted}, which the source deleted and \
+                        the target keeps as deleted (soft delete): remove that row from the \
+                        target, or make the rule leave deleted rows out (WHERE deleted_at IS \
+                        NULL); the row is tried again at the next sync",
+                    b.analysis.target.name
+                );
+                out.done.held += 1;
+                out.done.note(format!("{} {key}: held: {reason}", b.analysis.source.name));
+                out.fates.insert(key, Fate { outcome: "held", reason: Some(reason) });
+                continue 'rows;
+            }
+        }
+        others.push((seq, why));
+    }
+    Ok(others)
 }
 
 /// Records rows the target refused (a check, a unique rule) as rejected, with its words.

@@ -165,8 +165,9 @@ pub struct DiffApplied {
     pub deleted: i64,
     /// Conflicts met: resolved by policy or held.
     pub conflicted: i64,
-    /// Conflicts held for an operator (`manual`), and deletes refused (live children, no
-    /// `deleted_at`).
+    /// Conflicts held for an operator (`manual`), deletes refused (live children, no
+    /// `deleted_at`), and rows whose unique value a row deleted from the source still holds in
+    /// the target (soft delete).
     pub held: i64,
     pub rejected: i64,
     /// Rows whose target changed after the analysis: left for the next one.
