@@ -331,13 +331,64 @@ fn target_for<'a>(
     target: &'a SchemaReport,
 ) -> Option<&'a Table> {
     if let Some(name) = rule.and_then(|r| r.target.as_deref()) {
-        return target.find(name);
+        // A name several schemas of the target share is no one table ([`target_problem`]).
+        let named = target.tables.iter().filter(|t| t.name.name == name).count();
+        return if named > 1 { None } else { target.find(name) };
     }
     // The same schema and name first: `sales.item` is not `public.item`.
     let exact = target.tables.iter().find(|t| t.name == *source);
     exact.or_else(|| target.tables.iter().find(|t| t.name.name == source.name)).or_else(|| {
         target.tables.iter().find(|t| entity_key(&t.name.name) == entity_key(&source.name))
     })
+}
+
+/// The mapping file's rule for a source table: under its schema-qualified name, else its own.
+fn rule_for<'a>(file: &'a MappingFile, table: &TableName) -> Option<&'a EntityRule> {
+    keyed(&file.entities, table)
+}
+
+/// The name a mapping file keys a table by: its own where no other table of `names` shares
+/// it, else with its schema (`"sales.item"`, which TOML writes quoted).
+pub fn file_key<'a>(table: &TableName, mut names: impl Iterator<Item = &'a TableName>) -> String {
+    match names.any(|n| n.name == table.name && n != table) {
+        true => format!("{}.{}", table.schema, table.name),
+        false => table.name.clone(),
+    }
+}
+
+/// What a map keyed by the mapping file's entity names holds for a table: under its
+/// schema-qualified name, else its own.
+fn keyed<'a, V>(map: &'a BTreeMap<String, V>, table: &TableName) -> Option<&'a V> {
+    map.get(&table.to_string()).or_else(|| map.get(&table.name))
+}
+
+/// Why the mapping file's `target` names no table of the target, for the rule of `source`.
+fn target_problem(name: &str, source: &TableName, target: &SchemaReport) -> String {
+    let named: Vec<&TableName> =
+        target.tables.iter().filter(|t| t.name.name == name).map(|t| &t.name).collect();
+    if named.len() < 2 {
+        return format!("the mapping file's target `{name}` does not exist");
+    }
+    // The one in the source table's own schema, if there is one, as the example.
+    let example = named.iter().find(|t| t.schema == source.schema).unwrap_or(&named[0]);
+    let all: Vec<String> = named.iter().map(ToString::to_string).collect();
+    format!(
+        "the mapping file's target `{name}` names {} tables ({}): write its schema, target = \
+            \"{example}\"",
+        all.len(),
+        all.join(", ")
+    )
+}
+
+/// The header of a table's rule in the mapping file, as TOML reads it: `[entities.item]`;
+/// quoted where the key is more than letters, digits, `_` and `-` (`[entities."sales.item"]`,
+/// its schema written where another schema has a table of its name).
+fn rule_header(table: &TableName, source: &SchemaReport) -> String {
+    let key = file_key(table, source.tables.iter().map(|t| &t.name));
+    match key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        true => format!("[entities.{key}]"),
+        false => format!("[entities.\"{}\"]", key.replace('\\', "\\\\").replace('"', "\\\"")),
+    }
 }
 
 /// Builds every entity's mapping; returns the problems instead if there are any.
@@ -382,10 +433,7 @@ pub fn build_each(
     let mut specs = Vec::new();
     let mut unmapped = Vec::new();
     for table in &source.tables {
-        let rule = file
-            .entities
-            .get(&table.name.name)
-            .or_else(|| file.entities.get(&table.name.to_string()));
+        let rule = rule_for(file, &table.name);
         if let Some(reason) = rule.and_then(|r| r.skip.clone()) {
             unmapped.push((table.name.clone(), Unmapped::Skipped { reason }));
             continue;
@@ -402,7 +450,7 @@ pub fn build_each(
                         table: table.name.to_string(),
                         source: None,
                         column: None,
-                        message: format!("the mapping file's target `{t}` does not exist"),
+                        message: target_problem(t, &table.name, target),
                         unfed: false,
                     }],
                 },
@@ -423,11 +471,7 @@ pub fn build_each(
                 // is the file's decision.
                 let decided = |parent: &TableName| {
                     joined.contains(&parent.name)
-                        || file
-                            .entities
-                            .get(&parent.name)
-                            .or_else(|| file.entities.get(&parent.to_string()))
-                            .is_some_and(|r| r.skip.is_some())
+                        || rule_for(file, parent).is_some_and(|r| r.skip.is_some())
                 };
                 let lost = lost_references(table, dst, &spec, decided);
                 match lost.is_empty() {
@@ -459,27 +503,57 @@ fn problems_in(set: &MappingSet) -> Vec<Problem> {
 
 /// The groups' members and the entities the mapping file names that the source does not have.
 fn unknown_names(source: &SchemaReport, file: &MappingFile) -> Vec<Problem> {
+    let problem = |table: &str, message: String| Problem {
+        table: table.to_owned(),
+        source: None,
+        column: None,
+        message,
+        unfed: false,
+    };
+    // The tables a bare name several schemas share could mean, but those with a rule of their
+    // own under their schema: more than one, and the name says not which.
+    let shared = |name: &str| -> Vec<String> {
+        let meant: Vec<String> = source
+            .tables
+            .iter()
+            .filter(|t| t.name.name == name && !file.entities.contains_key(&t.name.to_string()))
+            .map(|t| t.name.to_string())
+            .collect();
+        if meant.len() > 1 {
+            meant
+        } else {
+            Vec::new()
+        }
+    };
     let mut problems = Vec::new();
     for (group, members) in &file.groups {
-        for m in members.iter().filter(|m| source.find(m).is_none()) {
-            problems.push(Problem {
-                table: m.clone(),
-                source: None,
-                column: None,
-                message: format!("group `{group}` names a table the source does not have"),
-                unfed: false,
-            });
+        for m in members {
+            let meant = shared(m);
+            if source.find(m).is_none() {
+                let why = format!("group `{group}` names a table the source does not have");
+                problems.push(problem(m, why));
+            } else if let Some(first) = meant.first() {
+                let why = format!(
+                    "group `{group}` names {} tables ({}): write the schema, \"{first}\"",
+                    meant.len(),
+                    meant.join(", ")
+                );
+                problems.push(problem(m, why));
+            }
         }
     }
     for name in file.entities.keys() {
+        let meant = shared(name);
         if source.find(name).is_none() {
-            problems.push(Problem {
-                table: name.clone(),
-                source: None,
-                column: None,
-                message: "the mapping file names a table the source does not have".into(),
-                unfed: false,
-            });
+            let why = "the mapping file names a table the source does not have".to_owned();
+            problems.push(problem(name, why));
+        } else if let Some(first) = meant.first() {
+            let why = format!(
+                "names {} tables ({}): key the rule by the schema, [entities.\"{first}\"]",
+                meant.len(),
+                meant.join(", ")
+            );
+            problems.push(problem(name, why));
         }
     }
     problems
@@ -642,7 +716,7 @@ fn map_table(
         }
     }
     let dropped = leftovers(src, &used, &mut columns, metadata_at);
-    left_behind(src, dst, rule, &dropped, &mut problems);
+    left_behind((src, source), dst, rule, &dropped, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -680,8 +754,8 @@ fn large_objects<'a>(
             of them), which agentctl does not copy: the new rows would name objects that are not \
             there; keep the contents in a bytea column instead (ALTER TABLE {table} ALTER {col} \
             TYPE bytea USING lo_get({col})), or leave the column on purpose in the mapping file: \
-            [entities.{src}] leave = [\"{column}\"]",
-        src = src.name.name,
+            {header} leave = [\"{column}\"]",
+        header = rule_header(&src.name, source),
         n = source.large_objects,
         table = runtime::sql::quoted(&src.name),
         col = runtime::sql::ident(&column),
@@ -746,7 +820,7 @@ fn written_alike(c: &Column, k: &Column) -> bool {
 /// file's `leave` does not name: nothing may be left behind unsaid. Only where there is no
 /// other problem: which columns are left over is known once every rule reads what it names.
 fn left_behind(
-    src: &Table,
+    (src, source): (&Table, &SchemaReport),
     dst: &Table,
     rule: Option<&EntityRule>,
     dropped: &[String],
@@ -781,9 +855,9 @@ fn left_behind(
             source: Some(src.name.name.clone()),
             column: Some(column.clone()),
             message: format!(
-                "{why}; {fix}, or leave it on purpose in the mapping file: [entities.{src}] \
-                    leave = [\"{column}\"]",
-                src = src.name.name
+                "{why}; {fix}, or leave it on purpose in the mapping file: {} leave = \
+                    [\"{column}\"]",
+                rule_header(&src.name, source)
             ),
             unfed: false,
         }
@@ -1206,6 +1280,8 @@ pub fn to_file(set: &MappingSet) -> MappingFile {
         groups: set.groups.clone(),
         entities: BTreeMap::new(),
     };
+    let sources = || set.specs.iter().map(|s| &s.source).chain(set.unmapped.iter().map(|(t, _)| t));
+    let targets = || set.specs.iter().map(|s| &s.target);
     for spec in &set.specs {
         let mut columns = BTreeMap::new();
         for c in &spec.columns {
@@ -1249,23 +1325,23 @@ pub fn to_file(set: &MappingSet) -> MappingFile {
             .map(|j| JoinRule { table: j.table.name.clone(), on: j.on.clone(), key: j.key.clone() })
             .collect();
         file.entities.insert(
-            spec.source.name.clone(),
+            file_key(&spec.source, sources()),
             EntityRule {
-                target: Some(spec.target.name.clone()),
+                target: Some(file_key(&spec.target, targets())),
                 skip: None,
                 join,
                 columns,
                 leave: spec.dropped.clone(),
                 sync: spec.sync,
-                references: set.declared.get(&spec.source.name).cloned().unwrap_or_default(),
-                generic: set.generic.get(&spec.source.name).cloned().unwrap_or_default(),
+                references: keyed(&set.declared, &spec.source).cloned().unwrap_or_default(),
+                generic: keyed(&set.generic, &spec.source).cloned().unwrap_or_default(),
             },
         );
     }
     for (t, why) in &set.unmapped {
         if let Unmapped::Skipped { reason } = why {
             file.entities.insert(
-                t.name.clone(),
+                file_key(t, sources()),
                 EntityRule { skip: Some(reason.clone()), ..EntityRule::default() },
             );
         }

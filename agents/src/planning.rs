@@ -239,6 +239,7 @@ impl Actor for PlanningAgent {
                     // What the goal says, or what the target lacks: the operator's to change.
                     PlanError::Empty
                     | PlanError::Unknown { .. }
+                    | PlanError::Ambiguous { .. }
                     | PlanError::NothingToMigrate { .. }
                     | PlanError::Unmigratable { .. }
                     | PlanError::Mapping { .. } => AgentError::usage(ME, e.to_string()),
@@ -261,6 +262,8 @@ pub enum PlanError {
         empty for a second pass"
     )]
     Cycle { tables: String },
+    #[error("`{word}` names several tables ({tables}): name the one you mean with its schema, as `{example}`")]
+    Ambiguous { word: String, tables: String, example: String },
     #[error("\"{goal}\" names nothing that maps to a target table")]
     NothingToMigrate { goal: String },
     #[error(
@@ -397,6 +400,19 @@ fn names(
                 by(&|t| target_of(&t.name).is_some_and(|n| entity_key(&n) == entity_key(word)))
             })
     };
+    // A name that tables of several schemas share names none of them: the goal says which.
+    for word in words {
+        let shared: Vec<String> = report
+            .tables
+            .iter()
+            .filter(|t| t.name.name == *word)
+            .map(|t| t.name.to_string())
+            .collect();
+        if shared.len() > 1 {
+            let (tables, example) = (shared.join(", "), shared[0].clone());
+            return Err(PlanError::Ambiguous { word: word.clone(), tables, example });
+        }
+    }
     let mut found = Vec::new();
     let mut i = 0;
     while i < words.len() {

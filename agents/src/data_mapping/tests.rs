@@ -105,3 +105,34 @@ fn a_data_column_named_id_is_fed_into_source_id_and_a_key_named_id_is_not() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].column.as_deref(), Some("source_id"));
 }
+
+#[test]
+fn a_rule_header_is_what_toml_reads_back_as_the_table() {
+    use runtime::domain::{Table, TableName};
+    let table = |schema: &str, name: &str| Table {
+        name: TableName::new(schema, name),
+        ..legacy().tables[0].clone()
+    };
+    let source = SchemaReport {
+        tables: vec![
+            table("public", "item"),
+            table("sales", "item"),
+            table("sales", "store"),
+            table("public", "Line \"Items\".v2"),
+        ],
+        ..SchemaReport::default()
+    };
+    let header =
+        |schema: &str, name: &str| super::rule_header(&TableName::new(schema, name), &source);
+    assert_eq!(header("sales", "store"), "[entities.store]");
+    assert_eq!(header("sales", "item"), "[entities.\"sales.item\"]");
+    assert_eq!(header("public", "Line \"Items\".v2"), r#"[entities."Line \"Items\".v2"]"#);
+    // Each reads back as the key the mapping file looks the table up by.
+    for (schema, name, key) in
+        [("sales", "item", "sales.item"), ("public", "Line \"Items\".v2", "Line \"Items\".v2")]
+    {
+        let text = format!("{}\nleave = []\n", header(schema, name));
+        let file = MappingFile::parse(&text, "memory.toml").expect("the header parses");
+        assert!(file.entities.contains_key(key), "{text}: {:?}", file.entities.keys());
+    }
+}
