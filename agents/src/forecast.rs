@@ -63,7 +63,7 @@ impl Tally {
     }
 
     fn add(&mut self, r: &Rejection, key: &str) {
-        let e = self.reasons.entry(r.rule.clone()).or_insert_with(|| RejectReason {
+        let e = self.reasons.entry(cause(&r.rule, &r.reason)).or_insert_with(|| RejectReason {
             rule: r.rule.clone(),
             reason: r.reason.clone(),
             count: 0,
@@ -73,6 +73,16 @@ impl Tally {
         if e.examples.len() < EXAMPLES {
             e.examples.push(key.to_owned());
         }
+    }
+}
+
+/// What rejections are counted together by: their rule, and for a reference its cause too (the
+/// parent rejected itself, never in the source, not migrated), which its words say after the
+/// parent's key: each cause is a line of its own, its words true of every row it counts.
+fn cause(rule: &str, reason: &str) -> String {
+    match rule.starts_with("reference:") {
+        true => format!("{rule}\u{0}{}", reason.rsplit_once(") ").map_or(reason, |(_, why)| why)),
+        false => rule.to_owned(),
     }
 }
 
@@ -153,7 +163,8 @@ fn settle_awaiting(
         );
         forecast.migrate -= 1;
         forecast.reject += 1;
-        match forecast.reasons.iter_mut().find(|r| r.rule == rule) {
+        let counted = cause(&rule, &reason);
+        match forecast.reasons.iter_mut().find(|r| cause(&r.rule, &r.reason) == counted) {
             Some(r) => {
                 r.count += 1;
                 if r.examples.len() < EXAMPLES {
