@@ -71,15 +71,22 @@ pub fn validation_failure(results: &[&EntityValidation]) -> Option<Exit> {
     // Rows missing, added or different are what an old database still in use does to a copy
     // read while it changed: the usual next step, which a person new to it would not guess.
     let out_of_step =
-        failed.iter().any(|v| v.missing + v.extra + v.rows_differing > v.kept_differing);
-    let next = match out_of_step {
-        true => {
-            "; if the old database changed after it was read (it was in use), `agentctl diff \
+        failed.iter().any(|v| v.missing - v.held + v.extra + v.rows_differing > v.kept_differing);
+    let mut next = match out_of_step {
+        true => "; if the old database changed after it was read (it was in use), `agentctl diff \
                 analyze` lists its changes and `agentctl diff migrate` carries them over; then run \
                 `agentctl validate` again"
-        }
-        false => "",
+            .to_owned(),
+        false => String::new(),
     };
+    // Rows a sync held wait for what their reasons ask, not for another sync.
+    let held: i64 = failed.iter().map(|v| v.held).sum();
+    if held > 0 {
+        next.push_str(&format!(
+            "; the last sync held {held} of the missing rows for an operator, each for the reason \
+                shown with its key: do what it asks, then `agentctl diff migrate` puts them in"
+        ));
+    }
     Some(Exit {
         code: Exit::VALIDATION,
         message: format!(

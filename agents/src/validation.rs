@@ -22,7 +22,7 @@
 //!   target rows made from them that point at a row of the parent, counted in the target.
 
 use runtime::error::ToolError;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -233,6 +233,7 @@ pub async fn validate(
         compares.start(async move { Ok((check.run(target.as_ref(), &table).await?, set)) });
     }
     reader.await.map_err(|e| ToolError::system(format!("the reader stopped: {e}")))?;
+    held_by_sync(target.as_ref(), &spec.source, &mut v).await?;
     let references = (references.as_slice(), deferred_cols.as_slice(), generic.as_slice());
     v.orphans = orphans(target.as_ref(), req, references, &out_cols).await?;
     (v.links, v.target_rows) =
@@ -285,7 +286,7 @@ impl Mapping<'_> {
 /// The load's records of the entity's source pages, by fingerprint, and what proving a page by
 /// one needs: the pages' sizes, the key column and the derivation of each row's UUID.
 struct Records {
-    by_fingerprint: std::collections::HashMap<i64, PageRecord>,
+    by_fingerprint: HashMap<i64, PageRecord>,
     /// The size of each page the load recorded, in key order: read in pages of these sizes
     /// (keyset pages, each after the last key of the one before), the same rows make the same
     /// pages, whatever batch size the load had (a resumed run's can differ).
@@ -515,6 +516,7 @@ fn empty(
         rejected: 0,
         kept: 0,
         missing: 0,
+        held: 0,
         target_rows: 0,
         extra: 0,
         rows_compared: 0,
@@ -536,6 +538,36 @@ fn empty(
         seconds: 0.0,
     }
 }
+
+/// The missing rows listed that the last sync held for an operator: each says why, which is
+/// not a row lost but one waiting for what its reason asks.
+async fn held_by_sync(
+    target: &dyn Target,
+    source: &TableName,
+    v: &mut EntityValidation,
+) -> Result<(), ToolError> {
+    let missing: Vec<String> = v
+        .differences
+        .iter()
+        .filter(|d| d.found.as_deref() == Some(MISSING))
+        .map(|d| d.legacy_key.clone())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let held: HashMap<String, String> =
+        target.held_reasons(source, &missing).await?.into_iter().collect();
+    for d in &mut v.differences {
+        if let Some(why) = held.get(&d.legacy_key).filter(|_| d.found.as_deref() == Some(MISSING)) {
+            d.found = Some(format!("neither: the last sync held it: {why}"));
+            v.held += 1;
+        }
+    }
+    Ok(())
+}
+
+/// What a difference finds of a source row that is neither in the target nor rejected.
+const MISSING: &str = "neither: the row is missing";
 
 /// Every reference the mapping makes (to other tables, to its own in `deferred`, and the
 /// generic ones, each value in one of its parents), and every foreign key the target declares:
@@ -758,12 +790,7 @@ async fn tally(
             (_, false, _) if rejected_keys.contains(key) => v.rejected += 1,
             (_, false, _) => {
                 v.missing += 1;
-                note(
-                    v,
-                    "(row)",
-                    "in the target, or rejected with a reason",
-                    "neither: the row is missing",
-                );
+                note(v, "(row)", "in the target, or rejected with a reason", MISSING);
             }
         }
         if let Some((col, kept)) = differing {

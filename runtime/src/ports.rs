@@ -178,6 +178,13 @@ pub trait Verifier: Send + Sync + 'static {
     /// refused by a sync for a unique or exclusion rule another row held (which that row's own
     /// change, deleted or moved, may have freed since).
     async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError>;
+    /// Of these legacy keys, those whose last sync outcome held the row for an operator, each
+    /// with the reason.
+    async fn held_reasons(
+        &self,
+        source: &TableName,
+        keys: &[String],
+    ) -> Result<Vec<(String, String)>, ToolError>;
     /// Which of these UUIDs are rows of the table.
     async fn existing_ids(
         &self,
@@ -449,6 +456,13 @@ impl Verifier for Roles {
     }
     async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError> {
         self.verify.rejected_keys(source).await
+    }
+    async fn held_reasons(
+        &self,
+        source: &TableName,
+        keys: &[String],
+    ) -> Result<Vec<(String, String)>, ToolError> {
+        self.verify.held_reasons(source, keys).await
     }
     async fn existing_ids(
         &self,

@@ -1188,6 +1188,16 @@ fn a_unique_value_kept_by_a_row_deleted_softly_holds_the_new_row_instead_of_reje
         "{reason}"
     );
     assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.rejected_rows"), "0");
+    // Validation says the row is not there, and why: not lost, but waiting for the operator.
+    let proof = agentctl_on(&source, &target, &["diff", "validate"]);
+    assert_ne!(proof.code, 0, "{proof:?}");
+    for said in [
+        "neither: the last sync held it: member: its member_email_key value is held by row 2",
+        "the last sync held 1 of the missing rows for an operator",
+    ] {
+        assert!(proof.stdout.contains(said) || proof.stderr.contains(said), "{said}: {proof:?}");
+    }
+    assert!(!proof.stderr.contains("if the old database changed"), "{proof:?}");
     // The operator removes the deleted row: the new member goes in at the next sync.
     pg.psql(&t, "DELETE FROM member WHERE legacy_id = 2");
     assert_eq!(sync()["inserted"], 1);

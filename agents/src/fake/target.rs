@@ -387,6 +387,15 @@ impl Verifier for MemTarget {
         Ok(rejected.map(|(k, rule)| (k, rule.starts_with("reference"))).collect())
     }
 
+    /// This target's syncs hold no row (its `apply_diff` settles every one).
+    async fn held_reasons(
+        &self,
+        _source: &TableName,
+        _keys: &[String],
+    ) -> Result<Vec<(String, String)>, ToolError> {
+        Ok(Vec::new())
+    }
+
     async fn existing_ids(
         &self,
         table: &TableName,

@@ -134,6 +134,10 @@ pub struct EntityValidation {
     pub kept: i64,
     /// Source rows neither in the target nor rejected: lost.
     pub missing: i64,
+    /// Of the missing rows listed in `differences`, those the last sync held for an operator
+    /// (each difference says why).
+    #[serde(default)]
+    pub held: i64,
     /// Rows of the target table with a legacy key (all made from this source, or kept).
     pub target_rows: i64,
     /// Target rows with a legacy key no source row has.

@@ -154,6 +154,28 @@ impl Verifier for PgTarget {
         .await
         .map_err(while_doing(format!("reading the rejected rows of {source}")))?)
     }
+    async fn held_reasons(
+        &self,
+        source: &TableName,
+        keys: &[String],
+    ) -> Result<Vec<(String, String)>, ToolError> {
+        let last: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT DISTINCT ON (legacy_key) legacy_key::text, outcome, reason
+             FROM agentctl.data_differentials
+             WHERE source_table = $1 AND legacy_key = ANY($2) AND applied_at IS NOT NULL
+             ORDER BY legacy_key, applied_at DESC",
+        )
+        .bind(source.to_string())
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(while_doing(format!("reading what the last sync did with rows of {source}")))?;
+        Ok(last
+            .into_iter()
+            .filter(|(_, outcome, _)| outcome.as_deref() == Some("held"))
+            .map(|(key, _, reason)| (key, reason.unwrap_or_default()))
+            .collect())
+    }
     async fn existing_ids(
         &self,
         table: &TableName,
