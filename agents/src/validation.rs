@@ -182,8 +182,14 @@ pub async fn validate(
         .position(|(c, _)| c == "legacy_id")
         .ok_or_else(|| ToolError::system(format!("{} has no legacy_id column", spec.target)))?;
     let money = money_columns(spec, &out_cols);
-    let rejected_keys: HashSet<String> =
+    let mut rejected_keys: HashSet<String> =
         target.rejected_keys(&spec.source).await?.into_iter().map(|(k, _)| k).collect();
+    // A row a sync rejected and a later sync held is held, not rejected: it is missing, and
+    // says why ([`held_by_sync`]).
+    let rejected: Vec<String> = rejected_keys.iter().cloned().collect();
+    for (key, _) in target.held_reasons(&spec.source, &rejected).await? {
+        rejected_keys.remove(&key);
+    }
     let mut v = empty(spec, &out_cols, &money);
     let mapping =
         Mapping { mapper: &mapper, out_cols: &out_cols, id_col, legacy_col, money: &money };

@@ -1066,6 +1066,10 @@ fn a_unique_value_freed_by_a_deleted_row_is_taken_at_the_next_sync() {
             _ => {
                 assert_eq!(sync(), (0, 0, 1), "held while the soft-deleted row holds it");
                 assert_eq!(in_target(), "0");
+                // Rejected once, held since: held, which validation says, not rejected.
+                let proof = with(&["diff", "validate"]);
+                assert_ne!(proof.code, 0, "{proof:?}");
+                assert!(proof.stdout.contains("the last sync held it"), "{proof:?}");
             }
         }
     }
