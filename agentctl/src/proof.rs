@@ -46,6 +46,13 @@ pub(crate) async fn start(
     ))
 }
 
+fn pages(n: i64) -> String {
+    match n {
+        1 => "1 page".to_owned(),
+        n => format!("{n} pages"),
+    }
+}
+
 /// The exit for failed validations: the entities, then the first differing keys and the count.
 pub fn validation_failure(results: &[&EntityValidation]) -> Option<Exit> {
     let failed: Vec<&&EntityValidation> = results.iter().filter(|v| !v.passed).collect();
@@ -72,13 +79,35 @@ pub fn validation_failure(results: &[&EntityValidation]) -> Option<Exit> {
     // read while it changed: the usual next step, which a person new to it would not guess.
     let out_of_step =
         failed.iter().any(|v| v.missing - v.held + v.extra + v.rows_differing > v.kept_differing);
-    let mut next = match out_of_step {
-        true => "; if the old database changed after it was read (it was in use), `agentctl diff \
-                analyze` lists its changes and `agentctl diff migrate` carries them over; then run \
-                `agentctl validate` again"
-            .to_owned(),
-        false => String::new(),
-    };
+    // Which side changed since the load, where the load's record of its pages tells.
+    let source: i64 = failed.iter().map(|v| v.source_changed_pages).sum();
+    let target: i64 = failed.iter().map(|v| v.target_changed_pages).sum();
+    let mut next = String::new();
+    if out_of_step && source > 0 {
+        next.push_str(&format!(
+            "; the old database changed after the load read it ({} read otherwise now): \
+                `agentctl diff analyze` lists its changes and `agentctl diff migrate` carries them \
+                over",
+            pages(source)
+        ));
+    }
+    if out_of_step && target > 0 {
+        next.push_str(&format!(
+            "; the new database changed after the load wrote it ({} whose rows are not what \
+                the load wrote, the old rows read as they were): something other than agentctl \
+                wrote to it, and `agentctl diff analyze` lists those rows",
+            pages(target)
+        ));
+    }
+    match (out_of_step, source + target > 0) {
+        (true, true) => next.push_str("; then run `agentctl validate` again"),
+        (true, false) => next.push_str(
+            "; if the old database changed after it was read (it was in use), `agentctl diff \
+                analyze` lists its changes and `agentctl diff migrate` carries them over; then \
+                run `agentctl validate` again",
+        ),
+        (false, _) => {}
+    }
     // Rows a sync held wait for what their reasons ask, not for another sync.
     let held: i64 = failed.iter().map(|v| v.held).sum();
     if held > 0 {

@@ -42,7 +42,7 @@ use runtime::AgentName;
 use crate::differential::DiffEntity;
 use crate::pipeline::{
     expect, money_columns, prepare, read_ahead_in, soft_delete, GenericCheck, InPageOrder,
-    MigrateEntity, Prepared, COMPARES_IN_FLIGHT,
+    MigrateEntity, Pages, Prepared, COMPARES_IN_FLIGHT,
 };
 use crate::transform::{amount, Reference, RowMapper};
 use runtime::text_rows::TextRows;
@@ -211,28 +211,19 @@ pub async fn validate(
             (records.check(&mapping, page), set)
         });
         while let Some((checked, set)) = compares.done(next.is_none()).await? {
-            let (expected, answers, recorded_cents) = match checked {
-                Checked::Compared(expected, answers) => (expected, answers, None),
-                Checked::Proven(expected, proven, page) => {
-                    pages.recycle(page);
-                    v.rows_by_record += expected.keys.len() as i64;
-                    let answers = proven
-                        .recorded
-                        .iter()
-                        .map(|&r| Compared { present: r, ours: r, ..Compared::default() })
-                        .collect();
-                    (expected, answers, Some((proven.source_cents, proven.target_cents)))
-                }
-                Checked::Unproven(page) => {
-                    let expected = mapping.expect(page);
-                    let answers = target.compare(&spec.target, &expected).await?;
-                    (expected, answers, None)
-                }
+            let against = match &checked {
+                Checked::Compared(..) if records.any() => Against::Source,
+                Checked::Compared(..) => Against::Unknown,
+                Checked::Proven(..) | Checked::Unproven(_) => Against::Target,
             };
+            let (expected, answers, recorded_cents) =
+                answered(checked, &mut pages, &mut v, &mapping, target.as_ref()).await?;
             counted.page(&expected, &answers, &set);
             let page = Tallied { expected: &expected, answers: &answers, recorded_cents };
+            let wrong = v.missing + v.rows_differing;
             tally(&mut v, page, &rejected_keys, target.as_ref(), &out_cols, legacy_col, &money)
                 .await?;
+            against.count(&mut v, wrong);
         }
         let Some((check, set)) = next else { break };
         let (target, table) = (target.clone(), spec.target.clone());
@@ -336,6 +327,11 @@ impl Records {
         self.pages.clone()
     }
 
+    /// Whether the load recorded its pages (then a page it has no record of was read otherwise).
+    fn any(&self) -> bool {
+        !self.by_fingerprint.is_empty()
+    }
+
     /// What to do with a page read: prove it by its record, if the load recorded one of it
     /// as it is now under the same mapping, else map it and compare it.
     fn check(&self, mapping: &Mapping<'_>, page: TextRows) -> Check {
@@ -366,6 +362,58 @@ impl Records {
             ids,
             returned: self.returned.clone(),
         })
+    }
+}
+
+/// A page's expected rows and the target's answers: compared; proven by the load's record
+/// (with the record's money totals); or, its target rows not what the record says, mapped and
+/// compared now.
+async fn answered(
+    checked: Checked,
+    pages: &mut Pages,
+    v: &mut EntityValidation,
+    mapping: &Mapping<'_>,
+    target: &dyn Target,
+) -> Result<(Expected, Vec<Compared>, Option<(Vec<i64>, Vec<i64>)>), ToolError> {
+    Ok(match checked {
+        Checked::Compared(expected, answers) => (expected, answers, None),
+        Checked::Proven(expected, proven, page) => {
+            pages.recycle(page);
+            v.rows_by_record += expected.keys.len() as i64;
+            let answers = proven
+                .recorded
+                .iter()
+                .map(|&r| Compared { present: r, ours: r, ..Compared::default() })
+                .collect();
+            (expected, answers, Some((proven.source_cents, proven.target_cents)))
+        }
+        Checked::Unproven(page) => {
+            let expected = mapping.expect(page);
+            let answers = target.compare(&v.target, &expected).await?;
+            (expected, answers, None)
+        }
+    })
+}
+
+/// Which side changed since the load, by a page that does not agree with the target: the
+/// load recorded none of the page as it reads now (the source changed), or its record matches
+/// the source, so what disagrees is the target's rows; unknown without records.
+enum Against {
+    Source,
+    Target,
+    Unknown,
+}
+
+impl Against {
+    /// Counts the page where its tally (`v`'s missing and differing rows, `before` it) found
+    /// rows that do not agree.
+    fn count(self, v: &mut EntityValidation, before: i64) {
+        let wrong = v.missing + v.rows_differing > before;
+        match self {
+            Against::Source if wrong => v.source_changed_pages += 1,
+            Against::Target if wrong => v.target_changed_pages += 1,
+            _ => {}
+        }
     }
 }
 
@@ -523,6 +571,8 @@ fn empty(
         kept: 0,
         missing: 0,
         held: 0,
+        source_changed_pages: 0,
+        target_changed_pages: 0,
         target_rows: 0,
         extra: 0,
         rows_compared: 0,

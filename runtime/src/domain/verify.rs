@@ -138,6 +138,14 @@ pub struct EntityValidation {
     /// (each difference says why).
     #[serde(default)]
     pub held: i64,
+    /// Pages with rows that do not agree whose source reads otherwise than the load read it
+    /// (the load has no record of it as it is now): the source changed since the load.
+    #[serde(default)]
+    pub source_changed_pages: i64,
+    /// Pages with rows that do not agree whose source reads as the load read it, but whose
+    /// target rows are not what the load wrote: the target changed since the load.
+    #[serde(default)]
+    pub target_changed_pages: i64,
     /// Rows of the target table with a legacy key (all made from this source, or kept).
     pub target_rows: i64,
     /// Target rows with a legacy key no source row has.
