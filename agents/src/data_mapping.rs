@@ -119,7 +119,10 @@ fn declared_key(
     }
     let Some(p) = source.find(parent) else {
         return Err(BadInput(format!(
-            "the mapping file's reference names `{parent}`, which the source does not have"
+            "the mapping file's reference names {}",
+            source
+                .shared(parent)
+                .unwrap_or_else(|| format!("`{parent}`, which the source does not have"))
         )));
     };
     let (key, from) = p.key();
@@ -351,7 +354,7 @@ fn rule_for<'a>(file: &'a MappingFile, table: &TableName) -> Option<&'a EntityRu
 /// it, else with its schema (`"sales.item"`, which TOML writes quoted).
 pub fn file_key<'a>(table: &TableName, mut names: impl Iterator<Item = &'a TableName>) -> String {
     match names.any(|n| n.name == table.name && n != table) {
-        true => format!("{}.{}", table.schema, table.name),
+        true => table.qualified(),
         false => table.name.clone(),
     }
 }
@@ -359,7 +362,7 @@ pub fn file_key<'a>(table: &TableName, mut names: impl Iterator<Item = &'a Table
 /// What a map keyed by the mapping file's entity names holds for a table: under its
 /// schema-qualified name, else its own.
 fn keyed<'a, V>(map: &'a BTreeMap<String, V>, table: &TableName) -> Option<&'a V> {
-    map.get(&table.to_string()).or_else(|| map.get(&table.name))
+    map.get(&table.qualified()).or_else(|| map.get(&table.name))
 }
 
 /// Why the mapping file's `target` names no table of the target, for the rule of `source`.
@@ -370,8 +373,8 @@ fn target_problem(name: &str, source: &TableName, target: &SchemaReport) -> Stri
         return format!("the mapping file's target `{name}` does not exist");
     }
     // The one in the source table's own schema, if there is one, as the example.
-    let example = named.iter().find(|t| t.schema == source.schema).unwrap_or(&named[0]);
-    let all: Vec<String> = named.iter().map(ToString::to_string).collect();
+    let example = named.iter().find(|t| t.schema == source.schema).unwrap_or(&named[0]).qualified();
+    let all: Vec<String> = named.iter().map(|t| t.qualified()).collect();
     format!(
         "the mapping file's target `{name}` names {} tables ({}): write its schema, target = \
             \"{example}\"",
@@ -516,8 +519,8 @@ fn unknown_names(source: &SchemaReport, file: &MappingFile) -> Vec<Problem> {
         let meant: Vec<String> = source
             .tables
             .iter()
-            .filter(|t| t.name.name == name && !file.entities.contains_key(&t.name.to_string()))
-            .map(|t| t.name.to_string())
+            .filter(|t| t.name.name == name && !file.entities.contains_key(&t.name.qualified()))
+            .map(|t| t.name.qualified())
             .collect();
         if meant.len() > 1 {
             meant
@@ -525,11 +528,14 @@ fn unknown_names(source: &SchemaReport, file: &MappingFile) -> Vec<Problem> {
             Vec::new()
         }
     };
+    let exists = |name: &str| {
+        source.tables.iter().any(|t| t.name.name == name || t.name.qualified() == name)
+    };
     let mut problems = Vec::new();
     for (group, members) in &file.groups {
         for m in members {
             let meant = shared(m);
-            if source.find(m).is_none() {
+            if !exists(m) {
                 let why = format!("group `{group}` names a table the source does not have");
                 problems.push(problem(m, why));
             } else if let Some(first) = meant.first() {
@@ -544,7 +550,7 @@ fn unknown_names(source: &SchemaReport, file: &MappingFile) -> Vec<Problem> {
     }
     for name in file.entities.keys() {
         let meant = shared(name);
-        if source.find(name).is_none() {
+        if !exists(name) {
             let why = "the mapping file names a table the source does not have".to_owned();
             problems.push(problem(name, why));
         } else if let Some(first) = meant.first() {
@@ -907,7 +913,10 @@ fn joins_of<'a>(
                 joins.push(Join { table: t.name.clone(), on: j.on.clone(), key: j.key.clone() });
                 joined_tables.push(t);
             }
-            None => problem(format!("joins `{}`, which the source does not have", j.table)),
+            None => problem(match source.shared(&j.table) {
+                Some(shared) => format!("joins {shared}"),
+                None => format!("joins `{}`, which the source does not have", j.table),
+            }),
         }
     }
     (joins, joined_tables)
@@ -1058,9 +1067,12 @@ fn generic_feed(column: &str, rule: &GenericRule, source: &SchemaReport) -> Resu
     let mut parents = BTreeMap::new();
     for (kind, name) in &rule.parents {
         let t = source.find(name).ok_or_else(|| {
-            BadInput(format!(
-                "the generic reference's parent `{name}` is not a table of the source"
-            ))
+            BadInput(match source.shared(name) {
+                Some(shared) => format!("the generic reference's parent {shared}"),
+                None => {
+                    format!("the generic reference's parent `{name}` is not a table of the source")
+                }
+            })
         })?;
         let (key, from) = t.key();
         if key.len() != 1 || matches!(from, runtime::domain::KeySource::Content) {

@@ -406,7 +406,7 @@ fn names(
             .tables
             .iter()
             .filter(|t| t.name.name == *word)
-            .map(|t| t.name.to_string())
+            .map(|t| t.name.qualified())
             .collect();
         if shared.len() > 1 {
             let (tables, example) = (shared.join(", "), shared[0].clone());

@@ -496,10 +496,10 @@ fn a_table_name_two_schemas_share_is_never_taken_for_one_table() {
     let pg = shared();
     let (source, target) = pg.generated_pair(
         "tenants",
-        "CREATE SCHEMA a; CREATE SCHEMA b;
-         CREATE TABLE a.orders (id int PRIMARY KEY, total int);
+        "CREATE SCHEMA b;
+         CREATE TABLE public.orders (id int PRIMARY KEY, total int);
          CREATE TABLE b.orders (id int PRIMARY KEY, total int);
-         INSERT INTO a.orders SELECT i, i FROM generate_series(1, 5) i;
+         INSERT INTO public.orders SELECT i, i FROM generate_series(1, 5) i;
          INSERT INTO b.orders SELECT i, 100 + i FROM generate_series(1, 8) i;",
     );
     let dir = tempfile::tempdir().unwrap();
@@ -508,7 +508,8 @@ fn a_table_name_two_schemas_share_is_never_taken_for_one_table() {
     let out = agentctl_on(&source, &target, &["mapping", "init", "--output", path]);
     assert_eq!(out.code, 0, "{out:?}");
     let written = std::fs::read_to_string(&file).unwrap();
-    for key in ["[entities.\"a.orders\"]", "[entities.\"b.orders\"]", "target = \"b.orders\""] {
+    for key in ["[entities.\"public.orders\"]", "[entities.\"b.orders\"]", "target = \"b.orders\""]
+    {
         assert!(written.contains(key), "{key}: {written}");
     }
     let run = agentctl_on(
@@ -519,7 +520,10 @@ fn a_table_name_two_schemas_share_is_never_taken_for_one_table() {
     assert_eq!(run.code, 0, "{run:?}");
     let t = target.rsplit('/').next().unwrap();
     assert_eq!(
-        pg.psql(t, "SELECT sum(total) FROM a.orders UNION ALL SELECT sum(total) FROM b.orders"),
+        pg.psql(
+            t,
+            "SELECT sum(total) FROM public.orders UNION ALL SELECT sum(total) FROM b.orders"
+        ),
         "15\n836"
     );
     // A bare name that means both tables, in the file or in a goal, says which tables it means.
@@ -528,19 +532,22 @@ fn a_table_name_two_schemas_share_is_never_taken_for_one_table() {
         "[groups]\nshop = [\"orders\"]\n[entities.orders]\nleave = [\"total\"]\n",
     )
     .unwrap();
-    let out =
-        agentctl_on(&source, &target, &["plan", "--goal", "migrate a.orders", "--mapping", path]);
+    let out = agentctl_on(
+        &source,
+        &target,
+        &["plan", "--goal", "migrate public.orders", "--mapping", path],
+    );
     assert_eq!(out.code, 2, "{out:?}");
     for said in [
-        "orders: names 2 tables (a.orders, b.orders): key the rule by the schema",
-        "orders: group `shop` names 2 tables (a.orders, b.orders)",
+        "orders: names 2 tables (b.orders, public.orders): key the rule by the schema",
+        "orders: group `shop` names 2 tables (b.orders, public.orders)",
     ] {
         assert!(out.stderr.contains(said), "{said}: {}", out.stderr);
     }
     let out = agentctl_on(&source, &target, &["plan", "--goal", "migrate orders"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(
-        out.stderr.contains("`orders` names several tables (a.orders, b.orders)"),
+        out.stderr.contains("`orders` names several tables (b.orders, public.orders)"),
         "{}",
         out.stderr
     );

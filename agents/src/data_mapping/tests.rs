@@ -136,3 +136,27 @@ fn a_rule_header_is_what_toml_reads_back_as_the_table() {
         assert!(file.entities.contains_key(key), "{text}: {:?}", file.entities.keys());
     }
 }
+
+#[test]
+fn a_name_two_schemas_share_finds_neither_table_but_its_schema_finds_each() {
+    use runtime::domain::{Table, TableName};
+    let table = |schema: &str| Table {
+        name: TableName::new(schema, "orders"),
+        ..legacy().tables[0].clone()
+    };
+    let source =
+        SchemaReport { tables: vec![table("b"), table("public")], ..SchemaReport::default() };
+    assert!(source.find("orders").is_none());
+    assert_eq!(
+        source.find("public.orders").map(|t| t.name.qualified()),
+        Some("public.orders".into())
+    );
+    assert_eq!(source.find("b.orders").map(|t| t.name.qualified()), Some("b.orders".into()));
+    assert_eq!(
+        source.shared("orders").as_deref(),
+        Some("`orders` names 2 tables (b.orders, public.orders): write its schema, `b.orders`")
+    );
+    let one = SchemaReport { tables: vec![table("b")], ..SchemaReport::default() };
+    assert_eq!(one.find("orders").map(|t| t.name.qualified()), Some("b.orders".into()));
+    assert!(one.shared("orders").is_none());
+}

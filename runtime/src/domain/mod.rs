@@ -32,6 +32,11 @@ impl TableName {
     pub fn new(schema: impl Into<String>, name: impl Into<String>) -> TableName {
         TableName { schema: schema.into(), name: name.into() }
     }
+
+    /// `schema.name`, `public` too (which [`fmt::Display`] leaves out).
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
 }
 
 impl fmt::Display for TableName {
@@ -498,10 +503,36 @@ impl SchemaReport {
     }
 
     /// A table by its bare name (any schema), or by `schema.name`.
+    /// The table `name` names: `schema.table`, or a table's own name where no other schema has
+    /// a table of that name (a name several schemas share names none; [`SchemaReport::shared`]
+    /// says which it could mean).
     pub fn find(&self, name: &str) -> Option<&Table> {
-        self.tables
+        let qualified = self.tables.iter().find(|t| t.name.qualified() == name);
+        qualified.or_else(|| {
+            let mut bare = self.tables.iter().filter(|t| t.name.name == name);
+            match (bare.next(), bare.next()) {
+                (Some(t), None) => Some(t),
+                _ => None,
+            }
+        })
+    }
+
+    /// Where `name` is a name tables of several schemas share: which, and how to say one.
+    pub fn shared(&self, name: &str) -> Option<String> {
+        let all: Vec<String> = self
+            .tables
             .iter()
-            .find(|t| t.name.name == name || format!("{}.{}", t.name.schema, t.name.name) == name)
+            .filter(|t| t.name.name == name)
+            .map(|t| t.name.qualified())
+            .collect();
+        (all.len() > 1).then(|| {
+            format!(
+                "`{name}` names {} tables ({}): write its schema, `{}`",
+                all.len(),
+                all.join(", "),
+                all[0]
+            )
+        })
     }
 
     pub fn domain(&self, name: &str) -> Option<&Domain> {
