@@ -427,11 +427,12 @@ pub(crate) async fn migrate(
     };
     let mut checkpoint =
         load_batches(ctx, rows, &target, req, &load, checkpoint, &mut result).await?;
+    let own = (self_refs.as_slice(), generic.as_slice());
     let mut put_back = settle_self_references(
         ctx,
         target.as_ref(),
         req,
-        &self_refs,
+        own,
         self_refs_checked,
         &out_cols,
         &mut checkpoint,
@@ -573,13 +574,25 @@ async fn settle_self_references(
     ctx: &RunContext,
     target: &dyn Target,
     req: &MigrateEntity,
-    self_refs: &[usize],
+    (self_refs, generic): (&[usize], &[GenericCheck]),
     self_refs_checked: bool,
     out_cols: &[(String, String)],
     checkpoint: &mut Checkpoint,
     result: &mut EntityResult,
 ) -> Result<Vec<String>, ToolError> {
     let spec = &req.spec;
+    let tables = (&spec.source, &spec.target);
+    // A generic reference that can name the table itself went in unchecked (the row it names
+    // may have come later): the rows it leaves pointing at no parent are removed and rejected,
+    // while the keys are aside (none of them can cascade), before the self-references' own.
+    // One whose other parents load later waits for validation, which counts it.
+    if req.constraints_suspended {
+        for g in generic.iter().filter(|g| names_only_itself_later(g, &spec.source)) {
+            let column = &out_cols[g.reference.column].0;
+            let orphaned = target.drop_dangling(ctx.run_id, tables, column, &g.targets()).await?;
+            book(&orphaned, checkpoint, result);
+        }
+    }
     // never arrived: those rows are removed and rejected. When the target's own validated
     // foreign keys cover them, putting the keys back first proves there are none (it scans
     // the table as the removal would, and has to run anyway); only a key the rows break sends
@@ -590,21 +603,41 @@ async fn settle_self_references(
             false => (Vec::new(), false),
         };
     let dangling_checked: &[usize] = if proven { &[] } else { self_refs };
+    let own = std::slice::from_ref(&spec.target);
     for &c in dangling_checked {
         let column = &out_cols[c].0;
         let (filled, orphaned) = if req.constraints_suspended {
-            (0, target.drop_dangling(ctx.run_id, &spec.source, &spec.target, column).await?)
+            (0, target.drop_dangling(ctx.run_id, tables, column, own).await?)
         } else {
             target.fill_deferred(ctx.run_id, &spec.source, &spec.target, column).await?
         };
+        book(&orphaned, checkpoint, result);
         result.second_pass_filled += filled;
-        checkpoint.migrated -= orphaned.len() as i64;
-        checkpoint.rejected += orphaned.len() as i64;
-        for r in &orphaned {
-            result.count_rejection(&r.rule);
-        }
     }
     Ok(put_back)
+}
+
+/// Books rows removed after the load as rejected, in the checkpoint and the result.
+fn book(orphaned: &[RejectedRow], checkpoint: &mut Checkpoint, result: &mut EntityResult) {
+    checkpoint.migrated -= orphaned.len() as i64;
+    checkpoint.rejected += orphaned.len() as i64;
+    for r in orphaned {
+        result.count_rejection(&r.rule);
+    }
+}
+
+/// Whether a generic reference can name the entity's own table, and every other parent it can
+/// name is loaded: its rows can be checked once the table's are all in.
+fn names_only_itself_later(g: &GenericCheck, own: &TableName) -> bool {
+    let mut itself = false;
+    for (parent, at) in &g.parents {
+        match at {
+            GenericParent::Later(_) if parent == own => itself = true,
+            GenericParent::Later(_) => return false,
+            _ => {}
+        }
+    }
+    itself
 }
 
 /// The table is loaded: its rows are counted, what was set aside is put back, the load

@@ -250,9 +250,10 @@ impl Known<'_> {
         }
         for g in generic {
             let Some((parent, id)) = g.of(row) else { continue };
-            // The load checks no generic reference to its own table: validation counts those
-            // that point at no row.
+            // One to its own table is settled once the table's rows are known, as the load
+            // removes those left pointing at no row.
             if parent == self.source {
+                pending.push((g.target_column.clone(), id.to_owned()));
                 continue;
             }
             if self.mappings.spec(parent).is_none() {

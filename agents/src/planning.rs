@@ -941,8 +941,8 @@ fn edges(
                     written, against the table its {by} names{}.",
                 if own {
                     format!(
-                        " (but {name} itself, whose rows are not all in yet: validation counts \
-                        any that point at no row)"
+                        " (but {name} itself, whose rows are not all in yet: once they are, a row \
+                        pointing at no row is removed and rejected)"
                     )
                 } else {
                     String::new()

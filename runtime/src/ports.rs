@@ -43,15 +43,16 @@ pub trait Loader: Send + Sync + 'static {
         target: &TableName,
         column: &str,
     ) -> Result<(i64, Vec<RejectedRow>), ToolError>;
-    /// Removes (and records as rejected) the rows whose self-reference `column` points at no
-    /// row, again until none is left: the second pass of a load that wrote self-references
-    /// directly, its foreign keys being set aside.
+    /// Removes (and records as rejected) the rows whose reference `column` points at no row of
+    /// any of `parents` (the table itself for a self-reference; every parent of a generic
+    /// reference that can name the table itself), again until none is left: the second pass of
+    /// a load that wrote such references directly, its foreign keys being set aside.
     async fn drop_dangling(
         &self,
         run: RunId,
-        source: &TableName,
-        target: &TableName,
+        (source, target): (&TableName, &TableName),
         column: &str,
+        parents: &[TableName],
     ) -> Result<Vec<RejectedRow>, ToolError>;
     /// Rows of a target table that may predate agentctl: (legacy key, UUID), leaving out the
     /// rows whose UUID is in `ours` (the range of agentctl's ordered UUIDs of the table,
@@ -348,11 +349,11 @@ impl Loader for Roles {
     async fn drop_dangling(
         &self,
         run: RunId,
-        source: &TableName,
-        target: &TableName,
+        tables: (&TableName, &TableName),
         column: &str,
+        parents: &[TableName],
     ) -> Result<Vec<RejectedRow>, ToolError> {
-        self.load.drop_dangling(run, source, target, column).await
+        self.load.drop_dangling(run, tables, column, parents).await
     }
     async fn kept_rows(
         &self,

@@ -174,7 +174,8 @@ CREATE TABLE remark (
 );
 INSERT INTO remark SELECT i, CASE WHEN i % 2 = 0 THEN 'employee' ELSE 'store' END, 1 + i % 20, 'remark ' || i FROM generate_series(1, 40) i;
 INSERT INTO remark VALUES (41, 'ghost', 7, 'about a kind nothing maps'), (42, 'employee', NULL, 'about no one'),
-    (43, 'employee', 9999, 'about an employee who is gone'), (44, 'remark', 1, 'about a remark');
+    (43, 'employee', 9999, 'about an employee who is gone'), (44, 'remark', 1, 'about a remark'),
+    (47, 'remark', 999, 'about a remark that was never written');
 -- Values of each type that look like no ordinary value (infinities, BC dates, years past
 -- 9999, NaN, JSON a strict parser refuses, timestamps rounded by their precision, money with
 -- its currency sign and thousands separators, money's least, the greatest and least bigint), under CHECKs

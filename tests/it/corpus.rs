@@ -642,9 +642,9 @@ fn an_adversarial_schema_is_migrated_whole() {
                 ORDER BY 1",
         ],
         // The one row of a NOT VALID key that points at no employee, the one login that
-        // equals no mailbox, the remark about a kind the mapping file does not name and the one
-        // about an employee who is not there.
-        &[("badge", 1), ("mail_login", 1), ("remark", 2)],
+        // equals no mailbox, the remark about a kind the mapping file does not name, the one
+        // about an employee who is not there and the one about a remark that is not.
+        &[("badge", 1), ("mail_login", 1), ("remark", 3)],
         Some(&here.join("adversarial.toml")),
     );
     // A varchar equals char's padded key as the foreign key compares them (as char), which a
@@ -684,7 +684,8 @@ fn an_adversarial_schema_is_migrated_whole() {
     assert_eq!(
         reason,
         "remark.about_id: its about_kind ghost names no table whose keys the mapping rewrites\n\
-            remark.about_id: the employee row it points at is not in the target"
+            remark.about_id: the employee row it points at is not in the target\n\
+            remark.about_id: the row it points at was not migrated"
     );
     assert!(
         plan.stdout.contains(

@@ -159,11 +159,11 @@ impl Loader for CrashingLoader {
     async fn drop_dangling(
         &self,
         run: RunId,
-        source: &TableName,
-        target: &TableName,
+        tables: (&TableName, &TableName),
         column: &str,
+        parents: &[TableName],
     ) -> Result<Vec<RejectedRow>, ToolError> {
-        self.inner.drop_dangling(run, source, target, column).await
+        self.inner.drop_dangling(run, tables, column, parents).await
     }
     async fn kept_rows(
         &self,

@@ -63,11 +63,11 @@ impl MemTarget {
     fn drop_dangling_locked(
         state: &mut State,
         run: RunId,
-        source: &TableName,
-        target: &TableName,
+        (source, target): (&TableName, &TableName),
         column: &str,
+        parents: &[TableName],
     ) -> Vec<RejectedRow> {
-        let removed = state.drop_dangling(target, column);
+        let removed = state.drop_dangling(target, column, parents);
         if let Some(c) = state.checkpoints.get_mut(&(run, source.clone())) {
             c.migrated -= removed.len() as i64;
             c.rejected += removed.len() as i64;
@@ -91,14 +91,23 @@ impl State {
         }
     }
 
-    /// Removes the rows of `target` whose `column` points at no row of it, again until none
-    /// is left; returns them as rejects.
-    fn drop_dangling(&mut self, target: &TableName, column: &str) -> Vec<RejectedRow> {
+    /// Removes the rows of `target` whose `column` points at no row of any of `parents`, again
+    /// until none is left; returns them as rejects.
+    fn drop_dangling(
+        &mut self,
+        target: &TableName,
+        column: &str,
+        parents: &[TableName],
+    ) -> Vec<RejectedRow> {
         let mut removed = Vec::new();
         loop {
             let rows = self.tables.get(target).cloned().unwrap_or_default();
             let (bad, good): (Vec<MemRow>, Vec<MemRow>) = rows.into_iter().partition(|r| {
-                r.values.get(column).cloned().flatten().is_some_and(|p| !self.has_id(target, &p))
+                r.values
+                    .get(column)
+                    .cloned()
+                    .flatten()
+                    .is_some_and(|p| !parents.iter().any(|t| self.has_id(t, &p)))
             });
             if bad.is_empty() {
                 return removed;
@@ -218,19 +227,21 @@ impl Loader for MemTarget {
                 }
             }
         }
-        let rejected = MemTarget::drop_dangling_locked(&mut state, run, source, target, column);
+        let own = std::slice::from_ref(target);
+        let rejected =
+            MemTarget::drop_dangling_locked(&mut state, run, (source, target), column, own);
         Ok((filled, rejected))
     }
 
     async fn drop_dangling(
         &self,
         run: RunId,
-        source: &TableName,
-        target: &TableName,
+        tables: (&TableName, &TableName),
         column: &str,
+        parents: &[TableName],
     ) -> Result<Vec<RejectedRow>, ToolError> {
         let mut state = self.state.lock().unwrap();
-        Ok(MemTarget::drop_dangling_locked(&mut state, run, source, target, column))
+        Ok(MemTarget::drop_dangling_locked(&mut state, run, tables, column, parents))
     }
 
     async fn kept_rows(

@@ -478,7 +478,7 @@ fn a_generic_reference_loads_after_the_tables_it_can_name() {
     assert_eq!(waves, [vec!["doc", "page"], vec!["note"]]);
     let said = "note.object_id is a generic reference: each row is checked, before it is \
         written, against the table its kind names (but note itself, whose rows are not \
-        all in yet: validation counts any that point at no row).";
+        all in yet: once they are, a row pointing at no row is removed and rejected).";
     assert!(p.rationale.iter().any(|r| r == said), "{:#?}", p.rationale);
     assert!(p.waves.iter().flatten().all(|e| e.deferred_foreign_keys.is_empty()));
 }

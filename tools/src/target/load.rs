@@ -866,20 +866,25 @@ impl Loader for PgTarget {
     async fn drop_dangling(
         &self,
         run: RunId,
-        source: &TableName,
-        target: &TableName,
+        (source, target): (&TableName, &TableName),
         column: &str,
+        parents: &[TableName],
     ) -> Result<Vec<RejectedRow>, ToolError> {
         let what = format!("removing the rows of {target} whose {column} points at no row");
         let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
         let mut rejected = Vec::new();
+        let col = ident(column);
+        let absent: Vec<String> = parents
+            .iter()
+            .map(|p| format!("NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = c.{col})", quoted(p)))
+            .collect();
         // A row removed can be the parent of another: again until none is left dangling.
         loop {
             let dangling = sqlx::query(&format!(
-                "DELETE FROM {t} c WHERE c.{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.id = c.{col})
+                "DELETE FROM {t} c WHERE c.{col} IS NOT NULL AND {absent}
                  RETURNING c.legacy_id::text AS k, row_to_json(c)::jsonb AS j",
                 t = quoted(target),
-                col = ident(column)
+                absent = absent.join(" AND ")
             ))
             .fetch_all(&mut *tx)
             .await
