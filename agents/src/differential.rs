@@ -28,7 +28,7 @@ use runtime::ports::{Rows, Target};
 use runtime::{AgentName, RunId};
 
 use crate::pipeline::{
-    expect, prepare, read_ahead, soft_delete, synced_columns, GenericCheck, InPageOrder,
+    expect, prepare, read_ahead, reference_parents, soft_delete, synced_columns, InPageOrder,
     MigrateEntity, Prepared, COMPARES_IN_FLIGHT,
 };
 use runtime::text_rows::TextRows;
@@ -130,7 +130,7 @@ pub async fn analyze(
     let (mark, fast) = how_fast(target.as_ref(), spec, *full, stamp_col).await?;
     let Prepared { mapper, out_cols, id_col, references, generic, .. } =
         prepare(ctx, AgentName::Validation, target.as_ref(), req).await?;
-    let references = checked_references(&references, &generic);
+    let references = reference_parents(&references, &generic);
     let legacy_col = out_cols
         .iter()
         .position(|(c, _)| c == "legacy_id")
@@ -543,20 +543,6 @@ fn record_analysis(
     );
 }
 
-/// Each reference column with the target tables its values must be in one of: a foreign key's
-/// parent, or every parent of a generic reference (its UUID is in the table it was derived for,
-/// or in none).
-fn checked_references(
-    references: &[(usize, runtime::domain::TableName)],
-    generic: &[GenericCheck],
-) -> Vec<(usize, Vec<runtime::domain::TableName>)> {
-    references
-        .iter()
-        .map(|(c, p)| (*c, vec![p.clone()]))
-        .chain(generic.iter().map(|g| (g.reference.column, g.targets())))
-        .collect()
-}
-
 /// The rows of a page (by index) that are absent from the target, were rejected for nothing
 /// but a missing parent, and whose parents are all in the target now.
 async fn parents_arrived(
@@ -644,7 +630,7 @@ pub async fn apply(
     };
     let Prepared { out_cols, id_col, references, generic, .. } =
         prepare(ctx, AgentName::Execution, target, req).await?;
-    let references = checked_references(&references, &generic);
+    let references = reference_parents(&references, &generic);
     if out_cols != analysis.columns {
         return Err(ToolError::system(format!(
             "the mapping of {} changed since analysis {}: analyse again (agentctl diff analyze)",

@@ -229,6 +229,19 @@ impl GenericParent {
     }
 }
 
+/// Each reference column with the target tables its values must be in one of: a foreign key's
+/// parent, or every parent of a generic reference.
+pub fn reference_parents(
+    references: &[(usize, TableName)],
+    generic: &[GenericCheck],
+) -> Vec<(usize, Vec<TableName>)> {
+    references
+        .iter()
+        .map(|(c, p)| (*c, vec![p.clone()]))
+        .chain(generic.iter().map(|g| (g.reference.column, g.targets())))
+        .collect()
+}
+
 impl GenericCheck {
     /// Every target table a value may point into: a generic reference's UUID is derived for one
     /// table only, so it is in that table or in none.

@@ -41,8 +41,8 @@ use runtime::AgentName;
 
 use crate::differential::DiffEntity;
 use crate::pipeline::{
-    expect, money_columns, prepare, read_ahead_in, soft_delete, GenericCheck, InPageOrder,
-    MigrateEntity, Pages, Prepared, COMPARES_IN_FLIGHT,
+    expect, money_columns, prepare, read_ahead_in, reference_parents, soft_delete, GenericCheck,
+    InPageOrder, MigrateEntity, Pages, Prepared, COMPARES_IN_FLIGHT,
 };
 use crate::transform::{amount, Reference, RowMapper};
 use runtime::text_rows::TextRows;
@@ -641,11 +641,9 @@ async fn orphans(
         .table(&req.spec.target)
         .ok_or_else(|| ToolError::system(format!("the target has no table {}", req.spec.target)))?;
     let own = &req.spec.target;
-    let mut checks: Vec<(String, Vec<TableName>)> = references
-        .iter()
-        .map(|(c, p)| (*c, vec![p.clone()]))
+    let mut checks: Vec<(String, Vec<TableName>)> = reference_parents(references, generic)
+        .into_iter()
         .chain(deferred.iter().map(|&c| (c, vec![own.clone()])))
-        .chain(generic.iter().map(|g| (g.reference.column, g.targets())))
         .map(|(c, parents)| (out_cols[c].0.clone(), parents))
         .collect();
     for fk in &table.foreign_keys {

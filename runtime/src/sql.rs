@@ -22,6 +22,20 @@ pub fn differs(found: &str, expected: &str) -> String {
     format!("({found})::text IS DISTINCT FROM ({expected})::text")
 }
 
+/// That the UUID `id` (a SQL expression) is the `id` of no row of any of `parents`: a foreign
+/// key's one parent, or every parent of a generic reference (a derived UUID is in the table it
+/// was derived for, or in none). With no parents, every value is absent.
+pub fn in_none_of(parents: &[TableName], id: &str) -> String {
+    if parents.is_empty() {
+        return "true".to_owned();
+    }
+    let absent: Vec<String> = parents
+        .iter()
+        .map(|p| format!("NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = {id})", quoted(p)))
+        .collect();
+    absent.join(" AND ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +45,16 @@ mod tests {
         assert_eq!(ident("default"), "\"default\"");
         assert_eq!(ident("Line \"Items\".v2 ✓"), "\"Line \"\"Items\"\".v2 ✓\"");
         assert_eq!(quoted(&TableName::new("Odd Schema", "user")), "\"Odd Schema\".\"user\"");
+    }
+
+    #[test]
+    fn a_value_in_none_of_its_parents_is_absent_from_each() {
+        let parents = [TableName::new("public", "page"), TableName::new("docs", "doc")];
+        assert_eq!(
+            in_none_of(&parents, "c.\"object_id\""),
+            "NOT EXISTS (SELECT 1 FROM \"public\".\"page\" p WHERE p.id = c.\"object_id\") AND \
+             NOT EXISTS (SELECT 1 FROM \"docs\".\"doc\" p WHERE p.id = c.\"object_id\")"
+        );
+        assert_eq!(in_none_of(&[], "x"), "true");
     }
 }

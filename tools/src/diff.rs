@@ -27,6 +27,7 @@ use crate::catalog::{ident, quoted};
 use crate::dataset::copy::push_field;
 use crate::pg::{describe, fault, while_doing, Fault};
 use crate::target::{discard_transaction, retrying, Failure};
+use runtime::sql::in_none_of;
 
 /// Deletes everything recorded of what agentctl wrote to `target`'s rows: the load's record and
 /// the per-row one.
@@ -672,20 +673,10 @@ async fn missing_parents(
     // References to rows that are not in the target: rejected, not written (rule `reference`,
     // as in the full migration: tried again once the parent is there).
     for (col, parents) in &b.references {
-        // A generic reference's UUID is in the table it was derived for, or nowhere.
-        let mut absent: Vec<String> = parents
-            .iter()
-            .map(|p| {
-                format!("NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = s.c{col}::uuid)", quoted(p))
-            })
-            .collect();
-        if absent.is_empty() {
-            absent.push("true".into());
-        }
         let sql = format!(
             "DELETE FROM agentctl_diff s WHERE s.kind IN ('insert', 'update', 'conflict') AND s.c{col} IS NOT NULL
                  AND {} RETURNING s.k",
-            absent.join(" AND ")
+            in_none_of(parents, &format!("s.c{col}::uuid"))
         );
         let keys: Vec<String> = sqlx::query_scalar(&sql).fetch_all(&mut *c).await?;
         let parent = match parents.as_slice() {

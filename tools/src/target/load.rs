@@ -14,6 +14,7 @@ use sqlx::Row;
 use crate::catalog::{ident, quoted};
 use crate::dataset::copy::push_field;
 use crate::pg::{fault, while_doing, Fault};
+use runtime::sql::in_none_of;
 
 use super::constraints::keys_aside;
 
@@ -874,17 +875,13 @@ impl Loader for PgTarget {
         let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
         let mut rejected = Vec::new();
         let col = ident(column);
-        let absent: Vec<String> = parents
-            .iter()
-            .map(|p| format!("NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = c.{col})", quoted(p)))
-            .collect();
+        let absent = in_none_of(parents, &format!("c.{col}"));
         // A row removed can be the parent of another: again until none is left dangling.
         loop {
             let dangling = sqlx::query(&format!(
                 "DELETE FROM {t} c WHERE c.{col} IS NOT NULL AND {absent}
                  RETURNING c.legacy_id::text AS k, row_to_json(c)::jsonb AS j",
                 t = quoted(target),
-                absent = absent.join(" AND ")
             ))
             .fetch_all(&mut *tx)
             .await

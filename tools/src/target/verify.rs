@@ -11,6 +11,7 @@ use sqlx::{PgPool, Row};
 
 use crate::catalog::{ident, quoted};
 use crate::pg::while_doing;
+use runtime::sql::in_none_of;
 
 use super::PgTarget;
 
@@ -218,19 +219,11 @@ impl Verifier for PgTarget {
             }
         }
         let col = ident(column);
-        // A generic reference's UUID is in the table it was derived for, or nowhere.
-        let mut absent: Vec<String> = parents
-            .iter()
-            .map(|p| format!("NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = c.{col})", quoted(p)))
-            .collect();
-        if absent.is_empty() {
-            absent.push("true".into());
-        }
         let sql = format!(
             "SELECT count(*), coalesce((array_agg(c.legacy_id::text ORDER BY c.legacy_id))[1:5], '{{}}')
              FROM {} c WHERE c.{col} IS NOT NULL AND {}",
             quoted(child),
-            absent.join(" AND ")
+            in_none_of(parents, &format!("c.{col}"))
         );
         let named: Vec<String> = parents.iter().map(ToString::to_string).collect();
         Ok(Some(sqlx::query_as(&sql).fetch_one(&self.pool).await.map_err(while_doing(format!(
