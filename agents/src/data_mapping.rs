@@ -532,20 +532,20 @@ fn unknown_names(source: &SchemaReport, file: &MappingFile) -> Vec<Problem> {
         source.tables.iter().any(|t| t.name.name == name || t.name.qualified() == name)
     };
     let mut problems = Vec::new();
+    // A group's member is found as a goal's word is (`SchemaReport::find`): a name several
+    // schemas share is refused whatever rules the file has for those tables.
     for (group, members) in &file.groups {
-        for m in members {
-            let meant = shared(m);
-            if !exists(m) {
-                let why = format!("group `{group}` names a table the source does not have");
-                problems.push(problem(m, why));
-            } else if let Some(first) = meant.first() {
-                let why = format!(
+        for m in members.iter().filter(|m| source.find(m).is_none()) {
+            let meant = source.sharing(m);
+            let why = match meant.first() {
+                Some(first) => format!(
                     "group `{group}` names {} tables ({}): write the schema, \"{first}\"",
                     meant.len(),
                     meant.join(", ")
-                );
-                problems.push(problem(m, why));
-            }
+                ),
+                None => format!("group `{group}` names a table the source does not have"),
+            };
+            problems.push(problem(m, why));
         }
     }
     for name in file.entities.keys() {

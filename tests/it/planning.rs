@@ -544,6 +544,20 @@ fn a_table_name_two_schemas_share_is_never_taken_for_one_table() {
     ] {
         assert!(out.stderr.contains(said), "{said}: {}", out.stderr);
     }
+    // A group's member is read as a goal's word is: a rule of its own for one of the tables
+    // does not make the bare name mean the other.
+    std::fs::write(
+        &file,
+        "[groups]\nshop = [\"orders\"]\n[entities.\"public.orders\"]\nleave = []\n",
+    )
+    .unwrap();
+    let out = agentctl_on(&source, &target, &["plan", "--goal", "shop", "--mapping", path]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("orders: group `shop` names 2 tables (b.orders, public.orders)"),
+        "{}",
+        out.stderr
+    );
     let out = agentctl_on(&source, &target, &["plan", "--goal", "migrate orders"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(

@@ -517,15 +517,26 @@ impl SchemaReport {
         })
     }
 
-    /// Where `name` is a name tables of several schemas share: which, and how to say one.
-    pub fn shared(&self, name: &str) -> Option<String> {
+    /// The tables, `schema.name`, of the several schemas whose tables share the name `name`;
+    /// none where fewer than two do.
+    pub fn sharing(&self, name: &str) -> Vec<String> {
         let all: Vec<String> = self
             .tables
             .iter()
             .filter(|t| t.name.name == name)
             .map(|t| t.name.qualified())
             .collect();
-        (all.len() > 1).then(|| {
+        if all.len() > 1 {
+            all
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Where `name` is a name tables of several schemas share: which, and how to say one.
+    pub fn shared(&self, name: &str) -> Option<String> {
+        let all = self.sharing(name);
+        (!all.is_empty()).then(|| {
             format!(
                 "`{name}` names {} tables ({}): write its schema, `{}`",
                 all.len(),
