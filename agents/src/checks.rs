@@ -415,30 +415,8 @@ impl CheckExpr {
                 Val::Bool((self.eval(inner, col) == Val::Null) != *negated)
             }
             Expr::Cmp(a, op, b) => self.compare(self.eval(a, col), op, self.eval(b, col)),
-            Expr::Any(a, op, list) => {
-                let left = self.eval(a, col);
-                let mut result = Val::Bool(false);
-                for item in list {
-                    match self.compare(left.clone(), op, self.eval(item, col)) {
-                        Val::Bool(true) => return Val::Bool(true),
-                        Val::Null => result = Val::Null,
-                        _ => {}
-                    }
-                }
-                result
-            }
-            Expr::All(a, op, list) => {
-                let left = self.eval(a, col);
-                let mut result = Val::Bool(true);
-                for item in list {
-                    match self.compare(left.clone(), op, self.eval(item, col)) {
-                        Val::Bool(false) => return Val::Bool(false),
-                        Val::Null => result = Val::Null,
-                        _ => {}
-                    }
-                }
-                result
-            }
+            Expr::Any(a, op, list) => self.quantified((a, op, list), col, true),
+            Expr::All(a, op, list) => self.quantified((a, op, list), col, false),
             Expr::Arith(a, op, b) => match (num(self.eval(a, col)), num(self.eval(b, col))) {
                 (Some(x), Some(y)) => Val::Num(if *op == '+' { x + y } else { x - y }),
                 _ => Val::Null,
@@ -461,6 +439,27 @@ impl CheckExpr {
                 }
             }
         }
+    }
+
+    /// `a op ANY (list)` (`decides` true) or `a op ALL (list)` (`decides` false): the first
+    /// comparison that comes out as `decides` is the answer; else unknown if one was, else the
+    /// opposite of `decides`.
+    fn quantified(
+        &self,
+        (a, op, list): (&Expr, &str, &[Expr]),
+        col: &dyn Fn(&str) -> Val,
+        decides: bool,
+    ) -> Val {
+        let left = self.eval(a, col);
+        let mut result = Val::Bool(!decides);
+        for item in list {
+            match self.compare(left.clone(), op, self.eval(item, col)) {
+                Val::Bool(b) if b == decides => return Val::Bool(decides),
+                Val::Null => result = Val::Null,
+                _ => {}
+            }
+        }
+        result
     }
 
     fn compare(&self, a: Val, op: &str, b: Val) -> Val {
