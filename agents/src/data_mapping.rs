@@ -335,8 +335,7 @@ fn target_for<'a>(
 ) -> Option<&'a Table> {
     if let Some(name) = rule.and_then(|r| r.target.as_deref()) {
         // A name several schemas of the target share is no one table ([`target_problem`]).
-        let named = target.tables.iter().filter(|t| t.name.name == name).count();
-        return if named > 1 { None } else { target.find(name) };
+        return target.find(name);
     }
     // The same schema and name first: `sales.item` is not `public.item`.
     let exact = target.tables.iter().find(|t| t.name == *source);
@@ -367,14 +366,13 @@ fn keyed<'a, V>(map: &'a BTreeMap<String, V>, table: &TableName) -> Option<&'a V
 
 /// Why the mapping file's `target` names no table of the target, for the rule of `source`.
 fn target_problem(name: &str, source: &TableName, target: &SchemaReport) -> String {
-    let named: Vec<&TableName> =
-        target.tables.iter().filter(|t| t.name.name == name).map(|t| &t.name).collect();
-    if named.len() < 2 {
+    let all = target.sharing(name);
+    let Some(first) = all.first() else {
         return format!("the mapping file's target `{name}` does not exist");
-    }
+    };
     // The one in the source table's own schema, if there is one, as the example.
-    let example = named.iter().find(|t| t.schema == source.schema).unwrap_or(&named[0]).qualified();
-    let all: Vec<String> = named.iter().map(|t| t.qualified()).collect();
+    let own = TableName::new(&source.schema, name).qualified();
+    let example = all.iter().find(|t| **t == own).unwrap_or(first);
     format!(
         "the mapping file's target `{name}` names {} tables ({}): write its schema, target = \
             \"{example}\"",

@@ -402,14 +402,9 @@ fn names(
     };
     // A name that tables of several schemas share names none of them: the goal says which.
     for word in words {
-        let shared: Vec<String> = report
-            .tables
-            .iter()
-            .filter(|t| t.name.name == *word)
-            .map(|t| t.name.qualified())
-            .collect();
-        if shared.len() > 1 {
-            let (tables, example) = (shared.join(", "), shared[0].clone());
+        let shared = report.sharing(word);
+        if let Some(example) = shared.first() {
+            let (tables, example) = (shared.join(", "), example.clone());
             return Err(PlanError::Ambiguous { word: word.clone(), tables, example });
         }
     }

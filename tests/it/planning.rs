@@ -558,6 +558,18 @@ fn a_table_name_two_schemas_share_is_never_taken_for_one_table() {
         "{}",
         out.stderr
     );
+    // So does a target named by the bare name the new database's schemas share.
+    std::fs::write(&file, "[entities.\"b.orders\"]\ntarget = \"orders\"\n").unwrap();
+    let out = agentctl_on(&source, &target, &["plan", "--goal", "b.orders", "--mapping", path]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "b.orders: the mapping file's target `orders` names 2 tables (b.orders, \
+                public.orders): write its schema, target = \"b.orders\""
+        ),
+        "{}",
+        out.stderr
+    );
     let out = agentctl_on(&source, &target, &["plan", "--goal", "migrate orders"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(
