@@ -1111,7 +1111,11 @@ async fn held_by_deleted(
         .collect();
     let mut others = Vec::new();
     'rows: for (seq, why) in refused {
-        for (rule, on) in matches.iter().filter(|_| unique(&why)) {
+        if !unique(&why) {
+            others.push((seq, why));
+            continue;
+        }
+        for (rule, on) in &matches {
             let sql = format!(
                 "SELECT t.legacy_id::text FROM {table} t, agentctl_diff s
                  WHERE s.seq = $1 AND t.deleted_at IS NOT NULL AND {on} LIMIT 1"
