@@ -641,41 +641,54 @@ pub async fn apply(
         .iter()
         .position(|(c, _)| c == "legacy_id")
         .ok_or_else(|| ToolError::system(format!("{} has no legacy_id", spec.target)))?;
+    let batch = |rows: &[Differential], after_deletes: bool| DiffBatch {
+        run_id: ctx.run_id,
+        analysis: analysis.clone(),
+        legacy_column: legacy_col,
+        references: references.clone(),
+        hashed: synced_columns(&out_cols, id_col),
+        policy: spec.sync,
+        soft_delete: soft_delete(req),
+        after_deletes,
+        rows: rows.to_vec(),
+    };
     let rows: Vec<Differential> = pending
         .into_iter()
         .filter(|r| (r.change == Change::Delete) == (pass == Pass::Deletes))
         .collect();
-    let (hashed, soft) = (synced_columns(&out_cols, id_col), soft_delete(req));
-    let mut done = DiffApplied::default();
-    let total = rows.len();
-    for (i, chunk) in rows.chunks(APPLY_BATCH).enumerate() {
-        let batch = DiffBatch {
-            run_id: ctx.run_id,
-            analysis: analysis.clone(),
-            legacy_column: legacy_col,
-            references: references.clone(),
-            hashed: hashed.clone(),
-            policy: spec.sync,
-            soft_delete: soft,
-            rows: chunk.to_vec(),
-        };
-        let applied = target.apply_diff(&batch).await?;
-        done.add(&applied);
-        ctx.events.publish(RunEvent::Progress {
-            run_id: ctx.run_id,
-            entity: spec.target.name.clone(),
-            rows_done: ((i + 1) * APPLY_BATCH).min(total) as u64,
-            rows_total: Some(total as u64),
-        });
-    }
+    let mut done = apply_rows(ctx, target, &spec.target.name, &rows, &|r| batch(r, false)).await?;
+    let mut reopened = 0;
     if pass == Pass::Deletes {
+        // What the writes collided with may be gone now: they are tried once more, and count
+        // as what they come to then (the writes pass counted them rejected: taken back here).
+        reopened =
+            target.reopen_refused(analysis.analysis_id, &spec.source, ctx.run_id).await? as i64;
+        if reopened > 0 {
+            let again: Vec<Differential> = target
+                .pending_analysis(&spec.source, &spec.target)
+                .await?
+                .map(|(_, rows)| rows.into_iter().filter(|r| r.change != Change::Delete).collect())
+                .unwrap_or_default();
+            let retried =
+                apply_rows(ctx, target, &spec.target.name, &again, &|r| batch(r, true)).await?;
+            done.note(format!(
+                "{}: {reopened} writes a unique rule refused before the deletes, tried again \
+                    after them: {} went in, {} held, {} rejected",
+                spec.source.name,
+                retried.inserted + retried.updated,
+                retried.held,
+                retried.rejected
+            ));
+            done.add(&retried);
+            done.rejected -= reopened;
+        }
         target.close_analysis(analysis.analysis_id, &spec.source, ctx.run_id).await?;
     }
     ctx.decision(
         AgentName::Execution,
         format!(
             "{} ({}): {} inserted, {} updated, {} deleted, {} conflicts ({} by {}), {} held, {} \
-                rejected, {} stale",
+                rejected, {} stale{}",
             spec.target.name,
             match pass {
                 Pass::Writes => "writes",
@@ -688,8 +701,12 @@ pub async fn apply(
             done.conflicted - done.held.min(done.conflicted),
             spec.sync.conflicts.as_str(),
             done.held,
-            done.rejected,
-            done.stale
+            done.rejected + reopened,
+            done.stale,
+            match reopened {
+                0 => String::new(),
+                n => format!("; {n} writes refused before the deletes tried again after them"),
+            }
         ),
         format!(
             "analysis {}: each batch applied in one transaction with its conflict records, \
@@ -700,6 +717,27 @@ pub async fn apply(
         serde_json::json!({"entity": spec.source, "analysis": analysis.analysis_id, "applied": done}),
     );
     Ok(Some(done))
+}
+
+/// Applies `rows` of an analysis batch by batch (`batch` makes each), publishing progress.
+async fn apply_rows(
+    ctx: &RunContext,
+    target: &dyn Target,
+    entity: &str,
+    rows: &[Differential],
+    batch: &(dyn Fn(&[Differential]) -> DiffBatch + Sync),
+) -> Result<DiffApplied, ToolError> {
+    let mut done = DiffApplied::default();
+    for (i, chunk) in rows.chunks(APPLY_BATCH).enumerate() {
+        done.add(&target.apply_diff(&batch(chunk)).await?);
+        ctx.events.publish(RunEvent::Progress {
+            run_id: ctx.run_id,
+            entity: entity.to_owned(),
+            rows_done: ((i + 1) * APPLY_BATCH).min(rows.len()) as u64,
+            rows_total: Some(rows.len() as u64),
+        });
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -549,6 +549,8 @@ impl RowMapper {
                         }
                     },
                 },
+                // No legacy column left over: the same empty object for every row.
+                Feed::Metadata { columns } if columns.is_empty() => Some(Cow::Borrowed("{}")),
                 Feed::Metadata { columns } => {
                     let obj: BTreeMap<&str, Option<&str>> = columns
                         .iter()

@@ -296,6 +296,16 @@ pub trait DiffStore: Send + Sync + 'static {
         source: &TableName,
         run: RunId,
     ) -> Result<(), ToolError>;
+    /// The inserts and updates of an analysis that `run` saw refused by a unique or exclusion
+    /// rule, made pending again and their reject records of `run` withdrawn, in one
+    /// transaction (to be tried again once the run's deletes freed what they collided with);
+    /// returns how many.
+    async fn reopen_refused(
+        &self,
+        analysis: RunId,
+        source: &TableName,
+        run: RunId,
+    ) -> Result<u64, ToolError>;
 }
 
 /// The target database in all its roles; what the agents that write, prove and sync hold.
@@ -576,6 +586,14 @@ impl DiffStore for Roles {
         run: RunId,
     ) -> Result<(), ToolError> {
         self.sync.close_analysis(analysis, source, run).await
+    }
+    async fn reopen_refused(
+        &self,
+        analysis: RunId,
+        source: &TableName,
+        run: RunId,
+    ) -> Result<u64, ToolError> {
+        self.sync.reopen_refused(analysis, source, run).await
     }
 }
 

@@ -287,6 +287,14 @@ impl DiffStore for CrashingSync {
     ) -> Result<(), ToolError> {
         self.inner.close_analysis(analysis, source, run).await
     }
+    async fn reopen_refused(
+        &self,
+        analysis: RunId,
+        source: &TableName,
+        run: RunId,
+    ) -> Result<u64, ToolError> {
+        self.inner.reopen_refused(analysis, source, run).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1023,13 +1023,14 @@ fn a_table_with_a_deferred_unique_rule_is_kept_in_step() {
     assert_eq!(proof.code, 0, "{proof:?}");
 }
 
-/// A row deleted and its unique value given to a new row in one transaction: the sync inserts
-/// before it deletes, so the new row is refused for the value the old one still holds. It is
-/// tried again at the next sync, where the value is free (hard delete), instead of being taken
-/// for settled. Under soft delete the old row keeps the value: the new row is then held, naming
-/// it, not rejected as if it were at fault.
+/// A row deleted and its unique value given to a new row in one transaction: the sync writes
+/// before it deletes, so the new row is refused for the value the old one still holds. The
+/// refusal is the order's, not the row's: once the deletes are done the refused writes are
+/// tried again in the same sync, and the new row goes in (hard delete) with no reject left on
+/// record. Under soft delete the old row keeps the value: the new row is then held, naming it,
+/// not rejected as if it were at fault.
 #[test]
-fn a_unique_value_freed_by_a_deleted_row_is_taken_at_the_next_sync() {
+fn a_unique_value_freed_by_a_deleted_row_is_taken_in_the_same_sync() {
     let pg = shared();
     let dir = tempfile::tempdir().unwrap();
     let hard = dir.path().join("hard.toml");
@@ -1040,33 +1041,37 @@ fn a_unique_value_freed_by_a_deleted_row_is_taken_at_the_next_sync() {
             "CREATE TABLE slot (id int PRIMARY KEY, position int NOT NULL UNIQUE);
              INSERT INTO slot SELECT i, i FROM generate_series(1, 20) i;",
         );
-        let s = db(&source);
+        let (s, t) = (db(&source), db(&target));
         let with = |args: &[&str]| with_mapping(&source, &target, mapping, args);
         assert_eq!(with(&["run", "--goal", "migrate everything", "--yes"]).code, 0);
         pg.psql(
             &s,
             "BEGIN; DELETE FROM slot WHERE id = 5; INSERT INTO slot VALUES (25, 5); COMMIT;",
         );
-        let sync = || {
-            let out = with(&["diff", "migrate", "--format", "json"]);
-            assert_eq!(out.code, 0, "{out:?}");
-            let doc = json(&out);
-            let slot = entity(&doc, "slot").1.unwrap().clone();
-            let count = |field: &str| slot[field].as_i64().unwrap();
-            (count("inserted"), count("rejected"), count("held"))
-        };
-        assert_eq!(sync(), (0, 1, 0), "{delete}: refused while row 5 holds the value");
-        let in_target = || pg.psql(&db(&target), "SELECT count(*) FROM slot WHERE legacy_id = 25");
+        let out = with(&["diff", "migrate", "--format", "json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let slot = entity(&json(&out), "slot").1.unwrap().clone();
+        let count = |field: &str| slot[field].as_i64().unwrap();
+        let in_target = pg.psql(&t, "SELECT count(*) FROM slot WHERE legacy_id = 25");
+        let rejects = pg.psql(&t, "SELECT count(*) FROM agentctl.rejected_rows");
+        let outcome = pg.psql(
+            &t,
+            "SELECT outcome FROM agentctl.data_differentials WHERE legacy_key = '25' \
+                ORDER BY applied_at DESC LIMIT 1",
+        );
         match delete {
             "hard" => {
-                assert_eq!(sync(), (1, 0, 0), "taken once row 5 is gone");
-                assert_eq!(in_target(), "1");
+                let done = (count("inserted"), count("deleted"), count("rejected"), count("held"));
+                assert_eq!(done, (1, 1, 0, 0), "taken once row 5 is gone: {slot}");
+                assert_eq!((in_target.as_str(), rejects.as_str()), ("1", "0"));
+                assert_eq!(outcome, "applied");
                 assert_eq!(with(&["diff", "validate"]).code, 0);
             }
             _ => {
-                assert_eq!(sync(), (0, 0, 1), "held while the soft-deleted row holds it");
-                assert_eq!(in_target(), "0");
-                // Rejected once, held since: held, which validation says, not rejected.
+                let done = (count("inserted"), count("rejected"), count("held"));
+                assert_eq!(done, (0, 0, 1), "held while the soft-deleted row holds it: {slot}");
+                assert_eq!((in_target.as_str(), rejects.as_str()), ("0", "0"));
+                assert_eq!(outcome, "held");
                 let proof = with(&["diff", "validate"]);
                 assert_ne!(proof.code, 0, "{proof:?}");
                 assert!(proof.stdout.contains("the last sync held it"), "{proof:?}");

@@ -546,6 +546,47 @@ pub async fn close_analysis(
     Ok(())
 }
 
+/// The inserts and updates of `analysis` that `run` saw refused by a unique or exclusion rule,
+/// pending again, their reject records of `run` withdrawn; one transaction. A sync writes
+/// before it deletes (parents first, then children first), so a value freed by a deleted row,
+/// or by a row a later batch updates, was still taken when the row that wants it was written:
+/// the refusal was the order's, not the row's.
+pub async fn reopen_refused(
+    pool: &PgPool,
+    analysis: RunId,
+    source: &TableName,
+    run: RunId,
+) -> Result<u64, ToolError> {
+    let what = || format!("making the refused writes of {source} pending again");
+    let mut tx = pool.begin().await.map_err(while_doing(what()))?;
+    let keys: Vec<String> = sqlx::query_scalar(
+        "UPDATE agentctl.data_differentials SET applied_run = NULL, applied_at = NULL, outcome = NULL, reason = NULL
+         WHERE analysis_id = $1 AND source_table = $2 AND applied_run = $3 AND outcome = 'rejected'
+           AND kind IN ('insert', 'update')
+           AND (reason LIKE '%(SQLSTATE 23505)' OR reason LIKE '%(SQLSTATE 23P01)')
+         RETURNING legacy_key",
+    )
+    .bind(analysis.0)
+    .bind(source.to_string())
+    .bind(run.0)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(while_doing(what()))?;
+    if !keys.is_empty() {
+        sqlx::query(
+            "DELETE FROM agentctl.rejected_rows WHERE run_id = $1 AND source_table = $2 AND legacy_key = ANY($3)",
+        )
+        .bind(run.0)
+        .bind(source.to_string())
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await
+        .map_err(while_doing(what()))?;
+    }
+    tx.commit().await.map_err(while_doing(what()))?;
+    Ok(keys.len() as u64)
+}
+
 /// Applies a batch in one transaction, retrying transient failures like a migration batch.
 pub async fn apply_diff(
     pool: &PgPool,
@@ -1153,7 +1194,11 @@ fn refuse(
     for (seq, why) in refused {
         let key = b.rows[seq].legacy_key.clone();
         let reason = format!("{}: the target refused the {what}: {why}", b.analysis.target.name);
-        done.note(format!("{} {key}: rejected: {reason}", b.analysis.source.name));
+        let for_now = !b.after_deletes
+            && (why.ends_with("(SQLSTATE 23505)") || why.ends_with("(SQLSTATE 23P01)"));
+        let fate =
+            if for_now { "refused for now, tried again after the deletes" } else { "rejected" };
+        done.note(format!("{} {key}: {fate}: {reason}", b.analysis.source.name));
         fates.insert(key, Fate { outcome: "rejected", reason: Some(reason) });
     }
 }

@@ -546,6 +546,9 @@ impl DiffStore for MemTarget {
     async fn close_analysis(&self, _: RunId, _: &TableName, _: RunId) -> Result<(), ToolError> {
         Err(not_kept())
     }
+    async fn reopen_refused(&self, _: RunId, _: &TableName, _: RunId) -> Result<u64, ToolError> {
+        Err(not_kept())
+    }
 }
 
 fn not_kept() -> ToolError {

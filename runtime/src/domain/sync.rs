@@ -154,6 +154,9 @@ pub struct DiffBatch {
     pub policy: crate::mapping::SyncPolicy,
     /// The target table has `deleted_at`.
     pub soft_delete: bool,
+    /// Writes a unique or exclusion rule refused before the sync's deletes, tried again after
+    /// them: their last try in this sync. Before, such a refusal is only for now.
+    pub after_deletes: bool,
     pub rows: Vec<Differential>,
 }
 

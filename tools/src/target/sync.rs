@@ -90,4 +90,12 @@ impl DiffStore for PgTarget {
     ) -> Result<(), ToolError> {
         crate::diff::close_analysis(&self.pool, analysis, source, run).await
     }
+    async fn reopen_refused(
+        &self,
+        analysis: RunId,
+        source: &TableName,
+        run: RunId,
+    ) -> Result<u64, ToolError> {
+        crate::diff::reopen_refused(&self.pool, analysis, source, run).await
+    }
 }
