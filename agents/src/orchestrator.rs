@@ -641,7 +641,10 @@ async fn execute_phase(
 }
 
 /// Migrates every entity as soon as the parents it references (in earlier waves) are loaded,
-/// up to `jobs` at once: a large table does not hold back the tables that do not need it.
+/// up to `jobs` at once: a large table does not hold back the tables that do not need it. Of
+/// the entities ready, the one heading the most rows (its own and every entity that waits for
+/// it, `heads`) starts first, so that a long chain of parents is not left behind small tables
+/// and its last child does not run alone at the end.
 async fn migrate_all(
     courier: &Courier,
     agents: &Agents,
@@ -669,14 +672,18 @@ async fn migrate_all(
                 .collect()
         })
         .collect();
+    let rows: Vec<i64> = order.iter().map(|e| e.estimated_rows.max(0)).collect();
+    let heads = heads(&deps, &rows);
     let mut started = vec![false; order.len()];
     let mut done = vec![false; order.len()];
     let mut running = tokio::task::JoinSet::new();
     let mut results = Vec::with_capacity(order.len());
     loop {
         while running.len() < jobs {
-            let Some(i) =
-                (0..order.len()).find(|&i| !started[i] && deps[i].iter().all(|&d| done[d]))
+            // The most rows headed; of equals, the first in the plan's order.
+            let Some(i) = (0..order.len())
+                .filter(|&i| !started[i] && deps[i].iter().all(|&d| done[d]))
+                .max_by_key(|&i| (heads[i], std::cmp::Reverse(i)))
             else {
                 break;
             };
@@ -730,6 +737,29 @@ async fn migrate_all(
         }
     }
     Ok(results)
+}
+
+/// Per entity, its own `rows` and those of every entity that waits for it, directly or
+/// through others (each counted once); `deps[i]` are the entities `i` waits for.
+fn heads(deps: &[Vec<usize>], rows: &[i64]) -> Vec<i64> {
+    let mut waiting: Vec<Vec<usize>> = vec![Vec::new(); deps.len()];
+    for (child, parents) in deps.iter().enumerate() {
+        parents.iter().for_each(|&p| waiting[p].push(child));
+    }
+    (0..deps.len())
+        .map(|i| {
+            let mut seen = vec![false; deps.len()];
+            let mut stack = vec![i];
+            let mut total = 0;
+            while let Some(n) = stack.pop() {
+                if !std::mem::replace(&mut seen[n], true) {
+                    total += rows[n];
+                    stack.extend(&waiting[n]);
+                }
+            }
+            total
+        })
+        .collect()
 }
 
 /// What the execution and validation agents need to know of one planned entity.

@@ -81,3 +81,22 @@ async fn a_request_that_is_never_answered_fails_with_a_clear_error() {
         "the timeout is in the trail"
     );
 }
+
+/// The reference shape: a large table with no children beside a chain of small parents whose
+/// last child is large. Each entity heads its own rows and its descendants', each once (a
+/// child reached through two parents counts once).
+#[test]
+fn an_entity_heads_its_rows_and_every_entity_that_waits_for_it() {
+    // 0 profiles; 1 system_messages (of 0); 2 doctors (of 0); 3 patients (of 2); 4 cases (of
+    // 2 and 3); 5 tasks (of 4 and 0).
+    let deps = vec![vec![], vec![0], vec![0], vec![2], vec![2, 3], vec![4, 0]];
+    let rows = [2_400, 2_000_000, 600, 19_000, 7_800, 770_000];
+    let heads = super::heads(&deps, &rows);
+    assert_eq!(heads[5], 770_000);
+    assert_eq!(heads[4], 777_800);
+    assert_eq!(heads[2], 600 + 19_000 + 7_800 + 770_000, "cases once, through both parents");
+    assert_eq!(heads[0], rows.iter().sum::<i64>());
+    // Ready together after profiles: the large table first, then the head of the chain, not
+    // the small tables the plan lists before it.
+    assert!(heads[1] > heads[2] && heads[2] > rows[2]);
+}
