@@ -659,29 +659,7 @@ pub async fn apply(
     let mut done = apply_rows(ctx, target, &spec.target.name, &rows, &|r| batch(r, false)).await?;
     let mut reopened = 0;
     if pass == Pass::Deletes {
-        // What the writes collided with may be gone now: they are tried once more, and count
-        // as what they come to then (the writes pass counted them rejected: taken back here).
-        reopened =
-            target.reopen_refused(analysis.analysis_id, &spec.source, ctx.run_id).await? as i64;
-        if reopened > 0 {
-            let again: Vec<Differential> = target
-                .pending_analysis(&spec.source, &spec.target)
-                .await?
-                .map(|(_, rows)| rows.into_iter().filter(|r| r.change != Change::Delete).collect())
-                .unwrap_or_default();
-            let retried =
-                apply_rows(ctx, target, &spec.target.name, &again, &|r| batch(r, true)).await?;
-            done.note(format!(
-                "{}: {reopened} writes a unique rule refused before the deletes, tried again \
-                    after them: {} went in, {} held, {} rejected",
-                spec.source.name,
-                retried.inserted + retried.updated,
-                retried.held,
-                retried.rejected
-            ));
-            done.add(&retried);
-            done.rejected -= reopened;
-        }
+        reopened = retry_refused(ctx, target, req, &analysis, &batch, &mut done).await?;
         target.close_analysis(analysis.analysis_id, &spec.source, ctx.run_id).await?;
     }
     ctx.decision(
@@ -717,6 +695,42 @@ pub async fn apply(
         serde_json::json!({"entity": spec.source, "analysis": analysis.analysis_id, "applied": done}),
     );
     Ok(Some(done))
+}
+
+/// After the deletes: the writes a unique rule refused before them tried once more (what they
+/// collided with may be gone now), counted as what they come to then, `done` taking back the
+/// rejections the writes pass counted; returns how many were tried again.
+async fn retry_refused(
+    ctx: &RunContext,
+    target: &dyn Target,
+    req: &MigrateEntity,
+    analysis: &EntityDiff,
+    batch: &(dyn Fn(&[Differential], bool) -> DiffBatch + Sync),
+    done: &mut DiffApplied,
+) -> Result<i64, ToolError> {
+    let spec = &req.spec;
+    let reopened =
+        target.reopen_refused(analysis.analysis_id, &spec.source, ctx.run_id).await? as i64;
+    if reopened == 0 {
+        return Ok(0);
+    }
+    let again: Vec<Differential> = target
+        .pending_analysis(&spec.source, &spec.target)
+        .await?
+        .map(|(_, rows)| rows.into_iter().filter(|r| r.change != Change::Delete).collect())
+        .unwrap_or_default();
+    let retried = apply_rows(ctx, target, &spec.target.name, &again, &|r| batch(r, true)).await?;
+    done.note(format!(
+        "{}: {reopened} writes a unique rule refused before the deletes, tried again after them: \
+            {} went in, {} held, {} rejected",
+        spec.source.name,
+        retried.inserted + retried.updated,
+        retried.held,
+        retried.rejected
+    ));
+    done.add(&retried);
+    done.rejected -= reopened;
+    Ok(reopened)
 }
 
 /// Applies `rows` of an analysis batch by batch (`batch` makes each), publishing progress.
