@@ -1080,6 +1080,37 @@ fn a_unique_value_freed_by_a_deleted_row_is_taken_in_the_same_sync() {
     }
 }
 
+/// A unique value freed by an update the sync writes in a later batch (5,000 rows a batch, in
+/// key order): the new row that takes it is refused at first, by the row that still holds it,
+/// and goes in once the sync's writes are done, in the same sync.
+#[test]
+fn a_unique_value_freed_by_a_later_batch_is_taken_in_the_same_sync() {
+    let pg = shared();
+    let (source, target) = pg.generated_pair(
+        "freed_by_update",
+        "CREATE TABLE seat (id int PRIMARY KEY, position int NOT NULL UNIQUE, note text);
+         INSERT INTO seat SELECT i, i, 'n' FROM generate_series(1, 7000) i;",
+    );
+    let run = agentctl_on(&source, &target, &["run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // Keys in text order: 0 first, 7000 last, 6,002 rows apart.
+    pg.psql(
+        &db(&source),
+        "BEGIN; UPDATE seat SET note = 'changed' WHERE id <= 6000;
+         UPDATE seat SET position = 7001 WHERE id = 7000; INSERT INTO seat VALUES (0, 7000, 'new'); COMMIT;",
+    );
+    let out = agentctl_on(&source, &target, &["diff", "migrate", "--format", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let seat = entity(&json(&out), "seat").1.unwrap().clone();
+    let count = |field: &str| seat[field].as_i64().unwrap();
+    assert_eq!((count("inserted"), count("updated"), count("rejected")), (1, 6001, 0), "{seat}");
+    let t = db(&target);
+    assert_eq!(pg.psql(&t, "SELECT position FROM seat WHERE legacy_id = 0"), "7000");
+    assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.rejected_rows"), "0");
+    let proof = agentctl_on(&source, &target, &["diff", "validate"]);
+    assert_eq!(proof.code, 0, "{proof:?}");
+}
+
 /// A table written in the target by hand points at agentctl's rows through a key of two
 /// columns, `ON DELETE CASCADE`: a hard delete of a row it points at is held with the reason,
 /// never cascaded into the rows agentctl did not write.
