@@ -1104,6 +1104,9 @@ fn a_unique_value_freed_by_a_later_batch_is_taken_in_the_same_sync() {
     let seat = entity(&json(&out), "seat").1.unwrap().clone();
     let count = |field: &str| seat[field].as_i64().unwrap();
     assert_eq!((count("inserted"), count("updated"), count("rejected")), (1, 6001, 0), "{seat}");
+    let retried = "1 writes a unique rule refused before the deletes, tried again after them: 1 \
+        went in";
+    assert!(seat["notes"].to_string().contains(retried), "refused at first: {seat}");
     let t = db(&target);
     assert_eq!(pg.psql(&t, "SELECT position FROM seat WHERE legacy_id = 0"), "7000");
     assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.rejected_rows"), "0");
