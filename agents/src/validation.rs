@@ -187,9 +187,11 @@ pub async fn validate(
     // A row a sync rejected and a later sync held is held, not rejected: it is missing, and
     // says why ([`held_by_sync`]).
     let rejected: Vec<String> = rejected_keys.iter().cloned().collect();
-    for (key, _) in target.held_reasons(&spec.source, &rejected).await? {
-        rejected_keys.remove(&key);
-    }
+    let held_since: HashMap<String, String> = match rejected.is_empty() {
+        true => HashMap::new(),
+        false => target.held_reasons(&spec.source, &rejected).await?.into_iter().collect(),
+    };
+    rejected_keys.retain(|key| !held_since.contains_key(key));
     let mut v = empty(spec, &out_cols, &money);
     let mapping =
         Mapping { mapper: &mapper, out_cols: &out_cols, id_col, legacy_col, money: &money };
@@ -230,7 +232,7 @@ pub async fn validate(
         compares.start(async move { Ok((check.run(target.as_ref(), &table).await?, set)) });
     }
     reader.await.map_err(|e| ToolError::system(format!("the reader stopped: {e}")))?;
-    held_by_sync(target.as_ref(), &spec.source, &mut v).await?;
+    held_by_sync(target.as_ref(), &spec.source, &held_since, &mut v).await?;
     let references = (references.as_slice(), deferred_cols.as_slice(), generic.as_slice());
     v.orphans = orphans(target.as_ref(), req, references, &out_cols).await?;
     (v.links, v.target_rows) =
@@ -596,25 +598,29 @@ fn empty(
 }
 
 /// The missing rows listed that the last sync held for an operator: each says why, which is
-/// not a row lost but one waiting for what its reason asks.
+/// not a row lost but one waiting for what its reason asks. `known`: the rows rejected once and
+/// held since, with their reasons, read already; the others are asked about.
 async fn held_by_sync(
     target: &dyn Target,
     source: &TableName,
+    known: &HashMap<String, String>,
     v: &mut EntityValidation,
 ) -> Result<(), ToolError> {
-    let missing: Vec<String> = v
+    let missing = |d: &&Difference| d.found.as_deref() == Some(MISSING);
+    let unknown: Vec<String> = v
         .differences
         .iter()
-        .filter(|d| d.found.as_deref() == Some(MISSING))
+        .filter(missing)
+        .filter(|d| !known.contains_key(&d.legacy_key))
         .map(|d| d.legacy_key.clone())
         .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let held: HashMap<String, String> =
-        target.held_reasons(source, &missing).await?.into_iter().collect();
+    let asked: HashMap<String, String> = match unknown.is_empty() {
+        true => HashMap::new(),
+        false => target.held_reasons(source, &unknown).await?.into_iter().collect(),
+    };
     for d in &mut v.differences {
-        if let Some(why) = held.get(&d.legacy_key).filter(|_| d.found.as_deref() == Some(MISSING)) {
+        let held = known.get(&d.legacy_key).or_else(|| asked.get(&d.legacy_key));
+        if let Some(why) = held.filter(|_| d.found.as_deref() == Some(MISSING)) {
             d.found = Some(format!("neither: the last sync held it: {why}"));
             v.held += 1;
         }
