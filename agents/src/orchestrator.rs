@@ -524,10 +524,24 @@ async fn plan_phase(
     let ctx = courier.ctx();
     let (source, target, mappings) = map_phase(courier, agents, &goal, Mapped::ForPlan).await?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "plan".into() });
-    let unattended = goal.unattended;
+    // A source that stores bytes of no declared encoding is read whole ahead even when nobody
+    // reads the forecast: a value that is not UTF-8 stops the run before anything is written,
+    // not half way through it.
+    let bytes = source.stores_bytes();
+    let unattended = goal.unattended && !bytes;
     let request = plan_request(goal, source, &target, &mappings);
     let plan = answer(courier.ask(&agents.planning, "plan", request, PlanningMsg::Plan).await)?;
     ctx.events.publish(RunEvent::Phase { run_id: ctx.run_id, phase: "forecast".into() });
+    if bytes {
+        ctx.decision(
+            ME,
+            format!("forecast all {} entities", plan.entities().count()),
+            "the source stores text as SQL_ASCII (bytes of no declared encoding): every row is \
+                read before the run starts, so that a value that is not UTF-8 stops it before \
+                anything is written",
+            serde_json::Value::Null,
+        );
+    }
     let needed = if unattended { Some(in_cycles(&plan, &mappings)) } else { None };
     let order: Vec<TableName> = plan
         .entities()

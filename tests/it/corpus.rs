@@ -745,6 +745,50 @@ fn a_database_reading_backslashes_as_escapes_is_paged_as_written() {
     migrate_and_prove(pg, &source, &[], &[], None);
 }
 
+/// An old database that stores text as SQL_ASCII keeps bytes of no declared encoding. A value
+/// that is not UTF-8 (LATIN1's é) stops the run before anything is written, approved ahead or
+/// not (the load would have written the pages before it), naming the table and the row and
+/// saying what to do; converted, the text migrates as it is.
+#[test]
+fn a_sql_ascii_database_stops_at_bytes_that_are_not_utf8_before_anything_runs() {
+    let pg = shared();
+    let name = format!("ascii_{}", std::process::id());
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' \
+                TEMPLATE template0"
+        ),
+    );
+    // No statistics: their values are text too, and the schema's reading would stop there.
+    pg.psql(
+        &name,
+        "CREATE TABLE person (id int PRIMARY KEY, name text NOT NULL) WITH (autovacuum_enabled = false);
+         INSERT INTO person SELECT i, 'p' || i FROM generate_series(1, 60) i;
+         INSERT INTO person VALUES (61, E'Jos\\xe9');",
+    );
+    let (source, target) = (pg.url(&name), pg.create_db("ascii_target"));
+    let on = |args: &[&str]| {
+        let all = [&["--source", source.as_str(), "--target", target.as_str()], args].concat();
+        // Pages of 20 rows: the load would write three before the one that stops it.
+        tests::agentctl_with(&all, &[("BATCH_SIZE", "20")])
+    };
+    assert_eq!(on(&["schema", "generate", "--from-source", "--apply"]).code, 0);
+    let run = on(&["run", "--goal", "migrate everything", "--yes"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    for said in ["while reading person, row 61 in key order", "SQL_ASCII", "iconv"] {
+        assert!(run.stderr.contains(said), "{said}: {}", run.stderr);
+    }
+    let t = db_of(&target);
+    assert_eq!(pg.psql(t, "SELECT count(*) FROM person"), "0", "nothing written");
+    // Converted to UTF-8 (as iconv from LATIN1 would): migrated as it is.
+    pg.psql(&name, "UPDATE person SET name = E'Jos\\xc3\\xa9' WHERE id = 61");
+    let run = on(&["run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(pg.psql(t, "SELECT name FROM person WHERE legacy_id = 61"), "Jos\u{e9}");
+    assert_eq!(pg.psql(t, "SELECT count(*) FROM person"), "61");
+}
+
 /// A cycle whose rows the target will partly refuse cannot be settled by the load yet: the plan
 /// says so, naming the rows, and nothing runs.
 #[test]

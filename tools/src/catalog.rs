@@ -101,6 +101,7 @@ impl PgCatalog {
         let collations = self.collations().await?;
         let extensions = self.extensions().await?;
         let large_objects = self.large_objects().await?;
+        let encoding = self.encoding().await?;
         if exact_counts {
             self.count_rows(&mut tables).await?;
         }
@@ -115,6 +116,7 @@ impl PgCatalog {
             other_objects,
             extensions,
             large_objects,
+            encoding,
         })
     }
 
@@ -643,6 +645,14 @@ impl PgCatalog {
             )
             .await?;
         Ok(collations)
+    }
+
+    /// The database's `server_encoding`.
+    async fn encoding(&self) -> Result<String, ToolError> {
+        let rows = self
+            .rows("encoding", "SELECT current_setting('server_encoding') AS encoding", None)
+            .await?;
+        rows.first().map_or(Ok(String::new()), |r| get(r, "encoding"))
     }
 
     /// How many large objects the database holds.

@@ -146,6 +146,14 @@ fn sqlstate_fault(code: &str) -> Fault {
 /// One line for a driver error, without the driver's internals.
 pub fn describe(e: &sqlx::Error) -> String {
     match e {
+        // Text the server could not send as UTF-8: what to do about it.
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("22021") => format!(
+            "{} (SQLSTATE 22021): agentctl reads all text as UTF-8; an old database that stores \
+                text as SQL_ASCII keeps bytes of no declared encoding: convert its text to UTF-8 \
+                first (dump it, convert the dump from its real encoding with iconv, and load it \
+                into a UTF8 database)",
+            db.message()
+        ),
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default();
             format!("{}{code}", db.message())

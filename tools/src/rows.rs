@@ -191,7 +191,7 @@ impl PgRows {
         let mut count = 0u64;
         let mut since_yield = 0usize;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(failed)?;
+            let chunk = chunk.map_err(|e| read_failure(scan, count, e))?;
             lines.feed(&chunk, |line| {
                 parse_line(line, rows).map_err(|e| e.context(what()))?;
                 each(rows);
@@ -217,6 +217,20 @@ impl PgRows {
         }
         Ok(count)
     }
+}
+
+/// Why reading `scan` stopped after `read` rows; for a value the server could not send as
+/// UTF-8, which row it is.
+fn read_failure(scan: &Scan, read: u64, e: sqlx::Error) -> ToolError {
+    let not_utf8 = matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("22021"));
+    if !not_utf8 {
+        return while_doing(format!("reading {}", scan.table))(e);
+    }
+    let after = match &scan.after {
+        Some(key) => format!(" after key ({})", key.join(", ")),
+        None => String::new(),
+    };
+    while_doing(format!("reading {}, row {} in key order{after}", scan.table, read + 1))(e)
 }
 
 #[async_trait]

@@ -336,6 +336,17 @@ pub struct SchemaReport {
     /// column names, stored apart from every table.
     #[serde(default)]
     pub large_objects: i64,
+    /// The database's `server_encoding` (`UTF8`, `SQL_ASCII`, ...).
+    #[serde(default)]
+    pub encoding: String,
+}
+
+impl SchemaReport {
+    /// Whether the database stores text as bytes of no declared encoding (`SQL_ASCII`): agentctl
+    /// reads text as UTF-8, and the server refuses a value that is not.
+    pub fn stores_bytes(&self) -> bool {
+        self.encoding == "SQL_ASCII"
+    }
 }
 
 /// A sequence, with the value it will hand out next.
