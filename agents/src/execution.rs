@@ -586,14 +586,17 @@ async fn settle_self_references(
     // may have come later): the rows it leaves pointing at no parent are removed and rejected,
     // while the keys are aside (none of them can cascade), before the self-references' own.
     // One whose other parents load later waits for validation, which counts it.
-    if req.constraints_suspended {
-        for g in generic.iter().filter(|g| names_only_itself_later(g, &spec.source)) {
-            let column = &out_cols[g.reference.column].0;
-            let orphaned = target.drop_dangling(ctx.run_id, tables, column, &g.targets()).await?;
-            book(&orphaned, checkpoint, result);
-        }
+    let generic: Vec<&GenericCheck> = match req.constraints_suspended {
+        true => generic.iter().filter(|g| names_only_itself_later(g, &spec.source)).collect(),
+        false => Vec::new(),
+    };
+    for g in &generic {
+        let column = &out_cols[g.reference.column].0;
+        let orphaned = target.drop_dangling(ctx.run_id, tables, column, &g.targets()).await?;
+        book(&orphaned, checkpoint, result);
     }
-    // never arrived: those rows are removed and rejected. When the target's own validated
+    // Self-references may point at rows that never arrived: those rows are removed and
+    // rejected. When the target's own validated
     // foreign keys cover them, putting the keys back first proves there are none (it scans
     // the table as the removal would, and has to run anyway); only a key the rows break sends
     // the load on to the removal, and the rest is put back after it.
@@ -604,6 +607,7 @@ async fn settle_self_references(
         };
     let dangling_checked: &[usize] = if proven { &[] } else { self_refs };
     let own = std::slice::from_ref(&spec.target);
+    let mut swept = 0;
     for &c in dangling_checked {
         let column = &out_cols[c].0;
         let (filled, orphaned) = if req.constraints_suspended {
@@ -611,8 +615,24 @@ async fn settle_self_references(
         } else {
             target.fill_deferred(ctx.run_id, &spec.source, &spec.target, column).await?
         };
+        swept += orphaned.len();
         book(&orphaned, checkpoint, result);
         result.second_pass_filled += filled;
+    }
+    // A row removed for its own reference may be the one another's generic reference names,
+    // and a row removed for that the one a self-reference names: swept in turn until neither
+    // removes one.
+    while swept > 0 && !generic.is_empty() {
+        swept = 0;
+        let sweeps = generic
+            .iter()
+            .map(|g| (&out_cols[g.reference.column].0, g.targets()))
+            .chain(dangling_checked.iter().map(|&c| (&out_cols[c].0, own.to_vec())));
+        for (column, parents) in sweeps {
+            let orphaned = target.drop_dangling(ctx.run_id, tables, column, &parents).await?;
+            swept += orphaned.len();
+            book(&orphaned, checkpoint, result);
+        }
     }
     Ok(put_back)
 }

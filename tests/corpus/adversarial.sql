@@ -166,16 +166,21 @@ INSERT INTO badge SELECT i, CASE WHEN i = 13 THEN 9999 ELSE 1 + i % 80 END FROM 
 ALTER TABLE badge ADD FOREIGN KEY (employee_id) REFERENCES employee (id) NOT VALID;
 -- A generic reference of the application's own: the kind column names the table (the mapping
 -- file, adversarial.toml, says which); one row names a kind nothing maps, one points at nothing.
+-- Remarks also reply to remarks (a NOT VALID key): a reply to a remark never written goes, and
+-- so must the remark about that reply.
 CREATE TABLE remark (
     id integer PRIMARY KEY,
     about_kind text NOT NULL,
     about_id integer,
-    body text NOT NULL
+    body text NOT NULL,
+    reply_to integer
 );
 INSERT INTO remark SELECT i, CASE WHEN i % 2 = 0 THEN 'employee' ELSE 'store' END, 1 + i % 20, 'remark ' || i FROM generate_series(1, 40) i;
-INSERT INTO remark VALUES (41, 'ghost', 7, 'about a kind nothing maps'), (42, 'employee', NULL, 'about no one'),
-    (43, 'employee', 9999, 'about an employee who is gone'), (44, 'remark', 1, 'about a remark'),
-    (47, 'remark', 999, 'about a remark that was never written');
+INSERT INTO remark VALUES (41, 'ghost', 7, 'about a kind nothing maps', NULL), (42, 'employee', NULL, 'about no one', NULL),
+    (43, 'employee', 9999, 'about an employee who is gone', NULL), (44, 'remark', 1, 'about a remark', 2),
+    (47, 'remark', 999, 'about a remark that was never written', NULL),
+    (48, 'employee', NULL, 'a reply to a remark never written', 9999), (49, 'remark', 48, 'about that reply', NULL);
+ALTER TABLE remark ADD FOREIGN KEY (reply_to) REFERENCES remark (id) NOT VALID;
 -- Values of each type that look like no ordinary value (infinities, BC dates, years past
 -- 9999, NaN, JSON a strict parser refuses, timestamps rounded by their precision, money with
 -- its currency sign and thousands separators, money's least, the greatest and least bigint), under CHECKs
