@@ -14,17 +14,27 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// with mimalloc's defaults, validating 3.47M rows peaked at 205 MB; returning pages at once,
 /// 136–152 MB; after 25 ms, 162–178 MB, and the migration's page buffers are reused instead of
 /// faulted in afresh a batch (execution phase 15.1–15.4 s → 14.4–14.8 s, bench/RESULTS.md).
+/// And no transparent huge pages: mimalloc asks for them on its arenas (the first before
+/// `main`), and memory touched in 2 MiB steps held a run without validation at 144–155 MB,
+/// 209 MB with 4 entities at once; in 4 KiB pages, 107–114 MB and 167 MB, for about 2 % more
+/// of agentctl's CPU (bench/RESULTS.md, machine O).
 #[allow(unsafe_code)]
 fn return_freed_memory() {
     // `mi_option_e` in the mimalloc v3 header libmimalloc-sys 0.1.49 builds (the crate names
-    // neither option): mi_option_arena_eager_commit = 4, mi_option_purge_delay = 15.
+    // none of these): mi_option_arena_eager_commit = 4, mi_option_purge_delay = 15,
+    // mi_option_allow_thp = 43.
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    const ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
     // SAFETY: mi_option_set only stores a value, but not atomically with other option calls;
-    // this runs first in main, before any other thread of ours exists.
+    // this runs first in main, before any other thread of ours exists. PR_SET_THP_DISABLE
+    // takes plain integers and changes only how this process's future page faults are served
+    // (an older kernel without it returns an error, which changes nothing).
     unsafe {
         libmimalloc_sys::mi_option_set(PURGE_DELAY, 25);
         libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
+        libmimalloc_sys::mi_option_set(ALLOW_THP, 0);
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
 
