@@ -641,14 +641,15 @@ pub async fn apply(
         .iter()
         .position(|(c, _)| c == "legacy_id")
         .ok_or_else(|| ToolError::system(format!("{} has no legacy_id", spec.target)))?;
+    let (hashed, soft) = (synced_columns(&out_cols, id_col), soft_delete(req));
     let batch = |rows: &[Differential], after_deletes: bool| DiffBatch {
         run_id: ctx.run_id,
         analysis: analysis.clone(),
         legacy_column: legacy_col,
         references: references.clone(),
-        hashed: synced_columns(&out_cols, id_col),
+        hashed: hashed.clone(),
         policy: spec.sync,
-        soft_delete: soft_delete(req),
+        soft_delete: soft,
         after_deletes,
         rows: rows.to_vec(),
     };

@@ -546,6 +546,17 @@ pub async fn close_analysis(
     Ok(())
 }
 
+/// A sync's refusal by a unique or exclusion rule, by how its reason ends
+/// ([`crate::pg::describe`]): the order's fault as often as the row's, so tried again after the
+/// sync's deletes ([`reopen_refused`]) and at the next sync ([`crate::target::PgTarget`]'s
+/// `rejected_keys`). The SQL test of a `reason` column, and the same test of one reason.
+pub(crate) const REFUSED_BY_RULE: &str =
+    "(reason LIKE '%(SQLSTATE 23505)' OR reason LIKE '%(SQLSTATE 23P01)')";
+
+fn refused_by_rule(why: &str) -> bool {
+    why.ends_with("(SQLSTATE 23505)") || why.ends_with("(SQLSTATE 23P01)")
+}
+
 /// The inserts and updates of `analysis` that `run` saw refused by a unique or exclusion rule,
 /// pending again, their reject records of `run` withdrawn; one transaction. A sync writes
 /// before it deletes (parents first, then children first), so a value freed by a deleted row,
@@ -559,13 +570,12 @@ pub async fn reopen_refused(
 ) -> Result<u64, ToolError> {
     let what = || format!("making the refused writes of {source} pending again");
     let mut tx = pool.begin().await.map_err(while_doing(what()))?;
-    let keys: Vec<String> = sqlx::query_scalar(
+    let keys: Vec<String> = sqlx::query_scalar(&format!(
         "UPDATE agentctl.data_differentials SET applied_run = NULL, applied_at = NULL, outcome = NULL, reason = NULL
          WHERE analysis_id = $1 AND source_table = $2 AND applied_run = $3 AND outcome = 'rejected'
-           AND kind IN ('insert', 'update')
-           AND (reason LIKE '%(SQLSTATE 23505)' OR reason LIKE '%(SQLSTATE 23P01)')
-         RETURNING legacy_key",
-    )
+           AND kind IN ('insert', 'update') AND {REFUSED_BY_RULE}
+         RETURNING legacy_key"
+    ))
     .bind(analysis.0)
     .bind(source.to_string())
     .bind(run.0)
@@ -1194,8 +1204,7 @@ fn refuse(
     for (seq, why) in refused {
         let key = b.rows[seq].legacy_key.clone();
         let reason = format!("{}: the target refused the {what}: {why}", b.analysis.target.name);
-        let for_now = !b.after_deletes
-            && (why.ends_with("(SQLSTATE 23505)") || why.ends_with("(SQLSTATE 23P01)"));
+        let for_now = !b.after_deletes && refused_by_rule(&why);
         let fate =
             if for_now { "refused for now, tried again after the deletes" } else { "rejected" };
         done.note(format!("{} {key}: {fate}: {reason}", b.analysis.source.name));

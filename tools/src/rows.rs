@@ -222,15 +222,14 @@ impl PgRows {
 /// Why reading `scan` stopped after `read` rows; for a value the server could not send as
 /// UTF-8, which row it is.
 fn read_failure(scan: &Scan, read: u64, e: sqlx::Error) -> ToolError {
-    let not_utf8 = matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("22021"));
-    if !not_utf8 {
-        return while_doing(format!("reading {}", scan.table))(e);
+    let mut what = format!("reading {}", scan.table);
+    if matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("22021")) {
+        what += &format!(", row {} in key order", read + 1);
+        if let Some(key) = &scan.after {
+            what += &format!(" after key ({})", key.join(", "));
+        }
     }
-    let after = match &scan.after {
-        Some(key) => format!(" after key ({})", key.join(", ")),
-        None => String::new(),
-    };
-    while_doing(format!("reading {}, row {} in key order{after}", scan.table, read + 1))(e)
+    while_doing(what)(e)
 }
 
 #[async_trait]

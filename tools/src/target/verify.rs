@@ -145,11 +145,11 @@ impl Verifier for PgTarget {
         Ok(v.flatten())
     }
     async fn rejected_keys(&self, source: &TableName) -> Result<Vec<(String, bool)>, ToolError> {
-        Ok(sqlx::query_as(
-            "SELECT legacy_key, bool_and(rule LIKE 'reference%' OR (rule = 'sync' \
-                AND (reason LIKE '%(SQLSTATE 23505)' OR reason LIKE '%(SQLSTATE 23P01)'))) \
+        Ok(sqlx::query_as(&format!(
+            "SELECT legacy_key, bool_and(rule LIKE 'reference%' OR (rule = 'sync' AND {})) \
                 FROM agentctl.rejected_rows WHERE source_table = $1 GROUP BY 1",
-        )
+            crate::diff::REFUSED_BY_RULE
+        ))
         .bind(source.to_string())
         .fetch_all(&self.pool)
         .await
