@@ -172,6 +172,31 @@ fn validation_finds_changed_lost_and_extra_rows_and_rollback_leaves_the_target_a
         ),
     );
     pg.psql(&db, &format!("UPDATE system_messages SET sender_id = NULL WHERE legacy_id = {last}"));
+    // And, in three more tables, the first two rows trading their creation times: every value
+    // is still in the table, each on the other row, which the page's sum of row hashes must
+    // not take for the same rows (a plain sum missed most such trades).
+    let traded: Vec<(&str, String, String)> = ["doctors", "jaws", "tasks"]
+        .into_iter()
+        .map(|table| {
+            let pair = key(&format!(
+                "SELECT string_agg(legacy_id::text, ',' ORDER BY legacy_id) FROM (SELECT \
+                    legacy_id FROM {table} ORDER BY legacy_id LIMIT 2) d"
+            ));
+            let (a, b) = pair.split_once(',').unwrap();
+            pg.psql(
+                &db,
+                &format!(
+                    "UPDATE {table} d SET created_at = o.created_at FROM {table} o \
+                    WHERE (d.legacy_id, o.legacy_id) IN (({a}, {b}), ({b}, {a}))"
+                ),
+            );
+            let distinct = key(&format!(
+                "SELECT count(DISTINCT created_at) FROM {table} WHERE legacy_id IN ({a}, {b})"
+            ));
+            assert_eq!(distinct, "2", "the two rows of {table} had different times to trade");
+            (table, a.to_owned(), b.to_owned())
+        })
+        .collect();
     // And one source row changed since the load: its page no longer matches the load's record,
     // so it is mapped again and compared with what the target holds.
     let second = key("SELECT min(legacy_id) FROM system_messages WHERE legacy_id > 1");
@@ -190,8 +215,19 @@ fn validation_finds_changed_lost_and_extra_rows_and_rollback_leaves_the_target_a
         "patients",
         "message attachments",
         "system messages",
+        "doctors",
+        "jaws",
+        "tasks",
     ]);
     assert_eq!(bad.code, 3, "{bad:?}");
+    for (table, a, b) in &traded {
+        assert!(
+            bad.stderr
+                .contains(&format!("{table}: 2 rows differ from their source (keys {a}, {b})")),
+            "both rows of {table} that traded values are named: {}",
+            bad.stderr
+        );
+    }
     for k in [&op, &patient, &attachment] {
         assert!(
             bad.stderr.contains(&format!("keys {k}")),
@@ -214,7 +250,7 @@ fn validation_finds_changed_lost_and_extra_rows_and_rollback_leaves_the_target_a
     for said in [
         "the old database changed after the load read it (1 page read otherwise now): `agentctl \
             diff analyze` lists its changes and `agentctl diff migrate` carries them over",
-        "the new database changed after the load wrote it (3 pages whose rows are not what the \
+        "the new database changed after the load wrote it (6 pages whose rows are not what the \
             load wrote, the old rows read as they were): something other than agentctl wrote to \
             it",
     ] {
@@ -234,7 +270,8 @@ fn validation_finds_changed_lost_and_extra_rows_and_rollback_leaves_the_target_a
                                WHERE run_id = (SELECT run_id FROM agentctl.runs WHERE command = 'validate' ORDER BY started_at DESC LIMIT 1)");
     assert_eq!(
         stored,
-        "message_attachments=false,operations=false,patients=false,system_messages=false"
+        "doctors=false,jaws=false,message_attachments=false,operations=false,patients=false,\
+            system_messages=false,tasks=false"
     );
     // Only the pages changed behind agentctl's back went unproven by the record.
     let again = json(&agentctl(&[

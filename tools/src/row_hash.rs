@@ -428,6 +428,33 @@ pub fn fold(row: u64, column: u64) -> u64 {
     (row << 5).wrapping_sub(row).wrapping_add(column)
 }
 
+/// What a row adds to a sum of its page's rows: its hash hashed again, as
+/// `hash_numeric_extended(hash::numeric, 0)` (the digits of its magnitude in base 10000, the
+/// weight folded in). A row hash is linear in its columns' hashes ([`fold`]), so a plain sum
+/// of row hashes is the same linear fold of each column's sum: two rows of a page that traded
+/// a value would add up to what they did before. Hashed again, they do not.
+pub fn summand(row: u64) -> u64 {
+    let mut n = (row as i64).unsigned_abs();
+    if n == 0 {
+        return u64::MAX;
+    }
+    // Base-10000 digits, least significant first (a u64 has at most 5).
+    let mut digits = [0u16; 5];
+    let mut len = 0;
+    while n > 0 {
+        digits[len] = (n % 10_000) as u16;
+        n /= 10_000;
+        len += 1;
+    }
+    let weight = len as u64 - 1;
+    // Without its trailing zero digits, most significant first, in the server's byte order.
+    let low = digits.iter().position(|&d| d != 0).unwrap_or(0);
+    let mut stored = [0u8; 10];
+    let kept = digits[low..len].iter().rev().flat_map(|d| d.to_le_bytes());
+    let used = stored.iter_mut().zip(kept).map(|(s, b)| *s = b).count();
+    bytes(&stored[..used]) ^ weight
+}
+
 /// How each of `columns` (name, type as the caller casts it) of a table whose columns are
 /// `base` ([`crate::binary::base_columns`]) is hashed, or `None` when one of them cannot be
 /// hashed here: a type without a [`ColumnHash`], a collation that is not deterministic, a type
@@ -494,6 +521,25 @@ mod tests {
     fn a_row_folds_its_columns_as_the_server_does() {
         assert_eq!([1, 0, 2].into_iter().fold(0, fold), 31 * 31 + 2);
         assert_eq!(fold(u64::MAX, 1), u64::MAX.wrapping_mul(31).wrapping_add(1));
+    }
+
+    #[test]
+    fn a_row_adds_to_its_page_as_the_server_hashes_it_again() {
+        // `SELECT v, hash_numeric_extended(v::numeric, 0)` on PostgreSQL 15.
+        for (v, server) in [
+            (0i64, -1i64),
+            (1, -7_507_508_252_608_306_360),
+            (-1, -7_507_508_252_608_306_360),
+            (10_000, -7_507_508_252_608_306_359),
+            (9_999, 247_439_845_080_503_643),
+            (100_000_000, -7_507_508_252_608_306_358),
+            (i64::MAX, -3_677_347_392_575_813_757),
+            (i64::MIN, -4_744_979_959_383_781_710),
+            (123_456_789_012, -7_333_021_434_929_618_173),
+            (-390_851_726_765_819_440, 4_317_813_624_664_752_618),
+        ] {
+            assert_eq!(summand(v as u64) as i64, server, "{v}");
+        }
     }
 
     #[test]

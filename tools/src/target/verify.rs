@@ -78,7 +78,7 @@ impl Verifier for PgTarget {
                 Ok(i) => {
                     let row = crate::row_hash::fold(hashes[i] as u64, crate::row_hash::int8(*key));
                     let row = crate::row_hash::fold(row, crate::row_hash::bytes(id.as_bytes()));
-                    expected += i128::from(row as i64);
+                    expected += i128::from(crate::row_hash::summand(row) as i64);
                     recorded.push(true);
                 }
                 Err(_) => recorded.push(false),
@@ -89,9 +89,10 @@ impl Verifier for PgTarget {
             return Ok(None);
         }
         // The server answers for the whole range in one row: how many rows it holds, the sum of
-        // their hashes and their money totals. Equal count and sum: the range holds exactly
-        // the recorded rows, each with its recorded values and derived UUID, so the page's other
-        // keys have none. (Measured, bench/RESULTS.md: reading every row's hash back to check
+        // their hashes (each hashed again, `row_hash::summand`, so that rows trading values do
+        // not add up to the same) and their money totals. Equal count and sum: the range holds
+        // exactly the recorded rows, each with its recorded values and derived UUID, so the
+        // page's other keys have none. (Measured, bench/RESULTS.md: reading every row's hash back to check
         // it here cost agentctl 2 s more CPU in `validate` at scale 1.0; joining the rows to the
         // record in the server cost it five times the read.)
         let hashed = hashed_columns(&page.columns, page.id_column, page.legacy_column);
@@ -103,7 +104,9 @@ impl Verifier for PgTarget {
             .map(|&i| format!(", sum(trunc(t.{}::numeric, 2))::text", ident(&page.columns[i].0)))
             .collect();
         let sql = format!(
-            "SELECT count(*), sum(hash_record_extended(ROW({row}), 0))::text{totals}
+            "SELECT count(*),
+                 sum(hash_numeric_extended(hash_record_extended(ROW({row}), 0)::numeric, 0))::text
+                 {totals}
              FROM {table} t WHERE t.legacy_id BETWEEN $1 AND $2",
             row = row.join(", "),
             table = quoted(target),
