@@ -1032,10 +1032,8 @@ fn a_table_with_a_deferred_unique_rule_is_kept_in_step() {
 #[test]
 fn a_unique_value_freed_by_a_deleted_row_is_taken_in_the_same_sync() {
     let pg = shared();
-    let dir = tempfile::tempdir().unwrap();
-    let hard = dir.path().join("hard.toml");
-    std::fs::write(&hard, "[entities.slot]\nsync = { delete = \"hard\" }\n").unwrap();
-    for (delete, mapping) in [("hard", Some(hard.to_str().unwrap())), ("soft", None)] {
+    let (_dir, hard) = hard_deletes("slot");
+    for (delete, mapping) in [("hard", Some(hard.as_str())), ("soft", None)] {
         let (source, target) = pg.generated_pair(
             &format!("freed_unique_{delete}"),
             "CREATE TABLE slot (id int PRIMARY KEY, position int NOT NULL UNIQUE);
@@ -1080,6 +1078,47 @@ fn a_unique_value_freed_by_a_deleted_row_is_taken_in_the_same_sync() {
     }
 }
 
+/// A conflict settled source-wins whose new value is freed by a row deleted in the same sync:
+/// refused while that row holds it, written once the deletes are done, and recorded as one
+/// conflict, not rejected as if the row were at fault.
+#[test]
+fn a_conflict_settled_source_wins_takes_a_unique_value_freed_in_the_same_sync() {
+    let pg = shared();
+    let (_dir, hard) = hard_deletes("slot");
+    let (source, target) = pg.generated_pair(
+        "freed_conflict",
+        "CREATE TABLE slot (id int PRIMARY KEY, position int NOT NULL UNIQUE, note text);
+         INSERT INTO slot SELECT i, i, 'n' FROM generate_series(1, 20) i;",
+    );
+    let (s, t) = (db(&source), db(&target));
+    let with = |args: &[&str]| with_mapping(&source, &target, Some(hard.as_str()), args);
+    assert_eq!(with(&["run", "--goal", "migrate everything", "--yes"]).code, 0);
+    pg.psql(
+        &s,
+        "BEGIN; DELETE FROM slot WHERE id = 5; UPDATE slot SET position = 5 WHERE id = 6; COMMIT;",
+    );
+    pg.psql(&t, "UPDATE slot SET note = 'edited here' WHERE legacy_id = 6");
+    let out = with(&["diff", "migrate", "--format", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let slot = entity(&json(&out), "slot").1.unwrap().clone();
+    let count = |field: &str| slot[field].as_i64().unwrap();
+    let done = (count("conflicted"), count("deleted"), count("rejected"), count("held"));
+    assert_eq!(done, (1, 1, 0, 0), "written once row 5 is gone: {slot}");
+    let retried = "1 writes a unique rule refused before the deletes, tried again after them: 1 \
+        went in";
+    assert!(slot["notes"].to_string().contains(retried), "refused at first: {slot}");
+    let row = pg.psql(&t, "SELECT position || ' ' || note FROM slot WHERE legacy_id = 6");
+    assert_eq!(row, "5 n", "the source's values, source-wins");
+    let recorded = pg.psql(
+        &t,
+        "SELECT count(*) || ' ' || string_agg(status, ',') FROM agentctl.sync_conflicts \
+            WHERE legacy_key = '6'",
+    );
+    assert_eq!(recorded, "1 overwritten", "one conflict, recorded once");
+    assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.rejected_rows"), "0");
+    assert_eq!(with(&["diff", "validate"]).code, 0);
+}
+
 /// A unique value freed by an update the sync writes in a later batch (5,000 rows a batch, in
 /// key order): the new row that takes it is refused at first, by the row that still holds it,
 /// and goes in once the sync's writes are done, in the same sync.
@@ -1120,15 +1159,13 @@ fn a_unique_value_freed_by_a_later_batch_is_taken_in_the_same_sync() {
 #[test]
 fn a_hard_delete_never_cascades_through_a_key_of_several_columns() {
     let pg = shared();
-    let dir = tempfile::tempdir().unwrap();
-    let hard = dir.path().join("hard.toml");
-    std::fs::write(&hard, "[entities.shelf]\nsync = { delete = \"hard\" }\n").unwrap();
+    let (_dir, hard) = hard_deletes("shelf");
     let (source, target) = pg.generated_pair(
         "cascade_pair",
         "CREATE TABLE shelf (id int PRIMARY KEY, aisle int NOT NULL, slot text NOT NULL, UNIQUE (aisle, slot));
          INSERT INTO shelf SELECT i, i, 's' || i FROM generate_series(1, 10) i;",
     );
-    let with = |args: &[&str]| with_mapping(&source, &target, Some(hard.to_str().unwrap()), args);
+    let with = |args: &[&str]| with_mapping(&source, &target, Some(hard.as_str()), args);
     assert_eq!(with(&["run", "--goal", "migrate everything", "--yes"]).code, 0);
     pg.psql(
         &db(&target),
@@ -1245,4 +1282,15 @@ fn a_unique_value_kept_by_a_row_deleted_softly_holds_the_new_row_instead_of_reje
     pg.psql(&t, "DELETE FROM member WHERE legacy_id = 2");
     assert_eq!(sync()["inserted"], 1);
     assert_eq!(pg.psql(&t, "SELECT name FROM member WHERE email = 'b@example.org'"), "Bea");
+}
+
+/// A mapping file in a directory of its own (kept while the pair lives) that has `entity`'s
+/// sync delete rows for real; its path.
+fn hard_deletes(entity: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hard.toml");
+    std::fs::write(&path, format!("[entities.{entity}]\nsync = {{ delete = \"hard\" }}\n"))
+        .unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    (dir, path)
 }

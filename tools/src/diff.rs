@@ -557,11 +557,12 @@ fn refused_by_rule(why: &str) -> bool {
     why.ends_with("(SQLSTATE 23505)") || why.ends_with("(SQLSTATE 23P01)")
 }
 
-/// The inserts and updates of `analysis` that `run` saw refused by a unique or exclusion rule,
-/// pending again, their reject records of `run` withdrawn; one transaction. A sync writes
-/// before it deletes (parents first, then children first), so a value freed by a deleted row,
-/// or by a row a later batch updates, was still taken when the row that wants it was written:
-/// the refusal was the order's, not the row's.
+/// The inserts, updates and conflicts settled source-wins of `analysis` that `run` saw refused
+/// by a unique or exclusion rule, pending again, their reject records of `run` withdrawn; one
+/// transaction. A sync writes before it deletes (parents first, then children first), so a
+/// value freed by a deleted row, or by a row a later batch updates, was still taken when the
+/// row that wants it was written: the refusal was the order's, not the row's. (A conflict's
+/// record stays: the try after the deletes settles it again without recording it twice.)
 pub async fn reopen_refused(
     pool: &PgPool,
     analysis: RunId,
@@ -573,7 +574,7 @@ pub async fn reopen_refused(
     let keys: Vec<String> = sqlx::query_scalar(&format!(
         "UPDATE agentctl.data_differentials SET applied_run = NULL, applied_at = NULL, outcome = NULL, reason = NULL
          WHERE analysis_id = $1 AND source_table = $2 AND applied_run = $3 AND outcome = 'rejected'
-           AND kind IN ('insert', 'update') AND {REFUSED_BY_RULE}
+           AND kind IN ('insert', 'update', 'conflict') AND {REFUSED_BY_RULE}
          RETURNING legacy_key"
     ))
     .bind(analysis.0)
@@ -762,7 +763,11 @@ async fn conflicts(
         .iter()
         .filter(|r| r.change == Change::Conflict && !out.fates.contains_key(&r.legacy_key))
         .count();
-    if conflicts > 0 {
+    // After the deletes, a conflict is one the writes pass recorded and settled source-wins, whose
+    // write a unique rule refused ([`reopen_refused`]): settled again, not recorded again.
+    if conflicts > 0 && b.after_deletes {
+        settle_conflicts(c, b, out).await?;
+    } else if conflicts > 0 {
         let status = match b.policy.conflicts {
             ConflictPolicy::SourceWins => "overwritten",
             ConflictPolicy::TargetWins => "kept_target",
