@@ -69,6 +69,7 @@ impl Tally {
             count: 0,
             examples: vec![],
         });
+        joined(&mut e.reason, &r.reason);
         e.count += 1;
         if e.examples.len() < EXAMPLES {
             e.examples.push(key.to_owned());
@@ -83,6 +84,19 @@ fn cause(rule: &str, reason: &str) -> String {
     match rule.starts_with("reference:") {
         true => format!("{rule}\u{0}{}", reason.rsplit_once(") ").map_or(reason, |(_, why)| why)),
         false => rule.to_owned(),
+    }
+}
+
+/// The words of a group of references counted together (by [`cause`]) once `reason` joins it:
+/// while every row points at the same parent they name it; rows pointing at different parents
+/// share the words without a parent's key, which would be true of one of them only.
+fn joined(words: &mut String, reason: &str) {
+    if words != reason {
+        if let Some((head, why)) = words.rsplit_once(") ") {
+            if let Some((at, _)) = head.rsplit_once(" (") {
+                *words = format!("{at} {why}");
+            }
+        }
     }
 }
 
@@ -166,6 +180,7 @@ fn settle_awaiting(
         let counted = cause(&rule, &reason);
         match forecast.reasons.iter_mut().find(|r| cause(&r.rule, &r.reason) == counted) {
             Some(r) => {
+                joined(&mut r.reason, &reason);
                 r.count += 1;
                 if r.examples.len() < EXAMPLES {
                     r.examples.push(key);

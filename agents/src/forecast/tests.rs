@@ -57,3 +57,14 @@ async fn the_forecast_names_every_row_the_target_would_refuse_and_why() {
         );
     }
 }
+
+#[test]
+fn a_group_of_references_names_a_parent_only_while_every_row_points_at_it() {
+    let mut words = "remark.about_id: the remark row it points at (999) is not migrated".to_owned();
+    super::joined(&mut words, "remark.about_id: the remark row it points at (999) is not migrated");
+    assert_eq!(words, "remark.about_id: the remark row it points at (999) is not migrated");
+    super::joined(&mut words, "remark.about_id: the remark row it points at (48) is not migrated");
+    assert_eq!(words, "remark.about_id: the remark row it points at is not migrated");
+    super::joined(&mut words, "remark.about_id: the remark row it points at (7) is not migrated");
+    assert_eq!(words, "remark.about_id: the remark row it points at is not migrated");
+}
