@@ -612,8 +612,11 @@ async fn gone_by_keys(
 pub enum Pass {
     /// Inserts, updates, conflicts and rejects (parents first).
     Writes,
-    /// Deletes (children first); closes the analysis.
+    /// Deletes (children first).
     Deletes,
+    /// The writes refused before the deletes for what the sync's own order left in their way
+    /// (parents first, once every entity's deletes are done); closes the analysis.
+    Retries,
 }
 
 /// Applies one pass of an entity's pending analysis. `None` when it has none.
@@ -653,15 +656,19 @@ pub async fn apply(
         after_deletes,
         rows: rows.to_vec(),
     };
-    let rows: Vec<Differential> = pending
-        .into_iter()
-        .filter(|r| (r.change == Change::Delete) == (pass == Pass::Deletes))
-        .collect();
+    let rows: Vec<Differential> = match pass {
+        Pass::Writes => pending.into_iter().filter(|r| r.change != Change::Delete).collect(),
+        Pass::Deletes => pending.into_iter().filter(|r| r.change == Change::Delete).collect(),
+        Pass::Retries => Vec::new(),
+    };
     let mut done = apply_rows(ctx, target, &spec.target.name, &rows, &|r| batch(r, false)).await?;
     let mut reopened = 0;
-    if pass == Pass::Deletes {
+    if pass == Pass::Retries {
         reopened = retry_refused(ctx, target, req, &analysis, &batch, &mut done).await?;
         target.close_analysis(analysis.analysis_id, &spec.source, ctx.run_id).await?;
+        if reopened == 0 {
+            return Ok(Some(done));
+        }
     }
     ctx.decision(
         AgentName::Execution,
@@ -672,6 +679,7 @@ pub async fn apply(
             match pass {
                 Pass::Writes => "writes",
                 Pass::Deletes => "deletes",
+                Pass::Retries => "tried again",
             },
             done.inserted,
             done.updated,
@@ -698,9 +706,11 @@ pub async fn apply(
     Ok(Some(done))
 }
 
-/// After the deletes: the writes a unique rule refused before them tried once more (what they
-/// collided with may be gone now), counted as what they come to then, `done` taking back the
-/// rejections the writes pass counted; returns how many were tried again.
+/// After every entity's deletes: the writes a unique rule refused before them, or rejected for
+/// a parent not in the target yet, tried once more (what they collided with may be gone now,
+/// the parent written by its own retry, parents being tried first), counted as what they come
+/// to then, `done` taking back the rejections the writes pass counted; returns how many were
+/// tried again.
 async fn retry_refused(
     ctx: &RunContext,
     target: &dyn Target,
@@ -722,8 +732,8 @@ async fn retry_refused(
         .unwrap_or_default();
     let retried = apply_rows(ctx, target, &spec.target.name, &again, &|r| batch(r, true)).await?;
     done.note(format!(
-        "{}: {reopened} writes a unique rule refused before the deletes, tried again after them: \
-            {} went in, {} held, {} rejected",
+        "{}: {reopened} writes refused before the deletes (by a unique rule, or for a parent not \
+            written yet), tried again after them: {} went in, {} held, {} rejected",
         spec.source.name,
         retried.inserted + retried.updated,
         retried.held,

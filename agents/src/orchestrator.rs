@@ -889,7 +889,8 @@ where
 }
 
 /// Analyses the goal's entities (two at once) or, to apply, each right before its writes:
-/// inserts and updates parents first, then deletes children first.
+/// inserts and updates parents first, then deletes children first, then, parents first, the
+/// writes refused before the deletes for what the sync's order left in their way.
 async fn diff_phase(
     courier: &Courier,
     agents: &Agents,
@@ -947,10 +948,18 @@ async fn diff_phase(
         }
         report.applied.push((body.spec.target.clone(), applied.unwrap_or_default()));
     }
-    for body in requests.iter().rev() {
-        if let Some(deleted) = apply(body.clone(), Pass::Deletes).await? {
-            if let Some((_, a)) = report.applied.iter_mut().find(|(t, _)| *t == body.spec.target) {
-                a.add(&deleted);
+    let passes = [(Pass::Deletes, true), (Pass::Retries, false)];
+    for (pass, reversed) in passes {
+        let bodies: Vec<&MigrateEntity> = match reversed {
+            true => requests.iter().rev().collect(),
+            false => requests.iter().collect(),
+        };
+        for body in bodies {
+            if let Some(done) = apply(body.clone(), pass).await? {
+                let entity = report.applied.iter_mut().find(|(t, _)| *t == body.spec.target);
+                if let Some((_, a)) = entity {
+                    a.add(&done);
+                }
             }
         }
     }

@@ -296,9 +296,10 @@ pub trait DiffStore: Send + Sync + 'static {
         source: &TableName,
         run: RunId,
     ) -> Result<(), ToolError>;
-    /// The inserts and updates of an analysis that `run` saw refused by a unique or exclusion
-    /// rule, made pending again and their reject records of `run` withdrawn, in one
-    /// transaction (to be tried again once the run's deletes freed what they collided with);
+    /// The inserts, updates and source-wins conflicts of an analysis that `run` saw refused by
+    /// a unique or exclusion rule or for a parent not in the target, made pending again and
+    /// their reject records of `run` withdrawn, in one transaction (to be tried again once the
+    /// run's deletes freed what they collided with and the parents' own retries are done);
     /// returns how many.
     async fn reopen_refused(
         &self,

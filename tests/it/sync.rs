@@ -1104,8 +1104,8 @@ fn a_conflict_settled_source_wins_takes_a_unique_value_freed_in_the_same_sync() 
     let count = |field: &str| slot[field].as_i64().unwrap();
     let done = (count("conflicted"), count("deleted"), count("rejected"), count("held"));
     assert_eq!(done, (1, 1, 0, 0), "written once row 5 is gone: {slot}");
-    let retried = "1 writes a unique rule refused before the deletes, tried again after them: 1 \
-        went in";
+    let retried = "1 writes refused before the deletes (by a unique rule, or for a parent not \
+        written yet), tried again after them: 1 went in";
     assert!(slot["notes"].to_string().contains(retried), "refused at first: {slot}");
     let row = pg.psql(&t, "SELECT position || ' ' || note FROM slot WHERE legacy_id = 6");
     assert_eq!(row, "5 n", "the source's values, source-wins");
@@ -1115,6 +1115,54 @@ fn a_conflict_settled_source_wins_takes_a_unique_value_freed_in_the_same_sync() 
             WHERE legacy_key = '6'",
     );
     assert_eq!(recorded, "1 overwritten", "one conflict, recorded once");
+    assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.rejected_rows"), "0");
+    assert_eq!(with(&["diff", "validate"]).code, 0);
+}
+
+/// A new row whose parent is new too, the parent refused until the sync's deletes free its
+/// unique value: the child, rejected at first for a parent not in the target, goes in after
+/// its parent in the same sync instead of waiting for the next one.
+#[test]
+fn a_new_child_of_a_parent_written_after_the_deletes_goes_in_in_the_same_sync() {
+    let pg = shared();
+    let (_dir, hard) = hard_deletes("slot");
+    let (source, target) = pg.generated_pair(
+        "freed_parent",
+        "CREATE TABLE slot (id int PRIMARY KEY, position int NOT NULL UNIQUE);
+         CREATE TABLE token (id int PRIMARY KEY, slot_id int NOT NULL REFERENCES slot (id));
+         INSERT INTO slot SELECT i, i FROM generate_series(1, 20) i;
+         INSERT INTO token SELECT i, i FROM generate_series(1, 4) i;",
+    );
+    let (s, t) = (db(&source), db(&target));
+    let with = |args: &[&str]| with_mapping(&source, &target, Some(hard.as_str()), args);
+    assert_eq!(with(&["run", "--goal", "migrate everything", "--yes"]).code, 0);
+    pg.psql(
+        &s,
+        "BEGIN; DELETE FROM slot WHERE id = 5; INSERT INTO slot VALUES (25, 5);
+         INSERT INTO token VALUES (100, 25); COMMIT;",
+    );
+    let out = with(&["diff", "migrate", "--format", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = json(&out);
+    let count = |entity_name: &str, field: &str| {
+        entity(&doc, entity_name).1.unwrap()[field].as_i64().unwrap()
+    };
+    assert_eq!(
+        (count("slot", "inserted"), count("slot", "deleted"), count("slot", "rejected")),
+        (1, 1, 0),
+        "{doc}"
+    );
+    assert_eq!((count("token", "inserted"), count("token", "rejected")), (1, 0), "{doc}");
+    let token = entity(&doc, "token").1.unwrap().clone();
+    assert!(
+        token["notes"].to_string().contains("refused for now, tried again after the deletes"),
+        "rejected at first for its parent: {token}"
+    );
+    let parent = pg.psql(
+        &t,
+        "SELECT s.legacy_id FROM token k JOIN slot s ON s.id = k.slot_id WHERE k.legacy_id = 100",
+    );
+    assert_eq!(parent, "25");
     assert_eq!(pg.psql(&t, "SELECT count(*) FROM agentctl.rejected_rows"), "0");
     assert_eq!(with(&["diff", "validate"]).code, 0);
 }
@@ -1143,8 +1191,8 @@ fn a_unique_value_freed_by_a_later_batch_is_taken_in_the_same_sync() {
     let seat = entity(&json(&out), "seat").1.unwrap().clone();
     let count = |field: &str| seat[field].as_i64().unwrap();
     assert_eq!((count("inserted"), count("updated"), count("rejected")), (1, 6001, 0), "{seat}");
-    let retried = "1 writes a unique rule refused before the deletes, tried again after them: 1 \
-        went in";
+    let retried = "1 writes refused before the deletes (by a unique rule, or for a parent not \
+        written yet), tried again after them: 1 went in";
     assert!(seat["notes"].to_string().contains(retried), "refused at first: {seat}");
     let t = db(&target);
     assert_eq!(pg.psql(&t, "SELECT position FROM seat WHERE legacy_id = 0"), "7000");

@@ -553,16 +553,22 @@ pub async fn close_analysis(
 pub(crate) const REFUSED_BY_RULE: &str =
     "(reason LIKE '%(SQLSTATE 23505)' OR reason LIKE '%(SQLSTATE 23P01)')";
 
+/// A sync's rejection for a parent not in the target ([`missing_parents`]), by its reason: the
+/// parent may be one this sync writes only after its deletes ([`reopen_refused`]).
+const PARENT_NOT_IN_TARGET: &str = "it points at is not in the target";
+
 fn refused_by_rule(why: &str) -> bool {
     why.ends_with("(SQLSTATE 23505)") || why.ends_with("(SQLSTATE 23P01)")
 }
 
 /// The inserts, updates and conflicts settled source-wins of `analysis` that `run` saw refused
-/// by a unique or exclusion rule, pending again, their reject records of `run` withdrawn; one
-/// transaction. A sync writes before it deletes (parents first, then children first), so a
-/// value freed by a deleted row, or by a row a later batch updates, was still taken when the
-/// row that wants it was written: the refusal was the order's, not the row's. (A conflict's
-/// record stays: the try after the deletes settles it again without recording it twice.)
+/// by a unique or exclusion rule, or rejected for a parent not in the target, pending again,
+/// their reject records of `run` withdrawn; one transaction. A sync writes before it deletes
+/// (parents first, then children first), so a value freed by a deleted row, or by a row a later
+/// batch updates, was still taken when the row that wants it was written, and a parent refused
+/// so was not there for its new children: the refusal was the order's, not the row's. (A
+/// conflict's record stays: the try after the deletes settles it again without recording it
+/// twice.)
 pub async fn reopen_refused(
     pool: &PgPool,
     analysis: RunId,
@@ -574,12 +580,13 @@ pub async fn reopen_refused(
     let keys: Vec<String> = sqlx::query_scalar(&format!(
         "UPDATE agentctl.data_differentials SET applied_run = NULL, applied_at = NULL, outcome = NULL, reason = NULL
          WHERE analysis_id = $1 AND source_table = $2 AND applied_run = $3 AND outcome = 'rejected'
-           AND kind IN ('insert', 'update', 'conflict') AND {REFUSED_BY_RULE}
+           AND kind IN ('insert', 'update', 'conflict') AND ({REFUSED_BY_RULE} OR reason LIKE $4)
          RETURNING legacy_key"
     ))
     .bind(analysis.0)
     .bind(source.to_string())
     .bind(run.0)
+    .bind(format!("%{PARENT_NOT_IN_TARGET}"))
     .fetch_all(&mut *tx)
     .await
     .map_err(while_doing(what()))?;
@@ -735,12 +742,14 @@ async fn missing_parents(
             [one] => format!("the {} row", one.name),
             _ => "the row".to_owned(),
         };
+        let fate = match b.after_deletes {
+            false => "refused for now, tried again after the deletes",
+            true => "rejected",
+        };
         for k in keys {
-            let reason = format!(
-                "{}.{}: {parent} it points at is not in the target",
-                a.target.name, cols[*col].0
-            );
-            out.done.note(format!("{} {k}: rejected: {reason}", a.source.name));
+            let reason =
+                format!("{}.{}: {parent} {PARENT_NOT_IN_TARGET}", a.target.name, cols[*col].0);
+            out.done.note(format!("{} {k}: {fate}: {reason}", a.source.name));
             out.parent_missing.insert(k.clone());
             out.fates.insert(k, Fate { outcome: "rejected", reason: Some(reason) });
         }
@@ -763,11 +772,7 @@ async fn conflicts(
         .iter()
         .filter(|r| r.change == Change::Conflict && !out.fates.contains_key(&r.legacy_key))
         .count();
-    // After the deletes, a conflict is one the writes pass recorded and settled source-wins, whose
-    // write a unique rule refused ([`reopen_refused`]): settled again, not recorded again.
-    if conflicts > 0 && b.after_deletes {
-        settle_conflicts(c, b, out).await?;
-    } else if conflicts > 0 {
+    if conflicts > 0 {
         let status = match b.policy.conflicts {
             ConflictPolicy::SourceWins => "overwritten",
             ConflictPolicy::TargetWins => "kept_target",
@@ -799,6 +804,9 @@ async fn conflicts(
                  array_remove(ARRAY[{differing}]::text[], NULL), $6, $7
              FROM agentctl_diff s JOIN {table} t ON t.legacy_id = s.k::{legacy_type}
              WHERE s.kind = 'conflict'
+                 -- A conflict tried again after the deletes ([`reopen_refused`]) was recorded before.
+                 AND NOT EXISTS (SELECT 1 FROM agentctl.sync_conflicts x WHERE x.analysis_id = $6
+                     AND x.target_table = $2 AND x.legacy_key = s.k)
              ON CONFLICT (target_table, legacy_key) WHERE status = 'open'
              DO UPDATE SET source_values = EXCLUDED.source_values, target_values = EXCLUDED.target_values,
                  differing = EXCLUDED.differing, analysis_id = EXCLUDED.analysis_id, detected_at = now()",
