@@ -627,10 +627,27 @@ pub async fn apply(
     pass: Pass,
 ) -> Result<Option<DiffApplied>, ToolError> {
     let spec = &req.spec;
-    let Some((analysis, pending)) = target.pending_analysis(&spec.source, &spec.target).await?
+    let Some((analysis, mut pending)) = target.pending_analysis(&spec.source, &spec.target).await?
     else {
         return Ok(None);
     };
+    // The retries: the writes this run saw refused for what the sync's order left in their way,
+    // made pending again (most syncs have none: the analysis is closed without more).
+    let mut reopened = 0;
+    if pass == Pass::Retries {
+        reopened =
+            target.reopen_refused(analysis.analysis_id, &spec.source, ctx.run_id).await? as i64;
+        if reopened > 0 {
+            pending = target
+                .pending_analysis(&spec.source, &spec.target)
+                .await?
+                .map(|(_, rows)| rows)
+                .unwrap_or_default();
+        } else {
+            target.close_analysis(analysis.analysis_id, &spec.source, ctx.run_id).await?;
+            return Ok(Some(DiffApplied::default()));
+        }
+    }
     let Prepared { out_cols, id_col, references, generic, .. } =
         prepare(ctx, AgentName::Execution, target, req).await?;
     let references = reference_parents(&references, &generic);
@@ -656,19 +673,13 @@ pub async fn apply(
         after_deletes,
         rows: rows.to_vec(),
     };
-    let rows: Vec<Differential> = match pass {
-        Pass::Writes => pending.into_iter().filter(|r| r.change != Change::Delete).collect(),
-        Pass::Deletes => pending.into_iter().filter(|r| r.change == Change::Delete).collect(),
-        Pass::Retries => Vec::new(),
-    };
-    let mut done = apply_rows(ctx, target, &spec.target.name, &rows, &|r| batch(r, false)).await?;
-    let mut reopened = 0;
-    if pass == Pass::Retries {
-        reopened = retry_refused(ctx, target, req, &analysis, &batch, &mut done).await?;
+    let (deletes, retry) = (pass == Pass::Deletes, pass == Pass::Retries);
+    let rows: Vec<Differential> =
+        pending.into_iter().filter(|r| (r.change == Change::Delete) == deletes).collect();
+    let mut done = apply_rows(ctx, target, &spec.target.name, &rows, &|r| batch(r, retry)).await?;
+    if retry {
+        retried(&spec.source, reopened, &mut done);
         target.close_analysis(analysis.analysis_id, &spec.source, ctx.run_id).await?;
-        if reopened == 0 {
-            return Ok(Some(done));
-        }
     }
     ctx.decision(
         AgentName::Execution,
@@ -706,42 +717,19 @@ pub async fn apply(
     Ok(Some(done))
 }
 
-/// After every entity's deletes: the writes a unique rule refused before them, or rejected for
-/// a parent not in the target yet, tried once more (what they collided with may be gone now,
-/// the parent written by its own retry, parents being tried first), counted as what they come
-/// to then, `done` taking back the rejections the writes pass counted; returns how many were
-/// tried again.
-async fn retry_refused(
-    ctx: &RunContext,
-    target: &dyn Target,
-    req: &MigrateEntity,
-    analysis: &EntityDiff,
-    batch: &(dyn Fn(&[Differential], bool) -> DiffBatch + Sync),
-    done: &mut DiffApplied,
-) -> Result<i64, ToolError> {
-    let spec = &req.spec;
-    let reopened =
-        target.reopen_refused(analysis.analysis_id, &spec.source, ctx.run_id).await? as i64;
-    if reopened == 0 {
-        return Ok(0);
-    }
-    let again: Vec<Differential> = target
-        .pending_analysis(&spec.source, &spec.target)
-        .await?
-        .map(|(_, rows)| rows.into_iter().filter(|r| r.change != Change::Delete).collect())
-        .unwrap_or_default();
-    let retried = apply_rows(ctx, target, &spec.target.name, &again, &|r| batch(r, true)).await?;
+/// What the retries came to (`done`, the `reopened` writes tried again after every entity's
+/// deletes: what a unique rule refused before them, or a parent not in the target yet, parents
+/// tried first), noted, and the rejections the writes pass counted of them taken back.
+fn retried(source: &runtime::domain::TableName, reopened: i64, done: &mut DiffApplied) {
     done.note(format!(
         "{}: {reopened} writes refused before the deletes (by a unique rule, or for a parent not \
             written yet), tried again after them: {} went in, {} held, {} rejected",
-        spec.source.name,
-        retried.inserted + retried.updated,
-        retried.held,
-        retried.rejected
+        source.name,
+        done.inserted + done.updated,
+        done.held,
+        done.rejected
     ));
-    done.add(&retried);
     done.rejected -= reopened;
-    Ok(reopened)
 }
 
 /// Applies `rows` of an analysis batch by batch (`batch` makes each), publishing progress.
