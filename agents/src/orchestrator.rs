@@ -948,18 +948,12 @@ async fn diff_phase(
         }
         report.applied.push((body.spec.target.clone(), applied.unwrap_or_default()));
     }
-    let passes = [(Pass::Deletes, true), (Pass::Retries, false)];
-    for (pass, reversed) in passes {
-        let bodies: Vec<&MigrateEntity> = match reversed {
-            true => requests.iter().rev().collect(),
-            false => requests.iter().collect(),
-        };
-        for body in bodies {
-            if let Some(done) = apply(body.clone(), pass).await? {
-                let entity = report.applied.iter_mut().find(|(t, _)| *t == body.spec.target);
-                if let Some((_, a)) = entity {
-                    a.add(&done);
-                }
+    let deletes = requests.iter().rev().map(|body| (body, Pass::Deletes));
+    let retries = requests.iter().map(|body| (body, Pass::Retries));
+    for (body, pass) in deletes.chain(retries) {
+        if let Some(done) = apply(body.clone(), pass).await? {
+            if let Some((_, a)) = report.applied.iter_mut().find(|(t, _)| *t == body.spec.target) {
+                a.add(&done);
             }
         }
     }

@@ -561,6 +561,15 @@ fn refused_by_rule(why: &str) -> bool {
     why.ends_with("(SQLSTATE 23505)") || why.ends_with("(SQLSTATE 23P01)")
 }
 
+/// What a sync's note calls a row the target refused: only for now when the retry after the
+/// deletes will try it again ([`reopen_refused`]).
+fn fate(tried_again: bool) -> &'static str {
+    match tried_again {
+        true => "refused for now, tried again after the deletes",
+        false => "rejected",
+    }
+}
+
 /// The inserts, updates and conflicts settled source-wins of `analysis` that `run` saw refused
 /// by a unique or exclusion rule, or rejected for a parent not in the target, pending again,
 /// their reject records of `run` withdrawn; one transaction. A sync writes before it deletes
@@ -742,10 +751,7 @@ async fn missing_parents(
             [one] => format!("the {} row", one.name),
             _ => "the row".to_owned(),
         };
-        let fate = match b.after_deletes {
-            false => "refused for now, tried again after the deletes",
-            true => "rejected",
-        };
+        let fate = fate(!b.after_deletes);
         for k in keys {
             let reason =
                 format!("{}.{}: {parent} {PARENT_NOT_IN_TARGET}", a.target.name, cols[*col].0);
@@ -1217,9 +1223,7 @@ fn refuse(
     for (seq, why) in refused {
         let key = b.rows[seq].legacy_key.clone();
         let reason = format!("{}: the target refused the {what}: {why}", b.analysis.target.name);
-        let for_now = !b.after_deletes && refused_by_rule(&why);
-        let fate =
-            if for_now { "refused for now, tried again after the deletes" } else { "rejected" };
+        let fate = fate(!b.after_deletes && refused_by_rule(&why));
         done.note(format!("{} {key}: {fate}: {reason}", b.analysis.source.name));
         fates.insert(key, Fate { outcome: "rejected", reason: Some(reason) });
     }

@@ -186,7 +186,7 @@ fn float(v: f64) -> Option<u64> {
 fn numeric(v: &[u8], scale: Option<u16>) -> Option<u64> {
     let field = |i: usize| -> Option<[u8; 2]> { v.get(i..i + 2)?.try_into().ok() };
     let ndigits = usize::try_from(i16::from_be_bytes(field(0)?)).ok()?;
-    let mut weight = i32::from(i16::from_be_bytes(field(2)?));
+    let weight = i32::from(i16::from_be_bytes(field(2)?));
     let sign = u16::from_be_bytes(field(4)?);
     let dscale = u16::from_be_bytes(field(6)?);
     if sign != 0 && sign != 0x4000 {
@@ -197,13 +197,19 @@ fn numeric(v: &[u8], scale: Option<u16>) -> Option<u64> {
     }
     let digits: Vec<i16> =
         (0..ndigits).map(|i| field(8 + 2 * i).map(i16::from_be_bytes)).collect::<Option<_>>()?;
+    Some(digits_hash(&digits, weight))
+}
+
+/// `hash_numeric_extended` of a numeric's base-10000 `digits` (most significant first) and
+/// `weight`: the digits without leading or trailing zeros, in the server's byte order, the
+/// weight of the first one kept folded in; a numeric of no nonzero digit hashes to -1.
+fn digits_hash(digits: &[i16], weight: i32) -> u64 {
     let Some(first) = digits.iter().position(|&d| d != 0) else {
-        return Some(0u64.wrapping_sub(1));
+        return u64::MAX;
     };
-    weight -= first as i32;
     let end = digits.iter().rposition(|&d| d != 0).map_or(first, |i| i + 1);
     let stored: Vec<u8> = digits[first..end].iter().flat_map(|d| d.to_le_bytes()).collect();
-    Some(bytes(&stored) ^ (i64::from(weight) as u64))
+    bytes(&stored) ^ (i64::from(weight - first as i32) as u64)
 }
 
 /// JSON's tokens as `jsonb` keeps them.
@@ -434,25 +440,14 @@ pub fn fold(row: u64, column: u64) -> u64 {
 /// of row hashes is the same linear fold of each column's sum: two rows of a page that traded
 /// a value would add up to what they did before. Hashed again, they do not.
 pub fn summand(row: u64) -> u64 {
-    let mut n = (row as i64).unsigned_abs();
-    if n == 0 {
-        return u64::MAX;
-    }
-    // Base-10000 digits, least significant first (a u64 has at most 5).
-    let mut digits = [0u16; 5];
-    let mut len = 0;
+    // Base-10000 digits, most significant first (a u64 has at most 5).
+    let (mut n, mut digits, mut at) = ((row as i64).unsigned_abs(), [0i16; 5], 5);
     while n > 0 {
-        digits[len] = (n % 10_000) as u16;
+        at -= 1;
+        digits[at] = (n % 10_000) as i16;
         n /= 10_000;
-        len += 1;
     }
-    let weight = len as u64 - 1;
-    // Without its trailing zero digits, most significant first, in the server's byte order.
-    let low = digits.iter().position(|&d| d != 0).unwrap_or(0);
-    let mut stored = [0u8; 10];
-    let kept = digits[low..len].iter().rev().flat_map(|d| d.to_le_bytes());
-    let used = stored.iter_mut().zip(kept).map(|(s, b)| *s = b).count();
-    bytes(&stored[..used]) ^ weight
+    digits_hash(&digits[at..], (digits.len() - at) as i32 - 1)
 }
 
 /// How each of `columns` (name, type as the caller casts it) of a table whose columns are
