@@ -351,6 +351,17 @@ async fn costing<T>(f: impl std::future::Future<Output = T>) -> (T, Option<f64>)
     (out, machine_cpu().zip(before).map(|(after, before)| after - before))
 }
 
+/// `f` run, with the MB of WAL it made the target's server write.
+async fn logging<T>(
+    target: &tools::pg::Pool,
+    f: impl std::future::Future<Output = T>,
+) -> (T, Option<f64>) {
+    let before = tools::bench::wal_bytes(target).await;
+    let out = f.await;
+    let after = tools::bench::wal_bytes(target).await;
+    (out, after.zip(before).map(|(a, b)| (a - b) as f64 / (1024.0 * 1024.0)))
+}
+
 /// pgcopydb, the PostgreSQL-to-PostgreSQL copier users pick instead (Debian's `pgcopydb`), when
 /// it is installed: the bench installs nothing.
 fn pgcopydb() -> Option<PathBuf> {
@@ -486,6 +497,10 @@ struct Round {
     pgcopydb_cpu: Option<f64>,
     /// The clone's foreign keys, and how many of them pgcopydb validated.
     pgcopydb_keys: (i64, i64),
+    /// The MB of WAL the target's server wrote for the run without validation, and for the
+    /// clone.
+    wal_mb: Option<f64>,
+    pgcopydb_wal_mb: Option<f64>,
     /// The whole `run` with every entity validated as it loads (the default).
     validated: f64,
 }
@@ -567,6 +582,7 @@ async fn bench_migrate(
         rejected,
         expected: (expected_migrated, expected_rejected),
         validate: &validate,
+        wal_level: tools::bench::wal_level(&conns.target).await,
     };
     let figures = figures_json(&summary, scale, report.rows, read);
     let md = markdown(&summary);
@@ -608,6 +624,8 @@ struct Summary<'a> {
     /// What the generator says migrates and is rejected.
     expected: (i64, i64),
     validate: &'a Measured,
+    /// The target server's `wal_level`, which decides what pgcopydb's clone logs.
+    wal_level: Option<String>,
 }
 
 /// The figures of `bench migrate` as one JSON document.
@@ -627,13 +645,15 @@ fn figures_json(s: &Summary<'_>, scale: f64, rows_generated: i64, read: i64) -> 
             "expected_migrated": expected_migrated, "expected_rejected": expected_rejected,
             "execute_seconds": median.execute, "rows_per_second": median.rate(),
             "whole_command_seconds": median.whole, "cpu_seconds": median.cpu, "peak_rss_mb": peak_rss_mb,
-            "machine_cpu_seconds": median.machine_cpu},
+            "machine_cpu_seconds": median.machine_cpu, "wal_mb": median.wal_mb},
+        "wal_level": s.wal_level,
         "ratio": median.ratio(),
         "validation": {"passed": passed, "seconds": validate.seconds, "peak_rss_mb": validate.peak_rss_kb / 1024},
         "validated_run_seconds": median.validated,
         "pgcopydb": median.pgcopydb.map(|p| serde_json::json!({
             "seconds": p,
             "machine_cpu_seconds": median.pgcopydb_cpu,
+            "wal_mb": median.pgcopydb_wal_mb,
             "foreign_keys": median.pgcopydb_keys.0,
             "foreign_keys_validated": median.pgcopydb_keys.1,
             "ratio_without_validation": median.whole / p,
@@ -669,6 +689,23 @@ fn machine_cpu_row(s: &Summary<'_>) -> String {
     )
 }
 
+/// The row of the WAL the target's server wrote for each (empty where the server does not say).
+fn wal_row(s: &Summary<'_>) -> String {
+    let Some(mb) = s.median.wal_mb else { return String::new() };
+    let listed = |f: fn(&Round) -> Option<f64>| {
+        every_round(s.done, &|r| f(r).map(|m| format!("{m:.0}")).unwrap_or_default())
+    };
+    let copier = match s.median.pgcopydb_wal_mb {
+        Some(p) => format!("; pgcopydb clone: {p:.0} MB ({} MB)", listed(|r| r.pgcopydb_wal_mb)),
+        None => String::new(),
+    };
+    format!(
+        "| WAL the target's server wrote (`wal_level` {}) | agentctl run without validation: {mb:.0} MB ({} MB){copier} |\n",
+        s.wal_level.as_deref().unwrap_or("unknown"),
+        listed(|r| r.wal_mb),
+    )
+}
+
 /// The figures of `bench migrate` as a Markdown table: the round of median ratio, every
 /// round's figure in brackets.
 fn markdown(s: &Summary<'_>) -> String {
@@ -692,7 +729,7 @@ fn markdown(s: &Summary<'_>) -> String {
         ),
         None => "| (c) pgcopydb | not installed (`apt-get install pgcopydb`): no comparison |\n".to_owned(),
     };
-    let cpu_row = machine_cpu_row(s);
+    let cpu_row = machine_cpu_row(s) + &wal_row(s);
     format!(
         "| what | figure (the round of median ratio; every round in brackets) |\n| --- | --- |\n\
          | (a) raw pipe, {} tables, {jobs} at a time | {} rows in {:.1} s, {:.0} rows/s ({} s) |\n\
@@ -750,25 +787,27 @@ impl Bench<'_> {
         let pipe = tools::bench::raw_pipe(self.source, &self.conns.target, self.jobs).await?;
         eprintln!("  {} rows in {:.1}s", pipe.rows, pipe.seconds);
         tools::bench::settle(self.source, &self.conns.target).await?;
-        let (pgcopydb, pgcopydb_cpu, pgcopydb_keys) = match self.copier {
+        let target = &self.conns.target;
+        let (pgcopydb, pgcopydb_cpu, pgcopydb_keys, pgcopydb_wal_mb) = match self.copier {
             Some(bin) => {
                 eprintln!(
                     "round {round}: pgcopydb clone, {copier_jobs} tables and indexes at a time ..."
                 );
-                let (cloned, cpu) =
-                    costing(pgcopydb_clone(bin, self.config, &self.conns.target, copier_jobs))
+                let ((cloned, cpu), wal) =
+                    logging(target, costing(pgcopydb_clone(bin, self.config, target, copier_jobs)))
                         .await;
                 let Cloned { seconds, foreign_keys, validated } = cloned?;
                 eprintln!("  {seconds:.1}s");
-                tools::bench::settle(self.source, &self.conns.target).await?;
-                (Some(seconds), cpu, (foreign_keys, validated))
+                tools::bench::settle(self.source, target).await?;
+                (Some(seconds), cpu, (foreign_keys, validated), wal)
             }
-            None => (None, None, (0, 0)),
+            None => (None, None, (0, 0), None),
         };
         eprintln!(
             "round {round}: agentctl run --goal \"migrate everything\" --skip-validation ..."
         );
-        let (run, doc, machine_cpu) = self.agentctl_run(&["--skip-validation"]).await?;
+        let (run, wal_mb) = logging(target, self.agentctl_run(&["--skip-validation"])).await;
+        let (run, doc, machine_cpu) = run?;
         let execute = doc["execute_seconds"].as_f64().unwrap_or(run.seconds);
         let rows_read = doc["entities"]
             .as_array()
@@ -793,6 +832,8 @@ impl Bench<'_> {
             pgcopydb,
             pgcopydb_cpu,
             pgcopydb_keys,
+            wal_mb,
+            pgcopydb_wal_mb,
             validated: validated.seconds,
         };
         Ok(r)

@@ -601,19 +601,12 @@ impl RowMapper {
                     })?;
                     Some(Cow::Owned(amount(cents)))
                 }
-                (Transform::Bool, Some(s)) => {
-                    Some(Cow::Borrowed(match s.trim().to_lowercase().as_str() {
-                        "1" | "t" | "true" | "y" | "yes" => "t",
-                        "0" | "f" | "false" | "n" | "no" => "f",
-                        _ => {
-                            return Err(self.reject(
-                                c,
-                                "bool",
-                                format!("`{s}` is not a yes/no value"),
-                            ))
-                        }
-                    }))
-                }
+                (Transform::Bool, Some(s)) => match yes_no(&s) {
+                    Some(b) => Some(Cow::Borrowed(b)),
+                    None => {
+                        return Err(self.reject(c, "bool", format!("`{s}` is not a yes/no value")))
+                    }
+                },
                 (Transform::Json, Some(s)) => {
                     serde_json::from_str::<serde::de::IgnoredAny>(&s)
                         .map_err(|e| self.reject(c, "json", format!("not valid JSON ({e})")))?;
@@ -819,6 +812,21 @@ fn newer_number_syntax(s: &str) -> bool {
 
 /// Whether the server reads `s` as a boolean: a prefix of `true`, `false`, `yes` or `no`, at
 /// least two letters of `on` or `off`, or `1` or `0`, in any case, spaces around it.
+/// The `bool` transform: `t` or `f` for a yes/no word (any case, spaces around), else `None`.
+/// Compared without case in ASCII, which is the word lowercased: no other letter lowercases to
+/// one of these (and no string is made a row).
+fn yes_no(s: &str) -> Option<&'static str> {
+    let word = s.trim();
+    let is = |words: &[&str]| words.iter().any(|w| w.eq_ignore_ascii_case(word));
+    if is(&["1", "t", "true", "y", "yes"]) {
+        Some("t")
+    } else if is(&["0", "f", "false", "n", "no"]) {
+        Some("f")
+    } else {
+        None
+    }
+}
+
 fn boolean_word(s: &str) -> bool {
     let word = s.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'));
     let prefix_of =

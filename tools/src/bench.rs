@@ -110,6 +110,19 @@ pub async fn settle(source: &PgPool, target: &PgPool) -> Result<(), ToolError> {
     Ok(())
 }
 
+/// The bytes of WAL the server has written since its statistics were reset (`pg_stat_wal`,
+/// PostgreSQL 14 and later; `None` before): read around a command, what it made the server
+/// log, which `wal_level` decides (under `minimal`, rows COPYed into a table created or
+/// truncated in the same transaction are not logged, only synced).
+pub async fn wal_bytes(pool: &PgPool) -> Option<i64> {
+    sqlx::query_scalar("SELECT wal_bytes::int8 FROM pg_stat_wal").fetch_one(pool).await.ok()
+}
+
+/// The server's `wal_level`.
+pub async fn wal_level(pool: &PgPool) -> Option<String> {
+    sqlx::query_scalar("SELECT current_setting('wal_level')").fetch_one(pool).await.ok()
+}
+
 /// The practical ceiling of moving the source's tables on this machine: every table of the
 /// source's `public` schema piped `COPY (SELECT <uuid>, * ... ORDER BY key) TO STDOUT` into
 /// `COPY ... FROM STDIN` of a table of the same columns plus a uuid primary key, in the target

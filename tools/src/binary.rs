@@ -134,6 +134,10 @@ pub fn encode<'a, R: IntoIterator<Item = Option<&'a str>>>(
     buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     buf.extend_from_slice(&[0; 8]);
     let fields = i16::try_from(wires.len()).ok()?;
+    // Per column, where the last value hashed by parsing it sits in `buf`, and its hash: a
+    // column repeats its value from row to row (the same `{}` of metadata in every row of a
+    // table), and the same bytes hash the same.
+    let mut last: Vec<Option<(std::ops::Range<usize>, Option<u64>)>> = vec![None; wires.len()];
     for row in rows {
         buf.extend_from_slice(&fields.to_be_bytes());
         let mut hash = Some(0u64);
@@ -150,7 +154,21 @@ pub fn encode<'a, R: IntoIterator<Item = Option<&'a str>>>(
                     value_into(wire, s, buf)?;
                     let len = i32::try_from(buf.len() - at - 4).ok()?;
                     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-                    how.and_then(|h| h.of(&buf[at + 4..]))
+                    let value = at + 4..buf.len();
+                    match how {
+                        Some(h) if h.parses() => match &last[i] {
+                            Some((was, hashed)) if buf[was.clone()] == buf[value.clone()] => {
+                                *hashed
+                            }
+                            _ => {
+                                let hashed = h.of(&buf[value.clone()]);
+                                last[i] = Some((value, hashed));
+                                hashed
+                            }
+                        },
+                        Some(h) => h.of(&buf[value]),
+                        None => None,
+                    }
                 }
             };
             if how.is_some() {
@@ -200,15 +218,57 @@ pub fn value_into(wire: Wire, s: &str, buf: &mut Vec<u8>) -> Option<()> {
             let (micros, offset) = timestamp(s)?;
             buf.extend_from_slice(&(micros - offset? * 1_000_000 - PG_EPOCH_MICROS).to_be_bytes());
         }
-        Wire::Uuid => {
-            // The forms the server reads too (it takes no `urn:uuid:` prefix).
-            if !matches!(s.len(), 32 | 36 | 38) {
-                return None;
+        Wire::Uuid => match hyphenated(s.as_bytes()) {
+            Some(bytes) => buf.extend_from_slice(&bytes),
+            None => {
+                // The other forms the server reads too (it takes no `urn:uuid:` prefix).
+                if !matches!(s.len(), 32 | 38) {
+                    return None;
+                }
+                buf.extend_from_slice(uuid::Uuid::try_parse(s).ok()?.as_bytes());
             }
-            buf.extend_from_slice(uuid::Uuid::try_parse(s).ok()?.as_bytes());
-        }
+        },
     }
     Some(())
+}
+
+/// A UUID in the form the mapping writes and the server prints (8-4-4-4-12 hex digits, either
+/// case): read with a table instead of the general parser, which was a tenth of encoding.
+fn hyphenated(s: &[u8]) -> Option<[u8; 16]> {
+    const HEX: [u8; 256] = {
+        let mut t = [0xff; 256];
+        let mut i = 0;
+        while i < 10 {
+            t[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            t[b'a' as usize + i] = 10 + i as u8;
+            t[b'A' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        t
+    };
+    let s: &[u8; 36] = s.try_into().ok()?;
+    if s[8] != b'-' || s[13] != b'-' || s[18] != b'-' || s[23] != b'-' {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut at = 0;
+    for (byte, o) in out.iter_mut().enumerate() {
+        // A hyphen before bytes 4, 6, 8 and 10.
+        if matches!(byte, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        let (hi, lo) = (HEX[usize::from(s[at])], HEX[usize::from(s[at + 1])]);
+        if (hi | lo) == 0xff {
+            return None;
+        }
+        *o = hi << 4 | lo;
+        at += 2;
+    }
+    Some(out)
 }
 
 fn boolean(s: &str) -> Option<bool> {
@@ -328,6 +388,57 @@ mod tests {
         assert_eq!(used, fresh);
         // A value the encoders are unsure of: no COPY data at all.
         assert_eq!(encode(&wires, None, [[Some("x"), None, None]], &mut used), None);
+    }
+
+    #[test]
+    fn a_value_repeated_from_the_row_before_hashes_as_it_would_alone() {
+        let wires = [Wire::Jsonb, Wire::Text, Wire::Numeric];
+        let labels = [("a".to_owned(), 7), ("b".to_owned(), 9)].into_iter().collect();
+        let hashing = [
+            Some(ColumnHash::Jsonb),
+            Some(ColumnHash::Enum(labels)),
+            Some(ColumnHash::Numeric { scale: None }),
+        ];
+        let rows = [
+            [Some("{\"k\": 1}"), Some("a"), Some("1.50")],
+            [Some("{\"k\": 1}"), Some("a"), Some("1.50")],
+            [Some("{\"k\": 2}"), Some("b"), None],
+            [Some("{\"k\": 1}"), Some("c"), Some("1.5")],
+            [Some("{\"k\": 1}"), Some("c"), Some("1.5")],
+        ];
+        let mut buf = Vec::new();
+        let together = encode(&wires, Some(&hashing), rows, &mut buf).expect("every value encodes");
+        let alone: Vec<Option<i64>> = rows
+            .iter()
+            .map(|row| encode(&wires, Some(&hashing), [*row], &mut buf).expect("encodes")[0])
+            .collect();
+        assert_eq!(together, alone);
+        assert_eq!(together[3], None, "a label the enum does not have, again after a repeat");
+        assert_ne!(together[0], together[2]);
+    }
+
+    #[test]
+    fn uuids_in_every_form_the_server_reads_and_no_other() {
+        let bytes = uuid::Uuid::parse_str("67e55044-10b1-426f-9247-bb680e5fe0c8").unwrap();
+        let bytes = Some(bytes.as_bytes().to_vec());
+        for form in [
+            "67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "67E55044-10B1-426F-9247-BB680E5FE0C8",
+            "67e5504410b1426f9247bb680e5fe0c8",
+            "{67e55044-10b1-426f-9247-bb680e5fe0c8}",
+        ] {
+            assert_eq!(one(Wire::Uuid, form), bytes, "{form}");
+        }
+        for bad in [
+            "67e55044-10b1-426f-9247-bb680e5fe0cg",
+            "67e55044-10b1-426f-9247-bb680e5fe0c",
+            "67e55044010b1-426f-9247-bb680e5fe0c8",
+            "67e55044-10b1-426f-9247-bb680e5fe0c8 ",
+            "urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "67e55044-10b1-426f-9247-bb680e5fe0\u{e9}",
+        ] {
+            assert_eq!(one(Wire::Uuid, bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -141,6 +141,12 @@ pub enum ColumnHash {
 }
 
 impl ColumnHash {
+    /// Whether hashing a value parses it (a document, a label looked up, digits), at a cost
+    /// well above comparing it with the last value's bytes.
+    pub fn parses(&self) -> bool {
+        matches!(self, ColumnHash::Jsonb | ColumnHash::Enum(_) | ColumnHash::Numeric { .. })
+    }
+
     /// The hash of a value in its binary COPY form, or `None` when the stored value is not
     /// certain from it.
     pub fn of(&self, v: &[u8]) -> Option<u64> {

@@ -4,7 +4,7 @@ use runtime::domain::SchemaReport;
 use runtime::mapping::{KeyDeriver, MappingFile, MappingSet};
 use runtime::text_rows::TextRows;
 
-use super::{amount, ReferenceMemo, RowMapper};
+use super::{amount, yes_no, ReferenceMemo, RowMapper};
 use crate::data_mapping::build;
 use crate::fake::{legacy, modern, name};
 
@@ -90,6 +90,19 @@ fn a_reference_is_the_parents_uuid_or_the_one_the_parent_kept() {
     technicians
         .keep_parent_ids(name("dispatch_role"), HashMap::from([("3".to_owned(), kept.clone())]));
     assert_eq!(map(&technicians, &row).unwrap()[role_id], Some(kept));
+}
+
+#[test]
+fn yes_no_words_read_in_any_case_and_nothing_else_does() {
+    for (word, b) in
+        [("1", "t"), (" TRUE ", "t"), ("Yes", "t"), ("y", "t"), ("F", "f"), ("no", "f")]
+    {
+        assert_eq!(yes_no(word), Some(b), "{word:?}");
+    }
+    // Letters whose lowercase is not ASCII, or is another letter (the Kelvin sign is `k`).
+    for word in ["", "2", "tru", "yess", "ye\u{301}s", "\u{130}", "\u{212a}", "nö"] {
+        assert_eq!(yes_no(word), None, "{word:?}");
+    }
 }
 
 #[test]
