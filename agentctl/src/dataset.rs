@@ -352,7 +352,7 @@ async fn costing<T>(f: impl std::future::Future<Output = T>) -> (T, Option<f64>)
 }
 
 /// `f` run, with the MB of WAL it made the target's server write.
-async fn logging<T>(
+async fn wal_written<T>(
     target: &tools::pg::Pool,
     f: impl std::future::Future<Output = T>,
 ) -> (T, Option<f64>) {
@@ -793,9 +793,11 @@ impl Bench<'_> {
                 eprintln!(
                     "round {round}: pgcopydb clone, {copier_jobs} tables and indexes at a time ..."
                 );
-                let ((cloned, cpu), wal) =
-                    logging(target, costing(pgcopydb_clone(bin, self.config, target, copier_jobs)))
-                        .await;
+                let ((cloned, cpu), wal) = wal_written(
+                    target,
+                    costing(pgcopydb_clone(bin, self.config, target, copier_jobs)),
+                )
+                .await;
                 let Cloned { seconds, foreign_keys, validated } = cloned?;
                 eprintln!("  {seconds:.1}s");
                 tools::bench::settle(self.source, target).await?;
@@ -806,7 +808,7 @@ impl Bench<'_> {
         eprintln!(
             "round {round}: agentctl run --goal \"migrate everything\" --skip-validation ..."
         );
-        let (run, wal_mb) = logging(target, self.agentctl_run(&["--skip-validation"])).await;
+        let (run, wal_mb) = wal_written(target, self.agentctl_run(&["--skip-validation"])).await;
         let (run, doc, machine_cpu) = run?;
         let execute = doc["execute_seconds"].as_f64().unwrap_or(run.seconds);
         let rows_read = doc["entities"]

@@ -810,8 +810,6 @@ fn newer_number_syntax(s: &str) -> bool {
     digits.contains('_') || ["0x", "0o", "0b"].iter().any(|p| digits.starts_with(p))
 }
 
-/// Whether the server reads `s` as a boolean: a prefix of `true`, `false`, `yes` or `no`, at
-/// least two letters of `on` or `off`, or `1` or `0`, in any case, spaces around it.
 /// The `bool` transform: `t` or `f` for a yes/no word (any case, spaces around), else `None`.
 /// Compared without case in ASCII, which is the word lowercased: no other letter lowercases to
 /// one of these (and no string is made a row).
@@ -827,6 +825,8 @@ fn yes_no(s: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether the server reads `s` as a boolean: a prefix of `true`, `false`, `yes` or `no`, at
+/// least two letters of `on` or `off`, or `1` or `0`, in any case, spaces around it.
 fn boolean_word(s: &str) -> bool {
     let word = s.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'));
     let prefix_of =
