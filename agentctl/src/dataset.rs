@@ -501,8 +501,11 @@ struct Round {
     /// clone.
     wal_mb: Option<f64>,
     pgcopydb_wal_mb: Option<f64>,
-    /// The whole `run` with every entity validated as it loads (the default).
+    /// The whole `run` with every entity validated as it loads (the default): seconds,
+    /// agentctl's CPU, and the whole machine's.
     validated: f64,
+    validated_cpu: f64,
+    validated_machine_cpu: Option<f64>,
 }
 
 impl Round {
@@ -512,6 +515,15 @@ impl Round {
 
     fn ratio(&self) -> f64 {
         self.rate() / self.pipe.rows_per_second
+    }
+
+    /// The CPU the run without validation and the validated run cost every process but
+    /// agentctl (the databases' servers): what no work of agentctl's own can take away.
+    fn servers_cpu(&self) -> (Option<f64>, Option<f64>) {
+        (
+            self.machine_cpu.map(|m| (m - self.cpu).max(0.0)),
+            self.validated_machine_cpu.map(|m| (m - self.validated_cpu).max(0.0)),
+        )
     }
 }
 
@@ -633,6 +645,7 @@ fn figures_json(s: &Summary<'_>, scale: f64, rows_generated: i64, read: i64) -> 
     let Summary { done, median, peak_rss_mb, migrated, rejected, validate, .. } = *s;
     let (expected_migrated, expected_rejected) = s.expected;
     let passed = validate.code == 0;
+    let (servers, servers_validated) = median.servers_cpu();
     serde_json::json!({
         "scale": scale, "rows_generated": rows_generated,
         "rounds": done.iter().map(|r| serde_json::json!({
@@ -650,6 +663,9 @@ fn figures_json(s: &Summary<'_>, scale: f64, rows_generated: i64, read: i64) -> 
         "ratio": median.ratio(),
         "validation": {"passed": passed, "seconds": validate.seconds, "peak_rss_mb": validate.peak_rss_kb / 1024},
         "validated_run_seconds": median.validated,
+        "validated_run_cpu_seconds": median.validated_cpu,
+        "validated_run_machine_cpu_seconds": median.validated_machine_cpu,
+        "servers_cpu_seconds": {"without_validation": servers, "validated": servers_validated},
         "pgcopydb": median.pgcopydb.map(|p| serde_json::json!({
             "seconds": p,
             "machine_cpu_seconds": median.pgcopydb_cpu,
@@ -658,6 +674,10 @@ fn figures_json(s: &Summary<'_>, scale: f64, rows_generated: i64, read: i64) -> 
             "foreign_keys_validated": median.pgcopydb_keys.1,
             "ratio_without_validation": median.whole / p,
             "ratio_with_validation": median.validated / p,
+            "ratio_if_agentctl_cost_nothing": {
+                "without_validation": floor_ratio(servers, Some(p)),
+                "validated": floor_ratio(servers_validated, Some(p)),
+            },
             "rounds": done.iter().map(|r| r.pgcopydb).collect::<Vec<_>>(),
         })),
     })
@@ -668,24 +688,53 @@ fn every_round(done: &[Round], f: &dyn Fn(&Round) -> String) -> String {
     done.iter().map(f).collect::<Vec<_>>().join(", ")
 }
 
-/// The row of what the runs cost the whole machine in CPU, and the shortest the run without
-/// validation could take on this machine's cores for that CPU (empty where the kernel does not
-/// say).
+/// The machine's cores, which the CPU a run costs is spread over.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The shortest `cpu` seconds of CPU can take on this machine's cores, as a ratio to
+/// pgcopydb's clone where it ran.
+fn floor_ratio(cpu: Option<f64>, pgcopydb: Option<f64>) -> Option<f64> {
+    Some(cpu? / cores() as f64 / pgcopydb?)
+}
+
+/// The rows of what the runs cost the whole machine in CPU, with the shortest each could take
+/// on this machine's cores for that CPU, and of the databases' share of it: the ratio to
+/// pgcopydb no work of agentctl's own can go below (empty where the kernel does not say).
 fn machine_cpu_row(s: &Summary<'_>) -> String {
     let (done, median) = (s.done, s.median);
-    let Some(cpu) = median.machine_cpu else { return String::new() };
-    let listed = |f: fn(&Round) -> Option<f64>| {
+    let (Some(cpu), Some(validated)) = (median.machine_cpu, median.validated_machine_cpu) else {
+        return String::new();
+    };
+    let listed = |f: &dyn Fn(&Round) -> Option<f64>| {
         every_round(done, &|r| f(r).map(|c| format!("{c:.1}")).unwrap_or_default())
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = cores();
     let copier = match median.pgcopydb_cpu {
-        Some(p) => format!("; pgcopydb clone: {p:.1} s ({} s)", listed(|r| r.pgcopydb_cpu)),
+        Some(p) => format!("; pgcopydb clone: {p:.1} s ({} s)", listed(&|r| r.pgcopydb_cpu)),
         None => String::new(),
     };
+    // The databases' share: what is left with agentctl's own CPU taken out.
+    let share = |machine: f64, agentctl: f64| {
+        let servers = (machine - agentctl).max(0.0);
+        let floor = match floor_ratio(Some(servers), median.pgcopydb) {
+            Some(ratio) => format!(", {ratio:.2} times pgcopydb's clone"),
+            None => String::new(),
+        };
+        format!("{servers:.1} s, so no sooner than {:.1} s{floor}", servers / cores as f64)
+    };
     format!(
-        "| CPU of the whole machine, every process (the databases' included) | agentctl run without validation: {cpu:.1} s ({} s), so no sooner than {:.1} s on {cores} cores{copier} |\n",
-        listed(|r| r.machine_cpu),
+        "| CPU of the whole machine, every process (the databases' included) | agentctl run without validation: {cpu:.1} s ({} s), so no sooner than {:.1} s on {cores} cores; validated: {validated:.1} s ({} s), no sooner than {:.1} s{copier} |\n\
+         | the databases' share: the whole machine's CPU less agentctl's (what agentctl costing nothing would leave) | without validation: {} ({} s); validated: {} ({} s) |\n",
+        listed(&|r| r.machine_cpu),
         cpu / cores as f64,
+        listed(&|r| r.validated_machine_cpu),
+        validated / cores as f64,
+        share(cpu, median.cpu),
+        listed(&|r| r.servers_cpu().0),
+        share(validated, median.validated_cpu),
+        listed(&|r| r.servers_cpu().1),
     )
 }
 
@@ -820,7 +869,7 @@ impl Bench<'_> {
         fresh_target(&self.conns.target).await?;
         tools::bench::settle(self.source, &self.conns.target).await?;
         eprintln!("round {round}: agentctl run --goal \"migrate everything\" (validated) ...");
-        let (validated, doc, _) = self.agentctl_run(&[]).await?;
+        let (validated, doc, validated_machine_cpu) = self.agentctl_run(&[]).await?;
         eprintln!("  {:.1}s", validated.seconds);
         let r = Round {
             pipe,
@@ -837,6 +886,8 @@ impl Bench<'_> {
             wal_mb,
             pgcopydb_wal_mb,
             validated: validated.seconds,
+            validated_cpu: validated.cpu_seconds,
+            validated_machine_cpu,
         };
         Ok(r)
     }

@@ -340,6 +340,19 @@ fn bench_migrate_takes_turns_and_reports_the_round_of_median_ratio() {
     let machine = agentctl["machine_cpu_seconds"].as_f64().unwrap_or_default();
     // (Both are counted in ticks of 10 ms: a tenth of a second either way.)
     assert!(machine > 0.0 && machine + 0.1 >= agentctl["cpu_seconds"].as_f64().unwrap(), "{doc}");
+    // The validated run's too, and the databases' share of each: the machine's CPU less
+    // agentctl's, which no work of agentctl's own takes away.
+    let validated = doc["validated_run_machine_cpu_seconds"].as_f64().unwrap_or_default();
+    let validated_cpu = doc["validated_run_cpu_seconds"].as_f64().unwrap_or_default();
+    assert!(validated > 0.0 && validated + 0.1 >= validated_cpu, "{doc}");
+    let servers = &doc["servers_cpu_seconds"];
+    for (share, whole, own) in [
+        (&servers["without_validation"], machine, agentctl["cpu_seconds"].as_f64().unwrap()),
+        (&servers["validated"], validated, validated_cpu),
+    ] {
+        let share = share.as_f64().unwrap_or(-1.0);
+        assert!(share > 0.0 && (share - (whole - own)).abs() < 1e-6, "{doc}");
+    }
     // Beside pgcopydb, the tool users pick instead, when it is installed (CI installs it); the
     // bench says plainly when it is not.
     match tests::on_path("pgcopydb").is_some() {
@@ -353,6 +366,17 @@ fn bench_migrate_takes_turns_and_reports_the_round_of_median_ratio() {
                 p["ratio_with_validation"].as_f64().unwrap(),
             );
             assert!(without > 0.0 && with > 0.0, "{doc}");
+            // Had agentctl cost nothing, the databases' share alone, spread over the cores.
+            let floor = &p["ratio_if_agentctl_cost_nothing"];
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let seconds = p["seconds"].as_f64().unwrap();
+            for (ratio, share) in [
+                (&floor["without_validation"], &servers["without_validation"]),
+                (&floor["validated"], &servers["validated"]),
+            ] {
+                let expected = share.as_f64().unwrap() / cores / seconds;
+                assert!((ratio.as_f64().unwrap() - expected).abs() < 1e-9, "{doc}");
+            }
             // pgcopydb makes the source's foreign keys as they are: the reference dataset's are
             // NOT VALID (it holds orphans), so the clone checks none of them.
             assert_eq!(
