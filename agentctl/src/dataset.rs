@@ -704,7 +704,9 @@ fn floor_ratio(cpu: Option<f64>, pgcopydb: Option<f64>) -> Option<f64> {
 /// pgcopydb no work of agentctl's own can go below (empty where the kernel does not say).
 fn machine_cpu_row(s: &Summary<'_>) -> String {
     let (done, median) = (s.done, s.median);
-    let (Some(cpu), Some(validated)) = (median.machine_cpu, median.validated_machine_cpu) else {
+    let (Some(cpu), Some(validated), (Some(servers), Some(servers_validated))) =
+        (median.machine_cpu, median.validated_machine_cpu, median.servers_cpu())
+    else {
         return String::new();
     };
     let listed = |f: &dyn Fn(&Round) -> Option<f64>| {
@@ -715,9 +717,7 @@ fn machine_cpu_row(s: &Summary<'_>) -> String {
         Some(p) => format!("; pgcopydb clone: {p:.1} s ({} s)", listed(&|r| r.pgcopydb_cpu)),
         None => String::new(),
     };
-    // The databases' share: what is left with agentctl's own CPU taken out.
-    let share = |machine: f64, agentctl: f64| {
-        let servers = (machine - agentctl).max(0.0);
+    let share = |servers: f64| {
         let floor = match floor_ratio(Some(servers), median.pgcopydb) {
             Some(ratio) => format!(", {ratio:.2} times pgcopydb's clone"),
             None => String::new(),
@@ -731,9 +731,9 @@ fn machine_cpu_row(s: &Summary<'_>) -> String {
         cpu / cores as f64,
         listed(&|r| r.validated_machine_cpu),
         validated / cores as f64,
-        share(cpu, median.cpu),
+        share(servers),
         listed(&|r| r.servers_cpu().0),
-        share(validated, median.validated_cpu),
+        share(servers_validated),
         listed(&|r| r.servers_cpu().1),
     )
 }
