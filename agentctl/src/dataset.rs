@@ -688,6 +688,11 @@ fn every_round(done: &[Round], f: &dyn Fn(&Round) -> String) -> String {
     done.iter().map(f).collect::<Vec<_>>().join(", ")
 }
 
+/// Every round's figure `f` to `decimals` places, empty where a round has none.
+fn every_round_of(done: &[Round], decimals: usize, f: &dyn Fn(&Round) -> Option<f64>) -> String {
+    every_round(done, &|r| f(r).map(|v| format!("{v:.decimals$}")).unwrap_or_default())
+}
+
 /// The machine's cores, which the CPU a run costs is spread over.
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -709,9 +714,7 @@ fn machine_cpu_row(s: &Summary<'_>) -> String {
     else {
         return String::new();
     };
-    let listed = |f: &dyn Fn(&Round) -> Option<f64>| {
-        every_round(done, &|r| f(r).map(|c| format!("{c:.1}")).unwrap_or_default())
-    };
+    let listed = |f: &dyn Fn(&Round) -> Option<f64>| every_round_of(done, 1, f);
     let cores = cores();
     let copier = match median.pgcopydb_cpu {
         Some(p) => format!("; pgcopydb clone: {p:.1} s ({} s)", listed(&|r| r.pgcopydb_cpu)),
@@ -741,17 +744,15 @@ fn machine_cpu_row(s: &Summary<'_>) -> String {
 /// The row of the WAL the target's server wrote for each (empty where the server does not say).
 fn wal_row(s: &Summary<'_>) -> String {
     let Some(mb) = s.median.wal_mb else { return String::new() };
-    let listed = |f: fn(&Round) -> Option<f64>| {
-        every_round(s.done, &|r| f(r).map(|m| format!("{m:.0}")).unwrap_or_default())
-    };
+    let listed = |f: &dyn Fn(&Round) -> Option<f64>| every_round_of(s.done, 0, f);
     let copier = match s.median.pgcopydb_wal_mb {
-        Some(p) => format!("; pgcopydb clone: {p:.0} MB ({} MB)", listed(|r| r.pgcopydb_wal_mb)),
+        Some(p) => format!("; pgcopydb clone: {p:.0} MB ({} MB)", listed(&|r| r.pgcopydb_wal_mb)),
         None => String::new(),
     };
     format!(
         "| WAL the target's server wrote (`wal_level` {}) | agentctl run without validation: {mb:.0} MB ({} MB){copier} |\n",
         s.wal_level.as_deref().unwrap_or("unknown"),
-        listed(|r| r.wal_mb),
+        listed(&|r| r.wal_mb),
     )
 }
 
@@ -769,12 +770,12 @@ fn markdown(s: &Summary<'_>) -> String {
              | agentctl whole run with validation (the default) / pgcopydb | {:.1} s, {:.2} ({}) |\n",
             median.pgcopydb_keys.1,
             median.pgcopydb_keys.0,
-            listed(&|r| r.pgcopydb.map(|s| format!("{s:.1}")).unwrap_or_default()),
+            every_round_of(done, 1, &|r| r.pgcopydb),
             median.whole / p,
-            listed(&|r| r.pgcopydb.map(|s| format!("{:.2}", r.whole / s)).unwrap_or_default()),
+            every_round_of(done, 2, &|r| r.pgcopydb.map(|s| r.whole / s)),
             median.validated,
             median.validated / p,
-            listed(&|r| r.pgcopydb.map(|s| format!("{:.2}", r.validated / s)).unwrap_or_default()),
+            every_round_of(done, 2, &|r| r.pgcopydb.map(|s| r.validated / s)),
         ),
         None => "| (c) pgcopydb | not installed (`apt-get install pgcopydb`): no comparison |\n".to_owned(),
     };
