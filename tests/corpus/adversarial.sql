@@ -202,6 +202,46 @@ INSERT INTO reading VALUES
     (2, '0044-03-15 12:00:00 BC', '0044-03-15 12:00:00+00 BC', '0044-03-15 BC', '"\ud800"', '[[[[1]]]]', 'Infinity', '-infinity', '-1234.5', -9223372036854775808),
     (3, '12020-01-01 00:00:00', '12020-06-01 10:00:00+02', '12020-01-01', '"\u0000"', '{"x": "y"}', '1e-5', NULL, '0.07', 0),
     (4, '-infinity', NULL, '-infinity', (repeat('[', 300) || repeat(']', 300))::json, NULL, NULL, NULL, '-92233720368547758.08', NULL);
+-- The types no other table has, with values at their edges: a negative interval, bit strings,
+-- XML with an entity, a text search vector, arrays of an enum and of text holding commas,
+-- quotes, the word NULL and NULL itself, a two-level array, network and geometric values,
+-- ranges, bytes, 24:00 and a time with a zone, a float's -0 and infinities. Each value must
+-- arrive as it was, and the validation must see a change to any of them.
+CREATE TABLE odd_value (
+    id integer PRIMARY KEY,
+    span interval,
+    bits bit(4),
+    varbits bit varying(16),
+    doc xml,
+    words tsvector,
+    moods mood[],
+    tags text[],
+    grid integer[],
+    host inet,
+    net cidr,
+    mac macaddr,
+    spot point,
+    area box,
+    nights int4range,
+    stay tstzrange,
+    raw bytea,
+    closing time,
+    opening timetz,
+    ratio real,
+    weight double precision
+);
+INSERT INTO odd_value VALUES
+    (1, '-1 year -2 mons +3 days -04:05:06.123456', B'1010', B'101', '<a x="1">t&amp;1</a>',
+     to_tsvector('english', 'the quick brown fox'), ARRAY['calm', 'it''s complicated']::mood[],
+     ARRAY['x,y', 'a"b', NULL, 'NULL', ''], '{{1,NULL},{3,4}}', '10.0.0.1/24', '10.0.0.0/8',
+     '08:00:2b:01:02:03', point(1e-300, -1e300), box(point(0, 0), point(1.5, 2)), int4range(1, 10),
+     tstzrange('2020-01-01 00:00+00', '2021-01-01 00:00+05'), '\x00ff10', '24:00:00', '12:34:56.789+02',
+     'NaN', '-0'),
+    (2, '0', B'0000', B'', '<b/>', ''::tsvector, '{}', ARRAY[NULL]::text[], '{}', '::1', '::/0',
+     'ff:ff:ff:ff:ff:ff', point(0, 0), box(point(2, 2), point(-1, -1)), 'empty', '(,)', '\x', '00:00:00',
+     '00:00:00-12', '-Infinity', 'Infinity'),
+    (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+     NULL, NULL, NULL, NULL);
 -- Table inheritance (not partitioning): a SELECT of vehicle also returns truck's rows, which
 -- are truck's own; after ANALYZE, vehicle's columns have statistics twice (with and without its
 -- children's rows).

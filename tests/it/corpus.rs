@@ -627,6 +627,9 @@ fn an_adversarial_schema_is_migrated_whole() {
             // Every value of the unusual ones, as it was.
             "SELECT {legacy:id}, at, at_zone, day, doc::text, docb, amount, second, fee, big FROM reading \
                 ORDER BY 1",
+            "SELECT {legacy:id}, span, bits, varbits, doc::text, words, moods, tags, grid, host, net, \
+                mac, spot::text, area::text, nights, stay, raw, closing, opening, ratio, weight \
+                FROM odd_value ORDER BY 1",
             // Data named id, kept as source_id: a keyless child's, and part of a key over two
             // levels of partitions.
             "SELECT {kept:id}, name, seats FROM van ORDER BY 1",
@@ -732,6 +735,70 @@ fn an_adversarial_schema_is_migrated_whole() {
             pg.psql(db_of(&target), "SELECT country FROM sales.store WHERE legacy_id = 3")
         )
     );
+    a_changed_value_of_any_type_is_found(pg, &source, &target, &mapping);
+}
+
+/// The validation sees one value of `odd_value` changed behind agentctl's back, whatever its
+/// type, also where the type's own equality calls the two equal (-0 and 0, `1 day` and
+/// `24:00:00`, a time of day at another zone): what is stored is not what the source holds.
+/// The same value written otherwise (a box by its other corners, `0 years`) is no change.
+fn a_changed_value_of_any_type_is_found(
+    pg: &PgCluster,
+    source: &str,
+    target: &str,
+    mapping: &Path,
+) {
+    let t = db_of(target);
+    pg.psql(t, "CREATE TABLE public.odd_value_as_migrated AS SELECT * FROM odd_value");
+    let validate = || {
+        let args = ["validate", "odd_value", "--mapping", mapping.to_str().unwrap()];
+        tests::agentctl_on(source, target, &args)
+    };
+    let changed = [
+        "span = '-1 year -2 mons +3 days -04:05:06.123455' WHERE legacy_id = 1",
+        "bits = B'1011' WHERE legacy_id = 1",
+        "varbits = B'1010' WHERE legacy_id = 1",
+        "doc = '<a x=\"1\">t&amp;2</a>' WHERE legacy_id = 1",
+        "words = to_tsvector('english', 'the quick brown cat') WHERE legacy_id = 1",
+        "moods = ARRAY['calm']::mood[] WHERE legacy_id = 1",
+        "tags = ARRAY['x,y', 'a\"b', NULL, NULL, ''] WHERE legacy_id = 1",
+        "grid = '{{1,NULL},{3,5}}' WHERE legacy_id = 1",
+        "host = '10.0.0.1/25' WHERE legacy_id = 1",
+        "mac = '08:00:2b:01:02:04' WHERE legacy_id = 1",
+        "spot = point(1e-300, -9e299) WHERE legacy_id = 1",
+        "area = box(point(0, 0), point(1.5, 2.5)) WHERE legacy_id = 1",
+        "stay = tstzrange('2020-01-01 00:00+00', '2021-01-01 00:00+04') WHERE legacy_id = 1",
+        "raw = '\\x00ff11' WHERE legacy_id = 1",
+        "closing = '23:59:59.999999' WHERE legacy_id = 1",
+        "opening = '10:34:56.789+00' WHERE legacy_id = 1",
+        "weight = 0 WHERE legacy_id = 1",
+        "span = '24:00:00' WHERE legacy_id = 2",
+        "tags = '{}' WHERE legacy_id = 2",
+    ];
+    let unchanged = [
+        "area = box(point(-1, -1), point(2, 2)) WHERE legacy_id = 2",
+        "span = '0 years' WHERE legacy_id = 2",
+    ];
+    for (update, found) in
+        changed.iter().map(|u| (u, true)).chain(unchanged.iter().map(|u| (u, false)))
+    {
+        pg.psql(t, &format!("UPDATE odd_value SET {update}"));
+        let out = validate();
+        let line = out.stdout.lines().find(|l| l.starts_with("odd_value ")).unwrap_or_default();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match found {
+            true => {
+                assert_ne!(out.code, 0, "{update}: {out:?}");
+                assert_eq!(fields.get(5), Some(&"1"), "{update}: one row differs: {line}");
+            }
+            false => assert_eq!(out.code, 0, "{update} is the same value: {out:?}"),
+        }
+        pg.psql(
+            t,
+            "DELETE FROM odd_value; INSERT INTO odd_value SELECT * FROM public.odd_value_as_migrated",
+        );
+    }
+    assert_eq!(validate().code, 0, "the values as migrated");
 }
 
 /// A legacy database that reads a backslash in a string literal as an escape
