@@ -736,6 +736,40 @@ fn an_adversarial_schema_is_migrated_whole() {
         )
     );
     a_changed_value_of_any_type_is_found(pg, &source, &target, &mapping);
+    odd_values_are_kept_in_step(pg, &source, &target, &mapping);
+}
+
+/// The differential sync carries `odd_value`'s changes over as exactly as the load did: values
+/// changed to other edges of their types, a row deleted, a row added.
+fn odd_values_are_kept_in_step(pg: &PgCluster, source: &str, target: &str, mapping: &Path) {
+    pg.psql(
+        db_of(source),
+        "UPDATE odd_value SET doc = '<b/>', words = 'a:1 b:2', moods = '{}', tags = ARRAY[NULL]::text[],
+             raw = '\\x', weight = '-0', opening = '00:00:00-12', span = '-5 min', grid = '{{1},{2}}'
+         WHERE id = 1;
+         DELETE FROM odd_value WHERE id = 3;
+         INSERT INTO odd_value (id, spot, grid, area) VALUES (4, point(1e-300, 1e300), '{{1,2},{3,4}}',
+             box(point(3, 3), point(-3, -3)));",
+    );
+    let args =
+        ["diff", "migrate", "odd_value", "--analyze", "--mapping", mapping.to_str().unwrap()];
+    let synced = tests::agentctl_on(source, target, &args);
+    assert_eq!(synced.code, 0, "{synced:?}");
+    let values = |db: &str, key: &str, live: &str| {
+        pg.psql(
+            db,
+            &format!(
+                "SELECT {key}, span, bits, varbits, doc::text, words, moods, tags, grid, host, net, mac,
+                     spot::text, area::text, nights, stay, raw, closing, opening, ratio, weight
+                 FROM odd_value{live} ORDER BY 1"
+            ),
+        )
+    };
+    assert_eq!(
+        values(db_of(target), "legacy_id", " WHERE deleted_at IS NULL"),
+        values(db_of(source), "id", ""),
+        "odd_value after the sync"
+    );
 }
 
 /// The validation sees one value of `odd_value` changed behind agentctl's back, whatever its
