@@ -128,9 +128,12 @@ pub async fn analyze(
     let spec = &req.spec;
     let stamp_col = updated_at(spec);
     let (mark, fast) = how_fast(target.as_ref(), spec, *full, stamp_col).await?;
-    let Prepared { mapper, out_cols, id_col, references, generic, .. } =
+    let Prepared { mapper, out_cols, id_col, references, generic, deferred_cols, .. } =
         prepare(ctx, AgentName::Validation, target.as_ref(), req).await?;
-    let references = reference_parents(&references, &generic);
+    let mut references = reference_parents(&references, &generic);
+    // A row rejected for a row of its own table that is not there waits for that row as for any
+    // other parent: tried again once it is in the target, not at every analysis.
+    references.extend(deferred_cols.iter().map(|&c| (c, vec![spec.target.clone()])));
     let legacy_col = out_cols
         .iter()
         .position(|(c, _)| c == "legacy_id")

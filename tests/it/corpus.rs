@@ -663,6 +663,14 @@ fn an_adversarial_schema_is_migrated_whole() {
     );
     assert_eq!(codes, "1|x\n2|x\n3|y\n4|");
     let mapping = here.join("adversarial.toml");
+    // Right after the load nothing is out of step: not the reply rejected for a remark that was
+    // never written (its parent is in neither database, so it is not tried again).
+    let analysis = tests::agentctl_on(
+        &source,
+        &target,
+        &["diff", "analyze", "--mapping", mapping.to_str().unwrap()],
+    );
+    assert!(analysis.stdout.contains("source rows compared: 0 out of step"), "{analysis:?}");
     let plan = tests::agentctl_on(
         &source,
         &target,
