@@ -21,6 +21,7 @@ use std::time::Instant;
 use runtime::context::RunContext;
 use runtime::domain::{
     integer_key, Change, DiffApplied, DiffBatch, Diffed, Differential, EntityDiff, Scan, SyncMark,
+    TableName,
 };
 use runtime::events::RunEvent;
 use runtime::mapping::{KeyDeriver, MappingSpec};
@@ -28,8 +29,8 @@ use runtime::ports::{Rows, Target};
 use runtime::{AgentName, RunId};
 
 use crate::pipeline::{
-    expect, prepare, read_ahead, reference_parents, soft_delete, synced_columns, InPageOrder,
-    MigrateEntity, Prepared, COMPARES_IN_FLIGHT,
+    expect, prepare, read_ahead, reference_parents, soft_delete, synced_columns, GenericCheck,
+    InPageOrder, MigrateEntity, Prepared, COMPARES_IN_FLIGHT,
 };
 use runtime::text_rows::TextRows;
 
@@ -130,10 +131,7 @@ pub async fn analyze(
     let (mark, fast) = how_fast(target.as_ref(), spec, *full, stamp_col).await?;
     let Prepared { mapper, out_cols, id_col, references, generic, deferred_cols, .. } =
         prepare(ctx, AgentName::Validation, target.as_ref(), req).await?;
-    let mut references = reference_parents(&references, &generic);
-    // A row rejected for a row of its own table that is not there waits for that row as for any
-    // other parent: tried again once it is in the target, not at every analysis.
-    references.extend(deferred_cols.iter().map(|&c| (c, vec![spec.target.clone()])));
+    let references = awaited_parents(&references, &generic, &deferred_cols, &spec.target);
     let legacy_col = out_cols
         .iter()
         .position(|(c, _)| c == "legacy_id")
@@ -295,7 +293,7 @@ async fn how_fast(
 /// value at a sync).
 async fn rejected(
     target: &dyn Target,
-    source: &runtime::domain::TableName,
+    source: &TableName,
 ) -> Result<(HashSet<String>, HashSet<String>), ToolError> {
     let rejected = target.rejected_keys(source).await?;
     let for_parents: HashSet<String> =
@@ -334,7 +332,7 @@ fn expected_page(
 /// What the target is asked of each page of an analysis.
 struct Ask {
     target: Arc<dyn Target>,
-    table: runtime::domain::TableName,
+    table: TableName,
     hashed: Vec<usize>,
     soft: bool,
 }
@@ -546,6 +544,21 @@ fn record_analysis(
     );
 }
 
+/// The parents a row rejected for a missing one waits for, by column: each reference's table,
+/// the tables a generic reference can name, and the entity's own (`own`) for its
+/// self-references (`own_refs`), so that a reply to a row that never existed is tried again
+/// once that row is in the target, not at every analysis.
+fn awaited_parents(
+    references: &[(usize, TableName)],
+    generic: &[GenericCheck],
+    own_refs: &[usize],
+    own: &TableName,
+) -> Vec<(usize, Vec<TableName>)> {
+    let mut parents = reference_parents(references, generic);
+    parents.extend(own_refs.iter().map(|&c| (c, vec![own.clone()])));
+    parents
+}
+
 /// The rows of a page (by index) that are absent from the target, were rejected for nothing
 /// but a missing parent, and whose parents are all in the target now.
 async fn parents_arrived(
@@ -553,7 +566,7 @@ async fn parents_arrived(
     expected: &runtime::domain::Expected,
     answers: &[Diffed],
     for_parents: &HashSet<String>,
-    references: &[(usize, Vec<runtime::domain::TableName>)],
+    references: &[(usize, Vec<TableName>)],
 ) -> Result<HashSet<usize>, ToolError> {
     let mut waiting: HashSet<usize> = (0..answers.len())
         .filter(|&r| {
@@ -723,7 +736,7 @@ pub async fn apply(
 /// What the retries came to (`done`, the `reopened` writes tried again after every entity's
 /// deletes: what a unique rule refused before them, or a parent not in the target yet, parents
 /// tried first), noted, and the rejections the writes pass counted of them taken back.
-fn retried(source: &runtime::domain::TableName, reopened: i64, done: &mut DiffApplied) {
+fn retried(source: &TableName, reopened: i64, done: &mut DiffApplied) {
     done.note(format!(
         "{}: {reopened} writes refused before the deletes (by a unique rule, or for a parent not \
             written yet), tried again after them: {} went in, {} held, {} rejected",
