@@ -187,6 +187,7 @@ pub async fn content_types(
                 limit: None,
                 scripts: vec![],
                 changed_since: None,
+                only: Vec::new(),
                 parent_keys: vec![],
             };
             let mut named: Vec<(String, String)> = Vec::new();

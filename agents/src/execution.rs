@@ -426,19 +426,19 @@ pub(crate) async fn migrate(
         money: &money_columns(spec, &out_cols),
     };
     let mut checkpoint =
-        load_batches(ctx, rows, &target, req, &load, checkpoint, &mut result).await?;
-    let own = (self_refs.as_slice(), generic.as_slice());
-    let mut put_back = settle_self_references(
+        load_batches(ctx, rows.clone(), &target, req, &load, checkpoint, &mut result).await?;
+    let (mut put_back, removed) = settle_self_references(
         ctx,
         target.as_ref(),
         req,
-        own,
+        (self_refs.as_slice(), generic.as_slice()),
         self_refs_checked,
         &out_cols,
         &mut checkpoint,
         &mut result,
     )
     .await?;
+    record_source_rows(ctx, &rows, target.as_ref(), &load, &removed).await?;
     result.count(&checkpoint);
     result.seconds = started.elapsed().as_secs_f64();
     result.target_rows =
@@ -579,9 +579,11 @@ async fn settle_self_references(
     out_cols: &[(String, String)],
     checkpoint: &mut Checkpoint,
     result: &mut EntityResult,
-) -> Result<Vec<String>, ToolError> {
+) -> Result<(Vec<String>, Vec<String>), ToolError> {
     let spec = &req.spec;
     let tables = (&spec.source, &spec.target);
+    // The legacy keys of the rows removed, whose records hold the row as the target had it.
+    let mut removed = Vec::new();
     // A generic reference that can name the table itself went in unchecked (the row it names
     // may have come later): the rows it leaves pointing at no parent are removed and rejected,
     // while the keys are aside (none of them can cascade), before the self-references' own.
@@ -593,7 +595,7 @@ async fn settle_self_references(
     for g in &generic {
         let column = &out_cols[g.reference.column].0;
         let orphaned = target.drop_dangling(ctx.run_id, tables, column, &g.targets()).await?;
-        book(&orphaned, checkpoint, result);
+        book(&orphaned, checkpoint, result, &mut removed);
     }
     // Self-references may point at rows that never arrived: those rows are removed and
     // rejected. When the target's own validated
@@ -616,7 +618,7 @@ async fn settle_self_references(
             target.fill_deferred(ctx.run_id, &spec.source, &spec.target, column).await?
         };
         swept += orphaned.len();
-        book(&orphaned, checkpoint, result);
+        book(&orphaned, checkpoint, result, &mut removed);
         result.second_pass_filled += filled;
     }
     // A row removed for its own reference may be the one another's generic reference names,
@@ -631,19 +633,55 @@ async fn settle_self_references(
         for (column, parents) in sweeps {
             let orphaned = target.drop_dangling(ctx.run_id, tables, column, &parents).await?;
             swept += orphaned.len();
-            book(&orphaned, checkpoint, result);
+            book(&orphaned, checkpoint, result, &mut removed);
         }
     }
-    Ok(put_back)
+    Ok((put_back, removed))
 }
 
-/// Books rows removed after the load as rejected, in the checkpoint and the result.
-fn book(orphaned: &[RejectedRow], checkpoint: &mut Checkpoint, result: &mut EntityResult) {
+/// Books rows removed after the load as rejected, in the checkpoint and the result, their keys
+/// into `removed`.
+fn book(
+    orphaned: &[RejectedRow],
+    checkpoint: &mut Checkpoint,
+    result: &mut EntityResult,
+    removed: &mut Vec<String>,
+) {
     checkpoint.migrated -= orphaned.len() as i64;
     checkpoint.rejected += orphaned.len() as i64;
     for r in orphaned {
         result.count_rejection(&r.rule);
+        removed.push(r.legacy_key.clone());
     }
+}
+
+/// Rows removed after the load were recorded as the target held them (UUIDs, no source
+/// values): their records are given the source rows, read again by key, as every other
+/// rejected row has. `removed` read in pages of a thousand keys.
+async fn record_source_rows(
+    ctx: &RunContext,
+    rows: &Arc<dyn Rows>,
+    target: &dyn Target,
+    &Load { mapper, scan_cols, .. }: &Load<'_>,
+    removed: &[String],
+) -> Result<(), ToolError> {
+    let spec = mapper.spec();
+    for keys in removed.chunks(1000) {
+        let only: Vec<Vec<String>> = keys
+            .iter()
+            .map(|k| match spec.key.len() {
+                1 => vec![k.clone()],
+                _ => runtime::mapping::split_key(k).into_iter().map(|p| p.into_owned()).collect(),
+            })
+            .collect();
+        let scan = Scan { only, ..Scan::entity(spec) };
+        let page = rows.page(&scan, keys.len(), TextRows::new(scan_cols.len())).await?;
+        let read: Vec<(String, serde_json::Value)> = (0..page.len())
+            .map(|r| (legacy_key(&page, r, mapper.key_columns()), row_json(scan_cols, page.row(r))))
+            .collect();
+        target.record_source_rows(ctx.run_id, &spec.source, &read).await?;
+    }
+    Ok(())
 }
 
 /// Whether a generic reference can name the entity's own table, and every other parent it can

@@ -240,6 +240,11 @@ impl Rows for MemRows {
                     continue;
                 }
             }
+            if !scan.only.is_empty()
+                && !scan.only.iter().any(|o| o.iter().map(String::as_str).eq(k.iter().copied()))
+            {
+                continue;
+            }
             if scan.limit.is_some_and(|l| sent as usize >= l) {
                 break;
             }

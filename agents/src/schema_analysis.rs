@@ -190,6 +190,7 @@ async fn profile(args: &SchemaAnalysisArgs, req: ProfileRequest) -> Result<Profi
         limit: Some(req.sample),
         scripts: Vec::new(),
         changed_since: None,
+        only: Vec::new(),
         parent_keys: Vec::new(),
     };
     let mut lines = String::new();

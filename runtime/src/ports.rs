@@ -54,6 +54,15 @@ pub trait Loader: Send + Sync + 'static {
         column: &str,
         parents: &[TableName],
     ) -> Result<Vec<RejectedRow>, ToolError>;
+    /// Records `rows` (legacy key, source row as JSON) as the source rows of the run's rejected
+    /// rows of `source` with those keys: a row removed after the load was recorded as the
+    /// target held it.
+    async fn record_source_rows(
+        &self,
+        run: RunId,
+        source: &TableName,
+        rows: &[(String, serde_json::Value)],
+    ) -> Result<(), ToolError>;
     /// Rows of a target table that may predate agentctl: (legacy key, UUID), leaving out the
     /// rows whose UUID is in `ours` (the range of agentctl's ordered UUIDs of the table,
     /// [`KeyDeriver::range`]). The caller keeps those whose UUID is not the derived one;
@@ -365,6 +374,14 @@ impl Loader for Roles {
         parents: &[TableName],
     ) -> Result<Vec<RejectedRow>, ToolError> {
         self.load.drop_dangling(run, tables, column, parents).await
+    }
+    async fn record_source_rows(
+        &self,
+        run: RunId,
+        source: &TableName,
+        rows: &[(String, serde_json::Value)],
+    ) -> Result<(), ToolError> {
+        self.load.record_source_rows(run, source, rows).await
     }
     async fn kept_rows(
         &self,

@@ -696,6 +696,15 @@ fn an_adversarial_schema_is_migrated_whole() {
         "SELECT reason FROM agentctl.rejected_rows WHERE source_table = 'remark' ORDER BY \
             legacy_key",
     );
+    // Removed after the load or refused before it, each is recorded with its source row, as
+    // the legacy database holds it (not as the target held it for a moment: UUIDs).
+    let recorded = pg.psql(
+        db_of(&target),
+        "SELECT legacy_key, source_row->>'id', source_row->>'about_id', source_row->>'reply_to', \
+            source_row ? 'legacy_id' FROM agentctl.rejected_rows WHERE source_table = 'remark' \
+            ORDER BY legacy_key",
+    );
+    assert_eq!(recorded, "41|41|7||f\n43|43|9999||f\n47|47|999||f\n48|48||9999|f\n49|49|48||f");
     // A generic reference is checked against the table its kind names, as a foreign key is,
     // also when the row it names went for its own reference after the load (48, then 49).
     assert_eq!(

@@ -564,6 +564,7 @@ async fn a_read_cut_off_mid_copy_leaves_no_broken_connection_to_the_next() {
         limit: None,
         scripts: Vec::new(),
         changed_since: None,
+        only: Vec::new(),
         parent_keys: Vec::new(),
     };
     let under_way = tokio::sync::Notify::new();

@@ -165,6 +165,14 @@ impl Loader for CrashingLoader {
     ) -> Result<Vec<RejectedRow>, ToolError> {
         self.inner.drop_dangling(run, tables, column, parents).await
     }
+    async fn record_source_rows(
+        &self,
+        run: RunId,
+        source: &TableName,
+        rows: &[(String, serde_json::Value)],
+    ) -> Result<(), ToolError> {
+        self.inner.record_source_rows(run, source, rows).await
+    }
     async fn kept_rows(
         &self,
         target: &TableName,

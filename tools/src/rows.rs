@@ -100,6 +100,19 @@ pub fn select(scan: &Scan, parents: &HashSet<TableName>) -> String {
             after.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect();
         filters.push(format!("({}) > ({})", order.join(", "), values.join(", ")));
     }
+    if !scan.only.is_empty() {
+        // The keys as literals, as `after`'s are: each a row of the key's values.
+        let keys: Vec<String> = scan
+            .only
+            .iter()
+            .map(|key| {
+                let parts: Vec<String> =
+                    key.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect();
+                format!("({})", parts.join(", "))
+            })
+            .collect();
+        filters.push(format!("({}) IN ({})", order.join(", "), keys.join(", ")));
+    }
     if let Some((column, since)) = &scan.changed_since {
         // The literal is typed from the column, whose own text it is.
         filters.push(format!(

@@ -244,6 +244,16 @@ impl Loader for MemTarget {
         Ok(MemTarget::drop_dangling_locked(&mut state, run, tables, column, parents))
     }
 
+    async fn record_source_rows(
+        &self,
+        _: RunId,
+        _: &TableName,
+        _: &[(String, serde_json::Value)],
+    ) -> Result<(), ToolError> {
+        // A rejected row is kept here as its key and rule only: there is no source row to set.
+        Ok(())
+    }
+
     async fn kept_rows(
         &self,
         target: &TableName,

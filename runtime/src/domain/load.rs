@@ -29,6 +29,8 @@ pub struct Scan {
     /// References read as the key of the parent row they equal, each column also as
     /// [`ParentKey::output`].
     pub parent_keys: Vec<KeyedReference>,
+    /// When not empty, only the rows of these keys (each the parts of one, as `key` names them).
+    pub only: Vec<Vec<String>>,
 }
 
 /// A reference whose values can equal its parent's key yet be written otherwise: the scan
@@ -57,6 +59,7 @@ impl Scan {
             limit: None,
             scripts: spec.scripts(),
             changed_since: None,
+            only: Vec::new(),
             parent_keys: spec
                 .columns
                 .iter()

@@ -912,6 +912,28 @@ impl Loader for PgTarget {
         tx.commit().await.map_err(while_doing(&what))?;
         Ok(rejected)
     }
+    async fn record_source_rows(
+        &self,
+        run: RunId,
+        source: &TableName,
+        rows: &[(String, serde_json::Value)],
+    ) -> Result<(), ToolError> {
+        let (keys, json): (Vec<&str>, Vec<&serde_json::Value>) =
+            rows.iter().map(|(k, j)| (k.as_str(), j)).unzip();
+        sqlx::query(
+            "UPDATE agentctl.rejected_rows r SET source_row = s.j
+             FROM unnest($3::text[], $4::jsonb[]) AS s (k, j)
+             WHERE r.run_id = $1 AND r.source_table = $2 AND r.legacy_key = s.k",
+        )
+        .bind(run.0)
+        .bind(source.to_string())
+        .bind(&keys)
+        .bind(&json)
+        .execute(&self.pool)
+        .await
+        .map_err(while_doing(format!("recording the source rows of rejected rows of {source}")))?;
+        Ok(())
+    }
     async fn kept_rows(
         &self,
         target: &TableName,
