@@ -17,11 +17,7 @@ use runtime::error::ToolError;
 use std::collections::BTreeSet;
 
 use runtime::domain::{KeySource, SchemaReport, Table};
-use runtime::sql::{ident, quoted as qualified};
-
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+use runtime::sql::{ident, literal, quoted as qualified};
 
 fn list(names: &[String]) -> String {
     names.iter().map(|n| ident(n)).collect::<Vec<_>>().join(", ")

@@ -1,12 +1,18 @@
 //! The one way agentctl writes a name into SQL: quoted, always (reserved words, mixed case,
 //! spaces, quotes, dots and unicode included), as PostgreSQL's `quote_ident` would with every
-//! name treated as needing it.
+//! name treated as needing it; and a text value, as a literal.
 
 use crate::domain::TableName;
 
 /// A SQL identifier, quoted: `"name"`, with any `"` in it doubled.
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A SQL string literal: `'text'`, with any `'` in it doubled (standard conforming strings,
+/// which every session `pg::connect` opens has on).
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// `"schema"."table"`, quoted.

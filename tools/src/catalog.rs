@@ -10,7 +10,7 @@ use runtime::domain::{
     SchemaReport, Sequence, Table, TableName, TypeKind, Unique, UserType,
 };
 use runtime::ports::{Catalog, ToolError};
-pub use runtime::sql::{ident, quoted};
+pub use runtime::sql::{ident, literal, quoted};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 

@@ -10,6 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::catalog::{ident, literal};
 use runtime::error::ToolError;
 
 /// Where the binaries are: `PG_BIN` when it is set (and then only there), else Debian's place
@@ -297,11 +298,7 @@ pub async fn scratch_database(
     }
     drop_database(admin, name).await?;
     ensure_database(admin, name).await?;
-    let comment = format!(
-        "COMMENT ON DATABASE \"{}\" IS '{}'",
-        name.replace('"', "\"\""),
-        mark.replace('\'', "''")
-    );
+    let comment = format!("COMMENT ON DATABASE {} IS {}", ident(name), literal(mark));
     sqlx::raw_sql(&comment)
         .execute(admin)
         .await

@@ -23,7 +23,7 @@ use runtime::RunId;
 use sqlx::postgres::PgConnection;
 use sqlx::{PgPool, Row};
 
-use crate::catalog::{ident, quoted};
+use crate::catalog::{ident, literal, quoted};
 use crate::dataset::copy::push_field;
 use crate::pg::{describe, fault, while_doing, Fault};
 use crate::target::{discard_transaction, retrying, Failure};
@@ -785,8 +785,7 @@ async fn conflicts(
             ConflictPolicy::Manual => "open",
         };
         let values: Vec<String> = (0..cols.len()).map(|i| format!("s.c{i}")).collect();
-        let names: Vec<String> =
-            cols.iter().map(|(n, _)| format!("'{}'", n.replace('\'', "''"))).collect();
+        let names: Vec<String> = cols.iter().map(|(n, _)| literal(n)).collect();
         let found: Vec<String> =
             cols.iter().map(|(n, _)| format!("t.{}::text", ident(n))).collect();
         // Which synced columns differ, compared as the analysis did.

@@ -11,7 +11,7 @@ use runtime::ports::{Rows, ToolError};
 use runtime::text_rows::TextRows;
 use sqlx::PgPool;
 
-use crate::catalog::{ident, quoted};
+use crate::catalog::{ident, literal, quoted};
 use crate::pg::while_doing;
 
 pub struct PgRows {
@@ -96,8 +96,7 @@ pub fn select(scan: &Scan, parents: &HashSet<TableName>) -> String {
     let mut filters = Vec::new();
     if let Some(after) = &scan.after {
         // Keyset resume: the key's values as literals, which the server types from the columns.
-        let values: Vec<String> =
-            after.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect();
+        let values: Vec<String> = after.iter().map(|v| literal(v)).collect();
         filters.push(format!("({}) > ({})", order.join(", "), values.join(", ")));
     }
     if !scan.only.is_empty() {
@@ -106,8 +105,7 @@ pub fn select(scan: &Scan, parents: &HashSet<TableName>) -> String {
             .only
             .iter()
             .map(|key| {
-                let parts: Vec<String> =
-                    key.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect();
+                let parts: Vec<String> = key.iter().map(|v| literal(v)).collect();
                 format!("({})", parts.join(", "))
             })
             .collect();
@@ -116,9 +114,9 @@ pub fn select(scan: &Scan, parents: &HashSet<TableName>) -> String {
     if let Some((column, since)) = &scan.changed_since {
         // The literal is typed from the column, whose own text it is.
         filters.push(format!(
-            "s.{} + interval '{CHANGED_SINCE_MARGIN}' >= '{}'",
+            "s.{} + interval '{CHANGED_SINCE_MARGIN}' >= {}",
             ident(column),
-            since.replace('\'', "''")
+            literal(since)
         ));
     }
     if !filters.is_empty() {

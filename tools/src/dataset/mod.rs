@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use crate::catalog::USER_SCHEMAS;
+use crate::catalog::{literal, USER_SCHEMAS};
 use crate::pg::{describe, while_doing};
 use faults::{FaultKind, FaultProfile};
 use rng::{table_key, Rng};
@@ -357,9 +357,9 @@ pub async fn generate(
     report.seconds = started.elapsed().as_secs_f64();
     let stamp = serde_json::json!({"agentctl_dataset": {"scale": report.scale, "seed": report.seed, "checksum": report.checksum, "rows": report.rows}});
     sqlx::raw_sql(&format!(
-        "DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS %L', current_database(), '{}'); \
+        "DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS %L', current_database(), {}); \
             END $$",
-        stamp.to_string().replace('\'', "''")
+        literal(&stamp.to_string())
     ))
     .execute(pool)
     .await
