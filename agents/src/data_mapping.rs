@@ -178,18 +178,11 @@ pub async fn content_types(
             {
                 continue;
             }
-            let scan = runtime::domain::Scan {
-                table: types.name.clone(),
-                columns: vec![types.key().0[0].clone(), "app_label".into(), "model".into()],
-                joins: vec![],
-                key: types.key().0,
-                after: None,
-                limit: None,
-                scripts: vec![],
-                changed_since: None,
-                only: Vec::new(),
-                parent_keys: vec![],
-            };
+            let scan = runtime::domain::Scan::plain(
+                types.name.clone(),
+                vec![types.key().0[0].clone(), "app_label".into(), "model".into()],
+                types.key().0,
+            );
             let mut named: Vec<(String, String)> = Vec::new();
             rows.scan(&scan, &mut |r: &[Option<&str>]| {
                 if let [Some(id), Some(app), Some(model)] = r {

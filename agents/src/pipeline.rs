@@ -345,6 +345,21 @@ impl Pages {
     }
 }
 
+/// About the most text a page read ahead holds: twice what a batch is planned to hold
+/// ([`crate::planning::batch_size`]), so a page whose rows are wider than its planned size
+/// allows for (a sample of the table's first rows narrower than the rest) is followed by
+/// smaller ones. No page of the reference data comes near it.
+const PAGE_BYTES: usize = 8 << 20;
+
+/// The rows of the next page: the `planned` ones, or fewer where the page before (`read` rows
+/// in `bytes` of text) says that many would hold more than [`PAGE_BYTES`]; at least one.
+fn page_rows(planned: usize, read: usize, bytes: usize) -> usize {
+    match (read, bytes) {
+        (0, _) | (_, 0) => planned,
+        _ => (PAGE_BYTES.saturating_mul(read) / bytes).clamp(1, planned.max(1)),
+    }
+}
+
 /// [`read_ahead`] in pages of these sizes first, in order (the pages a load read, to read the
 /// same rows again in the same pages), then of `then` rows.
 pub fn read_ahead_in(
@@ -361,23 +376,27 @@ pub fn read_ahead_in(
     // it was without reuse.
     let (done_with, mut reusable) = tokio::sync::mpsc::channel(READ_AHEAD);
     let reader = AbortOnDropHandle::new(tokio::spawn(async move {
-        let mut sizes = sizes.into_iter().chain(std::iter::repeat(then));
+        let mut sizes = sizes.into_iter();
+        let mut next = then;
         loop {
-            let page_size = sizes.next().unwrap_or(then);
+            let page_size = sizes.next().unwrap_or(next);
             scan.limit = Some(page_size);
             let into = reusable.try_recv().unwrap_or_default();
             let page = rows.page(&scan, page_size, into).await;
-            let next: Option<Vec<String>> = match &page {
+            let after: Option<Vec<String>> = match &page {
                 Ok(p) if p.len() == page_size && page_size > 0 => {
                     Some(key_parts(p, page_size - 1, &key_idx))
                 }
                 _ => None,
             };
-            let last = next.is_none();
+            if let Ok(p) = &page {
+                next = page_rows(then, p.len(), p.text_len());
+            }
+            let last = after.is_none();
             if pages_tx.send(page).await.is_err() || last {
                 return;
             }
-            scan.after = next;
+            scan.after = after;
         }
     }));
     (Pages { pages, done_with }, reader)

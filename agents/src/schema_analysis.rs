@@ -182,16 +182,8 @@ impl Actor for SchemaAnalysisAgent {
 /// caller shows the built-in statistics (saying why).
 async fn profile(args: &SchemaAnalysisArgs, req: ProfileRequest) -> Result<Profile, AgentError> {
     let scan = Scan {
-        table: req.table.clone(),
-        columns: req.columns.clone(),
-        joins: Vec::new(),
-        key: req.key.clone(),
-        after: None,
         limit: Some(req.sample),
-        scripts: Vec::new(),
-        changed_since: None,
-        only: Vec::new(),
-        parent_keys: Vec::new(),
+        ..Scan::plain(req.table.clone(), req.columns.clone(), req.key.clone())
     };
     let mut lines = String::new();
     let mut rows_sampled = 0;

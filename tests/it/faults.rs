@@ -555,18 +555,11 @@ async fn a_read_cut_off_mid_copy_leaves_no_broken_connection_to_the_next() {
         runtime::config::DbUrl::parse(runtime::config::DbRole::Source, &url, "the test").unwrap();
     // One connection: the second read gets the one the first was cut off on, if it is kept.
     let rows = tools::rows::PgRows::new(tools::pg::connect(&db, 1).await.unwrap());
-    let scan = runtime::domain::Scan {
-        table: runtime::domain::TableName::new("public", "big"),
-        columns: vec!["id".into(), "body".into()],
-        joins: Vec::new(),
-        key: vec!["id".into()],
-        after: None,
-        limit: None,
-        scripts: Vec::new(),
-        changed_since: None,
-        only: Vec::new(),
-        parent_keys: Vec::new(),
-    };
+    let scan = runtime::domain::Scan::plain(
+        runtime::domain::TableName::new("public", "big"),
+        vec!["id".into(), "body".into()],
+        vec!["id".into()],
+    );
     let under_way = tokio::sync::Notify::new();
     let mut seen = 0u64;
     let mut note = |_: &[Option<&str>]| {

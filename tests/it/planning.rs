@@ -238,7 +238,7 @@ fn mappings_render_as_reviewed() {
           - auth_user is not an entity of its own: merged into the rows of the table that joins it.
           - dispatch_profile is in wave 2 because it references dispatch_office.
           - dispatch_doctor is in wave 3 because it references dispatch_office, dispatch_profile.
-          - Batch sizes aim at about 2 MiB per batch from each table's average row width: dispatch_office 20000, dispatch_profile 20000, dispatch_doctor 20000.
+          - Batch sizes aim at about 4 MiB per batch from the width of each table's rows: dispatch_office 20000, dispatch_profile 20000, dispatch_doctor 20000.
     "#]]
     .assert_eq(&plan.stdout);
 }
@@ -577,4 +577,85 @@ fn a_table_name_two_schemas_share_is_never_taken_for_one_table() {
         "{}",
         out.stderr
     );
+}
+
+/// A database restored from a dump has no statistics until it is analyzed: the server's
+/// estimate of its rows is unknown and no column has a width. The plan estimates the rows from
+/// the tables' pages, as the server's own planner does, and samples the width of their rows: a
+/// table of 64 kB rows goes in batches of a few dozen rows, not 20,000 (which held 1.6 GB for
+/// rows of 20 kB), and every row still arrives once.
+#[test]
+fn a_database_never_analyzed_is_planned_from_its_pages_and_sampled_rows() {
+    let pg = shared();
+    let (source, target) = pg.generated_pair(
+        "restored",
+        "CREATE TABLE doc (id int PRIMARY KEY, body text) WITH (autovacuum_enabled = false);
+         ALTER TABLE doc ALTER body SET STORAGE EXTERNAL;
+         INSERT INTO doc SELECT g, (SELECT string_agg(md5(g || '-' || i), '') FROM generate_series(1, 2048) i)
+             FROM generate_series(1, 300) g;
+         CREATE TABLE note (id int PRIMARY KEY, line text) WITH (autovacuum_enabled = false);
+         INSERT INTO note SELECT g, 'note ' || g FROM generate_series(1, 5000) g;
+         CREATE TABLE zip (id int PRIMARY KEY, body text) WITH (autovacuum_enabled = false);
+         INSERT INTO zip SELECT g, repeat('agentctl ' || g || ' ', 3000) FROM generate_series(1, 200) g;",
+    );
+    let s = source.rsplit('/').next().unwrap();
+    assert_eq!(
+        pg.psql(s, "SELECT string_agg(reltuples::text, ' ' ORDER BY relname) FROM pg_class WHERE relname IN ('doc', 'note', 'zip')"),
+        "-1 -1 -1",
+        "never analyzed"
+    );
+    let out = agentctl_on(&source, &target, &["run", "--goal", "migrate everything", "--yes"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let planned = |table: &str| -> (i64, i64) {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{table} -> {table} ")))
+            .unwrap_or_else(|| panic!("{table} is planned: {}", out.stdout));
+        let number = |after: &str| -> i64 {
+            let at = line.find(after).unwrap_or_else(|| panic!("{after} in {line}"));
+            line[..at].split_whitespace().last().unwrap().parse().unwrap()
+        };
+        (number(" rows"), line.rsplit(' ').next().unwrap().parse().unwrap())
+    };
+    let (doc_rows, doc_batch) = planned("doc");
+    assert!((150..=600).contains(&doc_rows), "doc's 300 rows estimated {doc_rows}");
+    assert!((32..=128).contains(&doc_batch), "4 MiB of 64 kB rows, not {doc_batch}");
+    let (note_rows, note_batch) = planned("note");
+    assert!((2_500..=10_000).contains(&note_rows), "note's 5,000 rows estimated {note_rows}");
+    assert_eq!(note_batch, 20_000, "narrow rows, as many as a batch takes");
+    let (_, zip_batch) = planned("zip");
+    let t = target.rsplit('/').next().unwrap();
+    assert_eq!(
+        pg.psql(
+            t,
+            "SELECT string_agg(format('%s %s %s', source_table, rows_read, batches), ', ' ORDER BY source_table) \
+                FROM agentctl.migration_checkpoints"
+        ),
+        format!(
+            "doc 300 {}, note 5000 1, zip 200 {}",
+            300usize.div_ceil(doc_batch as usize),
+            200usize.div_ceil(zip_batch as usize)
+        ),
+    );
+    assert_eq!(pg.psql(t, "SELECT count(DISTINCT md5(body)) FROM doc"), "300");
+
+    // Analyzed, the statistics give a body kept in TOAST the 18 bytes of its pointer, and one
+    // stored compressed (36 kB of text that repeats) the bytes it takes compressed: the width
+    // of the rows as they are read is what a batch is planned from.
+    pg.psql(s, "ANALYZE doc; ANALYZE zip;");
+    let stored: i64 =
+        pg.psql(s, "SELECT sum(avg_width) FROM pg_stats WHERE tablename = 'zip'").parse().unwrap();
+    assert!(stored < 4_000, "zip's 36 kB rows are stored in {stored} bytes");
+    let plan = plan_json(&source, &target, "migrate doc and zip", &[]);
+    for (table, wide) in [("doc", 32..=128), ("zip", 60..=200)] {
+        let entity = plan["plan"]["waves"][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["table"]["name"] == table)
+            .unwrap_or_else(|| panic!("{table} in {plan}"));
+        let batch = entity["batch_size"].as_i64().unwrap();
+        assert!(wide.contains(&batch), "4 MiB of {table}'s rows as read, not {batch}");
+    }
 }

@@ -85,9 +85,28 @@ impl Catalog for PgCatalog {
     }
 }
 
+/// Rows a table holds by the server's own estimate, as its planner makes it: the density its
+/// last analysis found (rows a page) times the pages it has now; for a table never analyzed or
+/// vacuumed (as a database is after a restore), the pages it has times the rows that fit a page
+/// by its columns' declared widths (32 bytes for a value of varying length). A partitioned
+/// table holds none of its own: its partitions' are added to it.
+const ESTIMATE: &str = "CASE WHEN c.relkind = 'p' THEN 0
+     WHEN c.relpages > 0 AND c.reltuples >= 0 THEN
+         round(c.reltuples / c.relpages * (pg_relation_size(c.oid) / current_setting('block_size')::int8))::int8
+     ELSE (pg_relation_size(c.oid) / current_setting('block_size')::int8)
+         * ((current_setting('block_size')::int8 - 24) / (28 + coalesce((
+             SELECT sum(CASE WHEN t.typlen > 0 THEN t.typlen ELSE 32 END) FROM pg_attribute a
+             JOIN pg_type t ON t.oid = a.atttypid
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), 0)))::int8
+     END";
+
+/// Rows read to sample the width of a table ([`PgCatalog::sample_widths`]): its first ones.
+const WIDTH_SAMPLE: usize = 100;
+
 impl PgCatalog {
     async fn read(&self, exact_counts: bool) -> Result<SchemaReport, ToolError> {
         let mut tables = self.tables().await?;
+        self.sample_widths(&mut tables).await?;
         self.columns(&mut tables).await?;
         self.constraints(&mut tables).await?;
         self.keys_set_aside(&mut tables).await?;
@@ -120,6 +139,31 @@ impl PgCatalog {
         })
     }
 
+    /// Samples the width of each table's rows as they are read. The statistics give the width
+    /// stored, which is not it for a value stored compressed (110 kB of text in 1.7 kB) or out
+    /// of line (a value kept in TOAST counts the 18 bytes of its pointer), and give none for a
+    /// table never analyzed (as a database is after a restore). A table's batch size is
+    /// planned from its rows' width: from the statistics alone, tables of 20 kB and 110 kB
+    /// rows went in batches of 20,000 and 1,000 rows (1.6 and 1.4 GB held, bench/RESULTS.md).
+    async fn sample_widths(&self, tables: &mut Tables) -> Result<(), ToolError> {
+        for t in tables.list.iter_mut().filter(|t| t.bytes > 0) {
+            let only = if t.kind == "partitioned" { "" } else { "ONLY " };
+            let sql = format!(
+                "SELECT coalesce(avg(octet_length(s::text)), 0)::int8 AS width FROM (SELECT * FROM \
+                    {only}{} LIMIT {WIDTH_SAMPLE}) s",
+                quoted(&t.name)
+            );
+            // A table agentctl may not read (one the migration leaves alone) keeps the width
+            // its statistics give: the load's own read is where a privilege is asked for.
+            let Ok(rows) = self.rows(&format!("width of {}", t.name), &sql, None).await else {
+                continue;
+            };
+            let sampled = rows.first().map(|r| get(r, "width")).transpose()?.unwrap_or(0);
+            t.avg_row_bytes = t.avg_row_bytes.max(sampled);
+        }
+        Ok(())
+    }
+
     /// One row a table of the user's schemas (partitions included), with what `tables` needs.
     async fn table_rows(&self) -> Result<Vec<PgRow>, ToolError> {
         self
@@ -127,7 +171,7 @@ impl PgCatalog {
                 "tables",
                 &format!(
                     "SELECT c.oid::int8 AS oid, n.nspname::text AS nspname, c.relname::text AS relname, c.relkind::text AS relkind,
-                            greatest(c.reltuples, 0)::int8 AS estimate, c.relispartition AS is_partition,
+                            {ESTIMATE} AS estimate, c.relispartition AS is_partition,
                             pg_total_relation_size(c.oid)::int8 AS bytes,
                             coalesce((SELECT sum(s.avg_width) FROM pg_stats s WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.inherited = (c.relkind = 'p')), 0)::int8 AS width,
                             (SELECT p.inhparent::int8 FROM pg_inherits p WHERE p.inhrelid = c.oid LIMIT 1) AS parent,
@@ -153,8 +197,8 @@ impl PgCatalog {
         let mut tables: Vec<Table> = Vec::new();
         let mut index: HashMap<i64, usize> = HashMap::new();
         let mut partitions: Vec<(i64, i64, TableName)> = Vec::new();
-        // What each partition takes on disk, added to its topmost table's.
-        let mut partition_bytes: Vec<(i64, i64)> = Vec::new();
+        // What each partition takes on disk and its estimated rows, added to its topmost table's.
+        let mut partition_bytes: Vec<(i64, i64, i64)> = Vec::new();
         // Each partition's bound and own key, and each partitioned table's key and columns.
         let mut bounds: HashMap<i64, (String, Option<String>)> = HashMap::new();
         let mut names: HashMap<i64, TableName> = HashMap::new();
@@ -167,7 +211,7 @@ impl PgCatalog {
                 // A partition is migrated through its parent: listed there, not as an entity.
                 if let Some(parent) = get::<Option<i64>>(r, "parent")? {
                     partitions.push((get(r, "oid")?, parent, name));
-                    partition_bytes.push((parent, get(r, "bytes")?));
+                    partition_bytes.push((parent, get(r, "bytes")?, get(r, "estimate")?));
                     bounds.insert(
                         get(r, "oid")?,
                         (
@@ -204,9 +248,10 @@ impl PgCatalog {
             }
             d
         };
-        for (parent, bytes) in partition_bytes {
+        for (parent, bytes, rows) in partition_bytes {
             if let Some(&i) = index.get(&top(parent)) {
                 tables[i].bytes += bytes;
+                tables[i].estimated_rows += rows;
             }
         }
         let mut partition_of: HashMap<i64, usize> = HashMap::new();

@@ -48,6 +48,22 @@ pub struct KeyedReference {
 pub const CHANGED_SINCE_MARGIN: &str = "5 minutes";
 
 impl Scan {
+    /// Every row of `columns` of `table`, in `key` order: nothing joined, no script.
+    pub fn plain(table: TableName, columns: Vec<String>, key: Vec<String>) -> Scan {
+        Scan {
+            table,
+            columns,
+            joins: Vec::new(),
+            key,
+            after: None,
+            limit: None,
+            scripts: Vec::new(),
+            changed_since: None,
+            parent_keys: Vec::new(),
+            only: Vec::new(),
+        }
+    }
+
     /// Every row an entity's mapping reads, in key order, scripts applied.
     pub fn entity(spec: &MappingSpec) -> Scan {
         Scan {
