@@ -1,6 +1,7 @@
 //! The one way agentctl writes a name into SQL: quoted, always (reserved words, mixed case,
 //! spaces, quotes, dots and unicode included), as PostgreSQL's `quote_ident` would with every
-//! name treated as needing it; and a text value, as a literal.
+//! name treated as needing it; a text value, as a literal; and a column compared with a parent's
+//! UUID, as one.
 
 use crate::domain::TableName;
 
@@ -31,6 +32,20 @@ pub fn differs(found: &str, expected: &str) -> String {
 /// That the UUID `id` (a SQL expression) is the `id` of no row of any of `parents`: a foreign
 /// key's one parent, or every parent of a generic reference (a derived UUID is in the table it
 /// was derived for, or in none). With no parents, every value is absent.
+/// `expr` as a UUID, to compare with a parent's `id`: itself where its column holds UUIDs
+/// (`is_uuid`), else its text read as one where the text is a hyphenated UUID, and NULL (it
+/// names no row) where not. A generic reference lives in a text column (Django's `object_id`
+/// and `object_pk`), and comparing it with a uuid as it is, is an error.
+pub fn as_uuid(expr: &str, is_uuid: bool) -> String {
+    match is_uuid {
+        true => expr.to_owned(),
+        false => format!(
+            "(CASE WHEN {expr}::text ~* '^[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}$' \
+                THEN {expr}::text::uuid END)"
+        ),
+    }
+}
+
 pub fn in_none_of(parents: &[TableName], id: &str) -> String {
     if parents.is_empty() {
         return "true".to_owned();
@@ -45,6 +60,14 @@ pub fn in_none_of(parents: &[TableName], id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_column_of_text_is_read_as_a_uuid_only_where_it_has_the_form() {
+        assert_eq!(as_uuid("c.\"id\"", true), "c.\"id\"");
+        let text = as_uuid("c.\"object_pk\"", false);
+        assert!(text.starts_with("(CASE WHEN c.\"object_pk\"::text ~* '^[0-9a-f]{8}-"), "{text}");
+        assert!(text.ends_with("THEN c.\"object_pk\"::text::uuid END)"), "{text}");
+    }
 
     #[test]
     fn every_name_is_quoted_and_its_quotes_doubled() {

@@ -145,12 +145,13 @@ impl PgCatalog {
     /// table never analyzed (as a database is after a restore). A table's batch size is
     /// planned from its rows' width: from the statistics alone, tables of 20 kB and 110 kB
     /// rows went in batches of 20,000 and 1,000 rows (1.6 and 1.4 GB held, bench/RESULTS.md).
+    /// A table of fewer rows than the sample asks for has its rows counted so.
     async fn sample_widths(&self, tables: &mut Tables) -> Result<(), ToolError> {
         for t in tables.list.iter_mut().filter(|t| t.bytes > 0) {
             let only = if t.kind == "partitioned" { "" } else { "ONLY " };
             let sql = format!(
-                "SELECT coalesce(avg(octet_length(s::text)), 0)::int8 AS width FROM (SELECT * FROM \
-                    {only}{} LIMIT {WIDTH_SAMPLE}) s",
+                "SELECT coalesce(avg(octet_length(s::text)), 0)::int8 AS width, count(*) AS rows \
+                    FROM (SELECT * FROM {only}{} LIMIT {WIDTH_SAMPLE}) s",
                 quoted(&t.name)
             );
             // A table agentctl may not read (one the migration leaves alone) keeps the width
@@ -158,8 +159,13 @@ impl PgCatalog {
             let Ok(rows) = self.rows(&format!("width of {}", t.name), &sql, None).await else {
                 continue;
             };
-            let sampled = rows.first().map(|r| get(r, "width")).transpose()?.unwrap_or(0);
-            t.avg_row_bytes = t.avg_row_bytes.max(sampled);
+            let Some(row) = rows.first() else { continue };
+            t.avg_row_bytes = t.avg_row_bytes.max(get(row, "width")?);
+            // Fewer rows than asked for are all the rows there are, whatever the estimate.
+            let sampled: i64 = get(row, "rows")?;
+            if sampled < WIDTH_SAMPLE as i64 {
+                t.estimated_rows = sampled;
+            }
         }
         Ok(())
     }

@@ -27,6 +27,23 @@ use sqlx::PgPool;
 
 use crate::pg::{describe, fault, Fault};
 
+/// Whether `column` of `table` holds UUIDs (else, as a generic reference may, text): how it
+/// is compared with a parent's `id` ([`runtime::sql::as_uuid`]).
+pub(crate) async fn holds_uuids<'c, E: sqlx::PgExecutor<'c>>(
+    c: E,
+    table: &TableName,
+    column: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(bool_or(a.atttypid = 'uuid'::regtype), false) FROM pg_attribute a
+         WHERE a.attrelid = $1::regclass AND a.attname = $2 AND NOT a.attisdropped",
+    )
+    .bind(crate::catalog::quoted(table))
+    .bind(column)
+    .fetch_one(c)
+    .await
+}
+
 /// The definition of the one primary key a load sets aside (on `id` alone), as recorded in
 /// `agentctl.suspended_constraints`: what the catalog reads back as the table's key meanwhile.
 pub(crate) const PRIMARY_KEY_ASIDE: &str = "PRIMARY KEY (id)";

@@ -11,7 +11,7 @@ use sqlx::{PgPool, Row};
 
 use crate::catalog::{ident, quoted};
 use crate::pg::while_doing;
-use runtime::sql::in_none_of;
+use runtime::sql::{as_uuid, in_none_of};
 
 use super::PgTarget;
 
@@ -222,11 +222,14 @@ impl Verifier for PgTarget {
             }
         }
         let col = ident(column);
+        let uuids = super::holds_uuids(&self.pool, child, column)
+            .await
+            .map_err(while_doing(format!("reading the type of {child}.{column}")))?;
         let sql = format!(
             "SELECT count(*), coalesce((array_agg(c.legacy_id::text ORDER BY c.legacy_id))[1:5], '{{}}')
              FROM {} c WHERE c.{col} IS NOT NULL AND {}",
             quoted(child),
-            in_none_of(parents, &format!("c.{col}"))
+            in_none_of(parents, &as_uuid(&format!("c.{col}"), uuids))
         );
         let named: Vec<String> = parents.iter().map(ToString::to_string).collect();
         Ok(Some(sqlx::query_as(&sql).fetch_one(&self.pool).await.map_err(while_doing(format!(
@@ -268,12 +271,20 @@ impl Verifier for PgTarget {
                 enforced.push((i, set.join(" AND ")));
                 continue;
             }
-            let on: Vec<String> = link
-                .columns
-                .iter()
-                .zip(&link.referenced)
-                .map(|(c, r)| format!("p.{} = c.{}", ident(r), ident(c)))
-                .collect();
+            // A reference to a parent's UUID may be held as text (a generic reference).
+            let mut on = Vec::with_capacity(link.columns.len());
+            for (c, r) in link.columns.iter().zip(&link.referenced) {
+                let child_column = format!("c.{}", ident(c));
+                on.push(match r == "id" {
+                    true => {
+                        let uuids = super::holds_uuids(&self.pool, child, c)
+                            .await
+                            .map_err(while_doing(what()))?;
+                        format!("p.id = {}", as_uuid(&child_column, uuids))
+                    }
+                    false => format!("p.{} = {child_column}", ident(r)),
+                });
+            }
             let row = count(format!(
                 "SELECT count(*) FROM {} c WHERE {}{filter} AND EXISTS (SELECT 1 FROM {} p WHERE {})",
                 quoted(child),
