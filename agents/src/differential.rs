@@ -29,8 +29,8 @@ use runtime::ports::{Rows, Target};
 use runtime::{AgentName, RunId};
 
 use crate::pipeline::{
-    expect, prepare, read_ahead, reference_parents, soft_delete, synced_columns, GenericCheck,
-    InPageOrder, MigrateEntity, Prepared, COMPARES_IN_FLIGHT,
+    expect, page_of, prepare, read_ahead, reference_parents, soft_delete, synced_columns,
+    GenericCheck, InPageOrder, MigrateEntity, Prepared, COMPARES_IN_FLIGHT,
 };
 use runtime::text_rows::TextRows;
 
@@ -160,7 +160,7 @@ pub async fn analyze(
         },
         ..Scan::entity(spec)
     };
-    let (mut pages, reader) = read_ahead(rows.clone(), scan, PAGE);
+    let (mut pages, reader) = read_ahead(rows.clone(), scan, page_of(req, PAGE));
     let mut compares: InPageOrder<PageAnswer> = InPageOrder::new(COMPARES_IN_FLIGHT);
     loop {
         let page = match pages.recv().await {

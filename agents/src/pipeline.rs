@@ -360,6 +360,13 @@ fn page_rows(planned: usize, read: usize, bytes: usize) -> usize {
     }
 }
 
+/// Rows a page of a validation or an analysis of the entity holds: `at_most`, or fewer where
+/// the plan puts fewer in a batch, its rows being wide (60 rows of 12 MB held 2 GB as one page
+/// of the whole table).
+pub(crate) fn page_of(req: &MigrateEntity, at_most: usize) -> usize {
+    at_most.min(req.entity.batch_size.max(1))
+}
+
 /// [`read_ahead`] in pages of these sizes first, in order (the pages a load read, to read the
 /// same rows again in the same pages), then of `then` rows.
 pub fn read_ahead_in(

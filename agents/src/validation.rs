@@ -41,8 +41,8 @@ use runtime::AgentName;
 
 use crate::differential::DiffEntity;
 use crate::pipeline::{
-    expect, money_columns, prepare, read_ahead_in, reference_parents, soft_delete, GenericCheck,
-    InPageOrder, MigrateEntity, Pages, Prepared, COMPARES_IN_FLIGHT,
+    expect, money_columns, page_of, prepare, read_ahead_in, reference_parents, soft_delete,
+    GenericCheck, InPageOrder, MigrateEntity, Pages, Prepared, COMPARES_IN_FLIGHT,
 };
 use crate::transform::{amount, Reference, RowMapper};
 use runtime::text_rows::TextRows;
@@ -201,7 +201,8 @@ pub async fn validate(
     // before, [`COMPARES_IN_FLIGHT`] at a time, tallied in order.
     let linked = links_of(req, &mapper, spec);
     let mut counted = Counted { source_links: vec![0; linked.len()], ..Counted::default() };
-    let (mut pages, reader) = read_ahead_in(rows, Scan::entity(spec), records.pages(), PAGE);
+    let page = page_of(req, PAGE);
+    let (mut pages, reader) = read_ahead_in(rows, Scan::entity(spec), records.pages(), page);
     let mut compares: InPageOrder<(Checked, Vec<Vec<bool>>)> = InPageOrder::new(COMPARES_IN_FLIGHT);
     loop {
         let page = match pages.recv().await {
