@@ -30,8 +30,8 @@ use runtime::text_rows::TextRows;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::pipeline::{
-    money_columns, prepare, read_ahead, synced_columns, GenericCheck, GenericParent, MigrateEntity,
-    Prepared,
+    money_columns, page_of, prepare, read_ahead, synced_columns, GenericCheck, GenericParent,
+    MigrateEntity, Prepared,
 };
 use runtime::AgentName;
 use serde::{Deserialize, Serialize};
@@ -438,7 +438,7 @@ pub(crate) async fn migrate(
         &mut result,
     )
     .await?;
-    record_source_rows(ctx, &rows, target.as_ref(), &load, &removed).await?;
+    record_source_rows(ctx, &rows, target.as_ref(), (&load, page_of(req, 1000)), &removed).await?;
     result.count(&checkpoint);
     result.seconds = started.elapsed().as_secs_f64();
     result.target_rows =
@@ -657,16 +657,16 @@ fn book(
 
 /// Rows removed after the load were recorded as the target held them (UUIDs, no source
 /// values): their records are given the source rows, read again by key, as every other
-/// rejected row has. `removed` read in pages of a thousand keys.
+/// rejected row has. `removed` read in pages of `page` keys.
 async fn record_source_rows(
     ctx: &RunContext,
     rows: &Arc<dyn Rows>,
     target: &dyn Target,
-    &Load { mapper, scan_cols, .. }: &Load<'_>,
+    (&Load { mapper, scan_cols, .. }, page): (&Load<'_>, usize),
     removed: &[String],
 ) -> Result<(), ToolError> {
     let spec = mapper.spec();
-    for keys in removed.chunks(1000) {
+    for keys in removed.chunks(page) {
         let only: Vec<Vec<String>> = keys
             .iter()
             .map(|k| match spec.key.len() {

@@ -360,9 +360,9 @@ fn page_rows(planned: usize, read: usize, bytes: usize) -> usize {
     }
 }
 
-/// Rows a page of a validation or an analysis of the entity holds: `at_most`, or fewer where
-/// the plan puts fewer in a batch, its rows being wide (60 rows of 12 MB held 2 GB as one page
-/// of the whole table).
+/// Rows a page of a validation, an analysis or a second read of the entity holds: `at_most`,
+/// or fewer where the plan puts fewer in a batch, its rows being wide (60 rows of 12 MB held
+/// 2 GB as one page of the whole table).
 pub(crate) fn page_of(req: &MigrateEntity, at_most: usize) -> usize {
     at_most.min(req.entity.batch_size.max(1))
 }
