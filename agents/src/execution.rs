@@ -438,7 +438,7 @@ pub(crate) async fn migrate(
         &mut result,
     )
     .await?;
-    record_source_rows(ctx, &rows, target.as_ref(), (&load, page_of(req, 1000)), &removed).await?;
+    record_source_rows(ctx, &rows, target.as_ref(), &load, &removed, page_of(req, 1000)).await?;
     result.count(&checkpoint);
     result.seconds = started.elapsed().as_secs_f64();
     result.target_rows =
@@ -662,8 +662,9 @@ async fn record_source_rows(
     ctx: &RunContext,
     rows: &Arc<dyn Rows>,
     target: &dyn Target,
-    (&Load { mapper, scan_cols, .. }, page): (&Load<'_>, usize),
+    &Load { mapper, scan_cols, .. }: &Load<'_>,
     removed: &[String],
+    page: usize,
 ) -> Result<(), ToolError> {
     let spec = mapper.spec();
     for keys in removed.chunks(page) {

@@ -29,9 +29,6 @@ pub fn differs(found: &str, expected: &str) -> String {
     format!("({found})::text IS DISTINCT FROM ({expected})::text")
 }
 
-/// That the UUID `id` (a SQL expression) is the `id` of no row of any of `parents`: a foreign
-/// key's one parent, or every parent of a generic reference (a derived UUID is in the table it
-/// was derived for, or in none). With no parents, every value is absent.
 /// `expr` as a UUID, to compare with a parent's `id`: itself where its column holds UUIDs
 /// (`is_uuid`), else its text read as one where the text is a hyphenated UUID, and NULL (it
 /// names no row) where not. A generic reference lives in a text column (Django's `object_id`
@@ -46,6 +43,9 @@ pub fn as_uuid(expr: &str, is_uuid: bool) -> String {
     }
 }
 
+/// That the UUID `id` (a SQL expression) is the `id` of no row of any of `parents`: a foreign
+/// key's one parent, or every parent of a generic reference (a derived UUID is in the table it
+/// was derived for, or in none). With no parents, every value is absent.
 pub fn in_none_of(parents: &[TableName], id: &str) -> String {
     if parents.is_empty() {
         return "true".to_owned();

@@ -14,7 +14,7 @@ use sqlx::Row;
 use crate::catalog::{ident, quoted};
 use crate::dataset::copy::push_field;
 use crate::pg::{fault, while_doing, Fault};
-use runtime::sql::{as_uuid, in_none_of};
+use runtime::sql::in_none_of;
 
 use super::constraints::keys_aside;
 
@@ -875,9 +875,10 @@ impl Loader for PgTarget {
         let mut tx = self.pool.begin().await.map_err(while_doing(&what))?;
         let mut rejected = Vec::new();
         let col = ident(column);
-        let uuids =
-            super::holds_uuids(&mut *tx, target, column).await.map_err(while_doing(&what))?;
-        let absent = in_none_of(parents, &as_uuid(&format!("c.{col}"), uuids));
+        let id = super::as_parent_id(&mut *tx, (target, "c"), column)
+            .await
+            .map_err(while_doing(&what))?;
+        let absent = in_none_of(parents, &id);
         // A row removed can be the parent of another: again until none is left dangling.
         loop {
             let dangling = sqlx::query(&format!(

@@ -27,21 +27,23 @@ use sqlx::PgPool;
 
 use crate::pg::{describe, fault, Fault};
 
-/// Whether `column` of `table` holds UUIDs (else, as a generic reference may, text): how it
-/// is compared with a parent's `id` ([`runtime::sql::as_uuid`]).
-pub(crate) async fn holds_uuids<'c, E: sqlx::PgExecutor<'c>>(
+/// `alias.column` of `table` as a UUID, to compare with a parent's `id`
+/// ([`runtime::sql::as_uuid`]): as it is where the column holds UUIDs, read from its text
+/// where it holds text (as a generic reference may).
+pub(crate) async fn as_parent_id<'c, E: sqlx::PgExecutor<'c>>(
     c: E,
-    table: &TableName,
+    (table, alias): (&TableName, &str),
     column: &str,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
+) -> Result<String, sqlx::Error> {
+    let uuids: bool = sqlx::query_scalar(
         "SELECT coalesce(bool_or(a.atttypid = 'uuid'::regtype), false) FROM pg_attribute a
          WHERE a.attrelid = $1::regclass AND a.attname = $2 AND NOT a.attisdropped",
     )
     .bind(crate::catalog::quoted(table))
     .bind(column)
     .fetch_one(c)
-    .await
+    .await?;
+    Ok(runtime::sql::as_uuid(&format!("{alias}.{}", crate::catalog::ident(column)), uuids))
 }
 
 /// The definition of the one primary key a load sets aside (on `id` alone), as recorded in

@@ -11,7 +11,7 @@ use sqlx::{PgPool, Row};
 
 use crate::catalog::{ident, quoted};
 use crate::pg::while_doing;
-use runtime::sql::{as_uuid, in_none_of};
+use runtime::sql::in_none_of;
 
 use super::PgTarget;
 
@@ -222,14 +222,14 @@ impl Verifier for PgTarget {
             }
         }
         let col = ident(column);
-        let uuids = super::holds_uuids(&self.pool, child, column)
+        let id = super::as_parent_id(&self.pool, (child, "c"), column)
             .await
             .map_err(while_doing(format!("reading the type of {child}.{column}")))?;
         let sql = format!(
             "SELECT count(*), coalesce((array_agg(c.legacy_id::text ORDER BY c.legacy_id))[1:5], '{{}}')
              FROM {} c WHERE c.{col} IS NOT NULL AND {}",
             quoted(child),
-            in_none_of(parents, &as_uuid(&format!("c.{col}"), uuids))
+            in_none_of(parents, &id)
         );
         let named: Vec<String> = parents.iter().map(ToString::to_string).collect();
         Ok(Some(sqlx::query_as(&sql).fetch_one(&self.pool).await.map_err(while_doing(format!(
@@ -274,15 +274,12 @@ impl Verifier for PgTarget {
             // A reference to a parent's UUID may be held as text (a generic reference).
             let mut on = Vec::with_capacity(link.columns.len());
             for (c, r) in link.columns.iter().zip(&link.referenced) {
-                let child_column = format!("c.{}", ident(c));
                 on.push(match r == "id" {
                     true => {
-                        let uuids = super::holds_uuids(&self.pool, child, c)
-                            .await
-                            .map_err(while_doing(what()))?;
-                        format!("p.id = {}", as_uuid(&child_column, uuids))
+                        let id = super::as_parent_id(&self.pool, (child, "c"), c);
+                        format!("p.id = {}", id.await.map_err(while_doing(what()))?)
                     }
-                    false => format!("p.{} = {child_column}", ident(r)),
+                    false => format!("p.{} = c.{}", ident(r), ident(c)),
                 });
             }
             let row = count(format!(
